@@ -1,0 +1,2 @@
+//! Ficus performance harness.
+#![forbid(unsafe_code)]

@@ -1,0 +1,23 @@
+//! Ficus config model: YAML documents → raw serde types → validated types.
+//!
+//! # Layout
+//! - [`raw`]: serde mirrors of the YAML documents (`deny_unknown_fields`).
+//! - [`model`]: validated types the sidecar and control plane consume.
+//! - `validate`: raw → model, collecting every error of a set of files.
+//! - `error`: [`Diagnostic`] (file, document, field path, hint) and [`ConfigErrors`].
+//! - `duration`: Gateway API durations (`500ms`, `2s`, `1m30s`).
+//! - `load`: reading a file or a directory of `*.yaml`.
+#![forbid(unsafe_code)]
+
+pub mod model;
+pub mod raw;
+
+mod duration;
+mod error;
+mod load;
+mod validate;
+
+pub use duration::parse_duration;
+pub use error::{ConfigErrors, Diagnostic};
+pub use load::{load_path, parse_sources, parse_str, Source};
+pub use model::*;

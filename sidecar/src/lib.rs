@@ -1,0 +1,2 @@
+//! Ficus sidecar proxy.
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! `ficus-sidecar` entry point.
+#![forbid(unsafe_code)]
+fn main() {}

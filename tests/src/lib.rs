@@ -1,0 +1,2 @@
+//! Test support for the Ficus integration suite.
+#![forbid(unsafe_code)]
