@@ -1,0 +1,321 @@
+//! `loadgen`: an HTTP/1.1 load generator with coordinated-omission correction.
+//!
+//! `--connections C` keep-alive connections, each driven by its own task over hyper's
+//! `client::conn::http1`. Two modes:
+//!
+//! - **Fixed rate** (`--rate R`): connection `j` sends its `k`-th request at the *intended*
+//!   time `start + (j + k·C) / R`, so the `R` req/s are spread evenly. Latency is measured
+//!   from the intended time whenever the previous response on that connection came back
+//!   late, so a stall is charged to every request it delayed (coordinated-omission
+//!   correction, as in wrk2). When the connection was idle at the intended time, latency is
+//!   measured from the moment the task actually sent: tokio's timer wakes up to ~1 ms late,
+//!   and that lag belongs to the generator, not to the system under test.
+//! - **Max throughput** (`--max`): each connection sends back to back (closed loop); latency
+//!   is measured from the send.
+//!
+//! Responses to requests scheduled in the first `--warmup` are not counted. The run ends by
+//! itself: no request is started after `warmup + duration`, none is waited for longer than
+//! `--timeout`, and scheduled requests still unsent at `warmup + duration + timeout` are
+//! reported as `unsent`. Prints one JSON line.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use ficus_benches::client::{ClientError, Connection, Target};
+use ficus_benches::duration::parse_duration;
+use ficus_benches::latency::Latencies;
+use hyper::header::HeaderValue;
+use tokio::task::JoinSet;
+use tokio::time::{sleep, sleep_until, Instant};
+
+/// HTTP/1.1 load generator: fixed arrival rate (coordinated-omission corrected) or max
+/// throughput; prints a one-line JSON summary.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to send to (loopback only in this harness).
+    #[arg(long)]
+    target: SocketAddr,
+    /// `Host` header: the service the sidecar routes on.
+    #[arg(long, default_value = "upstream")]
+    host: String,
+    /// Request path.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Number of keep-alive connections, each its own task.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// Total requests per second, spread over all connections.
+    #[arg(long, required_unless_present = "max", conflicts_with = "max")]
+    rate: Option<f64>,
+    /// Closed loop: every connection sends back to back.
+    #[arg(long)]
+    max: bool,
+    /// Measured time (after the warm-up), e.g. `15s`.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Time before measuring starts, e.g. `2s`.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Bound on one request (ready, write, response head and body).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Bound on one TCP connect.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Runtime threads; 1 runs everything on one current-thread runtime.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+/// How a connection paces its requests.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// Request `k` of connection `j` is due at `start + (j + k·connections) / rate`.
+    Fixed { rate: f64, connections: u32 },
+    /// Back to back.
+    Max,
+}
+
+/// The shared timeline of a run.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    pace: Pace,
+    start: Instant,
+    /// Requests due (fixed rate) or sent (max) before this are warm-up.
+    measure_from: Instant,
+    /// No request is due or sent at or after this.
+    end: Instant,
+    /// Backlog still unsent at this point is given up.
+    give_up: Instant,
+}
+
+/// What one connection saw.
+#[derive(Debug, Default)]
+struct Tally {
+    latencies: Latencies,
+    ok: u64,
+    status_errors: u64,
+    io_errors: u64,
+    timeouts: u64,
+    unsent: u64,
+    first_error: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("--rate must be a positive number of requests per second");
+        }
+    }
+    if args.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()?
+    };
+    let report = runtime.block_on(run(&args))?;
+    println!("{report}");
+    Ok(())
+}
+
+async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let target = Arc::new(Target {
+        addr: args.target,
+        host: HeaderValue::from_str(&args.host).context("--host is not a valid header value")?,
+        path: args.path.clone(),
+        connect_timeout: args.connect_timeout,
+        request_timeout: args.timeout,
+    });
+
+    // Open every connection before the clock starts, so the handshakes are not charged to
+    // the first requests. A failed connect is retried by its task.
+    let mut opening = JoinSet::new();
+    for _ in 0..args.connections {
+        let target = target.clone();
+        opening.spawn(async move { Connection::open(&target).await });
+    }
+    let mut connections = Vec::new();
+    let mut connect_failures = Vec::new();
+    while let Some(opened) = opening.join_next().await {
+        match opened.context("connect task panicked")? {
+            Ok(connection) => connections.push(Some(connection)),
+            Err(error) => {
+                connect_failures.push(error.to_string());
+                connections.push(None);
+            }
+        }
+    }
+
+    let pace = match args.rate {
+        Some(rate) => Pace::Fixed {
+            rate,
+            connections: args.connections,
+        },
+        None => Pace::Max,
+    };
+    let start = Instant::now();
+    let measure_from = start + args.warmup;
+    let end = measure_from + args.duration;
+    let schedule = Schedule {
+        pace,
+        start,
+        measure_from,
+        end,
+        give_up: end + args.timeout,
+    };
+
+    let mut drivers = JoinSet::new();
+    for (index, connection) in connections.into_iter().enumerate() {
+        let target = target.clone();
+        drivers.spawn(drive(target, schedule, index as u32, connection));
+    }
+    let mut total = Tally::default();
+    while let Some(tally) = drivers.join_next().await {
+        let tally = tally.context("connection task panicked")?;
+        total.latencies.merge(&tally.latencies);
+        total.ok += tally.ok;
+        total.status_errors += tally.status_errors;
+        total.io_errors += tally.io_errors;
+        total.timeouts += tally.timeouts;
+        total.unsent += tally.unsent;
+        if total.first_error.is_none() {
+            total.first_error = tally.first_error;
+        }
+    }
+    if total.first_error.is_none() {
+        total.first_error = connect_failures.into_iter().next();
+    }
+
+    let requests = total.ok + total.status_errors;
+    let seconds = args.duration.as_secs_f64();
+    let mut report = serde_json::Map::new();
+    report.insert(
+        "mode".into(),
+        (if args.max { "max" } else { "rate" }).into(),
+    );
+    report.insert("target".into(), args.target.to_string().into());
+    report.insert("host".into(), args.host.clone().into());
+    report.insert("connections".into(), args.connections.into());
+    report.insert("rate".into(), args.rate.into());
+    report.insert("warmup_s".into(), args.warmup.as_secs_f64().into());
+    report.insert("duration_s".into(), seconds.into());
+    report.insert("requests".into(), requests.into());
+    report.insert("ok".into(), total.ok.into());
+    report.insert("errors_status".into(), total.status_errors.into());
+    report.insert("errors_io".into(), total.io_errors.into());
+    report.insert("errors_timeout".into(), total.timeouts.into());
+    report.insert("unsent".into(), total.unsent.into());
+    let achieved = (requests as f64 / seconds * 10.0).round() / 10.0;
+    report.insert("achieved_rps".into(), achieved.into());
+    report.extend(total.latencies.summary().to_json());
+    report.insert("first_error".into(), total.first_error.into());
+    Ok(serde_json::Value::Object(report))
+}
+
+/// Drives one connection through the schedule; reconnects after an error.
+async fn drive(
+    target: Arc<Target>,
+    schedule: Schedule,
+    index: u32,
+    mut connection: Option<Connection>,
+) -> Tally {
+    let mut tally = Tally::default();
+    // When the previous exchange on this connection finished.
+    let mut free_at = schedule.start;
+    let mut k: u64 = 0;
+    loop {
+        let (due, woke) = match schedule.pace {
+            Pace::Fixed { rate, connections } => {
+                let slot = index as f64 + k as f64 * connections as f64;
+                let due = schedule.start + Duration::from_secs_f64(slot / rate);
+                if due >= schedule.end {
+                    break;
+                }
+                if Instant::now() >= schedule.give_up {
+                    // Backlog that could not be sent in time: count it, never hide it.
+                    let remaining = (schedule.end - due).as_secs_f64() * rate / connections as f64;
+                    tally.unsent += remaining.ceil() as u64;
+                    break;
+                }
+                k += 1;
+                sleep_until(due).await;
+                (due, Instant::now())
+            }
+            Pace::Max => {
+                let now = Instant::now();
+                if now >= schedule.end {
+                    break;
+                }
+                (now, now)
+            }
+        };
+        let measured = due >= schedule.measure_from;
+        // Coordinated-omission correction: if this connection was still busy when the
+        // request was due, the wait is the system's fault and counts; if it was idle, the
+        // gap between `due` and `woke` is timer lag and does not.
+        let since = if free_at > due { due } else { woke };
+
+        let open = match connection.as_mut().filter(|c| c.is_open()) {
+            Some(open) => open,
+            None => match Connection::open(&target).await {
+                Ok(fresh) => connection.insert(fresh),
+                Err(error) => {
+                    free_at = Instant::now();
+                    record_error(&mut tally, measured, error);
+                    if matches!(schedule.pace, Pace::Max) {
+                        // Do not spin on a refused port; the next attempt is 10 ms away.
+                        sleep(Duration::from_millis(10)).await;
+                    }
+                    continue;
+                }
+            },
+        };
+        let result = open.get(&target).await;
+        let done = Instant::now();
+        free_at = done;
+        match result {
+            Ok(reply) => {
+                if measured {
+                    tally.latencies.record(done - since);
+                    if reply.status.is_success() {
+                        tally.ok += 1;
+                    } else {
+                        tally.status_errors += 1;
+                    }
+                }
+            }
+            Err(error) => {
+                connection = None;
+                record_error(&mut tally, measured, error);
+            }
+        }
+    }
+    tally
+}
+
+fn record_error(tally: &mut Tally, measured: bool, error: ClientError) {
+    if tally.first_error.is_none() {
+        tally.first_error = Some(error.to_string());
+    }
+    if !measured {
+        return;
+    }
+    if error.is_timeout() {
+        tally.timeouts += 1;
+    } else {
+        tally.io_errors += 1;
+    }
+}
