@@ -1,2 +1,32 @@
 //! Ficus sidecar proxy.
+//!
+//! # Layout
+//! - [`app`]: wiring of runtimes, listeners and tasks; shutdown.
+//! - [`cli`]: flags.
+//! - [`snapshot`]: the config compiled for the request path, swapped atomically.
+//! - [`route`]: route tables, matchers, weighted choice, service names.
+//! - [`proxy`]: the outbound and inbound handlers, headers, filters, errors → responses.
+//! - [`upstream`]: endpoint connection pools.
+//! - [`listener`]: accept loops and downstream HTTP connections.
+//! - [`tcp`]: opaque TCP listeners.
+//! - [`reload`] and [`watch`]: config file watching and the swap.
+//! - [`admin`]: the admin server.
+//! - [`telemetry`]: metrics and logs.
+//! - [`body`], [`drain`], [`state`]: shared plumbing.
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod cli;
+pub mod drain;
+pub mod listener;
+pub mod proxy;
+pub mod reload;
+pub mod route;
+pub mod snapshot;
+pub mod state;
+pub mod tcp;
+pub mod telemetry;
+pub mod upstream;
+pub mod watch;

@@ -1,2 +1,29 @@
 //! Test support for the Ficus integration suite.
+//!
+//! # Layout
+//! - [`process`]: start the real `ficus-sidecar` binary on free loopback ports, wait for it,
+//!   stop it; read its admin endpoints.
+//! - [`upstream`]: real hyper servers (HTTP/1.1 and h2c) that tests script and inspect.
+//! - [`client`]: a small hyper client and a raw TCP client for exact bytes.
+//!
+//! Every wait has a deadline; every helper cleans up in `Drop`.
 #![forbid(unsafe_code)]
+
+pub mod client;
+pub mod process;
+pub mod upstream;
+
+use std::net::{SocketAddr, TcpListener};
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0 always works on loopback")
+}
+
+/// `127.0.0.1:<free port>`.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}

@@ -1,0 +1,143 @@
+//! The admin server: health, readiness, metrics, config, drain, log level.
+//!
+//! It runs on a runtime and thread of its own, so it answers even when the data plane is
+//! saturated (`--workers 1` under load).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::body::{self, Body};
+use crate::state::Shared;
+
+/// Largest admin request body (`PUT /log-level`).
+const MAX_BODY: usize = 4096;
+
+/// Serves the admin API on `listener` forever.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "admin accept failed; pausing");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, std::convert::Infallible>(route(&shared, request).await) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "admin connection failed");
+            }
+        });
+    }
+}
+
+async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
+    let method = request.method().clone();
+    match (request.uri().path(), method) {
+        ("/live", Method::GET) => text(StatusCode::OK, "live\n"),
+        ("/ready", Method::GET) => {
+            if shared.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else if shared.drain.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n")
+            }
+        }
+        ("/metrics", Method::GET) => {
+            let mut response = Response::new(body::full(shared.metrics.encode()));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        ("/config", Method::GET) => json(StatusCode::OK, &config_json(shared)),
+        ("/drain", Method::POST) => {
+            shared.drain.drain();
+            text(StatusCode::OK, "draining\n")
+        }
+        ("/quitquitquit", Method::POST) => {
+            shared.drain.drain();
+            shared.quit.notify_one();
+            text(StatusCode::OK, "draining, then exiting\n")
+        }
+        ("/log-level", Method::GET) => text(StatusCode::OK, &format!("{}\n", shared.log.current())),
+        ("/log-level", Method::PUT | Method::POST) => {
+            let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"),
+            };
+            let filter = String::from_utf8_lossy(&body).trim().to_owned();
+            match shared.log.set(&filter) {
+                Ok(()) => text(StatusCode::OK, &format!("{filter}\n")),
+                Err(error) => text(StatusCode::BAD_REQUEST, &format!("invalid filter: {error}\n")),
+            }
+        }
+        (
+            "/live" | "/ready" | "/metrics" | "/config" | "/drain" | "/quitquitquit" | "/log-level",
+            _,
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn config_json(shared: &Shared) -> serde_json::Value {
+    let snapshot = shared.snapshot.load();
+    let status = shared.status.lock().map(|s| s.clone()).unwrap_or_default();
+    let applied_at = status
+        .applied_at
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64());
+    serde_json::json!({
+        "version": snapshot.version,
+        "source": snapshot.source,
+        "applied_at": applied_at,
+        "last_error": status.last_error,
+        "node_id": shared.identity.node_id,
+        "workload": shared.identity.workload,
+        "namespace": shared.identity.namespace,
+        "documents": snapshot.config.documents,
+    })
+}
+
+fn text(status: StatusCode, message: &str) -> Response<Body> {
+    let mut response = Response::new(body::full(Bytes::copy_from_slice(message.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(body::full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Binds the admin listener (std, so binding errors surface before any runtime starts).
+pub fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(address)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}

@@ -1,0 +1,186 @@
+//! Wiring: flags → config → listeners, runtimes and tasks; SIGTERM → drain → exit.
+//!
+//! Threads: the data plane runs on one tokio runtime sized by `--workers` (a current-thread
+//! runtime for `--workers 1`, the cheapest for a pinned single core). The admin server and
+//! the config watcher run on a current-thread runtime of their own, so neither config parsing
+//! nor a saturated data plane delays the other.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::cli::Args;
+use crate::drain;
+use crate::listener::{accept_loop, serve_http, Side};
+use crate::reload::Reloader;
+use crate::snapshot::{BuildContext, Snapshot};
+use crate::state::{Identity, Shared};
+use crate::tcp::TcpListeners;
+use crate::telemetry::{logging, metrics::Metrics};
+use crate::upstream::PoolRegistry;
+
+/// Process exit codes (INTERFACES.md).
+pub mod exit {
+    /// Clean shutdown.
+    pub const OK: u8 = 0;
+    /// Fatal error at run time.
+    pub const FATAL: u8 = 1;
+    /// Bad flags or an invalid config at start.
+    pub const BAD_CONFIG: u8 = 2;
+}
+
+/// Runs the sidecar until SIGTERM/SIGINT or `/quitquitquit`; returns the exit code.
+pub fn run(args: Args) -> u8 {
+    let log = logging::init(args.log_format, &args.log_level);
+    if args.control.is_some() {
+        eprintln!("error: --control (push mode) is not available yet; use --config FILE|DIR");
+        return exit::BAD_CONFIG;
+    }
+    if args.transparent {
+        eprintln!("error: --transparent is not available yet; use explicit mode");
+        return exit::BAD_CONFIG;
+    }
+    let Some(path) = args.config.clone() else {
+        eprintln!("error: one of --config or --control is required");
+        return exit::BAD_CONFIG;
+    };
+    let config = match ficus_config::load_path(&path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return exit::BAD_CONFIG;
+        }
+    };
+
+    let bind = |address: SocketAddr, flag: &str| {
+        crate::admin::bind(address).map_err(|e| eprintln!("error: cannot listen on {address} ({flag}): {e}"))
+    };
+    let (Ok(outbound), Ok(inbound), Ok(admin)) =
+        (bind(args.outbound, "--outbound"), bind(args.inbound, "--inbound"), bind(args.admin, "--admin"))
+    else {
+        return exit::FATAL;
+    };
+
+    let workers = args.worker_threads();
+    let runtime = match data_plane_runtime(workers) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the data-plane runtime: {error}");
+            return exit::FATAL;
+        }
+    };
+    let identity = Identity {
+        workload: args.workload.clone(),
+        namespace: args.namespace.clone(),
+        node_id: args.node_id(),
+        app: args.app,
+    };
+    let metrics = Metrics::new();
+    let pools = PoolRegistry::default();
+    let empty = Snapshot::empty(&BuildContext { pools: &pools, metrics: &metrics, identity: &identity });
+    let (drain_signal, drain) = drain::channel();
+    let shared = Shared::new(empty, false, metrics, pools, identity, log, drain_signal);
+    let connections = TaskTracker::new();
+    let tcp = TcpListeners::new(runtime.handle().clone(), connections.clone(), drain.clone());
+    let mut reloader = Reloader::new(Arc::clone(&shared), tcp);
+    let source = format!("file:{}", path.display());
+    if let Err(error) = reloader.apply(config, &source) {
+        eprintln!("error: {}: {error}", path.display());
+        return exit::BAD_CONFIG;
+    }
+
+    let admin_shared = Arc::clone(&shared);
+    let spawned = std::thread::Builder::new().name("ficus-admin".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the admin runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            tokio::spawn(crate::watch::watch(path, reloader));
+            match TcpListener::from_std(admin) {
+                Ok(listener) => crate::admin::serve(listener, admin_shared).await,
+                Err(error) => tracing::error!(%error, "admin listener failed"),
+            }
+        });
+    });
+    if let Err(error) = spawned {
+        eprintln!("error: cannot start the admin thread: {error}");
+        return exit::FATAL;
+    }
+
+    tracing::info!(
+        outbound = %args.outbound, inbound = %args.inbound, admin = %args.admin, workers,
+        node_id = %shared.identity.node_id, "ficus-sidecar started"
+    );
+    let code = runtime.block_on(serve(shared, outbound, inbound, drain, connections, args.drain_timeout));
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    code
+}
+
+fn data_plane_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("ficus-worker")
+            .enable_all()
+            .build()
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    outbound: std::net::TcpListener,
+    inbound: std::net::TcpListener,
+    drain: drain::Drain,
+    connections: TaskTracker,
+    drain_timeout: Duration,
+) -> u8 {
+    for (listener, side, name) in [(outbound, Side::Outbound, "outbound"), (inbound, Side::Inbound, "inbound")] {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%error, listener = name, "cannot register listener");
+                return exit::FATAL;
+            }
+        };
+        let shared = Arc::clone(&shared);
+        let drain_for_connections = drain.clone();
+        tokio::spawn(accept_loop(listener, name, drain.clone(), connections.clone(), move |stream, peer| {
+            serve_http(Arc::clone(&shared), side, stream, peer, drain_for_connections.clone())
+        }));
+    }
+
+    wait_for_shutdown(&shared).await;
+    tracing::info!(?drain_timeout, "draining");
+    shared.drain.drain();
+    connections.close();
+    if tokio::time::timeout(drain_timeout, connections.wait()).await.is_err() {
+        tracing::warn!(remaining = connections.len(), "drain timeout passed; closing what is left");
+    } else {
+        tracing::info!("drained");
+    }
+    exit::OK
+}
+
+/// SIGTERM, SIGINT or `/quitquitquit`.
+async fn wait_for_shutdown(shared: &Shared) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; only /quitquitquit stops the sidecar");
+        shared.quit.notified().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+        () = shared.quit.notified() => tracing::info!("/quitquitquit"),
+    }
+}

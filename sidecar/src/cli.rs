@@ -1,0 +1,109 @@
+//! Command-line flags; every flag also reads `FICUS_<FLAG>` from the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The Ficus sidecar proxy.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ficus-sidecar", version, about)]
+pub struct Args {
+    /// Static mode: config documents from FILE or a directory of `*.yaml`, watched and hot-swapped.
+    #[arg(long, env = "FICUS_CONFIG", value_name = "FILE|DIR", required_unless_present = "control")]
+    pub config: Option<PathBuf>,
+
+    /// Push mode: subscribe to a control plane (not built yet).
+    #[arg(long, env = "FICUS_CONTROL", value_name = "URL", conflicts_with = "config")]
+    pub control: Option<String>,
+
+    /// This sidecar's workload (service account) name.
+    #[arg(long, env = "FICUS_WORKLOAD", default_value = "app")]
+    pub workload: String,
+
+    /// This sidecar's namespace; bare service names resolve in it.
+    #[arg(long, env = "FICUS_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// Unique id shown in control status (default `<workload>-<random>`).
+    #[arg(long, env = "FICUS_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Where the local app sends outbound traffic.
+    #[arg(long, env = "FICUS_OUTBOUND", default_value = "127.0.0.1:15001")]
+    pub outbound: SocketAddr,
+
+    /// Where peers reach this workload.
+    #[arg(long, env = "FICUS_INBOUND", default_value = "0.0.0.0:15006")]
+    pub inbound: SocketAddr,
+
+    /// The local app that inbound traffic goes to.
+    #[arg(long, env = "FICUS_APP", default_value = "127.0.0.1:8080")]
+    pub app: SocketAddr,
+
+    /// Admin server address.
+    #[arg(long, env = "FICUS_ADMIN", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+
+    /// Push mode: where the last accepted config is cached.
+    #[arg(long, env = "FICUS_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Token presented to the control plane to obtain a certificate.
+    #[arg(long, env = "FICUS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Root certificate(s) to trust for the control plane and the mesh.
+    #[arg(long, env = "FICUS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// On SIGTERM, how long in-flight work may finish.
+    #[arg(long, env = "FICUS_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Data-plane worker threads (default: CPUs this process may use, cgroup-aware).
+    #[arg(long, env = "FICUS_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Take iptables-redirected traffic and read the original destination (not built yet).
+    #[arg(long, env = "FICUS_TRANSPARENT")]
+    pub transparent: bool,
+
+    /// Log format.
+    #[arg(long, env = "FICUS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Initial log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
+    #[arg(long, env = "FICUS_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Args {
+    /// Data-plane worker threads to run.
+    pub fn worker_threads(&self) -> usize {
+        self.workers
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// The node id, generated when not given.
+    pub fn node_id(&self) -> String {
+        self.node_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{:08x}", self.workload, rand::random::<u32>()))
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    ficus_config::parse_duration(s)
+}

@@ -1,0 +1,7 @@
+//! HTTP proxying: the outbound and inbound request handlers and what they share.
+pub mod error;
+pub mod filters;
+pub mod forward;
+pub mod headers;
+pub mod inbound;
+pub mod outbound;

@@ -1,0 +1,77 @@
+//! The one place where proxy failures become HTTP responses.
+
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::{self, Body};
+use crate::upstream::UpstreamError;
+
+/// Envoy-like short response flags (INTERFACES.md).
+pub mod flags {
+    /// No route.
+    pub const NO_ROUTE: &str = "NR";
+    /// Upstream connect failure.
+    pub const UPSTREAM_CONNECT_FAILURE: &str = "UF";
+    /// Upstream connection terminated before response headers.
+    pub const UPSTREAM_RESET: &str = "UC";
+    /// Upstream timeout.
+    pub const UPSTREAM_TIMEOUT: &str = "UT";
+    /// Downstream request invalid.
+    pub const BAD_REQUEST: &str = "DPE";
+}
+
+/// Why the proxy answered itself instead of relaying an upstream response.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The authority names no service we know (downstream's doing; not retryable).
+    #[error("no route for authority {0:?}")]
+    NoService(String),
+    /// The service has no rule matching this request.
+    #[error("no rule of service {0} matches")]
+    NoRule(String),
+    /// The request is malformed in a way the HTTP parser let through.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The upstream failed before response headers.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The upstream broke the protocol (e.g. switched protocols unasked).
+    #[error("upstream protocol error: {0}")]
+    UpstreamProtocol(&'static str),
+    /// No response headers within the route's (or default per-try) timeout.
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+impl ProxyError {
+    /// Status, response flag and `x-ficus-error` value.
+    pub fn classify(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::NoService(_) => (StatusCode::BAD_GATEWAY, flags::NO_ROUTE, "no-route"),
+            Self::NoRule(_) => (StatusCode::NOT_FOUND, flags::NO_ROUTE, "no-route"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, flags::BAD_REQUEST, "bad-request"),
+            Self::Upstream(e) if e.is_connect_failure() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                flags::UPSTREAM_CONNECT_FAILURE,
+                "upstream-connect-failure",
+            ),
+            Self::Upstream(_) | Self::UpstreamProtocol(_) => {
+                (StatusCode::BAD_GATEWAY, flags::UPSTREAM_RESET, "upstream-reset")
+            }
+            Self::Timeout(_) => {
+                (StatusCode::GATEWAY_TIMEOUT, flags::UPSTREAM_TIMEOUT, "upstream-timeout")
+            }
+        }
+    }
+
+    /// The response the downstream gets, and the flag to record.
+    pub fn into_response(self) -> (Response<Body>, &'static str) {
+        let (status, flag, header) = self.classify();
+        let mut response = Response::new(body::full(format!("{self}\n")));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert("x-ficus-error", HeaderValue::from_static(header));
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        (response, flag)
+    }
+}

@@ -1,0 +1,70 @@
+//! Sending a prepared request upstream: the response-header deadline, protocol switches
+//! (WebSocket and other `Upgrade`s), and response cleanup.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode, Uri};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::error::ProxyError;
+use super::headers::strip_hop_by_hop;
+use crate::body::{with_idle_timeout, Body};
+use crate::upstream::EndpointPool;
+
+/// Sends `request` to `pool`'s endpoint and waits at most `timeout` for response headers.
+/// With `downstream` (the client's pending upgrade) a `101` response joins the two
+/// connections into a byte tunnel.
+pub async fn forward(
+    pool: &Arc<EndpointPool>,
+    request: Request<Body>,
+    timeout: Duration,
+    downstream: Option<OnUpgrade>,
+    body_idle: Duration,
+) -> Result<Response<Body>, ProxyError> {
+    let mut response = match tokio::time::timeout(timeout, pool.send(request)).await {
+        Ok(result) => result?,
+        Err(_) => return Err(ProxyError::Timeout(timeout)),
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(downstream) = downstream else {
+            return Err(ProxyError::UpstreamProtocol("switched protocols unasked"));
+        };
+        let upstream = hyper::upgrade::on(&mut response);
+        let protocol = response.headers().get(http::header::UPGRADE).cloned();
+        strip_hop_by_hop(response.headers_mut(), protocol.as_ref(), false);
+        tokio::spawn(tunnel(downstream, upstream));
+        return Ok(response);
+    }
+    strip_hop_by_hop(response.headers_mut(), None, false);
+    Ok(response.map(|body| with_idle_timeout(body, body_idle)))
+}
+
+/// Copies bytes both ways once both sides have switched protocols.
+async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
+    let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(%error, "protocol switch failed");
+            return;
+        }
+    };
+    let mut downstream = TokioIo::new(downstream);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+        Err(error) => tracing::debug!(%error, "upgraded connection failed"),
+    }
+}
+
+/// The URI to send upstream: origin-form for HTTP/1.1; for HTTP/2 absolute, so hyper fills
+/// `:scheme` and `:authority` (the authority the caller used, not the endpoint address).
+pub fn upstream_uri(http2: bool, authority: &str, path_and_query: &str) -> Result<Uri, ProxyError> {
+    let uri = if http2 {
+        Uri::builder().scheme("http").authority(authority).path_and_query(path_and_query).build()
+    } else {
+        Uri::builder().path_and_query(path_and_query).build()
+    };
+    uri.map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
+}

@@ -1,0 +1,170 @@
+//! Header handling every forwarded message gets: hop-by-hop removal (RFC 9110 §7.6.1),
+//! `x-forwarded-for` / `forwarded`, and `x-request-id`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// `x-request-id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Identity the server sidecar passes to its app; never trusted from outside.
+pub const X_FICUS_PEER_IDENTITY: HeaderName = HeaderName::from_static("x-ficus-peer-identity");
+
+/// The `Upgrade` protocol of an HTTP/1.1 request that asks to switch protocols
+/// (`Connection: upgrade` plus `Upgrade`).
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers: the fixed set and every header `Connection` names.
+/// `upgrade`: keep `Upgrade` and send `Connection: upgrade` (a protocol switch in progress).
+/// `te_trailers`: keep `te: trailers` (HTTP/2 and gRPC need it end to end).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>, te_trailers: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            if name != header::TE {
+                headers.remove(&name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::UPGRADE);
+    let trailers = te_trailers
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim() == "trailers")));
+    headers.remove(header::TE);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::UPGRADE, protocol.clone());
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Appends the peer to `x-forwarded-for` and `forwarded`, and sets `x-forwarded-proto`.
+pub fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip();
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {ip}"),
+        None => ip.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    let node = match ip {
+        IpAddr::V4(v4) => format!("for={v4};proto=http"),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+    };
+    if let Ok(value) = HeaderValue::from_str(&node) {
+        headers.append(FORWARDED, value);
+    }
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+}
+
+/// Adds an `x-request-id` (a random UUID v4) when the request has none.
+pub fn ensure_request_id(headers: &mut HeaderMap) {
+    if headers.contains_key(X_REQUEST_ID) {
+        return;
+    }
+    let bits = rand::random::<u128>() & !(0xF000 << 64) & !(0xC000 << 48);
+    let bits = bits | (0x4000 << 64) | (0x8000 << 48);
+    let hex = format!("{bits:032x}");
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    );
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert(X_REQUEST_ID, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, None, true);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[header::TE], "trailers");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_is_kept_when_switching() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let protocol = upgrade_protocol(&h).unwrap();
+        strip_hop_by_hop(&mut h, Some(&protocol), false);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        append_forwarded(&mut h, "127.0.0.1:5000".parse().unwrap());
+        append_forwarded(&mut h, "[::1]:5000".parse().unwrap());
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1, ::1");
+        let forwarded: Vec<_> = h.get_all(FORWARDED).iter().collect();
+        assert_eq!(forwarded, ["for=127.0.0.1;proto=http", "for=\"[::1]\";proto=http"]);
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let mut h = HeaderMap::new();
+        ensure_request_id(&mut h);
+        let id = h[X_REQUEST_ID].to_str().unwrap().to_owned();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"));
+        ensure_request_id(&mut h);
+        assert_eq!(h[X_REQUEST_ID], id.as_str());
+    }
+}

@@ -1,0 +1,71 @@
+//! Inbound: requests from peers, forwarded to the local app.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+
+use super::forward::{forward, upstream_uri};
+use super::headers::{
+    append_forwarded, ensure_request_id, strip_hop_by_hop, upgrade_protocol,
+    X_FICUS_PEER_IDENTITY,
+};
+use crate::body::{with_idle_timeout, Body};
+use crate::state::Shared;
+
+/// Handles one request from a peer. Never fails: errors become responses.
+pub async fn handle(shared: &Shared, peer: SocketAddr, mut request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let snapshot = shared.snapshot.load_full();
+    let inbound = &snapshot.inbound;
+    let limits = &snapshot.limits;
+    let http2 = request.version() == Version::HTTP_2;
+    let upgrade = match request.version() {
+        Version::HTTP_11 => upgrade_protocol(request.headers()),
+        _ => None,
+    };
+    let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, incoming) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade.as_ref(), http2);
+    // Only the sidecar may assert a peer identity; mTLS (and so verified identities) comes later.
+    parts.headers.remove(X_FICUS_PEER_IDENTITY);
+    append_forwarded(&mut parts.headers, peer);
+    ensure_request_id(&mut parts.headers);
+
+    let app = shared.identity.app.to_string();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or(app);
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+    let (response, flag) = match upstream_uri(http2, &authority, &path_and_query) {
+        Err(error) => error.into_response(),
+        Ok(uri) => {
+            parts.uri = uri;
+            if http2 {
+                parts.headers.remove(header::HOST);
+            } else if !parts.headers.contains_key(header::HOST) {
+                if let Ok(host) = HeaderValue::from_str(&authority) {
+                    parts.headers.insert(header::HOST, host);
+                }
+            }
+            let pool = if http2 { &inbound.http2 } else { &inbound.http1 };
+            let body = with_idle_timeout(incoming, limits.body_idle_timeout);
+            let request = Request::from_parts(parts, body);
+            let timeout = limits.upstream_response_timeout;
+            match forward(pool, request, timeout, on_upgrade, limits.body_idle_timeout).await {
+                Ok(response) => (response, ""),
+                Err(error) => {
+                    tracing::debug!(%error, "inbound request to the app failed");
+                    error.into_response()
+                }
+            }
+        }
+    };
+    inbound.metrics.record(response.status().as_u16(), flag, started.elapsed());
+    response
+}

@@ -1,0 +1,166 @@
+//! Outbound: the local app's requests, routed by service name to weighted Backends.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use super::error::ProxyError;
+use super::forward::{forward, upstream_uri};
+use super::headers::{
+    append_forwarded, ensure_request_id, strip_hop_by_hop, upgrade_protocol,
+    X_FICUS_PEER_IDENTITY,
+};
+use crate::body::{self, with_idle_timeout, Body};
+use crate::route::ServiceName;
+use crate::snapshot::{RouteBackend, Snapshot};
+use crate::state::Shared;
+use crate::telemetry::metrics::RequestMetrics;
+
+/// Handles one request from the local app. Never fails: errors become responses.
+pub async fn handle(shared: &Shared, peer: SocketAddr, request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    // The request runs on this snapshot to its end, whatever is swapped in meanwhile.
+    let snapshot = shared.snapshot.load_full();
+    let (response, metrics, flag) = route_and_forward(shared, &snapshot, peer, request).await;
+    metrics.record(response.status().as_u16(), flag, started.elapsed());
+    response
+}
+
+async fn route_and_forward<'s>(
+    shared: &Shared,
+    snapshot: &'s Snapshot,
+    peer: SocketAddr,
+    mut request: Request<Incoming>,
+) -> (Response<Body>, &'s RequestMetrics, &'static str) {
+    let authority = match authority(&request) {
+        Ok(authority) => authority,
+        Err(error) => {
+            shared.metrics.http_rejected("bad_authority");
+            let (response, flag) = error.into_response();
+            return (response, &snapshot.unrouted, flag);
+        }
+    };
+    let Some(service) = ServiceName::parse(&authority)
+        .and_then(|name| snapshot.service(&name, &shared.identity.namespace))
+    else {
+        let (response, flag) = ProxyError::NoService(authority).into_response();
+        return (response, &snapshot.unrouted, flag);
+    };
+    let found = {
+        let (method, uri, headers) = (request.method(), request.uri(), request.headers());
+        service.table.find(method, uri.path(), uri.query(), headers)
+    };
+    let Some(entry) = found else {
+        let (response, flag) = ProxyError::NoRule(service.label.clone()).into_response();
+        return (response, &service.unmatched, flag);
+    };
+    let action = &entry.action;
+    if let Some(redirect) = &action.redirect {
+        let uri = request.uri();
+        let location = redirect.location(&authority, uri.path(), uri.query(), entry.matcher.prefix());
+        let mut response = Response::new(body::empty());
+        *response.status_mut() = StatusCode::from_u16(redirect.status()).unwrap_or(StatusCode::FOUND);
+        if let Ok(location) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        return (response, &action.local_metrics, "");
+    }
+    let Some(backends) = &action.backends else {
+        let (response, flag) = ProxyError::NoRule(service.label.clone()).into_response();
+        return (response, &service.unmatched, flag);
+    };
+    let RouteBackend { target, metrics } = backends.pick();
+    let http2 = target.protocol.is_http2();
+
+    let upgrade = match request.version() {
+        Version::HTTP_11 if !http2 => upgrade_protocol(request.headers()),
+        _ => None,
+    };
+    let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, incoming) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade.as_ref(), http2);
+    parts.headers.remove(X_FICUS_PEER_IDENTITY);
+    append_forwarded(&mut parts.headers, peer);
+    ensure_request_id(&mut parts.headers);
+    if let Some(ops) = &action.request_headers {
+        ops.apply(&mut parts.headers);
+    }
+
+    let mut host = authority.as_str();
+    let mut path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+    if let Some(rewrite) = &action.rewrite {
+        if let Some(hostname) = &rewrite.hostname {
+            host = hostname;
+        }
+        if let Some(path) = rewrite.path(parts.uri.path(), entry.matcher.prefix()) {
+            path_and_query = match parts.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+        }
+    }
+    parts.uri = match upstream_uri(http2, host, &path_and_query) {
+        Ok(uri) => uri,
+        Err(error) => {
+            let (response, flag) = error.into_response();
+            return (response, metrics, flag);
+        }
+    };
+    if http2 {
+        parts.headers.remove(header::HOST);
+    } else if let Ok(host) = HeaderValue::from_str(host) {
+        parts.headers.insert(header::HOST, host);
+    }
+
+    let limits = &snapshot.limits;
+    let per_try = action.timeouts.backend_request.unwrap_or(limits.upstream_response_timeout);
+    let timeout = action.timeouts.request.map_or(per_try, |total| total.min(per_try));
+    let body = with_idle_timeout(incoming, limits.body_idle_timeout);
+    let upstream_request = Request::from_parts(parts, body);
+    let endpoint = target.endpoint();
+    match forward(endpoint, upstream_request, timeout, on_upgrade, limits.body_idle_timeout).await {
+        Ok(mut response) => {
+            if let Some(ops) = &action.response_headers {
+                ops.apply(response.headers_mut());
+            }
+            (response, metrics, "")
+        }
+        Err(error) => {
+            log_failure(shared, &error, endpoint.address(), timeout);
+            let (response, flag) = error.into_response();
+            (response, metrics, flag)
+        }
+    }
+}
+
+fn log_failure(shared: &Shared, error: &ProxyError, endpoint: SocketAddr, timeout: Duration) {
+    let reason = match error {
+        ProxyError::Upstream(e) => e.reason(),
+        ProxyError::Timeout(_) => "timeout",
+        _ => "other",
+    };
+    shared.metrics.upstream_failure(reason);
+    tracing::debug!(%endpoint, ?timeout, %error, "upstream request failed");
+}
+
+/// The authority that names the destination: absolute-form URI (or `:authority`) first, then
+/// `Host`. More than one `Host` is refused (RELIABILITY.md HTTP1-4).
+fn authority(request: &Request<Incoming>) -> Result<String, ProxyError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    if request.method() == http::Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT tunnels are not supported"));
+    }
+    if let Some(authority) = request.uri().authority() {
+        return Ok(authority.as_str().to_owned());
+    }
+    host.and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .ok_or(ProxyError::BadRequest("request has no Host"))
+}

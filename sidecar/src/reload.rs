@@ -1,0 +1,78 @@
+//! Swapping in a new config: validate (done by the caller), compile, bind new listeners, then
+//! one atomic pointer swap. Nothing on the request path waits for any of it, and a config that
+//! fails at any step leaves the serving one untouched.
+
+use std::sync::Arc;
+
+use ficus_config::Config;
+
+use crate::snapshot::{BuildContext, Snapshot};
+use crate::state::Shared;
+use crate::tcp::TcpListeners;
+
+/// Applies accepted configs and records rejected ones.
+#[derive(Debug)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+    tcp: TcpListeners,
+    next_version: u64,
+}
+
+impl Reloader {
+    /// A reloader whose first accepted config gets version 1.
+    pub fn new(shared: Arc<Shared>, tcp: TcpListeners) -> Self {
+        Self { shared, tcp, next_version: 1 }
+    }
+
+    /// The shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Swaps in `config`. Returns the new version, or `None` when the documents equal the
+    /// serving ones (nothing to do). An error (e.g. a listen address in use) changes nothing
+    /// and is recorded as a rejection.
+    pub fn apply(&mut self, config: Config, source: &str) -> Result<Option<u64>, String> {
+        let current = self.shared.snapshot.load();
+        if current.version > 0 && current.config.documents == config.documents {
+            return Ok(None);
+        }
+        drop(current);
+        let version = self.next_version;
+        let cx = BuildContext {
+            pools: &self.shared.pools,
+            metrics: &self.shared.metrics,
+            identity: &self.shared.identity,
+        };
+        let snapshot = Snapshot::build(config, version, source.to_owned(), &cx);
+        let prepared = match self.tcp.prepare(&snapshot) {
+            Ok(prepared) => prepared,
+            Err(message) => {
+                self.reject(message.clone(), source);
+                return Err(message);
+            }
+        };
+        self.shared.install(snapshot);
+        self.tcp.commit(prepared, &self.shared);
+        self.next_version += 1;
+        self.shared.metrics.config_update(true, source_kind(source));
+        tracing::info!(version, source, "config applied");
+        Ok(Some(version))
+    }
+
+    /// Records a config that failed validation or could not be applied.
+    pub fn reject(&self, message: String, source: &str) {
+        tracing::error!(source, error = %message, "config rejected; the previous config keeps serving");
+        self.shared.metrics.config_update(false, source_kind(source));
+        self.shared.record_rejection(message);
+    }
+}
+
+/// Bounded `source` label: `file` or `control`.
+fn source_kind(source: &str) -> &'static str {
+    if source.starts_with("file:") {
+        "file"
+    } else {
+        "control"
+    }
+}

@@ -1,0 +1,165 @@
+//! One compiled `matches[]` entry and its precedence.
+
+use std::cmp::Reverse;
+
+use ficus_config::{PathMatch, RouteMatch, StringMatch};
+use http::header::HeaderName;
+use http::{HeaderMap, Method};
+
+/// Conditions of one `matches[]` entry with header names and the method parsed up front.
+#[derive(Debug, Clone)]
+pub struct CompiledMatch {
+    path: PathMatch,
+    method: Option<Method>,
+    headers: Vec<(HeaderName, StringMatch)>,
+    query: Vec<(String, StringMatch)>,
+}
+
+/// Gateway API precedence; smaller sorts first. Exact paths beat prefixes, longer prefixes
+/// beat shorter ones, regexes come after prefixes; then a method match, then more header
+/// matches, then more query matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Precedence {
+    path_kind: u8,
+    path_len: Reverse<usize>,
+    no_method: bool,
+    headers: Reverse<usize>,
+    query: Reverse<usize>,
+}
+
+impl CompiledMatch {
+    /// Compiles a validated match. Header names were validated by the config crate; one that
+    /// still fails to parse here makes the match never apply rather than apply too widely.
+    pub fn new(m: &RouteMatch) -> Self {
+        let headers = m
+            .headers
+            .iter()
+            .map(|h| {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .unwrap_or_else(|_| HeaderName::from_static("x-ficus-invalid-header-name"));
+                (name, h.value.clone())
+            })
+            .collect();
+        Self {
+            path: m.path.clone(),
+            method: m.method.as_deref().and_then(|m| Method::from_bytes(m.as_bytes()).ok()),
+            headers,
+            query: m.query_params.iter().map(|q| (q.name.clone(), q.value.clone())).collect(),
+        }
+    }
+
+    /// This match's rank.
+    pub fn precedence(&self) -> Precedence {
+        let (path_kind, path_len) = match &self.path {
+            PathMatch::Exact(p) => (0, p.len()),
+            PathMatch::Prefix(p) => (1, p.len()),
+            PathMatch::RegularExpression(re) => (2, re.as_str().len()),
+        };
+        Precedence {
+            path_kind,
+            path_len: Reverse(path_len),
+            no_method: self.method.is_none(),
+            headers: Reverse(self.headers.len()),
+            query: Reverse(self.query.len()),
+        }
+    }
+
+    /// The prefix this match consumed, for `ReplacePrefixMatch`.
+    pub fn prefix(&self) -> Option<&str> {
+        match &self.path {
+            PathMatch::Prefix(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether a request satisfies every condition.
+    pub fn matches(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> bool {
+        path_matches(&self.path, path)
+            && self.method.as_ref().is_none_or(|m| m == method)
+            && self.headers.iter().all(|(name, want)| {
+                headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| want.is_match(v)))
+            })
+            && self.query.iter().all(|(name, want)| {
+                query_value(query, name).is_some_and(|v| want.is_match(v))
+            })
+    }
+}
+
+/// Path condition. Prefixes match whole segments: `/api` matches `/api` and `/api/x`, not
+/// `/apix`.
+pub fn path_matches(condition: &PathMatch, path: &str) -> bool {
+    match condition {
+        PathMatch::Exact(want) => path == want,
+        PathMatch::Prefix(prefix) => {
+            prefix == "/"
+                || path
+                    .strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        }
+        PathMatch::RegularExpression(re) => re.is_match(path),
+    }
+}
+
+/// First value of query parameter `name` (no percent-decoding: Gateway API compares raw values).
+fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn prefix(p: &str) -> PathMatch {
+        PathMatch::Prefix(p.to_owned())
+    }
+
+    #[test]
+    fn prefix_matches_whole_segments() {
+        assert!(path_matches(&prefix("/api"), "/api"));
+        assert!(path_matches(&prefix("/api"), "/api/"));
+        assert!(path_matches(&prefix("/api"), "/api/payments"));
+        assert!(!path_matches(&prefix("/api"), "/apix"));
+        assert!(!path_matches(&prefix("/api"), "/"));
+        assert!(path_matches(&prefix("/"), "/anything"));
+    }
+
+    #[test]
+    fn query_values() {
+        assert_eq!(query_value(Some("a=1&b=2&a=3"), "a"), Some("1"));
+        assert_eq!(query_value(Some("flag&b=2"), "flag"), Some(""));
+        assert_eq!(query_value(Some("b=2"), "a"), None);
+        assert_eq!(query_value(None, "a"), None);
+    }
+
+    proptest! {
+        /// A prefix condition holds exactly when the path is the prefix or continues it with
+        /// a new segment.
+        #[test]
+        fn prefix_is_segment_aware(
+            segments in prop::collection::vec("[a-z]{1,4}", 1..4),
+            tail in "[a-z/]{0,6}",
+        ) {
+            let p = format!("/{}", segments.join("/"));
+            let path = format!("{p}{tail}");
+            let expect = tail.is_empty() || tail.starts_with('/');
+            prop_assert_eq!(path_matches(&prefix(&p), &path), expect);
+        }
+
+        /// Exact holds only for the same string.
+        #[test]
+        fn exact_is_equality(a in "/[a-z/]{0,8}", b in "/[a-z/]{0,8}") {
+            prop_assert_eq!(path_matches(&PathMatch::Exact(a.clone()), &b), a == b);
+        }
+    }
+}

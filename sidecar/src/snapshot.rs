@@ -1,0 +1,344 @@
+//! An immutable, versioned view of the config compiled for the request path.
+//!
+//! Everything a request needs is resolved here, once per config: route tables in precedence
+//! order, weighted backend sets, endpoint pools, header names and values, metric handles.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ficus_config::{Config, Filter, Protocol, ProxyLimits, ResourceKey, RouteRule, Timeouts};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+
+use crate::proxy::filters::{HeaderOps, Redirect, Rewrite};
+use crate::route::{CompiledMatch, RouteEntry, RouteTable, ServiceName, WeightedSet};
+use crate::state::Identity;
+use crate::telemetry::metrics::{Direction, Metrics, RequestMetrics};
+use crate::upstream::{EndpointPool, PoolRegistry, PoolSettings};
+
+/// The compiled config a request runs on from start to end.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every accepted config.
+    pub version: u64,
+    /// Where it came from (`file:<path>`).
+    pub source: String,
+    /// The validated config (documents for `/config`).
+    pub config: Arc<Config>,
+    /// Limits for new connections.
+    pub limits: ProxyLimits,
+    /// Server settings for new downstream connections.
+    pub server: auto::Builder<TokioExecutor>,
+    /// Outbound services: namespace → name → routes.
+    services: HashMap<String, HashMap<String, Arc<Service>>>,
+    /// Opaque TCP services by local listen address.
+    pub tcp: HashMap<SocketAddr, Arc<TcpService>>,
+    /// The local app.
+    pub inbound: Arc<InboundTarget>,
+    /// Metrics for requests that name no service.
+    pub unrouted: Arc<RequestMetrics>,
+}
+
+/// An outbound service: its precedence-ordered route table.
+#[derive(Debug)]
+pub struct Service {
+    /// `namespace/name`, the `destination_service` label.
+    pub label: String,
+    /// Routes.
+    pub table: RouteTable<RuleAction>,
+    /// Metrics for requests of this service that match no rule.
+    pub unmatched: Arc<RequestMetrics>,
+}
+
+/// What one rule does.
+#[derive(Debug)]
+pub struct RuleAction {
+    /// Request header changes.
+    pub request_headers: Option<HeaderOps>,
+    /// Response header changes.
+    pub response_headers: Option<HeaderOps>,
+    /// Host/path rewrite.
+    pub rewrite: Option<Rewrite>,
+    /// Answer with a redirect instead of forwarding.
+    pub redirect: Option<Redirect>,
+    /// Weighted backends (absent only with a redirect).
+    pub backends: Option<WeightedSet<RouteBackend>>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Metrics for redirects answered by this rule.
+    pub local_metrics: Arc<RequestMetrics>,
+}
+
+/// A backend as seen from one service's rule: the target plus its metric handles.
+#[derive(Debug)]
+pub struct RouteBackend {
+    /// The backend.
+    pub target: Arc<BackendTarget>,
+    /// `ficus_requests_total` etc. for (outbound, service, backend).
+    pub metrics: Arc<RequestMetrics>,
+}
+
+/// A Backend's endpoints, chosen round-robin.
+#[derive(Debug)]
+pub struct BackendTarget {
+    /// `namespace/name`, the `destination_backend` label.
+    pub label: String,
+    /// Protocol to the endpoints.
+    pub protocol: Protocol,
+    endpoints: Vec<Arc<EndpointPool>>,
+    next: AtomicUsize,
+}
+
+impl BackendTarget {
+    /// The next endpoint, round-robin.
+    pub fn endpoint(&self) -> &Arc<EndpointPool> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.endpoints[i % self.endpoints.len()]
+    }
+}
+
+/// An opaque TCP listener's service.
+#[derive(Debug)]
+pub struct TcpService {
+    /// `namespace/name`.
+    pub label: String,
+    /// Weighted TCP backends, chosen per connection.
+    pub backends: WeightedSet<Arc<BackendTarget>>,
+}
+
+/// Inbound traffic goes to the local app, over the protocol the peer used.
+#[derive(Debug)]
+pub struct InboundTarget {
+    /// HTTP/1.1 connections to the app.
+    pub http1: Arc<EndpointPool>,
+    /// HTTP/2 connections to the app.
+    pub http2: Arc<EndpointPool>,
+    /// Metrics for (inbound, workload, app).
+    pub metrics: Arc<RequestMetrics>,
+}
+
+/// What a snapshot needs besides the config.
+#[derive(Debug)]
+pub struct BuildContext<'a> {
+    /// Pools outlive snapshots.
+    pub pools: &'a PoolRegistry,
+    /// Metric registry.
+    pub metrics: &'a Arc<Metrics>,
+    /// Who we are.
+    pub identity: &'a Identity,
+}
+
+impl Snapshot {
+    /// Compiles `config`. Validation already happened; this cannot fail.
+    pub fn build(config: Config, version: u64, source: String, cx: &BuildContext<'_>) -> Self {
+        let limits = config.mesh.proxy.clone();
+        let settings = PoolSettings {
+            connect_timeout: limits.connect_timeout,
+            idle_timeout: limits.upstream_idle_timeout,
+        };
+        let targets: HashMap<&ResourceKey, Arc<BackendTarget>> = config
+            .backends
+            .iter()
+            .map(|(key, backend)| {
+                let endpoints = backend
+                    .endpoints
+                    .iter()
+                    .map(|e| cx.pools.pool(e.address, backend.protocol.is_http2(), settings))
+                    .collect();
+                let target = BackendTarget {
+                    label: key.to_string(),
+                    protocol: backend.protocol,
+                    endpoints,
+                    next: AtomicUsize::new(0),
+                };
+                (key, Arc::new(target))
+            })
+            .collect();
+
+        let mut services: HashMap<String, HashMap<String, Arc<Service>>> = HashMap::new();
+        let mut routed: HashMap<ResourceKey, Vec<_>> = HashMap::new();
+        for route in &config.http_routes {
+            for parent in &route.parents {
+                for (rule_index, rule) in route.rules.iter().enumerate() {
+                    routed.entry(parent.clone()).or_default().push((
+                        route.key.to_string(),
+                        rule_index,
+                        rule,
+                    ));
+                }
+            }
+        }
+        for (service, rules) in routed {
+            let label = service.to_string();
+            let mut entries = Vec::new();
+            for (route_label, rule_index, rule) in rules {
+                let action = Arc::new(compile_rule(rule, &label, &targets, cx));
+                for (match_index, m) in rule.matches.iter().enumerate() {
+                    let matcher = CompiledMatch::new(m);
+                    let precedence = matcher.precedence();
+                    let entry = RouteEntry { matcher, action: Arc::clone(&action) };
+                    entries.push((precedence, (route_label.clone(), rule_index, match_index), entry));
+                }
+            }
+            let unmatched = cx.metrics.request_metrics(Direction::Outbound, &label, "none");
+            let compiled = Service { label, table: RouteTable::new(entries), unmatched };
+            services
+                .entry(service.namespace)
+                .or_default()
+                .insert(service.name, Arc::new(compiled));
+        }
+        // A Backend with no HTTPRoute of its name is reachable directly by that name.
+        for (key, target) in &targets {
+            let by_name = services.entry(key.namespace.clone()).or_default();
+            if target.protocol == Protocol::Tcp || by_name.contains_key(&key.name) {
+                continue;
+            }
+            let label = key.to_string();
+            by_name.insert(key.name.clone(), Arc::new(direct_service(label, target, cx)));
+        }
+
+        let mut tcp = HashMap::new();
+        for (key, backend) in &config.backends {
+            let Some(listen) = backend.listen else { continue };
+            let parent_route = config.tcp_routes.iter().find(|r| r.parents.contains(key));
+            let weighted: Vec<(Arc<BackendTarget>, u32)> = match parent_route {
+                Some(route) => route
+                    .backend_refs
+                    .iter()
+                    .filter_map(|r| targets.get(&r.backend).map(|t| (Arc::clone(t), r.weight)))
+                    .collect(),
+                None => targets.get(key).map(|t| (Arc::clone(t), 1)).into_iter().collect(),
+            };
+            if let Some(backends) = WeightedSet::new(weighted) {
+                tcp.insert(listen, Arc::new(TcpService { label: key.to_string(), backends }));
+            }
+        }
+
+        let app = cx.identity.app;
+        let inbound = Arc::new(InboundTarget {
+            http1: cx.pools.pool(app, false, settings),
+            http2: cx.pools.pool(app, true, settings),
+            metrics: cx.metrics.request_metrics(
+                Direction::Inbound,
+                &format!("{}/{}", cx.identity.namespace, cx.identity.workload),
+                "app",
+            ),
+        });
+        let unrouted = cx.metrics.request_metrics(Direction::Outbound, "unknown", "none");
+        Self {
+            version,
+            source,
+            server: server_builder(&limits),
+            limits,
+            config: Arc::new(config),
+            services,
+            tcp,
+            inbound,
+            unrouted,
+        }
+    }
+
+    /// An empty snapshot (push mode before the first config): every request is unrouted.
+    pub fn empty(cx: &BuildContext<'_>) -> Self {
+        let config = Config {
+            mesh: Default::default(),
+            backends: Default::default(),
+            http_routes: Vec::new(),
+            tcp_routes: Vec::new(),
+            traffic_policies: Default::default(),
+            authorization_policies: Vec::new(),
+            documents: Vec::new(),
+        };
+        Self::build(config, 0, "none".to_owned(), cx)
+    }
+
+    /// The service an authority names, resolving bare names in `own_namespace`.
+    pub fn service(&self, name: &ServiceName<'_>, own_namespace: &str) -> Option<&Arc<Service>> {
+        let namespace = name.namespace.as_deref().unwrap_or(own_namespace);
+        self.services.get(namespace)?.get(name.name.as_ref())
+    }
+}
+
+fn compile_rule(
+    rule: &RouteRule,
+    service_label: &str,
+    targets: &HashMap<&ResourceKey, Arc<BackendTarget>>,
+    cx: &BuildContext<'_>,
+) -> RuleAction {
+    let mut action = RuleAction {
+        request_headers: None,
+        response_headers: None,
+        rewrite: None,
+        redirect: None,
+        backends: None,
+        timeouts: rule.timeouts,
+        local_metrics: cx.metrics.request_metrics(Direction::Outbound, service_label, "local"),
+    };
+    for filter in &rule.filters {
+        match filter {
+            Filter::RequestHeaderModifier(m) => action.request_headers = HeaderOps::new(m),
+            Filter::ResponseHeaderModifier(m) => action.response_headers = HeaderOps::new(m),
+            Filter::UrlRewrite(r) => action.rewrite = Some(Rewrite::new(r)),
+            Filter::RequestRedirect(r) => action.redirect = Some(Redirect::new(r)),
+            // Mirroring arrives with the resilience work; the filter validates but is inert.
+            Filter::RequestMirror(_) => {}
+        }
+    }
+    let weighted = rule.backend_refs.iter().filter_map(|r| {
+        let target = targets.get(&r.backend)?;
+        let metrics = cx.metrics.request_metrics(Direction::Outbound, service_label, &target.label);
+        Some((RouteBackend { target: Arc::clone(target), metrics }, r.weight))
+    });
+    action.backends = WeightedSet::new(weighted);
+    action
+}
+
+fn direct_service(label: String, target: &Arc<BackendTarget>, cx: &BuildContext<'_>) -> Service {
+    let metrics = cx.metrics.request_metrics(Direction::Outbound, &label, &target.label);
+    let action = RuleAction {
+        request_headers: None,
+        response_headers: None,
+        rewrite: None,
+        redirect: None,
+        backends: WeightedSet::new([(RouteBackend { target: Arc::clone(target), metrics }, 1)]),
+        timeouts: Timeouts::default(),
+        local_metrics: cx.metrics.request_metrics(Direction::Outbound, &label, "local"),
+    };
+    let catch_all = ficus_config::RouteMatch {
+        path: ficus_config::PathMatch::Prefix("/".to_owned()),
+        headers: Vec::new(),
+        query_params: Vec::new(),
+        method: None,
+    };
+    let matcher = CompiledMatch::new(&catch_all);
+    let entry = RouteEntry { matcher, action: Arc::new(action) };
+    let unmatched = cx.metrics.request_metrics(Direction::Outbound, &label, "none");
+    let table = RouteTable::new(vec![(entry.matcher.precedence(), (label.clone(), 0, 0), entry)]);
+    Service { label, table, unmatched }
+}
+
+/// Downstream server settings from the limits (applied to connections accepted afterwards).
+fn server_builder(limits: &ProxyLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(100))
+        .max_local_error_reset_streams(Some(1024))
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(60)))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    builder
+}

@@ -1,0 +1,107 @@
+//! State shared by the data plane, the admin server and the config reloader.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::drain::DrainSignal;
+use crate::snapshot::Snapshot;
+use crate::telemetry::logging::LogHandle;
+use crate::telemetry::metrics::Metrics;
+use crate::upstream::PoolRegistry;
+
+/// Who this sidecar is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Workload (service account) name.
+    pub workload: String,
+    /// Namespace; bare service names resolve here.
+    pub namespace: String,
+    /// Unique node id.
+    pub node_id: String,
+    /// The local app inbound traffic goes to.
+    pub app: SocketAddr,
+}
+
+/// What `/config` reports besides the documents.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigStatus {
+    /// When the serving config was swapped in.
+    pub applied_at: Option<SystemTime>,
+    /// The last rejection message, cleared by the next accepted config.
+    pub last_error: Option<String>,
+}
+
+/// Everything long-lived, behind one `Arc`.
+#[derive(Debug)]
+pub struct Shared {
+    /// The config being served. Requests load it once and keep their snapshot to the end.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Admin-only bookkeeping (never touched on the request path).
+    pub status: Mutex<ConfigStatus>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Upstream connection pools.
+    pub pools: PoolRegistry,
+    /// Who we are.
+    pub identity: Identity,
+    /// Log filter control.
+    pub log: LogHandle,
+    /// Drain.
+    pub drain: DrainSignal,
+    /// Set by `/quitquitquit`: drain, then exit 0.
+    pub quit: tokio::sync::Notify,
+    has_config: AtomicBool,
+}
+
+impl Shared {
+    /// Shared state serving `snapshot`; `has_config` says whether it is a real config.
+    pub fn new(
+        snapshot: Snapshot,
+        has_config: bool,
+        metrics: Arc<Metrics>,
+        pools: PoolRegistry,
+        identity: Identity,
+        log: LogHandle,
+        drain: DrainSignal,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            status: Mutex::new(ConfigStatus::default()),
+            metrics,
+            pools,
+            identity,
+            log,
+            drain,
+            quit: tokio::sync::Notify::new(),
+            has_config: AtomicBool::new(has_config),
+        })
+    }
+
+    /// Ready: a valid config is loaded and we are not draining.
+    pub fn is_ready(&self) -> bool {
+        self.has_config.load(Ordering::Acquire) && !self.drain.is_draining()
+    }
+
+    /// Swaps in `snapshot` and records success.
+    pub fn install(&self, snapshot: Snapshot) {
+        let version = snapshot.version;
+        self.snapshot.store(Arc::new(snapshot));
+        self.has_config.store(true, Ordering::Release);
+        self.metrics.config_version.set(i64::try_from(version).unwrap_or(i64::MAX));
+        if let Ok(mut status) = self.status.lock() {
+            status.applied_at = Some(SystemTime::now());
+            status.last_error = None;
+        }
+    }
+
+    /// Records a rejected config; the serving snapshot stays.
+    pub fn record_rejection(&self, message: String) {
+        if let Ok(mut status) = self.status.lock() {
+            status.last_error = Some(message);
+        }
+    }
+}

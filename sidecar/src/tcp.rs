@@ -1,0 +1,132 @@
+//! Opaque TCP: one local listener per Backend with `listen:`, bytes forwarded to an endpoint
+//! of a Backend chosen per connection (weighted when a TCPRoute splits the service).
+//!
+//! Listeners follow the config: a reload binds the new addresses *before* the swap (so an
+//! address in use rejects the whole config), then stops listeners the new config dropped.
+//! Connections already open keep running on their endpoints.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
+use tokio::task::AbortHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::drain::Drain;
+use crate::listener::accept_loop;
+use crate::snapshot::Snapshot;
+use crate::state::Shared;
+
+/// The running opaque TCP listeners.
+#[derive(Debug)]
+pub struct TcpListeners {
+    running: HashMap<SocketAddr, AbortHandle>,
+    runtime: Handle,
+    tracker: TaskTracker,
+    drain: Drain,
+}
+
+/// Listeners bound for a config that is not swapped in yet.
+#[derive(Debug)]
+pub struct Prepared {
+    bound: Vec<(SocketAddr, std::net::TcpListener)>,
+    wanted: Vec<SocketAddr>,
+}
+
+impl TcpListeners {
+    /// No listeners yet; accept loops will run on `runtime`.
+    pub fn new(runtime: Handle, tracker: TaskTracker, drain: Drain) -> Self {
+        Self { running: HashMap::new(), runtime, tracker, drain }
+    }
+
+    /// Binds every listen address of `snapshot` not bound yet. Fails, binding nothing, if
+    /// any address cannot be bound.
+    pub fn prepare(&self, snapshot: &Snapshot) -> Result<Prepared, String> {
+        let wanted: Vec<SocketAddr> = snapshot.tcp.keys().copied().collect();
+        let mut bound = Vec::new();
+        for address in &wanted {
+            if self.running.contains_key(address) {
+                continue;
+            }
+            let listener = std::net::TcpListener::bind(address)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| format!("cannot listen on {address} for opaque TCP: {e}"))?;
+            bound.push((*address, listener));
+        }
+        Ok(Prepared { bound, wanted })
+    }
+
+    /// Starts the prepared listeners and stops those the new config no longer has.
+    pub fn commit(&mut self, prepared: Prepared, shared: &Arc<Shared>) {
+        self.running.retain(|address, handle| {
+            let keep = prepared.wanted.contains(address);
+            if !keep {
+                tracing::info!(%address, "opaque TCP listener stopped");
+                handle.abort();
+            }
+            keep
+        });
+        for (address, listener) in prepared.bound {
+            let shared = Arc::clone(shared);
+            let drain = self.drain.clone();
+            let tracker = self.tracker.clone();
+            let task = self.runtime.spawn(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::error!(%address, %error, "opaque TCP listener failed");
+                        return;
+                    }
+                };
+                tracing::info!(%address, "opaque TCP listener started");
+                let connections = tracker.clone();
+                accept_loop(listener, "tcp", drain, connections, move |stream, _peer| {
+                    proxy_connection(Arc::clone(&shared), address, stream)
+                })
+                .await;
+            });
+            self.running.insert(address, task.abort_handle());
+        }
+    }
+}
+
+/// Forwards one accepted connection.
+async fn proxy_connection(shared: Arc<Shared>, listen: SocketAddr, mut downstream: TcpStream) {
+    let metrics = &shared.metrics;
+    metrics.tcp_opened.inc();
+    let service = shared.snapshot.load().tcp.get(&listen).cloned();
+    if let Some(service) = service {
+        let target = service.backends.pick();
+        let endpoint = target.endpoint();
+        match endpoint.connect_tcp().await {
+            Ok(mut upstream) => {
+                let (sent, received) = copy(&mut downstream, &mut upstream).await;
+                metrics.tcp_bytes_sent.inc_by(sent);
+                metrics.tcp_bytes_received.inc_by(received);
+            }
+            Err(error) => {
+                metrics.upstream_failure(error.reason());
+                tracing::debug!(service = %service.label, %error, "opaque TCP connect failed");
+            }
+        }
+    }
+    metrics.tcp_closed.inc();
+}
+
+/// Copies both ways until both sides are done; returns bytes (to upstream, from upstream).
+async fn copy<A, B>(downstream: &mut A, upstream: &mut B) -> (u64, u64)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::io::copy_bidirectional(downstream, upstream).await {
+        Ok(counts) => counts,
+        Err(error) => {
+            tracing::debug!(%error, "opaque TCP connection failed");
+            (0, 0)
+        }
+    }
+}

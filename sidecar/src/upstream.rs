@@ -1,0 +1,387 @@
+//! Connections to upstream endpoints: connect with a timeout, HTTP/1.1 keep-alive pools with a
+//! bounded idle time, one multiplexed HTTP/2 connection per endpoint.
+//!
+//! We pool per endpoint address ourselves (on `hyper::client::conn`) rather than by URI, so the
+//! address we dial and the `Host`/`:authority` the app chose stay independent.
+//!
+//! A request that fails on a *reused* connection before any byte of it was written (the
+//! server closed the idle connection under us) is resent once on a fresh connection: that is
+//! always safe, and it removes the "upstream reset before headers" errors of naive pools.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::body::{Body, BoxError};
+
+/// Most idle HTTP/1.1 connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
+/// Largest upstream response header block (a bigger one is a 502).
+const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
+/// How long a pooled HTTP/1.1 connection may take to become ready again before we drop it.
+const READY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Why an upstream exchange failed before response headers arrived.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// The TCP connect was refused or failed. Nothing was sent, so a retry is safe.
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// No connection within the connect timeout. Nothing was sent, so a retry is safe.
+    #[error("connect to {addr} timed out after {after:?}")]
+    ConnectTimeout {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The HTTP handshake on a fresh connection failed. Nothing was sent.
+    #[error("HTTP handshake with {addr} failed: {source}")]
+    Handshake {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        source: hyper::Error,
+    },
+    /// The connection failed after the request (or part of it) was sent: the upstream may
+    /// have acted on it, so only idempotent requests may be retried.
+    #[error("upstream {addr} failed before response headers: {source}")]
+    Reset {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        source: hyper::Error,
+    },
+}
+
+impl UpstreamError {
+    /// Whether the request was certainly not sent (connect-phase failure).
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Handshake { .. })
+    }
+
+    /// Bounded reason label for `ficus_upstream_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect_refused",
+            Self::ConnectTimeout { .. } => "connect_timeout",
+            Self::Handshake { .. } => "handshake",
+            Self::Reset { .. } => "reset_before_headers",
+        }
+    }
+}
+
+/// Timeouts of the pools, set from the config in force.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle HTTP/1.1 connections older than this are closed instead of reused.
+    pub idle_timeout: Duration,
+}
+
+/// The connections to one endpoint, shared by every snapshot that names it.
+#[derive(Debug)]
+pub struct EndpointPool {
+    address: SocketAddr,
+    http2: bool,
+    connect_timeout_ms: AtomicU64,
+    idle_timeout_ms: AtomicU64,
+    idle: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
+    shared: Mutex<Option<http2::SendRequest<Body>>>,
+}
+
+impl EndpointPool {
+    fn new(address: SocketAddr, http2: bool, settings: PoolSettings) -> Self {
+        let pool = Self {
+            address,
+            http2,
+            connect_timeout_ms: AtomicU64::new(0),
+            idle_timeout_ms: AtomicU64::new(0),
+            idle: Mutex::new(Vec::new()),
+            shared: Mutex::new(None),
+        };
+        pool.update(settings);
+        pool
+    }
+
+    fn update(&self, settings: PoolSettings) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.connect_timeout_ms.store(ms(settings.connect_timeout), Ordering::Relaxed);
+        self.idle_timeout_ms.store(ms(settings.idle_timeout), Ordering::Relaxed);
+    }
+
+    /// The endpoint address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Opens a TCP connection to the endpoint within the connect timeout.
+    pub async fn connect_tcp(&self) -> Result<TcpStream, UpstreamError> {
+        let after = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
+        let addr = self.address;
+        match tokio::time::timeout(after, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(stream)
+            }
+            Ok(Err(source)) => Err(UpstreamError::Connect { addr, source }),
+            Err(_) => Err(UpstreamError::ConnectTimeout { addr, after }),
+        }
+    }
+
+    /// Sends `request` (URI in origin form; headers final) and returns the response head with a
+    /// body that returns the connection to the pool when it ends.
+    pub async fn send(
+        self: &Arc<Self>,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        if self.http2 {
+            self.send_http2(request).await
+        } else {
+            self.send_http1(request).await
+        }
+    }
+
+    async fn send_http1(
+        self: &Arc<Self>,
+        mut request: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        *request.version_mut() = http::Version::HTTP_11;
+        loop {
+            let (mut sender, reused) = match self.checkout_http1().await {
+                Some(sender) => (sender, true),
+                None => (self.connect_http1().await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let keep = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+                    let pool = keep.then(|| (Arc::clone(self), sender));
+                    return Ok(response.map(|body| pooled_body(body, pool)));
+                }
+                Err(mut error) => match error.take_message() {
+                    // Never written: safe to resend on a fresh connection.
+                    Some(unsent) if reused => request = unsent,
+                    _ => {
+                        let addr = self.address;
+                        return Err(UpstreamError::Reset { addr, source: error.into_error() });
+                    }
+                },
+            }
+        }
+    }
+
+    async fn send_http2(
+        self: &Arc<Self>,
+        mut request: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        *request.version_mut() = http::Version::HTTP_2;
+        let mut fresh = false;
+        loop {
+            let cached = self.shared.lock().ok().and_then(|slot| slot.clone());
+            let mut sender = match cached.filter(|s| !s.is_closed()) {
+                Some(sender) => sender,
+                None => {
+                    fresh = true;
+                    self.connect_http2().await?
+                }
+            };
+            if let Err(source) = sender.ready().await {
+                self.forget_http2();
+                if fresh {
+                    return Err(UpstreamError::Reset { addr: self.address, source });
+                }
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response.map(crate::body::boxed)),
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) if !fresh => {
+                        self.forget_http2();
+                        request = unsent;
+                        fresh = true;
+                    }
+                    _ => {
+                        let addr = self.address;
+                        return Err(UpstreamError::Reset { addr, source: error.into_error() });
+                    }
+                },
+            }
+        }
+    }
+
+    fn forget_http2(&self) {
+        if let Ok(mut slot) = self.shared.lock() {
+            if slot.as_ref().is_some_and(|s| s.is_closed()) {
+                *slot = None;
+            }
+        }
+    }
+
+    async fn checkout_http1(&self) -> Option<http1::SendRequest<Body>> {
+        let idle_timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
+        loop {
+            let (mut sender, since) = self.idle.lock().ok()?.pop()?;
+            if sender.is_closed() || since.elapsed() >= idle_timeout {
+                continue;
+            }
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            // The previous exchange just ended; the connection task may not have run yet.
+            if let Ok(Ok(())) = tokio::time::timeout(READY_TIMEOUT, sender.ready()).await {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn checkin_http1(&self, sender: http1::SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < MAX_IDLE_PER_ENDPOINT {
+                idle.push((sender, Instant::now()));
+            }
+        }
+    }
+
+    async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let stream = self.connect_tcp().await?;
+        let (sender, connection) = http1::Builder::new()
+            .max_buf_size(MAX_RESPONSE_HEADER_BYTES.max(8192))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr: self.address, source })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream HTTP/1.1 connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_http2(&self) -> Result<http2::SendRequest<Body>, UpstreamError> {
+        let stream = self.connect_tcp().await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .max_header_list_size(MAX_RESPONSE_HEADER_BYTES as u32)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr: self.address, source })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        if let Ok(mut slot) = self.shared.lock() {
+            if slot.as_ref().is_none_or(|s| s.is_closed()) {
+                *slot = Some(sender.clone());
+            }
+        }
+        Ok(sender)
+    }
+}
+
+/// Hands out the pool of an endpoint, the same one for as long as any snapshot names it.
+#[derive(Debug, Default)]
+pub struct PoolRegistry {
+    pools: Mutex<HashMap<(SocketAddr, bool), Weak<EndpointPool>>>,
+}
+
+impl PoolRegistry {
+    /// The pool for `address` (HTTP/2 or HTTP/1.1), created or updated with `settings`.
+    pub fn pool(
+        &self,
+        address: SocketAddr,
+        http2: bool,
+        settings: PoolSettings,
+    ) -> Arc<EndpointPool> {
+        let Ok(mut pools) = self.pools.lock() else {
+            return Arc::new(EndpointPool::new(address, http2, settings));
+        };
+        pools.retain(|_, pool| pool.strong_count() > 0);
+        if let Some(pool) = pools.get(&(address, http2)).and_then(Weak::upgrade) {
+            pool.update(settings);
+            return pool;
+        }
+        let pool = Arc::new(EndpointPool::new(address, http2, settings));
+        pools.insert((address, http2), Arc::downgrade(&pool));
+        pool
+    }
+}
+
+fn pooled_body(body: Incoming, pool: Option<(Arc<EndpointPool>, http1::SendRequest<Body>)>) -> Body {
+    match pool {
+        // Nothing to read (HEAD, 204, 304): the connection is reusable right away.
+        Some((pool, sender)) if body.is_end_stream() => {
+            pool.checkin_http1(sender);
+            crate::body::boxed(body)
+        }
+        None => crate::body::boxed(body),
+        Some(pool) => crate::body::boxed(PooledBody { inner: body, pool: Some(pool) }),
+    }
+}
+
+/// An HTTP/1.1 response body that returns its connection to the pool once it has ended.
+struct PooledBody {
+    inner: Incoming,
+    pool: Option<(Arc<EndpointPool>, http1::SendRequest<Body>)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((pool, sender)) = self.pool.take() {
+            pool.checkin_http1(sender);
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            // An error or an unfinished body: the connection is not reusable; dropping the
+            // sender closes it.
+            Poll::Ready(Some(Err(_))) => self.pool = None,
+            _ => {}
+        }
+        polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

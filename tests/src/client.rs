@@ -1,0 +1,223 @@
+//! Clients: hyper HTTP/1.1 and h2c, a raw TCP client for exact bytes, and a Prometheus text
+//! parser for `/metrics`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Deadline for every client exchange in the suite.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A complete response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+    /// Trailers, if any.
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Response {
+    /// A header as a string ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+async fn collect(response: http::Response<hyper::body::Incoming>) -> anyhow::Result<Response> {
+    let (parts, body) = response.into_parts();
+    let collected = tokio::time::timeout(TIMEOUT, body.collect()).await??;
+    let trailers = collected.trailers().cloned();
+    Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body: collected.to_bytes(), trailers })
+}
+
+/// `GET path` with `Host: host` on a new HTTP/1.1 connection.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<Response> {
+    let request = Request::get(path).header("host", host).body(Full::new(Bytes::new()))?;
+    send(addr, request).await
+}
+
+/// Sends one request on a new HTTP/1.1 connection.
+pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> anyhow::Result<Response> {
+    let mut client = H1Client::connect(addr).await?;
+    client.send(request).await
+}
+
+/// A keep-alive HTTP/1.1 connection.
+#[derive(Debug)]
+pub struct H1Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl H1Client {
+    /// Connects.
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr)).await??;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Self { sender })
+    }
+
+    /// Sends a request and reads the whole response.
+    pub async fn send(&mut self, request: Request<Full<Bytes>>) -> anyhow::Result<Response> {
+        tokio::time::timeout(TIMEOUT, self.sender.ready()).await??;
+        let response = tokio::time::timeout(TIMEOUT, self.sender.send_request(request)).await??;
+        collect(response).await
+    }
+
+    /// `GET path` with `Host: host`.
+    pub async fn get(&mut self, host: &str, path: &str) -> anyhow::Result<Response> {
+        let request = Request::get(path).header("host", host).body(Full::new(Bytes::new()))?;
+        self.send(request).await
+    }
+}
+
+/// An h2c (prior knowledge) connection.
+#[derive(Debug, Clone)]
+pub struct H2Client {
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+}
+
+impl H2Client {
+    /// Connects.
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr)).await??;
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await?;
+        tokio::spawn(connection);
+        Ok(Self { sender })
+    }
+
+    /// Sends a request (URI must be absolute: `http://authority/path`).
+    pub async fn send(&mut self, request: Request<Full<Bytes>>) -> anyhow::Result<Response> {
+        tokio::time::timeout(TIMEOUT, self.sender.ready()).await??;
+        let response = tokio::time::timeout(TIMEOUT, self.sender.send_request(request)).await??;
+        collect(response).await
+    }
+}
+
+/// What a raw exchange got back.
+#[derive(Debug)]
+pub struct RawOutcome {
+    /// Everything read.
+    pub bytes: Vec<u8>,
+    /// Whether the peer closed (FIN or RST) before the read deadline.
+    pub closed: bool,
+}
+
+impl RawOutcome {
+    /// The status code of the first response, if one arrived.
+    pub fn status(&self) -> Option<u16> {
+        let text = String::from_utf8_lossy(&self.bytes);
+        text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    }
+
+    /// Number of HTTP responses in the bytes.
+    pub fn responses(&self) -> usize {
+        String::from_utf8_lossy(&self.bytes).matches("HTTP/1.1 ").count()
+    }
+}
+
+/// Writes `bytes` and reads until the peer closes or `deadline` passes.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], deadline: Duration) -> RawOutcome {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    read_until_close(&mut stream, deadline).await
+}
+
+/// Reads until the peer closes or `deadline` passes.
+pub async fn read_until_close(stream: &mut TcpStream, deadline: Duration) -> RawOutcome {
+    let mut out = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        match tokio::time::timeout_at(until, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return RawOutcome { bytes: out, closed: true },
+            Ok(Ok(n)) => out.extend_from_slice(&buffer[..n]),
+            Err(_) => return RawOutcome { bytes: out, closed: false },
+        }
+    }
+}
+
+/// Prometheus text exposition, parsed.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// `(name, labels, value)` per sample line.
+    pub samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Metrics {
+    /// Parses the text format (comments skipped).
+    pub fn parse(text: &str) -> Self {
+        let mut samples = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let (series, value) = match line.rsplit_once(' ') {
+                Some(parts) => parts,
+                None => continue,
+            };
+            let Ok(value) = value.parse::<f64>() else { continue };
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
+                None => (series, BTreeMap::new()),
+            };
+            samples.push((name.to_owned(), labels, value));
+        }
+        Self { samples }
+    }
+
+    /// Sum of the samples named `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name && labels.iter().all(|(k, v)| l.get(*k).is_some_and(|x| x == v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+}
+
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, escaped)) = chars.next() {
+                        value.push(if escaped == 'n' { '\n' } else { escaped });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        labels.insert(key.trim_start_matches(',').trim().to_owned(), value);
+        rest = &after[end..];
+    }
+    labels
+}

@@ -1,0 +1,198 @@
+//! Running the real binaries.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::client;
+
+/// Where the workspace's binaries are: `$FICUS_BIN_DIR`, else `<target>/debug` (honouring
+/// `CARGO_TARGET_DIR`). The test command in README.md builds them first.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("FICUS_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
+        });
+        target.join("debug")
+    });
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A running `ficus-sidecar` on free loopback ports, killed on drop.
+#[derive(Debug)]
+pub struct Sidecar {
+    child: Option<Child>,
+    /// `--outbound`.
+    pub outbound: SocketAddr,
+    /// `--inbound`.
+    pub inbound: SocketAddr,
+    /// `--admin`.
+    pub admin: SocketAddr,
+    /// The config file (inside `dir`).
+    pub config_path: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// How to start a sidecar.
+#[derive(Debug, Clone, Default)]
+pub struct SidecarOptions {
+    /// `--app`; a free port when `None`.
+    pub app: Option<SocketAddr>,
+    /// `--workers` (default 2).
+    pub workers: Option<usize>,
+    /// `--drain-timeout`.
+    pub drain_timeout: Option<String>,
+    /// Extra flags.
+    pub extra: Vec<String>,
+}
+
+impl Sidecar {
+    /// Starts a sidecar on `config` (YAML) and waits until `/ready` says 200.
+    pub async fn start(config: &str) -> Self {
+        Self::start_with(config, SidecarOptions::default()).await
+    }
+
+    /// Starts a sidecar with options and waits until it is ready.
+    pub async fn start_with(config: &str, options: SidecarOptions) -> Self {
+        let sidecar = Self::spawn(config, options);
+        sidecar.wait_ready(Duration::from_secs(20)).await;
+        sidecar
+    }
+
+    /// Starts a sidecar without waiting for anything.
+    pub fn spawn(config: &str, options: SidecarOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("config.yaml");
+        std::fs::write(&config_path, config).expect("write config");
+        let (outbound, inbound, admin) = (crate::free_addr(), crate::free_addr(), crate::free_addr());
+        let app = options.app.unwrap_or_else(crate::free_addr);
+        let mut command = Command::new(binary("ficus-sidecar"));
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--outbound", &outbound.to_string()])
+            .args(["--inbound", &inbound.to_string()])
+            .args(["--admin", &admin.to_string()])
+            .args(["--app", &app.to_string()])
+            .args(["--workers", &options.workers.unwrap_or(2).to_string()])
+            .args(["--workload", "client", "--namespace", "shop"])
+            .args(options.drain_timeout.iter().flat_map(|d| ["--drain-timeout".to_owned(), d.clone()]))
+            .args(&options.extra)
+            .env("RUST_LOG", std::env::var("FICUS_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let child = command.spawn().expect("spawn ficus-sidecar");
+        Self { child: Some(child), outbound, inbound, admin, config_path, dir }
+    }
+
+    /// Waits until `/ready` answers 200; panics after `deadline`.
+    pub async fn wait_ready(&self, deadline: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < deadline {
+            if let Ok(response) = client::get(self.admin, "admin", "/ready").await {
+                if response.status == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("sidecar not ready within {deadline:?}");
+    }
+
+    /// Replaces the config file atomically (write a temp file, rename over).
+    pub fn write_config(&self, config: &str) {
+        let temp = self.dir.path().join(".config.yaml.tmp");
+        std::fs::write(&temp, config).expect("write temp config");
+        std::fs::rename(&temp, &self.config_path).expect("rename config");
+    }
+
+    /// `GET /config` as JSON.
+    pub async fn config(&self) -> serde_json::Value {
+        let response = client::get(self.admin, "admin", "/config").await.expect("GET /config");
+        serde_json::from_slice(&response.body).expect("/config is JSON")
+    }
+
+    /// `GET /metrics`, parsed.
+    pub async fn metrics(&self) -> crate::client::Metrics {
+        let response = client::get(self.admin, "admin", "/metrics").await.expect("GET /metrics");
+        crate::client::Metrics::parse(&String::from_utf8_lossy(&response.body))
+    }
+
+    /// Waits until `/config` reports `version` (or later).
+    pub async fn wait_version(&self, version: u64, deadline: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < deadline {
+            if self.config().await["version"].as_u64().unwrap_or(0) >= version {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("config version {version} not reached within {deadline:?}");
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit, at most `deadline`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let started = Instant::now();
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(started.elapsed() < deadline, "sidecar did not exit within {deadline:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `ficus-sidecar` with `args` to completion (at most 20 s); returns status and stderr.
+pub async fn run_sidecar(args: &[&str]) -> (ExitStatus, String) {
+    let mut child = Command::new(binary("ficus-sidecar"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ficus-sidecar");
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            return (status, stderr);
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("ficus-sidecar {args:?} did not exit within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,248 @@
+//! Protocols through the outbound and inbound listeners, against real upstream servers:
+//! HTTP/1.1 (origin-form and absolute-form), h2c, gRPC with streaming and trailers,
+//! WebSocket, opaque TCP; error answers; header handling.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ficus_tests::client::{self, H1Client, H2Client};
+use ficus_tests::process::Sidecar;
+use ficus_tests::upstream::{TcpEcho, Upstream, WebSocketEcho};
+use http::Request;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn backend(name: &str, protocol: &str, addr: std::net::SocketAddr) -> String {
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}, namespace: shop}}\n\
+         spec:\n  protocol: {protocol}\n  endpoints: [{{address: \"{addr}\"}}]\n---\n"
+    )
+}
+
+#[tokio::test]
+async fn http1_origin_form_and_absolute_form() {
+    let upstream = Upstream::start("monolith").await;
+    let sidecar = Sidecar::start(&backend("monolith", "http", upstream.addr)).await;
+
+    for host in ["monolith", "monolith.shop", "monolith.shop.svc.cluster.local:80"] {
+        let response = client::get(sidecar.outbound, host, "/hello").await.unwrap();
+        assert_eq!(response.status, 200, "host {host}");
+        assert_eq!(response.text(), "monolith");
+    }
+    let seen = upstream.last().unwrap();
+    assert_eq!(seen.uri, "/hello", "origin-form upstream");
+    assert_eq!(seen.headers["host"], "monolith.shop.svc.cluster.local:80");
+
+    // As an HTTP proxy (http_proxy=...): absolute-form request target.
+    let request = Request::get("http://monolith.shop/abs?x=1")
+        .header("host", "monolith.shop")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client::send(sidecar.outbound, request).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(upstream.last().unwrap().uri, "/abs?x=1");
+}
+
+#[tokio::test]
+async fn request_headers_are_cleaned_and_annotated() {
+    let upstream = Upstream::start("monolith").await;
+    let sidecar = Sidecar::start(&backend("monolith", "http", upstream.addr)).await;
+    let request = Request::get("/")
+        .header("host", "monolith")
+        .header("connection", "keep-alive, x-private")
+        .header("x-private", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-ficus-peer-identity", "spiffe://evil/ns/x/sa/y")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client::send(sidecar.outbound, request).await.unwrap();
+    assert_eq!(response.status, 200);
+    let seen = upstream.last().unwrap().headers;
+    for gone in ["x-private", "keep-alive", "proxy-authorization", "x-ficus-peer-identity"] {
+        assert!(!seen.contains_key(gone), "{gone} must not be forwarded: {seen:?}");
+    }
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen["forwarded"], "for=127.0.0.1;proto=http");
+    let id = seen["x-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 36, "generated request id {id}");
+
+    // A request id the caller set is kept.
+    let request = Request::get("/")
+        .header("host", "monolith")
+        .header("x-request-id", "abc-123")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    client::send(sidecar.outbound, request).await.unwrap();
+    assert_eq!(upstream.last().unwrap().headers["x-request-id"], "abc-123");
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_downstream_and_upstream() {
+    let upstream = Upstream::start("payments").await;
+    let config = backend("payments", "http2", upstream.addr) + &backend("legacy", "http", upstream.addr);
+    let sidecar = Sidecar::start(&config).await;
+    let mut h2 = H2Client::connect(sidecar.outbound).await.unwrap();
+    for (host, version) in [("payments", http::Version::HTTP_2), ("legacy", http::Version::HTTP_11)] {
+        let request = Request::get(format!("http://{host}/h2"))
+            .version(http::Version::HTTP_2)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = h2.send(request).await.unwrap();
+        assert_eq!(response.status, 200, "{host}");
+        assert_eq!(response.text(), "payments");
+        let seen = upstream.last().unwrap();
+        assert_eq!(seen.version, version, "{host}: upstream protocol follows the Backend");
+    }
+}
+
+#[tokio::test]
+async fn grpc_streaming_with_trailers() {
+    let upstream = Upstream::start("grpc").await;
+    let sidecar = Sidecar::start(&backend("echo", "grpc", upstream.addr)).await;
+    let mut h2 = H2Client::connect(sidecar.outbound).await.unwrap();
+    // Three length-prefixed gRPC messages in one request stream.
+    let mut payload = Vec::new();
+    for message in [b"one".as_slice(), b"two", b"three"] {
+        payload.push(0u8);
+        payload.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        payload.extend_from_slice(message);
+    }
+    let request = Request::post("http://echo.shop/echo.Echo/Stream")
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from(payload.clone())))
+        .unwrap();
+    let response = h2.send(request).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.as_ref(), payload.as_slice(), "messages streamed back intact");
+    let trailers = response.trailers.expect("gRPC trailers arrive through the proxy");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "echoed");
+    let seen = upstream.last().unwrap();
+    assert_eq!(seen.headers["te"], "trailers");
+    assert_eq!(seen.uri, "http://echo.shop/echo.Echo/Stream");
+}
+
+#[tokio::test]
+async fn streaming_bodies_are_not_buffered() {
+    let upstream = Upstream::start("echo").await;
+    let sidecar = Sidecar::start(&backend("echo", "http", upstream.addr)).await;
+    // Send a chunked body slowly; the echo arrives chunk by chunk before the request ends.
+    let mut stream = tokio::net::TcpStream::connect(sidecar.outbound).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: echo\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        .await
+        .unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&seen).contains("first") {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await.unwrap().unwrap();
+        assert!(n > 0, "closed early");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    stream.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await.unwrap();
+    while !String::from_utf8_lossy(&seen).contains("second") {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await.unwrap().unwrap();
+        assert!(n > 0, "closed early");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_proxy() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = WebSocketEcho::start().await;
+    let sidecar = Sidecar::start(&backend("chat", "http", server.addr)).await;
+    let stream = tokio::net::TcpStream::connect(sidecar.outbound).await.unwrap();
+    let (mut ws, response) =
+        tokio_tungstenite::client_async("ws://chat.shop/socket", stream).await.unwrap();
+    assert_eq!(response.status(), 101);
+    for text in ["hello", "through", "ficus"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap();
+        assert_eq!(echoed.unwrap().unwrap(), Message::text(text));
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn opaque_tcp_with_weighted_split() {
+    let (a, b) = (TcpEcho::start("a:").await, TcpEcho::start("b:").await);
+    let listen = ficus_tests::free_addr();
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache, namespace: shop}}\n\
+         spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache-v2, namespace: shop}}\n\
+         spec: {{protocol: tcp, listen: \"{}\", endpoints: [{{address: \"{}\"}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {{name: cache, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{name: cache}}]\n  rules: [{{backendRefs: [{{name: cache, weight: 1}}, {{name: cache-v2, weight: 1}}]}}]\n",
+        a.addr,
+        ficus_tests::free_addr(),
+        b.addr
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let mut greetings = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+        stream.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(&got[2..], b"ping");
+        *greetings.entry(String::from_utf8_lossy(&got[..2]).into_owned()).or_insert(0) += 1;
+    }
+    // Per-connection split: both backends get connections (P(all 40 on one side) = 2^-39).
+    assert_eq!(greetings.len(), 2, "{greetings:?}");
+    let metrics = sidecar.metrics().await;
+    assert!(metrics.sum("ficus_tcp_connections_opened_total", &[]) >= 40.0);
+    assert!(metrics.sum("ficus_tcp_bytes_total", &[("direction", "sent")]) >= 160.0);
+}
+
+#[tokio::test]
+async fn unknown_service_and_dead_upstream_get_clear_answers() {
+    let dead = ficus_tests::free_addr();
+    let sidecar = Sidecar::start(&backend("gone", "http", dead)).await;
+    let response = client::get(sidecar.outbound, "nowhere", "/").await.unwrap();
+    assert_eq!(response.status, 502);
+    assert_eq!(response.header("x-ficus-error"), "no-route");
+    let response = client::get(sidecar.outbound, "10.1.2.3:8080", "/").await.unwrap();
+    assert_eq!(response.status, 502, "an address is not a mesh service");
+
+    let response = client::get(sidecar.outbound, "gone", "/").await.unwrap();
+    assert_eq!(response.status, 503);
+    assert_eq!(response.header("x-ficus-error"), "upstream-connect-failure");
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_requests_total", &[("response_flags", "NR")]), 2.0);
+    assert_eq!(
+        metrics.sum("ficus_requests_total", &[("response_flags", "UF"), ("destination_backend", "shop/gone")]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn inbound_forwards_to_the_app() {
+    let app = Upstream::start("app").await;
+    let options = ficus_tests::process::SidecarOptions { app: Some(app.addr), ..Default::default() };
+    let sidecar = Sidecar::start_with(&backend("unused", "http", app.addr), options).await;
+    let mut h1 = H1Client::connect(sidecar.inbound).await.unwrap();
+    let response = h1.get("client.shop", "/in").await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "app");
+    assert_eq!(app.last().unwrap().headers["host"], "client.shop");
+    let mut h2 = H2Client::connect(sidecar.inbound).await.unwrap();
+    let request = Request::get("http://client.shop/in2")
+        .version(http::Version::HTTP_2)
+        .header("x-ficus-peer-identity", "spiffe://forged")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(h2.send(request).await.unwrap().status, 200);
+    let seen = app.last().unwrap();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert!(!seen.headers.contains_key("x-ficus-peer-identity"));
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_requests_total", &[("direction", "inbound"), ("response_code", "200")]), 2.0);
+}

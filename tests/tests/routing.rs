@@ -1,0 +1,165 @@
+//! Routing: weighted splits, Gateway API precedence, filters, route timeouts.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use ficus_tests::client::{self, H1Client};
+use ficus_tests::process::Sidecar;
+use ficus_tests::upstream::Upstream;
+use http::Request;
+use http_body_util::Full;
+
+fn backends(list: &[(&str, std::net::SocketAddr)]) -> String {
+    list.iter()
+        .map(|(name, addr)| {
+            format!(
+                "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}, namespace: shop}}\n\
+                 spec: {{protocol: http, endpoints: [{{address: \"{addr}\"}}]}}\n---\n"
+            )
+        })
+        .collect()
+}
+
+fn route(rules: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: shop, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: shop}}]\n  rules:\n{rules}"
+    )
+}
+
+async fn tally(sidecar: &Sidecar, host: &str, path: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let response = client.get(host, path).await.unwrap();
+        assert_eq!(response.status, 200);
+        *counts.entry(response.text()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn weighted_split_90_10_within_statistical_bounds() {
+    let (monolith, v2, dark) =
+        (Upstream::start("monolith").await, Upstream::start("payments-v2").await, Upstream::start("dark").await);
+    let config = backends(&[("monolith", monolith.addr), ("payments-v2", v2.addr), ("dark", dark.addr)])
+        + &route(
+            "  - matches: [{path: {type: PathPrefix, value: /api/payments}}]\n    \
+             backendRefs: [{name: monolith, weight: 90}, {name: payments-v2, weight: 10}, {name: dark, weight: 0}]\n",
+        );
+    let sidecar = Sidecar::start(&config).await;
+    let counts = tally(&sidecar, "shop", "/api/payments/charge", 2000).await;
+    let v2_count = counts.get("payments-v2").copied().unwrap_or(0);
+    // Binomial(2000, 0.1): mean 200, sd 13.4; [130, 270] is more than 5 sd either side.
+    assert!((130..=270).contains(&v2_count), "payments-v2 got {v2_count} of 2000: {counts:?}");
+    assert_eq!(counts.get("monolith").copied().unwrap_or(0) + v2_count, 2000);
+    assert_eq!(dark.count(), 0, "a 0-weight backend gets nothing");
+    let metrics = sidecar.metrics().await;
+    let labels = [("destination_service", "shop/shop"), ("destination_backend", "shop/payments-v2")];
+    assert_eq!(metrics.sum("ficus_requests_total", &labels), v2_count as f64);
+}
+
+#[tokio::test]
+async fn gateway_api_precedence() {
+    let names = ["exact", "long-prefix", "prefix", "method", "header", "query", "fallback"];
+    let mut servers = Vec::new();
+    for name in names {
+        servers.push((name, Upstream::start(name).await));
+    }
+    let list: Vec<_> = servers.iter().map(|(n, u)| (*n, u.addr)).collect();
+    // Rules are written in the worst order on purpose: precedence, not order, must decide.
+    let config = backends(&list)
+        + &route(
+            "  - backendRefs: [{name: fallback}]\n\
+             \x20 - matches: [{path: {type: PathPrefix, value: /api}}]\n    backendRefs: [{name: prefix}]\n\
+             \x20 - matches: [{path: {type: PathPrefix, value: /api}, queryParams: [{name: v, value: \"2\"}]}]\n    backendRefs: [{name: query}]\n\
+             \x20 - matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-canary, value: \"yes\"}]}]\n    backendRefs: [{name: header}]\n\
+             \x20 - matches: [{path: {type: PathPrefix, value: /api}, method: DELETE}]\n    backendRefs: [{name: method}]\n\
+             \x20 - matches: [{path: {type: PathPrefix, value: /api/payments}}]\n    backendRefs: [{name: long-prefix}]\n\
+             \x20 - matches: [{path: {type: Exact, value: /api/payments/health}}]\n    backendRefs: [{name: exact}]\n",
+        );
+    let sidecar = Sidecar::start(&config).await;
+    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+        ("GET", "/api/payments/health", &[], "exact"),
+        ("GET", "/api/payments/x", &[], "long-prefix"),
+        ("GET", "/api/other", &[], "prefix"),
+        ("DELETE", "/api/other", &[("x-canary", "yes")], "method"),
+        ("GET", "/api/other?v=2", &[("x-canary", "yes")], "header"),
+        ("GET", "/api/other?v=2", &[], "query"),
+        ("GET", "/apix", &[], "fallback"),
+        ("GET", "/", &[], "fallback"),
+    ];
+    for (method, path, headers, want) in cases {
+        let mut request = Request::builder().method(*method).uri(*path).header("host", "shop");
+        for (k, v) in *headers {
+            request = request.header(*k, *v);
+        }
+        let response = client::send(sidecar.outbound, request.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+        assert_eq!(response.text(), *want, "{method} {path} {headers:?}");
+    }
+}
+
+#[tokio::test]
+async fn filters_rewrite_headers_and_redirect() {
+    let upstream = Upstream::start("v2").await;
+    let config = backends(&[("v2", upstream.addr)])
+        + &route(
+            "  - matches: [{path: {type: PathPrefix, value: /old}}]\n    \
+             filters:\n    - {type: RequestRedirect, requestRedirect: {scheme: https, hostname: shop.example, statusCode: 302}}\n\
+             \x20 - matches: [{path: {type: PathPrefix, value: /v1}}]\n    \
+             filters:\n    - {type: URLRewrite, urlRewrite: {hostname: v2.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}\n    \
+             - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-env, value: prod}], add: [{name: x-tag, value: b}], remove: [x-debug]}}\n    \
+             - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-served-by, value: ficus}], remove: [x-upstream]}}\n    \
+             backendRefs: [{name: v2}]\n",
+        );
+    let sidecar = Sidecar::start(&config).await;
+
+    let response = client::get(sidecar.outbound, "shop:8080", "/old/page?q=1").await.unwrap();
+    assert_eq!(response.status, 302);
+    assert_eq!(response.header("location"), "https://shop.example/old/page?q=1");
+    assert_eq!(upstream.count(), 0);
+
+    let request = Request::get("/v1/items?id=7")
+        .header("host", "shop")
+        .header("x-tag", "a")
+        .header("x-debug", "1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client::send(sidecar.outbound, request).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-served-by"), "ficus");
+    assert_eq!(response.header("x-upstream"), "");
+    let seen = upstream.last().unwrap();
+    assert_eq!(seen.uri, "/v2/items?id=7");
+    assert_eq!(seen.headers["host"], "v2.internal");
+    assert_eq!(seen.headers["x-env"], "prod");
+    assert_eq!(seen.headers.get_all("x-tag").iter().count(), 2);
+    assert!(!seen.headers.contains_key("x-debug"));
+}
+
+#[tokio::test]
+async fn route_request_timeout_gives_504() {
+    let upstream = Upstream::start("slow").await;
+    let config = backends(&[("slow", upstream.addr)])
+        + &route("  - backendRefs: [{name: slow}]\n    timeouts: {request: 300ms}\n");
+    let sidecar = Sidecar::start(&config).await;
+    let response = client::get(sidecar.outbound, "shop", "/delay/5000").await.unwrap();
+    assert_eq!(response.status, 504);
+    assert_eq!(response.header("x-ficus-error"), "upstream-timeout");
+    let response = client::get(sidecar.outbound, "shop", "/delay/10").await.unwrap();
+    assert_eq!(response.status, 200);
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_requests_total", &[("response_flags", "UT"), ("response_code", "504")]), 1.0);
+}
+
+#[tokio::test]
+async fn unmatched_path_of_a_known_service_is_404() {
+    let upstream = Upstream::start("api").await;
+    let config = backends(&[("api", upstream.addr)])
+        + &route("  - matches: [{path: {type: Exact, value: /only}}]\n    backendRefs: [{name: api}]\n");
+    let sidecar = Sidecar::start(&config).await;
+    let response = client::get(sidecar.outbound, "shop", "/other").await.unwrap();
+    assert_eq!(response.status, 404);
+    assert_eq!(response.header("x-ficus-error"), "no-route");
+    assert_eq!(client::get(sidecar.outbound, "shop", "/only").await.unwrap().status, 200);
+}
