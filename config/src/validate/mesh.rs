@@ -1,0 +1,160 @@
+//! `Mesh` → [`model::Mesh`].
+
+use std::time::Duration;
+
+use super::common::{percent, positive_duration};
+use super::{optional, Report};
+use crate::model::{self, MtlsMode, ProxyLimits, Tracing};
+use crate::raw;
+
+/// Validates a Mesh spec; left-out fields keep [`model::Mesh::default`] values.
+pub(crate) fn validate(report: &mut Report<'_>, spec: &raw::MeshSpec) -> Option<model::Mesh> {
+    let defaults = model::Mesh::default();
+    let trust_domain = match &spec.trust_domain {
+        Some(domain) => trust_domain(report, domain),
+        None => Some(defaults.trust_domain),
+    };
+    let mtls_mode = match spec.mtls.as_ref().map(|mtls| mtls.mode) {
+        None => defaults.mtls_mode,
+        Some(raw::MtlsMode::Disable) => MtlsMode::Disable,
+        Some(raw::MtlsMode::Permissive) => MtlsMode::Permissive,
+        Some(raw::MtlsMode::Strict) => MtlsMode::Strict,
+    };
+    let tracing = spec
+        .tracing
+        .as_ref()
+        .map(|tracing| self::tracing(report, tracing));
+    let proxy = match &spec.proxy {
+        Some(proxy) => proxy_limits(report, proxy),
+        None => Some(defaults.proxy),
+    };
+    Some(model::Mesh {
+        trust_domain: trust_domain?,
+        mtls_mode,
+        tracing: optional(tracing)?,
+        proxy: proxy?,
+    })
+}
+
+/// SPIFFE trust domain: lowercase letters, digits, `.`, `-` and `_`.
+fn trust_domain(report: &mut Report<'_>, domain: &str) -> Option<String> {
+    let ok = !domain.is_empty()
+        && domain.len() <= 255
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-_".contains(&b));
+    if ok {
+        return Some(domain.to_owned());
+    }
+    report.error(
+        "spec.trustDomain",
+        format!("{domain:?} is not a valid SPIFFE trust domain"),
+        "use lowercase letters, digits, '.', '-' and '_', e.g. cluster.local",
+    );
+    None
+}
+
+fn tracing(report: &mut Report<'_>, tracing: &raw::Tracing) -> Option<Tracing> {
+    let endpoint = &tracing.otlp_endpoint;
+    let has_scheme = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+    let host = endpoint.split_once("://").map_or("", |(_, rest)| rest);
+    let endpoint_ok = has_scheme && !host.is_empty() && !endpoint.chars().any(char::is_whitespace);
+    if !endpoint_ok {
+        report.error(
+            "spec.tracing.otlpEndpoint",
+            format!("{endpoint:?} is not an http:// or https:// URL"),
+            "give the OTLP/gRPC collector URL, e.g. http://127.0.0.1:4317",
+        );
+    }
+    let sampling_percent = match tracing.sampling_percent {
+        Some(value) => percent(report, "spec.tracing.samplingPercent", value),
+        None => Some(100.0),
+    };
+    Some(Tracing {
+        otlp_endpoint: endpoint_ok.then(|| endpoint.clone())?,
+        sampling_percent: sampling_percent?,
+    })
+}
+
+fn proxy_limits(report: &mut Report<'_>, proxy: &raw::ProxyLimits) -> Option<ProxyLimits> {
+    let defaults = ProxyLimits::default();
+    let mut timeout = |name: &str, text: &Option<String>, default: Duration| match text {
+        Some(text) => positive_duration(report, &format!("spec.proxy.{name}"), text),
+        None => Some(default),
+    };
+    let header_read_timeout = timeout(
+        "headerReadTimeout",
+        &proxy.header_read_timeout,
+        defaults.header_read_timeout,
+    );
+    let body_idle_timeout = timeout(
+        "bodyIdleTimeout",
+        &proxy.body_idle_timeout,
+        defaults.body_idle_timeout,
+    );
+    let connect_timeout = timeout(
+        "connectTimeout",
+        &proxy.connect_timeout,
+        defaults.connect_timeout,
+    );
+    let upstream_response_timeout = timeout(
+        "upstreamResponseTimeout",
+        &proxy.upstream_response_timeout,
+        defaults.upstream_response_timeout,
+    );
+    let upstream_idle_timeout = timeout(
+        "upstreamIdleTimeout",
+        &proxy.upstream_idle_timeout,
+        defaults.upstream_idle_timeout,
+    );
+    let connection_idle_timeout = timeout(
+        "connectionIdleTimeout",
+        &proxy.connection_idle_timeout,
+        defaults.connection_idle_timeout,
+    );
+    let mut count = |name: &str, value: Option<u64>, default: usize| -> Option<usize> {
+        let Some(value) = value else {
+            return Some(default);
+        };
+        match usize::try_from(value) {
+            Ok(value) if value > 0 => Some(value),
+            _ => {
+                report.error(
+                    format!("spec.proxy.{name}"),
+                    format!("{value} is out of range"),
+                    "use a number above 0",
+                );
+                None
+            }
+        }
+    };
+    let max_header_bytes = count(
+        "maxHeaderBytes",
+        proxy.max_header_bytes,
+        defaults.max_header_bytes,
+    );
+    let max_headers = count("maxHeaders", proxy.max_headers, defaults.max_headers);
+    let max_concurrent_streams = match proxy.max_concurrent_streams {
+        Some(0) => {
+            report.error(
+                "spec.proxy.maxConcurrentStreams",
+                "0 would refuse every HTTP/2 request",
+                "use a number above 0; the default is 100",
+            );
+            None
+        }
+        Some(value) => Some(value),
+        None => Some(defaults.max_concurrent_streams),
+    };
+    Some(ProxyLimits {
+        header_read_timeout: header_read_timeout?,
+        body_idle_timeout: body_idle_timeout?,
+        connect_timeout: connect_timeout?,
+        upstream_response_timeout: upstream_response_timeout?,
+        upstream_idle_timeout: upstream_idle_timeout?,
+        connection_idle_timeout: connection_idle_timeout?,
+        max_header_bytes: max_header_bytes?,
+        max_headers: max_headers?,
+        max_concurrent_streams: max_concurrent_streams?,
+    })
+}

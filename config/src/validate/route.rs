@@ -1,0 +1,355 @@
+//! `HTTPRoute` → [`HttpRoute`] and `TCPRoute` → [`TcpRoute`].
+
+use std::time::Duration;
+
+use super::common::{duration, is_dns_label, reference_kind};
+use super::filter::{self, RuleContext};
+use super::{all, matches, optional, Claims, Index, Report, Want};
+use crate::model::{
+    BackendRef, HttpRoute, ResourceKey, RetryPolicy, RouteRule, TcpRoute, Timeouts,
+};
+use crate::raw::{self, FilterType};
+
+/// Largest `weight`, as in the Gateway API; keeps the sum of a rule's weights far from overflow.
+const MAX_WEIGHT: u32 = 1_000_000;
+/// Most retries a rule may ask for: more only multiplies load on a failing Backend.
+const MAX_RETRY_ATTEMPTS: u32 = 10;
+/// Retry defaults when `retry` is given without them.
+const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+const DEFAULT_RETRY_CODES: [u16; 2] = [502, 503];
+const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Validates an HTTPRoute.
+pub(crate) fn validate_http(
+    report: &mut Report<'_>,
+    document: &raw::HttpRouteDocument,
+    index: &Index<'_>,
+) -> Option<HttpRoute> {
+    let namespace = &document.metadata.namespace;
+    let spec = &document.spec;
+    let parents = parents(
+        report,
+        &spec.parent_refs,
+        namespace,
+        |report, field, parent| {
+            reference_kind(
+                report,
+                field,
+                parent.group.as_deref(),
+                parent.kind.as_deref(),
+                &["Service"],
+            );
+            if !is_dns_label(&parent.name) {
+                report.error(
+                format!("{field}.name"),
+                format!("service name {:?} is not a DNS label", parent.name),
+                "callers address services as <name>.<namespace>: use lowercase letters, digits and '-'",
+            );
+                return None;
+            }
+            let key = ResourceKey::new(
+                parent.namespace.as_deref().unwrap_or(namespace),
+                &parent.name,
+            );
+            if index.backends.get(&key) == Some(&raw::Protocol::Tcp) {
+                report.error(
+                    format!("{field}.name"),
+                    format!("\"{key}\" is a tcp Backend; HTTPRoutes cannot attach to it"),
+                    "route opaque TCP with a TCPRoute, or pick the service name HTTP callers use",
+                );
+                return None;
+            }
+            Some(key)
+        },
+    );
+    if spec.rules.is_empty() {
+        report.error(
+            "spec.rules",
+            "an HTTPRoute needs at least one rule",
+            "add `rules: [{backendRefs: [{name: <backend>}]}]`",
+        );
+    }
+    let rules: Vec<_> = spec
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| http_rule(report, &format!("spec.rules[{i}]"), rule, namespace, index))
+        .collect();
+    let key = ResourceKey::new(namespace, &document.metadata.name);
+    if spec.rules.is_empty() {
+        return None;
+    }
+    Some(HttpRoute {
+        key,
+        parents: parents?,
+        rules: all(rules)?,
+    })
+}
+
+fn http_rule(
+    report: &mut Report<'_>,
+    field: &str,
+    rule: &raw::HttpRouteRule,
+    namespace: &str,
+    index: &Index<'_>,
+) -> Option<RouteRule> {
+    let matches = matches::validate(report, field, &rule.matches);
+    let context = RuleContext {
+        field,
+        namespace,
+        all_prefix: matches::all_path_prefix(&rule.matches),
+        index,
+    };
+    let filters = filter::validate(report, &context, &rule.filters);
+    let redirects = rule
+        .filters
+        .iter()
+        .any(|f| f.filter_type == FilterType::RequestRedirect);
+    if rule.backend_refs.is_empty() && !redirects {
+        report.error(
+            format!("{field}.backendRefs"),
+            "a rule needs backendRefs (or a RequestRedirect filter)",
+            "add `backendRefs: [{name: <backend>}]` naming where matching requests go",
+        );
+    }
+    let backend_refs = backend_refs(
+        report,
+        field,
+        &rule.backend_refs,
+        namespace,
+        index,
+        Want::Http,
+    );
+    let timeouts = rule
+        .timeouts
+        .as_ref()
+        .map(|t| timeouts(report, &format!("{field}.timeouts"), t));
+    let retry = rule
+        .retry
+        .as_ref()
+        .map(|r| retry(report, &format!("{field}.retry"), r));
+    Some(RouteRule {
+        matches: matches?,
+        filters: filters?,
+        backend_refs: backend_refs?,
+        timeouts: optional(timeouts)?.unwrap_or_default(),
+        retry: optional(retry)?,
+    })
+}
+
+/// Converts `parentRefs` with `parent`, which checks and resolves one entry.
+fn parents(
+    report: &mut Report<'_>,
+    refs: &[raw::ParentRef],
+    namespace: &str,
+    mut parent: impl FnMut(&mut Report<'_>, &str, &raw::ParentRef) -> Option<ResourceKey>,
+) -> Option<Vec<ResourceKey>> {
+    if refs.is_empty() {
+        report.error(
+            "spec.parentRefs",
+            "a route needs at least one parentRef",
+            format!("add `parentRefs: [{{name: <service>}}]`; namespace defaults to {namespace}"),
+        );
+        return None;
+    }
+    let keys = refs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| parent(report, &format!("spec.parentRefs[{i}]"), r))
+        .collect();
+    all(keys)
+}
+
+/// Converts `backendRefs`: resolves each Backend and checks the weights.
+fn backend_refs(
+    report: &mut Report<'_>,
+    rule_field: &str,
+    refs: &[raw::BackendRef],
+    namespace: &str,
+    index: &Index<'_>,
+    want: Want,
+) -> Option<Vec<BackendRef>> {
+    let converted: Vec<_> = refs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let field = format!("{rule_field}.backendRefs[{i}]");
+            reference_kind(
+                report,
+                &field,
+                r.group.as_deref(),
+                r.kind.as_deref(),
+                &["Service", "Backend"],
+            );
+            let namespace = r.namespace.as_deref().unwrap_or(namespace);
+            let backend = index.backend(report, &format!("{field}.name"), namespace, &r.name, want);
+            let weight = r.weight.unwrap_or(1);
+            if weight > MAX_WEIGHT {
+                report.error(
+                    format!("{field}.weight"),
+                    format!("weight {weight} is above {MAX_WEIGHT}"),
+                    "weights are relative: 90 and 10 split like 900000 and 100000",
+                );
+                return None;
+            }
+            Some(BackendRef {
+                backend: backend?,
+                weight,
+            })
+        })
+        .collect();
+    let total: u64 = refs.iter().map(|r| u64::from(r.weight.unwrap_or(1))).sum();
+    if !refs.is_empty() && total == 0 {
+        report.error(
+            format!("{rule_field}.backendRefs"),
+            "the weights of this rule's backendRefs add up to 0, so no Backend would get traffic",
+            "give at least one backendRef a weight above 0",
+        );
+        return None;
+    }
+    all(converted)
+}
+
+fn timeouts(
+    report: &mut Report<'_>,
+    field: &str,
+    raw: &raw::HttpRouteTimeouts,
+) -> Option<Timeouts> {
+    // As in the Gateway API, `0s` turns a timeout off.
+    let mut parse = |name: &str, text: &Option<String>| match text {
+        Some(text) => {
+            duration(report, &format!("{field}.{name}"), text).map(|d| (!d.is_zero()).then_some(d))
+        }
+        None => Some(None),
+    };
+    let request = parse("request", &raw.request);
+    let backend_request = parse("backendRequest", &raw.backend_request);
+    let (request, backend_request) = (request?, backend_request?);
+    if let (Some(request), Some(backend_request)) = (request, backend_request) {
+        if backend_request > request {
+            report.error(
+                format!("{field}.backendRequest"),
+                format!(
+                    "backendRequest ({backend_request:?}) is longer than request ({request:?})"
+                ),
+                "each try must fit in the whole request: make backendRequest at most request",
+            );
+            return None;
+        }
+    }
+    Some(Timeouts {
+        request,
+        backend_request,
+    })
+}
+
+fn retry(report: &mut Report<'_>, field: &str, raw: &raw::HttpRouteRetry) -> Option<RetryPolicy> {
+    let attempts = raw.attempts.unwrap_or(DEFAULT_RETRY_ATTEMPTS);
+    let attempts_ok = attempts <= MAX_RETRY_ATTEMPTS;
+    if !attempts_ok {
+        report.error(
+            format!("{field}.attempts"),
+            format!("{attempts} retries is more than {MAX_RETRY_ATTEMPTS}"),
+            "use a few retries (2 is typical); more multiply load on a failing Backend",
+        );
+    }
+    let codes = raw
+        .codes
+        .clone()
+        .unwrap_or_else(|| DEFAULT_RETRY_CODES.to_vec());
+    let mut codes_ok = true;
+    for (i, code) in codes.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            report.error(
+                format!("{field}.codes[{i}]"),
+                format!("{code} is not an HTTP status code"),
+                "use status codes from 100 to 599, typically 502, 503 and 504",
+            );
+            codes_ok = false;
+        }
+    }
+    let backoff = match &raw.backoff {
+        Some(text) => duration(report, &format!("{field}.backoff"), text),
+        None => Some(DEFAULT_RETRY_BACKOFF),
+    };
+    (attempts_ok && codes_ok).then_some(())?;
+    Some(RetryPolicy {
+        attempts,
+        codes,
+        backoff: backoff?,
+    })
+}
+
+/// Validates a TCPRoute; `claims` records which TCPRoute took over each tcp Backend.
+pub(crate) fn validate_tcp(
+    report: &mut Report<'_>,
+    document: &raw::TcpRouteDocument,
+    index: &Index<'_>,
+    claims: &mut Claims,
+) -> Option<TcpRoute> {
+    let namespace = &document.metadata.namespace;
+    let key = ResourceKey::new(namespace, &document.metadata.name);
+    let spec = &document.spec;
+    let parents =
+        parents(
+            report,
+            &spec.parent_refs,
+            namespace,
+            |report, field, parent| {
+                reference_kind(
+                    report,
+                    field,
+                    parent.group.as_deref(),
+                    parent.kind.as_deref(),
+                    &["Service", "Backend"],
+                );
+                let parent_namespace = parent.namespace.as_deref().unwrap_or(namespace);
+                let backend = index.backend(
+                    report,
+                    &format!("{field}.name"),
+                    parent_namespace,
+                    &parent.name,
+                    Want::Tcp,
+                )?;
+                if let Some(owner) = claims.tcp_parents.get(&backend) {
+                    report.error(
+                format!("{field}.name"),
+                format!("tcp Backend \"{backend}\" is already the parent of TCPRoute \"{owner}\""),
+                "a tcp listener has one TCPRoute: merge the two routes",
+            );
+                    return None;
+                }
+                claims.tcp_parents.insert(backend.clone(), key.clone());
+                Some(backend)
+            },
+        );
+    let [rule] = spec.rules.as_slice() else {
+        report.error(
+            "spec.rules",
+            format!("a TCPRoute needs exactly one rule, found {}", spec.rules.len()),
+            "put every backendRef in one rule: `rules: [{backendRefs: [{name: a, weight: 90}, {name: b, weight: 10}]}]`",
+        );
+        return None;
+    };
+    if rule.backend_refs.is_empty() {
+        report.error(
+            "spec.rules[0].backendRefs",
+            "a TCPRoute rule needs backendRefs",
+            "add `backendRefs: [{name: <tcp backend>}]`",
+        );
+        return None;
+    }
+    let backend_refs = backend_refs(
+        report,
+        "spec.rules[0]",
+        &rule.backend_refs,
+        namespace,
+        index,
+        Want::Tcp,
+    );
+    Some(TcpRoute {
+        key,
+        parents: parents?,
+        backend_refs: backend_refs?,
+    })
+}

@@ -1,0 +1,276 @@
+//! Backends, Mesh, metadata and duplicates.
+
+use super::*;
+
+fn backend(name: &str, spec: &str) -> String {
+    format!("apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}, namespace: shop}}\nspec: {spec}\n")
+}
+
+fn mesh(spec: &str) -> String {
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\nspec: {spec}\n"
+    )
+}
+
+#[test]
+fn backend_needs_an_endpoint() {
+    let text = with_backends(&backend("x", "{endpoints: []}"));
+    single_error(
+        &text,
+        "Backend shop/x",
+        "spec.endpoints",
+        "at least one endpoint",
+    );
+}
+
+#[test]
+fn endpoint_address_must_be_a_socket_address() {
+    let text = with_backends(&backend(
+        "x",
+        "{endpoints: [{address: 127.0.0.1:1}, {address: \"localhost:80\"}]}",
+    ));
+    single_error(
+        &text,
+        "Backend shop/x",
+        "spec.endpoints[1].address",
+        "not an ip:port",
+    );
+    let text = with_backends(&backend("x", "{endpoints: [{address: \"[::1]:0\"}]}"));
+    single_error(
+        &text,
+        "Backend shop/x",
+        "spec.endpoints[0].address",
+        "port 0",
+    );
+}
+
+#[test]
+fn endpoints_are_listed_once() {
+    let text = with_backends(&backend(
+        "x",
+        "{endpoints: [{address: 127.0.0.1:1}, {address: 127.0.0.1:1}]}",
+    ));
+    single_error(
+        &text,
+        "Backend shop/x",
+        "spec.endpoints[1].address",
+        "listed twice",
+    );
+}
+
+#[test]
+fn identity_must_be_a_spiffe_id() {
+    let text = with_backends(&backend(
+        "x",
+        "{endpoints: [{address: 127.0.0.1:1, identity: shop/monolith}]}",
+    ));
+    single_error(
+        &text,
+        "Backend shop/x",
+        "spec.endpoints[0].identity",
+        "not a SPIFFE ID",
+    );
+    let ok = with_backends(&backend(
+        "x",
+        "{endpoints: [{address: 127.0.0.1:1, identity: \"spiffe://cluster.local/ns/shop/sa/x\"}]}",
+    ));
+    let config = valid(&ok);
+    let endpoint = &config.backends[&crate::model::ResourceKey::new("shop", "x")].endpoints[0];
+    assert_eq!(
+        endpoint.identity.as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/x")
+    );
+}
+
+#[test]
+fn tcp_backend_needs_listen() {
+    let text = with_backends(&backend(
+        "x",
+        "{protocol: tcp, endpoints: [{address: 127.0.0.1:1}]}",
+    ));
+    single_error(&text, "Backend shop/x", "spec.listen", "needs `listen`");
+}
+
+#[test]
+fn listen_only_on_tcp_backends() {
+    let text = with_backends(&backend(
+        "x",
+        "{listen: 127.0.0.1:2, endpoints: [{address: 127.0.0.1:1}]}",
+    ));
+    single_error(
+        &text,
+        "Backend shop/x",
+        "spec.listen",
+        "only for tcp Backends",
+    );
+}
+
+#[test]
+fn listen_addresses_are_unique() {
+    let text = with_backends(&backend(
+        "x",
+        "{protocol: tcp, listen: 127.0.0.1:16379, endpoints: [{address: 127.0.0.1:1}]}",
+    ));
+    let error = single_error(
+        &text,
+        "Backend shop/x",
+        "spec.listen",
+        "already the listen address",
+    );
+    assert!(error.message.contains("shop/cache"), "{error}");
+}
+
+#[test]
+fn unknown_protocol_names_the_choices() {
+    let text = with_backends(&backend(
+        "x",
+        "{protocol: udp, endpoints: [{address: 127.0.0.1:1}]}",
+    ));
+    let error = single_error(
+        &text,
+        "Backend shop/x",
+        "spec.protocol",
+        "unknown variant `udp`",
+    );
+    assert!(error.hint.unwrap().contains("http, http2, grpc, tcp"));
+}
+
+#[test]
+fn duplicate_names_are_reported_on_the_second() {
+    let text = with_backends(&backend(
+        "monolith",
+        "{endpoints: [{address: 127.0.0.1:1}]}",
+    ));
+    let error = single_error(
+        &text,
+        "Backend shop/monolith",
+        "metadata.name",
+        "duplicate Backend \"shop/monolith\"",
+    );
+    assert_eq!(error.line, Some(APPENDED_LINE));
+    assert!(error.hint.unwrap().contains("test.yaml:1"));
+    // The same name in another namespace, or of another kind, is fine.
+    valid(&with_backends(
+        &backend("monolith", "{endpoints: [{address: 127.0.0.1:1}]}").replace("shop}", "web}"),
+    ));
+}
+
+#[test]
+fn names_must_be_dns_labels() {
+    let text = with_backends(&backend(
+        "Payments.V3",
+        "{endpoints: [{address: 127.0.0.1:1}]}",
+    ));
+    single_error(
+        &text,
+        "Backend shop/Payments.V3",
+        "metadata.name",
+        "not a DNS label",
+    );
+    let text = with_backends(
+        &backend("x", "{endpoints: [{address: 127.0.0.1:1}]}")
+            .replace("namespace: shop", "namespace: Shop"),
+    );
+    single_error(
+        &text,
+        "Backend Shop/x",
+        "metadata.namespace",
+        "not a DNS label",
+    );
+}
+
+#[test]
+fn mesh_defaults_and_overrides() {
+    let config = valid(BACKENDS);
+    assert_eq!(config.mesh, crate::model::Mesh::default());
+    let config = valid(&with_backends(&mesh(
+        "{trustDomain: example.org, mtls: {mode: STRICT}, proxy: {connectTimeout: 250ms, maxHeaders: 10}}",
+    )));
+    assert_eq!(config.mesh.trust_domain, "example.org");
+    assert_eq!(config.mesh.mtls_mode, crate::model::MtlsMode::Strict);
+    assert_eq!(
+        config.mesh.proxy.connect_timeout,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(config.mesh.proxy.max_headers, 10);
+    assert_eq!(config.mesh.proxy.max_header_bytes, 60 * 1024);
+    // spec may be left out entirely.
+    let bare = "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n";
+    assert_eq!(
+        valid(&with_backends(bare)).mesh,
+        crate::model::Mesh::default()
+    );
+}
+
+#[test]
+fn only_one_mesh() {
+    let text = format!(
+        "{}---\n{}",
+        with_backends(&mesh("{}")),
+        mesh("{}").replace("default}", "other}")
+    );
+    let error = single_error(&text, "Mesh other", "", "more than one Mesh");
+    assert!(error.hint.unwrap().contains("test.yaml:16"));
+}
+
+#[test]
+fn mesh_sampling_percent_in_range() {
+    let text = with_backends(&mesh(
+        "{tracing: {otlpEndpoint: \"http://127.0.0.1:4317\", samplingPercent: 101}}",
+    ));
+    single_error(
+        &text,
+        "Mesh default",
+        "spec.tracing.samplingPercent",
+        "not a percentage",
+    );
+}
+
+#[test]
+fn mesh_trust_domain_is_lowercase_dns() {
+    let text = with_backends(&mesh("{trustDomain: Cluster.Local}"));
+    single_error(
+        &text,
+        "Mesh default",
+        "spec.trustDomain",
+        "not a valid SPIFFE trust domain",
+    );
+    let text = with_backends(&mesh("{trustDomain: \"\"}"));
+    single_error(
+        &text,
+        "Mesh default",
+        "spec.trustDomain",
+        "not a valid SPIFFE trust domain",
+    );
+}
+
+#[test]
+fn mesh_proxy_durations_are_checked() {
+    let text = with_backends(&mesh("{proxy: {headerReadTimeout: 10}}"));
+    single_error(
+        &text,
+        "Mesh default",
+        "spec.proxy.headerReadTimeout",
+        "expected a string",
+    );
+    let text = with_backends(&mesh(
+        "{proxy: {headerReadTimeout: 0s, bodyIdleTimeout: 3d}}",
+    ));
+    let errors = parse(&text).unwrap_err();
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["spec.proxy.headerReadTimeout", "spec.proxy.bodyIdleTimeout"]
+    );
+}
+
+#[test]
+fn mesh_otlp_endpoint_is_a_url() {
+    let text = with_backends(&mesh("{tracing: {otlpEndpoint: \"127.0.0.1:4317\"}}"));
+    single_error(
+        &text,
+        "Mesh default",
+        "spec.tracing.otlpEndpoint",
+        "not an http:// or https:// URL",
+    );
+}
