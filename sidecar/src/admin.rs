@@ -91,7 +91,10 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
             let filter = String::from_utf8_lossy(&body).trim().to_owned();
             match shared.log.set(&filter) {
                 Ok(()) => text(StatusCode::OK, &format!("{filter}\n")),
-                Err(error) => text(StatusCode::BAD_REQUEST, &format!("invalid filter: {error}\n")),
+                Err(error) => text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid filter: {error}\n"),
+                ),
             }
         }
         (
@@ -124,14 +127,18 @@ fn config_json(shared: &Shared) -> serde_json::Value {
 fn text(status: StatusCode, message: &str) -> Response<Body> {
     let mut response = Response::new(body::full(Bytes::copy_from_slice(message.as_bytes())));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut response = Response::new(body::full(value.to_string()));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 

@@ -56,11 +56,14 @@ pub fn run(args: Args) -> u8 {
     };
 
     let bind = |address: SocketAddr, flag: &str| {
-        crate::admin::bind(address).map_err(|e| eprintln!("error: cannot listen on {address} ({flag}): {e}"))
+        crate::admin::bind(address)
+            .map_err(|e| eprintln!("error: cannot listen on {address} ({flag}): {e}"))
     };
-    let (Ok(outbound), Ok(inbound), Ok(admin)) =
-        (bind(args.outbound, "--outbound"), bind(args.inbound, "--inbound"), bind(args.admin, "--admin"))
-    else {
+    let (Ok(outbound), Ok(inbound), Ok(admin)) = (
+        bind(args.outbound, "--outbound"),
+        bind(args.inbound, "--inbound"),
+        bind(args.admin, "--admin"),
+    ) else {
         return exit::FATAL;
     };
 
@@ -80,7 +83,11 @@ pub fn run(args: Args) -> u8 {
     };
     let metrics = Metrics::new();
     let pools = PoolRegistry::default();
-    let empty = Snapshot::empty(&BuildContext { pools: &pools, metrics: &metrics, identity: &identity });
+    let empty = Snapshot::empty(&BuildContext {
+        pools: &pools,
+        metrics: &metrics,
+        identity: &identity,
+    });
     let (drain_signal, drain) = drain::channel();
     let shared = Shared::new(empty, false, metrics, pools, identity, log, drain_signal);
     let connections = TaskTracker::new();
@@ -93,22 +100,27 @@ pub fn run(args: Args) -> u8 {
     }
 
     let admin_shared = Arc::clone(&shared);
-    let spawned = std::thread::Builder::new().name("ficus-admin".into()).spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                tracing::error!(%error, "cannot start the admin runtime");
-                return;
-            }
-        };
-        runtime.block_on(async move {
-            tokio::spawn(crate::watch::watch(path, reloader));
-            match TcpListener::from_std(admin) {
-                Ok(listener) => crate::admin::serve(listener, admin_shared).await,
-                Err(error) => tracing::error!(%error, "admin listener failed"),
-            }
+    let spawned = std::thread::Builder::new()
+        .name("ficus-admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the admin runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                tokio::spawn(crate::watch::watch(path, reloader));
+                match TcpListener::from_std(admin) {
+                    Ok(listener) => crate::admin::serve(listener, admin_shared).await,
+                    Err(error) => tracing::error!(%error, "admin listener failed"),
+                }
+            });
         });
-    });
     if let Err(error) = spawned {
         eprintln!("error: cannot start the admin thread: {error}");
         return exit::FATAL;
@@ -118,14 +130,23 @@ pub fn run(args: Args) -> u8 {
         outbound = %args.outbound, inbound = %args.inbound, admin = %args.admin, workers,
         node_id = %shared.identity.node_id, "ficus-sidecar started"
     );
-    let code = runtime.block_on(serve(shared, outbound, inbound, drain, connections, args.drain_timeout));
+    let code = runtime.block_on(serve(
+        shared,
+        outbound,
+        inbound,
+        drain,
+        connections,
+        args.drain_timeout,
+    ));
     runtime.shutdown_timeout(Duration::from_millis(200));
     code
 }
 
 fn data_plane_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
@@ -143,7 +164,10 @@ async fn serve(
     connections: TaskTracker,
     drain_timeout: Duration,
 ) -> u8 {
-    for (listener, side, name) in [(outbound, Side::Outbound, "outbound"), (inbound, Side::Inbound, "inbound")] {
+    for (listener, side, name) in [
+        (outbound, Side::Outbound, "outbound"),
+        (inbound, Side::Inbound, "inbound"),
+    ] {
         let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(error) => {
@@ -153,17 +177,35 @@ async fn serve(
         };
         let shared = Arc::clone(&shared);
         let drain_for_connections = drain.clone();
-        tokio::spawn(accept_loop(listener, name, drain.clone(), connections.clone(), move |stream, peer| {
-            serve_http(Arc::clone(&shared), side, stream, peer, drain_for_connections.clone())
-        }));
+        tokio::spawn(accept_loop(
+            listener,
+            name,
+            drain.clone(),
+            connections.clone(),
+            move |stream, peer| {
+                serve_http(
+                    Arc::clone(&shared),
+                    side,
+                    stream,
+                    peer,
+                    drain_for_connections.clone(),
+                )
+            },
+        ));
     }
 
     wait_for_shutdown(&shared).await;
     tracing::info!(?drain_timeout, "draining");
     shared.drain.drain();
     connections.close();
-    if tokio::time::timeout(drain_timeout, connections.wait()).await.is_err() {
-        tracing::warn!(remaining = connections.len(), "drain timeout passed; closing what is left");
+    if tokio::time::timeout(drain_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = connections.len(),
+            "drain timeout passed; closing what is left"
+        );
     } else {
         tracing::info!("drained");
     }
@@ -173,7 +215,10 @@ async fn serve(
 /// SIGTERM, SIGINT or `/quitquitquit`.
 async fn wait_for_shutdown(shared: &Shared) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; only /quitquitquit stops the sidecar");
         shared.quit.notified().await;
         return;

@@ -25,7 +25,9 @@ pub fn empty() -> Body {
 
 /// A body holding `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// Boxes any body whose errors convert to [`BoxError`].
@@ -56,7 +58,11 @@ pin_project! {
 impl<B> IdleTimeout<B> {
     /// Wraps `inner`.
     pub fn new(inner: B, timeout: Duration) -> Self {
-        Self { inner, sleep: tokio::time::sleep(timeout), timeout }
+        Self {
+            inner,
+            sleep: tokio::time::sleep(timeout),
+            timeout,
+        }
     }
 }
 
@@ -115,12 +121,21 @@ mod tests {
 
     type Sender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
 
-    fn channel() -> (Sender, Pin<Box<IdleTimeout<impl HttpBody<Data = Bytes, Error = BoxError>>>>) {
+    fn channel() -> (
+        Sender,
+        Pin<Box<IdleTimeout<impl HttpBody<Data = Bytes, Error = BoxError>>>>,
+    ) {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
-        (tx, Box::pin(IdleTimeout::new(StreamBody::new(stream), Duration::from_secs(5))))
+        (
+            tx,
+            Box::pin(IdleTimeout::new(
+                StreamBody::new(stream),
+                Duration::from_secs(5),
+            )),
+        )
     }
 
     #[tokio::test(start_paused = true)]

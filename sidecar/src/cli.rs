@@ -11,11 +11,21 @@ use clap::{Parser, ValueEnum};
 #[command(name = "ficus-sidecar", version, about)]
 pub struct Args {
     /// Static mode: config documents from FILE or a directory of `*.yaml`, watched and hot-swapped.
-    #[arg(long, env = "FICUS_CONFIG", value_name = "FILE|DIR", required_unless_present = "control")]
+    #[arg(
+        long,
+        env = "FICUS_CONFIG",
+        value_name = "FILE|DIR",
+        required_unless_present = "control"
+    )]
     pub config: Option<PathBuf>,
 
     /// Push mode: subscribe to a control plane (not built yet).
-    #[arg(long, env = "FICUS_CONTROL", value_name = "URL", conflicts_with = "config")]
+    #[arg(
+        long,
+        env = "FICUS_CONTROL",
+        value_name = "URL",
+        conflicts_with = "config"
+    )]
     pub control: Option<String>,
 
     /// This sidecar's workload (service account) name.

@@ -21,7 +21,11 @@ pub struct Reloader {
 impl Reloader {
     /// A reloader whose first accepted config gets version 1.
     pub fn new(shared: Arc<Shared>, tcp: TcpListeners) -> Self {
-        Self { shared, tcp, next_version: 1 }
+        Self {
+            shared,
+            tcp,
+            next_version: 1,
+        }
     }
 
     /// The shared state.
@@ -63,7 +67,9 @@ impl Reloader {
     /// Records a config that failed validation or could not be applied.
     pub fn reject(&self, message: String, source: &str) {
         tracing::error!(source, error = %message, "config rejected; the previous config keeps serving");
-        self.shared.metrics.config_update(false, source_kind(source));
+        self.shared
+            .metrics
+            .config_update(false, source_kind(source));
         self.shared.record_rejection(message);
     }
 }

@@ -36,7 +36,9 @@ impl<A> RouteTable<A> {
     /// creation timestamps, so alphabetical order of routes stands in for age).
     pub fn new(mut entries: Vec<(Precedence, (String, usize, usize), RouteEntry<A>)>) -> Self {
         entries.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        Self { entries: entries.into_iter().map(|(_, _, entry)| entry).collect() }
+        Self {
+            entries: entries.into_iter().map(|(_, _, entry)| entry).collect(),
+        }
     }
 
     /// The first entry whose conditions hold.
@@ -47,7 +49,9 @@ impl<A> RouteTable<A> {
         query: Option<&str>,
         headers: &HeaderMap,
     ) -> Option<&RouteEntry<A>> {
-        self.entries.iter().find(|entry| entry.matcher.matches(method, path, query, headers))
+        self.entries
+            .iter()
+            .find(|entry| entry.matcher.matches(method, path, query, headers))
     }
 
     /// Number of entries.

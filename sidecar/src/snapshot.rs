@@ -145,7 +145,10 @@ impl Snapshot {
                 let endpoints = backend
                     .endpoints
                     .iter()
-                    .map(|e| cx.pools.pool(e.address, backend.protocol.is_http2(), settings))
+                    .map(|e| {
+                        cx.pools
+                            .pool(e.address, backend.protocol.is_http2(), settings)
+                    })
                     .collect();
                 let target = BackendTarget {
                     label: key.to_string(),
@@ -178,12 +181,25 @@ impl Snapshot {
                 for (match_index, m) in rule.matches.iter().enumerate() {
                     let matcher = CompiledMatch::new(m);
                     let precedence = matcher.precedence();
-                    let entry = RouteEntry { matcher, action: Arc::clone(&action) };
-                    entries.push((precedence, (route_label.clone(), rule_index, match_index), entry));
+                    let entry = RouteEntry {
+                        matcher,
+                        action: Arc::clone(&action),
+                    };
+                    entries.push((
+                        precedence,
+                        (route_label.clone(), rule_index, match_index),
+                        entry,
+                    ));
                 }
             }
-            let unmatched = cx.metrics.request_metrics(Direction::Outbound, &label, "none");
-            let compiled = Service { label, table: RouteTable::new(entries), unmatched };
+            let unmatched = cx
+                .metrics
+                .request_metrics(Direction::Outbound, &label, "none");
+            let compiled = Service {
+                label,
+                table: RouteTable::new(entries),
+                unmatched,
+            };
             services
                 .entry(service.namespace)
                 .or_default()
@@ -196,12 +212,17 @@ impl Snapshot {
                 continue;
             }
             let label = key.to_string();
-            by_name.insert(key.name.clone(), Arc::new(direct_service(label, target, cx)));
+            by_name.insert(
+                key.name.clone(),
+                Arc::new(direct_service(label, target, cx)),
+            );
         }
 
         let mut tcp = HashMap::new();
         for (key, backend) in &config.backends {
-            let Some(listen) = backend.listen else { continue };
+            let Some(listen) = backend.listen else {
+                continue;
+            };
             let parent_route = config.tcp_routes.iter().find(|r| r.parents.contains(key));
             let weighted: Vec<(Arc<BackendTarget>, u32)> = match parent_route {
                 Some(route) => route
@@ -209,10 +230,20 @@ impl Snapshot {
                     .iter()
                     .filter_map(|r| targets.get(&r.backend).map(|t| (Arc::clone(t), r.weight)))
                     .collect(),
-                None => targets.get(key).map(|t| (Arc::clone(t), 1)).into_iter().collect(),
+                None => targets
+                    .get(key)
+                    .map(|t| (Arc::clone(t), 1))
+                    .into_iter()
+                    .collect(),
             };
             if let Some(backends) = WeightedSet::new(weighted) {
-                tcp.insert(listen, Arc::new(TcpService { label: key.to_string(), backends }));
+                tcp.insert(
+                    listen,
+                    Arc::new(TcpService {
+                        label: key.to_string(),
+                        backends,
+                    }),
+                );
             }
         }
 
@@ -226,7 +257,9 @@ impl Snapshot {
                 "app",
             ),
         });
-        let unrouted = cx.metrics.request_metrics(Direction::Outbound, "unknown", "none");
+        let unrouted = cx
+            .metrics
+            .request_metrics(Direction::Outbound, "unknown", "none");
         Self {
             version,
             source,
@@ -274,7 +307,9 @@ fn compile_rule(
         redirect: None,
         backends: None,
         timeouts: rule.timeouts,
-        local_metrics: cx.metrics.request_metrics(Direction::Outbound, service_label, "local"),
+        local_metrics: cx
+            .metrics
+            .request_metrics(Direction::Outbound, service_label, "local"),
     };
     for filter in &rule.filters {
         match filter {
@@ -288,23 +323,41 @@ fn compile_rule(
     }
     let weighted = rule.backend_refs.iter().filter_map(|r| {
         let target = targets.get(&r.backend)?;
-        let metrics = cx.metrics.request_metrics(Direction::Outbound, service_label, &target.label);
-        Some((RouteBackend { target: Arc::clone(target), metrics }, r.weight))
+        let metrics = cx
+            .metrics
+            .request_metrics(Direction::Outbound, service_label, &target.label);
+        Some((
+            RouteBackend {
+                target: Arc::clone(target),
+                metrics,
+            },
+            r.weight,
+        ))
     });
     action.backends = WeightedSet::new(weighted);
     action
 }
 
 fn direct_service(label: String, target: &Arc<BackendTarget>, cx: &BuildContext<'_>) -> Service {
-    let metrics = cx.metrics.request_metrics(Direction::Outbound, &label, &target.label);
+    let metrics = cx
+        .metrics
+        .request_metrics(Direction::Outbound, &label, &target.label);
     let action = RuleAction {
         request_headers: None,
         response_headers: None,
         rewrite: None,
         redirect: None,
-        backends: WeightedSet::new([(RouteBackend { target: Arc::clone(target), metrics }, 1)]),
+        backends: WeightedSet::new([(
+            RouteBackend {
+                target: Arc::clone(target),
+                metrics,
+            },
+            1,
+        )]),
         timeouts: Timeouts::default(),
-        local_metrics: cx.metrics.request_metrics(Direction::Outbound, &label, "local"),
+        local_metrics: cx
+            .metrics
+            .request_metrics(Direction::Outbound, &label, "local"),
     };
     let catch_all = ficus_config::RouteMatch {
         path: ficus_config::PathMatch::Prefix("/".to_owned()),
@@ -313,10 +366,23 @@ fn direct_service(label: String, target: &Arc<BackendTarget>, cx: &BuildContext<
         method: None,
     };
     let matcher = CompiledMatch::new(&catch_all);
-    let entry = RouteEntry { matcher, action: Arc::new(action) };
-    let unmatched = cx.metrics.request_metrics(Direction::Outbound, &label, "none");
-    let table = RouteTable::new(vec![(entry.matcher.precedence(), (label.clone(), 0, 0), entry)]);
-    Service { label, table, unmatched }
+    let entry = RouteEntry {
+        matcher,
+        action: Arc::new(action),
+    };
+    let unmatched = cx
+        .metrics
+        .request_metrics(Direction::Outbound, &label, "none");
+    let table = RouteTable::new(vec![(
+        entry.matcher.precedence(),
+        (label.clone(), 0, 0),
+        entry,
+    )]);
+    Service {
+        label,
+        table,
+        unmatched,
+    }
 }
 
 /// Downstream server settings from the limits (applied to connections accepted afterwards).

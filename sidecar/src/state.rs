@@ -91,7 +91,9 @@ impl Shared {
         let version = snapshot.version;
         self.snapshot.store(Arc::new(snapshot));
         self.has_config.store(true, Ordering::Release);
-        self.metrics.config_version.set(i64::try_from(version).unwrap_or(i64::MAX));
+        self.metrics
+            .config_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
         if let Ok(mut status) = self.status.lock() {
             status.applied_at = Some(SystemTime::now());
             status.last_error = None;

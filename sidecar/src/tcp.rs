@@ -39,7 +39,12 @@ pub struct Prepared {
 impl TcpListeners {
     /// No listeners yet; accept loops will run on `runtime`.
     pub fn new(runtime: Handle, tracker: TaskTracker, drain: Drain) -> Self {
-        Self { running: HashMap::new(), runtime, tracker, drain }
+        Self {
+            running: HashMap::new(),
+            runtime,
+            tracker,
+            drain,
+        }
     }
 
     /// Binds every listen address of `snapshot` not bound yet. Fails, binding nothing, if

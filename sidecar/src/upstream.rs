@@ -75,7 +75,10 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// Whether the request was certainly not sent (connect-phase failure).
     pub fn is_connect_failure(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Handshake { .. })
+        matches!(
+            self,
+            Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Handshake { .. }
+        )
     }
 
     /// Bounded reason label for `ficus_upstream_failures_total`.
@@ -125,8 +128,10 @@ impl EndpointPool {
 
     fn update(&self, settings: PoolSettings) {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        self.connect_timeout_ms.store(ms(settings.connect_timeout), Ordering::Relaxed);
-        self.idle_timeout_ms.store(ms(settings.idle_timeout), Ordering::Relaxed);
+        self.connect_timeout_ms
+            .store(ms(settings.connect_timeout), Ordering::Relaxed);
+        self.idle_timeout_ms
+            .store(ms(settings.idle_timeout), Ordering::Relaxed);
     }
 
     /// The endpoint address.
@@ -182,7 +187,10 @@ impl EndpointPool {
                     Some(unsent) if reused => request = unsent,
                     _ => {
                         let addr = self.address;
-                        return Err(UpstreamError::Reset { addr, source: error.into_error() });
+                        return Err(UpstreamError::Reset {
+                            addr,
+                            source: error.into_error(),
+                        });
                     }
                 },
             }
@@ -207,7 +215,10 @@ impl EndpointPool {
             if let Err(source) = sender.ready().await {
                 self.forget_http2();
                 if fresh {
-                    return Err(UpstreamError::Reset { addr: self.address, source });
+                    return Err(UpstreamError::Reset {
+                        addr: self.address,
+                        source,
+                    });
                 }
                 continue;
             }
@@ -221,7 +232,10 @@ impl EndpointPool {
                     }
                     _ => {
                         let addr = self.address;
-                        return Err(UpstreamError::Reset { addr, source: error.into_error() });
+                        return Err(UpstreamError::Reset {
+                            addr,
+                            source: error.into_error(),
+                        });
                     }
                 },
             }
@@ -270,7 +284,10 @@ impl EndpointPool {
             .max_buf_size(MAX_RESPONSE_HEADER_BYTES.max(8192))
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|source| UpstreamError::Handshake { addr: self.address, source })?;
+            .map_err(|source| UpstreamError::Handshake {
+                addr: self.address,
+                source,
+            })?;
         tokio::spawn(async move {
             if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%error, "upstream HTTP/1.1 connection ended with an error");
@@ -288,7 +305,10 @@ impl EndpointPool {
             .max_header_list_size(MAX_RESPONSE_HEADER_BYTES as u32)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|source| UpstreamError::Handshake { addr: self.address, source })?;
+            .map_err(|source| UpstreamError::Handshake {
+                addr: self.address,
+                source,
+            })?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
@@ -331,7 +351,10 @@ impl PoolRegistry {
     }
 }
 
-fn pooled_body(body: Incoming, pool: Option<(Arc<EndpointPool>, http1::SendRequest<Body>)>) -> Body {
+fn pooled_body(
+    body: Incoming,
+    pool: Option<(Arc<EndpointPool>, http1::SendRequest<Body>)>,
+) -> Body {
     match pool {
         // Nothing to read (HEAD, 204, 304): the connection is reusable right away.
         Some((pool, sender)) if body.is_end_stream() => {
@@ -339,7 +362,10 @@ fn pooled_body(body: Incoming, pool: Option<(Arc<EndpointPool>, http1::SendReque
             crate::body::boxed(body)
         }
         None => crate::body::boxed(body),
-        Some(pool) => crate::body::boxed(PooledBody { inner: body, pool: Some(pool) }),
+        Some(pool) => crate::body::boxed(PooledBody {
+            inner: body,
+            pool: Some(pool),
+        }),
     }
 }
 

@@ -31,7 +31,10 @@ pub struct Response {
 impl Response {
     /// A header as a string ("" when absent).
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     /// The body as text.
@@ -44,12 +47,19 @@ async fn collect(response: http::Response<hyper::body::Incoming>) -> anyhow::Res
     let (parts, body) = response.into_parts();
     let collected = tokio::time::timeout(TIMEOUT, body.collect()).await??;
     let trailers = collected.trailers().cloned();
-    Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body: collected.to_bytes(), trailers })
+    Ok(Response {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    })
 }
 
 /// `GET path` with `Host: host` on a new HTTP/1.1 connection.
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<Response> {
-    let request = Request::get(path).header("host", host).body(Full::new(Bytes::new()))?;
+    let request = Request::get(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))?;
     send(addr, request).await
 }
 
@@ -84,7 +94,9 @@ impl H1Client {
 
     /// `GET path` with `Host: host`.
     pub async fn get(&mut self, host: &str, path: &str) -> anyhow::Result<Response> {
-        let request = Request::get(path).header("host", host).body(Full::new(Bytes::new()))?;
+        let request = Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))?;
         self.send(request).await
     }
 }
@@ -132,7 +144,9 @@ impl RawOutcome {
 
     /// Number of HTTP responses in the bytes.
     pub fn responses(&self) -> usize {
-        String::from_utf8_lossy(&self.bytes).matches("HTTP/1.1 ").count()
+        String::from_utf8_lossy(&self.bytes)
+            .matches("HTTP/1.1 ")
+            .count()
     }
 }
 
@@ -150,9 +164,19 @@ pub async fn read_until_close(stream: &mut TcpStream, deadline: Duration) -> Raw
     let until = tokio::time::Instant::now() + deadline;
     loop {
         match tokio::time::timeout_at(until, stream.read(&mut buffer)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return RawOutcome { bytes: out, closed: true },
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return RawOutcome {
+                    bytes: out,
+                    closed: true,
+                }
+            }
             Ok(Ok(n)) => out.extend_from_slice(&buffer[..n]),
-            Err(_) => return RawOutcome { bytes: out, closed: false },
+            Err(_) => {
+                return RawOutcome {
+                    bytes: out,
+                    closed: false,
+                }
+            }
         }
     }
 }
@@ -168,12 +192,17 @@ impl Metrics {
     /// Parses the text format (comments skipped).
     pub fn parse(text: &str) -> Self {
         let mut samples = Vec::new();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
             let (series, value) = match line.rsplit_once(' ') {
                 Some(parts) => parts,
                 None => continue,
             };
-            let Ok(value) = value.parse::<f64>() else { continue };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
             let (name, labels) = match series.split_once('{') {
                 Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
                 None => (series, BTreeMap::new()),
@@ -188,7 +217,10 @@ impl Metrics {
         self.samples
             .iter()
             .filter(|(n, l, _)| {
-                n == name && labels.iter().all(|(k, v)| l.get(*k).is_some_and(|x| x == v))
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).is_some_and(|x| x == v))
             })
             .map(|(_, _, v)| v)
             .sum()

@@ -10,12 +10,18 @@ use crate::client;
 /// Where the workspace's binaries are: `$FICUS_BIN_DIR`, else `<target>/debug` (honouring
 /// `CARGO_TARGET_DIR`). The test command in README.md builds them first.
 pub fn binary(name: &str) -> PathBuf {
-    let dir = std::env::var_os("FICUS_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
+    let dir = std::env::var_os("FICUS_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("..")
+                        .join("target")
+                });
+            target.join("debug")
         });
-        target.join("debug")
-    });
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -71,7 +77,8 @@ impl Sidecar {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
-        let (outbound, inbound, admin) = (crate::free_addr(), crate::free_addr(), crate::free_addr());
+        let (outbound, inbound, admin) =
+            (crate::free_addr(), crate::free_addr(), crate::free_addr());
         let app = options.app.unwrap_or_else(crate::free_addr);
         let mut command = Command::new(binary("ficus-sidecar"));
         command
@@ -83,13 +90,28 @@ impl Sidecar {
             .args(["--app", &app.to_string()])
             .args(["--workers", &options.workers.unwrap_or(2).to_string()])
             .args(["--workload", "client", "--namespace", "shop"])
-            .args(options.drain_timeout.iter().flat_map(|d| ["--drain-timeout".to_owned(), d.clone()]))
+            .args(
+                options
+                    .drain_timeout
+                    .iter()
+                    .flat_map(|d| ["--drain-timeout".to_owned(), d.clone()]),
+            )
             .args(&options.extra)
-            .env("RUST_LOG", std::env::var("FICUS_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("FICUS_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         let child = command.spawn().expect("spawn ficus-sidecar");
-        Self { child: Some(child), outbound, inbound, admin, config_path, dir }
+        Self {
+            child: Some(child),
+            outbound,
+            inbound,
+            admin,
+            config_path,
+            dir,
+        }
     }
 
     /// Waits until `/ready` answers 200; panics after `deadline`.
@@ -115,13 +137,17 @@ impl Sidecar {
 
     /// `GET /config` as JSON.
     pub async fn config(&self) -> serde_json::Value {
-        let response = client::get(self.admin, "admin", "/config").await.expect("GET /config");
+        let response = client::get(self.admin, "admin", "/config")
+            .await
+            .expect("GET /config");
         serde_json::from_slice(&response.body).expect("/config is JSON")
     }
 
     /// `GET /metrics`, parsed.
     pub async fn metrics(&self) -> crate::client::Metrics {
-        let response = client::get(self.admin, "admin", "/metrics").await.expect("GET /metrics");
+        let response = client::get(self.admin, "admin", "/metrics")
+            .await
+            .expect("GET /metrics");
         crate::client::Metrics::parse(&String::from_utf8_lossy(&response.body))
     }
 
@@ -144,7 +170,9 @@ impl Sidecar {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
         assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
     }
 
@@ -156,7 +184,10 @@ impl Sidecar {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(started.elapsed() < deadline, "sidecar did not exit within {deadline:?}");
+            assert!(
+                started.elapsed() < deadline,
+                "sidecar did not exit within {deadline:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

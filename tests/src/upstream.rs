@@ -56,14 +56,18 @@ pub struct Upstream {
 impl Upstream {
     /// Starts a server named `name` on a free loopback port.
     pub async fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("local addr");
         let received = Arc::new(Mutex::new(Vec::new()));
         let name: Arc<str> = Arc::from(name);
         let recorded = Arc::clone(&received);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let name = Arc::clone(&name);
                 let recorded = Arc::clone(&recorded);
                 tokio::spawn(async move {
@@ -76,7 +80,11 @@ impl Upstream {
                 });
             }
         });
-        Self { addr, received, task }
+        Self {
+            addr,
+            received,
+            task,
+        }
     }
 
     /// Number of requests received.
@@ -137,7 +145,9 @@ async fn handle(
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut response = Response::new(
-        Full::new(Bytes::copy_from_slice(body.as_bytes())).map_err(|n| match n {}).boxed(),
+        Full::new(Bytes::copy_from_slice(body.as_bytes()))
+            .map_err(|n| match n {})
+            .boxed(),
     );
     *response.status_mut() = status;
     response
@@ -194,9 +204,13 @@ impl WebSocketEcho {
         let addr = listener.local_addr().expect("local addr");
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 tokio::spawn(async move {
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
                     while let Some(Ok(message)) = ws.next().await {
                         if message.is_close() || ws.send(message).await.is_err() {
                             break;
@@ -226,11 +240,15 @@ pub struct TcpEcho {
 impl TcpEcho {
     /// Starts on a free loopback port.
     pub async fn start(greeting: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp echo");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind tcp echo");
         let addr = listener.local_addr().expect("local addr");
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else { continue };
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 tokio::spawn(async move {
                     if stream.write_all(greeting.as_bytes()).await.is_err() {
                         return;

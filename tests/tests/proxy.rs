@@ -24,7 +24,11 @@ async fn http1_origin_form_and_absolute_form() {
     let upstream = Upstream::start("monolith").await;
     let sidecar = Sidecar::start(&backend("monolith", "http", upstream.addr)).await;
 
-    for host in ["monolith", "monolith.shop", "monolith.shop.svc.cluster.local:80"] {
+    for host in [
+        "monolith",
+        "monolith.shop",
+        "monolith.shop.svc.cluster.local:80",
+    ] {
         let response = client::get(sidecar.outbound, host, "/hello").await.unwrap();
         assert_eq!(response.status, 200, "host {host}");
         assert_eq!(response.text(), "monolith");
@@ -60,8 +64,16 @@ async fn request_headers_are_cleaned_and_annotated() {
     let response = client::send(sidecar.outbound, request).await.unwrap();
     assert_eq!(response.status, 200);
     let seen = upstream.last().unwrap().headers;
-    for gone in ["x-private", "keep-alive", "proxy-authorization", "x-ficus-peer-identity"] {
-        assert!(!seen.contains_key(gone), "{gone} must not be forwarded: {seen:?}");
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "proxy-authorization",
+        "x-ficus-peer-identity",
+    ] {
+        assert!(
+            !seen.contains_key(gone),
+            "{gone} must not be forwarded: {seen:?}"
+        );
     }
     assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(seen["forwarded"], "for=127.0.0.1;proto=http");
@@ -81,10 +93,14 @@ async fn request_headers_are_cleaned_and_annotated() {
 #[tokio::test]
 async fn h2c_prior_knowledge_downstream_and_upstream() {
     let upstream = Upstream::start("payments").await;
-    let config = backend("payments", "http2", upstream.addr) + &backend("legacy", "http", upstream.addr);
+    let config =
+        backend("payments", "http2", upstream.addr) + &backend("legacy", "http", upstream.addr);
     let sidecar = Sidecar::start(&config).await;
     let mut h2 = H2Client::connect(sidecar.outbound).await.unwrap();
-    for (host, version) in [("payments", http::Version::HTTP_2), ("legacy", http::Version::HTTP_11)] {
+    for (host, version) in [
+        ("payments", http::Version::HTTP_2),
+        ("legacy", http::Version::HTTP_11),
+    ] {
         let request = Request::get(format!("http://{host}/h2"))
             .version(http::Version::HTTP_2)
             .body(Full::new(Bytes::new()))
@@ -93,7 +109,10 @@ async fn h2c_prior_knowledge_downstream_and_upstream() {
         assert_eq!(response.status, 200, "{host}");
         assert_eq!(response.text(), "payments");
         let seen = upstream.last().unwrap();
-        assert_eq!(seen.version, version, "{host}: upstream protocol follows the Backend");
+        assert_eq!(
+            seen.version, version,
+            "{host}: upstream protocol follows the Backend"
+        );
     }
 }
 
@@ -117,8 +136,14 @@ async fn grpc_streaming_with_trailers() {
         .unwrap();
     let response = h2.send(request).await.unwrap();
     assert_eq!(response.status, 200);
-    assert_eq!(response.body.as_ref(), payload.as_slice(), "messages streamed back intact");
-    let trailers = response.trailers.expect("gRPC trailers arrive through the proxy");
+    assert_eq!(
+        response.body.as_ref(),
+        payload.as_slice(),
+        "messages streamed back intact"
+    );
+    let trailers = response
+        .trailers
+        .expect("gRPC trailers arrive through the proxy");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["grpc-message"], "echoed");
     let seen = upstream.last().unwrap();
@@ -131,7 +156,9 @@ async fn streaming_bodies_are_not_buffered() {
     let upstream = Upstream::start("echo").await;
     let sidecar = Sidecar::start(&backend("echo", "http", upstream.addr)).await;
     // Send a chunked body slowly; the echo arrives chunk by chunk before the request ends.
-    let mut stream = tokio::net::TcpStream::connect(sidecar.outbound).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(sidecar.outbound)
+        .await
+        .unwrap();
     stream
         .write_all(b"POST /echo HTTP/1.1\r\nhost: echo\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
         .await
@@ -140,13 +167,19 @@ async fn streaming_bodies_are_not_buffered() {
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !String::from_utf8_lossy(&seen).contains("first") {
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await.unwrap().unwrap();
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buffer))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "closed early");
         seen.extend_from_slice(&buffer[..n]);
     }
     stream.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await.unwrap();
     while !String::from_utf8_lossy(&seen).contains("second") {
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await.unwrap().unwrap();
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buffer))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "closed early");
         seen.extend_from_slice(&buffer[..n]);
     }
@@ -158,13 +191,18 @@ async fn websocket_echo_through_the_proxy() {
     use tokio_tungstenite::tungstenite::Message;
     let server = WebSocketEcho::start().await;
     let sidecar = Sidecar::start(&backend("chat", "http", server.addr)).await;
-    let stream = tokio::net::TcpStream::connect(sidecar.outbound).await.unwrap();
-    let (mut ws, response) =
-        tokio_tungstenite::client_async("ws://chat.shop/socket", stream).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(sidecar.outbound)
+        .await
+        .unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://chat.shop/socket", stream)
+        .await
+        .unwrap();
     assert_eq!(response.status(), 101);
     for text in ["hello", "through", "ficus"] {
         ws.send(Message::text(text)).await.unwrap();
-        let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap();
         assert_eq!(echoed.unwrap().unwrap(), Message::text(text));
     }
     ws.close(None).await.unwrap();
@@ -191,9 +229,14 @@ async fn opaque_tcp_with_weighted_split() {
         let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
         stream.write_all(b"ping").await.unwrap();
         let mut got = [0u8; 6];
-        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut got)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&got[2..], b"ping");
-        *greetings.entry(String::from_utf8_lossy(&got[..2]).into_owned()).or_insert(0) += 1;
+        *greetings
+            .entry(String::from_utf8_lossy(&got[..2]).into_owned())
+            .or_insert(0) += 1;
     }
     // Per-connection split: both backends get connections (P(all 40 on one side) = 2^-39).
     assert_eq!(greetings.len(), 2, "{greetings:?}");
@@ -209,16 +252,27 @@ async fn unknown_service_and_dead_upstream_get_clear_answers() {
     let response = client::get(sidecar.outbound, "nowhere", "/").await.unwrap();
     assert_eq!(response.status, 502);
     assert_eq!(response.header("x-ficus-error"), "no-route");
-    let response = client::get(sidecar.outbound, "10.1.2.3:8080", "/").await.unwrap();
+    let response = client::get(sidecar.outbound, "10.1.2.3:8080", "/")
+        .await
+        .unwrap();
     assert_eq!(response.status, 502, "an address is not a mesh service");
 
     let response = client::get(sidecar.outbound, "gone", "/").await.unwrap();
     assert_eq!(response.status, 503);
     assert_eq!(response.header("x-ficus-error"), "upstream-connect-failure");
     let metrics = sidecar.metrics().await;
-    assert_eq!(metrics.sum("ficus_requests_total", &[("response_flags", "NR")]), 2.0);
     assert_eq!(
-        metrics.sum("ficus_requests_total", &[("response_flags", "UF"), ("destination_backend", "shop/gone")]),
+        metrics.sum("ficus_requests_total", &[("response_flags", "NR")]),
+        2.0
+    );
+    assert_eq!(
+        metrics.sum(
+            "ficus_requests_total",
+            &[
+                ("response_flags", "UF"),
+                ("destination_backend", "shop/gone")
+            ]
+        ),
         1.0
     );
 }
@@ -226,7 +280,10 @@ async fn unknown_service_and_dead_upstream_get_clear_answers() {
 #[tokio::test]
 async fn inbound_forwards_to_the_app() {
     let app = Upstream::start("app").await;
-    let options = ficus_tests::process::SidecarOptions { app: Some(app.addr), ..Default::default() };
+    let options = ficus_tests::process::SidecarOptions {
+        app: Some(app.addr),
+        ..Default::default()
+    };
     let sidecar = Sidecar::start_with(&backend("unused", "http", app.addr), options).await;
     let mut h1 = H1Client::connect(sidecar.inbound).await.unwrap();
     let response = h1.get("client.shop", "/in").await.unwrap();
@@ -244,5 +301,11 @@ async fn inbound_forwards_to_the_app() {
     assert_eq!(seen.version, http::Version::HTTP_2);
     assert!(!seen.headers.contains_key("x-ficus-peer-identity"));
     let metrics = sidecar.metrics().await;
-    assert_eq!(metrics.sum("ficus_requests_total", &[("direction", "inbound"), ("response_code", "200")]), 2.0);
+    assert_eq!(
+        metrics.sum(
+            "ficus_requests_total",
+            &[("direction", "inbound"), ("response_code", "200")]
+        ),
+        2.0
+    );
 }

@@ -40,8 +40,11 @@ async fn tally(sidecar: &Sidecar, host: &str, path: &str, n: usize) -> BTreeMap<
 
 #[tokio::test]
 async fn weighted_split_90_10_within_statistical_bounds() {
-    let (monolith, v2, dark) =
-        (Upstream::start("monolith").await, Upstream::start("payments-v2").await, Upstream::start("dark").await);
+    let (monolith, v2, dark) = (
+        Upstream::start("monolith").await,
+        Upstream::start("payments-v2").await,
+        Upstream::start("dark").await,
+    );
     let config = backends(&[("monolith", monolith.addr), ("payments-v2", v2.addr), ("dark", dark.addr)])
         + &route(
             "  - matches: [{path: {type: PathPrefix, value: /api/payments}}]\n    \
@@ -51,17 +54,37 @@ async fn weighted_split_90_10_within_statistical_bounds() {
     let counts = tally(&sidecar, "shop", "/api/payments/charge", 2000).await;
     let v2_count = counts.get("payments-v2").copied().unwrap_or(0);
     // Binomial(2000, 0.1): mean 200, sd 13.4; [130, 270] is more than 5 sd either side.
-    assert!((130..=270).contains(&v2_count), "payments-v2 got {v2_count} of 2000: {counts:?}");
-    assert_eq!(counts.get("monolith").copied().unwrap_or(0) + v2_count, 2000);
+    assert!(
+        (130..=270).contains(&v2_count),
+        "payments-v2 got {v2_count} of 2000: {counts:?}"
+    );
+    assert_eq!(
+        counts.get("monolith").copied().unwrap_or(0) + v2_count,
+        2000
+    );
     assert_eq!(dark.count(), 0, "a 0-weight backend gets nothing");
     let metrics = sidecar.metrics().await;
-    let labels = [("destination_service", "shop/shop"), ("destination_backend", "shop/payments-v2")];
-    assert_eq!(metrics.sum("ficus_requests_total", &labels), v2_count as f64);
+    let labels = [
+        ("destination_service", "shop/shop"),
+        ("destination_backend", "shop/payments-v2"),
+    ];
+    assert_eq!(
+        metrics.sum("ficus_requests_total", &labels),
+        v2_count as f64
+    );
 }
 
 #[tokio::test]
 async fn gateway_api_precedence() {
-    let names = ["exact", "long-prefix", "prefix", "method", "header", "query", "fallback"];
+    let names = [
+        "exact",
+        "long-prefix",
+        "prefix",
+        "method",
+        "header",
+        "query",
+        "fallback",
+    ];
     let mut servers = Vec::new();
     for name in names {
         servers.push((name, Upstream::start(name).await));
@@ -90,11 +113,19 @@ async fn gateway_api_precedence() {
         ("GET", "/", &[], "fallback"),
     ];
     for (method, path, headers, want) in cases {
-        let mut request = Request::builder().method(*method).uri(*path).header("host", "shop");
+        let mut request = Request::builder()
+            .method(*method)
+            .uri(*path)
+            .header("host", "shop");
         for (k, v) in *headers {
             request = request.header(*k, *v);
         }
-        let response = client::send(sidecar.outbound, request.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+        let response = client::send(
+            sidecar.outbound,
+            request.body(Full::new(Bytes::new())).unwrap(),
+        )
+        .await
+        .unwrap();
         assert_eq!(response.text(), *want, "{method} {path} {headers:?}");
     }
 }
@@ -114,9 +145,14 @@ async fn filters_rewrite_headers_and_redirect() {
         );
     let sidecar = Sidecar::start(&config).await;
 
-    let response = client::get(sidecar.outbound, "shop:8080", "/old/page?q=1").await.unwrap();
+    let response = client::get(sidecar.outbound, "shop:8080", "/old/page?q=1")
+        .await
+        .unwrap();
     assert_eq!(response.status, 302);
-    assert_eq!(response.header("location"), "https://shop.example/old/page?q=1");
+    assert_eq!(
+        response.header("location"),
+        "https://shop.example/old/page?q=1"
+    );
     assert_eq!(upstream.count(), 0);
 
     let request = Request::get("/v1/items?id=7")
@@ -143,23 +179,43 @@ async fn route_request_timeout_gives_504() {
     let config = backends(&[("slow", upstream.addr)])
         + &route("  - backendRefs: [{name: slow}]\n    timeouts: {request: 300ms}\n");
     let sidecar = Sidecar::start(&config).await;
-    let response = client::get(sidecar.outbound, "shop", "/delay/5000").await.unwrap();
+    let response = client::get(sidecar.outbound, "shop", "/delay/5000")
+        .await
+        .unwrap();
     assert_eq!(response.status, 504);
     assert_eq!(response.header("x-ficus-error"), "upstream-timeout");
-    let response = client::get(sidecar.outbound, "shop", "/delay/10").await.unwrap();
+    let response = client::get(sidecar.outbound, "shop", "/delay/10")
+        .await
+        .unwrap();
     assert_eq!(response.status, 200);
     let metrics = sidecar.metrics().await;
-    assert_eq!(metrics.sum("ficus_requests_total", &[("response_flags", "UT"), ("response_code", "504")]), 1.0);
+    assert_eq!(
+        metrics.sum(
+            "ficus_requests_total",
+            &[("response_flags", "UT"), ("response_code", "504")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn unmatched_path_of_a_known_service_is_404() {
     let upstream = Upstream::start("api").await;
     let config = backends(&[("api", upstream.addr)])
-        + &route("  - matches: [{path: {type: Exact, value: /only}}]\n    backendRefs: [{name: api}]\n");
+        + &route(
+            "  - matches: [{path: {type: Exact, value: /only}}]\n    backendRefs: [{name: api}]\n",
+        );
     let sidecar = Sidecar::start(&config).await;
-    let response = client::get(sidecar.outbound, "shop", "/other").await.unwrap();
+    let response = client::get(sidecar.outbound, "shop", "/other")
+        .await
+        .unwrap();
     assert_eq!(response.status, 404);
     assert_eq!(response.header("x-ficus-error"), "no-route");
-    assert_eq!(client::get(sidecar.outbound, "shop", "/only").await.unwrap().status, 200);
+    assert_eq!(
+        client::get(sidecar.outbound, "shop", "/only")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
 }

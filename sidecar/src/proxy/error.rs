@@ -55,12 +55,16 @@ impl ProxyError {
                 flags::UPSTREAM_CONNECT_FAILURE,
                 "upstream-connect-failure",
             ),
-            Self::Upstream(_) | Self::UpstreamProtocol(_) => {
-                (StatusCode::BAD_GATEWAY, flags::UPSTREAM_RESET, "upstream-reset")
-            }
-            Self::Timeout(_) => {
-                (StatusCode::GATEWAY_TIMEOUT, flags::UPSTREAM_TIMEOUT, "upstream-timeout")
-            }
+            Self::Upstream(_) | Self::UpstreamProtocol(_) => (
+                StatusCode::BAD_GATEWAY,
+                flags::UPSTREAM_RESET,
+                "upstream-reset",
+            ),
+            Self::Timeout(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                flags::UPSTREAM_TIMEOUT,
+                "upstream-timeout",
+            ),
         }
     }
 
@@ -71,7 +75,10 @@ impl ProxyError {
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert("x-ficus-error", HeaderValue::from_static(header));
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
         (response, flag)
     }
 }

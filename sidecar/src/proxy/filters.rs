@@ -63,7 +63,10 @@ pub struct Rewrite {
 impl Rewrite {
     /// Compiles a validated rewrite.
     pub fn new(rewrite: &UrlRewrite) -> Self {
-        Self { hostname: rewrite.hostname.clone(), path: rewrite.path.clone() }
+        Self {
+            hostname: rewrite.hostname.clone(),
+            path: rewrite.path.clone(),
+        }
     }
 
     /// The rewritten path, if the rewrite changes it. `prefix` is the matched `PathPrefix`.
@@ -81,7 +84,9 @@ pub struct Redirect {
 impl Redirect {
     /// Compiles a validated redirect.
     pub fn new(redirect: &RequestRedirect) -> Self {
-        Self { redirect: redirect.clone() }
+        Self {
+            redirect: redirect.clone(),
+        }
     }
 
     /// Status code of the redirect.
@@ -108,7 +113,10 @@ impl Redirect {
             (None, None) => request_port,
         };
         let default_port = if scheme == "https" { 443 } else { 80 };
-        let path = r.path.as_ref().map_or_else(|| path.to_owned(), |m| modify_path(m, path, prefix));
+        let path = r
+            .path
+            .as_ref()
+            .map_or_else(|| path.to_owned(), |m| modify_path(m, path, prefix));
         let mut location = format!("{scheme}://{hostname}");
         if let Some(port) = port.filter(|p| *p != default_port) {
             location.push_str(&format!(":{port}"));
@@ -161,7 +169,11 @@ mod tests {
     use super::*;
 
     fn prefix(replacement: &str, prefix: &str, path: &str) -> String {
-        modify_path(&PathModifier::ReplacePrefixMatch(replacement.to_owned()), path, Some(prefix))
+        modify_path(
+            &PathModifier::ReplacePrefixMatch(replacement.to_owned()),
+            path,
+            Some(prefix),
+        )
     }
 
     #[test]
@@ -183,16 +195,31 @@ mod tests {
             port: None,
             status_code: 301,
         };
-        let r = redirect(RequestRedirect { scheme: Some("https".into()), ..base.clone() });
-        assert_eq!(r.location("shop:8080", "/a", Some("q=1"), None), "https://shop/a?q=1");
-        let r = redirect(RequestRedirect { hostname: Some("new".into()), ..base.clone() });
-        assert_eq!(r.location("shop:8080", "/a", None, None), "http://new:8080/a");
+        let r = redirect(RequestRedirect {
+            scheme: Some("https".into()),
+            ..base.clone()
+        });
+        assert_eq!(
+            r.location("shop:8080", "/a", Some("q=1"), None),
+            "https://shop/a?q=1"
+        );
+        let r = redirect(RequestRedirect {
+            hostname: Some("new".into()),
+            ..base.clone()
+        });
+        assert_eq!(
+            r.location("shop:8080", "/a", None, None),
+            "http://new:8080/a"
+        );
         let r = redirect(RequestRedirect {
             path: Some(PathModifier::ReplaceFullPath("/moved".into())),
             port: Some(9000),
             ..base
         });
-        assert_eq!(r.location("shop", "/a", None, None), "http://shop:9000/moved");
+        assert_eq!(
+            r.location("shop", "/a", None, None),
+            "http://shop:9000/moved"
+        );
     }
 
     #[test]

@@ -62,7 +62,11 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
 /// `:scheme` and `:authority` (the authority the caller used, not the endpoint address).
 pub fn upstream_uri(http2: bool, authority: &str, path_and_query: &str) -> Result<Uri, ProxyError> {
     let uri = if http2 {
-        Uri::builder().scheme("http").authority(authority).path_and_query(path_and_query).build()
+        Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path_and_query)
+            .build()
     } else {
         Uri::builder().path_and_query(path_and_query).build()
     };

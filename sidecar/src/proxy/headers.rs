@@ -19,7 +19,8 @@ pub const X_FICUS_PEER_IDENTITY: HeaderName = HeaderName::from_static("x-ficus-p
 /// (`Connection: upgrade` plus `Upgrade`).
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -54,10 +55,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>, 
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::UPGRADE);
     let trailers = te_trailers
-        && headers
-            .get_all(header::TE)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim() == "trailers")));
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim() == "trailers"))
+        });
     headers.remove(header::TE);
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -122,10 +123,16 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, None, true);
@@ -153,7 +160,10 @@ mod tests {
         append_forwarded(&mut h, "[::1]:5000".parse().unwrap());
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1, ::1");
         let forwarded: Vec<_> = h.get_all(FORWARDED).iter().collect();
-        assert_eq!(forwarded, ["for=127.0.0.1;proto=http", "for=\"[::1]\";proto=http"]);
+        assert_eq!(
+            forwarded,
+            ["for=127.0.0.1;proto=http", "for=\"[::1]\";proto=http"]
+        );
     }
 
     #[test]

@@ -9,14 +9,17 @@ use hyper::body::Incoming;
 
 use super::forward::{forward, upstream_uri};
 use super::headers::{
-    append_forwarded, ensure_request_id, strip_hop_by_hop, upgrade_protocol,
-    X_FICUS_PEER_IDENTITY,
+    append_forwarded, ensure_request_id, strip_hop_by_hop, upgrade_protocol, X_FICUS_PEER_IDENTITY,
 };
 use crate::body::{with_idle_timeout, Body};
 use crate::state::Shared;
 
 /// Handles one request from a peer. Never fails: errors become responses.
-pub async fn handle(shared: &Shared, peer: SocketAddr, mut request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    shared: &Shared,
+    peer: SocketAddr,
+    mut request: Request<Incoming>,
+) -> Response<Body> {
     let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
     let inbound = &snapshot.inbound;
@@ -39,9 +42,19 @@ pub async fn handle(shared: &Shared, peer: SocketAddr, mut request: Request<Inco
         .uri
         .authority()
         .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
         .unwrap_or(app);
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
     let (response, flag) = match upstream_uri(http2, &authority, &path_and_query) {
         Err(error) => error.into_response(),
         Ok(uri) => {
@@ -53,7 +66,11 @@ pub async fn handle(shared: &Shared, peer: SocketAddr, mut request: Request<Inco
                     parts.headers.insert(header::HOST, host);
                 }
             }
-            let pool = if http2 { &inbound.http2 } else { &inbound.http1 };
+            let pool = if http2 {
+                &inbound.http2
+            } else {
+                &inbound.http1
+            };
             let body = with_idle_timeout(incoming, limits.body_idle_timeout);
             let request = Request::from_parts(parts, body);
             let timeout = limits.upstream_response_timeout;
@@ -66,6 +83,8 @@ pub async fn handle(shared: &Shared, peer: SocketAddr, mut request: Request<Inco
             }
         }
     };
-    inbound.metrics.record(response.status().as_u16(), flag, started.elapsed());
+    inbound
+        .metrics
+        .record(response.status().as_u16(), flag, started.elapsed());
     response
 }

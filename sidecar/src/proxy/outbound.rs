@@ -10,8 +10,7 @@ use hyper::body::Incoming;
 use super::error::ProxyError;
 use super::forward::{forward, upstream_uri};
 use super::headers::{
-    append_forwarded, ensure_request_id, strip_hop_by_hop, upgrade_protocol,
-    X_FICUS_PEER_IDENTITY,
+    append_forwarded, ensure_request_id, strip_hop_by_hop, upgrade_protocol, X_FICUS_PEER_IDENTITY,
 };
 use crate::body::{self, with_idle_timeout, Body};
 use crate::route::ServiceName;
@@ -20,7 +19,11 @@ use crate::state::Shared;
 use crate::telemetry::metrics::RequestMetrics;
 
 /// Handles one request from the local app. Never fails: errors become responses.
-pub async fn handle(shared: &Shared, peer: SocketAddr, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    shared: &Shared,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let started = Instant::now();
     // The request runs on this snapshot to its end, whatever is swapped in meanwhile.
     let snapshot = shared.snapshot.load_full();
@@ -60,9 +63,11 @@ async fn route_and_forward<'s>(
     let action = &entry.action;
     if let Some(redirect) = &action.redirect {
         let uri = request.uri();
-        let location = redirect.location(&authority, uri.path(), uri.query(), entry.matcher.prefix());
+        let location =
+            redirect.location(&authority, uri.path(), uri.query(), entry.matcher.prefix());
         let mut response = Response::new(body::empty());
-        *response.status_mut() = StatusCode::from_u16(redirect.status()).unwrap_or(StatusCode::FOUND);
+        *response.status_mut() =
+            StatusCode::from_u16(redirect.status()).unwrap_or(StatusCode::FOUND);
         if let Ok(location) = HeaderValue::from_str(&location) {
             response.headers_mut().insert(header::LOCATION, location);
         }
@@ -90,7 +95,11 @@ async fn route_and_forward<'s>(
     }
 
     let mut host = authority.as_str();
-    let mut path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+    let mut path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
     if let Some(rewrite) = &action.rewrite {
         if let Some(hostname) = &rewrite.hostname {
             host = hostname;
@@ -116,12 +125,26 @@ async fn route_and_forward<'s>(
     }
 
     let limits = &snapshot.limits;
-    let per_try = action.timeouts.backend_request.unwrap_or(limits.upstream_response_timeout);
-    let timeout = action.timeouts.request.map_or(per_try, |total| total.min(per_try));
+    let per_try = action
+        .timeouts
+        .backend_request
+        .unwrap_or(limits.upstream_response_timeout);
+    let timeout = action
+        .timeouts
+        .request
+        .map_or(per_try, |total| total.min(per_try));
     let body = with_idle_timeout(incoming, limits.body_idle_timeout);
     let upstream_request = Request::from_parts(parts, body);
     let endpoint = target.endpoint();
-    match forward(endpoint, upstream_request, timeout, on_upgrade, limits.body_idle_timeout).await {
+    match forward(
+        endpoint,
+        upstream_request,
+        timeout,
+        on_upgrade,
+        limits.body_idle_timeout,
+    )
+    .await
+    {
         Ok(mut response) => {
             if let Some(ops) = &action.response_headers {
                 ops.apply(response.headers_mut());

@@ -34,7 +34,10 @@ impl<'a> ServiceName<'a> {
         if namespace.is_some_and(str::is_empty) {
             return None;
         }
-        Some(Self { name: lower(name), namespace: namespace.map(lower) })
+        Some(Self {
+            name: lower(name),
+            namespace: namespace.map(lower),
+        })
     }
 }
 

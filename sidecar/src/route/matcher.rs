@@ -42,9 +42,16 @@ impl CompiledMatch {
             .collect();
         Self {
             path: m.path.clone(),
-            method: m.method.as_deref().and_then(|m| Method::from_bytes(m.as_bytes()).ok()),
+            method: m
+                .method
+                .as_deref()
+                .and_then(|m| Method::from_bytes(m.as_bytes()).ok()),
             headers,
-            query: m.query_params.iter().map(|q| (q.name.clone(), q.value.clone())).collect(),
+            query: m
+                .query_params
+                .iter()
+                .map(|q| (q.name.clone(), q.value.clone()))
+                .collect(),
         }
     }
 
@@ -83,11 +90,15 @@ impl CompiledMatch {
         path_matches(&self.path, path)
             && self.method.as_ref().is_none_or(|m| m == method)
             && self.headers.iter().all(|(name, want)| {
-                headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| want.is_match(v)))
+                headers
+                    .get_all(name)
+                    .iter()
+                    .any(|v| v.to_str().is_ok_and(|v| want.is_match(v)))
             })
-            && self.query.iter().all(|(name, want)| {
-                query_value(query, name).is_some_and(|v| want.is_match(v))
-            })
+            && self
+                .query
+                .iter()
+                .all(|(name, want)| query_value(query, name).is_some_and(|v| want.is_match(v)))
     }
 }
 

@@ -15,7 +15,9 @@ pub struct LogHandle {
 
 impl std::fmt::Debug for LogHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogHandle").field("current", &self.current()).finish()
+        f.debug_struct("LogHandle")
+            .field("current", &self.current())
+            .finish()
     }
 }
 
@@ -48,5 +50,8 @@ pub fn init(format: LogFormat, default_filter: &str) -> LogHandle {
         LogFormat::Text => registry.with(fmt.with_ansi(false)).try_init(),
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
     };
-    LogHandle { handle, current: std::sync::Arc::new(std::sync::Mutex::new(filter_text)) }
+    LogHandle {
+        handle,
+        current: std::sync::Arc::new(std::sync::Mutex::new(filter_text)),
+    }
 }

@@ -80,20 +80,29 @@ impl Metrics {
                 "Time from request received to response headers sent",
             )
             .buckets(DURATION_BUCKETS.to_vec()),
-            &["direction", "destination_service", "destination_backend", "response_flags"],
+            &[
+                "direction",
+                "destination_service",
+                "destination_backend",
+                "response_flags",
+            ],
         )
         .expect("static metric definition");
-        let counter = |name: &str, help: &str| {
-            IntCounter::new(name, help).expect("static metric definition")
-        };
+        let counter =
+            |name: &str, help: &str| IntCounter::new(name, help).expect("static metric definition");
         let tcp_opened = counter(
             "ficus_tcp_connections_opened_total",
             "Opaque TCP connections accepted",
         );
-        let tcp_closed =
-            counter("ficus_tcp_connections_closed_total", "Opaque TCP connections closed");
+        let tcp_closed = counter(
+            "ficus_tcp_connections_closed_total",
+            "Opaque TCP connections closed",
+        );
         let tcp_bytes = IntCounterVec::new(
-            Opts::new("ficus_tcp_bytes_total", "Opaque TCP bytes by direction (to/from upstream)"),
+            Opts::new(
+                "ficus_tcp_bytes_total",
+                "Opaque TCP bytes by direction (to/from upstream)",
+            ),
             &["direction"],
         )
         .expect("static metric definition");
@@ -103,17 +112,26 @@ impl Metrics {
         let vec = |name: &str, help: &str, label: &str| {
             IntCounterVec::new(Opts::new(name, help), &[label]).expect("static metric definition")
         };
-        let config_updates =
-            vec("ficus_config_updates_total", "Config updates by result", "result");
-        let config_rejected =
-            vec("ficus_config_rejected_total", "Rejected config updates by source", "source");
+        let config_updates = vec(
+            "ficus_config_updates_total",
+            "Config updates by result",
+            "result",
+        );
+        let config_rejected = vec(
+            "ficus_config_rejected_total",
+            "Rejected config updates by source",
+            "source",
+        );
         let http_rejected = vec(
             "ficus_http_rejected_total",
             "Downstream requests rejected before routing, by reason",
             "reason",
         );
-        let upstream_failures =
-            vec("ficus_upstream_failures_total", "Upstream failures by reason", "reason");
+        let upstream_failures = vec(
+            "ficus_upstream_failures_total",
+            "Upstream failures by reason",
+            "reason",
+        );
         let metrics = Self {
             tcp_bytes_sent: tcp_bytes.with_label_values(&["sent"]),
             tcp_bytes_received: tcp_bytes.with_label_values(&["received"]),
@@ -140,7 +158,10 @@ impl Metrics {
             Box::new(metrics.http_rejected.clone()),
             Box::new(metrics.upstream_failures.clone()),
         ] {
-            metrics.registry.register(collector).expect("metric names are unique");
+            metrics
+                .registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         // Expose the zero values so dashboards and tests see the series before the first event.
         for result in ["accepted", "rejected"] {
@@ -158,7 +179,11 @@ impl Metrics {
     ) -> Arc<RequestMetrics> {
         let labels = [direction.as_str(), service, backend, ""];
         Arc::new(RequestMetrics {
-            labels: [direction.as_str().to_owned(), service.to_owned(), backend.to_owned()],
+            labels: [
+                direction.as_str().to_owned(),
+                service.to_owned(),
+                backend.to_owned(),
+            ],
             ok_duration: self.duration.with_label_values(&labels),
             codes: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
             metrics: Arc::clone(self),
@@ -212,7 +237,9 @@ impl RequestMetrics {
     pub fn record(&self, status: u16, flags: &'static str, elapsed: Duration) {
         let [direction, service, backend] = &self.labels;
         let seconds = elapsed.as_secs_f64();
-        let slot = usize::from(status).checked_sub(100).filter(|i| *i < STATUS_SLOTS);
+        let slot = usize::from(status)
+            .checked_sub(100)
+            .filter(|i| *i < STATUS_SLOTS);
         match (flags.is_empty(), slot) {
             (true, Some(slot)) => {
                 self.codes[slot]

@@ -1,0 +1,227 @@
+//! Config hot swap: continuous traffic across many swaps, invalid files, start-up errors.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ficus_tests::client::{self, H1Client};
+use ficus_tests::process::{run_sidecar, Sidecar};
+use ficus_tests::upstream::Upstream;
+
+fn config(version: u64, a: std::net::SocketAddr, b: std::net::SocketAddr) -> String {
+    let target = if version % 2 == 0 { "a" } else { "b" };
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: a, namespace: shop}}\n\
+         spec: {{endpoints: [{{address: \"{a}\"}}]}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: b, namespace: shop}}\n\
+         spec: {{endpoints: [{{address: \"{b}\"}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: svc, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{name: svc}}]\n  rules:\n  - backendRefs: [{{name: {target}}}]\n    \
+         filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-version, value: \"{version}\"}}]}}}}]\n"
+    )
+}
+
+#[tokio::test]
+async fn hundred_swaps_under_continuous_traffic_fail_nothing() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let sidecar = Sidecar::start(&config(0, a.addr, b.addr)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+        let outbound = sidecar.outbound;
+        clients.push(tokio::spawn(async move {
+            let mut client = H1Client::connect(outbound).await.unwrap();
+            // Bounded: stops on the flag, and in any case after 200k requests.
+            for _ in 0..200_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match client.get("svc", "/").await {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("failed request: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    let mut checker = H1Client::connect(sidecar.outbound).await.unwrap();
+    for version in 1..=100u64 {
+        sidecar.write_config(&config(version, a.addr, b.addr));
+        let started = Instant::now();
+        loop {
+            let response = checker.get("svc", "/").await.unwrap();
+            if response.header("x-version") == version.to_string() {
+                let want = if version % 2 == 0 { "a" } else { "b" };
+                assert_eq!(
+                    response.text(),
+                    want,
+                    "version {version} routes to its backend"
+                );
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "swap {version} never became visible"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during swaps"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 100, "traffic kept flowing");
+    let config = sidecar.config().await;
+    assert_eq!(config["version"], 101);
+    assert!(config["last_error"].is_null());
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metrics.sum("ficus_config_updates_total", &[("result", "accepted")]),
+        101.0
+    );
+    assert_eq!(metrics.sum("ficus_config_version", &[]), 101.0);
+}
+
+#[tokio::test]
+async fn an_invalid_file_keeps_the_old_config_serving() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let sidecar = Sidecar::start(&config(0, a.addr, b.addr)).await;
+    let bad =
+        config(1, a.addr, b.addr).replace("parentRefs:", "parentRefz: [{name: x}]\n  parentRefs:");
+    sidecar.write_config(&bad);
+    let started = Instant::now();
+    let status = loop {
+        let status = sidecar.config().await;
+        if !status["last_error"].is_null() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "rejection never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let error = status["last_error"].as_str().unwrap();
+    assert!(error.contains("config.yaml"), "names the file: {error}");
+    assert!(
+        error.contains("HTTPRoute shop/svc"),
+        "names the document: {error}"
+    );
+    assert!(error.contains("parentRefz"), "names the field: {error}");
+    assert_eq!(status["version"], 1, "old config still in force");
+    let response = client::get(sidecar.outbound, "svc", "/").await.unwrap();
+    assert_eq!((response.status, response.text().as_str()), (200, "a"));
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metrics.sum("ficus_config_updates_total", &[("result", "rejected")]),
+        1.0
+    );
+
+    // Truncated and empty files are rejected the same way.
+    sidecar.write_config("");
+    sidecar.write_config("apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: a");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        client::get(sidecar.outbound, "svc", "/")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    // The next good file clears the error.
+    sidecar.write_config(&config(2, a.addr, b.addr));
+    sidecar.wait_version(2, Duration::from_secs(10)).await;
+    assert!(sidecar.config().await["last_error"].is_null());
+}
+
+#[tokio::test]
+async fn a_listen_address_in_use_rejects_the_reload() {
+    let a = Upstream::start("a").await;
+    let sidecar = Sidecar::start(&config(0, a.addr, a.addr)).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp = format!(
+        "---\napiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
+         spec: {{protocol: tcp, listen: \"{}\", endpoints: [{{address: \"127.0.0.1:5432\"}}]}}\n",
+        taken.local_addr().unwrap()
+    );
+    sidecar.write_config(&(config(1, a.addr, a.addr) + &tcp));
+    let started = Instant::now();
+    let error = loop {
+        if let Some(error) = sidecar.config().await["last_error"].as_str() {
+            break error.to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "rejection never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(error.contains("cannot listen"), "{error}");
+    assert_eq!(sidecar.config().await["version"], 1);
+    let response = client::get(sidecar.outbound, "svc", "/").await.unwrap();
+    assert_eq!(response.header("x-version"), "0");
+}
+
+#[tokio::test]
+async fn invalid_config_at_start_exits_2_naming_file_document_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\n\
+         spec:\n  parentRefs: [{name: svc}]\n  rules: [{backendRefs: [{name: missing}], timeouts: {request: 2 seconds}}]\n",
+    )
+    .unwrap();
+    let port = |_| ficus_tests::free_addr().to_string();
+    let (o, i, a) = (port(0), port(1), port(2));
+    let args = [
+        "--config",
+        path.to_str().unwrap(),
+        "--outbound",
+        &o,
+        "--inbound",
+        &i,
+        "--admin",
+        &a,
+    ];
+    let (status, stderr) = run_sidecar(&args).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("bad.yaml"), "{stderr}");
+    assert!(stderr.contains("HTTPRoute shop/r"), "{stderr}");
+    assert!(
+        stderr.contains("spec.rules[0].backendRefs[0].name"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("spec.rules[0].timeouts.request"),
+        "all errors, not just the first: {stderr}"
+    );
+
+    let missing = dir.path().join("nope.yaml");
+    let args = [
+        "--config",
+        missing.to_str().unwrap(),
+        "--outbound",
+        &o,
+        "--inbound",
+        &i,
+        "--admin",
+        &a,
+    ];
+    let (status, stderr) = run_sidecar(&args).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("nope.yaml"), "{stderr}");
+
+    let (status, _) = run_sidecar(&["--outbound", "not-an-address"]).await;
+    assert_eq!(status.code(), Some(2), "bad flags exit 2");
+}
