@@ -1,18 +1,18 @@
 //! Ficus sidecar proxy.
 //!
 //! # Layout
-//! - [`app`]: wiring of runtimes, listeners and tasks; shutdown.
-//! - [`cli`]: flags.
-//! - [`snapshot`]: the config compiled for the request path, swapped atomically.
-//! - [`route`]: route tables, matchers, weighted choice, service names.
-//! - [`proxy`]: the outbound and inbound handlers, headers, filters, errors → responses.
-//! - [`upstream`]: endpoint connection pools.
-//! - [`listener`]: accept loops and downstream HTTP connections.
-//! - [`tcp`]: opaque TCP listeners.
-//! - [`reload`] and [`watch`]: config file watching and the swap.
-//! - [`admin`]: the admin server.
-//! - [`telemetry`]: metrics and logs.
-//! - [`body`], [`drain`], [`state`]: shared plumbing.
+//! - [`app`] — wiring of runtimes, listeners and tasks; shutdown.
+//! - [`cli`] — flags.
+//! - [`snapshot`] — the config compiled for the request path, swapped atomically.
+//! - [`route`] — route tables, matchers, weighted choice, service names.
+//! - [`proxy`] — the outbound and inbound handlers, headers, filters, errors → responses.
+//! - [`upstream`] — endpoint connection pools.
+//! - [`listener`] — accept loops and downstream HTTP connections.
+//! - [`tcp`] — opaque TCP listeners.
+//! - [`reload`] and [`watch`] — config file watching and the swap.
+//! - [`admin`] — the admin server.
+//! - [`telemetry`] — metrics and logs.
+//! - [`body`], [`drain`], [`state`] — shared plumbing.
 #![forbid(unsafe_code)]
 
 pub mod admin;

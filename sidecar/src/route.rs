@@ -24,6 +24,10 @@ pub struct RouteEntry<A> {
     pub action: Arc<A>,
 }
 
+/// An entry with its rank: precedence, then the tie-breaker (route `namespace/name`, rule
+/// index, match index).
+pub type RankedEntry<A> = (Precedence, (String, usize, usize), RouteEntry<A>);
+
 /// A service's compiled, precedence-ordered route list.
 #[derive(Debug)]
 pub struct RouteTable<A> {
@@ -34,7 +38,7 @@ impl<A> RouteTable<A> {
     /// Sorts entries by Gateway API precedence. `order` breaks ties between equal matches: the
     /// route's `namespace/name`, then rule index, then match index, as the spec says (we have no
     /// creation timestamps, so alphabetical order of routes stands in for age).
-    pub fn new(mut entries: Vec<(Precedence, (String, usize, usize), RouteEntry<A>)>) -> Self {
+    pub fn new(mut entries: Vec<RankedEntry<A>>) -> Self {
         entries.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         Self {
             entries: entries.into_iter().map(|(_, _, entry)| entry).collect(),

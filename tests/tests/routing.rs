@@ -102,7 +102,8 @@ async fn gateway_api_precedence() {
              \x20 - matches: [{path: {type: Exact, value: /api/payments/health}}]\n    backendRefs: [{name: exact}]\n",
         );
     let sidecar = Sidecar::start(&config).await;
-    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
         ("GET", "/api/payments/health", &[], "exact"),
         ("GET", "/api/payments/x", &[], "long-prefix"),
         ("GET", "/api/other", &[], "prefix"),
