@@ -51,6 +51,10 @@ pub fn parse_sources(sources: &[Source]) -> Result<Config, ConfigErrors> {
         Ok(_) => Err(ConfigErrors::new(errors)),
         Err(more) => {
             errors.extend(more);
+            // Report in reading order: by source, then by line (a stable sort keeps the
+            // problems of one document in field order).
+            let position = |file: &str| sources.iter().position(|source| source.name == file);
+            errors.sort_by_key(|error| (position(&error.file), error.line.unwrap_or(0)));
             Err(ConfigErrors::new(errors))
         }
     }
@@ -83,10 +87,10 @@ pub fn load_path(path: &Path) -> Result<Config, ConfigErrors> {
                     files.push((file_name, entry.path()));
                 }
             }
-            Err(error) => errors.push(Diagnostic::file(
-                &name,
-                format!("cannot list directory: {error}"),
-            )),
+            Err(error) => errors.push(
+                Diagnostic::file(&name, format!("cannot list directory: {error}"))
+                    .with_hint("check the directory's permissions"),
+            ),
         }
     }
     if files.is_empty() && errors.is_empty() {
@@ -197,6 +201,10 @@ fn parse_document(
     mut origin: Origin,
     broken: &mut BTreeSet<(Kind, ResourceKey)>,
 ) -> Result<Parsed, Box<Diagnostic>> {
+    value.apply_merge().map_err(|error| {
+        let message = format!("invalid merge key: {error}");
+        Box::new(origin.diagnostic("", message, "`<<` takes a mapping or a list of mappings"))
+    })?;
     if !value.is_mapping() {
         return Err(Box::new(origin.diagnostic(
             "",

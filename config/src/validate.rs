@@ -132,13 +132,18 @@ impl Index<'_> {
         match want {
             Want::Http if is_tcp => report.error(
                 field,
-                format!("Backend \"{key}\" is a tcp Backend; HTTP traffic needs an http, http2 or grpc Backend"),
-                "send opaque TCP with a TCPRoute whose parentRef is the tcp Backend, or name an HTTP Backend",
+                format!(
+                    "Backend \"{key}\" is a tcp Backend; HTTP traffic needs an http, http2 or \
+                     grpc Backend"
+                ),
+                "send opaque TCP with a TCPRoute whose parentRef is the tcp Backend, or name an \
+                 HTTP Backend",
             ),
             Want::Tcp if !is_tcp => report.error(
                 field,
                 format!("Backend \"{key}\" is not a tcp Backend"),
-                "TCPRoutes only carry tcp Backends; set `protocol: tcp` and `listen` on it, or use an HTTPRoute",
+                "TCPRoutes only carry tcp Backends; set `protocol: tcp` and `listen` on it, or use \
+                 an HTTPRoute",
             ),
             _ => return Some(key),
         }
@@ -158,7 +163,8 @@ impl Index<'_> {
         }
         if let Some(other) = self.backends.keys().find(|k| k.name == key.name) {
             return format!(
-                "a Backend named {} exists in namespace {}: set `namespace: {}`, or define one in namespace {}",
+                "a Backend named {} exists in namespace {}: set `namespace: {}`, or define one in \
+                 namespace {}",
                 key.name, other.namespace, other.namespace, key.namespace
             );
         }

@@ -97,7 +97,8 @@ fn references_resolve_across_sources() {
     let routes = Source {
         name: "routes.yaml".to_owned(),
         text: "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\n\
-               spec:\n  parentRefs: [{name: api}]\n  rules: [{backendRefs: [{name: api, namespace: web}]}]\n"
+               spec:\n  parentRefs: [{name: api}]\n\
+               \x20 rules: [{backendRefs: [{name: api, namespace: web}]}]\n"
             .to_owned(),
     };
     let config = parse_sources(&[routes.clone(), backends]).unwrap_or_else(|e| panic!("{e}"));
@@ -114,4 +115,44 @@ fn references_resolve_across_sources() {
     assert_eq!(errors.errors.len(), 1, "{errors}");
     assert_eq!(errors.errors[0].file, "routes.yaml");
     assert_eq!(errors.errors[0].field, "spec.rules[0].backendRefs[0].name");
+}
+
+mod no_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn example_text() -> String {
+        ["mesh.yaml", "backends.yaml", "routes.yaml", "policies.yaml"]
+            .iter()
+            .map(|file| std::fs::read_to_string(examples().join(file)).unwrap())
+            .collect::<Vec<_>>()
+            .join("---\n")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Cutting, replacing or inserting text anywhere in a valid config gives a config or
+        /// diagnostics, never a panic.
+        #[test]
+        fn edited_examples(at in 0usize..10_000, cut in 0usize..40, insert in "[ -~\n]{0,8}") {
+            let text: Vec<char> = example_text().chars().collect();
+            let at = at % text.len();
+            let end = (at + cut).min(text.len());
+            let mut edited: String = text[..at].iter().collect();
+            edited.push_str(&insert);
+            edited.extend(&text[end..]);
+            if let Err(errors) = ficus_config::parse_str("edited.yaml", &edited) {
+                prop_assert!(!errors.errors.is_empty());
+                for error in &errors.errors {
+                    prop_assert!(error.hint.is_some(), "{}", error);
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_text(text in "\\PC{0,200}") {
+            let _ = ficus_config::parse_str("random.yaml", &text);
+        }
+    }
 }

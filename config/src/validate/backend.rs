@@ -86,7 +86,8 @@ fn listen(
             report.error(
                 "spec.listen",
                 "a tcp Backend needs `listen`",
-                "set `listen: 127.0.0.1:<port>`: the local address apps connect to for this Backend",
+                "set `listen: 127.0.0.1:<port>`: the local address apps connect to for this \
+                 Backend",
             );
             None
         }
@@ -95,7 +96,8 @@ fn listen(
             report.error(
                 "spec.listen",
                 format!("`listen` is only for tcp Backends, and this one speaks {protocol:?}"),
-                "remove `listen` (HTTP is routed through the outbound port), or set `protocol: tcp`",
+                "remove `listen` (HTTP is routed through the outbound port), or set \
+                 `protocol: tcp`",
             );
             None
         }
@@ -133,7 +135,8 @@ fn socket_address(report: &mut Report<'_>, field: &str, text: &str) -> Option<So
             report.error(
                 field,
                 format!("{text:?} is not an ip:port address"),
-                "write an IP address and port, e.g. 127.0.0.1:9001 or [::1]:9001 (host names are not resolved)",
+                "write an IP address and port, e.g. 127.0.0.1:9001 or [::1]:9001 (host names are \
+                 not resolved)",
             );
             None
         }

@@ -181,7 +181,8 @@ pub(crate) fn header_name(report: &mut Report<'_>, field: &str, name: &str) -> O
     report.error(
         field,
         format!("{name:?} is not a valid header name"),
-        "header names are letters, digits and !#$%&'*+-.^_`|~ (no spaces or colons), e.g. x-request-id",
+        "header names are letters, digits and !#$%&'*+-.^_`|~ (no spaces or colons), \
+         e.g. x-request-id",
     );
     None
 }
@@ -261,9 +262,12 @@ pub(crate) fn whole_match_regex(
         Err(error) => {
             report.error(
                 field,
-                format!("invalid regular expression {pattern:?}: {}", regex_error(&error)),
-                "use RE2/Rust regex syntax (no look-around or backreferences); the pattern must match the \
-                 whole value",
+                format!(
+                    "invalid regular expression {pattern:?}: {}",
+                    regex_error(&error)
+                ),
+                "use RE2/Rust regex syntax (no look-around or backreferences); the pattern must \
+                 match the whole value",
             );
             None
         }

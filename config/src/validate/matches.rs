@@ -59,7 +59,8 @@ fn one(
                 report.error(
                     format!("{field}.name"),
                     format!("header {name:?} is matched twice in one match"),
-                    "merge the conditions into one (a regex can express alternatives), or use two matches",
+                    "merge the conditions into one (a regex can express alternatives), or use two \
+                     matches",
                 );
                 return None;
             }

@@ -43,7 +43,8 @@ pub(crate) fn validate_http(
                 report.error(
                 format!("{field}.name"),
                 format!("service name {:?} is not a DNS label", parent.name),
-                "callers address services as <name>.<namespace>: use lowercase letters, digits and '-'",
+                "callers address services as <name>.<namespace>: use lowercase letters, digits \
+                 and '-'",
             );
                 return None;
             }
@@ -326,8 +327,12 @@ pub(crate) fn validate_tcp(
     let [rule] = spec.rules.as_slice() else {
         report.error(
             "spec.rules",
-            format!("a TCPRoute needs exactly one rule, found {}", spec.rules.len()),
-            "put every backendRef in one rule: `rules: [{backendRefs: [{name: a, weight: 90}, {name: b, weight: 10}]}]`",
+            format!(
+                "a TCPRoute needs exactly one rule, found {}",
+                spec.rules.len()
+            ),
+            "put every backendRef in one rule: \
+             `rules: [{backendRefs: [{name: a, weight: 90}, {name: b, weight: 10}]}]`",
         );
         return None;
     };

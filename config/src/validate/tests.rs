@@ -81,7 +81,8 @@ fn single_error(text: &str, document: &str, field: &str, message: &str) -> Diagn
 fn http_route(rules: &str) -> String {
     format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
-         metadata: {{name: web, namespace: shop}}\nspec:\n  parentRefs: [{{name: shop}}]\n  rules: {rules}\n"
+         metadata: {{name: web, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{name: shop}}]\n  rules: {rules}\n"
     )
 }
 
@@ -97,7 +98,8 @@ fn backends_alone_are_valid() {
 #[test]
 fn errors_are_collected_not_stopped_at_first() {
     let text = with_backends(&http_route(
-        "[{backendRefs: [{name: nope}], timeouts: {request: 1.5s}}, {matches: [{method: get}], backendRefs: [{name: monolith}]}]",
+        "[{backendRefs: [{name: nope}], timeouts: {request: 1.5s}}, \
+          {matches: [{method: get}], backendRefs: [{name: monolith}]}]",
     ));
     let errors = parse(&text).unwrap_err();
     let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
@@ -152,6 +154,7 @@ fn display_names_file_line_document_and_field() {
     assert_eq!(
         error.to_string(),
         "error: test.yaml:16: HTTPRoute shop/web: spec.rules[0].backendRefs[0].name: \
-         Backend \"shop/payments-v3\" does not exist\n  help: did you mean payments-v2? (or define a Backend named payments-v3)"
+         Backend \"shop/payments-v3\" does not exist\n  \
+         help: did you mean payments-v2? (or define a Backend named payments-v3)"
     );
 }

@@ -3,7 +3,10 @@
 use super::*;
 
 fn backend(name: &str, spec: &str) -> String {
-    format!("apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}, namespace: shop}}\nspec: {spec}\n")
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\n\
+         metadata: {{name: {name}, namespace: shop}}\nspec: {spec}\n"
+    )
 }
 
 fn mesh(spec: &str) -> String {
@@ -184,7 +187,8 @@ fn mesh_defaults_and_overrides() {
     let config = valid(BACKENDS);
     assert_eq!(config.mesh, crate::model::Mesh::default());
     let config = valid(&with_backends(&mesh(
-        "{trustDomain: example.org, mtls: {mode: STRICT}, proxy: {connectTimeout: 250ms, maxHeaders: 10}}",
+        "{trustDomain: example.org, mtls: {mode: STRICT}, \
+          proxy: {connectTimeout: 250ms, maxHeaders: 10}}",
     )));
     assert_eq!(config.mesh.trust_domain, "example.org");
     assert_eq!(config.mesh.mtls_mode, crate::model::MtlsMode::Strict);

@@ -19,7 +19,10 @@ fn unknown_field_names_its_path_and_suggests_a_spelling() {
 
 #[test]
 fn unknown_top_level_field() {
-    let text = with_backends("apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: x}\nspec: {endpoints: [{address: 127.0.0.1:1}]}\nspecs: {}\n");
+    let text = with_backends(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: x}\n\
+         spec: {endpoints: [{address: 127.0.0.1:1}]}\nspecs: {}\n",
+    );
     single_error(&text, "Backend default/x", "specs", "unknown field `specs`");
 }
 
@@ -61,7 +64,8 @@ fn wrong_api_version_for_kind() {
 
 #[test]
 fn references_to_a_broken_document_are_not_reported_twice() {
-    let broken = "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: db, namespace: shop}\nspec: {endpoint: []}\n";
+    let broken = "apiVersion: ficus.dev/v1alpha1\nkind: Backend\n\
+                  metadata: {name: db, namespace: shop}\nspec: {endpoint: []}\n";
     let text = format!(
         "{}---\n{}",
         with_backends(broken),
@@ -101,7 +105,10 @@ status: {conditions: []}
 
 #[test]
 fn documents_are_json_with_namespace_filled_in() {
-    let config = valid("# leading comment\n---\n---\napiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: x}\nspec: {endpoints: [{address: 127.0.0.1:1}]}\n");
+    let config = valid(
+        "# leading comment\n---\n---\napiVersion: ficus.dev/v1alpha1\nkind: Backend\n\
+         metadata: {name: x}\nspec: {endpoints: [{address: 127.0.0.1:1}]}\n",
+    );
     assert_eq!(config.documents.len(), 1);
     assert_eq!(config.documents[0]["metadata"]["namespace"], "default");
     assert_eq!(
@@ -174,4 +181,43 @@ fn errors_of_all_sources_are_collected() {
     let errors = parse_sources(&sources).unwrap_err().errors;
     let files: Vec<&str> = errors.iter().map(|e| e.file.as_str()).collect();
     assert_eq!(files, ["one.yaml", "two.yaml", "three.yaml"]);
+}
+
+#[test]
+fn anchors_and_merge_keys_are_expanded() {
+    let text = "\
+apiVersion: ficus.dev/v1alpha1
+kind: Backend
+metadata: {name: a}
+spec: &spec
+  protocol: http
+  endpoints: [{address: 127.0.0.1:1}]
+---
+apiVersion: ficus.dev/v1alpha1
+kind: Backend
+metadata: {name: b}
+spec:
+  <<: {protocol: http2}
+  endpoints: [{address: 127.0.0.1:2}]
+";
+    let config = valid(text);
+    let b = &config.backends[&crate::model::ResourceKey::new("default", "b")];
+    assert_eq!(b.protocol, crate::model::Protocol::Http2);
+    assert_eq!(config.documents[1]["spec"]["protocol"], "http2");
+}
+
+#[test]
+fn hostile_yaml_is_refused_not_expanded() {
+    let deep = format!("a: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+    assert!(parse(&deep).unwrap_err()[0]
+        .message
+        .contains("recursion limit"));
+    let mut laughs = vec!["a0: &a0 [x, x, x, x, x, x, x, x, x, x]".to_owned()];
+    for i in 1..12 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        laughs.push(format!("a{i}: &a{i} [{refs}]"));
+    }
+    assert!(parse(&laughs.join("\n")).unwrap_err()[0]
+        .message
+        .contains("repetition limit"));
 }

@@ -7,14 +7,16 @@ use crate::model::{AuthzAction, LoadBalancer, ResourceKey};
 
 fn traffic(spec: &str) -> String {
     format!(
-        "apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: p, namespace: shop}}\n\
+        "apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\n\
+         metadata: {{name: p, namespace: shop}}\n\
          spec: {{targetRef: {{kind: Backend, name: payments-v2}}, {spec}}}\n"
     )
 }
 
 fn authz(spec: &str) -> String {
     format!(
-        "apiVersion: ficus.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: a, namespace: shop}}\n\
+        "apiVersion: ficus.dev/v1alpha1\nkind: AuthorizationPolicy\n\
+         metadata: {{name: a, namespace: shop}}\n\
          spec: {{targetRef: {{kind: Backend, name: payments-v2}}, action: ALLOW, {spec}}}\n"
     )
 }
@@ -25,8 +27,9 @@ const AUTHZ: &str = "AuthorizationPolicy shop/a";
 #[test]
 fn traffic_policy_defaults() {
     let config = valid(&with_backends(&traffic(
-        "connectionPool: {maxConnections: 10}, outlierDetection: {}, loadBalancer: {type: LeastRequest}, \
-         retryBudget: {}, rateLimit: {requests: 100, per: 1m}, faultInjection: {delay: {percent: 1, fixed: 2s}}",
+        "connectionPool: {maxConnections: 10}, outlierDetection: {}, \
+         loadBalancer: {type: LeastRequest}, retryBudget: {}, rateLimit: {requests: 100, per: 1m}, \
+         faultInjection: {delay: {percent: 1, fixed: 2s}}",
     )));
     let policy = &config.traffic_policies[&ResourceKey::new("shop", "payments-v2")];
     let pool = policy.connection_pool.unwrap();
@@ -147,7 +150,8 @@ fn rate_limit_and_pool_must_allow_something() {
 #[test]
 fn authorization_policy_rules() {
     let config = valid(&with_backends(&authz(
-        "rules: [{from: [{identities: [\"spiffe://cluster.local/ns/shop/*\"]}], to: [{methods: [GET], paths: [/api/*]}]}]",
+        "rules: [{from: [{identities: [\"spiffe://cluster.local/ns/shop/*\"]}], \
+                  to: [{methods: [GET], paths: [/api/*]}]}]",
     )));
     let policy = &config.authorization_policies[0];
     assert_eq!(policy.action, AuthzAction::Allow);

@@ -3,11 +3,22 @@
 use std::time::Duration;
 
 use super::*;
-use crate::model::{Filter, PathMatch, PathModifier, StringMatch};
+use crate::model::{Filter, PathMatch, PathModifier, RouteRule, StringMatch};
 
 #[track_caller]
 fn rule_error(rules: &str, field: &str, message: &str) -> Diagnostic {
     single_error(&with_backends(&http_route(rules)), ROUTE, field, message)
+}
+
+/// One rule sending to `monolith`, with `fields` (YAML flow mapping entries) added.
+fn to_monolith(fields: &str) -> String {
+    format!("[{{{fields}, backendRefs: [{{name: monolith}}]}}]")
+}
+
+/// The first rule of a valid route with `rules`.
+fn first_rule(rules: &str) -> RouteRule {
+    let mut config = valid(&with_backends(&http_route(rules)));
+    config.http_routes.remove(0).rules.remove(0)
 }
 
 fn tcp_route(spec: &str) -> String {
@@ -35,9 +46,7 @@ fn missing_backend_is_named_with_its_namespace() {
 
 #[test]
 fn backend_ref_kind_is_service_or_backend() {
-    valid(&with_backends(&http_route(
-        "[{backendRefs: [{kind: Backend, group: ficus.dev, name: monolith}]}]",
-    )));
+    first_rule("[{backendRefs: [{kind: Backend, group: ficus.dev, name: monolith}]}]");
     rule_error(
         "[{backendRefs: [{kind: Pod, name: monolith}]}]",
         "spec.rules[0].backendRefs[0].kind",
@@ -47,53 +56,58 @@ fn backend_ref_kind_is_service_or_backend() {
 
 #[test]
 fn http_routes_need_http_backends() {
+    let field = "spec.rules[0].backendRefs[0].name";
     rule_error(
         "[{backendRefs: [{name: cache}]}]",
-        "spec.rules[0].backendRefs[0].name",
+        field,
         "is a tcp Backend",
     );
+    let route = http_route("[{backendRefs: [{name: monolith}]}]");
+    let text = with_backends(&route.replace("name: shop}", "name: cache}"));
+    single_error(&text, ROUTE, "spec.parentRefs[0].name", "is a tcp Backend");
 }
 
 #[test]
 fn weights_must_not_sum_to_zero() {
-    rule_error(
-        "[{backendRefs: [{name: monolith, weight: 0}, {name: payments-v2, weight: 0}]}]",
-        "spec.rules[0].backendRefs",
-        "add up to 0",
-    );
+    let zero = "[{backendRefs: [{name: monolith, weight: 0}, {name: payments-v2, weight: 0}]}]";
+    rule_error(zero, "spec.rules[0].backendRefs", "add up to 0");
+    let field = "spec.rules[0].backendRefs[0].weight";
     rule_error(
         "[{backendRefs: [{name: monolith, weight: 1000001}]}]",
-        "spec.rules[0].backendRefs[0].weight",
+        field,
         "above",
     );
     rule_error(
         "[{backendRefs: [{name: monolith, weight: -1}]}]",
-        "spec.rules[0].backendRefs[0].weight",
+        field,
         "invalid value",
     );
 }
 
 #[test]
 fn rule_needs_backends_or_redirect() {
+    let field = "spec.rules[0].backendRefs";
     rule_error(
         "[{matches: [{path: {value: /old}}]}]",
-        "spec.rules[0].backendRefs",
+        field,
         "needs backendRefs",
     );
-    let config = valid(&with_backends(&http_route(
+    let rule = first_rule(
         "[{filters: [{type: RequestRedirect, requestRedirect: {scheme: https, statusCode: 302}}]}]",
-    )));
-    let rule = &config.http_routes[0].rules[0];
+    );
     assert!(rule.backend_refs.is_empty());
-    assert!(
-        matches!(&rule.filters[0], Filter::RequestRedirect(r) if r.status_code == 302 && r.scheme.as_deref() == Some("https"))
+    let Filter::RequestRedirect(redirect) = &rule.filters[0] else {
+        panic!("not a redirect")
+    };
+    assert_eq!(
+        (redirect.status_code, redirect.scheme.as_deref()),
+        (302, Some("https"))
     );
 }
 
 #[test]
 fn route_needs_parents_and_rules() {
-    let text =
-        with_backends(&http_route("[]").replace("parentRefs: [{name: shop}]", "parentRefs: []"));
+    let text = with_backends(&http_route("[]").replace("[{name: shop}]", "[]"));
     let errors = parse(&text).unwrap_err();
     let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(fields, ["spec.parentRefs", "spec.rules"]);
@@ -102,61 +116,67 @@ fn route_needs_parents_and_rules() {
 
 #[test]
 fn durations_are_checked() {
+    let field = "spec.rules[0].timeouts.backendRequest";
     rule_error(
-        "[{backendRefs: [{name: monolith}], timeouts: {backendRequest: 500}}]",
-        "spec.rules[0].timeouts.backendRequest",
+        &to_monolith("timeouts: {backendRequest: 500}"),
+        field,
         "expected a string",
     );
+    let slow = to_monolith("timeouts: {request: 1s, backendRequest: 2s}");
+    rule_error(&slow, field, "longer than request");
+    let field = "spec.rules[0].retry.backoff";
     rule_error(
-        "[{backendRefs: [{name: monolith}], retry: {backoff: 10us}}]",
-        "spec.rules[0].retry.backoff",
+        &to_monolith("retry: {backoff: 10us}"),
+        field,
         "unknown unit",
     );
-    rule_error(
-        "[{backendRefs: [{name: monolith}], timeouts: {request: 1s, backendRequest: 2s}}]",
-        "spec.rules[0].timeouts.backendRequest",
-        "longer than request",
-    );
-    let config = valid(&with_backends(&http_route(
-        "[{backendRefs: [{name: monolith}], timeouts: {request: 0s, backendRequest: 1m30s}}]",
-    )));
-    let timeouts = config.http_routes[0].rules[0].timeouts;
-    assert_eq!(
-        (timeouts.request, timeouts.backend_request),
-        (None, Some(Duration::from_secs(90)))
-    );
+    let rule = first_rule(&to_monolith(
+        "timeouts: {request: 0s, backendRequest: 1m30s}",
+    ));
+    let timeouts = (rule.timeouts.request, rule.timeouts.backend_request);
+    assert_eq!(timeouts, (None, Some(Duration::from_secs(90))));
 }
 
 #[test]
 fn retry_limits() {
+    let field = "spec.rules[0].retry.attempts";
+    rule_error(&to_monolith("retry: {attempts: 11}"), field, "more than 10");
+    let field = "spec.rules[0].retry.codes[1]";
     rule_error(
-        "[{backendRefs: [{name: monolith}], retry: {attempts: 11}}]",
-        "spec.rules[0].retry.attempts",
-        "more than 10",
-    );
-    rule_error(
-        "[{backendRefs: [{name: monolith}], retry: {codes: [503, 600]}}]",
-        "spec.rules[0].retry.codes[1]",
+        &to_monolith("retry: {codes: [503, 600]}"),
+        field,
         "not an HTTP status",
     );
-    let config = valid(&with_backends(&http_route(
-        "[{backendRefs: [{name: monolith}], retry: {}}]",
-    )));
-    let retry = config.http_routes[0].rules[0].retry.clone().unwrap();
-    assert_eq!(
-        (retry.attempts, retry.codes, retry.backoff),
-        (2, vec![502, 503], Duration::from_millis(25))
-    );
+    let retry = first_rule(&to_monolith("retry: {}")).retry.unwrap();
+    let defaults = (2, vec![502, 503], Duration::from_millis(25));
+    assert_eq!((retry.attempts, retry.codes, retry.backoff), defaults);
 }
 
 #[test]
 fn regexes_must_compile_and_are_anchored() {
-    rule_error("[{matches: [{path: {type: RegularExpression, value: \"/a(\"}}], backendRefs: [{name: monolith}]}]", "spec.rules[0].matches[0].path.value", "invalid regular expression");
-    rule_error("[{matches: [{headers: [{type: RegularExpression, name: x, value: \"a)|(b\"}]}], backendRefs: [{name: monolith}]}]", "spec.rules[0].matches[0].headers[0].value", "invalid regular expression");
-    rule_error("[{matches: [{queryParams: [{type: RegularExpression, name: q, value: \"a{1000}{1000}\"}]}], backendRefs: [{name: monolith}]}]", "spec.rules[0].matches[0].queryParams[0].value", "invalid regular expression");
-    let config = valid(&with_backends(&http_route("[{matches: [{path: {type: RegularExpression, value: \"/v[0-9]+\"}}], backendRefs: [{name: monolith}]}]")));
-    let PathMatch::RegularExpression(regex) = &config.http_routes[0].rules[0].matches[0].path
-    else {
+    let cases = [
+        (
+            "path: {type: RegularExpression, value: \"/a(\"}",
+            "path.value",
+        ),
+        (
+            "headers: [{type: RegularExpression, name: x, value: \"a)|(b\"}]",
+            "headers[0].value",
+        ),
+        (
+            "queryParams: [{type: RegularExpression, name: q, value: \"a{1000}{1000}\"}]",
+            "queryParams[0].value",
+        ),
+    ];
+    for (condition, field) in cases {
+        let rules = to_monolith(&format!("matches: [{{{condition}}}]"));
+        let field = format!("spec.rules[0].matches[0].{field}");
+        rule_error(&rules, &field, "invalid regular expression");
+    }
+    let rule = first_rule(&to_monolith(
+        "matches: [{path: {type: RegularExpression, value: \"/v[0-9]+\"}}]",
+    ));
+    let PathMatch::RegularExpression(regex) = &rule.matches[0].path else {
         panic!("not a regex")
     };
     assert!(regex.is_match("/v12"));
@@ -166,55 +186,52 @@ fn regexes_must_compile_and_are_anchored() {
 
 #[test]
 fn paths_start_with_slash_and_prefixes_are_normalized() {
-    rule_error(
-        "[{matches: [{path: {type: Exact, value: api}}], backendRefs: [{name: monolith}]}]",
-        "spec.rules[0].matches[0].path.value",
-        "not a valid path",
-    );
-    let config = valid(&with_backends(&http_route(
-        "[{matches: [{path: {value: /api/}}, {path: {value: /}}, {}], backendRefs: [{name: monolith}]}, {backendRefs: [{name: monolith}]}]",
-    )));
-    let rules = &config.http_routes[0].rules;
-    let prefixes: Vec<_> = rules[0]
+    let field = "spec.rules[0].matches[0].path.value";
+    let relative = to_monolith("matches: [{path: {type: Exact, value: api}}]");
+    rule_error(&relative, field, "not a valid path");
+    let rule = first_rule(&to_monolith(
+        "matches: [{path: {value: /api/}}, {path: {value: /}}, {}]",
+    ));
+    let prefixes: Vec<_> = rule
         .matches
         .iter()
         .map(|m| match &m.path {
-            PathMatch::Prefix(p) => p.as_str(),
+            PathMatch::Prefix(prefix) => prefix.as_str(),
             _ => "?",
         })
         .collect();
     assert_eq!(prefixes, ["/api", "/", "/"]);
+    let rule = first_rule("[{backendRefs: [{name: monolith}]}]");
     assert!(
-        matches!(&rules[1].matches[..], [m] if matches!(&m.path, PathMatch::Prefix(p) if p == "/"))
+        matches!(&rule.matches[..], [m] if matches!(&m.path, PathMatch::Prefix(p) if p == "/"))
     );
 }
 
 #[test]
 fn header_names_are_tokens_and_lowercased() {
-    rule_error(
-        "[{matches: [{headers: [{name: \"x y\", value: a}]}], backendRefs: [{name: monolith}]}]",
-        "spec.rules[0].matches[0].headers[0].name",
-        "not a valid header name",
-    );
-    let config = valid(&with_backends(&http_route("[{matches: [{headers: [{name: X-Canary, value: \"yes\"}]}], backendRefs: [{name: monolith}]}]")));
-    let header = &config.http_routes[0].rules[0].matches[0].headers[0];
+    let field = "spec.rules[0].matches[0].headers[0].name";
+    let spaced = to_monolith("matches: [{headers: [{name: \"x y\", value: a}]}]");
+    rule_error(&spaced, field, "not a valid header name");
+    let rule = first_rule(&to_monolith(
+        "matches: [{headers: [{name: X-Canary, value: \"yes\"}]}]",
+    ));
+    let header = &rule.matches[0].headers[0];
     assert_eq!(header.name, "x-canary");
     assert!(matches!(&header.value, StringMatch::Exact(v) if v == "yes"));
 }
 
 #[test]
 fn header_values_cannot_split_headers() {
-    let filter = "{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: \"a\\r\\nb\"}]}}";
-    rule_error(
-        &format!("[{{filters: [{filter}], backendRefs: [{{name: monolith}}]}}]"),
-        "spec.rules[0].filters[0].requestHeaderModifier.set[0].value",
-        "line break",
-    );
-    let filter = "{type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-a, value: \"a\\0\"}], remove: [\"bad name\"]}}";
-    let text = with_backends(&http_route(&format!(
-        "[{{filters: [{filter}], backendRefs: [{{name: monolith}}]}}]"
-    )));
-    let errors = parse(&text).unwrap_err();
+    let set = "set: [{name: x-a, value: \"a\\r\\nb\"}]";
+    let filter =
+        format!("filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{{set}}}}}]");
+    let field = "spec.rules[0].filters[0].requestHeaderModifier.set[0].value";
+    rule_error(&to_monolith(&filter), field, "line break");
+
+    let modifier = "{add: [{name: x-a, value: \"a\\0\"}], remove: [\"bad name\"]}";
+    let filter =
+        format!("filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {modifier}}}]");
+    let errors = parse(&with_backends(&http_route(&to_monolith(&filter)))).unwrap_err();
     assert_eq!(errors.len(), 2);
     assert!(errors[0].message.contains("NUL"));
     assert_eq!(
@@ -225,9 +242,10 @@ fn header_values_cannot_split_headers() {
 
 #[test]
 fn methods_are_uppercase_tokens() {
+    let field = "spec.rules[0].matches[0].method";
     let error = rule_error(
-        "[{matches: [{method: get}], backendRefs: [{name: monolith}]}]",
-        "spec.rules[0].matches[0].method",
+        &to_monolith("matches: [{method: get}]"),
+        field,
         "not a valid HTTP method",
     );
     assert!(error.hint.unwrap().contains("GET"));
@@ -235,25 +253,31 @@ fn methods_are_uppercase_tokens() {
 
 #[test]
 fn redirect_status_codes() {
-    rule_error(
-        "[{filters: [{type: RequestRedirect, requestRedirect: {statusCode: 200}}]}]",
-        "spec.rules[0].filters[0].requestRedirect.statusCode",
-        "not a redirect status",
-    );
-    let config = valid(&with_backends(&http_route(
+    let redirect = "[{filters: [{type: RequestRedirect, requestRedirect: {statusCode: 200}}]}]";
+    let field = "spec.rules[0].filters[0].requestRedirect.statusCode";
+    rule_error(redirect, field, "not a redirect status");
+    let rule = first_rule(
         "[{filters: [{type: RequestRedirect, requestRedirect: {hostname: example.com}}]}]",
-    )));
-    assert!(
-        matches!(&config.http_routes[0].rules[0].filters[0], Filter::RequestRedirect(r) if r.status_code == 301)
     );
+    assert!(matches!(&rule.filters[0], Filter::RequestRedirect(r) if r.status_code == 301));
 }
 
 #[test]
 fn replace_prefix_match_needs_prefix_matches() {
-    let rewrite = "{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}";
-    rule_error(&format!("[{{matches: [{{path: {{type: Exact, value: /v1}}}}], filters: [{rewrite}], backendRefs: [{{name: monolith}}]}}]"), "spec.rules[0].filters[0].urlRewrite.path.type", "PathPrefix");
-    let config = valid(&with_backends(&http_route(&format!("[{{matches: [{{path: {{value: /v1}}}}], filters: [{rewrite}], backendRefs: [{{name: monolith}}]}}]"))));
-    let Filter::UrlRewrite(rewrite) = &config.http_routes[0].rules[0].filters[0] else {
+    let rewrite = "filters: [{type: URLRewrite, \
+                   urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}]";
+    let exact = to_monolith(&format!(
+        "matches: [{{path: {{type: Exact, value: /v1}}}}], {rewrite}"
+    ));
+    rule_error(
+        &exact,
+        "spec.rules[0].filters[0].urlRewrite.path.type",
+        "PathPrefix",
+    );
+    let rule = first_rule(&to_monolith(&format!(
+        "matches: [{{path: {{value: /v1}}}}], {rewrite}"
+    )));
+    let Filter::UrlRewrite(rewrite) = &rule.filters[0] else {
         panic!("not a rewrite")
     };
     assert_eq!(
@@ -264,83 +288,142 @@ fn replace_prefix_match_needs_prefix_matches() {
 
 #[test]
 fn filter_settings_must_match_type() {
+    let field = "spec.rules[0].filters[0].urlRewrite";
     rule_error(
-        "[{filters: [{type: URLRewrite}], backendRefs: [{name: monolith}]}]",
-        "spec.rules[0].filters[0].urlRewrite",
+        &to_monolith("filters: [{type: URLRewrite}]"),
+        field,
         "needs `urlRewrite`",
     );
-    rule_error("[{filters: [{type: URLRewrite, urlRewrite: {hostname: a}, requestMirror: {backendRef: {name: monolith}}}], backendRefs: [{name: monolith}]}]", "spec.rules[0].filters[0].requestMirror", "does not belong");
+    let mixed = "filters: [{type: URLRewrite, urlRewrite: {hostname: a}, \
+                 requestMirror: {backendRef: {name: monolith}}}]";
+    let field = "spec.rules[0].filters[0].requestMirror";
+    rule_error(&to_monolith(mixed), field, "does not belong");
+}
+
+#[test]
+fn filters_do_not_repeat_or_conflict() {
+    let twice = "filters: [{type: URLRewrite, urlRewrite: {hostname: a}}, \
+                 {type: URLRewrite, urlRewrite: {hostname: b}}]";
+    rule_error(
+        &to_monolith(twice),
+        "spec.rules[0].filters[1].type",
+        "appears twice",
+    );
+    let both = "filters: [{type: URLRewrite, urlRewrite: {hostname: a}}, \
+                {type: RequestRedirect, requestRedirect: {hostname: b}}]";
+    rule_error(
+        &to_monolith(both),
+        "spec.rules[0].filters",
+        "both redirect and rewrite",
+    );
 }
 
 #[test]
 fn mirror_backend_and_percent() {
-    rule_error("[{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow}}}], backendRefs: [{name: monolith}]}]", "spec.rules[0].filters[0].requestMirror.backendRef.name", "does not exist");
-    rule_error("[{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: payments-v2}, percent: 150}}], backendRefs: [{name: monolith}]}]", "spec.rules[0].filters[0].requestMirror.percent", "not a percentage");
-    let config = valid(&with_backends(&http_route("[{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: payments-v2}, percent: 5}}], backendRefs: [{name: monolith}]}]")));
-    assert!(
-        matches!(&config.http_routes[0].rules[0].filters[0], Filter::RequestMirror(m) if m.percent == 5.0 && m.backend.name == "payments-v2")
+    let mirror = |spec: &str| {
+        to_monolith(&format!(
+            "filters: [{{type: RequestMirror, requestMirror: {spec}}}]"
+        ))
+    };
+    let field = "spec.rules[0].filters[0].requestMirror.backendRef.name";
+    rule_error(
+        &mirror("{backendRef: {name: shadow}}"),
+        field,
+        "does not exist",
+    );
+    let field = "spec.rules[0].filters[0].requestMirror.percent";
+    let too_much = mirror("{backendRef: {name: payments-v2}, percent: 150}");
+    rule_error(&too_much, field, "not a percentage");
+    let rule = first_rule(&mirror("{backendRef: {name: payments-v2}, percent: 5}"));
+    let Filter::RequestMirror(copy) = &rule.filters[0] else {
+        panic!("not a mirror")
+    };
+    assert_eq!(
+        (copy.percent, copy.backend.name.as_str()),
+        (5.0, "payments-v2")
     );
 }
 
 #[test]
 fn tcp_route_splits_between_tcp_backends() {
-    let text = format!(
-        "{}---\n{}",
-        with_backends("apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: cache-v2, namespace: shop}\nspec: {protocol: tcp, listen: 127.0.0.1:16380, endpoints: [{address: 127.0.0.1:6380}]}\n"),
-        tcp_route("{parentRefs: [{name: cache}], rules: [{backendRefs: [{name: cache, weight: 9}, {name: cache-v2, weight: 1}]}]}")
+    let cache_v2 = "apiVersion: ficus.dev/v1alpha1\nkind: Backend\n\
+                    metadata: {name: cache-v2, namespace: shop}\n\
+                    spec: {protocol: tcp, listen: 127.0.0.1:16380, \
+                    endpoints: [{address: 127.0.0.1:6380}]}\n";
+    let route = tcp_route(
+        "{parentRefs: [{name: cache}], \
+          rules: [{backendRefs: [{name: cache, weight: 9}, {name: cache-v2, weight: 1}]}]}",
     );
-    let config = valid(&text);
+    let config = valid(&format!("{}---\n{route}", with_backends(cache_v2)));
     assert_eq!(config.tcp_routes[0].parents[0].name, "cache");
     assert_eq!(config.tcp_routes[0].backend_refs.len(), 2);
 }
 
 #[test]
 fn tcp_route_needs_tcp_backends() {
-    let text = with_backends(&tcp_route(
-        "{parentRefs: [{name: monolith}], rules: [{backendRefs: [{name: cache}]}]}",
-    ));
-    single_error(
-        &text,
-        "TCPRoute shop/cache",
-        "spec.parentRefs[0].name",
-        "not a tcp Backend",
-    );
-    let text = with_backends(&tcp_route(
-        "{parentRefs: [{name: cache}], rules: [{backendRefs: [{name: monolith}]}]}",
-    ));
-    single_error(
-        &text,
-        "TCPRoute shop/cache",
-        "spec.rules[0].backendRefs[0].name",
-        "not a tcp Backend",
-    );
-    let text = with_backends(&tcp_route(
-        "{parentRefs: [{name: redis}], rules: [{backendRefs: [{name: cache}]}]}",
-    ));
-    single_error(
-        &text,
-        "TCPRoute shop/cache",
-        "spec.parentRefs[0].name",
-        "does not exist",
-    );
+    let cases = [
+        (
+            "monolith",
+            "cache",
+            "spec.parentRefs[0].name",
+            "not a tcp Backend",
+        ),
+        (
+            "cache",
+            "monolith",
+            "spec.rules[0].backendRefs[0].name",
+            "not a tcp Backend",
+        ),
+        (
+            "redis",
+            "cache",
+            "spec.parentRefs[0].name",
+            "does not exist",
+        ),
+    ];
+    for (parent, backend, field, message) in cases {
+        let spec = format!(
+            "{{parentRefs: [{{name: {parent}}}], rules: [{{backendRefs: [{{name: {backend}}}]}}]}}"
+        );
+        single_error(
+            &with_backends(&tcp_route(&spec)),
+            "TCPRoute shop/cache",
+            field,
+            message,
+        );
+    }
 }
 
 #[test]
 fn tcp_route_has_exactly_one_rule() {
-    let text = with_backends(&tcp_route("{parentRefs: [{name: cache}], rules: [{backendRefs: [{name: cache}]}, {backendRefs: [{name: cache}]}]}"));
+    let two = "{parentRefs: [{name: cache}], \
+               rules: [{backendRefs: [{name: cache}]}, {backendRefs: [{name: cache}]}]}";
+    let text = with_backends(&tcp_route(two));
     single_error(
         &text,
         "TCPRoute shop/cache",
         "spec.rules",
         "exactly one rule, found 2",
     );
-    let text = with_backends(&tcp_route(
-        "{parentRefs: [{name: cache}], rules: [{backendRefs: [{name: cache, weight: 0}]}]}",
-    ));
+    let zero = "{parentRefs: [{name: cache}], rules: [{backendRefs: [{name: cache, weight: 0}]}]}";
+    let text = with_backends(&tcp_route(zero));
     single_error(
         &text,
         "TCPRoute shop/cache",
         "spec.rules[0].backendRefs",
         "add up to 0",
+    );
+}
+
+#[test]
+fn one_tcp_route_per_tcp_backend() {
+    let spec = "{parentRefs: [{name: cache}], rules: [{backendRefs: [{name: cache}]}]}";
+    let second = tcp_route(spec).replace("name: cache, namespace", "name: cache2, namespace");
+    let text = format!("{}---\n{second}", with_backends(&tcp_route(spec)));
+    single_error(
+        &text,
+        "TCPRoute shop/cache2",
+        "spec.parentRefs[0].name",
+        "already the parent",
     );
 }
