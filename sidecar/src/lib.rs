@@ -8,7 +8,7 @@
 //! - [`proxy`] — the outbound and inbound handlers, headers, filters, errors → responses.
 //! - [`upstream`] — endpoint connection pools.
 //! - [`listener`] — accept loops and downstream HTTP connections.
-//! - [`tcp`] — opaque TCP listeners.
+//! - [`tcp`] — opaque TCP listeners; [`tunnel`] — byte copying with an idle timeout.
 //! - [`reload`] and [`watch`] — config file watching and the swap.
 //! - [`admin`] — the admin server.
 //! - [`telemetry`] — metrics and logs.
@@ -28,5 +28,6 @@ pub mod snapshot;
 pub mod state;
 pub mod tcp;
 pub mod telemetry;
+pub mod tunnel;
 pub mod upstream;
 pub mod watch;

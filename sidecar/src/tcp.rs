@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
@@ -19,6 +18,7 @@ use crate::drain::Drain;
 use crate::listener::accept_loop;
 use crate::snapshot::Snapshot;
 use crate::state::Shared;
+use crate::tunnel::copy_with_idle_timeout;
 
 /// The running opaque TCP listeners.
 #[derive(Debug)]
@@ -108,9 +108,14 @@ async fn proxy_connection(shared: Arc<Shared>, listen: SocketAddr, mut downstrea
         let endpoint = target.endpoint();
         match endpoint.connect_tcp().await {
             Ok(mut upstream) => {
-                let (sent, received) = copy(&mut downstream, &mut upstream).await;
-                metrics.tcp_bytes_sent.inc_by(sent);
-                metrics.tcp_bytes_received.inc_by(received);
+                let idle = shared.snapshot.load().limits.connection_idle_timeout;
+                let (bytes, result) =
+                    copy_with_idle_timeout(&mut downstream, &mut upstream, idle).await;
+                metrics.tcp_bytes_sent.inc_by(bytes.forward);
+                metrics.tcp_bytes_received.inc_by(bytes.backward);
+                if let Err(error) = result {
+                    tracing::debug!(service = %service.label, %error, "opaque TCP connection ended");
+                }
             }
             Err(error) => {
                 metrics.upstream_failure(error.reason());
@@ -119,19 +124,4 @@ async fn proxy_connection(shared: Arc<Shared>, listen: SocketAddr, mut downstrea
         }
     }
     metrics.tcp_closed.inc();
-}
-
-/// Copies both ways until both sides are done; returns bytes (to upstream, from upstream).
-async fn copy<A, B>(downstream: &mut A, upstream: &mut B) -> (u64, u64)
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    match tokio::io::copy_bidirectional(downstream, upstream).await {
-        Ok(counts) => counts,
-        Err(error) => {
-            tracing::debug!(%error, "opaque TCP connection failed");
-            (0, 0)
-        }
-    }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ficus_config::ProxyLimits;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -11,17 +12,18 @@ use hyper_util::rt::TokioIo;
 use super::error::ProxyError;
 use super::headers::strip_hop_by_hop;
 use crate::body::{with_idle_timeout, Body};
+use crate::tunnel::copy_with_idle_timeout;
 use crate::upstream::EndpointPool;
 
 /// Sends `request` to `pool`'s endpoint and waits at most `timeout` for response headers.
 /// With `downstream` (the client's pending upgrade) a `101` response joins the two
-/// connections into a byte tunnel.
+/// connections into a byte tunnel, closed after `limits.connection_idle_timeout` of silence.
 pub async fn forward(
     pool: &Arc<EndpointPool>,
     request: Request<Body>,
     timeout: Duration,
     downstream: Option<OnUpgrade>,
-    body_idle: Duration,
+    limits: &ProxyLimits,
 ) -> Result<Response<Body>, ProxyError> {
     let mut response = match tokio::time::timeout(timeout, pool.send(request)).await {
         Ok(result) => result?,
@@ -34,15 +36,15 @@ pub async fn forward(
         let upstream = hyper::upgrade::on(&mut response);
         let protocol = response.headers().get(http::header::UPGRADE).cloned();
         strip_hop_by_hop(response.headers_mut(), protocol.as_ref(), false);
-        tokio::spawn(tunnel(downstream, upstream));
+        tokio::spawn(tunnel(downstream, upstream, limits.connection_idle_timeout));
         return Ok(response);
     }
     strip_hop_by_hop(response.headers_mut(), None, false);
-    Ok(response.map(|body| with_idle_timeout(body, body_idle)))
+    Ok(response.map(|body| with_idle_timeout(body, limits.body_idle_timeout)))
 }
 
 /// Copies bytes both ways once both sides have switched protocols.
-async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
+async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
     let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
         Ok(pair) => pair,
         Err(error) => {
@@ -52,10 +54,13 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
     };
     let mut downstream = TokioIo::new(downstream);
     let mut upstream = TokioIo::new(upstream);
-    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
-        Err(error) => tracing::debug!(%error, "upgraded connection failed"),
-    }
+    let (bytes, result) = copy_with_idle_timeout(&mut downstream, &mut upstream, idle).await;
+    tracing::debug!(
+        up = bytes.forward,
+        down = bytes.backward,
+        ?result,
+        "upgraded connection ended"
+    );
 }
 
 /// The URI to send upstream: origin-form for HTTP/1.1; for HTTP/2 absolute, so hyper fills

@@ -74,7 +74,7 @@ pub async fn handle(
             let body = with_idle_timeout(incoming, limits.body_idle_timeout);
             let request = Request::from_parts(parts, body);
             let timeout = limits.upstream_response_timeout;
-            match forward(pool, request, timeout, on_upgrade, limits.body_idle_timeout).await {
+            match forward(pool, request, timeout, on_upgrade, limits).await {
                 Ok(response) => (response, ""),
                 Err(error) => {
                     tracing::debug!(%error, "inbound request to the app failed");

@@ -136,15 +136,7 @@ async fn route_and_forward<'s>(
     let body = with_idle_timeout(incoming, limits.body_idle_timeout);
     let upstream_request = Request::from_parts(parts, body);
     let endpoint = target.endpoint();
-    match forward(
-        endpoint,
-        upstream_request,
-        timeout,
-        on_upgrade,
-        limits.body_idle_timeout,
-    )
-    .await
-    {
+    match forward(endpoint, upstream_request, timeout, on_upgrade, limits).await {
         Ok(mut response) => {
             if let Some(ops) = &action.response_headers {
                 ops.apply(response.headers_mut());

@@ -1,0 +1,160 @@
+//! Byte tunnels (opaque TCP, upgraded HTTP connections) with an idle timeout and byte counts
+//! that survive errors.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes moved by a tunnel, whether it ended cleanly or not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transferred {
+    /// Read from the first side (written to the second).
+    pub forward: u64,
+    /// Read from the second side (written to the first).
+    pub backward: u64,
+}
+
+/// Copies both ways between `a` and `b` until both sides have closed, an error occurs, or no
+/// byte has moved in either direction for `idle` (checked every `idle`, so an idle tunnel
+/// closes after between one and two periods).
+pub async fn copy_with_idle_timeout<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+) -> (Transferred, io::Result<()>)
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let (forward, backward) = (AtomicU64::new(0), AtomicU64::new(0));
+    let result = {
+        let mut a = Counted {
+            inner: a,
+            read: &forward,
+        };
+        let mut b = Counted {
+            inner: b,
+            read: &backward,
+        };
+        let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+        tokio::pin!(copy);
+        let moved = || forward.load(Ordering::Relaxed) + backward.load(Ordering::Relaxed);
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                result = &mut copy => break result.map(|_| ()),
+                () = tokio::time::sleep(idle) => {
+                    let now = moved();
+                    if now == seen {
+                        break Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"));
+                    }
+                    seen = now;
+                }
+            }
+        }
+    };
+    let transferred = Transferred {
+        forward: forward.into_inner(),
+        backward: backward.into_inner(),
+    };
+    (transferred, result)
+}
+
+/// Counts bytes read through it.
+struct Counted<'a, S: ?Sized> {
+    inner: &'a mut S,
+    read: &'a AtomicU64,
+}
+
+impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_tunnels_close_and_report_bytes() {
+        let (mut a, mut a_peer) = tokio::io::duplex(64);
+        let (mut b, mut b_peer) = tokio::io::duplex(64);
+        let tunnel = tokio::spawn(async move {
+            copy_with_idle_timeout(&mut a, &mut b, Duration::from_secs(10)).await
+        });
+        a_peer.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        b_peer.read_exact(&mut got).await.unwrap();
+        b_peer.write_all(b"hi").await.unwrap();
+        let mut got = [0u8; 2];
+        a_peer.read_exact(&mut got).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let (transferred, result) = tunnel.await.unwrap();
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            transferred,
+            Transferred {
+                forward: 5,
+                backward: 2
+            }
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10) && waited <= Duration::from_secs(20),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn active_tunnels_stay_open() {
+        let (mut a, mut a_peer) = tokio::io::duplex(64);
+        let (mut b, mut b_peer) = tokio::io::duplex(64);
+        let tunnel = tokio::spawn(async move {
+            copy_with_idle_timeout(&mut a, &mut b, Duration::from_secs(10)).await
+        });
+        let mut got = [0u8; 1];
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            a_peer.write_all(b"x").await.unwrap();
+            b_peer.read_exact(&mut got).await.unwrap();
+        }
+        drop(a_peer);
+        drop(b_peer);
+        let (transferred, result) = tunnel.await.unwrap();
+        assert!(result.is_ok(), "both sides closed cleanly: {result:?}");
+        assert_eq!(transferred.forward, 10);
+    }
+}
