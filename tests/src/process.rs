@@ -65,11 +65,41 @@ impl Sidecar {
         Self::start_with(config, SidecarOptions::default()).await
     }
 
-    /// Starts a sidecar with options and waits until it is ready.
+    /// Starts a sidecar with options and waits until it is ready. Free ports are picked by
+    /// binding port 0 and releasing it, so another process can take one in between; a sidecar
+    /// that exits at start (a bind failure) is started again on new ports, up to 3 times.
     pub async fn start_with(config: &str, options: SidecarOptions) -> Self {
-        let sidecar = Self::spawn(config, options);
-        sidecar.wait_ready(Duration::from_secs(20)).await;
-        sidecar
+        for _ in 0..3 {
+            let mut sidecar = Self::spawn(config, options.clone());
+            if sidecar.try_wait_ready(Duration::from_secs(20)).await {
+                return sidecar;
+            }
+        }
+        panic!("sidecar failed to start 3 times");
+    }
+
+    /// Waits until `/ready` answers 200 (true) or the process exits (false); panics after
+    /// `deadline`.
+    async fn try_wait_ready(&mut self, deadline: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                eprintln!("sidecar exited at start with {status}; retrying on other ports");
+                self.child = None;
+                return false;
+            }
+            if let Ok(response) = client::get(self.admin, "admin", "/ready").await {
+                if response.status == 200 {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("sidecar not ready within {deadline:?}");
     }
 
     /// Starts a sidecar without waiting for anything.

@@ -1,0 +1,1047 @@
+//! Malformed HTTP/1 and request smuggling (RELIABILITY.md group A, HTTP1-1 to HTTP1-4), header
+//! limits (RES-3) and slow peers (RES-1, and the slow body of RES-2), sent as exact bytes to the
+//! real sidecar.
+//!
+//! Every case checks both sides: what the client got back (status, whether the connection was
+//! closed before the read deadline) and what the upstream received. Where the upstream's own
+//! parser would hide a problem (hyper drops `Content-Length` when `Transfer-Encoding` is
+//! present), a recording [`Tap`] in front of it keeps the exact bytes the sidecar sent.
+//!
+//! Limits are configured small through a Mesh document so that the whole file runs in a few
+//! seconds; every wait has a deadline. Each test ends by checking that the sidecar still serves
+//! a normal request and that `/metrics` still parses.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ficus_tests::client::{self, RawOutcome};
+use ficus_tests::process::{Sidecar, SidecarOptions};
+use ficus_tests::upstream::Upstream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// `Mesh.spec.proxy` of most tests: small timeouts and header limits.
+const LIMITS: &str =
+    "{headerReadTimeout: 1s, bodyIdleTimeout: 1s, maxHeaderBytes: 16384, maxHeaders: 20}";
+/// `maxHeaderBytes` and `maxHeaders` of [`LIMITS`].
+const MAX_HEADER_BYTES: usize = 16384;
+const MAX_HEADERS: usize = 20;
+/// How long a client waits for the sidecar to answer and close after a rejection.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(3);
+/// Upper bound for the timeout cases (header read and body idle are 1 s in [`LIMITS`]).
+const TIMEOUT_DEADLINE: Duration = Duration::from_secs(5);
+
+// --- config -----------------------------------------------------------------------------------
+
+fn mesh(proxy: &str) -> String {
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
+         spec:\n  proxy: {proxy}\n---\n"
+    )
+}
+
+fn backend(name: &str, addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{addr}\"}}]}}\n---\n"
+    )
+}
+
+// --- raw client -------------------------------------------------------------------------------
+
+/// Writes `bytes` while reading, until the peer closes or `deadline` passes. Unlike
+/// [`client::raw_exchange`], a failed write (the sidecar closed early on a huge request) is
+/// not an error, and the write side stays open so the sidecar never sees a half-close.
+async fn exchange(addr: SocketAddr, bytes: Vec<u8>, deadline: Duration) -> RawOutcome {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let mut writer = tokio::spawn(async move {
+        let _ = write.write_all(&bytes).await;
+        write
+    });
+    let mut out = Vec::new();
+    let mut buffer = vec![0u8; 16 * 1024];
+    let until = tokio::time::Instant::now() + deadline;
+    let closed = loop {
+        match tokio::time::timeout_at(until, read.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buffer[..n]),
+            Err(_) => break false,
+        }
+    };
+    // The write half lives until here. A writer still blocked on a peer that stopped
+    // reading is stopped.
+    if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+    RawOutcome { bytes: out, closed }
+}
+
+/// Sends `bytes` one at a time, `every` apart, reading in between; stops when the peer closes
+/// or `deadline` passes.
+async fn drip(addr: SocketAddr, bytes: &[u8], every: Duration, deadline: Duration) -> RawOutcome {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let until = tokio::time::Instant::now() + deadline;
+    let mut out = Vec::new();
+    let mut buffer = [0u8; 4096];
+    for byte in bytes.iter().copied().cycle() {
+        if stream.write_all(&[byte]).await.is_err() {
+            return RawOutcome {
+                bytes: out,
+                closed: true,
+            };
+        }
+        let next = (tokio::time::Instant::now() + every).min(until);
+        loop {
+            match tokio::time::timeout_at(next, stream.read(&mut buffer)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    return RawOutcome {
+                        bytes: out,
+                        closed: true,
+                    }
+                }
+                Ok(Ok(n)) => out.extend_from_slice(&buffer[..n]),
+                Err(_) => break,
+            }
+        }
+        if tokio::time::Instant::now() >= until {
+            break;
+        }
+    }
+    RawOutcome {
+        bytes: out,
+        closed: false,
+    }
+}
+
+fn text(outcome: &RawOutcome) -> String {
+    String::from_utf8_lossy(&outcome.bytes[..outcome.bytes.len().min(400)]).into_owned()
+}
+
+/// A request head of exactly `size` bytes (request line, `Host: echo`, one padding header,
+/// `Connection: close`, the empty line).
+fn head_of_size(size: usize) -> Vec<u8> {
+    let start = "GET /sized HTTP/1.1\r\nHost: echo\r\nConnection: close\r\nX-Pad: ";
+    let end = "\r\n\r\n";
+    let pad = size - start.len() - end.len();
+    let head = format!("{start}{}{end}", "a".repeat(pad));
+    assert_eq!(head.len(), size);
+    head.into_bytes()
+}
+
+/// A request with `fields` header fields in all (`Host` included).
+fn head_with_fields(fields: usize) -> Vec<u8> {
+    let mut head = String::from("GET /fields HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n");
+    for i in 0..fields - 2 {
+        head.push_str(&format!("X-Field-{i}: {i}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+// --- upstream side ----------------------------------------------------------------------------
+
+/// A TCP relay in front of an upstream that keeps every byte the sidecar sent, per connection.
+#[derive(Debug)]
+struct Tap {
+    addr: SocketAddr,
+    connections: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    task: JoinHandle<()>,
+}
+
+impl Tap {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tap");
+        let addr = listener.local_addr().expect("local addr");
+        let connections: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let list = Arc::clone(&connections);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((downstream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let Ok(upstream) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let record = Arc::new(Mutex::new(Vec::new()));
+                list.lock().expect("tap list").push(Arc::clone(&record));
+                let (mut down_read, mut down_write) = downstream.into_split();
+                let (mut up_read, mut up_write) = upstream.into_split();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    loop {
+                        match down_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                record
+                                    .lock()
+                                    .expect("tap record")
+                                    .extend_from_slice(&buffer[..n]);
+                                if up_write.write_all(&buffer[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = up_write.shutdown().await;
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut up_read, &mut down_write).await;
+                    let _ = down_write.shutdown().await;
+                });
+            }
+        });
+        Self {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    /// Every request head the sidecar sent, lowercased, in order per connection.
+    fn heads(&self) -> Vec<String> {
+        let connections = self.connections.lock().expect("tap list").clone();
+        connections
+            .iter()
+            .flat_map(|record| request_heads(&record.lock().expect("tap record")))
+            .collect()
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Splits a stream of HTTP/1.1 requests into heads, skipping bodies by their framing.
+fn request_heads(raw: &[u8]) -> Vec<String> {
+    let mut heads = Vec::new();
+    let mut rest = raw;
+    while let Some(end) = find(rest, b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase();
+        rest = &rest[end + 4..];
+        let fields: Vec<(&str, &str)> = head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim(), value.trim()))
+            .collect();
+        let chunked = fields
+            .iter()
+            .any(|(n, v)| *n == "transfer-encoding" && v.contains("chunked"));
+        let length = fields
+            .iter()
+            .find(|(n, _)| *n == "content-length")
+            .and_then(|(_, v)| v.parse::<usize>().ok());
+        if chunked {
+            rest = skip_chunked(rest);
+        } else if let Some(length) = length {
+            rest = &rest[length.min(rest.len())..];
+        }
+        heads.push(head);
+    }
+    heads
+}
+
+fn skip_chunked(mut rest: &[u8]) -> &[u8] {
+    loop {
+        let Some(line) = find(rest, b"\r\n") else {
+            return &[];
+        };
+        let size_text = String::from_utf8_lossy(&rest[..line]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16);
+        rest = &rest[line + 2..];
+        match size {
+            Ok(0) => loop {
+                let Some(end) = find(rest, b"\r\n") else {
+                    return &[];
+                };
+                rest = &rest[end + 2..];
+                if end == 0 {
+                    return rest;
+                }
+            },
+            Ok(size) => rest = &rest[(size + 2).min(rest.len())..],
+            Err(_) => return &[],
+        }
+    }
+}
+
+fn has_field(head: &str, name: &str) -> bool {
+    head.split("\r\n")
+        .skip(1)
+        .any(|line| line.split_once(':').is_some_and(|(n, _)| n.trim() == name))
+}
+
+/// A raw upstream that reads one request head and answers it with a `size`-byte header field.
+async fn big_header_upstream(size: usize) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while find(&seen, b"\r\n\r\n").is_none() {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nok",
+                    "b".repeat(size)
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                // Wait for the sidecar to hang up (bounded), so it never sees a reset first.
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// What a [`sink_upstream`] saw on one connection: the bytes, and whether the sidecar closed
+/// the connection (`false`: still open when the sink gave up).
+#[derive(Debug)]
+struct SinkConnection {
+    bytes: Vec<u8>,
+    closed_by_sidecar: bool,
+}
+
+/// A raw upstream that reads whatever arrives and never answers, like an app waiting for the
+/// rest of a request body. Reports each connection when the sidecar closes it.
+async fn sink_upstream() -> (SocketAddr, mpsc::Receiver<SinkConnection>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (tx, rx) = mpsc::channel(16);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut bytes = Vec::new();
+                let mut buffer = [0u8; 4096];
+                let until = tokio::time::Instant::now() + Duration::from_secs(20);
+                let closed_by_sidecar = loop {
+                    match tokio::time::timeout_at(until, stream.read(&mut buffer)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => break true,
+                        Ok(Ok(n)) => bytes.extend_from_slice(&buffer[..n]),
+                        Err(_) => break false,
+                    }
+                };
+                let _ = tx
+                    .send(SinkConnection {
+                        bytes,
+                        closed_by_sidecar,
+                    })
+                    .await;
+            });
+        }
+    });
+    (addr, rx, task)
+}
+
+/// The sidecar still routes a plain request to `upstream` (named `echo`) and `/metrics` parses.
+async fn assert_still_serving(sidecar: &Sidecar, addr: SocketAddr, upstream: &Upstream) {
+    let before = upstream.count();
+    let response = client::get(addr, "echo", "/healthy")
+        .await
+        .expect("a normal request after the abuse");
+    assert_eq!(
+        response.status,
+        200,
+        "normal request after the abuse: {}",
+        response.text()
+    );
+    assert_eq!(upstream.count(), before + 1);
+    assert_eq!(upstream.last().expect("recorded").uri, "/healthy");
+    let metrics = sidecar.metrics().await;
+    assert!(
+        metrics.sum("ficus_requests_total", &[]) >= 1.0,
+        "/metrics parses and counts requests: {:?}",
+        metrics.samples.len()
+    );
+}
+
+fn uris(upstream: &Upstream) -> Vec<String> {
+    upstream
+        .received
+        .lock()
+        .expect("recorded")
+        .iter()
+        .map(|r| r.uri.clone())
+        .collect()
+}
+
+// --- HTTP1-1 ----------------------------------------------------------------------------------
+
+/// Requests with both `Content-Length` and a valid `Transfer-Encoding: chunked`: the sidecar
+/// may answer 400 and close, or drop `Content-Length`, re-frame and close after responding
+/// (RFC 9112 §6.3). Anything after the chunked body must never become a request.
+fn cl_te_reframable() -> Vec<(&'static str, Vec<u8>)> {
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: echo\r\n\r\n";
+    vec![
+        (
+            // A CL-first front end would take 6 bytes ("0\r\n\r\nG") and leave the rest.
+            "CL then TE, request after the last chunk",
+            format!(
+                "POST /cl-te HTTP/1.1\r\nHost: echo\r\nContent-Length: 6\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            )
+            .into_bytes(),
+        ),
+        (
+            // A CL-first reader takes "27\r\n" as the body and the chunk data as a request.
+            "TE then CL, request inside the chunk",
+            format!(
+                "POST /te-cl HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\
+                 Content-Length: 4\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+                smuggled.len()
+            )
+            .into_bytes(),
+        ),
+        (
+            "CL, then TE listing identity before chunked",
+            format!(
+                "POST /cl-te-list HTTP/1.1\r\nHost: echo\r\nContent-Length: 3\r\n\
+                 Transfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            )
+            .into_bytes(),
+        ),
+    ]
+}
+
+/// `Transfer-Encoding` that is not (only, finally) `chunked`, or is hidden from some parsers,
+/// together with `Content-Length`: the length is unknowable, so 400 (or close) and nothing
+/// forwarded.
+fn cl_te_rejected() -> Vec<(&'static str, Vec<u8>)> {
+    let tail = "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: echo\r\n\r\n";
+    let with = |te_line: &str| {
+        format!(
+            "POST /bad-te HTTP/1.1\r\nHost: echo\r\nContent-Length: 5\r\n{te_line}\r\n\r\n{tail}"
+        )
+        .into_bytes()
+    };
+    vec![
+        ("TE xchunked", with("Transfer-Encoding: xchunked")),
+        (
+            "TE chunked, identity (chunked not last)",
+            with("Transfer-Encoding: chunked, identity"),
+        ),
+        (
+            "space before the colon",
+            with("Transfer-Encoding : chunked"),
+        ),
+        (
+            "obs-fold continuation line",
+            with("Transfer-Encoding:\r\n chunked"),
+        ),
+        (
+            "TE in HTTP/1.0",
+            format!(
+                "POST /bad-te HTTP/1.0\r\nHost: echo\r\nContent-Length: 5\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n{tail}"
+            )
+            .into_bytes(),
+        ),
+    ]
+}
+
+/// Runs the HTTP1-1 table against `listener`, whose requests reach `upstream` through `tap`.
+async fn cl_te_cases(listener: SocketAddr, upstream: &Upstream, tap: &Tap) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (name, bytes) in cl_te_reframable() {
+        let before = upstream.count();
+        let outcome = exchange(listener, bytes, CLOSE_DEADLINE).await;
+        let forwarded = upstream.count() - before;
+        if !outcome.closed {
+            failures.push(format!(
+                "{name}: connection still open after {CLOSE_DEADLINE:?}: {}",
+                text(&outcome)
+            ));
+        }
+        if outcome.responses() > 1 {
+            failures.push(format!(
+                "{name}: {} responses: {}",
+                outcome.responses(),
+                text(&outcome)
+            ));
+        }
+        match outcome.status() {
+            Some(400) | None if forwarded == 0 => {}
+            Some(_) if forwarded == 1 => {} // re-framed; headers checked below
+            status => failures.push(format!(
+                "{name}: status {status:?} with {forwarded} requests forwarded: {}",
+                text(&outcome)
+            )),
+        }
+    }
+    for (name, bytes) in cl_te_rejected() {
+        let before = upstream.count();
+        let outcome = exchange(listener, bytes, CLOSE_DEADLINE).await;
+        let rejected = outcome.closed && matches!(outcome.status(), Some(400) | None);
+        if !rejected || upstream.count() != before {
+            failures.push(format!(
+                "{name}: want 400 (or close) and nothing forwarded; got status {:?}, closed {}, \
+                 {} forwarded: {}",
+                outcome.status(),
+                outcome.closed,
+                upstream.count() - before,
+                text(&outcome)
+            ));
+        }
+    }
+    let seen = uris(upstream);
+    if seen.iter().any(|uri| uri.contains("smuggled")) {
+        failures.push(format!("the upstream parsed a smuggled request: {seen:?}"));
+    }
+    let heads = tap.heads();
+    for head in &heads {
+        if has_field(head, "content-length") && has_field(head, "transfer-encoding") {
+            failures.push(format!(
+                "the upstream got both Content-Length and Transfer-Encoding:\n{head}"
+            ));
+        }
+        if head.starts_with("get /smuggled") {
+            failures.push(format!("a smuggled request head went upstream:\n{head}"));
+        }
+    }
+    if heads.len() != upstream.count() {
+        failures.push(format!(
+            "the tap saw {} request heads but the upstream parsed {}: {heads:?}",
+            heads.len(),
+            upstream.count()
+        ));
+    }
+    failures
+}
+
+#[tokio::test]
+async fn http1_1_content_length_with_chunked_outbound() {
+    let upstream = Upstream::start("echo").await;
+    let tap = Tap::start(upstream.addr).await;
+    let sidecar = Sidecar::start(&(mesh(LIMITS) + &backend("echo", tap.addr))).await;
+    let failures = cl_te_cases(sidecar.outbound, &upstream, &tap).await;
+    assert!(
+        failures.is_empty(),
+        "HTTP1-1 outbound:\n{}",
+        failures.join("\n")
+    );
+    assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
+}
+
+#[tokio::test]
+async fn http1_1_content_length_with_chunked_inbound() {
+    let upstream = Upstream::start("echo").await;
+    let tap = Tap::start(upstream.addr).await;
+    let options = SidecarOptions {
+        app: Some(tap.addr),
+        ..Default::default()
+    };
+    let sidecar =
+        Sidecar::start_with(&(mesh(LIMITS) + &backend("echo", upstream.addr)), options).await;
+    let failures = cl_te_cases(sidecar.inbound, &upstream, &tap).await;
+    assert!(
+        failures.is_empty(),
+        "HTTP1-1 inbound:\n{}",
+        failures.join("\n")
+    );
+    assert_still_serving(&sidecar, sidecar.inbound, &upstream).await;
+}
+
+// --- HTTP1-2 ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn http1_2_invalid_content_length_is_rejected_and_not_forwarded() {
+    let upstream = Upstream::start("echo").await;
+    let sidecar = Sidecar::start(&(mesh(LIMITS) + &backend("echo", upstream.addr))).await;
+    let cases: &[(&str, &str)] = &[
+        (
+            "two different values",
+            "Content-Length: 3\r\nContent-Length: 4",
+        ),
+        ("two values in one field", "Content-Length: 3, 4"),
+        ("plus sign", "Content-Length: +3"),
+        ("negative", "Content-Length: -1"),
+        ("exponent", "Content-Length: 1e3"),
+        (
+            "20 digits, overflows u64",
+            "Content-Length: 99999999999999999999",
+        ),
+        (
+            "20 digits, u64::MAX",
+            "Content-Length: 18446744073709551615",
+        ),
+        (
+            "20 digits, fits u64",
+            "Content-Length: 10000000000000000000",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, field) in cases {
+        let before = upstream.count();
+        let request = format!("POST /cl HTTP/1.1\r\nHost: echo\r\n{field}\r\n\r\nabcd");
+        let outcome = exchange(sidecar.outbound, request.into_bytes(), CLOSE_DEADLINE).await;
+        let forwarded = upstream.count() - before;
+        if !(outcome.closed && matches!(outcome.status(), Some(400) | None) && forwarded == 0) {
+            failures.push(format!(
+                "{name} ({field:?}): want 400 and close, nothing forwarded; got status {:?}, \
+                 closed {}, {forwarded} forwarded: {}",
+                outcome.status(),
+                outcome.closed,
+                text(&outcome)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "HTTP1-2:\n{}", failures.join("\n"));
+    assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
+}
+
+// --- HTTP1-3 ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn http1_3_bad_chunked_framing_never_yields_a_second_request() {
+    let upstream = Upstream::start("echo").await;
+    let sidecar = Sidecar::start(&(mesh(LIMITS) + &backend("echo", upstream.addr))).await;
+    let second = "GET /second HTTP/1.1\r\nHost: echo\r\n\r\n";
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "chunk size overflows u64",
+            format!("ffffffffffffffffff\r\nabc\r\n0\r\n\r\n{second}"),
+        ),
+        (
+            "no CRLF after chunk data",
+            format!("3\r\nabc0\r\n\r\n{second}"),
+        ),
+        (
+            "no final CRLF after the last chunk",
+            format!("3\r\nabc\r\n0\r\n{second}"),
+        ),
+        (
+            "bare LF in a chunk extension",
+            format!("3;ext=1\nabc\r\n0\r\n\r\n{second}"),
+        ),
+        ("bare LF line endings", format!("3\nabc\n0\n\n{second}")),
+        (
+            "chunk extension over 16 KiB",
+            format!("3;x={}\r\nabc\r\n0\r\n\r\n{second}", "e".repeat(20_000)),
+        ),
+        (
+            "size with a non-hex digit",
+            format!("3g\r\nabc\r\n0\r\n\r\n{second}"),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, body) in cases {
+        let before = upstream.count();
+        let request = format!(
+            "POST /first HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+        );
+        let outcome = exchange(sidecar.outbound, request.into_bytes(), CLOSE_DEADLINE).await;
+        let got: Vec<String> = uris(&upstream).split_off(before);
+        let only_first = got.iter().all(|uri| uri == "/first") && got.len() <= 1;
+        if !outcome.closed || outcome.responses() > 1 || !only_first {
+            failures.push(format!(
+                "{name}: want at most /first upstream and the connection closed; got upstream \
+                 {got:?}, closed {}, {} responses: {}",
+                outcome.closed,
+                outcome.responses(),
+                text(&outcome)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "HTTP1-3:\n{}", failures.join("\n"));
+    assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
+}
+
+// --- HTTP1-4 ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn http1_4_host_rules() {
+    let echo = Upstream::start("echo").await;
+    let other = Upstream::start("other").await;
+    let config = mesh(LIMITS) + &backend("echo", echo.addr) + &backend("other", other.addr);
+    let sidecar = Sidecar::start(&config).await;
+    let rejected_before = sidecar
+        .metrics()
+        .await
+        .sum("ficus_http_rejected_total", &[]);
+
+    for (name, request) in [
+        (
+            "no Host",
+            "GET /nohost HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "two Hosts",
+            "GET /twohosts HTTP/1.1\r\nHost: echo\r\nHost: other\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "two equal Hosts",
+            "GET /twohosts HTTP/1.1\r\nHost: echo\r\nHost: echo\r\nConnection: close\r\n\r\n",
+        ),
+    ] {
+        let outcome = exchange(sidecar.outbound, request.into(), CLOSE_DEADLINE).await;
+        assert_eq!(outcome.status(), Some(400), "{name}: {}", text(&outcome));
+        assert!(outcome.closed, "{name}: Connection: close honoured");
+        assert_eq!(
+            (echo.count(), other.count()),
+            (0, 0),
+            "{name}: nothing forwarded"
+        );
+    }
+    let rejected = sidecar
+        .metrics()
+        .await
+        .sum("ficus_http_rejected_total", &[])
+        - rejected_before;
+    assert_eq!(
+        rejected, 3.0,
+        "every Host rejection is counted in ficus_http_rejected_total"
+    );
+
+    // Absolute-form wins over Host, for routing and for the Host the upstream gets; both
+    // directions, so a Host-routed implementation cannot pass by luck.
+    for (target, host, upstream, bystander, path) in [
+        ("http://echo/abs-1", "other", &echo, &other, "/abs-1"),
+        ("http://other/abs-2", "echo", &other, &echo, "/abs-2"),
+        (
+            "http://echo.shop.svc.cluster.local:80/abs-3",
+            "other",
+            &echo,
+            &other,
+            "/abs-3",
+        ),
+    ] {
+        let (before, bystander_before) = (upstream.count(), bystander.count());
+        let request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let outcome = exchange(sidecar.outbound, request.into_bytes(), CLOSE_DEADLINE).await;
+        assert_eq!(
+            outcome.status(),
+            Some(200),
+            "{target} with Host {host}: {}",
+            text(&outcome)
+        );
+        assert_eq!(
+            upstream.count(),
+            before + 1,
+            "{target}: routed by the absolute-form"
+        );
+        assert_eq!(
+            bystander.count(),
+            bystander_before,
+            "{target}: not routed by Host {host}"
+        );
+        let seen = upstream.last().expect("recorded");
+        assert_eq!(seen.uri, path);
+        let authority = target
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .expect("authority");
+        let hosts: Vec<_> = seen.headers.get_all("host").iter().collect();
+        assert_eq!(
+            hosts,
+            [authority],
+            "{target}: the upstream's Host is the absolute-form's authority"
+        );
+    }
+    assert_still_serving(&sidecar, sidecar.outbound, &echo).await;
+}
+
+// --- RES-3 ------------------------------------------------------------------------------------
+
+/// Sends `request`, expects `statuses` (431 for header limits) and the connection closed, with
+/// nothing forwarded.
+async fn expect_rejected(
+    addr: SocketAddr,
+    upstream: &Upstream,
+    name: &str,
+    request: Vec<u8>,
+    statuses: &[u16],
+) -> u16 {
+    let before = upstream.count();
+    let outcome = exchange(addr, request, CLOSE_DEADLINE).await;
+    let status = outcome.status().unwrap_or(0);
+    assert!(
+        statuses.contains(&status),
+        "{name}: want {statuses:?}, got {}",
+        text(&outcome)
+    );
+    assert!(
+        outcome.closed,
+        "{name}: connection closed after the rejection"
+    );
+    assert_eq!(upstream.count(), before, "{name}: nothing forwarded");
+    status
+}
+
+async fn expect_forwarded(addr: SocketAddr, upstream: &Upstream, name: &str, request: Vec<u8>) {
+    let before = upstream.count();
+    let outcome = exchange(addr, request, CLOSE_DEADLINE).await;
+    assert_eq!(outcome.status(), Some(200), "{name}: {}", text(&outcome));
+    assert_eq!(upstream.count(), before + 1, "{name}: forwarded");
+}
+
+/// A 64 KiB request target. hyper answers 414 only for a target longer than 65534 bytes that
+/// fits in its read buffer; the sidecar sizes that buffer to `maxHeaderBytes` (at least
+/// 8 KiB), so with every limit up to 64 KiB hyper runs out of buffer first and answers 431.
+fn long_uri_request() -> Vec<u8> {
+    format!(
+        "GET /{} HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n",
+        "u".repeat(64 * 1024)
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn res3_default_header_limits() {
+    let upstream = Upstream::start("echo").await;
+    // No Mesh document: the defaults of RELIABILITY.md (60 KiB, 100 fields).
+    let sidecar = Sidecar::start(&backend("echo", upstream.addr)).await;
+    let addr = sidecar.outbound;
+    expect_rejected(
+        addr,
+        &upstream,
+        "101 header fields",
+        head_with_fields(101),
+        &[431],
+    )
+    .await;
+    expect_forwarded(
+        addr,
+        &upstream,
+        "a 60 KiB header block",
+        head_of_size(60 * 1024),
+    )
+    .await;
+    expect_rejected(
+        addr,
+        &upstream,
+        "a 60 KiB + 1 byte header block",
+        head_of_size(60 * 1024 + 1),
+        &[431],
+    )
+    .await;
+    let huge_value = format!(
+        "GET / HTTP/1.1\r\nHost: echo\r\nX-Huge: {}\r\n\r\n",
+        "v".repeat(1 << 20)
+    );
+    expect_rejected(
+        addr,
+        &upstream,
+        "a 1 MiB header value",
+        huge_value.into_bytes(),
+        &[431],
+    )
+    .await;
+    let status = expect_rejected(
+        addr,
+        &upstream,
+        "a 64 KiB URI",
+        long_uri_request(),
+        &[414, 431],
+    )
+    .await;
+    assert_eq!(
+        status, 431,
+        "documented: hyper's buffer limit answers before its URI limit"
+    );
+    assert_still_serving(&sidecar, addr, &upstream).await;
+}
+
+#[tokio::test]
+async fn res3_configured_header_limits() {
+    let upstream = Upstream::start("echo").await;
+    let sidecar = Sidecar::start(&(mesh(LIMITS) + &backend("echo", upstream.addr))).await;
+    let addr = sidecar.outbound;
+    expect_forwarded(
+        addr,
+        &upstream,
+        "maxHeaders fields",
+        head_with_fields(MAX_HEADERS),
+    )
+    .await;
+    expect_rejected(
+        addr,
+        &upstream,
+        "maxHeaders + 1 fields",
+        head_with_fields(MAX_HEADERS + 1),
+        &[431],
+    )
+    .await;
+    expect_forwarded(
+        addr,
+        &upstream,
+        "a maxHeaderBytes block",
+        head_of_size(MAX_HEADER_BYTES),
+    )
+    .await;
+    expect_rejected(
+        addr,
+        &upstream,
+        "maxHeaderBytes + 1",
+        head_of_size(MAX_HEADER_BYTES + 1),
+        &[431],
+    )
+    .await;
+    expect_rejected(
+        addr,
+        &upstream,
+        "a 64 KiB URI",
+        long_uri_request(),
+        &[414, 431],
+    )
+    .await;
+    assert_still_serving(&sidecar, addr, &upstream).await;
+}
+
+/// `maxHeaderBytes` below hyper's 8 KiB minimum read buffer must still be enforced.
+#[tokio::test]
+async fn res3_small_max_header_bytes_is_enforced() {
+    let upstream = Upstream::start("echo").await;
+    let config = mesh("{maxHeaderBytes: 4096}") + &backend("echo", upstream.addr);
+    let sidecar = Sidecar::start(&config).await;
+    let addr = sidecar.outbound;
+    expect_forwarded(addr, &upstream, "a 4096-byte block", head_of_size(4096)).await;
+    expect_rejected(
+        addr,
+        &upstream,
+        "a 6000-byte block with maxHeaderBytes 4096",
+        head_of_size(6000),
+        &[431],
+    )
+    .await;
+    assert_still_serving(&sidecar, addr, &upstream).await;
+}
+
+#[tokio::test]
+async fn res3_oversized_upstream_response_headers_are_a_502() {
+    let upstream = Upstream::start("echo").await;
+    let (big, _task) = big_header_upstream(100 * 1024).await;
+    let config = mesh(LIMITS) + &backend("echo", upstream.addr) + &backend("big", big);
+    let sidecar = Sidecar::start(&config).await;
+    let response = client::get(sidecar.outbound, "big", "/big")
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(
+        response.status,
+        502,
+        "{:?} {}",
+        response.headers,
+        response.text()
+    );
+    assert!(response.headers.get("x-big").is_none());
+    assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
+}
+
+// --- RES-1 ------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn res1_slowloris_headers_are_cut_at_the_header_timeout() {
+    let upstream = Upstream::start("echo").await;
+    let sidecar = Sidecar::start(&(mesh(LIMITS) + &backend("echo", upstream.addr))).await;
+    // 1 byte every 300 ms; the head never completes within the deadline (and the dripper
+    // repeats the header line if it would), so only the 1 s header timeout can end this.
+    let head = b"GET /slow HTTP/1.1\r\nHost: echo\r\nX-Slow: ";
+    let outcome = drip(
+        sidecar.outbound,
+        head,
+        Duration::from_millis(300),
+        TIMEOUT_DEADLINE,
+    )
+    .await;
+    assert!(
+        outcome.closed,
+        "slowloris connection still open after {TIMEOUT_DEADLINE:?}: {}",
+        text(&outcome)
+    );
+    assert!(
+        matches!(outcome.status(), Some(408) | None),
+        "408 or a plain close: {}",
+        text(&outcome)
+    );
+    assert_eq!(upstream.count(), 0, "nothing forwarded");
+    assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
+}
+
+#[tokio::test]
+async fn res1_silent_connection_is_closed() {
+    let upstream = Upstream::start("echo").await;
+    let sidecar = Sidecar::start(&(mesh(LIMITS) + &backend("echo", upstream.addr))).await;
+    // Connects and never sends a byte (or stops inside what could be an h2 preface): the
+    // header timeout (or a protocol-detection timeout) must still end it.
+    let mut silent = TcpStream::connect(sidecar.outbound).await.expect("connect");
+    let outcome = client::read_until_close(&mut silent, TIMEOUT_DEADLINE).await;
+    assert!(
+        outcome.closed,
+        "a connection that sends nothing is still open after {TIMEOUT_DEADLINE:?}"
+    );
+    let mut preface = TcpStream::connect(sidecar.outbound).await.expect("connect");
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n")
+        .await
+        .expect("write");
+    let outcome = client::read_until_close(&mut preface, TIMEOUT_DEADLINE).await;
+    assert!(
+        outcome.closed,
+        "a partial h2 preface is still open after {TIMEOUT_DEADLINE:?}"
+    );
+    assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
+}
+
+#[tokio::test]
+async fn res1_slow_request_body_is_cut_and_the_upstream_request_cancelled() {
+    let upstream = Upstream::start("echo").await;
+    let (sink, mut connections, _task) = sink_upstream().await;
+    let config = mesh(LIMITS) + &backend("echo", upstream.addr) + &backend("sink", sink);
+    let sidecar = Sidecar::start(&config).await;
+    // 3 of 100 body bytes, then silence (the connection stays open).
+    let request = b"POST /upload HTTP/1.1\r\nHost: sink\r\nContent-Length: 100\r\n\r\nabc".to_vec();
+    let outcome = exchange(sidecar.outbound, request, TIMEOUT_DEADLINE).await;
+    let status = outcome.status();
+    assert!(
+        outcome.closed && status.is_none_or(|s| s == 408 || s >= 500),
+        "want 408 (or an error and close) at the body idle timeout; got closed {}: {}",
+        outcome.closed,
+        text(&outcome)
+    );
+    // The upstream request is cancelled: the sidecar closes its upstream connection too.
+    let seen = tokio::time::timeout(TIMEOUT_DEADLINE, connections.recv())
+        .await
+        .expect("the upstream connection is closed, not left hanging")
+        .expect("sink running");
+    assert!(
+        seen.closed_by_sidecar,
+        "the sidecar closed the upstream connection"
+    );
+    let head = String::from_utf8_lossy(&seen.bytes).to_ascii_lowercase();
+    assert!(
+        head.starts_with("post /upload"),
+        "upstream got the request head: {head:?}"
+    );
+    let body = find(&seen.bytes, b"\r\n\r\n").map_or(0, |end| seen.bytes.len() - end - 4);
+    assert!(
+        body < 100,
+        "the upstream never got a complete body ({body} bytes)"
+    );
+    assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
+}
