@@ -206,6 +206,13 @@ impl Sidecar {
         assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
     }
 
+    /// The exit status if the process has already exited.
+    pub fn wait_exit_now(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Waits for the process to exit, at most `deadline`.
     pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         let started = Instant::now();

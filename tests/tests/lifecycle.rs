@@ -275,3 +275,74 @@ async fn admin_answers_while_the_data_plane_is_saturated() {
         task.await.unwrap();
     }
 }
+
+/// RELIABILITY RES-5: with a small fd limit, a connection flood makes `accept` fail with
+/// EMFILE; the sidecar logs, backs off without spinning, keeps serving the connections it has
+/// and recovers once the flood is gone.
+#[tokio::test]
+async fn fd_exhaustion_backs_off_and_recovers() {
+    let upstream = Upstream::start("fast").await;
+    let options = SidecarOptions {
+        workers: Some(1),
+        ..Default::default()
+    };
+    let mut sidecar = Sidecar::start_with(&backend(upstream.addr), options).await;
+    let pid = sidecar.pid().to_string();
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=64:64"])
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(limited.success());
+
+    let mut kept = H1Client::connect(sidecar.outbound).await.unwrap();
+    assert_eq!(kept.get("slow", "/").await.unwrap().status, 200);
+
+    // Hold far more connections than the limit; the kernel queues what the sidecar can't accept.
+    let mut flood = Vec::new();
+    for _ in 0..150 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(sidecar.outbound),
+        )
+        .await
+        {
+            flood.push(stream);
+        }
+    }
+    let cpu_before = cpu_ticks(&pid);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let cpu_spent = cpu_ticks(&pid) - cpu_before;
+    // 100 ticks = one second of one CPU; a spinning accept loop would burn nearly all of it.
+    assert!(
+        cpu_spent < 50,
+        "accept loop spins on EMFILE: {cpu_spent} ticks in 1 s"
+    );
+    assert_eq!(
+        kept.get("slow", "/").await.unwrap().status,
+        200,
+        "live connections still served"
+    );
+
+    drop(flood);
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = client::get(sidecar.outbound, "slow", "/").await {
+            assert_eq!(response.status, 200);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never recovered from EMFILE"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sidecar.wait_exit_now().is_none(), "still running");
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    let after_name = &stat[stat.rfind(')').expect("comm field") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
