@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::cli::Args;
+use crate::control::{ControlClient, ControlSettings};
 use crate::drain;
 use crate::listener::{accept_loop, serve_http, Side};
 use crate::reload::Reloader;
@@ -35,22 +36,30 @@ pub mod exit {
 /// Runs the sidecar until SIGTERM/SIGINT or `/quitquitquit`; returns the exit code.
 pub fn run(args: Args) -> u8 {
     let log = logging::init(args.log_format, &args.log_level);
-    if args.control.is_some() {
-        eprintln!("error: --control (push mode) is not available yet; use --config FILE|DIR");
-        return exit::BAD_CONFIG;
-    }
     if args.transparent {
         eprintln!("error: --transparent is not available yet; use explicit mode");
         return exit::BAD_CONFIG;
     }
-    let Some(path) = args.config.clone() else {
-        eprintln!("error: one of --config or --control is required");
-        return exit::BAD_CONFIG;
-    };
-    let config = match ficus_config::load_path(&path) {
-        Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{errors}");
+    // File mode validates the config before anything starts; push mode starts unready.
+    let mode = match (&args.config, &args.control) {
+        (Some(path), None) => match ficus_config::load_path(path) {
+            Ok(config) => Mode::File(path.clone(), config),
+            Err(errors) => {
+                eprintln!("{errors}");
+                return exit::BAD_CONFIG;
+            }
+        },
+        (None, Some(url)) => {
+            match ControlSettings::parse(url, args.reach.clone(), args.cache_dir.clone()) {
+                Ok(settings) => Mode::Push(settings),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return exit::BAD_CONFIG;
+                }
+            }
+        }
+        _ => {
+            eprintln!("error: exactly one of --config or --control is required");
             return exit::BAD_CONFIG;
         }
     };
@@ -93,11 +102,21 @@ pub fn run(args: Args) -> u8 {
     let connections = TaskTracker::new();
     let tcp = TcpListeners::new(runtime.handle().clone(), connections.clone(), drain.clone());
     let mut reloader = Reloader::new(Arc::clone(&shared), tcp);
-    let source = format!("file:{}", path.display());
-    if let Err(error) = reloader.apply(config, &source) {
-        eprintln!("error: {}: {error}", path.display());
-        return exit::BAD_CONFIG;
-    }
+    let config_task = match mode {
+        Mode::File(path, config) => {
+            let source = format!("file:{}", path.display());
+            if let Err(error) = reloader.apply(config, &source) {
+                eprintln!("error: {}: {error}", path.display());
+                return exit::BAD_CONFIG;
+            }
+            ConfigTask::Watch(path, reloader)
+        }
+        Mode::Push(settings) => {
+            let mut client = ControlClient::new(settings, reloader);
+            client.load_cache();
+            ConfigTask::Push(client)
+        }
+    };
 
     let admin_shared = Arc::clone(&shared);
     let spawned = std::thread::Builder::new()
@@ -114,7 +133,12 @@ pub fn run(args: Args) -> u8 {
                 }
             };
             runtime.block_on(async move {
-                tokio::spawn(crate::watch::watch(path, reloader));
+                match config_task {
+                    ConfigTask::Watch(path, reloader) => {
+                        tokio::spawn(crate::watch::watch(path, reloader))
+                    }
+                    ConfigTask::Push(client) => tokio::spawn(client.run()),
+                };
                 match TcpListener::from_std(admin) {
                     Ok(listener) => crate::admin::serve(listener, admin_shared).await,
                     Err(error) => tracing::error!(%error, "admin listener failed"),
@@ -140,6 +164,20 @@ pub fn run(args: Args) -> u8 {
     ));
     runtime.shutdown_timeout(Duration::from_millis(200));
     code
+}
+
+/// Where config comes from.
+enum Mode {
+    /// `--config`: the validated start-up config and the path to watch.
+    File(std::path::PathBuf, ficus_config::Config),
+    /// `--control`.
+    Push(ControlSettings),
+}
+
+/// The task that feeds the reloader, run on the admin runtime.
+enum ConfigTask {
+    Watch(std::path::PathBuf, Reloader),
+    Push(ControlClient),
 }
 
 fn data_plane_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {

@@ -19,7 +19,7 @@ pub struct Args {
     )]
     pub config: Option<PathBuf>,
 
-    /// Push mode: subscribe to a control plane (not built yet).
+    /// Push mode: subscribe to a control plane, e.g. `http://127.0.0.1:15012`.
     #[arg(
         long,
         env = "FICUS_CONTROL",
@@ -27,6 +27,11 @@ pub struct Args {
         conflicts_with = "config"
     )]
     pub control: Option<String>,
+
+    /// Push mode: namespaces besides our own whose services this workload calls; the
+    /// control plane then sends only those (default: every namespace).
+    #[arg(long, env = "FICUS_REACH", value_delimiter = ',', value_name = "NS,..")]
+    pub reach: Vec<String>,
 
     /// This sidecar's workload (service account) name.
     #[arg(long, env = "FICUS_WORKLOAD", default_value = "app")]

@@ -7,9 +7,9 @@
 //! - [`route`] — route tables, matchers, weighted choice, service names.
 //! - [`proxy`] — the outbound and inbound handlers, headers, filters, errors → responses.
 //! - [`upstream`] — endpoint connection pools.
-//! - [`listener`] — accept loops and downstream HTTP connections.
+//! - [`listener`] — accept loops and downstream HTTP connections; [`detect`] — h1 or h2.
 //! - [`tcp`] — opaque TCP listeners; [`tunnel`] — byte copying with an idle timeout.
-//! - [`reload`] and [`watch`] — config file watching and the swap.
+//! - [`reload`], [`watch`] and [`control`] — the swap, fed by file watching or by pushes.
 //! - [`admin`] — the admin server.
 //! - [`telemetry`] — metrics and logs.
 //! - [`body`], [`drain`], [`state`] — shared plumbing.
@@ -19,6 +19,8 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod cli;
+pub mod control;
+pub mod detect;
 pub mod drain;
 pub mod listener;
 pub mod proxy;

@@ -14,11 +14,31 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
+use crate::detect::{detect, DetectError, Prefixed, Protocol};
 use crate::drain::Drain;
 use crate::state::Shared;
 
 /// Pause after an accept error, so a full fd table does not turn into a busy loop.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Drives a hyper connection; on drain asks it to finish in-flight requests and stop
+/// (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY), then waits for that. A macro because the
+/// HTTP/1.1 (with upgrades) and HTTP/2 connection types share no trait for this.
+macro_rules! until_drained {
+    ($connection:expr, $drain:expr) => {{
+        let connection = $connection;
+        tokio::pin!(connection);
+        let drained = $drain.signaled();
+        tokio::pin!(drained);
+        tokio::select! {
+            result = connection.as_mut() => result,
+            () = &mut drained => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
+    }};
+}
 
 /// Which side of the sidecar a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,15 +86,27 @@ pub async fn accept_loop<F, Fut>(
 pub async fn serve_http(
     shared: Arc<Shared>,
     side: Side,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     drain: Drain,
 ) {
     // Settings of the config in force when the connection arrived; the connection does not
     // keep the whole snapshot alive.
     let server = shared.snapshot.load().server.clone();
+    let (protocol, read) = match detect(&mut stream, server.detect_timeout).await {
+        Ok(detected) => detected,
+        Err(error) => {
+            if matches!(error, DetectError::Timeout(_)) {
+                shared.metrics.http_rejected("detect_timeout");
+            }
+            tracing::debug!(%peer, %error, "closing connection before any request");
+            return;
+        }
+    };
+    let io = TokioIo::new(Prefixed::new(read, stream));
+    let handler = Arc::clone(&shared);
     let service = service_fn(move |request| {
-        let shared = Arc::clone(&shared);
+        let shared = Arc::clone(&handler);
         async move {
             let response = match side {
                 Side::Outbound => crate::proxy::outbound::handle(&shared, peer, request).await,
@@ -83,15 +115,14 @@ pub async fn serve_http(
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    let connection = server.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let drained = drain.signaled();
-    tokio::pin!(drained);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = &mut drained => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let result = match protocol {
+        Protocol::Http1 => {
+            let connection = server.http1.serve_connection(io, service).with_upgrades();
+            until_drained!(connection, drain).map_err(|e| e.to_string())
+        }
+        Protocol::Http2 => {
+            let connection = server.http2.serve_connection(io, service);
+            until_drained!(connection, drain).map_err(|e| e.to_string())
         }
     };
     if let Err(error) = result {

@@ -2,6 +2,7 @@
 pub mod error;
 pub mod filters;
 pub mod forward;
+pub mod guard;
 pub mod headers;
 pub mod inbound;
 pub mod outbound;

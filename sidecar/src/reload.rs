@@ -33,9 +33,9 @@ impl Reloader {
         &self.shared
     }
 
-    /// Swaps in `config`. Returns the new version, or `None` when the documents equal the
-    /// serving ones (nothing to do). An error (e.g. a listen address in use) changes nothing
-    /// and is recorded as a rejection.
+    /// File mode: swaps in `config` as the next version. Returns the new version, or `None`
+    /// when the documents equal the serving ones (nothing to do). An error (e.g. a listen
+    /// address in use) changes nothing and is recorded as a rejection.
     pub fn apply(&mut self, config: Config, source: &str) -> Result<Option<u64>, String> {
         let current = self.shared.snapshot.load();
         if current.version > 0 && current.config.documents == config.documents {
@@ -43,6 +43,28 @@ impl Reloader {
         }
         drop(current);
         let version = self.next_version;
+        self.install(config, version, source)?;
+        self.next_version += 1;
+        Ok(Some(version))
+    }
+
+    /// Push mode: swaps in `config` under the control plane's `version`.
+    pub fn apply_version(
+        &mut self,
+        config: Config,
+        version: u64,
+        source: &str,
+    ) -> Result<(), String> {
+        self.install(config, version, source)
+    }
+
+    /// Push mode: the documents did not change, only the version number moves.
+    pub fn bump_version(&mut self, version: u64, source: &str) -> Result<(), String> {
+        let config = Config::clone(&self.shared.snapshot.load().config);
+        self.install(config, version, source)
+    }
+
+    fn install(&mut self, config: Config, version: u64, source: &str) -> Result<(), String> {
         let cx = BuildContext {
             pools: &self.shared.pools,
             metrics: &self.shared.metrics,
@@ -58,10 +80,9 @@ impl Reloader {
         };
         self.shared.install(snapshot);
         self.tcp.commit(prepared, &self.shared);
-        self.next_version += 1;
         self.shared.metrics.config_update(true, source_kind(source));
         tracing::info!(version, source, "config applied");
-        Ok(Some(version))
+        Ok(())
     }
 
     /// Records a config that failed validation or could not be applied.

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use ficus_config::{Config, Filter, Protocol, ProxyLimits, ResourceKey, RouteRule, Timeouts};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 
 use crate::proxy::filters::{HeaderOps, Redirect, Rewrite};
 use crate::route::{CompiledMatch, RouteEntry, RouteTable, ServiceName, WeightedSet};
@@ -30,7 +29,7 @@ pub struct Snapshot {
     /// Limits for new connections.
     pub limits: ProxyLimits,
     /// Server settings for new downstream connections.
-    pub server: auto::Builder<TokioExecutor>,
+    pub server: ServerSettings,
     /// Outbound services: namespace → name → routes.
     services: HashMap<String, HashMap<String, Arc<Service>>>,
     /// Opaque TCP services by local listen address.
@@ -263,7 +262,7 @@ impl Snapshot {
         Self {
             version,
             source,
-            server: server_builder(&limits),
+            server: ServerSettings::new(&limits),
             limits,
             config: Arc::new(config),
             services,
@@ -385,26 +384,43 @@ fn direct_service(label: String, target: &Arc<BackendTarget>, cx: &BuildContext<
     }
 }
 
-/// Downstream server settings from the limits (applied to connections accepted afterwards).
-fn server_builder(limits: &ProxyLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(Some(100))
-        .max_local_error_reset_streams(Some(1024))
-        .initial_stream_window_size(64 * 1024)
-        .initial_connection_window_size(1024 * 1024)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(60)))
-        .keep_alive_timeout(std::time::Duration::from_secs(20));
-    builder
+/// Downstream HTTP server settings, applied to connections accepted while they are in force.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// HTTP/1.1 connections.
+    pub http1: hyper::server::conn::http1::Builder,
+    /// HTTP/2 (prior knowledge) connections.
+    pub http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// How long a new connection may take to show its protocol.
+    pub detect_timeout: std::time::Duration,
+}
+
+impl ServerSettings {
+    /// Settings from the limits. Header limits are exact (`max_header_size`), not rounded up to
+    /// a buffer size.
+    pub fn new(limits: &ProxyLimits) -> Self {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_header_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers)
+            .keep_alive(true);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(Some(100))
+            .max_local_error_reset_streams(Some(1024))
+            .initial_stream_window_size(64 * 1024)
+            .initial_connection_window_size(1024 * 1024)
+            .keep_alive_interval(Some(std::time::Duration::from_secs(60)))
+            .keep_alive_timeout(std::time::Duration::from_secs(20));
+        Self {
+            http1,
+            http2,
+            detect_timeout: limits.header_read_timeout,
+        }
+    }
 }

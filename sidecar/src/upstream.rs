@@ -281,7 +281,7 @@ impl EndpointPool {
     async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, UpstreamError> {
         let stream = self.connect_tcp().await?;
         let (sender, connection) = http1::Builder::new()
-            .max_buf_size(MAX_RESPONSE_HEADER_BYTES.max(8192))
+            .max_header_size(MAX_RESPONSE_HEADER_BYTES)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| UpstreamError::Handshake {

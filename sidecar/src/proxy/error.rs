@@ -17,6 +17,8 @@ pub mod flags {
     pub const UPSTREAM_TIMEOUT: &str = "UT";
     /// Downstream request invalid.
     pub const BAD_REQUEST: &str = "DPE";
+    /// Downstream stopped sending its request body.
+    pub const DOWNSTREAM_TIMEOUT: &str = "DT";
 }
 
 /// Why the proxy answered itself instead of relaying an upstream response.
@@ -29,6 +31,13 @@ pub enum ProxyError {
     /// The service has no rule matching this request.
     #[error("no rule of service {0} matches")]
     NoRule(String),
+    /// The request target is longer than we forward.
+    #[error("request target of {0} bytes is too long")]
+    UriTooLong(usize),
+    /// The downstream stopped sending its request body (idle timeout); nothing useful can
+    /// be answered upstream, and a retry is not safe.
+    #[error("request body idle for too long")]
+    DownstreamTimeout,
     /// The request is malformed in a way the HTTP parser let through.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -50,6 +59,12 @@ impl ProxyError {
             Self::NoService(_) => (StatusCode::BAD_GATEWAY, flags::NO_ROUTE, "no-route"),
             Self::NoRule(_) => (StatusCode::NOT_FOUND, flags::NO_ROUTE, "no-route"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, flags::BAD_REQUEST, "bad-request"),
+            Self::UriTooLong(_) => (StatusCode::URI_TOO_LONG, flags::BAD_REQUEST, "uri-too-long"),
+            Self::DownstreamTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                flags::DOWNSTREAM_TIMEOUT,
+                "request-body-timeout",
+            ),
             Self::Upstream(e) if e.is_connect_failure() => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 flags::UPSTREAM_CONNECT_FAILURE,
@@ -68,10 +83,15 @@ impl ProxyError {
         }
     }
 
-    /// The response the downstream gets, and the flag to record.
+    /// The response the downstream gets, and the flag to record. Upstream failures are
+    /// described without endpoint addresses (those go to the log, not to callers).
     pub fn into_response(self) -> (Response<Body>, &'static str) {
         let (status, flag, header) = self.classify();
-        let mut response = Response::new(body::full(format!("{self}\n")));
+        let text = match &self {
+            Self::Upstream(_) | Self::UpstreamProtocol(_) => format!("{header}\n"),
+            _ => format!("{self}\n"),
+        };
+        let mut response = Response::new(body::full(text));
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert("x-ficus-error", HeaderValue::from_static(header));

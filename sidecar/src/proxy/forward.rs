@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 
 use super::error::ProxyError;
 use super::headers::strip_hop_by_hop;
-use crate::body::{with_idle_timeout, Body};
+use crate::body::{with_idle_timeout, Body, BodyIdle};
 use crate::tunnel::copy_with_idle_timeout;
 use crate::upstream::EndpointPool;
 
@@ -26,7 +26,9 @@ pub async fn forward(
     limits: &ProxyLimits,
 ) -> Result<Response<Body>, ProxyError> {
     let mut response = match tokio::time::timeout(timeout, pool.send(request)).await {
-        Ok(result) => result?,
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) if caused_by_body_idle(&error) => return Err(ProxyError::DownstreamTimeout),
+        Ok(Err(error)) => return Err(error.into()),
         Err(_) => return Err(ProxyError::Timeout(timeout)),
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -41,6 +43,18 @@ pub async fn forward(
     }
     strip_hop_by_hop(response.headers_mut(), None, false);
     Ok(response.map(|body| with_idle_timeout(body, limits.body_idle_timeout)))
+}
+
+/// Whether the exchange failed because the downstream request body went idle.
+fn caused_by_body_idle(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<BodyIdle>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// Copies bytes both ways once both sides have switched protocols.

@@ -24,6 +24,14 @@ pub async fn handle(
     let snapshot = shared.snapshot.load_full();
     let inbound = &snapshot.inbound;
     let limits = &snapshot.limits;
+    if let Err(error) = super::guard::check(&request) {
+        shared.metrics.http_rejected("bad_request");
+        let (response, flag) = error.into_response();
+        inbound
+            .metrics
+            .record(response.status().as_u16(), flag, started.elapsed());
+        return response;
+    }
     let http2 = request.version() == Version::HTTP_2;
     let upgrade = match request.version() {
         Version::HTTP_11 => upgrade_protocol(request.headers()),

@@ -38,10 +38,10 @@ async fn route_and_forward<'s>(
     peer: SocketAddr,
     mut request: Request<Incoming>,
 ) -> (Response<Body>, &'s RequestMetrics, &'static str) {
-    let authority = match authority(&request) {
+    let authority = match super::guard::check(&request).and_then(|()| authority(&request)) {
         Ok(authority) => authority,
         Err(error) => {
-            shared.metrics.http_rejected("bad_authority");
+            shared.metrics.http_rejected("bad_request");
             let (response, flag) = error.into_response();
             return (response, &snapshot.unrouted, flag);
         }
@@ -162,13 +162,9 @@ fn log_failure(shared: &Shared, error: &ProxyError, endpoint: SocketAddr, timeou
 }
 
 /// The authority that names the destination: absolute-form URI (or `:authority`) first, then
-/// `Host`. More than one `Host` is refused (RELIABILITY.md HTTP1-4).
+/// `Host` (`guard::check` already refused several).
 fn authority(request: &Request<Incoming>) -> Result<String, ProxyError> {
-    let mut hosts = request.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadRequest("more than one Host header"));
-    }
+    let host = request.headers().get(header::HOST);
     if request.method() == http::Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT tunnels are not supported"));
     }

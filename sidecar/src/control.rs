@@ -1,0 +1,364 @@
+//! Push mode (`--control`): subscribe to `ficus-control`, validate and swap in every pushed
+//! snapshot (the same path as file mode), answer ACK or NACK, and cache what was accepted.
+//!
+//! The stream runs on the admin runtime, so parsing and validation never run on a data-plane
+//! thread. Connection loss is retried with full-jitter exponential backoff (100 ms doubling
+//! to 10 s); on reconnect the Hello carries the version and digest being served, so the
+//! control plane sends only a changed snapshot, or a version bump, or nothing. HTTP/2
+//! keepalive pings detect a dead control plane.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ficus_config::wire::config_discovery_client::ConfigDiscoveryClient;
+use ficus_config::wire::{self, sidecar_message, Ack, Hello, Nack, SidecarMessage, Snapshot};
+use http::Uri;
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::reload::Reloader;
+
+/// Connect and handshake timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Wait for the control plane to accept the subscription.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 keepalive interval and timeout.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+/// Backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Largest snapshot accepted.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Where and how to subscribe.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    /// Control plane gRPC address.
+    pub address: SocketAddr,
+    /// Origin for request URIs (`http://host:port`).
+    pub origin: Uri,
+    /// Namespaces besides our own that we call (empty: all).
+    pub reach: Vec<String>,
+    /// Where accepted snapshots are cached.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl ControlSettings {
+    /// Parses `--control` (`http://host:port`; TLS arrives with the identity work).
+    pub fn parse(
+        url: &str,
+        reach: Vec<String>,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Self, String> {
+        let origin: Uri = url.parse().map_err(|e| format!("--control {url:?}: {e}"))?;
+        match origin.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(format!(
+                    "--control {url}: TLS to the control plane is not available yet; run \
+                     ficus-control --insecure and use http://"
+                ))
+            }
+            _ => return Err(format!("--control {url}: expected http://host:port")),
+        }
+        let authority = origin
+            .authority()
+            .ok_or_else(|| format!("--control {url}: no host:port"))?;
+        let address = authority
+            .as_str()
+            .parse()
+            .map_err(|_| format!("--control {url}: host must be an IP address with a port"))?;
+        Ok(Self {
+            address,
+            origin,
+            reach,
+            cache_dir,
+        })
+    }
+}
+
+/// The last accepted snapshot, as cached on disk.
+#[derive(Debug, Serialize, Deserialize)]
+struct Cached {
+    version: u64,
+    digest: String,
+    documents: String,
+}
+
+/// A push-mode subscriber.
+#[derive(Debug)]
+pub struct ControlClient {
+    settings: ControlSettings,
+    reloader: Reloader,
+    /// `(version, digest)` being served.
+    serving: (u64, String),
+}
+
+impl ControlClient {
+    /// A client that applies pushes through `reloader`.
+    pub fn new(settings: ControlSettings, reloader: Reloader) -> Self {
+        Self {
+            settings,
+            reloader,
+            serving: (0, String::new()),
+        }
+    }
+
+    /// Serves the cached snapshot, if there is a valid one (start-up while the control plane
+    /// may be down). Returns its version.
+    pub fn load_cache(&mut self) -> Option<u64> {
+        let path = cache_file(self.settings.cache_dir.as_deref()?);
+        let text = std::fs::read_to_string(&path).ok()?;
+        let cached: Cached = match serde_json::from_str(&text) {
+            Ok(cached) => cached,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "ignoring unreadable config cache");
+                return None;
+            }
+        };
+        if wire::digest(&cached.documents) != cached.digest {
+            tracing::warn!(path = %path.display(), "ignoring config cache with a bad digest");
+            return None;
+        }
+        let source = format!("cache:{}", path.display());
+        let config = match ficus_config::parse_str(&source, &cached.documents) {
+            Ok(config) => config,
+            Err(errors) => {
+                tracing::warn!(path = %path.display(), %errors, "ignoring invalid config cache");
+                return None;
+            }
+        };
+        match self.reloader.apply_version(config, cached.version, &source) {
+            Ok(()) => {
+                tracing::info!(
+                    version = cached.version,
+                    "serving cached config until the control plane answers"
+                );
+                self.serving = (cached.version, cached.digest);
+                Some(cached.version)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cached config could not be applied");
+                None
+            }
+        }
+    }
+
+    /// Subscribes forever, reconnecting with backoff.
+    pub async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match self.session().await {
+                Ok(()) => tracing::info!("control plane closed the stream; reconnecting"),
+                Err(SessionEnd { error, subscribed }) => {
+                    if subscribed {
+                        backoff = BACKOFF_MIN;
+                    }
+                    tracing::warn!(control = %self.settings.address, %error, "control plane stream lost");
+                }
+            }
+            // Full jitter: a random wait in [0, backoff], so sidecars do not reconnect in step.
+            let wait = backoff.mul_f64(rand::random::<f64>());
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn session(&mut self) -> Result<(), SessionEnd> {
+        let fail = |error: String| SessionEnd {
+            error,
+            subscribed: false,
+        };
+        let stream = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect(self.settings.address),
+        )
+        .await
+        .map_err(|_| fail("connect timed out".into()))?
+        .map_err(|e| fail(format!("connect failed: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let handshake = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(stream));
+        let (sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+            .await
+            .map_err(|_| fail("HTTP/2 handshake timed out".into()))?
+            .map_err(|e| fail(format!("HTTP/2 handshake failed: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "control plane connection ended");
+            }
+        });
+        let mut client =
+            ConfigDiscoveryClient::with_origin(Channel { sender }, self.settings.origin.clone())
+                .max_decoding_message_size(MAX_MESSAGE);
+
+        let (tx, rx) = mpsc::channel::<SidecarMessage>(4);
+        let identity = &self.reloader.shared().identity;
+        let hello = Hello {
+            node_id: identity.node_id.clone(),
+            workload: identity.workload.clone(),
+            namespace: identity.namespace.clone(),
+            version: self.serving.0,
+            digest: self.serving.1.clone(),
+            reach: self.settings.reach.clone(),
+        };
+        let hello = SidecarMessage {
+            kind: Some(sidecar_message::Kind::Hello(hello)),
+        };
+        tx.send(hello)
+            .await
+            .map_err(|_| fail("stream closed".into()))?;
+        let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|message| (message, rx))
+        });
+        let response = tokio::time::timeout(SUBSCRIBE_TIMEOUT, client.subscribe(outbound))
+            .await
+            .map_err(|_| fail("subscribe timed out".into()))?
+            .map_err(|status| fail(format!("subscribe refused: {status}")))?;
+        tracing::info!(control = %self.settings.address, version = self.serving.0, "subscribed to the control plane");
+        let mut inbound = response.into_inner();
+        loop {
+            let message = inbound.message().await.map_err(|status| SessionEnd {
+                error: format!("stream failed: {status}"),
+                subscribed: true,
+            })?;
+            let Some(message) = message else {
+                return Ok(());
+            };
+            let Some(wire::control_message::Kind::Snapshot(snapshot)) = message.kind else {
+                continue;
+            };
+            let answer = self.take(snapshot).await;
+            if tx.send(answer).await.is_err() {
+                return Err(SessionEnd {
+                    error: "stream closed".into(),
+                    subscribed: true,
+                });
+            }
+        }
+    }
+
+    /// Validates and swaps in a snapshot; returns the ACK or NACK.
+    async fn take(&mut self, snapshot: Snapshot) -> SidecarMessage {
+        let Snapshot {
+            version,
+            nonce,
+            documents,
+            digest,
+            unchanged,
+        } = snapshot;
+        let source = format!("control:v{version}");
+        let result = if unchanged {
+            if digest == self.serving.1 {
+                self.reloader.bump_version(version, &source)
+            } else {
+                Err(
+                    "control plane sent 'unchanged' for documents this sidecar does not have"
+                        .into(),
+                )
+            }
+        } else if wire::digest(&documents) != digest {
+            Err("snapshot digest mismatch".to_owned())
+        } else {
+            match ficus_config::parse_str(&source, &documents) {
+                Ok(config) => self.reloader.apply_version(config, version, &source),
+                Err(errors) => {
+                    let message = errors.to_string();
+                    self.reloader.reject(message.clone(), &source);
+                    Err(message)
+                }
+            }
+        };
+        let kind = match result {
+            Ok(()) => {
+                if !unchanged {
+                    self.write_cache(version, &digest, documents).await;
+                }
+                self.serving = (version, digest);
+                sidecar_message::Kind::Ack(Ack { version, nonce })
+            }
+            Err(error) => {
+                tracing::warn!(version, %error, "pushed config rejected; NACK");
+                sidecar_message::Kind::Nack(Nack {
+                    version,
+                    nonce,
+                    error,
+                    serving_version: self.serving.0,
+                })
+            }
+        };
+        SidecarMessage { kind: Some(kind) }
+    }
+
+    /// Writes the accepted snapshot atomically: temp file, fsync, rename, fsync directory.
+    async fn write_cache(&self, version: u64, digest: &str, documents: String) {
+        let Some(dir) = self.settings.cache_dir.clone() else {
+            return;
+        };
+        let cached = Cached {
+            version,
+            digest: digest.to_owned(),
+            documents,
+        };
+        let written = tokio::task::spawn_blocking(move || write_atomically(&dir, &cached)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "writing the config cache failed"),
+            Err(error) => tracing::warn!(%error, "config cache task failed"),
+        }
+    }
+}
+
+fn cache_file(dir: &Path) -> PathBuf {
+    dir.join("snapshot.json")
+}
+
+fn write_atomically(dir: &Path, cached: &Cached) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let temp = dir.join(".snapshot.json.tmp");
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(&serde_json::to_vec(cached).map_err(std::io::Error::other)?)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temp, cache_file(dir))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Why a session ended, and whether it got as far as subscribing (which resets the backoff).
+#[derive(Debug)]
+struct SessionEnd {
+    error: String,
+    subscribed: bool,
+}
+
+/// A tonic transport over one hyper HTTP/2 connection.
+#[derive(Debug, Clone)]
+struct Channel {
+    sender: http2::SendRequest<tonic::body::Body>,
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
+    type Response = http::Response<Incoming>;
+    type Error = hyper::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.sender.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.sender.send_request(request))
+    }
+}
