@@ -7,6 +7,7 @@
 //! - `error`: [`Diagnostic`] (file, document, field path, hint) and [`ConfigErrors`].
 //! - `duration`: Gateway API durations (`500ms`, `2s`, `1m30s`).
 //! - `load`: reading a file or a directory of `*.yaml`.
+//! - [`wire`] (feature `wire`): push-protocol messages and gRPC stubs.
 #![forbid(unsafe_code)]
 
 pub mod model;
@@ -16,6 +17,9 @@ mod duration;
 mod error;
 mod load;
 mod validate;
+
+#[cfg(feature = "wire")]
+pub mod wire;
 
 pub use duration::parse_duration;
 pub use error::{ConfigErrors, Diagnostic};

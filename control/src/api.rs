@@ -1,0 +1,444 @@
+//! The HTTP API on `--http`: what `ficusctl` uses, plus `/metrics`, `/live` and `/ready`.
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `POST /v1/apply` | JSON `{"sources": [{"name", "text"}], "author"?}`, or YAML text with the file name in `x-ficus-source-name` | [`ApplyOutcome`] |
+//! | `POST /v1/diff` | as apply | [`Diff`](crate::apply::Diff) |
+//! | `GET /v1/config?kind=&namespace=&name=` | – | current version and its (filtered) documents |
+//! | `DELETE /v1/config/{kind}/{namespace}/{name}` | – | [`ApplyOutcome`] |
+//! | `GET /v1/history` | – | `{"current", "versions": [HistoryEntry]}`, newest first |
+//! | `GET /v1/versions/{n}` | – | the [`VersionRecord`](crate::state::VersionRecord) |
+//! | `POST /v1/rollback` | `{"version": n}`, `{}` or empty (the version before current) | [`ApplyOutcome`] |
+//! | `GET /v1/status` | – | `{"version", "sidecars": [SidecarStatus]}` |
+//!
+//! Errors are JSON `{"error": "...", "diagnostics": ["..."]}`: 400 invalid config or request,
+//! 404, 405, 408 body too slow, 413 body over 4 MiB, 500 store failure. Writes take the author
+//! from the JSON body or the `x-ficus-author` header. There is no authentication yet, which is
+//! why `ficus-control` refuses a non-loopback `--http`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::apply::{self, ApplyError, ApplyOutcome, DocumentKey};
+use crate::state::ControlState;
+
+/// Largest request body: a config is KiBs; this leaves room for big meshes.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Connections served at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 256;
+/// Time to send the request headers (also the keep-alive idle limit between requests).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time to send the whole request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The response body of every route.
+type Body = Full<Bytes>;
+
+/// Serves the API on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, state: Arc<ControlState>) {
+    state
+        .metrics
+        .config_version
+        .set(i64::try_from(state.current().version).unwrap_or(i64::MAX));
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
+            return; // the semaphore is never closed
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "api accept failed; pausing");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(route(&state, request).await) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "api connection failed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn route(state: &ControlState, request: Request<Incoming>) -> Response<Body> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let segments: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match (segments.as_slice(), &method) {
+        (["live"], &Method::GET) => text(StatusCode::OK, "live\n"),
+        // The store is opened before the API starts, so serving means ready.
+        (["ready"], &Method::GET) => text(StatusCode::OK, "ready\n"),
+        (["metrics"], &Method::GET) => {
+            let connected = state.registry.connected();
+            state
+                .metrics
+                .connected_sidecars
+                .set(i64::try_from(connected).unwrap_or(i64::MAX));
+            let mut response = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        (["v1", "apply"], &Method::POST) => match read_sources(request).await {
+            Ok((sources, author)) => outcome(apply::apply(state, sources, author).await),
+            Err(response) => response,
+        },
+        (["v1", "diff"], &Method::POST) => match read_sources(request).await {
+            Ok((sources, _)) => match apply::diff(state, &sources) {
+                Ok(diff) => json(StatusCode::OK, &diff),
+                Err(error) => apply_error(&error),
+            },
+            Err(response) => response,
+        },
+        (["v1", "config"], &Method::GET) => config(state, request.uri().query()),
+        (["v1", "config", kind, namespace, name], &Method::DELETE) => {
+            let Some(kind) = canonical_kind(kind) else {
+                return error(StatusCode::NOT_FOUND, &format!("unknown kind {kind:?}"));
+            };
+            let key = DocumentKey {
+                kind,
+                namespace: (*namespace).to_owned(),
+                name: (*name).to_owned(),
+            };
+            outcome(apply::delete(state, key, header_author(&request)).await)
+        }
+        (["v1", "history"], &Method::GET) => {
+            let store = state.store.clone();
+            match tokio::task::spawn_blocking(move || store.history()).await {
+                Ok(Ok(versions)) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({"current": state.current().version, "versions": versions}),
+                ),
+                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        }
+        (["v1", "versions", number], &Method::GET) => {
+            let Ok(number) = number.parse::<u64>() else {
+                return error(StatusCode::BAD_REQUEST, "a version is a number");
+            };
+            let store = state.store.clone();
+            match tokio::task::spawn_blocking(move || store.get(number)).await {
+                Ok(Ok(Some(record))) => json(StatusCode::OK, &record),
+                Ok(Ok(None)) => error(
+                    StatusCode::NOT_FOUND,
+                    &format!("version {number} does not exist"),
+                ),
+                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        }
+        (["v1", "rollback"], &Method::POST) => {
+            let author = header_author(&request);
+            let body = match read_body(request).await {
+                Ok(body) => body,
+                Err(response) => return response,
+            };
+            let parsed: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
+                RollbackRequest::default()
+            } else {
+                match serde_json::from_slice(&body) {
+                    Ok(parsed) => parsed,
+                    Err(e) => {
+                        return error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}"))
+                    }
+                }
+            };
+            let author = parsed.author.or(author);
+            outcome(apply::rollback(state, parsed.version, author).await)
+        }
+        (["v1", "status"], &Method::GET) => json(
+            StatusCode::OK,
+            &serde_json::json!({"version": state.current().version, "sidecars": state.registry.list()}),
+        ),
+        (["live" | "ready" | "metrics"], _)
+        | (["v1", "apply" | "diff" | "config" | "history" | "rollback" | "status"], _)
+        | (["v1", "config", _, _, _], _)
+        | (["v1", "versions", _], _) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        _ => error(StatusCode::NOT_FOUND, &format!("no route {path}")),
+    }
+}
+
+/// `POST /v1/apply` and `/v1/diff` bodies in their JSON form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyRequest {
+    sources: Vec<SourceJson>,
+    #[serde(default)]
+    author: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceJson {
+    name: String,
+    text: String,
+}
+
+/// `POST /v1/rollback` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    #[serde(default)]
+    version: Option<u64>,
+    #[serde(default)]
+    author: Option<String>,
+}
+
+/// The sources (and author) of an apply or diff: JSON, or one YAML text.
+async fn read_sources(
+    request: Request<Incoming>,
+) -> Result<(Vec<ficus_config::Source>, Option<String>), Response<Body>> {
+    let is_json = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let name = request
+        .headers()
+        .get("x-ficus-source-name")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("request body")
+        .to_owned();
+    let author = header_author(&request);
+    let body = read_body(request).await?;
+    if is_json {
+        let parsed: ApplyRequest = serde_json::from_slice(&body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))?;
+        let sources = parsed
+            .sources
+            .into_iter()
+            .map(|s| ficus_config::Source {
+                name: s.name,
+                text: s.text,
+            })
+            .collect();
+        return Ok((sources, parsed.author.or(author)));
+    }
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "the body is not UTF-8 text"))?;
+    Ok((vec![ficus_config::Source { name, text }], author))
+}
+
+/// The whole body, at most [`MAX_BODY`] bytes within [`BODY_TIMEOUT`].
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    let limited = Limited::new(request.into_body(), MAX_BODY);
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body took too long",
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body is larger than {MAX_BODY} bytes; split the config"),
+            ))
+        }
+        Ok(Err(e)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("cannot read the body: {e}"),
+        )),
+    }
+}
+
+/// `GET /v1/config`: the current version, documents filtered by kind, namespace and name.
+fn config(state: &ControlState, query: Option<&str>) -> Response<Body> {
+    let query = parse_query(query.unwrap_or(""));
+    let current = state.current();
+    let wanted = |document: &serde_json::Value| {
+        let Some(key) = DocumentKey::of(document) else {
+            return false;
+        };
+        query
+            .get("kind")
+            .is_none_or(|k| k.is_empty() || k.eq_ignore_ascii_case(&key.kind))
+            && query
+                .get("namespace")
+                .is_none_or(|n| n.is_empty() || *n == key.namespace)
+            && query
+                .get("name")
+                .is_none_or(|n| n.is_empty() || *n == key.name)
+    };
+    let documents: Vec<&serde_json::Value> =
+        current.documents.iter().filter(|d| wanted(d)).collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "version": current.version,
+            "created_at_ms": current.created_at_ms,
+            "author": current.author,
+            "summary": current.summary,
+            "documents": documents,
+        }),
+    )
+}
+
+fn outcome(result: Result<ApplyOutcome, ApplyError>) -> Response<Body> {
+    match result {
+        Ok(outcome) => json(StatusCode::OK, &outcome),
+        Err(e) => apply_error(&e),
+    }
+}
+
+fn apply_error(apply_error: &ApplyError) -> Response<Body> {
+    let (status, diagnostics) = match apply_error {
+        ApplyError::Invalid(errors) => (
+            StatusCode::BAD_REQUEST,
+            errors.errors.iter().map(ToString::to_string).collect(),
+        ),
+        ApplyError::NotFound(_) | ApplyError::NoSuchVersion(_) => {
+            (StatusCode::NOT_FOUND, Vec::new())
+        }
+        ApplyError::NothingToRollBack(_) => (StatusCode::BAD_REQUEST, Vec::new()),
+        ApplyError::Store(_) | ApplyError::Task(_) => {
+            tracing::error!(error = %apply_error, "write failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, Vec::new())
+        }
+    };
+    json(
+        status,
+        &serde_json::json!({"error": apply_error.to_string(), "diagnostics": diagnostics}),
+    )
+}
+
+fn header_author(request: &Request<Incoming>) -> Option<String> {
+    let author = request
+        .headers()
+        .get("x-ficus-author")?
+        .to_str()
+        .ok()?
+        .trim();
+    (!author.is_empty()).then(|| author.chars().take(200).collect())
+}
+
+/// The kind's canonical spelling, matched case-insensitively (`httproute` → `HTTPRoute`).
+fn canonical_kind(kind: &str) -> Option<String> {
+    ficus_config::raw::Kind::ALL
+        .iter()
+        .find(|k| k.as_str().eq_ignore_ascii_case(kind))
+        .map(|k| k.as_str().to_owned())
+}
+
+fn parse_query(query: &str) -> HashMap<String, String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), percent_decode(value))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes (and `+` as space); invalid escapes stay as written.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match bytes[index] {
+            b'%' if index + 2 < bytes.len() => {
+                match (hex(bytes[index + 1]), hex(bytes[index + 2])) {
+                    (Some(high), Some(low)) => {
+                        out.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
+                        index += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            byte => out.push(byte),
+        }
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn text(status: StatusCode, message: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::copy_from_slice(message.as_bytes())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_else(|e| {
+        format!("{{\"error\":\"cannot encode the answer: {e}\",\"diagnostics\":[]}}").into_bytes()
+    });
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(
+        status,
+        &serde_json::json!({"error": message, "diagnostics": []}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_percent_escapes() {
+        assert_eq!(percent_decode("shop%2Fa+b"), "shop/a b");
+        assert_eq!(percent_decode("50%"), "50%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%e2%82%ac"), "€");
+        let query = parse_query("kind=Backend&name=&x");
+        assert_eq!(query.get("kind").map(String::as_str), Some("Backend"));
+        assert_eq!(query.get("x").map(String::as_str), Some(""));
+    }
+
+    #[test]
+    fn kinds_match_case_insensitively() {
+        assert_eq!(canonical_kind("httproute").as_deref(), Some("HTTPRoute"));
+        assert_eq!(canonical_kind("Gateway"), None);
+    }
+}

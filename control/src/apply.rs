@@ -1,0 +1,239 @@
+//! The write operations: apply, delete, rollback (and `diff`, which is an apply that stops
+//! before committing).
+//!
+//! Each write holds `state.writes` from reading the current version to publishing the new one,
+//! so writes are serialized and none is lost. Each is all-or-nothing: the whole resulting config
+//! is validated with `ficus-config` before anything is stored, and only a committed (durable)
+//! version is published to the push streams.
+//!
+//! Apply has `kubectl apply` semantics: every applied document creates or replaces the document
+//! of the same (kind, namespace, name); the others stay. For validation the user's files keep
+//! their names and the untouched current documents are one more source, `current config
+//! (version N)`, so diagnostics point at the user's file whenever the problem is there.
+
+mod diff;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ficus_config::{ConfigErrors, Source};
+use serde::Serialize;
+
+use crate::state::{ControlState, VersionRecord};
+use crate::store::StoreError;
+
+pub use diff::{Change, Diff, DocumentChange, DocumentKey};
+
+/// What a successful write did.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ApplyOutcome {
+    /// The current version afterwards: the new one, or the old one when nothing changed.
+    pub version: u64,
+    /// Whether a new version was committed.
+    pub committed: bool,
+    /// One line: what changed (the new version's summary), or `unchanged`.
+    pub summary: String,
+    /// Every document the operation touched (for apply, also the unchanged ones it named).
+    pub changes: Vec<DocumentChange>,
+}
+
+/// Why a write was refused. Nothing was stored in every case.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The documents, or the config they would make, do not validate.
+    #[error("invalid config: nothing was applied")]
+    Invalid(#[source] ConfigErrors),
+    /// `delete` named a document the current config does not have.
+    #[error("{0} not found in the current config")]
+    NotFound(DocumentKey),
+    /// `rollback` named a version the store does not have.
+    #[error("version {0} does not exist")]
+    NoSuchVersion(u64),
+    /// `rollback` without a version while there is no version before the current one.
+    #[error("version {0} is the first version; there is nothing to roll back to")]
+    NothingToRollBack(u64),
+    /// Reading or committing the store failed; the current version is unchanged.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The blocking store task panicked or was cancelled; the commit may not have happened.
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Applies `sources`: creates or replaces each of their documents, validates the whole result,
+/// commits it as a new version and publishes it. An apply that changes nothing commits nothing.
+pub async fn apply(
+    state: &ControlState,
+    sources: Vec<Source>,
+    author: Option<String>,
+) -> Result<ApplyOutcome, ApplyError> {
+    let _write = state.writes.lock().await;
+    let current = state.current();
+    let (next, changes) = merged(&current, &sources)?;
+    let summary = diff::summary("apply", &changes);
+    commit_if_changed(state, &current, next, changes, author, summary).await
+}
+
+/// What `apply` of `sources` would change, without storing anything.
+pub fn diff(state: &ControlState, sources: &[Source]) -> Result<Diff, ApplyError> {
+    let current = state.current();
+    let (next, changes) = merged(&current, sources)?;
+    Ok(Diff::new(&current, &next, changes))
+}
+
+/// Deletes one document, if the config without it is still valid.
+pub async fn delete(
+    state: &ControlState,
+    key: DocumentKey,
+    author: Option<String>,
+) -> Result<ApplyOutcome, ApplyError> {
+    let _write = state.writes.lock().await;
+    let current = state.current();
+    let mut next = by_key(current.documents.iter().cloned());
+    if next.remove(&key).is_none() {
+        return Err(ApplyError::NotFound(key));
+    }
+    validate(&current, &next, &[])?;
+    let changes = diff::changes(
+        &by_key(current.documents.iter().cloned()),
+        &next,
+        &BTreeSet::new(),
+    );
+    let summary = diff::summary("delete", &changes);
+    commit_if_changed(state, &current, next, changes, author, summary).await
+}
+
+/// Makes the documents of `version` (default: the version before the current one) current
+/// again, as a new version.
+pub async fn rollback(
+    state: &ControlState,
+    version: Option<u64>,
+    author: Option<String>,
+) -> Result<ApplyOutcome, ApplyError> {
+    let _write = state.writes.lock().await;
+    let current = state.current();
+    let target = match version {
+        Some(version) => version,
+        None if current.version > 1 => current.version - 1,
+        None => return Err(ApplyError::NothingToRollBack(current.version)),
+    };
+    let store = state.store.clone();
+    let record = tokio::task::spawn_blocking(move || store.get(target))
+        .await??
+        .ok_or(ApplyError::NoSuchVersion(target))?;
+    let next = by_key(record.documents);
+    // Stored versions were valid when stored; validating again keeps "the store holds only
+    // configs this build accepts" true across upgrades that tighten validation.
+    validate(&current, &next, &[])?;
+    let changes = diff::changes(
+        &by_key(current.documents.iter().cloned()),
+        &next,
+        &BTreeSet::new(),
+    );
+    let summary = diff::summary(&format!("rollback to version {target}"), &changes);
+    commit_if_changed(state, &current, next, changes, author, summary).await
+}
+
+/// The current documents with every document of `sources` created or replaced, validated.
+fn merged(
+    current: &VersionRecord,
+    sources: &[Source],
+) -> Result<
+    (
+        BTreeMap<DocumentKey, serde_json::Value>,
+        Vec<DocumentChange>,
+    ),
+    ApplyError,
+> {
+    let named = diff::keys_in_sources(sources);
+    let old = by_key(current.documents.iter().cloned());
+    let mut next: BTreeMap<_, _> = old
+        .iter()
+        .filter(|(key, _)| !named.contains(key))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let applied = validate(current, &next, sources)?;
+    // Documents the user named come from the validator (namespace filled in); the others keep
+    // their stored JSON exactly, so they never show up as changed.
+    for (key, document) in by_key(applied) {
+        if named.contains(&key) || !next.contains_key(&key) {
+            next.insert(key, document);
+        }
+    }
+    let changes = diff::changes(&old, &next, &named);
+    Ok((next, changes))
+}
+
+/// Validates `sources` together with `kept` (documents of the current config) and returns the
+/// documents of the result.
+fn validate(
+    current: &VersionRecord,
+    kept: &BTreeMap<DocumentKey, serde_json::Value>,
+    sources: &[Source],
+) -> Result<Vec<serde_json::Value>, ApplyError> {
+    let mut all = sources.to_vec();
+    if !kept.is_empty() {
+        let documents: Vec<serde_json::Value> = kept.values().cloned().collect();
+        all.push(Source {
+            name: format!("current config (version {})", current.version),
+            text: ficus_config::wire::encode_documents(&documents),
+        });
+    }
+    if all.is_empty() {
+        // Deleting the last document: the empty config is valid (defaults only).
+        return Ok(Vec::new());
+    }
+    ficus_config::parse_sources(&all)
+        .map(|config| config.documents)
+        .map_err(ApplyError::Invalid)
+}
+
+/// Commits `next` unless it equals the current documents; publishes what it committed.
+async fn commit_if_changed(
+    state: &ControlState,
+    current: &VersionRecord,
+    next: BTreeMap<DocumentKey, serde_json::Value>,
+    changes: Vec<DocumentChange>,
+    author: Option<String>,
+    summary: String,
+) -> Result<ApplyOutcome, ApplyError> {
+    let documents: Vec<serde_json::Value> = next.into_values().collect();
+    if documents == current.documents {
+        return Ok(ApplyOutcome {
+            version: current.version,
+            committed: false,
+            summary: "unchanged".to_owned(),
+            changes,
+        });
+    }
+    let store = state.store.clone();
+    let record =
+        tokio::task::spawn_blocking(move || store.commit(documents, author, summary)).await??;
+    tracing::info!(version = record.version, summary = %record.summary, "config committed");
+    let outcome = ApplyOutcome {
+        version: record.version,
+        committed: true,
+        summary: record.summary.clone(),
+        changes,
+    };
+    state
+        .metrics
+        .config_version
+        .set(i64::try_from(record.version).unwrap_or(i64::MAX));
+    state.publish(record);
+    Ok(outcome)
+}
+
+/// Documents by key, which also sorts them by kind, namespace and name. Later duplicates win
+/// (stored sets have none).
+fn by_key(
+    documents: impl IntoIterator<Item = serde_json::Value>,
+) -> BTreeMap<DocumentKey, serde_json::Value> {
+    documents
+        .into_iter()
+        .filter_map(|document| Some((DocumentKey::of(&document)?, document)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,277 @@
+//! Apply, delete, rollback and diff against a real store in a temp dir.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::store::Store;
+
+fn backend(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}, namespace: shop}}\n\
+         spec: {{endpoints: [{{address: \"127.0.0.1:{port}\"}}]}}\n"
+    )
+}
+
+fn route(target: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: shop, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{name: shop}}]\n  rules:\n  - backendRefs: [{{name: {target}}}]\n"
+    )
+}
+
+fn source(name: &str, text: &str) -> Vec<Source> {
+    vec![Source {
+        name: name.to_owned(),
+        text: text.to_owned(),
+    }]
+}
+
+fn state() -> (tempfile::TempDir, Arc<ControlState>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, current) = Store::open(dir.path()).unwrap();
+    (dir, ControlState::new(store, current))
+}
+
+fn names(state: &ControlState) -> Vec<String> {
+    let current = state.current();
+    current
+        .documents
+        .iter()
+        .filter_map(DocumentKey::of)
+        .map(|k| k.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn apply_creates_replaces_and_keeps_the_rest() {
+    let (_dir, state) = state();
+    let first = format!(
+        "{}---\n{}---\n{}",
+        backend("a", 9001),
+        backend("b", 9002),
+        route("a")
+    );
+    let outcome = apply(&state, source("all.yaml", &first), Some("ana".into()))
+        .await
+        .unwrap();
+    assert_eq!((outcome.version, outcome.committed), (1, true));
+    assert_eq!(
+        outcome.summary,
+        "apply: 3 created: Backend shop/a, Backend shop/b, HTTPRoute shop/shop"
+    );
+
+    // Only the route: it is replaced, the Backends stay.
+    let outcome = apply(&state, source("route.yaml", &route("b")), None)
+        .await
+        .unwrap();
+    assert_eq!(outcome.version, 2);
+    assert_eq!(outcome.summary, "apply: 1 changed: HTTPRoute shop/shop");
+    assert_eq!(
+        names(&state),
+        ["Backend shop/a", "Backend shop/b", "HTTPRoute shop/shop"]
+    );
+    assert_eq!(state.store.current().unwrap().version, 2);
+    assert_eq!(state.metrics.config_version.get(), 2);
+
+    // The same again changes nothing and makes no version.
+    let outcome = apply(&state, source("route.yaml", &route("b")), None)
+        .await
+        .unwrap();
+    assert_eq!((outcome.version, outcome.committed), (2, false));
+    assert_eq!(outcome.changes[0].change, Change::Unchanged);
+    assert_eq!(state.store.history().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn invalid_apply_leaves_current_unchanged_and_names_the_users_file() {
+    let (_dir, state) = state();
+    apply(
+        &state,
+        source(
+            "base.yaml",
+            &format!("{}---\n{}", backend("a", 9001), route("a")),
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    let before = state.current();
+
+    let error = apply(&state, source("route.yaml", &route("missing")), None)
+        .await
+        .unwrap_err();
+    let ApplyError::Invalid(errors) = error else {
+        panic!("{error}")
+    };
+    let text = errors.to_string();
+    assert!(text.contains("route.yaml"), "{text}");
+    assert!(text.contains("HTTPRoute shop/shop"), "{text}");
+    assert!(text.contains("spec.rules[0].backendRefs[0].name"), "{text}");
+
+    let typo = backend("a", 9001).replace("endpoints", "endpionts");
+    let error = apply(&state, source("typo.yaml", &typo), None)
+        .await
+        .unwrap_err();
+    let text = error.to_string() + &format!("{:?}", error);
+    assert!(
+        text.contains("typo.yaml") && text.contains("endpionts"),
+        "{text}"
+    );
+
+    let error = apply(&state, source("bad.yaml", "kind: [unclosed"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ApplyError::Invalid(_)));
+    assert_eq!(state.current(), before);
+    assert_eq!(state.store.history().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn delete_validates_what_remains() {
+    let (_dir, state) = state();
+    let text = format!(
+        "{}---\n{}---\n{}",
+        backend("a", 9001),
+        backend("b", 9002),
+        route("a")
+    );
+    apply(&state, source("all.yaml", &text), None)
+        .await
+        .unwrap();
+    let key = |kind: &str, name: &str| DocumentKey {
+        kind: kind.into(),
+        namespace: "shop".into(),
+        name: name.into(),
+    };
+
+    let error = delete(&state, key("Backend", "a"), None).await.unwrap_err();
+    let ApplyError::Invalid(errors) = error else {
+        panic!("{error}")
+    };
+    assert!(
+        errors.to_string().contains("current config (version 1)"),
+        "{errors}"
+    );
+
+    let outcome = delete(&state, key("Backend", "b"), None).await.unwrap();
+    assert_eq!(
+        (outcome.version, outcome.summary.as_str()),
+        (2, "delete: 1 deleted: Backend shop/b")
+    );
+    let error = delete(&state, key("Backend", "b"), None).await.unwrap_err();
+    assert!(matches!(error, ApplyError::NotFound(_)));
+}
+
+#[tokio::test]
+async fn rollback_round_trip() {
+    let (_dir, state) = state();
+    apply(&state, source("a.yaml", &backend("a", 9001)), None)
+        .await
+        .unwrap();
+    apply(&state, source("a.yaml", &backend("a", 9002)), None)
+        .await
+        .unwrap();
+    let version_one = state.store.get(1).unwrap().unwrap();
+
+    let outcome = rollback(&state, None, Some("ana".into())).await.unwrap();
+    assert_eq!(outcome.version, 3);
+    assert_eq!(
+        outcome.summary,
+        "rollback to version 1: 1 changed: Backend shop/a"
+    );
+    assert_eq!(state.current().documents, version_one.documents);
+
+    let outcome = rollback(&state, Some(2), None).await.unwrap();
+    assert_eq!(outcome.version, 4);
+    assert_eq!(
+        state.current().documents,
+        state.store.get(2).unwrap().unwrap().documents
+    );
+
+    let outcome = rollback(&state, Some(4), None).await.unwrap();
+    assert_eq!((outcome.version, outcome.committed), (4, false));
+    assert!(matches!(
+        rollback(&state, Some(9), None).await,
+        Err(ApplyError::NoSuchVersion(9))
+    ));
+}
+
+#[tokio::test]
+async fn rollback_needs_an_earlier_version() {
+    let (_dir, state) = state();
+    assert!(matches!(
+        rollback(&state, None, None).await,
+        Err(ApplyError::NothingToRollBack(0))
+    ));
+    apply(&state, source("a.yaml", &backend("a", 9001)), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        rollback(&state, None, None).await,
+        Err(ApplyError::NothingToRollBack(1))
+    ));
+}
+
+#[tokio::test]
+async fn diff_reports_without_committing() {
+    let (_dir, state) = state();
+    apply(
+        &state,
+        source(
+            "base.yaml",
+            &format!("{}---\n{}", backend("a", 9001), route("a")),
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    let text = format!("{}---\n{}", backend("a", 9009), backend("b", 9002));
+    let diff = diff(&state, &source("new.yaml", &text)).unwrap();
+    assert_eq!(diff.version, 1);
+    let changes: Vec<(String, Change)> = diff
+        .changes
+        .iter()
+        .map(|c| (c.key.to_string(), c.change))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("Backend shop/a".to_owned(), Change::Changed),
+            ("Backend shop/b".to_owned(), Change::Created)
+        ]
+    );
+    assert!(
+        diff.text.contains("\n-  - address: 127.0.0.1:9001\n"),
+        "{}",
+        diff.text
+    );
+    assert!(
+        diff.text.contains("\n+  - address: 127.0.0.1:9009\n"),
+        "{}",
+        diff.text
+    );
+    assert!(
+        diff.text
+            .contains("--- /dev/null\n+++ Backend shop/b (applied)"),
+        "{}",
+        diff.text
+    );
+    assert_eq!(state.current().version, 1);
+    assert_eq!(state.store.history().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn versions_survive_reopen_through_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, current) = Store::open(dir.path()).unwrap();
+        let state = ControlState::new(store, current);
+        apply(&state, source("a.yaml", &backend("a", 9001)), None)
+            .await
+            .unwrap();
+    }
+    let (_store, current) = Store::open(dir.path()).unwrap();
+    assert_eq!(current.version, 1);
+    assert_eq!(current.documents[0]["metadata"]["namespace"], "shop");
+}

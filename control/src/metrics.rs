@@ -1,0 +1,75 @@
+//! Control-plane metrics.
+
+use std::sync::Arc;
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+
+/// Every metric `ficus-control` exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `ficus_control_connected_sidecars`.
+    pub connected_sidecars: IntGauge,
+    /// `ficus_control_push_convergence_seconds`: commit of a version → a sidecar's ACK of it.
+    pub push_convergence: Histogram,
+    /// `ficus_control_nacks_total`.
+    pub nacks: IntCounter,
+    /// `ficus_control_pushes_total`: snapshots sent (bursts of applies coalesce into few).
+    pub pushes: IntCounter,
+    /// `ficus_control_config_version`: the current version.
+    pub config_version: IntGauge,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let metrics = Self {
+            connected_sidecars: IntGauge::new(
+                "ficus_control_connected_sidecars",
+                "Sidecars with an open push stream",
+            )
+            .expect("static metric definition"),
+            push_convergence: Histogram::with_opts(
+                HistogramOpts::new(
+                    "ficus_control_push_convergence_seconds",
+                    "Time from committing a config version to a sidecar acknowledging it",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0,
+                    10.0, 30.0,
+                ]),
+            )
+            .expect("static metric definition"),
+            nacks: IntCounter::new("ficus_control_nacks_total", "Snapshots refused by sidecars")
+                .expect("static metric definition"),
+            pushes: IntCounter::new("ficus_control_pushes_total", "Snapshots sent to sidecars")
+                .expect("static metric definition"),
+            config_version: IntGauge::new("ficus_control_config_version", "Current config version")
+                .expect("static metric definition"),
+            registry,
+        };
+        for collector in [
+            Box::new(metrics.connected_sidecars.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.push_convergence.clone()),
+            Box::new(metrics.nacks.clone()),
+            Box::new(metrics.pushes.clone()),
+            Box::new(metrics.config_version.clone()),
+        ] {
+            metrics
+                .registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Arc::new(metrics)
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4096);
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(%error, "encoding metrics failed");
+        }
+        out
+    }
+}

@@ -1,0 +1,338 @@
+//! The push protocol server: `ficus.v1.ConfigDiscovery/Subscribe` streams over HTTP/2.
+//!
+//! Commits are debounced centrally (a burst of applies within ~100 ms becomes one
+//! publication, at most 1 s late under a continuous stream of applies). Each stream then
+//! runs its own task that sends the sidecar's scoped snapshot of the latest publication
+//! through a one-slot queue: a slow sidecar holds up only its own task, and when it catches
+//! up it gets the newest snapshot, never the ones in between. Sidecars answer with ACK or
+//! NACK by nonce; answers to anything but the last push are stale and ignored.
+//!
+//! HTTP/2 keepalive pings on every connection detect dead peers; a dead stream's task ends
+//! and the sidecar is marked disconnected.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use ficus_config::wire::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
+use ficus_config::wire::{
+    self, control_message, sidecar_message, ControlMessage, Hello, SidecarMessage, Snapshot,
+};
+use futures_util::Stream;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::scope::{self, Scope};
+use crate::state::{ControlState, VersionRecord};
+
+/// Quiet time that ends a burst of commits.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Longest a commit waits for a burst to end.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+/// A new stream must say Hello within this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 keepalive: ping after this much silence, give up after as much again.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+/// Largest message either way.
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Longest field of a Hello (node id, workload, namespace, digest, each reach entry).
+const MAX_HELLO_FIELD: usize = 256;
+
+/// Serves push streams on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, state: Arc<ControlState>) {
+    let published = debounced(state.current.subscribe());
+    let push = Push {
+        state,
+        published,
+        scopes: Arc::new(ScopeCache::default()),
+    };
+    let service = ConfigDiscoveryServer::new(push)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "push accept failed; pausing");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(service.clone());
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(KEEPALIVE))
+                .keep_alive_timeout(KEEPALIVE)
+                .max_concurrent_streams(16)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "push connection ended");
+            }
+        });
+    }
+}
+
+/// Republishes `input` once it has been quiet for [`DEBOUNCE`] (or after [`MAX_DEBOUNCE`]).
+fn debounced(
+    mut input: watch::Receiver<Arc<VersionRecord>>,
+) -> watch::Receiver<Arc<VersionRecord>> {
+    let (output, published) = watch::channel(Arc::clone(&input.borrow_and_update()));
+    tokio::spawn(async move {
+        while input.changed().await.is_ok() {
+            let burst = Instant::now();
+            loop {
+                match tokio::time::timeout(DEBOUNCE, input.changed()).await {
+                    Err(_quiet) => break,
+                    Ok(Err(_closed)) => return,
+                    Ok(Ok(())) if burst.elapsed() >= MAX_DEBOUNCE => break,
+                    Ok(Ok(())) => {}
+                }
+            }
+            output.send_replace(Arc::clone(&input.borrow_and_update()));
+        }
+    });
+    published
+}
+
+/// A scoped, encoded snapshot.
+#[derive(Debug)]
+struct Scoped {
+    documents: String,
+    digest: String,
+}
+
+/// Scoped snapshots of the newest publication, shared by sidecars with the same scope.
+#[derive(Debug, Default)]
+struct ScopeCache {
+    entries: Mutex<(u64, HashMap<Scope, Arc<Scoped>>)>,
+}
+
+impl ScopeCache {
+    fn get(&self, record: &VersionRecord, scope: &Scope) -> Arc<Scoped> {
+        if let Ok(entries) = self.entries.lock() {
+            if entries.0 == record.version {
+                if let Some(found) = entries.1.get(scope) {
+                    return Arc::clone(found);
+                }
+            }
+        }
+        let documents = wire::encode_documents(&scope::select(&record.documents, scope));
+        let scoped = Arc::new(Scoped {
+            digest: wire::digest(&documents),
+            documents,
+        });
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.0 != record.version {
+                *entries = (record.version, HashMap::new());
+            }
+            entries.1.insert(scope.clone(), Arc::clone(&scoped));
+        }
+        scoped
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Push {
+    state: Arc<ControlState>,
+    published: watch::Receiver<Arc<VersionRecord>>,
+    scopes: Arc<ScopeCache>,
+}
+
+type Outbound = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ConfigDiscovery for Push {
+    type SubscribeStream = Outbound;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<SidecarMessage>>,
+    ) -> Result<Response<Outbound>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(SidecarMessage {
+                kind: Some(sidecar_message::Kind::Hello(hello)),
+            }))) => hello,
+            Ok(Err(status)) => return Err(status),
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10 s")),
+            Ok(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a Hello",
+                ))
+            }
+        };
+        check_hello(&hello)?;
+        let (tx, rx) = mpsc::channel(1);
+        let stream = PushStream {
+            state: Arc::clone(&self.state),
+            scopes: Arc::clone(&self.scopes),
+            published: self.published.clone(),
+            tx,
+        };
+        tokio::spawn(stream.run(hello, inbound));
+        let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|message| (Ok(message), rx))
+        });
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+fn check_hello(hello: &Hello) -> Result<(), Status> {
+    let fields = [&hello.node_id, &hello.workload, &hello.namespace];
+    if fields.iter().any(|f| f.is_empty()) {
+        return Err(Status::invalid_argument(
+            "Hello needs node_id, workload and namespace",
+        ));
+    }
+    let too_long = fields.iter().any(|f| f.len() > MAX_HELLO_FIELD)
+        || hello.reach.iter().any(|r| r.len() > MAX_HELLO_FIELD)
+        || hello.digest.len() > MAX_HELLO_FIELD
+        || hello.reach.len() > 1024;
+    if too_long {
+        return Err(Status::invalid_argument("Hello field too long"));
+    }
+    Ok(())
+}
+
+/// What was last sent on a stream, awaiting its answer.
+#[derive(Debug)]
+struct Sent {
+    record: Arc<VersionRecord>,
+    nonce: String,
+    digest: String,
+}
+
+struct PushStream {
+    state: Arc<ControlState>,
+    scopes: Arc<ScopeCache>,
+    published: watch::Receiver<Arc<VersionRecord>>,
+    tx: mpsc::Sender<ControlMessage>,
+}
+
+impl PushStream {
+    async fn run(mut self, hello: Hello, mut inbound: Streaming<SidecarMessage>) {
+        let node = hello.node_id.clone();
+        let registry = &self.state.registry;
+        let metrics = &self.state.metrics;
+        let serving = (hello.version > 0).then_some(hello.version);
+        registry.connect(&node, &hello.workload, &hello.namespace, serving);
+        metrics.connected_sidecars.set(registry.connected() as i64);
+        tracing::info!(node = %node, workload = %hello.workload, namespace = %hello.namespace,
+            version = hello.version, "sidecar subscribed");
+        let scope = Scope {
+            namespace: hello.namespace.clone(),
+            workload: hello.workload.clone(),
+            reach: hello.reach.clone(),
+        };
+        // What the sidecar serves: (version, digest).
+        let mut serving = (hello.version, hello.digest.clone());
+        let mut sent: Option<Sent> = None;
+        loop {
+            let latest = Arc::clone(&self.published.borrow_and_update());
+            let pending = sent.as_ref().map(|s| s.record.version);
+            if latest.version > 0 && latest.version != serving.0 && pending != Some(latest.version)
+            {
+                let scoped = self.scopes.get(&latest, &scope);
+                let unchanged = scoped.digest == serving.1;
+                let nonce = format!("{:016x}", rand::random::<u64>());
+                let snapshot = Snapshot {
+                    version: latest.version,
+                    nonce: nonce.clone(),
+                    documents: if unchanged {
+                        String::new()
+                    } else {
+                        scoped.documents.clone()
+                    },
+                    digest: scoped.digest.clone(),
+                    unchanged,
+                };
+                let message = ControlMessage {
+                    kind: Some(control_message::Kind::Snapshot(snapshot)),
+                };
+                if self.tx.send(message).await.is_err() {
+                    break;
+                }
+                metrics.pushes.inc();
+                sent = Some(Sent {
+                    record: latest,
+                    nonce,
+                    digest: scoped.digest.clone(),
+                });
+            }
+            tokio::select! {
+                changed = self.published.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => self.answer(&node, message, &mut sent, &mut serving),
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(node = %node, %status, "push stream failed");
+                        break;
+                    }
+                },
+            }
+        }
+        registry.disconnect(&node);
+        metrics.connected_sidecars.set(registry.connected() as i64);
+        tracing::info!(node = %node, "sidecar disconnected");
+    }
+
+    fn answer(
+        &self,
+        node: &str,
+        message: SidecarMessage,
+        sent: &mut Option<Sent>,
+        serving: &mut (u64, String),
+    ) {
+        let registry = &self.state.registry;
+        let metrics = &self.state.metrics;
+        let matches = |nonce: &str| sent.as_ref().is_some_and(|s| s.nonce == nonce);
+        match message.kind {
+            Some(sidecar_message::Kind::Ack(ack)) if matches(&ack.nonce) => {
+                if let Some(done) = sent.take() {
+                    *serving = (done.record.version, done.digest);
+                    registry.ack(node, done.record.version);
+                    let committed = done.record.created_at_ms;
+                    let now = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    if committed > 0 {
+                        metrics
+                            .push_convergence
+                            .observe(now.saturating_sub(committed) as f64 / 1000.0);
+                    }
+                }
+            }
+            Some(sidecar_message::Kind::Nack(nack)) if matches(&nack.nonce) => {
+                // Keep `sent`: the same version is not pushed again; the next one will be.
+                let version = sent.as_ref().map_or(nack.version, |s| s.record.version);
+                registry.nack(node, version, &truncate(&nack.error, 4096));
+                metrics.nacks.inc();
+                tracing::warn!(node, version, error = %nack.error, "sidecar rejected config");
+            }
+            Some(sidecar_message::Kind::Ack(_) | sidecar_message::Kind::Nack(_)) => {
+                tracing::debug!(node, "stale answer ignored");
+            }
+            Some(sidecar_message::Kind::Hello(_)) | None => {
+                tracing::debug!(node, "unexpected message ignored");
+            }
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}

@@ -1,0 +1,193 @@
+//! Which documents a sidecar receives.
+//!
+//! A sidecar gets what it needs to route and to guard its own workload, not the whole mesh:
+//! - the Mesh document;
+//! - Backends, HTTPRoutes, TCPRoutes and TrafficPolicies of its own namespace and of the
+//!   namespaces it declares it calls (`reach`; an empty list means every namespace);
+//! - any Backend those routes reference in another namespace, and that Backend's
+//!   TrafficPolicy;
+//! - the AuthorizationPolicies that protect its own workload (target Backend named like the
+//!   workload, or whose endpoints carry the workload's SPIFFE identity).
+//!
+//! The result always validates on its own: every reference it contains is closed over.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scope {
+    /// The sidecar's namespace.
+    pub namespace: String,
+    /// The sidecar's workload (service account).
+    pub workload: String,
+    /// Other namespaces it calls; empty: all.
+    pub reach: Vec<String>,
+}
+
+fn kind(doc: &Value) -> &str {
+    doc["kind"].as_str().unwrap_or("")
+}
+
+fn namespace(doc: &Value) -> &str {
+    doc["metadata"]["namespace"].as_str().unwrap_or("default")
+}
+
+fn name(doc: &Value) -> &str {
+    doc["metadata"]["name"].as_str().unwrap_or("")
+}
+
+/// `(namespace, name)` of every Backend a route document references.
+fn backend_refs(doc: &Value) -> Vec<(String, String)> {
+    let own = namespace(doc);
+    let mut refs = Vec::new();
+    let mut push = |r: &Value| {
+        if let Some(name) = r["name"].as_str() {
+            let ns = r["namespace"].as_str().unwrap_or(own);
+            refs.push((ns.to_owned(), name.to_owned()));
+        }
+    };
+    let rules = doc["spec"]["rules"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for rule in rules {
+        for r in rule["backendRefs"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            push(r);
+        }
+        for filter in rule["filters"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            push(&filter["requestMirror"]["backendRef"]);
+        }
+    }
+    refs
+}
+
+/// The target Backend `(namespace, name)` of a policy document.
+fn target(doc: &Value) -> (String, String) {
+    let name = doc["spec"]["targetRef"]["name"].as_str().unwrap_or("");
+    (namespace(doc).to_owned(), name.to_owned())
+}
+
+/// Whether a Backend document is this workload.
+fn is_own_backend(doc: &Value, scope: &Scope) -> bool {
+    if namespace(doc) != scope.namespace {
+        return false;
+    }
+    let identity = format!("/ns/{}/sa/{}", scope.namespace, scope.workload);
+    name(doc) == scope.workload
+        || doc["spec"]["endpoints"].as_array().is_some_and(|eps| {
+            eps.iter().any(|e| {
+                e["identity"]
+                    .as_str()
+                    .is_some_and(|i| i.ends_with(&identity))
+            })
+        })
+}
+
+/// The documents of `all` that `scope` receives, in the order of `all`.
+pub fn select(all: &[Value], scope: &Scope) -> Vec<Value> {
+    let visible = |ns: &str| {
+        ns == scope.namespace || scope.reach.is_empty() || scope.reach.iter().any(|r| r == ns)
+    };
+    let routable = |doc: &Value| matches!(kind(doc), "Backend" | "HTTPRoute" | "TCPRoute");
+    let mut backends: BTreeSet<(String, String)> = BTreeSet::new();
+    for doc in all.iter().filter(|d| routable(d) && visible(namespace(d))) {
+        if kind(doc) == "Backend" {
+            backends.insert((namespace(doc).to_owned(), name(doc).to_owned()));
+        } else {
+            backends.extend(backend_refs(doc));
+        }
+    }
+    let own_backends: BTreeSet<(String, String)> = all
+        .iter()
+        .filter(|d| kind(d) == "Backend" && is_own_backend(d, scope))
+        .map(|d| (namespace(d).to_owned(), name(d).to_owned()))
+        .collect();
+    backends.extend(own_backends.iter().cloned());
+    all.iter()
+        .filter(|doc| match kind(doc) {
+            "Mesh" => true,
+            "Backend" => backends.contains(&(namespace(doc).to_owned(), name(doc).to_owned())),
+            "HTTPRoute" | "TCPRoute" => visible(namespace(doc)),
+            "TrafficPolicy" => backends.contains(&target(doc)),
+            "AuthorizationPolicy" => own_backends.contains(&target(doc)),
+            _ => true,
+        })
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn backend(ns: &str, name: &str) -> Value {
+        json!({"kind": "Backend", "metadata": {"namespace": ns, "name": name},
+               "spec": {"endpoints": [{"address": "127.0.0.1:1"}]}})
+    }
+
+    fn names(docs: &[Value]) -> Vec<String> {
+        docs.iter()
+            .map(|d| format!("{} {}/{}", kind(d), namespace(d), name(d)))
+            .collect()
+    }
+
+    #[test]
+    fn scoped_to_reach_with_referenced_backends_and_own_policy() {
+        let all = vec![
+            json!({"kind": "Mesh", "metadata": {"namespace": "default", "name": "default"}}),
+            backend("shop", "monolith"),
+            backend("shop", "payments-v2"),
+            backend("billing", "ledger"),
+            backend("hr", "people"),
+            json!({"kind": "HTTPRoute", "metadata": {"namespace": "shop", "name": "shop"},
+                   "spec": {"rules": [{"backendRefs": [{"name": "monolith"}, {"name": "ledger", "namespace": "billing"}]}]}}),
+            json!({"kind": "TrafficPolicy", "metadata": {"namespace": "billing", "name": "ledger"},
+                   "spec": {"targetRef": {"kind": "Backend", "name": "ledger"}}}),
+            json!({"kind": "TrafficPolicy", "metadata": {"namespace": "hr", "name": "people"},
+                   "spec": {"targetRef": {"kind": "Backend", "name": "people"}}}),
+            json!({"kind": "AuthorizationPolicy", "metadata": {"namespace": "shop", "name": "p"},
+                   "spec": {"targetRef": {"kind": "Backend", "name": "payments-v2"}}}),
+            json!({"kind": "AuthorizationPolicy", "metadata": {"namespace": "shop", "name": "m"},
+                   "spec": {"targetRef": {"kind": "Backend", "name": "monolith"}}}),
+        ];
+        let scope = Scope {
+            namespace: "shop".into(),
+            workload: "payments-v2".into(),
+            reach: vec!["none".into()],
+        };
+        assert_eq!(
+            names(&select(&all, &scope)),
+            [
+                "Mesh default/default",
+                "Backend shop/monolith",
+                "Backend shop/payments-v2",
+                "Backend billing/ledger",
+                "HTTPRoute shop/shop",
+                "TrafficPolicy billing/ledger",
+                "AuthorizationPolicy shop/p",
+            ]
+        );
+        let everything = Scope {
+            reach: vec![],
+            ..scope
+        };
+        let all_names = names(&select(&all, &everything));
+        assert!(all_names.contains(&"Backend hr/people".to_owned()));
+        assert!(
+            !all_names.contains(&"AuthorizationPolicy shop/m".to_owned()),
+            "not its inbound policy"
+        );
+    }
+}

@@ -1,0 +1,510 @@
+//! Durable config versions in an embedded redb database, `DIR/ficus.redb`.
+//!
+//! Every version is a full [`VersionRecord`] stored as JSON under its number, next to a small
+//! history entry (so `history` does not read every document of every version) and two counters:
+//! `current` (the version sidecars get) and `last` (the highest number ever handed out, so a
+//! number is never reused and never goes backwards, rollbacks included). A commit writes all of
+//! them in one write transaction with [`Durability::Immediate`] and two-phase commit: when
+//! [`Store::commit`] returns, the version survives `kill -9` and power loss.
+//!
+//! Opening never yields a silently empty store over data it cannot read: the file is integrity
+//! checked (every page checksum) on open, and the current record is decoded before the store is
+//! handed out. Any failure is a [`StoreError`] naming the file and what to do.
+//!
+//! redb is synchronous and every commit waits for `fsync`: async callers run these methods in
+//! `tokio::task::spawn_blocking` (the store is cheap to clone for that).
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::state::VersionRecord;
+
+/// Name of the database file inside `--data`.
+pub const FILE_NAME: &str = "ficus.redb";
+
+/// Version number → the whole [`VersionRecord`] as JSON.
+const VERSIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("versions");
+/// Version number → its [`HistoryEntry`] as JSON.
+const HISTORY: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("history");
+/// `current` and `last` version numbers.
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const CURRENT: &str = "current";
+const LAST: &str = "last";
+
+/// Page cache: the store holds a few MiB of config, not the default 1 GiB.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// The versioned config store. Clones share one open database.
+#[derive(Clone)]
+pub struct Store {
+    database: Arc<Database>,
+    path: PathBuf,
+}
+
+/// One line of `ficusctl history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Version number.
+    pub version: u64,
+    /// Commit time, milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Who made it, when known.
+    pub author: Option<String>,
+    /// What changed, one line.
+    pub summary: String,
+    /// How many documents the config holds at this version.
+    pub documents: usize,
+}
+
+/// Why the store could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// `--data` could not be created or read (permissions, a file in the way, a full disk).
+    #[error("cannot use data directory {path}: {source}; check that it is a writable directory")]
+    Directory {
+        /// The data directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// Another process (usually another `ficus-control`) holds the database lock.
+    #[error(
+        "{path} is in use by another process; is another ficus-control running on this --data?"
+    )]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The file is not a redb database, fails its integrity check, or holds records that do not
+    /// decode. Nothing is served from it.
+    #[error(
+        "{path} is corrupt: {reason}; restore it from a backup, or move it away to start with an \
+         empty store"
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// redb refused to open the file for another reason (I/O error, unsupported format).
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// redb's error.
+        source: DatabaseError,
+    },
+    /// A read or write transaction failed after opening (I/O error, disk full).
+    #[error("{path}: {operation} failed: {source}")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What the store was doing.
+        operation: &'static str,
+        /// redb's error.
+        source: redb::Error,
+    },
+    /// A version could not be serialized (a document is not representable as JSON).
+    #[error("version {version} cannot be encoded: {source}")]
+    Encode {
+        /// The version being written.
+        version: u64,
+        /// serde's error.
+        source: serde_json::Error,
+    },
+}
+
+impl Store {
+    /// Opens (creating when absent) the store in `dir`, returning it and its current version
+    /// ([`VersionRecord::empty`] when nothing was ever committed).
+    pub fn open(dir: &Path) -> Result<(Store, VersionRecord), StoreError> {
+        let directory_error = |source| StoreError::Directory {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(directory_error)?;
+        // `create_dir_all` accepts an existing file only as an error; also check readability
+        // here so a permission problem is reported as one, not as a database error.
+        std::fs::read_dir(dir).map_err(directory_error)?;
+        let path = dir.join(FILE_NAME);
+        let database = open_database(&path)?;
+        let store = Store {
+            database: Arc::new(database),
+            path,
+        };
+        store.create_tables()?;
+        let current = store.current()?;
+        Ok((store, current))
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stores `documents` as a new version (the next number) and makes it current, in one
+    /// durable transaction. Blocks for an `fsync`.
+    pub fn commit(
+        &self,
+        documents: Vec<serde_json::Value>,
+        author: Option<String>,
+        summary: String,
+    ) -> Result<VersionRecord, StoreError> {
+        let transaction = self
+            .database
+            .begin_write()
+            .map_err(|e| self.failed("begin write", e))?;
+        let mut transaction = transaction;
+        transaction
+            .set_durability(Durability::Immediate)
+            .map_err(|e| self.failed("set durability", e))?;
+        transaction.set_two_phase_commit(true);
+        let record = {
+            let mut meta = transaction
+                .open_table(META)
+                .map_err(|e| self.failed("open meta", e))?;
+            let last = meta
+                .get(LAST)
+                .map_err(|e| self.failed("read meta", e))?
+                .map(|v| v.value());
+            let version = last.unwrap_or(0) + 1;
+            let record = VersionRecord {
+                version,
+                created_at_ms: now_ms(),
+                author,
+                summary,
+                documents,
+            };
+            let entry = HistoryEntry {
+                version,
+                created_at_ms: record.created_at_ms,
+                author: record.author.clone(),
+                summary: record.summary.clone(),
+                documents: record.documents.len(),
+            };
+            let encode = |source| StoreError::Encode { version, source };
+            let record_json = serde_json::to_vec(&record).map_err(encode)?;
+            let entry_json = serde_json::to_vec(&entry).map_err(encode)?;
+            let mut versions = transaction
+                .open_table(VERSIONS)
+                .map_err(|e| self.failed("open versions", e))?;
+            versions
+                .insert(version, record_json.as_slice())
+                .map_err(|e| self.failed("write version", e))?;
+            let mut history = transaction
+                .open_table(HISTORY)
+                .map_err(|e| self.failed("open history", e))?;
+            history
+                .insert(version, entry_json.as_slice())
+                .map_err(|e| self.failed("write history", e))?;
+            meta.insert(LAST, version)
+                .map_err(|e| self.failed("write meta", e))?;
+            meta.insert(CURRENT, version)
+                .map_err(|e| self.failed("write meta", e))?;
+            record
+        };
+        transaction.commit().map_err(|e| self.failed("commit", e))?;
+        Ok(record)
+    }
+
+    /// The current version ([`VersionRecord::empty`] before the first commit).
+    pub fn current(&self) -> Result<VersionRecord, StoreError> {
+        let read = self
+            .database
+            .begin_read()
+            .map_err(|e| self.failed("begin read", e))?;
+        let meta = read
+            .open_table(META)
+            .map_err(|e| self.failed("open meta", e))?;
+        let current = meta
+            .get(CURRENT)
+            .map_err(|e| self.failed("read meta", e))?
+            .map(|v| v.value());
+        let last = meta
+            .get(LAST)
+            .map_err(|e| self.failed("read meta", e))?
+            .map(|v| v.value());
+        let Some(current) = current else {
+            return Ok(VersionRecord::empty());
+        };
+        if last.is_none_or(|last| last < current) {
+            return Err(self.corrupt(format!("current version {current} is above the last one")));
+        }
+        self.get(current)?
+            .ok_or_else(|| self.corrupt(format!("current version {current} is missing")))
+    }
+
+    /// Version `version`, or `None` when there is no such version.
+    pub fn get(&self, version: u64) -> Result<Option<VersionRecord>, StoreError> {
+        let read = self
+            .database
+            .begin_read()
+            .map_err(|e| self.failed("begin read", e))?;
+        let versions = read
+            .open_table(VERSIONS)
+            .map_err(|e| self.failed("open versions", e))?;
+        let Some(bytes) = versions
+            .get(version)
+            .map_err(|e| self.failed("read version", e))?
+        else {
+            return Ok(None);
+        };
+        let record: VersionRecord = serde_json::from_slice(bytes.value())
+            .map_err(|e| self.corrupt(format!("version {version} does not decode: {e}")))?;
+        if record.version != version {
+            return Err(self.corrupt(format!(
+                "version {version} holds version {}",
+                record.version
+            )));
+        }
+        Ok(Some(record))
+    }
+
+    /// Every version, newest first.
+    pub fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
+        let read = self
+            .database
+            .begin_read()
+            .map_err(|e| self.failed("begin read", e))?;
+        let history = read
+            .open_table(HISTORY)
+            .map_err(|e| self.failed("open history", e))?;
+        let mut entries = Vec::new();
+        for item in history
+            .iter()
+            .map_err(|e| self.failed("read history", e))?
+            .rev()
+        {
+            let (version, bytes) = item.map_err(|e| self.failed("read history", e))?;
+            let version = version.value();
+            let entry = serde_json::from_slice(bytes.value()).map_err(|e| {
+                self.corrupt(format!("history of version {version} does not decode: {e}"))
+            })?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    /// Creates the tables on first open, so that reads never meet a missing table.
+    fn create_tables(&self) -> Result<(), StoreError> {
+        let mut transaction = self
+            .database
+            .begin_write()
+            .map_err(|e| self.failed("begin write", e))?;
+        transaction
+            .set_durability(Durability::Immediate)
+            .map_err(|e| self.failed("set durability", e))?;
+        transaction
+            .open_table(VERSIONS)
+            .map_err(|e| self.failed("create tables", e))?;
+        transaction
+            .open_table(HISTORY)
+            .map_err(|e| self.failed("create tables", e))?;
+        transaction
+            .open_table(META)
+            .map_err(|e| self.failed("create tables", e))?;
+        transaction
+            .commit()
+            .map_err(|e| self.failed("create tables", e))
+    }
+
+    fn failed(&self, operation: &'static str, error: impl Into<redb::Error>) -> StoreError {
+        match error.into() {
+            redb::Error::Corrupted(reason) => self.corrupt(reason),
+            source => StoreError::Database {
+                path: self.path.clone(),
+                operation,
+                source,
+            },
+        }
+    }
+
+    fn corrupt(&self, reason: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+}
+
+// === impl Store ===
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the file with an integrity check. redb may panic on a file altered outside it (its
+/// debug builds assert on impossible pages); that, too, is reported as corruption.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    let opened = std::panic::catch_unwind(|| {
+        redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(true)
+            .create(path)
+    });
+    let corrupt = |reason: String| StoreError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    match opened {
+        Ok(Ok(database)) => Ok(database),
+        Err(_) => Err(corrupt("the database failed to load".to_owned())),
+        Ok(Err(DatabaseError::DatabaseAlreadyOpen)) => Err(StoreError::Locked {
+            path: path.to_owned(),
+        }),
+        Ok(Err(DatabaseError::Storage(redb::StorageError::Corrupted(reason)))) => {
+            Err(corrupt(reason))
+        }
+        Ok(Err(DatabaseError::Storage(redb::StorageError::Io(error))))
+            if error.kind() == io::ErrorKind::InvalidData =>
+        {
+            Err(corrupt(format!("not a ficus store ({error})")))
+        }
+        Ok(Err(source)) => Err(StoreError::Open {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn backend(name: &str) -> serde_json::Value {
+        json!({"apiVersion": "ficus.dev/v1alpha1", "kind": "Backend",
+               "metadata": {"name": name, "namespace": "shop"},
+               "spec": {"endpoints": [{"address": "127.0.0.1:9001"}]}})
+    }
+
+    #[test]
+    fn empty_store_has_version_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, current) = Store::open(&dir.path().join("data")).unwrap();
+        assert_eq!(current, VersionRecord::empty());
+        assert!(store.history().unwrap().is_empty());
+        assert_eq!(store.get(1).unwrap(), None);
+    }
+
+    #[test]
+    fn versions_increase_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let one = store
+            .commit(vec![backend("a")], Some("ana".into()), "first".into())
+            .unwrap();
+        let two = store
+            .commit(vec![backend("a"), backend("b")], None, "second".into())
+            .unwrap();
+        assert_eq!((one.version, two.version), (1, 2));
+        drop(store);
+
+        let (store, current) = Store::open(dir.path()).unwrap();
+        assert_eq!(current, two);
+        assert_eq!(store.get(1).unwrap(), Some(one.clone()));
+        let history = store.history().unwrap();
+        let versions: Vec<(u64, usize)> =
+            history.iter().map(|h| (h.version, h.documents)).collect();
+        assert_eq!(versions, vec![(2, 2), (1, 1)]);
+        assert_eq!(history[1].author.as_deref(), Some("ana"));
+        let three = store
+            .commit(one.documents, None, "rollback".into())
+            .unwrap();
+        assert_eq!(
+            three.version, 3,
+            "a rollback is a new number, never a reused one"
+        );
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let error = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(error, StoreError::Locked { .. }), "{error}");
+    }
+
+    #[test]
+    fn garbage_file_is_an_error_not_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), vec![0x5a; 64 * 1024]).unwrap();
+        let error = Store::open(dir.path()).unwrap_err();
+        assert!(error.to_string().contains("corrupt"), "{error}");
+        // The file is left as it was, for a human to look at.
+        assert_eq!(
+            std::fs::read(dir.path().join(FILE_NAME)).unwrap(),
+            vec![0x5a; 64 * 1024]
+        );
+    }
+
+    #[test]
+    fn damaged_pages_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        for n in 0..20 {
+            store
+                .commit(vec![backend(&format!("b{n}"))], None, format!("v{n}"))
+                .unwrap();
+        }
+        drop(store);
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Keep the header (the first page), scribble over everything after it.
+        for byte in bytes.iter_mut().skip(4096) {
+            *byte ^= 0xa5;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let error = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_file_where_the_dir_should_be_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data");
+        std::fs::write(&file, "not a directory").unwrap();
+        let error = Store::open(&file).unwrap_err();
+        assert!(matches!(error, StoreError::Directory { .. }), "{error}");
+        let error = Store::open(&file.join("below")).unwrap_err();
+        assert!(
+            error.to_string().contains("cannot use data directory"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_dir_is_an_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        Store::open(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o000)).unwrap();
+        if std::fs::read_dir(&data).is_ok() {
+            // Root ignores permissions; the file-in-the-way test covers the error path.
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+            return;
+        }
+        let error = Store::open(&data).unwrap_err();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(matches!(error, StoreError::Directory { .. }), "{error}");
+    }
+}
