@@ -99,8 +99,8 @@ pub enum StoreError {
     Open {
         /// The database file.
         path: PathBuf,
-        /// redb's error.
-        source: DatabaseError,
+        /// redb's error (boxed: it is large and this path is cold).
+        source: Box<DatabaseError>,
     },
     /// A read or write transaction failed after opening (I/O error, disk full).
     #[error("{path}: {operation} failed: {source}")]
@@ -109,8 +109,8 @@ pub enum StoreError {
         path: PathBuf,
         /// What the store was doing.
         operation: &'static str,
-        /// redb's error.
-        source: redb::Error,
+        /// redb's error (boxed: it is large and this path is cold).
+        source: Box<redb::Error>,
     },
     /// A version could not be serialized (a document is not representable as JSON).
     #[error("version {version} cannot be encoded: {source}")]
@@ -322,7 +322,7 @@ impl Store {
             source => StoreError::Database {
                 path: self.path.clone(),
                 operation,
-                source,
+                source: Box::new(source),
             },
         }
     }
@@ -374,7 +374,7 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
         }
         Ok(Err(source)) => Err(StoreError::Open {
             path: path.to_owned(),
-            source,
+            source: Box::new(source),
         }),
     }
 }
