@@ -336,3 +336,52 @@ fn truncate(text: &str, max: usize) -> String {
         None => text.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(version: u64) -> Arc<VersionRecord> {
+        Arc::new(VersionRecord {
+            version,
+            ..VersionRecord::empty()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_commits_is_published_once_at_its_end() {
+        let (input, rx) = watch::channel(record(0));
+        let mut published = debounced(rx);
+        let counter = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while published.changed().await.is_ok() {
+                seen.push(published.borrow_and_update().version);
+            }
+            seen
+        });
+        // 50 commits over 1 s: 20 ms apart, always inside the quiet window.
+        for version in 1..=50 {
+            input.send_replace(record(version));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(input);
+        let seen = counter.await.unwrap();
+        assert_eq!(seen.last(), Some(&50), "ends at the last version: {seen:?}");
+        assert!(
+            seen.len() <= 3,
+            "a burst coalesces into few publications: {seen:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_commit_is_published_after_the_quiet_time() {
+        let (input, rx) = watch::channel(record(0));
+        let mut published = debounced(rx);
+        let started = tokio::time::Instant::now();
+        input.send_replace(record(7));
+        published.changed().await.unwrap();
+        assert_eq!(published.borrow().version, 7);
+        assert_eq!(started.elapsed(), DEBOUNCE);
+    }
+}

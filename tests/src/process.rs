@@ -55,6 +55,18 @@ pub struct SidecarOptions {
     pub workers: Option<usize>,
     /// `--drain-timeout`.
     pub drain_timeout: Option<String>,
+    /// Push mode: `--control URL` instead of `--config` (the config text is then ignored).
+    pub control: Option<String>,
+    /// `--cache-dir` (push mode).
+    pub cache_dir: Option<PathBuf>,
+    /// `--workload` (default `client`).
+    pub workload: Option<String>,
+    /// `--namespace` (default `shop`).
+    pub namespace: Option<String>,
+    /// `--node-id`.
+    pub node_id: Option<String>,
+    /// Fixed listener addresses `(outbound, inbound, admin)` (to restart on the same ports).
+    pub addresses: Option<(SocketAddr, SocketAddr, SocketAddr)>,
     /// Extra flags.
     pub extra: Vec<String>,
 }
@@ -107,19 +119,30 @@ impl Sidecar {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, config).expect("write config");
-        let (outbound, inbound, admin) =
-            (crate::free_addr(), crate::free_addr(), crate::free_addr());
+        let (outbound, inbound, admin) = options
+            .addresses
+            .unwrap_or_else(|| (crate::free_addr(), crate::free_addr(), crate::free_addr()));
         let app = options.app.unwrap_or_else(crate::free_addr);
         let mut command = Command::new(binary("ficus-sidecar"));
+        match &options.control {
+            Some(url) => command.args(["--control", url]),
+            None => command.arg("--config").arg(&config_path),
+        };
+        if let Some(dir) = &options.cache_dir {
+            command.arg("--cache-dir").arg(dir);
+        }
+        if let Some(id) = &options.node_id {
+            command.args(["--node-id", id]);
+        }
+        let workload = options.workload.as_deref().unwrap_or("client");
+        let namespace = options.namespace.as_deref().unwrap_or("shop");
         command
-            .arg("--config")
-            .arg(&config_path)
             .args(["--outbound", &outbound.to_string()])
             .args(["--inbound", &inbound.to_string()])
             .args(["--admin", &admin.to_string()])
             .args(["--app", &app.to_string()])
             .args(["--workers", &options.workers.unwrap_or(2).to_string()])
-            .args(["--workload", "client", "--namespace", "shop"])
+            .args(["--workload", workload, "--namespace", namespace])
             .args(
                 options
                     .drain_timeout
@@ -142,6 +165,25 @@ impl Sidecar {
             config_path,
             dir,
         }
+    }
+
+    /// Starts a push-mode sidecar subscribed to `control` and waits until its admin server
+    /// answers (it may not be ready: that needs a config).
+    pub async fn start_push(control: &str, options: SidecarOptions) -> Self {
+        let options = SidecarOptions {
+            control: Some(control.to_owned()),
+            ..options
+        };
+        let sidecar = Self::spawn("", options);
+        let started = Instant::now();
+        while client::get(sidecar.admin, "admin", "/live").await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "sidecar admin never came up"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        sidecar
     }
 
     /// Waits until `/ready` answers 200; panics after `deadline`.
