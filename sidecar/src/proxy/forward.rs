@@ -1,6 +1,7 @@
 //! Sending a prepared request upstream: the response-header deadline, protocol switches
 //! (WebSocket and other `Upgrade`s), and response cleanup.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,10 +11,34 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::error::ProxyError;
-use super::headers::strip_hop_by_hop;
+use super::headers::{
+    append_forwarded, ensure_request_id, strip_hop_by_hop, upgrade_protocol, X_FICUS_PEER_IDENTITY,
+};
 use crate::body::{with_idle_timeout, Body, BodyIdle};
 use crate::tunnel::copy_with_idle_timeout;
 use crate::upstream::EndpointPool;
+
+/// Splits a downstream request for forwarding to an HTTP/1.1 or HTTP/2 (`http2`) upstream:
+/// hop-by-hop headers removed (an HTTP/1.1 `Upgrade` kept, with its pending switch returned),
+/// `x-ficus-peer-identity` removed (only the sidecar may assert identities),
+/// `x-forwarded-for`/`forwarded` appended, `x-request-id` ensured.
+pub fn prepare<B>(
+    mut request: Request<B>,
+    peer: SocketAddr,
+    http2: bool,
+) -> (http::request::Parts, B, Option<OnUpgrade>) {
+    let upgrade = match request.version() {
+        http::Version::HTTP_11 if !http2 => upgrade_protocol(request.headers()),
+        _ => None,
+    };
+    let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade.as_ref(), http2);
+    parts.headers.remove(X_FICUS_PEER_IDENTITY);
+    append_forwarded(&mut parts.headers, peer);
+    ensure_request_id(&mut parts.headers);
+    (parts, body, on_upgrade)
+}
 
 /// Sends `request` to `pool`'s endpoint and waits at most `timeout` for response headers.
 /// With `downstream` (the client's pending upgrade) a `101` response joins the two

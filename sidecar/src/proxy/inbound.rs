@@ -7,10 +7,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
-use super::forward::{forward, upstream_uri};
-use super::headers::{
-    append_forwarded, ensure_request_id, strip_hop_by_hop, upgrade_protocol, X_FICUS_PEER_IDENTITY,
-};
+use super::forward::{forward, prepare, upstream_uri};
 use crate::body::{with_idle_timeout, Body};
 use crate::state::Shared;
 
@@ -18,7 +15,7 @@ use crate::state::Shared;
 pub async fn handle(
     shared: &Shared,
     peer: SocketAddr,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
@@ -33,17 +30,7 @@ pub async fn handle(
         return response;
     }
     let http2 = request.version() == Version::HTTP_2;
-    let upgrade = match request.version() {
-        Version::HTTP_11 => upgrade_protocol(request.headers()),
-        _ => None,
-    };
-    let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-    let (mut parts, incoming) = request.into_parts();
-    strip_hop_by_hop(&mut parts.headers, upgrade.as_ref(), http2);
-    // Only the sidecar may assert a peer identity; mTLS (and so verified identities) comes later.
-    parts.headers.remove(X_FICUS_PEER_IDENTITY);
-    append_forwarded(&mut parts.headers, peer);
-    ensure_request_id(&mut parts.headers);
+    let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
 
     let app = shared.identity.app.to_string();
     let authority = parts

@@ -4,14 +4,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
-use super::forward::{forward, upstream_uri};
-use super::headers::{
-    append_forwarded, ensure_request_id, strip_hop_by_hop, upgrade_protocol, X_FICUS_PEER_IDENTITY,
-};
+use super::forward::{forward, prepare, upstream_uri};
 use crate::body::{self, with_idle_timeout, Body};
 use crate::route::ServiceName;
 use crate::snapshot::{RouteBackend, Snapshot};
@@ -36,7 +33,7 @@ async fn route_and_forward<'s>(
     shared: &Shared,
     snapshot: &'s Snapshot,
     peer: SocketAddr,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
 ) -> (Response<Body>, &'s RequestMetrics, &'static str) {
     let authority = match super::guard::check(&request).and_then(|()| authority(&request)) {
         Ok(authority) => authority,
@@ -80,16 +77,7 @@ async fn route_and_forward<'s>(
     let RouteBackend { target, metrics } = backends.pick();
     let http2 = target.protocol.is_http2();
 
-    let upgrade = match request.version() {
-        Version::HTTP_11 if !http2 => upgrade_protocol(request.headers()),
-        _ => None,
-    };
-    let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-    let (mut parts, incoming) = request.into_parts();
-    strip_hop_by_hop(&mut parts.headers, upgrade.as_ref(), http2);
-    parts.headers.remove(X_FICUS_PEER_IDENTITY);
-    append_forwarded(&mut parts.headers, peer);
-    ensure_request_id(&mut parts.headers);
+    let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
     if let Some(ops) = &action.request_headers {
         ops.apply(&mut parts.headers);
     }
