@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`process`]: start the real `ficus-sidecar` binary on free loopback ports, wait for it,
 //!   stop it; read its admin endpoints.
+//! - [`control`]: start the real `ficus-control` (restart and `kill -9` it on the same data dir)
+//!   and run `ficusctl` against it.
 //! - [`upstream`]: real hyper servers (HTTP/1.1 and h2c) that tests script and inspect.
 //! - [`client`]: a small hyper client and a raw TCP client for exact bytes.
 //!
@@ -10,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod control;
 pub mod process;
 pub mod upstream;
 

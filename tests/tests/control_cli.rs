@@ -1,0 +1,461 @@
+//! The real `ficus-control` and `ficusctl`: apply/get, invalid applies, history/diff/rollback,
+//! `kill -9` right after an apply (RELIABILITY.md row 7), a corrupt data dir, exit codes and the
+//! API's limits.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use ficus_tests::client;
+use ficus_tests::control::{ficusctl, run_control, ControlPlane, CtlOutput};
+use http::Request;
+use http_body_util::Full;
+
+fn backend(port: u16) -> String {
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: monolith, namespace: shop}}\n\
+         spec:\n  endpoints: [{{address: \"127.0.0.1:{port}\"}}]\n"
+    )
+}
+
+fn route() -> String {
+    "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: shop, namespace: shop}\n\
+     spec:\n  parentRefs: [{name: shop}]\n  rules:\n  - backendRefs: [{name: monolith}]\n"
+        .to_owned()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
+}
+
+#[track_caller]
+fn ok(output: &CtlOutput) -> &str {
+    assert_eq!(
+        output.code, 0,
+        "ficusctl failed:\n{}{}",
+        output.stdout, output.stderr
+    );
+    &output.stdout
+}
+
+/// Data rows of `ficusctl history` (the header left out).
+async fn history(control: &ControlPlane) -> Vec<String> {
+    let output = control.ctl(&["history"]).await;
+    ok(&output).lines().skip(1).map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn apply_then_get_shows_it() {
+    let control = ControlPlane::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let file = write(
+        files.path(),
+        "shop.yaml",
+        &format!("{}---\n{}", backend(9001), route()),
+    );
+
+    let output = control.ctl(&["apply", "-f", &file]).await;
+    assert_eq!(
+        ok(&output).trim(),
+        "applied version 1: apply: 2 created: Backend shop/monolith, HTTPRoute shop/shop"
+    );
+    let output = control.ctl(&["get"]).await;
+    let text = ok(&output);
+    assert!(
+        text.starts_with("# ficus config version 1\n---\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kind: HTTPRoute") && text.contains("127.0.0.1:9001"),
+        "{text}"
+    );
+
+    let output = control
+        .ctl(&["get", "backend", "monolith", "-o", "json"])
+        .await;
+    let json: serde_json::Value = serde_json::from_str(ok(&output)).unwrap();
+    assert_eq!(json["version"], 1);
+    assert_eq!(json["documents"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        json["documents"][0]["spec"]["endpoints"][0]["address"],
+        "127.0.0.1:9001"
+    );
+
+    // The same file again: no new version. A directory and stdin work too.
+    let output = control
+        .ctl(&["apply", "-f", &files.path().display().to_string()])
+        .await;
+    assert_eq!(ok(&output).trim(), "unchanged (version 1)");
+    let output = control
+        .ctl_stdin(&["apply", "-f", "-"], &backend(9002))
+        .await;
+    assert!(
+        ok(&output).starts_with("applied version 2: apply: 1 changed"),
+        "{}",
+        output.stdout
+    );
+
+    let output = control.ctl(&["get", "HTTPRoute", "nope"]).await;
+    assert_eq!(output.code, 1, "{output:?}");
+    assert!(output.stderr.contains("not found"), "{}", output.stderr);
+    let status = control.ctl(&["status"]).await;
+    assert!(
+        ok(&status).starts_with("current version: 2\nNODE ID"),
+        "{}",
+        status.stdout
+    );
+    let status = control.ctl(&["status", "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_str(ok(&status)).unwrap();
+    assert_eq!(
+        (
+            json["version"].as_u64(),
+            json["sidecars"].as_array().map(Vec::len)
+        ),
+        (Some(2), Some(0))
+    );
+}
+
+#[tokio::test]
+async fn invalid_apply_names_document_and_field_and_keeps_the_version() {
+    let control = ControlPlane::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let good = write(
+        files.path(),
+        "good.yaml",
+        &format!("{}---\n{}", backend(9001), route()),
+    );
+    ok(&control.ctl(&["apply", "-f", &good]).await);
+
+    let broken = write(
+        files.path(),
+        "broken.yaml",
+        "kind: Backend\nmetadata: [unclosed\n",
+    );
+    let output = control.ctl(&["apply", "-f", &broken]).await;
+    assert_eq!(output.code, 1, "{output:?}");
+    assert!(
+        output.stderr.contains("broken.yaml") && output.stderr.contains("invalid YAML"),
+        "{}",
+        output.stderr
+    );
+
+    let typo = write(
+        files.path(),
+        "typo.yaml",
+        &backend(9003).replace("endpoints", "endpionts"),
+    );
+    let output = control.ctl(&["apply", "-f", &typo]).await;
+    assert_eq!(output.code, 1, "{output:?}");
+    let first = output.stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("error: ")
+            && first.contains("typo.yaml")
+            && first.contains("Backend shop/monolith")
+            && first.contains("spec.endpionts"),
+        "{}",
+        output.stderr
+    );
+    assert!(
+        output.stderr.contains("did you mean `endpoints`?"),
+        "{}",
+        output.stderr
+    );
+
+    // A reference the rest of the config cannot satisfy names the user's file, not the store.
+    let dangling = route().replace("name: monolith", "name: payments");
+    let dangling = write(files.path(), "route.yaml", &dangling);
+    let output = control.ctl(&["apply", "-f", &dangling]).await;
+    assert_eq!(output.code, 1, "{output:?}");
+    assert!(
+        output.stderr.contains("route.yaml") && output.stderr.contains("backendRefs[0].name"),
+        "{}",
+        output.stderr
+    );
+
+    assert_eq!(history(&control).await.len(), 1);
+    let output = control.ctl(&["get", "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_str(ok(&output)).unwrap();
+    assert_eq!(json["version"], 1);
+    assert_eq!(
+        json["documents"][0]["spec"]["endpoints"][0]["address"],
+        "127.0.0.1:9001"
+    );
+}
+
+#[tokio::test]
+async fn history_diff_and_rollback_round_trip() {
+    let control = ControlPlane::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let v1 = write(
+        files.path(),
+        "v1.yaml",
+        &format!("{}---\n{}", backend(9001), route()),
+    );
+    let v2 = write(files.path(), "v2.yaml", &backend(9002));
+    ok(&control.ctl(&["--author", "ana", "apply", "-f", &v1]).await);
+
+    let output = control.ctl(&["diff", "-f", &v2]).await;
+    let text = ok(&output);
+    assert!(
+        text.contains("--- Backend shop/monolith (version 1)"),
+        "{text}"
+    );
+    assert!(text.contains("-  - address: 127.0.0.1:9001"), "{text}");
+    assert!(text.contains("+  - address: 127.0.0.1:9002"), "{text}");
+    assert_eq!(
+        ok(&control.ctl(&["diff", "-f", &v1]).await).trim(),
+        "no changes (version 1)"
+    );
+    assert_eq!(history(&control).await.len(), 1, "diff stores nothing");
+
+    ok(&control.ctl(&["apply", "-f", &v2]).await);
+    let rows = history(&control).await;
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows[0].starts_with("2* ") && rows[0].contains("apply: 1 changed"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[1].starts_with("1 ") && rows[1].contains(" ana "),
+        "{rows:?}"
+    );
+
+    let output = control.ctl(&["rollback"]).await;
+    assert_eq!(
+        ok(&output).trim(),
+        "rolled back: version 3: rollback to version 1: 1 changed: Backend shop/monolith"
+    );
+    assert!(ok(&control.ctl(&["get", "Backend"]).await).contains("127.0.0.1:9001"));
+    ok(&control.ctl(&["rollback", "2"]).await);
+    assert!(ok(&control.ctl(&["get", "Backend"]).await).contains("127.0.0.1:9002"));
+    let output = control.ctl(&["rollback", "99"]).await;
+    assert_eq!(output.code, 1, "{output:?}");
+    assert!(
+        output.stderr.contains("version 99 does not exist"),
+        "{}",
+        output.stderr
+    );
+
+    // Deleting the Backend would leave the route dangling: refused, naming the stored config.
+    let output = control.ctl(&["delete", "Backend", "monolith"]).await;
+    assert_eq!(output.code, 1, "{output:?}");
+    assert!(
+        output.stderr.contains("current config (version 4)"),
+        "{}",
+        output.stderr
+    );
+    let output = control
+        .ctl(&["delete", "httproute", "shop", "-n", "shop"])
+        .await;
+    assert_eq!(
+        ok(&output).trim(),
+        "deleted: version 5: delete: 1 deleted: HTTPRoute shop/shop"
+    );
+    let output = control.ctl(&["delete", "HTTPRoute", "shop"]).await;
+    assert_eq!(output.code, 1, "{output:?}");
+    let rows = history(&control).await;
+    let versions: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.split_whitespace().next())
+        .collect();
+    assert_eq!(versions, ["5*", "4", "3", "2", "1"]);
+}
+
+#[tokio::test]
+async fn kill_9_right_after_apply_loses_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let mut control = ControlPlane::start_on(&data.path().join("data")).await;
+    let files = tempfile::tempdir().unwrap();
+    for round in 1..=3u16 {
+        let file = write(
+            files.path(),
+            "shop.yaml",
+            &format!("{}---\n{}", backend(9000 + round), route()),
+        );
+        let output = control.ctl(&["apply", "-f", &file]).await;
+        assert!(
+            ok(&output).starts_with(&format!("applied version {round}:")),
+            "{}",
+            output.stdout
+        );
+        control.kill_9();
+        control.restart().await;
+
+        let output = control.ctl(&["get", "-o", "json"]).await;
+        let json: serde_json::Value = serde_json::from_str(ok(&output)).unwrap();
+        assert_eq!(
+            json["version"].as_u64(),
+            Some(u64::from(round)),
+            "{}",
+            control.log()
+        );
+        let address = format!("127.0.0.1:{}", 9000 + round);
+        assert_eq!(
+            json["documents"][0]["spec"]["endpoints"][0]["address"],
+            address.as_str()
+        );
+        let rows = history(&control).await;
+        assert_eq!(rows.len(), usize::from(round), "{rows:?}");
+        assert!(rows[0].starts_with(&format!("{round}* ")), "{rows:?}");
+    }
+    let metrics = client::get(control.http, "control", "/metrics")
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metrics.contains("ficus_control_config_version 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ficus_control_connected_sidecars 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn corrupt_or_unusable_data_dir_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("ficus.redb"), vec![0x42u8; 16 * 1024]).unwrap();
+    let (http, grpc) = (
+        ficus_tests::free_addr().to_string(),
+        ficus_tests::free_addr().to_string(),
+    );
+    let data_arg = data.display().to_string();
+    let args = [
+        "--insecure",
+        "--data",
+        &data_arg,
+        "--grpc",
+        &grpc,
+        "--http",
+        &http,
+    ];
+    let (status, stderr) = run_control(&args).await;
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("ficus.redb") && stderr.contains("corrupt"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(data.join("ficus.redb")).unwrap(),
+        vec![0x42u8; 16 * 1024],
+        "left as found"
+    );
+
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let file_arg = file.display().to_string();
+    let args = [
+        "--insecure",
+        "--data",
+        &file_arg,
+        "--grpc",
+        &grpc,
+        "--http",
+        &http,
+    ];
+    let (status, stderr) = run_control(&args).await;
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("cannot use data directory"), "{stderr}");
+}
+
+#[tokio::test]
+async fn exit_codes_for_usage_and_unreachable_server() {
+    let server = format!("http://{}", ficus_tests::free_addr());
+    let output = ficusctl(&server, &["history"], None).await;
+    assert_eq!(output.code, 3, "{output:?}");
+    assert!(
+        output
+            .stderr
+            .starts_with("error: cannot reach the control plane"),
+        "{}",
+        output.stderr
+    );
+    assert_eq!(
+        ficusctl(&server, &["apply"], None).await.code,
+        2,
+        "-f is required"
+    );
+    assert_eq!(ficusctl("https://x:1", &["history"], None).await.code, 2);
+    assert_eq!(ficusctl(&server, &["frobnicate"], None).await.code, 2);
+    let output = ficusctl(&server, &["apply", "-f", "/nonexistent/x.yaml"], None).await;
+    assert_eq!(output.code, 1, "{output:?}");
+    assert!(
+        output.stderr.contains("/nonexistent/x.yaml"),
+        "{}",
+        output.stderr
+    );
+}
+
+#[tokio::test]
+async fn api_bounds_bodies_and_answers_errors_as_json() {
+    let control = ControlPlane::start().await;
+    for path in ["/live", "/ready"] {
+        assert_eq!(
+            client::get(control.http, "control", path)
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    let big = Request::post("/v1/apply")
+        .header("host", "control")
+        .body(Full::new(Bytes::from(vec![b'#'; 5 * 1024 * 1024])))
+        .unwrap();
+    let response = client::send(control.http, big).await.unwrap();
+    assert_eq!(response.status, 413);
+    let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert!(
+        json["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("larger than")),
+        "{json}"
+    );
+
+    let yaml = Request::post("/v1/apply")
+        .header("host", "control")
+        .header("x-ficus-source-name", "raw.yaml")
+        .body(Full::new(Bytes::from(
+            backend(9001).replace("address", "adress"),
+        )))
+        .unwrap();
+    let response = client::send(control.http, yaml).await.unwrap();
+    assert_eq!(response.status, 400);
+    let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    let diagnostic = json["diagnostics"][0].as_str().unwrap_or_default();
+    assert!(
+        diagnostic.contains("raw.yaml") && diagnostic.contains("adress"),
+        "{json}"
+    );
+
+    assert_eq!(
+        client::get(control.http, "control", "/v1/versions/1")
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(
+        client::get(control.http, "control", "/v1/nope")
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+    let wrong_method = Request::put("/v1/history")
+        .header("host", "control")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        client::send(control.http, wrong_method)
+            .await
+            .unwrap()
+            .status,
+        405
+    );
+    assert_eq!(control.get_json("/v1/config").await["version"], 0);
+}
