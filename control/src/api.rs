@@ -117,7 +117,7 @@ async fn route(state: &ControlState, request: Request<Incoming>) -> Response<Bod
             Err(response) => response,
         },
         (["v1", "diff"], &Method::POST) => match read_sources(request).await {
-            Ok((sources, _)) => match apply::diff(state, &sources) {
+            Ok((sources, _)) => match apply::diff(state, sources).await {
                 Ok(diff) => json(StatusCode::OK, &diff),
                 Err(error) => apply_error(&error),
             },

@@ -14,8 +14,9 @@
 mod diff;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use ficus_config::{ConfigErrors, Source};
+use ficus_config::{ConfigErrors, Diagnostic, Source};
 use serde::Serialize;
 
 use crate::state::{ControlState, VersionRecord};
@@ -69,16 +70,20 @@ pub async fn apply(
 ) -> Result<ApplyOutcome, ApplyError> {
     let _write = state.writes.lock().await;
     let current = state.current();
-    let (next, changes) = merged(&current, &sources)?;
+    let base = Arc::clone(&current);
+    let (next, changes) = off_runtime(move || merged(&base, &sources)).await?;
     let summary = diff::summary("apply", &changes);
     commit_if_changed(state, &current, next, changes, author, summary).await
 }
 
 /// What `apply` of `sources` would change, without storing anything.
-pub fn diff(state: &ControlState, sources: &[Source]) -> Result<Diff, ApplyError> {
+pub async fn diff(state: &ControlState, sources: Vec<Source>) -> Result<Diff, ApplyError> {
     let current = state.current();
-    let (next, changes) = merged(&current, sources)?;
-    Ok(Diff::new(&current, &next, changes))
+    off_runtime(move || {
+        let (next, changes) = merged(&current, &sources)?;
+        Ok(Diff::new(&current, &next, changes))
+    })
+    .await
 }
 
 /// Deletes one document, if the config without it is still valid.
@@ -93,7 +98,7 @@ pub async fn delete(
     if next.remove(&key).is_none() {
         return Err(ApplyError::NotFound(key));
     }
-    validate(&current, &next, &[])?;
+    let next = validated(&current, next).await?;
     let changes = diff::changes(
         &by_key(current.documents.iter().cloned()),
         &next,
@@ -121,10 +126,9 @@ pub async fn rollback(
     let record = tokio::task::spawn_blocking(move || store.get(target))
         .await??
         .ok_or(ApplyError::NoSuchVersion(target))?;
-    let next = by_key(record.documents);
     // Stored versions were valid when stored; validating again keeps "the store holds only
     // configs this build accepts" true across upgrades that tighten validation.
-    validate(&current, &next, &[])?;
+    let next = validated(&current, by_key(record.documents)).await?;
     let changes = diff::changes(
         &by_key(current.documents.iter().cloned()),
         &next,
@@ -132,6 +136,27 @@ pub async fn rollback(
     );
     let summary = diff::summary(&format!("rollback to version {target}"), &changes);
     commit_if_changed(state, &current, next, changes, author, summary).await
+}
+
+/// Runs CPU-bound work (YAML parsing and validation of up to a few MiB) on the blocking pool,
+/// so that it does not stall the API's other connections or the push streams.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApplyError> + Send + 'static,
+) -> Result<T, ApplyError> {
+    tokio::task::spawn_blocking(work).await?
+}
+
+/// `next` (kept documents of `current`) once it validates as a whole config.
+async fn validated(
+    current: &Arc<VersionRecord>,
+    next: BTreeMap<DocumentKey, serde_json::Value>,
+) -> Result<BTreeMap<DocumentKey, serde_json::Value>, ApplyError> {
+    let base = Arc::clone(current);
+    off_runtime(move || {
+        validate(&base, &next, &[])?;
+        Ok(next)
+    })
+    .await
 }
 
 /// The current documents with every document of `sources` created or replaced, validated.
@@ -145,6 +170,17 @@ fn merged(
     ),
     ApplyError,
 > {
+    if sources.is_empty() {
+        let nothing = Diagnostic {
+            file: "request".to_owned(),
+            line: None,
+            document: None,
+            field: String::new(),
+            message: "no documents to apply".to_owned(),
+            hint: Some("give at least one YAML file".to_owned()),
+        };
+        return Err(ApplyError::Invalid(nothing.into()));
+    }
     let named = diff::keys_in_sources(sources);
     let old = by_key(current.documents.iter().cloned());
     let mut next: BTreeMap<_, _> = old

@@ -1,12 +1,14 @@
 //! The real `ficus-control` and `ficusctl`: apply/get, invalid applies, history/diff/rollback,
-//! `kill -9` right after an apply (RELIABILITY.md row 7), a corrupt data dir, exit codes and the
-//! API's limits.
+//! `kill -9` right after an apply (RELIABILITY.md row 7), a corrupt data dir, exit codes, the
+//! API's limits, and `apply --wait` against real push-mode sidecars (ACK and NACK).
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ficus_tests::client;
 use ficus_tests::control::{ficusctl, run_control, ControlPlane, CtlOutput};
+use ficus_tests::process::{Sidecar, SidecarOptions};
 use http::Request;
 use http_body_util::Full;
 
@@ -458,4 +460,83 @@ async fn api_bounds_bodies_and_answers_errors_as_json() {
         405
     );
     assert_eq!(control.get_json("/v1/config").await["version"], 0);
+}
+
+#[tokio::test]
+async fn apply_wait_reports_every_sidecar_and_fails_on_a_nack() {
+    let control = ControlPlane::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let first = write(files.path(), "first.yaml", &backend(9001));
+    let output = control.ctl(&["apply", "-f", &first, "--wait"]).await;
+    assert!(
+        ok(&output).ends_with("waiting: 0/0 sidecars at version 1\nno sidecars connected\n"),
+        "{}",
+        output.stdout
+    );
+
+    let mut sidecars = Vec::new();
+    for (node, workload) in [("web-1", "web"), ("api-1", "api")] {
+        let options = SidecarOptions {
+            workload: Some(workload.to_owned()),
+            node_id: Some(node.to_owned()),
+            ..SidecarOptions::default()
+        };
+        sidecars.push(Sidecar::start_push(&control.grpc_url(), options).await);
+    }
+    let started = Instant::now();
+    while control.get_json("/v1/status").await["sidecars"]
+        .as_array()
+        .map_or(0, Vec::len)
+        < 2
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "sidecars never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    let second = write(files.path(), "second.yaml", &backend(9002));
+    let output = control
+        .ctl(&["apply", "-f", &second, "--wait", "--timeout", "20s"])
+        .await;
+    let text = ok(&output);
+    assert!(text.starts_with("applied version 2: "), "{text}");
+    assert!(
+        text.contains("waiting: 2/2 sidecars at version 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  web-1 (web.shop): acked version 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  api-1 (api.shop): acked version 2\n"),
+        "{text}"
+    );
+
+    // Valid in the store, but no sidecar can listen where a sidecar already listens: NACK.
+    let taken = sidecars[0].outbound;
+    let tcp = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
+         spec: {{protocol: tcp, listen: \"{taken}\", endpoints: [{{address: \"127.0.0.1:5432\"}}]}}\n"
+    );
+    let third = write(files.path(), "third.yaml", &tcp);
+    let output = control
+        .ctl(&["apply", "-f", &third, "--wait", "--timeout", "20s"])
+        .await;
+    assert_eq!(output.code, 1, "{output:?}");
+    assert!(
+        output.stdout.contains("NACK version 3: "),
+        "{}",
+        output.stdout
+    );
+    let last = output.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: sidecar ") && last.contains("refused version 3"),
+        "{}",
+        output.stderr
+    );
+    let status = control.ctl(&["status"]).await;
+    assert!(ok(&status).contains("v3: "), "{}", status.stdout);
 }

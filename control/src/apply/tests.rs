@@ -119,6 +119,11 @@ async fn invalid_apply_leaves_current_unchanged_and_names_the_users_file() {
         "{text}"
     );
 
+    let error = apply(&state, Vec::new(), None).await.unwrap_err();
+    assert!(
+        format!("{error:?}").contains("no documents to apply"),
+        "{error:?}"
+    );
     let error = apply(&state, source("bad.yaml", "kind: [unclosed"), None)
         .await
         .unwrap_err();
@@ -227,7 +232,7 @@ async fn diff_reports_without_committing() {
     .await
     .unwrap();
     let text = format!("{}---\n{}", backend("a", 9009), backend("b", 9002));
-    let diff = diff(&state, &source("new.yaml", &text)).unwrap();
+    let diff = diff(&state, source("new.yaml", &text)).await.unwrap();
     assert_eq!(diff.version, 1);
     let changes: Vec<(String, Change)> = diff
         .changes
