@@ -540,3 +540,27 @@ async fn apply_wait_reports_every_sidecar_and_fails_on_a_nack() {
     let status = control.ctl(&["status"]).await;
     assert!(ok(&status).contains("v3: "), "{}", status.stdout);
 }
+
+#[tokio::test]
+async fn api_closes_a_client_that_never_finishes_its_headers() {
+    let control = ControlPlane::start().await;
+    let http = control.http;
+    let stalled = tokio::spawn(async move {
+        let partial = b"GET /v1/status HTTP/1.1\r\nHost: control\r\n";
+        client::raw_exchange(http, partial, Duration::from_secs(30)).await
+    });
+    // Others are served meanwhile.
+    assert_eq!(
+        client::get(http, "control", "/v1/status")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let outcome = stalled.await.unwrap();
+    assert!(
+        outcome.closed,
+        "a peer that stops sending headers is closed by the header timeout"
+    );
+    assert_ne!(outcome.status(), Some(200));
+}
