@@ -1,0 +1,317 @@
+//! Push mode end to end: the real `ficus-control`, `ficusctl` and push-mode sidecars.
+//! Applies change routes; a NACK keeps the old config; `kill -9` of the control plane under
+//! traffic loses nothing; a sidecar restarted while the control plane is down serves from its
+//! cache; a burst of applies coalesces into few pushes.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ficus_tests::client::{self, H1Client};
+use ficus_tests::control::{ControlPlane, CtlOutput};
+use ficus_tests::process::{Sidecar, SidecarOptions};
+use ficus_tests::upstream::Upstream;
+
+fn config(target: &str, a: std::net::SocketAddr, b: std::net::SocketAddr, tag: u64) -> String {
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: a, namespace: shop}}\n\
+         spec: {{endpoints: [{{address: \"{a}\"}}]}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: b, namespace: shop}}\n\
+         spec: {{endpoints: [{{address: \"{b}\"}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: svc, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{name: svc}}]\n  rules:\n  - backendRefs: [{{name: {target}}}]\n    \
+         filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-tag, value: \"{tag}\"}}]}}}}]\n"
+    )
+}
+
+#[track_caller]
+fn ok(output: &CtlOutput) -> &str {
+    assert_eq!(
+        output.code, 0,
+        "ficusctl failed:\n{}{}",
+        output.stdout, output.stderr
+    );
+    &output.stdout
+}
+
+async fn apply(control: &ControlPlane, yaml: &str) -> String {
+    ok(&control.ctl_stdin(&["apply", "-f", "-"], yaml).await).to_owned()
+}
+
+async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn version(sidecar: &Sidecar) -> u64 {
+    sidecar.config().await["version"].as_u64().unwrap_or(0)
+}
+
+fn push_options(node: &str) -> SidecarOptions {
+    SidecarOptions {
+        node_id: Some(node.to_owned()),
+        ..SidecarOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn applies_change_routes_and_a_nack_keeps_the_old_config() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let control = ControlPlane::start().await;
+    let sidecar = Sidecar::start_push(&control.grpc_url(), push_options("web-1")).await;
+    let ready = client::get(sidecar.admin, "admin", "/ready").await.unwrap();
+    assert_eq!(ready.status, 503, "not ready before the first config");
+
+    assert!(apply(&control, &config("a", a.addr, b.addr, 1))
+        .await
+        .starts_with("applied version 1"));
+    sidecar.wait_ready(Duration::from_secs(20)).await;
+    assert_eq!(
+        client::get(sidecar.outbound, "svc", "/")
+            .await
+            .unwrap()
+            .text(),
+        "a"
+    );
+
+    apply(&control, &config("b", a.addr, b.addr, 2)).await;
+    until("route to b", Duration::from_secs(20), || async {
+        client::get(sidecar.outbound, "svc", "/")
+            .await
+            .is_ok_and(|r| r.text() == "b")
+    })
+    .await;
+    let status: serde_json::Value =
+        serde_json::from_str(ok(&control.ctl(&["status", "-o", "json"]).await)).unwrap();
+    let me = status["sidecars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["node_id"] == "web-1")
+        .expect("listed");
+    assert_eq!(me["acked_version"], 2);
+    assert_eq!(me["connected"], true);
+
+    // Valid in the store, but this sidecar cannot listen there: it NACKs and keeps version 2.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
+         spec: {{protocol: tcp, listen: \"{}\", endpoints: [{{address: \"127.0.0.1:5432\"}}]}}\n",
+        taken.local_addr().unwrap()
+    );
+    apply(&control, &tcp).await;
+    until("the NACK in status", Duration::from_secs(20), || async {
+        let status = control.get_json("/v1/status").await;
+        status["sidecars"][0]["last_nack"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot listen"))
+    })
+    .await;
+    let status = control.get_json("/v1/status").await;
+    assert_eq!(status["sidecars"][0]["nacked_version"], 3);
+    assert_eq!(status["sidecars"][0]["acked_version"], 2);
+    assert_eq!(
+        version(&sidecar).await,
+        2,
+        "the sidecar still serves version 2"
+    );
+    let response = client::get(sidecar.outbound, "svc", "/").await.unwrap();
+    assert_eq!(
+        (response.text().as_str(), response.header("x-tag")),
+        ("b", "2")
+    );
+    let metrics = client::get(control.http, "c", "/metrics")
+        .await
+        .unwrap()
+        .text();
+    assert!(metrics.contains("ficus_control_nacks_total 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn kill_9_of_the_control_plane_under_traffic_loses_nothing() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let mut control = ControlPlane::start().await;
+    let sidecars = [
+        Sidecar::start_push(&control.grpc_url(), push_options("web-1")).await,
+        Sidecar::start_push(&control.grpc_url(), push_options("web-2")).await,
+    ];
+    apply(&control, &config("a", a.addr, b.addr, 1)).await;
+    for sidecar in &sidecars {
+        sidecar.wait_ready(Duration::from_secs(20)).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for sidecar in &sidecars {
+        let (outbound, stop, sent, failed) = (
+            sidecar.outbound,
+            Arc::clone(&stop),
+            Arc::clone(&sent),
+            Arc::clone(&failed),
+        );
+        load.push(tokio::spawn(async move {
+            let mut client = H1Client::connect(outbound).await.unwrap();
+            for _ in 0..1_000_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                match client.get("svc", "/").await {
+                    Ok(r) if r.status == 200 => {}
+                    other => {
+                        eprintln!("failed: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+
+    assert!(apply(&control, &config("b", a.addr, b.addr, 2))
+        .await
+        .starts_with("applied version 2"));
+    control.kill_9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    control.restart().await;
+    assert!(ok(&control.ctl(&["get"]).await).contains("# ficus config version 2"));
+    assert!(
+        ok(&control.ctl(&["history"]).await).lines().count() >= 3,
+        "history has both versions"
+    );
+    for sidecar in &sidecars {
+        until(
+            "the sidecar to converge on version 2",
+            Duration::from_secs(30),
+            || async { version(sidecar).await == 2 },
+        )
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert!(sent.load(Ordering::Relaxed) > 50, "traffic flowed");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed while the control plane was down"
+    );
+    let status = control.get_json("/v1/status").await;
+    let acked: Vec<_> = status["sidecars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["acked_version"].clone())
+        .collect();
+    assert_eq!(acked, [2, 2], "{status}");
+}
+
+#[tokio::test]
+async fn a_sidecar_restarted_while_the_control_plane_is_down_serves_from_its_cache() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let mut control = ControlPlane::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let options = SidecarOptions {
+        cache_dir: Some(cache.path().to_owned()),
+        ..push_options("web-1")
+    };
+    let sidecar = Sidecar::start_push(&control.grpc_url(), options.clone()).await;
+    apply(&control, &config("b", a.addr, b.addr, 7)).await;
+    sidecar.wait_ready(Duration::from_secs(20)).await;
+    control.kill_9();
+    drop(sidecar);
+
+    let restarted = Sidecar::start_push(&control.grpc_url(), options).await;
+    restarted.wait_ready(Duration::from_secs(20)).await;
+    let response = client::get(restarted.outbound, "svc", "/").await.unwrap();
+    assert_eq!(
+        (response.text().as_str(), response.header("x-tag")),
+        ("b", "7")
+    );
+    let config = restarted.config().await;
+    assert_eq!(config["version"], 1);
+    assert!(
+        config["source"].as_str().unwrap().starts_with("cache:"),
+        "{config}"
+    );
+
+    // When the control plane is back, the sidecar reconnects and reports what it serves.
+    control.restart().await;
+    until(
+        "the sidecar to reconnect",
+        Duration::from_secs(30),
+        || async {
+            let status = control.get_json("/v1/status").await;
+            status["sidecars"][0]["connected"] == true
+                && status["sidecars"][0]["acked_version"] == 1
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_burst_of_applies_coalesces_into_few_pushes() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let control = ControlPlane::start().await;
+    let sidecars = [
+        Sidecar::start_push(&control.grpc_url(), push_options("web-1")).await,
+        Sidecar::start_push(&control.grpc_url(), push_options("web-2")).await,
+    ];
+    apply(&control, &config("a", a.addr, b.addr, 0)).await;
+    for sidecar in &sidecars {
+        sidecar.wait_ready(Duration::from_secs(20)).await;
+    }
+    let pushes = |text: &str| client::Metrics::parse(text).sum("ficus_control_pushes_total", &[]);
+    let before = pushes(
+        &client::get(control.http, "c", "/metrics")
+            .await
+            .unwrap()
+            .text(),
+    );
+    let started = Instant::now();
+    for tag in 1..=50 {
+        apply(
+            &control,
+            &config(if tag % 2 == 0 { "a" } else { "b" }, a.addr, b.addr, tag),
+        )
+        .await;
+    }
+    let burst = started.elapsed();
+    for sidecar in &sidecars {
+        until("version 51 everywhere", Duration::from_secs(20), || async {
+            version(sidecar).await == 51
+        })
+        .await;
+        let response = client::get(sidecar.outbound, "svc", "/").await.unwrap();
+        assert_eq!(
+            (response.text().as_str(), response.header("x-tag")),
+            ("a", "50")
+        );
+    }
+    let after = pushes(
+        &client::get(control.http, "c", "/metrics")
+            .await
+            .unwrap()
+            .text(),
+    );
+    let per_sidecar = (after - before) / 2.0;
+    // Applies came every ~{burst/50}; debounced, each sidecar sees a handful of pushes. The
+    // bound is loose because a slow CI machine may space the applies past the quiet time.
+    let bound = 2.0 + burst.as_secs_f64() * 10.0;
+    assert!(
+        per_sidecar < 50.0 && per_sidecar <= bound,
+        "{per_sidecar} pushes per sidecar for 50 applies in {burst:?}"
+    );
+    eprintln!("50 applies in {burst:?} → {per_sidecar} pushes per sidecar");
+}
