@@ -10,6 +10,12 @@
 //!
 //! Resolution: the poll interval (default 1 ms, and tokio's timer rounds up to the next
 //! millisecond) plus one request through the proxy.
+//!
+//! The pause between a swap becoming visible and the next rewrite is `--settle` plus a random
+//! part of up to `--jitter`. Without it the rewrites phase-lock to a sidecar that checks its
+//! file periodically: every swap would land at the same point of the sidecar's cycle and all
+//! delays would come out equal, instead of spread over the period as they are for a real
+//! operator's edit.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -50,6 +56,10 @@ struct Args {
     /// debouncing settle so each swap is measured on its own).
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     settle: Duration,
+    /// Random extra pause, up to this long, before each rewrite; longer than the period of a
+    /// polling file watcher, so rewrites fall at random points of its cycle.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    jitter: Duration,
     /// Bound on one poll request.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     timeout: Duration,
@@ -140,6 +150,28 @@ async fn wait_for(
     }
 }
 
+/// Uniform random pauses; xorshift64* seeded from the std hasher's per-process random keys
+/// (statistical quality is ample for spreading 50 rewrites, and it needs no dependency).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Self(seed | 1)
+    }
+
+    fn up_to(&mut self, max: Duration) -> Duration {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let unit = (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+        max.mul_f64(unit)
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -177,8 +209,9 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
 
     let mut delays = Latencies::new();
     let mut timed_out = 0u32;
+    let mut random = Jitter::new();
     for version in 1..=args.swaps {
-        sleep(args.settle).await;
+        sleep(args.settle + random.up_to(args.jitter)).await;
         write_atomically(&args.config_file, &config(args.upstream, version)).await?;
         let since = Instant::now();
         match wait_for(&target, &mut connection, version, since, args, &mut errors).await {
