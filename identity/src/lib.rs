@@ -8,14 +8,22 @@
 //! - [`csr`] — `WorkloadKey`: a key generated in memory and its CSR.
 //! - [`tls`] — credentials, a hot-swappable certificate store (rotation without breaking
 //!   connections), the SPIFFE-aware verifiers and the server/client configs (TLS 1.3 only).
+//! - [`fuzz`] — entry points for fuzz targets over untrusted input (SPIFFE IDs, CSRs,
+//!   certificates).
+//! - `x509` — private helpers: strict DER parsing, PEM lists, certificate times.
 //!
 //! One crypto provider for the whole workspace: `ring` ([`crypto_provider`]).
 #![forbid(unsafe_code)]
 
 pub mod ca;
 pub mod csr;
+pub mod fuzz;
 pub mod spiffe;
 pub mod tls;
+mod x509;
+
+#[cfg(test)]
+mod test_pki;
 
 pub use spiffe::SpiffeId;
 

@@ -1,126 +1,126 @@
 //! rustls configurations for mesh traffic: TLS 1.3 only, SPIFFE-aware verification on both
 //! sides, certificates swapped atomically on rotation.
+//!
+//! # Layout
+//! - `credentials` — [`Credentials`] (a chain and key checked to belong together) and the
+//!   hot-swappable [`CertStore`] that both rustls resolvers read.
+//! - `bundle` — [`TrustBundle`]: the roots (old and new during a root rotation) and the trust
+//!   domain.
+//! - `svid` — the X.509-SVID leaf rules ([`SvidError`]) and [`peer_identity`].
+//! - `verify` — the client and server verifiers: webpki for the chain, then the SPIFFE rules.
+//! - `config` — [`server_config`] and [`client_config`].
+//! - `reason` — [`handshake_failure_reason`]: bounded labels for handshake-failure metrics.
+//!
+//! # Why no session resumption
+//! Both configs turn resumption off. A resumed TLS 1.3 session skips certificate verification,
+//! so a peer would keep its identity after its certificate expired or its root left the bundle.
+//! Sidecars keep long-lived HTTP/2 connections, so full handshakes are rare and cheap (ECDSA
+//! P-256).
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use rustls::{ClientConfig, ServerConfig};
-use rustls_pki_types::CertificateDer;
+use crate::spiffe::SpiffeError;
+use crate::x509::display_time;
 
-use crate::csr::WorkloadKey;
-use crate::SpiffeId;
+mod bundle;
+mod config;
+mod credentials;
+mod reason;
+mod svid;
+mod verify;
+
+pub use bundle::TrustBundle;
+pub use config::{client_config, server_config, ClientAuth};
+pub use credentials::{CertStore, Credentials};
+pub use reason::{handshake_failure_reason, rustls_error, HANDSHAKE_FAILURE_REASONS};
+pub use svid::{check_svid, peer_identity, SvidError};
 
 /// Why TLS material or a configuration is unusable.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
-    /// Placeholder until implemented.
-    #[error("{0}")]
-    Other(String),
+    /// The PEM text is not valid PEM (broken framing or base64).
+    #[error("{what}: invalid PEM: {reason}")]
+    Pem {
+        /// What was being read: "certificate chain", "private key", "trust bundle".
+        what: &'static str,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The PEM text holds no `CERTIFICATE` section.
+    #[error("{what}: no CERTIFICATE in the PEM text")]
+    NoCertificates {
+        /// What was being read.
+        what: &'static str,
+    },
+    /// More certificates than any real chain or bundle has.
+    #[error("{what}: more than {max} certificates")]
+    TooManyCertificates {
+        /// What was being read.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
+    /// The PEM text holds no private key (`PRIVATE KEY`, `EC PRIVATE KEY` or `RSA PRIVATE
+    /// KEY`).
+    #[error("private key: no private key in the PEM text ({reason})")]
+    NoPrivateKey {
+        /// The decoder's message.
+        reason: String,
+    },
+    /// rustls could not use the private key (unsupported algorithm or corrupt).
+    #[error("private key: unusable: {0}")]
+    Key(#[source] rustls::Error),
+    /// The private key is not the one the leaf certificate was issued for.
+    #[error("private key does not match the leaf certificate's public key")]
+    KeyMismatch,
+    /// The leaf certificate is not an acceptable X.509-SVID.
+    #[error("leaf certificate: {0}")]
+    Svid(#[from] SvidError),
+    /// The leaf certificate has already expired.
+    #[error("leaf certificate expired at {}", display_time(*not_after))]
+    Expired {
+        /// Its expiry.
+        not_after: SystemTime,
+    },
+    /// A certificate in the trust bundle cannot be a trust anchor.
+    #[error("trust bundle certificate #{index} is unusable: {reason}")]
+    BadRoot {
+        /// Position in the bundle, from 1.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The trust domain is not a valid SPIFFE trust domain.
+    #[error("invalid trust domain: {0}")]
+    TrustDomain(#[source] SpiffeError),
+    /// Generating a workload key failed (the system random source failed).
+    #[error("generating a key failed: {0}")]
+    KeyGeneration(#[source] rcgen::Error),
+    /// Encoding a CSR failed.
+    #[error("building the CSR failed: {0}")]
+    Csr(#[source] rcgen::Error),
+    /// rustls refused the configuration (never expected with the workspace provider).
+    #[error("rustls configuration: {0}")]
+    Config(#[source] rustls::Error),
+    /// rustls could not build the client-certificate verifier from the bundle.
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
 }
 
-/// A certificate chain and its key, checked to belong together and to carry one SPIFFE ID.
-#[derive(Debug)]
-pub struct Credentials {
-    /// The leaf's SPIFFE ID.
-    pub id: SpiffeId,
-    /// Leaf expiry.
-    pub not_after: SystemTime,
-    /// Leaf start.
-    pub not_before: SystemTime,
-}
-
-impl Credentials {
-    /// From a PEM chain (leaf first) issued for `key`.
-    pub fn from_pem(chain_pem: &str, key: &WorkloadKey) -> Result<Self, TlsError> {
-        let _ = (chain_pem, key);
-        unimplemented!()
+impl TlsError {
+    pub(crate) fn from_pem_list(what: &'static str, error: crate::x509::PemListError) -> Self {
+        use crate::x509::PemListError;
+        match error {
+            PemListError::Pem(reason) => Self::Pem { what, reason },
+            PemListError::Empty => Self::NoCertificates { what },
+            PemListError::TooMany => Self::TooManyCertificates {
+                what,
+                max: crate::x509::MAX_CERTIFICATES,
+            },
+        }
     }
-
-    /// From a PEM chain and a PEM key (the control plane's own server certificate).
-    pub fn from_pem_key(chain_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
-        let _ = (chain_pem, key_pem);
-        unimplemented!()
-    }
 }
 
-/// The certificate a process presents, swapped atomically on rotation: handshakes in progress
-/// keep the old one, new handshakes get the new one, established connections are untouched.
-/// Implements rustls's server and client certificate resolvers.
-#[derive(Debug)]
-pub struct CertStore {
-    _private: (),
-}
-
-impl CertStore {
-    /// An empty store (no certificate yet: handshakes that need one fail).
-    pub fn new() -> Arc<Self> {
-        unimplemented!()
-    }
-
-    /// Installs `credentials` for all new handshakes.
-    pub fn install(&self, credentials: Credentials) {
-        let _ = credentials;
-        unimplemented!()
-    }
-
-    /// Expiry of the installed certificate.
-    pub fn not_after(&self) -> Option<SystemTime> {
-        unimplemented!()
-    }
-
-    /// The installed identity.
-    pub fn id(&self) -> Option<SpiffeId> {
-        unimplemented!()
-    }
-}
-
-/// Trust anchors of the mesh plus the trust domain whose IDs are accepted.
-#[derive(Debug, Clone)]
-pub struct TrustBundle {
-    _private: (),
-}
-
-impl TrustBundle {
-    /// Roots from PEM (one or more certificates: during root rotation the old and new roots).
-    pub fn from_pem(pem: &str, trust_domain: &str) -> Result<Self, TlsError> {
-        let _ = (pem, trust_domain);
-        unimplemented!()
-    }
-
-    /// The trust domain.
-    pub fn trust_domain(&self) -> &str {
-        unimplemented!()
-    }
-}
-
-/// Whether a server asks for client certificates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// Required and verified (mTLS): chain to the bundle, exactly one URI SAN, a SPIFFE ID in
-    /// the bundle's trust domain, a leaf that is not a CA.
-    Required,
-    /// None asked (the control plane's signing endpoint: callers have no certificate yet and
-    /// authenticate with a token).
-    None,
-}
-
-/// Server config: TLS 1.3 only, certificate from `store`, ALPN `h2` then `http/1.1`.
-pub fn server_config(store: Arc<CertStore>, bundle: &TrustBundle, client_auth: ClientAuth) -> Result<Arc<ServerConfig>, TlsError> {
-    let _ = (store, bundle, client_auth);
-    unimplemented!()
-}
-
-/// Client config: TLS 1.3 only, presenting `store`'s certificate when given, verifying that the
-/// server chains to the bundle and that its single URI SAN equals `expected` (rustls/webpki do
-/// not check URI SANs; this does). ALPN `h2`.
-pub fn client_config(store: Option<Arc<CertStore>>, bundle: &TrustBundle, expected: &SpiffeId) -> Result<Arc<ClientConfig>, TlsError> {
-    let _ = (store, bundle, expected);
-    unimplemented!()
-}
-
-/// The SPIFFE ID of a verified peer, from `peer_certificates()` of a finished handshake.
-pub fn peer_identity(certificates: Option<&[CertificateDer<'_>]>) -> Option<SpiffeId> {
-    let _ = certificates;
-    unimplemented!()
-}
+#[cfg(test)]
+mod tests;

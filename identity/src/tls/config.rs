@@ -1,0 +1,97 @@
+//! The server and client configs for mesh traffic.
+
+use std::sync::Arc;
+
+use rustls::client::Resumption;
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::{ClientConfig, ServerConfig};
+
+use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier};
+use super::{CertStore, TlsError, TrustBundle};
+use crate::SpiffeId;
+
+/// ALPN protocols a server offers, in preference order: HTTP/2 between sidecars, HTTP/1.1 for
+/// other TLS clients.
+const SERVER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Whether a server asks for client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Required and verified (mTLS): chain to the bundle, exactly one URI SAN, a SPIFFE ID in
+    /// the bundle's trust domain, a leaf that is not a CA.
+    Required,
+    /// None asked (the control plane's signing endpoint: callers have no certificate yet and
+    /// authenticate with a token).
+    None,
+}
+
+/// Server config: TLS 1.3 only, certificate from `store`, ALPN `h2` then `http/1.1`.
+///
+/// With [`ClientAuth::Required`] a client without a certificate gets `certificate_required`, one
+/// whose chain does not lead to the bundle gets `unknown_ca`, and one that breaks the SPIFFE
+/// rules or is in another trust domain gets `certificate_unknown`; each is logged with a
+/// bounded reason. No session resumption (see the module docs).
+pub fn server_config(
+    store: Arc<CertStore>,
+    bundle: &TrustBundle,
+    client_auth: ClientAuth,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = crate::crypto_provider();
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Config)?;
+    let builder = match client_auth {
+        ClientAuth::Required => {
+            let webpki = WebPkiClientVerifier::builder_with_provider(bundle.roots(), provider)
+                .build()
+                .map_err(TlsError::Verifier)?;
+            builder.with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(
+                webpki,
+                bundle.trust_domain(),
+            )))
+        }
+        ClientAuth::None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(store);
+    config.alpn_protocols = SERVER_ALPN
+        .iter()
+        .map(|protocol| protocol.to_vec())
+        .collect();
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// Client config: TLS 1.3 only, presenting `store`'s certificate when given, verifying that the
+/// server chains to the bundle and that its single URI SAN equals `expected` (rustls/webpki do
+/// not check URI SANs; this does). ALPN `h2`.
+///
+/// The server name passed to the connector is not checked against the certificate (the identity
+/// is the URI SAN), so any syntactically valid `ServerName` works, such as the endpoint's IP.
+/// A wrong identity fails with "server presented X, expected Y"; a chain from another root with
+/// "unknown issuer for trust domain T". No session resumption (see the module docs).
+pub fn client_config(
+    store: Option<Arc<CertStore>>,
+    bundle: &TrustBundle,
+    expected: &SpiffeId,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = crate::crypto_provider();
+    let verifier = SpiffeServerVerifier::new(
+        bundle.roots(),
+        bundle.trust_domain(),
+        expected.clone(),
+        Arc::clone(&provider),
+    );
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Config)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match store {
+        Some(store) => builder.with_client_cert_resolver(store),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.resumption = Resumption::disabled();
+    Ok(Arc::new(config))
+}
