@@ -13,15 +13,18 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::cli::Args;
+use crate::control::certs::CertManager;
 use crate::control::{ControlClient, ControlSettings};
 use crate::drain;
 use crate::listener::{accept_loop, serve_http, Side};
+use crate::mtls::MeshTls;
 use crate::reload::Reloader;
 use crate::snapshot::{BuildContext, Snapshot};
 use crate::state::{Identity, Shared};
 use crate::tcp::TcpListeners;
 use crate::telemetry::{logging, metrics::Metrics};
 use crate::upstream::PoolRegistry;
+use ficus_identity::SpiffeId;
 
 /// Process exit codes (INTERFACES.md).
 pub mod exit {
@@ -49,15 +52,13 @@ pub fn run(args: Args) -> u8 {
                 return exit::BAD_CONFIG;
             }
         },
-        (None, Some(url)) => {
-            match ControlSettings::parse(url, args.reach.clone(), args.cache_dir.clone()) {
-                Ok(settings) => Mode::Push(settings),
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return exit::BAD_CONFIG;
-                }
+        (None, Some(_)) => match ControlSettings::from_args(&args) {
+            Ok(settings) => Mode::Push(settings),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return exit::BAD_CONFIG;
             }
-        }
+        },
         _ => {
             eprintln!("error: exactly one of --config or --control is required");
             return exit::BAD_CONFIG;
@@ -96,9 +97,26 @@ pub fn run(args: Args) -> u8 {
         pools: &pools,
         metrics: &metrics,
         identity: &identity,
+        tls: None,
     });
     let (drain_signal, drain) = drain::channel();
-    let shared = Shared::new(empty, false, metrics, pools, identity, log, drain_signal);
+    let tls = match mesh_tls(&args, &mode) {
+        Ok(tls) => tls,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return exit::BAD_CONFIG;
+        }
+    };
+    let shared = Shared::new(
+        empty,
+        false,
+        metrics,
+        pools,
+        identity,
+        log,
+        drain_signal,
+        tls,
+    );
     let connections = TaskTracker::new();
     let tcp = TcpListeners::new(runtime.handle().clone(), connections.clone(), drain.clone());
     let mut reloader = Reloader::new(Arc::clone(&shared), tcp);
@@ -112,9 +130,16 @@ pub fn run(args: Args) -> u8 {
             ConfigTask::Watch(path, reloader)
         }
         Mode::Push(settings) => {
+            let certs = shared.tls.as_ref().map(|tls| {
+                CertManager::new(
+                    settings.clone(),
+                    Arc::clone(tls),
+                    Arc::clone(&shared.metrics),
+                )
+            });
             let mut client = ControlClient::new(settings, reloader);
             client.load_cache();
-            ConfigTask::Push(client)
+            ConfigTask::Push(client, certs)
         }
     };
 
@@ -137,7 +162,12 @@ pub fn run(args: Args) -> u8 {
                     ConfigTask::Watch(path, reloader) => {
                         tokio::spawn(crate::watch::watch(path, reloader))
                     }
-                    ConfigTask::Push(client) => tokio::spawn(client.run()),
+                    ConfigTask::Push(client, certs) => {
+                        if let Some(certs) = certs {
+                            tokio::spawn(certs.run());
+                        }
+                        tokio::spawn(client.run())
+                    }
                 };
                 match TcpListener::from_std(admin) {
                     Ok(listener) => crate::admin::serve(listener, admin_shared).await,
@@ -177,7 +207,27 @@ enum Mode {
 /// The task that feeds the reloader, run on the admin runtime.
 enum ConfigTask {
     Watch(std::path::PathBuf, Reloader),
-    Push(ControlClient),
+    Push(ControlClient, Option<CertManager>),
+}
+
+/// This sidecar's mesh identity: in push mode with `--token-file`, over an `https://` control
+/// connection (the CA signs our CSR there).
+fn mesh_tls(args: &Args, mode: &Mode) -> Result<Option<Arc<MeshTls>>, String> {
+    let Mode::Push(settings) = mode else {
+        return Ok(None);
+    };
+    if args.token_file.is_none() {
+        return Ok(None);
+    }
+    let control_tls = settings.tls.as_ref().ok_or(
+        "--token-file needs an https:// --control: certificates come from the control plane's CA",
+    )?;
+    let id = SpiffeId::workload(&args.trust_domain, &args.namespace, &args.workload)
+        .map_err(|e| format!("--workload/--namespace/--trust-domain: {e}"))?;
+    Ok(Some(Arc::new(MeshTls::new(
+        id,
+        control_tls.bundle.clone(),
+    )?)))
 }
 
 fn data_plane_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {

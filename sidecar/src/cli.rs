@@ -69,6 +69,10 @@ pub struct Args {
     #[arg(long, env = "FICUS_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// SPIFFE trust domain of the mesh (the control plane's and peers' identities live in it).
+    #[arg(long, env = "FICUS_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+
     /// Root certificate(s) to trust for the control plane and the mesh.
     #[arg(long, env = "FICUS_CA_FILE")]
     pub ca_file: Option<PathBuf>,

@@ -7,67 +7,91 @@
 //! control plane sends only a changed snapshot, or a version bump, or nothing. HTTP/2
 //! keepalive pings detect a dead control plane.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
+
+use std::sync::Arc;
 
 use ficus_config::wire::config_discovery_client::ConfigDiscoveryClient;
 use ficus_config::wire::{self, sidecar_message, Ack, Hello, Nack, SidecarMessage, Snapshot};
+use ficus_identity::tls::TrustBundle;
+use ficus_identity::SpiffeId;
 use http::Uri;
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::cli::Args;
 use crate::reload::Reloader;
 
-/// Connect and handshake timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub mod certs;
+mod channel;
+
 /// Wait for the control plane to accept the subscription.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 keepalive interval and timeout.
-const KEEPALIVE: Duration = Duration::from_secs(10);
 /// Backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Largest snapshot accepted.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// Where and how to subscribe.
+/// Where and how to reach the control plane.
 #[derive(Debug, Clone)]
 pub struct ControlSettings {
     /// Control plane gRPC address.
     pub address: SocketAddr,
-    /// Origin for request URIs (`http://host:port`).
+    /// Origin for request URIs (`http://host:port` or `https://host:port`).
     pub origin: Uri,
     /// Namespaces besides our own that we call (empty: all).
     pub reach: Vec<String>,
     /// Where accepted snapshots are cached.
     pub cache_dir: Option<PathBuf>,
+    /// TLS to the control plane (`https://`).
+    pub tls: Option<ControlTls>,
+    /// The join token presented to obtain certificates (`--token-file`).
+    pub token: Option<String>,
+}
+
+/// TLS to the control plane: the mesh roots, and a client config that requires the control
+/// plane's SPIFFE ID (`spiffe://<trust-domain>/ns/ficus-system/sa/ficus-control`).
+#[derive(Debug, Clone)]
+pub struct ControlTls {
+    /// Roots from `--ca-file`.
+    pub bundle: TrustBundle,
+    /// Client config for the control connection (no client certificate: we authenticate with
+    /// the token).
+    pub client: Arc<rustls::ClientConfig>,
 }
 
 impl ControlSettings {
-    /// Parses `--control` (`http://host:port`; TLS arrives with the identity work).
-    pub fn parse(
-        url: &str,
-        reach: Vec<String>,
-        cache_dir: Option<PathBuf>,
-    ) -> Result<Self, String> {
+    /// Reads `--control`, `--ca-file`, `--token-file`, `--trust-domain`, `--reach`,
+    /// `--cache-dir`. `https://` needs `--ca-file`.
+    pub fn from_args(args: &Args) -> Result<Self, String> {
+        let url = args.control.as_deref().ok_or("--control is required")?;
         let origin: Uri = url.parse().map_err(|e| format!("--control {url:?}: {e}"))?;
-        match origin.scheme_str() {
-            Some("http") => {}
+        let tls = match origin.scheme_str() {
+            Some("http") => None,
             Some("https") => {
+                let path = args.ca_file.as_ref().ok_or_else(|| {
+                    format!("--control {url}: https needs --ca-file (the mesh root, <data>/ca.pem of ficus-control)")
+                })?;
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+                let bundle = TrustBundle::from_pem(&pem, &args.trust_domain)
+                    .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+                let expected =
+                    SpiffeId::workload(&args.trust_domain, "ficus-system", "ficus-control")
+                        .map_err(|e| format!("--trust-domain {}: {e}", args.trust_domain))?;
+                let client = ficus_identity::tls::client_config(None, &bundle, &expected)
+                    .map_err(|e| format!("TLS to the control plane: {e}"))?;
+                Some(ControlTls { bundle, client })
+            }
+            _ => {
                 return Err(format!(
-                    "--control {url}: TLS to the control plane is not available yet; run \
-                     ficus-control --insecure and use http://"
+                    "--control {url}: expected http://host:port or https://host:port"
                 ))
             }
-            _ => return Err(format!("--control {url}: expected http://host:port")),
-        }
+        };
         let authority = origin
             .authority()
             .ok_or_else(|| format!("--control {url}: no host:port"))?;
@@ -75,11 +99,22 @@ impl ControlSettings {
             .as_str()
             .parse()
             .map_err(|_| format!("--control {url}: host must be an IP address with a port"))?;
+        let token = match &args.token_file {
+            None => None,
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("--token-file {}: {e}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+        };
         Ok(Self {
             address,
             origin,
-            reach,
-            cache_dir,
+            reach: args.reach.clone(),
+            cache_dir: args.cache_dir.clone(),
+            tls,
+            token,
         })
     }
 }
@@ -176,32 +211,9 @@ impl ControlClient {
             error,
             subscribed: false,
         };
-        let stream = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            tokio::net::TcpStream::connect(self.settings.address),
-        )
-        .await
-        .map_err(|_| fail("connect timed out".into()))?
-        .map_err(|e| fail(format!("connect failed: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        let handshake = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(KEEPALIVE)
-            .keep_alive_timeout(KEEPALIVE)
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(stream));
-        let (sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
-            .await
-            .map_err(|_| fail("HTTP/2 handshake timed out".into()))?
-            .map_err(|e| fail(format!("HTTP/2 handshake failed: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "control plane connection ended");
-            }
-        });
-        let mut client =
-            ConfigDiscoveryClient::with_origin(Channel { sender }, self.settings.origin.clone())
-                .max_decoding_message_size(MAX_MESSAGE);
+        let channel = channel::connect(&self.settings).await.map_err(fail)?;
+        let mut client = ConfigDiscoveryClient::with_origin(channel, self.settings.origin.clone())
+            .max_decoding_message_size(MAX_MESSAGE);
 
         let (tx, rx) = mpsc::channel::<SidecarMessage>(4);
         let identity = &self.reloader.shared().identity;
@@ -341,24 +353,4 @@ fn write_atomically(dir: &Path, cached: &Cached) -> std::io::Result<()> {
 struct SessionEnd {
     error: String,
     subscribed: bool,
-}
-
-/// A tonic transport over one hyper HTTP/2 connection.
-#[derive(Debug, Clone)]
-struct Channel {
-    sender: http2::SendRequest<tonic::body::Body>,
-}
-
-impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
-    type Response = http::Response<Incoming>;
-    type Error = hyper::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.sender.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(self.sender.send_request(request))
-    }
 }

@@ -16,6 +16,8 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The protocol a downstream connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
+    /// A TLS handshake (first byte 0x16, a handshake record).
+    Tls,
     /// HTTP/1.x.
     Http1,
     /// HTTP/2 with prior knowledge (h2c).
@@ -63,6 +65,9 @@ where
 
 /// The protocol `start` shows, or `None` if it is a proper prefix of the HTTP/2 preface.
 pub fn decide(start: &[u8]) -> Option<Protocol> {
+    if start.first() == Some(&0x16) {
+        return Some(Protocol::Tls);
+    }
     let common = start.len().min(PREFACE.len());
     if start[..common] != PREFACE[..common] {
         Some(Protocol::Http1)
@@ -157,6 +162,7 @@ mod tests {
         assert_eq!(decide(b"POST"), Some(Protocol::Http1));
         assert_eq!(decide(b"PRI * HTTP/2.0\r\n"), None);
         assert_eq!(decide(PREFACE), Some(Protocol::Http2));
+        assert_eq!(decide(&[0x16, 0x03, 0x01]), Some(Protocol::Tls));
     }
 
     #[tokio::test(start_paused = true)]
@@ -181,6 +187,7 @@ mod tests {
         fn only_the_full_preface_is_http2(start in prop::collection::vec(any::<u8>(), 1..40)) {
             match decide(&start) {
                 Some(Protocol::Http2) => prop_assert!(start.starts_with(PREFACE)),
+                Some(Protocol::Tls) => prop_assert_eq!(start[0], 0x16),
                 Some(Protocol::Http1) => prop_assert!(!PREFACE.starts_with(&start[..start.len().min(24)]) ),
                 None => prop_assert!(PREFACE.starts_with(&start)),
             }

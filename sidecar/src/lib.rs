@@ -10,19 +10,21 @@
 //! - [`listener`] — accept loops and downstream HTTP connections; [`detect`] — h1 or h2.
 //! - [`tcp`] — opaque TCP listeners; [`tunnel`] — byte copying with an idle timeout.
 //! - [`reload`], [`watch`] and [`control`] — the swap, fed by file watching or by pushes.
-//! - [`admin`] — the admin server.
+//! - [`admin`] — the admin server; [`authz`] — inbound AuthorizationPolicy.
 //! - [`telemetry`] — metrics and logs.
 //! - [`body`], [`drain`], [`state`] — shared plumbing.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod body;
 pub mod cli;
 pub mod control;
 pub mod detect;
 pub mod drain;
 pub mod listener;
+pub mod mtls;
 pub mod proxy;
 pub mod reload;
 pub mod route;

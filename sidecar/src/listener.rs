@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ficus_config::MtlsMode;
+use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
@@ -16,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::detect::{detect, DetectError, Prefixed, Protocol};
 use crate::drain::Drain;
+use crate::snapshot::ServerSettings;
 use crate::state::Shared;
 
 /// Pause after an accept error, so a full fd table does not turn into a busy loop.
@@ -81,8 +84,9 @@ pub async fn accept_loop<F, Fut>(
     tracing::info!(listener = name, "stopped accepting");
 }
 
-/// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on an accepted connection until it ends or,
-/// after the drain signal, until its in-flight requests are done.
+/// Serves an accepted connection until it ends or, after the drain signal, until its
+/// in-flight requests are done. Inbound connections may be TLS (terminated here, the peer's
+/// SPIFFE ID verified and passed on); what the mesh's mTLS mode allows decides the rest.
 pub async fn serve_http(
     shared: Arc<Shared>,
     side: Side,
@@ -92,7 +96,10 @@ pub async fn serve_http(
 ) {
     // Settings of the config in force when the connection arrived; the connection does not
     // keep the whole snapshot alive.
-    let server = shared.snapshot.load().server.clone();
+    let (server, mode) = {
+        let snapshot = shared.snapshot.load();
+        (snapshot.server.clone(), snapshot.config.mesh.mtls_mode)
+    };
     let (protocol, read) = match detect(&mut stream, server.detect_timeout).await {
         Ok(detected) => detected,
         Err(error) => {
@@ -103,29 +110,121 @@ pub async fn serve_http(
             return;
         }
     };
-    let io = TokioIo::new(Prefixed::new(read, stream));
-    let handler = Arc::clone(&shared);
+    let prefixed = Prefixed::new(read, stream);
+    match (side, protocol) {
+        (Side::Inbound, Protocol::Tls) => {
+            let Some(tls) = shared.tls.clone().filter(|_| mode != MtlsMode::Disable) else {
+                shared.metrics.tls_handshake_failed("tls_not_enabled");
+                return;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server());
+            let accepted =
+                tokio::time::timeout(server.detect_timeout, acceptor.accept(prefixed)).await;
+            let mut stream = match accepted {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    let reason = handshake_failure_reason(&error);
+                    shared.metrics.tls_handshake_failed(reason);
+                    tracing::info!(%peer, reason, %error, "inbound TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.tls_handshake_failed("timeout");
+                    return;
+                }
+            };
+            let identity =
+                ficus_identity::tls::peer_identity(stream.get_ref().1.peer_certificates())
+                    .and_then(|id| HeaderValue::from_str(id.as_str()).ok());
+            let (protocol, read) = match detect(&mut stream, server.detect_timeout).await {
+                Ok((Protocol::Http2, read)) => (Protocol::Http2, read),
+                Ok((_, read)) => (Protocol::Http1, read),
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "closing TLS connection before any request");
+                    return;
+                }
+            };
+            let io = TokioIo::new(Prefixed::new(read, stream));
+            serve_io(shared, side, io, protocol, peer, identity, &server, drain).await;
+        }
+        (Side::Inbound, _) if mode == MtlsMode::Strict => {
+            shared.metrics.tls_handshake_failed("plaintext");
+            tracing::info!(%peer, "plaintext refused: mTLS is STRICT");
+        }
+        (_, protocol) => {
+            let protocol = if protocol == Protocol::Http2 {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            };
+            serve_io(
+                shared,
+                side,
+                TokioIo::new(prefixed),
+                protocol,
+                peer,
+                None,
+                &server,
+                drain,
+            )
+            .await;
+        }
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on `io`. `identity` is the verified peer's SPIFFE ID (inbound
+/// mTLS), passed to the app.
+#[allow(clippy::too_many_arguments)]
+async fn serve_io<I>(
+    shared: Arc<Shared>,
+    side: Side,
+    io: TokioIo<I>,
+    protocol: Protocol,
+    peer: SocketAddr,
+    identity: Option<HeaderValue>,
+    server: &ServerSettings,
+    drain: Drain,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let service = service_fn(move |request| {
-        let shared = Arc::clone(&handler);
+        let shared = Arc::clone(&shared);
+        let identity = identity.clone();
         async move {
             let response = match side {
                 Side::Outbound => crate::proxy::outbound::handle(&shared, peer, request).await,
-                Side::Inbound => crate::proxy::inbound::handle(&shared, peer, request).await,
+                Side::Inbound => {
+                    crate::proxy::inbound::handle(&shared, peer, identity, request).await
+                }
             };
             Ok::<_, std::convert::Infallible>(response)
         }
     });
     let result = match protocol {
-        Protocol::Http1 => {
-            let connection = server.http1.serve_connection(io, service).with_upgrades();
-            until_drained!(connection, drain).map_err(|e| e.to_string())
-        }
         Protocol::Http2 => {
             let connection = server.http2.serve_connection(io, service);
+            until_drained!(connection, drain).map_err(|e| e.to_string())
+        }
+        _ => {
+            let connection = server.http1.serve_connection(io, service).with_upgrades();
             until_drained!(connection, drain).map_err(|e| e.to_string())
         }
     };
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "downstream connection ended with an error");
+    }
+}
+
+/// Bounded reason label for a failed inbound handshake.
+fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match error.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => "unknown_ca",
+        Some(Error::InvalidCertificate(CertificateError::Expired)) => "expired",
+        Some(Error::InvalidCertificate(_)) => "bad_certificate",
+        Some(Error::NoCertificatesPresented) => "certificate_required",
+        Some(Error::PeerIncompatible(_)) => "protocol_version",
+        Some(_) => "other",
+        None => "io",
     }
 }

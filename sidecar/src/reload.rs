@@ -69,6 +69,7 @@ impl Reloader {
             pools: &self.shared.pools,
             metrics: &self.shared.metrics,
             identity: &self.shared.identity,
+            tls: self.shared.tls.as_ref(),
         };
         let snapshot = Snapshot::build(config, version, source.to_owned(), &cx);
         let prepared = match self.tcp.prepare(&snapshot) {

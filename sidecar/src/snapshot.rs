@@ -11,6 +11,8 @@ use std::sync::Arc;
 use ficus_config::{Config, Filter, Protocol, ProxyLimits, ResourceKey, RouteRule, Timeouts};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::authz::Authorizer;
+use crate::mtls::MeshTls;
 use crate::proxy::filters::{HeaderOps, Redirect, Rewrite};
 use crate::route::{CompiledMatch, RouteEntry, RouteTable, ServiceName, WeightedSet};
 use crate::state::Identity;
@@ -116,6 +118,8 @@ pub struct InboundTarget {
     pub http2: Arc<EndpointPool>,
     /// Metrics for (inbound, workload, app).
     pub metrics: Arc<RequestMetrics>,
+    /// AuthorizationPolicies protecting this workload.
+    pub authz: Authorizer,
 }
 
 /// What a snapshot needs besides the config.
@@ -127,6 +131,29 @@ pub struct BuildContext<'a> {
     pub metrics: &'a Arc<Metrics>,
     /// Who we are.
     pub identity: &'a Identity,
+    /// Our mesh TLS, if we have an identity.
+    pub tls: Option<&'a Arc<MeshTls>>,
+}
+
+/// mTLS settings for an endpoint that names the identity it must present, unless mTLS is off
+/// or we have no identity (then plaintext; a STRICT peer will refuse it).
+fn endpoint_tls(
+    endpoint: &ficus_config::Endpoint,
+    mode: ficus_config::MtlsMode,
+    cx: &BuildContext<'_>,
+) -> Option<(Arc<rustls::ClientConfig>, String)> {
+    let identity = endpoint.identity.as_deref()?;
+    let tls = cx.tls.filter(|_| mode != ficus_config::MtlsMode::Disable)?;
+    let expected = ficus_identity::SpiffeId::parse(identity)
+        .map_err(|error| tracing::warn!(identity, %error, "endpoint identity is not a SPIFFE ID"))
+        .ok()?;
+    match tls.client_for(&expected) {
+        Ok(config) => Some((config, identity.to_owned())),
+        Err(error) => {
+            tracing::warn!(identity, %error, "no TLS config for endpoint");
+            None
+        }
+    }
 }
 
 impl Snapshot {
@@ -145,8 +172,9 @@ impl Snapshot {
                     .endpoints
                     .iter()
                     .map(|e| {
+                        let tls = endpoint_tls(e, config.mesh.mtls_mode, cx);
                         cx.pools
-                            .pool(e.address, backend.protocol.is_http2(), settings)
+                            .pool_with(e.address, backend.protocol.is_http2(), tls, settings)
                     })
                     .collect();
                 let target = BackendTarget {
@@ -255,6 +283,7 @@ impl Snapshot {
                 &format!("{}/{}", cx.identity.namespace, cx.identity.workload),
                 "app",
             ),
+            authz: Authorizer::new(&config, &cx.identity.namespace, &cx.identity.workload),
         });
         let unrouted = cx
             .metrics

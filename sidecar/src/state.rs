@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::drain::DrainSignal;
+use crate::mtls::MeshTls;
 use crate::snapshot::Snapshot;
 use crate::telemetry::logging::LogHandle;
 use crate::telemetry::metrics::Metrics;
@@ -54,6 +55,8 @@ pub struct Shared {
     pub drain: DrainSignal,
     /// Set by `/quitquitquit`: drain, then exit 0.
     pub quit: tokio::sync::Notify,
+    /// Mesh TLS, when this sidecar has an identity (`--token-file` in push mode).
+    pub tls: Option<Arc<MeshTls>>,
     has_config: AtomicBool,
 }
 
@@ -67,6 +70,7 @@ impl Shared {
         identity: Identity,
         log: LogHandle,
         drain: DrainSignal,
+        tls: Option<Arc<MeshTls>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -77,13 +81,17 @@ impl Shared {
             log,
             drain,
             quit: tokio::sync::Notify::new(),
+            tls,
             has_config: AtomicBool::new(has_config),
         })
     }
 
-    /// Ready: a valid config is loaded and we are not draining.
+    /// Ready: a valid config is loaded, a certificate too when we have an identity, and we
+    /// are not draining.
     pub fn is_ready(&self) -> bool {
-        self.has_config.load(Ordering::Acquire) && !self.drain.is_draining()
+        self.has_config.load(Ordering::Acquire)
+            && self.tls.as_ref().is_none_or(|tls| tls.has_certificate())
+            && !self.drain.is_draining()
     }
 
     /// Swaps in `snapshot` and records success.

@@ -61,6 +61,14 @@ pub enum UpstreamError {
         /// Cause.
         source: hyper::Error,
     },
+    /// The TLS handshake failed (untrusted chain, wrong SPIFFE ID, ...). Nothing was sent.
+    #[error("TLS to {addr} failed: {source}")]
+    Tls {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// The connection failed after the request (or part of it) was sent: the upstream may
     /// have acted on it, so only idempotent requests may be retried.
     #[error("upstream {addr} failed before response headers: {source}")]
@@ -87,6 +95,7 @@ impl UpstreamError {
             Self::Connect { .. } => "connect_refused",
             Self::ConnectTimeout { .. } => "connect_timeout",
             Self::Handshake { .. } => "handshake",
+            Self::Tls { .. } => "tls",
             Self::Reset { .. } => "reset_before_headers",
         }
     }
@@ -106,6 +115,8 @@ pub struct PoolSettings {
 pub struct EndpointPool {
     address: SocketAddr,
     http2: bool,
+    /// mTLS to a peer sidecar (always HTTP/2 then, negotiated by ALPN).
+    tls: Option<Arc<rustls::ClientConfig>>,
     connect_timeout_ms: AtomicU64,
     idle_timeout_ms: AtomicU64,
     idle: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
@@ -113,10 +124,16 @@ pub struct EndpointPool {
 }
 
 impl EndpointPool {
-    fn new(address: SocketAddr, http2: bool, settings: PoolSettings) -> Self {
+    fn new(
+        address: SocketAddr,
+        http2: bool,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        settings: PoolSettings,
+    ) -> Self {
         let pool = Self {
             address,
-            http2,
+            http2: http2 || tls.is_some(),
+            tls,
             connect_timeout_ms: AtomicU64::new(0),
             idle_timeout_ms: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
@@ -137,6 +154,12 @@ impl EndpointPool {
     /// The endpoint address.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Whether requests to this endpoint travel over HTTP/2 (h2c, gRPC, or mTLS between
+    /// sidecars).
+    pub fn is_http2(&self) -> bool {
+        self.http2
     }
 
     /// Opens a TCP connection to the endpoint within the connect timeout.
@@ -298,6 +321,29 @@ impl EndpointPool {
 
     async fn connect_http2(&self) -> Result<http2::SendRequest<Body>, UpstreamError> {
         let stream = self.connect_tcp().await?;
+        match &self.tls {
+            None => self.handshake_http2(stream).await,
+            Some(config) => {
+                let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+                // The name is not checked (the verifier checks the SPIFFE ID); any valid one does.
+                let name = rustls_pki_types::ServerName::IpAddress(self.address.ip().into());
+                let after = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
+                let addr = self.address;
+                let stream =
+                    match tokio::time::timeout(after, connector.connect(name, stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(source)) => return Err(UpstreamError::Tls { addr, source }),
+                        Err(_) => return Err(UpstreamError::ConnectTimeout { addr, after }),
+                    };
+                self.handshake_http2(stream).await
+            }
+        }
+    }
+
+    async fn handshake_http2<I>(&self, stream: I) -> Result<http2::SendRequest<Body>, UpstreamError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -326,7 +372,7 @@ impl EndpointPool {
 /// Hands out the pool of an endpoint, the same one for as long as any snapshot names it.
 #[derive(Debug, Default)]
 pub struct PoolRegistry {
-    pools: Mutex<HashMap<(SocketAddr, bool), Weak<EndpointPool>>>,
+    pools: Mutex<HashMap<(SocketAddr, bool, Option<String>), Weak<EndpointPool>>>,
 }
 
 impl PoolRegistry {
@@ -337,16 +383,31 @@ impl PoolRegistry {
         http2: bool,
         settings: PoolSettings,
     ) -> Arc<EndpointPool> {
+        self.pool_with(address, http2, None, settings)
+    }
+
+    /// The pool for `address`, over mTLS when `tls` gives the client config and the identity the
+    /// peer must present (one pool per identity: a config change of identity means new
+    /// connections).
+    pub fn pool_with(
+        &self,
+        address: SocketAddr,
+        http2: bool,
+        tls: Option<(Arc<rustls::ClientConfig>, String)>,
+        settings: PoolSettings,
+    ) -> Arc<EndpointPool> {
+        let (config, identity) = tls.map_or((None, None), |(c, i)| (Some(c), Some(i)));
+        let key = (address, http2, identity);
         let Ok(mut pools) = self.pools.lock() else {
-            return Arc::new(EndpointPool::new(address, http2, settings));
+            return Arc::new(EndpointPool::new(address, http2, config, settings));
         };
         pools.retain(|_, pool| pool.strong_count() > 0);
-        if let Some(pool) = pools.get(&(address, http2)).and_then(Weak::upgrade) {
+        if let Some(pool) = pools.get(&key).and_then(Weak::upgrade) {
             pool.update(settings);
             return pool;
         }
-        let pool = Arc::new(EndpointPool::new(address, http2, settings));
-        pools.insert((address, http2), Arc::downgrade(&pool));
+        let pool = Arc::new(EndpointPool::new(address, http2, config, settings));
+        pools.insert(key, Arc::downgrade(&pool));
         pool
     }
 }

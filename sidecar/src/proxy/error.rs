@@ -19,6 +19,8 @@ pub mod flags {
     pub const BAD_REQUEST: &str = "DPE";
     /// Downstream stopped sending its request body.
     pub const DOWNSTREAM_TIMEOUT: &str = "DT";
+    /// Denied by an AuthorizationPolicy.
+    pub const DENIED: &str = "UAEX";
 }
 
 /// Why the proxy answered itself instead of relaying an upstream response.
@@ -31,6 +33,9 @@ pub enum ProxyError {
     /// The service has no rule matching this request.
     #[error("no rule of service {0} matches")]
     NoRule(String),
+    /// An AuthorizationPolicy denies the request.
+    #[error("denied by authorization policy")]
+    Denied,
     /// The request target is longer than we forward.
     #[error("request target of {0} bytes is too long")]
     UriTooLong(usize),
@@ -59,6 +64,7 @@ impl ProxyError {
             Self::NoService(_) => (StatusCode::BAD_GATEWAY, flags::NO_ROUTE, "no-route"),
             Self::NoRule(_) => (StatusCode::NOT_FOUND, flags::NO_ROUTE, "no-route"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, flags::BAD_REQUEST, "bad-request"),
+            Self::Denied => (StatusCode::FORBIDDEN, flags::DENIED, "denied"),
             Self::UriTooLong(_) => (StatusCode::URI_TOO_LONG, flags::BAD_REQUEST, "uri-too-long"),
             Self::DownstreamTimeout => (
                 StatusCode::REQUEST_TIMEOUT,

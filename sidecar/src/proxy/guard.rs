@@ -20,6 +20,7 @@ pub fn check<B>(request: &Request<B>) -> Result<(), ProxyError> {
     if target > MAX_REQUEST_TARGET {
         return Err(ProxyError::UriTooLong(target));
     }
+    check_path(request.uri().path())?;
     let mut hosts = request.headers().get_all(HOST).iter();
     if hosts.next().is_some() && hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header"));
@@ -31,6 +32,30 @@ pub fn check<B>(request: &Request<B>) -> Result<(), ProxyError> {
             .and_then(|v| v.trim().parse::<u64>().ok());
         if length.is_none_or(|l| l > MAX_CONTENT_LENGTH) {
             return Err(ProxyError::BadRequest("invalid Content-Length"));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses paths that routing, authorization and the upstream could read differently
+/// (RELIABILITY HTTP1-6): encoded slashes or backslashes, `%00`, backslashes, `#`, dot
+/// segments (plain or percent-encoded) and empty segments. What passes is one normalized path.
+pub fn check_path(path: &str) -> Result<(), ProxyError> {
+    let lower = path.to_ascii_lowercase();
+    let encoded = ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e));
+    if encoded || path.contains('\\') || path.contains('#') {
+        return Err(ProxyError::BadRequest(
+            "path with an encoded separator, backslash, NUL or #",
+        ));
+    }
+    let dot = |segment: &str| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    };
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        if dot(segment) || (segment.is_empty() && segments.peek().is_some()) {
+            return Err(ProxyError::BadRequest("path with dot or empty segments"));
         }
     }
     Ok(())
@@ -58,5 +83,31 @@ mod tests {
         ));
         assert!(check(&request("/", &[("host", "a"), ("host", "b")])).is_err());
         assert!(check(&request("/", &[("content-length", "10000000000000000000")])).is_err());
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for bad in [
+            "/a/../admin",
+            "/%2e%2e/admin",
+            "/a%2Fb",
+            "//admin",
+            "/a/./b",
+            "/a%5cb",
+            "/a%00",
+            "/.%2E/x",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/",
+            "/admin",
+            "/api/payments/",
+            "/a.b/c..d",
+            "/admin;x",
+            "/a%20b",
+        ] {
+            assert!(check_path(good).is_ok(), "{good}");
+        }
     }
 }

@@ -7,7 +7,10 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
+use super::error::ProxyError;
 use super::forward::{forward, prepare, upstream_uri};
+use super::headers::X_FICUS_PEER_IDENTITY;
+use crate::authz::Decision;
 use crate::body::{with_idle_timeout, Body};
 use crate::state::Shared;
 
@@ -15,6 +18,7 @@ use crate::state::Shared;
 pub async fn handle(
     shared: &Shared,
     peer: SocketAddr,
+    identity: Option<HeaderValue>,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -29,8 +33,28 @@ pub async fn handle(
             .record(response.status().as_u16(), flag, started.elapsed());
         return response;
     }
+    if inbound.authz.is_active() {
+        let peer_id = identity.as_ref().and_then(|v| v.to_str().ok());
+        if inbound
+            .authz
+            .check(peer_id, request.method(), request.uri().path())
+            == Decision::Deny
+        {
+            shared.metrics.authz_denied();
+            tracing::info!(%peer, peer_id, method = %request.method(), "request denied by authorization policy");
+            let (response, flag) = ProxyError::Denied.into_response();
+            inbound
+                .metrics
+                .record(response.status().as_u16(), flag, started.elapsed());
+            return response;
+        }
+    }
     let http2 = request.version() == Version::HTTP_2;
     let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
+    // `prepare` removed any caller-supplied value; only a verified mTLS peer sets it.
+    if let Some(identity) = identity {
+        parts.headers.insert(X_FICUS_PEER_IDENTITY, identity);
+    }
 
     let app = shared.identity.app.to_string();
     let authority = parts

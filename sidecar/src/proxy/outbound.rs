@@ -75,7 +75,10 @@ async fn route_and_forward<'s>(
         return (response, &service.unmatched, flag);
     };
     let RouteBackend { target, metrics } = backends.pick();
-    let http2 = target.protocol.is_http2();
+    let endpoint = target.endpoint();
+    // HTTP/2 for h2c/gRPC backends and for mTLS to peer sidecars (ALPN h2): the app's
+    // HTTP/1.1 crosses the mesh as HTTP/2 and turns back into HTTP/1.1 at the other side.
+    let http2 = endpoint.is_http2();
 
     let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
     if let Some(ops) = &action.request_headers {
@@ -123,7 +126,6 @@ async fn route_and_forward<'s>(
         .map_or(per_try, |total| total.min(per_try));
     let body = with_idle_timeout(incoming, limits.body_idle_timeout);
     let upstream_request = Request::from_parts(parts, body);
-    let endpoint = target.endpoint();
     match forward(endpoint, upstream_request, timeout, on_upgrade, limits).await {
         Ok(mut response) => {
             if let Some(ops) = &action.response_headers {

@@ -53,6 +53,11 @@ pub struct Metrics {
     pub tcp_bytes_received: IntCounter,
     /// `ficus_config_version`.
     pub config_version: IntGauge,
+    /// `ficus_tls_certificate_expiry_timestamp_seconds` (0 while there is none).
+    pub certificate_expiry: IntGauge,
+    certificate_renewals_failed: IntCounter,
+    authz_denied: IntCounter,
+    tls_handshake_failed: IntCounterVec,
     config_updates: IntCounterVec,
     config_rejected: IntCounterVec,
     http_rejected: IntCounterVec,
@@ -109,6 +114,19 @@ impl Metrics {
         let config_version =
             IntGauge::new("ficus_config_version", "Version of the config being served")
                 .expect("static metric definition");
+        let certificate_expiry = IntGauge::new(
+            "ficus_tls_certificate_expiry_timestamp_seconds",
+            "Expiry of the workload certificate (Unix seconds)",
+        )
+        .expect("static metric definition");
+        let certificate_renewals_failed = counter(
+            "ficus_tls_certificate_renewals_failed_total",
+            "Failed attempts to obtain or renew the workload certificate",
+        );
+        let authz_denied = counter(
+            "ficus_authz_denied_total",
+            "Inbound requests denied by authorization policy",
+        );
         let vec = |name: &str, help: &str, label: &str| {
             IntCounterVec::new(Opts::new(name, help), &[label]).expect("static metric definition")
         };
@@ -132,6 +150,11 @@ impl Metrics {
             "Upstream failures by reason",
             "reason",
         );
+        let tls_handshake_failed = vec(
+            "ficus_tls_handshake_failed_total",
+            "Failed TLS handshakes by reason",
+            "reason",
+        );
         let metrics = Self {
             tcp_bytes_sent: tcp_bytes.with_label_values(&["sent"]),
             tcp_bytes_received: tcp_bytes.with_label_values(&["received"]),
@@ -141,6 +164,10 @@ impl Metrics {
             tcp_opened,
             tcp_closed,
             config_version,
+            certificate_expiry,
+            certificate_renewals_failed,
+            authz_denied,
+            tls_handshake_failed,
             config_updates,
             config_rejected,
             http_rejected,
@@ -153,6 +180,10 @@ impl Metrics {
             Box::new(metrics.tcp_closed.clone()),
             Box::new(tcp_bytes),
             Box::new(metrics.config_version.clone()),
+            Box::new(metrics.certificate_expiry.clone()),
+            Box::new(metrics.certificate_renewals_failed.clone()),
+            Box::new(metrics.authz_denied.clone()),
+            Box::new(metrics.tls_handshake_failed.clone()),
             Box::new(metrics.config_updates.clone()),
             Box::new(metrics.config_rejected.clone()),
             Box::new(metrics.http_rejected.clone()),
@@ -202,6 +233,21 @@ impl Metrics {
     /// Counts a request rejected before routing; `reason` is a fixed string.
     pub fn http_rejected(&self, reason: &'static str) {
         self.http_rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a failed attempt to obtain or renew the workload certificate.
+    pub fn certificate_renewal_failed(&self) {
+        self.certificate_renewals_failed.inc();
+    }
+
+    /// Counts a request denied by authorization policy.
+    pub fn authz_denied(&self) {
+        self.authz_denied.inc();
+    }
+
+    /// Counts a failed TLS handshake; `reason` is a fixed string.
+    pub fn tls_handshake_failed(&self, reason: &'static str) {
+        self.tls_handshake_failed.with_label_values(&[reason]).inc();
     }
 
     /// Counts an upstream failure; `reason` is a fixed string.

@@ -1,0 +1,179 @@
+//! Inbound authorization: the AuthorizationPolicies that protect this workload.
+//!
+//! A policy protects this workload when its target Backend is named like the workload (in our
+//! namespace) or has an endpoint whose identity is ours. A request is denied when any DENY
+//! policy matches it; otherwise, when there is at least one ALLOW policy, it is allowed only
+//! if one matches; with no policy at all everything is allowed. A rule matches when one of its
+//! `from` identities matches the verified peer (exact, or a pattern ending in `*`; a request
+//! without a verified peer matches no identity) — or it names none — and one of its `to`
+//! entries matches the method and the path (same pattern rules) — or it has none.
+
+use ficus_config::{AuthorizationPolicy, AuthzAction, AuthzRule, Config};
+use http::Method;
+
+/// The compiled policies of this workload.
+#[derive(Debug, Default)]
+pub struct Authorizer {
+    allow: Vec<AuthzRule>,
+    deny: Vec<AuthzRule>,
+    has_allow_policy: bool,
+}
+
+/// The outcome for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Forward it.
+    Allow,
+    /// Refuse it (403).
+    Deny,
+}
+
+impl Authorizer {
+    /// The policies of `config` that protect workload `workload` in `namespace`.
+    pub fn new(config: &Config, namespace: &str, workload: &str) -> Self {
+        let identity_suffix = format!("/ns/{namespace}/sa/{workload}");
+        let protects_us = |policy: &AuthorizationPolicy| {
+            policy.target.namespace == namespace
+                && (policy.target.name == workload
+                    || config.backends.get(&policy.target).is_some_and(|backend| {
+                        backend.endpoints.iter().any(|e| {
+                            e.identity
+                                .as_deref()
+                                .is_some_and(|id| id.ends_with(&identity_suffix))
+                        })
+                    }))
+        };
+        let mut authorizer = Self::default();
+        for policy in config
+            .authorization_policies
+            .iter()
+            .filter(|p| protects_us(p))
+        {
+            match policy.action {
+                AuthzAction::Allow => {
+                    authorizer.has_allow_policy = true;
+                    authorizer.allow.extend(policy.rules.iter().cloned());
+                }
+                AuthzAction::Deny => authorizer.deny.extend(policy.rules.iter().cloned()),
+            }
+        }
+        authorizer
+    }
+
+    /// Whether any policy applies (so requests need checking).
+    pub fn is_active(&self) -> bool {
+        self.has_allow_policy || !self.deny.is_empty()
+    }
+
+    /// Decides for a request from `peer` (the verified SPIFFE ID, if any).
+    pub fn check(&self, peer: Option<&str>, method: &Method, path: &str) -> Decision {
+        let matches = |rule: &AuthzRule| rule_matches(rule, peer, method.as_str(), path);
+        if self.deny.iter().any(matches) {
+            return Decision::Deny;
+        }
+        if self.has_allow_policy && !self.allow.iter().any(matches) {
+            return Decision::Deny;
+        }
+        Decision::Allow
+    }
+}
+
+fn rule_matches(rule: &AuthzRule, peer: Option<&str>, method: &str, path: &str) -> bool {
+    let from = rule.from_identities.is_empty()
+        || peer.is_some_and(|peer| {
+            rule.from_identities
+                .iter()
+                .any(|p| pattern_matches(p, peer))
+        });
+    let to = rule.to.is_empty()
+        || rule.to.iter().any(|to| {
+            (to.methods.is_empty() || to.methods.iter().any(|m| m == method))
+                && (to.paths.is_empty() || to.paths.iter().any(|p| pattern_matches(p, path)))
+        });
+    from && to
+}
+
+/// Exact, or a prefix when the pattern ends in `*`.
+fn pattern_matches(pattern: &str, value: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => pattern == value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ficus_config::AuthzTo;
+
+    use super::*;
+
+    fn rule(from: &[&str], methods: &[&str], paths: &[&str]) -> AuthzRule {
+        let to = if methods.is_empty() && paths.is_empty() {
+            Vec::new()
+        } else {
+            vec![AuthzTo {
+                methods: methods.iter().map(|s| (*s).to_owned()).collect(),
+                paths: paths.iter().map(|s| (*s).to_owned()).collect(),
+            }]
+        };
+        AuthzRule {
+            from_identities: from.iter().map(|s| (*s).to_owned()).collect(),
+            to,
+        }
+    }
+
+    const GATEWAY: &str = "spiffe://cluster.local/ns/shop/sa/gateway";
+    const OTHER: &str = "spiffe://cluster.local/ns/web/sa/other";
+
+    #[test]
+    fn allow_deny_and_default() {
+        let open = Authorizer::default();
+        assert!(!open.is_active());
+        assert_eq!(open.check(None, &Method::GET, "/"), Decision::Allow);
+
+        let allow = Authorizer {
+            allow: vec![rule(&[GATEWAY], &["GET", "POST"], &["/api/payments/*"])],
+            deny: vec![],
+            has_allow_policy: true,
+        };
+        assert_eq!(
+            allow.check(Some(GATEWAY), &Method::GET, "/api/payments/1"),
+            Decision::Allow
+        );
+        assert_eq!(
+            allow.check(Some(OTHER), &Method::GET, "/api/payments/1"),
+            Decision::Deny
+        );
+        assert_eq!(
+            allow.check(Some(GATEWAY), &Method::DELETE, "/api/payments/1"),
+            Decision::Deny
+        );
+        assert_eq!(
+            allow.check(Some(GATEWAY), &Method::GET, "/admin"),
+            Decision::Deny
+        );
+        assert_eq!(
+            allow.check(None, &Method::GET, "/api/payments/1"),
+            Decision::Deny,
+            "no peer"
+        );
+
+        let both = Authorizer {
+            deny: vec![rule(
+                &["spiffe://cluster.local/ns/shop/*"],
+                &[],
+                &["/api/payments/refund*"],
+            )],
+            ..allow
+        };
+        assert_eq!(
+            both.check(Some(GATEWAY), &Method::POST, "/api/payments/refund/9"),
+            Decision::Deny,
+            "DENY wins"
+        );
+        assert_eq!(
+            both.check(Some(GATEWAY), &Method::POST, "/api/payments/9"),
+            Decision::Allow
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! The workload certificate: obtained from the control plane's CA with the join token,
+//! renewed at ~70 % of its lifetime (with jitter), retried with backoff while renewal fails —
+//! the current certificate keeps serving until it expires.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ficus_config::wire::certificates_client::CertificatesClient;
+use ficus_config::wire::SignRequest;
+use ficus_identity::csr::WorkloadKey;
+use ficus_identity::tls::Credentials;
+
+use super::{channel, ControlSettings};
+use crate::mtls::MeshTls;
+use crate::telemetry::metrics::Metrics;
+
+/// Longest wait for a signature.
+const SIGN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retry bounds while obtaining or renewing fails.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Keeps a valid certificate installed in [`MeshTls`].
+#[derive(Debug)]
+pub struct CertManager {
+    settings: ControlSettings,
+    tls: Arc<MeshTls>,
+    metrics: Arc<Metrics>,
+}
+
+impl CertManager {
+    /// A manager for `tls`'s identity.
+    pub fn new(settings: ControlSettings, tls: Arc<MeshTls>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            settings,
+            tls,
+            metrics,
+        }
+    }
+
+    /// Obtains, then renews, forever.
+    pub async fn run(self) {
+        let mut retry = RETRY_MIN;
+        loop {
+            match self.obtain().await {
+                Ok(credentials) => {
+                    retry = RETRY_MIN;
+                    let wait = renew_after(
+                        credentials.0,
+                        credentials.1,
+                        SystemTime::now(),
+                        rand::random(),
+                    );
+                    tracing::info!(id = %self.tls.id, renew_in = ?wait, "workload certificate installed");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(error) => {
+                    self.metrics.certificate_renewal_failed();
+                    let expiry = self.tls.store.not_after();
+                    tracing::warn!(%error, ?retry, ?expiry, "obtaining a workload certificate failed; retrying");
+                    tokio::time::sleep(retry.mul_f64(0.5 + rand::random::<f64>() / 2.0)).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// One CSR round trip; installs the certificate. Returns its (not_before, not_after).
+    async fn obtain(&self) -> Result<(SystemTime, SystemTime), String> {
+        let token = self.settings.token.as_deref().ok_or("no --token-file")?;
+        let key = WorkloadKey::generate().map_err(|e| format!("key generation: {e}"))?;
+        let csr_pem = key.csr_pem(&self.tls.id).map_err(|e| format!("CSR: {e}"))?;
+        let channel = channel::connect(&self.settings).await?;
+        let mut client = CertificatesClient::with_origin(channel, self.settings.origin.clone());
+        let mut request = tonic::Request::new(SignRequest { csr_pem });
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the token holds characters not allowed in a header".to_owned())?;
+        request.metadata_mut().insert("authorization", bearer);
+        let response = tokio::time::timeout(SIGN_TIMEOUT, client.sign(request))
+            .await
+            .map_err(|_| "signing timed out".to_owned())?
+            .map_err(|status| {
+                format!(
+                    "signing refused: {} ({:?})",
+                    status.message(),
+                    status.code()
+                )
+            })?
+            .into_inner();
+        let credentials = Credentials::from_pem(&response.certificate_chain_pem, &key)
+            .map_err(|e| format!("the issued certificate is unusable: {e}"))?;
+        if credentials.id != self.tls.id {
+            return Err(format!(
+                "issued for {} instead of {}",
+                credentials.id, self.tls.id
+            ));
+        }
+        let window = (credentials.not_before, credentials.not_after);
+        self.tls.store.install(credentials);
+        let expiry = window
+            .1
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.metrics
+            .certificate_expiry
+            .set(i64::try_from(expiry).unwrap_or(i64::MAX));
+        Ok(window)
+    }
+}
+
+/// How long to wait before renewing a certificate valid over `[not_before, not_after]`:
+/// until 70 % of its lifetime, ±5 % jitter (`jitter` in 0..1), never negative.
+pub fn renew_after(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    now: SystemTime,
+    jitter: f64,
+) -> Duration {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let fraction = 0.65 + 0.10 * jitter.clamp(0.0, 1.0);
+    let at = not_before + lifetime.mul_f64(fraction);
+    at.duration_since(now).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_at_about_70_percent() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let end = start + Duration::from_secs(100);
+        assert_eq!(renew_after(start, end, start, 0.5), Duration::from_secs(70));
+        assert_eq!(renew_after(start, end, start, 0.0), Duration::from_secs(65));
+        assert_eq!(renew_after(start, end, start, 1.0), Duration::from_secs(75));
+        assert_eq!(
+            renew_after(start, end, end, 0.5),
+            Duration::ZERO,
+            "overdue: now"
+        );
+    }
+}
