@@ -107,16 +107,7 @@ pub fn run(args: Args) -> u8 {
             return exit::BAD_CONFIG;
         }
     };
-    let shared = Shared::new(
-        empty,
-        false,
-        metrics,
-        pools,
-        identity,
-        log,
-        drain_signal,
-        tls,
-    );
+    let shared = Shared::new(empty, metrics, pools, identity, log, drain_signal, tls);
     let connections = TaskTracker::new();
     let tcp = TcpListeners::new(runtime.handle().clone(), connections.clone(), drain.clone());
     let mut reloader = Reloader::new(Arc::clone(&shared), tcp);
@@ -139,7 +130,7 @@ pub fn run(args: Args) -> u8 {
             });
             let mut client = ControlClient::new(settings, reloader);
             client.load_cache();
-            ConfigTask::Push(client, certs)
+            ConfigTask::Push(Box::new(client), certs)
         }
     };
 
@@ -207,7 +198,7 @@ enum Mode {
 /// The task that feeds the reloader, run on the admin runtime.
 enum ConfigTask {
     Watch(std::path::PathBuf, Reloader),
-    Push(ControlClient, Option<CertManager>),
+    Push(Box<ControlClient>, Option<CertManager>),
 }
 
 /// This sidecar's mesh identity: in push mode with `--token-file`, over an `https://` control

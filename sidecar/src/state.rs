@@ -61,10 +61,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Shared state serving `snapshot`; `has_config` says whether it is a real config.
+    /// Shared state serving `snapshot`, a placeholder until the first config is installed.
     pub fn new(
         snapshot: Snapshot,
-        has_config: bool,
         metrics: Arc<Metrics>,
         pools: PoolRegistry,
         identity: Identity,
@@ -82,7 +81,7 @@ impl Shared {
             drain,
             quit: tokio::sync::Notify::new(),
             tls,
-            has_config: AtomicBool::new(has_config),
+            has_config: AtomicBool::new(false),
         })
     }
 

@@ -369,10 +369,13 @@ impl EndpointPool {
     }
 }
 
+/// Endpoint address, HTTP/2, and the SPIFFE ID required of it (mTLS).
+type PoolKey = (SocketAddr, bool, Option<String>);
+
 /// Hands out the pool of an endpoint, the same one for as long as any snapshot names it.
 #[derive(Debug, Default)]
 pub struct PoolRegistry {
-    pools: Mutex<HashMap<(SocketAddr, bool, Option<String>), Weak<EndpointPool>>>,
+    pools: Mutex<HashMap<PoolKey, Weak<EndpointPool>>>,
 }
 
 impl PoolRegistry {
