@@ -244,15 +244,21 @@ impl CertificateAuthority {
         let not_before = x509::clamp(now.checked_sub(ROOT_BACKDATE).unwrap_or(now));
         let not_after = x509::clamp(now.checked_add(ROOT_LIFETIME).unwrap_or(now));
         let mut params = CertificateParams::default();
+        let serial = random_serial()?;
+        // A unique name per root: during a root rotation the old and new roots sit in the same
+        // bundle, and path building (and people) tell issuers apart by name first.
         let mut name = DistinguishedName::new();
         name.push(DnType::OrganizationName, "Ficus");
-        name.push(DnType::CommonName, "Ficus mesh root CA");
+        name.push(
+            DnType::CommonName,
+            format!("Ficus mesh root CA {}", hex(&serial.to_bytes()[..4])),
+        );
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.not_before = not_before.into();
         params.not_after = not_after.into();
-        params.serial_number = Some(random_serial()?);
+        params.serial_number = Some(serial);
         let cert = params.self_signed(&key).map_err(CaError::Signing)?;
         let der = cert.der().clone();
         // Read the times back as encoded (whole seconds).
@@ -638,6 +644,10 @@ fn modulus_bits(modulus: &[u8]) -> usize {
         Some(first) => significant.len() * 8 - first.leading_zeros() as usize,
         None => 0,
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn uri_san(id: &SpiffeId) -> Result<SanType, CaError> {

@@ -102,6 +102,24 @@ impl Credentials {
         })
     }
 
+    /// Test PKI only: credentials without any check, to present broken certificates.
+    #[cfg(test)]
+    pub(crate) fn unchecked(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Self {
+        let signing_key = crate::crypto_provider()
+            .key_provider
+            .load_private_key(key)
+            .expect("test key loads");
+        Self {
+            id: SpiffeId::parse("spiffe://unchecked.test/unchecked").expect("valid literal"),
+            not_after: SystemTime::UNIX_EPOCH,
+            not_before: SystemTime::UNIX_EPOCH,
+            certified: Arc::new(CertifiedKey::new(chain, signing_key)),
+        }
+    }
+
     /// The chain and key as rustls presents them.
     pub fn certified_key(&self) -> &Arc<CertifiedKey> {
         &self.certified
@@ -183,7 +201,7 @@ impl ResolvesServerCert for CertStore {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let found = self.certified_key();
         if found.is_none() {
-            tracing::warn!("TLS handshake refused: no certificate installed yet");
+            tracing::debug!("TLS handshake refused: no certificate installed yet");
         }
         found
     }

@@ -21,7 +21,10 @@ const URI_TAG: u32 = 6;
 ///
 /// Carried inside `rustls::Error::InvalidCertificate(CertificateError::Other(..))` when a
 /// handshake fails; [`SvidError::from_rustls`] gets it back out.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// `Debug` prints the same message as `Display`: rustls formats the error it carries with
+/// `Debug`, and handshake errors should read "server presented X, expected Y".
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SvidError {
     /// The certificate is not parseable X.509, or an extension SPIFFE relies on (SAN,
@@ -77,6 +80,12 @@ pub enum SvidError {
         /// Our trust domain.
         trust_domain: String,
     },
+}
+
+impl std::fmt::Debug for SvidError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl SvidError {

@@ -1,7 +1,7 @@
 //! SPIFFE-aware certificate verifiers: webpki proves the chain, then the X.509-SVID rules and the
 //! identity are checked on the leaf.
 //!
-//! Which alert a failure sends follows from the rustls error: an untrusted client chain keeps
+//! Which alert a failure sends follows from the rustls error: an untrusted client chain becomes
 //! webpki's `UnknownIssuer` so the client gets `unknown_ca`; webpki's other failures (expired,
 //! bad signature, wrong EKU, a CA used as a leaf) pass through unchanged; SPIFFE failures carry an
 //! [`SvidError`] (alert `certificate_unknown`) so the message names what was presented. On the
@@ -66,20 +66,19 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             .inner
             .verify_client_cert(end_entity, intermediates, now)
         {
-            match &error {
-                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-                    // Keep webpki's error: it makes rustls send `unknown_ca` (TLS-1).
-                    tracing::warn!(
-                        reason = "unknown_ca",
-                        "rejected client certificate: unknown issuer for trust domain {}",
-                        self.trust_domain
-                    );
-                }
-                other => tracing::warn!(
-                    reason = handshake_failure_reason(other),
-                    "rejected client certificate: {other}"
-                ),
+            if is_untrusted_chain(&error) {
+                // webpki's own error makes rustls send `unknown_ca` (TLS-1).
+                tracing::warn!(
+                    reason = "unknown_ca",
+                    "rejected client certificate: unknown issuer for trust domain {}",
+                    self.trust_domain
+                );
+                return Err(CertificateError::UnknownIssuer.into());
             }
+            tracing::warn!(
+                reason = handshake_failure_reason(&error),
+                "rejected client certificate: {error}"
+            );
             return Err(error);
         }
         let id = check_svid(end_entity).and_then(|id| in_trust_domain(id, &self.trust_domain));
@@ -159,14 +158,15 @@ impl SpiffeServerVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )
-        .map_err(|error| match error {
-            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+        .map_err(|error| {
+            if is_untrusted_chain(&error) {
                 SvidError::UnknownIssuer {
                     trust_domain: self.trust_domain.clone(),
                 }
                 .into_rustls()
+            } else {
+                error
             }
-            other => other,
         })?;
         let presented = check_svid(end_entity)
             .and_then(|id| in_trust_domain(id, &self.trust_domain))
@@ -239,6 +239,22 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// Whether a chain error from webpki means "not issued under any root of the bundle". Besides
+/// `UnknownIssuer`, webpki reports a bad signature when a root or intermediate has the right
+/// name but another key: a foreign CA that happens to share our CA's name, or an old root
+/// replaced by a new one of the same name. Both are an unknown issuer to us. (The handshake
+/// signature is checked elsewhere, so a bad signature here is always one in the chain.)
+fn is_untrusted_chain(error: &rustls::Error) -> bool {
+    matches!(
+        error,
+        rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer
+                | CertificateError::BadSignature
+                | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. }
+        )
+    )
 }
 
 fn in_trust_domain(id: SpiffeId, trust_domain: &str) -> Result<SpiffeId, SvidError> {
