@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ficus_config::MtlsMode;
+use ficus_identity::tls;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -123,7 +124,8 @@ pub async fn serve_http(
             let mut stream = match accepted {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
-                    let reason = handshake_failure_reason(&error);
+                    let reason =
+                        tls::rustls_error(&error).map_or("io", tls::handshake_failure_reason);
                     shared.metrics.tls_handshake_failed(reason);
                     tracing::info!(%peer, reason, %error, "inbound TLS handshake failed");
                     return;
@@ -133,9 +135,8 @@ pub async fn serve_http(
                     return;
                 }
             };
-            let identity =
-                ficus_identity::tls::peer_identity(stream.get_ref().1.peer_certificates())
-                    .and_then(|id| HeaderValue::from_str(id.as_str()).ok());
+            let identity = tls::peer_identity(stream.get_ref().1.peer_certificates())
+                .and_then(|id| HeaderValue::from_str(id.as_str()).ok());
             let (protocol, read) = match detect(&mut stream, server.detect_timeout).await {
                 Ok((Protocol::Http2, read)) => (Protocol::Http2, read),
                 Ok((_, read)) => (Protocol::Http1, read),
@@ -212,19 +213,5 @@ async fn serve_io<I>(
     };
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "downstream connection ended with an error");
-    }
-}
-
-/// Bounded reason label for a failed inbound handshake.
-fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
-    use rustls::{CertificateError, Error};
-    match error.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
-        Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => "unknown_ca",
-        Some(Error::InvalidCertificate(CertificateError::Expired)) => "expired",
-        Some(Error::InvalidCertificate(_)) => "bad_certificate",
-        Some(Error::NoCertificatesPresented) => "certificate_required",
-        Some(Error::PeerIncompatible(_)) => "protocol_version",
-        Some(_) => "other",
-        None => "io",
     }
 }
