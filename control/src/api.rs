@@ -12,17 +12,30 @@
 //! | `GET /v1/status` | – | `{"version", "sidecars": [SidecarStatus]}` |
 //!
 //! Errors are JSON `{"error": "...", "diagnostics": ["..."]}`: 400 invalid config or request,
-//! 404, 405, 408 body too slow, 413 body over 4 MiB, 500 store failure. Writes take the author
-//! from the JSON body or the `x-ficus-author` header. There is no authentication yet, which is
-//! why `ficus-control` refuses a non-loopback `--http`.
+//! 401 no or wrong admin token, 404, 405, 408 body too slow, 413 body over 4 MiB, 500 store
+//! failure. Writes take the author from the JSON body or the `x-ficus-author` header.
+//!
+//! # Who may change the mesh
+//! With `--admin-token-file`, every route that changes or previews a change (`apply`, `diff`,
+//! `DELETE /v1/config/…`, `rollback`; in fact every method but GET and HEAD, so that no route
+//! added later is open by mistake) needs `authorization: Bearer <token>` with a token from
+//! that file (compared in constant time, see [`crate::auth`]); without one, or with a wrong one,
+//! the answer is 401 with a JSON error and the refusal is logged with the peer address.
+//! `ficus-control` refuses a non-loopback `--http` without `--admin-token-file`. Reads
+//! (`config`, `history`, `versions`, `status`), `/metrics` and the health routes stay open.
+//!
+//! The API is plain HTTP and never asks for client certificates, so the certificates the CA
+//! issues to sidecars cannot be presented here and grant nothing: a sidecar can no more write
+//! the mesh config than any other process without an admin token.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -33,6 +46,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::apply::{self, ApplyError, ApplyOutcome, DocumentKey};
+use crate::auth::admin::AdminTokens;
+use crate::auth::AuthError;
 use crate::state::ControlState;
 
 /// Largest request body: a config is KiBs; this leaves room for big meshes.
@@ -47,8 +62,13 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The response body of every route.
 type Body = Full<Bytes>;
 
-/// Serves the API on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, state: Arc<ControlState>) {
+/// Serves the API on `listener` until the process ends. With `admin`, writes need one of its
+/// tokens.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ControlState>,
+    admin: Option<Arc<AdminTokens>>,
+) {
     state
         .metrics
         .config_version
@@ -67,10 +87,19 @@ pub async fn serve(listener: TcpListener, state: Arc<ControlState>) {
             }
         };
         let state = Arc::clone(&state);
+        let admin = admin.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(route(&state, request).await) }
+                let admin = admin.clone();
+                async move {
+                    let response =
+                        match refuse_unauthorized(&state, admin.as_deref(), peer, &request) {
+                            Some(refused) => refused,
+                            None => route(&state, request).await,
+                        };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -84,6 +113,46 @@ pub async fn serve(listener: TcpListener, state: Arc<ControlState>) {
             drop(permit);
         });
     }
+}
+
+/// A 401 for a write without a valid admin token (when admin tokens are configured).
+fn refuse_unauthorized(
+    state: &ControlState,
+    admin: Option<&AdminTokens>,
+    peer: SocketAddr,
+    request: &Request<Incoming>,
+) -> Option<Response<Body>> {
+    let admin = admin?;
+    let path = request.uri().path();
+    let method = request.method();
+    // Deny by default: every method but GET and HEAD needs the token, whatever the path
+    // (and however it is escaped), so a route added later cannot be left open by mistake.
+    if *method == Method::GET || *method == Method::HEAD {
+        return None;
+    }
+    let header = request
+        .headers()
+        .get(AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    let reason = admin.check(header).err()?;
+    state.metrics.api_denied.inc();
+    tracing::warn!(%peer, %method, path = %path.chars().take(200).collect::<String>(),
+        %reason, "write refused: no valid admin token");
+    let message = match reason {
+        AuthError::Missing => "401 Unauthorized: this control plane requires an admin token for \
+            changes; pass ficusctl --token-file FILE (a token from its --admin-token-file)"
+            .to_owned(),
+        AuthError::Unknown => "401 Unauthorized: the admin token is not valid; check \
+            --token-file against the control plane's --admin-token-file"
+            .to_owned(),
+        other => format!("401 Unauthorized: {other}"),
+    };
+    let mut response = error(StatusCode::UNAUTHORIZED, &message);
+    response.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"ficus-control\""),
+    );
+    Some(response)
 }
 
 async fn route(state: &ControlState, request: Request<Incoming>) -> Response<Body> {

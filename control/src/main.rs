@@ -4,19 +4,33 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
+use ficus_control::auth::admin::AdminTokens;
+use ficus_control::auth::join::{JoinTokens, TokenAuthenticator};
+use ficus_control::ca::{self, ServerIdentity};
+use ficus_control::grpc::{self, Router};
+use ficus_control::sign::Signer;
 use ficus_control::state::ControlState;
 use ficus_control::store::Store;
+use ficus_identity::ca::CertificateAuthority;
+use ficus_identity::tls::{self, CertStore, ClientAuth, Credentials, TrustBundle};
+use tokio_rustls::TlsAcceptor;
 
-/// The Ficus control plane: config store, push streams, HTTP API.
+/// Shortest and longest `--cert-lifetime`.
+const LIFETIMES: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(366 * 86400));
+
+/// The Ficus control plane: config store, push streams, certificate authority, HTTP API.
 #[derive(Debug, Parser)]
 #[command(name = "ficus-control", version, about)]
 struct Args {
-    /// Embedded durable store (history included).
+    /// Embedded durable store (history included); the CA lives in `<data>/ca/`, its public
+    /// root in `<data>/ca.pem`.
     #[arg(long, env = "FICUS_DATA", default_value = "./ficus-data")]
     data: PathBuf,
-    /// Sidecar push streams.
+    /// Sidecar push streams and certificate signing (gRPC over TLS; plaintext with --insecure).
     #[arg(long, env = "FICUS_GRPC", default_value = "127.0.0.1:15012")]
     grpc: SocketAddr,
     /// HTTP API used by ficusctl, `/metrics`, `/live`, `/ready`.
@@ -25,15 +39,53 @@ struct Args {
     /// Plaintext push on a loopback address, no CA (local development and tests).
     #[arg(long, env = "FICUS_INSECURE")]
     insecure: bool,
-    /// Tokens that authenticate sidecars outside Kubernetes (not used yet).
+    /// Tokens that authenticate sidecars asking for a certificate: one `token workload
+    /// namespace` per line, `#` comments; re-read when it changes.
     #[arg(long, env = "FICUS_JOIN_TOKEN_FILE")]
     join_token_file: Option<PathBuf>,
-    /// Bearer tokens allowed to use the write API (not used yet).
+    /// Bearer tokens allowed to use the write API, one per line; required when --http is not
+    /// a loopback address; re-read when it changes.
     #[arg(long, env = "FICUS_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// The mesh's trust domain: certificates name `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
+    #[arg(long, env = "FICUS_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Lifetime of the workload certificates the CA signs (e.g. 24h, 1h, 90s).
+    #[arg(long, env = "FICUS_CERT_LIFETIME", default_value = "24h", value_parser = parse_lifetime)]
+    cert_lifetime: Duration,
     /// Log format: `text` or `json`.
     #[arg(long, env = "FICUS_LOG_FORMAT", default_value = "text")]
     log_format: String,
+}
+
+/// Why the process cannot start: exit code 2 for bad flags or input files, 1 otherwise.
+#[derive(Debug)]
+struct Fatal {
+    code: u8,
+    message: String,
+}
+
+impl Fatal {
+    fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    fn other(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the TLS of `--grpc` and the signing service need, prepared before the runtime starts.
+struct Authority {
+    ca: Arc<CertificateAuthority>,
+    identity: ServerIdentity,
+    credentials: Credentials,
 }
 
 fn main() -> ExitCode {
@@ -45,73 +97,160 @@ fn main() -> ExitCode {
         }
     };
     init_logs(&args.log_format);
-    if !args.http.ip().is_loopback() && args.admin_token_file.is_none() {
-        eprintln!(
-            "error: --http {} is not a loopback address; the API has no authentication yet",
-            args.http
-        );
-        return ExitCode::from(2);
-    }
-    if !args.grpc.ip().is_loopback() {
-        eprintln!(
-            "error: --grpc {} is not a loopback address; push is plaintext until mTLS exists",
-            args.grpc
-        );
-        return ExitCode::from(2);
-    }
-    let (store, current) = match Store::open(&args.data) {
-        Ok(opened) => opened,
-        Err(error) => {
-            eprintln!(
-                "error: cannot open the store in {}: {error}",
-                args.data.display()
-            );
-            return ExitCode::from(1);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(fatal) => {
+            eprintln!("error: {}", fatal.message);
+            ExitCode::from(fatal.code)
         }
+    }
+}
+
+fn run(args: Args) -> Result<(), Fatal> {
+    if !args.http.ip().is_loopback() && args.admin_token_file.is_none() {
+        return Err(Fatal::usage(format!(
+            "--http {} is not a loopback address; give --admin-token-file so that only admins \
+             can change the mesh",
+            args.http
+        )));
+    }
+    if args.insecure && !args.grpc.ip().is_loopback() {
+        return Err(Fatal::usage(format!(
+            "--grpc {} is not a loopback address; --insecure push is plaintext and stays on \
+             loopback (drop --insecure for TLS)",
+            args.grpc
+        )));
+    }
+    let admin = match &args.admin_token_file {
+        Some(path) => {
+            Some(Arc::new(AdminTokens::load(path).map_err(|e| {
+                Fatal::usage(format!("--admin-token-file: {e}"))
+            })?))
+        }
+        None => None,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let join = match &args.join_token_file {
+        Some(path) => {
+            Some(Arc::new(JoinTokens::load(path).map_err(|e| {
+                Fatal::usage(format!("--join-token-file: {e}"))
+            })?))
+        }
+        None => None,
+    };
+    let (store, current) = Store::open(&args.data).map_err(|error| {
+        Fatal::other(format!(
+            "cannot open the store in {}: {error}",
+            args.data.display()
+        ))
+    })?;
+    let authority = if args.insecure {
+        if join.is_some() {
+            tracing::warn!("--join-token-file is ignored with --insecure: there is no CA");
+        }
+        None
+    } else {
+        Some(prepare_authority(&args)?)
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the runtime: {error}");
-            return ExitCode::from(1);
-        }
-    };
+        .map_err(|error| Fatal::other(format!("cannot start the runtime: {error}")))?;
     let state = ControlState::new(store, current);
-    let code = runtime.block_on(async move {
+    runtime.block_on(async move {
         let (grpc, http) = match (
             tokio::net::TcpListener::bind(args.grpc).await,
             tokio::net::TcpListener::bind(args.http).await,
         ) {
             (Ok(grpc), Ok(http)) => (grpc, http),
             (Err(error), _) => {
-                eprintln!("error: cannot listen on {} (--grpc): {error}", args.grpc);
-                return 1;
+                return Err(Fatal::other(format!(
+                    "cannot listen on {} (--grpc): {error}",
+                    args.grpc
+                )))
             }
             (_, Err(error)) => {
-                eprintln!("error: cannot listen on {} (--http): {error}", args.http);
-                return 1;
+                return Err(Fatal::other(format!(
+                    "cannot listen on {} (--http): {error}",
+                    args.http
+                )))
             }
         };
+        let metrics = Arc::clone(&state.metrics);
+        let (tls, signer) = match authority {
+            None => (None, Signer::insecure(Arc::clone(&metrics))),
+            Some(authority) => {
+                let (acceptor, ca) = start_tls(authority)?;
+                if let Some(join) = &join {
+                    join.watch();
+                } else {
+                    tracing::warn!(
+                        "no --join-token-file: every certificate request will be refused"
+                    );
+                }
+                let authenticator = join.map(|j| j as Arc<dyn TokenAuthenticator>);
+                let signer =
+                    Signer::new(ca, authenticator, args.cert_lifetime, Arc::clone(&metrics));
+                (Some(acceptor), signer)
+            }
+        };
+        if let Some(admin) = &admin {
+            admin.watch();
+        }
+        let router = Router::new(
+            ficus_control::push::service(Arc::clone(&state)),
+            signer.into_service(),
+        );
         tracing::info!(grpc = %args.grpc, http = %args.http, data = %args.data.display(),
-            version = state.current().version, "ficus-control started");
-        tokio::spawn(ficus_control::push::serve(
-            grpc,
-            std::sync::Arc::clone(&state),
-        ));
-        tokio::spawn(ficus_control::api::serve(
-            http,
-            std::sync::Arc::clone(&state),
-        ));
+            tls = tls.is_some(), trust_domain = %args.trust_domain,
+            admin_tokens = admin.is_some(), version = state.current().version,
+            "ficus-control started");
+        tokio::spawn(grpc::serve(grpc, tls, router, metrics));
+        tokio::spawn(ficus_control::api::serve(http, Arc::clone(&state), admin));
         wait_for_shutdown().await;
         tracing::info!("shutting down");
-        0
-    });
-    ExitCode::from(code)
+        Ok(())
+    })
 }
 
+/// Loads or creates the CA, writes `ca.pem`, and issues the control plane's certificate.
+fn prepare_authority(args: &Args) -> Result<Authority, Fatal> {
+    let identity = ServerIdentity::new(&args.trust_domain, args.grpc)
+        .map_err(|e| Fatal::usage(format!("--trust-domain {:?}: {e}", args.trust_domain)))?;
+    let ca = ca::load_or_generate(&args.data, &args.trust_domain)
+        .map_err(|e| Fatal::other(format!("certificate authority: {e}")))?;
+    let credentials = identity
+        .issue(&ca)
+        .map_err(|e| Fatal::other(e.to_string()))?;
+    Ok(Authority {
+        ca: Arc::new(ca),
+        identity,
+        credentials,
+    })
+}
+
+/// The TLS acceptor of `--grpc`, and the task that renews its certificate.
+fn start_tls(authority: Authority) -> Result<(TlsAcceptor, Arc<CertificateAuthority>), Fatal> {
+    let store = CertStore::new();
+    store.install(authority.credentials);
+    let bundle = TrustBundle::from_pem(&authority.ca.root_pem(), authority.ca.trust_domain())
+        .map_err(|e| Fatal::other(format!("the CA's root is unusable: {e}")))?;
+    let config = tls::server_config(Arc::clone(&store), &bundle, ClientAuth::None)
+        .map_err(|e| Fatal::other(format!("TLS configuration: {e}")))?;
+    tokio::spawn(
+        authority
+            .identity
+            .keep_renewed(Arc::clone(&authority.ca), Arc::clone(&store)),
+    );
+    Ok((TlsAcceptor::from(config), authority.ca))
+}
+
+fn parse_lifetime(text: &str) -> Result<Duration, String> {
+    let lifetime = ficus_config::parse_duration(text)?;
+    if lifetime < LIFETIMES.0 || lifetime > LIFETIMES.1 {
+        return Err("a certificate lifetime is between 10s and 8784h (366 days)".to_owned());
+    }
+    Ok(lifetime)
+}
 /// SIGTERM or SIGINT. Every accepted write is already durable, so there is nothing to flush.
 async fn wait_for_shutdown() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 /// Every metric `ficus-control` exports.
 #[derive(Debug)]
@@ -18,6 +21,13 @@ pub struct Metrics {
     pub pushes: IntCounter,
     /// `ficus_control_config_version`: the current version.
     pub config_version: IntGauge,
+    /// `ficus_control_certificates_total{result}`: CSR signing requests by outcome
+    /// (`signed`, `unauthenticated`, `invalid`, `busy`, `unavailable`, `error`).
+    pub certificates: IntCounterVec,
+    /// `ficus_tls_handshake_failed_total{reason}` on `--grpc` (`timeout`, `error`).
+    pub tls_handshake_failed: IntCounterVec,
+    /// `ficus_control_api_denied_total`: write API calls refused for want of an admin token.
+    pub api_denied: IntCounter,
 }
 
 impl Metrics {
@@ -47,6 +57,27 @@ impl Metrics {
                 .expect("static metric definition"),
             config_version: IntGauge::new("ficus_control_config_version", "Current config version")
                 .expect("static metric definition"),
+            certificates: IntCounterVec::new(
+                Opts::new(
+                    "ficus_control_certificates_total",
+                    "Certificate signing requests by outcome",
+                ),
+                &["result"],
+            )
+            .expect("static metric definition"),
+            tls_handshake_failed: IntCounterVec::new(
+                Opts::new(
+                    "ficus_tls_handshake_failed_total",
+                    "TLS handshakes on the gRPC port that failed",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
+            api_denied: IntCounter::new(
+                "ficus_control_api_denied_total",
+                "Write API calls refused for want of a valid admin token",
+            )
+            .expect("static metric definition"),
             registry,
         };
         for collector in [
@@ -55,6 +86,9 @@ impl Metrics {
             Box::new(metrics.nacks.clone()),
             Box::new(metrics.pushes.clone()),
             Box::new(metrics.config_version.clone()),
+            Box::new(metrics.certificates.clone()),
+            Box::new(metrics.tls_handshake_failed.clone()),
+            Box::new(metrics.api_denied.clone()),
         ] {
             metrics
                 .registry

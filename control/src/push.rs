@@ -7,8 +7,8 @@
 //! up it gets the newest snapshot, never the ones in between. Sidecars answer with ACK or
 //! NACK by nonce; answers to anything but the last push are stale and ignored.
 //!
-//! HTTP/2 keepalive pings on every connection detect dead peers; a dead stream's task ends
-//! and the sidecar is marked disconnected.
+//! HTTP/2 keepalive pings on every connection ([`crate::grpc`]) detect dead peers; a dead
+//! stream's task ends and the sidecar is marked disconnected.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -20,9 +20,6 @@ use ficus_config::wire::{
     self, control_message, sidecar_message, ControlMessage, Hello, SidecarMessage, Snapshot,
 };
 use futures_util::Stream;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -35,48 +32,23 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 /// A new stream must say Hello within this.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 keepalive: ping after this much silence, give up after as much again.
-const KEEPALIVE: Duration = Duration::from_secs(10);
 /// Largest message either way.
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// Longest field of a Hello (node id, workload, namespace, digest, each reach entry).
 const MAX_HELLO_FIELD: usize = 256;
 
-/// Serves push streams on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, state: Arc<ControlState>) {
+/// The push service over `state`; [`crate::grpc`] serves it next to the certificate service.
+/// Must be called inside a tokio runtime (it starts the debounce task).
+pub fn service(state: Arc<ControlState>) -> ConfigDiscoveryServer<Push> {
     let published = debounced(state.current.subscribe());
     let push = Push {
         state,
         published,
         scopes: Arc::new(ScopeCache::default()),
     };
-    let service = ConfigDiscoveryServer::new(push)
+    ConfigDiscoveryServer::new(push)
         .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "push accept failed; pausing");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(service.clone());
-        tokio::spawn(async move {
-            let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(KEEPALIVE))
-                .keep_alive_timeout(KEEPALIVE)
-                .max_concurrent_streams(16)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(error) = served {
-                tracing::debug!(%peer, %error, "push connection ended");
-            }
-        });
-    }
+        .max_encoding_message_size(MAX_MESSAGE)
 }
 
 /// Republishes `input` once it has been quiet for [`DEBOUNCE`] (or after [`MAX_DEBOUNCE`]).
@@ -138,8 +110,9 @@ impl ScopeCache {
     }
 }
 
+/// The `ConfigDiscovery` service: one task per subscribed sidecar.
 #[derive(Debug, Clone)]
-struct Push {
+pub struct Push {
     state: Arc<ControlState>,
     published: watch::Receiver<Arc<VersionRecord>>,
     scopes: Arc<ScopeCache>,

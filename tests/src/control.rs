@@ -4,6 +4,8 @@
 //! (a temp dir, or one the test owns so that it can restart on it), waits for `/ready`, and
 //! kills it on drop. [`ControlPlane::restart`] keeps the ports and the data dir, so sidecars
 //! subscribed to [`ControlPlane::grpc_url`] reconnect to the new process.
+//! [`ControlPlane::start_tls`] starts it without `--insecure`: TLS on `--grpc` and the CA, whose
+//! root is in [`ControlPlane::ca_file`].
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -32,6 +34,8 @@ pub struct ControlPlane {
     /// Holds the logs, and the data dir when the test did not give one.
     dir: tempfile::TempDir,
     starts: usize,
+    /// Started without `--insecure`.
+    tls: bool,
 }
 
 /// What one `ficusctl` run did.
@@ -59,6 +63,26 @@ impl ControlPlane {
     /// Starts a control plane with extra flags and waits until it is ready. A start that fails
     /// because a picked port was taken in the meantime is retried on other ports.
     pub async fn start_with(data_dir: Option<&Path>, extra: &[&str]) -> Self {
+        Self::start_inner(data_dir, extra, false).await
+    }
+
+    /// Like [`ControlPlane::start_with`] but without `--insecure`: the control plane is the
+    /// mesh CA (root in [`ControlPlane::ca_file`]) and `--grpc` speaks TLS.
+    pub async fn start_tls(data_dir: Option<&Path>, extra: &[&str]) -> Self {
+        Self::start_inner(data_dir, extra, true).await
+    }
+
+    /// `<data>/ca.pem`: the mesh root, for sidecars' `--ca-file` (TLS mode only).
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("ca.pem")
+    }
+
+    /// `https://` URL of the push endpoint (TLS mode).
+    pub fn grpc_tls_url(&self) -> String {
+        format!("https://{}", self.grpc)
+    }
+
+    async fn start_inner(data_dir: Option<&Path>, extra: &[&str], tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_owned);
         let mut control = Self {
@@ -69,6 +93,7 @@ impl ControlPlane {
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             dir,
             starts: 0,
+            tls,
         };
         for _ in 0..3 {
             control.spawn();
@@ -195,7 +220,7 @@ impl ControlPlane {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path(self.starts)).expect("log file");
         let child = Command::new(binary("ficus-control"))
-            .arg("--insecure")
+            .args((!self.tls).then_some("--insecure"))
             .arg("--data")
             .arg(&self.data_dir)
             .args([

@@ -7,12 +7,14 @@
 //!   and run `ficusctl` against it.
 //! - [`upstream`]: real hyper servers (HTTP/1.1 and h2c) that tests script and inspect.
 //! - [`client`]: a small hyper client and a raw TCP client for exact bytes.
+//! - [`grpc`]: gRPC clients of the control plane's `--grpc` port, over TLS or plaintext.
 //!
 //! Every wait has a deadline; every helper cleans up in `Drop`.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod control;
+pub mod grpc;
 pub mod process;
 pub mod upstream;
 

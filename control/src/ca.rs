@@ -1,0 +1,394 @@
+//! The mesh CA's files under `--data`, and the control plane's own server certificate.
+//!
+//! | path | mode | holds |
+//! |---|---|---|
+//! | `ca/` | 0700 | the issuer; created on first start |
+//! | `ca/cert.pem` | 0644 | the issuer certificate, followed by its chain up to the root |
+//! | `ca/key.pem` | 0600 | the issuer's private key |
+//! | `ca.pem` | 0644 | the public root(s) to trust: sidecars' `--ca-file` (rewritten on every start) |
+//!
+//! On first start (no `ca/cert.pem`) a self-signed root for `--trust-domain` is generated.
+//! **Bring your own root:** before the first start, put an intermediate CA certificate signed
+//! by your root into `ca/cert.pem` (intermediate first, then any further intermediates, then
+//! the root) and its key into `ca/key.pem` (mode 0600). The control plane then issues under
+//! it, sends the chain with every certificate, and writes your root to `ca.pem`. A root alone
+//! (with its key) works the same way. The key never leaves `ca/key.pem`.
+//!
+//! Files are written atomically (temporary file, fsync, rename, fsync of the directory); the
+//! key is written before the certificate, so `ca/cert.pem` is the commit point: a key without
+//! a certificate is refused at start rather than overwritten, since it may be the only copy
+//! of someone's key.
+//!
+//! The control plane's own certificate (for the TLS of `--grpc`) is issued under the same CA
+//! at every start, kept in memory only, and re-issued at 70 % of its lifetime.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ficus_identity::ca::{CaError, CertificateAuthority};
+use ficus_identity::spiffe::SpiffeError;
+use ficus_identity::tls::{CertStore, Credentials, TlsError};
+use ficus_identity::SpiffeId;
+
+/// The control plane's service account and namespace in its SPIFFE ID.
+pub const CONTROL_NAMESPACE: &str = "ficus-system";
+/// See [`CONTROL_NAMESPACE`].
+pub const CONTROL_SERVICE_ACCOUNT: &str = "ficus-control";
+/// Lifetime of the control plane's own server certificate.
+pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Share of a server certificate's lifetime after which it is re-issued.
+const RENEW_AT: f64 = 0.7;
+/// Wait before retrying a failed re-issue.
+const RENEW_RETRY: Duration = Duration::from_secs(30);
+
+/// Why the CA files cannot be loaded, created or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaFileError {
+    /// A CA file or directory exists but cannot be read (permissions, not a file).
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A CA file cannot be written (read-only data dir, disk full).
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// One of `ca/cert.pem` and `ca/key.pem` exists without the other.
+    #[error(
+        "{present} exists but {missing} does not; restore it, or move both away to generate a new root"
+    )]
+    Incomplete {
+        /// The file that is there.
+        present: PathBuf,
+        /// The file that is not.
+        missing: PathBuf,
+    },
+    /// The files are there but are not a usable issuer (corrupt PEM, not a CA, expired, key
+    /// does not match the certificate).
+    #[error("{path} and its key are not a usable CA: {source}")]
+    Invalid {
+        /// `ca/cert.pem`.
+        path: PathBuf,
+        /// What the identity crate found wrong.
+        source: CaError,
+    },
+    /// Generating a new root failed.
+    #[error("cannot generate a root CA: {0}")]
+    Generate(#[source] CaError),
+    /// The control plane's SPIFFE ID is invalid (a bad `--trust-domain`).
+    #[error("invalid trust domain: {0}")]
+    TrustDomain(#[source] SpiffeError),
+    /// Issuing the control plane's own certificate failed.
+    #[error("cannot issue the control plane's certificate: {0}")]
+    Issue(#[source] CaError),
+    /// The issued certificate and key are not usable for TLS.
+    #[error("the control plane's certificate is unusable: {0}")]
+    Credentials(#[source] TlsError),
+}
+
+/// The CA under `<data>/ca/`: loaded when present, generated (and written) otherwise. Then
+/// `<data>/ca.pem` is (re)written with its root(s). Blocking.
+pub fn load_or_generate(
+    data: &Path,
+    trust_domain: &str,
+) -> Result<CertificateAuthority, CaFileError> {
+    let dir = data.join("ca");
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    let ca = match (exists(&cert_path)?, exists(&key_path)?) {
+        (true, true) => {
+            warn_if_key_is_exposed(&key_path);
+            let cert_pem = read(&cert_path)?;
+            let key_pem = read(&key_path)?;
+            let ca = CertificateAuthority::from_pem(trust_domain, &cert_pem, &key_pem).map_err(
+                |source| CaFileError::Invalid {
+                    path: cert_path.clone(),
+                    source,
+                },
+            )?;
+            tracing::info!(path = %cert_path.display(), trust_domain, "CA loaded");
+            ca
+        }
+        (false, false) => {
+            let ca = CertificateAuthority::generate(trust_domain).map_err(CaFileError::Generate)?;
+            create_private_dir(&dir)?;
+            write_atomically(&key_path, ca.key_pem().as_bytes(), 0o600)?;
+            write_atomically(&cert_path, ca.cert_pem().as_bytes(), 0o644)?;
+            tracing::info!(path = %cert_path.display(), trust_domain, "new root CA generated");
+            ca
+        }
+        (true, false) => {
+            return Err(CaFileError::Incomplete {
+                present: cert_path,
+                missing: key_path,
+            })
+        }
+        (false, true) => {
+            return Err(CaFileError::Incomplete {
+                present: key_path,
+                missing: cert_path,
+            })
+        }
+    };
+    write_atomically(&data.join("ca.pem"), ca.root_pem().as_bytes(), 0o644)?;
+    Ok(ca)
+}
+
+/// Who the control plane is on `--grpc`, and the names its certificate carries.
+#[derive(Debug, Clone)]
+pub struct ServerIdentity {
+    /// `spiffe://<td>/ns/ficus-system/sa/ficus-control`: what sidecars verify.
+    pub id: SpiffeId,
+    /// `localhost`.
+    pub dns_names: Vec<String>,
+    /// The `--grpc` address (unless unspecified) and 127.0.0.1, for clients that check them.
+    pub ips: Vec<IpAddr>,
+    /// How long each certificate lives.
+    pub lifetime: Duration,
+}
+
+impl ServerIdentity {
+    /// The identity of a control plane in `trust_domain` listening on `grpc`.
+    pub fn new(trust_domain: &str, grpc: SocketAddr) -> Result<Self, CaFileError> {
+        let id = SpiffeId::workload(trust_domain, CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT)
+            .map_err(CaFileError::TrustDomain)?;
+        let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        if !grpc.ip().is_unspecified() && !ips.contains(&grpc.ip()) {
+            ips.push(grpc.ip());
+        }
+        Ok(Self {
+            id,
+            dns_names: vec!["localhost".to_owned()],
+            ips,
+            lifetime: SERVER_CERT_LIFETIME,
+        })
+    }
+
+    /// A fresh certificate and key from `ca`.
+    pub fn issue(&self, ca: &CertificateAuthority) -> Result<Credentials, CaFileError> {
+        let (issued, key_pem) = ca
+            .issue_server(&self.id, &self.dns_names, &self.ips, self.lifetime)
+            .map_err(CaFileError::Issue)?;
+        Credentials::from_pem_key(&issued.chain_pem, &key_pem).map_err(CaFileError::Credentials)
+    }
+
+    /// Re-issues into `store` at 70 % of each certificate's lifetime (retrying every 30 s on
+    /// failure while the current one is still valid). Runs until the process ends.
+    pub async fn keep_renewed(self, ca: Arc<CertificateAuthority>, store: Arc<CertStore>) {
+        let mut wait = self.lifetime.mul_f64(RENEW_AT);
+        loop {
+            tokio::time::sleep(wait).await;
+            let identity = self.clone();
+            let ca = Arc::clone(&ca);
+            match tokio::task::spawn_blocking(move || identity.issue(&ca)).await {
+                Ok(Ok(credentials)) => {
+                    tracing::info!(id = %self.id, "control plane certificate renewed");
+                    store.install(credentials);
+                    wait = self.lifetime.mul_f64(RENEW_AT);
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "renewing the control plane certificate failed; retrying");
+                    wait = RENEW_RETRY;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "certificate renewal task failed; retrying");
+                    wait = RENEW_RETRY;
+                }
+            }
+        }
+    }
+}
+
+fn exists(path: &Path) -> Result<bool, CaFileError> {
+    path.try_exists().map_err(|source| CaFileError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn read(path: &Path) -> Result<String, CaFileError> {
+    fs::read_to_string(path).map_err(|source| CaFileError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn warn_if_key_is_exposed(path: &Path) {
+    if let Ok(metadata) = fs::metadata(path) {
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"),
+                "the CA key is readable by other users; chmod 600 it");
+        }
+    }
+}
+
+/// Creates `dir` (and its parents) and gives it mode 0700.
+fn create_private_dir(dir: &Path) -> Result<(), CaFileError> {
+    let write_error = |source| CaFileError::Write {
+        path: dir.to_owned(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(write_error)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(write_error)
+}
+
+/// Writes `bytes` to `path` with `mode`: a temporary file in the same directory, fsync,
+/// rename over `path`, fsync of the directory. A crash leaves the old file or the new one.
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaFileError> {
+    let write_error = |source| CaFileError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let temp = dir.join(format!(".{name}.tmp"));
+    // A leftover from a crash may have another mode; start from nothing.
+    match fs::remove_file(&temp) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(write_error(error)),
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temp)
+        .map_err(write_error)?;
+    // The umask may have narrowed the mode; say exactly what is meant.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(write_error)?;
+    file.write_all(bytes).map_err(write_error)?;
+    file.sync_all().map_err(write_error)?;
+    drop(file);
+    fs::rename(&temp, path).map_err(write_error)?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(write_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_new_root_is_written_with_private_modes() {
+        let data = tempfile::tempdir().unwrap();
+        let ca = load_or_generate(data.path(), "cluster.local").unwrap();
+        assert_eq!(mode(&data.path().join("ca")), 0o700);
+        assert_eq!(mode(&data.path().join("ca/key.pem")), 0o600);
+        assert_eq!(mode(&data.path().join("ca/cert.pem")), 0o644);
+        assert_eq!(mode(&data.path().join("ca.pem")), 0o644);
+        assert_eq!(
+            fs::read_to_string(data.path().join("ca.pem")).unwrap(),
+            ca.root_pem()
+        );
+        let leftovers: Vec<_> = fs::read_dir(data.path().join("ca"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_restart_loads_the_same_root() {
+        let data = tempfile::tempdir().unwrap();
+        let first = load_or_generate(data.path(), "cluster.local").unwrap();
+        fs::remove_file(data.path().join("ca.pem")).unwrap();
+        let second = load_or_generate(data.path(), "cluster.local").unwrap();
+        assert_eq!(first.root_pem(), second.root_pem());
+        assert_eq!(first.cert_pem(), second.cert_pem());
+        assert_eq!(
+            fs::read_to_string(data.path().join("ca.pem")).unwrap(),
+            first.root_pem(),
+            "ca.pem is rewritten"
+        );
+    }
+
+    #[test]
+    fn corrupt_or_incomplete_files_are_errors() {
+        let data = tempfile::tempdir().unwrap();
+        load_or_generate(data.path(), "cluster.local").unwrap();
+        let cert = data.path().join("ca/cert.pem");
+        let good = fs::read_to_string(&cert).unwrap();
+
+        fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let error = load_or_generate(data.path(), "cluster.local").unwrap_err();
+        assert!(matches!(error, CaFileError::Invalid { .. }), "{error}");
+        assert!(error.to_string().contains("ca/cert.pem"), "{error}");
+
+        fs::write(&cert, good).unwrap();
+        fs::write(data.path().join("ca/key.pem"), "not a key").unwrap();
+        let error = load_or_generate(data.path(), "cluster.local").unwrap_err();
+        assert!(matches!(error, CaFileError::Invalid { .. }), "{error}");
+
+        fs::remove_file(&cert).unwrap();
+        let error = load_or_generate(data.path(), "cluster.local").unwrap_err();
+        assert!(matches!(error, CaFileError::Incomplete { .. }), "{error}");
+        assert!(
+            error.to_string().contains("cert.pem does not"),
+            "a lone key is never overwritten: {error}"
+        );
+    }
+
+    #[test]
+    fn another_ca_can_be_brought() {
+        let data = tempfile::tempdir().unwrap();
+        let own = CertificateAuthority::generate("example.org").unwrap();
+        fs::create_dir_all(data.path().join("ca")).unwrap();
+        fs::write(data.path().join("ca/cert.pem"), own.cert_pem()).unwrap();
+        fs::write(data.path().join("ca/key.pem"), own.key_pem()).unwrap();
+        let loaded = load_or_generate(data.path(), "example.org").unwrap();
+        assert_eq!(loaded.root_pem(), own.root_pem());
+    }
+
+    #[test]
+    fn the_server_identity_names_the_control_plane() {
+        let identity =
+            ServerIdentity::new("cluster.local", "0.0.0.0:15012".parse().unwrap()).unwrap();
+        assert_eq!(
+            identity.id.as_str(),
+            "spiffe://cluster.local/ns/ficus-system/sa/ficus-control"
+        );
+        assert_eq!(identity.ips, vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+        let identity =
+            ServerIdentity::new("cluster.local", "10.1.2.3:15012".parse().unwrap()).unwrap();
+        assert_eq!(identity.ips.len(), 2);
+        assert!(ServerIdentity::new("Bad Domain", "127.0.0.1:1".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn atomic_writes_replace_and_set_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.pem");
+        fs::write(&path, "old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        write_atomically(&path, b"new", 0o600).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(mode(&path), 0o600);
+    }
+}

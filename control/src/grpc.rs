@@ -1,0 +1,178 @@
+//! The gRPC port (`--grpc`): TLS with the control plane's own certificate (plaintext only with
+//! `--insecure`), HTTP/2, and two services on it.
+//!
+//! tonic is built without its transport and router, so hyper serves each connection and
+//! [`Router`] picks the service by path prefix: `/ficus.v1.Certificates/` goes to the CA
+//! ([`crate::sign`]), everything else to the push streams ([`crate::push`]), which answers
+//! `UNIMPLEMENTED` for paths it does not know.
+//!
+//! The TLS server asks for no client certificate: sidecars come here to get their first one
+//! and authenticate with a token instead. The handshake must finish within 10 s; failures
+//! are logged with the peer and counted in `ficus_tls_handshake_failed_total{reason}`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ficus_config::wire::certificates_server::CertificatesServer;
+use ficus_config::wire::config_discovery_server::ConfigDiscoveryServer;
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tower_service::Service;
+
+use crate::metrics::Metrics;
+use crate::push::Push;
+use crate::sign::{PeerAddr, Signer};
+
+/// Time for a client to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 keepalive: ping after this much silence, give up after as much again.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+/// Streams per connection (a sidecar needs one push stream and the odd signing call).
+const MAX_STREAMS: u32 = 16;
+/// Connections served at once (sidecars keep one each); more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 16 * 1024;
+/// Path prefix of the certificate service.
+const CERTIFICATES: &str = "/ficus.v1.Certificates/";
+
+/// Dispatches a request to the push or the certificate service by its path.
+#[derive(Debug, Clone)]
+pub struct Router {
+    push: ConfigDiscoveryServer<Push>,
+    certificates: CertificatesServer<Signer>,
+}
+
+impl Router {
+    /// Both services of the port.
+    pub fn new(
+        push: ConfigDiscoveryServer<Push>,
+        certificates: CertificatesServer<Signer>,
+    ) -> Self {
+        Self { push, certificates }
+    }
+}
+
+// === impl Router ===
+
+impl Service<Request<Incoming>> for Router {
+    type Response = Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both services are always ready (their generated `poll_ready` says so).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        if request.uri().path().starts_with(CERTIFICATES) {
+            self.certificates.call(request)
+        } else {
+            self.push.call(request)
+        }
+    }
+}
+
+/// [`Router`] for one connection: tells the services who is calling.
+#[derive(Debug, Clone)]
+struct Connection {
+    router: Router,
+    peer: SocketAddr,
+}
+
+impl Service<Request<Incoming>> for Connection {
+    type Response = Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.router.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(PeerAddr(self.peer));
+        self.router.call(request)
+    }
+}
+
+/// Serves `router` on `listener` until the process ends: over TLS with `tls`, in plaintext
+/// without (`--insecure`).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    metrics: Arc<Metrics>,
+) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
+            return; // the semaphore is never closed
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "gRPC accept failed; pausing");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = Connection {
+            router: router.clone(),
+            peer,
+        };
+        let tls = tls.clone();
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            match tls {
+                None => serve_connection(stream, service).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, service).await,
+                        Ok(Err(error)) => {
+                            metrics
+                                .tls_handshake_failed
+                                .with_label_values(&["error"])
+                                .inc();
+                            tracing::info!(%peer, %error, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics
+                                .tls_handshake_failed
+                                .with_label_values(&["timeout"])
+                                .inc();
+                            tracing::info!(%peer, "TLS handshake not finished within 10 s");
+                        }
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection<S>(stream: S, service: Connection)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let peer = service.peer;
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(KEEPALIVE))
+        .keep_alive_timeout(KEEPALIVE)
+        .max_concurrent_streams(MAX_STREAMS)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+        .await;
+    if let Err(error) = served {
+        tracing::debug!(%peer, %error, "gRPC connection ended");
+    }
+}
