@@ -9,9 +9,16 @@
 //! The TLS server asks for no client certificate: sidecars come here to get their first one
 //! and authenticate with a token instead. The handshake must finish within 10 s; failures
 //! are logged with the peer and counted in `ficus_tls_handshake_failed_total{reason}`.
+//!
+//! Deadlines: TLS handshake 10 s; then the HTTP/2 preface must start within 10 s
+//! ([`FirstByteDeadline`]); an established connection is watched by HTTP/2 keepalive pings;
+//! a `Sign` call, reading its request included, must finish within 30 s.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,10 +30,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
+use tonic::Status;
 use tower_service::Service;
 
 use crate::metrics::Metrics;
@@ -35,6 +44,11 @@ use crate::sign::{PeerAddr, Signer};
 
 /// Time for a client to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for a client to start talking HTTP/2 once connected (and past TLS).
+pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for a whole `Sign` call, reading the request included (the CA itself takes
+/// milliseconds; this bounds slow senders).
+const SIGN_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 keepalive: ping after this much silence, give up after as much again.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 /// Streams per connection (a sidecar needs one push stream and the odd signing call).
@@ -75,7 +89,16 @@ impl Service<Request<Incoming>> for Router {
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         if request.uri().path().starts_with(CERTIFICATES) {
-            self.certificates.call(request)
+            let call = self.certificates.call(request);
+            Box::pin(async move {
+                match tokio::time::timeout(SIGN_TIMEOUT, call).await {
+                    Ok(answer) => answer,
+                    Err(_) => Ok(Status::deadline_exceeded(
+                        "the certificate request was not complete within 30 s",
+                    )
+                    .into_http()),
+                }
+            })
         } else {
             self.push.call(request)
         }
@@ -134,10 +157,12 @@ pub async fn serve(
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, service).await,
+                None => serve_connection(FirstByteDeadline::new(stream), service).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, service).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(FirstByteDeadline::new(stream), service).await;
+                        }
                         Ok(Err(error)) => {
                             metrics
                                 .tls_handshake_failed
@@ -174,5 +199,109 @@ where
         .await;
     if let Err(error) = served {
         tracing::debug!(%peer, %error, "gRPC connection ended");
+    }
+}
+
+/// A stream whose reads fail with `TimedOut` when nothing at all has been read within
+/// [`PREFACE_TIMEOUT`] of its creation: hyper's HTTP/2 server waits for the client preface
+/// without a deadline of its own, and keepalive pings start only after it.
+#[derive(Debug)]
+struct FirstByteDeadline<S> {
+    inner: S,
+    /// Cleared by the first byte read.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> FirstByteDeadline<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(PREFACE_TIMEOUT))),
+        }
+    }
+}
+
+// === impl FirstByteDeadline ===
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Some(deadline) = &mut this.deadline {
+            match &polled {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => this.deadline = None,
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no HTTP/2 preface within 10 s",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_times_out_and_a_talking_one_does_not() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut silent = FirstByteDeadline::new(server);
+        let mut byte = [0u8; 1];
+        let error = silent.read(&mut byte).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        drop(client);
+
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut talking = FirstByteDeadline::new(server);
+        client.write_all(b"P").await.unwrap();
+        assert_eq!(talking.read(&mut byte).await.unwrap(), 1);
+        tokio::time::sleep(PREFACE_TIMEOUT * 2).await;
+        client.write_all(b"R").await.unwrap();
+        assert_eq!(
+            talking.read(&mut byte).await.unwrap(),
+            1,
+            "no deadline after the start"
+        );
     }
 }

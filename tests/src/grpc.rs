@@ -4,18 +4,20 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ficus_config::wire::certificates_client::CertificatesClient;
 use ficus_config::wire::{SignRequest, SignResponse};
-use ficus_identity::tls::{client_config, TrustBundle};
+use ficus_identity::tls::{client_config, CertStore, TrustBundle};
 use ficus_identity::SpiffeId;
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
@@ -58,17 +60,28 @@ pub async fn connect_tls(
     ca_pem: &str,
     expected: &SpiffeId,
 ) -> anyhow::Result<Channel> {
+    let tls = tls_stream(addr, ca_pem, expected, None).await?;
+    handshake(tls, format!("https://{addr}")).await
+}
+
+/// A TLS connection (ALPN h2) on which nothing has been sent yet, presenting `client`'s
+/// certificate when given.
+pub async fn tls_stream(
+    addr: SocketAddr,
+    ca_pem: &str,
+    expected: &SpiffeId,
+    client: Option<Arc<CertStore>>,
+) -> anyhow::Result<TlsStream<TcpStream>> {
     let bundle = TrustBundle::from_pem(ca_pem, expected.trust_domain())?;
-    let config = client_config(None, &bundle, expected)?;
+    let config = client_config(client, &bundle, expected)?;
     let tcp = connect_tcp(addr).await?;
     let name = ServerName::try_from("localhost")?;
-    let tls = tokio::time::timeout(
+    Ok(tokio::time::timeout(
         CONNECT_TIMEOUT,
         TlsConnector::from(config).connect(name, tcp),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("TLS handshake with {addr} timed out"))??;
-    handshake(tls, format!("https://{addr}")).await
+    .map_err(|_| anyhow::anyhow!("TLS handshake with {addr} timed out"))??)
 }
 
 /// Connects in plaintext (HTTP/2 prior knowledge).

@@ -378,3 +378,95 @@ async fn the_write_api_needs_an_admin_token() {
     );
     assert!(!log.contains(admin), "tokens never reach the log");
 }
+
+/// RELIABILITY.md promise 3: a peer that connects and then says nothing, before or after the
+/// TLS handshake, is closed by the handshake / preface deadline (10 s each).
+#[tokio::test]
+async fn silent_peers_are_closed() {
+    let files = tempfile::tempdir().unwrap();
+    let control = secure_control(files.path(), &[]).await;
+    let ca = std::fs::read_to_string(control.ca_file()).unwrap();
+    let deadline = Duration::from_secs(20);
+
+    let before_tls = async {
+        let mut tcp = tokio::net::TcpStream::connect(control.grpc).await.unwrap();
+        let outcome = client::read_until_close(&mut tcp, deadline).await;
+        assert!(
+            outcome.closed,
+            "closed before the TLS handshake: {outcome:?}"
+        );
+    };
+    let after_tls = async {
+        let mut tls = grpc::tls_stream(control.grpc, &ca, &control_id("cluster.local"), None)
+            .await
+            .expect("TLS handshake");
+        // The server's SETTINGS may arrive; then the connection must close.
+        let closed = async {
+            let mut buffer = [0u8; 256];
+            loop {
+                match tokio::io::AsyncReadExt::read(&mut tls, &mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(deadline, closed)
+            .await
+            .expect("closed within the preface deadline");
+    };
+    tokio::join!(before_tls, after_tls);
+    let metrics = client::get(control.http, "control", "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&metrics.body)
+            .contains("ficus_tls_handshake_failed_total{reason=\"timeout\"} 1"),
+        "the handshake timeout is counted"
+    );
+}
+
+/// A sidecar's credentials grant nothing on the HTTP API: its join token is not an admin
+/// token, and the API does not speak TLS, so its certificate cannot even be presented.
+#[tokio::test]
+async fn sidecar_credentials_cannot_change_the_mesh() {
+    let files = tempfile::tempdir().unwrap();
+    let admin_tokens = write(files.path(), "admin.tokens", "admin-0123456789abcdef0123\n");
+    let control = secure_control(files.path(), &["--admin-token-file", &admin_tokens]).await;
+    let ca = std::fs::read_to_string(control.ca_file()).unwrap();
+    let channel = tls_channel(&control).await;
+    let key = WorkloadKey::generate().unwrap();
+    let web = id("spiffe://cluster.local/ns/shop/sa/web");
+    let signed = grpc::sign(&channel, Some(WEB_TOKEN), &key.csr_pem(&web).unwrap())
+        .await
+        .expect("signed");
+
+    let apply = |authorization: Option<String>| {
+        let mut request = Request::post("/v1/apply")
+            .header("host", "control")
+            .header("x-ficus-source-name", "x.yaml");
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        request
+            .body(Full::new(Bytes::from_static(b"apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec: {}\n")))
+            .unwrap()
+    };
+    let response = client::send(control.http, apply(Some(format!("Bearer {WEB_TOKEN}"))))
+        .await
+        .unwrap();
+    assert_eq!(response.status, 401, "a join token is not an admin token");
+
+    let store = ficus_identity::tls::CertStore::new();
+    store.install(Credentials::from_pem(&signed.certificate_chain_pem, &key).unwrap());
+    let tls = grpc::tls_stream(control.http, &ca, &control_id("cluster.local"), Some(store)).await;
+    assert!(
+        tls.is_err(),
+        "the API does not accept TLS, so no certificate is ever looked at"
+    );
+
+    assert_eq!(
+        control.get_json("/v1/config").await["version"],
+        0,
+        "nothing applied"
+    );
+}

@@ -36,7 +36,8 @@ struct Args {
         default_value = "http://127.0.0.1:15014"
     )]
     server: String,
-    /// File holding the admin bearer token (sent; not enforced by the server yet).
+    /// File holding the admin bearer token, sent as `authorization: Bearer`; writes need it
+    /// when the control plane runs with `--admin-token-file`.
     #[arg(long, global = true, env = "FICUS_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Recorded as the author of the versions you make (default: $USER).
