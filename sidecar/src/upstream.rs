@@ -156,6 +156,11 @@ impl EndpointPool {
         self.address
     }
 
+    /// Whether connections to this endpoint are mTLS to a peer sidecar.
+    pub fn is_mtls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Whether requests to this endpoint travel over HTTP/2 (h2c, gRPC, or mTLS between
     /// sidecars).
     pub fn is_http2(&self) -> bool {

@@ -12,6 +12,10 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// `x-request-id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Set by a client sidecar on an HTTP/1.x request it carries over HTTP/2 (mTLS between
+/// sidecars), so the server sidecar turns it back into HTTP/1.1 for its app. Trusted only
+/// from a verified mesh peer; removed before the app sees the request.
+pub const X_FICUS_ORIG_PROTO: HeaderName = HeaderName::from_static("x-ficus-orig-proto");
 /// Identity the server sidecar passes to its app; never trusted from outside.
 pub const X_FICUS_PEER_IDENTITY: HeaderName = HeaderName::from_static("x-ficus-peer-identity");
 

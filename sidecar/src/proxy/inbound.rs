@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::forward::{forward, prepare, upstream_uri};
-use super::headers::X_FICUS_PEER_IDENTITY;
+use super::headers::{X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY};
 use crate::authz::Decision;
 use crate::body::{with_idle_timeout, Body};
 use crate::state::Shared;
@@ -49,8 +49,16 @@ pub async fn handle(
             return response;
         }
     }
-    let http2 = request.version() == Version::HTTP_2;
+    // HTTP/2 to the app when the peer spoke it, unless a verified client sidecar says the
+    // request began as HTTP/1.1 and only crossed the mesh as HTTP/2.
+    let carried_http1 = identity.is_some()
+        && request
+            .headers()
+            .get(X_FICUS_ORIG_PROTO)
+            .is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1"));
+    let http2 = request.version() == Version::HTTP_2 && !carried_http1;
     let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
+    parts.headers.remove(X_FICUS_ORIG_PROTO);
     // `prepare` removed any caller-supplied value; only a verified mTLS peer sets it.
     if let Some(identity) = identity {
         parts.headers.insert(X_FICUS_PEER_IDENTITY, identity);

@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::forward::{forward, prepare, upstream_uri};
+use super::headers::X_FICUS_ORIG_PROTO;
 use crate::body::{self, with_idle_timeout, Body};
 use crate::route::ServiceName;
 use crate::snapshot::{RouteBackend, Snapshot};
@@ -80,7 +81,14 @@ async fn route_and_forward<'s>(
     // HTTP/1.1 crosses the mesh as HTTP/2 and turns back into HTTP/1.1 at the other side.
     let http2 = endpoint.is_http2();
 
+    let carried_http1 = endpoint.is_mtls() && request.version() != http::Version::HTTP_2;
     let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
+    parts.headers.remove(X_FICUS_ORIG_PROTO);
+    if carried_http1 {
+        parts
+            .headers
+            .insert(X_FICUS_ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+    }
     if let Some(ops) = &action.request_headers {
         ops.apply(&mut parts.headers);
     }
