@@ -179,7 +179,10 @@ async fn strict_refuses_plaintext_foreign_and_missing_certificates_and_tls12() {
                 ca.display(),
                 flags.join(" ")
             );
-            std::process::Command::new("bash").args(["-c", &command]).stdin(Stdio::null()).output()
+            std::process::Command::new("bash")
+                .args(["-c", &command])
+                .stdin(Stdio::null())
+                .output()
         });
         let output = tokio::time::timeout(Duration::from_secs(15), run)
             .await
@@ -188,7 +191,8 @@ async fn strict_refuses_plaintext_foreign_and_missing_certificates_and_tls12() {
             .unwrap();
         let text = String::from_utf8_lossy(&output.stdout).into_owned()
             + &String::from_utf8_lossy(&output.stderr);
-        let refused = text.contains("alert certificate required") || text.contains("alert protocol version");
+        let refused =
+            text.contains("alert certificate required") || text.contains("alert protocol version");
         assert!(refused, "openssl was not refused:\n{text}");
     }
     assert_eq!(app.count(), 0, "nothing reached the app");
