@@ -176,8 +176,8 @@ fn run(args: Args) -> Result<(), Fatal> {
             }
         };
         let metrics = Arc::clone(&state.metrics);
-        let (tls, signer) = match authority {
-            None => (None, Signer::insecure(Arc::clone(&metrics))),
+        let (tls, signer, push_authenticator) = match authority {
+            None => (None, Signer::insecure(Arc::clone(&metrics)), None),
             Some(authority) => {
                 let (acceptor, ca) = start_tls(authority)?;
                 if let Some(join) = &join {
@@ -188,16 +188,20 @@ fn run(args: Args) -> Result<(), Fatal> {
                     );
                 }
                 let authenticator = join.map(|j| j as Arc<dyn TokenAuthenticator>);
-                let signer =
-                    Signer::new(ca, authenticator, args.cert_lifetime, Arc::clone(&metrics));
-                (Some(acceptor), signer)
+                let signer = Signer::new(
+                    ca,
+                    authenticator.clone(),
+                    args.cert_lifetime,
+                    Arc::clone(&metrics),
+                );
+                (Some(acceptor), signer, authenticator)
             }
         };
         if let Some(admin) = &admin {
             admin.watch();
         }
         let router = Router::new(
-            ficus_control::push::service(Arc::clone(&state)),
+            ficus_control::push::service(Arc::clone(&state), push_authenticator),
             signer.into_service(),
         );
         tracing::info!(grpc = %args.grpc, http = %args.http, data = %args.data.display(),

@@ -23,6 +23,8 @@ use futures_util::Stream;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::join::TokenAuthenticator;
+use crate::auth::{bearer_token, AuthError};
 use crate::scope::{self, Scope};
 use crate::state::{ControlState, VersionRecord};
 
@@ -39,12 +41,20 @@ const MAX_HELLO_FIELD: usize = 256;
 
 /// The push service over `state`; [`crate::grpc`] serves it next to the certificate service.
 /// Must be called inside a tokio runtime (it starts the debounce task).
-pub fn service(state: Arc<ControlState>) -> ConfigDiscoveryServer<Push> {
+///
+/// With an `authenticator` (join tokens), a stream must carry `authorization: Bearer <token>`
+/// and its Hello must name the token's workload and namespace: a sidecar reads only its own
+/// scoped config. Without one (`--insecure`, local development) streams are open.
+pub fn service(
+    state: Arc<ControlState>,
+    authenticator: Option<Arc<dyn TokenAuthenticator>>,
+) -> ConfigDiscoveryServer<Push> {
     let published = debounced(state.current.subscribe());
     let push = Push {
         state,
         published,
         scopes: Arc::new(ScopeCache::default()),
+        authenticator,
     };
     ConfigDiscoveryServer::new(push)
         .max_decoding_message_size(MAX_MESSAGE)
@@ -116,6 +126,7 @@ pub struct Push {
     state: Arc<ControlState>,
     published: watch::Receiver<Arc<VersionRecord>>,
     scopes: Arc<ScopeCache>,
+    authenticator: Option<Arc<dyn TokenAuthenticator>>,
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send>>;
@@ -128,6 +139,21 @@ impl ConfigDiscovery for Push {
         &self,
         request: Request<Streaming<SidecarMessage>>,
     ) -> Result<Response<Outbound>, Status> {
+        let caller = match &self.authenticator {
+            None => None,
+            Some(authenticator) => {
+                let header = request.metadata().get("authorization").map(|v| v.to_str());
+                let token = match header.transpose() {
+                    Ok(header) => bearer_token(header),
+                    Err(_) => Err(AuthError::Malformed),
+                };
+                let caller = match token {
+                    Ok(token) => authenticator.authenticate(token).await,
+                    Err(error) => Err(error),
+                };
+                Some(caller.map_err(|error| Status::unauthenticated(error.to_string()))?)
+            }
+        };
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(SidecarMessage {
@@ -142,6 +168,14 @@ impl ConfigDiscovery for Push {
             }
         };
         check_hello(&hello)?;
+        if let Some(caller) = caller {
+            if caller.workload != hello.workload || caller.namespace != hello.namespace {
+                return Err(Status::permission_denied(format!(
+                    "the token is for {}.{}, not {}.{}",
+                    caller.workload, caller.namespace, hello.workload, hello.namespace
+                )));
+            }
+        }
         let (tx, rx) = mpsc::channel(1);
         let stream = PushStream {
             state: Arc::clone(&self.state),

@@ -234,7 +234,14 @@ impl ControlClient {
         let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|message| (message, rx))
         });
-        let response = tokio::time::timeout(SUBSCRIBE_TIMEOUT, client.subscribe(outbound))
+        let mut request = tonic::Request::new(outbound);
+        if let Some(token) = &self.settings.token {
+            let bearer = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| fail("the token holds characters not allowed in a header".into()))?;
+            request.metadata_mut().insert("authorization", bearer);
+        }
+        let response = tokio::time::timeout(SUBSCRIBE_TIMEOUT, client.subscribe(request))
             .await
             .map_err(|_| fail("subscribe timed out".into()))?
             .map_err(|status| fail(format!("subscribe refused: {status}")))?;

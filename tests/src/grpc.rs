@@ -137,3 +137,39 @@ pub async fn sign(
         .map_err(|_| tonic::Status::deadline_exceeded("Sign took too long"))?
         .map(tonic::Response::into_inner)
 }
+
+/// Opens `ConfigDiscovery/Subscribe` with `token` (none when `None`), sending a Hello for
+/// `workload`.`namespace`; `Ok` once the control plane has accepted the stream.
+pub async fn subscribe(
+    channel: &Channel,
+    token: Option<&str>,
+    workload: &str,
+    namespace: &str,
+) -> Result<(), tonic::Status> {
+    use ficus_config::wire::config_discovery_client::ConfigDiscoveryClient;
+    use ficus_config::wire::{sidecar_message, Hello, SidecarMessage};
+    use futures_util::StreamExt;
+    let hello = SidecarMessage {
+        kind: Some(sidecar_message::Kind::Hello(Hello {
+            node_id: format!("{workload}-test"),
+            workload: workload.to_owned(),
+            namespace: namespace.to_owned(),
+            ..Hello::default()
+        })),
+    };
+    // The stream stays open after the Hello, like a sidecar's.
+    let outbound =
+        futures_util::stream::once(async move { hello }).chain(futures_util::stream::pending());
+    let mut request = tonic::Request::new(outbound);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| tonic::Status::internal("token is not a header value"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut client = ConfigDiscoveryClient::with_origin(channel.clone(), channel.origin.clone());
+    tokio::time::timeout(CALL_TIMEOUT, client.subscribe(request))
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("Subscribe took too long"))?
+        .map(|_| ())
+}

@@ -470,3 +470,28 @@ async fn sidecar_credentials_cannot_change_the_mesh() {
         "nothing applied"
     );
 }
+
+#[tokio::test]
+async fn push_streams_need_the_token_of_the_workload_they_name() {
+    let files = tempfile::tempdir().unwrap();
+    let control = secure_control(files.path(), &[]).await;
+    let channel = tls_channel(&control).await;
+    let code = |result: Result<(), tonic::Status>| result.err().map(|s| s.code());
+    assert_eq!(
+        code(grpc::subscribe(&channel, None, "web", "shop").await),
+        Some(Code::Unauthenticated)
+    );
+    assert_eq!(
+        code(grpc::subscribe(&channel, Some("join-web-0123456789abcdeX"), "web", "shop").await),
+        Some(Code::Unauthenticated)
+    );
+    assert_eq!(
+        code(grpc::subscribe(&channel, Some(WEB_TOKEN), "payments", "shop").await),
+        Some(Code::PermissionDenied),
+        "a token for web cannot read another workload's config"
+    );
+    assert_eq!(
+        code(grpc::subscribe(&channel, Some(WEB_TOKEN), "web", "shop").await),
+        None
+    );
+}
