@@ -46,22 +46,30 @@ pub struct BodyIdle(pub Duration);
 
 pin_project! {
     /// Fails a body that sends no frame within `timeout` of the previous one (or of the start).
+    ///
+    /// Frames only record the time; the timer is polled only while the body waits, and
+    /// re-armed only when it fires early (a frame came meanwhile). A body that never waits
+    /// never touches the timer wheel, and a streaming body re-arms once per `timeout`, not once
+    /// per frame.
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
         #[pin]
         sleep: Sleep,
         timeout: Duration,
+        last_frame: Instant,
     }
 }
 
 impl<B> IdleTimeout<B> {
     /// Wraps `inner`.
     pub fn new(inner: B, timeout: Duration) -> Self {
+        let now = Instant::now();
         Self {
             inner,
-            sleep: tokio::time::sleep(timeout),
+            sleep: tokio::time::sleep_until(now + timeout),
             timeout,
+            last_frame: now,
         }
     }
 }
@@ -79,15 +87,20 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        match this.inner.poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.sleep.as_mut().reset(Instant::now() + *this.timeout);
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            *this.last_frame = Instant::now();
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        loop {
+            if this.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            Poll::Pending => match this.sleep.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(*this.timeout))))),
-                Poll::Pending => Poll::Pending,
-            },
+            let deadline = *this.last_frame + *this.timeout;
+            if Instant::now() >= deadline {
+                return Poll::Ready(Some(Err(Box::new(BodyIdle(*this.timeout)))));
+            }
+            // A frame arrived since the timer was set: wait for the rest of the new period.
+            this.sleep.as_mut().reset(deadline);
         }
     }
 

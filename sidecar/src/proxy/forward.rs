@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ficus_config::ProxyLimits;
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -104,15 +105,26 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
 
 /// The URI to send upstream: origin-form for HTTP/1.1; for HTTP/2 absolute, so hyper fills
 /// `:scheme` and `:authority` (the authority the caller used, not the endpoint address).
-pub fn upstream_uri(http2: bool, authority: &str, path_and_query: &str) -> Result<Uri, ProxyError> {
-    let uri = if http2 {
-        Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(path_and_query)
-            .build()
-    } else {
-        Uri::builder().path_and_query(path_and_query).build()
-    };
-    uri.map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
+pub fn upstream_uri(
+    http2: bool,
+    authority: &str,
+    path_and_query: PathAndQuery,
+) -> Result<Uri, ProxyError> {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(path_and_query);
+    if http2 {
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(
+            Authority::try_from(authority)
+                .map_err(|_| ProxyError::BadRequest("authority cannot be forwarded"))?,
+        );
+    }
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
+}
+
+/// The request's path and query (`/` when it has none, as in `OPTIONS *` or CONNECT).
+pub fn path_and_query(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }

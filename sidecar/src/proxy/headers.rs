@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -75,23 +76,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>, 
 
 /// Appends the peer to `x-forwarded-for` and `forwarded`, and sets `x-forwarded-proto`.
 pub fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip();
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+    use std::fmt::Write;
+    let ip = match peer.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     };
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {ip}"),
-        None => ip.to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&xff) {
+    let mut xff = String::with_capacity(64);
+    if let Some(previous) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        xff.push_str(previous);
+        xff.push_str(", ");
+    }
+    let _ = write!(xff, "{ip}");
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR, value);
     }
-    let node = match ip {
-        IpAddr::V4(v4) => format!("for={v4};proto=http"),
-        IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+    let mut node = String::with_capacity(48);
+    let _ = match ip {
+        IpAddr::V4(v4) => write!(node, "for={v4};proto=http"),
+        IpAddr::V6(v6) => write!(node, "for=\"[{v6}]\";proto=http"),
     };
-    if let Ok(value) = HeaderValue::from_str(&node) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(node)) {
         headers.append(FORWARDED, value);
     }
     if !headers.contains_key(X_FORWARDED_PROTO) {
@@ -101,21 +105,24 @@ pub fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
 
 /// Adds an `x-request-id` (a random UUID v4) when the request has none.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     if headers.contains_key(X_REQUEST_ID) {
         return;
     }
+    // Version 4 in the 13th hex digit, variant 10xx in the 17th.
     let bits = rand::random::<u128>() & !(0xF000 << 64) & !(0xC000 << 48);
     let bits = bits | (0x4000 << 64) | (0x8000 << 48);
-    let hex = format!("{bits:032x}");
-    let id = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    );
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    let mut id = [0u8; 36];
+    let mut at = 0;
+    for digit in 0..32 {
+        if matches!(digit, 8 | 12 | 16 | 20) {
+            id[at] = b'-';
+            at += 1;
+        }
+        id[at] = HEX[((bits >> (124 - 4 * digit)) & 0xF) as usize];
+        at += 1;
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&id) {
         headers.insert(X_REQUEST_ID, value);
     }
 }

@@ -8,7 +8,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
-use super::forward::{forward, prepare, upstream_uri};
+use super::forward::{forward, path_and_query, prepare, upstream_uri};
 use super::headers::{X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY};
 use crate::authz::Decision;
 use crate::body::{with_idle_timeout, Body};
@@ -77,12 +77,8 @@ pub async fn handle(
                 .map(str::to_owned)
         })
         .unwrap_or(app);
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    let (response, flag) = match upstream_uri(http2, &authority, &path_and_query) {
+    let target = path_and_query(&parts.uri);
+    let (response, flag) = match upstream_uri(http2, &authority, target) {
         Err(error) => error.into_response(),
         Ok(uri) => {
             parts.uri = uri;

@@ -4,11 +4,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
-use super::forward::{forward, prepare, upstream_uri};
+use super::forward::{forward, path_and_query, prepare, upstream_uri};
 use super::headers::X_FICUS_ORIG_PROTO;
 use crate::body::{self, with_idle_timeout, Body};
 use crate::route::ServiceName;
@@ -94,23 +95,27 @@ async fn route_and_forward<'s>(
     }
 
     let mut host = authority.as_str();
-    let mut path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
+    let mut target = path_and_query(&parts.uri);
     if let Some(rewrite) = &action.rewrite {
         if let Some(hostname) = &rewrite.hostname {
             host = hostname;
         }
         if let Some(path) = rewrite.path(parts.uri.path(), entry.matcher.prefix()) {
-            path_and_query = match parts.uri.query() {
+            let rewritten = match parts.uri.query() {
                 Some(query) => format!("{path}?{query}"),
                 None => path,
             };
+            match PathAndQuery::try_from(rewritten) {
+                Ok(rewritten) => target = rewritten,
+                Err(_) => {
+                    let error = ProxyError::BadRequest("rewritten path is not a valid target");
+                    let (response, flag) = error.into_response();
+                    return (response, metrics, flag);
+                }
+            }
         }
     }
-    parts.uri = match upstream_uri(http2, host, &path_and_query) {
+    parts.uri = match upstream_uri(http2, host, target) {
         Ok(uri) => uri,
         Err(error) => {
             let (response, flag) = error.into_response();
@@ -119,8 +124,14 @@ async fn route_and_forward<'s>(
     };
     if http2 {
         parts.headers.remove(header::HOST);
-    } else if let Ok(host) = HeaderValue::from_str(host) {
-        parts.headers.insert(header::HOST, host);
+    } else if parts
+        .headers
+        .get(header::HOST)
+        .is_none_or(|h| h.as_bytes() != host.as_bytes())
+    {
+        if let Ok(host) = HeaderValue::from_str(host) {
+            parts.headers.insert(header::HOST, host);
+        }
     }
 
     let limits = &snapshot.limits;
