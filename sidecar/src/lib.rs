@@ -7,6 +7,7 @@
 //! - [`route`] — route tables, matchers, weighted choice, service names.
 //! - [`proxy`] — the outbound and inbound handlers, headers, filters, errors → responses.
 //! - [`upstream`] — endpoint connection pools.
+//! - [`policy`] — retries and retry budgets, per rule and per Backend.
 //! - [`listener`] — accept loops and downstream HTTP connections; [`detect`] — h1 or h2.
 //! - [`tcp`] — opaque TCP listeners; [`tunnel`] — byte copying with an idle timeout.
 //! - [`reload`], [`watch`] and [`control`] — the swap, fed by file watching or by pushes.
@@ -25,6 +26,7 @@ pub mod detect;
 pub mod drain;
 pub mod listener;
 pub mod mtls;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod route;

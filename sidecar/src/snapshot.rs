@@ -13,6 +13,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::authz::Authorizer;
 use crate::mtls::MeshTls;
+use crate::policy::retry::RetryPolicy;
+use crate::policy::BackendPolicy;
 use crate::proxy::filters::{HeaderOps, Redirect, Rewrite};
 use crate::route::{CompiledMatch, RouteEntry, RouteTable, ServiceName, WeightedSet};
 use crate::state::Identity;
@@ -68,6 +70,8 @@ pub struct RuleAction {
     pub backends: Option<WeightedSet<RouteBackend>>,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Retries, when the rule has a `retry`.
+    pub retry: Option<RetryPolicy>,
     /// Metrics for redirects answered by this rule.
     pub local_metrics: Arc<RequestMetrics>,
 }
@@ -88,6 +92,8 @@ pub struct BackendTarget {
     pub label: String,
     /// Protocol to the endpoints.
     pub protocol: Protocol,
+    /// Its TrafficPolicy, compiled (defaults without one).
+    pub policy: BackendPolicy,
     endpoints: Vec<Arc<EndpointPool>>,
     next: AtomicUsize,
 }
@@ -97,6 +103,16 @@ impl BackendTarget {
     pub fn endpoint(&self) -> &Arc<EndpointPool> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         &self.endpoints[i % self.endpoints.len()]
+    }
+
+    /// The next endpoint other than `failed`, when there is another (retries go elsewhere).
+    pub fn endpoint_except(&self, failed: &Arc<EndpointPool>) -> &Arc<EndpointPool> {
+        let next = self.endpoint();
+        if Arc::ptr_eq(next, failed) && self.endpoints.len() > 1 {
+            self.endpoint()
+        } else {
+            next
+        }
     }
 }
 
@@ -164,6 +180,11 @@ impl Snapshot {
             connect_timeout: limits.connect_timeout,
             idle_timeout: limits.upstream_idle_timeout,
         };
+        let policies: HashMap<&ResourceKey, &ficus_config::TrafficPolicy> = config
+            .traffic_policies
+            .values()
+            .map(|p| (&p.target, p))
+            .collect();
         let targets: HashMap<&ResourceKey, Arc<BackendTarget>> = config
             .backends
             .iter()
@@ -180,6 +201,7 @@ impl Snapshot {
                 let target = BackendTarget {
                     label: key.to_string(),
                     protocol: backend.protocol,
+                    policy: BackendPolicy::new(policies.get(key).copied()),
                     endpoints,
                     next: AtomicUsize::new(0),
                 };
@@ -335,6 +357,7 @@ fn compile_rule(
         redirect: None,
         backends: None,
         timeouts: rule.timeouts,
+        retry: rule.retry.as_ref().map(RetryPolicy::new),
         local_metrics: cx
             .metrics
             .request_metrics(Direction::Outbound, service_label, "local"),
@@ -383,6 +406,7 @@ fn direct_service(label: String, target: &Arc<BackendTarget>, cx: &BuildContext<
             1,
         )]),
         timeouts: Timeouts::default(),
+        retry: None,
         local_metrics: cx
             .metrics
             .request_metrics(Direction::Outbound, &label, "local"),

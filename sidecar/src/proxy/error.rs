@@ -19,6 +19,8 @@ pub mod flags {
     pub const BAD_REQUEST: &str = "DPE";
     /// Downstream stopped sending its request body.
     pub const DOWNSTREAM_TIMEOUT: &str = "DT";
+    /// Retries exhausted: the caller gets the last retried outcome.
+    pub const RETRIES_EXHAUSTED: &str = "URX";
     /// Denied by an AuthorizationPolicy.
     pub const DENIED: &str = "UAEX";
 }

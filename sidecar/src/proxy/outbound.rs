@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use super::error::ProxyError;
 use super::forward::{forward, path_and_query, prepare, upstream_uri};
 use super::headers::X_FICUS_ORIG_PROTO;
+use super::retrying::{replayable, Exchange, Replay};
 use crate::body::{self, with_idle_timeout, Body};
 use crate::route::ServiceName;
 use crate::snapshot::{RouteBackend, Snapshot};
@@ -76,14 +77,18 @@ async fn route_and_forward<'s>(
         let (response, flag) = ProxyError::NoRule(service.label.clone()).into_response();
         return (response, &service.unmatched, flag);
     };
-    let RouteBackend { target, metrics } = backends.pick();
-    let endpoint = target.endpoint();
+    let RouteBackend {
+        target: backend,
+        metrics,
+    } = backends.pick();
+    let endpoint = backend.endpoint();
     // HTTP/2 for h2c/gRPC backends and for mTLS to peer sidecars (ALPN h2): the app's
     // HTTP/1.1 crosses the mesh as HTTP/2 and turns back into HTTP/1.1 at the other side.
     let http2 = endpoint.is_http2();
 
     let carried_http1 = endpoint.is_mtls() && request.version() != http::Version::HTTP_2;
     let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
+    let upgrading = on_upgrade.is_some();
     parts.headers.remove(X_FICUS_ORIG_PROTO);
     if carried_http1 {
         parts
@@ -143,19 +148,49 @@ async fn route_and_forward<'s>(
         .timeouts
         .request
         .map_or(per_try, |total| total.min(per_try));
-    let body = with_idle_timeout(incoming, limits.body_idle_timeout);
-    let upstream_request = Request::from_parts(parts, body);
-    match forward(endpoint, upstream_request, timeout, on_upgrade, limits).await {
+    let send_once = |parts, incoming| {
+        let body = with_idle_timeout(incoming, limits.body_idle_timeout);
+        let upstream_request = Request::from_parts(parts, body);
+        forward(endpoint, upstream_request, timeout, on_upgrade, limits)
+    };
+    let (result, flag) = match &action.retry {
+        // A protocol switch is never replayed; everything else may be, if its body allows.
+        Some(policy) if !upgrading => {
+            let replay = tokio::time::timeout(
+                timeout,
+                replayable(&parts, incoming, limits.body_idle_timeout),
+            )
+            .await
+            .unwrap_or(Err(ProxyError::DownstreamTimeout));
+            match replay {
+                Ok(Replay::Buffered(body)) => {
+                    let exchange = Exchange {
+                        policy,
+                        target: backend,
+                        per_try,
+                        total: action.timeouts.request,
+                        limits,
+                        metrics: &shared.metrics,
+                    };
+                    exchange.send(endpoint, &parts, &body).await
+                }
+                Ok(Replay::Stream(incoming)) => (send_once(parts, incoming).await, None),
+                Err(error) => (Err(error), None),
+            }
+        }
+        _ => (send_once(parts, incoming).await, None),
+    };
+    match result {
         Ok(mut response) => {
             if let Some(ops) = &action.response_headers {
                 ops.apply(response.headers_mut());
             }
-            (response, metrics, "")
+            (response, metrics, flag.unwrap_or(""))
         }
         Err(error) => {
             log_failure(shared, &error, endpoint.address(), timeout);
-            let (response, flag) = error.into_response();
-            (response, metrics, flag)
+            let (response, own_flag) = error.into_response();
+            (response, metrics, flag.unwrap_or(own_flag))
         }
     }
 }

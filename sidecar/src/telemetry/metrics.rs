@@ -55,6 +55,10 @@ pub struct Metrics {
     pub config_version: IntGauge,
     /// `ficus_tls_certificate_expiry_timestamp_seconds` (0 while there is none).
     pub certificate_expiry: IntGauge,
+    /// `ficus_retries_total`: retries sent (one per extra attempt).
+    pub retries: IntCounter,
+    /// `ficus_retry_budget_exhausted_total`: retries not sent because the budget was spent.
+    pub retry_budget_exhausted: IntCounter,
     certificate_renewals_failed: IntCounter,
     authz_denied: IntCounter,
     tls_handshake_failed: IntCounterVec,
@@ -123,6 +127,11 @@ impl Metrics {
             "ficus_tls_certificate_renewals_failed_total",
             "Failed attempts to obtain or renew the workload certificate",
         );
+        let retries = counter("ficus_retries_total", "Retries sent upstream");
+        let retry_budget_exhausted = counter(
+            "ficus_retry_budget_exhausted_total",
+            "Retries not sent because the Backend's retry budget was spent",
+        );
         let authz_denied = counter(
             "ficus_authz_denied_total",
             "Inbound requests denied by authorization policy",
@@ -166,6 +175,8 @@ impl Metrics {
             config_version,
             certificate_expiry,
             certificate_renewals_failed,
+            retries,
+            retry_budget_exhausted,
             authz_denied,
             tls_handshake_failed,
             config_updates,
@@ -183,6 +194,8 @@ impl Metrics {
             Box::new(metrics.certificate_expiry.clone()),
             Box::new(metrics.certificate_renewals_failed.clone()),
             Box::new(metrics.authz_denied.clone()),
+            Box::new(metrics.retries.clone()),
+            Box::new(metrics.retry_budget_exhausted.clone()),
             Box::new(metrics.tls_handshake_failed.clone()),
             Box::new(metrics.config_updates.clone()),
             Box::new(metrics.config_rejected.clone()),

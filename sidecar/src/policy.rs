@@ -1,0 +1,34 @@
+//! Resilience policies of the request path, each built once per config from validated values.
+//!
+//! # Layout
+//! - [`retry`] — which outcomes are retried, backoff with full jitter, replayable bodies.
+//! - [`budget`] — the retry budget of a Backend (a ratio of requests plus a floor per second).
+//! - [`BackendPolicy`] — what a Backend's TrafficPolicy compiles to.
+//!
+//! Policies live on the `Snapshot` (per rule or per Backend), so a config swap resets their
+//! state (budgets, counters). That is deliberate: state never outlives the config that sized it.
+
+pub mod budget;
+pub mod retry;
+
+use ficus_config::TrafficPolicy;
+
+use self::budget::RetryBudget;
+
+/// A Backend's compiled TrafficPolicy (defaults when it has none).
+#[derive(Debug)]
+pub struct BackendPolicy {
+    /// Retry budget shared by every route that sends to this Backend.
+    pub budget: RetryBudget,
+}
+
+impl BackendPolicy {
+    /// Compiles `policy` (the TrafficPolicy targeting the Backend, if any).
+    pub fn new(policy: Option<&TrafficPolicy>) -> Self {
+        let budget = match policy.and_then(|p| p.retry_budget) {
+            Some(b) => RetryBudget::new(b.percent / 100.0, b.min_retries_per_second),
+            None => RetryBudget::default(),
+        };
+        Self { budget }
+    }
+}

@@ -1,0 +1,154 @@
+//! Retry policy of a route rule: which outcomes are retried, how long to back off, and which
+//! requests may be replayed at all (promise 5 of RELIABILITY.md: no unsafe retries).
+//!
+//! A request is replayable when its method is idempotent (GET, HEAD, OPTIONS, PUT, DELETE,
+//! TRACE) and its whole body fits the retry buffer: empty, or of a known length of at most
+//! [`RETRY_BUFFER`] bytes. Bigger or unknown-length bodies are streamed and never retried; a
+//! POST is never replayed. Retried outcomes: the configured status codes, connect failures
+//! (nothing was sent), HTTP/2 REFUSED_STREAM (the peer did not process the stream), and
+//! errors whose status (502 reset, 504 per-try timeout) is among the configured codes.
+
+use std::time::Duration;
+
+use http::{HeaderMap, Method};
+
+use crate::upstream::UpstreamError;
+
+/// Largest request body buffered for replay.
+pub const RETRY_BUFFER: u64 = 64 * 1024;
+/// Longest wait between two tries, `Retry-After` included.
+pub const BACKOFF_CAP: Duration = Duration::from_millis(250);
+
+/// A rule's `retry`, compiled.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    attempts: u32,
+    codes: Box<[u16]>,
+    base: Duration,
+}
+
+impl RetryPolicy {
+    /// From the validated rule policy.
+    pub fn new(policy: &ficus_config::RetryPolicy) -> Self {
+        Self {
+            attempts: policy.attempts,
+            codes: policy.codes.clone().into_boxed_slice(),
+            base: policy.backoff,
+        }
+    }
+
+    /// Retries allowed after the first try.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Whether a response with `status` is retried.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.codes.contains(&status)
+    }
+
+    /// Whether an upstream failure before response headers is retried; `status` is what the
+    /// caller would get for it.
+    pub fn retries_error(&self, error: &UpstreamError, status: u16) -> bool {
+        error.is_connect_failure() || is_refused_stream(error) || self.retries_status(status)
+    }
+
+    /// How long to wait before retry number `retry` (0 for the first retry): full jitter,
+    /// uniformly in `0..=min(cap, base × 2^retry)`; a `Retry-After` of the failed response
+    /// replaces it, up to the cap.
+    pub fn backoff(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(after) = retry_after {
+            return after.min(BACKOFF_CAP);
+        }
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << retry.min(16))
+            .min(BACKOFF_CAP);
+        ceiling.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// Whether requests of `method` may be sent twice with the same effect.
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// `Retry-After` in delta-seconds (the HTTP-date form is not honoured).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Whether the HTTP/2 peer refused the stream: it did not process it, so a retry is safe.
+fn is_refused_stream(error: &UpstreamError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cause = error.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(base: Duration) -> RetryPolicy {
+        RetryPolicy {
+            attempts: 2,
+            codes: vec![503].into_boxed_slice(),
+            base,
+        }
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_under_the_exponential_ceiling() {
+        let policy = policy(Duration::from_millis(25));
+        for retry in 0..6 {
+            let ceiling = (Duration::from_millis(25) * (1 << retry)).min(BACKOFF_CAP);
+            let waits: Vec<_> = (0..500).map(|_| policy.backoff(retry, None)).collect();
+            assert!(waits.iter().all(|w| *w <= ceiling), "retry {retry}");
+            // Jitter spreads over the whole range, not around the ceiling.
+            assert!(waits.iter().any(|w| *w < ceiling / 4), "retry {retry}");
+            assert!(waits.iter().any(|w| *w > ceiling * 3 / 4), "retry {retry}");
+        }
+    }
+
+    #[test]
+    fn retry_after_replaces_the_backoff_up_to_the_cap() {
+        let policy = policy(Duration::from_millis(25));
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::RETRY_AFTER, "0".parse().unwrap());
+        assert_eq!(
+            policy.backoff(0, retry_after(&headers)),
+            Duration::from_secs(0)
+        );
+        headers.insert(http::header::RETRY_AFTER, "120".parse().unwrap());
+        assert_eq!(policy.backoff(0, retry_after(&headers)), BACKOFF_CAP);
+        headers.insert(http::header::RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn only_idempotent_methods_are_replayable() {
+        for method in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"] {
+            assert!(is_idempotent(&method.parse().unwrap()), "{method}");
+        }
+        for method in ["POST", "PATCH", "CONNECT"] {
+            assert!(!is_idempotent(&method.parse().unwrap()), "{method}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backoff_sleep_never_exceeds_the_cap() {
+        let policy = policy(Duration::from_secs(1));
+        let started = tokio::time::Instant::now();
+        tokio::time::sleep(policy.backoff(9, None)).await;
+        assert!(started.elapsed() <= BACKOFF_CAP);
+    }
+}

@@ -1,0 +1,269 @@
+//! Resilience: retries within budgets and deadlines, never replaying unsafe requests.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ficus_tests::client::H1Client;
+use ficus_tests::process::Sidecar;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A scripted upstream: request number `n` (from 0) is answered by `script(n, path)`; the
+/// request bodies it received are recorded.
+struct Scripted {
+    addr: SocketAddr,
+    count: Arc<AtomicUsize>,
+    bodies: Arc<Mutex<Vec<Bytes>>>,
+    task: JoinHandle<()>,
+}
+
+type Script = fn(usize, &str) -> (StatusCode, Option<Duration>);
+
+impl Scripted {
+    async fn start(script: Script) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (counter, recorded) = (Arc::clone(&count), Arc::clone(&bodies));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (counter, recorded) = (Arc::clone(&counter), Arc::clone(&recorded));
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let n = counter.fetch_add(1, Ordering::SeqCst);
+                        let recorded = Arc::clone(&recorded);
+                        async move {
+                            let path = request.uri().path().to_owned();
+                            let body = request.into_body().collect().await;
+                            if let (Ok(body), Ok(mut list)) = (body, recorded.lock()) {
+                                list.push(body.to_bytes());
+                            }
+                            let (status, delay) = script(n, &path);
+                            if let Some(delay) = delay {
+                                tokio::time::sleep(delay).await;
+                            }
+                            let mut response = Response::new(Full::new(Bytes::from("scripted")));
+                            *response.status_mut() = status;
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            count,
+            bodies,
+            task,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Every tenth request fails with 503.
+fn one_in_ten(n: usize, _: &str) -> (StatusCode, Option<Duration>) {
+    if n % 10 == 0 {
+        (StatusCode::SERVICE_UNAVAILABLE, None)
+    } else {
+        (StatusCode::OK, None)
+    }
+}
+
+fn always_503(_: usize, _: &str) -> (StatusCode, Option<Duration>) {
+    (StatusCode::SERVICE_UNAVAILABLE, None)
+}
+
+fn hang(_: usize, _: &str) -> (StatusCode, Option<Duration>) {
+    (StatusCode::OK, Some(Duration::from_secs(5)))
+}
+
+fn config(addr: SocketAddr, rule_extra: &str, policy: &str) -> String {
+    let mut config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{addr}\"}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  - backendRefs: [{{name: api}}]\n    {rule_extra}\n"
+    );
+    if !policy.is_empty() {
+        config += &format!(
+            "---\napiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: api, namespace: shop}}\n\
+             spec: {{targetRef: {{kind: Backend, name: api}}, {policy}}}\n"
+        );
+    }
+    config
+}
+
+fn request(method: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri("/work")
+        .header("host", "api.shop")
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn ten_percent_503s_are_hidden_by_two_retries() {
+    let upstream = Scripted::start(one_in_ten).await;
+    let rule = "retry: {attempts: 2, codes: [503], backoff: 1ms}";
+    let sidecar = Sidecar::start(&config(upstream.addr, rule, "")).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let mut ok = 0;
+    for _ in 0..1000 {
+        if client.send(request("GET", "")).await.unwrap().status == 200 {
+            ok += 1;
+        }
+    }
+    assert!(ok >= 995, "only {ok} of 1000 GETs succeeded");
+    let metrics = sidecar.metrics().await;
+    let retries = metrics.sum("ficus_retries_total", &[]);
+    assert!(
+        (90.0..=200.0).contains(&retries),
+        "{retries} retries for ~100 failures"
+    );
+    assert_eq!(upstream.count(), 1000 + retries as usize);
+}
+
+#[tokio::test]
+async fn a_post_is_never_replayed() {
+    let upstream = Scripted::start(one_in_ten).await;
+    let rule = "retry: {attempts: 2, codes: [503], backoff: 1ms}";
+    let sidecar = Sidecar::start(&config(upstream.addr, rule, "")).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let mut failed = 0;
+    for i in 0..1000 {
+        let response = client
+            .send(request("POST", format!("order-{i}")))
+            .await
+            .unwrap();
+        if response.status == 503 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 100, "every scripted failure reaches the caller");
+    assert_eq!(upstream.count(), 1000, "each POST was sent once");
+    let distinct = upstream
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .collect::<HashSet<_>>()
+        .len();
+    assert_eq!(distinct, 1000, "no POST body arrived twice");
+    assert_eq!(sidecar.metrics().await.sum("ficus_retries_total", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn a_small_put_body_is_replayed_whole() {
+    let upstream = Scripted::start(one_in_ten).await;
+    let rule = "retry: {attempts: 2, codes: [503], backoff: 1ms}";
+    let sidecar = Sidecar::start(&config(upstream.addr, rule, "")).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    // Request 0 fails: the PUT is retried with the same body.
+    let response = client.send(request("PUT", "payload")).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(upstream.count(), 2);
+    let bodies = upstream.bodies.lock().unwrap();
+    assert!(
+        bodies.iter().all(|b| b.as_ref() == b"payload"),
+        "{bodies:?}"
+    );
+}
+
+#[tokio::test]
+async fn retries_stay_within_the_budget_when_everything_fails() {
+    let upstream = Scripted::start(always_503).await;
+    let rule = "retry: {attempts: 2, codes: [503], backoff: 1ms}";
+    let policy = "retryBudget: {percent: 20, minRetriesPerSecond: 1}";
+    let sidecar = Sidecar::start(&config(upstream.addr, rule, policy)).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let requests = 300;
+    let started = std::time::Instant::now();
+    for _ in 0..requests {
+        assert_eq!(client.send(request("GET", "")).await.unwrap().status, 503);
+    }
+    // 20 % of the requests plus 1 per second over the 10 s window (and any seconds the run
+    // took beyond it).
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    let allowed = requests / 5 + 10.max(seconds);
+    let retries = upstream.count() - requests;
+    assert!(retries > 0, "the budget allows some retries");
+    assert!(
+        retries <= allowed,
+        "{retries} retries for {requests} requests, budget {allowed}"
+    );
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_retries_total", &[]), retries as f64);
+    assert!(metrics.sum("ficus_retry_budget_exhausted_total", &[]) > 0.0);
+}
+
+#[tokio::test]
+async fn the_route_deadline_bounds_every_try_and_the_backoff() {
+    let upstream = Scripted::start(hang).await;
+    let rule = "retry: {attempts: 10, codes: [504], backoff: 1ms}\n    \
+                timeouts: {request: 500ms, backendRequest: 100ms}";
+    let sidecar = Sidecar::start(&config(upstream.addr, rule, "")).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let response = client.send(request("GET", "")).await.unwrap();
+    assert_eq!(response.status, 504);
+    // At most one try per 100 ms within 500 ms, however many attempts the rule allows.
+    let tries = upstream.count();
+    assert!((2..=5).contains(&tries), "{tries} tries");
+    let metrics = sidecar.metrics().await;
+    let flagged = metrics.sum(
+        "ficus_requests_total",
+        &[
+            ("destination_backend", "shop/api"),
+            ("response_flags", "UT"),
+        ],
+    );
+    assert_eq!(flagged, 1.0);
+}
+
+#[tokio::test]
+async fn exhausted_retries_return_the_last_response_flagged_urx() {
+    let upstream = Scripted::start(always_503).await;
+    let rule = "retry: {attempts: 2, codes: [503], backoff: 1ms}";
+    let sidecar = Sidecar::start(&config(upstream.addr, rule, "")).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let response = client.send(request("GET", "")).await.unwrap();
+    assert_eq!(response.status, 503);
+    assert_eq!(response.text(), "scripted");
+    assert_eq!(upstream.count(), 3);
+    let metrics = sidecar.metrics().await;
+    let flagged = metrics.sum(
+        "ficus_requests_total",
+        &[
+            ("destination_backend", "shop/api"),
+            ("response_flags", "URX"),
+        ],
+    );
+    assert_eq!(flagged, 1.0);
+}
