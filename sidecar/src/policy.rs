@@ -3,16 +3,19 @@
 //! # Layout
 //! - [`retry`] — which outcomes are retried, backoff with full jitter, replayable bodies.
 //! - [`budget`] — the retry budget of a Backend (a ratio of requests plus a floor per second).
+//! - [`breaker`] — circuit breaking: caps on concurrent and queued requests per Backend.
 //! - [`BackendPolicy`] — what a Backend's TrafficPolicy compiles to.
 //!
 //! Policies live on the `Snapshot` (per rule or per Backend), so a config swap resets their
 //! state (budgets, counters). That is deliberate: state never outlives the config that sized it.
 
+pub mod breaker;
 pub mod budget;
 pub mod retry;
 
 use ficus_config::TrafficPolicy;
 
+use self::breaker::Breaker;
 use self::budget::RetryBudget;
 
 /// A Backend's compiled TrafficPolicy (defaults when it has none).
@@ -20,6 +23,8 @@ use self::budget::RetryBudget;
 pub struct BackendPolicy {
     /// Retry budget shared by every route that sends to this Backend.
     pub budget: RetryBudget,
+    /// Caps on concurrent and queued requests (`connectionPool`).
+    pub breaker: Option<Breaker>,
 }
 
 impl BackendPolicy {
@@ -29,6 +34,11 @@ impl BackendPolicy {
             Some(b) => RetryBudget::new(b.percent / 100.0, b.min_retries_per_second),
             None => RetryBudget::default(),
         };
-        Self { budget }
+        Self {
+            budget,
+            breaker: policy
+                .and_then(|p| p.connection_pool.as_ref())
+                .map(Breaker::new),
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ficus_tests::client::H1Client;
 use ficus_tests::process::Sidecar;
+use ficus_tests::upstream::Upstream;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -266,4 +267,65 @@ async fn exhausted_retries_return_the_last_response_flagged_urx() {
         ],
     );
     assert_eq!(flagged, 1.0);
+}
+
+async fn get_once(addr: SocketAddr, path: &'static str) -> ficus_tests::client::Response {
+    let mut client = H1Client::connect(addr).await.unwrap();
+    let request = Request::builder()
+        .uri(path)
+        .header("host", "api.shop")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    client.send(request).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_fails_fast_past_its_caps() {
+    let upstream = Upstream::start("api").await;
+    let policy = "connectionPool: {maxRequests: 2, maxPendingRequests: 1}";
+    let sidecar = Sidecar::start(&config(upstream.addr, "", policy)).await;
+    let outbound = sidecar.outbound;
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(get_once(outbound, "/delay/1500")))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while upstream.count() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slow requests never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Both slots are busy: one of these two takes the only queue place and waits, the other
+    // is refused at once.
+    let (a, b) = tokio::join!(get_once(outbound, "/fast"), get_once(outbound, "/fast"));
+    let (refused, queued) = if a.status == 503 { (a, b) } else { (b, a) };
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("x-ficus-error"), "overflow");
+    assert_eq!(
+        queued.status, 200,
+        "the queued request runs once a slot frees"
+    );
+    for task in slow {
+        assert_eq!(task.await.unwrap().status, 200);
+    }
+    assert_eq!(
+        upstream.count(),
+        3,
+        "the refused request never reached the upstream"
+    );
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metrics.sum(
+            "ficus_circuit_breaker_overflow_total",
+            &[("kind", "pending")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metrics.sum("ficus_requests_total", &[("response_flags", "UO")]),
+        1.0
+    );
+    // Slots are given back: the Backend serves normally again.
+    assert_eq!(get_once(outbound, "/fast").await.status, 200);
 }

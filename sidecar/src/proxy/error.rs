@@ -19,6 +19,8 @@ pub mod flags {
     pub const BAD_REQUEST: &str = "DPE";
     /// Downstream stopped sending its request body.
     pub const DOWNSTREAM_TIMEOUT: &str = "DT";
+    /// Circuit breaker overflow.
+    pub const OVERFLOW: &str = "UO";
     /// Retries exhausted: the caller gets the last retried outcome.
     pub const RETRIES_EXHAUSTED: &str = "URX";
     /// Denied by an AuthorizationPolicy.
@@ -54,6 +56,9 @@ pub enum ProxyError {
     /// The upstream broke the protocol (e.g. switched protocols unasked).
     #[error("upstream protocol error: {0}")]
     UpstreamProtocol(&'static str),
+    /// The Backend's circuit breaker is full (`connectionPool` caps); failed fast.
+    #[error("circuit breaker of the backend is full ({})", .0.kind())]
+    Overflow(crate::policy::breaker::Overflow),
     /// No response headers within the route's (or default per-try) timeout.
     #[error("upstream did not answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -83,6 +88,7 @@ impl ProxyError {
                 flags::UPSTREAM_RESET,
                 "upstream-reset",
             ),
+            Self::Overflow(_) => (StatusCode::SERVICE_UNAVAILABLE, flags::OVERFLOW, "overflow"),
             Self::Timeout(_) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 flags::UPSTREAM_TIMEOUT,

@@ -13,6 +13,7 @@ use super::forward::{forward, path_and_query, prepare, upstream_uri};
 use super::headers::X_FICUS_ORIG_PROTO;
 use super::retrying::{replayable, Exchange, Replay};
 use crate::body::{self, with_idle_timeout, Body};
+use crate::policy::breaker::Guarded;
 use crate::route::ServiceName;
 use crate::snapshot::{RouteBackend, Snapshot};
 use crate::state::Shared;
@@ -148,6 +149,18 @@ async fn route_and_forward<'s>(
         .timeouts
         .request
         .map_or(per_try, |total| total.min(per_try));
+    // Circuit breaking: fail fast rather than queue behind a Backend that is already full.
+    let permit = match &backend.policy.breaker {
+        None => None,
+        Some(breaker) => match breaker.acquire(timeout).await {
+            Ok(permit) => Some(permit),
+            Err(overflow) => {
+                shared.metrics.breaker_overflow(overflow.kind());
+                let (response, flag) = ProxyError::Overflow(overflow).into_response();
+                return (response, metrics, flag);
+            }
+        },
+    };
     let send_once = |parts, incoming| {
         let body = with_idle_timeout(incoming, limits.body_idle_timeout);
         let upstream_request = Request::from_parts(parts, body);
@@ -184,6 +197,9 @@ async fn route_and_forward<'s>(
         Ok(mut response) => {
             if let Some(ops) = &action.response_headers {
                 ops.apply(response.headers_mut());
+            }
+            if let Some(permit) = permit {
+                response = response.map(|b| body::boxed(Guarded::new(b, permit)));
             }
             (response, metrics, flag.unwrap_or(""))
         }

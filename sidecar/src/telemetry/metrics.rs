@@ -59,6 +59,7 @@ pub struct Metrics {
     pub retries: IntCounter,
     /// `ficus_retry_budget_exhausted_total`: retries not sent because the budget was spent.
     pub retry_budget_exhausted: IntCounter,
+    breaker_overflow: IntCounterVec,
     certificate_renewals_failed: IntCounter,
     authz_denied: IntCounter,
     tls_handshake_failed: IntCounterVec,
@@ -159,6 +160,11 @@ impl Metrics {
             "Upstream failures by reason",
             "reason",
         );
+        let breaker_overflow = vec(
+            "ficus_circuit_breaker_overflow_total",
+            "Requests refused by a Backend's circuit breaker, by cap",
+            "kind",
+        );
         let tls_handshake_failed = vec(
             "ficus_tls_handshake_failed_total",
             "Failed TLS handshakes by reason",
@@ -177,6 +183,7 @@ impl Metrics {
             certificate_renewals_failed,
             retries,
             retry_budget_exhausted,
+            breaker_overflow,
             authz_denied,
             tls_handshake_failed,
             config_updates,
@@ -196,6 +203,7 @@ impl Metrics {
             Box::new(metrics.authz_denied.clone()),
             Box::new(metrics.retries.clone()),
             Box::new(metrics.retry_budget_exhausted.clone()),
+            Box::new(metrics.breaker_overflow.clone()),
             Box::new(metrics.tls_handshake_failed.clone()),
             Box::new(metrics.config_updates.clone()),
             Box::new(metrics.config_rejected.clone()),
@@ -210,6 +218,9 @@ impl Metrics {
         // Expose the zero values so dashboards and tests see the series before the first event.
         for result in ["accepted", "rejected"] {
             metrics.config_updates.with_label_values(&[result]);
+        }
+        for kind in ["pending", "requests"] {
+            metrics.breaker_overflow.with_label_values(&[kind]);
         }
         Arc::new(metrics)
     }
@@ -251,6 +262,11 @@ impl Metrics {
     /// Counts a failed attempt to obtain or renew the workload certificate.
     pub fn certificate_renewal_failed(&self) {
         self.certificate_renewals_failed.inc();
+    }
+
+    /// Counts a request refused by a circuit breaker; `kind` is a fixed string.
+    pub fn breaker_overflow(&self, kind: &'static str) {
+        self.breaker_overflow.with_label_values(&[kind]).inc();
     }
 
     /// Counts a request denied by authorization policy.
