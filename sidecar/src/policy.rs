@@ -4,6 +4,7 @@
 //! - [`retry`] — which outcomes are retried, backoff with full jitter, replayable bodies.
 //! - [`budget`] — the retry budget of a Backend (a ratio of requests plus a floor per second).
 //! - [`breaker`] — circuit breaking: caps on concurrent and queued requests per Backend.
+//! - [`fault`] — fault injection: delays and aborts for a share of a Backend's requests.
 //! - [`BackendPolicy`] — what a Backend's TrafficPolicy compiles to.
 //!
 //! Policies live on the `Snapshot` (per rule or per Backend), so a config swap resets their
@@ -11,12 +12,14 @@
 
 pub mod breaker;
 pub mod budget;
+pub mod fault;
 pub mod retry;
 
 use ficus_config::TrafficPolicy;
 
 use self::breaker::Breaker;
 use self::budget::RetryBudget;
+use self::fault::Fault;
 
 /// A Backend's compiled TrafficPolicy (defaults when it has none).
 #[derive(Debug)]
@@ -25,6 +28,8 @@ pub struct BackendPolicy {
     pub budget: RetryBudget,
     /// Caps on concurrent and queued requests (`connectionPool`).
     pub breaker: Option<Breaker>,
+    /// Faults to inject (`faultInjection`), when any can happen.
+    pub fault: Option<Fault>,
 }
 
 impl BackendPolicy {
@@ -39,6 +44,9 @@ impl BackendPolicy {
             breaker: policy
                 .and_then(|p| p.connection_pool.as_ref())
                 .map(Breaker::new),
+            fault: policy
+                .and_then(|p| p.fault_injection.as_ref())
+                .and_then(Fault::new),
         }
     }
 }

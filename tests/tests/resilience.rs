@@ -329,3 +329,48 @@ async fn the_circuit_breaker_fails_fast_past_its_caps() {
     // Slots are given back: the Backend serves normally again.
     assert_eq!(get_once(outbound, "/fast").await.status, 200);
 }
+
+#[tokio::test]
+async fn fault_aborts_hit_their_share_of_requests() {
+    let upstream = Upstream::start("api").await;
+    let policy = "faultInjection: {abort: {percent: 20, status: 418}}";
+    let sidecar = Sidecar::start(&config(upstream.addr, "", policy)).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let mut aborted = 0;
+    for _ in 0..1000 {
+        match client.send(request("GET", "")).await.unwrap().status {
+            418 => aborted += 1,
+            200 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    // Binomial(1000, 0.2): mean 200, sd 12.6; [140, 260] is over 4.7 sd either side.
+    assert!((140..=260).contains(&aborted), "{aborted} of 1000 aborted");
+    assert_eq!(
+        upstream.count(),
+        1000 - aborted,
+        "aborted requests never leave"
+    );
+    let metrics = sidecar.metrics().await;
+    let flagged = metrics.sum("ficus_requests_total", &[("response_flags", "FI")]);
+    assert_eq!(flagged, aborted as f64);
+}
+
+#[tokio::test]
+async fn fault_delays_hit_their_share_of_requests() {
+    let upstream = Upstream::start("api").await;
+    let policy = "faultInjection: {delay: {percent: 25, fixed: 10ms}}";
+    let sidecar = Sidecar::start(&config(upstream.addr, "", policy)).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    for _ in 0..400 {
+        assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
+    }
+    assert_eq!(upstream.count(), 400, "delayed requests still go through");
+    let metrics = sidecar.metrics().await;
+    let delayed = metrics.sum("ficus_requests_total", &[("response_flags", "FI")]);
+    // Binomial(400, 0.25): mean 100, sd 8.7; [55, 145] is over 5 sd either side.
+    assert!(
+        (55.0..=145.0).contains(&delayed),
+        "{delayed} of 400 delayed"
+    );
+}

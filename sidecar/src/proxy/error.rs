@@ -19,6 +19,8 @@ pub mod flags {
     pub const BAD_REQUEST: &str = "DPE";
     /// Downstream stopped sending its request body.
     pub const DOWNSTREAM_TIMEOUT: &str = "DT";
+    /// Fault injected by a TrafficPolicy.
+    pub const FAULT_INJECTED: &str = "FI";
     /// Circuit breaker overflow.
     pub const OVERFLOW: &str = "UO";
     /// Retries exhausted: the caller gets the last retried outcome.

@@ -8,7 +8,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::error::ProxyError;
+use super::error::{flags, ProxyError};
 use super::forward::{forward, path_and_query, prepare, upstream_uri};
 use super::headers::X_FICUS_ORIG_PROTO;
 use super::retrying::{replayable, Exchange, Replay};
@@ -82,6 +82,22 @@ async fn route_and_forward<'s>(
         target: backend,
         metrics,
     } = backends.pick();
+    // Fault injection stands in for the network: before the breaker and any try.
+    let mut injected = false;
+    if let Some(fault) = &backend.policy.fault {
+        if let Some(delay) = fault.delay() {
+            injected = true;
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(status) = fault.abort() {
+            let mut response = Response::new(body::full("fault injected\n"));
+            *response.status_mut() = status;
+            response
+                .headers_mut()
+                .insert("x-ficus-error", HeaderValue::from_static("fault-injected"));
+            return (response, metrics, flags::FAULT_INJECTED);
+        }
+    }
     let endpoint = backend.endpoint();
     // HTTP/2 for h2c/gRPC backends and for mTLS to peer sidecars (ALPN h2): the app's
     // HTTP/1.1 crosses the mesh as HTTP/2 and turns back into HTTP/1.1 at the other side.
@@ -201,7 +217,12 @@ async fn route_and_forward<'s>(
             if let Some(permit) = permit {
                 response = response.map(|b| body::boxed(Guarded::new(b, permit)));
             }
-            (response, metrics, flag.unwrap_or(""))
+            let flag = match flag {
+                Some(flag) => flag,
+                None if injected => flags::FAULT_INJECTED,
+                None => "",
+            };
+            (response, metrics, flag)
         }
         Err(error) => {
             log_failure(shared, &error, endpoint.address(), timeout);
