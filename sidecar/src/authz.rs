@@ -8,7 +8,7 @@
 //! without a verified peer matches no identity) — or it names none — and one of its `to`
 //! entries matches the method and the path (same pattern rules) — or it has none.
 
-use ficus_config::{AuthorizationPolicy, AuthzAction, AuthzRule, Config};
+use ficus_config::{AuthorizationPolicy, AuthzAction, AuthzRule, Config, ResourceKey};
 use http::Method;
 
 /// The compiled policies of this workload.
@@ -17,6 +17,31 @@ pub struct Authorizer {
     allow: Vec<AuthzRule>,
     deny: Vec<AuthzRule>,
     has_allow_policy: bool,
+}
+
+/// Whether Backend `target` is this workload (`workload` in `namespace`): it is named like the
+/// workload in our namespace, or one of its endpoints has our identity. Policies that target
+/// such a Backend (AuthorizationPolicy, TrafficPolicy `rateLimit`) apply on our inbound side.
+pub fn is_own_backend(
+    config: &Config,
+    target: &ResourceKey,
+    namespace: &str,
+    workload: &str,
+) -> bool {
+    if target.namespace != namespace {
+        return false;
+    }
+    if target.name == workload {
+        return true;
+    }
+    let identity_suffix = format!("/ns/{namespace}/sa/{workload}");
+    config.backends.get(target).is_some_and(|backend| {
+        backend.endpoints.iter().any(|e| {
+            e.identity
+                .as_deref()
+                .is_some_and(|id| id.ends_with(&identity_suffix))
+        })
+    })
 }
 
 /// The outcome for one request.
@@ -31,17 +56,8 @@ pub enum Decision {
 impl Authorizer {
     /// The policies of `config` that protect workload `workload` in `namespace`.
     pub fn new(config: &Config, namespace: &str, workload: &str) -> Self {
-        let identity_suffix = format!("/ns/{namespace}/sa/{workload}");
         let protects_us = |policy: &AuthorizationPolicy| {
-            policy.target.namespace == namespace
-                && (policy.target.name == workload
-                    || config.backends.get(&policy.target).is_some_and(|backend| {
-                        backend.endpoints.iter().any(|e| {
-                            e.identity
-                                .as_deref()
-                                .is_some_and(|id| id.ends_with(&identity_suffix))
-                        })
-                    }))
+            is_own_backend(config, &policy.target, namespace, workload)
         };
         let mut authorizer = Self::default();
         for policy in config

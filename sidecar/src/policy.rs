@@ -5,6 +5,7 @@
 //! - [`budget`] — the retry budget of a Backend (a ratio of requests plus a floor per second).
 //! - [`breaker`] — circuit breaking: caps on concurrent and queued requests per Backend.
 //! - [`fault`] — fault injection: delays and aborts for a share of a Backend's requests.
+//! - [`rate_limit`] — a token bucket the receiving sidecar applies to its own Backend.
 //! - [`BackendPolicy`] — what a Backend's TrafficPolicy compiles to.
 //!
 //! Policies live on the `Snapshot` (per rule or per Backend), so a config swap resets their
@@ -13,6 +14,7 @@
 pub mod breaker;
 pub mod budget;
 pub mod fault;
+pub mod rate_limit;
 pub mod retry;
 
 use ficus_config::TrafficPolicy;

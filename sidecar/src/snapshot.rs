@@ -11,8 +11,9 @@ use std::sync::Arc;
 use ficus_config::{Config, Filter, Protocol, ProxyLimits, ResourceKey, RouteRule, Timeouts};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::authz::Authorizer;
+use crate::authz::{is_own_backend, Authorizer};
 use crate::mtls::MeshTls;
+use crate::policy::rate_limit::RateLimiter;
 use crate::policy::retry::RetryPolicy;
 use crate::policy::BackendPolicy;
 use crate::proxy::filters::{HeaderOps, Redirect, Rewrite};
@@ -136,6 +137,8 @@ pub struct InboundTarget {
     pub metrics: Arc<RequestMetrics>,
     /// AuthorizationPolicies protecting this workload.
     pub authz: Authorizer,
+    /// `rateLimit` of the TrafficPolicy of this workload's Backend.
+    pub rate_limit: Option<RateLimiter>,
 }
 
 /// What a snapshot needs besides the config.
@@ -306,6 +309,7 @@ impl Snapshot {
                 "app",
             ),
             authz: Authorizer::new(&config, &cx.identity.namespace, &cx.identity.workload),
+            rate_limit: inbound_rate_limit(&config, cx.identity),
         });
         let unrouted = cx
             .metrics
@@ -342,6 +346,16 @@ impl Snapshot {
         let namespace = name.namespace.as_deref().unwrap_or(own_namespace);
         self.services.get(namespace)?.get(name.name.as_ref())
     }
+}
+
+/// The rate limit of the first TrafficPolicy that targets this workload's Backend with one.
+fn inbound_rate_limit(config: &Config, identity: &Identity) -> Option<RateLimiter> {
+    config
+        .traffic_policies
+        .values()
+        .filter(|p| is_own_backend(config, &p.target, &identity.namespace, &identity.workload))
+        .find_map(|p| p.rate_limit.as_ref())
+        .and_then(RateLimiter::new)
 }
 
 fn compile_rule(

@@ -374,3 +374,42 @@ async fn fault_delays_hit_their_share_of_requests() {
         "{delayed} of 400 delayed"
     );
 }
+
+#[tokio::test]
+async fn the_receiving_sidecar_rate_limits_its_own_backend() {
+    let app = Upstream::start("app").await;
+    // The sidecar is workload `client` in `shop`: Backend shop/client is this workload.
+    let config = "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: client, namespace: shop}\n\
+                  spec: {endpoints: [{address: \"127.0.0.1:9\"}]}\n---\n\
+                  apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: client, namespace: shop}\n\
+                  spec: {targetRef: {kind: Backend, name: client}, rateLimit: {requests: 5, per: 1m}}\n";
+    let options = ficus_tests::process::SidecarOptions {
+        app: Some(app.addr),
+        ..Default::default()
+    };
+    let sidecar = Sidecar::start_with(config, options).await;
+    let mut client = H1Client::connect(sidecar.inbound).await.unwrap();
+    let mut statuses = Vec::new();
+    let mut retry_after = Vec::new();
+    for _ in 0..8 {
+        let response = client.send(request("GET", "")).await.unwrap();
+        if response.status == 429 {
+            retry_after.push(response.header("retry-after").to_owned());
+        }
+        statuses.push(response.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+    // One token every 12 s.
+    for value in &retry_after {
+        let seconds: u64 = value.parse().expect("Retry-After in seconds");
+        assert!((1..=12).contains(&seconds), "Retry-After {value}");
+    }
+    assert_eq!(app.count(), 5, "refused requests never reach the app");
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_rate_limited_total", &[]), 3.0);
+    let flagged = metrics.sum(
+        "ficus_requests_total",
+        &[("direction", "inbound"), ("response_flags", "RL")],
+    );
+    assert_eq!(flagged, 3.0);
+}

@@ -19,6 +19,8 @@ pub mod flags {
     pub const BAD_REQUEST: &str = "DPE";
     /// Downstream stopped sending its request body.
     pub const DOWNSTREAM_TIMEOUT: &str = "DT";
+    /// Refused by the local rate limit.
+    pub const RATE_LIMITED: &str = "RL";
     /// Fault injected by a TrafficPolicy.
     pub const FAULT_INJECTED: &str = "FI";
     /// Circuit breaker overflow.
@@ -61,6 +63,13 @@ pub enum ProxyError {
     /// The Backend's circuit breaker is full (`connectionPool` caps); failed fast.
     #[error("circuit breaker of the backend is full ({})", .0.kind())]
     Overflow(crate::policy::breaker::Overflow),
+    /// The workload's rate limit has no token left; the caller may try again after
+    /// `retry_after` seconds.
+    #[error("rate limited; retry after {retry_after} s")]
+    RateLimited {
+        /// Whole seconds until a token is available.
+        retry_after: u64,
+    },
     /// No response headers within the route's (or default per-try) timeout.
     #[error("upstream did not answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -91,6 +100,11 @@ impl ProxyError {
                 "upstream-reset",
             ),
             Self::Overflow(_) => (StatusCode::SERVICE_UNAVAILABLE, flags::OVERFLOW, "overflow"),
+            Self::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                flags::RATE_LIMITED,
+                "rate-limited",
+            ),
             Self::Timeout(_) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 flags::UPSTREAM_TIMEOUT,
@@ -115,6 +129,9 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain"),
         );
+        if let Self::RateLimited { retry_after } = self {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
         (response, flag)
     }
 }

@@ -12,6 +12,7 @@ use super::forward::{forward, path_and_query, prepare, upstream_uri};
 use super::headers::{X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY};
 use crate::authz::Decision;
 use crate::body::{with_idle_timeout, Body};
+use crate::policy::rate_limit;
 use crate::state::Shared;
 
 /// Handles one request from a peer. Never fails: errors become responses.
@@ -43,6 +44,17 @@ pub async fn handle(
             shared.metrics.authz_denied();
             tracing::info!(%peer, peer_id, method = %request.method(), "request denied by authorization policy");
             let (response, flag) = ProxyError::Denied.into_response();
+            inbound
+                .metrics
+                .record(response.status().as_u16(), flag, started.elapsed());
+            return response;
+        }
+    }
+    if let Some(limiter) = &inbound.rate_limit {
+        if let Err(wait) = limiter.try_acquire() {
+            shared.metrics.rate_limited.inc();
+            let retry_after = rate_limit::retry_after_seconds(wait);
+            let (response, flag) = ProxyError::RateLimited { retry_after }.into_response();
             inbound
                 .metrics
                 .record(response.status().as_u16(), flag, started.elapsed());

@@ -60,6 +60,8 @@ pub struct Metrics {
     /// `ficus_retry_budget_exhausted_total`: retries not sent because the budget was spent.
     pub retry_budget_exhausted: IntCounter,
     breaker_overflow: IntCounterVec,
+    /// `ficus_rate_limited_total`: inbound requests refused by the workload's rate limit.
+    pub rate_limited: IntCounter,
     certificate_renewals_failed: IntCounter,
     authz_denied: IntCounter,
     tls_handshake_failed: IntCounterVec,
@@ -133,6 +135,10 @@ impl Metrics {
             "ficus_retry_budget_exhausted_total",
             "Retries not sent because the Backend's retry budget was spent",
         );
+        let rate_limited = counter(
+            "ficus_rate_limited_total",
+            "Inbound requests refused by the workload's rate limit",
+        );
         let authz_denied = counter(
             "ficus_authz_denied_total",
             "Inbound requests denied by authorization policy",
@@ -184,6 +190,7 @@ impl Metrics {
             retries,
             retry_budget_exhausted,
             breaker_overflow,
+            rate_limited,
             authz_denied,
             tls_handshake_failed,
             config_updates,
@@ -204,6 +211,7 @@ impl Metrics {
             Box::new(metrics.retries.clone()),
             Box::new(metrics.retry_budget_exhausted.clone()),
             Box::new(metrics.breaker_overflow.clone()),
+            Box::new(metrics.rate_limited.clone()),
             Box::new(metrics.tls_handshake_failed.clone()),
             Box::new(metrics.config_updates.clone()),
             Box::new(metrics.config_rejected.clone()),
