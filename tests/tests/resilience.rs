@@ -413,3 +413,34 @@ async fn the_receiving_sidecar_rate_limits_its_own_backend() {
     );
     assert_eq!(flagged, 3.0);
 }
+
+#[tokio::test]
+async fn connect_failures_are_retried_on_another_endpoint_but_never_for_a_post() {
+    let live = Upstream::start("live").await;
+    let dead = ficus_tests::free_addr();
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{dead}\"}}, {{address: \"{}\"}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  - backendRefs: [{{name: api}}]\n    \
+         retry: {{attempts: 1, codes: [], backoff: 1ms}}\n",
+        live.addr
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    for _ in 0..50 {
+        let response = client.send(request("GET", "")).await.unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    let mut refused = 0;
+    for _ in 0..50 {
+        let response = client.send(request("POST", "x")).await.unwrap();
+        if response.status == 503 {
+            assert_eq!(response.header("x-ficus-error"), "upstream-connect-failure");
+            refused += 1;
+        }
+    }
+    // Round robin over two endpoints: half of the POSTs meet the dead one and are not retried.
+    assert!(refused > 0, "POSTs to the dead endpoint fail");
+    assert!(sidecar.metrics().await.sum("ficus_retries_total", &[]) >= 1.0);
+}

@@ -82,9 +82,10 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-/// Whether the HTTP/2 peer refused the stream: it did not process it, so a retry is safe.
-fn is_refused_stream(error: &UpstreamError) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+/// Whether the HTTP/2 peer refused the stream (anywhere in `error`'s chain of causes): it did
+/// not process it, so a retry is safe.
+fn is_refused_stream(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
     while let Some(error) = cause {
         if let Some(h2) = error.downcast_ref::<h2::Error>() {
             return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
@@ -142,6 +143,16 @@ mod tests {
         for method in ["POST", "PATCH", "CONNECT"] {
             assert!(!is_idempotent(&method.parse().unwrap()), "{method}");
         }
+    }
+
+    #[test]
+    fn refused_streams_are_recognised_by_their_reason() {
+        let refused = h2::Error::from(h2::Reason::REFUSED_STREAM);
+        assert!(is_refused_stream(&refused));
+        let cancelled = h2::Error::from(h2::Reason::CANCEL);
+        assert!(!is_refused_stream(&cancelled));
+        let other = std::io::Error::other("connection reset");
+        assert!(!is_refused_stream(&other));
     }
 
     #[tokio::test(start_paused = true)]
