@@ -6,6 +6,7 @@
 //! - [`breaker`] — circuit breaking: caps on concurrent and queued requests per Backend.
 //! - [`fault`] — fault injection: delays and aborts for a share of a Backend's requests.
 //! - [`rate_limit`] — a token bucket the receiving sidecar applies to its own Backend.
+//! - [`outlier`] — outlier ejection: failing endpoints leave the rotation for a while.
 //! - [`BackendPolicy`] — what a Backend's TrafficPolicy compiles to.
 //!
 //! Policies live on the `Snapshot` (per rule or per Backend), so a config swap resets their
@@ -14,6 +15,7 @@
 pub mod breaker;
 pub mod budget;
 pub mod fault;
+pub mod outlier;
 pub mod rate_limit;
 pub mod retry;
 
@@ -22,6 +24,8 @@ use ficus_config::TrafficPolicy;
 use self::breaker::Breaker;
 use self::budget::RetryBudget;
 use self::fault::Fault;
+use self::outlier::Outliers;
+use crate::telemetry::metrics::Metrics;
 
 /// A Backend's compiled TrafficPolicy (defaults when it has none).
 #[derive(Debug)]
@@ -32,11 +36,14 @@ pub struct BackendPolicy {
     pub breaker: Option<Breaker>,
     /// Faults to inject (`faultInjection`), when any can happen.
     pub fault: Option<Fault>,
+    /// Ejection state of the endpoints (`outlierDetection`).
+    pub outliers: Option<Outliers>,
 }
 
 impl BackendPolicy {
-    /// Compiles `policy` (the TrafficPolicy targeting the Backend, if any).
-    pub fn new(policy: Option<&TrafficPolicy>) -> Self {
+    /// Compiles `policy` (the TrafficPolicy targeting the Backend, if any) for a Backend of
+    /// `endpoints` endpoints.
+    pub fn new(policy: Option<&TrafficPolicy>, endpoints: usize, metrics: &Metrics) -> Self {
         let budget = match policy.and_then(|p| p.retry_budget) {
             Some(b) => RetryBudget::new(b.percent / 100.0, b.min_retries_per_second),
             None => RetryBudget::default(),
@@ -49,6 +56,9 @@ impl BackendPolicy {
             fault: policy
                 .and_then(|p| p.fault_injection.as_ref())
                 .and_then(Fault::new),
+            outliers: policy
+                .and_then(|p| p.outlier_detection.as_ref())
+                .map(|o| Outliers::new(o, endpoints, metrics.outlier_ejections_active.clone())),
         }
     }
 }

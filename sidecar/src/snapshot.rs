@@ -100,10 +100,28 @@ pub struct BackendTarget {
 }
 
 impl BackendTarget {
-    /// The next endpoint, round-robin.
+    /// The next endpoint, round-robin, skipping ejected ones (all ejected: ignore ejection).
     pub fn endpoint(&self) -> &Arc<EndpointPool> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.endpoints[i % self.endpoints.len()]
+        let n = self.endpoints.len();
+        if let Some(outliers) = &self.policy.outliers {
+            if let Some(j) = (0..n)
+                .map(|k| (i + k) % n)
+                .find(|j| !outliers.is_ejected(*j))
+            {
+                return &self.endpoints[j];
+            }
+        }
+        &self.endpoints[i % n]
+    }
+
+    /// Records a try's outcome on `endpoint` for outlier detection (nothing without it).
+    pub fn record(&self, endpoint: &Arc<EndpointPool>, failed: bool) {
+        if let Some(outliers) = &self.policy.outliers {
+            if let Some(index) = self.endpoints.iter().position(|e| Arc::ptr_eq(e, endpoint)) {
+                outliers.record(index, failed);
+            }
+        }
     }
 
     /// The next endpoint other than `failed`, when there is another (retries go elsewhere).
@@ -204,7 +222,11 @@ impl Snapshot {
                 let target = BackendTarget {
                     label: key.to_string(),
                     protocol: backend.protocol,
-                    policy: BackendPolicy::new(policies.get(key).copied()),
+                    policy: BackendPolicy::new(
+                        policies.get(key).copied(),
+                        backend.endpoints.len(),
+                        cx.metrics,
+                    ),
                     endpoints,
                     next: AtomicUsize::new(0),
                 };

@@ -444,3 +444,50 @@ async fn connect_failures_are_retried_on_another_endpoint_but_never_for_a_post()
     assert!(refused > 0, "POSTs to the dead endpoint fail");
     assert!(sidecar.metrics().await.sum("ficus_retries_total", &[]) >= 1.0);
 }
+
+/// The first three requests fail with 503, then everything succeeds.
+fn three_failures(n: usize, _: &str) -> (StatusCode, Option<Duration>) {
+    if n < 3 {
+        (StatusCode::SERVICE_UNAVAILABLE, None)
+    } else {
+        (StatusCode::OK, None)
+    }
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_ejected_then_returns() {
+    let flaky = Scripted::start(three_failures).await;
+    let healthy = Upstream::start("healthy").await;
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{targetRef: {{kind: Backend, name: api}}, outlierDetection: \
+         {{consecutive5xx: 3, baseEjectionTime: 1s, maxEjectionPercent: 50}}}}\n",
+        flaky.addr, healthy.addr
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let mut failed = 0;
+    for _ in 0..40 {
+        if client.send(request("GET", "")).await.unwrap().status != 200 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 3, "three failures eject the endpoint");
+    assert_eq!(flaky.count(), 3, "an ejected endpoint gets no traffic");
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_outlier_ejections_active", &[]), 1.0);
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..20 {
+        assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
+    }
+    assert!(
+        flaky.count() >= 10,
+        "the endpoint is back: {}",
+        flaky.count()
+    );
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_outlier_ejections_active", &[]), 0.0);
+}

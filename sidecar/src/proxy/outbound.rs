@@ -14,6 +14,7 @@ use super::headers::X_FICUS_ORIG_PROTO;
 use super::retrying::{replayable, Exchange, Replay};
 use crate::body::{self, with_idle_timeout, Body};
 use crate::policy::breaker::Guarded;
+use crate::policy::outlier;
 use crate::route::ServiceName;
 use crate::snapshot::{RouteBackend, Snapshot};
 use crate::state::Shared;
@@ -177,10 +178,15 @@ async fn route_and_forward<'s>(
             }
         },
     };
-    let send_once = |parts, incoming| {
+    // One try without retries; the outcome counts for outlier detection.
+    let send_once = |parts, incoming| async move {
         let body = with_idle_timeout(incoming, limits.body_idle_timeout);
         let upstream_request = Request::from_parts(parts, body);
-        forward(endpoint, upstream_request, timeout, on_upgrade, limits)
+        let outcome = forward(endpoint, upstream_request, timeout, on_upgrade, limits).await;
+        if backend.policy.outliers.is_some() {
+            backend.record(endpoint, outlier::is_failure(&outcome));
+        }
+        outcome
     };
     let (result, flag) = match &action.retry {
         // A protocol switch is never replayed; everything else may be, if its body allows.

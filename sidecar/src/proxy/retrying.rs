@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use super::error::{flags, ProxyError};
 use super::forward::forward;
 use crate::body::{self, with_idle_timeout, Body, BodyIdle};
+use crate::policy::outlier;
 use crate::policy::retry::{self, RetryPolicy, RETRY_BUFFER};
 use crate::snapshot::BackendTarget;
 use crate::telemetry::metrics::Metrics;
@@ -98,6 +99,9 @@ impl Exchange<'_> {
             }
             let request = rebuild(parts, body);
             let outcome = forward(endpoint, request, try_timeout, None, self.limits).await;
+            if self.target.policy.outliers.is_some() {
+                self.target.record(endpoint, outlier::is_failure(&outcome));
+            }
             if matches!(outcome, Err(ProxyError::Timeout(_))) && Some(try_timeout) == remaining {
                 // The route's deadline, not the try's, ran out.
                 return (Err(total_expired), None);

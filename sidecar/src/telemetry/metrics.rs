@@ -60,6 +60,8 @@ pub struct Metrics {
     /// `ficus_retry_budget_exhausted_total`: retries not sent because the budget was spent.
     pub retry_budget_exhausted: IntCounter,
     breaker_overflow: IntCounterVec,
+    /// `ficus_outlier_ejections_active`: endpoints currently ejected.
+    pub outlier_ejections_active: IntGauge,
     /// `ficus_rate_limited_total`: inbound requests refused by the workload's rate limit.
     pub rate_limited: IntCounter,
     certificate_renewals_failed: IntCounter,
@@ -135,6 +137,11 @@ impl Metrics {
             "ficus_retry_budget_exhausted_total",
             "Retries not sent because the Backend's retry budget was spent",
         );
+        let outlier_ejections_active = IntGauge::new(
+            "ficus_outlier_ejections_active",
+            "Endpoints currently ejected by outlier detection",
+        )
+        .expect("static metric definition");
         let rate_limited = counter(
             "ficus_rate_limited_total",
             "Inbound requests refused by the workload's rate limit",
@@ -191,6 +198,7 @@ impl Metrics {
             retry_budget_exhausted,
             breaker_overflow,
             rate_limited,
+            outlier_ejections_active,
             authz_denied,
             tls_handshake_failed,
             config_updates,
@@ -212,6 +220,7 @@ impl Metrics {
             Box::new(metrics.retry_budget_exhausted.clone()),
             Box::new(metrics.breaker_overflow.clone()),
             Box::new(metrics.rate_limited.clone()),
+            Box::new(metrics.outlier_ejections_active.clone()),
             Box::new(metrics.tls_handshake_failed.clone()),
             Box::new(metrics.config_updates.clone()),
             Box::new(metrics.config_rejected.clone()),
