@@ -7,11 +7,13 @@
 //! - [`fault`] — fault injection: delays and aborts for a share of a Backend's requests.
 //! - [`rate_limit`] — a token bucket the receiving sidecar applies to its own Backend.
 //! - [`outlier`] — outlier ejection: failing endpoints leave the rotation for a while.
+//! - [`balance`] — endpoint choice: round robin, random, P2C over peak-EWMA.
 //! - [`BackendPolicy`] — what a Backend's TrafficPolicy compiles to.
 //!
 //! Policies live on the `Snapshot` (per rule or per Backend), so a config swap resets their
 //! state (budgets, counters). That is deliberate: state never outlives the config that sized it.
 
+pub mod balance;
 pub mod breaker;
 pub mod budget;
 pub mod fault;
@@ -21,6 +23,7 @@ pub mod retry;
 
 use ficus_config::TrafficPolicy;
 
+use self::balance::Balancer;
 use self::breaker::Breaker;
 use self::budget::RetryBudget;
 use self::fault::Fault;
@@ -38,6 +41,8 @@ pub struct BackendPolicy {
     pub fault: Option<Fault>,
     /// Ejection state of the endpoints (`outlierDetection`).
     pub outliers: Option<Outliers>,
+    /// How endpoints are chosen (`loadBalancer`; round robin without a TrafficPolicy).
+    pub balancer: Balancer,
 }
 
 impl BackendPolicy {
@@ -59,6 +64,10 @@ impl BackendPolicy {
             outliers: policy
                 .and_then(|p| p.outlier_detection.as_ref())
                 .map(|o| Outliers::new(o, endpoints, metrics.outlier_ejections_active.clone())),
+            balancer: Balancer::new(
+                policy.map(|p| p.load_balancer).unwrap_or_default(),
+                endpoints,
+            ),
         }
     }
 }

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::authz::{is_own_backend, Authorizer};
 use crate::mtls::MeshTls;
+use crate::policy::balance::{Balancer, InFlight};
 use crate::policy::rate_limit::RateLimiter;
 use crate::policy::retry::RetryPolicy;
 use crate::policy::BackendPolicy;
@@ -100,15 +101,29 @@ pub struct BackendTarget {
 }
 
 impl BackendTarget {
-    /// The next endpoint, round-robin, skipping ejected ones (all ejected: ignore ejection).
+    /// The next endpoint by the Backend's balancer, skipping ejected ones (all ejected:
+    /// ignore ejection).
     pub fn endpoint(&self) -> &Arc<EndpointPool> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
         let n = self.endpoints.len();
-        if let Some(outliers) = &self.policy.outliers {
-            if let Some(j) = (0..n)
-                .map(|k| (i + k) % n)
-                .find(|j| !outliers.is_ejected(*j))
-            {
+        let available = |j: usize| {
+            self.policy
+                .outliers
+                .as_ref()
+                .is_none_or(|o| !o.is_ejected(j))
+        };
+        let i = match &self.policy.balancer {
+            Balancer::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed),
+            Balancer::Random => rand::random_range(0..n.max(1)),
+            Balancer::LeastRequest(ewma) => {
+                let picked = ewma.pick(available);
+                if let Some(j) = picked.or_else(|| ewma.pick(|_| true)) {
+                    return &self.endpoints[j];
+                }
+                0
+            }
+        };
+        if self.policy.outliers.is_some() {
+            if let Some(j) = (0..n).map(|k| (i + k) % n).find(|j| available(*j)) {
                 return &self.endpoints[j];
             }
         }
@@ -122,6 +137,19 @@ impl BackendTarget {
                 outliers.record(index, failed);
             }
         }
+    }
+
+    /// Counts a request in flight to `endpoint` for least-request balancing, until the guard
+    /// is dropped (nothing with other balancers).
+    pub fn start(&self, endpoint: &Arc<EndpointPool>) -> Option<InFlight> {
+        let Balancer::LeastRequest(ewma) = &self.policy.balancer else {
+            return None;
+        };
+        let index = self
+            .endpoints
+            .iter()
+            .position(|e| Arc::ptr_eq(e, endpoint))?;
+        ewma.start(index)
     }
 
     /// The next endpoint other than `failed`, when there is another (retries go elsewhere).

@@ -491,3 +491,50 @@ async fn a_failing_endpoint_is_ejected_then_returns() {
     let metrics = sidecar.metrics().await;
     assert_eq!(metrics.sum("ficus_outlier_ejections_active", &[]), 0.0);
 }
+
+fn slow(_: usize, _: &str) -> (StatusCode, Option<Duration>) {
+    (StatusCode::OK, Some(Duration::from_millis(30)))
+}
+
+fn two_endpoints(a: SocketAddr, b: SocketAddr, balancer: &str) -> String {
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{a}\"}}, {{address: \"{b}\"}}]}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{targetRef: {{kind: Backend, name: api}}, loadBalancer: {{type: {balancer}}}}}\n"
+    )
+}
+
+#[tokio::test]
+async fn least_request_steers_away_from_a_slow_endpoint() {
+    let slow = Scripted::start(slow).await;
+    let fast = Upstream::start("fast").await;
+    let sidecar = Sidecar::start(&two_endpoints(slow.addr, fast.addr, "LeastRequest")).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    for _ in 0..200 {
+        assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
+    }
+    assert!(
+        slow.count() < 20,
+        "the slow endpoint got {} of 200",
+        slow.count()
+    );
+    assert_eq!(slow.count() + fast.count(), 200);
+}
+
+#[tokio::test]
+async fn random_balancing_spreads_evenly() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let sidecar = Sidecar::start(&two_endpoints(a.addr, b.addr, "Random")).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    for _ in 0..400 {
+        assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
+    }
+    // Binomial(400, 0.5): sd 10; [140, 260] is 6 sd either side.
+    assert!(
+        (140..=260).contains(&a.count()),
+        "{} vs {}",
+        a.count(),
+        b.count()
+    );
+}

@@ -182,7 +182,9 @@ async fn route_and_forward<'s>(
     let send_once = |parts, incoming| async move {
         let body = with_idle_timeout(incoming, limits.body_idle_timeout);
         let upstream_request = Request::from_parts(parts, body);
+        let in_flight = backend.start(endpoint);
         let outcome = forward(endpoint, upstream_request, timeout, on_upgrade, limits).await;
+        drop(in_flight);
         if backend.policy.outliers.is_some() {
             backend.record(endpoint, outlier::is_failure(&outcome));
         }

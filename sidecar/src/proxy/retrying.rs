@@ -98,7 +98,9 @@ impl Exchange<'_> {
                 return (Err(total_expired), None);
             }
             let request = rebuild(parts, body);
+            let in_flight = self.target.start(endpoint);
             let outcome = forward(endpoint, request, try_timeout, None, self.limits).await;
+            drop(in_flight);
             if self.target.policy.outliers.is_some() {
                 self.target.record(endpoint, outlier::is_failure(&outcome));
             }
