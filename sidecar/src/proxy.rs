@@ -5,5 +5,6 @@ pub mod forward;
 pub mod guard;
 pub mod headers;
 pub mod inbound;
+pub mod mirror;
 pub mod outbound;
 pub mod retrying;

@@ -18,6 +18,7 @@ use crate::policy::rate_limit::RateLimiter;
 use crate::policy::retry::RetryPolicy;
 use crate::policy::BackendPolicy;
 use crate::proxy::filters::{HeaderOps, Redirect, Rewrite};
+use crate::proxy::mirror::Mirror;
 use crate::route::{CompiledMatch, RouteEntry, RouteTable, ServiceName, WeightedSet};
 use crate::state::Identity;
 use crate::telemetry::metrics::{Direction, Metrics, RequestMetrics};
@@ -74,6 +75,8 @@ pub struct RuleAction {
     pub timeouts: Timeouts,
     /// Retries, when the rule has a `retry`.
     pub retry: Option<RetryPolicy>,
+    /// RequestMirror, when the rule has one.
+    pub mirror: Option<Mirror>,
     /// Metrics for redirects answered by this rule.
     pub local_metrics: Arc<RequestMetrics>,
 }
@@ -422,6 +425,7 @@ fn compile_rule(
         backends: None,
         timeouts: rule.timeouts,
         retry: rule.retry.as_ref().map(RetryPolicy::new),
+        mirror: None,
         local_metrics: cx
             .metrics
             .request_metrics(Direction::Outbound, service_label, "local"),
@@ -432,8 +436,11 @@ fn compile_rule(
             Filter::ResponseHeaderModifier(m) => action.response_headers = HeaderOps::new(m),
             Filter::UrlRewrite(r) => action.rewrite = Some(Rewrite::new(r)),
             Filter::RequestRedirect(r) => action.redirect = Some(Redirect::new(r)),
-            // Mirroring arrives with the resilience work; the filter validates but is inert.
-            Filter::RequestMirror(_) => {}
+            Filter::RequestMirror(m) => {
+                action.mirror = targets
+                    .get(&m.backend)
+                    .map(|target| Mirror::new(Arc::clone(target), m.percent));
+            }
         }
     }
     let weighted = rule.backend_refs.iter().filter_map(|r| {
@@ -471,6 +478,7 @@ fn direct_service(label: String, target: &Arc<BackendTarget>, cx: &BuildContext<
         )]),
         timeouts: Timeouts::default(),
         retry: None,
+        mirror: None,
         local_metrics: cx
             .metrics
             .request_metrics(Direction::Outbound, &label, "local"),

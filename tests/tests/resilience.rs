@@ -538,3 +538,55 @@ async fn random_balancing_spreads_evenly() {
         b.count()
     );
 }
+
+fn instant_ok(_: usize, _: &str) -> (StatusCode, Option<Duration>) {
+    (StatusCode::OK, None)
+}
+
+#[tokio::test]
+async fn a_hanging_mirror_gets_copies_without_slowing_the_main_path() {
+    let main = Scripted::start(instant_ok).await;
+    // The mirror holds every copy for 3 s (the path the copies carry is /delay/3000).
+    let mirror = Upstream::start("mirror").await;
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: shadow, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  - backendRefs: [{{name: api}}]\n    \
+         filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: shadow}}}}}}]\n",
+        main.addr, mirror.addr
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    for _ in 0..30 {
+        let request = Request::get("/delay/3000")
+            .header("host", "api.shop")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        // Generous bound, far below the mirror's 3 s: the main path never waits for it.
+        let response = tokio::time::timeout(Duration::from_secs(2), client.send(request))
+            .await
+            .expect("the main request does not wait for the mirror")
+            .unwrap();
+        assert_eq!(response.status, 200);
+    }
+    assert_eq!(main.count(), 30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while mirror.count() < 30 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} copies",
+            mirror.count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let copy = mirror.last().unwrap();
+    assert_eq!(copy.headers.get("host").unwrap(), "api.shop-shadow");
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metrics.sum("ficus_mirror_requests_total", &[("result", "sent")]),
+        30.0
+    );
+}

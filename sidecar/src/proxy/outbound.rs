@@ -3,9 +3,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::error::{flags, ProxyError};
@@ -190,6 +192,12 @@ async fn route_and_forward<'s>(
         }
         outcome
     };
+    let mirror = action.mirror.as_ref().filter(|m| m.draw());
+    let mirror_copy = |body: Bytes| {
+        if let Some(mirror) = mirror {
+            mirror.spawn(&parts, body, host, timeout, limits, &shared.metrics);
+        }
+    };
     let (result, flag) = match &action.retry {
         // A protocol switch is never replayed; everything else may be, if its body allows.
         Some(policy) if !upgrading => {
@@ -201,6 +209,7 @@ async fn route_and_forward<'s>(
             .unwrap_or(Err(ProxyError::DownstreamTimeout));
             match replay {
                 Ok(Replay::Buffered(body)) => {
+                    mirror_copy(body.clone());
                     let exchange = Exchange {
                         policy,
                         target: backend,
@@ -215,7 +224,12 @@ async fn route_and_forward<'s>(
                 Err(error) => (Err(error), None),
             }
         }
-        _ => (send_once(parts, incoming).await, None),
+        _ => {
+            if incoming.is_end_stream() {
+                mirror_copy(Bytes::new());
+            }
+            (send_once(parts, incoming).await, None)
+        }
     };
     match result {
         Ok(mut response) => {

@@ -60,6 +60,10 @@ pub struct Metrics {
     /// `ficus_retry_budget_exhausted_total`: retries not sent because the budget was spent.
     pub retry_budget_exhausted: IntCounter,
     breaker_overflow: IntCounterVec,
+    /// `ficus_mirror_requests_total{result="sent"}`: copies sent to a mirror Backend.
+    pub mirror_sent: IntCounter,
+    /// `ficus_mirror_requests_total{result="dropped"}`: copies not sent (too many in flight).
+    pub mirror_dropped: IntCounter,
     /// `ficus_outlier_ejections_active`: endpoints currently ejected.
     pub outlier_ejections_active: IntGauge,
     /// `ficus_rate_limited_total`: inbound requests refused by the workload's rate limit.
@@ -142,6 +146,14 @@ impl Metrics {
             "Endpoints currently ejected by outlier detection",
         )
         .expect("static metric definition");
+        let mirror_requests = IntCounterVec::new(
+            Opts::new(
+                "ficus_mirror_requests_total",
+                "Request copies for RequestMirror, sent or dropped",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
         let rate_limited = counter(
             "ficus_rate_limited_total",
             "Inbound requests refused by the workload's rate limit",
@@ -184,6 +196,8 @@ impl Metrics {
             "reason",
         );
         let metrics = Self {
+            mirror_sent: mirror_requests.with_label_values(&["sent"]),
+            mirror_dropped: mirror_requests.with_label_values(&["dropped"]),
             tcp_bytes_sent: tcp_bytes.with_label_values(&["sent"]),
             tcp_bytes_received: tcp_bytes.with_label_values(&["received"]),
             registry,
@@ -221,6 +235,7 @@ impl Metrics {
             Box::new(metrics.breaker_overflow.clone()),
             Box::new(metrics.rate_limited.clone()),
             Box::new(metrics.outlier_ejections_active.clone()),
+            Box::new(mirror_requests),
             Box::new(metrics.tls_handshake_failed.clone()),
             Box::new(metrics.config_updates.clone()),
             Box::new(metrics.config_rejected.clone()),

@@ -1,0 +1,97 @@
+//! RequestMirror: a copy of a share of a rule's requests goes to another Backend, marked with a
+//! `-shadow` suffix on its Host/`:authority` (as Envoy does); the answer is discarded.
+//!
+//! The mirror never slows or fails the main request: the copy is sent from its own task, a
+//! semaphore caps copies in flight per rule (past it copies are dropped and counted, never
+//! queued), and each copy is bounded by the per-try timeout. Only requests whose body is
+//! already in memory are copied: requests without a body, and bodies buffered for retries.
+//! Streamed bodies are not mirrored (copying them would tie the main request to the mirror).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ficus_config::ProxyLimits;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::Request;
+use tokio::sync::Semaphore;
+
+use super::forward::{forward, path_and_query, upstream_uri};
+use crate::body;
+use crate::snapshot::BackendTarget;
+use crate::telemetry::metrics::Metrics;
+
+/// Copies in flight per rule before further copies are dropped.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// A rule's mirror.
+#[derive(Debug)]
+pub struct Mirror {
+    target: Arc<BackendTarget>,
+    share: f64,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Mirror {
+    /// Mirrors `percent` (0..=100) of requests to `target`.
+    pub fn new(target: Arc<BackendTarget>, percent: f64) -> Self {
+        Self {
+            target,
+            share: percent / 100.0,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }
+    }
+
+    /// Whether this request is one of the mirrored share.
+    pub fn draw(&self) -> bool {
+        self.share >= 1.0 || rand::random::<f64>() < self.share
+    }
+
+    /// Sends a copy of the request (head `parts` as prepared for the main upstream, `body`)
+    /// to the mirror Backend in the background; `host` is the authority the caller used.
+    pub fn spawn(
+        &self,
+        parts: &Parts,
+        body: Bytes,
+        host: &str,
+        timeout: Duration,
+        limits: &ProxyLimits,
+        metrics: &Arc<Metrics>,
+    ) {
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            metrics.mirror_dropped.inc();
+            return;
+        };
+        let endpoint = Arc::clone(self.target.endpoint());
+        let http2 = endpoint.is_http2();
+        let shadow = format!("{host}-shadow");
+        let Ok(uri) = upstream_uri(http2, &shadow, path_and_query(&parts.uri)) else {
+            metrics.mirror_dropped.inc();
+            return;
+        };
+        let body = if body.is_empty() {
+            body::empty()
+        } else {
+            body::full(body)
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = parts.headers.clone();
+        if http2 {
+            request.headers_mut().remove(header::HOST);
+        } else if let Ok(value) = HeaderValue::from_str(&shadow) {
+            request.headers_mut().insert(header::HOST, value);
+        }
+        metrics.mirror_sent.inc();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            // The response and its body are dropped unread.
+            if let Err(error) = forward(&endpoint, request, timeout, None, &limits).await {
+                tracing::debug!(%error, "mirrored request failed");
+            }
+        });
+    }
+}
