@@ -590,3 +590,112 @@ async fn a_hanging_mirror_gets_copies_without_slowing_the_main_path() {
         30.0
     );
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap()
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_times_out_without_leaks_or_harm_to_other_routes() {
+    let hanging = Scripted::start(hang).await;
+    let healthy = Upstream::start("healthy").await;
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: stuck, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: fine, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: stuck, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: stuck}}]\n  rules:\n  - backendRefs: [{{name: stuck}}]\n    \
+         timeouts: {{request: 200ms}}\n",
+        hanging.addr, healthy.addr
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let pid = sidecar.pid();
+    let outbound = sidecar.outbound;
+    // Warm up both paths so that the baseline includes pools, buffers and metric series.
+    assert_eq!(get_host(outbound, "fine.shop").await, 200);
+    assert_eq!(get_host(outbound, "stuck.shop").await, 504);
+    let (rss_before, fds_before) = (rss_kib(pid), open_fds(pid));
+
+    // 1,000 requests to the hanging service, 50 at a time, while the other service is used.
+    let stuck: Vec<_> = (0..50)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut client = H1Client::connect(outbound).await.unwrap();
+                let mut statuses = Vec::new();
+                for _ in 0..20 {
+                    let request = Request::get("/")
+                        .header("host", "stuck.shop")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    statuses.push(client.send(request).await.unwrap().status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut client = H1Client::connect(outbound).await.unwrap();
+    for _ in 0..100 {
+        let request = Request::get("/")
+            .header("host", "fine.shop")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(1), client.send(request))
+            .await
+            .expect("the healthy service answers while the other one hangs")
+            .unwrap();
+        assert_eq!(response.status, 200);
+    }
+    for task in stuck {
+        assert!(task.await.unwrap().iter().all(|s| *s == 504));
+    }
+    drop(client);
+    // Connections to the hanging upstream are closed as their requests time out.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while open_fds(pid) > fds_before + 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fds {} → {}",
+            fds_before,
+            open_fds(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rss_after = rss_kib(pid);
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    let metrics = sidecar.metrics().await;
+    let timed_out = metrics.sum(
+        "ficus_requests_total",
+        &[
+            ("destination_backend", "shop/stuck"),
+            ("response_flags", "UT"),
+        ],
+    );
+    assert_eq!(timed_out, 1001.0);
+}
+
+async fn get_host(addr: SocketAddr, host: &str) -> u16 {
+    let request = Request::get("/")
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    ficus_tests::client::send(addr, request)
+        .await
+        .unwrap()
+        .status
+}
