@@ -699,3 +699,29 @@ async fn get_host(addr: SocketAddr, host: &str) -> u16 {
         .unwrap()
         .status
 }
+
+#[tokio::test]
+async fn bodies_that_do_not_fit_the_retry_buffer_are_sent_once() {
+    let upstream = Scripted::start(always_503).await;
+    let rule = "retry: {attempts: 2, codes: [503], backoff: 1ms}";
+    let sidecar = Sidecar::start(&config(upstream.addr, rule, "")).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    // Over 64 KiB with a known length: streamed, one attempt, delivered whole.
+    let large = vec![b'x'; 100 * 1024];
+    let response = client.send(request("PUT", large)).await.unwrap();
+    assert_eq!(response.status, 503);
+    assert_eq!(upstream.count(), 1);
+    let received = upstream.bodies.lock().unwrap()[0].len();
+    assert_eq!(received, 100 * 1024);
+    // Unknown length (chunked), however small: streamed, one attempt.
+    let chunked = b"PUT /work HTTP/1.1\r\nHost: api.shop\r\nTransfer-Encoding: chunked\r\n\
+                    Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let outcome =
+        ficus_tests::client::raw_exchange(sidecar.outbound, chunked, Duration::from_secs(5)).await;
+    assert_eq!(outcome.status(), Some(503));
+    assert_eq!(upstream.count(), 2);
+    // A small known-length PUT is retried, as a control.
+    let response = client.send(request("PUT", "small")).await.unwrap();
+    assert_eq!(response.status, 503);
+    assert_eq!(upstream.count(), 5);
+}
