@@ -6,7 +6,9 @@
 //!
 //! A request that fails on a *reused* connection before any byte of it was written (the
 //! server closed the idle connection under us) is resent once on a fresh connection: that is
-//! always safe, and it removes the "upstream reset before headers" errors of naive pools.
+//! always safe, and it removes the "upstream reset before headers" errors of naive pools. When
+//! the connection had been idle for a while ([`STALE_AFTER`]) and the server closed it just
+//! after our write, a bodyless idempotent request is resent once too.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -32,6 +34,9 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
 /// How long a pooled HTTP/1.1 connection may take to become ready again before we drop it.
 const READY_TIMEOUT: Duration = Duration::from_millis(500);
+/// Idle time after which a reused HTTP/1.1 connection may have been closed by the server
+/// as we write (keep-alive timeouts are usually 1 s or more).
+const STALE_AFTER: Duration = Duration::from_millis(250);
 
 /// Why an upstream exchange failed before response headers arrived.
 #[derive(Debug, thiserror::Error)]
@@ -199,20 +204,32 @@ impl EndpointPool {
         mut request: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
         *request.version_mut() = http::Version::HTTP_11;
+        let mut resent = false;
         loop {
-            let (mut sender, reused) = match self.checkout_http1().await {
-                Some(sender) => (sender, true),
-                None => (self.connect_http1().await?, false),
+            let (mut sender, reused, idle) = match self.checkout_http1().await {
+                Some((sender, idle)) => (sender, true, idle),
+                None => (self.connect_http1().await?, false, Duration::ZERO),
             };
+            // A connection idle for a while may be closed by the server just as we write to
+            // it. Keep a copy of a bodyless idempotent request to resend once on a fresh
+            // connection; busy connections (the fast path) never pay for the copy.
+            let copy = (reused && !resent && idle >= STALE_AFTER)
+                .then(|| replayable_copy(&request))
+                .flatten();
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     let keep = response.status() != StatusCode::SWITCHING_PROTOCOLS;
                     let pool = keep.then(|| (Arc::clone(self), sender));
                     return Ok(response.map(|body| pooled_body(body, pool)));
                 }
-                Err(mut error) => match error.take_message() {
+                Err(mut error) => match (error.take_message(), copy) {
                     // Never written: safe to resend on a fresh connection.
-                    Some(unsent) if reused => request = unsent,
+                    (Some(unsent), _) if reused => request = unsent,
+                    // Written, but the server closed the stale connection without answering.
+                    (None, Some(copy)) if closed_under_us(error.error()) => {
+                        request = copy;
+                        resent = true;
+                    }
                     _ => {
                         let addr = self.address;
                         return Err(UpstreamError::Reset {
@@ -278,19 +295,21 @@ impl EndpointPool {
         }
     }
 
-    async fn checkout_http1(&self) -> Option<http1::SendRequest<Body>> {
+    /// An idle connection and how long it was idle.
+    async fn checkout_http1(&self) -> Option<(http1::SendRequest<Body>, Duration)> {
         let idle_timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
         loop {
             let (mut sender, since) = self.idle.lock().ok()?.pop()?;
-            if sender.is_closed() || since.elapsed() >= idle_timeout {
+            let idle = since.elapsed();
+            if sender.is_closed() || idle >= idle_timeout {
                 continue;
             }
             if sender.is_ready() {
-                return Some(sender);
+                return Some((sender, idle));
             }
             // The previous exchange just ended; the connection task may not have run yet.
             if let Ok(Ok(())) = tokio::time::timeout(READY_TIMEOUT, sender.ready()).await {
-                return Some(sender);
+                return Some((sender, idle));
             }
         }
     }
@@ -372,6 +391,44 @@ impl EndpointPool {
         }
         Ok(sender)
     }
+}
+
+/// A copy of `request` to resend, if it is idempotent and has no body (and no `Upgrade`).
+fn replayable_copy(request: &Request<Body>) -> Option<Request<Body>> {
+    let idempotent = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    if !idempotent
+        || !request.body().is_end_stream()
+        || request.headers().contains_key(http::header::UPGRADE)
+    {
+        return None;
+    }
+    let mut copy = Request::new(crate::body::empty());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
+/// Whether the connection was closed or reset under a written request before any response.
+fn closed_under_us(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() || error.is_canceled() {
+        return true;
+    }
+    let mut cause = std::error::Error::source(error);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// Endpoint address, HTTP/2, and the SPIFFE ID required of it (mTLS).

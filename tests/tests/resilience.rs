@@ -725,3 +725,68 @@ async fn bodies_that_do_not_fit_the_retry_buffer_are_sent_once() {
     assert_eq!(response.status, 503);
     assert_eq!(upstream.count(), 5);
 }
+
+/// An upstream that closes every connection idle for 1 s, like many servers' keep-alive
+/// timeouts; returns its address and the number of requests served.
+async fn idle_closing_upstream() -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&served);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let last = Arc::new(Mutex::new(tokio::time::Instant::now()));
+                let seen = Arc::clone(&last);
+                let service = service_fn(move |_request: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(mut last) = seen.lock() {
+                        *last = tokio::time::Instant::now();
+                    }
+                    async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok")))) }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                let mut closing = false;
+                loop {
+                    tokio::select! {
+                        _ = connection.as_mut() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(20)), if !closing => {
+                            let idle = last.lock().map(|l| l.elapsed()).unwrap_or_default();
+                            if idle >= Duration::from_secs(1) {
+                                closing = true;
+                                connection.as_mut().graceful_shutdown();
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, served, task)
+}
+
+#[tokio::test]
+async fn upstream_idle_closes_never_surface_as_errors() {
+    let (addr, served, task) = idle_closing_upstream().await;
+    // No retry policy: the pool alone must cope with connections closed under it.
+    let sidecar = Sidecar::start(&config(addr, "", "")).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let mut sent = 0;
+    for gap in 0..10u64 {
+        for _ in 0..5 {
+            let response = client.send(request("GET", "")).await.unwrap();
+            assert_eq!(response.status, 200, "after gap {gap}: {}", response.text());
+            sent += 1;
+        }
+        // Gaps around the upstream's idle timeout: 0.95 s to 1.04 s.
+        tokio::time::sleep(Duration::from_millis(950 + gap * 10)).await;
+    }
+    assert_eq!(served.load(Ordering::SeqCst), sent);
+    task.abort();
+}
