@@ -155,14 +155,23 @@ impl BackendTarget {
         ewma.start(index)
     }
 
-    /// The next endpoint other than `failed`, when there is another (retries go elsewhere).
-    pub fn endpoint_except(&self, failed: &Arc<EndpointPool>) -> &Arc<EndpointPool> {
-        let next = self.endpoint();
-        if Arc::ptr_eq(next, failed) && self.endpoints.len() > 1 {
-            self.endpoint()
-        } else {
-            next
+    /// The next endpoint other than `failed`, when there is another that speaks the same way
+    /// (HTTP/2 or not, mTLS or not: the request head was prepared for that), else `failed`.
+    pub fn endpoint_except<'a>(&'a self, failed: &'a Arc<EndpointPool>) -> &'a Arc<EndpointPool> {
+        let usable = |e: &Arc<EndpointPool>| {
+            !Arc::ptr_eq(e, failed)
+                && e.is_http2() == failed.is_http2()
+                && e.is_mtls() == failed.is_mtls()
+        };
+        if self.endpoints.len() > 1 {
+            for _ in 0..2 {
+                let next = self.endpoint();
+                if usable(next) {
+                    return next;
+                }
+            }
         }
+        failed
     }
 }
 

@@ -7,7 +7,7 @@
 //! A request that fails on a *reused* connection before any byte of it was written (the
 //! server closed the idle connection under us) is resent once on a fresh connection: that is
 //! always safe, and it removes the "upstream reset before headers" errors of naive pools. When
-//! the connection had been idle for a while ([`STALE_AFTER`]) and the server closed it just
+//! the connection had been idle for a while (`STALE_AFTER`) and the server closed it just
 //! after our write, a bodyless idempotent request is resent once too.
 
 use std::collections::HashMap;
