@@ -12,6 +12,21 @@
 //!
 //! Policies live on the `Snapshot` (per rule or per Backend), so a config swap resets their
 //! state (budgets, counters). That is deliberate: state never outlives the config that sized it.
+//!
+//! # Ordering
+//! Outbound (`proxy/outbound.rs`), after routing picks a Backend:
+//! 1. fault injection — it stands in for the network, so it runs first and holds no slot;
+//! 2. circuit breaker — one slot per exchange, held until the response body ends;
+//! 3. mirror — a copy leaves before the main request, from its own task;
+//! 4. retries (`proxy/retrying.rs`) — within the route's total deadline and the Backend's
+//!    budget; each try picks its endpoint through the balancer (skipping ejected endpoints),
+//!    counts as in flight for P2C, and reports its outcome to outlier detection.
+//!
+//! Inbound (`proxy/inbound.rs`): authorization, then the rate limit (denied requests spend no
+//! token), then the app.
+//!
+//! Cost when unconfigured: a route without `retry` and a Backend without TrafficPolicy take one
+//! branch per policy and allocate nothing more than before.
 
 pub mod balance;
 pub mod breaker;
