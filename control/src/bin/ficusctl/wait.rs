@@ -21,28 +21,16 @@ pub struct Status {
     pub sidecars: Vec<Sidecar>,
 }
 
-/// One sidecar of `/v1/status` (the fields `ficusctl` shows).
-#[derive(Debug, Clone, Deserialize)]
-pub struct Sidecar {
-    /// Unique node id.
-    pub node_id: String,
-    /// Workload name.
-    pub workload: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Newest version it ACKed.
-    pub acked_version: Option<u64>,
-    /// Version of its last NACK.
-    pub nacked_version: Option<u64>,
-    /// Reason of its last NACK (cleared by a later ACK).
-    pub last_nack: Option<String>,
-    /// Seconds since the Unix epoch.
-    pub connected_since: u64,
-    /// Whether its stream is open.
-    pub connected: bool,
+/// One sidecar of `/v1/status`: the registry's own type.
+pub use ficus_control::registry::SidecarStatus as Sidecar;
+
+/// What `--wait` asks of a sidecar.
+trait Progress {
+    fn has(&self, version: u64) -> bool;
+    fn refused(&self, version: u64) -> Option<&str>;
 }
 
-impl Sidecar {
+impl Progress for Sidecar {
     fn has(&self, version: u64) -> bool {
         self.acked_version.is_some_and(|acked| acked >= version)
     }
