@@ -158,7 +158,7 @@ fn run(args: Args) -> Result<(), Fatal> {
     let state = ControlState::new(store, current);
     runtime.block_on(async move {
         let (grpc, http) = match (
-            tokio::net::TcpListener::bind(args.grpc).await,
+            bind_with_backlog(args.grpc),
             tokio::net::TcpListener::bind(args.http).await,
         ) {
             (Ok(grpc), Ok(http)) => (grpc, http),
@@ -255,6 +255,19 @@ fn parse_lifetime(text: &str) -> Result<Duration, String> {
     }
     Ok(lifetime)
 }
+/// Binds `address` with a listen backlog of 4096: after a control-plane restart every sidecar
+/// reconnects at once, and the default of 128 drops (and delays by a SYN retry) the rest.
+fn bind_with_backlog(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(4096)
+}
+
 /// SIGTERM or SIGINT. Every accepted write is already durable, so there is nothing to flush.
 async fn wait_for_shutdown() {
     use tokio::signal::unix::{signal, SignalKind};
