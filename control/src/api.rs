@@ -78,14 +78,7 @@ pub async fn serve(
         let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
             return; // the semaphore is never closed
         };
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "api accept failed; pausing");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = crate::listen::accept(&listener, "api").await;
         let state = Arc::clone(&state);
         let admin = admin.clone();
         tokio::spawn(async move {

@@ -140,14 +140,7 @@ pub async fn serve(
         let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
             return; // the semaphore is never closed
         };
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "gRPC accept failed; pausing");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = crate::listen::accept(&listener, "gRPC").await;
         let _ = stream.set_nodelay(true);
         let service = Connection {
             router: router.clone(),

@@ -12,7 +12,8 @@
 //! - [`auth`] — bearer tokens: join tokens for signing, admin tokens for the API.
 //! - [`registry`] — connected sidecars and their ACK/NACK state.
 //! - [`scope`] — which documents each sidecar receives.
-//! - [`state`] — what the tasks share; [`metrics`] — Prometheus metrics.
+//! - [`state`] — what the tasks share; [`metrics`] — Prometheus metrics; [`listen`] —
+//!   accepting with back-off.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -20,6 +21,7 @@ pub mod apply;
 pub mod auth;
 pub mod ca;
 pub mod grpc;
+pub mod listen;
 pub mod metrics;
 pub mod push;
 pub mod registry;
