@@ -65,6 +65,26 @@ pub struct Mesh {
     pub tracing: Option<Tracing>,
     /// Data-plane limits and timeouts (RELIABILITY.md "Starting defaults").
     pub proxy: ProxyLimits,
+    /// JSON access logs; `None` (the default) when off.
+    pub access_log: Option<AccessLog>,
+}
+
+/// `Mesh.spec.accessLog`: where the sidecar writes one JSON line per request or connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AccessLog {
+    /// The destination.
+    pub target: AccessLogTarget,
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AccessLogTarget {
+    /// The sidecar's standard output (`/dev/stdout`).
+    Stdout,
+    /// The sidecar's standard error (`/dev/stderr`).
+    Stderr,
+    /// A file, appended to (created if absent); an absolute path.
+    File(std::path::PathBuf),
 }
 
 /// `Mesh.spec.mtls.mode`.
@@ -133,6 +153,7 @@ impl Default for Mesh {
             mtls_mode: MtlsMode::Permissive,
             tracing: None,
             proxy: ProxyLimits::default(),
+            access_log: None,
         }
     }
 }
@@ -425,9 +446,9 @@ pub struct OutlierDetection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LoadBalancer {
     /// Round robin.
-    #[default]
     RoundRobin,
-    /// Power of two choices over peak-EWMA.
+    /// Power of two choices over peak-EWMA with in-flight weighting (the default).
+    #[default]
     LeastRequest,
     /// Uniform random.
     Random,

@@ -238,6 +238,17 @@ pub struct MeshSpec {
     /// Data-plane limits; each left-out field keeps its default.
     #[serde(default)]
     pub proxy: Option<ProxyLimits>,
+    /// JSON access logs, one line per request or TCP connection; off when left out.
+    #[serde(default)]
+    pub access_log: Option<AccessLog>,
+}
+
+/// `Mesh.spec.accessLog`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessLog {
+    /// `/dev/stdout`, `/dev/stderr` or an absolute file path (appended to, created if absent).
+    pub path: String,
 }
 
 /// `Mesh.spec.mtls`.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::common::{percent, positive_duration};
 use super::{optional, Report};
-use crate::model::{self, MtlsMode, ProxyLimits, Tracing};
+use crate::model::{self, AccessLog, AccessLogTarget, MtlsMode, ProxyLimits, Tracing};
 use crate::raw;
 
 /// Validates a Mesh spec; left-out fields keep [`model::Mesh::default`] values.
@@ -28,12 +28,41 @@ pub(crate) fn validate(report: &mut Report<'_>, spec: &raw::MeshSpec) -> Option<
         Some(proxy) => proxy_limits(report, proxy),
         None => Some(defaults.proxy),
     };
+    let access_log = spec
+        .access_log
+        .as_ref()
+        .map(|log| self::access_log(report, log));
     Some(model::Mesh {
         trust_domain: trust_domain?,
         mtls_mode,
         tracing: optional(tracing)?,
         proxy: proxy?,
+        access_log: optional(access_log)?,
     })
+}
+
+/// `spec.accessLog.path`: `/dev/stdout`, `/dev/stderr` or an absolute file path.
+fn access_log(report: &mut Report<'_>, log: &raw::AccessLog) -> Option<AccessLog> {
+    let path = log.path.as_str();
+    let target = match path {
+        "/dev/stdout" => AccessLogTarget::Stdout,
+        "/dev/stderr" => AccessLogTarget::Stderr,
+        _ if path.starts_with('/')
+            && !path.ends_with('/')
+            && !path.chars().any(char::is_control) =>
+        {
+            AccessLogTarget::File(path.into())
+        }
+        _ => {
+            report.error(
+                "spec.accessLog.path",
+                format!("{path:?} is not /dev/stdout, /dev/stderr or an absolute file path"),
+                "e.g. /dev/stdout, or /var/log/ficus/access.log",
+            );
+            return None;
+        }
+    };
+    Some(AccessLog { target })
 }
 
 /// SPIFFE trust domain: lowercase letters, digits, `.`, `-` and `_`.

@@ -278,3 +278,39 @@ fn mesh_otlp_endpoint_is_a_url() {
         "not an http:// or https:// URL",
     );
 }
+
+#[test]
+fn mesh_access_log_targets() {
+    use crate::model::{AccessLog, AccessLogTarget};
+    let target = |path: &str| {
+        let text = with_backends(&mesh(&format!("{{accessLog: {{path: {path:?}}}}}")));
+        parse(&text).map(|config| config.mesh.access_log)
+    };
+    let log = |target| Some(AccessLog { target });
+    assert_eq!(target("/dev/stdout").unwrap(), log(AccessLogTarget::Stdout));
+    assert_eq!(target("/dev/stderr").unwrap(), log(AccessLogTarget::Stderr));
+    assert_eq!(
+        target("/var/log/ficus/access.log").unwrap(),
+        log(AccessLogTarget::File("/var/log/ficus/access.log".into()))
+    );
+    assert_eq!(parse(BACKENDS).unwrap().mesh.access_log, None);
+}
+
+#[test]
+fn mesh_access_log_path_must_be_absolute() {
+    for path in ["access.log", "", "/var/log/", "stdout"] {
+        let text = with_backends(&mesh(&format!("{{accessLog: {{path: {path:?}}}}}")));
+        single_error(
+            &text,
+            "Mesh default",
+            "spec.accessLog.path",
+            "not /dev/stdout, /dev/stderr or an absolute file path",
+        );
+    }
+    let text = with_backends(&mesh("{accessLog: {path: /dev/stdout, format: text}}"));
+    let errors = parse(&text).unwrap_err();
+    assert!(
+        errors[0].field.contains("accessLog") && errors[0].message.contains("format"),
+        "{errors:?}"
+    );
+}
