@@ -10,6 +10,7 @@
 //! - [`sign`] — certificate signing (`ficus.v1.Certificates/Sign`).
 //! - [`ca`] — the CA's files under `--data` and the control plane's own certificate.
 //! - [`auth`] — bearer tokens: join tokens for signing, admin tokens for the API.
+//! - [`inject`] — sidecar injection into Kubernetes manifests (`ficusctl inject`, webhook).
 //! - [`registry`] — connected sidecars and their ACK/NACK state.
 //! - [`scope`] — which documents each sidecar receives.
 //! - [`state`] — what the tasks share; [`metrics`] — Prometheus metrics; [`listen`] —
@@ -21,6 +22,7 @@ pub mod apply;
 pub mod auth;
 pub mod ca;
 pub mod grpc;
+pub mod inject;
 pub mod listen;
 pub mod metrics;
 pub mod push;

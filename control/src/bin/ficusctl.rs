@@ -10,6 +10,8 @@ mod client;
 mod commands;
 #[path = "ficusctl/format.rs"]
 mod format;
+#[path = "ficusctl/inject.rs"]
+mod inject;
 #[path = "ficusctl/input.rs"]
 mod input;
 #[path = "ficusctl/wait.rs"]
@@ -96,6 +98,22 @@ enum Command {
     Rollback {
         /// The version to go back to (default: the one before the current).
         version: Option<u64>,
+    },
+    /// Print Kubernetes manifests with the Ficus sidecar injected (what the admission webhook
+    /// does); local, the control plane is not contacted.
+    Inject {
+        /// A YAML file (one or more documents) or `-` for stdin.
+        #[arg(short = 'f', long = "filename", env = "FICUS_FILENAME")]
+        file: PathBuf,
+        /// Output format (JSON: the object, or a `List` of several).
+        #[arg(short, long, env = "FICUS_OUTPUT", value_enum, default_value_t = Output::Yaml)]
+        output: Output,
+        /// Sidecar image (default `ficus/ficus-sidecar:<version>`).
+        #[arg(long, env = "FICUS_IMAGE")]
+        image: Option<String>,
+        /// The sidecars' `--control` (default `https://ficus-control.ficus-system.svc:15012`).
+        #[arg(long, env = "FICUS_CONTROL_URL")]
+        control_url: Option<String>,
     },
     /// Every sidecar: what it has ACKed, its last NACK, since when it is connected.
     Status {
@@ -192,6 +210,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), CtlError> {
+    if let Command::Inject {
+        file,
+        output,
+        image,
+        control_url,
+    } = args.command
+    {
+        return inject::run(inject::InjectArgs {
+            file,
+            output,
+            image,
+            control_url,
+        });
+    }
     let token = match &args.token_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -230,6 +262,7 @@ async fn run(args: Args) -> Result<(), CtlError> {
         Command::History => commands::history(&client).await,
         Command::Rollback { version } => commands::rollback(&client, version).await,
         Command::Status { output } => commands::status(&client, output).await,
+        Command::Inject { .. } => Err(CtlError::failed("inject is handled above")),
     }
 }
 

@@ -1,0 +1,383 @@
+use serde_json::{json, Value};
+
+use super::*;
+
+fn deployment(annotations: Value, pod_spec: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}, "annotations": annotations},
+                "spec": pod_spec,
+            },
+        },
+    })
+}
+
+fn web_spec() -> Value {
+    json!({
+        "serviceAccountName": "web",
+        "initContainers": [{"name": "migrate", "image": "web:1", "args": ["migrate"]}],
+        "containers": [{
+            "name": "web",
+            "image": "web:1",
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+            "livenessProbe": {"tcpSocket": {"port": 8081}},
+        }],
+        "volumes": [{"name": "data", "emptyDir": {}}],
+    })
+}
+
+fn injected(mut object: Value) -> (Value, Outcome) {
+    let outcome = inject(&mut object, &InjectConfig::default()).unwrap();
+    (object, outcome)
+}
+
+fn init_container<'a>(object: &'a Value, pod: &str, name: &str) -> &'a Value {
+    object
+        .pointer(&format!("{pod}/spec/initContainers"))
+        .and_then(Value::as_array)
+        .and_then(|list| list.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no init container {name} in {object}"))
+}
+
+fn args(container: &Value) -> Vec<&str> {
+    container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect()
+}
+
+fn flag<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    let list = container["args"].as_array().unwrap();
+    let at = list.iter().position(|a| a == name)?;
+    list.get(at + 1).and_then(Value::as_str)
+}
+
+#[test]
+fn a_deployment_gets_the_redirect_init_container_and_a_native_sidecar() {
+    let (object, outcome) = injected(deployment(json!({}), web_spec()));
+    assert!(
+        matches!(outcome, Outcome::Injected { pods: 1, .. }),
+        "{outcome:?}"
+    );
+    let names: Vec<&str> = object["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [INIT_NAME, SIDECAR_NAME, "migrate"],
+        "redirect first, then the proxy, then the app's own init containers"
+    );
+
+    let init = init_container(&object, "/spec/template", INIT_NAME);
+    assert_eq!(args(init)[0], "redirect");
+    assert_eq!(flag(init, "--proxy-uid"), Some("1337"));
+    let security = &init["securityContext"];
+    assert_eq!(
+        security["capabilities"]["add"],
+        json!(["NET_ADMIN", "NET_RAW"])
+    );
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(security["privileged"], false);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+
+    let sidecar = init_container(&object, "/spec/template", SIDECAR_NAME);
+    assert_eq!(sidecar["restartPolicy"], "Always", "native sidecar");
+    let security = &sidecar["securityContext"];
+    assert_eq!(security["runAsUser"], 1337);
+    assert_eq!(security["runAsNonRoot"], true);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["capabilities"], json!({"drop": ["ALL"]}));
+    assert!(sidecar["resources"]["requests"]["cpu"].is_string());
+    assert!(sidecar["resources"]["requests"]["memory"].is_string());
+    assert_eq!(
+        sidecar["startupProbe"]["httpGet"],
+        json!({"path": "/ready", "port": 15000})
+    );
+    assert!(args(sidecar).contains(&"--transparent"));
+    assert_eq!(
+        flag(sidecar, "--control"),
+        Some("https://ficus-control.ficus-system.svc:15012")
+    );
+    assert_eq!(
+        flag(sidecar, "--token-file"),
+        Some("/var/run/secrets/ficus.dev/token/token")
+    );
+    assert_eq!(
+        flag(sidecar, "--ca-file"),
+        Some("/var/run/secrets/ficus.dev/ca/ca.pem")
+    );
+    assert_eq!(flag(sidecar, "--workload"), Some("$(POD_SERVICE_ACCOUNT)"));
+    assert_eq!(flag(sidecar, "--namespace"), Some("$(POD_NAMESPACE)"));
+    let env = sidecar["env"].as_array().unwrap();
+    let field = |name: &str| {
+        env.iter().find(|e| e["name"] == name).unwrap()["valueFrom"]["fieldRef"]["fieldPath"]
+            .clone()
+    };
+    assert_eq!(field("POD_SERVICE_ACCOUNT"), "spec.serviceAccountName");
+    assert_eq!(field("POD_NAMESPACE"), "metadata.namespace");
+
+    let volumes = object["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert_eq!(volumes[0]["name"], "data", "the app's volumes stay first");
+    let token = volumes.iter().find(|v| v["name"] == "ficus-token").unwrap();
+    assert_eq!(
+        token["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "ficus"
+    );
+    let ca = volumes.iter().find(|v| v["name"] == "ficus-ca").unwrap();
+    assert_eq!(ca["configMap"]["name"], "ficus-root-ca");
+    for mount in sidecar["volumeMounts"].as_array().unwrap() {
+        assert!(
+            volumes.iter().any(|v| v["name"] == mount["name"]),
+            "mount {mount} has a volume"
+        );
+    }
+    assert_eq!(
+        object["spec"]["template"]["spec"]["containers"],
+        web_spec()["containers"],
+        "the app containers are not touched"
+    );
+}
+
+#[test]
+fn probe_ports_and_the_admin_port_are_excluded_from_inbound_redirection() {
+    let (object, outcome) = injected(deployment(
+        json!({"ficus.dev/exclude-inbound-ports": "9090"}),
+        web_spec(),
+    ));
+    let init = init_container(&object, "/spec/template", INIT_NAME);
+    assert_eq!(
+        flag(init, "--exclude-inbound-ports"),
+        Some("8080,8081,9090,15000"),
+        "named probe port http → 8080, tcpSocket 8081, the annotation's 9090, admin 15000"
+    );
+    let Outcome::Injected { warnings, .. } = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("port 8080") && warnings[0].contains("bypasses the sidecar"),
+        "a declared serving port that bypasses the mesh is reported: {warnings:?}"
+    );
+}
+
+#[test]
+fn an_unknown_named_probe_port_is_a_warning() {
+    let spec = json!({"containers": [{"name": "app", "image": "a",
+        "readinessProbe": {"httpGet": {"path": "/", "port": "nope"}}}]});
+    let (object, outcome) = injected(deployment(json!({}), spec));
+    let Outcome::Injected { warnings, .. } = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert!(warnings[0].contains("\"nope\""), "{warnings:?}");
+    let init = init_container(&object, "/spec/template", INIT_NAME);
+    assert_eq!(flag(init, "--exclude-inbound-ports"), Some("15000"));
+}
+
+#[test]
+fn outbound_annotations_reach_the_redirect_command() {
+    let (object, _) = injected(deployment(
+        json!({
+            "ficus.dev/exclude-outbound-ports": "6379,5432",
+            "ficus.dev/exclude-outbound-cidrs": "10.96.0.0/12,169.254.169.254",
+            "ficus.dev/proxy-cpu": "250m",
+            "ficus.dev/proxy-memory": "128Mi",
+        }),
+        web_spec(),
+    ));
+    let init = init_container(&object, "/spec/template", INIT_NAME);
+    assert_eq!(flag(init, "--exclude-outbound-ports"), Some("5432,6379"));
+    assert_eq!(
+        flag(init, "--exclude-cidrs"),
+        Some("10.96.0.0/12,169.254.169.254/32")
+    );
+    let sidecar = init_container(&object, "/spec/template", SIDECAR_NAME);
+    assert_eq!(
+        sidecar["resources"]["requests"],
+        json!({"cpu": "250m", "memory": "128Mi"})
+    );
+}
+
+#[test]
+fn injecting_twice_changes_nothing() {
+    let (once, _) = injected(deployment(json!({}), web_spec()));
+    let (twice, outcome) = injected(once.clone());
+    assert_eq!(outcome, Outcome::Skipped(Skip::AlreadyInjected));
+    assert_eq!(once, twice);
+}
+
+#[test]
+fn opted_out_host_network_and_other_kinds_pass_through_unchanged() {
+    let opted_out = deployment(json!({"ficus.dev/inject": "false"}), web_spec());
+    assert_eq!(
+        injected(opted_out.clone()),
+        (opted_out, Outcome::Skipped(Skip::OptedOut))
+    );
+
+    let mut spec = web_spec();
+    spec["hostNetwork"] = json!(true);
+    let host = deployment(json!({}), spec);
+    assert_eq!(
+        injected(host.clone()),
+        (host, Outcome::Skipped(Skip::HostNetwork))
+    );
+
+    for other in [
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+               "spec": {"ports": [{"port": 80}]}}),
+        json!({"apiVersion": "example.com/v1", "kind": "Deployment", "metadata": {"name": "x"},
+               "spec": {"template": {"spec": {"containers": []}}}}),
+        json!("just a string"),
+    ] {
+        assert_eq!(injected(other.clone()), (other, Outcome::NotAWorkload));
+    }
+}
+
+#[test]
+fn every_workload_kind_is_found() {
+    let pod_template = json!({"metadata": {}, "spec": web_spec()});
+    let cases = [
+        ("v1", "Pod", ""),
+        ("apps/v1", "StatefulSet", "/spec/template"),
+        ("apps/v1", "DaemonSet", "/spec/template"),
+        ("apps/v1", "ReplicaSet", "/spec/template"),
+        ("batch/v1", "Job", "/spec/template"),
+        ("batch/v1", "CronJob", "/spec/jobTemplate/spec/template"),
+    ];
+    for (api_version, kind, at) in cases {
+        let mut object = json!({"apiVersion": api_version, "kind": kind,
+                                "metadata": {"name": "x"}});
+        if at.is_empty() {
+            object["spec"] = web_spec();
+        } else {
+            let mut cursor = &mut object;
+            for token in at.trim_start_matches('/').split('/') {
+                cursor = &mut cursor[token];
+            }
+            *cursor = pod_template.clone();
+        }
+        let (object, outcome) = injected(object);
+        assert!(
+            matches!(outcome, Outcome::Injected { pods: 1, .. }),
+            "{kind}: {outcome:?}"
+        );
+        init_container(&object, at, SIDECAR_NAME);
+    }
+}
+
+#[test]
+fn a_list_is_injected_item_by_item() {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+        deployment(json!({}), web_spec()),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}},
+        deployment(json!({"ficus.dev/inject": "false"}), web_spec()),
+    ]});
+    let (object, outcome) = injected(list.clone());
+    assert!(
+        matches!(outcome, Outcome::Injected { pods: 1, .. }),
+        "{outcome:?}"
+    );
+    init_container(&object["items"][0], "/spec/template", SIDECAR_NAME);
+    assert_eq!(object["items"][1], list["items"][1]);
+    assert_eq!(object["items"][2], list["items"][2]);
+}
+
+#[test]
+fn errors_leave_the_object_unchanged_and_say_why() {
+    let bad = deployment(
+        json!({"ficus.dev/exclude-outbound-ports": "db"}),
+        web_spec(),
+    );
+    let mut object = bad.clone();
+    let error = inject(&mut object, &InjectConfig::default()).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("ficus.dev/exclude-outbound-ports"),
+        "{error}"
+    );
+    assert_eq!(object, bad);
+
+    let mut spec = web_spec();
+    spec["volumes"] = json!([{"name": "ficus-token", "emptyDir": {}}]);
+    let error = inject(&mut deployment(json!({}), spec), &InjectConfig::default()).unwrap_err();
+    assert_eq!(
+        error,
+        InjectError::NameTaken {
+            what: "volume",
+            name: "ficus-token".into()
+        }
+    );
+
+    let mut spec = web_spec();
+    spec["containers"] = json!("web");
+    let error = inject(&mut deployment(json!({}), spec), &InjectConfig::default()).unwrap_err();
+    assert!(
+        error.to_string().contains("spec.containers must be a list"),
+        "{error}"
+    );
+
+    let mut missing = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}});
+    let error = inject(&mut missing, &InjectConfig::default()).unwrap_err();
+    assert!(error.to_string().contains("/spec/template"), "{error}");
+}
+
+#[test]
+fn a_yaml_stream_round_trips_with_the_patch_equal_to_the_rewrite() {
+    let text = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  \
+                - {name: app, image: app}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: \
+                {name: c}\ndata: {a: b}\n---\n";
+    let config = InjectConfig::default();
+    let out = manifest::inject_stream("t.yaml", text, &config).unwrap();
+    assert_eq!(out.documents.len(), 2, "empty documents are dropped");
+    assert_eq!(out.pods, 1);
+    let yaml = manifest::to_yaml(&out.documents).unwrap();
+    let again = manifest::inject_stream("t.yaml", &yaml, &config).unwrap();
+    assert_eq!(again.pods, 0);
+    assert_eq!(
+        manifest::to_yaml(&again.documents).unwrap(),
+        yaml,
+        "idempotent text"
+    );
+
+    let pod: Value = yaml_serde::from_str(text.split("---\n").nth(1).unwrap()).unwrap();
+    let operations = patch::diff(&pod, &out.documents[0]);
+    let mut paths: Vec<&str> = operations
+        .iter()
+        .map(|o| o["path"].as_str().unwrap())
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(paths, ["/spec/initContainers", "/spec/volumes"]);
+    assert!(operations.iter().all(|o| o["op"] == "add"));
+}
+
+#[test]
+fn stream_errors_name_the_document() {
+    let config = InjectConfig::default();
+    let error = manifest::inject_stream("in.yaml", "a: b\n---\n: : :\n  - [", &config)
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("in.yaml: document 2:"), "{error}");
+    let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  \
+                template:\n    metadata:\n      annotations: {ficus.dev/inject: maybe}\n    \
+                spec: {containers: []}\n";
+    let error = manifest::inject_stream("in.yaml", text, &config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("in.yaml: document 1 (Deployment web): annotation ficus.dev/inject"),
+        "{error}"
+    );
+}
