@@ -1,19 +1,21 @@
-//! One HTTP/1.1 keep-alive client connection (hyper 1.x `client::conn::http1` over a tokio
-//! `TcpStream`), with every network wait bounded by a timeout.
+//! One keep-alive client connection (hyper 1.x `client::conn::http1`, or `http2` with prior
+//! knowledge, over a tokio `TcpStream`), with every network wait bounded by a timeout.
 //!
-//! The load generator gives each connection its own task and owns it exclusively, so there
-//! is no pool and no locking: a request is written only once the previous response has been
-//! read in full, exactly like a keep-alive HTTP/1.1 client without pipelining.
+//! The load generator gives each HTTP/1.1 connection its own task and owns it exclusively, so
+//! there is no pool and no locking: a request is written only once the previous response has
+//! been read in full, exactly like a keep-alive HTTP/1.1 client without pipelining. An h2c
+//! [`Connection`] is cloned into one task per concurrent stream; the clones share the TCP
+//! connection.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::{http1, http2};
 use hyper::header::{HeaderValue, CONNECTION, HOST};
 use hyper::{HeaderMap, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -37,8 +39,8 @@ pub enum ClientError {
         /// The socket error.
         source: std::io::Error,
     },
-    /// The HTTP/1.1 handshake (setting up hyper's connection state) failed.
-    #[error("HTTP/1.1 handshake with {addr}: {source}")]
+    /// The HTTP handshake (hyper's connection state; for h2c the preface and SETTINGS) failed.
+    #[error("HTTP handshake with {addr}: {source}")]
     Handshake {
         /// The peer.
         addr: SocketAddr,
@@ -92,10 +94,25 @@ pub struct Reply {
     pub headers: HeaderMap,
 }
 
-/// One open keep-alive connection.
+/// The HTTP version a [`Connection`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1, one request at a time.
+    Http1,
+    /// HTTP/2 over cleartext TCP with prior knowledge (h2c); clones share the connection.
+    H2c,
+}
+
+#[derive(Debug)]
+enum Sender {
+    Http1(http1::SendRequest<Empty<Bytes>>),
+    Http2(http2::SendRequest<Empty<Bytes>>),
+}
+
+/// One open keep-alive connection (for h2c: a handle to one, see [`Connection::share`]).
 #[derive(Debug)]
 pub struct Connection {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: Sender,
     /// The server said `Connection: close`; the next request needs a new connection.
     closing: bool,
 }
@@ -104,6 +121,11 @@ impl Connection {
     /// Connects (bounded by `target.connect_timeout`) and sets `TCP_NODELAY`, as every real
     /// HTTP client does; without it Nagle's algorithm would add delays unrelated to the proxy.
     pub async fn open(target: &Target) -> Result<Self, ClientError> {
+        Self::open_with(target, Protocol::Http1).await
+    }
+
+    /// [`Connection::open`] speaking `protocol`.
+    pub async fn open_with(target: &Target, protocol: Protocol) -> Result<Self, ClientError> {
         let addr = target.addr;
         let stream = match timeout(target.connect_timeout, TcpStream::connect(addr)).await {
             Err(_) => {
@@ -118,15 +140,34 @@ impl Connection {
         stream
             .set_nodelay(true)
             .map_err(|source| ClientError::Connect { addr, source })?;
-        // The h1 handshake does no I/O; it only builds the connection state.
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ClientError::Handshake { addr, source })?;
-        // The driver ends when `sender` is dropped or the peer closes; its error, if any,
+        // The driver ends when every sender is dropped or the peer closes; its error, if any,
         // surfaces on the next `send_request`.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let sender = match protocol {
+            Protocol::Http1 => {
+                // The h1 handshake does no I/O; it only builds the connection state.
+                let (sender, connection) = http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|source| ClientError::Handshake { addr, source })?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Sender::Http1(sender)
+            }
+            Protocol::H2c => {
+                let handshake = http2::handshake(TokioExecutor::new(), TokioIo::new(stream));
+                let (sender, connection) = timeout(target.connect_timeout, handshake)
+                    .await
+                    .map_err(|_| ClientError::ConnectTimeout {
+                        addr,
+                        after: target.connect_timeout,
+                    })?
+                    .map_err(|source| ClientError::Handshake { addr, source })?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Sender::Http2(sender)
+            }
+        };
         Ok(Self {
             sender,
             closing: false,
@@ -138,23 +179,55 @@ impl Connection {
     ///
     /// After an error the connection is unusable; open a new one.
     pub async fn get(&mut self, target: &Target) -> Result<Reply, ClientError> {
-        let request = Request::get(target.path.as_str())
-            .header(HOST, target.host.clone())
-            .body(Empty::new())?;
+        let request = match self.sender {
+            Sender::Http1(_) => Request::get(target.path.as_str())
+                .header(HOST, target.host.clone())
+                .body(Empty::new())?,
+            // HTTP/2 carries the service name in `:authority` (h2 requires scheme and
+            // authority in the URI).
+            Sender::Http2(_) => {
+                let host = target.host.to_str().unwrap_or("upstream");
+                Request::get(format!("http://{host}{}", target.path)).body(Empty::new())?
+            }
+        };
         let after = target.request_timeout;
         timeout(after, self.exchange(request))
             .await
             .map_err(|_| ClientError::Timeout { after })?
     }
 
+    /// For h2c, another handle to the same connection (another stream's sender); `None` for
+    /// HTTP/1.1, which carries one request at a time.
+    pub fn share(&self) -> Option<Self> {
+        match &self.sender {
+            Sender::Http1(_) => None,
+            Sender::Http2(sender) => Some(Self {
+                sender: Sender::Http2(sender.clone()),
+                closing: false,
+            }),
+        }
+    }
+
     /// Whether the connection can still carry a request (the peer has not closed it).
     pub fn is_open(&self) -> bool {
-        !self.closing && !self.sender.is_closed()
+        !self.closing
+            && match &self.sender {
+                Sender::Http1(sender) => !sender.is_closed(),
+                Sender::Http2(sender) => !sender.is_closed(),
+            }
     }
 
     async fn exchange(&mut self, request: Request<Empty<Bytes>>) -> Result<Reply, ClientError> {
-        self.sender.ready().await?;
-        let response = self.sender.send_request(request).await?;
+        let response = match &mut self.sender {
+            Sender::Http1(sender) => {
+                sender.ready().await?;
+                sender.send_request(request).await?
+            }
+            Sender::Http2(sender) => {
+                sender.ready().await?;
+                sender.send_request(request).await?
+            }
+        };
         let (parts, body) = response.into_parts();
         // A server that ends keep-alive says so; a well-behaved client then reconnects
         // instead of racing the close with its next request.

@@ -1,7 +1,9 @@
-//! `loadgen`: an HTTP/1.1 load generator with coordinated-omission correction.
+//! `loadgen`: an HTTP/1.1 (or h2c) load generator with coordinated-omission correction.
 //!
 //! `--connections C` keep-alive connections, each driven by its own task over hyper's
-//! `client::conn::http1`. Two modes:
+//! `client::conn::http1`. With `--h2` they speak HTTP/2 with prior knowledge instead and
+//! each carries `--streams S` concurrent streams, each stream its own task (C·S in all).
+//! Two modes:
 //!
 //! - **Fixed rate** (`--rate R`): connection `j` sends its `k`-th request at the *intended*
 //!   time `start + (j + k·C) / R`, so the `R` req/s are spread evenly. Latency is measured
@@ -25,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use ficus_benches::client::{ClientError, Connection, Target};
+use ficus_benches::client::{ClientError, Connection, Protocol, Target};
 use ficus_benches::duration::parse_duration;
 use ficus_benches::latency::Latencies;
 use hyper::header::HeaderValue;
@@ -70,6 +72,12 @@ struct Args {
     /// Runtime threads; 1 runs everything on one current-thread runtime.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    #[arg(long)]
+    h2: bool,
+    /// With `--h2`: concurrent streams per connection, each its own task.
+    #[arg(long, default_value_t = 1, requires = "h2")]
+    streams: u32,
 }
 
 /// How a connection paces its requests.
@@ -116,6 +124,9 @@ fn main() -> anyhow::Result<()> {
     if args.connections == 0 {
         bail!("--connections must be at least 1");
     }
+    if args.streams == 0 || args.streams > 1000 {
+        bail!("--streams must be between 1 and 1000");
+    }
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -132,6 +143,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let protocol = if args.h2 {
+        Protocol::H2c
+    } else {
+        Protocol::Http1
+    };
     let target = Arc::new(Target {
         addr: args.target,
         host: HeaderValue::from_str(&args.host).context("--host is not a valid header value")?,
@@ -145,24 +161,33 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let mut opening = JoinSet::new();
     for _ in 0..args.connections {
         let target = target.clone();
-        opening.spawn(async move { Connection::open(&target).await });
+        opening.spawn(async move { Connection::open_with(&target, protocol).await });
     }
+    // One entry per driver task: an HTTP/1.1 connection, or one stream of an h2c one.
     let mut connections = Vec::new();
     let mut connect_failures = Vec::new();
     while let Some(opened) = opening.join_next().await {
         match opened.context("connect task panicked")? {
-            Ok(connection) => connections.push(Some(connection)),
+            Ok(connection) => {
+                for _ in 1..args.streams {
+                    connections.push(connection.share());
+                }
+                connections.push(Some(connection));
+            }
             Err(error) => {
                 connect_failures.push(error.to_string());
-                connections.push(None);
+                for _ in 0..args.streams {
+                    connections.push(None);
+                }
             }
         }
     }
+    let drivers_total = args.connections * args.streams;
 
     let pace = match args.rate {
         Some(rate) => Pace::Fixed {
             rate,
-            connections: args.connections,
+            connections: drivers_total,
         },
         None => Pace::Max,
     };
@@ -180,7 +205,7 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let mut drivers = JoinSet::new();
     for (index, connection) in connections.into_iter().enumerate() {
         let target = target.clone();
-        drivers.spawn(drive(target, schedule, index as u32, connection));
+        drivers.spawn(drive(target, protocol, schedule, index as u32, connection));
     }
     let mut total = Tally::default();
     while let Some(tally) = drivers.join_next().await {
@@ -209,6 +234,11 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     report.insert("target".into(), args.target.to_string().into());
     report.insert("host".into(), args.host.clone().into());
     report.insert("connections".into(), args.connections.into());
+    report.insert(
+        "protocol".into(),
+        (if args.h2 { "h2c" } else { "http/1.1" }).into(),
+    );
+    report.insert("streams_per_connection".into(), args.streams.into());
     report.insert("rate".into(), args.rate.into());
     report.insert("warmup_s".into(), args.warmup.as_secs_f64().into());
     report.insert("duration_s".into(), seconds.into());
@@ -228,6 +258,7 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
 /// Drives one connection through the schedule; reconnects after an error.
 async fn drive(
     target: Arc<Target>,
+    protocol: Protocol,
     schedule: Schedule,
     index: u32,
     mut connection: Option<Connection>,
@@ -270,7 +301,8 @@ async fn drive(
 
         let open = match connection.as_mut().filter(|c| c.is_open()) {
             Some(open) => open,
-            None => match Connection::open(&target).await {
+            // An h2c stream whose connection failed opens a connection of its own.
+            None => match Connection::open_with(&target, protocol).await {
                 Ok(fresh) => connection.insert(fresh),
                 Err(error) => {
                     free_at = Instant::now();

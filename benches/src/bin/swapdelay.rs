@@ -63,6 +63,10 @@ struct Args {
     /// Bound on one poll request.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     timeout: Duration,
+    /// More config documents (a YAML file) kept in every rewrite, e.g. the Backends other load
+    /// is using meanwhile.
+    #[arg(long)]
+    extra: Option<PathBuf>,
 }
 
 /// The config written for version `version`: the Backend plus the versioned route.
@@ -194,7 +198,16 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let mut errors = 0;
 
     // Version 0 first: proves the route works at all and warms the path up.
-    write_atomically(&args.config_file, &config(args.upstream, 0)).await?;
+    let extra = match &args.extra {
+        Some(path) => {
+            let text = tokio::fs::read_to_string(path)
+                .await
+                .with_context(|| format!("reading {}", path.display()))?;
+            format!("---\n{}\n", text.trim_start_matches("---").trim())
+        }
+        None => String::new(),
+    };
+    write_atomically(&args.config_file, &(config(args.upstream, 0) + &extra)).await?;
     let started = Instant::now();
     if let Visible::GaveUp = wait_for(&target, &mut connection, 0, started, args, &mut errors).await
     {
@@ -212,7 +225,11 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let mut random = Jitter::new();
     for version in 1..=args.swaps {
         sleep(args.settle + random.up_to(args.jitter)).await;
-        write_atomically(&args.config_file, &config(args.upstream, version)).await?;
+        write_atomically(
+            &args.config_file,
+            &(config(args.upstream, version) + &extra),
+        )
+        .await?;
         let since = Instant::now();
         match wait_for(&target, &mut connection, version, since, args, &mut errors).await {
             Visible::After(delay) => delays.record(delay),
