@@ -254,6 +254,9 @@ pub struct RetryPolicy {
     pub codes: Vec<u16>,
     /// Base backoff.
     pub backoff: Duration,
+    /// gRPC status codes (1..=16) that are retried when a gRPC call's response headers carry
+    /// them (trailers-only responses).
+    pub grpc_codes: Vec<u8>,
 }
 
 /// One `matches[]` entry; all given conditions must hold.

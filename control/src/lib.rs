@@ -11,6 +11,7 @@
 //! - [`ca`] — the CA's files under `--data` and the control plane's own certificate.
 //! - [`auth`] — bearer tokens: join tokens for signing, admin tokens for the API.
 //! - [`inject`] — sidecar injection into Kubernetes manifests (`ficusctl inject`, webhook).
+//! - [`webhook`] — the mutating admission webhook (`--webhook`) serving [`inject`].
 //! - [`registry`] — connected sidecars and their ACK/NACK state.
 //! - [`scope`] — which documents each sidecar receives.
 //! - [`state`] — what the tasks share; [`metrics`] — Prometheus metrics; [`listen`] —
@@ -31,3 +32,4 @@ pub mod scope;
 pub mod sign;
 pub mod state;
 pub mod store;
+pub mod webhook;

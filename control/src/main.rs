@@ -12,9 +12,11 @@ use ficus_control::auth::admin::AdminTokens;
 use ficus_control::auth::join::{JoinTokens, TokenAuthenticator};
 use ficus_control::ca::{self, ServerIdentity};
 use ficus_control::grpc::{self, Router};
+use ficus_control::inject::InjectConfig;
 use ficus_control::sign::Signer;
 use ficus_control::state::ControlState;
 use ficus_control::store::Store;
+use ficus_control::webhook;
 use ficus_identity::ca::CertificateAuthority;
 use ficus_identity::tls::{self, CertStore, ClientAuth, Credentials, TrustBundle};
 use tokio_rustls::TlsAcceptor;
@@ -56,6 +58,26 @@ struct Args {
     /// Log format: `text` or `json`.
     #[arg(long, env = "FICUS_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Serve the sidecar injection webhook (AdmissionReview v1, `POST /inject`) over HTTPS on
+    /// this address, e.g. 0.0.0.0:15017 (default: off). Needs the CA (not with --insecure).
+    #[arg(long, env = "FICUS_WEBHOOK")]
+    webhook: Option<SocketAddr>,
+    /// DNS names in the webhook's certificate: the Service the API server calls.
+    #[arg(
+        long,
+        env = "FICUS_WEBHOOK_DNS_NAME",
+        value_delimiter = ',',
+        default_value = "ficus-control.ficus-system.svc"
+    )]
+    webhook_dns_name: Vec<String>,
+    /// Image of the injected sidecar (default `ficus/ficus-sidecar:<version>`, as `ficusctl
+    /// inject`).
+    #[arg(long, env = "FICUS_INJECT_IMAGE")]
+    inject_image: Option<String>,
+    /// `--control` of injected sidecars (default
+    /// `https://ficus-control.ficus-system.svc:15012`, as `ficusctl inject`).
+    #[arg(long, env = "FICUS_INJECT_CONTROL_URL")]
+    inject_control_url: Option<String>,
 }
 
 /// Why the process cannot start: exit code 2 for bad flags or input files, 1 otherwise.
@@ -113,6 +135,11 @@ fn run(args: Args) -> Result<(), Fatal> {
              can change the mesh",
             args.http
         )));
+    }
+    if args.insecure && args.webhook.is_some() {
+        return Err(Fatal::usage(
+            "--webhook needs the CA for its certificate; drop --insecure",
+        ));
     }
     if args.insecure && !args.grpc.ip().is_loopback() {
         return Err(Fatal::usage(format!(
@@ -175,11 +202,20 @@ fn run(args: Args) -> Result<(), Fatal> {
                 )))
             }
         };
+        let webhook = match args.webhook {
+            Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(
+                |error| Fatal::other(format!("cannot listen on {address} (--webhook): {error}")),
+            )?),
+            None => None,
+        };
         let metrics = Arc::clone(&state.metrics);
         let (tls, signer, push_authenticator) = match authority {
             None => (None, Signer::insecure(Arc::clone(&metrics)), None),
             Some(authority) => {
                 let (acceptor, ca) = start_tls(authority)?;
+                if let Some(listener) = webhook {
+                    start_webhook(&args, listener, &ca, Arc::clone(&metrics))?;
+                }
                 if let Some(join) = &join {
                     join.watch();
                 } else {
@@ -230,6 +266,53 @@ fn prepare_authority(args: &Args) -> Result<Authority, Fatal> {
         identity,
         credentials,
     })
+}
+
+/// Serves `--webhook` with a certificate for `--webhook-dns-name` from `ca` (renewed by a
+/// task of its own).
+fn start_webhook(
+    args: &Args,
+    listener: tokio::net::TcpListener,
+    ca: &Arc<CertificateAuthority>,
+    metrics: Arc<ficus_control::metrics::Metrics>,
+) -> Result<(), Fatal> {
+    let address = listener
+        .local_addr()
+        .map_err(|e| Fatal::other(format!("--webhook: {e}")))?;
+    let mut identity = ServerIdentity::new(&args.trust_domain, address)
+        .map_err(|e| Fatal::usage(format!("--trust-domain {:?}: {e}", args.trust_domain)))?;
+    identity
+        .dns_names
+        .extend(args.webhook_dns_name.iter().cloned());
+    let credentials = identity.issue(ca).map_err(|e| {
+        Fatal::usage(format!(
+            "--webhook-dns-name {:?}: {e}",
+            args.webhook_dns_name.join(",")
+        ))
+    })?;
+    let store = CertStore::new();
+    store.install(credentials);
+    let bundle = TrustBundle::from_pem(&ca.root_pem(), ca.trust_domain())
+        .map_err(|e| Fatal::other(format!("the CA's root is unusable: {e}")))?;
+    let config = tls::server_config(Arc::clone(&store), &bundle, ClientAuth::None)
+        .map_err(|e| Fatal::other(format!("TLS configuration: {e}")))?;
+    tokio::spawn(identity.keep_renewed(Arc::clone(ca), store));
+    let mut inject = InjectConfig::default();
+    if let Some(image) = &args.inject_image {
+        inject.image.clone_from(image);
+    }
+    if let Some(url) = &args.inject_control_url {
+        inject.control_url.clone_from(url);
+    }
+    inject.trust_domain.clone_from(&args.trust_domain);
+    tracing::info!(%address, dns_names = ?args.webhook_dns_name, "injection webhook started");
+    tokio::spawn(webhook::serve(
+        listener,
+        TlsAcceptor::from(config),
+        Arc::new(inject),
+        metrics,
+    ));
+    Ok(())
 }
 
 /// The TLS acceptor of `--grpc`, and the task that renews its certificate.

@@ -28,6 +28,10 @@ pub struct Metrics {
     pub tls_handshake_failed: IntCounterVec,
     /// `ficus_control_api_denied_total`: write API calls refused for want of an admin token.
     pub api_denied: IntCounter,
+    /// `ficus_control_webhook_requests_total{result}`: AdmissionReviews answered by the
+    /// injection webhook (`injected`, `skipped`, `error` — admitted without a patch —, and
+    /// `invalid` — not an AdmissionReview).
+    pub webhook_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -78,6 +82,14 @@ impl Metrics {
                 "Write API calls refused for want of a valid admin token",
             )
             .expect("static metric definition"),
+            webhook_requests: IntCounterVec::new(
+                Opts::new(
+                    "ficus_control_webhook_requests_total",
+                    "AdmissionReviews answered by the sidecar injection webhook",
+                ),
+                &["result"],
+            )
+            .expect("static metric definition"),
             registry,
         };
         for collector in [
@@ -89,6 +101,7 @@ impl Metrics {
             Box::new(metrics.certificates.clone()),
             Box::new(metrics.tls_handshake_failed.clone()),
             Box::new(metrics.api_denied.clone()),
+            Box::new(metrics.webhook_requests.clone()),
         ] {
             metrics
                 .registry

@@ -7,7 +7,8 @@
 //! - [`fault`] — fault injection: delays and aborts for a share of a Backend's requests.
 //! - [`rate_limit`] — a token bucket the receiving sidecar applies to its own Backend.
 //! - [`outlier`] — outlier ejection: failing endpoints leave the rotation for a while.
-//! - [`balance`] — endpoint choice: round robin, random, P2C over peak-EWMA.
+//! - [`balance`] — endpoint choice: P2C over peak-EWMA (default), round robin, random.
+//! - [`grpc`] — gRPC status codes read from response headers, for retries and failures.
 //! - [`BackendPolicy`] — what a Backend's TrafficPolicy compiles to.
 //!
 //! Policies live on the `Snapshot` (per rule or per Backend), so a config swap resets their
@@ -32,6 +33,7 @@ pub mod balance;
 pub mod breaker;
 pub mod budget;
 pub mod fault;
+pub mod grpc;
 pub mod outlier;
 pub mod rate_limit;
 pub mod retry;
@@ -56,7 +58,7 @@ pub struct BackendPolicy {
     pub fault: Option<Fault>,
     /// Ejection state of the endpoints (`outlierDetection`).
     pub outliers: Option<Outliers>,
-    /// How endpoints are chosen (`loadBalancer`; round robin without a TrafficPolicy).
+    /// How endpoints are chosen (`loadBalancer`; LeastRequest without a TrafficPolicy).
     pub balancer: Balancer,
 }
 

@@ -143,7 +143,7 @@ impl BackendTarget {
     }
 
     /// Counts a request in flight to `endpoint` for least-request balancing, until the guard
-    /// is dropped (nothing with other balancers).
+    /// is finished or dropped (nothing with other balancers).
     pub fn start(&self, endpoint: &Arc<EndpointPool>) -> Option<InFlight> {
         let Balancer::LeastRequest(ewma) = &self.policy.balancer else {
             return None;
@@ -158,6 +158,24 @@ impl BackendTarget {
     /// The next endpoint other than `failed`, when there is another that speaks the same way
     /// (HTTP/2 or not, mTLS or not: the request head was prepared for that), else `failed`.
     pub fn endpoint_except<'a>(&'a self, failed: &'a Arc<EndpointPool>) -> &'a Arc<EndpointPool> {
+    /// Ends a try on `endpoint` started with [`BackendTarget::start`]: its latency and whether
+    /// it failed feed the balancer, and outlier detection counts the failure.
+    pub fn finish(
+        &self,
+        endpoint: &Arc<EndpointPool>,
+        in_flight: Option<InFlight>,
+        outcome: &Result<http::Response<crate::body::Body>, crate::proxy::error::ProxyError>,
+    ) {
+        if in_flight.is_none() && self.policy.outliers.is_none() {
+            return;
+        }
+        let failed = crate::policy::outlier::is_failure(outcome);
+        if let Some(in_flight) = in_flight {
+            in_flight.finish(failed);
+        }
+        self.record(endpoint, failed);
+    }
+
         let usable = |e: &Arc<EndpointPool>| {
             !Arc::ptr_eq(e, failed)
                 && e.is_http2() == failed.is_http2()

@@ -423,7 +423,9 @@ async fn connect_failures_are_retried_on_another_endpoint_but_never_for_a_post()
          spec: {{protocol: http, endpoints: [{{address: \"{dead}\"}}, {{address: \"{}\"}}]}}\n---\n\
          apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
          spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  - backendRefs: [{{name: api}}]\n    \
-         retry: {{attempts: 1, codes: [], backoff: 1ms}}\n",
+         retry: {{attempts: 1, codes: [], backoff: 1ms}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{targetRef: {{kind: Backend, name: api}}, loadBalancer: {{type: RoundRobin}}}}\n",
         live.addr
     );
     let sidecar = Sidecar::start(&config).await;
@@ -462,8 +464,8 @@ async fn a_failing_endpoint_is_ejected_then_returns() {
         "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
          spec: {{protocol: http, endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]}}\n---\n\
          apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: api, namespace: shop}}\n\
-         spec: {{targetRef: {{kind: Backend, name: api}}, outlierDetection: \
-         {{consecutive5xx: 3, baseEjectionTime: 1s, maxEjectionPercent: 50}}}}\n",
+         spec: {{targetRef: {{kind: Backend, name: api}}, loadBalancer: {{type: RoundRobin}}, \
+         outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 1s, maxEjectionPercent: 50}}}}\n",
         flaky.addr, healthy.addr
     );
     let sidecar = Sidecar::start(&config).await;
@@ -520,6 +522,35 @@ async fn least_request_steers_away_from_a_slow_endpoint() {
         slow.count()
     );
     assert_eq!(slow.count() + fast.count(), 200);
+}
+
+fn a_little_slow(_: usize, _: &str) -> (StatusCode, Option<Duration>) {
+    (StatusCode::OK, Some(Duration::from_millis(3)))
+}
+
+/// The default balancer (LeastRequest, no TrafficPolicy) must not send most traffic to an
+/// endpoint that answers 503 at once just because it answers fast.
+#[tokio::test]
+async fn a_fast_failing_endpoint_does_not_attract_traffic_by_default() {
+    let failing = Scripted::start(always_503).await;
+    let healthy = Scripted::start(a_little_slow).await;
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]}}\n",
+        failing.addr, healthy.addr
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let mut failed = 0;
+    for _ in 0..200 {
+        if client.send(request("GET", "")).await.unwrap().status != 200 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, failing.count());
+    assert_eq!(failing.count() + healthy.count(), 200);
+    // Each failure keeps the endpoint away for seconds; round robin would send it 100.
+    assert!(failed <= 10, "the failing endpoint got {failed} of 200");
 }
 
 #[tokio::test]

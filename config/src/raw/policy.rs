@@ -27,7 +27,7 @@ pub struct TrafficPolicySpec {
     /// Ejection of failing endpoints.
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
-    /// Endpoint picking; default round robin.
+    /// Endpoint picking; default LeastRequest (P2C over peak-EWMA).
     #[serde(default)]
     pub load_balancer: Option<LoadBalancer>,
     /// Cap on retries as a share of requests.

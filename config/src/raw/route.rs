@@ -327,6 +327,10 @@ pub struct HttpRouteRetry {
     /// Base backoff between tries; default 25ms.
     #[serde(default)]
     pub backoff: Option<String>,
+    /// gRPC status codes retried, by name (`unavailable`, `resource-exhausted`, ...; case and
+    /// `-`/`_` do not matter); default `[unavailable]`.
+    #[serde(default)]
+    pub grpc_codes: Option<Vec<String>>,
 }
 
 /// `TCPRoute.spec`.

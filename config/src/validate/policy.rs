@@ -44,8 +44,8 @@ pub(crate) fn validate_traffic(
         .as_ref()
         .map(|o| outlier_detection(report, o));
     let load_balancer = match spec.load_balancer.as_ref().map(|lb| lb.balancer_type) {
-        None | Some(raw::LoadBalancerType::RoundRobin) => LoadBalancer::RoundRobin,
-        Some(raw::LoadBalancerType::LeastRequest) => LoadBalancer::LeastRequest,
+        Some(raw::LoadBalancerType::RoundRobin) => LoadBalancer::RoundRobin,
+        None | Some(raw::LoadBalancerType::LeastRequest) => LoadBalancer::LeastRequest,
         Some(raw::LoadBalancerType::Random) => LoadBalancer::Random,
     };
     let retry_budget = spec.retry_budget.as_ref().map(|budget| {

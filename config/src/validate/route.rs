@@ -18,6 +18,29 @@ const MAX_RETRY_ATTEMPTS: u32 = 10;
 const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
 const DEFAULT_RETRY_CODES: [u16; 2] = [502, 503];
 const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+/// gRPC codes retried by default: `unavailable`.
+const DEFAULT_RETRY_GRPC_CODES: [u8; 1] = [14];
+/// gRPC status codes by their canonical names (index = code), in the kebab-case Envoy and
+/// Istio use in `retryOn`.
+const GRPC_CODE_NAMES: [&str; 17] = [
+    "ok",
+    "cancelled",
+    "unknown",
+    "invalid-argument",
+    "deadline-exceeded",
+    "not-found",
+    "already-exists",
+    "permission-denied",
+    "resource-exhausted",
+    "failed-precondition",
+    "aborted",
+    "out-of-range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data-loss",
+    "unauthenticated",
+];
 
 /// Validates an HTTPRoute.
 pub(crate) fn validate_http(
@@ -273,12 +296,59 @@ fn retry(report: &mut Report<'_>, field: &str, raw: &raw::HttpRouteRetry) -> Opt
         Some(text) => duration(report, &format!("{field}.backoff"), text),
         None => Some(DEFAULT_RETRY_BACKOFF),
     };
+    let grpc_codes = match &raw.grpc_codes {
+        Some(names) => grpc_codes(report, &format!("{field}.grpcCodes"), names),
+        None => Some(DEFAULT_RETRY_GRPC_CODES.to_vec()),
+    };
     (attempts_ok && codes_ok).then_some(())?;
     Some(RetryPolicy {
         attempts,
         codes,
         backoff: backoff?,
+        grpc_codes: grpc_codes?,
     })
+}
+
+/// `retry.grpcCodes`: gRPC status names (`resource-exhausted`, `RESOURCE_EXHAUSTED` and
+/// `ResourceExhausted` are the same) to codes; `ok` is not a failure.
+fn grpc_codes(report: &mut Report<'_>, field: &str, names: &[String]) -> Option<Vec<u8>> {
+    let mut codes = Vec::with_capacity(names.len());
+    let mut ok = true;
+    for (i, name) in names.iter().enumerate() {
+        let normal: String = name
+            .chars()
+            .filter(|c| !matches!(c, '-' | '_'))
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        let code = GRPC_CODE_NAMES
+            .iter()
+            .position(|known| known.replace('-', "") == normal);
+        match code {
+            Some(0) => {
+                report.error(
+                    format!("{field}[{i}]"),
+                    "ok is success, not a failure to retry",
+                    "list failure codes, e.g. unavailable",
+                );
+                ok = false;
+            }
+            Some(code) => codes.push(u8::try_from(code).unwrap_or(u8::MAX)),
+            None => {
+                let hint = match super::common::closest(name, GRPC_CODE_NAMES[1..].iter().copied())
+                {
+                    Some(best) => format!("did you mean {best}?"),
+                    None => format!("use gRPC status names: {}", GRPC_CODE_NAMES[1..].join(", ")),
+                };
+                report.error(
+                    format!("{field}[{i}]"),
+                    format!("{name:?} is not a gRPC status code"),
+                    hint,
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(codes)
 }
 
 /// Validates a TCPRoute; `claims` records which TCPRoute took over each tcp Backend.

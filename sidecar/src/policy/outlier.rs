@@ -18,6 +18,7 @@ use http::Response;
 use prometheus::IntGauge;
 use tokio::time::Instant;
 
+use super::grpc;
 use crate::body::Body;
 use crate::proxy::error::ProxyError;
 
@@ -148,11 +149,19 @@ impl Drop for Outliers {
     }
 }
 
-/// Whether a try counts against the endpoint: a 5xx, or a failure of the upstream (reset,
-/// connect failure, timeout). The downstream's own failures do not count.
+/// Whether a try counts against the endpoint: a 5xx, a gRPC status in the response headers
+/// that stands for a server failure (e.g. a trailers-only `UNAVAILABLE`), or a failure of the
+/// upstream (reset, connect failure, timeout). The downstream's own failures do not count.
 pub fn is_failure(outcome: &Result<Response<Body>, ProxyError>) -> bool {
     match outcome {
-        Ok(response) => response.status().is_server_error(),
+        Ok(response) => {
+            response.status().is_server_error()
+                || response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|_| grpc::status(response.status(), response.headers()))
+                    .is_some_and(grpc::is_server_failure)
+        }
         Err(ProxyError::Upstream(_) | ProxyError::UpstreamProtocol(_) | ProxyError::Timeout(_)) => {
             true
         }

@@ -7,6 +7,13 @@
 //! POST is never replayed. Retried outcomes: the configured status codes, connect failures
 //! (nothing was sent), HTTP/2 REFUSED_STREAM (the peer did not process the stream), and
 //! errors whose status (502 reset, 504 per-try timeout) is among the configured codes.
+//!
+//! gRPC calls are POSTs, so they are never replayed on an HTTP status. They are retried when
+//! their response headers carry a gRPC status among `grpcCodes` (default `unavailable`): a
+//! trailers-only response, where the server answered with a status and no message, which is
+//! also when gRPC's own client retries (gRFC A6). The server may push back with
+//! `grpc-retry-pushback-ms` (a wait, honoured up to the cap; a malformed or negative value
+//! means "do not retry"). Connect failures and REFUSED_STREAM are retried as for any request.
 
 use std::time::Duration;
 
@@ -24,6 +31,7 @@ pub const BACKOFF_CAP: Duration = Duration::from_millis(250);
 pub struct RetryPolicy {
     attempts: u32,
     codes: Box<[u16]>,
+    grpc_codes: Box<[u8]>,
     base: Duration,
 }
 
@@ -33,6 +41,7 @@ impl RetryPolicy {
         Self {
             attempts: policy.attempts,
             codes: policy.codes.clone().into_boxed_slice(),
+            grpc_codes: policy.grpc_codes.clone().into_boxed_slice(),
             base: policy.backoff,
         }
     }
@@ -47,10 +56,26 @@ impl RetryPolicy {
         self.codes.contains(&status)
     }
 
+    /// Whether a gRPC call whose response headers tell status `code` is retried.
+    pub fn retries_grpc(&self, code: u8) -> bool {
+        self.grpc_codes.contains(&code)
+    }
+
+    /// Whether any gRPC status is retried (else gRPC calls are not worth recording).
+    pub fn retries_any_grpc(&self) -> bool {
+        !self.grpc_codes.is_empty()
+    }
+
     /// Whether an upstream failure before response headers is retried; `status` is what the
     /// caller would get for it.
     pub fn retries_error(&self, error: &UpstreamError, status: u16) -> bool {
-        error.is_connect_failure() || is_refused_stream(error) || self.retries_status(status)
+        self.retries_unsent(error) || self.retries_status(status)
+    }
+
+    /// Whether an upstream failure is one where the upstream did not process the request
+    /// (connect failure, REFUSED_STREAM), so any request may be retried.
+    pub fn retries_unsent(&self, error: &UpstreamError) -> bool {
+        error.is_connect_failure() || is_refused_stream(error)
     }
 
     /// How long to wait before retry number `retry` (0 for the first retry): full jitter,
@@ -82,6 +107,18 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
+/// `grpc-retry-pushback-ms`: `Ok(None)` without one, `Ok(Some(wait))` for a valid one, and
+/// `Err(())` when the server said not to retry (a negative or malformed value, per gRFC A6).
+#[allow(clippy::result_unit_err)]
+pub fn grpc_pushback(headers: &HeaderMap) -> Result<Option<Duration>, ()> {
+    let Some(value) = headers.get("grpc-retry-pushback-ms") else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| ())?;
+    let millis = text.trim().parse::<u64>().map_err(|_| ())?;
+    Ok(Some(Duration::from_millis(millis)))
+}
+
 /// Whether the HTTP/2 peer refused the stream (anywhere in `error`'s chain of causes): it did
 /// not process it, so a retry is safe.
 fn is_refused_stream(error: &(dyn std::error::Error + 'static)) -> bool {
@@ -103,6 +140,7 @@ mod tests {
         RetryPolicy {
             attempts: 2,
             codes: vec![503].into_boxed_slice(),
+            grpc_codes: vec![14].into_boxed_slice(),
             base,
         }
     }
@@ -133,6 +171,18 @@ mod tests {
         assert_eq!(policy.backoff(0, retry_after(&headers)), BACKOFF_CAP);
         headers.insert(http::header::RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn grpc_pushback_is_a_wait_or_a_refusal() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(grpc_pushback(&headers), Ok(None));
+        headers.insert("grpc-retry-pushback-ms", "40".parse().unwrap());
+        assert_eq!(grpc_pushback(&headers), Ok(Some(Duration::from_millis(40))));
+        headers.insert("grpc-retry-pushback-ms", "-1".parse().unwrap());
+        assert_eq!(grpc_pushback(&headers), Err(()));
+        let policy = policy(Duration::from_millis(25));
+        assert!(policy.retries_grpc(14) && !policy.retries_grpc(8));
     }
 
     #[test]

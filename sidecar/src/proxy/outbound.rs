@@ -16,7 +16,6 @@ use super::headers::X_FICUS_ORIG_PROTO;
 use super::retrying::{replayable, Exchange, Replay};
 use crate::body::{self, with_idle_timeout, Body};
 use crate::policy::breaker::Guarded;
-use crate::policy::outlier;
 use crate::route::ServiceName;
 use crate::snapshot::{RouteBackend, Snapshot};
 use crate::state::Shared;
@@ -186,10 +185,7 @@ async fn route_and_forward<'s>(
         let upstream_request = Request::from_parts(parts, body);
         let in_flight = backend.start(endpoint);
         let outcome = forward(endpoint, upstream_request, timeout, on_upgrade, limits).await;
-        drop(in_flight);
-        if backend.policy.outliers.is_some() {
-            backend.record(endpoint, outlier::is_failure(&outcome));
-        }
+        backend.finish(endpoint, in_flight, &outcome);
         outcome
     };
     let mirror = action.mirror.as_ref().filter(|m| m.draw());
@@ -203,13 +199,16 @@ async fn route_and_forward<'s>(
         Some(policy) if !upgrading => {
             let replay = tokio::time::timeout(
                 timeout,
-                replayable(&parts, incoming, limits.body_idle_timeout),
+                replayable(&parts, incoming, limits.body_idle_timeout, policy),
             )
             .await
             .unwrap_or(Err(ProxyError::DownstreamTimeout));
             match replay {
-                Ok(Replay::Buffered(body)) => {
-                    mirror_copy(body.clone());
+                Ok(Replay::Stream(incoming)) => (send_once(parts, incoming).await, None),
+                Ok(replay) => {
+                    if let Replay::Buffered(body) = &replay {
+                        mirror_copy(body.clone());
+                    }
                     let exchange = Exchange {
                         policy,
                         target: backend,
@@ -217,10 +216,10 @@ async fn route_and_forward<'s>(
                         total: action.timeouts.request,
                         limits,
                         metrics: &shared.metrics,
+                        retried: std::sync::atomic::AtomicU32::new(0),
                     };
-                    exchange.send(endpoint, &parts, &body).await
+                    exchange.send(endpoint, &parts, replay).await
                 }
-                Ok(Replay::Stream(incoming)) => (send_once(parts, incoming).await, None),
                 Err(error) => (Err(error), None),
             }
         }

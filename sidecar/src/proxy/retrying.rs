@@ -6,43 +6,69 @@
 //! to another endpoint than the one that failed when the Backend has one. When the tries run
 //! out, the caller gets the last upstream response (or error) with flag `URX`; when the budget
 //! is spent, the caller gets the failed outcome as it was and the exhaustion is counted.
+//!
+//! gRPC calls are not buffered before the first try (a streaming call may wait for answers
+//! before it ends its request): their body streams to the first try while a copy of up to
+//! [`RETRY_BUFFER`] bytes is kept. The call is replayed only when that copy holds the whole
+//! request (its end seen within [`RECORDING_GRACE`] of the failed try), else the failed outcome
+//! goes back as it was.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ficus_config::ProxyLimits;
 use http::request::Parts;
 use http::{Request, Response};
-use http_body::Body as _;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::error::{flags, ProxyError};
 use super::forward::forward;
-use crate::body::{self, with_idle_timeout, Body, BodyIdle};
-use crate::policy::outlier;
+use crate::body::{self, with_idle_timeout, Body, BodyIdle, BoxError};
+use crate::policy::grpc;
 use crate::policy::retry::{self, RetryPolicy, RETRY_BUFFER};
 use crate::snapshot::BackendTarget;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::EndpointPool;
 
+/// How long after a failed try a gRPC request body still being sent may take to end and
+/// become replayable.
+pub const RECORDING_GRACE: Duration = Duration::from_millis(50);
+
 /// A request body after deciding whether the request can be replayed.
 pub enum Replay {
     /// Held in memory: the request may be sent again.
     Buffered(Bytes),
+    /// A gRPC call: streamed to the first try while a copy is kept for replay.
+    Recorded(Incoming),
     /// Too large, of unknown length, or not idempotent: streamed once.
     Stream(Incoming),
 }
 
 /// Buffers the body of an idempotent request when it is empty or of a known length that fits
-/// the retry buffer; anything else is streamed. Reading waits at most `idle` between frames.
+/// the retry buffer; anything else is streamed. gRPC calls are recorded while they stream when
+/// `policy` retries any gRPC status. Reading waits at most `idle` between frames.
 pub async fn replayable(
     parts: &Parts,
     incoming: Incoming,
     idle: Duration,
+    policy: &RetryPolicy,
 ) -> Result<Replay, ProxyError> {
+    if grpc::is_grpc(&parts.headers) {
+        return Ok(if policy.retries_any_grpc() {
+            Replay::Recorded(incoming)
+        } else {
+            Replay::Stream(incoming)
+        });
+    }
     if !retry::is_idempotent(&parts.method) {
         return Ok(Replay::Stream(incoming));
     }
@@ -75,20 +101,36 @@ pub struct Exchange<'a> {
     pub limits: &'a ProxyLimits,
     /// Retry counters.
     pub metrics: &'a Metrics,
+    /// Retries this exchange sent (read after [`Exchange::send`], for its span).
+    pub retried: AtomicU32,
 }
 
 impl Exchange<'_> {
-    /// Sends the request (head `parts`, buffered `body`) to `endpoint`, retrying per policy.
-    /// Returns the outcome and, when it differs from the outcome's own, the response flag.
+    /// Sends the request (head `parts`, body `replay`: buffered, or recorded as it streams)
+    /// to `endpoint`, retrying per policy. Returns the outcome and, when it differs from the
+    /// outcome's own, the response flag.
     pub async fn send(
         &self,
         mut endpoint: &Arc<EndpointPool>,
         parts: &Parts,
-        body: &Bytes,
+        replay: Replay,
     ) -> (Result<Response<Body>, ProxyError>, Option<&'static str>) {
         let started = Instant::now();
         let deadline = self.total.map(|total| started + total);
         self.target.policy.budget.deposit();
+        let grpc = grpc::is_grpc(&parts.headers);
+        let (mut body, mut first, recording) = match replay {
+            Replay::Buffered(body) => (Some(body), None, None),
+            Replay::Recorded(incoming) => {
+                let idle = with_idle_timeout(incoming, self.limits.body_idle_timeout);
+                let (recorder, recording) = Recorder::new(idle);
+                (None, Some(body::boxed(recorder)), Some(recording))
+            }
+            Replay::Stream(incoming) => {
+                let idle = with_idle_timeout(incoming, self.limits.body_idle_timeout);
+                (None, Some(idle), None)
+            }
+        };
         let mut retries = 0;
         loop {
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -97,20 +139,33 @@ impl Exchange<'_> {
             if try_timeout.is_zero() {
                 return (Err(total_expired), None);
             }
-            let request = rebuild(parts, body);
+            let request = match (first.take(), &body) {
+                (Some(streamed), _) => head(parts, streamed),
+                (None, Some(body)) => rebuild(parts, body),
+                // Unreachable: without a kept body the loop never comes back.
+                (None, None) => return (Err(total_expired), None),
+            };
             let in_flight = self.target.start(endpoint);
             let outcome = forward(endpoint, request, try_timeout, None, self.limits).await;
-            drop(in_flight);
-            if self.target.policy.outliers.is_some() {
-                self.target.record(endpoint, outlier::is_failure(&outcome));
-            }
+            self.target.finish(endpoint, in_flight, &outcome);
             if matches!(outcome, Err(ProxyError::Timeout(_))) && Some(try_timeout) == remaining {
                 // The route's deadline, not the try's, ran out.
                 return (Err(total_expired), None);
             }
-            let Some(retry_after) = self.retryable(&outcome) else {
+            let Some(retry_after) = self.retryable(&outcome, grpc) else {
                 return (outcome, None);
             };
+            if body.is_none() {
+                let grace = remaining.map_or(RECORDING_GRACE, |r| r.min(RECORDING_GRACE));
+                body = match &recording {
+                    Some(recording) => recording.whole(grace).await,
+                    None => None,
+                };
+                if body.is_none() {
+                    // Part of the request is gone: it cannot be sent again.
+                    return (outcome, None);
+                }
+            }
             let exhausted = (retries > 0).then_some(flags::RETRIES_EXHAUSTED);
             if retries >= self.policy.attempts() {
                 return (outcome, exhausted);
@@ -128,14 +183,31 @@ impl Exchange<'_> {
             drop(outcome);
             tokio::time::sleep(wait).await;
             retries += 1;
+            self.retried.store(retries, Ordering::Relaxed);
             self.metrics.retries.inc();
             endpoint = self.target.endpoint_except(endpoint);
         }
     }
 
-    /// `Some(Retry-After)` when the outcome is one the policy retries.
-    fn retryable(&self, outcome: &Result<Response<Body>, ProxyError>) -> Option<Option<Duration>> {
+    /// `Some(Retry-After)` when the outcome is one the policy retries; `grpc` for gRPC calls,
+    /// which are retried on gRPC statuses and on failures where nothing was processed only.
+    fn retryable(
+        &self,
+        outcome: &Result<Response<Body>, ProxyError>,
+        grpc: bool,
+    ) -> Option<Option<Duration>> {
         match outcome {
+            Ok(response) if grpc => {
+                let code = grpc::status(response.status(), response.headers())?;
+                if !self.policy.retries_grpc(code) {
+                    return None;
+                }
+                retry::grpc_pushback(response.headers()).ok()
+            }
+            Err(ProxyError::Upstream(upstream)) if grpc => {
+                self.policy.retries_unsent(upstream).then_some(None)
+            }
+            Err(_) if grpc => None,
             Ok(response) => self
                 .policy
                 .retries_status(response.status().as_u16())
@@ -160,10 +232,157 @@ fn rebuild(parts: &Parts, body: &Bytes) -> Request<Body> {
     } else {
         body::full(body.clone())
     };
+    head(parts, body)
+}
+
+/// A request of head `parts` (extensions are not carried over) and `body`.
+fn head(parts: &Parts, body: Body) -> Request<Body> {
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
     request
+}
+
+pin_project! {
+    /// A request body that keeps a copy of what passes through, up to [`RETRY_BUFFER`] bytes.
+    struct Recorder<B> {
+        #[pin]
+        inner: B,
+        shared: Arc<Shared>,
+    }
+
+    impl<B> PinnedDrop for Recorder<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before its end (the try failed or was abandoned): nothing more comes.
+            this.shared.settle(|state| {
+                if matches!(state, State::Open(_)) {
+                    *state = State::Lost;
+                }
+            });
+        }
+    }
+}
+
+/// What a [`Recording`] knows of the body.
+#[derive(Debug)]
+enum State {
+    /// Still streaming; the bytes so far.
+    Open(BytesMut),
+    /// Ended whole, within the buffer.
+    Complete(Bytes),
+    /// Too big, with trailers, failed, or dropped before its end: not replayable.
+    Lost,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    settled: Notify,
+}
+
+impl Shared {
+    /// Changes the state; wakes the waiter once it is no longer open.
+    fn settle(&self, change: impl FnOnce(&mut State)) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        change(&mut state);
+        if !matches!(*state, State::Open(_)) {
+            self.settled.notify_one();
+        }
+    }
+}
+
+/// The copy a [`Recorder`] keeps.
+#[derive(Debug)]
+struct Recording(Arc<Shared>);
+
+impl Recording {
+    /// The whole body, once it has ended (waiting at most `grace` for that); `None` when it
+    /// cannot be replayed.
+    async fn whole(&self, grace: Duration) -> Option<Bytes> {
+        let waited = tokio::time::timeout(grace, async {
+            loop {
+                match &*self.0.state.lock().ok()? {
+                    State::Complete(bytes) => return Some(bytes.clone()),
+                    State::Lost => return None,
+                    State::Open(_) => {}
+                }
+                self.0.settled.notified().await;
+            }
+        });
+        waited.await.ok().flatten()
+    }
+}
+
+impl<B: HttpBody> Recorder<B> {
+    fn new(inner: B) -> (Self, Recording) {
+        let state = if inner.is_end_stream() {
+            State::Complete(Bytes::new())
+        } else {
+            State::Open(BytesMut::new())
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            settled: Notify::new(),
+        });
+        let recording = Recording(Arc::clone(&shared));
+        (Self { inner, shared }, recording)
+    }
+}
+
+impl<B> HttpBody for Recorder<B>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Pending => {}
+            Poll::Ready(None) => this.shared.settle(|state| {
+                if let State::Open(bytes) = state {
+                    *state = State::Complete(std::mem::take(bytes).freeze());
+                }
+            }),
+            Poll::Ready(Some(Ok(frame))) => {
+                let data = frame.data_ref();
+                // The sender may stop polling once the body says it has ended.
+                let ended = this.inner.is_end_stream();
+                this.shared.settle(|state| {
+                    let State::Open(bytes) = state else {
+                        return;
+                    };
+                    match data {
+                        Some(data) if (bytes.len() + data.len()) as u64 <= RETRY_BUFFER => {
+                            bytes.extend_from_slice(data);
+                            if ended {
+                                *state = State::Complete(std::mem::take(bytes).freeze());
+                            }
+                        }
+                        // Too big, or trailers (which a replay would not carry).
+                        _ => *state = State::Lost,
+                    }
+                });
+            }
+            Poll::Ready(Some(Err(_))) => this.shared.settle(|state| *state = State::Lost),
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

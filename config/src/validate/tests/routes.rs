@@ -150,6 +150,32 @@ fn retry_limits() {
     let retry = first_rule(&to_monolith("retry: {}")).retry.unwrap();
     let defaults = (2, vec![502, 503], Duration::from_millis(25));
     assert_eq!((retry.attempts, retry.codes, retry.backoff), defaults);
+    assert_eq!(retry.grpc_codes, vec![14], "unavailable by default");
+}
+
+#[test]
+fn retry_grpc_codes_by_name() {
+    let retry = first_rule(&to_monolith(
+        "retry: {grpcCodes: [unavailable, RESOURCE_EXHAUSTED, DeadlineExceeded]}",
+    ))
+    .retry
+    .unwrap();
+    assert_eq!(retry.grpc_codes, vec![14, 8, 4]);
+    let none = first_rule(&to_monolith("retry: {grpcCodes: []}"))
+        .retry
+        .unwrap();
+    assert!(none.grpc_codes.is_empty());
+    let error = rule_error(
+        &to_monolith("retry: {grpcCodes: [unavailable, unavailible]}"),
+        "spec.rules[0].retry.grpcCodes[1]",
+        "not a gRPC status code",
+    );
+    assert_eq!(error.hint.as_deref(), Some("did you mean unavailable?"));
+    rule_error(
+        &to_monolith("retry: {grpcCodes: [ok]}"),
+        "spec.rules[0].retry.grpcCodes[0]",
+        "not a failure",
+    );
 }
 
 #[test]

@@ -1,0 +1,458 @@
+//! `ficusctl inject` on real Deployment/Job/CronJob/Pod manifests, and the admission webhook
+//! of the running `ficus-control` (AdmissionReview v1 over HTTPS): the patch it answers,
+//! applied to the pod, gives exactly what `ficusctl inject` prints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ficus_tests::control::{ficusctl, ControlPlane};
+use http_body_util::{BodyExt, Full};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+
+const WORKLOADS: &str = include_str!("../fixtures/k8s/workloads.yaml");
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// `ficusctl inject -o json` of `text`: the documents (a `List`'s items when several).
+async fn inject(text: &str, extra: &[&str]) -> (Vec<Value>, String) {
+    let mut args = vec!["inject", "-f", "-", "-o", "json"];
+    args.extend_from_slice(extra);
+    let out = ficusctl("http://127.0.0.1:9", &args, Some(text)).await;
+    assert_eq!(out.code, 0, "ficusctl inject failed: {}", out.stderr);
+    let value: Value = serde_json::from_str(&out.stdout).expect("JSON output");
+    let documents = if value["kind"] == "List" && value.get("items").is_some() {
+        value["items"].as_array().unwrap().clone()
+    } else {
+        vec![value]
+    };
+    (documents, out.stderr)
+}
+
+fn named<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    documents
+        .iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn container_names(pod_spec: &Value, list: &str) -> Vec<String> {
+    pod_spec[list]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|c| c["name"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn flag(container: &Value, name: &str) -> Option<String> {
+    let args = container["args"].as_array()?;
+    let at = args.iter().position(|a| a == name)?;
+    args.get(at + 1).and_then(Value::as_str).map(str::to_owned)
+}
+
+#[tokio::test]
+async fn inject_rewrites_every_workload_kind_and_honours_annotations() {
+    let (documents, stderr) = inject(WORKLOADS, &[]).await;
+    assert_eq!(documents.len(), 6, "every document is printed, in order");
+
+    let service = named(&documents, "Service", "web");
+    assert_eq!(
+        service["spec"]["ports"][0]["targetPort"], "http",
+        "passes through"
+    );
+
+    let web = &named(&documents, "Deployment", "web")["spec"]["template"]["spec"];
+    assert_eq!(
+        container_names(web, "initContainers"),
+        ["ficus-init", "ficus-sidecar"]
+    );
+    assert_eq!(container_names(web, "containers"), ["web"]);
+    let init = &web["initContainers"][0];
+    assert_eq!(
+        flag(init, "--exclude-outbound-ports").as_deref(),
+        Some("5432")
+    );
+    assert_eq!(
+        flag(init, "--exclude-cidrs").as_deref(),
+        Some("169.254.169.254/32")
+    );
+    assert_eq!(
+        flag(init, "--exclude-inbound-ports").as_deref(),
+        Some("8081,15000"),
+        "the probe port (named `management` and numeric 8081) and the admin port"
+    );
+    assert!(
+        stderr.contains("warning: document 2 (Deployment web): port 8081"),
+        "{stderr}"
+    );
+    let sidecar = &web["initContainers"][1];
+    assert_eq!(sidecar["restartPolicy"], "Always");
+    assert_eq!(sidecar["securityContext"]["runAsUser"], 1337);
+
+    let legacy = &named(&documents, "Deployment", "legacy-batch")["spec"]["template"]["spec"];
+    assert!(legacy.get("initContainers").is_none(), "opted out");
+    assert!(legacy.get("volumes").is_none(), "opted out");
+
+    let job = &named(&documents, "Job", "reindex")["spec"]["template"]["spec"];
+    assert_eq!(
+        container_names(job, "initContainers"),
+        ["ficus-init", "ficus-sidecar"],
+        "a native sidecar does not keep a Job's pod running"
+    );
+    let cron = &named(&documents, "CronJob", "nightly-report")["spec"]["jobTemplate"]["spec"]
+        ["template"]["spec"];
+    assert_eq!(container_names(cron, "initContainers")[1], "ficus-sidecar");
+    let pod = &named(&documents, "Pod", "debug")["spec"];
+    assert_eq!(container_names(pod, "initContainers")[1], "ficus-sidecar");
+}
+
+#[tokio::test]
+async fn injecting_the_output_again_changes_nothing() {
+    let yaml = ficusctl(
+        "http://127.0.0.1:9",
+        &["inject", "-f", "-"],
+        Some(WORKLOADS),
+    )
+    .await;
+    assert_eq!(yaml.code, 0, "{}", yaml.stderr);
+    let again = ficusctl(
+        "http://127.0.0.1:9",
+        &["inject", "-f", "-"],
+        Some(&yaml.stdout),
+    )
+    .await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(again.stdout, yaml.stdout);
+    assert!(
+        again.stderr.is_empty(),
+        "nothing to warn about: {}",
+        again.stderr
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_the_document_named_and_nothing_printed() {
+    let bad = WORKLOADS.replace(
+        "ficus.dev/exclude-outbound-ports: \"5432\"",
+        "ficus.dev/exclude-outbound-ports: \"postgres\"",
+    );
+    let out = ficusctl("http://127.0.0.1:9", &["inject", "-f", "-"], Some(&bad)).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.stderr.contains(
+            "<stdin>: document 2 (Deployment web): annotation ficus.dev/exclude-outbound-ports"
+        ),
+        "{}",
+        out.stderr
+    );
+    let out = ficusctl("http://127.0.0.1:9", &["inject", "-f", "-"], Some("a: [\n")).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let out = ficusctl(
+        "http://127.0.0.1:9",
+        &["inject", "-f", "/nonexistent.yaml"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("cannot read /nonexistent.yaml"),
+        "{}",
+        out.stderr
+    );
+}
+
+// === the webhook ===
+
+/// A TLS client that verifies the webhook's certificate as the API server does: chain to the
+/// `caBundle` (the mesh root) and the Service's DNS name.
+fn webhook_tls(ca_pem: &str, alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(certificate.expect("PEM")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// POSTs `review` to `/inject` over HTTPS (`h2` or `http/1.1`); status and JSON body.
+async fn post_review(
+    control: &ControlPlane,
+    address: std::net::SocketAddr,
+    review: &Value,
+    alpn: &[u8],
+) -> (u16, Value) {
+    let connector = webhook_tls(&std::fs::read_to_string(control.ca_file()).unwrap(), alpn);
+    let tcp = tokio::time::timeout(DEADLINE, TcpStream::connect(address))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let name = ServerName::try_from("ficus-control.ficus-system.svc").unwrap();
+    let tls = tokio::time::timeout(DEADLINE, connector.connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("the certificate verifies for the Service name");
+    let request = http::Request::post("/inject")
+        .header("content-type", "application/json")
+        .header("host", "ficus-control.ficus-system.svc")
+        .body(Full::new(Bytes::from(serde_json::to_vec(review).unwrap())))
+        .unwrap();
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let response = if alpn == b"h2" {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(connection);
+        let mut request = request;
+        *request.uri_mut() = "https://ficus-control.ficus-system.svc/inject"
+            .parse()
+            .unwrap();
+        request.headers_mut().remove("host");
+        tokio::time::timeout(DEADLINE, sender.send_request(request)).await
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("http/1.1 handshake");
+        tokio::spawn(connection);
+        tokio::time::timeout(DEADLINE, sender.send_request(request)).await
+    }
+    .expect("answer in time")
+    .expect("answer");
+    let status = response.status().as_u16();
+    let body = tokio::time::timeout(DEADLINE, response.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn admission_review(uid: &str, object: &Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {
+                "username": "system:serviceaccount:kube-system:replicaset-controller",
+                "uid": "a2b4f0f2-2d4c-4f4e-9d33-1f0c8a3a6f1e",
+                "groups": ["system:serviceaccounts", "system:authenticated"],
+            },
+            "object": object,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    })
+}
+
+/// The pod a ReplicaSet of the `web` Deployment would create: its template plus what the API
+/// server fills in before mutating webhooks run.
+fn web_pod() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "web-7c9f8d6b5-",
+            "namespace": "shop",
+            "labels": {"app": "web", "pod-template-hash": "7c9f8d6b5"},
+            "annotations": {
+                "ficus.dev/exclude-outbound-ports": "5432",
+                "ficus.dev/exclude-outbound-cidrs": "169.254.169.254/32",
+            },
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": "web-7c9f8d6b5", "uid": "6f1f0b5e-7a52-4f51-9a8b-54e1b2f6e7aa",
+                "controller": true, "blockOwnerDeletion": true}],
+        },
+        "spec": {
+            "serviceAccountName": "web",
+            "serviceAccount": "web",
+            "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 30,
+            "dnsPolicy": "ClusterFirst",
+            "schedulerName": "default-scheduler",
+            "containers": [{
+                "name": "web",
+                "image": "registry.example.com/shop/web:1.4.2",
+                "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                          {"name": "management", "containerPort": 8081, "protocol": "TCP"}],
+                "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": "management",
+                    "scheme": "HTTP"}, "periodSeconds": 5, "timeoutSeconds": 1,
+                    "successThreshold": 1, "failureThreshold": 3},
+                "livenessProbe": {"tcpSocket": {"port": 8081}, "periodSeconds": 10,
+                    "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3},
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "File",
+                "imagePullPolicy": "IfNotPresent",
+            }],
+            "volumes": [{"name": "kube-api-access-x7k2p", "projected": {"sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}],
+        },
+    })
+}
+
+/// RFC 4648 base64 (the webhook's `patch`).
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut buffer, mut bits) = (0u32, 0);
+    for byte in text.bytes().filter(|b| *b != b'=') {
+        let value = ALPHABET.iter().position(|c| *c == byte).expect("base64") as u32;
+        buffer = (buffer << 6) | value;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// Applies RFC 6902 `add`/`replace`/`remove` operations on object members (and `-`
+/// appends), which is what the webhook emits; anything else fails the test.
+fn apply_patch(target: &mut Value, operations: &Value) {
+    for operation in operations.as_array().expect("a patch is a list") {
+        let path = operation["path"].as_str().expect("path");
+        let (parent, last) = path.rsplit_once('/').expect("pointer");
+        let last = last.replace("~1", "/").replace("~0", "~");
+        let parent = target.pointer_mut(parent).expect("parent exists");
+        match (operation["op"].as_str(), parent) {
+            (Some("add" | "replace"), Value::Object(map)) => {
+                map.insert(last, operation["value"].clone());
+            }
+            (Some("add"), Value::Array(list)) if last == "-" => {
+                list.push(operation["value"].clone());
+            }
+            (Some("remove"), Value::Object(map)) => {
+                map.remove(&last).expect("removed member exists");
+            }
+            other => panic!("unexpected operation {operation} on {other:?}"),
+        }
+    }
+}
+
+fn metric(text: &str, result: &str) -> f64 {
+    let series = format!("ficus_control_webhook_requests_total{{result=\"{result}\"}}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_webhook_patch_gives_what_ficusctl_inject_prints() {
+    let webhook = ficus_tests::free_addr();
+    let control = ControlPlane::start_tls(None, &["--webhook", &webhook.to_string()]).await;
+    let pod = web_pod();
+
+    let mut answers = Vec::new();
+    for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+        let (status, answer) =
+            post_review(&control, webhook, &admission_review("uid-1", &pod), alpn).await;
+        assert_eq!(status, 200, "{answer}");
+        answers.push(answer);
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "the same answer over h2 and HTTP/1.1"
+    );
+    let answer = &answers[0];
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(answer["kind"], "AdmissionReview");
+    let response = &answer["response"];
+    assert_eq!(response["uid"], "uid-1");
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["patchType"], "JSONPatch");
+    let operations: Value =
+        serde_json::from_slice(&base64_decode(response["patch"].as_str().unwrap())).unwrap();
+    let mut patched = pod.clone();
+    apply_patch(&mut patched, &operations);
+
+    let (printed, _) = inject(&serde_json::to_string(&pod).unwrap(), &[]).await;
+    assert_eq!(printed.len(), 1);
+    assert_eq!(patched, printed[0], "webhook and ficusctl inject agree");
+    assert_eq!(
+        container_names(&patched["spec"], "initContainers"),
+        ["ficus-init", "ficus-sidecar"]
+    );
+    let warnings = response["warnings"].as_array().expect("warnings");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .starts_with("ficus: port 8081"),
+        "{warnings:?}"
+    );
+
+    // Re-injection (e.g. a pod from a template ficusctl already injected): allowed, no patch.
+    let (_, again) = post_review(
+        &control,
+        webhook,
+        &admission_review("uid-2", &patched),
+        b"h2",
+    )
+    .await;
+    assert_eq!(again["response"]["allowed"], true);
+    assert_eq!(again["response"]["uid"], "uid-2");
+    assert!(again["response"].get("patch").is_none(), "{again}");
+
+    // A pod injection cannot handle is admitted unchanged, with the reason as a warning.
+    let mut bad = pod.clone();
+    bad["metadata"]["annotations"]["ficus.dev/exclude-inbound-ports"] = json!("http");
+    let (_, failed) = post_review(&control, webhook, &admission_review("uid-3", &bad), b"h2").await;
+    assert_eq!(failed["response"]["allowed"], true, "fail open");
+    assert!(failed["response"].get("patch").is_none(), "{failed}");
+    assert!(
+        failed["response"]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("ficus.dev/exclude-inbound-ports"),
+        "{failed}"
+    );
+
+    // Not an AdmissionReview: 400, so the API server applies failurePolicy.
+    let (status, _) = post_review(&control, webhook, &json!({"kind": "Pod"}), b"h2").await;
+    assert_eq!(status, 400);
+
+    let metrics = ficus_tests::client::get(control.http, "control", "/metrics")
+        .await
+        .expect("metrics");
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert_eq!(metric(&text, "injected"), 2.0, "{text}");
+    assert_eq!(metric(&text, "skipped"), 1.0);
+    assert_eq!(metric(&text, "error"), 1.0);
+    assert_eq!(metric(&text, "invalid"), 1.0);
+}
+
+#[tokio::test]
+async fn the_webhook_needs_the_ca() {
+    let (status, stderr) = ficus_tests::control::run_control(&[
+        "--insecure",
+        "--data",
+        "/nonexistent/ficus-data",
+        "--webhook",
+        "127.0.0.1:0",
+    ])
+    .await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--webhook needs the CA"), "{stderr}");
+}
