@@ -8,6 +8,8 @@
 mod client;
 #[path = "ficusctl/commands.rs"]
 mod commands;
+#[path = "ficusctl/demo.rs"]
+mod demo;
 #[path = "ficusctl/format.rs"]
 mod format;
 #[path = "ficusctl/inject.rs"]
@@ -114,6 +116,16 @@ enum Command {
         /// The sidecars' `--control` (default `https://ficus-control.ficus-system.svc:15012`).
         #[arg(long, env = "FICUS_CONTROL_URL")]
         control_url: Option<String>,
+    },
+    /// Run the strangler-fig migration on this machine: a control plane, sidecars, apps and
+    /// load, the split moved 0 → 10 → 50 → 100 %, a fault, history and a rollback.
+    Demo {
+        /// How long the phases take in all (start-up not counted), e.g. 60s or 2m.
+        #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+        duration: Duration,
+        /// Stay up after the summary and print what to explore, until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
     },
     /// Every sidecar: what it has ACKed, its last NACK, since when it is connected.
     Status {
@@ -262,6 +274,7 @@ async fn run(args: Args) -> Result<(), CtlError> {
         Command::History => commands::history(&client).await,
         Command::Rollback { version } => commands::rollback(&client, version).await,
         Command::Status { output } => commands::status(&client, output).await,
+        Command::Demo { duration, keep } => demo::run(duration, keep).await,
         Command::Inject { .. } => Err(CtlError::failed("inject is handled above")),
     }
 }
