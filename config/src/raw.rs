@@ -224,6 +224,7 @@ fn default_namespace() -> String {
 
 /// `Mesh.spec`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MeshSpec {
     /// SPIFFE trust domain of workload identities; default `cluster.local`.
@@ -245,6 +246,7 @@ pub struct MeshSpec {
 
 /// `Mesh.spec.accessLog`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AccessLog {
     /// `/dev/stdout`, `/dev/stderr` or an absolute file path (appended to, created if absent).
@@ -253,6 +255,7 @@ pub struct AccessLog {
 
 /// `Mesh.spec.mtls`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Mtls {
     /// Whether sidecars talk mTLS to each other.
@@ -261,6 +264,7 @@ pub struct Mtls {
 
 /// `Mesh.spec.mtls.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum MtlsMode {
     /// Plaintext only.
     #[serde(rename = "DISABLE")]
@@ -275,6 +279,7 @@ pub enum MtlsMode {
 
 /// `Mesh.spec.tracing`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Tracing {
     /// OTLP/gRPC collector URL, e.g. `http://127.0.0.1:4317`.
@@ -286,6 +291,7 @@ pub struct Tracing {
 
 /// `Mesh.spec.proxy`: overrides of [`crate::model::ProxyLimits`]; durations as strings.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProxyLimits {
     /// Longest wait for a complete request header block.
@@ -319,6 +325,7 @@ pub struct ProxyLimits {
 
 /// `Backend.spec`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BackendSpec {
     /// Wire protocol to the endpoints; default `http`.
@@ -334,6 +341,7 @@ pub struct BackendSpec {
 
 /// `Backend.spec.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// HTTP/1.1.
@@ -349,6 +357,7 @@ pub enum Protocol {
 
 /// One `Backend.spec.endpoints[]` entry.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Endpoint {
     /// `ip:port` to connect to (`[v6]:port` for IPv6).

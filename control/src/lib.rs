@@ -12,6 +12,7 @@
 //! - [`auth`] — bearer tokens: join tokens for signing, admin tokens for the API.
 //! - [`inject`] — sidecar injection into Kubernetes manifests (`ficusctl inject`, webhook).
 //! - [`webhook`] — the mutating admission webhook (`--webhook`) serving [`inject`].
+//! - [`kubernetes`] — CRDs generated from the raw config types.
 //! - [`registry`] — connected sidecars and their ACK/NACK state.
 //! - [`scope`] — which documents each sidecar receives.
 //! - [`state`] — what the tasks share; [`metrics`] — Prometheus metrics; [`listen`] —
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod ca;
 pub mod grpc;
 pub mod inject;
+pub mod kubernetes;
 pub mod listen;
 pub mod metrics;
 pub mod push;

@@ -4,6 +4,7 @@ use serde::Deserialize;
 
 /// `targetRef` of policies: the Backend the policy applies to, in the policy's namespace.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicyTargetRef {
     /// `ficus.dev` or left out.
@@ -17,6 +18,7 @@ pub struct PolicyTargetRef {
 
 /// `TrafficPolicy.spec`: how clients talk to one Backend.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TrafficPolicySpec {
     /// The Backend.
@@ -43,6 +45,7 @@ pub struct TrafficPolicySpec {
 
 /// `connectionPool`; each left-out field defaults to 1024.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConnectionPool {
     /// Upstream connections, at least 1.
@@ -58,6 +61,7 @@ pub struct ConnectionPool {
 
 /// `outlierDetection`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OutlierDetection {
     /// Consecutive 5xx before an endpoint is ejected; default 5.
@@ -76,6 +80,7 @@ pub struct OutlierDetection {
 
 /// `loadBalancer`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadBalancer {
     /// Algorithm.
@@ -85,6 +90,7 @@ pub struct LoadBalancer {
 
 /// `loadBalancer.type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum LoadBalancerType {
     /// Round robin.
     RoundRobin,
@@ -96,6 +102,7 @@ pub enum LoadBalancerType {
 
 /// `retryBudget`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetryBudget {
     /// Share of requests that may be retries, 0..=100; default 20.
@@ -108,6 +115,7 @@ pub struct RetryBudget {
 
 /// `rateLimit`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateLimit {
     /// Requests allowed per window, at least 1.
@@ -118,6 +126,7 @@ pub struct RateLimit {
 
 /// `faultInjection`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultInjection {
     /// Requests answered with an error status.
@@ -130,6 +139,7 @@ pub struct FaultInjection {
 
 /// `faultInjection.abort`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultAbort {
     /// Share of requests aborted, 0..=100.
@@ -140,6 +150,7 @@ pub struct FaultAbort {
 
 /// `faultInjection.delay`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultDelay {
     /// Share of requests delayed, 0..=100.
@@ -150,6 +161,7 @@ pub struct FaultDelay {
 
 /// `AuthorizationPolicy.spec`: who may call one Backend, checked by its sidecar.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
     /// The protected Backend.
@@ -163,6 +175,7 @@ pub struct AuthorizationPolicySpec {
 
 /// `action`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum AuthzAction {
     /// Matching requests are allowed, the rest denied.
     #[serde(rename = "ALLOW")]
@@ -175,6 +188,7 @@ pub enum AuthzAction {
 /// One `rules[]` entry: a request matches when some `from` and some `to` entry match (an
 /// empty list matches everything).
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthzRule {
     /// Sources.
@@ -187,6 +201,7 @@ pub struct AuthzRule {
 
 /// `rules[].from[]`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthzFrom {
     /// SPIFFE IDs of callers; a trailing `*` matches any suffix.
@@ -196,6 +211,7 @@ pub struct AuthzFrom {
 
 /// `rules[].to[]`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthzTo {
     /// Uppercase methods; empty matches any.
