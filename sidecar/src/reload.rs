@@ -71,7 +71,11 @@ impl Reloader {
             identity: &self.shared.identity,
             tls: self.shared.tls.as_ref(),
         };
-        let snapshot = Snapshot::build(config, version, source.to_owned(), &cx);
+        let mut snapshot = Snapshot::build(config, version, source.to_owned(), &cx);
+        if let Err(message) = self.shared.attach_access_log(&mut snapshot) {
+            self.reject(message.clone(), source);
+            return Err(message);
+        }
         let prepared = match self.tcp.prepare(&snapshot) {
             Ok(prepared) => prepared,
             Err(message) => {

@@ -21,6 +21,7 @@ use crate::proxy::filters::{HeaderOps, Redirect, Rewrite};
 use crate::proxy::mirror::Mirror;
 use crate::route::{CompiledMatch, RouteEntry, RouteTable, ServiceName, WeightedSet};
 use crate::state::Identity;
+use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::{Direction, Metrics, RequestMetrics};
 use crate::upstream::{EndpointPool, PoolRegistry, PoolSettings};
 
@@ -45,6 +46,9 @@ pub struct Snapshot {
     pub inbound: Arc<InboundTarget>,
     /// Metrics for requests that name no service.
     pub unrouted: Arc<RequestMetrics>,
+    /// The access-log writer when `Mesh.spec.accessLog` is set (attached by
+    /// `Shared::attach_access_log` before the swap).
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// An outbound service: its precedence-ordered route table.
@@ -404,6 +408,7 @@ impl Snapshot {
             tcp,
             inbound,
             unrouted,
+            access_log: None,
         }
     }
 

@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use crate::drain::DrainSignal;
 use crate::mtls::MeshTls;
 use crate::snapshot::Snapshot;
+use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::logging::LogHandle;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::PoolRegistry;
@@ -101,10 +102,40 @@ impl Shared {
         self.metrics
             .config_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
+        self.metrics.set_route_weights(&self.snapshot.load().config);
         if let Ok(mut status) = self.status.lock() {
             status.applied_at = Some(SystemTime::now());
             status.last_error = None;
         }
+    }
+
+    /// Gives `snapshot` the access-log writer its Mesh asks for: the serving one when the
+    /// target is unchanged, a new one otherwise, none when access logs are off. Fails, with a
+    /// message naming the file, when a new file cannot be opened.
+    pub fn attach_access_log(&self, snapshot: &mut Snapshot) -> Result<(), String> {
+        let Some(wanted) = &snapshot.config.mesh.access_log else {
+            snapshot.access_log = None;
+            return Ok(());
+        };
+        let serving = self.snapshot.load();
+        if let Some(log) = serving
+            .access_log
+            .as_ref()
+            .filter(|log| *log.target() == wanted.target)
+        {
+            snapshot.access_log = Some(Arc::clone(log));
+            return Ok(());
+        }
+        let log = AccessLog::open(
+            &wanted.target,
+            self.metrics.access_log_dropped.clone(),
+            self.metrics.access_log_write_failed.clone(),
+        )
+        .map_err(|error| {
+            format!("spec.accessLog.path: cannot open {:?}: {error}", wanted.target)
+        })?;
+        snapshot.access_log = Some(log);
+        Ok(())
     }
 
     /// Records a rejected config; the serving snapshot stays.

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
@@ -18,6 +19,7 @@ use crate::drain::Drain;
 use crate::listener::accept_loop;
 use crate::snapshot::Snapshot;
 use crate::state::Shared;
+use crate::telemetry::access_log::TcpEntry;
 use crate::tunnel::copy_with_idle_timeout;
 
 /// The running opaque TCP listeners.
@@ -88,8 +90,8 @@ impl TcpListeners {
                 };
                 tracing::info!(%address, "opaque TCP listener started");
                 let connections = tracker.clone();
-                accept_loop(listener, "tcp", drain, connections, move |stream, _peer| {
-                    proxy_connection(Arc::clone(&shared), address, stream)
+                accept_loop(listener, "tcp", drain, connections, move |stream, peer| {
+                    proxy_connection(Arc::clone(&shared), address, stream, peer)
                 })
                 .await;
             });
@@ -99,29 +101,66 @@ impl TcpListeners {
 }
 
 /// Forwards one accepted connection.
-async fn proxy_connection(shared: Arc<Shared>, listen: SocketAddr, mut downstream: TcpStream) {
+async fn proxy_connection(
+    shared: Arc<Shared>,
+    listen: SocketAddr,
+    mut downstream: TcpStream,
+    peer: SocketAddr,
+) {
     let metrics = &shared.metrics;
     metrics.tcp_opened.inc();
-    let service = shared.snapshot.load().tcp.get(&listen).cloned();
-    if let Some(service) = service {
+    let snapshot = shared.snapshot.load_full();
+    // With access logs on: (when, what the line needs), filled in as the connection goes.
+    let mut log = snapshot.access_log.as_ref().map(|_| {
+        let entry = TcpEntry {
+            time: SystemTime::now(),
+            listen,
+            downstream: peer,
+            service: String::new(),
+            backend: "none".to_owned(),
+            upstream: None,
+            flags: "",
+            duration: Duration::ZERO,
+            bytes_received: 0,
+            bytes_sent: 0,
+        };
+        (Instant::now(), entry)
+    });
+    if let Some(service) = snapshot.tcp.get(&listen).cloned() {
         let target = service.backends.pick();
         let endpoint = target.endpoint();
+        if let Some((_, entry)) = &mut log {
+            entry.service.clone_from(&service.label);
+            entry.backend.clone_from(&target.label);
+            entry.upstream = Some(endpoint.address());
+        }
         match endpoint.connect_tcp().await {
             Ok(mut upstream) => {
-                let idle = shared.snapshot.load().limits.connection_idle_timeout;
+                let idle = snapshot.limits.connection_idle_timeout;
                 let (bytes, result) =
                     copy_with_idle_timeout(&mut downstream, &mut upstream, idle).await;
                 metrics.tcp_bytes_sent.inc_by(bytes.forward);
                 metrics.tcp_bytes_received.inc_by(bytes.backward);
+                if let Some((_, entry)) = &mut log {
+                    entry.bytes_received = bytes.forward;
+                    entry.bytes_sent = bytes.backward;
+                }
                 if let Err(error) = result {
                     tracing::debug!(service = %service.label, %error, "opaque TCP connection ended");
                 }
             }
             Err(error) => {
                 metrics.upstream_failure(error.reason());
+                if let Some((_, entry)) = &mut log {
+                    entry.flags = "UF";
+                }
                 tracing::debug!(service = %service.label, %error, "opaque TCP connect failed");
             }
         }
+    }
+    if let (Some((started, mut entry)), Some(access_log)) = (log, &snapshot.access_log) {
+        entry.duration = started.elapsed();
+        access_log.tcp(entry);
     }
     metrics.tcp_closed.inc();
 }

@@ -14,16 +14,25 @@ use crate::authz::Decision;
 use crate::body::{with_idle_timeout, Body};
 use crate::policy::rate_limit;
 use crate::state::Shared;
+use crate::telemetry::access_log;
+use crate::telemetry::metrics::Direction;
 
 /// Handles one request from a peer. Never fails: errors become responses.
 pub async fn handle(
     shared: &Shared,
     peer: SocketAddr,
     identity: Option<HeaderValue>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
+    let log = access_log::Pending::begin(
+        snapshot.access_log.as_ref(),
+        &mut request,
+        Direction::Inbound,
+        peer,
+        identity.as_ref(),
+    );
     let inbound = &snapshot.inbound;
     let limits = &snapshot.limits;
     if let Err(error) = super::guard::check(&request) {
@@ -32,7 +41,7 @@ pub async fn handle(
         inbound
             .metrics
             .record(response.status().as_u16(), flag, started.elapsed());
-        return response;
+        return access_log::finish(log, response, &inbound.metrics, flag);
     }
     if inbound.authz.is_active() {
         let peer_id = identity.as_ref().and_then(|v| v.to_str().ok());
@@ -47,7 +56,7 @@ pub async fn handle(
             inbound
                 .metrics
                 .record(response.status().as_u16(), flag, started.elapsed());
-            return response;
+            return access_log::finish(log, response, &inbound.metrics, flag);
         }
     }
     if let Some(limiter) = &inbound.rate_limit {
@@ -58,7 +67,7 @@ pub async fn handle(
             inbound
                 .metrics
                 .record(response.status().as_u16(), flag, started.elapsed());
-            return response;
+            return access_log::finish(log, response, &inbound.metrics, flag);
         }
     }
     // HTTP/2 to the app when the peer spoke it, unless a verified client sidecar says the
@@ -107,6 +116,8 @@ pub async fn handle(
                 &inbound.http1
             };
             let body = with_idle_timeout(incoming, limits.body_idle_timeout);
+            let body = access_log::count_received(&parts.extensions, body);
+            access_log::note_upstream(&parts.extensions, pool.address());
             let request = Request::from_parts(parts, body);
             let timeout = limits.upstream_response_timeout;
             match forward(pool, request, timeout, on_upgrade, limits).await {
@@ -121,5 +132,5 @@ pub async fn handle(
     inbound
         .metrics
         .record(response.status().as_u16(), flag, started.elapsed());
-    response
+    access_log::finish(log, response, &inbound.metrics, flag)
 }

@@ -19,20 +19,28 @@ use crate::policy::breaker::Guarded;
 use crate::route::ServiceName;
 use crate::snapshot::{RouteBackend, Snapshot};
 use crate::state::Shared;
-use crate::telemetry::metrics::RequestMetrics;
+use crate::telemetry::access_log;
+use crate::telemetry::metrics::{Direction, RequestMetrics};
 
 /// Handles one request from the local app. Never fails: errors become responses.
 pub async fn handle(
     shared: &Shared,
     peer: SocketAddr,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
     // The request runs on this snapshot to its end, whatever is swapped in meanwhile.
     let snapshot = shared.snapshot.load_full();
+    let log = access_log::Pending::begin(
+        snapshot.access_log.as_ref(),
+        &mut request,
+        Direction::Outbound,
+        peer,
+        None,
+    );
     let (response, metrics, flag) = route_and_forward(shared, &snapshot, peer, request).await;
     metrics.record(response.status().as_u16(), flag, started.elapsed());
-    response
+    access_log::finish(log, response, metrics, flag)
 }
 
 async fn route_and_forward<'s>(
@@ -101,6 +109,7 @@ async fn route_and_forward<'s>(
         }
     }
     let endpoint = backend.endpoint();
+    access_log::note_upstream(request.extensions(), endpoint.address());
     // HTTP/2 for h2c/gRPC backends and for mTLS to peer sidecars (ALPN h2): the app's
     // HTTP/1.1 crosses the mesh as HTTP/2 and turns back into HTTP/1.1 at the other side.
     let http2 = endpoint.is_http2();
@@ -180,8 +189,9 @@ async fn route_and_forward<'s>(
         },
     };
     // One try without retries; the outcome counts for outlier detection.
-    let send_once = |parts, incoming| async move {
+    let send_once = |parts: http::request::Parts, incoming| async move {
         let body = with_idle_timeout(incoming, limits.body_idle_timeout);
+        let body = access_log::count_received(&parts.extensions, body);
         let upstream_request = Request::from_parts(parts, body);
         let in_flight = backend.start(endpoint);
         let outcome = forward(endpoint, upstream_request, timeout, on_upgrade, limits).await;
@@ -207,6 +217,7 @@ async fn route_and_forward<'s>(
                 Ok(Replay::Stream(incoming)) => (send_once(parts, incoming).await, None),
                 Ok(replay) => {
                     if let Replay::Buffered(body) = &replay {
+                        access_log::note_received(&parts.extensions, body.len());
                         mirror_copy(body.clone());
                     }
                     let exchange = Exchange {

@@ -1,0 +1,600 @@
+//! JSON access logs: one line per HTTP request and per opaque TCP connection.
+//!
+//! Off by default; `Mesh.spec.accessLog.path` turns them on (`/dev/stdout`, `/dev/stderr` or
+//! a file, appended to). When on, the request path copies a few cheap fields (method,
+//! authority and path share their bytes with the request) into a [`Pending`] line and, when
+//! the response body ends or is dropped, hands it to a writer thread through a bounded queue
+//! with `try_send`. A full queue (a slow disk, a stdout pipe nobody reads) drops the line and
+//! counts it in `ficus_access_log_dropped_total{reason="queue_full"}`: a request never waits
+//! for the log. JSON is built on the writer thread. When off, the cost is one branch on
+//! `Snapshot::access_log`.
+//!
+//! The writer follows the config: a swap with the same target keeps the running writer (see
+//! `Shared::attach_access_log`); a new target opens a new one, and the old writer's thread
+//! ends once the last request holding it has logged. Lines still queued when the process
+//! exits are lost.
+//!
+//! # Fields
+//! HTTP (`"kind": "http"`): `time` (RFC 3339, UTC, when the request arrived), `direction`,
+//! `trace_id` (from `traceparent`, else B3; `null` without a valid one), `request_id`,
+//! `method`, `authority`, `path` (with the query, as received), `protocol`, `status`,
+//! `response_flags`, `response_duration_ms` (to response headers), `duration_ms` (to the end
+//! of the response body), `bytes_received` / `bytes_sent` (request / response body bytes),
+//! `upstream` (the endpoint of the first try), `downstream` (the peer address),
+//! `peer_identity` (inbound: the verified client SPIFFE ID), `service`, `backend`.
+//!
+//! TCP (`"kind": "tcp"`): `time`, `direction`, `listen`, `downstream`, `service`, `backend`,
+//! `upstream`, `response_flags` (`UF` when the connect failed), `duration_ms`,
+//! `bytes_received` (from the app), `bytes_sent` (to the app).
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ficus_config::AccessLogTarget;
+use http::header::{HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Extensions, Method, Request, Response, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use prometheus::IntCounter;
+use serde_json::{json, Value};
+
+use super::metrics::{Direction, RequestMetrics};
+use crate::body::{self, Body, BoxError};
+
+/// Lines waiting for the writer; past this they are dropped and counted.
+const QUEUE: usize = 4096;
+
+/// A running access-log writer: a bounded queue and the thread that drains it.
+#[derive(Debug)]
+pub struct AccessLog {
+    target: AccessLogTarget,
+    sender: SyncSender<Entry>,
+    dropped: IntCounter,
+}
+
+impl AccessLog {
+    /// Opens `target` (a file is created if absent and appended to) and starts its writer
+    /// thread. `dropped` counts lines lost to a full queue, `write_failed` lines the target
+    /// refused.
+    pub fn open(
+        target: &AccessLogTarget,
+        dropped: IntCounter,
+        write_failed: IntCounter,
+    ) -> io::Result<Arc<Self>> {
+        let out: Box<dyn Write + Send> = match target {
+            AccessLogTarget::Stdout => Box::new(io::stdout()),
+            AccessLogTarget::Stderr => Box::new(io::stderr()),
+            AccessLogTarget::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        let (sender, receiver) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("ficus-access-log".into())
+            .spawn(move || write_lines(receiver, out, write_failed))?;
+        Ok(Arc::new(Self {
+            target: target.clone(),
+            sender,
+            dropped,
+        }))
+    }
+
+    /// Where the lines go.
+    pub fn target(&self) -> &AccessLogTarget {
+        &self.target
+    }
+
+    /// Queues a line without waiting; a full queue drops it (counted).
+    fn send(&self, entry: Entry) {
+        match self.sender.try_send(entry) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+
+    /// Logs one opaque TCP connection.
+    pub fn tcp(&self, entry: TcpEntry) {
+        self.send(Entry::Tcp(entry));
+    }
+}
+
+/// The writer thread: one line per entry, flushed whenever the queue runs empty. Ends when
+/// every sender is gone.
+fn write_lines(receiver: Receiver<Entry>, out: Box<dyn Write + Send>, write_failed: IntCounter) {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+    let mut line = String::with_capacity(512);
+    let mut failing = false;
+    let report = |result: io::Result<()>, failing: &mut bool| match result {
+        Ok(()) => *failing = false,
+        Err(error) => {
+            write_failed.inc();
+            if !*failing {
+                tracing::warn!(%error, "writing the access log failed; lines are being lost");
+            }
+            *failing = true;
+        }
+    };
+    while let Ok(mut entry) = receiver.recv() {
+        loop {
+            line.clear();
+            // Writing into a String cannot fail.
+            let _ = write!(line, "{}", entry.to_json());
+            line.push('\n');
+            report(out.write_all(line.as_bytes()), &mut failing);
+            match receiver.try_recv() {
+                Ok(next) => entry = next,
+                Err(_) => break,
+            }
+        }
+        report(out.flush(), &mut failing);
+    }
+}
+
+/// A line waiting for the writer.
+#[derive(Debug)]
+enum Entry {
+    Http(Box<HttpEntry>),
+    Tcp(TcpEntry),
+}
+
+impl Entry {
+    fn to_json(&self) -> Value {
+        match self {
+            Self::Http(entry) => entry.to_json(),
+            Self::Tcp(entry) => entry.to_json(),
+        }
+    }
+}
+
+/// What one HTTP exchange logs.
+#[derive(Debug)]
+struct HttpEntry {
+    time: SystemTime,
+    direction: Direction,
+    trace_id: Option<String>,
+    request_id: Option<HeaderValue>,
+    method: Method,
+    authority: Option<HeaderValue>,
+    path: Option<PathAndQuery>,
+    protocol: Version,
+    downstream: SocketAddr,
+    peer_identity: Option<HeaderValue>,
+    status: u16,
+    flags: &'static str,
+    response_duration: Duration,
+    duration: Duration,
+    bytes_received: u64,
+    bytes_sent: u64,
+    upstream: Option<SocketAddr>,
+    service: Arc<str>,
+    backend: Arc<str>,
+}
+
+impl HttpEntry {
+    fn to_json(&self) -> Value {
+        let text = |v: &Option<HeaderValue>| {
+            v.as_ref()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        json!({
+            "time": rfc3339(self.time),
+            "kind": "http",
+            "direction": self.direction.as_str(),
+            "trace_id": self.trace_id,
+            "request_id": text(&self.request_id),
+            "method": self.method.as_str(),
+            "authority": text(&self.authority),
+            "path": self.path.as_ref().map(PathAndQuery::as_str),
+            "protocol": format!("{:?}", self.protocol),
+            "status": self.status,
+            "response_flags": self.flags,
+            "response_duration_ms": millis(self.response_duration),
+            "duration_ms": millis(self.duration),
+            "bytes_received": self.bytes_received,
+            "bytes_sent": self.bytes_sent,
+            "upstream": self.upstream.map(|a| a.to_string()),
+            "downstream": self.downstream.to_string(),
+            "peer_identity": text(&self.peer_identity),
+            "service": &*self.service,
+            "backend": &*self.backend,
+        })
+    }
+}
+
+/// What one opaque TCP connection logs.
+#[derive(Debug)]
+pub struct TcpEntry {
+    /// When it was accepted.
+    pub time: SystemTime,
+    /// The local listener.
+    pub listen: SocketAddr,
+    /// The app's address.
+    pub downstream: SocketAddr,
+    /// `destination_service`.
+    pub service: String,
+    /// `destination_backend` (`none` without one).
+    pub backend: String,
+    /// The endpoint connected to, if any.
+    pub upstream: Option<SocketAddr>,
+    /// `""`, or `UF` when the connect failed.
+    pub flags: &'static str,
+    /// Accept to close.
+    pub duration: Duration,
+    /// Bytes from the app.
+    pub bytes_received: u64,
+    /// Bytes to the app.
+    pub bytes_sent: u64,
+}
+
+impl TcpEntry {
+    fn to_json(&self) -> Value {
+        json!({
+            "time": rfc3339(self.time),
+            "kind": "tcp",
+            "direction": Direction::Outbound.as_str(),
+            "listen": self.listen.to_string(),
+            "downstream": self.downstream.to_string(),
+            "service": self.service,
+            "backend": self.backend,
+            "upstream": self.upstream.map(|a| a.to_string()),
+            "response_flags": self.flags,
+            "duration_ms": millis(self.duration),
+            "bytes_received": self.bytes_received,
+            "bytes_sent": self.bytes_sent,
+        })
+    }
+}
+
+/// What the request path fills in after the head was read: the upstream endpoint and the
+/// request body bytes. Travels in the request's extensions (only when logging is on).
+#[derive(Debug, Default)]
+pub struct Exchange {
+    upstream: OnceLock<SocketAddr>,
+    received: AtomicU64,
+}
+
+/// The request-path handle of [`Exchange`], as stored in request extensions.
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeSlot(Arc<Exchange>);
+
+/// Records the endpoint of the first try, when the request is being logged.
+pub fn note_upstream(extensions: &Extensions, upstream: SocketAddr) {
+    if let Some(slot) = extensions.get::<ExchangeSlot>() {
+        let _ = slot.0.upstream.set(upstream);
+    }
+}
+
+/// Records request body bytes read at once (a body buffered for retries).
+pub fn note_received(extensions: &Extensions, bytes: usize) {
+    if let Some(slot) = extensions.get::<ExchangeSlot>() {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        slot.0.received.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Counts the request body's bytes as they stream, when the request is being logged.
+pub fn count_received(extensions: &Extensions, body: Body) -> Body {
+    match extensions.get::<ExchangeSlot>() {
+        None => body,
+        Some(slot) => body::boxed(CountedRequest {
+            inner: body,
+            slot: slot.clone(),
+        }),
+    }
+}
+
+/// A request body that adds its data bytes to the exchange.
+struct CountedRequest {
+    inner: Body,
+    slot: ExchangeSlot,
+}
+
+impl HttpBody for CountedRequest {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let bytes = u64::try_from(data.len()).unwrap_or(u64::MAX);
+                self.slot.0.received.fetch_add(bytes, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An HTTP request being logged, from its head to the end of its response body. Dropped
+/// before [`Pending::finish`] (the downstream went away while waiting), it logs status 0 with
+/// flag `DC`.
+#[derive(Debug)]
+pub struct Pending {
+    log: Arc<AccessLog>,
+    entry: Option<Box<HttpEntry>>,
+    started: Instant,
+    exchange: ExchangeSlot,
+}
+
+impl Pending {
+    /// Starts a line for `request` when logging is on (`log` is `Some`): copies the head's
+    /// fields and puts an [`ExchangeSlot`] into its extensions.
+    pub fn begin<B>(
+        log: Option<&Arc<AccessLog>>,
+        request: &mut Request<B>,
+        direction: Direction,
+        downstream: SocketAddr,
+        peer_identity: Option<&HeaderValue>,
+    ) -> Option<Self> {
+        let log = log?;
+        let exchange = ExchangeSlot::default();
+        request.extensions_mut().insert(exchange.clone());
+        let headers = request.headers();
+        let authority = match request.uri().authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => headers.get(http::header::HOST).cloned(),
+        };
+        let entry = HttpEntry {
+            time: SystemTime::now(),
+            direction,
+            trace_id: trace_id(headers),
+            request_id: headers.get("x-request-id").cloned(),
+            method: request.method().clone(),
+            authority,
+            path: request.uri().path_and_query().cloned(),
+            protocol: request.version(),
+            downstream,
+            peer_identity: peer_identity.cloned(),
+            status: 0,
+            flags: "",
+            response_duration: Duration::ZERO,
+            duration: Duration::ZERO,
+            bytes_received: 0,
+            bytes_sent: 0,
+            upstream: None,
+            service: Arc::from(""),
+            backend: Arc::from(""),
+        };
+        Some(Self {
+            log: Arc::clone(log),
+            entry: Some(Box::new(entry)),
+            started: Instant::now(),
+            exchange,
+        })
+    }
+
+    /// Completes the line with the response head; it is sent when the body ends, fails or is
+    /// dropped.
+    pub fn finish(
+        mut self,
+        response: Response<Body>,
+        metrics: &RequestMetrics,
+        flags: &'static str,
+    ) -> Response<Body> {
+        if let Some(entry) = &mut self.entry {
+            entry.status = response.status().as_u16();
+            entry.flags = flags;
+            entry.response_duration = self.started.elapsed();
+            entry.service = Arc::clone(metrics.service());
+            entry.backend = Arc::clone(metrics.backend());
+        }
+        response.map(|inner| {
+            body::boxed(LoggedBody {
+                inner,
+                pending: Some(self),
+            })
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(mut entry) = self.entry.take() else {
+            return;
+        };
+        entry.duration = self.started.elapsed();
+        if entry.status == 0 {
+            entry.flags = "DC";
+        }
+        entry.bytes_received = self.exchange.0.received.load(Ordering::Relaxed);
+        entry.upstream = self.exchange.0.upstream.get().copied();
+        self.log.send(Entry::Http(entry));
+    }
+}
+
+/// Completes `pending` (when the request is being logged) with the response head; without
+/// one the response passes through untouched.
+pub fn finish(
+    pending: Option<Pending>,
+    response: Response<Body>,
+    metrics: &RequestMetrics,
+    flags: &'static str,
+) -> Response<Body> {
+    match pending {
+        None => response,
+        Some(pending) => pending.finish(response, metrics, flags),
+    }
+}
+
+/// A response body that sends its request's line when it ends, fails or is dropped.
+struct LoggedBody {
+    inner: Body,
+    pending: Option<Pending>,
+}
+
+impl HttpBody for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, Bytes::len);
+                let end = self.inner.is_end_stream();
+                if let Some(entry) = self.pending.as_mut().and_then(|p| p.entry.as_mut()) {
+                    entry.bytes_sent += u64::try_from(len).unwrap_or(u64::MAX);
+                }
+                if end {
+                    self.pending = None;
+                }
+            }
+            // The end, or an error: the line is complete.
+            Poll::Ready(_) => self.pending = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The trace id of the incoming request: W3C `traceparent`, else B3 (`x-b3-traceid` or the
+/// single `b3` header); `None` when absent or malformed (a 64-bit B3 id is padded to 128).
+pub fn trace_id(headers: &HeaderMap) -> Option<String> {
+    let valid = |id: &str, lengths: &[usize]| {
+        lengths.contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && id.bytes().any(|b| b != b'0')
+    };
+    let padded = |id: &str| format!("{id:0>32}");
+    if let Some(value) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let mut fields = value.split('-');
+        let (version, id, parent, flags) =
+            (fields.next(), fields.next(), fields.next(), fields.next());
+        if let (Some(version), Some(id), Some(parent), Some(flags)) = (version, id, parent, flags) {
+            let version_ok = version.len() == 2
+                && version != "ff"
+                && version.bytes().all(|b| b.is_ascii_hexdigit())
+                && (version != "00" || fields.next().is_none());
+            if version_ok && valid(id, &[32]) && valid(parent, &[16]) && flags.len() == 2 {
+                return Some(id.to_owned());
+            }
+        }
+        return None;
+    }
+    if let Some(id) = headers.get("x-b3-traceid").and_then(|v| v.to_str().ok()) {
+        return valid(id, &[16, 32]).then(|| padded(id));
+    }
+    let single = headers.get("b3").and_then(|v| v.to_str().ok())?;
+    let id = single.split('-').next()?;
+    valid(id, &[16, 32]).then(|| padded(id))
+}
+
+/// Milliseconds with microsecond precision.
+fn millis(duration: Duration) -> f64 {
+    (duration.as_micros() as f64) / 1000.0
+}
+
+/// `2026-11-25T20:15:03.123Z`.
+fn rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = since.as_secs();
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Year, month, day of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn trace_id_from_traceparent_and_b3() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let parent = format!("00-{id}-00f067aa0ba902b7-01");
+        let mut map = HeaderMap::new();
+        map.insert("traceparent", HeaderValue::from_str(&parent).unwrap());
+        assert_eq!(trace_id(&map).as_deref(), Some(id));
+        for bad in [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            let mut map = HeaderMap::new();
+            map.insert("traceparent", HeaderValue::from_static(bad));
+            assert_eq!(trace_id(&map), None, "{bad}");
+        }
+        let b3 = headers(&[("x-b3-traceid", "a3ce929d0e0e4736")]);
+        assert_eq!(
+            trace_id(&b3).as_deref(),
+            Some("0000000000000000a3ce929d0e0e4736")
+        );
+        let single = headers(&[("b3", "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1")]);
+        assert_eq!(trace_id(&single).as_deref(), Some(id));
+        assert_eq!(trace_id(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        let at = |secs: u64, millis: u64| {
+            rfc3339(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis))
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(1_795_647_599, 999), "2026-11-25T22:59:59.999Z");
+    }
+}
