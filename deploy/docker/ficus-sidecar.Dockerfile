@@ -1,0 +1,30 @@
+# syntax=docker/dockerfile:1
+# ficus-sidecar: the proxy, and `ficus-sidecar redirect` for the ficus-init container (which
+# is why the runtime image carries iptables). Build from the repository root:
+#   docker build -f deploy/docker/ficus-sidecar.Dockerfile -t ficus/ficus-sidecar:0.1.0 .
+FROM rust:1.95.0-bookworm AS build
+WORKDIR /src
+# Only what the workspace needs (target/ and the rest stay out of the context's layers).
+COPY Cargo.toml Cargo.lock rust-toolchain.toml ./
+COPY config config
+COPY identity identity
+COPY sidecar sidecar
+COPY control control
+COPY tests tests
+COPY benches benches
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p ficus-sidecar --bin ficus-sidecar \
+    && cp target/release/ficus-sidecar /ficus-sidecar
+
+FROM debian:bookworm-slim
+# iptables (nft and legacy backends) for `redirect`.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends iptables \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /ficus-sidecar /usr/local/bin/ficus-sidecar
+# The proxy runs as 1337, the uid the redirect rules exempt; the init container overrides it
+# with root for `redirect`.
+USER 1337:1337
+EXPOSE 15000 15001 15006
+ENTRYPOINT ["/usr/local/bin/ficus-sidecar"]

@@ -1,0 +1,257 @@
+//! deploy/: every manifest validates against the Kubernetes schemas (with the Python
+//! `kubernetes-validate`, which `scripts/install-test-deps` installs into
+//! /opt/ficus-test-venv; the test skips with a message without it), the kustomization builds
+//! (`kubectl kustomize`, when kubectl exists), `bootstrap-ca` prints valid manifests, and each
+//! Dockerfile copies the whole workspace.
+//!
+//! No API server runs here: `kubectl apply --dry-run=client` needs one for discovery, so it is
+//! not run. The Ficus custom resources of deploy/examples/mesh.yaml are checked against the
+//! generated CRD schemas by ficus-control's `kubernetes::crd` tests instead.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ficus_tests::control::ficusctl;
+use ficus_tests::process::binary;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `kubernetes-validate` from $FICUS_KUBERNETES_VALIDATE, PATH or /opt/ficus-test-venv.
+fn kubernetes_validate() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("FICUS_KUBERNETES_VALIDATE").map(PathBuf::from),
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("kubernetes-validate"))
+                .find(|p| p.is_file())
+        }),
+        Some(PathBuf::from(
+            "/opt/ficus-test-venv/bin/kubernetes-validate",
+        )),
+    ];
+    candidates.into_iter().flatten().find(|p| p.is_file())
+}
+
+/// Runs `program args` with `stdin`, at most 120 s; (exit code, stdout, stderr).
+async fn run(program: &Path, args: &[&str], stdin: Option<String>) -> (i32, String, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+    let pid = child.id();
+    let run = tokio::task::spawn_blocking(move || {
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            use std::io::Write;
+            let _ = pipe.write_all(text.as_bytes());
+        }
+        child.wait_with_output()
+    });
+    match tokio::time::timeout(Duration::from_secs(120), run).await {
+        Ok(output) => {
+            let output = output.expect("task").expect("output");
+            (
+                output.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        }
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{} {args:?} did not finish within 120 s", program.display());
+        }
+    }
+}
+
+/// Validates `text` (a YAML stream named `what`) strictly: unknown fields are errors.
+async fn validate(validator: &Path, what: &str, text: String) {
+    let file = tempfile::Builder::new()
+        .suffix(".yaml")
+        .tempfile()
+        .expect("temp file");
+    std::fs::write(file.path(), &text).unwrap();
+    let path = file.path().to_str().unwrap().to_owned();
+    let (code, stdout, stderr) = run(validator, &["--strict", &path], None).await;
+    assert_eq!(code, 0, "{what} does not validate:\n{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("Couldn't find schema") && !stderr.contains("Couldn't find schema"),
+        "{what}: a kind without a schema slipped in:\n{stdout}{stderr}"
+    );
+    let documents = text
+        .split("\n---")
+        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
+        .count();
+    assert_eq!(
+        stdout.matches(" passed for resource ").count(),
+        documents,
+        "{what}: every document is checked:\n{stdout}"
+    );
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+const MANIFESTS: &[&str] = &[
+    "deploy/control-plane/namespace.yaml",
+    "deploy/control-plane/rbac.yaml",
+    "deploy/control-plane/control.yaml",
+    "deploy/control-plane/webhook.yaml",
+    "deploy/crds/meshes.yaml",
+    "deploy/crds/backends.yaml",
+    "deploy/crds/trafficpolicies.yaml",
+    "deploy/crds/authorizationpolicies.yaml",
+    "deploy/examples/shop.yaml",
+];
+
+#[tokio::test]
+async fn deploy_manifests_validate_against_the_kubernetes_schemas() {
+    let Some(validator) = kubernetes_validate() else {
+        eprintln!(
+            "SKIPPED: kubernetes-validate not found (run scripts/install-test-deps, or set \
+             FICUS_KUBERNETES_VALIDATE)"
+        );
+        return;
+    };
+    for path in MANIFESTS {
+        validate(&validator, path, read(path)).await;
+    }
+}
+
+#[tokio::test]
+async fn injected_manifests_validate_against_the_kubernetes_schemas() {
+    let Some(validator) = kubernetes_validate() else {
+        eprintln!("SKIPPED: kubernetes-validate not found (run scripts/install-test-deps)");
+        return;
+    };
+    for path in [
+        "deploy/examples/shop.yaml",
+        "tests/fixtures/k8s/workloads.yaml",
+    ] {
+        let out = ficusctl(
+            "http://127.0.0.1:9",
+            &["inject", "-f", "-"],
+            Some(&read(path)),
+        )
+        .await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(out.stdout.contains("ficus-sidecar"), "{path} was injected");
+        validate(
+            &validator,
+            &format!("ficusctl inject -f {path}"),
+            out.stdout,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn bootstrap_ca_prints_valid_manifests_with_the_generated_root() {
+    let script = repo().join("deploy/bootstrap-ca");
+    // The script looks for ficus-control on PATH first: point it at this build.
+    let path = format!(
+        "{}:{}",
+        binary("ficus-control").parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(script)
+            .args(["--print", "shop"])
+            .env("PATH", path)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run bootstrap-ca");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("name: ficus-ca\n  namespace: ficus-system"));
+    assert!(
+        stdout.contains("  key.pem: LS0tLS1CRUdJTi"),
+        "base64 of a PEM key"
+    );
+    assert_eq!(
+        stdout.matches("name: ficus-root-ca").count(),
+        2,
+        "ficus-system and shop"
+    );
+    assert!(stdout.contains("  ca.pem: |\n    -----BEGIN CERTIFICATE-----"));
+    match kubernetes_validate() {
+        Some(validator) => validate(&validator, "bootstrap-ca --print", stdout).await,
+        None => eprintln!("SKIPPED validation: kubernetes-validate not found"),
+    }
+}
+
+#[tokio::test]
+async fn the_kustomization_builds_with_kubectl() {
+    let Some(kubectl) = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("kubectl"))
+            .find(|p| p.is_file())
+    }) else {
+        eprintln!("SKIPPED: kubectl not found");
+        return;
+    };
+    let (code, stdout, stderr) = run(&kubectl, &["kustomize", "deploy"], None).await;
+    assert_eq!(code, 0, "{stderr}");
+    for kind in [
+        "kind: Namespace",
+        "kind: CustomResourceDefinition",
+        "kind: ClusterRole\n",
+        "kind: Deployment",
+        "kind: MutatingWebhookConfiguration",
+    ] {
+        assert!(stdout.contains(kind), "{kind} missing");
+    }
+    assert_eq!(stdout.matches("kind: CustomResourceDefinition").count(), 4);
+    eprintln!(
+        "note: kubectl apply --dry-run=client is not run: it needs an API server for \
+         discovery, and none runs here"
+    );
+    if let Some(validator) = kubernetes_validate() {
+        validate(&validator, "kubectl kustomize deploy", stdout).await;
+    }
+}
+
+#[test]
+fn every_dockerfile_copies_the_whole_workspace() {
+    let manifest = read("Cargo.toml");
+    let members_line = manifest
+        .lines()
+        .find(|l| l.trim_start().starts_with("members"))
+        .expect("workspace members");
+    let members: Vec<&str> = members_line.split('"').skip(1).step_by(2).collect();
+    assert!(members.len() >= 4, "{members:?}");
+    for binary in ["ficus-sidecar", "ficus-control", "ficusctl"] {
+        let dockerfile = read(&format!("deploy/docker/{binary}.Dockerfile"));
+        for member in &members {
+            assert!(
+                dockerfile.contains(&format!("COPY {member} {member}")),
+                "{binary}.Dockerfile must copy workspace member {member}"
+            );
+        }
+        assert!(dockerfile.contains(&format!("--bin {binary}")), "{binary}");
+        assert!(
+            dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM "))
+                >= 2,
+            "{binary}: multi-stage"
+        );
+        assert!(dockerfile.contains("\nUSER "), "{binary}: not root");
+    }
+}
