@@ -162,11 +162,10 @@ async fn route(state: &ControlState, request: Request<Incoming>) -> Response<Bod
         // The store is opened before the API starts, so serving means ready.
         (["ready"], &Method::GET) => text(StatusCode::OK, "ready\n"),
         (["metrics"], &Method::GET) => {
-            let connected = state.registry.connected();
+            let current = u64::try_from(state.metrics.config_version.get()).unwrap_or(0);
             state
                 .metrics
-                .connected_sidecars
-                .set(i64::try_from(connected).unwrap_or(i64::MAX));
+                .observe_sidecars(&state.registry.list(), current);
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.encode())));
             response.headers_mut().insert(
                 CONTENT_TYPE,

@@ -28,6 +28,12 @@ pub struct Metrics {
     pub tls_handshake_failed: IntCounterVec,
     /// `ficus_control_api_denied_total`: write API calls refused for want of an admin token.
     pub api_denied: IntCounter,
+    /// `ficus_control_sidecars_behind`: connected sidecars whose acknowledged version is older
+    /// than the current one (set at each scrape).
+    pub sidecars_behind: IntGauge,
+    /// `ficus_control_sidecars_nacking`: connected sidecars whose last answer was a NACK not
+    /// yet followed by an ACK of a newer version (set at each scrape).
+    pub sidecars_nacking: IntGauge,
     /// `ficus_control_webhook_requests_total{result}`: AdmissionReviews answered by the
     /// injection webhook (`injected`, `skipped`, `error` — admitted without a patch —, and
     /// `invalid` — not an AdmissionReview).
@@ -82,6 +88,16 @@ impl Metrics {
                 "Write API calls refused for want of a valid admin token",
             )
             .expect("static metric definition"),
+            sidecars_behind: IntGauge::new(
+                "ficus_control_sidecars_behind",
+                "Connected sidecars that have not acknowledged the current config version",
+            )
+            .expect("static metric definition"),
+            sidecars_nacking: IntGauge::new(
+                "ficus_control_sidecars_nacking",
+                "Connected sidecars whose last answer was a NACK",
+            )
+            .expect("static metric definition"),
             webhook_requests: IntCounterVec::new(
                 Opts::new(
                     "ficus_control_webhook_requests_total",
@@ -101,6 +117,8 @@ impl Metrics {
             Box::new(metrics.certificates.clone()),
             Box::new(metrics.tls_handshake_failed.clone()),
             Box::new(metrics.api_denied.clone()),
+            Box::new(metrics.sidecars_behind.clone()),
+            Box::new(metrics.sidecars_nacking.clone()),
             Box::new(metrics.webhook_requests.clone()),
         ] {
             metrics
@@ -109,6 +127,20 @@ impl Metrics {
                 .expect("metric names are unique");
         }
         Arc::new(metrics)
+    }
+
+    /// Sets the gauges derived from the registry: connected, behind `current`, NACKing.
+    pub fn observe_sidecars(&self, sidecars: &[crate::registry::SidecarStatus], current: u64) {
+        let connected = sidecars.iter().filter(|s| s.connected);
+        let (mut total, mut behind, mut nacking) = (0i64, 0i64, 0i64);
+        for sidecar in connected {
+            total += 1;
+            behind += i64::from(sidecar.acked_version.is_none_or(|v| v < current));
+            nacking += i64::from(sidecar.last_nack.is_some());
+        }
+        self.connected_sidecars.set(total);
+        self.sidecars_behind.set(behind);
+        self.sidecars_nacking.set(nacking);
     }
 
     /// Prometheus text exposition.
