@@ -519,9 +519,11 @@ fn explore(finished: &Finished, procs: &Processes) {
     let gateway = &finished.sidecars[0];
     println!();
     println!("everything stays up until Ctrl-C (the load has stopped). Try:");
-    println!("  ficusctl --server {api} status");
-    println!("  ficusctl --server {api} history");
-    println!("  ficusctl --server {api} get httproute shop");
+    let ctl = std::env::current_exe()
+        .map_or_else(|_| "ficusctl".to_owned(), |p| p.display().to_string());
+    println!("  {ctl} --server {api} status");
+    println!("  {ctl} --server {api} history");
+    println!("  {ctl} --server {api} get httproute shop");
     println!(
         "  curl -s -H 'Host: shop' http://{}/api/payments/1",
         gateway.outbound
