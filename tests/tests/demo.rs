@@ -228,6 +228,12 @@ fn a_duration_too_short_for_the_steps_is_a_usage_error() {
     let (child, lines) = start(&["--duration", "5s"]);
     let (code, output) = finish(child, &lines);
     assert_eq!(code, 2, "{output}");
-    assert!(output.contains("--duration must be at least 10s"), "{output}");
-    assert!(!output.contains("processes started"), "nothing was started:\n{output}");
+    assert!(
+        output.contains("--duration must be at least 10s"),
+        "{output}"
+    );
+    assert!(
+        !output.contains("processes started"),
+        "nothing was started:\n{output}"
+    );
 }

@@ -519,8 +519,8 @@ fn explore(finished: &Finished, procs: &Processes) {
     let gateway = &finished.sidecars[0];
     println!();
     println!("everything stays up until Ctrl-C (the load has stopped). Try:");
-    let ctl = std::env::current_exe()
-        .map_or_else(|_| "ficusctl".to_owned(), |p| p.display().to_string());
+    let ctl =
+        std::env::current_exe().map_or_else(|_| "ficusctl".to_owned(), |p| p.display().to_string());
     println!("  {ctl} --server {api} status");
     println!("  {ctl} --server {api} history");
     println!("  {ctl} --server {api} get httproute shop");
