@@ -39,8 +39,11 @@ pub mod exit {
 /// Runs the sidecar until SIGTERM/SIGINT or `/quitquitquit`; returns the exit code.
 pub fn run(args: Args) -> u8 {
     let log = logging::init(args.log_format, &args.log_level);
-    if args.transparent {
-        eprintln!("error: --transparent is not available yet; use explicit mode");
+    if args.transparent && crate::transparent::running_as_root() {
+        eprintln!(
+            "error: --transparent must not run as root: the redirect rules exempt only the \
+             proxy's uid (ficus-sidecar redirect --proxy-uid, default 1337); run as that uid"
+        );
         return exit::BAD_CONFIG;
     }
     // File mode validates the config before anything starts; push mode starts unready.
@@ -76,6 +79,24 @@ pub fn run(args: Args) -> u8 {
     ) else {
         return exit::FATAL;
     };
+    // Transparent mode takes IPv6 too: ip6tables redirects to [::1] (outbound) and [::].
+    let mut extra = Vec::new();
+    if args.transparent {
+        for (address, side) in [
+            (args.outbound, Side::Outbound),
+            (args.inbound, Side::Inbound),
+        ] {
+            let Some(v6) = crate::transparent::ipv6_companion(address) else {
+                continue;
+            };
+            match crate::transparent::bind_v6_only(v6) {
+                Ok(listener) => extra.push((listener, side)),
+                Err(error) => {
+                    tracing::warn!(%v6, %error, "no IPv6 listener: IPv6 is not intercepted")
+                }
+            }
+        }
+    }
 
     let workers = args.worker_threads();
     let runtime = match data_plane_runtime(workers) {
@@ -92,6 +113,27 @@ pub fn run(args: Args) -> u8 {
         app: args.app,
     };
     let metrics = Metrics::new();
+    let transparent = if args.transparent {
+        let own = [&outbound, &inbound, &admin]
+            .into_iter()
+            .chain(extra.iter().map(|(listener, _)| listener))
+            .filter_map(|listener| listener.local_addr().ok())
+            .collect();
+        match crate::transparent::TransparentMetrics::register(&metrics) {
+            Ok(counters) => Some(Arc::new(crate::transparent::Transparent::new(
+                &args.opaque_ports,
+                args.detect_timeout,
+                own,
+                counters,
+            ))),
+            Err(error) => {
+                eprintln!("error: transparent-mode metrics: {error}");
+                return exit::FATAL;
+            }
+        }
+    } else {
+        None
+    };
     let pools = PoolRegistry::default();
     let empty = Snapshot::empty(&BuildContext {
         pools: &pools,
@@ -177,8 +219,12 @@ pub fn run(args: Args) -> u8 {
     );
     let code = runtime.block_on(serve(
         shared,
-        outbound,
-        inbound,
+        Listeners {
+            outbound,
+            inbound,
+            extra,
+            transparent,
+        },
         drain,
         connections,
         args.drain_timeout,
@@ -235,18 +281,38 @@ fn data_plane_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime
     }
 }
 
-async fn serve(
-    shared: Arc<Shared>,
+/// The data-plane listeners.
+struct Listeners {
     outbound: std::net::TcpListener,
     inbound: std::net::TcpListener,
+    /// Transparent mode's IPv6 listeners.
+    extra: Vec<(std::net::TcpListener, Side)>,
+    /// Transparent mode: how redirected connections are served.
+    transparent: Option<Arc<crate::transparent::Transparent>>,
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    listeners: Listeners,
     drain: drain::Drain,
     connections: TaskTracker,
     drain_timeout: Duration,
 ) -> u8 {
-    for (listener, side, name) in [
+    let Listeners {
+        outbound,
+        inbound,
+        extra,
+        transparent,
+    } = listeners;
+    let mut all = vec![
         (outbound, Side::Outbound, "outbound"),
         (inbound, Side::Inbound, "inbound"),
-    ] {
+    ];
+    all.extend(extra.into_iter().map(|(listener, side)| match side {
+        Side::Outbound => (listener, side, "outbound-v6"),
+        Side::Inbound => (listener, side, "inbound-v6"),
+    }));
+    for (listener, side, name) in all {
         let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(error) => {
@@ -256,19 +322,25 @@ async fn serve(
         };
         let shared = Arc::clone(&shared);
         let drain_for_connections = drain.clone();
+        let transparent = transparent.clone();
         tokio::spawn(accept_loop(
             listener,
             name,
             drain.clone(),
             connections.clone(),
             move |stream, peer| {
-                serve_http(
-                    Arc::clone(&shared),
-                    side,
-                    stream,
-                    peer,
-                    drain_for_connections.clone(),
-                )
+                let shared = Arc::clone(&shared);
+                let drain = drain_for_connections.clone();
+                let transparent = transparent.clone();
+                async move {
+                    match transparent {
+                        Some(transparent) => {
+                            let serve = crate::transparent::serve;
+                            serve(shared, transparent, side, stream, peer, drain).await
+                        }
+                        None => serve_http(shared, side, stream, peer, drain).await,
+                    }
+                }
             },
         ));
     }

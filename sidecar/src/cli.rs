@@ -4,12 +4,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// The Ficus sidecar proxy.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ficus-sidecar", version, about)]
+#[command(name = "ficus-sidecar", version, about, subcommand_negates_reqs = true)]
 pub struct Args {
+    /// A one-shot job instead of the proxy.
+    #[command(subcommand)]
+    pub command: Option<SidecarCommand>,
+
     /// Static mode: config documents from FILE or a directory of `*.yaml`, watched and hot-swapped.
     #[arg(
         long,
@@ -85,9 +89,25 @@ pub struct Args {
     #[arg(long, env = "FICUS_WORKERS")]
     pub workers: Option<usize>,
 
-    /// Take iptables-redirected traffic and read the original destination (not built yet).
+    /// Take iptables-redirected traffic (`ficus-sidecar redirect`) and read the original
+    /// destination of each connection.
     #[arg(long, env = "FICUS_TRANSPARENT")]
     pub transparent: bool,
+
+    /// Transparent mode: destination ports that are never sniffed for HTTP (server-first
+    /// protocols), added to 25, 587, 3306, 4444, 5432, 6379, 9300, 11211.
+    #[arg(
+        long,
+        env = "FICUS_OPAQUE_PORTS",
+        value_delimiter = ',',
+        value_name = "P,.."
+    )]
+    pub opaque_ports: Vec<u16>,
+
+    /// Transparent mode: how long a redirected connection may stay silent before it is
+    /// forwarded as opaque TCP (a server-first protocol never waits longer than this).
+    #[arg(long, env = "FICUS_DETECT_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
 
     /// Log format.
     #[arg(long, env = "FICUS_LOG_FORMAT", value_enum, default_value = "text")]
@@ -96,6 +116,14 @@ pub struct Args {
     /// Initial log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     #[arg(long, env = "FICUS_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SidecarCommand {
+    /// Install (or with --cleanup remove) the iptables/ip6tables nat rules of transparent mode
+    /// in the current network namespace.
+    Redirect(crate::redirect::RedirectArgs),
 }
 
 /// `--log-format`.

@@ -10,6 +10,7 @@
 //! - [`policy`] — retries and retry budgets, per rule and per Backend.
 //! - [`listener`] — accept loops and downstream HTTP connections; [`detect`] — h1 or h2.
 //! - [`tcp`] — opaque TCP listeners; [`tunnel`] — byte copying with an idle timeout.
+//! - [`transparent`] — iptables-redirected connections; [`redirect`] — the rules themselves.
 //! - [`reload`], [`watch`] and [`control`] — the swap, fed by file watching or by pushes.
 //! - [`admin`] — the admin server; [`authz`] — inbound AuthorizationPolicy.
 //! - [`telemetry`] — metrics and logs.
@@ -28,12 +29,14 @@ pub mod listener;
 pub mod mtls;
 pub mod policy;
 pub mod proxy;
+pub mod redirect;
 pub mod reload;
 pub mod route;
 pub mod snapshot;
 pub mod state;
 pub mod tcp;
 pub mod telemetry;
+pub mod transparent;
 pub mod tunnel;
 pub mod upstream;
 pub mod watch;

@@ -21,6 +21,7 @@ use crate::detect::{detect, DetectError, Prefixed, Protocol};
 use crate::drain::Drain;
 use crate::snapshot::ServerSettings;
 use crate::state::Shared;
+use crate::transparent::Redirected;
 
 /// Pause after an accept error, so a full fd table does not turn into a busy loop.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -95,13 +96,8 @@ pub async fn serve_http(
     peer: SocketAddr,
     drain: Drain,
 ) {
-    // Settings of the config in force when the connection arrived; the connection does not
-    // keep the whole snapshot alive.
-    let (server, mode) = {
-        let snapshot = shared.snapshot.load();
-        (snapshot.server.clone(), snapshot.config.mesh.mtls_mode)
-    };
-    let (protocol, read) = match detect(&mut stream, server.detect_timeout).await {
+    let detect_timeout = shared.snapshot.load().server.detect_timeout;
+    let (protocol, read) = match detect(&mut stream, detect_timeout).await {
         Ok(detected) => detected,
         Err(error) => {
             if matches!(error, DetectError::Timeout(_)) {
@@ -112,6 +108,26 @@ pub async fn serve_http(
         }
     };
     let prefixed = Prefixed::new(read, stream);
+    serve_detected(shared, side, prefixed, protocol, peer, drain, None).await;
+}
+
+/// [`serve_http`] once the protocol is known (`prefixed` replays the bytes read to find it).
+/// `redirected` (transparent mode) is attached to every request of the connection.
+pub async fn serve_detected(
+    shared: Arc<Shared>,
+    side: Side,
+    prefixed: Prefixed<TcpStream>,
+    protocol: Protocol,
+    peer: SocketAddr,
+    drain: Drain,
+    redirected: Option<Redirected>,
+) {
+    // Settings of the config in force when the connection arrived; the connection does not
+    // keep the whole snapshot alive.
+    let (server, mode) = {
+        let snapshot = shared.snapshot.load();
+        (snapshot.server.clone(), snapshot.config.mesh.mtls_mode)
+    };
     match (side, protocol) {
         (Side::Inbound, Protocol::Tls) => {
             let Some(tls) = shared.tls.clone().filter(|_| mode != MtlsMode::Disable) else {
@@ -146,7 +162,8 @@ pub async fn serve_http(
                 }
             };
             let io = TokioIo::new(Prefixed::new(read, stream));
-            serve_io(shared, side, io, protocol, peer, identity, &server, drain).await;
+            let context = (identity, redirected);
+            serve_io(shared, side, io, protocol, peer, context, &server, drain).await;
         }
         (Side::Inbound, _) if mode == MtlsMode::Strict => {
             shared.metrics.tls_handshake_failed("plaintext");
@@ -164,7 +181,7 @@ pub async fn serve_http(
                 TokioIo::new(prefixed),
                 protocol,
                 peer,
-                None,
+                (None, redirected),
                 &server,
                 drain,
             )
@@ -173,8 +190,8 @@ pub async fn serve_http(
     }
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on `io`. `identity` is the verified peer's SPIFFE ID (inbound
-/// mTLS), passed to the app.
+/// Serves HTTP/1.1 or HTTP/2 on `io`. `context` holds the verified peer's SPIFFE ID (inbound
+/// mTLS), passed to the app, and the original destination of a redirected connection.
 #[allow(clippy::too_many_arguments)]
 async fn serve_io<I>(
     shared: Arc<Shared>,
@@ -182,15 +199,19 @@ async fn serve_io<I>(
     io: TokioIo<I>,
     protocol: Protocol,
     peer: SocketAddr,
-    identity: Option<HeaderValue>,
+    context: (Option<HeaderValue>, Option<Redirected>),
     server: &ServerSettings,
     drain: Drain,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let service = service_fn(move |request| {
+    let (identity, redirected) = context;
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         let shared = Arc::clone(&shared);
         let identity = identity.clone();
+        if let Some(redirected) = &redirected {
+            request.extensions_mut().insert(redirected.clone());
+        }
         async move {
             let response = match side {
                 Side::Outbound => crate::proxy::outbound::handle(&shared, peer, request).await,

@@ -14,5 +14,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
         }
     };
-    ExitCode::from(ficus_sidecar::app::run(args))
+    match &args.command {
+        Some(ficus_sidecar::cli::SidecarCommand::Redirect(redirect)) => {
+            ExitCode::from(ficus_sidecar::redirect::run(redirect))
+        }
+        None => ExitCode::from(ficus_sidecar::app::run(args)),
+    }
 }

@@ -46,6 +46,11 @@ pub struct Snapshot {
     pub inbound: Arc<InboundTarget>,
     /// Metrics for requests that name no service.
     pub unrouted: Arc<RequestMetrics>,
+    /// Transparent mode: the service of each Backend endpoint address (an original destination
+    /// routes like a request to that Backend's name).
+    destinations: HashMap<SocketAddr, Arc<Service>>,
+    /// Transparent mode: metrics for requests passed through to an unknown destination.
+    pub passthrough: Arc<RequestMetrics>,
     /// The access-log writer when `Mesh.spec.accessLog` is set (attached by
     /// `Shared::attach_access_log` before the swap).
     pub access_log: Option<Arc<AccessLog>>,
@@ -354,6 +359,20 @@ impl Snapshot {
             );
         }
 
+        // Original destinations: each endpoint of an HTTP Backend stands for the service of the
+        // Backend's name (the first Backend in key order wins a shared address).
+        let mut destinations = HashMap::new();
+        for (key, backend) in &config.backends {
+            let Some(service) = services.get(&key.namespace).and_then(|s| s.get(&key.name)) else {
+                continue;
+            };
+            for endpoint in &backend.endpoints {
+                destinations
+                    .entry(endpoint.address)
+                    .or_insert_with(|| Arc::clone(service));
+            }
+        }
+
         let mut tcp = HashMap::new();
         for (key, backend) in &config.backends {
             let Some(listen) = backend.listen else {
@@ -408,6 +427,12 @@ impl Snapshot {
             tcp,
             inbound,
             unrouted,
+            destinations,
+            passthrough: cx.metrics.request_metrics(
+                Direction::Outbound,
+                "passthrough",
+                "passthrough",
+            ),
             access_log: None,
         }
     }
@@ -424,6 +449,11 @@ impl Snapshot {
             documents: Vec::new(),
         };
         Self::build(config, 0, "none".to_owned(), cx)
+    }
+
+    /// Transparent mode: the service whose Backend has an endpoint at `destination`.
+    pub fn service_at(&self, destination: SocketAddr) -> Option<&Arc<Service>> {
+        self.destinations.get(&destination)
     }
 
     /// The service an authority names, resolving bare names in `own_namespace`.

@@ -69,6 +69,9 @@ pub struct SidecarOptions {
     pub addresses: Option<(SocketAddr, SocketAddr, SocketAddr)>,
     /// Extra flags.
     pub extra: Vec<String>,
+    /// A command the sidecar runs under, e.g. `ip netns exec NS setpriv --reuid 1337 ..`;
+    /// the config directory is then made readable for other uids.
+    pub prefix: Vec<String>,
 }
 
 impl Sidecar {
@@ -123,7 +126,17 @@ impl Sidecar {
             .addresses
             .unwrap_or_else(|| (crate::free_addr(), crate::free_addr(), crate::free_addr()));
         let app = options.app.unwrap_or_else(crate::free_addr);
-        let mut command = Command::new(binary("ficus-sidecar"));
+        let mut command = match options.prefix.split_first() {
+            None => Command::new(binary("ficus-sidecar")),
+            Some((program, args)) => {
+                use std::os::unix::fs::PermissionsExt;
+                let readable = std::fs::Permissions::from_mode(0o755);
+                std::fs::set_permissions(dir.path(), readable).expect("chmod config dir");
+                let mut command = Command::new(program);
+                command.args(args).arg(binary("ficus-sidecar"));
+                command
+            }
+        };
         match &options.control {
             Some(url) => command.args(["--control", url]),
             None => command.arg("--config").arg(&config_path),

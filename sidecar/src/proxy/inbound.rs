@@ -110,10 +110,12 @@ pub async fn handle(
                     parts.headers.insert(header::HOST, host);
                 }
             }
-            let pool = if http2 {
-                &inbound.http2
-            } else {
-                &inbound.http1
+            // Transparent mode: the app on the port the peer connected to, not `--app`.
+            let original = crate::transparent::app_pool(&parts.extensions, http2).cloned();
+            let pool = match &original {
+                Some(pool) => pool,
+                None if http2 => &inbound.http2,
+                None => &inbound.http1,
             };
             let body = with_idle_timeout(incoming, limits.body_idle_timeout);
             let body = access_log::count_received(&parts.extensions, body);

@@ -57,9 +57,21 @@ async fn route_and_forward<'s>(
             return (response, &snapshot.unrouted, flag);
         }
     };
-    let Some(service) = ServiceName::parse(&authority)
-        .and_then(|name| snapshot.service(&name, &shared.identity.namespace))
-    else {
+    // Transparent mode: the original destination names the service, else Host does; with
+    // neither known the request passes through to where the app connected.
+    let redirected = crate::transparent::Redirected::of(&request);
+    let by_destination = redirected
+        .as_ref()
+        .and_then(|r| snapshot.service_at(r.original()));
+    let Some(service) = by_destination.or_else(|| {
+        ServiceName::parse(&authority)
+            .and_then(|name| snapshot.service(&name, &shared.identity.namespace))
+    }) else {
+        if let Some(redirected) = &redirected {
+            let passthrough =
+                crate::transparent::passthrough(snapshot, peer, redirected, &authority, request);
+            return passthrough.await;
+        }
         let (response, flag) = ProxyError::NoService(authority).into_response();
         return (response, &snapshot.unrouted, flag);
     };

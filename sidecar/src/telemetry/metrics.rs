@@ -380,6 +380,15 @@ impl Metrics {
         self.upstream_failures.with_label_values(&[reason]).inc();
     }
 
+    /// Registers a collector owned by another module (transparent mode's counters), so
+    /// `/metrics` shows it; its names must be unique.
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), prometheus::Error> {
+        self.registry.register(collector)
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);

@@ -1,0 +1,560 @@
+//! Transparent mode (`--transparent`): connections redirected by the nat rules of
+//! `ficus-sidecar redirect`, served by their original destination.
+//!
+//! Per accepted connection:
+//! 1. The original destination is read from conntrack (`SO_ORIGINAL_DST`, or
+//!    `IP6T_SO_ORIGINAL_DST` on an IPv6 socket). A connection that was not redirected (its
+//!    original destination is the listener itself, or conntrack knows nothing) is served in
+//!    explicit mode as before; one whose original destination is one of our own listeners is
+//!    refused (a loop).
+//! 2. Ports known to carry server-first protocols (MySQL, PostgreSQL, SMTP, ... and
+//!    `--opaque-ports`) go straight to opaque TCP, never waiting for a byte.
+//! 3. Otherwise the first bytes are sniffed for at most `--detect-timeout`: an HTTP/1 method, the
+//!    HTTP/2 preface or a TLS ClientHello. Silence (a server-first protocol on a port we did not
+//!    know) and anything else is forwarded as opaque TCP to the original destination, with the
+//!    bytes read so far replayed. Availability over correctness: a slow HTTP client that is
+//!    mistaken for a server-first one still reaches its destination, only unrouted.
+//! 4. HTTP is served by the usual handlers with a [`Redirected`] request extension. Outbound
+//!    routes by the original destination (an endpoint address of a Backend names its
+//!    service), else by `Host`, else passes the request through to the original destination
+//!    unchanged (`destination_service="passthrough"`). Inbound terminates mTLS as the Mesh says,
+//!    then sends the request to the app on the original port.
+//!
+//! The proxy itself must not be redirected: the rules exempt its uid, so the sidecar refuses
+//! to run transparent as root.
+
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ficus_config::MtlsMode;
+use http::Request;
+use prometheus::{IntCounterVec, Opts};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+use crate::detect::{Prefixed, Protocol};
+use crate::drain::Drain;
+use crate::listener::{serve_detected, serve_http, Side};
+use crate::proxy::error::ProxyError;
+use crate::proxy::forward::{forward, path_and_query, prepare, upstream_uri};
+use crate::snapshot::Snapshot;
+use crate::state::Shared;
+use crate::telemetry::metrics::{Metrics, RequestMetrics};
+use crate::tunnel::copy_with_idle_timeout;
+use crate::upstream::{EndpointPool, PoolSettings};
+
+/// Destination ports whose protocols speak first (or are never HTTP), after Linkerd's list:
+/// SMTP, submission, MySQL, Galera, PostgreSQL, Redis, Elasticsearch transport, memcached.
+pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+
+/// Most bytes read while sniffing; an HTTP method or the HTTP/2 preface is decided well
+/// before this.
+const SNIFF_LIMIT: usize = 64;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the first bytes of a connection look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniffed {
+    /// A TLS record (handshake content type, version 3.x).
+    Tls,
+    /// An HTTP/1 request line (a method token and a space).
+    Http1,
+    /// The HTTP/2 connection preface.
+    Http2,
+    /// Anything else.
+    Opaque,
+}
+
+/// Classifies the start of a connection, or `None` while it could still be several things.
+pub fn classify(start: &[u8]) -> Option<Sniffed> {
+    let first = *start.first()?;
+    if first == 0x16 {
+        return match start.get(1) {
+            None => None,
+            Some(3) => Some(Sniffed::Tls),
+            Some(_) => Some(Sniffed::Opaque),
+        };
+    }
+    if start.starts_with(PREFACE) {
+        return Some(Sniffed::Http2);
+    }
+    if PREFACE.starts_with(start) {
+        return None;
+    }
+    // A method is a token; real ones are upper-case letters (and `-`/`_` in extensions).
+    for (i, byte) in start.iter().enumerate() {
+        match byte {
+            b' ' if i > 0 => return Some(Sniffed::Http1),
+            b'A'..=b'Z' | b'-' | b'_' if i < 20 => {}
+            _ => return Some(Sniffed::Opaque),
+        }
+    }
+    None
+}
+
+/// Why a redirected connection was forwarded as opaque TCP (a label value).
+fn opaque_reason(read: &[u8], timed_out: bool) -> &'static str {
+    match (read.is_empty(), timed_out) {
+        (true, true) => "server_first",
+        (_, true) => "undecided",
+        _ => match classify(read) {
+            Some(Sniffed::Tls) => "tls",
+            _ => "not_http",
+        },
+    }
+}
+
+/// Reads the first bytes for at most `timeout`. `None` when the peer closed or failed.
+async fn sniff(stream: &mut TcpStream, timeout: Duration) -> Option<(Option<Sniffed>, Vec<u8>)> {
+    let mut read = Vec::with_capacity(SNIFF_LIMIT);
+    let decided = tokio::time::timeout(timeout, async {
+        loop {
+            match stream.read_buf(&mut read).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            if let Some(sniffed) = classify(&read) {
+                return Some(sniffed);
+            }
+            if read.len() >= SNIFF_LIMIT {
+                return Some(Sniffed::Opaque);
+            }
+        }
+    })
+    .await;
+    match decided {
+        Ok(Some(sniffed)) => Some((Some(sniffed), read)),
+        Ok(None) => None,
+        Err(_) => Some((None, read)),
+    }
+}
+
+/// Whether `ip` is an address of this host (network namespace): only those can be bound.
+/// Asked only when a destination port is one of ours, so rarely.
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::TcpListener::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// The original destination of a redirected connection (conntrack's view before REDIRECT).
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let socket = socket2::SockRef::from(stream);
+    let address = match stream.local_addr()? {
+        SocketAddr::V4(_) => socket.original_dst_v4()?,
+        SocketAddr::V6(_) => socket.original_dst_v6()?,
+    };
+    address
+        .as_socket()
+        .ok_or_else(|| io::Error::other("original destination is not an IP address"))
+}
+
+/// Metrics of transparent mode.
+#[derive(Debug)]
+pub struct TransparentMetrics {
+    intercepted: IntCounterVec,
+    passthrough: IntCounterVec,
+    refused: IntCounterVec,
+}
+
+impl TransparentMetrics {
+    /// Creates and registers them with `metrics`.
+    pub fn register(metrics: &Metrics) -> Result<Self, prometheus::Error> {
+        let vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let this = Self {
+            intercepted: vec(
+                "ficus_intercepted_connections_total",
+                "Redirected connections by direction and how they were served (http or opaque)",
+                &["direction", "protocol"],
+            )?,
+            passthrough: vec(
+                "ficus_passthrough_connections_total",
+                "Outbound redirected connections forwarded unchanged as bytes to their original \
+                 destination, by reason",
+                &["reason"],
+            )?,
+            refused: vec(
+                "ficus_intercept_refused_total",
+                "Redirected connections refused, by reason",
+                &["reason"],
+            )?,
+        };
+        metrics.register(Box::new(this.intercepted.clone()))?;
+        metrics.register(Box::new(this.passthrough.clone()))?;
+        metrics.register(Box::new(this.refused.clone()))?;
+        for direction in ["outbound", "inbound"] {
+            for protocol in ["http", "opaque"] {
+                this.intercepted.with_label_values(&[direction, protocol]);
+            }
+        }
+        Ok(this)
+    }
+}
+
+/// Transparent-mode settings, shared by the listeners.
+#[derive(Debug)]
+pub struct Transparent {
+    opaque_ports: Vec<u16>,
+    detect_timeout: Duration,
+    own: Vec<SocketAddr>,
+    metrics: TransparentMetrics,
+}
+
+impl Transparent {
+    /// Settings from flags; `own` are the addresses this sidecar listens on.
+    pub fn new(
+        extra_opaque_ports: &[u16],
+        detect_timeout: Duration,
+        own: Vec<SocketAddr>,
+        metrics: TransparentMetrics,
+    ) -> Self {
+        let mut opaque_ports: Vec<u16> = DEFAULT_OPAQUE_PORTS.to_vec();
+        opaque_ports.extend_from_slice(extra_opaque_ports);
+        opaque_ports.sort_unstable();
+        opaque_ports.dedup();
+        Self {
+            opaque_ports,
+            detect_timeout,
+            own,
+            metrics,
+        }
+    }
+
+    /// Whether `destination` is one of our own listeners (connecting there would loop).
+    fn is_own(&self, destination: SocketAddr) -> bool {
+        self.own.iter().any(|own| {
+            own.port() == destination.port()
+                && (own.ip() == destination.ip()
+                    || (own.ip().is_loopback() && destination.ip().is_loopback())
+                    || (own.ip().is_unspecified()
+                        && own.is_ipv4() == destination.is_ipv4()
+                        && is_local(destination.ip())))
+        })
+    }
+}
+
+/// The original destination of a redirected connection, attached to each of its requests.
+#[derive(Debug, Clone)]
+pub struct Redirected(Arc<Destination>);
+
+#[derive(Debug)]
+struct Destination {
+    original: SocketAddr,
+    http1: Arc<EndpointPool>,
+    http2: Arc<EndpointPool>,
+}
+
+impl Redirected {
+    fn new(shared: &Shared, original: SocketAddr, settings: PoolSettings) -> Self {
+        Self(Arc::new(Destination {
+            original,
+            http1: shared.pools.pool(original, false, settings),
+            http2: shared.pools.pool(original, true, settings),
+        }))
+    }
+
+    /// Where the client connected to.
+    pub fn original(&self) -> SocketAddr {
+        self.0.original
+    }
+
+    /// The connections to the original destination, HTTP/2 or HTTP/1.1.
+    pub fn pool(&self, http2: bool) -> &Arc<EndpointPool> {
+        if http2 {
+            &self.0.http2
+        } else {
+            &self.0.http1
+        }
+    }
+
+    /// The extension of `request`, if its connection was redirected.
+    pub fn of<B>(request: &Request<B>) -> Option<Self> {
+        request.extensions().get::<Self>().cloned()
+    }
+}
+
+/// Inbound: the app's pool on the original port, when the request came through redirection.
+pub fn app_pool(extensions: &http::Extensions, http2: bool) -> Option<&Arc<EndpointPool>> {
+    extensions.get::<Redirected>().map(|r| r.pool(http2))
+}
+
+/// Serves one connection accepted by a transparent listener.
+pub async fn serve(
+    shared: Arc<Shared>,
+    transparent: Arc<Transparent>,
+    side: Side,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    drain: Drain,
+) {
+    let original = match (original_dst(&stream), stream.local_addr()) {
+        (Ok(original), Ok(local)) if original != local => original,
+        // Not redirected: someone connected to the listener itself (explicit mode).
+        _ => return serve_http(shared, side, stream, peer, drain).await,
+    };
+    let direction = match side {
+        Side::Outbound => "outbound",
+        Side::Inbound => "inbound",
+    };
+    if transparent.is_own(original) {
+        transparent
+            .metrics
+            .refused
+            .with_label_values(&["own_listener"])
+            .inc();
+        tracing::warn!(%peer, %original, "redirected connection to our own listener refused (loop)");
+        return;
+    }
+    let (settings, mode) = {
+        let snapshot = shared.snapshot.load();
+        let limits = &snapshot.limits;
+        (
+            PoolSettings {
+                connect_timeout: limits.connect_timeout,
+                idle_timeout: limits.upstream_idle_timeout,
+            },
+            snapshot.config.mesh.mtls_mode,
+        )
+    };
+    let (sniffed, read) = if transparent.opaque_ports.contains(&original.port()) {
+        (None, Vec::new())
+    } else {
+        match sniff(&mut stream, transparent.detect_timeout).await {
+            Some(sniffed) => sniffed,
+            None => return,
+        }
+    };
+    let protocol = match (side, sniffed) {
+        (_, Some(Sniffed::Http1)) => Some(Protocol::Http1),
+        (_, Some(Sniffed::Http2)) => Some(Protocol::Http2),
+        // Inbound TLS is the mesh's mTLS; outbound TLS is the app's own, passed through.
+        (Side::Inbound, Some(Sniffed::Tls)) => Some(Protocol::Tls),
+        _ => None,
+    };
+    let metrics = &transparent.metrics;
+    if let Some(protocol) = protocol {
+        metrics
+            .intercepted
+            .with_label_values(&[direction, "http"])
+            .inc();
+        let redirected = Redirected::new(&shared, original, settings);
+        let io = Prefixed::new(read, stream);
+        return serve_detected(shared, side, io, protocol, peer, drain, Some(redirected)).await;
+    }
+    let reason = if transparent.opaque_ports.contains(&original.port()) {
+        "opaque_port"
+    } else {
+        opaque_reason(&read, sniffed.is_none())
+    };
+    if side == Side::Inbound && mode == MtlsMode::Strict {
+        // Opaque TCP is not mTLS'd between sidecars, so STRICT refuses it like any plaintext.
+        shared.metrics.tls_handshake_failed("plaintext");
+        tracing::info!(%peer, %original, reason, "opaque inbound connection refused: mTLS is STRICT");
+        return;
+    }
+    metrics
+        .intercepted
+        .with_label_values(&[direction, "opaque"])
+        .inc();
+    if side == Side::Outbound {
+        metrics.passthrough.with_label_values(&[reason]).inc();
+    }
+    forward_opaque(&shared, original, Prefixed::new(read, stream), reason).await;
+}
+
+/// Copies bytes between the client and the original destination.
+async fn forward_opaque(
+    shared: &Shared,
+    original: SocketAddr,
+    mut downstream: Prefixed<TcpStream>,
+    reason: &'static str,
+) {
+    let metrics = &shared.metrics;
+    let (connect_timeout, idle) = {
+        let snapshot = shared.snapshot.load();
+        (
+            snapshot.limits.connect_timeout,
+            snapshot.limits.connection_idle_timeout,
+        )
+    };
+    metrics.tcp_opened.inc();
+    match tokio::time::timeout(connect_timeout, TcpStream::connect(original)).await {
+        Ok(Ok(mut upstream)) => {
+            let _ = upstream.set_nodelay(true);
+            let (bytes, result) =
+                copy_with_idle_timeout(&mut downstream, &mut upstream, idle).await;
+            metrics.tcp_bytes_sent.inc_by(bytes.forward);
+            metrics.tcp_bytes_received.inc_by(bytes.backward);
+            if let Err(error) = result {
+                tracing::debug!(%original, reason, %error, "opaque connection ended");
+            }
+        }
+        Ok(Err(error)) => {
+            metrics.upstream_failure("connect_refused");
+            tracing::debug!(%original, %error, "opaque connect failed");
+        }
+        Err(_) => {
+            metrics.upstream_failure("connect_timeout");
+            tracing::debug!(%original, "opaque connect timed out");
+        }
+    }
+    metrics.tcp_closed.inc();
+}
+
+/// Outbound HTTP to a destination Ficus knows nothing about, under a `Host` it does not know
+/// either: sent to the original destination as the app addressed it (hop-by-hop headers are
+/// the proxy's business; nothing else is routed, rewritten or retried).
+pub async fn passthrough<'s>(
+    snapshot: &'s Snapshot,
+    peer: SocketAddr,
+    redirected: &Redirected,
+    authority: &str,
+    request: Request<hyper::body::Incoming>,
+) -> (http::Response<Body>, &'s RequestMetrics, &'static str) {
+    let metrics = &*snapshot.passthrough;
+    let http2 = request.version() == http::Version::HTTP_2;
+    let pool = redirected.pool(http2);
+    let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
+    let limits = &snapshot.limits;
+    parts.uri = match upstream_uri(http2, authority, path_and_query(&parts.uri)) {
+        Ok(uri) => uri,
+        Err(error) => {
+            let (response, flag) = error.into_response();
+            return (response, metrics, flag);
+        }
+    };
+    if http2 {
+        parts.headers.remove(http::header::HOST);
+    }
+    let body = crate::body::with_idle_timeout(incoming, limits.body_idle_timeout);
+    let request = Request::from_parts(parts, body);
+    match forward(
+        pool,
+        request,
+        limits.upstream_response_timeout,
+        on_upgrade,
+        limits,
+    )
+    .await
+    {
+        Ok(response) => (response, metrics, ""),
+        Err(error) => {
+            let error: ProxyError = error;
+            tracing::debug!(original = %redirected.original(), %error, "passthrough request failed");
+            let (response, flag) = error.into_response();
+            (response, metrics, flag)
+        }
+    }
+}
+
+/// The extra listener a transparent sidecar needs for IPv6: `[::1]:port` beside a
+/// `127.0.0.1` one (ip6tables REDIRECTs locally generated traffic to `::1`), `[::]:port`
+/// (IPv6 only) beside `0.0.0.0`. `None` for IPv6 addresses or when IPv6 is unavailable.
+pub fn ipv6_companion(address: SocketAddr) -> Option<SocketAddr> {
+    let SocketAddr::V4(v4) = address else {
+        return None;
+    };
+    let ip = if v4.ip().is_loopback() {
+        Ipv6Addr::LOCALHOST
+    } else if v4.ip().is_unspecified() {
+        Ipv6Addr::UNSPECIFIED
+    } else {
+        return None;
+    };
+    Some(SocketAddr::new(IpAddr::V6(ip), v4.port()))
+}
+
+/// Binds an IPv6-only listener (so it never competes with the IPv4 one for v4 traffic).
+pub fn bind_v6_only(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+    socket.set_only_v6(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Whether this process runs as root, read without unsafe code from the owner of
+/// `/proc/self` (the effective uid).
+pub fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify(b""), None);
+        assert_eq!(classify(b"GE"), None);
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Sniffed::Http1));
+        assert_eq!(classify(b"M-SEARCH * HTTP/1.1"), Some(Sniffed::Http1));
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), None);
+        assert_eq!(classify(PREFACE), Some(Sniffed::Http2));
+        assert_eq!(classify(b"POST /"), Some(Sniffed::Http1));
+        assert_eq!(classify(&[0x16]), None);
+        assert_eq!(classify(&[0x16, 0x03, 0x01]), Some(Sniffed::Tls));
+        assert_eq!(classify(&[0x16, 0x00]), Some(Sniffed::Opaque));
+        // Redis, inline and RESP; a binary handshake.
+        assert_eq!(classify(b"PING\r\n"), Some(Sniffed::Opaque));
+        assert_eq!(classify(b"*1\r\n$4\r\nPING\r\n"), Some(Sniffed::Opaque));
+        assert_eq!(
+            classify(&[0, 0, 0, 8, 4, 210, 22, 47]),
+            Some(Sniffed::Opaque)
+        );
+        assert_eq!(classify(b" GET"), Some(Sniffed::Opaque));
+        assert_eq!(classify(&[b'A'; 21]), Some(Sniffed::Opaque));
+    }
+
+    #[test]
+    fn reasons() {
+        assert_eq!(opaque_reason(b"", true), "server_first");
+        assert_eq!(opaque_reason(b"GE", true), "undecided");
+        assert_eq!(opaque_reason(&[0x16, 3, 1], false), "tls");
+        assert_eq!(opaque_reason(b"PING\r\n", false), "not_http");
+    }
+
+    #[test]
+    fn own_listeners_are_recognised() {
+        let metrics = TransparentMetrics::register(&Metrics::new()).unwrap();
+        let own = vec![
+            "127.0.0.1:15001".parse().unwrap(),
+            "0.0.0.0:15006".parse().unwrap(),
+            "[::1]:15001".parse().unwrap(),
+        ];
+        let t = Transparent::new(&[7000], Duration::from_millis(100), own, metrics);
+        assert!(t.is_own("127.0.0.1:15001".parse().unwrap()));
+        assert!(t.is_own("127.0.0.2:15001".parse().unwrap()));
+        assert!(
+            !t.is_own("10.1.2.3:15006".parse().unwrap()),
+            "not an address of ours"
+        );
+        assert!(t.is_own("127.0.0.1:15006".parse().unwrap()));
+        assert!(t.is_own("[::1]:15001".parse().unwrap()));
+        assert!(!t.is_own("10.1.2.3:15001".parse().unwrap()));
+        assert!(!t.is_own("10.1.2.3:80".parse().unwrap()));
+        assert!(t.opaque_ports.contains(&7000) && t.opaque_ports.contains(&5432));
+    }
+
+    #[test]
+    fn ipv6_companions() {
+        assert_eq!(
+            ipv6_companion("127.0.0.1:15001".parse().unwrap()),
+            Some("[::1]:15001".parse().unwrap())
+        );
+        assert_eq!(
+            ipv6_companion("0.0.0.0:15006".parse().unwrap()),
+            Some("[::]:15006".parse().unwrap())
+        );
+        assert_eq!(ipv6_companion("10.0.0.1:15006".parse().unwrap()), None);
+        assert_eq!(ipv6_companion("[::1]:15001".parse().unwrap()), None);
+    }
+}

@@ -1,0 +1,474 @@
+//! Network namespaces for the transparent-interception tests (root only).
+//!
+//! Each test builds its own little network: namespaces named after the test process and a
+//! counter (`ficus-<pid>-<n>-<role>`), joined by veth pairs created directly inside them, so
+//! nothing ever appears in the host namespace and deleting the namespaces (in `Drop`, also when
+//! the test panics) removes every interface, address and iptables rule with them.
+//!
+//! Sockets are created inside a namespace by a short-lived thread that first joins it
+//! (`setns`); a socket stays in the namespace it was created in, so the test's tokio runtime
+//! can use it afterwards. Processes (the sidecar, `iptables-save`) run under
+//! `ip netns exec`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Longest wait for any command or network exchange of these helpers.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// Why interception tests cannot run here (not root, tools missing), or `None`.
+pub fn skip_reason() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        return Some("not root (network namespaces and iptables need it; CI runs as root)".into());
+    }
+    for tool in [
+        "ip",
+        "iptables",
+        "ip6tables",
+        "iptables-save",
+        "ip6tables-save",
+        "setpriv",
+    ] {
+        let found = Command::new(tool)
+            .arg(if tool == "ip" { "-V" } else { "--version" })
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            return Some(format!(
+                "{tool} not installed (scripts/install-test-deps installs it)"
+            ));
+        }
+    }
+    None
+}
+
+/// Runs a command to completion within [`TIMEOUT`]; its output, or an error naming it.
+pub fn run(command: &mut Command) -> anyhow::Result<Output> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("{command:?}: {e}"))?;
+    let started = Instant::now();
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(child.wait_with_output()?);
+        }
+        if started.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("{command:?} did not finish within {TIMEOUT:?}");
+        }
+        // Outputs here are small (they fit the pipe buffer), so polling the exit is enough.
+        // clippy.toml disallows std::thread::sleep; a timed park waits the same way.
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+}
+
+/// Runs a command that must succeed; its stdout.
+pub fn run_ok(command: &mut Command) -> anyhow::Result<String> {
+    let description = format!("{command:?}");
+    let output = run(command)?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "{description} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates `ficus-<pid>-<n>-<role>` with its loopback up.
+    pub fn create(role: &str) -> anyhow::Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("ficus-{}-{n}-{role}", std::process::id());
+        run_ok(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        // No duplicate address detection on the links made here: addresses (link-local ones
+        // too, which neighbour discovery uses) are usable as soon as the link is up.
+        ns.enter(|| {
+            for conf in ["all", "default"] {
+                std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad"), "0")?;
+            }
+            Ok(())
+        })?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n NS args..`.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// The `ip netns exec NS` prefix, for a process started elsewhere.
+    pub fn exec_prefix(&self) -> Vec<String> {
+        ["ip", "netns", "exec", &self.name]
+            .map(str::to_owned)
+            .to_vec()
+    }
+
+    /// Runs `f` on a thread that has joined this namespace (sockets it creates live here).
+    pub fn enter<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path)?;
+            rustix::thread::move_into_link_name_space(
+                file.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )?;
+            f()
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("namespace thread panicked"))?
+    }
+
+    /// A listener bound to `address` inside the namespace.
+    pub fn listen(&self, address: SocketAddr) -> anyhow::Result<TcpListener> {
+        let listener = self.enter(move || {
+            let listener = std::net::TcpListener::bind(address)?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })?;
+        Ok(TcpListener::from_std(listener)?)
+    }
+
+    /// A connection to `address` made from inside the namespace (as this process's uid).
+    pub async fn connect(&self, address: SocketAddr) -> anyhow::Result<TcpStream> {
+        let path = format!("/run/netns/{}", self.name);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let connected = (|| {
+                let file = std::fs::File::open(&path)?;
+                rustix::thread::move_into_link_name_space(
+                    file.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )?;
+                let stream = std::net::TcpStream::connect_timeout(&address, TIMEOUT)?;
+                stream.set_nonblocking(true)?;
+                Ok::<_, std::io::Error>(stream)
+            })();
+            let _ = sender.send(connected);
+        });
+        let stream = tokio::time::timeout(TIMEOUT + Duration::from_secs(1), receiver)
+            .await
+            .map_err(|_| anyhow::anyhow!("connect to {address} in {} timed out", self.name))?
+            .map_err(|_| anyhow::anyhow!("connect thread ended"))?
+            .map_err(|e| anyhow::anyhow!("connect to {address} in {}: {e}", self.name))?;
+        Ok(TcpStream::from_std(stream)?)
+    }
+
+    /// `iptables-save -t nat` (or `ip6tables-save`) without comments and counters, so two
+    /// dumps compare equal exactly when the rules are the same.
+    pub fn nat_rules(&self, ipv6: bool) -> anyhow::Result<String> {
+        let tool = if ipv6 {
+            "ip6tables-save"
+        } else {
+            "iptables-save"
+        };
+        let text = run_ok(self.command(tool).args(["-t", "nat"]))?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| match l.strip_suffix(" [0:0]") {
+                Some(chain) => chain.to_owned(),
+                None => l.split(" [").next().unwrap_or(l).to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys its interfaces (and their veth peers), addresses
+        // and rules; processes still inside keep it alive only until they exit.
+        let _ = run(Command::new("ip").args(["netns", "del", &self.name]));
+    }
+}
+
+/// Joins `a` and `b` with a veth pair (`eth0` in both, up) and gives each end its addresses
+/// (CIDRs; IPv6 ones without duplicate address detection, so they are usable at once).
+pub fn link(a: &NetNs, a_addrs: &[&str], b: &NetNs, b_addrs: &[&str]) -> anyhow::Result<()> {
+    run_ok(Command::new("ip").args([
+        "link", "add", "eth0", "netns", &a.name, "type", "veth", "peer", "name", "eth0", "netns",
+        &b.name,
+    ]))?;
+    for (ns, addrs) in [(a, a_addrs), (b, b_addrs)] {
+        for addr in addrs {
+            let mut args = vec!["addr", "add", addr, "dev", "eth0"];
+            if addr.contains(':') {
+                args.push("nodad");
+            }
+            ns.ip(&args)?;
+        }
+        ns.ip(&["link", "set", "eth0", "up"])?;
+    }
+    // Static neighbour entries: the first IPv6 neighbour solicitation after a link comes up
+    // can be lost, and waiting a second for the retry would outlast a connect timeout.
+    let mac = |ns: &NetNs| -> anyhow::Result<String> {
+        let shown = ns.ip(&["link", "show", "eth0"])?;
+        shown
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no MAC address in {shown:?}"))
+    };
+    let (a_mac, b_mac) = (mac(a)?, mac(b)?);
+    for (ns, peer_addrs, peer_mac) in [(a, b_addrs, &b_mac), (b, a_addrs, &a_mac)] {
+        for cidr in peer_addrs {
+            let ip = cidr.split('/').next().unwrap_or(cidr);
+            ns.ip(&[
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                peer_mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+        }
+    }
+    // Wait (bounded) until no address is tentative any more.
+    let started = Instant::now();
+    for ns in [a, b] {
+        while !ns
+            .ip(&["-6", "addr", "show", "tentative"])?
+            .trim()
+            .is_empty()
+        {
+            if started.elapsed() > TIMEOUT {
+                anyhow::bail!("IPv6 addresses in {} stay tentative", ns.name);
+            }
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+/// An HTTP server in a namespace that answers every request with its name (body and
+/// `x-upstream`) and counts the requests it got.
+#[derive(Debug)]
+pub struct NsHttpServer {
+    /// Requests received.
+    pub received: Arc<Mutex<Vec<http::HeaderMap>>>,
+    task: JoinHandle<()>,
+}
+
+impl NsHttpServer {
+    /// Starts `name` on `address` inside `ns`.
+    pub fn start(ns: &NetNs, address: SocketAddr, name: &'static str) -> anyhow::Result<Self> {
+        let listener = ns.listen(address)?;
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&received);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let recorded = Arc::clone(&recorded);
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        if let Ok(mut list) = recorded.lock() {
+                            list.push(request.headers().clone());
+                        }
+                        async move {
+                            let mut response = Response::new(Full::new(Bytes::from(name)));
+                            response
+                                .headers_mut()
+                                .insert("x-upstream", http::HeaderValue::from_static(name));
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { received, task })
+    }
+
+    /// Requests received so far.
+    pub fn count(&self) -> usize {
+        self.received.lock().map(|r| r.len()).unwrap_or(0)
+    }
+}
+
+impl Drop for NsHttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A server-first TCP server in a namespace: greets each connection, then echoes.
+#[derive(Debug)]
+pub struct NsGreeter {
+    task: JoinHandle<()>,
+}
+
+impl NsGreeter {
+    /// Starts on `address` inside `ns`, greeting with `greeting`.
+    pub fn start(ns: &NetNs, address: SocketAddr, greeting: &'static str) -> anyhow::Result<Self> {
+        let listener = ns.listen(address)?;
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    if stream.write_all(greeting.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let mut buffer = [0u8; 1024];
+                    while let Ok(n) = stream.read(&mut buffer).await {
+                        if n == 0 || stream.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self { task })
+    }
+}
+
+impl Drop for NsGreeter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A response read by [`http_get`].
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// Status code.
+    pub status: u16,
+    /// Header lines, lower-cased names.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+impl Fetched {
+    /// The first header named `name`, or "".
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` over a new connection made inside `ns` to `address`, with `Host: host` and
+/// `extra` headers, `Connection: close`; the whole response within [`TIMEOUT`].
+pub async fn http_get(
+    ns: &NetNs,
+    address: SocketAddr,
+    host: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<Fetched> {
+    let mut stream = ns.connect(address).await?;
+    let mut head = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
+    for (name, value) in extra {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut raw))
+        .await
+        .map_err(|_| anyhow::anyhow!("no complete answer from {address} within {TIMEOUT:?}"))??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("incomplete response from {address}: {text:?}"))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("bad status line from {address}: {head:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(Fetched {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Decodes a complete chunked body (test responses are small and whole).
+fn dechunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        body.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    body
+}
