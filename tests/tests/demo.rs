@@ -5,7 +5,6 @@
 //! stop everything too.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -113,10 +112,35 @@ fn assert_cleaned_up(output: &str) {
         4 + 2 + 5 * 3,
         "apps, control, sidecars:\n{output}"
     );
+    let listening = listening_ports();
     for port in ports {
-        TcpListener::bind(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("port {port} is still taken: {e}\n{output}"));
+        assert!(
+            !listening.contains(&port),
+            "something still listens on port {port}:\n{output}"
+        );
     }
+}
+
+/// Local ports in state LISTEN (`0A`) in /proc/net/tcp and tcp6. (Binding the port to check
+/// would also fail when some other process happens to use it as the source port of a
+/// connection, which says nothing about the demo.)
+fn listening_ports() -> Vec<u16> {
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(3) != Some(&"0A") {
+                continue;
+            }
+            let port = fields
+                .get(1)
+                .and_then(|local| local.rsplit_once(':'))
+                .and_then(|(_, port)| u16::from_str_radix(port, 16).ok());
+            ports.extend(port);
+        }
+    }
+    ports
 }
 
 #[test]
@@ -134,9 +158,17 @@ fn the_demo_migrates_survives_the_fault_rolls_back_and_leaves_nothing_behind() {
     );
     // Every step was applied and observed: version n per step, ACKed by all five sidecars.
     let steps = field(&output, "steps:");
-    for step in ["0% v1", "10% v2", "50% v3", "100% v4 (observed 100.0%)"] {
+    for step in ["0% v1", "10% v2", "50% v3", "100% v4"] {
         assert!(steps.contains(step), "{step} missing in {steps}");
     }
+    // Counted by the apps from the moment every sidecar ACKed the step to its end; a request
+    // routed just before the swap may still land on the monolith on a stalled machine.
+    let observed: f64 = steps
+        .rsplit_once("100% v4 (observed ")
+        .and_then(|(_, rest)| rest.split('%').next())
+        .and_then(|n| n.parse().ok())
+        .expect("observed share of the 100 % step");
+    assert!(observed >= 99.0, "at 100 %: {steps}");
     // The fault phase: payments-v2-2 fails every other request with 503 and hangs on the rest.
     // Without the mesh's help about a quarter of the payment calls would fail (half go to the
     // bad instance, half of those get a 503). A failed or timed-out try is retried on the

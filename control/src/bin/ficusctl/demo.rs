@@ -9,7 +9,8 @@
 //! moves `/api/payments` 0 → 10 → 50 → 100 % to payments-v2 through the API `ficusctl apply`
 //! uses, makes one payments-v2 instance slow and failing, shows `history` and a `rollback`,
 //! and prints a summary. Everything it started is killed and reaped when it ends, on an error,
-//! on Ctrl-C or SIGTERM, and when a panic unwinds.
+//! on Ctrl-C, SIGTERM or SIGHUP, and when a panic unwinds (not when it is killed with
+//! SIGKILL: the children would need a parent-death signal, set between fork and exec).
 
 #[path = "demo/apps.rs"]
 mod apps;
@@ -110,11 +111,13 @@ pub async fn run(duration: Duration, keep: bool) -> Result<(), CtlError> {
     let cannot = |e: std::io::Error| CtlError::failed(format!("cannot handle signals: {e}"));
     let mut interrupt = signal(SignalKind::interrupt()).map_err(cannot)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(cannot)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(cannot)?;
     let mut procs = Processes::new()?;
     let outcome = tokio::select! {
         outcome = migrate(&mut procs, duration) => outcome,
         _ = interrupt.recv() => Err(Stop::Signal("interrupted (Ctrl-C)")),
         _ = terminate.recv() => Err(Stop::Signal("terminated (SIGTERM)")),
+        _ = hangup.recv() => Err(Stop::Signal("hung up (SIGHUP)")),
     };
     let result = match outcome {
         Ok(finished) => {
@@ -123,6 +126,7 @@ pub async fn run(duration: Duration, keep: bool) -> Result<(), CtlError> {
                 tokio::select! {
                     _ = interrupt.recv() => {}
                     _ = terminate.recv() => {}
+                    _ = hangup.recv() => {}
                 }
                 println!();
             }
