@@ -210,6 +210,9 @@ pub struct HttpRoute {
     pub parents: Vec<ResourceKey>,
     /// Rules in document order.
     pub rules: Vec<RouteRule>,
+    /// `rateLimit` of the TrafficPolicy that targets this route (`targetRef.kind: HTTPRoute`):
+    /// one bucket per calling sidecar for all the route's requests.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// One rule of an HTTPRoute.

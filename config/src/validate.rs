@@ -106,6 +106,8 @@ pub(crate) enum Want {
 /// Every Backend of the config, for resolving references.
 pub(crate) struct Index<'a> {
     backends: BTreeMap<ResourceKey, raw::Protocol>,
+    /// HTTPRoutes by key (targets of route policies).
+    pub(crate) routes: BTreeSet<ResourceKey>,
     broken: &'a BTreeSet<(Kind, ResourceKey)>,
 }
 
@@ -184,6 +186,8 @@ pub(crate) struct Claims {
     pub tcp_parents: BTreeMap<ResourceKey, ResourceKey>,
     /// Backend → TrafficPolicy that targets it.
     pub traffic_targets: BTreeMap<ResourceKey, ResourceKey>,
+    /// HTTPRoute → TrafficPolicy that targets it.
+    pub route_targets: BTreeMap<ResourceKey, ResourceKey>,
 }
 
 /// Validates parsed documents as one config. `broken` names documents that exist but did not
@@ -195,6 +199,7 @@ pub(crate) fn validate(
     let mut errors = Vec::new();
     let mut index = Index {
         backends: BTreeMap::new(),
+        routes: BTreeSet::new(),
         broken,
     };
     let mut first_seen: BTreeMap<(Kind, ResourceKey), &Origin> = BTreeMap::new();
@@ -241,6 +246,8 @@ pub(crate) fn validate(
         first_seen.insert((kind, key.clone()), &document.origin);
         if let AnyDocument::Backend(backend) = &document.document {
             index.backends.insert(key, backend.spec.protocol);
+        } else if kind == Kind::HttpRoute {
+            index.routes.insert(key);
         }
     }
 
@@ -254,6 +261,7 @@ pub(crate) fn validate(
         documents: Vec::new(),
     };
     let mut claims = Claims::default();
+    let mut route_limits = Vec::new();
     for (position, document) in parsed.iter().enumerate() {
         let mut report = Report {
             origin: &document.origin,
@@ -286,11 +294,14 @@ pub(crate) fn validate(
                 }
             }
             AnyDocument::TrafficPolicy(policy) => {
-                let policy = policy::validate_traffic(&mut report, policy, &index, &mut claims);
-                if let Some(policy) = policy {
-                    config
-                        .traffic_policies
-                        .insert(policy.target.clone(), policy);
+                match policy::validate_traffic(&mut report, policy, &index, &mut claims) {
+                    Some(policy::Traffic::Backend(policy)) => {
+                        config
+                            .traffic_policies
+                            .insert(policy.target.clone(), policy);
+                    }
+                    Some(policy::Traffic::Route(route, limit)) => route_limits.push((route, limit)),
+                    None => {}
                 }
             }
             AnyDocument::AuthorizationPolicy(policy) => {
@@ -298,6 +309,11 @@ pub(crate) fn validate(
                     config.authorization_policies.push(policy);
                 }
             }
+        }
+    }
+    for (key, limit) in route_limits {
+        for route in config.http_routes.iter_mut().filter(|r| r.key == key) {
+            route.rate_limit = Some(limit);
         }
     }
     if !errors.is_empty() {

@@ -5,7 +5,7 @@
 //! - Backends, HTTPRoutes, TCPRoutes and TrafficPolicies of its own namespace and of the
 //!   namespaces it declares it calls (`reach`; an empty list means every namespace);
 //! - any Backend those routes reference in another namespace, and that Backend's
-//!   TrafficPolicy;
+//!   TrafficPolicy; TrafficPolicies that target an HTTPRoute go with the route;
 //! - the AuthorizationPolicies that protect its own workload (target Backend named like the
 //!   workload, or whose endpoints carry the workload's SPIFFE identity).
 //!
@@ -118,6 +118,10 @@ pub fn select(all: &[Value], scope: &Scope) -> Vec<Value> {
             "Mesh" => true,
             "Backend" => backends.contains(&(namespace(doc).to_owned(), name(doc).to_owned())),
             "HTTPRoute" | "TCPRoute" => visible(namespace(doc)),
+            // A route's TrafficPolicy (its rate limit) goes wherever the route goes.
+            "TrafficPolicy" if doc["spec"]["targetRef"]["kind"] == "HTTPRoute" => {
+                visible(namespace(doc))
+            }
             "TrafficPolicy" => backends.contains(&target(doc)),
             "AuthorizationPolicy" => own_backends.contains(&target(doc)),
             _ => true,
@@ -157,6 +161,8 @@ mod tests {
                    "spec": {"targetRef": {"kind": "Backend", "name": "ledger"}}}),
             json!({"kind": "TrafficPolicy", "metadata": {"namespace": "hr", "name": "people"},
                    "spec": {"targetRef": {"kind": "Backend", "name": "people"}}}),
+            json!({"kind": "TrafficPolicy", "metadata": {"namespace": "shop", "name": "limit"},
+                   "spec": {"targetRef": {"kind": "HTTPRoute", "name": "shop"}}}),
             json!({"kind": "AuthorizationPolicy", "metadata": {"namespace": "shop", "name": "p"},
                    "spec": {"targetRef": {"kind": "Backend", "name": "payments-v2"}}}),
             json!({"kind": "AuthorizationPolicy", "metadata": {"namespace": "shop", "name": "m"},
@@ -176,6 +182,7 @@ mod tests {
                 "Backend billing/ledger",
                 "HTTPRoute shop/shop",
                 "TrafficPolicy billing/ledger",
+                "TrafficPolicy shop/limit",
                 "AuthorizationPolicy shop/p",
             ]
         );

@@ -86,6 +86,9 @@ pub struct RuleAction {
     pub retry: Option<RetryPolicy>,
     /// RequestMirror, when the rule has one.
     pub mirror: Option<Mirror>,
+    /// The route's rate limit (a TrafficPolicy targeting the HTTPRoute): one bucket shared by
+    /// all the route's rules and parents.
+    pub rate_limit: Option<Arc<RateLimiter>>,
     /// Metrics for redirects answered by this rule.
     pub local_metrics: Arc<RequestMetrics>,
 }
@@ -303,7 +306,11 @@ impl Snapshot {
 
         let mut services: HashMap<String, HashMap<String, Arc<Service>>> = HashMap::new();
         let mut routed: HashMap<ResourceKey, Vec<_>> = HashMap::new();
+        let mut route_limits: HashMap<String, Arc<RateLimiter>> = HashMap::new();
         for route in &config.http_routes {
+            if let Some(limiter) = route.rate_limit.as_ref().and_then(RateLimiter::new) {
+                route_limits.insert(route.key.to_string(), Arc::new(limiter));
+            }
             for parent in &route.parents {
                 for (rule_index, rule) in route.rules.iter().enumerate() {
                     routed.entry(parent.clone()).or_default().push((
@@ -318,7 +325,9 @@ impl Snapshot {
             let label = service.to_string();
             let mut entries = Vec::new();
             for (route_label, rule_index, rule) in rules {
-                let action = Arc::new(compile_rule(rule, &label, &targets, cx));
+                let mut action = compile_rule(rule, &label, &targets, cx);
+                action.rate_limit = route_limits.get(&route_label).cloned();
+                let action = Arc::new(action);
                 for (match_index, m) in rule.matches.iter().enumerate() {
                     let matcher = CompiledMatch::new(m);
                     let precedence = matcher.precedence();
@@ -488,6 +497,7 @@ fn compile_rule(
         timeouts: rule.timeouts,
         retry: rule.retry.as_ref().map(RetryPolicy::new),
         mirror: None,
+        rate_limit: None,
         local_metrics: cx
             .metrics
             .request_metrics(Direction::Outbound, service_label, "local"),
@@ -541,6 +551,7 @@ fn direct_service(label: String, target: &Arc<BackendTarget>, cx: &BuildContext<
         timeouts: Timeouts::default(),
         retry: None,
         mirror: None,
+        rate_limit: None,
         local_metrics: cx
             .metrics
             .request_metrics(Direction::Outbound, &label, "local"),

@@ -414,6 +414,65 @@ async fn the_receiving_sidecar_rate_limits_its_own_backend() {
     assert_eq!(flagged, 3.0);
 }
 
+/// A TrafficPolicy targeting an HTTPRoute limits that route in the calling sidecar; the
+/// service's other routes are not limited.
+#[tokio::test]
+async fn a_route_rate_limit_applies_in_the_calling_sidecar() {
+    let upstream = Upstream::start("api").await;
+    let addr = upstream.addr;
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{addr}\"}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: search, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  \
+         - matches: [{{path: {{type: PathPrefix, value: /search}}}}]\n    backendRefs: [{{name: api}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: rest, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  - backendRefs: [{{name: api}}]\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: search, namespace: shop}}\n\
+         spec: {{targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: search}}, \
+         rateLimit: {{requests: 4, per: 1m}}}}\n"
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let get = |path: &str| {
+        Request::builder()
+            .uri(path)
+            .header("host", "api.shop")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let response = client.send(get("/search?q=x")).await.unwrap();
+        if response.status == 429 {
+            let seconds: u64 = response.header("retry-after").parse().expect("Retry-After");
+            // One token every 15 s.
+            assert!((1..=15).contains(&seconds), "Retry-After {seconds}");
+        }
+        statuses.push(response.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429, 429]);
+    for _ in 0..10 {
+        let response = client.send(get("/other")).await.unwrap();
+        assert_eq!(
+            response.status, 200,
+            "another route of the service is not limited"
+        );
+    }
+    assert_eq!(
+        upstream.count(),
+        14,
+        "refused requests never leave the sidecar"
+    );
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_rate_limited_total", &[]), 3.0);
+    let flagged = metrics.sum(
+        "ficus_requests_total",
+        &[("direction", "outbound"), ("response_flags", "RL")],
+    );
+    assert_eq!(flagged, 3.0);
+}
+
 #[tokio::test]
 async fn connect_failures_are_retried_on_another_endpoint_but_never_for_a_post() {
     let live = Upstream::start("live").await;

@@ -10,19 +10,32 @@ use crate::model::{
     LoadBalancer, OutlierDetection, RateLimit, ResourceKey, RetryBudget, TrafficPolicy,
 };
 use crate::raw;
+use crate::raw::Kind;
 
 /// `connectionPool` caps left out (Envoy's defaults).
 const DEFAULT_POOL_LIMIT: u32 = 1024;
 
-/// Validates a TrafficPolicy; `claims` records which policy took each Backend.
+/// What a valid TrafficPolicy applies to.
+pub(crate) enum Traffic {
+    /// A Backend (`targetRef.kind: Backend`): how its callers talk to it.
+    Backend(TrafficPolicy),
+    /// An HTTPRoute (`targetRef.kind: HTTPRoute`): its rate limit, applied by each calling
+    /// sidecar to the route's requests.
+    Route(ResourceKey, RateLimit),
+}
+
+/// Validates a TrafficPolicy; `claims` records which policy took each Backend or route.
 pub(crate) fn validate_traffic(
     report: &mut Report<'_>,
     document: &raw::TrafficPolicyDocument,
     index: &Index<'_>,
     claims: &mut Claims,
-) -> Option<TrafficPolicy> {
+) -> Option<Traffic> {
     let key = ResourceKey::new(&document.metadata.namespace, &document.metadata.name);
     let spec = &document.spec;
+    if spec.target_ref.kind == "HTTPRoute" {
+        return route_traffic(report, &key, spec, index, claims);
+    }
     let target = target(report, &spec.target_ref, &key.namespace, index).and_then(|target| {
         if let Some(owner) = claims.traffic_targets.get(&target) {
             report.error(
@@ -67,7 +80,7 @@ pub(crate) fn validate_traffic(
         .fault_injection
         .as_ref()
         .map(|fault| fault_injection(report, fault));
-    Some(TrafficPolicy {
+    Some(Traffic::Backend(TrafficPolicy {
         key,
         target: target?,
         connection_pool: optional(connection_pool)?,
@@ -76,7 +89,88 @@ pub(crate) fn validate_traffic(
         retry_budget: optional(retry_budget)?,
         rate_limit: optional(rate_limit)?,
         fault_injection: optional(fault_injection)?,
-    })
+    }))
+}
+
+/// A TrafficPolicy whose `targetRef` is an HTTPRoute of its namespace: only `rateLimit`
+/// applies to a route (the rest is about a Backend's endpoints).
+fn route_traffic(
+    report: &mut Report<'_>,
+    key: &ResourceKey,
+    spec: &raw::TrafficPolicySpec,
+    index: &Index<'_>,
+    claims: &mut Claims,
+) -> Option<Traffic> {
+    const ROUTE_GROUP: &str = "gateway.networking.k8s.io";
+    let mut ok = true;
+    if let Some(group) = spec
+        .target_ref
+        .group
+        .as_deref()
+        .filter(|g| *g != ROUTE_GROUP)
+    {
+        report.error(
+            "spec.targetRef.group",
+            format!("HTTPRoute is not in group {group:?}"),
+            format!("write group: {ROUTE_GROUP}, or leave group out"),
+        );
+        ok = false;
+    }
+    let route = ResourceKey::new(&key.namespace, &spec.target_ref.name);
+    if !index.routes.contains(&route) {
+        if !index.broken.contains(&(Kind::HttpRoute, route.clone())) {
+            let same_namespace = index
+                .routes
+                .iter()
+                .filter(|r| r.namespace == key.namespace)
+                .map(|r| r.name.as_str());
+            let hint = match super::closest(&route.name, same_namespace) {
+                Some(best) => format!("did you mean {best}?"),
+                None => "a policy targets an HTTPRoute of its own namespace".to_owned(),
+            };
+            report.error(
+                "spec.targetRef.name",
+                format!("HTTPRoute \"{route}\" does not exist"),
+                hint,
+            );
+        }
+        ok = false;
+    } else if let Some(owner) = claims.route_targets.get(&route) {
+        report.error(
+            "spec.targetRef.name",
+            format!("HTTPRoute \"{route}\" already has TrafficPolicy \"{owner}\""),
+            "a route has one TrafficPolicy: merge the two",
+        );
+        ok = false;
+    } else {
+        claims.route_targets.insert(route.clone(), key.clone());
+    }
+    let backend_only = [
+        ("connectionPool", spec.connection_pool.is_some()),
+        ("outlierDetection", spec.outlier_detection.is_some()),
+        ("loadBalancer", spec.load_balancer.is_some()),
+        ("retryBudget", spec.retry_budget.is_some()),
+        ("faultInjection", spec.fault_injection.is_some()),
+    ];
+    for (field, _) in backend_only.iter().filter(|(_, set)| *set) {
+        report.error(
+            format!("spec.{field}"),
+            format!("{field} applies to a Backend, not to an HTTPRoute"),
+            "move it to a TrafficPolicy whose targetRef is the Backend (kind: Backend)",
+        );
+        ok = false;
+    }
+    let Some(limit) = spec.rate_limit.as_ref() else {
+        report.error(
+            "spec.rateLimit",
+            "a TrafficPolicy for an HTTPRoute has nothing to apply without rateLimit",
+            "add e.g. rateLimit: {requests: 100, per: 1m}",
+        );
+        return None;
+    };
+    let limit = rate_limit(report, limit);
+    ok.then_some(())?;
+    Some(Traffic::Route(route, limit?))
 }
 
 /// Resolves a policy's `targetRef` (a Backend in the policy's namespace).
@@ -90,7 +184,8 @@ fn target(
         report.error(
             "spec.targetRef.kind",
             format!("policies target Backends, not {:?}", target.kind),
-            "set `kind: Backend` and name the Backend",
+            "set `kind: Backend` and name the Backend (a TrafficPolicy may also target an \
+             HTTPRoute, for its rateLimit)",
         );
         return None;
     }

@@ -107,6 +107,8 @@ pub(crate) fn validate_http(
         key,
         parents: parents?,
         rules: all(rules)?,
+        // Filled in from a TrafficPolicy targeting the route, once policies are validated.
+        rate_limit: None,
     })
 }
 

@@ -84,6 +84,15 @@ async fn route_and_forward<'s>(
         return (response, &service.unmatched, flag);
     };
     let action = &entry.action;
+    // The route's rate limit holds for everything the route answers, redirects included.
+    if let Some(limiter) = &action.rate_limit {
+        if let Err(wait) = limiter.try_acquire() {
+            shared.metrics.rate_limited.inc();
+            let retry_after = crate::policy::rate_limit::retry_after_seconds(wait);
+            let (response, flag) = ProxyError::RateLimited { retry_after }.into_response();
+            return (response, &action.local_metrics, flag);
+        }
+    }
     if let Some(redirect) = &action.redirect {
         let uri = request.uri();
         let location =

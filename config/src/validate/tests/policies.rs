@@ -195,3 +195,68 @@ fn authorization_policy_errors() {
         "unknown variant `PERMIT`",
     );
 }
+
+/// BACKENDS, HTTPRoute shop/web, and a TrafficPolicy `p` targeting HTTPRoute `route`.
+fn route_policy(route: &str, spec: &str) -> String {
+    with_backends(&format!(
+        "{}---\napiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\n\
+         metadata: {{name: p, namespace: shop}}\n\
+         spec: {{targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {route}}}, {spec}}}\n",
+        http_route("[{backendRefs: [{name: monolith}]}]")
+    ))
+}
+
+#[test]
+fn a_traffic_policy_may_rate_limit_an_http_route() {
+    let config = valid(&route_policy("web", "rateLimit: {requests: 10, per: 1s}"));
+    let route = &config.http_routes[0];
+    let limit = route.rate_limit.expect("the route carries the limit");
+    assert_eq!((limit.requests, limit.per), (10, Duration::from_secs(1)));
+    assert!(config.traffic_policies.is_empty(), "not a Backend's policy");
+}
+
+#[test]
+fn a_route_policy_takes_only_a_rate_limit_of_an_existing_route() {
+    let error = single_error(
+        &route_policy("wen", "rateLimit: {requests: 10, per: 1s}"),
+        TRAFFIC,
+        "spec.targetRef.name",
+        "HTTPRoute \"shop/wen\" does not exist",
+    );
+    assert_eq!(error.hint.as_deref(), Some("did you mean web?"));
+    single_error(
+        &route_policy(
+            "web",
+            "rateLimit: {requests: 10, per: 1s}, loadBalancer: {type: Random}",
+        ),
+        TRAFFIC,
+        "spec.loadBalancer",
+        "applies to a Backend, not to an HTTPRoute",
+    );
+    single_error(
+        &route_policy(
+            "web",
+            "rateLimit: {requests: 1, per: 1s}, faultInjection: {}",
+        ),
+        TRAFFIC,
+        "spec.faultInjection",
+        "applies to a Backend",
+    );
+    let errors = parse(&route_policy("web", "connectionPool: {}")).unwrap_err();
+    let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["spec.connectionPool", "spec.rateLimit"]);
+    single_error(
+        &route_policy("web", "rateLimit: {requests: 0, per: 1s}"),
+        TRAFFIC,
+        "spec.rateLimit.requests",
+        "refuse everything",
+    );
+    let wrong_group = route_policy("web", "rateLimit: {requests: 1, per: 1s}")
+        .replace("group: gateway.networking.k8s.io", "group: ficus.dev");
+    single_error(
+        &wrong_group,
+        TRAFFIC,
+        "spec.targetRef.group",
+        "not in group",
+    );
+}
