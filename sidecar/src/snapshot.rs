@@ -154,22 +154,6 @@ impl BackendTarget {
         }
     }
 
-    /// Counts a request in flight to `endpoint` for least-request balancing, until the guard
-    /// is finished or dropped (nothing with other balancers).
-    pub fn start(&self, endpoint: &Arc<EndpointPool>) -> Option<InFlight> {
-        let Balancer::LeastRequest(ewma) = &self.policy.balancer else {
-            return None;
-        };
-        let index = self
-            .endpoints
-            .iter()
-            .position(|e| Arc::ptr_eq(e, endpoint))?;
-        ewma.start(index)
-    }
-
-    /// The next endpoint other than `failed`, when there is another that speaks the same way
-    /// (HTTP/2 or not, mTLS or not: the request head was prepared for that), else `failed`.
-    pub fn endpoint_except<'a>(&'a self, failed: &'a Arc<EndpointPool>) -> &'a Arc<EndpointPool> {
     /// Ends a try on `endpoint` started with [`BackendTarget::start`]: its latency and whether
     /// it failed feed the balancer, and outlier detection counts the failure.
     pub fn finish(
@@ -188,6 +172,22 @@ impl BackendTarget {
         self.record(endpoint, failed);
     }
 
+    /// Counts a request in flight to `endpoint` for least-request balancing, until the guard
+    /// is finished or dropped (nothing with other balancers).
+    pub fn start(&self, endpoint: &Arc<EndpointPool>) -> Option<InFlight> {
+        let Balancer::LeastRequest(ewma) = &self.policy.balancer else {
+            return None;
+        };
+        let index = self
+            .endpoints
+            .iter()
+            .position(|e| Arc::ptr_eq(e, endpoint))?;
+        ewma.start(index)
+    }
+
+    /// The next endpoint other than `failed`, when there is another that speaks the same way
+    /// (HTTP/2 or not, mTLS or not: the request head was prepared for that), else `failed`.
+    pub fn endpoint_except<'a>(&'a self, failed: &'a Arc<EndpointPool>) -> &'a Arc<EndpointPool> {
         let usable = |e: &Arc<EndpointPool>| {
             !Arc::ptr_eq(e, failed)
                 && e.is_http2() == failed.is_http2()
