@@ -23,6 +23,7 @@ use crate::route::{CompiledMatch, RouteEntry, RouteTable, ServiceName, WeightedS
 use crate::state::Identity;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::{Direction, Metrics, RequestMetrics};
+use crate::telemetry::trace::TraceSettings;
 use crate::upstream::{EndpointPool, PoolRegistry, PoolSettings};
 
 /// The compiled config a request runs on from start to end.
@@ -46,6 +47,8 @@ pub struct Snapshot {
     pub inbound: Arc<InboundTarget>,
     /// Metrics for requests that name no service.
     pub unrouted: Arc<RequestMetrics>,
+    /// `Mesh.spec.tracing`: `None` when tracing is off.
+    pub tracing: Option<TraceSettings>,
     /// Transparent mode: the service of each Backend endpoint address (an original destination
     /// routes like a request to that Backend's name).
     destinations: HashMap<SocketAddr, Arc<Service>>,
@@ -86,11 +89,10 @@ pub struct RuleAction {
     pub retry: Option<RetryPolicy>,
     /// RequestMirror, when the rule has one.
     pub mirror: Option<Mirror>,
-    /// The route's rate limit (a TrafficPolicy targeting the HTTPRoute): one bucket shared by
-    /// all the route's rules and parents.
-    pub rate_limit: Option<Arc<RateLimiter>>,
     /// Metrics for redirects answered by this rule.
     pub local_metrics: Arc<RequestMetrics>,
+    /// The HTTPRoute (`namespace/name`) of the rule, for spans' `http.route`.
+    pub route: Option<Arc<str>>,
 }
 
 /// A backend as seen from one service's rule: the target plus its metric handles.
@@ -112,6 +114,8 @@ pub struct BackendTarget {
     /// Its TrafficPolicy, compiled (defaults without one).
     pub policy: BackendPolicy,
     endpoints: Vec<Arc<EndpointPool>>,
+    /// The SPIFFE ID each endpoint must present (parallel to `endpoints`), for spans.
+    identities: Vec<Option<Arc<str>>>,
     next: AtomicUsize,
 }
 
@@ -202,6 +206,18 @@ impl BackendTarget {
             }
         }
         failed
+    }
+
+    /// The identity `endpoint` must present, when it is reached over mTLS.
+    pub fn identity(&self, endpoint: &Arc<EndpointPool>) -> Option<&str> {
+        if !endpoint.is_mtls() {
+            return None;
+        }
+        let index = self
+            .endpoints
+            .iter()
+            .position(|e| Arc::ptr_eq(e, endpoint))?;
+        self.identities.get(index)?.as_deref()
     }
 }
 
@@ -298,6 +314,11 @@ impl Snapshot {
                         cx.metrics,
                     ),
                     endpoints,
+                    identities: backend
+                        .endpoints
+                        .iter()
+                        .map(|e| e.identity.as_deref().map(Arc::from))
+                        .collect(),
                     next: AtomicUsize::new(0),
                 };
                 (key, Arc::new(target))
@@ -306,11 +327,7 @@ impl Snapshot {
 
         let mut services: HashMap<String, HashMap<String, Arc<Service>>> = HashMap::new();
         let mut routed: HashMap<ResourceKey, Vec<_>> = HashMap::new();
-        let mut route_limits: HashMap<String, Arc<RateLimiter>> = HashMap::new();
         for route in &config.http_routes {
-            if let Some(limiter) = route.rate_limit.as_ref().and_then(RateLimiter::new) {
-                route_limits.insert(route.key.to_string(), Arc::new(limiter));
-            }
             for parent in &route.parents {
                 for (rule_index, rule) in route.rules.iter().enumerate() {
                     routed.entry(parent.clone()).or_default().push((
@@ -326,7 +343,7 @@ impl Snapshot {
             let mut entries = Vec::new();
             for (route_label, rule_index, rule) in rules {
                 let mut action = compile_rule(rule, &label, &targets, cx);
-                action.rate_limit = route_limits.get(&route_label).cloned();
+                action.route = Some(Arc::from(route_label.as_str()));
                 let action = Arc::new(action);
                 for (match_index, m) in rule.matches.iter().enumerate() {
                     let matcher = CompiledMatch::new(m);
@@ -426,7 +443,12 @@ impl Snapshot {
         let unrouted = cx
             .metrics
             .request_metrics(Direction::Outbound, "unknown", "none");
+        let tracing = config.mesh.tracing.as_ref().map(|t| {
+            let inbound = format!("{}/{}", cx.identity.namespace, cx.identity.workload);
+            TraceSettings::new(t, inbound)
+        });
         Self {
+            tracing,
             version,
             source,
             server: ServerSettings::new(&limits),
@@ -497,10 +519,10 @@ fn compile_rule(
         timeouts: rule.timeouts,
         retry: rule.retry.as_ref().map(RetryPolicy::new),
         mirror: None,
-        rate_limit: None,
         local_metrics: cx
             .metrics
             .request_metrics(Direction::Outbound, service_label, "local"),
+        route: None,
     };
     for filter in &rule.filters {
         match filter {
@@ -551,10 +573,10 @@ fn direct_service(label: String, target: &Arc<BackendTarget>, cx: &BuildContext<
         timeouts: Timeouts::default(),
         retry: None,
         mirror: None,
-        rate_limit: None,
         local_metrics: cx
             .metrics
             .request_metrics(Direction::Outbound, &label, "local"),
+        route: None,
     };
     let catch_all = ficus_config::RouteMatch {
         path: ficus_config::PathMatch::Prefix("/".to_owned()),

@@ -13,6 +13,7 @@ use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::logging::LogHandle;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::trace::SpanSink;
 use crate::upstream::PoolRegistry;
 
 /// Who this sidecar is.
@@ -58,6 +59,8 @@ pub struct Shared {
     pub quit: tokio::sync::Notify,
     /// Mesh TLS, when this sidecar has an identity (`--token-file` in push mode).
     pub tls: Option<Arc<MeshTls>>,
+    /// Finished spans go here; its exporter follows the snapshot's tracing settings.
+    pub traces: SpanSink,
     has_config: AtomicBool,
 }
 
@@ -72,7 +75,9 @@ impl Shared {
         drain: DrainSignal,
         tls: Option<Arc<MeshTls>>,
     ) -> Arc<Self> {
+        let traces = SpanSink::new(Arc::clone(&metrics), &identity);
         Arc::new(Self {
+            traces,
             snapshot: ArcSwap::from_pointee(snapshot),
             status: Mutex::new(ConfigStatus::default()),
             metrics,
@@ -97,6 +102,8 @@ impl Shared {
     /// Swaps in `snapshot` and records success.
     pub fn install(&self, snapshot: Snapshot) {
         let version = snapshot.version;
+        self.traces
+            .configure(snapshot.tracing.as_ref().map(|t| &t.endpoint));
         self.snapshot.store(Arc::new(snapshot));
         self.has_config.store(true, Ordering::Release);
         self.metrics

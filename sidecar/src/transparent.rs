@@ -39,7 +39,8 @@ use crate::detect::{Prefixed, Protocol};
 use crate::drain::Drain;
 use crate::listener::{serve_detected, serve_http, Side};
 use crate::proxy::error::ProxyError;
-use crate::proxy::forward::{forward, path_and_query, prepare, upstream_uri};
+use crate::proxy::forward::{forward, path_and_query, upstream_uri};
+use crate::proxy::headers::{strip_hop_by_hop, upgrade_protocol};
 use crate::snapshot::Snapshot;
 use crate::state::Shared;
 use crate::telemetry::metrics::{Metrics, RequestMetrics};
@@ -410,7 +411,6 @@ async fn forward_opaque(
 /// the proxy's business; nothing else is routed, rewritten or retried).
 pub async fn passthrough<'s>(
     snapshot: &'s Snapshot,
-    peer: SocketAddr,
     redirected: &Redirected,
     authority: &str,
     request: Request<hyper::body::Incoming>,
@@ -418,7 +418,16 @@ pub async fn passthrough<'s>(
     let metrics = &*snapshot.passthrough;
     let http2 = request.version() == http::Version::HTTP_2;
     let pool = redirected.pool(http2);
-    let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
+    // Not `forward::prepare`: no x-forwarded-for or x-request-id for a destination outside
+    // the mesh; only the hop-by-hop headers, which belong to each connection, go.
+    let mut request = request;
+    let upgrade = match request.version() {
+        http::Version::HTTP_11 => upgrade_protocol(request.headers()),
+        _ => None,
+    };
+    let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, incoming) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade.as_ref(), http2);
     let limits = &snapshot.limits;
     parts.uri = match upstream_uri(http2, authority, path_and_query(&parts.uri)) {
         Ok(uri) => uri,

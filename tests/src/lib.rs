@@ -8,6 +8,7 @@
 //! - [`upstream`]: real hyper servers (HTTP/1.1 and h2c) that tests script and inspect.
 //! - [`client`]: a small hyper client and a raw TCP client for exact bytes.
 //! - [`grpc`]: gRPC clients of the control plane's `--grpc` port, over TLS or plaintext.
+//! - [`otlp`]: a real OTLP/gRPC trace receiver that records the spans sidecars export.
 //! - [`netns`]: network namespaces, veth pairs and sockets inside them (interception tests).
 //! - [`prom`]: a strict Prometheus text-format parser for reading `/metrics` back.
 //!
@@ -17,6 +18,7 @@
 pub mod client;
 pub mod control;
 pub mod grpc;
+pub mod otlp;
 pub mod netns;
 pub mod process;
 pub mod prom;

@@ -14,6 +14,7 @@ use crate::authz::Decision;
 use crate::body::{with_idle_timeout, Body};
 use crate::policy::rate_limit;
 use crate::state::Shared;
+use crate::telemetry::trace::{Kind, Span};
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::Direction;
 
@@ -26,6 +27,8 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
+    let mut span = Span::start(snapshot.tracing.as_ref(), Kind::Server, &request, peer);
+    span.set_peer_identity(identity.as_ref().map(HeaderValue::as_bytes));
     let log = access_log::Pending::begin(
         snapshot.access_log.as_ref(),
         &mut request,
@@ -41,6 +44,7 @@ pub async fn handle(
         inbound
             .metrics
             .record(response.status().as_u16(), flag, started.elapsed());
+        span.finish(&shared.traces, &response, flag, started.elapsed());
         return access_log::finish(log, response, &inbound.metrics, flag);
     }
     if inbound.authz.is_active() {
@@ -56,6 +60,7 @@ pub async fn handle(
             inbound
                 .metrics
                 .record(response.status().as_u16(), flag, started.elapsed());
+            span.finish(&shared.traces, &response, flag, started.elapsed());
             return access_log::finish(log, response, &inbound.metrics, flag);
         }
     }
@@ -67,6 +72,7 @@ pub async fn handle(
             inbound
                 .metrics
                 .record(response.status().as_u16(), flag, started.elapsed());
+            span.finish(&shared.traces, &response, flag, started.elapsed());
             return access_log::finish(log, response, &inbound.metrics, flag);
         }
     }
@@ -79,6 +85,7 @@ pub async fn handle(
             .is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1"));
     let http2 = request.version() == Version::HTTP_2 && !carried_http1;
     let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
+    span.inject(&mut parts.headers);
     parts.headers.remove(X_FICUS_ORIG_PROTO);
     // `prepare` removed any caller-supplied value; only a verified mTLS peer sets it.
     if let Some(identity) = identity {
@@ -134,5 +141,6 @@ pub async fn handle(
     inbound
         .metrics
         .record(response.status().as_u16(), flag, started.elapsed());
+    span.finish(&shared.traces, &response, flag, started.elapsed());
     access_log::finish(log, response, &inbound.metrics, flag)
 }

@@ -1,6 +1,7 @@
 //! Outbound: the local app's requests, routed by service name to weighted Backends.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use crate::route::ServiceName;
 use crate::snapshot::{RouteBackend, Snapshot};
 use crate::state::Shared;
 use crate::telemetry::access_log;
+use crate::telemetry::trace::{Kind, Span};
 use crate::telemetry::metrics::{Direction, RequestMetrics};
 
 /// Handles one request from the local app. Never fails: errors become responses.
@@ -31,6 +33,7 @@ pub async fn handle(
     let started = Instant::now();
     // The request runs on this snapshot to its end, whatever is swapped in meanwhile.
     let snapshot = shared.snapshot.load_full();
+    let mut span = Span::start(snapshot.tracing.as_ref(), Kind::Client, &request, peer);
     let log = access_log::Pending::begin(
         snapshot.access_log.as_ref(),
         &mut request,
@@ -38,8 +41,10 @@ pub async fn handle(
         peer,
         None,
     );
-    let (response, metrics, flag) = route_and_forward(shared, &snapshot, peer, request).await;
+    let (response, metrics, flag) =
+        route_and_forward(shared, &snapshot, peer, request, &mut span).await;
     metrics.record(response.status().as_u16(), flag, started.elapsed());
+    span.finish(&shared.traces, &response, flag, started.elapsed());
     access_log::finish(log, response, metrics, flag)
 }
 
@@ -48,6 +53,7 @@ async fn route_and_forward<'s>(
     snapshot: &'s Snapshot,
     peer: SocketAddr,
     request: Request<Incoming>,
+    span: &mut Span,
 ) -> (Response<Body>, &'s RequestMetrics, &'static str) {
     let authority = match super::guard::check(&request).and_then(|()| authority(&request)) {
         Ok(authority) => authority,
@@ -75,6 +81,7 @@ async fn route_and_forward<'s>(
         let (response, flag) = ProxyError::NoService(authority).into_response();
         return (response, &snapshot.unrouted, flag);
     };
+    span.set_service(&service.label);
     let found = {
         let (method, uri, headers) = (request.method(), request.uri(), request.headers());
         service.table.find(method, uri.path(), uri.query(), headers)
@@ -84,15 +91,7 @@ async fn route_and_forward<'s>(
         return (response, &service.unmatched, flag);
     };
     let action = &entry.action;
-    // The route's rate limit holds for everything the route answers, redirects included.
-    if let Some(limiter) = &action.rate_limit {
-        if let Err(wait) = limiter.try_acquire() {
-            shared.metrics.rate_limited.inc();
-            let retry_after = crate::policy::rate_limit::retry_after_seconds(wait);
-            let (response, flag) = ProxyError::RateLimited { retry_after }.into_response();
-            return (response, &action.local_metrics, flag);
-        }
-    }
+    span.set_route(action.route.as_ref());
     if let Some(redirect) = &action.redirect {
         let uri = request.uri();
         let location =
@@ -130,6 +129,11 @@ async fn route_and_forward<'s>(
         }
     }
     let endpoint = backend.endpoint();
+    if span.is_recording() {
+        span.set_backend(&backend.label);
+        span.set_endpoint(endpoint.address());
+        span.set_peer_identity(backend.identity(endpoint).map(str::as_bytes));
+    }
     access_log::note_upstream(request.extensions(), endpoint.address());
     // HTTP/2 for h2c/gRPC backends and for mTLS to peer sidecars (ALPN h2): the app's
     // HTTP/1.1 crosses the mesh as HTTP/2 and turns back into HTTP/1.1 at the other side.
@@ -138,6 +142,7 @@ async fn route_and_forward<'s>(
     let carried_http1 = endpoint.is_mtls() && request.version() != http::Version::HTTP_2;
     let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
     let upgrading = on_upgrade.is_some();
+    span.inject(&mut parts.headers);
     parts.headers.remove(X_FICUS_ORIG_PROTO);
     if carried_http1 {
         parts
@@ -248,9 +253,11 @@ async fn route_and_forward<'s>(
                         total: action.timeouts.request,
                         limits,
                         metrics: &shared.metrics,
-                        retried: std::sync::atomic::AtomicU32::new(0),
+                        retried: AtomicU32::new(0),
                     };
-                    exchange.send(endpoint, &parts, replay).await
+                    let sent = exchange.send(endpoint, &parts, replay).await;
+                    span.set_retries(exchange.retried.load(Ordering::Relaxed));
+                    sent
                 }
                 Err(error) => (Err(error), None),
             }

@@ -70,6 +70,11 @@ pub struct Metrics {
     pub outlier_ejections_active: IntGauge,
     /// `ficus_rate_limited_total`: inbound requests refused by the workload's rate limit.
     pub rate_limited: IntCounter,
+    /// `ficus_trace_spans_exported_total`: spans the OTLP collector accepted.
+    pub trace_spans_exported: IntCounter,
+    /// `ficus_trace_spans_dropped_total`: sampled spans not exported (queue full, export
+    /// failed, tracing switched off).
+    pub trace_spans_dropped: IntCounter,
     /// `ficus_access_log_dropped_total{reason="queue_full"}`: lines dropped because the
     /// writer was behind.
     pub access_log_dropped: IntCounter,
@@ -182,6 +187,14 @@ impl Metrics {
             &["destination_service", "route", "rule", "destination_backend"],
         )
         .expect("static metric definition");
+        let trace_spans_exported = counter(
+            "ficus_trace_spans_exported_total",
+            "Spans exported to the OTLP collector",
+        );
+        let trace_spans_dropped = counter(
+            "ficus_trace_spans_dropped_total",
+            "Sampled spans dropped (export queue full, export failed or tracing off)",
+        );
         let authz_denied = counter(
             "ficus_authz_denied_total",
             "Inbound requests denied by authorization policy",
@@ -239,6 +252,8 @@ impl Metrics {
             retry_budget_exhausted,
             breaker_overflow,
             rate_limited,
+            trace_spans_exported,
+            trace_spans_dropped,
             outlier_ejections_active,
             authz_denied,
             tls_handshake_failed,
@@ -261,6 +276,8 @@ impl Metrics {
             Box::new(metrics.retry_budget_exhausted.clone()),
             Box::new(metrics.breaker_overflow.clone()),
             Box::new(metrics.rate_limited.clone()),
+            Box::new(metrics.trace_spans_exported.clone()),
+            Box::new(metrics.trace_spans_dropped.clone()),
             Box::new(metrics.outlier_ejections_active.clone()),
             Box::new(mirror_requests),
             Box::new(access_log_dropped),

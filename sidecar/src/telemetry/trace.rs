@@ -1,0 +1,467 @@
+//! Distributed tracing: trace context propagation (W3C Trace Context and B3) and one span per
+//! request (CLIENT on the outbound listener, SERVER on the inbound one), exported over
+//! OTLP/gRPC to `Mesh.spec.tracing.otlpEndpoint`.
+//!
+//! # Per request
+//! [`Span::start`] reads the trace headers once. With tracing configured, the sidecar takes
+//! part in the trace: its span is a child of the caller's context (a new trace when there is
+//! none or it is malformed), and [`Span::inject`] writes the sidecar's own span as the parent
+//! into the upstream request, in every format the request arrived with (`traceparent`
+//! always; `x-b3-*` and `b3` when received); `tracestate` passes through with a valid
+//! `traceparent` and is dropped otherwise. Sampling: a caller's decision is kept (sampled
+//! stays sampled, not-sampled stays not-sampled, B3 debug means sampled); without one,
+//! `samplingPercent` decides; `x-ficus-force-trace` (any value) samples regardless and is
+//! forwarded unchanged, so every later hop traces too even where an app drops the sampled
+//! flag. Unsampled requests still carry a context (`sampled=0`) but record nothing.
+//!
+//! Without `Mesh.spec.tracing` the sidecar does not take part: valid headers pass through
+//! untouched and nothing is allocated; a malformed header is still replaced (the caller's
+//! valid context if another format had one, else a fresh unsampled one) and never forwarded
+//! broken.
+//!
+//! # Export
+//! Finished sampled spans go through a bounded queue ([`export::SpanSink`]) to an exporter
+//! thread; a full queue drops the span (`ficus_trace_spans_dropped_total`), so a slow or
+//! absent collector never makes a request wait. The endpoint follows config swaps.
+
+pub mod export;
+pub mod propagation;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::{HeaderMap, HeaderName};
+use http::{Method, Request, Response, Version};
+
+use propagation::{extract, Extracted, Formats, Outgoing, SpanId, TraceId};
+
+pub use export::SpanSink;
+
+/// Request header that forces sampling of its trace (forwarded unchanged).
+pub const X_FICUS_FORCE_TRACE: HeaderName = HeaderName::from_static("x-ficus-force-trace");
+
+/// `Mesh.spec.tracing`, compiled once per config swap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    /// OTLP/gRPC collector URL.
+    pub endpoint: Arc<str>,
+    /// Sample when a uniform random `u64` is below this (`None`: always).
+    threshold: Option<u64>,
+    /// `ficus.service` of inbound (SERVER) spans: `namespace/workload`.
+    inbound_service: String,
+}
+
+impl TraceSettings {
+    /// Settings from the Mesh's `tracing`; `inbound_service` labels SERVER spans.
+    pub fn new(tracing: &ficus_config::Tracing, inbound_service: String) -> Self {
+        let percent = tracing.sampling_percent.clamp(0.0, 100.0);
+        let threshold = if percent >= 100.0 {
+            None
+        } else {
+            // Truncation is fine: a resolution of 2^-64 is far below any configured share.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Some((percent / 100.0 * u64::MAX as f64) as u64)
+        };
+        let endpoint = if tracing.otlp_endpoint.contains("://") {
+            Arc::from(tracing.otlp_endpoint.as_str())
+        } else {
+            Arc::from(format!("http://{}", tracing.otlp_endpoint))
+        };
+        Self {
+            endpoint,
+            threshold,
+            inbound_service,
+        }
+    }
+
+    /// A fresh sampling decision by `samplingPercent`.
+    fn draw(&self) -> bool {
+        match self.threshold {
+            None => true,
+            Some(0) => false,
+            Some(threshold) => rand::random::<u64>() < threshold,
+        }
+    }
+}
+
+/// Span kind: which listener saw the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Outbound: the local app's request to the mesh.
+    Client,
+    /// Inbound: a peer's request to the local app.
+    Server,
+}
+
+/// A sampled span's data, filled in as the request goes and sent to the exporter at the end.
+#[derive(Debug)]
+pub struct SpanRecord {
+    /// The trace.
+    pub trace_id: TraceId,
+    /// This span.
+    pub span_id: SpanId,
+    /// The caller's span, if it named one.
+    pub parent: Option<SpanId>,
+    /// CLIENT or SERVER.
+    pub kind: Kind,
+    /// Wall-clock start.
+    pub start: SystemTime,
+    /// Until the response headers were sent back.
+    pub duration: Duration,
+    /// `http.request.method`.
+    pub method: Method,
+    /// `server.address` and `server.port`: the authority the request named.
+    pub server: Option<(String, Option<u16>)>,
+    /// `url.path`.
+    pub path: String,
+    /// `network.protocol.version`.
+    pub version: Version,
+    /// `client.address`: the downstream peer.
+    pub client: SocketAddr,
+    /// `http.route`: the HTTPRoute (`namespace/name`) that matched.
+    pub route: Option<Arc<str>>,
+    /// `ficus.service`.
+    pub service: Option<String>,
+    /// `ficus.backend`.
+    pub backend: Option<String>,
+    /// `network.peer.address`/`port`: the upstream endpoint (CLIENT spans).
+    pub endpoint: Option<SocketAddr>,
+    /// `ficus.peer.identity`: the verified client (SERVER) or the required server (CLIENT).
+    pub peer_identity: Option<String>,
+    /// Retries sent (`http.request.resend_count`, `ficus.retries`).
+    pub retries: u32,
+    /// `http.response.status_code`.
+    pub status: u16,
+    /// `ficus.response_flags`.
+    pub flags: &'static str,
+}
+
+/// The trace side of one request.
+#[derive(Debug)]
+pub struct Span {
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Tracing off and the headers are fine: they pass through.
+    Off,
+    /// Tracing off but a trace header is malformed: write a sound context instead.
+    Repair(Outgoing, Formats, bool),
+    /// Tracing on: our span's context, and its record when sampled.
+    On {
+        out: Outgoing,
+        formats: Formats,
+        tracestate_ok: bool,
+        record: Option<Box<SpanRecord>>,
+    },
+}
+
+impl Span {
+    /// Reads the trace headers of `request` and starts this sidecar's span (with
+    /// `settings`, i.e. tracing configured) or only checks the headers (without).
+    pub fn start<B>(
+        settings: Option<&TraceSettings>,
+        kind: Kind,
+        request: &Request<B>,
+        client: SocketAddr,
+    ) -> Self {
+        let headers = request.headers();
+        let extracted = extract(headers);
+        let Some(settings) = settings else {
+            if !extracted.malformed {
+                return Self { state: State::Off };
+            }
+            let out = repaired(&extracted);
+            return Self {
+                state: State::Repair(out, extracted.formats, extracted.tracestate_ok),
+            };
+        };
+        let forced = headers.contains_key(X_FICUS_FORCE_TRACE);
+        let sampled =
+            forced || extracted.debug || extracted.sampled.unwrap_or_else(|| settings.draw());
+        let out = Outgoing {
+            trace_id: extracted
+                .parent
+                .map_or_else(TraceId::random, |p| p.trace_id),
+            span_id: SpanId::random(),
+            parent_span_id: extracted.parent.map(|p| p.span_id),
+            sampled,
+            debug: extracted.debug,
+        };
+        let record = sampled.then(|| {
+            Box::new(SpanRecord {
+                trace_id: out.trace_id,
+                span_id: out.span_id,
+                parent: out.parent_span_id,
+                kind,
+                start: SystemTime::now(),
+                duration: Duration::ZERO,
+                method: request.method().clone(),
+                server: server_address(request),
+                path: request.uri().path().to_owned(),
+                version: request.version(),
+                client,
+                route: None,
+                service: (kind == Kind::Server).then(|| settings.inbound_service.clone()),
+                backend: (kind == Kind::Server).then(|| "app".to_owned()),
+                endpoint: None,
+                peer_identity: None,
+                retries: 0,
+                status: 0,
+                flags: "",
+            })
+        });
+        Self {
+            state: State::On {
+                out,
+                formats: extracted.formats,
+                tracestate_ok: extracted.tracestate_ok,
+                record,
+            },
+        }
+    }
+
+    /// Writes the context to send on into the upstream request's `headers`.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        match &self.state {
+            State::Off => {}
+            State::Repair(out, formats, tracestate_ok) => {
+                out.inject(headers, *formats, *tracestate_ok);
+            }
+            State::On {
+                out,
+                formats,
+                tracestate_ok,
+                ..
+            } => out.inject(headers, *formats, *tracestate_ok),
+        }
+    }
+
+    /// This sidecar's span context when it takes part in the trace.
+    pub fn context(&self) -> Option<&Outgoing> {
+        match &self.state {
+            State::On { out, .. } => Some(out),
+            _ => None,
+        }
+    }
+
+    fn record(&mut self) -> Option<&mut SpanRecord> {
+        match &mut self.state {
+            State::On {
+                record: Some(record),
+                ..
+            } => Some(record),
+            _ => None,
+        }
+    }
+
+    /// Whether this span is recorded (sampled, tracing on): callers skip work otherwise.
+    pub fn is_recording(&self) -> bool {
+        matches!(
+            self.state,
+            State::On {
+                record: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// The matched HTTPRoute.
+    pub fn set_route(&mut self, route: Option<&Arc<str>>) {
+        if let Some(record) = self.record() {
+            record.route = route.cloned();
+        }
+    }
+
+    /// The destination service label (`namespace/name`).
+    pub fn set_service(&mut self, label: &str) {
+        if let Some(record) = self.record() {
+            record.service = Some(label.to_owned());
+        }
+    }
+
+    /// The chosen Backend label (`namespace/name`).
+    pub fn set_backend(&mut self, label: &str) {
+        if let Some(record) = self.record() {
+            record.backend = Some(label.to_owned());
+        }
+    }
+
+    /// The upstream endpoint (the first one tried).
+    pub fn set_endpoint(&mut self, address: SocketAddr) {
+        if let Some(record) = self.record() {
+            record.endpoint = Some(address);
+        }
+    }
+
+    /// The peer's identity: the verified client (inbound) or the server the endpoint must be
+    /// (outbound, mTLS).
+    pub fn set_peer_identity(&mut self, identity: Option<&[u8]>) {
+        if let Some(record) = self.record() {
+            record.peer_identity = identity.map(|i| String::from_utf8_lossy(i).into_owned());
+        }
+    }
+
+    /// Retries sent.
+    pub fn set_retries(&mut self, retries: u32) {
+        if let Some(record) = self.record() {
+            record.retries = retries;
+        }
+    }
+
+    /// Ends the span with the response sent back and hands it to the exporter (sampled spans
+    /// only; never waits).
+    pub fn finish<B>(
+        self,
+        sink: &SpanSink,
+        response: &Response<B>,
+        flags: &'static str,
+        elapsed: Duration,
+    ) {
+        if let State::On {
+            record: Some(mut record),
+            ..
+        } = self.state
+        {
+            record.status = response.status().as_u16();
+            record.flags = flags;
+            record.duration = elapsed;
+            sink.submit(record);
+        }
+    }
+}
+
+/// Tracing off, malformed headers: the caller's valid context (from another format) passes
+/// on as it was; without one, a fresh unsampled context.
+fn repaired(extracted: &Extracted) -> Outgoing {
+    match extracted.parent {
+        Some(parent) => Outgoing {
+            trace_id: parent.trace_id,
+            span_id: parent.span_id,
+            parent_span_id: None,
+            sampled: extracted.sampled.unwrap_or(false),
+            debug: extracted.debug,
+        },
+        None => Outgoing {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_span_id: None,
+            sampled: extracted.sampled.unwrap_or(false),
+            debug: extracted.debug,
+        },
+    }
+}
+
+/// The authority the request named (absolute URI or `:authority`, else `Host`).
+fn server_address<B>(request: &Request<B>) -> Option<(String, Option<u16>)> {
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.clone(),
+        None => {
+            let host = request.headers().get(http::header::HOST)?;
+            http::uri::Authority::try_from(host.as_bytes()).ok()?
+        }
+    };
+    Some((authority.host().to_owned(), authority.port_u16()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(percent: f64) -> TraceSettings {
+        TraceSettings::new(
+            &ficus_config::Tracing {
+                otlp_endpoint: "127.0.0.1:4317".into(),
+                sampling_percent: percent,
+            },
+            "shop/web".into(),
+        )
+    }
+
+    fn request(pairs: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder()
+            .uri("/a/b?c")
+            .header("host", "payments:8080");
+        for (name, value) in pairs {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn endpoint_without_scheme_gets_http() {
+        assert_eq!(&*settings(1.0).endpoint, "http://127.0.0.1:4317");
+    }
+
+    #[test]
+    fn child_of_the_incoming_context() {
+        let s = settings(0.0);
+        let span = Span::start(
+            Some(&s),
+            Kind::Client,
+            &request(&[("traceparent", TP)]),
+            PEER,
+        );
+        assert!(
+            span.is_recording(),
+            "the caller's sampled flag wins over 0 %"
+        );
+        let out = span.context().unwrap();
+        assert_eq!(
+            out.parent_span_id.unwrap().0,
+            [0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+        );
+        let mut headers = HeaderMap::new();
+        span.inject(&mut headers);
+        let sent = headers["traceparent"].to_str().unwrap();
+        assert_eq!(&sent[..36], &TP[..36]);
+        assert_ne!(&sent[36..52], &TP[36..52]);
+        assert!(sent.ends_with("-01"));
+        let record = match span.state {
+            State::On { record, .. } => record.unwrap(),
+            _ => unreachable!(),
+        };
+        assert_eq!(record.server, Some(("payments".into(), Some(8080))));
+        assert_eq!(record.path, "/a/b");
+    }
+
+    #[test]
+    fn unsampled_stays_unsampled_and_forcing_samples() {
+        let s = settings(100.0);
+        let tp = TP.replace("-01", "-00");
+        let span = Span::start(
+            Some(&s),
+            Kind::Server,
+            &request(&[("traceparent", &tp)]),
+            PEER,
+        );
+        assert!(!span.is_recording());
+        assert!(!span.context().unwrap().sampled);
+        let forced = request(&[("traceparent", &tp), ("x-ficus-force-trace", "1")]);
+        assert!(Span::start(Some(&s), Kind::Server, &forced, PEER).is_recording());
+        let none = Span::start(Some(&settings(0.0)), Kind::Client, &request(&[]), PEER);
+        assert!(!none.is_recording());
+        let mut headers = HeaderMap::new();
+        none.inject(&mut headers);
+        assert!(headers["traceparent"].to_str().unwrap().ends_with("-00"));
+    }
+
+    #[test]
+    fn off_passes_valid_headers_and_repairs_malformed_ones() {
+        let span = Span::start(None, Kind::Client, &request(&[("traceparent", TP)]), PEER);
+        assert!(matches!(span.state, State::Off));
+        let bad = request(&[("traceparent", "00-zz"), ("tracestate", "a=1")]);
+        let span = Span::start(None, Kind::Client, &bad, PEER);
+        let mut headers = bad.headers().clone();
+        span.inject(&mut headers);
+        let fixed = headers["traceparent"].as_bytes();
+        assert!(propagation::parse_traceparent(fixed).is_some());
+        assert!(!headers.contains_key("tracestate"));
+    }
+}

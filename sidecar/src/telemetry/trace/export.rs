@@ -1,0 +1,376 @@
+//! The span exporter: a bounded queue in front of an exporter thread that batches spans and
+//! sends them with opentelemetry-otlp over gRPC.
+//!
+//! Why not the SDK's `BatchSpanProcessor`: it drops spans when its queue is full but does not
+//! let us count them, and its spans are built through the SDK's tracer (allocations and
+//! locks per span whether or not they are kept). Here the request path does one `try_send`
+//! of a boxed record: a full queue (collector slow or down) drops the span and counts it in
+//! `ficus_trace_spans_dropped_total`; nothing on the request path ever waits for export.
+//!
+//! The exporter thread (`ficus-trace`, a current-thread runtime of its own, started with the
+//! first config that enables tracing) converts records to OTLP spans, batches up to
+//! [`MAX_BATCH`] or [`BATCH_DELAY`], and exports with a timeout. A failed export counts its
+//! spans as dropped and backs off (200 ms doubling to 5 s) while the queue keeps its bound;
+//! a config swap to another endpoint sends the batch in hand to the old one, then switches;
+//! without tracing, queued spans are dropped and counted.
+
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use opentelemetry::trace::{
+    SpanContext, SpanId as OtelSpanId, SpanKind, Status, TraceFlags, TraceId as OtelTraceId,
+    TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::{RetryPolicy, WithExportConfig, WithTonicConfig};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+use opentelemetry_sdk::Resource;
+use tokio::sync::{mpsc, watch};
+
+use super::{Kind, SpanRecord};
+use crate::state::Identity;
+use crate::telemetry::metrics::Metrics;
+
+/// Spans waiting for the exporter; more are dropped.
+pub const QUEUE_CAPACITY: usize = 2048;
+/// Spans per export call.
+pub const MAX_BATCH: usize = 512;
+/// Longest a finished span waits for its batch to fill.
+pub const BATCH_DELAY: Duration = Duration::from_millis(500);
+/// One export call, connection included.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+type Endpoint = Option<Arc<str>>;
+
+/// Where finished spans go: the bounded queue of the exporter thread, once started.
+#[derive(Debug)]
+pub struct SpanSink {
+    worker: OnceLock<Worker>,
+    metrics: Arc<Metrics>,
+    resource: Resource,
+}
+
+#[derive(Debug)]
+struct Worker {
+    queue: mpsc::Sender<Box<SpanRecord>>,
+    endpoint: watch::Sender<Endpoint>,
+}
+
+impl SpanSink {
+    /// A sink for this sidecar; no thread runs until tracing is configured.
+    pub fn new(metrics: Arc<Metrics>, identity: &Identity) -> Self {
+        let name = if identity.workload.is_empty() {
+            "ficus-sidecar".to_owned()
+        } else {
+            format!("{}.{}", identity.workload, identity.namespace)
+        };
+        let resource = Resource::builder_empty()
+            .with_service_name(name)
+            .with_attributes([
+                KeyValue::new("service.namespace", identity.namespace.clone()),
+                KeyValue::new("service.instance.id", identity.node_id.clone()),
+                KeyValue::new("ficus.workload", identity.workload.clone()),
+            ])
+            .build();
+        Self {
+            worker: OnceLock::new(),
+            metrics,
+            resource,
+        }
+    }
+
+    /// Follows the config: export to `endpoint`, or stop exporting (`None`). Called on every
+    /// swap, off the request path.
+    pub fn configure(&self, endpoint: Option<&Arc<str>>) {
+        let worker = match (self.worker.get(), endpoint) {
+            (Some(worker), _) => worker,
+            (None, None) => return,
+            (None, Some(_)) => self.worker.get_or_init(|| self.start()),
+        };
+        let wanted = endpoint.cloned();
+        worker.endpoint.send_if_modified(|current| {
+            let changed = *current != wanted;
+            if changed {
+                current.clone_from(&wanted);
+            }
+            changed
+        });
+    }
+
+    fn start(&self) -> Worker {
+        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let (endpoint, endpoint_rx) = watch::channel(None);
+        let metrics = Arc::clone(&self.metrics);
+        let resource = self.resource.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ficus-trace".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => {
+                        runtime.block_on(run(receiver, endpoint_rx, metrics, resource));
+                    }
+                    Err(error) => tracing::error!(%error, "cannot start the span exporter runtime"),
+                }
+            });
+        if let Err(error) = spawned {
+            // The receiver is gone with the closure: every span counts as dropped.
+            tracing::error!(%error, "cannot start the span exporter thread; spans are dropped");
+        }
+        Worker { queue, endpoint }
+    }
+
+    /// Queues a finished span for export, or drops and counts it when the queue is full.
+    pub fn submit(&self, record: Box<SpanRecord>) {
+        let queued = self
+            .worker
+            .get()
+            .is_some_and(|worker| worker.queue.try_send(record).is_ok());
+        if !queued {
+            self.metrics.trace_spans_dropped.inc();
+        }
+    }
+}
+
+struct Exporter {
+    endpoint: Arc<str>,
+    inner: opentelemetry_otlp::SpanExporter,
+}
+
+fn build(endpoint: &Arc<str>, resource: &Resource) -> Option<Exporter> {
+    let built = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.to_string())
+        .with_timeout(EXPORT_TIMEOUT)
+        .with_retry_policy(RetryPolicy::disabled())
+        .build();
+    match built {
+        Ok(mut inner) => {
+            inner.set_resource(resource);
+            tracing::info!(endpoint = %endpoint, "exporting spans over OTLP/gRPC");
+            Some(Exporter {
+                endpoint: Arc::clone(endpoint),
+                inner,
+            })
+        }
+        Err(error) => {
+            tracing::warn!(endpoint = %endpoint, %error, "cannot export spans to this endpoint; they are dropped");
+            None
+        }
+    }
+}
+
+async fn run(
+    mut queue: mpsc::Receiver<Box<SpanRecord>>,
+    mut config: watch::Receiver<Endpoint>,
+    metrics: Arc<Metrics>,
+    resource: Resource,
+) {
+    let scope = InstrumentationScope::builder("ficus-sidecar")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
+    let mut exporter: Option<Exporter> = None;
+    // The configured endpoint, even when no exporter could be built for it.
+    let mut configured: Endpoint = None;
+    let mut batch: Vec<SpanData> = Vec::with_capacity(MAX_BATCH);
+    let mut backoff = BACKOFF_MIN;
+    let mut failing = false;
+    loop {
+        let wanted = config.borrow_and_update().clone();
+        if wanted != configured {
+            exporter = wanted.as_ref().and_then(|e| build(e, &resource));
+            configured = wanted;
+        }
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut reconfigure = false;
+        while batch.len() < MAX_BATCH {
+            let wait = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                changed = config.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    reconfigure = true;
+                    break;
+                }
+                record = queue.recv() => {
+                    let Some(record) = record else { return };
+                    if configured.is_none() {
+                        metrics.trace_spans_dropped.inc();
+                        continue;
+                    }
+                    batch.push(convert(&record, &scope));
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + BATCH_DELAY);
+                }
+                () = wait => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+        let Some(current) = &exporter else {
+            batch.clear();
+            metrics.trace_spans_dropped.inc_by(count);
+            continue;
+        };
+        let spans = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        let result = tokio::time::timeout(
+            EXPORT_TIMEOUT + Duration::from_secs(1),
+            current.inner.export(spans),
+        )
+        .await;
+        match result {
+            Ok(Ok(())) => {
+                metrics.trace_spans_exported.inc_by(count);
+                if failing {
+                    tracing::info!(endpoint = %current.endpoint, "span export recovered");
+                }
+                failing = false;
+                backoff = BACKOFF_MIN;
+            }
+            failed => {
+                metrics.trace_spans_dropped.inc_by(count);
+                let error = match failed {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                if failing {
+                    tracing::debug!(endpoint = %current.endpoint, %error, "span export failed");
+                } else {
+                    tracing::warn!(endpoint = %current.endpoint, %error, "span export failed; dropping spans until the collector answers");
+                }
+                failing = true;
+                if !reconfigure {
+                    // Back off, but follow a config change at once.
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        changed = config.changed() => if changed.is_err() { return },
+                    }
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// One record as an OTLP span with the OpenTelemetry HTTP semantic conventions.
+fn convert(record: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
+    let mut attributes = Vec::with_capacity(20);
+    let method = record.method.as_str();
+    attributes.push(KeyValue::new("http.request.method", method.to_owned()));
+    attributes.push(KeyValue::new(
+        "http.response.status_code",
+        i64::from(record.status),
+    ));
+    attributes.push(KeyValue::new("url.path", record.path.clone()));
+    attributes.push(KeyValue::new("url.scheme", "http"));
+    let version = match record.version {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        _ => "1.1",
+    };
+    attributes.push(KeyValue::new("network.protocol.version", version));
+    if let Some((host, port)) = &record.server {
+        attributes.push(KeyValue::new("server.address", host.clone()));
+        if let Some(port) = port {
+            attributes.push(KeyValue::new("server.port", i64::from(*port)));
+        }
+    }
+    if let Some(route) = &record.route {
+        attributes.push(KeyValue::new("http.route", route.to_string()));
+    }
+    let (direction, error_from) = match record.kind {
+        Kind::Client => ("outbound", 400),
+        Kind::Server => ("inbound", 500),
+    };
+    attributes.push(KeyValue::new("ficus.direction", direction));
+    match record.kind {
+        Kind::Client => {
+            if let Some(endpoint) = record.endpoint {
+                attributes.push(KeyValue::new(
+                    "network.peer.address",
+                    endpoint.ip().to_string(),
+                ));
+                attributes.push(KeyValue::new(
+                    "network.peer.port",
+                    i64::from(endpoint.port()),
+                ));
+            }
+            attributes.push(KeyValue::new("ficus.retries", i64::from(record.retries)));
+            if record.retries > 0 {
+                attributes.push(KeyValue::new(
+                    "http.request.resend_count",
+                    i64::from(record.retries),
+                ));
+            }
+        }
+        Kind::Server => {
+            attributes.push(KeyValue::new(
+                "client.address",
+                record.client.ip().to_string(),
+            ));
+        }
+    }
+    if let Some(service) = &record.service {
+        attributes.push(KeyValue::new("ficus.service", service.clone()));
+    }
+    if let Some(backend) = &record.backend {
+        attributes.push(KeyValue::new("ficus.backend", backend.clone()));
+    }
+    if let Some(identity) = &record.peer_identity {
+        attributes.push(KeyValue::new("ficus.peer.identity", identity.clone()));
+    }
+    if !record.flags.is_empty() {
+        attributes.push(KeyValue::new("ficus.response_flags", record.flags));
+    }
+    let failed = record.status >= error_from || (!record.flags.is_empty() && record.status >= 400);
+    if failed {
+        attributes.push(KeyValue::new("error.type", record.status.to_string()));
+    }
+    let name = match &record.route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_owned(),
+    };
+    SpanData {
+        span_context: SpanContext::new(
+            OtelTraceId::from_bytes(record.trace_id.0),
+            OtelSpanId::from_bytes(record.span_id.0),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ),
+        parent_span_id: record
+            .parent
+            .map_or(OtelSpanId::INVALID, |p| OtelSpanId::from_bytes(p.0)),
+        parent_span_is_remote: record.parent.is_some(),
+        span_kind: match record.kind {
+            Kind::Client => SpanKind::Client,
+            Kind::Server => SpanKind::Server,
+        },
+        name: Cow::Owned(name),
+        start_time: record.start,
+        end_time: record.start + record.duration,
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: if failed {
+            Status::error(format!("HTTP {}", record.status))
+        } else {
+            Status::Unset
+        },
+        instrumentation_scope: scope.clone(),
+    }
+}

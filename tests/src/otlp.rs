@@ -1,0 +1,227 @@
+//! A real OTLP/gRPC trace receiver in the test process: the `TraceService` of
+//! opentelemetry-proto's generated tonic server, served over hyper HTTP/2 on loopback. It
+//! records every `ExportTraceServiceRequest` it gets. Stopping it closes the listener and every
+//! open connection (a collector that went away); it can start again on the same port.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// One received span with the resource it came under.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    /// The span.
+    pub span: Span,
+    /// Its resource's attributes.
+    pub resource: Vec<KeyValue>,
+}
+
+impl ReceivedSpan {
+    /// Trace id in lowercase hex.
+    pub fn trace_id(&self) -> String {
+        hex(&self.span.trace_id)
+    }
+
+    /// Span id in lowercase hex.
+    pub fn span_id(&self) -> String {
+        hex(&self.span.span_id)
+    }
+
+    /// Parent span id in lowercase hex (empty for a root span).
+    pub fn parent_span_id(&self) -> String {
+        hex(&self.span.parent_span_id)
+    }
+
+    /// A string, int or bool attribute as text.
+    pub fn attr(&self, key: &str) -> Option<String> {
+        attribute(&self.span.attributes, key)
+    }
+
+    /// A resource attribute as text.
+    pub fn resource_attr(&self, key: &str) -> Option<String> {
+        attribute(&self.resource, key)
+    }
+
+    /// `ficus.direction`.
+    pub fn direction(&self) -> String {
+        self.attr("ficus.direction").unwrap_or_default()
+    }
+}
+
+fn attribute(list: &[KeyValue], key: &str) -> Option<String> {
+    let value = list.iter().find(|kv| kv.key == key)?.value.as_ref()?;
+    match value.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        Value::IntValue(i) => Some(i.to_string()),
+        Value::BoolValue(b) => Some(b.to_string()),
+        Value::DoubleValue(d) => Some(d.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Clone, Default)]
+struct Collector {
+    received: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if let Ok(mut received) = self.received.lock() {
+            received.push(request.into_inner());
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// A running receiver; stops (listener and connections) on drop or [`OtlpReceiver::stop`].
+#[derive(Debug)]
+pub struct OtlpReceiver {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    collector: Collector,
+    task: Option<JoinHandle<()>>,
+}
+
+impl OtlpReceiver {
+    /// Starts on a free loopback port.
+    pub async fn start() -> Self {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts on `addr` (a port used before by a stopped receiver: binding is retried for up
+    /// to 10 s).
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let started = Instant::now();
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(error) if started.elapsed() < Duration::from_secs(10) => {
+                    eprintln!("OTLP receiver: bind {addr}: {error}; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("OTLP receiver cannot bind {addr}: {error}"),
+            }
+        };
+        let addr = listener.local_addr().expect("local addr");
+        let collector = Collector::default();
+        let service = TraceServiceServer::new(collector.clone());
+        let task = tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) aborts every connection.
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                while connections.try_join_next().is_some() {}
+                let service = service.clone();
+                connections.spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            collector,
+            task: Some(task),
+        }
+    }
+
+    /// Stops listening and closes every connection; what was received stays readable.
+    pub async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Export requests received so far.
+    pub fn requests(&self) -> Vec<ExportTraceServiceRequest> {
+        self.collector
+            .received
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        let mut out = Vec::new();
+        for request in self.requests() {
+            for resource_spans in request.resource_spans {
+                let resource = resource_spans
+                    .resource
+                    .map(|r| r.attributes)
+                    .unwrap_or_default();
+                for scope in resource_spans.scope_spans {
+                    for span in scope.spans {
+                        out.push(ReceivedSpan {
+                            span,
+                            resource: resource.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until at least `count` spans satisfy `filter`; returns them all (panics after
+    /// `deadline`).
+    pub async fn wait_for(
+        &self,
+        count: usize,
+        deadline: Duration,
+        filter: impl Fn(&ReceivedSpan) -> bool,
+    ) -> Vec<ReceivedSpan> {
+        let started = Instant::now();
+        loop {
+            let found: Vec<_> = self.spans().into_iter().filter(&filter).collect();
+            if found.len() >= count {
+                return found;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "only {} of {count} spans arrived within {deadline:?}: {found:#?}",
+                found.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,647 @@
+//! Tracing end to end: real sidecars export spans over OTLP/gRPC to a real receiver in the
+//! test process (`ficus_tests::otlp`, opentelemetry-proto's tonic `TraceService`).
+//!
+//! - client sidecar → (mTLS) → server sidecar → app: one trace, parent/child links, HTTP
+//!   semantic-convention attributes; the app sees the server sidecar's span as its parent;
+//! - B3 in → B3 (and W3C) out; a malformed `traceparent` is replaced;
+//! - 0 % sampling exports nothing but still propagates `sampled=0`;
+//! - the collector down for ~30 s under steady load: every request succeeds, drops are
+//!   counted, export resumes when it is back on the same port;
+//! - a config swap moves export to another receiver; removing tracing stops it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ficus_tests::client::{self, H1Client};
+use ficus_tests::control::ControlPlane;
+use ficus_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use ficus_tests::process::{Sidecar, SidecarOptions};
+use ficus_tests::upstream::Upstream;
+use http::Request;
+use http_body_util::Full;
+
+const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+/// OTLP span kinds.
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+const WAIT: Duration = Duration::from_secs(20);
+
+fn mesh(tracing: &str) -> String {
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\nspec: {{{tracing}}}\n---\n"
+    )
+}
+
+fn tracing_to(receiver: SocketAddr, percent: u32) -> String {
+    format!("tracing: {{otlpEndpoint: \"http://{receiver}\", samplingPercent: {percent}}}")
+}
+
+/// A Backend `payments` at `addr` and an HTTPRoute `shop/payments-route` in front of it.
+fn payments(addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: payments, namespace: shop}}\n\
+         spec:\n  endpoints: [{{address: \"{addr}\"}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: payments-route, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{name: payments}}]\n  rules:\n  - backendRefs: [{{name: payments}}]\n---\n"
+    )
+}
+
+fn get(host: &str, path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut builder = Request::get(path).header("host", host);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Full::new(Bytes::new())).unwrap()
+}
+
+/// `(version, trace id, parent id, flags)` of a `traceparent`.
+fn traceparent(value: &str) -> (String, String, String, String) {
+    let fields: Vec<&str> = value.split('-').collect();
+    assert_eq!(fields.len(), 4, "traceparent {value:?}");
+    assert_eq!(value.len(), 55, "traceparent {value:?}");
+    assert!(
+        value
+            .bytes()
+            .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "traceparent {value:?}"
+    );
+    (
+        fields[0].to_owned(),
+        fields[1].to_owned(),
+        fields[2].to_owned(),
+        fields[3].to_owned(),
+    )
+}
+
+fn header(seen: &ficus_tests::upstream::Recorded, name: &str) -> String {
+    seen.headers
+        .get(name)
+        .unwrap_or_else(|| panic!("upstream got no {name}: {:?}", seen.headers))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+// === client sidecar → server sidecar → app, over mTLS ===
+
+async fn control_with_tokens() -> (ControlPlane, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "tok-web web shop\ntok-payments payments shop\n").unwrap();
+    let control =
+        ControlPlane::start_tls(None, &["--join-token-file", tokens.to_str().unwrap()]).await;
+    for workload in ["web", "payments"] {
+        std::fs::write(dir.path().join(workload), format!("tok-{workload}\n")).unwrap();
+    }
+    (control, dir)
+}
+
+async fn push_sidecar(
+    control: &ControlPlane,
+    tokens: &Path,
+    workload: &str,
+    app: Option<SocketAddr>,
+) -> Sidecar {
+    let options = SidecarOptions {
+        workload: Some(workload.to_owned()),
+        node_id: Some(format!("{workload}-1")),
+        app,
+        extra: vec![
+            "--token-file".into(),
+            tokens.join(workload).display().to_string(),
+            "--ca-file".into(),
+            control.ca_file().display().to_string(),
+        ],
+        ..SidecarOptions::default()
+    };
+    Sidecar::start_push(&control.grpc_tls_url(), options).await
+}
+
+#[tokio::test]
+async fn one_trace_across_two_sidecars_with_parent_links_and_http_attributes() {
+    let receiver = OtlpReceiver::start().await;
+    let (control, tokens) = control_with_tokens().await;
+    let app = Upstream::start("payments-app").await;
+    let server = push_sidecar(&control, tokens.path(), "payments", Some(app.addr)).await;
+    let web = push_sidecar(&control, tokens.path(), "web", None).await;
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
+         spec: {{mtls: {{mode: STRICT}}, {}}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: payments, namespace: shop}}\n\
+         spec:\n  endpoints: [{{address: \"{}\", identity: \"{PAYMENTS}\"}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: payments-route, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{name: payments}}]\n  rules:\n  - backendRefs: [{{name: payments}}]\n",
+        tracing_to(receiver.addr, 100),
+        server.inbound
+    );
+    let applied = control.ctl_stdin(&["apply", "-f", "-"], &config).await;
+    assert_eq!(applied.code, 0, "{}{}", applied.stdout, applied.stderr);
+    server.wait_ready(Duration::from_secs(30)).await;
+    web.wait_ready(Duration::from_secs(30)).await;
+
+    let incoming = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    let response = client::send(
+        web.outbound,
+        get(
+            "payments",
+            "/api/pay/7?x=1",
+            &[("traceparent", &incoming), ("tracestate", "vendor=abc")],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    let spans = receiver.wait_for(2, WAIT, |s| s.trace_id() == TRACE).await;
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let client_span = spans
+        .iter()
+        .find(|s| s.span.kind == CLIENT)
+        .expect("CLIENT span");
+    let server_span = spans
+        .iter()
+        .find(|s| s.span.kind == SERVER)
+        .expect("SERVER span");
+
+    // Parent links: app's context → client sidecar → server sidecar → the app's request.
+    assert_eq!(client_span.parent_span_id(), CALLER_SPAN);
+    assert_eq!(server_span.parent_span_id(), client_span.span_id());
+    let seen = app.last().unwrap();
+    let (version, trace, parent, flags) = traceparent(&header(&seen, "traceparent"));
+    assert_eq!(
+        (version.as_str(), trace.as_str(), flags.as_str()),
+        ("00", TRACE, "01")
+    );
+    assert_eq!(
+        parent,
+        server_span.span_id(),
+        "the app's parent is the server sidecar's span"
+    );
+    assert_eq!(header(&seen, "tracestate"), "vendor=abc");
+
+    // HTTP semantic conventions and Ficus attributes.
+    for (key, value) in [
+        ("http.request.method", "GET"),
+        ("http.response.status_code", "200"),
+        ("http.route", "shop/payments-route"),
+        ("server.address", "payments"),
+        ("url.path", "/api/pay/7"),
+        ("ficus.direction", "outbound"),
+        ("ficus.service", "shop/payments"),
+        ("ficus.backend", "shop/payments"),
+        ("ficus.peer.identity", PAYMENTS),
+        ("ficus.retries", "0"),
+        ("network.peer.address", "127.0.0.1"),
+    ] {
+        assert_eq!(
+            client_span.attr(key).as_deref(),
+            Some(value),
+            "client span {key}: {client_span:#?}"
+        );
+    }
+    assert_eq!(
+        client_span.attr("network.peer.port"),
+        Some(server.inbound.port().to_string())
+    );
+    for (key, value) in [
+        ("http.request.method", "GET"),
+        ("http.response.status_code", "200"),
+        ("ficus.direction", "inbound"),
+        ("ficus.service", "shop/payments"),
+        ("ficus.backend", "app"),
+        ("ficus.peer.identity", WEB),
+        ("url.path", "/api/pay/7"),
+    ] {
+        assert_eq!(
+            server_span.attr(key).as_deref(),
+            Some(value),
+            "server span {key}: {server_span:#?}"
+        );
+    }
+    assert_eq!(client_span.attr("ficus.response_flags"), None);
+    assert_eq!(client_span.span.name, "GET shop/payments-route");
+    assert_eq!(
+        client_span.resource_attr("service.name").as_deref(),
+        Some("web.shop")
+    );
+    assert_eq!(
+        server_span.resource_attr("service.name").as_deref(),
+        Some("payments.shop")
+    );
+    assert!(client_span.span.end_time_unix_nano >= client_span.span.start_time_unix_nano);
+    // The client span encloses the server span.
+    assert!(client_span.span.start_time_unix_nano <= server_span.span.start_time_unix_nano);
+
+    // A request without any context starts a new trace at the client sidecar.
+    let response = client::get(web.outbound, "payments", "/fresh")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200);
+    let seen = app.last().unwrap();
+    let (_, trace, parent, flags) = traceparent(&header(&seen, "traceparent"));
+    assert_eq!(flags, "01");
+    assert_ne!(trace, TRACE);
+    let spans = receiver.wait_for(2, WAIT, |s| s.trace_id() == trace).await;
+    let root = spans.iter().find(|s| s.span.kind == CLIENT).unwrap();
+    assert_eq!(
+        root.parent_span_id(),
+        "",
+        "a new trace's first span has no parent"
+    );
+    let server_span = spans.iter().find(|s| s.span.kind == SERVER).unwrap();
+    assert_eq!(server_span.span_id(), parent);
+
+    let metrics = web.metrics().await;
+    assert!(metrics.sum("ficus_trace_spans_exported_total", &[]) >= 2.0);
+    assert_eq!(metrics.sum("ficus_trace_spans_dropped_total", &[]), 0.0);
+}
+
+// === one sidecar, plaintext, file mode ===
+
+async fn sidecar_to(app: &Upstream, tracing: &str) -> Sidecar {
+    Sidecar::start(&format!("{}{}", mesh(tracing), payments(app.addr))).await
+}
+
+#[tokio::test]
+async fn b3_in_is_answered_in_b3_and_w3c() {
+    let receiver = OtlpReceiver::start().await;
+    let app = Upstream::start("payments").await;
+    let sidecar = sidecar_to(&app, &tracing_to(receiver.addr, 100)).await;
+    let b3_trace = "463ac35c9f6413ad48485a3953bb6124";
+    let b3_span = "a2fb4a1d1a96d312";
+
+    // B3 multi-header.
+    let response = client::send(
+        sidecar.outbound,
+        get(
+            "payments",
+            "/b3",
+            &[
+                ("x-b3-traceid", b3_trace),
+                ("x-b3-spanid", b3_span),
+                ("x-b3-sampled", "1"),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 200);
+    let span = receiver
+        .wait_for(1, WAIT, |s| s.trace_id() == b3_trace)
+        .await
+        .remove(0);
+    assert_eq!(span.parent_span_id(), b3_span);
+    let seen = app.last().unwrap();
+    assert_eq!(header(&seen, "x-b3-traceid"), b3_trace);
+    assert_eq!(header(&seen, "x-b3-spanid"), span.span_id());
+    assert_eq!(header(&seen, "x-b3-parentspanid"), b3_span);
+    assert_eq!(header(&seen, "x-b3-sampled"), "1");
+    let (_, trace, parent, flags) = traceparent(&header(&seen, "traceparent"));
+    assert_eq!((trace.as_str(), flags.as_str()), (b3_trace, "01"));
+    assert_eq!(parent, span.span_id());
+    assert!(
+        !seen.headers.contains_key("b3"),
+        "single b3 only when received"
+    );
+
+    // B3 single header with a 64-bit trace id and a not-sampled decision: answered in the
+    // same width, still not sampled, nothing exported.
+    let short_trace = "48485a3953bb6124";
+    let response = client::send(
+        sidecar.outbound,
+        get(
+            "payments",
+            "/b3s",
+            &[("b3", &format!("{short_trace}-{b3_span}-0"))],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 200);
+    let seen = app.last().unwrap();
+    let single = header(&seen, "b3");
+    let fields: Vec<&str> = single.split('-').collect();
+    assert_eq!(fields.len(), 4, "{single}");
+    assert_eq!(fields[0], short_trace);
+    assert_ne!(fields[1], b3_span, "the sidecar's own span id");
+    assert_eq!((fields[2], fields[3]), ("0", b3_span));
+    let (_, trace, parent, flags) = traceparent(&header(&seen, "traceparent"));
+    assert_eq!(trace, format!("0000000000000000{short_trace}"));
+    assert_eq!((parent.as_str(), flags.as_str()), (fields[1], "00"));
+    assert!(!seen.headers.contains_key("x-b3-traceid"));
+}
+
+#[tokio::test]
+async fn a_retried_request_records_its_retries_flags_and_error() {
+    let receiver = OtlpReceiver::start().await;
+    let app = Upstream::start("payments").await;
+    let config = format!(
+        "{}apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: payments, namespace: shop}}\n\
+         spec:\n  endpoints: [{{address: \"{}\"}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: flaky, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{name: payments}}]\n  rules:\n  - backendRefs: [{{name: payments}}]\n\
+         \x20   retry: {{attempts: 2, codes: [503], backoff: 1ms}}\n",
+        mesh(&tracing_to(receiver.addr, 100)),
+        app.addr
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let response = client::get(sidecar.outbound, "payments", "/status/503")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 503);
+    assert_eq!(app.count(), 3, "one try and two retries");
+    let (_, trace, _, _) = traceparent(&header(&app.last().unwrap(), "traceparent"));
+    let span = receiver
+        .wait_for(1, WAIT, |s| s.trace_id() == trace)
+        .await
+        .remove(0);
+    for (key, value) in [
+        ("ficus.retries", "2"),
+        ("http.request.resend_count", "2"),
+        ("ficus.response_flags", "URX"),
+        ("http.response.status_code", "503"),
+        ("error.type", "503"),
+        ("http.route", "shop/flaky"),
+    ] {
+        assert_eq!(span.attr(key).as_deref(), Some(value), "{key}: {span:#?}");
+    }
+    // OTLP status code 2 = ERROR.
+    assert_eq!(span.span.status.as_ref().map(|s| s.code), Some(2));
+}
+
+#[tokio::test]
+async fn a_malformed_traceparent_is_replaced_and_its_tracestate_dropped() {
+    let receiver = OtlpReceiver::start().await;
+    let app = Upstream::start("payments").await;
+    let sidecar = sidecar_to(&app, &tracing_to(receiver.addr, 100)).await;
+    let malformed = [
+        format!("00-{}-{CALLER_SPAN}-01", TRACE.to_uppercase()),
+        format!("00-{}-{CALLER_SPAN}-01", "0".repeat(32)),
+        format!("00-{TRACE}-{}-01", "0".repeat(16)),
+        format!("ff-{TRACE}-{CALLER_SPAN}-01"),
+        format!("00-{TRACE}-{CALLER_SPAN}-1"),
+        format!("00-{TRACE}-{CALLER_SPAN}-01-extra"),
+        "garbage".to_owned(),
+    ];
+    for bad in &malformed {
+        let response = client::send(
+            sidecar.outbound,
+            get(
+                "payments",
+                "/bad",
+                &[("traceparent", bad), ("tracestate", "vendor=abc")],
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status, 200);
+        let seen = app.last().unwrap();
+        let sent = header(&seen, "traceparent");
+        assert_ne!(&sent, bad);
+        let (version, trace, parent, _) = traceparent(&sent);
+        assert_eq!(version, "00");
+        assert_ne!(trace, TRACE, "{bad}: a new trace");
+        assert_ne!(trace, "0".repeat(32));
+        assert_ne!(parent, "0".repeat(16));
+        assert!(
+            !seen.headers.contains_key("tracestate"),
+            "{bad}: tracestate of a malformed traceparent is dropped"
+        );
+        let span = receiver
+            .wait_for(1, WAIT, |s| s.trace_id() == trace)
+            .await
+            .remove(0);
+        assert_eq!(span.parent_span_id(), "", "{bad}: a root span");
+        assert_eq!(span.span_id(), parent);
+    }
+
+    // A future version with extra fields is understood and answered in version 00.
+    let future = format!("cc-{TRACE}-{CALLER_SPAN}-01-more-fields");
+    client::send(
+        sidecar.outbound,
+        get("payments", "/v", &[("traceparent", &future)]),
+    )
+    .await
+    .unwrap();
+    let (version, trace, _, flags) = traceparent(&header(&app.last().unwrap(), "traceparent"));
+    assert_eq!(
+        (version.as_str(), trace.as_str(), flags.as_str()),
+        ("00", TRACE, "01")
+    );
+}
+
+#[tokio::test]
+async fn zero_percent_exports_nothing_but_still_propagates() {
+    let receiver = OtlpReceiver::start().await;
+    let app = Upstream::start("payments").await;
+    let sidecar = sidecar_to(&app, &tracing_to(receiver.addr, 0)).await;
+    let mut traces = Vec::new();
+    for _ in 0..20 {
+        let response = client::get(sidecar.outbound, "payments", "/quiet")
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200);
+        let (_, trace, _, flags) = traceparent(&header(&app.last().unwrap(), "traceparent"));
+        assert_eq!(flags, "00", "not sampled, still propagated");
+        traces.push(trace);
+    }
+    // A caller's not-sampled context stays in its trace and stays not sampled.
+    let unsampled = format!("00-{TRACE}-{CALLER_SPAN}-00");
+    client::send(
+        sidecar.outbound,
+        get("payments", "/quiet", &[("traceparent", &unsampled)]),
+    )
+    .await
+    .unwrap();
+    let (_, trace, parent, flags) = traceparent(&header(&app.last().unwrap(), "traceparent"));
+    assert_eq!((trace.as_str(), flags.as_str()), (TRACE, "00"));
+    assert_ne!(parent, CALLER_SPAN, "the sidecar's own span is the parent");
+    traces.push(trace);
+
+    // A forced request is exported; spans leave in order, so once it is in, any span of the
+    // earlier requests would have been too.
+    let response = client::send(
+        sidecar.outbound,
+        get("payments", "/forced", &[("x-ficus-force-trace", "1")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 200);
+    let seen = app.last().unwrap();
+    let (_, forced, _, flags) = traceparent(&header(&seen, "traceparent"));
+    assert_eq!(flags, "01");
+    assert_eq!(
+        header(&seen, "x-ficus-force-trace"),
+        "1",
+        "kept for the next hops"
+    );
+    receiver.wait_for(1, WAIT, |s| s.trace_id() == forced).await;
+    let spans = receiver.spans();
+    assert_eq!(spans.len(), 1, "only the forced request: {spans:#?}");
+    assert!(spans.iter().all(|s| !traces.contains(&s.trace_id())));
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_trace_spans_exported_total", &[]), 1.0);
+    assert_eq!(metrics.sum("ficus_trace_spans_dropped_total", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn collector_down_under_load_drops_spans_not_requests_and_export_resumes() {
+    let mut receiver = OtlpReceiver::start().await;
+    let collector = receiver.addr;
+    let app = Upstream::start("payments").await;
+    let sidecar = sidecar_to(&app, &tracing_to(collector, 100)).await;
+
+    let response = client::get(sidecar.outbound, "payments", "/up")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200);
+    receiver.wait_for(1, WAIT, |_| true).await;
+
+    receiver.stop().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, sent, outbound) = (Arc::clone(&stop), Arc::clone(&sent), sidecar.outbound);
+        clients.push(tokio::spawn(async move {
+            let mut client = H1Client::connect(outbound).await.unwrap();
+            let mut failures = Vec::new();
+            // Bounded: stops when told, and after 200,000 requests at most.
+            for _ in 0..200_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match client.get("payments", "/load").await {
+                    Ok(response) if response.status == 200 => {}
+                    other => failures.push(format!("{other:?}")),
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            failures
+        }));
+    }
+    // ~30 s of steady load with the collector gone.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let failures = client.await.unwrap();
+        assert!(failures.is_empty(), "requests failed: {failures:?}");
+    }
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(sent > 0);
+    let metrics = sidecar.metrics().await;
+    let dropped = metrics.sum("ficus_trace_spans_dropped_total", &[]);
+    let exported = metrics.sum("ficus_trace_spans_exported_total", &[]);
+    assert!(dropped > 0.0, "drops are counted ({sent} requests)");
+    assert!(
+        exported + dropped <= sent as f64 + 1.0,
+        "at most one span per request: {exported} + {dropped} > {sent} + 1"
+    );
+    assert_eq!(
+        metrics.sum("ficus_requests_total", &[("response_code", "200")]),
+        sent as f64 + 1.0
+    );
+
+    // The collector comes back on the same port: export resumes.
+    let receiver = OtlpReceiver::start_on(collector).await;
+    let after = Instant::now();
+    let mut resumed = Vec::new();
+    // Bounded: up to 60 s of one request every 200 ms until a span of one of them arrives.
+    while resumed.is_empty() {
+        assert!(
+            after.elapsed() < Duration::from_secs(60),
+            "export did not resume"
+        );
+        let response = client::send(sidecar.outbound, get("payments", "/again", &[]))
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        resumed = receiver.spans();
+    }
+    let metrics = sidecar.metrics().await;
+    assert!(metrics.sum("ficus_trace_spans_exported_total", &[]) > exported);
+}
+
+#[tokio::test]
+async fn a_config_swap_moves_export_and_removing_tracing_stops_it() {
+    let first = OtlpReceiver::start().await;
+    let second = OtlpReceiver::start().await;
+    let app = Upstream::start("payments").await;
+    let sidecar = sidecar_to(&app, &tracing_to(first.addr, 100)).await;
+
+    let trace_of_last =
+        |app: &Upstream| traceparent(&header(&app.last().unwrap(), "traceparent")).1;
+    client::get(sidecar.outbound, "payments", "/one")
+        .await
+        .unwrap();
+    let one = trace_of_last(&app);
+    first.wait_for(1, WAIT, |s| s.trace_id() == one).await;
+
+    sidecar.write_config(&format!(
+        "{}{}",
+        mesh(&tracing_to(second.addr, 100)),
+        payments(app.addr)
+    ));
+    sidecar.wait_version(2, WAIT).await;
+    client::get(sidecar.outbound, "payments", "/two")
+        .await
+        .unwrap();
+    let two = trace_of_last(&app);
+    second.wait_for(1, WAIT, |s| s.trace_id() == two).await;
+    assert!(
+        first.spans().iter().all(|s| s.trace_id() != two),
+        "the old receiver gets nothing after the swap"
+    );
+
+    // Tracing removed: no span is made; a valid context passes through untouched.
+    sidecar.write_config(&format!("{}{}", mesh(""), payments(app.addr)));
+    sidecar.wait_version(3, WAIT).await;
+    let incoming = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    for _ in 0..5 {
+        client::send(
+            sidecar.outbound,
+            get(
+                "payments",
+                "/off",
+                &[("traceparent", &incoming), ("x-ficus-force-trace", "1")],
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(header(&app.last().unwrap(), "traceparent"), incoming);
+    }
+    // Back on: a marker span reaches the second receiver after anything the off period
+    // could have queued; none of the off period's spans is there.
+    sidecar.write_config(&format!(
+        "{}{}",
+        mesh(&tracing_to(second.addr, 100)),
+        payments(app.addr)
+    ));
+    sidecar.wait_version(4, WAIT).await;
+    client::get(sidecar.outbound, "payments", "/marker")
+        .await
+        .unwrap();
+    let marker = trace_of_last(&app);
+    second.wait_for(1, WAIT, |s| s.trace_id() == marker).await;
+    let spans: Vec<ReceivedSpan> = second.spans();
+    assert!(
+        spans.iter().all(|s| s.trace_id() != TRACE),
+        "nothing exported while tracing was off: {spans:#?}"
+    );
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_trace_spans_dropped_total", &[]), 0.0);
+}
