@@ -472,3 +472,37 @@ fn dechunk(mut rest: &str) -> String {
     }
     body
 }
+
+/// Forwards connections accepted inside a namespace to an address of the host namespace (the
+/// control plane on the host's loopback, for sidecars inside namespaces); stops on drop.
+#[derive(Debug)]
+pub struct Relay {
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    /// Listens on `listen` inside `ns`; each connection is joined to a new one to `to`.
+    pub fn start(ns: &NetNs, listen: SocketAddr, to: SocketAddr) -> anyhow::Result<Self> {
+        let listener = ns.listen(listen)?;
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inside, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let connected = tokio::time::timeout(TIMEOUT, TcpStream::connect(to)).await;
+                    if let Ok(Ok(mut outside)) = connected {
+                        let _ = tokio::io::copy_bidirectional(&mut inside, &mut outside).await;
+                    }
+                });
+            }
+        });
+        Ok(Self { task })
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ficus_tests::client::Metrics;
-use ficus_tests::netns::{self, http_get, link, NetNs, NsGreeter, NsHttpServer};
+use ficus_tests::control::ControlPlane;
+use ficus_tests::netns::{self, http_get, link, NetNs, NsGreeter, NsHttpServer, Relay};
 use ficus_tests::process::{binary, Sidecar, SidecarOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -69,69 +70,97 @@ impl World {
 
     /// Installs the rules and starts the transparent sidecar as uid 1337 on `config`.
     async fn sidecar(&self, config: &str, extra: &[&str]) -> PodSidecar {
-        let (ok, stderr) = self.redirect(&["--proxy-uid", PROXY_UID]);
-        assert!(ok, "redirect failed: {stderr}");
-        let mut prefix = self.pod.exec_prefix();
-        prefix.extend(
-            [
-                "setpriv",
-                "--reuid",
-                PROXY_UID,
-                "--regid",
-                PROXY_UID,
-                "--clear-groups",
-                "--",
-            ]
-            .map(str::to_owned),
-        );
         let options = SidecarOptions {
-            addresses: Some((
-                addr("127.0.0.1:15001"),
-                addr("0.0.0.0:15006"),
-                addr("127.0.0.1:15000"),
-            )),
-            // Nothing listens there: inbound must go to the original port instead.
-            app: Some(addr("127.0.0.1:9")),
-            extra: ["--transparent"]
-                .iter()
-                .chain(extra)
-                .map(|s| (*s).to_owned())
-                .collect(),
-            prefix,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             ..SidecarOptions::default()
         };
-        let sidecar = Sidecar::spawn(config, options);
-        let admin = addr("127.0.0.1:15000");
-        let started = Instant::now();
-        loop {
-            if let Ok(ready) = http_get(&self.pod, admin, "admin", "/ready", &[]).await {
-                if ready.status == 200 {
-                    break;
-                }
+        let sidecar = start_transparent(&self.pod, config, options);
+        wait_ready(&self.pod).await;
+        sidecar
+    }
+}
+
+/// Installs the rules in `ns` and starts a transparent sidecar there as uid 1337 (not
+/// waiting for it to be ready).
+fn start_transparent(ns: &NetNs, config: &str, options: SidecarOptions) -> PodSidecar {
+    let output = netns::run(
+        ns.command(binary("ficus-sidecar").to_str().expect("utf-8 path"))
+            .args(["redirect", "--proxy-uid", PROXY_UID]),
+    )
+    .expect("run ficus-sidecar redirect");
+    assert!(
+        output.status.success(),
+        "redirect failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut prefix = ns.exec_prefix();
+    prefix.extend(
+        [
+            "setpriv",
+            "--reuid",
+            PROXY_UID,
+            "--regid",
+            PROXY_UID,
+            "--clear-groups",
+            "--",
+        ]
+        .map(str::to_owned),
+    );
+    let mut extra = vec!["--transparent".to_owned()];
+    extra.extend(options.extra);
+    let options = SidecarOptions {
+        addresses: Some((
+            addr("127.0.0.1:15001"),
+            addr("0.0.0.0:15006"),
+            addr("127.0.0.1:15000"),
+        )),
+        // Nothing listens there: inbound must go to the original port instead.
+        app: Some(addr("127.0.0.1:9")),
+        extra,
+        prefix,
+        ..options
+    };
+    PodSidecar {
+        _process: Sidecar::spawn(config, options),
+        admin: addr("127.0.0.1:15000"),
+        ns: ns.name().to_owned(),
+    }
+}
+
+/// Waits until the sidecar in `ns` says it is ready.
+async fn wait_ready(ns: &NetNs) {
+    let started = Instant::now();
+    loop {
+        if let Ok(ready) = http_get(ns, addr("127.0.0.1:15000"), "admin", "/ready", &[]).await {
+            if ready.status == 200 {
+                return;
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "transparent sidecar not ready within 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        PodSidecar {
-            _process: sidecar,
-            admin,
-        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "transparent sidecar in {} not ready within 30 s",
+            ns.name()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 struct PodSidecar {
     _process: Sidecar,
     admin: SocketAddr,
+    ns: String,
 }
 
 impl PodSidecar {
     async fn metrics(&self, world: &World) -> Metrics {
-        let fetched = http_get(&world.pod, self.admin, "admin", "/metrics", &[])
+        let ns = if world.pod.name() == self.ns {
+            &world.pod
+        } else {
+            &world.remote
+        };
+        let fetched = http_get(ns, self.admin, "admin", "/metrics", &[])
             .await
-            .expect("GET /metrics in the pod");
+            .expect("GET /metrics in the namespace");
         Metrics::parse(&fetched.body)
     }
 }
@@ -525,4 +554,118 @@ async fn transparent_mode_refuses_to_run_as_root() {
     // Flags are checked before the config is read.
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("must not run as root"), "{stderr}");
+}
+
+#[tokio::test]
+async fn intercepted_calls_cross_mtls_between_transparent_sidecars() {
+    if skip("intercepted_calls_cross_mtls_between_transparent_sidecars") {
+        return;
+    }
+    // The control plane (the mesh CA) runs on the host's loopback; each namespace reaches it
+    // through a relay on its own 127.0.0.1:15012 (loopback is never intercepted).
+    let files = tempfile::tempdir().unwrap();
+    let tokens = files.path().join("tokens");
+    std::fs::write(&tokens, "tok-web web shop\ntok-payments payments shop\n").unwrap();
+    let control =
+        ControlPlane::start_tls(None, &["--join-token-file", tokens.to_str().unwrap()]).await;
+    // uid 1337 reads the root and its token from here.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let readable = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(files.path(), readable).unwrap();
+    }
+    let ca = files.path().join("ca.pem");
+    std::fs::copy(control.ca_file(), &ca).unwrap();
+    for workload in ["web", "payments"] {
+        std::fs::write(files.path().join(workload), format!("tok-{workload}\n")).unwrap();
+    }
+    let world = World::new();
+    let grpc = addr("127.0.0.1:15012");
+    let _relays = (
+        Relay::start(&world.pod, grpc, control.grpc).unwrap(),
+        Relay::start(&world.remote, grpc, control.grpc).unwrap(),
+    );
+    // The payments app listens on its pod IP; its own sidecar guards it (STRICT).
+    let app = NsHttpServer::start(&world.remote, addr("10.77.0.2:8080"), "payments-app").unwrap();
+    let sidecar = |ns: &NetNs, workload: &str| {
+        let options = SidecarOptions {
+            control: Some(format!("https://{grpc}")),
+            workload: Some(workload.to_owned()),
+            node_id: Some(format!("{workload}-1")),
+            extra: vec![
+                "--token-file".into(),
+                files.path().join(workload).display().to_string(),
+                "--ca-file".into(),
+                ca.display().to_string(),
+            ],
+            ..SidecarOptions::default()
+        };
+        start_transparent(ns, "", options)
+    };
+    let web = sidecar(&world.pod, "web");
+    let payments = sidecar(&world.remote, "payments");
+    let config = "\
+apiVersion: ficus.dev/v1alpha1
+kind: Mesh
+metadata: {name: default}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: ficus.dev/v1alpha1
+kind: Backend
+metadata: {name: payments, namespace: shop}
+spec:
+  endpoints: [{address: \"10.77.0.2:8080\", identity: \"spiffe://cluster.local/ns/shop/sa/payments\"}]
+";
+    let applied = control.ctl_stdin(&["apply", "-f", "-"], config).await;
+    assert_eq!(applied.code, 0, "{}{}", applied.stdout, applied.stderr);
+    wait_ready(&world.pod).await;
+    wait_ready(&world.remote).await;
+
+    // The web app calls the payments pod's address in plaintext, as if there were no mesh.
+    let fetched = http_get(
+        &world.pod,
+        addr("10.77.0.2:8080"),
+        "10.77.0.2:8080",
+        "/",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (fetched.status, fetched.body.as_str()),
+        (200, "payments-app")
+    );
+    let seen = app.received.lock().unwrap()[0].clone();
+    assert_eq!(
+        seen["x-ficus-peer-identity"], "spiffe://cluster.local/ns/shop/sa/web",
+        "the payments sidecar verified the web sidecar's certificate"
+    );
+    let web_metrics = web.metrics(&world).await;
+    assert_eq!(
+        web_metrics.sum(
+            "ficus_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("destination_service", "shop/payments"),
+                ("response_code", "200")
+            ]
+        ),
+        1.0
+    );
+    let payments_metrics = payments.metrics(&world).await;
+    assert_eq!(
+        payments_metrics.sum(
+            "ficus_intercepted_connections_total",
+            &[("direction", "inbound"), ("protocol", "http")]
+        ),
+        1.0,
+        "the TLS connection from the web sidecar was redirected to the payments sidecar"
+    );
+    assert_eq!(
+        payments_metrics.sum(
+            "ficus_requests_total",
+            &[("direction", "inbound"), ("response_code", "200")]
+        ),
+        1.0
+    );
 }
