@@ -89,6 +89,9 @@ pub struct RuleAction {
     pub retry: Option<RetryPolicy>,
     /// RequestMirror, when the rule has one.
     pub mirror: Option<Mirror>,
+    /// The route's rate limit (a TrafficPolicy targeting the HTTPRoute): one bucket shared by
+    /// all the route's rules and parents.
+    pub rate_limit: Option<Arc<RateLimiter>>,
     /// Metrics for redirects answered by this rule.
     pub local_metrics: Arc<RequestMetrics>,
     /// The HTTPRoute (`namespace/name`) of the rule, for spans' `http.route`.
@@ -327,7 +330,11 @@ impl Snapshot {
 
         let mut services: HashMap<String, HashMap<String, Arc<Service>>> = HashMap::new();
         let mut routed: HashMap<ResourceKey, Vec<_>> = HashMap::new();
+        let mut route_limits: HashMap<String, Arc<RateLimiter>> = HashMap::new();
         for route in &config.http_routes {
+            if let Some(limiter) = route.rate_limit.as_ref().and_then(RateLimiter::new) {
+                route_limits.insert(route.key.to_string(), Arc::new(limiter));
+            }
             for parent in &route.parents {
                 for (rule_index, rule) in route.rules.iter().enumerate() {
                     routed.entry(parent.clone()).or_default().push((
@@ -344,6 +351,7 @@ impl Snapshot {
             for (route_label, rule_index, rule) in rules {
                 let mut action = compile_rule(rule, &label, &targets, cx);
                 action.route = Some(Arc::from(route_label.as_str()));
+                action.rate_limit = route_limits.get(&route_label).cloned();
                 let action = Arc::new(action);
                 for (match_index, m) in rule.matches.iter().enumerate() {
                     let matcher = CompiledMatch::new(m);
@@ -519,6 +527,7 @@ fn compile_rule(
         timeouts: rule.timeouts,
         retry: rule.retry.as_ref().map(RetryPolicy::new),
         mirror: None,
+        rate_limit: None,
         local_metrics: cx
             .metrics
             .request_metrics(Direction::Outbound, service_label, "local"),
@@ -573,6 +582,7 @@ fn direct_service(label: String, target: &Arc<BackendTarget>, cx: &BuildContext<
         timeouts: Timeouts::default(),
         retry: None,
         mirror: None,
+        rate_limit: None,
         local_metrics: cx
             .metrics
             .request_metrics(Direction::Outbound, &label, "local"),

@@ -75,7 +75,7 @@ async fn route_and_forward<'s>(
     }) else {
         if let Some(redirected) = &redirected {
             let passthrough =
-                crate::transparent::passthrough(snapshot, peer, redirected, &authority, request);
+                crate::transparent::passthrough(snapshot, redirected, &authority, request);
             return passthrough.await;
         }
         let (response, flag) = ProxyError::NoService(authority).into_response();
@@ -92,6 +92,15 @@ async fn route_and_forward<'s>(
     };
     let action = &entry.action;
     span.set_route(action.route.as_ref());
+    // The route's rate limit holds for everything the route answers, redirects included.
+    if let Some(limiter) = &action.rate_limit {
+        if let Err(wait) = limiter.try_acquire() {
+            shared.metrics.rate_limited.inc();
+            let retry_after = crate::policy::rate_limit::retry_after_seconds(wait);
+            let (response, flag) = ProxyError::RateLimited { retry_after }.into_response();
+            return (response, &action.local_metrics, flag);
+        }
+    }
     if let Some(redirect) = &action.redirect {
         let uri = request.uri();
         let location =
