@@ -2,11 +2,14 @@
 //! config types so that the schema the API server checks and the one Ficus parses cannot
 //! drift apart.
 //!
-//! No Kubernetes client lives here yet: the control plane does not watch an API server (see
-//! README, limits). What is built is pure: objects in, objects out.
+//! The control plane does not watch an API server yet (see README, limits). What is built is
+//! pure — objects in, objects out — except the thin TokenReview client.
 //!
 //! # Layout
 //! - [`crd`] — the CRDs of Mesh, Backend, TrafficPolicy and AuthorizationPolicy
 //!   (`deploy/crds/`), with their OpenAPI v3 schemas made structural.
+//! - [`token_review`] — sidecars' projected service-account tokens checked with the API
+//!   server's TokenReview, behind [`crate::auth::join::TokenAuthenticator`].
 
 pub mod crd;
+pub mod token_review;

@@ -13,6 +13,7 @@ use ficus_control::auth::join::{JoinTokens, TokenAuthenticator};
 use ficus_control::ca::{self, ServerIdentity};
 use ficus_control::grpc::{self, Router};
 use ficus_control::inject::InjectConfig;
+use ficus_control::kubernetes::token_review::{ApiServer, FirstOf, TokenReviewer, AUDIENCE};
 use ficus_control::sign::Signer;
 use ficus_control::state::ControlState;
 use ficus_control::store::Store;
@@ -78,6 +79,11 @@ struct Args {
     /// `https://ficus-control.ficus-system.svc:15012`, as `ficusctl inject`).
     #[arg(long, env = "FICUS_INJECT_CONTROL_URL")]
     inject_control_url: Option<String>,
+    /// Also authenticate certificate requests with the Kubernetes TokenReview of the pod's
+    /// projected service-account token (audience `ficus`); in-cluster only (the API server
+    /// from `KUBERNETES_SERVICE_HOST`, this pod's own token and CA). Join tokens still work.
+    #[arg(long, env = "FICUS_KUBERNETES_TOKEN_REVIEW")]
+    kubernetes_token_review: bool,
 }
 
 /// Why the process cannot start: exit code 2 for bad flags or input files, 1 otherwise.
@@ -164,6 +170,15 @@ fn run(args: Args) -> Result<(), Fatal> {
         }
         None => None,
     };
+    let reviewer = if args.kubernetes_token_review && !args.insecure {
+        let server = ApiServer::in_cluster()
+            .map_err(|e| Fatal::usage(format!("--kubernetes-token-review: {e}")))?;
+        Some(Arc::new(TokenReviewer::new(server, AUDIENCE).map_err(
+            |e| Fatal::usage(format!("--kubernetes-token-review: {e}")),
+        )?))
+    } else {
+        None
+    };
     let (store, current) = Store::open(&args.data).map_err(|error| {
         Fatal::other(format!(
             "cannot open the store in {}: {error}",
@@ -216,14 +231,25 @@ fn run(args: Args) -> Result<(), Fatal> {
                 if let Some(listener) = webhook {
                     start_webhook(&args, listener, &ca, Arc::clone(&metrics))?;
                 }
-                if let Some(join) = &join {
+                let mut authenticators: Vec<Arc<dyn TokenAuthenticator>> = Vec::new();
+                if let Some(join) = join {
                     join.watch();
-                } else {
-                    tracing::warn!(
-                        "no --join-token-file: every certificate request will be refused"
-                    );
+                    authenticators.push(join);
                 }
-                let authenticator = join.map(|j| j as Arc<dyn TokenAuthenticator>);
+                if let Some(reviewer) = reviewer {
+                    authenticators.push(reviewer);
+                }
+                let authenticator = match authenticators.len() {
+                    0 => {
+                        tracing::warn!(
+                            "no --join-token-file or --kubernetes-token-review: every \
+                             certificate request will be refused"
+                        );
+                        None
+                    }
+                    1 => authenticators.pop(),
+                    _ => Some(Arc::new(FirstOf(authenticators)) as Arc<dyn TokenAuthenticator>),
+                };
                 let signer = Signer::new(
                     ca,
                     authenticator.clone(),
