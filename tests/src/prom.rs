@@ -77,12 +77,10 @@ impl std::error::Error for ParseError {}
 pub fn parse(text: &str) -> Result<Exposition, ParseError> {
     let mut parser = Parser::default();
     for (index, line) in text.lines().enumerate() {
-        parser
-            .line(line)
-            .map_err(|message| ParseError {
-                line: index + 1,
-                message,
-            })?;
+        parser.line(line).map_err(|message| ParseError {
+            line: index + 1,
+            message,
+        })?;
     }
     let families = parser.families;
     for family in families.values() {
@@ -217,7 +215,7 @@ impl Parser {
 /// Parses `name{labels} value [timestamp]`.
 fn sample(line: &str) -> Result<Sample, String> {
     let name_end = line
-        .find(|c: char| c == '{' || c == ' ')
+        .find(['{', ' '])
         .ok_or_else(|| format!("no value in {line:?}"))?;
     let name = &line[..name_end];
     check_metric_name(name)?;
@@ -337,20 +335,21 @@ fn check_label_name(name: &str) -> Result<(), String> {
     let first_ok = chars
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') && !name.starts_with("__")
-    {
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') && !name.starts_with("__") {
         Ok(())
     } else {
         Err(format!("invalid label name {name:?}"))
     }
 }
 
+/// One histogram series: `(le, cumulative count)` buckets, `_sum`, `_count`.
+type Series = (Vec<(f64, f64)>, Option<f64>, Option<f64>);
+
 /// Per series (labels other than `le`): cumulative buckets ending in `+Inf` = `_count`, and a
 /// `_sum`.
 fn check_histogram(family: &Family) -> Result<(), String> {
     let name = &family.name;
-    let mut series: BTreeMap<Vec<(String, String)>, (Vec<(f64, f64)>, Option<f64>, Option<f64>)> =
-        BTreeMap::new();
+    let mut series: BTreeMap<Vec<(String, String)>, Series> = BTreeMap::new();
     for sample in &family.samples {
         let mut labels = sample.labels.clone();
         let le = labels.remove("le");
@@ -372,7 +371,9 @@ fn check_histogram(family: &Family) -> Result<(), String> {
         let mut previous = (f64::NEG_INFINITY, 0.0);
         for (le, value) in &buckets {
             if *le <= previous.0 || *value < previous.1 {
-                return Err(format!("{name}{labels:?}: buckets not cumulative at le={le}"));
+                return Err(format!(
+                    "{name}{labels:?}: buckets not cumulative at le={le}"
+                ));
             }
             previous = (*le, *value);
         }

@@ -485,7 +485,9 @@ impl HttpBody for LoggedBody {
 pub fn trace_id(headers: &HeaderMap) -> Option<String> {
     let valid = |id: &str, lengths: &[usize]| {
         lengths.contains(&id.len())
-            && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             && id.bytes().any(|b| b != b'0')
     };
     let padded = |id: &str| format!("{id:0>32}");

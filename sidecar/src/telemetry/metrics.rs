@@ -12,12 +12,13 @@ use prometheus::{
 };
 
 /// Request duration buckets in seconds: coarse below a millisecond (the proxy's own share) and,
-/// between 1 ms and 10 s, no more than a factor of 1.5 apart (1, 1.5, 2, 3, 5, 7.5 per
+/// between 1 ms and 10 s, no more than a factor of 1.5 apart (1, 1.5, 2, 3, 4, 5, 7.5 per
 /// decade), so `histogram_quantile`'s linear interpolation reads P50/P95/P99 of applications
-/// within about a quarter of their value. 28 buckets per series.
+/// within about a quarter of their value. 32 buckets per series.
 pub const DURATION_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03,
-    0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02,
+    0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5,
+    10.0,
 ];
 
 /// Traffic direction label.
