@@ -11,8 +11,11 @@
 //! - [`grpc`] — gRPC status codes read from response headers, for retries and failures.
 //! - [`BackendPolicy`] — what a Backend's TrafficPolicy compiles to.
 //!
-//! Policies live on the `Snapshot` (per rule or per Backend), so a config swap resets their
-//! state (budgets, counters). That is deliberate: state never outlives the config that sized it.
+//! Policies live on the `Snapshot` (per rule or per Backend). A config swap keeps a Backend's
+//! policy state (breaker slots, ejections, retry budget, load estimates) when neither the
+//! Backend nor its TrafficPolicy changed ([`Carryover`]): users expect a push of an unrelated
+//! change to leave ejected endpoints ejected. A changed Backend or policy starts afresh, since
+//! its state was sized by the old values.
 //!
 //! # Ordering
 //! Outbound (`proxy/outbound.rs`), after routing picks a Backend:
@@ -38,7 +41,10 @@ pub mod outlier;
 pub mod rate_limit;
 pub mod retry;
 
-use ficus_config::TrafficPolicy;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use ficus_config::{Backend, ResourceKey, TrafficPolicy};
 
 use self::balance::Balancer;
 use self::breaker::Breaker;
@@ -86,5 +92,100 @@ impl BackendPolicy {
                 endpoints,
             ),
         }
+    }
+}
+
+/// The policy state of each Backend, kept from one snapshot to the next while the Backend and
+/// its TrafficPolicy are unchanged. Holds weak references only: the state lives as long as a
+/// snapshot uses it.
+#[derive(Debug, Default)]
+pub struct Carryover {
+    kept: Mutex<HashMap<ResourceKey, Kept>>,
+}
+
+#[derive(Debug)]
+struct Kept {
+    backend: Backend,
+    policy: Option<TrafficPolicy>,
+    state: Weak<BackendPolicy>,
+}
+
+impl Carryover {
+    /// The state for `backend` under `policy`: the one in use when both are as before, else
+    /// new state compiled from them.
+    pub fn policy(
+        &self,
+        backend: &Backend,
+        policy: Option<&TrafficPolicy>,
+        metrics: &Metrics,
+    ) -> Arc<BackendPolicy> {
+        let build = || Arc::new(BackendPolicy::new(policy, backend.endpoints.len(), metrics));
+        let Ok(mut kept) = self.kept.lock() else {
+            return build();
+        };
+        if let Some(previous) = kept.get(&backend.key) {
+            if previous.backend == *backend && previous.policy.as_ref() == policy {
+                if let Some(state) = previous.state.upgrade() {
+                    return state;
+                }
+            }
+        }
+        let state = build();
+        kept.insert(
+            backend.key.clone(),
+            Kept {
+                backend: backend.clone(),
+                policy: policy.cloned(),
+                state: Arc::downgrade(&state),
+            },
+        );
+        state
+    }
+
+    /// Forgets the Backends for which `keep` is false (those no longer configured).
+    pub fn retain(&self, keep: impl Fn(&ResourceKey) -> bool) {
+        if let Ok(mut kept) = self.kept.lock() {
+            kept.retain(|key, _| keep(key));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(port: u16) -> Backend {
+        Backend {
+            key: ResourceKey::new("shop", "api"),
+            protocol: ficus_config::Protocol::Http,
+            endpoints: vec![ficus_config::Endpoint {
+                address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                identity: None,
+            }],
+            listen: None,
+        }
+    }
+
+    #[test]
+    fn state_is_kept_while_backend_and_policy_are_unchanged() {
+        let metrics = Metrics::new();
+        let carry = Carryover::default();
+        let first = carry.policy(&backend(1), None, &metrics);
+        let same = carry.policy(&backend(1), None, &metrics);
+        assert!(Arc::ptr_eq(&first, &same));
+        let moved = carry.policy(&backend(2), None, &metrics);
+        assert!(
+            !Arc::ptr_eq(&first, &moved),
+            "a changed Backend starts afresh"
+        );
+        drop((first, same));
+        let again = carry.policy(&backend(2), None, &metrics);
+        assert!(Arc::ptr_eq(&moved, &again));
+        drop((moved, again));
+        // Nothing holds the state any more: it is gone, not kept alive by the carry-over.
+        let fresh = carry.policy(&backend(2), None, &metrics);
+        assert_eq!(Arc::strong_count(&fresh), 1);
+        carry.retain(|_| false);
+        assert!(carry.kept.lock().unwrap().is_empty());
     }
 }

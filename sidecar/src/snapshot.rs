@@ -114,8 +114,9 @@ pub struct BackendTarget {
     pub label: String,
     /// Protocol to the endpoints.
     pub protocol: Protocol,
-    /// Its TrafficPolicy, compiled (defaults without one).
-    pub policy: BackendPolicy,
+    /// Its TrafficPolicy, compiled (defaults without one); carried over from the previous
+    /// snapshot when neither changed.
+    pub policy: Arc<BackendPolicy>,
     endpoints: Vec<Arc<EndpointPool>>,
     /// The SPIFFE ID each endpoint must present (parallel to `endpoints`), for spans.
     identities: Vec<Option<Arc<str>>>,
@@ -311,9 +312,9 @@ impl Snapshot {
                 let target = BackendTarget {
                     label: key.to_string(),
                     protocol: backend.protocol,
-                    policy: BackendPolicy::new(
+                    policy: cx.pools.policies().policy(
+                        backend,
                         policies.get(key).copied(),
-                        backend.endpoints.len(),
                         cx.metrics,
                     ),
                     endpoints,

@@ -434,13 +434,20 @@ fn closed_under_us(error: &hyper::Error) -> bool {
 /// Endpoint address, HTTP/2, and the SPIFFE ID required of it (mTLS).
 type PoolKey = (SocketAddr, bool, Option<String>);
 
-/// Hands out the pool of an endpoint, the same one for as long as any snapshot names it.
+/// Hands out the pool of an endpoint, the same one for as long as any snapshot names it; and,
+/// likewise outliving snapshots, the policy state of Backends ([`crate::policy::Carryover`]).
 #[derive(Debug, Default)]
 pub struct PoolRegistry {
     pools: Mutex<HashMap<PoolKey, Weak<EndpointPool>>>,
+    policies: crate::policy::Carryover,
 }
 
 impl PoolRegistry {
+    /// Policy state carried from one snapshot to the next.
+    pub fn policies(&self) -> &crate::policy::Carryover {
+        &self.policies
+    }
+
     /// The pool for `address` (HTTP/2 or HTTP/1.1), created or updated with `settings`.
     pub fn pool(
         &self,

@@ -553,6 +553,54 @@ async fn a_failing_endpoint_is_ejected_then_returns() {
     assert_eq!(metrics.sum("ficus_outlier_ejections_active", &[]), 0.0);
 }
 
+/// A config push that leaves a Backend and its TrafficPolicy alone keeps its ejections (and
+/// the rest of its policy state); changing the policy starts afresh.
+#[tokio::test]
+async fn ejections_survive_a_swap_that_leaves_the_backend_alone() {
+    let failing = Scripted::start(always_503).await;
+    let healthy = Upstream::start("healthy").await;
+    let config = |extra: &str, base: &str| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+             spec: {{protocol: http, endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]}}\n---\n\
+             apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: api, namespace: shop}}\n\
+             spec: {{targetRef: {{kind: Backend, name: api}}, loadBalancer: {{type: RoundRobin}}, \
+             outlierDetection: {{consecutive5xx: 2, baseEjectionTime: {base}, maxEjectionPercent: 50}}}}\n{extra}",
+            failing.addr, healthy.addr
+        )
+    };
+    let sidecar = Sidecar::start(&config("", "60s")).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    for _ in 0..10 {
+        client.send(request("GET", "")).await.unwrap();
+    }
+    assert_eq!(failing.count(), 2, "ejected after two failures");
+    // An unrelated change: one more Backend.
+    let other = "---\napiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: other, namespace: shop}\n\
+                 spec: {endpoints: [{address: \"127.0.0.1:9\"}]}\n";
+    sidecar.write_config(&config(other, "60s"));
+    sidecar.wait_version(2, Duration::from_secs(10)).await;
+    for _ in 0..10 {
+        assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
+    }
+    assert_eq!(failing.count(), 2, "still ejected after the swap");
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_outlier_ejections_active", &[]), 1.0);
+    // A changed policy is new state: the endpoint is back in the rotation.
+    sidecar.write_config(&config(other, "30s"));
+    sidecar.wait_version(3, Duration::from_secs(10)).await;
+    for _ in 0..10 {
+        client.send(request("GET", "")).await.unwrap();
+    }
+    assert_eq!(
+        failing.count(),
+        4,
+        "forgiven by the new policy, then ejected again"
+    );
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_outlier_ejections_active", &[]), 1.0);
+}
+
 fn slow(_: usize, _: &str) -> (StatusCode, Option<Duration>) {
     (StatusCode::OK, Some(Duration::from_millis(30)))
 }
