@@ -10,6 +10,9 @@
 //!   (`deploy/crds/`), with their OpenAPI v3 schemas made structural.
 //! - [`token_review`] — sidecars' projected service-account tokens checked with the API
 //!   server's TokenReview, behind [`crate::auth::join::TokenAuthenticator`].
+//! - [`translate`] — Services, EndpointSlices, HTTPRoutes and Ficus objects → the validated
+//!   config snapshot.
 
 pub mod crd;
 pub mod token_review;
+pub mod translate;

@@ -1,0 +1,191 @@
+//! Kubernetes objects → the validated [`Config`] snapshot the control plane pushes.
+//!
+//! A pure function over the objects a watch would hold (as the API server returns them,
+//! `status` and `managedFields` included):
+//!
+//! - `ficus.dev/v1alpha1` Mesh, Backend, TrafficPolicy, AuthorizationPolicy and the Gateway
+//!   API's HTTPRoute and TCPRoute are Ficus documents already: they go in as they are.
+//! - Each `v1` Service with ready endpoints becomes a `Backend` of the same name and namespace
+//!   (so HTTPRoute `backendRefs` to Services resolve): its endpoints are the ready addresses
+//!   of the `discovery.k8s.io/v1` EndpointSlices labelled `kubernetes.io/service-name`, on
+//!   the slice port of the Service's first port (by name); its protocol comes from that port's
+//!   `appProtocol` (`http`, `kubernetes.io/h2c` → `http2`, `grpc`) or name prefix
+//!   (`http-`, `h2c-`, `grpc-`), default `http`. With the annotation
+//!   `ficus.dev/service-account: NAME` each endpoint requires the identity
+//!   `spiffe://<trust-domain>/ns/<ns>/sa/NAME` (then sidecars talk mTLS to it); EndpointSlices
+//!   do not name the pods' service accounts.
+//! - A Backend object of the same name wins over the Service's.
+//!
+//! Everything then goes through `ficus_config::parse_sources`, the validation every other
+//! source of config passes, with each object named (`Service shop/monolith`) in diagnostics.
+//! Services that cannot be Backends are listed in [`Translation::skipped`] with the reason:
+//! no ready endpoint (a Backend needs one), `ExternalName`, or an opaque TCP protocol (in
+//! Ficus a tcp Backend needs a local `listen` address, which a Service does not have).
+//! Service cluster IPs are not carried: the config model has no field for them yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ficus_config::{Config, ConfigErrors, Source};
+use serde_json::{json, Value};
+
+/// Annotation on a Service naming the service account its pods run as.
+pub const SERVICE_ACCOUNT_ANNOTATION: &str = "ficus.dev/service-account";
+
+/// The snapshot built from a cluster's objects.
+#[derive(Debug)]
+pub struct Translation {
+    /// The validated config.
+    pub config: Config,
+    /// `(namespace/name, reason)` of Services that did not become Backends.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Builds the config from `objects` (any order; unrelated kinds are ignored).
+pub fn translate(objects: &[Value], trust_domain: &str) -> Result<Translation, ConfigErrors> {
+    let mut sources = Vec::new();
+    let mut explicit_backends = BTreeSet::new();
+    let mut services = Vec::new();
+    let mut slices: BTreeMap<(String, String), Vec<&Value>> = BTreeMap::new();
+    for object in objects {
+        let api_version = object["apiVersion"].as_str().unwrap_or("");
+        let kind = object["kind"].as_str().unwrap_or("");
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default");
+        let name = object["metadata"]["name"].as_str().unwrap_or("");
+        match (api_version, kind) {
+            ("ficus.dev/v1alpha1", _)
+            | ("gateway.networking.k8s.io/v1", "HTTPRoute")
+            | ("gateway.networking.k8s.io/v1alpha2", "TCPRoute") => {
+                if kind == "Backend" {
+                    explicit_backends.insert((namespace.to_owned(), name.to_owned()));
+                }
+                sources.push(source(&format!("{kind} {namespace}/{name}"), object));
+            }
+            ("v1", "Service") => services.push(object),
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                if let Some(service) =
+                    object["metadata"]["labels"]["kubernetes.io/service-name"].as_str()
+                {
+                    slices
+                        .entry((namespace.to_owned(), service.to_owned()))
+                        .or_default()
+                        .push(object);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut skipped = Vec::new();
+    for service in services {
+        let namespace = service["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default");
+        let name = service["metadata"]["name"].as_str().unwrap_or("");
+        let key = (namespace.to_owned(), name.to_owned());
+        if explicit_backends.contains(&key) {
+            continue;
+        }
+        let no_slices = Vec::new();
+        let service_slices = slices.get(&key).unwrap_or(&no_slices);
+        match backend_for(service, service_slices, trust_domain) {
+            Ok(backend) => sources.push(source(&format!("Service {namespace}/{name}"), &backend)),
+            Err(reason) => skipped.push((format!("{namespace}/{name}"), reason)),
+        }
+    }
+    let config = ficus_config::parse_sources(&sources)?;
+    Ok(Translation { config, skipped })
+}
+
+fn source(name: &str, object: &Value) -> Source {
+    Source {
+        name: name.to_owned(),
+        text: object.to_string(),
+    }
+}
+
+/// The Backend document for `service`, or why there is none.
+fn backend_for(service: &Value, slices: &[&Value], trust_domain: &str) -> Result<Value, String> {
+    let namespace = service["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default");
+    let name = service["metadata"]["name"].as_str().unwrap_or("");
+    if service["spec"]["type"] == "ExternalName" {
+        return Err("an ExternalName Service has no endpoints".to_owned());
+    }
+    let port = service["spec"]["ports"]
+        .as_array()
+        .and_then(|ports| ports.first())
+        .ok_or("the Service has no ports")?;
+    let port_name = port["name"].as_str().unwrap_or("");
+    let protocol = protocol(port);
+    if protocol == "tcp" {
+        return Err(format!(
+            "port {port_name:?} is opaque TCP; declare a tcp Backend with `listen` instead"
+        ));
+    }
+    let identity = service["metadata"]["annotations"][SERVICE_ACCOUNT_ANNOTATION]
+        .as_str()
+        .map(|account| format!("spiffe://{trust_domain}/ns/{namespace}/sa/{account}"));
+    let mut addresses = BTreeSet::new();
+    for slice in slices {
+        let Some(slice_port) = slice["ports"].as_array().and_then(|ports| {
+            ports
+                .iter()
+                .find(|p| p["name"].as_str().unwrap_or("") == port_name)
+                .and_then(|p| p["port"].as_u64())
+        }) else {
+            continue;
+        };
+        for endpoint in slice["endpoints"].as_array().into_iter().flatten() {
+            // Ready unknown (null) counts as ready, as for kube-proxy; terminating does not.
+            if endpoint["conditions"]["ready"] == false {
+                continue;
+            }
+            for address in endpoint["addresses"].as_array().into_iter().flatten() {
+                match address.as_str().map(str::parse::<IpAddr>) {
+                    Some(Ok(IpAddr::V4(ip))) => addresses.insert(format!("{ip}:{slice_port}")),
+                    Some(Ok(IpAddr::V6(ip))) => addresses.insert(format!("[{ip}]:{slice_port}")),
+                    _ => false, // FQDN slices are not addresses Ficus can dial
+                };
+            }
+        }
+    }
+    if addresses.is_empty() {
+        return Err("no ready endpoint".to_owned());
+    }
+    let endpoints: Vec<Value> = addresses
+        .into_iter()
+        .map(|address| match &identity {
+            Some(id) => json!({"address": address, "identity": id}),
+            None => json!({"address": address}),
+        })
+        .collect();
+    Ok(json!({
+        "apiVersion": "ficus.dev/v1alpha1",
+        "kind": "Backend",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"protocol": protocol, "endpoints": endpoints},
+    }))
+}
+
+/// The Ficus protocol of a Service port.
+fn protocol(port: &Value) -> &'static str {
+    let app = port["appProtocol"].as_str().unwrap_or("");
+    let name = port["name"].as_str().unwrap_or("");
+    let prefix = |p: &str| name == p || name.starts_with(&format!("{p}-"));
+    match app {
+        "http" | "https" => "http",
+        "kubernetes.io/h2c" | "http2" | "h2c" => "http2",
+        "grpc" => "grpc",
+        "tcp" | "mysql" | "postgres" | "redis" | "mongo" => "tcp",
+        _ if prefix("grpc") => "grpc",
+        _ if prefix("h2c") || prefix("http2") => "http2",
+        _ if prefix("tcp") || prefix("mysql") || prefix("redis") || prefix("postgres") => "tcp",
+        _ => "http",
+    }
+}
+
+#[cfg(test)]
+mod tests;

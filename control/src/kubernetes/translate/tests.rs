@@ -1,0 +1,145 @@
+use ficus_config::{Protocol, ResourceKey};
+
+use super::*;
+
+fn cluster() -> Vec<Value> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/k8s/cluster/shop.json"
+    );
+    let list: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    list["items"].as_array().unwrap().clone()
+}
+
+fn key(name: &str) -> ResourceKey {
+    ResourceKey::new("shop", name)
+}
+
+fn addresses(translation: &Translation, name: &str) -> Vec<(String, Option<String>)> {
+    translation.config.backends[&key(name)]
+        .endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.identity.clone()))
+        .collect()
+}
+
+#[test]
+fn the_shop_cluster_becomes_the_snapshot() {
+    let translation = translate(&cluster(), "cluster.local").unwrap();
+    let config = &translation.config;
+    assert_eq!(config.mesh.mtls_mode, ficus_config::MtlsMode::Strict);
+    let id = |sa: &str| Some(format!("spiffe://cluster.local/ns/shop/sa/{sa}"));
+    assert_eq!(
+        addresses(&translation, "monolith"),
+        [
+            ("10.244.1.12:8080".to_owned(), id("monolith")),
+            ("10.244.2.7:8080".to_owned(), id("monolith")),
+        ],
+        "ready endpoints only (the terminating pod is left out), on the slice's target port"
+    );
+    assert_eq!(
+        addresses(&translation, "payments-v2"),
+        [
+            ("10.244.1.15:8080".to_owned(), id("payments-v2")),
+            ("[fd00:10:244:1::f]:8080".to_owned(), id("payments-v2")),
+        ],
+        "both address families of a dual-stack Service"
+    );
+    assert_eq!(config.backends[&key("shop")].endpoints.len(), 2);
+    assert_eq!(config.backends[&key("monolith")].protocol, Protocol::Http);
+
+    let route = &config.http_routes[0];
+    assert_eq!(route.key, key("shop"));
+    assert_eq!(route.parents, [key("shop")]);
+    let split: Vec<(String, u32)> = route.rules[0]
+        .backend_refs
+        .iter()
+        .map(|r| (r.backend.name.clone(), r.weight))
+        .collect();
+    assert_eq!(
+        split,
+        [("monolith".to_owned(), 90), ("payments-v2".to_owned(), 10)]
+    );
+    assert!(config.traffic_policies.contains_key(&key("payments-v2")));
+    assert_eq!(config.authorization_policies.len(), 1);
+
+    let mut skipped = translation.skipped.clone();
+    skipped.sort();
+    let names: Vec<&str> = skipped.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["shop/cache", "shop/legacy-db", "shop/storefront"]);
+    assert!(skipped[0].1.contains("opaque TCP"), "{skipped:?}");
+    assert!(skipped[1].1.contains("ExternalName"), "{skipped:?}");
+    assert_eq!(skipped[2].1, "no ready endpoint");
+}
+
+#[test]
+fn a_backend_object_wins_over_its_service() {
+    let mut objects = cluster();
+    objects.push(json!({
+        "apiVersion": "ficus.dev/v1alpha1", "kind": "Backend",
+        "metadata": {"name": "payments-v2", "namespace": "shop", "resourceVersion": "9"},
+        "spec": {"protocol": "http2", "endpoints": [{"address": "10.0.0.9:9090"}]},
+    }));
+    let translation = translate(&objects, "cluster.local").unwrap();
+    let backend = &translation.config.backends[&key("payments-v2")];
+    assert_eq!(backend.protocol, Protocol::Http2);
+    assert_eq!(
+        addresses(&translation, "payments-v2"),
+        [("10.0.0.9:9090".to_owned(), None)]
+    );
+}
+
+#[test]
+fn protocols_follow_app_protocol_and_port_names() {
+    for (port, expected) in [
+        (
+            json!({"name": "web", "appProtocol": "kubernetes.io/h2c"}),
+            "http2",
+        ),
+        (json!({"name": "api", "appProtocol": "grpc"}), "grpc"),
+        (json!({"name": "grpc-api"}), "grpc"),
+        (json!({"name": "h2c"}), "http2"),
+        (json!({"name": "http-admin"}), "http"),
+        (json!({"name": "postgres"}), "tcp"),
+        (json!({}), "http"),
+    ] {
+        assert_eq!(protocol(&port), expected, "{port}");
+    }
+}
+
+#[test]
+fn errors_name_the_object_they_come_from() {
+    let mut objects = cluster();
+    let route = objects
+        .iter_mut()
+        .find(|o| o["kind"] == "HTTPRoute")
+        .unwrap();
+    route["spec"]["rules"][0]["backendRefs"][1]["name"] = json!("payments-v3");
+    let errors = translate(&objects, "cluster.local")
+        .unwrap_err()
+        .to_string();
+    assert!(errors.contains("HTTPRoute shop/shop"), "{errors}");
+    assert!(errors.contains("payments-v3"), "{errors}");
+
+    // A route to a Service whose pods are all gone: the snapshot is refused as a whole (the
+    // control plane keeps serving the last good one), and the reason names the Backend.
+    let mut objects = cluster();
+    objects.retain(|o| {
+        !(o["kind"] == "EndpointSlice"
+            && o["metadata"]["labels"]["kubernetes.io/service-name"] == "payments-v2")
+    });
+    let errors = translate(&objects, "cluster.local")
+        .unwrap_err()
+        .to_string();
+    assert!(errors.contains("payments-v2"), "{errors}");
+}
+
+#[test]
+fn objects_of_other_kinds_are_ignored() {
+    let mut objects = cluster();
+    objects.push(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "ficus-root-ca", "namespace": "shop"}, "data": {"ca.pem": "x"}}));
+    objects.push(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "monolith", "namespace": "shop"}, "spec": {}}));
+    assert!(translate(&objects, "cluster.local").is_ok());
+}
