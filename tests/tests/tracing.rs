@@ -607,9 +607,22 @@ async fn a_config_swap_moves_export_and_removing_tracing_stops_it() {
         "the old receiver gets nothing after the swap"
     );
 
+    // Sampling follows the swap too: 0 % still propagates, unsampled.
+    sidecar.write_config(&format!(
+        "{}{}",
+        mesh(&tracing_to(second.addr, 0)),
+        payments(app.addr)
+    ));
+    sidecar.wait_version(3, WAIT).await;
+    client::get(sidecar.outbound, "payments", "/zero")
+        .await
+        .unwrap();
+    let (_, zero, _, flags) = traceparent(&header(&app.last().unwrap(), "traceparent"));
+    assert_eq!(flags, "00");
+
     // Tracing removed: no span is made; a valid context passes through untouched.
     sidecar.write_config(&format!("{}{}", mesh(""), payments(app.addr)));
-    sidecar.wait_version(3, WAIT).await;
+    sidecar.wait_version(4, WAIT).await;
     let incoming = format!("00-{TRACE}-{CALLER_SPAN}-01");
     for _ in 0..5 {
         client::send(
@@ -631,7 +644,7 @@ async fn a_config_swap_moves_export_and_removing_tracing_stops_it() {
         mesh(&tracing_to(second.addr, 100)),
         payments(app.addr)
     ));
-    sidecar.wait_version(4, WAIT).await;
+    sidecar.wait_version(5, WAIT).await;
     client::get(sidecar.outbound, "payments", "/marker")
         .await
         .unwrap();
@@ -639,8 +652,10 @@ async fn a_config_swap_moves_export_and_removing_tracing_stops_it() {
     second.wait_for(1, WAIT, |s| s.trace_id() == marker).await;
     let spans: Vec<ReceivedSpan> = second.spans();
     assert!(
-        spans.iter().all(|s| s.trace_id() != TRACE),
-        "nothing exported while tracing was off: {spans:#?}"
+        spans
+            .iter()
+            .all(|s| s.trace_id() != TRACE && s.trace_id() != zero),
+        "nothing exported at 0 % or while tracing was off: {spans:#?}"
     );
     let metrics = sidecar.metrics().await;
     assert_eq!(metrics.sum("ficus_trace_spans_dropped_total", &[]), 0.0);
