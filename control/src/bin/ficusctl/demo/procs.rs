@@ -148,8 +148,7 @@ impl Processes {
                 .args(["--http", &addrs.http.to_string()])
                 .args(["--grpc", &addrs.grpc.to_string()])
                 .arg("--join-token-file")
-                .arg(&tokens)
-                .args(["--cert-lifetime", "1h"]);
+                .arg(&tokens);
             let index = self.spawn("ficus-control", command, &[addrs.http, addrs.grpc])?;
             if self.wait_answer(index, addrs.http, "/ready").await? {
                 return Ok(addrs);
@@ -256,7 +255,8 @@ impl Processes {
         Ok(self.started.len() - 1)
     }
 
-    /// Polls `path` on `addr` until it answers 200 (true) or the process exits (false).
+    /// Polls `path` on `addr` until it answers 200 (true) or the process exits (false; an error
+    /// when it exited with 2, bad flags, which other ports would not change).
     async fn wait_answer(
         &mut self,
         index: usize,
@@ -265,13 +265,16 @@ impl Processes {
     ) -> Result<bool, CtlError> {
         let started = Instant::now();
         while started.elapsed() < START_DEADLINE {
-            if self.started[index]
-                .child
-                .try_wait()
-                .ok()
-                .flatten()
-                .is_some()
-            {
+            if let Some(status) = self.started[index].child.try_wait().ok().flatten() {
+                if status.code() == Some(2) {
+                    let name = self.started[index].name.clone();
+                    return Err(CtlError::failed(format!(
+                        "{name} refused its flags ({status}); are all binaries from the same \
+                         build (cargo build --release --workspace --bins)? Its log:\n{}",
+                        self.log_tail(&name)
+                    )));
+                }
+                // Most likely a port taken between picking and binding it: try other ports.
                 return Ok(false);
             }
             if let Ok((200, _)) = super::scrape::get(addr, path, PROBE_TIMEOUT).await {
