@@ -5,10 +5,16 @@
 //! though at least one may be. When its time is up the endpoint returns on probation: its
 //! first failure ejects it again (for longer), a success clears its record.
 //!
-//! Failures eject as they happen; `interval` (Envoy's sweep period) is not used. When every
-//! endpoint is ejected, selection ignores ejection rather than failing the request. State is
-//! lock-free atomics per endpoint and lives on the snapshot (a config swap forgives everyone);
-//! `ficus_outlier_ejections_active` is kept right when a snapshot with ejections is dropped.
+//! `interval` is the period of forgiveness, as in Envoy: for each `interval` an endpoint stays
+//! in the rotation after an ejection, its count of times ejected drops by one, so an endpoint
+//! that failed once long ago is not punished like one that keeps failing. Unlike Envoy there
+//! is no sweep: failures eject as they happen (as Envoy's consecutive-5xx detection does too)
+//! and an ejection ends exactly at its time rather than at the next sweep.
+//!
+//! When every endpoint is ejected, selection ignores ejection rather than failing the
+//! request. State is lock-free atomics per endpoint; it lives on the snapshot and is carried
+//! to the next one while the Backend and its policy are unchanged ([`super::Carryover`]);
+//! `ficus_outlier_ejections_active` is kept right when state with ejections is dropped.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -30,6 +36,8 @@ const MAX_EJECTION: Duration = Duration::from_secs(300);
 pub struct Outliers {
     threshold: u32,
     base: Duration,
+    /// `interval` in milliseconds (at least 1).
+    interval_ms: u64,
     max_ejected: usize,
     origin: Instant,
     endpoints: Box<[Health]>,
@@ -44,8 +52,10 @@ struct Health {
     failures: AtomicU32,
     /// Milliseconds since `origin` (plus one) until which it is ejected; 0 when it is not.
     ejected_until: AtomicU64,
-    /// Times ejected so far (multiplies the ejection time).
+    /// Times ejected so far (multiplies the ejection time), before forgiveness.
     times: AtomicU32,
+    /// Milliseconds since `origin` (plus one) when its last ejection ended; 0 if never.
+    returned: AtomicU64,
 }
 
 impl Outliers {
@@ -55,6 +65,9 @@ impl Outliers {
         Self {
             threshold: config.consecutive_5xx.max(1),
             base: config.base_ejection_time,
+            interval_ms: u64::try_from(config.interval.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
             max_ejected: share.max(1),
             origin: Instant::now(),
             endpoints: (0..endpoints).map(|_| Health::default()).collect(),
@@ -84,6 +97,7 @@ impl Outliers {
             self.ejected.fetch_sub(1, Ordering::AcqRel);
             self.gauge.dec();
             health.failures.store(self.threshold - 1, Ordering::Relaxed);
+            health.returned.store(until, Ordering::Relaxed);
         }
         false
     }
@@ -109,10 +123,17 @@ impl Outliers {
         if admitted.is_err() {
             return;
         }
-        let times = health
-            .times
-            .fetch_add(1, Ordering::Relaxed)
+        // One ejection forgiven per interval spent in the rotation since the last one.
+        let returned = health.returned.load(Ordering::Relaxed);
+        let forgiven = match returned {
+            0 => 0,
+            at => self.now().saturating_sub(at) / self.interval_ms,
+        };
+        let previous = health.times.load(Ordering::Relaxed);
+        let times = previous
+            .saturating_sub(u32::try_from(forgiven).unwrap_or(u32::MAX))
             .saturating_add(1);
+        health.times.store(times, Ordering::Relaxed);
         let length = self
             .base
             .saturating_mul(times)
@@ -233,6 +254,31 @@ mod tests {
         outliers.record(0, false);
         fail(&outliers, 0, 2);
         assert!(!outliers.is_ejected(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_interval_in_the_rotation_forgives_one_ejection() {
+        // interval 10 s, base 30 s.
+        let outliers = outliers(2, 50);
+        fail(&outliers, 0, 3);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(!outliers.is_ejected(0));
+        fail(&outliers, 0, 1);
+        // Second ejection: 60 s.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(!outliers.is_ejected(0));
+        outliers.record(0, false);
+        // 25 s in the rotation forgive two ejections of two: the next one is 30 s again.
+        tokio::time::advance(Duration::from_secs(25)).await;
+        fail(&outliers, 0, 3);
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(outliers.is_ejected(0));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!outliers.is_ejected(0));
+        // Straight back on failure: 60 s, since nothing was forgiven.
+        fail(&outliers, 0, 1);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(outliers.is_ejected(0));
     }
 
     #[tokio::test(start_paused = true)]
