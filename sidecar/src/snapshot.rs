@@ -47,6 +47,11 @@ pub struct Snapshot {
     pub inbound: Arc<InboundTarget>,
     /// Metrics for requests that name no service.
     pub unrouted: Arc<RequestMetrics>,
+    /// Transparent mode: the service of each Backend endpoint address (an original destination
+    /// routes like a request to that Backend's name).
+    destinations: HashMap<SocketAddr, Arc<Service>>,
+    /// Transparent mode: metrics for requests passed through to an unknown destination.
+    pub passthrough: Arc<RequestMetrics>,
     /// `Mesh.spec.tracing`: `None` when tracing is off.
     pub tracing: Option<TraceSettings>,
     /// Transparent mode: the service of each Backend endpoint address (an original destination
@@ -408,7 +413,22 @@ impl Snapshot {
             }
         }
 
+        // Original destinations: each endpoint of an HTTP Backend stands for the service of the
+        // Backend's name (the first Backend in key order wins a shared address).
+        let mut destinations = HashMap::new();
+        for (key, backend) in &config.backends {
+            let Some(service) = services.get(&key.namespace).and_then(|s| s.get(&key.name)) else {
+                continue;
+            };
+            for endpoint in &backend.endpoints {
+                destinations
+                    .entry(endpoint.address)
+                    .or_insert_with(|| Arc::clone(service));
+            }
+        }
+
         let mut tcp = HashMap::new();
+        let mut tcp_destinations = HashMap::new();
         for (key, backend) in &config.backends {
             let Some(listen) = backend.listen else {
                 continue;
@@ -427,13 +447,16 @@ impl Snapshot {
                     .collect(),
             };
             if let Some(backends) = WeightedSet::new(weighted) {
-                tcp.insert(
-                    listen,
-                    Arc::new(TcpService {
-                        label: key.to_string(),
-                        backends,
-                    }),
-                );
+                let service = Arc::new(TcpService {
+                    label: key.to_string(),
+                    backends,
+                });
+                for endpoint in &backend.endpoints {
+                    tcp_destinations
+                        .entry(endpoint.address)
+                        .or_insert_with(|| Arc::clone(&service));
+                }
+                tcp.insert(listen, service);
             }
         }
 
@@ -473,6 +496,12 @@ impl Snapshot {
                 "passthrough",
                 "passthrough",
             ),
+            destinations,
+            passthrough: cx.metrics.request_metrics(
+                Direction::Outbound,
+                "passthrough",
+                "passthrough",
+            ),
             access_log: None,
         }
     }
@@ -494,6 +523,17 @@ impl Snapshot {
     /// Transparent mode: the service whose Backend has an endpoint at `destination`.
     pub fn service_at(&self, destination: SocketAddr) -> Option<&Arc<Service>> {
         self.destinations.get(&destination)
+    }
+
+    /// Transparent mode: the service whose Backend has an endpoint at `destination`.
+    pub fn service_at(&self, destination: SocketAddr) -> Option<&Arc<Service>> {
+        self.destinations.get(&destination)
+    }
+
+    /// Transparent mode: the opaque TCP service whose `tcp` Backend has an endpoint at
+    /// `destination`.
+    pub fn tcp_service_at(&self, destination: SocketAddr) -> Option<&Arc<TcpService>> {
+        self.tcp_destinations.get(&destination)
     }
 
     /// The service an authority names, resolving bare names in `own_namespace`.

@@ -41,7 +41,7 @@ use crate::listener::{serve_detected, serve_http, Side};
 use crate::proxy::error::ProxyError;
 use crate::proxy::forward::{forward, path_and_query, upstream_uri};
 use crate::proxy::headers::{strip_hop_by_hop, upgrade_protocol};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, TcpService};
 use crate::state::Shared;
 use crate::telemetry::metrics::{Metrics, RequestMetrics};
 use crate::tunnel::copy_with_idle_timeout;
@@ -321,7 +321,13 @@ pub async fn serve(
             snapshot.config.mesh.mtls_mode,
         )
     };
-    let (sniffed, read) = if transparent.opaque_ports.contains(&original.port()) {
+    // A `tcp` Backend's endpoint is opaque by config: split by its TCPRoute, never sniffed.
+    let tcp_service = match side {
+        Side::Outbound => shared.snapshot.load().tcp_service_at(original).cloned(),
+        Side::Inbound => None,
+    };
+    let opaque_port = transparent.opaque_ports.contains(&original.port());
+    let (sniffed, read) = if opaque_port || tcp_service.is_some() {
         (None, Vec::new())
     } else {
         match sniff(&mut stream, transparent.detect_timeout).await {
@@ -346,7 +352,7 @@ pub async fn serve(
         let io = Prefixed::new(read, stream);
         return serve_detected(shared, side, io, protocol, peer, drain, Some(redirected)).await;
     }
-    let reason = if transparent.opaque_ports.contains(&original.port()) {
+    let reason = if opaque_port {
         "opaque_port"
     } else {
         opaque_reason(&read, sniffed.is_none())
@@ -361,10 +367,46 @@ pub async fn serve(
         .intercepted
         .with_label_values(&[direction, "opaque"])
         .inc();
-    if side == Side::Outbound {
-        metrics.passthrough.with_label_values(&[reason]).inc();
+    let downstream = Prefixed::new(read, stream);
+    match tcp_service {
+        Some(service) => forward_tcp_service(&shared, &service, downstream).await,
+        None => {
+            if side == Side::Outbound {
+                metrics.passthrough.with_label_values(&[reason]).inc();
+            }
+            forward_opaque(&shared, original, downstream, reason).await;
+        }
     }
-    forward_opaque(&shared, original, Prefixed::new(read, stream), reason).await;
+}
+
+/// Forwards an intercepted connection to a `tcp` Backend's endpoint as the service's
+/// TCPRoute splits it (like a connection to the Backend's `listen` address).
+async fn forward_tcp_service(
+    shared: &Shared,
+    service: &TcpService,
+    mut downstream: Prefixed<TcpStream>,
+) {
+    let metrics = &shared.metrics;
+    let idle = shared.snapshot.load().limits.connection_idle_timeout;
+    metrics.tcp_opened.inc();
+    let target = service.backends.pick();
+    let endpoint = target.endpoint();
+    match endpoint.connect_tcp().await {
+        Ok(mut upstream) => {
+            let (bytes, result) =
+                copy_with_idle_timeout(&mut downstream, &mut upstream, idle).await;
+            metrics.tcp_bytes_sent.inc_by(bytes.forward);
+            metrics.tcp_bytes_received.inc_by(bytes.backward);
+            if let Err(error) = result {
+                tracing::debug!(service = %service.label, %error, "intercepted TCP connection ended");
+            }
+        }
+        Err(error) => {
+            metrics.upstream_failure(error.reason());
+            tracing::debug!(service = %service.label, %error, "intercepted TCP connect failed");
+        }
+    }
+    metrics.tcp_closed.inc();
 }
 
 /// Copies bytes between the client and the original destination.

@@ -195,6 +195,27 @@ spec:
   - backendRefs: [{name: monolith}]
 ";
 
+/// Opaque TCP Backends: `db` (its endpoint is what the app dials) is split entirely to `db-v2`.
+const TCP_CONFIG: &str = "\
+---
+apiVersion: ficus.dev/v1alpha1
+kind: Backend
+metadata: {name: db, namespace: shop}
+spec: {protocol: tcp, listen: \"127.0.0.1:16000\", endpoints: [{address: \"10.77.0.2:9000\"}]}
+---
+apiVersion: ficus.dev/v1alpha1
+kind: Backend
+metadata: {name: db-v2, namespace: shop}
+spec: {protocol: tcp, listen: \"127.0.0.1:16001\", endpoints: [{address: \"10.77.0.3:9000\"}]}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: db, namespace: shop}
+spec:
+  parentRefs: [{name: db}]
+  rules: [{backendRefs: [{name: db-v2, weight: 1}]}]
+";
+
 #[tokio::test]
 async fn outbound_http_is_routed_by_original_destination_and_unknown_passes_through() {
     if skip("outbound_http_is_routed_by_original_destination_and_unknown_passes_through") {
@@ -364,14 +385,19 @@ async fn server_first_protocols_on_opaque_ports_never_wait_for_detection() {
     let _custom =
         NsGreeter::start(&world.remote, addr("10.77.0.2:7000"), "HELLO custom\n").unwrap();
     let _v6 = NsGreeter::start(&world.remote, addr("[fd77::2]:5432"), "postgres-ish\n").unwrap();
+    // A tcp Backend's endpoint is opaque by config, and its TCPRoute applies.
+    let _db = NsGreeter::start(&world.remote, addr("10.77.0.2:9000"), "db-v1\n").unwrap();
+    let _db_v2 = NsGreeter::start(&world.remote, addr("10.77.0.3:9000"), "db-v2\n").unwrap();
+    let config = format!("{CONFIG}{TCP_CONFIG}");
     // A detection timeout far longer than the greeting wait below: a greeting can only
     // arrive in time if the sidecar forwarded without sniffing.
     let sidecar = world
         .sidecar(
-            CONFIG,
+            &config,
             &["--detect-timeout", "300s", "--opaque-ports", "7000"],
         )
         .await;
+    greeted(&world, addr("10.77.0.2:9000"), "db-v2\n").await;
     greeted(&world, addr("10.77.0.2:3306"), "5.7.44-mysql\n").await;
     greeted(&world, addr("10.77.0.2:7000"), "HELLO custom\n").await;
     greeted(&world, addr("[fd77::2]:5432"), "postgres-ish\n").await;
@@ -381,7 +407,15 @@ async fn server_first_protocols_on_opaque_ports_never_wait_for_detection() {
             "ficus_passthrough_connections_total",
             &[("reason", "opaque_port")]
         ),
-        3.0
+        3.0,
+        "the connection to the tcp Backend was routed, not passed through"
+    );
+    assert_eq!(
+        metrics.sum(
+            "ficus_intercepted_connections_total",
+            &[("direction", "outbound"), ("protocol", "opaque")]
+        ),
+        4.0
     );
 }
 
