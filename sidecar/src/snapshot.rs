@@ -47,11 +47,6 @@ pub struct Snapshot {
     pub inbound: Arc<InboundTarget>,
     /// Metrics for requests that name no service.
     pub unrouted: Arc<RequestMetrics>,
-    /// Transparent mode: the service of each Backend endpoint address (an original destination
-    /// routes like a request to that Backend's name).
-    destinations: HashMap<SocketAddr, Arc<Service>>,
-    /// Transparent mode: metrics for requests passed through to an unknown destination.
-    pub passthrough: Arc<RequestMetrics>,
     /// `Mesh.spec.tracing`: `None` when tracing is off.
     pub tracing: Option<TraceSettings>,
     /// Transparent mode: the service of each Backend endpoint address (an original destination
@@ -59,6 +54,9 @@ pub struct Snapshot {
     destinations: HashMap<SocketAddr, Arc<Service>>,
     /// Transparent mode: metrics for requests passed through to an unknown destination.
     pub passthrough: Arc<RequestMetrics>,
+    /// Transparent mode: the opaque TCP service of each `tcp` Backend endpoint address (an
+    /// intercepted connection there is split like one to the Backend's `listen` address).
+    tcp_destinations: HashMap<SocketAddr, Arc<TcpService>>,
     /// The access-log writer when `Mesh.spec.accessLog` is set (attached by
     /// `Shared::attach_access_log` before the swap).
     pub access_log: Option<Arc<AccessLog>>,
@@ -413,20 +411,6 @@ impl Snapshot {
             }
         }
 
-        // Original destinations: each endpoint of an HTTP Backend stands for the service of the
-        // Backend's name (the first Backend in key order wins a shared address).
-        let mut destinations = HashMap::new();
-        for (key, backend) in &config.backends {
-            let Some(service) = services.get(&key.namespace).and_then(|s| s.get(&key.name)) else {
-                continue;
-            };
-            for endpoint in &backend.endpoints {
-                destinations
-                    .entry(endpoint.address)
-                    .or_insert_with(|| Arc::clone(service));
-            }
-        }
-
         let mut tcp = HashMap::new();
         let mut tcp_destinations = HashMap::new();
         for (key, backend) in &config.backends {
@@ -491,12 +475,7 @@ impl Snapshot {
             inbound,
             unrouted,
             destinations,
-            passthrough: cx.metrics.request_metrics(
-                Direction::Outbound,
-                "passthrough",
-                "passthrough",
-            ),
-            destinations,
+            tcp_destinations,
             passthrough: cx.metrics.request_metrics(
                 Direction::Outbound,
                 "passthrough",
@@ -518,11 +497,6 @@ impl Snapshot {
             documents: Vec::new(),
         };
         Self::build(config, 0, "none".to_owned(), cx)
-    }
-
-    /// Transparent mode: the service whose Backend has an endpoint at `destination`.
-    pub fn service_at(&self, destination: SocketAddr) -> Option<&Arc<Service>> {
-        self.destinations.get(&destination)
     }
 
     /// Transparent mode: the service whose Backend has an endpoint at `destination`.
