@@ -94,13 +94,15 @@ impl Load {
         let payments = Arc::new(Counters::default());
         let other = Arc::new(Counters::default());
         let (stop, stopped) = watch::channel(false);
-        let period = Duration::from_secs_f64(f64::from(workers) / f64::from(rate.max(1)));
-        let workers = (0..workers)
+        let period = Duration::from_secs_f64(f64::from(workers.max(1)) / f64::from(rate.max(1)));
+        let count = workers.max(1);
+        let workers = (0..count)
             .map(|worker| {
                 let (payments, other, stopped) =
                     (Arc::clone(&payments), Arc::clone(&other), stopped.clone());
                 tokio::spawn(async move {
-                    let offset = period.mul_f64(f64::from(worker) / 8.0);
+                    // Spread the workers' ticks over the period instead of sending in bursts.
+                    let offset = period.mul_f64(f64::from(worker) / f64::from(count));
                     tokio::time::sleep(offset).await;
                     run_worker(target, period, worker, payments, other, stopped).await;
                 })
