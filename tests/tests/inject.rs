@@ -456,3 +456,209 @@ async fn the_webhook_needs_the_ca() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--webhook needs the CA"), "{stderr}");
 }
+
+// === probes under mTLS STRICT, end to end ===
+
+/// The "pod" and a "kubelet" namespace (10.77.0.1 and 10.77.0.2), created and removed by the
+/// test: the pod runs the ficus-init container's exact redirect command from `ficusctl
+/// inject`, a STRICT transparent sidecar as uid 1337 with its certificate from the real
+/// control plane, and an app serving on 8080 with probes on 8081. kubelet's plaintext probes
+/// reach 8081 (excluded from redirection) and the sidecar's admin port, while plaintext to the
+/// serving port is redirected to the sidecar and refused. Without the exclusion the same probe
+/// fails — which is why injection excludes probe ports. Root only (CI runs as root).
+#[tokio::test]
+async fn kubelet_probes_pass_under_mtls_strict_with_the_injected_redirect() {
+    use ficus_tests::netns::{self, http_get, link, NetNs, NsHttpServer, Relay};
+    use ficus_tests::process::{binary, Sidecar, SidecarOptions};
+
+    if let Some(reason) = netns::skip_reason() {
+        eprintln!(
+            "SKIPPED kubelet_probes_pass_under_mtls_strict_with_the_injected_redirect: {reason}"
+        );
+        return;
+    }
+    let addr = |s: &str| -> std::net::SocketAddr { s.parse().unwrap() };
+
+    // What injection asks ficus-init to run for a web Deployment probed on its own port.
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"serviceAccountName": "web", "containers": [{
+                "name": "web", "image": "web:1",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8081}},
+                "livenessProbe": {"tcpSocket": {"port": 8081}},
+            }]}}},
+    });
+    let (documents, _) = inject(&deployment.to_string(), &[]).await;
+    let pod_spec = &documents[0]["spec"]["template"]["spec"];
+    let init_args: Vec<String> = pod_spec["initContainers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(init_args[0], "redirect");
+    let sidecar_admin = flag(&pod_spec["initContainers"][1], "--admin").unwrap();
+    assert_eq!(sidecar_admin, "0.0.0.0:15000");
+
+    // The control plane (mesh CA) on the host's loopback, reached through a relay on the
+    // pod's own 127.0.0.1:15012 (loopback is never intercepted).
+    let files = tempfile::tempdir().unwrap();
+    let tokens = files.path().join("tokens");
+    std::fs::write(&tokens, "tok-web-0123456789 web shop\n").unwrap();
+    let control =
+        ControlPlane::start_tls(None, &["--join-token-file", tokens.to_str().unwrap()]).await;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(files.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let ca = files.path().join("ca.pem");
+    std::fs::copy(control.ca_file(), &ca).unwrap();
+    let token = files.path().join("web.token");
+    std::fs::write(&token, "tok-web-0123456789\n").unwrap();
+    let strict = "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+                  spec: {mtls: {mode: STRICT}}\n";
+    let applied = control.ctl_stdin(&["apply", "-f", "-"], strict).await;
+    assert_eq!(applied.code, 0, "{}", applied.stderr);
+
+    let pod = NetNs::create("pod").expect("pod namespace");
+    let kubelet = NetNs::create("kubelet").expect("kubelet namespace");
+    link(&pod, &["10.77.0.1/24"], &kubelet, &["10.77.0.2/24"]).expect("veth pair");
+    let _relay = Relay::start(&pod, addr("127.0.0.1:15012"), control.grpc).unwrap();
+    let app = NsHttpServer::start(&pod, addr("10.77.0.1:8080"), "app").unwrap();
+    let probe = NsHttpServer::start(&pod, addr("10.77.0.1:8081"), "healthy").unwrap();
+
+    let redirect = |args: &[String]| {
+        let output = netns::run(
+            pod.command(binary("ficus-sidecar").to_str().unwrap())
+                .args(args),
+        )
+        .expect("run ficus-sidecar redirect");
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    redirect(&init_args);
+
+    let mut prefix = pod.exec_prefix();
+    prefix.extend(
+        [
+            "setpriv",
+            "--reuid",
+            "1337",
+            "--regid",
+            "1337",
+            "--clear-groups",
+            "--",
+        ]
+        .map(str::to_owned),
+    );
+    let _sidecar = Sidecar::spawn(
+        "",
+        SidecarOptions {
+            control: Some("https://127.0.0.1:15012".to_owned()),
+            workload: Some("web".to_owned()),
+            node_id: Some("web-1".to_owned()),
+            addresses: Some((
+                addr("127.0.0.1:15001"),
+                addr("0.0.0.0:15006"),
+                addr(&sidecar_admin),
+            )),
+            app: Some(addr("127.0.0.1:9")),
+            extra: vec![
+                "--transparent".into(),
+                "--token-file".into(),
+                token.display().to_string(),
+                "--ca-file".into(),
+                ca.display().to_string(),
+            ],
+            prefix,
+            ..SidecarOptions::default()
+        },
+    );
+
+    // kubelet's startup probe: /ready on the pod IP's admin port, until it passes.
+    let started = std::time::Instant::now();
+    loop {
+        match http_get(
+            &kubelet,
+            addr("10.77.0.1:15000"),
+            "10.77.0.1",
+            "/ready",
+            &[],
+        )
+        .await
+        {
+            Ok(ready) if ready.status == 200 => break,
+            _ => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the sidecar's startup probe never passed:\n{}",
+            control.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The app's readiness probe, plaintext from kubelet, reaches the app.
+    let probed = http_get(
+        &kubelet,
+        addr("10.77.0.1:8081"),
+        "10.77.0.1",
+        "/healthz",
+        &[],
+    )
+    .await
+    .expect("probe answered");
+    assert_eq!((probed.status, probed.body.as_str()), (200, "healthy"));
+    assert_eq!(probe.count(), 1);
+
+    // Plaintext to the serving port is redirected to the sidecar, which is STRICT.
+    let refused = http_get(&kubelet, addr("10.77.0.1:8080"), "10.77.0.1", "/", &[]).await;
+    assert!(
+        refused.as_ref().map_or(true, |r| r.status != 200),
+        "plaintext reached past the STRICT sidecar: {refused:?}"
+    );
+    assert_eq!(app.count(), 0, "the serving port stays inside the mesh");
+    let metrics = http_get(&pod, addr("127.0.0.1:15000"), "admin", "/metrics", &[])
+        .await
+        .expect("metrics");
+    let intercepted = ficus_tests::client::Metrics::parse(&metrics.body).sum(
+        "ficus_intercepted_connections_total",
+        &[("direction", "inbound")],
+    );
+    assert!(
+        intercepted >= 1.0,
+        "the plaintext connection went to the sidecar"
+    );
+
+    // Without the probe port excluded, the same probe is redirected and refused.
+    let mut cleanup = init_args.clone();
+    cleanup.push("--cleanup".into());
+    redirect(&cleanup);
+    redirect(&[
+        "redirect".into(),
+        "--proxy-uid".into(),
+        "1337".into(),
+        "--exclude-inbound-ports".into(),
+        "15000".into(),
+    ]);
+    let failed = http_get(
+        &kubelet,
+        addr("10.77.0.1:8081"),
+        "10.77.0.1",
+        "/healthz",
+        &[],
+    )
+    .await;
+    assert!(
+        failed.as_ref().map_or(true, |r| r.status != 200),
+        "without the exclusion the probe should fail: {failed:?}"
+    );
+    assert_eq!(probe.count(), 1, "the app saw no second probe");
+}
