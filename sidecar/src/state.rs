@@ -138,9 +138,7 @@ impl Shared {
             self.metrics.access_log_dropped.clone(),
             self.metrics.access_log_write_failed.clone(),
         )
-        .map_err(|error| {
-            format!("spec.accessLog.path: cannot open {:?}: {error}", wanted.target)
-        })?;
+        .map_err(|error| format!("spec.accessLog.path: {error}"))?;
         snapshot.access_log = Some(log);
         Ok(())
     }

@@ -76,15 +76,31 @@ impl AccessLog {
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(path)?,
+                    .open(path)
+                    .map_err(|error| {
+                        io::Error::new(
+                            error.kind(),
+                            format!("cannot open {}: {error}", path.display()),
+                        )
+                    })?,
             ),
         };
+        Self::start(target.clone(), out, dropped, write_failed)
+    }
+
+    /// Starts the writer thread on `out`.
+    fn start(
+        target: AccessLogTarget,
+        out: Box<dyn Write + Send>,
+        dropped: IntCounter,
+        write_failed: IntCounter,
+    ) -> io::Result<Arc<Self>> {
         let (sender, receiver) = sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("ficus-access-log".into())
             .spawn(move || write_lines(receiver, out, write_failed))?;
         Ok(Arc::new(Self {
-            target: target.clone(),
+            target,
             sender,
             dropped,
         }))
@@ -588,6 +604,80 @@ mod tests {
         let single = headers(&[("b3", "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1")]);
         assert_eq!(trace_id(&single).as_deref(), Some(id));
         assert_eq!(trace_id(&HeaderMap::new()), None);
+    }
+
+    /// Blocks its first write until released, like a stdout pipe nobody reads.
+    struct Gated(Option<Receiver<()>>, std::sync::mpsc::SyncSender<Vec<u8>>);
+
+    impl Write for Gated {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            if let Some(gate) = self.0.take() {
+                let _ = gate.recv();
+            }
+            let _ = self.1.try_send(bytes.to_vec());
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn tcp_entry(bytes: u64) -> TcpEntry {
+        TcpEntry {
+            time: UNIX_EPOCH,
+            listen: "127.0.0.1:15432".parse().unwrap(),
+            downstream: "127.0.0.1:40000".parse().unwrap(),
+            service: "shop/db".into(),
+            backend: "shop/db".into(),
+            upstream: Some("127.0.0.1:5432".parse().unwrap()),
+            flags: "",
+            duration: Duration::from_micros(1500),
+            bytes_received: bytes,
+            bytes_sent: 7,
+        }
+    }
+
+    #[test]
+    fn a_stuck_writer_never_blocks_the_sender_and_drops_are_counted() {
+        let (release, gate) = sync_channel(1);
+        let (lines, written) = sync_channel(QUEUE);
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let failed = IntCounter::new("failed", "failed").unwrap();
+        let log = AccessLog::start(
+            AccessLogTarget::Stdout,
+            Box::new(Gated(Some(gate), lines)),
+            dropped.clone(),
+            failed.clone(),
+        )
+        .unwrap();
+        let total = QUEUE + 100;
+        for i in 0..total {
+            log.tcp(tcp_entry(i as u64));
+        }
+        // The queue holds QUEUE lines and the writer's buffer a few more before it blocks.
+        let lost = usize::try_from(dropped.get()).unwrap();
+        assert!(lost > 0 && lost <= 100, "{lost} dropped");
+        release.send(()).unwrap();
+        // Every line is either written, whole, or counted as dropped.
+        let mut text = Vec::new();
+        while text.iter().filter(|b| **b == b'\n').count() + lost < total {
+            let chunk = written
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the writer resumes once released");
+            text.extend(chunk);
+        }
+        let lines: Vec<Value> = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("one JSON object per line"))
+            .collect();
+        assert_eq!(lines.len() + lost, total);
+        assert_eq!(lines[0]["kind"], "tcp");
+        assert_eq!(lines[0]["bytes_received"], 0);
+        assert_eq!(lines[0]["duration_ms"], 1.5);
+        assert_eq!(lines[0]["upstream"], "127.0.0.1:5432");
+        assert_eq!(failed.get(), 0);
     }
 
     #[test]

@@ -1,0 +1,264 @@
+//! Access logs: one JSON line per HTTP request and per opaque TCP connection, off by default,
+//! switched on and off by editing the Mesh document of the running sidecar.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ficus_tests::client::{self, H1Client};
+use ficus_tests::process::{Sidecar, SidecarOptions};
+use ficus_tests::upstream::{TcpEcho, Upstream};
+use http::Request;
+use http_body_util::Full;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+fn mesh(log: Option<&Path>) -> String {
+    let spec = match log {
+        Some(path) => format!("{{accessLog: {{path: \"{}\"}}}}", path.display()),
+        None => "{}".to_owned(),
+    };
+    format!("apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\nspec: {spec}\n---\n")
+}
+
+fn backend(name: &str, addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{addr}\"}}]}}\n---\n"
+    )
+}
+
+/// The lines of `path` once it has at least `n` (panics after 10 s).
+async fn lines(path: &Path, n: usize) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        // Only whole lines: the writer may be mid-line.
+        let whole: Vec<&str> = text
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .collect();
+        if whole.len() >= n {
+            return whole
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{} has {} lines, want {n}:\n{text}",
+            path.display(),
+            whole.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn is_rfc3339_utc(time: &str) -> bool {
+    let b = time.as_bytes();
+    b.len() == 24
+        && time.ends_with('Z')
+        && [4, 7].iter().all(|&i| b[i] == b'-')
+        && b[10] == b'T'
+        && [13, 16].iter().all(|&i| b[i] == b':')
+        && b[19] == b'.'
+        && time.starts_with("20")
+}
+
+fn log_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
+
+#[tokio::test]
+async fn http_requests_are_logged_with_their_fields() {
+    let (upstream, app) = (Upstream::start("ok").await, Upstream::start("app").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_path(&dir, "access.log");
+    let config = mesh(Some(&path)) + &backend("ok", upstream.addr);
+    let options = SidecarOptions {
+        app: Some(app.addr),
+        ..SidecarOptions::default()
+    };
+    let sidecar = Sidecar::start_with(&config, options).await;
+
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let request = Request::post("/echo?x=1")
+        .header("host", "ok")
+        .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
+        .header("x-request-id", "req-1")
+        .body(Full::new(Bytes::from_static(b"hello")))
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    assert_eq!((response.status, response.text().as_str()), (200, "hello"));
+    let response = client.get("nowhere", "/missing").await.unwrap();
+    assert_eq!(response.status, 502);
+    let inbound = client::get(sidecar.inbound, "client", "/status/503")
+        .await
+        .unwrap();
+    assert_eq!(inbound.status, 503);
+
+    let lines = lines(&path, 3).await;
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let find = |status: u64| {
+        lines
+            .iter()
+            .find(|l| l["status"] == status)
+            .unwrap_or_else(|| panic!("no line with status {status}: {lines:#?}"))
+    };
+
+    let ok = find(200);
+    assert!(is_rfc3339_utc(ok["time"].as_str().unwrap()), "{ok}");
+    assert_eq!(ok["kind"], "http");
+    assert_eq!(ok["direction"], "outbound");
+    assert_eq!(ok["trace_id"], TRACE_ID);
+    assert_eq!(ok["request_id"], "req-1");
+    assert_eq!(ok["method"], "POST");
+    assert_eq!(ok["authority"], "ok");
+    assert_eq!(ok["path"], "/echo?x=1");
+    assert_eq!(ok["protocol"], "HTTP/1.1");
+    assert_eq!(ok["response_flags"], "");
+    assert_eq!(ok["bytes_received"], 5);
+    assert_eq!(ok["bytes_sent"], 5);
+    assert_eq!(ok["upstream"], upstream.addr.to_string());
+    assert!(ok["downstream"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(ok["peer_identity"], Value::Null);
+    assert_eq!(ok["service"], "shop/ok");
+    assert_eq!(ok["backend"], "shop/ok");
+    let (headers, total) = (
+        ok["response_duration_ms"].as_f64().unwrap(),
+        ok["duration_ms"].as_f64().unwrap(),
+    );
+    assert!(headers > 0.0 && total >= headers, "{ok}");
+
+    let no_route = find(502);
+    assert_eq!(no_route["response_flags"], "NR");
+    assert_eq!(no_route["service"], "unknown");
+    assert_eq!(no_route["backend"], "none");
+    assert_eq!(no_route["upstream"], Value::Null);
+    assert_eq!(no_route["trace_id"], Value::Null);
+    assert_eq!(no_route["path"], "/missing");
+
+    let inbound = find(503);
+    assert_eq!(inbound["direction"], "inbound");
+    assert_eq!(inbound["service"], "shop/client");
+    assert_eq!(inbound["backend"], "app");
+    assert_eq!(inbound["upstream"], app.addr.to_string());
+    assert_eq!(inbound["bytes_received"], 0);
+}
+
+#[tokio::test]
+async fn tcp_connections_are_logged() {
+    let echo = TcpEcho::start("hi\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_path(&dir, "access.log");
+    let listen = ficus_tests::free_addr();
+    let config = mesh(Some(&path))
+        + &format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
+             spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n",
+            echo.addr
+        );
+    let sidecar = Sidecar::start(&config).await;
+    let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let mut greeting = [0u8; 3];
+    stream.read_exact(&mut greeting).await.unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("the sidecar closes after the upstream does")
+        .unwrap();
+
+    let lines = lines(&path, 1).await;
+    let line = &lines[0];
+    assert_eq!(line["kind"], "tcp");
+    assert!(is_rfc3339_utc(line["time"].as_str().unwrap()), "{line}");
+    assert_eq!(line["direction"], "outbound");
+    assert_eq!(line["listen"], listen.to_string());
+    assert_eq!(line["service"], "shop/db");
+    assert_eq!(line["backend"], "shop/db");
+    assert_eq!(line["upstream"], echo.addr.to_string());
+    assert_eq!(line["response_flags"], "");
+    assert_eq!(line["bytes_received"], 4);
+    assert_eq!(line["bytes_sent"], 7);
+    assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+    drop(sidecar);
+}
+
+#[tokio::test]
+async fn off_by_default_and_switched_by_hot_swap() {
+    let upstream = Upstream::start("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (log_path(&dir, "first.log"), log_path(&dir, "second.log"));
+    let sidecar = Sidecar::start(&backend("ok", upstream.addr)).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let get = |path: &'static str| {
+        Request::get(path)
+            .header("host", "ok")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(client.send(get("/off-1")).await.unwrap().status, 200);
+
+    // On: lines go to the first file.
+    sidecar.write_config(&(mesh(Some(&first)) + &backend("ok", upstream.addr)));
+    sidecar.wait_version(2, Duration::from_secs(10)).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    assert_eq!(client.send(get("/on-1")).await.unwrap().status, 200);
+    assert_eq!(client.send(get("/on-2")).await.unwrap().status, 200);
+    let on = lines(&first, 2).await;
+
+    // Off again: requests log nothing.
+    sidecar.write_config(&(mesh(None) + &backend("ok", upstream.addr)));
+    sidecar.wait_version(3, Duration::from_secs(10)).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    assert_eq!(client.send(get("/off-2")).await.unwrap().status, 200);
+
+    // On with another file; the marker request shows the new writer is running.
+    sidecar.write_config(&(mesh(Some(&second)) + &backend("ok", upstream.addr)));
+    sidecar.wait_version(4, Duration::from_secs(10)).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    assert_eq!(client.send(get("/marker")).await.unwrap().status, 200);
+    let marker = lines(&second, 1).await;
+
+    let paths = |lines: &[Value]| -> Vec<String> {
+        lines
+            .iter()
+            .map(|l| l["path"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    let first_paths = paths(&lines(&first, 0).await);
+    assert_eq!(paths(&on), ["/on-1", "/on-2"]);
+    assert_eq!(first_paths, ["/on-1", "/on-2"], "nothing logged while off");
+    assert_eq!(paths(&marker), ["/marker"]);
+
+    // A file that cannot be opened rejects the config; the last good one keeps serving.
+    sidecar.write_config(
+        &(mesh(Some(Path::new("/proc/ficus-no-such-dir/access.log")))
+            + &backend("ok", upstream.addr)),
+    );
+    let started = Instant::now();
+    let error = loop {
+        let config = sidecar.config().await;
+        if let Some(error) = config["last_error"].as_str() {
+            break error.to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never rejected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(error.contains("spec.accessLog.path"), "{error}");
+    assert_eq!(sidecar.config().await["version"], 4);
+    assert_eq!(client.send(get("/still")).await.unwrap().status, 200);
+    let marker = lines(&second, 2).await;
+    assert_eq!(paths(&marker), ["/marker", "/still"]);
+}
