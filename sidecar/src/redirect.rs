@@ -31,6 +31,9 @@ use std::process::{Command, Stdio};
 
 use clap::Args;
 
+/// Longest run of one iptables tool (they wait at most 5 s for the xtables lock, `-w 5`).
+const TOOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Chains we own, in creation order.
 const CHAINS: [&str; 4] = [
     "FICUS_INBOUND",
@@ -284,20 +287,50 @@ fn run_tool(tool: &'static str, args: &[&str], input: Option<&str>) -> Result<Ra
             detail: error.to_string(),
         },
     })?;
+    // Both pipes are drained by threads while we wait, so a large listing cannot block it.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
         // The tool reads all of its input before it exits; a write error shows in its status.
         let _ = stdin.write_all(text.as_bytes());
     }
-    let output = child
-        .wait_with_output()
-        .map_err(|e| RedirectError::Failed {
-            tool,
-            detail: e.to_string(),
-        })?;
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < TOOL_TIMEOUT => {
+                // clippy.toml disallows std::thread::sleep; a timed park waits the same way.
+                std::thread::park_timeout(std::time::Duration::from_millis(5));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(RedirectError::Failed {
+                    tool,
+                    detail: format!("did not finish within {TOOL_TIMEOUT:?}"),
+                });
+            }
+            Err(error) => {
+                return Err(RedirectError::Failed {
+                    tool,
+                    detail: error.to_string(),
+                })
+            }
+        }
+    };
     Ok(Ran {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        code: status.code(),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
     })
 }
 

@@ -446,26 +446,33 @@ async fn inbound_goes_to_the_app_on_the_original_port() {
     let world = World::new();
     // The pod's app listens on its pod IP, port 8080 (the sidecar's --app is elsewhere).
     let app = NsHttpServer::start(&world.pod, addr("10.77.0.1:8080"), "pod-app").unwrap();
+    let app_v6 = NsHttpServer::start(&world.pod, addr("[fd77::1]:8080"), "pod-app-v6").unwrap();
     let sidecar = world.sidecar(CONFIG, &[]).await;
     let fetched = http_get(&world.remote, addr("10.77.0.1:8080"), "pod", "/", &[])
         .await
         .unwrap();
     assert_eq!((fetched.status, fetched.body.as_str()), (200, "pod-app"));
     assert_eq!(app.count(), 1);
+    // IPv6: ip6tables redirects to the sidecar's [::]:15006 listener.
+    let fetched = http_get(&world.remote, addr("[fd77::1]:8080"), "pod", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!((fetched.status, fetched.body.as_str()), (200, "pod-app-v6"));
+    assert_eq!(app_v6.count(), 1);
     let metrics = sidecar.metrics(&world).await;
     assert_eq!(
         metrics.sum(
             "ficus_requests_total",
             &[("direction", "inbound"), ("response_code", "200")]
         ),
-        1.0
+        2.0
     );
     assert_eq!(
         metrics.sum(
             "ficus_intercepted_connections_total",
             &[("direction", "inbound"), ("protocol", "http")]
         ),
-        1.0
+        2.0
     );
     // The admin port is never redirected (probes reach it).
     let ready = http_get(&world.remote, addr("10.77.0.1:15000"), "pod", "/ready", &[]).await;
