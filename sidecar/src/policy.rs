@@ -71,7 +71,11 @@ pub struct BackendPolicy {
 impl BackendPolicy {
     /// Compiles `policy` (the TrafficPolicy targeting the Backend, if any) for a Backend of
     /// `endpoints` endpoints.
-    pub fn new(policy: Option<&TrafficPolicy>, endpoints: usize, metrics: &Metrics) -> Self {
+    pub fn new(
+        policy: Option<&TrafficPolicy>,
+        endpoints: usize,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
         let budget = match policy.and_then(|p| p.retry_budget) {
             Some(b) => RetryBudget::new(b.percent / 100.0, b.min_retries_per_second),
             None => RetryBudget::default(),
@@ -80,7 +84,7 @@ impl BackendPolicy {
             budget,
             breaker: policy
                 .and_then(|p| p.connection_pool.as_ref())
-                .map(Breaker::new),
+                .map(|pool| Breaker::new(pool, metrics)),
             fault: policy
                 .and_then(|p| p.fault_injection.as_ref())
                 .and_then(Fault::new),
@@ -91,6 +95,15 @@ impl BackendPolicy {
                 policy.map(|p| p.load_balancer).unwrap_or_default(),
                 endpoints,
             ),
+        }
+    }
+}
+
+impl BackendPolicy {
+    /// Marks an upstream request as this Backend's, for its `maxConnections` cap.
+    pub fn tag<B>(&self, request: &mut http::Request<B>) {
+        if let Some(breaker) = &self.breaker {
+            breaker.tag(request);
         }
     }
 }
@@ -117,7 +130,7 @@ impl Carryover {
         &self,
         backend: &Backend,
         policy: Option<&TrafficPolicy>,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
     ) -> Arc<BackendPolicy> {
         let build = || Arc::new(BackendPolicy::new(policy, backend.endpoints.len(), metrics));
         let Ok(mut kept) = self.kept.lock() else {

@@ -27,6 +27,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
+use crate::policy::breaker::ConnectionCap;
+
+/// A place among a Backend's `maxConnections`, held for a connection's lifetime.
+type ConnectionPermit = tokio::sync::OwnedSemaphorePermit;
 
 /// Most idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -74,6 +78,13 @@ pub enum UpstreamError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A new connection was needed and the Backend's `connectionPool.maxConnections` were
+    /// open. Nothing was dialled or sent.
+    #[error("no connection to {addr}: maxConnections of the Backend are open")]
+    ConnectionLimit {
+        /// Endpoint.
+        addr: SocketAddr,
+    },
     /// The connection failed after the request (or part of it) was sent: the upstream may
     /// have acted on it, so only idempotent requests may be retried.
     #[error("upstream {addr} failed before response headers: {source}")]
@@ -101,6 +112,7 @@ impl UpstreamError {
             Self::ConnectTimeout { .. } => "connect_timeout",
             Self::Handshake { .. } => "handshake",
             Self::Tls { .. } => "tls",
+            Self::ConnectionLimit { .. } => "connection_limit",
             Self::Reset { .. } => "reset_before_headers",
         }
     }
@@ -188,6 +200,9 @@ impl EndpointPool {
 
     /// Sends `request` (URI in origin form; headers final) and returns the response head with a
     /// body that returns the connection to the pool when it ends.
+    ///
+    /// A request tagged with a Backend's [`ConnectionCap`] opens a new connection only with
+    /// a permit of that cap, kept by the connection's task until the connection ends.
     pub async fn send(
         self: &Arc<Self>,
         request: Request<Body>,
@@ -196,6 +211,16 @@ impl EndpointPool {
             self.send_http2(request).await
         } else {
             self.send_http1(request).await
+        }
+    }
+
+    /// A permit for a new connection for `request`, when it carries a cap.
+    fn permit(&self, request: &Request<Body>) -> Result<Option<ConnectionPermit>, UpstreamError> {
+        match request.extensions().get::<ConnectionCap>() {
+            None => Ok(None),
+            Some(cap) => cap.open().map(Some).ok_or(UpstreamError::ConnectionLimit {
+                addr: self.address,
+            }),
         }
     }
 
@@ -208,7 +233,10 @@ impl EndpointPool {
         loop {
             let (mut sender, reused, idle) = match self.checkout_http1().await {
                 Some((sender, idle)) => (sender, true, idle),
-                None => (self.connect_http1().await?, false, Duration::ZERO),
+                None => {
+                    let permit = self.permit(&request)?;
+                    (self.connect_http1(permit).await?, false, Duration::ZERO)
+                }
             };
             // A connection idle for a while may be closed by the server just as we write to
             // it. Keep a copy of a bodyless idempotent request to resend once on a fresh
@@ -254,7 +282,8 @@ impl EndpointPool {
                 Some(sender) => sender,
                 None => {
                     fresh = true;
-                    self.connect_http2().await?
+                    let permit = self.permit(&request)?;
+                    self.connect_http2(permit).await?
                 }
             };
             if let Err(source) = sender.ready().await {
@@ -325,7 +354,10 @@ impl EndpointPool {
         }
     }
 
-    async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    async fn connect_http1(
+        &self,
+        permit: Option<ConnectionPermit>,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
         let stream = self.connect_tcp().await?;
         let (sender, connection) = http1::Builder::new()
             .max_header_size(MAX_RESPONSE_HEADER_BYTES)
@@ -336,6 +368,7 @@ impl EndpointPool {
                 source,
             })?;
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%error, "upstream HTTP/1.1 connection ended with an error");
             }
@@ -343,10 +376,13 @@ impl EndpointPool {
         Ok(sender)
     }
 
-    async fn connect_http2(&self) -> Result<http2::SendRequest<Body>, UpstreamError> {
+    async fn connect_http2(
+        &self,
+        permit: Option<ConnectionPermit>,
+    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
         let stream = self.connect_tcp().await?;
         match &self.tls {
-            None => self.handshake_http2(stream).await,
+            None => self.handshake_http2(stream, permit).await,
             Some(config) => {
                 let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
                 // The name is not checked (the verifier checks the SPIFFE ID); any valid one does.
@@ -359,12 +395,16 @@ impl EndpointPool {
                         Ok(Err(source)) => return Err(UpstreamError::Tls { addr, source }),
                         Err(_) => return Err(UpstreamError::ConnectTimeout { addr, after }),
                     };
-                self.handshake_http2(stream).await
+                self.handshake_http2(stream, permit).await
             }
         }
     }
 
-    async fn handshake_http2<I>(&self, stream: I) -> Result<http2::SendRequest<Body>, UpstreamError>
+    async fn handshake_http2<I>(
+        &self,
+        stream: I,
+        permit: Option<ConnectionPermit>,
+    ) -> Result<http2::SendRequest<Body>, UpstreamError>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
@@ -380,6 +420,7 @@ impl EndpointPool {
                 source,
             })?;
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
             }

@@ -25,6 +25,8 @@ use tokio::task::JoinHandle;
 struct Scripted {
     addr: SocketAddr,
     count: Arc<AtomicUsize>,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
     bodies: Arc<Mutex<Vec<Bytes>>>,
     task: JoinHandle<()>,
 }
@@ -36,13 +38,16 @@ impl Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let count = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let (counter, recorded) = (Arc::clone(&count), Arc::clone(&bodies));
+        let accepted = Arc::clone(&connections);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (counter, recorded) = (Arc::clone(&counter), Arc::clone(&recorded));
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
@@ -72,6 +77,7 @@ impl Scripted {
         Self {
             addr,
             count,
+            connections,
             bodies,
             task,
         }
@@ -328,6 +334,58 @@ async fn the_circuit_breaker_fails_fast_past_its_caps() {
     );
     // Slots are given back: the Backend serves normally again.
     assert_eq!(get_once(outbound, "/fast").await.status, 200);
+}
+
+fn slow_path(_: usize, path: &str) -> (StatusCode, Option<Duration>) {
+    let delay = (path == "/slow").then_some(Duration::from_millis(1500));
+    (StatusCode::OK, delay)
+}
+
+#[tokio::test]
+async fn max_connections_caps_upstream_connections() {
+    let upstream = Scripted::start(slow_path).await;
+    let policy = "connectionPool: {maxConnections: 2, maxRequests: 10}";
+    let sidecar = Sidecar::start(&config(upstream.addr, "", policy)).await;
+    let outbound = sidecar.outbound;
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(get_once(outbound, "/slow")))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while upstream.count() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slow requests never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Two connections are busy: a third request would need a third connection.
+    let refused = get_once(outbound, "/fast").await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("x-ficus-error"), "overflow");
+    for task in slow {
+        assert_eq!(task.await.unwrap().status, 200);
+    }
+    // Idle connections are reused within the cap.
+    let mut client = H1Client::connect(outbound).await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
+    }
+    assert_eq!(
+        upstream.count(),
+        12,
+        "the refused request never left the sidecar"
+    );
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
+    let metrics = sidecar.metrics().await;
+    let kind = [("kind", "connections")];
+    assert_eq!(
+        metrics.sum("ficus_circuit_breaker_overflow_total", &kind),
+        1.0
+    );
+    assert_eq!(
+        metrics.sum("ficus_requests_total", &[("response_flags", "UO")]),
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -6,9 +6,16 @@
 //! A request holds its slot until its response body is dropped (or, on failure, until the
 //! exchange ends), retries included. Queued requests wait at most their own deadline. The
 //! semaphores live on the snapshot: a config swap starts new counts while requests of the old
-//! snapshot finish on the old ones, so for a moment up to twice the cap may be in flight.
-//! `maxConnections` is not enforced separately (the HTTP/1.1 pool opens one connection per
-//! concurrent request, so `maxRequests` bounds it too; HTTP/2 multiplexes on one).
+//! snapshot finish on the old ones; when neither the Backend nor its policy changed, the new
+//! snapshot keeps the same breaker ([`super::Carryover`]).
+//!
+//! `maxConnections` caps the upstream connections opened for the Backend's requests
+//! ([`ConnectionCap`]): a request that needs a new connection (no idle HTTP/1.1 one, or no live
+//! HTTP/2 one to its endpoint) when the cap is reached fails at once with 503 `UO` and
+//! `kind="connections"`, without dialling. A connection counts until its connection task ends
+//! (closed by either side, or dropped from the idle pool). It matters when `maxConnections`
+//! is below `maxRequests` (HTTP/1.1 needs a connection per concurrent request) or below the
+//! number of HTTP/2 endpoints. Opaque TCP and mirrored requests are not counted.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,9 +23,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ficus_config::ConnectionPool;
+use http::Request;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::telemetry::metrics::Metrics;
 
 /// Which cap a request hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +37,8 @@ pub enum Overflow {
     Pending,
     /// The request waited in the queue for a slot until its deadline.
     Requests,
+    /// The request needed a new upstream connection and `maxConnections` were open.
+    Connections,
 }
 
 impl Overflow {
@@ -35,6 +47,7 @@ impl Overflow {
         match self {
             Self::Pending => "pending",
             Self::Requests => "requests",
+            Self::Connections => "connections",
         }
     }
 }
@@ -44,18 +57,31 @@ impl Overflow {
 pub struct Breaker {
     requests: Arc<Semaphore>,
     pending: Semaphore,
+    connections: ConnectionCap,
 }
 
 impl Breaker {
-    /// From validated caps (each at least 1).
-    pub fn new(pool: &ConnectionPool) -> Self {
-        let cap = |n: u32| usize::try_from(n).unwrap_or(Semaphore::MAX_PERMITS);
+    /// From validated caps (each at least 1); `metrics` counts connection overflows.
+    pub fn new(pool: &ConnectionPool, metrics: &Arc<Metrics>) -> Self {
+        let cap = |n: u32| {
+            usize::try_from(n)
+                .unwrap_or(Semaphore::MAX_PERMITS)
+                .min(Semaphore::MAX_PERMITS)
+        };
         Self {
-            requests: Arc::new(Semaphore::new(
-                cap(pool.max_requests).min(Semaphore::MAX_PERMITS),
-            )),
-            pending: Semaphore::new(cap(pool.max_pending_requests).min(Semaphore::MAX_PERMITS)),
+            requests: Arc::new(Semaphore::new(cap(pool.max_requests))),
+            pending: Semaphore::new(cap(pool.max_pending_requests)),
+            connections: ConnectionCap {
+                permits: Arc::new(Semaphore::new(cap(pool.max_connections))),
+                metrics: Arc::clone(metrics),
+            },
         }
+    }
+
+    /// Marks `request` as one of this Backend's, so the pool counts any connection it opens
+    /// for it against `maxConnections`.
+    pub fn tag<B>(&self, request: &mut Request<B>) {
+        request.extensions_mut().insert(self.connections.clone());
     }
 
     /// A request slot: at once if one is free, else after waiting in the queue at most `wait`.
@@ -71,6 +97,26 @@ impl Breaker {
             // The semaphore is never closed; treat it like a full queue anyway.
             Ok(Err(_)) | Err(_) => Err(Overflow::Requests),
         }
+    }
+}
+
+/// A Backend's cap on open upstream connections, carried to the pool in the extensions of
+/// the Backend's requests.
+#[derive(Debug, Clone)]
+pub struct ConnectionCap {
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl ConnectionCap {
+    /// A permit for one more connection, held until the connection ends; `None` (counted as
+    /// an overflow) when the cap is reached.
+    pub fn open(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok();
+        if permit.is_none() {
+            self.metrics.breaker_overflow(Overflow::Connections.kind());
+        }
+        permit
     }
 }
 
@@ -123,11 +169,27 @@ mod tests {
     use super::*;
 
     fn breaker(requests: u32, pending: u32) -> Breaker {
-        Breaker::new(&ConnectionPool {
-            max_connections: 1024,
-            max_pending_requests: pending,
-            max_requests: requests,
-        })
+        Breaker::new(
+            &ConnectionPool {
+                max_connections: 2,
+                max_pending_requests: pending,
+                max_requests: requests,
+            },
+            &Metrics::new(),
+        )
+    }
+
+    #[test]
+    fn connections_past_the_cap_are_refused_and_counted() {
+        let breaker = breaker(10, 10);
+        let mut request = Request::new(());
+        breaker.tag(&mut request);
+        let cap = request.extensions().get::<ConnectionCap>().unwrap();
+        let first = cap.open().unwrap();
+        let _second = cap.open().unwrap();
+        assert!(cap.open().is_none());
+        drop(first);
+        assert!(cap.open().is_some(), "a closed connection frees its place");
     }
 
     #[tokio::test(start_paused = true)]

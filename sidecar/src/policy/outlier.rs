@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use super::grpc;
 use crate::body::Body;
 use crate::proxy::error::ProxyError;
+use crate::upstream::UpstreamError;
 
 /// Longest ejection, unless the base alone is longer.
 const MAX_EJECTION: Duration = Duration::from_secs(300);
@@ -183,6 +184,8 @@ pub fn is_failure(outcome: &Result<Response<Body>, ProxyError>) -> bool {
                     .and_then(|_| grpc::status(response.status(), response.headers()))
                     .is_some_and(grpc::is_server_failure)
         }
+        // Our own connection cap says nothing about the endpoint.
+        Err(ProxyError::Upstream(UpstreamError::ConnectionLimit { .. })) => false,
         Err(ProxyError::Upstream(_) | ProxyError::UpstreamProtocol(_) | ProxyError::Timeout(_)) => {
             true
         }

@@ -89,6 +89,9 @@ impl ProxyError {
                 flags::DOWNSTREAM_TIMEOUT,
                 "request-body-timeout",
             ),
+            Self::Upstream(UpstreamError::ConnectionLimit { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, flags::OVERFLOW, "overflow")
+            }
             Self::Upstream(e) if e.is_connect_failure() => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 flags::UPSTREAM_CONNECT_FAILURE,

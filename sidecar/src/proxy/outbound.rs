@@ -227,7 +227,8 @@ async fn route_and_forward<'s>(
     let send_once = |parts: http::request::Parts, incoming| async move {
         let body = with_idle_timeout(incoming, limits.body_idle_timeout);
         let body = access_log::count_received(&parts.extensions, body);
-        let upstream_request = Request::from_parts(parts, body);
+        let mut upstream_request = Request::from_parts(parts, body);
+        backend.policy.tag(&mut upstream_request);
         let in_flight = backend.start(endpoint);
         let outcome = forward(endpoint, upstream_request, timeout, on_upgrade, limits).await;
         backend.finish(endpoint, in_flight, &outcome);

@@ -139,12 +139,13 @@ impl Exchange<'_> {
             if try_timeout.is_zero() {
                 return (Err(total_expired), None);
             }
-            let request = match (first.take(), &body) {
+            let mut request = match (first.take(), &body) {
                 (Some(streamed), _) => head(parts, streamed),
                 (None, Some(body)) => rebuild(parts, body),
                 // Unreachable: without a kept body the loop never comes back.
                 (None, None) => return (Err(total_expired), None),
             };
+            self.target.policy.tag(&mut request);
             let in_flight = self.target.start(endpoint);
             let outcome = forward(endpoint, request, try_timeout, None, self.limits).await;
             self.target.finish(endpoint, in_flight, &outcome);
