@@ -116,6 +116,7 @@ pub fn sidecar_container(config: &InjectConfig, annotations: &Annotations) -> Va
             "runAsNonRoot": true,
             "runAsUser": config.proxy_uid,
             "runAsGroup": config.proxy_uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         // The app starts only once this passes: config loaded, certificate issued.
         "startupProbe": probe("/ready", 1, 600),
