@@ -119,3 +119,31 @@ fn refused_connections_are_io_errors_and_the_run_ends() {
     assert!(report["errors_io"].as_u64().unwrap() > 0, "{report}");
     assert!(report["first_error"].is_string(), "{report}");
 }
+
+#[test]
+fn h2c_streams_against_upstream() {
+    let (_upstream, addr) = upstream();
+    let report = loadgen(&[
+        "--target",
+        &addr,
+        "--h2",
+        "--connections",
+        "2",
+        "--streams",
+        "4",
+        "--rate",
+        "400",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "100ms",
+    ]);
+    assert_eq!(report["protocol"], "h2c", "{report}");
+    assert_eq!(report["streams_per_connection"], 4, "{report}");
+    let requests = report["requests"].as_u64().unwrap();
+    // 400 req/s for half a second, spread over 2 x 4 streams.
+    assert!(requests > 0 && requests <= 200, "{report}");
+    assert_eq!(report["errors_io"], 0, "{report}");
+    assert_eq!(report["errors_status"], 0, "{report}");
+    assert_eq!(report["errors_timeout"], 0, "{report}");
+}
