@@ -25,7 +25,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ficus_config::MtlsMode;
@@ -242,19 +242,31 @@ impl Transparent {
 #[derive(Debug, Clone)]
 pub struct Redirected(Arc<Destination>);
 
-#[derive(Debug)]
 struct Destination {
     original: SocketAddr,
-    http1: Arc<EndpointPool>,
-    http2: Arc<EndpointPool>,
+    /// Pools are looked up on first use: routed outbound connections never need them.
+    shared: Arc<Shared>,
+    settings: PoolSettings,
+    http1: OnceLock<Arc<EndpointPool>>,
+    http2: OnceLock<Arc<EndpointPool>>,
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Destination")
+            .field("original", &self.original)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Redirected {
-    fn new(shared: &Shared, original: SocketAddr, settings: PoolSettings) -> Self {
+    fn new(shared: &Arc<Shared>, original: SocketAddr, settings: PoolSettings) -> Self {
         Self(Arc::new(Destination {
             original,
-            http1: shared.pools.pool(original, false, settings),
-            http2: shared.pools.pool(original, true, settings),
+            shared: Arc::clone(shared),
+            settings,
+            http1: OnceLock::new(),
+            http2: OnceLock::new(),
         }))
     }
 
@@ -265,11 +277,16 @@ impl Redirected {
 
     /// The connections to the original destination, HTTP/2 or HTTP/1.1.
     pub fn pool(&self, http2: bool) -> &Arc<EndpointPool> {
-        if http2 {
-            &self.0.http2
+        let destination = &*self.0;
+        let cell = if http2 {
+            &destination.http2
         } else {
-            &self.0.http1
-        }
+            &destination.http1
+        };
+        cell.get_or_init(|| {
+            let pools = &destination.shared.pools;
+            pools.pool(destination.original, http2, destination.settings)
+        })
     }
 
     /// The extension of `request`, if its connection was redirected.
