@@ -166,12 +166,16 @@ impl Monitor {
             ),
         ];
         lines.extend(rows);
+        // Short lines: a terminal narrower than a line would wrap it and spoil the redraw.
         lines.push(format!(
-            "gateway: retries {} (+{}), outlier ejections active {}, retry budget exhausted {}; reports: rate limited {}",
+            "gateway: retries {} (+{}), endpoints ejected {}, retry budget exhausted {}",
             proof.retries,
             (proof.retries - old_proof.retries).max(0.0),
             proof.ejections_active,
             proof.budget_exhausted,
+        ));
+        lines.push(format!(
+            "reports: rate limited {} (ficus_rate_limited_total)",
             proof.rate_limited
         ));
         self.previous = now;
