@@ -44,13 +44,14 @@ pub mod retry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use ficus_config::{Backend, ResourceKey, TrafficPolicy};
+use ficus_config::{Backend, RateLimit, ResourceKey, TrafficPolicy};
 
 use self::balance::Balancer;
 use self::breaker::Breaker;
 use self::budget::RetryBudget;
 use self::fault::Fault;
 use self::outlier::Outliers;
+use self::rate_limit::RateLimiter;
 use crate::telemetry::metrics::Metrics;
 
 /// A Backend's compiled TrafficPolicy (defaults when it has none).
@@ -71,11 +72,7 @@ pub struct BackendPolicy {
 impl BackendPolicy {
     /// Compiles `policy` (the TrafficPolicy targeting the Backend, if any) for a Backend of
     /// `endpoints` endpoints.
-    pub fn new(
-        policy: Option<&TrafficPolicy>,
-        endpoints: usize,
-        metrics: &Arc<Metrics>,
-    ) -> Self {
+    pub fn new(policy: Option<&TrafficPolicy>, endpoints: usize, metrics: &Arc<Metrics>) -> Self {
         let budget = match policy.and_then(|p| p.retry_budget) {
             Some(b) => RetryBudget::new(b.percent / 100.0, b.min_retries_per_second),
             None => RetryBudget::default(),
@@ -114,6 +111,8 @@ impl BackendPolicy {
 #[derive(Debug, Default)]
 pub struct Carryover {
     kept: Mutex<HashMap<ResourceKey, Kept>>,
+    /// Rate limiters by what they limit (`inbound`, `route:<namespace>/<name>`).
+    limiters: Mutex<HashMap<String, (RateLimit, Weak<RateLimiter>)>>,
 }
 
 #[derive(Debug)]
@@ -161,6 +160,27 @@ impl Carryover {
             kept.retain(|key, _| keep(key));
         }
     }
+
+    /// The token bucket of `subject` (what it limits) under `limit`: the one in use when the
+    /// limit is as before (so a config push grants no fresh burst), else a full new one.
+    /// `None` when the limit admits nothing sensibly.
+    pub fn limiter(&self, subject: &str, limit: &RateLimit) -> Option<Arc<RateLimiter>> {
+        let Ok(mut limiters) = self.limiters.lock() else {
+            return RateLimiter::new(limit).map(Arc::new);
+        };
+        // Limiters of configs long gone are dropped here, the map stays small.
+        limiters.retain(|_, (_, kept)| kept.strong_count() > 0);
+        if let Some((previous, kept)) = limiters.get(subject) {
+            if previous == limit {
+                if let Some(limiter) = kept.upgrade() {
+                    return Some(limiter);
+                }
+            }
+        }
+        let limiter = Arc::new(RateLimiter::new(limit)?);
+        limiters.insert(subject.to_owned(), (*limit, Arc::downgrade(&limiter)));
+        Some(limiter)
+    }
 }
 
 #[cfg(test)]
@@ -200,5 +220,29 @@ mod tests {
         assert_eq!(Arc::strong_count(&fresh), 1);
         carry.retain(|_| false);
         assert!(carry.kept.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_rate_limiter_is_kept_while_its_limit_is_unchanged() {
+        let carry = Carryover::default();
+        let limit = RateLimit {
+            requests: 2,
+            per: std::time::Duration::from_secs(60),
+        };
+        let first = carry.limiter("inbound", &limit).unwrap();
+        assert!(first.try_acquire().is_ok() && first.try_acquire().is_ok());
+        let same = carry.limiter("inbound", &limit).unwrap();
+        assert!(same.try_acquire().is_err(), "no fresh burst after a push");
+        let other = carry.limiter("route:shop/web", &limit).unwrap();
+        assert!(
+            other.try_acquire().is_ok(),
+            "each subject has its own bucket"
+        );
+        let doubled = RateLimit {
+            requests: 4,
+            ..limit
+        };
+        let changed = carry.limiter("inbound", &doubled).unwrap();
+        assert!(changed.try_acquire().is_ok(), "a new limit starts full");
     }
 }

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use ficus_config::{Config, Filter, Protocol, ProxyLimits, ResourceKey, RouteRule, Timeouts};
+use ficus_config::{
+    Config, Filter, Protocol, ProxyLimits, RateLimit, ResourceKey, RouteRule, Timeouts,
+};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::authz::{is_own_backend, Authorizer};
@@ -249,7 +251,7 @@ pub struct InboundTarget {
     /// AuthorizationPolicies protecting this workload.
     pub authz: Authorizer,
     /// `rateLimit` of the TrafficPolicy of this workload's Backend.
-    pub rate_limit: Option<RateLimiter>,
+    pub rate_limit: Option<Arc<RateLimiter>>,
 }
 
 /// What a snapshot needs besides the config.
@@ -336,8 +338,11 @@ impl Snapshot {
         let mut routed: HashMap<ResourceKey, Vec<_>> = HashMap::new();
         let mut route_limits: HashMap<String, Arc<RateLimiter>> = HashMap::new();
         for route in &config.http_routes {
-            if let Some(limiter) = route.rate_limit.as_ref().and_then(RateLimiter::new) {
-                route_limits.insert(route.key.to_string(), Arc::new(limiter));
+            if let Some(limit) = &route.rate_limit {
+                let subject = format!("route:{}", route.key);
+                if let Some(limiter) = cx.pools.policies().limiter(&subject, limit) {
+                    route_limits.insert(route.key.to_string(), limiter);
+                }
             }
             for parent in &route.parents {
                 for (rule_index, rule) in route.rules.iter().enumerate() {
@@ -454,7 +459,8 @@ impl Snapshot {
                 "app",
             ),
             authz: Authorizer::new(&config, &cx.identity.namespace, &cx.identity.workload),
-            rate_limit: inbound_rate_limit(&config, cx.identity),
+            rate_limit: inbound_rate_limit(&config, cx.identity)
+                .and_then(|limit| cx.pools.policies().limiter("inbound", limit)),
         });
         let unrouted = cx
             .metrics
@@ -518,13 +524,12 @@ impl Snapshot {
 }
 
 /// The rate limit of the first TrafficPolicy that targets this workload's Backend with one.
-fn inbound_rate_limit(config: &Config, identity: &Identity) -> Option<RateLimiter> {
+fn inbound_rate_limit<'c>(config: &'c Config, identity: &Identity) -> Option<&'c RateLimit> {
     config
         .traffic_policies
         .values()
         .filter(|p| is_own_backend(config, &p.target, &identity.namespace, &identity.workload))
         .find_map(|p| p.rate_limit.as_ref())
-        .and_then(RateLimiter::new)
 }
 
 fn compile_rule(

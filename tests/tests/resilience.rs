@@ -472,6 +472,38 @@ async fn the_receiving_sidecar_rate_limits_its_own_backend() {
     assert_eq!(flagged, 3.0);
 }
 
+/// A config push that leaves the limit alone grants no fresh burst; a new limit starts full.
+#[tokio::test]
+async fn a_push_does_not_refill_an_unchanged_rate_limit() {
+    let app = Upstream::start("app").await;
+    let config = |requests: u32, extra: &str| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: client, namespace: shop}}\n\
+             spec: {{endpoints: [{{address: \"127.0.0.1:9\"}}]}}\n---\n\
+             apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: client, namespace: shop}}\n\
+             spec: {{targetRef: {{kind: Backend, name: client}}, rateLimit: {{requests: {requests}, per: 1m}}}}\n{extra}"
+        )
+    };
+    let options = ficus_tests::process::SidecarOptions {
+        app: Some(app.addr),
+        ..Default::default()
+    };
+    let sidecar = Sidecar::start_with(&config(3, ""), options).await;
+    let mut client = H1Client::connect(sidecar.inbound).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
+    }
+    let other = "---\napiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: other, namespace: shop}\n\
+                 spec: {endpoints: [{address: \"127.0.0.1:9\"}]}\n";
+    sidecar.write_config(&config(3, other));
+    sidecar.wait_version(2, Duration::from_secs(10)).await;
+    assert_eq!(client.send(request("GET", "")).await.unwrap().status, 429);
+    sidecar.write_config(&config(4, other));
+    sidecar.wait_version(3, Duration::from_secs(10)).await;
+    assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
+    assert_eq!(app.count(), 4);
+}
+
 /// A TrafficPolicy targeting an HTTPRoute limits that route in the calling sidecar; the
 /// service's other routes are not limited.
 #[tokio::test]

@@ -1,10 +1,13 @@
 //! Local rate limiting (`rateLimit`): a token bucket of `requests` tokens refilled evenly over
-//! `per`, enforced by the receiving sidecar for its own workload's Backend. A request without a
-//! token gets 429 with `Retry-After` (flag `RL`).
+//! `per`, enforced by the receiving sidecar for its own workload's Backend (or by the calling
+//! sidecar for a route). A request without a token gets 429 with `Retry-After` (flag `RL`).
 //!
 //! The bucket starts full, so a burst of up to `requests` passes at once. One mutex guards two
-//! numbers; only workloads with a `rateLimit` touch it. Like the other policies it lives on the
-//! snapshot: a config swap starts a full bucket.
+//! numbers; only workloads with a `rateLimit` touch it. A config swap keeps the bucket while
+//! the limit is unchanged ([`super::Carryover::limiter`]), so a push grants no fresh burst.
+//!
+//! The same bucket limits a route in the calling sidecar when a TrafficPolicy targets an
+//! HTTPRoute: one bucket per route per sidecar (callers do not share a count).
 
 use std::sync::Mutex;
 use std::time::Duration;
