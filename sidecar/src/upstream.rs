@@ -218,9 +218,10 @@ impl EndpointPool {
     fn permit(&self, request: &Request<Body>) -> Result<Option<ConnectionPermit>, UpstreamError> {
         match request.extensions().get::<ConnectionCap>() {
             None => Ok(None),
-            Some(cap) => cap.open().map(Some).ok_or(UpstreamError::ConnectionLimit {
-                addr: self.address,
-            }),
+            Some(cap) => cap
+                .open()
+                .map(Some)
+                .ok_or(UpstreamError::ConnectionLimit { addr: self.address }),
         }
     }
 
