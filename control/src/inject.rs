@@ -267,7 +267,15 @@ fn inject_pod(pod: &mut Value, config: &InjectConfig) -> Result<Outcome, InjectE
             }
         }
     }
-    let probes = containers::probe_ports(array(spec, "containers")?);
+    // kubelet probes the app containers and any native sidecars the pod already has.
+    let mut probed: Vec<Value> = array(spec, "containers")?.to_vec();
+    probed.extend(
+        array(spec, "initContainers")?
+            .iter()
+            .filter(|c| c.get("restartPolicy").and_then(Value::as_str) == Some("Always"))
+            .cloned(),
+    );
+    let probes = containers::probe_ports(&probed);
     let mut warnings = probes.warnings;
     let mut exclude_inbound = annotations.exclude_inbound_ports.clone();
     exclude_inbound.push(config.admin_port);

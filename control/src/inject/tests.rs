@@ -381,3 +381,21 @@ fn stream_errors_name_the_document() {
         "{error}"
     );
 }
+
+#[test]
+fn probes_of_existing_native_sidecars_are_excluded_too() {
+    let mut spec = web_spec();
+    spec["initContainers"] = json!([
+        {"name": "migrate", "image": "web:1", "args": ["migrate"],
+         "readinessProbe": {"tcpSocket": {"port": 7000}}},
+        {"name": "log-shipper", "image": "shipper:2", "restartPolicy": "Always",
+         "startupProbe": {"httpGet": {"path": "/up", "port": 2020}}},
+    ]);
+    let (object, _) = injected(deployment(json!({}), spec));
+    let init = init_container(&object, "/spec/template", INIT_NAME);
+    assert_eq!(
+        flag(init, "--exclude-inbound-ports"),
+        Some("2020,8080,8081,15000"),
+        "the native sidecar's probe port, not the one-shot init container's"
+    );
+}
