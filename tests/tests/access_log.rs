@@ -262,3 +262,27 @@ async fn off_by_default_and_switched_by_hot_swap() {
     let marker = lines(&second, 2).await;
     assert_eq!(paths(&marker), ["/marker", "/still"]);
 }
+
+#[tokio::test]
+async fn the_trace_id_is_that_of_the_sidecar_span_when_tracing_is_on() {
+    let upstream = Upstream::start("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_path(&dir, "access.log");
+    // Spans go to a collector that is not there: dropped and counted, never waited for.
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
+         spec: {{accessLog: {{path: \"{}\"}}, tracing: {{otlpEndpoint: \"http://{}\"}}}}\n---\n",
+        path.display(),
+        ficus_tests::free_addr()
+    ) + &backend("ok", upstream.addr);
+    let sidecar = Sidecar::start(&config).await;
+    let response = client::get(sidecar.outbound, "ok", "/no-trace-header")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200);
+    let lines = lines(&path, 1).await;
+    let sent = upstream.last().expect("the upstream got the request");
+    let traceparent = sent.headers["traceparent"].to_str().unwrap().to_owned();
+    let trace_id = traceparent.split('-').nth(1).unwrap();
+    assert_eq!(lines[0]["trace_id"], trace_id, "{traceparent}");
+}

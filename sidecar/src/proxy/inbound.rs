@@ -28,8 +28,9 @@ pub async fn handle(
     let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
     let mut span = Span::start(snapshot.tracing.as_ref(), Kind::Server, &request, peer);
+    access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
     span.set_peer_identity(identity.as_ref().map(HeaderValue::as_bytes));
-    let log = access_log::Pending::begin(
+    let mut log = access_log::Pending::begin(
         snapshot.access_log.as_ref(),
         &mut request,
         Direction::Inbound,

@@ -34,7 +34,8 @@ pub async fn handle(
     // The request runs on this snapshot to its end, whatever is swapped in meanwhile.
     let snapshot = shared.snapshot.load_full();
     let mut span = Span::start(snapshot.tracing.as_ref(), Kind::Client, &request, peer);
-    let log = access_log::Pending::begin(
+    access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
+    let mut log = access_log::Pending::begin(
         snapshot.access_log.as_ref(),
         &mut request,
         Direction::Outbound,
