@@ -399,3 +399,117 @@ fn probes_of_existing_native_sidecars_are_excluded_too() {
         "the native sidecar's probe port, not the one-shot init container's"
     );
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A probe handler on a numeric or named port (names may be undeclared).
+    fn probe() -> impl Strategy<Value = Value> {
+        let port = prop_oneof![
+            (1u16..=65535).prop_map(|p| json!(p)),
+            "[a-z]{1,6}".prop_map(|n| json!(n)),
+        ];
+        (
+            prop_oneof![Just("httpGet"), Just("tcpSocket"), Just("grpc")],
+            port,
+        )
+            .prop_map(|(action, port)| json!({action: {"port": port}}))
+    }
+
+    fn container() -> impl Strategy<Value = Value> {
+        (
+            "[a-z]{1,8}",
+            proptest::collection::vec(("[a-z]{1,6}", 1u16..=65535), 0..3),
+            proptest::option::of(probe()),
+            proptest::option::of(probe()),
+        )
+            .prop_map(|(name, ports, readiness, liveness)| {
+                let mut container = json!({
+                    "name": name,
+                    "image": "app:1",
+                    "ports": ports.iter().map(|(n, p)| json!({"name": n, "containerPort": p}))
+                        .collect::<Vec<_>>(),
+                });
+                if let Some(probe) = readiness {
+                    container["readinessProbe"] = probe;
+                }
+                if let Some(probe) = liveness {
+                    container["livenessProbe"] = probe;
+                }
+                container
+            })
+    }
+
+    /// Annotation values: mostly well-formed lists, sometimes garbage.
+    fn annotations() -> impl Strategy<Value = Value> {
+        let ports = prop_oneof![
+            proptest::collection::vec(1u16..=65535, 0..4).prop_map(|p| p
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",")),
+            ".{0,12}",
+        ];
+        (ports.clone(), ports, proptest::option::of(".{0,8}")).prop_map(|(out, inb, inject)| {
+            let mut map = json!({
+                "ficus.dev/exclude-outbound-ports": out,
+                "ficus.dev/exclude-inbound-ports": inb,
+            });
+            if let Some(inject) = inject {
+                map["ficus.dev/inject"] = json!(inject);
+            }
+            map
+        })
+    }
+
+    proptest! {
+        /// Any pod: no panic; an error leaves it unchanged; an injected pod is injected once
+        /// (a second pass changes nothing) and its patch rebuilds it from the original.
+        #[test]
+        fn injection_is_total_idempotent_and_patchable(
+            containers in proptest::collection::vec(container(), 1..4),
+            annotations in annotations(),
+        ) {
+            let original = deployment(annotations, json!({"containers": containers}));
+            let mut once = original.clone();
+            match inject(&mut once, &InjectConfig::default()) {
+                Err(_) => prop_assert_eq!(&once, &original),
+                Ok(Outcome::Injected { .. }) => {
+                    let mut twice = once.clone();
+                    let again = inject(&mut twice, &InjectConfig::default()).unwrap();
+                    prop_assert_eq!(again, Outcome::Skipped(Skip::AlreadyInjected));
+                    prop_assert_eq!(&twice, &once);
+                    let operations = patch::diff(&original, &once);
+                    let mut patched = original.clone();
+                    for operation in &operations {
+                        let path = operation["path"].as_str().unwrap();
+                        prop_assert_eq!(&operation["op"], "add");
+                        *patched.pointer_mut(path.rsplit_once('/').unwrap().0).unwrap()
+                            .as_object_mut().unwrap()
+                            .entry(path.rsplit_once('/').unwrap().1)
+                            .or_insert(Value::Null) = operation["value"].clone();
+                    }
+                    prop_assert_eq!(patched, once);
+                }
+                Ok(other) => {
+                    prop_assert_eq!(other, Outcome::Skipped(Skip::OptedOut));
+                    prop_assert_eq!(&once, &original);
+                }
+            }
+        }
+
+        /// Arbitrary JSON never panics the injector or the webhook.
+        #[test]
+        fn arbitrary_objects_never_panic(text in ".{0,200}", kind in prop_oneof![
+            Just("Pod"), Just("Deployment"), Just("CronJob"), Just("List"), Just("Service")
+        ]) {
+            let mut object = json!({"apiVersion": if kind == "Pod" || kind == "List" { "v1" }
+                else if kind == "CronJob" { "batch/v1" } else { "apps/v1" },
+                "kind": kind, "spec": text, "items": [text], "metadata": {"annotations": text}});
+            let _ = inject(&mut object, &InjectConfig::default());
+            let _ = crate::webhook::review(text.as_bytes(), &InjectConfig::default());
+        }
+    }
+}
