@@ -355,8 +355,13 @@ pub async fn serve(
     let protocol = match (side, sniffed) {
         (_, Some(Sniffed::Http1)) => Some(Protocol::Http1),
         (_, Some(Sniffed::Http2)) => Some(Protocol::Http2),
-        // Inbound TLS is the mesh's mTLS; outbound TLS is the app's own, passed through.
-        (Side::Inbound, Some(Sniffed::Tls)) => Some(Protocol::Tls),
+        // Inbound TLS is the mesh's mTLS when we have a mesh identity; otherwise (and
+        // outbound, where it is the app's own) it is passed through.
+        (Side::Inbound, Some(Sniffed::Tls))
+            if shared.tls.is_some() && mode != MtlsMode::Disable =>
+        {
+            Some(Protocol::Tls)
+        }
         _ => None,
     };
     let metrics = &transparent.metrics;

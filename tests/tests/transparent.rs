@@ -447,6 +447,7 @@ async fn inbound_goes_to_the_app_on_the_original_port() {
     // The pod's app listens on its pod IP, port 8080 (the sidecar's --app is elsewhere).
     let app = NsHttpServer::start(&world.pod, addr("10.77.0.1:8080"), "pod-app").unwrap();
     let app_v6 = NsHttpServer::start(&world.pod, addr("[fd77::1]:8080"), "pod-app-v6").unwrap();
+    let _tls_app = NsGreeter::start(&world.pod, addr("10.77.0.1:8443"), "").unwrap();
     let sidecar = world.sidecar(CONFIG, &[]).await;
     let fetched = http_get(&world.remote, addr("10.77.0.1:8080"), "pod", "/", &[])
         .await
@@ -473,6 +474,24 @@ async fn inbound_goes_to_the_app_on_the_original_port() {
             &[("direction", "inbound"), ("protocol", "http")]
         ),
         2.0
+    );
+    // TLS the sidecar cannot terminate (it has no mesh identity) reaches the app unchanged.
+    let mut tls = world.remote.connect(addr("10.77.0.1:8443")).await.unwrap();
+    let record = [0x16, 0x03, 0x01, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o'];
+    tls.write_all(&record).await.unwrap();
+    let mut echoed = [0u8; 10];
+    tokio::time::timeout(netns::TIMEOUT, tls.read_exact(&mut echoed))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(echoed, record);
+    let metrics = sidecar.metrics(&world).await;
+    assert_eq!(
+        metrics.sum(
+            "ficus_intercepted_connections_total",
+            &[("direction", "inbound"), ("protocol", "opaque")]
+        ),
+        1.0
     );
     // The admin port is never redirected (probes reach it).
     let ready = http_get(&world.remote, addr("10.77.0.1:15000"), "pod", "/ready", &[]).await;
