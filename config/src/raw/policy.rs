@@ -7,12 +7,13 @@ use serde::Deserialize;
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicyTargetRef {
-    /// `ficus.dev` or left out.
+    /// `ficus.dev` (`gateway.networking.k8s.io` for an HTTPRoute) or left out.
     #[serde(default)]
     pub group: Option<String>,
-    /// `Backend`.
+    /// `Backend`; a TrafficPolicy may also target an `HTTPRoute` (group
+    /// `gateway.networking.k8s.io`), for its `rateLimit` only.
     pub kind: String,
-    /// Backend name.
+    /// Name of the Backend (or HTTPRoute).
     pub name: String,
 }
 
@@ -21,7 +22,7 @@ pub struct PolicyTargetRef {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TrafficPolicySpec {
-    /// The Backend.
+    /// The Backend it applies to (or the HTTPRoute, for a per-route `rateLimit`).
     pub target_ref: PolicyTargetRef,
     /// Circuit-breaker caps.
     #[serde(default)]
@@ -67,7 +68,8 @@ pub struct OutlierDetection {
     /// Consecutive 5xx before an endpoint is ejected; default 5.
     #[serde(default, rename = "consecutive5xx")]
     pub consecutive_5xx: Option<u32>,
-    /// How often ejections are reconsidered; default 10s.
+    /// Each interval an endpoint stays in the rotation forgives one of its ejections (they
+    /// multiply the ejection time); default 10s.
     #[serde(default)]
     pub interval: Option<String>,
     /// Base ejection time, multiplied by the number of ejections; default 30s.
