@@ -28,7 +28,6 @@ pub async fn handle(
     let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
     let mut span = Span::start(snapshot.tracing.as_ref(), Kind::Server, &request, peer);
-    access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
     span.set_peer_identity(identity.as_ref().map(HeaderValue::as_bytes));
     let mut log = access_log::Pending::begin(
         snapshot.access_log.as_ref(),
@@ -37,6 +36,7 @@ pub async fn handle(
         peer,
         identity.as_ref(),
     );
+    access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
     let inbound = &snapshot.inbound;
     let limits = &snapshot.limits;
     if let Err(error) = super::guard::check(&request) {

@@ -34,7 +34,6 @@ pub async fn handle(
     // The request runs on this snapshot to its end, whatever is swapped in meanwhile.
     let snapshot = shared.snapshot.load_full();
     let mut span = Span::start(snapshot.tracing.as_ref(), Kind::Client, &request, peer);
-    access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
     let mut log = access_log::Pending::begin(
         snapshot.access_log.as_ref(),
         &mut request,
@@ -42,6 +41,7 @@ pub async fn handle(
         peer,
         None,
     );
+    access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
     let (response, metrics, flag) =
         route_and_forward(shared, &snapshot, peer, request, &mut span).await;
     metrics.record(response.status().as_u16(), flag, started.elapsed());
