@@ -18,8 +18,8 @@
 pub mod client;
 pub mod control;
 pub mod grpc;
-pub mod otlp;
 pub mod netns;
+pub mod otlp;
 pub mod process;
 pub mod prom;
 pub mod upstream;

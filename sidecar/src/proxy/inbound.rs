@@ -14,9 +14,9 @@ use crate::authz::Decision;
 use crate::body::{with_idle_timeout, Body};
 use crate::policy::rate_limit;
 use crate::state::Shared;
-use crate::telemetry::trace::{Kind, Span};
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::Direction;
+use crate::telemetry::trace::{Kind, Span};
 
 /// Handles one request from a peer. Never fails: errors become responses.
 pub async fn handle(

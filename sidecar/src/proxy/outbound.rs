@@ -21,8 +21,8 @@ use crate::route::ServiceName;
 use crate::snapshot::{RouteBackend, Snapshot};
 use crate::state::Shared;
 use crate::telemetry::access_log;
-use crate::telemetry::trace::{Kind, Span};
 use crate::telemetry::metrics::{Direction, RequestMetrics};
+use crate::telemetry::trace::{Kind, Span};
 
 /// Handles one request from the local app. Never fails: errors become responses.
 pub async fn handle(

@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Request duration buckets in seconds: coarse below a millisecond (the proxy's own share) and,
@@ -17,8 +17,8 @@ use prometheus::{
 /// within about a quarter of their value. 32 buckets per series.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02,
-    0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5,
-    10.0,
+    0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0,
+    7.5, 10.0,
 ];
 
 /// Traffic direction label.
@@ -185,7 +185,12 @@ impl Metrics {
                 "ficus_route_backend_weight",
                 "Configured weight of each backendRef of each route rule in the serving config",
             ),
-            &["destination_service", "route", "rule", "destination_backend"],
+            &[
+                "destination_service",
+                "route",
+                "rule",
+                "destination_backend",
+            ],
         )
         .expect("static metric definition");
         let trace_spans_exported = counter(
