@@ -506,3 +506,32 @@ impl Drop for Relay {
         self.task.abort();
     }
 }
+
+/// `GET uri` (absolute, `http://authority/path`) over a new h2c (prior knowledge) connection
+/// made inside `ns` to `address`, with `extra` headers; status and body within [`TIMEOUT`].
+pub async fn h2c_get(
+    ns: &NetNs,
+    address: SocketAddr,
+    uri: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
+    use http_body_util::BodyExt;
+    let stream = ns.connect(address).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let mut request = Request::get(uri);
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::new()))?;
+    let exchange = async {
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, anyhow::Error>((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("no h2c answer from {address} within {TIMEOUT:?}"))?
+}

@@ -248,6 +248,16 @@ async fn outbound_http_is_routed_by_original_destination_and_unknown_passes_thro
         (200, "payments-v2"),
         "the header route applies to intercepted traffic"
     );
+    // HTTP/2 with prior knowledge is detected and routed the same way.
+    let h2 = netns::h2c_get(
+        pod,
+        addr("10.77.0.2:80"),
+        "http://10.77.0.2/",
+        &[("x-canary", "yes")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(h2, (200, "payments-v2".to_owned()));
     // A destination Ficus does not know, under a Host it does not know: unchanged.
     let unknown = http_get(pod, addr("10.77.0.4:8080"), "stranger.example", "/x", &[])
         .await
@@ -262,7 +272,7 @@ async fn outbound_http_is_routed_by_original_destination_and_unknown_passes_thro
         (200, "monolith-v6")
     );
     assert_eq!(monolith.count(), 1);
-    assert_eq!(v2.count(), 1);
+    assert_eq!(v2.count(), 2);
     assert_eq!(stranger.count(), 1);
     assert_eq!(v6.count(), 1);
     // The routed requests were proxied (the sidecar adds x-request-id); the passthrough one
@@ -289,17 +299,17 @@ async fn outbound_http_is_routed_by_original_destination_and_unknown_passes_thro
         )
     };
     assert_eq!(requests("shop/monolith", "shop/monolith"), 1.0);
-    assert_eq!(requests("shop/monolith", "shop/payments-v2"), 1.0);
+    assert_eq!(requests("shop/monolith", "shop/payments-v2"), 2.0);
     assert_eq!(requests("shop/legacy-v6", "shop/legacy-v6"), 1.0);
     assert_eq!(requests("passthrough", "passthrough"), 1.0);
-    // Exactly the app's four connections were intercepted: the sidecar's own upstream
+    // Exactly the app's five connections were intercepted: the sidecar's own upstream
     // connections (uid 1337) were not redirected back to it, so there is no loop.
     assert_eq!(
         metrics.sum(
             "ficus_intercepted_connections_total",
             &[("direction", "outbound")]
         ),
-        4.0
+        5.0
     );
 }
 
