@@ -6,6 +6,7 @@
 //! pure — objects in, objects out — except the thin TokenReview client.
 //!
 //! # Layout
+//! - [`api`] — the thin HTTPS client of the API server (in-cluster address, CA and token).
 //! - [`crd`] — the CRDs of Mesh, Backend, TrafficPolicy and AuthorizationPolicy
 //!   (`deploy/crds/`), with their OpenAPI v3 schemas made structural.
 //! - [`token_review`] — sidecars' projected service-account tokens checked with the API
@@ -13,6 +14,7 @@
 //! - [`translate`] — Services, EndpointSlices, HTTPRoutes and Ficus objects → the validated
 //!   config snapshot.
 
+pub mod api;
 pub mod crd;
 pub mod token_review;
 pub mod translate;

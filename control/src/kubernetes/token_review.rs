@@ -8,28 +8,21 @@
 //! `KUBERNETES_SERVICE_HOST`, the pod's own service-account token and CA) and plugs into
 //! [`TokenAuthenticator`], the seam the signing and push services use.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
-use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 
+use super::api::ApiClient;
+pub use super::api::ApiServer;
 use crate::auth::join::{Caller, TokenAuthenticator};
 use crate::auth::AuthError;
 
 /// The audience injected sidecars' projected tokens are minted for.
 pub const AUDIENCE: &str = "ficus";
-/// In-cluster service-account files of the control plane's own pod.
-const IN_CLUSTER_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// The whole review (connect, TLS, request, answer) must finish within this.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest TokenReview answer read.
@@ -107,107 +100,33 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
-/// Where and how to reach the API server.
-#[derive(Debug, Clone)]
-pub struct ApiServer {
-    /// `host:port` to connect to.
-    pub address: SocketAddr,
-    /// Name the API server's certificate is checked against (`kubernetes.default.svc`).
-    pub server_name: String,
-    /// PEM roots for the API server's certificate.
-    pub ca_pem: String,
-    /// File with the control plane's own bearer token (re-read per review: kubelet rotates
-    /// it).
-    pub token_file: PathBuf,
-}
-
-impl ApiServer {
-    /// The in-cluster API server: `KUBERNETES_SERVICE_HOST`/`_PORT` and the pod's
-    /// service-account token and CA.
-    pub fn in_cluster() -> Result<Self, String> {
-        let host = std::env::var("KUBERNETES_SERVICE_HOST")
-            .map_err(|_| "KUBERNETES_SERVICE_HOST is not set: not running in a pod".to_owned())?;
-        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-        let address = format!("{host}:{port}")
-            .parse()
-            .or_else(|_| format!("[{host}]:{port}").parse())
-            .map_err(|_| format!("KUBERNETES_SERVICE_HOST {host:?} is not an IP address"))?;
-        let dir = Path::new(IN_CLUSTER_DIR);
-        let ca_pem = std::fs::read_to_string(dir.join("ca.crt"))
-            .map_err(|e| format!("{}/ca.crt: {e}", dir.display()))?;
-        Ok(Self {
-            address,
-            server_name: "kubernetes.default.svc".to_owned(),
-            ca_pem,
-            token_file: dir.join("token"),
-        })
-    }
-}
-
 /// [`TokenAuthenticator`] backed by the API server's TokenReview.
+#[derive(Debug)]
 pub struct TokenReviewer {
-    server: ApiServer,
-    tls: tokio_rustls::TlsConnector,
+    client: ApiClient,
     audience: String,
 }
 
 impl TokenReviewer {
     /// A reviewer for tokens of `audience` (normally [`AUDIENCE`]).
     pub fn new(server: ApiServer, audience: &str) -> Result<Self, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
-            let certificate = certificate.map_err(|e| format!("API server CA: {e}"))?;
-            roots
-                .add(certificate)
-                .map_err(|e| format!("API server CA: {e}"))?;
-        }
-        if roots.is_empty() {
-            return Err("API server CA: no certificate".to_owned());
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
-            server,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            client: ApiClient::new(server)?,
             audience: audience.to_owned(),
         })
     }
 
     /// POSTs the review and returns the answer's body.
     async fn post(&self, token: &str) -> Result<Bytes, String> {
-        let own_token = tokio::fs::read_to_string(&self.server.token_file)
-            .await
-            .map_err(|e| format!("{}: {e}", self.server.token_file.display()))?;
-        let name = ServerName::try_from(self.server.server_name.clone())
-            .map_err(|e| format!("server name: {e}"))?;
-        let tcp = tokio::net::TcpStream::connect(self.server.address)
-            .await
-            .map_err(|e| format!("connect {}: {e}", self.server.address))?;
-        let tls = self
-            .tls
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS with the API server: {e}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| format!("HTTP: {e}"))?;
-        tokio::spawn(connection);
         let body = serde_json::to_vec(&review_request(token, &self.audience)).unwrap_or_default();
-        let request = Request::post("/apis/authentication.k8s.io/v1/tokenreviews")
-            .header(HOST, self.server.server_name.as_str())
-            .header(CONTENT_TYPE, "application/json")
-            .header(AUTHORIZATION, format!("Bearer {}", own_token.trim()))
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("request: {e}"))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("HTTP: {e}"))?;
+        let response = self
+            .client
+            .send(
+                Method::POST,
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                Some(body),
+            )
+            .await?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
@@ -224,15 +143,6 @@ impl TokenReviewer {
             ));
         }
         Ok(body)
-    }
-}
-
-impl std::fmt::Debug for TokenReviewer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenReviewer")
-            .field("server", &self.server.address)
-            .field("audience", &self.audience)
-            .finish_non_exhaustive()
     }
 }
 

@@ -97,79 +97,26 @@ struct Seen {
     body: Value,
 }
 
-/// A stand-in for the API server (none can run here): HTTPS with a certificate for
-/// `kubernetes.default.svc` from a throwaway CA, answering every request with `answer`.
+/// The stand-in API server (none can run here) answering every request with `answer`.
 async fn api_server(
     answer: Vec<u8>,
     status: u16,
 ) -> (ApiServer, Arc<Mutex<Vec<Seen>>>, tempfile::TempDir) {
-    use ficus_identity::ca::CertificateAuthority;
-    use ficus_identity::tls::{self, CertStore, ClientAuth, Credentials, TrustBundle};
-    use ficus_identity::SpiffeId;
-
-    let ca = CertificateAuthority::generate("cluster.local").unwrap();
-    let id = SpiffeId::workload("cluster.local", "default", "kubernetes").unwrap();
-    let (issued, key) = ca
-        .issue_server(
-            &id,
-            &["kubernetes.default.svc".to_owned()],
-            &[],
-            Duration::from_secs(3600),
-        )
-        .unwrap();
-    let store =
-        CertStore::with_credentials(Credentials::from_pem_key(&issued.chain_pem, &key).unwrap());
-    let bundle = TrustBundle::from_pem(&ca.root_pem(), "cluster.local").unwrap();
-    let config = tls::server_config(store, &bundle, ClientAuth::None).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let recorded = Arc::clone(&seen);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let Ok(stream) = acceptor.accept(tcp).await else {
-                continue;
-            };
-            let recorded = Arc::clone(&recorded);
+    let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+    let (server, dir) = crate::kubernetes::api::stand_in::start(
+        move |_method, path, authorization, body: Bytes| {
+            recorded.lock().unwrap().push(Seen {
+                path,
+                authorization,
+                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            });
             let answer = answer.clone();
-            let service =
-                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let recorded = Arc::clone(&recorded);
-                    let answer = answer.clone();
-                    async move {
-                        let path = request.uri().path().to_owned();
-                        let authorization = request
-                            .headers()
-                            .get(AUTHORIZATION)
-                            .map(|v| v.to_str().unwrap().to_owned())
-                            .unwrap_or_default();
-                        let body = request.into_body().collect().await.unwrap().to_bytes();
-                        recorded.lock().unwrap().push(Seen {
-                            path,
-                            authorization,
-                            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-                        });
-                        let mut response = http::Response::new(Full::new(Bytes::from(answer)));
-                        *response.status_mut() = StatusCode::from_u16(status).unwrap();
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "control-plane-own-token\n").unwrap();
-    let server = ApiServer {
-        address,
-        server_name: "kubernetes.default.svc".to_owned(),
-        ca_pem: ca.root_pem(),
-        token_file,
-    };
+            async move { crate::kubernetes::api::stand_in::json(status, &answer) }
+        },
+    )
+    .await;
     (server, seen, dir)
 }
 
@@ -192,6 +139,7 @@ async fn refusals_and_api_errors_are_unknown_tokens() {
     for (answer, status) in [
         (fixture("expired.json"), 201),
         (br#"{"kind":"Status","reason":"Forbidden"}"#.to_vec(), 403),
+        (b"not json".to_vec(), 201),
     ] {
         let (server, _, _dir) = api_server(answer, status).await;
         let reviewer = TokenReviewer::new(server, AUDIENCE).unwrap();
