@@ -334,6 +334,10 @@ impl Snapshot {
             })
             .collect();
 
+        // Backends no longer configured have no state to carry over.
+        cx.pools
+            .policies()
+            .retain(|key| config.backends.contains_key(key));
         let mut services: HashMap<String, HashMap<String, Arc<Service>>> = HashMap::new();
         let mut routed: HashMap<ResourceKey, Vec<_>> = HashMap::new();
         let mut route_limits: HashMap<String, Arc<RateLimiter>> = HashMap::new();
