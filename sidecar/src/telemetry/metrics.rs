@@ -69,7 +69,8 @@ pub struct Metrics {
     pub mirror_dropped: IntCounter,
     /// `ficus_outlier_ejections_active`: endpoints currently ejected.
     pub outlier_ejections_active: IntGauge,
-    /// `ficus_rate_limited_total`: inbound requests refused by the workload's rate limit.
+    /// `ficus_rate_limited_total`: requests refused by a rate limit (the workload's, inbound;
+    /// a route's, outbound).
     pub rate_limited: IntCounter,
     /// `ficus_trace_spans_exported_total`: spans the OTLP collector accepted.
     pub trace_spans_exported: IntCounter,
@@ -170,7 +171,7 @@ impl Metrics {
         .expect("static metric definition");
         let rate_limited = counter(
             "ficus_rate_limited_total",
-            "Inbound requests refused by the workload's rate limit",
+            "Requests refused by a rate limit (the workload's inbound, or a route's outbound)",
         );
         let access_log_dropped = IntCounterVec::new(
             Opts::new(
