@@ -24,6 +24,8 @@ pub struct Summary {
     pub count: u64,
     /// Arithmetic mean.
     pub mean_ms: f64,
+    /// Smallest recorded value.
+    pub min_ms: f64,
     /// Median.
     pub p50_ms: f64,
     /// 90th percentile.
@@ -80,6 +82,7 @@ impl Latencies {
             return Summary {
                 count: 0,
                 mean_ms: 0.0,
+                min_ms: 0.0,
                 p50_ms: 0.0,
                 p90_ms: 0.0,
                 p99_ms: 0.0,
@@ -90,6 +93,7 @@ impl Latencies {
         Summary {
             count: h.len(),
             mean_ms: h.mean() / 1e3,
+            min_ms: ms(h.min()),
             p50_ms: ms(h.value_at_quantile(0.50)),
             p90_ms: ms(h.value_at_quantile(0.90)),
             p99_ms: ms(h.value_at_quantile(0.99)),
@@ -113,6 +117,7 @@ impl Summary {
         let round = |v: f64| serde_json::json!((v * 1e3).round() / 1e3);
         let mut map = serde_json::Map::new();
         map.insert("mean_ms".into(), round(self.mean_ms));
+        map.insert("min_ms".into(), round(self.min_ms));
         map.insert("p50_ms".into(), round(self.p50_ms));
         map.insert("p90_ms".into(), round(self.p90_ms));
         map.insert("p99_ms".into(), round(self.p99_ms));
@@ -134,6 +139,7 @@ mod tests {
         }
         let summary = latencies.summary();
         assert_eq!(summary.count, 1000);
+        assert_eq!(summary.min_ms, 0.001);
         assert_eq!(summary.p50_ms, 0.5);
         assert_eq!(summary.p99_ms, 0.99);
         assert_eq!(summary.max_ms, 1.0);
