@@ -127,7 +127,7 @@ pub async fn handle(
             };
             let body = with_idle_timeout(incoming, limits.body_idle_timeout);
             let body = access_log::count_received(&parts.extensions, body);
-            access_log::note_upstream(&parts.extensions, pool.address());
+            access_log::note_upstream(&parts.extensions, pool.address(), &inbound.metrics);
             let request = Request::from_parts(parts, body);
             let timeout = limits.upstream_response_timeout;
             match forward(pool, request, timeout, on_upgrade, limits).await {

@@ -144,7 +144,7 @@ async fn route_and_forward<'s>(
         span.set_endpoint(endpoint.address());
         span.set_peer_identity(backend.identity(endpoint).map(str::as_bytes));
     }
-    access_log::note_upstream(request.extensions(), endpoint.address());
+    access_log::note_upstream(request.extensions(), endpoint.address(), metrics);
     // HTTP/2 for h2c/gRPC backends and for mTLS to peer sidecars (ALPN h2): the app's
     // HTTP/1.1 crosses the mesh as HTTP/2 and turns back into HTTP/1.1 at the other side.
     let http2 = endpoint.is_http2();

@@ -287,6 +287,8 @@ impl TcpEntry {
 #[derive(Debug, Default)]
 pub struct Exchange {
     upstream: OnceLock<SocketAddr>,
+    /// `(service, backend)` once routed, for a line whose response never came.
+    target: OnceLock<(Arc<str>, Arc<str>)>,
     received: AtomicU64,
 }
 
@@ -294,10 +296,15 @@ pub struct Exchange {
 #[derive(Debug, Clone, Default)]
 pub struct ExchangeSlot(Arc<Exchange>);
 
-/// Records the endpoint of the first try, when the request is being logged.
-pub fn note_upstream(extensions: &Extensions, upstream: SocketAddr) {
+/// Records the endpoint of the first try and the (service, backend) it belongs to, when the
+/// request is being logged.
+pub fn note_upstream(extensions: &Extensions, upstream: SocketAddr, metrics: &RequestMetrics) {
     if let Some(slot) = extensions.get::<ExchangeSlot>() {
         let _ = slot.0.upstream.set(upstream);
+        let _ = slot
+            .0
+            .target
+            .set((Arc::clone(metrics.service()), Arc::clone(metrics.backend())));
     }
 }
 
@@ -443,6 +450,10 @@ impl Drop for Pending {
         entry.duration = self.started.elapsed();
         if entry.status == 0 {
             entry.flags = "DC";
+            if let Some((service, backend)) = self.exchange.0.target.get() {
+                entry.service = Arc::clone(service);
+                entry.backend = Arc::clone(backend);
+            }
         }
         entry.bytes_received = self.exchange.0.received.load(Ordering::Relaxed);
         entry.upstream = self.exchange.0.upstream.get().copied();
