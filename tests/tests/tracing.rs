@@ -90,6 +90,21 @@ fn header(seen: &ficus_tests::upstream::Recorded, name: &str) -> String {
         .to_owned()
 }
 
+/// Waits until `name` (summed) reaches `value` on `sidecar`'s `/metrics`: the exporter counts
+/// an export when the collector's answer is back, a little after the receiver has the spans.
+async fn wait_metric(sidecar: &Sidecar, name: &str, value: f64) -> ficus_tests::client::Metrics {
+    let started = Instant::now();
+    loop {
+        let metrics = sidecar.metrics().await;
+        let now = metrics.sum(name, &[]);
+        if now >= value {
+            return metrics;
+        }
+        assert!(started.elapsed() < WAIT, "{name} is {now}, not {value}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 // === client sidecar → server sidecar → app, over mTLS ===
 
 async fn control_with_tokens() -> (ControlPlane, tempfile::TempDir) {
@@ -260,8 +275,7 @@ async fn one_trace_across_two_sidecars_with_parent_links_and_http_attributes() {
     let server_span = spans.iter().find(|s| s.span.kind == SERVER).unwrap();
     assert_eq!(server_span.span_id(), parent);
 
-    let metrics = web.metrics().await;
-    assert!(metrics.sum("ficus_trace_spans_exported_total", &[]) >= 2.0);
+    let metrics = wait_metric(&web, "ficus_trace_spans_exported_total", 2.0).await;
     assert_eq!(metrics.sum("ficus_trace_spans_dropped_total", &[]), 0.0);
 }
 
@@ -489,7 +503,7 @@ async fn zero_percent_exports_nothing_but_still_propagates() {
     let spans = receiver.spans();
     assert_eq!(spans.len(), 1, "only the forced request: {spans:#?}");
     assert!(spans.iter().all(|s| !traces.contains(&s.trace_id())));
-    let metrics = sidecar.metrics().await;
+    let metrics = wait_metric(&sidecar, "ficus_trace_spans_exported_total", 1.0).await;
     assert_eq!(metrics.sum("ficus_trace_spans_exported_total", &[]), 1.0);
     assert_eq!(metrics.sum("ficus_trace_spans_dropped_total", &[]), 0.0);
 }
@@ -572,8 +586,7 @@ async fn collector_down_under_load_drops_spans_not_requests_and_export_resumes()
         tokio::time::sleep(Duration::from_millis(200)).await;
         resumed = receiver.spans();
     }
-    let metrics = sidecar.metrics().await;
-    assert!(metrics.sum("ficus_trace_spans_exported_total", &[]) > exported);
+    wait_metric(&sidecar, "ficus_trace_spans_exported_total", exported + 1.0).await;
 }
 
 #[tokio::test]

@@ -354,16 +354,19 @@ fn repaired(extracted: &Extracted) -> Outgoing {
     }
 }
 
-/// The authority the request named (absolute URI or `:authority`, else `Host`).
+/// The authority the request named (absolute URI or `:authority`, else `Host`) as host and
+/// port.
 fn server_address<B>(request: &Request<B>) -> Option<(String, Option<u16>)> {
     let authority = match request.uri().authority() {
-        Some(authority) => authority.clone(),
-        None => {
-            let host = request.headers().get(http::header::HOST)?;
-            http::uri::Authority::try_from(host.as_bytes()).ok()?
-        }
+        Some(authority) => authority.as_str(),
+        None => request.headers().get(http::header::HOST)?.to_str().ok()?,
     };
-    Some((authority.host().to_owned(), authority.port_u16()))
+    // `host:port`, `[v6]:port`, or no port at all (`[::1]` has colons but no port).
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.ends_with(']') => (host, port.parse().ok()),
+        _ => (authority, None),
+    };
+    Some((host.to_owned(), port))
 }
 
 #[cfg(test)]

@@ -9,10 +9,12 @@
 //!
 //! The exporter thread (`ficus-trace`, a current-thread runtime of its own, started with the
 //! first config that enables tracing) converts records to OTLP spans, batches up to
-//! [`MAX_BATCH`] or [`BATCH_DELAY`], and exports with a timeout. A failed export counts its
-//! spans as dropped and backs off (200 ms doubling to 5 s) while the queue keeps its bound;
-//! a config swap to another endpoint sends the batch in hand to the old one, then switches;
-//! without tracing, queued spans are dropped and counted.
+//! [`MAX_BATCH`] every [`BATCH_DELAY`], and exports with a timeout. It drains the queue on a
+//! timer instead of waiting on it, so that queueing a span never wakes a thread (no syscall on
+//! the request path). A failed export counts its
+//! spans as dropped and backs off (200 ms doubling to 5 s) while the queue keeps its bound.
+//! A config swap takes effect before the next drain: queued spans go to the new endpoint, or
+//! are dropped and counted when tracing was switched off.
 
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
@@ -32,11 +34,11 @@ use super::{Kind, SpanRecord};
 use crate::state::Identity;
 use crate::telemetry::metrics::Metrics;
 
-/// Spans waiting for the exporter; more are dropped.
-pub const QUEUE_CAPACITY: usize = 2048;
+/// Spans waiting for the exporter; more are dropped. Holds [`BATCH_DELAY`] of 8,000 req/s.
+pub const QUEUE_CAPACITY: usize = 4096;
 /// Spans per export call.
 pub const MAX_BATCH: usize = 512;
-/// Longest a finished span waits for its batch to fill.
+/// How often the exporter drains the queue.
 pub const BATCH_DELAY: Duration = Duration::from_millis(500);
 /// One export call, connection included.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -177,7 +179,6 @@ async fn run(
     let mut exporter: Option<Exporter> = None;
     // The configured endpoint, even when no exporter could be built for it.
     let mut configured: Endpoint = None;
-    let mut batch: Vec<SpanData> = Vec::with_capacity(MAX_BATCH);
     let mut backoff = BACKOFF_MIN;
     let mut failing = false;
     loop {
@@ -186,95 +187,95 @@ async fn run(
             exporter = wanted.as_ref().and_then(|e| build(e, &resource));
             configured = wanted;
         }
-        let mut deadline: Option<tokio::time::Instant> = None;
-        let mut reconfigure = false;
-        while batch.len() < MAX_BATCH {
-            let wait = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+        // Sleep between drains rather than wait on the queue: a waiting receiver would be
+        // woken (a syscall on the request path, a context switch here) for every span.
+        tokio::select! {
+            biased;
+            changed = config.changed() => {
+                if changed.is_err() {
+                    return;
                 }
-            };
-            tokio::select! {
-                biased;
-                changed = config.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    reconfigure = true;
-                    break;
-                }
-                record = queue.recv() => {
-                    let Some(record) = record else { return };
-                    if configured.is_none() {
-                        metrics.trace_spans_dropped.inc();
-                        continue;
-                    }
-                    batch.push(convert(&record, &scope));
-                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + BATCH_DELAY);
-                }
-                () = wait => break,
+                // Apply it first: what is queued goes where the new config says.
+                continue;
             }
+            () = tokio::time::sleep(BATCH_DELAY) => {}
         }
-        if batch.is_empty() {
-            continue;
-        }
-        let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-        let Some(current) = &exporter else {
-            batch.clear();
-            metrics.trace_spans_dropped.inc_by(count);
-            continue;
-        };
-        let spans = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        let result = tokio::time::timeout(
-            EXPORT_TIMEOUT + Duration::from_secs(1),
-            current.inner.export(spans),
-        )
-        .await;
-        match result {
-            Ok(Ok(())) => {
-                metrics.trace_spans_exported.inc_by(count);
-                if failing {
-                    tracing::info!(endpoint = %current.endpoint, "span export recovered");
+        // Drain in batches: what is queued now goes out before the next nap.
+        loop {
+            let mut batch: Vec<SpanData> = Vec::new();
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(record) if configured.is_some() => batch.push(convert(*record, &scope)),
+                    Ok(_) => metrics.trace_spans_dropped.inc(),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
                 }
-                failing = false;
-                backoff = BACKOFF_MIN;
             }
-            failed => {
+            if batch.is_empty() {
+                break;
+            }
+            let full = batch.len() == MAX_BATCH;
+            let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+            let Some(current) = &exporter else {
                 metrics.trace_spans_dropped.inc_by(count);
-                let error = match failed {
-                    Ok(Err(error)) => error.to_string(),
-                    _ => "timed out".to_owned(),
-                };
-                if failing {
-                    tracing::debug!(endpoint = %current.endpoint, %error, "span export failed");
-                } else {
-                    tracing::warn!(endpoint = %current.endpoint, %error, "span export failed; dropping spans until the collector answers");
+                continue;
+            };
+            let result = tokio::time::timeout(
+                EXPORT_TIMEOUT + Duration::from_secs(1),
+                current.inner.export(batch),
+            )
+            .await;
+            match result {
+                Ok(Ok(())) => {
+                    metrics.trace_spans_exported.inc_by(count);
+                    if failing {
+                        tracing::info!(endpoint = %current.endpoint, "span export recovered");
+                    }
+                    failing = false;
+                    backoff = BACKOFF_MIN;
                 }
-                failing = true;
-                if !reconfigure {
-                    // Back off, but follow a config change at once.
+                failed => {
+                    metrics.trace_spans_dropped.inc_by(count);
+                    let error = match failed {
+                        Ok(Err(error)) => error.to_string(),
+                        _ => "timed out".to_owned(),
+                    };
+                    if failing {
+                        tracing::debug!(endpoint = %current.endpoint, %error, "span export failed");
+                    } else {
+                        tracing::warn!(endpoint = %current.endpoint, %error, "span export failed; dropping spans until the collector answers");
+                    }
+                    failing = true;
+                    // Back off (the queue keeps its bound meanwhile), but follow a config
+                    // change at once: the loop's next turn reads it.
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
                         changed = config.changed() => if changed.is_err() { return },
                     }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    break;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            if !full {
+                break;
             }
         }
     }
 }
 
 /// One record as an OTLP span with the OpenTelemetry HTTP semantic conventions.
-fn convert(record: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
+fn convert(record: SpanRecord, scope: &InstrumentationScope) -> SpanData {
     let mut attributes = Vec::with_capacity(20);
     let method = record.method.as_str();
-    attributes.push(KeyValue::new("http.request.method", method.to_owned()));
+    attributes.push(KeyValue::new(
+        "http.request.method",
+        method_name(&record.method),
+    ));
     attributes.push(KeyValue::new(
         "http.response.status_code",
         i64::from(record.status),
     ));
-    attributes.push(KeyValue::new("url.path", record.path.clone()));
+    attributes.push(KeyValue::new("url.path", record.path));
     attributes.push(KeyValue::new("url.scheme", "http"));
     let version = match record.version {
         http::Version::HTTP_10 => "1.0",
@@ -282,14 +283,14 @@ fn convert(record: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
         _ => "1.1",
     };
     attributes.push(KeyValue::new("network.protocol.version", version));
-    if let Some((host, port)) = &record.server {
-        attributes.push(KeyValue::new("server.address", host.clone()));
+    if let Some((host, port)) = record.server {
+        attributes.push(KeyValue::new("server.address", host));
         if let Some(port) = port {
-            attributes.push(KeyValue::new("server.port", i64::from(*port)));
+            attributes.push(KeyValue::new("server.port", i64::from(port)));
         }
     }
     if let Some(route) = &record.route {
-        attributes.push(KeyValue::new("http.route", route.to_string()));
+        attributes.push(KeyValue::new("http.route", Arc::clone(route)));
     }
     let (direction, error_from) = match record.kind {
         Kind::Client => ("outbound", 400),
@@ -323,14 +324,14 @@ fn convert(record: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
             ));
         }
     }
-    if let Some(service) = &record.service {
-        attributes.push(KeyValue::new("ficus.service", service.clone()));
+    if let Some(service) = record.service {
+        attributes.push(KeyValue::new("ficus.service", service));
     }
-    if let Some(backend) = &record.backend {
-        attributes.push(KeyValue::new("ficus.backend", backend.clone()));
+    if let Some(backend) = record.backend {
+        attributes.push(KeyValue::new("ficus.backend", backend));
     }
-    if let Some(identity) = &record.peer_identity {
-        attributes.push(KeyValue::new("ficus.peer.identity", identity.clone()));
+    if let Some(identity) = record.peer_identity {
+        attributes.push(KeyValue::new("ficus.peer.identity", identity));
     }
     if !record.flags.is_empty() {
         attributes.push(KeyValue::new("ficus.response_flags", record.flags));
@@ -340,8 +341,8 @@ fn convert(record: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
         attributes.push(KeyValue::new("error.type", record.status.to_string()));
     }
     let name = match &record.route {
-        Some(route) => format!("{method} {route}"),
-        None => method.to_owned(),
+        Some(route) => Cow::Owned(format!("{method} {route}")),
+        None => method_name(&record.method),
     };
     SpanData {
         span_context: SpanContext::new(
@@ -359,7 +360,7 @@ fn convert(record: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
             Kind::Client => SpanKind::Client,
             Kind::Server => SpanKind::Server,
         },
-        name: Cow::Owned(name),
+        name,
         start_time: record.start,
         end_time: record.start + record.duration,
         attributes,
@@ -372,5 +373,28 @@ fn convert(record: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
             Status::Unset
         },
         instrumentation_scope: scope.clone(),
+    }
+}
+
+/// The method as a string, without allocating for the standard ones.
+fn method_name(method: &http::Method) -> Cow<'static, str> {
+    use http::Method;
+    let known = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::TRACE,
+        Method::CONNECT,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "CONNECT",
+    ];
+    match known.iter().position(|m| m == method) {
+        Some(i) => Cow::Borrowed(NAMES[i]),
+        None => Cow::Owned(method.as_str().to_owned()),
     }
 }
