@@ -328,3 +328,83 @@ async fn a_request_abandoned_by_its_client_is_logged_as_dc() {
     assert_eq!(line["upstream"], hang.to_string());
     upstream.abort();
 }
+
+/// Client sidecar `web` → mTLS → server sidecar `payments` → app, both logging to one file
+/// (the Mesh is shared), tracing on towards a collector that is not there.
+#[tokio::test]
+async fn both_sides_of_an_mtls_hop_log_the_peer_identity_and_one_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "tok-web web shop\ntok-payments payments shop\n").unwrap();
+    let control = ficus_tests::control::ControlPlane::start_tls(
+        None,
+        &["--join-token-file", tokens.to_str().unwrap()],
+    )
+    .await;
+    let url = control.grpc_tls_url();
+    let sidecar = |workload: &'static str, app: Option<SocketAddr>| {
+        let token = dir.path().join(workload);
+        std::fs::write(&token, format!("tok-{workload}\n")).unwrap();
+        let options = SidecarOptions {
+            workload: Some(workload.to_owned()),
+            node_id: Some(format!("{workload}-1")),
+            app,
+            extra: vec![
+                "--token-file".into(),
+                token.display().to_string(),
+                "--ca-file".into(),
+                control.ca_file().display().to_string(),
+            ],
+            ..SidecarOptions::default()
+        };
+        Sidecar::start_push(&url, options)
+    };
+    let app = Upstream::start("payments-app").await;
+    let server = sidecar("payments", Some(app.addr)).await;
+    let web = sidecar("web", None).await;
+    let path = log_path(&dir, "access.log");
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
+         spec: {{mtls: {{mode: STRICT}}, accessLog: {{path: \"{}\"}}, \
+         tracing: {{otlpEndpoint: \"http://{}\"}}}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: payments, namespace: shop}}\n\
+         spec:\n  endpoints: [{{address: \"{}\", identity: \"spiffe://cluster.local/ns/shop/sa/payments\"}}]\n",
+        path.display(),
+        ficus_tests::free_addr(),
+        server.inbound
+    );
+    let output = control.ctl_stdin(&["apply", "-f", "-"], &config).await;
+    assert_eq!(output.code, 0, "{}{}", output.stdout, output.stderr);
+    server.wait_ready(Duration::from_secs(30)).await;
+    web.wait_ready(Duration::from_secs(30)).await;
+
+    let response = client::get(web.outbound, "payments", "/api/pay")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200);
+    let lines = lines(&path, 2).await;
+    let side = |direction: &str| {
+        lines
+            .iter()
+            .find(|l| l["direction"] == direction)
+            .unwrap_or_else(|| panic!("no {direction} line: {lines:#?}"))
+    };
+    let (outbound, inbound) = (side("outbound"), side("inbound"));
+    assert_eq!(outbound["service"], "shop/payments");
+    assert_eq!(outbound["backend"], "shop/payments");
+    assert_eq!(outbound["upstream"], server.inbound.to_string());
+    assert_eq!(outbound["status"], 200);
+    assert_eq!(
+        inbound["peer_identity"],
+        "spiffe://cluster.local/ns/shop/sa/web"
+    );
+    assert_eq!(inbound["service"], "shop/payments");
+    assert_eq!(inbound["backend"], "app");
+    assert_eq!(inbound["upstream"], app.addr.to_string());
+    assert_eq!(inbound["path"], "/api/pay");
+    assert_eq!(inbound["status"], 200);
+    // One trace: the client sidecar started it, the server sidecar continued it.
+    let trace = outbound["trace_id"].as_str().expect("a trace id");
+    assert_eq!(trace.len(), 32);
+    assert_eq!(inbound["trace_id"], trace);
+}
