@@ -1,7 +1,8 @@
 //! Load balancing over a Backend's endpoints (`loadBalancer.type`): LeastRequest (the default:
 //! power of two choices over a peak-EWMA latency estimate weighted by requests in flight, as
 //! linkerd2-proxy and Finagle do), RoundRobin and Random. A Backend with one endpoint skips all
-//! of it.
+//! of it. Opaque TCP connections take no latency samples, so LeastRequest spreads them at
+//! random (never to an ejected endpoint).
 //!
 //! Peak EWMA: a slower try than the estimate replaces it at once (peaks are believed), a
 //! faster one pulls it down with weight `1 - e^(-Δt/τ)`; with no samples the estimate decays

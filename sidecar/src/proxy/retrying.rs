@@ -36,6 +36,7 @@ use crate::body::{self, with_idle_timeout, Body, BodyIdle, BoxError};
 use crate::policy::grpc;
 use crate::policy::retry::{self, RetryPolicy, RETRY_BUFFER};
 use crate::snapshot::BackendTarget;
+use crate::telemetry::access_log;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::EndpointPool;
 
@@ -123,12 +124,15 @@ impl Exchange<'_> {
             Replay::Buffered(body) => (Some(body), None, None),
             Replay::Recorded(incoming) => {
                 let idle = with_idle_timeout(incoming, self.limits.body_idle_timeout);
-                let (recorder, recording) = Recorder::new(idle);
+                // Counted once, as it streams from the caller (replays are not received).
+                let counted = access_log::count_received(&parts.extensions, idle);
+                let (recorder, recording) = Recorder::new(counted);
                 (None, Some(body::boxed(recorder)), Some(recording))
             }
             Replay::Stream(incoming) => {
                 let idle = with_idle_timeout(incoming, self.limits.body_idle_timeout);
-                (None, Some(idle), None)
+                let counted = access_log::count_received(&parts.extensions, idle);
+                (None, Some(counted), None)
             }
         };
         let mut retries = 0;
