@@ -5,6 +5,7 @@
 //! | `ca/` | 0700 | the issuer; created on first start |
 //! | `ca/cert.pem` | 0644 | the issuer certificate, followed by its chain up to the root |
 //! | `ca/key.pem` | 0600 | the issuer's private key |
+//! | `ca/extra-roots.pem` | 0644 | optional: roots to trust besides the issuer's (root rotation) |
 //! | `ca.pem` | 0644 | the public root(s) to trust: sidecars' `--ca-file` (rewritten on every start) |
 //!
 //! On first start (no `ca/cert.pem`) a self-signed root for `--trust-domain` is generated.
@@ -18,6 +19,19 @@
 //! key is written before the certificate, so `ca/cert.pem` is the commit point: a key without
 //! a certificate is refused at start rather than overwritten, since it may be the only copy
 //! of someone's key.
+//!
+//! **Root rotation** (no sidecar restarts; established connections are never cut). Every
+//! certificate the control plane issues comes with the trust bundle — the issuer's root plus
+//! `ca/extra-roots.pem` — and sidecars put it in force for all new handshakes (inbound,
+//! outbound and to the control plane) when they install the certificate:
+//! 1. Put the new root into `ca/extra-roots.pem` and restart `ficus-control`. Wait one
+//!    certificate lifetime (`--cert-lifetime`): every sidecar has renewed and trusts both.
+//! 2. Move the old issuer away, put the new issuer's certificate and key into `ca/cert.pem` and
+//!    `ca/key.pem`, the old root into `ca/extra-roots.pem`, and restart. Certificates are now
+//!    issued under the new root (the control plane's own too) and still accepted by sidecars
+//!    that have not renewed yet, and vice versa. Wait one certificate lifetime.
+//! 3. Empty `ca/extra-roots.pem` and restart: after the next renewals the old root is trusted
+//!    nowhere.
 //!
 //! The control plane's own certificate (for the TLS of `--grpc`) is issued under the same CA
 //! at every start, kept in memory only, and re-issued at 70 % of its lifetime.
@@ -143,7 +157,18 @@ pub fn load_or_generate(
             })
         }
     };
-    write_atomically(&data.join("ca.pem"), ca.root_pem().as_bytes(), 0o644)?;
+    let mut ca = ca;
+    let extra_path = dir.join("extra-roots.pem");
+    if exists(&extra_path)? {
+        let pem = read(&extra_path)?;
+        ca.set_extra_roots(&pem)
+            .map_err(|source| CaFileError::Invalid {
+                path: extra_path.clone(),
+                source,
+            })?;
+        tracing::info!(path = %extra_path.display(), "extra trusted roots loaded");
+    }
+    write_atomically(&data.join("ca.pem"), ca.bundle_pem().as_bytes(), 0o644)?;
     Ok(ca)
 }
 
@@ -352,6 +377,30 @@ mod tests {
         assert!(
             error.to_string().contains("cert.pem does not"),
             "a lone key is never overwritten: {error}"
+        );
+    }
+
+    #[test]
+    fn extra_roots_are_written_to_ca_pem_and_bad_ones_refuse_the_start() {
+        let data = tempfile::tempdir().unwrap();
+        let ca = load_or_generate(data.path(), "cluster.local").unwrap();
+        let next = CertificateAuthority::generate("cluster.local").unwrap();
+        let extra = data.path().join("ca/extra-roots.pem");
+        fs::write(&extra, next.root_pem()).unwrap();
+        let loaded = load_or_generate(data.path(), "cluster.local").unwrap();
+        let bundle = format!("{}{}", ca.root_pem(), next.root_pem());
+        assert_eq!(loaded.bundle_pem(), bundle);
+        assert_eq!(
+            fs::read_to_string(data.path().join("ca.pem")).unwrap(),
+            bundle
+        );
+        fs::write(&extra, "not a certificate").unwrap();
+        let error = load_or_generate(data.path(), "cluster.local").unwrap_err();
+        assert!(error.to_string().contains("extra-roots.pem"), "{error}");
+        assert_eq!(
+            fs::read_to_string(data.path().join("ca.pem")).unwrap(),
+            bundle,
+            "ca.pem untouched by a refused start"
         );
     }
 

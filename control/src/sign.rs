@@ -178,7 +178,7 @@ impl Issuing {
         tracing::info!(%peer, id = %id, not_after, "certificate issued");
         Ok(Response::new(SignResponse {
             certificate_chain_pem: signed.chain_pem,
-            trust_bundle_pem: self.ca.root_pem(),
+            trust_bundle_pem: self.ca.bundle_pem(),
             spiffe_id: id.to_string(),
             not_after_unix: not_after,
         }))

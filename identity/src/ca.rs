@@ -191,6 +191,12 @@ pub enum CaError {
         /// The name (truncated).
         name: String,
     },
+    /// The further roots to trust (root rotation) are unusable.
+    #[error("extra roots: {reason}")]
+    ExtraRoots {
+        /// What is wrong with them.
+        reason: String,
+    },
     /// rcgen failed to encode or sign the certificate.
     #[error("signing the certificate failed: {0}")]
     Signing(#[source] rcgen::Error),
@@ -231,6 +237,9 @@ pub struct CertificateAuthority {
     not_before: SystemTime,
     /// The earliest expiry in the chain: nothing issued outlives it.
     not_after: SystemTime,
+    /// Roots trusted besides the issuer's own (root rotation: the next root before the switch,
+    /// the previous one after it). Never the issuer's root itself.
+    extra_roots: Vec<CertificateDer<'static>>,
 }
 
 impl CertificateAuthority {
@@ -275,6 +284,7 @@ impl CertificateAuthority {
             chain: vec![der],
             not_before,
             not_after,
+            extra_roots: Vec::new(),
         })
     }
 
@@ -308,6 +318,7 @@ impl CertificateAuthority {
             chain,
             not_before,
             not_after,
+            extra_roots: Vec::new(),
         })
     }
 
@@ -331,6 +342,43 @@ impl CertificateAuthority {
             .last()
             .map(|der| x509::certificate_pem(der))
             .unwrap_or_default()
+    }
+
+    /// Sets the roots to trust besides the issuer's own, from PEM (empty text: none). Used
+    /// during a root rotation: first the next root is added here (every workload learns to
+    /// trust it when it renews), then the issuer is switched to it and the previous root
+    /// moves here, until every certificate it issued has expired. Each must be a CA
+    /// certificate; a copy of the issuer's root is dropped.
+    pub fn set_extra_roots(&mut self, pem: &str) -> Result<(), CaError> {
+        if pem.trim().is_empty() {
+            self.extra_roots.clear();
+            return Ok(());
+        }
+        let bundle =
+            crate::tls::TrustBundle::from_pem(pem, &self.trust_domain).map_err(|error| {
+                CaError::ExtraRoots {
+                    reason: error.to_string(),
+                }
+            })?;
+        let own = self.chain.last();
+        self.extra_roots = bundle
+            .certificates()
+            .iter()
+            .filter(|root| Some(*root) != own)
+            .cloned()
+            .collect();
+        Ok(())
+    }
+
+    /// What workloads must trust: the issuer's root, then the extra roots, PEM. Sent with every
+    /// certificate and written to `ca.pem`.
+    pub fn bundle_pem(&self) -> String {
+        self.chain
+            .last()
+            .into_iter()
+            .chain(&self.extra_roots)
+            .map(|der| x509::certificate_pem(der))
+            .collect()
     }
 
     /// The trust domain.

@@ -5,7 +5,8 @@
 //! - `credentials` — [`Credentials`] (a chain and key checked to belong together) and the
 //!   hot-swappable [`CertStore`] that both rustls resolvers read.
 //! - `bundle` — [`TrustBundle`]: the roots (old and new during a root rotation) and the trust
-//!   domain.
+//!   domain; [`TrustStore`]: the bundle in force, swapped atomically when the control plane
+//!   sends a new one (root rotation without restarts).
 //! - `svid` — the X.509-SVID leaf rules ([`SvidError`]) and [`peer_identity`].
 //! - `verify` — the client and server verifiers: webpki for the chain, then the SPIFFE rules.
 //! - `config` — [`server_config`] and [`client_config`].
@@ -29,8 +30,10 @@ mod reason;
 mod svid;
 mod verify;
 
-pub use bundle::TrustBundle;
-pub use config::{client_config, server_config, ClientAuth};
+pub use bundle::{TrustBundle, TrustStore};
+pub use config::{
+    client_config, client_config_trusting, server_config, server_config_trusting, ClientAuth,
+};
 pub use credentials::{CertStore, Credentials};
 pub use reason::{handshake_failure_reason, rustls_error, HANDSHAKE_FAILURE_REASONS};
 pub use svid::{check_svid, peer_identity, SvidError};
@@ -103,6 +106,17 @@ pub enum TlsError {
     /// rustls refused the configuration (never expected with the workspace provider).
     #[error("rustls configuration: {0}")]
     Config(#[source] rustls::Error),
+    /// A new trust bundle names another trust domain than the one in force.
+    #[error("trust bundle for {offered:?} refused: the trust domain is {current:?}")]
+    TrustDomainChanged {
+        /// The trust domain in force.
+        current: String,
+        /// The one the refused bundle is for.
+        offered: String,
+    },
+    /// A certificate chain does not lead to the trust bundle.
+    #[error("the certificate chain does not lead to the trust bundle: {0}")]
+    Chain(#[source] rustls::Error),
     /// rustls could not build the client-certificate verifier from the bundle.
     #[error("client certificate verifier: {0}")]
     Verifier(#[source] rustls::server::VerifierBuilderError),

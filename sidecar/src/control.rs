@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use ficus_config::wire::config_discovery_client::ConfigDiscoveryClient;
 use ficus_config::wire::{self, sidecar_message, Ack, Hello, Nack, SidecarMessage, Snapshot};
-use ficus_identity::tls::TrustBundle;
+use ficus_identity::tls::{TrustBundle, TrustStore};
 use ficus_identity::SpiffeId;
 use http::Uri;
 use serde::{Deserialize, Serialize};
@@ -56,8 +56,9 @@ pub struct ControlSettings {
 /// plane's SPIFFE ID (`spiffe://<trust-domain>/ns/ficus-system/sa/ficus-control`).
 #[derive(Debug, Clone)]
 pub struct ControlTls {
-    /// Roots from `--ca-file`.
-    pub bundle: TrustBundle,
+    /// The roots in force: from `--ca-file` at start, then the bundle sent with each
+    /// certificate (root rotation). Cloning shares the store (the mesh TLS configs use it).
+    pub bundle: Arc<TrustStore>,
     /// Client config for the control connection (no client certificate: we authenticate with
     /// the token).
     pub client: Arc<rustls::ClientConfig>,
@@ -82,8 +83,14 @@ impl ControlSettings {
                 let expected =
                     SpiffeId::workload(&args.trust_domain, "ficus-system", "ficus-control")
                         .map_err(|e| format!("--trust-domain {}: {e}", args.trust_domain))?;
-                let client = ficus_identity::tls::client_config(None, &bundle, &expected)
-                    .map_err(|e| format!("TLS to the control plane: {e}"))?;
+                let bundle = TrustStore::new(bundle)
+                    .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+                let client = ficus_identity::tls::client_config_trusting(
+                    None,
+                    Arc::clone(&bundle),
+                    &expected,
+                )
+                .map_err(|e| format!("TLS to the control plane: {e}"))?;
                 Some(ControlTls { bundle, client })
             }
             _ => {

@@ -1,14 +1,16 @@
 //! This sidecar's mesh TLS: its SPIFFE identity, the certificate it presents (rotated in
 //! place), the roots it trusts, and the rustls configs built from them.
 //!
-//! The server config (inbound) and the per-peer-identity client configs (outbound) all read
-//! the certificate through the same [`CertStore`], so a rotation reaches every new handshake
-//! at once and never touches established connections.
+//! The server config (inbound), the per-peer-identity client configs (outbound) and the
+//! control connection read the certificate through the same [`CertStore`] and the roots
+//! through the same [`TrustStore`], so a certificate rotation or a new trust bundle (root
+//! rotation, sent with each certificate) reaches every new handshake at once and never
+//! touches established connections.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ficus_identity::tls::{self, CertStore, ClientAuth, TrustBundle};
+use ficus_identity::tls::{self, CertStore, ClientAuth, TrustStore};
 use ficus_identity::SpiffeId;
 use rustls::{ClientConfig, ServerConfig};
 
@@ -19,21 +21,26 @@ pub struct MeshTls {
     pub id: SpiffeId,
     /// The certificate we present.
     pub store: Arc<CertStore>,
-    bundle: TrustBundle,
+    /// The roots we trust (shared with the control connection).
+    pub trust: Arc<TrustStore>,
     server: Arc<ServerConfig>,
     clients: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
 }
 
 impl MeshTls {
-    /// TLS for workload `id`, trusting `bundle`. No certificate yet.
-    pub fn new(id: SpiffeId, bundle: TrustBundle) -> Result<Self, String> {
+    /// TLS for workload `id`, trusting the roots in `trust`. No certificate yet.
+    pub fn new(id: SpiffeId, trust: Arc<TrustStore>) -> Result<Self, String> {
         let store = CertStore::new();
-        let server = tls::server_config(Arc::clone(&store), &bundle, ClientAuth::Required)
-            .map_err(|e| format!("inbound TLS config: {e}"))?;
+        let server = tls::server_config_trusting(
+            Arc::clone(&store),
+            Arc::clone(&trust),
+            ClientAuth::Required,
+        )
+        .map_err(|e| format!("inbound TLS config: {e}"))?;
         Ok(Self {
             id,
             store,
-            bundle,
+            trust,
             server,
             clients: Mutex::new(HashMap::new()),
         })
@@ -59,8 +66,12 @@ impl MeshTls {
         {
             return Ok(found);
         }
-        let config = tls::client_config(Some(Arc::clone(&self.store)), &self.bundle, expected)
-            .map_err(|e| format!("outbound TLS config for {expected}: {e}"))?;
+        let config = tls::client_config_trusting(
+            Some(Arc::clone(&self.store)),
+            Arc::clone(&self.trust),
+            expected,
+        )
+        .map_err(|e| format!("outbound TLS config for {expected}: {e}"))?;
         if let Ok(mut clients) = self.clients.lock() {
             clients.insert(expected.clone(), Arc::clone(&config));
         }
@@ -69,6 +80,6 @@ impl MeshTls {
 
     /// The trust domain.
     pub fn trust_domain(&self) -> &str {
-        self.bundle.trust_domain()
+        self.trust.trust_domain()
     }
 }

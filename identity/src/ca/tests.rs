@@ -658,3 +658,44 @@ fn shared_cert() -> &'static Vec<u8> {
             .to_vec()
     })
 }
+
+#[test]
+fn extra_roots_join_the_bundle_and_bad_ones_are_refused() {
+    let mut ca = CertificateAuthority::generate(TD).unwrap();
+    assert_eq!(
+        ca.bundle_pem(),
+        ca.root_pem(),
+        "no extra roots: the root alone"
+    );
+    let next = CertificateAuthority::generate(TD).unwrap();
+    // The issuer's own root listed again is dropped, not duplicated.
+    ca.set_extra_roots(&format!("{}{}", next.root_pem(), ca.root_pem()))
+        .unwrap();
+    assert_eq!(
+        ca.bundle_pem(),
+        format!("{}{}", ca.root_pem(), next.root_pem())
+    );
+
+    let key = WorkloadKey::generate().unwrap();
+    let issued = ca
+        .sign_workload_csr(&csr_for(&key, "web"), &workload("web"), HOUR)
+        .unwrap();
+    let chain = certificates_from_pem(&issued.chain_pem).unwrap();
+    let bundle = crate::tls::TrustBundle::from_pem(&ca.bundle_pem(), TD).unwrap();
+    bundle.check_chain(&chain).unwrap();
+
+    // A leaf is not a root; garbage is not PEM; a failed call keeps what was set.
+    let error = ca.set_extra_roots(&issued.chain_pem).unwrap_err();
+    assert!(matches!(error, CaError::ExtraRoots { .. }), "{error}");
+    assert!(error.to_string().contains("not a CA"), "{error}");
+    let error = ca
+        .set_extra_roots("-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n")
+        .unwrap_err();
+    assert!(matches!(error, CaError::ExtraRoots { .. }), "{error}");
+    assert_eq!(
+        ca.bundle_pem(),
+        format!("{}{}", ca.root_pem(), next.root_pem())
+    );
+    ca.set_extra_roots("\n").unwrap();
+    assert_eq!(ca.bundle_pem(), ca.root_pem());
+}

@@ -1,9 +1,13 @@
-//! The trust bundle: the mesh's roots and its trust domain.
+//! The trust bundle: the mesh's roots and its trust domain; and the [`TrustStore`] that swaps
+//! bundles atomically during a root rotation.
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::RootCertStore;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::TlsError;
 use crate::{spiffe, x509};
@@ -85,5 +89,113 @@ impl TrustBundle {
 
     pub(crate) fn roots(&self) -> Arc<RootCertStore> {
         Arc::clone(&self.roots)
+    }
+}
+
+impl PartialEq for TrustBundle {
+    /// Same roots (in the same order) and trust domain.
+    fn eq(&self, other: &Self) -> bool {
+        self.trust_domain == other.trust_domain && self.certificates == other.certificates
+    }
+}
+
+/// The roots in force, with the webpki client verifier built from them (built once per bundle,
+/// not per handshake).
+#[derive(Debug)]
+pub(crate) struct Anchors {
+    pub(crate) bundle: TrustBundle,
+    pub(crate) client_verifier: Arc<dyn ClientCertVerifier>,
+}
+
+/// The trust bundle in force, swapped atomically: the verifiers of every config built over the
+/// store read it at each handshake, so a root rotation reaches all new handshakes (inbound,
+/// outbound, to the control plane) at once and never touches established connections (their
+/// peers were verified when they connected).
+///
+/// The trust domain is fixed for the life of the store; a bundle for another one is refused.
+#[derive(Debug)]
+pub struct TrustStore {
+    current: ArcSwap<Anchors>,
+    trust_domain: String,
+}
+
+impl TrustStore {
+    /// A store trusting `bundle`.
+    pub fn new(bundle: TrustBundle) -> Result<Arc<Self>, TlsError> {
+        let trust_domain = bundle.trust_domain().to_owned();
+        let anchors = Anchors::new(bundle)?;
+        Ok(Arc::new(Self {
+            current: ArcSwap::from_pointee(anchors),
+            trust_domain,
+        }))
+    }
+
+    /// Puts `bundle` in force for all new handshakes. Returns whether it differs from the one
+    /// in force (an identical bundle changes nothing). Refuses a bundle for another trust
+    /// domain, leaving the current one in force.
+    pub fn install(&self, bundle: TrustBundle) -> Result<bool, TlsError> {
+        if bundle.trust_domain() != self.trust_domain {
+            return Err(TlsError::TrustDomainChanged {
+                current: self.trust_domain.clone(),
+                offered: bundle.trust_domain().to_owned(),
+            });
+        }
+        if self.current.load().bundle == bundle {
+            return Ok(false);
+        }
+        let roots = bundle.certificates().len();
+        self.current.store(Arc::new(Anchors::new(bundle)?));
+        tracing::info!(roots, trust_domain = %self.trust_domain, "trust bundle installed");
+        Ok(true)
+    }
+
+    /// The bundle in force (cheap: shared, not copied).
+    pub fn bundle(&self) -> TrustBundle {
+        self.current.load().bundle.clone()
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub(crate) fn anchors(&self) -> Arc<Anchors> {
+        self.current.load_full()
+    }
+}
+
+impl Anchors {
+    fn new(bundle: TrustBundle) -> Result<Self, TlsError> {
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(bundle.roots(), crate::crypto_provider())
+                .build()
+                .map_err(TlsError::Verifier)?;
+        Ok(Self {
+            bundle,
+            client_verifier,
+        })
+    }
+}
+
+impl TrustBundle {
+    /// Checks that `chain` (leaf first) leads to one of this bundle's roots, valid now, with
+    /// the leaf usable as a TLS server (serverAuth). A sidecar checks the certificate it was
+    /// just issued this way before putting a new bundle and the certificate in force, so a
+    /// bundle that would not trust its own certificate is never installed.
+    pub fn check_chain(&self, chain: &[CertificateDer<'_>]) -> Result<(), TlsError> {
+        let (leaf, intermediates) = chain.split_first().ok_or(TlsError::NoCertificates {
+            what: "certificate chain",
+        })?;
+        let parsed = ParsedCertificate::try_from(leaf).map_err(TlsError::Chain)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            UnixTime::now(),
+            crate::crypto_provider()
+                .signature_verification_algorithms
+                .all,
+        )
+        .map_err(TlsError::Chain)
     }
 }

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use rustls::client::Resumption;
-use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::server::NoServerSessionStorage;
 use rustls::{ClientConfig, ServerConfig};
 
 use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier};
-use super::{CertStore, TlsError, TrustBundle};
+use super::{CertStore, TlsError, TrustBundle, TrustStore};
 use crate::SpiffeId;
 
 /// ALPN protocols a server offers, in preference order: HTTP/2 between sidecars, HTTP/1.1 for
@@ -36,19 +36,24 @@ pub fn server_config(
     bundle: &TrustBundle,
     client_auth: ClientAuth,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_trusting(store, TrustStore::new(bundle.clone())?, client_auth)
+}
+
+/// [`server_config`] over a [`TrustStore`]: client certificates are verified against the
+/// bundle in force at each handshake, so a bundle installed later (root rotation) applies to
+/// every new connection without rebuilding the config.
+pub fn server_config_trusting(
+    store: Arc<CertStore>,
+    trust: Arc<TrustStore>,
+    client_auth: ClientAuth,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = crate::crypto_provider();
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Config)?;
     let builder = match client_auth {
         ClientAuth::Required => {
-            let webpki = WebPkiClientVerifier::builder_with_provider(bundle.roots(), provider)
-                .build()
-                .map_err(TlsError::Verifier)?;
-            builder.with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(
-                webpki,
-                bundle.trust_domain(),
-            )))
+            builder.with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(trust, provider)))
         }
         ClientAuth::None => builder.with_no_client_auth(),
     };
@@ -75,13 +80,18 @@ pub fn client_config(
     bundle: &TrustBundle,
     expected: &SpiffeId,
 ) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_trusting(store, TrustStore::new(bundle.clone())?, expected)
+}
+
+/// [`client_config`] over a [`TrustStore`]: the server's chain is verified against the bundle
+/// in force at each handshake (root rotation without rebuilding the config).
+pub fn client_config_trusting(
+    store: Option<Arc<CertStore>>,
+    trust: Arc<TrustStore>,
+    expected: &SpiffeId,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = crate::crypto_provider();
-    let verifier = SpiffeServerVerifier::new(
-        bundle.roots(),
-        bundle.trust_domain(),
-        expected.clone(),
-        Arc::clone(&provider),
-    );
+    let verifier = SpiffeServerVerifier::new(trust, expected.clone(), Arc::clone(&provider));
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Config)?

@@ -854,3 +854,96 @@ fn failure_reasons_are_bounded() {
     );
     assert_eq!(rustls_error(&io::Error::other("plain")), None);
 }
+
+#[tokio::test]
+async fn trust_store_swaps_the_bundle_for_new_handshakes_and_spares_established_connections() {
+    let old = Mesh::new();
+    let new = Mesh::new();
+    let both = TrustBundle::from_pem(&format!("{}{}", old.root.pem(), new.root.pem()), TD).unwrap();
+    let server_id = id("default", "server");
+    let expected = SpiffeId::parse(&server_id).unwrap();
+    // One store under a server and a client config, as in a sidecar.
+    let trust = TrustStore::new(old.bundle()).unwrap();
+    let server = server_config_trusting(
+        old.leaf(&server_id).store(),
+        Arc::clone(&trust),
+        ClientAuth::Required,
+    )
+    .unwrap();
+    let old_client = client_config_trusting(
+        Some(old.leaf(&id("default", "client")).store()),
+        Arc::clone(&trust),
+        &expected,
+    )
+    .unwrap();
+    // A peer already issued under the new root (it trusts both).
+    let new_client = client_config(
+        Some(new.leaf(&id("default", "client")).store()),
+        &both,
+        &expected,
+    )
+    .unwrap();
+
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    let (mut established_server, mut established_client) = tokio::join!(
+        accept(Arc::clone(&server), server_io),
+        connect(Arc::clone(&old_client), client_io)
+    );
+    let (established_server, established_client) = (
+        established_server.as_mut().unwrap(),
+        established_client.as_mut().unwrap(),
+    );
+    ping_pong(established_server, established_client)
+        .await
+        .unwrap();
+
+    let (server_result, _) = exchange(Arc::clone(&server), Arc::clone(&new_client)).await;
+    assert!(server_result.is_err(), "the new root is not trusted yet");
+
+    assert!(trust.install(both.clone()).unwrap(), "a new bundle");
+    assert!(
+        !trust.install(both.clone()).unwrap(),
+        "the same bundle again"
+    );
+    let (server_result, client_result) =
+        exchange(Arc::clone(&server), Arc::clone(&new_client)).await;
+    server_result.expect("the server trusts the new root without a new config");
+    client_result.unwrap();
+    ping_pong(established_server, established_client)
+        .await
+        .expect("the connection made before the swap still works");
+
+    // A server re-issued under the new root, reached through the client config built before.
+    let new_server =
+        server_config(new.leaf(&server_id).store(), &both, ClientAuth::Required).unwrap();
+    let (_, client_result) = exchange(new_server, Arc::clone(&old_client)).await;
+    client_result.expect("the client trusts the new root without a new config");
+
+    // The old root leaves: its leaves are refused from then on.
+    assert!(trust.install(new.bundle()).unwrap());
+    let (server_result, _) = exchange(Arc::clone(&server), Arc::clone(&old_client)).await;
+    assert!(server_result.is_err(), "the old root is no longer trusted");
+    ping_pong(established_server, established_client)
+        .await
+        .expect("established connections are never re-verified");
+
+    // Another trust domain is refused and changes nothing.
+    let foreign = TrustBundle::from_pem(&old.root.pem(), "other.test").unwrap();
+    let error = trust.install(foreign).unwrap_err();
+    assert!(error.to_string().contains("other.test"), "{error}");
+    assert_eq!(trust.bundle(), new.bundle());
+}
+
+#[test]
+fn check_chain_accepts_only_chains_to_the_bundle() {
+    let old = Mesh::new();
+    let new = Mesh::new();
+    let leaf = new.leaf(&id("default", "server"));
+    new.bundle().check_chain(&leaf.chain).unwrap();
+    let error = old.bundle().check_chain(&leaf.chain).unwrap_err();
+    assert!(matches!(error, TlsError::Chain(_)), "{error}");
+    assert!(matches!(
+        old.bundle().check_chain(&[]),
+        Err(TlsError::NoCertificates { .. })
+    ));
+}

@@ -15,29 +15,25 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
-};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::handshake_failure_reason;
 use super::svid::{check_svid, SvidError};
+use super::TrustStore;
 use crate::SpiffeId;
 
-/// Verifies client certificates for a server: webpki's client verifier (chain to the bundle,
-/// clientAuth EKU), then the SPIFFE rules and the trust domain.
+/// Verifies client certificates for a server: webpki's client verifier for the bundle in force
+/// (chain to the bundle, clientAuth EKU), then the SPIFFE rules and the trust domain.
 #[derive(Debug)]
 pub(crate) struct SpiffeClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    trust_domain: String,
+    trust: Arc<TrustStore>,
+    provider: Arc<CryptoProvider>,
 }
 
 impl SpiffeClientVerifier {
-    pub(crate) fn new(inner: Arc<dyn ClientCertVerifier>, trust_domain: &str) -> Self {
-        Self {
-            inner,
-            trust_domain: trust_domain.to_owned(),
-        }
+    pub(crate) fn new(trust: Arc<TrustStore>, provider: Arc<CryptoProvider>) -> Self {
+        Self { trust, provider }
     }
 }
 
@@ -52,8 +48,10 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         true
     }
 
+    /// None: the bundle can change under a built config, and a borrowed list cannot follow it.
+    /// The hints are optional (RFC 8446 §4.2.4); sidecars present their one certificate anyway.
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &[]
     }
 
     fn verify_client_cert(
@@ -62,16 +60,18 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if let Err(error) = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)
+        let trust_domain = self.trust.trust_domain();
+        if let Err(error) =
+            self.trust
+                .anchors()
+                .client_verifier
+                .verify_client_cert(end_entity, intermediates, now)
         {
             if is_untrusted_chain(&error) {
                 // webpki's own error makes rustls send `unknown_ca` (TLS-1).
                 tracing::warn!(
                     reason = "unknown_ca",
-                    "rejected client certificate: unknown issuer for trust domain {}",
-                    self.trust_domain
+                    "rejected client certificate: unknown issuer for trust domain {trust_domain}"
                 );
                 return Err(CertificateError::UnknownIssuer.into());
             }
@@ -81,7 +81,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             );
             return Err(error);
         }
-        let id = check_svid(end_entity).and_then(|id| in_trust_domain(id, &self.trust_domain));
+        let id = check_svid(end_entity).and_then(|id| in_trust_domain(id, trust_domain));
         match id {
             Ok(_) => Ok(ClientCertVerified::assertion()),
             Err(error) => {
@@ -100,7 +100,12 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -109,11 +114,18 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -123,22 +135,19 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 /// caller may pass any syntactically valid `ServerName` (such as the endpoint IP).
 #[derive(Debug)]
 pub(crate) struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
-    trust_domain: String,
+    trust: Arc<TrustStore>,
     expected: SpiffeId,
     provider: Arc<CryptoProvider>,
 }
 
 impl SpiffeServerVerifier {
     pub(crate) fn new(
-        roots: Arc<RootCertStore>,
-        trust_domain: &str,
+        trust: Arc<TrustStore>,
         expected: SpiffeId,
         provider: Arc<CryptoProvider>,
     ) -> Self {
         Self {
-            roots,
-            trust_domain: trust_domain.to_owned(),
+            trust,
             expected,
             provider,
         }
@@ -151,9 +160,11 @@ impl SpiffeServerVerifier {
         now: UnixTime,
     ) -> Result<(), rustls::Error> {
         let cert = ParsedCertificate::try_from(end_entity)?;
+        let trust_domain = self.trust.trust_domain();
+        let anchors = self.trust.anchors();
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            &anchors.bundle.roots(),
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
@@ -161,7 +172,7 @@ impl SpiffeServerVerifier {
         .map_err(|error| {
             if is_untrusted_chain(&error) {
                 SvidError::UnknownIssuer {
-                    trust_domain: self.trust_domain.clone(),
+                    trust_domain: trust_domain.to_owned(),
                 }
                 .into_rustls()
             } else {
@@ -169,7 +180,7 @@ impl SpiffeServerVerifier {
             }
         })?;
         let presented = check_svid(end_entity)
-            .and_then(|id| in_trust_domain(id, &self.trust_domain))
+            .and_then(|id| in_trust_domain(id, trust_domain))
             .map_err(SvidError::into_rustls)?;
         if presented != self.expected {
             return Err(SvidError::Mismatch {

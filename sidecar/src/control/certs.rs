@@ -1,6 +1,13 @@
 //! The workload certificate: obtained from the control plane's CA with the join token,
 //! renewed at ~70 % of its lifetime (with jitter), retried with backoff while renewal fails —
 //! the current certificate keeps serving until it expires.
+//!
+//! Each answer also carries the trust bundle (the roots to trust; old and new during a root
+//! rotation). It came over the control connection, which verified the control plane against
+//! the roots in force, so it is authentic; it is put in force only when the certificate that
+//! came with it chains to it, then the certificate is installed (the new roots first, so peers
+//! issued under a new root are accepted as soon as we present ours). An empty bundle (an older
+//! control plane) keeps the roots in force.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -8,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use ficus_config::wire::certificates_client::CertificatesClient;
 use ficus_config::wire::SignRequest;
 use ficus_identity::csr::WorkloadKey;
-use ficus_identity::tls::Credentials;
+use ficus_identity::tls::{Credentials, TrustBundle};
 
 use super::{channel, ControlSettings};
 use crate::mtls::MeshTls;
@@ -96,6 +103,20 @@ impl CertManager {
                 credentials.id, self.tls.id
             ));
         }
+        let bundle = if response.trust_bundle_pem.trim().is_empty() {
+            self.tls.trust.bundle()
+        } else {
+            TrustBundle::from_pem(&response.trust_bundle_pem, self.tls.trust_domain())
+                .map_err(|e| format!("the trust bundle sent with the certificate: {e}"))?
+        };
+        bundle
+            .check_chain(credentials.chain())
+            .map_err(|e| format!("the issued certificate: {e}"))?;
+        // Logs when the roots change.
+        self.tls
+            .trust
+            .install(bundle)
+            .map_err(|e| format!("the trust bundle sent with the certificate: {e}"))?;
         let window = (credentials.not_before, credentials.not_after);
         self.tls.store.install(credentials);
         let expiry = window
