@@ -128,6 +128,9 @@ pub struct ProxyLimits {
     pub max_headers: usize,
     /// Concurrent HTTP/2 streams per downstream connection. Default 100.
     pub max_concurrent_streams: u32,
+    /// Transparent mode: destination ports forwarded as opaque TCP without sniffing, besides
+    /// the sidecar's built-in ones and `--opaque-ports`. Sorted, no duplicates; default none.
+    pub opaque_ports: Vec<u16>,
 }
 
 impl Default for ProxyLimits {
@@ -142,6 +145,7 @@ impl Default for ProxyLimits {
             max_header_bytes: 60 * 1024,
             max_headers: 100,
             max_concurrent_streams: 100,
+            opaque_ports: Vec::new(),
         }
     }
 }

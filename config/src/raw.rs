@@ -321,6 +321,11 @@ pub struct ProxyLimits {
     /// Concurrent HTTP/2 streams per downstream connection.
     #[serde(default)]
     pub max_concurrent_streams: Option<u32>,
+    /// Transparent mode: destination ports never sniffed for HTTP (server-first protocols
+    /// such as MySQL), forwarded as opaque TCP at once; added to the sidecar's built-in list
+    /// and its `--opaque-ports`.
+    #[serde(default)]
+    pub opaque_ports: Option<Vec<u64>>,
 }
 
 /// `Backend.spec`.

@@ -8,7 +8,8 @@
 //!    explicit mode as before; one whose original destination is one of our own listeners is
 //!    refused (a loop).
 //! 2. Ports known to carry server-first protocols (MySQL, PostgreSQL, SMTP, ... and
-//!    `--opaque-ports`) go straight to opaque TCP, never waiting for a byte.
+//!    `--opaque-ports`, and the Mesh's `spec.proxy.opaquePorts`, which follows config swaps)
+//!    go straight to opaque TCP, never waiting for a byte.
 //! 3. Otherwise the first bytes are sniffed for at most `--detect-timeout`: an HTTP/1 method, the
 //!    HTTP/2 preface or a TLS ClientHello. Silence (a server-first protocol on a port we did not
 //!    know) and anything else is forwarded as opaque TCP to the original destination, with the
@@ -225,6 +226,13 @@ impl Transparent {
         }
     }
 
+    /// Whether connections to `port` go to opaque TCP unsniffed: a built-in or
+    /// `--opaque-ports` port, or one of the serving Mesh's `spec.proxy.opaquePorts`
+    /// (`configured`, sorted), so a config swap changes the set for new connections.
+    fn is_opaque_port(&self, port: u16, configured: &[u16]) -> bool {
+        self.opaque_ports.binary_search(&port).is_ok() || configured.binary_search(&port).is_ok()
+    }
+
     /// Whether `destination` is one of our own listeners (connecting there would loop).
     fn is_own(&self, destination: SocketAddr) -> bool {
         self.own.iter().any(|own| {
@@ -327,7 +335,7 @@ pub async fn serve(
         tracing::warn!(%peer, %original, "redirected connection to our own listener refused (loop)");
         return;
     }
-    let (settings, mode) = {
+    let (settings, mode, opaque_port) = {
         let snapshot = shared.snapshot.load();
         let limits = &snapshot.limits;
         (
@@ -336,6 +344,7 @@ pub async fn serve(
                 idle_timeout: limits.upstream_idle_timeout,
             },
             snapshot.config.mesh.mtls_mode,
+            transparent.is_opaque_port(original.port(), &limits.opaque_ports),
         )
     };
     // A `tcp` Backend's endpoint is opaque by config: split by its TCPRoute, never sniffed.
@@ -343,7 +352,6 @@ pub async fn serve(
         Side::Outbound => shared.snapshot.load().tcp_service_at(original).cloned(),
         Side::Inbound => None,
     };
-    let opaque_port = transparent.opaque_ports.contains(&original.port());
     let (sniffed, read) = if opaque_port || tcp_service.is_some() {
         (None, Vec::new())
     } else {
@@ -615,6 +623,16 @@ mod tests {
         assert!(!t.is_own("10.1.2.3:15001".parse().unwrap()));
         assert!(!t.is_own("10.1.2.3:80".parse().unwrap()));
         assert!(t.opaque_ports.contains(&7000) && t.opaque_ports.contains(&5432));
+        assert!(t.is_opaque_port(7000, &[]) && t.is_opaque_port(5432, &[]));
+        assert!(!t.is_opaque_port(8080, &[]));
+        assert!(
+            t.is_opaque_port(8080, &[1521, 8080]),
+            "the Mesh's ports are added"
+        );
+        assert!(
+            t.is_opaque_port(3306, &[1521, 8080]),
+            "to the built-in ones"
+        );
     }
 
     #[test]

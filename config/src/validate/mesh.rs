@@ -175,6 +175,7 @@ fn proxy_limits(report: &mut Report<'_>, proxy: &raw::ProxyLimits) -> Option<Pro
         Some(value) => Some(value),
         None => Some(defaults.max_concurrent_streams),
     };
+    let opaque_ports = opaque_ports(report, proxy.opaque_ports.as_deref().unwrap_or_default());
     Some(ProxyLimits {
         header_read_timeout: header_read_timeout?,
         body_idle_timeout: body_idle_timeout?,
@@ -185,5 +186,28 @@ fn proxy_limits(report: &mut Report<'_>, proxy: &raw::ProxyLimits) -> Option<Pro
         max_header_bytes: max_header_bytes?,
         max_headers: max_headers?,
         max_concurrent_streams: max_concurrent_streams?,
+        opaque_ports: opaque_ports?,
     })
+}
+
+/// `spec.proxy.opaquePorts`: TCP ports, sorted and without duplicates.
+fn opaque_ports(report: &mut Report<'_>, ports: &[u64]) -> Option<Vec<u16>> {
+    let mut valid = Vec::with_capacity(ports.len());
+    let mut all_valid = true;
+    for (i, port) in ports.iter().enumerate() {
+        match u16::try_from(*port) {
+            Ok(port) if port > 0 => valid.push(port),
+            _ => {
+                all_valid = false;
+                report.error(
+                    format!("spec.proxy.opaquePorts[{i}]"),
+                    format!("{port} is not a TCP port"),
+                    "use a port from 1 to 65535, e.g. 3306",
+                );
+            }
+        }
+    }
+    valid.sort_unstable();
+    valid.dedup();
+    all_valid.then_some(valid)
 }

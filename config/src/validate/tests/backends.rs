@@ -269,6 +269,26 @@ fn mesh_proxy_durations_are_checked() {
 }
 
 #[test]
+fn mesh_opaque_ports_are_tcp_ports() {
+    let config = valid(&with_backends(&mesh(
+        "{proxy: {opaquePorts: [5000, 3306, 5000, 65535]}}",
+    )));
+    assert_eq!(config.mesh.proxy.opaque_ports, [3306, 5000, 65535]);
+    assert!(valid(BACKENDS).mesh.proxy.opaque_ports.is_empty());
+    let text = with_backends(&mesh("{proxy: {opaquePorts: [3306, 0, 70000]}}"));
+    let errors = parse(&text).unwrap_err();
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["spec.proxy.opaquePorts[1]", "spec.proxy.opaquePorts[2]"]
+    );
+    assert!(errors[1].message.contains("70000 is not a TCP port"));
+    let text = with_backends(&mesh("{proxy: {opaquePorts: mysql}}"));
+    let errors = parse(&text).unwrap_err();
+    assert_eq!(errors[0].field, "spec.proxy.opaquePorts");
+}
+
+#[test]
 fn mesh_otlp_endpoint_is_a_url() {
     let text = with_backends(&mesh("{tracing: {otlpEndpoint: \"127.0.0.1:4317\"}}"));
     single_error(
