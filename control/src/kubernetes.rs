@@ -2,8 +2,8 @@
 //! config types so that the schema the API server checks and the one Ficus parses cannot
 //! drift apart.
 //!
-//! The control plane does not watch an API server yet (see README, limits). What is built is
-//! pure — objects in, objects out — except the thin TokenReview client.
+//! Everything but [`api`] and the loops of [`watch`] is pure — objects in, objects out — and
+//! tested on real object JSON; no API server can run where Ficus is tested (README, limits).
 //!
 //! # Layout
 //! - [`api`] — the thin HTTPS client of the API server (in-cluster address, CA and token).
@@ -13,8 +13,10 @@
 //!   server's TokenReview, behind [`crate::auth::join::TokenAuthenticator`].
 //! - [`translate`] — Services, EndpointSlices, HTTPRoutes and Ficus objects → the validated
 //!   config snapshot.
+//! - [`watch`] — `--kubernetes`: list and watch the cluster, commit what it translates to.
 
 pub mod api;
 pub mod crd;
 pub mod token_review;
 pub mod translate;
+pub mod watch;

@@ -13,6 +13,7 @@ use ficus_control::auth::join::{JoinTokens, TokenAuthenticator};
 use ficus_control::ca::{self, ServerIdentity};
 use ficus_control::grpc::{self, Router};
 use ficus_control::inject::InjectConfig;
+use ficus_control::kubernetes::api::ApiClient;
 use ficus_control::kubernetes::token_review::{ApiServer, FirstOf, TokenReviewer, AUDIENCE};
 use ficus_control::sign::Signer;
 use ficus_control::state::ControlState;
@@ -84,6 +85,11 @@ struct Args {
     /// from `KUBERNETES_SERVICE_HOST`, this pod's own token and CA). Join tokens still work.
     #[arg(long, env = "FICUS_KUBERNETES_TOKEN_REVIEW")]
     kubernetes_token_review: bool,
+    /// The cluster is the source of truth: list and watch Services, EndpointSlices,
+    /// HTTPRoutes, TCPRoutes and the ficus.dev kinds, and commit what they translate to as new
+    /// versions (in-cluster only; API writes are replaced by the next change in the cluster).
+    #[arg(long, env = "FICUS_KUBERNETES")]
+    kubernetes: bool,
 }
 
 /// Why the process cannot start: exit code 2 for bad flags or input files, 1 otherwise.
@@ -176,6 +182,13 @@ fn run(args: Args) -> Result<(), Fatal> {
         Some(Arc::new(TokenReviewer::new(server, AUDIENCE).map_err(
             |e| Fatal::usage(format!("--kubernetes-token-review: {e}")),
         )?))
+    } else {
+        None
+    };
+    let cluster = if args.kubernetes {
+        let server =
+            ApiServer::in_cluster().map_err(|e| Fatal::usage(format!("--kubernetes: {e}")))?;
+        Some(ApiClient::new(server).map_err(|e| Fatal::usage(format!("--kubernetes: {e}")))?)
     } else {
         None
     };
@@ -272,6 +285,14 @@ fn run(args: Args) -> Result<(), Fatal> {
             "ficus-control started");
         tokio::spawn(grpc::serve(grpc, tls, router, metrics));
         tokio::spawn(ficus_control::api::serve(http, Arc::clone(&state), admin));
+        if let Some(client) = cluster {
+            tracing::info!(api_server = %client.address(), "following the cluster (--kubernetes)");
+            tokio::spawn(ficus_control::kubernetes::watch::run(
+                Arc::clone(&state),
+                client,
+                args.trust_domain.clone(),
+            ));
+        }
         wait_for_shutdown().await;
         tracing::info!("shutting down");
         Ok(())

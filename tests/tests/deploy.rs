@@ -257,25 +257,27 @@ fn every_dockerfile_copies_the_whole_workspace() {
 }
 
 #[tokio::test]
-async fn token_review_outside_a_pod_is_a_usage_error() {
+async fn kubernetes_flags_outside_a_pod_are_usage_errors() {
     if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
         eprintln!("SKIPPED: running inside a Kubernetes pod");
         return;
     }
-    let data = tempfile::tempdir().unwrap();
-    let (status, stderr) = ficus_tests::control::run_control(&[
-        "--data",
-        data.path().to_str().unwrap(),
-        "--grpc",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--kubernetes-token-review",
-    ])
-    .await;
-    assert_eq!(status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("KUBERNETES_SERVICE_HOST is not set"),
-        "{stderr}"
-    );
+    for flag in ["--kubernetes-token-review", "--kubernetes"] {
+        let data = tempfile::tempdir().unwrap();
+        let (status, stderr) = ficus_tests::control::run_control(&[
+            "--data",
+            data.path().to_str().unwrap(),
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            flag,
+        ])
+        .await;
+        assert_eq!(status.code(), Some(2), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{flag}: KUBERNETES_SERVICE_HOST is not set")),
+            "{stderr}"
+        );
+    }
 }
