@@ -264,6 +264,8 @@ pub struct RetryPolicy {
     /// gRPC status codes (1..=16) that are retried when a gRPC call's response headers carry
     /// them (trailers-only responses).
     pub grpc_codes: Vec<u8>,
+    /// Non-idempotent methods (uppercase) this rule replays too; idempotent ones always are.
+    pub non_idempotent_methods: Vec<String>,
 }
 
 /// One `matches[]` entry; all given conditions must hold.

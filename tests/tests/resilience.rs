@@ -188,6 +188,33 @@ async fn a_post_is_never_replayed() {
 }
 
 #[tokio::test]
+async fn a_route_may_allow_posts_to_be_replayed() {
+    let upstream = Scripted::start(one_in_ten).await;
+    let rule = "retry: {attempts: 2, codes: [503], backoff: 1ms, nonIdempotentMethods: [POST]}";
+    let sidecar = Sidecar::start(&config(upstream.addr, rule, "")).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    for i in 0..100 {
+        let response = client
+            .send(request("POST", format!("order-{i}")))
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "POST {i}");
+    }
+    // Every tenth request to the upstream failed and was sent again, with the same body.
+    let retries = sidecar.metrics().await.sum("ficus_retries_total", &[]) as usize;
+    assert!(retries >= 10, "{retries} retries");
+    let sent = upstream.count();
+    assert_eq!(sent, 100 + retries);
+    let bodies = upstream.bodies.lock().unwrap();
+    assert_eq!(bodies[0], bodies[1], "the replay carries the whole body");
+    drop(bodies);
+    // PATCH is not listed: never replayed.
+    let patch = client.send(request("PATCH", "x")).await.unwrap();
+    let patches = upstream.count() - sent;
+    assert_eq!(patches, 1, "PATCH sent once ({})", patch.status);
+}
+
+#[tokio::test]
 async fn a_small_put_body_is_replayed_whole() {
     let upstream = Scripted::start(one_in_ten).await;
     let rule = "retry: {attempts: 2, codes: [503], backoff: 1ms}";

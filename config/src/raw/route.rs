@@ -331,6 +331,10 @@ pub struct HttpRouteRetry {
     /// `-`/`_` do not matter); default `[unavailable]`.
     #[serde(default)]
     pub grpc_codes: Option<Vec<String>>,
+    /// Methods that are not idempotent but may be replayed on this route anyway (e.g. `POST`
+    /// to an endpoint the team made idempotent); none by default.
+    #[serde(default)]
+    pub non_idempotent_methods: Vec<String>,
 }
 
 /// `TCPRoute.spec`.

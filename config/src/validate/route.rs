@@ -302,13 +302,45 @@ fn retry(report: &mut Report<'_>, field: &str, raw: &raw::HttpRouteRetry) -> Opt
         Some(names) => grpc_codes(report, &format!("{field}.grpcCodes"), names),
         None => Some(DEFAULT_RETRY_GRPC_CODES.to_vec()),
     };
+    let methods: Vec<_> = raw
+        .non_idempotent_methods
+        .iter()
+        .enumerate()
+        .map(|(i, m)| non_idempotent(report, &format!("{field}.nonIdempotentMethods[{i}]"), m))
+        .collect();
     (attempts_ok && codes_ok).then_some(())?;
     Some(RetryPolicy {
         attempts,
         codes,
         backoff: backoff?,
         grpc_codes: grpc_codes?,
+        non_idempotent_methods: all(methods)?,
     })
+}
+
+/// One `retry.nonIdempotentMethods` entry: a method that is neither idempotent (those are
+/// always replayed) nor a tunnel.
+fn non_idempotent(report: &mut Report<'_>, field: &str, name: &str) -> Option<String> {
+    let method = super::common::method(report, field, name)?;
+    match method.as_str() {
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE" => {
+            report.error(
+                field,
+                format!("{method} is idempotent and already retried"),
+                "list only methods such as POST or PATCH that this route may replay",
+            );
+            None
+        }
+        "CONNECT" => {
+            report.error(
+                field,
+                "a CONNECT tunnel cannot be replayed",
+                "remove CONNECT; list methods such as POST or PATCH",
+            );
+            None
+        }
+        _ => Some(method),
+    }
 }
 
 /// `retry.grpcCodes`: gRPC status names (`resource-exhausted`, `RESOURCE_EXHAUSTED` and

@@ -2,9 +2,10 @@
 //! requests may be replayed at all (promise 5 of RELIABILITY.md: no unsafe retries).
 //!
 //! A request is replayable when its method is idempotent (GET, HEAD, OPTIONS, PUT, DELETE,
-//! TRACE) and its whole body fits the retry buffer: empty, or of a known length of at most
-//! [`RETRY_BUFFER`] bytes. Bigger or unknown-length bodies are streamed and never retried; a
-//! POST is never replayed. Retried outcomes: the configured status codes, connect failures
+//! TRACE) or listed in the route's `retry.nonIdempotentMethods`, and its whole body fits the
+//! retry buffer: empty, or of a known length of at most [`RETRY_BUFFER`] bytes. Bigger or
+//! unknown-length bodies are streamed and never retried; a POST is never replayed unless the
+//! route says so. Retried outcomes: the configured status codes, connect failures
 //! (nothing was sent), HTTP/2 REFUSED_STREAM (the peer did not process the stream), and
 //! errors whose status (502 reset, 504 per-try timeout) is among the configured codes.
 //!
@@ -32,6 +33,8 @@ pub struct RetryPolicy {
     attempts: u32,
     codes: Box<[u16]>,
     grpc_codes: Box<[u8]>,
+    /// Non-idempotent methods the route allows to replay.
+    methods: Box<[Method]>,
     base: Duration,
 }
 
@@ -42,8 +45,19 @@ impl RetryPolicy {
             attempts: policy.attempts,
             codes: policy.codes.clone().into_boxed_slice(),
             grpc_codes: policy.grpc_codes.clone().into_boxed_slice(),
+            methods: policy
+                .non_idempotent_methods
+                .iter()
+                .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                .collect(),
             base: policy.backoff,
         }
+    }
+
+    /// Whether a request of `method` may be sent again: it is idempotent, or the route lists
+    /// it in `nonIdempotentMethods`.
+    pub fn replays(&self, method: &Method) -> bool {
+        is_idempotent(method) || self.methods.contains(method)
     }
 
     /// Retries allowed after the first try.
@@ -141,6 +155,7 @@ mod tests {
             attempts: 2,
             codes: vec![503].into_boxed_slice(),
             grpc_codes: vec![14].into_boxed_slice(),
+            methods: vec![Method::PATCH].into_boxed_slice(),
             base,
         }
     }
@@ -193,6 +208,9 @@ mod tests {
         for method in ["POST", "PATCH", "CONNECT"] {
             assert!(!is_idempotent(&method.parse().unwrap()), "{method}");
         }
+        let policy = policy(Duration::from_millis(25));
+        assert!(policy.replays(&Method::PATCH), "listed by the route");
+        assert!(policy.replays(&Method::GET) && !policy.replays(&Method::POST));
     }
 
     #[test]

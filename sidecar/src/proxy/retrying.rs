@@ -54,8 +54,8 @@ pub enum Replay {
     Stream(Incoming),
 }
 
-/// Buffers the body of an idempotent request when it is empty or of a known length that fits
-/// the retry buffer; anything else is streamed. gRPC calls are recorded while they stream when
+/// Buffers the body of a replayable request (idempotent, or allowed by the route) when it is
+/// empty or of a known length that fits the retry buffer; anything else is streamed. gRPC calls are recorded while they stream when
 /// `policy` retries any gRPC status. Reading waits at most `idle` between frames.
 pub async fn replayable(
     parts: &Parts,
@@ -70,7 +70,7 @@ pub async fn replayable(
             Replay::Stream(incoming)
         });
     }
-    if !retry::is_idempotent(&parts.method) {
+    if !policy.replays(&parts.method) {
         return Ok(Replay::Stream(incoming));
     }
     if incoming.is_end_stream() {

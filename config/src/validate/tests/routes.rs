@@ -151,6 +151,34 @@ fn retry_limits() {
     let defaults = (2, vec![502, 503], Duration::from_millis(25));
     assert_eq!((retry.attempts, retry.codes, retry.backoff), defaults);
     assert_eq!(retry.grpc_codes, vec![14], "unavailable by default");
+    assert!(
+        retry.non_idempotent_methods.is_empty(),
+        "no POST replays by default"
+    );
+}
+
+#[test]
+fn retry_may_allow_non_idempotent_methods() {
+    let rule = first_rule(&to_monolith("retry: {nonIdempotentMethods: [POST, PATCH]}"));
+    assert_eq!(
+        rule.retry.unwrap().non_idempotent_methods,
+        ["POST", "PATCH"]
+    );
+    rule_error(
+        &to_monolith("retry: {nonIdempotentMethods: [POST, GET]}"),
+        "spec.rules[0].retry.nonIdempotentMethods[1]",
+        "idempotent and already retried",
+    );
+    rule_error(
+        &to_monolith("retry: {nonIdempotentMethods: [post]}"),
+        "spec.rules[0].retry.nonIdempotentMethods[0]",
+        "not a valid HTTP method",
+    );
+    rule_error(
+        &to_monolith("retry: {nonIdempotentMethods: [CONNECT]}"),
+        "spec.rules[0].retry.nonIdempotentMethods[0]",
+        "cannot be replayed",
+    );
 }
 
 #[test]
