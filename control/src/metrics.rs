@@ -38,6 +38,9 @@ pub struct Metrics {
     /// injection webhook (`injected`, `skipped`, `error` — admitted without a patch —, and
     /// `invalid` — not an AdmissionReview).
     pub webhook_requests: IntCounterVec,
+    /// `ficus_control_kubernetes_syncs_total{result}`: translations of the watched cluster
+    /// (`--kubernetes`): `committed`, `unchanged`, `invalid` (the last good version stays).
+    pub kubernetes_syncs: IntCounterVec,
 }
 
 impl Metrics {
@@ -106,6 +109,14 @@ impl Metrics {
                 &["result"],
             )
             .expect("static metric definition"),
+            kubernetes_syncs: IntCounterVec::new(
+                Opts::new(
+                    "ficus_control_kubernetes_syncs_total",
+                    "Translations of the watched Kubernetes objects into a config, by result",
+                ),
+                &["result"],
+            )
+            .expect("static metric definition"),
             registry,
         };
         for collector in [
@@ -120,6 +131,7 @@ impl Metrics {
             Box::new(metrics.sidecars_behind.clone()),
             Box::new(metrics.sidecars_nacking.clone()),
             Box::new(metrics.webhook_requests.clone()),
+            Box::new(metrics.kubernetes_syncs.clone()),
         ] {
             metrics
                 .registry

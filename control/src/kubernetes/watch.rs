@@ -341,9 +341,19 @@ async fn run_reporting(
             _ => continue,
         };
         let outcome = publish(&state, objects, &trust_domain).await;
-        if let Err(error) = &outcome {
-            tracing::warn!(%error, "the cluster's config is not valid; the last good version stays");
-        }
+        let result = match &outcome {
+            Ok(Some(_)) => "committed",
+            Ok(None) => "unchanged",
+            Err(error) => {
+                tracing::warn!(%error, "the cluster's config is not valid; the last good version stays");
+                "invalid"
+            }
+        };
+        state
+            .metrics
+            .kubernetes_syncs
+            .with_label_values(&[result])
+            .inc();
         if let Some(report) = &report {
             let _ = report.try_send(outcome);
         }

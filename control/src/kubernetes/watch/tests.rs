@@ -365,5 +365,14 @@ async fn the_cluster_becomes_versions_and_invalid_states_are_never_committed() {
         )
         .await;
     assert_eq!(split(&*wait_version(&state, 3).await), [0, 100]);
+    let syncs = |result: &str| {
+        state
+            .metrics
+            .kubernetes_syncs
+            .with_label_values(&[result])
+            .get()
+    };
+    assert_eq!(syncs("committed"), 3);
+    assert!(syncs("invalid") >= 1);
     watcher.abort();
 }
