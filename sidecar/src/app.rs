@@ -141,7 +141,8 @@ pub fn run(args: Args) -> u8 {
         identity: &identity,
         tls: None,
     });
-    let (drain_signal, drain) = drain::channel();
+    let drain_signal = drain::DrainSignal::new();
+    let outbound_drain = drain_signal.outbound();
     let tls = match mesh_tls(&args, &mode) {
         Ok(tls) => tls,
         Err(error) => {
@@ -150,8 +151,16 @@ pub fn run(args: Args) -> u8 {
         }
     };
     let shared = Shared::new(empty, metrics, pools, identity, log, drain_signal, tls);
-    let connections = TaskTracker::new();
-    let tcp = TcpListeners::new(runtime.handle().clone(), connections.clone(), drain.clone());
+    let connections = Connections {
+        inbound: TaskTracker::new(),
+        outbound: TaskTracker::new(),
+    };
+    // Opaque TCP `listen:` listeners carry the app's outbound traffic: they drain with it.
+    let tcp = TcpListeners::new(
+        runtime.handle().clone(),
+        connections.outbound.clone(),
+        outbound_drain,
+    );
     let mut reloader = Reloader::new(Arc::clone(&shared), tcp);
     let config_task = match mode {
         Mode::File(path, config) => {
@@ -225,9 +234,11 @@ pub fn run(args: Args) -> u8 {
             extra,
             transparent,
         },
-        drain,
         connections,
-        args.drain_timeout,
+        DrainTiming {
+            timeout: args.drain_timeout,
+            quiet: args.drain_quiet_period,
+        },
     ));
     runtime.shutdown_timeout(Duration::from_millis(200));
     code
@@ -291,12 +302,23 @@ struct Listeners {
     transparent: Option<Arc<crate::transparent::Transparent>>,
 }
 
+/// The data-plane connections of each side.
+struct Connections {
+    inbound: TaskTracker,
+    outbound: TaskTracker,
+}
+
+/// `--drain-timeout` and `--drain-quiet-period`.
+struct DrainTiming {
+    timeout: Duration,
+    quiet: Duration,
+}
+
 async fn serve(
     shared: Arc<Shared>,
     listeners: Listeners,
-    drain: drain::Drain,
-    connections: TaskTracker,
-    drain_timeout: Duration,
+    connections: Connections,
+    timing: DrainTiming,
 ) -> u8 {
     let Listeners {
         outbound,
@@ -321,13 +343,17 @@ async fn serve(
             }
         };
         let shared = Arc::clone(&shared);
+        let (drain, tracker) = match side {
+            Side::Inbound => (shared.drain.inbound(), connections.inbound.clone()),
+            Side::Outbound => (shared.drain.outbound(), connections.outbound.clone()),
+        };
         let drain_for_connections = drain.clone();
         let transparent = transparent.clone();
         tokio::spawn(accept_loop(
             listener,
             name,
-            drain.clone(),
-            connections.clone(),
+            drain,
+            tracker,
             move |stream, peer| {
                 let shared = Arc::clone(&shared);
                 let drain = drain_for_connections.clone();
@@ -345,16 +371,41 @@ async fn serve(
         ));
     }
 
-    wait_for_shutdown(&shared).await;
-    tracing::info!(?drain_timeout, "draining");
+    let mut stop = Stop::install();
+    let quit = stop.next(&shared).await;
+    let deadline = tokio::time::Instant::now() + timing.timeout;
+    // Phase 1: inbound drains; outbound serves the app until it is done (crate::drain).
     shared.drain.drain();
-    connections.close();
-    if tokio::time::timeout(drain_timeout, connections.wait())
-        .await
-        .is_err()
-    {
+    connections.inbound.close();
+    if !quit {
+        tracing::info!(
+            drain_timeout = ?timing.timeout, quiet_period = ?timing.quiet,
+            "draining inbound; outbound serves until it is quiet"
+        );
+        let inbound_drained_then_quiet = async {
+            connections.inbound.wait().await;
+            shared.drain.outbound_quiet(timing.quiet).await;
+        };
+        tokio::select! {
+            () = inbound_drained_then_quiet => tracing::info!("inbound drained, outbound quiet"),
+            () = tokio::time::sleep_until(deadline) => tracing::warn!(
+                inbound_open = connections.inbound.len(),
+                outbound_open = shared.drain.outbound_open(),
+                "drain timeout passed before inbound drained and outbound went quiet"
+            ),
+            _ = stop.next(&shared) => tracing::info!("stopping without waiting for outbound"),
+        }
+    }
+    // Phase 2: everything drains.
+    shared.drain.stop();
+    connections.outbound.close();
+    let all = async {
+        connections.inbound.wait().await;
+        connections.outbound.wait().await;
+    };
+    if tokio::time::timeout_at(deadline, all).await.is_err() {
         tracing::warn!(
-            remaining = connections.len(),
+            remaining = connections.inbound.len() + connections.outbound.len(),
             "drain timeout passed; closing what is left"
         );
     } else {
@@ -363,20 +414,46 @@ async fn serve(
     exit::OK
 }
 
-/// SIGTERM, SIGINT or `/quitquitquit`.
-async fn wait_for_shutdown(shared: &Shared) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; only /quitquitquit stops the sidecar");
-        shared.quit.notified().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
-        () = shared.quit.notified() => tracing::info!("/quitquitquit"),
+/// What stops the sidecar: SIGTERM, SIGINT or `/quitquitquit`.
+struct Stop {
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Stop {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Self {
+                signals: Some((term, int)),
+            },
+            _ => {
+                tracing::error!(
+                    "cannot install signal handlers; only /quitquitquit stops the sidecar"
+                );
+                Self { signals: None }
+            }
+        }
+    }
+
+    /// Waits for the next stop request; true for `/quitquitquit`. While draining, a second
+    /// signal or `/quitquitquit` ends the wait for the outbound side.
+    async fn next(&mut self, shared: &Shared) -> bool {
+        let Some((term, int)) = &mut self.signals else {
+            shared.quit.notified().await;
+            tracing::info!("/quitquitquit");
+            return true;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+            () = shared.quit.notified() => {
+                tracing::info!("/quitquitquit");
+                return true;
+            }
+        }
+        false
     }
 }

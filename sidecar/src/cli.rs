@@ -81,9 +81,15 @@ pub struct Args {
     #[arg(long, env = "FICUS_CA_FILE")]
     pub ca_file: Option<PathBuf>,
 
-    /// On SIGTERM, how long in-flight work may finish.
+    /// On SIGTERM, how long draining may take in all: inbound in-flight work finishing, and
+    /// the app's outbound traffic, which keeps being served until it is quiet.
     #[arg(long, env = "FICUS_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+
+    /// After SIGTERM, how long the outbound side must have had no connection open (and none
+    /// opened) before the sidecar stops it and exits: the app is taken to be done.
+    #[arg(long, env = "FICUS_DRAIN_QUIET_PERIOD", default_value = "1s", value_parser = parse_duration)]
+    pub drain_quiet_period: Duration,
 
     /// Data-plane worker threads (default: CPUs this process may use, cgroup-aware).
     #[arg(long, env = "FICUS_WORKERS")]

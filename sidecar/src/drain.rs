@@ -1,43 +1,233 @@
-//! The drain signal: set once on SIGTERM, `/drain` or `/quitquitquit`; listeners stop
-//! accepting and connections finish in-flight work (HTTP/1 `Connection: close`, HTTP/2 GOAWAY).
+//! Draining, in two phases, as a pod's shutdown needs it.
+//!
+//! 1. **Inbound** ([`DrainSignal::drain`]: SIGTERM, SIGINT, `POST /drain`): readiness turns
+//!    503, the inbound listeners stop accepting, and inbound connections finish their
+//!    in-flight requests (HTTP/1 `Connection: close`, HTTP/2 GOAWAY). The outbound side keeps
+//!    serving: the app may still be sending requests during its own shutdown (a native
+//!    sidecar is stopped after the app; a plain container gets SIGTERM together with it).
+//! 2. **Everything** ([`DrainSignal::stop`]): the outbound listeners (and the opaque TCP
+//!    `listen:` ones) stop too and outbound connections finish in-flight work. The process
+//!    enters it once inbound is drained and the outbound side has been quiet — no connection
+//!    open and none opened — for the quiet period (what Istio's
+//!    `EXIT_ON_ZERO_ACTIVE_CONNECTIONS` does), at the drain timeout, or at once on
+//!    `/quitquitquit` (a Job's app is done).
+//!
+//! The outbound side's activity is counted per connection by [`Activity`], two atomic
+//! operations per connection and nothing per request.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
-/// Sends the drain signal.
+/// How often [`DrainSignal::outbound_quiet`] looks again while connections are open.
+const QUIET_POLL: Duration = Duration::from_millis(20);
+
+/// How far draining has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Not draining.
+    Serving,
+    /// Inbound drains; outbound serves.
+    Inbound,
+    /// Everything drains.
+    All,
+}
+
+/// Sends the drain signal; owns the outbound side's activity count.
 #[derive(Debug)]
-pub struct DrainSignal(watch::Sender<bool>);
+pub struct DrainSignal {
+    phase: watch::Sender<Phase>,
+    outbound: Arc<Activity>,
+}
 
-/// Observes the drain signal; cheap to clone.
+/// Observes the drain signal for one side; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Drain(watch::Receiver<bool>);
+pub struct Drain {
+    phase: watch::Receiver<Phase>,
+    /// The phase this side drains at.
+    at: Phase,
+    /// Where this side's connections are counted (outbound only).
+    activity: Option<Arc<Activity>>,
+}
 
-/// A new signal and its first observer.
-pub fn channel() -> (DrainSignal, Drain) {
-    let (tx, rx) = watch::channel(false);
-    (DrainSignal(tx), Drain(rx))
+impl Default for DrainSignal {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl DrainSignal {
-    /// Starts draining; idempotent.
+    /// A signal in phase [`Phase::Serving`].
+    pub fn new() -> Self {
+        Self {
+            phase: watch::Sender::new(Phase::Serving),
+            outbound: Arc::default(),
+        }
+    }
+
+    /// Starts draining inbound (phase 1); idempotent, never goes back.
     pub fn drain(&self) {
-        self.0.send_replace(true);
+        self.advance(Phase::Inbound);
     }
 
-    /// Whether draining has started.
+    /// Drains everything (phase 2); idempotent.
+    pub fn stop(&self) {
+        self.advance(Phase::All);
+    }
+
+    fn advance(&self, to: Phase) {
+        self.phase.send_if_modified(|phase| {
+            let later = *phase < to;
+            if later {
+                *phase = to;
+            }
+            later
+        });
+    }
+
+    /// Whether draining has started (readiness is then 503).
     pub fn is_draining(&self) -> bool {
-        *self.0.borrow()
+        *self.phase.borrow() >= Phase::Inbound
     }
 
-    /// A new observer.
-    pub fn subscribe(&self) -> Drain {
-        Drain(self.0.subscribe())
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// An observer for inbound listeners and connections: drains in phase 1.
+    pub fn inbound(&self) -> Drain {
+        Drain {
+            phase: self.phase.subscribe(),
+            at: Phase::Inbound,
+            activity: None,
+        }
+    }
+
+    /// An observer for outbound listeners and connections (opaque TCP `listen:` ones too):
+    /// drains in phase 2, and counts their connections.
+    pub fn outbound(&self) -> Drain {
+        Drain {
+            phase: self.phase.subscribe(),
+            at: Phase::All,
+            activity: Some(Arc::clone(&self.outbound)),
+        }
+    }
+
+    /// Outbound connections open now.
+    pub fn outbound_open(&self) -> usize {
+        self.outbound.open.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no outbound connection has been open, and none opened, for `period`.
+    pub async fn outbound_quiet(&self, period: Duration) {
+        self.outbound.quiet(period).await;
     }
 }
 
 impl Drain {
-    /// Resolves once draining has started (at once if it already has). Cancel-safe.
+    /// Resolves once this side drains (at once if it already does). Cancel-safe.
     pub async fn signaled(mut self) {
+        let at = self.at;
         // An error means the sender is gone: the process is ending, so drain too.
-        let _ = self.0.wait_for(|draining| *draining).await;
+        let _ = self.phase.wait_for(|phase| *phase >= at).await;
+    }
+
+    /// Counts a connection of this side as open until the guard is dropped (nothing for a
+    /// side that is not counted).
+    pub fn track(&self) -> Option<Active> {
+        self.activity.as_ref().map(|activity| {
+            activity.opened.fetch_add(1, Ordering::AcqRel);
+            activity.open.fetch_add(1, Ordering::AcqRel);
+            Active(Arc::clone(activity))
+        })
+    }
+}
+
+/// Connections of one side: open now, and ever opened.
+#[derive(Debug, Default)]
+pub struct Activity {
+    open: AtomicUsize,
+    opened: AtomicU64,
+}
+
+impl Activity {
+    async fn quiet(&self, period: Duration) {
+        loop {
+            if self.open.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(QUIET_POLL.min(period)).await;
+                continue;
+            }
+            let seen = self.opened.load(Ordering::Acquire);
+            tokio::time::sleep(period).await;
+            if self.open.load(Ordering::Acquire) == 0 && self.opened.load(Ordering::Acquire) == seen
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// An open connection, counted in its side's [`Activity`] until dropped.
+#[derive(Debug)]
+pub struct Active(Arc<Activity>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn phases_reach_their_sides() {
+        let signal = DrainSignal::new();
+        let (inbound, outbound) = (signal.inbound(), signal.outbound());
+        assert!(!signal.is_draining());
+        let inbound_done = tokio::spawn(inbound.signaled());
+        let outbound_done = tokio::spawn(outbound.clone().signaled());
+        signal.drain();
+        assert!(signal.is_draining());
+        inbound_done.await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(!outbound_done.is_finished(), "outbound serves in phase 1");
+        signal.drain();
+        assert_eq!(signal.phase(), Phase::Inbound);
+        signal.stop();
+        outbound_done.await.unwrap();
+        signal.drain();
+        assert_eq!(signal.phase(), Phase::All, "never goes back");
+        // A late observer sees the phase at once.
+        signal.inbound().signaled().await;
+        outbound.signaled().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_waits_for_open_connections_and_new_ones() {
+        let signal = DrainSignal::new();
+        let outbound = signal.outbound();
+        assert!(signal.inbound().track().is_none(), "inbound is not counted");
+        let held = outbound.track();
+        assert_eq!(signal.outbound_open(), 1);
+        let period = Duration::from_secs(1);
+        let quiet = tokio::spawn(async move { signal.outbound_quiet(period).await });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!quiet.is_finished(), "an open connection is not quiet");
+        drop(held);
+        tokio::time::sleep(period / 2).await;
+        // A short connection within the period restarts it.
+        drop(outbound.track());
+        tokio::time::sleep(period * 3 / 4).await;
+        assert!(
+            !quiet.is_finished(),
+            "a connection opened within the period"
+        );
+        tokio::time::sleep(period * 2).await;
+        assert!(quiet.is_finished());
     }
 }

@@ -1,7 +1,8 @@
 //! Accept loops and downstream HTTP connections.
 //!
 //! Accept errors such as `EMFILE` (out of file descriptors) are logged and retried after a
-//! pause instead of ending the loop or spinning. Every connection watches the drain signal:
+//! pause instead of ending the loop or spinning. Every connection watches the drain signal of
+//! its side (inbound drains first, outbound once the app is done; see [`crate::drain`]):
 //! HTTP/1 finishes its in-flight request and closes, HTTP/2 sends GOAWAY.
 
 use std::future::Future;
@@ -54,7 +55,8 @@ pub enum Side {
     Inbound,
 }
 
-/// Accepts until drained, handing each connection to `serve` on `tracker`.
+/// Accepts until `drain` says this side drains, handing each connection to `serve` on
+/// `tracker` (and counting it while it runs, when `drain` counts its side's connections).
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     name: &'static str,
@@ -65,7 +67,7 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let drained = drain.signaled();
+    let drained = drain.clone().signaled();
     tokio::pin!(drained);
     loop {
         tokio::select! {
@@ -74,7 +76,13 @@ pub async fn accept_loop<F, Fut>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tracker.spawn(serve(stream, peer));
+                    // Counted (outbound) from accept to the end of the connection's task.
+                    let active = drain.track();
+                    let serving = serve(stream, peer);
+                    tracker.spawn(async move {
+                        let _active = active;
+                        serving.await;
+                    });
                 }
                 Err(error) => {
                     tracing::warn!(listener = name, %error, "accept failed; pausing");

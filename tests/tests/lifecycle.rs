@@ -1,5 +1,5 @@
-//! Lifecycle: admin endpoints, SIGTERM drain with requests in flight, `/drain`,
-//! `/quitquitquit`.
+//! Lifecycle: admin endpoints; SIGTERM's two-phase drain (inbound first, outbound once the
+//! app's traffic is quiet) with requests in flight; `/drain`; `/quitquitquit`.
 
 use std::time::{Duration, Instant};
 
@@ -28,58 +28,73 @@ async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
     }
 }
 
-#[tokio::test]
-async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
-    let upstream = Upstream::start("slow").await;
-    let options = SidecarOptions {
-        drain_timeout: Some("20s".into()),
-        ..Default::default()
-    };
-    let mut sidecar = Sidecar::start_with(&backend(upstream.addr), options).await;
-
-    let mut in_flight = Vec::new();
-    for _ in 0..5 {
-        let outbound = sidecar.outbound;
-        in_flight.push(tokio::spawn(async move {
-            let mut client = H1Client::connect(outbound).await.unwrap();
-            client.get("slow", "/delay/1500").await
-        }));
-    }
-    let outbound = sidecar.outbound;
-    let h2_in_flight = tokio::spawn(async move {
-        let mut client = H2Client::connect(outbound).await.unwrap();
-        let request = Request::get("http://slow/delay/1500")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        client.send(request).await
-    });
-    wait_for(|| upstream.count() == 6, "6 requests upstream").await;
-
-    sidecar.terminate();
+/// Waits until `/ready` answers 503 (draining has started).
+async fn wait_unready(sidecar: &Sidecar) {
     let started = Instant::now();
     loop {
         let ready = client::get(sidecar.admin, "admin", "/ready").await.unwrap();
         if ready.status == 503 {
-            break;
+            return;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(10),
             "/ready never turned 503"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Readiness turns 503 first; the listener closes right after.
+}
+
+/// Waits until a listener refuses new connections.
+async fn wait_refused(address: std::net::SocketAddr, what: &str) {
     let started = Instant::now();
-    while tokio::net::TcpStream::connect(sidecar.outbound)
-        .await
-        .is_ok()
-    {
+    while tokio::net::TcpStream::connect(address).await.is_ok() {
         assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "new connections still accepted while draining"
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: new connections still accepted while draining"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// SIGTERM drains the inbound side: `/ready` turns 503, the inbound listener closes, and the
+/// requests in flight from peers (HTTP/1.1 and HTTP/2) complete, HTTP/1.1 with
+/// `Connection: close`. With no outbound traffic the process then exits 0 by itself.
+/// (Until the two-phase drain, this test drove the outbound listener; outbound now keeps
+/// serving after SIGTERM, see `sigterm_keeps_outbound_serving_until_it_is_quiet`.)
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
+    let app = Upstream::start("app").await;
+    let remote = Upstream::start("slow").await;
+    let options = SidecarOptions {
+        app: Some(app.addr),
+        // Far beyond the exit wait below: the exit comes from drained + quiet, not the timeout.
+        drain_timeout: Some("120s".into()),
+        ..Default::default()
+    };
+    let mut sidecar = Sidecar::start_with(&backend(remote.addr), options).await;
+
+    let mut in_flight = Vec::new();
+    for _ in 0..5 {
+        let inbound = sidecar.inbound;
+        in_flight.push(tokio::spawn(async move {
+            let mut client = H1Client::connect(inbound).await.unwrap();
+            client.get("client", "/delay/1500").await
+        }));
+    }
+    let inbound = sidecar.inbound;
+    let h2_in_flight = tokio::spawn(async move {
+        let mut client = H2Client::connect(inbound).await.unwrap();
+        let request = Request::get("http://client/delay/1500")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        client.send(request).await
+    });
+    wait_for(|| app.count() == 6, "6 requests at the app").await;
+
+    sidecar.terminate();
+    // Readiness turns 503 first; the inbound listener closes right after.
+    wait_unready(&sidecar).await;
+    wait_refused(sidecar.inbound, "inbound").await;
 
     for request in in_flight {
         let response = request
@@ -95,8 +110,117 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
         .expect("in-flight HTTP/2 request completes");
     assert_eq!(response.status, 200);
 
-    let status = sidecar.wait_exit(Duration::from_secs(15)).await;
+    let status = sidecar.wait_exit(Duration::from_secs(60)).await;
     assert_eq!(status.code(), Some(0));
+}
+
+/// SIGTERM in a pod: inbound drains while the app's outbound traffic keeps working — on a
+/// connection it already had and on new HTTP/1.1 and HTTP/2 connections — for as long as an
+/// outbound connection stays open, well past the quiet period; once the app's last
+/// connection closes and the quiet period passes, the sidecar exits 0 (long before the drain
+/// timeout).
+#[tokio::test]
+async fn sigterm_keeps_outbound_serving_until_it_is_quiet() {
+    let app = Upstream::start("app").await;
+    let remote = Upstream::start("slow").await;
+    let options = SidecarOptions {
+        app: Some(app.addr),
+        drain_timeout: Some("120s".into()),
+        extra: vec!["--drain-quiet-period".into(), "300ms".into()],
+        ..Default::default()
+    };
+    let mut sidecar = Sidecar::start_with(&backend(remote.addr), options).await;
+    let mut held = H1Client::connect(sidecar.outbound).await.unwrap();
+    assert_eq!(held.get("slow", "/").await.unwrap().status, 200);
+    let inbound = sidecar.inbound;
+    let inbound_in_flight = tokio::spawn(async move {
+        let mut client = H1Client::connect(inbound).await.unwrap();
+        client.get("client", "/delay/1000").await
+    });
+    wait_for(|| app.count() == 1, "the inbound request at the app").await;
+
+    sidecar.terminate();
+    wait_unready(&sidecar).await;
+    wait_refused(sidecar.inbound, "inbound").await;
+    let response = inbound_in_flight
+        .await
+        .unwrap()
+        .expect("in-flight inbound request completes");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("connection"), "close");
+
+    // Ten rounds 100 ms apart span several quiet periods; the held connection keeps the
+    // outbound side active throughout, so the sidecar must still be serving at the end.
+    let before = remote.count();
+    for round in 0..10 {
+        let response = held.get("slow", "/").await.expect("held connection serves");
+        assert_eq!(response.status, 200, "round {round}, held connection");
+        assert_ne!(response.header("connection"), "close");
+        let response = client::get(sidecar.outbound, "slow", "/")
+            .await
+            .expect("a new outbound connection is accepted while draining");
+        assert_eq!(response.status, 200, "round {round}, new connection");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut h2 = H2Client::connect(sidecar.outbound).await.unwrap();
+    let request = Request::get("http://slow/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(h2.send(request).await.unwrap().status, 200);
+    assert_eq!(
+        remote.count(),
+        before + 21,
+        "every outbound request went upstream"
+    );
+    drop(h2);
+    // Only the held connection is open now, idle, and nothing new arrives for several quiet
+    // periods: an open connection alone keeps the outbound side up.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        sidecar.wait_exit_now().is_none(),
+        "exited while the app still had an outbound connection open"
+    );
+    assert_eq!(held.get("slow", "/").await.unwrap().status, 200);
+    assert!(
+        tokio::net::TcpStream::connect(sidecar.inbound)
+            .await
+            .is_err(),
+        "inbound stays closed"
+    );
+
+    // The app is done: its connections close, outbound goes quiet, the sidecar exits 0.
+    drop(held);
+    let status = sidecar.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+/// A second SIGTERM (or Ctrl-C) while outbound is still busy stops waiting for it: the
+/// sidecar drains what is left and exits 0 without waiting for the drain timeout.
+#[tokio::test]
+async fn second_sigterm_stops_waiting_for_outbound() {
+    let remote = Upstream::start("slow").await;
+    let options = SidecarOptions {
+        drain_timeout: Some("120s".into()),
+        ..Default::default()
+    };
+    let mut sidecar = Sidecar::start_with(&backend(remote.addr), options).await;
+    let mut held = H1Client::connect(sidecar.outbound).await.unwrap();
+    assert_eq!(held.get("slow", "/").await.unwrap().status, 200);
+    sidecar.terminate();
+    // The first signal has been taken once readiness is 503; the next one is a new event.
+    wait_unready(&sidecar).await;
+    assert_eq!(
+        held.get("slow", "/").await.unwrap().status,
+        200,
+        "outbound serves after the first SIGTERM"
+    );
+    sidecar.terminate();
+    let status = sidecar.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        held.get("slow", "/").await.is_err(),
+        "the idle outbound connection was closed"
+    );
 }
 
 #[tokio::test]
@@ -188,16 +312,19 @@ async fn admin_endpoints() {
     assert_eq!(metrics.sum("ficus_requests_total", &labels), 1.0);
 }
 
+fn post(path: &'static str) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header("host", "admin")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// `POST /drain` drains inbound only (like SIGTERM, without exiting): readiness 503, inbound
+/// refused, outbound still served. `/quitquitquit` then ends the process with 0.
 #[tokio::test]
 async fn drain_endpoint_then_quitquitquit() {
     let upstream = Upstream::start("slow").await;
     let mut sidecar = Sidecar::start(&backend(upstream.addr)).await;
-    let post = |path: &'static str| {
-        Request::post(path)
-            .header("host", "admin")
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
     assert_eq!(
         client::send(sidecar.admin, post("/drain"))
             .await
@@ -212,17 +339,14 @@ async fn drain_endpoint_then_quitquitquit() {
             .status,
         503
     );
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(sidecar.outbound)
-        .await
-        .is_ok()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "listener still accepting after /drain"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_refused(sidecar.inbound, "inbound after /drain").await;
+    assert_eq!(
+        client::get(sidecar.outbound, "slow", "/")
+            .await
+            .expect("outbound serves after /drain")
+            .status,
+        200
+    );
     assert_eq!(
         client::get(sidecar.admin, "admin", "/live")
             .await
@@ -241,6 +365,48 @@ async fn drain_endpoint_then_quitquitquit() {
     assert_eq!(
         sidecar.wait_exit(Duration::from_secs(10)).await.code(),
         Some(0)
+    );
+}
+
+/// `/quitquitquit` (a Job's app is done) drains both sides at once: it does not wait for the
+/// outbound side to go quiet — an idle outbound connection is closed — but an outbound
+/// request in flight completes (`Connection: close`) before the process exits 0.
+#[tokio::test]
+async fn quitquitquit_drains_outbound_too_and_exits_0() {
+    let upstream = Upstream::start("slow").await;
+    let options = SidecarOptions {
+        drain_timeout: Some("120s".into()),
+        ..Default::default()
+    };
+    let mut sidecar = Sidecar::start_with(&backend(upstream.addr), options).await;
+    let mut idle = H1Client::connect(sidecar.outbound).await.unwrap();
+    assert_eq!(idle.get("slow", "/").await.unwrap().status, 200);
+    let outbound = sidecar.outbound;
+    let in_flight = tokio::spawn(async move {
+        let mut client = H1Client::connect(outbound).await.unwrap();
+        client.get("slow", "/delay/1000").await
+    });
+    wait_for(|| upstream.count() == 2, "the slow request upstream").await;
+
+    assert_eq!(
+        client::send(sidecar.admin, post("/quitquitquit"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight outbound request completes");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("connection"), "close");
+    wait_refused(sidecar.outbound, "outbound after /quitquitquit").await;
+    let status = sidecar.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        idle.get("slow", "/").await.is_err(),
+        "the idle connection was closed"
     );
 }
 
