@@ -1,7 +1,8 @@
 //! Mutual TLS between sidecars, end to end: real `ficus-control` as the CA (join tokens,
 //! short certificate lifetimes), push-mode sidecars on both sides, a real app.
 //! Identity reaches the app; STRICT refuses plaintext, foreign certificates, no certificate
-//! and TLS 1.2; authorization by identity; rotation under load with zero failures; the
+//! and TLS 1.2; authorization by identity; rotation under load with zero failures; a root
+//! rotation reaching running sidecars (bundle sent with each certificate); the
 //! control plane going away does not stop traffic.
 
 use std::path::Path;
@@ -291,5 +292,199 @@ async fn rotation_under_load_fails_nothing_and_outlives_the_control_plane() {
         failed.load(Ordering::Relaxed),
         0,
         "requests failed across rotations"
+    );
+}
+
+/// A TLS client presenting a `web` certificate issued by `issuer`, trusting `trust_pem`, speaking
+/// HTTP/1.1 straight to a sidecar's inbound. `Ok(status)` when the handshake and the request
+/// went through; `Err(text)` when either side refused.
+async fn probe(
+    inbound: std::net::SocketAddr,
+    issuer: &ficus_identity::ca::CertificateAuthority,
+    trust_pem: &str,
+) -> Result<u16, String> {
+    use tokio::io::AsyncReadExt;
+    let key = ficus_identity::csr::WorkloadKey::generate().unwrap();
+    let id = ficus_identity::SpiffeId::parse(WEB).unwrap();
+    let issued = issuer
+        .sign_workload_csr(&key.csr_pem(&id).unwrap(), &id, Duration::from_secs(3600))
+        .unwrap();
+    let store = ficus_identity::tls::CertStore::new();
+    store.install(ficus_identity::tls::Credentials::from_pem(&issued.chain_pem, &key).unwrap());
+    let bundle = ficus_identity::tls::TrustBundle::from_pem(trust_pem, "cluster.local").unwrap();
+    let expected =
+        ficus_identity::SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/payments").unwrap();
+    let config = ficus_identity::tls::client_config(Some(store), &bundle, &expected).unwrap();
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(inbound)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls_pki_types::ServerName::IpAddress(inbound.ip().into());
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut response = Vec::new();
+        tls.read_to_end(&mut response)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&response);
+        text.strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("no HTTP response: {text:?}"))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_owned()))
+}
+
+/// The expiry each sidecar presents (its admin port → expiry seconds).
+async fn expiry(sidecar: &Sidecar) -> u64 {
+    sidecar
+        .metrics()
+        .await
+        .sum("ficus_tls_certificate_expiry_timestamp_seconds", &[]) as u64
+}
+
+/// Waits until each sidecar has installed two certificates it did not have when called: at
+/// least one of them was issued (with its trust bundle) by the control plane running now.
+async fn renewed_twice(sidecars: &[&Sidecar]) {
+    let mut seen: Vec<std::collections::BTreeSet<u64>> = Vec::new();
+    for sidecar in sidecars {
+        seen.push([expiry(sidecar).await].into());
+    }
+    let started = Instant::now();
+    while seen.iter().any(|s| s.len() < 3) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "renewals seen: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for (sidecar, seen) in sidecars.iter().zip(&mut seen) {
+            seen.insert(expiry(sidecar).await);
+        }
+    }
+}
+
+/// A new sidecar for `other` (new handshakes with the running payments sidecar, under the roots
+/// of the moment) reaches payments.
+async fn fresh_client_reaches_payments(control: &ControlPlane, tokens: &Path, step: &str) {
+    let other = sidecar(control, tokens, "other", None).await;
+    other.wait_ready(Duration::from_secs(30)).await;
+    let response = client::get(other.outbound, "payments", "/").await.unwrap();
+    assert_eq!(response.status, 200, "{step}: {}", response.text());
+}
+
+#[tokio::test]
+async fn root_rotation_reaches_running_sidecars_and_traffic_never_stops() {
+    use ficus_identity::ca::CertificateAuthority;
+    let (mut control, tokens, _app, server, web) = pair("10s", "").await;
+    let ca_dir = control.data_dir().join("ca");
+    let old_root = std::fs::read_to_string(ca_dir.join("cert.pem")).unwrap();
+    let old = CertificateAuthority::from_pem(
+        "cluster.local",
+        &old_root,
+        &std::fs::read_to_string(ca_dir.join("key.pem")).unwrap(),
+    )
+    .unwrap();
+    let new = CertificateAuthority::generate("cluster.local").unwrap();
+    let both = format!("{}{}", old.root_pem(), new.root_pem());
+
+    // Load through web → payments for the whole rotation, on connections made before it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let (outbound, stop, ok, failed) = (
+            web.outbound,
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            Arc::clone(&failed),
+        );
+        load.push(tokio::spawn(async move {
+            let mut client = H1Client::connect(outbound).await.unwrap();
+            for _ in 0..1_000_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match client.get("payments", "/").await {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("failed: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+
+    // Before: the payments sidecar refuses a client under the new root.
+    let refused = probe(server.inbound, &new, &both).await;
+    assert!(refused.is_err(), "new root trusted too early: {refused:?}");
+    assert_eq!(probe(server.inbound, &old, &both).await, Ok(200));
+
+    // Step 1: the new root joins the bundle; the issuer stays.
+    std::fs::write(ca_dir.join("extra-roots.pem"), new.root_pem()).unwrap();
+    control.restart().await;
+    assert_eq!(std::fs::read_to_string(control.ca_file()).unwrap(), both);
+    renewed_twice(&[&server, &web]).await;
+    assert_eq!(
+        probe(server.inbound, &new, &both).await,
+        Ok(200),
+        "the running sidecar trusts the new root"
+    );
+    let presented = probe(server.inbound, &old, &old.root_pem()).await;
+    assert_eq!(presented, Ok(200), "still issued under the old root");
+    fresh_client_reaches_payments(&control, tokens.path(), "step 1").await;
+
+    // Step 2: issue under the new root; the old one stays trusted.
+    std::fs::write(ca_dir.join("key.pem"), new.key_pem()).unwrap();
+    std::fs::write(ca_dir.join("cert.pem"), new.cert_pem()).unwrap();
+    std::fs::write(ca_dir.join("extra-roots.pem"), old.root_pem()).unwrap();
+    control.restart().await;
+    assert_eq!(
+        std::fs::read_to_string(control.ca_file()).unwrap(),
+        format!("{}{}", new.root_pem(), old.root_pem())
+    );
+    // A sidecar under the new root meets payments still under the old one (and the control
+    // plane's own certificate is now under the new root).
+    fresh_client_reaches_payments(&control, tokens.path(), "step 2, mixed roots").await;
+    renewed_twice(&[&server, &web]).await;
+    let presented = probe(server.inbound, &new, &new.root_pem()).await;
+    assert_eq!(presented, Ok(200), "payments now presents a new-root chain");
+    assert_eq!(probe(server.inbound, &old, &both).await, Ok(200));
+
+    // Step 3: the old root leaves the bundle.
+    std::fs::remove_file(ca_dir.join("extra-roots.pem")).unwrap();
+    control.restart().await;
+    assert_eq!(
+        std::fs::read_to_string(control.ca_file()).unwrap(),
+        new.root_pem()
+    );
+    renewed_twice(&[&server, &web]).await;
+    let refused = probe(server.inbound, &old, &both).await;
+    assert!(
+        refused.is_err(),
+        "the old root is still trusted: {refused:?}"
+    );
+    assert_eq!(probe(server.inbound, &new, &new.root_pem()).await, Ok(200));
+    fresh_client_reaches_payments(&control, tokens.path(), "step 3").await;
+
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert!(ok.load(Ordering::Relaxed) > 100);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed across the root rotation"
     );
 }
