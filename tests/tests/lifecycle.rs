@@ -519,3 +519,149 @@ fn cpu_ticks(pid: &str) -> u64 {
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
+
+/// `Mesh.spec.proxy.opaquePorts` in transparent mode (network namespaces, root only): a port
+/// becomes opaque — a server-first protocol there is forwarded at once instead of being
+/// sniffed — when a config swap adds it, and stops being opaque when one removes it; the
+/// `--opaque-ports` flag and the built-in ports stay opaque throughout (merged, not
+/// replaced). The detect timeout (300 s) is far longer than any wait here, so a greeting
+/// arrives only when the sidecar did not sniff.
+#[tokio::test]
+async fn mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped() {
+    use ficus_tests::netns::{self, http_get, link, NetNs, NsGreeter};
+    use tokio::io::AsyncReadExt;
+
+    if let Some(reason) = netns::skip_reason() {
+        eprintln!("SKIPPED mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped: {reason}");
+        return;
+    }
+    let addr = |s: &str| -> std::net::SocketAddr { s.parse().unwrap() };
+    let pod = NetNs::create("pod").unwrap();
+    let remote = NetNs::create("remote").unwrap();
+    link(&pod, &["10.77.0.1/24"], &remote, &["10.77.0.2/24"]).unwrap();
+    let _mesh_port = NsGreeter::start(&remote, addr("10.77.0.2:7000"), "HELLO mesh\n").unwrap();
+    let _flag_port = NsGreeter::start(&remote, addr("10.77.0.2:7001"), "HELLO flag\n").unwrap();
+    let _builtin = NsGreeter::start(&remote, addr("10.77.0.2:3306"), "5.7.44-mysql\n").unwrap();
+
+    let sidecar_binary = ficus_tests::process::binary("ficus-sidecar");
+    let redirect = netns::run(pod.command(sidecar_binary.to_str().unwrap()).args([
+        "redirect",
+        "--proxy-uid",
+        "1337",
+    ]))
+    .unwrap();
+    assert!(redirect.status.success(), "ficus-sidecar redirect failed");
+    let mut prefix = pod.exec_prefix();
+    prefix.extend(
+        [
+            "setpriv",
+            "--reuid",
+            "1337",
+            "--regid",
+            "1337",
+            "--clear-groups",
+            "--",
+        ]
+        .map(str::to_owned),
+    );
+    let admin = addr("127.0.0.1:15000");
+    let options = SidecarOptions {
+        addresses: Some((addr("127.0.0.1:15001"), addr("0.0.0.0:15006"), admin)),
+        extra: [
+            "--transparent",
+            "--detect-timeout",
+            "300s",
+            "--opaque-ports",
+            "7001",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        prefix,
+        ..SidecarOptions::default()
+    };
+    let base = backend(addr("10.77.0.2:80"));
+    let with_mesh = |ports: &str| {
+        format!(
+            "{base}---\napiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
+             spec: {{proxy: {{opaquePorts: [{ports}]}}}}\n"
+        )
+    };
+    let sidecar = Sidecar::spawn(&with_mesh("9999"), options);
+
+    // `/config` version inside the pod, once it is at least `version`.
+    let wait_version = |version: u64| {
+        let pod = &pod;
+        async move {
+            let started = Instant::now();
+            loop {
+                if let Ok(fetched) = http_get(pod, admin, "admin", "/config", &[]).await {
+                    let config: serde_json::Value =
+                        serde_json::from_str(&fetched.body).unwrap_or_default();
+                    if config["version"].as_u64().unwrap_or(0) >= version {
+                        return;
+                    }
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "config version {version} not served within 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // Whether a greeting arrives within `wait`: it can only when the port is opaque.
+    let greets = |to: std::net::SocketAddr, wait: Duration| {
+        let pod = &pod;
+        async move {
+            let mut stream = pod.connect(to).await.unwrap();
+            let mut got = [0u8; 5];
+            match tokio::time::timeout(wait, stream.read_exact(&mut got)).await {
+                Ok(read) => {
+                    read.unwrap();
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+    };
+    wait_version(1).await;
+    let not_opaque_wait = Duration::from_millis(500);
+    assert!(
+        !greets(addr("10.77.0.2:7000"), not_opaque_wait).await,
+        "7000 is sniffed before the swap"
+    );
+    assert!(
+        greets(addr("10.77.0.2:7001"), netns::TIMEOUT).await,
+        "--opaque-ports"
+    );
+    assert!(
+        greets(addr("10.77.0.2:3306"), netns::TIMEOUT).await,
+        "built-in"
+    );
+
+    sidecar.write_config(&with_mesh("7000"));
+    wait_version(2).await;
+    assert!(
+        greets(addr("10.77.0.2:7000"), netns::TIMEOUT).await,
+        "the Mesh's port is opaque after the swap"
+    );
+    assert!(
+        greets(addr("10.77.0.2:7001"), netns::TIMEOUT).await,
+        "the flag's port stays"
+    );
+    assert!(
+        greets(addr("10.77.0.2:3306"), netns::TIMEOUT).await,
+        "the built-in port stays"
+    );
+
+    sidecar.write_config(&base);
+    wait_version(3).await;
+    assert!(
+        !greets(addr("10.77.0.2:7000"), not_opaque_wait).await,
+        "7000 is sniffed again once the Mesh drops it"
+    );
+    assert!(
+        greets(addr("10.77.0.2:7001"), netns::TIMEOUT).await,
+        "--opaque-ports"
+    );
+}
