@@ -206,3 +206,38 @@ async fn messages_over_the_retry_buffer_are_sent_once() {
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(server.calls(), 1 + 3);
 }
+
+fn always_ok(_: usize) -> Result<(), Status> {
+    Ok(())
+}
+
+/// With two endpoints, a retry goes to the other one, and the default balancer (LeastRequest)
+/// stops sending calls to the endpoint that answers UNAVAILABLE (a failure, though fast).
+#[tokio::test]
+async fn retries_move_to_the_other_endpoint_and_the_failing_one_is_avoided() {
+    let down = Server::start(always_unavailable).await;
+    let up = Server::start(always_ok).await;
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{protocol: grpc, endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  - backendRefs: [{{name: api}}]\n    \
+         retry: {{attempts: 1, backoff: 1ms}}\n",
+        down.addr, up.addr
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let mut client = client(&sidecar).await;
+    for i in 0..50 {
+        let text = format!("call {i}");
+        match call(&mut client, text.clone()).await {
+            Ok(answer) => assert_eq!(answer, text),
+            Err(status) => panic!("call {i} failed: {status:?}"),
+        }
+    }
+    assert_eq!(up.calls(), 50);
+    assert!(
+        down.calls() <= 5,
+        "the failing endpoint got {} calls",
+        down.calls()
+    );
+}
