@@ -205,9 +205,10 @@ async fn a_route_may_allow_posts_to_be_replayed() {
     assert!(retries >= 10, "{retries} retries");
     let sent = upstream.count();
     assert_eq!(sent, 100 + retries);
-    let bodies = upstream.bodies.lock().unwrap();
-    assert_eq!(bodies[0], bodies[1], "the replay carries the whole body");
-    drop(bodies);
+    {
+        let bodies = upstream.bodies.lock().unwrap();
+        assert_eq!(bodies[0], bodies[1], "the replay carries the whole body");
+    }
     // PATCH is not listed: never replayed.
     let patch = client.send(request("PATCH", "x")).await.unwrap();
     let patches = upstream.count() - sent;
