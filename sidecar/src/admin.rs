@@ -37,7 +37,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, std::convert::Infallible>(route(&shared, request).await) }
+                async move {
+                    if !write_allowed(request.method(), peer) {
+                        return Ok(text(
+                            StatusCode::FORBIDDEN,
+                            "admin writes are accepted from loopback only\n",
+                        ));
+                    }
+                    Ok::<_, std::convert::Infallible>(route(&shared, request).await)
+                }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -105,6 +113,13 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// Whether a request may proceed: reads (`GET`, `HEAD`) from anywhere (kubelet probes
+/// `/ready` over the pod network), everything else (`POST /drain`, `/quitquitquit`,
+/// `PUT /log-level`, ...) only from a loopback peer, IPv4-mapped IPv6 included.
+fn write_allowed(method: &Method, peer: SocketAddr) -> bool {
+    *method == Method::GET || *method == Method::HEAD || peer.ip().to_canonical().is_loopback()
+}
+
 fn config_json(shared: &Shared) -> serde_json::Value {
     let snapshot = shared.snapshot.load();
     let status = shared.status.lock().map(|s| s.clone()).unwrap_or_default();
@@ -147,4 +162,46 @@ pub fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(address)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_only_from_loopback_reads_from_anywhere() {
+        let peer = |text: &str| text.parse::<SocketAddr>().unwrap();
+        for local in [
+            "127.0.0.1:1",
+            "127.1.2.3:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
+                assert!(write_allowed(&method, peer(local)), "{method} from {local}");
+            }
+        }
+        for remote in [
+            "192.0.2.2:1",
+            "10.0.0.1:1",
+            "[2001:db8::1]:1",
+            "[::ffff:10.0.0.1]:1",
+            "0.0.0.0:1",
+        ] {
+            assert!(
+                write_allowed(&Method::GET, peer(remote)),
+                "GET from {remote}"
+            );
+            assert!(
+                write_allowed(&Method::HEAD, peer(remote)),
+                "HEAD from {remote}"
+            );
+            for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+                assert!(
+                    !write_allowed(&method, peer(remote)),
+                    "{method} from {remote}"
+                );
+            }
+        }
+    }
 }

@@ -7,7 +7,6 @@
 //! control plane sends only a changed snapshot, or a version bump, or nothing. HTTP/2
 //! keepalive pings detect a dead control plane.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,8 +37,11 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// Where and how to reach the control plane.
 #[derive(Debug, Clone)]
 pub struct ControlSettings {
-    /// Control plane gRPC address.
-    pub address: SocketAddr,
+    /// Control plane host: a DNS name (resolved at each connect, so a moved Service is
+    /// followed) or an IP address, without brackets.
+    pub host: String,
+    /// Control plane gRPC port.
+    pub port: u16,
     /// Origin for request URIs (`http://host:port` or `https://host:port`).
     pub origin: Uri,
     /// Namespaces besides our own that we call (empty: all).
@@ -99,13 +101,8 @@ impl ControlSettings {
                 ))
             }
         };
-        let authority = origin
-            .authority()
-            .ok_or_else(|| format!("--control {url}: no host:port"))?;
-        let address = authority
-            .as_str()
-            .parse()
-            .map_err(|_| format!("--control {url}: host must be an IP address with a port"))?;
+        let (host, port) =
+            host_port(&origin).map_err(|problem| format!("--control {url}: {problem}"))?;
         let token = match &args.token_file {
             None => None,
             Some(path) => Some(
@@ -116,7 +113,8 @@ impl ControlSettings {
             ),
         };
         Ok(Self {
-            address,
+            host,
+            port,
             origin,
             reach: args.reach.clone(),
             cache_dir: args.cache_dir.clone(),
@@ -124,6 +122,67 @@ impl ControlSettings {
             token,
         })
     }
+
+    /// `host:port` as given (for logs).
+    pub fn target(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The host (brackets of an IPv6 literal removed) and the port of a `--control` URL. The URL
+/// must be an origin: no user info, path, query or fragment.
+fn host_port(origin: &Uri) -> Result<(String, u16), String> {
+    let authority = origin
+        .authority()
+        .ok_or("expected http://host:port or https://host:port")?;
+    if authority.as_str().contains('@') {
+        return Err("user information is not allowed".into());
+    }
+    if origin.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err("expected no path (http://host:port or https://host:port)".into());
+    }
+    let port = authority
+        .port_u16()
+        .ok_or("a port is required (the control plane's gRPC port, 15012 by default)")?;
+    if port == 0 {
+        return Err("port 0 is not a port to connect to".into());
+    }
+    let host = authority.host();
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => {
+            v6.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("{host} is not an IPv6 address"))?;
+            v6
+        }
+        None => {
+            if host.parse::<std::net::IpAddr>().is_err() && !valid_dns_name(host) {
+                return Err(format!("{host:?} is neither an IP address nor a DNS name"));
+            }
+            host
+        }
+    };
+    Ok((host.to_owned(), port))
+}
+
+/// A DNS name as a resolver accepts it: dot-separated labels of 1-63 letters, digits, `-`
+/// and `_`, not starting or ending with `-`; at most 253 characters; one trailing dot allowed.
+fn valid_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// The last accepted snapshot, as cached on disk.
@@ -202,8 +261,10 @@ impl ControlClient {
                 Err(SessionEnd { error, subscribed }) => {
                     if subscribed {
                         backoff = BACKOFF_MIN;
+                        tracing::warn!(control = %self.settings.target(), %error, "control plane stream lost");
+                    } else {
+                        tracing::warn!(control = %self.settings.target(), %error, "control plane unreachable; retrying");
                     }
-                    tracing::warn!(control = %self.settings.address, %error, "control plane stream lost");
                 }
             }
             // Full jitter: a random wait in [0, backoff], so sidecars do not reconnect in step.
@@ -252,7 +313,7 @@ impl ControlClient {
             .await
             .map_err(|_| fail("subscribe timed out".into()))?
             .map_err(|status| fail(format!("subscribe refused: {status}")))?;
-        tracing::info!(control = %self.settings.address, version = self.serving.0, "subscribed to the control plane");
+        tracing::info!(control = %self.settings.target(), version = self.serving.0, "subscribed to the control plane");
         let mut inbound = response.into_inner();
         loop {
             let message = inbound.message().await.map_err(|status| SessionEnd {
@@ -367,4 +428,69 @@ fn write_atomically(dir: &Path, cached: &Cached) -> std::io::Result<()> {
 struct SessionEnd {
     error: String,
     subscribed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<(String, u16), String> {
+        host_port(&url.parse::<Uri>().map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn control_urls_take_names_and_addresses() {
+        let ok = |url: &str, host: &str, port: u16| {
+            assert_eq!(parse(url), Ok((host.to_owned(), port)), "{url}");
+        };
+        ok(
+            "https://ficus-control.ficus-system.svc:15012",
+            "ficus-control.ficus-system.svc",
+            15012,
+        );
+        ok("http://localhost:15012", "localhost", 15012);
+        ok("http://localhost:15012/", "localhost", 15012);
+        ok(
+            "https://ficus-control.ficus-system.svc.cluster.local.:1",
+            "ficus-control.ficus-system.svc.cluster.local.",
+            1,
+        );
+        ok("http://127.0.0.1:15012", "127.0.0.1", 15012);
+        ok("http://[::1]:15012", "::1", 15012);
+        for bad in [
+            "http://localhost",
+            "http://localhost:0",
+            "http://user@localhost:15012",
+            "http://localhost:15012/ficus",
+            "http://localhost:15012?x=1",
+            "http://-bad.example:1",
+            "http://a..b:1",
+            "http://[not-v6]:1",
+            "http://under_score-ok.but%20space:1",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} accepted");
+        }
+        let long = format!("http://{}.example:1", "a".repeat(64));
+        assert!(parse(&long).is_err(), "64-character label accepted");
+    }
+
+    #[tokio::test]
+    async fn addresses_resolve_without_dns() {
+        assert_eq!(
+            channel::resolve("127.0.0.1", 15012).await,
+            Ok(vec!["127.0.0.1:15012".parse().unwrap()])
+        );
+        assert_eq!(
+            channel::resolve("::1", 1).await,
+            Ok(vec!["[::1]:1".parse().unwrap()])
+        );
+        // /etc/hosts (every resolver configuration has localhost there).
+        let local = channel::resolve("localhost", 7)
+            .await
+            .expect("localhost resolves");
+        assert!(
+            local.iter().all(|a| a.ip().is_loopback() && a.port() == 7),
+            "{local:?}"
+        );
+    }
 }

@@ -2,6 +2,7 @@
 //! tonic's generated clients.
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,25 +20,41 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 keepalive interval and timeout: a dead control plane is noticed within ~20 s.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 
+/// Name resolution timeout.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most this many resolved addresses are tried per connect.
+const MAX_ADDRESSES: usize = 8;
+
 /// What a connection runs over: TCP or TLS over TCP.
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
-/// Opens a connection to the control plane. Errors are one-line descriptions.
+/// Opens a connection to the control plane: resolves `--control`'s host (each time, so a
+/// moved Service is followed), then tries its addresses in turn. Errors are one-line
+/// descriptions. TLS verifies the control plane's SPIFFE ID, never the host name.
 pub async fn connect(settings: &ControlSettings) -> Result<Channel, String> {
-    let stream = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect(settings.address),
-    )
-    .await
-    .map_err(|_| "connect timed out".to_owned())?
-    .map_err(|e| format!("connect failed: {e}"))?;
+    let addresses = resolve(&settings.host, settings.port).await?;
+    let mut failures = Vec::new();
+    let mut connected = None;
+    for address in addresses {
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => {
+                connected = Some((stream, address));
+                break;
+            }
+            Ok(Err(error)) => failures.push(format!("{address}: {error}")),
+            Err(_) => failures.push(format!("{address}: connect timed out")),
+        }
+    }
+    let Some((stream, address)) = connected else {
+        return Err(format!("connect failed ({})", failures.join("; ")));
+    };
     let _ = stream.set_nodelay(true);
     let io: Box<dyn Io> = match &settings.tls {
         None => Box::new(stream),
         Some(tls) => {
             let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.client));
-            let name = rustls_pki_types::ServerName::IpAddress(settings.address.ip().into());
+            let name = rustls_pki_types::ServerName::IpAddress(address.ip().into());
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
                 .await
                 .map_err(|_| "TLS handshake timed out".to_owned())?
@@ -61,6 +78,31 @@ pub async fn connect(settings: &ControlSettings) -> Result<Channel, String> {
         }
     });
     Ok(Channel { sender })
+}
+
+/// The addresses of `host` (an IP address or a DNS name), at most [`MAX_ADDRESSES`], in the
+/// resolver's order.
+pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| format!("resolving {host} timed out"))?
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    let mut addresses: Vec<SocketAddr> = Vec::new();
+    for address in found {
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+        if addresses.len() == MAX_ADDRESSES {
+            break;
+        }
+    }
+    if addresses.is_empty() {
+        return Err(format!("{host} resolved to no address"));
+    }
+    Ok(addresses)
 }
 
 /// A tonic transport over one hyper HTTP/2 connection.
