@@ -23,7 +23,8 @@ pub struct Args {
     )]
     pub config: Option<PathBuf>,
 
-    /// Push mode: subscribe to a control plane, e.g. `http://127.0.0.1:15012`.
+    /// Push mode: subscribe to a control plane, e.g. `http://127.0.0.1:15012` or
+    /// `https://ficus-control.ficus-system.svc:15012` (a name is resolved at every connect).
     #[arg(
         long,
         env = "FICUS_CONTROL",
@@ -61,7 +62,8 @@ pub struct Args {
     #[arg(long, env = "FICUS_APP", default_value = "127.0.0.1:8080")]
     pub app: SocketAddr,
 
-    /// Admin server address.
+    /// Admin server address. Reads (`GET`) are answered on it from anywhere; writes
+    /// (`POST /drain`, `/quitquitquit`, `PUT /log-level`) only from loopback peers (403 otherwise).
     #[arg(long, env = "FICUS_ADMIN", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
 
