@@ -13,12 +13,18 @@
 //!    `/quitquitquit` (a Job's app is done).
 //!
 //! The outbound side's activity is counted per connection by [`Activity`], two atomic
-//! operations per connection and nothing per request.
+//! operations per connection and nothing per request: from accept to the end of the
+//! connection's task, and for an HTTP connection as long as its socket lives ([`Tracked`]),
+//! so a WebSocket or other upgraded connection, handed on to a tunnel, still counts.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 /// How often [`DrainSignal::outbound_quiet`] looks again while connections are open.
@@ -180,6 +186,64 @@ impl Drop for Active {
     }
 }
 
+/// An I/O object that counts as an open connection of its side for as long as it exists,
+/// also after an HTTP upgrade has handed it on to a tunnel task.
+#[derive(Debug)]
+pub struct Tracked<I> {
+    inner: I,
+    _active: Option<Active>,
+}
+
+impl<I> Tracked<I> {
+    /// Wraps `inner`, counted by `active` (from [`Drain::track`]).
+    pub fn new(inner: I, active: Option<Active>) -> Self {
+        Self {
+            inner,
+            _active: active,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +293,20 @@ mod tests {
         );
         tokio::time::sleep(period * 2).await;
         assert!(quiet.is_finished());
+    }
+
+    #[tokio::test]
+    async fn tracked_io_counts_while_it_lives() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let signal = DrainSignal::new();
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut tracked = Tracked::new(a, signal.outbound().track());
+        assert_eq!(signal.outbound_open(), 1);
+        tracked.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        drop(tracked);
+        assert_eq!(signal.outbound_open(), 0);
     }
 }

@@ -194,6 +194,52 @@ async fn sigterm_keeps_outbound_serving_until_it_is_quiet() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// Sends `text` on `ws` and expects it echoed within 10 s.
+async fn ws_echo(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, text: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(text)).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("echo within 10 s");
+    assert_eq!(echoed.unwrap().unwrap(), Message::text(text));
+}
+
+/// An outbound WebSocket (an upgraded connection, served by a tunnel once upgraded) is
+/// activity too: after SIGTERM, with nothing else open for several quiet periods, the
+/// sidecar keeps it going; once the app closes it the sidecar exits 0.
+#[tokio::test]
+async fn an_open_websocket_keeps_outbound_active_after_sigterm() {
+    let server = ficus_tests::upstream::WebSocketEcho::start().await;
+    let options = SidecarOptions {
+        drain_timeout: Some("120s".into()),
+        extra: vec!["--drain-quiet-period".into(), "300ms".into()],
+        ..Default::default()
+    };
+    let mut sidecar = Sidecar::start_with(&backend(server.addr), options).await;
+    let stream = tokio::net::TcpStream::connect(sidecar.outbound)
+        .await
+        .unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://slow.shop/socket", stream)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    ws_echo(&mut ws, "before").await;
+    sidecar.terminate();
+    wait_unready(&sidecar).await;
+    // Several quiet periods with only the WebSocket open.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        sidecar.wait_exit_now().is_none(),
+        "exited while the app's WebSocket was open"
+    );
+    ws_echo(&mut ws, "while draining").await;
+    futures_util::SinkExt::close(&mut ws).await.unwrap();
+    drop(ws);
+    let status = sidecar.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0));
+}
+
 /// A second SIGTERM (or Ctrl-C) while outbound is still busy stops waiting for it: the
 /// sidecar drains what is left and exits 0 without waiting for the drain timeout.
 #[tokio::test]
