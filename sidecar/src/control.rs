@@ -72,6 +72,11 @@ impl ControlSettings {
     pub fn from_args(args: &Args) -> Result<Self, String> {
         let url = args.control.as_deref().ok_or("--control is required")?;
         let origin: Uri = url.parse().map_err(|e| format!("--control {url:?}: {e}"))?;
+        let (host, port) = match origin.scheme_str() {
+            Some("http" | "https") => host_port(&origin),
+            _ => Err("expected http://host:port or https://host:port".to_owned()),
+        }
+        .map_err(|problem| format!("--control {url}: {problem}"))?;
         let tls = match origin.scheme_str() {
             Some("http") => None,
             Some("https") => {
@@ -101,8 +106,6 @@ impl ControlSettings {
                 ))
             }
         };
-        let (host, port) =
-            host_port(&origin).map_err(|problem| format!("--control {url}: {problem}"))?;
         let token = match &args.token_file {
             None => None,
             Some(path) => Some(
