@@ -32,7 +32,8 @@ mod verify;
 
 pub use bundle::{TrustBundle, TrustStore};
 pub use config::{
-    client_config, client_config_trusting, server_config, server_config_trusting, ClientAuth,
+    client_config, client_config_trusting, server_config, server_config_trusting, with_alpn,
+    ClientAuth, ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE_TCP,
 };
 pub use credentials::{CertStore, Credentials};
 pub use reason::{handshake_failure_reason, rustls_error, HANDSHAKE_FAILURE_REASONS};

@@ -94,6 +94,29 @@ impl Authorizer {
     }
 }
 
+impl Authorizer {
+    /// Decides for an opaque TCP connection from `peer`. It has no method or path, so a rule
+    /// that names any (`to`) never allows it, and a DENY rule denies it on its sources alone
+    /// (failing closed, as a DENY meant for some requests must not let whole connections by).
+    pub fn check_tcp(&self, peer: Option<&str>) -> Decision {
+        let from = |rule: &AuthzRule| {
+            rule.from_identities.is_empty()
+                || peer.is_some_and(|peer| {
+                    rule.from_identities
+                        .iter()
+                        .any(|p| pattern_matches(p, peer))
+                })
+        };
+        if self.deny.iter().any(from) {
+            return Decision::Deny;
+        }
+        if self.has_allow_policy && !self.allow.iter().any(|r| r.to.is_empty() && from(r)) {
+            return Decision::Deny;
+        }
+        Decision::Allow
+    }
+}
+
 fn rule_matches(rule: &AuthzRule, peer: Option<&str>, method: &str, path: &str) -> bool {
     let from = rule.from_identities.is_empty()
         || peer.is_some_and(|peer| {
@@ -190,6 +213,33 @@ mod tests {
         assert_eq!(
             both.check(Some(GATEWAY), &Method::POST, "/api/payments/9"),
             Decision::Allow
+        );
+    }
+
+    #[test]
+    fn tcp_connections_match_sources_only() {
+        let open = Authorizer::default();
+        assert_eq!(open.check_tcp(None), Decision::Allow);
+        let allow = Authorizer {
+            allow: vec![rule(&[GATEWAY], &[], &[]), rule(&[OTHER], &["GET"], &[])],
+            deny: vec![],
+            has_allow_policy: true,
+        };
+        assert_eq!(allow.check_tcp(Some(GATEWAY)), Decision::Allow);
+        assert_eq!(
+            allow.check_tcp(Some(OTHER)),
+            Decision::Deny,
+            "a rule naming methods never allows a connection"
+        );
+        assert_eq!(allow.check_tcp(None), Decision::Deny);
+        let deny = Authorizer {
+            deny: vec![rule(&[GATEWAY], &[], &["/admin"])],
+            ..allow
+        };
+        assert_eq!(
+            deny.check_tcp(Some(GATEWAY)),
+            Decision::Deny,
+            "a DENY naming paths still refuses connections from its sources"
         );
     }
 }

@@ -161,6 +161,12 @@ pub async fn serve_detected(
             };
             let identity = tls::peer_identity(stream.get_ref().1.peer_certificates())
                 .and_then(|id| HeaderValue::from_str(id.as_str()).ok());
+            if stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_OPAQUE_TCP) {
+                let peer_id = identity.as_ref().and_then(|v| v.to_str().ok());
+                let original = redirected.as_ref().map(Redirected::original);
+                crate::mtls::serve_opaque(&shared, stream, peer_id, peer, original).await;
+                return;
+            }
             let (protocol, read) = match detect(&mut stream, server.detect_timeout).await {
                 Ok((Protocol::Http2, read)) => (Protocol::Http2, read),
                 Ok((_, read)) => (Protocol::Http1, read),

@@ -8,11 +8,18 @@
 //! touches established connections.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use ficus_identity::tls::{self, CertStore, ClientAuth, TrustStore};
 use ficus_identity::SpiffeId;
 use rustls::{ClientConfig, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::authz::Decision;
+use crate::state::Shared;
+use crate::tunnel::copy_with_idle_timeout;
 
 /// Identity and TLS settings, shared by the listeners, the pools and the certificate manager.
 #[derive(Debug)]
@@ -82,4 +89,62 @@ impl MeshTls {
     pub fn trust_domain(&self) -> &str {
         self.trust.trust_domain()
     }
+}
+
+/// Serves an inbound mTLS connection on which the peer sidecar chose ALPN `ficus-tcp`: opaque
+/// TCP (a `tcp` Backend whose endpoint names our identity). Authorization looks at the peer's
+/// identity alone (see [`crate::authz::Authorizer::check_tcp`]); a denied connection is
+/// closed. The decrypted bytes go to the app: the inbound app address, or in transparent mode
+/// the `original` destination the peer connected to.
+pub async fn serve_opaque<S>(
+    shared: &Shared,
+    mut stream: S,
+    peer_id: Option<&str>,
+    peer: SocketAddr,
+    original: Option<SocketAddr>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (app, connect_timeout, idle, decision) = {
+        let snapshot = shared.snapshot.load();
+        let inbound = &snapshot.inbound;
+        let decision = if inbound.authz.is_active() {
+            inbound.authz.check_tcp(peer_id)
+        } else {
+            Decision::Allow
+        };
+        (
+            original.unwrap_or_else(|| inbound.http1.address()),
+            snapshot.limits.connect_timeout,
+            snapshot.limits.connection_idle_timeout,
+            decision,
+        )
+    };
+    let metrics = &shared.metrics;
+    if decision == Decision::Deny {
+        metrics.authz_denied();
+        tracing::info!(%peer, peer_id, "opaque TCP connection denied by authorization policy");
+        return;
+    }
+    metrics.tcp_opened.inc();
+    match tokio::time::timeout(connect_timeout, TcpStream::connect(app)).await {
+        Ok(Ok(mut upstream)) => {
+            let _ = upstream.set_nodelay(true);
+            let (bytes, result) = copy_with_idle_timeout(&mut stream, &mut upstream, idle).await;
+            metrics.tcp_bytes_sent.inc_by(bytes.forward);
+            metrics.tcp_bytes_received.inc_by(bytes.backward);
+            if let Err(error) = result {
+                tracing::debug!(%peer, %app, %error, "inbound opaque TCP connection ended");
+            }
+        }
+        Ok(Err(error)) => {
+            metrics.upstream_failure("connect_refused");
+            tracing::debug!(%peer, %app, %error, "inbound opaque TCP: the app refused");
+        }
+        Err(_) => {
+            metrics.upstream_failure("connect_timeout");
+            tracing::debug!(%peer, %app, "inbound opaque TCP: connecting to the app timed out");
+        }
+    }
+    metrics.tcp_closed.inc();
 }

@@ -134,7 +134,8 @@ async fn proxy_connection(
             entry.backend.clone_from(&target.label);
             entry.upstream = Some(endpoint.address());
         }
-        match endpoint.connect_tcp().await {
+        // Plain TCP, or mTLS (ALPN `ficus-tcp`) when the endpoint names a peer identity.
+        match endpoint.connect_opaque().await {
             Ok(mut upstream) => {
                 let idle = snapshot.limits.connection_idle_timeout;
                 let (bytes, result) =

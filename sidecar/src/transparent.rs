@@ -421,7 +421,8 @@ async fn forward_tcp_service(
     metrics.tcp_opened.inc();
     let target = service.backends.pick();
     let endpoint = target.endpoint();
-    match endpoint.connect_tcp().await {
+    // Plain TCP, or mTLS (ALPN `ficus-tcp`) when the endpoint names a peer identity.
+    match endpoint.connect_opaque().await {
         Ok(mut upstream) => {
             let (bytes, result) =
                 copy_with_idle_timeout(&mut downstream, &mut upstream, idle).await;

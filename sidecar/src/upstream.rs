@@ -134,10 +134,76 @@ pub struct EndpointPool {
     http2: bool,
     /// mTLS to a peer sidecar (always HTTP/2 then, negotiated by ALPN).
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The same mTLS offering other ALPN ids: see [`PeerAlpn`].
+    peer_alpn: Option<PeerAlpn>,
     connect_timeout_ms: AtomicU64,
     idle_timeout_ms: AtomicU64,
     idle: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
     shared: Mutex<Option<http2::SendRequest<Body>>>,
+}
+
+/// mTLS configs to a peer sidecar besides `h2`, built once per pool.
+///
+/// A protocol switch (WebSocket, any HTTP/1.1 `Upgrade`) cannot ride the pooled HTTP/2
+/// connection: HTTP/2 has no `Upgrade`, and RFC 8441's extended CONNECT would need the
+/// receiving side to turn it back into an HTTP/1.1 upgrade for the app. Instead each switch
+/// opens its own mTLS connection with ALPN `http/1.1` and carries the app's request as is; the
+/// receiving sidecar reads HTTP/1.1 there as from any client, upgrades included. Switches are
+/// long-lived and rare, so the extra handshake does not matter. Opaque TCP uses ALPN
+/// `ficus-tcp`: the receiving sidecar forwards the decrypted bytes to its app.
+#[derive(Debug)]
+struct PeerAlpn {
+    http1: Arc<rustls::ClientConfig>,
+    opaque: Arc<rustls::ClientConfig>,
+}
+
+/// A connection to an endpoint for opaque TCP: plain, or mTLS to a peer sidecar.
+#[derive(Debug)]
+pub enum OpaqueStream {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// mTLS with ALPN `ficus-tcp`.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for OpaqueStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for OpaqueStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 impl EndpointPool {
@@ -150,6 +216,13 @@ impl EndpointPool {
         let pool = Self {
             address,
             http2: http2 || tls.is_some(),
+            peer_alpn: tls.as_ref().map(|config| PeerAlpn {
+                http1: ficus_identity::tls::with_alpn(config, ficus_identity::tls::ALPN_HTTP1),
+                opaque: ficus_identity::tls::with_alpn(
+                    config,
+                    ficus_identity::tls::ALPN_OPAQUE_TCP,
+                ),
+            }),
             tls,
             connect_timeout_ms: AtomicU64::new(0),
             idle_timeout_ms: AtomicU64::new(0),
@@ -198,15 +271,38 @@ impl EndpointPool {
         }
     }
 
+    /// A connection for opaque TCP: plain TCP, or to a peer sidecar mTLS with ALPN
+    /// `ficus-tcp` (the peer forwards the bytes to its app), within the connect timeout.
+    pub async fn connect_opaque(&self) -> Result<OpaqueStream, UpstreamError> {
+        let stream = self.connect_tcp().await?;
+        match &self.peer_alpn {
+            None => Ok(OpaqueStream::Tcp(stream)),
+            Some(alpn) => {
+                let stream = self.tls_handshake(&alpn.opaque, stream).await?;
+                Ok(OpaqueStream::Tls(Box::new(stream)))
+            }
+        }
+    }
+
     /// Sends `request` (URI in origin form; headers final) and returns the response head with a
     /// body that returns the connection to the pool when it ends.
     ///
     /// A request tagged with a Backend's [`ConnectionCap`] opens a new connection only with
     /// a permit of that cap, kept by the connection's task until the connection ends.
+    ///
+    /// An HTTP/1.1 request that switches protocols (it carries `Upgrade`) to a peer sidecar
+    /// goes over its own mTLS connection with ALPN `http/1.1` (see [`PeerAlpn`]).
     pub async fn send(
         self: &Arc<Self>,
         request: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
+        if let Some(alpn) = &self.peer_alpn {
+            if request.version() == http::Version::HTTP_11
+                && request.headers().contains_key(http::header::UPGRADE)
+            {
+                return self.send_switch(&alpn.http1, request).await;
+            }
+        }
         if self.http2 {
             self.send_http2(request).await
         } else {
@@ -276,6 +372,11 @@ impl EndpointPool {
         mut request: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
         *request.version_mut() = http::Version::HTTP_2;
+        // A protocol switch asked of an h2c upstream: HTTP/2 has none; sent as a plain request.
+        if request.headers().contains_key(http::header::UPGRADE) {
+            request.headers_mut().remove(http::header::UPGRADE);
+            request.headers_mut().remove(http::header::CONNECTION);
+        }
         let mut fresh = false;
         loop {
             let cached = self.shared.lock().ok().and_then(|slot| slot.clone());
@@ -385,19 +486,70 @@ impl EndpointPool {
         match &self.tls {
             None => self.handshake_http2(stream, permit).await,
             Some(config) => {
-                let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
-                // The name is not checked (the verifier checks the SPIFFE ID); any valid one does.
-                let name = rustls_pki_types::ServerName::IpAddress(self.address.ip().into());
-                let after = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
-                let addr = self.address;
-                let stream =
-                    match tokio::time::timeout(after, connector.connect(name, stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(source)) => return Err(UpstreamError::Tls { addr, source }),
-                        Err(_) => return Err(UpstreamError::ConnectTimeout { addr, after }),
-                    };
+                let stream = self.tls_handshake(config, stream).await?;
                 self.handshake_http2(stream, permit).await
             }
+        }
+    }
+
+    /// The TLS handshake with a peer sidecar, within the connect timeout.
+    async fn tls_handshake(
+        &self,
+        config: &Arc<rustls::ClientConfig>,
+        stream: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+        // The name is not checked (the verifier checks the SPIFFE ID); any valid one does.
+        let name = rustls_pki_types::ServerName::IpAddress(self.address.ip().into());
+        let after = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
+        let addr = self.address;
+        match tokio::time::timeout(after, connector.connect(name, stream)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(source)) => Err(UpstreamError::Tls { addr, source }),
+            Err(_) => Err(UpstreamError::ConnectTimeout { addr, after }),
+        }
+    }
+
+    /// A protocol switch to a peer sidecar: HTTP/1.1 on a connection of its own (never
+    /// pooled: after a `101` it carries the switched protocol until either side closes).
+    async fn send_switch(
+        &self,
+        config: &Arc<rustls::ClientConfig>,
+        mut request: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let permit = self.permit(&request)?;
+        let stream = self.connect_tcp().await?;
+        let stream = self.tls_handshake(config, stream).await?;
+        // The outbound side prepared it for HTTP/2 (absolute URI, no Host): HTTP/1.1 wants
+        // origin-form and Host.
+        if let Some(authority) = request.uri().authority() {
+            if let Ok(host) = http::HeaderValue::from_str(authority.as_str()) {
+                request.headers_mut().insert(http::header::HOST, host);
+            }
+        }
+        if let Some(target) = request.uri().path_and_query().cloned() {
+            *request.uri_mut() = http::Uri::from(target);
+        }
+        let (mut sender, connection) = http1::Builder::new()
+            .max_header_size(MAX_RESPONSE_HEADER_BYTES)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake {
+                addr: self.address,
+                source,
+            })?;
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "protocol-switch connection to a peer sidecar ended with an error");
+            }
+        });
+        match sender.send_request(request).await {
+            Ok(response) => Ok(response.map(crate::body::boxed)),
+            Err(source) => Err(UpstreamError::Reset {
+                addr: self.address,
+                source,
+            }),
         }
     }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ficus_tests::client::{self, H1Client};
 use ficus_tests::control::ControlPlane;
 use ficus_tests::process::{Sidecar, SidecarOptions};
-use ficus_tests::upstream::Upstream;
+use ficus_tests::upstream::{TcpEcho, Upstream, WebSocketEcho};
 use tokio::io::AsyncWriteExt;
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
@@ -50,17 +50,29 @@ async fn sidecar(
     workload: &str,
     app: Option<std::net::SocketAddr>,
 ) -> Sidecar {
+    sidecar_with(control, tokens, workload, app, &[]).await
+}
+
+async fn sidecar_with(
+    control: &ControlPlane,
+    tokens: &Path,
+    workload: &str,
+    app: Option<std::net::SocketAddr>,
+    more: &[&str],
+) -> Sidecar {
     let token = tokens.join(workload);
+    let mut extra = vec![
+        "--token-file".into(),
+        token.display().to_string(),
+        "--ca-file".into(),
+        control.ca_file().display().to_string(),
+    ];
+    extra.extend(more.iter().map(|s| (*s).to_owned()));
     let options = SidecarOptions {
         workload: Some(workload.to_owned()),
         node_id: Some(format!("{workload}-1")),
         app,
-        extra: vec![
-            "--token-file".into(),
-            token.display().to_string(),
-            "--ca-file".into(),
-            control.ca_file().display().to_string(),
-        ],
+        extra,
         ..SidecarOptions::default()
     };
     Sidecar::start_push(&control.grpc_tls_url(), options).await
@@ -487,4 +499,128 @@ async fn root_rotation_reaches_running_sidecars_and_traffic_never_stops() {
         0,
         "requests failed across the root rotation"
     );
+}
+
+#[tokio::test]
+async fn websocket_crosses_mtls_and_authorization_applies_to_the_upgrade() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let policy = "apiVersion: ficus.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: payments, namespace: shop}\n\
+                  spec:\n  targetRef: {kind: Backend, name: payments}\n  action: ALLOW\n  rules:\n  - from: [{identities: [\"spiffe://cluster.local/ns/shop/sa/web\"]}]\n";
+    let (control, tokens) = control("1h").await;
+    let app = WebSocketEcho::start().await;
+    let server = sidecar(&control, tokens.path(), "payments", Some(app.addr)).await;
+    let web = sidecar(&control, tokens.path(), "web", None).await;
+    let other = sidecar(&control, tokens.path(), "other", None).await;
+    apply(&control, &mesh("STRICT", server.inbound, policy)).await;
+    for sidecar in [&server, &web, &other] {
+        sidecar.wait_ready(Duration::from_secs(30)).await;
+    }
+
+    let stream = tokio::net::TcpStream::connect(web.outbound).await.unwrap();
+    let (mut ws, response) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async("ws://payments.shop/socket", stream),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(response.status(), 101);
+    // Plain requests keep using the pooled HTTP/2 connection at the same time.
+    let plain = client::get(web.outbound, "payments", "/").await.unwrap();
+    assert_ne!(plain.status, 101);
+    for text in ["hello", "across", "mtls"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap();
+        assert_eq!(echoed.unwrap().unwrap(), Message::text(text));
+    }
+    ws.close(None).await.unwrap();
+
+    // The switch was authorized by the verified identity: `other` is refused before any 101.
+    let stream = tokio::net::TcpStream::connect(other.outbound)
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async("ws://payments.shop/socket", stream),
+    )
+    .await
+    .unwrap();
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403);
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metrics.sum("ficus_tls_handshake_failed_total", &[]),
+        0.0,
+        "every connection to payments was mTLS"
+    );
+}
+
+#[tokio::test]
+async fn opaque_tcp_to_an_endpoint_with_identity_crosses_mtls() {
+    let (control, tokens) = control("1h").await;
+    let app = TcpEcho::start("payments-tcp:").await;
+    // The tcp Backend lives in namespace `data`, which the payments sidecar does not reach:
+    // only the web sidecar binds its `listen` address.
+    let server = sidecar_with(
+        &control,
+        tokens.path(),
+        "payments",
+        Some(app.addr),
+        &["--reach", "shop"],
+    )
+    .await;
+    let web = sidecar(&control, tokens.path(), "web", None).await;
+    let listen = ficus_tests::free_addr();
+    let tcp_backend = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: ledger, namespace: data}}\n\
+         spec:\n  protocol: tcp\n  listen: \"{listen}\"\n  endpoints: [{{address: \"{}\", identity: \"spiffe://cluster.local/ns/shop/sa/payments\"}}]\n",
+        server.inbound
+    );
+    apply(&control, &mesh("STRICT", server.inbound, &tcp_backend)).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    web.wait_ready(Duration::from_secs(30)).await;
+
+    let mut connection = None;
+    let started = Instant::now();
+    while connection.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{listen} never listened"
+        );
+        connection = tokio::net::TcpStream::connect(listen).await.ok();
+        if connection.is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut connection = connection.unwrap();
+    connection.write_all(b"ping over mtls").await.unwrap();
+    let expected = b"payments-tcp:ping over mtls";
+    let mut got = vec![0u8; expected.len()];
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_exact(&mut connection, &mut got),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(&got[..], &expected[..]);
+    drop(connection);
+
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metrics.sum("ficus_tls_handshake_failed_total", &[]),
+        0.0,
+        "the STRICT inbound took the connection as mTLS"
+    );
+    // STRICT: the same bytes in plaintext are refused.
+    let outcome =
+        client::raw_exchange(server.inbound, b"ping in plaintext", Duration::from_secs(5)).await;
+    assert!(outcome.closed && outcome.bytes.is_empty(), "{outcome:?}");
 }

@@ -10,9 +10,18 @@ use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier};
 use super::{CertStore, TlsError, TrustBundle, TrustStore};
 use crate::SpiffeId;
 
+/// ALPN id of HTTP/2 between sidecars (pooled, multiplexed requests).
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN id of HTTP/1.1: between sidecars only for a request that switches protocols
+/// (WebSocket and other `Upgrade`s; one connection per switch), else other TLS clients.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN id of opaque TCP between sidecars: the receiving sidecar forwards the decrypted bytes to
+/// its app instead of reading HTTP. A private id: no other client offers it.
+pub const ALPN_OPAQUE_TCP: &[u8] = b"ficus-tcp";
+
 /// ALPN protocols a server offers, in preference order: HTTP/2 between sidecars, HTTP/1.1 for
-/// other TLS clients.
-const SERVER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// protocol switches and other TLS clients, opaque TCP between sidecars.
+const SERVER_ALPN: [&[u8]; 3] = [ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE_TCP];
 
 /// Whether a server asks for client certificates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,4 +113,13 @@ pub fn client_config_trusting(
     config.alpn_protocols = vec![b"h2".to_vec()];
     config.resumption = Resumption::disabled();
     Ok(Arc::new(config))
+}
+
+/// A copy of `config` that offers only `protocol` by ALPN (such as [`ALPN_HTTP1`] or
+/// [`ALPN_OPAQUE_TCP`]), with the same certificate, verifier and trust store. Build it once per
+/// peer, not per connection.
+pub fn with_alpn(config: &ClientConfig, protocol: &[u8]) -> Arc<ClientConfig> {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![protocol.to_vec()];
+    Arc::new(config)
 }

@@ -23,13 +23,18 @@ use crate::upstream::EndpointPool;
 /// hop-by-hop headers removed (an HTTP/1.1 `Upgrade` kept, with its pending switch returned),
 /// `x-ficus-peer-identity` removed (only the sidecar may assert identities),
 /// `x-forwarded-for`/`forwarded` appended, `x-request-id` ensured.
+///
+/// The switch is kept for HTTP/2 upstreams too: to a peer sidecar (mTLS) the pool sends it
+/// over a connection of its own in HTTP/1.1 (see `upstream::PeerAlpn`); to an h2c upstream
+/// the pool drops `Upgrade`/`Connection` (HTTP/2 has no switch), no `101` comes, and the
+/// request is answered as a plain one, as before.
 pub fn prepare<B>(
     mut request: Request<B>,
     peer: SocketAddr,
     http2: bool,
 ) -> (http::request::Parts, B, Option<OnUpgrade>) {
     let upgrade = match request.version() {
-        http::Version::HTTP_11 if !http2 => upgrade_protocol(request.headers()),
+        http::Version::HTTP_11 => upgrade_protocol(request.headers()),
         _ => None,
     };
     let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
