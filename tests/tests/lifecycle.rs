@@ -566,6 +566,218 @@ fn cpu_ticks(pid: &str) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+/// A "pod" network namespace (10.77.0.1, fd77::1) with the transparent-mode redirect rules,
+/// joined by a veth pair to a "remote" one (10.77.0.2, fd77::2), both removed on drop; root
+/// only. The test process plays the pod's app (root, so its traffic is intercepted) and the
+/// remote peers.
+struct Pod {
+    pod: ficus_tests::netns::NetNs,
+    remote: ficus_tests::netns::NetNs,
+}
+
+const POD_ADMIN: &str = "127.0.0.1:15000";
+
+fn addr(s: &str) -> std::net::SocketAddr {
+    s.parse().expect("test address")
+}
+
+impl Pod {
+    /// The namespaces, or `None` (with a message) when they cannot be made here.
+    fn new(test: &str) -> Option<Self> {
+        use ficus_tests::netns::{self, link, NetNs};
+        if let Some(reason) = netns::skip_reason() {
+            eprintln!("SKIPPED {test}: {reason}");
+            return None;
+        }
+        let pod = NetNs::create("pod").unwrap();
+        let remote = NetNs::create("remote").unwrap();
+        link(
+            &pod,
+            &["10.77.0.1/24", "fd77::1/64"],
+            &remote,
+            &["10.77.0.2/24", "fd77::2/64"],
+        )
+        .unwrap();
+        Some(Self { pod, remote })
+    }
+
+    /// Installs the redirect rules and starts the sidecar with `--transparent` as uid 1337
+    /// on `config`, waiting until it is ready.
+    async fn sidecar(&self, config: &str, extra: &[&str]) -> Sidecar {
+        use ficus_tests::netns;
+        let binary = ficus_tests::process::binary("ficus-sidecar");
+        let redirect = netns::run(self.pod.command(binary.to_str().unwrap()).args([
+            "redirect",
+            "--proxy-uid",
+            "1337",
+        ]))
+        .unwrap();
+        assert!(redirect.status.success(), "ficus-sidecar redirect failed");
+        let mut prefix = self.pod.exec_prefix();
+        prefix.extend(
+            [
+                "setpriv",
+                "--reuid",
+                "1337",
+                "--regid",
+                "1337",
+                "--clear-groups",
+                "--",
+            ]
+            .map(str::to_owned),
+        );
+        let mut flags = vec!["--transparent".to_owned()];
+        flags.extend(extra.iter().map(|s| (*s).to_owned()));
+        let options = SidecarOptions {
+            addresses: Some((
+                addr("127.0.0.1:15001"),
+                addr("0.0.0.0:15006"),
+                addr(POD_ADMIN),
+            )),
+            extra: flags,
+            prefix,
+            ..SidecarOptions::default()
+        };
+        let sidecar = Sidecar::spawn(config, options);
+        let started = Instant::now();
+        while self.admin("/ready").await.map(|f| f.status) != Some(200) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "transparent sidecar not ready within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sidecar
+    }
+
+    /// `GET path` on the sidecar's admin server inside the pod.
+    async fn admin(&self, path: &str) -> Option<ficus_tests::netns::Fetched> {
+        ficus_tests::netns::http_get(&self.pod, addr(POD_ADMIN), "admin", path, &[])
+            .await
+            .ok()
+    }
+
+    /// Waits until `/config` reports `version` or later.
+    async fn wait_version(&self, version: u64) {
+        let started = Instant::now();
+        loop {
+            if let Some(fetched) = self.admin("/config").await {
+                let config: serde_json::Value =
+                    serde_json::from_str(&fetched.body).unwrap_or_default();
+                if config["version"].as_u64().unwrap_or(0) >= version {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "config version {version} not served within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// SIGTERM in a pod with transparent interception: a peer's new inbound connection (to the
+/// app's port, redirected to the inbound listener) is refused while the app's intercepted
+/// outbound requests — on a connection it already had and on new IPv4 and IPv6 connections —
+/// keep being routed; the sidecar exits 0 once the app's last connection has closed and
+/// outbound has been quiet.
+#[tokio::test]
+async fn sigterm_in_a_pod_refuses_inbound_while_intercepted_outbound_keeps_working() {
+    use ficus_tests::netns::{http_get, NsHttpServer};
+    let Some(world) = Pod::new("sigterm_in_a_pod_refuses_inbound_while_intercepted_outbound")
+    else {
+        return;
+    };
+    let remote = NsHttpServer::start(&world.remote, addr("10.77.0.2:80"), "remote").unwrap();
+    let remote_v6 = NsHttpServer::start(&world.remote, addr("[fd77::2]:80"), "remote6").unwrap();
+    let _app = NsHttpServer::start(&world.pod, addr("10.77.0.1:8080"), "pod-app").unwrap();
+    let config = format!(
+        "{}---\napiVersion: ficus.dev/v1alpha1\nkind: Backend\n\
+         metadata: {{name: slow-v6, namespace: shop}}\n\
+         spec: {{endpoints: [{{address: \"[fd77::2]:80\"}}]}}\n",
+        backend(addr("10.77.0.2:80"))
+    );
+    let mut sidecar = world
+        .sidecar(
+            &config,
+            &["--drain-timeout", "120s", "--drain-quiet-period", "300ms"],
+        )
+        .await;
+    let inbound = http_get(&world.remote, addr("10.77.0.1:8080"), "pod", "/", &[])
+        .await
+        .expect("inbound before SIGTERM");
+    assert_eq!((inbound.status, inbound.body.as_str()), (200, "pod-app"));
+    // The app's keep-alive connection to the remote service, intercepted.
+    let stream = world.pod.connect(addr("10.77.0.2:80")).await.unwrap();
+    let (mut held, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let get = || {
+        Request::get("/")
+            .header("host", "10.77.0.2")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let response = tokio::time::timeout(client::TIMEOUT, held.send_request(get()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.headers()["x-upstream"], "remote");
+
+    sidecar.terminate();
+    let started = Instant::now();
+    while world.admin("/ready").await.map(|f| f.status) != Some(503) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "/ready never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    while http_get(&world.remote, addr("10.77.0.1:8080"), "pod", "/", &[])
+        .await
+        .is_ok()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "inbound still accepted while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    for round in 0..5 {
+        let response = tokio::time::timeout(client::TIMEOUT, held.send_request(get()))
+            .await
+            .expect("held connection answers in time")
+            .expect("held connection serves");
+        assert_eq!(response.status(), 200, "round {round}");
+        let fetched = http_get(&world.pod, addr("10.77.0.2:80"), "10.77.0.2", "/", &[])
+            .await
+            .expect("a new intercepted IPv4 connection is served while draining");
+        assert_eq!(fetched.header("x-upstream"), "remote");
+        let fetched = http_get(&world.pod, addr("[fd77::2]:80"), "[fd77::2]", "/", &[])
+            .await
+            .expect("a new intercepted IPv6 connection is served while draining");
+        assert_eq!(fetched.header("x-upstream"), "remote6");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(remote.count(), 1 + 5 + 5);
+    assert_eq!(remote_v6.count(), 5);
+    // Only the held connection, idle, for several quiet periods: the sidecar stays.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        sidecar.wait_exit_now().is_none(),
+        "exited while the app still had an outbound connection open"
+    );
+
+    drop(held);
+    let status = sidecar.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0));
+}
+
 /// `Mesh.spec.proxy.opaquePorts` in transparent mode (network namespaces, root only): a port
 /// becomes opaque — a server-first protocol there is forwarded at once instead of being
 /// sniffed — when a config swap adds it, and stops being opaque when one removes it; the
@@ -574,57 +786,16 @@ fn cpu_ticks(pid: &str) -> u64 {
 /// arrives only when the sidecar did not sniff.
 #[tokio::test]
 async fn mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped() {
-    use ficus_tests::netns::{self, http_get, link, NetNs, NsGreeter};
+    use ficus_tests::netns::{self, NsGreeter};
     use tokio::io::AsyncReadExt;
 
-    if let Some(reason) = netns::skip_reason() {
-        eprintln!("SKIPPED mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped: {reason}");
+    let Some(world) = Pod::new("mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped") else {
         return;
-    }
-    let addr = |s: &str| -> std::net::SocketAddr { s.parse().unwrap() };
-    let pod = NetNs::create("pod").unwrap();
-    let remote = NetNs::create("remote").unwrap();
-    link(&pod, &["10.77.0.1/24"], &remote, &["10.77.0.2/24"]).unwrap();
-    let _mesh_port = NsGreeter::start(&remote, addr("10.77.0.2:7000"), "HELLO mesh\n").unwrap();
-    let _flag_port = NsGreeter::start(&remote, addr("10.77.0.2:7001"), "HELLO flag\n").unwrap();
-    let _builtin = NsGreeter::start(&remote, addr("10.77.0.2:3306"), "5.7.44-mysql\n").unwrap();
-
-    let sidecar_binary = ficus_tests::process::binary("ficus-sidecar");
-    let redirect = netns::run(pod.command(sidecar_binary.to_str().unwrap()).args([
-        "redirect",
-        "--proxy-uid",
-        "1337",
-    ]))
-    .unwrap();
-    assert!(redirect.status.success(), "ficus-sidecar redirect failed");
-    let mut prefix = pod.exec_prefix();
-    prefix.extend(
-        [
-            "setpriv",
-            "--reuid",
-            "1337",
-            "--regid",
-            "1337",
-            "--clear-groups",
-            "--",
-        ]
-        .map(str::to_owned),
-    );
-    let admin = addr("127.0.0.1:15000");
-    let options = SidecarOptions {
-        addresses: Some((addr("127.0.0.1:15001"), addr("0.0.0.0:15006"), admin)),
-        extra: [
-            "--transparent",
-            "--detect-timeout",
-            "300s",
-            "--opaque-ports",
-            "7001",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-        prefix,
-        ..SidecarOptions::default()
     };
+    let remote = &world.remote;
+    let _mesh_port = NsGreeter::start(remote, addr("10.77.0.2:7000"), "HELLO mesh\n").unwrap();
+    let _flag_port = NsGreeter::start(remote, addr("10.77.0.2:7001"), "HELLO flag\n").unwrap();
+    let _builtin = NsGreeter::start(remote, addr("10.77.0.2:3306"), "5.7.44-mysql\n").unwrap();
     let base = backend(addr("10.77.0.2:80"));
     let with_mesh = |ports: &str| {
         format!(
@@ -632,32 +803,16 @@ async fn mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped() {
              spec: {{proxy: {{opaquePorts: [{ports}]}}}}\n"
         )
     };
-    let sidecar = Sidecar::spawn(&with_mesh("9999"), options);
+    let sidecar = world
+        .sidecar(
+            &with_mesh("9999"),
+            &["--detect-timeout", "300s", "--opaque-ports", "7001"],
+        )
+        .await;
 
-    // `/config` version inside the pod, once it is at least `version`.
-    let wait_version = |version: u64| {
-        let pod = &pod;
-        async move {
-            let started = Instant::now();
-            loop {
-                if let Ok(fetched) = http_get(pod, admin, "admin", "/config", &[]).await {
-                    let config: serde_json::Value =
-                        serde_json::from_str(&fetched.body).unwrap_or_default();
-                    if config["version"].as_u64().unwrap_or(0) >= version {
-                        return;
-                    }
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "config version {version} not served within 30 s"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
     // Whether a greeting arrives within `wait`: it can only when the port is opaque.
     let greets = |to: std::net::SocketAddr, wait: Duration| {
-        let pod = &pod;
+        let pod = &world.pod;
         async move {
             let mut stream = pod.connect(to).await.unwrap();
             let mut got = [0u8; 5];
@@ -670,7 +825,7 @@ async fn mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped() {
             }
         }
     };
-    wait_version(1).await;
+    world.wait_version(1).await;
     let not_opaque_wait = Duration::from_millis(500);
     assert!(
         !greets(addr("10.77.0.2:7000"), not_opaque_wait).await,
@@ -686,7 +841,7 @@ async fn mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped() {
     );
 
     sidecar.write_config(&with_mesh("7000"));
-    wait_version(2).await;
+    world.wait_version(2).await;
     assert!(
         greets(addr("10.77.0.2:7000"), netns::TIMEOUT).await,
         "the Mesh's port is opaque after the swap"
@@ -701,7 +856,7 @@ async fn mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped() {
     );
 
     sidecar.write_config(&base);
-    wait_version(3).await;
+    world.wait_version(3).await;
     assert!(
         !greets(addr("10.77.0.2:7000"), not_opaque_wait).await,
         "7000 is sniffed again once the Mesh drops it"
