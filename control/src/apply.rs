@@ -71,7 +71,15 @@ pub async fn apply(
     let _write = state.writes.lock().await;
     let current = state.current();
     let base = Arc::clone(&current);
-    let (next, changes) = off_runtime(move || merged(&base, &sources)).await?;
+    let trust_domain = state.trust_domain.get().cloned();
+    let (next, changes) = off_runtime(move || {
+        let merged = merged(&base, &sources)?;
+        if let Some(trust_domain) = &trust_domain {
+            check_documents(trust_domain, &merged.0, &sources, base.version)?;
+        }
+        Ok(merged)
+    })
+    .await?;
     let summary = diff::summary("apply", &changes);
     commit_if_changed(state, &current, next, changes, author, summary).await
 }
@@ -79,8 +87,12 @@ pub async fn apply(
 /// What `apply` of `sources` would change, without storing anything.
 pub async fn diff(state: &ControlState, sources: Vec<Source>) -> Result<Diff, ApplyError> {
     let current = state.current();
+    let trust_domain = state.trust_domain.get().cloned();
     off_runtime(move || {
         let (next, changes) = merged(&current, &sources)?;
+        if let Some(trust_domain) = &trust_domain {
+            check_documents(trust_domain, &next, &sources, current.version)?;
+        }
         Ok(Diff::new(&current, &next, changes))
     })
     .await
@@ -129,6 +141,9 @@ pub async fn rollback(
     // Stored versions were valid when stored; validating again keeps "the store holds only
     // configs this build accepts" true across upgrades that tighten validation.
     let next = validated(&current, by_key(record.documents)).await?;
+    if let Some(trust_domain) = state.trust_domain.get() {
+        check_documents(trust_domain, &next, &[], target)?;
+    }
     let changes = diff::changes(
         &by_key(current.documents.iter().cloned()),
         &next,
@@ -136,6 +151,66 @@ pub async fn rollback(
     );
     let summary = diff::summary(&format!("rollback to version {target}"), &changes);
     commit_if_changed(state, &current, next, changes, author, summary).await
+}
+
+/// Checks that the documents of `record` name no other trust domain than `trust_domain` (the
+/// CA's) in `Mesh.spec.trustDomain`; `sources` (possibly none) name the files to blame.
+pub fn check_trust_domain(
+    trust_domain: &str,
+    record: &VersionRecord,
+    sources: &[Source],
+) -> Result<(), ApplyError> {
+    check_documents(
+        trust_domain,
+        &by_key(record.documents.iter().cloned()),
+        sources,
+        record.version,
+    )
+}
+
+/// `Mesh.spec.trustDomain`, where a document sets it, must be the CA's trust domain: every
+/// certificate carries the CA's, and sidecars verify peers against theirs (`--trust-domain`),
+/// so a mesh declared in another trust domain could never authenticate anyone. Left out, it
+/// is the CA's. The error names the file that set it (or the current config), the document
+/// and the field.
+fn check_documents(
+    trust_domain: &str,
+    documents: &BTreeMap<DocumentKey, serde_json::Value>,
+    sources: &[Source],
+    version: u64,
+) -> Result<(), ApplyError> {
+    for (key, document) in documents.iter().filter(|(key, _)| key.kind == "Mesh") {
+        let Some(declared) = document
+            .pointer("/spec/trustDomain")
+            .and_then(serde_json::Value::as_str)
+        else {
+            continue;
+        };
+        if declared == trust_domain {
+            continue;
+        }
+        let file = sources
+            .iter()
+            .find(|source| diff::keys_in_sources(std::slice::from_ref(*source)).contains(key))
+            .map_or_else(
+                || format!("current config (version {version})"),
+                |source| source.name.clone(),
+            );
+        let diagnostic = Diagnostic {
+            file,
+            line: None,
+            document: Some(format!("Mesh {}", key.name)),
+            field: "spec.trustDomain".to_owned(),
+            message: format!(
+                "{declared:?} is not the trust domain of this control plane's CA ({trust_domain:?})"
+            ),
+            hint: Some(format!(
+                "certificates are issued in ficus-control's --trust-domain; set spec.trustDomain to {trust_domain:?} or leave it out"
+            )),
+        };
+        return Err(ApplyError::Invalid(diagnostic.into()));
+    }
+    Ok(())
 }
 
 /// Runs CPU-bound work (YAML parsing and validation of up to a few MiB) on the blocking pool,

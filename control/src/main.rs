@@ -211,6 +211,14 @@ fn run(args: Args) -> Result<(), Fatal> {
         .build()
         .map_err(|error| Fatal::other(format!("cannot start the runtime: {error}")))?;
     let state = ControlState::new(store, current);
+    if authority.is_some() {
+        let _ = state.trust_domain.set(args.trust_domain.clone());
+        if let Err(error) =
+            ficus_control::apply::check_trust_domain(&args.trust_domain, &state.current(), &[])
+        {
+            tracing::warn!(%error, "the stored config names another trust domain than --trust-domain; the next apply must fix it");
+        }
+    }
     runtime.block_on(async move {
         let (grpc, http) = match (
             bind_with_backlog(args.grpc),

@@ -51,6 +51,9 @@ pub struct ControlState {
     pub metrics: Arc<Metrics>,
     /// Serializes writes (apply, delete, rollback): read current → validate → commit → publish.
     pub writes: tokio::sync::Mutex<()>,
+    /// The CA's trust domain (`--trust-domain`), set at start unless `--insecure`: an apply
+    /// whose `Mesh.spec.trustDomain` names another one is refused.
+    pub trust_domain: std::sync::OnceLock<String>,
 }
 
 impl ControlState {
@@ -62,6 +65,7 @@ impl ControlState {
             current: watch::channel(Arc::new(current)).0,
             metrics: Metrics::new(),
             writes: tokio::sync::Mutex::new(()),
+            trust_domain: std::sync::OnceLock::new(),
         })
     }
 

@@ -495,3 +495,57 @@ async fn push_streams_need_the_token_of_the_workload_they_name() {
         None
     );
 }
+
+#[tokio::test]
+async fn a_mesh_in_another_trust_domain_than_the_ca_is_refused_at_apply() {
+    let files = tempfile::tempdir().unwrap();
+    let mesh = |domain: &str| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
+             spec: {{trustDomain: {domain}, mtls: {{mode: STRICT}}}}\n"
+        )
+    };
+    let foreign = write(files.path(), "mesh.yaml", &mesh("example.org"));
+    let control = secure_control(files.path(), &["--trust-domain", "corp.test"]).await;
+
+    for command in ["apply", "diff"] {
+        let refused = control.ctl(&[command, "-f", &foreign]).await;
+        assert_ne!(refused.code, 0, "{command}: {refused:?}");
+        let text = format!("{}{}", refused.stdout, refused.stderr);
+        for part in [
+            "mesh.yaml",
+            "Mesh default",
+            "spec.trustDomain",
+            "\"example.org\"",
+            "\"corp.test\"",
+        ] {
+            assert!(
+                text.contains(part),
+                "{command}: {part} missing from: {text}"
+            );
+        }
+    }
+    let version = control.get_json("/v1/config").await["version"].clone();
+
+    // The CA's own trust domain, or none (then it is the CA's), is accepted.
+    let own = write(files.path(), "own.yaml", &mesh("corp.test"));
+    let output = control.ctl(&["apply", "-f", &own]).await;
+    assert_eq!(output.code, 0, "{output:?}");
+    let silent = write(
+        files.path(),
+        "silent.yaml",
+        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec: {mtls: {mode: PERMISSIVE}}\n",
+    );
+    let output = control.ctl(&["apply", "-f", &silent]).await;
+    assert_eq!(output.code, 0, "{output:?}");
+    assert_ne!(
+        control.get_json("/v1/config").await["version"],
+        version,
+        "the refused applies stored nothing; these did"
+    );
+
+    // Without a CA (--insecure) there is nothing to compare with.
+    let insecure = ControlPlane::start().await;
+    let output = insecure.ctl(&["apply", "-f", &foreign]).await;
+    assert_eq!(output.code, 0, "{output:?}");
+}
