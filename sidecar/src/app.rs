@@ -411,6 +411,8 @@ async fn serve(
     } else {
         tracing::info!("drained");
     }
+    // Spans of the last requests would otherwise wait for the exporter's next drain.
+    shared.traces.flush(Duration::from_secs(2)).await;
     exit::OK
 }
 

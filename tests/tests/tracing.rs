@@ -590,6 +590,37 @@ async fn collector_down_under_load_drops_spans_not_requests_and_export_resumes()
 }
 
 #[tokio::test]
+async fn spans_of_the_last_requests_are_exported_before_exit() {
+    let receiver = OtlpReceiver::start().await;
+    let app = Upstream::start("payments").await;
+    // No drain period: the exporter's next drain (every 500 ms) would come too late.
+    let options = SidecarOptions {
+        drain_timeout: Some("0s".into()),
+        ..SidecarOptions::default()
+    };
+    let config = format!(
+        "{}{}",
+        mesh(&tracing_to(receiver.addr, 100)),
+        payments(app.addr)
+    );
+    let mut sidecar = Sidecar::start_with(&config, options).await;
+    let response = client::get(sidecar.outbound, "payments", "/last")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200);
+    let (_, trace, _, _) = traceparent(&header(&app.last().unwrap(), "traceparent"));
+    sidecar.terminate();
+    let status = sidecar.wait_exit(WAIT).await;
+    assert!(status.success(), "{status:?}");
+    // No waiting here: the sidecar exits only after the collector has answered.
+    let spans = receiver.spans();
+    assert!(
+        spans.iter().any(|s| s.trace_id() == trace),
+        "the last span was exported before exit: {spans:#?}"
+    );
+}
+
+#[tokio::test]
 async fn a_config_swap_moves_export_and_removing_tracing_stops_it() {
     let first = OtlpReceiver::start().await;
     let second = OtlpReceiver::start().await;

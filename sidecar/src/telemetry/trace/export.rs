@@ -28,7 +28,7 @@ use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{RetryPolicy, WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 use opentelemetry_sdk::Resource;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Kind, SpanRecord};
 use crate::state::Identity;
@@ -59,6 +59,8 @@ pub struct SpanSink {
 struct Worker {
     queue: mpsc::Sender<Box<SpanRecord>>,
     endpoint: watch::Sender<Endpoint>,
+    /// Asks for an export of everything queued now, answered when it is done.
+    flush: mpsc::Sender<oneshot::Sender<()>>,
 }
 
 impl SpanSink {
@@ -102,9 +104,21 @@ impl SpanSink {
         });
     }
 
+    /// Exports what is queued now (at exit), waiting at most `within`.
+    pub async fn flush(&self, within: Duration) {
+        let Some(worker) = self.worker.get() else {
+            return;
+        };
+        let (ack, done) = oneshot::channel();
+        if worker.flush.try_send(ack).is_ok() {
+            let _ = tokio::time::timeout(within, done).await;
+        }
+    }
+
     fn start(&self) -> Worker {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let (endpoint, endpoint_rx) = watch::channel(None);
+        let (flush, flushes) = mpsc::channel(1);
         let metrics = Arc::clone(&self.metrics);
         let resource = self.resource.clone();
         let spawned = std::thread::Builder::new()
@@ -115,7 +129,8 @@ impl SpanSink {
                     .build()
                 {
                     Ok(runtime) => {
-                        runtime.block_on(run(receiver, endpoint_rx, metrics, resource));
+                        let exporter = run(receiver, endpoint_rx, flushes, metrics, resource);
+                        runtime.block_on(exporter);
                     }
                     Err(error) => tracing::error!(%error, "cannot start the span exporter runtime"),
                 }
@@ -124,7 +139,11 @@ impl SpanSink {
             // The receiver is gone with the closure: every span counts as dropped.
             tracing::error!(%error, "cannot start the span exporter thread; spans are dropped");
         }
-        Worker { queue, endpoint }
+        Worker {
+            queue,
+            endpoint,
+            flush,
+        }
     }
 
     /// Queues a finished span for export, or drops and counts it when the queue is full.
@@ -170,6 +189,7 @@ fn build(endpoint: &Arc<str>, resource: &Resource) -> Option<Exporter> {
 async fn run(
     mut queue: mpsc::Receiver<Box<SpanRecord>>,
     mut config: watch::Receiver<Endpoint>,
+    mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
     metrics: Arc<Metrics>,
     resource: Resource,
 ) {
@@ -189,6 +209,7 @@ async fn run(
         }
         // Sleep between drains rather than wait on the queue: a waiting receiver would be
         // woken (a syscall on the request path, a context switch here) for every span.
+        let mut flushed = None;
         tokio::select! {
             biased;
             changed = config.changed() => {
@@ -198,6 +219,7 @@ async fn run(
                 // Apply it first: what is queued goes where the new config says.
                 continue;
             }
+            ack = flushes.recv() => flushed = ack,
             () = tokio::time::sleep(BATCH_DELAY) => {}
         }
         // Drain in batches: what is queued now goes out before the next nap.
@@ -259,6 +281,9 @@ async fn run(
             if !full {
                 break;
             }
+        }
+        if let Some(ack) = flushed {
+            let _ = ack.send(());
         }
     }
 }
