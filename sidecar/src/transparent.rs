@@ -352,7 +352,12 @@ pub async fn serve(
         Side::Outbound => shared.snapshot.load().tcp_service_at(original).cloned(),
         Side::Inbound => None,
     };
-    let (sniffed, read) = if opaque_port || tcp_service.is_some() {
+    // Inbound under STRICT with a mesh identity everything must be mTLS, whose client speaks
+    // first (its ClientHello), so an opaque port is read too: opaque TCP from a peer sidecar
+    // (ALPN `ficus-tcp`) is terminated and handed to the app instead of refused. Nothing
+    // server-first can be legitimate there.
+    let mtls_only = side == Side::Inbound && mode == MtlsMode::Strict && shared.tls.is_some();
+    let (sniffed, read) = if (opaque_port && !mtls_only) || tcp_service.is_some() {
         (None, Vec::new())
     } else {
         match sniff(&mut stream, transparent.detect_timeout).await {
