@@ -97,28 +97,8 @@ impl CertManager {
             .into_inner();
         let credentials = Credentials::from_pem(&response.certificate_chain_pem, &key)
             .map_err(|e| format!("the issued certificate is unusable: {e}"))?;
-        if credentials.id != self.tls.id {
-            return Err(format!(
-                "issued for {} instead of {}",
-                credentials.id, self.tls.id
-            ));
-        }
-        let bundle = if response.trust_bundle_pem.trim().is_empty() {
-            self.tls.trust.bundle()
-        } else {
-            TrustBundle::from_pem(&response.trust_bundle_pem, self.tls.trust_domain())
-                .map_err(|e| format!("the trust bundle sent with the certificate: {e}"))?
-        };
-        bundle
-            .check_chain(credentials.chain())
-            .map_err(|e| format!("the issued certificate: {e}"))?;
-        // Logs when the roots change.
-        self.tls
-            .trust
-            .install(bundle)
-            .map_err(|e| format!("the trust bundle sent with the certificate: {e}"))?;
         let window = (credentials.not_before, credentials.not_after);
-        self.tls.store.install(credentials);
+        install(&self.tls, credentials, &response.trust_bundle_pem)?;
         let expiry = window
             .1
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -128,6 +108,33 @@ impl CertManager {
             .set(i64::try_from(expiry).unwrap_or(i64::MAX));
         Ok(window)
     }
+}
+
+/// Puts a signing answer in force: the trust bundle that came with it (`bundle_pem`; empty:
+/// keep the roots in force) once `credentials` are for our identity and chain to it, then the
+/// certificate. Nothing changes when anything is wrong.
+fn install(tls: &MeshTls, credentials: Credentials, bundle_pem: &str) -> Result<(), String> {
+    if credentials.id != tls.id {
+        return Err(format!(
+            "issued for {} instead of {}",
+            credentials.id, tls.id
+        ));
+    }
+    let bundle = if bundle_pem.trim().is_empty() {
+        tls.trust.bundle()
+    } else {
+        TrustBundle::from_pem(bundle_pem, tls.trust_domain())
+            .map_err(|e| format!("the trust bundle sent with the certificate: {e}"))?
+    };
+    bundle
+        .check_chain(credentials.chain())
+        .map_err(|e| format!("the issued certificate: {e}"))?;
+    // Logs when the roots change.
+    tls.trust
+        .install(bundle)
+        .map_err(|e| format!("the trust bundle sent with the certificate: {e}"))?;
+    tls.store.install(credentials);
+    Ok(())
 }
 
 /// How long to wait before renewing a certificate valid over `[not_before, not_after]`:
@@ -147,6 +154,63 @@ pub fn renew_after(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signing_answer_installs_its_bundle_only_with_a_certificate_that_chains_to_it() {
+        use ficus_identity::ca::CertificateAuthority;
+        use ficus_identity::tls::{TrustBundle, TrustStore};
+        use ficus_identity::SpiffeId;
+        let td = "cluster.local";
+        let old = CertificateAuthority::generate(td).unwrap();
+        let new = CertificateAuthority::generate(td).unwrap();
+        let id = SpiffeId::workload(td, "shop", "web").unwrap();
+        let trust = TrustStore::new(TrustBundle::from_pem(&old.root_pem(), td).unwrap()).unwrap();
+        let tls = MeshTls::new(id.clone(), Arc::clone(&trust)).unwrap();
+        let issue = |ca: &CertificateAuthority, id: &SpiffeId| {
+            let key = WorkloadKey::generate().unwrap();
+            let issued = ca
+                .sign_workload_csr(&key.csr_pem(id).unwrap(), id, Duration::from_secs(3600))
+                .unwrap();
+            Credentials::from_pem(&issued.chain_pem, &key).unwrap()
+        };
+        let both = format!("{}{}", old.root_pem(), new.root_pem());
+
+        // No bundle sent: the roots in force stay, the certificate must chain to them.
+        install(&tls, issue(&old, &id), "").unwrap();
+        assert!(tls.has_certificate());
+        let error = install(&tls, issue(&new, &id), "").unwrap_err();
+        assert!(
+            error.contains("does not lead to the trust bundle"),
+            "{error}"
+        );
+
+        // A bundle that does not trust the certificate sent with it changes nothing.
+        let before = tls.store.not_after();
+        let error = install(&tls, issue(&new, &id), &old.root_pem()).unwrap_err();
+        assert!(error.contains("the issued certificate"), "{error}");
+        assert_eq!(
+            trust.bundle(),
+            TrustBundle::from_pem(&old.root_pem(), td).unwrap()
+        );
+        assert_eq!(tls.store.not_after(), before);
+
+        // Garbage, another trust domain, another identity: refused, nothing changes.
+        let error = install(&tls, issue(&old, &id), "not pem").unwrap_err();
+        assert!(error.contains("trust bundle"), "{error}");
+        let other = SpiffeId::workload(td, "shop", "other").unwrap();
+        let error = install(&tls, issue(&old, &other), &both).unwrap_err();
+        assert!(error.contains("instead of"), "{error}");
+        assert_eq!(trust.bundle().certificates().len(), 1);
+
+        // The rotation bundle with a certificate under the new root: both in force.
+        install(&tls, issue(&new, &id), &both).unwrap();
+        assert_eq!(trust.bundle(), TrustBundle::from_pem(&both, td).unwrap());
+        let presented = tls.store.current().unwrap();
+        TrustBundle::from_pem(&new.root_pem(), td)
+            .unwrap()
+            .check_chain(presented.chain())
+            .unwrap();
+    }
 
     #[test]
     fn renewal_at_about_70_percent() {
