@@ -455,6 +455,62 @@ async fn a_malformed_traceparent_is_replaced_and_its_tracestate_dropped() {
 }
 
 #[tokio::test]
+async fn without_tracing_malformed_context_is_still_replaced_on_both_listeners() {
+    let app = Upstream::start("payments").await;
+    let options = SidecarOptions {
+        app: Some(app.addr),
+        ..SidecarOptions::default()
+    };
+    let sidecar =
+        Sidecar::start_with(&format!("{}{}", mesh(""), payments(app.addr)), options).await;
+    let bad = format!("00-{}-{CALLER_SPAN}-01", TRACE.to_uppercase());
+    let b3_trace = "463ac35c9f6413ad48485a3953bb6124";
+    // Outbound (to the payments Backend) and inbound (to the app), both plain HTTP/1.1.
+    for listener in [sidecar.outbound, sidecar.inbound] {
+        let response = client::send(
+            listener,
+            get(
+                "payments",
+                "/off",
+                &[
+                    ("traceparent", &bad),
+                    ("tracestate", "vendor=abc"),
+                    ("x-b3-traceid", b3_trace),
+                    ("x-b3-spanid", "a2fb4a1d1a96d312"),
+                    ("x-b3-sampled", "1"),
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status, 200);
+        let seen = app.last().unwrap();
+        let (_, trace, parent, flags) = traceparent(&header(&seen, "traceparent"));
+        // The valid B3 context carries on; the broken W3C header is rewritten from it.
+        assert_eq!(
+            (trace.as_str(), parent.as_str(), flags.as_str()),
+            (b3_trace, "a2fb4a1d1a96d312", "01")
+        );
+        assert!(!seen.headers.contains_key("tracestate"));
+        assert_eq!(header(&seen, "x-b3-traceid"), b3_trace);
+    }
+    assert_eq!(app.count(), 2, "one request through each listener");
+    // Nothing valid at all: a fresh, unsampled context.
+    client::send(
+        sidecar.outbound,
+        get("payments", "/off", &[("traceparent", &bad)]),
+    )
+    .await
+    .unwrap();
+    let (_, trace, _, flags) = traceparent(&header(&app.last().unwrap(), "traceparent"));
+    assert_ne!(trace, TRACE);
+    assert_eq!(flags, "00");
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_trace_spans_exported_total", &[]), 0.0);
+    assert_eq!(metrics.sum("ficus_trace_spans_dropped_total", &[]), 0.0);
+}
+
+#[tokio::test]
 async fn zero_percent_exports_nothing_but_still_propagates() {
     let receiver = OtlpReceiver::start().await;
     let app = Upstream::start("payments").await;
