@@ -203,7 +203,15 @@ pub struct Endpoint {
     /// SPIFFE ID the endpoint must present (then mTLS is used), e.g.
     /// `spiffe://cluster.local/ns/shop/sa/monolith`.
     pub identity: Option<String>,
+    /// Relative share of the Backend's requests (connections for `tcp`), at most
+    /// [`MAX_ENDPOINT_WEIGHT`] (default 1). 0 drains the endpoint: it gets no new requests
+    /// while another endpoint is available (not ejected).
+    pub weight: u32,
 }
+
+/// Largest endpoint `weight` (as for route `backendRefs`): relative shares need no more, and
+/// the sum of a Backend's weights stays far from overflow.
+pub const MAX_ENDPOINT_WEIGHT: u32 = 1_000_000;
 
 /// The `HTTPRoute` document (Gateway API GAMMA subset).
 #[derive(Debug, Clone)]

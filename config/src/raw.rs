@@ -370,4 +370,10 @@ pub struct Endpoint {
     /// SPIFFE ID the endpoint must present; given, the connection uses mTLS.
     #[serde(default)]
     pub identity: Option<String>,
+    /// Relative share of the Backend's requests (connections for `tcp`), 0 to 1,000,000;
+    /// default 1. 0 drains the endpoint: it gets no new requests while another endpoint is
+    /// available.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(max = 1_000_000)))]
+    pub weight: Option<u32>,
 }

@@ -70,9 +70,10 @@ pub struct BackendPolicy {
 }
 
 impl BackendPolicy {
-    /// Compiles `policy` (the TrafficPolicy targeting the Backend, if any) for a Backend of
-    /// `endpoints` endpoints.
-    pub fn new(policy: Option<&TrafficPolicy>, endpoints: usize, metrics: &Arc<Metrics>) -> Self {
+    /// Compiles `policy` (the TrafficPolicy targeting the Backend, if any) for a Backend whose
+    /// endpoints have these `weights` (one per endpoint).
+    pub fn new(policy: Option<&TrafficPolicy>, weights: &[u32], metrics: &Arc<Metrics>) -> Self {
+        let endpoints = weights.len();
         let budget = match policy.and_then(|p| p.retry_budget) {
             Some(b) => RetryBudget::new(b.percent / 100.0, b.min_retries_per_second),
             None => RetryBudget::default(),
@@ -88,10 +89,7 @@ impl BackendPolicy {
             outliers: policy
                 .and_then(|p| p.outlier_detection.as_ref())
                 .map(|o| Outliers::new(o, endpoints, metrics.outlier_ejections_active.clone())),
-            balancer: Balancer::new(
-                policy.map(|p| p.load_balancer).unwrap_or_default(),
-                endpoints,
-            ),
+            balancer: Balancer::new(policy.map(|p| p.load_balancer).unwrap_or_default(), weights),
         }
     }
 }
@@ -131,7 +129,10 @@ impl Carryover {
         policy: Option<&TrafficPolicy>,
         metrics: &Arc<Metrics>,
     ) -> Arc<BackendPolicy> {
-        let build = || Arc::new(BackendPolicy::new(policy, backend.endpoints.len(), metrics));
+        let build = || {
+            let weights: Vec<u32> = backend.endpoints.iter().map(|e| e.weight).collect();
+            Arc::new(BackendPolicy::new(policy, &weights, metrics))
+        };
         let Ok(mut kept) = self.kept.lock() else {
             return build();
         };
@@ -194,6 +195,7 @@ mod tests {
             endpoints: vec![ficus_config::Endpoint {
                 address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
                 identity: None,
+                weight: 1,
             }],
             listen: None,
         }

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ficus_config::{
@@ -15,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::authz::{is_own_backend, Authorizer};
 use crate::mtls::MeshTls;
-use crate::policy::balance::{Balancer, InFlight};
+use crate::policy::balance::InFlight;
 use crate::policy::rate_limit::RateLimiter;
 use crate::policy::retry::RetryPolicy;
 use crate::policy::BackendPolicy;
@@ -112,7 +111,7 @@ pub struct RouteBackend {
     pub metrics: Arc<RequestMetrics>,
 }
 
-/// A Backend's endpoints, chosen round-robin.
+/// A Backend's endpoints, chosen by its balancer (`loadBalancer`, endpoint weights).
 #[derive(Debug)]
 pub struct BackendTarget {
     /// `namespace/name`, the `destination_backend` label.
@@ -125,37 +124,20 @@ pub struct BackendTarget {
     endpoints: Vec<Arc<EndpointPool>>,
     /// The SPIFFE ID each endpoint must present (parallel to `endpoints`), for spans.
     identities: Vec<Option<Arc<str>>>,
-    next: AtomicUsize,
 }
 
 impl BackendTarget {
-    /// The next endpoint by the Backend's balancer, skipping ejected ones (all ejected:
-    /// ignore ejection).
+    /// The next endpoint by the Backend's balancer and weights, skipping ejected ones, and
+    /// drained ones (weight 0) while another is available (all ejected: ignore ejection).
     pub fn endpoint(&self) -> &Arc<EndpointPool> {
-        let n = self.endpoints.len();
         let available = |j: usize| {
             self.policy
                 .outliers
                 .as_ref()
                 .is_none_or(|o| !o.is_ejected(j))
         };
-        let i = match &self.policy.balancer {
-            Balancer::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed),
-            Balancer::Random => rand::random_range(0..n.max(1)),
-            Balancer::LeastRequest(ewma) => {
-                let picked = ewma.pick(available);
-                if let Some(j) = picked.or_else(|| ewma.pick(|_| true)) {
-                    return &self.endpoints[j];
-                }
-                0
-            }
-        };
-        if self.policy.outliers.is_some() {
-            if let Some(j) = (0..n).map(|k| (i + k) % n).find(|j| available(*j)) {
-                return &self.endpoints[j];
-            }
-        }
-        &self.endpoints[i % n]
+        let i = self.policy.balancer.pick(available);
+        &self.endpoints[i.min(self.endpoints.len().saturating_sub(1))]
     }
 
     /// Records a try's outcome on `endpoint` for outlier detection (nothing without it).
@@ -188,14 +170,14 @@ impl BackendTarget {
     /// Counts a request in flight to `endpoint` for least-request balancing, until the guard
     /// is finished or dropped (nothing with other balancers).
     pub fn start(&self, endpoint: &Arc<EndpointPool>) -> Option<InFlight> {
-        let Balancer::LeastRequest(ewma) = &self.policy.balancer else {
+        if !self.policy.balancer.tracks_load() {
             return None;
-        };
+        }
         let index = self
             .endpoints
             .iter()
             .position(|e| Arc::ptr_eq(e, endpoint))?;
-        ewma.start(index)
+        self.policy.balancer.start(index)
     }
 
     /// The next endpoint other than `failed`, when there is another that speaks the same way
@@ -328,7 +310,6 @@ impl Snapshot {
                         .iter()
                         .map(|e| e.identity.as_deref().map(Arc::from))
                         .collect(),
-                    next: AtomicUsize::new(0),
                 };
                 (key, Arc::new(target))
             })

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use super::{all, optional, Claims, Report};
-use crate::model::{self, Endpoint, Protocol, ResourceKey};
+use crate::model::{self, Endpoint, Protocol, ResourceKey, MAX_ENDPOINT_WEIGHT};
 use crate::raw;
 
 /// Validates a Backend. `claim` is false for a duplicate document, whose `listen` must not
@@ -67,10 +67,26 @@ fn endpoint(report: &mut Report<'_>, field: &str, endpoint: &raw::Endpoint) -> O
         .identity
         .as_ref()
         .map(|id| spiffe_id(report, &format!("{field}.identity"), id));
+    let weight = self::weight(report, &format!("{field}.weight"), endpoint.weight);
     Some(Endpoint {
         address: address?,
         identity: optional(identity)?,
+        weight: weight?,
     })
+}
+
+/// An endpoint's `weight`: 1 when left out, at most [`MAX_ENDPOINT_WEIGHT`].
+fn weight(report: &mut Report<'_>, field: &str, weight: Option<u32>) -> Option<u32> {
+    let weight = weight.unwrap_or(1);
+    if weight > MAX_ENDPOINT_WEIGHT {
+        report.error(
+            field,
+            format!("weight {weight} is above {MAX_ENDPOINT_WEIGHT}"),
+            "weights are relative: 3 and 1 split like 3000 and 1000; 0 drains the endpoint",
+        );
+        return None;
+    }
+    Some(weight)
 }
 
 fn listen(

@@ -86,6 +86,38 @@ fn identity_must_be_a_spiffe_id() {
 }
 
 #[test]
+fn endpoint_weights_default_to_1_and_are_bounded() {
+    let ok = with_backends(&backend(
+        "x",
+        "{endpoints: [{address: 127.0.0.1:1, weight: 3}, {address: 127.0.0.1:2}, \
+         {address: 127.0.0.1:3, weight: 0}, {address: 127.0.0.1:4, weight: 1000000}]}",
+    ));
+    let config = valid(&ok);
+    let endpoints = &config.backends[&crate::model::ResourceKey::new("shop", "x")].endpoints;
+    let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+    assert_eq!(weights, [3, 1, 0, 1_000_000]);
+    // Every weight 0 is accepted: the balancer then ignores the weights.
+    valid(&with_backends(&backend(
+        "x",
+        "{endpoints: [{address: 127.0.0.1:1, weight: 0}]}",
+    )));
+    let field = "spec.endpoints[1].weight";
+    for (weight, message) in [
+        ("1000001", "above 1000000"),
+        ("-1", "invalid value"),
+        ("1.5", "invalid type"),
+        ("heavy", "invalid type"),
+        ("4294967296", "invalid value"),
+    ] {
+        let text = with_backends(&backend(
+            "x",
+            &format!("{{endpoints: [{{address: 127.0.0.1:1}}, {{address: 127.0.0.1:2, weight: {weight}}}]}}"),
+        ));
+        single_error(&text, "Backend shop/x", field, message);
+    }
+}
+
+#[test]
 fn tcp_backend_needs_listen() {
     let text = with_backends(&backend(
         "x",
