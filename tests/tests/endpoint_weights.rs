@@ -1,0 +1,175 @@
+//! Endpoint weights (`Backend.spec.endpoints[].weight`) through a real sidecar to real
+//! upstreams on loopback: RoundRobin splits exactly, LeastRequest within binomial bounds, a
+//! drained endpoint (weight 0) gets nothing, a config swap drains an endpoint, and opaque TCP
+//! connections follow the weights too.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ficus_tests::client::H1Client;
+use ficus_tests::process::Sidecar;
+use ficus_tests::upstream::{TcpEcho, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Backend `shop/api` (`protocol`, plus `extra` spec fields) with endpoints `(address,
+/// weight)`, and a TrafficPolicy choosing `balancer` when one is given.
+fn backend(
+    protocol: &str,
+    extra: &str,
+    endpoints: &[(SocketAddr, u32)],
+    balancer: Option<&str>,
+) -> String {
+    let endpoints: Vec<String> = endpoints
+        .iter()
+        .map(|(address, weight)| format!("{{address: \"{address}\", weight: {weight}}}"))
+        .collect();
+    let mut config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{protocol: {protocol}{extra}, endpoints: [{}]}}\n",
+        endpoints.join(", ")
+    );
+    if let Some(balancer) = balancer {
+        config += &format!(
+            "---\napiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: api, namespace: shop}}\n\
+             spec: {{targetRef: {{kind: Backend, name: api}}, loadBalancer: {{type: {balancer}}}}}\n"
+        );
+    }
+    config
+}
+
+/// The upstream names that answered `n` sequential GETs of `path` on one connection.
+async fn answers(sidecar: &Sidecar, path: &str, n: usize) -> Vec<String> {
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let mut names = Vec::with_capacity(n);
+    for _ in 0..n {
+        let response = client.get("api", path).await.unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        names.push(response.text());
+    }
+    names
+}
+
+fn tally(names: &[String]) -> BTreeMap<&str, usize> {
+    let mut counts = BTreeMap::new();
+    for name in names {
+        *counts.entry(name.as_str()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn round_robin_splits_3_to_1_exactly_and_a_swap_drains_an_endpoint() {
+    let (heavy, light, drained) = (
+        Upstream::start("heavy").await,
+        Upstream::start("light").await,
+        Upstream::start("drained").await,
+    );
+    let weighted = |heavy_weight| {
+        backend(
+            "http",
+            "",
+            &[
+                (heavy.addr, heavy_weight),
+                (light.addr, 1),
+                (drained.addr, 0),
+            ],
+            Some("RoundRobin"),
+        )
+    };
+    let sidecar = Sidecar::start(&weighted(3)).await;
+    let names = answers(&sidecar, "/", 400).await;
+    let counts = tally(&names);
+    assert_eq!(
+        (counts.get("heavy"), counts.get("light")),
+        (Some(&300), Some(&100)),
+        "{counts:?}"
+    );
+    assert_eq!(drained.count(), 0, "a drained endpoint gets no request");
+    // Smooth: the order repeats every 4 picks (heavy heavy light heavy), so every 4
+    // consecutive requests, wherever they start, hold exactly 3 for heavy.
+    for (start, window) in names.windows(4).enumerate() {
+        let heavies = window.iter().filter(|name| *name == "heavy").count();
+        assert_eq!(heavies, 3, "requests {start}..{}: {window:?}", start + 4);
+    }
+
+    // Drain heavy by a config swap: new requests all go to light.
+    let before = heavy.count();
+    sidecar.write_config(&weighted(0));
+    sidecar.wait_version(2, Duration::from_secs(10)).await;
+    let names = answers(&sidecar, "/", 40).await;
+    assert!(names.iter().all(|name| name == "light"), "{names:?}");
+    assert_eq!(heavy.count(), before);
+    assert_eq!(drained.count(), 0);
+}
+
+#[tokio::test]
+async fn least_request_splits_3_to_1_within_binomial_bounds() {
+    let (heavy, light, drained) = (
+        Upstream::start("heavy").await,
+        Upstream::start("light").await,
+        Upstream::start("drained").await,
+    );
+    // No TrafficPolicy: LeastRequest is the default.
+    let config = backend(
+        "http",
+        "",
+        &[(heavy.addr, 3), (light.addr, 1), (drained.addr, 0)],
+        None,
+    );
+    let sidecar = Sidecar::start(&config).await;
+    // Why a binomial bound holds: one client, one request at a time, so nothing is in flight
+    // when the sidecar picks; both upstreams answer after the same 20 ms, so their latency
+    // estimates stay within a factor of 2 of each other (only a stall of over 20 ms on one
+    // response could break that) and neither candidate is clearly cheaper. Then the first
+    // candidate, drawn 3:1 by weight, is taken: heavy's count is Binomial(300, 3/4), mean 225,
+    // sd 7.5. [180, 270] is 6 sd either side (the one or two requests that go to a not yet
+    // measured endpoint, which looks cheap, fit in the margin).
+    let names = answers(&sidecar, "/delay/20", 300).await;
+    let counts = tally(&names);
+    let heavy_count = counts.get("heavy").copied().unwrap_or(0);
+    assert!(
+        (180..=270).contains(&heavy_count),
+        "heavy got {heavy_count} of 300: {counts:?}"
+    );
+    assert_eq!(heavy.count() + light.count(), 300);
+    assert_eq!(drained.count(), 0, "a drained endpoint gets no request");
+}
+
+#[tokio::test]
+async fn opaque_tcp_connections_follow_endpoint_weights() {
+    let (heavy, light) = (TcpEcho::start("h:").await, TcpEcho::start("l:").await);
+    let listen = ficus_tests::free_addr();
+    let config = backend(
+        "tcp",
+        &format!(", listen: \"{listen}\""),
+        &[(heavy.addr, 3), (light.addr, 1)],
+        Some("RoundRobin"),
+    );
+    let _sidecar = Sidecar::start(&config).await;
+    let mut greetings = Vec::new();
+    for _ in 0..40 {
+        let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+        stream.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut got))
+            .await
+            .expect("no echo within 10 s")
+            .unwrap();
+        assert_eq!(&got[2..], b"ping");
+        greetings.push(String::from_utf8_lossy(&got[..2]).into_owned());
+    }
+    let counts = tally(&greetings);
+    assert_eq!(
+        (counts.get("h:"), counts.get("l:")),
+        (Some(&30), Some(&10)),
+        "{counts:?}"
+    );
+    for window in greetings.windows(4) {
+        assert_eq!(
+            window.iter().filter(|g| *g == "h:").count(),
+            3,
+            "{window:?}"
+        );
+    }
+}
