@@ -6,7 +6,7 @@
 //! endpoint).
 //!
 //! # Weights
-//! Compiled once per config ([`Weights`]): divided by their greatest common divisor (3000:1000
+//! Compiled once per config (`Weights`): divided by their greatest common divisor (3000:1000
 //! is 3:1, so a round-robin period is 4 picks) and summed into cumulative bounds, so a weighted
 //! draw is one random number and a binary search. All weights 0 count as all 1 (the Backend
 //! behaves as without weights). Every balancer falls back the same way:
@@ -30,14 +30,16 @@
 //! - **Random** draws by weight.
 //! - **LeastRequest** with equal weights is plain P2C, below. With unequal weights it draws two
 //!   distinct candidates by weight (the second among the others) and takes the first unless the
-//!   second is *clearly* cheaper ([`CLEARLY_CHEAPER`] times), where the cost scales requests in
-//!   flight by the weight as Envoy's least-request does: `(estimate + penalty + 0.1 ms) ×
-//!   (in flight + weight) / weight`. Endpoints loaded in proportion to their weights cost the
-//!   same, the first draw then decides, and it is by weight, so identical endpoints get exactly
-//!   their weighted shares at any concurrency; a slow, failing or overloaded-for-its-weight
-//!   endpoint is still steered around. (Taking the strictly cheaper of the two, as unweighted
-//!   P2C does, cannot show weights: with two endpoints the pair is always the same, and the
-//!   cheaper one gets nearly everything at low concurrency.)
+//!   second is *clearly* cheaper ([`CLEARLY_CHEAPER`] times), where the cost divides requests
+//!   in flight by the weight, as Envoy's least-request does: `(estimate + penalty + 0.1 ms) ×
+//!   (in flight + weight) / weight` (the weight added where unweighted P2C adds 1, so idle
+//!   endpoints cost the same whatever their weights). Endpoints with similar latencies and
+//!   loads in proportion to their weights cost about the same, the first draw then decides,
+//!   and it is by weight: identical endpoints get their weighted shares exactly as long as
+//!   neither is clearly cheaper, while a slow, failing or overloaded-for-its-weight endpoint is
+//!   still steered around. (Taking the strictly cheaper of the two, as unweighted P2C does,
+//!   cannot show weights: with two endpoints the pair is always the same, and the cheaper one
+//!   gets nearly everything at low concurrency, whatever the weights.)
 //!
 //! # Peak EWMA
 //! A slower try than the estimate replaces it at once (peaks are believed), a faster one pulls
