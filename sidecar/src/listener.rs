@@ -228,7 +228,9 @@ async fn serve_io<I>(
         if let Some(redirected) = &redirected {
             request.extensions_mut().insert(redirected.clone());
         }
-        async move {
+        // Boxed: hyper moves the service's future into its connection state on every
+        // request, and the whole proxy state machine is kilobytes; a box moves as a pointer.
+        Box::pin(async move {
             let response = match side {
                 Side::Outbound => crate::proxy::outbound::handle(&shared, peer, request).await,
                 Side::Inbound => {
@@ -236,7 +238,7 @@ async fn serve_io<I>(
                 }
             };
             Ok::<_, std::convert::Infallible>(response)
-        }
+        })
     });
     let result = match protocol {
         Protocol::Http2 => {

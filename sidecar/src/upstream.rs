@@ -300,7 +300,7 @@ impl EndpointPool {
             if request.version() == http::Version::HTTP_11
                 && request.headers().contains_key(http::header::UPGRADE)
             {
-                return self.send_switch(&alpn.http1, request).await;
+                return Box::pin(self.send_switch(&alpn.http1, request)).await;
             }
         }
         if self.http2 {
@@ -332,7 +332,10 @@ impl EndpointPool {
                 Some((sender, idle)) => (sender, true, idle),
                 None => {
                     let permit = self.permit(&request)?;
-                    (self.connect_http1(permit).await?, false, Duration::ZERO)
+                    // Boxed, like the other rare paths: inline, they would grow the future
+                    // every request moves around (see listener::serve_io).
+                    let sender = Box::pin(self.connect_http1(permit)).await?;
+                    (sender, false, Duration::ZERO)
                 }
             };
             // A connection idle for a while may be closed by the server just as we write to
@@ -385,7 +388,7 @@ impl EndpointPool {
                 None => {
                     fresh = true;
                     let permit = self.permit(&request)?;
-                    self.connect_http2(permit).await?
+                    Box::pin(self.connect_http2(permit)).await?
                 }
             };
             if let Err(source) = sender.ready().await {
