@@ -41,14 +41,21 @@ pub fn check<B>(request: &Request<B>) -> Result<(), ProxyError> {
 /// (RELIABILITY HTTP1-6): encoded slashes or backslashes, `%00`, backslashes, `#`, dot
 /// segments (plain or percent-encoded) and empty segments. What passes is one normalized path.
 pub fn check_path(path: &str) -> Result<(), ProxyError> {
-    let lower = path.to_ascii_lowercase();
-    let encoded = ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e));
+    // Without a `%` nothing is encoded: no lowercased copies on the common path.
+    let escaped = path.contains('%');
+    let encoded = escaped && {
+        let lower = path.to_ascii_lowercase();
+        ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e))
+    };
     if encoded || path.contains('\\') || path.contains('#') {
         return Err(ProxyError::BadRequest(
             "path with an encoded separator, backslash, NUL or #",
         ));
     }
     let dot = |segment: &str| {
+        if !escaped {
+            return segment == "." || segment == "..";
+        }
         let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
         decoded == "." || decoded == ".."
     };
