@@ -24,9 +24,11 @@
 //! `ficus-control` refuses a non-loopback `--http` without `--admin-token-file`. Reads
 //! (`config`, `history`, `versions`, `status`), `/metrics` and the health routes stay open.
 //!
-//! The API is plain HTTP and never asks for client certificates, so the certificates the CA
-//! issues to sidecars cannot be presented here and grant nothing: a sidecar can no more write
-//! the mesh config than any other process without an admin token.
+//! `--http` is plain HTTP and never asks for client certificates. `--https` serves the same
+//! routes over TLS and asks for one (see [`crate::admin_tls`]): a write is allowed with a
+//! verified client certificate whose SPIFFE ID is listed in `--admin-identities`, or with a
+//! valid bearer token; otherwise 401 (no credential, or a wrong token) or 403 (a certificate of
+//! an identity that is not an admin, such as a sidecar's). Reads stay open there too.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -35,6 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ficus_identity::SpiffeId;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -42,9 +45,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
+use crate::admin_tls::AdminIdentities;
 use crate::apply::{self, ApplyError, ApplyOutcome, DocumentKey};
 use crate::auth::admin::AdminTokens;
 use crate::auth::AuthError;
@@ -79,43 +85,137 @@ pub async fn serve(
             return; // the semaphore is never closed
         };
         let (stream, peer) = crate::listen::accept(&listener, "api").await;
+        let access = Access {
+            tokens: admin.clone(),
+            tls: None,
+            peer,
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            Arc::clone(&state),
+            Arc::new(access),
+            permit,
+        ));
+    }
+}
+
+/// Serves the API over TLS (`--https`, see [`crate::admin_tls`]) on `listener` until the
+/// process ends. Writes always need a client certificate of one of `identities` or (with
+/// `admin`) a valid bearer token.
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: Arc<ControlState>,
+    admin: Option<Arc<AdminTokens>>,
+    identities: Arc<AdminIdentities>,
+) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
+            return; // the semaphore is never closed
+        };
+        let (stream, peer) = crate::listen::accept(&listener, "api (https)").await;
+        let acceptor = acceptor.clone();
         let state = Arc::clone(&state);
         let admin = admin.clone();
+        let identities = Arc::clone(&identities);
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let state = Arc::clone(&state);
-                let admin = admin.clone();
-                async move {
-                    let response =
-                        match refuse_unauthorized(&state, admin.as_deref(), peer, &request) {
-                            Some(refused) => refused,
-                            None => route(&state, request).await,
-                        };
-                    Ok::<_, Infallible>(response)
+            let stream = match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    state
+                        .metrics
+                        .tls_handshake_failed
+                        .with_label_values(&["error"])
+                        .inc();
+                    tracing::info!(%peer, %error, "api TLS handshake failed");
+                    return;
                 }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(error) = served {
-                tracing::debug!(%peer, %error, "api connection failed");
-            }
-            drop(permit);
+                Err(_) => {
+                    state
+                        .metrics
+                        .tls_handshake_failed
+                        .with_label_values(&["timeout"])
+                        .inc();
+                    tracing::info!(%peer, "api TLS handshake not finished within 10 s");
+                    return;
+                }
+            };
+            // The chain was verified in the handshake; this reads its SPIFFE identity.
+            let client = match stream.get_ref().1.peer_certificates() {
+                None => ClientCert::None,
+                Some(chain) => match identities.identity_of(chain) {
+                    Ok(id) => ClientCert::Id(id),
+                    Err(reason) => ClientCert::Unusable(reason),
+                },
+            };
+            let access = Access {
+                tokens: admin,
+                tls: Some((identities, client)),
+                peer,
+            };
+            serve_connection(stream, state, Arc::new(access), permit).await;
         });
     }
 }
 
-/// A 401 for a write without a valid admin token (when admin tokens are configured).
+/// What one connection may do: the admin tokens, and over TLS the admin identities and the
+/// client certificate's identity.
+struct Access {
+    tokens: Option<Arc<AdminTokens>>,
+    tls: Option<(Arc<AdminIdentities>, ClientCert)>,
+    peer: SocketAddr,
+}
+
+/// The client certificate of a TLS connection.
+enum ClientCert {
+    /// None presented.
+    None,
+    /// Verified, with this identity.
+    Id(SpiffeId),
+    /// Chains to the mesh root but carries no usable SPIFFE ID.
+    Unusable(String),
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    state: Arc<ControlState>,
+    access: Arc<Access>,
+    permit: OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let peer = access.peer;
+    let service = service_fn(move |request| {
+        let state = Arc::clone(&state);
+        let access = Arc::clone(&access);
+        async move {
+            let response = match refuse_unauthorized(&state, &access, &request) {
+                Some(refused) => refused,
+                None => route(&state, request).await,
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(error) = served {
+        tracing::debug!(%peer, %error, "api connection failed");
+    }
+    drop(permit);
+}
+
+/// A 401 or 403 for a write that is not authorised: without a valid admin token (when admin
+/// tokens are configured) and, over TLS, without a client certificate of an admin identity.
 fn refuse_unauthorized(
     state: &ControlState,
-    admin: Option<&AdminTokens>,
-    peer: SocketAddr,
+    access: &Access,
     request: &Request<Incoming>,
 ) -> Option<Response<Body>> {
-    let admin = admin?;
     let path = request.uri().path();
     let method = request.method();
     // Deny by default: every method but GET and HEAD needs the token, whatever the path
@@ -123,28 +223,73 @@ fn refuse_unauthorized(
     if *method == Method::GET || *method == Method::HEAD {
         return None;
     }
+    if let Some((identities, ClientCert::Id(id))) = &access.tls {
+        if identities.contains(id) {
+            return None;
+        }
+    }
+    if access.tokens.is_none() && access.tls.is_none() {
+        return None; // plain --http on loopback without --admin-token-file
+    }
     let header = request
         .headers()
         .get(AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
-    let reason = admin.check(header).err()?;
-    state.metrics.api_denied.inc();
-    tracing::warn!(%peer, %method, path = %path.chars().take(200).collect::<String>(),
-        %reason, "write refused: no valid admin token");
-    let message = match reason {
-        AuthError::Missing => "401 Unauthorized: this control plane requires an admin token for \
-            changes; pass ficusctl --token-file FILE (a token from its --admin-token-file)"
-            .to_owned(),
-        AuthError::Unknown => "401 Unauthorized: the admin token is not valid; check \
-            --token-file against the control plane's --admin-token-file"
-            .to_owned(),
-        other => format!("401 Unauthorized: {other}"),
+    let token = match &access.tokens {
+        Some(tokens) => match tokens.check(header) {
+            Ok(()) => return None,
+            Err(reason) => Some(reason),
+        },
+        None => None,
     };
-    let mut response = error(StatusCode::UNAUTHORIZED, &message);
-    response.headers_mut().insert(
-        WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"ficus-control\""),
-    );
+    let peer = access.peer;
+    state.metrics.api_denied.inc();
+    let (status, message) = match (&access.tls, token) {
+        (_, Some(AuthError::Unknown)) => (
+            StatusCode::UNAUTHORIZED,
+            "401 Unauthorized: the admin token is not valid; check \
+            --token-file against the control plane's --admin-token-file"
+                .to_owned(),
+        ),
+        (Some((_, ClientCert::Id(id))), _) => (
+            StatusCode::FORBIDDEN,
+            format!(
+                "403 Forbidden: the client certificate's identity {id} is not an admin \
+                 identity of this control plane (--admin-identities)"
+            ),
+        ),
+        (Some((_, ClientCert::Unusable(reason))), _) => (
+            StatusCode::FORBIDDEN,
+            format!("403 Forbidden: the client certificate grants nothing: {reason}"),
+        ),
+        (Some((_, ClientCert::None)), None | Some(AuthError::Missing)) => (
+            StatusCode::UNAUTHORIZED,
+            "401 Unauthorized: changes need an admin client certificate (ficusctl --cert-file \
+             and --key-file; see ficus-control issue-admin-cert) or an admin token (ficusctl \
+             --token-file)"
+                .to_owned(),
+        ),
+        (None, Some(AuthError::Missing)) => (
+            StatusCode::UNAUTHORIZED,
+            "401 Unauthorized: this control plane requires an admin token for \
+            changes; pass ficusctl --token-file FILE (a token from its --admin-token-file)"
+                .to_owned(),
+        ),
+        (_, Some(other)) => (
+            StatusCode::UNAUTHORIZED,
+            format!("401 Unauthorized: {other}"),
+        ),
+        (None, None) => (StatusCode::UNAUTHORIZED, "401 Unauthorized".to_owned()),
+    };
+    tracing::warn!(%peer, %method, path = %path.chars().take(200).collect::<String>(),
+        status = status.as_u16(), %message, "write refused");
+    let mut response = error(status, &message);
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"ficus-control\""),
+        );
+    }
     Some(response)
 }
 

@@ -20,6 +20,7 @@
 //!   accepting with back-off.
 #![forbid(unsafe_code)]
 
+pub mod admin_tls;
 pub mod api;
 pub mod apply;
 pub mod auth;

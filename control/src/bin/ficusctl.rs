@@ -44,6 +44,20 @@ struct Args {
     /// when the control plane runs with `--admin-token-file`.
     #[arg(long, global = true, env = "FICUS_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// The mesh root(s) to verify an https:// --server by (the control plane's `<data>/ca.pem`).
+    #[arg(long, global = true, env = "FICUS_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Admin client certificate (PEM chain) for an https:// --server; see `ficus-control
+    /// issue-admin-cert`.
+    #[arg(long, global = true, env = "FICUS_CERT_FILE")]
+    cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(long, global = true, env = "FICUS_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Trust domain of the control plane's SPIFFE ID checked over https (default: that of
+    /// --cert-file, else cluster.local).
+    #[arg(long, global = true, env = "FICUS_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
     /// Recorded as the author of the versions you make (default: $USER).
     #[arg(long, global = true, env = "FICUS_AUTHOR")]
     author: Option<String>,
@@ -252,7 +266,12 @@ async fn run(args: Args) -> Result<(), CtlError> {
         .clone()
         .or_else(|| std::env::var("USER").ok())
         .filter(|a| !a.is_empty());
-    let client = Client::new(&args.server, token, author)?;
+    let client = Client::new(&args.server, token, author)?.with_tls(&client::TlsFiles {
+        ca_file: args.ca_file.clone(),
+        cert_file: args.cert_file.clone(),
+        key_file: args.key_file.clone(),
+        trust_domain: args.trust_domain.clone(),
+    })?;
     match args.command {
         Command::Apply {
             file,

@@ -1,15 +1,29 @@
 //! A small HTTP/1.1 client for the control plane's API: one connection per request, a deadline
 //! on connecting and on the whole exchange, a bounded response body.
+//!
+//! Over `https://` (the control plane's `--https`) the server is verified by the mesh root in
+//! `--ca-file` and by its SPIFFE ID, `spiffe://<td>/ns/ficus-system/sa/ficus-control` (the host
+//! name in `--server` is not checked against the certificate); `<td>` is `--trust-domain`, else
+//! the trust domain of `--cert-file`, else `cluster.local`. TLS 1.3 only. `--cert-file` and
+//! `--key-file` present an admin client certificate (`ficus-control issue-admin-cert`).
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ficus_identity::tls::{self, CertStore, Credentials, TrustBundle, ALPN_HTTP1};
+use ficus_identity::SpiffeId;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::TlsConnector;
 
 use crate::CtlError;
 
@@ -29,6 +43,23 @@ pub struct Client {
     token: Option<String>,
     /// Sent as `x-ficus-author` on writes.
     pub author: Option<String>,
+    /// Whether `--server` is `https://`.
+    https: bool,
+    /// The TLS config for `https://` (see [`Client::with_tls`]).
+    tls: Option<Arc<ClientConfig>>,
+}
+
+/// `--ca-file`, `--cert-file`, `--key-file` and `--trust-domain`.
+#[derive(Debug, Default)]
+pub struct TlsFiles {
+    /// The mesh root(s): the control plane's `<data>/ca.pem`.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// The mesh's trust domain.
+    pub trust_domain: Option<String>,
 }
 
 impl Client {
@@ -38,14 +69,17 @@ impl Client {
         token: Option<String>,
         author: Option<String>,
     ) -> Result<Self, CtlError> {
-        let rest = server.strip_prefix("http://").ok_or_else(|| {
-            let why = if server.starts_with("https://") {
-                "https is not supported yet"
-            } else {
-                "it must start with http://"
-            };
-            CtlError::Usage(format!("invalid --server {server:?}: {why}"))
-        })?;
+        let (rest, https) = match server.strip_prefix("https://") {
+            Some(rest) => (rest, true),
+            None => (
+                server.strip_prefix("http://").ok_or_else(|| {
+                    CtlError::Usage(format!(
+                        "invalid --server {server:?}: it must start with http:// or https://"
+                    ))
+                })?,
+                false,
+            ),
+        };
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') || authority.contains('@') {
             return Err(CtlError::Usage(format!(
@@ -57,6 +91,8 @@ impl Client {
         }) && !authority.ends_with(']');
         let authority = if has_port {
             authority.to_owned()
+        } else if https {
+            format!("{authority}:443")
         } else {
             format!("{authority}:80")
         };
@@ -64,7 +100,63 @@ impl Client {
             authority,
             token,
             author,
+            https,
+            tls: None,
         })
+    }
+
+    /// Sets up TLS for an `https://` server from `files`; refuses TLS files with `http://`.
+    pub fn with_tls(mut self, files: &TlsFiles) -> Result<Self, CtlError> {
+        let given =
+            files.ca_file.is_some() || files.cert_file.is_some() || files.key_file.is_some();
+        if !self.https {
+            if given {
+                return Err(CtlError::Usage(
+                    "--ca-file, --cert-file and --key-file need an https:// --server".to_owned(),
+                ));
+            }
+            return Ok(self);
+        }
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read_to_string(path)
+                .map_err(|e| CtlError::Usage(format!("cannot read {flag} {}: {e}", path.display())))
+        };
+        let Some(ca_file) = &files.ca_file else {
+            return Err(CtlError::Usage(
+                "an https:// --server needs --ca-file (the control plane's <data>/ca.pem)"
+                    .to_owned(),
+            ));
+        };
+        let roots = read("--ca-file", ca_file)?;
+        let credentials = match (&files.cert_file, &files.key_file) {
+            (Some(cert), Some(key)) => Some(
+                Credentials::from_pem_key(&read("--cert-file", cert)?, &read("--key-file", key)?)
+                    .map_err(|e| CtlError::Usage(format!("--cert-file/--key-file: {e}")))?,
+            ),
+            (None, None) => None,
+            _ => {
+                return Err(CtlError::Usage(
+                    "--cert-file and --key-file go together".to_owned(),
+                ))
+            }
+        };
+        let store = credentials.map(CertStore::with_credentials);
+        let trust_domain = files
+            .trust_domain
+            .clone()
+            .or_else(|| {
+                let id = store.as_ref()?.id()?;
+                Some(id.trust_domain().to_owned())
+            })
+            .unwrap_or_else(|| "cluster.local".to_owned());
+        let bundle = TrustBundle::from_pem(&roots, &trust_domain)
+            .map_err(|e| CtlError::Usage(format!("--ca-file {}: {e}", ca_file.display())))?;
+        let expected = SpiffeId::workload(&trust_domain, "ficus-system", "ficus-control")
+            .map_err(|e| CtlError::Usage(format!("--trust-domain {trust_domain:?}: {e}")))?;
+        let config = tls::client_config(store, &bundle, &expected)
+            .map_err(|e| CtlError::Usage(format!("TLS configuration: {e}")))?;
+        self.tls = Some(tls::with_alpn(&config, ALPN_HTTP1));
+        Ok(self)
     }
 
     /// `GET path`, decoded from JSON.
@@ -122,27 +214,67 @@ impl Client {
             .body(Full::new(body.unwrap_or_default()))
             .map_err(|e| CtlError::Usage(format!("invalid request: {e}")))?;
         let exchange = async {
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            let driver = tokio::spawn(connection);
-            let response = sender.send_request(request).await?;
-            let (parts, body) = response.into_parts();
-            let collected = Limited::new(body, MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the answer: {e}"))?;
-            driver.abort();
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts.status, collected.to_bytes()))
+            if self.https {
+                let config = self.tls.clone().ok_or("https:// needs --ca-file")?;
+                let host = self.authority.rsplit_once(':').map_or("", |(host, _)| {
+                    host.trim_start_matches('[').trim_end_matches(']')
+                });
+                // Not checked against the certificate (the SPIFFE ID is); any valid name works.
+                let name = ServerName::try_from(host.to_owned())
+                    .unwrap_or_else(|_| ServerName::from(std::net::IpAddr::from([127, 0, 0, 1])));
+                let stream = TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                exchange(stream, request).await
+            } else {
+                exchange(stream, request).await
+            }
         };
         let (status, body) = tokio::time::timeout(RESPONSE_TIMEOUT, exchange)
             .await
             .map_err(|_| unreachable(format!("no answer within {RESPONSE_TIMEOUT:?}")))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(with_sources(&*e)))?;
         if status.is_success() {
             return Ok(body);
         }
         Err(server_error(status, &body))
     }
+}
+
+/// `error` and its sources, `: `-separated (hyper's "connection error" alone hides a TLS alert).
+fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let more = inner.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = inner.source();
+    }
+    text
+}
+
+/// One request and its whole (bounded) answer on `stream`.
+async fn exchange<S>(
+    stream: S,
+    request: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let driver = tokio::spawn(connection);
+    let response = sender.send_request(request).await?;
+    let (parts, body) = response.into_parts();
+    let collected = Limited::new(body, MAX_RESPONSE)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    driver.abort();
+    Ok((parts.status, collected.to_bytes()))
 }
 
 /// The server's `{"error", "diagnostics"}` answer, or what it sent instead.
@@ -196,7 +328,9 @@ mod tests {
         assert_eq!(client("http://127.0.0.1:15014").unwrap(), "127.0.0.1:15014");
         assert_eq!(client("http://localhost:1/").unwrap(), "localhost:1");
         assert_eq!(client("http://control").unwrap(), "control:80");
-        assert!(matches!(client("https://x:1"), Err(CtlError::Usage(_))));
+        assert_eq!(client("https://x:1").unwrap(), "x:1");
+        assert_eq!(client("https://control").unwrap(), "control:443");
+        assert!(matches!(client("ftp://x:1"), Err(CtlError::Usage(_))));
         assert!(matches!(client("127.0.0.1:15014"), Err(CtlError::Usage(_))));
         assert!(matches!(client("http://x:1/api"), Err(CtlError::Usage(_))));
     }
