@@ -49,6 +49,8 @@ use ficus_identity::spiffe::SpiffeError;
 use ficus_identity::tls::{CertStore, Credentials, TlsError};
 use ficus_identity::SpiffeId;
 
+use crate::state::ControlState;
+
 /// The control plane's service account and namespace in its SPIFFE ID.
 pub const CONTROL_NAMESPACE: &str = "ficus-system";
 /// See [`CONTROL_NAMESPACE`].
@@ -157,7 +159,6 @@ pub fn load_or_generate(
             })
         }
     };
-    let mut ca = ca;
     let extra_path = dir.join("extra-roots.pem");
     if exists(&extra_path)? {
         let pem = read(&extra_path)?;
@@ -170,6 +171,114 @@ pub fn load_or_generate(
     }
     write_atomically(&data.join("ca.pem"), ca.bundle_pem().as_bytes(), 0o644)?;
     Ok(ca)
+}
+
+/// How often `ca/extra-roots.pem` is looked at for changes.
+pub const EXTRA_ROOTS_POLL: Duration = Duration::from_secs(2);
+/// Largest `ca/extra-roots.pem` read (a bundle of a few roots is a few KB).
+const MAX_EXTRA_ROOTS: u64 = 1024 * 1024;
+
+/// Publishes `ca`'s trust bundle on `state` (the push streams send it) and starts
+/// [`follow_extra_roots`]. Must be called inside a tokio runtime.
+pub fn publish_and_follow(data: &Path, ca: &Arc<CertificateAuthority>, state: &ControlState) {
+    state.trust_bundle.send_replace(Arc::from(ca.bundle_pem()));
+    tokio::spawn(follow_extra_roots(
+        data.to_owned(),
+        Arc::clone(ca),
+        state.trust_bundle.clone(),
+        state.metrics.trust_bundle_roots.clone(),
+        state.metrics.trust_bundle_reload_failures.clone(),
+    ));
+}
+
+/// Follows `<data>/ca/extra-roots.pem` while the control plane runs (polled every
+/// [`EXTRA_ROOTS_POLL`]; a missing file means no extra roots). A changed file is validated
+/// and put in force in `ca` (so every certificate answer carries it), written to
+/// `<data>/ca.pem`, and published on `bundle` (the push streams send it to every connected
+/// sidecar at once). A bad file changes nothing: the current bundle stays in force, the error
+/// is logged and counted in `failures`; fixing the file is picked up at the next poll.
+/// `roots` shows how many roots the bundle in force holds. Runs until the process ends.
+pub async fn follow_extra_roots(
+    data: PathBuf,
+    ca: Arc<CertificateAuthority>,
+    bundle: tokio::sync::watch::Sender<Arc<str>>,
+    roots: prometheus::IntGauge,
+    failures: prometheus::IntCounter,
+) {
+    let path = data.join("ca").join("extra-roots.pem");
+    // What is in force: the file's text when the CA was loaded (a start refuses a bad one).
+    let mut loaded = read_extra_roots(&path).ok();
+    let mut refused: Option<String> = None;
+    roots.set(count_roots(&ca.bundle_pem()));
+    loop {
+        tokio::time::sleep(EXTRA_ROOTS_POLL).await;
+        let text = match read_extra_roots(&path) {
+            Ok(text) => text,
+            Err(error) => {
+                if refused.as_deref() != Some(error.as_str()) {
+                    failures.inc();
+                    tracing::error!(path = %path.display(), %error,
+                        "cannot read the extra trusted roots; the trust bundle in force stays");
+                    refused = Some(error);
+                }
+                continue;
+            }
+        };
+        if loaded.as_deref() == Some(text.as_str()) || refused.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        let before = ca.bundle_pem();
+        if let Err(error) = ca.set_extra_roots(&text) {
+            failures.inc();
+            tracing::error!(path = %path.display(), %error,
+                "invalid extra trusted roots refused; the trust bundle in force stays");
+            refused = Some(text);
+            continue;
+        }
+        refused = None;
+        loaded = Some(text);
+        let pem = ca.bundle_pem();
+        if pem == before {
+            continue;
+        }
+        let written = {
+            let (path, pem) = (data.join("ca.pem"), pem.clone());
+            tokio::task::spawn_blocking(move || write_atomically(&path, pem.as_bytes(), 0o644))
+                .await
+        };
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "rewriting ca.pem failed"),
+            Err(error) => tracing::error!(%error, "rewriting ca.pem failed"),
+        }
+        let count = count_roots(&pem);
+        roots.set(count);
+        tracing::info!(path = %path.display(), roots = count,
+            "extra trusted roots reloaded; pushing the new trust bundle to the sidecars");
+        bundle.send_replace(Arc::from(pem));
+    }
+}
+
+/// The text of `ca/extra-roots.pem`: empty when there is none; an error when it cannot be
+/// read or is too large.
+fn read_extra_roots(path: &Path) -> Result<String, String> {
+    match fs::metadata(path) {
+        Ok(metadata) if metadata.len() > MAX_EXTRA_ROOTS => {
+            return Err(format!("larger than {MAX_EXTRA_ROOTS} bytes"))
+        }
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(error) => return Err(error.to_string()),
+    }
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+fn count_roots(pem: &str) -> i64 {
+    pem.matches("-----BEGIN CERTIFICATE-----").count() as i64
 }
 
 /// Who the control plane is on `--grpc`, and the names its certificate carries.

@@ -249,6 +249,7 @@ fn run(args: Args) -> Result<(), Fatal> {
             None => (None, Signer::insecure(Arc::clone(&metrics)), None),
             Some(authority) => {
                 let (acceptor, ca) = start_tls(authority)?;
+                ca::publish_and_follow(&args.data, &ca, &state);
                 if let Some(listener) = webhook {
                     start_webhook(&args, listener, &ca, Arc::clone(&metrics))?;
                 }

@@ -41,6 +41,15 @@ pub struct Metrics {
     /// `ficus_control_kubernetes_syncs_total{result}`: translations of the watched cluster
     /// (`--kubernetes`): `committed`, `unchanged`, `invalid` (the last good version stays).
     pub kubernetes_syncs: IntCounterVec,
+    /// `ficus_control_trust_bundle_roots`: roots in the trust bundle in force (the issuer's
+    /// root plus `ca/extra-roots.pem`); 0 with `--insecure`.
+    pub trust_bundle_roots: IntGauge,
+    /// `ficus_control_trust_bundle_reload_failures_total`: changed `ca/extra-roots.pem` files
+    /// refused (unreadable or invalid; the bundle in force stays).
+    pub trust_bundle_reload_failures: IntCounter,
+    /// `ficus_control_trust_bundle_pushes_total`: trust-bundle refreshes sent to sidecars
+    /// without a config change (a snapshot carries the bundle too).
+    pub trust_bundle_pushes: IntCounter,
 }
 
 impl Metrics {
@@ -117,6 +126,21 @@ impl Metrics {
                 &["result"],
             )
             .expect("static metric definition"),
+            trust_bundle_roots: IntGauge::new(
+                "ficus_control_trust_bundle_roots",
+                "Roots in the trust bundle in force",
+            )
+            .expect("static metric definition"),
+            trust_bundle_reload_failures: IntCounter::new(
+                "ficus_control_trust_bundle_reload_failures_total",
+                "Changed extra-roots files refused (the trust bundle in force stays)",
+            )
+            .expect("static metric definition"),
+            trust_bundle_pushes: IntCounter::new(
+                "ficus_control_trust_bundle_pushes_total",
+                "Trust-bundle refreshes pushed to sidecars without a config change",
+            )
+            .expect("static metric definition"),
             registry,
         };
         for collector in [
@@ -132,6 +156,9 @@ impl Metrics {
             Box::new(metrics.sidecars_nacking.clone()),
             Box::new(metrics.webhook_requests.clone()),
             Box::new(metrics.kubernetes_syncs.clone()),
+            Box::new(metrics.trust_bundle_roots.clone()),
+            Box::new(metrics.trust_bundle_reload_failures.clone()),
+            Box::new(metrics.trust_bundle_pushes.clone()),
         ] {
             metrics
                 .registry

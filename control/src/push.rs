@@ -7,6 +7,13 @@
 //! up it gets the newest snapshot, never the ones in between. Sidecars answer with ACK or
 //! NACK by nonce; answers to anything but the last push are stale and ignored.
 //!
+//! On TLS streams every snapshot also carries the trust bundle in force
+//! ([`ControlState::trust_bundle`]). When the bundle changes (`ca/extra-roots.pem` reloaded)
+//! and a sidecar has nothing else coming, it gets a trust-bundle refresh: a snapshot of the
+//! version and digest it already serves, `unchanged`, answered by ACK like any other (not
+//! counted as config convergence). A new stream gets one too unless a config push carries the
+//! bundle, so a sidecar that was away during a change catches up when it reconnects.
+//!
 //! HTTP/2 keepalive pings on every connection ([`crate::grpc`]) detect dead peers; a dead
 //! stream's task ends and the sidecar is marked disconnected.
 
@@ -214,6 +221,10 @@ struct Sent {
     record: Arc<VersionRecord>,
     nonce: String,
     digest: String,
+    /// A trust-bundle refresh of the version already served (no config convergence to observe).
+    refresh: bool,
+    /// The sidecar NACKed it (kept so the same version is not pushed again).
+    nacked: bool,
 }
 
 struct PushStream {
@@ -241,8 +252,12 @@ impl PushStream {
         // What the sidecar serves: (version, digest).
         let mut serving = (hello.version, hello.digest.clone());
         let mut sent: Option<Sent> = None;
+        let mut trust = self.state.trust_bundle.subscribe();
+        // The bundle last sent on this stream (none yet: the sidecar's may be older).
+        let mut bundle_sent: Arc<str> = Arc::from("");
         loop {
             let latest = Arc::clone(&self.published.borrow_and_update());
+            let bundle = Arc::clone(&trust.borrow_and_update());
             let pending = sent.as_ref().map(|s| s.record.version);
             if latest.version > 0 && latest.version != serving.0 && pending != Some(latest.version)
             {
@@ -259,6 +274,7 @@ impl PushStream {
                     },
                     digest: scoped.digest.clone(),
                     unchanged,
+                    trust_bundle_pem: bundle.to_string(),
                 };
                 let message = ControlMessage {
                     kind: Some(control_message::Kind::Snapshot(snapshot)),
@@ -267,13 +283,62 @@ impl PushStream {
                     break;
                 }
                 metrics.pushes.inc();
+                bundle_sent = Arc::clone(&bundle);
                 sent = Some(Sent {
                     record: latest,
                     nonce,
                     digest: scoped.digest.clone(),
+                    refresh: false,
+                    nacked: false,
                 });
+            } else if !bundle.is_empty()
+                && bundle != bundle_sent
+                && sent.as_ref().is_none_or(|s| s.nacked)
+            {
+                // A trust-bundle refresh: the version and digest the sidecar serves, unchanged.
+                let nonce = format!("{:016x}", rand::random::<u64>());
+                let snapshot = Snapshot {
+                    version: serving.0,
+                    nonce: nonce.clone(),
+                    documents: String::new(),
+                    digest: serving.1.clone(),
+                    unchanged: true,
+                    trust_bundle_pem: bundle.to_string(),
+                };
+                let message = ControlMessage {
+                    kind: Some(control_message::Kind::Snapshot(snapshot)),
+                };
+                if self.tx.send(message).await.is_err() {
+                    break;
+                }
+                metrics.trust_bundle_pushes.inc();
+                bundle_sent = Arc::clone(&bundle);
+                let record = if latest.version == serving.0 {
+                    latest
+                } else {
+                    Arc::new(VersionRecord {
+                        version: serving.0,
+                        ..VersionRecord::empty()
+                    })
+                };
+                // After a NACK, `sent` stays (so the refused version is not pushed again) and
+                // the refresh's ACK is ignored as stale.
+                if sent.is_none() {
+                    sent = Some(Sent {
+                        record,
+                        nonce,
+                        digest: serving.1.clone(),
+                        refresh: true,
+                        nacked: false,
+                    });
+                }
             }
             tokio::select! {
+                changed = trust.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
                 changed = self.published.changed() => {
                     if changed.is_err() {
                         break;
@@ -309,7 +374,11 @@ impl PushStream {
                 if let Some(done) = sent.take() {
                     *serving = (done.record.version, done.digest);
                     registry.ack(node, done.record.version);
-                    let committed = done.record.created_at_ms;
+                    let committed = if done.refresh {
+                        0
+                    } else {
+                        done.record.created_at_ms
+                    };
                     let now = SystemTime::now()
                         .duration_since(SystemTime::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64);
@@ -322,6 +391,12 @@ impl PushStream {
             }
             Some(sidecar_message::Kind::Nack(nack)) if matches(&nack.nonce) => {
                 // Keep `sent`: the same version is not pushed again; the next one will be.
+                // A refused refresh is dropped (its bundle is not sent again).
+                if sent.as_ref().is_some_and(|s| s.refresh) {
+                    *sent = None;
+                } else if let Some(sent) = sent.as_mut() {
+                    sent.nacked = true;
+                }
                 let version = sent.as_ref().map_or(nack.version, |s| s.record.version);
                 registry.nack(node, version, &truncate(&nack.error, 4096));
                 metrics.nacks.inc();

@@ -54,6 +54,10 @@ pub struct ControlState {
     /// The CA's trust domain (`--trust-domain`), set at start unless `--insecure`: an apply
     /// whose `Mesh.spec.trustDomain` names another one is refused.
     pub trust_domain: std::sync::OnceLock<String>,
+    /// The trust bundle in force (PEM: the CA's root plus `ca/extra-roots.pem`), sent on every
+    /// push stream; empty with `--insecure`. Push streams watch it: a change is pushed to
+    /// every connected sidecar even when the config did not change.
+    pub trust_bundle: watch::Sender<Arc<str>>,
 }
 
 impl ControlState {
@@ -66,6 +70,7 @@ impl ControlState {
             metrics: Metrics::new(),
             writes: tokio::sync::Mutex::new(()),
             trust_domain: std::sync::OnceLock::new(),
+            trust_bundle: watch::channel(Arc::from("")).0,
         })
     }
 

@@ -238,8 +238,9 @@ pub struct CertificateAuthority {
     /// The earliest expiry in the chain: nothing issued outlives it.
     not_after: SystemTime,
     /// Roots trusted besides the issuer's own (root rotation: the next root before the switch,
-    /// the previous one after it). Never the issuer's root itself.
-    extra_roots: Vec<CertificateDer<'static>>,
+    /// the previous one after it). Never the issuer's root itself. Swapped atomically, so the
+    /// control plane can reload them while it signs.
+    extra_roots: arc_swap::ArcSwap<Vec<CertificateDer<'static>>>,
 }
 
 impl CertificateAuthority {
@@ -284,7 +285,7 @@ impl CertificateAuthority {
             chain: vec![der],
             not_before,
             not_after,
-            extra_roots: Vec::new(),
+            extra_roots: arc_swap::ArcSwap::from_pointee(Vec::new()),
         })
     }
 
@@ -318,7 +319,7 @@ impl CertificateAuthority {
             chain,
             not_before,
             not_after,
-            extra_roots: Vec::new(),
+            extra_roots: arc_swap::ArcSwap::from_pointee(Vec::new()),
         })
     }
 
@@ -348,10 +349,11 @@ impl CertificateAuthority {
     /// during a root rotation: first the next root is added here (every workload learns to
     /// trust it when it renews), then the issuer is switched to it and the previous root
     /// moves here, until every certificate it issued has expired. Each must be a CA
-    /// certificate; a copy of the issuer's root is dropped.
-    pub fn set_extra_roots(&mut self, pem: &str) -> Result<(), CaError> {
+    /// certificate; a copy of the issuer's root is dropped. Invalid text changes nothing.
+    /// Takes `&self`: a shared CA can be given new extra roots while it signs.
+    pub fn set_extra_roots(&self, pem: &str) -> Result<(), CaError> {
         if pem.trim().is_empty() {
-            self.extra_roots.clear();
+            self.extra_roots.store(std::sync::Arc::new(Vec::new()));
             return Ok(());
         }
         let bundle =
@@ -361,12 +363,13 @@ impl CertificateAuthority {
                 }
             })?;
         let own = self.chain.last();
-        self.extra_roots = bundle
+        let extra = bundle
             .certificates()
             .iter()
             .filter(|root| Some(*root) != own)
             .cloned()
             .collect();
+        self.extra_roots.store(std::sync::Arc::new(extra));
         Ok(())
     }
 
@@ -376,7 +379,7 @@ impl CertificateAuthority {
         self.chain
             .last()
             .into_iter()
-            .chain(&self.extra_roots)
+            .chain(self.extra_roots.load().iter())
             .map(|der| x509::certificate_pem(der))
             .collect()
     }

@@ -6,6 +6,16 @@
 //! to 10 s); on reconnect the Hello carries the version and digest being served, so the
 //! control plane sends only a changed snapshot, or a version bump, or nothing. HTTP/2
 //! keepalive pings detect a dead control plane.
+//!
+//! Over TLS each snapshot also carries the trust bundle in force at the control plane (root
+//! rotation: `ca/extra-roots.pem` changed). It came over the control connection, verified
+//! against the roots in force, so it is authentic; it is put in force in the shared
+//! [`TrustStore`] (every new handshake: inbound, outbound, to the control plane) only when our
+//! current certificate chains to it — the same rule as for the bundle sent with a
+//! certificate. Otherwise the roots in force stay (logged, counted in
+//! `ficus_tls_trust_bundle_refused_total`) and the next certificate brings the bundle.
+//! `ficus_tls_trust_bundle_roots` shows how many roots are in force. With `http://`
+//! (`--insecure` control plane) the field is ignored.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -203,15 +213,77 @@ pub struct ControlClient {
     reloader: Reloader,
     /// `(version, digest)` being served.
     serving: (u64, String),
+    /// `ficus_tls_trust_bundle_refused_total`.
+    bundles_refused: prometheus::IntCounter,
 }
 
 impl ControlClient {
     /// A client that applies pushes through `reloader`.
     pub fn new(settings: ControlSettings, reloader: Reloader) -> Self {
+        let bundles_refused = prometheus::IntCounter::new(
+            "ficus_tls_trust_bundle_refused_total",
+            "Trust bundles pushed by the control plane and not put in force",
+        )
+        .expect("static metric definition");
+        if let Some(tls) = &settings.tls {
+            let metrics = &reloader.shared().metrics;
+            let roots = TrustBundleRoots::new(Arc::clone(&tls.bundle));
+            for collector in [
+                Box::new(roots) as Box<dyn prometheus::core::Collector>,
+                Box::new(bundles_refused.clone()),
+            ] {
+                if let Err(error) = metrics.register(collector) {
+                    tracing::warn!(%error, "trust bundle metrics not registered");
+                }
+            }
+        }
         Self {
             settings,
             reloader,
             serving: (0, String::new()),
+            bundles_refused,
+        }
+    }
+
+    /// Puts a trust bundle pushed by the control plane in force, if our current certificate
+    /// chains to it (see the module docs). Nothing happens over `http://` or for an empty one.
+    fn take_bundle(&self, pem: &str) {
+        let Some(control) = &self.settings.tls else {
+            return;
+        };
+        if pem.trim().is_empty() {
+            return;
+        }
+        let refused = |reason: String| {
+            self.bundles_refused.inc();
+            tracing::warn!(%reason, "pushed trust bundle refused; the roots in force stay");
+        };
+        let bundle = match TrustBundle::from_pem(pem, control.bundle.trust_domain()) {
+            Ok(bundle) => bundle,
+            Err(error) => return refused(format!("invalid: {error}")),
+        };
+        if bundle == control.bundle.bundle() {
+            return;
+        }
+        let current = self
+            .reloader
+            .shared()
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.store.current());
+        let Some(current) = current else {
+            // Not a refusal: the certificate, when it comes, brings the bundle with it.
+            tracing::debug!("pushed trust bundle left for the first certificate to bring");
+            return;
+        };
+        if let Err(error) = bundle.check_chain(current.chain()) {
+            return refused(format!(
+                "our current certificate does not chain to it: {error}"
+            ));
+        }
+        match control.bundle.install(bundle) {
+            Ok(_) => {}
+            Err(error) => refused(error.to_string()),
         }
     }
 
@@ -347,9 +419,14 @@ impl ControlClient {
             documents,
             digest,
             unchanged,
+            trust_bundle_pem,
         } = snapshot;
+        self.take_bundle(&trust_bundle_pem);
         let source = format!("control:v{version}");
-        let result = if unchanged {
+        let result = if unchanged && version == self.serving.0 && digest == self.serving.1 {
+            // A trust-bundle refresh of what we serve: nothing to reload.
+            Ok(())
+        } else if unchanged {
             if digest == self.serving.1 {
                 self.reloader.bump_version(version, &source)
             } else {
@@ -424,6 +501,42 @@ fn write_atomically(dir: &Path, cached: &Cached) -> std::io::Result<()> {
     drop(file);
     std::fs::rename(&temp, cache_file(dir))?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// `ficus_tls_trust_bundle_roots`: the roots in force, read from the trust store at each
+/// scrape (so installs from pushes and from certificate answers both show).
+struct TrustBundleRoots {
+    trust: Arc<TrustStore>,
+    roots: prometheus::IntGauge,
+}
+
+impl TrustBundleRoots {
+    fn new(trust: Arc<TrustStore>) -> Self {
+        let roots = prometheus::IntGauge::new(
+            "ficus_tls_trust_bundle_roots",
+            "Roots in the trust bundle in force",
+        )
+        .expect("static metric definition");
+        Self { trust, roots }
+    }
+}
+
+impl prometheus::core::Collector for TrustBundleRoots {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.roots.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let roots = self.trust.bundle().certificates().len();
+        self.roots.set(i64::try_from(roots).unwrap_or(i64::MAX));
+        self.roots.collect()
+    }
+}
+
+impl std::fmt::Debug for TrustBundleRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustBundleRoots").finish_non_exhaustive()
+    }
 }
 
 /// Why a session ended, and whether it got as far as subscribing (which resets the backoff).

@@ -661,7 +661,7 @@ fn shared_cert() -> &'static Vec<u8> {
 
 #[test]
 fn extra_roots_join_the_bundle_and_bad_ones_are_refused() {
-    let mut ca = CertificateAuthority::generate(TD).unwrap();
+    let ca = CertificateAuthority::generate(TD).unwrap();
     assert_eq!(
         ca.bundle_pem(),
         ca.root_pem(),
