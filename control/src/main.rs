@@ -90,6 +90,34 @@ struct Args {
     /// versions (in-cluster only; API writes are replaced by the next change in the cluster).
     #[arg(long, env = "FICUS_KUBERNETES")]
     kubernetes: bool,
+    /// Also serve the HTTP API over TLS 1.3 on this address (certificate from the mesh CA;
+    /// client certificates requested), e.g. 0.0.0.0:15443. Needs the CA (not with --insecure).
+    #[arg(long, env = "FICUS_HTTPS")]
+    https: Option<SocketAddr>,
+    /// SPIFFE IDs whose client certificates may use the write API on --https, comma-separated,
+    /// e.g. spiffe://cluster.local/ns/ficus-system/sa/alice (see `issue-admin-cert`).
+    #[arg(long, env = "FICUS_ADMIN_IDENTITIES", value_delimiter = ',')]
+    admin_identities: Vec<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Offline commands (run on the control host; the server is not started).
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Issue an admin client certificate `spiffe://<td>/ns/ficus-system/sa/<name>` from the CA
+    /// in --data: writes cert.pem, key.pem (0600) and ca.pem into --out.
+    IssueAdminCert {
+        /// The service-account part of the identity, e.g. alice.
+        #[arg(long)]
+        name: String,
+        /// Directory for the files (created 0700 if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// How long the certificate is valid (e.g. 24h, 8h).
+        #[arg(long, default_value = "24h", value_parser = parse_lifetime)]
+        lifetime: Duration,
+    },
 }
 
 /// Why the process cannot start: exit code 2 for bad flags or input files, 1 otherwise.
@@ -141,6 +169,38 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Fatal> {
+    if let Some(Command::IssueAdminCert {
+        name,
+        out,
+        lifetime,
+    }) = &args.command
+    {
+        let id = ficus_control::admin_tls::issue_admin_cert_command(
+            &args.data,
+            &args.trust_domain,
+            name,
+            *lifetime,
+            out,
+        )
+        .map_err(Fatal::usage)?;
+        println!("{id}: {}/cert.pem, key.pem, ca.pem", out.display());
+        return Ok(());
+    }
+    if args.https.is_some() && args.insecure {
+        return Err(Fatal::usage(
+            "--https needs the CA for its certificate; drop --insecure",
+        ));
+    }
+    let admin_identities = ficus_control::admin_tls::AdminIdentities::parse(
+        &args.admin_identities,
+        &args.trust_domain,
+    )
+    .map_err(|e| Fatal::usage(format!("--admin-identities: {e}")))?;
+    if args.https.is_some() && admin_identities.is_empty() && args.admin_token_file.is_none() {
+        return Err(Fatal::usage(
+            "--https: give --admin-identities or --admin-token-file, else nobody can change the mesh there",
+        ));
+    }
     if !args.http.ip().is_loopback() && args.admin_token_file.is_none() {
         return Err(Fatal::usage(format!(
             "--http {} is not a loopback address; give --admin-token-file so that only admins \
@@ -244,11 +304,27 @@ fn run(args: Args) -> Result<(), Fatal> {
             )?),
             None => None,
         };
+        let https = match args.https {
+            Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(
+                |error| Fatal::other(format!("cannot listen on {address} (--https): {error}")),
+            )?),
+            None => None,
+        };
         let metrics = Arc::clone(&state.metrics);
         let (tls, signer, push_authenticator) = match authority {
             None => (None, Signer::insecure(Arc::clone(&metrics)), None),
             Some(authority) => {
                 let (acceptor, ca) = start_tls(authority)?;
+                if let Some(listener) = https {
+                    ficus_control::admin_tls::start(
+                        listener,
+                        &ca,
+                        Arc::clone(&state),
+                        admin.clone(),
+                        admin_identities,
+                    )
+                    .map_err(|e| Fatal::other(format!("--https: {e}")))?;
+                }
                 ca::publish_and_follow(&args.data, &ca, &state);
                 if let Some(listener) = webhook {
                     start_webhook(&args, listener, &ca, Arc::clone(&metrics))?;
