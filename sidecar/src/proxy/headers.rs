@@ -1,10 +1,11 @@
 //! Header handling every forwarded message gets: hop-by-hop removal (RFC 9110 §7.6.1),
 //! `x-forwarded-for` / `forwarded`, and `x-request-id`.
 
+use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -108,50 +109,88 @@ fn push_ipv4(out: &mut String, ip: Ipv4Addr) {
 
 /// Appends the peer to `x-forwarded-for` and `forwarded`, and sets `x-forwarded-proto`.
 pub fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
-    use std::fmt::Write;
     let ip = match peer.ip() {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     };
-    let mut xff = String::with_capacity(64);
-    if let Some(previous) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        xff.push_str(previous);
-        xff.push_str(", ");
-    }
-    match ip {
-        IpAddr::V4(v4) => push_ipv4(&mut xff, v4),
-        IpAddr::V6(v6) => {
-            let _ = write!(xff, "{v6}");
+    let Some((alone, node)) = peer_values(ip) else {
+        return;
+    };
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(entry) => {
+            entry.insert(alone);
+        }
+        Entry::Occupied(mut entry) => {
+            let xff = match entry.get().to_str() {
+                Ok(previous) => {
+                    let mut xff = String::with_capacity(previous.len() + 2 + alone.len());
+                    xff.push_str(previous);
+                    xff.push_str(", ");
+                    xff.push_str(alone.to_str().unwrap_or_default());
+                    HeaderValue::from_maybe_shared(Bytes::from(xff)).ok()
+                }
+                Err(_) => Some(alone),
+            };
+            if let Some(xff) = xff {
+                entry.insert(xff);
+            }
         }
     }
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
-        headers.insert(X_FORWARDED_FOR, value);
+    headers.append(FORWARDED, node);
+    headers
+        .entry(X_FORWARDED_PROTO)
+        .or_insert(HeaderValue::from_static("http"));
+}
+
+/// The `x-forwarded-for` entry and the `forwarded` element for `ip`. The last peer's are kept
+/// per thread and cloned (a reference count), since a connection's requests (and on loopback
+/// all of them) come from one address.
+fn peer_values(ip: IpAddr) -> Option<(HeaderValue, HeaderValue)> {
+    thread_local! {
+        static LAST: RefCell<Option<(IpAddr, HeaderValue, HeaderValue)>> =
+            const { RefCell::new(None) };
     }
-    let mut node = String::with_capacity(48);
+    LAST.with(|last| {
+        let mut last = last.try_borrow_mut().ok()?;
+        if let Some((cached, alone, node)) = last.as_ref() {
+            if *cached == ip {
+                return Some((alone.clone(), node.clone()));
+            }
+        }
+        let (alone, node) = forwarded_values(ip)?;
+        *last = Some((ip, alone.clone(), node.clone()));
+        Some((alone, node))
+    })
+}
+
+fn forwarded_values(ip: IpAddr) -> Option<(HeaderValue, HeaderValue)> {
+    use std::fmt::Write;
+    let mut alone = String::with_capacity(40);
+    let mut node = String::with_capacity(56);
     match ip {
         IpAddr::V4(v4) => {
+            push_ipv4(&mut alone, v4);
             node.push_str("for=");
-            push_ipv4(&mut node, v4);
+            node.push_str(&alone);
             node.push_str(";proto=http");
         }
         IpAddr::V6(v6) => {
+            let _ = write!(alone, "{v6}");
             let _ = write!(node, "for=\"[{v6}]\";proto=http");
         }
     }
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(node)) {
-        headers.append(FORWARDED, value);
-    }
-    if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
+    let alone = HeaderValue::from_maybe_shared(Bytes::from(alone)).ok()?;
+    let node = HeaderValue::from_maybe_shared(Bytes::from(node)).ok()?;
+    Some((alone, node))
 }
 
 /// Adds an `x-request-id` (a random UUID v4) when the request has none.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    if headers.contains_key(X_REQUEST_ID) {
+    // One hashed lookup: the vacant entry is where the new id goes.
+    let Entry::Vacant(entry) = headers.entry(X_REQUEST_ID) else {
         return;
-    }
+    };
     // Version 4 in the 13th hex digit, variant 10xx in the 17th.
     let bits = rand::random::<u128>() & !(0xF000 << 64) & !(0xC000 << 48);
     let bits = bits | (0x4000 << 64) | (0x8000 << 48);
@@ -167,7 +206,7 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
         at += 2;
     }
     if let Ok(value) = HeaderValue::from_bytes(&id) {
-        headers.insert(X_REQUEST_ID, value);
+        entry.insert(value);
     }
 }
 
@@ -214,6 +253,17 @@ mod tests {
         append_forwarded(&mut h, "127.0.0.1:5000".parse().unwrap());
         append_forwarded(&mut h, "[::1]:5000".parse().unwrap());
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1, ::1");
+        // The per-thread cache of the last peer's values gives the same answers.
+        let mut again = HeaderMap::new();
+        append_forwarded(&mut again, "[::ffff:10.1.2.3]:1".parse().unwrap());
+        append_forwarded(&mut again, "10.1.2.3:2".parse().unwrap());
+        assert_eq!(again[X_FORWARDED_FOR], "10.1.2.3, 10.1.2.3");
+        assert_eq!(again.get_all(FORWARDED).iter().count(), 2);
+        assert_eq!(again[X_FORWARDED_PROTO], "http");
+        let mut fresh = HeaderMap::new();
+        append_forwarded(&mut fresh, "10.1.2.3:3".parse().unwrap());
+        assert_eq!(fresh[X_FORWARDED_FOR], "10.1.2.3");
+        assert_eq!(fresh[FORWARDED], "for=10.1.2.3;proto=http");
         let forwarded: Vec<_> = h.get_all(FORWARDED).iter().collect();
         assert_eq!(
             forwarded,
