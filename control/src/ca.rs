@@ -20,18 +20,26 @@
 //! a certificate is refused at start rather than overwritten, since it may be the only copy
 //! of someone's key.
 //!
-//! **Root rotation** (no sidecar restarts; established connections are never cut). Every
-//! certificate the control plane issues comes with the trust bundle — the issuer's root plus
-//! `ca/extra-roots.pem` — and sidecars put it in force for all new handshakes (inbound,
-//! outbound and to the control plane) when they install the certificate:
-//! 1. Put the new root into `ca/extra-roots.pem` and restart `ficus-control`. Wait one
-//!    certificate lifetime (`--cert-lifetime`): every sidecar has renewed and trusts both.
+//! **Root rotation** (no sidecar restarts; established connections are never cut). The trust
+//! bundle — the issuer's root plus `ca/extra-roots.pem` — goes to every sidecar on its push
+//! stream (`Snapshot.trust_bundle_pem`, see [`crate::push`]) and with every certificate the
+//! control plane issues; sidecars put it in force for all new handshakes (inbound, outbound
+//! and to the control plane) once their own certificate chains to it.
+//! `ca/extra-roots.pem` is followed while the control plane runs ([`follow_extra_roots`],
+//! polled every 2 s): a changed file is validated, put in force, written to `ca.pem` and pushed
+//! at once; a bad one changes nothing (logged, counted). Replace it by renaming a new file
+//! over it (a half-written file is refused, then picked up when complete).
+//! 1. Put the new root into `ca/extra-roots.pem` (no restart). Within seconds every connected
+//!    sidecar trusts both (`ficus_tls_trust_bundle_roots` on each sidecar).
 //! 2. Move the old issuer away, put the new issuer's certificate and key into `ca/cert.pem` and
-//!    `ca/key.pem`, the old root into `ca/extra-roots.pem`, and restart. Certificates are now
-//!    issued under the new root (the control plane's own too) and still accepted by sidecars
-//!    that have not renewed yet, and vice versa. Wait one certificate lifetime.
-//! 3. Empty `ca/extra-roots.pem` and restart: after the next renewals the old root is trusted
-//!    nowhere.
+//!    `ca/key.pem` — first: from then on `ca/extra-roots.pem` changes wait for the restart —,
+//!    then the old root into `ca/extra-roots.pem`, and restart (the issuer is read at start
+//!    only). Certificates are now issued under the new root (the control plane's own
+//!    too) and still accepted by sidecars that have not renewed yet, and vice versa. Wait one
+//!    certificate lifetime, so every sidecar holds a certificate under the new root.
+//! 3. Empty `ca/extra-roots.pem` (no restart): the old root is pushed out. A sidecar still
+//!    holding an old-root certificate refuses a bundle its certificate does not chain to and
+//!    keeps the old root until its next certificate brings the bundle.
 //!
 //! The control plane's own certificate (for the TLS of `--grpc`) is issued under the same CA
 //! at every start, kept in memory only, and re-issued at 70 % of its lifetime.
@@ -196,7 +204,9 @@ pub fn publish_and_follow(data: &Path, ca: &Arc<CertificateAuthority>, state: &C
 /// and put in force in `ca` (so every certificate answer carries it), written to
 /// `<data>/ca.pem`, and published on `bundle` (the push streams send it to every connected
 /// sidecar at once). A bad file changes nothing: the current bundle stays in force, the error
-/// is logged and counted in `failures`; fixing the file is picked up at the next poll.
+/// is logged and counted in `failures`; fixing the file is picked up at the next poll. Once
+/// `ca/cert.pem` differs from the issuer loaded at start (rotation step 2 in progress),
+/// changes wait for the restart.
 /// `roots` shows how many roots the bundle in force holds. Runs until the process ends.
 pub async fn follow_extra_roots(
     data: PathBuf,
@@ -206,12 +216,29 @@ pub async fn follow_extra_roots(
     failures: prometheus::IntCounter,
 ) {
     let path = data.join("ca").join("extra-roots.pem");
-    // What is in force: the file's text when the CA was loaded (a start refuses a bad one).
+    let issuer_path = data.join("ca").join("cert.pem");
+    // What is in force: the files' text when the CA was loaded (a start refuses a bad one).
     let mut loaded = read_extra_roots(&path).ok();
+    let issuer = fs::read_to_string(&issuer_path).ok();
     let mut refused: Option<String> = None;
+    let mut held = false;
     roots.set(count_roots(&ca.bundle_pem()));
     loop {
         tokio::time::sleep(EXTRA_ROOTS_POLL).await;
+        // A new issuer on disk waits for a restart; so do the extra roots written with it
+        // (rotation step 2 writes the old root there: pushed under the old issuer, it would
+        // take the new root away from the sidecars just before the control plane presents a
+        // certificate under it).
+        if fs::read_to_string(&issuer_path).ok() != issuer {
+            if !held {
+                tracing::warn!(path = %issuer_path.display(),
+                    "the issuer changed on disk: restart ficus-control to use it; \
+                     extra-roots.pem changes wait for that restart");
+                held = true;
+            }
+            continue;
+        }
+        held = false;
         let text = match read_extra_roots(&path) {
             Ok(text) => text,
             Err(error) => {

@@ -260,6 +260,17 @@ async fn an_edited_extra_roots_file_reaches_running_sidecars_over_the_push_strea
     std::fs::write(ca_dir.join("key.pem"), new.key_pem()).unwrap();
     std::fs::write(ca_dir.join("cert.pem"), new.cert_pem()).unwrap();
     replace(&extra, &old.root_pem());
+    // Under the old issuer that file would leave only the old root; it waits for the restart.
+    let started = Instant::now();
+    while !control.log().contains("the issuer changed on disk") {
+        assert!(
+            started.elapsed() < WAIT,
+            "the new issuer on disk went unnoticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(std::fs::read_to_string(control.ca_file()).unwrap(), both);
+    wait_roots(&[&server, &web], 2.0, "issuer switch pending").await;
     control.restart().await;
     assert_eq!(
         std::fs::read_to_string(control.ca_file()).unwrap(),
