@@ -5,7 +5,8 @@
 //! from the mesh CA (URI SAN `spiffe://<td>/ns/ficus-system/sa/ficus-control`, DNS `localhost`,
 //! IP 127.0.0.1 and the bind address; renewed like the `--grpc` one). The server asks for a
 //! client certificate but does not require one: a certificate that is presented must chain to
-//! the mesh root(s) (`<data>/ca.pem`) or the handshake fails (`unknown_ca`).
+//! the mesh root(s) (`<data>/ca.pem`, followed as `ca/extra-roots.pem` changes) or the
+//! handshake fails (`unknown_ca`).
 //!
 //! **Who is an admin.** Exactly the SPIFFE IDs listed in `--admin-identities` (comma-separated,
 //! in the mesh's trust domain), e.g. `spiffe://cluster.local/ns/ficus-system/sa/alice`. There is
@@ -29,12 +30,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use ficus_identity::ca::CertificateAuthority;
 use ficus_identity::tls::{check_svid, CertStore, TrustBundle, ALPN_HTTP1};
 use ficus_identity::SpiffeId;
-use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio::sync::watch;
+use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
+use tokio_rustls::rustls::pki_types::{CertificateDer, UnixTime};
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio_rustls::rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
-use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{
+    self, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 
 use tokio_rustls::TlsAcceptor;
 
@@ -93,26 +100,128 @@ impl AdminIdentities {
     }
 }
 
-/// The server config of `--https`: TLS 1.3 only, the certificate from `store`, client
-/// certificates requested and, when presented, verified against `bundle`'s roots (webpki:
-/// chain, validity, clientAuth usage). ALPN `http/1.1`; no session resumption, so every
-/// connection's client certificate is verified afresh.
-pub fn server_config(
-    store: Arc<CertStore>,
-    bundle: &TrustBundle,
-) -> Result<Arc<ServerConfig>, String> {
-    let provider = ficus_identity::crypto_provider();
+/// The client-certificate verifier of `--https`: webpki (chain to the mesh roots, validity,
+/// clientAuth usage) over the trust bundle in force, swapped when the bundle changes (root
+/// rotation: `ca/extra-roots.pem` is followed without a restart). Client certificates are
+/// requested, not required.
+#[derive(Debug)]
+pub struct AdminClientVerifier {
+    current: ArcSwap<Arc<dyn ClientCertVerifier>>,
+    trust_domain: String,
+}
+
+impl AdminClientVerifier {
+    /// A verifier trusting the roots in `bundle_pem`.
+    pub fn new(bundle_pem: &str, trust_domain: &str) -> Result<Arc<Self>, String> {
+        Ok(Arc::new(Self {
+            current: ArcSwap::from_pointee(webpki_verifier(bundle_pem, trust_domain)?),
+            trust_domain: trust_domain.to_owned(),
+        }))
+    }
+
+    /// Trusts the roots in `bundle_pem` from the next handshake on; a bad bundle changes
+    /// nothing.
+    pub fn install(&self, bundle_pem: &str) -> Result<(), String> {
+        let verifier = webpki_verifier(bundle_pem, &self.trust_domain)?;
+        self.current.store(Arc::new(verifier));
+        Ok(())
+    }
+
+    /// Installs every bundle published on `bundle` until the sender is gone.
+    pub async fn follow(self: Arc<Self>, mut bundle: watch::Receiver<Arc<str>>) {
+        while bundle.changed().await.is_ok() {
+            let pem = Arc::clone(&bundle.borrow_and_update());
+            if pem.is_empty() {
+                continue;
+            }
+            match self.install(&pem) {
+                Ok(()) => tracing::info!("--https trusts the new trust bundle"),
+                Err(error) => {
+                    tracing::error!(%error, "--https keeps its trust bundle: the new one is unusable");
+                }
+            }
+        }
+    }
+}
+
+fn webpki_verifier(
+    bundle_pem: &str,
+    trust_domain: &str,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let bundle = TrustBundle::from_pem(bundle_pem, trust_domain)
+        .map_err(|e| format!("the trust bundle is unusable: {e}"))?;
     let mut roots = RootCertStore::empty();
     for root in bundle.certificates() {
         roots
             .add(root.clone())
             .map_err(|e| format!("the CA root is unusable: {e}"))?;
     }
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| format!("client certificate verifier: {e}"))?;
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), ficus_identity::crypto_provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("client certificate verifier: {e}"))
+}
+
+impl ClientCertVerifier for AdminClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Optional; the hints would have to outlive a bundle swap. Clients send what they have.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current
+            .load()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current.load().supported_verify_schemes()
+    }
+}
+
+/// The server config of `--https`: TLS 1.3 only, the certificate from `store`, client
+/// certificates requested and, when presented, checked by `verifier`. ALPN `http/1.1`; no
+/// session resumption, so every connection's client certificate is verified afresh.
+pub fn server_config(
+    store: Arc<CertStore>,
+    verifier: Arc<AdminClientVerifier>,
+) -> Result<Arc<ServerConfig>, String> {
+    let provider = ficus_identity::crypto_provider();
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| format!("TLS configuration: {e}"))?
@@ -178,9 +287,9 @@ pub fn start(
     let identity = ServerIdentity::new(ca.trust_domain(), address).map_err(|e| e.to_string())?;
     let credentials = identity.issue(ca).map_err(|e| e.to_string())?;
     let store = CertStore::with_credentials(credentials);
-    let bundle = TrustBundle::from_pem(&ca.bundle_pem(), ca.trust_domain())
-        .map_err(|e| format!("the CA's roots are unusable: {e}"))?;
-    let config = server_config(Arc::clone(&store), &bundle)?;
+    let verifier = AdminClientVerifier::new(&ca.bundle_pem(), ca.trust_domain())?;
+    tokio::spawn(Arc::clone(&verifier).follow(state.trust_bundle.subscribe()));
+    let config = server_config(Arc::clone(&store), verifier)?;
     tokio::spawn(identity.keep_renewed(Arc::clone(ca), store));
     tracing::info!(%address, admin_identities = identities.ids.len(),
         admin_tokens = admin.is_some(), "HTTPS API started");
@@ -229,6 +338,35 @@ mod tests {
         assert!(!admins.contains(&bob));
         assert!(AdminIdentities::parse(&list, "example.org").is_err());
         assert!(AdminIdentities::parse(&["alice".to_owned()], "cluster.local").is_err());
+    }
+
+    #[test]
+    fn the_verifier_follows_the_trust_bundle() {
+        let old = CertificateAuthority::generate("cluster.local").unwrap();
+        let new = CertificateAuthority::generate("cluster.local").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        issue_admin_cert(&new, "alice", Duration::from_secs(3600), dir.path()).unwrap();
+        let chain = ficus_identity::tls::Credentials::from_pem_key(
+            &fs::read_to_string(dir.path().join("cert.pem")).unwrap(),
+            &fs::read_to_string(dir.path().join("key.pem")).unwrap(),
+        )
+        .unwrap();
+        let (leaf, intermediates) = chain.chain().split_first().unwrap();
+        let verifier = AdminClientVerifier::new(&old.bundle_pem(), "cluster.local").unwrap();
+        assert!(!verifier.client_auth_mandatory());
+        assert!(verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .is_err());
+        assert!(verifier.install("not a bundle").is_err());
+        let both = format!("{}{}", old.bundle_pem(), new.bundle_pem());
+        verifier.install(&both).unwrap();
+        assert!(verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .is_ok());
+        verifier.install(&old.bundle_pem()).unwrap();
+        assert!(verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .is_err());
     }
 
     #[test]
