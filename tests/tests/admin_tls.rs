@@ -59,6 +59,52 @@ fn issue_with(ca: &CertificateAuthority, id: &str, out: &Path) {
     std::fs::write(out.join("key.pem"), key).unwrap();
 }
 
+/// The HTTP status of `POST /v1/rollback` over TLS to `addr` (trusting `ca_pem`, verifying the
+/// control plane's SPIFFE ID), presenting the certificate in `cert` if given.
+async fn rollback_status(addr: std::net::SocketAddr, ca_pem: &str, cert: Option<&Path>) -> u16 {
+    use ficus_identity::tls::{self, CertStore, Credentials, TrustBundle};
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+
+    let store = cert.map(|dir| {
+        CertStore::with_credentials(
+            Credentials::from_pem_key(
+                &std::fs::read_to_string(dir.join("cert.pem")).unwrap(),
+                &std::fs::read_to_string(dir.join("key.pem")).unwrap(),
+            )
+            .unwrap(),
+        )
+    });
+    let bundle = TrustBundle::from_pem(ca_pem, "cluster.local").unwrap();
+    let server =
+        SpiffeId::parse("spiffe://cluster.local/ns/ficus-system/sa/ficus-control").unwrap();
+    let config = tls::client_config(store, &bundle, &server).unwrap();
+    let config = tls::with_alpn(&config, tls::ALPN_HTTP1);
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::post("/v1/rollback")
+            .header("host", "control")
+            .body(Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let _ = response.into_body().collect().await;
+        status
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("an answer within 20 s")
+}
+
 /// `ficusctl --server https://… --ca-file <mesh root> [cert flags] args…`.
 async fn ctl(control: &ControlPlane, https: &str, cert: Option<&Path>, args: &[&str]) -> CtlOutput {
     let ca = control.ca_file().display().to_string();
@@ -180,6 +226,15 @@ async fn client_certificates_of_admin_identities_may_write_over_https() {
         before + 1,
         "refused writes change nothing"
     );
+    // The same answers as HTTP statuses.
+    let ca_pem = std::fs::read_to_string(control.ca_file()).unwrap();
+    assert_eq!(rollback_status(https_addr, &ca_pem, None).await, 401);
+    assert_eq!(rollback_status(https_addr, &ca_pem, Some(&bob)).await, 403);
+    assert_eq!(
+        rollback_status(https_addr, &ca_pem, Some(&workload)).await,
+        403
+    );
+    assert_eq!(version(&control).await, before + 1);
 
     // The admin identity's certificate from a foreign CA: the handshake fails.
     let foreign = CertificateAuthority::generate("cluster.local").unwrap();
