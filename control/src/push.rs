@@ -373,12 +373,12 @@ impl PushStream {
             Some(sidecar_message::Kind::Ack(ack)) if matches(&ack.nonce) => {
                 if let Some(done) = sent.take() {
                     *serving = (done.record.version, done.digest);
+                    if done.refresh {
+                        // A trust-bundle refresh: the config state is what it was.
+                        return;
+                    }
                     registry.ack(node, done.record.version);
-                    let committed = if done.refresh {
-                        0
-                    } else {
-                        done.record.created_at_ms
-                    };
+                    let committed = done.record.created_at_ms;
                     let now = SystemTime::now()
                         .duration_since(SystemTime::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64);
