@@ -196,11 +196,12 @@ pub fn publish_and_follow(data: &Path, ca: &Arc<CertificateAuthority>, state: &C
         state.trust_bundle.clone(),
         state.metrics.trust_bundle_roots.clone(),
         state.metrics.trust_bundle_reload_failures.clone(),
+        EXTRA_ROOTS_POLL,
     ));
 }
 
-/// Follows `<data>/ca/extra-roots.pem` while the control plane runs (polled every
-/// [`EXTRA_ROOTS_POLL`]; a missing file means no extra roots). A changed file is validated
+/// Follows `<data>/ca/extra-roots.pem` while the control plane runs (polled every `poll`,
+/// [`EXTRA_ROOTS_POLL`] in the control plane; a missing file means no extra roots). A changed file is validated
 /// and put in force in `ca` (so every certificate answer carries it), written to
 /// `<data>/ca.pem`, and published on `bundle` (the push streams send it to every connected
 /// sidecar at once). A bad file changes nothing: the current bundle stays in force, the error
@@ -214,17 +215,19 @@ pub async fn follow_extra_roots(
     bundle: tokio::sync::watch::Sender<Arc<str>>,
     roots: prometheus::IntGauge,
     failures: prometheus::IntCounter,
+    poll: Duration,
 ) {
     let path = data.join("ca").join("extra-roots.pem");
     let issuer_path = data.join("ca").join("cert.pem");
-    // What is in force: the files' text when the CA was loaded (a start refuses a bad one).
-    let mut loaded = read_extra_roots(&path).ok();
+    // The extra-roots text last put in force (none yet: the first poll re-reads the file, and
+    // pushes only if it changed since the start).
+    let mut loaded: Option<String> = None;
     let issuer = fs::read_to_string(&issuer_path).ok();
     let mut refused: Option<String> = None;
     let mut held = false;
     roots.set(count_roots(&ca.bundle_pem()));
     loop {
-        tokio::time::sleep(EXTRA_ROOTS_POLL).await;
+        tokio::time::sleep(poll).await;
         // A new issuer on disk waits for a restart; so do the extra roots written with it
         // (rotation step 2 writes the old root there: pushed under the old issuer, it would
         // take the new root away from the sidecars just before the control plane presents a
@@ -538,6 +541,70 @@ mod tests {
             bundle,
             "ca.pem untouched by a refused start"
         );
+    }
+
+    #[tokio::test]
+    async fn a_changed_extra_roots_file_is_followed_and_a_bad_one_changes_nothing() {
+        const POLL: Duration = Duration::from_millis(20);
+        let data = tempfile::tempdir().unwrap();
+        let ca = Arc::new(load_or_generate(data.path(), "cluster.local").unwrap());
+        let next = CertificateAuthority::generate("cluster.local").unwrap();
+        let (bundle, mut published) = tokio::sync::watch::channel(Arc::from(ca.bundle_pem()));
+        let roots = prometheus::IntGauge::new("roots", "roots").unwrap();
+        let failures = prometheus::IntCounter::new("failures", "failures").unwrap();
+        tokio::spawn(follow_extra_roots(
+            data.path().to_owned(),
+            Arc::clone(&ca),
+            bundle,
+            roots.clone(),
+            failures.clone(),
+            POLL,
+        ));
+        let extra = data.path().join("ca/extra-roots.pem");
+        let both = format!("{}{}", ca.root_pem(), next.root_pem());
+
+        fs::write(&extra, next.root_pem()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), published.changed())
+            .await
+            .expect("the new bundle is published")
+            .unwrap();
+        assert_eq!(&**published.borrow_and_update(), both.as_str());
+        assert_eq!(ca.bundle_pem(), both, "certificate answers carry it too");
+        assert_eq!(
+            fs::read_to_string(data.path().join("ca.pem")).unwrap(),
+            both
+        );
+        assert_eq!(roots.get(), 2);
+
+        // A bad file: counted once, nothing changes, nothing is published.
+        fs::write(&extra, "not a certificate").unwrap();
+        let started = std::time::Instant::now();
+        while failures.get() == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "never looked at"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        for _ in 0..5 {
+            tokio::time::sleep(POLL).await;
+        }
+        assert_eq!(failures.get(), 1, "the same bad text is counted once");
+        assert_eq!(ca.bundle_pem(), both);
+        assert_eq!(
+            fs::read_to_string(data.path().join("ca.pem")).unwrap(),
+            both
+        );
+        assert!(!published.has_changed().unwrap());
+
+        // Removing the file removes the extra roots.
+        fs::remove_file(&extra).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), published.changed())
+            .await
+            .expect("the smaller bundle is published")
+            .unwrap();
+        assert_eq!(&**published.borrow_and_update(), ca.root_pem().as_str());
+        assert_eq!(roots.get(), 1);
     }
 
     #[test]
