@@ -56,7 +56,9 @@ pub async fn forward(
     downstream: Option<OnUpgrade>,
     limits: &ProxyLimits,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut response = match tokio::time::timeout(timeout, pool.send(request)).await {
+    // Pinned where it is made: the timeout holds a reference, not another copy of the future.
+    let send = std::pin::pin!(pool.send(request));
+    let mut response = match tokio::time::timeout(timeout, send).await {
         Ok(Ok(response)) => response,
         Ok(Err(error)) if caused_by_body_idle(&error) => return Err(ProxyError::DownstreamTimeout),
         Ok(Err(error)) => return Err(error.into()),
