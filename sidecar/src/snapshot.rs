@@ -27,6 +27,9 @@ use crate::telemetry::metrics::{Direction, Metrics, RequestMetrics};
 use crate::telemetry::trace::TraceSettings;
 use crate::upstream::{EndpointPool, PoolRegistry, PoolSettings};
 
+/// A map keyed by config names, looked up by request-supplied names.
+type ServiceMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// The compiled config a request runs on from start to end.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -40,8 +43,9 @@ pub struct Snapshot {
     pub limits: ProxyLimits,
     /// Server settings for new downstream connections.
     pub server: ServerSettings,
-    /// Outbound services: namespace → name → routes.
-    services: HashMap<String, HashMap<String, Arc<Service>>>,
+    /// Outbound services: namespace → name → routes. Looked up per request by names the
+    /// request supplies: foldhash (fast, randomly seeded) rather than SipHash.
+    services: ServiceMap<ServiceMap<Arc<Service>>>,
     /// Opaque TCP services by local listen address.
     pub tcp: HashMap<SocketAddr, Arc<TcpService>>,
     /// The local app.
@@ -319,7 +323,7 @@ impl Snapshot {
         cx.pools
             .policies()
             .retain(|key| config.backends.contains_key(key));
-        let mut services: HashMap<String, HashMap<String, Arc<Service>>> = HashMap::new();
+        let mut services: ServiceMap<ServiceMap<Arc<Service>>> = ServiceMap::default();
         let mut routed: HashMap<ResourceKey, Vec<_>> = HashMap::new();
         let mut route_limits: HashMap<String, Arc<RateLimiter>> = HashMap::new();
         for route in &config.http_routes {

@@ -583,3 +583,137 @@ fn metric_names_are_found_in_promql() {
         ])
     );
 }
+
+/// A TCP server that accepts, reads a request and never answers; each request's arrival is
+/// sent on the channel. The connections stay open until the task is aborted.
+async fn hanging_upstream() -> (
+    SocketAddr,
+    tokio::sync::mpsc::Receiver<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived, got_there) = tokio::sync::mpsc::channel::<()>(8);
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buffer = [0u8; 1024];
+            if stream.read(&mut buffer).await.is_ok_and(|n| n > 0) {
+                let _ = arrived.try_send(());
+            }
+            held.push(stream);
+        }
+    });
+    (addr, got_there, task)
+}
+
+/// Sends a request head to `to`, waits until the hanging upstream has it, then disconnects.
+async fn send_and_abandon(
+    to: SocketAddr,
+    host: &str,
+    got_there: &mut tokio::sync::mpsc::Receiver<()>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(to).await.unwrap();
+    let head = format!("GET /hanging HTTP/1.1\r\nhost: {host}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), got_there.recv())
+        .await
+        .expect("the request reached the upstream")
+        .expect("the upstream is running");
+    drop(stream);
+}
+
+fn with_direction(direction: &str, code: &str, flags: &str) -> [(&'static str, String); 3] {
+    [
+        ("direction", direction.to_owned()),
+        ("response_code", code.to_owned()),
+        ("response_flags", flags.to_owned()),
+    ]
+}
+
+/// Polls `/metrics` (bounded) until `ficus_requests_total{labels}` is at least one, and
+/// returns that scrape.
+async fn scrape_until_counted(admin: SocketAddr, labels: &[(&'static str, String)]) -> Exposition {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = scrape(admin).await;
+        if count(&metrics, "ficus_requests_total", labels) >= 1.0 {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ficus_requests_total{labels:?} within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_request_abandoned_by_its_client_is_counted_once_as_dc() {
+    let (hang, mut got_there, upstream) = hanging_upstream().await;
+    let options = SidecarOptions {
+        app: Some(hang),
+        ..SidecarOptions::default()
+    };
+    let sidecar = Sidecar::start_with(&backend("hang", hang), options).await;
+
+    // Outbound: counted against the Backend it was routed to, status 0, flag DC.
+    send_and_abandon(sidecar.outbound, "hang", &mut got_there).await;
+    let dc = outbound("shop/hang", "shop/hang", "0", "DC");
+    let metrics = scrape_until_counted(sidecar.admin, &dc).await;
+    assert_eq!(count(&metrics, "ficus_requests_total", &dc), 1.0);
+    assert_eq!(
+        metrics.sum("ficus_requests_total", &[]),
+        1.0,
+        "nothing else"
+    );
+    let histogram = [
+        ("direction", "outbound"),
+        ("destination_service", "shop/hang"),
+        ("destination_backend", "shop/hang"),
+        ("response_flags", "DC"),
+    ];
+    assert_eq!(
+        metrics.sum("ficus_request_duration_seconds_count", &histogram),
+        1.0
+    );
+
+    // Inbound: the peer goes away while the app keeps it waiting.
+    send_and_abandon(sidecar.inbound, "client", &mut got_there).await;
+    let dc = with_direction("inbound", "0", "DC");
+    let metrics = scrape_until_counted(sidecar.admin, &dc).await;
+    assert_eq!(count(&metrics, "ficus_requests_total", &dc), 1.0);
+    assert_eq!(
+        metrics.sum("ficus_requests_total", &[]),
+        2.0,
+        "nothing else"
+    );
+
+    // A completed request afterwards is counted once, with its status and no flag.
+    let response = client::get(sidecar.outbound, "nowhere", "/")
+        .await
+        .expect("request");
+    assert_eq!(response.status, 502);
+    let (_, metrics) = scrape(sidecar.admin).await;
+    assert_eq!(metrics.sum("ficus_requests_total", &[]), 3.0);
+    assert_eq!(
+        count(
+            &metrics,
+            "ficus_requests_total",
+            &outbound("unknown", "none", "502", "NR")
+        ),
+        1.0
+    );
+    // Still exactly one abandoned request each way.
+    for direction in ["outbound", "inbound"] {
+        let dc = with_direction(direction, "0", "DC");
+        assert_eq!(
+            count(&metrics, "ficus_requests_total", &dc),
+            1.0,
+            "{direction}"
+        );
+    }
+    upstream.abort();
+}

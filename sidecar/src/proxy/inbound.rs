@@ -15,7 +15,7 @@ use crate::body::{with_idle_timeout, Body};
 use crate::policy::rate_limit;
 use crate::state::Shared;
 use crate::telemetry::access_log;
-use crate::telemetry::metrics::Direction;
+use crate::telemetry::metrics::{Direction, Recorder};
 use crate::telemetry::trace::{Kind, Span};
 
 /// Handles one request from a peer. Never fails: errors become responses.
@@ -27,8 +27,6 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
-    let mut span = Span::start(snapshot.tracing.as_ref(), Kind::Server, &request, peer);
-    span.set_peer_identity(identity.as_ref().map(HeaderValue::as_bytes));
     let mut log = access_log::Pending::begin(
         snapshot.access_log.as_ref(),
         &mut request,
@@ -36,16 +34,18 @@ pub async fn handle(
         peer,
         identity.as_ref(),
     );
+    let mut span = Span::start(snapshot.tracing.as_ref(), Kind::Server, &request, peer);
     access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
+    span.set_peer_identity(identity.as_ref().map(HeaderValue::as_bytes));
     let inbound = &snapshot.inbound;
     let limits = &snapshot.limits;
+    // Counts the request once even if the peer goes away and this future is dropped.
+    let recorder = Recorder::new(&inbound.metrics, started);
     if let Err(error) = super::guard::check(&request) {
         shared.metrics.http_rejected("bad_request");
         let (response, flag) = error.into_response();
-        inbound
-            .metrics
-            .record(response.status().as_u16(), flag, started.elapsed());
-        span.finish(&shared.traces, &response, flag, started.elapsed());
+        let elapsed = recorder.record(&inbound.metrics, response.status().as_u16(), flag);
+        span.finish(&shared.traces, &response, flag, elapsed);
         return access_log::finish(log, response, &inbound.metrics, flag);
     }
     if inbound.authz.is_active() {
@@ -58,10 +58,8 @@ pub async fn handle(
             shared.metrics.authz_denied();
             tracing::info!(%peer, peer_id, method = %request.method(), "request denied by authorization policy");
             let (response, flag) = ProxyError::Denied.into_response();
-            inbound
-                .metrics
-                .record(response.status().as_u16(), flag, started.elapsed());
-            span.finish(&shared.traces, &response, flag, started.elapsed());
+            let elapsed = recorder.record(&inbound.metrics, response.status().as_u16(), flag);
+            span.finish(&shared.traces, &response, flag, elapsed);
             return access_log::finish(log, response, &inbound.metrics, flag);
         }
     }
@@ -70,10 +68,8 @@ pub async fn handle(
             shared.metrics.rate_limited.inc();
             let retry_after = rate_limit::retry_after_seconds(wait);
             let (response, flag) = ProxyError::RateLimited { retry_after }.into_response();
-            inbound
-                .metrics
-                .record(response.status().as_u16(), flag, started.elapsed());
-            span.finish(&shared.traces, &response, flag, started.elapsed());
+            let elapsed = recorder.record(&inbound.metrics, response.status().as_u16(), flag);
+            span.finish(&shared.traces, &response, flag, elapsed);
             return access_log::finish(log, response, &inbound.metrics, flag);
         }
     }
@@ -139,9 +135,7 @@ pub async fn handle(
             }
         }
     };
-    inbound
-        .metrics
-        .record(response.status().as_u16(), flag, started.elapsed());
-    span.finish(&shared.traces, &response, flag, started.elapsed());
+    let elapsed = recorder.record(&inbound.metrics, response.status().as_u16(), flag);
+    span.finish(&shared.traces, &response, flag, elapsed);
     access_log::finish(log, response, &inbound.metrics, flag)
 }

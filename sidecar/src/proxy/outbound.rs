@@ -21,7 +21,7 @@ use crate::route::ServiceName;
 use crate::snapshot::{RouteBackend, Snapshot};
 use crate::state::Shared;
 use crate::telemetry::access_log;
-use crate::telemetry::metrics::{Direction, RequestMetrics};
+use crate::telemetry::metrics::{Direction, Recorder, RequestMetrics};
 use crate::telemetry::trace::{Kind, Span};
 
 /// Handles one request from the local app. Never fails: errors become responses.
@@ -33,7 +33,6 @@ pub async fn handle(
     let started = Instant::now();
     // The request runs on this snapshot to its end, whatever is swapped in meanwhile.
     let snapshot = shared.snapshot.load_full();
-    let mut span = Span::start(snapshot.tracing.as_ref(), Kind::Client, &request, peer);
     let mut log = access_log::Pending::begin(
         snapshot.access_log.as_ref(),
         &mut request,
@@ -41,11 +40,14 @@ pub async fn handle(
         peer,
         None,
     );
+    let mut span = Span::start(snapshot.tracing.as_ref(), Kind::Client, &request, peer);
     access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
+    // Counts the request once even if the client goes away and this future is dropped.
+    let mut recorder = Recorder::new(&snapshot.unrouted, started);
     let (response, metrics, flag) =
-        route_and_forward(shared, &snapshot, peer, request, &mut span).await;
-    metrics.record(response.status().as_u16(), flag, started.elapsed());
-    span.finish(&shared.traces, &response, flag, started.elapsed());
+        route_and_forward(shared, &snapshot, peer, request, &mut span, &mut recorder).await;
+    let elapsed = recorder.record(metrics, response.status().as_u16(), flag);
+    span.finish(&shared.traces, &response, flag, elapsed);
     access_log::finish(log, response, metrics, flag)
 }
 
@@ -55,6 +57,7 @@ async fn route_and_forward<'s>(
     peer: SocketAddr,
     request: Request<Incoming>,
     span: &mut Span,
+    recorder: &mut Recorder<'s>,
 ) -> (Response<Body>, &'s RequestMetrics, &'static str) {
     let authority = match super::guard::check(&request).and_then(|()| authority(&request)) {
         Ok(authority) => authority,
@@ -71,15 +74,16 @@ async fn route_and_forward<'s>(
         .as_ref()
         .and_then(|r| snapshot.service_at(r.original()));
     let Some(service) = by_destination.or_else(|| {
-        ServiceName::parse(&authority)
+        ServiceName::parse(authority.as_str())
             .and_then(|name| snapshot.service(&name, &shared.identity.namespace))
     }) else {
         if let Some(redirected) = &redirected {
+            recorder.route(&snapshot.passthrough);
             let passthrough =
-                crate::transparent::passthrough(snapshot, redirected, &authority, request);
+                crate::transparent::passthrough(snapshot, redirected, authority.as_str(), request);
             return passthrough.await;
         }
-        let (response, flag) = ProxyError::NoService(authority).into_response();
+        let (response, flag) = ProxyError::NoService(authority.as_str().to_owned()).into_response();
         return (response, &snapshot.unrouted, flag);
     };
     span.set_service(&service.label);
@@ -92,7 +96,6 @@ async fn route_and_forward<'s>(
         return (response, &service.unmatched, flag);
     };
     let action = &entry.action;
-    span.set_route(action.route.as_ref());
     // The route's rate limit holds for everything the route answers, redirects included.
     if let Some(limiter) = &action.rate_limit {
         if let Err(wait) = limiter.try_acquire() {
@@ -102,10 +105,15 @@ async fn route_and_forward<'s>(
             return (response, &action.local_metrics, flag);
         }
     }
+    span.set_route(action.route.as_ref());
     if let Some(redirect) = &action.redirect {
         let uri = request.uri();
-        let location =
-            redirect.location(&authority, uri.path(), uri.query(), entry.matcher.prefix());
+        let location = redirect.location(
+            authority.as_str(),
+            uri.path(),
+            uri.query(),
+            entry.matcher.prefix(),
+        );
         let mut response = Response::new(body::empty());
         *response.status_mut() =
             StatusCode::from_u16(redirect.status()).unwrap_or(StatusCode::FOUND);
@@ -122,6 +130,7 @@ async fn route_and_forward<'s>(
         target: backend,
         metrics,
     } = backends.pick();
+    recorder.route(metrics);
     // Fault injection stands in for the network: before the breaker and any try.
     let mut injected = false;
     if let Some(fault) = &backend.policy.fault {
@@ -139,12 +148,12 @@ async fn route_and_forward<'s>(
         }
     }
     let endpoint = backend.endpoint();
+    access_log::note_upstream(request.extensions(), endpoint.address(), metrics);
     if span.is_recording() {
         span.set_backend(&backend.label);
         span.set_endpoint(endpoint.address());
         span.set_peer_identity(backend.identity(endpoint).map(str::as_bytes));
     }
-    access_log::note_upstream(request.extensions(), endpoint.address(), metrics);
     // HTTP/2 for h2c/gRPC backends and for mTLS to peer sidecars (ALPN h2): the app's
     // HTTP/1.1 crosses the mesh as HTTP/2 and turns back into HTTP/1.1 at the other side.
     let http2 = endpoint.is_http2();
@@ -313,17 +322,35 @@ fn log_failure(shared: &Shared, error: &ProxyError, endpoint: SocketAddr, timeou
     tracing::debug!(%endpoint, ?timeout, %error, "upstream request failed");
 }
 
+/// The authority that names the destination, held without copying it out of the request
+/// (both forms share the request's buffer).
+enum Authority {
+    /// From an absolute-form URI or `:authority`.
+    Uri(http::uri::Authority),
+    /// From `Host`, checked to be visible ASCII when taken.
+    Host(HeaderValue),
+}
+
+impl Authority {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Uri(authority) => authority.as_str(),
+            Self::Host(host) => host.to_str().unwrap_or_default(),
+        }
+    }
+}
+
 /// The authority that names the destination: absolute-form URI (or `:authority`) first, then
 /// `Host` (`guard::check` already refused several).
-fn authority(request: &Request<Incoming>) -> Result<String, ProxyError> {
+fn authority(request: &Request<Incoming>) -> Result<Authority, ProxyError> {
     let host = request.headers().get(header::HOST);
     if request.method() == http::Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT tunnels are not supported"));
     }
     if let Some(authority) = request.uri().authority() {
-        return Ok(authority.as_str().to_owned());
+        return Ok(Authority::Uri(authority.clone()));
     }
-    host.and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
+    host.filter(|h| h.to_str().is_ok())
+        .map(|h| Authority::Host(h.clone()))
         .ok_or(ProxyError::BadRequest("request has no Host"))
 }

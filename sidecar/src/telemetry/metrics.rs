@@ -4,7 +4,7 @@
 //! codes, response flags, reasons); never from request data, so cardinality stays bounded.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -72,17 +72,17 @@ pub struct Metrics {
     /// `ficus_rate_limited_total`: requests refused by a rate limit (the workload's, inbound;
     /// a route's, outbound).
     pub rate_limited: IntCounter,
-    /// `ficus_trace_spans_exported_total`: spans the OTLP collector accepted.
-    pub trace_spans_exported: IntCounter,
-    /// `ficus_trace_spans_dropped_total`: sampled spans not exported (queue full, export
-    /// failed, tracing switched off).
-    pub trace_spans_dropped: IntCounter,
     /// `ficus_access_log_dropped_total{reason="queue_full"}`: lines dropped because the
     /// writer was behind.
     pub access_log_dropped: IntCounter,
     /// `ficus_access_log_dropped_total{reason="write_error"}`: lines the target refused.
     pub access_log_write_failed: IntCounter,
     route_weights: IntGaugeVec,
+    /// `ficus_trace_spans_exported_total`: spans the OTLP collector accepted.
+    pub trace_spans_exported: IntCounter,
+    /// `ficus_trace_spans_dropped_total`: sampled spans not exported (queue full, export
+    /// failed, tracing switched off).
+    pub trace_spans_dropped: IntCounter,
     certificate_renewals_failed: IntCounter,
     authz_denied: IntCounter,
     tls_handshake_failed: IntCounterVec,
@@ -468,16 +468,72 @@ impl RequestMetrics {
                 self.ok_duration.observe(seconds);
             }
             _ => {
-                let code = status.to_string();
+                // Status 0: the downstream went away before the response head (flag `DC`).
+                let code = match status {
+                    0 => std::borrow::Cow::Borrowed("0"),
+                    _ => std::borrow::Cow::Owned(status.to_string()),
+                };
                 self.metrics
                     .requests
-                    .with_label_values(&[direction, service, backend, &code, flags])
+                    .with_label_values(&[direction, service, backend, &*code, flags])
                     .inc();
                 self.metrics
                     .duration
                     .with_label_values(&[direction, service, backend, flags])
                     .observe(seconds);
             }
+        }
+    }
+}
+
+/// Flag of a request whose downstream went away before its response head (INTERFACES.md).
+pub const DOWNSTREAM_CLOSED: &str = "DC";
+
+/// Records a request exactly once: by [`Recorder::record`] when the handler answers, or, when
+/// the handler's future is dropped first (the client disconnected and hyper dropped it), on
+/// drop with status `0` and flag `DC`, like the access log's line. Lives on the handler's
+/// stack: no allocation.
+#[derive(Debug)]
+pub struct Recorder<'a> {
+    metrics: &'a RequestMetrics,
+    started: Instant,
+    recorded: bool,
+}
+
+impl<'a> Recorder<'a> {
+    /// Starts recording a request that began at `started`, against `metrics` until routed.
+    pub fn new(metrics: &'a RequestMetrics, started: Instant) -> Self {
+        Self {
+            metrics,
+            started,
+            recorded: false,
+        }
+    }
+
+    /// The metrics an abandoned request counts against from now on (its routed Backend).
+    pub fn route(&mut self, metrics: &'a RequestMetrics) {
+        self.metrics = metrics;
+    }
+
+    /// Records the answered request against `metrics`; returns the elapsed time recorded.
+    pub fn record(
+        mut self,
+        metrics: &RequestMetrics,
+        status: u16,
+        flags: &'static str,
+    ) -> Duration {
+        self.recorded = true;
+        let elapsed = self.started.elapsed();
+        metrics.record(status, flags, elapsed);
+        elapsed
+    }
+}
+
+impl Drop for Recorder<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.metrics
+                .record(0, DOWNSTREAM_CLOSED, self.started.elapsed());
         }
     }
 }
