@@ -29,6 +29,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use crate::client::Metrics;
+use crate::control::ControlPlane;
+use crate::process::{binary, Sidecar, SidecarOptions};
+
 /// Longest wait for any command or network exchange of these helpers.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -534,4 +538,153 @@ pub async fn h2c_get(
     tokio::time::timeout(TIMEOUT, exchange)
         .await
         .map_err(|_| anyhow::anyhow!("no h2c answer from {address} within {TIMEOUT:?}"))?
+}
+
+/// The uid transparent sidecars run as (their own traffic is not intercepted).
+pub const PROXY_UID: &str = "1337";
+
+/// A transparent sidecar's admin address inside its namespace.
+pub const TRANSPARENT_ADMIN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15000);
+
+/// Installs the rules in `ns` (`ficus-sidecar redirect --proxy-uid 1337`, asserting it
+/// succeeds) and starts a transparent sidecar there as uid 1337 on `config`: outbound on
+/// 127.0.0.1:15001, inbound on 0.0.0.0:15006, admin on [`TRANSPARENT_ADMIN`], `--transparent`
+/// before `options.extra`. Does not wait for it to be ready ([`wait_ready`]).
+pub fn start_transparent(ns: &NetNs, config: &str, options: SidecarOptions) -> Sidecar {
+    let output = run(ns
+        .command(binary("ficus-sidecar").to_str().expect("utf-8 path"))
+        .args(["redirect", "--proxy-uid", PROXY_UID]))
+    .expect("run ficus-sidecar redirect");
+    assert!(
+        output.status.success(),
+        "redirect failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut prefix = ns.exec_prefix();
+    prefix.extend(
+        [
+            "setpriv",
+            "--reuid",
+            PROXY_UID,
+            "--regid",
+            PROXY_UID,
+            "--clear-groups",
+            "--",
+        ]
+        .map(str::to_owned),
+    );
+    let mut extra = vec!["--transparent".to_owned()];
+    extra.extend(options.extra);
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let options = SidecarOptions {
+        addresses: Some((
+            loopback(15001),
+            SocketAddr::from(([0, 0, 0, 0], 15006)),
+            TRANSPARENT_ADMIN,
+        )),
+        // Nothing listens there: inbound must go to the original port instead.
+        app: Some(loopback(9)),
+        extra,
+        prefix,
+        ..options
+    };
+    Sidecar::spawn(config, options)
+}
+
+/// Waits (up to 30 s, then panics) until the transparent sidecar in `ns` says it is ready.
+pub async fn wait_ready(ns: &NetNs) {
+    let started = Instant::now();
+    loop {
+        if let Ok(ready) = http_get(ns, TRANSPARENT_ADMIN, "admin", "/ready", &[]).await {
+            if ready.status == 200 {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "transparent sidecar in {} not ready within 30 s",
+            ns.name()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `/metrics` of the transparent sidecar in `ns`.
+pub async fn transparent_metrics(ns: &NetNs) -> Metrics {
+    let fetched = http_get(ns, TRANSPARENT_ADMIN, "admin", "/metrics", &[])
+        .await
+        .expect("GET /metrics in the namespace");
+    Metrics::parse(&fetched.body)
+}
+
+/// A TLS control plane (the mesh CA) on the host's loopback for two pods' transparent
+/// sidecars in push mode, workloads `web` and `payments` (namespace `shop`), each with its
+/// join token: each namespace reaches it through a relay on its own 127.0.0.1:15012
+/// (loopback is never intercepted).
+pub struct PushMesh {
+    /// The control plane.
+    pub control: ControlPlane,
+    files: tempfile::TempDir,
+    ca: std::path::PathBuf,
+    _relays: (Relay, Relay),
+}
+
+impl PushMesh {
+    /// The address each namespace's relay listens on.
+    pub const GRPC: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15012);
+
+    /// Starts the control plane and a relay to it in `pod` and in `remote`.
+    pub async fn start(pod: &NetNs, remote: &NetNs) -> Self {
+        let files = tempfile::tempdir().expect("temporary directory");
+        let tokens = files.path().join("tokens");
+        std::fs::write(&tokens, "tok-web web shop\ntok-payments payments shop\n")
+            .expect("write the join tokens");
+        let control = ControlPlane::start_tls(
+            None,
+            &["--join-token-file", tokens.to_str().expect("utf-8 path")],
+        )
+        .await;
+        // uid 1337 reads the root and its token from here.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let readable = std::fs::Permissions::from_mode(0o755);
+            std::fs::set_permissions(files.path(), readable).expect("chmod the directory");
+        }
+        let ca = files.path().join("ca.pem");
+        std::fs::copy(control.ca_file(), &ca).expect("copy the root");
+        for workload in ["web", "payments"] {
+            std::fs::write(files.path().join(workload), format!("tok-{workload}\n"))
+                .expect("write a token file");
+        }
+        let _relays = (
+            Relay::start(pod, Self::GRPC, control.grpc).expect("relay in the pod"),
+            Relay::start(remote, Self::GRPC, control.grpc).expect("relay in the remote"),
+        );
+        Self {
+            control,
+            files,
+            ca,
+            _relays,
+        }
+    }
+
+    /// Installs the rules in `ns` and starts `workload`'s transparent sidecar there
+    /// (`<workload>-1`), pushed by the control plane, not waiting for it to be ready.
+    pub fn sidecar(&self, ns: &NetNs, workload: &str) -> Sidecar {
+        let options = SidecarOptions {
+            control: Some(format!("https://{}", Self::GRPC)),
+            workload: Some(workload.to_owned()),
+            node_id: Some(format!("{workload}-1")),
+            extra: vec![
+                "--token-file".into(),
+                self.files.path().join(workload).display().to_string(),
+                "--ca-file".into(),
+                self.ca.display().to_string(),
+            ],
+            ..SidecarOptions::default()
+        };
+        start_transparent(ns, "", options)
+    }
 }

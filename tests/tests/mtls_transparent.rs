@@ -10,83 +10,13 @@
 //! app. Runs only as root (CI does); elsewhere the test says why it skips.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ficus_tests::control::ControlPlane;
-use ficus_tests::netns::{self, http_get, link, NetNs, NsGreeter, Relay};
-use ficus_tests::process::{binary, Sidecar, SidecarOptions};
+use ficus_tests::netns::{self, link, transparent_metrics, wait_ready, NetNs, NsGreeter, PushMesh};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const PROXY_UID: &str = "1337";
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("literal address")
-}
-
-/// Installs the rules in `ns` and starts a transparent push-mode sidecar there as uid 1337.
-fn start_transparent(ns: &NetNs, options: SidecarOptions) -> Sidecar {
-    let output = netns::run(
-        ns.command(binary("ficus-sidecar").to_str().expect("utf-8 path"))
-            .args(["redirect", "--proxy-uid", PROXY_UID]),
-    )
-    .expect("run ficus-sidecar redirect");
-    assert!(
-        output.status.success(),
-        "redirect failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let mut prefix = ns.exec_prefix();
-    prefix.extend(
-        [
-            "setpriv",
-            "--reuid",
-            PROXY_UID,
-            "--regid",
-            PROXY_UID,
-            "--clear-groups",
-            "--",
-        ]
-        .map(str::to_owned),
-    );
-    let mut extra = vec!["--transparent".to_owned()];
-    extra.extend(options.extra);
-    let options = SidecarOptions {
-        addresses: Some((
-            addr("127.0.0.1:15001"),
-            addr("0.0.0.0:15006"),
-            addr("127.0.0.1:15000"),
-        )),
-        // Nothing listens there: inbound goes to the original port.
-        app: Some(addr("127.0.0.1:9")),
-        extra,
-        prefix,
-        ..options
-    };
-    Sidecar::spawn("", options)
-}
-
-async fn wait_ready(ns: &NetNs) {
-    let started = Instant::now();
-    loop {
-        if let Ok(ready) = http_get(ns, addr("127.0.0.1:15000"), "admin", "/ready", &[]).await {
-            if ready.status == 200 {
-                return;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "transparent sidecar in {} not ready within 30 s",
-            ns.name()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn metric(ns: &NetNs, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let fetched = http_get(ns, addr("127.0.0.1:15000"), "admin", "/metrics", &[])
-        .await
-        .expect("GET /metrics in the namespace");
-    ficus_tests::client::Metrics::parse(&fetched.body).sum(name, labels)
 }
 
 #[tokio::test]
@@ -95,50 +25,15 @@ async fn opaque_tcp_on_an_opaque_port_crosses_mtls_between_transparent_sidecars(
         eprintln!("SKIPPED: {reason}");
         return;
     }
-    let files = tempfile::tempdir().unwrap();
-    let tokens = files.path().join("tokens");
-    std::fs::write(&tokens, "tok-web web shop\ntok-payments payments shop\n").unwrap();
-    let control =
-        ControlPlane::start_tls(None, &["--join-token-file", tokens.to_str().unwrap()]).await;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let readable = std::fs::Permissions::from_mode(0o755);
-        std::fs::set_permissions(files.path(), readable).unwrap();
-    }
-    let ca = files.path().join("ca.pem");
-    std::fs::copy(control.ca_file(), &ca).unwrap();
-    for workload in ["web", "payments"] {
-        std::fs::write(files.path().join(workload), format!("tok-{workload}\n")).unwrap();
-    }
     let pod = NetNs::create("pod").expect("pod namespace");
     let remote = NetNs::create("remote").expect("remote namespace");
     link(&pod, &["10.77.0.1/24"], &remote, &["10.77.0.2/24"]).expect("veth pair");
-    let grpc = addr("127.0.0.1:15012");
-    let _relays = (
-        Relay::start(&pod, grpc, control.grpc).unwrap(),
-        Relay::start(&remote, grpc, control.grpc).unwrap(),
-    );
+    let mesh = PushMesh::start(&pod, &remote).await;
+    let control = &mesh.control;
     // A server-first app on the payments pod's PostgreSQL port.
     let _app = NsGreeter::start(&remote, addr("10.77.0.2:5432"), "payments-db\n").unwrap();
-    let sidecar = |ns: &NetNs, workload: &str| {
-        start_transparent(
-            ns,
-            SidecarOptions {
-                control: Some(format!("https://{grpc}")),
-                workload: Some(workload.to_owned()),
-                node_id: Some(format!("{workload}-1")),
-                extra: vec![
-                    "--token-file".into(),
-                    files.path().join(workload).display().to_string(),
-                    "--ca-file".into(),
-                    ca.display().to_string(),
-                ],
-                ..SidecarOptions::default()
-            },
-        )
-    };
-    let _web = sidecar(&pod, "web");
-    let _payments = sidecar(&remote, "payments");
+    let _web = mesh.sidecar(&pod, "web");
+    let _payments = mesh.sidecar(&remote, "payments");
     let config = "\
 apiVersion: ficus.dev/v1alpha1
 kind: Mesh
@@ -177,9 +72,7 @@ spec:
 
     // It crossed as mTLS: the STRICT payments sidecar counted it as a TLS (not refused
     // plaintext) connection and opened one to its app.
-    assert_eq!(
-        metric(&remote, "ficus_tls_handshake_failed_total", &[]).await,
-        0.0
-    );
-    assert!(metric(&remote, "ficus_tcp_connections_opened_total", &[]).await >= 1.0);
+    let metrics = transparent_metrics(&remote).await;
+    assert_eq!(metrics.sum("ficus_tls_handshake_failed_total", &[]), 0.0);
+    assert!(metrics.sum("ficus_tcp_connections_opened_total", &[]) >= 1.0);
 }

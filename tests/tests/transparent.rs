@@ -8,15 +8,14 @@
 //! Everything runs only as root (CI does); elsewhere each test says why it skips.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use ficus_tests::client::Metrics;
-use ficus_tests::control::ControlPlane;
-use ficus_tests::netns::{self, http_get, link, NetNs, NsGreeter, NsHttpServer, Relay};
+use ficus_tests::netns::{
+    self, http_get, link, wait_ready, NetNs, NsGreeter, NsHttpServer, PushMesh, PROXY_UID,
+    TRANSPARENT_ADMIN,
+};
 use ficus_tests::process::{binary, Sidecar, SidecarOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const PROXY_UID: &str = "1337";
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("test address")
@@ -83,66 +82,7 @@ impl World {
 /// Installs the rules in `ns` and starts a transparent sidecar there as uid 1337 (not
 /// waiting for it to be ready).
 fn start_transparent(ns: &NetNs, config: &str, options: SidecarOptions) -> PodSidecar {
-    let output = netns::run(
-        ns.command(binary("ficus-sidecar").to_str().expect("utf-8 path"))
-            .args(["redirect", "--proxy-uid", PROXY_UID]),
-    )
-    .expect("run ficus-sidecar redirect");
-    assert!(
-        output.status.success(),
-        "redirect failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let mut prefix = ns.exec_prefix();
-    prefix.extend(
-        [
-            "setpriv",
-            "--reuid",
-            PROXY_UID,
-            "--regid",
-            PROXY_UID,
-            "--clear-groups",
-            "--",
-        ]
-        .map(str::to_owned),
-    );
-    let mut extra = vec!["--transparent".to_owned()];
-    extra.extend(options.extra);
-    let options = SidecarOptions {
-        addresses: Some((
-            addr("127.0.0.1:15001"),
-            addr("0.0.0.0:15006"),
-            addr("127.0.0.1:15000"),
-        )),
-        // Nothing listens there: inbound must go to the original port instead.
-        app: Some(addr("127.0.0.1:9")),
-        extra,
-        prefix,
-        ..options
-    };
-    PodSidecar {
-        _process: Sidecar::spawn(config, options),
-        admin: addr("127.0.0.1:15000"),
-        ns: ns.name().to_owned(),
-    }
-}
-
-/// Waits until the sidecar in `ns` says it is ready.
-async fn wait_ready(ns: &NetNs) {
-    let started = Instant::now();
-    loop {
-        if let Ok(ready) = http_get(ns, addr("127.0.0.1:15000"), "admin", "/ready", &[]).await {
-            if ready.status == 200 {
-                return;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "transparent sidecar in {} not ready within 30 s",
-            ns.name()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    PodSidecar::new(ns, netns::start_transparent(ns, config, options))
 }
 
 struct PodSidecar {
@@ -152,6 +92,14 @@ struct PodSidecar {
 }
 
 impl PodSidecar {
+    fn new(ns: &NetNs, process: Sidecar) -> Self {
+        Self {
+            _process: process,
+            admin: TRANSPARENT_ADMIN,
+            ns: ns.name().to_owned(),
+        }
+    }
+
     async fn metrics(&self, world: &World) -> Metrics {
         let ns = if world.pod.name() == self.ns {
             &world.pod
@@ -631,49 +579,13 @@ async fn intercepted_calls_cross_mtls_between_transparent_sidecars() {
     if skip("intercepted_calls_cross_mtls_between_transparent_sidecars") {
         return;
     }
-    // The control plane (the mesh CA) runs on the host's loopback; each namespace reaches it
-    // through a relay on its own 127.0.0.1:15012 (loopback is never intercepted).
-    let files = tempfile::tempdir().unwrap();
-    let tokens = files.path().join("tokens");
-    std::fs::write(&tokens, "tok-web web shop\ntok-payments payments shop\n").unwrap();
-    let control =
-        ControlPlane::start_tls(None, &["--join-token-file", tokens.to_str().unwrap()]).await;
-    // uid 1337 reads the root and its token from here.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let readable = std::fs::Permissions::from_mode(0o755);
-        std::fs::set_permissions(files.path(), readable).unwrap();
-    }
-    let ca = files.path().join("ca.pem");
-    std::fs::copy(control.ca_file(), &ca).unwrap();
-    for workload in ["web", "payments"] {
-        std::fs::write(files.path().join(workload), format!("tok-{workload}\n")).unwrap();
-    }
     let world = World::new();
-    let grpc = addr("127.0.0.1:15012");
-    let _relays = (
-        Relay::start(&world.pod, grpc, control.grpc).unwrap(),
-        Relay::start(&world.remote, grpc, control.grpc).unwrap(),
-    );
+    let mesh = PushMesh::start(&world.pod, &world.remote).await;
+    let control = &mesh.control;
     // The payments app listens on its pod IP; its own sidecar guards it (STRICT).
     let app = NsHttpServer::start(&world.remote, addr("10.77.0.2:8080"), "payments-app").unwrap();
-    let sidecar = |ns: &NetNs, workload: &str| {
-        let options = SidecarOptions {
-            control: Some(format!("https://{grpc}")),
-            workload: Some(workload.to_owned()),
-            node_id: Some(format!("{workload}-1")),
-            extra: vec![
-                "--token-file".into(),
-                files.path().join(workload).display().to_string(),
-                "--ca-file".into(),
-                ca.display().to_string(),
-            ],
-            ..SidecarOptions::default()
-        };
-        start_transparent(ns, "", options)
-    };
-    let web = sidecar(&world.pod, "web");
-    let payments = sidecar(&world.remote, "payments");
+    let web = PodSidecar::new(&world.pod, mesh.sidecar(&world.pod, "web"));
+    let payments = PodSidecar::new(&world.remote, mesh.sidecar(&world.remote, "payments"));
     let config = "\
 apiVersion: ficus.dev/v1alpha1
 kind: Mesh
