@@ -109,13 +109,13 @@ enum Command {
     /// in --data: writes cert.pem, key.pem (0600) and ca.pem into --out.
     IssueAdminCert {
         /// The service-account part of the identity, e.g. alice.
-        #[arg(long)]
+        #[arg(long, env = "FICUS_NAME")]
         name: String,
         /// Directory for the files (created 0700 if missing).
-        #[arg(long)]
+        #[arg(long, env = "FICUS_OUT")]
         out: PathBuf,
         /// How long the certificate is valid (e.g. 24h, 8h).
-        #[arg(long, default_value = "24h", value_parser = parse_lifetime)]
+        #[arg(long, env = "FICUS_LIFETIME", default_value = "24h", value_parser = parse_lifetime)]
         lifetime: Duration,
     },
 }

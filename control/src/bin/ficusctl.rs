@@ -135,10 +135,10 @@ enum Command {
     /// load, the split moved 0 → 10 → 50 → 100 %, a fault, history and a rollback.
     Demo {
         /// How long the phases take in all (start-up not counted), e.g. 60s or 2m.
-        #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+        #[arg(long, env = "FICUS_DURATION", default_value = "60s", value_parser = parse_timeout)]
         duration: Duration,
         /// Stay up after the summary and print what to explore, until Ctrl-C.
-        #[arg(long)]
+        #[arg(long, env = "FICUS_KEEP")]
         keep: bool,
     },
     /// Every sidecar: what it has ACKed, its last NACK, since when it is connected.
