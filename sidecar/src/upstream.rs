@@ -464,6 +464,21 @@ impl EndpointPool {
         permit: Option<ConnectionPermit>,
     ) -> Result<http1::SendRequest<Body>, UpstreamError> {
         let stream = self.connect_tcp().await?;
+        self.handshake_http1(stream, permit, "upstream HTTP/1.1 connection")
+            .await
+    }
+
+    /// The HTTP/1.1 handshake on `stream`; the connection task (upgrades allowed) holds
+    /// `permit` until the connection ends, and logs an error ending as `what`'s.
+    async fn handshake_http1<I>(
+        &self,
+        stream: I,
+        permit: Option<ConnectionPermit>,
+        what: &'static str,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         let (sender, connection) = http1::Builder::new()
             .max_header_size(MAX_RESPONSE_HEADER_BYTES)
             .handshake(TokioIo::new(stream))
@@ -475,7 +490,7 @@ impl EndpointPool {
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "upstream HTTP/1.1 connection ended with an error");
+                tracing::debug!(%error, "{what} ended with an error");
             }
         });
         Ok(sender)
@@ -533,20 +548,13 @@ impl EndpointPool {
         if let Some(target) = request.uri().path_and_query().cloned() {
             *request.uri_mut() = http::Uri::from(target);
         }
-        let (mut sender, connection) = http1::Builder::new()
-            .max_header_size(MAX_RESPONSE_HEADER_BYTES)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Handshake {
-                addr: self.address,
-                source,
-            })?;
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "protocol-switch connection to a peer sidecar ended with an error");
-            }
-        });
+        let mut sender = self
+            .handshake_http1(
+                stream,
+                permit,
+                "protocol-switch connection to a peer sidecar",
+            )
+            .await?;
         match sender.send_request(request).await {
             Ok(response) => Ok(response.map(crate::body::boxed)),
             Err(source) => Err(UpstreamError::Reset {
