@@ -151,6 +151,7 @@ pub fn run(args: Args) -> u8 {
         }
     };
     let shared = Shared::new(empty, metrics, pools, identity, log, drain_signal, tls);
+    shared.traces.trust_ca_file(args.ca_file.as_deref());
     let connections = Connections {
         inbound: TaskTracker::new(),
         outbound: TaskTracker::new(),

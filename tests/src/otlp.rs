@@ -2,8 +2,10 @@
 //! opentelemetry-proto's generated tonic server, served over hyper HTTP/2 on loopback. It
 //! records every `ExportTraceServiceRequest` it gets. Stopping it closes the listener and every
 //! open connection (a collector that went away); it can start again on the same port.
+//! [`OtlpReceiver::start_tls`] serves it over TLS (an `https://` collector).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,8 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
 
 /// One received span with the resource it came under.
 #[derive(Debug, Clone)]
@@ -81,6 +85,7 @@ pub fn hex(bytes: &[u8]) -> String {
 #[derive(Debug, Clone, Default)]
 struct Collector {
     received: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    handshakes_failed: Arc<AtomicU64>,
 }
 
 #[tonic::async_trait]
@@ -116,6 +121,22 @@ impl OtlpReceiver {
     /// Starts on `addr` (a port used before by a stopped receiver: binding is retried for up
     /// to 10 s).
     pub async fn start_on(addr: SocketAddr) -> Self {
+        Self::serve(addr, None).await
+    }
+
+    /// Starts on a free loopback port, serving TLS with `config` (which should offer ALPN
+    /// `h2`). Failed handshakes are counted ([`OtlpReceiver::handshakes_failed`]).
+    pub async fn start_tls(config: Arc<ServerConfig>) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::serve(addr, Some(TlsAcceptor::from(config))).await
+    }
+
+    /// TLS handshakes that failed (TLS receivers only).
+    pub fn handshakes_failed(&self) -> u64 {
+        self.collector.handshakes_failed.load(Ordering::Relaxed)
+    }
+
+    async fn serve(addr: SocketAddr, tls: Option<TlsAcceptor>) -> Self {
         let started = Instant::now();
         let listener = loop {
             match TcpListener::bind(addr).await {
@@ -130,6 +151,7 @@ impl OtlpReceiver {
         let addr = listener.local_addr().expect("local addr");
         let collector = Collector::default();
         let service = TraceServiceServer::new(collector.clone());
+        let failed = Arc::clone(&collector.handshakes_failed);
         let task = tokio::spawn(async move {
             // Dropping the set (when this task is aborted) aborts every connection.
             let mut connections = JoinSet::new();
@@ -140,11 +162,31 @@ impl OtlpReceiver {
                 };
                 while connections.try_join_next().is_some() {}
                 let service = service.clone();
+                let tls = tls.clone();
+                let failed = Arc::clone(&failed);
                 connections.spawn(async move {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    let http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .timer(TokioTimer::new())
-                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-                        .await;
+                        .clone();
+                    let service = TowerToHyperService::new(service);
+                    match tls {
+                        None => {
+                            let _ = http2.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(tls) => {
+                            let handshake =
+                                tokio::time::timeout(Duration::from_secs(10), tls.accept(stream));
+                            match handshake.await {
+                                Ok(Ok(stream)) => {
+                                    let _ =
+                                        http2.serve_connection(TokioIo::new(stream), service).await;
+                                }
+                                _ => {
+                                    failed.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
                 });
             }
         });

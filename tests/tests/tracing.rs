@@ -763,3 +763,91 @@ async fn a_config_swap_moves_export_and_removing_tracing_stops_it() {
     let metrics = sidecar.metrics().await;
     assert_eq!(metrics.sum("ficus_trace_spans_dropped_total", &[]), 0.0);
 }
+
+/// A TLS config for an OTLP receiver on 127.0.0.1 with a certificate from `ca` (IP SAN
+/// 127.0.0.1, TLS 1.3, ALPN `h2`).
+fn collector_tls(
+    ca: &ficus_identity::ca::CertificateAuthority,
+) -> Arc<tokio_rustls::rustls::ServerConfig> {
+    use ficus_identity::tls::{server_config, CertStore, ClientAuth, Credentials, TrustBundle};
+    let id =
+        ficus_identity::SpiffeId::workload("cluster.local", "observability", "collector").unwrap();
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let (issued, key) = ca
+        .issue_server(&id, &[], &[loopback], Duration::from_secs(3600))
+        .unwrap();
+    let credentials = Credentials::from_pem_key(&issued.chain_pem, &key).unwrap();
+    let bundle = TrustBundle::from_pem(&ca.bundle_pem(), "cluster.local").unwrap();
+    server_config(
+        CertStore::with_credentials(credentials),
+        &bundle,
+        ClientAuth::None,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn spans_reach_an_https_collector_trusted_by_the_ca_file_and_never_an_untrusted_one() {
+    use ficus_identity::ca::CertificateAuthority;
+    let mesh_ca = CertificateAuthority::generate("cluster.local").unwrap();
+    let other_ca = CertificateAuthority::generate("cluster.local").unwrap();
+    let trusted = OtlpReceiver::start_tls(collector_tls(&mesh_ca)).await;
+    let untrusted = OtlpReceiver::start_tls(collector_tls(&other_ca)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, mesh_ca.bundle_pem()).unwrap();
+    let app = Upstream::start("payments").await;
+    let https_to = |receiver: SocketAddr| {
+        format!("tracing: {{otlpEndpoint: \"https://{receiver}\", samplingPercent: 100}}")
+    };
+    let options = SidecarOptions {
+        extra: vec!["--ca-file".into(), ca_file.display().to_string()],
+        ..SidecarOptions::default()
+    };
+    let config = format!("{}{}", mesh(&https_to(trusted.addr)), payments(app.addr));
+    let sidecar = Sidecar::start_with(&config, options).await;
+
+    // Over TLS to the collector whose certificate chains to --ca-file and names 127.0.0.1.
+    let response = client::get(sidecar.outbound, "payments", "/over-tls")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200);
+    let (_, trace, _, _) = traceparent(&header(&app.last().unwrap(), "traceparent"));
+    let spans = trusted.wait_for(1, WAIT, |s| s.trace_id() == trace).await;
+    assert_eq!(spans[0].attr("url.path").as_deref(), Some("/over-tls"));
+    let metrics = wait_metric(&sidecar, "ficus_trace_spans_exported_total", 1.0).await;
+    assert_eq!(metrics.sum("ficus_trace_spans_dropped_total", &[]), 0.0);
+    assert_eq!(trusted.handshakes_failed(), 0);
+
+    // A collector with a certificate from another CA: the handshake fails, nothing arrives,
+    // the spans are dropped and counted, and requests are unaffected.
+    sidecar.write_config(&format!(
+        "{}{}",
+        mesh(&https_to(untrusted.addr)),
+        payments(app.addr)
+    ));
+    sidecar.wait_version(2, WAIT).await;
+    for i in 0..3 {
+        let response = client::get(sidecar.outbound, "payments", &format!("/untrusted/{i}"))
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200);
+    }
+    wait_metric(&sidecar, "ficus_trace_spans_dropped_total", 3.0).await;
+    assert!(
+        untrusted.handshakes_failed() >= 1,
+        "the sidecar tried the untrusted collector and refused its certificate"
+    );
+    assert!(
+        untrusted.requests().is_empty(),
+        "no export reaches an untrusted collector: {:#?}",
+        untrusted.spans()
+    );
+    assert!(
+        trusted.spans().iter().all(|s| !s
+            .attr("url.path")
+            .unwrap_or_default()
+            .starts_with("/untrusted")),
+        "the old collector gets nothing after the swap"
+    );
+}

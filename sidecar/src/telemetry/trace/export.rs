@@ -15,10 +15,25 @@
 //! spans as dropped and backs off (200 ms doubling to 5 s) while the queue keeps its bound.
 //! A config swap takes effect before the next drain: queued spans go to the new endpoint, or
 //! are dropped and counted when tracing was switched off.
+//!
+//! An `https://` endpoint is reached over TLS 1.3 (rustls with the workspace's ring
+//! provider, ALPN `h2`) on a tonic channel whose connector this module provides: the
+//! collector's certificate must chain to a root in the sidecar's `--ca-file` and name the
+//! URL's host (DNS name or IP address). The roots are read when the exporter is built (first
+//! config with tracing, and each endpoint change). Without `--ca-file` an `https://` endpoint
+//! is refused with a log line and its spans are dropped and counted.
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 
 use opentelemetry::trace::{
     SpanContext, SpanId as OtelSpanId, SpanKind, Status, TraceFlags, TraceId as OtelTraceId,
@@ -53,6 +68,8 @@ pub struct SpanSink {
     worker: OnceLock<Worker>,
     metrics: Arc<Metrics>,
     resource: Resource,
+    /// `--ca-file`: the roots an `https://` collector's certificate must chain to.
+    ca_file: OnceLock<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -83,6 +100,15 @@ impl SpanSink {
             worker: OnceLock::new(),
             metrics,
             resource,
+            ca_file: OnceLock::new(),
+        }
+    }
+
+    /// Trust the roots in `path` (`--ca-file`) for an `https://` collector. Takes effect for
+    /// exporters built afterwards; call it before the first config is installed.
+    pub fn trust_ca_file(&self, path: Option<&Path>) {
+        if let Some(path) = path {
+            let _ = self.ca_file.set(path.to_owned());
         }
     }
 
@@ -121,6 +147,7 @@ impl SpanSink {
         let (flush, flushes) = mpsc::channel(1);
         let metrics = Arc::clone(&self.metrics);
         let resource = self.resource.clone();
+        let ca_file = self.ca_file.get().cloned();
         let spawned = std::thread::Builder::new()
             .name("ficus-trace".into())
             .spawn(move || {
@@ -129,7 +156,8 @@ impl SpanSink {
                     .build()
                 {
                     Ok(runtime) => {
-                        let exporter = run(receiver, endpoint_rx, flushes, metrics, resource);
+                        let exporter =
+                            run(receiver, endpoint_rx, flushes, metrics, resource, ca_file);
                         runtime.block_on(exporter);
                     }
                     Err(error) => tracing::error!(%error, "cannot start the span exporter runtime"),
@@ -163,17 +191,35 @@ struct Exporter {
     inner: opentelemetry_otlp::SpanExporter,
 }
 
-fn build(endpoint: &Arc<str>, resource: &Resource) -> Option<Exporter> {
-    let built = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint.to_string())
+fn build(endpoint: &Arc<str>, resource: &Resource, ca_file: Option<&Path>) -> Option<Exporter> {
+    let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    let https = endpoint
+        .parse::<http::Uri>()
+        .is_ok_and(|uri| uri.scheme() == Some(&http::uri::Scheme::HTTPS));
+    let builder = if https {
+        match tls_channel(endpoint, ca_file) {
+            Ok(channel) => builder.with_channel(channel),
+            Err(error) => {
+                tracing::warn!(endpoint = %endpoint, %error, "cannot export spans to this endpoint; they are dropped");
+                return None;
+            }
+        }
+    } else {
+        builder.with_endpoint(endpoint.to_string())
+    };
+    let built = builder
         .with_timeout(EXPORT_TIMEOUT)
         .with_retry_policy(RetryPolicy::disabled())
         .build();
     match built {
         Ok(mut inner) => {
             inner.set_resource(resource);
-            tracing::info!(endpoint = %endpoint, "exporting spans over OTLP/gRPC");
+            let transport = if https {
+                "OTLP/gRPC over TLS"
+            } else {
+                "OTLP/gRPC"
+            };
+            tracing::info!(endpoint = %endpoint, "exporting spans over {transport}");
             Some(Exporter {
                 endpoint: Arc::clone(endpoint),
                 inner,
@@ -192,6 +238,7 @@ async fn run(
     mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
     metrics: Arc<Metrics>,
     resource: Resource,
+    ca_file: Option<PathBuf>,
 ) {
     let scope = InstrumentationScope::builder("ficus-sidecar")
         .with_version(env!("CARGO_PKG_VERSION"))
@@ -204,7 +251,9 @@ async fn run(
     loop {
         let wanted = config.borrow_and_update().clone();
         if wanted != configured {
-            exporter = wanted.as_ref().and_then(|e| build(e, &resource));
+            exporter = wanted
+                .as_ref()
+                .and_then(|e| build(e, &resource, ca_file.as_deref()));
             configured = wanted;
         }
         // Sleep between drains rather than wait on the queue: a waiting receiver would be
@@ -285,6 +334,120 @@ async fn run(
         if let Some(ack) = flushed {
             let _ = ack.send(());
         }
+    }
+}
+
+/// A lazily connecting tonic channel to the `https://` collector at `endpoint`, verifying its
+/// certificate against the roots in `ca_file` and the URL's host. Errors are one line.
+fn tls_channel(
+    endpoint: &str,
+    ca_file: Option<&Path>,
+) -> Result<tonic::transport::Channel, String> {
+    let uri: http::Uri = endpoint.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let host = uri
+        .host()
+        .ok_or("the URL has no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let path = ca_file.ok_or(
+        "https needs --ca-file: the collector's certificate is verified against its roots",
+    )?;
+    let pem = std::fs::read(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("--ca-file {}: no certificate", path.display()));
+    }
+    let name = ServerName::try_from(host.clone())
+        .map_err(|_| format!("{host:?} is neither a DNS name nor an IP address"))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(ficus_identity::crypto_provider())
+        // TLS 1.3 only: the workspace's rustls is built without `tls12`.
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = CollectorConnector {
+        tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        name,
+        host: Arc::from(host),
+        port,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| format!("not a URL: {e}"))?
+        .connect_timeout(EXPORT_TIMEOUT)
+        .timeout(EXPORT_TIMEOUT)
+        .connect_with_connector_lazy(connector);
+    Ok(channel)
+}
+
+/// At most this many resolved addresses of the collector are tried per connect.
+const MAX_ADDRESSES: usize = 8;
+
+/// Opens TLS connections to the collector for tonic: resolves the host at each connect, tries
+/// its addresses in turn, then the TLS handshake, each within [`EXPORT_TIMEOUT`].
+#[derive(Clone)]
+struct CollectorConnector {
+    tls: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+    host: Arc<str>,
+    port: u16,
+}
+
+type CollectorStream = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+impl tower_service::Service<http::Uri> for CollectorConnector {
+    type Response = CollectorStream;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<CollectorStream>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            use std::io::{Error, ErrorKind};
+            let timed_out =
+                |what: &str| Error::new(ErrorKind::TimedOut, format!("{what} timed out"));
+            let found = tokio::time::timeout(
+                EXPORT_TIMEOUT,
+                tokio::net::lookup_host((&*this.host, this.port)),
+            )
+            .await
+            .map_err(|_| timed_out("resolving the collector"))??;
+            let mut last = Error::new(
+                ErrorKind::NotFound,
+                format!("{} resolved to no address", this.host),
+            );
+            let mut connected = None;
+            for address in found.take(MAX_ADDRESSES) {
+                match tokio::time::timeout(EXPORT_TIMEOUT, tokio::net::TcpStream::connect(address))
+                    .await
+                {
+                    Ok(Ok(stream)) => {
+                        connected = Some(stream);
+                        break;
+                    }
+                    Ok(Err(error)) => last = error,
+                    Err(_) => last = timed_out("connect"),
+                }
+            }
+            let stream = connected.ok_or(last)?;
+            let _ = stream.set_nodelay(true);
+            let stream = tokio::time::timeout(EXPORT_TIMEOUT, this.tls.connect(this.name, stream))
+                .await
+                .map_err(|_| timed_out("TLS handshake with the collector"))??;
+            Ok(TokioIo::new(stream))
+        })
     }
 }
 
@@ -421,5 +584,40 @@ fn method_name(method: &http::Method) -> Cow<'static, str> {
     match known.iter().position(|m| m == method) {
         Some(i) => Cow::Borrowed(NAMES[i]),
         None => Cow::Owned(method.as_str().to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_without_a_usable_ca_file_is_refused_with_a_reason() {
+        let endpoint = "https://collector.example:4317";
+        let error = tls_channel(endpoint, None).unwrap_err();
+        assert!(error.contains("--ca-file"), "{error}");
+
+        let missing = std::env::temp_dir().join("ficus-no-such-ca-file.pem");
+        let error = tls_channel(endpoint, Some(&missing)).unwrap_err();
+        assert!(error.contains("ficus-no-such-ca-file.pem"), "{error}");
+
+        let dir = std::env::temp_dir().join(format!("ficus-otlp-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let error = tls_channel(endpoint, Some(&empty)).unwrap_err();
+        assert!(error.contains("no certificate"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_https_endpoint_without_ca_file_builds_no_exporter() {
+        let resource = Resource::builder_empty().build();
+        assert!(build(
+            &Arc::from("https://collector.example:4317"),
+            &resource,
+            None
+        )
+        .is_none());
     }
 }
