@@ -253,3 +253,64 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
     }
     labels
 }
+
+/// A TLS client presenting a certificate for `client_id` issued by `issuer`, trusting
+/// `trust_pem` and expecting the server to be `server_id` (trust domain `cluster.local`),
+/// speaking HTTP/1.1 (`GET /`, `Host: payments`) straight to a sidecar's inbound at `inbound`.
+/// `Ok(status)` when the handshake and the request went through within 10 s; `Err(text)` when
+/// either side refused or it timed out.
+pub async fn mtls_probe(
+    inbound: SocketAddr,
+    issuer: &ficus_identity::ca::CertificateAuthority,
+    trust_pem: &str,
+    client_id: &str,
+    server_id: &str,
+) -> Result<u16, String> {
+    // Setup failures panic: only the exchange itself may answer `Err`.
+    let key = ficus_identity::csr::WorkloadKey::generate().expect("workload key");
+    let id = ficus_identity::SpiffeId::parse(client_id).expect("client SPIFFE ID");
+    let issued = issuer
+        .sign_workload_csr(
+            &key.csr_pem(&id).expect("CSR"),
+            &id,
+            Duration::from_secs(3600),
+        )
+        .expect("issue the client certificate");
+    let store = ficus_identity::tls::CertStore::new();
+    store.install(
+        ficus_identity::tls::Credentials::from_pem(&issued.chain_pem, &key)
+            .expect("client credentials"),
+    );
+    let bundle = ficus_identity::tls::TrustBundle::from_pem(trust_pem, "cluster.local")
+        .expect("trust bundle");
+    let expected = ficus_identity::SpiffeId::parse(server_id).expect("server SPIFFE ID");
+    let config = ficus_identity::tls::client_config(Some(store), &bundle, &expected)
+        .expect("client TLS config");
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let exchange = async {
+        let tcp = TcpStream::connect(inbound)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls_pki_types::ServerName::IpAddress(inbound.ip().into());
+        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut response = Vec::new();
+        tls.read_to_end(&mut response)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&response);
+        text.strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("no HTTP response: {text:?}"))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_owned()))
+}

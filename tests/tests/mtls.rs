@@ -18,6 +18,7 @@ use ficus_tests::upstream::{TcpEcho, Upstream, WebSocketEcho};
 use tokio::io::AsyncWriteExt;
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
 
 /// A control plane with join tokens for `web`, `payments` and `other`.
 async fn control(lifetime: &str) -> (ControlPlane, tempfile::TempDir) {
@@ -241,36 +242,69 @@ async fn authorization_by_peer_identity() {
     assert_eq!(app.count(), 1);
 }
 
+/// `clients` keep-alive clients, each sending `GET /` with `Host: payments` through `outbound`
+/// every `pause` until stopped (at most 1,000,000 each), counting 200s and anything else.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(outbound: std::net::SocketAddr, clients: usize, pause: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+            tasks.push(tokio::spawn(async move {
+                let mut client = H1Client::connect(outbound).await.unwrap();
+                for _ in 0..1_000_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match client.get("payments", "/").await {
+                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            eprintln!("failed: {other:?}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    tokio::time::sleep(pause).await;
+                }
+            }));
+        }
+        Self {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
+    }
+
+    /// The 200s so far.
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the clients and waits for them: (200s, failures).
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
 #[tokio::test]
 async fn rotation_under_load_fails_nothing_and_outlives_the_control_plane() {
     let (mut control, _tokens, _app, server, web) = pair("10s", "").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (outbound, stop, ok, failed) = (
-            web.outbound,
-            Arc::clone(&stop),
-            Arc::clone(&ok),
-            Arc::clone(&failed),
-        );
-        load.push(tokio::spawn(async move {
-            let mut client = H1Client::connect(outbound).await.unwrap();
-            for _ in 0..1_000_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                match client.get("payments", "/").await {
-                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    other => {
-                        eprintln!("failed: {other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }));
-    }
+    let load = Load::start(web.outbound, 4, Duration::from_millis(5));
     // 10 s certificates renew every ~7 s: watch both sidecars rotate at least twice.
     let mut expiries = std::collections::BTreeSet::new();
     let started = Instant::now();
@@ -290,21 +324,11 @@ async fn rotation_under_load_fails_nothing_and_outlives_the_control_plane() {
     }
     // The control plane goes away: certificates still valid for a few seconds keep serving.
     control.kill_9();
-    let before = ok.load(Ordering::Relaxed);
+    let before = load.ok();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        task.await.unwrap();
-    }
-    assert!(
-        ok.load(Ordering::Relaxed) > before,
-        "requests flowed with the control plane down"
-    );
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed across rotations"
-    );
+    let (ok, failed) = load.stop().await;
+    assert!(ok > before, "requests flowed with the control plane down");
+    assert_eq!(failed, 0, "requests failed across rotations");
 }
 
 /// A TLS client presenting a `web` certificate issued by `issuer`, trusting `trust_pem`, speaking
@@ -315,45 +339,7 @@ async fn probe(
     issuer: &ficus_identity::ca::CertificateAuthority,
     trust_pem: &str,
 ) -> Result<u16, String> {
-    use tokio::io::AsyncReadExt;
-    let key = ficus_identity::csr::WorkloadKey::generate().unwrap();
-    let id = ficus_identity::SpiffeId::parse(WEB).unwrap();
-    let issued = issuer
-        .sign_workload_csr(&key.csr_pem(&id).unwrap(), &id, Duration::from_secs(3600))
-        .unwrap();
-    let store = ficus_identity::tls::CertStore::new();
-    store.install(ficus_identity::tls::Credentials::from_pem(&issued.chain_pem, &key).unwrap());
-    let bundle = ficus_identity::tls::TrustBundle::from_pem(trust_pem, "cluster.local").unwrap();
-    let expected =
-        ficus_identity::SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/payments").unwrap();
-    let config = ficus_identity::tls::client_config(Some(store), &bundle, &expected).unwrap();
-    let mut config = (*config).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(inbound)
-            .await
-            .map_err(|e| e.to_string())?;
-        let name = rustls_pki_types::ServerName::IpAddress(inbound.ip().into());
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tls.write_all(b"GET / HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n")
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut response = Vec::new();
-        tls.read_to_end(&mut response)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        let text = String::from_utf8_lossy(&response);
-        text.strip_prefix("HTTP/1.1 ")
-            .and_then(|rest| rest.get(..3))
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| format!("no HTTP response: {text:?}"))
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .unwrap_or_else(|_| Err("timed out".to_owned()))
+    client::mtls_probe(inbound, issuer, trust_pem, WEB, PAYMENTS).await
 }
 
 /// The expiry each sidecar presents (its admin port → expiry seconds).
@@ -409,33 +395,7 @@ async fn root_rotation_reaches_running_sidecars_and_traffic_never_stops() {
     let both = format!("{}{}", old.root_pem(), new.root_pem());
 
     // Load through web → payments for the whole rotation, on connections made before it.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut load = Vec::new();
-    for _ in 0..2 {
-        let (outbound, stop, ok, failed) = (
-            web.outbound,
-            Arc::clone(&stop),
-            Arc::clone(&ok),
-            Arc::clone(&failed),
-        );
-        load.push(tokio::spawn(async move {
-            let mut client = H1Client::connect(outbound).await.unwrap();
-            for _ in 0..1_000_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                match client.get("payments", "/").await {
-                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    other => {
-                        eprintln!("failed: {other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }));
-    }
+    let load = Load::start(web.outbound, 2, Duration::from_millis(10));
 
     // Before: the payments sidecar refuses a client under the new root.
     let refused = probe(server.inbound, &new, &both).await;
@@ -489,16 +449,9 @@ async fn root_rotation_reaches_running_sidecars_and_traffic_never_stops() {
     assert_eq!(probe(server.inbound, &new, &new.root_pem()).await, Ok(200));
     fresh_client_reaches_payments(&control, tokens.path(), "step 3").await;
 
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        task.await.unwrap();
-    }
-    assert!(ok.load(Ordering::Relaxed) > 100);
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed across the root rotation"
-    );
+    let (ok, failed) = load.stop().await;
+    assert!(ok > 100);
+    assert_eq!(failed, 0, "requests failed across the root rotation");
 }
 
 #[tokio::test]

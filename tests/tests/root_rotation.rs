@@ -6,7 +6,6 @@
 //! root out again takes it out of the sidecars too.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ficus_identity::ca::CertificateAuthority;
@@ -14,7 +13,6 @@ use ficus_tests::client;
 use ficus_tests::control::ControlPlane;
 use ficus_tests::process::{Sidecar, SidecarOptions};
 use ficus_tests::upstream::Upstream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
 const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
@@ -49,43 +47,7 @@ async fn probe(
     issuer: &CertificateAuthority,
     trust_pem: &str,
 ) -> Result<u16, String> {
-    let key = ficus_identity::csr::WorkloadKey::generate().unwrap();
-    let id = ficus_identity::SpiffeId::parse(WEB).unwrap();
-    let issued = issuer
-        .sign_workload_csr(&key.csr_pem(&id).unwrap(), &id, Duration::from_secs(3600))
-        .unwrap();
-    let store = ficus_identity::tls::CertStore::new();
-    store.install(ficus_identity::tls::Credentials::from_pem(&issued.chain_pem, &key).unwrap());
-    let bundle = ficus_identity::tls::TrustBundle::from_pem(trust_pem, "cluster.local").unwrap();
-    let expected = ficus_identity::SpiffeId::parse(PAYMENTS).unwrap();
-    let config = ficus_identity::tls::client_config(Some(store), &bundle, &expected).unwrap();
-    let mut config = (*config).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(inbound)
-            .await
-            .map_err(|e| e.to_string())?;
-        let name = rustls_pki_types::ServerName::IpAddress(inbound.ip().into());
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tls.write_all(b"GET / HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n")
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut response = Vec::new();
-        tls.read_to_end(&mut response)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        let text = String::from_utf8_lossy(&response);
-        text.strip_prefix("HTTP/1.1 ")
-            .and_then(|rest| rest.get(..3))
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| format!("no HTTP response: {text:?}"))
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .unwrap_or_else(|_| Err("timed out".to_owned()))
+    client::mtls_probe(inbound, issuer, trust_pem, WEB, PAYMENTS).await
 }
 
 async fn metric(sidecar: &Sidecar, name: &str) -> f64 {
