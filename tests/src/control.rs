@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client;
-use crate::process::binary;
+use crate::process::{binary, SidecarOptions};
 
 /// How long `ficus-control` may take to answer `/ready`.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
@@ -80,6 +80,28 @@ impl ControlPlane {
     /// `https://` URL of the push endpoint (TLS mode).
     pub fn grpc_tls_url(&self) -> String {
         format!("https://{}", self.grpc)
+    }
+
+    /// Options for `workload`'s sidecar (node `<workload>-1`, its app at `app`) joining this
+    /// TLS control plane with the join token in `token_file` and trusting [`Self::ca_file`].
+    pub fn join_options(
+        &self,
+        workload: &str,
+        token_file: &Path,
+        app: Option<SocketAddr>,
+    ) -> SidecarOptions {
+        SidecarOptions {
+            workload: Some(workload.to_owned()),
+            node_id: Some(format!("{workload}-1")),
+            app,
+            extra: vec![
+                "--token-file".into(),
+                token_file.display().to_string(),
+                "--ca-file".into(),
+                self.ca_file().display().to_string(),
+            ],
+            ..SidecarOptions::default()
+        }
     }
 
     async fn start_inner(data_dir: Option<&Path>, extra: &[&str], tls: bool) -> Self {

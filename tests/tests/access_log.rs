@@ -345,19 +345,7 @@ async fn both_sides_of_an_mtls_hop_log_the_peer_identity_and_one_trace() {
     let sidecar = |workload: &'static str, app: Option<SocketAddr>| {
         let token = dir.path().join(workload);
         std::fs::write(&token, format!("tok-{workload}\n")).unwrap();
-        let options = SidecarOptions {
-            workload: Some(workload.to_owned()),
-            node_id: Some(format!("{workload}-1")),
-            app,
-            extra: vec![
-                "--token-file".into(),
-                token.display().to_string(),
-                "--ca-file".into(),
-                control.ca_file().display().to_string(),
-            ],
-            ..SidecarOptions::default()
-        };
-        Sidecar::start_push(&url, options)
+        Sidecar::start_push(&url, control.join_options(workload, &token, app))
     };
     let app = Upstream::start("payments-app").await;
     let server = sidecar("payments", Some(app.addr)).await;

@@ -72,19 +72,7 @@ async fn sidecars_get_certificates_from_a_tls_control_plane_named_localhost() {
     let sidecar = |workload: &'static str, app: Option<std::net::SocketAddr>| {
         let token = files.path().join(workload);
         std::fs::write(&token, format!("tok-{workload}\n")).unwrap();
-        let options = SidecarOptions {
-            workload: Some(workload.to_owned()),
-            node_id: Some(format!("{workload}-1")),
-            app,
-            extra: vec![
-                "--token-file".into(),
-                token.display().to_string(),
-                "--ca-file".into(),
-                control.ca_file().display().to_string(),
-            ],
-            ..SidecarOptions::default()
-        };
-        Sidecar::start_push(&url, options)
+        Sidecar::start_push(&url, control.join_options(workload, &token, app))
     };
     let app = Upstream::start("payments-app").await;
     let server = sidecar("payments", Some(app.addr)).await;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ficus_tests::client::{self, H1Client};
 use ficus_tests::control::ControlPlane;
-use ficus_tests::process::{Sidecar, SidecarOptions};
+use ficus_tests::process::Sidecar;
 use ficus_tests::upstream::{TcpEcho, Upstream, WebSocketEcho};
 use tokio::io::AsyncWriteExt;
 
@@ -61,21 +61,8 @@ async fn sidecar_with(
     app: Option<std::net::SocketAddr>,
     more: &[&str],
 ) -> Sidecar {
-    let token = tokens.join(workload);
-    let mut extra = vec![
-        "--token-file".into(),
-        token.display().to_string(),
-        "--ca-file".into(),
-        control.ca_file().display().to_string(),
-    ];
-    extra.extend(more.iter().map(|s| (*s).to_owned()));
-    let options = SidecarOptions {
-        workload: Some(workload.to_owned()),
-        node_id: Some(format!("{workload}-1")),
-        app,
-        extra,
-        ..SidecarOptions::default()
-    };
+    let mut options = control.join_options(workload, &tokens.join(workload), app);
+    options.extra.extend(more.iter().map(|s| (*s).to_owned()));
     Sidecar::start_push(&control.grpc_tls_url(), options).await
 }
 

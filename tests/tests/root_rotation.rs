@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ficus_identity::ca::CertificateAuthority;
 use ficus_tests::client;
 use ficus_tests::control::ControlPlane;
-use ficus_tests::process::{Sidecar, SidecarOptions};
+use ficus_tests::process::Sidecar;
 use ficus_tests::upstream::Upstream;
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
@@ -25,18 +25,7 @@ async fn sidecar(
     workload: &str,
     app: Option<std::net::SocketAddr>,
 ) -> Sidecar {
-    let options = SidecarOptions {
-        workload: Some(workload.to_owned()),
-        node_id: Some(format!("{workload}-1")),
-        app,
-        extra: vec![
-            "--token-file".into(),
-            tokens.join(workload).display().to_string(),
-            "--ca-file".into(),
-            control.ca_file().display().to_string(),
-        ],
-        ..SidecarOptions::default()
-    };
+    let options = control.join_options(workload, &tokens.join(workload), app);
     Sidecar::start_push(&control.grpc_tls_url(), options).await
 }
 

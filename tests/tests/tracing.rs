@@ -125,18 +125,7 @@ async fn push_sidecar(
     workload: &str,
     app: Option<SocketAddr>,
 ) -> Sidecar {
-    let options = SidecarOptions {
-        workload: Some(workload.to_owned()),
-        node_id: Some(format!("{workload}-1")),
-        app,
-        extra: vec![
-            "--token-file".into(),
-            tokens.join(workload).display().to_string(),
-            "--ca-file".into(),
-            control.ca_file().display().to_string(),
-        ],
-        ..SidecarOptions::default()
-    };
+    let options = control.join_options(workload, &tokens.join(workload), app);
     Sidecar::start_push(&control.grpc_tls_url(), options).await
 }
 
