@@ -547,6 +547,25 @@ pub const PROXY_UID: &str = "1337";
 pub const TRANSPARENT_ADMIN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15000);
 
+/// The command prefix that runs a program inside `ns` as uid and gid 1337 ([`PROXY_UID`]),
+/// no supplementary groups: how a transparent sidecar runs (`SidecarOptions::prefix`).
+pub fn proxy_prefix(ns: &NetNs) -> Vec<String> {
+    let mut prefix = ns.exec_prefix();
+    prefix.extend(
+        [
+            "setpriv",
+            "--reuid",
+            PROXY_UID,
+            "--regid",
+            PROXY_UID,
+            "--clear-groups",
+            "--",
+        ]
+        .map(str::to_owned),
+    );
+    prefix
+}
+
 /// Installs the rules in `ns` (`ficus-sidecar redirect --proxy-uid 1337`, asserting it
 /// succeeds) and starts a transparent sidecar there as uid 1337 on `config`: outbound on
 /// 127.0.0.1:15001, inbound on 0.0.0.0:15006, admin on [`TRANSPARENT_ADMIN`], `--transparent`
@@ -561,19 +580,7 @@ pub fn start_transparent(ns: &NetNs, config: &str, options: SidecarOptions) -> S
         "redirect failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let mut prefix = ns.exec_prefix();
-    prefix.extend(
-        [
-            "setpriv",
-            "--reuid",
-            PROXY_UID,
-            "--regid",
-            PROXY_UID,
-            "--clear-groups",
-            "--",
-        ]
-        .map(str::to_owned),
-    );
+    let prefix = proxy_prefix(ns);
     let mut extra = vec!["--transparent".to_owned()];
     extra.extend(options.extra);
     let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));

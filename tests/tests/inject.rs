@@ -545,19 +545,7 @@ async fn kubelet_probes_pass_under_mtls_strict_with_the_injected_redirect() {
     };
     redirect(&init_args);
 
-    let mut prefix = pod.exec_prefix();
-    prefix.extend(
-        [
-            "setpriv",
-            "--reuid",
-            "1337",
-            "--regid",
-            "1337",
-            "--clear-groups",
-            "--",
-        ]
-        .map(str::to_owned),
-    );
+    let prefix = netns::proxy_prefix(&pod);
     let _sidecar = Sidecar::spawn(
         "",
         SidecarOptions {

@@ -605,48 +605,12 @@ impl Pod {
     /// on `config`, waiting until it is ready.
     async fn sidecar(&self, config: &str, extra: &[&str]) -> Sidecar {
         use ficus_tests::netns;
-        let binary = ficus_tests::process::binary("ficus-sidecar");
-        let redirect = netns::run(self.pod.command(binary.to_str().unwrap()).args([
-            "redirect",
-            "--proxy-uid",
-            "1337",
-        ]))
-        .unwrap();
-        assert!(redirect.status.success(), "ficus-sidecar redirect failed");
-        let mut prefix = self.pod.exec_prefix();
-        prefix.extend(
-            [
-                "setpriv",
-                "--reuid",
-                "1337",
-                "--regid",
-                "1337",
-                "--clear-groups",
-                "--",
-            ]
-            .map(str::to_owned),
-        );
-        let mut flags = vec!["--transparent".to_owned()];
-        flags.extend(extra.iter().map(|s| (*s).to_owned()));
         let options = SidecarOptions {
-            addresses: Some((
-                addr("127.0.0.1:15001"),
-                addr("0.0.0.0:15006"),
-                addr(POD_ADMIN),
-            )),
-            extra: flags,
-            prefix,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             ..SidecarOptions::default()
         };
-        let sidecar = Sidecar::spawn(config, options);
-        let started = Instant::now();
-        while self.admin("/ready").await.map(|f| f.status) != Some(200) {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "transparent sidecar not ready within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let sidecar = netns::start_transparent(&self.pod, config, options);
+        netns::wait_ready(&self.pod).await;
         sidecar
     }
 
