@@ -313,23 +313,34 @@ async fn get_once(addr: SocketAddr, path: &'static str) -> ficus_tests::client::
     client.send(request).await.unwrap()
 }
 
-#[tokio::test]
-async fn the_circuit_breaker_fails_fast_past_its_caps() {
-    let upstream = Upstream::start("api").await;
-    let policy = "connectionPool: {maxRequests: 2, maxPendingRequests: 1}";
-    let sidecar = Sidecar::start(&config(upstream.addr, "", policy)).await;
-    let outbound = sidecar.outbound;
+/// Starts two requests for `path` through `outbound` and waits (5 s at most) until
+/// `arrived()` says both reached the upstream.
+async fn two_slow_requests(
+    outbound: SocketAddr,
+    path: &'static str,
+    arrived: impl Fn() -> usize,
+) -> Vec<tokio::task::JoinHandle<ficus_tests::client::Response>> {
     let slow: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(get_once(outbound, "/delay/1500")))
+        .map(|_| tokio::spawn(get_once(outbound, path)))
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while upstream.count() < 2 {
+    while arrived() < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "slow requests never arrived"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    slow
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_fails_fast_past_its_caps() {
+    let upstream = Upstream::start("api").await;
+    let policy = "connectionPool: {maxRequests: 2, maxPendingRequests: 1}";
+    let sidecar = Sidecar::start(&config(upstream.addr, "", policy)).await;
+    let outbound = sidecar.outbound;
+    let slow = two_slow_requests(outbound, "/delay/1500", || upstream.count()).await;
     // Both slots are busy: one of these two takes the only queue place and waits, the other
     // is refused at once.
     let (a, b) = tokio::join!(get_once(outbound, "/fast"), get_once(outbound, "/fast"));
@@ -375,17 +386,7 @@ async fn max_connections_caps_upstream_connections() {
     let policy = "connectionPool: {maxConnections: 2, maxRequests: 10}";
     let sidecar = Sidecar::start(&config(upstream.addr, "", policy)).await;
     let outbound = sidecar.outbound;
-    let slow: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(get_once(outbound, "/slow")))
-        .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while upstream.count() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "slow requests never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let slow = two_slow_requests(outbound, "/slow", || upstream.count()).await;
     // Two connections are busy: a third request would need a third connection.
     let refused = get_once(outbound, "/fast").await;
     assert_eq!(refused.status, 503);
