@@ -38,3 +38,20 @@ pub fn free_port() -> u16 {
 pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
+
+/// Polls `check` every 25 ms until it answers true; panics (naming `what`) once `deadline`
+/// has passed without it.
+pub async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    deadline: std::time::Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}

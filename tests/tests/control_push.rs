@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use ficus_tests::client::{self, H1Client};
 use ficus_tests::control::{ControlPlane, CtlOutput};
 use ficus_tests::process::{Sidecar, SidecarOptions};
+use ficus_tests::until;
 use ficus_tests::upstream::Upstream;
 
 fn config(target: &str, a: std::net::SocketAddr, b: std::net::SocketAddr, tag: u64) -> String {
@@ -36,21 +37,6 @@ fn ok(output: &CtlOutput) -> &str {
 
 async fn apply(control: &ControlPlane, yaml: &str) -> String {
     ok(&control.ctl_stdin(&["apply", "-f", "-"], yaml).await).to_owned()
-}
-
-async fn until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    deadline: Duration,
-    mut check: impl FnMut() -> F,
-) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 async fn version(sidecar: &Sidecar) -> u64 {

@@ -13,6 +13,7 @@ use ficus_tests::client::{self, H1Client};
 use ficus_tests::control::{ControlPlane, CtlOutput};
 use ficus_tests::process::{Sidecar, SidecarOptions};
 use ficus_tests::prom::{self, Exposition, Kind};
+use ficus_tests::until;
 use ficus_tests::upstream::Upstream;
 
 fn backend(name: &str, addr: SocketAddr) -> String {
@@ -309,21 +310,6 @@ fn promtool(text: &str) -> Option<String> {
 fn ok(output: &CtlOutput) -> &str {
     assert_eq!(output.code, 0, "ficusctl failed: {}", output.stderr);
     &output.stdout
-}
-
-async fn until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    deadline: Duration,
-    mut check: impl FnMut() -> F,
-) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// A control plane with one push-mode sidecar that ACKed version 1 and NACKed version 2 (a
