@@ -363,25 +363,9 @@ impl NsGreeter {
     /// Starts on `address` inside `ns`, greeting with `greeting`.
     pub fn start(ns: &NetNs, address: SocketAddr, greeting: &'static str) -> anyhow::Result<Self> {
         let listener = ns.listen(address)?;
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    if stream.write_all(greeting.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    let mut buffer = [0u8; 1024];
-                    while let Ok(n) = stream.read(&mut buffer).await {
-                        if n == 0 || stream.write_all(&buffer[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Ok(Self { task })
+        Ok(Self {
+            task: crate::upstream::serve_greeting_echo(listener, greeting),
+        })
     }
 }
 

@@ -244,31 +244,37 @@ impl TcpEcho {
             .await
             .expect("bind tcp echo");
         let addr = listener.local_addr().expect("local addr");
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    if stream.write_all(greeting.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    let mut buffer = [0u8; 4096];
-                    loop {
-                        match stream.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                if stream.write_all(&buffer[..n]).await.is_err() {
-                                    return;
-                                }
+        let task = serve_greeting_echo(listener, greeting);
+        Self { addr, task }
+    }
+}
+
+/// Serves `listener` until aborted: each connection gets `greeting`, then its bytes echoed
+/// until it closes (shared by [`TcpEcho`] and `netns::NsGreeter`).
+pub(crate) fn serve_greeting_echo(listener: TcpListener, greeting: &'static str) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                if stream.write_all(greeting.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buffer = [0u8; 4096];
+                loop {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if stream.write_all(&buffer[..n]).await.is_err() {
+                                return;
                             }
                         }
                     }
-                });
-            }
-        });
-        Self { addr, task }
-    }
+                }
+            });
+        }
+    })
 }
 
 impl Drop for TcpEcho {
