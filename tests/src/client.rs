@@ -314,3 +314,14 @@ pub async fn mtls_probe(
         .await
         .unwrap_or_else(|_| Err("timed out".to_owned()))
 }
+
+/// Sends `text` on `ws` and expects it echoed within 10 s (panics otherwise).
+pub async fn ws_echo(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, text: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(text)).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("echo within 10 s");
+    assert_eq!(echoed.unwrap().unwrap(), Message::text(text));
+}

@@ -194,17 +194,6 @@ async fn sigterm_keeps_outbound_serving_until_it_is_quiet() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// Sends `text` on `ws` and expects it echoed within 10 s.
-async fn ws_echo(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, text: &str) {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    ws.send(Message::text(text)).await.unwrap();
-    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .expect("echo within 10 s");
-    assert_eq!(echoed.unwrap().unwrap(), Message::text(text));
-}
-
 /// An outbound WebSocket (an upgraded connection, served by a tunnel once upgraded) is
 /// activity too: after SIGTERM, with nothing else open for several quiet periods, the
 /// sidecar keeps it going; once the app closes it the sidecar exits 0.
@@ -224,7 +213,7 @@ async fn an_open_websocket_keeps_outbound_active_after_sigterm() {
         .await
         .unwrap();
     assert_eq!(response.status(), 101);
-    ws_echo(&mut ws, "before").await;
+    client::ws_echo(&mut ws, "before").await;
     sidecar.terminate();
     wait_unready(&sidecar).await;
     // Several quiet periods with only the WebSocket open.
@@ -233,7 +222,7 @@ async fn an_open_websocket_keeps_outbound_active_after_sigterm() {
         sidecar.wait_exit_now().is_none(),
         "exited while the app's WebSocket was open"
     );
-    ws_echo(&mut ws, "while draining").await;
+    client::ws_echo(&mut ws, "while draining").await;
     futures_util::SinkExt::close(&mut ws).await.unwrap();
     drop(ws);
     let status = sidecar.wait_exit(Duration::from_secs(60)).await;

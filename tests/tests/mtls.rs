@@ -443,8 +443,6 @@ async fn root_rotation_reaches_running_sidecars_and_traffic_never_stops() {
 
 #[tokio::test]
 async fn websocket_crosses_mtls_and_authorization_applies_to_the_upgrade() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
     let policy = "apiVersion: ficus.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: payments, namespace: shop}\n\
                   spec:\n  targetRef: {kind: Backend, name: payments}\n  action: ALLOW\n  rules:\n  - from: [{identities: [\"spiffe://cluster.local/ns/shop/sa/web\"]}]\n";
     let (control, tokens) = control("1h").await;
@@ -470,11 +468,7 @@ async fn websocket_crosses_mtls_and_authorization_applies_to_the_upgrade() {
     let plain = client::get(web.outbound, "payments", "/").await.unwrap();
     assert_ne!(plain.status, 101);
     for text in ["hello", "across", "mtls"] {
-        ws.send(Message::text(text)).await.unwrap();
-        let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .unwrap();
-        assert_eq!(echoed.unwrap().unwrap(), Message::text(text));
+        client::ws_echo(&mut ws, text).await;
     }
     ws.close(None).await.unwrap();
 

@@ -187,8 +187,6 @@ async fn streaming_bodies_are_not_buffered() {
 
 #[tokio::test]
 async fn websocket_echo_through_the_proxy() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
     let server = WebSocketEcho::start().await;
     let sidecar = Sidecar::start(&backend("chat", "http", server.addr)).await;
     let stream = tokio::net::TcpStream::connect(sidecar.outbound)
@@ -199,11 +197,7 @@ async fn websocket_echo_through_the_proxy() {
         .unwrap();
     assert_eq!(response.status(), 101);
     for text in ["hello", "through", "ficus"] {
-        ws.send(Message::text(text)).await.unwrap();
-        let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .unwrap();
-        assert_eq!(echoed.unwrap().unwrap(), Message::text(text));
+        client::ws_echo(&mut ws, text).await;
     }
     ws.close(None).await.unwrap();
 }
