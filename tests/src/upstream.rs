@@ -282,3 +282,43 @@ impl Drop for TcpEcho {
         self.task.abort();
     }
 }
+
+/// A TCP server that accepts, reads a request and never answers; each request's arrival is
+/// sent on the channel. The connections stay open until the task is aborted.
+pub async fn hanging_upstream() -> (
+    SocketAddr,
+    tokio::sync::mpsc::Receiver<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived, got_there) = tokio::sync::mpsc::channel::<()>(8);
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buffer = [0u8; 1024];
+            if stream.read(&mut buffer).await.is_ok_and(|n| n > 0) {
+                let _ = arrived.try_send(());
+            }
+            held.push(stream);
+        }
+    });
+    (addr, got_there, task)
+}
+
+/// Sends a request head (`GET /hanging`, `Host: host`) to `to`, waits (10 s at most) until the
+/// [`hanging_upstream`] has it, then disconnects: a request abandoned by its client.
+pub async fn send_and_abandon(
+    to: SocketAddr,
+    host: &str,
+    got_there: &mut tokio::sync::mpsc::Receiver<()>,
+) {
+    let mut stream = tokio::net::TcpStream::connect(to).await.unwrap();
+    let head = format!("GET /hanging HTTP/1.1\r\nhost: {host}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), got_there.recv())
+        .await
+        .expect("the request reached the upstream")
+        .expect("the upstream is running");
+    drop(stream);
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ficus_tests::client::{self, H1Client};
 use ficus_tests::process::{Sidecar, SidecarOptions};
-use ficus_tests::upstream::{TcpEcho, Upstream};
+use ficus_tests::upstream::{hanging_upstream, send_and_abandon, TcpEcho, Upstream};
 use http::Request;
 use http_body_util::Full;
 use serde_json::Value;
@@ -290,33 +290,11 @@ async fn the_trace_id_is_that_of_the_sidecar_span_when_tracing_is_on() {
 #[tokio::test]
 async fn a_request_abandoned_by_its_client_is_logged_as_dc() {
     // An upstream that accepts and never answers; it says when the request got there.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hang = listener.local_addr().unwrap();
-    let (arrived, mut got_there) = tokio::sync::mpsc::channel::<()>(1);
-    let upstream = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let mut buffer = [0u8; 1024];
-            if stream.read(&mut buffer).await.is_ok_and(|n| n > 0) {
-                let _ = arrived.try_send(());
-            }
-            held.push(stream);
-        }
-    });
+    let (hang, mut got_there, upstream) = hanging_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let path = log_path(&dir, "access.log");
     let sidecar = Sidecar::start(&(mesh(Some(&path)) + &backend("hang", hang))).await;
-    let mut stream = tokio::net::TcpStream::connect(sidecar.outbound)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /hanging HTTP/1.1\r\nhost: hang\r\n\r\n")
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), got_there.recv())
-        .await
-        .expect("the request reached the upstream");
-    drop(stream);
+    send_and_abandon(sidecar.outbound, "hang", &mut got_there).await;
 
     let lines = lines(&path, 1).await;
     let line = &lines[0];
