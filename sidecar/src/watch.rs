@@ -1,16 +1,114 @@
 //! Watching `--config` (a file or a directory of `*.yaml`) for changes.
 //!
-//! We poll metadata (size, modification time, inode) a few times a second instead of using
-//! inotify: it costs one `stat` per file, needs no extra dependency, and sees every way a file
-//! can change, including Kubernetes ConfigMap updates that swap a symlink.
+//! inotify on the directory that holds the config (the file's parent, or the directory itself)
+//! wakes us at once when anything in it is written and closed, created, renamed in or out, or
+//! deleted. That covers editors and tools that replace a file by rename, and Kubernetes
+//! ConfigMap updates, which swap the `..data` symlink by renaming a new one over it. Events
+//! are coalesced for [`DEBOUNCE`] so a multi-file write is read once. Then, as before, we
+//! compare metadata (size, modification time, inode; symlinks followed) and reload only when
+//! it changed. A slow [`POLL_INTERVAL`] check stays as the fallback for filesystems without
+//! inotify and for missed events (queue overflow, a watched directory that was replaced).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt;
+use inotify::{EventMask, EventStream, Inotify, WatchMask};
+
 use crate::reload::Reloader;
 
-/// How often the config path is checked.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the config path is checked without an inotify event (fallback).
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long events are coalesced after the first one before the path is checked.
+pub const DEBOUNCE: Duration = Duration::from_millis(2);
+
+/// Event buffer size for the inotify stream (several events per read).
+const EVENT_BUFFER: usize = 4096;
+
+type Events = EventStream<Vec<u8>>;
+
+/// Starts an inotify watch on the directory holding `path`; `None` (poll only) where inotify
+/// is unavailable. Warns only when `loud` (the first attempt), not on every retry.
+fn inotify_stream(path: &Path, loud: bool) -> Option<Events> {
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    };
+    let started = Inotify::init().and_then(|inotify| {
+        inotify.watches().add(
+            &dir,
+            WatchMask::CLOSE_WRITE
+                | WatchMask::MOVED_TO
+                | WatchMask::MOVED_FROM
+                | WatchMask::CREATE
+                | WatchMask::DELETE
+                | WatchMask::ATTRIB
+                | WatchMask::DELETE_SELF
+                | WatchMask::MOVE_SELF,
+        )?;
+        inotify.into_event_stream(vec![0u8; EVENT_BUFFER])
+    });
+    match started {
+        Ok(stream) => Some(stream),
+        Err(error) if loud => {
+            tracing::warn!(%error, dir = %dir.display(), poll = ?POLL_INTERVAL,
+                "inotify unavailable for the config directory; polling only");
+            None
+        }
+        Err(error) => {
+            tracing::debug!(%error, "inotify still unavailable for the config directory");
+            None
+        }
+    }
+}
+
+/// Waits for the next reason to check the path: an inotify event (then coalesces further
+/// events for [`DEBOUNCE`]) or the fallback tick. Drops the stream when it ends or fails, so
+/// the caller re-creates it on the next tick.
+async fn next_change(events: &mut Option<Events>, ticks: &mut tokio::time::Interval) {
+    let Some(stream) = events.as_mut() else {
+        ticks.tick().await;
+        return;
+    };
+    tokio::select! {
+        event = stream.next() => match event {
+            // The watched directory itself was removed or moved away: the watch is gone.
+            Some(Ok(event)) if event.mask.contains(EventMask::IGNORED) => {
+                *events = None;
+                return;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                tracing::warn!(%error, "inotify stream failed; polling until it is re-created");
+                *events = None;
+                return;
+            }
+            None => {
+                *events = None;
+                return;
+            }
+        },
+        _ = ticks.tick() => return,
+    }
+    let deadline = tokio::time::Instant::now() + DEBOUNCE;
+    loop {
+        tokio::select! {
+            event = stream.next() => match event {
+                Some(Ok(event)) if !event.mask.contains(EventMask::IGNORED) => continue,
+                _ => {
+                    *events = None;
+                    return;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => return,
+        }
+    }
+}
 
 #[derive(Debug, PartialEq, Eq)]
 struct Stamp {
@@ -53,11 +151,18 @@ fn fingerprint(path: &Path) -> Vec<Stamp> {
 /// pool, never on a data-plane thread.
 pub async fn watch(path: PathBuf, mut reloader: Reloader) {
     let source = format!("file:{}", path.display());
+    let mut events = inotify_stream(&path, true);
     let mut last = fingerprint(&path);
     let mut ticks = tokio::time::interval(POLL_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.reset();
     loop {
-        ticks.tick().await;
+        next_change(&mut events, &mut ticks).await;
+        if events.is_none() {
+            // Lost (the directory was replaced, the queue failed) or never started: try again
+            // on each tick, polling meanwhile.
+            events = inotify_stream(&path, false);
+        }
         let (stamp, loaded) = {
             let path = path.clone();
             let checked = tokio::task::spawn_blocking(move || {
@@ -82,5 +187,111 @@ pub async fn watch(path: PathBuf, mut reloader: Reloader) {
             Ok(Err(errors)) => reloader.reject(errors.to_string(), &source),
             Err(error) => tracing::error!(%error, "config loader task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "ficus-watch-{name}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The fallback tick is set to an hour, so only an inotify event can wake `next_change`
+    /// within the (generous, bounded) wait.
+    async fn woken_by_inotify(events: &mut Option<Events>) -> bool {
+        let mut ticks = tokio::time::interval(Duration::from_secs(3600));
+        ticks.reset();
+        tokio::time::timeout(Duration::from_secs(10), next_change(events, &mut ticks))
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn rename_replace_and_in_place_write_wake_the_watcher() {
+        let dir = TempDir::new("rename");
+        let path = dir.0.join("config.yaml");
+        std::fs::write(&path, "a: 1\n").unwrap();
+        let mut events = inotify_stream(&path, true);
+        assert!(events.is_some(), "inotify available on this system");
+        let before = fingerprint(&path);
+
+        let temp = dir.0.join(".config.yaml.tmp");
+        std::fs::write(&temp, "a: 2\n").unwrap();
+        std::fs::rename(&temp, &path).unwrap();
+        assert!(woken_by_inotify(&mut events).await, "rename woke it");
+        assert!(events.is_some());
+        let renamed = fingerprint(&path);
+        assert_ne!(renamed, before, "the renamed file differs");
+
+        std::fs::write(&path, "a: 33\n").unwrap();
+        assert!(
+            woken_by_inotify(&mut events).await,
+            "in-place write woke it"
+        );
+        assert_ne!(fingerprint(&path), renamed);
+    }
+
+    #[tokio::test]
+    async fn configmap_data_symlink_swap_wakes_the_watcher() {
+        // The layout the kubelet makes for a ConfigMap volume:
+        //   config.yaml -> ..data/config.yaml, ..data -> ..2026_v1/
+        // and an update renames a new `..data` symlink over the old one.
+        let dir = TempDir::new("configmap");
+        let d = &dir.0;
+        std::fs::create_dir(d.join("..2026_v1")).unwrap();
+        std::fs::write(d.join("..2026_v1/config.yaml"), "a: 1\n").unwrap();
+        symlink("..2026_v1", d.join("..data")).unwrap();
+        symlink("..data/config.yaml", d.join("config.yaml")).unwrap();
+        let path = d.join("config.yaml");
+        let mut events = inotify_stream(&path, true);
+        assert!(events.is_some(), "inotify available on this system");
+        let before = fingerprint(&path);
+        assert_eq!(before.len(), 1, "the symlink is followed");
+
+        std::fs::create_dir(d.join("..2026_v2")).unwrap();
+        std::fs::write(d.join("..2026_v2/config.yaml"), "a: 22\n").unwrap();
+        symlink("..2026_v2", d.join("..data_tmp")).unwrap();
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+        assert!(woken_by_inotify(&mut events).await, "..data swap woke it");
+        std::fs::remove_dir_all(d.join("..2026_v1")).unwrap();
+        assert_ne!(fingerprint(&path), before, "the new target is seen");
+    }
+
+    #[tokio::test]
+    async fn a_removed_directory_drops_the_stream_for_polling() {
+        let dir = TempDir::new("removed");
+        let sub = dir.0.join("conf");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("a.yaml"), "a: 1\n").unwrap();
+        let mut events = inotify_stream(&sub, true);
+        assert!(events.is_some());
+        std::fs::remove_dir_all(&sub).unwrap();
+        // Events for the deleted file, then IN_DELETE_SELF / IN_IGNORED: bounded number of wakes.
+        for _ in 0..10 {
+            if events.is_none() {
+                break;
+            }
+            assert!(woken_by_inotify(&mut events).await);
+        }
+        assert!(events.is_none(), "a dead watch falls back to polling");
     }
 }

@@ -225,3 +225,76 @@ async fn invalid_config_at_start_exits_2_naming_file_document_and_field() {
     let (status, _) = run_sidecar(&["--outbound", "not-an-address"]).await;
     assert_eq!(status.code(), Some(2), "bad flags exit 2");
 }
+
+/// Asks through the sidecar until the route answers with `x-version: version` (bounded).
+async fn wait_route_version(sidecar: &Sidecar, version: u64) {
+    let mut checker = H1Client::connect(sidecar.outbound).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let response = checker.get("svc", "/").await.unwrap();
+        if response.header("x-version") == version.to_string() {
+            let want = if version % 2 == 0 { "a" } else { "b" };
+            assert_eq!(
+                response.text(),
+                want,
+                "version {version} routes to its backend"
+            );
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "version {version} never became visible"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn rename_replace_and_in_place_writes_are_picked_up() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let sidecar = Sidecar::start(&config(0, a.addr, b.addr)).await;
+    // Editor / `mv` style: write a temp file, rename it over the config.
+    sidecar.write_config(&config(1, a.addr, b.addr));
+    wait_route_version(&sidecar, 1).await;
+    // In place (truncate and write, same inode).
+    std::fs::write(&sidecar.config_path, config(2, a.addr, b.addr)).unwrap();
+    wait_route_version(&sidecar, 2).await;
+    let status = sidecar.config().await;
+    assert_eq!(status["version"], 3);
+    assert!(status["last_error"].is_null());
+}
+
+#[tokio::test]
+async fn a_configmap_style_data_symlink_swap_is_picked_up() {
+    use std::os::unix::fs::symlink;
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let sidecar = Sidecar::start(&config(0, a.addr, b.addr)).await;
+    let dir = sidecar.config_path.parent().unwrap().to_path_buf();
+    // The kubelet's layout: config.yaml -> ..data/config.yaml, ..data -> ..<timestamp>/.
+    let swap_data = |version: u64| {
+        let target = format!("..2026_11_25_v{version}");
+        std::fs::create_dir(dir.join(&target)).unwrap();
+        std::fs::write(
+            dir.join(&target).join("config.yaml"),
+            config(version, a.addr, b.addr),
+        )
+        .unwrap();
+        symlink(&target, dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        if version > 1 {
+            std::fs::remove_dir_all(dir.join(format!("..2026_11_25_v{}", version - 1))).unwrap();
+        }
+    };
+    swap_data(1);
+    symlink("..data/config.yaml", dir.join("config.yaml.link")).unwrap();
+    std::fs::rename(dir.join("config.yaml.link"), &sidecar.config_path).unwrap();
+    wait_route_version(&sidecar, 1).await;
+    // A ConfigMap update: only `..data` changes; config.yaml stays the same symlink.
+    for version in 2..=4 {
+        swap_data(version);
+        wait_route_version(&sidecar, version).await;
+    }
+    let status = sidecar.config().await;
+    assert_eq!(status["version"], 5, "one reload per swap");
+    assert!(status["last_error"].is_null());
+}
