@@ -325,3 +325,71 @@ pub async fn ws_echo(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, tex
         .expect("echo within 10 s");
     assert_eq!(echoed.unwrap().unwrap(), Message::text(text));
 }
+
+/// Keep-alive load: one HTTP/1.1 client per address in `targets`, each sending `GET /` with
+/// `Host: host` every `pause` until [`Load::stop`] (at most 1,000,000 requests each), counting
+/// 200s and anything else (printed).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts the clients (each connects in its own task).
+    pub fn start(
+        targets: impl IntoIterator<Item = SocketAddr>,
+        host: &'static str,
+        pause: Duration,
+    ) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut tasks = Vec::new();
+        for target in targets {
+            let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+            tasks.push(tokio::spawn(async move {
+                let mut client = H1Client::connect(target).await.unwrap();
+                for _ in 0..1_000_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match client.get(host, "/").await {
+                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            eprintln!("failed: {other:?}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    tokio::time::sleep(pause).await;
+                }
+            }));
+        }
+        Self {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
+    }
+
+    /// The 200s so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the clients and waits for them: (200s, failures).
+    pub async fn stop(self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}

@@ -3,11 +3,9 @@
 //! traffic loses nothing; a sidecar restarted while the control plane is down serves from its
 //! cache; a burst of applies coalesces into few pushes.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ficus_tests::client::{self, H1Client};
+use ficus_tests::client::{self, Load};
 use ficus_tests::control::{ControlPlane, CtlOutput};
 use ficus_tests::process::{Sidecar, SidecarOptions};
 use ficus_tests::until;
@@ -135,34 +133,11 @@ async fn kill_9_of_the_control_plane_under_traffic_loses_nothing() {
     for sidecar in &sidecars {
         sidecar.wait_ready(Duration::from_secs(20)).await;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut load = Vec::new();
-    for sidecar in &sidecars {
-        let (outbound, stop, sent, failed) = (
-            sidecar.outbound,
-            Arc::clone(&stop),
-            Arc::clone(&sent),
-            Arc::clone(&failed),
-        );
-        load.push(tokio::spawn(async move {
-            let mut client = H1Client::connect(outbound).await.unwrap();
-            for _ in 0..1_000_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                sent.fetch_add(1, Ordering::Relaxed);
-                match client.get("svc", "/").await {
-                    Ok(r) if r.status == 200 => {}
-                    other => {
-                        eprintln!("failed: {other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }));
-    }
+    let load = Load::start(
+        sidecars.iter().map(|s| s.outbound),
+        "svc",
+        Duration::from_millis(2),
+    );
 
     assert!(apply(&control, &config("b", a.addr, b.addr, 2))
         .await
@@ -183,14 +158,10 @@ async fn kill_9_of_the_control_plane_under_traffic_loses_nothing() {
         )
         .await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        task.await.unwrap();
-    }
-    assert!(sent.load(Ordering::Relaxed) > 50, "traffic flowed");
+    let (served, failed) = load.stop().await;
+    assert!(served + failed > 50, "traffic flowed");
     assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
+        failed, 0,
         "no request failed while the control plane was down"
     );
     let status = control.get_json("/v1/status").await;

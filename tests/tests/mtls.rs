@@ -7,11 +7,9 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ficus_tests::client::{self, H1Client};
+use ficus_tests::client::{self, Load};
 use ficus_tests::control::ControlPlane;
 use ficus_tests::process::Sidecar;
 use ficus_tests::upstream::{TcpEcho, Upstream, WebSocketEcho};
@@ -229,69 +227,10 @@ async fn authorization_by_peer_identity() {
     assert_eq!(app.count(), 1);
 }
 
-/// `clients` keep-alive clients, each sending `GET /` with `Host: payments` through `outbound`
-/// every `pause` until stopped (at most 1,000,000 each), counting 200s and anything else.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(outbound: std::net::SocketAddr, clients: usize, pause: Duration) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let mut tasks = Vec::new();
-        for _ in 0..clients {
-            let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
-            tasks.push(tokio::spawn(async move {
-                let mut client = H1Client::connect(outbound).await.unwrap();
-                for _ in 0..1_000_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    match client.get("payments", "/").await {
-                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                        other => {
-                            eprintln!("failed: {other:?}");
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                    tokio::time::sleep(pause).await;
-                }
-            }));
-        }
-        Self {
-            stop,
-            ok,
-            failed,
-            tasks,
-        }
-    }
-
-    /// The 200s so far.
-    fn ok(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Stops the clients and waits for them: (200s, failures).
-    async fn stop(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-}
-
 #[tokio::test]
 async fn rotation_under_load_fails_nothing_and_outlives_the_control_plane() {
     let (mut control, _tokens, _app, server, web) = pair("10s", "").await;
-    let load = Load::start(web.outbound, 4, Duration::from_millis(5));
+    let load = Load::start([web.outbound; 4], "payments", Duration::from_millis(5));
     // 10 s certificates renew every ~7 s: watch both sidecars rotate at least twice.
     let mut expiries = std::collections::BTreeSet::new();
     let started = Instant::now();
@@ -382,7 +321,7 @@ async fn root_rotation_reaches_running_sidecars_and_traffic_never_stops() {
     let both = format!("{}{}", old.root_pem(), new.root_pem());
 
     // Load through web → payments for the whole rotation, on connections made before it.
-    let load = Load::start(web.outbound, 2, Duration::from_millis(10));
+    let load = Load::start([web.outbound; 2], "payments", Duration::from_millis(10));
 
     // Before: the payments sidecar refuses a client under the new root.
     let refused = probe(server.inbound, &new, &both).await;
