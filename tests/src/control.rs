@@ -294,12 +294,15 @@ impl Drop for ControlPlane {
     }
 }
 
-/// Runs `ficusctl --server server args…` to completion (at most a minute), feeding `stdin`.
-pub async fn ficusctl(server: &str, args: &[&str], stdin: Option<&str>) -> CtlOutput {
-    let mut child = Command::new(binary("ficusctl"))
-        .args(["--server", server])
-        .args(args)
-        .env_remove("FICUS_SERVER")
+/// Runs `command` to completion with stdout and stderr captured, feeding it `stdin` (else
+/// stdin is empty); kills it and panics (naming `what`) if it has not exited within `deadline`.
+pub async fn output_within(
+    mut command: Command,
+    stdin: Option<String>,
+    deadline: Duration,
+    what: &str,
+) -> std::process::Output {
+    let mut child = command
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -308,24 +311,41 @@ pub async fn ficusctl(server: &str, args: &[&str], stdin: Option<&str>) -> CtlOu
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn ficusctl");
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
     let pid = child.id();
-    let input = stdin.map(str::to_owned);
     let run = tokio::task::spawn_blocking(move || {
-        if let (Some(text), Some(mut pipe)) = (input, child.stdin.take()) {
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
             let _ = pipe.write_all(text.as_bytes());
         }
         child.wait_with_output()
     });
-    let output = match tokio::time::timeout(CTL_DEADLINE, run).await {
-        Ok(joined) => joined.expect("ficusctl task").expect("ficusctl output"),
+    match tokio::time::timeout(deadline, run).await {
+        Ok(joined) => joined
+            .expect("wait task")
+            .unwrap_or_else(|e| panic!("{what}: {e}")),
         Err(_) => {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .status();
-            panic!("ficusctl {args:?} did not exit within {CTL_DEADLINE:?}");
+            panic!("{what} did not exit within {deadline:?}");
         }
-    };
+    }
+}
+
+/// Runs `ficusctl --server server args…` to completion (at most a minute), feeding `stdin`.
+pub async fn ficusctl(server: &str, args: &[&str], stdin: Option<&str>) -> CtlOutput {
+    let mut command = Command::new(binary("ficusctl"));
+    command
+        .args(["--server", server])
+        .args(args)
+        .env_remove("FICUS_SERVER");
+    let output = output_within(
+        command,
+        stdin.map(str::to_owned),
+        CTL_DEADLINE,
+        &format!("ficusctl {args:?}"),
+    )
+    .await;
     CtlOutput {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

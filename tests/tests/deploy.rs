@@ -9,10 +9,10 @@
 //! generated CRD schemas by ficus-control's `kubernetes::crd` tests instead.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use ficus_tests::control::ficusctl;
+use ficus_tests::control::{ficusctl, output_within};
 use ficus_tests::process::binary;
 
 fn repo() -> PathBuf {
@@ -37,42 +37,20 @@ fn kubernetes_validate() -> Option<PathBuf> {
 
 /// Runs `program args` with `stdin`, at most 120 s; (exit code, stdout, stderr).
 async fn run(program: &Path, args: &[&str], stdin: Option<String>) -> (i32, String, String) {
-    let mut child = Command::new(program)
-        .args(args)
-        .current_dir(repo())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
-    let pid = child.id();
-    let run = tokio::task::spawn_blocking(move || {
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            use std::io::Write;
-            let _ = pipe.write_all(text.as_bytes());
-        }
-        child.wait_with_output()
-    });
-    match tokio::time::timeout(Duration::from_secs(120), run).await {
-        Ok(output) => {
-            let output = output.expect("task").expect("output");
-            (
-                output.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&output.stdout).into_owned(),
-                String::from_utf8_lossy(&output.stderr).into_owned(),
-            )
-        }
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("{} {args:?} did not finish within 120 s", program.display());
-        }
-    }
+    let mut command = Command::new(program);
+    command.args(args).current_dir(repo());
+    let output = output_within(
+        command,
+        stdin,
+        Duration::from_secs(120),
+        &format!("{} {args:?}", program.display()),
+    )
+    .await;
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Validates `text` (a YAML stream named `what`) strictly: unknown fields are errors.
