@@ -661,6 +661,12 @@ impl PushMesh {
         }
     }
 
+    /// Applies `yaml` (`ficusctl apply -f -`), asserting it succeeded.
+    pub async fn apply(&self, yaml: &str) {
+        let applied = self.control.ctl_stdin(&["apply", "-f", "-"], yaml).await;
+        assert_eq!(applied.code, 0, "{}{}", applied.stdout, applied.stderr);
+    }
+
     /// Installs the rules in `ns` and starts `workload`'s transparent sidecar there
     /// (`<workload>-1`), pushed by the control plane, not waiting for it to be ready.
     pub fn sidecar(&self, ns: &NetNs, workload: &str) -> Sidecar {

@@ -29,7 +29,6 @@ async fn opaque_tcp_on_an_opaque_port_crosses_mtls_between_transparent_sidecars(
     let remote = NetNs::create("remote").expect("remote namespace");
     link(&pod, &["10.77.0.1/24"], &remote, &["10.77.0.2/24"]).expect("veth pair");
     let mesh = PushMesh::start(&pod, &remote).await;
-    let control = &mesh.control;
     // A server-first app on the payments pod's PostgreSQL port.
     let _app = NsGreeter::start(&remote, addr("10.77.0.2:5432"), "payments-db\n").unwrap();
     let _web = mesh.sidecar(&pod, "web");
@@ -48,8 +47,7 @@ spec:
   listen: \"127.0.0.1:16000\"
   endpoints: [{address: \"10.77.0.2:5432\", identity: \"spiffe://cluster.local/ns/shop/sa/payments\"}]
 ";
-    let applied = control.ctl_stdin(&["apply", "-f", "-"], config).await;
-    assert_eq!(applied.code, 0, "{}{}", applied.stdout, applied.stderr);
+    mesh.apply(config).await;
     wait_ready(&pod).await;
     wait_ready(&remote).await;
 

@@ -529,16 +529,12 @@ async fn redirect_explains_missing_permission_and_missing_iptables() {
     let world = World::new();
     let sidecar = binary("ficus-sidecar");
     let sidecar = sidecar.to_str().unwrap();
-    let not_root = netns::run(world.pod.command("setpriv").args([
-        "--reuid",
-        PROXY_UID,
-        "--regid",
-        PROXY_UID,
-        "--clear-groups",
-        "--",
-        sidecar,
-        "redirect",
-    ]))
+    let prefix = netns::proxy_prefix(&world.pod);
+    let not_root = netns::run(
+        std::process::Command::new(&prefix[0])
+            .args(&prefix[1..])
+            .args([sidecar, "redirect"]),
+    )
     .unwrap();
     let stderr = String::from_utf8_lossy(&not_root.stderr);
     assert_eq!(not_root.status.code(), Some(1), "{stderr}");
@@ -581,7 +577,6 @@ async fn intercepted_calls_cross_mtls_between_transparent_sidecars() {
     }
     let world = World::new();
     let mesh = PushMesh::start(&world.pod, &world.remote).await;
-    let control = &mesh.control;
     // The payments app listens on its pod IP; its own sidecar guards it (STRICT).
     let app = NsHttpServer::start(&world.remote, addr("10.77.0.2:8080"), "payments-app").unwrap();
     let web = PodSidecar::new(&world.pod, mesh.sidecar(&world.pod, "web"));
@@ -598,8 +593,7 @@ metadata: {name: payments, namespace: shop}
 spec:
   endpoints: [{address: \"10.77.0.2:8080\", identity: \"spiffe://cluster.local/ns/shop/sa/payments\"}]
 ";
-    let applied = control.ctl_stdin(&["apply", "-f", "-"], config).await;
-    assert_eq!(applied.code, 0, "{}{}", applied.stdout, applied.stderr);
+    mesh.apply(config).await;
     wait_ready(&world.pod).await;
     wait_ready(&world.remote).await;
 
