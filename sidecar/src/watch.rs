@@ -21,7 +21,7 @@ use crate::reload::Reloader;
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long events are coalesced after the first one before the path is checked.
-pub const DEBOUNCE: Duration = Duration::from_millis(2);
+pub const DEBOUNCE: Duration = Duration::from_millis(1);
 
 /// Event buffer size for the inotify stream (several events per read).
 const EVENT_BUFFER: usize = 4096;
