@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client;
-use crate::process::{binary, SidecarOptions};
+use crate::process::{binary, Sidecar, SidecarOptions};
 
 /// How long `ficus-control` may take to answer `/ready`.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
@@ -80,6 +80,18 @@ impl ControlPlane {
     /// `https://` URL of the push endpoint (TLS mode).
     pub fn grpc_tls_url(&self) -> String {
         format!("https://{}", self.grpc)
+    }
+
+    /// Starts `workload`'s push-mode sidecar ([`Self::join_options`], the token file
+    /// `tokens/<workload>`) on [`Self::grpc_tls_url`] and waits until it is live.
+    pub async fn start_joined(
+        &self,
+        tokens: &Path,
+        workload: &str,
+        app: Option<SocketAddr>,
+    ) -> Sidecar {
+        let options = self.join_options(workload, &tokens.join(workload), app);
+        Sidecar::start_push(&self.grpc_tls_url(), options).await
     }
 
     /// Options for `workload`'s sidecar (node `<workload>-1`, its app at `app`) joining this

@@ -19,16 +19,6 @@ const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
 /// Bound on every wait for a state change (the control plane polls the file every 2 s).
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn sidecar(
-    control: &ControlPlane,
-    tokens: &Path,
-    workload: &str,
-    app: Option<std::net::SocketAddr>,
-) -> Sidecar {
-    let options = control.join_options(workload, &tokens.join(workload), app);
-    Sidecar::start_push(&control.grpc_tls_url(), options).await
-}
-
 /// A client certificate for `web` issued by `issuer`, trusting `trust_pem`, against the
 /// payments sidecar's inbound port: the HTTP status, or why the exchange failed.
 async fn probe(
@@ -97,8 +87,10 @@ async fn an_edited_extra_roots_file_reaches_running_sidecars_over_the_push_strea
     )
     .await;
     let app = Upstream::start("payments-app").await;
-    let server = sidecar(&control, dir.path(), "payments", Some(app.addr)).await;
-    let web = sidecar(&control, dir.path(), "web", None).await;
+    let server = control
+        .start_joined(dir.path(), "payments", Some(app.addr))
+        .await;
+    let web = control.start_joined(dir.path(), "web", None).await;
     let mesh = format!(
         "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\nspec: {{mtls: {{mode: STRICT}}}}\n---\n\
          apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: payments, namespace: shop}}\n\

@@ -10,7 +10,6 @@
 //! - a config swap moves export to another receiver; removing tracing stops it.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,23 +118,15 @@ async fn control_with_tokens() -> (ControlPlane, tempfile::TempDir) {
     (control, dir)
 }
 
-async fn push_sidecar(
-    control: &ControlPlane,
-    tokens: &Path,
-    workload: &str,
-    app: Option<SocketAddr>,
-) -> Sidecar {
-    let options = control.join_options(workload, &tokens.join(workload), app);
-    Sidecar::start_push(&control.grpc_tls_url(), options).await
-}
-
 #[tokio::test]
 async fn one_trace_across_two_sidecars_with_parent_links_and_http_attributes() {
     let receiver = OtlpReceiver::start().await;
     let (control, tokens) = control_with_tokens().await;
     let app = Upstream::start("payments-app").await;
-    let server = push_sidecar(&control, tokens.path(), "payments", Some(app.addr)).await;
-    let web = push_sidecar(&control, tokens.path(), "web", None).await;
+    let server = control
+        .start_joined(tokens.path(), "payments", Some(app.addr))
+        .await;
+    let web = control.start_joined(tokens.path(), "web", None).await;
     let config = format!(
         "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
          spec: {{mtls: {{mode: STRICT}}, {}}}\n---\n\
