@@ -152,16 +152,21 @@ fn fingerprint(path: &Path) -> Vec<Stamp> {
 pub async fn watch(path: PathBuf, mut reloader: Reloader) {
     let source = format!("file:{}", path.display());
     let mut events = inotify_stream(&path, true);
+    // Which directory the watch is on depends on whether `path` is a directory right now.
+    let mut watched_as_dir = path.is_dir();
     let mut last = fingerprint(&path);
     let mut ticks = tokio::time::interval(POLL_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.reset();
     loop {
         next_change(&mut events, &mut ticks).await;
-        if events.is_none() {
-            // Lost (the directory was replaced, the queue failed) or never started: try again
-            // on each tick, polling meanwhile.
+        let is_dir = path.is_dir();
+        if events.is_none() || is_dir != watched_as_dir {
+            // Lost (the directory was replaced, the queue failed), never started, or a config
+            // directory that was missing (so its parent was watched) exists again: try again
+            // on each wake, polling meanwhile.
             events = inotify_stream(&path, false);
+            watched_as_dir = is_dir;
         }
         let (stamp, loaded) = {
             let path = path.clone();
