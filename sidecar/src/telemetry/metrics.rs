@@ -456,7 +456,10 @@ impl RequestMetrics {
             .checked_sub(100)
             .filter(|i| *i < STATUS_SLOTS);
         match (flags.is_empty(), slot) {
+            // The duration first, then the count: a scrape that sees the request counted also
+            // sees its duration (readers wait for the counter).
             (true, Some(slot)) => {
+                self.ok_duration.observe(seconds);
                 self.codes[slot]
                     .get_or_init(|| {
                         let code = status.to_string();
@@ -465,7 +468,6 @@ impl RequestMetrics {
                             .with_label_values(&[direction, service, backend, &code, ""])
                     })
                     .inc();
-                self.ok_duration.observe(seconds);
             }
             _ => {
                 // Status 0: the downstream went away before the response head (flag `DC`).
@@ -474,13 +476,13 @@ impl RequestMetrics {
                     _ => std::borrow::Cow::Owned(status.to_string()),
                 };
                 self.metrics
-                    .requests
-                    .with_label_values(&[direction, service, backend, &*code, flags])
-                    .inc();
-                self.metrics
                     .duration
                     .with_label_values(&[direction, service, backend, flags])
                     .observe(seconds);
+                self.metrics
+                    .requests
+                    .with_label_values(&[direction, service, backend, &*code, flags])
+                    .inc();
             }
         }
     }
