@@ -204,6 +204,14 @@ pub async fn serve_detected(
     }
 }
 
+/// The boxed future of one proxied request.
+type ServiceFuture = std::pin::Pin<
+    Box<
+        dyn Future<Output = Result<hyper::Response<crate::body::Body>, std::convert::Infallible>>
+            + Send,
+    >,
+>;
+
 /// Serves HTTP/1.1 or HTTP/2 on `io`. `context` holds the verified peer's SPIFFE ID (inbound
 /// mTLS), passed to the app, and the original destination of a redirected connection.
 #[allow(clippy::too_many_arguments)]
@@ -230,15 +238,17 @@ async fn serve_io<I>(
         }
         // Boxed: hyper moves the service's future into its connection state on every
         // request, and the whole proxy state machine is kilobytes; a box moves as a pointer.
-        Box::pin(async move {
-            let response = match side {
-                Side::Outbound => crate::proxy::outbound::handle(&shared, peer, request).await,
-                Side::Inbound => {
-                    crate::proxy::inbound::handle(&shared, peer, identity, request).await
-                }
+        // One box per side: each holds only its own side's state machine, not the larger of the two.
+        let future: ServiceFuture =
+            match side {
+                Side::Outbound => Box::pin(async move {
+                    Ok(crate::proxy::outbound::handle(&shared, peer, request).await)
+                }),
+                Side::Inbound => Box::pin(async move {
+                    Ok(crate::proxy::inbound::handle(&shared, peer, identity, request).await)
+                }),
             };
-            Ok::<_, std::convert::Infallible>(response)
-        })
+        future
     });
     let result = match protocol {
         Protocol::Http2 => {
