@@ -3,8 +3,11 @@
 //! inotify on the directory that holds the config (the file's parent, or the directory itself)
 //! wakes us at once when anything in it is written and closed, created, renamed in or out, or
 //! deleted. That covers editors and tools that replace a file by rename, and Kubernetes
-//! ConfigMap updates, which swap the `..data` symlink by renaming a new one over it. Events
-//! are coalesced for [`DEBOUNCE`] so a multi-file write is read once. Then, as before, we
+//! ConfigMap updates, which swap the `..data` symlink by renaming a new one over it. For a
+//! single config file, an event that finishes a write (close after writing, rename into place)
+//! is acted on at once; other events, and every event of a config directory (where several
+//! files may change together), are coalesced for [`DEBOUNCE`] so a multi-file write is read
+//! once. Then, as before, we
 //! compare metadata (size, modification time, inode; symlinks followed) and reload only when
 //! it changed. A slow [`POLL_INTERVAL`] check stays as the fallback for filesystems without
 //! inotify and for missed events (queue overflow, a watched directory that was replaced).
@@ -67,22 +70,38 @@ fn inotify_stream(path: &Path, loud: bool) -> Option<Events> {
     }
 }
 
-/// Waits for the next reason to check the path: an inotify event (then coalesces further
-/// events for [`DEBOUNCE`]) or the fallback tick. Drops the stream when it ends or fails, so
-/// the caller re-creates it on the next tick.
-async fn next_change(events: &mut Option<Events>, ticks: &mut tokio::time::Interval) {
+/// Events that mark a write as finished: the writer closed the file, or renamed a complete
+/// file (or a ConfigMap's `..data` symlink) into place.
+fn completes_a_write(mask: EventMask) -> bool {
+    mask.intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
+}
+
+/// Waits for the next reason to check the path: an inotify event or the fallback tick.
+///
+/// When only one file is watched (`single_file`) and the events read so far include one that
+/// finishes a write ([`completes_a_write`]), the path is checked at once: an atomic rename or
+/// a closed file cannot be half-written. Otherwise (a `CREATE` that a write will follow, or a
+/// directory where several files may be changing together) further events are coalesced for
+/// [`DEBOUNCE`]. Drops the stream when it ends or fails, so the caller re-creates it on the
+/// next tick.
+async fn next_change(
+    events: &mut Option<Events>,
+    ticks: &mut tokio::time::Interval,
+    single_file: bool,
+) {
+    use futures_util::FutureExt;
     let Some(stream) = events.as_mut() else {
         ticks.tick().await;
         return;
     };
-    tokio::select! {
+    let mut completed = tokio::select! {
         event = stream.next() => match event {
             // The watched directory itself was removed or moved away: the watch is gone.
             Some(Ok(event)) if event.mask.contains(EventMask::IGNORED) => {
                 *events = None;
                 return;
             }
-            Some(Ok(_)) => {}
+            Some(Ok(event)) => completes_a_write(event.mask),
             Some(Err(error)) => {
                 tracing::warn!(%error, "inotify stream failed; polling until it is re-created");
                 *events = None;
@@ -94,6 +113,21 @@ async fn next_change(events: &mut Option<Events>, ticks: &mut tokio::time::Inter
             }
         },
         _ = ticks.tick() => return,
+    };
+    // Whatever the same read returned is already buffered: take it without waiting.
+    while let Some(event) = stream.next().now_or_never() {
+        match event {
+            Some(Ok(event)) if !event.mask.contains(EventMask::IGNORED) => {
+                completed |= completes_a_write(event.mask);
+            }
+            _ => {
+                *events = None;
+                return;
+            }
+        }
+    }
+    if single_file && completed {
+        return;
     }
     let deadline = tokio::time::Instant::now() + DEBOUNCE;
     loop {
@@ -159,7 +193,7 @@ pub async fn watch(path: PathBuf, mut reloader: Reloader) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.reset();
     loop {
-        next_change(&mut events, &mut ticks).await;
+        next_change(&mut events, &mut ticks, !watched_as_dir).await;
         let is_dir = path.is_dir();
         if events.is_none() || is_dir != watched_as_dir {
             // Lost (the directory was replaced, the queue failed), never started, or a config
@@ -168,29 +202,30 @@ pub async fn watch(path: PathBuf, mut reloader: Reloader) {
             events = inotify_stream(&path, false);
             watched_as_dir = is_dir;
         }
-        let (stamp, loaded) = {
+        // One hop to the blocking pool: compare the metadata, and read only when it changed.
+        let checked = {
             let path = path.clone();
-            let checked = tokio::task::spawn_blocking(move || {
+            let previous = std::mem::take(&mut last);
+            tokio::task::spawn_blocking(move || {
                 let stamp = fingerprint(&path);
-                (stamp, path)
+                let loaded = (stamp != previous).then(|| ficus_config::load_path(&path));
+                (stamp, loaded)
             })
-            .await;
-            let Ok((stamp, path)) = checked else { continue };
-            if stamp == last {
-                continue;
-            }
-            let loaded = tokio::task::spawn_blocking(move || ficus_config::load_path(&path)).await;
-            (stamp, loaded)
+            .await
+        };
+        let Ok((stamp, loaded)) = checked else {
+            tracing::error!("config loader task failed");
+            continue;
         };
         last = stamp;
+        let Some(loaded) = loaded else { continue };
         match loaded {
-            Ok(Ok(config)) => {
+            Ok(config) => {
                 if let Err(error) = reloader.apply(config, &source) {
                     tracing::warn!(%error, "config change could not be applied");
                 }
             }
-            Ok(Err(errors)) => reloader.reject(errors.to_string(), &source),
-            Err(error) => tracing::error!(%error, "config loader task failed"),
+            Err(errors) => reloader.reject(errors.to_string(), &source),
         }
     }
 }
@@ -225,9 +260,12 @@ mod tests {
     async fn woken_by_inotify(events: &mut Option<Events>) -> bool {
         let mut ticks = tokio::time::interval(Duration::from_secs(3600));
         ticks.reset();
-        tokio::time::timeout(Duration::from_secs(10), next_change(events, &mut ticks))
-            .await
-            .is_ok()
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            next_change(events, &mut ticks, true),
+        )
+        .await
+        .is_ok()
     }
 
     #[tokio::test]

@@ -8,8 +8,10 @@
 //! returning to the first such response. A swap not visible within `--give-up` is counted
 //! as timed out and the next one starts. Prints one JSON line.
 //!
-//! Resolution: the poll interval (default 1 ms, and tokio's timer rounds up to the next
-//! millisecond) plus one request through the proxy.
+//! Resolution: the poll interval (default 250 µs; pauses under a millisecond are taken with a
+//! blocking `std::thread::sleep`, since tokio's timer rounds up to the next millisecond, which
+//! is fine here: between two polls this single-threaded client has nothing else to do) plus
+//! one request through the proxy.
 //!
 //! The pause between a swap becoming visible and the next rewrite is `--settle` plus a random
 //! part of up to `--jitter`. Without it the rewrites phase-lock to a sidecar that checks its
@@ -50,7 +52,7 @@ struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     give_up: Duration,
     /// Pause between polls.
-    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "250us", value_parser = parse_duration)]
     poll_interval: Duration,
     /// Pause after a swap became visible, before the next rewrite (lets file-watcher
     /// debouncing settle so each swap is measured on its own).
@@ -150,7 +152,19 @@ async fn wait_for(
         } else {
             *errors += 1;
         }
-        sleep(args.poll_interval).await;
+        pause(args.poll_interval).await;
+    }
+}
+
+/// Sleeps for `pause`: below a millisecond with the thread's own sleep (tokio's timer would
+/// round it up to a full millisecond), otherwise on the runtime's timer.
+#[allow(clippy::disallowed_methods)] // deliberate: see the module docs (Resolution)
+async fn pause(pause: Duration) {
+    if pause < Duration::from_millis(1) {
+        std::thread::sleep(pause);
+        tokio::task::yield_now().await;
+    } else {
+        sleep(pause).await;
     }
 }
 
