@@ -19,6 +19,13 @@
 //! itself: no request is started after `warmup + duration`, none is waited for longer than
 //! `--timeout`, and scheduled requests still unsent at `warmup + duration + timeout` are
 //! reported as `unsent`. Prints one JSON line.
+//!
+//! **Paired A/B** (`--paired-host B`): the requests alternate between `--host` (A) and B on
+//! every connection (connection `j`'s `k`-th request goes to A when `j + k` is even), so both
+//! see the same connections, the same moments and the same disturbances from the rest of the
+//! machine; each gets its own latency histogram and counts (B's under `"paired"`). The rate is
+//! the total of both. This is how a small per-request difference (a policy stack vs none) is
+//! measured on a shared machine, where two back-to-back runs differ by more than that.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -78,6 +85,9 @@ struct Args {
     /// With `--h2`: concurrent streams per connection, each its own task.
     #[arg(long, default_value_t = 1, requires = "h2")]
     streams: u32,
+    /// Alternate requests between `--host` and this `Host` (paired A/B measurement).
+    #[arg(long)]
+    paired_host: Option<String>,
 }
 
 /// How a connection paces its requests.
@@ -155,6 +165,14 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         connect_timeout: args.connect_timeout,
         request_timeout: args.timeout,
     });
+    let paired = match &args.paired_host {
+        Some(host) => Some(Arc::new(Target {
+            host: HeaderValue::from_str(host)
+                .context("--paired-host is not a valid header value")?,
+            ..Target::clone(&target)
+        })),
+        None => None,
+    };
 
     // Open every connection before the clock starts, so the handshakes are not charged to
     // the first requests. A failed connect is retried by its task.
@@ -204,21 +222,22 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
 
     let mut drivers = JoinSet::new();
     for (index, connection) in connections.into_iter().enumerate() {
-        let target = target.clone();
-        drivers.spawn(drive(target, protocol, schedule, index as u32, connection));
+        let targets = [
+            target.clone(),
+            paired.clone().unwrap_or_else(|| target.clone()),
+        ];
+        drivers.spawn(drive(targets, protocol, schedule, index as u32, connection));
     }
     let mut total = Tally::default();
-    while let Some(tally) = drivers.join_next().await {
-        let tally = tally.context("connection task panicked")?;
-        total.latencies.merge(&tally.latencies);
-        total.ok += tally.ok;
-        total.status_errors += tally.status_errors;
-        total.io_errors += tally.io_errors;
-        total.timeouts += tally.timeouts;
-        total.unsent += tally.unsent;
-        if total.first_error.is_none() {
-            total.first_error = tally.first_error;
-        }
+    let mut total_paired = Tally::default();
+    while let Some(tallies) = drivers.join_next().await {
+        let [tally, tally_paired] = tallies.context("connection task panicked")?;
+        total.add(tally);
+        total_paired.add(tally_paired);
+    }
+    if paired.is_none() {
+        // Without a pair, both slots measured the one target.
+        total.add(std::mem::take(&mut total_paired));
     }
     if total.first_error.is_none() {
         total.first_error = connect_failures.into_iter().next();
@@ -252,21 +271,55 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     report.insert("achieved_rps".into(), achieved.into());
     report.extend(total.latencies.summary().to_json());
     report.insert("first_error".into(), total.first_error.into());
+    if let Some(host) = &args.paired_host {
+        let requests = total_paired.ok + total_paired.status_errors;
+        let mut pair = serde_json::Map::new();
+        pair.insert("host".into(), host.clone().into());
+        pair.insert("requests".into(), requests.into());
+        pair.insert("ok".into(), total_paired.ok.into());
+        pair.insert("errors_status".into(), total_paired.status_errors.into());
+        pair.insert("errors_io".into(), total_paired.io_errors.into());
+        pair.insert("errors_timeout".into(), total_paired.timeouts.into());
+        pair.insert("unsent".into(), total_paired.unsent.into());
+        let achieved = (requests as f64 / seconds * 10.0).round() / 10.0;
+        pair.insert("achieved_rps".into(), achieved.into());
+        pair.extend(total_paired.latencies.summary().to_json());
+        pair.insert("first_error".into(), total_paired.first_error.into());
+        report.insert("paired".into(), serde_json::Value::Object(pair));
+    }
     Ok(serde_json::Value::Object(report))
 }
 
-/// Drives one connection through the schedule; reconnects after an error.
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.latencies.merge(&other.latencies);
+        self.ok += other.ok;
+        self.status_errors += other.status_errors;
+        self.io_errors += other.io_errors;
+        self.timeouts += other.timeouts;
+        self.unsent += other.unsent;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Drives one connection through the schedule; reconnects after an error. Request `k` goes
+/// to `targets[(index + k) % 2]` and is counted in that slot's tally (both slots are the same
+/// target when there is no pair).
 async fn drive(
-    target: Arc<Target>,
+    targets: [Arc<Target>; 2],
     protocol: Protocol,
     schedule: Schedule,
     index: u32,
     mut connection: Option<Connection>,
-) -> Tally {
-    let mut tally = Tally::default();
+) -> [Tally; 2] {
+    let mut tallies = [Tally::default(), Tally::default()];
     // When the previous exchange on this connection finished.
     let mut free_at = schedule.start;
     let mut k: u64 = 0;
+    // Requests started (or attempted) so far: picks the target slot.
+    let mut sent: u64 = 0;
     loop {
         let (due, woke) = match schedule.pace {
             Pace::Fixed { rate, connections } => {
@@ -278,7 +331,9 @@ async fn drive(
                 if Instant::now() >= schedule.give_up {
                     // Backlog that could not be sent in time: count it, never hide it.
                     let remaining = (schedule.end - due).as_secs_f64() * rate / connections as f64;
-                    tally.unsent += remaining.ceil() as u64;
+                    let remaining = remaining.ceil() as u64;
+                    tallies[0].unsent += remaining - remaining / 2;
+                    tallies[1].unsent += remaining / 2;
                     break;
                 }
                 k += 1;
@@ -293,6 +348,10 @@ async fn drive(
                 (now, now)
             }
         };
+        let slot = ((u64::from(index) + sent) % 2) as usize;
+        sent += 1;
+        let target = &targets[slot];
+        let tally = &mut tallies[slot];
         let measured = due >= schedule.measure_from;
         // Coordinated-omission correction: if this connection was still busy when the
         // request was due, the wait is the system's fault and counts; if it was idle, the
@@ -302,11 +361,11 @@ async fn drive(
         let open = match connection.as_mut().filter(|c| c.is_open()) {
             Some(open) => open,
             // An h2c stream whose connection failed opens a connection of its own.
-            None => match Connection::open_with(&target, protocol).await {
+            None => match Connection::open_with(target, protocol).await {
                 Ok(fresh) => connection.insert(fresh),
                 Err(error) => {
                     free_at = Instant::now();
-                    record_error(&mut tally, measured, error);
+                    record_error(tally, measured, error);
                     if matches!(schedule.pace, Pace::Max) {
                         // Do not spin on a refused port; the next attempt is 10 ms away.
                         sleep(Duration::from_millis(10)).await;
@@ -315,7 +374,7 @@ async fn drive(
                 }
             },
         };
-        let result = open.get(&target).await;
+        let result = open.get(target).await;
         let done = Instant::now();
         free_at = done;
         match result {
@@ -331,11 +390,11 @@ async fn drive(
             }
             Err(error) => {
                 connection = None;
-                record_error(&mut tally, measured, error);
+                record_error(tally, measured, error);
             }
         }
     }
-    tally
+    tallies
 }
 
 fn record_error(tally: &mut Tally, measured: bool, error: ClientError) {
