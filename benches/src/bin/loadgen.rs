@@ -26,6 +26,9 @@
 //! machine; each gets its own latency histogram and counts (B's under `"paired"`). The rate is
 //! the total of both. This is how a small per-request difference (a policy stack vs none) is
 //! measured on a shared machine, where two back-to-back runs differ by more than that.
+//! `--paired-target ADDR` pairs two servers instead (say, two proxies configured differently):
+//! even-numbered connections go to `--target`, odd ones to ADDR, each at half the rate, over
+//! the same period (HTTP/1.1 only).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -88,6 +91,10 @@ struct Args {
     /// Alternate requests between `--host` and this `Host` (paired A/B measurement).
     #[arg(long)]
     paired_host: Option<String>,
+    /// Send the odd-numbered connections to this address instead (paired A/B of two servers;
+    /// with `--paired-host`, they also use that `Host`).
+    #[arg(long, conflicts_with = "h2")]
+    paired_target: Option<SocketAddr>,
 }
 
 /// How a connection paces its requests.
@@ -165,27 +172,49 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         connect_timeout: args.connect_timeout,
         request_timeout: args.timeout,
     });
-    let paired = match &args.paired_host {
-        Some(host) => Some(Arc::new(Target {
-            host: HeaderValue::from_str(host)
-                .context("--paired-host is not a valid header value")?,
+    let paired = if args.paired_host.is_some() || args.paired_target.is_some() {
+        let host = match &args.paired_host {
+            Some(host) => {
+                HeaderValue::from_str(host).context("--paired-host is not a valid header value")?
+            }
+            None => target.host.clone(),
+        };
+        Some(Arc::new(Target {
+            host,
+            addr: args.paired_target.unwrap_or(args.target),
             ..Target::clone(&target)
-        })),
-        None => None,
+        }))
+    } else {
+        None
     };
+    let pairing = match (&paired, args.paired_target) {
+        (None, _) => Pairing::None,
+        (Some(_), None) => Pairing::PerRequest,
+        (Some(_), Some(_)) => Pairing::PerConnection,
+    };
+    let targets = [
+        target.clone(),
+        paired.clone().unwrap_or_else(|| target.clone()),
+    ];
 
     // Open every connection before the clock starts, so the handshakes are not charged to
-    // the first requests. A failed connect is retried by its task.
+    // the first requests. A failed connect is retried by its task. Connection `i` is opened
+    // to the target its driver will use (the same one unless paired per connection).
     let mut opening = JoinSet::new();
-    for _ in 0..args.connections {
-        let target = target.clone();
-        opening.spawn(async move { Connection::open_with(&target, protocol).await });
+    for i in 0..args.connections {
+        let target = targets[pairing.slot(i, 0)].clone();
+        opening.spawn(async move { (i, Connection::open_with(&target, protocol).await) });
     }
+    let mut opened_in_order = Vec::with_capacity(args.connections as usize);
+    while let Some(opened) = opening.join_next().await {
+        opened_in_order.push(opened.context("connect task panicked")?);
+    }
+    opened_in_order.sort_by_key(|(i, _)| *i);
     // One entry per driver task: an HTTP/1.1 connection, or one stream of an h2c one.
     let mut connections = Vec::new();
     let mut connect_failures = Vec::new();
-    while let Some(opened) = opening.join_next().await {
-        match opened.context("connect task panicked")? {
+    for (_, opened) in opened_in_order {
+        match opened {
             Ok(connection) => {
                 for _ in 1..args.streams {
                     connections.push(connection.share());
@@ -222,11 +251,14 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
 
     let mut drivers = JoinSet::new();
     for (index, connection) in connections.into_iter().enumerate() {
-        let targets = [
-            target.clone(),
-            paired.clone().unwrap_or_else(|| target.clone()),
-        ];
-        drivers.spawn(drive(targets, protocol, schedule, index as u32, connection));
+        drivers.spawn(drive(
+            targets.clone(),
+            pairing,
+            protocol,
+            schedule,
+            index as u32,
+            connection,
+        ));
     }
     let mut total = Tally::default();
     let mut total_paired = Tally::default();
@@ -271,10 +303,11 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     report.insert("achieved_rps".into(), achieved.into());
     report.extend(total.latencies.summary().to_json());
     report.insert("first_error".into(), total.first_error.into());
-    if let Some(host) = &args.paired_host {
+    if let Some(Target { host, addr, .. }) = paired.as_deref() {
         let requests = total_paired.ok + total_paired.status_errors;
         let mut pair = serde_json::Map::new();
-        pair.insert("host".into(), host.clone().into());
+        pair.insert("host".into(), host.to_str().unwrap_or_default().into());
+        pair.insert("target".into(), addr.to_string().into());
         pair.insert("requests".into(), requests.into());
         pair.insert("ok".into(), total_paired.ok.into());
         pair.insert("errors_status".into(), total_paired.status_errors.into());
@@ -304,11 +337,32 @@ impl Tally {
     }
 }
 
-/// Drives one connection through the schedule; reconnects after an error. Request `k` goes
-/// to `targets[(index + k) % 2]` and is counted in that slot's tally (both slots are the same
-/// target when there is no pair).
+/// How requests are split between the two targets of a paired run.
+#[derive(Debug, Clone, Copy)]
+enum Pairing {
+    /// One target (both slots are the same; their tallies are merged).
+    None,
+    /// Driver `j`'s `k`-th request goes to slot `(j + k) % 2`.
+    PerRequest,
+    /// Driver `j` always uses slot `j % 2`.
+    PerConnection,
+}
+
+impl Pairing {
+    /// The slot of driver `index`'s request number `sent`.
+    fn slot(self, index: u32, sent: u64) -> usize {
+        match self {
+            Pairing::None | Pairing::PerRequest => ((u64::from(index) + sent) % 2) as usize,
+            Pairing::PerConnection => (index % 2) as usize,
+        }
+    }
+}
+
+/// Drives one connection through the schedule; reconnects after an error. Each request goes
+/// to the target of its [`Pairing`] slot and is counted in that slot's tally.
 async fn drive(
     targets: [Arc<Target>; 2],
+    pairing: Pairing,
     protocol: Protocol,
     schedule: Schedule,
     index: u32,
@@ -332,8 +386,12 @@ async fn drive(
                     // Backlog that could not be sent in time: count it, never hide it.
                     let remaining = (schedule.end - due).as_secs_f64() * rate / connections as f64;
                     let remaining = remaining.ceil() as u64;
-                    tallies[0].unsent += remaining - remaining / 2;
-                    tallies[1].unsent += remaining / 2;
+                    if let Pairing::PerConnection = pairing {
+                        tallies[pairing.slot(index, 0)].unsent += remaining;
+                    } else {
+                        tallies[0].unsent += remaining - remaining / 2;
+                        tallies[1].unsent += remaining / 2;
+                    }
                     break;
                 }
                 k += 1;
@@ -348,7 +406,7 @@ async fn drive(
                 (now, now)
             }
         };
-        let slot = ((u64::from(index) + sent) % 2) as usize;
+        let slot = pairing.slot(index, sent);
         sent += 1;
         let target = &targets[slot];
         let tally = &mut tallies[slot];
