@@ -709,18 +709,7 @@ fn uri_san(id: &SpiffeId) -> Result<SanType, CaError> {
 
 /// A host name (or `*.`-wildcard) of letters, digits, `-` and `.`, at most 253 bytes.
 fn is_dns_name(name: &str) -> bool {
-    let name = name.strip_prefix("*.").unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
-        })
+    crate::is_dns_name(name.strip_prefix("*.").unwrap_or(name), false)
 }
 
 /// A random positive 16-byte serial (RFC 5280: positive, at most 20 bytes; CA/B Forum: at least

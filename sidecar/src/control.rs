@@ -184,18 +184,7 @@ fn host_port(origin: &Uri) -> Result<(String, u16), String> {
 /// A DNS name as a resolver accepts it: dot-separated labels of 1-63 letters, digits, `-`
 /// and `_`, not starting or ending with `-`; at most 253 characters; one trailing dot allowed.
 fn valid_dns_name(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+    ficus_identity::is_dns_name(name.strip_suffix('.').unwrap_or(name), true)
 }
 
 /// The last accepted snapshot, as cached on disk.
