@@ -1,11 +1,12 @@
 //! Lifecycle: admin endpoints; SIGTERM's two-phase drain (inbound first, outbound once the
 //! app's traffic is quiet) with requests in flight; `/drain`; `/quitquitquit`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ficus_tests::client::{self, H1Client, H2Client};
 use ficus_tests::process::{Sidecar, SidecarOptions};
+use ficus_tests::until;
 use ficus_tests::upstream::Upstream;
 use http::Request;
 use http_body_util::Full;
@@ -18,42 +19,32 @@ fn backend(addr: std::net::SocketAddr) -> String {
 }
 
 async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(what, Duration::from_secs(10), || {
+        std::future::ready(condition())
+    })
+    .await;
 }
 
 /// Waits until `/ready` answers 503 (draining has started).
 async fn wait_unready(sidecar: &Sidecar) {
-    let started = Instant::now();
-    loop {
-        let ready = client::get(sidecar.admin, "admin", "/ready").await.unwrap();
-        if ready.status == 503 {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "/ready never turned 503"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until("/ready to turn 503", Duration::from_secs(10), || async {
+        client::get(sidecar.admin, "admin", "/ready")
+            .await
+            .unwrap()
+            .status
+            == 503
+    })
+    .await;
 }
 
 /// Waits until a listener refuses new connections.
 async fn wait_refused(address: std::net::SocketAddr, what: &str) {
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(address).await.is_ok() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{what}: new connections still accepted while draining"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(
+        &format!("{what} to refuse new connections while draining"),
+        Duration::from_secs(10),
+        || async { tokio::net::TcpStream::connect(address).await.is_err() },
+    )
+    .await;
 }
 
 /// SIGTERM drains the inbound side: `/ready` turns 503, the inbound listener closes, and the
@@ -532,18 +523,12 @@ async fn fd_exhaustion_backs_off_and_recovers() {
     );
 
     drop(flood);
-    let started = Instant::now();
-    loop {
-        if let Ok(response) = client::get(sidecar.outbound, "slow", "/").await {
-            assert_eq!(response.status, 200);
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "never recovered from EMFILE"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("recovery from EMFILE", Duration::from_secs(10), || async {
+        client::get(sidecar.outbound, "slow", "/").await.is_ok()
+    })
+    .await;
+    let response = client::get(sidecar.outbound, "slow", "/").await.unwrap();
+    assert_eq!(response.status, 200);
     assert!(sidecar.wait_exit_now().is_none(), "still running");
 }
 
@@ -612,21 +597,19 @@ impl Pod {
 
     /// Waits until `/config` reports `version` or later.
     async fn wait_version(&self, version: u64) {
-        let started = Instant::now();
-        loop {
-            if let Some(fetched) = self.admin("/config").await {
+        until(
+            &format!("config version {version}"),
+            Duration::from_secs(30),
+            || async {
+                let Some(fetched) = self.admin("/config").await else {
+                    return false;
+                };
                 let config: serde_json::Value =
                     serde_json::from_str(&fetched.body).unwrap_or_default();
-                if config["version"].as_u64().unwrap_or(0) >= version {
-                    return;
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "config version {version} not served within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                config["version"].as_u64().unwrap_or(0) >= version
+            },
+        )
+        .await;
     }
 }
 
@@ -681,25 +664,20 @@ async fn sigterm_in_a_pod_refuses_inbound_while_intercepted_outbound_keeps_worki
     assert_eq!(response.headers()["x-upstream"], "remote");
 
     sidecar.terminate();
-    let started = Instant::now();
-    while world.admin("/ready").await.map(|f| f.status) != Some(503) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "/ready never turned 503"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let started = Instant::now();
-    while http_get(&world.remote, addr("10.77.0.1:8080"), "pod", "/", &[])
-        .await
-        .is_ok()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "inbound still accepted while draining"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until("/ready to turn 503", Duration::from_secs(10), || async {
+        world.admin("/ready").await.map(|f| f.status) == Some(503)
+    })
+    .await;
+    until(
+        "inbound to refuse new connections while draining",
+        Duration::from_secs(10),
+        || async {
+            http_get(&world.remote, addr("10.77.0.1:8080"), "pod", "/", &[])
+                .await
+                .is_err()
+        },
+    )
+    .await;
 
     for round in 0..5 {
         let response = tokio::time::timeout(client::TIMEOUT, held.send_request(get()))
