@@ -79,9 +79,12 @@ async fn route_and_forward<'s>(
     }) else {
         if let Some(redirected) = &redirected {
             recorder.route(&snapshot.passthrough);
+            // Boxed, like the retrying exchange below: a rare path's state would otherwise
+            // grow the future of every request, which is moved (copied) when it is boxed for
+            // hyper (listener::serve_io).
             let passthrough =
                 crate::transparent::passthrough(snapshot, redirected, authority.as_str(), request);
-            return passthrough.await;
+            return Box::pin(passthrough).await;
         }
         let (response, flag) = ProxyError::NoService(authority.as_str().to_owned()).into_response();
         return (response, &snapshot.unrouted, flag);
@@ -275,7 +278,7 @@ async fn route_and_forward<'s>(
                         metrics: &shared.metrics,
                         retried: AtomicU32::new(0),
                     };
-                    let sent = exchange.send(endpoint, &parts, replay).await;
+                    let sent = Box::pin(exchange.send(endpoint, &parts, replay)).await;
                     span.set_retries(exchange.retried.load(Ordering::Relaxed));
                     sent
                 }
