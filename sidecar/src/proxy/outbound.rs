@@ -12,7 +12,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::error::{flags, ProxyError};
-use super::forward::{forward, path_and_query, prepare, upstream_uri};
+use super::forward::{forward, path_and_query, prepare, upstream_uri, Authority};
 use super::headers::X_FICUS_ORIG_PROTO;
 use super::retrying::{replayable, Exchange, Replay};
 use crate::body::{self, with_idle_timeout, Body};
@@ -323,24 +323,6 @@ fn log_failure(shared: &Shared, error: &ProxyError, endpoint: SocketAddr, timeou
     };
     shared.metrics.upstream_failure(reason);
     tracing::debug!(%endpoint, ?timeout, %error, "upstream request failed");
-}
-
-/// The authority that names the destination, held without copying it out of the request
-/// (both forms share the request's buffer).
-enum Authority {
-    /// From an absolute-form URI or `:authority`.
-    Uri(http::uri::Authority),
-    /// From `Host`, checked to be visible ASCII when taken.
-    Host(HeaderValue),
-}
-
-impl Authority {
-    fn as_str(&self) -> &str {
-        match self {
-            Self::Uri(authority) => authority.as_str(),
-            Self::Host(host) => host.to_str().unwrap_or_default(),
-        }
-    }
 }
 
 /// The authority that names the destination: absolute-form URI (or `:authority`) first, then
