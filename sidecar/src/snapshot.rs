@@ -43,9 +43,10 @@ pub struct Snapshot {
     pub limits: ProxyLimits,
     /// Server settings for new downstream connections.
     pub server: ServerSettings,
-    /// Outbound services: namespace → name → routes. Looked up per request by names the
-    /// request supplies: foldhash (fast, randomly seeded) rather than SipHash.
-    services: ServiceMap<ServiceMap<Arc<Service>>>,
+    /// Outbound services: name → the namespaces that have a service of that name, with its
+    /// routes. Looked up per request by names the request supplies: one hashed lookup (foldhash:
+    /// fast, randomly seeded, rather than SipHash), then a scan of the few namespaces.
+    services: ServiceMap<Vec<(String, Arc<Service>)>>,
     /// Opaque TCP services by local listen address.
     pub tcp: HashMap<SocketAddr, Arc<TcpService>>,
     /// The local app.
@@ -465,7 +466,7 @@ impl Snapshot {
             server: ServerSettings::new(&limits),
             limits,
             config: Arc::new(config),
-            services,
+            services: by_name_then_namespace(services),
             tcp,
             inbound,
             unrouted,
@@ -508,8 +509,28 @@ impl Snapshot {
     /// The service an authority names, resolving bare names in `own_namespace`.
     pub fn service(&self, name: &ServiceName<'_>, own_namespace: &str) -> Option<&Arc<Service>> {
         let namespace = name.namespace.as_deref().unwrap_or(own_namespace);
-        self.services.get(namespace)?.get(name.name.as_ref())
+        self.services
+            .get(name.name.as_ref())?
+            .iter()
+            .find(|(ns, _)| ns == namespace)
+            .map(|(_, service)| service)
     }
+}
+
+/// namespace → name → service, turned into name → [(namespace, service)].
+fn by_name_then_namespace(
+    services: ServiceMap<ServiceMap<Arc<Service>>>,
+) -> ServiceMap<Vec<(String, Arc<Service>)>> {
+    let mut by_name: ServiceMap<Vec<(String, Arc<Service>)>> = ServiceMap::default();
+    for (namespace, named) in services {
+        for (name, service) in named {
+            by_name
+                .entry(name)
+                .or_default()
+                .push((namespace.clone(), service));
+        }
+    }
+    by_name
 }
 
 /// The rate limit of the first TrafficPolicy that targets this workload's Backend with one.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ficus_config::ProxyLimits;
-use http::uri::{Authority, PathAndQuery};
-use http::{Request, Response, StatusCode, Uri};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -18,6 +18,28 @@ use super::headers::{
 use crate::body::{with_idle_timeout, Body, BodyIdle};
 use crate::tunnel::copy_with_idle_timeout;
 use crate::upstream::EndpointPool;
+
+/// The authority that names the destination, held without copying it out of the request
+/// (the request forms share its buffer).
+pub enum Authority {
+    /// From an absolute-form URI or `:authority`.
+    Uri(http::uri::Authority),
+    /// From `Host`, checked to be visible ASCII when taken.
+    Host(HeaderValue),
+    /// Made up (inbound: the app's address when the request names none).
+    Owned(String),
+}
+
+impl Authority {
+    /// The authority as text (empty for a `Host` that is not visible ASCII).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Uri(authority) => authority.as_str(),
+            Self::Host(host) => host.to_str().unwrap_or_default(),
+            Self::Owned(authority) => authority,
+        }
+    }
+}
 
 /// Splits a downstream request for forwarding to an HTTP/1.1 or HTTP/2 (`http2`) upstream:
 /// hop-by-hop headers removed (an HTTP/1.1 `Upgrade` kept, with its pending switch returned),
@@ -122,7 +144,7 @@ pub fn upstream_uri(
     if http2 {
         parts.scheme = Some(http::uri::Scheme::HTTP);
         parts.authority = Some(
-            Authority::try_from(authority)
+            http::uri::Authority::try_from(authority)
                 .map_err(|_| ProxyError::BadRequest("authority cannot be forwarded"))?,
         );
     }

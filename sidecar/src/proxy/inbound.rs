@@ -8,7 +8,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
-use super::forward::{forward, path_and_query, prepare, upstream_uri};
+use super::forward::{forward, path_and_query, prepare, upstream_uri, Authority};
 use super::headers::{X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY};
 use crate::authz::Decision;
 use crate::body::{with_idle_timeout, Body};
@@ -89,28 +89,29 @@ pub async fn handle(
         parts.headers.insert(X_FICUS_PEER_IDENTITY, identity);
     }
 
-    let app = shared.identity.app.to_string();
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or(app);
+    // Shares the request's bytes (no copy); the app's address is written out only when the
+    // request names no authority.
+    let authority = match parts.uri.authority() {
+        Some(authority) => Authority::Uri(authority.clone()),
+        None => match parts
+            .headers
+            .get(header::HOST)
+            .filter(|h| h.to_str().is_ok())
+        {
+            Some(host) => Authority::Host(host.clone()),
+            None => Authority::Owned(shared.identity.app.to_string()),
+        },
+    };
+    let authority = authority.as_str();
     let target = path_and_query(&parts.uri);
-    let (response, flag) = match upstream_uri(http2, &authority, target) {
+    let (response, flag) = match upstream_uri(http2, authority, target) {
         Err(error) => error.into_response(),
         Ok(uri) => {
             parts.uri = uri;
             if http2 {
                 parts.headers.remove(header::HOST);
             } else if !parts.headers.contains_key(header::HOST) {
-                if let Ok(host) = HeaderValue::from_str(&authority) {
+                if let Ok(host) = HeaderValue::from_str(authority) {
                     parts.headers.insert(header::HOST, host);
                 }
             }

@@ -12,7 +12,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::error::{flags, ProxyError};
-use super::forward::{forward, path_and_query, prepare, upstream_uri};
+use super::forward::{forward, path_and_query, prepare, upstream_uri, Authority};
 use super::headers::X_FICUS_ORIG_PROTO;
 use super::retrying::{replayable, Exchange, Replay};
 use crate::body::{self, with_idle_timeout, Body};
@@ -79,9 +79,12 @@ async fn route_and_forward<'s>(
     }) else {
         if let Some(redirected) = &redirected {
             recorder.route(&snapshot.passthrough);
+            // Boxed, like the retrying exchange below: a rare path's state would otherwise
+            // grow the future of every request, which is moved (copied) when it is boxed for
+            // hyper (listener::serve_io).
             let passthrough =
                 crate::transparent::passthrough(snapshot, redirected, authority.as_str(), request);
-            return passthrough.await;
+            return Box::pin(passthrough).await;
         }
         let (response, flag) = ProxyError::NoService(authority.as_str().to_owned()).into_response();
         return (response, &snapshot.unrouted, flag);
@@ -275,7 +278,7 @@ async fn route_and_forward<'s>(
                         metrics: &shared.metrics,
                         retried: AtomicU32::new(0),
                     };
-                    let sent = exchange.send(endpoint, &parts, replay).await;
+                    let sent = Box::pin(exchange.send(endpoint, &parts, replay)).await;
                     span.set_retries(exchange.retried.load(Ordering::Relaxed));
                     sent
                 }
@@ -320,24 +323,6 @@ fn log_failure(shared: &Shared, error: &ProxyError, endpoint: SocketAddr, timeou
     };
     shared.metrics.upstream_failure(reason);
     tracing::debug!(%endpoint, ?timeout, %error, "upstream request failed");
-}
-
-/// The authority that names the destination, held without copying it out of the request
-/// (both forms share the request's buffer).
-enum Authority {
-    /// From an absolute-form URI or `:authority`.
-    Uri(http::uri::Authority),
-    /// From `Host`, checked to be visible ASCII when taken.
-    Host(HeaderValue),
-}
-
-impl Authority {
-    fn as_str(&self) -> &str {
-        match self {
-            Self::Uri(authority) => authority.as_str(),
-            Self::Host(host) => host.to_str().unwrap_or_default(),
-        }
-    }
 }
 
 /// The authority that names the destination: absolute-form URI (or `:authority`) first, then

@@ -18,6 +18,30 @@ pub struct ServiceName<'a> {
 impl<'a> ServiceName<'a> {
     /// Parses an authority (`host` or `host:port`, IPv6 in brackets).
     pub fn parse(authority: &'a str) -> Option<Self> {
+        // The common forms, `name` and `name:port` in lowercase, in one pass without copies.
+        let bytes = authority.as_bytes();
+        match bytes
+            .iter()
+            .position(|b| matches!(b, b'.' | b':' | b'[' | b'A'..=b'Z'))
+        {
+            None if !bytes.is_empty() => {
+                return Some(Self {
+                    name: Cow::Borrowed(authority),
+                    namespace: None,
+                })
+            }
+            Some(colon)
+                if colon > 0
+                    && bytes[colon] == b':'
+                    && bytes[colon + 1..].iter().all(u8::is_ascii_digit) =>
+            {
+                return Some(Self {
+                    name: Cow::Borrowed(&authority[..colon]),
+                    namespace: None,
+                })
+            }
+            _ => {}
+        }
         let host = strip_port(authority)?;
         if host.is_empty() || host.starts_with('[') {
             return None;
@@ -77,6 +101,11 @@ mod tests {
         assert_eq!(parse("payments.shop.svc.cluster.local"), shop);
         assert_eq!(parse("Payments.SHOP.svc.cluster.local:80"), shop);
         assert_eq!(parse("payments.shop.svc"), shop);
+        assert_eq!(
+            parse("pay_ments-2:"),
+            Some(("pay_ments-2".to_owned(), None))
+        );
+        assert_eq!(parse("Payments:80"), Some(("payments".to_owned(), None)));
     }
 
     #[test]
@@ -88,5 +117,6 @@ mod tests {
         assert_eq!(parse(":80"), None);
         assert_eq!(parse("a..svc"), None);
         assert_eq!(parse("host:port"), None);
+        assert_eq!(parse(":"), None);
     }
 }
