@@ -71,8 +71,8 @@ pub struct Snapshot {
 /// An outbound service: its precedence-ordered route table.
 #[derive(Debug)]
 pub struct Service {
-    /// `namespace/name`, the `destination_service` label.
-    pub label: String,
+    /// `namespace/name`, the `destination_service` label (shared with the spans).
+    pub label: Arc<str>,
     /// Routes.
     pub table: RouteTable<RuleAction>,
     /// Metrics for requests of this service that match no rule.
@@ -119,8 +119,8 @@ pub struct RouteBackend {
 /// A Backend's endpoints, chosen by its balancer (`loadBalancer`, endpoint weights).
 #[derive(Debug)]
 pub struct BackendTarget {
-    /// `namespace/name`, the `destination_backend` label.
-    pub label: String,
+    /// `namespace/name`, the `destination_backend` label (shared with the spans).
+    pub label: Arc<str>,
     /// Protocol to the endpoints.
     pub protocol: Protocol,
     /// Its TrafficPolicy, compiled (defaults without one); carried over from the previous
@@ -205,7 +205,7 @@ impl BackendTarget {
     }
 
     /// The identity `endpoint` must present, when it is reached over mTLS.
-    pub fn identity(&self, endpoint: &Arc<EndpointPool>) -> Option<&str> {
+    pub fn identity(&self, endpoint: &Arc<EndpointPool>) -> Option<&Arc<str>> {
         if !endpoint.is_mtls() {
             return None;
         }
@@ -213,7 +213,7 @@ impl BackendTarget {
             .endpoints
             .iter()
             .position(|e| Arc::ptr_eq(e, endpoint))?;
-        self.identities.get(index)?.as_deref()
+        self.identities.get(index)?.as_ref()
     }
 }
 
@@ -302,7 +302,7 @@ impl Snapshot {
                     })
                     .collect();
                 let target = BackendTarget {
-                    label: key.to_string(),
+                    label: Arc::from(key.to_string()),
                     protocol: backend.protocol,
                     policy: cx.pools.policies().policy(
                         backend,
@@ -370,7 +370,7 @@ impl Snapshot {
                 .metrics
                 .request_metrics(Direction::Outbound, &label, "none");
             let compiled = Service {
-                label,
+                label: Arc::from(label),
                 table: RouteTable::new(entries),
                 unmatched,
             };
@@ -638,7 +638,7 @@ fn direct_service(label: String, target: &Arc<BackendTarget>, cx: &BuildContext<
         entry,
     )]);
     Service {
-        label,
+        label: Arc::from(label),
         table,
         unmatched,
     }

@@ -131,7 +131,8 @@ async fn proxy_connection(
         let endpoint = target.endpoint();
         if let Some((_, entry)) = &mut log {
             entry.service.clone_from(&service.label);
-            entry.backend.clone_from(&target.label);
+            entry.backend.clear();
+            entry.backend.push_str(&target.label);
             entry.upstream = Some(endpoint.address());
         }
         // Plain TCP, or mTLS (ALPN `ficus-tcp`) when the endpoint names a peer identity.

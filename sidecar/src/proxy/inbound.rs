@@ -16,7 +16,7 @@ use crate::policy::rate_limit;
 use crate::state::Shared;
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::{Direction, Recorder};
-use crate::telemetry::trace::{Kind, Span};
+use crate::telemetry::trace::{Kind, PeerIdentity, Span};
 
 /// Handles one request from a peer. Never fails: errors become responses.
 pub async fn handle(
@@ -36,7 +36,9 @@ pub async fn handle(
     );
     let mut span = Span::start(snapshot.tracing.as_ref(), Kind::Server, &request, peer);
     access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
-    span.set_peer_identity(identity.as_ref().map(HeaderValue::as_bytes));
+    if span.is_recording() {
+        span.set_peer_identity(identity.clone().map(PeerIdentity::Verified));
+    }
     let inbound = &snapshot.inbound;
     let limits = &snapshot.limits;
     // Counts the request once even if the peer goes away and this future is dropped.

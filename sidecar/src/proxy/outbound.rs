@@ -22,7 +22,7 @@ use crate::snapshot::{RouteBackend, Snapshot};
 use crate::state::Shared;
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::{Direction, Recorder, RequestMetrics};
-use crate::telemetry::trace::{Kind, Span};
+use crate::telemetry::trace::{Kind, PeerIdentity, Span};
 
 /// Handles one request from the local app. Never fails: errors become responses.
 pub async fn handle(
@@ -95,7 +95,7 @@ async fn route_and_forward<'s>(
         service.table.find(method, uri.path(), uri.query(), headers)
     };
     let Some(entry) = found else {
-        let (response, flag) = ProxyError::NoRule(service.label.clone()).into_response();
+        let (response, flag) = ProxyError::NoRule(service.label.to_string()).into_response();
         return (response, &service.unmatched, flag);
     };
     let action = &entry.action;
@@ -126,7 +126,7 @@ async fn route_and_forward<'s>(
         return (response, &action.local_metrics, "");
     }
     let Some(backends) = &action.backends else {
-        let (response, flag) = ProxyError::NoRule(service.label.clone()).into_response();
+        let (response, flag) = ProxyError::NoRule(service.label.to_string()).into_response();
         return (response, &service.unmatched, flag);
     };
     let RouteBackend {
@@ -155,7 +155,7 @@ async fn route_and_forward<'s>(
     if span.is_recording() {
         span.set_backend(&backend.label);
         span.set_endpoint(endpoint.address());
-        span.set_peer_identity(backend.identity(endpoint).map(str::as_bytes));
+        span.set_peer_identity(backend.identity(endpoint).cloned().map(PeerIdentity::Named));
     }
     // HTTP/2 for h2c/gRPC backends and for mTLS to peer sidecars (ALPN h2): the app's
     // HTTP/1.1 crosses the mesh as HTTP/2 and turns back into HTTP/1.1 at the other side.

@@ -31,15 +31,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::{HeaderMap, HeaderValue};
 use http::{Method, Request, Response, Version};
 
-use propagation::{extract, Extracted, Formats, Outgoing, SpanId, TraceId};
+use propagation::{extract, random_ids, Extracted, Formats, Outgoing, SpanId, TraceId};
 
 pub use export::SpanSink;
 
-/// Request header that forces sampling of its trace (forwarded unchanged).
-pub const X_FICUS_FORCE_TRACE: HeaderName = HeaderName::from_static("x-ficus-force-trace");
+pub use propagation::X_FICUS_FORCE_TRACE;
 
 /// `Mesh.spec.tracing`, compiled once per config swap.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,7 +48,7 @@ pub struct TraceSettings {
     /// Sample when a uniform random `u64` is below this (`None`: always).
     threshold: Option<u64>,
     /// `ficus.service` of inbound (SERVER) spans: `namespace/workload`.
-    inbound_service: String,
+    inbound_service: Arc<str>,
 }
 
 impl TraceSettings {
@@ -71,7 +70,7 @@ impl TraceSettings {
         Self {
             endpoint,
             threshold,
-            inbound_service,
+            inbound_service: Arc::from(inbound_service),
         }
     }
 
@@ -80,7 +79,7 @@ impl TraceSettings {
         match self.threshold {
             None => true,
             Some(0) => false,
-            Some(threshold) => rand::random::<u64>() < threshold,
+            Some(threshold) => propagation::random_u64() < threshold,
         }
     }
 }
@@ -95,6 +94,10 @@ pub enum Kind {
 }
 
 /// A sampled span's data, filled in as the request goes and sent to the exporter at the end.
+///
+/// Built for a cheap request path: one allocation for the record and one for the request's
+/// text (path and host together); labels, route and identities are shared (`Arc`), not
+/// copied. The exporter thread turns it into an OTLP span.
 #[derive(Debug)]
 pub struct SpanRecord {
     /// The trace.
@@ -111,10 +114,12 @@ pub struct SpanRecord {
     pub duration: Duration,
     /// `http.request.method`.
     pub method: Method,
-    /// `server.address` and `server.port`: the authority the request named.
-    pub server: Option<(String, Option<u16>)>,
-    /// `url.path`.
-    pub path: String,
+    /// `url.path`, followed by the `server.address` host when the request named one.
+    text: Text,
+    /// Where the host starts in `text` (`None`: no authority).
+    host_at: Option<usize>,
+    /// `server.port`.
+    pub server_port: Option<u16>,
     /// `network.protocol.version`.
     pub version: Version,
     /// `client.address`: the downstream peer.
@@ -122,19 +127,87 @@ pub struct SpanRecord {
     /// `http.route`: the HTTPRoute (`namespace/name`) that matched.
     pub route: Option<Arc<str>>,
     /// `ficus.service`.
-    pub service: Option<String>,
-    /// `ficus.backend`.
-    pub backend: Option<String>,
+    pub service: Option<Arc<str>>,
+    /// `ficus.backend` (SERVER spans: always `app`).
+    pub backend: Option<Arc<str>>,
     /// `network.peer.address`/`port`: the upstream endpoint (CLIENT spans).
     pub endpoint: Option<SocketAddr>,
     /// `ficus.peer.identity`: the verified client (SERVER) or the required server (CLIENT).
-    pub peer_identity: Option<String>,
+    pub peer_identity: Option<PeerIdentity>,
     /// Retries sent (`http.request.resend_count`, `ficus.retries`).
     pub retries: u32,
     /// `http.response.status_code`.
     pub status: u16,
     /// `ficus.response_flags`.
     pub flags: &'static str,
+}
+
+impl SpanRecord {
+    /// `url.path`.
+    pub fn path(&self) -> &str {
+        let text = self.text.as_str();
+        match self.host_at {
+            Some(at) => text.get(..at).unwrap_or_default(),
+            None => text,
+        }
+    }
+
+    /// `server.address`: the host the request named.
+    pub fn server_host(&self) -> Option<&str> {
+        let at = self.host_at?;
+        self.text.as_str().get(at..)
+    }
+}
+
+/// Bytes of path and host a record holds itself; longer ones take an allocation.
+const INLINE_TEXT: usize = 96;
+
+/// A request's path and host, one after the other: inline when short (the usual case), so
+/// that recording a span allocates only the record.
+#[derive(Debug)]
+enum Text {
+    Inline { len: u8, bytes: [u8; INLINE_TEXT] },
+    Heap(Box<str>),
+}
+
+impl Text {
+    fn new(path: &str, host: &str) -> Self {
+        let len = path.len() + host.len();
+        match u8::try_from(len) {
+            Ok(short) if len <= INLINE_TEXT => {
+                let mut bytes = [0u8; INLINE_TEXT];
+                bytes[..path.len()].copy_from_slice(path.as_bytes());
+                bytes[path.len()..len].copy_from_slice(host.as_bytes());
+                Self::Inline { len: short, bytes }
+            }
+            _ => {
+                let mut text = String::with_capacity(len);
+                text.push_str(path);
+                text.push_str(host);
+                Self::Heap(text.into_boxed_str())
+            }
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Two `&str`s back to back: always UTF-8.
+            Self::Inline { len, bytes } => bytes
+                .get(..usize::from(*len))
+                .and_then(|text| std::str::from_utf8(text).ok())
+                .unwrap_or_default(),
+            Self::Heap(text) => text,
+        }
+    }
+}
+
+/// A peer's SPIFFE ID as the request path has it, shared rather than copied.
+#[derive(Debug, Clone)]
+pub enum PeerIdentity {
+    /// The identity an outbound endpoint must present (from the config).
+    Named(Arc<str>),
+    /// The verified client's identity (inbound), as the listener put it in a header value.
+    Verified(HeaderValue),
 }
 
 /// The trace side of one request.
@@ -178,19 +251,24 @@ impl Span {
                 state: State::Repair(out, extracted.formats, extracted.tracestate_ok),
             };
         };
-        let forced = headers.contains_key(X_FICUS_FORCE_TRACE);
-        let sampled =
-            forced || extracted.debug || extracted.sampled.unwrap_or_else(|| settings.draw());
+        let sampled = extracted.forced
+            || extracted.debug
+            || extracted.sampled.unwrap_or_else(|| settings.draw());
+        let (trace_id, span_id) = match extracted.parent {
+            Some(parent) => (parent.trace_id, SpanId::random()),
+            None => random_ids(),
+        };
         let out = Outgoing {
-            trace_id: extracted
-                .parent
-                .map_or_else(TraceId::random, |p| p.trace_id),
-            span_id: SpanId::random(),
+            trace_id,
+            span_id,
             parent_span_id: extracted.parent.map(|p| p.span_id),
             sampled,
             debug: extracted.debug,
         };
         let record = sampled.then(|| {
+            let path = request.uri().path();
+            let authority = server_address(request);
+            let host = authority.map_or("", |(host, _)| host);
             Box::new(SpanRecord {
                 trace_id: out.trace_id,
                 span_id: out.span_id,
@@ -199,13 +277,14 @@ impl Span {
                 start: SystemTime::now(),
                 duration: Duration::ZERO,
                 method: request.method().clone(),
-                server: server_address(request),
-                path: request.uri().path().to_owned(),
+                text: Text::new(path, host),
+                host_at: authority.map(|_| path.len()),
+                server_port: authority.and_then(|(_, port)| port),
                 version: request.version(),
                 client,
                 route: None,
-                service: (kind == Kind::Server).then(|| settings.inbound_service.clone()),
-                backend: (kind == Kind::Server).then(|| "app".to_owned()),
+                service: (kind == Kind::Server).then(|| Arc::clone(&settings.inbound_service)),
+                backend: None,
                 endpoint: None,
                 peer_identity: None,
                 retries: 0,
@@ -276,16 +355,16 @@ impl Span {
     }
 
     /// The destination service label (`namespace/name`).
-    pub fn set_service(&mut self, label: &str) {
+    pub fn set_service(&mut self, label: &Arc<str>) {
         if let Some(record) = self.record() {
-            record.service = Some(label.to_owned());
+            record.service = Some(Arc::clone(label));
         }
     }
 
     /// The chosen Backend label (`namespace/name`).
-    pub fn set_backend(&mut self, label: &str) {
+    pub fn set_backend(&mut self, label: &Arc<str>) {
         if let Some(record) = self.record() {
-            record.backend = Some(label.to_owned());
+            record.backend = Some(Arc::clone(label));
         }
     }
 
@@ -298,9 +377,9 @@ impl Span {
 
     /// The peer's identity: the verified client (inbound) or the server the endpoint must be
     /// (outbound, mTLS).
-    pub fn set_peer_identity(&mut self, identity: Option<&[u8]>) {
+    pub fn set_peer_identity(&mut self, identity: Option<PeerIdentity>) {
         if let Some(record) = self.record() {
-            record.peer_identity = identity.map(|i| String::from_utf8_lossy(i).into_owned());
+            record.peer_identity = identity;
         }
     }
 
@@ -356,17 +435,16 @@ fn repaired(extracted: &Extracted) -> Outgoing {
 
 /// The authority the request named (absolute URI or `:authority`, else `Host`) as host and
 /// port.
-fn server_address<B>(request: &Request<B>) -> Option<(String, Option<u16>)> {
+fn server_address<B>(request: &Request<B>) -> Option<(&str, Option<u16>)> {
     let authority = match request.uri().authority() {
         Some(authority) => authority.as_str(),
         None => request.headers().get(http::header::HOST)?.to_str().ok()?,
     };
     // `host:port`, `[v6]:port`, or no port at all (`[::1]` has colons but no port).
-    let (host, port) = match authority.rsplit_once(':') {
+    Some(match authority.rsplit_once(':') {
         Some((host, port)) if !port.ends_with(']') => (host, port.parse().ok()),
         _ => (authority, None),
-    };
-    Some((host.to_owned(), port))
+    })
 }
 
 #[cfg(test)]
@@ -430,8 +508,9 @@ mod tests {
             State::On { record, .. } => record.unwrap(),
             _ => unreachable!(),
         };
-        assert_eq!(record.server, Some(("payments".into(), Some(8080))));
-        assert_eq!(record.path, "/a/b");
+        assert_eq!(record.server_host(), Some("payments"));
+        assert_eq!(record.server_port, Some(8080));
+        assert_eq!(record.path(), "/a/b");
     }
 
     #[test]
@@ -466,5 +545,52 @@ mod tests {
         let fixed = headers["traceparent"].as_bytes();
         assert!(propagation::parse_traceparent(fixed).is_some());
         assert!(!headers.contains_key("tracestate"));
+    }
+
+    fn recorded(request: &Request<()>) -> Box<SpanRecord> {
+        let s = settings(100.0);
+        match Span::start(Some(&s), Kind::Server, request, PEER).state {
+            State::On {
+                record: Some(record),
+                ..
+            } => record,
+            _ => unreachable!("100 % samples"),
+        }
+    }
+
+    #[test]
+    fn path_and_host_share_one_text_inline_or_not() {
+        let record = recorded(&request(&[]));
+        assert!(matches!(record.text, Text::Inline { .. }));
+        assert_eq!(
+            (record.path(), record.server_host()),
+            ("/a/b", Some("payments"))
+        );
+        assert_eq!(record.service.as_deref(), Some("shop/web"));
+
+        let long = format!("/{}", "é".repeat(80));
+        let request = Request::builder()
+            .uri(long.as_str())
+            .header("host", "[::1]")
+            .body(())
+            .unwrap();
+        let record = recorded(&request);
+        assert!(matches!(record.text, Text::Heap(_)));
+        let encoded = request.uri().path();
+        assert_eq!(record.path(), encoded);
+        assert_eq!(record.server_host(), Some("[::1]"));
+        assert_eq!(record.server_port, None);
+
+        let no_host = Request::builder().uri("/x").body(()).unwrap();
+        let record = recorded(&no_host);
+        assert_eq!((record.path(), record.server_host()), ("/x", None));
+    }
+
+    #[test]
+    fn forcing_is_seen_without_other_trace_headers() {
+        let s = settings(0.0);
+        let forced = request(&[("x-ficus-force-trace", "yes")]);
+        assert!(Span::start(Some(&s), Kind::Client, &forced, PEER).is_recording());
+        assert!(!Span::start(Some(&s), Kind::Client, &request(&[]), PEER).is_recording());
     }
 }

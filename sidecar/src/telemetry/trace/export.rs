@@ -8,7 +8,9 @@
 //! `ficus_trace_spans_dropped_total`; nothing on the request path ever waits for export.
 //!
 //! The exporter thread (`ficus-trace`, a current-thread runtime of its own, started with the
-//! first config that enables tracing) converts records to OTLP spans, batches up to
+//! first config that enables tracing) converts records to OTLP spans (strings that repeat
+//! from span to span, such as hosts, peer addresses and identities, are shared rather than
+//! copied: opentelemetry-otlp clones every batch before encoding it), batches up to
 //! [`MAX_BATCH`] every [`BATCH_DELAY`], and exports with a timeout. It drains the queue on a
 //! timer instead of waiting on it, so that queueing a span never wakes a thread (no syscall on
 //! the request path). A failed export counts its
@@ -24,7 +26,9 @@
 //! is refused with a log line and its spans are dropped and counted.
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -45,7 +49,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLink
 use opentelemetry_sdk::Resource;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Kind, SpanRecord};
+use super::{Kind, PeerIdentity, SpanRecord};
 use crate::state::Identity;
 use crate::telemetry::metrics::Metrics;
 
@@ -243,6 +247,7 @@ async fn run(
     let scope = InstrumentationScope::builder("ficus-sidecar")
         .with_version(env!("CARGO_PKG_VERSION"))
         .build();
+    let mut shared = Shared::default();
     let mut exporter: Option<Exporter> = None;
     // The configured endpoint, even when no exporter could be built for it.
     let mut configured: Endpoint = None;
@@ -273,10 +278,12 @@ async fn run(
         }
         // Drain in batches: what is queued now goes out before the next nap.
         loop {
-            let mut batch: Vec<SpanData> = Vec::new();
+            let mut batch: Vec<SpanData> = Vec::with_capacity(queue.len().min(MAX_BATCH));
             while batch.len() < MAX_BATCH {
                 match queue.try_recv() {
-                    Ok(record) if configured.is_some() => batch.push(convert(*record, &scope)),
+                    Ok(record) if configured.is_some() => {
+                        batch.push(convert(*record, &scope, &mut shared));
+                    }
                     Ok(_) => metrics.trace_spans_dropped.inc(),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => return,
@@ -451,19 +458,70 @@ impl tower_service::Service<http::Uri> for CollectorConnector {
     }
 }
 
+/// Attributes of a usual span (a failed one may have two more): [`convert`] reserves this
+/// many, a size glibc's per-thread cache serves (18 would not be).
+const USUAL_ATTRIBUTES: usize = 16;
+
+/// Strings that repeat from span to span (hosts, peer addresses, identities), kept once and
+/// shared, so that a span holds a reference rather than its own copy: the exporter clones
+/// every batch before converting it, and a shared string clones without allocating. Bounded:
+/// emptied when full.
+#[derive(Default)]
+struct Shared {
+    strings: HashSet<Arc<str>>,
+    addresses: HashMap<IpAddr, Arc<str>>,
+}
+
+/// Entries [`Shared`] keeps of each kind before it starts over.
+const SHARED_MAX: usize = 1024;
+
+impl Shared {
+    fn string(&mut self, value: &str) -> Arc<str> {
+        if let Some(shared) = self.strings.get(value) {
+            return Arc::clone(shared);
+        }
+        if self.strings.len() >= SHARED_MAX {
+            self.strings.clear();
+        }
+        let shared: Arc<str> = Arc::from(value);
+        self.strings.insert(Arc::clone(&shared));
+        shared
+    }
+
+    fn address(&mut self, ip: IpAddr) -> Arc<str> {
+        if let Some(shared) = self.addresses.get(&ip) {
+            return Arc::clone(shared);
+        }
+        if self.addresses.len() >= SHARED_MAX {
+            self.addresses.clear();
+        }
+        let shared: Arc<str> = Arc::from(ip.to_string());
+        self.addresses.insert(ip, Arc::clone(&shared));
+        shared
+    }
+
+    fn identity(&mut self, identity: PeerIdentity) -> Arc<str> {
+        match identity {
+            PeerIdentity::Named(name) => name,
+            PeerIdentity::Verified(value) => match std::str::from_utf8(value.as_bytes()) {
+                Ok(name) => self.string(name),
+                Err(_) => Arc::from(String::from_utf8_lossy(value.as_bytes())),
+            },
+        }
+    }
+}
+
 /// One record as an OTLP span with the OpenTelemetry HTTP semantic conventions.
-fn convert(record: SpanRecord, scope: &InstrumentationScope) -> SpanData {
-    let mut attributes = Vec::with_capacity(20);
-    let method = record.method.as_str();
-    attributes.push(KeyValue::new(
-        "http.request.method",
-        method_name(&record.method),
-    ));
+fn convert(record: SpanRecord, scope: &InstrumentationScope, shared: &mut Shared) -> SpanData {
+    let mut attributes = Vec::with_capacity(USUAL_ATTRIBUTES);
+    let method = method_name(&record.method);
+    attributes.push(KeyValue::new("http.request.method", method.clone()));
     attributes.push(KeyValue::new(
         "http.response.status_code",
         i64::from(record.status),
     ));
-    attributes.push(KeyValue::new("url.path", record.path));
+    // Shared, not owned: the exporter's copy of the batch then takes a reference, not a copy.
+    attributes.push(KeyValue::new("url.path", Arc::<str>::from(record.path())));
     attributes.push(KeyValue::new("url.scheme", "http"));
     let version = match record.version {
         http::Version::HTTP_10 => "1.0",
@@ -471,9 +529,9 @@ fn convert(record: SpanRecord, scope: &InstrumentationScope) -> SpanData {
         _ => "1.1",
     };
     attributes.push(KeyValue::new("network.protocol.version", version));
-    if let Some((host, port)) = record.server {
-        attributes.push(KeyValue::new("server.address", host));
-        if let Some(port) = port {
+    if let Some(host) = record.server_host() {
+        attributes.push(KeyValue::new("server.address", shared.string(host)));
+        if let Some(port) = record.server_port {
             attributes.push(KeyValue::new("server.port", i64::from(port)));
         }
     }
@@ -490,7 +548,7 @@ fn convert(record: SpanRecord, scope: &InstrumentationScope) -> SpanData {
             if let Some(endpoint) = record.endpoint {
                 attributes.push(KeyValue::new(
                     "network.peer.address",
-                    endpoint.ip().to_string(),
+                    shared.address(endpoint.ip()),
                 ));
                 attributes.push(KeyValue::new(
                     "network.peer.port",
@@ -508,18 +566,23 @@ fn convert(record: SpanRecord, scope: &InstrumentationScope) -> SpanData {
         Kind::Server => {
             attributes.push(KeyValue::new(
                 "client.address",
-                record.client.ip().to_string(),
+                shared.address(record.client.ip()),
             ));
         }
     }
     if let Some(service) = record.service {
         attributes.push(KeyValue::new("ficus.service", service));
     }
-    if let Some(backend) = record.backend {
-        attributes.push(KeyValue::new("ficus.backend", backend));
+    match (record.kind, record.backend) {
+        (_, Some(backend)) => attributes.push(KeyValue::new("ficus.backend", backend)),
+        (Kind::Server, None) => attributes.push(KeyValue::new("ficus.backend", "app")),
+        (Kind::Client, None) => {}
     }
     if let Some(identity) = record.peer_identity {
-        attributes.push(KeyValue::new("ficus.peer.identity", identity));
+        attributes.push(KeyValue::new(
+            "ficus.peer.identity",
+            shared.identity(identity),
+        ));
     }
     if !record.flags.is_empty() {
         attributes.push(KeyValue::new("ficus.response_flags", record.flags));
@@ -529,8 +592,14 @@ fn convert(record: SpanRecord, scope: &InstrumentationScope) -> SpanData {
         attributes.push(KeyValue::new("error.type", record.status.to_string()));
     }
     let name = match &record.route {
-        Some(route) => Cow::Owned(format!("{method} {route}")),
-        None => method_name(&record.method),
+        Some(route) => {
+            let mut name = String::with_capacity(method.len() + 1 + route.len());
+            name.push_str(&method);
+            name.push(' ');
+            name.push_str(route);
+            Cow::Owned(name)
+        }
+        None => method,
     };
     SpanData {
         span_context: SpanContext::new(
@@ -619,5 +688,84 @@ mod tests {
             None
         )
         .is_none());
+    }
+
+    #[test]
+    fn shared_strings_are_reused_and_bounded() {
+        let mut shared = Shared::default();
+        let a = shared.string("payments");
+        let b = shared.string("payments");
+        assert!(Arc::ptr_eq(&a, &b));
+        let ip = IpAddr::from([10, 0, 0, 1]);
+        assert_eq!(&*shared.address(ip), "10.0.0.1");
+        assert!(Arc::ptr_eq(&shared.address(ip), &shared.address(ip)));
+        for i in 0..SHARED_MAX + 10 {
+            shared.string(&i.to_string());
+        }
+        assert!(shared.strings.len() <= SHARED_MAX);
+        let bad = http::HeaderValue::from_bytes(b"spiffe://x/\xff").unwrap();
+        assert_eq!(
+            &*shared.identity(PeerIdentity::Verified(bad)),
+            "spiffe://x/\u{fffd}"
+        );
+        let named: Arc<str> = Arc::from("spiffe://td/ns/a/sa/b");
+        assert!(Arc::ptr_eq(
+            &shared.identity(PeerIdentity::Named(Arc::clone(&named))),
+            &named
+        ));
+    }
+
+    #[test]
+    fn converted_span_carries_the_conventions() {
+        let record = SpanRecord {
+            trace_id: super::super::TraceId([1; 16]),
+            span_id: super::super::SpanId([2; 8]),
+            parent: None,
+            kind: Kind::Client,
+            start: std::time::SystemTime::UNIX_EPOCH,
+            duration: Duration::from_millis(3),
+            method: http::Method::GET,
+            text: super::super::Text::new("/pay", "payments"),
+            host_at: Some(4),
+            server_port: Some(8080),
+            version: http::Version::HTTP_11,
+            client: "127.0.0.1:1".parse().unwrap(),
+            route: Some(Arc::from("shop/pay")),
+            service: Some(Arc::from("shop/payments")),
+            backend: Some(Arc::from("shop/payments-v2")),
+            endpoint: Some("10.0.0.7:8443".parse().unwrap()),
+            peer_identity: None,
+            retries: 2,
+            status: 503,
+            flags: "UF",
+        };
+        let scope = InstrumentationScope::builder("test").build();
+        let span = convert(record, &scope, &mut Shared::default());
+        let attr = |key: &str| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.to_string())
+        };
+        for (key, value) in [
+            ("http.request.method", "GET"),
+            ("http.response.status_code", "503"),
+            ("url.path", "/pay"),
+            ("server.address", "payments"),
+            ("server.port", "8080"),
+            ("http.route", "shop/pay"),
+            ("ficus.direction", "outbound"),
+            ("network.peer.address", "10.0.0.7"),
+            ("network.peer.port", "8443"),
+            ("ficus.retries", "2"),
+            ("http.request.resend_count", "2"),
+            ("ficus.service", "shop/payments"),
+            ("ficus.backend", "shop/payments-v2"),
+            ("ficus.response_flags", "UF"),
+            ("error.type", "503"),
+        ] {
+            assert_eq!(attr(key).as_deref(), Some(value), "{key}");
+        }
+        assert_eq!(span.name, "GET shop/pay");
     }
 }

@@ -8,7 +8,11 @@
 //! in version `00`). More than one `traceparent` is invalid. A `tracestate` travels only with
 //! a valid `traceparent` and with at most 32 list members; otherwise it is dropped.
 
+use std::cell::RefCell;
+
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 /// `traceparent`.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -26,6 +30,8 @@ pub const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 pub const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 /// B3 single header.
 pub const B3: HeaderName = HeaderName::from_static("b3");
+/// Request header that forces sampling of its trace (forwarded unchanged).
+pub const X_FICUS_FORCE_TRACE: HeaderName = HeaderName::from_static("x-ficus-force-trace");
 
 /// At most this many `tracestate` list members (W3C); more and the whole header is dropped.
 const TRACESTATE_MAX_MEMBERS: usize = 32;
@@ -40,11 +46,28 @@ pub struct TraceId(pub [u8; 16]);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SpanId(pub [u8; 8]);
 
+thread_local! {
+    /// Ids are drawn per thread from a small fast generator seeded from the OS-seeded
+    /// thread generator (as the OpenTelemetry SDK's id generator does): ids must be unique
+    /// and well spread, not secret, and the request path draws one or two per request.
+    static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
+}
+
+/// `N` random bytes from this thread's id generator.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    IDS.with_borrow_mut(|rng| rng.random())
+}
+
+/// A uniform random `u64` from this thread's id generator (sampling draws).
+pub fn random_u64() -> u64 {
+    IDS.with_borrow_mut(|rng| rng.random())
+}
+
 impl TraceId {
     /// A random, non-zero trace id.
     pub fn random() -> Self {
         loop {
-            let id = rand::random::<[u8; 16]>();
+            let id = random_bytes::<16>();
             if id != [0; 16] {
                 return Self(id);
             }
@@ -52,11 +75,27 @@ impl TraceId {
     }
 }
 
+/// A random trace id and span id, from one draw.
+pub fn random_ids() -> (TraceId, SpanId) {
+    let bytes = random_bytes::<24>();
+    let mut trace = [0u8; 16];
+    let mut span = [0u8; 8];
+    trace.copy_from_slice(&bytes[..16]);
+    span.copy_from_slice(&bytes[16..]);
+    // All-zero ids are invalid; drawing one is a 2^-64 event, handled by drawing again.
+    match (trace == [0; 16], span == [0; 8]) {
+        (false, false) => (TraceId(trace), SpanId(span)),
+        (true, false) => (TraceId::random(), SpanId(span)),
+        (false, true) => (TraceId(trace), SpanId::random()),
+        (true, true) => (TraceId::random(), SpanId::random()),
+    }
+}
+
 impl SpanId {
     /// A random, non-zero span id.
     pub fn random() -> Self {
         loop {
-            let id = rand::random::<[u8; 8]>();
+            let id = random_bytes::<8>();
             if id != [0; 8] {
                 return Self(id);
             }
@@ -99,6 +138,8 @@ pub struct Extracted {
     pub tracestate_ok: bool,
     /// Some trace header was present but malformed: it must be replaced, not forwarded.
     pub malformed: bool,
+    /// `x-ficus-force-trace` was present (any value).
+    pub forced: bool,
 }
 
 /// Whether `name` is one of the headers [`extract`] reads.
@@ -120,8 +161,16 @@ fn is_context_header(name: &HeaderName) -> bool {
 /// Reads the trace headers of `headers`. Never allocates.
 pub fn extract(headers: &HeaderMap) -> Extracted {
     let mut out = Extracted::default();
-    // Most requests carry no trace context: one pass over the names instead of nine lookups.
-    if !headers.keys().any(is_context_header) {
+    // Most requests carry no trace context: one pass over the names instead of ten lookups.
+    let mut context = false;
+    for name in headers.keys() {
+        if is_context_header(name) {
+            context = true;
+        } else if name == X_FICUS_FORCE_TRACE {
+            out.forced = true;
+        }
+    }
+    if !context {
         return out;
     }
     let mut traceparents = headers.get_all(TRACEPARENT).iter();
