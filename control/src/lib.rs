@@ -12,8 +12,8 @@
 //! - [`auth`] — bearer tokens: join tokens for signing, admin tokens for the API.
 //! - [`inject`] — sidecar injection into Kubernetes manifests (`ficusctl inject`, webhook).
 //! - [`webhook`] — the mutating admission webhook (`--webhook`) serving [`inject`].
-//! - [`kubernetes`] — CRDs generated from the raw config types, the TokenReview
-//!   authenticator, Kubernetes objects → config translation.
+//! - [`kubernetes`] — CRDs generated from the raw config types, the kube-rs client, the
+//!   TokenReview authenticator, Kubernetes objects → config translation, the watches.
 //! - [`registry`] — connected sidecars and their ACK/NACK state.
 //! - [`scope`] — which documents each sidecar receives.
 //! - [`state`] — what the tasks share; [`metrics`] — Prometheus metrics; [`listen`] —

@@ -13,8 +13,8 @@ use ficus_control::auth::join::{JoinTokens, TokenAuthenticator};
 use ficus_control::ca::{self, ServerIdentity};
 use ficus_control::grpc::{self, Router};
 use ficus_control::inject::InjectConfig;
-use ficus_control::kubernetes::api::ApiClient;
-use ficus_control::kubernetes::token_review::{ApiServer, FirstOf, TokenReviewer, AUDIENCE};
+use ficus_control::kubernetes::client;
+use ficus_control::kubernetes::token_review::{FirstOf, TokenReviewer, AUDIENCE};
 use ficus_control::sign::Signer;
 use ficus_control::state::ControlState;
 use ficus_control::store::Store;
@@ -81,13 +81,15 @@ struct Args {
     #[arg(long, env = "FICUS_INJECT_CONTROL_URL")]
     inject_control_url: Option<String>,
     /// Also authenticate certificate requests with the Kubernetes TokenReview of the pod's
-    /// projected service-account token (audience `ficus`); in-cluster only (the API server
-    /// from `KUBERNETES_SERVICE_HOST`, this pod's own token and CA). Join tokens still work.
+    /// projected service-account token (audience `ficus`); in-cluster (the API server from
+    /// `KUBERNETES_SERVICE_HOST`, this pod's own token and CA), or outside a pod the
+    /// kubeconfig in `KUBECONFIG`. Join tokens still work.
     #[arg(long, env = "FICUS_KUBERNETES_TOKEN_REVIEW")]
     kubernetes_token_review: bool,
     /// The cluster is the source of truth: list and watch Services, EndpointSlices,
     /// HTTPRoutes, TCPRoutes and the ficus.dev kinds, and commit what they translate to as new
-    /// versions (in-cluster only; API writes are replaced by the next change in the cluster).
+    /// versions (in-cluster, or outside a pod from `KUBECONFIG`; API writes are replaced by
+    /// the next change in the cluster).
     #[arg(long, env = "FICUS_KUBERNETES")]
     kubernetes: bool,
     /// Also serve the HTTP API over TLS 1.3 on this address (certificate from the mesh CA;
@@ -236,22 +238,37 @@ fn run(args: Args) -> Result<(), Fatal> {
         }
         None => None,
     };
-    let reviewer = if args.kubernetes_token_review && !args.insecure {
-        let server = ApiServer::in_cluster()
-            .map_err(|e| Fatal::usage(format!("--kubernetes-token-review: {e}")))?;
-        Some(Arc::new(TokenReviewer::new(server, AUDIENCE).map_err(
-            |e| Fatal::usage(format!("--kubernetes-token-review: {e}")),
-        )?))
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Fatal::other(format!("cannot start the runtime: {error}")))?;
+    let review = args.kubernetes_token_review && !args.insecure;
+    let kube_client = if review || args.kubernetes {
+        let flag = if args.kubernetes {
+            "--kubernetes"
+        } else {
+            "--kubernetes-token-review"
+        };
+        let config = runtime
+            .block_on(client::config())
+            .map_err(|e| Fatal::usage(format!("{flag}: {e}")))?;
+        let cluster_url = config.cluster_url.to_string();
+        let connected = {
+            // kube spawns the client's request buffer on the runtime.
+            let _runtime = runtime.enter();
+            client::connect(config).map_err(|e| Fatal::usage(format!("{flag}: {e}")))?
+        };
+        Some((connected, cluster_url))
     } else {
         None
     };
-    let cluster = if args.kubernetes {
-        let server =
-            ApiServer::in_cluster().map_err(|e| Fatal::usage(format!("--kubernetes: {e}")))?;
-        Some(ApiClient::new(server).map_err(|e| Fatal::usage(format!("--kubernetes: {e}")))?)
-    } else {
-        None
+    let reviewer = match &kube_client {
+        Some((connected, _)) if review => {
+            Some(Arc::new(TokenReviewer::new(connected.clone(), AUDIENCE)))
+        }
+        _ => None,
     };
+    let cluster = kube_client.filter(|_| args.kubernetes);
     let (store, current) = Store::open(&args.data).map_err(|error| {
         Fatal::other(format!(
             "cannot open the store in {}: {error}",
@@ -266,10 +283,6 @@ fn run(args: Args) -> Result<(), Fatal> {
     } else {
         Some(prepare_authority(&args)?)
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| Fatal::other(format!("cannot start the runtime: {error}")))?;
     let state = ControlState::new(store, current);
     if authority.is_some() {
         let _ = state.trust_domain.set(args.trust_domain.clone());
@@ -370,8 +383,8 @@ fn run(args: Args) -> Result<(), Fatal> {
             "ficus-control started");
         tokio::spawn(grpc::serve(grpc, tls, router, metrics));
         tokio::spawn(ficus_control::api::serve(http, Arc::clone(&state), admin));
-        if let Some(client) = cluster {
-            tracing::info!(api_server = %client.address(), "following the cluster (--kubernetes)");
+        if let Some((client, api_server)) = cluster {
+            tracing::info!(%api_server, "following the cluster (--kubernetes)");
             tokio::spawn(ficus_control::kubernetes::watch::run(
                 Arc::clone(&state),
                 client,
@@ -501,7 +514,11 @@ async fn wait_for_shutdown() {
 
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // kube logs every failed request at ERROR; the watches and the TokenReview log the
+        // same failure with what it was for, at WARN.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -4,20 +4,16 @@
 //! reads them, and never from the CSR.
 //!
 //! [`review_request`] and [`caller_from_review`] are pure (tested on real TokenReview JSON);
-//! [`TokenReviewer`] is the thin layer that POSTs the request to the API server (in-cluster:
-//! `KUBERNETES_SERVICE_HOST`, the pod's own service-account token and CA) and plugs into
-//! [`TokenAuthenticator`], the seam the signing and push services use.
+//! [`TokenReviewer`] creates the review through kube's [`Client`] (`Api::<TokenReview>::create`)
+//! and plugs into [`TokenAuthenticator`], the seam the signing and push services use.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Limited};
-use serde_json::{json, Value};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::api::{Api, PostParams};
 
-use super::api::ApiClient;
-pub use super::api::ApiServer;
+use super::client::Client;
 use crate::auth::join::{Caller, TokenAuthenticator};
 use crate::auth::AuthError;
 
@@ -25,18 +21,18 @@ use crate::auth::AuthError;
 pub const AUDIENCE: &str = "ficus";
 /// The whole review (connect, TLS, request, answer) must finish within this.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest TokenReview answer read.
-const MAX_ANSWER: usize = 256 * 1024;
 /// `status.user.username` of a service account: `system:serviceaccount:<ns>:<name>`.
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 
 /// The TokenReview to create for `token`, asking the API server to check `audience` too.
-pub fn review_request(token: &str, audience: &str) -> Value {
-    json!({
-        "apiVersion": "authentication.k8s.io/v1",
-        "kind": "TokenReview",
-        "spec": {"token": token, "audiences": [audience]},
-    })
+pub fn review_request(token: &str, audience: &str) -> TokenReview {
+    TokenReview {
+        spec: TokenReviewSpec {
+            token: token.to_owned(),
+            audiences: Some(vec![audience.to_owned()]),
+        },
+        ..TokenReview::default()
+    }
 }
 
 /// Why a TokenReview answer does not authenticate a workload (all map to
@@ -44,10 +40,7 @@ pub fn review_request(token: &str, audience: &str) -> Value {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReviewRefusal {
-    /// Not a TokenReview answer.
-    #[error("not a TokenReview answer: {0}")]
-    Malformed(String),
-    /// `status.authenticated` is false (expired, revoked, wrong audience, bound pod gone).
+    /// `status.authenticated` is not true (expired, revoked, wrong audience, bound pod gone).
     #[error("the API server did not authenticate the token: {0}")]
     NotAuthenticated(String),
     /// Authenticated, but not for our audience (an API server that ignored `audiences`).
@@ -58,26 +51,28 @@ pub enum ReviewRefusal {
     NotAServiceAccount(String),
 }
 
-/// The workload and namespace a TokenReview answer (the API server's response body)
-/// authenticates for `audience`.
-pub fn caller_from_review(body: &[u8], audience: &str) -> Result<Caller, ReviewRefusal> {
-    let review: Value =
-        serde_json::from_slice(body).map_err(|e| ReviewRefusal::Malformed(e.to_string()))?;
-    if review["kind"] != "TokenReview" {
-        return Err(ReviewRefusal::Malformed(format!("kind {}", review["kind"])));
-    }
-    let status = &review["status"];
-    if status["authenticated"] != true {
-        let why = status["error"].as_str().unwrap_or("no reason given");
+/// The workload and namespace a TokenReview answer (what the API server returned from the
+/// create) authenticates for `audience`.
+pub fn caller_from_review(review: &TokenReview, audience: &str) -> Result<Caller, ReviewRefusal> {
+    let status = review
+        .status
+        .as_ref()
+        .ok_or_else(|| ReviewRefusal::NotAuthenticated("the answer has no status".to_owned()))?;
+    if status.authenticated != Some(true) {
+        let why = status.error.as_deref().unwrap_or("no reason given");
         return Err(ReviewRefusal::NotAuthenticated(why.to_owned()));
     }
     // The API server answers with the audiences the token is valid for among those asked; an
     // empty or missing list means it did not check them (only old servers), so refuse.
-    let audiences = status["audiences"].as_array();
-    if !audiences.is_some_and(|list| list.iter().any(|a| a == audience)) {
+    let audiences = status.audiences.as_deref().unwrap_or_default();
+    if !audiences.iter().any(|a| a == audience) {
         return Err(ReviewRefusal::Audience(audience.to_owned()));
     }
-    let username = status["user"]["username"].as_str().unwrap_or("");
+    let username = status
+        .user
+        .as_ref()
+        .and_then(|user| user.username.as_deref())
+        .unwrap_or("");
     let rest = username
         .strip_prefix(SERVICE_ACCOUNT_PREFIX)
         .ok_or_else(|| ReviewRefusal::NotAServiceAccount(username.to_owned()))?;
@@ -101,56 +96,38 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// [`TokenAuthenticator`] backed by the API server's TokenReview.
-#[derive(Debug)]
+#[derive(Clone)]
 pub struct TokenReviewer {
-    client: ApiClient,
+    reviews: Api<TokenReview>,
     audience: String,
 }
 
-impl TokenReviewer {
-    /// A reviewer for tokens of `audience` (normally [`AUDIENCE`]).
-    pub fn new(server: ApiServer, audience: &str) -> Result<Self, String> {
-        Ok(Self {
-            client: ApiClient::new(server)?,
-            audience: audience.to_owned(),
-        })
+impl std::fmt::Debug for TokenReviewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReviewer")
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
     }
+}
 
-    /// POSTs the review and returns the answer's body.
-    async fn post(&self, token: &str) -> Result<Bytes, String> {
-        let body = serde_json::to_vec(&review_request(token, &self.audience)).unwrap_or_default();
-        let response = self
-            .client
-            .send(
-                Method::POST,
-                "/apis/authentication.k8s.io/v1/tokenreviews",
-                Some(body),
-            )
-            .await?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?
-            .to_bytes();
-        if status != StatusCode::CREATED && status != StatusCode::OK {
-            return Err(format!(
-                "the API server answered {status}: {}",
-                String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
-            ));
+impl TokenReviewer {
+    /// A reviewer for tokens of `audience` (normally [`AUDIENCE`]), asking through `client`.
+    pub fn new(client: Client, audience: &str) -> Self {
+        Self {
+            reviews: Api::all(client),
+            audience: audience.to_owned(),
         }
-        Ok(body)
     }
 }
 
 #[tonic::async_trait]
 impl TokenAuthenticator for TokenReviewer {
     async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
-        match tokio::time::timeout(REVIEW_TIMEOUT, self.post(token)).await {
-            Ok(Ok(body)) => caller_from_review(&body, &self.audience).map_err(|refusal| {
+        let review = review_request(token, &self.audience);
+        let params = PostParams::default();
+        let created = self.reviews.create(&params, &review);
+        match tokio::time::timeout(REVIEW_TIMEOUT, created).await {
+            Ok(Ok(answer)) => caller_from_review(&answer, &self.audience).map_err(|refusal| {
                 tracing::info!(%refusal, "token refused by TokenReview");
                 AuthError::Unknown
             }),

@@ -1,16 +1,19 @@
 //! `--kubernetes`: the cluster is the source of truth. Services, EndpointSlices, HTTPRoutes,
-//! TCPRoutes and the `ficus.dev` kinds are listed and watched through the thin
-//! [`ApiClient`]; every change (debounced) runs [`translate`](super::translate::translate)
-//! over all cached objects and, when the result validates and differs from the current
-//! version, commits it to the store as a new version and pushes it as before. An invalid
-//! result is logged and the last good version keeps serving.
+//! TCPRoutes and the `ficus.dev` kinds are followed with kube-rs's
+//! [`watcher`](kube::runtime::watcher) (Services and EndpointSlices typed from k8s-openapi,
+//! the others as [`DynamicObject`]s); every change (debounced) runs
+//! [`translate`](super::translate::translate) over all cached objects and, when the result
+//! validates and differs from the current version, commits it to the store as a new version
+//! and pushes it as before. An invalid result is logged and the last good version keeps
+//! serving.
 //!
-//! Each resource follows the usual list-then-watch protocol: LIST (its `resourceVersion`),
-//! then WATCH from there with bookmarks; a watch that ends is resumed from the last version
-//! seen, `410 Gone` (or an `ERROR` event with code 410) relists, other failures back off
-//! (1 s doubling to 30 s) and relist. A kind whose CRD is not installed (404) counts as empty
-//! and is checked again every minute. Nothing is committed before every resource has been
-//! listed once, so a half-read cluster is never pushed.
+//! kube's watcher does the list-then-watch protocol: paginated LIST, WATCH from its
+//! `resourceVersion` with bookmarks, resuming a watch the API server ended, relisting on
+//! `410 Gone`, back-off (0.8 s doubling to 30 s) after failures. What is left here is the
+//! [`Cache`] its events feed (a relist replaces a resource's objects only once complete) and
+//! one rule of ours: a kind whose CRD is not installed (404) counts as empty and is checked
+//! again every minute. Nothing is committed before every resource has been listed once, so
+//! a half-read cluster is never pushed.
 //!
 //! With `--kubernetes` the API's writes (`ficusctl apply`, `delete`, `rollback`) still work,
 //! but the next change in the cluster replaces their result: the cluster wins. Several
@@ -18,16 +21,22 @@
 //! version numbers then differ between replicas.
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use super::api::ApiClient;
+use super::client::Client;
 use super::translate::translate;
 use crate::apply::DocumentKey;
 use crate::state::ControlState;
@@ -35,225 +44,190 @@ use crate::state::ControlState;
 /// One kind of object the control plane follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resource {
-    /// Collection path (all namespaces), e.g. `/api/v1/services`.
-    pub path: &'static str,
-    /// `apiVersion` of its objects (LIST items do not carry it).
-    pub api_version: &'static str,
+    /// API group (`""` for the core group).
+    pub group: &'static str,
+    /// API version within the group.
+    pub version: &'static str,
     /// `kind` of its objects.
     pub kind: &'static str,
+    /// Plural name: the last segment of its collection path.
+    pub plural: &'static str,
 }
 
-/// Everything the translation reads.
+impl Resource {
+    /// `apiVersion` of its objects.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// Collection path over all namespaces, e.g. `/api/v1/services`.
+    pub fn path(&self) -> String {
+        if self.group.is_empty() {
+            format!("/api/{}/{}", self.version, self.plural)
+        } else {
+            format!("/apis/{}/{}/{}", self.group, self.version, self.plural)
+        }
+    }
+
+    /// What kube needs to follow it as [`DynamicObject`]s.
+    fn api_resource(&self) -> ApiResource {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(self.group, self.version, self.kind),
+            self.plural,
+        )
+    }
+}
+
+/// Everything the translation reads; the first two are followed typed (k8s-openapi).
 pub const RESOURCES: [Resource; 8] = [
     Resource {
-        path: "/api/v1/services",
-        api_version: "v1",
+        group: "",
+        version: "v1",
         kind: "Service",
+        plural: "services",
     },
     Resource {
-        path: "/apis/discovery.k8s.io/v1/endpointslices",
-        api_version: "discovery.k8s.io/v1",
+        group: "discovery.k8s.io",
+        version: "v1",
         kind: "EndpointSlice",
+        plural: "endpointslices",
     },
     Resource {
-        path: "/apis/gateway.networking.k8s.io/v1/httproutes",
-        api_version: "gateway.networking.k8s.io/v1",
+        group: "gateway.networking.k8s.io",
+        version: "v1",
         kind: "HTTPRoute",
+        plural: "httproutes",
     },
     Resource {
-        path: "/apis/gateway.networking.k8s.io/v1alpha2/tcproutes",
-        api_version: "gateway.networking.k8s.io/v1alpha2",
+        group: "gateway.networking.k8s.io",
+        version: "v1alpha2",
         kind: "TCPRoute",
+        plural: "tcproutes",
     },
     Resource {
-        path: "/apis/ficus.dev/v1alpha1/meshes",
-        api_version: "ficus.dev/v1alpha1",
+        group: "ficus.dev",
+        version: "v1alpha1",
         kind: "Mesh",
+        plural: "meshes",
     },
     Resource {
-        path: "/apis/ficus.dev/v1alpha1/backends",
-        api_version: "ficus.dev/v1alpha1",
+        group: "ficus.dev",
+        version: "v1alpha1",
         kind: "Backend",
+        plural: "backends",
     },
     Resource {
-        path: "/apis/ficus.dev/v1alpha1/trafficpolicies",
-        api_version: "ficus.dev/v1alpha1",
+        group: "ficus.dev",
+        version: "v1alpha1",
         kind: "TrafficPolicy",
+        plural: "trafficpolicies",
     },
     Resource {
-        path: "/apis/ficus.dev/v1alpha1/authorizationpolicies",
-        api_version: "ficus.dev/v1alpha1",
+        group: "ficus.dev",
+        version: "v1alpha1",
         kind: "AuthorizationPolicy",
+        plural: "authorizationpolicies",
     },
 ];
 
-/// Largest LIST answer read (a big cluster's EndpointSlices are MiBs).
-const MAX_LIST: usize = 64 * 1024 * 1024;
-/// Largest single watch event.
-const MAX_EVENT: usize = 8 * 1024 * 1024;
-/// A LIST must be answered within this.
-const LIST_TIMEOUT: Duration = Duration::from_secs(60);
-/// The API server ends each watch after this many seconds (we then resume it).
-const WATCH_SECONDS: u64 = 290;
-/// Silence on a watch (no event, no bookmark) after which it is considered dead.
-const WATCH_IDLE: Duration = Duration::from_secs(WATCH_SECONDS + 40);
 /// Changes closer together than this become one translation.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 /// How often a kind whose CRD is missing is checked again.
 const MISSING_RECHECK: Duration = Duration::from_secs(60);
-/// Back-off after a failure: from the first to the last value, doubling.
-const BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 
-/// What a watch event did to the cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Applied {
-    /// An object was added, changed or removed.
-    Changed,
-    /// The event changed nothing the translation reads (same object again).
-    Unchanged,
-    /// A bookmark: only the resource version moved.
-    Bookmark,
-    /// `410 Gone`: the version is too old; relist.
-    Expired,
-}
+/// Objects by namespace and name.
+type Objects = BTreeMap<(String, String), Value>;
 
-/// The objects of every resource, by resource, namespace and name.
-#[derive(Debug)]
+/// The objects of every resource as JSON (what the translation reads), fed by the watchers'
+/// events.
+#[derive(Debug, Default)]
 pub struct Cache {
-    objects: BTreeMap<(usize, String, String), Value>,
-    listed: [bool; RESOURCES.len()],
-}
-
-impl Default for Cache {
-    fn default() -> Self {
-        Self {
-            objects: BTreeMap::new(),
-            listed: [false; RESOURCES.len()],
-        }
-    }
+    /// By resource: its objects, or `None` until it has been listed once.
+    resources: [Option<Objects>; RESOURCES.len()],
+    /// By resource: a relist in progress (between `Init` and `InitDone`).
+    relisting: [Option<Objects>; RESOURCES.len()],
 }
 
 impl Cache {
-    /// Replaces resource `index`'s objects with a LIST's `items`; whether anything changed.
-    pub fn replace(&mut self, index: usize, items: Vec<Value>) -> bool {
-        let mut fresh = BTreeMap::new();
-        for item in items {
-            if let Some(key) = key(index, &item) {
-                fresh.insert(key, item);
+    /// Applies one watcher event of resource `index` (objects as JSON); whether the objects
+    /// the translation reads changed (the end of the first LIST always counts).
+    pub fn apply(&mut self, index: usize, event: Event<Value>) -> bool {
+        match event {
+            Event::Init => {
+                self.relisting[index] = Some(Objects::new());
+                false
             }
+            Event::InitApply(object) => {
+                if let (Some(relisting), Some(key)) = (&mut self.relisting[index], key(&object)) {
+                    relisting.insert(key, object);
+                }
+                false
+            }
+            Event::InitDone => {
+                let listed = self.relisting[index].take().unwrap_or_default();
+                self.replace(index, listed)
+            }
+            // kube sends these only after the first `InitDone`.
+            Event::Apply(object) => match (key(&object), &mut self.resources[index]) {
+                (Some(key), Some(objects)) => objects.insert(key, object.clone()) != Some(object),
+                _ => false,
+            },
+            Event::Delete(object) => match (key(&object), &mut self.resources[index]) {
+                (Some(key), Some(objects)) => objects.remove(&key).is_some(),
+                _ => false,
+            },
         }
-        let old: BTreeMap<_, _> = self
-            .objects
-            .iter()
-            .filter(|((i, _, _), _)| *i == index)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let first = !self.listed[index];
-        self.listed[index] = true;
-        if old == fresh {
-            return first;
-        }
-        self.objects.retain(|(i, _, _), _| *i != index);
-        self.objects.extend(fresh);
-        true
     }
 
-    /// Applies one watch event of resource `index` (`{"type", "object"}`).
-    pub fn apply(&mut self, index: usize, event: &Value) -> Result<Applied, String> {
-        let kind = event["type"].as_str().unwrap_or("");
-        let object = &event["object"];
-        match kind {
-            "BOOKMARK" => return Ok(Applied::Bookmark),
-            "ERROR" => {
-                return if object["code"] == 410 {
-                    Ok(Applied::Expired)
-                } else {
-                    Err(format!("watch error: {}", object["message"]))
-                }
-            }
-            _ => {}
-        }
-        let key = key(index, object).ok_or("a watch event without metadata.name")?;
-        let mut object = object.clone();
-        fill_type(&RESOURCES[index], &mut object);
-        let changed = match kind {
-            "ADDED" | "MODIFIED" => self.objects.insert(key, object.clone()) != Some(object),
-            "DELETED" => self.objects.remove(&key).is_some(),
-            other => return Err(format!("unknown watch event type {other:?}")),
-        };
-        Ok(if changed {
-            Applied::Changed
-        } else {
-            Applied::Unchanged
-        })
+    /// Resource `index` is not served (its CRD is not installed): it counts as listed and
+    /// empty; whether that changed anything.
+    pub fn absent(&mut self, index: usize) -> bool {
+        self.relisting[index] = None;
+        self.replace(index, Objects::new())
+    }
+
+    fn replace(&mut self, index: usize, objects: Objects) -> bool {
+        let changed = self.resources[index].as_ref() != Some(&objects);
+        self.resources[index] = Some(objects);
+        changed
     }
 
     /// Whether every resource has been listed at least once.
     pub fn ready(&self) -> bool {
-        self.listed.iter().all(|listed| *listed)
+        self.resources.iter().all(Option::is_some)
     }
 
     /// Every cached object.
     pub fn objects(&self) -> Vec<Value> {
-        self.objects.values().cloned().collect()
+        self.resources
+            .iter()
+            .flatten()
+            .flat_map(|objects| objects.values().cloned())
+            .collect()
     }
 }
 
-fn key(index: usize, object: &Value) -> Option<(usize, String, String)> {
+fn key(object: &Value) -> Option<(String, String)> {
     let name = object["metadata"]["name"].as_str()?;
     let namespace = object["metadata"]["namespace"].as_str().unwrap_or("");
-    Some((index, namespace.to_owned(), name.to_owned()))
+    Some((namespace.to_owned(), name.to_owned()))
 }
 
-/// LIST items carry no `apiVersion`/`kind`; the translation needs them.
-fn fill_type(resource: &Resource, object: &mut Value) {
-    if let Value::Object(map) = object {
-        map.insert("apiVersion".to_owned(), Value::from(resource.api_version));
+/// An object as the translation reads it: JSON with `apiVersion` and `kind` (LIST items do
+/// not carry them, so [`DynamicObject`]s from a LIST lack them).
+pub fn to_json<K: Serialize>(resource: &Resource, object: &K) -> Value {
+    // Serializing a k8s-openapi object or a DynamicObject cannot fail (string keys only);
+    // were it to, the object has no name and the cache skips it.
+    let mut object = serde_json::to_value(object).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut object {
+        map.insert("apiVersion".to_owned(), Value::from(resource.api_version()));
         map.insert("kind".to_owned(), Value::from(resource.kind));
     }
-}
-
-/// A LIST answer: its items (typed) and the collection's `resourceVersion`.
-pub fn parse_list(resource: &Resource, body: &[u8]) -> Result<(Vec<Value>, String), String> {
-    let list: Value = serde_json::from_slice(body).map_err(|e| format!("LIST answer: {e}"))?;
-    let version = list["metadata"]["resourceVersion"]
-        .as_str()
-        .ok_or("LIST answer without metadata.resourceVersion")?
-        .to_owned();
-    let mut items = match &list["items"] {
-        Value::Array(items) => items.clone(),
-        Value::Null => Vec::new(),
-        _ => return Err("LIST answer: items is not a list".to_owned()),
-    };
-    for item in &mut items {
-        fill_type(resource, item);
-    }
-    Ok((items, version))
-}
-
-/// Splits a watch stream into its newline-separated events, each at most [`MAX_EVENT`].
-#[derive(Debug, Default)]
-pub struct Lines {
-    buffer: Vec<u8>,
-}
-
-impl Lines {
-    /// Adds `chunk`; the complete lines it finished (empty lines skipped).
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-        self.buffer.extend_from_slice(chunk);
-        let mut lines = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.buffer.drain(..=end).collect();
-            let line = &line[..line.len() - 1];
-            if !line.iter().all(u8::is_ascii_whitespace) {
-                lines.push(line.to_vec());
-            }
-        }
-        if self.buffer.len() > MAX_EVENT {
-            return Err(format!("a watch event longer than {MAX_EVENT} bytes"));
-        }
-        Ok(lines)
-    }
+    object
 }
 
 /// The translated cluster as the store keeps documents (sorted by key), or why it is invalid.
@@ -311,27 +285,47 @@ pub async fn publish(
 
 /// Follows every resource and keeps the store in line with the cluster until the process
 /// ends.
-pub async fn run(state: Arc<ControlState>, client: ApiClient, trust_domain: String) {
-    run_reporting(state, client, trust_domain, None).await;
+pub async fn run(state: Arc<ControlState>, client: Client, trust_domain: String) {
+    run_reporting(state, client, trust_domain, None, MISSING_RECHECK).await;
 }
 
 /// [`run`], sending the outcome of every translation to `report` when given (dropped when
-/// the channel is full).
+/// the channel is full), checking kinds that are not served again after `recheck`.
 async fn run_reporting(
     state: Arc<ControlState>,
-    client: ApiClient,
+    client: Client,
     trust_domain: String,
     report: Option<tokio::sync::mpsc::Sender<Result<Option<u64>, String>>>,
+    recheck: Duration,
 ) {
     let cache = Arc::new(Mutex::new(Cache::default()));
     let changed = Arc::new(Notify::new());
-    for index in 0..RESOURCES.len() {
-        tokio::spawn(follow(
-            client.clone(),
-            index,
-            Arc::clone(&cache),
-            Arc::clone(&changed),
-        ));
+    for (index, resource) in RESOURCES.iter().enumerate() {
+        let cache = Arc::clone(&cache);
+        let changed = Arc::clone(&changed);
+        match resource.kind {
+            "Service" => tokio::spawn(follow(
+                Api::<Service>::all(client.clone()),
+                index,
+                cache,
+                changed,
+                recheck,
+            )),
+            "EndpointSlice" => tokio::spawn(follow(
+                Api::<EndpointSlice>::all(client.clone()),
+                index,
+                cache,
+                changed,
+                recheck,
+            )),
+            _ => tokio::spawn(follow(
+                Api::<DynamicObject>::all_with(client.clone(), &resource.api_resource()),
+                index,
+                cache,
+                changed,
+                recheck,
+            )),
+        };
     }
     loop {
         changed.notified().await;
@@ -360,140 +354,63 @@ async fn run_reporting(
     }
 }
 
-/// Why a watch ended.
-enum WatchEnd {
-    /// The server closed it (its timeout): resume from this version.
-    Closed(String),
-    /// The version is gone: relist.
-    Expired,
+/// Whether a watcher error says the API server does not serve the resource (404: its CRD is
+/// not installed).
+fn not_served(error: &watcher::Error) -> bool {
+    matches!(
+        error,
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+            if status.code == 404
+    )
 }
 
-/// List-then-watch of one resource, forever.
-async fn follow(client: ApiClient, index: usize, cache: Arc<Mutex<Cache>>, changed: Arc<Notify>) {
+/// Follows resource `index` through `api` with kube's watcher, forever; while it is not
+/// served, checks again every `recheck`.
+async fn follow<K>(
+    api: Api<K>,
+    index: usize,
+    cache: Arc<Mutex<Cache>>,
+    changed: Arc<Notify>,
+    recheck: Duration,
+) where
+    K: kube::Resource + Clone + DeserializeOwned + Serialize + Debug + Send + 'static,
+{
     let resource = &RESOURCES[index];
-    let mut backoff = BACKOFF.0;
     loop {
-        let mut version = match list(&client, resource).await {
-            Ok(Some((items, version))) => {
-                if cache.lock().is_ok_and(|mut c| c.replace(index, items)) {
-                    changed.notify_one();
-                }
-                version
-            }
-            Ok(None) => {
-                tracing::info!(
-                    kind = resource.kind,
-                    "not served by the API server (CRD not installed?); counted as empty"
-                );
-                if cache.lock().is_ok_and(|mut c| c.replace(index, Vec::new())) {
-                    changed.notify_one();
-                }
-                tokio::time::sleep(MISSING_RECHECK).await;
-                continue;
-            }
-            Err(error) => {
-                tracing::warn!(kind = resource.kind, %error, "LIST failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF.1);
-                continue;
-            }
-        };
-        backoff = BACKOFF.0;
-        loop {
-            match watch(&client, index, &version, &cache, &changed).await {
-                Ok(WatchEnd::Closed(last)) => version = last,
-                Ok(WatchEnd::Expired) => break,
-                Err(error) => {
-                    tracing::warn!(kind = resource.kind, %error, "watch failed; relisting");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF.1);
+        let events = watcher(api.clone(), watcher::Config::default()).default_backoff();
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(error) if not_served(&error) => {
+                    tracing::info!(
+                        kind = resource.kind,
+                        "not served by the API server (CRD not installed?); counted as empty"
+                    );
+                    if cache.lock().is_ok_and(|mut c| c.absent(index)) {
+                        changed.notify_one();
+                    }
                     break;
                 }
+                Err(error) => {
+                    tracing::warn!(kind = resource.kind, %error, "watch failed; retrying");
+                    continue;
+                }
+            };
+            let event = match event {
+                Event::Init => Event::Init,
+                Event::InitApply(object) => Event::InitApply(to_json(resource, &object)),
+                Event::InitDone => Event::InitDone,
+                Event::Apply(object) => Event::Apply(to_json(resource, &object)),
+                Event::Delete(object) => Event::Delete(to_json(resource, &object)),
+            };
+            if cache.lock().is_ok_and(|mut c| c.apply(index, event)) {
+                changed.notify_one();
             }
         }
+        tokio::time::sleep(recheck).await;
     }
-}
-
-/// LISTs `resource`: its items and version, or `None` when the API server does not serve it.
-async fn list(
-    client: &ApiClient,
-    resource: &Resource,
-) -> Result<Option<(Vec<Value>, String)>, String> {
-    let request = async {
-        let response = client.send(Method::GET, resource.path, None).await?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_LIST)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the LIST answer: {e}"))?
-            .to_bytes();
-        Ok::<_, String>((status, body))
-    };
-    let (status, body) = tokio::time::timeout(LIST_TIMEOUT, request)
-        .await
-        .map_err(|_| format!("LIST not answered within {LIST_TIMEOUT:?}"))??;
-    match status {
-        StatusCode::OK => parse_list(resource, &body).map(Some),
-        StatusCode::NOT_FOUND => Ok(None),
-        other => Err(format!("LIST answered {other}: {}", excerpt(&body))),
-    }
-}
-
-/// Watches resource `index` from `version`, applying events to `cache`.
-async fn watch(
-    client: &ApiClient,
-    index: usize,
-    version: &str,
-    cache: &Mutex<Cache>,
-    changed: &Notify,
-) -> Result<WatchEnd, String> {
-    let resource = &RESOURCES[index];
-    let path = format!(
-        "{}?watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={version}",
-        resource.path
-    );
-    let response = tokio::time::timeout(LIST_TIMEOUT, client.send(Method::GET, &path, None))
-        .await
-        .map_err(|_| "watch not answered in time".to_owned())??;
-    match response.status() {
-        StatusCode::OK => {}
-        StatusCode::GONE => return Ok(WatchEnd::Expired),
-        other => return Err(format!("watch answered {other}")),
-    }
-    let mut body = response.into_body();
-    let mut lines = Lines::default();
-    let mut last = version.to_owned();
-    loop {
-        let frame = match tokio::time::timeout(WATCH_IDLE, body.frame()).await {
-            Err(_) => return Err(format!("watch silent for {WATCH_IDLE:?}")),
-            Ok(None) => return Ok(WatchEnd::Closed(last)),
-            Ok(Some(Err(error))) => return Err(format!("watch stream: {error}")),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers
-        };
-        for line in lines.push(&data)? {
-            let event: Value =
-                serde_json::from_slice(&line).map_err(|e| format!("watch event: {e}"))?;
-            let applied = cache
-                .lock()
-                .map_err(|_| "cache lock poisoned".to_owned())?
-                .apply(index, &event)?;
-            if let Some(seen) = event["object"]["metadata"]["resourceVersion"].as_str() {
-                last = seen.to_owned();
-            }
-            match applied {
-                Applied::Changed => changed.notify_one(),
-                Applied::Expired => return Ok(WatchEnd::Expired),
-                Applied::Unchanged | Applied::Bookmark => {}
-            }
-        }
-    }
-}
-
-fn excerpt(body: &Bytes) -> String {
-    String::from_utf8_lossy(body).chars().take(200).collect()
 }
 
 #[cfg(test)]

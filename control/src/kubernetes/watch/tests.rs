@@ -1,6 +1,8 @@
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::Response;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
@@ -8,7 +10,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::kubernetes::api::stand_in::{self, Body};
+use crate::kubernetes::client::{self, stand_in};
 use crate::store::Store;
 
 fn cluster() -> Vec<Value> {
@@ -25,98 +27,133 @@ fn index_of(kind: &str) -> usize {
 }
 
 #[test]
-fn events_change_the_cache() {
+fn resources_name_their_collections() {
+    let service = &RESOURCES[index_of("Service")];
+    assert_eq!(service.path(), "/api/v1/services");
+    assert_eq!(service.api_version(), "v1");
+    let route = &RESOURCES[index_of("HTTPRoute")];
+    assert_eq!(
+        route.path(),
+        "/apis/gateway.networking.k8s.io/v1/httproutes"
+    );
+    assert_eq!(route.api_version(), "gateway.networking.k8s.io/v1");
+    let resource = RESOURCES[index_of("TrafficPolicy")].api_resource();
+    assert_eq!(resource.api_version, "ficus.dev/v1alpha1");
+    assert_eq!(resource.plural, "trafficpolicies");
+}
+
+#[test]
+fn watcher_events_change_the_cache() {
     let mut cache = Cache::default();
     let service = index_of("Service");
     assert!(!cache.ready());
-    let svc = json!({"metadata": {"name": "web", "namespace": "shop", "resourceVersion": "1"}});
+    let svc = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "1"}});
+    let list = |cache: &mut Cache, objects: &[Value]| {
+        assert!(!cache.apply(service, Event::Init));
+        for object in objects {
+            assert!(!cache.apply(service, Event::InitApply(object.clone())));
+        }
+        cache.apply(service, Event::InitDone)
+    };
     assert!(
-        cache.replace(service, vec![svc.clone()]),
+        list(&mut cache, std::slice::from_ref(&svc)),
         "the first LIST counts"
     );
     assert!(
-        !cache.replace(service, vec![svc.clone()]),
+        !list(&mut cache, std::slice::from_ref(&svc)),
         "the same LIST again changes nothing"
     );
-    let modified = json!({"type": "MODIFIED", "object": {"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "2"}}});
-    assert_eq!(cache.apply(service, &modified), Ok(Applied::Changed));
-    assert_eq!(cache.apply(service, &modified), Ok(Applied::Unchanged));
-    assert_eq!(cache.objects()[0]["kind"], "Service");
-    let bookmark = json!({"type": "BOOKMARK", "object": {"kind": "Service",
-        "metadata": {"resourceVersion": "9"}}});
-    assert_eq!(cache.apply(service, &bookmark), Ok(Applied::Bookmark));
-    let deleted = json!({"type": "DELETED", "object": {"metadata": {"name": "web",
-        "namespace": "shop"}}});
-    assert_eq!(cache.apply(service, &deleted), Ok(Applied::Changed));
+    let mut modified = svc.clone();
+    modified["metadata"]["resourceVersion"] = json!("2");
+    assert!(cache.apply(service, Event::Apply(modified.clone())));
+    assert!(!cache.apply(service, Event::Apply(modified.clone())));
+    assert_eq!(cache.objects(), [modified.clone()]);
+    // A relist replaces the objects only when it is complete.
+    assert!(!cache.apply(service, Event::Init));
+    assert_eq!(cache.objects().len(), 1, "kept while relisting");
+    assert!(
+        cache.apply(service, Event::InitDone),
+        "relisted empty: web is gone"
+    );
     assert!(cache.objects().is_empty());
-    let gone = json!({"type": "ERROR", "object": {"kind": "Status", "code": 410,
-        "reason": "Expired", "message": "too old resource version: 1 (48213)"}});
-    assert_eq!(cache.apply(service, &gone), Ok(Applied::Expired));
-    let error = json!({"type": "ERROR", "object": {"kind": "Status", "code": 500,
-        "message": "internal"}});
-    assert!(cache.apply(service, &error).is_err());
-    assert!(cache
-        .apply(service, &json!({"type": "ADDED", "object": {}}))
-        .is_err());
-    assert!(cache
-        .apply(service, &json!({"type": "WHATEVER", "object": svc}))
-        .is_err());
+    assert!(cache.apply(service, Event::Apply(modified.clone())));
+    assert!(cache.apply(service, Event::Delete(modified.clone())));
+    assert!(!cache.apply(service, Event::Delete(modified)));
+    assert!(cache.objects().is_empty());
+    assert!(
+        !cache.apply(service, Event::Apply(json!({"metadata": {}}))),
+        "no name: skipped"
+    );
+    assert!(!cache.ready());
     for index in 0..RESOURCES.len() {
-        cache.replace(index, Vec::new());
+        if index != service {
+            cache.absent(index);
+        }
     }
     assert!(cache.ready());
+    // Objects of a resource not listed yet are not taken.
+    let mut fresh = Cache::default();
+    assert!(!fresh.apply(service, Event::Apply(svc)));
+    assert!(fresh.objects().is_empty());
 }
 
+/// Services and EndpointSlices are followed typed (k8s-openapi): the objects the translation
+/// then reads are those of the API server's JSON, and so is the config; the other kinds
+/// come as DynamicObjects whose LIST items carry no type.
 #[test]
-fn list_items_get_their_type() {
-    let body = json!({"kind": "ServiceList", "apiVersion": "v1",
-        "metadata": {"resourceVersion": "48213"},
-        "items": [{"metadata": {"name": "web", "namespace": "shop"}, "spec": {}}]});
-    let (items, version) =
-        parse_list(&RESOURCES[index_of("Service")], body.to_string().as_bytes()).unwrap();
-    assert_eq!(version, "48213");
-    assert_eq!(items[0]["apiVersion"], "v1");
-    assert_eq!(items[0]["kind"], "Service");
-    assert!(parse_list(&RESOURCES[0], b"{}").is_err());
-    assert!(parse_list(&RESOURCES[0], b"<html>").is_err());
+fn typed_and_dynamic_objects_translate_like_the_api_servers_json() {
+    let raw = cluster();
+    let mut through_kube = Vec::new();
+    for object in &raw {
+        let index = index_of(object["kind"].as_str().unwrap());
+        let resource = &RESOURCES[index];
+        let mut item = object.clone();
+        // As LIST items come: no type.
+        item.as_object_mut().unwrap().remove("apiVersion");
+        item.as_object_mut().unwrap().remove("kind");
+        through_kube.push(match resource.kind {
+            "Service" => to_json(resource, &serde_json::from_value::<Service>(item).unwrap()),
+            "EndpointSlice" => to_json(
+                resource,
+                &serde_json::from_value::<EndpointSlice>(item).unwrap(),
+            ),
+            _ => to_json(
+                resource,
+                &serde_json::from_value::<DynamicObject>(item).unwrap(),
+            ),
+        });
+    }
+    for (raw, kube) in raw.iter().zip(&through_kube) {
+        assert_eq!(raw["apiVersion"], kube["apiVersion"]);
+        assert_eq!(raw["kind"], kube["kind"]);
+        assert_eq!(raw["spec"], kube["spec"], "{}", raw["metadata"]["name"]);
+        assert_eq!(raw["endpoints"], kube["endpoints"]);
+        assert_eq!(raw["ports"], kube["ports"]);
+    }
+    assert_eq!(
+        documents(&raw, "cluster.local").unwrap(),
+        documents(&through_kube, "cluster.local").unwrap()
+    );
 }
 
-#[test]
-fn watch_streams_split_into_events_across_chunks() {
-    let mut lines = Lines::default();
-    assert!(lines.push(b"{\"type\":").unwrap().is_empty());
-    let out = lines
-        .push(b"\"ADDED\"}\n\n{\"type\":\"DELETED\"}\n{\"ty")
-        .unwrap();
-    assert_eq!(
-        out,
-        [
-            b"{\"type\":\"ADDED\"}".to_vec(),
-            b"{\"type\":\"DELETED\"}".to_vec()
-        ]
-    );
-    assert_eq!(
-        lines.push(b"pe\":1}\n").unwrap(),
-        [b"{\"type\":1}".to_vec()]
-    );
-    assert!(lines.push(&vec![b'x'; MAX_EVENT + 1]).is_err(), "bounded");
-}
-
-/// The stand-in API server's view of the cluster, and a channel per watched resource.
+/// The stand-in API server's view of the cluster, and a channel per open watch.
 struct Cluster {
     objects: Mutex<Vec<Value>>,
+    /// LIST requests by collection path, in order.
     lists: Mutex<Vec<String>>,
     watches: Mutex<BTreeMap<String, mpsc::Sender<Value>>>,
-    /// Watch requests by collection path, in order.
-    watch_requests: Mutex<Vec<String>>,
+    /// Watch requests: collection path and the `resourceVersion` asked for.
+    watch_requests: Mutex<Vec<(String, String)>>,
+    /// Whether the experimental Gateway API channel (TCPRoute) is installed.
+    tcp_routes: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
     /// Sends a watch event on `kind`'s open watch, and keeps the LIST view in line.
     async fn event(&self, kind: &str, event: Value) {
-        let resource = RESOURCES[index_of(kind)];
-        if event["type"] != "ERROR" {
+        let path = RESOURCES[index_of(kind)].path();
+        if event["type"] == "ADDED" || event["type"] == "MODIFIED" || event["type"] == "DELETED" {
             let object = &event["object"];
             let mut objects = self.objects.lock().unwrap();
             objects.retain(|o| {
@@ -128,7 +165,7 @@ impl Cluster {
         }
         let started = Instant::now();
         loop {
-            let sender = self.watches.lock().unwrap().get(resource.path).cloned();
+            let sender = self.watches.lock().unwrap().get(&path).cloned();
             if let Some(sender) = sender {
                 if sender.send(event.clone()).await.is_ok() {
                     return;
@@ -142,59 +179,95 @@ impl Cluster {
         }
     }
 
+    /// Ends `kind`'s open watch, as the API server does after `timeoutSeconds`.
+    fn end_watch(&self, kind: &str) {
+        self.watches
+            .lock()
+            .unwrap()
+            .remove(&RESOURCES[index_of(kind)].path());
+    }
+
     fn list_count(&self, kind: &str) -> usize {
-        let path = RESOURCES[index_of(kind)].path;
+        let path = RESOURCES[index_of(kind)].path();
         self.lists
             .lock()
             .unwrap()
             .iter()
-            .filter(|p| *p == path)
+            .filter(|p| **p == path)
             .count()
     }
 
-    fn watch_count(&self, kind: &str) -> usize {
-        let path = RESOURCES[index_of(kind)].path;
+    /// The `resourceVersion`s of `kind`'s watch requests, in order.
+    fn watch_versions(&self, kind: &str) -> Vec<String> {
+        let path = RESOURCES[index_of(kind)].path();
         self.watch_requests
             .lock()
             .unwrap()
             .iter()
-            .filter(|p| *p == path)
-            .count()
+            .filter(|(p, _)| *p == path)
+            .map(|(_, version)| version.clone())
+            .collect()
+    }
+
+    /// Waits until `kind` has had more than `watches` watch requests.
+    async fn wait_watches(&self, kind: &str, watches: usize) {
+        let started = Instant::now();
+        while self.watch_versions(kind).len() <= watches {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no new watch of {kind}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
-async fn stand_in_cluster() -> (Arc<Cluster>, ApiClient, tempfile::TempDir) {
+/// The value of `name` in a query string.
+fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+async fn stand_in_cluster() -> (Arc<Cluster>, Client, tempfile::TempDir) {
     let cluster = Arc::new(Cluster {
         objects: Mutex::new(cluster()),
         lists: Mutex::new(Vec::new()),
         watches: Mutex::new(BTreeMap::new()),
         watch_requests: Mutex::new(Vec::new()),
+        tcp_routes: std::sync::atomic::AtomicBool::new(false),
     });
     let serving = Arc::clone(&cluster);
-    let (server, dir) = stand_in::start(move |_method, path: String, authorization, _body| {
+    let (config, dir) = stand_in::start(move |method, path: String, authorization, _body| {
         let cluster = Arc::clone(&serving);
         async move {
-            assert_eq!(authorization, "Bearer control-plane-own-token");
+            assert_eq!(method, http::Method::GET);
+            assert_eq!(authorization, format!("Bearer {}", stand_in::OWN_TOKEN));
             let (collection, query) = path.split_once('?').unwrap_or((&path, ""));
-            let Some(resource) = RESOURCES.iter().find(|r| r.path == collection) else {
-                return stand_in::json(404, &json!({"kind": "Status", "code": 404}));
+            let Some(resource) = RESOURCES.iter().find(|r| r.path() == collection) else {
+                return stand_in::status(404, "NotFound", "the server could not find the requested resource");
             };
-            if resource.kind == "TCPRoute" {
-                // The experimental Gateway API channel is not installed here.
-                return stand_in::json(404, &json!({"kind": "Status", "code": 404}));
+            let watch = query_value(query, "watch") == Some("true");
+            if !watch {
+                cluster.lists.lock().unwrap().push(resource.path());
             }
-            if query.contains("watch=1") {
+            if resource.kind == "TCPRoute" && !cluster.tcp_routes.load(Ordering::Relaxed) {
+                // The experimental Gateway API channel is not installed (yet).
+                return stand_in::status(404, "NotFound", "the server could not find the requested resource");
+            }
+            if watch {
                 let (sender, receiver) = mpsc::channel::<Value>(16);
                 cluster
                     .watches
                     .lock()
                     .unwrap()
-                    .insert(resource.path.to_owned(), sender);
-                cluster
-                    .watch_requests
-                    .lock()
-                    .unwrap()
-                    .push(resource.path.to_owned());
+                    .insert(resource.path(), sender);
+                cluster.watch_requests.lock().unwrap().push((
+                    resource.path(),
+                    query_value(query, "resourceVersion")
+                        .unwrap_or("")
+                        .to_owned(),
+                ));
                 let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
                     let event = receiver.recv().await?;
                     let line = format!("{event}\n");
@@ -203,9 +276,12 @@ async fn stand_in_cluster() -> (Arc<Cluster>, ApiClient, tempfile::TempDir) {
                         receiver,
                     ))
                 });
-                return Response::new(BodyExt::boxed(StreamBody::new(stream)));
+                let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+                response
+                    .headers_mut()
+                    .insert(http::header::CONTENT_TYPE, "application/json".parse().unwrap());
+                return response;
             }
-            cluster.lists.lock().unwrap().push(resource.path.to_owned());
             let items: Vec<Value> = cluster
                 .objects
                 .lock()
@@ -220,16 +296,15 @@ async fn stand_in_cluster() -> (Arc<Cluster>, ApiClient, tempfile::TempDir) {
                     item
                 })
                 .collect();
-            let list: Response<Body> = stand_in::json(
+            stand_in::json(
                 200,
-                &json!({"kind": format!("{}List", resource.kind), "apiVersion": resource.api_version,
+                &json!({"kind": format!("{}List", resource.kind), "apiVersion": resource.api_version(),
                         "metadata": {"resourceVersion": "48213"}, "items": items}),
-            );
-            list
+            )
         }
     })
     .await;
-    (cluster, ApiClient::new(server).unwrap(), dir)
+    (cluster, client::connect(config).unwrap(), dir)
 }
 
 /// Waits until the current version is `version`.
@@ -268,13 +343,14 @@ fn split(record: &crate::state::VersionRecord) -> Vec<u64> {
         .collect()
 }
 
-fn route_with(weights: [u64; 2]) -> Value {
+fn route_with(weights: [u64; 2], version: u64) -> Value {
     let mut route = cluster()
         .into_iter()
         .find(|o| o["kind"] == "HTTPRoute")
         .unwrap();
     route["spec"]["rules"][0]["backendRefs"][0]["weight"] = json!(weights[0]);
     route["spec"]["rules"][0]["backendRefs"][1]["weight"] = json!(weights[1]);
+    route["metadata"]["resourceVersion"] = json!(version.to_string());
     route
 }
 
@@ -290,44 +366,86 @@ async fn the_cluster_becomes_versions_and_invalid_states_are_never_committed() {
         client,
         "cluster.local".to_owned(),
         Some(report),
+        Duration::from_millis(100),
     ));
 
-    // Listed: one version with the Services as Backends and the route's 90/10 split.
+    // Listed (TCPRoute is not served: counted as empty): one version with the Services as
+    // Backends and the route's 90/10 split.
     let first = wait_version(&state, 1).await;
     assert_eq!(split(&first), [90, 10]);
     assert!(first.documents.iter().any(|d| d["kind"] == "Backend"
         && d["metadata"]["name"] == "monolith"
         && d["spec"]["endpoints"][0]["identity"] == "spiffe://cluster.local/ns/shop/sa/monolith"));
     assert_eq!(first.author.as_deref(), Some("kubernetes"));
+    assert!(cluster.list_count("TCPRoute") >= 1);
+    assert!(cluster.watch_versions("TCPRoute").is_empty());
+
+    // The missing CRD is checked again: once installed, TCPRoutes are listed and watched
+    // (none exist: nothing new to commit).
+    cluster.tcp_routes.store(true, Ordering::Relaxed);
+    cluster.wait_watches("TCPRoute", 0).await;
 
     // A change of the route is pushed as the next version.
     cluster
         .event(
             "HTTPRoute",
-            json!({"type": "MODIFIED", "object": route_with([50, 50])}),
+            json!({"type": "MODIFIED", "object": route_with([50, 50], 48250)}),
         )
         .await;
     assert_eq!(split(&*wait_version(&state, 2).await), [50, 50]);
 
-    // 410 Gone: the route is relisted; the same cluster makes no new version.
-    let (lists, watches) = (
-        cluster.list_count("HTTPRoute"),
-        cluster.watch_count("HTTPRoute"),
-    );
+    // A bookmark moves the version; a watch the API server ends is resumed from there,
+    // without a LIST.
+    let lists = cluster.list_count("HTTPRoute");
+    let watches = cluster.watch_versions("HTTPRoute").len();
     cluster
         .event(
             "HTTPRoute",
-            json!({"type": "ERROR", "object": {"kind": "Status", "code": 410}}),
+            json!({"type": "BOOKMARK", "object": {"kind": "HTTPRoute",
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "metadata": {"resourceVersion": "48300"}}}),
         )
         .await;
-    let started = Instant::now();
-    while cluster.list_count("HTTPRoute") == lists || cluster.watch_count("HTTPRoute") == watches {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no relist and new watch after 410"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster.end_watch("HTTPRoute");
+    cluster.wait_watches("HTTPRoute", watches).await;
+    assert_eq!(
+        cluster
+            .watch_versions("HTTPRoute")
+            .last()
+            .map(String::as_str),
+        Some("48300")
+    );
+    assert_eq!(
+        cluster.list_count("HTTPRoute"),
+        lists,
+        "resumed, not relisted"
+    );
+
+    // 410 Gone: the route is relisted and watched again; the same cluster makes no new
+    // version.
+    let watches = cluster.watch_versions("HTTPRoute").len();
+    cluster
+        .event(
+            "HTTPRoute",
+            json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                "status": "Failure", "reason": "Expired", "code": 410,
+                "message": "too old resource version: 48300 (48400)"}}),
+        )
+        .await;
+    cluster.wait_watches("HTTPRoute", watches).await;
+    assert_eq!(
+        cluster.list_count("HTTPRoute"),
+        lists + 1,
+        "relisted after 410"
+    );
+    assert_eq!(
+        cluster
+            .watch_versions("HTTPRoute")
+            .last()
+            .map(String::as_str),
+        Some("48213"),
+        "watched from the new LIST"
+    );
 
     // The payments-v2 Service goes away: the route then points at nothing, which is invalid,
     // so no version is made; it comes back (the config of version 2: nothing new); then a real
@@ -361,7 +479,7 @@ async fn the_cluster_becomes_versions_and_invalid_states_are_never_committed() {
     cluster
         .event(
             "HTTPRoute",
-            json!({"type": "MODIFIED", "object": route_with([0, 100])}),
+            json!({"type": "MODIFIED", "object": route_with([0, 100], 48500)}),
         )
         .await;
     assert_eq!(split(&*wait_version(&state, 3).await), [0, 100]);
