@@ -9,7 +9,7 @@ use ficus_tests::process::{run_sidecar, Sidecar};
 use ficus_tests::upstream::Upstream;
 
 fn config(version: u64, a: std::net::SocketAddr, b: std::net::SocketAddr) -> String {
-    let target = if version % 2 == 0 { "a" } else { "b" };
+    let target = if version.is_multiple_of(2) { "a" } else { "b" };
     format!(
         "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: a, namespace: shop}}\n\
          spec: {{endpoints: [{{address: \"{a}\"}}]}}\n---\n\
@@ -233,7 +233,7 @@ async fn wait_route_version(sidecar: &Sidecar, version: u64) {
     loop {
         let response = checker.get("svc", "/").await.unwrap();
         if response.header("x-version") == version.to_string() {
-            let want = if version % 2 == 0 { "a" } else { "b" };
+            let want = if version.is_multiple_of(2) { "a" } else { "b" };
             assert_eq!(
                 response.text(),
                 want,

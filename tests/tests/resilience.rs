@@ -96,7 +96,7 @@ impl Drop for Scripted {
 
 /// Every tenth request fails with 503.
 fn one_in_ten(n: usize, _: &str) -> (StatusCode, Option<Duration>) {
-    if n % 10 == 0 {
+    if n.is_multiple_of(10) {
         (StatusCode::SERVICE_UNAVAILABLE, None)
     } else {
         (StatusCode::OK, None)

@@ -111,7 +111,7 @@ async fn call(client: &mut CertificatesClient<Channel>, text: String) -> Result<
 
 /// Every third call is `UNAVAILABLE`.
 fn every_third_unavailable(n: usize) -> Result<(), Status> {
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         Err(Status::unavailable("shedding load"))
     } else {
         Ok(())

@@ -113,7 +113,7 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let n = counts.served.fetch_add(1, Ordering::Relaxed);
     if bad.load(Ordering::Relaxed) {
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             return Ok(text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "bad instance\n".into(),

@@ -149,7 +149,7 @@ async fn run_worker(
             _ = stopped.changed() => return,
         }
         n += 1;
-        let (path, counters) = if n % 5 == 0 {
+        let (path, counters) = if n.is_multiple_of(5) {
             (format!("/api/catalog/{worker}-{n}"), &other)
         } else {
             (format!("/api/payments/{worker}-{n}"), &payments)
