@@ -13,7 +13,8 @@ use hyper_util::rt::TokioIo;
 
 use super::error::ProxyError;
 use super::headers::{
-    append_forwarded, ensure_request_id, strip_hop_by_hop, upgrade_protocol, X_FICUS_PEER_IDENTITY,
+    append_forwarded, ensure_request_id, present, remove_hop_by_hop, strip_hop_by_hop,
+    upgrade_protocol, X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY,
 };
 use crate::body::{with_idle_timeout, Body, BodyIdle};
 use crate::tunnel::copy_with_idle_timeout;
@@ -43,7 +44,7 @@ impl Authority {
 
 /// Splits a downstream request for forwarding to an HTTP/1.1 or HTTP/2 (`http2`) upstream:
 /// hop-by-hop headers removed (an HTTP/1.1 `Upgrade` kept, with its pending switch returned),
-/// `x-ficus-peer-identity` removed (only the sidecar may assert identities),
+/// `x-ficus-peer-identity` and `x-ficus-orig-proto` removed (only sidecars may set them),
 /// `x-forwarded-for`/`forwarded` appended, `x-request-id` ensured.
 ///
 /// The switch is kept for HTTP/2 upstreams too: to a peer sidecar (mTLS) the pool sends it
@@ -55,14 +56,21 @@ pub fn prepare<B>(
     peer: SocketAddr,
     http2: bool,
 ) -> (http::request::Parts, B, Option<OnUpgrade>) {
+    let present = present(request.headers());
+    // A switch needs `Connection: upgrade`, a hop-by-hop header.
     let upgrade = match request.version() {
-        http::Version::HTTP_11 => upgrade_protocol(request.headers()),
+        http::Version::HTTP_11 if present.hop_by_hop => upgrade_protocol(request.headers()),
         _ => None,
     };
     let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
-    strip_hop_by_hop(&mut parts.headers, upgrade.as_ref(), http2);
-    parts.headers.remove(X_FICUS_PEER_IDENTITY);
+    if present.hop_by_hop {
+        remove_hop_by_hop(&mut parts.headers, upgrade.as_ref(), http2);
+    }
+    if present.ficus {
+        parts.headers.remove(X_FICUS_PEER_IDENTITY);
+        parts.headers.remove(X_FICUS_ORIG_PROTO);
+    }
     append_forwarded(&mut parts.headers, peer);
     ensure_request_id(&mut parts.headers);
     (parts, body, on_upgrade)

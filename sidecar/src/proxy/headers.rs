@@ -47,6 +47,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>, 
     if upgrade.is_none() && !headers.keys().any(is_hop_by_hop) {
         return;
     }
+    remove_hop_by_hop(headers, upgrade, te_trailers);
+}
+
+/// What a forwarded request may carry that [`prepare`](super::forward::prepare) removes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Present {
+    /// A hop-by-hop header (see [`strip_hop_by_hop`]).
+    pub hop_by_hop: bool,
+    /// `x-ficus-peer-identity` or `x-ficus-orig-proto` (only sidecars may set them).
+    pub ficus: bool,
+}
+
+/// One pass over the names instead of a hashed lookup per header that might be there.
+pub fn present(headers: &HeaderMap) -> Present {
+    let mut present = Present::default();
+    for name in headers.keys() {
+        present.hop_by_hop |= is_hop_by_hop(name);
+        present.ficus |= name == X_FICUS_PEER_IDENTITY || name == X_FICUS_ORIG_PROTO;
+    }
+    present
+}
+
+/// [`strip_hop_by_hop`] without first looking whether there is anything to remove.
+pub fn remove_hop_by_hop(
+    headers: &mut HeaderMap,
+    upgrade: Option<&HeaderValue>,
+    te_trailers: bool,
+) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -233,6 +261,26 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h[header::TE], "trailers");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn present_finds_what_prepare_removes() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let p = present(&h);
+        assert!(!p.hop_by_hop && !p.ficus);
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        assert!(present(&h).hop_by_hop);
+        let mut h = HeaderMap::new();
+        h.insert(X_FICUS_ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+        assert!(present(&h).ficus && !present(&h).hop_by_hop);
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_FICUS_PEER_IDENTITY,
+            HeaderValue::from_static("spiffe://x"),
+        );
+        assert!(present(&h).ficus);
     }
 
     #[test]

@@ -85,7 +85,6 @@ pub async fn handle(
     let http2 = request.version() == Version::HTTP_2 && !carried_http1;
     let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
     span.inject(&mut parts.headers);
-    parts.headers.remove(X_FICUS_ORIG_PROTO);
     // `prepare` removed any caller-supplied value; only a verified mTLS peer sets it.
     if let Some(identity) = identity {
         parts.headers.insert(X_FICUS_PEER_IDENTITY, identity);

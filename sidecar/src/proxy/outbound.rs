@@ -165,7 +165,6 @@ async fn route_and_forward<'s>(
     let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
     let upgrading = on_upgrade.is_some();
     span.inject(&mut parts.headers);
-    parts.headers.remove(X_FICUS_ORIG_PROTO);
     if carried_http1 {
         parts
             .headers
