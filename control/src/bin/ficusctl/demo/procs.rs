@@ -20,9 +20,23 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A loopback address with a port nobody listens on right now (the port is released, so a
 /// start that loses it to someone else is retried on another).
 pub fn free_addr() -> Result<SocketAddr, CtlError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map_err(|e| CtlError::failed(format!("cannot find a free loopback port: {e}")))
+    free_addrs::<1>().map(|[addr]| addr)
+}
+
+/// `N` different free loopback addresses: all are bound at once before any is released (one
+/// at a time, the kernel may hand out the same released port twice).
+pub fn free_addrs<const N: usize>() -> Result<[SocketAddr; N], CtlError> {
+    let failed =
+        |e: std::io::Error| CtlError::failed(format!("cannot find a free loopback port: {e}"));
+    let mut held = Vec::with_capacity(N);
+    for _ in 0..N {
+        held.push(TcpListener::bind("127.0.0.1:0").map_err(failed)?);
+    }
+    let mut addrs = [SocketAddr::from(([127, 0, 0, 1], 0)); N];
+    for (addr, listener) in addrs.iter_mut().zip(&held) {
+        *addr = listener.local_addr().map_err(failed)?;
+    }
+    Ok(addrs)
 }
 
 /// One started process.
@@ -41,6 +55,8 @@ pub struct Processes {
     dir: tempfile::TempDir,
     pids: Vec<u32>,
     ports: Vec<u16>,
+    /// Log of the last start attempt that exited and was retried.
+    last_failed_log: Option<PathBuf>,
 }
 
 /// A running sidecar's addresses.
@@ -96,6 +112,7 @@ impl Processes {
             dir,
             pids: Vec::new(),
             ports: Vec::new(),
+            last_failed_log: None,
         })
     }
 
@@ -137,10 +154,8 @@ impl Processes {
         write_private(&tokens, &lines)?;
         let data = self.dir().join("data");
         for _ in 0..START_ATTEMPTS {
-            let addrs = ControlAddrs {
-                http: free_addr()?,
-                grpc: free_addr()?,
-            };
+            let [http, grpc] = free_addrs()?;
+            let addrs = ControlAddrs { http, grpc };
             let mut command = Command::new(self.bin_dir.join("ficus-control"));
             command
                 .arg("--data")
@@ -153,6 +168,7 @@ impl Processes {
             if self.wait_answer(index, addrs.http, "/ready").await? {
                 return Ok(addrs);
             }
+            self.forget_failed(index);
         }
         Err(self.failed_start("ficus-control"))
     }
@@ -168,12 +184,13 @@ impl Processes {
         app: SocketAddr,
     ) -> Result<SidecarAddrs, CtlError> {
         for _ in 0..START_ATTEMPTS {
+            let [outbound, inbound, admin] = free_addrs()?;
             let addrs = SidecarAddrs {
                 node_id: node_id.to_owned(),
                 workload: workload.to_owned(),
-                outbound: free_addr()?,
-                inbound: free_addr()?,
-                admin: free_addr()?,
+                outbound,
+                inbound,
+                admin,
             };
             let mut command = Command::new(self.bin_dir.join("ficus-sidecar"));
             command
@@ -195,6 +212,7 @@ impl Processes {
             if self.wait_answer(index, addrs.admin, "/live").await? {
                 return Ok(addrs);
             }
+            self.forget_failed(index);
         }
         Err(self.failed_start(node_id))
     }
@@ -289,10 +307,25 @@ impl Processes {
         )))
     }
 
+    /// Drops a start attempt that exited (reaped already), so that [`Processes::exited`] does
+    /// not report it once a retry runs; its pid and ports stay listed. The last attempt's log
+    /// is kept for [`Processes::failed_start`].
+    fn forget_failed(&mut self, index: usize) {
+        let mut attempt = self.started.remove(index);
+        let _ = attempt.child.wait();
+        self.last_failed_log = Some(attempt.log);
+    }
+
     fn failed_start(&self, name: &str) -> CtlError {
+        let log = self
+            .last_failed_log
+            .as_ref()
+            .and_then(|log| std::fs::read_to_string(log).ok())
+            .unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
         CtlError::failed(format!(
             "{name} exited at start {START_ATTEMPTS} times; its log:\n{}",
-            self.log_tail(name)
+            lines[lines.len().saturating_sub(15)..].join("\n")
         ))
     }
 }
