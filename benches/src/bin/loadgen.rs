@@ -275,7 +275,6 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         total.first_error = connect_failures.into_iter().next();
     }
 
-    let requests = total.ok + total.status_errors;
     let seconds = args.duration.as_secs_f64();
     let mut report = serde_json::Map::new();
     report.insert(
@@ -293,37 +292,33 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     report.insert("rate".into(), args.rate.into());
     report.insert("warmup_s".into(), args.warmup.as_secs_f64().into());
     report.insert("duration_s".into(), seconds.into());
-    report.insert("requests".into(), requests.into());
-    report.insert("ok".into(), total.ok.into());
-    report.insert("errors_status".into(), total.status_errors.into());
-    report.insert("errors_io".into(), total.io_errors.into());
-    report.insert("errors_timeout".into(), total.timeouts.into());
-    report.insert("unsent".into(), total.unsent.into());
-    let achieved = (requests as f64 / seconds * 10.0).round() / 10.0;
-    report.insert("achieved_rps".into(), achieved.into());
-    report.extend(total.latencies.summary().to_json());
-    report.insert("first_error".into(), total.first_error.into());
+    total.report_into(&mut report, seconds);
     if let Some(Target { host, addr, .. }) = paired.as_deref() {
-        let requests = total_paired.ok + total_paired.status_errors;
         let mut pair = serde_json::Map::new();
         pair.insert("host".into(), host.to_str().unwrap_or_default().into());
         pair.insert("target".into(), addr.to_string().into());
-        pair.insert("requests".into(), requests.into());
-        pair.insert("ok".into(), total_paired.ok.into());
-        pair.insert("errors_status".into(), total_paired.status_errors.into());
-        pair.insert("errors_io".into(), total_paired.io_errors.into());
-        pair.insert("errors_timeout".into(), total_paired.timeouts.into());
-        pair.insert("unsent".into(), total_paired.unsent.into());
-        let achieved = (requests as f64 / seconds * 10.0).round() / 10.0;
-        pair.insert("achieved_rps".into(), achieved.into());
-        pair.extend(total_paired.latencies.summary().to_json());
-        pair.insert("first_error".into(), total_paired.first_error.into());
+        total_paired.report_into(&mut pair, seconds);
         report.insert("paired".into(), serde_json::Value::Object(pair));
     }
     Ok(serde_json::Value::Object(report))
 }
 
 impl Tally {
+    /// Counts, achieved rate, latency summary and first error, as JSON fields of `report`.
+    fn report_into(self, report: &mut serde_json::Map<String, serde_json::Value>, seconds: f64) {
+        let requests = self.ok + self.status_errors;
+        report.insert("requests".into(), requests.into());
+        report.insert("ok".into(), self.ok.into());
+        report.insert("errors_status".into(), self.status_errors.into());
+        report.insert("errors_io".into(), self.io_errors.into());
+        report.insert("errors_timeout".into(), self.timeouts.into());
+        report.insert("unsent".into(), self.unsent.into());
+        let achieved = (requests as f64 / seconds * 10.0).round() / 10.0;
+        report.insert("achieved_rps".into(), achieved.into());
+        report.extend(self.latencies.summary().to_json());
+        report.insert("first_error".into(), self.first_error.into());
+    }
+
     fn add(&mut self, other: Tally) {
         self.latencies.merge(&other.latencies);
         self.ok += other.ok;
