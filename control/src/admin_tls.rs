@@ -30,19 +30,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use ficus_identity::ca::CertificateAuthority;
-use ficus_identity::tls::{check_svid, CertStore, TrustBundle, ALPN_HTTP1};
+use ficus_identity::tls::{
+    self, check_svid, CertStore, ClientAuth, TrustBundle, TrustStore, ALPN_HTTP1,
+};
 use ficus_identity::SpiffeId;
 use tokio::sync::watch;
-use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
-use tokio_rustls::rustls::pki_types::{CertificateDer, UnixTime};
-use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use tokio_rustls::rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
-use tokio_rustls::rustls::{
-    self, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
-};
-
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::admin::AdminTokens;
@@ -100,136 +95,38 @@ impl AdminIdentities {
     }
 }
 
-/// The client-certificate verifier of `--https`: webpki (chain to the mesh roots, validity,
-/// clientAuth usage) over the trust bundle in force, swapped when the bundle changes (root
-/// rotation: `ca/extra-roots.pem` is followed without a restart). Client certificates are
-/// requested, not required.
-#[derive(Debug)]
-pub struct AdminClientVerifier {
-    current: ArcSwap<Arc<dyn ClientCertVerifier>>,
-    trust_domain: String,
-}
-
-impl AdminClientVerifier {
-    /// A verifier trusting the roots in `bundle_pem`.
-    pub fn new(bundle_pem: &str, trust_domain: &str) -> Result<Arc<Self>, String> {
-        Ok(Arc::new(Self {
-            current: ArcSwap::from_pointee(webpki_verifier(bundle_pem, trust_domain)?),
-            trust_domain: trust_domain.to_owned(),
-        }))
-    }
-
-    /// Trusts the roots in `bundle_pem` from the next handshake on; a bad bundle changes
-    /// nothing.
-    pub fn install(&self, bundle_pem: &str) -> Result<(), String> {
-        let verifier = webpki_verifier(bundle_pem, &self.trust_domain)?;
-        self.current.store(Arc::new(verifier));
-        Ok(())
-    }
-
-    /// Installs every bundle published on `bundle` until the sender is gone.
-    pub async fn follow(self: Arc<Self>, mut bundle: watch::Receiver<Arc<str>>) {
-        while bundle.changed().await.is_ok() {
-            let pem = Arc::clone(&bundle.borrow_and_update());
-            if pem.is_empty() {
-                continue;
-            }
-            match self.install(&pem) {
-                Ok(()) => tracing::info!("--https trusts the new trust bundle"),
-                Err(error) => {
-                    tracing::error!(%error, "--https keeps its trust bundle: the new one is unusable");
-                }
+/// Puts every trust bundle published on `bundle` in force on `trust` until the sender is gone,
+/// so `--https` follows root rotation (`ca/extra-roots.pem`) without a restart. A bundle that
+/// cannot be used leaves the one in force.
+pub async fn follow_bundle(trust: Arc<TrustStore>, mut bundle: watch::Receiver<Arc<str>>) {
+    while bundle.changed().await.is_ok() {
+        let pem = Arc::clone(&bundle.borrow_and_update());
+        if pem.is_empty() {
+            continue;
+        }
+        match TrustBundle::from_pem(&pem, trust.trust_domain()).and_then(|b| trust.install(b)) {
+            Ok(true) => tracing::info!("--https trusts the new trust bundle"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::error!(%error, "--https keeps its trust bundle: the new one is unusable");
             }
         }
     }
 }
 
-fn webpki_verifier(
-    bundle_pem: &str,
-    trust_domain: &str,
-) -> Result<Arc<dyn ClientCertVerifier>, String> {
-    let bundle = TrustBundle::from_pem(bundle_pem, trust_domain)
-        .map_err(|e| format!("the trust bundle is unusable: {e}"))?;
-    let mut roots = RootCertStore::empty();
-    for root in bundle.certificates() {
-        roots
-            .add(root.clone())
-            .map_err(|e| format!("the CA root is unusable: {e}"))?;
-    }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), ficus_identity::crypto_provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| format!("client certificate verifier: {e}"))
-}
-
-impl ClientCertVerifier for AdminClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        // Optional; the hints would have to outlive a bundle swap. Clients send what they have.
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current
-            .load()
-            .verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current
-            .load()
-            .verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current
-            .load()
-            .verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current.load().supported_verify_schemes()
-    }
-}
-
-/// The server config of `--https`: TLS 1.3 only, the certificate from `store`, client
-/// certificates requested and, when presented, checked by `verifier`. ALPN `http/1.1`; no
-/// session resumption, so every connection's client certificate is verified afresh.
+/// The server config of `--https`: the mesh's (TLS 1.3 only, the certificate from `store`, no
+/// session resumption, so every connection's client certificate is verified afresh) with client
+/// certificates requested, not required: one that is presented must chain to the bundle in
+/// force on `trust` (else `unknown_ca`) and be an X.509-SVID of the trust domain. ALPN
+/// `http/1.1` only.
 pub fn server_config(
     store: Arc<CertStore>,
-    verifier: Arc<AdminClientVerifier>,
+    trust: Arc<TrustStore>,
 ) -> Result<Arc<ServerConfig>, String> {
-    let provider = ficus_identity::crypto_provider();
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| format!("TLS configuration: {e}"))?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(store);
+    let config = tls::server_config_trusting(store, trust, ClientAuth::Optional)
+        .map_err(|e| format!("TLS configuration: {e}"))?;
+    let mut config = Arc::unwrap_or_clone(config);
     config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -287,9 +184,15 @@ pub fn start(
     let identity = ServerIdentity::new(ca.trust_domain(), address).map_err(|e| e.to_string())?;
     let credentials = identity.issue(ca).map_err(|e| e.to_string())?;
     let store = CertStore::with_credentials(credentials);
-    let verifier = AdminClientVerifier::new(&ca.bundle_pem(), ca.trust_domain())?;
-    tokio::spawn(Arc::clone(&verifier).follow(state.trust_bundle.subscribe()));
-    let config = server_config(Arc::clone(&store), verifier)?;
+    let bundle = TrustBundle::from_pem(&ca.bundle_pem(), ca.trust_domain())
+        .map_err(|e| format!("the trust bundle is unusable: {e}"))?;
+    let trust =
+        TrustStore::new(bundle).map_err(|e| format!("the trust bundle is unusable: {e}"))?;
+    tokio::spawn(follow_bundle(
+        Arc::clone(&trust),
+        state.trust_bundle.subscribe(),
+    ));
+    let config = server_config(Arc::clone(&store), trust)?;
     tokio::spawn(identity.keep_renewed(Arc::clone(ca), store));
     tracing::info!(%address, admin_identities = identities.ids.len(),
         admin_tokens = admin.is_some(), "HTTPS API started");
@@ -340,33 +243,100 @@ mod tests {
         assert!(AdminIdentities::parse(&["alice".to_owned()], "cluster.local").is_err());
     }
 
-    #[test]
-    fn the_verifier_follows_the_trust_bundle() {
-        let old = CertificateAuthority::generate("cluster.local").unwrap();
-        let new = CertificateAuthority::generate("cluster.local").unwrap();
+    /// Credentials for `name` issued by `ca` (through the real issuing command).
+    fn credentials(ca: &CertificateAuthority, name: &str) -> ficus_identity::tls::Credentials {
         let dir = tempfile::tempdir().unwrap();
-        issue_admin_cert(&new, "alice", Duration::from_secs(3600), dir.path()).unwrap();
-        let chain = ficus_identity::tls::Credentials::from_pem_key(
+        issue_admin_cert(ca, name, Duration::from_secs(3600), dir.path()).unwrap();
+        ficus_identity::tls::Credentials::from_pem_key(
             &fs::read_to_string(dir.path().join("cert.pem")).unwrap(),
             &fs::read_to_string(dir.path().join("key.pem")).unwrap(),
         )
-        .unwrap();
-        let (leaf, intermediates) = chain.chain().split_first().unwrap();
-        let verifier = AdminClientVerifier::new(&old.bundle_pem(), "cluster.local").unwrap();
-        assert!(!verifier.client_auth_mandatory());
-        assert!(verifier
-            .verify_client_cert(leaf, intermediates, UnixTime::now())
-            .is_err());
-        assert!(verifier.install("not a bundle").is_err());
+        .unwrap()
+    }
+
+    /// A real TLS 1.3 handshake over an in-memory pipe, then one byte each way: what the
+    /// server saw of the client (its identity, or none), or the server's error.
+    async fn admin_handshake(
+        server: Arc<ServerConfig>,
+        client: Option<ficus_identity::tls::Credentials>,
+        bundle_pem: &str,
+    ) -> Result<Option<SpiffeId>, std::io::Error> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server_id =
+            SpiffeId::parse("spiffe://cluster.local/ns/ficus-system/sa/server").unwrap();
+        let bundle = TrustBundle::from_pem(bundle_pem, "cluster.local").unwrap();
+        let client =
+            tls::client_config(client.map(CertStore::with_credentials), &bundle, &server_id)
+                .unwrap();
+        let client = tls::with_alpn(&client, ALPN_HTTP1);
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let server_side = async move {
+            let mut stream = TlsAcceptor::from(server).accept(server_io).await?;
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await?;
+            stream.write_all(b"y").await?;
+            stream.flush().await?;
+            Ok(tls::peer_identity(stream.get_ref().1.peer_certificates()))
+        };
+        let client_side = async move {
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut stream = tokio_rustls::TlsConnector::from(client)
+                .connect(name, client_io)
+                .await?;
+            stream.write_all(b"x").await?;
+            stream.flush().await?;
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await
+        };
+        let (server_result, _) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(server_side, client_side)
+        })
+        .await
+        .expect("the handshake finished in time");
+        server_result
+    }
+
+    #[tokio::test]
+    async fn https_asks_for_certificates_and_follows_the_trust_bundle() {
+        let old = CertificateAuthority::generate("cluster.local").unwrap();
+        let new = CertificateAuthority::generate("cluster.local").unwrap();
         let both = format!("{}{}", old.bundle_pem(), new.bundle_pem());
-        verifier.install(&both).unwrap();
-        assert!(verifier
-            .verify_client_cert(leaf, intermediates, UnixTime::now())
-            .is_ok());
-        verifier.install(&old.bundle_pem()).unwrap();
-        assert!(verifier
-            .verify_client_cert(leaf, intermediates, UnixTime::now())
-            .is_err());
+        let alice = SpiffeId::parse("spiffe://cluster.local/ns/ficus-system/sa/alice").unwrap();
+        let store = CertStore::with_credentials(credentials(&old, "server"));
+        let trust =
+            TrustStore::new(TrustBundle::from_pem(&old.bundle_pem(), "cluster.local").unwrap())
+                .unwrap();
+        let config = server_config(store, Arc::clone(&trust)).unwrap();
+        assert_eq!(config.alpn_protocols, vec![ALPN_HTTP1.to_vec()]);
+
+        // No certificate: admitted (a bearer token may follow); one of the mesh: its identity.
+        let anonymous = admin_handshake(Arc::clone(&config), None, &both).await;
+        assert_eq!(anonymous.unwrap(), None);
+        let from_old =
+            admin_handshake(Arc::clone(&config), Some(credentials(&old, "alice")), &both);
+        assert_eq!(from_old.await.unwrap(), Some(alice.clone()));
+        // One from a root not (yet) trusted: refused at the handshake.
+        let from_new =
+            || admin_handshake(Arc::clone(&config), Some(credentials(&new, "alice")), &both);
+        assert!(from_new().await.is_err());
+
+        // The published bundle is followed; an unusable one changes nothing.
+        let (publish, bundle) = watch::channel(Arc::<str>::from(""));
+        let follower = tokio::spawn(follow_bundle(Arc::clone(&trust), bundle));
+        publish.send(Arc::from("not a bundle")).unwrap();
+        publish.send(Arc::from(both.as_str())).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while trust.bundle().certificates().len() != 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the new bundle was installed");
+        assert_eq!(from_new().await.unwrap(), Some(alice));
+        publish.send(Arc::from("not a bundle")).unwrap();
+        drop(publish);
+        follower.await.unwrap();
+        assert_eq!(trust.bundle().certificates().len(), 2);
     }
 
     #[test]

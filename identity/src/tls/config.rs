@@ -29,6 +29,10 @@ pub enum ClientAuth {
     /// Required and verified (mTLS): chain to the bundle, exactly one URI SAN, a SPIFFE ID in
     /// the bundle's trust domain, a leaf that is not a CA.
     Required,
+    /// Asked for but not required; one that is presented is verified like [`Self::Required`]
+    /// (the control plane's admin HTTPS API: admins log in with a certificate, other callers
+    /// with a token).
+    Optional,
     /// None asked (the control plane's signing endpoint: callers have no certificate yet and
     /// authenticate with a token).
     None,
@@ -61,8 +65,11 @@ pub fn server_config_trusting(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Config)?;
     let builder = match client_auth {
-        ClientAuth::Required => {
-            builder.with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(trust, provider)))
+        ClientAuth::Required | ClientAuth::Optional => {
+            let mandatory = client_auth == ClientAuth::Required;
+            builder.with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(
+                trust, provider, mandatory,
+            )))
         }
         ClientAuth::None => builder.with_no_client_auth(),
     };

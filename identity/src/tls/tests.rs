@@ -507,6 +507,39 @@ async fn server_requires_a_client_certificate() {
 }
 
 #[tokio::test]
+async fn optional_client_auth_admits_anonymous_clients_and_verifies_presented_certificates() {
+    let mesh = Mesh::new();
+    let server_id = id("ficus-system", "ficus-control");
+    let server_leaf = mesh.leaf(&server_id);
+    let server =
+        || server_config(server_leaf.store(), &mesh.bundle(), ClientAuth::Optional).unwrap();
+
+    let (server_side, client_side) = exchange(server(), mesh.client(None, &server_id)).await;
+    assert_eq!(server_side.unwrap().id, None);
+    assert_eq!(client_side.unwrap().id.unwrap().as_str(), server_id);
+
+    let admin_id = id("ficus-system", "alice");
+    let admin = mesh.client(Some(&mesh.leaf(&admin_id)), &server_id);
+    let (server_side, client_side) = exchange(server(), admin).await;
+    assert_eq!(server_side.unwrap().id.unwrap().as_str(), admin_id);
+    client_side.unwrap();
+
+    // A certificate that is presented must chain to the bundle, optional or not.
+    let foreign = Mesh::new();
+    let stranger = client_config_trusting(
+        Some(foreign.leaf(&admin_id).store()),
+        TrustStore::new(mesh.bundle()).unwrap(),
+        &SpiffeId::parse(&server_id).unwrap(),
+    )
+    .unwrap();
+    let (server_side, _) = exchange(server(), stranger).await;
+    assert_eq!(
+        rustls_of(&server_side.unwrap_err()),
+        &rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+    );
+}
+
+#[tokio::test]
 async fn server_without_a_certificate_refuses_handshakes() {
     let mesh = Mesh::new();
     let server = server_config(CertStore::new(), &mesh.bundle(), ClientAuth::Required).unwrap();

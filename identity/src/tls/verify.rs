@@ -24,16 +24,26 @@ use super::TrustStore;
 use crate::SpiffeId;
 
 /// Verifies client certificates for a server: webpki's client verifier for the bundle in force
-/// (chain to the bundle, clientAuth EKU), then the SPIFFE rules and the trust domain.
+/// (chain to the bundle, clientAuth EKU), then the SPIFFE rules and the trust domain. With
+/// `mandatory` false a client may present none (rustls then skips the verifier).
 #[derive(Debug)]
 pub(crate) struct SpiffeClientVerifier {
     trust: Arc<TrustStore>,
     provider: Arc<CryptoProvider>,
+    mandatory: bool,
 }
 
 impl SpiffeClientVerifier {
-    pub(crate) fn new(trust: Arc<TrustStore>, provider: Arc<CryptoProvider>) -> Self {
-        Self { trust, provider }
+    pub(crate) fn new(
+        trust: Arc<TrustStore>,
+        provider: Arc<CryptoProvider>,
+        mandatory: bool,
+    ) -> Self {
+        Self {
+            trust,
+            provider,
+            mandatory,
+        }
     }
 }
 
@@ -45,7 +55,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     /// None: the bundle can change under a built config, and a borrowed list cannot follow it.
