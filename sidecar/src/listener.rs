@@ -257,12 +257,14 @@ async fn serve_io<I>(
         // state machine; measured ~200 fewer instructions per outbound request (callgrind).
         let future: ServiceFuture = match side {
             Side::Outbound => Box::pin(async move {
-                let response = crate::proxy::outbound::handle(&shared, peer, request).await;
+                let timer = watch.as_deref().map(HeadWatch::timer);
+                let response = crate::proxy::outbound::handle(&shared, peer, request, timer).await;
                 Ok(response.map(|body| Watched::new(body, watch)))
             }),
             Side::Inbound => Box::pin(async move {
+                let timer = watch.as_deref().map(HeadWatch::timer);
                 let response =
-                    crate::proxy::inbound::handle(&shared, peer, identity, request).await;
+                    crate::proxy::inbound::handle(&shared, peer, identity, request, timer).await;
                 Ok(response.map(|body| Watched::new(body, watch)))
             }),
         };

@@ -29,6 +29,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::BoxError;
+use crate::deadline::TimerSlot;
 
 /// The resolution of tokio's timer.
 const TICK: Duration = Duration::from_millis(1);
@@ -42,6 +43,8 @@ pub struct HeadWatch {
     busy: AtomicBool,
     /// When the last response ended, in nanoseconds after `opened` (0: none yet).
     idle_since: AtomicU64,
+    /// The timer the connection's requests borrow for their response-header deadline.
+    timer: TimerSlot,
 }
 
 impl HeadWatch {
@@ -51,7 +54,13 @@ impl HeadWatch {
             opened: Instant::now(),
             busy: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
+            timer: TimerSlot::new(),
         })
+    }
+
+    /// The connection's timer for response-header deadlines.
+    pub fn timer(&self) -> &TimerSlot {
+        &self.timer
     }
 
     /// A request head came in (the service was called).
