@@ -85,8 +85,13 @@ impl<F: Future> Future for Timeout<'_, F> {
         if let Poll::Ready(output) = this.future.poll(cx) {
             return Poll::Ready(Some(output));
         }
+        // Unconstrained, like `tokio::time::timeout`'s timer: a future that uses up the task's
+        // budget must not keep its deadline from being seen.
         let pending = match this.sleep {
-            Some(sleep) => sleep.as_mut().poll(cx).is_pending(),
+            Some(sleep) => {
+                let mut sleep = tokio::task::unconstrained(sleep.as_mut());
+                Pin::new(&mut sleep).poll(cx).is_pending()
+            }
             None => false,
         };
         if pending {

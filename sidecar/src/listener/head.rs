@@ -206,7 +206,7 @@ where
             return Poll::Pending;
         }
         loop {
-            if this.sleep.as_mut().poll(cx).is_pending() {
+            if poll_unconstrained(this.sleep.as_mut(), cx).is_pending() {
                 *this.armed = true;
                 return Poll::Pending;
             }
@@ -223,4 +223,13 @@ where
             }
         }
     }
+}
+
+/// Polls `sleep` whatever is left of the task's cooperative budget, so that it always holds
+/// the task's waker when it returns `Pending` (a budget-starved poll registers nothing) and a
+/// connection that uses up the budget still sees its deadline, as `tokio::time::timeout`
+/// makes sure for its own timer.
+fn poll_unconstrained(sleep: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<()> {
+    let mut sleep = tokio::task::unconstrained(sleep);
+    Pin::new(&mut sleep).poll(cx)
 }
