@@ -23,6 +23,7 @@ pub mod authz;
 pub mod body;
 pub mod cli;
 pub mod control;
+pub mod deadline;
 pub mod detect;
 pub mod drain;
 pub mod listener;

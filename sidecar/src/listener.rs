@@ -24,6 +24,10 @@ use crate::snapshot::ServerSettings;
 use crate::state::Shared;
 use crate::transparent::Redirected;
 
+mod head;
+
+use head::{HeadTimed, HeadWatch, Watched};
+
 /// Pause after an accept error, so a full fd table does not turn into a busy loop.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -207,8 +211,12 @@ pub async fn serve_detected(
 /// The boxed future of one proxied request.
 type ServiceFuture = std::pin::Pin<
     Box<
-        dyn Future<Output = Result<hyper::Response<crate::body::Body>, std::convert::Infallible>>
-            + Send,
+        dyn Future<
+                Output = Result<
+                    hyper::Response<Watched<crate::body::Body>>,
+                    std::convert::Infallible,
+                >,
+            > + Send,
     >,
 >;
 
@@ -230,34 +238,46 @@ async fn serve_io<I>(
     let (identity, redirected) = context;
     // The socket counts as activity of its side while it lives, upgraded tunnels included.
     let io = TokioIo::new(crate::drain::Tracked::new(io.into_inner(), drain.track()));
+    // HTTP/1.1: the header-read deadline, kept per connection (see `head`).
+    let watch = (protocol != Protocol::Http2).then(HeadWatch::new);
+    let request_watch = watch.clone();
     let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         let shared = Arc::clone(&shared);
         let identity = identity.clone();
         if let Some(redirected) = &redirected {
             request.extensions_mut().insert(redirected.clone());
         }
+        let watch = request_watch.clone();
+        if let Some(watch) = &watch {
+            watch.begin();
+        }
         // Boxed: hyper moves the service's future into its connection state on every
         // request, and the whole proxy state machine is kilobytes; a box moves as a pointer.
         // One box per side (a dyn future): inbound requests no longer carry the outbound
         // state machine; measured ~200 fewer instructions per outbound request (callgrind).
-        let future: ServiceFuture =
-            match side {
-                Side::Outbound => Box::pin(async move {
-                    Ok(crate::proxy::outbound::handle(&shared, peer, request).await)
-                }),
-                Side::Inbound => Box::pin(async move {
-                    Ok(crate::proxy::inbound::handle(&shared, peer, identity, request).await)
-                }),
-            };
+        let future: ServiceFuture = match side {
+            Side::Outbound => Box::pin(async move {
+                let timer = watch.as_deref().map(HeadWatch::timer);
+                let response = crate::proxy::outbound::handle(&shared, peer, request, timer).await;
+                Ok(response.map(|body| Watched::new(body, watch)))
+            }),
+            Side::Inbound => Box::pin(async move {
+                let timer = watch.as_deref().map(HeadWatch::timer);
+                let response =
+                    crate::proxy::inbound::handle(&shared, peer, identity, request, timer).await;
+                Ok(response.map(|body| Watched::new(body, watch)))
+            }),
+        };
         future
     });
-    let result = match protocol {
-        Protocol::Http2 => {
+    let result = match watch {
+        None => {
             let connection = server.http2.serve_connection(io, service);
             until_drained!(connection, drain).map_err(|e| e.to_string())
         }
-        _ => {
+        Some(watch) => {
             let connection = server.http1.serve_connection(io, service).with_upgrades();
+            let connection = HeadTimed::new(connection, watch, server.header_read_timeout);
             until_drained!(connection, drain).map_err(|e| e.to_string())
         }
     };

@@ -653,6 +653,9 @@ pub struct ServerSettings {
     pub http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// How long a new connection may take to show its protocol.
     pub detect_timeout: std::time::Duration,
+    /// How long an HTTP/1.1 connection may take to send a whole request head, from its
+    /// start or from the end of the previous response (kept by `listener`, not hyper).
+    pub header_read_timeout: std::time::Duration,
 }
 
 impl ServerSettings {
@@ -660,9 +663,11 @@ impl ServerSettings {
     /// a buffer size.
     pub fn new(limits: &ProxyLimits) -> Self {
         let mut http1 = hyper::server::conn::http1::Builder::new();
+        // hyper's header-read timeout (30 s by default) off: hyper boxes and registers a new
+        // timer for every request head; `listener` keeps one per connection instead.
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            .header_read_timeout(None)
             .max_header_size(limits.max_header_bytes)
             .max_headers(limits.max_headers)
             .keep_alive(true);
@@ -681,6 +686,7 @@ impl ServerSettings {
             http1,
             http2,
             detect_timeout: limits.header_read_timeout,
+            header_read_timeout: limits.header_read_timeout,
         }
     }
 }

@@ -525,6 +525,7 @@ pub async fn passthrough<'s>(
         limits.upstream_response_timeout,
         on_upgrade,
         limits,
+        None,
     )
     .await
     {

@@ -1029,6 +1029,33 @@ async fn res1_slowloris_headers_are_cut_at_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn res1_header_timeout_spares_a_slow_response_then_ends_the_idle_connection() {
+    let upstream = Upstream::start("echo").await;
+    let sidecar = Sidecar::start(&(mesh(LIMITS) + &backend("echo", upstream.addr))).await;
+    // The 1 s header timeout bounds only the wait for a request head: a response that takes
+    // 1.5 s is still delivered, and the keep-alive connection is closed once it has been
+    // idle for the header timeout after that response.
+    let mut stream = TcpStream::connect(sidecar.outbound).await.expect("connect");
+    stream
+        .write_all(b"GET /delay/1500 HTTP/1.1\r\nHost: echo\r\n\r\n")
+        .await
+        .expect("write");
+    let outcome = client::read_until_close(&mut stream, TIMEOUT_DEADLINE).await;
+    assert!(
+        outcome.bytes.starts_with(b"HTTP/1.1 200"),
+        "the slow response must arrive: {}",
+        text(&outcome)
+    );
+    assert_eq!(outcome.responses(), 1, "one response: {}", text(&outcome));
+    assert!(
+        outcome.closed,
+        "idle keep-alive connection still open after {TIMEOUT_DEADLINE:?}: {}",
+        text(&outcome)
+    );
+    assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
+}
+
+#[tokio::test]
 async fn res1_silent_connection_is_closed() {
     let upstream = Upstream::start("echo").await;
     let sidecar = Sidecar::start(&(mesh(LIMITS) + &backend("echo", upstream.addr))).await;

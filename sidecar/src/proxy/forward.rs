@@ -17,6 +17,7 @@ use super::headers::{
     upgrade_protocol, X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY,
 };
 use crate::body::{with_idle_timeout, Body, BodyIdle};
+use crate::deadline::TimerSlot;
 use crate::tunnel::copy_with_idle_timeout;
 use crate::upstream::EndpointPool;
 
@@ -76,7 +77,8 @@ pub fn prepare<B>(
     (parts, body, on_upgrade)
 }
 
-/// Sends `request` to `pool`'s endpoint and waits at most `timeout` for response headers.
+/// Sends `request` to `pool`'s endpoint and waits at most `timeout` for response headers,
+/// on the downstream connection's reused timer when there is one (`timer`, HTTP/1.1).
 /// With `downstream` (the client's pending upgrade) a `101` response joins the two
 /// connections into a byte tunnel, closed after `limits.connection_idle_timeout` of silence.
 pub async fn forward(
@@ -85,14 +87,21 @@ pub async fn forward(
     timeout: Duration,
     downstream: Option<OnUpgrade>,
     limits: &ProxyLimits,
+    timer: Option<&TimerSlot>,
 ) -> Result<Response<Body>, ProxyError> {
     // Pinned where it is made: the timeout holds a reference, not another copy of the future.
     let send = std::pin::pin!(pool.send(request));
-    let mut response = match tokio::time::timeout(timeout, send).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) if caused_by_body_idle(&error) => return Err(ProxyError::DownstreamTimeout),
-        Ok(Err(error)) => return Err(error.into()),
-        Err(_) => return Err(ProxyError::Timeout(timeout)),
+    let sent = match timer {
+        Some(timer) => crate::deadline::timeout(timer, timeout, send).await,
+        None => tokio::time::timeout(timeout, send).await.ok(),
+    };
+    let mut response = match sent {
+        Some(Ok(response)) => response,
+        Some(Err(error)) if caused_by_body_idle(&error) => {
+            return Err(ProxyError::DownstreamTimeout)
+        }
+        Some(Err(error)) => return Err(error.into()),
+        None => return Err(ProxyError::Timeout(timeout)),
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(downstream) = downstream else {

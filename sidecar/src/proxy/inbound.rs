@@ -12,18 +12,21 @@ use super::forward::{forward, path_and_query, prepare, upstream_uri, Authority};
 use super::headers::{X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY};
 use crate::authz::Decision;
 use crate::body::{with_idle_timeout, Body};
+use crate::deadline::TimerSlot;
 use crate::policy::rate_limit;
 use crate::state::Shared;
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::{Direction, Recorder};
 use crate::telemetry::trace::{Kind, PeerIdentity, Span};
 
-/// Handles one request from a peer. Never fails: errors become responses.
+/// Handles one request from a peer. Never fails: errors become responses. `timer`: the
+/// downstream connection's timer for the response-header deadline (HTTP/1.1).
 pub async fn handle(
     shared: &Shared,
     peer: SocketAddr,
     identity: Option<HeaderValue>,
     mut request: Request<Incoming>,
+    timer: Option<&TimerSlot>,
 ) -> Response<Body> {
     let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
@@ -128,7 +131,7 @@ pub async fn handle(
             access_log::note_upstream(&parts.extensions, pool.address(), &inbound.metrics);
             let request = Request::from_parts(parts, body);
             let timeout = limits.upstream_response_timeout;
-            match forward(pool, request, timeout, on_upgrade, limits).await {
+            match forward(pool, request, timeout, on_upgrade, limits, timer).await {
                 Ok(response) => (response, ""),
                 Err(error) => {
                     tracing::debug!(%error, "inbound request to the app failed");

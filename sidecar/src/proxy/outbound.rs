@@ -16,6 +16,7 @@ use super::forward::{forward, path_and_query, prepare, upstream_uri, Authority};
 use super::headers::X_FICUS_ORIG_PROTO;
 use super::retrying::{replayable, Exchange, Replay};
 use crate::body::{self, with_idle_timeout, Body};
+use crate::deadline::TimerSlot;
 use crate::policy::breaker::Guarded;
 use crate::route::ServiceName;
 use crate::snapshot::{RouteBackend, Snapshot};
@@ -24,11 +25,13 @@ use crate::telemetry::access_log;
 use crate::telemetry::metrics::{Direction, Recorder, RequestMetrics};
 use crate::telemetry::trace::{Kind, PeerIdentity, Span};
 
-/// Handles one request from the local app. Never fails: errors become responses.
+/// Handles one request from the local app. Never fails: errors become responses. `timer`:
+/// the downstream connection's timer for the response-header deadline (HTTP/1.1).
 pub async fn handle(
     shared: &Shared,
     peer: SocketAddr,
     mut request: Request<Incoming>,
+    timer: Option<&TimerSlot>,
 ) -> Response<Body> {
     let started = Instant::now();
     // The request runs on this snapshot to its end, whatever is swapped in meanwhile.
@@ -44,8 +47,16 @@ pub async fn handle(
     access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
     // Counts the request once even if the client goes away and this future is dropped.
     let mut recorder = Recorder::new(&snapshot.unrouted, started);
-    let (response, metrics, flag) =
-        route_and_forward(shared, &snapshot, peer, request, &mut span, &mut recorder).await;
+    let (response, metrics, flag) = route_and_forward(
+        shared,
+        &snapshot,
+        peer,
+        request,
+        &mut span,
+        &mut recorder,
+        timer,
+    )
+    .await;
     let elapsed = recorder.record(metrics, response.status().as_u16(), flag);
     span.finish(&shared.traces, &response, flag, elapsed);
     access_log::finish(log, response, metrics, flag)
@@ -58,6 +69,7 @@ async fn route_and_forward<'s>(
     request: Request<Incoming>,
     span: &mut Span,
     recorder: &mut Recorder<'s>,
+    timer: Option<&TimerSlot>,
 ) -> (Response<Body>, &'s RequestMetrics, &'static str) {
     let authority = match super::guard::check(&request).and_then(|()| authority(&request)) {
         Ok(authority) => authority,
@@ -242,7 +254,15 @@ async fn route_and_forward<'s>(
         let mut upstream_request = Request::from_parts(parts, body);
         backend.policy.tag(&mut upstream_request);
         let in_flight = backend.start(endpoint);
-        let outcome = forward(endpoint, upstream_request, timeout, on_upgrade, limits).await;
+        let outcome = forward(
+            endpoint,
+            upstream_request,
+            timeout,
+            on_upgrade,
+            limits,
+            timer,
+        )
+        .await;
         backend.finish(endpoint, in_flight, &outcome);
         outcome
     };

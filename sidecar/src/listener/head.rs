@@ -1,0 +1,235 @@
+//! The header-read deadline of a downstream HTTP/1.1 connection, kept by the connection
+//! instead of by hyper.
+//!
+//! hyper's `header_read_timeout` boxes a new timer for every request head it waits for,
+//! registers it in tokio's timer wheel and removes it again once the head is in: an
+//! allocation, two wheel updates under the timer lock and a clock read per request. Here a
+//! connection has one [`Sleep`] for its life. Requests mark themselves in a [`HeadWatch`]
+//! (a head came in; its response body ended), and the timer is looked at only when it fires:
+//! with a request in flight, or a later idle start, it is pushed to the new deadline (tokio
+//! only stores a later deadline and re-files the entry when the old one comes round).
+//!
+//! The deadline is hyper's: `timeout` after the connection opened or after the previous
+//! response ended, for the next request head to have arrived, and the connection is closed
+//! when it passes (hyper closes too; it answers no `408`, see `Server::on_error`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::http1::UpgradeableConnection;
+use hyper::service::HttpService;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::body::BoxError;
+use crate::deadline::TimerSlot;
+
+/// The resolution of tokio's timer.
+const TICK: Duration = Duration::from_millis(1);
+
+/// Whether a request of the connection is being answered, and since when it is idle.
+#[derive(Debug)]
+pub struct HeadWatch {
+    /// When the connection was opened: the origin of `idle_since`.
+    opened: Instant,
+    /// A request head is in and its response has not ended yet.
+    busy: AtomicBool,
+    /// When the last response ended, in nanoseconds after `opened` (0: none yet).
+    idle_since: AtomicU64,
+    /// The timer the connection's requests borrow for their response-header deadline.
+    timer: TimerSlot,
+}
+
+impl HeadWatch {
+    /// A watch for a connection opened now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            opened: Instant::now(),
+            busy: AtomicBool::new(false),
+            idle_since: AtomicU64::new(0),
+            timer: TimerSlot::new(),
+        })
+    }
+
+    /// The connection's timer for response-header deadlines.
+    pub fn timer(&self) -> &TimerSlot {
+        &self.timer
+    }
+
+    /// A request head came in (the service was called).
+    pub fn begin(&self) {
+        self.busy.store(true, Ordering::Relaxed);
+    }
+
+    /// The response of the request in flight ended (its body is done or dropped).
+    fn end(&self) {
+        let since = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.idle_since.store(since, Ordering::Relaxed);
+        self.busy.store(false, Ordering::Relaxed);
+    }
+
+    /// When the next request head must have arrived, or `None` while a request is answered.
+    fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.busy.load(Ordering::Relaxed) {
+            return None;
+        }
+        let since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
+        Some(self.opened + since + timeout)
+    }
+}
+
+pin_project! {
+    /// A response body that ends its request in a [`HeadWatch`] when it is done or dropped.
+    pub struct Watched<B> {
+        #[pin]
+        inner: B,
+        watch: Option<Arc<HeadWatch>>,
+    }
+
+    impl<B> PinnedDrop for Watched<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(watch) = this.project().watch.take() {
+                watch.end();
+            }
+        }
+    }
+}
+
+impl<B> Watched<B> {
+    /// Wraps `inner`; without `watch` (HTTP/2) it only passes frames on.
+    pub fn new(inner: B, watch: Option<Arc<HeadWatch>>) -> Self {
+        Self { inner, watch }
+    }
+}
+
+impl<B: HttpBody<Data = Bytes>> HttpBody for Watched<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            if let Some(watch) = this.watch.take() {
+                watch.end();
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How a [`HeadTimed`] connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum Ended {
+    /// hyper ended it with an error.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// No request head arrived in time.
+    #[error("no request head within {0:?}")]
+    HeaderTimeout(Duration),
+}
+
+pin_project! {
+    /// An HTTP/1.1 connection future with its header-read deadline.
+    pub struct HeadTimed<C> {
+        #[pin]
+        connection: C,
+        #[pin]
+        sleep: Sleep,
+        watch: Arc<HeadWatch>,
+        timeout: Duration,
+        // The sleep holds this task's waker and has not fired since.
+        armed: bool,
+    }
+}
+
+impl<C> HeadTimed<C> {
+    /// Bounds the wait for each request head of `connection` (whose service reports to
+    /// `watch`) by `timeout`.
+    pub fn new(connection: C, watch: Arc<HeadWatch>, timeout: Duration) -> Self {
+        let deadline = watch.opened + timeout;
+        Self {
+            connection,
+            sleep: tokio::time::sleep_until(deadline),
+            watch,
+            timeout,
+            armed: false,
+        }
+    }
+}
+
+impl<I, S, B> HeadTimed<UpgradeableConnection<I, S>>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: HttpBody + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Asks the connection to finish its request in flight and close (drain).
+    pub fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.project().connection.graceful_shutdown();
+    }
+}
+
+impl<C> Future for HeadTimed<C>
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    type Output = Result<(), Ended>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(result) = this.connection.poll(cx) {
+            return Poll::Ready(result.map_err(Ended::from));
+        }
+        // An armed timer wakes this task when it fires; until then there is nothing to check.
+        if *this.armed && !this.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        loop {
+            if poll_unconstrained(this.sleep.as_mut(), cx).is_pending() {
+                *this.armed = true;
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            match this.watch.deadline(*this.timeout) {
+                // Within the timer's resolution (1 ms) counts as passed: no re-arming for
+                // a rounding difference between tokio's ticks and the clock.
+                Some(deadline) if deadline <= now + TICK => {
+                    return Poll::Ready(Err(Ended::HeaderTimeout(*this.timeout)));
+                }
+                Some(deadline) => this.sleep.as_mut().reset(deadline),
+                // A request is being answered: its own timeouts bound it; look again later.
+                None => this.sleep.as_mut().reset(now + *this.timeout),
+            }
+        }
+    }
+}
+
+/// Polls `sleep` whatever is left of the task's cooperative budget, so that it always holds
+/// the task's waker when it returns `Pending` (a budget-starved poll registers nothing) and a
+/// connection that uses up the budget still sees its deadline, as `tokio::time::timeout`
+/// makes sure for its own timer.
+fn poll_unconstrained(sleep: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<()> {
+    let mut sleep = tokio::task::unconstrained(sleep);
+    Pin::new(&mut sleep).poll(cx)
+}
