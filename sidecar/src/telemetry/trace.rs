@@ -414,7 +414,7 @@ impl Span {
             record.status = response.status().as_u16();
             record.flags = flags;
             record.duration = elapsed;
-            sink.submit(record);
+            sink.submit(*record);
         }
     }
 }

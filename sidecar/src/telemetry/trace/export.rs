@@ -4,8 +4,9 @@
 //! Why not the SDK's `BatchSpanProcessor`: it drops spans when its queue is full but does not
 //! let us count them, and its spans are built through the SDK's tracer (allocations and
 //! locks per span whether or not they are kept). Here the request path does one `try_send`
-//! of a boxed record: a full queue (collector slow or down) drops the span and counts it in
-//! `ficus_trace_spans_dropped_total`; nothing on the request path ever waits for export.
+//! of the record (moved out of its box, which is freed where it was allocated): a full queue
+//! (collector slow or down) drops the span and counts it in `ficus_trace_spans_dropped_total`;
+//! nothing on the request path ever waits for export.
 //!
 //! The exporter thread (`ficus-trace`, a current-thread runtime of its own, started with the
 //! first config that enables tracing) converts records to OTLP spans (strings that repeat
@@ -78,7 +79,7 @@ pub struct SpanSink {
 
 #[derive(Debug)]
 struct Worker {
-    queue: mpsc::Sender<Box<SpanRecord>>,
+    queue: mpsc::Sender<SpanRecord>,
     endpoint: watch::Sender<Endpoint>,
     /// Asks for an export of everything queued now, answered when it is done.
     flush: mpsc::Sender<oneshot::Sender<()>>,
@@ -179,7 +180,12 @@ impl SpanSink {
     }
 
     /// Queues a finished span for export, or drops and counts it when the queue is full.
-    pub fn submit(&self, record: Box<SpanRecord>) {
+    ///
+    /// The record is moved into the queue, not its box: the box is then freed on the thread
+    /// that allocated it (glibc's per-thread cache takes it back at once), where freeing it
+    /// on the exporter thread would send every record's memory through the allocator's
+    /// slow paths on both threads.
+    pub fn submit(&self, record: SpanRecord) {
         let queued = self
             .worker
             .get()
@@ -237,7 +243,7 @@ fn build(endpoint: &Arc<str>, resource: &Resource, ca_file: Option<&Path>) -> Op
 }
 
 async fn run(
-    mut queue: mpsc::Receiver<Box<SpanRecord>>,
+    mut queue: mpsc::Receiver<SpanRecord>,
     mut config: watch::Receiver<Endpoint>,
     mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
     metrics: Arc<Metrics>,
@@ -282,7 +288,7 @@ async fn run(
             while batch.len() < MAX_BATCH {
                 match queue.try_recv() {
                     Ok(record) if configured.is_some() => {
-                        batch.push(convert(*record, &scope, &mut shared));
+                        batch.push(convert(record, &scope, &mut shared));
                     }
                     Ok(_) => metrics.trace_spans_dropped.inc(),
                     Err(mpsc::error::TryRecvError::Empty) => break,
