@@ -19,6 +19,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
@@ -60,9 +61,13 @@ impl ReceivedSpan {
         attribute(&self.resource, key)
     }
 
-    /// `ficus.direction`.
-    pub fn direction(&self) -> String {
-        self.attr("ficus.direction").unwrap_or_default()
+    /// The direction the span kind stands for: `outbound` (CLIENT), `inbound` (SERVER).
+    pub fn direction(&self) -> &'static str {
+        match SpanKind::try_from(self.span.kind) {
+            Ok(SpanKind::Client) => "outbound",
+            Ok(SpanKind::Server) => "inbound",
+            _ => "",
+        }
     }
 }
 

@@ -134,7 +134,7 @@ pub struct SpanRecord {
     pub endpoint: Option<SocketAddr>,
     /// `ficus.peer.identity`: the verified client (SERVER) or the required server (CLIENT).
     pub peer_identity: Option<PeerIdentity>,
-    /// Retries sent (`http.request.resend_count`, `ficus.retries`).
+    /// Retries sent (`http.request.resend_count`, when any).
     pub retries: u32,
     /// `http.response.status_code`.
     pub status: u16,
@@ -145,17 +145,24 @@ pub struct SpanRecord {
 impl SpanRecord {
     /// `url.path`.
     pub fn path(&self) -> &str {
-        let text = self.text.as_str();
-        match self.host_at {
-            Some(at) => text.get(..at).unwrap_or_default(),
-            None => text,
-        }
+        self.path_and_host().0
     }
 
     /// `server.address`: the host the request named.
     pub fn server_host(&self) -> Option<&str> {
-        let at = self.host_at?;
-        self.text.as_str().get(at..)
+        self.path_and_host().1
+    }
+
+    /// `url.path` and `server.address` at once (the text is checked once).
+    pub fn path_and_host(&self) -> (&str, Option<&str>) {
+        let text = self.text.as_str();
+        match self.host_at {
+            Some(at) => match (text.get(..at), text.get(at..)) {
+                (Some(path), Some(host)) => (path, Some(host)),
+                _ => (text, None),
+            },
+            None => (text, None),
+        }
     }
 }
 
@@ -407,7 +414,7 @@ impl Span {
             record.status = response.status().as_u16();
             record.flags = flags;
             record.duration = elapsed;
-            sink.submit(record);
+            sink.submit(*record);
         }
     }
 }
