@@ -715,6 +715,19 @@ fn method_name(method: &http::Method) -> Cow<'static, str> {
 mod tests {
     use super::*;
 
+    fn convert_for_test(record: SpanRecord) -> SpanData {
+        let scope = InstrumentationScope::builder("test").build();
+        convert(record, &scope, &mut Shared::default())
+    }
+
+    /// The value of the span's attribute `key`, as text.
+    fn attribute(span: &SpanData, key: &str) -> Option<String> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    }
+
     #[test]
     fn https_without_a_usable_ca_file_is_refused_with_a_reason() {
         let endpoint = "https://collector.example:4317";
@@ -800,14 +813,8 @@ mod tests {
             status: 503,
             flags: "UF",
         };
-        let scope = InstrumentationScope::builder("test").build();
-        let span = convert(record, &scope, &mut Shared::default());
-        let attr = |key: &str| {
-            span.attributes
-                .iter()
-                .find(|kv| kv.key.as_str() == key)
-                .map(|kv| kv.value.to_string())
-        };
+        let span = convert_for_test(record);
+        let attr = |key: &str| attribute(&span, key);
         for (key, value) in [
             ("http.request.method", "GET"),
             ("http.response.status_code", "503"),
@@ -858,14 +865,8 @@ mod tests {
             status: 200,
             flags: "",
         };
-        let scope = InstrumentationScope::builder("test").build();
-        let span = convert(record, &scope, &mut Shared::default());
-        let attr = |key: &str| {
-            span.attributes
-                .iter()
-                .find(|kv| kv.key.as_str() == key)
-                .map(|kv| kv.value.to_string())
-        };
+        let span = convert_for_test(record);
+        let attr = |key: &str| attribute(&span, key);
         assert_eq!(span.span_kind, SpanKind::Server);
         assert_eq!(attr("url.scheme").as_deref(), Some("http"));
         assert_eq!(attr("client.address").as_deref(), Some("10.0.0.9"));
