@@ -88,10 +88,7 @@ impl<F: Future> Future for Timeout<'_, F> {
         // Unconstrained, like `tokio::time::timeout`'s timer: a future that uses up the task's
         // budget must not keep its deadline from being seen.
         let pending = match this.sleep {
-            Some(sleep) => {
-                let mut sleep = tokio::task::unconstrained(sleep.as_mut());
-                Pin::new(&mut sleep).poll(cx).is_pending()
-            }
+            Some(sleep) => poll_unconstrained(sleep.as_mut(), cx).is_pending(),
             None => false,
         };
         if pending {
@@ -100,6 +97,15 @@ impl<F: Future> Future for Timeout<'_, F> {
             Poll::Ready(None)
         }
     }
+}
+
+/// Polls `sleep` whatever is left of the task's cooperative budget, so that it always holds
+/// the task's waker when it returns `Pending` (a budget-starved poll registers nothing) and a
+/// future that uses up the budget still sees its deadline, as `tokio::time::timeout` makes
+/// sure for its own timer.
+pub(crate) fn poll_unconstrained(sleep: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<()> {
+    let mut sleep = tokio::task::unconstrained(sleep);
+    Pin::new(&mut sleep).poll(cx)
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::BoxError;
-use crate::deadline::TimerSlot;
+use crate::deadline::{poll_unconstrained, TimerSlot};
 
 /// The resolution of tokio's timer.
 const TICK: Duration = Duration::from_millis(1);
@@ -223,13 +223,4 @@ where
             }
         }
     }
-}
-
-/// Polls `sleep` whatever is left of the task's cooperative budget, so that it always holds
-/// the task's waker when it returns `Pending` (a budget-starved poll registers nothing) and a
-/// connection that uses up the budget still sees its deadline, as `tokio::time::timeout`
-/// makes sure for its own timer.
-fn poll_unconstrained(sleep: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<()> {
-    let mut sleep = tokio::task::unconstrained(sleep);
-    Pin::new(&mut sleep).poll(cx)
 }

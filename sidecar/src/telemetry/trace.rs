@@ -143,17 +143,7 @@ pub struct SpanRecord {
 }
 
 impl SpanRecord {
-    /// `url.path`.
-    pub fn path(&self) -> &str {
-        self.path_and_host().0
-    }
-
-    /// `server.address`: the host the request named.
-    pub fn server_host(&self) -> Option<&str> {
-        self.path_and_host().1
-    }
-
-    /// `url.path` and `server.address` at once (the text is checked once).
+    /// `url.path`, and `server.address` (the host the request named, if any).
     pub fn path_and_host(&self) -> (&str, Option<&str>) {
         let text = self.text.as_str();
         match self.host_at {
@@ -515,9 +505,9 @@ mod tests {
             State::On { record, .. } => record.unwrap(),
             _ => unreachable!(),
         };
-        assert_eq!(record.server_host(), Some("payments"));
+        assert_eq!(record.path_and_host().1, Some("payments"));
         assert_eq!(record.server_port, Some(8080));
-        assert_eq!(record.path(), "/a/b");
+        assert_eq!(record.path_and_host().0, "/a/b");
     }
 
     #[test]
@@ -569,10 +559,7 @@ mod tests {
     fn path_and_host_share_one_text_inline_or_not() {
         let record = recorded(&request(&[]));
         assert!(matches!(record.text, Text::Inline { .. }));
-        assert_eq!(
-            (record.path(), record.server_host()),
-            ("/a/b", Some("payments"))
-        );
+        assert_eq!(record.path_and_host(), ("/a/b", Some("payments")));
         assert_eq!(record.service.as_deref(), Some("shop/web"));
 
         let long = format!("/{}", "é".repeat(80));
@@ -584,13 +571,13 @@ mod tests {
         let record = recorded(&request);
         assert!(matches!(record.text, Text::Heap(_)));
         let encoded = request.uri().path();
-        assert_eq!(record.path(), encoded);
-        assert_eq!(record.server_host(), Some("[::1]"));
+        assert_eq!(record.path_and_host().0, encoded);
+        assert_eq!(record.path_and_host().1, Some("[::1]"));
         assert_eq!(record.server_port, None);
 
         let no_host = Request::builder().uri("/x").body(()).unwrap();
         let record = recorded(&no_host);
-        assert_eq!((record.path(), record.server_host()), ("/x", None));
+        assert_eq!(record.path_and_host(), ("/x", None));
     }
 
     #[test]

@@ -26,9 +26,10 @@
 //! config with tracing, and each endpoint change). Without `--ca-file` an `https://` endpoint
 //! is refused with a log line and its spans are dropped and counted.
 
-use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::borrow::{Borrow, Cow};
+use std::collections::HashMap;
 use std::future::Future;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -491,62 +492,72 @@ const USUAL_ATTRIBUTES: usize = 16;
 
 /// Strings that repeat from span to span (hosts, peer addresses, identities), kept once and
 /// shared, so that a span holds a reference rather than its own copy: the exporter clones
-/// every batch before converting it, and a shared string clones without allocating. Bounded:
-/// emptied when full.
-/// The last string and address looked up are checked first: consecutive spans usually
-/// name the same host and endpoint, and a comparison costs less than hashing.
+/// every batch before converting it, and a shared string clones without allocating.
 #[derive(Default)]
 struct Shared {
-    strings: HashSet<Arc<str>>,
-    addresses: HashMap<IpAddr, Arc<str>>,
-    last_string: Option<Arc<str>>,
-    last_address: Option<(IpAddr, Arc<str>)>,
+    strings: Interner<Arc<str>>,
+    addresses: Interner<IpAddr>,
 }
 
-/// Entries [`Shared`] keeps of each kind before it starts over.
+/// Entries an [`Interner`] keeps before it starts over.
 const SHARED_MAX: usize = 1024;
+
+/// The shared text of each key, bounded (emptied when full). The last key looked up is
+/// checked first: consecutive spans usually name the same host and endpoint, and a
+/// comparison costs less than hashing.
+struct Interner<K> {
+    texts: HashMap<K, Arc<str>>,
+    last: Option<(K, Arc<str>)>,
+}
+
+impl<K> Default for Interner<K> {
+    fn default() -> Self {
+        Self {
+            texts: HashMap::new(),
+            last: None,
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Interner<K> {
+    /// The text of `key`, made by `make` (the key to keep, and its text) when not kept.
+    fn get<Q>(&mut self, key: &Q, make: impl FnOnce(&Q) -> (K, Arc<str>)) -> Arc<str>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if let Some((last, text)) = &self.last {
+            if last.borrow() == key {
+                return Arc::clone(text);
+            }
+        }
+        let (kept, text) = match self.texts.get_key_value(key) {
+            Some((kept, text)) => (kept.clone(), Arc::clone(text)),
+            None => {
+                if self.texts.len() >= SHARED_MAX {
+                    self.texts.clear();
+                }
+                let (kept, text) = make(key);
+                self.texts.insert(kept.clone(), Arc::clone(&text));
+                (kept, text)
+            }
+        };
+        self.last = Some((kept, Arc::clone(&text)));
+        text
+    }
+}
 
 impl Shared {
     fn string(&mut self, value: &str) -> Arc<str> {
-        if let Some(last) = &self.last_string {
-            if **last == *value {
-                return Arc::clone(last);
-            }
-        }
-        let shared = match self.strings.get(value) {
-            Some(shared) => Arc::clone(shared),
-            None => {
-                if self.strings.len() >= SHARED_MAX {
-                    self.strings.clear();
-                }
-                let shared: Arc<str> = Arc::from(value);
-                self.strings.insert(Arc::clone(&shared));
-                shared
-            }
-        };
-        self.last_string = Some(Arc::clone(&shared));
-        shared
+        self.strings.get(value, |value| {
+            let text: Arc<str> = Arc::from(value);
+            (Arc::clone(&text), text)
+        })
     }
 
     fn address(&mut self, ip: IpAddr) -> Arc<str> {
-        if let Some((last, shared)) = &self.last_address {
-            if *last == ip {
-                return Arc::clone(shared);
-            }
-        }
-        let shared = match self.addresses.get(&ip) {
-            Some(shared) => Arc::clone(shared),
-            None => {
-                if self.addresses.len() >= SHARED_MAX {
-                    self.addresses.clear();
-                }
-                let shared: Arc<str> = Arc::from(ip.to_string());
-                self.addresses.insert(ip, Arc::clone(&shared));
-                shared
-            }
-        };
-        self.last_address = Some((ip, Arc::clone(&shared)));
-        shared
+        self.addresses
+            .get(&ip, |ip| (*ip, Arc::from(ip.to_string())))
     }
 
     fn identity(&mut self, identity: PeerIdentity) -> Arc<str> {
@@ -776,7 +787,7 @@ mod tests {
         for i in 0..SHARED_MAX + 10 {
             shared.string(&i.to_string());
         }
-        assert!(shared.strings.len() <= SHARED_MAX);
+        assert!(shared.strings.texts.len() <= SHARED_MAX);
         let bad = http::HeaderValue::from_bytes(b"spiffe://x/\xff").unwrap();
         assert_eq!(
             &*shared.identity(PeerIdentity::Verified(bad)),
