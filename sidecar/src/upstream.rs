@@ -4,13 +4,20 @@
 //! We pool per endpoint address ourselves (on `hyper::client::conn`) rather than by URI, so the
 //! address we dial and the `Host`/`:authority` the app chose stay independent.
 //!
+//! A pooled HTTP/1.1 connection has no task of its own: the task whose request it carries
+//! drives it, while waiting for the response head and then from the response body (see
+//! [`Http1Conn`]). That saves two task switches per request over hyper's usual spawned
+//! connection task. While idle in the pool nobody polls it; a sweeper task closes the ones past
+//! the idle timeout or closed by the server, and a checkout polls one once to see it is alive.
+//!
 //! A request that fails on a *reused* connection before any byte of it was written (the
 //! server closed the idle connection under us) is resent once on a fresh connection: that is
 //! always safe, and it removes the "upstream reset before headers" errors of naive pools. When
 //! the connection had been idle for a while (`STALE_AFTER`) and the server closed it just
 //! after our write, a bodyless idempotent request is resent once too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +26,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -36,8 +43,8 @@ type ConnectionPermit = tokio::sync::OwnedSemaphorePermit;
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// Largest upstream response header block (a bigger one is a 502).
 const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
-/// How long a pooled HTTP/1.1 connection may take to become ready again before we drop it.
-const READY_TIMEOUT: Duration = Duration::from_millis(500);
+/// Longest pause between two sweeps of idle HTTP/1.1 connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Idle time after which a reused HTTP/1.1 connection may have been closed by the server
 /// as we write (keep-alive timeouts are usually 1 s or more).
 const STALE_AFTER: Duration = Duration::from_millis(250);
@@ -138,7 +145,8 @@ pub struct EndpointPool {
     peer_alpn: Option<PeerAlpn>,
     connect_timeout_ms: AtomicU64,
     idle_timeout_ms: AtomicU64,
-    idle: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
+    /// Idle HTTP/1.1 connections, the most recently used last.
+    idle: Mutex<IdlePool>,
     shared: Mutex<Option<http2::SendRequest<Body>>>,
 }
 
@@ -226,7 +234,7 @@ impl EndpointPool {
             tls,
             connect_timeout_ms: AtomicU64::new(0),
             idle_timeout_ms: AtomicU64::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(IdlePool::default()),
             shared: Mutex::new(None),
         };
         pool.update(settings);
@@ -326,16 +334,20 @@ impl EndpointPool {
         mut request: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
         *request.version_mut() = http::Version::HTTP_11;
+        if request.headers().contains_key(http::header::UPGRADE) {
+            // A protocol switch takes its connection for good: one of its own, never pooled.
+            return Box::pin(self.send_upgrade(request)).await;
+        }
         let mut resent = false;
         loop {
-            let (mut sender, reused, idle) = match self.checkout_http1().await {
-                Some((sender, idle)) => (sender, true, idle),
+            let (mut conn, reused, idle) = match self.checkout_http1() {
+                Some((conn, idle)) => (conn, true, idle),
                 None => {
                     let permit = self.permit(&request)?;
                     // Boxed, like the other rare paths: inline, they would grow the future
                     // every request moves around (see listener::serve_io).
-                    let sender = Box::pin(self.connect_http1(permit)).await?;
-                    (sender, false, Duration::ZERO)
+                    let conn = Box::pin(self.connect_http1(permit)).await?;
+                    (conn, false, Duration::ZERO)
                 }
             };
             // A connection idle for a while may be closed by the server just as we write to
@@ -344,10 +356,11 @@ impl EndpointPool {
             let copy = (reused && !resent && idle >= STALE_AFTER)
                 .then(|| replayable_copy(&request))
                 .flatten();
-            match sender.try_send_request(request).await {
+            let exchange = conn.sender.try_send_request(request);
+            let mut conn = Some(conn);
+            match Http1Conn::drive(&mut conn, exchange).await {
                 Ok(response) => {
-                    let keep = response.status() != StatusCode::SWITCHING_PROTOCOLS;
-                    let pool = keep.then(|| (Arc::clone(self), sender));
+                    let pool = conn.map(|conn| (Arc::clone(self), conn));
                     return Ok(response.map(|body| pooled_body(body, pool)));
                 }
                 Err(mut error) => match (error.take_message(), copy) {
@@ -368,6 +381,19 @@ impl EndpointPool {
                 },
             }
         }
+    }
+
+    /// An HTTP/1.1 request with `Upgrade`, on a connection of its own that can switch.
+    async fn send_upgrade(&self, request: Request<Body>) -> Result<Response<Body>, UpstreamError> {
+        let permit = self.permit(&request)?;
+        let stream = self.connect_tcp().await?;
+        self.send_alone(
+            stream,
+            permit,
+            request,
+            "upstream HTTP/1.1 upgrade connection",
+        )
+        .await
     }
 
     async fn send_http2(
@@ -429,43 +455,95 @@ impl EndpointPool {
         }
     }
 
-    /// An idle connection and how long it was idle.
-    async fn checkout_http1(&self) -> Option<(http1::SendRequest<Body>, Duration)> {
-        let idle_timeout = Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed));
-        loop {
-            let (mut sender, since) = self.idle.lock().ok()?.pop()?;
+    /// A live idle connection and how long it was idle.
+    fn checkout_http1(&self) -> Option<(Box<Http1Conn>, Duration)> {
+        let idle_timeout = self.idle_timeout();
+        let mut pool = self.idle.lock().ok()?;
+        while let Some((mut conn, since)) = pool.conns.pop_back() {
             let idle = since.elapsed();
-            if sender.is_closed() || idle >= idle_timeout {
-                continue;
+            // The poll also leaves the connection holding no task's waker: it keeps the waker
+            // of its last poll, and our request would wake that task for nothing (an extra
+            // task poll per request).
+            if idle < idle_timeout && conn.is_alive() {
+                return Some((conn, idle));
             }
-            if sender.is_ready() {
-                return Some((sender, idle));
-            }
-            // The previous exchange just ended; the connection task may not have run yet.
-            if let Ok(Ok(())) = tokio::time::timeout(READY_TIMEOUT, sender.ready()).await {
-                return Some((sender, idle));
-            }
+        }
+        None
+    }
+
+    fn checkin_http1(self: &Arc<Self>, mut conn: Box<Http1Conn>) {
+        // The exchange just ended: let the connection settle into idle.
+        if !conn.sender.is_ready() && conn.poll_idle().is_ready() {
+            return;
+        }
+        if !conn.sender.is_ready() {
+            // Still busy, like a request body the server did not wait for: let it finish on a
+            // task of its own, then close (no sender is left to send it anything).
+            let Http1Conn {
+                connection, permit, ..
+            } = *conn;
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = connection.await;
+            });
+            return;
+        }
+        let Ok(mut pool) = self.idle.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let idle_timeout = self.idle_timeout();
+        while pool
+            .conns
+            .front()
+            .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= idle_timeout)
+        {
+            pool.conns.pop_front();
+        }
+        if pool.conns.len() >= MAX_IDLE_PER_ENDPOINT {
+            return;
+        }
+        pool.conns.push_back((conn, now));
+        if !pool.sweeping {
+            pool.sweeping = true;
+            tokio::spawn(sweep_idle(Arc::downgrade(self)));
         }
     }
 
-    fn checkin_http1(&self, sender: http1::SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < MAX_IDLE_PER_ENDPOINT {
-                idle.push((sender, Instant::now()));
-            }
-        }
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Closes the idle connections past the idle timeout or closed by the server. Returns
+    /// whether any are left; when none are, the sweeper stops (a checkin starts another).
+    fn sweep_http1(&self) -> bool {
+        let idle_timeout = self.idle_timeout();
+        let Ok(mut pool) = self.idle.lock() else {
+            return false;
+        };
+        pool.conns
+            .retain_mut(|(conn, since)| since.elapsed() < idle_timeout && conn.is_alive());
+        pool.sweeping = !pool.conns.is_empty();
+        pool.sweeping
     }
 
     async fn connect_http1(
         &self,
         permit: Option<ConnectionPermit>,
-    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    ) -> Result<Box<Http1Conn>, UpstreamError> {
         let stream = self.connect_tcp().await?;
-        self.handshake_http1(stream, permit, "upstream HTTP/1.1 connection")
+        let (sender, connection) = http1_builder()
+            .handshake(TokioIo::new(stream))
             .await
+            .map_err(|source| UpstreamError::Handshake {
+                addr: self.address,
+                source,
+            })?;
+        Ok(Box::new(Http1Conn {
+            sender,
+            connection,
+            permit,
+        }))
     }
 
     /// The HTTP/1.1 handshake on `stream`; the connection task (upgrades allowed) holds
@@ -479,8 +557,7 @@ impl EndpointPool {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let (sender, connection) = http1::Builder::new()
-            .max_header_size(MAX_RESPONSE_HEADER_BYTES)
+        let (sender, connection) = http1_builder()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| UpstreamError::Handshake {
@@ -548,13 +625,28 @@ impl EndpointPool {
         if let Some(target) = request.uri().path_and_query().cloned() {
             *request.uri_mut() = http::Uri::from(target);
         }
-        let mut sender = self
-            .handshake_http1(
-                stream,
-                permit,
-                "protocol-switch connection to a peer sidecar",
-            )
-            .await?;
+        self.send_alone(
+            stream,
+            permit,
+            request,
+            "protocol-switch connection to a peer sidecar",
+        )
+        .await
+    }
+
+    /// Sends `request` over HTTP/1.1 on `stream`, a connection of its own that may switch
+    /// protocols and is never pooled.
+    async fn send_alone<I>(
+        &self,
+        stream: I,
+        permit: Option<ConnectionPermit>,
+        request: Request<Body>,
+        what: &'static str,
+    ) -> Result<Response<Body>, UpstreamError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let mut sender = self.handshake_http1(stream, permit, what).await?;
         match sender.send_request(request).await {
             Ok(response) => Ok(response.map(crate::body::boxed)),
             Err(source) => Err(UpstreamError::Reset {
@@ -689,14 +781,114 @@ impl PoolRegistry {
     }
 }
 
-fn pooled_body(
-    body: Incoming,
-    pool: Option<(Arc<EndpointPool>, http1::SendRequest<Body>)>,
-) -> Body {
+fn http1_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder.max_header_size(MAX_RESPONSE_HEADER_BYTES);
+    builder
+}
+
+/// The idle HTTP/1.1 connections of an endpoint.
+#[derive(Debug, Default)]
+struct IdlePool {
+    /// Oldest first; checkouts take the newest.
+    conns: VecDeque<(Box<Http1Conn>, Instant)>,
+    /// Whether a sweeper task is running for this pool.
+    sweeping: bool,
+}
+
+/// Sweeps `pool`'s idle connections until it has none or is gone.
+async fn sweep_idle(pool: Weak<EndpointPool>) {
+    loop {
+        let period = match pool.upgrade() {
+            Some(pool) => (pool.idle_timeout() / 2).min(SWEEP_EVERY),
+            None => return,
+        };
+        tokio::time::sleep(period.max(Duration::from_millis(10))).await;
+        match pool.upgrade() {
+            Some(pool) if pool.sweep_http1() => {}
+            _ => return,
+        }
+    }
+}
+
+fn log_end(result: hyper::Result<()>) {
+    if let Err(error) = result {
+        tracing::debug!(%error, "upstream HTTP/1.1 connection ended with an error");
+    }
+}
+
+/// A context whose waker does nothing.
+fn no_waker() -> Context<'static> {
+    Context::from_waker(std::task::Waker::noop())
+}
+
+/// A plain HTTP/1.1 connection with no task of its own: whoever holds it drives it.
+struct Http1Conn {
+    sender: http1::SendRequest<Body>,
+    connection: http1::Connection<TokioIo<TcpStream>, Body>,
+    /// A place among the Backend's `maxConnections`, held as long as the connection.
+    permit: Option<ConnectionPermit>,
+}
+
+impl std::fmt::Debug for Http1Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http1Conn").finish_non_exhaustive()
+    }
+}
+
+impl Http1Conn {
+    /// Drives the connection until it ends, which is when it returns `Ready`; polling it
+    /// again after that is not allowed.
+    fn poll_connection(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.connection).poll(cx).map(log_end)
+    }
+
+    /// Polls the connection with no waker: for one nobody waits on (idle, or just done).
+    /// Unconstrained: a poll starved of the task's budget would wake nobody.
+    fn poll_idle(&mut self) -> Poll<()> {
+        let mut connection = tokio::task::unconstrained(&mut self.connection);
+        Pin::new(&mut connection).poll(&mut no_waker()).map(log_end)
+    }
+
+    /// Polls an idle connection once: whether it is still open and ready for a request (the
+    /// server may have closed it meanwhile).
+    fn is_alive(&mut self) -> bool {
+        self.poll_idle().is_pending() && !self.sender.is_closed() && self.sender.is_ready()
+    }
+
+    /// Awaits `exchange` (a request handed to `conn`) while driving the connection. The
+    /// connection is dropped (`None`) if it ended meanwhile.
+    ///
+    /// Only the connection gets this task's waker. The response it hands over (and, in
+    /// [`PooledBody`], the body) is polled without one: nothing but the connection, polled
+    /// right before, can complete them, and a waker there would only make this task wake
+    /// itself once more for every hand-over.
+    async fn drive<F, T>(conn: &mut Option<Box<Self>>, exchange: F) -> T
+    where
+        F: Future<Output = T>,
+    {
+        // Unconstrained, as a poll starved of the task's budget would wake nobody.
+        let mut exchange = std::pin::pin!(tokio::task::unconstrained(exchange));
+        std::future::poll_fn(|cx| match conn.as_mut() {
+            Some(c) => {
+                if c.poll_connection(cx).is_pending() {
+                    return exchange.as_mut().poll(&mut no_waker());
+                }
+                // Dropping it answers a request still queued on it with an error.
+                *conn = None;
+                exchange.as_mut().poll(cx)
+            }
+            None => exchange.as_mut().poll(cx),
+        })
+        .await
+    }
+}
+
+fn pooled_body(body: Incoming, pool: Option<(Arc<EndpointPool>, Box<Http1Conn>)>) -> Body {
     match pool {
         // Nothing to read (HEAD, 204, 304): the connection is reusable right away.
-        Some((pool, sender)) if body.is_end_stream() => {
-            pool.checkin_http1(sender);
+        Some((pool, conn)) if body.is_end_stream() => {
+            pool.checkin_http1(conn);
             crate::body::boxed(body)
         }
         None => crate::body::boxed(body),
@@ -707,16 +899,17 @@ fn pooled_body(
     }
 }
 
-/// An HTTP/1.1 response body that returns its connection to the pool once it has ended.
+/// An HTTP/1.1 response body that drives its connection and returns it to the pool once the
+/// body has ended.
 struct PooledBody {
     inner: Incoming,
-    pool: Option<(Arc<EndpointPool>, http1::SendRequest<Body>)>,
+    pool: Option<(Arc<EndpointPool>, Box<Http1Conn>)>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((pool, sender)) = self.pool.take() {
-            pool.checkin_http1(sender);
+        if let Some((pool, conn)) = self.pool.take() {
+            pool.checkin_http1(conn);
         }
     }
 }
@@ -729,12 +922,31 @@ impl HttpBody for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        // The connection usually has the whole body in the channel by the time the head
+        // is out: drive it only when the body waits. As in `Http1Conn::drive`, only the
+        // connection gets the waker.
+        let this = self.as_mut().get_mut();
+        let inner = &mut this.inner;
+        let polled = match this.pool.as_mut() {
+            None => Pin::new(inner).poll_frame(cx),
+            Some((_, conn)) => {
+                let mut polled = Pin::new(&mut *inner).poll_frame(&mut no_waker());
+                if polled.is_pending() {
+                    if conn.poll_connection(cx).is_pending() {
+                        polled = Pin::new(&mut *inner).poll_frame(&mut no_waker());
+                    } else {
+                        // Ended: what it read is in the body channel; it is not reusable.
+                        this.pool = None;
+                        polled = Pin::new(inner).poll_frame(cx);
+                    }
+                }
+                polled
+            }
+        };
         match &polled {
             Poll::Ready(None) => self.release(),
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            // An error or an unfinished body: the connection is not reusable; dropping the
-            // sender closes it.
+            // An error: the connection is not reusable; dropping it closes it.
             Poll::Ready(Some(Err(_))) => self.pool = None,
             _ => {}
         }
@@ -747,5 +959,211 @@ impl HttpBody for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// An HTTP/1.1 upstream on loopback that answers every request `ok` with keep-alive. It
+    /// reports each accepted connection on `accepted` and its end (EOF from us) on `ended`;
+    /// with `close_after_response` it closes each connection right after its first response.
+    async fn upstream(close_after_response: bool) -> (SocketAddr, Upstream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted_tx, accepted) = mpsc::channel(16);
+        let (ended_tx, ended) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = accepted_tx.try_send(());
+                let ended_tx = ended_tx.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buffer.drain(..end + 4);
+                            let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(response).await.is_err() {
+                                return;
+                            }
+                            if close_after_response {
+                                return;
+                            }
+                        }
+                    }
+                    let _ = ended_tx.try_send(());
+                });
+            }
+        });
+        (addr, Upstream { accepted, ended })
+    }
+
+    struct Upstream {
+        accepted: mpsc::Receiver<()>,
+        ended: mpsc::Receiver<()>,
+    }
+
+    fn pool(addr: SocketAddr, idle_timeout: Duration) -> Arc<EndpointPool> {
+        let settings = PoolSettings {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout,
+        };
+        Arc::new(EndpointPool::new(addr, false, None, settings))
+    }
+
+    async fn get(pool: &Arc<EndpointPool>) -> Bytes {
+        let request = Request::builder()
+            .uri("/")
+            .header("host", "upstream")
+            .body(crate::body::empty())
+            .unwrap();
+        let response = tokio::time::timeout(WAIT, pool.send(request))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = tokio::time::timeout(WAIT, response.into_body().collect());
+        body.await.unwrap().unwrap().to_bytes()
+    }
+
+    /// A request body fed chunk by chunk from a channel.
+    struct Streamed(mpsc::Receiver<Bytes>);
+
+    impl HttpBody for Streamed {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+        }
+    }
+
+    fn idle_count(pool: &EndpointPool) -> usize {
+        pool.idle.lock().unwrap().conns.len()
+    }
+
+    #[tokio::test]
+    async fn a_connection_carries_request_after_request() {
+        let (addr, mut upstream) = upstream(false).await;
+        let pool = pool(addr, Duration::from_secs(60));
+        for _ in 0..5 {
+            assert_eq!(get(&pool).await, "ok");
+        }
+        assert_eq!(idle_count(&pool), 1);
+        upstream.accepted.recv().await.unwrap();
+        assert!(
+            upstream.accepted.try_recv().is_err(),
+            "a second connection was opened"
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_idle_timeout_without_traffic() {
+        let (addr, mut upstream) = upstream(false).await;
+        let pool = pool(addr, Duration::from_millis(200));
+        assert_eq!(get(&pool).await, "ok");
+        // Nothing else is sent: only the sweeper can close it.
+        tokio::time::timeout(WAIT, upstream.ended.recv())
+            .await
+            .expect("the idle connection was never closed")
+            .unwrap();
+        assert_eq!(idle_count(&pool), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_the_server_closed_leave_the_pool_and_are_not_reused() {
+        let (addr, mut upstream) = upstream(true).await;
+        let pool = pool(addr, Duration::from_secs(60));
+        assert_eq!(get(&pool).await, "ok");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while idle_count(&pool) > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "closed connection kept"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(get(&pool).await, "ok");
+        upstream.accepted.recv().await.unwrap();
+        upstream.accepted.recv().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_body_the_server_did_not_wait_for_is_still_delivered() {
+        const CHUNK: usize = 16 * 1024;
+        const CHUNKS: usize = 64;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (received_tx, mut received) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buffer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Answer as soon as the head is in, then read the body.
+            let head_end = loop {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                }
+                if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end + 4;
+                }
+            };
+            let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            stream.write_all(response).await.unwrap();
+            let mut body = buffer.len() - head_end;
+            while body < CHUNK * CHUNKS {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => body += n,
+                }
+            }
+            let _ = received_tx.send(body).await;
+        });
+        let pool = pool(addr, Duration::from_secs(60));
+        let (body_tx, body) = mpsc::channel(1);
+        let (answered_tx, answered) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let chunk = Bytes::from(vec![b'x'; CHUNK]);
+            body_tx.send(chunk.clone()).await.unwrap();
+            // The rest only once the response is in: it has to go out after the exchange.
+            let _ = answered.await;
+            for _ in 1..CHUNKS {
+                body_tx.send(chunk.clone()).await.unwrap();
+            }
+        });
+        let request = Request::post("/")
+            .header("host", "upstream")
+            .header("content-length", CHUNK * CHUNKS)
+            .body(crate::body::boxed(Streamed(body)))
+            .unwrap();
+        let response = tokio::time::timeout(WAIT, pool.send(request))
+            .await
+            .unwrap()
+            .unwrap();
+        let body = tokio::time::timeout(WAIT, response.into_body().collect());
+        assert_eq!(body.await.unwrap().unwrap().to_bytes(), "ok");
+        answered_tx.send(()).unwrap();
+        let delivered = tokio::time::timeout(WAIT, received.recv()).await.unwrap();
+        assert_eq!(delivered, Some(CHUNK * CHUNKS));
+        // It was not pooled half-sent.
+        assert_eq!(idle_count(&pool), 0);
     }
 }
