@@ -458,8 +458,9 @@ impl EndpointPool {
     /// A live idle connection and how long it was idle.
     fn checkout_http1(&self) -> Option<(Box<Http1Conn>, Duration)> {
         let idle_timeout = self.idle_timeout();
-        let mut pool = self.idle.lock().ok()?;
-        while let Some((mut conn, since)) = pool.conns.pop_back() {
+        loop {
+            // Polled outside the lock: other workers may be checking out too.
+            let (mut conn, since) = self.idle.lock().ok()?.conns.pop_back()?;
             let idle = since.elapsed();
             // The poll also leaves the connection holding no task's waker: it keeps the waker
             // of its last poll, and our request would wake that task for nothing (an extra
@@ -468,7 +469,6 @@ impl EndpointPool {
                 return Some((conn, idle));
             }
         }
-        None
     }
 
     fn checkin_http1(self: &Arc<Self>, mut conn: Box<Http1Conn>) {
