@@ -4,6 +4,7 @@
 //! saturated (`--workers 1` under load).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -35,16 +36,30 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
+            // Set by `/quitquitquit`: the process is told to stop only once this connection
+            // has sent the answer (it closes after it), or the exit could cut the answer off.
+            let quit = Arc::new(AtomicBool::new(false));
+            let service = service_fn({
                 let shared = Arc::clone(&shared);
-                async move {
-                    if !write_allowed(request.method(), peer) {
-                        return Ok(text(
-                            StatusCode::FORBIDDEN,
-                            "admin writes are accepted from loopback only\n",
-                        ));
+                let quit = Arc::clone(&quit);
+                move |request| {
+                    let shared = Arc::clone(&shared);
+                    let quit = Arc::clone(&quit);
+                    async move {
+                        if !write_allowed(request.method(), peer) {
+                            return Ok(text(
+                                StatusCode::FORBIDDEN,
+                                "admin writes are accepted from loopback only\n",
+                            ));
+                        }
+                        let quitting = request.method() == Method::POST
+                            && request.uri().path() == "/quitquitquit";
+                        let response = route(&shared, request).await;
+                        if quitting && response.status() == StatusCode::OK {
+                            quit.store(true, Ordering::Release);
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
                     }
-                    Ok::<_, std::convert::Infallible>(route(&shared, request).await)
                 }
             });
             let served = hyper::server::conn::http1::Builder::new()
@@ -54,6 +69,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 .await;
             if let Err(error) = served {
                 tracing::debug!(%peer, %error, "admin connection failed");
+            }
+            if quit.load(Ordering::Acquire) {
+                shared.quit.notify_one();
             }
         });
     }
@@ -87,8 +105,12 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         }
         ("/quitquitquit", Method::POST) => {
             shared.drain.drain();
-            shared.quit.notify_one();
-            text(StatusCode::OK, "draining, then exiting\n")
+            // The connection task stops the process once this answer is out (see `serve`).
+            let mut response = text(StatusCode::OK, "draining, then exiting\n");
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            response
         }
         ("/log-level", Method::GET) => text(StatusCode::OK, &format!("{}\n", shared.log.current())),
         ("/log-level", Method::PUT | Method::POST) => {
