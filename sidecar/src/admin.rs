@@ -52,13 +52,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                                 "admin writes are accepted from loopback only\n",
                             ));
                         }
-                        let quitting = request.method() == Method::POST
-                            && request.uri().path() == "/quitquitquit";
-                        let response = route(&shared, request).await;
-                        if quitting && response.status() == StatusCode::OK {
-                            quit.store(true, Ordering::Release);
-                        }
-                        Ok::<_, std::convert::Infallible>(response)
+                        Ok::<_, std::convert::Infallible>(route(&shared, request, &quit).await)
                     }
                 }
             });
@@ -77,7 +71,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
+/// Answers one admin request; `/quitquitquit` sets `quit`, for the connection to act on once
+/// the answer is out.
+async fn route(shared: &Shared, request: Request<Incoming>, quit: &AtomicBool) -> Response<Body> {
     let method = request.method().clone();
     match (request.uri().path(), method) {
         ("/live", Method::GET) => text(StatusCode::OK, "live\n"),
@@ -106,6 +102,7 @@ async fn route(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         ("/quitquitquit", Method::POST) => {
             shared.drain.drain();
             // The connection task stops the process once this answer is out (see `serve`).
+            quit.store(true, Ordering::Release);
             let mut response = text(StatusCode::OK, "draining, then exiting\n");
             response
                 .headers_mut()

@@ -484,7 +484,7 @@ impl EndpointPool {
             } = *conn;
             tokio::spawn(async move {
                 let _permit = permit;
-                let _ = connection.await;
+                log_end(connection.await);
             });
             return;
         }
@@ -532,18 +532,37 @@ impl EndpointPool {
         permit: Option<ConnectionPermit>,
     ) -> Result<Box<Http1Conn>, UpstreamError> {
         let stream = self.connect_tcp().await?;
-        let (sender, connection) = http1_builder()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Handshake {
-                addr: self.address,
-                source,
-            })?;
+        let (sender, connection) = self.http1_handshake(stream).await?;
         Ok(Box::new(Http1Conn {
             sender,
             connection,
             permit,
         }))
+    }
+
+    /// The HTTP/1.1 handshake on `stream`: the sender and the connection to drive.
+    async fn http1_handshake<I>(
+        &self,
+        stream: I,
+    ) -> Result<
+        (
+            http1::SendRequest<Body>,
+            http1::Connection<TokioIo<I>, Body>,
+        ),
+        UpstreamError,
+    >
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let mut builder = http1::Builder::new();
+        builder.max_header_size(MAX_RESPONSE_HEADER_BYTES);
+        builder
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake {
+                addr: self.address,
+                source,
+            })
     }
 
     /// The HTTP/1.1 handshake on `stream`; the connection task (upgrades allowed) holds
@@ -557,13 +576,7 @@ impl EndpointPool {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let (sender, connection) = http1_builder()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Handshake {
-                addr: self.address,
-                source,
-            })?;
+        let (sender, connection) = self.http1_handshake(stream).await?;
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(error) = connection.with_upgrades().await {
@@ -779,12 +792,6 @@ impl PoolRegistry {
         pools.insert(key, Arc::downgrade(&pool));
         pool
     }
-}
-
-fn http1_builder() -> http1::Builder {
-    let mut builder = http1::Builder::new();
-    builder.max_header_size(MAX_RESPONSE_HEADER_BYTES);
-    builder
 }
 
 /// The idle HTTP/1.1 connections of an endpoint.
