@@ -12,10 +12,13 @@ COPY sidecar sidecar
 COPY control control
 COPY tests tests
 COPY benches benches
+COPY scripts/build-pgo scripts/build-pgo
+# The profile-guided build (scripts/build-pgo: an instrumented build, a training run on the
+# build container's loopback, then the optimised build), the binary benches/run measures.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p ficus-sidecar --bin ficus-sidecar \
-    && cp target/release/ficus-sidecar /ficus-sidecar
+    FICUS_PGO_CARGO_FLAGS=--locked scripts/build-pgo \
+    && cp target/pgo/ficus-sidecar /ficus-sidecar
 
 FROM debian:bookworm-slim
 # iptables (nft and legacy backends) for `redirect`.
