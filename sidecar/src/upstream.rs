@@ -555,7 +555,10 @@ impl EndpointPool {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
         let mut builder = http1::Builder::new();
-        builder.max_header_size(MAX_RESPONSE_HEADER_BYTES);
+        // Flattened writes, as on our server side (`ServerSettings::new`).
+        builder
+            .max_header_size(MAX_RESPONSE_HEADER_BYTES)
+            .writev(false);
         builder
             .handshake(TokioIo::new(stream))
             .await
