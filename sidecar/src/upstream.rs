@@ -300,21 +300,26 @@ impl EndpointPool {
     ///
     /// An HTTP/1.1 request that switches protocols (it carries `Upgrade`) to a peer sidecar
     /// goes over its own mTLS connection with ALPN `http/1.1` (see [`PeerAlpn`]).
-    pub async fn send(
+    ///
+    /// (An `async` block, not an `async fn`: an `async fn` keeps a second copy of each
+    /// argument in its future, and this one's is inside every request's.)
+    pub fn send(
         self: &Arc<Self>,
         request: Request<Body>,
-    ) -> Result<Response<Body>, UpstreamError> {
-        if let Some(alpn) = &self.peer_alpn {
-            if request.version() == http::Version::HTTP_11
-                && request.headers().contains_key(http::header::UPGRADE)
-            {
-                return Box::pin(self.send_switch(&alpn.http1, request)).await;
+    ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + use<'_> {
+        async move {
+            if let Some(alpn) = &self.peer_alpn {
+                if request.version() == http::Version::HTTP_11
+                    && request.headers().contains_key(http::header::UPGRADE)
+                {
+                    return Box::pin(self.send_switch(&alpn.http1, request)).await;
+                }
             }
-        }
-        if self.http2 {
-            self.send_http2(request).await
-        } else {
-            self.send_http1(request).await
+            if self.http2 {
+                self.send_http2(request).await
+            } else {
+                self.send_http1(request).await
+            }
         }
     }
 
@@ -329,56 +334,59 @@ impl EndpointPool {
         }
     }
 
-    async fn send_http1(
+    /// (An `async` block for the reason given at [`send`](Self::send).)
+    fn send_http1(
         self: &Arc<Self>,
         mut request: Request<Body>,
-    ) -> Result<Response<Body>, UpstreamError> {
-        *request.version_mut() = http::Version::HTTP_11;
-        if request.headers().contains_key(http::header::UPGRADE) {
-            // A protocol switch takes its connection for good: one of its own, never pooled.
-            return Box::pin(self.send_upgrade(request)).await;
-        }
-        let mut resent = false;
-        loop {
-            let (mut conn, reused, idle) = match self.checkout_http1() {
-                Some((conn, idle)) => (conn, true, idle),
-                None => {
-                    let permit = self.permit(&request)?;
-                    // Boxed, like the other rare paths: inline, they would grow the future
-                    // every request moves around (see listener::serve_io).
-                    let conn = Box::pin(self.connect_http1(permit)).await?;
-                    (conn, false, Duration::ZERO)
-                }
-            };
-            // A connection idle for a while may be closed by the server just as we write to
-            // it. Keep a copy of a bodyless idempotent request to resend once on a fresh
-            // connection; busy connections (the fast path) never pay for the copy.
-            let copy = (reused && !resent && idle >= STALE_AFTER)
-                .then(|| replayable_copy(&request))
-                .flatten();
-            let exchange = conn.sender.try_send_request(request);
-            let mut conn = Some(conn);
-            match Http1Conn::drive(&mut conn, exchange).await {
-                Ok(response) => {
-                    let pool = conn.map(|conn| (Arc::clone(self), conn));
-                    return Ok(response.map(|body| pooled_body(body, pool)));
-                }
-                Err(mut error) => match (error.take_message(), copy) {
-                    // Never written: safe to resend on a fresh connection.
-                    (Some(unsent), _) if reused => request = unsent,
-                    // Written, but the server closed the stale connection without answering.
-                    (None, Some(copy)) if closed_under_us(error.error()) => {
-                        request = copy;
-                        resent = true;
+    ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + use<'_> {
+        async move {
+            *request.version_mut() = http::Version::HTTP_11;
+            if request.headers().contains_key(http::header::UPGRADE) {
+                // A protocol switch takes its connection for good: one of its own, never pooled.
+                return Box::pin(self.send_upgrade(request)).await;
+            }
+            let mut resent = false;
+            loop {
+                let (mut conn, reused, idle) = match self.checkout_http1() {
+                    Some((conn, idle)) => (conn, true, idle),
+                    None => {
+                        let permit = self.permit(&request)?;
+                        // Boxed, like the other rare paths: inline, they would grow the future
+                        // every request moves around (see listener::serve_io).
+                        let conn = Box::pin(self.connect_http1(permit)).await?;
+                        (conn, false, Duration::ZERO)
                     }
-                    _ => {
-                        let addr = self.address;
-                        return Err(UpstreamError::Reset {
-                            addr,
-                            source: error.into_error(),
-                        });
+                };
+                // A connection idle for a while may be closed by the server just as we write to
+                // it. Keep a copy of a bodyless idempotent request to resend once on a fresh
+                // connection; busy connections (the fast path) never pay for the copy.
+                let copy = (reused && !resent && idle >= STALE_AFTER)
+                    .then(|| replayable_copy(&request))
+                    .flatten();
+                let exchange = conn.sender.try_send_request(request);
+                let mut conn = Some(conn);
+                match Http1Conn::drive(&mut conn, exchange).await {
+                    Ok(response) => {
+                        let pool = conn.map(|conn| (Arc::clone(self), conn));
+                        return Ok(response.map(|body| pooled_body(body, pool)));
                     }
-                },
+                    Err(mut error) => match (error.take_message(), copy) {
+                        // Never written: safe to resend on a fresh connection.
+                        (Some(unsent), _) if reused => request = unsent,
+                        // Written, but the server closed the stale connection without answering.
+                        (None, Some(copy)) if closed_under_us(error.error()) => {
+                            request = copy;
+                            resent = true;
+                        }
+                        _ => {
+                            let addr = self.address;
+                            return Err(UpstreamError::Reset {
+                                addr,
+                                source: error.into_error(),
+                            });
+                        }
+                    },
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Sending a prepared request upstream: the response-header deadline, protocol switches
 //! (WebSocket and other `Upgrade`s), and response cleanup.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,40 +82,45 @@ pub fn prepare<B>(
 /// on the downstream connection's reused timer when there is one (`timer`, HTTP/1.1).
 /// With `downstream` (the client's pending upgrade) a `101` response joins the two
 /// connections into a byte tunnel, closed after `limits.connection_idle_timeout` of silence.
-pub async fn forward(
-    pool: &Arc<EndpointPool>,
+///
+/// (An `async` block, not an `async fn`: an `async fn` keeps a second copy of each argument
+/// in its future, and this one's is inside every request's.)
+pub fn forward<'a>(
+    pool: &'a Arc<EndpointPool>,
     request: Request<Body>,
     timeout: Duration,
     downstream: Option<OnUpgrade>,
-    limits: &ProxyLimits,
-    timer: Option<&TimerSlot>,
-) -> Result<Response<Body>, ProxyError> {
-    // Pinned where it is made: the timeout holds a reference, not another copy of the future.
-    let send = std::pin::pin!(pool.send(request));
-    let sent = match timer {
-        Some(timer) => crate::deadline::timeout(timer, timeout, send).await,
-        None => tokio::time::timeout(timeout, send).await.ok(),
-    };
-    let mut response = match sent {
-        Some(Ok(response)) => response,
-        Some(Err(error)) if caused_by_body_idle(&error) => {
-            return Err(ProxyError::DownstreamTimeout)
-        }
-        Some(Err(error)) => return Err(error.into()),
-        None => return Err(ProxyError::Timeout(timeout)),
-    };
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(downstream) = downstream else {
-            return Err(ProxyError::UpstreamProtocol("switched protocols unasked"));
+    limits: &'a ProxyLimits,
+    timer: Option<&'a TimerSlot>,
+) -> impl Future<Output = Result<Response<Body>, ProxyError>> + use<'a> {
+    async move {
+        // Pinned where it is made: the timeout holds a reference, not another copy of the future.
+        let send = std::pin::pin!(pool.send(request));
+        let sent = match timer {
+            Some(timer) => crate::deadline::timeout(timer, timeout, send).await,
+            None => tokio::time::timeout(timeout, send).await.ok(),
         };
-        let upstream = hyper::upgrade::on(&mut response);
-        let protocol = response.headers().get(http::header::UPGRADE).cloned();
-        strip_hop_by_hop(response.headers_mut(), protocol.as_ref(), false);
-        tokio::spawn(tunnel(downstream, upstream, limits.connection_idle_timeout));
-        return Ok(response);
+        let mut response = match sent {
+            Some(Ok(response)) => response,
+            Some(Err(error)) if caused_by_body_idle(&error) => {
+                return Err(ProxyError::DownstreamTimeout)
+            }
+            Some(Err(error)) => return Err(error.into()),
+            None => return Err(ProxyError::Timeout(timeout)),
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(downstream) = downstream else {
+                return Err(ProxyError::UpstreamProtocol("switched protocols unasked"));
+            };
+            let upstream = hyper::upgrade::on(&mut response);
+            let protocol = response.headers().get(http::header::UPGRADE).cloned();
+            strip_hop_by_hop(response.headers_mut(), protocol.as_ref(), false);
+            tokio::spawn(tunnel(downstream, upstream, limits.connection_idle_timeout));
+            return Ok(response);
+        }
+        strip_hop_by_hop(response.headers_mut(), None, false);
+        Ok(response.map(|body| with_idle_timeout(body, limits.body_idle_timeout)))
     }
-    strip_hop_by_hop(response.headers_mut(), None, false);
-    Ok(response.map(|body| with_idle_timeout(body, limits.body_idle_timeout)))
 }
 
 /// Whether the exchange failed because the downstream request body went idle.

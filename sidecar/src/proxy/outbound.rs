@@ -1,5 +1,6 @@
 //! Outbound: the local app's requests, routed by service name to weighted Backends.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -27,309 +28,324 @@ use crate::telemetry::trace::{Kind, PeerIdentity, Span};
 
 /// Handles one request from the local app. Never fails: errors become responses. `timer`:
 /// the downstream connection's timer for the response-header deadline (HTTP/1.1).
-pub async fn handle(
-    shared: &Shared,
+///
+/// (An `async` block, not an `async fn`: an `async fn` keeps a second copy of each argument
+/// in its future, and every request's future is this one.)
+pub fn handle<'a>(
+    shared: &'a Shared,
     peer: SocketAddr,
     mut request: Request<Incoming>,
-    timer: Option<&TimerSlot>,
-) -> Response<Body> {
-    let started = Instant::now();
-    // The request runs on this snapshot to its end, whatever is swapped in meanwhile.
-    let snapshot = shared.snapshot.load_full();
-    let mut log = access_log::Pending::begin(
-        snapshot.access_log.as_ref(),
-        &mut request,
-        Direction::Outbound,
-        peer,
-        None,
-    );
-    let mut span = Span::start(snapshot.tracing.as_ref(), Kind::Client, &request, peer);
-    access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
-    // Counts the request once even if the client goes away and this future is dropped.
-    let mut recorder = Recorder::new(&snapshot.unrouted, started);
-    let (response, metrics, flag) = route_and_forward(
-        shared,
-        &snapshot,
-        peer,
-        request,
-        &mut span,
-        &mut recorder,
-        timer,
-    )
-    .await;
-    let elapsed = recorder.record(metrics, response.status().as_u16(), flag);
-    span.finish(&shared.traces, &response, flag, elapsed);
-    access_log::finish(log, response, metrics, flag)
-}
-
-async fn route_and_forward<'s>(
-    shared: &Shared,
-    snapshot: &'s Snapshot,
-    peer: SocketAddr,
-    request: Request<Incoming>,
-    span: &mut Span,
-    recorder: &mut Recorder<'s>,
-    timer: Option<&TimerSlot>,
-) -> (Response<Body>, &'s RequestMetrics, &'static str) {
-    let authority = match super::guard::check(&request).and_then(|()| authority(&request)) {
-        Ok(authority) => authority,
-        Err(error) => {
-            shared.metrics.http_rejected("bad_request");
-            let (response, flag) = error.into_response();
-            return (response, &snapshot.unrouted, flag);
-        }
-    };
-    // Transparent mode: the original destination names the service, else Host does; with
-    // neither known the request passes through to where the app connected.
-    let redirected = crate::transparent::Redirected::of(&request);
-    let by_destination = redirected
-        .as_ref()
-        .and_then(|r| snapshot.service_at(r.original()));
-    let Some(service) = by_destination.or_else(|| {
-        ServiceName::parse(authority.as_str())
-            .and_then(|name| snapshot.service(&name, &shared.identity.namespace))
-    }) else {
-        if let Some(redirected) = &redirected {
-            recorder.route(&snapshot.passthrough);
-            // Boxed, like the retrying exchange below: a rare path's state would otherwise
-            // grow the future of every request, which is moved (copied) when it is boxed for
-            // hyper (listener::serve_io).
-            let passthrough =
-                crate::transparent::passthrough(snapshot, redirected, authority.as_str(), request);
-            return Box::pin(passthrough).await;
-        }
-        let (response, flag) = ProxyError::NoService(authority.as_str().to_owned()).into_response();
-        return (response, &snapshot.unrouted, flag);
-    };
-    span.set_service(&service.label);
-    let found = {
-        let (method, uri, headers) = (request.method(), request.uri(), request.headers());
-        service.table.find(method, uri.path(), uri.query(), headers)
-    };
-    let Some(entry) = found else {
-        let (response, flag) = ProxyError::NoRule(service.label.to_string()).into_response();
-        return (response, &service.unmatched, flag);
-    };
-    let action = &entry.action;
-    // The route's rate limit holds for everything the route answers, redirects included.
-    if let Some(limiter) = &action.rate_limit {
-        if let Err(wait) = limiter.try_acquire() {
-            shared.metrics.rate_limited.inc();
-            let retry_after = crate::policy::rate_limit::retry_after_seconds(wait);
-            let (response, flag) = ProxyError::RateLimited { retry_after }.into_response();
-            return (response, &action.local_metrics, flag);
-        }
-    }
-    span.set_route(action.route.as_ref());
-    if let Some(redirect) = &action.redirect {
-        let uri = request.uri();
-        let location = redirect.location(
-            authority.as_str(),
-            uri.path(),
-            uri.query(),
-            entry.matcher.prefix(),
+    timer: Option<&'a TimerSlot>,
+) -> impl Future<Output = Response<Body>> + use<'a> {
+    async move {
+        let started = Instant::now();
+        // The request runs on this snapshot to its end, whatever is swapped in meanwhile.
+        let snapshot = shared.snapshot.load_full();
+        let mut log = access_log::Pending::begin(
+            snapshot.access_log.as_ref(),
+            &mut request,
+            Direction::Outbound,
+            peer,
+            None,
         );
-        let mut response = Response::new(body::empty());
-        *response.status_mut() =
-            StatusCode::from_u16(redirect.status()).unwrap_or(StatusCode::FOUND);
-        if let Ok(location) = HeaderValue::from_str(&location) {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
-        return (response, &action.local_metrics, "");
-    }
-    let Some(backends) = &action.backends else {
-        let (response, flag) = ProxyError::NoRule(service.label.to_string()).into_response();
-        return (response, &service.unmatched, flag);
-    };
-    let RouteBackend {
-        target: backend,
-        metrics,
-    } = backends.pick();
-    recorder.route(metrics);
-    // Fault injection stands in for the network: before the breaker and any try.
-    let mut injected = false;
-    if let Some(fault) = &backend.policy.fault {
-        if let Some(delay) = fault.delay() {
-            injected = true;
-            tokio::time::sleep(delay).await;
-        }
-        if let Some(status) = fault.abort() {
-            let mut response = Response::new(body::full("fault injected\n"));
-            *response.status_mut() = status;
-            response
-                .headers_mut()
-                .insert("x-ficus-error", HeaderValue::from_static("fault-injected"));
-            return (response, metrics, flags::FAULT_INJECTED);
-        }
-    }
-    let endpoint = backend.endpoint();
-    access_log::note_upstream(request.extensions(), endpoint.address(), metrics);
-    if span.is_recording() {
-        span.set_backend(&backend.label);
-        span.set_endpoint(endpoint.address());
-        span.set_peer_identity(backend.identity(endpoint).cloned().map(PeerIdentity::Named));
-    }
-    // HTTP/2 for h2c/gRPC backends and for mTLS to peer sidecars (ALPN h2): the app's
-    // HTTP/1.1 crosses the mesh as HTTP/2 and turns back into HTTP/1.1 at the other side.
-    let http2 = endpoint.is_http2();
-
-    let carried_http1 = endpoint.is_mtls() && request.version() != http::Version::HTTP_2;
-    let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
-    let upgrading = on_upgrade.is_some();
-    span.inject(&mut parts.headers);
-    if carried_http1 {
-        parts
-            .headers
-            .insert(X_FICUS_ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
-    }
-    if let Some(ops) = &action.request_headers {
-        ops.apply(&mut parts.headers);
-    }
-
-    let mut host = authority.as_str();
-    let mut target = path_and_query(&parts.uri);
-    if let Some(rewrite) = &action.rewrite {
-        if let Some(hostname) = &rewrite.hostname {
-            host = hostname;
-        }
-        if let Some(path) = rewrite.path(parts.uri.path(), entry.matcher.prefix()) {
-            let rewritten = match parts.uri.query() {
-                Some(query) => format!("{path}?{query}"),
-                None => path,
-            };
-            match PathAndQuery::try_from(rewritten) {
-                Ok(rewritten) => target = rewritten,
-                Err(_) => {
-                    let error = ProxyError::BadRequest("rewritten path is not a valid target");
-                    let (response, flag) = error.into_response();
-                    return (response, metrics, flag);
-                }
-            }
-        }
-    }
-    parts.uri = match upstream_uri(http2, host, target) {
-        Ok(uri) => uri,
-        Err(error) => {
-            let (response, flag) = error.into_response();
-            return (response, metrics, flag);
-        }
-    };
-    if http2 {
-        parts.headers.remove(header::HOST);
-    } else if parts
-        .headers
-        .get(header::HOST)
-        .is_none_or(|h| h.as_bytes() != host.as_bytes())
-    {
-        if let Ok(host) = HeaderValue::from_str(host) {
-            parts.headers.insert(header::HOST, host);
-        }
-    }
-
-    let limits = &snapshot.limits;
-    let per_try = action
-        .timeouts
-        .backend_request
-        .unwrap_or(limits.upstream_response_timeout);
-    let timeout = action
-        .timeouts
-        .request
-        .map_or(per_try, |total| total.min(per_try));
-    // Circuit breaking: fail fast rather than queue behind a Backend that is already full.
-    let permit = match &backend.policy.breaker {
-        None => None,
-        Some(breaker) => match breaker.acquire(timeout).await {
-            Ok(permit) => Some(permit),
-            Err(overflow) => {
-                shared.metrics.breaker_overflow(overflow.kind());
-                let (response, flag) = ProxyError::Overflow(overflow).into_response();
-                return (response, metrics, flag);
-            }
-        },
-    };
-    // One try without retries; the outcome counts for outlier detection.
-    let send_once = |parts: http::request::Parts, incoming| async move {
-        let body = with_idle_timeout(incoming, limits.body_idle_timeout);
-        let body = access_log::count_received(&parts.extensions, body);
-        let mut upstream_request = Request::from_parts(parts, body);
-        backend.policy.tag(&mut upstream_request);
-        let in_flight = backend.start(endpoint);
-        let outcome = forward(
-            endpoint,
-            upstream_request,
-            timeout,
-            on_upgrade,
-            limits,
+        let mut span = Span::start(snapshot.tracing.as_ref(), Kind::Client, &request, peer);
+        access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
+        // Counts the request once even if the client goes away and this future is dropped.
+        let mut recorder = Recorder::new(&snapshot.unrouted, started);
+        let (response, metrics, flag) = route_and_forward(
+            shared,
+            &snapshot,
+            peer,
+            request,
+            &mut span,
+            &mut recorder,
             timer,
         )
         .await;
-        backend.finish(endpoint, in_flight, &outcome);
-        outcome
-    };
-    let mirror = action.mirror.as_ref().filter(|m| m.draw());
-    let mirror_copy = |body: Bytes| {
-        if let Some(mirror) = mirror {
-            mirror.spawn(&parts, body, host, timeout, limits, &shared.metrics);
+        let elapsed = recorder.record(metrics, response.status().as_u16(), flag);
+        span.finish(&shared.traces, &response, flag, elapsed);
+        access_log::finish(log, response, metrics, flag)
+    }
+}
+
+/// (An `async` block for the reason given at [`handle`].)
+fn route_and_forward<'a, 's>(
+    shared: &'a Shared,
+    snapshot: &'s Snapshot,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+    span: &'a mut Span,
+    recorder: &'a mut Recorder<'s>,
+    timer: Option<&'a TimerSlot>,
+) -> impl Future<Output = (Response<Body>, &'s RequestMetrics, &'static str)> + use<'a, 's> {
+    async move {
+        let authority = match super::guard::check(&request).and_then(|()| authority(&request)) {
+            Ok(authority) => authority,
+            Err(error) => {
+                shared.metrics.http_rejected("bad_request");
+                let (response, flag) = error.into_response();
+                // Typed: an async block's output type is taken from its first return.
+                let metrics: &'s RequestMetrics = &snapshot.unrouted;
+                return (response, metrics, flag);
+            }
+        };
+        // Transparent mode: the original destination names the service, else Host does; with
+        // neither known the request passes through to where the app connected.
+        let redirected = crate::transparent::Redirected::of(&request);
+        let by_destination = redirected
+            .as_ref()
+            .and_then(|r| snapshot.service_at(r.original()));
+        let Some(service) = by_destination.or_else(|| {
+            ServiceName::parse(authority.as_str())
+                .and_then(|name| snapshot.service(&name, &shared.identity.namespace))
+        }) else {
+            if let Some(redirected) = &redirected {
+                recorder.route(&snapshot.passthrough);
+                // Boxed, like the retrying exchange below: a rare path's state would otherwise
+                // grow the future of every request, which is moved (copied) when it is boxed for
+                // hyper (listener::serve_io).
+                let passthrough = crate::transparent::passthrough(
+                    snapshot,
+                    redirected,
+                    authority.as_str(),
+                    request,
+                );
+                return Box::pin(passthrough).await;
+            }
+            let (response, flag) =
+                ProxyError::NoService(authority.as_str().to_owned()).into_response();
+            return (response, &snapshot.unrouted, flag);
+        };
+        span.set_service(&service.label);
+        let found = {
+            let (method, uri, headers) = (request.method(), request.uri(), request.headers());
+            service.table.find(method, uri.path(), uri.query(), headers)
+        };
+        let Some(entry) = found else {
+            let (response, flag) = ProxyError::NoRule(service.label.to_string()).into_response();
+            return (response, &service.unmatched, flag);
+        };
+        let action = &entry.action;
+        // The route's rate limit holds for everything the route answers, redirects included.
+        if let Some(limiter) = &action.rate_limit {
+            if let Err(wait) = limiter.try_acquire() {
+                shared.metrics.rate_limited.inc();
+                let retry_after = crate::policy::rate_limit::retry_after_seconds(wait);
+                let (response, flag) = ProxyError::RateLimited { retry_after }.into_response();
+                return (response, &action.local_metrics, flag);
+            }
         }
-    };
-    let (result, flag) = match &action.retry {
-        // A protocol switch is never replayed; everything else may be, if its body allows.
-        Some(policy) if !upgrading => {
-            let replay = tokio::time::timeout(
-                timeout,
-                replayable(&parts, incoming, limits.body_idle_timeout, policy),
-            )
-            .await
-            .unwrap_or(Err(ProxyError::DownstreamTimeout));
-            match replay {
-                Ok(Replay::Stream(incoming)) => (send_once(parts, incoming).await, None),
-                Ok(replay) => {
-                    if let Replay::Buffered(body) = &replay {
-                        access_log::note_received(&parts.extensions, body.len());
-                        mirror_copy(body.clone());
+        span.set_route(action.route.as_ref());
+        if let Some(redirect) = &action.redirect {
+            let uri = request.uri();
+            let location = redirect.location(
+                authority.as_str(),
+                uri.path(),
+                uri.query(),
+                entry.matcher.prefix(),
+            );
+            let mut response = Response::new(body::empty());
+            *response.status_mut() =
+                StatusCode::from_u16(redirect.status()).unwrap_or(StatusCode::FOUND);
+            if let Ok(location) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            return (response, &action.local_metrics, "");
+        }
+        let Some(backends) = &action.backends else {
+            let (response, flag) = ProxyError::NoRule(service.label.to_string()).into_response();
+            return (response, &service.unmatched, flag);
+        };
+        let RouteBackend {
+            target: backend,
+            metrics,
+        } = backends.pick();
+        recorder.route(metrics);
+        // Fault injection stands in for the network: before the breaker and any try.
+        let mut injected = false;
+        if let Some(fault) = &backend.policy.fault {
+            if let Some(delay) = fault.delay() {
+                injected = true;
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(status) = fault.abort() {
+                let mut response = Response::new(body::full("fault injected\n"));
+                *response.status_mut() = status;
+                response
+                    .headers_mut()
+                    .insert("x-ficus-error", HeaderValue::from_static("fault-injected"));
+                return (response, metrics, flags::FAULT_INJECTED);
+            }
+        }
+        let endpoint = backend.endpoint();
+        access_log::note_upstream(request.extensions(), endpoint.address(), metrics);
+        if span.is_recording() {
+            span.set_backend(&backend.label);
+            span.set_endpoint(endpoint.address());
+            span.set_peer_identity(backend.identity(endpoint).cloned().map(PeerIdentity::Named));
+        }
+        // HTTP/2 for h2c/gRPC backends and for mTLS to peer sidecars (ALPN h2): the app's
+        // HTTP/1.1 crosses the mesh as HTTP/2 and turns back into HTTP/1.1 at the other side.
+        let http2 = endpoint.is_http2();
+
+        let carried_http1 = endpoint.is_mtls() && request.version() != http::Version::HTTP_2;
+        let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
+        let upgrading = on_upgrade.is_some();
+        span.inject(&mut parts.headers);
+        if carried_http1 {
+            parts
+                .headers
+                .insert(X_FICUS_ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+        }
+        if let Some(ops) = &action.request_headers {
+            ops.apply(&mut parts.headers);
+        }
+
+        let mut host = authority.as_str();
+        let mut target = path_and_query(&parts.uri);
+        if let Some(rewrite) = &action.rewrite {
+            if let Some(hostname) = &rewrite.hostname {
+                host = hostname;
+            }
+            if let Some(path) = rewrite.path(parts.uri.path(), entry.matcher.prefix()) {
+                let rewritten = match parts.uri.query() {
+                    Some(query) => format!("{path}?{query}"),
+                    None => path,
+                };
+                match PathAndQuery::try_from(rewritten) {
+                    Ok(rewritten) => target = rewritten,
+                    Err(_) => {
+                        let error = ProxyError::BadRequest("rewritten path is not a valid target");
+                        let (response, flag) = error.into_response();
+                        return (response, metrics, flag);
                     }
-                    let exchange = Exchange {
-                        policy,
-                        target: backend,
-                        per_try,
-                        total: action.timeouts.request,
-                        limits,
-                        metrics: &shared.metrics,
-                        retried: AtomicU32::new(0),
-                    };
-                    let sent = Box::pin(exchange.send(endpoint, &parts, replay)).await;
-                    span.set_retries(exchange.retried.load(Ordering::Relaxed));
-                    sent
                 }
-                Err(error) => (Err(error), None),
             }
         }
-        _ => {
-            if incoming.is_end_stream() {
-                mirror_copy(Bytes::new());
+        parts.uri = match upstream_uri(http2, host, target) {
+            Ok(uri) => uri,
+            Err(error) => {
+                let (response, flag) = error.into_response();
+                return (response, metrics, flag);
             }
-            (send_once(parts, incoming).await, None)
+        };
+        if http2 {
+            parts.headers.remove(header::HOST);
+        } else if parts
+            .headers
+            .get(header::HOST)
+            .is_none_or(|h| h.as_bytes() != host.as_bytes())
+        {
+            if let Ok(host) = HeaderValue::from_str(host) {
+                parts.headers.insert(header::HOST, host);
+            }
         }
-    };
-    match result {
-        Ok(mut response) => {
-            if let Some(ops) = &action.response_headers {
-                ops.apply(response.headers_mut());
+
+        let limits = &snapshot.limits;
+        let per_try = action
+            .timeouts
+            .backend_request
+            .unwrap_or(limits.upstream_response_timeout);
+        let timeout = action
+            .timeouts
+            .request
+            .map_or(per_try, |total| total.min(per_try));
+        // Circuit breaking: fail fast rather than queue behind a Backend that is already full.
+        let permit = match &backend.policy.breaker {
+            None => None,
+            Some(breaker) => match breaker.acquire(timeout).await {
+                Ok(permit) => Some(permit),
+                Err(overflow) => {
+                    shared.metrics.breaker_overflow(overflow.kind());
+                    let (response, flag) = ProxyError::Overflow(overflow).into_response();
+                    return (response, metrics, flag);
+                }
+            },
+        };
+        // One try without retries; the outcome counts for outlier detection.
+        let send_once = |parts: http::request::Parts, incoming| async move {
+            let body = with_idle_timeout(incoming, limits.body_idle_timeout);
+            let body = access_log::count_received(&parts.extensions, body);
+            let mut upstream_request = Request::from_parts(parts, body);
+            backend.policy.tag(&mut upstream_request);
+            let in_flight = backend.start(endpoint);
+            let outcome = forward(
+                endpoint,
+                upstream_request,
+                timeout,
+                on_upgrade,
+                limits,
+                timer,
+            )
+            .await;
+            backend.finish(endpoint, in_flight, &outcome);
+            outcome
+        };
+        let mirror = action.mirror.as_ref().filter(|m| m.draw());
+        let mirror_copy = |body: Bytes| {
+            if let Some(mirror) = mirror {
+                mirror.spawn(&parts, body, host, timeout, limits, &shared.metrics);
             }
-            if let Some(permit) = permit {
-                response = response.map(|b| body::boxed(Guarded::new(b, permit)));
+        };
+        let (result, flag) = match &action.retry {
+            // A protocol switch is never replayed; everything else may be, if its body allows.
+            Some(policy) if !upgrading => {
+                let replay = tokio::time::timeout(
+                    timeout,
+                    replayable(&parts, incoming, limits.body_idle_timeout, policy),
+                )
+                .await
+                .unwrap_or(Err(ProxyError::DownstreamTimeout));
+                match replay {
+                    Ok(Replay::Stream(incoming)) => (send_once(parts, incoming).await, None),
+                    Ok(replay) => {
+                        if let Replay::Buffered(body) = &replay {
+                            access_log::note_received(&parts.extensions, body.len());
+                            mirror_copy(body.clone());
+                        }
+                        let exchange = Exchange {
+                            policy,
+                            target: backend,
+                            per_try,
+                            total: action.timeouts.request,
+                            limits,
+                            metrics: &shared.metrics,
+                            retried: AtomicU32::new(0),
+                        };
+                        let sent = Box::pin(exchange.send(endpoint, &parts, replay)).await;
+                        span.set_retries(exchange.retried.load(Ordering::Relaxed));
+                        sent
+                    }
+                    Err(error) => (Err(error), None),
+                }
             }
-            let flag = match flag {
-                Some(flag) => flag,
-                None if injected => flags::FAULT_INJECTED,
-                None => "",
-            };
-            (response, metrics, flag)
-        }
-        Err(error) => {
-            log_failure(shared, &error, endpoint.address(), timeout);
-            let (response, own_flag) = error.into_response();
-            (response, metrics, flag.unwrap_or(own_flag))
+            _ => {
+                if incoming.is_end_stream() {
+                    mirror_copy(Bytes::new());
+                }
+                (send_once(parts, incoming).await, None)
+            }
+        };
+        match result {
+            Ok(mut response) => {
+                if let Some(ops) = &action.response_headers {
+                    ops.apply(response.headers_mut());
+                }
+                if let Some(permit) = permit {
+                    response = response.map(|b| body::boxed(Guarded::new(b, permit)));
+                }
+                let flag = match flag {
+                    Some(flag) => flag,
+                    None if injected => flags::FAULT_INJECTED,
+                    None => "",
+                };
+                (response, metrics, flag)
+            }
+            Err(error) => {
+                log_failure(shared, &error, endpoint.address(), timeout);
+                let (response, own_flag) = error.into_response();
+                (response, metrics, flag.unwrap_or(own_flag))
+            }
         }
     }
 }
