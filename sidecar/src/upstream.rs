@@ -303,6 +303,10 @@ impl EndpointPool {
     ///
     /// (An `async` block, not an `async fn`: an `async fn` keeps a second copy of each
     /// argument in its future, and this one's is inside every request's.)
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep a second copy of the arguments"
+    )]
     pub fn send(
         self: &Arc<Self>,
         request: Request<Body>,
@@ -335,6 +339,10 @@ impl EndpointPool {
     }
 
     /// (An `async` block for the reason given at [`send`](Self::send).)
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep a second copy of the arguments"
+    )]
     fn send_http1(
         self: &Arc<Self>,
         mut request: Request<Body>,

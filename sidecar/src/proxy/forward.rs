@@ -85,6 +85,10 @@ pub fn prepare<B>(
 ///
 /// (An `async` block, not an `async fn`: an `async fn` keeps a second copy of each argument
 /// in its future, and this one's is inside every request's.)
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep a second copy of the arguments"
+)]
 pub fn forward<'a>(
     pool: &'a Arc<EndpointPool>,
     request: Request<Body>,

@@ -31,6 +31,10 @@ use crate::telemetry::trace::{Kind, PeerIdentity, Span};
 ///
 /// (An `async` block, not an `async fn`: an `async fn` keeps a second copy of each argument
 /// in its future, and every request's future is this one.)
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep a second copy of the arguments"
+)]
 pub fn handle<'a>(
     shared: &'a Shared,
     peer: SocketAddr,
@@ -69,6 +73,10 @@ pub fn handle<'a>(
 }
 
 /// (An `async` block for the reason given at [`handle`].)
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep a second copy of the arguments"
+)]
 fn route_and_forward<'a, 's>(
     shared: &'a Shared,
     snapshot: &'s Snapshot,
