@@ -9,6 +9,8 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 
 /// The linker script for the names of `symbol-order.txt` (one a line, `#` comments): the
+/// function's section under each name LLVM gives it (`.text.hot.` and `.text.unlikely.` are
+/// what a profile-guided build, `scripts/build-pgo`, puts hot and cold functions in); the
 /// `.text` output section with every name exactly first, in the file's order, then every
 /// name's hash-free pattern, then all other code as lld places it by default. It stays one
 /// section named `.text` (valgrind only reads symbols there), inserted where lld puts `.text`
@@ -25,13 +27,19 @@ pub fn linker_script(names: &str) -> String {
         .collect();
     let mut script = String::from("SECTIONS\n{\n  .text :\n  {\n");
     for name in &names {
-        let _ = writeln!(script, "    *(.text.{name} .text.unlikely.{name})");
+        let _ = writeln!(
+            script,
+            "    *(.text.{name} .text.hot.{name} .text.unlikely.{name})"
+        );
     }
     let mut seen = HashSet::new();
     for name in &names {
         let pattern = hash_free(name);
         if pattern != *name && seen.insert(pattern.clone()) {
-            let _ = writeln!(script, "    *(.text.{pattern} .text.unlikely.{pattern})");
+            let _ = writeln!(
+                script,
+                "    *(.text.{pattern} .text.hot.{pattern} .text.unlikely.{pattern})"
+            );
         }
     }
     script.push_str("    *(.text .text.*)\n  }\n}\nINSERT BEFORE .init;\n");

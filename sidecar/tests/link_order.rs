@@ -58,13 +58,13 @@ fn script_places_exact_names_then_patterns_then_the_rest() {
     assert_eq!(
         inputs,
         [
-            "*(.text._ZN1a4poll17h1111111111111111E .text.unlikely._ZN1a4poll17h1111111111111111E)",
-            "*(.text._ZN1b4poll17h2222222222222222E .text.unlikely._ZN1b4poll17h2222222222222222E)",
-            "*(.text._ZN1a4poll17h3333333333333333E .text.unlikely._ZN1a4poll17h3333333333333333E)",
-            "*(.text.main .text.unlikely.main)",
+            "*(.text._ZN1a4poll17h1111111111111111E .text.hot._ZN1a4poll17h1111111111111111E .text.unlikely._ZN1a4poll17h1111111111111111E)",
+            "*(.text._ZN1b4poll17h2222222222222222E .text.hot._ZN1b4poll17h2222222222222222E .text.unlikely._ZN1b4poll17h2222222222222222E)",
+            "*(.text._ZN1a4poll17h3333333333333333E .text.hot._ZN1a4poll17h3333333333333333E .text.unlikely._ZN1a4poll17h3333333333333333E)",
+            "*(.text.main .text.hot.main .text.unlikely.main)",
             // one pattern per hash-free name, none for names without a hash
-            "*(.text._ZN1a4poll17h* .text.unlikely._ZN1a4poll17h*)",
-            "*(.text._ZN1b4poll17h* .text.unlikely._ZN1b4poll17h*)",
+            "*(.text._ZN1a4poll17h* .text.hot._ZN1a4poll17h* .text.unlikely._ZN1a4poll17h*)",
+            "*(.text._ZN1b4poll17h* .text.hot._ZN1b4poll17h* .text.unlikely._ZN1b4poll17h*)",
             "*(.text .text.*)",
         ]
     );
