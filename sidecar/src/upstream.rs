@@ -300,9 +300,6 @@ impl EndpointPool {
     ///
     /// An HTTP/1.1 request that switches protocols (it carries `Upgrade`) to a peer sidecar
     /// goes over its own mTLS connection with ALPN `http/1.1` (see [`PeerAlpn`]).
-    ///
-    /// (An `async` block, not an `async fn`: an `async fn` keeps a second copy of each
-    /// argument in its future, and this one's is inside every request's.)
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn would keep a second copy of the arguments"
@@ -338,7 +335,6 @@ impl EndpointPool {
         }
     }
 
-    /// (An `async` block for the reason given at [`send`](Self::send).)
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn would keep a second copy of the arguments"

@@ -82,9 +82,6 @@ pub fn prepare<B>(
 /// on the downstream connection's reused timer when there is one (`timer`, HTTP/1.1).
 /// With `downstream` (the client's pending upgrade) a `101` response joins the two
 /// connections into a byte tunnel, closed after `limits.connection_idle_timeout` of silence.
-///
-/// (An `async` block, not an `async fn`: an `async fn` keeps a second copy of each argument
-/// in its future, and this one's is inside every request's.)
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn would keep a second copy of the arguments"

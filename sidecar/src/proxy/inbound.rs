@@ -22,8 +22,6 @@ use crate::telemetry::trace::{Kind, PeerIdentity, Span};
 
 /// Handles one request from a peer. Never fails: errors become responses. `timer`: the
 /// downstream connection's timer for the response-header deadline (HTTP/1.1).
-///
-/// (An `async` block, not an `async fn`: see `outbound::handle`.)
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn would keep a second copy of the arguments"

@@ -30,7 +30,8 @@ use crate::telemetry::trace::{Kind, PeerIdentity, Span};
 /// the downstream connection's timer for the response-header deadline (HTTP/1.1).
 ///
 /// (An `async` block, not an `async fn`: an `async fn` keeps a second copy of each argument
-/// in its future, and every request's future is this one.)
+/// in its future, and every request's future is this one. The same holds for the functions
+/// it awaits on the request path, each marked with the same `expect`.)
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn would keep a second copy of the arguments"
@@ -72,7 +73,6 @@ pub fn handle<'a>(
     }
 }
 
-/// (An `async` block for the reason given at [`handle`].)
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn would keep a second copy of the arguments"
