@@ -45,31 +45,32 @@ where
 pub struct BodyIdle(pub Duration);
 
 pin_project! {
-    /// Fails a body that sends no frame within `timeout` of the previous one (or of the start).
+    /// Fails a body that keeps its reader waiting for a frame longer than `timeout`.
     ///
-    /// Frames only record the time; the timer is polled only while the body waits, and
-    /// re-armed only when it fires early (a frame came meanwhile). A body that never waits
-    /// never touches the timer wheel, and a streaming body re-arms once per `timeout`, not once
-    /// per frame.
+    /// Only waiting counts: the clock is read when the reader finds no frame ready (the
+    /// first wait after a frame), not per frame, and the time the reader spends elsewhere
+    /// (a slow client) is not blamed on this body. The timer is made at the first wait and
+    /// moved to each later wait's deadline, which on a registered timer only stores it. A body
+    /// whose frames are ready whenever asked (a small response read with its head) neither
+    /// reads the clock nor touches the timer wheel.
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
         #[pin]
-        sleep: Sleep,
+        sleep: Option<Sleep>,
         timeout: Duration,
-        last_frame: Instant,
+        waiting: bool,
     }
 }
 
 impl<B> IdleTimeout<B> {
     /// Wraps `inner`.
     pub fn new(inner: B, timeout: Duration) -> Self {
-        let now = Instant::now();
         Self {
             inner,
-            sleep: tokio::time::sleep_until(now + timeout),
+            sleep: None,
             timeout,
-            last_frame: now,
+            waiting: false,
         }
     }
 }
@@ -88,19 +89,23 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            *this.last_frame = Instant::now();
+            *this.waiting = false;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        loop {
-            if this.sleep.as_mut().poll(cx).is_pending() {
+        if !*this.waiting {
+            *this.waiting = true;
+            // A timeout past what `Instant` holds means none.
+            let Some(deadline) = Instant::now().checked_add(*this.timeout) else {
                 return Poll::Pending;
+            };
+            match this.sleep.as_mut().as_pin_mut() {
+                Some(sleep) => sleep.reset(deadline),
+                None => this.sleep.set(Some(tokio::time::sleep_until(deadline))),
             }
-            let deadline = *this.last_frame + *this.timeout;
-            if Instant::now() >= deadline {
-                return Poll::Ready(Some(Err(Box::new(BodyIdle(*this.timeout)))));
-            }
-            // A frame arrived since the timer was set: wait for the rest of the new period.
-            this.sleep.as_mut().reset(deadline);
+        }
+        match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Some(Err(Box::new(BodyIdle(*this.timeout))))),
+            _ => Poll::Pending,
         }
     }
 
@@ -173,5 +178,22 @@ mod tests {
             let frame = body.frame().await.unwrap().unwrap();
             assert_eq!(frame.into_data().unwrap(), "x");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_the_reader_spends_away_is_not_idle_time() {
+        let (tx, mut body) = channel();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .await
+            .unwrap();
+        body.frame().await.unwrap().unwrap();
+        // The reader is busy for twice the timeout (a slow client), then waits 4 s.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"b")))).await;
+        });
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "b");
     }
 }
