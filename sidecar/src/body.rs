@@ -118,14 +118,15 @@ where
     }
 }
 
-/// Boxes `body`, bounding gaps between frames unless it is already complete.
+/// Boxes `body`, bounding gaps between frames; a body already complete becomes [`empty`]
+/// (a box of nothing allocates nothing).
 pub fn with_idle_timeout<B>(body: B, timeout: Duration) -> Body
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     if body.is_end_stream() {
-        boxed(body)
+        empty()
     } else {
         IdleTimeout::new(body, timeout).boxed_unsync()
     }

@@ -132,6 +132,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// Idle HTTP/1.1 connections older than this are closed instead of reused.
     pub idle_timeout: Duration,
+    /// A response body that keeps its reader waiting longer than this for a frame fails.
+    pub body_idle_timeout: Duration,
 }
 
 /// The connections to one endpoint, shared by every snapshot that names it.
@@ -145,6 +147,7 @@ pub struct EndpointPool {
     peer_alpn: Option<PeerAlpn>,
     connect_timeout_ms: AtomicU64,
     idle_timeout_ms: AtomicU64,
+    body_idle_timeout_ms: AtomicU64,
     /// Idle HTTP/1.1 connections, the most recently used last.
     idle: Mutex<IdlePool>,
     shared: Mutex<Option<http2::SendRequest<Body>>>,
@@ -234,6 +237,7 @@ impl EndpointPool {
             tls,
             connect_timeout_ms: AtomicU64::new(0),
             idle_timeout_ms: AtomicU64::new(0),
+            body_idle_timeout_ms: AtomicU64::new(0),
             idle: Mutex::new(IdlePool::default()),
             shared: Mutex::new(None),
         };
@@ -247,6 +251,18 @@ impl EndpointPool {
             .store(ms(settings.connect_timeout), Ordering::Relaxed);
         self.idle_timeout_ms
             .store(ms(settings.idle_timeout), Ordering::Relaxed);
+        self.body_idle_timeout_ms
+            .store(ms(settings.body_idle_timeout), Ordering::Relaxed);
+    }
+
+    /// `body` as a response body of this pool, bounded by the body idle timeout (one box).
+    fn response_body<B>(&self, body: B) -> Body
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<crate::body::BoxError>,
+    {
+        let idle = Duration::from_millis(self.body_idle_timeout_ms.load(Ordering::Relaxed));
+        crate::body::with_idle_timeout(body, idle)
     }
 
     /// The endpoint address.
@@ -372,7 +388,7 @@ impl EndpointPool {
                 match Http1Conn::drive(&mut conn, exchange).await {
                     Ok(response) => {
                         let pool = conn.map(|conn| (Arc::clone(self), conn));
-                        return Ok(response.map(|body| pooled_body(body, pool)));
+                        return Ok(response.map(|body| self.pooled_body(body, pool)));
                     }
                     Err(mut error) => match (error.take_message(), copy) {
                         // Never written: safe to resend on a fresh connection.
@@ -440,7 +456,7 @@ impl EndpointPool {
                 continue;
             }
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response.map(crate::body::boxed)),
+                Ok(response) => return Ok(response.map(|body| self.response_body(body))),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) if !fresh => {
                         self.forget_http2();
@@ -676,7 +692,7 @@ impl EndpointPool {
     {
         let mut sender = self.handshake_http1(stream, permit, what).await?;
         match sender.send_request(request).await {
-            Ok(response) => Ok(response.map(crate::body::boxed)),
+            Ok(response) => Ok(response.map(|body| self.response_body(body))),
             Err(source) => Err(UpstreamError::Reset {
                 addr: self.address,
                 source,
@@ -906,18 +922,26 @@ impl Http1Conn {
     }
 }
 
-fn pooled_body(body: Incoming, pool: Option<(Arc<EndpointPool>, Box<Http1Conn>)>) -> Body {
-    match pool {
-        // Nothing to read (HEAD, 204, 304): the connection is reusable right away.
-        Some((pool, conn)) if body.is_end_stream() => {
-            pool.checkin_http1(conn);
-            crate::body::boxed(body)
+impl EndpointPool {
+    /// The response body of a pooled HTTP/1.1 exchange: it hands the connection back when it
+    /// ends, or at once when there is nothing to read.
+    fn pooled_body(
+        &self,
+        body: Incoming,
+        pool: Option<(Arc<EndpointPool>, Box<Http1Conn>)>,
+    ) -> Body {
+        match pool {
+            // Nothing to read (HEAD, 204, 304): the connection is reusable right away.
+            Some((pool, conn)) if body.is_end_stream() => {
+                pool.checkin_http1(conn);
+                crate::body::empty()
+            }
+            None => self.response_body(body),
+            Some(pool) => self.response_body(PooledBody {
+                inner: body,
+                pool: Some(pool),
+            }),
         }
-        None => crate::body::boxed(body),
-        Some(pool) => crate::body::boxed(PooledBody {
-            inner: body,
-            pool: Some(pool),
-        }),
     }
 }
 
@@ -1041,6 +1065,7 @@ mod tests {
         let settings = PoolSettings {
             connect_timeout: Duration::from_secs(1),
             idle_timeout,
+            body_idle_timeout: Duration::from_secs(30),
         };
         Arc::new(EndpointPool::new(addr, false, None, settings))
     }

@@ -329,8 +329,11 @@ struct SinkConnection {
 }
 
 /// A raw upstream that reads whatever arrives and never answers, like an app waiting for the
-/// rest of a request body. Reports each connection when the sidecar closes it.
-async fn sink_upstream() -> (SocketAddr, mpsc::Receiver<SinkConnection>, JoinHandle<()>) {
+/// rest of a request body; with `answer`, it writes that once a request head is in, and then
+/// nothing more (a response that stalls). Reports each connection when the sidecar closes it.
+async fn sink_upstream(
+    answer: Option<&'static [u8]>,
+) -> (SocketAddr, mpsc::Receiver<SinkConnection>, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (tx, rx) = mpsc::channel(16);
@@ -347,7 +350,14 @@ async fn sink_upstream() -> (SocketAddr, mpsc::Receiver<SinkConnection>, JoinHan
                 let closed_by_sidecar = loop {
                     match tokio::time::timeout_at(until, stream.read(&mut buffer)).await {
                         Ok(Ok(0)) | Ok(Err(_)) => break true,
-                        Ok(Ok(n)) => bytes.extend_from_slice(&buffer[..n]),
+                        Ok(Ok(n)) => {
+                            let head_before = find(&bytes, b"\r\n\r\n").is_some();
+                            bytes.extend_from_slice(&buffer[..n]);
+                            let head_now = find(&bytes, b"\r\n\r\n").is_some();
+                            if let (Some(answer), false, true) = (answer, head_before, head_now) {
+                                let _ = stream.write_all(answer).await;
+                            }
+                        }
                         Err(_) => break false,
                     }
                 };
@@ -1095,7 +1105,7 @@ async fn res1_silent_connection_is_closed() {
 #[tokio::test]
 async fn res1_slow_request_body_is_cut_and_the_upstream_request_cancelled() {
     let upstream = Upstream::start("echo").await;
-    let (sink, mut connections, _task) = sink_upstream().await;
+    let (sink, mut connections, _task) = sink_upstream(None).await;
     let config = mesh(LIMITS) + &backend("echo", upstream.addr) + &backend("sink", sink);
     let sidecar = Sidecar::start(&config).await;
     // 3 of 100 body bytes, then silence (the connection stays open).
@@ -1126,6 +1136,37 @@ async fn res1_slow_request_body_is_cut_and_the_upstream_request_cancelled() {
     assert!(
         body < 100,
         "the upstream never got a complete body ({body} bytes)"
+    );
+    assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
+}
+
+#[tokio::test]
+async fn res1_a_response_body_that_stalls_is_cut_at_the_body_idle_timeout() {
+    let upstream = Upstream::start("echo").await;
+    // 3 of 100 body bytes, then silence (the connection stays open).
+    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc";
+    let (stall, mut connections, _task) = sink_upstream(Some(answer)).await;
+    let config = mesh(LIMITS) + &backend("echo", upstream.addr) + &backend("stall", stall);
+    let sidecar = Sidecar::start(&config).await;
+    let request = b"GET /download HTTP/1.1\r\nHost: stall\r\n\r\n".to_vec();
+    let outcome = exchange(sidecar.outbound, request, TIMEOUT_DEADLINE).await;
+    assert_eq!(outcome.status(), Some(200), "{}", text(&outcome));
+    let body = find(&outcome.bytes, b"\r\n\r\n").map_or(0, |end| outcome.bytes.len() - end - 4);
+    assert!(
+        outcome.closed && body == 3,
+        "want the 3 bytes sent, then the connection closed at the body idle timeout (1 s); \
+         got closed {} after {body} body bytes: {}",
+        outcome.closed,
+        text(&outcome)
+    );
+    // The upstream exchange is given up too: the sidecar closes that connection.
+    let seen = tokio::time::timeout(TIMEOUT_DEADLINE, connections.recv())
+        .await
+        .expect("the upstream connection is closed, not left hanging")
+        .expect("sink running");
+    assert!(
+        seen.closed_by_sidecar,
+        "the sidecar closed the upstream connection"
     );
     assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
 }

@@ -17,7 +17,7 @@ use super::headers::{
     append_forwarded, ensure_request_id, present, remove_hop_by_hop, strip_hop_by_hop,
     upgrade_protocol, X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY,
 };
-use crate::body::{with_idle_timeout, Body, BodyIdle};
+use crate::body::{Body, BodyIdle};
 use crate::deadline::TimerSlot;
 use crate::tunnel::copy_with_idle_timeout;
 use crate::upstream::EndpointPool;
@@ -120,7 +120,8 @@ pub fn forward<'a>(
             return Ok(response);
         }
         strip_hop_by_hop(response.headers_mut(), None, false);
-        Ok(response.map(|body| with_idle_timeout(body, limits.body_idle_timeout)))
+        // The pool bounded the body by the body idle timeout.
+        Ok(response)
     }
 }
 
