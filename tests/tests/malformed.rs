@@ -373,6 +373,19 @@ async fn sink_upstream(
     (addr, rx, task)
 }
 
+/// The next connection of a [`sink_upstream`], which the sidecar must have closed.
+async fn closed_by_sidecar(connections: &mut mpsc::Receiver<SinkConnection>) -> SinkConnection {
+    let seen = tokio::time::timeout(TIMEOUT_DEADLINE, connections.recv())
+        .await
+        .expect("the upstream connection is closed, not left hanging")
+        .expect("sink running");
+    assert!(
+        seen.closed_by_sidecar,
+        "the sidecar closed the upstream connection"
+    );
+    seen
+}
+
 /// The sidecar still routes a plain request to `upstream` (named `echo`) and `/metrics` parses.
 async fn assert_still_serving(sidecar: &Sidecar, addr: SocketAddr, upstream: &Upstream) {
     let before = upstream.count();
@@ -1119,14 +1132,7 @@ async fn res1_slow_request_body_is_cut_and_the_upstream_request_cancelled() {
         text(&outcome)
     );
     // The upstream request is cancelled: the sidecar closes its upstream connection too.
-    let seen = tokio::time::timeout(TIMEOUT_DEADLINE, connections.recv())
-        .await
-        .expect("the upstream connection is closed, not left hanging")
-        .expect("sink running");
-    assert!(
-        seen.closed_by_sidecar,
-        "the sidecar closed the upstream connection"
-    );
+    let seen = closed_by_sidecar(&mut connections).await;
     let head = String::from_utf8_lossy(&seen.bytes).to_ascii_lowercase();
     assert!(
         head.starts_with("post /upload"),
@@ -1160,13 +1166,6 @@ async fn res1_a_response_body_that_stalls_is_cut_at_the_body_idle_timeout() {
         text(&outcome)
     );
     // The upstream exchange is given up too: the sidecar closes that connection.
-    let seen = tokio::time::timeout(TIMEOUT_DEADLINE, connections.recv())
-        .await
-        .expect("the upstream connection is closed, not left hanging")
-        .expect("sink running");
-    assert!(
-        seen.closed_by_sidecar,
-        "the sidecar closed the upstream connection"
-    );
+    closed_by_sidecar(&mut connections).await;
     assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
 }
