@@ -17,13 +17,16 @@
 //! connection's task, and for an HTTP connection as long as its socket lives ([`Tracked`]),
 //! so a WebSocket or other upgraded connection, handed on to a tunnel, still counts.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
@@ -152,6 +155,71 @@ impl Drain {
     }
 }
 
+impl Drain {
+    /// [`Drain::signaled`], polled only when it was woken: beside a connection in a `select!`,
+    /// where the connection is polled a few times per request.
+    pub fn signaled_when_woken(self) -> WhenWoken<impl Future<Output = ()>> {
+        WhenWoken::new(self.signaled())
+    }
+}
+
+pin_project! {
+    /// Polls `inner` only after `inner`'s own waker was woken (and once at first). A task
+    /// polls all its futures whenever any of them wakes it; a `watch` channel's wait takes a
+    /// lock on every poll, and a connection's drain signal would be polled with every request.
+    pub struct WhenWoken<F> {
+        #[pin]
+        inner: F,
+        flag: Arc<WakeFlag>,
+        waker: Waker,
+    }
+}
+
+/// Set when the inner future's waker is woken; passes the wake on to the task.
+#[derive(Debug)]
+pub struct WakeFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future> WhenWoken<F> {
+    fn new(inner: F) -> Self {
+        let flag = Arc::new(WakeFlag {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        Self {
+            inner,
+            waker: Waker::from(Arc::clone(&flag)),
+            flag,
+        }
+    }
+}
+
+impl<F: Future> Future for WhenWoken<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        this.flag.task.register(cx.waker());
+        if !this.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        this.inner.poll(&mut Context::from_waker(this.waker))
+    }
+}
+
 /// Connections of one side: open now, and ever opened.
 #[derive(Debug, Default)]
 pub struct Activity {
@@ -269,6 +337,26 @@ mod tests {
         // A late observer sees the phase at once.
         signal.inbound().signaled().await;
         outbound.signaled().await;
+    }
+
+    #[tokio::test]
+    async fn a_signal_polled_only_when_woken_still_resolves_beside_a_busy_future() {
+        let signal = DrainSignal::new();
+        let drained = signal.outbound().signaled_when_woken();
+        tokio::pin!(drained);
+        // A task woken over and over by something else (a connection serving requests).
+        for _ in 0..100 {
+            tokio::select! {
+                () = &mut drained => panic!("not drained yet"),
+                () = tokio::task::yield_now() => {}
+            }
+        }
+        signal.stop();
+        tokio::time::timeout(Duration::from_secs(5), drained)
+            .await
+            .expect("resolves once the phase is reached");
+        // A late observer sees the phase at once.
+        signal.inbound().signaled_when_woken().await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -38,7 +38,7 @@ macro_rules! until_drained {
     ($connection:expr, $drain:expr) => {{
         let connection = $connection;
         tokio::pin!(connection);
-        let drained = $drain.signaled();
+        let drained = $drain.signaled_when_woken();
         tokio::pin!(drained);
         tokio::select! {
             result = connection.as_mut() => result,

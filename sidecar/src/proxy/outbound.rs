@@ -210,10 +210,14 @@ fn route_and_forward<'a, 's>(
         }
 
         let mut host = authority.as_str();
+        // `Host` already says `host` when it named the service and nothing has changed either.
+        let mut host_kept =
+            matches!(authority, Authority::Host(_)) && action.request_headers.is_none();
         let mut target = path_and_query(&parts.uri);
         if let Some(rewrite) = &action.rewrite {
             if let Some(hostname) = &rewrite.hostname {
                 host = hostname;
+                host_kept = false;
             }
             if let Some(path) = rewrite.path(parts.uri.path(), entry.matcher.prefix()) {
                 let rewritten = match parts.uri.query() {
@@ -239,10 +243,11 @@ fn route_and_forward<'a, 's>(
         };
         if http2 {
             parts.headers.remove(header::HOST);
-        } else if parts
-            .headers
-            .get(header::HOST)
-            .is_none_or(|h| h.as_bytes() != host.as_bytes())
+        } else if !host_kept
+            && parts
+                .headers
+                .get(header::HOST)
+                .is_none_or(|h| h.as_bytes() != host.as_bytes())
         {
             if let Ok(host) = HeaderValue::from_str(host) {
                 parts.headers.insert(header::HOST, host);
