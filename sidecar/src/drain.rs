@@ -144,6 +144,12 @@ impl Drain {
         let _ = self.phase.wait_for(|phase| *phase >= at).await;
     }
 
+    /// [`Drain::signaled`], polled only when it was woken: beside a connection in a `select!`,
+    /// where the connection is polled a few times per request.
+    pub fn signaled_when_woken(self) -> WhenWoken<impl Future<Output = ()>> {
+        WhenWoken::new(self.signaled())
+    }
+
     /// Counts a connection of this side as open until the guard is dropped (nothing for a
     /// side that is not counted).
     pub fn track(&self) -> Option<Active> {
@@ -152,14 +158,6 @@ impl Drain {
             activity.open.fetch_add(1, Ordering::AcqRel);
             Active(Arc::clone(activity))
         })
-    }
-}
-
-impl Drain {
-    /// [`Drain::signaled`], polled only when it was woken: beside a connection in a `select!`,
-    /// where the connection is polled a few times per request.
-    pub fn signaled_when_woken(self) -> WhenWoken<impl Future<Output = ()>> {
-        WhenWoken::new(self.signaled())
     }
 }
 
@@ -177,7 +175,7 @@ pin_project! {
 
 /// Set when the inner future's waker is woken; passes the wake on to the task.
 #[derive(Debug)]
-pub struct WakeFlag {
+struct WakeFlag {
     woken: AtomicBool,
     task: AtomicWaker,
 }
