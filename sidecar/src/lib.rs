@@ -22,6 +22,7 @@ pub mod app;
 pub mod authz;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod control;
 pub mod deadline;
 pub mod detect;

@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -34,6 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
+use crate::clock::Coarse;
 use crate::policy::breaker::ConnectionCap;
 
 /// A place among a Backend's `maxConnections`, held for a connection's lifetime.
@@ -519,7 +520,7 @@ impl EndpointPool {
         let Ok(mut pool) = self.idle.lock() else {
             return;
         };
-        let now = Instant::now();
+        let now = Coarse::now();
         let idle_timeout = self.idle_timeout();
         while pool
             .conns
@@ -829,7 +830,7 @@ impl PoolRegistry {
 #[derive(Debug, Default)]
 struct IdlePool {
     /// Oldest first; checkouts take the newest.
-    conns: VecDeque<(Box<Http1Conn>, Instant)>,
+    conns: VecDeque<(Box<Http1Conn>, Coarse)>,
     /// Whether a sweeper task is running for this pool.
     sweeping: bool,
 }

@@ -29,6 +29,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::BoxError;
+use crate::clock::Coarse;
 use crate::deadline::{poll_unconstrained, TimerSlot};
 
 /// The resolution of tokio's timer.
@@ -37,11 +38,15 @@ const TICK: Duration = Duration::from_millis(1);
 /// Whether a request of the connection is being answered, and since when it is idle.
 #[derive(Debug)]
 pub struct HeadWatch {
-    /// When the connection was opened: the origin of `idle_since`.
+    /// When the connection was opened.
     opened: Instant,
+    /// The same on the coarse clock: the origin of `idle_since`.
+    opened_coarse: Coarse,
     /// A request head is in and its response has not ended yet.
     busy: AtomicBool,
-    /// When the last response ended, in nanoseconds after `opened` (0: none yet).
+    /// When the last response ended, in nanoseconds after `opened` by the coarse clock (0:
+    /// none yet), which is read per request (a tick late at most, next to a timeout of
+    /// seconds).
     idle_since: AtomicU64,
     /// The timer the connection's requests borrow for their response-header deadline.
     timer: TimerSlot,
@@ -52,6 +57,7 @@ impl HeadWatch {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             opened: Instant::now(),
+            opened_coarse: Coarse::now(),
             busy: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             timer: TimerSlot::new(),
@@ -70,7 +76,7 @@ impl HeadWatch {
 
     /// The response of the request in flight ended (its body is done or dropped).
     fn end(&self) {
-        let since = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let since = u64::try_from(self.opened_coarse.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.idle_since.store(since, Ordering::Relaxed);
         self.busy.store(false, Ordering::Relaxed);
     }
