@@ -63,9 +63,17 @@ pin_project! {
     }
 }
 
-/// Runs `future` for at most `duration` on the timer of `slot`.
-pub fn timeout<F: Future>(slot: &TimerSlot, duration: Duration, future: F) -> Timeout<'_, F> {
-    let now = Instant::now();
+/// Runs `future` for at most `duration` after `from` (now when `None`) on the timer of `slot`.
+///
+/// `from` saves a clock read when the caller has a reading taken with nothing awaited since
+/// (a request's arrival): the deadline is then the same within the microseconds in between.
+pub fn timeout<F: Future>(
+    slot: &TimerSlot,
+    from: Option<Instant>,
+    duration: Duration,
+    future: F,
+) -> Timeout<'_, F> {
+    let now = from.unwrap_or_else(Instant::now);
     // Like tokio's `timeout`: a duration past what `Instant` holds means "no deadline".
     let deadline = now
         .checked_add(duration)
@@ -116,7 +124,7 @@ mod tests {
     async fn the_slot_lends_one_timer_to_consecutive_deadlines() {
         let slot = TimerSlot::new();
         assert_eq!(
-            timeout(&slot, Duration::from_secs(1), async { 7 }).await,
+            timeout(&slot, None, Duration::from_secs(1), async { 7 }).await,
             Some(7)
         );
         assert!(
@@ -124,11 +132,17 @@ mod tests {
             "timer returned to the slot"
         );
         let never = std::future::pending::<()>();
-        assert_eq!(timeout(&slot, Duration::from_secs(1), never).await, None);
+        assert_eq!(
+            timeout(&slot, None, Duration::from_secs(1), never).await,
+            None
+        );
         // Reused after firing: a later deadline still holds.
         let started = Instant::now();
         let late = tokio::time::sleep(Duration::from_millis(1500));
-        assert_eq!(timeout(&slot, Duration::from_secs(2), late).await, Some(()));
+        assert_eq!(
+            timeout(&slot, None, Duration::from_secs(2), late).await,
+            Some(())
+        );
         assert_eq!(started.elapsed(), Duration::from_millis(1500));
         assert!(slot.0.lock().unwrap().is_some());
     }
@@ -136,8 +150,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lent_out_timer_means_a_new_one() {
         let slot = TimerSlot::new();
-        let first = timeout(&slot, Duration::from_secs(5), std::future::pending::<()>());
-        let second = timeout(&slot, Duration::from_secs(1), std::future::pending::<()>());
+        let first = timeout(
+            &slot,
+            None,
+            Duration::from_secs(5),
+            std::future::pending::<()>(),
+        );
+        let second = timeout(
+            &slot,
+            None,
+            Duration::from_secs(1),
+            std::future::pending::<()>(),
+        );
         assert_eq!(second.await, None);
         drop(first);
         assert!(slot.0.lock().unwrap().is_some());

@@ -527,6 +527,7 @@ pub async fn passthrough<'s>(
         on_upgrade,
         limits,
         None,
+        None,
     )
     .await
     {

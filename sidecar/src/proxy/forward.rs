@@ -79,7 +79,9 @@ pub fn prepare<B>(
 }
 
 /// Sends `request` to `pool`'s endpoint and waits at most `timeout` for response headers,
-/// on the downstream connection's reused timer when there is one (`timer`, HTTP/1.1).
+/// on the downstream connection's reused timer when there is one (`timer`, HTTP/1.1),
+/// counted from `from` when given (the request's arrival, with nothing awaited since) or else
+/// from now.
 /// With `downstream` (the client's pending upgrade) a `101` response joins the two
 /// connections into a byte tunnel, closed after `limits.connection_idle_timeout` of silence.
 #[expect(
@@ -93,12 +95,16 @@ pub fn forward<'a>(
     downstream: Option<OnUpgrade>,
     limits: &'a ProxyLimits,
     timer: Option<&'a TimerSlot>,
+    from: Option<std::time::Instant>,
 ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + use<'a> {
     async move {
         // Pinned where it is made: the timeout holds a reference, not another copy of the future.
         let send = std::pin::pin!(pool.send(request));
         let sent = match timer {
-            Some(timer) => crate::deadline::timeout(timer, timeout, send).await,
+            Some(timer) => {
+                let from = from.map(tokio::time::Instant::from_std);
+                crate::deadline::timeout(timer, from, timeout, send).await
+            }
             None => tokio::time::timeout(timeout, send).await.ok(),
         };
         let mut response = match sent {

@@ -137,7 +137,9 @@ pub fn handle<'a>(
                 access_log::note_upstream(&parts.extensions, pool.address(), &inbound.metrics);
                 let request = Request::from_parts(parts, body);
                 let timeout = limits.upstream_response_timeout;
-                match forward(pool, request, timeout, on_upgrade, limits, timer).await {
+                // Nothing was awaited since the request came in: its arrival is "now".
+                let from = Some(started);
+                match forward(pool, request, timeout, on_upgrade, limits, timer, from).await {
                     Ok(response) => (response, ""),
                     Err(error) => {
                         tracing::debug!(%error, "inbound request to the app failed");

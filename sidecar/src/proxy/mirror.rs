@@ -89,7 +89,9 @@ impl Mirror {
         tokio::spawn(async move {
             let _permit = permit;
             // The response and its body are dropped unread.
-            if let Err(error) = forward(&endpoint, request, timeout, None, &limits, None).await {
+            if let Err(error) =
+                forward(&endpoint, request, timeout, None, &limits, None, None).await
+            {
                 tracing::debug!(%error, "mirrored request failed");
             }
         });

@@ -275,8 +275,11 @@ fn route_and_forward<'a, 's>(
                 }
             },
         };
+        // The request's arrival stands for "now" in the try's deadline while nothing has been
+        // awaited since (no injected delay, no breaker to queue at): one clock read fewer.
+        let arrival = (!injected && backend.policy.breaker.is_none()).then(|| recorder.started());
         // One try without retries; the outcome counts for outlier detection.
-        let send_once = |parts: http::request::Parts, incoming| async move {
+        let send_once = |parts: http::request::Parts, incoming, from| async move {
             let body = with_idle_timeout(incoming, limits.body_idle_timeout);
             let body = access_log::count_received(&parts.extensions, body);
             let mut upstream_request = Request::from_parts(parts, body);
@@ -289,6 +292,7 @@ fn route_and_forward<'a, 's>(
                 on_upgrade,
                 limits,
                 timer,
+                from,
             )
             .await;
             backend.finish(endpoint, in_flight, &outcome);
@@ -310,7 +314,7 @@ fn route_and_forward<'a, 's>(
                 .await
                 .unwrap_or(Err(ProxyError::DownstreamTimeout));
                 match replay {
-                    Ok(Replay::Stream(incoming)) => (send_once(parts, incoming).await, None),
+                    Ok(Replay::Stream(incoming)) => (send_once(parts, incoming, None).await, None),
                     Ok(replay) => {
                         if let Replay::Buffered(body) = &replay {
                             access_log::note_received(&parts.extensions, body.len());
@@ -336,7 +340,7 @@ fn route_and_forward<'a, 's>(
                 if incoming.is_end_stream() {
                     mirror_copy(Bytes::new());
                 }
-                (send_once(parts, incoming).await, None)
+                (send_once(parts, incoming, arrival).await, None)
             }
         };
         match result {

@@ -151,7 +151,16 @@ impl Exchange<'_> {
             };
             self.target.policy.tag(&mut request);
             let in_flight = self.target.start(endpoint);
-            let outcome = forward(endpoint, request, try_timeout, None, self.limits, None).await;
+            let outcome = forward(
+                endpoint,
+                request,
+                try_timeout,
+                None,
+                self.limits,
+                None,
+                None,
+            )
+            .await;
             self.target.finish(endpoint, in_flight, &outcome);
             if matches!(outcome, Err(ProxyError::Timeout(_))) && Some(try_timeout) == remaining {
                 // The route's deadline, not the try's, ran out.

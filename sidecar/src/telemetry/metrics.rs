@@ -512,6 +512,11 @@ impl<'a> Recorder<'a> {
         }
     }
 
+    /// When the request began.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// The metrics an abandoned request counts against from now on (its routed Backend).
     pub fn route(&mut self, metrics: &'a RequestMetrics) {
         self.metrics = metrics;
