@@ -44,9 +44,9 @@ pub struct HeadWatch {
     opened_coarse: Coarse,
     /// A request head is in and its response has not ended yet.
     busy: AtomicBool,
-    /// When the last response ended, in nanoseconds after `opened` by the coarse clock (0:
-    /// none yet), which is read per request (a tick late at most, next to a timeout of
-    /// seconds).
+    /// When the last response ended: nanoseconds after `opened_coarse` on the coarse clock
+    /// (0: none yet). It is stamped once per request, so it uses the cheap clock. The stamp
+    /// is off by a tick at most, against a timeout of seconds.
     idle_since: AtomicU64,
     /// The timer the connection's requests borrow for their response-header deadline.
     timer: TimerSlot,
