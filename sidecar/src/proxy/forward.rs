@@ -79,9 +79,9 @@ pub fn prepare<B>(
 }
 
 /// Sends `request` to `pool`'s endpoint and waits at most `timeout` for response headers,
-/// on the downstream connection's reused timer when there is one (`timer`, HTTP/1.1),
-/// counted from `from` when given (the request's arrival, with nothing awaited since) or else
-/// from now.
+/// on the downstream connection's reused timer when there is one (`timer`, HTTP/1.1). On
+/// that timer the wait counts from `from` when given (the request's arrival, with nothing
+/// awaited since); without a timer, and without `from`, it counts from now.
 /// With `downstream` (the client's pending upgrade) a `101` response joins the two
 /// connections into a byte tunnel, closed after `limits.connection_idle_timeout` of silence.
 #[expect(
