@@ -10,6 +10,7 @@ COPY sidecar sidecar
 COPY control control
 COPY tests tests
 COPY benches benches
+COPY vendor vendor
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p ficus-control --bin ficus-control \

@@ -12,6 +12,7 @@ COPY sidecar sidecar
 COPY control control
 COPY tests tests
 COPY benches benches
+COPY vendor vendor
 COPY scripts/build-pgo scripts/build-pgo
 # The profile-guided build (scripts/build-pgo: an instrumented build, a training run on the
 # build container's loopback, then the optimised build), the binary benches/run measures.

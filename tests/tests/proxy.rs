@@ -253,6 +253,76 @@ async fn opaque_tcp_with_weighted_split() {
     }
 }
 
+/// HTTP/1.1 pipelining: requests written back to back on one connection are answered in
+/// order, each after the one before, and reach the upstream in order.
+#[tokio::test]
+async fn http1_pipelined_requests_are_answered_in_order() {
+    let upstream = Upstream::start("monolith").await;
+    let sidecar = Sidecar::start(&backend("monolith", "http", upstream.addr)).await;
+    let requests = b"GET /status/201 HTTP/1.1\r\nHost: monolith\r\n\r\n\
+                     GET /delay/50 HTTP/1.1\r\nHost: monolith\r\n\r\n\
+                     GET /status/203 HTTP/1.1\r\nHost: monolith\r\nConnection: close\r\n\r\n";
+    let outcome = client::raw_exchange(sidecar.outbound, requests, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&outcome.bytes);
+    assert!(
+        outcome.closed,
+        "`Connection: close` on the last request ends it: {text}"
+    );
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| text.get(at + 9..at + 12))
+        .collect();
+    assert_eq!(statuses, ["201", "200", "203"], "{text}");
+    let uris: Vec<String> = upstream
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|seen| seen.uri.clone())
+        .collect();
+    assert_eq!(uris, ["/status/201", "/delay/50", "/status/203"]);
+}
+
+/// Every response carries a current `Date` (RFC 9110 6.6.1): the upstream's is passed on, and
+/// the sidecar's own answers get one that follows the clock.
+#[tokio::test]
+async fn responses_carry_a_current_date() {
+    let upstream = Upstream::start("monolith").await;
+    let sidecar = Sidecar::start(&backend("monolith", "http", upstream.addr)).await;
+    let date = |response: &client::Response| {
+        let value = response.header("date");
+        httpdate::parse_http_date(value).unwrap_or_else(|error| panic!("Date {value:?}: {error}"))
+    };
+    let proxied = client::get(sidecar.outbound, "monolith", "/")
+        .await
+        .unwrap();
+    assert_eq!(proxied.status, 200);
+    let before = std::time::SystemTime::now();
+    let first = client::get(sidecar.outbound, "nowhere", "/").await.unwrap();
+    assert_eq!(first.status, 502);
+    // A Date has a resolution of one second: the next answer, 1.1 s later, is dated later.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = client::get(sidecar.outbound, "nowhere", "/").await.unwrap();
+    let after = std::time::SystemTime::now();
+    let (proxied, first, second) = (date(&proxied), date(&first), date(&second));
+    let floor = |time: std::time::SystemTime| {
+        let seconds = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        std::time::UNIX_EPOCH + Duration::from_secs(seconds)
+    };
+    assert!(proxied <= after && first <= after && second <= after);
+    assert!(
+        first >= floor(before) - Duration::from_secs(1),
+        "{first:?} before {before:?}"
+    );
+    assert!(
+        second > first,
+        "the sidecar's Date follows the clock: {first:?}, then {second:?}"
+    );
+}
+
 #[tokio::test]
 async fn unknown_service_and_dead_upstream_get_clear_answers() {
     let dead = ficus_tests::free_addr();
