@@ -1,0 +1,213 @@
+//! `relay`: the least a proxy can do, as a floor for the "added latency" rows of `benches/run`.
+//!
+//! Accepts TCP connections, opens one upstream connection for each, and copies bytes both ways
+//! from one thread over epoll (mio): a readable socket is read, and the bytes go out to its
+//! peer with one `write`. No HTTP parsing, no timers or tasks on the path, no allocation per
+//! message: nginx's architecture with everything but the event loop taken out. The latency it
+//! adds over a direct connection is the cost of the extra hop itself on this machine (two more
+//! loopback sends and the wakeups of the core it is pinned to).
+//!
+//! Bounded: at most `--max-connections` relayed at once (more are closed when accepted), an
+//! upstream connect times out after 1 s, a connection with no bytes either way for `--idle`
+//! seconds is closed, and at most 1 MiB waits to be written to a slow peer (beyond that the
+//! connection is closed).
+#![forbid(unsafe_code)]
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+/// Minimal single-threaded TCP relay over epoll.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on (`:0` picks a port, printed on stderr).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Where every accepted connection is relayed to.
+    #[arg(long)]
+    upstream: SocketAddr,
+    /// Connections relayed at once; further ones are closed when accepted.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// A connection with no bytes either way for this long is closed, in seconds.
+    #[arg(long, default_value_t = 60)]
+    idle: u64,
+}
+
+const LISTENER: Token = Token(usize::MAX);
+/// Bytes that may wait for a slow peer before the connection is closed.
+const MAX_PENDING: usize = 1 << 20;
+
+/// One relayed connection: `sides[0]` the client, `sides[1]` the upstream; `pending[i]` the
+/// bytes still to be written to `sides[i]`.
+struct Conn {
+    sides: [TcpStream; 2],
+    pending: [Vec<u8>; 2],
+    active: Instant,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut listener = TcpListener::bind(args.listen)
+        .with_context(|| format!("failed to bind to address {}", args.listen))?;
+    eprintln!("relay listening on {}", listener.local_addr()?);
+    let mut poll = Poll::new()?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let mut events = Events::with_capacity(256);
+    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let idle = Duration::from_secs(args.idle.max(1));
+    let mut swept = Instant::now();
+    loop {
+        if let Err(error) = poll.poll(&mut events, Some(Duration::from_secs(1))) {
+            if error.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error.into());
+        }
+        for event in &events {
+            if event.token() == LISTENER {
+                accept(&args, &listener, &poll, &mut conns);
+                continue;
+            }
+            let (slot, side) = (event.token().0 / 2, event.token().0 % 2);
+            let Some(conn) = conns.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            let ok = (!event.is_writable() || flush(conn, side, &poll, slot).is_ok())
+                && (!event.is_readable() || forward(conn, side, &poll, slot, &mut buf).is_ok());
+            if !ok {
+                close(&poll, &mut conns[slot]);
+            }
+        }
+        if swept.elapsed() >= Duration::from_secs(1) {
+            swept = Instant::now();
+            for entry in &mut conns {
+                if entry.as_ref().is_some_and(|c| c.active.elapsed() > idle) {
+                    close(&poll, entry);
+                }
+            }
+        }
+    }
+}
+
+/// Accepts every waiting connection and connects each to the upstream.
+fn accept(args: &Args, listener: &TcpListener, poll: &Poll, conns: &mut Vec<Option<Conn>>) {
+    loop {
+        let client = match listener.accept() {
+            Ok((client, _)) => client,
+            Err(error) if error.kind() == ErrorKind::WouldBlock => return,
+            Err(error) => {
+                // Typically EMFILE: leave the rest queued until the next readiness.
+                eprintln!("accept failed: {error}");
+                return;
+            }
+        };
+        let open = conns.iter().filter(|c| c.is_some()).count();
+        if open >= args.max_connections {
+            continue; // dropped: closed
+        }
+        match connect(args.upstream, client) {
+            Ok(mut conn) => {
+                let slot = conns.iter().position(Option::is_none).unwrap_or_else(|| {
+                    conns.push(None);
+                    conns.len() - 1
+                });
+                let registered = (0..2).try_for_each(|side| {
+                    poll.registry().register(
+                        &mut conn.sides[side],
+                        Token(slot * 2 + side),
+                        Interest::READABLE,
+                    )
+                });
+                match registered {
+                    Ok(()) => conns[slot] = Some(conn),
+                    Err(error) => eprintln!("register failed: {error}"),
+                }
+            }
+            Err(error) => eprintln!("connect to {} failed: {error}", args.upstream),
+        }
+    }
+}
+
+fn connect(upstream: SocketAddr, client: TcpStream) -> io::Result<Conn> {
+    let upstream = std::net::TcpStream::connect_timeout(&upstream, Duration::from_secs(1))?;
+    upstream.set_nonblocking(true)?;
+    let sides = [client, TcpStream::from_std(upstream)];
+    for side in &sides {
+        side.set_nodelay(true)?;
+    }
+    Ok(Conn {
+        sides,
+        pending: [Vec::new(), Vec::new()],
+        active: Instant::now(),
+    })
+}
+
+/// Reads `side` until it would block, writing what arrives to the other side. An error (EOF
+/// included) means the connection is done.
+fn forward(conn: &mut Conn, side: usize, poll: &Poll, slot: usize, buf: &mut [u8]) -> io::Result<()> {
+    let to = 1 - side;
+    loop {
+        let n = match conn.sides[side].read(buf) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => n,
+            Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        conn.active = Instant::now();
+        let mut written = 0;
+        if conn.pending[to].is_empty() {
+            written = match conn.sides[to].write(&buf[..n]) {
+                Ok(written) => written,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => 0,
+                Err(error) => return Err(error),
+            };
+        }
+        if written < n {
+            if conn.pending[to].len() + n - written > MAX_PENDING {
+                return Err(ErrorKind::OutOfMemory.into());
+            }
+            let was_empty = conn.pending[to].is_empty();
+            conn.pending[to].extend_from_slice(&buf[written..n]);
+            if was_empty {
+                poll.registry().reregister(
+                    &mut conn.sides[to],
+                    Token(slot * 2 + to),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+            }
+        }
+    }
+}
+
+/// Writes what waits for `side`; once all of it is out, stops asking for writability.
+fn flush(conn: &mut Conn, side: usize, poll: &Poll, slot: usize) -> io::Result<()> {
+    while !conn.pending[side].is_empty() {
+        match conn.sides[side].write(&conn.pending[side]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => drop(conn.pending[side].drain(..n)),
+            Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    poll.registry()
+        .reregister(&mut conn.sides[side], Token(slot * 2 + side), Interest::READABLE)
+}
+
+fn close(poll: &Poll, entry: &mut Option<Conn>) {
+    if let Some(mut conn) = entry.take() {
+        for side in &mut conn.sides {
+            let _ = poll.registry().deregister(side);
+        }
+    }
+}
