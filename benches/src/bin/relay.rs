@@ -9,12 +9,13 @@
 //!
 //! Bounded: at most `--max-connections` relayed at once (more are closed when accepted), an
 //! upstream connect times out after 1 s, a connection with no bytes either way for `--idle`
-//! seconds is closed, and at most 1 MiB waits to be written to a slow peer (beyond that the
-//! connection is closed).
+//! seconds is closed, and at most one read (64 KiB) waits for a slow peer: a side is not read
+//! while its bytes wait. An EOF is passed on as a half close once what waits is written; the
+//! connection ends when both sides have sent theirs (or on any error).
 #![forbid(unsafe_code)]
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -41,15 +42,20 @@ struct Args {
 }
 
 const LISTENER: Token = Token(usize::MAX);
-/// Bytes that may wait for a slow peer before the connection is closed.
-const MAX_PENDING: usize = 1 << 20;
 
 /// One relayed connection: `sides[0]` the client, `sides[1]` the upstream; `pending[i]` the
-/// bytes still to be written to `sides[i]`.
+/// bytes still to be written to `sides[i]`; `eof[i]`: `sides[i]` has sent its EOF.
 struct Conn {
     sides: [TcpStream; 2],
     pending: [Vec<u8>; 2],
+    eof: [bool; 2],
     active: Instant,
+}
+
+/// What an event left of a connection.
+enum State {
+    Open,
+    Done,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,9 +87,14 @@ fn main() -> anyhow::Result<()> {
             let Some(conn) = conns.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
-            let ok = (!event.is_writable() || flush(conn, side, &poll, slot).is_ok())
-                && (!event.is_readable() || forward(conn, side, &poll, slot, &mut buf).is_ok());
-            if !ok {
+            let mut state = Ok(State::Open);
+            if event.is_writable() {
+                state = flush(conn, side, &poll, slot, &mut buf);
+            }
+            if event.is_readable() && matches!(state, Ok(State::Open)) {
+                state = forward(conn, side, &poll, slot, &mut buf);
+            }
+            if !matches!(state, Ok(State::Open)) {
                 close(&poll, &mut conns[slot]);
             }
         }
@@ -147,61 +158,86 @@ fn connect(upstream: SocketAddr, client: TcpStream) -> io::Result<Conn> {
     Ok(Conn {
         sides,
         pending: [Vec::new(), Vec::new()],
+        eof: [false; 2],
         active: Instant::now(),
     })
 }
 
-/// Reads `side` until it would block, writing what arrives to the other side. An error (EOF
-/// included) means the connection is done.
-fn forward(conn: &mut Conn, side: usize, poll: &Poll, slot: usize, buf: &mut [u8]) -> io::Result<()> {
+/// Reads `side` until it would block, writing what arrives to the other side; stops early
+/// while bytes wait for the other side (`flush` resumes it).
+fn forward(
+    conn: &mut Conn,
+    side: usize,
+    poll: &Poll,
+    slot: usize,
+    buf: &mut [u8],
+) -> io::Result<State> {
     let to = 1 - side;
-    loop {
+    while conn.pending[to].is_empty() && !conn.eof[side] {
         let n = match conn.sides[side].read(buf) {
-            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(0) => {
+                conn.eof[side] = true;
+                conn.sides[to].shutdown(Shutdown::Write)?;
+                break;
+            }
             Ok(n) => n,
-            Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(error) if error.kind() == ErrorKind::WouldBlock => break,
             Err(error) if error.kind() == ErrorKind::Interrupted => continue,
             Err(error) => return Err(error),
         };
         conn.active = Instant::now();
-        let mut written = 0;
-        if conn.pending[to].is_empty() {
-            written = match conn.sides[to].write(&buf[..n]) {
-                Ok(written) => written,
-                Err(error) if error.kind() == ErrorKind::WouldBlock => 0,
-                Err(error) => return Err(error),
-            };
-        }
+        let written = match conn.sides[to].write(&buf[..n]) {
+            Ok(written) => written,
+            Err(error) if error.kind() == ErrorKind::WouldBlock => 0,
+            Err(error) => return Err(error),
+        };
         if written < n {
-            if conn.pending[to].len() + n - written > MAX_PENDING {
-                return Err(ErrorKind::OutOfMemory.into());
-            }
-            let was_empty = conn.pending[to].is_empty();
             conn.pending[to].extend_from_slice(&buf[written..n]);
-            if was_empty {
-                poll.registry().reregister(
-                    &mut conn.sides[to],
-                    Token(slot * 2 + to),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-            }
+            poll.registry().reregister(
+                &mut conn.sides[to],
+                Token(slot * 2 + to),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
         }
     }
+    Ok(
+        if conn.eof == [true; 2] && conn.pending.iter().all(Vec::is_empty) {
+            State::Done
+        } else {
+            State::Open
+        },
+    )
 }
 
-/// Writes what waits for `side`; once all of it is out, stops asking for writability.
-fn flush(conn: &mut Conn, side: usize, poll: &Poll, slot: usize) -> io::Result<()> {
+/// Writes what waits for `side`; once all of it is out, stops asking for writability and
+/// resumes reading the other side.
+fn flush(
+    conn: &mut Conn,
+    side: usize,
+    poll: &Poll,
+    slot: usize,
+    buf: &mut [u8],
+) -> io::Result<State> {
+    if conn.pending[side].is_empty() {
+        return Ok(State::Open);
+    }
     while !conn.pending[side].is_empty() {
         match conn.sides[side].write(&conn.pending[side]) {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
             Ok(n) => drop(conn.pending[side].drain(..n)),
-            Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(State::Open),
             Err(error) if error.kind() == ErrorKind::Interrupted => {}
             Err(error) => return Err(error),
         }
     }
-    poll.registry()
-        .reregister(&mut conn.sides[side], Token(slot * 2 + side), Interest::READABLE)
+    poll.registry().reregister(
+        &mut conn.sides[side],
+        Token(slot * 2 + side),
+        Interest::READABLE,
+    )?;
+    // (An EOF from the other side is only read once nothing waits for this one, so its half
+    // close has already been passed on.)
+    forward(conn, 1 - side, poll, slot, buf)
 }
 
 fn close(poll: &Poll, entry: &mut Option<Conn>) {
