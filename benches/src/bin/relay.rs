@@ -46,6 +46,8 @@ const LISTENER: Token = Token(usize::MAX);
 /// One relayed connection: `sides[0]` the client, `sides[1]` the upstream; `pending[i]` the
 /// bytes still to be written to `sides[i]`; `eof[i]`: `sides[i]` has sent its EOF.
 struct Conn {
+    /// Index in the connection table: its sides' tokens are `2 * slot` and `2 * slot + 1`.
+    slot: usize,
     sides: [TcpStream; 2],
     pending: [Vec<u8>; 2],
     eof: [bool; 2],
@@ -89,10 +91,10 @@ fn main() -> anyhow::Result<()> {
             };
             let mut state = Ok(State::Open);
             if event.is_writable() {
-                state = flush(conn, side, &poll, slot, &mut buf);
+                state = conn.flush(side, &poll, &mut buf);
             }
             if event.is_readable() && matches!(state, Ok(State::Open)) {
-                state = forward(conn, side, &poll, slot, &mut buf);
+                state = conn.forward(side, &poll, &mut buf);
             }
             if !matches!(state, Ok(State::Open)) {
                 close(&poll, &mut conns[slot]);
@@ -131,12 +133,11 @@ fn accept(args: &Args, listener: &TcpListener, poll: &Poll, conns: &mut Vec<Opti
                     conns.push(None);
                     conns.len() - 1
                 });
+                conn.slot = slot;
                 let registered = (0..2).try_for_each(|side| {
-                    poll.registry().register(
-                        &mut conn.sides[side],
-                        Token(slot * 2 + side),
-                        Interest::READABLE,
-                    )
+                    let token = conn.token(side);
+                    poll.registry()
+                        .register(&mut conn.sides[side], token, Interest::READABLE)
                 });
                 match registered {
                     Ok(()) => conns[slot] = Some(conn),
@@ -156,6 +157,7 @@ fn connect(upstream: SocketAddr, client: TcpStream) -> io::Result<Conn> {
         side.set_nodelay(true)?;
     }
     Ok(Conn {
+        slot: 0,
         sides,
         pending: [Vec::new(), Vec::new()],
         eof: [false; 2],
@@ -163,81 +165,68 @@ fn connect(upstream: SocketAddr, client: TcpStream) -> io::Result<Conn> {
     })
 }
 
-/// Reads `side` until it would block, writing what arrives to the other side; stops early
-/// while bytes wait for the other side (`flush` resumes it).
-fn forward(
-    conn: &mut Conn,
-    side: usize,
-    poll: &Poll,
-    slot: usize,
-    buf: &mut [u8],
-) -> io::Result<State> {
-    let to = 1 - side;
-    while conn.pending[to].is_empty() && !conn.eof[side] {
-        let n = match conn.sides[side].read(buf) {
-            Ok(0) => {
-                conn.eof[side] = true;
-                conn.sides[to].shutdown(Shutdown::Write)?;
-                break;
-            }
-            Ok(n) => n,
-            Err(error) if error.kind() == ErrorKind::WouldBlock => break,
-            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-            Err(error) => return Err(error),
-        };
-        conn.active = Instant::now();
-        let written = match conn.sides[to].write(&buf[..n]) {
-            Ok(written) => written,
-            Err(error) if error.kind() == ErrorKind::WouldBlock => 0,
-            Err(error) => return Err(error),
-        };
-        if written < n {
-            conn.pending[to].extend_from_slice(&buf[written..n]);
-            poll.registry().reregister(
-                &mut conn.sides[to],
-                Token(slot * 2 + to),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-        }
+impl Conn {
+    fn token(&self, side: usize) -> Token {
+        Token(self.slot * 2 + side)
     }
-    Ok(
-        if conn.eof == [true; 2] && conn.pending.iter().all(Vec::is_empty) {
-            State::Done
-        } else {
-            State::Open
-        },
-    )
-}
 
-/// Writes what waits for `side`; once all of it is out, stops asking for writability and
-/// resumes reading the other side.
-fn flush(
-    conn: &mut Conn,
-    side: usize,
-    poll: &Poll,
-    slot: usize,
-    buf: &mut [u8],
-) -> io::Result<State> {
-    if conn.pending[side].is_empty() {
-        return Ok(State::Open);
+    fn interest(&mut self, poll: &Poll, side: usize, interest: Interest) -> io::Result<()> {
+        let token = self.token(side);
+        poll.registry()
+            .reregister(&mut self.sides[side], token, interest)
     }
-    while !conn.pending[side].is_empty() {
-        match conn.sides[side].write(&conn.pending[side]) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => drop(conn.pending[side].drain(..n)),
-            Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(State::Open),
-            Err(error) if error.kind() == ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
+
+    /// Reads `side` until it would block, writing what arrives to the other side; stops early
+    /// while bytes wait for the other side (`flush` resumes it).
+    fn forward(&mut self, side: usize, poll: &Poll, buf: &mut [u8]) -> io::Result<State> {
+        let to = 1 - side;
+        while self.pending[to].is_empty() && !self.eof[side] {
+            let n = match self.sides[side].read(buf) {
+                Ok(0) => {
+                    self.eof[side] = true;
+                    self.sides[to].shutdown(Shutdown::Write)?;
+                    break;
+                }
+                Ok(n) => n,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            };
+            self.active = Instant::now();
+            let written = match self.sides[to].write(&buf[..n]) {
+                Ok(written) => written,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => 0,
+                Err(error) => return Err(error),
+            };
+            if written < n {
+                self.pending[to].extend_from_slice(&buf[written..n]);
+                self.interest(poll, to, Interest::READABLE | Interest::WRITABLE)?;
+            }
         }
+        let done = self.eof == [true; 2] && self.pending.iter().all(Vec::is_empty);
+        Ok(if done { State::Done } else { State::Open })
     }
-    poll.registry().reregister(
-        &mut conn.sides[side],
-        Token(slot * 2 + side),
-        Interest::READABLE,
-    )?;
-    // (An EOF from the other side is only read once nothing waits for this one, so its half
-    // close has already been passed on.)
-    forward(conn, 1 - side, poll, slot, buf)
+
+    /// Writes what waits for `side`; once all of it is out, stops asking for writability and
+    /// resumes reading the other side.
+    fn flush(&mut self, side: usize, poll: &Poll, buf: &mut [u8]) -> io::Result<State> {
+        if self.pending[side].is_empty() {
+            return Ok(State::Open);
+        }
+        while !self.pending[side].is_empty() {
+            match self.sides[side].write(&self.pending[side]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => drop(self.pending[side].drain(..n)),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(State::Open),
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.interest(poll, side, Interest::READABLE)?;
+        // (An EOF from the other side is only read once nothing waits for this one, so its
+        // half close has already been passed on.)
+        self.forward(1 - side, poll, buf)
+    }
 }
 
 fn close(poll: &Poll, entry: &mut Option<Conn>) {
