@@ -195,6 +195,8 @@ fn relay_copies_bytes_both_ways_and_closes_after_the_client() {
         let (mut conn, _) = echo.accept().unwrap();
         conn.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
+        conn.set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut buf = [0u8; 8192];
         loop {
             match conn.read(&mut buf) {
@@ -211,6 +213,10 @@ fn relay_copies_bytes_both_ways_and_closes_after_the_client() {
     let mut client = TcpStream::connect(&addr).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // (Shared with the writer's clone: the same socket.)
+    client
+        .set_write_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let sent: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
     let mut writer = client.try_clone().unwrap();
