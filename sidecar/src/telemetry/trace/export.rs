@@ -1,5 +1,5 @@
 //! The span exporter: a bounded queue in front of an exporter thread that batches spans and
-//! sends them with opentelemetry-otlp over gRPC.
+//! sends them to the collector over OTLP/gRPC (opentelemetry-proto's messages, tonic's client).
 //!
 //! Why not the SDK's `BatchSpanProcessor`: it drops spans when its queue is full but does not
 //! let us count them, and its spans are built through the SDK's tracer (allocations and
@@ -9,13 +9,18 @@
 //! nothing on the request path ever waits for export.
 //!
 //! The exporter thread (`ficus-trace`, a current-thread runtime of its own, started with the
-//! first config that enables tracing) converts records to OTLP spans (strings that repeat
-//! from span to span, such as hosts, peer addresses and identities, are shared rather than
-//! copied: opentelemetry-otlp clones every batch before encoding it), batches up to
-//! [`MAX_BATCH`] every [`BATCH_DELAY`], and exports with a timeout. It drains the queue on a
+//! first config that enables tracing) writes each record straight into the OTLP request it
+//! sends ([`Batch`]): the spans of the last batch, their attribute lists and their strings are
+//! overwritten in place, and the request is encoded into a buffer that is reused too, so a
+//! batch allocates nothing once earlier ones have grown it. (opentelemetry-otlp's exporter
+//! takes the SDK's `SpanData`, copies the batch, and builds every attribute key and value as a
+//! new `String`: about 23 allocations and 24,000 instructions per span, most of the tracing
+//! overhead; see benches/README.md.) It batches up to [`MAX_BATCH`] every [`BATCH_DELAY`] and
+//! exports with a timeout. It drains the queue on a
 //! timer instead of waiting on it, so that queueing a span never wakes a thread (no syscall on
 //! the request path). A failed export counts its
-//! spans as dropped and backs off (200 ms doubling to 5 s) while the queue keeps its bound.
+//! spans as dropped and backs off (200 ms doubling to 5 s) while the queue keeps its bound;
+//! spans the collector reports as rejected (a partial success) are counted as dropped too.
 //! A config swap takes effect before the next drain: queued spans go to the new endpoint, or
 //! are dropped and counted when tracing was switched off.
 //!
@@ -26,29 +31,27 @@
 //! config with tracing, and each endpoint change). Without `--ca-file` an `https://` endpoint
 //! is refused with a log line and its spans are dropped and counted.
 
-use std::borrow::{Borrow, Cow};
-use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::future::Future;
-use std::hash::Hash;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use bytes::{BufMut as _, Bytes, BytesMut};
 use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    span::SpanKind, status::StatusCode, ResourceSpans, ScopeSpans, Span, SpanFlags, Status,
+};
+use prost::Message as _;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-
-use opentelemetry::trace::{
-    SpanContext, SpanId as OtelSpanId, SpanKind, Status, TraceFlags, TraceId as OtelTraceId,
-    TraceState,
-};
-use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::{RetryPolicy, WithExportConfig, WithTonicConfig};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
-use opentelemetry_sdk::Resource;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Kind, PeerIdentity, SpanRecord};
@@ -94,14 +97,15 @@ impl SpanSink {
         } else {
             format!("{}.{}", identity.workload, identity.namespace)
         };
-        let resource = Resource::builder_empty()
-            .with_service_name(name)
-            .with_attributes([
-                KeyValue::new("service.namespace", identity.namespace.clone()),
-                KeyValue::new("service.instance.id", identity.node_id.clone()),
-                KeyValue::new("ficus.workload", identity.workload.clone()),
-            ])
-            .build();
+        let resource = Resource {
+            attributes: vec![
+                string_attribute("service.name", name),
+                string_attribute("service.namespace", identity.namespace.clone()),
+                string_attribute("service.instance.id", identity.node_id.clone()),
+                string_attribute("ficus.workload", identity.workload.clone()),
+            ],
+            ..Resource::default()
+        };
         Self {
             worker: OnceLock::new(),
             metrics,
@@ -198,14 +202,16 @@ impl SpanSink {
     }
 }
 
-/// See [`keep_batch_memory`]: larger than an export's working set (about 0.6 MiB for a batch
-/// of [`MAX_BATCH`] spans).
+/// See [`keep_batch_memory`]: larger than what an export allocates and frees (a few hundred
+/// KiB for a batch of [`MAX_BATCH`] spans).
 const BATCH_MEMORY: usize = 1 << 20;
 
 /// Lets the allocator keep an export's memory from one batch to the next.
 ///
-/// An export allocates and frees about 0.6 MiB (the batch, opentelemetry-otlp's copy of it,
-/// the protobuf message and its encoding). glibc's malloc gives the free top of a heap back
+/// The batch and its encoding are reused ([`Batch`]), but an export still allocates and frees
+/// tonic's copy of the encoded request (a few hundred KiB for a full batch) and HTTP/2
+/// frames. (Before [`Batch`], about 0.6 MiB: the SDK's spans, opentelemetry-otlp's copy of
+/// them, the protobuf message and its encoding.) glibc's malloc gives the free top of a heap back
 /// to the kernel once it exceeds its trim threshold (128 KiB at start), so every batch
 /// faulted its pages in again: about 250 page faults per 1,000 traced requests, and a
 /// `madvise` per batch. glibc raises its mmap threshold to the size of a freed mmapped
@@ -218,34 +224,58 @@ fn keep_batch_memory() {
     drop(std::hint::black_box(Vec::<u8>::with_capacity(BATCH_MEMORY)));
 }
 
+/// The collector's gRPC method.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// A gRPC client of one collector.
 struct Exporter {
     endpoint: Arc<str>,
-    inner: opentelemetry_otlp::SpanExporter,
+    grpc: tonic::client::Grpc<tonic::transport::Channel>,
 }
 
-fn build(endpoint: &Arc<str>, resource: &Resource, ca_file: Option<&Path>) -> Option<Exporter> {
-    let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+impl Exporter {
+    /// Sends one encoded `ExportTraceServiceRequest`; the spans the collector rejected.
+    async fn export(&mut self, request: Bytes) -> Result<u64, String> {
+        self.grpc.ready().await.map_err(|e| e.to_string())?;
+        let response = self
+            .grpc
+            .unary(
+                tonic::Request::new(request),
+                http::uri::PathAndQuery::from_static(EXPORT_PATH),
+                Encoded,
+            )
+            .await
+            .map_err(|status| match status.message() {
+                "" => format!("{:?}", status.code()),
+                message => format!("{:?}: {message}", status.code()),
+            })?;
+        let rejected = response
+            .into_inner()
+            .partial_success
+            .map_or(0, |partial| partial.rejected_spans);
+        Ok(u64::try_from(rejected).unwrap_or(0))
+    }
+}
+
+fn build(endpoint: &Arc<str>, ca_file: Option<&Path>) -> Option<Exporter> {
     let https = endpoint
         .parse::<http::Uri>()
         .is_ok_and(|uri| uri.scheme() == Some(&http::uri::Scheme::HTTPS));
-    let builder = if https {
-        match tls_channel(endpoint, ca_file) {
-            Ok(channel) => builder.with_channel(channel),
-            Err(error) => {
-                tracing::warn!(endpoint = %endpoint, %error, "cannot export spans to this endpoint; they are dropped");
-                return None;
-            }
-        }
+    let channel = if https {
+        tls_channel(endpoint, ca_file)
     } else {
-        builder.with_endpoint(endpoint.to_string())
+        tonic::transport::Endpoint::from_shared(endpoint.to_string())
+            .map(|endpoint| {
+                endpoint
+                    .connect_timeout(EXPORT_TIMEOUT)
+                    .timeout(EXPORT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .connect_lazy()
+            })
+            .map_err(|e| format!("not a URL: {e}"))
     };
-    let built = builder
-        .with_timeout(EXPORT_TIMEOUT)
-        .with_retry_policy(RetryPolicy::disabled())
-        .build();
-    match built {
-        Ok(mut inner) => {
-            inner.set_resource(resource);
+    match channel {
+        Ok(channel) => {
             let transport = if https {
                 "OTLP/gRPC over TLS"
             } else {
@@ -254,13 +284,49 @@ fn build(endpoint: &Arc<str>, resource: &Resource, ca_file: Option<&Path>) -> Op
             tracing::info!(endpoint = %endpoint, "exporting spans over {transport}");
             Some(Exporter {
                 endpoint: Arc::clone(endpoint),
-                inner,
+                grpc: tonic::client::Grpc::new(channel),
             })
         }
         Err(error) => {
             tracing::warn!(endpoint = %endpoint, %error, "cannot export spans to this endpoint; they are dropped");
             None
         }
+    }
+}
+
+/// A gRPC codec whose requests are already encoded ([`Batch::encode`]); responses are
+/// decoded by prost.
+struct Encoded;
+
+impl tonic::codec::Codec for Encoded {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = Encoded;
+    type Decoder = <tonic_prost::ProstCodec<ExportTraceServiceRequest, ExportTraceServiceResponse> as tonic::codec::Codec>::Decoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        Encoded
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        >::default())
+    }
+}
+
+impl tonic::codec::Encoder for Encoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
     }
 }
 
@@ -272,10 +338,7 @@ async fn run(
     resource: Resource,
     ca_file: Option<PathBuf>,
 ) {
-    let scope = InstrumentationScope::builder("ficus-sidecar")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
-    let mut shared = Shared::default();
+    let mut batch = Batch::new(resource);
     let mut exporter: Option<Exporter> = None;
     // The configured endpoint, even when no exporter could be built for it.
     let mut configured: Endpoint = None;
@@ -284,9 +347,7 @@ async fn run(
     loop {
         let wanted = config.borrow_and_update().clone();
         if wanted != configured {
-            exporter = wanted
-                .as_ref()
-                .and_then(|e| build(e, &resource, ca_file.as_deref()));
+            exporter = wanted.as_ref().and_then(|e| build(e, ca_file.as_deref()));
             configured = wanted;
         }
         // Sleep between drains rather than wait on the queue: a waiting receiver would be
@@ -306,34 +367,37 @@ async fn run(
         }
         // Drain in batches: what is queued now goes out before the next nap.
         loop {
-            let mut batch: Vec<SpanData> = Vec::with_capacity(queue.len().min(MAX_BATCH));
             while batch.len() < MAX_BATCH {
                 match queue.try_recv() {
-                    Ok(record) if configured.is_some() => {
-                        batch.push(convert(record, &scope, &mut shared));
-                    }
+                    Ok(record) if configured.is_some() => batch.push(&record),
                     Ok(_) => metrics.trace_spans_dropped.inc(),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => return,
                 }
             }
-            if batch.is_empty() {
+            if batch.len() == 0 {
                 break;
             }
             let full = batch.len() == MAX_BATCH;
             let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-            let Some(current) = &exporter else {
+            let request = batch.encode();
+            let Some(current) = &mut exporter else {
                 metrics.trace_spans_dropped.inc_by(count);
                 continue;
             };
             let result = tokio::time::timeout(
                 EXPORT_TIMEOUT + Duration::from_secs(1),
-                current.inner.export(batch),
+                current.export(request),
             )
             .await;
             match result {
-                Ok(Ok(())) => {
-                    metrics.trace_spans_exported.inc_by(count);
+                Ok(Ok(rejected)) => {
+                    let rejected = rejected.min(count);
+                    metrics.trace_spans_exported.inc_by(count - rejected);
+                    if rejected > 0 {
+                        metrics.trace_spans_dropped.inc_by(rejected);
+                        tracing::debug!(endpoint = %current.endpoint, rejected, "the collector rejected spans");
+                    }
                     if failing {
                         tracing::info!(endpoint = %current.endpoint, "span export recovered");
                     }
@@ -343,7 +407,7 @@ async fn run(
                 failed => {
                     metrics.trace_spans_dropped.inc_by(count);
                     let error = match failed {
-                        Ok(Err(error)) => error.to_string(),
+                        Ok(Err(error)) => error,
                         _ => "timed out".to_owned(),
                     };
                     if failing {
@@ -486,124 +550,139 @@ impl tower_service::Service<http::Uri> for CollectorConnector {
     }
 }
 
-/// Attributes of a usual span (a failed one may have two more): [`convert`] reserves this
-/// many, a size glibc's per-thread cache serves (18 would not be).
-const USUAL_ATTRIBUTES: usize = 16;
-
-/// Strings that repeat from span to span (hosts, peer addresses, identities), kept once and
-/// shared, so that a span holds a reference rather than its own copy: the exporter clones
-/// every batch before converting it, and a shared string clones without allocating.
-#[derive(Default)]
-struct Shared {
-    strings: Interner<Arc<str>>,
-    addresses: Interner<IpAddr>,
+/// The OTLP request the exporter fills, encodes and sends, batch after batch.
+///
+/// One resource, one scope, and the spans of the batch being filled. The spans of earlier
+/// batches stay behind as slots: [`Batch::push`] overwrites one in place (its id buffers, its
+/// name, its attribute list and every attribute's key and string value keep their capacity),
+/// and [`Batch::encode`] writes the request into a buffer that comes back to the batch once
+/// tonic has sent it. So once the first batches have grown them, a batch allocates nothing.
+struct Batch {
+    request: ExportTraceServiceRequest,
+    /// Spans filled in this batch; slots past it are spare.
+    len: usize,
+    encoded: BytesMut,
+    /// The last batch's encoded size.
+    last_size: usize,
 }
 
-/// Entries an [`Interner`] keeps before it starts over.
-const SHARED_MAX: usize = 1024;
-
-/// The shared text of each key, bounded (emptied when full). The last key looked up is
-/// checked first: consecutive spans usually name the same host and endpoint, and a
-/// comparison costs less than hashing.
-struct Interner<K> {
-    texts: HashMap<K, Arc<str>>,
-    last: Option<(K, Arc<str>)>,
-}
-
-impl<K> Default for Interner<K> {
-    fn default() -> Self {
-        Self {
-            texts: HashMap::new(),
-            last: None,
-        }
-    }
-}
-
-impl<K: Hash + Eq + Clone> Interner<K> {
-    /// The text of `key`, made by `make` (the key to keep, and its text) when not kept.
-    fn get<Q>(&mut self, key: &Q, make: impl FnOnce(&Q) -> (K, Arc<str>)) -> Arc<str>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        if let Some((last, text)) = &self.last {
-            if last.borrow() == key {
-                return Arc::clone(text);
-            }
-        }
-        let (kept, text) = match self.texts.get_key_value(key) {
-            Some((kept, text)) => (kept.clone(), Arc::clone(text)),
-            None => {
-                if self.texts.len() >= SHARED_MAX {
-                    self.texts.clear();
-                }
-                let (kept, text) = make(key);
-                self.texts.insert(kept.clone(), Arc::clone(&text));
-                (kept, text)
-            }
+impl Batch {
+    fn new(resource: Resource) -> Self {
+        let scope = InstrumentationScope {
+            name: "ficus-sidecar".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..InstrumentationScope::default()
         };
-        self.last = Some((kept, Arc::clone(&text)));
-        text
-    }
-}
-
-impl Shared {
-    fn string(&mut self, value: &str) -> Arc<str> {
-        self.strings.get(value, |value| {
-            let text: Arc<str> = Arc::from(value);
-            (Arc::clone(&text), text)
-        })
-    }
-
-    fn address(&mut self, ip: IpAddr) -> Arc<str> {
-        self.addresses
-            .get(&ip, |ip| (*ip, Arc::from(ip.to_string())))
-    }
-
-    fn identity(&mut self, identity: PeerIdentity) -> Arc<str> {
-        match identity {
-            PeerIdentity::Named(name) => name,
-            PeerIdentity::Verified(value) => match std::str::from_utf8(value.as_bytes()) {
-                Ok(name) => self.string(name),
-                Err(_) => Arc::from(String::from_utf8_lossy(value.as_bytes())),
+        Self {
+            request: ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    resource: Some(resource),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(scope),
+                        spans: Vec::with_capacity(MAX_BATCH),
+                        schema_url: String::new(),
+                    }],
+                    schema_url: String::new(),
+                }],
             },
+            len: 0,
+            encoded: BytesMut::new(),
+            last_size: 0,
         }
     }
+
+    fn spans(&mut self) -> &mut Vec<Span> {
+        &mut self.request.resource_spans[0].scope_spans[0].spans
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Adds the record as the batch's next span.
+    fn push(&mut self, record: &SpanRecord) {
+        let len = self.len;
+        let spans = self.spans();
+        if spans.len() == len {
+            spans.push(Span::default());
+        }
+        fill(&mut spans[len], record);
+        self.len += 1;
+    }
+
+    /// The batch's spans as an encoded `ExportTraceServiceRequest`; the batch starts over.
+    fn encode(&mut self) -> Bytes {
+        let len = std::mem::take(&mut self.len);
+        // Only the spans of this batch are encoded: the spare slots wait outside the request
+        // (an allocation only when this batch is smaller than the last).
+        let spare = self.spans().split_off(len);
+        self.encoded.clear();
+        // Takes the buffer of the last batch back once tonic has dropped its bytes (sized by
+        // that batch: computing this one's length first would walk every span twice).
+        self.encoded.reserve(self.last_size);
+        self.request.encode_raw(&mut self.encoded);
+        self.last_size = self.encoded.len();
+        self.spans().extend(spare);
+        self.encoded.split().freeze()
+    }
 }
 
-/// One record as an OTLP span with the OpenTelemetry HTTP semantic conventions.
-fn convert(record: SpanRecord, scope: &InstrumentationScope, shared: &mut Shared) -> SpanData {
-    let mut attributes = Vec::with_capacity(USUAL_ATTRIBUTES);
-    let method = method_name(&record.method);
-    attributes.push(KeyValue::new("http.request.method", method.clone()));
-    attributes.push(KeyValue::new(
-        "http.response.status_code",
-        i64::from(record.status),
-    ));
-    // Shared, not owned: the exporter's copy of the batch then takes a reference, not a copy.
+/// Overwrites `span` with the record, as an OTLP span with the OpenTelemetry HTTP semantic
+/// conventions.
+fn fill(span: &mut Span, record: &SpanRecord) {
+    set_bytes(&mut span.trace_id, &record.trace_id.0);
+    set_bytes(&mut span.span_id, &record.span_id.0);
+    span.trace_state.clear();
+    match record.parent {
+        Some(parent) => set_bytes(&mut span.parent_span_id, &parent.0),
+        None => span.parent_span_id.clear(),
+    }
+    // W3C trace flags (sampled), and whether the parent is remote: a parent is always the
+    // caller's span, in another process.
+    span.flags = 1 | SpanFlags::ContextHasIsRemoteMask as u32;
+    if record.parent.is_some() {
+        span.flags |= SpanFlags::ContextIsRemoteMask as u32;
+    }
+    let method = record.method.as_str();
+    span.name.clear();
+    span.name.push_str(method);
+    if let Some(route) = &record.route {
+        span.name.push(' ');
+        span.name.push_str(route);
+    }
+    span.kind = match record.kind {
+        Kind::Client => SpanKind::Client,
+        Kind::Server => SpanKind::Server,
+    } as i32;
+    span.start_time_unix_nano = unix_nanos(record.start);
+    span.end_time_unix_nano = unix_nanos(record.start + record.duration);
+
+    let mut attributes = Attributes::over(&mut span.attributes);
+    attributes.text("http.request.method", method);
+    attributes.int("http.response.status_code", record.status.into());
     let (path, host) = record.path_and_host();
-    attributes.push(KeyValue::new("url.path", Arc::<str>::from(path)));
+    attributes.text("url.path", path);
     if record.kind == Kind::Server {
         // Required on HTTP server spans; client spans have no such attribute.
-        attributes.push(KeyValue::new("url.scheme", "http"));
+        attributes.text("url.scheme", "http");
     }
     let version = match record.version {
         http::Version::HTTP_10 => "1.0",
         http::Version::HTTP_2 => "2",
         _ => "1.1",
     };
-    attributes.push(KeyValue::new("network.protocol.version", version));
+    attributes.text("network.protocol.version", version);
     if let Some(host) = host {
-        attributes.push(KeyValue::new("server.address", shared.string(host)));
+        attributes.text("server.address", host);
         if let Some(port) = record.server_port {
-            attributes.push(KeyValue::new("server.port", i64::from(port)));
+            attributes.int("server.port", port.into());
         }
     }
     if let Some(route) = &record.route {
-        attributes.push(KeyValue::new("http.route", Arc::clone(route)));
+        attributes.text("http.route", route);
     }
     // The direction is the span kind (CLIENT: outbound, SERVER: inbound): no attribute of its
-    // own, every attribute costs the exporter an allocation or two per span.
+    // own.
     let error_from = match record.kind {
         Kind::Client => 400,
         Kind::Server => 500,
@@ -611,114 +690,134 @@ fn convert(record: SpanRecord, scope: &InstrumentationScope, shared: &mut Shared
     match record.kind {
         Kind::Client => {
             if let Some(endpoint) = record.endpoint {
-                attributes.push(KeyValue::new(
-                    "network.peer.address",
-                    shared.address(endpoint.ip()),
-                ));
-                attributes.push(KeyValue::new(
-                    "network.peer.port",
-                    i64::from(endpoint.port()),
-                ));
+                attributes.display("network.peer.address", endpoint.ip());
+                attributes.int("network.peer.port", endpoint.port().into());
             }
             // The semantic conventions' retry count, present only when the request was sent
             // again (absent: no retry).
             if record.retries > 0 {
-                attributes.push(KeyValue::new(
-                    "http.request.resend_count",
-                    i64::from(record.retries),
-                ));
+                attributes.int("http.request.resend_count", record.retries.into());
             }
         }
-        Kind::Server => {
-            attributes.push(KeyValue::new(
-                "client.address",
-                shared.address(record.client.ip()),
-            ));
-        }
+        Kind::Server => attributes.display("client.address", record.client.ip()),
     }
-    if let Some(service) = record.service {
-        attributes.push(KeyValue::new("ficus.service", service));
+    if let Some(service) = &record.service {
+        attributes.text("ficus.service", service);
     }
-    match (record.kind, record.backend) {
-        (_, Some(backend)) => attributes.push(KeyValue::new("ficus.backend", backend)),
-        (Kind::Server, None) => attributes.push(KeyValue::new("ficus.backend", "app")),
+    match (record.kind, &record.backend) {
+        (_, Some(backend)) => attributes.text("ficus.backend", backend),
+        (Kind::Server, None) => attributes.text("ficus.backend", "app"),
         (Kind::Client, None) => {}
     }
-    if let Some(identity) = record.peer_identity {
-        attributes.push(KeyValue::new(
+    match &record.peer_identity {
+        Some(PeerIdentity::Named(name)) => attributes.text("ficus.peer.identity", name),
+        Some(PeerIdentity::Verified(value)) => attributes.text(
             "ficus.peer.identity",
-            shared.identity(identity),
-        ));
+            &String::from_utf8_lossy(value.as_bytes()),
+        ),
+        None => {}
     }
     if !record.flags.is_empty() {
-        attributes.push(KeyValue::new("ficus.response_flags", record.flags));
+        attributes.text("ficus.response_flags", record.flags);
     }
     let failed = record.status >= error_from || (!record.flags.is_empty() && record.status >= 400);
     if failed {
-        attributes.push(KeyValue::new("error.type", record.status.to_string()));
+        attributes.display("error.type", record.status);
     }
-    let name = match &record.route {
-        Some(route) => {
-            let mut name = String::with_capacity(method.len() + 1 + route.len());
-            name.push_str(&method);
-            name.push(' ');
-            name.push_str(route);
-            Cow::Owned(name)
-        }
-        None => method,
-    };
-    SpanData {
-        span_context: SpanContext::new(
-            OtelTraceId::from_bytes(record.trace_id.0),
-            OtelSpanId::from_bytes(record.span_id.0),
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::default(),
-        ),
-        parent_span_id: record
-            .parent
-            .map_or(OtelSpanId::INVALID, |p| OtelSpanId::from_bytes(p.0)),
-        parent_span_is_remote: record.parent.is_some(),
-        span_kind: match record.kind {
-            Kind::Client => SpanKind::Client,
-            Kind::Server => SpanKind::Server,
-        },
-        name,
-        start_time: record.start,
-        end_time: record.start + record.duration,
-        attributes,
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status: if failed {
-            Status::error(format!("HTTP {}", record.status))
-        } else {
-            Status::Unset
-        },
-        instrumentation_scope: scope.clone(),
+    attributes.finish();
+
+    let status = span.status.get_or_insert_with(Status::default);
+    status.message.clear();
+    if failed {
+        status.code = StatusCode::Error as i32;
+        let _ = write!(status.message, "HTTP {}", record.status);
+    } else {
+        status.code = StatusCode::Unset as i32;
     }
 }
 
-/// The method as a string, without allocating for the standard ones.
-fn method_name(method: &http::Method) -> Cow<'static, str> {
-    use http::Method;
-    let known = [
-        Method::GET,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::PATCH,
-        Method::TRACE,
-        Method::CONNECT,
-    ];
-    const NAMES: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "CONNECT",
-    ];
-    match known.iter().position(|m| m == method) {
-        Some(i) => Cow::Borrowed(NAMES[i]),
-        None => Cow::Owned(method.as_str().to_owned()),
+fn set_bytes(buffer: &mut Vec<u8>, bytes: &[u8]) {
+    buffer.clear();
+    buffer.extend_from_slice(bytes);
+}
+
+fn unix_nanos(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        })
+}
+
+/// A span's attribute list, overwritten from the start: each attribute reuses the key and
+/// string value of the one that was in its place.
+struct Attributes<'a> {
+    list: &'a mut Vec<KeyValue>,
+    len: usize,
+}
+
+impl<'a> Attributes<'a> {
+    fn over(list: &'a mut Vec<KeyValue>) -> Self {
+        Self { list, len: 0 }
+    }
+
+    /// The next attribute's value, with its key set.
+    fn next(&mut self, key: &str) -> &mut Option<any_value::Value> {
+        if self.list.len() == self.len {
+            self.list.push(KeyValue::default());
+        }
+        let attribute = &mut self.list[self.len];
+        self.len += 1;
+        if attribute.key != key {
+            attribute.key.clear();
+            attribute.key.push_str(key);
+        }
+        &mut attribute.value.get_or_insert_with(AnyValue::default).value
+    }
+
+    /// Sets the next attribute to a string written by `write`, into the buffer of the string
+    /// that was in its place when there was one.
+    fn string(&mut self, key: &str, write: impl FnOnce(&mut String)) {
+        match self.next(key) {
+            Some(any_value::Value::StringValue(text)) => {
+                text.clear();
+                write(text);
+            }
+            other => {
+                let mut text = String::new();
+                write(&mut text);
+                *other = Some(any_value::Value::StringValue(text));
+            }
+        }
+    }
+
+    fn text(&mut self, key: &str, value: &str) {
+        self.string(key, |text| text.push_str(value));
+    }
+
+    fn display(&mut self, key: &str, value: impl std::fmt::Display) {
+        self.string(key, |text| {
+            let _ = write!(text, "{value}");
+        });
+    }
+
+    fn int(&mut self, key: &str, value: i64) {
+        *self.next(key) = Some(any_value::Value::IntValue(value));
+    }
+
+    /// Drops what is left of the last span's attributes.
+    fn finish(self) {
+        self.list.truncate(self.len);
+    }
+}
+
+/// A resource attribute.
+fn string_attribute(key: &str, value: String) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value)),
+        }),
+        ..KeyValue::default()
     }
 }
 
@@ -726,17 +825,20 @@ fn method_name(method: &http::Method) -> Cow<'static, str> {
 mod tests {
     use super::*;
 
-    fn convert_for_test(record: SpanRecord) -> SpanData {
-        let scope = InstrumentationScope::builder("test").build();
-        convert(record, &scope, &mut Shared::default())
+    fn convert_for_test(record: SpanRecord) -> Span {
+        let mut span = Span::default();
+        fill(&mut span, &record);
+        span
     }
 
     /// The value of the span's attribute `key`, as text.
-    fn attribute(span: &SpanData, key: &str) -> Option<String> {
-        span.attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.to_string())
+    fn attribute(span: &Span, key: &str) -> Option<String> {
+        let found = span.attributes.iter().find(|kv| kv.key == key)?;
+        match found.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(text) => Some(text.clone()),
+            any_value::Value::IntValue(value) => Some(value.to_string()),
+            other => Some(format!("{other:?}")),
+        }
     }
 
     #[test]
@@ -760,49 +862,12 @@ mod tests {
 
     #[test]
     fn an_https_endpoint_without_ca_file_builds_no_exporter() {
-        let resource = Resource::builder_empty().build();
-        assert!(build(
-            &Arc::from("https://collector.example:4317"),
-            &resource,
-            None
-        )
-        .is_none());
+        assert!(build(&Arc::from("https://collector.example:4317"), None).is_none());
     }
 
-    #[test]
-    fn shared_strings_are_reused_and_bounded() {
-        let mut shared = Shared::default();
-        let a = shared.string("payments");
-        let b = shared.string("payments");
-        assert!(Arc::ptr_eq(&a, &b));
-        let ip = IpAddr::from([10, 0, 0, 1]);
-        assert_eq!(&*shared.address(ip), "10.0.0.1");
-        assert!(Arc::ptr_eq(&shared.address(ip), &shared.address(ip)));
-        // Alternating values: the last one looked up is not the only one kept.
-        let other = IpAddr::from([10, 0, 0, 2]);
-        assert_eq!(&*shared.address(other), "10.0.0.2");
-        assert_eq!(&*shared.address(ip), "10.0.0.1");
-        assert_eq!(&*shared.string("orders"), "orders");
-        assert!(Arc::ptr_eq(&shared.string("payments"), &a));
-        for i in 0..SHARED_MAX + 10 {
-            shared.string(&i.to_string());
-        }
-        assert!(shared.strings.texts.len() <= SHARED_MAX);
-        let bad = http::HeaderValue::from_bytes(b"spiffe://x/\xff").unwrap();
-        assert_eq!(
-            &*shared.identity(PeerIdentity::Verified(bad)),
-            "spiffe://x/\u{fffd}"
-        );
-        let named: Arc<str> = Arc::from("spiffe://td/ns/a/sa/b");
-        assert!(Arc::ptr_eq(
-            &shared.identity(PeerIdentity::Named(Arc::clone(&named))),
-            &named
-        ));
-    }
-
-    #[test]
-    fn converted_span_carries_the_conventions() {
-        let record = SpanRecord {
+    /// A failed outbound request that was retried, with a route and an endpoint.
+    fn client_record() -> SpanRecord {
+        SpanRecord {
             trace_id: super::super::TraceId([1; 16]),
             span_id: super::super::SpanId([2; 8]),
             parent: None,
@@ -823,7 +888,12 @@ mod tests {
             retries: 2,
             status: 503,
             flags: "UF",
-        };
+        }
+    }
+
+    #[test]
+    fn converted_span_carries_the_conventions() {
+        let record = client_record();
         let span = convert_for_test(record);
         let attr = |key: &str| attribute(&span, key);
         for (key, value) in [
@@ -844,17 +914,28 @@ mod tests {
             assert_eq!(attr(key).as_deref(), Some(value), "{key}");
         }
         assert_eq!(span.name, "GET shop/pay");
+        assert_eq!(span.trace_id, [1; 16]);
+        assert_eq!(span.span_id, [2; 8]);
+        assert!(span.parent_span_id.is_empty());
+        assert_eq!(span.flags, 0x101, "sampled, parent not remote");
+        assert_eq!(
+            span.end_time_unix_nano - span.start_time_unix_nano,
+            3_000_000
+        );
+        let status = span.status.as_ref().unwrap();
+        assert_eq!(status.code, StatusCode::Error as i32);
+        assert_eq!(status.message, "HTTP 503");
         // The span kind is the direction; retries are the conventions' resend count only;
         // `url.scheme` belongs to server spans.
         for gone in ["ficus.direction", "ficus.retries", "url.scheme"] {
             assert_eq!(attr(gone), None, "{gone}");
         }
-        assert_eq!(span.span_kind, SpanKind::Client);
+        assert_eq!(span.kind, SpanKind::Client as i32);
     }
 
-    #[test]
-    fn server_span_has_the_scheme_and_no_resend_count_without_retries() {
-        let record = SpanRecord {
+    /// A successful inbound request, with a parent and no route.
+    fn server_record() -> SpanRecord {
+        SpanRecord {
             trace_id: super::super::TraceId([1; 16]),
             span_id: super::super::SpanId([2; 8]),
             parent: Some(super::super::SpanId([3; 8])),
@@ -875,10 +956,15 @@ mod tests {
             retries: 0,
             status: 200,
             flags: "",
-        };
+        }
+    }
+
+    #[test]
+    fn server_span_has_the_scheme_and_no_resend_count_without_retries() {
+        let record = server_record();
         let span = convert_for_test(record);
         let attr = |key: &str| attribute(&span, key);
-        assert_eq!(span.span_kind, SpanKind::Server);
+        assert_eq!(span.kind, SpanKind::Server as i32);
         assert_eq!(attr("url.scheme").as_deref(), Some("http"));
         assert_eq!(attr("client.address").as_deref(), Some("10.0.0.9"));
         assert_eq!(attr("network.protocol.version").as_deref(), Some("2"));
@@ -886,5 +972,68 @@ mod tests {
         assert_eq!(attr("http.request.resend_count"), None);
         assert_eq!(attr("server.address"), None);
         assert_eq!(span.name, "POST");
+        assert_eq!(span.parent_span_id, [3; 8]);
+        assert_eq!(span.flags, 0x301, "sampled, parent remote");
+        assert_eq!(span.status.as_ref().unwrap().code, StatusCode::Unset as i32);
+    }
+
+    /// The encoded request, as a collector decodes it.
+    fn decode(bytes: &Bytes) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest::decode(bytes.clone()).unwrap()
+    }
+
+    #[test]
+    fn a_reused_batch_carries_only_the_spans_it_was_given() {
+        let resource = Resource {
+            attributes: vec![string_attribute("service.name", "web.shop".into())],
+            ..Resource::default()
+        };
+        let mut batch = Batch::new(resource);
+        batch.push(&client_record());
+        batch.push(&client_record());
+        batch.push(&server_record());
+        let first = decode(&batch.encode());
+        assert_eq!(batch.len(), 0);
+        let resource_spans = &first.resource_spans[0];
+        let resource = resource_spans.resource.as_ref().unwrap();
+        assert_eq!(resource.attributes[0].key, "service.name");
+        let scope = &resource_spans.scope_spans[0];
+        assert_eq!(scope.scope.as_ref().unwrap().name, "ficus-sidecar");
+        assert_eq!(scope.spans.len(), 3);
+        assert_eq!(scope.spans[0], convert_for_test(client_record()));
+        assert_eq!(scope.spans[2], convert_for_test(server_record()));
+
+        // The next batch is smaller and of another shape: the client spans' slots now hold
+        // server spans, with none of the client attributes left over, and the spare slot is
+        // not sent.
+        batch.push(&server_record());
+        let mut other = client_record();
+        other.status = 200;
+        other.flags = "";
+        other.route = None;
+        other.endpoint = None;
+        other.retries = 0;
+        batch.push(&other);
+        let encoded = batch.encode();
+        let second = decode(&encoded);
+        let spans = &second.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0], convert_for_test(server_record()));
+        assert_eq!(spans[1], convert_for_test(other));
+        assert_eq!(attribute(&spans[1], "error.type"), None);
+        assert_eq!(spans[1].name, "GET");
+        assert_eq!(spans[1].status.as_ref().unwrap().message, "");
+
+        // The third batch's spans go out whole after the spare slot was put back.
+        drop(encoded);
+        for _ in 0..4 {
+            batch.push(&client_record());
+        }
+        let third = decode(&batch.encode());
+        let spans = &third.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans.len(), 4);
+        assert!(spans
+            .iter()
+            .all(|span| *span == convert_for_test(client_record())));
     }
 }
