@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
@@ -91,6 +91,10 @@ pub fn hex(bytes: &[u8]) -> String {
 struct Collector {
     received: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
     handshakes_failed: Arc<AtomicU64>,
+    /// The `user-agent` of each export request.
+    user_agents: Arc<Mutex<Vec<String>>>,
+    /// Spans each answer reports as rejected (a partial success), at most the request's.
+    rejecting: Arc<AtomicU64>,
 }
 
 #[tonic::async_trait]
@@ -99,11 +103,33 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        if let Ok(mut received) = self.received.lock() {
-            received.push(request.into_inner());
+        let agent = request
+            .metadata()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if let Ok(mut agents) = self.user_agents.lock() {
+            agents.push(agent);
         }
+        let request = request.into_inner();
+        let spans: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        let rejecting = self.rejecting.load(Ordering::Relaxed);
+        if let Ok(mut received) = self.received.lock() {
+            received.push(request);
+        }
+        let rejected = rejecting.min(spans as u64);
+        let partial_success = (rejected > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: rejected as i64,
+            error_message: "rejected by the test".into(),
+        });
         Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
+            partial_success,
         }))
     }
 }
@@ -208,6 +234,21 @@ impl OtlpReceiver {
             task.abort();
             let _ = task.await;
         }
+    }
+
+    /// The `user-agent` of each export request received so far.
+    pub fn user_agents(&self) -> Vec<String> {
+        self.collector
+            .user_agents
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
+    /// From now on, answer each export with a partial success that rejects up to `spans`
+    /// of its spans (0: accept everything).
+    pub fn reject(&self, spans: u64) {
+        self.collector.rejecting.store(spans, Ordering::Relaxed);
     }
 
     /// Export requests received so far.

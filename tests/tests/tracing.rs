@@ -642,6 +642,43 @@ async fn collector_down_under_load_drops_spans_not_requests_and_export_resumes()
 }
 
 #[tokio::test]
+async fn spans_a_collector_rejects_count_as_dropped_and_the_exporter_names_itself() {
+    let receiver = OtlpReceiver::start().await;
+    let app = Upstream::start("payments").await;
+    let sidecar = sidecar_to(&app, &tracing_to(receiver.addr, 100)).await;
+    // One request per export (each waits for its span): the first accepted, the next two
+    // rejected by a partial success, the last accepted again.
+    for (path, rejecting) in [("/a", 0), ("/b", 1), ("/c", 1), ("/d", 0)] {
+        receiver.reject(rejecting);
+        let before = receiver.requests().len();
+        let response = client::get(sidecar.outbound, "payments", path)
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200);
+        let trace = traceparent(&header(&app.last().unwrap(), "traceparent")).1;
+        receiver.wait_for(1, WAIT, |s| s.trace_id() == trace).await;
+        assert_eq!(
+            receiver.requests().len(),
+            before + 1,
+            "one export for {path}"
+        );
+    }
+    let metrics = wait_metric(&sidecar, "ficus_trace_spans_dropped_total", 2.0).await;
+    let metrics = if metrics.sum("ficus_trace_spans_exported_total", &[]) < 2.0 {
+        wait_metric(&sidecar, "ficus_trace_spans_exported_total", 2.0).await
+    } else {
+        metrics
+    };
+    assert_eq!(metrics.sum("ficus_trace_spans_dropped_total", &[]), 2.0);
+    assert_eq!(metrics.sum("ficus_trace_spans_exported_total", &[]), 2.0);
+    let agents = receiver.user_agents();
+    assert!(
+        !agents.is_empty() && agents.iter().all(|a| a.starts_with("ficus-sidecar/")),
+        "{agents:?}"
+    );
+}
+
+#[tokio::test]
 async fn spans_of_the_last_requests_are_exported_before_exit() {
     let receiver = OtlpReceiver::start().await;
     let app = Upstream::start("payments").await;

@@ -264,15 +264,12 @@ fn build(endpoint: &Arc<str>, ca_file: Option<&Path>) -> Option<Exporter> {
     let channel = if https {
         tls_channel(endpoint, ca_file)
     } else {
-        tonic::transport::Endpoint::from_shared(endpoint.to_string())
-            .map(|endpoint| {
-                endpoint
-                    .connect_timeout(EXPORT_TIMEOUT)
-                    .timeout(EXPORT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy()
-            })
-            .map_err(|e| format!("not a URL: {e}"))
+        collector_endpoint(endpoint).map(|endpoint| {
+            endpoint
+                .connect_timeout(EXPORT_TIMEOUT)
+                .timeout(EXPORT_TIMEOUT)
+                .connect_lazy()
+        })
     };
     match channel {
         Ok(channel) => {
@@ -292,6 +289,13 @@ fn build(endpoint: &Arc<str>, ca_file: Option<&Path>) -> Option<Exporter> {
             None
         }
     }
+}
+
+/// The collector's URL for tonic, naming us in `user-agent`.
+fn collector_endpoint(endpoint: &str) -> Result<tonic::transport::Endpoint, String> {
+    tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .and_then(|e| e.user_agent(concat!("ficus-sidecar/", env!("CARGO_PKG_VERSION"))))
+        .map_err(|e| format!("not a URL: {e}"))
 }
 
 /// A gRPC codec whose requests are already encoded ([`Batch::encode`]); responses are
@@ -479,8 +483,7 @@ fn tls_channel(
         host: Arc::from(host),
         port,
     };
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| format!("not a URL: {e}"))?
+    let channel = collector_endpoint(endpoint)?
         .connect_timeout(EXPORT_TIMEOUT)
         .timeout(EXPORT_TIMEOUT)
         .connect_with_connector_lazy(connector);
