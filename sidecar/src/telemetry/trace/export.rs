@@ -371,24 +371,22 @@ async fn run(
         }
         // Drain in batches: what is queued now goes out before the next nap.
         loop {
+            // Without an exporter (tracing off, or no usable endpoint) a span is dropped as it
+            // is taken off the queue, and nothing is built for it.
             while batch.len() < MAX_BATCH {
                 match queue.try_recv() {
-                    Ok(record) if configured.is_some() => batch.push(&record),
+                    Ok(record) if exporter.is_some() => batch.push(&record),
                     Ok(_) => metrics.trace_spans_dropped.inc(),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => return,
                 }
             }
-            if batch.len() == 0 {
+            let Some(current) = exporter.as_mut().filter(|_| batch.len() > 0) else {
                 break;
-            }
+            };
             let full = batch.len() == MAX_BATCH;
             let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
             let request = batch.encode();
-            let Some(current) = &mut exporter else {
-                metrics.trace_spans_dropped.inc_by(count);
-                continue;
-            };
             let result = tokio::time::timeout(
                 EXPORT_TIMEOUT + Duration::from_secs(1),
                 current.export(request),
