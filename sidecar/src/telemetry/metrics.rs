@@ -200,7 +200,7 @@ impl Metrics {
         );
         let trace_spans_dropped = counter(
             "ficus_trace_spans_dropped_total",
-            "Sampled spans dropped (export queue full, export failed or tracing off)",
+            "Sampled spans dropped (export queue full, export failed or rejected by the collector, or tracing off)",
         );
         let authz_denied = counter(
             "ficus_authz_denied_total",
