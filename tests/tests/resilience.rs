@@ -848,22 +848,6 @@ async fn a_hanging_mirror_gets_copies_without_slowing_the_main_path() {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap()
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
 #[tokio::test]
 async fn a_hanging_upstream_times_out_without_leaks_or_harm_to_other_routes() {
     let hanging = Scripted::start(hang).await;
@@ -879,12 +863,11 @@ async fn a_hanging_upstream_times_out_without_leaks_or_harm_to_other_routes() {
         hanging.addr, healthy.addr
     );
     let sidecar = Sidecar::start(&config).await;
-    let pid = sidecar.pid();
     let outbound = sidecar.outbound;
     // Warm up both paths so that the baseline includes pools, buffers and metric series.
     assert_eq!(get_host(outbound, "fine.shop").await, 200);
     assert_eq!(get_host(outbound, "stuck.shop").await, 504);
-    let (rss_before, fds_before) = (rss_kib(pid), open_fds(pid));
+    let (rss_before, fds_before) = (sidecar.rss_kib(), sidecar.open_fds().len());
 
     // 1,000 requests to the hanging service, 50 at a time, while the other service is used.
     let stuck: Vec<_> = (0..50)
@@ -921,16 +904,16 @@ async fn a_hanging_upstream_times_out_without_leaks_or_harm_to_other_routes() {
     drop(client);
     // Connections to the hanging upstream are closed as their requests time out.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while open_fds(pid) > fds_before + 10 {
+    while sidecar.open_fds().len() > fds_before + 10 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "fds {} → {}",
             fds_before,
-            open_fds(pid)
+            sidecar.open_fds().len()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rss_after = rss_kib(pid);
+    let rss_after = sidecar.rss_kib();
     assert!(
         rss_after < rss_before + 16 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"

@@ -1,0 +1,188 @@
+//! Nothing left behind: rounds of mixed traffic through one sidecar (HTTP/1.1, h2c, WebSocket,
+//! opaque TCP, requests abandoned mid-flight, unroutable and malformed requests), after which
+//! the sidecar's file descriptors come back to where they started once the pools idle out, and
+//! its memory stops growing from one round to the next.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ficus_tests::client::{self, H1Client, H2Client};
+use ficus_tests::process::Sidecar;
+use ficus_tests::upstream::{TcpEcho, Upstream, WebSocketEcho};
+use http::Request;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ROUNDS: usize = 6;
+
+/// Waits (15 s at most) until `sidecar` holds at most `bound` descriptors; what it holds then.
+async fn fds_settle(sidecar: &Sidecar, bound: usize) -> Vec<std::path::PathBuf> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = sidecar.open_fds();
+        if now.len() <= bound || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Targets {
+    outbound: SocketAddr,
+    tcp: SocketAddr,
+}
+
+/// One round: every kind of traffic at once; panics on any unexpected answer.
+async fn round(targets: &Targets) {
+    let outbound = targets.outbound;
+    let mut tasks = tokio::task::JoinSet::new();
+    // HTTP/1.1 keep-alive clients, closed after their requests.
+    for _ in 0..12 {
+        tasks.spawn(async move {
+            let mut client = H1Client::connect(outbound).await.unwrap();
+            for _ in 0..10 {
+                assert_eq!(client.get("web.shop", "/").await.unwrap().status, 200);
+            }
+        });
+    }
+    // h2c downstream to an h2c Backend.
+    for _ in 0..3 {
+        tasks.spawn(async move {
+            let mut client = H2Client::connect(outbound).await.unwrap();
+            for _ in 0..10 {
+                let request = Request::get("http://api.shop/")
+                    .version(http::Version::HTTP_2)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                assert_eq!(client.send(request).await.unwrap().status, 200);
+            }
+        });
+    }
+    // WebSocket sessions: half closed properly, half dropped mid-session.
+    for i in 0..6 {
+        tasks.spawn(async move {
+            let stream = tokio::net::TcpStream::connect(outbound).await.unwrap();
+            let (mut ws, response) =
+                tokio_tungstenite::client_async("ws://chat.shop/socket", stream)
+                    .await
+                    .unwrap();
+            assert_eq!(response.status(), 101);
+            client::ws_echo(&mut ws, "hello").await;
+            if i % 2 == 0 {
+                ws.close(None).await.unwrap();
+            }
+        });
+    }
+    // Opaque TCP through the Backend's listener.
+    let tcp = targets.tcp;
+    for _ in 0..6 {
+        tasks.spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(tcp).await.unwrap();
+            stream.write_all(b"ping").await.unwrap();
+            let mut got = [0u8; 6];
+            tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut got))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&got, b"t:ping");
+        });
+    }
+    // Requests whose clients go away while the upstream is still working on them.
+    for _ in 0..6 {
+        tasks.spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(outbound).await.unwrap();
+            stream
+                .write_all(b"GET /delay/3000 HTTP/1.1\r\nhost: web.shop\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        });
+    }
+    // Unroutable and malformed requests.
+    for _ in 0..6 {
+        tasks.spawn(async move {
+            let response = client::get(outbound, "nowhere.shop", "/").await.unwrap();
+            assert_eq!(response.status, 502);
+        });
+    }
+    for _ in 0..3 {
+        tasks.spawn(async move {
+            let outcome = client::raw_exchange(
+                outbound,
+                b"POST / HTTP/1.1\r\nhost: web.shop\r\ncontent-length: 3\r\n\
+                  content-length: 4\r\n\r\nabcd",
+                Duration::from_secs(10),
+            )
+            .await;
+            assert_eq!(outcome.status(), Some(400));
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_traffic_leaves_no_descriptors_or_growing_memory_behind() {
+    let web = Upstream::start("web").await;
+    let api = Upstream::start("api").await;
+    let chat = WebSocketEcho::start().await;
+    let echo = TcpEcho::start("t:").await;
+    let tcp = ficus_tests::free_addr();
+    let backend = |name: &str, protocol: &str, addr: SocketAddr| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{protocol: {protocol}, endpoints: [{{address: \"{addr}\"}}]}}\n---\n"
+        )
+    };
+    // Pooled upstream connections close after 1 s idle, so the descriptors can come back.
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
+         spec: {{proxy: {{upstreamIdleTimeout: 1s}}}}\n---\n{}{}{}\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache, namespace: shop}}\n\
+         spec: {{protocol: tcp, listen: \"{tcp}\", endpoints: [{{address: \"{}\"}}]}}\n",
+        backend("web", "http", web.addr),
+        backend("api", "http2", api.addr),
+        backend("chat", "http", chat.addr),
+        echo.addr
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let fds_before = sidecar.open_fds().len();
+    let targets = Targets {
+        outbound: sidecar.outbound,
+        tcp,
+    };
+
+    let mut rss = Vec::new();
+    for _ in 0..ROUNDS {
+        round(&targets).await;
+        rss.push(sidecar.rss_kib());
+    }
+    eprintln!("fds before {fds_before}, RSS per round (KiB) {rss:?}");
+
+    // Downstream connections are closed by their clients, upstream ones idle out; what may stay
+    // is at most one HTTP/2 connection per h2c endpoint and a connection the admin kept.
+    let fds_after = fds_settle(&sidecar, fds_before + 2).await;
+    assert!(
+        fds_after.len() <= fds_before + 2,
+        "descriptors {fds_before} → {}: {fds_after:?}",
+        fds_after.len()
+    );
+    // The first rounds grow the heap (buffers, pools, metric series); later rounds reuse it.
+    let settled = rss[1];
+    let last = rss[ROUNDS - 1];
+    assert!(
+        last < settled + 4 * 1024,
+        "RSS kept growing round after round: {rss:?} KiB"
+    );
+    let metrics = sidecar.metrics().await;
+    let closed = metrics.sum("ficus_tcp_connections_closed_total", &[]);
+    assert_eq!(closed, (6 * ROUNDS) as f64, "every TCP tunnel was closed");
+    // Each HTTP request counted once: 120 HTTP/1.1, 30 h2c, 6 upgrades, 6 abandoned, 6
+    // unroutable per round (the malformed ones never become requests).
+    let requests = metrics.sum("ficus_requests_total", &[("direction", "outbound")]);
+    assert_eq!(requests, (168 * ROUNDS) as f64);
+    let abandoned = metrics.sum("ficus_requests_total", &[("response_flags", "DC")]);
+    assert_eq!(abandoned, (6 * ROUNDS) as f64);
+}
