@@ -1,10 +1,17 @@
 //! Gateway API durations: `500ms`, `2s`, `1m30s`, `1h`.
 //!
-//! The Gateway API's `Duration` is one or more `<integer><unit>` pairs with the units `h`, `m`,
-//! `s` and `ms`. Signs, fractions, spaces and other units (`us`, `d`) are rejected rather than
-//! guessed at, so `1.5s` is an error that says to write `1500ms`.
+//! The Gateway API's `Duration` (GEP-2257) is one to four `<integer><unit>` pairs with the units
+//! `h`, `m`, `s` and `ms`, each integer of at most five digits. Signs, fractions, spaces and
+//! other units (`us`, `d`) are rejected rather than guessed at, so `1.5s` is an error that says
+//! to write `1500ms`. The bounds keep every duration under 12 years, so deadlines computed from
+//! them (`now + timeout`) cannot overflow.
 
 use std::time::Duration;
+
+/// Most `<integer><unit>` pairs in one duration.
+const MAX_PARTS: usize = 4;
+/// Most digits in one integer.
+const MAX_DIGITS: usize = 5;
 
 /// Parses a Gateway API duration such as `2s`, `500ms`, `1m30s` or `0s`.
 ///
@@ -18,7 +25,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
+    let mut parts = 0;
     while !rest.is_empty() {
+        parts += 1;
+        if parts > MAX_PARTS {
+            return Err(format!(
+                "{s:?} has more than {MAX_PARTS} parts (write e.g. 1h30m, not 1h20m10m)"
+            ));
+        }
         let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
         let (number, after) = rest.split_at(digits);
         if number.is_empty() {
@@ -44,6 +58,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
                 Some(_) => format!("unexpected {after:?} after {number:?}"),
                 None => format!("{number:?} has no unit (use h, m, s or ms)"),
             });
+        }
+        if number.len() > MAX_DIGITS {
+            return Err(format!(
+                "{number:?} has more than {MAX_DIGITS} digits (use a larger unit, e.g. 2h, not 7200000ms)"
+            ));
         }
         let value: u64 = number
             .parse()
@@ -93,6 +112,19 @@ mod tests {
         ] {
             assert!(parse_duration(text).is_err(), "{text:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn bounds_follow_the_gateway_api() {
+        let longest = "99999h99999m99999s99999ms";
+        let want = Duration::from_millis(((99_999 * 60 + 99_999) * 60 + 99_999) * 1000 + 99_999);
+        assert_eq!(parse_duration(longest), Ok(want));
+        assert!(parse_duration("100000s").unwrap_err().contains("5 digits"));
+        assert!(parse_duration("1h1m1s1ms1ms")
+            .unwrap_err()
+            .contains("4 parts"));
+        // Far enough from overflow for any deadline computed from it.
+        assert!(std::time::Instant::now().checked_add(want).is_some());
     }
 
     #[test]

@@ -375,6 +375,36 @@ async fn the_circuit_breaker_fails_fast_past_its_caps() {
     assert_eq!(get_once(outbound, "/fast").await.status, 200);
 }
 
+/// The route's total deadline counts from the request's arrival: time spent queued for a
+/// breaker slot is part of it, with or without retries, so the caller never waits for a
+/// whole try on top of the queueing.
+#[tokio::test]
+async fn a_wait_at_the_breaker_counts_against_the_request_timeout() {
+    for rule in [
+        "timeouts: {request: 1s}",
+        "timeouts: {request: 1s}\n    retry: {attempts: 1, codes: [503]}",
+    ] {
+        let upstream = Upstream::start("api").await;
+        let policy = "connectionPool: {maxRequests: 1, maxPendingRequests: 1}";
+        let sidecar = Sidecar::start(&config(upstream.addr, rule, policy)).await;
+        let outbound = sidecar.outbound;
+        let first = tokio::spawn(get_once(outbound, "/delay/800"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while upstream.count() < 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the first request never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Queued behind the first for ~800 ms, this one has ~200 ms of its 1 s left for an
+        // 800 ms answer; counted from the end of the queueing it would have had a whole second.
+        let queued = get_once(outbound, "/delay/800").await;
+        assert_eq!(queued.status, 504, "{rule}");
+        assert_eq!(first.await.unwrap().status, 200, "{rule}");
+    }
+}
+
 fn slow_path(_: usize, path: &str) -> (StatusCode, Option<Duration>) {
     let delay = (path == "/slow").then_some(Duration::from_millis(1500));
     (StatusCode::OK, delay)

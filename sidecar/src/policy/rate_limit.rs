@@ -62,7 +62,9 @@ impl RateLimiter {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
+            // Saturating: a limit of one request per ~585 billion years still answers.
+            let wait = (1.0 - bucket.tokens) / self.rate;
+            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
         }
     }
 }
@@ -78,6 +80,17 @@ mod tests {
 
     fn limiter(requests: u32, per: Duration) -> RateLimiter {
         RateLimiter::new(&RateLimit { requests, per }).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_too_long_for_a_duration_saturates_instead_of_panicking() {
+        let limiter = limiter(1, Duration::MAX);
+        assert!(limiter.try_acquire().is_ok());
+        let wait = limiter.try_acquire().unwrap_err();
+        assert!(wait > Duration::from_secs(u64::MAX / 2));
+        assert_eq!(retry_after_seconds(wait), u64::MAX);
+        // Still limiting: the refusal did not poison the bucket.
+        assert!(limiter.try_acquire().is_err());
     }
 
     #[tokio::test(start_paused = true)]

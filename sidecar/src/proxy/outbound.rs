@@ -278,6 +278,14 @@ fn route_and_forward<'a, 's>(
         // The request's arrival stands for "now" in the try's deadline while nothing has been
         // awaited since (no injected delay, no breaker to queue at): one clock read fewer.
         let arrival = (!injected && backend.policy.breaker.is_none()).then(|| recorder.started());
+        // The route's total deadline counts from the arrival: what was awaited since (a breaker
+        // slot, an injected delay) is taken off what the try may have.
+        let timeout = match action.timeouts.request {
+            Some(total) if arrival.is_none() => {
+                timeout.min(total.saturating_sub(recorder.started().elapsed()))
+            }
+            _ => timeout,
+        };
         // One try without retries; the outcome counts for outlier detection.
         let send_once = |parts: http::request::Parts, incoming, from| async move {
             let body = with_idle_timeout(incoming, limits.body_idle_timeout);
@@ -325,6 +333,7 @@ fn route_and_forward<'a, 's>(
                             target: backend,
                             per_try,
                             total: action.timeouts.request,
+                            arrival: tokio::time::Instant::from_std(recorder.started()),
                             limits,
                             metrics: &shared.metrics,
                             retried: AtomicU32::new(0),

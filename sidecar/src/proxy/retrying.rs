@@ -96,8 +96,11 @@ pub struct Exchange<'a> {
     pub target: &'a BackendTarget,
     /// Bound of each try.
     pub per_try: Duration,
-    /// Bound of the whole exchange, retries and backoff included.
+    /// Bound of the whole exchange, retries and backoff included, counted from `arrival`.
     pub total: Option<Duration>,
+    /// When the request arrived: the total deadline includes what came before the first try
+    /// (a wait for a breaker slot, buffering the body to replay).
+    pub arrival: Instant,
     /// Proxy limits.
     pub limits: &'a ProxyLimits,
     /// Retry counters.
@@ -116,8 +119,8 @@ impl Exchange<'_> {
         parts: &Parts,
         replay: Replay,
     ) -> (Result<Response<Body>, ProxyError>, Option<&'static str>) {
-        let started = Instant::now();
-        let deadline = self.total.map(|total| started + total);
+        // A deadline past what an `Instant` can hold is no deadline.
+        let deadline = self.total.and_then(|total| self.arrival.checked_add(total));
         self.target.policy.budget.deposit();
         let grpc = grpc::is_grpc(&parts.headers);
         let (mut body, mut first, recording) = match replay {

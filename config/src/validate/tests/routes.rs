@@ -130,6 +130,13 @@ fn durations_are_checked() {
         field,
         "unknown unit",
     );
+    // Past the Gateway API's five digits per number: once accepted, such a timeout
+    // overflowed the deadline computed from it.
+    rule_error(
+        &to_monolith("timeouts: {request: 9300000000000000000s}"),
+        "spec.rules[0].timeouts.request",
+        "more than 5 digits",
+    );
     let rule = first_rule(&to_monolith(
         "timeouts: {request: 0s, backendRequest: 1m30s}",
     ));
