@@ -40,6 +40,14 @@ use crate::policy::breaker::ConnectionCap;
 /// A place among a Backend's `maxConnections`, held for a connection's lifetime.
 type ConnectionPermit = tokio::sync::OwnedSemaphorePermit;
 
+/// A switched connection's place among its Backend's `maxConnections`, in the extensions of
+/// the `101` response: whoever carries the switched protocol on holds it until the end.
+#[derive(Debug, Clone)]
+pub struct SwitchedPermit(
+    #[expect(dead_code, reason = "held, never read: dropping it releases the place")]
+    Arc<ConnectionPermit>,
+);
+
 /// Most idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// Largest upstream response header block (a bigger one is a 502).
@@ -507,13 +515,20 @@ impl EndpointPool {
         }
         if !conn.sender.is_ready() {
             // Still busy, like a request body the server did not wait for: let it finish on a
-            // task of its own, then close (no sender is left to send it anything).
+            // task of its own, then close (no sender is left to send it anything). A server
+            // that stops reading gets the idle timeout to change its mind.
             let Http1Conn {
                 connection, permit, ..
             } = *conn;
+            let bound = self.idle_timeout();
             tokio::spawn(async move {
                 let _permit = permit;
-                log_end(connection.await);
+                match tokio::time::timeout(bound, connection).await {
+                    Ok(result) => log_end(result),
+                    Err(_) => {
+                        tracing::debug!("upstream connection still busy after {bound:?}: closed")
+                    }
+                }
             });
             return;
         }
@@ -602,7 +617,7 @@ impl EndpointPool {
     async fn handshake_http1<I>(
         &self,
         stream: I,
-        permit: Option<ConnectionPermit>,
+        permit: Option<Arc<ConnectionPermit>>,
         what: &'static str,
     ) -> Result<http1::SendRequest<Body>, UpstreamError>
     where
@@ -691,9 +706,19 @@ impl EndpointPool {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let mut sender = self.handshake_http1(stream, permit, what).await?;
+        // Shared with the response: after a `101` the connection task ends, and the tunnel that
+        // takes the connection over holds the permit (see [`SwitchedPermit`]).
+        let permit = permit.map(Arc::new);
+        let mut sender = self.handshake_http1(stream, permit.clone(), what).await?;
         match sender.send_request(request).await {
-            Ok(response) => Ok(response.map(|body| self.response_body(body))),
+            Ok(mut response) => {
+                if let Some(permit) = permit {
+                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        response.extensions_mut().insert(SwitchedPermit(permit));
+                    }
+                }
+                Ok(response.map(|body| self.response_body(body)))
+            }
             Err(source) => Err(UpstreamError::Reset {
                 addr: self.address,
                 source,
@@ -713,6 +738,9 @@ impl EndpointPool {
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
+            // Pinged while idle too: a connection the network dropped without a FIN is found
+            // dead before requests are sent into it.
+            .keep_alive_while_idle(true)
             .max_header_list_size(MAX_RESPONSE_HEADER_BYTES as u32)
             .handshake(TokioIo::new(stream))
             .await
@@ -752,6 +780,9 @@ fn replayable_copy(request: &Request<Body>) -> Option<Request<Body>> {
     *copy.uri_mut() = request.uri().clone();
     *copy.version_mut() = request.version();
     *copy.headers_mut() = request.headers().clone();
+    // The extensions carry the Backend's connection cap: a resend that opens a connection
+    // must count against it like the first send.
+    *copy.extensions_mut() = request.extensions().clone();
     Some(copy)
 }
 
@@ -1018,6 +1049,23 @@ mod tests {
     use tokio::sync::mpsc;
 
     const WAIT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_resend_copy_keeps_the_extensions_that_carry_the_connection_cap() {
+        #[derive(Clone, Debug, PartialEq)]
+        struct Tag(u32);
+        let mut request = Request::get("http://api.shop/x")
+            .header("x-a", "1")
+            .body(crate::body::empty())
+            .unwrap();
+        request.extensions_mut().insert(Tag(7));
+        let copy = replayable_copy(&request).expect("a bodyless GET is replayable");
+        assert_eq!(copy.extensions().get::<Tag>(), Some(&Tag(7)));
+        assert_eq!(copy.headers()["x-a"], "1");
+        assert_eq!(copy.uri(), request.uri());
+        *request.method_mut() = Method::POST;
+        assert!(replayable_copy(&request).is_none());
+    }
 
     /// An HTTP/1.1 upstream on loopback that answers every request `ok` with keep-alive. It
     /// reports each accepted connection on `accepted` and its end (EOF from us) on `ended`;

@@ -447,6 +447,51 @@ async fn max_connections_caps_upstream_connections() {
     );
 }
 
+/// A WebSocket's upstream connection keeps its place among `maxConnections` for as long as
+/// the session lasts, not just until the `101`.
+#[tokio::test]
+async fn max_connections_counts_switched_connections_until_they_close() {
+    let server = ficus_tests::upstream::WebSocketEcho::start().await;
+    let policy = "connectionPool: {maxConnections: 1}";
+    let sidecar = Sidecar::start(&config(server.addr, "", policy)).await;
+    let outbound = sidecar.outbound;
+    let open = || async move {
+        let stream = tokio::net::TcpStream::connect(outbound).await.unwrap();
+        tokio_tungstenite::client_async("ws://api.shop/socket", stream).await
+    };
+    let (mut first, response) = open().await.unwrap();
+    assert_eq!(response.status(), 101);
+    ficus_tests::client::ws_echo(&mut first, "one").await;
+    // The only place is taken by the open session.
+    match open().await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(refused)) => {
+            assert_eq!(refused.status(), 503);
+        }
+        other => panic!("a second session while the first is open: {other:?}"),
+    }
+    ficus_tests::client::ws_echo(&mut first, "still open").await;
+    first.close(None).await.unwrap();
+    drop(first);
+    // Once the first session is gone its place is free again (the tunnel notices the close).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (mut second, _) = loop {
+        match open().await {
+            Ok(session) => break session,
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "never freed: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    ficus_tests::client::ws_echo(&mut second, "two").await;
+    let metrics = sidecar.metrics().await;
+    let kind = [("kind", "connections")];
+    assert!(metrics.sum("ficus_circuit_breaker_overflow_total", &kind) >= 1.0);
+}
+
 #[tokio::test]
 async fn fault_aborts_hit_their_share_of_requests() {
     let upstream = Upstream::start("api").await;

@@ -20,7 +20,7 @@ use super::headers::{
 use crate::body::{Body, BodyIdle};
 use crate::deadline::TimerSlot;
 use crate::tunnel::copy_with_idle_timeout;
-use crate::upstream::EndpointPool;
+use crate::upstream::{EndpointPool, SwitchedPermit};
 
 /// The authority that names the destination, held without copying it out of the request
 /// (the request forms share its buffer).
@@ -122,7 +122,13 @@ pub fn forward<'a>(
             let upstream = hyper::upgrade::on(&mut response);
             let protocol = response.headers().get(http::header::UPGRADE).cloned();
             strip_hop_by_hop(response.headers_mut(), protocol.as_ref(), false);
-            tokio::spawn(tunnel(downstream, upstream, limits.connection_idle_timeout));
+            let permit = response.extensions_mut().remove::<SwitchedPermit>();
+            tokio::spawn(tunnel(
+                downstream,
+                upstream,
+                limits.connection_idle_timeout,
+                permit,
+            ));
             return Ok(response);
         }
         strip_hop_by_hop(response.headers_mut(), None, false);
@@ -144,7 +150,15 @@ fn caused_by_body_idle(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Copies bytes both ways once both sides have switched protocols.
-async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
+/// `permit`: the upstream connection's place among its Backend's `maxConnections`, held
+/// while the tunnel lasts.
+async fn tunnel(
+    downstream: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    permit: Option<SwitchedPermit>,
+) {
+    let _permit = permit;
     let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
         Ok(pair) => pair,
         Err(error) => {
