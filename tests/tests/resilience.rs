@@ -678,9 +678,12 @@ async fn connect_failures_are_retried_on_another_endpoint_but_never_for_a_post()
          spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  - backendRefs: [{{name: api}}]\n    \
          retry: {{attempts: 1, codes: [], backoff: 1ms}}\n---\n\
          apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: api, namespace: shop}}\n\
-         spec: {{targetRef: {{kind: Backend, name: api}}, loadBalancer: {{type: RoundRobin}}}}\n",
+         spec: {{targetRef: {{kind: Backend, name: api}}, loadBalancer: {{type: RoundRobin}}, \
+         retryBudget: {{percent: 100, minRetriesPerSecond: 10}}}}\n",
         live.addr
     );
+    // Every GET may meet the dead endpoint first: a budget that covers them all (the default,
+    // 20 % plus 3/s, would run out within the burst, as it should).
     let sidecar = Sidecar::start(&config).await;
     let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
     for _ in 0..50 {

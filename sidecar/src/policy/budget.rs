@@ -18,8 +18,9 @@ use tokio::time::Instant;
 const WINDOW_SECONDS: usize = 10;
 /// Default share of requests that may be retried.
 pub const DEFAULT_RATIO: f64 = 0.2;
-/// Default retries per second allowed whatever the traffic.
-pub const DEFAULT_MIN_PER_SECOND: u32 = 10;
+/// Default retries per second allowed whatever the traffic: RELIABILITY.md's 3/s, the same
+/// as a TrafficPolicy `retryBudget` that leaves `minRetriesPerSecond` out.
+pub const DEFAULT_MIN_PER_SECOND: u32 = 3;
 
 /// A Backend's retry budget.
 #[derive(Debug)]
