@@ -129,7 +129,12 @@ impl Balancer {
     fn pick_with<R: Rng + ?Sized>(&self, available: &impl Fn(usize) -> bool, rng: &mut R) -> usize {
         let weights = &self.weights;
         match &self.kind {
-            Kind::Single => 0,
+            Kind::Single => {
+                // Nothing to choose, but asking ends an ejection whose time is up (outlier
+                // detection restores endpoints only when asked about them).
+                let _ = available(0);
+                0
+            }
             Kind::RoundRobin(rr) => weights.choose(available, rr.next(weights), rng),
             Kind::Random => weights.choose(
                 available,
@@ -763,6 +768,13 @@ mod tests {
             assert_eq!(single.pick(|_| true), 0);
             assert_eq!(single.pick(|_| false), 0);
             assert!(single.start(0).is_none());
+            // The endpoint is still asked about, so an expired ejection of it ends.
+            let asked = std::cell::Cell::new(0);
+            single.pick(|i| {
+                asked.set(asked.get() + 1);
+                i == 0
+            });
+            assert_eq!(asked.get(), 1);
         }
     }
 
