@@ -241,3 +241,51 @@ async fn retries_move_to_the_other_endpoint_and_the_failing_one_is_avoided() {
         down.calls()
     );
 }
+
+/// An h2c server that answers every call with HTTP `status` and no `grpc-status`, as a proxy
+/// in front of a gRPC service does when it gives up; counts the calls.
+async fn plain_status_server(status: u16) -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counted = Arc::clone(&counted);
+            let service =
+                hyper::service::service_fn(move |_: http::Request<hyper::body::Incoming>| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let response = http::Response::builder()
+                        .status(status)
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, calls, task)
+}
+
+/// A 502 or 504 without a gRPC status may hide a call that was carried out (a reset after it
+/// was sent, a timeout further on): gRPC reads it as `UNAVAILABLE`, but it is not replayed. A
+/// 503 (a refusal: nothing was carried out) is.
+#[tokio::test]
+async fn a_bad_gateway_or_timeout_without_grpc_status_is_not_replayed() {
+    for (status, tries) in [(502, 1), (504, 1), (503, 3)] {
+        let (addr, calls, task) = plain_status_server(status).await;
+        let sidecar = Sidecar::start(&config(addr, "{attempts: 2, backoff: 1ms}")).await;
+        let mut client = client(&sidecar).await;
+        let failed = call(&mut client, "write".into()).await.unwrap_err();
+        assert_eq!(failed.code(), Code::Unavailable, "{status}");
+        assert_eq!(calls.load(Ordering::SeqCst), tries, "HTTP {status}");
+        task.abort();
+    }
+}

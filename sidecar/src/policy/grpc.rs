@@ -33,6 +33,19 @@ pub fn status(http: StatusCode, headers: &HeaderMap) -> Option<u8> {
     (http != StatusCode::OK).then(|| from_http(http))
 }
 
+/// The gRPC status a retry may act on: as [`status`], except that a 502 or a 504 without
+/// `grpc-status` tells none. gRPC clients read both as `UNAVAILABLE`, but behind them the
+/// upstream may have acted on the call (a connection reset after the call was sent, a
+/// timeout at a proxy further on), and replaying a call that was carried out would repeat
+/// it. A 503 or a 429 without `grpc-status` is a refusal (no connection, a breaker, a rate
+/// limit): the call was not carried out, and it may be retried like an `UNAVAILABLE`.
+pub fn retry_status(http: StatusCode, headers: &HeaderMap) -> Option<u8> {
+    if headers.get("grpc-status").is_none() && matches!(http.as_u16(), 502 | 504) {
+        return None;
+    }
+    status(http, headers)
+}
+
 /// gRPC's mapping of an HTTP status without `grpc-status` to a gRPC code.
 fn from_http(http: StatusCode) -> u8 {
     match http.as_u16() {
@@ -54,6 +67,22 @@ pub fn is_server_failure(code: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_see_no_status_where_the_call_may_have_been_carried_out() {
+        for (http, retried) in [(502, None), (504, None), (503, Some(14)), (429, Some(14))] {
+            let http = StatusCode::from_u16(http).unwrap();
+            assert_eq!(retry_status(http, &HeaderMap::new()), retried, "{http}");
+            assert_eq!(status(http, &HeaderMap::new()), Some(14), "{http}");
+        }
+        // What the server says wins.
+        let mut unavailable = HeaderMap::new();
+        unavailable.insert("grpc-status", "14".parse().unwrap());
+        assert_eq!(
+            retry_status(StatusCode::GATEWAY_TIMEOUT, &unavailable),
+            Some(14)
+        );
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -12,7 +12,9 @@
 //! gRPC calls are POSTs, so they are never replayed on an HTTP status. They are retried when
 //! their response headers carry a gRPC status among `grpcCodes` (default `unavailable`): a
 //! trailers-only response, where the server answered with a status and no message, which is
-//! also when gRPC's own client retries (gRFC A6). The server may push back with
+//! also when gRPC's own client retries (gRFC A6). An HTTP status without `grpc-status` counts
+//! as gRPC maps it, except a 502 or 504: the call may have been carried out behind them, so
+//! they are never retried (`grpc::retry_status`). The server may push back with
 //! `grpc-retry-pushback-ms` (a wait, honoured up to the cap; a malformed or negative value
 //! means "do not retry"). Connect failures and REFUSED_STREAM are retried as for any request.
 

@@ -215,7 +215,7 @@ impl Exchange<'_> {
     ) -> Option<Option<Duration>> {
         match outcome {
             Ok(response) if grpc => {
-                let code = grpc::status(response.status(), response.headers())?;
+                let code = grpc::retry_status(response.status(), response.headers())?;
                 if !self.policy.retries_grpc(code) {
                     return None;
                 }
