@@ -224,8 +224,13 @@ async fn serve_io<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (identity, redirected) = context;
-    // The socket counts as activity of its side while it lives, upgraded tunnels included.
-    let io = TokioIo::new(crate::drain::Tracked::new(io.into_inner(), drain.track()));
+    // The socket counts as activity of its side while it lives, upgraded tunnels included;
+    // a client that takes no bytes for the stall limit loses the connection.
+    let stall =
+        (shared.snapshot.load().limits.connection_idle_timeout).min(crate::stall::MAX_WRITE_STALL);
+    let io = TokioIo::new(
+        crate::drain::Tracked::new(io.into_inner(), drain.track()).with_write_stall(stall),
+    );
     // HTTP/1.1: the header-read deadline, kept per connection (see `head`).
     let watch = (protocol != Protocol::Http2).then(HeadWatch::new);
     let request_watch = watch.clone();

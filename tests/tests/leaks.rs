@@ -186,3 +186,97 @@ async fn mixed_traffic_leaves_no_descriptors_or_growing_memory_behind() {
     let abandoned = metrics.sum("ficus_requests_total", &[("response_flags", "DC")]);
     assert_eq!(abandoned, (6 * ROUNDS) as f64);
 }
+
+/// An upstream that answers every request with `size` bytes of body, writing until it is done
+/// or its connection is closed; `closed` is set when a write fails.
+async fn big_answer(
+    size: usize,
+) -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&closed);
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let flag = std::sync::Arc::clone(&flag);
+            tokio::spawn(async move {
+                let mut head = [0u8; 1024];
+                if stream.read(&mut head).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut result = stream
+                    .write_all(
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n").as_bytes(),
+                    )
+                    .await;
+                let mut sent = 0;
+                while result.is_ok() && sent < size {
+                    result = stream
+                        .write_all(&chunk[..chunk.len().min(size - sent)])
+                        .await;
+                    sent += chunk.len();
+                }
+                if result.is_err() {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, closed, task)
+}
+
+/// A client that asks for a large response and then reads nothing: the sidecar stops waiting
+/// for it once it has taken no bytes for the stall limit (here the connection idle timeout,
+/// 1 s) and closes both its connections, rather than holding them for as long as the client
+/// keeps its socket open.
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_connection_at_the_stall_limit() {
+    let (upstream, upstream_closed, task) = big_answer(256 << 20).await;
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
+         spec: {{proxy: {{connectionIdleTimeout: 1s}}}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: big, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{upstream}\"}}]}}\n"
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let fds_before = sidecar.open_fds().len();
+    let mut client = tokio::net::TcpStream::connect(sidecar.outbound)
+        .await
+        .unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: big.shop\r\n\r\n")
+        .await
+        .unwrap();
+    // The client holds its socket open and reads nothing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !upstream_closed.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fds_after = fds_settle(&sidecar, fds_before).await;
+    assert!(
+        fds_after.len() <= fds_before,
+        "descriptors {fds_before} → {}: {fds_after:?}",
+        fds_after.len()
+    );
+    // What the client gets is cut short of the 256 MiB promised.
+    let mut received = 0usize;
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), client.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received += n,
+            Err(_) => panic!("the connection was left open"),
+        }
+    }
+    assert!(received < 256 << 20, "{received} bytes");
+    task.abort();
+}
