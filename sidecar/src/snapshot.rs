@@ -135,6 +135,19 @@ impl BackendTarget {
     /// The next endpoint by the Backend's balancer and weights, skipping ejected ones, and
     /// drained ones (weight 0) while another is available (all ejected: ignore ejection).
     pub fn endpoint(&self) -> &Arc<EndpointPool> {
+        self.pick().0
+    }
+
+    /// [`BackendTarget::endpoint`] for an HTTP request: `None` when outlier detection has
+    /// every endpoint ejected, so the request fails fast (503 `UH`) until one is due back on
+    /// probation (RELIABILITY UP-3), rather than going to an endpoint known to fail.
+    pub fn healthy_endpoint(&self) -> Option<&Arc<EndpointPool>> {
+        let (endpoint, available) = self.pick();
+        available.then_some(endpoint)
+    }
+
+    /// The balancer's choice, and whether it is in the rotation (not ejected).
+    fn pick(&self) -> (&Arc<EndpointPool>, bool) {
         let available = |j: usize| {
             self.policy
                 .outliers
@@ -142,7 +155,10 @@ impl BackendTarget {
                 .is_none_or(|o| !o.is_ejected(j))
         };
         let i = self.policy.balancer.pick(available);
-        &self.endpoints[i.min(self.endpoints.len().saturating_sub(1))]
+        // The balancer falls back to an ejected endpoint only when all of them are.
+        let in_rotation = self.policy.outliers.is_none() || available(i);
+        let endpoint = &self.endpoints[i.min(self.endpoints.len().saturating_sub(1))];
+        (endpoint, in_rotation)
     }
 
     /// Records a try's outcome on `endpoint` for outlier detection (nothing without it).
@@ -195,7 +211,9 @@ impl BackendTarget {
         };
         if self.endpoints.len() > 1 {
             for _ in 0..2 {
-                let next = self.endpoint();
+                let Some(next) = self.healthy_endpoint() else {
+                    break;
+                };
                 if usable(next) {
                     return next;
                 }

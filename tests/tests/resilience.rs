@@ -750,6 +750,55 @@ async fn a_failing_endpoint_is_ejected_then_returns() {
     assert_eq!(metrics.sum("ficus_outlier_ejections_active", &[]), 0.0);
 }
 
+/// RELIABILITY UP-3: once every endpoint is ejected the Backend fails fast (503 `UH`) and the
+/// upstream gets nothing; when the ejection time is up, one probe goes through, and a Backend
+/// that recovered serves again.
+#[tokio::test]
+async fn a_backend_with_every_endpoint_ejected_fails_fast_until_a_probe() {
+    let flaky = Scripted::start(three_failures).await;
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{targetRef: {{kind: Backend, name: api}}, \
+         outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 1s}}}}\n",
+        flaky.addr
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(client.send(request("GET", "")).await.unwrap().status, 503);
+    }
+    for _ in 0..10 {
+        let response = client.send(request("GET", "")).await.unwrap();
+        assert_eq!(response.status, 503);
+        assert_eq!(response.header("x-ficus-error"), "no-healthy-upstream");
+    }
+    assert_eq!(
+        flaky.count(),
+        3,
+        "an ejected Backend's upstream gets nothing"
+    );
+    let metrics = sidecar.metrics().await;
+    let flagged = [("response_flags", "UH")];
+    assert_eq!(metrics.sum("ficus_requests_total", &flagged), 10.0);
+    assert_eq!(
+        metrics.sum(
+            "ficus_upstream_failures_total",
+            &[("reason", "no_healthy_upstream")]
+        ),
+        10.0
+    );
+    // Past the ejection time the endpoint is back on probation; it has recovered.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..5 {
+        assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
+    }
+    assert_eq!(flaky.count(), 8);
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_outlier_ejections_active", &[]), 0.0);
+}
+
 /// A config push that leaves a Backend and its TrafficPolicy alone keeps its ejections (and
 /// the rest of its policy state); changing the policy starts afresh.
 #[tokio::test]

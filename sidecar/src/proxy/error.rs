@@ -29,6 +29,8 @@ pub mod flags {
     pub const RETRIES_EXHAUSTED: &str = "URX";
     /// Denied by an AuthorizationPolicy.
     pub const DENIED: &str = "UAEX";
+    /// No healthy upstream: outlier detection has every endpoint of the Backend ejected.
+    pub const NO_HEALTHY_UPSTREAM: &str = "UH";
 }
 
 /// Why the proxy answered itself instead of relaying an upstream response.
@@ -60,6 +62,9 @@ pub enum ProxyError {
     /// The upstream broke the protocol (e.g. switched protocols unasked).
     #[error("upstream protocol error: {0}")]
     UpstreamProtocol(&'static str),
+    /// Outlier detection has every endpoint of the Backend ejected; failed fast.
+    #[error("every endpoint of backend {0} is ejected")]
+    NoHealthyUpstream(String),
     /// The Backend's circuit breaker is full (`connectionPool` caps); failed fast.
     #[error("circuit breaker of the backend is full ({})", .0.kind())]
     Overflow(crate::policy::breaker::Overflow),
@@ -103,6 +108,11 @@ impl ProxyError {
                 "upstream-reset",
             ),
             Self::Overflow(_) => (StatusCode::SERVICE_UNAVAILABLE, flags::OVERFLOW, "overflow"),
+            Self::NoHealthyUpstream(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                flags::NO_HEALTHY_UPSTREAM,
+                "no-healthy-upstream",
+            ),
             Self::RateLimited { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 flags::RATE_LIMITED,

@@ -63,7 +63,11 @@ impl Mirror {
             metrics.mirror_dropped.inc();
             return;
         };
-        let endpoint = Arc::clone(self.target.endpoint());
+        // Every endpoint ejected: the shadow Backend is failing; a copy would only add to it.
+        let Some(endpoint) = self.target.healthy_endpoint().map(Arc::clone) else {
+            metrics.mirror_dropped.inc();
+            return;
+        };
         let http2 = endpoint.is_http2();
         let shadow = format!("{host}-shadow");
         let Ok(uri) = upstream_uri(http2, &shadow, path_and_query(&parts.uri)) else {

@@ -185,7 +185,12 @@ fn route_and_forward<'a, 's>(
                 return (response, metrics, flags::FAULT_INJECTED);
             }
         }
-        let endpoint = backend.endpoint();
+        let Some(endpoint) = backend.healthy_endpoint() else {
+            shared.metrics.upstream_failure("no_healthy_upstream");
+            let error = ProxyError::NoHealthyUpstream(backend.label.to_string());
+            let (response, flag) = error.into_response();
+            return (response, metrics, flag);
+        };
         access_log::note_upstream(request.extensions(), endpoint.address(), metrics);
         if span.is_recording() {
             span.set_backend(&backend.label);
