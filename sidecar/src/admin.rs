@@ -28,6 +28,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
+            Err(error) if crate::listener::one_connection(&error) => continue,
             Err(error) => {
                 tracing::warn!(%error, "admin accept failed; pausing");
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -88,6 +88,9 @@ pub async fn accept_loop<F, Fut>(
                         serving.await;
                     });
                 }
+                Err(error) if one_connection(&error) => {
+                    tracing::debug!(listener = name, %error, "a connection failed before accept");
+                }
                 Err(error) => {
                     tracing::warn!(listener = name, %error, "accept failed; pausing");
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
@@ -96,6 +99,17 @@ pub async fn accept_loop<F, Fut>(
         }
     }
     tracing::info!(listener = name, "stopped accepting");
+}
+
+/// Whether an accept error concerns only the connection being accepted (its client reset it
+/// while it waited in the backlog), so the next accept may succeed at once; the others (out of
+/// descriptors or memory) get the back-off.
+pub fn one_connection(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
+    )
 }
 
 /// Serves an accepted connection until it ends or, after the drain signal, until its
@@ -272,5 +286,20 @@ async fn serve_io<I>(
     };
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "downstream connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_resource_errors_pause_the_accept_loop() {
+        use std::io::{Error, ErrorKind};
+        assert!(one_connection(&Error::from(ErrorKind::ConnectionAborted)));
+        assert!(one_connection(&Error::from(ErrorKind::ConnectionReset)));
+        // EMFILE and ENOMEM: the process is out of something; retrying at once would spin.
+        assert!(!one_connection(&Error::from_raw_os_error(24)));
+        assert!(!one_connection(&Error::from_raw_os_error(12)));
     }
 }
