@@ -433,8 +433,10 @@ async fn serve(
     } else {
         tracing::info!("drained");
     }
-    // Spans of the last requests would otherwise wait for the exporter's next drain.
-    shared.traces.flush(Duration::from_secs(2)).await;
+    // Spans of the last requests would otherwise wait for the exporter's next drain; within
+    // the drain timeout, which is what the pod's grace period is sized for.
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    shared.traces.flush(left.min(Duration::from_secs(2))).await;
     exit::OK
 }
 
