@@ -113,6 +113,32 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The same failure for another request that waited on the same attempt (the causes are
+    /// not `Clone`: their kind and text are kept).
+    fn again(&self) -> Self {
+        let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+        match self {
+            Self::Connect { addr, source } => Self::Connect {
+                addr: *addr,
+                source: io(source),
+            },
+            Self::ConnectTimeout { addr, after } => Self::ConnectTimeout {
+                addr: *addr,
+                after: *after,
+            },
+            Self::Tls { addr, source } => Self::Tls {
+                addr: *addr,
+                source: io(source),
+            },
+            Self::ConnectionLimit { addr } => Self::ConnectionLimit { addr: *addr },
+            // Nothing was sent on the connection being made: a connect-phase failure.
+            Self::Handshake { addr, source } | Self::Reset { addr, source } => Self::Connect {
+                addr: *addr,
+                source: std::io::Error::other(format!("HTTP/2 handshake failed: {source}")),
+            },
+        }
+    }
+
     /// Whether the request was certainly not sent (connect-phase failure).
     pub fn is_connect_failure(&self) -> bool {
         matches!(
@@ -160,6 +186,12 @@ pub struct EndpointPool {
     /// Idle HTTP/1.1 connections, the most recently used last.
     idle: Mutex<IdlePool>,
     shared: Mutex<Option<http2::SendRequest<Body>>>,
+    /// HTTP/2: one connection attempt at a time. Requests that find no live connection wait
+    /// for the attempt under way rather than each dialling its own (a burst at start-up or
+    /// after the peer restarts would otherwise open one connection, and for a peer sidecar
+    /// one TLS handshake, per request); holds the failure of the last attempt and when it
+    /// ended, which the requests that waited for it share.
+    dialing: tokio::sync::Mutex<Option<(tokio::time::Instant, UpstreamError)>>,
 }
 
 /// mTLS configs to a peer sidecar besides `h2`, built once per pool.
@@ -249,6 +281,7 @@ impl EndpointPool {
             body_idle_timeout_ms: AtomicU64::new(0),
             idle: Mutex::new(IdlePool::default()),
             shared: Mutex::new(None),
+            dialing: tokio::sync::Mutex::new(None),
         };
         pool.update(settings);
         pool
@@ -351,7 +384,15 @@ impl EndpointPool {
 
     /// A permit for a new connection for `request`, when it carries a cap.
     fn permit(&self, request: &Request<Body>) -> Result<Option<ConnectionPermit>, UpstreamError> {
-        match request.extensions().get::<ConnectionCap>() {
+        self.permit_of(request.extensions().get::<ConnectionCap>())
+    }
+
+    /// A permit of `cap`, when there is one.
+    fn permit_of(
+        &self,
+        cap: Option<&ConnectionCap>,
+    ) -> Result<Option<ConnectionPermit>, UpstreamError> {
+        match cap {
             None => Ok(None),
             Some(cap) => cap
                 .open()
@@ -445,13 +486,13 @@ impl EndpointPool {
         }
         let mut fresh = false;
         loop {
-            let cached = self.shared.lock().ok().and_then(|slot| slot.clone());
-            let mut sender = match cached.filter(|s| !s.is_closed()) {
+            let mut sender = match self.live_http2() {
                 Some(sender) => sender,
                 None => {
-                    fresh = true;
-                    let permit = self.permit(&request)?;
-                    Box::pin(self.connect_http2(permit)).await?
+                    let cap = request.extensions().get::<ConnectionCap>().cloned();
+                    let (sender, dialled) = Box::pin(self.dial_http2(cap)).await?;
+                    fresh |= dialled;
+                    sender
                 }
             };
             if let Err(source) = sender.ready().await {
@@ -480,6 +521,41 @@ impl EndpointPool {
                         });
                     }
                 },
+            }
+        }
+    }
+
+    /// The shared HTTP/2 connection, if it is live.
+    fn live_http2(&self) -> Option<http2::SendRequest<Body>> {
+        let cached = self.shared.lock().ok().and_then(|slot| slot.clone());
+        cached.filter(|sender| !sender.is_closed())
+    }
+
+    /// An HTTP/2 connection when there was no live one: the one another request made while
+    /// this one waited its turn to dial (`false`), or a new one (`true`), within the Backend's
+    /// `cap`. When the attempt this request waited for failed, it fails the same way without
+    /// dialling again.
+    async fn dial_http2(
+        &self,
+        cap: Option<ConnectionCap>,
+    ) -> Result<(http2::SendRequest<Body>, bool), UpstreamError> {
+        let waiting_since = tokio::time::Instant::now();
+        let mut dialing = self.dialing.lock().await;
+        if let Some(sender) = self.live_http2() {
+            return Ok((sender, false));
+        }
+        if let Some((_, failure)) = dialing.as_ref().filter(|(at, _)| *at >= waiting_since) {
+            return Err(failure.again());
+        }
+        let permit = self.permit_of(cap.as_ref())?;
+        match self.connect_http2(permit).await {
+            Ok(sender) => {
+                *dialing = None;
+                Ok((sender, true))
+            }
+            Err(error) => {
+                *dialing = Some((tokio::time::Instant::now(), error.again()));
+                Err(error)
             }
         }
     }
@@ -1049,6 +1125,68 @@ mod tests {
     use tokio::sync::mpsc;
 
     const WAIT: Duration = Duration::from_secs(10);
+
+    /// A burst of requests that find no HTTP/2 connection opens one, not one each; and when
+    /// the endpoint refuses, every request of the burst fails as a connect failure.
+    #[tokio::test]
+    async fn a_burst_shares_one_http2_connection_attempt() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let service =
+                    hyper::service::service_fn(|_: Request<hyper::body::Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(crate::body::empty()))
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        let settings = PoolSettings {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(30),
+        };
+        let request = || {
+            Request::get("http://api.shop/")
+                .body(crate::body::empty())
+                .unwrap()
+        };
+        let pool = Arc::new(EndpointPool::new(addr, true, None, settings));
+        let burst: Vec<_> = (0..20)
+            .map(|_| {
+                let pool = Arc::clone(&pool);
+                tokio::spawn(async move { pool.send(request()).await.map(|r| r.status()) })
+            })
+            .collect();
+        for call in burst {
+            let status = tokio::time::timeout(WAIT, call).await.unwrap().unwrap();
+            assert_eq!(status.unwrap(), 200);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        // Nothing listens on `closed`: the attempt fails, and so does every request of the burst.
+        let closed = {
+            let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            socket.local_addr().unwrap()
+        };
+        let pool = Arc::new(EndpointPool::new(closed, true, None, settings));
+        let burst: Vec<_> = (0..20)
+            .map(|_| {
+                let pool = Arc::clone(&pool);
+                tokio::spawn(async move { pool.send(request()).await.map(|r| r.status()) })
+            })
+            .collect();
+        for call in burst {
+            let result = tokio::time::timeout(WAIT, call).await.unwrap().unwrap();
+            assert!(result.unwrap_err().is_connect_failure());
+        }
+    }
 
     #[test]
     fn a_resend_copy_keeps_the_extensions_that_carry_the_connection_cap() {
