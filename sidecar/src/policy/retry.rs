@@ -16,7 +16,10 @@
 //! as gRPC maps it, except a 502 or 504: the call may have been carried out behind them, so
 //! they are never retried (`grpc::retry_status`). The server may push back with
 //! `grpc-retry-pushback-ms` (a wait, honoured up to the cap; a malformed or negative value
-//! means "do not retry"). Connect failures and REFUSED_STREAM are retried as for any request.
+//! means "do not retry"). Connect failures and REFUSED_STREAM count as for any request, but a
+//! call is only replayed when the try that failed had read its whole message (the message
+//! streams to the first try and is kept as it passes): a try that failed before reading it
+//! took the stream with it, so a connect failure of the first try is not retried.
 
 use std::time::Duration;
 
