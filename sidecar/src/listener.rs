@@ -26,7 +26,7 @@ use crate::transparent::Redirected;
 
 mod head;
 
-use head::{HeadTimed, HeadWatch, Watched};
+use head::{HeadTimed, HeadWatch, IdleGoaway, Watched};
 
 /// Pause after an accept error, so a full fd table does not turn into a busy loop.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -240,13 +240,17 @@ async fn serve_io<I>(
     let (identity, redirected) = context;
     // The socket counts as activity of its side while it lives, upgraded tunnels included;
     // a client that takes no bytes for the stall limit loses the connection.
-    let stall =
-        (shared.snapshot.load().limits.connection_idle_timeout).min(crate::stall::MAX_WRITE_STALL);
+    let idle = shared.snapshot.load().limits.connection_idle_timeout;
+    let stall = idle.min(crate::stall::MAX_WRITE_STALL);
     let io = TokioIo::new(
         crate::drain::Tracked::new(io.into_inner(), drain.track()).with_write_stall(stall),
     );
-    // HTTP/1.1: the header-read deadline, kept per connection (see `head`).
-    let watch = (protocol != Protocol::Http2).then(HeadWatch::new);
+    // HTTP/1.1: the header-read deadline, kept per connection; HTTP/2: the idle deadline
+    // (see `head`).
+    let watch = match protocol {
+        Protocol::Http2 => HeadWatch::multiplexed(),
+        _ => HeadWatch::new(),
+    };
     let request_watch = watch.clone();
     let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         let shared = Arc::clone(&shared);
@@ -254,14 +258,12 @@ async fn serve_io<I>(
         if let Some(redirected) = &redirected {
             request.extensions_mut().insert(redirected.clone());
         }
-        let watch = request_watch.clone();
-        if let Some(watch) = &watch {
-            watch.begin();
-        }
+        let watch = Arc::clone(&request_watch);
+        watch.begin();
         // Not boxed: hyper keeps the service's future in a box of its own per connection,
         // so a request costs a move into it rather than an allocation of its ~4 KB.
         async move {
-            let timer = watch.as_deref().map(HeadWatch::timer);
+            let timer = watch.timer();
             let response = match side {
                 Side::Outbound => {
                     crate::proxy::outbound::handle(&shared, peer, request, timer).await
@@ -273,12 +275,13 @@ async fn serve_io<I>(
             Ok::<_, std::convert::Infallible>(response.map(|body| Watched::new(body, watch)))
         }
     });
-    let result = match watch {
-        None => {
+    let result = match protocol {
+        Protocol::Http2 => {
             let connection = server.http2.serve_connection(io, service);
+            let connection = IdleGoaway::new(connection, watch, idle);
             until_drained!(connection, drain).map_err(|e| e.to_string())
         }
-        Some(watch) => {
+        _ => {
             let connection = server.http1.serve_connection(io, service).with_upgrades();
             let connection = HeadTimed::new(connection, watch, server.header_read_timeout);
             until_drained!(connection, drain).map_err(|e| e.to_string())

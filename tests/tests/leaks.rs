@@ -280,3 +280,47 @@ async fn a_client_that_stops_reading_loses_its_connection_at_the_stall_limit() {
     assert!(received < 256 << 20, "{received} bytes");
     task.abort();
 }
+
+/// An HTTP/2 connection without a stream for the connection idle timeout (1 s here) is sent
+/// GOAWAY and closed; a stream that lasts longer than that keeps it open until it ends.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let upstream = Upstream::start("api").await;
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
+         spec: {{proxy: {{connectionIdleTimeout: 1s}}}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n",
+        upstream.addr
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let stream = tokio::net::TcpStream::connect(sidecar.outbound)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = closed_tx.send(connection.await);
+    });
+    // Longer than the idle timeout, but the stream is open all along.
+    let request = Request::get("http://api.shop/delay/1500")
+        .version(http::Version::HTTP_2)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    // Idle from here: the sidecar closes the connection.
+    let ended = tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the idle connection was closed");
+    assert!(ended.unwrap().is_ok(), "closed with GOAWAY, not an error");
+}

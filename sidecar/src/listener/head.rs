@@ -12,10 +12,15 @@
 //! The deadline is hyper's: `timeout` after the connection opened or after the previous
 //! response ended, for the next request head to have arrived, and the connection is closed
 //! when it passes (hyper closes too; it answers no `408`, see `Server::on_error`).
+//!
+//! An HTTP/2 connection has a watch of its own kind ([`HeadWatch::multiplexed`], counting its
+//! streams) and [`IdleGoaway`]: once it has had no stream for the connection idle timeout it
+//! is sent GOAWAY and closes (RELIABILITY: connection idle → GOAWAY and close). Without it a
+//! client that answers PINGs could keep an idle connection forever.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -42,8 +47,12 @@ pub struct HeadWatch {
     opened: Instant,
     /// The same on the coarse clock: the origin of `idle_since`.
     opened_coarse: Coarse,
-    /// A request head is in and its response has not ended yet.
+    /// A request head is in and its response has not ended yet (HTTP/1.1).
     busy: AtomicBool,
+    /// Streams whose response has not ended yet (HTTP/2: [`HeadWatch::multiplexed`]).
+    streams: AtomicU32,
+    /// Counts `streams` rather than setting `busy`.
+    multiplexed: bool,
     /// When the last response ended: nanoseconds after `opened_coarse` on the coarse clock
     /// (0: none yet). It is stamped once per request, so it uses the cheap clock. The stamp
     /// is off by a tick at most, against a timeout of seconds.
@@ -59,31 +68,57 @@ impl HeadWatch {
             opened: Instant::now(),
             opened_coarse: Coarse::now(),
             busy: AtomicBool::new(false),
+            streams: AtomicU32::new(0),
+            multiplexed: false,
             idle_since: AtomicU64::new(0),
             timer: TimerSlot::new(),
         })
     }
 
-    /// The connection's timer for response-header deadlines.
-    pub fn timer(&self) -> &TimerSlot {
-        &self.timer
+    /// A watch for an HTTP/2 connection opened now: it counts concurrent streams, and its
+    /// timer is not lent to them.
+    pub fn multiplexed() -> Arc<Self> {
+        let mut watch = Self::new();
+        if let Some(watch) = Arc::get_mut(&mut watch) {
+            watch.multiplexed = true;
+        }
+        watch
+    }
+
+    /// The connection's timer for response-header deadlines (HTTP/1.1, one request at a
+    /// time; `None` for a multiplexed connection, whose streams run concurrently).
+    pub fn timer(&self) -> Option<&TimerSlot> {
+        (!self.multiplexed).then_some(&self.timer)
     }
 
     /// A request head came in (the service was called).
     pub fn begin(&self) {
-        self.busy.store(true, Ordering::Relaxed);
+        if self.multiplexed {
+            self.streams.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.busy.store(true, Ordering::Relaxed);
+        }
     }
 
-    /// The response of the request in flight ended (its body is done or dropped).
+    /// The response of a request in flight ended (its body is done or dropped).
     fn end(&self) {
         let since = u64::try_from(self.opened_coarse.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.idle_since.store(since, Ordering::Relaxed);
-        self.busy.store(false, Ordering::Relaxed);
+        if self.multiplexed {
+            self.streams.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.busy.store(false, Ordering::Relaxed);
+        }
     }
 
     /// When the next request head must have arrived, or `None` while a request is answered.
     fn deadline(&self, timeout: Duration) -> Option<Instant> {
-        if self.busy.load(Ordering::Relaxed) {
+        let busy = if self.multiplexed {
+            self.streams.load(Ordering::Relaxed) > 0
+        } else {
+            self.busy.load(Ordering::Relaxed)
+        };
+        if busy {
             return None;
         }
         let since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
@@ -109,9 +144,12 @@ pin_project! {
 }
 
 impl<B> Watched<B> {
-    /// Wraps `inner`; without `watch` (HTTP/2) it only passes frames on.
-    pub fn new(inner: B, watch: Option<Arc<HeadWatch>>) -> Self {
-        Self { inner, watch }
+    /// Wraps `inner`, the response body of a request that began in `watch`.
+    pub fn new(inner: B, watch: Arc<HeadWatch>) -> Self {
+        Self {
+            inner,
+            watch: Some(watch),
+        }
     }
 }
 
@@ -226,6 +264,86 @@ where
                 Some(deadline) => this.sleep.as_mut().reset(deadline),
                 // A request is being answered: its own timeouts bound it; look again later.
                 None => this.sleep.as_mut().reset(now + *this.timeout),
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// An HTTP/2 connection future that sends GOAWAY once the connection has had no stream
+    /// for `idle`, then runs until the connection closes.
+    pub struct IdleGoaway<C> {
+        #[pin]
+        connection: C,
+        #[pin]
+        sleep: Sleep,
+        watch: Arc<HeadWatch>,
+        idle: Duration,
+        // GOAWAY was sent; the timer is done with.
+        closing: bool,
+    }
+}
+
+impl<C> IdleGoaway<C> {
+    /// Closes `connection` (whose service reports to `watch`, a multiplexed one) after `idle`
+    /// without a stream.
+    pub fn new(connection: C, watch: Arc<HeadWatch>, idle: Duration) -> Self {
+        let deadline = watch.opened.checked_add(idle);
+        Self {
+            connection,
+            sleep: tokio::time::sleep_until(deadline.unwrap_or(watch.opened)),
+            closing: deadline.is_none(),
+            watch,
+            idle,
+        }
+    }
+}
+
+impl<I, S, E, B> IdleGoaway<hyper::server::conn::http2::Connection<I, S, E>>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: HttpBody + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    /// Sends GOAWAY: the streams in flight finish, then the connection closes (drain).
+    pub fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.project().connection.graceful_shutdown();
+    }
+}
+
+impl<I, S, E, B> Future for IdleGoaway<hyper::server::conn::http2::Connection<I, S, E>>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: HttpBody + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    type Output = hyper::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            if let Poll::Ready(result) = this.connection.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+            if *this.closing || poll_unconstrained(this.sleep.as_mut(), cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            match this.watch.deadline(*this.idle) {
+                Some(deadline) if deadline <= now + TICK => {
+                    *this.closing = true;
+                    this.connection.as_mut().graceful_shutdown();
+                    // Polled again: the GOAWAY goes out and the connection may end now.
+                }
+                Some(deadline) => this.sleep.as_mut().reset(deadline),
+                // Streams are open: their own timeouts bound them; look again later.
+                None => this.sleep.as_mut().reset(now + *this.idle),
             }
         }
     }
