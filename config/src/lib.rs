@@ -6,12 +6,14 @@
 //! - `validate`: raw → model, collecting every error of a set of files.
 //! - `error`: [`Diagnostic`] (file, document, field path, hint) and [`ConfigErrors`].
 //! - `duration`: Gateway API durations (`500ms`, `2s`, `1m30s`).
+//! - [`spiffe`]: SPIFFE IDs, strictly (the TLS layer's rules, in one place).
 //! - `load`: reading a file or a directory of `*.yaml`.
 //! - [`wire`] (feature `wire`): push-protocol messages and gRPC stubs.
 #![forbid(unsafe_code)]
 
 pub mod model;
 pub mod raw;
+pub mod spiffe;
 
 mod duration;
 mod error;

@@ -18,7 +18,9 @@
 pub mod ca;
 pub mod csr;
 pub mod fuzz;
-pub mod spiffe;
+/// SPIFFE IDs; the parser lives in the config crate, which validates the IDs config names by
+/// the same rules.
+pub use ficus_config::spiffe;
 pub mod tls;
 mod x509;
 

@@ -96,8 +96,8 @@ pub struct RuleAction {
     pub timeouts: Timeouts,
     /// Retries, when the rule has a `retry`.
     pub retry: Option<RetryPolicy>,
-    /// RequestMirror, when the rule has one.
-    pub mirror: Option<Mirror>,
+    /// The rule's RequestMirror filters, each with its own share of requests.
+    pub mirrors: Box<[Mirror]>,
     /// The route's rate limit (a TrafficPolicy targeting the HTTPRoute): one bucket shared by
     /// all the route's rules and parents.
     pub rate_limit: Option<Arc<RateLimiter>>,
@@ -575,7 +575,7 @@ fn compile_rule(
         backends: None,
         timeouts: rule.timeouts,
         retry: rule.retry.as_ref().map(RetryPolicy::new),
-        mirror: None,
+        mirrors: Box::default(),
         rate_limit: None,
         local_metrics: cx
             .metrics
@@ -589,9 +589,11 @@ fn compile_rule(
             Filter::UrlRewrite(r) => action.rewrite = Some(Rewrite::new(r)),
             Filter::RequestRedirect(r) => action.redirect = Some(Redirect::new(r)),
             Filter::RequestMirror(m) => {
-                action.mirror = targets
-                    .get(&m.backend)
-                    .map(|target| Mirror::new(Arc::clone(target), m.percent));
+                if let Some(target) = targets.get(&m.backend) {
+                    let mut mirrors = std::mem::take(&mut action.mirrors).into_vec();
+                    mirrors.push(Mirror::new(Arc::clone(target), m.percent));
+                    action.mirrors = mirrors.into_boxed_slice();
+                }
             }
         }
     }
@@ -630,7 +632,7 @@ fn direct_service(label: String, target: &Arc<BackendTarget>, cx: &BuildContext<
         )]),
         timeouts: Timeouts::default(),
         retry: None,
-        mirror: None,
+        mirrors: Box::default(),
         rate_limit: None,
         local_metrics: cx
             .metrics

@@ -975,6 +975,49 @@ async fn a_hanging_mirror_gets_copies_without_slowing_the_main_path() {
     );
 }
 
+/// A rule may mirror to several Backends: each gets its copy.
+#[tokio::test]
+async fn every_mirror_of_a_rule_gets_its_copies() {
+    let main = Scripted::start(instant_ok).await;
+    let (first, second) = (
+        Upstream::start("first").await,
+        Upstream::start("second").await,
+    );
+    let backend = |name: &str, addr: SocketAddr| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{protocol: http, endpoints: [{{address: \"{addr}\"}}]}}\n---\n"
+        )
+    };
+    let config = format!(
+        "{}{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  - backendRefs: [{{name: api}}]\n    \
+         filters:\n    - {{type: RequestMirror, requestMirror: {{backendRef: {{name: first}}}}}}\n    \
+         - {{type: RequestMirror, requestMirror: {{backendRef: {{name: second}}}}}}\n",
+        backend("api", main.addr),
+        backend("first", first.addr),
+        backend("second", second.addr),
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while first.count() < 10 || second.count() < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "copies: {} and {}",
+            first.count(),
+            second.count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = sidecar.metrics().await;
+    let sent = metrics.sum("ficus_mirror_requests_total", &[("result", "sent")]);
+    assert_eq!(sent, 20.0);
+}
+
 #[tokio::test]
 async fn a_hanging_upstream_times_out_without_leaks_or_harm_to_other_routes() {
     let hanging = Scripted::start(hang).await;

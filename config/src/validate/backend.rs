@@ -159,19 +159,19 @@ fn socket_address(report: &mut Report<'_>, field: &str, text: &str) -> Option<So
     }
 }
 
-/// A SPIFFE ID: `spiffe://<trust domain>/<path>`.
+/// A SPIFFE ID: `spiffe://<trust domain>/<path>`, by the rules the TLS layer verifies peers
+/// with ([`crate::spiffe::SpiffeId`]): an ID accepted here always parses there, so an endpoint
+/// that names one never loses its mTLS, and a policy entry can match.
 pub(crate) fn spiffe_id(report: &mut Report<'_>, field: &str, id: &str) -> Option<String> {
-    let valid = id.strip_prefix("spiffe://").is_some_and(|rest| {
-        let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
-        !domain.is_empty() && !path.is_empty() && rest.chars().all(|c| c.is_ascii_graphic())
-    });
-    if valid {
-        return Some(id.to_owned());
-    }
+    let error = match crate::spiffe::SpiffeId::parse(id) {
+        Ok(parsed) => return Some(parsed.as_str().to_owned()),
+        Err(error) => error,
+    };
     report.error(
         field,
-        format!("{id:?} is not a SPIFFE ID"),
-        "write spiffe://<trust domain>/<path>, e.g. spiffe://cluster.local/ns/shop/sa/monolith",
+        error.to_string(),
+        "write spiffe://<trust domain>/<path>, lowercase trust domain, path segments of \
+         letters, digits, `.`, `-` and `_`, e.g. spiffe://cluster.local/ns/shop/sa/monolith",
     );
     None
 }

@@ -163,6 +163,14 @@ fn header_modifier(
                 let name = header_name(report, &format!("{field}.name"), &header.name);
                 let value = header_value(report, &format!("{field}.value"), &header.value);
                 let name = name?;
+                if let Some(why) = reserved(&name) {
+                    report.error(
+                        format!("{field}.name"),
+                        format!("header {name:?} cannot be set by a filter: {why}"),
+                        "leave it to the proxy (URLRewrite sets the host)",
+                    );
+                    return None;
+                }
                 if !names.insert(name.clone()) {
                     report.error(
                         format!("{field}.name"),
@@ -189,6 +197,23 @@ fn header_modifier(
         add: add?,
         remove: all(remove)?,
     })
+}
+
+/// Why a header (lowercase) is the proxy's own and no filter may set or add it, if it is:
+/// message framing and hop-by-hop headers (a filter could make a truncated response look
+/// complete, or smuggle a second message), `host` (routing writes it), and the headers the
+/// mesh carries identities and flags in.
+fn reserved(name: &str) -> Option<&'static str> {
+    match name {
+        "content-length" | "transfer-encoding" | "trailer" => Some("it frames the message"),
+        "connection" | "keep-alive" | "proxy-connection" | "te" | "upgrade" => {
+            Some("it is hop-by-hop")
+        }
+        "host" => Some("routing sets it"),
+        "x-forwarded-client-cert" => Some("it carries the verified peer identity"),
+        _ if name.starts_with("x-ficus-") => Some("x-ficus-* headers are the mesh's"),
+        _ => None,
+    }
 }
 
 fn url_rewrite(

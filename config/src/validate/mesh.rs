@@ -7,6 +7,11 @@ use super::{optional, Report};
 use crate::model::{self, AccessLog, AccessLogTarget, MtlsMode, ProxyLimits, Tracing};
 use crate::raw;
 
+/// Largest `spec.proxy.maxHeaders` (Envoy's bound for `max_headers_count`).
+const MAX_HEADERS: usize = 10_000;
+/// Largest `spec.proxy.maxHeaderBytes`: 8 MiB (Envoy's bound for `max_request_headers_kb`).
+const MAX_HEADER_BYTES: usize = 8 << 20;
+
 /// Validates a Mesh spec; left-out fields keep [`model::Mesh::default`] values.
 pub(crate) fn validate(report: &mut Report<'_>, spec: &raw::MeshSpec) -> Option<model::Mesh> {
     let defaults = model::Mesh::default();
@@ -141,17 +146,19 @@ fn proxy_limits(report: &mut Report<'_>, proxy: &raw::ProxyLimits) -> Option<Pro
         &proxy.connection_idle_timeout,
         defaults.connection_idle_timeout,
     );
-    let mut count = |name: &str, value: Option<u64>, default: usize| -> Option<usize> {
+    // Upper bounds as Envoy's: the HTTP/1 parser makes room for `maxHeaders` header slots
+    // for every request head it reads, so an absurd value would allocate (or abort) per request.
+    let mut count = |name: &str, value: Option<u64>, default: usize, max: usize| {
         let Some(value) = value else {
             return Some(default);
         };
         match usize::try_from(value) {
-            Ok(value) if value > 0 => Some(value),
+            Ok(value) if value > 0 && value <= max => Some(value),
             _ => {
                 report.error(
                     format!("spec.proxy.{name}"),
                     format!("{value} is out of range"),
-                    "use a number above 0",
+                    format!("use a number from 1 to {max}"),
                 );
                 None
             }
@@ -161,8 +168,14 @@ fn proxy_limits(report: &mut Report<'_>, proxy: &raw::ProxyLimits) -> Option<Pro
         "maxHeaderBytes",
         proxy.max_header_bytes,
         defaults.max_header_bytes,
+        MAX_HEADER_BYTES,
     );
-    let max_headers = count("maxHeaders", proxy.max_headers, defaults.max_headers);
+    let max_headers = count(
+        "maxHeaders",
+        proxy.max_headers,
+        defaults.max_headers,
+        MAX_HEADERS,
+    );
     let max_concurrent_streams = match proxy.max_concurrent_streams {
         Some(0) => {
             report.error(

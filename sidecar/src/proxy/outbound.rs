@@ -311,10 +311,10 @@ fn route_and_forward<'a, 's>(
             backend.finish(endpoint, in_flight, &outcome);
             outcome
         };
-        let mirror = action.mirror.as_ref().filter(|m| m.draw());
+        // Each of the rule's mirrors draws its share of requests on its own.
         let mirror_copy = |body: Bytes| {
-            if let Some(mirror) = mirror {
-                mirror.spawn(&parts, body, host, timeout, limits, &shared.metrics);
+            for mirror in action.mirrors.iter().filter(|m| m.draw()) {
+                mirror.spawn(&parts, body.clone(), host, timeout, limits, &shared.metrics);
             }
         };
         let (result, flag) = match &action.retry {

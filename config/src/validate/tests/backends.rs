@@ -71,8 +71,27 @@ fn identity_must_be_a_spiffe_id() {
         &text,
         "Backend shop/x",
         "spec.endpoints[0].identity",
-        "not a SPIFFE ID",
+        "invalid SPIFFE ID",
     );
+    // What the TLS layer would refuse to verify is refused here too: an endpoint that named
+    // it used to lose its mTLS at run time.
+    for id in [
+        "spiffe://Cluster.Local/ns/shop/sa/x",
+        "spiffe://cluster.local/ns/shop/sa/a%41",
+        "spiffe://cluster.local/ns//sa/x",
+        "spiffe://cluster.local:8443/ns/shop/sa/x",
+    ] {
+        let text = with_backends(&backend(
+            "x",
+            &format!("{{endpoints: [{{address: 127.0.0.1:1, identity: \"{id}\"}}]}}"),
+        ));
+        single_error(
+            &text,
+            "Backend shop/x",
+            "spec.endpoints[0].identity",
+            "invalid SPIFFE ID",
+        );
+    }
     let ok = with_backends(&backend(
         "x",
         "{endpoints: [{address: 127.0.0.1:1, identity: \"spiffe://cluster.local/ns/shop/sa/x\"}]}",
@@ -236,6 +255,25 @@ fn mesh_defaults_and_overrides() {
         valid(&with_backends(bare)).mesh,
         crate::model::Mesh::default()
     );
+}
+
+#[test]
+fn header_limits_are_bounded() {
+    for (limit, value) in [
+        ("maxHeaders", "1000000000000"),
+        ("maxHeaderBytes", "9000000"),
+    ] {
+        let text = with_backends(&mesh(&format!("{{proxy: {{{limit}: {value}}}}}")));
+        let error = single_error(
+            &text,
+            "Mesh default",
+            &format!("spec.proxy.{limit}"),
+            "out of range",
+        );
+        assert!(error.hint.unwrap().contains("from 1 to"));
+    }
+    let config = valid(&with_backends(&mesh("{proxy: {maxHeaders: 10000}}")));
+    assert_eq!(config.mesh.proxy.max_headers, 10_000);
 }
 
 #[test]

@@ -168,7 +168,16 @@ fn authorization_policy_errors() {
         &with_backends(&authz("rules: [{from: [{identities: [shop/gateway]}]}]")),
         AUTHZ,
         "spec.rules[0].from[0].identities[0]",
-        "not a SPIFFE ID",
+        "invalid SPIFFE ID",
+    );
+    // A DENY entry spelled in a way no peer's certificate can carry would never match.
+    single_error(
+        &with_backends(&authz(
+            "rules: [{from: [{identities: [\"spiffe://Cluster.Local/ns/shop/*\"]}]}]",
+        )),
+        AUTHZ,
+        "spec.rules[0].from[0].identities[0]",
+        "invalid SPIFFE ID",
     );
     single_error(
         &with_backends(&authz("rules: [{to: [{methods: [post]}]}]")),

@@ -302,6 +302,33 @@ fn header_values_cannot_split_headers() {
 }
 
 #[test]
+fn filters_cannot_set_framing_hop_by_hop_or_mesh_headers() {
+    for (kind, name) in [
+        ("ResponseHeaderModifier", "content-length"),
+        ("ResponseHeaderModifier", "Transfer-Encoding"),
+        ("RequestHeaderModifier", "connection"),
+        ("RequestHeaderModifier", "host"),
+        ("RequestHeaderModifier", "x-ficus-peer-identity"),
+        ("RequestHeaderModifier", "x-forwarded-client-cert"),
+    ] {
+        let key = if kind.starts_with("Request") {
+            "requestHeaderModifier"
+        } else {
+            "responseHeaderModifier"
+        };
+        let filter = format!(
+            "filters: [{{type: {kind}, {key}: {{add: [{{name: {name}, value: \"1\"}}]}}}}]"
+        );
+        let field = format!("spec.rules[0].filters[0].{key}.add[0].name");
+        rule_error(&to_monolith(&filter), &field, "cannot be set by a filter");
+    }
+    // Removing them is harmless, and other headers are the filter's to set.
+    let filter = "filters: [{type: ResponseHeaderModifier, responseHeaderModifier: \
+                  {set: [{name: x-served-by, value: ficus}], remove: [content-length]}}]";
+    first_rule(&to_monolith(filter));
+}
+
+#[test]
 fn methods_are_uppercase_tokens() {
     let field = "spec.rules[0].matches[0].method";
     let error = rule_error(
