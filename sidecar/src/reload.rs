@@ -65,6 +65,27 @@ impl Reloader {
     }
 
     fn install(&mut self, config: Config, version: u64, source: &str) -> Result<(), String> {
+        // What can still fail comes first: building the snapshot updates shared state (the
+        // live pools' timeouts, policy state carried between configs), so a config must not
+        // be rejected after it.
+        let access_log = match self.shared.access_log_for(config.mesh.access_log.as_ref()) {
+            Ok(log) => log,
+            Err(message) => {
+                self.reject(message.clone(), source);
+                return Err(message);
+            }
+        };
+        let listen = config
+            .backends
+            .values()
+            .filter_map(|backend| backend.listen);
+        let prepared = match self.tcp.prepare(listen.collect()) {
+            Ok(prepared) => prepared,
+            Err(message) => {
+                self.reject(message.clone(), source);
+                return Err(message);
+            }
+        };
         let cx = BuildContext {
             pools: &self.shared.pools,
             metrics: &self.shared.metrics,
@@ -72,17 +93,7 @@ impl Reloader {
             tls: self.shared.tls.as_ref(),
         };
         let mut snapshot = Snapshot::build(config, version, source.to_owned(), &cx);
-        if let Err(message) = self.shared.attach_access_log(&mut snapshot) {
-            self.reject(message.clone(), source);
-            return Err(message);
-        }
-        let prepared = match self.tcp.prepare(&snapshot) {
-            Ok(prepared) => prepared,
-            Err(message) => {
-                self.reject(message.clone(), source);
-                return Err(message);
-            }
-        };
+        snapshot.access_log = access_log;
         self.shared.install(snapshot);
         self.tcp.commit(prepared, &self.shared);
         self.shared.metrics.config_update(true, source_kind(source));

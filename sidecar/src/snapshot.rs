@@ -64,7 +64,7 @@ pub struct Snapshot {
     /// intercepted connection there is split like one to the Backend's `listen` address).
     tcp_destinations: HashMap<SocketAddr, Arc<TcpService>>,
     /// The access-log writer when `Mesh.spec.accessLog` is set (attached by
-    /// `Shared::attach_access_log` before the swap).
+    /// `Shared::access_log_for` before the swap).
     pub access_log: Option<Arc<AccessLog>>,
 }
 

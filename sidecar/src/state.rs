@@ -116,13 +116,15 @@ impl Shared {
         }
     }
 
-    /// Gives `snapshot` the access-log writer its Mesh asks for: the serving one when the
-    /// target is unchanged, a new one otherwise, none when access logs are off. Fails, with a
-    /// message naming the file, when a new file cannot be opened.
-    pub fn attach_access_log(&self, snapshot: &mut Snapshot) -> Result<(), String> {
-        let Some(wanted) = &snapshot.config.mesh.access_log else {
-            snapshot.access_log = None;
-            return Ok(());
+    /// The access log `wanted` asks for: the serving one when it writes to the same place,
+    /// else one opened now (an error names the field). Called before the new snapshot is
+    /// built, so that a config whose log cannot be opened changes nothing.
+    pub fn access_log_for(
+        &self,
+        wanted: Option<&ficus_config::AccessLog>,
+    ) -> Result<Option<Arc<AccessLog>>, String> {
+        let Some(wanted) = wanted else {
+            return Ok(None);
         };
         let serving = self.snapshot.load();
         if let Some(log) = serving
@@ -130,8 +132,7 @@ impl Shared {
             .as_ref()
             .filter(|log| *log.target() == wanted.target)
         {
-            snapshot.access_log = Some(Arc::clone(log));
-            return Ok(());
+            return Ok(Some(Arc::clone(log)));
         }
         let log = AccessLog::open(
             &wanted.target,
@@ -139,8 +140,7 @@ impl Shared {
             self.metrics.access_log_write_failed.clone(),
         )
         .map_err(|error| format!("spec.accessLog.path: {error}"))?;
-        snapshot.access_log = Some(log);
-        Ok(())
+        Ok(Some(log))
     }
 
     /// Records a rejected config; the serving snapshot stays.

@@ -17,7 +17,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::drain::Drain;
 use crate::listener::accept_loop;
-use crate::snapshot::Snapshot;
 use crate::state::Shared;
 use crate::telemetry::access_log::TcpEntry;
 use crate::tunnel::copy_with_idle_timeout;
@@ -49,10 +48,9 @@ impl TcpListeners {
         }
     }
 
-    /// Binds every listen address of `snapshot` not bound yet. Fails, binding nothing, if
-    /// any address cannot be bound.
-    pub fn prepare(&self, snapshot: &Snapshot) -> Result<Prepared, String> {
-        let wanted: Vec<SocketAddr> = snapshot.tcp.keys().copied().collect();
+    /// Binds every address of `wanted` (the `listen` addresses of the next config) not bound
+    /// yet. Fails, binding nothing, if any address cannot be bound.
+    pub fn prepare(&self, wanted: Vec<SocketAddr>) -> Result<Prepared, String> {
         let mut bound = Vec::new();
         for address in &wanted {
             if self.running.contains_key(address) {

@@ -799,6 +799,50 @@ async fn a_backend_with_every_endpoint_ejected_fails_fast_until_a_probe() {
     assert_eq!(metrics.sum("ficus_outlier_ejections_active", &[]), 0.0);
 }
 
+/// A config rejected after validation (its access log cannot be opened) changes nothing: the
+/// policy state carried between configs stays with the serving one, so an ejection survives
+/// the rejection and the next accepted config.
+#[tokio::test]
+async fn a_config_rejected_at_install_leaves_ejections_alone() {
+    let failing = Scripted::start(always_503).await;
+    let healthy = Upstream::start("healthy").await;
+    let config = |extra: &str, base: &str| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+             spec: {{protocol: http, endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]}}\n---\n\
+             apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: api, namespace: shop}}\n\
+             spec: {{targetRef: {{kind: Backend, name: api}}, loadBalancer: {{type: RoundRobin}}, \
+             outlierDetection: {{consecutive5xx: 2, baseEjectionTime: {base}, maxEjectionPercent: 50}}}}\n{extra}",
+            failing.addr, healthy.addr
+        )
+    };
+    let sidecar = Sidecar::start(&config("", "60s")).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    for _ in 0..10 {
+        client.send(request("GET", "")).await.unwrap();
+    }
+    assert_eq!(failing.count(), 2, "ejected after two failures");
+    // Valid, with a changed policy, but its access log cannot be opened: rejected when it is
+    // installed.
+    let unopenable = "---\napiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+                      spec: {accessLog: {path: /nonexistent-dir/ficus/access.log}}\n";
+    sidecar.write_config(&config(unopenable, "30s"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sidecar.config().await["last_error"].is_null() {
+        assert!(tokio::time::Instant::now() < deadline, "never rejected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An accepted change elsewhere: the ejection is still there.
+    let other = "---\napiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: other, namespace: shop}\n\
+                 spec: {endpoints: [{address: \"127.0.0.1:9\"}]}\n";
+    sidecar.write_config(&config(other, "60s"));
+    sidecar.wait_version(2, Duration::from_secs(10)).await;
+    for _ in 0..10 {
+        assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
+    }
+    assert_eq!(failing.count(), 2, "still ejected");
+}
+
 /// A config push that leaves a Backend and its TrafficPolicy alone keeps its ejections (and
 /// the rest of its policy state); changing the policy starts afresh.
 #[tokio::test]

@@ -10,7 +10,7 @@
 //! `Snapshot::access_log`.
 //!
 //! The writer follows the config: a swap with the same target keeps the running writer (see
-//! `Shared::attach_access_log`); a new target opens a new one, and the old writer's thread
+//! `Shared::access_log_for`); a new target opens a new one, and the old writer's thread
 //! ends once the last request holding it has logged. Lines still queued when the process
 //! exits are lost.
 //!
