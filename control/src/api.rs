@@ -293,7 +293,7 @@ fn refuse_unauthorized(
     Some(response)
 }
 
-async fn route(state: &ControlState, request: Request<Incoming>) -> Response<Body> {
+async fn route(state: &Arc<ControlState>, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let segments: Vec<String> = path
@@ -319,7 +319,12 @@ async fn route(state: &ControlState, request: Request<Incoming>) -> Response<Bod
             response
         }
         (["v1", "apply"], &Method::POST) => match read_sources(request).await {
-            Ok((sources, author)) => outcome(apply::apply(state, sources, author).await),
+            Ok((sources, author)) => {
+                detached(state, |state| async move {
+                    apply::apply(&state, sources, author).await
+                })
+                .await
+            }
             Err(response) => response,
         },
         (["v1", "diff"], &Method::POST) => match read_sources(request).await {
@@ -339,7 +344,11 @@ async fn route(state: &ControlState, request: Request<Incoming>) -> Response<Bod
                 namespace: (*namespace).to_owned(),
                 name: (*name).to_owned(),
             };
-            outcome(apply::delete(state, key, header_author(&request)).await)
+            let author = header_author(&request);
+            detached(state, |state| async move {
+                apply::delete(&state, key, author).await
+            })
+            .await
         }
         (["v1", "history"], &Method::GET) => {
             let store = state.store.clone();
@@ -384,7 +393,10 @@ async fn route(state: &ControlState, request: Request<Incoming>) -> Response<Bod
                 }
             };
             let author = parsed.author.or(author);
-            outcome(apply::rollback(state, parsed.version, author).await)
+            detached(state, |state| async move {
+                apply::rollback(&state, parsed.version, author).await
+            })
+            .await
         }
         (["v1", "status"], &Method::GET) => json(
             StatusCode::OK,
@@ -514,6 +526,23 @@ fn config(state: &ControlState, query: Option<&str>) -> Response<Body> {
             "documents": documents,
         }),
     )
+}
+
+/// Runs a write (apply, delete, rollback) as a task of its own, so that a client that goes
+/// away or stops waiting cannot cancel it between its commit and its publication: a version
+/// stored but never published would be dropped by the next write (which starts from the
+/// published one) or go live at the next restart, unasked.
+async fn detached<F>(
+    state: &Arc<ControlState>,
+    write: impl FnOnce(Arc<ControlState>) -> F,
+) -> Response<Body>
+where
+    F: std::future::Future<Output = Result<ApplyOutcome, ApplyError>> + Send + 'static,
+{
+    match tokio::spawn(write(Arc::clone(state))).await {
+        Ok(result) => outcome(result),
+        Err(error) => apply_error(&ApplyError::Task(error)),
+    }
 }
 
 fn outcome(result: Result<ApplyOutcome, ApplyError>) -> Response<Body> {

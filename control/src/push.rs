@@ -240,7 +240,7 @@ impl PushStream {
         let registry = &self.state.registry;
         let metrics = &self.state.metrics;
         let serving = (hello.version > 0).then_some(hello.version);
-        registry.connect(&node, &hello.workload, &hello.namespace, serving);
+        let stream = registry.connect(&node, &hello.workload, &hello.namespace, serving);
         metrics.connected_sidecars.set(registry.connected() as i64);
         tracing::info!(node = %node, workload = %hello.workload, namespace = %hello.namespace,
             version = hello.version, "sidecar subscribed");
@@ -354,7 +354,7 @@ impl PushStream {
                 },
             }
         }
-        registry.disconnect(&node);
+        registry.disconnect(&node, stream);
         metrics.connected_sidecars.set(registry.connected() as i64);
         tracing::info!(node = %node, "sidecar disconnected");
     }

@@ -27,6 +27,10 @@ pub struct SidecarStatus {
     pub connected_since: u64,
     /// Whether its stream is open now.
     pub connected: bool,
+    /// Which stream of the sidecar this is (a reconnect opens a newer one before the control
+    /// plane may have noticed the old one end).
+    #[serde(skip)]
+    stream: u64,
 }
 
 /// Every sidecar that connected since the control plane started.
@@ -34,13 +38,20 @@ pub struct SidecarStatus {
 pub struct Registry {
     sidecars: Mutex<BTreeMap<String, SidecarStatus>>,
     changes: watch::Sender<u64>,
+    /// The id of the last stream opened.
+    streams: std::sync::atomic::AtomicU64,
 }
+
+/// Most sidecars kept after they disconnected (pods come and go under new names); past it the
+/// one that connected longest ago is forgotten.
+const MAX_DISCONNECTED: usize = 4096;
 
 impl Default for Registry {
     fn default() -> Self {
         Self {
             sidecars: Mutex::new(BTreeMap::new()),
             changes: watch::channel(0).0,
+            streams: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -74,11 +85,21 @@ impl Registry {
         self.changes.subscribe()
     }
 
-    /// A stream opened.
-    pub fn connect(&self, node_id: &str, workload: &str, namespace: &str, serving: Option<u64>) {
+    /// A stream opened; returns its id, for [`Registry::disconnect`].
+    pub fn connect(
+        &self,
+        node_id: &str,
+        workload: &str,
+        namespace: &str,
+        serving: Option<u64>,
+    ) -> u64 {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let stream = self
+            .streams
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         self.update(node_id, |entry| {
             let previous = entry.take();
             *entry = Some(SidecarStatus {
@@ -90,8 +111,10 @@ impl Registry {
                 last_nack: previous.and_then(|p| p.last_nack),
                 connected_since: now,
                 connected: true,
+                stream,
             });
         });
+        stream
     }
 
     /// The sidecar took `version`.
@@ -117,13 +140,27 @@ impl Registry {
         });
     }
 
-    /// The stream closed.
-    pub fn disconnect(&self, node_id: &str) {
+    /// Stream `stream` of the sidecar closed. When the sidecar has connected again since
+    /// (a newer stream), the end of the old one changes nothing.
+    pub fn disconnect(&self, node_id: &str, stream: u64) {
         self.update(node_id, |entry| {
-            if let Some(status) = entry {
+            if let Some(status) = entry.as_mut().filter(|s| s.stream == stream) {
                 status.connected = false;
             }
         });
+        if let Ok(mut sidecars) = self.sidecars.lock() {
+            let disconnected = sidecars.values().filter(|s| !s.connected).count();
+            if disconnected > MAX_DISCONNECTED {
+                let oldest = sidecars
+                    .values()
+                    .filter(|s| !s.connected)
+                    .min_by_key(|s| s.connected_since)
+                    .map(|s| s.node_id.clone());
+                if let Some(oldest) = oldest {
+                    sidecars.remove(&oldest);
+                }
+            }
+        }
     }
 
     fn update(&self, node_id: &str, change: impl FnOnce(&mut Option<SidecarStatus>)) {
@@ -145,7 +182,7 @@ mod tests {
     #[test]
     fn ack_clears_an_older_nack() {
         let registry = Registry::default();
-        registry.connect("a", "web", "shop", None);
+        let stream = registry.connect("a", "web", "shop", None);
         registry.nack("a", 3, "listen address in use");
         assert_eq!(
             registry.list()[0].last_nack.as_deref(),
@@ -162,7 +199,32 @@ mod tests {
             (status.acked_version, status.last_nack.as_deref()),
             (Some(4), None)
         );
-        registry.disconnect("a");
+        registry.disconnect("a", stream);
         assert_eq!(registry.connected(), 0);
+    }
+
+    #[test]
+    fn the_end_of_an_old_stream_leaves_a_reconnected_sidecar_connected() {
+        let registry = Registry::default();
+        let old = registry.connect("a", "web", "shop", Some(1));
+        let new = registry.connect("a", "web", "shop", Some(1));
+        registry.disconnect("a", old);
+        assert_eq!(registry.connected(), 1, "the new stream is open");
+        registry.disconnect("a", new);
+        assert_eq!(registry.connected(), 0);
+    }
+
+    #[test]
+    fn sidecars_long_gone_are_forgotten_past_a_bound() {
+        let registry = Registry::default();
+        for i in 0..MAX_DISCONNECTED + 10 {
+            let node = format!("pod-{i}");
+            let stream = registry.connect(&node, "web", "shop", None);
+            registry.disconnect(&node, stream);
+        }
+        let live = registry.connect("live", "web", "shop", None);
+        assert_eq!(registry.list().len(), MAX_DISCONNECTED + 1);
+        assert!(registry.list()[0].connected);
+        registry.disconnect("live", live);
     }
 }
