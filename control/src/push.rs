@@ -262,7 +262,15 @@ impl PushStream {
             if latest.version > 0 && latest.version != serving.0 && pending != Some(latest.version)
             {
                 let scoped = self.scopes.get(&latest, &scope);
-                let unchanged = scoped.digest == serving.1;
+                // `unchanged` only when the sidecar will hold these documents whatever it does
+                // with a push still unanswered: it may yet take that push's documents (a
+                // rollback right after an apply goes back to what it served before).
+                let in_flight = sent
+                    .as_ref()
+                    .filter(|s| !s.nacked && !s.refresh)
+                    .map(|s| &s.digest);
+                let unchanged =
+                    scoped.digest == serving.1 && in_flight.is_none_or(|d| *d == scoped.digest);
                 let nonce = format!("{:016x}", rand::random::<u64>());
                 let snapshot = Snapshot {
                     version: latest.version,

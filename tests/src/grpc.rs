@@ -39,6 +39,13 @@ pub struct Channel {
     origin: http::Uri,
 }
 
+impl Channel {
+    /// `https://addr` or `http://addr`, for a client's `with_origin`.
+    pub fn origin(&self) -> http::Uri {
+        self.origin.clone()
+    }
+}
+
 impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
     type Response = http::Response<Incoming>;
     type Error = hyper::Error;

@@ -272,3 +272,105 @@ async fn a_burst_of_applies_coalesces_into_few_pushes() {
     );
     eprintln!("50 applies in {burst:?} → {per_sidecar} pushes per sidecar");
 }
+
+/// A scripted sidecar on the push stream: it ACKs only when told to.
+struct ScriptedSidecar {
+    to_control: tokio::sync::mpsc::Sender<ficus_config::wire::SidecarMessage>,
+    from_control: tonic::Streaming<ficus_config::wire::ControlMessage>,
+}
+
+impl ScriptedSidecar {
+    async fn subscribe(control: &ControlPlane) -> Self {
+        use ficus_config::wire::config_discovery_client::ConfigDiscoveryClient;
+        use ficus_config::wire::{sidecar_message, Hello, SidecarMessage};
+        let channel = ficus_tests::grpc::connect_plain(control.grpc)
+            .await
+            .unwrap();
+        let (to_control, rx) = tokio::sync::mpsc::channel(8);
+        let hello = SidecarMessage {
+            kind: Some(sidecar_message::Kind::Hello(Hello {
+                node_id: "scripted-1".into(),
+                workload: "web".into(),
+                namespace: "shop".into(),
+                ..Hello::default()
+            })),
+        };
+        to_control.send(hello).await.unwrap();
+        let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|message| (message, rx))
+        });
+        let mut client = ConfigDiscoveryClient::with_origin(channel.clone(), channel.origin());
+        let from_control =
+            tokio::time::timeout(Duration::from_secs(10), client.subscribe(outbound))
+                .await
+                .unwrap()
+                .unwrap()
+                .into_inner();
+        Self {
+            to_control,
+            from_control,
+        }
+    }
+
+    async fn next(&mut self) -> ficus_config::wire::Snapshot {
+        use ficus_config::wire::control_message::Kind;
+        let message = tokio::time::timeout(Duration::from_secs(10), self.from_control.message())
+            .await
+            .expect("a push within 10 s")
+            .unwrap()
+            .expect("the stream is open");
+        let Some(Kind::Snapshot(snapshot)) = message.kind else {
+            panic!("not a snapshot");
+        };
+        snapshot
+    }
+
+    async fn ack(&self, snapshot: &ficus_config::wire::Snapshot) {
+        use ficus_config::wire::{sidecar_message, Ack, SidecarMessage};
+        let ack = SidecarMessage {
+            kind: Some(sidecar_message::Kind::Ack(Ack {
+                version: snapshot.version,
+                nonce: snapshot.nonce.clone(),
+            })),
+        };
+        self.to_control.send(ack).await.unwrap();
+    }
+}
+
+/// A rollback right after an apply, before the sidecar has answered the apply's push: the
+/// sidecar may yet take that push, so the rollback's push carries its documents rather than
+/// "unchanged" (which the sidecar would refuse, and then keep the rolled-back config).
+#[tokio::test]
+async fn a_rollback_before_the_previous_push_is_answered_carries_its_documents() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let control = ControlPlane::start().await;
+    apply(&control, &config("a", a.addr, b.addr, 1)).await;
+    let mut sidecar = ScriptedSidecar::subscribe(&control).await;
+    let first = sidecar.next().await;
+    assert_eq!(first.version, 1);
+    sidecar.ack(&first).await;
+    until(
+        "the control plane saw the ACK",
+        Duration::from_secs(10),
+        || async {
+            let status = control.get_json("/v1/status").await;
+            status["sidecars"][0]["acked_version"] == 1
+        },
+    )
+    .await;
+
+    apply(&control, &config("b", a.addr, b.addr, 2)).await;
+    let second = sidecar.next().await;
+    assert_eq!(second.version, 2);
+    assert!(!second.unchanged);
+    // Not answered yet; version 3 has version 1's documents.
+    ok(&control.ctl(&["rollback", "1"]).await);
+    let third = sidecar.next().await;
+    assert_eq!(third.version, 3);
+    assert!(
+        !third.unchanged,
+        "version 2 may have been taken: the documents must come"
+    );
+    assert_eq!(third.documents, first.documents);
+    assert_eq!(third.digest, first.digest);
+}
