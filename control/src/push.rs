@@ -259,8 +259,12 @@ impl PushStream {
             let latest = Arc::clone(&self.published.borrow_and_update());
             let bundle = Arc::clone(&trust.borrow_and_update());
             let pending = sent.as_ref().map(|s| s.record.version);
-            if latest.version > 0 && latest.version != serving.0 && pending != Some(latest.version)
-            {
+            // Behind, or at the same version number with other documents (a sidecar whose
+            // cache came from another control plane, or another scope).
+            let behind = |serving: &(u64, String)| {
+                latest.version != serving.0 || self.scopes.get(&latest, &scope).digest != serving.1
+            };
+            if latest.version > 0 && pending != Some(latest.version) && behind(&serving) {
                 let scoped = self.scopes.get(&latest, &scope);
                 // `unchanged` only when the sidecar will hold these documents whatever it does
                 // with a push still unanswered: it may yet take that push's documents (a

@@ -411,6 +411,15 @@ impl ControlClient {
             trust_bundle_pem,
         } = snapshot;
         self.take_bundle(&trust_bundle_pem);
+        if version < self.serving.0 {
+            // The control plane is the source of truth, so this is taken; but versions only
+            // go back when its store did (restored from an older backup, or another store).
+            tracing::warn!(
+                version,
+                serving = self.serving.0,
+                "the control plane pushed an older version than the one served"
+            );
+        }
         let source = format!("control:v{version}");
         let result = if unchanged && version == self.serving.0 && digest == self.serving.1 {
             // A trust-bundle refresh of what we serve: nothing to reload.

@@ -281,6 +281,11 @@ struct ScriptedSidecar {
 
 impl ScriptedSidecar {
     async fn subscribe(control: &ControlPlane) -> Self {
+        Self::subscribe_serving(control, 0, "").await
+    }
+
+    /// Subscribes saying it serves `version` with documents of `digest`.
+    async fn subscribe_serving(control: &ControlPlane, version: u64, digest: &str) -> Self {
         use ficus_config::wire::config_discovery_client::ConfigDiscoveryClient;
         use ficus_config::wire::{sidecar_message, Hello, SidecarMessage};
         let channel = ficus_tests::grpc::connect_plain(control.grpc)
@@ -292,6 +297,8 @@ impl ScriptedSidecar {
                 node_id: "scripted-1".into(),
                 workload: "web".into(),
                 namespace: "shop".into(),
+                version,
+                digest: digest.into(),
                 ..Hello::default()
             })),
         };
@@ -373,4 +380,18 @@ async fn a_rollback_before_the_previous_push_is_answered_carries_its_documents()
     );
     assert_eq!(third.documents, first.documents);
     assert_eq!(third.digest, first.digest);
+}
+
+/// A sidecar that says it serves the current version number but with other documents (its
+/// cache came from another control plane or another scope) gets the documents.
+#[tokio::test]
+async fn a_sidecar_at_the_same_version_with_other_documents_gets_them() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let control = ControlPlane::start().await;
+    apply(&control, &config("a", a.addr, b.addr, 1)).await;
+    let mut sidecar = ScriptedSidecar::subscribe_serving(&control, 1, "not-these-documents").await;
+    let pushed = sidecar.next().await;
+    assert_eq!(pushed.version, 1);
+    assert!(!pushed.unchanged);
+    assert!(!pushed.documents.is_empty());
 }
