@@ -23,6 +23,9 @@ use crate::reload::Reloader;
 /// How often the config path is checked without an inotify event (fallback).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Longest wait before a config that could not be installed is tried again.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
 /// How long events are coalesced after the first one before the path is checked.
 pub const DEBOUNCE: Duration = Duration::from_millis(1);
 
@@ -150,6 +153,8 @@ struct Stamp {
     len: u64,
     modified: Option<SystemTime>,
     inode: u64,
+    /// Permissions: a file made readable (chmod) is read again.
+    mode: u32,
 }
 
 /// What identifies the current contents of `path` cheaply.
@@ -160,6 +165,7 @@ fn fingerprint(path: &Path) -> Vec<Stamp> {
             len: m.len(),
             modified: m.modified().ok(),
             inode: m.ino(),
+            mode: m.mode(),
             name: p,
         })
     };
@@ -192,8 +198,15 @@ pub async fn watch(path: PathBuf, mut reloader: Reloader) {
     let mut ticks = tokio::time::interval(POLL_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.reset();
+    // A valid config that could not be installed (a listen address still taken, an access
+    // log directory not there yet) is tried again: after 1 s, then twice as long each time,
+    // up to 30 s (when and how long).
+    let mut retry: Option<(tokio::time::Instant, Duration)> = None;
     loop {
         next_change(&mut events, &mut ticks, !watched_as_dir).await;
+        if retry.is_some_and(|(at, _)| tokio::time::Instant::now() >= at) {
+            last = Vec::new();
+        }
         let is_dir = path.is_dir();
         if events.is_none() || is_dir != watched_as_dir {
             // Lost (the directory was replaced, the queue failed), never started, or a config
@@ -220,12 +233,18 @@ pub async fn watch(path: PathBuf, mut reloader: Reloader) {
         last = stamp;
         let Some(loaded) = loaded else { continue };
         match loaded {
-            Ok(config) => {
-                if let Err(error) = reloader.apply(config, &source) {
-                    tracing::warn!(%error, "config change could not be applied");
+            Ok(config) => match reloader.apply(config, &source) {
+                Ok(_) => retry = None,
+                Err(error) => {
+                    let wait = retry.map_or(POLL_INTERVAL, |(_, wait)| (wait * 2).min(MAX_RETRY));
+                    tracing::warn!(%error, retry_in = ?wait, "config change could not be applied");
+                    retry = Some((tokio::time::Instant::now() + wait, wait));
                 }
+            },
+            Err(errors) => {
+                retry = None;
+                reloader.reject(errors.to_string(), &source);
             }
-            Err(errors) => reloader.reject(errors.to_string(), &source),
         }
     }
 }
@@ -266,6 +285,18 @@ mod tests {
         )
         .await
         .is_ok()
+    }
+
+    #[test]
+    fn a_permission_change_changes_the_fingerprint() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("mode");
+        let file = dir.0.join("config.yaml");
+        std::fs::write(&file, "x").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let unreadable = fingerprint(&file);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_ne!(fingerprint(&file), unreadable, "made readable: read again");
     }
 
     #[tokio::test]

@@ -170,6 +170,12 @@ async fn a_listen_address_in_use_rejects_the_reload() {
     assert_eq!(sidecar.config().await["version"], 1);
     let response = client::get(sidecar.outbound, "svc", "/").await.unwrap();
     assert_eq!(response.header("x-version"), "0");
+
+    // Once the address is free the same file is tried again, without being touched.
+    drop(taken);
+    sidecar.wait_version(2, Duration::from_secs(15)).await;
+    let response = client::get(sidecar.outbound, "svc", "/").await.unwrap();
+    assert_eq!(response.header("x-version"), "1");
 }
 
 #[tokio::test]
