@@ -39,6 +39,8 @@ impl Reloader {
     pub fn apply(&mut self, config: Config, source: &str) -> Result<Option<u64>, String> {
         let current = self.shared.snapshot.load();
         if current.version > 0 && current.config.documents == config.documents {
+            // Reverted to what serves (say, after a rejected edit): nothing to swap.
+            self.shared.clear_rejection();
             return Ok(None);
         }
         drop(current);

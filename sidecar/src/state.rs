@@ -143,6 +143,13 @@ impl Shared {
         Ok(Some(log))
     }
 
+    /// The config source is back to what is served: an earlier rejection is no longer news.
+    pub fn clear_rejection(&self) {
+        if let Ok(mut status) = self.status.lock() {
+            status.last_error = None;
+        }
+    }
+
     /// Records a rejected config; the serving snapshot stays.
     pub fn record_rejection(&self, message: String) {
         if let Ok(mut status) = self.status.lock() {

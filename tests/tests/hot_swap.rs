@@ -138,7 +138,19 @@ async fn an_invalid_file_keeps_the_old_config_serving() {
         200
     );
 
-    // The next good file clears the error.
+    // Putting back the file that serves clears the error too (nothing is swapped).
+    sidecar.write_config(&config(0, a.addr, b.addr));
+    let started = Instant::now();
+    while !sidecar.config().await["last_error"].is_null() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the revert never cleared the error"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sidecar.config().await["version"], 1);
+
+    // A new good file is swapped in.
     sidecar.write_config(&config(2, a.addr, b.addr));
     sidecar.wait_version(2, Duration::from_secs(10)).await;
     assert!(sidecar.config().await["last_error"].is_null());
