@@ -80,41 +80,13 @@ impl WriteStall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-    /// A writer bounded by a [`WriteStall`].
-    struct Bounded<W> {
-        inner: W,
-        stall: WriteStall,
-    }
-
-    impl<W: AsyncWrite + Unpin> AsyncWrite for Bounded<W> {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let this = self.get_mut();
-            let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-            this.stall.check(cx, polled)
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-        }
-    }
+    use crate::drain::Tracked;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_reads_nothing_fails_the_write_at_the_limit() {
         let (a, _b) = tokio::io::duplex(64);
-        let mut writer = Bounded {
-            inner: a,
-            stall: WriteStall::new(Duration::from_secs(5)),
-        };
+        let mut writer = Tracked::new(a, None).with_write_stall(Duration::from_secs(5));
         let started = Instant::now();
         let error = writer.write_all(&[7; 1024]).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
@@ -124,10 +96,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_reader_that_keeps_taking_bytes_is_not_cut() {
         let (a, mut b) = tokio::io::duplex(64);
-        let mut writer = Bounded {
-            inner: a,
-            stall: WriteStall::new(Duration::from_secs(5)),
-        };
+        let mut writer = Tracked::new(a, None).with_write_stall(Duration::from_secs(5));
         // 64 bytes every 3 s: each stall is shorter than the limit, their sum far longer.
         let reader = tokio::spawn(async move {
             let mut got = 0;

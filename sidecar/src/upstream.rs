@@ -1157,16 +1157,23 @@ mod tests {
                 .body(crate::body::empty())
                 .unwrap()
         };
-        let pool = Arc::new(EndpointPool::new(addr, true, None, settings));
-        let burst: Vec<_> = (0..20)
-            .map(|_| {
-                let pool = Arc::clone(&pool);
-                tokio::spawn(async move { pool.send(request()).await.map(|r| r.status()) })
-            })
-            .collect();
-        for call in burst {
-            let status = tokio::time::timeout(WAIT, call).await.unwrap().unwrap();
-            assert_eq!(status.unwrap(), 200);
+        // 20 requests at once through a fresh pool to `addr`; their outcomes.
+        let burst = |addr| async move {
+            let pool = Arc::new(EndpointPool::new(addr, true, None, settings));
+            let calls: Vec<_> = (0..20)
+                .map(|_| {
+                    let pool = Arc::clone(&pool);
+                    tokio::spawn(async move { pool.send(request()).await.map(|r| r.status()) })
+                })
+                .collect();
+            let mut outcomes = Vec::new();
+            for call in calls {
+                outcomes.push(tokio::time::timeout(WAIT, call).await.unwrap().unwrap());
+            }
+            outcomes
+        };
+        for outcome in burst(addr).await {
+            assert_eq!(outcome.unwrap(), 200);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
@@ -1175,16 +1182,8 @@ mod tests {
             let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
             socket.local_addr().unwrap()
         };
-        let pool = Arc::new(EndpointPool::new(closed, true, None, settings));
-        let burst: Vec<_> = (0..20)
-            .map(|_| {
-                let pool = Arc::clone(&pool);
-                tokio::spawn(async move { pool.send(request()).await.map(|r| r.status()) })
-            })
-            .collect();
-        for call in burst {
-            let result = tokio::time::timeout(WAIT, call).await.unwrap().unwrap();
-            assert!(result.unwrap_err().is_connect_failure());
+        for outcome in burst(closed).await {
+            assert!(outcome.unwrap_err().is_connect_failure());
         }
     }
 

@@ -799,6 +799,18 @@ async fn a_backend_with_every_endpoint_ejected_fails_fast_until_a_probe() {
     assert_eq!(metrics.sum("ficus_outlier_ejections_active", &[]), 0.0);
 }
 
+/// Backend `api` over `failing` and `healthy` (round robin), ejecting after two failures for
+/// `base`, and `extra` documents after it.
+fn ejecting(failing: SocketAddr, healthy: SocketAddr, base: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{failing}\"}}, {{address: \"{healthy}\"}}]}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{targetRef: {{kind: Backend, name: api}}, loadBalancer: {{type: RoundRobin}}, \
+         outlierDetection: {{consecutive5xx: 2, baseEjectionTime: {base}, maxEjectionPercent: 50}}}}\n{extra}"
+    )
+}
+
 /// A config rejected after validation (its access log cannot be opened) changes nothing: the
 /// policy state carried between configs stays with the serving one, so an ejection survives
 /// the rejection and the next accepted config.
@@ -806,16 +818,7 @@ async fn a_backend_with_every_endpoint_ejected_fails_fast_until_a_probe() {
 async fn a_config_rejected_at_install_leaves_ejections_alone() {
     let failing = Scripted::start(always_503).await;
     let healthy = Upstream::start("healthy").await;
-    let config = |extra: &str, base: &str| {
-        format!(
-            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
-             spec: {{protocol: http, endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]}}\n---\n\
-             apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: api, namespace: shop}}\n\
-             spec: {{targetRef: {{kind: Backend, name: api}}, loadBalancer: {{type: RoundRobin}}, \
-             outlierDetection: {{consecutive5xx: 2, baseEjectionTime: {base}, maxEjectionPercent: 50}}}}\n{extra}",
-            failing.addr, healthy.addr
-        )
-    };
+    let config = |extra: &str, base: &str| ejecting(failing.addr, healthy.addr, base, extra);
     let sidecar = Sidecar::start(&config("", "60s")).await;
     let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
     for _ in 0..10 {
@@ -849,16 +852,7 @@ async fn a_config_rejected_at_install_leaves_ejections_alone() {
 async fn ejections_survive_a_swap_that_leaves_the_backend_alone() {
     let failing = Scripted::start(always_503).await;
     let healthy = Upstream::start("healthy").await;
-    let config = |extra: &str, base: &str| {
-        format!(
-            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
-             spec: {{protocol: http, endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]}}\n---\n\
-             apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: api, namespace: shop}}\n\
-             spec: {{targetRef: {{kind: Backend, name: api}}, loadBalancer: {{type: RoundRobin}}, \
-             outlierDetection: {{consecutive5xx: 2, baseEjectionTime: {base}, maxEjectionPercent: 50}}}}\n{extra}",
-            failing.addr, healthy.addr
-        )
-    };
+    let config = |extra: &str, base: &str| ejecting(failing.addr, healthy.addr, base, extra);
     let sidecar = Sidecar::start(&config("", "60s")).await;
     let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
     for _ in 0..10 {
