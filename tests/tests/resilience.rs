@@ -811,20 +811,26 @@ fn ejecting(failing: SocketAddr, healthy: SocketAddr, base: &str, extra: &str) -
     )
 }
 
-/// A config rejected after validation (its access log cannot be opened) changes nothing: the
-/// policy state carried between configs stays with the serving one, so an ejection survives
-/// the rejection and the next accepted config.
-#[tokio::test]
-async fn a_config_rejected_at_install_leaves_ejections_alone() {
+/// A sidecar over [`ejecting`] (60 s) whose failing endpoint has been ejected, and a client.
+async fn one_ejected() -> (Scripted, Upstream, Sidecar, H1Client) {
     let failing = Scripted::start(always_503).await;
     let healthy = Upstream::start("healthy").await;
-    let config = |extra: &str, base: &str| ejecting(failing.addr, healthy.addr, base, extra);
-    let sidecar = Sidecar::start(&config("", "60s")).await;
+    let sidecar = Sidecar::start(&ejecting(failing.addr, healthy.addr, "60s", "")).await;
     let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
     for _ in 0..10 {
         client.send(request("GET", "")).await.unwrap();
     }
     assert_eq!(failing.count(), 2, "ejected after two failures");
+    (failing, healthy, sidecar, client)
+}
+
+/// A config rejected after validation (its access log cannot be opened) changes nothing: the
+/// policy state carried between configs stays with the serving one, so an ejection survives
+/// the rejection and the next accepted config.
+#[tokio::test]
+async fn a_config_rejected_at_install_leaves_ejections_alone() {
+    let (failing, healthy, sidecar, mut client) = one_ejected().await;
+    let config = |extra: &str, base: &str| ejecting(failing.addr, healthy.addr, base, extra);
     // Valid, with a changed policy, but its access log cannot be opened: rejected when it is
     // installed.
     let unopenable = "---\napiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
@@ -850,15 +856,8 @@ async fn a_config_rejected_at_install_leaves_ejections_alone() {
 /// the rest of its policy state); changing the policy starts afresh.
 #[tokio::test]
 async fn ejections_survive_a_swap_that_leaves_the_backend_alone() {
-    let failing = Scripted::start(always_503).await;
-    let healthy = Upstream::start("healthy").await;
+    let (failing, healthy, sidecar, mut client) = one_ejected().await;
     let config = |extra: &str, base: &str| ejecting(failing.addr, healthy.addr, base, extra);
-    let sidecar = Sidecar::start(&config("", "60s")).await;
-    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
-    for _ in 0..10 {
-        client.send(request("GET", "")).await.unwrap();
-    }
-    assert_eq!(failing.count(), 2, "ejected after two failures");
     // An unrelated change: one more Backend.
     let other = "---\napiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: other, namespace: shop}\n\
                  spec: {endpoints: [{address: \"127.0.0.1:9\"}]}\n";
