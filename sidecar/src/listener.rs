@@ -258,12 +258,11 @@ async fn serve_io<I>(
         if let Some(redirected) = &redirected {
             request.extensions_mut().insert(redirected.clone());
         }
-        let watch = Arc::clone(&request_watch);
-        watch.begin();
+        let begun = request_watch.begin();
         // Not boxed: hyper keeps the service's future in a box of its own per connection,
         // so a request costs a move into it rather than an allocation of its ~4 KB.
         async move {
-            let timer = watch.timer();
+            let timer = begun.timer();
             let response = match side {
                 Side::Outbound => {
                     crate::proxy::outbound::handle(&shared, peer, request, timer).await
@@ -272,7 +271,7 @@ async fn serve_io<I>(
                     crate::proxy::inbound::handle(&shared, peer, identity, request, timer).await
                 }
             };
-            Ok::<_, std::convert::Infallible>(response.map(|body| Watched::new(body, watch)))
+            Ok::<_, std::convert::Infallible>(response.map(|body| Watched::new(body, begun)))
         }
     });
     let result = match protocol {

@@ -318,6 +318,13 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
         .unwrap();
     assert_eq!(response.status(), 200);
     drop(response);
+    // A stream the client gives up on (reset) before its answer counts as ended too.
+    let request = Request::get("http://api.shop/delay/5000")
+        .version(http::Version::HTTP_2)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let abandoned = tokio::time::timeout(Duration::from_millis(200), sender.send_request(request));
+    assert!(abandoned.await.is_err(), "given up before the answer");
     // Idle from here: the sidecar closes the connection.
     let ended = tokio::time::timeout(Duration::from_secs(10), closed)
         .await

@@ -91,13 +91,16 @@ impl HeadWatch {
         (!self.multiplexed).then_some(&self.timer)
     }
 
-    /// A request head came in (the service was called).
-    pub fn begin(&self) {
+    /// A request head came in (the service was called). The request ends when the returned
+    /// [`Begun`] is dropped, or the response body it is handed to ([`Watched`]) ends: an
+    /// HTTP/2 stream the client resets before its response is counted out too.
+    pub fn begin(self: &Arc<Self>) -> Begun {
         if self.multiplexed {
             self.streams.fetch_add(1, Ordering::Relaxed);
         } else {
             self.busy.store(true, Ordering::Relaxed);
         }
+        Begun(Some(Arc::clone(self)))
     }
 
     /// The response of a request in flight ended (its body is done or dropped).
@@ -126,6 +129,26 @@ impl HeadWatch {
     }
 }
 
+/// A request counted in its connection's [`HeadWatch`] until this is dropped or handed to
+/// the response body ([`Watched::new`]).
+#[derive(Debug)]
+pub struct Begun(Option<Arc<HeadWatch>>);
+
+impl Begun {
+    /// The connection's timer for response-header deadlines, as [`HeadWatch::timer`].
+    pub fn timer(&self) -> Option<&TimerSlot> {
+        self.0.as_deref().and_then(HeadWatch::timer)
+    }
+}
+
+impl Drop for Begun {
+    fn drop(&mut self) {
+        if let Some(watch) = self.0.take() {
+            watch.end();
+        }
+    }
+}
+
 pin_project! {
     /// A response body that ends its request in a [`HeadWatch`] when it is done or dropped.
     pub struct Watched<B> {
@@ -144,11 +167,11 @@ pin_project! {
 }
 
 impl<B> Watched<B> {
-    /// Wraps `inner`, the response body of a request that began in `watch`.
-    pub fn new(inner: B, watch: Arc<HeadWatch>) -> Self {
+    /// Wraps `inner`, the response body of the request `begun`, which it now ends.
+    pub fn new(inner: B, mut begun: Begun) -> Self {
         Self {
             inner,
-            watch: Some(watch),
+            watch: begun.0.take(),
         }
     }
 }

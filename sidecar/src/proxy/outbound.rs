@@ -287,7 +287,13 @@ fn route_and_forward<'a, 's>(
         // slot, an injected delay) is taken off what the try may have.
         let timeout = match action.timeouts.request {
             Some(total) if arrival.is_none() => {
-                timeout.min(total.saturating_sub(recorder.started().elapsed()))
+                let left = total.saturating_sub(recorder.started().elapsed());
+                if left.is_zero() {
+                    // Spent queueing: nothing is sent (a try with no time could still be).
+                    let (response, flag) = ProxyError::Timeout(total).into_response();
+                    return (response, metrics, flag);
+                }
+                timeout.min(left)
             }
             _ => timeout,
         };
