@@ -277,7 +277,7 @@ async fn serve_io<I>(
     let result = match protocol {
         Protocol::Http2 => {
             let connection = server.http2.serve_connection(io, service);
-            let connection = IdleGoaway::new(connection, watch, idle);
+            let connection = IdleGoaway::new(connection, watch, idle, stall);
             until_drained!(connection, drain).map_err(|e| e.to_string())
         }
         _ => {

@@ -281,6 +281,84 @@ async fn a_client_that_stops_reading_loses_its_connection_at_the_stall_limit() {
     task.abort();
 }
 
+/// An HTTP/2 client that stops granting window to one stream (no WINDOW_UPDATE) while its
+/// connection stays busy with other streams: the socket keeps taking bytes, so the socket's
+/// stall bound never fires, but the stream is bounded all the same (between one and two
+/// stall limits, the connection idle timeout of 1 s here): the connection is closed, and so
+/// is the upstream connection the stream held.
+#[tokio::test]
+async fn an_http2_stream_granted_no_window_loses_its_connection_at_the_stall_limit() {
+    let (big, upstream_closed, task) = big_answer(256 << 20).await;
+    let api = Upstream::start("api").await;
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
+         spec: {{proxy: {{connectionIdleTimeout: 1s}}}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: big, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{big}\"}}]}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n",
+        api.addr
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let stream = tokio::net::TcpStream::connect(sidecar.outbound)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = closed_tx.send(connection.await);
+    });
+    let get = |authority: &str| {
+        Request::get(format!("http://{authority}/"))
+            .version(http::Version::HTTP_2)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // The body is never read, so its window is never given back.
+    let stalled = tokio::time::timeout(
+        Duration::from_secs(10),
+        sender.send_request(get("big.shop")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(stalled.status(), 200);
+    // Other streams are answered meanwhile, until the connection is closed.
+    let mut answered = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !upstream_closed.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled stream's upstream connection was never closed ({answered} answered)"
+        );
+        let request =
+            tokio::time::timeout(Duration::from_secs(5), sender.send_request(get("api.shop")));
+        match request.await {
+            Ok(Ok(response)) if response.status() == 200 => answered += 1,
+            Ok(Ok(response)) => panic!("{}", response.status()),
+            Ok(Err(_)) => {} // the connection is being closed
+            Err(_) => panic!("a request on the busy connection hung"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        answered > 5,
+        "the connection was busy while the stream stalled: {answered}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the connection was closed")
+        .unwrap()
+        .expect_err("ended by the sidecar mid-stream");
+    drop(stalled);
+    task.abort();
+}
+
 /// An HTTP/2 connection without a stream for the connection idle timeout (1 s here) is sent
 /// GOAWAY and closed; a stream that lasts longer than that keeps it open until it ends.
 #[tokio::test]

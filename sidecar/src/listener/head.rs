@@ -17,6 +17,15 @@
 //! streams) and [`IdleGoaway`]: once it has had no stream for the connection idle timeout it
 //! is sent GOAWAY and closes (RELIABILITY: connection idle → GOAWAY and close). Without it a
 //! client that answers PINGs could keep an idle connection forever.
+//!
+//! The same timer bounds a stream the client stops granting flow-control window to (no
+//! `WINDOW_UPDATE`): the socket keeps taking bytes (PINGs, other streams), so the write-stall
+//! bound of the socket (`stall`) never sees it, yet the stream holds its upstream connection.
+//! A response body that hands hyper a data frame is *waiting* until hyper comes back for the
+//! next one, which hyper does only once the frame has gone out within the client's window.
+//! Waiting streams are counted by the generation of the connection's stall check they began
+//! in; a check that finds one still waiting from before the previous check closes the
+//! connection: a stream took no bytes for between one and two check periods.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,6 +68,11 @@ pub struct HeadWatch {
     idle_since: AtomicU64,
     /// The timer the connection's requests borrow for their response-header deadline.
     timer: TimerSlot,
+    /// HTTP/2: the stall checks the connection has made so far.
+    generation: AtomicU32,
+    /// HTTP/2: response bodies waiting for hyper to take their next frame, by the parity of
+    /// the generation they began waiting in.
+    waiting: [AtomicU32; 2],
 }
 
 impl HeadWatch {
@@ -72,6 +86,8 @@ impl HeadWatch {
             multiplexed: false,
             idle_since: AtomicU64::new(0),
             timer: TimerSlot::new(),
+            generation: AtomicU32::new(0),
+            waiting: [AtomicU32::new(0), AtomicU32::new(0)],
         })
     }
 
@@ -127,6 +143,32 @@ impl HeadWatch {
         let since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
         Some(self.opened + since + timeout)
     }
+
+    /// A response body handed hyper a data frame: it waits until hyper polls it again.
+    /// Returns the generation to hand back to [`HeadWatch::resume`].
+    fn wait(&self) -> u32 {
+        let generation = self.generation.load(Ordering::Relaxed);
+        self.waiting[generation as usize & 1].fetch_add(1, Ordering::Relaxed);
+        generation
+    }
+
+    /// A response body that waited since `generation` was polled again (or dropped).
+    fn resume(&self, generation: u32) {
+        self.waiting[generation as usize & 1].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// One stall check: whether a body has waited since before the previous check. If none
+    /// has, a new generation begins (in the slot of the one just found empty).
+    fn stalled(&self) -> bool {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let previous = generation.wrapping_sub(1) as usize & 1;
+        if self.waiting[previous].load(Ordering::Relaxed) > 0 {
+            return true;
+        }
+        self.generation
+            .store(generation.wrapping_add(1), Ordering::Relaxed);
+        false
+    }
 }
 
 /// A request counted in its connection's [`HeadWatch`] until this is dropped or handed to
@@ -151,15 +193,23 @@ impl Drop for Begun {
 
 pin_project! {
     /// A response body that ends its request in a [`HeadWatch`] when it is done or dropped.
+    /// On an HTTP/2 connection it also tells the watch when hyper holds a frame of it
+    /// (waiting for the client's window).
     pub struct Watched<B> {
         #[pin]
         inner: B,
         watch: Option<Arc<HeadWatch>>,
+        // HTTP/2: the generation it has waited since, after handing hyper a data frame.
+        waiting: Option<u32>,
     }
 
     impl<B> PinnedDrop for Watched<B> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(watch) = this.project().watch.take() {
+            let this = this.project();
+            if let Some(watch) = this.watch.take() {
+                if let Some(generation) = this.waiting.take() {
+                    watch.resume(generation);
+                }
                 watch.end();
             }
         }
@@ -172,6 +222,7 @@ impl<B> Watched<B> {
         Self {
             inner,
             watch: begun.0.take(),
+            waiting: None,
         }
     }
 }
@@ -184,12 +235,28 @@ impl<B: HttpBody<Data = Bytes>> HttpBody for Watched<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let frame = this.inner.poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            if let Some(watch) = this.watch.take() {
-                watch.end();
+        let mut this = self.project();
+        let Some(watch) = this.watch.as_deref() else {
+            return this.inner.poll_frame(cx);
+        };
+        if let Some(generation) = this.waiting.take() {
+            watch.resume(generation);
+        }
+        let frame = this.inner.as_mut().poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => {
+                if let Some(watch) = this.watch.take() {
+                    watch.end();
+                }
             }
+            // hyper comes back for the next frame once this one is within the window; the
+            // last one (end of stream) it does not come back for.
+            Poll::Ready(Some(Ok(data)))
+                if watch.multiplexed && data.is_data() && !this.inner.is_end_stream() =>
+            {
+                *this.waiting = Some(watch.wait());
+            }
+            _ => {}
         }
         frame
     }
@@ -212,6 +279,9 @@ pub enum Ended {
     /// No request head arrived in time.
     #[error("no request head within {0:?}")]
     HeaderTimeout(Duration),
+    /// An HTTP/2 stream's response took no bytes (no window from the client) for this long.
+    #[error("a response stream took no bytes for {0:?}")]
+    Stalled(Duration),
 }
 
 pin_project! {
@@ -294,7 +364,8 @@ where
 
 pin_project! {
     /// An HTTP/2 connection future that sends GOAWAY once the connection has had no stream
-    /// for `idle`, then runs until the connection closes.
+    /// for `idle`, then runs until the connection closes; and that ends the connection when
+    /// one of its responses has waited for the client's window for over `stall`.
     pub struct IdleGoaway<C> {
         #[pin]
         connection: C,
@@ -302,6 +373,8 @@ pin_project! {
         sleep: Sleep,
         watch: Arc<HeadWatch>,
         idle: Duration,
+        // The period of the stall checks.
+        stall: Duration,
         // GOAWAY was sent; the timer is done with.
         closing: bool,
     }
@@ -309,15 +382,17 @@ pin_project! {
 
 impl<C> IdleGoaway<C> {
     /// Closes `connection` (whose service reports to `watch`, a multiplexed one) after `idle`
-    /// without a stream.
-    pub fn new(connection: C, watch: Arc<HeadWatch>, idle: Duration) -> Self {
-        let deadline = watch.opened.checked_add(idle);
+    /// without a stream, or once a response has waited for window for between `stall` and
+    /// twice that.
+    pub fn new(connection: C, watch: Arc<HeadWatch>, idle: Duration, stall: Duration) -> Self {
+        let first = watch.opened.checked_add(idle.min(stall));
         Self {
             connection,
-            sleep: tokio::time::sleep_until(deadline.unwrap_or(watch.opened)),
-            closing: deadline.is_none(),
+            sleep: tokio::time::sleep_until(first.unwrap_or(watch.opened)),
+            closing: first.is_none(),
             watch,
             idle,
+            stall,
         }
     }
 }
@@ -346,28 +421,66 @@ where
     B::Error: Into<BoxError>,
     E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
-    type Output = hyper::Result<()>;
+    type Output = Result<(), Ended>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
             if let Poll::Ready(result) = this.connection.as_mut().poll(cx) {
-                return Poll::Ready(result);
+                return Poll::Ready(result.map_err(Ended::from));
             }
             if *this.closing || poll_unconstrained(this.sleep.as_mut(), cx).is_pending() {
                 return Poll::Pending;
             }
+            // The client is not taking a stream's bytes: the connection is dropped, which
+            // ends its streams and the upstream requests behind them.
+            if this.watch.stalled() {
+                return Poll::Ready(Err(Ended::Stalled(*this.stall)));
+            }
+            // The timer fires at least once per stall period (one generation each).
             let now = Instant::now();
+            let check = now + *this.stall;
             match this.watch.deadline(*this.idle) {
                 Some(deadline) if deadline <= now + TICK => {
                     *this.closing = true;
                     this.connection.as_mut().graceful_shutdown();
                     // Polled again: the GOAWAY goes out and the connection may end now.
                 }
-                Some(deadline) => this.sleep.as_mut().reset(deadline),
+                Some(deadline) => this.sleep.as_mut().reset(deadline.min(check)),
                 // Streams are open: their own timeouts bound them; look again later.
-                None => this.sleep.as_mut().reset(now + *this.idle),
+                None => this.sleep.as_mut().reset(check),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_waiting_across_two_checks_is_a_stall() {
+        let watch = HeadWatch::multiplexed();
+        let _waiting = watch.wait();
+        // The first check may come right after the wait began: not a stall yet.
+        assert!(!watch.stalled());
+        assert!(watch.stalled(), "waited for a whole check period");
+    }
+
+    #[test]
+    fn bodies_that_hyper_comes_back_for_are_not_stalls() {
+        let watch = HeadWatch::multiplexed();
+        for _ in 0..10 {
+            // A stream that keeps moving, waiting in every period, but never for a whole one.
+            let waiting = watch.wait();
+            assert!(!watch.stalled());
+            watch.resume(waiting);
+            let waiting = watch.wait();
+            watch.resume(waiting);
+        }
+        let waiting = watch.wait();
+        assert!(!watch.stalled());
+        watch.resume(waiting);
+        assert!(!watch.stalled());
     }
 }
