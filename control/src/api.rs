@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ficus_identity::SpiffeId;
+use ficus_net::stall::StallBounded;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -64,6 +65,9 @@ const MAX_CONNECTIONS: usize = 256;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time to send the whole request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a client may take no bytes of a response before its connection is closed, so that
+/// one that stops reading does not keep its connection place.
+const WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// The response body of every route.
 type Body = Full<Bytes>;
@@ -201,7 +205,10 @@ async fn serve_connection<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(64 * 1024)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(
+            TokioIo::new(StallBounded::new(stream, WRITE_STALL)),
+            service,
+        )
         .await;
     if let Err(error) = served {
         tracing::debug!(%peer, %error, "api connection failed");
@@ -669,6 +676,38 @@ mod tests {
         let query = parse_query("kind=Backend&name=&x");
         assert_eq!(query.get("kind").map(String::as_str), Some("Backend"));
         assert_eq!(query.get("x").map(String::as_str), Some(""));
+    }
+
+    /// A client that asks for a response and reads none of it loses its connection, and its
+    /// connection place, at the write-stall limit.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_nothing_gives_its_place_back() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, current) = crate::store::Store::open(dir.path()).unwrap();
+        let state = ControlState::new(store, current);
+        let places = Arc::new(Semaphore::new(1));
+        let permit = Arc::clone(&places).acquire_owned().await.unwrap();
+        // 64 bytes of buffer: the metrics page does not fit.
+        let (mut client, server) = tokio::io::duplex(64);
+        let access = Access {
+            tokens: None,
+            tls: None,
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+        };
+        let served = tokio::spawn(serve_connection(server, state, Arc::new(access), permit));
+        client
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: control\r\n\r\n")
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(WRITE_STALL * 4, served)
+            .await
+            .expect("the connection was closed")
+            .unwrap();
+        assert_eq!(started.elapsed(), WRITE_STALL);
+        assert_eq!(places.available_permits(), 1);
+        drop(client);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use ficus_net::stall::StallBounded;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -47,6 +48,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once (API servers keep a few).
 const MAX_CONNECTIONS: usize = 256;
+/// Longest the peer may take no bytes of a response before its connection is closed.
+const WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// What the webhook decided for one AdmissionReview.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +190,10 @@ async fn serve_connection(
         .max_concurrent_streams(64)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     if let Err(error) = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(
+            TokioIo::new(StallBounded::new(stream, WRITE_STALL)),
+            service,
+        )
         .await
     {
         tracing::debug!(%peer, %error, "webhook connection ended");

@@ -6,6 +6,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock rust-toolchain.toml ./
 COPY config config
 COPY identity identity
+COPY net net
 COPY sidecar sidecar
 COPY control control
 COPY tests tests

@@ -30,8 +30,6 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
-use crate::stall::WriteStall;
-
 /// How often [`DrainSignal::outbound_quiet`] looks again while connections are open.
 const QUIET_POLL: Duration = Duration::from_millis(20);
 
@@ -255,13 +253,11 @@ impl Drop for Active {
 }
 
 /// An I/O object that counts as an open connection of its side for as long as it exists,
-/// also after an HTTP upgrade has handed it on to a tunnel task. With a [`WriteStall`], its
-/// writes fail once the peer has taken no bytes for the stall's limit.
+/// also after an HTTP upgrade has handed it on to a tunnel task.
 #[derive(Debug)]
 pub struct Tracked<I> {
     inner: I,
     _active: Option<Active>,
-    stall: Option<WriteStall>,
 }
 
 impl<I> Tracked<I> {
@@ -270,25 +266,6 @@ impl<I> Tracked<I> {
         Self {
             inner,
             _active: active,
-            stall: None,
-        }
-    }
-
-    /// Bounds how long a write may wait for the peer to take bytes.
-    pub fn with_write_stall(mut self, limit: Duration) -> Self {
-        self.stall = Some(WriteStall::new(limit));
-        self
-    }
-
-    /// `polled`, a write's outcome, through the write-stall bound if there is one.
-    fn bounded<T>(
-        stall: &mut Option<WriteStall>,
-        cx: &mut Context<'_>,
-        polled: Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
-        match stall {
-            Some(stall) => stall.check(cx, polled),
-            None => polled,
         }
     }
 }
@@ -309,9 +286,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        Self::bounded(&mut this.stall, cx, polled)
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -319,9 +294,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        Self::bounded(&mut this.stall, cx, polled)
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -329,9 +302,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_flush(cx);
-        Self::bounded(&mut this.stall, cx, polled)
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -35,7 +35,6 @@ pub mod redirect;
 pub mod reload;
 pub mod route;
 pub mod snapshot;
-pub mod stall;
 pub mod state;
 pub mod tcp;
 pub mod telemetry;

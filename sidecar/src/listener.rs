@@ -26,6 +26,7 @@ use crate::transparent::Redirected;
 
 mod head;
 
+use ficus_net::stall::{StallBounded, MAX_WRITE_STALL};
 use head::{HeadTimed, HeadWatch, IdleGoaway, Watched};
 
 /// Pause after an accept error, so a full fd table does not turn into a busy loop.
@@ -241,10 +242,11 @@ async fn serve_io<I>(
     // The socket counts as activity of its side while it lives, upgraded tunnels included;
     // a client that takes no bytes for the stall limit loses the connection.
     let idle = shared.snapshot.load().limits.connection_idle_timeout;
-    let stall = idle.min(crate::stall::MAX_WRITE_STALL);
-    let io = TokioIo::new(
-        crate::drain::Tracked::new(io.into_inner(), drain.track()).with_write_stall(stall),
-    );
+    let stall = idle.min(MAX_WRITE_STALL);
+    let io = TokioIo::new(StallBounded::new(
+        crate::drain::Tracked::new(io.into_inner(), drain.track()),
+        stall,
+    ));
     // HTTP/1.1: the header-read deadline, kept per connection; HTTP/2: the idle deadline
     // (see `head`).
     let watch = match protocol {

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// Longest a downstream may take no bytes at all before its connection is closed (Envoy's
@@ -77,16 +78,78 @@ impl WriteStall {
     }
 }
 
+/// A stream whose writes fail once its peer has taken no bytes for a limit ([`WriteStall`]).
+#[derive(Debug)]
+pub struct StallBounded<I> {
+    inner: I,
+    stall: WriteStall,
+}
+
+impl<I> StallBounded<I> {
+    /// Wraps `inner`: a write that waits for `limit` without progress fails with `TimedOut`.
+    pub fn new(inner: I, limit: Duration) -> Self {
+        Self {
+            inner,
+            stall: WriteStall::new(limit),
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for StallBounded<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for StallBounded<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.stall.check(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.stall.check(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.stall.check(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drain::Tracked;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_reads_nothing_fails_the_write_at_the_limit() {
         let (a, _b) = tokio::io::duplex(64);
-        let mut writer = Tracked::new(a, None).with_write_stall(Duration::from_secs(5));
+        let mut writer = StallBounded::new(a, Duration::from_secs(5));
         let started = Instant::now();
         let error = writer.write_all(&[7; 1024]).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
@@ -96,7 +159,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_reader_that_keeps_taking_bytes_is_not_cut() {
         let (a, mut b) = tokio::io::duplex(64);
-        let mut writer = Tracked::new(a, None).with_write_stall(Duration::from_secs(5));
+        let mut writer = StallBounded::new(a, Duration::from_secs(5));
         // 64 bytes every 3 s: each stall is shorter than the limit, their sum far longer.
         let reader = tokio::spawn(async move {
             let mut got = 0;
