@@ -35,7 +35,8 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 /// Largest CSR accepted (an RSA-4096 CSR is under 2 KiB of PEM); the CA's own limit, checked
 /// here before any work is done.
 pub const MAX_CSR: usize = ficus_identity::ca::MAX_CSR_LEN;
-/// Signings in flight at once; more are refused with `RESOURCE_EXHAUSTED`.
+/// Requests in flight at once (authenticating or signing); more are refused with
+/// `RESOURCE_EXHAUSTED`.
 const MAX_IN_FLIGHT: usize = 32;
 
 /// The remote address of the connection a request came on (set by [`crate::grpc`]).
@@ -132,6 +133,12 @@ impl Issuing {
         peer: &str,
         request: Request<SignRequest>,
     ) -> Result<Response<SignResponse>, Status> {
+        // The limit covers authenticating too: a token review is a call to the Kubernetes
+        // API server, and a flood of requests with made-up tokens must not become one of
+        // those each.
+        let _permit = self.in_flight.try_acquire().map_err(|_| {
+            Status::resource_exhausted("too many certificate requests at once; retry shortly")
+        })?;
         let authorization = request
             .metadata()
             .get("authorization")
@@ -156,9 +163,6 @@ impl Issuing {
                 tracing::error!(%peer, %error, "a token maps to an invalid identity");
                 Status::internal("the token maps to an invalid identity")
             })?;
-        let _permit = self.in_flight.try_acquire().map_err(|_| {
-            Status::resource_exhausted("too many certificate requests at once; retry shortly")
-        })?;
         let ca = Arc::clone(&self.ca);
         let lifetime = self.lifetime;
         let signed_id = id.clone();
@@ -203,4 +207,65 @@ fn ca_status(peer: &str, id: &SpiffeId, error: &CaError) -> Status {
     }
     tracing::error!(%peer, id = %id, %error, "the CA failed to sign");
     Status::internal("the CA failed to sign; see the control plane's log")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Stands in for a token review whose API server never answers (the real client is tested
+    /// against a stand-in API server in `kubernetes::token_review`); counts its calls.
+    #[derive(Debug, Default)]
+    struct Hanging(AtomicUsize);
+
+    #[tonic::async_trait]
+    impl TokenAuthenticator for Hanging {
+        async fn authenticate(&self, _token: &str) -> Result<Caller, AuthError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            std::future::pending().await
+        }
+    }
+
+    fn request() -> Request<SignRequest> {
+        let mut request = Request::new(SignRequest {
+            csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".to_owned(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer made-up".parse().unwrap());
+        request
+    }
+
+    #[tokio::test]
+    async fn token_reviews_count_against_the_limit_of_requests_in_flight() {
+        let ca = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
+        let reviews = Arc::new(Hanging::default());
+        let authenticator: Arc<dyn TokenAuthenticator> = reviews.clone();
+        let signer = Signer::new(
+            ca,
+            Some(authenticator),
+            Duration::from_secs(3600),
+            Metrics::new(),
+        );
+        let mut waiting = tokio::task::JoinSet::new();
+        for _ in 0..MAX_IN_FLIGHT {
+            let signer = signer.clone();
+            waiting.spawn(async move { signer.sign(request()).await });
+        }
+        while reviews.0.load(Ordering::SeqCst) < MAX_IN_FLIGHT {
+            tokio::task::yield_now().await;
+        }
+        let refused = tokio::time::timeout(Duration::from_secs(10), signer.sign(request()))
+            .await
+            .expect("refused at once, not reviewed")
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert_eq!(
+            reviews.0.load(Ordering::SeqCst),
+            MAX_IN_FLIGHT,
+            "no review for it"
+        );
+        waiting.abort_all();
+    }
 }
