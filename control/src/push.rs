@@ -30,7 +30,7 @@ use futures_util::Stream;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::join::TokenAuthenticator;
+use crate::auth::join::{Caller, TokenAuthenticator};
 use crate::auth::{bearer_token, AuthError};
 use crate::scope::{self, Scope};
 use crate::state::{ControlState, VersionRecord};
@@ -45,6 +45,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// Longest field of a Hello (node id, workload, namespace, digest, each reach entry).
 const MAX_HELLO_FIELD: usize = 256;
+/// How often a stream opened with a revocable token (a join token) checks it is still
+/// listed: the token file itself is re-read every 5 s.
+const RECHECK: Duration = Duration::from_secs(5);
 
 /// The push service over `state`; [`crate::grpc`] serves it next to the certificate service.
 /// Must be called inside a tokio runtime (it starts the debounce task).
@@ -155,7 +158,10 @@ impl ConfigDiscovery for Push {
                     Err(_) => Err(AuthError::Malformed),
                 };
                 let caller = match token {
-                    Ok(token) => authenticator.authenticate(token).await,
+                    Ok(token) => authenticator
+                        .authenticate(token)
+                        .await
+                        .map(|caller| (token.to_owned(), caller)),
                     Err(error) => Err(error),
                 };
                 Some(caller.map_err(|error| Status::unauthenticated(error.to_string()))?)
@@ -175,7 +181,7 @@ impl ConfigDiscovery for Push {
             }
         };
         check_hello(&hello)?;
-        if let Some(caller) = caller {
+        if let Some((_, caller)) = &caller {
             if caller.workload != hello.workload || caller.namespace != hello.namespace {
                 return Err(Status::permission_denied(format!(
                     "the token is for {}.{}, not {}.{}",
@@ -183,16 +189,18 @@ impl ConfigDiscovery for Push {
                 )));
             }
         }
+        let revocable = caller.filter(|(_, caller)| caller.revocable);
         let (tx, rx) = mpsc::channel(1);
         let stream = PushStream {
             state: Arc::clone(&self.state),
             scopes: Arc::clone(&self.scopes),
             published: self.published.clone(),
             tx,
+            revocable: revocable.zip(self.authenticator.clone()),
         };
         tokio::spawn(stream.run(hello, inbound));
         let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|message| (Ok(message), rx))
+            rx.recv().await.map(|message| (message, rx))
         });
         Ok(Response::new(Box::pin(outbound)))
     }
@@ -231,7 +239,10 @@ struct PushStream {
     state: Arc<ControlState>,
     scopes: Arc<ScopeCache>,
     published: watch::Receiver<Arc<VersionRecord>>,
-    tx: mpsc::Sender<ControlMessage>,
+    tx: mpsc::Sender<Result<ControlMessage, Status>>,
+    /// The token the stream was opened with and its caller, when the token can be revoked
+    /// (the stream ends then), with the authenticator to ask.
+    revocable: Option<((String, Caller), Arc<dyn TokenAuthenticator>)>,
 }
 
 impl PushStream {
@@ -255,6 +266,8 @@ impl PushStream {
         let mut trust = self.state.trust_bundle.subscribe();
         // The bundle last sent on this stream (none yet: the sidecar's may be older).
         let mut bundle_sent: Arc<str> = Arc::from("");
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let latest = Arc::clone(&self.published.borrow_and_update());
             let bundle = Arc::clone(&trust.borrow_and_update());
@@ -291,7 +304,7 @@ impl PushStream {
                 let message = ControlMessage {
                     kind: Some(control_message::Kind::Snapshot(snapshot)),
                 };
-                if self.tx.send(message).await.is_err() {
+                if self.tx.send(Ok(message)).await.is_err() {
                     break;
                 }
                 metrics.pushes.inc();
@@ -320,7 +333,7 @@ impl PushStream {
                 let message = ControlMessage {
                     kind: Some(control_message::Kind::Snapshot(snapshot)),
                 };
-                if self.tx.send(message).await.is_err() {
+                if self.tx.send(Ok(message)).await.is_err() {
                     break;
                 }
                 metrics.trust_bundle_pushes.inc();
@@ -346,6 +359,16 @@ impl PushStream {
                 }
             }
             tokio::select! {
+                _ = recheck.tick(), if self.revocable.is_some() => {
+                    if self.revoked() {
+                        tracing::info!(node = %node, "the stream's join token was revoked");
+                        let status = Status::unauthenticated("the join token was revoked");
+                        // The answer is best-effort: a sidecar that reads nothing just loses
+                        // the stream.
+                        let _ = self.tx.try_send(Err(status));
+                        break;
+                    }
+                }
                 changed = trust.changed() => {
                     if changed.is_err() {
                         break;
@@ -369,6 +392,13 @@ impl PushStream {
         registry.disconnect(&node, stream);
         metrics.connected_sidecars.set(registry.connected() as i64);
         tracing::info!(node = %node, "sidecar disconnected");
+    }
+
+    /// Whether the token the stream was opened with has been revoked since.
+    fn revoked(&self) -> bool {
+        self.revocable
+            .as_ref()
+            .is_some_and(|((token, caller), authenticator)| authenticator.revoked(token, caller))
     }
 
     fn answer(

@@ -153,6 +153,18 @@ pub async fn subscribe(
     workload: &str,
     namespace: &str,
 ) -> Result<(), tonic::Status> {
+    open_subscription(channel, token, workload, namespace)
+        .await
+        .map(drop)
+}
+
+/// [`subscribe`], keeping the stream of the control plane's messages.
+pub async fn open_subscription(
+    channel: &Channel,
+    token: Option<&str>,
+    workload: &str,
+    namespace: &str,
+) -> Result<tonic::Streaming<ficus_config::wire::ControlMessage>, tonic::Status> {
     use ficus_config::wire::config_discovery_client::ConfigDiscoveryClient;
     use ficus_config::wire::{sidecar_message, Hello, SidecarMessage};
     use futures_util::StreamExt;
@@ -178,5 +190,5 @@ pub async fn subscribe(
     tokio::time::timeout(CALL_TIMEOUT, client.subscribe(request))
         .await
         .map_err(|_| tonic::Status::deadline_exceeded("Subscribe took too long"))?
-        .map(|_| ())
+        .map(tonic::Response::into_inner)
 }

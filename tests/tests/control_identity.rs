@@ -496,6 +496,64 @@ async fn push_streams_need_the_token_of_the_workload_they_name() {
     );
 }
 
+/// Removing a join token from the file ends the push streams it opened (the file is re-read
+/// every 5 s, and streams check their token as often), with `UNAUTHENTICATED`; a stream of
+/// a token still listed stays.
+#[tokio::test]
+async fn a_revoked_join_token_loses_its_push_streams() {
+    const API_TOKEN: &str = "join-api-0123456789abcdef";
+    let files = tempfile::tempdir().unwrap();
+    let tokens = write(
+        files.path(),
+        "join.tokens",
+        &format!("{WEB_TOKEN} web shop\n{API_TOKEN} api shop\n"),
+    );
+    let control = ControlPlane::start_tls(None, &["--join-token-file", &tokens]).await;
+    let channel = tls_channel(&control).await;
+    let mut web = grpc::open_subscription(&channel, Some(WEB_TOKEN), "web", "shop")
+        .await
+        .expect("subscribed");
+    let mut api = grpc::open_subscription(&channel, Some(API_TOKEN), "api", "shop")
+        .await
+        .expect("subscribed");
+    write(
+        files.path(),
+        "join.tokens",
+        &format!("{API_TOKEN} api shop\n"),
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match web.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the revoked token's stream ended");
+    assert_eq!(ended, Some(Code::Unauthenticated));
+    // The other stream stays open past its next check (it may carry the trust bundle).
+    let still = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            match api.message().await {
+                Ok(Some(_)) => continue,
+                ended => return ended,
+            }
+        }
+    })
+    .await;
+    assert!(still.is_err(), "the listed token's stream stays: {still:?}");
+    assert_eq!(
+        grpc::subscribe(&channel, Some(WEB_TOKEN), "web", "shop")
+            .await
+            .err()
+            .map(|s| s.code()),
+        Some(Code::Unauthenticated),
+        "and it cannot open another"
+    );
+}
+
 #[tokio::test]
 async fn a_mesh_in_another_trust_domain_than_the_ca_is_refused_at_apply() {
     let files = tempfile::tempdir().unwrap();

@@ -27,6 +27,10 @@ pub struct Caller {
     pub workload: String,
     /// Its namespace.
     pub namespace: String,
+    /// Whether the token can be revoked under a stream it opened, and is checked again while
+    /// the stream lasts ([`TokenAuthenticator::revoked`]): a join token is (its line removed
+    /// from the file); a Kubernetes token is reviewed once (its pod's end ends the stream).
+    pub revocable: bool,
 }
 
 /// Maps a presented token to the caller it authenticates.
@@ -35,6 +39,12 @@ pub trait TokenAuthenticator: fmt::Debug + Send + Sync + 'static {
     /// The workload and namespace `token` stands for, or why it stands for none. Must not
     /// reveal through its timing how close a wrong token came to a right one.
     async fn authenticate(&self, token: &str) -> Result<Caller, AuthError>;
+
+    /// Whether `caller`, authenticated earlier with `token` (and [`Caller::revocable`]), no
+    /// longer is. Cheap: no call leaves the process.
+    fn revoked(&self, _token: &str, _caller: &Caller) -> bool {
+        false
+    }
 }
 
 /// Join tokens from `--join-token-file`: one `token workload namespace` per line, `#`
@@ -79,6 +89,10 @@ impl TokenAuthenticator for JoinTokens {
             .cloned()
             .ok_or(AuthError::Unknown)
     }
+
+    fn revoked(&self, token: &str, caller: &Caller) -> bool {
+        self.file.current().find(token) != Some(caller)
+    }
 }
 
 /// Parses a join token file.
@@ -111,6 +125,7 @@ pub fn parse(path: &Path, text: &str) -> Result<TokenTable<Caller>, TokenFileErr
             Caller {
                 workload: (*workload).to_owned(),
                 namespace: (*namespace).to_owned(),
+                revocable: true,
             },
         ));
     }
@@ -159,7 +174,8 @@ mod tests {
             tokens.authenticate("0123456789abcdef-pay").await,
             Ok(Caller {
                 workload: "payments".into(),
-                namespace: "shop".into()
+                namespace: "shop".into(),
+                revocable: true,
             })
         );
         assert_eq!(

@@ -83,6 +83,7 @@ pub fn caller_from_review(review: &TokenReview, audience: &str) -> Result<Caller
     Ok(Caller {
         workload: name.to_owned(),
         namespace: namespace.to_owned(),
+        revocable: false,
     })
 }
 
@@ -159,6 +160,12 @@ impl TokenAuthenticator for FirstOf {
             }
         }
         Err(last)
+    }
+
+    fn revoked(&self, token: &str, caller: &Caller) -> bool {
+        self.0
+            .iter()
+            .any(|authenticator| authenticator.revoked(token, caller))
     }
 }
 

@@ -35,7 +35,8 @@ fn an_authenticated_service_account_is_the_caller() {
         caller_from_review(&review(&fixture("authenticated.json")), AUDIENCE),
         Ok(Caller {
             workload: "payments-v2".into(),
-            namespace: "shop".into()
+            namespace: "shop".into(),
+            revocable: false,
         })
     );
 }
