@@ -77,6 +77,8 @@ pub(crate) struct Parsed {
 pub(crate) struct Report<'a> {
     origin: &'a Origin,
     errors: &'a mut Vec<Diagnostic>,
+    /// Compiled regex size the config may still use, shared by all its documents.
+    pub(crate) regex_budget: &'a mut usize,
 }
 
 impl Report<'_> {
@@ -205,11 +207,13 @@ pub(crate) fn validate(
     let mut first_seen: BTreeMap<(Kind, ResourceKey), &Origin> = BTreeMap::new();
     let mut first_mesh: Option<&Origin> = None;
     let mut duplicate = vec![false; parsed.len()];
+    let mut regex_budget = common::REGEX_TOTAL_LIMIT;
 
     for (position, document) in parsed.iter().enumerate() {
         let mut report = Report {
             origin: &document.origin,
             errors: &mut errors,
+            regex_budget: &mut regex_budget,
         };
         let kind = document.document.kind();
         let metadata = document.document.metadata();
@@ -266,6 +270,7 @@ pub(crate) fn validate(
         let mut report = Report {
             origin: &document.origin,
             errors: &mut errors,
+            regex_budget: &mut regex_budget,
         };
         let keep = !duplicate[position];
         match &document.document {

@@ -11,6 +11,13 @@ use crate::raw::{Kind, Metadata};
 /// Compiled size cap of one user regex: enough for any sane route, small enough that a hostile
 /// pattern cannot take the sidecar's memory.
 const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+/// Compiled size cap of all the user regexes of one config together: each sidecar holds them
+/// all. A regex is charged the smallest of [`REGEX_TIERS`] it compiles within, so a config
+/// may hold 4,096 path patterns of ASCII classes (`/api/v[0-9]+/[^/]+`: 2 KiB), 1,024 with a
+/// Unicode class (`\d+`: 8 KiB), or 32 of the largest (`\w{5}`).
+pub(crate) const REGEX_TOTAL_LIMIT: usize = 8 * 1024 * 1024;
+/// What a regex is charged against [`REGEX_TOTAL_LIMIT`]: the first size cap it fits.
+const REGEX_TIERS: [usize; 4] = [2 * 1024, 8 * 1024, 64 * 1024, REGEX_SIZE_LIMIT];
 
 /// The most similar of `choices` to `given`, if any is close enough to be a likely typo.
 pub(crate) fn closest<'a>(
@@ -256,9 +263,36 @@ pub(crate) fn whole_match_regex(
 ) -> Option<Regex> {
     // Compiling the bare pattern first rejects unbalanced input such as `a)|(b`, which would
     // otherwise escape the anchoring group.
-    let compiled = build_regex(pattern).and_then(|_| build_regex(&format!("^(?:{pattern})$")));
+    let compiled = build_regex(pattern, REGEX_SIZE_LIMIT).and_then(|_| {
+        let anchored = format!("^(?:{pattern})$");
+        let build = |tier| build_regex(&anchored, tier).map(|regex| (regex, tier));
+        let mut built = build(REGEX_TIERS[0]);
+        for &tier in &REGEX_TIERS[1..] {
+            if !matches!(built, Err(regex::Error::CompiledTooBig(_))) {
+                break;
+            }
+            built = build(tier);
+        }
+        built
+    });
     match compiled {
-        Ok(regex) => Some(regex),
+        Ok((regex, charge)) if charge <= *report.regex_budget => {
+            *report.regex_budget -= charge;
+            Some(regex)
+        }
+        Ok(_) => {
+            report.error(
+                field,
+                format!(
+                    "the config's regular expressions take more than {} MiB compiled, all \
+                     together",
+                    REGEX_TOTAL_LIMIT >> 20
+                ),
+                "use Exact or PathPrefix matches where they do, or simpler patterns (Unicode \
+                 classes such as \\w compile large; (?-u:\\w) is ASCII-only and small)",
+            );
+            None
+        }
         Err(error) => {
             report.error(
                 field,
@@ -274,9 +308,9 @@ pub(crate) fn whole_match_regex(
     }
 }
 
-fn build_regex(pattern: &str) -> Result<Regex, regex::Error> {
+fn build_regex(pattern: &str, size_limit: usize) -> Result<Regex, regex::Error> {
     RegexBuilder::new(pattern)
-        .size_limit(REGEX_SIZE_LIMIT)
+        .size_limit(size_limit)
         .dfa_size_limit(REGEX_SIZE_LIMIT)
         .build()
 }

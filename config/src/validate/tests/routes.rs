@@ -515,3 +515,37 @@ fn one_tcp_route_per_tcp_backend() {
         "already the parent",
     );
 }
+
+#[test]
+fn the_regexes_of_a_config_are_capped_in_total() {
+    let config = |pattern: &dyn Fn(usize) -> String, count: usize| {
+        let rules: Vec<String> = (0..count)
+            .map(|i| {
+                to_monolith(&format!(
+                    "matches: [{{headers: [{{type: RegularExpression, name: x, value: \"{}\"}}]}}]",
+                    pattern(i)
+                ))
+            })
+            .map(|rule| rule[1..rule.len() - 1].to_owned())
+            .collect();
+        with_backends(&http_route(&format!("[{}]", rules.join(", "))))
+    };
+    // Each compiles within the cap of one regex, and is charged the largest tier (Unicode
+    // word classes compile large): 40 of them do not fit in the config's total.
+    let large = |_| r"\\w{5}".to_owned();
+    let errors = crate::load::parse_str("big.yaml", &config(&large, 40)).unwrap_err();
+    let over: Vec<_> = errors
+        .errors
+        .iter()
+        .filter(|e| {
+            e.message
+                .contains("regular expressions take more than 8 MiB")
+        })
+        .collect();
+    assert!(!over.is_empty(), "{errors:?}");
+    assert!(over.len() < 40, "the first ones fit: {}", over.len());
+    assert!(over.len() <= 8, "32 of them fit: {}", over.len());
+    // Ordinary patterns are charged little: 4,000 of them fit.
+    let ordinary = |i| format!("/api/v[0-9]+/users/{i}/[^/]+");
+    crate::load::parse_str("many.yaml", &config(&ordinary, 4000)).expect("4,000 ordinary ones fit");
+}
