@@ -27,14 +27,15 @@ use crate::transparent::Redirected;
 mod head;
 
 use ficus_net::stall::{StallBounded, MAX_WRITE_STALL};
-use head::{HeadTimed, HeadWatch, IdleGoaway, Watched};
+use head::{Graceful, HeadTimed, HeadWatch, IdleGoaway, Watched};
 
 /// Pause after an accept error, so a full fd table does not turn into a busy loop.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Drives a hyper connection; on drain asks it to finish in-flight requests and stop
-/// (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY), then waits for that. A macro because the
-/// HTTP/1.1 (with upgrades) and HTTP/2 connection types share no trait for this.
+/// Drives a hyper connection ([`Graceful`]); on drain asks it to finish in-flight requests and
+/// stop (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY), then waits for that. A macro rather
+/// than a generic `async fn`: the compiler cannot prove such a function's future `Send` for
+/// hyper's connection types (a higher-ranked lifetime limitation).
 macro_rules! until_drained {
     ($connection:expr, $drain:expr) => {{
         let connection = $connection;
@@ -44,7 +45,7 @@ macro_rules! until_drained {
         tokio::select! {
             result = connection.as_mut() => result,
             () = &mut drained => {
-                connection.as_mut().graceful_shutdown();
+                Graceful::graceful_shutdown(connection.as_mut());
                 connection.await
             }
         }

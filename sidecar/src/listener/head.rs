@@ -313,16 +313,42 @@ impl<C> HeadTimed<C> {
     }
 }
 
-impl<I, S, B> HeadTimed<UpgradeableConnection<I, S>>
+/// A server connection future that can be asked to finish the requests it has in flight and
+/// close (drain): hyper's HTTP/1.1 and HTTP/2 connections, and the wrappers here.
+pub trait Graceful: Future {
+    /// Asks the connection to finish its requests in flight and close.
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for UpgradeableConnection<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: HttpBody + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, E, B> Graceful for hyper::server::conn::http2::Connection<I, S, E>
 where
     S: HttpService<Incoming, ResBody = B>,
     S::Error: Into<BoxError>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
     B: HttpBody + 'static,
     B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
-    /// Asks the connection to finish its request in flight and close (drain).
-    pub fn graceful_shutdown(self: Pin<&mut Self>) {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self);
+    }
+}
+
+impl<C: Graceful<Output = hyper::Result<()>>> Graceful for HeadTimed<C> {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
         self.project().connection.graceful_shutdown();
     }
 }
@@ -397,30 +423,14 @@ impl<C> IdleGoaway<C> {
     }
 }
 
-impl<I, S, E, B> IdleGoaway<hyper::server::conn::http2::Connection<I, S, E>>
-where
-    S: HttpService<Incoming, ResBody = B>,
-    S::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: HttpBody + 'static,
-    B::Error: Into<BoxError>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
+impl<C: Graceful<Output = hyper::Result<()>>> Graceful for IdleGoaway<C> {
     /// Sends GOAWAY: the streams in flight finish, then the connection closes (drain).
-    pub fn graceful_shutdown(self: Pin<&mut Self>) {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
         self.project().connection.graceful_shutdown();
     }
 }
 
-impl<I, S, E, B> Future for IdleGoaway<hyper::server::conn::http2::Connection<I, S, E>>
-where
-    S: HttpService<Incoming, ResBody = B>,
-    S::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: HttpBody + 'static,
-    B::Error: Into<BoxError>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
+impl<C: Graceful<Output = hyper::Result<()>>> Future for IdleGoaway<C> {
     type Output = Result<(), Ended>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
