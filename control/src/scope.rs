@@ -4,8 +4,9 @@
 //! - the Mesh document;
 //! - Backends, HTTPRoutes, TCPRoutes and TrafficPolicies of its own namespace and of the
 //!   namespaces it declares it calls (`reach`; an empty list means every namespace);
-//! - any Backend those routes reference in another namespace, and that Backend's
-//!   TrafficPolicy; TrafficPolicies that target an HTTPRoute go with the route;
+//! - any Backend those routes reference in another namespace (a backendRef, a mirror, or a
+//!   TCPRoute's parentRef), and that Backend's TrafficPolicy; TrafficPolicies that target an
+//!   HTTPRoute go with the route;
 //! - the AuthorizationPolicies that protect its own workload (target Backend named like the
 //!   workload, or whose endpoints carry the workload's SPIFFE identity).
 //!
@@ -38,7 +39,9 @@ fn name(doc: &Value) -> &str {
     doc["metadata"]["name"].as_str().unwrap_or("")
 }
 
-/// `(namespace, name)` of every Backend a route document references.
+/// `(namespace, name)` of every Backend a route document references: its rules' backendRefs
+/// and mirrors, and a TCPRoute's parentRefs (its listening Backend, which may live in another
+/// namespace; an HTTPRoute's parentRefs name Services, which need no Backend).
 fn backend_refs(doc: &Value) -> Vec<(String, String)> {
     let own = namespace(doc);
     let mut refs = Vec::new();
@@ -48,6 +51,15 @@ fn backend_refs(doc: &Value) -> Vec<(String, String)> {
             refs.push((ns.to_owned(), name.to_owned()));
         }
     };
+    if kind(doc) == "TCPRoute" {
+        for parent in doc["spec"]["parentRefs"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            push(parent);
+        }
+    }
     let rules = doc["spec"]["rules"]
         .as_array()
         .map(Vec::as_slice)
@@ -132,6 +144,7 @@ pub fn select(all: &[Value], scope: &Scope) -> Vec<Value> {
 
 #[cfg(test)]
 mod tests {
+    use ficus_config::wire;
     use serde_json::json;
 
     use super::*;
@@ -196,5 +209,38 @@ mod tests {
             !all_names.contains(&"AuthorizationPolicy shop/m".to_owned()),
             "not its inbound policy"
         );
+    }
+
+    #[test]
+    fn tcp_route_brings_its_parent_backend_from_another_namespace() {
+        let all = vec![
+            json!({"apiVersion": "ficus.dev/v1alpha1", "kind": "Backend",
+                   "metadata": {"namespace": "data", "name": "db"},
+                   "spec": {"protocol": "tcp", "listen": "127.0.0.1:15432",
+                            "endpoints": [{"address": "127.0.0.1:5432"}]}}),
+            json!({"apiVersion": "ficus.dev/v1alpha1", "kind": "Backend",
+                   "metadata": {"namespace": "shop", "name": "db-replica"},
+                   "spec": {"protocol": "tcp", "listen": "127.0.0.1:15433",
+                            "endpoints": [{"address": "127.0.0.1:5433"}]}}),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
+                   "metadata": {"namespace": "shop", "name": "db"},
+                   "spec": {"parentRefs": [{"kind": "Backend", "name": "db", "namespace": "data"}],
+                            "rules": [{"backendRefs": [{"name": "db-replica"}]}]}}),
+        ];
+        ficus_config::parse_str("all.yaml", &wire::encode_documents(&all))
+            .unwrap_or_else(|errors| panic!("the whole config is valid: {errors}"));
+        let scope = Scope {
+            namespace: "shop".into(),
+            workload: "web".into(),
+            reach: vec!["shop".into()],
+        };
+        let selected = select(&all, &scope);
+        assert!(
+            names(&selected).contains(&"Backend data/db".to_owned()),
+            "{:?}",
+            names(&selected)
+        );
+        ficus_config::parse_str("scoped.yaml", &wire::encode_documents(&selected))
+            .unwrap_or_else(|errors| panic!("the scoped config validates on its own: {errors}"));
     }
 }
