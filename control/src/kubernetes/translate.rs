@@ -4,7 +4,11 @@
 //! `status` and `managedFields` included):
 //!
 //! - `ficus.dev/v1alpha1` Mesh, Backend, TrafficPolicy, AuthorizationPolicy and the Gateway
-//!   API's HTTPRoute and TCPRoute are Ficus documents already: they go in as they are.
+//!   API's HTTPRoute and TCPRoute are Ficus documents already: they go in as they are, less
+//!   what the API server keeps for itself (metadata keeps only `name`, `namespace`, `labels`
+//!   and `annotations`; `status` goes). Otherwise a status update or a new `resourceVersion`
+//!   would make a new version pushed to every sidecar, and `managedFields` would weigh on
+//!   every snapshot.
 //! - Each `v1` Service with ready endpoints becomes a `Backend` of the same name and namespace
 //!   (so HTTPRoute `backendRefs` to Services resolve): its endpoints are the ready addresses
 //!   of the `discovery.k8s.io/v1` EndpointSlices labelled `kubernetes.io/service-name`, on
@@ -31,6 +35,10 @@ use serde_json::{json, Value};
 
 /// Annotation on a Service naming the service account its pods run as.
 pub const SERVICE_ACCOUNT_ANNOTATION: &str = "ficus.dev/service-account";
+
+/// The `metadata` fields a document keeps; the rest (`resourceVersion`, `uid`, `generation`,
+/// `managedFields`, timestamps, ...) is the API server's bookkeeping, not config.
+const KEPT_METADATA: [&str; 4] = ["name", "namespace", "labels", "annotations"];
 
 /// The snapshot built from a cluster's objects.
 #[derive(Debug)]
@@ -61,7 +69,10 @@ pub fn translate(objects: &[Value], trust_domain: &str) -> Result<Translation, C
                 if kind == "Backend" {
                     explicit_backends.insert((namespace.to_owned(), name.to_owned()));
                 }
-                sources.push(source(&format!("{kind} {namespace}/{name}"), object));
+                sources.push(source(
+                    &format!("{kind} {namespace}/{name}"),
+                    &without_bookkeeping(object),
+                ));
             }
             ("v1", "Service") => services.push(object),
             ("discovery.k8s.io/v1", "EndpointSlice") => {
@@ -103,6 +114,18 @@ fn source(name: &str, object: &Value) -> Source {
         name: name.to_owned(),
         text: object.to_string(),
     }
+}
+
+/// `object` as config: `metadata` cut down to [`KEPT_METADATA`], and no `status`.
+fn without_bookkeeping(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Value::Object(fields) = &mut object {
+        fields.remove("status");
+        if let Some(Value::Object(metadata)) = fields.get_mut("metadata") {
+            metadata.retain(|field, _| KEPT_METADATA.contains(&field.as_str()));
+        }
+    }
+    object
 }
 
 /// The Backend document for `service`, or why there is none.

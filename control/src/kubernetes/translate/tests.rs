@@ -143,3 +143,41 @@ fn objects_of_other_kinds_are_ignored() {
         "metadata": {"name": "monolith", "namespace": "shop"}, "spec": {}}));
     assert!(translate(&objects, "cluster.local").is_ok());
 }
+
+#[test]
+fn server_bookkeeping_does_not_change_the_snapshot() {
+    let before = cluster();
+    let mut after = before.clone();
+    for object in &mut after {
+        let metadata = &mut object["metadata"];
+        metadata["resourceVersion"] = json!("999999");
+        metadata["uid"] = json!("00000000-0000-0000-0000-000000000001");
+        metadata["generation"] = json!(42);
+        metadata["creationTimestamp"] = json!("2030-01-01T00:00:00Z");
+        metadata["managedFields"] = json!([{"manager": "kubectl", "operation": "Update"}]);
+        object["status"] = json!({"conditions": [{"type": "Accepted", "status": "True"}]});
+    }
+    let documents = |objects: &[Value]| {
+        translate(objects, "cluster.local")
+            .unwrap()
+            .config
+            .documents
+    };
+    let translated = documents(&before);
+    assert_eq!(translated, documents(&after));
+    for document in &translated {
+        assert!(document.get("status").is_none(), "{document}");
+        let metadata = document["metadata"].as_object().unwrap();
+        for field in metadata.keys() {
+            assert!(
+                ["name", "namespace", "labels", "annotations"].contains(&field.as_str()),
+                "{field} kept in {document}"
+            );
+        }
+    }
+    let route = translated
+        .iter()
+        .find(|d| d["kind"] == "HTTPRoute")
+        .unwrap();
+    assert!(route["metadata"]["annotations"].is_object(), "{route}");
+}
