@@ -75,7 +75,7 @@ pub async fn apply(
     let (next, changes) = off_runtime(move || {
         let merged = merged(&base, &sources)?;
         if let Some(trust_domain) = &trust_domain {
-            check_documents(trust_domain, &merged.0, &sources, base.version)?;
+            check_documents(trust_domain, &merged.0, &sources, &current_name(&base))?;
         }
         Ok(merged)
     })
@@ -91,7 +91,7 @@ pub async fn diff(state: &ControlState, sources: Vec<Source>) -> Result<Diff, Ap
     off_runtime(move || {
         let (next, changes) = merged(&current, &sources)?;
         if let Some(trust_domain) = &trust_domain {
-            check_documents(trust_domain, &next, &sources, current.version)?;
+            check_documents(trust_domain, &next, &sources, &current_name(&current))?;
         }
         Ok(Diff::new(&current, &next, changes))
     })
@@ -110,7 +110,7 @@ pub async fn delete(
     if next.remove(&key).is_none() {
         return Err(ApplyError::NotFound(key));
     }
-    let next = validated(&current, next).await?;
+    let next = validated(current_name(&current), next).await?;
     let changes = diff::changes(
         &by_key(current.documents.iter().cloned()),
         &next,
@@ -139,10 +139,12 @@ pub async fn rollback(
         .await??
         .ok_or(ApplyError::NoSuchVersion(target))?;
     // Stored versions were valid when stored; validating again keeps "the store holds only
-    // configs this build accepts" true across upgrades that tighten validation.
-    let next = validated(&current, by_key(record.documents)).await?;
+    // configs this build accepts" true across upgrades that tighten validation. Problems are
+    // the target's, so diagnostics name it, not the current config.
+    let name = format!("version {target} (rollback target)");
+    let next = validated(name.clone(), by_key(record.documents)).await?;
     if let Some(trust_domain) = state.trust_domain.get() {
-        check_documents(trust_domain, &next, &[], target)?;
+        check_documents(trust_domain, &next, &[], &name)?;
     }
     let changes = diff::changes(
         &by_key(current.documents.iter().cloned()),
@@ -164,20 +166,25 @@ pub fn check_trust_domain(
         trust_domain,
         &by_key(record.documents.iter().cloned()),
         sources,
-        record.version,
+        &current_name(record),
     )
+}
+
+/// How diagnostics name the stored documents of `current`, validated alongside the user's.
+fn current_name(current: &VersionRecord) -> String {
+    format!("current config (version {})", current.version)
 }
 
 /// `Mesh.spec.trustDomain`, where a document sets it, must be the CA's trust domain: every
 /// certificate carries the CA's, and sidecars verify peers against theirs (`--trust-domain`),
 /// so a mesh declared in another trust domain could never authenticate anyone. Left out, it
-/// is the CA's. The error names the file that set it (or the current config), the document
-/// and the field.
+/// is the CA's. The error names the file that set it (or, for documents no source has,
+/// `stored`: e.g. the current config or the rollback target), the document and the field.
 fn check_documents(
     trust_domain: &str,
     documents: &BTreeMap<DocumentKey, serde_json::Value>,
     sources: &[Source],
-    version: u64,
+    stored: &str,
 ) -> Result<(), ApplyError> {
     for (key, document) in documents.iter().filter(|(key, _)| key.kind == "Mesh") {
         let Some(declared) = document
@@ -192,10 +199,7 @@ fn check_documents(
         let file = sources
             .iter()
             .find(|source| diff::keys_in_sources(std::slice::from_ref(*source)).contains(key))
-            .map_or_else(
-                || format!("current config (version {version})"),
-                |source| source.name.clone(),
-            );
+            .map_or_else(|| stored.to_owned(), |source| source.name.clone());
         let diagnostic = Diagnostic {
             file,
             line: None,
@@ -221,14 +225,13 @@ async fn off_runtime<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await?
 }
 
-/// `next` (kept documents of `current`) once it validates as a whole config.
+/// `next` (stored documents, named `name` in diagnostics) once it validates as a whole config.
 async fn validated(
-    current: &Arc<VersionRecord>,
+    name: String,
     next: BTreeMap<DocumentKey, serde_json::Value>,
 ) -> Result<BTreeMap<DocumentKey, serde_json::Value>, ApplyError> {
-    let base = Arc::clone(current);
     off_runtime(move || {
-        validate(&base, &next, &[])?;
+        validate(&name, &next, &[])?;
         Ok(next)
     })
     .await
@@ -263,7 +266,7 @@ fn merged(
         .filter(|(key, _)| !named.contains(key))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let applied = validate(current, &next, sources)?;
+    let applied = validate(&current_name(current), &next, sources)?;
     // Documents the user named come from the validator (namespace filled in); the others keep
     // their stored JSON exactly, so they never show up as changed.
     for (key, document) in by_key(applied) {
@@ -275,10 +278,10 @@ fn merged(
     Ok((next, changes))
 }
 
-/// Validates `sources` together with `kept` (documents of the current config) and returns the
-/// documents of the result.
+/// Validates `sources` together with `kept` (stored documents, one more source named
+/// `kept_name`) and returns the documents of the result.
 fn validate(
-    current: &VersionRecord,
+    kept_name: &str,
     kept: &BTreeMap<DocumentKey, serde_json::Value>,
     sources: &[Source],
 ) -> Result<Vec<serde_json::Value>, ApplyError> {
@@ -286,7 +289,7 @@ fn validate(
     if !kept.is_empty() {
         let documents: Vec<serde_json::Value> = kept.values().cloned().collect();
         all.push(Source {
-            name: format!("current config (version {})", current.version),
+            name: kept_name.to_owned(),
             text: ficus_config::wire::encode_documents(&documents),
         });
     }

@@ -218,6 +218,64 @@ async fn rollback_needs_an_earlier_version() {
     ));
 }
 
+/// The single diagnostic of a refused write.
+fn refusal(error: ApplyError) -> Diagnostic {
+    let ApplyError::Invalid(errors) = error else {
+        panic!("{error}")
+    };
+    assert_eq!(errors.errors.len(), 1, "{errors}");
+    errors.errors[0].clone()
+}
+
+#[tokio::test]
+async fn a_rollback_target_that_no_longer_validates_is_named() {
+    let (_dir, state) = state();
+    // Version 1 as an older build may have stored it: a route to a Backend that is missing.
+    let invalid: Vec<serde_json::Value> = [route("gone")]
+        .iter()
+        .map(|text| yaml_serde::from_str(text).unwrap())
+        .collect();
+    state
+        .store
+        .commit(invalid, None, "older build".to_owned())
+        .unwrap();
+    apply(&state, source("a.yaml", &backend("a", 9001)), None)
+        .await
+        .unwrap();
+    assert_eq!(state.current().version, 2);
+
+    let diagnostic = refusal(rollback(&state, Some(1), None).await.unwrap_err());
+    assert_eq!(
+        diagnostic.file, "version 1 (rollback target)",
+        "{diagnostic}"
+    );
+    assert_eq!(state.current().version, 2);
+}
+
+#[tokio::test]
+async fn a_rollback_target_in_another_trust_domain_is_named() {
+    let (_dir, state) = state();
+    let _ = state.trust_domain.set("cluster.local".to_owned());
+    let mesh = serde_json::json!({"apiVersion": "ficus.dev/v1alpha1", "kind": "Mesh",
+        "metadata": {"name": "default", "namespace": "default"},
+        "spec": {"trustDomain": "elsewhere.example"}});
+    state
+        .store
+        .commit(vec![mesh], None, "before --trust-domain changed".to_owned())
+        .unwrap();
+    apply(&state, source("a.yaml", &backend("a", 9001)), None)
+        .await
+        .unwrap();
+
+    let diagnostic = refusal(rollback(&state, Some(1), None).await.unwrap_err());
+    assert_eq!(
+        diagnostic.file, "version 1 (rollback target)",
+        "{diagnostic}"
+    );
+    assert_eq!(diagnostic.field, "spec.trustDomain");
+    assert_eq!(state.current().version, 2);
+}
+
 #[tokio::test]
 async fn diff_reports_without_committing() {
     let (_dir, state) = state();
