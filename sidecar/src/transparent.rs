@@ -35,6 +35,7 @@ use prometheus::{IntCounterVec, Opts};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use crate::authz::Decision;
 use crate::body::Body;
 use crate::detect::{Prefixed, Protocol};
 use crate::drain::Drain;
@@ -51,6 +52,11 @@ use crate::upstream::{EndpointPool, PoolSettings};
 /// Destination ports whose protocols speak first (or are never HTTP), after Linkerd's list:
 /// SMTP, submission, MySQL, Galera, PostgreSQL, Redis, Elasticsearch transport, memcached.
 pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+
+/// How long an inbound connection to an opaque port is read for a peer sidecar's ClientHello
+/// under PERMISSIVE mTLS (at most the detection timeout): it is sent right after the TCP
+/// handshake, and a server-first protocol's client waits this long for its server.
+const OPAQUE_TLS_WAIT: Duration = Duration::from_millis(10);
 
 /// Most bytes read while sniffing; an HTTP method or the HTTP/2 preface is decided well
 /// before this.
@@ -72,8 +78,17 @@ pub enum Sniffed {
 }
 
 /// Classifies the start of a connection, or `None` while it could still be several things.
+/// Empty lines before an HTTP/1 request line are skipped, as HTTP servers do (RFC 9112 §2.2).
 pub fn classify(start: &[u8]) -> Option<Sniffed> {
+    let lines = start
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    let start = &start[lines..];
     let first = *start.first()?;
+    if lines > 0 && !first.is_ascii_uppercase() {
+        return Some(Sniffed::Opaque);
+    }
     if first == 0x16 {
         return match start.get(1) {
             None => None,
@@ -358,28 +373,50 @@ pub async fn serve(
     // (ALPN `ficus-tcp`) is terminated and handed to the app instead of refused. Nothing
     // server-first can be legitimate there.
     let mtls_only = side == Side::Inbound && mode == MtlsMode::Strict && shared.tls.is_some();
-    let (sniffed, read) = if (opaque_port && !mtls_only) || tcp_service.is_some() {
-        (None, Vec::new())
+    // Inbound under PERMISSIVE a peer sidecar's mTLS may come to an opaque port too: its
+    // ClientHello is there at once, so the port is read briefly (a server-first protocol's
+    // client waits at most that long before its server is connected).
+    let mtls_possible = side == Side::Inbound && mode != MtlsMode::Disable && shared.tls.is_some();
+    let wait = if tcp_service.is_some() || (opaque_port && !mtls_possible) {
+        None
+    } else if opaque_port && !mtls_only {
+        Some(transparent.detect_timeout.min(OPAQUE_TLS_WAIT))
     } else {
-        match sniff(&mut stream, transparent.detect_timeout).await {
+        Some(transparent.detect_timeout)
+    };
+    let (mut sniffed, mut read) = match wait {
+        None => (None, Vec::new()),
+        Some(wait) => match sniff(&mut stream, wait).await {
             Some(sniffed) => sniffed,
             None => return,
-        }
+        },
     };
+    // Inbound, a client that has not spoken by the detection timeout on a port that is not
+    // opaque: a server-first protocol, or an HTTP client that connected ahead of its request.
+    // Whichever side speaks first decides, so a late request is still served as HTTP (its
+    // authorization, identity header stripping and metrics) rather than copied past them.
+    let mut app = None;
+    if side == Side::Inbound && !opaque_port && sniffed.is_none() && read.is_empty() {
+        match first_speaker(&shared, &mut stream, original, transparent.detect_timeout).await {
+            FirstSpeaker::Client(late, bytes, connected) => {
+                (sniffed, read, app) = (late, bytes, Some(connected));
+            }
+            FirstSpeaker::App(connected) => app = Some(connected),
+            FirstSpeaker::Neither => return,
+        }
+    }
     let protocol = match (side, sniffed) {
-        (_, Some(Sniffed::Http1)) => Some(Protocol::Http1),
-        (_, Some(Sniffed::Http2)) => Some(Protocol::Http2),
+        (_, Some(Sniffed::Http1)) if !opaque_port => Some(Protocol::Http1),
+        (_, Some(Sniffed::Http2)) if !opaque_port => Some(Protocol::Http2),
         // Inbound TLS is the mesh's mTLS when we have a mesh identity; otherwise (and
         // outbound, where it is the app's own) it is passed through.
-        (Side::Inbound, Some(Sniffed::Tls))
-            if shared.tls.is_some() && mode != MtlsMode::Disable =>
-        {
-            Some(Protocol::Tls)
-        }
+        (Side::Inbound, Some(Sniffed::Tls)) if mtls_possible => Some(Protocol::Tls),
         _ => None,
     };
     let metrics = &transparent.metrics;
     if let Some(protocol) = protocol {
+        // An app connection opened while waiting for the client is not needed.
+        drop(app);
         metrics
             .intercepted
             .with_label_values(&[direction, "http"])
@@ -399,6 +436,17 @@ pub async fn serve(
         tracing::info!(%peer, %original, reason, "opaque inbound connection refused: mTLS is STRICT");
         return;
     }
+    if side == Side::Inbound {
+        // Plaintext has no peer identity: authorization decides on that alone, as for opaque
+        // TCP over mTLS (an ALLOW policy for some identities refuses it).
+        let snapshot = shared.snapshot.load();
+        let authz = &snapshot.inbound.authz;
+        if authz.is_active() && authz.check_tcp(None) == Decision::Deny {
+            shared.metrics.authz_denied();
+            tracing::info!(%peer, %original, reason, "opaque inbound connection denied by authorization policy");
+            return;
+        }
+    }
     metrics
         .intercepted
         .with_label_values(&[direction, "opaque"])
@@ -410,8 +458,51 @@ pub async fn serve(
             if side == Side::Outbound {
                 metrics.passthrough.with_label_values(&[reason]).inc();
             }
-            forward_opaque(&shared, original, downstream, reason).await;
+            forward_opaque(&shared, original, downstream, app, reason).await;
         }
+    }
+}
+
+/// Who spoke first on an inbound connection whose client was silent at first.
+enum FirstSpeaker {
+    /// The client: what its first bytes look like, the bytes, and the app connection opened
+    /// meanwhile.
+    Client(Option<Sniffed>, Vec<u8>, TcpStream),
+    /// The app (a server-first protocol): its connection, whose bytes are still unread.
+    App(TcpStream),
+    /// The client left, the app could not be reached, or nobody spoke within the idle limit.
+    Neither,
+}
+
+/// Connects the app at `original` and waits for the client or the app to speak, the client
+/// first when both have. The app connection is counted as the connection's own (a client
+/// that speaks HTTP after all has it closed unused).
+async fn first_speaker(
+    shared: &Shared,
+    client: &mut TcpStream,
+    original: SocketAddr,
+    detect_timeout: Duration,
+) -> FirstSpeaker {
+    let idle = shared.snapshot.load().limits.connection_idle_timeout;
+    let Some(app) = connect(shared, original).await else {
+        return FirstSpeaker::Neither;
+    };
+    let client_first = tokio::time::timeout(idle, async {
+        tokio::select! {
+            biased;
+            ready = client.readable() => ready.is_ok(),
+            ready = app.readable() => return ready.is_ok().then_some(false),
+        }
+        .then_some(true)
+    })
+    .await;
+    match client_first {
+        Ok(Some(true)) => match sniff(client, detect_timeout).await {
+            Some((sniffed, read)) => FirstSpeaker::Client(sniffed, read, app),
+            None => FirstSpeaker::Neither,
+        },
+        Ok(Some(false)) => FirstSpeaker::App(app),
+        Ok(None) | Err(_) => FirstSpeaker::Neither,
     }
 }
 
@@ -446,43 +537,52 @@ async fn forward_tcp_service(
     metrics.tcp_closed.inc();
 }
 
-/// Copies bytes between the client and the original destination.
+/// Copies bytes between the client and the original destination (`app`, when it is connected
+/// already).
 async fn forward_opaque(
     shared: &Shared,
     original: SocketAddr,
     mut downstream: Prefixed<TcpStream>,
+    app: Option<TcpStream>,
     reason: &'static str,
 ) {
     let metrics = &shared.metrics;
-    let (connect_timeout, idle) = {
-        let snapshot = shared.snapshot.load();
-        (
-            snapshot.limits.connect_timeout,
-            snapshot.limits.connection_idle_timeout,
-        )
-    };
+    let idle = shared.snapshot.load().limits.connection_idle_timeout;
     metrics.tcp_opened.inc();
-    match tokio::time::timeout(connect_timeout, TcpStream::connect(original)).await {
-        Ok(Ok(mut upstream)) => {
-            let _ = upstream.set_nodelay(true);
-            let (bytes, result) =
-                copy_with_idle_timeout(&mut downstream, &mut upstream, idle).await;
-            metrics.tcp_bytes_sent.inc_by(bytes.forward);
-            metrics.tcp_bytes_received.inc_by(bytes.backward);
-            if let Err(error) = result {
-                tracing::debug!(%original, reason, %error, "opaque connection ended");
-            }
-        }
-        Ok(Err(error)) => {
-            metrics.upstream_failure("connect_refused");
-            tracing::debug!(%original, %error, "opaque connect failed");
-        }
-        Err(_) => {
-            metrics.upstream_failure("connect_timeout");
-            tracing::debug!(%original, "opaque connect timed out");
+    let upstream = match app {
+        Some(app) => Some(app),
+        None => connect(shared, original).await,
+    };
+    if let Some(mut upstream) = upstream {
+        let (bytes, result) = copy_with_idle_timeout(&mut downstream, &mut upstream, idle).await;
+        metrics.tcp_bytes_sent.inc_by(bytes.forward);
+        metrics.tcp_bytes_received.inc_by(bytes.backward);
+        if let Err(error) = result {
+            tracing::debug!(%original, reason, %error, "opaque connection ended");
         }
     }
     metrics.tcp_closed.inc();
+}
+
+/// A connection to the original destination within the connect timeout, failures counted.
+async fn connect(shared: &Shared, original: SocketAddr) -> Option<TcpStream> {
+    let connect_timeout = shared.snapshot.load().limits.connect_timeout;
+    match tokio::time::timeout(connect_timeout, TcpStream::connect(original)).await {
+        Ok(Ok(upstream)) => {
+            let _ = upstream.set_nodelay(true);
+            Some(upstream)
+        }
+        Ok(Err(error)) => {
+            shared.metrics.upstream_failure("connect_refused");
+            tracing::debug!(%original, %error, "opaque connect failed");
+            None
+        }
+        Err(_) => {
+            shared.metrics.upstream_failure("connect_timeout");
+            tracing::debug!(%original, "opaque connect timed out");
+            None
+        }
+    }
 }
 
 /// Outbound HTTP to a destination Ficus knows nothing about, under a `Host` it does not know
@@ -586,6 +686,10 @@ mod tests {
         assert_eq!(classify(b""), None);
         assert_eq!(classify(b"GE"), None);
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Sniffed::Http1));
+        // Empty lines before a request line are skipped, as HTTP servers skip them.
+        assert_eq!(classify(b"\r\nGET / HTTP/1.1"), Some(Sniffed::Http1));
+        assert_eq!(classify(b"\r\n\r\n"), None);
+        assert_eq!(classify(b"\r\n\x16\x03"), Some(Sniffed::Opaque));
         assert_eq!(classify(b"M-SEARCH * HTTP/1.1"), Some(Sniffed::Http1));
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), None);
         assert_eq!(classify(PREFACE), Some(Sniffed::Http2));

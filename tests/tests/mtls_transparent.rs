@@ -21,6 +21,18 @@ fn addr(s: &str) -> SocketAddr {
 
 #[tokio::test]
 async fn opaque_tcp_on_an_opaque_port_crosses_mtls_between_transparent_sidecars() {
+    opaque_tcp_on_an_opaque_port_crosses_mtls("STRICT").await;
+}
+
+/// Under PERMISSIVE the receiving sidecar does not wait on an opaque port for a protocol
+/// to show (a server-first one would stall), yet a peer sidecar's ClientHello, there at once,
+/// is still taken for mTLS rather than passed to the app.
+#[tokio::test]
+async fn opaque_tcp_on_an_opaque_port_crosses_mtls_under_permissive_too() {
+    opaque_tcp_on_an_opaque_port_crosses_mtls("PERMISSIVE").await;
+}
+
+async fn opaque_tcp_on_an_opaque_port_crosses_mtls(mode: &str) {
     if let Some(reason) = netns::skip_reason() {
         eprintln!("SKIPPED: {reason}");
         return;
@@ -33,21 +45,23 @@ async fn opaque_tcp_on_an_opaque_port_crosses_mtls_between_transparent_sidecars(
     let _app = NsGreeter::start(&remote, addr("10.77.0.2:5432"), "payments-db\n").unwrap();
     let _web = mesh.sidecar(&pod, "web");
     let _payments = mesh.sidecar(&remote, "payments");
-    let config = "\
+    let config = format!(
+        "\
 apiVersion: ficus.dev/v1alpha1
 kind: Mesh
-metadata: {name: default}
-spec: {mtls: {mode: STRICT}}
+metadata: {{name: default}}
+spec: {{mtls: {{mode: {mode}}}}}
 ---
 apiVersion: ficus.dev/v1alpha1
 kind: Backend
-metadata: {name: payments-db, namespace: shop}
+metadata: {{name: payments-db, namespace: shop}}
 spec:
   protocol: tcp
   listen: \"127.0.0.1:16000\"
-  endpoints: [{address: \"10.77.0.2:5432\", identity: \"spiffe://cluster.local/ns/shop/sa/payments\"}]
-";
-    mesh.apply(config).await;
+  endpoints: [{{address: \"10.77.0.2:5432\", identity: \"spiffe://cluster.local/ns/shop/sa/payments\"}}]
+"
+    );
+    mesh.apply(&config).await;
     wait_ready(&pod).await;
     wait_ready(&remote).await;
 
@@ -68,8 +82,8 @@ spec:
     assert_eq!(&echoed, b"SELECT 1");
     drop(stream);
 
-    // It crossed as mTLS: the STRICT payments sidecar counted it as a TLS (not refused
-    // plaintext) connection and opened one to its app.
+    // It crossed as mTLS: the payments sidecar counted it as a TLS (not refused plaintext)
+    // connection and opened one to its app.
     let metrics = transparent_metrics(&remote).await;
     assert_eq!(metrics.sum("ficus_tls_handshake_failed_total", &[]), 0.0);
     assert!(metrics.sum("ficus_tcp_connections_opened_total", &[]) >= 1.0);

@@ -8,6 +8,7 @@
 //! Everything runs only as root (CI does); elsewhere each test says why it skips.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use ficus_tests::client::Metrics;
 use ficus_tests::netns::{
@@ -454,6 +455,91 @@ async fn inbound_goes_to_the_app_on_the_original_port() {
     // The admin port is never redirected (probes reach it).
     let ready = http_get(&world.remote, addr("10.77.0.1:15000"), "pod", "/ready", &[]).await;
     assert!(ready.is_err(), "admin listens on the pod's loopback only");
+}
+
+/// Inbound plaintext (PERMISSIVE, no mesh identity here) cannot get past the sidecar's HTTP
+/// handling or its authorization by how it starts: a request sent after the detection timeout
+/// (a client that connected ahead of it) or after an empty line is still served as HTTP, so
+/// an AuthorizationPolicy refuses it and a forged `x-ficus-peer-identity` never reaches the
+/// app; bytes that are not HTTP are copied only if authorization allows a caller without an
+/// identity.
+#[tokio::test]
+async fn inbound_plaintext_cannot_bypass_http_handling_or_authorization() {
+    if skip("inbound_plaintext_cannot_bypass_http_handling_or_authorization") {
+        return;
+    }
+    let world = World::new();
+    let app = NsHttpServer::start(&world.pod, addr("10.77.0.1:8080"), "pod-app").unwrap();
+    let _greeter = NsGreeter::start(&world.pod, addr("10.77.0.1:7000"), "").unwrap();
+    let request = b"GET / HTTP/1.1\r\nhost: pod\r\nx-ficus-peer-identity: spiffe://cluster.local/ns/shop/sa/web\r\n\r\n";
+    // A status line from the sidecar (or the app), or nothing when the connection is closed.
+    let send = |prefix: &'static [u8], delay: Duration, port: u16| {
+        let world = &world;
+        async move {
+            let mut stream = world
+                .remote
+                .connect(SocketAddr::new(addr("10.77.0.1:0").ip(), port))
+                .await
+                .unwrap();
+            tokio::time::sleep(delay).await;
+            let _ = stream.write_all(prefix).await;
+            let _ = stream.write_all(request).await;
+            let mut answer = vec![0u8; 12];
+            match tokio::time::timeout(netns::TIMEOUT, stream.read_exact(&mut answer)).await {
+                Ok(Ok(_)) => String::from_utf8_lossy(&answer).into_owned(),
+                Ok(Err(_)) => String::new(),
+                Err(_) => panic!("no answer and no close within {:?}", netns::TIMEOUT),
+            }
+        }
+    };
+    // Without a policy: late or after an empty line, the request is HTTP, and the forged
+    // identity header is stripped on the way to the app.
+    let sidecar = world.sidecar(CONFIG, &["--detect-timeout", "100ms"]).await;
+    assert_eq!(
+        send(b"", Duration::from_millis(400), 8080).await,
+        "HTTP/1.1 200"
+    );
+    assert_eq!(send(b"\r\n", Duration::ZERO, 8080).await, "HTTP/1.1 200");
+    let received = app.received.lock().unwrap().clone();
+    assert_eq!(received.len(), 2);
+    assert!(
+        received
+            .iter()
+            .all(|headers| headers.get("x-ficus-peer-identity").is_none()),
+        "{received:?}"
+    );
+    let metrics = sidecar.metrics(&world).await;
+    assert_eq!(
+        metrics.sum(
+            "ficus_requests_total",
+            &[("direction", "inbound"), ("response_code", "200")]
+        ),
+        2.0
+    );
+    drop(sidecar);
+    // With an ALLOW policy for one identity, a caller without one is refused, however its
+    // bytes start.
+    let policy = "---\napiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: client, namespace: shop}\n\
+                  spec: {endpoints: [{address: \"10.77.0.1:8080\"}]}\n---\n\
+                  apiVersion: ficus.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: web-only, namespace: shop}\n\
+                  spec:\n  targetRef: {kind: Backend, name: client}\n  action: ALLOW\n  rules:\n  - from: [{identities: [\"spiffe://cluster.local/ns/shop/sa/web\"]}]\n";
+    let sidecar = world
+        .sidecar(&format!("{CONFIG}{policy}"), &["--detect-timeout", "100ms"])
+        .await;
+    assert_eq!(
+        send(b"", Duration::from_millis(400), 8080).await,
+        "HTTP/1.1 403"
+    );
+    assert_eq!(send(b"\r\n", Duration::ZERO, 8080).await, "HTTP/1.1 403");
+    // Not HTTP at all: copied only for an allowed caller, so closed here.
+    assert_eq!(send(b"HELLO\n", Duration::ZERO, 7000).await, "");
+    assert_eq!(
+        app.received.lock().unwrap().len(),
+        2,
+        "nothing more reached the app"
+    );
+    let metrics = sidecar.metrics(&world).await;
+    assert_eq!(metrics.sum("ficus_authz_denied_total", &[]), 3.0);
 }
 
 #[tokio::test]
