@@ -75,7 +75,8 @@ pub async fn apply(
     let (next, changes) = off_runtime(move || {
         let merged = merged(&base, &sources)?;
         if let Some(trust_domain) = &trust_domain {
-            check_documents(trust_domain, &merged.0, &sources, &current_name(&base))?;
+            check_documents(trust_domain, &merged.0, &sources, &current_name(&base))
+                .map_err(ApplyError::Invalid)?;
         }
         Ok(merged)
     })
@@ -91,7 +92,8 @@ pub async fn diff(state: &ControlState, sources: Vec<Source>) -> Result<Diff, Ap
     off_runtime(move || {
         let (next, changes) = merged(&current, &sources)?;
         if let Some(trust_domain) = &trust_domain {
-            check_documents(trust_domain, &next, &sources, &current_name(&current))?;
+            check_documents(trust_domain, &next, &sources, &current_name(&current))
+                .map_err(ApplyError::Invalid)?;
         }
         Ok(Diff::new(&current, &next, changes))
     })
@@ -144,7 +146,7 @@ pub async fn rollback(
     let name = format!("version {target} (rollback target)");
     let next = validated(name.clone(), by_key(record.documents)).await?;
     if let Some(trust_domain) = state.trust_domain.get() {
-        check_documents(trust_domain, &next, &[], &name)?;
+        check_documents(trust_domain, &next, &[], &name).map_err(ApplyError::Invalid)?;
     }
     let changes = diff::changes(
         &by_key(current.documents.iter().cloned()),
@@ -168,6 +170,7 @@ pub fn check_trust_domain(
         sources,
         &current_name(record),
     )
+    .map_err(ApplyError::Invalid)
 }
 
 /// How diagnostics name the stored documents of `current`, validated alongside the user's.
@@ -180,12 +183,13 @@ fn current_name(current: &VersionRecord) -> String {
 /// so a mesh declared in another trust domain could never authenticate anyone. Left out, it
 /// is the CA's. The error names the file that set it (or, for documents no source has,
 /// `stored`: e.g. the current config or the rollback target), the document and the field.
-fn check_documents(
+/// Every path that commits a version runs it: apply, rollback and the Kubernetes watch.
+pub(crate) fn check_documents(
     trust_domain: &str,
     documents: &BTreeMap<DocumentKey, serde_json::Value>,
     sources: &[Source],
     stored: &str,
-) -> Result<(), ApplyError> {
+) -> Result<(), ConfigErrors> {
     for (key, document) in documents.iter().filter(|(key, _)| key.kind == "Mesh") {
         let Some(declared) = document
             .pointer("/spec/trustDomain")
@@ -212,7 +216,7 @@ fn check_documents(
                 "certificates are issued in ficus-control's --trust-domain; set spec.trustDomain to {trust_domain:?} or leave it out"
             )),
         };
-        return Err(ApplyError::Invalid(diagnostic.into()));
+        return Err(diagnostic.into());
     }
     Ok(())
 }

@@ -4,8 +4,9 @@
 //! the others as [`DynamicObject`]s); every change (debounced) runs
 //! [`translate`](super::translate::translate) over all cached objects and, when the result
 //! validates and differs from the current version, commits it to the store as a new version
-//! and pushes it as before. An invalid result is logged and the last good version keeps
-//! serving.
+//! and pushes it as before. An invalid result (which includes a Mesh naming another trust
+//! domain than the CA's, as for apply) is logged and counted, and the last good version
+//! keeps serving.
 //!
 //! kube's watcher does the list-then-watch protocol: paginated LIST, WATCH from its
 //! `resourceVersion` with bookmarks, resuming a watch the API server ended, relisting on
@@ -38,7 +39,7 @@ use tokio::sync::Notify;
 
 use super::client::Client;
 use super::translate::translate;
-use crate::apply::DocumentKey;
+use crate::apply::{check_documents, DocumentKey};
 use crate::state::ControlState;
 
 /// One kind of object the control plane follows.
@@ -231,7 +232,14 @@ pub fn to_json<K: Serialize>(resource: &Resource, object: &K) -> Value {
 }
 
 /// The translated cluster as the store keeps documents (sorted by key), or why it is invalid.
-fn documents(objects: &[Value], trust_domain: &str) -> Result<(Vec<Value>, usize), String> {
+/// With `ca_trust_domain` (the CA's, when there is a CA) a Mesh must not declare another one,
+/// the check apply and rollback make: committed, it would make every later apply and
+/// rollback fail.
+fn documents(
+    objects: &[Value],
+    trust_domain: &str,
+    ca_trust_domain: Option<&str>,
+) -> Result<(Vec<Value>, usize), String> {
     let translation = translate(objects, trust_domain).map_err(|e| e.to_string())?;
     for (service, reason) in &translation.skipped {
         tracing::debug!(%service, %reason, "Service not turned into a Backend");
@@ -242,21 +250,27 @@ fn documents(objects: &[Value], trust_domain: &str) -> Result<(Vec<Value>, usize
         .into_iter()
         .filter_map(|d| Some((DocumentKey::of(&d)?, d)))
         .collect();
+    if let Some(ca_trust_domain) = ca_trust_domain {
+        check_documents(ca_trust_domain, &sorted, &[], "the cluster").map_err(|e| e.to_string())?;
+    }
     Ok((sorted.into_values().collect(), translation.skipped.len()))
 }
 
-/// Translates `objects` and commits the result as a new version when it validates and differs
-/// from the current one; the new version, if any.
+/// Translates `objects` and commits the result as a new version when it validates (a Mesh's
+/// trust domain included, as for apply) and differs from the current one; the new version,
+/// if any.
 pub async fn publish(
     state: &ControlState,
     objects: Vec<Value>,
     trust_domain: &str,
 ) -> Result<Option<u64>, String> {
     let trust_domain = trust_domain.to_owned();
-    let (documents, skipped) =
-        tokio::task::spawn_blocking(move || documents(&objects, &trust_domain))
-            .await
-            .map_err(|e| format!("translation task: {e}"))??;
+    let ca_trust_domain = state.trust_domain.get().cloned();
+    let (documents, skipped) = tokio::task::spawn_blocking(move || {
+        documents(&objects, &trust_domain, ca_trust_domain.as_deref())
+    })
+    .await
+    .map_err(|e| format!("translation task: {e}"))??;
     let _write = state.writes.lock().await;
     let current = state.current();
     if documents == current.documents {

@@ -132,8 +132,8 @@ fn typed_and_dynamic_objects_translate_like_the_api_servers_json() {
         assert_eq!(raw["ports"], kube["ports"]);
     }
     assert_eq!(
-        documents(&raw, "cluster.local").unwrap(),
-        documents(&through_kube, "cluster.local").unwrap()
+        documents(&raw, "cluster.local", Some("cluster.local")).unwrap(),
+        documents(&through_kube, "cluster.local", Some("cluster.local")).unwrap()
     );
 }
 
@@ -493,4 +493,27 @@ async fn the_cluster_becomes_versions_and_invalid_states_are_never_committed() {
     assert_eq!(syncs("committed"), 3);
     assert!(syncs("invalid") >= 1);
     watcher.abort();
+}
+
+#[tokio::test]
+async fn a_mesh_in_another_trust_domain_is_never_committed() {
+    let data = tempfile::tempdir().unwrap();
+    let (store, current) = Store::open(data.path()).unwrap();
+    let state = ControlState::new(store, current);
+    let _ = state.trust_domain.set("cluster.local".to_owned());
+    let mut objects = cluster();
+    let mesh = objects.iter_mut().find(|o| o["kind"] == "Mesh").unwrap();
+    mesh["spec"]["trustDomain"] = json!("elsewhere.example");
+
+    let refused = publish(&state, objects, "cluster.local").await.unwrap_err();
+    assert!(refused.contains("spec.trustDomain"), "{refused}");
+    assert!(refused.contains("elsewhere.example"), "{refused}");
+    assert_eq!(state.current().version, 0, "nothing committed");
+    assert!(state.store.history().unwrap().is_empty());
+
+    // With the CA's trust domain the same cluster is committed.
+    assert_eq!(
+        publish(&state, cluster(), "cluster.local").await,
+        Ok(Some(1))
+    );
 }
