@@ -41,6 +41,8 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A stream that lasted this long was a working one: the reconnect backoff starts over.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 /// Largest snapshot accepted.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
@@ -316,15 +318,27 @@ impl ControlClient {
         }
     }
 
-    /// Subscribes forever, reconnecting with backoff.
+    /// Subscribes forever, reconnecting with backoff. The backoff starts over only after a
+    /// stream that lasted ([`HEALTHY_SESSION`]): a control plane that accepts streams and ends
+    /// them at once (a snapshot it cannot send, a bug) is retried less and less often, not in
+    /// a loop.
     pub async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
         loop {
+            let started = tokio::time::Instant::now();
+            let lasted = |subscribed| subscribed && started.elapsed() >= HEALTHY_SESSION;
             match self.session().await {
-                Ok(()) => tracing::info!("control plane closed the stream; reconnecting"),
-                Err(SessionEnd { error, subscribed }) => {
-                    if subscribed {
+                Ok(()) => {
+                    if lasted(true) {
                         backoff = BACKOFF_MIN;
+                    }
+                    tracing::info!("control plane closed the stream; reconnecting");
+                }
+                Err(SessionEnd { error, subscribed }) => {
+                    if lasted(subscribed) {
+                        backoff = BACKOFF_MIN;
+                    }
+                    if subscribed {
                         tracing::warn!(control = %self.settings.target(), %error, "control plane stream lost");
                     } else {
                         tracing::warn!(control = %self.settings.target(), %error, "control plane unreachable; retrying");

@@ -395,3 +395,66 @@ async fn a_sidecar_at_the_same_version_with_other_documents_gets_them() {
     assert!(!pushed.unchanged);
     assert!(!pushed.documents.is_empty());
 }
+
+/// A control plane that accepts every stream and ends it at once with an error (as one does
+/// with a scoped snapshot too large to send). Stands in for `ficus-control` because the real
+/// one cannot be made to fail this way on demand; the sidecar is the real binary.
+#[derive(Clone)]
+struct FailingControl(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+#[tonic::async_trait]
+impl ficus_config::wire::config_discovery_server::ConfigDiscovery for FailingControl {
+    type SubscribeStream = std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<
+                    Item = Result<ficus_config::wire::ControlMessage, tonic::Status>,
+                > + Send,
+        >,
+    >;
+
+    async fn subscribe(
+        &self,
+        _request: tonic::Request<tonic::Streaming<ficus_config::wire::SidecarMessage>>,
+    ) -> Result<tonic::Response<Self::SubscribeStream>, tonic::Status> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let failed = futures_util::stream::once(async {
+            Err(tonic::Status::out_of_range(
+                "the snapshot is too large to send",
+            ))
+        });
+        Ok(tonic::Response::new(Box::pin(failed)))
+    }
+}
+
+/// A stream that fails right after it is accepted is retried with a growing backoff, not
+/// every ~50 ms: over 5 s the sidecar subscribes a handful of times (backoff doubling from
+/// 100 ms), where starting over after each accepted stream made it about a hundred.
+#[tokio::test]
+async fn a_stream_that_fails_at_once_is_retried_with_growing_backoff() {
+    use ficus_config::wire::config_discovery_server::ConfigDiscoveryServer;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let service = ConfigDiscoveryServer::new(FailingControl(calls.clone()));
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(stream),
+                            hyper_util::service::TowerToHyperService::new(service),
+                        )
+                        .await;
+            });
+        }
+    });
+    let _sidecar =
+        Sidecar::start_push(&format!("http://{address}"), SidecarOptions::default()).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let made = calls.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(made >= 2, "it did retry: {made}");
+    assert!(made <= 20, "{made} subscriptions in 5 s");
+    server.abort();
+}
