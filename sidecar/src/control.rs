@@ -435,30 +435,46 @@ impl ControlClient {
             );
         }
         let source = format!("control:v{version}");
-        let result = if unchanged && version == self.serving.0 && digest == self.serving.1 {
-            // A trust-bundle refresh of what we serve: nothing to reload.
-            Ok(())
-        } else if unchanged {
-            if digest == self.serving.1 {
-                self.reloader.bump_version(version, &source)
-            } else {
-                Err(
-                    "control plane sent 'unchanged' for documents this sidecar does not have"
-                        .into(),
-                )
-            }
-        } else if wire::digest(&documents) != digest {
-            Err("snapshot digest mismatch".to_owned())
-        } else {
-            match ficus_config::parse_str(&source, &documents) {
-                Ok(config) => self.reloader.apply_version(config, version, &source),
-                Err(errors) => {
-                    let message = errors.to_string();
-                    self.reloader.reject(message.clone(), &source);
-                    Err(message)
-                }
-            }
+        // Refusals found here are recorded like the ones an install finds (counter,
+        // `/config` `last_error`).
+        let refuse = |message: String| {
+            self.reloader.reject(message.clone(), &source);
+            Err(message)
         };
+        let (documents, result) =
+            if unchanged && version == self.serving.0 && digest == self.serving.1 {
+                // A trust-bundle refresh of what we serve: nothing to reload.
+                (documents, Ok(()))
+            } else if unchanged {
+                let result = if digest == self.serving.1 {
+                    self.reloader.bump_version(version, &source)
+                } else {
+                    refuse(
+                        "control plane sent 'unchanged' for documents this sidecar does not have"
+                            .into(),
+                    )
+                };
+                (documents, result)
+            } else if wire::digest(&documents) != digest {
+                (documents, refuse("snapshot digest mismatch".to_owned()))
+            } else {
+                // Parsing (YAML, validation, regexes) runs off this thread, which also serves
+                // admin: a large push must not hold up probes.
+                let parsing = source.clone();
+                let parsed = tokio::task::spawn_blocking(move || {
+                    let parsed = ficus_config::parse_str(&parsing, &documents);
+                    (documents, parsed)
+                })
+                .await;
+                match parsed {
+                    Ok((documents, Ok(config))) => (
+                        documents,
+                        self.reloader.apply_version(config, version, &source),
+                    ),
+                    Ok((documents, Err(errors))) => (documents, refuse(errors.to_string())),
+                    Err(error) => (String::new(), refuse(format!("parsing failed: {error}"))),
+                }
+            };
         let kind = match result {
             Ok(()) => {
                 if !unchanged {

@@ -396,14 +396,17 @@ async fn a_sidecar_at_the_same_version_with_other_documents_gets_them() {
     assert!(!pushed.documents.is_empty());
 }
 
-/// A control plane that accepts every stream and ends it at once with an error (as one does
-/// with a scoped snapshot too large to send). Stands in for `ficus-control` because the real
-/// one cannot be made to fail this way on demand; the sidecar is the real binary.
+/// A control plane that answers every stream with `script` (then keeps it open, or ends it
+/// when the script ends in an error). Stands in for `ficus-control` where the real one cannot
+/// be made to misbehave on demand; the sidecar is the real binary.
 #[derive(Clone)]
-struct FailingControl(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+struct ScriptedControl {
+    subscriptions: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    script: Vec<Result<ficus_config::wire::ControlMessage, tonic::Status>>,
+}
 
 #[tonic::async_trait]
-impl ficus_config::wire::config_discovery_server::ConfigDiscovery for FailingControl {
+impl ficus_config::wire::config_discovery_server::ConfigDiscovery for ScriptedControl {
     type SubscribeStream = std::pin::Pin<
         Box<
             dyn futures_util::Stream<
@@ -416,13 +419,54 @@ impl ficus_config::wire::config_discovery_server::ConfigDiscovery for FailingCon
         &self,
         _request: tonic::Request<tonic::Streaming<ficus_config::wire::SidecarMessage>>,
     ) -> Result<tonic::Response<Self::SubscribeStream>, tonic::Status> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let failed = futures_util::stream::once(async {
-            Err(tonic::Status::out_of_range(
-                "the snapshot is too large to send",
-            ))
+        use futures_util::StreamExt;
+        self.subscriptions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let ends = self.script.last().is_some_and(Result::is_err);
+        let script = futures_util::stream::iter(self.script.clone());
+        if ends {
+            Ok(tonic::Response::new(Box::pin(script)))
+        } else {
+            Ok(tonic::Response::new(Box::pin(
+                script.chain(futures_util::stream::pending()),
+            )))
+        }
+    }
+}
+
+impl ScriptedControl {
+    /// Serves on a loopback port; its `http://` URL and the subscriptions counter.
+    async fn start(
+        script: Vec<Result<ficus_config::wire::ControlMessage, tonic::Status>>,
+    ) -> (
+        String,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        use ficus_config::wire::config_discovery_server::ConfigDiscoveryServer;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let subscriptions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let service = ConfigDiscoveryServer::new(Self {
+            subscriptions: subscriptions.clone(),
+            script,
         });
-        Ok(tonic::Response::new(Box::pin(failed)))
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(stream),
+                        hyper_util::service::TowerToHyperService::new(service),
+                    )
+                    .await;
+                });
+            }
+        });
+        (format!("http://{address}"), subscriptions, server)
     }
 }
 
@@ -431,30 +475,53 @@ impl ficus_config::wire::config_discovery_server::ConfigDiscovery for FailingCon
 /// 100 ms), where starting over after each accepted stream made it about a hundred.
 #[tokio::test]
 async fn a_stream_that_fails_at_once_is_retried_with_growing_backoff() {
-    use ficus_config::wire::config_discovery_server::ConfigDiscoveryServer;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let service = ConfigDiscoveryServer::new(FailingControl(calls.clone()));
-    let server = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = service.clone();
-            tokio::spawn(async move {
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(
-                            hyper_util::rt::TokioIo::new(stream),
-                            hyper_util::service::TowerToHyperService::new(service),
-                        )
-                        .await;
-            });
-        }
-    });
-    let _sidecar =
-        Sidecar::start_push(&format!("http://{address}"), SidecarOptions::default()).await;
+    let too_large = tonic::Status::out_of_range("the snapshot is too large to send");
+    let (url, subscriptions, server) = ScriptedControl::start(vec![Err(too_large)]).await;
+    let _sidecar = Sidecar::start_push(&url, SidecarOptions::default()).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let made = calls.load(std::sync::atomic::Ordering::SeqCst);
+    let made = subscriptions.load(std::sync::atomic::Ordering::SeqCst);
     assert!(made >= 2, "it did retry: {made}");
     assert!(made <= 20, "{made} subscriptions in 5 s");
+    server.abort();
+}
+
+/// Snapshots refused before they are parsed (a digest that does not match the documents,
+/// `unchanged` for documents the sidecar does not have) are NACKed and recorded like any
+/// refused config: the rejected counter and `/config` `last_error`.
+#[tokio::test]
+async fn snapshots_refused_before_parsing_are_recorded() {
+    use ficus_config::wire::{control_message, ControlMessage, Snapshot};
+    let snapshot = |version, unchanged| {
+        Ok(ControlMessage {
+            kind: Some(control_message::Kind::Snapshot(Snapshot {
+                version,
+                nonce: format!("n{version}"),
+                documents: if unchanged {
+                    String::new()
+                } else {
+                    "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n".into()
+                },
+                digest: "not-the-digest".into(),
+                unchanged,
+                trust_bundle_pem: String::new(),
+            })),
+        })
+    };
+    let (url, _subscriptions, server) =
+        ScriptedControl::start(vec![snapshot(1, false), snapshot(2, true)]).await;
+    let sidecar = Sidecar::start_push(&url, SidecarOptions::default()).await;
+    until("both refusals counted", Duration::from_secs(10), || async {
+        let metrics = sidecar.metrics().await;
+        metrics.sum("ficus_config_updates_total", &[("result", "rejected")]) >= 2.0
+    })
+    .await;
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metrics.sum("ficus_config_updates_total", &[("result", "rejected")]),
+        2.0
+    );
+    let config = sidecar.config().await;
+    let error = config["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("does not have"), "{config}");
     server.abort();
 }
