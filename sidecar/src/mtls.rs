@@ -53,9 +53,12 @@ impl MeshTls {
         })
     }
 
-    /// Whether a certificate is installed.
+    /// Whether a certificate is installed and has not expired (an expired one fails every
+    /// handshake, so the sidecar is not ready with it).
     pub fn has_certificate(&self) -> bool {
-        self.store.not_after().is_some()
+        self.store
+            .not_after()
+            .is_some_and(|not_after| not_after > std::time::SystemTime::now())
     }
 
     /// Inbound (mTLS required) config.

@@ -497,3 +497,27 @@ async fn opaque_tcp_to_an_endpoint_with_identity_crosses_mtls() {
         client::raw_exchange(server.inbound, b"ping in plaintext", Duration::from_secs(5)).await;
     assert!(outcome.closed && outcome.bytes.is_empty(), "{outcome:?}");
 }
+
+/// A certificate that expires while the control plane is down fails every handshake, so the
+/// sidecar is not ready with it; once the control plane is back it is renewed within seconds
+/// (retries are capped at 5 s once the certificate is expiring) and the sidecar is ready again.
+#[tokio::test]
+async fn an_expired_certificate_makes_the_sidecar_unready_until_it_is_renewed() {
+    let (mut control, _tokens, _app, server, _web) = pair("10s", "").await;
+    let ready = |sidecar: &Sidecar| {
+        let admin = sidecar.admin;
+        async move {
+            client::get(admin, "admin", "/ready")
+                .await
+                .is_ok_and(|response| response.status == 200)
+        }
+    };
+    assert!(ready(&server).await);
+    control.kill_9();
+    ficus_tests::until("unready after expiry", Duration::from_secs(30), || async {
+        !ready(&server).await
+    })
+    .await;
+    control.restart().await;
+    ficus_tests::until("ready again", Duration::from_secs(30), || ready(&server)).await;
+}

@@ -26,6 +26,9 @@ const SIGN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retry bounds while obtaining or renewing fails.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Retry bound once the installed certificate has expired or is within `RETRY_MAX` of it:
+/// the sidecar is not ready without one, so it asks more often.
+const RETRY_MAX_EXPIRING: Duration = Duration::from_secs(5);
 
 /// Keeps a valid certificate installed in [`MeshTls`].
 #[derive(Debug)]
@@ -49,9 +52,8 @@ impl CertManager {
     pub async fn run(self) {
         let mut retry = RETRY_MIN;
         loop {
-            match self.obtain().await {
+            let wait = match self.obtain().await {
                 Ok(credentials) => {
-                    retry = RETRY_MIN;
                     let wait = renew_after(
                         credentials.0,
                         credentials.1,
@@ -59,16 +61,36 @@ impl CertManager {
                         rand::random(),
                     );
                     tracing::info!(id = %self.tls.id, renew_in = ?wait, "workload certificate installed");
-                    tokio::time::sleep(wait).await;
+                    if wait >= RETRY_MIN {
+                        retry = RETRY_MIN;
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    // Due for renewal as soon as issued: its issuer expires within seconds, or
+                    // the clocks disagree. Asking again at once would only repeat that.
+                    tracing::warn!(id = %self.tls.id, not_after = ?credentials.1,
+                        "the issued certificate is already due for renewal; asking again later");
+                    retry
                 }
                 Err(error) => {
                     self.metrics.certificate_renewal_failed();
                     let expiry = self.tls.store.not_after();
                     tracing::warn!(%error, ?retry, ?expiry, "obtaining a workload certificate failed; retrying");
-                    tokio::time::sleep(retry.mul_f64(0.5 + rand::random::<f64>() / 2.0)).await;
-                    retry = (retry * 2).min(RETRY_MAX);
+                    retry
                 }
-            }
+            };
+            tokio::time::sleep(wait.mul_f64(0.5 + rand::random::<f64>() / 2.0)).await;
+            let expiring = self.tls.store.not_after().is_none_or(|not_after| {
+                not_after
+                    .duration_since(SystemTime::now())
+                    .map_or(true, |left| left < RETRY_MAX)
+            });
+            let cap = if expiring {
+                RETRY_MAX_EXPIRING
+            } else {
+                RETRY_MAX
+            };
+            retry = (retry * 2).min(cap);
         }
     }
 
