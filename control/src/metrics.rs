@@ -41,6 +41,11 @@ pub struct Metrics {
     /// `ficus_control_kubernetes_syncs_total{result}`: translations of the watched cluster
     /// (`--kubernetes`): `committed`, `unchanged`, `invalid` (the last good version stays).
     pub kubernetes_syncs: IntCounterVec,
+    /// `ficus_control_kubernetes_objects_left_out_total{kind}`: cluster objects left out of a
+    /// translation because they did not validate (the rest was committed, or was the current
+    /// version already), once per translation (`kind` is `Service` for the Backend made
+    /// from a Service).
+    pub kubernetes_objects_left_out: IntCounterVec,
     /// `ficus_control_trust_bundle_roots`: roots in the trust bundle in force (the issuer's
     /// root plus `ca/extra-roots.pem`); 0 with `--insecure`.
     pub trust_bundle_roots: IntGauge,
@@ -126,6 +131,14 @@ impl Metrics {
                 &["result"],
             )
             .expect("static metric definition"),
+            kubernetes_objects_left_out: IntCounterVec::new(
+                Opts::new(
+                    "ficus_control_kubernetes_objects_left_out_total",
+                    "Kubernetes objects left out of a translation because they did not validate",
+                ),
+                &["kind"],
+            )
+            .expect("static metric definition"),
             trust_bundle_roots: IntGauge::new(
                 "ficus_control_trust_bundle_roots",
                 "Roots in the trust bundle in force",
@@ -156,6 +169,7 @@ impl Metrics {
             Box::new(metrics.sidecars_nacking.clone()),
             Box::new(metrics.webhook_requests.clone()),
             Box::new(metrics.kubernetes_syncs.clone()),
+            Box::new(metrics.kubernetes_objects_left_out.clone()),
             Box::new(metrics.trust_bundle_roots.clone()),
             Box::new(metrics.trust_bundle_reload_failures.clone()),
             Box::new(metrics.trust_bundle_pushes.clone()),

@@ -21,16 +21,39 @@
 //! - A Backend object of the same name wins over the Service's.
 //!
 //! Everything then goes through `ficus_config::parse_sources`, the validation every other
-//! source of config passes, with each object named (`Service shop/monolith`) in diagnostics.
+//! source of config passes, with each object its own source, named after it
+//! (`Service shop/monolith`) in diagnostics.
 //! Services that cannot be Backends are listed in [`Translation::skipped`] with the reason:
 //! no ready endpoint (a Backend needs one), `ExternalName`, or an opaque TCP protocol (in
 //! Ficus a tcp Backend needs a local `listen` address, which a Service does not have).
 //! Service cluster IPs are not carried: the config model has no field for them yet.
+//!
+//! # One bad object does not freeze the mesh
+//!
+//! The cluster is written by many hands, and a config is valid only as a whole: one route to
+//! a Service whose pods are all gone, or one mistyped object in any namespace, would refuse
+//! every translation, and endpoint changes everywhere else would stop being pushed (sidecars
+//! would keep dialling deleted pod IPs). So failures are isolated per object: when the
+//! documents do not validate, the objects the diagnostics name are left out (listed in
+//! [`Translation::left_out`] with their diagnostics) and the rest is validated again. That
+//! repeats while objects are left out, since leaving one out can break another (a route
+//! naming a left-out Backend); each round leaves out at least one object, so there are at
+//! most as many rounds as objects. What remains is a config that validates as a whole, like
+//! any other.
+//!
+//! Leaving out is not free of consequences: a left-out AuthorizationPolicy takes its rules
+//! away, and a workload with no policy at all allows every caller (`sidecar/src/authz.rs`);
+//! e.g. a Service whose pods are all unready takes the policies on its Backend with it.
+//!
+//! Two cases still refuse the whole translation: a Mesh with a problem (the Mesh is global —
+//! mTLS mode, trust domain, proxy limits apply to every sidecar — so no part of the cluster
+//! is right without it), and nothing left when objects were left out (an empty config would
+//! take every route and Backend away, rather than keep the last good ones).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ficus_config::{Config, ConfigErrors, Source};
+use ficus_config::{Config, ConfigErrors, Diagnostic, Source};
 use serde_json::{json, Value};
 
 /// Annotation on a Service naming the service account its pods run as.
@@ -47,6 +70,27 @@ pub struct Translation {
     pub config: Config,
     /// `(namespace/name, reason)` of Services that did not become Backends.
     pub skipped: Vec<(String, String)>,
+    /// Objects that failed validation and are not in [`Translation::config`], in the order
+    /// they were left out; the watch logs and counts them.
+    pub left_out: Vec<LeftOut>,
+}
+
+/// An object left out of the config because it did not validate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    /// `kind` of the object, e.g. `HTTPRoute`; `Service` for the Backend made from a Service.
+    pub kind: String,
+    /// The object as diagnostics name it, e.g. `HTTPRoute shop/shop`.
+    pub object: String,
+    /// What was wrong with it in the round it was left out (a route that names a Backend left
+    /// out before says that the Backend does not exist).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// One object as a config source, with its kind.
+struct Object {
+    kind: String,
+    source: Source,
 }
 
 /// Builds the config from `objects` (any order; unrelated kinds are ignored).
@@ -69,10 +113,13 @@ pub fn translate(objects: &[Value], trust_domain: &str) -> Result<Translation, C
                 if kind == "Backend" {
                     explicit_backends.insert((namespace.to_owned(), name.to_owned()));
                 }
-                sources.push(source(
-                    &format!("{kind} {namespace}/{name}"),
-                    &without_bookkeeping(object),
-                ));
+                sources.push(Object {
+                    kind: kind.to_owned(),
+                    source: source(
+                        &format!("{kind} {namespace}/{name}"),
+                        &without_bookkeeping(object),
+                    ),
+                });
             }
             ("v1", "Service") => services.push(object),
             ("discovery.k8s.io/v1", "EndpointSlice") => {
@@ -101,12 +148,79 @@ pub fn translate(objects: &[Value], trust_domain: &str) -> Result<Translation, C
         let no_slices = Vec::new();
         let service_slices = slices.get(&key).unwrap_or(&no_slices);
         match backend_for(service, service_slices, trust_domain) {
-            Ok(backend) => sources.push(source(&format!("Service {namespace}/{name}"), &backend)),
+            Ok(backend) => sources.push(Object {
+                kind: "Service".to_owned(),
+                source: source(&format!("Service {namespace}/{name}"), &backend),
+            }),
             Err(reason) => skipped.push((format!("{namespace}/{name}"), reason)),
         }
     }
-    let config = ficus_config::parse_sources(&sources)?;
-    Ok(Translation { config, skipped })
+    let (config, left_out) = validate_leaving_out(sources)?;
+    Ok(Translation {
+        config,
+        skipped,
+        left_out,
+    })
+}
+
+/// Validates `objects` as one config, leaving out the objects diagnostics name until the rest
+/// validates (module docs); the config and what was left out. Refuses the whole when the Mesh
+/// has a problem, when a diagnostic names no object, or when nothing would be left.
+fn validate_leaving_out(mut objects: Vec<Object>) -> Result<(Config, Vec<LeftOut>), ConfigErrors> {
+    let mut left_out: Vec<LeftOut> = Vec::new();
+    // Every round but the last leaves out at least one object: at most one more round than
+    // there are objects.
+    for _ in 0..=objects.len() {
+        let sources: Vec<Source> = objects.iter().map(|o| o.source.clone()).collect();
+        let errors = match ficus_config::parse_sources(&sources) {
+            Ok(config) if config.documents.is_empty() && !left_out.is_empty() => {
+                let diagnostics = left_out.into_iter().flat_map(|l| l.diagnostics).collect();
+                return Err(ConfigErrors::new(diagnostics));
+            }
+            Ok(config) => return Ok((config, left_out)),
+            Err(errors) => errors,
+        };
+        // Each object is its own source, so a diagnostic's `file` is the object (its
+        // `document` may be `document 1` when the object has no usable name).
+        let named = |object: &Object| {
+            errors
+                .errors
+                .iter()
+                .any(|diagnostic| diagnostic.file == object.source.name)
+        };
+        let unattributed = errors
+            .errors
+            .iter()
+            .any(|diagnostic| !objects.iter().any(|o| o.source.name == diagnostic.file));
+        // The Mesh is global (mTLS mode, trust domain, limits of every sidecar): a cluster
+        // without its Mesh is not "the rest of the cluster", so a Mesh with a problem keeps
+        // refusing the whole translation, and the last good version keeps serving.
+        let mesh_failed = objects.iter().any(|o| o.kind == "Mesh" && named(o));
+        if unattributed || mesh_failed {
+            return Err(errors);
+        }
+        let (failed, kept): (Vec<Object>, Vec<Object>) = objects.into_iter().partition(named);
+        if failed.is_empty() {
+            return Err(errors);
+        }
+        for object in failed {
+            let diagnostics = errors
+                .errors
+                .iter()
+                .filter(|d| d.file == object.source.name)
+                .cloned()
+                .collect();
+            left_out.push(LeftOut {
+                kind: object.kind,
+                object: object.source.name,
+                diagnostics,
+            });
+        }
+        objects = kept;
+    }
+    // Not reached (the bound above), but never loop or panic on cluster input.
+    let diagnostics = left_out.into_iter().flat_map(|l| l.diagnostics).collect();
+    Err(ConfigErrors::new(diagnostics))
 }
 
 fn source(name: &str, object: &Value) -> Source {

@@ -4,9 +4,13 @@
 //! the others as [`DynamicObject`]s); every change (debounced) runs
 //! [`translate`](super::translate::translate) over all cached objects and, when the result
 //! validates and differs from the current version, commits it to the store as a new version
-//! and pushes it as before. An invalid result (which includes a Mesh naming another trust
-//! domain than the CA's, as for apply) is logged and counted, and the last good version
-//! keeps serving.
+//! and pushes it as before. Objects that do not validate are left out of the result, one by
+//! one (a route to a Service without ready endpoints, a mistyped Backend and the routes that
+//! name it), so the rest of the cluster keeps being pushed; each is logged at warn with its
+//! diagnostics and counted in `ficus_control_kubernetes_objects_left_out_total{kind}`. The
+//! whole result is refused — logged, counted as an `invalid` sync, and the last good version
+//! keeps serving — only when the Mesh is invalid (it is global; this includes a Mesh naming
+//! another trust domain than the CA's, as for apply), or when nothing valid is left.
 //!
 //! kube's watcher does the list-then-watch protocol: paginated LIST, WATCH from its
 //! `resourceVersion` with bookmarks, resuming a watch the API server ended, relisting on
@@ -38,7 +42,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::client::Client;
-use super::translate::translate;
+use super::translate::{translate, LeftOut};
 use crate::apply::{check_documents, DocumentKey};
 use crate::state::ControlState;
 
@@ -231,15 +235,27 @@ pub fn to_json<K: Serialize>(resource: &Resource, object: &K) -> Value {
     object
 }
 
-/// The translated cluster as the store keeps documents (sorted by key), or why it is invalid.
-/// With `ca_trust_domain` (the CA's, when there is a CA) a Mesh must not declare another one,
-/// the check apply and rollback make: committed, it would make every later apply and
-/// rollback fail.
+/// The cluster as translated, ready to commit.
+#[derive(Debug, PartialEq)]
+struct Translated {
+    /// The documents as the store keeps them (sorted by key).
+    documents: Vec<Value>,
+    /// How many Services did not become Backends.
+    skipped: usize,
+    /// Objects left out because they did not validate.
+    left_out: Vec<LeftOut>,
+}
+
+/// The translated cluster (objects that do not validate left out), or why it is invalid as a
+/// whole. With `ca_trust_domain` (the CA's, when there is a CA) a Mesh must not declare
+/// another one, the check apply and rollback make: committed, it would make every later
+/// apply and rollback fail. That check runs on what remains; it only concerns the Mesh, so a
+/// failure refuses the whole, as any invalid Mesh does.
 fn documents(
     objects: &[Value],
     trust_domain: &str,
     ca_trust_domain: Option<&str>,
-) -> Result<(Vec<Value>, usize), String> {
+) -> Result<Translated, String> {
     let translation = translate(objects, trust_domain).map_err(|e| e.to_string())?;
     for (service, reason) in &translation.skipped {
         tracing::debug!(%service, %reason, "Service not turned into a Backend");
@@ -253,12 +269,39 @@ fn documents(
     if let Some(ca_trust_domain) = ca_trust_domain {
         check_documents(ca_trust_domain, &sorted, &[], "the cluster").map_err(|e| e.to_string())?;
     }
-    Ok((sorted.into_values().collect(), translation.skipped.len()))
+    Ok(Translated {
+        documents: sorted.into_values().collect(),
+        skipped: translation.skipped.len(),
+        left_out: translation.left_out,
+    })
 }
 
-/// Translates `objects` and commits the result as a new version when it validates (a Mesh's
-/// trust domain included, as for apply) and differs from the current one; the new version,
-/// if any.
+/// Logs each left-out object at warn with its diagnostics, and counts it by kind.
+fn report_left_out(state: &ControlState, left_out: &[LeftOut]) {
+    for object in left_out {
+        let diagnostics = object
+            .diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        tracing::warn!(
+            object = %object.object,
+            %diagnostics,
+            "object left out of the config from the cluster: it is not valid"
+        );
+        state
+            .metrics
+            .kubernetes_objects_left_out
+            .with_label_values(&[object.kind.as_str()])
+            .inc();
+    }
+}
+
+/// Translates `objects`, leaving out the objects that do not validate (logged and counted),
+/// and commits the rest as a new version when it validates (a Mesh's trust domain included,
+/// as for apply) and differs from the current one; the new version, if any. An invalid Mesh
+/// refuses the whole.
 pub async fn publish(
     state: &ControlState,
     objects: Vec<Value>,
@@ -266,19 +309,26 @@ pub async fn publish(
 ) -> Result<Option<u64>, String> {
     let trust_domain = trust_domain.to_owned();
     let ca_trust_domain = state.trust_domain.get().cloned();
-    let (documents, skipped) = tokio::task::spawn_blocking(move || {
+    let Translated {
+        documents,
+        skipped,
+        left_out,
+    } = tokio::task::spawn_blocking(move || {
         documents(&objects, &trust_domain, ca_trust_domain.as_deref())
     })
     .await
     .map_err(|e| format!("translation task: {e}"))??;
+    report_left_out(state, &left_out);
     let _write = state.writes.lock().await;
     let current = state.current();
     if documents == current.documents {
         return Ok(None);
     }
     let summary = format!(
-        "kubernetes: {} documents from the cluster ({skipped} Services skipped)",
-        documents.len()
+        "kubernetes: {} documents from the cluster ({skipped} Services skipped, {} objects \
+         left out)",
+        documents.len(),
+        left_out.len()
     );
     let store = state.store.clone();
     let record = tokio::task::spawn_blocking(move || {

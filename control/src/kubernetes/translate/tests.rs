@@ -1,4 +1,4 @@
-use ficus_config::{Protocol, ResourceKey};
+use ficus_config::{ConfigErrors, Protocol, ResourceKey};
 
 use super::*;
 
@@ -107,9 +107,103 @@ fn protocols_follow_app_protocol_and_port_names() {
     }
 }
 
+/// `(object, diagnostics as text)` of what `translation` left out, in order.
+fn left_out_of(translation: &Translation) -> Vec<(String, String)> {
+    translation
+        .left_out
+        .iter()
+        .map(|l| {
+            let text = ConfigErrors::new(l.diagnostics.clone()).to_string();
+            (l.object.clone(), text)
+        })
+        .collect()
+}
+
 #[test]
-fn errors_name_the_object_they_come_from() {
+fn invalid_objects_are_left_out_and_named_with_their_diagnostics() {
     let mut objects = cluster();
+    let route = objects
+        .iter_mut()
+        .find(|o| o["kind"] == "HTTPRoute")
+        .unwrap();
+    route["spec"]["rules"][0]["backendRefs"][1]["name"] = json!("payments-v3");
+    let translation = translate(&objects, "cluster.local").unwrap();
+    let left_out = left_out_of(&translation);
+    assert_eq!(left_out.len(), 1, "{left_out:?}");
+    assert_eq!(left_out[0].0, "HTTPRoute shop/shop");
+    assert!(left_out[0].1.contains("payments-v3"), "{left_out:?}");
+    assert_eq!(translation.left_out[0].kind, "HTTPRoute");
+    assert!(translation.config.http_routes.is_empty());
+    assert_eq!(translation.config.backends.len(), 3, "the rest is kept");
+
+    // A route to a Service whose pods are all gone: the Service is no Backend, so the route
+    // and the policies on it are left out (each naming the Backend); the rest is kept.
+    let mut objects = cluster();
+    objects.retain(|o| {
+        !(o["kind"] == "EndpointSlice"
+            && o["metadata"]["labels"]["kubernetes.io/service-name"] == "payments-v2")
+    });
+    let translation = translate(&objects, "cluster.local").unwrap();
+    let left_out = left_out_of(&translation);
+    let names: Vec<&str> = left_out.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "HTTPRoute shop/shop",
+            "TrafficPolicy shop/payments-v2",
+            "AuthorizationPolicy shop/payments-v2"
+        ]
+    );
+    for (name, diagnostics) in &left_out {
+        assert!(
+            diagnostics.contains("Backend \"shop/payments-v2\" does not exist"),
+            "{name}: {diagnostics}"
+        );
+    }
+    assert!(translation.config.backends.contains_key(&key("monolith")));
+    assert!(translation.config.backends.contains_key(&key("shop")));
+}
+
+#[test]
+fn objects_broken_by_a_left_out_object_are_left_out_next() {
+    let mut objects = cluster();
+    objects.push(json!({
+        "apiVersion": "ficus.dev/v1alpha1", "kind": "Backend",
+        "metadata": {"name": "payments-v3", "namespace": "shop"},
+        "spec": {"protocol": "http", "endpoints": []},
+    }));
+    let route = objects
+        .iter_mut()
+        .find(|o| o["kind"] == "HTTPRoute")
+        .unwrap();
+    route["spec"]["rules"][0]["backendRefs"][1]["name"] = json!("payments-v3");
+    let translation = translate(&objects, "cluster.local").unwrap();
+    let left_out = left_out_of(&translation);
+    let names: Vec<&str> = left_out.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["Backend shop/payments-v3", "HTTPRoute shop/shop"]);
+    assert!(
+        left_out[0].1.contains("at least one endpoint"),
+        "{left_out:?}"
+    );
+    assert!(
+        left_out[1]
+            .1
+            .contains("Backend \"shop/payments-v3\" does not exist"),
+        "{left_out:?}"
+    );
+    let config = &translation.config;
+    assert!(config.http_routes.is_empty());
+    assert!(!config.backends.contains_key(&key("payments-v3")));
+    assert!(config.traffic_policies.contains_key(&key("payments-v2")));
+    assert_eq!(config.authorization_policies.len(), 1);
+}
+
+#[test]
+fn an_invalid_mesh_refuses_the_whole_translation() {
+    let mut objects = cluster();
+    let mesh = objects.iter_mut().find(|o| o["kind"] == "Mesh").unwrap();
+    mesh["spec"]["trustDomain"] = json!("Not A Domain");
+    // Also a route that alone would be left out: the Mesh failing refuses everything anyway.
     let route = objects
         .iter_mut()
         .find(|o| o["kind"] == "HTTPRoute")
@@ -118,20 +212,24 @@ fn errors_name_the_object_they_come_from() {
     let errors = translate(&objects, "cluster.local")
         .unwrap_err()
         .to_string();
-    assert!(errors.contains("HTTPRoute shop/shop"), "{errors}");
-    assert!(errors.contains("payments-v3"), "{errors}");
+    assert!(errors.contains("Mesh default"), "{errors}");
+    assert!(errors.contains("spec.trustDomain"), "{errors}");
+}
 
-    // A route to a Service whose pods are all gone: the snapshot is refused as a whole (the
-    // control plane keeps serving the last good one), and the reason names the Backend.
-    let mut objects = cluster();
-    objects.retain(|o| {
-        !(o["kind"] == "EndpointSlice"
-            && o["metadata"]["labels"]["kubernetes.io/service-name"] == "payments-v2")
-    });
-    let errors = translate(&objects, "cluster.local")
+#[test]
+fn nothing_valid_left_refuses_the_whole_translation() {
+    let route = cluster()
+        .into_iter()
+        .find(|o| o["kind"] == "HTTPRoute")
+        .unwrap();
+    let errors = translate(&[route], "cluster.local")
         .unwrap_err()
         .to_string();
-    assert!(errors.contains("payments-v2"), "{errors}");
+    assert!(errors.contains("HTTPRoute shop/shop"), "{errors}");
+    // An empty cluster is still the empty config, as before.
+    let translation = translate(&[], "cluster.local").unwrap();
+    assert!(translation.config.documents.is_empty());
+    assert!(translation.left_out.is_empty());
 }
 
 #[test]

@@ -355,7 +355,7 @@ fn route_with(weights: [u64; 2], version: u64) -> Value {
 }
 
 #[tokio::test]
-async fn the_cluster_becomes_versions_and_invalid_states_are_never_committed() {
+async fn the_cluster_becomes_versions_and_invalid_objects_are_left_out() {
     let (cluster, client, _dir) = stand_in_cluster().await;
     let data = tempfile::tempdir().unwrap();
     let (store, current) = Store::open(data.path()).unwrap();
@@ -392,7 +392,8 @@ async fn the_cluster_becomes_versions_and_invalid_states_are_never_committed() {
             json!({"type": "MODIFIED", "object": route_with([50, 50], 48250)}),
         )
         .await;
-    assert_eq!(split(&*wait_version(&state, 2).await), [50, 50]);
+    let second = wait_version(&state, 2).await;
+    assert_eq!(split(&second), [50, 50]);
 
     // A bookmark moves the version; a watch the API server ends is resumed from there,
     // without a LIST.
@@ -447,9 +448,9 @@ async fn the_cluster_becomes_versions_and_invalid_states_are_never_committed() {
         "watched from the new LIST"
     );
 
-    // The payments-v2 Service goes away: the route then points at nothing, which is invalid,
-    // so no version is made; it comes back (the config of version 2: nothing new); then a real
-    // change is version 3 — had the invalid state been committed, it would be 4.
+    // The payments-v2 Service goes away: the route (and the policies on payments-v2) then
+    // name nothing and are left out, and the rest is version 3; it comes back: version 4 is
+    // the config of version 2 again.
     let service = cluster
         .objects
         .lock()
@@ -461,7 +462,43 @@ async fn the_cluster_becomes_versions_and_invalid_states_are_never_committed() {
     cluster
         .event("Service", json!({"type": "DELETED", "object": service}))
         .await;
-    // Wait for the translation of that state: refused, naming what is missing.
+    let third = wait_version(&state, 3).await;
+    assert!(!third.documents.iter().any(|d| d["kind"] == "HTTPRoute"));
+    assert!(third.documents.iter().any(|d| d["kind"] == "Mesh"));
+    assert_eq!(
+        state
+            .metrics
+            .kubernetes_objects_left_out
+            .with_label_values(&["HTTPRoute"])
+            .get(),
+        1
+    );
+    cluster
+        .event("Service", json!({"type": "ADDED", "object": service}))
+        .await;
+    assert_eq!(
+        wait_version(&state, 4).await.documents,
+        second.documents,
+        "the config of version 2 again"
+    );
+
+    // An invalid Mesh refuses the whole cluster, so no version is made; it is fixed (the
+    // config of version 4: nothing new); then a real change is version 5 — had the invalid
+    // state been committed, it would be 6.
+    let mesh = cluster
+        .objects
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "Mesh")
+        .cloned()
+        .unwrap();
+    let mut invalid = mesh.clone();
+    invalid["spec"]["trustDomain"] = json!("Not A Domain");
+    cluster
+        .event("Mesh", json!({"type": "MODIFIED", "object": invalid}))
+        .await;
+    // Wait for the translation of that state: refused, naming the Mesh.
     let refused = loop {
         let outcome = tokio::time::timeout(Duration::from_secs(10), outcomes.recv())
             .await
@@ -471,10 +508,10 @@ async fn the_cluster_becomes_versions_and_invalid_states_are_never_committed() {
             break error;
         }
     };
-    assert!(refused.contains("payments-v2"), "{refused}");
-    assert_eq!(state.current().version, 2, "the last good version stays");
+    assert!(refused.contains("spec.trustDomain"), "{refused}");
+    assert_eq!(state.current().version, 4, "the last good version stays");
     cluster
-        .event("Service", json!({"type": "ADDED", "object": service}))
+        .event("Mesh", json!({"type": "MODIFIED", "object": mesh}))
         .await;
     cluster
         .event(
@@ -482,7 +519,7 @@ async fn the_cluster_becomes_versions_and_invalid_states_are_never_committed() {
             json!({"type": "MODIFIED", "object": route_with([0, 100], 48500)}),
         )
         .await;
-    assert_eq!(split(&*wait_version(&state, 3).await), [0, 100]);
+    assert_eq!(split(&*wait_version(&state, 5).await), [0, 100]);
     let syncs = |result: &str| {
         state
             .metrics
@@ -490,7 +527,7 @@ async fn the_cluster_becomes_versions_and_invalid_states_are_never_committed() {
             .with_label_values(&[result])
             .get()
     };
-    assert_eq!(syncs("committed"), 3);
+    assert_eq!(syncs("committed"), 5);
     assert!(syncs("invalid") >= 1);
     watcher.abort();
 }
@@ -516,4 +553,145 @@ async fn a_mesh_in_another_trust_domain_is_never_committed() {
         publish(&state, cluster(), "cluster.local").await,
         Ok(Some(1))
     );
+}
+
+/// Service `web` in namespace `blog` with one ready endpoint at `address`, and its slice.
+fn blog(address: &str) -> [Value; 2] {
+    [
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "blog"},
+            "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": 80}]}}),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-x1", "namespace": "blog",
+                "labels": {"kubernetes.io/service-name": "web"}},
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": [address], "conditions": {"ready": true}}]}),
+    ]
+}
+
+fn has(record: &crate::state::VersionRecord, kind: &str, namespace: &str, name: &str) -> bool {
+    record.documents.iter().any(|d| {
+        d["kind"] == kind
+            && d["metadata"]["namespace"] == namespace
+            && d["metadata"]["name"] == name
+    })
+}
+
+fn new_state() -> (Arc<ControlState>, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let (store, current) = Store::open(data.path()).unwrap();
+    (ControlState::new(store, current), data)
+}
+
+/// The review's case: payments-v2 loses its last ready pod, so its Service is no Backend and
+/// the route naming it cannot validate. The route (and the policies on payments-v2) are left
+/// out; an endpoint change in another namespace is still committed.
+#[tokio::test]
+async fn a_route_to_a_service_without_endpoints_is_left_out_and_the_rest_committed() {
+    let (state, _data) = new_state();
+    let mut objects = cluster();
+    objects.extend(blog("10.244.3.4"));
+    assert_eq!(publish(&state, objects, "cluster.local").await, Ok(Some(1)));
+
+    let mut objects = cluster();
+    objects.retain(|o| {
+        !(o["kind"] == "EndpointSlice"
+            && o["metadata"]["labels"]["kubernetes.io/service-name"] == "payments-v2")
+    });
+    objects.extend(blog("10.244.3.5"));
+    assert_eq!(publish(&state, objects, "cluster.local").await, Ok(Some(2)));
+    let current = state.current();
+    let web = current
+        .documents
+        .iter()
+        .find(|d| d["kind"] == "Backend" && d["metadata"]["namespace"] == "blog")
+        .expect("blog/web");
+    assert_eq!(web["spec"]["endpoints"][0]["address"], "10.244.3.5:8080");
+    assert!(!has(&current, "HTTPRoute", "shop", "shop"));
+    assert!(!has(&current, "Backend", "shop", "payments-v2"));
+    assert!(!has(&current, "TrafficPolicy", "shop", "payments-v2"));
+    assert!(has(&current, "Backend", "shop", "monolith"));
+    assert!(has(&current, "Mesh", "default", "default"));
+    let left_out = |kind: &str| {
+        state
+            .metrics
+            .kubernetes_objects_left_out
+            .with_label_values(&[kind])
+            .get()
+    };
+    assert_eq!(left_out("HTTPRoute"), 1);
+    assert_eq!(left_out("TrafficPolicy"), 1);
+    assert_eq!(left_out("AuthorizationPolicy"), 1);
+    assert!(
+        current.summary.contains("3 objects left out"),
+        "{}",
+        current.summary
+    );
+}
+
+/// A Backend object that is invalid is left out in the first round; the route that names it
+/// then fails ("does not exist") and is left out in the second; the rest is committed.
+#[tokio::test]
+async fn an_invalid_backend_and_the_route_naming_it_are_left_out() {
+    let (state, _data) = new_state();
+    let mut objects = cluster();
+    objects.push(json!({
+        "apiVersion": "ficus.dev/v1alpha1", "kind": "Backend",
+        "metadata": {"name": "payments-v3", "namespace": "shop"},
+        "spec": {"protocol": "http", "endpoints": []},
+    }));
+    let route = objects
+        .iter_mut()
+        .find(|o| o["kind"] == "HTTPRoute")
+        .unwrap();
+    route["spec"]["rules"][0]["backendRefs"][1]["name"] = json!("payments-v3");
+
+    assert_eq!(publish(&state, objects, "cluster.local").await, Ok(Some(1)));
+    let current = state.current();
+    assert!(!has(&current, "Backend", "shop", "payments-v3"));
+    assert!(!has(&current, "HTTPRoute", "shop", "shop"));
+    for name in ["shop", "monolith", "payments-v2"] {
+        assert!(has(&current, "Backend", "shop", name), "{name}");
+    }
+    assert!(has(&current, "TrafficPolicy", "shop", "payments-v2"));
+    assert!(has(&current, "AuthorizationPolicy", "shop", "payments-v2"));
+    let left_out = |kind: &str| {
+        state
+            .metrics
+            .kubernetes_objects_left_out
+            .with_label_values(&[kind])
+            .get()
+    };
+    assert_eq!((left_out("Backend"), left_out("HTTPRoute")), (1, 1));
+}
+
+/// The Mesh is global: an invalid one refuses the whole sync, even when everything else would
+/// be valid or could be left out.
+#[tokio::test]
+async fn an_invalid_mesh_refuses_the_whole_sync() {
+    let (state, _data) = new_state();
+    assert_eq!(
+        publish(&state, cluster(), "cluster.local").await,
+        Ok(Some(1))
+    );
+
+    let mut objects = cluster();
+    let mesh = objects.iter_mut().find(|o| o["kind"] == "Mesh").unwrap();
+    mesh["spec"]["trustDomain"] = json!("Not A Domain");
+    objects.retain(|o| {
+        !(o["kind"] == "EndpointSlice"
+            && o["metadata"]["labels"]["kubernetes.io/service-name"] == "payments-v2")
+    });
+    objects.extend(blog("10.244.3.5"));
+    let refused = publish(&state, objects, "cluster.local").await.unwrap_err();
+    assert!(refused.contains("Mesh default"), "{refused}");
+    assert!(refused.contains("spec.trustDomain"), "{refused}");
+    assert_eq!(state.current().version, 1, "the last good version stays");
+    assert_eq!(state.store.history().unwrap().len(), 1);
+    let left_out = state
+        .metrics
+        .kubernetes_objects_left_out
+        .with_label_values(&["HTTPRoute"])
+        .get();
+    assert_eq!(left_out, 0, "nothing is left out of a refused sync");
 }
