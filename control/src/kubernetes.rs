@@ -14,7 +14,8 @@
 //! - [`token_review`] — sidecars' projected service-account tokens checked with the API
 //!   server's TokenReview, behind [`crate::auth::join::TokenAuthenticator`].
 //! - [`translate`] — Services, EndpointSlices, HTTPRoutes and Ficus objects → the validated
-//!   config snapshot; objects that do not validate are left out, unless the Mesh is one.
+//!   config snapshot; objects that do not validate are left out, unless one is the Mesh or
+//!   an AuthorizationPolicy (those refuse the whole snapshot).
 //! - [`watch`] — `--kubernetes`: kube-rs watchers over the cluster, commit what it translates
 //!   to.
 

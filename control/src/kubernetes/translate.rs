@@ -41,14 +41,14 @@
 //! most as many rounds as objects. What remains is a config that validates as a whole, like
 //! any other.
 //!
-//! Leaving out is not free of consequences: a left-out AuthorizationPolicy takes its rules
-//! away, and a workload with no policy at all allows every caller (`sidecar/src/authz.rs`);
-//! e.g. a Service whose pods are all unready takes the policies on its Backend with it.
-//!
-//! Two cases still refuse the whole translation: a Mesh with a problem (the Mesh is global —
+//! Three cases still refuse the whole translation: a Mesh with a problem (the Mesh is global —
 //! mTLS mode, trust domain, proxy limits apply to every sidecar — so no part of the cluster
-//! is right without it), and nothing left when objects were left out (an empty config would
-//! take every route and Backend away, rather than keep the last good ones).
+//! is right without it); an AuthorizationPolicy with a problem (leaving it out would take its
+//! rules away, and a workload with no policy allows every caller, so it fails closed: e.g. a
+//! Service whose pods are all unready, with a policy on its Backend, keeps the last good
+//! version until its pods are back or the policy is fixed); and nothing left when objects
+//! were left out (an empty config would take every route and Backend away, rather than keep
+//! the last good ones).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -165,7 +165,8 @@ pub fn translate(objects: &[Value], trust_domain: &str) -> Result<Translation, C
 
 /// Validates `objects` as one config, leaving out the objects diagnostics name until the rest
 /// validates (module docs); the config and what was left out. Refuses the whole when the Mesh
-/// has a problem, when a diagnostic names no object, or when nothing would be left.
+/// or an AuthorizationPolicy has a problem, when a diagnostic names no object, or when nothing
+/// would be left.
 fn validate_leaving_out(mut objects: Vec<Object>) -> Result<(Config, Vec<LeftOut>), ConfigErrors> {
     let mut left_out: Vec<LeftOut> = Vec::new();
     // Every round but the last leaves out at least one object: at most one more round than
@@ -194,9 +195,12 @@ fn validate_leaving_out(mut objects: Vec<Object>) -> Result<(Config, Vec<LeftOut
             .any(|diagnostic| !objects.iter().any(|o| o.source.name == diagnostic.file));
         // The Mesh is global (mTLS mode, trust domain, limits of every sidecar): a cluster
         // without its Mesh is not "the rest of the cluster", so a Mesh with a problem keeps
-        // refusing the whole translation, and the last good version keeps serving.
-        let mesh_failed = objects.iter().any(|o| o.kind == "Mesh" && named(o));
-        if unattributed || mesh_failed {
+        // refusing the whole translation, and the last good version keeps serving. So does an
+        // AuthorizationPolicy: leaving one out would open its workload to every caller (a
+        // workload without a policy allows all), so it fails closed, on the last good version.
+        let fails_closed = |o: &Object| matches!(&*o.kind, "Mesh" | "AuthorizationPolicy");
+        let global_failed = objects.iter().any(|o| fails_closed(o) && named(o));
+        if unattributed || global_failed {
             return Err(errors);
         }
         let (failed, kept): (Vec<Object>, Vec<Object>) = objects.into_iter().partition(named);

@@ -10,7 +10,9 @@
 //! diagnostics and counted in `ficus_control_kubernetes_objects_left_out_total{kind}`. The
 //! whole result is refused — logged, counted as an `invalid` sync, and the last good version
 //! keeps serving — only when the Mesh is invalid (it is global; this includes a Mesh naming
-//! another trust domain than the CA's, as for apply), or when nothing valid is left.
+//! another trust domain than the CA's, as for apply), when an AuthorizationPolicy is (it
+//! fails closed: left out, its workload would allow every caller), or when nothing valid is
+//! left.
 //!
 //! kube's watcher does the list-then-watch protocol: paginated LIST, WATCH from its
 //! `resourceVersion` with bookmarks, resuming a watch the API server ended, relisting on

@@ -137,22 +137,28 @@ fn invalid_objects_are_left_out_and_named_with_their_diagnostics() {
     assert_eq!(translation.config.backends.len(), 3, "the rest is kept");
 
     // A route to a Service whose pods are all gone: the Service is no Backend, so the route
-    // and the policies on it are left out (each naming the Backend); the rest is kept.
+    // and the traffic policy on it are left out (each naming the Backend); the rest is kept.
     let mut objects = cluster();
     objects.retain(|o| {
         !(o["kind"] == "EndpointSlice"
             && o["metadata"]["labels"]["kubernetes.io/service-name"] == "payments-v2")
     });
+    // With its AuthorizationPolicy the whole translation is refused: leaving a policy out
+    // would open the workload to every caller.
+    let refused = translate(&objects, "cluster.local")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("AuthorizationPolicy shop/payments-v2"),
+        "{refused}"
+    );
+    objects.retain(|o| o["kind"] != "AuthorizationPolicy");
     let translation = translate(&objects, "cluster.local").unwrap();
     let left_out = left_out_of(&translation);
     let names: Vec<&str> = left_out.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         names,
-        [
-            "HTTPRoute shop/shop",
-            "TrafficPolicy shop/payments-v2",
-            "AuthorizationPolicy shop/payments-v2"
-        ]
+        ["HTTPRoute shop/shop", "TrafficPolicy shop/payments-v2"]
     );
     for (name, diagnostics) in &left_out {
         assert!(

@@ -357,6 +357,13 @@ fn route_with(weights: [u64; 2], version: u64) -> Value {
 #[tokio::test]
 async fn the_cluster_becomes_versions_and_invalid_objects_are_left_out() {
     let (cluster, client, _dir) = stand_in_cluster().await;
+    // Without the AuthorizationPolicy on payments-v2, which would make the deletion of its
+    // Service below refuse the whole cluster rather than leave objects out.
+    cluster
+        .objects
+        .lock()
+        .unwrap()
+        .retain(|o| o["kind"] != "AuthorizationPolicy");
     let data = tempfile::tempdir().unwrap();
     let (store, current) = Store::open(data.path()).unwrap();
     let state = ControlState::new(store, current);
@@ -448,8 +455,8 @@ async fn the_cluster_becomes_versions_and_invalid_objects_are_left_out() {
         "watched from the new LIST"
     );
 
-    // The payments-v2 Service goes away: the route (and the policies on payments-v2) then
-    // name nothing and are left out, and the rest is version 3; it comes back: version 4 is
+    // The payments-v2 Service goes away: the route (and the traffic policy on payments-v2)
+    // then name nothing and are left out, and the rest is version 3; it comes back: version 4 is
     // the config of version 2 again.
     let service = cluster
         .objects
@@ -584,20 +591,39 @@ fn new_state() -> (Arc<ControlState>, tempfile::TempDir) {
 }
 
 /// The review's case: payments-v2 loses its last ready pod, so its Service is no Backend and
-/// the route naming it cannot validate. The route (and the policies on payments-v2) are left
-/// out; an endpoint change in another namespace is still committed.
+/// the route naming it cannot validate. The route (and the traffic policy on payments-v2) are
+/// left out; an endpoint change in another namespace is still committed. An
+/// AuthorizationPolicy on payments-v2 would refuse the whole sync instead (fail closed).
 #[tokio::test]
 async fn a_route_to_a_service_without_endpoints_is_left_out_and_the_rest_committed() {
     let (state, _data) = new_state();
-    let mut objects = cluster();
+    let unprotected = || {
+        let mut objects = cluster();
+        objects.retain(|o| o["kind"] != "AuthorizationPolicy");
+        objects
+    };
+    let mut objects = unprotected();
     objects.extend(blog("10.244.3.4"));
     assert_eq!(publish(&state, objects, "cluster.local").await, Ok(Some(1)));
 
-    let mut objects = cluster();
-    objects.retain(|o| {
-        !(o["kind"] == "EndpointSlice"
-            && o["metadata"]["labels"]["kubernetes.io/service-name"] == "payments-v2")
-    });
+    let gone = |o: &serde_json::Value| {
+        o["kind"] == "EndpointSlice"
+            && o["metadata"]["labels"]["kubernetes.io/service-name"] == "payments-v2"
+    };
+    let mut protected = cluster();
+    protected.retain(|o| !gone(o));
+    protected.extend(blog("10.244.3.5"));
+    let refused = publish(&state, protected, "cluster.local").await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("AuthorizationPolicy shop/payments-v2")),
+        "{refused:?}"
+    );
+    assert_eq!(state.current().version, 1, "the last good version stays");
+
+    let mut objects = unprotected();
+    objects.retain(|o| !gone(o));
     objects.extend(blog("10.244.3.5"));
     assert_eq!(publish(&state, objects, "cluster.local").await, Ok(Some(2)));
     let current = state.current();
@@ -621,9 +647,9 @@ async fn a_route_to_a_service_without_endpoints_is_left_out_and_the_rest_committ
     };
     assert_eq!(left_out("HTTPRoute"), 1);
     assert_eq!(left_out("TrafficPolicy"), 1);
-    assert_eq!(left_out("AuthorizationPolicy"), 1);
+    assert_eq!(left_out("AuthorizationPolicy"), 0);
     assert!(
-        current.summary.contains("3 objects left out"),
+        current.summary.contains("2 objects left out"),
         "{}",
         current.summary
     );
