@@ -107,9 +107,18 @@ async fn proxy_connection(
 ) {
     let metrics = &shared.metrics;
     metrics.tcp_opened.inc();
-    let snapshot = shared.snapshot.load_full();
+    // What the connection needs of the config in force: it does not keep the whole snapshot
+    // (and an old access log's writer) alive for as long as it lasts.
+    let (service, idle, logging) = {
+        let snapshot = shared.snapshot.load();
+        (
+            snapshot.tcp.get(&listen).cloned(),
+            snapshot.limits.connection_idle_timeout,
+            snapshot.access_log.is_some(),
+        )
+    };
     // With access logs on: (when, what the line needs), filled in as the connection goes.
-    let mut log = snapshot.access_log.as_ref().map(|_| {
+    let mut log = logging.then(|| {
         let entry = TcpEntry {
             time: SystemTime::now(),
             listen,
@@ -124,7 +133,7 @@ async fn proxy_connection(
         };
         (Instant::now(), entry)
     });
-    if let Some(service) = snapshot.tcp.get(&listen).cloned() {
+    if let Some(service) = service {
         let target = service.backends.pick();
         let endpoint = target.endpoint();
         if let Some((_, entry)) = &mut log {
@@ -136,7 +145,6 @@ async fn proxy_connection(
         // Plain TCP, or mTLS (ALPN `ficus-tcp`) when the endpoint names a peer identity.
         match endpoint.connect_opaque().await {
             Ok(mut upstream) => {
-                let idle = snapshot.limits.connection_idle_timeout;
                 let (bytes, result) =
                     copy_with_idle_timeout(&mut downstream, &mut upstream, idle).await;
                 metrics.tcp_bytes_sent.inc_by(bytes.forward);
@@ -158,9 +166,12 @@ async fn proxy_connection(
             }
         }
     }
-    if let (Some((started, mut entry)), Some(access_log)) = (log, &snapshot.access_log) {
-        entry.duration = started.elapsed();
-        access_log.tcp(entry);
+    // The line goes to the access log of the config in force when the connection ends.
+    if let Some((started, mut entry)) = log {
+        if let Some(access_log) = &shared.snapshot.load().access_log {
+            entry.duration = started.elapsed();
+            access_log.tcp(entry);
+        }
     }
     metrics.tcp_closed.inc();
 }

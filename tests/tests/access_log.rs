@@ -192,6 +192,39 @@ async fn tcp_connections_are_logged() {
     drop(sidecar);
 }
 
+/// A TCP connection that outlives a config swap is logged where the config in force when it
+/// ends says (it does not keep the old config, and its log writer, alive meanwhile).
+#[tokio::test]
+async fn a_tcp_connection_across_a_swap_is_logged_by_the_new_config() {
+    let echo = TcpEcho::start("hi\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (log_path(&dir, "first.log"), log_path(&dir, "second.log"));
+    let listen = ficus_tests::free_addr();
+    let db = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
+         spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n",
+        echo.addr
+    );
+    let sidecar = Sidecar::start(&(mesh(Some(&first)) + &db)).await;
+    let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let mut greeting = [0u8; 3];
+    stream.read_exact(&mut greeting).await.unwrap();
+    sidecar.write_config(&(mesh(Some(&second)) + &db));
+    sidecar.wait_version(2, Duration::from_secs(10)).await;
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("the sidecar closes after the upstream does")
+        .unwrap();
+    let lines = lines(&second, 1).await;
+    assert_eq!(lines[0]["kind"], "tcp");
+    assert_eq!(lines[0]["bytes_sent"], 3);
+    let old = std::fs::read_to_string(&first).unwrap_or_default();
+    assert!(old.is_empty(), "nothing in the old log: {old}");
+    drop(sidecar);
+}
+
 #[tokio::test]
 async fn off_by_default_and_switched_by_hot_swap() {
     let upstream = Upstream::start("ok").await;
