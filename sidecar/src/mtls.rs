@@ -133,9 +133,9 @@ pub async fn serve_opaque<S>(
     match tokio::time::timeout(connect_timeout, TcpStream::connect(app)).await {
         Ok(Ok(mut upstream)) => {
             let _ = upstream.set_nodelay(true);
-            let (bytes, result) = copy_with_idle_timeout(&mut stream, &mut upstream, idle).await;
-            metrics.tcp_bytes_sent.inc_by(bytes.forward);
-            metrics.tcp_bytes_received.inc_by(bytes.backward);
+            let (_, result) =
+                copy_with_idle_timeout(&mut stream, &mut upstream, idle, Some(metrics.tcp_live()))
+                    .await;
             if let Err(error) = result {
                 tracing::debug!(%peer, %app, %error, "inbound opaque TCP connection ended");
             }

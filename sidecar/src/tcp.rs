@@ -145,10 +145,13 @@ async fn proxy_connection(
         // Plain TCP, or mTLS (ALPN `ficus-tcp`) when the endpoint names a peer identity.
         match endpoint.connect_opaque().await {
             Ok(mut upstream) => {
-                let (bytes, result) =
-                    copy_with_idle_timeout(&mut downstream, &mut upstream, idle).await;
-                metrics.tcp_bytes_sent.inc_by(bytes.forward);
-                metrics.tcp_bytes_received.inc_by(bytes.backward);
+                let (bytes, result) = copy_with_idle_timeout(
+                    &mut downstream,
+                    &mut upstream,
+                    idle,
+                    Some(metrics.tcp_live()),
+                )
+                .await;
                 if let Some((_, entry)) = &mut log {
                     entry.bytes_received = bytes.forward;
                     entry.bytes_sent = bytes.backward;

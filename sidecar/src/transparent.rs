@@ -131,6 +131,9 @@ async fn sniff(stream: &mut TcpStream, timeout: Duration) -> Option<(Option<Snif
     let decided = tokio::time::timeout(timeout, async {
         loop {
             match stream.read_buf(&mut read).await {
+                // The client ended its side before its bytes could be told apart: they go on
+                // as opaque TCP, and so does its end of stream (a half-close, not a reset).
+                Ok(0) if !read.is_empty() => return Some(Sniffed::Opaque),
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
             }
@@ -521,10 +524,13 @@ async fn forward_tcp_service(
     // Plain TCP, or mTLS (ALPN `ficus-tcp`) when the endpoint names a peer identity.
     match endpoint.connect_opaque().await {
         Ok(mut upstream) => {
-            let (bytes, result) =
-                copy_with_idle_timeout(&mut downstream, &mut upstream, idle).await;
-            metrics.tcp_bytes_sent.inc_by(bytes.forward);
-            metrics.tcp_bytes_received.inc_by(bytes.backward);
+            let (_, result) = copy_with_idle_timeout(
+                &mut downstream,
+                &mut upstream,
+                idle,
+                Some(metrics.tcp_live()),
+            )
+            .await;
             if let Err(error) = result {
                 tracing::debug!(service = %service.label, %error, "intercepted TCP connection ended");
             }
@@ -554,9 +560,13 @@ async fn forward_opaque(
         None => connect(shared, original).await,
     };
     if let Some(mut upstream) = upstream {
-        let (bytes, result) = copy_with_idle_timeout(&mut downstream, &mut upstream, idle).await;
-        metrics.tcp_bytes_sent.inc_by(bytes.forward);
-        metrics.tcp_bytes_received.inc_by(bytes.backward);
+        let (_, result) = copy_with_idle_timeout(
+            &mut downstream,
+            &mut upstream,
+            idle,
+            Some(metrics.tcp_live()),
+        )
+        .await;
         if let Err(error) = result {
             tracing::debug!(%original, reason, %error, "opaque connection ended");
         }

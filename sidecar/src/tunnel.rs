@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes moved by a tunnel, whether it ended cleanly or not.
@@ -18,13 +19,25 @@ pub struct Transferred {
     pub backward: u64,
 }
 
+/// Counters a tunnel adds its bytes to as they move (not only when it ends, so a connection
+/// that lasts hours shows its traffic as it goes).
+#[derive(Debug, Clone, Copy)]
+pub struct Live<'a> {
+    /// Bytes read from the first side.
+    pub forward: &'a IntCounter,
+    /// Bytes read from the second side.
+    pub backward: &'a IntCounter,
+}
+
 /// Copies both ways between `a` and `b` until both sides have closed, an error occurs, or no
 /// byte has moved in either direction for `idle` (checked every `idle`, so an idle tunnel
-/// closes after between one and two periods).
+/// closes after between one and two periods). With `live`, bytes are counted there as they
+/// move.
 pub async fn copy_with_idle_timeout<A, B>(
     a: &mut A,
     b: &mut B,
     idle: Duration,
+    live: Option<Live<'_>>,
 ) -> (Transferred, io::Result<()>)
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -35,10 +48,12 @@ where
         let mut a = Counted {
             inner: a,
             read: &forward,
+            live: live.map(|live| live.forward),
         };
         let mut b = Counted {
             inner: b,
             read: &backward,
+            live: live.map(|live| live.backward),
         };
         let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
         tokio::pin!(copy);
@@ -64,10 +79,11 @@ where
     (transferred, result)
 }
 
-/// Counts bytes read through it.
+/// Counts bytes read through it (and in `live`).
 struct Counted<'a, S: ?Sized> {
     inner: &'a mut S,
     read: &'a AtomicU64,
+    live: Option<&'a IntCounter>,
 }
 
 impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Counted<'_, S> {
@@ -78,8 +94,13 @@ impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Counted<'_, S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.read.fetch_add(n, Ordering::Relaxed);
+            if let Some(live) = self.live {
+                live.inc_by(n);
+            }
+        }
         polled
     }
 }
@@ -113,7 +134,7 @@ mod tests {
         let (mut a, mut a_peer) = tokio::io::duplex(64);
         let (mut b, mut b_peer) = tokio::io::duplex(64);
         let tunnel = tokio::spawn(async move {
-            copy_with_idle_timeout(&mut a, &mut b, Duration::from_secs(10)).await
+            copy_with_idle_timeout(&mut a, &mut b, Duration::from_secs(10), None).await
         });
         a_peer.write_all(b"hello").await.unwrap();
         let mut got = [0u8; 5];
@@ -143,7 +164,7 @@ mod tests {
         let (mut a, mut a_peer) = tokio::io::duplex(64);
         let (mut b, mut b_peer) = tokio::io::duplex(64);
         let tunnel = tokio::spawn(async move {
-            copy_with_idle_timeout(&mut a, &mut b, Duration::from_secs(10)).await
+            copy_with_idle_timeout(&mut a, &mut b, Duration::from_secs(10), None).await
         });
         let mut got = [0u8; 1];
         for _ in 0..10 {

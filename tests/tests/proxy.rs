@@ -253,6 +253,44 @@ async fn opaque_tcp_with_weighted_split() {
     }
 }
 
+/// An opaque TCP connection's bytes show in `ficus_tcp_bytes_total` while it is open, not
+/// only once it closes (a database connection may last for hours).
+#[tokio::test]
+async fn opaque_tcp_bytes_are_counted_while_the_connection_is_open() {
+    let echo = TcpEcho::start("db:").await;
+    let listen = ficus_tests::free_addr();
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
+         spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n",
+        echo.addr
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut echoed = vec![0u8; 3 + chunk.len()];
+    for round in 0..16 {
+        stream.write_all(&chunk).await.unwrap();
+        let wanted = if round == 0 {
+            echoed.len()
+        } else {
+            chunk.len()
+        };
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            stream.read_exact(&mut echoed[..wanted]),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    }
+    // Still open: 1 MiB each way is counted already.
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_tcp_connections_closed_total", &[]), 0.0);
+    assert!(metrics.sum("ficus_tcp_bytes_total", &[("direction", "sent")]) >= 1048576.0);
+    assert!(metrics.sum("ficus_tcp_bytes_total", &[("direction", "received")]) >= 1048576.0);
+    drop(stream);
+}
+
 /// HTTP/1.1 pipelining: requests written back to back on one connection are answered in
 /// order, each after the one before, and reach the upstream in order.
 #[tokio::test]

@@ -397,6 +397,27 @@ async fn silent_connections_become_opaque_after_the_detect_timeout() {
     );
 }
 
+/// A client that sends a few bytes and ends its side before they can be classified (a
+/// half-close during detection) is forwarded, end of stream included, not dropped.
+#[tokio::test]
+async fn a_half_close_during_detection_is_forwarded() {
+    if skip("a_half_close_during_detection_is_forwarded") {
+        return;
+    }
+    let world = World::new();
+    let _echo = NsGreeter::start(&world.remote, addr("10.77.0.2:7002"), "").unwrap();
+    let _sidecar = world.sidecar(CONFIG, &["--detect-timeout", "30s"]).await;
+    let mut stream = world.pod.connect(addr("10.77.0.2:7002")).await.unwrap();
+    stream.write_all(b"HEL").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    tokio::time::timeout(netns::TIMEOUT, stream.read_to_end(&mut echoed))
+        .await
+        .expect("answered and closed in time")
+        .unwrap();
+    assert_eq!(echoed, b"HEL");
+}
+
 #[tokio::test]
 async fn inbound_goes_to_the_app_on_the_original_port() {
     if skip("inbound_goes_to_the_app_on_the_original_port") {

@@ -168,7 +168,7 @@ async fn tunnel(
     };
     let mut downstream = TokioIo::new(downstream);
     let mut upstream = TokioIo::new(upstream);
-    let (bytes, result) = copy_with_idle_timeout(&mut downstream, &mut upstream, idle).await;
+    let (bytes, result) = copy_with_idle_timeout(&mut downstream, &mut upstream, idle, None).await;
     tracing::debug!(
         up = bytes.forward,
         down = bytes.backward,

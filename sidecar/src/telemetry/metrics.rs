@@ -389,6 +389,15 @@ impl Metrics {
         self.breaker_overflow.with_label_values(&[kind]).inc();
     }
 
+    /// The opaque TCP byte counters, for a tunnel to count into as bytes move (downstream
+    /// first).
+    pub fn tcp_live(&self) -> crate::tunnel::Live<'_> {
+        crate::tunnel::Live {
+            forward: &self.tcp_bytes_sent,
+            backward: &self.tcp_bytes_received,
+        }
+    }
+
     /// Counts a request denied by authorization policy.
     pub fn authz_denied(&self) {
         self.authz_denied.inc();
