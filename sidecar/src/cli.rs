@@ -35,19 +35,19 @@ pub struct Args {
 
     /// Push mode: namespaces besides our own whose services this workload calls; the
     /// control plane then sends only those (default: every namespace).
-    #[arg(long, env = "FICUS_REACH", value_delimiter = ',', value_name = "NS,..")]
+    #[arg(long, env = "FICUS_REACH", value_delimiter = ',', value_name = "NS,..", value_parser = hello_field)]
     pub reach: Vec<String>,
 
     /// This sidecar's workload (service account) name.
-    #[arg(long, env = "FICUS_WORKLOAD", default_value = "app")]
+    #[arg(long, env = "FICUS_WORKLOAD", default_value = "app", value_parser = hello_field)]
     pub workload: String,
 
     /// This sidecar's namespace; bare service names resolve in it.
-    #[arg(long, env = "FICUS_NAMESPACE", default_value = "default")]
+    #[arg(long, env = "FICUS_NAMESPACE", default_value = "default", value_parser = hello_field)]
     pub namespace: String,
 
     /// Unique id shown in control status (default `<workload>-<random>`).
-    #[arg(long, env = "FICUS_NODE_ID")]
+    #[arg(long, env = "FICUS_NODE_ID", value_parser = hello_field)]
     pub node_id: Option<String>,
 
     /// Where the local app sends outbound traffic.
@@ -156,6 +156,22 @@ impl Args {
         self.node_id
             .clone()
             .unwrap_or_else(|| format!("{}-{:08x}", self.workload, rand::random::<u32>()))
+    }
+}
+
+/// Longest workload, namespace, node id or reach entry: what the control plane accepts in a
+/// Hello. A longer or empty one would be refused on every reconnect, so it is a bad flag.
+const MAX_HELLO_FIELD: usize = 256;
+
+/// A name sent to the control plane in the Hello: non-empty, at most [`MAX_HELLO_FIELD`]
+/// bytes.
+fn hello_field(s: &str) -> Result<String, String> {
+    match s.len() {
+        0 => Err("must not be empty".to_owned()),
+        n if n > MAX_HELLO_FIELD => Err(format!(
+            "{n} bytes; at most {MAX_HELLO_FIELD} are accepted by the control plane"
+        )),
+        _ => Ok(s.to_owned()),
     }
 }
 

@@ -242,6 +242,13 @@ async fn invalid_config_at_start_exits_2_naming_file_document_and_field() {
 
     let (status, _) = run_sidecar(&["--outbound", "not-an-address"]).await;
     assert_eq!(status.code(), Some(2), "bad flags exit 2");
+    // Names the control plane would refuse in every Hello are bad flags too.
+    let long = "a".repeat(300);
+    for (flag, value) in [("--node-id", long.as_str()), ("--workload", "")] {
+        let (status, stderr) = run_sidecar(&["--control", "http://127.0.0.1:9", flag, value]).await;
+        assert_eq!(status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains(flag), "{stderr}");
+    }
 }
 
 /// Asks through the sidecar until the route answers with `x-version: version` (bounded).
