@@ -195,10 +195,7 @@ pub fn run(args: Args) -> u8 {
                 .build()
             {
                 Ok(runtime) => runtime,
-                Err(error) => {
-                    tracing::error!(%error, "cannot start the admin runtime");
-                    return;
-                }
+                Err(error) => admin_failed(&format!("cannot start the admin runtime: {error}")),
             };
             runtime.block_on(async move {
                 match config_task {
@@ -214,7 +211,7 @@ pub fn run(args: Args) -> u8 {
                 };
                 match TcpListener::from_std(admin) {
                     Ok(listener) => crate::admin::serve(listener, admin_shared).await,
-                    Err(error) => tracing::error!(%error, "admin listener failed"),
+                    Err(error) => admin_failed(&format!("the admin listener failed: {error}")),
                 }
             });
         });
@@ -257,6 +254,14 @@ enum Mode {
 enum ConfigTask {
     Watch(std::path::PathBuf, Reloader),
     Push(Box<ControlClient>, Option<CertManager>),
+}
+
+/// The admin thread could not serve: without it there is no readiness, no metrics and (in
+/// push mode) no config, so the process stops rather than run on unseen (exit 1).
+fn admin_failed(reason: &str) -> ! {
+    tracing::error!(reason, "the admin server cannot run; exiting");
+    eprintln!("error: {reason}");
+    std::process::exit(i32::from(exit::FATAL));
 }
 
 /// This sidecar's mesh identity: in push mode with `--token-file`, over an `https://` control
