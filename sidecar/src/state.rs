@@ -92,11 +92,17 @@ impl Shared {
     }
 
     /// Ready: a valid config is loaded, a certificate too when we have an identity, and we
-    /// are not draining.
+    /// are not draining. Not ready under mTLS STRICT without a mesh identity either: every
+    /// inbound connection would be refused, so no traffic should be sent here.
     pub fn is_ready(&self) -> bool {
+        let refuses_all = || {
+            self.tls.is_none()
+                && self.snapshot.load().config.mesh.mtls_mode == ficus_config::MtlsMode::Strict
+        };
         self.has_config.load(Ordering::Acquire)
             && self.tls.as_ref().is_none_or(|tls| tls.has_certificate())
             && !self.drain.is_draining()
+            && !refuses_all()
     }
 
     /// Swaps in `snapshot` and records success.
@@ -104,6 +110,12 @@ impl Shared {
         let version = snapshot.version;
         self.traces
             .configure(snapshot.tracing.as_ref().map(|t| &t.endpoint));
+        if self.tls.is_none() && snapshot.config.mesh.mtls_mode == ficus_config::MtlsMode::Strict {
+            tracing::warn!(
+                "mTLS is STRICT but this sidecar has no mesh identity (no --token-file): every \
+                 inbound connection is refused, and it is not ready"
+            );
+        }
         self.snapshot.store(Arc::new(snapshot));
         self.has_config.store(true, Ordering::Release);
         self.metrics

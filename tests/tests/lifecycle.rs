@@ -797,3 +797,39 @@ async fn mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped() {
         "--opaque-ports"
     );
 }
+
+/// A sidecar without a mesh identity (file mode) under mTLS STRICT would refuse every inbound
+/// connection, so it does not say it is ready; a config that is not STRICT makes it ready.
+#[tokio::test]
+async fn strict_mtls_without_an_identity_is_not_ready() {
+    let mesh = |mode: &str| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
+             spec: {{mtls: {{mode: {mode}}}}}\n"
+        )
+    };
+    let sidecar = Sidecar::spawn(&mesh("STRICT"), SidecarOptions::default());
+    let status = |path: &'static str| {
+        let admin = sidecar.admin;
+        async move {
+            client::get(admin, "admin", path)
+                .await
+                .map(|r| r.status)
+                .ok()
+        }
+    };
+    until("live", Duration::from_secs(20), || async {
+        status("/live").await == Some(200)
+    })
+    .await;
+    until("the config is loaded", Duration::from_secs(20), || async {
+        sidecar.config().await["version"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    assert_eq!(status("/ready").await, Some(503));
+    sidecar.write_config(&mesh("PERMISSIVE"));
+    until("ready once not STRICT", Duration::from_secs(20), || async {
+        status("/ready").await == Some(200)
+    })
+    .await;
+}
