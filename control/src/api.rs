@@ -6,7 +6,7 @@
 //! | `POST /v1/diff` | as apply | [`Diff`](crate::apply::Diff) |
 //! | `GET /v1/config?kind=&namespace=&name=` | – | current version and its (filtered) documents |
 //! | `DELETE /v1/config/{kind}/{namespace}/{name}` | – | [`ApplyOutcome`] |
-//! | `GET /v1/history` | – | `{"current", "versions": [HistoryEntry]}`, newest first |
+//! | `GET /v1/history?limit=&before=` | – | `{"current", "versions": [HistoryEntry], "next_before"}`, newest first (see [`history`]) |
 //! | `GET /v1/versions/{n}` | – | the [`VersionRecord`](crate::state::VersionRecord) |
 //! | `POST /v1/rollback` | `{"version": n}`, `{}` or empty (the version before current) | [`ApplyOutcome`] |
 //! | `GET /v1/status` | – | `{"version", "sidecars": [SidecarStatus]}` |
@@ -357,17 +357,7 @@ async fn route(state: &Arc<ControlState>, request: Request<Incoming>) -> Respons
             })
             .await
         }
-        (["v1", "history"], &Method::GET) => {
-            let store = state.store.clone();
-            match tokio::task::spawn_blocking(move || store.history()).await {
-                Ok(Ok(versions)) => json(
-                    StatusCode::OK,
-                    &serde_json::json!({"current": state.current().version, "versions": versions}),
-                ),
-                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-            }
-        }
+        (["v1", "history"], &Method::GET) => history(state, request.uri().query()).await,
         (["v1", "versions", number], &Method::GET) => {
             let Ok(number) = number.parse::<u64>() else {
                 return error(StatusCode::BAD_REQUEST, "a version is a number");
@@ -533,6 +523,52 @@ fn config(state: &ControlState, query: Option<&str>) -> Response<Body> {
             "documents": documents,
         }),
     )
+}
+
+/// Versions per history page when the request names no `limit`.
+const HISTORY_PAGE: usize = 100;
+/// Most versions per history page: a larger `limit` is served as this many. Keeps the answer
+/// small whatever the history's length (with `--kubernetes` every endpoint change is a
+/// version), on a route that needs no token.
+const MAX_HISTORY_PAGE: usize = 1000;
+
+/// `GET /v1/history?limit=N&before=V`: at most `N` versions (default [`HISTORY_PAGE`], at most
+/// [`MAX_HISTORY_PAGE`]), newest first, only those below `V` when `before` is given.
+/// `next_before` is the `before` of the next (older) page, `null` on the last one. The store
+/// reads only the page, not the whole history.
+async fn history(state: &Arc<ControlState>, query: Option<&str>) -> Response<Body> {
+    let query = parse_query(query.unwrap_or(""));
+    let number = |name: &str| -> Result<Option<u64>, String> {
+        match query.get(name).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(value) => value
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| format!("{name}={value:?}: {name} is a whole number")),
+        }
+    };
+    let (limit, before) = match (number("limit"), number("before")) {
+        (Ok(limit), Ok(before)) => (limit, before),
+        (Err(message), _) | (_, Err(message)) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let limit = match limit {
+        None => HISTORY_PAGE,
+        Some(0) => return error(StatusCode::BAD_REQUEST, "limit must be at least 1"),
+        Some(limit) => usize::try_from(limit).map_or(MAX_HISTORY_PAGE, |l| l.min(MAX_HISTORY_PAGE)),
+    };
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.history_page(before, limit)).await {
+        Ok(Ok(page)) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "current": state.current().version,
+                "versions": page.versions,
+                "next_before": page.next_before,
+            }),
+        ),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }
 
 /// Runs a write (apply, delete, rollback) as a task of its own, so that a client that goes
@@ -708,6 +744,87 @@ mod tests {
         assert_eq!(started.elapsed(), WRITE_STALL);
         assert_eq!(places.available_permits(), 1);
         drop(client);
+    }
+
+    /// `GET path` on a connection served by [`serve_connection`]; the status and JSON answer.
+    async fn get_json(state: &Arc<ControlState>, path: &str) -> (StatusCode, serde_json::Value) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let access = Access {
+            tokens: None,
+            tls: None,
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+        };
+        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        tokio::spawn(serve_connection(
+            server,
+            Arc::clone(state),
+            Arc::new(access),
+            permit,
+        ));
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let request = Request::get(path)
+            .header(http::header::HOST, "control")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    /// The versions of a history answer, and its `next_before`.
+    fn page(answer: &serde_json::Value) -> (Vec<u64>, Option<u64>) {
+        let versions = answer["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["version"].as_u64().unwrap())
+            .collect();
+        (versions, answer["next_before"].as_u64())
+    }
+
+    /// 250 versions: pages of at most 100 by default, newest first, `before` continuing where
+    /// the last page ended, and the last page saying there is no more.
+    #[tokio::test]
+    async fn history_is_served_in_pages_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = crate::store::Store::open(dir.path()).unwrap();
+        for n in 1..=250 {
+            store.commit(Vec::new(), None, format!("v{n}")).unwrap();
+        }
+        let current = store.current().unwrap();
+        let state = ControlState::new(store, current);
+        let newest = |from: u64, count: u64| (0..count).map(|i| from - i).collect::<Vec<u64>>();
+
+        let (status, first) = get_json(&state, "/v1/history").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(first["current"], 250);
+        assert_eq!(page(&first), (newest(250, 100), Some(151)));
+        assert_eq!(first["versions"][0]["summary"], "v250");
+
+        let (_, second) = get_json(&state, "/v1/history?before=151").await;
+        assert_eq!(page(&second), (newest(150, 100), Some(51)));
+        let (_, last) = get_json(&state, "/v1/history?before=51").await;
+        assert_eq!(page(&last), (newest(50, 50), None));
+        assert!(last["next_before"].is_null(), "{last}");
+
+        let (_, small) = get_json(&state, "/v1/history?limit=3&before=10").await;
+        assert_eq!(page(&small), (vec![9, 8, 7], Some(7)));
+        let (_, exact) = get_json(&state, "/v1/history?limit=3&before=4").await;
+        assert_eq!(page(&exact), (vec![3, 2, 1], None), "nothing below 1");
+        let (_, everything) = get_json(&state, "/v1/history?limit=100000").await;
+        assert_eq!(
+            page(&everything),
+            (newest(250, 250), None),
+            "a limit past the cap is served (as the cap), not refused"
+        );
+        for bad in ["limit=0", "limit=x", "before=-1"] {
+            let (status, answer) = get_json(&state, &format!("/v1/history?{bad}")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {answer}");
+        }
     }
 
     #[test]

@@ -62,6 +62,16 @@ pub struct HistoryEntry {
     pub documents: usize,
 }
 
+/// A page of history: what `GET /v1/history` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// Newest first.
+    pub versions: Vec<HistoryEntry>,
+    /// When older versions exist, the `before` that asks for the next page (the oldest version
+    /// of this one); `None` on the last page.
+    pub next_before: Option<u64>,
+}
+
 /// Why the store could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -268,8 +278,14 @@ impl Store {
         Ok(Some(record))
     }
 
-    /// Every version, newest first.
-    pub fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
+    /// At most `limit` (at least one) history entries, newest first: the newest versions, or
+    /// with `before` the newest below it. Reads only those entries (and one more, to tell
+    /// whether there are older ones), however long the history is.
+    pub fn history_page(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
         let read = self
             .database
             .begin_read()
@@ -277,20 +293,40 @@ impl Store {
         let history = read
             .open_table(HISTORY)
             .map_err(|e| self.failed("open history", e))?;
-        let mut entries = Vec::new();
-        for item in history
-            .iter()
-            .map_err(|e| self.failed("read history", e))?
-            .rev()
-        {
+        let range = match before {
+            Some(before) => history.range(..before),
+            None => history.range::<u64>(..),
+        };
+        let limit = limit.max(1);
+        let mut versions = Vec::new();
+        let mut more = false;
+        for item in range.map_err(|e| self.failed("read history", e))?.rev() {
+            if versions.len() == limit {
+                more = true;
+                break;
+            }
             let (version, bytes) = item.map_err(|e| self.failed("read history", e))?;
             let version = version.value();
             let entry = serde_json::from_slice(bytes.value()).map_err(|e| {
                 self.corrupt(format!("history of version {version} does not decode: {e}"))
             })?;
-            entries.push(entry);
+            versions.push(entry);
         }
-        Ok(entries)
+        let next_before = versions
+            .last()
+            .map(|entry: &HistoryEntry| entry.version)
+            .filter(|_| more);
+        Ok(HistoryPage {
+            versions,
+            next_before,
+        })
+    }
+
+    /// Every version, newest first (tests only: the API pages with
+    /// [`Store::history_page`]).
+    #[cfg(test)]
+    pub fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
+        Ok(self.history_page(None, usize::MAX)?.versions)
     }
 
     /// Creates the tables on first open, so that reads never meet a missing table.

@@ -108,8 +108,20 @@ enum Command {
         #[arg(short = 'f', long = "filename", env = "FICUS_FILENAME")]
         file: PathBuf,
     },
-    /// List versions, newest first.
-    History,
+    /// List versions, newest first: number, time, author, documents, summary.
+    History {
+        /// Show at most this many versions (the newest).
+        #[arg(
+            long,
+            env = "FICUS_LIMIT",
+            default_value_t = 100,
+            value_parser = clap::value_parser!(u64).range(1..)
+        )]
+        limit: u64,
+        /// Show every version (page after page), however many there are; overrides --limit.
+        #[arg(long, env = "FICUS_ALL")]
+        all: bool,
+    },
     /// Make an old version current again, as a new version.
     Rollback {
         /// The version to go back to (default: the one before the current).
@@ -290,7 +302,10 @@ async fn run(args: Args) -> Result<(), CtlError> {
             namespace,
         } => commands::delete(&client, &kind, &name, namespace).await,
         Command::Diff { file } => commands::diff(&client, &file).await,
-        Command::History => commands::history(&client).await,
+        Command::History { limit, all } => {
+            let limit = if all { None } else { Some(limit) };
+            commands::history(&client, limit).await
+        }
         Command::Rollback { version } => commands::rollback(&client, version).await,
         Command::Status { output } => commands::status(&client, output).await,
         Command::Demo { duration, keep } => demo::run(duration, keep).await,

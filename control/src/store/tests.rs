@@ -48,6 +48,34 @@ fn versions_increase_and_survive_reopen() {
     );
 }
 
+/// History is read a page at a time, newest first, each page naming where the next starts.
+#[test]
+fn history_pages_go_back_from_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.history_page(None, 2).unwrap(),
+        HistoryPage {
+            versions: Vec::new(),
+            next_before: None
+        }
+    );
+    for n in 1..=5 {
+        store.commit(Vec::new(), None, format!("v{n}")).unwrap();
+    }
+    let page = |before, limit| {
+        let page = store.history_page(before, limit).unwrap();
+        let versions: Vec<u64> = page.versions.iter().map(|h| h.version).collect();
+        (versions, page.next_before)
+    };
+    assert_eq!(page(None, 2), (vec![5, 4], Some(4)));
+    assert_eq!(page(Some(4), 2), (vec![3, 2], Some(2)));
+    assert_eq!(page(Some(2), 2), (vec![1], None));
+    assert_eq!(page(Some(3), 2), (vec![2, 1], None), "exactly the rest");
+    assert_eq!(page(Some(1), 2), (vec![], None));
+    assert_eq!(page(Some(99), 10), (vec![5, 4, 3, 2, 1], None));
+}
+
 #[test]
 fn a_second_open_of_the_same_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -215,7 +215,10 @@ impl Client {
             .map_err(|e| CtlError::Usage(format!("invalid request: {e}")))?;
         let exchange = async {
             if self.https {
-                let config = self.tls.clone().ok_or("https:// needs --ca-file")?;
+                let config = self
+                    .tls
+                    .clone()
+                    .ok_or_else(|| ExchangeError::connection("https:// needs --ca-file"))?;
                 let host = self.authority.rsplit_once(':').map_or("", |(host, _)| {
                     host.trim_start_matches('[').trim_end_matches(']')
                 });
@@ -225,7 +228,7 @@ impl Client {
                 let stream = TlsConnector::from(config)
                     .connect(name, stream)
                     .await
-                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                    .map_err(|e| ExchangeError::connection(format!("TLS handshake: {e}")))?;
                 exchange(stream, request).await
             } else {
                 exchange(stream, request).await
@@ -234,7 +237,10 @@ impl Client {
         let (status, body) = tokio::time::timeout(RESPONSE_TIMEOUT, exchange)
             .await
             .map_err(|_| unreachable(format!("no answer within {RESPONSE_TIMEOUT:?}")))?
-            .map_err(|e| unreachable(with_sources(&*e)))?;
+            .map_err(|e| match e {
+                ExchangeError::Connection(e) => unreachable(with_sources(&*e)),
+                answer @ ExchangeError::Answer(_) => CtlError::failed(answer.to_string()),
+            })?;
         if status.is_success() {
             return Ok(body);
         }
@@ -256,23 +262,70 @@ fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Why an exchange failed: which side of "the control plane answered" decides the exit code.
+#[derive(Debug)]
+enum ExchangeError {
+    /// No answer: the TLS handshake, the HTTP handshake or sending the request failed, or the
+    /// connection closed before a status line came. The control plane is unreachable (exit 3).
+    Connection(Box<dyn std::error::Error + Send + Sync>),
+    /// The control plane answered, but its body could not be read: larger than
+    /// [`MAX_RESPONSE`], or cut short. It is up, so the request failed (exit 1).
+    Answer(String),
+}
+
+impl ExchangeError {
+    fn connection(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Connection(error.into())
+    }
+
+    /// The failure to read an answer's body: `error` from [`Limited`].
+    fn answer(error: &(dyn std::error::Error + 'static)) -> Self {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return Self::Answer(format!(
+                "the control plane's answer is larger than {} MiB; ask for less (e.g. \
+                 `ficusctl history --limit N`)",
+                MAX_RESPONSE / (1024 * 1024)
+            ));
+        }
+        Self::Answer(format!(
+            "reading the control plane's answer failed: {}",
+            with_sources(error)
+        ))
+    }
+}
+
+// === impl ExchangeError ===
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connection(error) => f.write_str(&with_sources(&**error)),
+            Self::Answer(message) => f.write_str(message),
+        }
+    }
+}
+
 /// One request and its whole (bounded) answer on `stream`.
 async fn exchange<S>(
     stream: S,
     request: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Bytes), Box<dyn std::error::Error + Send + Sync>>
+) -> Result<(StatusCode, Bytes), ExchangeError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(ExchangeError::connection)?;
     let driver = tokio::spawn(connection);
-    let response = sender.send_request(request).await?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(ExchangeError::connection)?;
     let (parts, body) = response.into_parts();
     let collected = Limited::new(body, MAX_RESPONSE)
         .collect()
         .await
-        .map_err(|e| format!("reading the answer: {e}"))?;
+        .map_err(|e| ExchangeError::answer(&*e))?;
     driver.abort();
     Ok((parts.status, collected.to_bytes()))
 }
@@ -333,6 +386,60 @@ mod tests {
         assert!(matches!(client("ftp://x:1"), Err(CtlError::Usage(_))));
         assert!(matches!(client("127.0.0.1:15014"), Err(CtlError::Usage(_))));
         assert!(matches!(client("http://x:1/api"), Err(CtlError::Usage(_))));
+    }
+
+    /// A stand-in control plane on loopback that answers one request with `answer` (raw
+    /// HTTP/1.1) and closes the connection.
+    async fn answering(answer: Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buffer = [0; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let read = stream.read(&mut buffer).await.unwrap();
+                assert!(read > 0, "the request ended early");
+                request.extend_from_slice(&buffer[..read]);
+            }
+            // The peer may have given up reading; that is what some of these tests are about.
+            let _ = stream.write_all(&answer).await;
+            let _ = stream.shutdown().await;
+        });
+        format!("http://{addr}")
+    }
+
+    /// An answer cut short (the server is up: it answered) fails the request (exit 1); it is
+    /// not "cannot reach the control plane" (exit 3).
+    #[tokio::test]
+    async fn a_truncated_answer_is_a_failure_not_unreachable() {
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n{\"current\": 1, ".to_vec();
+        let client = Client::new(&answering(answer).await, None, None).unwrap();
+        let error = client
+            .get::<serde_json::Value>("/v1/history")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, CtlError::Failed { .. }), "{error:?}");
+        assert_eq!(error.exit_code(), 1);
+        assert!(!error.to_string().contains("cannot reach"), "{error}");
+    }
+
+    /// An answer over the size limit fails the request (exit 1) and says why.
+    #[tokio::test]
+    async fn an_oversized_answer_is_a_failure_not_unreachable() {
+        let body = vec![b' '; MAX_RESPONSE + 1];
+        let mut answer =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+        answer.extend_from_slice(&body);
+        let client = Client::new(&answering(answer).await, None, None).unwrap();
+        let error = client
+            .get::<serde_json::Value>("/v1/history")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, CtlError::Failed { .. }), "{error:?}");
+        assert_eq!(error.exit_code(), 1);
+        assert!(error.to_string().contains("larger than"), "{error}");
     }
 
     #[test]

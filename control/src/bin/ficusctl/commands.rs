@@ -39,12 +39,19 @@ struct ConfigAnswer {
     documents: Vec<serde_json::Value>,
 }
 
-/// `GET /v1/history`.
+/// `GET /v1/history`: one page.
 #[derive(Debug, Deserialize)]
 struct HistoryAnswer {
     current: u64,
     versions: Vec<HistoryEntry>,
+    /// The `before` of the next (older) page; absent on the last page, and from a control
+    /// plane that does not page (it sent everything).
+    #[serde(default)]
+    next_before: Option<u64>,
 }
+
+/// Most versions asked for per request (the control plane's own page limit).
+const HISTORY_PAGE: u64 = 1000;
 
 #[derive(Debug, Deserialize)]
 struct HistoryEntry {
@@ -188,18 +195,74 @@ pub async fn delete(
     Ok(())
 }
 
-/// `history`.
-pub async fn history(client: &Client) -> Result<(), CtlError> {
-    let answer: HistoryAnswer = client.get("/v1/history").await?;
-    let rows: Vec<Vec<String>> = answer
-        .versions
+/// The versions `history` shows.
+#[derive(Debug)]
+struct History {
+    /// The current version.
+    current: u64,
+    /// Newest first.
+    versions: Vec<HistoryEntry>,
+    /// Whether older versions exist than those fetched.
+    more: bool,
+}
+
+/// The newest `limit` versions, or every version with `None` (`--all`), fetched `page` at a
+/// time with `before`.
+async fn fetch_history(
+    client: &Client,
+    limit: Option<u64>,
+    page: u64,
+) -> Result<History, CtlError> {
+    let mut versions: Vec<HistoryEntry> = Vec::new();
+    let mut current = None;
+    let mut before = None;
+    let mut more = loop {
+        let wanted = limit.map_or(page, |limit| {
+            let fetched = u64::try_from(versions.len()).unwrap_or(u64::MAX);
+            limit.saturating_sub(fetched).min(page)
+        });
+        if wanted == 0 {
+            break before.is_some();
+        }
+        let mut path = format!("/v1/history?limit={wanted}");
+        if let Some(before) = before {
+            path.push_str(&format!("&before={before}"));
+        }
+        let answer: HistoryAnswer = client.get(&path).await?;
+        current.get_or_insert(answer.current);
+        // Each page must go further back, so that a confused server cannot loop us forever.
+        let progressed = answer
+            .next_before
+            .is_some_and(|next| before.is_none_or(|before| next < before));
+        versions.extend(answer.versions);
+        if !progressed {
+            break false; // the last page (or a control plane that does not page)
+        }
+        before = answer.next_before;
+    };
+    if let Some(limit) = limit.and_then(|limit| usize::try_from(limit).ok()) {
+        // A control plane that does not page sends everything.
+        more |= versions.len() > limit;
+        versions.truncate(limit);
+    }
+    Ok(History {
+        current: current.unwrap_or(0),
+        versions,
+        more,
+    })
+}
+
+/// `history`: the newest `limit` versions, or every version with `None` (`--all`).
+pub async fn history(client: &Client, limit: Option<u64>) -> Result<(), CtlError> {
+    let History {
+        current,
+        versions,
+        more,
+    } = fetch_history(client, limit, HISTORY_PAGE).await?;
+    let rows: Vec<Vec<String>> = versions
         .iter()
         .map(|entry| {
-            let marker = if entry.version == answer.current {
-                "*"
-            } else {
-                ""
-            };
+            let marker = if entry.version == current { "*" } else { "" };
             vec![
                 format!("{}{marker}", entry.version),
                 format::utc(entry.created_at_ms),
@@ -218,6 +281,12 @@ pub async fn history(client: &Client) -> Result<(), CtlError> {
                 &["VERSION", "CREATED (UTC)", "AUTHOR", "DOCS", "SUMMARY"],
                 &rows
             )
+        );
+    }
+    if more {
+        eprintln!(
+            "(the newest {} versions; older ones with --limit N or --all)",
+            rows.len()
         );
     }
     Ok(())
@@ -292,4 +361,52 @@ pub async fn rollback(client: &Client, version: Option<u64>) -> Result<(), CtlEr
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ficus_control::state::ControlState;
+    use ficus_control::store::Store;
+
+    use super::*;
+
+    /// A real API on loopback over a store of `versions` versions.
+    async fn control_plane(versions: u64) -> (tempfile::TempDir, Client) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        for n in 1..=versions {
+            store.commit(Vec::new(), None, format!("v{n}")).unwrap();
+        }
+        let current = store.current().unwrap();
+        let state: Arc<ControlState> = ControlState::new(store, current);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(ficus_control::api::serve(listener, state, None));
+        (dir, Client::new(&server, None, None).unwrap())
+    }
+
+    fn numbers(history: &History) -> Vec<u64> {
+        history.versions.iter().map(|entry| entry.version).collect()
+    }
+
+    /// `--limit` shows the newest N (across pages); `--all` pages back to version 1.
+    #[tokio::test]
+    async fn history_pages_back_as_far_as_asked() {
+        let (_dir, client) = control_plane(250).await;
+        let newest = fetch_history(&client, Some(100), HISTORY_PAGE)
+            .await
+            .unwrap();
+        assert_eq!(numbers(&newest), (151..=250).rev().collect::<Vec<_>>());
+        assert_eq!((newest.current, newest.more), (250, true));
+        let many = fetch_history(&client, Some(130), 60).await.unwrap();
+        assert_eq!(numbers(&many), (121..=250).rev().collect::<Vec<_>>());
+        assert!(many.more);
+        let all = fetch_history(&client, None, 60).await.unwrap();
+        assert_eq!(numbers(&all), (1..=250).rev().collect::<Vec<_>>());
+        assert!(!all.more);
+        let exact = fetch_history(&client, Some(250), 100).await.unwrap();
+        assert_eq!((exact.versions.len(), exact.more), (250, false));
+    }
 }

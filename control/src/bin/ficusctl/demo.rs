@@ -302,7 +302,7 @@ async fn migrate(procs: &mut Processes, duration: Duration) -> Result<Finished, 
     // History and a rollback, through the same code as `ficusctl history` / `rollback`.
     run.screen
         .event(&format!("$ ficusctl --server {server} history"));
-    commands::history(&client).await?;
+    commands::history(&client, Some(100)).await?;
     run.screen
         .event(&format!("$ ficusctl --server {server} rollback"));
     commands::rollback(&client, None).await?;
