@@ -7,6 +7,11 @@
 //! up it gets the newest snapshot, never the ones in between. Sidecars answer with ACK or
 //! NACK by nonce; answers to anything but the last push are stale and ignored.
 //!
+//! A version counts as acknowledged in the registry only when the sidecar ACKs a push of it on
+//! this stream, never from its Hello (see [`crate::registry`]). So a new stream whose sidecar
+//! says it already serves the latest publication, with the same documents, still gets it, as
+//! `unchanged` (no documents): a confirmation the sidecar ACKs without reloading anything.
+//!
 //! On TLS streams every snapshot also carries the trust bundle in force
 //! ([`ControlState::trust_bundle`]). When the bundle changes (`ca/extra-roots.pem` reloaded)
 //! and a sidecar has nothing else coming, it gets a trust-bundle refresh: a snapshot of the
@@ -231,6 +236,10 @@ struct Sent {
     digest: String,
     /// A trust-bundle refresh of the version already served (no config convergence to observe).
     refresh: bool,
+    /// A confirmation: the latest version, which the sidecar said in its Hello it already
+    /// serves with these documents, sent `unchanged` so that its ACK confirms it. It counts
+    /// as acknowledged, but is no config convergence to observe.
+    confirmation: bool,
     /// The sidecar NACKed it (kept so the same version is not pushed again).
     nacked: bool,
 }
@@ -263,6 +272,9 @@ impl PushStream {
         // What the sidecar serves: (version, digest).
         let mut serving = (hello.version, hello.digest.clone());
         let mut sent: Option<Sent> = None;
+        // Whether a config push went out on this stream: until then the sidecar's own word
+        // (its Hello) is all there is, and the latest version is pushed even when it matches.
+        let mut pushed = false;
         let mut trust = self.state.trust_bundle.subscribe();
         // The bundle last sent on this stream (none yet: the sidecar's may be older).
         let mut bundle_sent: Arc<str> = Arc::from("");
@@ -277,7 +289,11 @@ impl PushStream {
             let behind = |serving: &(u64, String)| {
                 latest.version != serving.0 || self.scopes.get(&latest, &scope).digest != serving.1
             };
-            if latest.version > 0 && pending != Some(latest.version) && behind(&serving) {
+            if latest.version > 0
+                && pending != Some(latest.version)
+                && (behind(&serving) || !pushed)
+            {
+                let confirmation = !behind(&serving);
                 let scoped = self.scopes.get(&latest, &scope);
                 // `unchanged` only when the sidecar will hold these documents whatever it does
                 // with a push still unanswered: it may yet take that push's documents (a
@@ -309,11 +325,13 @@ impl PushStream {
                 }
                 metrics.pushes.inc();
                 bundle_sent = Arc::clone(&bundle);
+                pushed = true;
                 sent = Some(Sent {
                     record: latest,
                     nonce,
                     digest: scoped.digest.clone(),
                     refresh: false,
+                    confirmation,
                     nacked: false,
                 });
             } else if !bundle.is_empty()
@@ -354,6 +372,7 @@ impl PushStream {
                         nonce,
                         digest: serving.1.clone(),
                         refresh: true,
+                        confirmation: false,
                         nacked: false,
                     });
                 }
@@ -380,7 +399,9 @@ impl PushStream {
                     }
                 }
                 message = inbound.message() => match message {
-                    Ok(Some(message)) => self.answer(&node, message, &mut sent, &mut serving),
+                    Ok(Some(message)) => {
+                        self.answer(&node, stream, message, &mut sent, &mut serving);
+                    }
                     Ok(None) => break,
                     Err(status) => {
                         tracing::debug!(node = %node, %status, "push stream failed");
@@ -401,9 +422,11 @@ impl PushStream {
             .is_some_and(|((token, caller), authenticator)| authenticator.revoked(token, caller))
     }
 
+    /// Records the sidecar's answer on stream `stream` to what was last `sent`.
     fn answer(
         &self,
         node: &str,
+        stream: u64,
         message: SidecarMessage,
         sent: &mut Option<Sent>,
         serving: &mut (u64, String),
@@ -419,7 +442,10 @@ impl PushStream {
                         // A trust-bundle refresh: the config state is what it was.
                         return;
                     }
-                    registry.ack(node, done.record.version);
+                    registry.ack(node, stream, done.record.version);
+                    if done.confirmation {
+                        return;
+                    }
                     let committed = done.record.created_at_ms;
                     let now = SystemTime::now()
                         .duration_since(SystemTime::UNIX_EPOCH)
@@ -440,7 +466,7 @@ impl PushStream {
                     sent.nacked = true;
                 }
                 let version = sent.as_ref().map_or(nack.version, |s| s.record.version);
-                registry.nack(node, version, &truncate(&nack.error, 4096));
+                registry.nack(node, stream, version, &truncate(&nack.error, 4096));
                 metrics.nacks.inc();
                 tracing::warn!(node, version, error = %nack.error, "sidecar rejected config");
             }

@@ -1,5 +1,11 @@
 //! Connected sidecars and what each has acknowledged: written by the push streams, read by
 //! `ficusctl status` and `apply --wait`.
+//!
+//! A version counts as acknowledged only when this process pushed it on the sidecar's current
+//! stream and the sidecar ACKed it. The version a sidecar names in its Hello is only reported
+//! (`reported_version`): it may come from another control-plane replica, whose version numbers
+//! mean other documents, or from a cache, so a sidecar arriving from a replica at version 900
+//! does not make `apply --wait` for version 401 here succeed before it has taken 401.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -17,8 +23,13 @@ pub struct SidecarStatus {
     pub workload: String,
     /// Namespace.
     pub namespace: String,
-    /// Newest version it ACKed (or reported serving when it connected), if any.
+    /// Newest version this control plane pushed on the current stream and the sidecar ACKed,
+    /// if any. What `apply --wait` counts.
     pub acked_version: Option<u64>,
+    /// The version the sidecar said it serves when the current stream opened (its Hello), if
+    /// any: unconfirmed, since it may be another control plane's number or come from a cache.
+    #[serde(default)]
+    pub reported_version: Option<u64>,
     /// Version of its last NACK, if any.
     pub nacked_version: Option<u64>,
     /// Reason of its last NACK, cleared by a later ACK of a newer version.
@@ -85,7 +96,9 @@ impl Registry {
         self.changes.subscribe()
     }
 
-    /// A stream opened; returns its id, for [`Registry::disconnect`].
+    /// A stream opened, from a sidecar that says it serves `serving` (recorded as reported,
+    /// not as acknowledged); returns its id, for [`Registry::ack`], [`Registry::nack`] and
+    /// [`Registry::disconnect`].
     pub fn connect(
         &self,
         node_id: &str,
@@ -106,7 +119,10 @@ impl Registry {
                 node_id: node_id.to_owned(),
                 workload: workload.to_owned(),
                 namespace: namespace.to_owned(),
-                acked_version: serving.or(previous.as_ref().and_then(|p| p.acked_version)),
+                // ACKs on an earlier stream say nothing of what the sidecar serves now (it may
+                // have been to another replica since).
+                acked_version: None,
+                reported_version: serving,
                 nacked_version: previous.as_ref().and_then(|p| p.nacked_version),
                 last_nack: previous.and_then(|p| p.last_nack),
                 connected_since: now,
@@ -117,10 +133,11 @@ impl Registry {
         stream
     }
 
-    /// The sidecar took `version`.
-    pub fn ack(&self, node_id: &str, version: u64) {
+    /// The sidecar took `version`, pushed on stream `stream`. An answer on a stream the
+    /// sidecar has since replaced changes nothing.
+    pub fn ack(&self, node_id: &str, stream: u64, version: u64) {
         self.update(node_id, |entry| {
-            if let Some(status) = entry {
+            if let Some(status) = entry.as_mut().filter(|s| s.stream == stream) {
                 status.acked_version =
                     Some(status.acked_version.map_or(version, |v| v.max(version)));
                 if status.nacked_version.is_some_and(|n| n <= version) {
@@ -130,10 +147,11 @@ impl Registry {
         });
     }
 
-    /// The sidecar refused `version` with `reason`.
-    pub fn nack(&self, node_id: &str, version: u64, reason: &str) {
+    /// The sidecar refused `version`, pushed on stream `stream`, with `reason`. An answer on a
+    /// stream the sidecar has since replaced changes nothing.
+    pub fn nack(&self, node_id: &str, stream: u64, version: u64, reason: &str) {
         self.update(node_id, |entry| {
-            if let Some(status) = entry {
+            if let Some(status) = entry.as_mut().filter(|s| s.stream == stream) {
                 status.nacked_version = Some(version);
                 status.last_nack = Some(reason.to_owned());
             }
@@ -183,17 +201,17 @@ mod tests {
     fn ack_clears_an_older_nack() {
         let registry = Registry::default();
         let stream = registry.connect("a", "web", "shop", None);
-        registry.nack("a", 3, "listen address in use");
+        registry.nack("a", stream, 3, "listen address in use");
         assert_eq!(
             registry.list()[0].last_nack.as_deref(),
             Some("listen address in use")
         );
-        registry.ack("a", 2);
+        registry.ack("a", stream, 2);
         assert!(
             registry.list()[0].last_nack.is_some(),
             "an older ACK keeps the NACK"
         );
-        registry.ack("a", 4);
+        registry.ack("a", stream, 4);
         let status = &registry.list()[0];
         assert_eq!(
             (status.acked_version, status.last_nack.as_deref()),
@@ -201,6 +219,52 @@ mod tests {
         );
         registry.disconnect("a", stream);
         assert_eq!(registry.connected(), 0);
+    }
+
+    /// A sidecar that comes from a control-plane replica at version 900 to this one (at 400)
+    /// says it serves 900; that is not an ACK of anything this process pushed, so `apply
+    /// --wait` for 401 must wait for the ACK of 401.
+    #[test]
+    fn the_version_in_a_hello_is_not_an_ack() {
+        let registry = Registry::default();
+        let acked = |registry: &Registry| registry.list()[0].acked_version;
+        let stream = registry.connect("a", "web", "shop", Some(900));
+        assert!(
+            acked(&registry).is_none_or(|v| v < 401),
+            "{:?}",
+            registry.list()
+        );
+        assert_eq!(registry.list()[0].reported_version, Some(900));
+        registry.ack("a", stream, 400);
+        assert_eq!(acked(&registry), Some(400));
+        registry.ack("a", stream, 401);
+        assert_eq!(acked(&registry), Some(401));
+    }
+
+    /// What a sidecar ACKed on an earlier stream, or answers late on one it has replaced, is
+    /// not what it serves on the current one.
+    #[test]
+    fn acks_count_only_on_the_current_stream() {
+        let registry = Registry::default();
+        let acked = |registry: &Registry| registry.list()[0].acked_version;
+        let old = registry.connect("a", "web", "shop", None);
+        registry.ack("a", old, 7);
+        assert_eq!(acked(&registry), Some(7));
+        let new = registry.connect("a", "web", "shop", Some(7));
+        assert_eq!(
+            acked(&registry),
+            None,
+            "not yet confirmed on the new stream"
+        );
+        registry.ack("a", old, 8);
+        registry.nack("a", old, 9, "late");
+        let status = &registry.list()[0];
+        assert_eq!(
+            (status.acked_version, status.last_nack.as_deref()),
+            (None, None)
+        );
+        registry.ack("a", new, 7);
+        assert_eq!(acked(&registry), Some(7));
     }
 
     #[test]

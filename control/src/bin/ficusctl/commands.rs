@@ -318,9 +318,11 @@ pub async fn status(client: &Client, output: Table) -> Result<(), CtlError> {
                 (Some(reason), None) => reason.clone(),
                 (None, _) => "-".to_owned(),
             };
-            let acked = s
-                .acked_version
-                .map_or_else(|| "-".to_owned(), |v| v.to_string());
+            let acked = match (s.acked_version, s.reported_version) {
+                (Some(acked), _) => acked.to_string(),
+                (None, Some(reported)) => format!("- (says {reported}, unconfirmed)"),
+                (None, None) => "-".to_owned(),
+            };
             vec![
                 s.node_id.clone(),
                 s.workload.clone(),

@@ -31,6 +31,8 @@ trait Progress {
 }
 
 impl Progress for Sidecar {
+    /// Whether the sidecar ACKed `version` or a newer one pushed by this control plane (the
+    /// version it reports in its Hello does not count: it may be another replica's).
     fn has(&self, version: u64) -> bool {
         self.acked_version.is_some_and(|acked| acked >= version)
     }
@@ -111,14 +113,38 @@ fn report(connected: &[Sidecar], version: u64) {
                 sidecar.nacked_version.unwrap_or(version)
             )
         } else {
-            match sidecar.acked_version {
-                Some(acked) => format!("still at version {acked}"),
-                None => "no version yet".to_owned(),
+            match (sidecar.acked_version, sidecar.reported_version) {
+                (Some(acked), _) => format!("still at version {acked}"),
+                (None, Some(reported)) => {
+                    format!("no version confirmed yet (says it serves {reported})")
+                }
+                (None, None) => "no version yet".to_owned(),
             }
         };
         println!(
             "  {} ({}.{}): {what}",
             sidecar.node_id, sidecar.workload, sidecar.namespace
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ficus_control::registry::Registry;
+
+    use super::*;
+
+    /// `--wait` for version 401 on a sidecar that arrived saying it serves 900 (another
+    /// replica's number) waits for its ACK of 401.
+    #[test]
+    fn a_reported_version_does_not_satisfy_the_wait() {
+        let registry = Registry::default();
+        let stream = registry.connect("a", "web", "shop", Some(900));
+        let sidecar = || registry.list().remove(0);
+        assert!(!sidecar().has(401), "{:?}", sidecar());
+        registry.ack("a", stream, 400);
+        assert!(!sidecar().has(401));
+        registry.ack("a", stream, 401);
+        assert!(sidecar().has(401));
     }
 }
