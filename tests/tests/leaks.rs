@@ -237,13 +237,7 @@ async fn big_answer(
 #[tokio::test]
 async fn a_client_that_stops_reading_loses_its_connection_at_the_stall_limit() {
     let (upstream, upstream_closed, task) = big_answer(256 << 20).await;
-    let config = format!(
-        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
-         spec: {{proxy: {{connectionIdleTimeout: 1s}}}}\n---\n\
-         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: big, namespace: shop}}\n\
-         spec: {{protocol: http, endpoints: [{{address: \"{upstream}\"}}]}}\n"
-    );
-    let sidecar = Sidecar::start(&config).await;
+    let sidecar = Sidecar::start(&idle_after_1s(&[("big", upstream)])).await;
     let fds_before = sidecar.open_fds().len();
     let mut client = tokio::net::TcpStream::connect(sidecar.outbound)
         .await
@@ -281,29 +275,29 @@ async fn a_client_that_stops_reading_loses_its_connection_at_the_stall_limit() {
     task.abort();
 }
 
-/// An HTTP/2 client that stops granting window to one stream (no WINDOW_UPDATE) while its
-/// connection stays busy with other streams: the socket keeps taking bytes, so the socket's
-/// stall bound never fires, but the stream is bounded all the same (between one and two
-/// stall limits, the connection idle timeout of 1 s here): the connection is closed, and so
-/// is the upstream connection the stream held.
-#[tokio::test]
-async fn an_http2_stream_granted_no_window_loses_its_connection_at_the_stall_limit() {
-    let (big, upstream_closed, task) = big_answer(256 << 20).await;
-    let api = Upstream::start("api").await;
-    let config = format!(
-        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
-         spec: {{proxy: {{connectionIdleTimeout: 1s}}}}\n---\n\
-         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: big, namespace: shop}}\n\
-         spec: {{protocol: http, endpoints: [{{address: \"{big}\"}}]}}\n---\n\
-         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
-         spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n",
-        api.addr
-    );
-    let sidecar = Sidecar::start(&config).await;
-    let stream = tokio::net::TcpStream::connect(sidecar.outbound)
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+/// A config with a connection idle timeout of 1 s and an `http` Backend per (name, address).
+fn idle_after_1s(backends: &[(&str, SocketAddr)]) -> String {
+    let mut config = "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+                      spec: {proxy: {connectionIdleTimeout: 1s}}\n"
+        .to_owned();
+    for (name, address) in backends {
+        config.push_str(&format!(
+            "---\napiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{protocol: http, endpoints: [{{address: \"{address}\"}}]}}\n"
+        ));
+    }
+    config
+}
+
+/// An HTTP/2 client connection to `address`, and how its connection task ended (once it has).
+async fn h2_connection(
+    address: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::sync::oneshot::Receiver<hyper::Result<()>>,
+) {
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
     )
@@ -313,6 +307,21 @@ async fn an_http2_stream_granted_no_window_loses_its_connection_at_the_stall_lim
     tokio::spawn(async move {
         let _ = closed_tx.send(connection.await);
     });
+    (sender, closed)
+}
+
+/// An HTTP/2 client that stops granting window to one stream (no WINDOW_UPDATE) while its
+/// connection stays busy with other streams: the socket keeps taking bytes, so the socket's
+/// stall bound never fires, but the stream is bounded all the same (between one and two
+/// stall limits, the connection idle timeout of 1 s here): the connection is closed, and so
+/// is the upstream connection the stream held.
+#[tokio::test]
+async fn an_http2_stream_granted_no_window_loses_its_connection_at_the_stall_limit() {
+    let (big, upstream_closed, task) = big_answer(256 << 20).await;
+    let api = Upstream::start("api").await;
+    let config = idle_after_1s(&[("big", big), ("api", api.addr)]);
+    let sidecar = Sidecar::start(&config).await;
+    let (mut sender, closed) = h2_connection(sidecar.outbound).await;
     let get = |authority: &str| {
         Request::get(format!("http://{authority}/"))
             .version(http::Version::HTTP_2)
@@ -364,27 +373,9 @@ async fn an_http2_stream_granted_no_window_loses_its_connection_at_the_stall_lim
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     let upstream = Upstream::start("api").await;
-    let config = format!(
-        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
-         spec: {{proxy: {{connectionIdleTimeout: 1s}}}}\n---\n\
-         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
-         spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n",
-        upstream.addr
-    );
+    let config = idle_after_1s(&[("api", upstream.addr)]);
     let sidecar = Sidecar::start(&config).await;
-    let stream = tokio::net::TcpStream::connect(sidecar.outbound)
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let (closed_tx, closed) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let _ = closed_tx.send(connection.await);
-    });
+    let (mut sender, closed) = h2_connection(sidecar.outbound).await;
     // Longer than the idle timeout, but the stream is open all along.
     let request = Request::get("http://api.shop/delay/1500")
         .version(http::Version::HTTP_2)
