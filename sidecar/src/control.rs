@@ -62,8 +62,51 @@ pub struct ControlSettings {
     pub cache_dir: Option<PathBuf>,
     /// TLS to the control plane (`https://`).
     pub tls: Option<ControlTls>,
-    /// The join token presented to obtain certificates (`--token-file`).
-    pub token: Option<String>,
+    /// The token presented to obtain certificates and to subscribe (`--token-file`).
+    pub token: Option<Arc<TokenFile>>,
+}
+
+/// The token in `--token-file`, read again each time it is presented: a Kubernetes projected
+/// service-account token expires (an hour) and kubelet writes its successor into the file, so
+/// the one read at start stops working.
+#[derive(Debug)]
+pub struct TokenFile {
+    path: PathBuf,
+    /// The last token read, presented when a later read fails (a file being replaced).
+    last: std::sync::Mutex<String>,
+}
+
+impl TokenFile {
+    /// Reads `path` now; an unreadable file is an error (a bad flag at start).
+    pub fn open(path: &Path) -> Result<Self, String> {
+        let token = read_token(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            last: std::sync::Mutex::new(token),
+        })
+    }
+
+    /// The token in the file now (or the last one read, if the file cannot be read).
+    pub fn current(&self) -> String {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match read_token(&self.path) {
+            Ok(token) if !token.is_empty() => *last = token,
+            Ok(_) => {
+                tracing::warn!(path = %self.path.display(), "the token file is empty; presenting the last token read")
+            }
+            Err(error) => tracing::warn!(%error, "presenting the last token read"),
+        }
+        last.clone()
+    }
+}
+
+fn read_token(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim().to_owned())
+        .map_err(|e| format!("--token-file {}: {e}", path.display()))
 }
 
 /// TLS to the control plane: the mesh roots, and a client config that requires the control
@@ -120,12 +163,7 @@ impl ControlSettings {
         };
         let token = match &args.token_file {
             None => None,
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("--token-file {}: {e}", path.display()))?
-                    .trim()
-                    .to_owned(),
-            ),
+            Some(path) => Some(Arc::new(TokenFile::open(path)?)),
         };
         Ok(Self {
             host,
@@ -382,7 +420,7 @@ impl ControlClient {
         });
         let mut request = tonic::Request::new(outbound);
         if let Some(token) = &self.settings.token {
-            let bearer = format!("Bearer {token}")
+            let bearer = format!("Bearer {}", token.current())
                 .parse()
                 .map_err(|_| fail("the token holds characters not allowed in a header".into()))?;
             request.metadata_mut().insert("authorization", bearer);

@@ -521,3 +521,38 @@ async fn an_expired_certificate_makes_the_sidecar_unready_until_it_is_renewed() 
     control.restart().await;
     ficus_tests::until("ready again", Duration::from_secs(30), || ready(&server)).await;
 }
+
+/// `--token-file` is read again each time the token is presented: a Kubernetes projected
+/// token expires within the hour and kubelet writes its successor into the same file. Here
+/// the control plane stops accepting the first token and the file gets a new one; the next
+/// renewal presents the new one and succeeds.
+#[tokio::test]
+async fn a_rewritten_token_file_is_presented_at_the_next_renewal() {
+    let (control, tokens) = control("10s").await;
+    let web = sidecar(&control, tokens.path(), "web", None).await;
+    apply(&control, &mesh("PERMISSIVE", web.inbound, "")).await;
+    web.wait_ready(Duration::from_secs(30)).await;
+    let expiry = || async {
+        web.metrics()
+            .await
+            .sum("ficus_tls_certificate_expiry_timestamp_seconds", &[])
+    };
+    let first = expiry().await;
+    assert!(first > 0.0);
+    std::fs::write(
+        tokens.path().join("tokens"),
+        "tok-web-2 web shop\ntok-payments payments shop\ntok-other other shop\n",
+    )
+    .unwrap();
+    std::fs::write(tokens.path().join("web"), "tok-web-2\n").unwrap();
+    // Twice: the control plane re-reads its token file every 5 s and renewal comes every
+    // ~7 s, so the second renewal is certainly one the first token no longer passes.
+    let mut seen = first;
+    for renewal in ["first", "second"] {
+        ficus_tests::until(renewal, Duration::from_secs(40), || async {
+            expiry().await > seen
+        })
+        .await;
+        seen = expiry().await;
+    }
+}

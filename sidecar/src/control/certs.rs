@@ -96,7 +96,12 @@ impl CertManager {
 
     /// One CSR round trip; installs the certificate. Returns its (not_before, not_after).
     async fn obtain(&self) -> Result<(SystemTime, SystemTime), String> {
-        let token = self.settings.token.as_deref().ok_or("no --token-file")?;
+        let token = self
+            .settings
+            .token
+            .as_deref()
+            .ok_or("no --token-file")?
+            .current();
         let key = WorkloadKey::generate().map_err(|e| format!("key generation: {e}"))?;
         let csr_pem = key.csr_pem(&self.tls.id).map_err(|e| format!("CSR: {e}"))?;
         let channel = channel::connect(&self.settings).await?;
