@@ -49,7 +49,7 @@ pub fn run(args: Args) -> u8 {
     // File mode validates the config before anything starts; push mode starts unready.
     let mode = match (&args.config, &args.control) {
         (Some(path), None) => match ficus_config::load_path(path) {
-            Ok(config) => Mode::File(path.clone(), config),
+            Ok(config) => Mode::File(path.clone(), Box::new(config)),
             Err(errors) => {
                 eprintln!("{errors}");
                 return exit::BAD_CONFIG;
@@ -166,7 +166,7 @@ pub fn run(args: Args) -> u8 {
     let config_task = match mode {
         Mode::File(path, config) => {
             let source = format!("file:{}", path.display());
-            if let Err(error) = reloader.apply(config, &source) {
+            if let Err(error) = reloader.apply(*config, &source) {
                 eprintln!("error: {}: {error}", path.display());
                 return exit::BAD_CONFIG;
             }
@@ -245,7 +245,7 @@ pub fn run(args: Args) -> u8 {
 /// Where config comes from.
 enum Mode {
     /// `--config`: the validated start-up config and the path to watch.
-    File(std::path::PathBuf, ficus_config::Config),
+    File(std::path::PathBuf, Box<ficus_config::Config>),
     /// `--control`.
     Push(ControlSettings),
 }
