@@ -385,18 +385,26 @@ impl Pending {
         let exchange = ExchangeSlot::default();
         request.extensions_mut().insert(exchange.clone());
         let headers = request.headers();
+        // Copies, not clones: a clone shares the buffer the whole request head was read into,
+        // and a queue of lines waiting for a slow writer would hold thousands of those.
+        let owned = |value: &HeaderValue| {
+            HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes())).ok()
+        };
         let authority = match request.uri().authority() {
             Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-            None => headers.get(http::header::HOST).cloned(),
+            None => headers.get(http::header::HOST).and_then(owned),
         };
         let entry = HttpEntry {
             time: SystemTime::now(),
             direction,
             trace_id: trace_id(headers),
-            request_id: headers.get("x-request-id").cloned(),
+            request_id: headers.get("x-request-id").and_then(owned),
             method: request.method().clone(),
             authority,
-            path: request.uri().path_and_query().cloned(),
+            path: request.uri().path_and_query().and_then(|path| {
+                PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(path.as_str().as_bytes()))
+                    .ok()
+            }),
             protocol: request.version(),
             downstream,
             peer_identity: peer_identity.cloned(),
@@ -611,6 +619,33 @@ mod tests {
             map.insert(*name, HeaderValue::from_static(value));
         }
         map
+    }
+
+    /// A line waiting in the queue holds copies of the head's fields, not the buffer the
+    /// head was read into (which hyper shares out as slices).
+    #[test]
+    fn a_pending_line_does_not_hold_the_request_head() {
+        let counter = || IntCounter::new("c", "c").unwrap();
+        let sink = Box::new(io::sink());
+        let log = AccessLog::start(AccessLogTarget::Stdout, sink, counter(), counter()).unwrap();
+        let head = Bytes::from(format!("/path?q=1{}", "x".repeat(64 * 1024)).into_bytes());
+        let uri = http::Uri::from_maybe_shared(head.slice(..9)).unwrap();
+        let mut request = Request::builder().uri(uri).body(()).unwrap();
+        for (name, range) in [("host", 9..20), ("x-request-id", 20..40)] {
+            let value = HeaderValue::from_maybe_shared(head.slice(range)).unwrap();
+            request.headers_mut().insert(name, value);
+        }
+        let pending = Pending::begin(
+            Some(&log),
+            &mut request,
+            Direction::Inbound,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            None,
+        );
+        assert!(pending.is_some());
+        drop(request);
+        assert!(head.is_unique(), "the line holds no slice of the head");
+        drop(pending);
     }
 
     #[test]

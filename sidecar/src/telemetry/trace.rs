@@ -159,6 +159,18 @@ impl SpanRecord {
 /// Bytes of path and host a record holds itself; longer ones take an allocation.
 const INLINE_TEXT: usize = 96;
 
+/// Longest `url.path` and `server.address` a span records (each).
+const MAX_SPAN_TEXT: usize = 1024;
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// A request's path and host, one after the other: inline when short (the usual case), so
 /// that recording a span allocates only the record.
 #[derive(Debug)]
@@ -263,9 +275,12 @@ impl Span {
             debug: extracted.debug,
         };
         let record = sampled.then(|| {
-            let path = request.uri().path();
+            // Cut to a bound: a caller may force sampling (`x-ficus-force-trace`) with a path
+            // or Host as large as the header limits allow, and the export queue holds
+            // thousands of records.
+            let path = clip(request.uri().path(), MAX_SPAN_TEXT);
             let authority = server_address(request);
-            let host = authority.map_or("", |(host, _)| host);
+            let host = clip(authority.map_or("", |(host, _)| host), MAX_SPAN_TEXT);
             Box::new(SpanRecord {
                 trace_id: out.trace_id,
                 span_id: out.span_id,
@@ -508,6 +523,30 @@ mod tests {
         assert_eq!(record.path_and_host().1, Some("payments"));
         assert_eq!(record.server_port, Some(8080));
         assert_eq!(record.path_and_host().0, "/a/b");
+    }
+
+    #[test]
+    fn a_huge_path_or_host_is_cut_in_the_record() {
+        let s = settings(100.0);
+        let path = format!("/{}", "p".repeat(50_000));
+        let host = format!("{}.example", "h".repeat(5_000));
+        let request = Request::builder()
+            .uri(path.as_str())
+            .header("host", host.as_str())
+            .body(())
+            .unwrap();
+        let span = Span::start(Some(&s), Kind::Server, &request, PEER);
+        let record = match span.state {
+            State::On { record, .. } => record.unwrap(),
+            _ => unreachable!(),
+        };
+        let (recorded_path, recorded_host) = record.path_and_host();
+        assert_eq!(recorded_path.len(), MAX_SPAN_TEXT);
+        assert!(path.starts_with(recorded_path));
+        let recorded_host = recorded_host.expect("a host");
+        assert_eq!(recorded_host.len(), MAX_SPAN_TEXT);
+        assert!(host.starts_with(recorded_host));
+        assert_eq!(clip("aé", 2), "a", "cut at a character boundary");
     }
 
     #[test]
