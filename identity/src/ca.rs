@@ -145,6 +145,14 @@ pub enum CaError {
     /// The key is not the issuer certificate's.
     #[error("issuer key does not match the issuer certificate's public key")]
     KeyMismatch,
+    /// Certificates signed with this issuer would not name it byte for byte as its subject
+    /// reads, so they would not chain to it.
+    #[error(
+        "issuer certificate: its subject cannot be reproduced in the certificates it signs \
+         (a subject that repeats an attribute type, such as two OU or DC, or puts several in \
+         one RDN); use an issuer whose subject names each attribute type once"
+    )]
+    IssuerNameNotReproducible,
     /// The CSR is larger than [`MAX_CSR_LEN`].
     #[error("CSR is {len} bytes; the limit is {max}")]
     CsrTooLarge {
@@ -313,14 +321,41 @@ impl CertificateAuthority {
         }
         let issuer = Issuer::from_ca_cert_der(&chain[0], key)
             .map_err(|_| CaError::CertificateParse { index: 1 })?;
-        Ok(Self {
+        let ca = Self {
             trust_domain: trust_domain.to_owned(),
             issuer,
             chain,
             not_before,
             not_after,
             extra_roots: arc_swap::ArcSwap::from_pointee(Vec::new()),
-        })
+        };
+        ca.check_issuer_name()?;
+        Ok(ca)
+    }
+
+    /// Signs a throwaway certificate and checks that it names the issuer exactly as the
+    /// issuer's own subject reads: rcgen rebuilds the issuer's name from the certificate, and
+    /// a name it cannot reproduce (repeated attribute types) would make every certificate it
+    /// signs fail to chain, at every sidecar, while the control plane starts fine.
+    fn check_issuer_name(&self) -> Result<(), CaError> {
+        let id = SpiffeId::workload(&self.trust_domain, "ficus-system", "issuer-check")
+            .map_err(CaError::TrustDomain)?;
+        let params = self.leaf_params(vec![uri_san(&id)?], Duration::from_secs(60), false)?;
+        let key = KeyPair::generate().map_err(CaError::KeyGeneration)?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(CaError::Signing)?;
+        let leaf = x509::parse_certificate(cert.der()).ok_or(CaError::IssuerNameNotReproducible)?;
+        let issuer = self
+            .chain
+            .first()
+            .and_then(|der| x509::parse_certificate(der))
+            .ok_or(CaError::CertificateParse { index: 1 })?;
+        if leaf.issuer().as_raw() == issuer.subject().as_raw() {
+            Ok(())
+        } else {
+            Err(CaError::IssuerNameNotReproducible)
+        }
     }
 
     /// The issuer certificate and its chain, PEM (what `from_pem` takes).

@@ -369,6 +369,30 @@ fn an_intermediate_from_files_signs_and_sends_itself_along() {
     assert_eq!(alone.root_pem(), intermediate.pem());
 }
 
+/// An issuer whose subject repeats an attribute type (two OUs here, common in enterprise
+/// PKI) cannot be reproduced by rcgen in what it signs, so nothing it signed would chain: it
+/// is refused when loaded, not discovered at every sidecar.
+#[test]
+fn an_issuer_whose_name_cannot_be_reproduced_is_refused() {
+    let root = Authority::root("customer root");
+    let mut params = ca_params("customer intermediate");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, "a");
+    params
+        .distinguished_name
+        .push(DnType::CustomDnType(vec![2, 5, 4, 11]), "b");
+    let (intermediate, key_pem) = root.intermediate_with(params);
+    let cert_pem = format!("{}{}", intermediate.pem(), root.pem());
+    let Err(error) = CertificateAuthority::from_pem(TD, &cert_pem, &key_pem) else {
+        panic!("an issuer whose name cannot be reproduced was loaded");
+    };
+    assert!(
+        matches!(error, CaError::IssuerNameNotReproducible),
+        "{error}"
+    );
+}
+
 #[test]
 fn issued_lifetime_is_capped_by_the_issuer() {
     let root = Authority::root("root");
