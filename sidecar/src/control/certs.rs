@@ -103,6 +103,9 @@ impl CertManager {
             .ok_or("no --token-file")?
             .current();
         let key = WorkloadKey::generate().map_err(|e| format!("key generation: {e}"))?;
+        // The bundle in force as the request goes out: a push may install a newer one while
+        // it is signed, and the answer's (taken when it was signed) must not undo that.
+        let bundle_before = self.tls.trust.bundle();
         let csr_pem = key.csr_pem(&self.tls.id).map_err(|e| format!("CSR: {e}"))?;
         let channel = channel::connect(&self.settings).await?;
         let mut client = CertificatesClient::with_origin(channel, self.settings.origin.clone());
@@ -125,7 +128,12 @@ impl CertManager {
         let credentials = Credentials::from_pem(&response.certificate_chain_pem, &key)
             .map_err(|e| format!("the issued certificate is unusable: {e}"))?;
         let window = (credentials.not_before, credentials.not_after);
-        install(&self.tls, credentials, &response.trust_bundle_pem)?;
+        install(
+            &self.tls,
+            credentials,
+            &response.trust_bundle_pem,
+            Some(&bundle_before),
+        )?;
         let expiry = window
             .1
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -139,15 +147,24 @@ impl CertManager {
 
 /// Puts a signing answer in force: the trust bundle that came with it (`bundle_pem`; empty:
 /// keep the roots in force) once `credentials` are for our identity and chain to it, then the
-/// certificate. Nothing changes when anything is wrong.
-fn install(tls: &MeshTls, credentials: Credentials, bundle_pem: &str) -> Result<(), String> {
+/// certificate. Nothing changes when anything is wrong. When the roots in force are no longer
+/// `asked_under` (a push installed newer ones while the request was signed), the answer's
+/// bundle is older than them and is not installed: the certificate must chain to the roots in
+/// force.
+fn install(
+    tls: &MeshTls,
+    credentials: Credentials,
+    bundle_pem: &str,
+    asked_under: Option<&TrustBundle>,
+) -> Result<(), String> {
     if credentials.id != tls.id {
         return Err(format!(
             "issued for {} instead of {}",
             credentials.id, tls.id
         ));
     }
-    let bundle = if bundle_pem.trim().is_empty() {
+    let pushed_meanwhile = asked_under.is_some_and(|before| *before != tls.trust.bundle());
+    let bundle = if bundle_pem.trim().is_empty() || pushed_meanwhile {
         tls.trust.bundle()
     } else {
         TrustBundle::from_pem(bundle_pem, tls.trust_domain())
@@ -203,9 +220,9 @@ mod tests {
         let both = format!("{}{}", old.root_pem(), new.root_pem());
 
         // No bundle sent: the roots in force stay, the certificate must chain to them.
-        install(&tls, issue(&old, &id), "").unwrap();
+        install(&tls, issue(&old, &id), "", None).unwrap();
         assert!(tls.has_certificate());
-        let error = install(&tls, issue(&new, &id), "").unwrap_err();
+        let error = install(&tls, issue(&new, &id), "", None).unwrap_err();
         assert!(
             error.contains("does not lead to the trust bundle"),
             "{error}"
@@ -213,7 +230,7 @@ mod tests {
 
         // A bundle that does not trust the certificate sent with it changes nothing.
         let before = tls.store.not_after();
-        let error = install(&tls, issue(&new, &id), &old.root_pem()).unwrap_err();
+        let error = install(&tls, issue(&new, &id), &old.root_pem(), None).unwrap_err();
         assert!(error.contains("the issued certificate"), "{error}");
         assert_eq!(
             trust.bundle(),
@@ -222,21 +239,33 @@ mod tests {
         assert_eq!(tls.store.not_after(), before);
 
         // Garbage, another trust domain, another identity: refused, nothing changes.
-        let error = install(&tls, issue(&old, &id), "not pem").unwrap_err();
+        let error = install(&tls, issue(&old, &id), "not pem", None).unwrap_err();
         assert!(error.contains("trust bundle"), "{error}");
         let other = SpiffeId::workload(td, "shop", "other").unwrap();
-        let error = install(&tls, issue(&old, &other), &both).unwrap_err();
+        let error = install(&tls, issue(&old, &other), &both, None).unwrap_err();
         assert!(error.contains("instead of"), "{error}");
         assert_eq!(trust.bundle().certificates().len(), 1);
 
         // The rotation bundle with a certificate under the new root: both in force.
-        install(&tls, issue(&new, &id), &both).unwrap();
+        install(&tls, issue(&new, &id), &both, None).unwrap();
         assert_eq!(trust.bundle(), TrustBundle::from_pem(&both, td).unwrap());
         let presented = tls.store.current().unwrap();
         TrustBundle::from_pem(&new.root_pem(), td)
             .unwrap()
             .check_chain(presented.chain())
             .unwrap();
+
+        // A signing answer that was asked for under an older bundle than the one a push has
+        // put in force since (the old root removed) does not bring the old root back; its
+        // certificate is installed when it chains to the roots in force.
+        let asked_under = trust.bundle();
+        let new_only = TrustBundle::from_pem(&new.root_pem(), td).unwrap();
+        trust.install(new_only.clone()).unwrap();
+        install(&tls, issue(&new, &id), &both, Some(&asked_under)).unwrap();
+        assert_eq!(trust.bundle(), new_only, "the pushed bundle stays");
+        let error = install(&tls, issue(&old, &id), &both, Some(&asked_under)).unwrap_err();
+        assert!(error.contains("the issued certificate"), "{error}");
+        assert_eq!(trust.bundle(), new_only);
     }
 
     #[test]
