@@ -252,13 +252,18 @@ pub fn extract(headers: &HeaderMap) -> Extracted {
         out.formats.b3_single = true;
         match parse_b3_single(single.as_bytes()) {
             Some(b3) => {
-                if out.parent.is_none() && out.sampled.is_none() && !out.debug {
+                // Its ids count whenever no other header gave any (a sampling-only
+                // `x-b3-sampled` beside it gives none); its sampling decision only where no
+                // other header made one.
+                if out.parent.is_none() {
                     if let Some((trace_id, span_id, short)) = b3.ids {
                         out.parent = Some(Parent { trace_id, span_id });
                         out.formats.b3_short_trace_id = short;
                     }
-                    out.sampled = b3.sampled;
-                    out.debug = b3.debug;
+                    if out.sampled.is_none() && !out.debug {
+                        out.sampled = b3.sampled;
+                        out.debug = b3.debug;
+                    }
                 }
             }
             None => out.malformed = true,
@@ -674,6 +679,13 @@ mod tests {
         assert!(e.parent.is_some());
         let e = extract(&headers(&[("b3", "0")]));
         assert_eq!((e.parent, e.sampled), (None, Some(false)));
+        // A sampling-only multi header beside it does not hide its ids.
+        let e = extract(&headers(&[
+            ("x-b3-sampled", "1"),
+            ("b3", &format!("{TRACE}-{SPAN}-0")),
+        ]));
+        assert_eq!(e.parent.unwrap().trace_id.0, hex16(TRACE));
+        assert_eq!(e.sampled, Some(true), "the multi header decided first");
     }
 
     #[test]
