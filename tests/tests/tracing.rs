@@ -386,6 +386,33 @@ async fn a_retried_request_records_its_retries_flags_and_error() {
     assert_eq!(span.span.status.as_ref().map(|s| s.code), Some(2));
 }
 
+/// A request the client gives up on before its answer still has its span exported, as
+/// abandoned (`DC`, no status), like its metrics and access-log line.
+#[tokio::test]
+async fn a_request_the_client_abandons_still_exports_its_span() {
+    let receiver = OtlpReceiver::start().await;
+    let app = Upstream::start("payments").await;
+    let sidecar = sidecar_to(&app, &tracing_to(receiver.addr, 100)).await;
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(200),
+        client::get(sidecar.outbound, "payments", "/delay/3000"),
+    )
+    .await;
+    assert!(abandoned.is_err(), "given up before the answer");
+    let span = receiver
+        .wait_for(1, WAIT, |s| {
+            s.attr("ficus.response_flags").as_deref() == Some("DC")
+        })
+        .await
+        .remove(0);
+    assert_eq!(
+        span.attr("url.path").as_deref(),
+        Some("/delay/3000"),
+        "{span:#?}"
+    );
+    assert_eq!(span.attr("http.response.status_code"), None, "{span:#?}");
+}
+
 #[tokio::test]
 async fn a_malformed_traceparent_is_replaced_and_its_tracestate_dropped() {
     let receiver = OtlpReceiver::start().await;

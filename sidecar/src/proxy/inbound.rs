@@ -18,7 +18,7 @@ use crate::policy::rate_limit;
 use crate::state::Shared;
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::{Direction, Recorder};
-use crate::telemetry::trace::{Kind, PeerIdentity, Span};
+use crate::telemetry::trace::{Finishing, Kind, PeerIdentity, Span};
 
 /// Handles one request from a peer. Never fails: errors become responses. `timer`: the
 /// downstream connection's timer for the response-header deadline (HTTP/1.1).
@@ -43,7 +43,11 @@ pub fn handle<'a>(
             peer,
             identity.as_ref(),
         );
-        let mut span = Span::start(snapshot.tracing.as_ref(), Kind::Server, &request, peer);
+        let mut span = Finishing::new(
+            Span::start(snapshot.tracing.as_ref(), Kind::Server, &request, peer),
+            &shared.traces,
+            started,
+        );
         access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
         if span.is_recording() {
             span.set_peer_identity(identity.clone().map(PeerIdentity::Verified));
@@ -56,7 +60,7 @@ pub fn handle<'a>(
             shared.metrics.http_rejected("bad_request");
             let (response, flag) = error.into_response();
             let elapsed = recorder.record(&inbound.metrics, response.status().as_u16(), flag);
-            span.finish(&shared.traces, &response, flag, elapsed);
+            span.finish(&response, flag, elapsed);
             return access_log::finish(log, response, &inbound.metrics, flag);
         }
         if inbound.authz.is_active() {
@@ -70,7 +74,7 @@ pub fn handle<'a>(
                 tracing::info!(%peer, peer_id, method = %request.method(), "request denied by authorization policy");
                 let (response, flag) = ProxyError::Denied.into_response();
                 let elapsed = recorder.record(&inbound.metrics, response.status().as_u16(), flag);
-                span.finish(&shared.traces, &response, flag, elapsed);
+                span.finish(&response, flag, elapsed);
                 return access_log::finish(log, response, &inbound.metrics, flag);
             }
         }
@@ -80,7 +84,7 @@ pub fn handle<'a>(
                 let retry_after = rate_limit::retry_after_seconds(wait);
                 let (response, flag) = ProxyError::RateLimited { retry_after }.into_response();
                 let elapsed = recorder.record(&inbound.metrics, response.status().as_u16(), flag);
-                span.finish(&shared.traces, &response, flag, elapsed);
+                span.finish(&response, flag, elapsed);
                 return access_log::finish(log, response, &inbound.metrics, flag);
             }
         }
@@ -149,7 +153,7 @@ pub fn handle<'a>(
             }
         };
         let elapsed = recorder.record(&inbound.metrics, response.status().as_u16(), flag);
-        span.finish(&shared.traces, &response, flag, elapsed);
+        span.finish(&response, flag, elapsed);
         access_log::finish(log, response, &inbound.metrics, flag)
     }
 }

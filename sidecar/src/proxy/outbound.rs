@@ -24,7 +24,7 @@ use crate::snapshot::{RouteBackend, Snapshot};
 use crate::state::Shared;
 use crate::telemetry::access_log;
 use crate::telemetry::metrics::{Direction, Recorder, RequestMetrics};
-use crate::telemetry::trace::{Kind, PeerIdentity, Span};
+use crate::telemetry::trace::{Finishing, Kind, PeerIdentity, Span};
 
 /// Handles one request from the local app. Never fails: errors become responses. `timer`:
 /// the downstream connection's timer for the response-header deadline (HTTP/1.1).
@@ -53,7 +53,11 @@ pub fn handle<'a>(
             peer,
             None,
         );
-        let mut span = Span::start(snapshot.tracing.as_ref(), Kind::Client, &request, peer);
+        let mut span = Finishing::new(
+            Span::start(snapshot.tracing.as_ref(), Kind::Client, &request, peer),
+            &shared.traces,
+            started,
+        );
         access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
         // Counts the request once even if the client goes away and this future is dropped.
         let mut recorder = Recorder::new(&snapshot.unrouted, started);
@@ -68,7 +72,7 @@ pub fn handle<'a>(
         )
         .await;
         let elapsed = recorder.record(metrics, response.status().as_u16(), flag);
-        span.finish(&shared.traces, &response, flag, elapsed);
+        span.finish(&response, flag, elapsed);
         access_log::finish(log, response, metrics, flag)
     }
 }

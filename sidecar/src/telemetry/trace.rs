@@ -29,7 +29,7 @@ pub mod propagation;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{HeaderMap, HeaderValue};
 use http::{Method, Request, Response, Version};
@@ -402,6 +402,21 @@ impl Span {
         }
     }
 
+    /// Ends a span whose request was given up before its response (the client went away):
+    /// status 0 and flag `DC`, handed to the exporter like any other.
+    fn abandon(self, sink: &SpanSink, elapsed: Duration) {
+        if let State::On {
+            record: Some(mut record),
+            ..
+        } = self.state
+        {
+            record.status = 0;
+            record.flags = crate::telemetry::metrics::DOWNSTREAM_CLOSED;
+            record.duration = elapsed;
+            sink.submit(*record);
+        }
+    }
+
     /// Ends the span with the response sent back and hands it to the exporter (sampled spans
     /// only; never waits).
     pub fn finish<B>(
@@ -421,6 +436,56 @@ impl Span {
             record.duration = elapsed;
             sink.submit(*record);
         }
+    }
+}
+
+/// A request's [`Span`] that is still exported if the request is dropped before it finishes
+/// (hyper drops the request's future when the client goes away): as abandoned, flag `DC`,
+/// like the request's metrics and access-log line. Without it, the spans of requests the
+/// client gave up on (the slow ones people trace) would vanish, and the next hop's span
+/// would point to a parent never seen.
+#[derive(Debug)]
+pub struct Finishing<'a> {
+    span: Span,
+    sink: &'a SpanSink,
+    started: Instant,
+}
+
+impl<'a> Finishing<'a> {
+    /// Watches `span`, of a request that arrived at `started`, exported to `sink`.
+    pub fn new(span: Span, sink: &'a SpanSink, started: Instant) -> Self {
+        Self {
+            span,
+            sink,
+            started,
+        }
+    }
+
+    /// Ends the span with the response sent back ([`Span::finish`]).
+    pub fn finish<B>(mut self, response: &Response<B>, flags: &'static str, elapsed: Duration) {
+        let span = std::mem::replace(&mut self.span, Span { state: State::Off });
+        span.finish(self.sink, response, flags, elapsed);
+    }
+}
+
+impl std::ops::Deref for Finishing<'_> {
+    type Target = Span;
+
+    fn deref(&self) -> &Span {
+        &self.span
+    }
+}
+
+impl std::ops::DerefMut for Finishing<'_> {
+    fn deref_mut(&mut self) -> &mut Span {
+        &mut self.span
+    }
+}
+
+impl Drop for Finishing<'_> {
+    fn drop(&mut self) {
+        let span = std::mem::replace(&mut self.span, Span { state: State::Off });
+        span.abandon(self.sink, self.started.elapsed());
     }
 }
 

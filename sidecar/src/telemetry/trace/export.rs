@@ -660,7 +660,10 @@ fn fill(span: &mut Span, record: &SpanRecord) {
 
     let mut attributes = Attributes::over(&mut span.attributes);
     attributes.text("http.request.method", method);
-    attributes.int("http.response.status_code", record.status.into());
+    // No status for a request given up before its response (abandoned, flag `DC`).
+    if record.status != 0 {
+        attributes.int("http.response.status_code", record.status.into());
+    }
     let (path, host) = record.path_and_host();
     attributes.text("url.path", path);
     if record.kind == Kind::Server {
