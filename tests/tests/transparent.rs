@@ -208,9 +208,16 @@ async fn outbound_http_is_routed_by_original_destination_and_unknown_passes_thro
     .unwrap();
     assert_eq!(h2, (200, "payments-v2".to_owned()));
     // A destination Ficus does not know, under a Host it does not know: unchanged.
-    let unknown = http_get(pod, addr("10.77.0.4:8080"), "stranger.example", "/x", &[])
-        .await
-        .unwrap();
+    let malformed = [("traceparent", "00-not-a-trace-context")];
+    let unknown = http_get(
+        pod,
+        addr("10.77.0.4:8080"),
+        "stranger.example",
+        "/x",
+        &malformed,
+    )
+    .await
+    .unwrap();
     assert_eq!((unknown.status, unknown.body.as_str()), (200, "stranger"));
     // IPv6: ip6tables redirects to the sidecar's [::1] listener; routed by its endpoint.
     let over_v6 = http_get(pod, addr("[fd77::2]:80"), "[fd77::2]", "/", &[])
@@ -234,6 +241,12 @@ async fn outbound_http_is_routed_by_original_destination_and_unknown_passes_thro
     assert!(!passed.contains_key("x-request-id"), "{passed:?}");
     assert!(!passed.contains_key("x-forwarded-for"), "{passed:?}");
     assert_eq!(passed["host"], "stranger.example");
+    // Except for a malformed trace context, which is replaced on this path too.
+    let traceparent = passed["traceparent"].to_str().unwrap();
+    assert!(
+        traceparent.len() == 55 && traceparent.starts_with("00-"),
+        "{traceparent}"
+    );
 
     let metrics = sidecar.metrics(&world).await;
     let requests = |service: &str, backend: &str| {

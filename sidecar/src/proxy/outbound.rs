@@ -113,6 +113,10 @@ fn route_and_forward<'a, 's>(
         }) else {
             if let Some(redirected) = &redirected {
                 recorder.route(&snapshot.passthrough);
+                // Our span's context goes along (or a sound one in place of a malformed
+                // header), as on every other path: the destination's span is its child.
+                let mut request = request;
+                span.inject(request.headers_mut());
                 // Boxed, like the retrying exchange below: a rare path's state would otherwise
                 // grow the future of every request, which is moved (copied) when it is boxed for
                 // hyper (listener::serve_io).
