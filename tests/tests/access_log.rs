@@ -320,6 +320,31 @@ async fn the_trace_id_is_that_of_the_sidecar_span_when_tracing_is_on() {
     assert_eq!(lines[0]["trace_id"], trace_id, "{traceparent}");
 }
 
+/// With tracing off, a malformed trace context is replaced on the way upstream, and the line
+/// logs the trace id that was sent on, not one read from the malformed header.
+#[tokio::test]
+async fn with_tracing_off_the_line_logs_the_trace_id_sent_on() {
+    let upstream = Upstream::start("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_path(&dir, "access.log");
+    let sidecar = Sidecar::start(&(mesh(Some(&path)) + &backend("ok", upstream.addr))).await;
+    // A bad flags field: malformed, so the whole context is replaced.
+    let malformed = format!("00-{TRACE_ID}-00f067aa0ba902b7-0g");
+    let request = Request::get("/malformed")
+        .header("host", "ok")
+        .header("traceparent", malformed.as_str())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client::send(sidecar.outbound, request).await.unwrap();
+    assert_eq!(response.status, 200);
+    let lines = lines(&path, 1).await;
+    let sent = upstream.last().expect("the upstream got the request");
+    let traceparent = sent.headers["traceparent"].to_str().unwrap().to_owned();
+    assert_ne!(traceparent, malformed);
+    let trace_id = traceparent.split('-').nth(1).unwrap();
+    assert_eq!(lines[0]["trace_id"], trace_id, "{traceparent}");
+}
+
 #[tokio::test]
 async fn a_request_abandoned_by_its_client_is_logged_as_dc() {
     // An upstream that accepts and never answers; it says when the request got there.

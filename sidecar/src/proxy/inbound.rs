@@ -48,7 +48,7 @@ pub fn handle<'a>(
             &shared.traces,
             started,
         );
-        access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
+        access_log::set_trace_id(&mut log, span.trace_id());
         if span.is_recording() {
             span.set_peer_identity(identity.clone().map(PeerIdentity::Verified));
         }

@@ -58,7 +58,7 @@ pub fn handle<'a>(
             &shared.traces,
             started,
         );
-        access_log::set_trace_id(&mut log, span.context().map(|c| c.trace_id.0));
+        access_log::set_trace_id(&mut log, span.trace_id());
         // Counts the request once even if the client goes away and this future is dropped.
         let mut recorder = Recorder::new(&snapshot.unrouted, started);
         let (response, metrics, flag) = route_and_forward(

@@ -330,6 +330,16 @@ impl Span {
         }
     }
 
+    /// The trace id sent on, when this sidecar decides it: its own span's (tracing on), or
+    /// the sound context written in place of malformed headers (tracing off). `None` when the
+    /// caller's headers pass on as they are.
+    pub fn trace_id(&self) -> Option<[u8; 16]> {
+        match &self.state {
+            State::Off => None,
+            State::Repair(out, ..) | State::On { out, .. } => Some(out.trace_id.0),
+        }
+    }
+
     /// This sidecar's span context when it takes part in the trace.
     pub fn context(&self) -> Option<&Outgoing> {
         match &self.state {
