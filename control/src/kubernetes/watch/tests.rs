@@ -472,14 +472,7 @@ async fn the_cluster_becomes_versions_and_invalid_objects_are_left_out() {
     let third = wait_version(&state, 3).await;
     assert!(!third.documents.iter().any(|d| d["kind"] == "HTTPRoute"));
     assert!(third.documents.iter().any(|d| d["kind"] == "Mesh"));
-    assert_eq!(
-        state
-            .metrics
-            .kubernetes_objects_left_out
-            .with_label_values(&["HTTPRoute"])
-            .get(),
-        1
-    );
+    assert_eq!(left_out(&state, "HTTPRoute"), 1);
     cluster
         .event("Service", json!({"type": "ADDED", "object": service}))
         .await;
@@ -584,6 +577,15 @@ fn has(record: &crate::state::VersionRecord, kind: &str, namespace: &str, name: 
     })
 }
 
+/// How many objects of `kind` the watch has left out so far.
+fn left_out(state: &ControlState, kind: &str) -> u64 {
+    state
+        .metrics
+        .kubernetes_objects_left_out
+        .with_label_values(&[kind])
+        .get()
+}
+
 fn new_state() -> (Arc<ControlState>, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     let (store, current) = Store::open(data.path()).unwrap();
@@ -638,13 +640,7 @@ async fn a_route_to_a_service_without_endpoints_is_left_out_and_the_rest_committ
     assert!(!has(&current, "TrafficPolicy", "shop", "payments-v2"));
     assert!(has(&current, "Backend", "shop", "monolith"));
     assert!(has(&current, "Mesh", "default", "default"));
-    let left_out = |kind: &str| {
-        state
-            .metrics
-            .kubernetes_objects_left_out
-            .with_label_values(&[kind])
-            .get()
-    };
+    let left_out = |kind: &str| left_out(&state, kind);
     assert_eq!(left_out("HTTPRoute"), 1);
     assert_eq!(left_out("TrafficPolicy"), 1);
     assert_eq!(left_out("AuthorizationPolicy"), 0);
@@ -681,13 +677,7 @@ async fn an_invalid_backend_and_the_route_naming_it_are_left_out() {
     }
     assert!(has(&current, "TrafficPolicy", "shop", "payments-v2"));
     assert!(has(&current, "AuthorizationPolicy", "shop", "payments-v2"));
-    let left_out = |kind: &str| {
-        state
-            .metrics
-            .kubernetes_objects_left_out
-            .with_label_values(&[kind])
-            .get()
-    };
+    let left_out = |kind: &str| left_out(&state, kind);
     assert_eq!((left_out("Backend"), left_out("HTTPRoute")), (1, 1));
 }
 
@@ -714,10 +704,9 @@ async fn an_invalid_mesh_refuses_the_whole_sync() {
     assert!(refused.contains("spec.trustDomain"), "{refused}");
     assert_eq!(state.current().version, 1, "the last good version stays");
     assert_eq!(state.store.history().unwrap().len(), 1);
-    let left_out = state
-        .metrics
-        .kubernetes_objects_left_out
-        .with_label_values(&["HTTPRoute"])
-        .get();
-    assert_eq!(left_out, 0, "nothing is left out of a refused sync");
+    assert_eq!(
+        left_out(&state, "HTTPRoute"),
+        0,
+        "nothing is left out of a refused sync"
+    );
 }
