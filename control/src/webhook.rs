@@ -6,9 +6,10 @@
 //! 70 % of its lifetime; the MutatingWebhookConfiguration's `caBundle` is the mesh root
 //! (`<data>/ca.pem`). Route: `POST /inject`.
 //!
-//! The answer is always `allowed: true`: a webhook must never be the reason a pod cannot be
-//! created. The configuration says `failurePolicy: Ignore` (fail open), so when the control
-//! plane is down pods start without a sidecar; and when injection fails here (a bad
+//! The answer is always `allowed: true`: an error of ours (a bad annotation, an odd pod) must
+//! not be the reason a pod cannot be created. The configuration says `failurePolicy: Fail`,
+//! so while the control plane cannot be reached pods of the mesh's namespaces wait rather
+//! than start without a sidecar (outside mTLS and their policies); when injection fails here (a bad
 //! annotation, an odd pod) the pod is admitted unchanged with the reason as an admission
 //! warning (kubectl prints it), logged and counted in
 //! `ficus_control_webhook_requests_total{result="error"}`. Re-injection is idempotent: a pod

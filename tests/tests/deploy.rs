@@ -207,6 +207,28 @@ async fn the_kustomization_builds_with_kubectl() {
     }
 }
 
+/// Injection fails closed (a pod of a mesh namespace waits while the control plane cannot be
+/// reached, rather than start without its sidecar, outside mTLS and its policies), and can
+/// never block the control plane's own namespace, which carries no injection label. The gRPC
+/// port is TLS, so it is not declared as cleartext HTTP/2.
+#[test]
+fn the_injector_fails_closed_but_never_for_the_control_planes_namespace() {
+    let webhook = read("deploy/control-plane/webhook.yaml");
+    assert!(webhook.contains("failurePolicy: Fail"), "{webhook}");
+    assert!(
+        webhook.contains("      ficus.dev/inject: enabled"),
+        "{webhook}"
+    );
+    let namespace = read("deploy/control-plane/namespace.yaml");
+    assert!(namespace.contains("name: ficus-system"));
+    assert!(!namespace.contains("ficus.dev/inject:"), "{namespace}");
+    let control = read("deploy/control-plane/control.yaml");
+    assert!(
+        !control.contains("kubernetes.io/h2c"),
+        "port 15012 speaks TLS"
+    );
+}
+
 #[test]
 fn every_dockerfile_copies_the_whole_workspace() {
     let manifest = read("Cargo.toml");

@@ -142,7 +142,10 @@ pub fn volumes(config: &InjectConfig) -> Vec<Value> {
             "name": config.ca_config_map,
             "items": [{"key": "ca.pem", "path": "ca.pem"}],
         }}),
-        json!({"name": CACHE_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}}),
+        // The cache holds the last snapshot as JSON (escaped): room for the largest one the
+        // control plane sends (16 MiB) several times over, so a big config never gets every
+        // meshed pod evicted at once.
+        json!({"name": CACHE_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}),
         json!({"name": XTABLES_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
     ]
 }

@@ -138,6 +138,9 @@ fn a_deployment_gets_the_redirect_init_container_and_a_native_sidecar() {
     );
     let ca = volumes.iter().find(|v| v["name"] == "ficus-ca").unwrap();
     assert_eq!(ca["configMap"]["name"], "ficus-root-ca");
+    // Room for the largest snapshot the control plane sends (16 MiB), stored JSON-escaped.
+    let cache = volumes.iter().find(|v| v["name"] == "ficus-cache").unwrap();
+    assert_eq!(cache["emptyDir"]["sizeLimit"], "64Mi");
     for mount in sidecar["volumeMounts"].as_array().unwrap() {
         assert!(
             volumes.iter().any(|v| v["name"] == mount["name"]),
