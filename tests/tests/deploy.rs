@@ -176,6 +176,109 @@ async fn bootstrap_ca_prints_valid_manifests_with_the_generated_root() {
     }
 }
 
+/// Run again (say, to add a namespace) against a cluster that has a CA, `bootstrap-ca` keeps
+/// it: the Secret is not written, and the new ConfigMap and the webhook's caBundle carry the
+/// cluster's root. Before, every run made a new root and overwrote the Secret and caBundle,
+/// so the webhook's certificate (from the old root) no longer matched and the namespaces not
+/// named in that run kept the old root. `kubectl` is a stand-in that serves the existing
+/// Secret and records what is applied and patched (no API server runs here).
+#[tokio::test]
+async fn bootstrap_ca_run_again_keeps_the_clusters_ca() {
+    let script = repo().join("deploy/bootstrap-ca");
+    let bin = binary("ficus-control")
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let run_script = |args: Vec<&'static str>, path: String, log: Option<std::path::PathBuf>| {
+        let script = script.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut command = Command::new(script);
+                command.args(args).env("PATH", path);
+                if let Some(log) = log {
+                    command.env("FAKE_KUBECTL_LOG", log);
+                }
+                command.output()
+            })
+            .await
+            .unwrap()
+            .expect("run bootstrap-ca")
+        }
+    };
+    let path = format!("{bin}:{}", std::env::var("PATH").unwrap_or_default());
+    // The cluster's CA: what a first run made.
+    let first = run_script(vec!["--print", "shop"], path.clone(), None).await;
+    assert!(first.status.success());
+    let first = String::from_utf8_lossy(&first.stdout).into_owned();
+    let field = |name: &str| {
+        first
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+            .unwrap()
+            .to_owned()
+    };
+    let (cert, key) = (field("cert.pem"), field("key.pem"));
+    let root = first
+        .split("  ca.pem: |\n")
+        .nth(1)
+        .unwrap()
+        .split("\n---")
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let fake = tempfile::tempdir().unwrap();
+    let log = fake.path().join("log");
+    std::fs::create_dir(&log).unwrap();
+    let kubectl = fake.path().join("kubectl");
+    std::fs::write(
+        &kubectl,
+        format!(
+            "#!/usr/bin/env bash\n\
+             echo \"$*\" >> \"$FAKE_KUBECTL_LOG/calls\"\n\
+             case \"$*\" in\n\
+             *'jsonpath={{.data.cert\\.pem}}'*) printf %s '{cert}' ;;\n\
+             *'jsonpath={{.data.key\\.pem}}'*) printf %s '{key}' ;;\n\
+             *'get secret'*) exit 0 ;;\n\
+             'get namespace blog') exit 1 ;;\n\
+             'create namespace blog') exit 0 ;;\n\
+             'apply -f -') cat > \"$FAKE_KUBECTL_LOG/applied\" ;;\n\
+             patch*) echo \"$*\" > \"$FAKE_KUBECTL_LOG/patched\" ;;\n\
+             *) exit 1 ;;\n\
+             esac\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &kubectl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{path}", fake.path().display());
+    let again = run_script(vec!["blog"], path, Some(log.clone())).await;
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let calls = std::fs::read_to_string(log.join("calls")).unwrap();
+    assert!(calls.contains("create namespace blog"), "{calls}");
+    let applied = std::fs::read_to_string(log.join("applied")).unwrap();
+    assert!(!applied.contains("kind: Secret"), "{applied}");
+    assert!(applied.contains("namespace: blog"), "{applied}");
+    assert!(applied.contains(&root), "the cluster's root: {applied}");
+    let patched = std::fs::read_to_string(log.join("patched")).unwrap();
+    let root_pem: String = root.lines().map(|l| format!("{}\n", l.trim())).collect();
+    assert!(
+        patched.contains(&base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            &root_pem
+        )),
+        "caBundle is the cluster's root: {patched}"
+    );
+}
+
 #[tokio::test]
 async fn the_kustomization_builds_with_kubectl() {
     let Some(kubectl) = std::env::var_os("PATH").and_then(|path| {
