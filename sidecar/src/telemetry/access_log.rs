@@ -137,33 +137,51 @@ impl AccessLog {
 
 /// The writer thread: one line per entry, flushed whenever the queue runs empty. Ends when
 /// every sender is gone.
-fn write_lines(receiver: Receiver<Entry>, out: Box<dyn Write + Send>, write_failed: IntCounter) {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
-    let mut line = String::with_capacity(512);
+/// Most bytes of lines gathered before they are written.
+const BATCH: usize = 64 * 1024;
+
+/// Writes lines as they come, gathered into batches (what the queue holds at once, at most
+/// [`BATCH`] bytes). A batch that cannot be written is lost whole, and every line in it is
+/// counted in `write_failed`.
+fn write_lines(
+    receiver: Receiver<Entry>,
+    mut out: Box<dyn Write + Send>,
+    write_failed: IntCounter,
+) {
+    let mut batch: Vec<u8> = Vec::with_capacity(BATCH);
+    let mut lines = 0u64;
     let mut failing = false;
-    let report = |result: io::Result<()>, failing: &mut bool| match result {
-        Ok(()) => *failing = false,
-        Err(error) => {
-            write_failed.inc();
-            if !*failing {
-                tracing::warn!(%error, "writing the access log failed; lines are being lost");
-            }
-            *failing = true;
+    let mut write = |batch: &mut Vec<u8>, lines: &mut u64| {
+        if batch.is_empty() {
+            return;
         }
+        match out.write_all(batch).and_then(|()| out.flush()) {
+            Ok(()) => failing = false,
+            Err(error) => {
+                write_failed.inc_by(*lines);
+                if !failing {
+                    tracing::warn!(%error, "writing the access log failed; lines are being lost");
+                }
+                failing = true;
+            }
+        }
+        batch.clear();
+        *lines = 0;
     };
     while let Ok(mut entry) = receiver.recv() {
         loop {
-            line.clear();
-            // Writing into a String cannot fail.
-            let _ = write!(line, "{}", entry.to_json());
-            line.push('\n');
-            report(out.write_all(line.as_bytes()), &mut failing);
+            // Writing into a Vec cannot fail.
+            let _ = writeln!(batch, "{}", entry.to_json());
+            lines += 1;
+            if batch.len() >= BATCH {
+                write(&mut batch, &mut lines);
+            }
             match receiver.try_recv() {
                 Ok(next) => entry = next,
                 Err(_) => break,
             }
         }
-        report(out.flush(), &mut failing);
+        write(&mut batch, &mut lines);
     }
 }
 
@@ -692,6 +710,31 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A target that refuses every write (a full disk).
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::other("no space left on device"))
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::Error::other("no space left on device"))
+        }
+    }
+
+    #[test]
+    fn every_line_a_failed_write_loses_is_counted() {
+        let (sender, receiver) = sync_channel(QUEUE);
+        for bytes in 0..200 {
+            sender.send(Entry::Tcp(tcp_entry(bytes))).unwrap();
+        }
+        drop(sender);
+        let failed = IntCounter::new("failed", "failed").unwrap();
+        write_lines(receiver, Box::new(Full), failed.clone());
+        assert_eq!(failed.get(), 200);
     }
 
     fn tcp_entry(bytes: u64) -> TcpEntry {
