@@ -824,6 +824,27 @@ async fn one_ejected() -> (Scripted, Upstream, Sidecar, H1Client) {
     (failing, healthy, sidecar, client)
 }
 
+/// A Backend unrelated to `api`, to change a config without touching it.
+const OTHER_BACKEND: &str = "---\napiVersion: ficus.dev/v1alpha1\nkind: Backend\n\
+                             metadata: {name: other, namespace: shop}\n\
+                             spec: {endpoints: [{address: \"127.0.0.1:9\"}]}\n";
+
+/// Swaps in the config of [`one_ejected`] plus an unrelated Backend (version 2), then checks
+/// that `failing` is still ejected: ten requests, all answered by the healthy endpoint.
+async fn another_backend_keeps_the_ejection(
+    sidecar: &Sidecar,
+    client: &mut H1Client,
+    failing: &Scripted,
+    healthy: SocketAddr,
+) {
+    sidecar.write_config(&ejecting(failing.addr, healthy, "60s", OTHER_BACKEND));
+    sidecar.wait_version(2, Duration::from_secs(10)).await;
+    for _ in 0..10 {
+        assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
+    }
+    assert_eq!(failing.count(), 2, "still ejected after the swap");
+}
+
 /// A config rejected after validation (its access log cannot be opened) changes nothing: the
 /// policy state carried between configs stays with the serving one, so an ejection survives
 /// the rejection and the next accepted config.
@@ -842,14 +863,7 @@ async fn a_config_rejected_at_install_leaves_ejections_alone() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // An accepted change elsewhere: the ejection is still there.
-    let other = "---\napiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: other, namespace: shop}\n\
-                 spec: {endpoints: [{address: \"127.0.0.1:9\"}]}\n";
-    sidecar.write_config(&config(other, "60s"));
-    sidecar.wait_version(2, Duration::from_secs(10)).await;
-    for _ in 0..10 {
-        assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
-    }
-    assert_eq!(failing.count(), 2, "still ejected");
+    another_backend_keeps_the_ejection(&sidecar, &mut client, &failing, healthy.addr).await;
 }
 
 /// A config push that leaves a Backend and its TrafficPolicy alone keeps its ejections (and
@@ -859,18 +873,11 @@ async fn ejections_survive_a_swap_that_leaves_the_backend_alone() {
     let (failing, healthy, sidecar, mut client) = one_ejected().await;
     let config = |extra: &str, base: &str| ejecting(failing.addr, healthy.addr, base, extra);
     // An unrelated change: one more Backend.
-    let other = "---\napiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: other, namespace: shop}\n\
-                 spec: {endpoints: [{address: \"127.0.0.1:9\"}]}\n";
-    sidecar.write_config(&config(other, "60s"));
-    sidecar.wait_version(2, Duration::from_secs(10)).await;
-    for _ in 0..10 {
-        assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
-    }
-    assert_eq!(failing.count(), 2, "still ejected after the swap");
+    another_backend_keeps_the_ejection(&sidecar, &mut client, &failing, healthy.addr).await;
     let metrics = sidecar.metrics().await;
     assert_eq!(metrics.sum("ficus_outlier_ejections_active", &[]), 1.0);
     // A changed policy is new state: the endpoint is back in the rotation.
-    sidecar.write_config(&config(other, "30s"));
+    sidecar.write_config(&config(OTHER_BACKEND, "30s"));
     sidecar.wait_version(3, Duration::from_secs(10)).await;
     for _ in 0..10 {
         client.send(request("GET", "")).await.unwrap();
