@@ -490,22 +490,22 @@ async fn first_speaker(
     let Some(app) = connect(shared, original).await else {
         return FirstSpeaker::Neither;
     };
+    // Whether the client spoke first (`biased`: it wins a tie).
     let client_first = tokio::time::timeout(idle, async {
         tokio::select! {
             biased;
-            ready = client.readable() => ready.is_ok(),
-            ready = app.readable() => return ready.is_ok().then_some(false),
+            ready = client.readable() => ready.map(|()| true),
+            ready = app.readable() => ready.map(|()| false),
         }
-        .then_some(true)
     })
     .await;
     match client_first {
-        Ok(Some(true)) => match sniff(client, detect_timeout).await {
+        Ok(Ok(true)) => match sniff(client, detect_timeout).await {
             Some((sniffed, read)) => FirstSpeaker::Client(sniffed, read, app),
             None => FirstSpeaker::Neither,
         },
-        Ok(Some(false)) => FirstSpeaker::App(app),
-        Ok(None) | Err(_) => FirstSpeaker::Neither,
+        Ok(Ok(false)) => FirstSpeaker::App(app),
+        Ok(Err(_)) | Err(_) => FirstSpeaker::Neither,
     }
 }
 
