@@ -189,7 +189,8 @@ pub struct Backend {
     pub key: ResourceKey,
     /// Protocol to the endpoints.
     pub protocol: Protocol,
-    /// At least one endpoint.
+    /// Its endpoints; none for a workload scaled to zero (its requests get 503 `UH`, its
+    /// connections are closed).
     pub endpoints: Vec<Endpoint>,
     /// Local listener for opaque TCP (required for `tcp`, rejected otherwise).
     pub listen: Option<SocketAddr>,

@@ -336,7 +336,7 @@ pub struct BackendSpec {
     /// Wire protocol to the endpoints; default `http`.
     #[serde(default)]
     pub protocol: Protocol,
-    /// Where the workload listens; at least one.
+    /// Where the workload listens; none (a workload scaled to zero) answers its requests 503.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
     /// `ip:port` of the local listener that forwards opaque TCP; `tcp` Backends only.

@@ -134,20 +134,25 @@ pub struct BackendTarget {
 impl BackendTarget {
     /// The next endpoint by the Backend's balancer and weights, skipping ejected ones, and
     /// drained ones (weight 0) while another is available (all ejected: ignore ejection).
-    pub fn endpoint(&self) -> &Arc<EndpointPool> {
-        self.pick().0
+    /// `None` when the Backend has no endpoints (scaled to zero).
+    pub fn endpoint(&self) -> Option<&Arc<EndpointPool>> {
+        self.pick().map(|(endpoint, _)| endpoint)
     }
 
-    /// [`BackendTarget::endpoint`] for an HTTP request: `None` when outlier detection has
-    /// every endpoint ejected, so the request fails fast (503 `UH`) until one is due back on
-    /// probation (RELIABILITY UP-3), rather than going to an endpoint known to fail.
+    /// [`BackendTarget::endpoint`] for an HTTP request: `None` also when outlier detection
+    /// has every endpoint ejected, so the request fails fast (503 `UH`) until one is due back
+    /// on probation (RELIABILITY UP-3), rather than going to an endpoint known to fail.
     pub fn healthy_endpoint(&self) -> Option<&Arc<EndpointPool>> {
-        let (endpoint, available) = self.pick();
+        let (endpoint, available) = self.pick()?;
         available.then_some(endpoint)
     }
 
-    /// The balancer's choice, and whether it is in the rotation (not ejected).
-    fn pick(&self) -> (&Arc<EndpointPool>, bool) {
+    /// The balancer's choice, and whether it is in the rotation (not ejected); `None`
+    /// without endpoints.
+    fn pick(&self) -> Option<(&Arc<EndpointPool>, bool)> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
         let available = |j: usize| {
             self.policy
                 .outliers
@@ -157,8 +162,8 @@ impl BackendTarget {
         let i = self.policy.balancer.pick(available);
         // The balancer falls back to an ejected endpoint only when all of them are.
         let in_rotation = self.policy.outliers.is_none() || available(i);
-        let endpoint = &self.endpoints[i.min(self.endpoints.len().saturating_sub(1))];
-        (endpoint, in_rotation)
+        let endpoint = self.endpoints.get(i).or(self.endpoints.last())?;
+        Some((endpoint, in_rotation))
     }
 
     /// Records a try's outcome on `endpoint` for outlier detection (nothing without it).

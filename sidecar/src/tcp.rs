@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
@@ -17,9 +18,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::drain::Drain;
 use crate::listener::accept_loop;
+use crate::proxy::error::flags;
+use crate::snapshot::TcpService;
 use crate::state::Shared;
 use crate::telemetry::access_log::TcpEntry;
-use crate::tunnel::copy_with_idle_timeout;
+use crate::telemetry::metrics::Metrics;
+use crate::tunnel::{copy_with_idle_timeout, Transferred};
 
 /// The running opaque TCP listeners.
 #[derive(Debug)]
@@ -98,6 +102,66 @@ impl TcpListeners {
     }
 }
 
+/// How a connection relayed to a TCP service went.
+#[derive(Debug)]
+pub struct Relayed {
+    /// The Backend chosen for it (`namespace/name`).
+    pub backend: Arc<str>,
+    /// The endpoint, when the Backend has one.
+    pub upstream: Option<SocketAddr>,
+    /// Bytes each way.
+    pub bytes: Transferred,
+    /// `UH` without an endpoint, `UF` when connecting failed, else empty.
+    pub flags: &'static str,
+}
+
+/// Relays `downstream` to `service`: a Backend chosen by the service's split, an endpoint by
+/// that Backend's balancer, connected over plain TCP or mTLS (ALPN `ficus-tcp`) when the
+/// endpoint names a peer identity; bytes copied until either side ends or nothing moves for
+/// `idle`. A Backend without endpoints (scaled to zero) gets the connection closed. Failures
+/// are counted in `ficus_upstream_failures_total`.
+pub async fn relay_to_service<S>(
+    metrics: &Metrics,
+    service: &TcpService,
+    downstream: &mut S,
+    idle: Duration,
+) -> Relayed
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let target = service.backends.pick();
+    let mut relayed = Relayed {
+        backend: Arc::clone(&target.label),
+        upstream: None,
+        bytes: Transferred::default(),
+        flags: "",
+    };
+    let Some(endpoint) = target.endpoint() else {
+        metrics.upstream_failure("no_healthy_upstream");
+        relayed.flags = flags::NO_HEALTHY_UPSTREAM;
+        tracing::debug!(service = %service.label, backend = %target.label, "opaque TCP: the Backend has no endpoints");
+        return relayed;
+    };
+    relayed.upstream = Some(endpoint.address());
+    match endpoint.connect_opaque().await {
+        Ok(mut upstream) => {
+            let (bytes, result) =
+                copy_with_idle_timeout(downstream, &mut upstream, idle, Some(metrics.tcp_live()))
+                    .await;
+            relayed.bytes = bytes;
+            if let Err(error) = result {
+                tracing::debug!(service = %service.label, %error, "opaque TCP connection ended");
+            }
+        }
+        Err(error) => {
+            metrics.upstream_failure(error.reason());
+            relayed.flags = flags::UPSTREAM_CONNECT_FAILURE;
+            tracing::debug!(service = %service.label, %error, "opaque TCP connect failed");
+        }
+    }
+    relayed
+}
+
 /// Forwards one accepted connection.
 async fn proxy_connection(
     shared: Arc<Shared>,
@@ -134,39 +198,15 @@ async fn proxy_connection(
         (Instant::now(), entry)
     });
     if let Some(service) = service {
-        let target = service.backends.pick();
-        let endpoint = target.endpoint();
+        let relayed = relay_to_service(metrics, &service, &mut downstream, idle).await;
         if let Some((_, entry)) = &mut log {
             entry.service.clone_from(&service.label);
             entry.backend.clear();
-            entry.backend.push_str(&target.label);
-            entry.upstream = Some(endpoint.address());
-        }
-        // Plain TCP, or mTLS (ALPN `ficus-tcp`) when the endpoint names a peer identity.
-        match endpoint.connect_opaque().await {
-            Ok(mut upstream) => {
-                let (bytes, result) = copy_with_idle_timeout(
-                    &mut downstream,
-                    &mut upstream,
-                    idle,
-                    Some(metrics.tcp_live()),
-                )
-                .await;
-                if let Some((_, entry)) = &mut log {
-                    entry.bytes_received = bytes.forward;
-                    entry.bytes_sent = bytes.backward;
-                }
-                if let Err(error) = result {
-                    tracing::debug!(service = %service.label, %error, "opaque TCP connection ended");
-                }
-            }
-            Err(error) => {
-                metrics.upstream_failure(error.reason());
-                if let Some((_, entry)) = &mut log {
-                    entry.flags = "UF";
-                }
-                tracing::debug!(service = %service.label, %error, "opaque TCP connect failed");
-            }
+            entry.backend.push_str(&relayed.backend);
+            entry.upstream = relayed.upstream;
+            entry.flags = relayed.flags;
+            entry.bytes_received = relayed.bytes.forward;
+            entry.bytes_sent = relayed.bytes.backward;
         }
     }
     // The line goes to the access log of the config in force when the connection ends.

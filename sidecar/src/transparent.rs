@@ -519,27 +519,7 @@ async fn forward_tcp_service(
     let metrics = &shared.metrics;
     let idle = shared.snapshot.load().limits.connection_idle_timeout;
     metrics.tcp_opened.inc();
-    let target = service.backends.pick();
-    let endpoint = target.endpoint();
-    // Plain TCP, or mTLS (ALPN `ficus-tcp`) when the endpoint names a peer identity.
-    match endpoint.connect_opaque().await {
-        Ok(mut upstream) => {
-            let (_, result) = copy_with_idle_timeout(
-                &mut downstream,
-                &mut upstream,
-                idle,
-                Some(metrics.tcp_live()),
-            )
-            .await;
-            if let Err(error) = result {
-                tracing::debug!(service = %service.label, %error, "intercepted TCP connection ended");
-            }
-        }
-        Err(error) => {
-            metrics.upstream_failure(error.reason());
-            tracing::debug!(service = %service.label, %error, "intercepted TCP connect failed");
-        }
-    }
+    crate::tcp::relay_to_service(metrics, service, &mut downstream, idle).await;
     metrics.tcp_closed.inc();
 }
 

@@ -1,7 +1,8 @@
 //! Endpoint weights (`Backend.spec.endpoints[].weight`) through a real sidecar to real
 //! upstreams on loopback: RoundRobin splits exactly, LeastRequest within binomial bounds, a
 //! drained endpoint (weight 0) gets nothing, a config swap drains an endpoint, and opaque TCP
-//! connections follow the weights too.
+//! connections follow the weights too. A Backend without endpoints (scaled to zero) answers
+//! its share 503 `UH` and closes its TCP connections, and scales back up by a swap.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -172,4 +173,99 @@ async fn opaque_tcp_connections_follow_endpoint_weights() {
             "{window:?}"
         );
     }
+}
+
+/// A Backend scaled to zero (`endpoints: []`, as a Kubernetes Service whose pods are all
+/// unready translates to) keeps its routes: its share of a split gets 503 with
+/// `x-ficus-error: no-healthy-upstream`, the other share is served, its opaque TCP
+/// connections are closed at once and counted, and a swap that gives it an endpoint back
+/// serves it again.
+#[tokio::test]
+async fn a_backend_without_endpoints_answers_503_for_its_share_and_scales_back_up() {
+    let (stable, canary) = (
+        Upstream::start("stable").await,
+        Upstream::start("canary").await,
+    );
+    let echo = TcpEcho::start("t:").await;
+    let listen = ficus_tests::free_addr();
+    let config = |canary_endpoints: &str, tcp_endpoints: &str| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: stable, namespace: shop}}\n\
+             spec: {{endpoints: [{{address: \"{}\"}}]}}\n---\n\
+             apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: canary, namespace: shop}}\n\
+             spec: {{endpoints: [{canary_endpoints}]}}\n---\n\
+             apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache, namespace: shop}}\n\
+             spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{tcp_endpoints}]}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: shop, namespace: shop}}\n\
+             spec:\n  parentRefs: [{{kind: Service, name: shop}}]\n  rules:\n\
+             \x20 - backendRefs: [{{name: stable, weight: 50}}, {{name: canary, weight: 50}}]\n",
+            stable.addr
+        )
+    };
+    let sidecar = Sidecar::start(&config("", "")).await;
+
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let (mut served, mut refused) = (0, 0);
+    for _ in 0..400 {
+        let response = client.get("shop", "/").await.unwrap();
+        match response.status {
+            200 => {
+                assert_eq!(response.text(), "stable");
+                served += 1;
+            }
+            503 => {
+                assert_eq!(response.header("x-ficus-error"), "no-healthy-upstream");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", response.text()),
+        }
+    }
+    // 400 draws at 1/2: 200 ± 60 is beyond six standard deviations (10).
+    assert!(
+        (140..=260).contains(&refused),
+        "{served} served, {refused} refused"
+    );
+    let direct = client.get("canary", "/").await.unwrap();
+    assert_eq!(
+        direct.status,
+        503,
+        "the Backend's own name: {}",
+        direct.text()
+    );
+    assert_eq!(canary.count(), 0);
+
+    // Opaque TCP to a Backend without endpoints: closed at once, nothing sent.
+    let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let _ = stream.write_all(b"ping").await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got))
+        .await
+        .expect("the connection is closed within 10 s");
+    assert!(read.is_err() || got.is_empty(), "{got:?}");
+    let metrics = sidecar.metrics().await;
+    let failures = |reason| metrics.sum("ficus_upstream_failures_total", &[("reason", reason)]);
+    assert!(failures("no_healthy_upstream") >= (refused + 2) as f64);
+
+    // Scaled back up: every request is served, by both.
+    sidecar.write_config(&config(
+        &format!("{{address: \"{}\"}}", canary.addr),
+        &format!("{{address: \"{}\"}}", echo.addr),
+    ));
+    sidecar.wait_version(2, Duration::from_secs(10)).await;
+    let mut names = Vec::new();
+    for _ in 0..100 {
+        let response = client.get("shop", "/").await.unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        names.push(response.text());
+    }
+    let counts = tally(&names);
+    assert!(counts.get("canary").is_some_and(|&n| n > 10), "{counts:?}");
+    let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut got))
+        .await
+        .expect("no echo within 10 s")
+        .unwrap();
+    assert_eq!(&got, b"t:ping");
 }

@@ -23,13 +23,8 @@ pub(crate) fn validate(
         raw::Protocol::Grpc => Protocol::Grpc,
         raw::Protocol::Tcp => Protocol::Tcp,
     };
-    if spec.endpoints.is_empty() {
-        report.error(
-            "spec.endpoints",
-            "a Backend needs at least one endpoint",
-            "add `endpoints: [{address: 127.0.0.1:9001}]` with the workload's address",
-        );
-    }
+    // No endpoints is a Backend scaled to zero (or a Kubernetes Service whose pods are all
+    // unready): it stays routable, and its share of requests gets 503 `UH`.
     let mut seen = BTreeSet::new();
     let endpoints: Vec<_> = spec
         .endpoints
@@ -50,9 +45,6 @@ pub(crate) fn validate(
         })
         .collect();
     let listen = listen(report, spec, protocol, &key, claims, claim);
-    if spec.endpoints.is_empty() {
-        return None;
-    }
     Some(model::Backend {
         key,
         protocol,

@@ -128,7 +128,7 @@ spec: {endpoints: [{address: nowhere}]}
 apiVersion: ficus.dev/v1alpha1
 kind: Backend
 metadata: {name: b}
-spec: {endpoints: []}
+spec: {protocol: tcp, endpoints: []}
 ";
     let errors = parse(text).unwrap_err();
     assert_eq!(errors.len(), 2);

@@ -9,10 +9,12 @@
 //!   and `annotations`; `status` goes). Otherwise a status update or a new `resourceVersion`
 //!   would make a new version pushed to every sidecar, and `managedFields` would weigh on
 //!   every snapshot.
-//! - Each `v1` Service with ready endpoints becomes a `Backend` of the same name and namespace
-//!   (so HTTPRoute `backendRefs` to Services resolve): its endpoints are the ready addresses
+//! - Each `v1` Service becomes a `Backend` of the same name and namespace (so HTTPRoute
+//!   `backendRefs` to Services resolve): its endpoints are the ready addresses
 //!   of the `discovery.k8s.io/v1` EndpointSlices labelled `kubernetes.io/service-name`, on
-//!   the slice port of the Service's first port (by name); its protocol comes from that port's
+//!   the slice port of the Service's first port (by name), none when no pod is ready (then
+//!   its share of requests gets 503 `UH`, as the Gateway API asks of a Service without
+//!   ready endpoints); its protocol comes from that port's
 //!   `appProtocol` (`http`, `kubernetes.io/h2c` → `http2`, `grpc`) or name prefix
 //!   (`http-`, `h2c-`, `grpc-`), default `http`. With the annotation
 //!   `ficus.dev/service-account: NAME` each endpoint requires the identity
@@ -24,8 +26,9 @@
 //! source of config passes, with each object its own source, named after it
 //! (`Service shop/monolith`) in diagnostics.
 //! Services that cannot be Backends are listed in [`Translation::skipped`] with the reason:
-//! no ready endpoint (a Backend needs one), `ExternalName`, or an opaque TCP protocol (in
-//! Ficus a tcp Backend needs a local `listen` address, which a Service does not have).
+//! `ExternalName`, an opaque TCP protocol (in Ficus a tcp Backend needs a local `listen`
+//! address, which a Service does not have), or no ready endpoint while an AuthorizationPolicy
+//! protects it through a service account other than its name (see `backend_for`).
 //! Service cluster IPs are not carried: the config model has no field for them yet.
 //!
 //! # One bad object does not freeze the mesh
@@ -44,9 +47,8 @@
 //! Three cases still refuse the whole translation: a Mesh with a problem (the Mesh is global —
 //! mTLS mode, trust domain, proxy limits apply to every sidecar — so no part of the cluster
 //! is right without it); an AuthorizationPolicy with a problem (leaving it out would take its
-//! rules away, and a workload with no policy allows every caller, so it fails closed: e.g. a
-//! Service whose pods are all unready, with a policy on its Backend, keeps the last good
-//! version until its pods are back or the policy is fixed); and nothing left when objects
+//! rules away, and a workload with no policy allows every caller, so it fails closed); and
+//! nothing left when objects
 //! were left out (an empty config would take every route and Backend away, rather than keep
 //! the last good ones).
 
@@ -99,6 +101,8 @@ pub fn translate(objects: &[Value], trust_domain: &str) -> Result<Translation, C
     let mut explicit_backends = BTreeSet::new();
     let mut services = Vec::new();
     let mut slices: BTreeMap<(String, String), Vec<&Value>> = BTreeMap::new();
+    // `(namespace, Backend name)` of every AuthorizationPolicy's target.
+    let mut protected = BTreeSet::new();
     for object in objects {
         let api_version = object["apiVersion"].as_str().unwrap_or("");
         let kind = object["kind"].as_str().unwrap_or("");
@@ -112,6 +116,11 @@ pub fn translate(objects: &[Value], trust_domain: &str) -> Result<Translation, C
             | ("gateway.networking.k8s.io/v1alpha2", "TCPRoute") => {
                 if kind == "Backend" {
                     explicit_backends.insert((namespace.to_owned(), name.to_owned()));
+                }
+                if kind == "AuthorizationPolicy" {
+                    if let Some(target) = object["spec"]["targetRef"]["name"].as_str() {
+                        protected.insert((namespace.to_owned(), target.to_owned()));
+                    }
                 }
                 sources.push(Object {
                     kind: kind.to_owned(),
@@ -147,7 +156,8 @@ pub fn translate(objects: &[Value], trust_domain: &str) -> Result<Translation, C
         }
         let no_slices = Vec::new();
         let service_slices = slices.get(&key).unwrap_or(&no_slices);
-        match backend_for(service, service_slices, trust_domain) {
+        let is_protected = protected.contains(&key);
+        match backend_for(service, service_slices, trust_domain, is_protected) {
             Ok(backend) => sources.push(Object {
                 kind: "Service".to_owned(),
                 source: source(&format!("Service {namespace}/{name}"), &backend),
@@ -246,8 +256,14 @@ fn without_bookkeeping(object: &Value) -> Value {
     object
 }
 
-/// The Backend document for `service`, or why there is none.
-fn backend_for(service: &Value, slices: &[&Value], trust_domain: &str) -> Result<Value, String> {
+/// The Backend document for `service`, or why there is none. `protected`: an
+/// AuthorizationPolicy targets the Service's Backend.
+fn backend_for(
+    service: &Value,
+    slices: &[&Value],
+    trust_domain: &str,
+    protected: bool,
+) -> Result<Value, String> {
     let namespace = service["metadata"]["namespace"]
         .as_str()
         .unwrap_or("default");
@@ -266,9 +282,9 @@ fn backend_for(service: &Value, slices: &[&Value], trust_domain: &str) -> Result
             "port {port_name:?} is opaque TCP; declare a tcp Backend with `listen` instead"
         ));
     }
-    let identity = service["metadata"]["annotations"][SERVICE_ACCOUNT_ANNOTATION]
-        .as_str()
-        .map(|account| format!("spiffe://{trust_domain}/ns/{namespace}/sa/{account}"));
+    let account = service["metadata"]["annotations"][SERVICE_ACCOUNT_ANNOTATION].as_str();
+    let identity =
+        account.map(|account| format!("spiffe://{trust_domain}/ns/{namespace}/sa/{account}"));
     let mut addresses = BTreeSet::new();
     for slice in slices {
         let Some(slice_port) = slice["ports"].as_array().and_then(|ports| {
@@ -293,8 +309,17 @@ fn backend_for(service: &Value, slices: &[&Value], trust_domain: &str) -> Result
             }
         }
     }
-    if addresses.is_empty() {
-        return Err("no ready endpoint".to_owned());
+    // Without ready endpoints the Backend has none (its requests get 503 `UH`), except in one
+    // case: a sidecar finds the policies protecting it by its Backend's name, or else by the
+    // identities of the Backend's endpoints. With a service account other than the Service's
+    // name and no endpoint to carry it, the Service's pods (starting, not ready yet) would
+    // not find their AuthorizationPolicy and would allow every caller; leaving the Backend
+    // out makes the policy fail validation, which holds the sync (it fails closed).
+    if let Some(account) = account.filter(|a| addresses.is_empty() && protected && *a != name) {
+        return Err(format!(
+            "no ready endpoint, and an AuthorizationPolicy protects it through service account \
+             {account:?} (its pods could not find the policy)"
+        ));
     }
     let endpoints: Vec<Value> = addresses
         .into_iter()

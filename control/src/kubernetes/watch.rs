@@ -5,8 +5,7 @@
 //! [`translate`](super::translate::translate) over all cached objects and, when the result
 //! validates and differs from the current version, commits it to the store as a new version
 //! and pushes it as before. Objects that do not validate are left out of the result, one by
-//! one (a route to a Service without ready endpoints, a mistyped Backend and the routes that
-//! name it), so the rest of the cluster keeps being pushed; each is logged at warn with its
+//! one (a route to an ExternalName Service, a mistyped Backend and the routes that name it), so the rest of the cluster keeps being pushed; each is logged at warn with its
 //! diagnostics and counted in `ficus_control_kubernetes_objects_left_out_total{kind}`. The
 //! whole result is refused — logged, counted as an `invalid` sync, and the last good version
 //! keeps serving — only when the Mesh is invalid (it is global; this includes a Mesh naming

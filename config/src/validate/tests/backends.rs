@@ -16,13 +16,24 @@ fn mesh(spec: &str) -> String {
 }
 
 #[test]
-fn backend_needs_an_endpoint() {
+fn a_backend_may_have_no_endpoints() {
+    // A workload scaled to zero: routes to it stay valid (its share gets 503 `UH`).
     let text = with_backends(&backend("x", "{endpoints: []}"));
-    single_error(
-        &text,
-        "Backend shop/x",
-        "spec.endpoints",
-        "at least one endpoint",
+    let config = parse(&text).unwrap();
+    assert!(
+        config.backends[&crate::model::ResourceKey::new("shop", "x")]
+            .endpoints
+            .is_empty()
+    );
+    let tcp = backend(
+        "y",
+        "{protocol: tcp, listen: 127.0.0.1:16380, endpoints: []}",
+    );
+    let config = parse(&with_backends(&tcp)).unwrap();
+    assert!(
+        config.backends[&crate::model::ResourceKey::new("shop", "y")]
+            .endpoints
+            .is_empty()
     );
 }
 

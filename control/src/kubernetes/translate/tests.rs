@@ -66,10 +66,11 @@ fn the_shop_cluster_becomes_the_snapshot() {
     let mut skipped = translation.skipped.clone();
     skipped.sort();
     let names: Vec<&str> = skipped.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(names, ["shop/cache", "shop/legacy-db", "shop/storefront"]);
+    assert_eq!(names, ["shop/cache", "shop/legacy-db"]);
     assert!(skipped[0].1.contains("opaque TCP"), "{skipped:?}");
     assert!(skipped[1].1.contains("ExternalName"), "{skipped:?}");
-    assert_eq!(skipped[2].1, "no ready endpoint");
+    // Its one pod is not ready: a Backend without endpoints (requests to it get 503 `UH`).
+    assert_eq!(addresses(&translation, "storefront"), []);
 }
 
 #[test]
@@ -134,17 +135,44 @@ fn invalid_objects_are_left_out_and_named_with_their_diagnostics() {
     assert!(left_out[0].1.contains("payments-v3"), "{left_out:?}");
     assert_eq!(translation.left_out[0].kind, "HTTPRoute");
     assert!(translation.config.http_routes.is_empty());
-    assert_eq!(translation.config.backends.len(), 3, "the rest is kept");
+    assert_eq!(translation.config.backends.len(), 4, "the rest is kept");
 
-    // A route to a Service whose pods are all gone: the Service is no Backend, so the route
-    // and the traffic policy on it are left out (each naming the Backend); the rest is kept.
+    // A route to a Service whose pods are all gone: the Service is a Backend without
+    // endpoints, so the route, its policies and the rest of the cluster all stay.
     let mut objects = cluster();
     objects.retain(|o| {
         !(o["kind"] == "EndpointSlice"
             && o["metadata"]["labels"]["kubernetes.io/service-name"] == "payments-v2")
     });
-    // With its AuthorizationPolicy the whole translation is refused: leaving a policy out
-    // would open the workload to every caller.
+    let translation = translate(&objects, "cluster.local").unwrap();
+    assert!(
+        translation.left_out.is_empty(),
+        "{:?}",
+        translation.left_out
+    );
+    assert_eq!(addresses(&translation, "payments-v2"), []);
+    let config = &translation.config;
+    assert_eq!(config.http_routes.len(), 1);
+    assert!(config.traffic_policies.contains_key(&key("payments-v2")));
+    assert_eq!(config.authorization_policies.len(), 1);
+}
+
+/// A sidecar finds the policies protecting it by its Backend's name or by its endpoints'
+/// identities; a Service whose pods run as another service account and are all unready has
+/// no endpoint to carry that link, so its protected Backend is kept out and the policy holds
+/// the sync (fails closed) rather than leave its starting pods open to every caller.
+#[test]
+fn a_protected_service_without_ready_pods_fails_closed_when_its_account_differs() {
+    let mut objects = cluster();
+    objects.retain(|o| {
+        !(o["kind"] == "EndpointSlice"
+            && o["metadata"]["labels"]["kubernetes.io/service-name"] == "payments-v2")
+    });
+    let service = objects
+        .iter_mut()
+        .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "payments-v2")
+        .unwrap();
+    service["metadata"]["annotations"][SERVICE_ACCOUNT_ANNOTATION] = json!("payments");
     let refused = translate(&objects, "cluster.local")
         .unwrap_err()
         .to_string();
@@ -152,22 +180,15 @@ fn invalid_objects_are_left_out_and_named_with_their_diagnostics() {
         refused.contains("AuthorizationPolicy shop/payments-v2"),
         "{refused}"
     );
+    // Without the policy there is nothing to protect: a Backend without endpoints.
     objects.retain(|o| o["kind"] != "AuthorizationPolicy");
     let translation = translate(&objects, "cluster.local").unwrap();
-    let left_out = left_out_of(&translation);
-    let names: Vec<&str> = left_out.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["HTTPRoute shop/shop", "TrafficPolicy shop/payments-v2"]
+    assert!(
+        translation.left_out.is_empty(),
+        "{:?}",
+        translation.left_out
     );
-    for (name, diagnostics) in &left_out {
-        assert!(
-            diagnostics.contains("Backend \"shop/payments-v2\" does not exist"),
-            "{name}: {diagnostics}"
-        );
-    }
-    assert!(translation.config.backends.contains_key(&key("monolith")));
-    assert!(translation.config.backends.contains_key(&key("shop")));
+    assert_eq!(addresses(&translation, "payments-v2"), []);
 }
 
 #[test]
@@ -176,7 +197,7 @@ fn objects_broken_by_a_left_out_object_are_left_out_next() {
     objects.push(json!({
         "apiVersion": "ficus.dev/v1alpha1", "kind": "Backend",
         "metadata": {"name": "payments-v3", "namespace": "shop"},
-        "spec": {"protocol": "http", "endpoints": []},
+        "spec": {"protocol": "http", "endpoints": [{"address": "10.0.0.1"}]},
     }));
     let route = objects
         .iter_mut()
@@ -187,10 +208,7 @@ fn objects_broken_by_a_left_out_object_are_left_out_next() {
     let left_out = left_out_of(&translation);
     let names: Vec<&str> = left_out.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(names, ["Backend shop/payments-v3", "HTTPRoute shop/shop"]);
-    assert!(
-        left_out[0].1.contains("at least one endpoint"),
-        "{left_out:?}"
-    );
+    assert!(left_out[0].1.contains("not an ip:port"), "{left_out:?}");
     assert!(
         left_out[1]
             .1
