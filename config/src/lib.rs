@@ -7,11 +7,13 @@
 //! - `error`: [`Diagnostic`] (file, document, field path, hint) and [`ConfigErrors`].
 //! - `duration`: Gateway API durations (`500ms`, `2s`, `1m30s`).
 //! - [`spiffe`]: SPIFFE IDs, strictly (the TLS layer's rules, in one place).
+//! - [`path`]: request paths in one spelling (decoded unreserved escapes, ambiguity refused).
 //! - `load`: reading a file or a directory of `*.yaml`.
 //! - [`wire`] (feature `wire`): push-protocol messages and gRPC stubs.
 #![forbid(unsafe_code)]
 
 pub mod model;
+pub mod path;
 pub mod raw;
 pub mod spiffe;
 

@@ -93,10 +93,19 @@ async fn ambiguous_paths_never_reach_a_protected_path() {
         "//admin",
         "/admin;x",
         "/./admin",
+        // Encoded letters are the same path to the app (RFC 3986 §6.2.2.2), so to the policy.
+        "/%61dmin",
+        "/%61%64%6D%69%6E/x",
+        // Tomcat drops `;` parameters before it resolves dot segments: this is `/admin`.
+        "/public/..;/admin",
     ] {
         let got = status(&sidecar, "GET", path).await;
         assert!(got == 403 || got == 400, "{path}: {got}");
     }
     assert_eq!(app.count(), 0, "nothing reached the app: {:?}", app.last());
     assert_eq!(status(&sidecar, "GET", "/public").await, 200);
+    // The app gets the one spelling the policy saw.
+    assert_eq!(status(&sidecar, "GET", "/p%75blic?q=%61").await, 200);
+    let last = app.last().unwrap();
+    assert_eq!(last.uri, "/public?q=%61");
 }

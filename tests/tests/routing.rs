@@ -220,3 +220,36 @@ async fn unmatched_path_of_a_known_service_is_404() {
         200
     );
 }
+
+/// Requests are routed by their path with percent-encoded letters decoded: `/%61dmin` is
+/// `/admin` to the app, so it takes the `/admin` route (a route meant to lock it down is not
+/// sidestepped by spelling), and the upstream gets the decoded spelling.
+#[tokio::test]
+async fn encoded_letters_take_the_route_of_the_decoded_path() {
+    let (monolith, admin) = (
+        Upstream::start("monolith").await,
+        Upstream::start("admin").await,
+    );
+    let config = backends(&[("monolith", monolith.addr), ("admin", admin.addr)])
+        + &route(
+            "  - matches: [{path: {type: Exact, value: /admin}}]\n    backendRefs: [{name: admin}]\n\
+             \x20 - backendRefs: [{name: monolith}]\n",
+        );
+    let sidecar = Sidecar::start(&config).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    for path in ["/admin", "/%61dmin", "/%61%44min"] {
+        let response = client.get("shop", path).await.unwrap();
+        let expected = if path == "/%61%44min" {
+            "monolith"
+        } else {
+            "admin"
+        };
+        assert_eq!(
+            (response.status, response.text()),
+            (200, expected.to_owned()),
+            "{path}"
+        );
+    }
+    assert_eq!(admin.last().unwrap().uri, "/admin");
+    assert_eq!(monolith.last().unwrap().uri, "/aDmin");
+}

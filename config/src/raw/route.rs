@@ -243,7 +243,7 @@ pub struct RequestRedirect {
     /// New port; default: the scheme's.
     #[serde(default)]
     pub port: Option<u16>,
-    /// 301 (default), 302, 303, 307 or 308.
+    /// 302 (default, as in the Gateway API), 301, 303, 307 or 308.
     #[serde(default)]
     pub status_code: Option<u16>,
 }

@@ -237,22 +237,40 @@ pub(crate) fn method(report: &mut Report<'_>, field: &str, method: &str) -> Opti
     None
 }
 
-/// A request path (or path prefix): starts with `/`, printable ASCII, no query or fragment.
+/// A request path (or path prefix): starts with `/`, printable ASCII, no query or fragment,
+/// and spelled as the sidecar spells requests ([`crate::path`]), or no request could match it.
 pub(crate) fn path(report: &mut Report<'_>, field: &str, path: &str) -> Option<String> {
     let printable = path.chars().all(|c| c.is_ascii_graphic());
-    if path.starts_with('/') && printable && !path.contains(['?', '#']) {
-        return Some(path.to_owned());
+    if !(path.starts_with('/') && printable && !path.contains(['?', '#'])) {
+        let hint = if !path.starts_with('/') {
+            format!(
+                "paths start with '/': write \"/{}\"",
+                path.trim_start_matches('/')
+            )
+        } else {
+            "use printable ASCII without spaces, '?' or '#'; percent-encode other characters"
+                .to_owned()
+        };
+        report.error(field, format!("{path:?} is not a valid path"), hint);
+        return None;
     }
-    let hint = if !path.starts_with('/') {
-        format!(
-            "paths start with '/': write \"/{}\"",
-            path.trim_start_matches('/')
-        )
-    } else {
-        "use printable ASCII without spaces, '?' or '#'; percent-encode other characters".to_owned()
-    };
-    report.error(field, format!("{path:?} is not a valid path"), hint);
-    None
+    if let Some(decoded) = crate::path::decode_unreserved(path) {
+        report.error(
+            field,
+            format!("{path:?} percent-encodes letters, digits or `-._~`"),
+            format!("requests are matched decoded: write {decoded:?}"),
+        );
+        return None;
+    }
+    if let Some(problem) = crate::path::ambiguity(path) {
+        report.error(
+            field,
+            format!("{path:?} can never match: a {problem} is refused with 400"),
+            "write the path without `//`, `.` or `..` segments and without encoded `/`, `\\` or NUL",
+        );
+        return None;
+    }
+    Some(path.to_owned())
 }
 
 /// A regex that must match a whole value: compiled as `^(?:pattern)$` with a size cap.

@@ -273,7 +273,14 @@ fn path_modifier(
         );
         return None;
     };
-    let value = path(report, &format!("{field}.{own_name}"), value)?;
+    // An empty `replacePrefixMatch` takes the prefix away (`/foo/bar` → `/bar`), as the
+    // Gateway API's table has it.
+    let value =
+        if value.is_empty() && modifier.modifier_type == PathModifierType::ReplacePrefixMatch {
+            String::new()
+        } else {
+            path(report, &format!("{field}.{own_name}"), value)?
+        };
     if modifier.modifier_type == PathModifierType::ReplacePrefixMatch && !rule.all_prefix {
         report.error(
             format!("{field}.type"),
@@ -328,7 +335,7 @@ fn request_redirect(
         }
         port => Some(port),
     };
-    let status_code = match redirect.status_code.unwrap_or(301) {
+    let status_code = match redirect.status_code.unwrap_or(302) {
         code @ (301 | 302 | 303 | 307 | 308) => Some(code),
         code => {
             report.error(

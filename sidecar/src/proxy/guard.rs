@@ -11,14 +11,19 @@ pub const MAX_REQUEST_TARGET: usize = 8 * 1024;
 /// 20-digit length is a smuggling attempt, not an upload.
 pub const MAX_CONTENT_LENGTH: u64 = 1 << 50;
 
-/// Refuses requests that are malformed in ways the HTTP parser accepts.
-pub fn check<B>(request: &Request<B>) -> Result<(), ProxyError> {
+/// Refuses requests that are malformed in ways the HTTP parser accepts, and spells the path
+/// one way: percent-encoded unreserved characters are decoded (`/%61dmin` is `/admin` to
+/// routing and authorization, as it is to the app; [`ficus_config::path`]).
+pub fn check<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
     let target = request
         .uri()
         .path_and_query()
         .map_or(0, |pq| pq.as_str().len());
     if target > MAX_REQUEST_TARGET {
         return Err(ProxyError::UriTooLong(target));
+    }
+    if request.uri().path().contains('%') {
+        decode_path(request)?;
     }
     check_path(request.uri().path())?;
     let mut hosts = request.headers().get_all(HOST).iter();
@@ -37,9 +42,29 @@ pub fn check<B>(request: &Request<B>) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Replaces the request's path by its spelling with unreserved characters decoded.
+fn decode_path<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
+    let Some(path) = ficus_config::path::decode_unreserved(request.uri().path()) else {
+        return Ok(());
+    };
+    let target = match request.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = request.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        target
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("invalid request target"))?,
+    );
+    *request.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    Ok(())
+}
+
 /// Refuses paths that routing, authorization and the upstream could read differently
 /// (RELIABILITY HTTP1-6): encoded slashes or backslashes, `%00`, backslashes, `#`, dot
-/// segments (plain or percent-encoded) and empty segments. What passes is one normalized path.
+/// segments (plain, percent-encoded, or with `;` parameters) and empty segments.
 pub fn check_path(path: &str) -> Result<(), ProxyError> {
     if plainly_normal(path) {
         return Ok(());
@@ -47,15 +72,16 @@ pub fn check_path(path: &str) -> Result<(), ProxyError> {
     check_path_fully(path)
 }
 
-/// One pass over the bytes: no `%`, backslash or `#`, no empty segment before the last, and no segment
-/// of dots only. Such a path passes [`check_path_fully`]; anything else is left to it.
+/// One pass over the bytes: no `%`, `;`, backslash or `#`, no empty segment before the last,
+/// and no segment of dots only. Such a path passes [`check_path_fully`]; anything else is left
+/// to it.
 fn plainly_normal(path: &str) -> bool {
     let mut segment = 0usize;
     let mut dots = 0usize;
     let mut slash_seen = false;
     for &byte in path.as_bytes() {
         match byte {
-            b'%' | b'\\' | b'#' => return false,
+            b'%' | b';' | b'\\' | b'#' => return false,
             b'/' => {
                 if slash_seen && (segment == 0 || dots == segment) {
                     return false;
@@ -76,31 +102,10 @@ fn plainly_normal(path: &str) -> bool {
 
 /// [`check_path`] the long way, naming what is wrong.
 fn check_path_fully(path: &str) -> Result<(), ProxyError> {
-    // Without a `%` nothing is encoded: no lowercased copies on the common path.
-    let escaped = path.contains('%');
-    let encoded = escaped && {
-        let lower = path.to_ascii_lowercase();
-        ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e))
-    };
-    if encoded || path.contains('\\') || path.contains('#') {
-        return Err(ProxyError::BadRequest(
-            "path with an encoded separator, backslash, NUL or #",
-        ));
+    match ficus_config::path::ambiguity(path) {
+        Some(problem) => Err(ProxyError::BadRequest(problem)),
+        None => Ok(()),
     }
-    let dot = |segment: &str| {
-        if !escaped {
-            return segment == "." || segment == "..";
-        }
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    };
-    let mut segments = path.split('/').skip(1).peekable();
-    while let Some(segment) = segments.next() {
-        if dot(segment) || (segment.is_empty() && segments.peek().is_some()) {
-            return Err(ProxyError::BadRequest("path with dot or empty segments"));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -117,14 +122,41 @@ mod tests {
 
     #[test]
     fn refusals() {
-        assert!(check(&request("/ok", &[("host", "a"), ("content-length", "10")])).is_ok());
+        assert!(check(&mut request(
+            "/ok",
+            &[("host", "a"), ("content-length", "10")]
+        ))
+        .is_ok());
         let long = format!("/{}", "a".repeat(MAX_REQUEST_TARGET));
         assert!(matches!(
-            check(&request(&long, &[])),
+            check(&mut request(&long, &[])),
             Err(ProxyError::UriTooLong(_))
         ));
-        assert!(check(&request("/", &[("host", "a"), ("host", "b")])).is_err());
-        assert!(check(&request("/", &[("content-length", "10000000000000000000")])).is_err());
+        assert!(check(&mut request("/", &[("host", "a"), ("host", "b")])).is_err());
+        assert!(check(&mut request(
+            "/",
+            &[("content-length", "10000000000000000000")]
+        ))
+        .is_err());
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_in_the_request() {
+        let mut decoded = request("/%61dmin/%7Eu?q=%61", &[]);
+        check(&mut decoded).unwrap();
+        assert_eq!(
+            decoded.uri(),
+            "/admin/~u?q=%61",
+            "the query is left as it is"
+        );
+        let mut absolute = request("http://shop:8080/%2D%61", &[]);
+        check(&mut absolute).unwrap();
+        assert_eq!(absolute.uri(), "http://shop:8080/-a");
+        let mut kept = request("/a%20b", &[]);
+        check(&mut kept).unwrap();
+        assert_eq!(kept.uri(), "/a%20b");
+        // Decoded first, checked after: an encoded dot segment is still refused.
+        assert!(check(&mut request("/a/%2e%2E/admin", &[])).is_err());
     }
 
     #[test]
@@ -138,6 +170,7 @@ mod tests {
             "/a%5cb",
             "/a%00",
             "/.%2E/x",
+            "/public/..;/admin",
         ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
@@ -145,6 +178,7 @@ mod tests {
         for path in [
             "/", "//", "/a//", "/a/", "/a/.", "/a/..", "/..", "/.", "/...", "/a.", "/.a", "*",
             "..", "a//b", "/a/b/", "/a/b//", "/a%2fb", "/a\\b", "/a#b", "/a/.b/", "/a/../",
+            "/..;/a", "/a;b", "/.;",
         ] {
             if plainly_normal(path) {
                 assert!(check_path_fully(path).is_ok(), "{path}");

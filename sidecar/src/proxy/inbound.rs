@@ -56,7 +56,7 @@ pub fn handle<'a>(
         let limits = &snapshot.limits;
         // Counts the request once even if the peer goes away and this future is dropped.
         let recorder = Recorder::new(&inbound.metrics, started);
-        if let Err(error) = super::guard::check(&request) {
+        if let Err(error) = super::guard::check(&mut request) {
             shared.metrics.http_rejected("bad_request");
             let (response, flag) = error.into_response();
             let elapsed = recorder.record(&inbound.metrics, response.status().as_u16(), flag);

@@ -85,13 +85,13 @@ fn route_and_forward<'a, 's>(
     shared: &'a Shared,
     snapshot: &'s Snapshot,
     peer: SocketAddr,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     span: &'a mut Span,
     recorder: &'a mut Recorder<'s>,
     timer: Option<&'a TimerSlot>,
 ) -> impl Future<Output = (Response<Body>, &'s RequestMetrics, &'static str)> + use<'a, 's> {
     async move {
-        let authority = match super::guard::check(&request).and_then(|()| authority(&request)) {
+        let authority = match super::guard::check(&mut request).and_then(|()| authority(&request)) {
             Ok(authority) => authority,
             Err(error) => {
                 shared.metrics.http_rejected("bad_request");

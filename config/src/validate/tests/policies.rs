@@ -192,6 +192,12 @@ fn authorization_policy_errors() {
         "not a supported pattern",
     );
     single_error(
+        &with_backends(&authz("rules: [{to: [{paths: [\"/%61dmin*\"]}]}]")),
+        AUTHZ,
+        "spec.rules[0].to[0].paths[0]",
+        "percent-encodes",
+    );
+    single_error(
         &with_backends(&authz("rules: [{from: [{identities: []}]}]")),
         AUTHZ,
         "spec.rules[0].from[0].identities",

@@ -268,6 +268,31 @@ fn paths_start_with_slash_and_prefixes_are_normalized() {
     );
 }
 
+/// Requests are matched with unreserved escapes decoded and ambiguous paths refused
+/// (`crate::path`): a path value spelled otherwise could never match, so it is an error.
+#[test]
+fn path_values_are_spelled_as_requests_are() {
+    let field = "spec.rules[0].matches[0].path.value";
+    for (value, message) in [
+        ("/%61dmin", "write \"/admin\""),
+        ("/a//b", "can never match"),
+        ("/a/../b", "can never match"),
+        ("/public/..;/admin", "can never match"),
+        ("/a%2Fb", "can never match"),
+    ] {
+        let rule = to_monolith(&format!(
+            "matches: [{{path: {{type: Exact, value: \"{value}\"}}}}]"
+        ));
+        let error = rule_error(&rule, field, "");
+        let text = format!("{} {}", error.message, error.hint.unwrap_or_default());
+        assert!(text.contains(message), "{value}: {text}");
+    }
+    let rule = first_rule(&to_monolith(
+        "matches: [{path: {type: Exact, value: \"/a%20b;x\"}}]",
+    ));
+    assert!(matches!(&rule.matches[0].path, PathMatch::Exact(p) if p == "/a%20b;x"));
+}
+
 #[test]
 fn header_names_are_tokens_and_lowercased() {
     let field = "spec.rules[0].matches[0].headers[0].name";
@@ -347,7 +372,7 @@ fn redirect_status_codes() {
     let rule = first_rule(
         "[{filters: [{type: RequestRedirect, requestRedirect: {hostname: example.com}}]}]",
     );
-    assert!(matches!(&rule.filters[0], Filter::RequestRedirect(r) if r.status_code == 301));
+    assert!(matches!(&rule.filters[0], Filter::RequestRedirect(r) if r.status_code == 302));
 }
 
 #[test]
@@ -371,6 +396,24 @@ fn replace_prefix_match_needs_prefix_matches() {
     assert_eq!(
         rewrite.path,
         Some(PathModifier::ReplacePrefixMatch("/v2".to_owned()))
+    );
+}
+
+/// The Gateway API's table: an empty `replacePrefixMatch` takes the prefix away.
+#[test]
+fn replace_prefix_match_may_be_empty() {
+    let rule = first_rule(&to_monolith(
+        "matches: [{path: {type: PathPrefix, value: /foo}}], filters: [{type: URLRewrite, \
+         urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: \"\"}}}]",
+    ));
+    assert!(matches!(&rule.filters[0], Filter::UrlRewrite(r)
+        if matches!(&r.path, Some(PathModifier::ReplacePrefixMatch(p)) if p.is_empty())));
+    let full = "filters: [{type: URLRewrite, \
+                urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: \"\"}}}]";
+    rule_error(
+        &to_monolith(full),
+        "spec.rules[0].filters[0].urlRewrite.path.replaceFullPath",
+        "not a valid path",
     );
 }
 
