@@ -22,10 +22,14 @@ pub fn check<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
     if target > MAX_REQUEST_TARGET {
         return Err(ProxyError::UriTooLong(target));
     }
-    if request.uri().path().contains('%') {
-        decode_path(request)?;
+    // The common path is checked in one pass; only one with a `%` (or another character
+    // that needs a closer look) is decoded and checked again.
+    if !plainly_normal(request.uri().path()) {
+        if request.uri().path().contains('%') {
+            decode_path(request)?;
+        }
+        check_path_fully(request.uri().path())?;
     }
-    check_path(request.uri().path())?;
     let mut hosts = request.headers().get_all(HOST).iter();
     if hosts.next().is_some() && hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header"));
