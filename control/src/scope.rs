@@ -3,7 +3,9 @@
 //! A sidecar gets what it needs to route and to guard its own workload, not the whole mesh:
 //! - the Mesh document;
 //! - Backends, HTTPRoutes, TCPRoutes and TrafficPolicies of its own namespace and of the
-//!   namespaces it declares it calls (`reach`; an empty list means every namespace);
+//!   namespaces it declares it calls (`reach`; an empty list means every namespace), except
+//!   routes of another namespace attached only to services outside it (GAMMA consumer routes:
+//!   they route their own namespace's calls alone);
 //! - any Backend those routes reference in another namespace (a backendRef, a mirror, or a
 //!   TCPRoute's parentRef), and that Backend's TrafficPolicy; TrafficPolicies that target an
 //!   HTTPRoute go with the route;
@@ -110,9 +112,26 @@ pub fn select(all: &[Value], scope: &Scope) -> Vec<Value> {
     let visible = |ns: &str| {
         ns == scope.namespace || scope.reach.is_empty() || scope.reach.iter().any(|r| r == ns)
     };
-    let routable = |doc: &Value| matches!(kind(doc), "Backend" | "HTTPRoute" | "TCPRoute");
+    // A route routes the calls of its own namespace; one attached to a service of its own
+    // namespace (a producer route) also those of every namespace that sees it. One attached
+    // only to services elsewhere (a consumer route) goes to its own namespace alone.
+    let route_visible = |doc: &Value| {
+        let own = namespace(doc);
+        own == scope.namespace
+            || (visible(own)
+                && doc["spec"]["parentRefs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|parent| parent["namespace"].as_str().unwrap_or(own) == own))
+    };
+    let shown = |doc: &Value| match kind(doc) {
+        "Backend" => visible(namespace(doc)),
+        "HTTPRoute" | "TCPRoute" => route_visible(doc),
+        _ => false,
+    };
     let mut backends: BTreeSet<(String, String)> = BTreeSet::new();
-    for doc in all.iter().filter(|d| routable(d) && visible(namespace(d))) {
+    for doc in all.iter().filter(|d| shown(d)) {
         if kind(doc) == "Backend" {
             backends.insert((namespace(doc).to_owned(), name(doc).to_owned()));
         } else {
@@ -129,7 +148,7 @@ pub fn select(all: &[Value], scope: &Scope) -> Vec<Value> {
         .filter(|doc| match kind(doc) {
             "Mesh" => true,
             "Backend" => backends.contains(&(namespace(doc).to_owned(), name(doc).to_owned())),
-            "HTTPRoute" | "TCPRoute" => visible(namespace(doc)),
+            "HTTPRoute" | "TCPRoute" => route_visible(doc),
             // A route's TrafficPolicy (its rate limit) goes wherever the route goes.
             "TrafficPolicy" if doc["spec"]["targetRef"]["kind"] == "HTTPRoute" => {
                 visible(namespace(doc))
@@ -208,6 +227,46 @@ mod tests {
         assert!(
             !all_names.contains(&"AuthorizationPolicy shop/m".to_owned()),
             "not its inbound policy"
+        );
+    }
+
+    /// GAMMA: a route in another namespace than its service's (a consumer route) routes only
+    /// its own namespace's calls, so it goes to that namespace's sidecars alone; the
+    /// service's own (producer) routes go to every sidecar that sees the namespace.
+    #[test]
+    fn a_consumer_route_goes_to_its_own_namespace_only() {
+        let route = |ns: &str, name: &str, backend: &str| {
+            json!({"kind": "HTTPRoute", "metadata": {"namespace": ns, "name": name},
+                   "spec": {"parentRefs": [{"kind": "Service", "name": "payments", "namespace": "shop"}],
+                            "rules": [{"backendRefs": [{"name": backend}]}]}})
+        };
+        let all = vec![
+            backend("shop", "monolith"),
+            backend("evil", "collector"),
+            route("shop", "payments", "monolith"),
+            route("evil", "takeover", "collector"),
+        ];
+        let names_for = |namespace: &str| {
+            let scope = Scope {
+                namespace: namespace.into(),
+                workload: "app".into(),
+                reach: vec![],
+            };
+            names(&select(&all, &scope))
+        };
+        let web = names_for("web");
+        assert!(
+            web.contains(&"HTTPRoute shop/payments".to_owned()),
+            "{web:?}"
+        );
+        assert!(
+            !web.contains(&"HTTPRoute evil/takeover".to_owned()),
+            "{web:?}"
+        );
+        let evil = names_for("evil");
+        assert!(
+            evil.contains(&"HTTPRoute evil/takeover".to_owned()),
+            "{evil:?}"
         );
     }
 

@@ -3,7 +3,7 @@
 //! Everything a request needs is resolved here, once per config: route tables in precedence
 //! order, weighted backend sets, endpoint pools, header names and values, metric handles.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -298,6 +298,37 @@ fn endpoint_tls(
     }
 }
 
+/// The services (route parents) in other namespaces that routes of `own_namespace` attach to:
+/// GAMMA's consumer routes, which replace the producer's routes for this namespace's callers.
+fn consumer_parents<'c>(
+    routes: impl Iterator<Item = (&'c ResourceKey, &'c [ResourceKey])>,
+    own_namespace: &str,
+) -> HashSet<&'c ResourceKey> {
+    routes
+        .filter(|(route, _)| route.namespace == own_namespace)
+        .flat_map(|(_, parents)| parents.iter())
+        .filter(|parent| parent.namespace != own_namespace)
+        .collect()
+}
+
+/// Whether the route `route` attached to `parent` routes this sidecar's calls (the Gateway
+/// API's GAMMA rules): a producer route (in the service's namespace) does, unless this
+/// namespace has consumer routes for the service; a consumer route (in another namespace)
+/// routes only the calls of its own namespace. So a route in namespace `evil` naming
+/// `shop/payments` cannot take over shop's callers.
+fn applies(
+    route: &ResourceKey,
+    parent: &ResourceKey,
+    own_namespace: &str,
+    consumed: &HashSet<&ResourceKey>,
+) -> bool {
+    if route.namespace == parent.namespace {
+        !consumed.contains(parent)
+    } else {
+        route.namespace == own_namespace
+    }
+}
+
 impl Snapshot {
     /// Compiles `config`. Validation already happened; this cannot fail.
     pub fn build(config: Config, version: u64, source: String, cx: &BuildContext<'_>) -> Self {
@@ -351,6 +382,11 @@ impl Snapshot {
         let mut services: ServiceMap<ServiceMap<Arc<Service>>> = ServiceMap::default();
         let mut routed: HashMap<ResourceKey, Vec<_>> = HashMap::new();
         let mut route_limits: HashMap<String, Arc<RateLimiter>> = HashMap::new();
+        let own_namespace = cx.identity.namespace.as_str();
+        let consumed = consumer_parents(
+            config.http_routes.iter().map(|r| (&r.key, &r.parents[..])),
+            own_namespace,
+        );
         for route in &config.http_routes {
             if let Some(limit) = &route.rate_limit {
                 let subject = format!("route:{}", route.key);
@@ -358,7 +394,11 @@ impl Snapshot {
                     route_limits.insert(route.key.to_string(), limiter);
                 }
             }
-            for parent in &route.parents {
+            let applying = route
+                .parents
+                .iter()
+                .filter(|parent| applies(&route.key, parent, own_namespace, &consumed));
+            for parent in applying {
                 for (rule_index, rule) in route.rules.iter().enumerate() {
                     routed.entry(parent.clone()).or_default().push((
                         route.key.to_string(),
@@ -432,11 +472,17 @@ impl Snapshot {
 
         let mut tcp = HashMap::new();
         let mut tcp_destinations = HashMap::new();
+        let consumed_tcp = consumer_parents(
+            config.tcp_routes.iter().map(|r| (&r.key, &r.parents[..])),
+            own_namespace,
+        );
         for (key, backend) in &config.backends {
             let Some(listen) = backend.listen else {
                 continue;
             };
-            let parent_route = config.tcp_routes.iter().find(|r| r.parents.contains(key));
+            let parent_route = config.tcp_routes.iter().find(|r| {
+                r.parents.contains(key) && applies(&r.key, key, own_namespace, &consumed_tcp)
+            });
             let weighted: Vec<(Arc<BackendTarget>, u32)> = match parent_route {
                 Some(route) => route
                     .backend_refs

@@ -253,3 +253,60 @@ async fn encoded_letters_take_the_route_of_the_decoded_path() {
     assert_eq!(admin.last().unwrap().uri, "/admin");
     assert_eq!(monolith.last().unwrap().uri, "/aDmin");
 }
+
+/// GAMMA: a route in another namespace than its service's (a consumer route) routes only the
+/// calls of its own namespace, and there replaces the service's own routes; it cannot take
+/// over the calls of the service's namespace or of any other.
+#[tokio::test]
+async fn a_route_from_another_namespace_routes_only_its_own_namespaces_calls() {
+    let (monolith, collector) = (
+        Upstream::start("monolith").await,
+        Upstream::start("collector").await,
+    );
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: monolith, namespace: shop}}\n\
+         spec: {{endpoints: [{{address: \"{}\"}}]}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: collector, namespace: evil}}\n\
+         spec: {{endpoints: [{{address: \"{}\"}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: payments, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: payments}}]\n  rules:\n  - backendRefs: [{{name: monolith}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: takeover, namespace: evil}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: payments, namespace: shop}}]\n  rules:\n\
+         \x20 - matches: [{{path: {{type: Exact, value: /api/payments/charge}}}}]\n    backendRefs: [{{name: collector}}]\n",
+        monolith.addr, collector.addr
+    );
+    let in_namespace = |namespace: &str| ficus_tests::process::SidecarOptions {
+        namespace: Some(namespace.to_owned()),
+        ..Default::default()
+    };
+    for namespace in ["shop", "web"] {
+        let sidecar = Sidecar::start_with(&config, in_namespace(namespace)).await;
+        let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+        let response = client
+            .get("payments.shop", "/api/payments/charge")
+            .await
+            .unwrap();
+        assert_eq!(
+            (response.status, response.text()),
+            (200, "monolith".to_owned()),
+            "a caller in {namespace}"
+        );
+    }
+    assert_eq!(collector.count(), 0);
+    // In its own namespace the consumer route is the service's only route.
+    let sidecar = Sidecar::start_with(&config, in_namespace("evil")).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let charge = client
+        .get("payments.shop", "/api/payments/charge")
+        .await
+        .unwrap();
+    assert_eq!(
+        (charge.status, charge.text()),
+        (200, "collector".to_owned())
+    );
+    let other = client
+        .get("payments.shop", "/api/payments/refund")
+        .await
+        .unwrap();
+    assert_eq!(other.status, 404, "{}", other.text());
+}
