@@ -219,6 +219,9 @@ pub const MAX_ENDPOINT_WEIGHT: u32 = 1_000_000;
 pub struct HttpRoute {
     /// Document key.
     pub key: ResourceKey,
+    /// `metadata.creationTimestamp` as Kubernetes writes it (`2026-11-27T05:13:08Z`), which
+    /// breaks precedence ties between routes (the oldest first); `None` outside a cluster.
+    pub created: Option<String>,
     /// Services (by key) whose callers this route applies to.
     pub parents: Vec<ResourceKey>,
     /// Rules in document order.

@@ -195,7 +195,8 @@ pub struct Metadata {
     /// Set by Kubernetes; ignored.
     #[serde(default)]
     pub generation: Option<i64>,
-    /// Set by Kubernetes (often `null` in `--dry-run` output); ignored.
+    /// Set by Kubernetes (often `null` in `--dry-run` output); an HTTPRoute's breaks
+    /// precedence ties (the oldest route first), other kinds ignore it.
     #[serde(default)]
     pub creation_timestamp: Option<String>,
     /// Set by Kubernetes while an object is being deleted; ignored.

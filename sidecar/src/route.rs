@@ -24,9 +24,34 @@ pub struct RouteEntry<A> {
     pub action: Arc<A>,
 }
 
-/// An entry with its rank: precedence, then the tie-breaker (route `namespace/name`, rule
-/// index, match index).
-pub type RankedEntry<A> = (Precedence, (String, usize, usize), RouteEntry<A>);
+/// An entry with its rank: precedence, then the tie-breaker.
+pub type RankedEntry<A> = (Precedence, Tie, RouteEntry<A>);
+
+/// How the Gateway API breaks ties between equal matches: the oldest route first (by
+/// `creationTimestamp`; routes without one, outside a cluster, after those with one), then the
+/// route's `namespace/name`, then the rule's index, then the match's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Tie {
+    undated: bool,
+    created: String,
+    route: String,
+    rule: usize,
+    matched: usize,
+}
+
+impl Tie {
+    /// The tie-breaker of match `matched` of rule `rule` of route `route` (`namespace/name`),
+    /// created at `created` (a Kubernetes timestamp, which orders as text).
+    pub fn new(created: Option<&str>, route: &str, rule: usize, matched: usize) -> Self {
+        Self {
+            undated: created.is_none(),
+            created: created.unwrap_or_default().to_owned(),
+            route: route.to_owned(),
+            rule,
+            matched,
+        }
+    }
+}
 
 /// A service's compiled, precedence-ordered route list.
 #[derive(Debug)]
@@ -35,9 +60,7 @@ pub struct RouteTable<A> {
 }
 
 impl<A> RouteTable<A> {
-    /// Sorts entries by Gateway API precedence. `order` breaks ties between equal matches: the
-    /// route's `namespace/name`, then rule index, then match index, as the spec says (we have no
-    /// creation timestamps, so alphabetical order of routes stands in for age).
+    /// Sorts entries by Gateway API precedence, ties broken by [`Tie`].
     pub fn new(mut entries: Vec<RankedEntry<A>>) -> Self {
         entries.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         Self {

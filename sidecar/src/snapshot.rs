@@ -20,7 +20,7 @@ use crate::policy::retry::RetryPolicy;
 use crate::policy::BackendPolicy;
 use crate::proxy::filters::{HeaderOps, Redirect, Rewrite};
 use crate::proxy::mirror::Mirror;
-use crate::route::{CompiledMatch, RouteEntry, RouteTable, ServiceName, WeightedSet};
+use crate::route::{CompiledMatch, RouteEntry, RouteTable, ServiceName, Tie, WeightedSet};
 use crate::state::Identity;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::{Direction, Metrics, RequestMetrics};
@@ -402,6 +402,7 @@ impl Snapshot {
                 for (rule_index, rule) in route.rules.iter().enumerate() {
                     routed.entry(parent.clone()).or_default().push((
                         route.key.to_string(),
+                        route.created.as_deref(),
                         rule_index,
                         rule,
                     ));
@@ -411,7 +412,7 @@ impl Snapshot {
         for (service, rules) in routed {
             let label = service.to_string();
             let mut entries = Vec::new();
-            for (route_label, rule_index, rule) in rules {
+            for (route_label, created, rule_index, rule) in rules {
                 let mut action = compile_rule(rule, &label, &targets, cx);
                 action.route = Some(Arc::from(route_label.as_str()));
                 action.rate_limit = route_limits.get(&route_label).cloned();
@@ -425,7 +426,7 @@ impl Snapshot {
                     };
                     entries.push((
                         precedence,
-                        (route_label.clone(), rule_index, match_index),
+                        Tie::new(created, &route_label, rule_index, match_index),
                         entry,
                     ));
                 }
@@ -706,7 +707,7 @@ fn direct_service(label: String, target: &Arc<BackendTarget>, cx: &BuildContext<
         .request_metrics(Direction::Outbound, &label, "none");
     let table = RouteTable::new(vec![(
         entry.matcher.precedence(),
-        (label.clone(), 0, 0),
+        Tie::new(None, &label, 0, 0),
         entry,
     )]);
     Service {

@@ -310,3 +310,39 @@ async fn a_route_from_another_namespace_routes_only_its_own_namespaces_calls() {
         .unwrap();
     assert_eq!(other.status, 404, "{}", other.text());
 }
+
+/// Two routes whose matches tie: the oldest by `creationTimestamp` wins (Gateway API), so a
+/// route added later cannot silently take over; without timestamps (files), the first by
+/// `namespace/name`.
+#[tokio::test]
+async fn tied_routes_go_to_the_oldest() {
+    let (legacy, v2) = (Upstream::start("legacy").await, Upstream::start("v2").await);
+    let config = |legacy_created: &str, v2_created: &str| {
+        let route = |name: &str, created: &str, backend: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {{name: {name}, namespace: shop{created}}}\n\
+                 spec:\n  parentRefs: [{{kind: Service, name: shop}}]\n  rules:\n\
+                 \x20 - matches: [{{path: {{type: PathPrefix, value: /api}}}}]\n    backendRefs: [{{name: {backend}}}]\n---\n"
+            )
+        };
+        backends(&[("legacy", legacy.addr), ("v2", v2.addr)])
+            + &route("zz-legacy", legacy_created, "legacy")
+            + &route("api-v2", v2_created, "v2")
+    };
+    let answer = |config: String| async move {
+        let sidecar = Sidecar::start(&config).await;
+        let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+        client.get("shop", "/api/x").await.unwrap().text()
+    };
+    let dated = config(
+        ", creationTimestamp: \"2026-01-05T10:00:00Z\"",
+        ", creationTimestamp: \"2026-06-01T08:30:00Z\"",
+    );
+    assert_eq!(answer(dated).await, "legacy", "the older route");
+    assert_eq!(
+        answer(config("", "")).await,
+        "v2",
+        "shop/api-v2 before shop/zz-legacy"
+    );
+}

@@ -105,11 +105,28 @@ pub(crate) fn validate_http(
     }
     Some(HttpRoute {
         key,
+        created: document
+            .metadata
+            .creation_timestamp
+            .as_deref()
+            .filter(|t| is_kubernetes_timestamp(t))
+            .map(str::to_owned),
         parents: parents?,
         rules: all(rules)?,
         // Filled in from a TrafficPolicy targeting the route, once policies are validated.
         rate_limit: None,
     })
+}
+
+/// Whether `text` is a timestamp as Kubernetes writes `creationTimestamp`
+/// (`2026-11-27T05:13:08Z`): those compare as text in the order of time.
+fn is_kubernetes_timestamp(text: &str) -> bool {
+    const SHAPE: &[u8; 20] = b"0000-00-00T00:00:00Z";
+    text.len() == SHAPE.len()
+        && text.bytes().zip(SHAPE).all(|(c, &s)| match s {
+            b'0' => c.is_ascii_digit(),
+            _ => c == s,
+        })
 }
 
 fn http_rule(

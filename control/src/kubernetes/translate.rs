@@ -5,8 +5,8 @@
 //!
 //! - `ficus.dev/v1alpha1` Mesh, Backend, TrafficPolicy, AuthorizationPolicy and the Gateway
 //!   API's HTTPRoute and TCPRoute are Ficus documents already: they go in as they are, less
-//!   what the API server keeps for itself (metadata keeps only `name`, `namespace`, `labels`
-//!   and `annotations`; `status` goes). Otherwise a status update or a new `resourceVersion`
+//!   what the API server keeps for itself (metadata keeps only `name`, `namespace`, `labels`,
+//!   `annotations` and `creationTimestamp`, which orders tied HTTPRoutes; `status` goes). Otherwise a status update or a new `resourceVersion`
 //!   would make a new version pushed to every sidecar, and `managedFields` would weigh on
 //!   every snapshot.
 //! - Each `v1` Service becomes a `Backend` of the same name and namespace (so HTTPRoute
@@ -62,8 +62,15 @@ use serde_json::{json, Value};
 pub const SERVICE_ACCOUNT_ANNOTATION: &str = "ficus.dev/service-account";
 
 /// The `metadata` fields a document keeps; the rest (`resourceVersion`, `uid`, `generation`,
-/// `managedFields`, timestamps, ...) is the API server's bookkeeping, not config.
-const KEPT_METADATA: [&str; 4] = ["name", "namespace", "labels", "annotations"];
+/// `managedFields`, ...) is the API server's bookkeeping, not config. `creationTimestamp`
+/// changes only when an object is made again, and it orders HTTPRoutes whose matches tie.
+const KEPT_METADATA: [&str; 5] = [
+    "name",
+    "namespace",
+    "labels",
+    "annotations",
+    "creationTimestamp",
+];
 
 /// The snapshot built from a cluster's objects.
 #[derive(Debug)]

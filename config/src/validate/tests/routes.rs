@@ -592,3 +592,28 @@ fn the_regexes_of_a_config_are_capped_in_total() {
     let ordinary = |i| format!("/api/v[0-9]+/users/{i}/[^/]+");
     crate::load::parse_str("many.yaml", &config(&ordinary, 4000)).expect("4,000 ordinary ones fit");
 }
+
+/// A route's `creationTimestamp` (as Kubernetes writes it) is kept to break precedence ties;
+/// anything else there is ignored, as before.
+#[test]
+fn creation_timestamps_are_kept_when_kubernetes_wrote_them() {
+    let created = |value: &str| {
+        let text = with_backends(&http_route("[{backendRefs: [{name: monolith}]}]")).replace(
+            "metadata: {name: web, namespace: shop}",
+            &format!("metadata: {{name: web, namespace: shop, creationTimestamp: {value}}}"),
+        );
+        valid(&text).http_routes.remove(0).created
+    };
+    assert_eq!(
+        created("\"2026-01-05T10:00:00Z\"").as_deref(),
+        Some("2026-01-05T10:00:00Z")
+    );
+    for ignored in [
+        "null",
+        "yesterday",
+        "\"2026-01-05T10:00:00+01:00\"",
+        "\"2026-1-5T10:00:00Z\"",
+    ] {
+        assert_eq!(created(ignored), None, "{ignored}");
+    }
+}
