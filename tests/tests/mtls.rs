@@ -119,6 +119,36 @@ async fn app_to_app_crosses_mtls_and_the_server_app_sees_the_client_identity() {
         ),
         1.0
     );
+
+    // An h2c caller of the same `protocol: http` Backend: the far sidecar speaks HTTP/1.1 to
+    // the app, as the Backend says, not the caller's HTTP/2. A made-up client certificate
+    // header (Envoy's XFCC, which apps moved from Istio trust) never reaches the app.
+    let mut h2 = client::H2Client::connect(web.outbound).await.unwrap();
+    let request = http::Request::get("http://payments/api/payments/2")
+        .header(
+            "x-forwarded-client-cert",
+            "By=x;URI=spiffe://cluster.local/ns/shop/sa/admin",
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = h2.send(request).await.unwrap();
+    assert_eq!(
+        (response.status, response.text().as_str()),
+        (200, "payments-app")
+    );
+    let seen = app.last().unwrap();
+    assert_eq!(seen.uri, "/api/payments/2");
+    assert_eq!(
+        seen.version,
+        http::Version::HTTP_11,
+        "the Backend's protocol"
+    );
+    assert!(
+        !seen.headers.contains_key("x-forwarded-client-cert"),
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(seen.headers["x-ficus-peer-identity"], WEB);
 }
 
 #[tokio::test]

@@ -419,3 +419,134 @@ async fn inbound_forwards_to_the_app() {
         2.0
     );
 }
+
+/// A raw HTTP/1.1 upstream that answers every request `200 ok` and hands over the bytes of
+/// each request it read (head, and a chunked body through its last chunk or a
+/// `content-length` one), so a test sees the request exactly as it went on the wire.
+async fn raw_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::Receiver<String>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (sent, received) = tokio::sync::mpsc::channel(16);
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                let mut bytes = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf));
+                    let Ok(Ok(n @ 1..)) = read.await else { return };
+                    bytes.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&bytes).into_owned();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = text[..end].to_ascii_lowercase();
+                    let body = &text[end + 4..];
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok());
+                    let complete = if head.contains("transfer-encoding: chunked") {
+                        body.ends_with("0\r\n\r\n")
+                    } else {
+                        body.len() >= length.unwrap_or(0)
+                    };
+                    if complete {
+                        let _ = sent.send(text).await;
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                        bytes.clear();
+                    }
+                }
+            });
+        }
+    });
+    (addr, received, task)
+}
+
+async fn next_request(received: &mut tokio::sync::mpsc::Receiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(10), received.recv())
+        .await
+        .expect("the upstream got a request within 10 s")
+        .unwrap()
+}
+
+/// What crosses to an HTTP/1.1 upstream: a GET's chunked body is sent (hyper's client would
+/// drop a GET body of unknown length in silence), HTTP/2 cookie fields become one line
+/// (RFC 9113 §8.2.3), an `Upgrade: h2c` is not carried (h2c smuggling past routing and
+/// authorization), and a made-up `x-forwarded-client-cert` is removed.
+#[tokio::test]
+async fn requests_reach_an_http1_upstream_in_one_reading() {
+    let (addr, mut received, _task) = raw_upstream().await;
+    let sidecar = Sidecar::start(&backend("search", "http", addr)).await;
+
+    let raw = b"GET /_search HTTP/1.1\r\nhost: search\r\ntransfer-encoding: chunked\r\n\
+                x-forwarded-client-cert: By=x;URI=spiffe://cluster.local/ns/shop/sa/admin\r\n\r\n\
+                d\r\n{\"query\":\"x\"}\r\n0\r\n\r\n";
+    let outcome = client::raw_exchange(sidecar.outbound, raw, Duration::from_secs(2)).await;
+    assert_eq!(outcome.status(), Some(200));
+    let request = next_request(&mut received).await;
+    assert!(
+        request.contains("{\"query\":\"x\"}"),
+        "the GET body crossed: {request:?}"
+    );
+    assert!(
+        !request
+            .to_ascii_lowercase()
+            .contains("x-forwarded-client-cert"),
+        "{request:?}"
+    );
+
+    let mut h2 = H2Client::connect(sidecar.outbound).await.unwrap();
+    let cookies = Request::get("http://search/page")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(h2.send(cookies).await.unwrap().status, 200);
+    let request = next_request(&mut received).await.to_ascii_lowercase();
+    let lines: Vec<&str> = request
+        .lines()
+        .filter(|l| l.starts_with("cookie:"))
+        .collect();
+    assert_eq!(lines, ["cookie: a=1; b=2"], "{request:?}");
+
+    let raw = b"GET /up HTTP/1.1\r\nhost: search\r\nconnection: upgrade, http2-settings\r\n\
+                upgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n";
+    let outcome = client::raw_exchange(sidecar.outbound, raw, Duration::from_secs(2)).await;
+    assert_eq!(outcome.status(), Some(200), "answered as a plain request");
+    let request = next_request(&mut received).await.to_ascii_lowercase();
+    assert!(!request.contains("upgrade"), "{request:?}");
+}
+
+/// The inbound side: a plaintext client's `x-forwarded-proto: https` is not believed, an
+/// absolute-form target's authority wins over a different `Host`, a made-up
+/// `x-forwarded-client-cert` is removed, and CONNECT is refused.
+#[tokio::test]
+async fn inbound_requests_reach_the_app_in_one_reading() {
+    let app = Upstream::start("app").await;
+    let options = ficus_tests::process::SidecarOptions {
+        app: Some(app.addr),
+        ..Default::default()
+    };
+    let sidecar = Sidecar::start_with(&backend("unused", "http", app.addr), options).await;
+    let raw = b"GET http://client.shop/in HTTP/1.1\r\nhost: other.example\r\n\
+                x-forwarded-proto: https\r\nx-forwarded-client-cert: By=x\r\n\r\n";
+    let outcome = client::raw_exchange(sidecar.inbound, raw, Duration::from_secs(2)).await;
+    assert_eq!(outcome.status(), Some(200));
+    let seen = app.last().unwrap();
+    assert_eq!(seen.headers["host"], "client.shop");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert!(!seen.headers.contains_key("x-forwarded-client-cert"));
+
+    let raw = b"CONNECT app:443 HTTP/1.1\r\nhost: app:443\r\n\r\n";
+    let outcome = client::raw_exchange(sidecar.inbound, raw, Duration::from_secs(2)).await;
+    assert_eq!(outcome.status(), Some(400));
+    assert_eq!(app.count(), 1, "CONNECT never reached the app");
+}

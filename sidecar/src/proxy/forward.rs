@@ -14,8 +14,9 @@ use hyper_util::rt::TokioIo;
 
 use super::error::ProxyError;
 use super::headers::{
-    append_forwarded, ensure_request_id, present, remove_hop_by_hop, strip_hop_by_hop,
-    upgrade_protocol, X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY,
+    append_forwarded, ensure_request_id, join_cookies, present, remove_hop_by_hop,
+    strip_hop_by_hop, upgrade_protocol, X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY,
+    X_FORWARDED_CLIENT_CERT,
 };
 use crate::body::{Body, BodyIdle};
 use crate::deadline::TimerSlot;
@@ -46,14 +47,16 @@ impl Authority {
 
 /// Splits a downstream request for forwarding to an HTTP/1.1 or HTTP/2 (`http2`) upstream:
 /// hop-by-hop headers removed (an HTTP/1.1 `Upgrade` kept, with its pending switch returned),
-/// `x-ficus-peer-identity` and `x-ficus-orig-proto` removed (only sidecars may set them),
-/// `x-forwarded-for`/`forwarded` appended, `x-request-id` ensured.
+/// `x-ficus-peer-identity` and `x-ficus-orig-proto` removed (only sidecars may set them), and
+/// `x-forwarded-client-cert` (nobody may), `x-forwarded-for`/`forwarded` appended,
+/// `x-request-id` ensured. To an HTTP/1.1 upstream, HTTP/2 cookie fields are joined and a
+/// GET or HEAD body of unknown length is sent chunked.
 ///
 /// The switch is kept for HTTP/2 upstreams too: to a peer sidecar (mTLS) the pool sends it
 /// over a connection of its own in HTTP/1.1 (see `upstream::PeerAlpn`); to an h2c upstream
 /// the pool drops `Upgrade`/`Connection` (HTTP/2 has no switch), no `101` comes, and the
 /// request is answered as a plain one, as before.
-pub fn prepare<B>(
+pub fn prepare<B: http_body::Body>(
     mut request: Request<B>,
     peer: SocketAddr,
     http2: bool,
@@ -72,6 +75,26 @@ pub fn prepare<B>(
     if present.ficus {
         parts.headers.remove(X_FICUS_PEER_IDENTITY);
         parts.headers.remove(X_FICUS_ORIG_PROTO);
+        parts.headers.remove(X_FORWARDED_CLIENT_CERT);
+    }
+    if !http2 {
+        if parts.version == http::Version::HTTP_2 {
+            join_cookies(&mut parts.headers);
+        }
+        // hyper's HTTP/1.1 client sends a GET or HEAD of unknown length with no body at all
+        // (it assumes none); a body that is there (HTTP/1.1 chunked, or HTTP/2 DATA without a
+        // length) goes chunked instead of being dropped in silence.
+        let bodiless_method = matches!(parts.method, http::Method::GET | http::Method::HEAD);
+        if bodiless_method
+            && !body.is_end_stream()
+            && body.size_hint().exact().is_none()
+            && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        {
+            parts.headers.insert(
+                http::header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
     }
     append_forwarded(&mut parts.headers, peer);
     ensure_request_id(&mut parts.headers);

@@ -15,6 +15,9 @@ pub const MAX_CONTENT_LENGTH: u64 = 1 << 50;
 /// one way: percent-encoded unreserved characters are decoded (`/%61dmin` is `/admin` to
 /// routing and authorization, as it is to the app; [`ficus_config::path`]).
 pub fn check<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
+    if request.method() == http::Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT tunnels are not supported"));
+    }
     let target = request
         .uri()
         .path_and_query()

@@ -20,13 +20,23 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FICUS_ORIG_PROTO: HeaderName = HeaderName::from_static("x-ficus-orig-proto");
 /// Identity the server sidecar passes to its app; never trusted from outside.
 pub const X_FICUS_PEER_IDENTITY: HeaderName = HeaderName::from_static("x-ficus-peer-identity");
+/// Envoy's client-certificate header, which apps moved from Istio authorize on. Ficus never
+/// sets it, so whoever sent one made it up (RELIABILITY HTTP1-5): removed on both sides.
+pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// The `Upgrade` protocol of an HTTP/1.1 request that asks to switch protocols
-/// (`Connection: upgrade` plus `Upgrade`).
+/// (`Connection: upgrade` plus `Upgrade`). An upgrade to `h2c` is not one: HTTP/2 on the
+/// switched connection would carry requests past routing and authorization (h2c smuggling),
+/// so such a request is forwarded as a plain one, without `Upgrade`.
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
     asks.then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
+        .filter(|protocol| {
+            !protocol
+                .to_str()
+                .is_ok_and(|p| p.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")))
+        })
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -55,7 +65,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>, 
 pub struct Present {
     /// A hop-by-hop header (see [`strip_hop_by_hop`]).
     pub hop_by_hop: bool,
-    /// `x-ficus-peer-identity` or `x-ficus-orig-proto` (only sidecars may set them).
+    /// `x-ficus-peer-identity` or `x-ficus-orig-proto` (only sidecars may set them), or
+    /// `x-forwarded-client-cert` (nobody may).
     pub ficus: bool,
 }
 
@@ -64,7 +75,9 @@ pub fn present(headers: &HeaderMap) -> Present {
     let mut present = Present::default();
     for name in headers.keys() {
         present.hop_by_hop |= is_hop_by_hop(name);
-        present.ficus |= name == X_FICUS_PEER_IDENTITY || name == X_FICUS_ORIG_PROTO;
+        present.ficus |= name == X_FICUS_PEER_IDENTITY
+            || name == X_FICUS_ORIG_PROTO
+            || name == X_FORWARDED_CLIENT_CERT;
     }
     present
 }
@@ -135,7 +148,32 @@ fn push_ipv4(out: &mut String, ip: Ipv4Addr) {
     }
 }
 
-/// Appends the peer to `x-forwarded-for` and `forwarded`, and sets `x-forwarded-proto`.
+/// Sets `x-forwarded-proto: http`, replacing what the client sent: a plaintext client is not
+/// believed when it says `https` (the app would set Secure cookies or skip its redirect).
+pub fn overwrite_forwarded_proto(headers: &mut HeaderMap) {
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+}
+
+/// HTTP/2 may split `cookie` into several fields; an HTTP/1.1 message must carry one, joined
+/// with `; ` (RFC 9113 §8.2.3). Call for a request that arrived as HTTP/2 and leaves as
+/// HTTP/1.1.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Appends the peer to `x-forwarded-for` and `forwarded`, and sets `x-forwarded-proto` when
+/// the request has none (an app's own call may pass on what its edge said).
 pub fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
     let ip = match peer.ip() {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),

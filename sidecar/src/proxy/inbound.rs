@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::forward::{forward, path_and_query, prepare, upstream_uri, Authority};
-use super::headers::{X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY};
+use super::headers::{overwrite_forwarded_proto, X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY};
 use crate::authz::Decision;
 use crate::body::{with_idle_timeout, Body};
 use crate::deadline::TimerSlot;
@@ -98,9 +98,14 @@ pub fn handle<'a>(
         let http2 = request.version() == Version::HTTP_2 && !carried_http1;
         let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
         span.inject(&mut parts.headers);
-        // `prepare` removed any caller-supplied value; only a verified mTLS peer sets it.
-        if let Some(identity) = identity {
-            parts.headers.insert(X_FICUS_PEER_IDENTITY, identity);
+        // `prepare` removed any caller-supplied value; only a verified mTLS peer sets it. A
+        // mesh peer passes on its app's `x-forwarded-proto`; a plaintext client is not
+        // believed about it.
+        match identity {
+            Some(identity) => {
+                parts.headers.insert(X_FICUS_PEER_IDENTITY, identity);
+            }
+            None => overwrite_forwarded_proto(&mut parts.headers),
         }
 
         // Shares the request's bytes (no copy); the app's address is written out only when the
@@ -116,7 +121,8 @@ pub fn handle<'a>(
                 None => Authority::Owned(shared.identity.app.to_string()),
             },
         };
-        let authority = authority.as_str();
+        let authority_kind = authority;
+        let authority = authority_kind.as_str();
         let target = path_and_query(&parts.uri);
         let (response, flag) = match upstream_uri(http2, authority, target) {
             Err(error) => error.into_response(),
@@ -124,6 +130,12 @@ pub fn handle<'a>(
                 parts.uri = uri;
                 if http2 {
                     parts.headers.remove(header::HOST);
+                } else if let Authority::Uri(uri_authority) = &authority_kind {
+                    // An absolute-form target wins over `Host` (RFC 9112 §3.2.2): the app
+                    // gets the authority routing and authorization saw.
+                    if let Ok(host) = HeaderValue::from_str(uri_authority.as_str()) {
+                        parts.headers.insert(header::HOST, host);
+                    }
                 } else if !parts.headers.contains_key(header::HOST) {
                     if let Ok(host) = HeaderValue::from_str(authority) {
                         parts.headers.insert(header::HOST, host);

@@ -209,7 +209,9 @@ fn route_and_forward<'a, 's>(
         // HTTP/1.1 crosses the mesh as HTTP/2 and turns back into HTTP/1.1 at the other side.
         let http2 = endpoint.is_http2();
 
-        let carried_http1 = endpoint.is_mtls() && request.version() != http::Version::HTTP_2;
+        // The far sidecar speaks to its app what the Backend says the app speaks, whatever
+        // the caller spoke (an h2c caller of an HTTP/1.1 app, an HTTP/1.1 caller of a gRPC one).
+        let carried_http1 = endpoint.is_mtls() && !backend.protocol.is_http2();
         let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
         let upgrading = on_upgrade.is_some();
         span.inject(&mut parts.headers);
@@ -409,9 +411,6 @@ fn log_failure(shared: &Shared, error: &ProxyError, endpoint: SocketAddr, timeou
 /// `Host` (`guard::check` already refused several).
 fn authority(request: &Request<Incoming>) -> Result<Authority, ProxyError> {
     let host = request.headers().get(header::HOST);
-    if request.method() == http::Method::CONNECT {
-        return Err(ProxyError::BadRequest("CONNECT tunnels are not supported"));
-    }
     if let Some(authority) = request.uri().authority() {
         return Ok(Authority::Uri(authority.clone()));
     }
