@@ -75,18 +75,17 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 /// Answers one admin request; `/quitquitquit` sets `quit`, for the connection to act on once
 /// the answer is out.
 async fn route(shared: &Shared, request: Request<Incoming>, quit: &AtomicBool) -> Response<Body> {
-    let method = request.method().clone();
+    // HEAD is GET without the body (hyper leaves it out).
+    let method = match request.method() {
+        &Method::HEAD => Method::GET,
+        other => other.clone(),
+    };
     match (request.uri().path(), method) {
         ("/live", Method::GET) => text(StatusCode::OK, "live\n"),
-        ("/ready", Method::GET) => {
-            if shared.is_ready() {
-                text(StatusCode::OK, "ready\n")
-            } else if shared.drain.is_draining() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n")
-            }
-        }
+        ("/ready", Method::GET) => match shared.unready_reason() {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{reason}\n")),
+        },
         ("/metrics", Method::GET) => {
             let mut response = Response::new(body::full(shared.metrics.encode()));
             response.headers_mut().insert(
@@ -125,11 +124,26 @@ async fn route(shared: &Shared, request: Request<Incoming>, quit: &AtomicBool) -
                 ),
             }
         }
-        (
-            "/live" | "/ready" | "/metrics" | "/config" | "/drain" | "/quitquitquit" | "/log-level",
-            _,
-        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        (path, _) => match allowed_methods(path) {
+            Some(allowed) => {
+                let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+                response
+                    .headers_mut()
+                    .insert(http::header::ALLOW, HeaderValue::from_static(allowed));
+                response
+            }
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
+    }
+}
+
+/// The methods an admin path answers (the `Allow` of a 405), `None` for an unknown path.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/live" | "/ready" | "/metrics" | "/config" => Some("GET, HEAD"),
+        "/drain" | "/quitquitquit" => Some("POST"),
+        "/log-level" => Some("GET, HEAD, PUT, POST"),
+        _ => None,
     }
 }
 

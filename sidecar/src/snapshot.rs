@@ -300,7 +300,7 @@ fn endpoint_tls(
 
 /// The services (route parents) in other namespaces that routes of `own_namespace` attach to:
 /// GAMMA's consumer routes, which replace the producer's routes for this namespace's callers.
-fn consumer_parents<'c>(
+pub(crate) fn consumer_parents<'c>(
     routes: impl Iterator<Item = (&'c ResourceKey, &'c [ResourceKey])>,
     own_namespace: &str,
 ) -> HashSet<&'c ResourceKey> {
@@ -316,7 +316,7 @@ fn consumer_parents<'c>(
 /// namespace has consumer routes for the service; a consumer route (in another namespace)
 /// routes only the calls of its own namespace. So a route in namespace `evil` naming
 /// `shop/payments` cannot take over shop's callers.
-fn applies(
+pub(crate) fn applies(
     route: &ResourceKey,
     parent: &ResourceKey,
     own_namespace: &str,

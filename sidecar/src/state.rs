@@ -95,14 +95,25 @@ impl Shared {
     /// are not draining. Not ready under mTLS STRICT without a mesh identity either: every
     /// inbound connection would be refused, so no traffic should be sent here.
     pub fn is_ready(&self) -> bool {
-        let refuses_all = || {
-            self.tls.is_none()
-                && self.snapshot.load().config.mesh.mtls_mode == ficus_config::MtlsMode::Strict
-        };
-        self.has_config.load(Ordering::Acquire)
-            && self.tls.as_ref().is_none_or(|tls| tls.has_certificate())
-            && !self.drain.is_draining()
-            && !refuses_all()
+        self.unready_reason().is_none()
+    }
+
+    /// Why this sidecar is not ready (what `/ready` says), `None` when it is.
+    pub fn unready_reason(&self) -> Option<&'static str> {
+        if self.drain.is_draining() {
+            return Some("draining");
+        }
+        if !self.has_config.load(Ordering::Acquire) {
+            return Some("no config yet");
+        }
+        if self.tls.as_ref().is_some_and(|tls| !tls.has_certificate()) {
+            return Some("no valid certificate (not issued yet, or expired)");
+        }
+        let strict = self.snapshot.load().config.mesh.mtls_mode == ficus_config::MtlsMode::Strict;
+        if self.tls.is_none() && strict {
+            return Some("mTLS is STRICT and this sidecar has no mesh identity");
+        }
+        None
     }
 
     /// Swaps in `snapshot` and records success.
@@ -121,7 +132,8 @@ impl Shared {
         self.metrics
             .config_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
-        self.metrics.set_route_weights(&self.snapshot.load().config);
+        self.metrics
+            .set_route_weights(&self.snapshot.load().config, &self.identity.namespace);
         if let Ok(mut status) = self.status.lock() {
             status.applied_at = Some(SystemTime::now());
             status.last_error = None;

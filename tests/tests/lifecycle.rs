@@ -315,6 +315,24 @@ async fn admin_endpoints() {
     let level = client::get(admin, "admin", "/log-level").await.unwrap();
     assert_eq!(level.text().trim(), "debug,hyper=info");
     assert_eq!(client::send(admin, put("=[bad")).await.unwrap().status, 400);
+    // What the filter syntax takes but nobody means: a typo'd level (it reads as a module
+    // name and turns every other line off) and an empty body (everything off).
+    for typo in ["degub", "", "  ", "info,warning"] {
+        let refused = client::send(admin, put(typo)).await.unwrap();
+        assert_eq!(refused.status, 400, "{typo:?}: {}", refused.text());
+    }
+    let level = client::get(admin, "admin", "/log-level").await.unwrap();
+    assert_eq!(level.text().trim(), "debug,hyper=info", "unchanged");
+    // HEAD is GET without a body; a 405 names the methods that are allowed.
+    let head = Request::head("/ready")
+        .header("host", "admin")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let head = client::send(admin, head).await.unwrap();
+    assert_eq!((head.status, head.body.len()), (200, 0));
+    let wrong = client::send(admin, post("/metrics")).await.unwrap();
+    assert_eq!(wrong.status, 405);
+    assert_eq!(wrong.header("allow"), "GET, HEAD");
 
     client::get(sidecar.outbound, "slow", "/").await.unwrap();
     let metrics = sidecar.metrics().await;

@@ -291,6 +291,18 @@ async fn a_route_from_another_namespace_routes_only_its_own_namespaces_calls() {
             (200, "monolith".to_owned()),
             "a caller in {namespace}"
         );
+        // The split in effect here is the producer's: the gauge shows no other.
+        let metrics = sidecar.metrics().await;
+        let weights = |route| {
+            metrics.sum(
+                "ficus_route_backend_weight",
+                &[("destination_service", "shop/payments"), ("route", route)],
+            )
+        };
+        assert_eq!(
+            (weights("shop/payments"), weights("evil/takeover")),
+            (1.0, 0.0)
+        );
     }
     assert_eq!(collector.count(), 0);
     // In its own namespace the consumer route is the service's only route.

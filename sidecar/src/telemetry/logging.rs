@@ -29,6 +29,7 @@ impl LogHandle {
 
     /// Replaces the filter; an unparsable filter is an error and changes nothing.
     pub fn set(&self, filter: &str) -> Result<(), String> {
+        check_directives(filter)?;
         let parsed = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
         self.handle.reload(parsed).map_err(|e| e.to_string())?;
         if let Ok(mut current) = self.current.lock() {
@@ -36,6 +37,26 @@ impl LogHandle {
         }
         Ok(())
     }
+}
+
+/// Refuses what `EnvFilter` would take in a way nobody means: an empty filter (every log line
+/// off) and a bare word that is not a level (`degub` reads as a module name, which turns every
+/// other line off, errors included). `target=level` and levels pass.
+fn check_directives(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    if filter.trim().is_empty() {
+        return Err("empty filter (it would turn every log line off; send `off` for that)".into());
+    }
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains(['=', '[', ':']);
+        if bare && !LEVELS.iter().any(|l| directive.eq_ignore_ascii_case(l)) {
+            return Err(format!(
+                "{directive:?} is not a level; use one of {} or target=level",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Installs the global subscriber. `RUST_LOG` overrides `default_filter` when set.

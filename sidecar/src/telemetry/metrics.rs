@@ -78,6 +78,8 @@ pub struct Metrics {
     /// `ficus_access_log_dropped_total{reason="write_error"}`: lines the target refused.
     pub access_log_write_failed: IntCounter,
     route_weights: IntGaugeVec,
+    /// The label sets `route_weights` holds now, so a swap removes only those that went away.
+    route_weight_labels: std::sync::Mutex<Vec<[String; 4]>>,
     /// `ficus_trace_spans_exported_total`: spans the OTLP collector accepted.
     pub trace_spans_exported: IntCounter,
     /// `ficus_trace_spans_dropped_total`: sampled spans not exported (queue full, export
@@ -243,6 +245,7 @@ impl Metrics {
             access_log_dropped: access_log_dropped.with_label_values(&["queue_full"]),
             access_log_write_failed: access_log_dropped.with_label_values(&["write_error"]),
             route_weights,
+            route_weight_labels: std::sync::Mutex::default(),
             mirror_sent: mirror_requests.with_label_values(&["sent"]),
             mirror_dropped: mirror_requests.with_label_values(&["dropped"]),
             tcp_bytes_sent: tcp_bytes.with_label_values(&["sent"]),
@@ -331,38 +334,69 @@ impl Metrics {
     }
 
     /// Sets `ficus_route_backend_weight` to the weighted splits of `config` (HTTPRoute rules
-    /// and TCPRoutes), removing the series of routes and backends it no longer has. Called
-    /// when a config is swapped in.
-    pub fn set_route_weights(&self, config: &ficus_config::Config) {
-        self.route_weights.reset();
-        let set = |service: &str, route: &str, rule: &str, backend: &str, weight: u32| {
-            self.route_weights
-                .with_label_values(&[service, route, rule, backend])
-                .set(i64::from(weight));
-        };
+    /// and TCPRoutes) that route this sidecar's calls (in `own_namespace`: GAMMA consumer
+    /// routes of other namespaces do not), removing the series of routes and backends it no
+    /// longer has. Called when a config is swapped in.
+    pub fn set_route_weights(&self, config: &ficus_config::Config, own_namespace: &str) {
+        use crate::snapshot::{applies, consumer_parents};
+        let mut labels: Vec<([String; 4], u32)> = Vec::new();
+        let consumed = consumer_parents(
+            config.http_routes.iter().map(|r| (&r.key, &r.parents[..])),
+            own_namespace,
+        );
         for route in &config.http_routes {
             let name = route.key.to_string();
-            for parent in &route.parents {
-                let service = parent.to_string();
+            let parents = route.parents.iter();
+            for parent in parents.filter(|p| applies(&route.key, p, own_namespace, &consumed)) {
                 for (index, rule) in route.rules.iter().enumerate() {
-                    let rule_label = index.to_string();
                     for backend_ref in &rule.backend_refs {
-                        let backend = backend_ref.backend.to_string();
-                        set(&service, &name, &rule_label, &backend, backend_ref.weight);
+                        let set = [
+                            parent.to_string(),
+                            name.clone(),
+                            index.to_string(),
+                            backend_ref.backend.to_string(),
+                        ];
+                        labels.push((set, backend_ref.weight));
                     }
                 }
             }
         }
+        let consumed = consumer_parents(
+            config.tcp_routes.iter().map(|r| (&r.key, &r.parents[..])),
+            own_namespace,
+        );
         for route in &config.tcp_routes {
             let name = route.key.to_string();
-            for parent in &route.parents {
-                let service = parent.to_string();
+            let parents = route.parents.iter();
+            for parent in parents.filter(|p| applies(&route.key, p, own_namespace, &consumed)) {
                 for backend_ref in &route.backend_refs {
-                    let backend = backend_ref.backend.to_string();
-                    set(&service, &name, "0", &backend, backend_ref.weight);
+                    let set = [
+                        parent.to_string(),
+                        name.clone(),
+                        "0".to_owned(),
+                        backend_ref.backend.to_string(),
+                    ];
+                    labels.push((set, backend_ref.weight));
                 }
             }
         }
+        // Set the new values first, then remove what went away: a scrape in between never
+        // sees a split missing (the gauge was cleared and refilled before).
+        for (set, weight) in &labels {
+            let values: Vec<&str> = set.iter().map(String::as_str).collect();
+            self.route_weights
+                .with_label_values(&values)
+                .set(i64::from(*weight));
+        }
+        let Ok(mut current) = self.route_weight_labels.lock() else {
+            return;
+        };
+        let new: Vec<[String; 4]> = labels.into_iter().map(|(set, _)| set).collect();
+        for gone in current.iter().filter(|set| !new.contains(set)) {
+            let values: Vec<&str> = gone.iter().map(String::as_str).collect();
+            let _ = self.route_weights.remove_label_values(&values);
+        }
+        *current = new;
     }
 
     /// Counts a config update.
