@@ -26,7 +26,6 @@ use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use pin_project_lite::pin_project;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -262,22 +261,30 @@ fn head(parts: &Parts, body: Body) -> Request<Body> {
     request
 }
 
-pin_project! {
-    /// A request body that keeps a copy of what passes through, up to [`RETRY_BUFFER`] bytes.
-    struct Recorder<B> {
-        #[pin]
-        inner: B,
-        shared: Arc<Shared>,
-    }
+/// A request body that keeps a copy of what passes through, up to [`RETRY_BUFFER`] bytes.
+/// Dropped before the body's end (the upstream answered before it took the whole request,
+/// e.g. a 503 refusal), it leaves the rest of the body to its [`Recording`], which reads it
+/// when a retry needs the whole request.
+struct Recorder {
+    inner: Option<Body>,
+    shared: Arc<Shared>,
+}
 
-    impl<B> PinnedDrop for Recorder<B> {
-        fn drop(this: Pin<&mut Self>) {
-            // Dropped before its end (the try failed or was abandoned): nothing more comes.
-            this.shared.settle(|state| {
-                if matches!(state, State::Open(_)) {
-                    *state = State::Lost;
-                }
-            });
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        let open = self
+            .shared
+            .state
+            .lock()
+            .is_ok_and(|state| matches!(*state, State::Open(_)));
+        if open {
+            if let Ok(mut rest) = self.shared.rest.lock() {
+                *rest = Some(inner);
+            }
+            self.shared.settled.notify_one();
         }
     }
 }
@@ -293,13 +300,53 @@ enum State {
     Lost,
 }
 
-#[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
+    /// The rest of the body, left by a [`Recorder`] dropped before the end.
+    rest: Mutex<Option<Body>>,
     settled: Notify,
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Shared {
+    /// Records what one poll of the body gave (`ended`: the body says it is over).
+    fn record(&self, polled: &Poll<Option<Result<Frame<Bytes>, BoxError>>>, ended: bool) {
+        match polled {
+            Poll::Pending => {}
+            Poll::Ready(None) => self.settle(|state| {
+                if let State::Open(bytes) = state {
+                    *state = State::Complete(std::mem::take(bytes).freeze());
+                }
+            }),
+            Poll::Ready(Some(Ok(frame))) => {
+                let data = frame.data_ref();
+                self.settle(|state| {
+                    let State::Open(bytes) = state else {
+                        return;
+                    };
+                    match data {
+                        Some(data) if (bytes.len() + data.len()) as u64 <= RETRY_BUFFER => {
+                            bytes.extend_from_slice(data);
+                            if ended {
+                                *state = State::Complete(std::mem::take(bytes).freeze());
+                            }
+                        }
+                        // Too big, or trailers (which a replay would not carry).
+                        _ => *state = State::Lost,
+                    }
+                });
+            }
+            Poll::Ready(Some(Err(_))) => self.settle(|state| *state = State::Lost),
+        }
+    }
+
     /// Changes the state; wakes the waiter once it is no longer open.
     fn settle(&self, change: impl FnOnce(&mut State)) {
         let Ok(mut state) = self.state.lock() else {
@@ -327,15 +374,34 @@ impl Recording {
                     State::Lost => return None,
                     State::Open(_) => {}
                 }
-                self.0.settled.notified().await;
+                let rest = self.0.rest.lock().ok()?.take();
+                match rest {
+                    // The try let go of the body before its end: read the rest here.
+                    Some(mut rest) => loop {
+                        let polled =
+                            std::future::poll_fn(|cx| match Pin::new(&mut rest).poll_frame(cx) {
+                                Poll::Pending => Poll::Pending,
+                                ready => Poll::Ready(ready),
+                            })
+                            .await;
+                        let done = matches!(polled, Poll::Ready(None));
+                        self.0.record(&polled, rest.is_end_stream());
+                        let open = matches!(&*self.0.state.lock().ok()?, State::Open(_));
+                        if done || !open {
+                            break;
+                        }
+                    },
+                    // The try still holds it: wait for its end, or for the try to let go.
+                    None => self.0.settled.notified().await,
+                }
             }
         });
         waited.await.ok().flatten()
     }
 }
 
-impl<B: HttpBody> Recorder<B> {
-    fn new(inner: B) -> (Self, Recording) {
+impl Recorder {
+    fn new(inner: Body) -> (Self, Recording) {
         let state = if inner.is_end_stream() {
             State::Complete(Bytes::new())
         } else {
@@ -343,63 +409,45 @@ impl<B: HttpBody> Recorder<B> {
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
+            rest: Mutex::new(None),
             settled: Notify::new(),
         });
         let recording = Recording(Arc::clone(&shared));
-        (Self { inner, shared }, recording)
+        (
+            Self {
+                inner: Some(inner),
+                shared,
+            },
+            recording,
+        )
     }
 }
 
-impl<B> HttpBody for Recorder<B>
-where
-    B: HttpBody<Data = Bytes, Error = BoxError>,
-{
+impl HttpBody for Recorder {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
-        match &polled {
-            Poll::Pending => {}
-            Poll::Ready(None) => this.shared.settle(|state| {
-                if let State::Open(bytes) = state {
-                    *state = State::Complete(std::mem::take(bytes).freeze());
-                }
-            }),
-            Poll::Ready(Some(Ok(frame))) => {
-                let data = frame.data_ref();
-                // The sender may stop polling once the body says it has ended.
-                let ended = this.inner.is_end_stream();
-                this.shared.settle(|state| {
-                    let State::Open(bytes) = state else {
-                        return;
-                    };
-                    match data {
-                        Some(data) if (bytes.len() + data.len()) as u64 <= RETRY_BUFFER => {
-                            bytes.extend_from_slice(data);
-                            if ended {
-                                *state = State::Complete(std::mem::take(bytes).freeze());
-                            }
-                        }
-                        // Too big, or trailers (which a replay would not carry).
-                        _ => *state = State::Lost,
-                    }
-                });
-            }
-            Poll::Ready(Some(Err(_))) => this.shared.settle(|state| *state = State::Lost),
-        }
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        // The sender may stop polling once the body says it has ended.
+        this.shared.record(&polled, inner.is_end_stream());
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
     }
 }
