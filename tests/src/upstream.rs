@@ -6,7 +6,7 @@
 //! - `/status/<code>`: that status;
 //! - `/echo`: streams the request body back, chunk by chunk;
 //! - `application/grpc` requests: echoes each body chunk as its own DATA frame, then sends
-//!   trailers `grpc-status: 0`;
+//!   trailers `grpc-status: 0` (or the status a request header `x-test-grpc-status` asks for);
 //! - anything else: 200 with the server's name as body.
 //!
 //! Every response carries `x-upstream: <name>`; every request head is recorded.
@@ -153,8 +153,14 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     response
 }
 
-/// Streams every request DATA frame back as a response frame, then `grpc-status: 0` trailers.
+/// Streams every request DATA frame back as a response frame, then `grpc-status` trailers:
+/// `0`, or what the request's `x-test-grpc-status` says.
 fn grpc_echo(request: Request<Incoming>) -> Response<Body> {
+    let status = request
+        .headers()
+        .get("x-test-grpc-status")
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("0"));
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
     let mut body = request.into_body();
     tokio::spawn(async move {
@@ -174,7 +180,7 @@ fn grpc_echo(request: Request<Incoming>) -> Response<Body> {
             }
         }
         let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert("grpc-status", status);
         trailers.insert("grpc-message", HeaderValue::from_static("echoed"));
         let _ = tx.send(Ok(Frame::trailers(trailers))).await;
     });

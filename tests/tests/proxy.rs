@@ -149,6 +149,33 @@ async fn grpc_streaming_with_trailers() {
     let seen = upstream.last().unwrap();
     assert_eq!(seen.headers["te"], "trailers");
     assert_eq!(seen.uri, "http://echo.shop/echo.Echo/Stream");
+
+    // A failing call still answers HTTP 200: its status, from the trailers, is what
+    // `ficus_grpc_responses_total` counts (an error rate per backend needs it).
+    for status in ["14", "14", "5"] {
+        let request = Request::post("http://echo.shop/echo.Echo/Stream")
+            .version(http::Version::HTTP_2)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("x-test-grpc-status", status)
+            .body(Full::new(Bytes::from(payload.clone())))
+            .unwrap();
+        let response = h2.send(request).await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.trailers.unwrap()["grpc-status"], status);
+    }
+    let metrics = sidecar.metrics().await;
+    let calls = |status| {
+        metrics.sum(
+            "ficus_grpc_responses_total",
+            &[
+                ("direction", "outbound"),
+                ("destination_backend", "shop/echo"),
+                ("grpc_status", status),
+            ],
+        )
+    };
+    assert_eq!((calls("0"), calls("14"), calls("5")), (1.0, 2.0, 1.0));
 }
 
 #[tokio::test]

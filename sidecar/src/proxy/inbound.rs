@@ -166,6 +166,7 @@ pub fn handle<'a>(
         };
         let elapsed = recorder.record(&inbound.metrics, response.status().as_u16(), flag);
         span.finish(&response, flag, elapsed);
+        let response = crate::telemetry::grpc::observe(response, &inbound.metrics);
         access_log::finish(log, response, &inbound.metrics, flag)
     }
 }

@@ -73,6 +73,7 @@ pub fn handle<'a>(
         .await;
         let elapsed = recorder.record(metrics, response.status().as_u16(), flag);
         span.finish(&response, flag, elapsed);
+        let response = crate::telemetry::grpc::observe(response, metrics);
         access_log::finish(log, response, metrics, flag)
     }
 }

@@ -46,6 +46,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    grpc_responses: IntCounterVec,
     /// `ficus_tcp_connections_opened_total`.
     pub tcp_opened: IntCounter,
     /// `ficus_tcp_connections_closed_total`.
@@ -120,6 +121,20 @@ impl Metrics {
                 "destination_service",
                 "destination_backend",
                 "response_flags",
+            ],
+        )
+        .expect("static metric definition");
+        let grpc_responses = IntCounterVec::new(
+            Opts::new(
+                "ficus_grpc_responses_total",
+                "gRPC calls by the status their response ended with (trailers, or headers of a \
+                 trailers-only response)",
+            ),
+            &[
+                "direction",
+                "destination_service",
+                "destination_backend",
+                "grpc_status",
             ],
         )
         .expect("static metric definition");
@@ -242,6 +257,7 @@ impl Metrics {
             "reason",
         );
         let metrics = Self {
+            grpc_responses,
             access_log_dropped: access_log_dropped.with_label_values(&["queue_full"]),
             access_log_write_failed: access_log_dropped.with_label_values(&["write_error"]),
             route_weights,
@@ -292,6 +308,7 @@ impl Metrics {
             Box::new(mirror_requests),
             Box::new(access_log_dropped),
             Box::new(metrics.route_weights.clone()),
+            Box::new(metrics.grpc_responses.clone()),
             Box::new(metrics.tls_handshake_failed.clone()),
             Box::new(metrics.config_updates.clone()),
             Box::new(metrics.config_rejected.clone()),
@@ -320,15 +337,15 @@ impl Metrics {
         service: &str,
         backend: &str,
     ) -> Arc<RequestMetrics> {
-        let labels = [direction.as_str(), service, backend, ""];
         Arc::new(RequestMetrics {
             labels: [
                 Arc::from(direction.as_str()),
                 Arc::from(service),
                 Arc::from(backend),
             ],
-            ok_duration: self.duration.with_label_values(&labels),
+            ok_duration: OnceLock::new(),
             codes: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+            grpc: OnceLock::new(),
             metrics: Arc::clone(self),
         })
     }
@@ -473,10 +490,42 @@ const STATUS_SLOTS: usize = 500;
 #[derive(Debug)]
 pub struct RequestMetrics {
     labels: [Arc<str>; 3],
-    ok_duration: Histogram,
+    /// The flag-less duration series, made on first use: a Backend that never gets a request
+    /// exports no histogram (35 lines of zeros each).
+    ok_duration: OnceLock<Histogram>,
     /// Counter handles for flag-less outcomes, indexed by `status - 100`, resolved on first use.
     codes: Box<[OnceLock<IntCounter>]>,
+    /// `ficus_grpc_responses_total` handles, made at the first gRPC response.
+    grpc: OnceLock<Arc<GrpcCounters>>,
     metrics: Arc<Metrics>,
+}
+
+/// `ficus_grpc_responses_total` for one (direction, service, backend), by status code.
+#[derive(Debug)]
+pub struct GrpcCounters {
+    labels: [Arc<str>; 3],
+    /// Indexed by code (0–16); resolved on first use.
+    codes: [OnceLock<IntCounter>; 17],
+    vec: IntCounterVec,
+}
+
+impl GrpcCounters {
+    /// Counts a call that ended with status `code` (an undefined code counts as `UNKNOWN`).
+    pub fn count(&self, code: u8) {
+        let code = if usize::from(code) < self.codes.len() {
+            code
+        } else {
+            2
+        };
+        self.codes[usize::from(code)]
+            .get_or_init(|| {
+                let [direction, service, backend] = &self.labels;
+                let code = code.to_string();
+                self.vec
+                    .with_label_values(&[&**direction, &**service, &**backend, &code])
+            })
+            .inc();
+    }
 }
 
 impl RequestMetrics {
@@ -488,6 +537,17 @@ impl RequestMetrics {
     /// The `destination_backend` label value.
     pub fn backend(&self) -> &Arc<str> {
         &self.labels[2]
+    }
+
+    /// The gRPC status counters of this (direction, service, backend).
+    pub fn grpc(&self) -> &Arc<GrpcCounters> {
+        self.grpc.get_or_init(|| {
+            Arc::new(GrpcCounters {
+                labels: self.labels.clone(),
+                codes: Default::default(),
+                vec: self.metrics.grpc_responses.clone(),
+            })
+        })
     }
 
     /// Records one finished request. `flags` is one of the fixed response flags, `""` if none.
@@ -502,7 +562,13 @@ impl RequestMetrics {
             // The duration first, then the count: a scrape that sees the request counted also
             // sees its duration (readers wait for the counter).
             (true, Some(slot)) => {
-                self.ok_duration.observe(seconds);
+                self.ok_duration
+                    .get_or_init(|| {
+                        self.metrics
+                            .duration
+                            .with_label_values(&[direction, service, backend, ""])
+                    })
+                    .observe(seconds);
                 self.codes[slot]
                     .get_or_init(|| {
                         let code = status.to_string();
