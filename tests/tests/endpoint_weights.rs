@@ -51,6 +51,20 @@ async fn answers(sidecar: &Sidecar, path: &str, n: usize) -> Vec<String> {
     names
 }
 
+/// Sends `ping` on a new connection to `listen` and returns the greeting of the echo server
+/// that answered (`TcpEcho` prefixes its echo with it).
+async fn echo_greeting(listen: SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut got))
+        .await
+        .expect("no echo within 10 s")
+        .unwrap();
+    assert_eq!(&got[2..], b"ping");
+    String::from_utf8_lossy(&got[..2]).into_owned()
+}
+
 fn tally(names: &[String]) -> BTreeMap<&str, usize> {
     let mut counts = BTreeMap::new();
     for name in names {
@@ -150,15 +164,7 @@ async fn opaque_tcp_connections_follow_endpoint_weights() {
     let _sidecar = Sidecar::start(&config).await;
     let mut greetings = Vec::new();
     for _ in 0..40 {
-        let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
-        stream.write_all(b"ping").await.unwrap();
-        let mut got = [0u8; 6];
-        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut got))
-            .await
-            .expect("no echo within 10 s")
-            .unwrap();
-        assert_eq!(&got[2..], b"ping");
-        greetings.push(String::from_utf8_lossy(&got[..2]).into_owned());
+        greetings.push(echo_greeting(listen).await);
     }
     let counts = tally(&greetings);
     assert_eq!(
@@ -260,12 +266,5 @@ async fn a_backend_without_endpoints_answers_503_for_its_share_and_scales_back_u
     }
     let counts = tally(&names);
     assert!(counts.get("canary").is_some_and(|&n| n > 10), "{counts:?}");
-    let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
-    stream.write_all(b"ping").await.unwrap();
-    let mut got = [0u8; 6];
-    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut got))
-        .await
-        .expect("no echo within 10 s")
-        .unwrap();
-    assert_eq!(&got, b"t:ping");
+    assert_eq!(echo_greeting(listen).await, "t:");
 }

@@ -166,21 +166,10 @@ mod tests {
         assert!(check(&mut request("/a/%2e%2E/admin", &[])).is_err());
     }
 
+    /// Which paths are ambiguous is `ficus_config::path`'s to say (tested there); here, that
+    /// the one-pass check agrees with it.
     #[test]
-    fn ambiguous_paths_are_refused() {
-        for bad in [
-            "/a/../admin",
-            "/%2e%2e/admin",
-            "/a%2Fb",
-            "//admin",
-            "/a/./b",
-            "/a%5cb",
-            "/a%00",
-            "/.%2E/x",
-            "/public/..;/admin",
-        ] {
-            assert!(check_path(bad).is_err(), "{bad}");
-        }
+    fn the_fast_check_agrees_with_the_full_one() {
         // The one-pass check never lets through what the full check refuses.
         for path in [
             "/", "//", "/a//", "/a/", "/a/.", "/a/..", "/..", "/.", "/...", "/a.", "/.a", "*",
@@ -196,15 +185,7 @@ mod tests {
                 "{path}"
             );
         }
-        for good in [
-            "/",
-            "/admin",
-            "/api/payments/",
-            "/a.b/c..d",
-            "/admin;x",
-            "/a%20b",
-        ] {
-            assert!(check_path(good).is_ok(), "{good}");
-        }
+        assert!(check_path("/public/..;/admin").is_err());
+        assert!(check_path("/admin;x").is_ok());
     }
 }

@@ -108,6 +108,16 @@ fn protocols_follow_app_protocol_and_port_names() {
     }
 }
 
+/// The shop cluster with no EndpointSlice for Service `service` (its pods all gone).
+fn without_ready_pods(service: &str) -> Vec<Value> {
+    let mut objects = cluster();
+    objects.retain(|o| {
+        !(o["kind"] == "EndpointSlice"
+            && o["metadata"]["labels"]["kubernetes.io/service-name"] == service)
+    });
+    objects
+}
+
 /// `(object, diagnostics as text)` of what `translation` left out, in order.
 fn left_out_of(translation: &Translation) -> Vec<(String, String)> {
     translation
@@ -139,11 +149,7 @@ fn invalid_objects_are_left_out_and_named_with_their_diagnostics() {
 
     // A route to a Service whose pods are all gone: the Service is a Backend without
     // endpoints, so the route, its policies and the rest of the cluster all stay.
-    let mut objects = cluster();
-    objects.retain(|o| {
-        !(o["kind"] == "EndpointSlice"
-            && o["metadata"]["labels"]["kubernetes.io/service-name"] == "payments-v2")
-    });
+    let mut objects = without_ready_pods("payments-v2");
     let translation = translate(&objects, "cluster.local").unwrap();
     assert!(
         translation.left_out.is_empty(),
@@ -163,11 +169,7 @@ fn invalid_objects_are_left_out_and_named_with_their_diagnostics() {
 /// the sync (fails closed) rather than leave its starting pods open to every caller.
 #[test]
 fn a_protected_service_without_ready_pods_fails_closed_when_its_account_differs() {
-    let mut objects = cluster();
-    objects.retain(|o| {
-        !(o["kind"] == "EndpointSlice"
-            && o["metadata"]["labels"]["kubernetes.io/service-name"] == "payments-v2")
-    });
+    let mut objects = without_ready_pods("payments-v2");
     let service = objects
         .iter_mut()
         .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "payments-v2")
