@@ -149,7 +149,7 @@ fn invalid_objects_are_left_out_and_named_with_their_diagnostics() {
 
     // A route to a Service whose pods are all gone: the Service is a Backend without
     // endpoints, so the route, its policies and the rest of the cluster all stay.
-    let mut objects = without_ready_pods("payments-v2");
+    let objects = without_ready_pods("payments-v2");
     let translation = translate(&objects, "cluster.local").unwrap();
     assert!(
         translation.left_out.is_empty(),
