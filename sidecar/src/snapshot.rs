@@ -186,6 +186,14 @@ impl BackendTarget {
         if in_flight.is_none() && self.policy.outliers.is_none() {
             return;
         }
+        if crate::policy::outlier::is_downstream_fault(outcome) {
+            // Neither a failure nor a success of the endpoint: its run of failures stays as
+            // it was, and the balancer takes no sample.
+            if let Some(in_flight) = in_flight {
+                in_flight.discard();
+            }
+            return;
+        }
         let failed = crate::policy::outlier::is_failure(outcome);
         if let Some(in_flight) = in_flight {
             in_flight.finish(failed);

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -1243,4 +1244,60 @@ async fn upstream_idle_closes_never_surface_as_errors() {
     }
     assert_eq!(served.load(Ordering::SeqCst), sent);
     task.abort();
+}
+
+/// A client that breaks off its request body (half of a `Content-Length` body, then closes)
+/// is the client's failure, not the endpoint's: outlier detection does not count it, so the
+/// Backend's only endpoint stays in the rotation. Over HTTP/1.1 and h2c to the endpoint.
+#[tokio::test]
+async fn a_client_that_breaks_off_its_body_does_not_eject_the_endpoint() {
+    for protocol in ["http", "http2"] {
+        let upstream = Scripted::start(instant_ok).await;
+        let policy = "outlierDetection: {consecutive5xx: 2, baseEjectionTime: 60s}";
+        let config = config(upstream.addr, "", policy)
+            .replace("protocol: http,", &format!("protocol: {protocol},"));
+        let sidecar = Sidecar::start(&config).await;
+        for _ in 0..2 {
+            let mut stream = tokio::net::TcpStream::connect(sidecar.outbound)
+                .await
+                .unwrap();
+            let head = "POST /work HTTP/1.1\r\nHost: api.shop\r\nContent-Length: 100000\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(&[b'x'; 10 * 1024]).await.unwrap();
+            drop(stream);
+        }
+        // Both broken requests have been answered (whatever the answer) before the GET.
+        let backend = [("destination_backend", "shop/api")];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while sidecar
+            .metrics()
+            .await
+            .sum("ficus_requests_total", &backend)
+            < 2.0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{protocol}: never counted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+        let response = client.send(request("GET", "")).await.unwrap();
+        assert_eq!(response.status, 200, "{protocol}: {}", response.text());
+        let metrics = sidecar.metrics().await;
+        assert_eq!(
+            metrics.sum("ficus_outlier_ejections_active", &[]),
+            0.0,
+            "{protocol}"
+        );
+        let downstream = [
+            ("destination_backend", "shop/api"),
+            ("response_flags", "DC"),
+        ];
+        assert_eq!(
+            metrics.sum("ficus_requests_total", &downstream),
+            2.0,
+            "{protocol}: flagged as the client's doing"
+        );
+    }
 }

@@ -399,6 +399,11 @@ fn log_failure(shared: &Shared, error: &ProxyError, endpoint: SocketAddr, timeou
     let reason = match error {
         ProxyError::Upstream(e) => e.reason(),
         ProxyError::Timeout(_) => "timeout",
+        // The client's doing: no upstream failure to count.
+        ProxyError::DownstreamBody | ProxyError::DownstreamTimeout => {
+            tracing::debug!(%endpoint, %error, "request body failed downstream");
+            return;
+        }
         _ => "other",
     };
     shared.metrics.upstream_failure(reason);
