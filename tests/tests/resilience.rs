@@ -1301,3 +1301,58 @@ async fn a_client_that_breaks_off_its_body_does_not_eject_the_endpoint() {
         );
     }
 }
+
+/// The breaker's own overflow (`maxConnections` reached) is never retried, whatever the
+/// rule's retry codes (502 and 503 here): the caller gets it flagged `UO`, not `URX`.
+#[tokio::test]
+async fn a_connection_overflow_is_never_retried() {
+    let upstream = Scripted::start(slow_path).await;
+    let rule = "retry: {attempts: 2, codes: [502, 503], backoff: 1ms}";
+    let policy = "connectionPool: {maxConnections: 2, maxRequests: 10}";
+    let sidecar = Sidecar::start(&config(upstream.addr, rule, policy)).await;
+    let outbound = sidecar.outbound;
+    let slow = two_slow_requests(outbound, "/slow", || upstream.count()).await;
+    let refused = get_once(outbound, "/fast").await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("x-ficus-error"), "overflow");
+    for task in slow {
+        assert_eq!(task.await.unwrap().status, 200);
+    }
+    assert_eq!(upstream.count(), 2, "the refused request never left");
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_retries_total", &[]), 0.0);
+    let kind = [("kind", "connections")];
+    assert_eq!(
+        metrics.sum("ficus_circuit_breaker_overflow_total", &kind),
+        1.0,
+        "one overflow, no retried ones"
+    );
+    assert_eq!(
+        metrics.sum("ficus_requests_total", &[("response_flags", "UO")]),
+        1.0
+    );
+}
+
+/// An idle pooled connection gives up its place among `maxConnections` to a request that
+/// needs a new connection (to another endpoint): with one place and two endpoints taken in
+/// turn, every request is served.
+#[tokio::test]
+async fn an_idle_connection_makes_room_under_max_connections() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let config = two_endpoints(a.addr, b.addr, "RoundRobin").replace(
+        "loadBalancer: {type: RoundRobin}",
+        "loadBalancer: {type: RoundRobin}, connectionPool: {maxConnections: 1}",
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    for i in 0..10 {
+        let response = client.send(request("GET", "")).await.unwrap();
+        assert_eq!(response.status, 200, "request {i}: {}", response.text());
+    }
+    assert_eq!((a.count(), b.count()), (5, 5));
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metrics.sum("ficus_requests_total", &[("response_flags", "UO")]),
+        0.0
+    );
+}
