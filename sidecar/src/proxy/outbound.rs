@@ -334,12 +334,18 @@ fn route_and_forward<'a, 's>(
         let (result, flag) = match &action.retry {
             // A protocol switch is never replayed; everything else may be, if its body allows.
             Some(policy) if !upgrading => {
-                let replay = tokio::time::timeout(
-                    timeout,
-                    replayable(&parts, incoming, limits.body_idle_timeout, policy),
-                )
-                .await
-                .unwrap_or(Err(ProxyError::DownstreamTimeout));
+                // Reading the body sends nothing upstream: what is left of the route's total
+                // deadline bounds it (and the body idle timeout, between frames), not a try's.
+                let read = replayable(&parts, incoming, limits.body_idle_timeout, policy);
+                let replay = match action.timeouts.request {
+                    Some(total) => {
+                        let left = total.saturating_sub(recorder.started().elapsed());
+                        tokio::time::timeout(left, read)
+                            .await
+                            .unwrap_or(Err(ProxyError::DownstreamTimeout))
+                    }
+                    None => read.await,
+                };
                 match replay {
                     Ok(Replay::Stream(incoming)) => (send_once(parts, incoming, None).await, None),
                     Ok(replay) => {
