@@ -69,7 +69,7 @@ impl Mirror {
             return;
         };
         let http2 = endpoint.is_http2();
-        let shadow = format!("{host}-shadow");
+        let shadow = shadow_authority(host);
         let Ok(uri) = upstream_uri(http2, &shadow, path_and_query(&parts.uri)) else {
             metrics.mirror_dropped.inc();
             return;
@@ -99,5 +99,38 @@ impl Mirror {
                 tracing::debug!(%error, "mirrored request failed");
             }
         });
+    }
+}
+
+/// The authority of a copy: `-shadow` added to the host, before any port, as Envoy does
+/// (`payments:8080` → `payments-shadow:8080`, `[::1]:80` → `[::1]-shadow:80`).
+fn shadow_authority(authority: &str) -> String {
+    let host_end = if authority.starts_with('[') {
+        // An IPv6 literal: the port, if any, follows the bracket.
+        authority.find(']').map_or(authority.len(), |end| end + 1)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, _)) if !host.contains(':') => host.len(),
+            _ => authority.len(),
+        }
+    };
+    let (host, port) = authority.split_at(host_end);
+    format!("{host}-shadow{port}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shadow_suffix_goes_on_the_host_before_the_port() {
+        assert_eq!(shadow_authority("payments"), "payments-shadow");
+        assert_eq!(shadow_authority("payments:8080"), "payments-shadow:8080");
+        assert_eq!(
+            shadow_authority("payments.shop.svc.cluster.local:80"),
+            "payments.shop.svc.cluster.local-shadow:80"
+        );
+        assert_eq!(shadow_authority("[::1]:80"), "[::1]-shadow:80");
+        assert_eq!(shadow_authority("[::1]"), "[::1]-shadow");
     }
 }
