@@ -6,6 +6,10 @@
 //! queued), and each copy is bounded by the per-try timeout. Only requests whose body is
 //! already in memory are copied: requests without a body, and bodies buffered for retries.
 //! Streamed bodies are not mirrored (copying them would tie the main request to the mirror).
+//!
+//! The copy is prepared for its own endpoint: `x-ficus-orig-proto` (how a request that
+//! crosses the mesh as HTTP/2 began) is set when that endpoint is a peer sidecar (mTLS) and the
+//! request was not HTTP/2, and removed otherwise, whatever the main endpoint needed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +22,7 @@ use http::Request;
 use tokio::sync::Semaphore;
 
 use super::forward::{forward, path_and_query, upstream_uri};
+use super::headers::X_FICUS_ORIG_PROTO;
 use crate::body;
 use crate::snapshot::BackendTarget;
 use crate::telemetry::metrics::Metrics;
@@ -83,6 +88,14 @@ impl Mirror {
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = parts.headers.clone();
+        // Marked for this endpoint, not the main one (see the module doc).
+        if endpoint.is_mtls() && parts.version != http::Version::HTTP_2 {
+            request
+                .headers_mut()
+                .insert(X_FICUS_ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+        } else {
+            request.headers_mut().remove(X_FICUS_ORIG_PROTO);
+        }
         if http2 {
             request.headers_mut().remove(header::HOST);
         } else if let Ok(value) = HeaderValue::from_str(&shadow) {
