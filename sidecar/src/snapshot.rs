@@ -604,7 +604,8 @@ fn compile_rule(
             Filter::RequestMirror(m) => {
                 if let Some(target) = targets.get(&m.backend) {
                     let mut mirrors = std::mem::take(&mut action.mirrors).into_vec();
-                    mirrors.push(Mirror::new(Arc::clone(target), m.percent));
+                    let slots = cx.pools.policies().mirror_slots(&m.backend);
+                    mirrors.push(Mirror::new(Arc::clone(target), m.percent, slots));
                     action.mirrors = mirrors.into_boxed_slice();
                 }
             }

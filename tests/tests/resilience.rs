@@ -1388,3 +1388,102 @@ async fn a_slow_replayable_body_is_read_within_the_route_timeout() {
     assert_eq!(upstream.count(), 1);
     assert_eq!(upstream.bodies.lock().unwrap()[0].len(), 10240);
 }
+
+/// A protocol switch (WebSocket) is not mirrored: the shadow would accept a handshake whose
+/// connection is then dropped. Plain requests of the same route still are.
+#[tokio::test]
+async fn upgrades_are_not_mirrored() {
+    let ws = ficus_tests::upstream::WebSocketEcho::start().await;
+    let (api, shadow) = (
+        Upstream::start("api").await,
+        Upstream::start("shadow").await,
+    );
+    let backend = |name: &str, addr: SocketAddr| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{protocol: http, endpoints: [{{address: \"{addr}\"}}]}}\n---\n"
+        )
+    };
+    let mirror = "filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow}}}]";
+    let config = format!(
+        "{}{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  \
+         - matches: [{{path: {{type: PathPrefix, value: /socket}}}}]\n    backendRefs: [{{name: ws}}]\n    {mirror}\n  \
+         - backendRefs: [{{name: api}}]\n    {mirror}\n",
+        backend("ws", ws.addr),
+        backend("api", api.addr),
+        backend("shadow", shadow.addr),
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let stream = tokio::net::TcpStream::connect(sidecar.outbound)
+        .await
+        .unwrap();
+    let (mut socket, response) = tokio_tungstenite::client_async("ws://api.shop/socket", stream)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    ficus_tests::client::ws_echo(&mut socket, "hello").await;
+    // A plain request after the session: its copy arrives; the session's never did.
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while shadow.count() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no copy arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let copies = shadow.received.lock().unwrap().clone();
+    assert!(
+        copies.iter().all(|c| !c.headers.contains_key("upgrade")),
+        "{copies:?}"
+    );
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metrics.sum("ficus_mirror_requests_total", &[("result", "sent")]),
+        1.0
+    );
+}
+
+/// The cap on copies in flight (64 per mirror Backend) holds across config swaps: a swap
+/// does not grant another 64.
+#[tokio::test]
+async fn the_mirror_cap_survives_a_config_swap() {
+    let main = Scripted::start(instant_ok).await;
+    // The mirror holds every copy for 5 s (the path the copies carry).
+    let mirror = Upstream::start("mirror").await;
+    let config = |extra: &str| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+             spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n---\n\
+             apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: shadow, namespace: shop}}\n\
+             spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
+             spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  - backendRefs: [{{name: api}}]\n    \
+             filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: shadow}}}}}}]\n{extra}",
+            main.addr, mirror.addr
+        )
+    };
+    let sidecar = Sidecar::start(&config("")).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let get = || {
+        Request::get("/delay/5000")
+            .header("host", "api.shop")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    for _ in 0..64 {
+        assert_eq!(client.send(get()).await.unwrap().status, 200);
+    }
+    sidecar.write_config(&config(OTHER_BACKEND));
+    sidecar.wait_version(2, Duration::from_secs(10)).await;
+    for _ in 0..10 {
+        assert_eq!(client.send(get()).await.unwrap().status, 200);
+    }
+    let metrics = sidecar.metrics().await;
+    let result = |r| metrics.sum("ficus_mirror_requests_total", &[("result", r)]);
+    assert_eq!(
+        (result("sent"), result("dropped")),
+        (64.0, 10.0),
+        "64 copies hang at the mirror; the swap made no room for more"
+    );
+}

@@ -2,10 +2,12 @@
 //! `-shadow` suffix on its Host/`:authority` (as Envoy does); the answer is discarded.
 //!
 //! The mirror never slows or fails the main request: the copy is sent from its own task, a
-//! semaphore caps copies in flight per rule (past it copies are dropped and counted, never
-//! queued), and each copy is bounded by the per-try timeout. Only requests whose body is
+//! semaphore caps copies in flight per mirror Backend (past it copies are dropped and counted,
+//! never queued; the semaphore is carried across config swaps, so a swap grants no fresh
+//! room), and each copy is bounded by the per-try timeout. Only requests whose body is
 //! already in memory are copied: requests without a body, and bodies buffered for retries.
-//! Streamed bodies are not mirrored (copying them would tie the main request to the mirror).
+//! Streamed bodies are not mirrored (copying them would tie the main request to the mirror),
+//! nor are protocol switches (the shadow would accept a handshake that is then dropped).
 //!
 //! The copy is prepared for its own endpoint: `x-ficus-orig-proto` (how a request that
 //! crosses the mesh as HTTP/2 began) is set when that endpoint is a peer sidecar (mTLS) and the
@@ -27,8 +29,8 @@ use crate::body;
 use crate::snapshot::BackendTarget;
 use crate::telemetry::metrics::Metrics;
 
-/// Copies in flight per rule before further copies are dropped.
-const MAX_IN_FLIGHT: usize = 64;
+/// Copies in flight per mirror Backend before further copies are dropped.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// A rule's mirror.
 #[derive(Debug)]
@@ -39,12 +41,14 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// Mirrors `percent` (0..=100) of requests to `target`.
-    pub fn new(target: Arc<BackendTarget>, percent: f64) -> Self {
+    /// Mirrors `percent` (0..=100) of requests to `target`; `in_flight` holds the places of
+    /// copies in flight to it ([`MAX_IN_FLIGHT`]), shared by every rule and snapshot
+    /// mirroring to that Backend.
+    pub fn new(target: Arc<BackendTarget>, percent: f64, in_flight: Arc<Semaphore>) -> Self {
         Self {
             target,
             share: percent / 100.0,
-            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            in_flight,
         }
     }
 

@@ -371,7 +371,9 @@ fn route_and_forward<'a, 's>(
                 }
             }
             _ => {
-                if incoming.is_end_stream() {
+                // A protocol switch is not mirrored: the shadow would take a handshake whose
+                // connection is then dropped.
+                if incoming.is_end_stream() && !upgrading {
                     mirror_copy(Bytes::new());
                 }
                 (send_once(parts, incoming, arrival).await, None)
