@@ -45,6 +45,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use ficus_config::{Backend, RateLimit, ResourceKey, TrafficPolicy};
+use tokio::sync::Semaphore;
 
 use self::balance::Balancer;
 use self::breaker::Breaker;
@@ -111,6 +112,9 @@ pub struct Carryover {
     kept: Mutex<HashMap<ResourceKey, Kept>>,
     /// Rate limiters by what they limit (`inbound`, `route:<namespace>/<name>`).
     limiters: Mutex<HashMap<String, (RateLimit, Weak<RateLimiter>)>>,
+    /// Places of mirrored copies in flight, by mirror Backend: the copies a swap leaves
+    /// running still count.
+    mirrors: Mutex<HashMap<ResourceKey, Weak<Semaphore>>>,
 }
 
 #[derive(Debug)]
@@ -182,6 +186,23 @@ impl Carryover {
         limiters.insert(subject.to_owned(), (*limit, Arc::downgrade(&limiter)));
         Some(limiter)
     }
+
+    /// The places of copies in flight to mirror Backend `backend`
+    /// ([`crate::proxy::mirror::MAX_IN_FLIGHT`]): the same semaphore for as long as any
+    /// snapshot or copy holds it, so a swap grants no fresh room while copies still run.
+    pub fn mirror_slots(&self, backend: &ResourceKey) -> Arc<Semaphore> {
+        let fresh = || Arc::new(Semaphore::new(crate::proxy::mirror::MAX_IN_FLIGHT));
+        let Ok(mut mirrors) = self.mirrors.lock() else {
+            return fresh();
+        };
+        mirrors.retain(|_, kept| kept.strong_count() > 0);
+        if let Some(slots) = mirrors.get(backend).and_then(Weak::upgrade) {
+            return slots;
+        }
+        let slots = fresh();
+        mirrors.insert(backend.clone(), Arc::downgrade(&slots));
+        slots
+    }
 }
 
 #[cfg(test)]
@@ -222,6 +243,16 @@ mod tests {
         assert_eq!(Arc::strong_count(&fresh), 1);
         carry.retain(|_| false);
         assert!(carry.kept.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn mirror_slots_are_shared_by_backend_while_held() {
+        let carry = Carryover::default();
+        let shadow = ResourceKey::new("shop", "shadow");
+        let first = carry.mirror_slots(&shadow);
+        assert!(Arc::ptr_eq(&first, &carry.mirror_slots(&shadow)));
+        let other = carry.mirror_slots(&ResourceKey::new("shop", "other"));
+        assert!(!Arc::ptr_eq(&first, &other));
     }
 
     #[test]

@@ -186,6 +186,14 @@ impl BackendTarget {
         if in_flight.is_none() && self.policy.outliers.is_none() {
             return;
         }
+        if crate::policy::outlier::is_downstream_fault(outcome) {
+            // Neither a failure nor a success of the endpoint: its run of failures stays as
+            // it was, and the balancer takes no sample.
+            if let Some(in_flight) = in_flight {
+                in_flight.discard();
+            }
+            return;
+        }
         let failed = crate::policy::outlier::is_failure(outcome);
         if let Some(in_flight) = in_flight {
             in_flight.finish(failed);
@@ -643,7 +651,8 @@ fn compile_rule(
             Filter::RequestMirror(m) => {
                 if let Some(target) = targets.get(&m.backend) {
                     let mut mirrors = std::mem::take(&mut action.mirrors).into_vec();
-                    mirrors.push(Mirror::new(Arc::clone(target), m.percent));
+                    let slots = cx.pools.policies().mirror_slots(&m.backend);
+                    mirrors.push(Mirror::new(Arc::clone(target), m.percent, slots));
                     action.mirrors = mirrors.into_boxed_slice();
                 }
             }

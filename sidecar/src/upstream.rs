@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
 use crate::clock::Coarse;
-use crate::policy::breaker::ConnectionCap;
+use crate::policy::breaker::{ConnectionCap, IdleHolder};
 
 /// A place among a Backend's `maxConnections`, held for a connection's lifetime.
 type ConnectionPermit = tokio::sync::OwnedSemaphorePermit;
@@ -387,6 +387,21 @@ impl EndpointPool {
         self.permit_of(request.extensions().get::<ConnectionCap>())
     }
 
+    /// [`EndpointPool::permit`] for a connection this pool may keep idle: the cap learns
+    /// that it can ask this pool to close an idle one when it is full.
+    fn permit_pooled(
+        self: &Arc<Self>,
+        request: &Request<Body>,
+    ) -> Result<Option<ConnectionPermit>, UpstreamError> {
+        let cap = request.extensions().get::<ConnectionCap>();
+        let permit = self.permit_of(cap)?;
+        if let (Some(cap), Some(_)) = (cap, &permit) {
+            let holder: Arc<dyn IdleHolder> = Arc::clone(self) as _;
+            cap.opened_by(Arc::downgrade(&holder));
+        }
+        Ok(permit)
+    }
+
     /// A permit of `cap`, when there is one.
     fn permit_of(
         &self,
@@ -420,7 +435,7 @@ impl EndpointPool {
                 let (mut conn, reused, idle) = match self.checkout_http1() {
                     Some((conn, idle)) => (conn, true, idle),
                     None => {
-                        let permit = self.permit(&request)?;
+                        let permit = self.permit_pooled(&request)?;
                         // Boxed, like the other rare paths: inline, they would grow the future
                         // every request moves around (see listener::serve_io).
                         let conn = Box::pin(self.connect_http1(permit)).await?;
@@ -878,6 +893,30 @@ fn closed_under_us(error: &hyper::Error) -> bool {
         cause = error.source();
     }
     false
+}
+
+// === impl EndpointPool ===
+
+impl IdleHolder for EndpointPool {
+    /// Closes the oldest idle HTTP/1.1 connection that holds a place of `permits`.
+    fn close_idle(&self, permits: &Arc<tokio::sync::Semaphore>) -> bool {
+        let Ok(mut pool) = self.idle.lock() else {
+            return false;
+        };
+        let holds = |conn: &Http1Conn| {
+            conn.permit
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p.semaphore(), permits))
+        };
+        let Some(index) = pool.conns.iter().position(|(conn, _)| holds(conn)) else {
+            return false;
+        };
+        let closed = pool.conns.remove(index);
+        drop(pool);
+        // Dropped outside the lock: closing the socket and freeing the place.
+        drop(closed);
+        true
+    }
 }
 
 /// Endpoint address, HTTP/2, and the SPIFFE ID required of it (mTLS).

@@ -586,3 +586,85 @@ async fn a_rewritten_token_file_is_presented_at_the_next_renewal() {
         seen = expiry().await;
     }
 }
+
+/// A mirror marks its copy by its own endpoint, not the primary's: a copy of a plaintext
+/// request to a meshed (mTLS) shadow says it began as HTTP/1.1, so the shadow's sidecar
+/// gives its HTTP/1.1 app HTTP/1.1; a copy of a meshed request to a plain shadow carries no
+/// mesh marker.
+#[tokio::test]
+async fn mirrors_mark_the_original_protocol_for_their_own_endpoint() {
+    let (control, tokens) = control("1h").await;
+    let (api, shadow) = (
+        Upstream::start("api").await,
+        Upstream::start("shadow").await,
+    );
+    let shadow_app = Upstream::start("payments-app").await;
+    let server = sidecar(&control, tokens.path(), "payments", Some(shadow_app.addr)).await;
+    let web = sidecar(&control, tokens.path(), "web", None).await;
+    let mirror = |to: &str| {
+        format!("filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: {to}}}}}}}]")
+    };
+    let routes = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{endpoints: [{{address: \"{}\"}}]}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: shadow, namespace: shop}}\n\
+         spec: {{endpoints: [{{address: \"{}\"}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  \
+         - backendRefs: [{{name: api}}]\n    {}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: payments, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: payments}}]\n  rules:\n  \
+         - backendRefs: [{{name: payments}}]\n    {}\n",
+        api.addr,
+        shadow.addr,
+        mirror("payments"),
+        mirror("shadow"),
+    );
+    apply(&control, &mesh("STRICT", server.inbound, &routes)).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    web.wait_ready(Duration::from_secs(30)).await;
+
+    // Plaintext primary, meshed shadow.
+    let response = client::get(web.outbound, "api.shop", "/").await.unwrap();
+    assert_eq!((response.status, response.text().as_str()), (200, "api"));
+    // Meshed primary, plaintext shadow.
+    let response = client::get(web.outbound, "payments.shop", "/")
+        .await
+        .unwrap();
+    assert_eq!(
+        (response.status, response.text().as_str()),
+        (200, "payments-app")
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shadow_app.count() < 2 || shadow.count() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "copies: {} at the meshed shadow, {} at the plain one",
+            shadow_app.count(),
+            shadow.count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = shadow_app.received.lock().unwrap().clone();
+    let copy = seen
+        .iter()
+        .find(|r| {
+            r.uri.contains("api.shop-shadow")
+                || r.headers
+                    .get("host")
+                    .is_some_and(|h| h == "api.shop-shadow")
+        })
+        .unwrap_or_else(|| panic!("no copy among {seen:?}"));
+    assert_eq!(
+        copy.version,
+        http::Version::HTTP_11,
+        "HTTP/1.1 from the app, HTTP/2 across the mesh, HTTP/1.1 again at the shadow"
+    );
+    assert_eq!(copy.headers["x-ficus-peer-identity"], WEB);
+    let plain = shadow.last().unwrap();
+    assert!(
+        !plain.headers.contains_key("x-ficus-orig-proto"),
+        "{:?}",
+        plain.headers
+    );
+}

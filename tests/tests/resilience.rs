@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -1243,4 +1244,246 @@ async fn upstream_idle_closes_never_surface_as_errors() {
     }
     assert_eq!(served.load(Ordering::SeqCst), sent);
     task.abort();
+}
+
+/// A client that breaks off its request body (half of a `Content-Length` body, then closes)
+/// is the client's failure, not the endpoint's: outlier detection does not count it, so the
+/// Backend's only endpoint stays in the rotation. Over HTTP/1.1 and h2c to the endpoint.
+#[tokio::test]
+async fn a_client_that_breaks_off_its_body_does_not_eject_the_endpoint() {
+    for protocol in ["http", "http2"] {
+        let upstream = Scripted::start(instant_ok).await;
+        let policy = "outlierDetection: {consecutive5xx: 2, baseEjectionTime: 60s}";
+        let config = config(upstream.addr, "", policy)
+            .replace("protocol: http,", &format!("protocol: {protocol},"));
+        let sidecar = Sidecar::start(&config).await;
+        for _ in 0..2 {
+            let mut stream = tokio::net::TcpStream::connect(sidecar.outbound)
+                .await
+                .unwrap();
+            let head = "POST /work HTTP/1.1\r\nHost: api.shop\r\nContent-Length: 100000\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(&[b'x'; 10 * 1024]).await.unwrap();
+            drop(stream);
+        }
+        // Both broken requests have been answered (whatever the answer) before the GET.
+        let backend = [("destination_backend", "shop/api")];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while sidecar
+            .metrics()
+            .await
+            .sum("ficus_requests_total", &backend)
+            < 2.0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{protocol}: never counted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+        let response = client.send(request("GET", "")).await.unwrap();
+        assert_eq!(response.status, 200, "{protocol}: {}", response.text());
+        let metrics = sidecar.metrics().await;
+        assert_eq!(
+            metrics.sum("ficus_outlier_ejections_active", &[]),
+            0.0,
+            "{protocol}"
+        );
+        let downstream = [
+            ("destination_backend", "shop/api"),
+            ("response_flags", "DC"),
+        ];
+        assert_eq!(
+            metrics.sum("ficus_requests_total", &downstream),
+            2.0,
+            "{protocol}: flagged as the client's doing"
+        );
+    }
+}
+
+/// The breaker's own overflow (`maxConnections` reached) is never retried, whatever the
+/// rule's retry codes (502 and 503 here): the caller gets it flagged `UO`, not `URX`.
+#[tokio::test]
+async fn a_connection_overflow_is_never_retried() {
+    let upstream = Scripted::start(slow_path).await;
+    let rule = "retry: {attempts: 2, codes: [502, 503], backoff: 1ms}";
+    let policy = "connectionPool: {maxConnections: 2, maxRequests: 10}";
+    let sidecar = Sidecar::start(&config(upstream.addr, rule, policy)).await;
+    let outbound = sidecar.outbound;
+    let slow = two_slow_requests(outbound, "/slow", || upstream.count()).await;
+    let refused = get_once(outbound, "/fast").await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("x-ficus-error"), "overflow");
+    for task in slow {
+        assert_eq!(task.await.unwrap().status, 200);
+    }
+    assert_eq!(upstream.count(), 2, "the refused request never left");
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_retries_total", &[]), 0.0);
+    let kind = [("kind", "connections")];
+    assert_eq!(
+        metrics.sum("ficus_circuit_breaker_overflow_total", &kind),
+        1.0,
+        "one overflow, no retried ones"
+    );
+    assert_eq!(
+        metrics.sum("ficus_requests_total", &[("response_flags", "UO")]),
+        1.0
+    );
+}
+
+/// An idle pooled connection gives up its place among `maxConnections` to a request that
+/// needs a new connection (to another endpoint): with one place and two endpoints taken in
+/// turn, every request is served.
+#[tokio::test]
+async fn an_idle_connection_makes_room_under_max_connections() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let config = two_endpoints(a.addr, b.addr, "RoundRobin").replace(
+        "loadBalancer: {type: RoundRobin}",
+        "loadBalancer: {type: RoundRobin}, connectionPool: {maxConnections: 1}",
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    for i in 0..10 {
+        let response = client.send(request("GET", "")).await.unwrap();
+        assert_eq!(response.status, 200, "request {i}: {}", response.text());
+    }
+    assert_eq!((a.count(), b.count()), (5, 5));
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metrics.sum("ficus_requests_total", &[("response_flags", "UO")]),
+        0.0
+    );
+}
+
+/// A replayable body is read within what is left of the route's `request` timeout, not within
+/// one try's `backendRequest`: nothing has gone upstream while the client is still sending.
+#[tokio::test]
+async fn a_slow_replayable_body_is_read_within_the_route_timeout() {
+    let upstream = Scripted::start(instant_ok).await;
+    let rule = "retry: {attempts: 1, codes: [503], backoff: 1ms}\n    \
+                timeouts: {backendRequest: 200ms, request: 2s}";
+    let sidecar = Sidecar::start(&config(upstream.addr, rule, "")).await;
+    let mut stream = tokio::net::TcpStream::connect(sidecar.outbound)
+        .await
+        .unwrap();
+    let head = "PUT /work HTTP/1.1\r\nHost: api.shop\r\nContent-Length: 10240\r\n\
+                Connection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // 10 KiB over ~400 ms: twice the per-try timeout, well within the route's.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        if stream.write_all(&[b'x'; 1024]).await.is_err() {
+            break; // answered early (and closed): the status says why
+        }
+    }
+    let outcome = ficus_tests::client::read_until_close(&mut stream, Duration::from_secs(10)).await;
+    assert_eq!(
+        outcome.status(),
+        Some(200),
+        "{}",
+        String::from_utf8_lossy(&outcome.bytes)
+    );
+    assert_eq!(upstream.count(), 1);
+    assert_eq!(upstream.bodies.lock().unwrap()[0].len(), 10240);
+}
+
+/// A protocol switch (WebSocket) is not mirrored: the shadow would accept a handshake whose
+/// connection is then dropped. Plain requests of the same route still are.
+#[tokio::test]
+async fn upgrades_are_not_mirrored() {
+    let ws = ficus_tests::upstream::WebSocketEcho::start().await;
+    let (api, shadow) = (
+        Upstream::start("api").await,
+        Upstream::start("shadow").await,
+    );
+    let backend = |name: &str, addr: SocketAddr| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{protocol: http, endpoints: [{{address: \"{addr}\"}}]}}\n---\n"
+        )
+    };
+    let mirror = "filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow}}}]";
+    let config = format!(
+        "{}{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  \
+         - matches: [{{path: {{type: PathPrefix, value: /socket}}}}]\n    backendRefs: [{{name: ws}}]\n    {mirror}\n  \
+         - backendRefs: [{{name: api}}]\n    {mirror}\n",
+        backend("ws", ws.addr),
+        backend("api", api.addr),
+        backend("shadow", shadow.addr),
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let stream = tokio::net::TcpStream::connect(sidecar.outbound)
+        .await
+        .unwrap();
+    let (mut socket, response) = tokio_tungstenite::client_async("ws://api.shop/socket", stream)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    ficus_tests::client::ws_echo(&mut socket, "hello").await;
+    // A plain request after the session: its copy arrives; the session's never did.
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while shadow.count() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no copy arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let copies = shadow.received.lock().unwrap().clone();
+    assert!(
+        copies.iter().all(|c| !c.headers.contains_key("upgrade")),
+        "{copies:?}"
+    );
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metrics.sum("ficus_mirror_requests_total", &[("result", "sent")]),
+        1.0
+    );
+}
+
+/// The cap on copies in flight (64 per mirror Backend) holds across config swaps: a swap
+/// does not grant another 64.
+#[tokio::test]
+async fn the_mirror_cap_survives_a_config_swap() {
+    let main = Scripted::start(instant_ok).await;
+    // The mirror holds every copy for 5 s (the path the copies carry).
+    let mirror = Upstream::start("mirror").await;
+    let config = |extra: &str| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+             spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n---\n\
+             apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: shadow, namespace: shop}}\n\
+             spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
+             spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  - backendRefs: [{{name: api}}]\n    \
+             filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: shadow}}}}}}]\n{extra}",
+            main.addr, mirror.addr
+        )
+    };
+    let sidecar = Sidecar::start(&config("")).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let get = || {
+        Request::get("/delay/5000")
+            .header("host", "api.shop")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    for _ in 0..64 {
+        assert_eq!(client.send(get()).await.unwrap().status, 200);
+    }
+    sidecar.write_config(&config(OTHER_BACKEND));
+    sidecar.wait_version(2, Duration::from_secs(10)).await;
+    for _ in 0..10 {
+        assert_eq!(client.send(get()).await.unwrap().status, 200);
+    }
+    let metrics = sidecar.metrics().await;
+    let result = |r| metrics.sum("ficus_mirror_requests_total", &[("result", r)]);
+    assert_eq!(
+        (result("sent"), result("dropped")),
+        (64.0, 10.0),
+        "64 copies hang at the mirror; the swap made no room for more"
+    );
 }

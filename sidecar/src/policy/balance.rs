@@ -545,6 +545,7 @@ impl PeakEwma {
             index,
             started: Instant::now(),
             failed: false,
+            discarded: false,
         })
     }
 }
@@ -557,6 +558,8 @@ pub struct InFlight {
     index: usize,
     started: Instant,
     failed: bool,
+    /// Ended without a sample (see [`InFlight::discard`]).
+    discarded: bool,
 }
 
 impl InFlight {
@@ -564,12 +567,22 @@ impl InFlight {
     pub fn finish(mut self, failed: bool) {
         self.failed = failed;
     }
+
+    /// Ends the try without a sample: its outcome was the client's doing (a request body
+    /// that failed or stalled), which says nothing of the endpoint, and its duration was the
+    /// client's too.
+    pub fn discard(mut self) {
+        self.discarded = true;
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let load = &self.endpoints[self.index];
         load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.discarded {
+            return;
+        }
         let now = Instant::now();
         let rtt = now.saturating_duration_since(self.started).as_nanos() as f64;
         if let Ok(mut estimate) = load.estimate.lock() {
@@ -701,6 +714,21 @@ mod tests {
         let estimate = *ewma.endpoints[0].estimate.lock().unwrap();
         assert_eq!(estimate.penalty_ns, 0.0);
         assert!(estimate.rtt_ns >= 20e6);
+        assert_eq!(ewma.endpoints[0].in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_discarded_try_leaves_no_sample() {
+        let ewma = PeakEwma::new(2);
+        let before = *ewma.endpoints[0].estimate.lock().unwrap();
+        let guard = ewma.start(0).unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        guard.discard();
+        let after = *ewma.endpoints[0].estimate.lock().unwrap();
+        assert_eq!(
+            (after.rtt_ns, after.penalty_ns),
+            (before.rtt_ns, before.penalty_ns)
+        );
         assert_eq!(ewma.endpoints[0].in_flight.load(Ordering::Relaxed), 0);
     }
 

@@ -11,14 +11,18 @@
 //!
 //! `maxConnections` caps the upstream connections opened for the Backend's requests
 //! ([`ConnectionCap`]): a request that needs a new connection (no idle HTTP/1.1 one, or no live
-//! HTTP/2 one to its endpoint) when the cap is reached fails at once with 503 `UO` and
-//! `kind="connections"`, without dialling. A connection counts until its connection task ends
-//! (closed by either side, or dropped from the idle pool). It matters when `maxConnections`
-//! is below `maxRequests` (HTTP/1.1 needs a connection per concurrent request) or below the
-//! number of HTTP/2 endpoints. Opaque TCP and mirrored requests are not counted.
+//! HTTP/2 one to its endpoint) when the cap is reached first closes an idle pooled HTTP/1.1
+//! connection of the Backend (to another endpoint: one to its own would have been reused),
+//! which gives its place up; with none idle it fails at once with 503 `UO` and
+//! `kind="connections"`, without dialling, and is never retried. A connection counts until its
+//! connection task ends (closed by either side, or dropped from the idle pool). It matters
+//! when `maxConnections` is below `maxRequests` (HTTP/1.1 needs a connection per concurrent
+//! request) or below the number of endpoints. Shared HTTP/2 connections are not closed to
+//! make room (they may carry other requests at any moment). Opaque TCP and mirrored requests
+//! are not counted.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -71,10 +75,11 @@ impl Breaker {
         Self {
             requests: Arc::new(Semaphore::new(cap(pool.max_requests))),
             pending: Semaphore::new(cap(pool.max_pending_requests)),
-            connections: ConnectionCap {
+            connections: ConnectionCap(Arc::new(CapState {
                 permits: Arc::new(Semaphore::new(cap(pool.max_connections))),
                 metrics: Arc::clone(metrics),
-            },
+                holders: Mutex::new(Vec::new()),
+            })),
         }
     }
 
@@ -101,22 +106,67 @@ impl Breaker {
 }
 
 /// A Backend's cap on open upstream connections, carried to the pool in the extensions of
-/// the Backend's requests.
+/// the Backend's requests (one reference count per request).
 #[derive(Debug, Clone)]
-pub struct ConnectionCap {
+pub struct ConnectionCap(Arc<CapState>);
+
+#[derive(Debug)]
+struct CapState {
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    /// Where connections holding places may sit idle (the pools that opened them).
+    holders: Mutex<Vec<Weak<dyn IdleHolder>>>,
+}
+
+/// Keeps idle connections that hold places of a [`ConnectionCap`] (an endpoint's pool).
+pub trait IdleHolder: std::fmt::Debug + Send + Sync {
+    /// Closes one idle connection holding a place of `permits`, which frees the place;
+    /// whether there was one.
+    fn close_idle(&self, permits: &Arc<Semaphore>) -> bool;
 }
 
 impl ConnectionCap {
-    /// A permit for one more connection, held until the connection ends; `None` (counted as
-    /// an overflow) when the cap is reached.
+    /// A permit for one more connection, held until the connection ends. When the cap is
+    /// reached an idle connection of a holder gives its place up; `None` (counted as an
+    /// overflow) when none was idle.
     pub fn open(&self) -> Option<OwnedSemaphorePermit> {
-        let permit = Arc::clone(&self.permits).try_acquire_owned().ok();
+        let permits = &self.0.permits;
+        if let Ok(permit) = Arc::clone(permits).try_acquire_owned() {
+            return Some(permit);
+        }
+        // Another request may take the freed place first: then this one overflows.
+        let permit = self
+            .close_idle()
+            .then(|| Arc::clone(permits).try_acquire_owned().ok())
+            .flatten();
         if permit.is_none() {
-            self.metrics.breaker_overflow(Overflow::Connections.kind());
+            self.0
+                .metrics
+                .breaker_overflow(Overflow::Connections.kind());
         }
         permit
+    }
+
+    /// Notes that `holder` opened a connection with a place of this cap and may keep it idle.
+    pub fn opened_by(&self, holder: Weak<dyn IdleHolder>) {
+        let Ok(mut holders) = self.0.holders.lock() else {
+            return;
+        };
+        if holders.iter().any(|h| Weak::ptr_eq(h, &holder)) {
+            return;
+        }
+        holders.retain(|h| h.strong_count() > 0);
+        holders.push(holder);
+    }
+
+    /// Closes one idle connection holding a place; whether one was found.
+    fn close_idle(&self) -> bool {
+        // Upgraded outside the lock: closing takes the holder's own lock.
+        let holders: Vec<Arc<dyn IdleHolder>> = match self.0.holders.lock() {
+            Ok(holders) => holders.iter().filter_map(Weak::upgrade).collect(),
+            Err(_) => return false,
+        };
+        holders.iter().any(|h| h.close_idle(&self.0.permits))
     }
 }
 
@@ -168,6 +218,17 @@ impl<B: HttpBody> HttpBody for Guarded<B> {
 mod tests {
     use super::*;
 
+    fn breaker_of(connections: u32) -> Breaker {
+        Breaker::new(
+            &ConnectionPool {
+                max_connections: connections,
+                max_pending_requests: 1,
+                max_requests: 1,
+            },
+            &Metrics::new(),
+        )
+    }
+
     fn breaker(requests: u32, pending: u32) -> Breaker {
         Breaker::new(
             &ConnectionPool {
@@ -190,6 +251,45 @@ mod tests {
         assert!(cap.open().is_none());
         drop(first);
         assert!(cap.open().is_some(), "a closed connection frees its place");
+    }
+
+    /// Idle connections, each holding a place of some cap.
+    #[derive(Debug, Default)]
+    struct Idle(Mutex<Vec<OwnedSemaphorePermit>>);
+
+    impl IdleHolder for Idle {
+        fn close_idle(&self, permits: &Arc<Semaphore>) -> bool {
+            let mut idle = self.0.lock().unwrap();
+            let found = idle
+                .iter()
+                .position(|p| Arc::ptr_eq(p.semaphore(), permits));
+            found.map(|i| idle.remove(i)).is_some()
+        }
+    }
+
+    #[test]
+    fn an_idle_connection_gives_its_place_up_at_the_cap() {
+        let breaker = breaker(10, 10);
+        let other = breaker_of(1);
+        let mut request = Request::new(());
+        breaker.tag(&mut request);
+        let cap = request.extensions().get::<ConnectionCap>().unwrap().clone();
+        let pool = Arc::new(Idle::default());
+        let holder: Arc<dyn IdleHolder> = pool.clone();
+        cap.opened_by(Arc::downgrade(&holder));
+        cap.opened_by(Arc::downgrade(&holder));
+        assert_eq!(cap.0.holders.lock().unwrap().len(), 1, "noted once");
+        let busy = cap.open().unwrap();
+        // One idle connection of this cap, one of another Backend's.
+        pool.0.lock().unwrap().push(cap.open().unwrap());
+        pool.0
+            .lock()
+            .unwrap()
+            .push(other.connections.open().unwrap());
+        let third = cap.open().expect("the idle connection made room");
+        assert_eq!(pool.0.lock().unwrap().len(), 1, "the other Backend's stays");
+        assert!(cap.open().is_none(), "nothing idle left to close");
+        drop((busy, third));
     }
 
     #[tokio::test(start_paused = true)]

@@ -171,6 +171,15 @@ impl Drop for Outliers {
     }
 }
 
+/// Whether a try ended by the downstream's doing (its request body failed or stalled): such a
+/// try says nothing of the endpoint, good or bad, so it is not recorded at all.
+pub fn is_downstream_fault(outcome: &Result<Response<Body>, ProxyError>) -> bool {
+    matches!(
+        outcome,
+        Err(ProxyError::DownstreamBody | ProxyError::DownstreamTimeout)
+    )
+}
+
 /// Whether a try counts against the endpoint: a 5xx, a gRPC status in the response headers
 /// that stands for a server failure (e.g. a trailers-only `UNAVAILABLE`), or a failure of the
 /// upstream (reset, connect failure, timeout). The downstream's own failures do not count.
@@ -186,6 +195,8 @@ pub fn is_failure(outcome: &Result<Response<Body>, ProxyError>) -> bool {
         }
         // Our own connection cap says nothing about the endpoint.
         Err(ProxyError::Upstream(UpstreamError::ConnectionLimit { .. })) => false,
+        // Nor does a client that broke off or stalled its request body.
+        Err(ProxyError::DownstreamBody | ProxyError::DownstreamTimeout) => false,
         Err(ProxyError::Upstream(_) | ProxyError::UpstreamProtocol(_) | ProxyError::Timeout(_)) => {
             true
         }

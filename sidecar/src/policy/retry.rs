@@ -86,8 +86,13 @@ impl RetryPolicy {
     }
 
     /// Whether an upstream failure before response headers is retried; `status` is what the
-    /// caller would get for it.
+    /// caller would get for it. Never the Backend's own connection cap (`maxConnections`
+    /// reached): a circuit-breaker overflow is not retried, as in Envoy, whatever the codes
+    /// (its 503 is ours, not the upstream's, and a retry would only meet the same cap).
     pub fn retries_error(&self, error: &UpstreamError, status: u16) -> bool {
+        if matches!(error, UpstreamError::ConnectionLimit { .. }) {
+            return false;
+        }
         self.retries_unsent(error) || self.retries_status(status)
     }
 
@@ -226,6 +231,22 @@ mod tests {
         assert!(!is_refused_stream(&cancelled));
         let other = std::io::Error::other("connection reset");
         assert!(!is_refused_stream(&other));
+    }
+
+    #[test]
+    fn a_connection_overflow_is_never_retried() {
+        let mut policy = policy(Duration::from_millis(25));
+        policy.codes = vec![502, 503].into_boxed_slice();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let overflow = UpstreamError::ConnectionLimit { addr };
+        assert!(!policy.retries_error(&overflow, 503));
+        assert!(!policy.retries_unsent(&overflow));
+        // A real connect failure with the same status still is.
+        let refused = UpstreamError::Connect {
+            addr,
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert!(policy.retries_error(&refused, 503));
     }
 
     #[tokio::test(start_paused = true)]

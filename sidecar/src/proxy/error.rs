@@ -19,6 +19,8 @@ pub mod flags {
     pub const BAD_REQUEST: &str = "DPE";
     /// Downstream stopped sending its request body.
     pub const DOWNSTREAM_TIMEOUT: &str = "DT";
+    /// Downstream closed or reset its connection (or stream) before its request ended.
+    pub const DOWNSTREAM_CLOSED: &str = crate::telemetry::metrics::DOWNSTREAM_CLOSED;
     /// Refused by the local rate limit.
     pub const RATE_LIMITED: &str = "RL";
     /// Fault injected by a TrafficPolicy.
@@ -53,6 +55,11 @@ pub enum ProxyError {
     /// be answered upstream, and a retry is not safe.
     #[error("request body idle for too long")]
     DownstreamTimeout,
+    /// The downstream broke off its request body (closed or reset its connection mid-body,
+    /// or sent a body its own framing contradicts): the client's failure, not the upstream's,
+    /// so never retried nor counted against the endpoint.
+    #[error("request body broken off by the client")]
+    DownstreamBody,
     /// The request is malformed in a way the HTTP parser let through.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -93,6 +100,11 @@ impl ProxyError {
                 StatusCode::REQUEST_TIMEOUT,
                 flags::DOWNSTREAM_TIMEOUT,
                 "request-body-timeout",
+            ),
+            Self::DownstreamBody => (
+                StatusCode::BAD_REQUEST,
+                flags::DOWNSTREAM_CLOSED,
+                "request-body-incomplete",
             ),
             Self::Upstream(UpstreamError::ConnectionLimit { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, flags::OVERFLOW, "overflow")

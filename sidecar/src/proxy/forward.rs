@@ -21,7 +21,7 @@ use super::headers::{
 use crate::body::{Body, BodyIdle};
 use crate::deadline::TimerSlot;
 use crate::tunnel::copy_with_idle_timeout;
-use crate::upstream::{EndpointPool, SwitchedPermit};
+use crate::upstream::{EndpointPool, SwitchedPermit, UpstreamError};
 
 /// The authority that names the destination, held without copying it out of the request
 /// (the request forms share its buffer).
@@ -132,10 +132,9 @@ pub fn forward<'a>(
         };
         let mut response = match sent {
             Some(Ok(response)) => response,
-            Some(Err(error)) if caused_by_body_idle(&error) => {
-                return Err(ProxyError::DownstreamTimeout)
+            Some(Err(error)) => {
+                return Err(downstream_fault(&error).unwrap_or_else(|| error.into()))
             }
-            Some(Err(error)) => return Err(error.into()),
             None => return Err(ProxyError::Timeout(timeout)),
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -160,16 +159,31 @@ pub fn forward<'a>(
     }
 }
 
-/// Whether the exchange failed because the downstream request body went idle.
-fn caused_by_body_idle(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
+/// The downstream's part in a failed exchange, read from the error's causes: its request
+/// body went idle ([`ProxyError::DownstreamTimeout`]), or failed — the client closed or reset
+/// mid-body ([`ProxyError::DownstreamBody`]). Either is the client's doing: not retried, and
+/// never counted against the endpoint by outlier detection or the balancer.
+///
+/// Over HTTP/1.1 hyper hands the body's error back as a "user body" error (a user error with
+/// a cause; the only such error of a client connection), with ours beneath it. Over HTTP/2
+/// it resets the stream instead and the body's error is only logged: the exchange fails with
+/// a reset our side sent (neither the peer's nor h2's own, which a client connection sends
+/// for nothing else while the response is awaited), so an idle body shows as a failed one.
+fn downstream_fault(error: &UpstreamError) -> Option<ProxyError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut body_failed = false;
     while let Some(error) = cause {
         if error.is::<BodyIdle>() {
-            return true;
+            return Some(ProxyError::DownstreamTimeout);
+        }
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
+            body_failed |= hyper.is_user() && std::error::Error::source(hyper).is_some();
+        } else if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            body_failed |= h2.is_reset() && !h2.is_remote() && !h2.is_library();
         }
         cause = error.source();
     }
-    false
+    body_failed.then_some(ProxyError::DownstreamBody)
 }
 
 /// Copies bytes both ways once both sides have switched protocols.

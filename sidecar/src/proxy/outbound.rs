@@ -337,12 +337,18 @@ fn route_and_forward<'a, 's>(
         let (result, flag) = match &action.retry {
             // A protocol switch is never replayed; everything else may be, if its body allows.
             Some(policy) if !upgrading => {
-                let replay = tokio::time::timeout(
-                    timeout,
-                    replayable(&parts, incoming, limits.body_idle_timeout, policy),
-                )
-                .await
-                .unwrap_or(Err(ProxyError::DownstreamTimeout));
+                // Reading the body sends nothing upstream: what is left of the route's total
+                // deadline bounds it (and the body idle timeout, between frames), not a try's.
+                let read = replayable(&parts, incoming, limits.body_idle_timeout, policy);
+                let replay = match action.timeouts.request {
+                    Some(total) => {
+                        let left = total.saturating_sub(recorder.started().elapsed());
+                        tokio::time::timeout(left, read)
+                            .await
+                            .unwrap_or(Err(ProxyError::DownstreamTimeout))
+                    }
+                    None => read.await,
+                };
                 match replay {
                     Ok(Replay::Stream(incoming)) => (send_once(parts, incoming, None).await, None),
                     Ok(replay) => {
@@ -368,7 +374,9 @@ fn route_and_forward<'a, 's>(
                 }
             }
             _ => {
-                if incoming.is_end_stream() {
+                // A protocol switch is not mirrored: the shadow would take a handshake whose
+                // connection is then dropped.
+                if incoming.is_end_stream() && !upgrading {
                     mirror_copy(Bytes::new());
                 }
                 (send_once(parts, incoming, arrival).await, None)
@@ -402,6 +410,11 @@ fn log_failure(shared: &Shared, error: &ProxyError, endpoint: SocketAddr, timeou
     let reason = match error {
         ProxyError::Upstream(e) => e.reason(),
         ProxyError::Timeout(_) => "timeout",
+        // The client's doing: no upstream failure to count.
+        ProxyError::DownstreamBody | ProxyError::DownstreamTimeout => {
+            tracing::debug!(%endpoint, %error, "request body failed downstream");
+            return;
+        }
         _ => "other",
     };
     shared.metrics.upstream_failure(reason);

@@ -82,7 +82,7 @@ pub async fn replayable(
     match with_idle_timeout(incoming, idle).collect().await {
         Ok(collected) => Ok(Replay::Buffered(collected.to_bytes())),
         Err(error) if error.is::<BodyIdle>() => Err(ProxyError::DownstreamTimeout),
-        Err(_) => Err(ProxyError::BadRequest("request body ended early")),
+        Err(_) => Err(ProxyError::DownstreamBody),
     }
 }
 
