@@ -114,6 +114,10 @@ pub struct ProxyLimits {
     pub header_read_timeout: Duration,
     /// Longest gap between body chunks in either direction. Default 30 s.
     pub body_idle_timeout: Duration,
+    /// Longest gap between body chunks of a gRPC call, in either direction, instead of
+    /// `body_idle_timeout`: a streaming call may stay quiet for minutes. Default 5 min
+    /// (RELIABILITY's stream idle).
+    pub stream_idle_timeout: Duration,
     /// Upstream TCP connect timeout. Default 1 s.
     pub connect_timeout: Duration,
     /// Per-try wait for upstream response headers when the route sets none. Default 15 s.
@@ -138,6 +142,7 @@ impl Default for ProxyLimits {
         Self {
             header_read_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(30),
+            stream_idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(1),
             upstream_response_timeout: Duration::from_secs(15),
             upstream_idle_timeout: Duration::from_secs(30),

@@ -301,6 +301,10 @@ pub struct ProxyLimits {
     /// Longest gap between body chunks.
     #[serde(default)]
     pub body_idle_timeout: Option<String>,
+    /// Longest gap between body chunks of a gRPC call (streams), instead of
+    /// `bodyIdleTimeout`; default 5m.
+    #[serde(default)]
+    pub stream_idle_timeout: Option<String>,
     /// Upstream TCP connect timeout.
     #[serde(default)]
     pub connect_timeout: Option<String>,

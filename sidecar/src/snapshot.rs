@@ -345,6 +345,7 @@ impl Snapshot {
             connect_timeout: limits.connect_timeout,
             idle_timeout: limits.upstream_idle_timeout,
             body_idle_timeout: limits.body_idle_timeout,
+            stream_idle_timeout: limits.stream_idle_timeout,
         };
         let policies: HashMap<&ResourceKey, &ficus_config::TrafficPolicy> = config
             .traffic_policies

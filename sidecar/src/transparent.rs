@@ -361,6 +361,7 @@ pub async fn serve(
                 connect_timeout: limits.connect_timeout,
                 idle_timeout: limits.upstream_idle_timeout,
                 body_idle_timeout: limits.body_idle_timeout,
+                stream_idle_timeout: limits.stream_idle_timeout,
             },
             snapshot.config.mesh.mtls_mode,
             transparent.is_opaque_port(original.port(), &limits.opaque_ports),

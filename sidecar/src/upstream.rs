@@ -169,6 +169,8 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// A response body that keeps its reader waiting longer than this for a frame fails.
     pub body_idle_timeout: Duration,
+    /// [`PoolSettings::body_idle_timeout`] for a gRPC response (a stream may be quiet long).
+    pub stream_idle_timeout: Duration,
 }
 
 /// The connections to one endpoint, shared by every snapshot that names it.
@@ -183,6 +185,7 @@ pub struct EndpointPool {
     connect_timeout_ms: AtomicU64,
     idle_timeout_ms: AtomicU64,
     body_idle_timeout_ms: AtomicU64,
+    stream_idle_timeout_ms: AtomicU64,
     /// Idle HTTP/1.1 connections, the most recently used last.
     idle: Mutex<IdlePool>,
     shared: Mutex<Option<http2::SendRequest<Body>>>,
@@ -279,6 +282,7 @@ impl EndpointPool {
             connect_timeout_ms: AtomicU64::new(0),
             idle_timeout_ms: AtomicU64::new(0),
             body_idle_timeout_ms: AtomicU64::new(0),
+            stream_idle_timeout_ms: AtomicU64::new(0),
             idle: Mutex::new(IdlePool::default()),
             shared: Mutex::new(None),
             dialing: tokio::sync::Mutex::new(None),
@@ -295,6 +299,19 @@ impl EndpointPool {
             .store(ms(settings.idle_timeout), Ordering::Relaxed);
         self.body_idle_timeout_ms
             .store(ms(settings.body_idle_timeout), Ordering::Relaxed);
+        self.stream_idle_timeout_ms
+            .store(ms(settings.stream_idle_timeout), Ordering::Relaxed);
+    }
+
+    /// An HTTP/2 response body: a gRPC one is bounded by the stream idle timeout (a streaming
+    /// call may be quiet for minutes), any other by the body idle timeout.
+    fn http2_response_body(&self, response: Response<Incoming>) -> Response<Body> {
+        if crate::policy::grpc::is_grpc(response.headers()) {
+            let idle = Duration::from_millis(self.stream_idle_timeout_ms.load(Ordering::Relaxed));
+            response.map(|body| crate::body::with_idle_timeout(body, idle))
+        } else {
+            response.map(|body| self.response_body(body))
+        }
     }
 
     /// `body` as a response body of this pool, bounded by the body idle timeout (one box).
@@ -521,7 +538,7 @@ impl EndpointPool {
                 continue;
             }
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response.map(|body| self.response_body(body))),
+                Ok(response) => return Ok(self.http2_response_body(response)),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) if !fresh => {
                         self.forget_http2();
@@ -1190,6 +1207,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(30),
+            stream_idle_timeout: Duration::from_secs(300),
         };
         let request = || {
             Request::get("http://api.shop/")
@@ -1291,6 +1309,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             idle_timeout,
             body_idle_timeout: Duration::from_secs(30),
+            stream_idle_timeout: Duration::from_secs(300),
         };
         Arc::new(EndpointPool::new(addr, false, None, settings))
     }

@@ -577,3 +577,68 @@ async fn inbound_requests_reach_the_app_in_one_reading() {
     assert_eq!(outcome.status(), Some(400));
     assert_eq!(app.count(), 1, "CONNECT never reached the app");
 }
+
+/// An h2c gRPC server whose response sends one message, is quiet for `gap`, then sends a
+/// second and `grpc-status: 0`, as a server-streaming watch does.
+async fn quiet_stream_server(gap: Duration) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(move |_: Request<hyper::body::Incoming>| {
+                let frames = futures_util::stream::unfold(0u8, move |step| async move {
+                    let frame = match step {
+                        0 => Frame::data(Bytes::from_static(b"\0\0\0\0\x01a")),
+                        1 => {
+                            tokio::time::sleep(gap).await;
+                            Frame::data(Bytes::from_static(b"\0\0\0\0\x01b"))
+                        }
+                        2 => {
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            Frame::trailers(trailers)
+                        }
+                        _ => return None,
+                    };
+                    Some((Ok::<_, std::convert::Infallible>(frame), step + 1))
+                });
+                let response = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(StreamBody::new(frames))
+                    .unwrap();
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A gRPC stream may be quiet for longer than `bodyIdleTimeout` (a watch sending one message
+/// a minute): its bodies are bounded by `streamIdleTimeout` instead (5 min by default).
+#[tokio::test]
+async fn a_quiet_grpc_stream_outlives_the_body_idle_timeout() {
+    let (addr, _task) = quiet_stream_server(Duration::from_millis(1500)).await;
+    let config = "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+                  spec: {proxy: {bodyIdleTimeout: 1s, streamIdleTimeout: 10s}}\n---\n"
+        .to_owned()
+        + &backend("watch", "grpc", addr);
+    let sidecar = Sidecar::start(&config).await;
+    let mut h2 = H2Client::connect(sidecar.outbound).await.unwrap();
+    let request = Request::post("http://watch.shop/watch.Watch/Changes")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let response = h2.send(request).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.as_ref(), b"\0\0\0\0\x01a\0\0\0\0\x01b");
+    assert_eq!(response.trailers.expect("trailers")["grpc-status"], "0");
+}

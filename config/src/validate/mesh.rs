@@ -126,6 +126,11 @@ fn proxy_limits(report: &mut Report<'_>, proxy: &raw::ProxyLimits) -> Option<Pro
         &proxy.body_idle_timeout,
         defaults.body_idle_timeout,
     );
+    let stream_idle_timeout = timeout(
+        "streamIdleTimeout",
+        &proxy.stream_idle_timeout,
+        defaults.stream_idle_timeout,
+    );
     let connect_timeout = timeout(
         "connectTimeout",
         &proxy.connect_timeout,
@@ -192,6 +197,7 @@ fn proxy_limits(report: &mut Report<'_>, proxy: &raw::ProxyLimits) -> Option<Pro
     Some(ProxyLimits {
         header_read_timeout: header_read_timeout?,
         body_idle_timeout: body_idle_timeout?,
+        stream_idle_timeout: stream_idle_timeout?,
         connect_timeout: connect_timeout?,
         upstream_response_timeout: upstream_response_timeout?,
         upstream_idle_timeout: upstream_idle_timeout?,
