@@ -6,9 +6,9 @@
 //! | `POST /v1/diff` | as apply | [`Diff`](crate::apply::Diff) |
 //! | `GET /v1/config?kind=&namespace=&name=` | – | current version and its (filtered) documents |
 //! | `DELETE /v1/config/{kind}/{namespace}/{name}` | – | [`ApplyOutcome`] |
-//! | `GET /v1/history?limit=&before=` | – | `{"current", "versions": [HistoryEntry], "next_before"}`, newest first (see [`history`]) |
+//! | `GET /v1/history?limit=&before=` | – | `{"current", "next_rollback", "versions": [HistoryEntry], "next_before"}`, newest first (see [`history`]) |
 //! | `GET /v1/versions/{n}` | – | the [`VersionRecord`](crate::state::VersionRecord) |
-//! | `POST /v1/rollback` | `{"version": n}`, `{}` or empty (the version before current) | [`ApplyOutcome`] |
+//! | `POST /v1/rollback` | `{"version": n}`, `{}` or empty (see [`apply::default_rollback_target`]) | [`ApplyOutcome`] |
 //! | `GET /v1/status` | – | `{"version", "sidecars": [SidecarStatus]}` |
 //!
 //! Errors are JSON `{"error": "...", "diagnostics": ["..."]}`: 400 invalid config or request,
@@ -535,7 +535,8 @@ const MAX_HISTORY_PAGE: usize = 1000;
 /// `GET /v1/history?limit=N&before=V`: at most `N` versions (default [`HISTORY_PAGE`], at most
 /// [`MAX_HISTORY_PAGE`]), newest first, only those below `V` when `before` is given.
 /// `next_before` is the `before` of the next (older) page, `null` on the last one. The store
-/// reads only the page, not the whole history.
+/// reads only the page, not the whole history. `next_rollback` is the version a rollback
+/// without a version would go to now (`null`: none), so that `history` can say so.
 async fn history(state: &Arc<ControlState>, query: Option<&str>) -> Response<Body> {
     let query = parse_query(query.unwrap_or(""));
     let number = |name: &str| -> Result<Option<u64>, String> {
@@ -558,14 +559,18 @@ async fn history(state: &Arc<ControlState>, query: Option<&str>) -> Response<Bod
     };
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.history_page(before, limit)).await {
-        Ok(Ok(page)) => json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "current": state.current().version,
-                "versions": page.versions,
-                "next_before": page.next_before,
-            }),
-        ),
+        Ok(Ok(page)) => {
+            let current = state.current();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "current": current.version,
+                    "next_rollback": apply::default_rollback_target(&current).ok(),
+                    "versions": page.versions,
+                    "next_before": page.next_before,
+                }),
+            )
+        }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
@@ -604,7 +609,9 @@ fn apply_error(apply_error: &ApplyError) -> Response<Body> {
         ApplyError::NotFound(_) | ApplyError::NoSuchVersion(_) => {
             (StatusCode::NOT_FOUND, Vec::new())
         }
-        ApplyError::NothingToRollBack(_) => (StatusCode::BAD_REQUEST, Vec::new()),
+        ApplyError::NothingToRollBack(_) | ApplyError::NothingBefore { .. } => {
+            (StatusCode::BAD_REQUEST, Vec::new())
+        }
         ApplyError::Store(_) | ApplyError::Task(_) => {
             tracing::error!(error = %apply_error, "write failed");
             (StatusCode::INTERNAL_SERVER_ERROR, Vec::new())

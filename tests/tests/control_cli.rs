@@ -264,6 +264,57 @@ async fn history_diff_and_rollback_round_trip() {
     assert_eq!(versions, ["5*", "4", "3", "2", "1"]);
 }
 
+/// The migration 10 % (v2) → 50 % (v3) → 100 % (v4), then `rollback` pressed twice during the
+/// incident: the second goes further back (v6 = v2's documents), never forward to 100 % again.
+#[tokio::test]
+async fn repeated_plain_rollbacks_walk_back_through_history() {
+    let control = ControlPlane::start().await;
+    let files = tempfile::tempdir().unwrap();
+    for port in [9000, 9010, 9050, 9100] {
+        let file = write(files.path(), "monolith.yaml", &backend(port));
+        ok(&control.ctl(&["apply", "-f", &file]).await);
+    }
+    let output = control.ctl(&["rollback"]).await;
+    assert!(
+        ok(&output).starts_with("rolled back: version 5: rollback to version 3:"),
+        "{}",
+        output.stdout
+    );
+    let output = control.ctl(&["rollback"]).await;
+    assert!(
+        ok(&output).starts_with("rolled back: version 6: rollback to version 2:"),
+        "{}",
+        output.stdout
+    );
+    let output = control.ctl(&["get", "Backend", "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_str(ok(&output)).unwrap();
+    assert_eq!(
+        json["documents"][0]["spec"]["endpoints"][0]["address"], "127.0.0.1:9010",
+        "v6 holds v2's documents"
+    );
+    assert_eq!(
+        control.get_json("/v1/versions/6").await["rolled_back_to"],
+        2
+    );
+    let four = control.get_json("/v1/versions/4").await;
+    assert!(four["rolled_back_to"].is_null(), "{four}");
+    let output = control.ctl(&["history"]).await;
+    let text = ok(&output);
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|row| row.starts_with("6* ") && row.contains("rollback to version 2")),
+        "{text}"
+    );
+    assert!(
+        output
+            .stderr
+            .contains("a plain `ficusctl rollback` now goes to version 1"),
+        "{}",
+        output.stderr
+    );
+}
+
 #[tokio::test]
 async fn kill_9_right_after_apply_loses_nothing() {
     let data = tempfile::tempdir().unwrap();

@@ -43,6 +43,9 @@ struct ConfigAnswer {
 #[derive(Debug, Deserialize)]
 struct HistoryAnswer {
     current: u64,
+    /// Where a plain `rollback` goes now; absent from a control plane that does not say.
+    #[serde(default)]
+    next_rollback: Option<u64>,
     versions: Vec<HistoryEntry>,
     /// The `before` of the next (older) page; absent on the last page, and from a control
     /// plane that does not page (it sent everything).
@@ -200,6 +203,8 @@ pub async fn delete(
 struct History {
     /// The current version.
     current: u64,
+    /// Where a plain `rollback` goes now, when the control plane says.
+    next_rollback: Option<u64>,
     /// Newest first.
     versions: Vec<HistoryEntry>,
     /// Whether older versions exist than those fetched.
@@ -215,6 +220,7 @@ async fn fetch_history(
 ) -> Result<History, CtlError> {
     let mut versions: Vec<HistoryEntry> = Vec::new();
     let mut current = None;
+    let mut next_rollback = None;
     let mut before = None;
     let mut more = loop {
         let wanted = limit.map_or(page, |limit| {
@@ -229,7 +235,10 @@ async fn fetch_history(
             path.push_str(&format!("&before={before}"));
         }
         let answer: HistoryAnswer = client.get(&path).await?;
-        current.get_or_insert(answer.current);
+        if current.is_none() {
+            current = Some(answer.current);
+            next_rollback = answer.next_rollback;
+        }
         // Each page must go further back, so that a confused server cannot loop us forever.
         let progressed = answer
             .next_before
@@ -247,6 +256,7 @@ async fn fetch_history(
     }
     Ok(History {
         current: current.unwrap_or(0),
+        next_rollback,
         versions,
         more,
     })
@@ -256,6 +266,7 @@ async fn fetch_history(
 pub async fn history(client: &Client, limit: Option<u64>) -> Result<(), CtlError> {
     let History {
         current,
+        next_rollback,
         versions,
         more,
     } = fetch_history(client, limit, HISTORY_PAGE).await?;
@@ -282,6 +293,11 @@ pub async fn history(client: &Client, limit: Option<u64>) -> Result<(), CtlError
                 &rows
             )
         );
+    }
+    if let Some(target) = next_rollback {
+        // After a rollback this is not `current − 1`: say it before someone presses it. On
+        // stderr, like the note below, so that stdout stays the table.
+        eprintln!("a plain `ficusctl rollback` now goes to version {target}");
     }
     if more {
         eprintln!(
