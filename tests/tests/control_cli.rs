@@ -315,6 +315,54 @@ async fn repeated_plain_rollbacks_walk_back_through_history() {
     );
 }
 
+/// Kinds as users type them (`httproutes`, `backend`) name the canonical kind; anything else is
+/// a usage error naming the known kinds, not an empty answer.
+#[tokio::test]
+async fn get_takes_plural_kinds_and_refuses_unknown_ones() {
+    let control = ControlPlane::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let file = write(
+        files.path(),
+        "shop.yaml",
+        &format!("{}---\n{}", backend(9001), route()),
+    );
+    ok(&control.ctl(&["apply", "-f", &file]).await);
+    for kind in ["httproutes", "httproute", "HTTPRoutes", "HTTPRoute"] {
+        let output = control.ctl(&["get", kind]).await;
+        let text = ok(&output);
+        assert!(
+            text.contains("kind: HTTPRoute") && !text.contains("kind: Backend"),
+            "{kind}: {text}"
+        );
+    }
+    let output = control.ctl(&["get", "backends", "monolith"]).await;
+    assert!(ok(&output).contains("127.0.0.1:9001"), "{}", output.stdout);
+    for args in [
+        &["get", "routes"][..],
+        &["get", "frobs", "x"],
+        &["delete", "httproutez", "shop"],
+    ] {
+        let output = control.ctl(args).await;
+        assert_eq!(output.code, 2, "{args:?}: {output:?}");
+        assert!(
+            output.stderr.contains("unknown kind")
+                && output.stderr.contains("HTTPRoute")
+                && output.stderr.contains("AuthorizationPolicy"),
+            "{args:?}: {}",
+            output.stderr
+        );
+    }
+    let response = client::get(control.http, "control", "/v1/config?kind=routes")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(
+        response.text().contains("unknown kind"),
+        "{}",
+        response.text()
+    );
+}
+
 #[tokio::test]
 async fn kill_9_right_after_apply_loses_nothing() {
     let data = tempfile::tempdir().unwrap();

@@ -81,7 +81,7 @@ enum Command {
     },
     /// Print the current config (all of it, one kind, or one document).
     Get {
-        /// Kind, e.g. HTTPRoute (case-insensitive).
+        /// Kind, e.g. HTTPRoute or httproutes (any case, singular or plural).
         kind: Option<String>,
         /// Name.
         name: Option<String>,
@@ -94,7 +94,7 @@ enum Command {
     },
     /// Delete one document (refused when the rest would be invalid).
     Delete {
-        /// Kind, e.g. Backend.
+        /// Kind, e.g. Backend or backends (any case, singular or plural).
         kind: String,
         /// Name.
         name: String,

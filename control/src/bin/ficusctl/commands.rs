@@ -112,6 +112,11 @@ pub async fn get(
     namespace: Option<String>,
     output: Output,
 ) -> Result<(), CtlError> {
+    let kind = kind
+        .as_deref()
+        .map(known_kind)
+        .transpose()?
+        .map(str::to_owned);
     let mut query = Vec::new();
     for (key, value) in [("kind", &kind), ("name", &name), ("namespace", &namespace)] {
         if let Some(value) = value {
@@ -150,6 +155,13 @@ pub async fn get(
     Ok(())
 }
 
+/// The canonical kind a user typed (`httproutes` → `HTTPRoute`); an unknown one is a usage
+/// error naming the known ones, as the control plane would refuse it anyway.
+fn known_kind(text: &str) -> Result<&'static str, CtlError> {
+    ficus_control::api::canonical_kind(text)
+        .ok_or_else(|| CtlError::Usage(ficus_control::api::unknown_kind(text)))
+}
+
 /// `delete`.
 pub async fn delete(
     client: &Client,
@@ -157,6 +169,7 @@ pub async fn delete(
     name: &str,
     namespace: Option<String>,
 ) -> Result<(), CtlError> {
+    let kind = known_kind(kind)?;
     let namespace = match namespace {
         Some(namespace) => namespace,
         None => {
