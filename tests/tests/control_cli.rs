@@ -568,7 +568,9 @@ async fn apply_wait_reports_every_sidecar_and_fails_on_a_nack() {
     let first = write(files.path(), "first.yaml", &backend(9001));
     let output = control.ctl(&["apply", "-f", &first, "--wait"]).await;
     assert!(
-        ok(&output).ends_with("waiting: 0/0 sidecars at version 1\nno sidecars connected\n"),
+        ok(&output).ends_with(
+            "waiting: 0/0 sidecars at version 1\nno sidecar connected: nothing confirmed\n"
+        ),
         "{}",
         output.stdout
     );
@@ -638,6 +640,82 @@ async fn apply_wait_reports_every_sidecar_and_fails_on_a_nack() {
     );
     let status = control.ctl(&["status"]).await;
     assert!(ok(&status).contains("v3: "), "{}", status.stdout);
+}
+
+/// An emergency rollback (and a delete) can wait for the sidecars like an apply: the real
+/// sidecar's ACK is reported. Once it is gone, a wait says that nothing was confirmed and names
+/// it with the last version it ACKed, without failing.
+#[tokio::test]
+async fn rollback_and_delete_wait_for_sidecars() {
+    let control = ControlPlane::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let extra =
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: extra, namespace: shop}\n\
+                 spec: {endpoints: [{address: \"127.0.0.1:9009\"}]}\n";
+    let first = write(
+        files.path(),
+        "first.yaml",
+        &format!("{}---\n{extra}", backend(9001)),
+    );
+    ok(&control.ctl(&["apply", "-f", &first]).await);
+    let options = SidecarOptions {
+        workload: Some("web".to_owned()),
+        node_id: Some("web-1".to_owned()),
+        ..SidecarOptions::default()
+    };
+    let sidecar = Sidecar::start_push(&control.grpc_url(), options).await;
+    sidecar.wait_version(1, Duration::from_secs(20)).await;
+    let second = write(files.path(), "second.yaml", &backend(9002));
+    ok(&control
+        .ctl(&["apply", "-f", &second, "--wait", "--timeout", "20s"])
+        .await);
+
+    let output = control
+        .ctl(&["rollback", "--wait", "--timeout", "20s"])
+        .await;
+    let text = ok(&output);
+    assert!(
+        text.starts_with("rolled back: version 3: rollback to version 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("waiting: 1/1 sidecars at version 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  web-1 (web.shop): acked version 3\n"),
+        "{text}"
+    );
+
+    let output = control
+        .ctl(&["delete", "Backend", "extra", "--wait", "--timeout", "20s"])
+        .await;
+    let text = ok(&output);
+    assert!(text.starts_with("deleted: version 4: "), "{text}");
+    assert!(
+        text.contains("  web-1 (web.shop): acked version 4\n"),
+        "{text}"
+    );
+
+    drop(sidecar);
+    let started = Instant::now();
+    while control.get_json("/v1/status").await["sidecars"][0]["connected"] != false {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the sidecar's stream never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let output = control.ctl(&["rollback", "2", "--wait"]).await;
+    let text = ok(&output);
+    assert!(
+        text.contains("no sidecar connected: nothing confirmed\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  web-1 (web.shop): disconnected, last ACKed version 4\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

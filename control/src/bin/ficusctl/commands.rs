@@ -2,12 +2,12 @@
 //! prints the answer for a human.
 
 use std::path::Path;
-use std::time::Duration;
 
 use http::Method;
 use serde::Deserialize;
 
 use crate::client::{path_segment, Client};
+use crate::wait::WaitArgs;
 use crate::{format, input, wait, CtlError, Output, Table};
 
 /// `POST /v1/apply`, `/v1/delete`, `/v1/rollback` answers.
@@ -66,12 +66,7 @@ struct HistoryEntry {
 }
 
 /// `apply`.
-pub async fn apply(
-    client: &Client,
-    file: &Path,
-    wait: bool,
-    timeout: Duration,
-) -> Result<(), CtlError> {
+pub async fn apply(client: &Client, file: &Path, wait: WaitArgs) -> Result<(), CtlError> {
     let sources = input::read_sources(file.to_owned()).await?;
     let body = serde_json::json!({"sources": sources, "author": client.author});
     let outcome: Outcome = client.call(Method::POST, "/v1/apply", Some(body)).await?;
@@ -80,10 +75,7 @@ pub async fn apply(
     } else {
         println!("unchanged (version {})", outcome.version);
     }
-    if wait {
-        wait::wait(client, outcome.version, timeout).await?;
-    }
-    Ok(())
+    wait.for_version(client, outcome.version).await
 }
 
 /// `diff`.
@@ -168,6 +160,7 @@ pub async fn delete(
     kind: &str,
     name: &str,
     namespace: Option<String>,
+    wait: WaitArgs,
 ) -> Result<(), CtlError> {
     let kind = known_kind(kind)?;
     let namespace = match namespace {
@@ -208,7 +201,7 @@ pub async fn delete(
     );
     let outcome: Outcome = client.call(Method::DELETE, &path, None).await?;
     println!("deleted: version {}: {}", outcome.version, outcome.summary);
-    Ok(())
+    wait.for_version(client, outcome.version).await
 }
 
 /// The versions `history` shows.
@@ -375,7 +368,11 @@ pub async fn status(client: &Client, output: Table) -> Result<(), CtlError> {
 }
 
 /// `rollback [VERSION]`.
-pub async fn rollback(client: &Client, version: Option<u64>) -> Result<(), CtlError> {
+pub async fn rollback(
+    client: &Client,
+    version: Option<u64>,
+    wait: WaitArgs,
+) -> Result<(), CtlError> {
     let body = serde_json::json!({"version": version, "author": client.author});
     let outcome: Outcome = client
         .call(Method::POST, "/v1/rollback", Some(body))
@@ -391,7 +388,7 @@ pub async fn rollback(client: &Client, version: Option<u64>) -> Result<(), CtlEr
             outcome.version
         );
     }
-    Ok(())
+    wait.for_version(client, outcome.version).await
 }
 
 #[cfg(test)]
