@@ -6,9 +6,9 @@
 //! | `POST /v1/diff` | as apply | [`Diff`](crate::apply::Diff) |
 //! | `GET /v1/config?kind=&namespace=&name=` | – | current version and its (filtered) documents |
 //! | `DELETE /v1/config/{kind}/{namespace}/{name}` | – | [`ApplyOutcome`] |
-//! | `GET /v1/history?limit=&before=` | – | `{"current", "versions": [HistoryEntry], "next_before"}`, newest first (see [`history`]) |
+//! | `GET /v1/history?limit=&before=` | – | `{"current", "next_rollback", "versions": [HistoryEntry], "next_before"}`, newest first (see [`history`]) |
 //! | `GET /v1/versions/{n}` | – | the [`VersionRecord`](crate::state::VersionRecord) |
-//! | `POST /v1/rollback` | `{"version": n}`, `{}` or empty (the version before current) | [`ApplyOutcome`] |
+//! | `POST /v1/rollback` | `{"version": n}`, `{}` or empty (see [`apply::default_rollback_target`]) | [`ApplyOutcome`] |
 //! | `GET /v1/status` | – | `{"version", "sidecars": [SidecarStatus]}` |
 //!
 //! Errors are JSON `{"error": "...", "diagnostics": ["..."]}`: 400 invalid config or request,
@@ -344,10 +344,10 @@ async fn route(state: &Arc<ControlState>, request: Request<Incoming>) -> Respons
         (["v1", "config"], &Method::GET) => config(state, request.uri().query()),
         (["v1", "config", kind, namespace, name], &Method::DELETE) => {
             let Some(kind) = canonical_kind(kind) else {
-                return error(StatusCode::NOT_FOUND, &format!("unknown kind {kind:?}"));
+                return error(StatusCode::NOT_FOUND, &unknown_kind(kind));
             };
             let key = DocumentKey {
-                kind,
+                kind: kind.to_owned(),
                 namespace: (*namespace).to_owned(),
                 name: (*name).to_owned(),
             };
@@ -493,17 +493,24 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<Body>> 
     }
 }
 
-/// `GET /v1/config`: the current version, documents filtered by kind, namespace and name.
+/// `GET /v1/config`: the current version, documents filtered by kind, namespace and name. A
+/// kind is taken as [`canonical_kind`] reads it; an unknown one is a 400 naming the known
+/// ones, not an empty answer.
 fn config(state: &ControlState, query: Option<&str>) -> Response<Body> {
     let query = parse_query(query.unwrap_or(""));
+    let kind = match query.get("kind").filter(|k| !k.is_empty()) {
+        None => None,
+        Some(text) => match canonical_kind(text) {
+            Some(kind) => Some(kind),
+            None => return error(StatusCode::BAD_REQUEST, &unknown_kind(text)),
+        },
+    };
     let current = state.current();
     let wanted = |document: &serde_json::Value| {
         let Some(key) = DocumentKey::of(document) else {
             return false;
         };
-        query
-            .get("kind")
-            .is_none_or(|k| k.is_empty() || k.eq_ignore_ascii_case(&key.kind))
+        kind.is_none_or(|kind| kind == key.kind)
             && query
                 .get("namespace")
                 .is_none_or(|n| n.is_empty() || *n == key.namespace)
@@ -535,7 +542,8 @@ const MAX_HISTORY_PAGE: usize = 1000;
 /// `GET /v1/history?limit=N&before=V`: at most `N` versions (default [`HISTORY_PAGE`], at most
 /// [`MAX_HISTORY_PAGE`]), newest first, only those below `V` when `before` is given.
 /// `next_before` is the `before` of the next (older) page, `null` on the last one. The store
-/// reads only the page, not the whole history.
+/// reads only the page, not the whole history. `next_rollback` is the version a rollback
+/// without a version would go to now (`null`: none), so that `history` can say so.
 async fn history(state: &Arc<ControlState>, query: Option<&str>) -> Response<Body> {
     let query = parse_query(query.unwrap_or(""));
     let number = |name: &str| -> Result<Option<u64>, String> {
@@ -558,14 +566,18 @@ async fn history(state: &Arc<ControlState>, query: Option<&str>) -> Response<Bod
     };
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.history_page(before, limit)).await {
-        Ok(Ok(page)) => json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "current": state.current().version,
-                "versions": page.versions,
-                "next_before": page.next_before,
-            }),
-        ),
+        Ok(Ok(page)) => {
+            let current = state.current();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "current": current.version,
+                    "next_rollback": apply::default_rollback_target(&current).ok(),
+                    "versions": page.versions,
+                    "next_before": page.next_before,
+                }),
+            )
+        }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
@@ -604,7 +616,9 @@ fn apply_error(apply_error: &ApplyError) -> Response<Body> {
         ApplyError::NotFound(_) | ApplyError::NoSuchVersion(_) => {
             (StatusCode::NOT_FOUND, Vec::new())
         }
-        ApplyError::NothingToRollBack(_) => (StatusCode::BAD_REQUEST, Vec::new()),
+        ApplyError::NothingToRollBack(_) | ApplyError::NothingBefore { .. } => {
+            (StatusCode::BAD_REQUEST, Vec::new())
+        }
         ApplyError::Store(_) | ApplyError::Task(_) => {
             tracing::error!(error = %apply_error, "write failed");
             (StatusCode::INTERNAL_SERVER_ERROR, Vec::new())
@@ -626,12 +640,37 @@ fn header_author(request: &Request<Incoming>) -> Option<String> {
     (!author.is_empty()).then(|| author.chars().take(200).collect())
 }
 
-/// The kind's canonical spelling, matched case-insensitively (`httproute` → `HTTPRoute`).
-fn canonical_kind(kind: &str) -> Option<String> {
+/// The kind `text` names, as users type it: the kind or its plural, in any case (`HTTPRoute`,
+/// `httproute`, `httproutes`, `meshes`, `trafficpolicies`), as kubectl takes them. `None` for
+/// anything else: callers refuse it with [`unknown_kind`] rather than match nothing.
+pub fn canonical_kind(text: &str) -> Option<&'static str> {
     ficus_config::raw::Kind::ALL
         .iter()
-        .find(|k| k.as_str().eq_ignore_ascii_case(kind))
-        .map(|k| k.as_str().to_owned())
+        .map(|kind| kind.as_str())
+        .find(|kind| text.eq_ignore_ascii_case(kind) || text.eq_ignore_ascii_case(&plural(kind)))
+}
+
+/// The refusal of a kind [`canonical_kind`] does not know, naming the known ones.
+pub fn unknown_kind(text: &str) -> String {
+    let known: Vec<&str> = ficus_config::raw::Kind::ALL
+        .iter()
+        .map(|kind| kind.as_str())
+        .collect();
+    format!(
+        "unknown kind {text:?}; the kinds are {} (any case, singular or plural, e.g. httproutes)",
+        known.join(", ")
+    )
+}
+
+/// English plural of a kind name: `Mesh` → `Meshes`, `TrafficPolicy` → `TrafficPolicies`.
+fn plural(kind: &str) -> String {
+    if let Some(stem) = kind.strip_suffix('y') {
+        format!("{stem}ies")
+    } else if kind.ends_with("sh") || kind.ends_with('s') {
+        format!("{kind}es")
+    } else {
+        format!("{kind}s")
+    }
 }
 
 fn parse_query(query: &str) -> HashMap<String, String> {
@@ -828,8 +867,27 @@ mod tests {
     }
 
     #[test]
-    fn kinds_match_case_insensitively() {
-        assert_eq!(canonical_kind("httproute").as_deref(), Some("HTTPRoute"));
-        assert_eq!(canonical_kind("Gateway"), None);
+    fn kinds_are_taken_as_users_type_them() {
+        for (text, kind) in [
+            ("httproute", "HTTPRoute"),
+            ("httproutes", "HTTPRoute"),
+            ("HTTPRoutes", "HTTPRoute"),
+            ("backends", "Backend"),
+            ("Backend", "Backend"),
+            ("meshes", "Mesh"),
+            ("tcproutes", "TCPRoute"),
+            ("trafficpolicies", "TrafficPolicy"),
+            ("authorizationpolicy", "AuthorizationPolicy"),
+        ] {
+            assert_eq!(canonical_kind(text), Some(kind), "{text}");
+        }
+        for text in ["Gateway", "routes", "httproutez", "meshs", "", "s"] {
+            assert_eq!(canonical_kind(text), None, "{text}");
+        }
+        let refusal = unknown_kind("routes");
+        assert!(
+            refusal.starts_with("unknown kind \"routes\"; the kinds are Mesh, Backend, HTTPRoute"),
+            "{refusal}"
+        );
     }
 }

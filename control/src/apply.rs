@@ -53,6 +53,18 @@ pub enum ApplyError {
     /// `rollback` without a version while there is no version before the current one.
     #[error("version {0} is the first version; there is nothing to roll back to")]
     NothingToRollBack(u64),
+    /// `rollback` without a version from a version that is itself a rollback to the first
+    /// version: there is nothing further back.
+    #[error(
+        "version {current} is a rollback to version {rolled_back_to}, the first version; there \
+         is nothing older to roll back to"
+    )]
+    NothingBefore {
+        /// The current version.
+        current: u64,
+        /// The version it rolled back to.
+        rolled_back_to: u64,
+    },
     /// Reading or committing the store failed; the current version is unchanged.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -82,7 +94,7 @@ pub async fn apply(
     })
     .await?;
     let summary = diff::summary("apply", &changes);
-    commit_if_changed(state, &current, next, changes, author, summary).await
+    commit_if_changed(state, &current, next, changes, Commit::new(author, summary)).await
 }
 
 /// What `apply` of `sources` would change, without storing anything.
@@ -119,11 +131,11 @@ pub async fn delete(
         &BTreeSet::new(),
     );
     let summary = diff::summary("delete", &changes);
-    commit_if_changed(state, &current, next, changes, author, summary).await
+    commit_if_changed(state, &current, next, changes, Commit::new(author, summary)).await
 }
 
-/// Makes the documents of `version` (default: the version before the current one) current
-/// again, as a new version.
+/// Makes the documents of `version` (default: [`default_rollback_target`]) current again, as
+/// a new version that records `version` as its origin.
 pub async fn rollback(
     state: &ControlState,
     version: Option<u64>,
@@ -133,8 +145,7 @@ pub async fn rollback(
     let current = state.current();
     let target = match version {
         Some(version) => version,
-        None if current.version > 1 => current.version - 1,
-        None => return Err(ApplyError::NothingToRollBack(current.version)),
+        None => default_rollback_target(&current)?,
     };
     let store = state.store.clone();
     let record = tokio::task::spawn_blocking(move || store.get(target))
@@ -154,7 +165,29 @@ pub async fn rollback(
         &BTreeSet::new(),
     );
     let summary = diff::summary(&format!("rollback to version {target}"), &changes);
-    commit_if_changed(state, &current, next, changes, author, summary).await
+    let commit = Commit {
+        author,
+        summary,
+        rolled_back_to: Some(target),
+    };
+    commit_if_changed(state, &current, next, changes, commit).await
+}
+
+/// Where a rollback without a version goes from `current`: the version before the one whose
+/// documents `current` holds. After an apply or a delete that is `current − 1`; after a
+/// rollback to X it is X − 1, not `current − 1` (which would re-apply what the rollback undid),
+/// so that pressing rollback again and again walks back through history: 10 % (v2), 50 % (v3),
+/// 100 % (v4), rollback → v5 = v3, rollback → v6 = v2, rollback → v7 = v1.
+pub fn default_rollback_target(current: &VersionRecord) -> Result<u64, ApplyError> {
+    match current.rolled_back_to {
+        Some(origin) if origin > 1 => Ok(origin - 1),
+        Some(origin) => Err(ApplyError::NothingBefore {
+            current: current.version,
+            rolled_back_to: origin,
+        }),
+        None if current.version > 1 => Ok(current.version - 1),
+        None => Err(ApplyError::NothingToRollBack(current.version)),
+    }
 }
 
 /// Checks that the documents of `record` name no other trust domain than `trust_domain` (the
@@ -306,14 +339,31 @@ fn validate(
         .map_err(ApplyError::Invalid)
 }
 
+/// What a write records besides the documents.
+struct Commit {
+    author: Option<String>,
+    summary: String,
+    /// The rollback's target ([`VersionRecord::rolled_back_to`]).
+    rolled_back_to: Option<u64>,
+}
+
+impl Commit {
+    fn new(author: Option<String>, summary: String) -> Self {
+        Self {
+            author,
+            summary,
+            rolled_back_to: None,
+        }
+    }
+}
+
 /// Commits `next` unless it equals the current documents; publishes what it committed.
 async fn commit_if_changed(
     state: &ControlState,
     current: &VersionRecord,
     next: BTreeMap<DocumentKey, serde_json::Value>,
     changes: Vec<DocumentChange>,
-    author: Option<String>,
-    summary: String,
+    commit: Commit,
 ) -> Result<ApplyOutcome, ApplyError> {
     let documents: Vec<serde_json::Value> = next.into_values().collect();
     if documents == current.documents {
@@ -325,8 +375,16 @@ async fn commit_if_changed(
         });
     }
     let store = state.store.clone();
-    let record =
-        tokio::task::spawn_blocking(move || store.commit(documents, author, summary)).await??;
+    let Commit {
+        author,
+        summary,
+        rolled_back_to,
+    } = commit;
+    let record = tokio::task::spawn_blocking(move || match rolled_back_to {
+        Some(target) => store.commit_rollback(documents, author, summary, target),
+        None => store.commit(documents, author, summary),
+    })
+    .await??;
     tracing::info!(version = record.version, summary = %record.summary, "config committed");
     let outcome = ApplyOutcome {
         version: record.version,

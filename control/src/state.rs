@@ -23,6 +23,14 @@ pub struct VersionRecord {
     /// Every document of the config at this version (JSON objects, namespaces filled in),
     /// sorted by kind, namespace and name.
     pub documents: Vec<serde_json::Value>,
+    /// For a version made by `rollback`: the version whose documents it made current again
+    /// (`None` for applies, deletes and cluster syncs). A plain rollback from this version goes
+    /// to the version before that one, so that rollback after rollback walks further back
+    /// instead of undoing the previous rollback (see [`crate::apply::default_rollback_target`]).
+    /// Absent in records stored before it existed: [`crate::store`] then reads it from the
+    /// summary.
+    #[serde(default)]
+    pub rolled_back_to: Option<u64>,
 }
 
 impl VersionRecord {
@@ -34,6 +42,7 @@ impl VersionRecord {
             author: None,
             summary: String::new(),
             documents: Vec::new(),
+            rolled_back_to: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Durable config versions in an embedded redb database, `DIR/ficus.redb`.
 //!
-//! Every version is a full [`VersionRecord`] stored as JSON under its number, next to a small
+//! Every version is a full [`VersionRecord`] stored as JSON under its number (a rollback also
+//! records its target, which decides where the next plain rollback goes), next to a small
 //! history entry (so `history` does not read every document of every version) and two counters:
 //! `current` (the version sidecars get) and `last` (the highest number ever handed out, so a
 //! number is never reused and never goes backwards, rollbacks included). A commit writes all of
@@ -60,6 +61,10 @@ pub struct HistoryEntry {
     pub summary: String,
     /// How many documents the config holds at this version.
     pub documents: usize,
+    /// For a rollback, the version whose documents it made current again (see
+    /// [`VersionRecord::rolled_back_to`]).
+    #[serde(default)]
+    pub rolled_back_to: Option<u64>,
 }
 
 /// A page of history: what `GET /v1/history` answers.
@@ -168,6 +173,28 @@ impl Store {
         author: Option<String>,
         summary: String,
     ) -> Result<VersionRecord, StoreError> {
+        self.commit_from(documents, author, summary, None)
+    }
+
+    /// [`Store::commit`] of a rollback: `documents` are those of version `target`, and the
+    /// new version records it ([`VersionRecord::rolled_back_to`]).
+    pub fn commit_rollback(
+        &self,
+        documents: Vec<serde_json::Value>,
+        author: Option<String>,
+        summary: String,
+        target: u64,
+    ) -> Result<VersionRecord, StoreError> {
+        self.commit_from(documents, author, summary, Some(target))
+    }
+
+    fn commit_from(
+        &self,
+        documents: Vec<serde_json::Value>,
+        author: Option<String>,
+        summary: String,
+        rolled_back_to: Option<u64>,
+    ) -> Result<VersionRecord, StoreError> {
         let transaction = self
             .database
             .begin_write()
@@ -192,6 +219,7 @@ impl Store {
                 author,
                 summary,
                 documents,
+                rolled_back_to,
             };
             let entry = HistoryEntry {
                 version,
@@ -199,6 +227,7 @@ impl Store {
                 author: record.author.clone(),
                 summary: record.summary.clone(),
                 documents: record.documents.len(),
+                rolled_back_to,
             };
             let encode = |source| StoreError::Encode { version, source };
             let record_json = serde_json::to_vec(&record).map_err(encode)?;
@@ -267,8 +296,11 @@ impl Store {
         else {
             return Ok(None);
         };
-        let record: VersionRecord = serde_json::from_slice(bytes.value())
+        let mut record: VersionRecord = serde_json::from_slice(bytes.value())
             .map_err(|e| self.corrupt(format!("version {version} does not decode: {e}")))?;
+        record.rolled_back_to = record
+            .rolled_back_to
+            .or_else(|| rolled_back_to_in(&record.summary));
         if record.version != version {
             return Err(self.corrupt(format!(
                 "version {version} holds version {}",
@@ -307,9 +339,12 @@ impl Store {
             }
             let (version, bytes) = item.map_err(|e| self.failed("read history", e))?;
             let version = version.value();
-            let entry = serde_json::from_slice(bytes.value()).map_err(|e| {
+            let mut entry: HistoryEntry = serde_json::from_slice(bytes.value()).map_err(|e| {
                 self.corrupt(format!("history of version {version} does not decode: {e}"))
             })?;
+            entry.rolled_back_to = entry
+                .rolled_back_to
+                .or_else(|| rolled_back_to_in(&entry.summary));
             versions.push(entry);
         }
         let next_before = versions
@@ -413,6 +448,15 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
             source: Box::new(source),
         }),
     }
+}
+
+/// The target of a rollback stored before records said so, from its summary (`rollback to
+/// version 3: 1 changed: …`, the only summary that starts so): without it a plain rollback from
+/// such a version, right after an upgrade, would go forward again.
+fn rolled_back_to_in(summary: &str) -> Option<u64> {
+    let rest = summary.strip_prefix("rollback to version ")?;
+    let (number, _) = rest.split_once(':')?;
+    number.parse().ok()
 }
 
 fn now_ms() -> u64 {

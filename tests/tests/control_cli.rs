@@ -264,6 +264,105 @@ async fn history_diff_and_rollback_round_trip() {
     assert_eq!(versions, ["5*", "4", "3", "2", "1"]);
 }
 
+/// The migration 10 % (v2) → 50 % (v3) → 100 % (v4), then `rollback` pressed twice during the
+/// incident: the second goes further back (v6 = v2's documents), never forward to 100 % again.
+#[tokio::test]
+async fn repeated_plain_rollbacks_walk_back_through_history() {
+    let control = ControlPlane::start().await;
+    let files = tempfile::tempdir().unwrap();
+    for port in [9000, 9010, 9050, 9100] {
+        let file = write(files.path(), "monolith.yaml", &backend(port));
+        ok(&control.ctl(&["apply", "-f", &file]).await);
+    }
+    let output = control.ctl(&["rollback"]).await;
+    assert!(
+        ok(&output).starts_with("rolled back: version 5: rollback to version 3:"),
+        "{}",
+        output.stdout
+    );
+    let output = control.ctl(&["rollback"]).await;
+    assert!(
+        ok(&output).starts_with("rolled back: version 6: rollback to version 2:"),
+        "{}",
+        output.stdout
+    );
+    let output = control.ctl(&["get", "Backend", "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_str(ok(&output)).unwrap();
+    assert_eq!(
+        json["documents"][0]["spec"]["endpoints"][0]["address"], "127.0.0.1:9010",
+        "v6 holds v2's documents"
+    );
+    assert_eq!(
+        control.get_json("/v1/versions/6").await["rolled_back_to"],
+        2
+    );
+    let four = control.get_json("/v1/versions/4").await;
+    assert!(four["rolled_back_to"].is_null(), "{four}");
+    let output = control.ctl(&["history"]).await;
+    let text = ok(&output);
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|row| row.starts_with("6* ") && row.contains("rollback to version 2")),
+        "{text}"
+    );
+    assert!(
+        output
+            .stderr
+            .contains("a plain `ficusctl rollback` now goes to version 1"),
+        "{}",
+        output.stderr
+    );
+}
+
+/// Kinds as users type them (`httproutes`, `backend`) name the canonical kind; anything else is
+/// a usage error naming the known kinds, not an empty answer.
+#[tokio::test]
+async fn get_takes_plural_kinds_and_refuses_unknown_ones() {
+    let control = ControlPlane::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let file = write(
+        files.path(),
+        "shop.yaml",
+        &format!("{}---\n{}", backend(9001), route()),
+    );
+    ok(&control.ctl(&["apply", "-f", &file]).await);
+    for kind in ["httproutes", "httproute", "HTTPRoutes", "HTTPRoute"] {
+        let output = control.ctl(&["get", kind]).await;
+        let text = ok(&output);
+        assert!(
+            text.contains("kind: HTTPRoute") && !text.contains("kind: Backend"),
+            "{kind}: {text}"
+        );
+    }
+    let output = control.ctl(&["get", "backends", "monolith"]).await;
+    assert!(ok(&output).contains("127.0.0.1:9001"), "{}", output.stdout);
+    for args in [
+        &["get", "routes"][..],
+        &["get", "frobs", "x"],
+        &["delete", "httproutez", "shop"],
+    ] {
+        let output = control.ctl(args).await;
+        assert_eq!(output.code, 2, "{args:?}: {output:?}");
+        assert!(
+            output.stderr.contains("unknown kind")
+                && output.stderr.contains("HTTPRoute")
+                && output.stderr.contains("AuthorizationPolicy"),
+            "{args:?}: {}",
+            output.stderr
+        );
+    }
+    let response = client::get(control.http, "control", "/v1/config?kind=routes")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(
+        response.text().contains("unknown kind"),
+        "{}",
+        response.text()
+    );
+}
+
 #[tokio::test]
 async fn kill_9_right_after_apply_loses_nothing() {
     let data = tempfile::tempdir().unwrap();
@@ -469,7 +568,9 @@ async fn apply_wait_reports_every_sidecar_and_fails_on_a_nack() {
     let first = write(files.path(), "first.yaml", &backend(9001));
     let output = control.ctl(&["apply", "-f", &first, "--wait"]).await;
     assert!(
-        ok(&output).ends_with("waiting: 0/0 sidecars at version 1\nno sidecars connected\n"),
+        ok(&output).ends_with(
+            "waiting: 0/0 sidecars at version 1\nno sidecar connected: nothing confirmed\n"
+        ),
         "{}",
         output.stdout
     );
@@ -539,6 +640,82 @@ async fn apply_wait_reports_every_sidecar_and_fails_on_a_nack() {
     );
     let status = control.ctl(&["status"]).await;
     assert!(ok(&status).contains("v3: "), "{}", status.stdout);
+}
+
+/// An emergency rollback (and a delete) can wait for the sidecars like an apply: the real
+/// sidecar's ACK is reported. Once it is gone, a wait says that nothing was confirmed and names
+/// it with the last version it ACKed, without failing.
+#[tokio::test]
+async fn rollback_and_delete_wait_for_sidecars() {
+    let control = ControlPlane::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let extra =
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: extra, namespace: shop}\n\
+                 spec: {endpoints: [{address: \"127.0.0.1:9009\"}]}\n";
+    let first = write(
+        files.path(),
+        "first.yaml",
+        &format!("{}---\n{extra}", backend(9001)),
+    );
+    ok(&control.ctl(&["apply", "-f", &first]).await);
+    let options = SidecarOptions {
+        workload: Some("web".to_owned()),
+        node_id: Some("web-1".to_owned()),
+        ..SidecarOptions::default()
+    };
+    let sidecar = Sidecar::start_push(&control.grpc_url(), options).await;
+    sidecar.wait_version(1, Duration::from_secs(20)).await;
+    let second = write(files.path(), "second.yaml", &backend(9002));
+    ok(&control
+        .ctl(&["apply", "-f", &second, "--wait", "--timeout", "20s"])
+        .await);
+
+    let output = control
+        .ctl(&["rollback", "--wait", "--timeout", "20s"])
+        .await;
+    let text = ok(&output);
+    assert!(
+        text.starts_with("rolled back: version 3: rollback to version 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("waiting: 1/1 sidecars at version 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  web-1 (web.shop): acked version 3\n"),
+        "{text}"
+    );
+
+    let output = control
+        .ctl(&["delete", "Backend", "extra", "--wait", "--timeout", "20s"])
+        .await;
+    let text = ok(&output);
+    assert!(text.starts_with("deleted: version 4: "), "{text}");
+    assert!(
+        text.contains("  web-1 (web.shop): acked version 4\n"),
+        "{text}"
+    );
+
+    drop(sidecar);
+    let started = Instant::now();
+    while control.get_json("/v1/status").await["sidecars"][0]["connected"] != false {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the sidecar's stream never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let output = control.ctl(&["rollback", "2", "--wait"]).await;
+    let text = ok(&output);
+    assert!(
+        text.contains("no sidecar connected: nothing confirmed\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  web-1 (web.shop): disconnected, last ACKed version 4\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

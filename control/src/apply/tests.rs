@@ -202,6 +202,61 @@ async fn rollback_round_trip() {
     ));
 }
 
+/// The migration: 10 % (v2), 50 % (v3), 100 % (v4). A plain rollback goes to 50 % (v5); a
+/// second plain rollback must go further back, to 10 % (v6 = v2's documents), not forward to
+/// v4's 100 %.
+#[tokio::test]
+async fn repeated_plain_rollbacks_walk_back_through_history() {
+    let (_dir, state) = state();
+    for port in [9001, 9010, 9050, 9100] {
+        apply(&state, source("a.yaml", &backend("a", port)), None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(state.current().version, 4);
+    let documents = |version: u64| state.store.get(version).unwrap().unwrap().documents;
+
+    let outcome = rollback(&state, None, None).await.unwrap();
+    assert_eq!(outcome.version, 5);
+    assert_eq!(state.current().documents, documents(3));
+    assert_eq!(state.current().rolled_back_to, Some(3));
+
+    let outcome = rollback(&state, None, None).await.unwrap();
+    assert_eq!(outcome.version, 6);
+    assert_eq!(
+        outcome.summary,
+        "rollback to version 2: 1 changed: Backend shop/a"
+    );
+    assert_eq!(state.current().documents, documents(2));
+    assert_eq!(state.current().rolled_back_to, Some(2));
+    assert_eq!(state.store.get(6).unwrap().unwrap().rolled_back_to, Some(2));
+
+    let outcome = rollback(&state, None, None).await.unwrap();
+    assert_eq!(outcome.version, 7);
+    assert_eq!(state.current().documents, documents(1));
+    assert!(matches!(
+        rollback(&state, None, None).await,
+        Err(ApplyError::NothingBefore {
+            current: 7,
+            rolled_back_to: 1
+        })
+    ));
+
+    // An apply starts over: a plain rollback from it goes to the version before it.
+    apply(&state, source("a.yaml", &backend("a", 9200)), None)
+        .await
+        .unwrap();
+    assert_eq!(state.current().rolled_back_to, None);
+    rollback(&state, None, None).await.unwrap();
+    assert_eq!(state.current().rolled_back_to, Some(7));
+    assert_eq!(state.current().documents, documents(1));
+    // An explicit target is recorded the same way, and the next plain rollback goes before it.
+    rollback(&state, Some(4), None).await.unwrap();
+    assert_eq!(state.current().rolled_back_to, Some(4));
+    rollback(&state, None, None).await.unwrap();
+    assert_eq!(state.current().documents, documents(3));
+}
+
 #[tokio::test]
 async fn rollback_needs_an_earlier_version() {
     let (_dir, state) = state();

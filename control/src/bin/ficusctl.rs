@@ -1,7 +1,7 @@
 //! `ficusctl`: the platform team's CLI for `ficus-control`.
 //!
-//! Exit codes: 0 success, 1 the operation failed (invalid config, not found, a sidecar NACKed,
-//! `--wait` timed out), 2 usage, 3 the control plane cannot be reached.
+//! Exit codes: 0 success, 1 the operation failed (invalid config, not found, a connected
+//! sidecar NACKed, `--wait` timed out), 2 usage, 3 the control plane cannot be reached.
 #![forbid(unsafe_code)]
 
 #[path = "ficusctl/client.rs"]
@@ -72,16 +72,12 @@ enum Command {
         /// A YAML file, a directory of *.yaml / *.yml files, or `-` for stdin.
         #[arg(short = 'f', long = "filename", env = "FICUS_FILENAME")]
         file: PathBuf,
-        /// Wait until every connected sidecar has ACKed the new version (or one NACKs it).
-        #[arg(long, env = "FICUS_WAIT")]
-        wait: bool,
-        /// How long `--wait` waits, e.g. 30s or 2m.
-        #[arg(long, env = "FICUS_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
-        timeout: Duration,
+        #[command(flatten)]
+        wait: wait::WaitArgs,
     },
     /// Print the current config (all of it, one kind, or one document).
     Get {
-        /// Kind, e.g. HTTPRoute (case-insensitive).
+        /// Kind, e.g. HTTPRoute or httproutes (any case, singular or plural).
         kind: Option<String>,
         /// Name.
         name: Option<String>,
@@ -94,13 +90,15 @@ enum Command {
     },
     /// Delete one document (refused when the rest would be invalid).
     Delete {
-        /// Kind, e.g. Backend.
+        /// Kind, e.g. Backend or backends (any case, singular or plural).
         kind: String,
         /// Name.
         name: String,
         /// Namespace (default: the only namespace that has such a document).
         #[arg(short, long, env = "FICUS_NAMESPACE")]
         namespace: Option<String>,
+        #[command(flatten)]
+        wait: wait::WaitArgs,
     },
     /// Show what `apply` would change.
     Diff {
@@ -124,8 +122,11 @@ enum Command {
     },
     /// Make an old version current again, as a new version.
     Rollback {
-        /// The version to go back to (default: the one before the current).
+        /// The version to go back to (default: the one before the version the current config
+        /// came from, so that rollback after rollback goes further back).
         version: Option<u64>,
+        #[command(flatten)]
+        wait: wait::WaitArgs,
     },
     /// Print Kubernetes manifests with the Ficus sidecar injected (what the admission webhook
     /// does); local, the control plane is not contacted.
@@ -285,11 +286,7 @@ async fn run(args: Args) -> Result<(), CtlError> {
         trust_domain: args.trust_domain.clone(),
     })?;
     match args.command {
-        Command::Apply {
-            file,
-            wait,
-            timeout,
-        } => commands::apply(&client, &file, wait, timeout).await,
+        Command::Apply { file, wait } => commands::apply(&client, &file, wait).await,
         Command::Get {
             kind,
             name,
@@ -300,13 +297,14 @@ async fn run(args: Args) -> Result<(), CtlError> {
             kind,
             name,
             namespace,
-        } => commands::delete(&client, &kind, &name, namespace).await,
+            wait,
+        } => commands::delete(&client, &kind, &name, namespace, wait).await,
         Command::Diff { file } => commands::diff(&client, &file).await,
         Command::History { limit, all } => {
             let limit = if all { None } else { Some(limit) };
             commands::history(&client, limit).await
         }
-        Command::Rollback { version } => commands::rollback(&client, version).await,
+        Command::Rollback { version, wait } => commands::rollback(&client, version, wait).await,
         Command::Status { output } => commands::status(&client, output).await,
         Command::Demo { duration, keep } => demo::run(duration, keep).await,
         Command::Inject { .. } => Err(CtlError::failed("inject is handled above")),

@@ -76,6 +76,84 @@ fn history_pages_go_back_from_the_newest() {
     assert_eq!(page(Some(99), 10), (vec![5, 4, 3, 2, 1], None));
 }
 
+/// A rollback records its target, durably, in the version and in its history entry.
+#[test]
+fn a_rollback_records_its_target_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let one = store
+        .commit(vec![backend("a")], None, "first".into())
+        .unwrap();
+    store.commit(Vec::new(), None, "second".into()).unwrap();
+    let three = store
+        .commit_rollback(one.documents, None, "rollback to version 1: …".into(), 1)
+        .unwrap();
+    assert_eq!((three.version, three.rolled_back_to), (3, Some(1)));
+    drop(store);
+    let (store, current) = Store::open(dir.path()).unwrap();
+    assert_eq!(current, three);
+    let origins: Vec<Option<u64>> = store
+        .history()
+        .unwrap()
+        .iter()
+        .map(|h| h.rolled_back_to)
+        .collect();
+    assert_eq!(origins, [Some(1), None, None]);
+}
+
+/// Records written before versions recorded a rollback's target still decode; a rollback
+/// among them is recognised by its summary, so that the first plain rollback after an upgrade
+/// does not go forward again.
+#[test]
+fn records_from_before_rollback_targets_were_stored_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let old_record = |version: u64, summary: &str| {
+        json!({"version": version, "created_at_ms": 1, "author": null, "summary": summary,
+               "documents": [backend("a")]})
+    };
+    let old_entry = |version: u64, summary: &str| {
+        json!({"version": version, "created_at_ms": 1, "author": null, "summary": summary,
+               "documents": 1})
+    };
+    let rows = [
+        (1, "apply: 1 created: Backend shop/a"),
+        (2, "rollback to version 1: 1 changed: Backend shop/a"),
+        (
+            3,
+            "kubernetes: 1 documents from the cluster (0 Services skipped, 0 objects left out)",
+        ),
+    ];
+    {
+        let transaction = store.database.begin_write().unwrap();
+        {
+            let mut versions = transaction.open_table(VERSIONS).unwrap();
+            let mut history = transaction.open_table(HISTORY).unwrap();
+            for (version, summary) in rows {
+                let record = serde_json::to_vec(&old_record(version, summary)).unwrap();
+                let entry = serde_json::to_vec(&old_entry(version, summary)).unwrap();
+                versions.insert(version, record.as_slice()).unwrap();
+                history.insert(version, entry.as_slice()).unwrap();
+            }
+            let mut meta = transaction.open_table(META).unwrap();
+            meta.insert(LAST, 3).unwrap();
+            meta.insert(CURRENT, 2).unwrap();
+        }
+        transaction.commit().unwrap();
+    }
+    drop(store);
+    let (store, current) = Store::open(dir.path()).unwrap();
+    assert_eq!((current.version, current.rolled_back_to), (2, Some(1)));
+    assert_eq!(store.get(3).unwrap().unwrap().rolled_back_to, None);
+    let origins: Vec<Option<u64>> = store
+        .history()
+        .unwrap()
+        .iter()
+        .map(|h| h.rolled_back_to)
+        .collect();
+    assert_eq!(origins, [None, Some(1), None]);
+}
+
 #[test]
 fn a_second_open_of_the_same_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,12 +2,12 @@
 //! prints the answer for a human.
 
 use std::path::Path;
-use std::time::Duration;
 
 use http::Method;
 use serde::Deserialize;
 
 use crate::client::{path_segment, Client};
+use crate::wait::WaitArgs;
 use crate::{format, input, wait, CtlError, Output, Table};
 
 /// `POST /v1/apply`, `/v1/delete`, `/v1/rollback` answers.
@@ -43,6 +43,9 @@ struct ConfigAnswer {
 #[derive(Debug, Deserialize)]
 struct HistoryAnswer {
     current: u64,
+    /// Where a plain `rollback` goes now; absent from a control plane that does not say.
+    #[serde(default)]
+    next_rollback: Option<u64>,
     versions: Vec<HistoryEntry>,
     /// The `before` of the next (older) page; absent on the last page, and from a control
     /// plane that does not page (it sent everything).
@@ -63,12 +66,7 @@ struct HistoryEntry {
 }
 
 /// `apply`.
-pub async fn apply(
-    client: &Client,
-    file: &Path,
-    wait: bool,
-    timeout: Duration,
-) -> Result<(), CtlError> {
+pub async fn apply(client: &Client, file: &Path, wait: WaitArgs) -> Result<(), CtlError> {
     let sources = input::read_sources(file.to_owned()).await?;
     let body = serde_json::json!({"sources": sources, "author": client.author});
     let outcome: Outcome = client.call(Method::POST, "/v1/apply", Some(body)).await?;
@@ -77,10 +75,7 @@ pub async fn apply(
     } else {
         println!("unchanged (version {})", outcome.version);
     }
-    if wait {
-        wait::wait(client, outcome.version, timeout).await?;
-    }
-    Ok(())
+    wait.for_version(client, outcome.version).await
 }
 
 /// `diff`.
@@ -109,6 +104,11 @@ pub async fn get(
     namespace: Option<String>,
     output: Output,
 ) -> Result<(), CtlError> {
+    let kind = kind
+        .as_deref()
+        .map(known_kind)
+        .transpose()?
+        .map(str::to_owned);
     let mut query = Vec::new();
     for (key, value) in [("kind", &kind), ("name", &name), ("namespace", &namespace)] {
         if let Some(value) = value {
@@ -147,13 +147,22 @@ pub async fn get(
     Ok(())
 }
 
+/// The canonical kind a user typed (`httproutes` → `HTTPRoute`); an unknown one is a usage
+/// error naming the known ones, as the control plane would refuse it anyway.
+fn known_kind(text: &str) -> Result<&'static str, CtlError> {
+    ficus_control::api::canonical_kind(text)
+        .ok_or_else(|| CtlError::Usage(ficus_control::api::unknown_kind(text)))
+}
+
 /// `delete`.
 pub async fn delete(
     client: &Client,
     kind: &str,
     name: &str,
     namespace: Option<String>,
+    wait: WaitArgs,
 ) -> Result<(), CtlError> {
+    let kind = known_kind(kind)?;
     let namespace = match namespace {
         Some(namespace) => namespace,
         None => {
@@ -192,7 +201,7 @@ pub async fn delete(
     );
     let outcome: Outcome = client.call(Method::DELETE, &path, None).await?;
     println!("deleted: version {}: {}", outcome.version, outcome.summary);
-    Ok(())
+    wait.for_version(client, outcome.version).await
 }
 
 /// The versions `history` shows.
@@ -200,6 +209,8 @@ pub async fn delete(
 struct History {
     /// The current version.
     current: u64,
+    /// Where a plain `rollback` goes now, when the control plane says.
+    next_rollback: Option<u64>,
     /// Newest first.
     versions: Vec<HistoryEntry>,
     /// Whether older versions exist than those fetched.
@@ -215,6 +226,7 @@ async fn fetch_history(
 ) -> Result<History, CtlError> {
     let mut versions: Vec<HistoryEntry> = Vec::new();
     let mut current = None;
+    let mut next_rollback = None;
     let mut before = None;
     let mut more = loop {
         let wanted = limit.map_or(page, |limit| {
@@ -229,7 +241,10 @@ async fn fetch_history(
             path.push_str(&format!("&before={before}"));
         }
         let answer: HistoryAnswer = client.get(&path).await?;
-        current.get_or_insert(answer.current);
+        if current.is_none() {
+            current = Some(answer.current);
+            next_rollback = answer.next_rollback;
+        }
         // Each page must go further back, so that a confused server cannot loop us forever.
         let progressed = answer
             .next_before
@@ -247,6 +262,7 @@ async fn fetch_history(
     }
     Ok(History {
         current: current.unwrap_or(0),
+        next_rollback,
         versions,
         more,
     })
@@ -256,6 +272,7 @@ async fn fetch_history(
 pub async fn history(client: &Client, limit: Option<u64>) -> Result<(), CtlError> {
     let History {
         current,
+        next_rollback,
         versions,
         more,
     } = fetch_history(client, limit, HISTORY_PAGE).await?;
@@ -282,6 +299,11 @@ pub async fn history(client: &Client, limit: Option<u64>) -> Result<(), CtlError
                 &rows
             )
         );
+    }
+    if let Some(target) = next_rollback {
+        // After a rollback this is not `current − 1`: say it before someone presses it. On
+        // stderr, like the note below, so that stdout stays the table.
+        eprintln!("a plain `ficusctl rollback` now goes to version {target}");
     }
     if more {
         eprintln!(
@@ -346,7 +368,11 @@ pub async fn status(client: &Client, output: Table) -> Result<(), CtlError> {
 }
 
 /// `rollback [VERSION]`.
-pub async fn rollback(client: &Client, version: Option<u64>) -> Result<(), CtlError> {
+pub async fn rollback(
+    client: &Client,
+    version: Option<u64>,
+    wait: WaitArgs,
+) -> Result<(), CtlError> {
     let body = serde_json::json!({"version": version, "author": client.author});
     let outcome: Outcome = client
         .call(Method::POST, "/v1/rollback", Some(body))
@@ -362,7 +388,7 @@ pub async fn rollback(client: &Client, version: Option<u64>) -> Result<(), CtlEr
             outcome.version
         );
     }
-    Ok(())
+    wait.for_version(client, outcome.version).await
 }
 
 #[cfg(test)]

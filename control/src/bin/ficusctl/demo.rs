@@ -305,7 +305,7 @@ async fn migrate(procs: &mut Processes, duration: Duration) -> Result<Finished, 
     commands::history(&client, Some(100)).await?;
     run.screen
         .event(&format!("$ ficusctl --server {server} rollback"));
-    commands::rollback(&client, None).await?;
+    commands::rollback(&client, None, crate::wait::WaitArgs::NO).await?;
     let current: Current = client.get("/v1/config").await?;
     let took = wait_acked(&client, current.version, &sidecars).await?;
     let rolled_back_to = config::v2_percent(&current.documents);
