@@ -186,6 +186,11 @@ async fn a_sidecar_restarted_while_the_control_plane_is_down_serves_from_its_cac
     let sidecar = Sidecar::start_push(&control.grpc_url(), options.clone()).await;
     apply(&control, &config("b", a.addr, b.addr, 7)).await;
     sidecar.wait_ready(Duration::from_secs(20)).await;
+    // The ACK leaves once the snapshot is in the cache (ready comes at the swap, just before).
+    until("the ACK", Duration::from_secs(20), || async {
+        control.get_json("/v1/status").await["sidecars"][0]["acked_version"] == 1
+    })
+    .await;
     control.kill_9();
     drop(sidecar);
 
