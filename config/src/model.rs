@@ -120,7 +120,9 @@ pub struct ProxyLimits {
     pub stream_idle_timeout: Duration,
     /// Upstream TCP connect timeout. Default 1 s.
     pub connect_timeout: Duration,
-    /// Per-try wait for upstream response headers when the route sets none. Default 15 s.
+    /// Wait for upstream response headers when nothing else sets one: per try on a route
+    /// whose rule sets neither `timeouts.request` nor `timeouts.backendRequest`; inbound, for
+    /// requests that bring no deadline from a peer sidecar. Default 15 s.
     pub upstream_response_timeout: Duration,
     /// Idle time after which a pooled upstream connection is closed. Default 30 s.
     pub upstream_idle_timeout: Duration,
@@ -264,9 +266,52 @@ pub struct BackendRef {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Timeouts {
     /// Whole exchange including retries (504 after).
-    pub request: Option<Duration>,
+    pub request: RouteTimeout,
     /// Each try.
-    pub backend_request: Option<Duration>,
+    pub backend_request: RouteTimeout,
+}
+
+/// One of a rule's `timeouts`. Left out and `0s` differ: the Gateway API leaves an unset
+/// timeout to the implementation (here the Mesh's `upstreamResponseTimeout` may apply), while
+/// `0s` turns the timeout off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RouteTimeout {
+    /// Not given.
+    #[default]
+    Unset,
+    /// `0s`: no limit.
+    Off,
+    /// 504 after this long (never zero).
+    After(Duration),
+}
+
+impl RouteTimeout {
+    /// The limit, if this sets one.
+    pub fn limit(self) -> Option<Duration> {
+        match self {
+            Self::After(limit) => Some(limit),
+            Self::Unset | Self::Off => None,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The bound of the whole exchange, retries and backoff included; `None`: no bound.
+    pub fn total(&self) -> Option<Duration> {
+        self.request.limit()
+    }
+
+    /// The bound of each try's wait for response headers; `None`: no bound. `backendRequest`
+    /// when given; else `request` (as Envoy uses the route timeout as the per-try timeout when
+    /// none is set); `default` (the Mesh's `upstreamResponseTimeout`) only when the rule sets
+    /// neither. A timeout set to `0s` is off and gives no bound.
+    pub fn per_try(&self, default: Duration) -> Option<Duration> {
+        match (self.backend_request, self.request) {
+            (RouteTimeout::Unset, RouteTimeout::Unset) => Some(default),
+            (RouteTimeout::Unset, request) => request.limit(),
+            (backend_request, _) => backend_request.limit(),
+        }
+    }
 }
 
 /// `retry` of a rule.

@@ -308,7 +308,7 @@ pub struct ProxyLimits {
     /// Upstream TCP connect timeout.
     #[serde(default)]
     pub connect_timeout: Option<String>,
-    /// Per-try wait for upstream response headers when a route sets none.
+    /// Wait for upstream response headers when no route timeout or peer sidecar sets one.
     #[serde(default)]
     pub upstream_response_timeout: Option<String>,
     /// Idle time before a pooled upstream connection is closed.

@@ -31,7 +31,7 @@ fn examples_directory_validates() {
         .map(|r| (r.backend.name.as_str(), r.weight))
         .collect();
     assert_eq!(weights, vec![("monolith", 90), ("payments-v2", 10)]);
-    assert_eq!(payments.timeouts.request, Some(Duration::from_secs(2)));
+    assert_eq!(payments.timeouts.total(), Some(Duration::from_secs(2)));
     let retry = payments.retry.as_ref().unwrap();
     assert_eq!(
         (retry.attempts, retry.codes.as_slice(), retry.backoff),

@@ -15,6 +15,10 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+/// A wait with no limit (a route timeout set to `0s`): [`timeout`], like `tokio::time::timeout`,
+/// takes a duration past what `Instant` holds as no deadline.
+pub const UNBOUNDED: Duration = Duration::MAX;
+
 /// The timer a connection lends its requests' deadlines (empty while one is lent out).
 #[derive(Debug, Default)]
 pub struct TimerSlot(Mutex<Option<Pin<Box<Sleep>>>>);

@@ -5,6 +5,7 @@ pub mod forward;
 pub mod guard;
 pub mod headers;
 pub mod inbound;
+pub mod mesh_timeout;
 pub mod mirror;
 pub mod outbound;
 pub mod retrying;

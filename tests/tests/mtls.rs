@@ -151,6 +151,74 @@ async fn app_to_app_crosses_mtls_and_the_server_app_sees_the_client_identity() {
     assert_eq!(seen.headers["x-ficus-peer-identity"], WEB);
 }
 
+/// The calling sidecar tells the receiving one how long it waits (`x-ficus-timeout-ms`), so the
+/// receiving sidecar's own `upstreamResponseTimeout` (1 s here) no longer cuts a call that the
+/// caller's route allows 3 s, or no limit; the app never sees the header.
+#[tokio::test]
+async fn the_receiving_sidecar_waits_as_long_as_the_calling_route() {
+    let (control, tokens) = control("1h").await;
+    let app = Upstream::start("payments-app").await;
+    let server = sidecar(&control, tokens.path(), "payments", Some(app.addr)).await;
+    let web = sidecar(&control, tokens.path(), "web", None).await;
+    let routes: String = [
+        ("both", "{request: 3s, backendRequest: 3s}"),
+        ("long", "{request: 3s}"),
+        ("unbounded", "{request: 0s}"),
+        ("short", "{request: 1s}"),
+    ]
+    .iter()
+    .map(|(service, timeouts)| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: {service}, namespace: shop}}\n\
+             spec:\n  parentRefs: [{{kind: Service, name: {service}}}]\n  \
+             rules: [{{backendRefs: [{{name: payments}}], timeouts: {timeouts}}}]\n---\n"
+        )
+    })
+    .collect();
+    let config = mesh("STRICT", server.inbound, &routes).replace(
+        "spec: {mtls: {mode: STRICT}}",
+        "spec: {mtls: {mode: STRICT}, proxy: {upstreamResponseTimeout: 1s}}",
+    );
+    assert!(config.contains("upstreamResponseTimeout"));
+    apply(&control, &config).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    web.wait_ready(Duration::from_secs(30)).await;
+
+    let outbound = web.outbound;
+    let get = |host: &'static str| async move {
+        let response = client::get(outbound, host, "/delay/2000").await;
+        (host, response.unwrap().status)
+    };
+    // `payments` itself has no HTTPRoute: the Mesh default (1 s) is its wait on both sides.
+    let statuses = tokio::join!(
+        get("both"),
+        get("long"),
+        get("unbounded"),
+        get("short"),
+        get("payments")
+    );
+    assert_eq!(
+        statuses,
+        (
+            ("both", 200),
+            ("long", 200),
+            ("unbounded", 200),
+            ("short", 504),
+            ("payments", 504)
+        )
+    );
+    let seen = app.last().unwrap();
+    assert!(
+        !seen.headers.contains_key("x-ficus-timeout-ms"),
+        "the app got the mesh's header: {:?}",
+        seen.headers
+    );
+    let metrics = server.metrics().await;
+    let inbound_ok = [("direction", "inbound"), ("response_code", "200")];
+    assert_eq!(metrics.sum("ficus_requests_total", &inbound_ok), 3.0);
+}
+
 #[tokio::test]
 async fn strict_refuses_plaintext_foreign_and_missing_certificates_and_tls12() {
     let (control, _tokens, app, server, _web) = pair("1h", "").await;

@@ -414,6 +414,32 @@ async fn unknown_service_and_dead_upstream_get_clear_answers() {
     );
 }
 
+/// `x-ficus-timeout-ms` is believed only from a verified peer sidecar: a plaintext client
+/// cannot stretch the inbound wait past `upstreamResponseTimeout`, and the app never sees it.
+#[tokio::test]
+async fn inbound_ignores_a_plaintext_clients_timeout_header() {
+    let app = Upstream::start("app").await;
+    let options = ficus_tests::process::SidecarOptions {
+        app: Some(app.addr),
+        ..Default::default()
+    };
+    let mesh = "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+                spec: {proxy: {upstreamResponseTimeout: 1s}}\n---\n";
+    let config = mesh.to_owned() + &backend("unused", "http", app.addr);
+    let sidecar = Sidecar::start_with(&config, options).await;
+    let mut h1 = H1Client::connect(sidecar.inbound).await.unwrap();
+    let request = Request::get("/delay/2000")
+        .header("host", "client.shop")
+        .header("x-ficus-timeout-ms", "60000")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = h1.send(request).await.unwrap();
+    assert_eq!(response.status, 504);
+    assert_eq!(response.header("x-ficus-error"), "upstream-timeout");
+    let seen = app.last().unwrap();
+    assert!(!seen.headers.contains_key("x-ficus-timeout-ms"));
+}
+
 #[tokio::test]
 async fn inbound_forwards_to_the_app() {
     let app = Upstream::start("app").await;

@@ -199,6 +199,65 @@ async fn route_request_timeout_gives_504() {
     );
 }
 
+/// A Mesh with `upstreamResponseTimeout: 1s`, Backend `slow`, and one HTTPRoute per service
+/// in `timeouts` (service name, the rule's `timeouts` mapping).
+fn one_second_mesh(slow: std::net::SocketAddr, timeouts: &[(&str, &str)]) -> String {
+    let mut config = "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+                      spec: {proxy: {upstreamResponseTimeout: 1s}}\n---\n"
+        .to_owned()
+        + &backends(&[("slow", slow)]);
+    for (service, timeouts) in timeouts {
+        config += &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: {service}, namespace: shop}}\n\
+             spec:\n  parentRefs: [{{kind: Service, name: {service}}}]\n  \
+             rules: [{{backendRefs: [{{name: slow}}], timeouts: {timeouts}}}]\n---\n"
+        );
+    }
+    config
+}
+
+/// The Mesh's `upstreamResponseTimeout` is the per-try wait only of rules that set no timeout:
+/// `request` alone bounds each try too (as Envoy's route timeout does), `0s` sets no limit,
+/// and a shorter `request` still cuts the wait.
+#[tokio::test]
+async fn route_timeouts_outlast_the_mesh_default() {
+    let upstream = Upstream::start("slow").await;
+    let config = one_second_mesh(
+        upstream.addr,
+        &[
+            ("long", "{request: 3s}"),
+            ("unbounded", "{request: 0s}"),
+            ("each-try", "{backendRequest: 3s}"),
+            ("short", "{request: 1s}"),
+        ],
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let outbound = sidecar.outbound;
+    let get = |host: &'static str| async move {
+        let response = client::get(outbound, host, "/delay/2000").await;
+        (host, response.unwrap().status)
+    };
+    // `slow` has no HTTPRoute: the Mesh default (1 s) is its per-try wait.
+    let statuses = tokio::join!(
+        get("long"),
+        get("unbounded"),
+        get("each-try"),
+        get("short"),
+        get("slow")
+    );
+    assert_eq!(
+        statuses,
+        (
+            ("long", 200),
+            ("unbounded", 200),
+            ("each-try", 200),
+            ("short", 504),
+            ("slow", 504)
+        )
+    );
+}
+
 #[tokio::test]
 async fn unmatched_path_of_a_known_service_is_404() {
     let upstream = Upstream::start("api").await;

@@ -6,7 +6,7 @@ use super::common::{duration, is_dns_label, reference_kind};
 use super::filter::{self, RuleContext};
 use super::{all, matches, optional, Claims, Index, Report, Want};
 use crate::model::{
-    BackendRef, HttpRoute, ResourceKey, RetryPolicy, RouteRule, TcpRoute, Timeouts,
+    BackendRef, HttpRoute, ResourceKey, RetryPolicy, RouteRule, RouteTimeout, TcpRoute, Timeouts,
 };
 use crate::raw::{self, FilterType};
 
@@ -258,17 +258,26 @@ fn timeouts(
     field: &str,
     raw: &raw::HttpRouteTimeouts,
 ) -> Option<Timeouts> {
-    // As in the Gateway API, `0s` turns a timeout off.
+    // As in the Gateway API, `0s` turns a timeout off; left out, it is the implementation's
+    // choice (`Timeouts::per_try`).
     let mut parse = |name: &str, text: &Option<String>| match text {
-        Some(text) => {
-            duration(report, &format!("{field}.{name}"), text).map(|d| (!d.is_zero()).then_some(d))
-        }
-        None => Some(None),
+        Some(text) => duration(report, &format!("{field}.{name}"), text).map(|d| {
+            if d.is_zero() {
+                RouteTimeout::Off
+            } else {
+                RouteTimeout::After(d)
+            }
+        }),
+        None => Some(RouteTimeout::Unset),
     };
     let request = parse("request", &raw.request);
     let backend_request = parse("backendRequest", &raw.backend_request);
     let (request, backend_request) = (request?, backend_request?);
-    if let (Some(request), Some(backend_request)) = (request, backend_request) {
+    // A try without a limit fits a request with one (the request's bound stops it), and any
+    // try fits a request without one.
+    if let (RouteTimeout::After(request), RouteTimeout::After(backend_request)) =
+        (request, backend_request)
+    {
         if backend_request > request {
             report.error(
                 format!("{field}.backendRequest"),

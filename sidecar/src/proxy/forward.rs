@@ -18,6 +18,7 @@ use super::headers::{
     strip_hop_by_hop, upgrade_protocol, X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY,
     X_FORWARDED_CLIENT_CERT,
 };
+use super::mesh_timeout::{self, X_FICUS_TIMEOUT_MS};
 use crate::body::{Body, BodyIdle};
 use crate::deadline::TimerSlot;
 use crate::tunnel::copy_with_idle_timeout;
@@ -47,7 +48,8 @@ impl Authority {
 
 /// Splits a downstream request for forwarding to an HTTP/1.1 or HTTP/2 (`http2`) upstream:
 /// hop-by-hop headers removed (an HTTP/1.1 `Upgrade` kept, with its pending switch returned),
-/// `x-ficus-peer-identity` and `x-ficus-orig-proto` removed (only sidecars may set them), and
+/// `x-ficus-peer-identity`, `x-ficus-orig-proto` and `x-ficus-timeout-ms` removed (only
+/// sidecars may set them; inbound reads what a verified peer sent before this), and
 /// `x-forwarded-client-cert` (nobody may), `x-forwarded-for`/`forwarded` appended,
 /// `x-request-id` ensured. To an HTTP/1.1 upstream, HTTP/2 cookie fields are joined and a
 /// GET or HEAD body of unknown length is sent chunked.
@@ -76,6 +78,7 @@ pub fn prepare<B: http_body::Body>(
         parts.headers.remove(X_FICUS_PEER_IDENTITY);
         parts.headers.remove(X_FICUS_ORIG_PROTO);
         parts.headers.remove(X_FORWARDED_CLIENT_CERT);
+        parts.headers.remove(X_FICUS_TIMEOUT_MS);
     }
     if !http2 {
         if parts.version == http::Version::HTTP_2 {
@@ -101,8 +104,10 @@ pub fn prepare<B: http_body::Body>(
     (parts, body, on_upgrade)
 }
 
-/// Sends `request` to `pool`'s endpoint and waits at most `timeout` for response headers,
-/// on the downstream connection's reused timer when there is one (`timer`, HTTP/1.1). On
+/// Sends `request` to `pool`'s endpoint and waits at most `timeout` for response headers
+/// ([`UNBOUNDED`](crate::deadline::UNBOUNDED): no limit), on the downstream connection's
+/// reused timer when there is one (`timer`, HTTP/1.1). A peer sidecar (mTLS) is told the wait
+/// in `x-ficus-timeout-ms` (see [`mesh_timeout`]), so that it waits as long for its app. On
 /// that timer the wait counts from `from` when given (the request's arrival, with nothing
 /// awaited since); without a timer, and without `from`, it counts from now.
 /// With `downstream` (the client's pending upgrade) a `101` response joins the two
@@ -113,7 +118,7 @@ pub fn prepare<B: http_body::Body>(
 )]
 pub fn forward<'a>(
     pool: &'a Arc<EndpointPool>,
-    request: Request<Body>,
+    mut request: Request<Body>,
     timeout: Duration,
     downstream: Option<OnUpgrade>,
     limits: &'a ProxyLimits,
@@ -121,6 +126,9 @@ pub fn forward<'a>(
     from: Option<std::time::Instant>,
 ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + use<'a> {
     async move {
+        if pool.is_mtls() {
+            mesh_timeout::write(request.headers_mut(), timeout);
+        }
         // Pinned where it is made: the timeout holds a reference, not another copy of the future.
         let send = std::pin::pin!(pool.send(request));
         let sent = match timer {

@@ -65,8 +65,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>, 
 pub struct Present {
     /// A hop-by-hop header (see [`strip_hop_by_hop`]).
     pub hop_by_hop: bool,
-    /// `x-ficus-peer-identity` or `x-ficus-orig-proto` (only sidecars may set them), or
-    /// `x-forwarded-client-cert` (nobody may).
+    /// `x-ficus-peer-identity`, `x-ficus-orig-proto` or `x-ficus-timeout-ms` (only sidecars
+    /// may set them), or `x-forwarded-client-cert` (nobody may).
     pub ficus: bool,
 }
 
@@ -77,7 +77,8 @@ pub fn present(headers: &HeaderMap) -> Present {
         present.hop_by_hop |= is_hop_by_hop(name);
         present.ficus |= name == X_FICUS_PEER_IDENTITY
             || name == X_FICUS_ORIG_PROTO
-            || name == X_FORWARDED_CLIENT_CERT;
+            || name == X_FORWARDED_CLIENT_CERT
+            || name == super::mesh_timeout::X_FICUS_TIMEOUT_MS;
     }
     present
 }
@@ -313,6 +314,12 @@ mod tests {
         h.insert(
             X_FICUS_PEER_IDENTITY,
             HeaderValue::from_static("spiffe://x"),
+        );
+        assert!(present(&h).ficus);
+        let mut h = HeaderMap::new();
+        h.insert(
+            super::super::mesh_timeout::X_FICUS_TIMEOUT_MS,
+            HeaderValue::from_static("60000"),
         );
         assert!(present(&h).ficus);
     }

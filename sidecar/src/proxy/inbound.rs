@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use super::error::ProxyError;
 use super::forward::{forward, path_and_query, prepare, upstream_uri, Authority};
 use super::headers::{overwrite_forwarded_proto, X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY};
+use super::mesh_timeout;
 use crate::authz::Decision;
 use crate::body::{with_idle_timeout, Body};
 use crate::deadline::TimerSlot;
@@ -96,6 +97,12 @@ pub fn handle<'a>(
                 .get(X_FICUS_ORIG_PROTO)
                 .is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1"));
         let http2 = request.version() == Version::HTTP_2 && !carried_http1;
+        // How long the calling sidecar waits: the app may take that long, not only the Mesh
+        // default. Read from a verified peer sidecar only; `prepare` removes it from anyone's.
+        let timeout = identity
+            .as_ref()
+            .and_then(|_| mesh_timeout::read(request.headers()))
+            .unwrap_or(limits.upstream_response_timeout);
         let (mut parts, incoming, on_upgrade) = prepare(request, peer, http2);
         span.inject(&mut parts.headers);
         // `prepare` removed any caller-supplied value; only a verified mTLS peer sets it. A
@@ -152,7 +159,6 @@ pub fn handle<'a>(
                 let body = access_log::count_received(&parts.extensions, body);
                 access_log::note_upstream(&parts.extensions, pool.address(), &inbound.metrics);
                 let request = Request::from_parts(parts, body);
-                let timeout = limits.upstream_response_timeout;
                 // Nothing was awaited since the request came in: its arrival is "now".
                 let from = Some(started);
                 match forward(pool, request, timeout, on_upgrade, limits, timer, from).await {

@@ -4,7 +4,9 @@
 //! The mirror never slows or fails the main request: the copy is sent from its own task, a
 //! semaphore caps copies in flight per mirror Backend (past it copies are dropped and counted,
 //! never queued; the semaphore is carried across config swaps, so a swap grants no fresh
-//! room), and each copy is bounded by the per-try timeout. Only requests whose body is
+//! room), and each copy is bounded by the per-try timeout (by the Mesh's
+//! `upstreamResponseTimeout` when the rule sets no limit: a copy never waits without one, or
+//! copies to a hung mirror would hold every slot for good). Only requests whose body is
 //! already in memory are copied: requests without a body, and bodies buffered for retries.
 //! Streamed bodies are not mirrored (copying them would tie the main request to the mirror),
 //! nor are protocol switches (the shadow would accept a handshake that is then dropped).
@@ -26,6 +28,7 @@ use tokio::sync::Semaphore;
 use super::forward::{forward, path_and_query, upstream_uri};
 use super::headers::X_FICUS_ORIG_PROTO;
 use crate::body;
+use crate::deadline::UNBOUNDED;
 use crate::snapshot::BackendTarget;
 use crate::telemetry::metrics::Metrics;
 
@@ -106,6 +109,11 @@ impl Mirror {
             request.headers_mut().insert(header::HOST, value);
         }
         metrics.mirror_sent.inc();
+        let timeout = if timeout == UNBOUNDED {
+            limits.upstream_response_timeout
+        } else {
+            timeout
+        };
         let limits = limits.clone();
         tokio::spawn(async move {
             let _permit = permit;

@@ -17,7 +17,7 @@ use super::forward::{forward, path_and_query, prepare, upstream_uri, Authority};
 use super::headers::X_FICUS_ORIG_PROTO;
 use super::retrying::{replayable, Exchange, Replay};
 use crate::body::{self, with_idle_timeout, Body};
-use crate::deadline::TimerSlot;
+use crate::deadline::{TimerSlot, UNBOUNDED};
 use crate::policy::breaker::Guarded;
 use crate::route::ServiceName;
 use crate::snapshot::{RouteBackend, Snapshot};
@@ -271,14 +271,14 @@ fn route_and_forward<'a, 's>(
         }
 
         let limits = &snapshot.limits;
+        // Each try waits `backendRequest`, else `request`, else (a rule with neither) the
+        // Mesh's `upstreamResponseTimeout`; a timeout set to `0s` sets no limit.
+        let total = action.timeouts.total();
         let per_try = action
             .timeouts
-            .backend_request
-            .unwrap_or(limits.upstream_response_timeout);
-        let timeout = action
-            .timeouts
-            .request
-            .map_or(per_try, |total| total.min(per_try));
+            .per_try(limits.upstream_response_timeout)
+            .unwrap_or(UNBOUNDED);
+        let timeout = total.map_or(per_try, |total| total.min(per_try));
         // Circuit breaking: fail fast rather than queue behind a Backend that is already full.
         let permit = match &backend.policy.breaker {
             None => None,
@@ -296,7 +296,7 @@ fn route_and_forward<'a, 's>(
         let arrival = (!injected && backend.policy.breaker.is_none()).then(|| recorder.started());
         // The route's total deadline counts from the arrival: what was awaited since (a breaker
         // slot, an injected delay) is taken off what the try may have.
-        let timeout = match action.timeouts.request {
+        let timeout = match total {
             Some(total) if arrival.is_none() => {
                 let left = total.saturating_sub(recorder.started().elapsed());
                 if left.is_zero() {
@@ -340,7 +340,7 @@ fn route_and_forward<'a, 's>(
                 // Reading the body sends nothing upstream: what is left of the route's total
                 // deadline bounds it (and the body idle timeout, between frames), not a try's.
                 let read = replayable(&parts, incoming, limits.body_idle_timeout, policy);
-                let replay = match action.timeouts.request {
+                let replay = match total {
                     Some(total) => {
                         let left = total.saturating_sub(recorder.started().elapsed());
                         tokio::time::timeout(left, read)
@@ -360,7 +360,7 @@ fn route_and_forward<'a, 's>(
                             policy,
                             target: backend,
                             per_try,
-                            total: action.timeouts.request,
+                            total,
                             arrival: tokio::time::Instant::from_std(recorder.started()),
                             limits,
                             metrics: &shared.metrics,

@@ -1,8 +1,9 @@
 //! The outbound exchange of a rule with a `retry` policy: buffer a replayable body, then try,
 //! back off and try again within the retry budget and the route's total deadline.
 //!
-//! Each try is bounded by `timeouts.backendRequest` (or the default per-try timeout), the
-//! whole exchange, backoff included, by `timeouts.request` (then 504, flag `UT`). Retries go
+//! Each try is bounded by `timeouts.backendRequest` (else `timeouts.request`, else the Mesh's
+//! `upstreamResponseTimeout`: `Timeouts::per_try`), the whole exchange, backoff included, by
+//! `timeouts.request` (then 504, flag `UT`). Retries go
 //! to another endpoint than the one that failed when the Backend has one. When the tries run
 //! out, the caller gets the last upstream response (or error) with flag `URX`; when the budget
 //! is spent, the caller gets the failed outcome as it was and the exhaustion is counted.
@@ -93,7 +94,7 @@ pub struct Exchange<'a> {
     pub policy: &'a RetryPolicy,
     /// The Backend (endpoints and budget).
     pub target: &'a BackendTarget,
-    /// Bound of each try.
+    /// Bound of each try ([`UNBOUNDED`](crate::deadline::UNBOUNDED): none of its own).
     pub per_try: Duration,
     /// Bound of the whole exchange, retries and backoff included, counted from `arrival`.
     pub total: Option<Duration>,

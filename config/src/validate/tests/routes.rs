@@ -137,11 +137,63 @@ fn durations_are_checked() {
         "spec.rules[0].timeouts.request",
         "more than 5 digits",
     );
-    let rule = first_rule(&to_monolith(
-        "timeouts: {request: 0s, backendRequest: 1m30s}",
-    ));
-    let timeouts = (rule.timeouts.request, rule.timeouts.backend_request);
-    assert_eq!(timeouts, (None, Some(Duration::from_secs(90))));
+}
+
+/// `0s` turns a timeout off (Gateway API), which is not the same as leaving it out: left out,
+/// the Mesh default may apply; off, nothing does.
+#[test]
+fn zero_timeouts_are_off_not_unset() {
+    use crate::model::RouteTimeout::{After, Off, Unset};
+    let mesh_default = Duration::from_secs(15);
+    let timeouts = |fields: &str| first_rule(&to_monolith(fields)).timeouts;
+
+    let t = timeouts("timeouts: {request: 0s, backendRequest: 1m30s}");
+    assert_eq!(
+        (t.request, t.backend_request),
+        (Off, After(Duration::from_secs(90)))
+    );
+    assert_eq!(t.total(), None);
+    assert_eq!(t.per_try(mesh_default), Some(Duration::from_secs(90)));
+
+    let t = timeouts("timeouts: {request: 0s}");
+    assert_eq!((t.request, t.backend_request), (Off, Unset));
+    assert_eq!((t.total(), t.per_try(mesh_default)), (None, None));
+
+    let t = timeouts("timeouts: {request: 0ms, backendRequest: 0s}");
+    assert_eq!((t.request, t.backend_request), (Off, Off));
+    assert_eq!((t.total(), t.per_try(mesh_default)), (None, None));
+
+    // A try without a limit fits in any request: the request's own bound stops it.
+    let t = timeouts("timeouts: {request: 10s, backendRequest: 0s}");
+    assert_eq!(
+        (t.request, t.backend_request),
+        (After(Duration::from_secs(10)), Off)
+    );
+    assert_eq!(t.total(), Some(Duration::from_secs(10)));
+    assert_eq!(t.per_try(mesh_default), None);
+
+    let t = timeouts("timeouts: {backendRequest: 0s}");
+    assert_eq!((t.request, t.backend_request), (Unset, Off));
+    assert_eq!((t.total(), t.per_try(mesh_default)), (None, None));
+}
+
+/// Each try waits `backendRequest`, else `request` (even when that is longer than the Mesh's
+/// `upstreamResponseTimeout`), and the Mesh default only when the rule sets neither.
+#[test]
+fn the_mesh_default_applies_only_when_a_rule_sets_no_timeout() {
+    let mesh_default = Duration::from_secs(15);
+    let timeouts = |fields: &str| first_rule(&to_monolith(fields)).timeouts;
+    let t = timeouts("timeouts: {request: 30s}");
+    assert_eq!(t.per_try(mesh_default), Some(Duration::from_secs(30)));
+    assert_eq!(t.total(), Some(Duration::from_secs(30)));
+    let t = timeouts("timeouts: {request: 60s, backendRequest: 20s}");
+    assert_eq!(t.per_try(mesh_default), Some(Duration::from_secs(20)));
+    let t = timeouts("timeouts: {backendRequest: 40s}");
+    assert_eq!(t.per_try(mesh_default), Some(Duration::from_secs(40)));
+    assert_eq!(t.total(), None);
+    let t = first_rule("[{backendRefs: [{name: monolith}]}]").timeouts;
+    assert_eq!(t.per_try(mesh_default), Some(mesh_default));
+    assert_eq!(t.total(), None);
 }
 
 #[test]
