@@ -301,7 +301,7 @@ pub struct ProxyLimits {
     /// Longest gap between body chunks.
     #[serde(default)]
     pub body_idle_timeout: Option<String>,
-    /// Longest gap between body chunks of a gRPC call (streams), instead of
+    /// Longest gap between body chunks of a gRPC call (streams, both ways), instead of
     /// `bodyIdleTimeout`; default 5m.
     #[serde(default)]
     pub stream_idle_timeout: Option<String>,

@@ -118,6 +118,21 @@ where
     }
 }
 
+/// The longest gap allowed in the body of a request with this head: `streamIdleTimeout` for a
+/// gRPC call (a client stream may be quiet for minutes; gRPC needs HTTP/2, so an HTTP/1.x
+/// request costs one comparison), `bodyIdleTimeout` for anything else.
+pub fn request_idle(
+    limits: &ficus_config::ProxyLimits,
+    version: http::Version,
+    headers: &http::HeaderMap,
+) -> Duration {
+    if version == http::Version::HTTP_2 && crate::policy::grpc::is_grpc(headers) {
+        limits.stream_idle_timeout
+    } else {
+        limits.body_idle_timeout
+    }
+}
+
 /// Boxes `body`, bounding gaps between frames; a body already complete becomes [`empty`]
 /// (a box of nothing allocates nothing).
 pub fn with_idle_timeout<B>(body: B, timeout: Duration) -> Body

@@ -609,7 +609,8 @@ pub async fn passthrough<'s>(
     if http2 {
         parts.headers.remove(http::header::HOST);
     }
-    let body = crate::body::with_idle_timeout(incoming, limits.body_idle_timeout);
+    let idle = crate::body::request_idle(&limits, parts.version, &parts.headers);
+    let body = crate::body::with_idle_timeout(incoming, idle);
     let request = Request::from_parts(parts, body);
     match forward(
         pool,

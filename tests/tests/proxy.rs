@@ -668,3 +668,60 @@ async fn a_quiet_grpc_stream_outlives_the_body_idle_timeout() {
     assert_eq!(response.body.as_ref(), b"\0\0\0\0\x01a\0\0\0\0\x01b");
     assert_eq!(response.trailers.expect("trailers")["grpc-status"], "0");
 }
+
+/// A gRPC client stream may be quiet for longer than `bodyIdleTimeout` too: its request body
+/// is bounded by `streamIdleTimeout`, as the response's is.
+#[tokio::test]
+async fn a_quiet_grpc_client_stream_outlives_the_body_idle_timeout() {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    let upstream = Upstream::start("grpc").await;
+    let config = "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+                  spec: {proxy: {bodyIdleTimeout: 1s, streamIdleTimeout: 10s}}\n---\n"
+        .to_owned()
+        + &backend("echo", "grpc", upstream.addr);
+    let sidecar = Sidecar::start(&config).await;
+    let stream = tokio::net::TcpStream::connect(sidecar.outbound)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // One message, 1.5 s of quiet, a second message, the end.
+    let frames = futures_util::stream::unfold(0u8, |step| async move {
+        let data: &'static [u8] = match step {
+            0 => b"\0\0\0\0\x01a",
+            1 => {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                b"\0\0\0\0\x01b"
+            }
+            _ => return None,
+        };
+        Some((
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(data))),
+            step + 1,
+        ))
+    });
+    let frames = Box::pin(frames);
+    let request = Request::post("http://echo.shop/echo.Echo/Stream")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(StreamBody::new(frames))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("response head within 10 s")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let collected = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("body within 10 s")
+        .unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(collected.to_bytes().as_ref(), b"\0\0\0\0\x01a\0\0\0\0\x01b");
+    assert_eq!(trailers["grpc-status"], "0");
+}

@@ -155,7 +155,8 @@ pub fn handle<'a>(
                     None if http2 => &inbound.http2,
                     None => &inbound.http1,
                 };
-                let body = with_idle_timeout(incoming, limits.body_idle_timeout);
+                let idle = crate::body::request_idle(limits, parts.version, &parts.headers);
+                let body = with_idle_timeout(incoming, idle);
                 let body = access_log::count_received(&parts.extensions, body);
                 access_log::note_upstream(&parts.extensions, pool.address(), &inbound.metrics);
                 let request = Request::from_parts(parts, body);

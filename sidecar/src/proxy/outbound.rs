@@ -310,7 +310,8 @@ fn route_and_forward<'a, 's>(
         };
         // One try without retries; the outcome counts for outlier detection.
         let send_once = |parts: http::request::Parts, incoming, from| async move {
-            let body = with_idle_timeout(incoming, limits.body_idle_timeout);
+            let idle = crate::body::request_idle(limits, parts.version, &parts.headers);
+            let body = with_idle_timeout(incoming, idle);
             let body = access_log::count_received(&parts.extensions, body);
             let mut upstream_request = Request::from_parts(parts, body);
             backend.policy.tag(&mut upstream_request);

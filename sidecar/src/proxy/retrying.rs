@@ -123,17 +123,22 @@ impl Exchange<'_> {
         let deadline = self.total.and_then(|total| self.arrival.checked_add(total));
         self.target.policy.budget.deposit();
         let grpc = grpc::is_grpc(&parts.headers);
+        let idle = if grpc {
+            self.limits.stream_idle_timeout
+        } else {
+            self.limits.body_idle_timeout
+        };
         let (mut body, mut first, recording) = match replay {
             Replay::Buffered(body) => (Some(body), None, None),
             Replay::Recorded(incoming) => {
-                let idle = with_idle_timeout(incoming, self.limits.body_idle_timeout);
+                let idle = with_idle_timeout(incoming, idle);
                 // Counted once, as it streams from the caller (replays are not received).
                 let counted = access_log::count_received(&parts.extensions, idle);
                 let (recorder, recording) = Recorder::new(counted);
                 (None, Some(body::boxed(recorder)), Some(recording))
             }
             Replay::Stream(incoming) => {
-                let idle = with_idle_timeout(incoming, self.limits.body_idle_timeout);
+                let idle = with_idle_timeout(incoming, idle);
                 let counted = access_log::count_received(&parts.extensions, idle);
                 (None, Some(counted), None)
             }
