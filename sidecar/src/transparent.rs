@@ -609,7 +609,7 @@ pub async fn passthrough<'s>(
     if http2 {
         parts.headers.remove(http::header::HOST);
     }
-    let idle = crate::body::request_idle(&limits, parts.version, &parts.headers);
+    let idle = crate::body::request_idle(limits, parts.version, &parts.headers);
     let body = crate::body::with_idle_timeout(incoming, idle);
     let request = Request::from_parts(parts, body);
     match forward(
