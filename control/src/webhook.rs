@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use ficus_net::listen::Listeners;
 use ficus_net::stall::StallBounded;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -30,7 +31,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
@@ -139,9 +139,10 @@ pub fn review(body: &[u8], config: &InjectConfig) -> Result<(Value, Decision), R
     Ok((answer, decision))
 }
 
-/// Serves the webhook on `listener` over TLS until the process ends.
+/// Serves the webhook on `listeners` (`--webhook` and its IPv6 companion) over TLS until the
+/// process ends.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     tls: TlsAcceptor,
     config: Arc<InjectConfig>,
     metrics: Arc<Metrics>,
@@ -151,7 +152,7 @@ pub async fn serve(
         let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
             return; // the semaphore is never closed
         };
-        let (stream, peer) = crate::listen::accept(&listener, "webhook").await;
+        let (stream, peer) = crate::listen::accept(&listeners, "webhook").await;
         let tls = tls.clone();
         let config = Arc::clone(&config);
         let metrics = Arc::clone(&metrics);
