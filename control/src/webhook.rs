@@ -288,6 +288,15 @@ mod tests {
                "spec": {"containers": [{"name": "web", "image": "web:1"}]}})
     }
 
+    /// The annotations of the pod in an AdmissionReview body.
+    fn body_annotations(body: &[u8]) -> serde_json::Map<String, Value> {
+        let review: Value = serde_json::from_slice(body).unwrap();
+        review["request"]["object"]["metadata"]["annotations"]
+            .as_object()
+            .unwrap()
+            .clone()
+    }
+
     fn decode(answer: &Value) -> Value {
         let text = base64::engine::general_purpose::STANDARD
             .decode(answer["response"]["patch"].as_str().unwrap())
@@ -328,6 +337,17 @@ mod tests {
                 ),
                 Decision::Error,
             ),
+            (
+                admission(
+                    "CREATE",
+                    pod(json!({"ficus.dev/proxy-memory-limit": "32Mi"})),
+                ),
+                Decision::Error,
+            ),
+            (
+                admission("CREATE", pod(json!({"ficus.dev/proxy-cpu-limit": "two"}))),
+                Decision::Error,
+            ),
         ] {
             let (answer, got) = review(&body, &config).unwrap();
             assert_eq!(got, decision);
@@ -335,8 +355,11 @@ mod tests {
             assert!(answer["response"].get("patch").is_none(), "{answer}");
             if decision == Decision::Error {
                 let warning = answer["response"]["warnings"][0].as_str().unwrap();
+                let annotations = body_annotations(&body);
+                let name = annotations.keys().next().unwrap();
                 assert!(
-                    warning.contains("ficus.dev/exclude-inbound-ports"),
+                    warning
+                        .starts_with(&format!("ficus: sidecar not injected: annotation {name}: ")),
                     "{warning}"
                 );
             }
