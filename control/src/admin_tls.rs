@@ -171,16 +171,18 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// Serves `--https` on `listener`: issues its server certificate from `ca` (renewed by a task
-/// of its own) and spawns [`crate::api::serve_tls`].
+/// Serves `--https` on `listeners` (the address and its IPv6 companion): issues its server
+/// certificate from `ca` (renewed by a task of its own) and spawns [`crate::api::serve_tls`].
 pub fn start(
-    listener: tokio::net::TcpListener,
+    listeners: ficus_net::listen::Listeners,
     ca: &Arc<CertificateAuthority>,
     state: Arc<ControlState>,
     admin: Option<Arc<AdminTokens>>,
     identities: AdminIdentities,
 ) -> Result<(), String> {
-    let address = listener.local_addr().map_err(|e| format!("--https: {e}"))?;
+    let address = listeners
+        .local_addr()
+        .map_err(|e| format!("--https: {e}"))?;
     let identity = ServerIdentity::new(ca.trust_domain(), address).map_err(|e| e.to_string())?;
     let credentials = identity.issue(ca).map_err(|e| e.to_string())?;
     let store = CertStore::with_credentials(credentials);
@@ -197,7 +199,7 @@ pub fn start(
     tracing::info!(%address, admin_identities = identities.ids.len(),
         admin_tokens = admin.is_some(), "HTTPS API started");
     tokio::spawn(crate::api::serve_tls(
-        listener,
+        listeners,
         TlsAcceptor::from(config),
         state,
         admin,

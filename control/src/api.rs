@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ficus_identity::SpiffeId;
+use ficus_net::listen::Listeners;
 use ficus_net::stall::StallBounded;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
@@ -47,7 +48,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
@@ -72,10 +72,10 @@ const WRITE_STALL: Duration = Duration::from_secs(30);
 /// The response body of every route.
 type Body = Full<Bytes>;
 
-/// Serves the API on `listener` until the process ends. With `admin`, writes need one of its
-/// tokens.
+/// Serves the API on `listeners` (`--http` and its IPv6 companion) until the process ends.
+/// With `admin`, writes need one of its tokens.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     state: Arc<ControlState>,
     admin: Option<Arc<AdminTokens>>,
 ) {
@@ -88,7 +88,7 @@ pub async fn serve(
         let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
             return; // the semaphore is never closed
         };
-        let (stream, peer) = crate::listen::accept(&listener, "api").await;
+        let (stream, peer) = crate::listen::accept(&listeners, "api").await;
         let access = Access {
             tokens: admin.clone(),
             tls: None,
@@ -103,11 +103,11 @@ pub async fn serve(
     }
 }
 
-/// Serves the API over TLS (`--https`, see [`crate::admin_tls`]) on `listener` until the
+/// Serves the API over TLS (`--https`, see [`crate::admin_tls`]) on `listeners` until the
 /// process ends. Writes always need a client certificate of one of `identities` or (with
 /// `admin`) a valid bearer token.
 pub async fn serve_tls(
-    listener: TcpListener,
+    listeners: Listeners,
     acceptor: TlsAcceptor,
     state: Arc<ControlState>,
     admin: Option<Arc<AdminTokens>>,
@@ -118,7 +118,7 @@ pub async fn serve_tls(
         let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
             return; // the semaphore is never closed
         };
-        let (stream, peer) = crate::listen::accept(&listener, "api (https)").await;
+        let (stream, peer) = crate::listen::accept(&listeners, "api (https)").await;
         let acceptor = acceptor.clone();
         let state = Arc::clone(&state);
         let admin = admin.clone();

@@ -25,13 +25,13 @@ use std::time::Duration;
 
 use ficus_config::wire::certificates_server::CertificatesServer;
 use ficus_config::wire::config_discovery_server::ConfigDiscoveryServer;
+use ficus_net::listen::Listeners;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
@@ -127,10 +127,10 @@ impl Service<Request<Incoming>> for Connection {
     }
 }
 
-/// Serves `router` on `listener` until the process ends: over TLS with `tls`, in plaintext
-/// without (`--insecure`).
+/// Serves `router` on `listeners` (`--grpc` and its IPv6 companion) until the process ends:
+/// over TLS with `tls`, in plaintext without (`--insecure`).
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     tls: Option<TlsAcceptor>,
     router: Router,
     metrics: Arc<Metrics>,
@@ -140,7 +140,7 @@ pub async fn serve(
         let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
             return; // the semaphore is never closed
         };
-        let (stream, peer) = crate::listen::accept(&listener, "gRPC").await;
+        let (stream, peer) = crate::listen::accept(&listeners, "gRPC").await;
         let _ = stream.set_nodelay(true);
         let service = Connection {
             router: router.clone(),

@@ -38,14 +38,17 @@
 //! | `ficus.dev/exclude-inbound-ports: "9090"` | inbound TCP to these ports is not redirected |
 //! | `ficus.dev/exclude-outbound-cidrs: "10.0.0.0/8,fd00::/8"` | outbound TCP to these networks is not redirected |
 //! | `ficus.dev/proxy-cpu`, `ficus.dev/proxy-memory` | the sidecar's resource requests (default `100m`, `64Mi`) |
+//! | `ficus.dev/proxy-cpu-limit`, `ficus.dev/proxy-memory-limit` | its limits (default `2`, `1Gi`; the requests in a Guaranteed pod) |
 //!
 //! Pods with `hostNetwork: true` are never injected: the redirect would rewrite the node's
 //! own iptables. A pod that already has a `ficus-sidecar` container is left as it is, so
 //! injecting twice changes nothing.
 //!
 //! # Layout
-//! - [`annotations`] — reading and checking the annotations.
-//! - [`containers`] — the init container, the sidecar and their volumes.
+//! - [`annotations`] — reading and checking the annotations; [`quantity`] — resource
+//!   quantities, compared exactly.
+//! - [`containers`] — the init container, the sidecar and their volumes; [`resources`] —
+//!   their requests and limits, and a Guaranteed pod kept Guaranteed.
 //! - [`manifest`] — YAML streams in and out (for `ficusctl inject`).
 //! - [`patch`] — the JSON Patch from an object to its injected form (for the webhook).
 
@@ -53,6 +56,8 @@ pub mod annotations;
 pub mod containers;
 pub mod manifest;
 pub mod patch;
+pub mod quantity;
+pub mod resources;
 
 use serde_json::{Map, Value};
 
@@ -318,8 +323,20 @@ fn inject_pod(pod: &mut Value, config: &InjectConfig) -> Result<Outcome, InjectE
         });
     }
 
-    let init = containers::init_container(config, &annotations, &exclude_inbound);
-    let sidecar = containers::sidecar_container(config, &annotations);
+    // Every container counts for the pod's QoS class, init containers included.
+    let all = [array(spec, "containers")?, array(spec, "initContainers")?].concat();
+    let guaranteed = resources::guaranteed(&all);
+    if guaranteed {
+        for name in resources::limits_above_requests(&annotations) {
+            warnings.push(format!(
+                "the pod's containers are all Guaranteed (limits equal to requests), but \
+                 {name} sets the sidecar's limit above its request, so the pod becomes \
+                 Burstable; drop it to keep the pod Guaranteed"
+            ));
+        }
+    }
+    let init = containers::init_container(config, &annotations, &exclude_inbound, guaranteed);
+    let sidecar = containers::sidecar_container(config, &annotations, guaranteed);
     let mut init_containers = vec![init, sidecar];
     init_containers.extend(array(spec, "initContainers")?.iter().cloned());
     spec.insert("initContainers".to_owned(), Value::Array(init_containers));

@@ -17,7 +17,7 @@
 //! - [`registry`] — connected sidecars and their ACK/NACK state.
 //! - [`scope`] — which documents each sidecar receives.
 //! - [`state`] — what the tasks share; [`metrics`] — Prometheus metrics; [`listen`] —
-//!   accepting with back-off.
+//!   binding with IPv6 companions, accepting with back-off.
 #![forbid(unsafe_code)]
 
 pub mod admin_tls;

@@ -15,13 +15,19 @@ use ficus_control::grpc::{self, Router};
 use ficus_control::inject::InjectConfig;
 use ficus_control::kubernetes::client;
 use ficus_control::kubernetes::token_review::{FirstOf, TokenReviewer, AUDIENCE};
+use ficus_control::listen;
 use ficus_control::sign::Signer;
 use ficus_control::state::ControlState;
 use ficus_control::store::Store;
 use ficus_control::webhook;
 use ficus_identity::ca::CertificateAuthority;
 use ficus_identity::tls::{self, CertStore, ClientAuth, Credentials, TrustBundle};
+use ficus_net::listen::Listeners;
 use tokio_rustls::TlsAcceptor;
+
+/// The listen backlog of `--grpc`: after a control-plane restart every sidecar reconnects at
+/// once, and the default of 128 drops (and delays by a SYN retry) the rest.
+const GRPC_BACKLOG: u32 = 4096;
 
 /// Shortest and longest `--cert-lifetime`.
 const LIFETIMES: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(366 * 86400));
@@ -293,9 +299,11 @@ fn run(args: Args) -> Result<(), Fatal> {
         }
     }
     runtime.block_on(async move {
+        // Each listener gets an IPv6 companion (`[::]` beside `0.0.0.0`, `[::1]` beside
+        // `127.0.0.1`), served by the same loop: IPv6-only clusters reach us over IPv6.
         let (grpc, http) = match (
-            bind_with_backlog(args.grpc),
-            tokio::net::TcpListener::bind(args.http).await,
+            listen::bind(args.grpc, GRPC_BACKLOG, "--grpc"),
+            listen::bind(args.http, listen::DEFAULT_BACKLOG, "--http"),
         ) {
             (Ok(grpc), Ok(http)) => (grpc, http),
             (Err(error), _) => {
@@ -312,15 +320,19 @@ fn run(args: Args) -> Result<(), Fatal> {
             }
         };
         let webhook = match args.webhook {
-            Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(
-                |error| Fatal::other(format!("cannot listen on {address} (--webhook): {error}")),
-            )?),
+            Some(address) => Some(
+                listen::bind(address, listen::DEFAULT_BACKLOG, "--webhook").map_err(|error| {
+                    Fatal::other(format!("cannot listen on {address} (--webhook): {error}"))
+                })?,
+            ),
             None => None,
         };
         let https = match args.https {
-            Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(
-                |error| Fatal::other(format!("cannot listen on {address} (--https): {error}")),
-            )?),
+            Some(address) => Some(
+                listen::bind(address, listen::DEFAULT_BACKLOG, "--https").map_err(|error| {
+                    Fatal::other(format!("cannot listen on {address} (--https): {error}"))
+                })?,
+            ),
             None => None,
         };
         let metrics = Arc::clone(&state.metrics);
@@ -377,7 +389,9 @@ fn run(args: Args) -> Result<(), Fatal> {
             ficus_control::push::service(Arc::clone(&state), push_authenticator),
             signer.into_service(),
         );
-        tracing::info!(grpc = %args.grpc, http = %args.http, data = %args.data.display(),
+        tracing::info!(grpc = %args.grpc, http = %args.http,
+            grpc_ipv6 = ?grpc.companion_addr(), http_ipv6 = ?http.companion_addr(),
+            data = %args.data.display(),
             tls = tls.is_some(), trust_domain = %args.trust_domain,
             admin_tokens = admin.is_some(), version = state.current().version,
             "ficus-control started");
@@ -417,11 +431,11 @@ fn prepare_authority(args: &Args) -> Result<Authority, Fatal> {
 /// task of its own).
 fn start_webhook(
     args: &Args,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     ca: &Arc<CertificateAuthority>,
     metrics: Arc<ficus_control::metrics::Metrics>,
 ) -> Result<(), Fatal> {
-    let address = listener
+    let address = listeners
         .local_addr()
         .map_err(|e| Fatal::other(format!("--webhook: {e}")))?;
     let mut identity = ServerIdentity::new(&args.trust_domain, address)
@@ -452,7 +466,7 @@ fn start_webhook(
     inject.trust_domain.clone_from(&args.trust_domain);
     tracing::info!(%address, dns_names = ?args.webhook_dns_name, "injection webhook started");
     tokio::spawn(webhook::serve(
-        listener,
+        listeners,
         TlsAcceptor::from(config),
         Arc::new(inject),
         metrics,
@@ -482,18 +496,6 @@ fn parse_lifetime(text: &str) -> Result<Duration, String> {
         return Err("a certificate lifetime is between 10s and 8784h (366 days)".to_owned());
     }
     Ok(lifetime)
-}
-/// Binds `address` with a listen backlog of 4096: after a control-plane restart every sidecar
-/// reconnects at once, and the default of 128 drops (and delays by a SYN retry) the rest.
-fn bind_with_backlog(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if address.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(address)?;
-    socket.listen(4096)
 }
 
 /// SIGTERM or SIGINT. Every accepted write is already durable, so there is nothing to flush.

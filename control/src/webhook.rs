@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use ficus_net::listen::Listeners;
 use ficus_net::stall::StallBounded;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -30,7 +31,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
@@ -139,9 +139,10 @@ pub fn review(body: &[u8], config: &InjectConfig) -> Result<(Value, Decision), R
     Ok((answer, decision))
 }
 
-/// Serves the webhook on `listener` over TLS until the process ends.
+/// Serves the webhook on `listeners` (`--webhook` and its IPv6 companion) over TLS until the
+/// process ends.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     tls: TlsAcceptor,
     config: Arc<InjectConfig>,
     metrics: Arc<Metrics>,
@@ -151,7 +152,7 @@ pub async fn serve(
         let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
             return; // the semaphore is never closed
         };
-        let (stream, peer) = crate::listen::accept(&listener, "webhook").await;
+        let (stream, peer) = crate::listen::accept(&listeners, "webhook").await;
         let tls = tls.clone();
         let config = Arc::clone(&config);
         let metrics = Arc::clone(&metrics);
@@ -287,6 +288,15 @@ mod tests {
                "spec": {"containers": [{"name": "web", "image": "web:1"}]}})
     }
 
+    /// The annotations of the pod in an AdmissionReview body.
+    fn body_annotations(body: &[u8]) -> serde_json::Map<String, Value> {
+        let review: Value = serde_json::from_slice(body).unwrap();
+        review["request"]["object"]["metadata"]["annotations"]
+            .as_object()
+            .unwrap()
+            .clone()
+    }
+
     fn decode(answer: &Value) -> Value {
         let text = base64::engine::general_purpose::STANDARD
             .decode(answer["response"]["patch"].as_str().unwrap())
@@ -327,6 +337,17 @@ mod tests {
                 ),
                 Decision::Error,
             ),
+            (
+                admission(
+                    "CREATE",
+                    pod(json!({"ficus.dev/proxy-memory-limit": "32Mi"})),
+                ),
+                Decision::Error,
+            ),
+            (
+                admission("CREATE", pod(json!({"ficus.dev/proxy-cpu-limit": "two"}))),
+                Decision::Error,
+            ),
         ] {
             let (answer, got) = review(&body, &config).unwrap();
             assert_eq!(got, decision);
@@ -334,8 +355,11 @@ mod tests {
             assert!(answer["response"].get("patch").is_none(), "{answer}");
             if decision == Decision::Error {
                 let warning = answer["response"]["warnings"][0].as_str().unwrap();
+                let annotations = body_annotations(&body);
+                let name = annotations.keys().next().unwrap();
                 assert!(
-                    warning.contains("ficus.dev/exclude-inbound-ports"),
+                    warning
+                        .starts_with(&format!("ficus: sidecar not injected: annotation {name}: ")),
                     "{warning}"
                 );
             }

@@ -1,7 +1,10 @@
-//! I/O bounds the sidecar and the control plane share.
+//! I/O bounds and listeners the sidecar and the control plane share.
 //!
 //! - [`stall`] — `WriteStall`: writes to a peer that takes no bytes fail after a limit, and
 //!   `StallBounded`, a stream whose writes are bounded so.
+//! - [`listen`] — the IPv6 companion of an IPv4 listener (`[::]` beside `0.0.0.0`, `[::1]`
+//!   beside `127.0.0.1`), and `Listeners`, which accepts from both as one.
 #![forbid(unsafe_code)]
 
+pub mod listen;
 pub mod stall;

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
+use ficus_net::listen::Listeners;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 
 use crate::body::{self, Body};
 use crate::state::Shared;
@@ -23,10 +23,10 @@ use crate::state::Shared;
 /// Largest admin request body (`PUT /log-level`).
 const MAX_BODY: usize = 4096;
 
-/// Serves the admin API on `listener` forever.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// Serves the admin API on `listeners` (`--admin` and its IPv6 companion) forever.
+pub async fn serve(listeners: Listeners, shared: Arc<Shared>) {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, peer) = match listeners.accept().await {
             Ok(accepted) => accepted,
             Err(error) if crate::listener::one_connection(&error) => continue,
             Err(error) => {

@@ -25,6 +25,7 @@ use crate::tcp::TcpListeners;
 use crate::telemetry::{logging, metrics::Metrics};
 use crate::upstream::PoolRegistry;
 use ficus_identity::SpiffeId;
+use ficus_net::listen;
 
 /// Process exit codes (INTERFACES.md).
 pub mod exit {
@@ -79,21 +80,18 @@ pub fn run(args: Args) -> u8 {
     ) else {
         return exit::FATAL;
     };
+    // Kubelet probes an IPv6-only pod's admin port over IPv6: `[::]` beside `0.0.0.0`, `[::1]`
+    // beside `127.0.0.1`.
+    let admin_v6 = ipv6_companion(&admin, "--admin");
     // Transparent mode takes IPv6 too: ip6tables redirects to [::1] (outbound) and [::].
     let mut extra = Vec::new();
     if args.transparent {
-        for (address, side) in [
-            (args.outbound, Side::Outbound),
-            (args.inbound, Side::Inbound),
+        for (listener, side, flag) in [
+            (&outbound, Side::Outbound, "--outbound"),
+            (&inbound, Side::Inbound, "--inbound"),
         ] {
-            let Some(v6) = crate::transparent::ipv6_companion(address) else {
-                continue;
-            };
-            match crate::transparent::bind_v6_only(v6) {
-                Ok(listener) => extra.push((listener, side)),
-                Err(error) => {
-                    tracing::warn!(%v6, %error, "no IPv6 listener: IPv6 is not intercepted")
-                }
+            if let Some(v6) = ipv6_companion(listener, flag) {
+                extra.push((v6, side));
             }
         }
     }
@@ -116,6 +114,7 @@ pub fn run(args: Args) -> u8 {
     let transparent = if args.transparent {
         let own = [&outbound, &inbound, &admin]
             .into_iter()
+            .chain(&admin_v6)
             .chain(extra.iter().map(|(listener, _)| listener))
             .filter_map(|listener| listener.local_addr().ok())
             .collect();
@@ -209,8 +208,8 @@ pub fn run(args: Args) -> u8 {
                         tokio::spawn(client.run())
                     }
                 };
-                match TcpListener::from_std(admin) {
-                    Ok(listener) => crate::admin::serve(listener, admin_shared).await,
+                match listen::Listeners::from_std(admin, admin_v6) {
+                    Ok(listeners) => crate::admin::serve(listeners, admin_shared).await,
                     Err(error) => admin_failed(&format!("the admin listener failed: {error}")),
                 }
             });
@@ -254,6 +253,25 @@ enum Mode {
 enum ConfigTask {
     Watch(std::path::PathBuf, Reloader),
     Push(Box<ControlClient>, Option<CertManager>),
+}
+
+/// The IPv6 companion of `listener` (`flag`'s), bound on the port `listener` got; none when
+/// its address needs none or IPv6 is unavailable here (a debug line), or when the companion
+/// cannot be bound otherwise (a warning: its port is taken, IPv6 clients reach another
+/// process). IPv4 is served either way.
+fn ipv6_companion(listener: &std::net::TcpListener, flag: &str) -> Option<std::net::TcpListener> {
+    let address = listener.local_addr().ok()?;
+    match listen::bind_companion(address, 1024) {
+        Ok(companion) => companion,
+        Err(error) if error.ipv6_unavailable() => {
+            tracing::debug!(flag, %error, "no IPv6 companion listener: IPv6 is unavailable");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(flag, %error, "no IPv6 companion listener; IPv4 only");
+            None
+        }
+    }
 }
 
 /// The admin thread could not serve: without it there is no readiness, no metrics and (in

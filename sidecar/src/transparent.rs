@@ -25,7 +25,7 @@
 //! to run transparent as root.
 
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -633,35 +633,6 @@ pub async fn passthrough<'s>(
     }
 }
 
-/// The extra listener a transparent sidecar needs for IPv6: `[::1]:port` beside a
-/// `127.0.0.1` one (ip6tables REDIRECTs locally generated traffic to `::1`), `[::]:port`
-/// (IPv6 only) beside `0.0.0.0`. `None` for IPv6 addresses or when IPv6 is unavailable.
-pub fn ipv6_companion(address: SocketAddr) -> Option<SocketAddr> {
-    let SocketAddr::V4(v4) = address else {
-        return None;
-    };
-    let ip = if v4.ip().is_loopback() {
-        Ipv6Addr::LOCALHOST
-    } else if v4.ip().is_unspecified() {
-        Ipv6Addr::UNSPECIFIED
-    } else {
-        return None;
-    };
-    Some(SocketAddr::new(IpAddr::V6(ip), v4.port()))
-}
-
-/// Binds an IPv6-only listener (so it never competes with the IPv4 one for v4 traffic).
-pub fn bind_v6_only(address: SocketAddr) -> io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
-    socket.set_only_v6(true)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(1024)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
-}
-
 /// Whether this process runs as root, read without unsafe code from the owner of
 /// `/proc/self` (the effective uid).
 pub fn running_as_root() -> bool {
@@ -738,19 +709,5 @@ mod tests {
             t.is_opaque_port(3306, &[1521, 8080]),
             "to the built-in ones"
         );
-    }
-
-    #[test]
-    fn ipv6_companions() {
-        assert_eq!(
-            ipv6_companion("127.0.0.1:15001".parse().unwrap()),
-            Some("[::1]:15001".parse().unwrap())
-        );
-        assert_eq!(
-            ipv6_companion("0.0.0.0:15006".parse().unwrap()),
-            Some("[::]:15006".parse().unwrap())
-        );
-        assert_eq!(ipv6_companion("10.0.0.1:15006".parse().unwrap()), None);
-        assert_eq!(ipv6_companion("[::1]:15001".parse().unwrap()), None);
     }
 }

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
+use super::quantity::Quantity;
 use super::InjectError;
 
 /// `"false"` opts a pod out.
@@ -18,6 +19,15 @@ pub const EXCLUDE_OUTBOUND_CIDRS: &str = "ficus.dev/exclude-outbound-cidrs";
 pub const PROXY_CPU: &str = "ficus.dev/proxy-cpu";
 /// The sidecar's memory request.
 pub const PROXY_MEMORY: &str = "ficus.dev/proxy-memory";
+/// The sidecar's CPU limit.
+pub const PROXY_CPU_LIMIT: &str = "ficus.dev/proxy-cpu-limit";
+/// The sidecar's memory limit.
+pub const PROXY_MEMORY_LIMIT: &str = "ficus.dev/proxy-memory-limit";
+
+/// The sidecar's CPU request without `ficus.dev/proxy-cpu`.
+pub const DEFAULT_PROXY_CPU: &str = "100m";
+/// The sidecar's memory request without `ficus.dev/proxy-memory`.
+pub const DEFAULT_PROXY_MEMORY: &str = "64Mi";
 
 /// What a pod's annotations ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,10 +40,15 @@ pub struct Annotations {
     pub exclude_inbound_ports: Vec<u16>,
     /// `ficus.dev/exclude-outbound-cidrs`, normalized text (`10.0.0.0/8`).
     pub exclude_outbound_cidrs: Vec<String>,
-    /// `ficus.dev/proxy-cpu` (a Kubernetes quantity).
-    pub proxy_cpu: String,
-    /// `ficus.dev/proxy-memory` (a Kubernetes quantity).
-    pub proxy_memory: String,
+    /// `ficus.dev/proxy-cpu`: the sidecar's CPU request.
+    pub proxy_cpu: Quantity,
+    /// `ficus.dev/proxy-memory`: the sidecar's memory request.
+    pub proxy_memory: Quantity,
+    /// `ficus.dev/proxy-cpu-limit`, at least `proxy_cpu`; without it the limit follows the
+    /// pod (see [`super::containers::sidecar_resources`]).
+    pub proxy_cpu_limit: Option<Quantity>,
+    /// `ficus.dev/proxy-memory-limit`, at least `proxy_memory`; without it as the CPU's.
+    pub proxy_memory_limit: Option<Quantity>,
 }
 
 impl Annotations {
@@ -63,13 +78,30 @@ impl Annotations {
                 ))
             }
         };
+        let proxy_cpu = quantity(PROXY_CPU, get(PROXY_CPU)?.unwrap_or(DEFAULT_PROXY_CPU))?;
+        let proxy_memory = quantity(
+            PROXY_MEMORY,
+            get(PROXY_MEMORY)?.unwrap_or(DEFAULT_PROXY_MEMORY),
+        )?;
         Ok(Self {
             inject,
             exclude_outbound_ports: ports(EXCLUDE_OUTBOUND_PORTS, get(EXCLUDE_OUTBOUND_PORTS)?)?,
             exclude_inbound_ports: ports(EXCLUDE_INBOUND_PORTS, get(EXCLUDE_INBOUND_PORTS)?)?,
             exclude_outbound_cidrs: cidrs(get(EXCLUDE_OUTBOUND_CIDRS)?)?,
-            proxy_cpu: quantity(PROXY_CPU, get(PROXY_CPU)?, "100m")?,
-            proxy_memory: quantity(PROXY_MEMORY, get(PROXY_MEMORY)?, "64Mi")?,
+            proxy_cpu_limit: limit(
+                PROXY_CPU_LIMIT,
+                get(PROXY_CPU_LIMIT)?,
+                &proxy_cpu,
+                PROXY_CPU,
+            )?,
+            proxy_memory_limit: limit(
+                PROXY_MEMORY_LIMIT,
+                get(PROXY_MEMORY_LIMIT)?,
+                &proxy_memory,
+                PROXY_MEMORY,
+            )?,
+            proxy_cpu,
+            proxy_memory,
         })
     }
 }
@@ -137,30 +169,39 @@ fn cidrs(text: Option<&str>) -> Result<Vec<String>, InjectError> {
     Ok(cidrs)
 }
 
-/// A Kubernetes resource quantity: a decimal number and an optional suffix.
-fn quantity(name: &str, text: Option<&str>, default: &str) -> Result<String, InjectError> {
-    let Some(text) = text else {
-        return Ok(default.to_owned());
-    };
-    const SUFFIXES: [&str; 14] = [
-        "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
-    ];
-    let number_end = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(number_end);
-    let number_ok = !number.is_empty()
-        && number.matches('.').count() <= 1
-        && number != "."
-        && number.parse::<f64>().is_ok_and(|n| n > 0.0);
-    if number_ok && SUFFIXES.contains(&suffix) {
-        Ok(text.to_owned())
-    } else {
-        Err(error(
+/// A Kubernetes resource quantity: a positive decimal number and an optional suffix.
+fn quantity(name: &str, text: &str) -> Result<Quantity, InjectError> {
+    Quantity::parse(text).ok_or_else(|| {
+        error(
             name,
             &format!("{text:?} is not a resource quantity; write e.g. \"250m\" or \"128Mi\""),
-        ))
+        )
+    })
+}
+
+/// A limit annotation: a quantity no lower than `request` (what `request_name` asks, or its
+/// default), since Kubernetes refuses a container whose request exceeds its limit.
+fn limit(
+    name: &str,
+    text: Option<&str>,
+    request: &Quantity,
+    request_name: &str,
+) -> Result<Option<Quantity>, InjectError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let limit = quantity(name, text)?;
+    if limit < *request {
+        return Err(error(
+            name,
+            &format!(
+                "{text:?} is below the sidecar's request {request:?} ({request_name}); a limit \
+                 must be at least the request: raise it, or lower {request_name}",
+                request = request.as_str()
+            ),
+        ));
     }
+    Ok(Some(limit))
 }
 
 #[cfg(test)]
@@ -173,8 +214,12 @@ mod tests {
         let read = Annotations::read(None).unwrap();
         assert!(read.inject);
         assert!(read.exclude_inbound_ports.is_empty());
-        assert_eq!(read.proxy_cpu, "100m");
-        assert_eq!(read.proxy_memory, "64Mi");
+        assert_eq!(read.proxy_cpu.as_str(), "100m");
+        assert_eq!(read.proxy_memory.as_str(), "64Mi");
+        assert_eq!(
+            (read.proxy_cpu_limit, read.proxy_memory_limit),
+            (None, None)
+        );
     }
 
     #[test]
@@ -195,8 +240,62 @@ mod tests {
             read.exclude_outbound_cidrs,
             ["10.0.0.0/8", "fd00::/8", "169.254.169.254/32"]
         );
-        assert_eq!(read.proxy_cpu, "250m");
-        assert_eq!(read.proxy_memory, "1.5Gi");
+        assert_eq!(read.proxy_cpu.as_str(), "250m");
+        assert_eq!(read.proxy_memory.as_str(), "1.5Gi");
+    }
+
+    #[test]
+    fn limits_are_read_and_may_equal_the_request() {
+        let read = Annotations::read(Some(&json!({
+            PROXY_CPU: "500m",
+            PROXY_CPU_LIMIT: "0.5",
+            PROXY_MEMORY_LIMIT: "2Gi",
+        })))
+        .unwrap();
+        assert_eq!(
+            read.proxy_cpu_limit.as_ref().map(Quantity::as_str),
+            Some("0.5")
+        );
+        assert_eq!(
+            read.proxy_memory_limit.as_ref().map(Quantity::as_str),
+            Some("2Gi")
+        );
+    }
+
+    #[test]
+    fn a_limit_below_the_request_names_both_annotations() {
+        let message = |annotations: Value| {
+            Annotations::read(Some(&annotations))
+                .unwrap_err()
+                .to_string()
+        };
+        let below = message(json!({PROXY_MEMORY: "1Gi", PROXY_MEMORY_LIMIT: "1000Mi"}));
+        assert!(
+            below.starts_with("annotation ficus.dev/proxy-memory-limit: \"1000Mi\" is below"),
+            "{below}"
+        );
+        assert!(
+            below.contains("\"1Gi\" (ficus.dev/proxy-memory)"),
+            "{below}"
+        );
+        // Below the default request (100m) too.
+        let below = message(json!({PROXY_CPU_LIMIT: "50m"}));
+        assert!(
+            below.starts_with("annotation ficus.dev/proxy-cpu-limit: \"50m\" is below"),
+            "{below}"
+        );
+        assert!(below.contains("\"100m\""), "{below}");
+        for bad in ["2 cores", "-1", "1e3", "0"] {
+            assert!(
+                message(json!({PROXY_CPU_LIMIT: bad}))
+                    .starts_with("annotation ficus.dev/proxy-cpu-limit: "),
+                "{bad}"
+            );
+            assert!(
+                message(json!({PROXY_MEMORY_LIMIT: bad})).contains("is not a resource quantity"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use serde_json::{json, Value};
 
 use super::annotations::Annotations;
+use super::resources::{init_resources, sidecar_resources};
 use super::{InjectConfig, INIT_NAME, SIDECAR_NAME};
 
 /// Volumes injection adds (their names must be free in the pod).
@@ -22,11 +23,13 @@ const TOKEN_SECONDS: u64 = 3600;
 
 /// `ficus-init`: installs the redirect rules, then exits. Root with `NET_ADMIN` and `NET_RAW`
 /// only (iptables needs both); `/run` is a small writable tmpfs for iptables' lock file so
-/// that the root filesystem stays read-only.
+/// that the root filesystem stays read-only. `guaranteed`: the pod's containers are all
+/// Guaranteed ([`super::resources`]).
 pub fn init_container(
     config: &InjectConfig,
     annotations: &Annotations,
     exclude_inbound: &[u16],
+    guaranteed: bool,
 ) -> Value {
     let mut args = vec![
         "redirect".to_owned(),
@@ -52,10 +55,7 @@ pub fn init_container(
         "name": INIT_NAME,
         "image": config.image,
         "args": args,
-        "resources": {
-            "requests": {"cpu": "10m", "memory": "16Mi"},
-            "limits": {"cpu": "100m", "memory": "64Mi"},
-        },
+        "resources": init_resources(guaranteed),
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "privileged": false,
@@ -69,8 +69,13 @@ pub fn init_container(
     })
 }
 
-/// `ficus-sidecar`: the proxy as a native sidecar (`restartPolicy: Always`).
-pub fn sidecar_container(config: &InjectConfig, annotations: &Annotations) -> Value {
+/// `ficus-sidecar`: the proxy as a native sidecar (`restartPolicy: Always`). `guaranteed`: the
+/// pod's containers are all Guaranteed ([`super::resources`]).
+pub fn sidecar_container(
+    config: &InjectConfig,
+    annotations: &Annotations,
+    guaranteed: bool,
+) -> Value {
     let admin = config.admin_port;
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
@@ -105,9 +110,7 @@ pub fn sidecar_container(config: &InjectConfig, annotations: &Annotations) -> Va
             field_env("POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
         ],
         "ports": [{"name": "ficus-admin", "containerPort": admin, "protocol": "TCP"}],
-        "resources": {
-            "requests": {"cpu": annotations.proxy_cpu, "memory": annotations.proxy_memory},
-        },
+        "resources": sidecar_resources(annotations, guaranteed),
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "privileged": false,

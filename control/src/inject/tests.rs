@@ -214,6 +214,146 @@ fn outbound_annotations_reach_the_redirect_command() {
 }
 
 #[test]
+fn the_sidecar_gets_limits_from_annotations_or_defaults() {
+    let (object, _) = injected(deployment(json!({}), web_spec()));
+    let sidecar = init_container(&object, "/spec/template", SIDECAR_NAME);
+    assert_eq!(
+        sidecar["resources"],
+        json!({"requests": {"cpu": "100m", "memory": "64Mi"},
+               "limits": {"cpu": "2", "memory": "1Gi"}})
+    );
+    let init = init_container(&object, "/spec/template", INIT_NAME);
+    assert_eq!(
+        init["resources"]["limits"],
+        json!({"cpu": "100m", "memory": "64Mi"})
+    );
+
+    let (object, _) = injected(deployment(
+        json!({
+            "ficus.dev/proxy-cpu": "250m",
+            "ficus.dev/proxy-memory": "128Mi",
+            "ficus.dev/proxy-cpu-limit": "1",
+            "ficus.dev/proxy-memory-limit": "256Mi",
+        }),
+        web_spec(),
+    ));
+    let sidecar = init_container(&object, "/spec/template", SIDECAR_NAME);
+    assert_eq!(
+        sidecar["resources"],
+        json!({"requests": {"cpu": "250m", "memory": "128Mi"},
+               "limits": {"cpu": "1", "memory": "256Mi"}})
+    );
+}
+
+#[test]
+fn a_limit_below_the_request_or_unparsable_is_an_error_naming_the_annotation() {
+    for (annotations, name, says) in [
+        (
+            json!({"ficus.dev/proxy-memory": "256Mi", "ficus.dev/proxy-memory-limit": "128Mi"}),
+            "ficus.dev/proxy-memory-limit",
+            "is below the sidecar's request \"256Mi\" (ficus.dev/proxy-memory)",
+        ),
+        (
+            json!({"ficus.dev/proxy-cpu-limit": "10m"}),
+            "ficus.dev/proxy-cpu-limit",
+            "is below the sidecar's request \"100m\" (ficus.dev/proxy-cpu)",
+        ),
+        (
+            json!({"ficus.dev/proxy-cpu-limit": "2 cores"}),
+            "ficus.dev/proxy-cpu-limit",
+            "is not a resource quantity",
+        ),
+    ] {
+        let bad = deployment(annotations, web_spec());
+        let mut object = bad.clone();
+        let error = inject(&mut object, &InjectConfig::default()).unwrap_err();
+        let InjectError::Annotation {
+            name: named,
+            reason,
+        } = &error
+        else {
+            panic!("{error:?}");
+        };
+        assert_eq!(named, name);
+        assert!(reason.contains(says), "{error}");
+        assert_eq!(object, bad, "left unchanged");
+    }
+}
+
+/// A pod whose containers (init containers too) all have limits equal to their requests is
+/// Guaranteed; the sidecar and ficus-init keep it so.
+#[test]
+fn a_guaranteed_pod_stays_guaranteed() {
+    let at_limits = |name: &str, cpu: &str, memory: &str| {
+        json!({"name": name, "image": "web:1",
+               "resources": {"requests": {"cpu": cpu, "memory": memory},
+                             "limits": {"cpu": cpu, "memory": memory}}})
+    };
+    let spec = json!({
+        "initContainers": [at_limits("migrate", "500m", "128Mi")],
+        "containers": [
+            at_limits("web", "1", "1Gi"),
+            // Limits only: the API server makes the requests equal.
+            {"name": "log", "image": "log:1",
+             "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}}},
+        ],
+    });
+    let (object, outcome) = injected(deployment(
+        json!({"ficus.dev/proxy-cpu": "200m"}),
+        spec.clone(),
+    ));
+    let Outcome::Injected { warnings, .. } = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert!(warnings.is_empty(), "{warnings:?}");
+    for name in [SIDECAR_NAME, INIT_NAME] {
+        let resources = &init_container(&object, "/spec/template", name)["resources"];
+        assert_eq!(
+            resources["requests"], resources["limits"],
+            "{name}: {resources}"
+        );
+    }
+    let sidecar = init_container(&object, "/spec/template", SIDECAR_NAME);
+    assert_eq!(
+        sidecar["resources"]["limits"],
+        json!({"cpu": "200m", "memory": "64Mi"})
+    );
+
+    // An explicit limit above the request wins, with a warning that the pod turns Burstable.
+    let (object, outcome) = injected(deployment(
+        json!({"ficus.dev/proxy-memory-limit": "1Gi"}),
+        spec.clone(),
+    ));
+    let Outcome::Injected { warnings, .. } = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("ficus.dev/proxy-memory-limit"),
+        "{warnings:?}"
+    );
+    let sidecar = init_container(&object, "/spec/template", SIDECAR_NAME);
+    assert_eq!(
+        sidecar["resources"]["limits"],
+        json!({"cpu": "100m", "memory": "1Gi"})
+    );
+
+    // One Burstable container (here an init container) and the defaults apply.
+    let mut burstable = spec;
+    burstable["initContainers"][0]["resources"]["limits"]["cpu"] = json!("1");
+    let (object, _) = injected(deployment(json!({}), burstable));
+    let sidecar = init_container(&object, "/spec/template", SIDECAR_NAME);
+    assert_eq!(
+        sidecar["resources"]["limits"],
+        json!({"cpu": "2", "memory": "1Gi"})
+    );
+    let init = init_container(&object, "/spec/template", INIT_NAME);
+    assert_eq!(
+        init["resources"]["requests"],
+        json!({"cpu": "10m", "memory": "16Mi"})
+    );
+}
+
+#[test]
 fn injecting_twice_changes_nothing() {
     let (once, _) = injected(deployment(json!({}), web_spec()));
     let (twice, outcome) = injected(once.clone());

@@ -411,7 +411,11 @@ mod tests {
         let state: Arc<ControlState> = ControlState::new(store, current);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(ficus_control::api::serve(listener, state, None));
+        tokio::spawn(ficus_control::api::serve(
+            ficus_net::listen::Listeners::new(listener, None),
+            state,
+            None,
+        ));
         (dir, Client::new(&server, None, None).unwrap())
     }
 
