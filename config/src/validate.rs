@@ -184,8 +184,9 @@ impl Index<'_> {
 pub(crate) struct Claims {
     /// `listen` address → Backend that listens there.
     pub listens: BTreeMap<SocketAddr, ResourceKey>,
-    /// tcp Backend → TCPRoute that took its listener over.
-    pub tcp_parents: BTreeMap<ResourceKey, ResourceKey>,
+    /// (tcp Backend, the namespace whose callers it serves: `None` for all, a producer route)
+    /// → TCPRoute that took its listener over for them.
+    pub tcp_parents: BTreeMap<(ResourceKey, Option<String>), ResourceKey>,
     /// Backend → TrafficPolicy that targets it.
     pub traffic_targets: BTreeMap<ResourceKey, ResourceKey>,
     /// HTTPRoute → TrafficPolicy that targets it.

@@ -144,6 +144,11 @@ pub fn select(all: &[Value], scope: &Scope) -> Vec<Value> {
         .map(|d| (namespace(d).to_owned(), name(d).to_owned()))
         .collect();
     backends.extend(own_backends.iter().cloned());
+    let sent_routes: BTreeSet<(String, String)> = all
+        .iter()
+        .filter(|d| kind(d) == "HTTPRoute" && route_visible(d))
+        .map(|d| (namespace(d).to_owned(), name(d).to_owned()))
+        .collect();
     all.iter()
         .filter(|doc| match kind(doc) {
             "Mesh" => true,
@@ -151,7 +156,8 @@ pub fn select(all: &[Value], scope: &Scope) -> Vec<Value> {
             "HTTPRoute" | "TCPRoute" => route_visible(doc),
             // A route's TrafficPolicy (its rate limit) goes wherever the route goes.
             "TrafficPolicy" if doc["spec"]["targetRef"]["kind"] == "HTTPRoute" => {
-                visible(namespace(doc))
+                let route = (namespace(doc).to_owned(), target(doc).1);
+                sent_routes.contains(&route)
             }
             "TrafficPolicy" => backends.contains(&target(doc)),
             "AuthorizationPolicy" => own_backends.contains(&target(doc)),
@@ -235,8 +241,14 @@ mod tests {
     /// service's own (producer) routes go to every sidecar that sees the namespace.
     #[test]
     fn a_consumer_route_goes_to_its_own_namespace_only() {
+        let backend = |ns: &str, name: &str| {
+            json!({"apiVersion": "ficus.dev/v1alpha1", "kind": "Backend",
+                   "metadata": {"namespace": ns, "name": name},
+                   "spec": {"endpoints": [{"address": "127.0.0.1:1"}]}})
+        };
         let route = |ns: &str, name: &str, backend: &str| {
-            json!({"kind": "HTTPRoute", "metadata": {"namespace": ns, "name": name},
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                   "metadata": {"namespace": ns, "name": name},
                    "spec": {"parentRefs": [{"kind": "Service", "name": "payments", "namespace": "shop"}],
                             "rules": [{"backendRefs": [{"name": backend}]}]}})
         };
@@ -245,16 +257,25 @@ mod tests {
             backend("evil", "collector"),
             route("shop", "payments", "monolith"),
             route("evil", "takeover", "collector"),
+            // The consumer route's rate limit goes where the route goes, no further.
+            json!({"apiVersion": "ficus.dev/v1alpha1", "kind": "TrafficPolicy",
+                   "metadata": {"namespace": "evil", "name": "takeover-limit"},
+                   "spec": {"targetRef": {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                                          "name": "takeover"},
+                            "rateLimit": {"requests": 10, "per": "1s"}}}),
         ];
-        let names_for = |namespace: &str| {
+        let selected = |namespace: &str| {
             let scope = Scope {
                 namespace: namespace.into(),
                 workload: "app".into(),
                 reach: vec![],
             };
-            names(&select(&all, &scope))
+            let selected = select(&all, &scope);
+            ficus_config::parse_str("scoped.yaml", &wire::encode_documents(&selected))
+                .unwrap_or_else(|errors| panic!("{namespace}'s scope is valid: {errors}"));
+            names(&selected)
         };
-        let web = names_for("web");
+        let web = selected("web");
         assert!(
             web.contains(&"HTTPRoute shop/payments".to_owned()),
             "{web:?}"
@@ -263,9 +284,17 @@ mod tests {
             !web.contains(&"HTTPRoute evil/takeover".to_owned()),
             "{web:?}"
         );
-        let evil = names_for("evil");
+        assert!(
+            !web.contains(&"TrafficPolicy evil/takeover-limit".to_owned()),
+            "{web:?}"
+        );
+        let evil = selected("evil");
         assert!(
             evil.contains(&"HTTPRoute evil/takeover".to_owned()),
+            "{evil:?}"
+        );
+        assert!(
+            evil.contains(&"TrafficPolicy evil/takeover-limit".to_owned()),
             "{evil:?}"
         );
     }

@@ -1357,28 +1357,34 @@ async fn an_idle_connection_makes_room_under_max_connections() {
     );
 }
 
-/// A replayable body is read within what is left of the route's `request` timeout, not within
-/// one try's `backendRequest`: nothing has gone upstream while the client is still sending.
-#[tokio::test]
-async fn a_slow_replayable_body_is_read_within_the_route_timeout() {
-    let upstream = Scripted::start(instant_ok).await;
-    let rule = "retry: {attempts: 1, codes: [503], backoff: 1ms}\n    \
-                timeouts: {backendRequest: 200ms, request: 2s}";
-    let sidecar = Sidecar::start(&config(upstream.addr, rule, "")).await;
+/// Sends a 10 KiB PUT to `sidecar`'s outbound, dripped over ~400 ms, and reads the answer.
+async fn dripped_put(sidecar: &Sidecar) -> ficus_tests::client::RawOutcome {
     let mut stream = tokio::net::TcpStream::connect(sidecar.outbound)
         .await
         .unwrap();
     let head = "PUT /work HTTP/1.1\r\nHost: api.shop\r\nContent-Length: 10240\r\n\
                 Connection: close\r\n\r\n";
     stream.write_all(head.as_bytes()).await.unwrap();
-    // 10 KiB over ~400 ms: twice the per-try timeout, well within the route's.
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(40)).await;
         if stream.write_all(&[b'x'; 1024]).await.is_err() {
             break; // answered early (and closed): the status says why
         }
     }
-    let outcome = ficus_tests::client::read_until_close(&mut stream, Duration::from_secs(10)).await;
+    ficus_tests::client::read_until_close(&mut stream, Duration::from_secs(10)).await
+}
+
+/// A replayable body is read within what is left of the route's `request` timeout, not within
+/// one try's `backendRequest`: nothing has gone upstream while the client is still sending.
+/// Past the route's deadline, the answer is the route's 504 `UT`.
+#[tokio::test]
+async fn a_slow_replayable_body_is_read_within_the_route_timeout() {
+    let upstream = Scripted::start(instant_ok).await;
+    // 10 KiB over ~400 ms: twice the per-try timeout, well within the route's.
+    let rule = "retry: {attempts: 1, codes: [503], backoff: 1ms}\n    \
+                timeouts: {backendRequest: 200ms, request: 2s}";
+    let sidecar = Sidecar::start(&config(upstream.addr, rule, "")).await;
+    let outcome = dripped_put(&sidecar).await;
     assert_eq!(
         outcome.status(),
         Some(200),
@@ -1387,6 +1393,13 @@ async fn a_slow_replayable_body_is_read_within_the_route_timeout() {
     );
     assert_eq!(upstream.count(), 1);
     assert_eq!(upstream.bodies.lock().unwrap()[0].len(), 10240);
+
+    let rule = "retry: {attempts: 1, codes: [503], backoff: 1ms}\n    timeouts: {request: 200ms}";
+    let sidecar = Sidecar::start(&config(upstream.addr, rule, "")).await;
+    let outcome = dripped_put(&sidecar).await;
+    let text = String::from_utf8_lossy(&outcome.bytes);
+    assert_eq!(outcome.status(), Some(504), "{text}");
+    assert_eq!(upstream.count(), 1, "nothing more went upstream");
 }
 
 /// A protocol switch (WebSocket) is not mirrored: the shadow would accept a handshake whose

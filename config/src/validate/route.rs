@@ -442,15 +442,19 @@ pub(crate) fn validate_tcp(
                     &parent.name,
                     Want::Tcp,
                 )?;
-                if let Some(owner) = claims.tcp_parents.get(&backend) {
+                // One TCPRoute per listener for each set of callers (GAMMA): the Backend's own
+                // namespace's route serves everyone, another namespace's only its callers.
+                let callers = (backend.namespace != *namespace).then(|| namespace.clone());
+                let claim = (backend.clone(), callers);
+                if let Some(owner) = claims.tcp_parents.get(&claim) {
                     report.error(
                 format!("{field}.name"),
                 format!("tcp Backend \"{backend}\" is already the parent of TCPRoute \"{owner}\""),
-                "a tcp listener has one TCPRoute: merge the two routes",
+                "a tcp listener has one TCPRoute per namespace: merge the two routes",
             );
                     return None;
                 }
-                claims.tcp_parents.insert(backend.clone(), key.clone());
+                claims.tcp_parents.insert(claim, key.clone());
                 Some(backend)
             },
         );

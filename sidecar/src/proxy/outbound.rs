@@ -344,9 +344,10 @@ fn route_and_forward<'a, 's>(
                 let replay = match total {
                     Some(total) => {
                         let left = total.saturating_sub(recorder.started().elapsed());
+                        // The route's deadline passed: 504 `UT`, as for any other wait.
                         tokio::time::timeout(left, read)
                             .await
-                            .unwrap_or(Err(ProxyError::DownstreamTimeout))
+                            .unwrap_or(Err(ProxyError::Timeout(total)))
                     }
                     None => read.await,
                 };

@@ -37,6 +37,11 @@ pub fn observe(response: Response<Body>, metrics: &RequestMetrics) -> Response<B
         }
         return response;
     }
+    // A body already at its end is never polled: no trailers will come.
+    if response.body().is_end_stream() {
+        counters.count(grpc::UNKNOWN);
+        return response;
+    }
     let counters = Arc::clone(counters);
     response.map(|inner| {
         body::boxed(Observed {
@@ -154,6 +159,9 @@ mod tests {
 
         drop(observe(grpc_response(body::full("x")), &request));
         assert_eq!(counted(&metrics, "1"), 1.0, "abandoned: CANCELLED");
+
+        drop(observe(grpc_response(body::empty()), &request));
+        assert_eq!(counted(&metrics, "2"), 2.0, "empty, no status: UNKNOWN");
 
         let mut plain = Response::new(body::full("x"));
         *plain.version_mut() = Version::HTTP_11;

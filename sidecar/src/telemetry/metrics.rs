@@ -409,7 +409,8 @@ impl Metrics {
             return;
         };
         let new: Vec<[String; 4]> = labels.into_iter().map(|(set, _)| set).collect();
-        for gone in current.iter().filter(|set| !new.contains(set)) {
+        let kept: std::collections::HashSet<&[String; 4]> = new.iter().collect();
+        for gone in current.iter().filter(|set| !kept.contains(set)) {
             let values: Vec<&str> = gone.iter().map(String::as_str).collect();
             let _ = self.route_weights.remove_label_values(&values);
         }

@@ -609,6 +609,27 @@ fn one_tcp_route_per_tcp_backend() {
         "spec.parentRefs[0].name",
         "already the parent",
     );
+    // Another namespace's route serves only its own callers (GAMMA): it may stand beside the
+    // owner's, once per namespace.
+    let consumer = |name: &str| {
+        tcp_route(
+            "{parentRefs: [{name: cache, namespace: shop}], \
+                   rules: [{backendRefs: [{name: cache, namespace: shop}]}]}",
+        )
+        .replace(
+            "name: cache, namespace: shop}\nspec",
+            &format!("name: {name}, namespace: web}}\nspec"),
+        )
+    };
+    let text = format!("{}---\n{}", with_backends(&tcp_route(spec)), consumer("a"));
+    assert_eq!(valid(&text).tcp_routes.len(), 2);
+    let text = format!("{}---\n{}", text, consumer("b"));
+    single_error(
+        &text,
+        "TCPRoute web/b",
+        "spec.parentRefs[0].name",
+        "already the parent",
+    );
 }
 
 #[test]
