@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ficus_net::listen::{bind_companion, Listeners};
+use ficus_net::listen::{companion_or_log, Listeners};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Pause after a failed accept.
@@ -31,19 +31,9 @@ pub fn bind(address: SocketAddr, backlog: u32, flag: &'static str) -> io::Result
     socket.bind(address)?;
     let primary = socket.listen(backlog)?;
     let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
-    let companion = match bind_companion(primary.local_addr()?, backlog) {
-        Ok(companion) => companion
-            .map(tokio::net::TcpListener::from_std)
-            .transpose()?,
-        Err(error) if error.ipv6_unavailable() => {
-            tracing::debug!(flag, %error, "no IPv6 companion listener: IPv6 is unavailable");
-            None
-        }
-        Err(error) => {
-            tracing::warn!(flag, %error, "no IPv6 companion listener; IPv4 only");
-            None
-        }
-    };
+    let companion = companion_or_log(primary.local_addr()?, backlog, flag)
+        .map(tokio::net::TcpListener::from_std)
+        .transpose()?;
     Ok(Listeners::new(primary, companion))
 }
 

@@ -62,6 +62,28 @@ pub fn bind_companion(
         .map_err(|source| CompanionError { address, source })
 }
 
+/// [`bind_companion`] for a server that runs without its companion when it cannot have one:
+/// a debug line when the host has no IPv6, a warning when the companion cannot be bound
+/// otherwise (its port is taken: IPv6 clients reach another process). `flag` names the
+/// listener in the log.
+pub fn companion_or_log(
+    primary: SocketAddr,
+    backlog: i32,
+    flag: &str,
+) -> Option<std::net::TcpListener> {
+    match bind_companion(primary, backlog) {
+        Ok(companion) => companion,
+        Err(error) if error.ipv6_unavailable() => {
+            tracing::debug!(flag, %error, "no IPv6 companion listener: IPv6 is unavailable");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(flag, %error, "no IPv6 companion listener; IPv4 only");
+            None
+        }
+    }
+}
+
 /// A companion that could not be bound. The server runs without it: IPv4 is served as
 /// before.
 #[derive(Debug)]

@@ -260,18 +260,7 @@ enum ConfigTask {
 /// cannot be bound otherwise (a warning: its port is taken, IPv6 clients reach another
 /// process). IPv4 is served either way.
 fn ipv6_companion(listener: &std::net::TcpListener, flag: &str) -> Option<std::net::TcpListener> {
-    let address = listener.local_addr().ok()?;
-    match listen::bind_companion(address, 1024) {
-        Ok(companion) => companion,
-        Err(error) if error.ipv6_unavailable() => {
-            tracing::debug!(flag, %error, "no IPv6 companion listener: IPv6 is unavailable");
-            None
-        }
-        Err(error) => {
-            tracing::warn!(flag, %error, "no IPv6 companion listener; IPv4 only");
-            None
-        }
-    }
+    listen::companion_or_log(listener.local_addr().ok()?, 1024, flag)
 }
 
 /// The admin thread could not serve: without it there is no readiness, no metrics and (in

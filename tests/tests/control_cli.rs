@@ -32,6 +32,11 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 }
 
 #[track_caller]
+/// Writes the shop config (Backend on port 9001 and its route) to `dir/name`; its path.
+fn shop_file(dir: &Path, name: &str) -> String {
+    write(dir, name, &format!("{}---\n{}", backend(9001), route()))
+}
+
 fn ok(output: &CtlOutput) -> &str {
     assert_eq!(
         output.code, 0,
@@ -51,11 +56,7 @@ async fn history(control: &ControlPlane) -> Vec<String> {
 async fn apply_then_get_shows_it() {
     let control = ControlPlane::start().await;
     let files = tempfile::tempdir().unwrap();
-    let file = write(
-        files.path(),
-        "shop.yaml",
-        &format!("{}---\n{}", backend(9001), route()),
-    );
+    let file = shop_file(files.path(), "shop.yaml");
 
     let output = control.ctl(&["apply", "-f", &file]).await;
     assert_eq!(
@@ -122,11 +123,7 @@ async fn apply_then_get_shows_it() {
 async fn invalid_apply_names_document_and_field_and_keeps_the_version() {
     let control = ControlPlane::start().await;
     let files = tempfile::tempdir().unwrap();
-    let good = write(
-        files.path(),
-        "good.yaml",
-        &format!("{}---\n{}", backend(9001), route()),
-    );
+    let good = shop_file(files.path(), "good.yaml");
     ok(&control.ctl(&["apply", "-f", &good]).await);
 
     let broken = write(
@@ -189,11 +186,7 @@ async fn invalid_apply_names_document_and_field_and_keeps_the_version() {
 async fn history_diff_and_rollback_round_trip() {
     let control = ControlPlane::start().await;
     let files = tempfile::tempdir().unwrap();
-    let v1 = write(
-        files.path(),
-        "v1.yaml",
-        &format!("{}---\n{}", backend(9001), route()),
-    );
+    let v1 = shop_file(files.path(), "v1.yaml");
     let v2 = write(files.path(), "v2.yaml", &backend(9002));
     ok(&control.ctl(&["--author", "ana", "apply", "-f", &v1]).await);
 
@@ -321,11 +314,7 @@ async fn repeated_plain_rollbacks_walk_back_through_history() {
 async fn get_takes_plural_kinds_and_refuses_unknown_ones() {
     let control = ControlPlane::start().await;
     let files = tempfile::tempdir().unwrap();
-    let file = write(
-        files.path(),
-        "shop.yaml",
-        &format!("{}---\n{}", backend(9001), route()),
-    );
+    let file = shop_file(files.path(), "shop.yaml");
     ok(&control.ctl(&["apply", "-f", &file]).await);
     for kind in ["httproutes", "httproute", "HTTPRoutes", "HTTPRoute"] {
         let output = control.ctl(&["get", kind]).await;
