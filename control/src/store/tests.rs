@@ -92,13 +92,7 @@ fn a_rollback_records_its_target_across_reopen() {
     drop(store);
     let (store, current) = Store::open(dir.path()).unwrap();
     assert_eq!(current, three);
-    let origins: Vec<Option<u64>> = store
-        .history()
-        .unwrap()
-        .iter()
-        .map(|h| h.rolled_back_to)
-        .collect();
-    assert_eq!(origins, [Some(1), None, None]);
+    assert_eq!(rollback_origins(&store), [Some(1), None, None]);
 }
 
 /// Records written before versions recorded a rollback's target still decode; a rollback
@@ -145,13 +139,7 @@ fn records_from_before_rollback_targets_were_stored_still_read() {
     let (store, current) = Store::open(dir.path()).unwrap();
     assert_eq!((current.version, current.rolled_back_to), (2, Some(1)));
     assert_eq!(store.get(3).unwrap().unwrap().rolled_back_to, None);
-    let origins: Vec<Option<u64>> = store
-        .history()
-        .unwrap()
-        .iter()
-        .map(|h| h.rolled_back_to)
-        .collect();
-    assert_eq!(origins, [None, Some(1), None]);
+    assert_eq!(rollback_origins(&store), [None, Some(1), None]);
 }
 
 #[test]
@@ -225,4 +213,14 @@ fn an_unreadable_dir_is_an_error() {
     let error = Store::open(&data).unwrap_err();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
     assert!(matches!(error, StoreError::Directory { .. }), "{error}");
+}
+
+/// `rolled_back_to` of each version in `store`'s history, newest first.
+fn rollback_origins(store: &Store) -> Vec<Option<u64>> {
+    store
+        .history()
+        .unwrap()
+        .iter()
+        .map(|h| h.rolled_back_to)
+        .collect()
 }

@@ -118,6 +118,18 @@ fn without_ready_pods(service: &str) -> Vec<Value> {
     objects
 }
 
+/// The translation of `objects`, which must leave nothing out.
+#[track_caller]
+fn translated_whole(objects: &[Value]) -> Translation {
+    let translation = translate(objects, "cluster.local").unwrap();
+    assert!(
+        translation.left_out.is_empty(),
+        "{:?}",
+        translation.left_out
+    );
+    translation
+}
+
 /// `(object, diagnostics as text)` of what `translation` left out, in order.
 fn left_out_of(translation: &Translation) -> Vec<(String, String)> {
     translation
@@ -150,12 +162,7 @@ fn invalid_objects_are_left_out_and_named_with_their_diagnostics() {
     // A route to a Service whose pods are all gone: the Service is a Backend without
     // endpoints, so the route, its policies and the rest of the cluster all stay.
     let objects = without_ready_pods("payments-v2");
-    let translation = translate(&objects, "cluster.local").unwrap();
-    assert!(
-        translation.left_out.is_empty(),
-        "{:?}",
-        translation.left_out
-    );
+    let translation = translated_whole(&objects);
     assert_eq!(addresses(&translation, "payments-v2"), []);
     let config = &translation.config;
     assert_eq!(config.http_routes.len(), 1);
@@ -184,12 +191,7 @@ fn a_protected_service_without_ready_pods_fails_closed_when_its_account_differs(
     );
     // Without the policy there is nothing to protect: a Backend without endpoints.
     objects.retain(|o| o["kind"] != "AuthorizationPolicy");
-    let translation = translate(&objects, "cluster.local").unwrap();
-    assert!(
-        translation.left_out.is_empty(),
-        "{:?}",
-        translation.left_out
-    );
+    let translation = translated_whole(&objects);
     assert_eq!(addresses(&translation, "payments-v2"), []);
 }
 
