@@ -60,7 +60,7 @@ pub struct Shared {
     /// Mesh TLS, when this sidecar has an identity (`--token-file` in push mode).
     pub tls: Option<Arc<MeshTls>>,
     /// Finished spans go here; its exporter follows the snapshot's tracing settings.
-    pub traces: SpanSink,
+    pub traces: Arc<SpanSink>,
     has_config: AtomicBool,
 }
 
@@ -75,7 +75,7 @@ impl Shared {
         drain: DrainSignal,
         tls: Option<Arc<MeshTls>>,
     ) -> Arc<Self> {
-        let traces = SpanSink::new(Arc::clone(&metrics), &identity);
+        let traces = Arc::new(SpanSink::new(Arc::clone(&metrics), &identity));
         Arc::new(Self {
             traces,
             snapshot: ArcSwap::from_pointee(snapshot),

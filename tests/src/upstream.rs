@@ -6,7 +6,8 @@
 //! - `/status/<code>`: that status;
 //! - `/echo`: streams the request body back, chunk by chunk;
 //! - `application/grpc` requests: echoes each body chunk as its own DATA frame, then sends
-//!   trailers `grpc-status: 0` (or the status a request header `x-test-grpc-status` asks for);
+//!   trailers `grpc-status: 0` (or the status a request header `x-test-grpc-status` asks for),
+//!   `x-test-grpc-trailers-delay-ms` after the last frame when the request says so;
 //! - anything else: 200 with the server's name as body.
 //!
 //! Every response carries `x-upstream: <name>`; every request head is recorded.
@@ -161,6 +162,11 @@ fn grpc_echo(request: Request<Incoming>) -> Response<Body> {
         .get("x-test-grpc-status")
         .cloned()
         .unwrap_or(HeaderValue::from_static("0"));
+    let trailers_delay = request
+        .headers()
+        .get("x-test-grpc-trailers-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .map(Duration::from_millis);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
     let mut body = request.into_body();
     tokio::spawn(async move {
@@ -178,6 +184,9 @@ fn grpc_echo(request: Request<Incoming>) -> Response<Body> {
                     return;
                 }
             }
+        }
+        if let Some(delay) = trailers_delay {
+            tokio::time::sleep(delay).await;
         }
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", status);

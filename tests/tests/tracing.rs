@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ficus_tests::client::{self, H1Client};
+use ficus_tests::client::{self, H1Client, H2Client};
 use ficus_tests::control::ControlPlane;
 use ficus_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use ficus_tests::process::{Sidecar, SidecarOptions};
@@ -386,6 +386,68 @@ async fn a_retried_request_records_its_retries_flags_and_error() {
     assert_eq!(span.span.status.as_ref().map(|s| s.code), Some(2));
 }
 
+/// A gRPC call's span ends with the call (its trailers), records `rpc.grpc.status_code`, and
+/// is an error when the call failed although HTTP said 200.
+#[tokio::test]
+async fn a_grpc_span_ends_with_the_call_and_records_its_status() {
+    let receiver = OtlpReceiver::start().await;
+    let app = Upstream::start("grpc").await;
+    let config = format!(
+        "{}apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: payments, namespace: shop}}\n\
+         spec: {{protocol: grpc, endpoints: [{{address: \"{}\"}}]}}\n",
+        mesh(&tracing_to(receiver.addr, 100)),
+        app.addr
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let mut h2 = H2Client::connect(sidecar.outbound).await.unwrap();
+    let message = Bytes::from_static(b"\0\0\0\0\x02hi");
+    let call = |trace: &str, status: &str, delay_ms: &str| {
+        Request::post("http://payments.shop/pay.Pay/Charge")
+            .version(http::Version::HTTP_2)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("traceparent", format!("00-{trace}-{CALLER_SPAN}-01"))
+            .header("x-test-grpc-status", status)
+            .header("x-test-grpc-trailers-delay-ms", delay_ms)
+            .body(Full::new(message.clone()))
+            .unwrap()
+    };
+    let failed_trace = "11111111111111111111111111111111";
+    let ok_trace = "22222222222222222222222222222222";
+    let response = h2.send(call(failed_trace, "14", "300")).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.trailers.unwrap()["grpc-status"], "14");
+    let response = h2.send(call(ok_trace, "0", "0")).await.unwrap();
+    assert_eq!(response.trailers.unwrap()["grpc-status"], "0");
+
+    let spans = receiver
+        .wait_for(2, WAIT, |s| {
+            s.trace_id() == failed_trace || s.trace_id() == ok_trace
+        })
+        .await;
+    let span = |trace: &str| spans.iter().find(|s| s.trace_id() == trace).unwrap();
+    let failed = span(failed_trace);
+    assert_eq!(
+        failed.attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(failed.attr("rpc.grpc.status_code").as_deref(), Some("14"));
+    assert_eq!(failed.attr("error.type").as_deref(), Some("14"));
+    // OTLP status code 2 = ERROR.
+    assert_eq!(failed.span.status.as_ref().map(|s| s.code), Some(2));
+    // The span lasts until the trailers, which the upstream held back for 300 ms after the
+    // response head.
+    let lasted = failed.span.end_time_unix_nano - failed.span.start_time_unix_nano;
+    assert!(
+        lasted >= 300_000_000,
+        "the span ended at the response head: {lasted} ns"
+    );
+    let ok = span(ok_trace);
+    assert_eq!(ok.attr("rpc.grpc.status_code").as_deref(), Some("0"));
+    assert_eq!(ok.attr("error.type"), None);
+    assert_ne!(ok.span.status.as_ref().map(|s| s.code), Some(2));
+}
+
 /// A request the client gives up on before its answer still has its span exported, as
 /// abandoned (`DC`, no status), like its metrics and access-log line.
 #[tokio::test]
@@ -411,6 +473,9 @@ async fn a_request_the_client_abandons_still_exports_its_span() {
         "{span:#?}"
     );
     assert_eq!(span.attr("http.response.status_code"), None, "{span:#?}");
+    // Marked as an error: no response was ever given.
+    assert_eq!(span.attr("error.type").as_deref(), Some("DC"), "{span:#?}");
+    assert_eq!(span.span.status.as_ref().map(|s| s.code), Some(2));
 }
 
 #[tokio::test]

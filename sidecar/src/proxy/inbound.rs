@@ -172,8 +172,8 @@ pub fn handle<'a>(
             }
         };
         let elapsed = recorder.record(&inbound.metrics, response.status().as_u16(), flag);
-        span.finish(&response, flag, elapsed);
-        let response = crate::telemetry::grpc::observe(response, &inbound.metrics);
+        let response =
+            crate::telemetry::grpc::finish(response, &inbound.metrics, span, flag, elapsed);
         access_log::finish(log, response, &inbound.metrics, flag)
     }
 }

@@ -72,8 +72,7 @@ pub fn handle<'a>(
         )
         .await;
         let elapsed = recorder.record(metrics, response.status().as_u16(), flag);
-        span.finish(&response, flag, elapsed);
-        let response = crate::telemetry::grpc::observe(response, metrics);
+        let response = crate::telemetry::grpc::finish(response, metrics, span, flag, elapsed);
         access_log::finish(log, response, metrics, flag)
     }
 }

@@ -7,6 +7,10 @@
 //! status counts as `UNKNOWN` (2), one that fails as `INTERNAL` (13), and one the client
 //! abandons before its end as `CANCELLED` (1), as a gRPC client would see them.
 //!
+//! The request's span ends here too ([`finish`]): at once, with the status of the response
+//! head, or, for a gRPC call whose status comes in trailers, when it comes, so that the span
+//! covers the whole call and records `rpc.grpc.status_code`.
+//!
 //! Only responses that are gRPC (HTTP/2, `content-type: application/grpc…`) are looked at; an
 //! HTTP/1.1 response costs one comparison.
 
@@ -21,13 +25,23 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use crate::body::{self, Body, BoxError};
 use crate::policy::grpc;
 use crate::telemetry::metrics::{GrpcCounters, RequestMetrics};
+use crate::telemetry::trace::{AwaitingStatus, Finishing};
 
 const CANCELLED: u8 = 1;
 const INTERNAL: u8 = 13;
 
-/// `response` with its gRPC status counted against `metrics` (at once, or when its body ends).
-pub fn observe(response: Response<Body>, metrics: &RequestMetrics) -> Response<Body> {
+/// Ends the request's `span` and counts a gRPC response's status against `metrics`: at once
+/// when the response head tells all, else when the body's trailers come (`flags` and
+/// `elapsed` describe the response head).
+pub fn finish(
+    response: Response<Body>,
+    metrics: &RequestMetrics,
+    span: Finishing<'_>,
+    flags: &'static str,
+    elapsed: std::time::Duration,
+) -> Response<Body> {
     if response.version() != Version::HTTP_2 || !grpc::is_grpc(response.headers()) {
+        span.finish(&response, flags, elapsed);
         return response;
     }
     let counters = metrics.grpc();
@@ -35,34 +49,45 @@ pub fn observe(response: Response<Body>, metrics: &RequestMetrics) -> Response<B
         if let Some(code) = grpc::status(response.status(), response.headers()) {
             counters.count(code);
         }
+        span.finish(&response, flags, elapsed);
         return response;
     }
     // A body already at its end is never polled: no trailers will come.
     if response.body().is_end_stream() {
         counters.count(grpc::UNKNOWN);
+        if let Some(span) = span.await_status(&response, flags) {
+            span.finish(grpc::UNKNOWN);
+        }
         return response;
     }
     let counters = Arc::clone(counters);
+    let span = span.await_status(&response, flags);
     response.map(|inner| {
         body::boxed(Observed {
             inner,
             counters: Some(counters),
+            span,
         })
     })
 }
 
-/// A gRPC response body that counts its status when its trailers come, it ends, it fails or it
-/// is dropped.
+/// A gRPC response body that counts its status (and ends the request's span with it) when
+/// its trailers come, it ends, it fails or it is dropped.
 struct Observed {
     inner: Body,
     /// Until the status is counted.
     counters: Option<Arc<GrpcCounters>>,
+    /// The sampled span, until it ends.
+    span: Option<AwaitingStatus>,
 }
 
 impl Observed {
     fn count(&mut self, code: u8) {
         if let Some(counters) = self.counters.take() {
             counters.count(code);
+        }
+        if let Some(span) = self.span.take() {
+            span.finish(code);
         }
     }
 }
@@ -111,6 +136,7 @@ impl Drop for Observed {
 mod tests {
     use super::*;
     use crate::telemetry::metrics::{Direction, Metrics};
+    use crate::telemetry::trace::{Kind, Span, SpanSink};
     use http_body_util::BodyExt;
 
     fn grpc_response(body: Body) -> Response<Body> {
@@ -120,6 +146,22 @@ mod tests {
             .headers_mut()
             .insert("content-type", "application/grpc".parse().unwrap());
         response
+    }
+
+    /// [`finish`] with tracing off.
+    fn observe(response: Response<Body>, metrics: &RequestMetrics) -> Response<Body> {
+        let identity = crate::state::Identity {
+            workload: String::new(),
+            namespace: String::new(),
+            node_id: String::new(),
+            app: "127.0.0.1:1".parse().unwrap(),
+        };
+        let sink = Arc::new(SpanSink::new(Metrics::new(), &identity));
+        let request = http::Request::new(());
+        let peer = "127.0.0.1:2".parse().unwrap();
+        let span = Span::start(None, Kind::Client, &request, peer);
+        let span = Finishing::new(span, &sink, std::time::Instant::now());
+        finish(response, metrics, span, "", std::time::Duration::ZERO)
     }
 
     fn counted(metrics: &Metrics, code: &str) -> f64 {

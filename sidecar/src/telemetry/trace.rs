@@ -62,11 +62,8 @@ impl TraceSettings {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             Some((percent / 100.0 * u64::MAX as f64) as u64)
         };
-        let endpoint = if tracing.otlp_endpoint.contains("://") {
-            Arc::from(tracing.otlp_endpoint.as_str())
-        } else {
-            Arc::from(format!("http://{}", tracing.otlp_endpoint))
-        };
+        // Validated: `http://` or `https://`.
+        let endpoint = Arc::from(tracing.otlp_endpoint.as_str());
         Self {
             endpoint,
             threshold,
@@ -140,6 +137,8 @@ pub struct SpanRecord {
     pub status: u16,
     /// `ficus.response_flags`.
     pub flags: &'static str,
+    /// `rpc.grpc.status_code`: the status a gRPC call ended with.
+    pub grpc_status: Option<u8>,
 }
 
 impl SpanRecord {
@@ -302,6 +301,7 @@ impl Span {
                 retries: 0,
                 status: 0,
                 flags: "",
+                grpc_status: None,
             })
         });
         Self {
@@ -428,7 +428,7 @@ impl Span {
     }
 
     /// Ends the span with the response sent back and hands it to the exporter (sampled spans
-    /// only; never waits).
+    /// only; never waits). A gRPC response that tells its status in its headers records it.
     pub fn finish<B>(
         self,
         sink: &SpanSink,
@@ -436,16 +436,48 @@ impl Span {
         flags: &'static str,
         elapsed: Duration,
     ) {
-        if let State::On {
-            record: Some(mut record),
-            ..
-        } = self.state
-        {
-            record.status = response.status().as_u16();
-            record.flags = flags;
+        if let Some(mut record) = self.ended(response, flags) {
+            if crate::policy::grpc::is_grpc(response.headers()) {
+                record.grpc_status =
+                    crate::policy::grpc::status(response.status(), response.headers());
+            }
             record.duration = elapsed;
             sink.submit(*record);
         }
+    }
+
+    /// The record with the response head's status and flags (sampled spans only).
+    fn ended<B>(self, response: &Response<B>, flags: &'static str) -> Option<Box<SpanRecord>> {
+        match self.state {
+            State::On {
+                record: Some(mut record),
+                ..
+            } => {
+                record.status = response.status().as_u16();
+                record.flags = flags;
+                Some(record)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The span of a gRPC call whose status comes at the end of its response body (trailers): it
+/// ends when [`AwaitingStatus::finish`] is given that status, so that its duration covers the
+/// whole call and a failing call is marked as one (HTTP says 200).
+#[derive(Debug)]
+pub struct AwaitingStatus {
+    record: Box<SpanRecord>,
+    sink: Arc<SpanSink>,
+    started: Instant,
+}
+
+impl AwaitingStatus {
+    /// Ends the span with the call's gRPC status.
+    pub fn finish(mut self, code: u8) {
+        self.record.grpc_status = Some(code);
+        self.record.duration = self.started.elapsed();
+        self.sink.submit(*self.record);
     }
 }
 
@@ -457,13 +489,13 @@ impl Span {
 #[derive(Debug)]
 pub struct Finishing<'a> {
     span: Span,
-    sink: &'a SpanSink,
+    sink: &'a Arc<SpanSink>,
     started: Instant,
 }
 
 impl<'a> Finishing<'a> {
     /// Watches `span`, of a request that arrived at `started`, exported to `sink`.
-    pub fn new(span: Span, sink: &'a SpanSink, started: Instant) -> Self {
+    pub fn new(span: Span, sink: &'a Arc<SpanSink>, started: Instant) -> Self {
         Self {
             span,
             sink,
@@ -475,6 +507,22 @@ impl<'a> Finishing<'a> {
     pub fn finish<B>(mut self, response: &Response<B>, flags: &'static str, elapsed: Duration) {
         let span = std::mem::replace(&mut self.span, Span { state: State::Off });
         span.finish(self.sink, response, flags, elapsed);
+    }
+
+    /// For a gRPC response whose status will come in its trailers: the span, to be ended
+    /// with that status (`None`: not sampled, nothing to record).
+    pub fn await_status<B>(
+        mut self,
+        response: &Response<B>,
+        flags: &'static str,
+    ) -> Option<AwaitingStatus> {
+        let span = std::mem::replace(&mut self.span, Span { state: State::Off });
+        let record = span.ended(response, flags)?;
+        Some(AwaitingStatus {
+            record,
+            sink: Arc::clone(self.sink),
+            started: self.started,
+        })
     }
 }
 
@@ -524,7 +572,8 @@ fn repaired(extracted: &Extracted) -> Outgoing {
 /// port.
 fn server_address<B>(request: &Request<B>) -> Option<(&str, Option<u16>)> {
     let authority = match request.uri().authority() {
-        Some(authority) => authority.as_str(),
+        // Host and port only: never the userinfo of `http://user:secret@host/`.
+        Some(authority) => return Some((authority.host(), authority.port_u16())),
         None => request.headers().get(http::header::HOST)?.to_str().ok()?,
     };
     // `host:port`, `[v6]:port`, or no port at all (`[::1]` has colons but no port).
@@ -541,7 +590,7 @@ mod tests {
     fn settings(percent: f64) -> TraceSettings {
         TraceSettings::new(
             &ficus_config::Tracing {
-                otlp_endpoint: "127.0.0.1:4317".into(),
+                otlp_endpoint: "http://127.0.0.1:4317".into(),
                 sampling_percent: percent,
             },
             "shop/web".into(),
@@ -563,8 +612,19 @@ mod tests {
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     #[test]
-    fn endpoint_without_scheme_gets_http() {
-        assert_eq!(&*settings(1.0).endpoint, "http://127.0.0.1:4317");
+    fn the_server_address_never_carries_userinfo() {
+        let s = settings(100.0);
+        let request = Request::builder()
+            .uri("http://user:secret@payments:8080/x")
+            .body(())
+            .unwrap();
+        let span = Span::start(Some(&s), Kind::Client, &request, PEER);
+        let record = match span.state {
+            State::On { record, .. } => record.unwrap(),
+            _ => unreachable!(),
+        };
+        assert_eq!(record.path_and_host(), ("/x", Some("payments")));
+        assert_eq!(record.server_port, Some(8080));
     }
 
     #[test]

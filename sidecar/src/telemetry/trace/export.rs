@@ -724,20 +724,62 @@ fn fill(span: &mut Span, record: &SpanRecord) {
     if !record.flags.is_empty() {
         attributes.text("ficus.response_flags", record.flags);
     }
-    let failed = record.status >= error_from || (!record.flags.is_empty() && record.status >= 400);
-    if failed {
-        attributes.display("error.type", record.status);
+    if let Some(code) = record.grpc_status {
+        attributes.int("rpc.grpc.status_code", code.into());
+    }
+    let failure = failure(record, error_from);
+    match failure {
+        Some(Failure::Abandoned) => attributes.text("error.type", record.flags),
+        Some(Failure::Grpc(code)) => attributes.display("error.type", code),
+        Some(Failure::Http) => attributes.display("error.type", record.status),
+        None => {}
     }
     attributes.finish();
 
     let status = span.status.get_or_insert_with(Status::default);
     status.message.clear();
-    if failed {
-        status.code = StatusCode::Error as i32;
-        let _ = write!(status.message, "HTTP {}", record.status);
+    status.code = if failure.is_some() {
+        StatusCode::Error
     } else {
-        status.code = StatusCode::Unset as i32;
+        StatusCode::Unset
+    } as i32;
+    let _ = match failure {
+        Some(Failure::Abandoned) => write!(status.message, "no response ({})", record.flags),
+        Some(Failure::Grpc(code)) => write!(status.message, "gRPC status {code}"),
+        Some(Failure::Http) => write!(status.message, "HTTP {}", record.status),
+        None => Ok(()),
+    };
+}
+
+/// Why a span is marked as an error.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    /// Given up before its response (the client went away): `error.type` is the flag.
+    Abandoned,
+    /// A gRPC call that ended with this status.
+    Grpc(u8),
+    /// An HTTP status that is an error for the span's kind (or one this sidecar answered with
+    /// a flag).
+    Http,
+}
+
+/// Whether the span failed: OpenTelemetry's conventions for HTTP (4xx on CLIENT spans, 5xx on
+/// SERVER spans, from `error_from`) and gRPC (any status but OK on CLIENT spans; on SERVER
+/// spans only the statuses that mean the server failed: UNKNOWN, DEADLINE_EXCEEDED,
+/// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS).
+fn failure(record: &SpanRecord, error_from: u16) -> Option<Failure> {
+    if record.status == 0 {
+        return Some(Failure::Abandoned);
     }
+    if record.status >= error_from || (!record.flags.is_empty() && record.status >= 400) {
+        return Some(Failure::Http);
+    }
+    let code = record.grpc_status?;
+    let failed = match record.kind {
+        Kind::Client => code != 0,
+        Kind::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+    };
+    failed.then_some(Failure::Grpc(code))
 }
 
 fn set_bytes(buffer: &mut Vec<u8>, bytes: &[u8]) {
@@ -892,6 +934,7 @@ mod tests {
             retries: 2,
             status: 503,
             flags: "UF",
+            grpc_status: None,
         }
     }
 
@@ -960,7 +1003,54 @@ mod tests {
             retries: 0,
             status: 200,
             flags: "",
+            grpc_status: None,
         }
+    }
+
+    #[test]
+    fn a_grpc_call_that_failed_is_an_error_as_the_conventions_say() {
+        let status = |span: &Span| span.status.as_ref().unwrap().code;
+        // Client: any status but OK. Server: only those that mean the server failed.
+        for (kind, code, failed) in [
+            (Kind::Client, 0, false),
+            (Kind::Client, 5, true),
+            (Kind::Client, 14, true),
+            (Kind::Server, 0, false),
+            (Kind::Server, 5, false),
+            (Kind::Server, 14, true),
+            (Kind::Server, 13, true),
+        ] {
+            let mut record = server_record();
+            record.kind = kind;
+            record.grpc_status = Some(code);
+            let span = convert_for_test(record);
+            assert_eq!(
+                attribute(&span, "rpc.grpc.status_code"),
+                Some(code.to_string())
+            );
+            let expected = if failed {
+                StatusCode::Error
+            } else {
+                StatusCode::Unset
+            };
+            assert_eq!(status(&span), expected as i32, "{kind:?} {code}");
+            assert_eq!(
+                attribute(&span, "error.type"),
+                failed.then(|| code.to_string()),
+                "{kind:?} {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_given_up_before_its_response_is_an_error() {
+        let mut record = server_record();
+        record.status = 0;
+        record.flags = crate::telemetry::metrics::DOWNSTREAM_CLOSED;
+        let span = convert_for_test(record);
+        assert_eq!(span.status.as_ref().unwrap().code, StatusCode::Error as i32);
+        assert_eq!(attribute(&span, "error.type").as_deref(), Some("DC"));
+        assert_eq!(attribute(&span, "http.response.status_code"), None);
     }
 
     #[test]

@@ -212,7 +212,11 @@ pub fn extract(headers: &HeaderMap) -> Extracted {
                     parse_span_id(span.as_bytes()),
                 ) {
                     (Some((trace_id, short)), Some(span_id)) => {
-                        out.formats.b3_short_trace_id = short;
+                        // Written back in 64 bits only if these ids become the parent (a
+                        // `traceparent` that wins has 128 of its own).
+                        if out.parent.is_none() {
+                            out.formats.b3_short_trace_id = short;
+                        }
                         Some(Parent { trace_id, span_id })
                     }
                     _ => None,
@@ -444,7 +448,8 @@ impl Outgoing {
     fn trace_hex(&self, short: bool) -> ([u8; 32], usize) {
         let mut out = [0u8; 32];
         write_hex(&mut out, &self.trace_id.0);
-        if short {
+        // 64 bits only where they hold the whole id: a 128-bit id is never cut in half.
+        if short && self.trace_id.0[..8] == [0; 8] {
             let mut shifted = [0u8; 32];
             shifted[..16].copy_from_slice(&out[16..]);
             (shifted, 16)
@@ -700,6 +705,37 @@ mod tests {
         assert_eq!(e.parent.unwrap().trace_id.0, hex16(TRACE));
         assert_eq!(e.sampled, Some(false));
         assert!(e.formats.b3_multi);
+        // The B3 headers sent on carry the winning 128-bit id whole, not its low half.
+        assert!(!e.formats.b3_short_trace_id);
+        let out = Outgoing {
+            trace_id: e.parent.unwrap().trace_id,
+            span_id: SpanId([1; 8]),
+            parent_span_id: None,
+            sampled: false,
+            debug: false,
+        };
+        let mut h = HeaderMap::new();
+        out.inject(&mut h, e.formats, false);
+        assert_eq!(h["x-b3-traceid"], TRACE);
+    }
+
+    #[test]
+    fn a_128_bit_trace_id_is_never_written_in_64_bits() {
+        let out = Outgoing {
+            trace_id: TraceId(hex16(TRACE)),
+            span_id: SpanId([1; 8]),
+            parent_span_id: None,
+            sampled: false,
+            debug: false,
+        };
+        let formats = Formats {
+            b3_multi: true,
+            b3_short_trace_id: true,
+            ..Formats::default()
+        };
+        let mut h = HeaderMap::new();
+        out.inject(&mut h, formats, false);
+        assert_eq!(h["x-b3-traceid"], TRACE);
     }
 
     #[test]
@@ -732,8 +768,12 @@ mod tests {
         let parsed = extract(&h);
         assert_eq!(parsed.parent.unwrap().span_id, out.span_id);
 
+        // A 64-bit B3 trace id (its high half zero) is answered in 64 bits.
         let mut h = HeaderMap::new();
+        let mut short_id = [0; 16];
+        short_id[8..].copy_from_slice(&hex16(TRACE)[8..]);
         let short = Outgoing {
+            trace_id: TraceId(short_id),
             debug: true,
             parent_span_id: None,
             ..out
