@@ -182,9 +182,8 @@ pub async fn serve_detected(
             let identity = tls::peer_identity(stream.get_ref().1.peer_certificates())
                 .and_then(|id| HeaderValue::from_str(id.as_str()).ok());
             if stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_OPAQUE_TCP) {
-                let peer_id = identity.as_ref().and_then(|v| v.to_str().ok());
-                let original = redirected.as_ref().map(Redirected::original);
-                crate::mtls::serve_opaque(&shared, stream, peer_id, peer, original).await;
+                let context = (identity, redirected);
+                serve_opaque_alpn(shared, side, stream, peer, context, &server, drain).await;
                 return;
             }
             let (protocol, read) = match detect(&mut stream, server.detect_timeout).await {
@@ -221,6 +220,55 @@ pub async fn serve_detected(
             )
             .await;
         }
+    }
+}
+
+/// Serves an inbound mTLS connection on which the peer chose ALPN `ficus-tcp` (opaque TCP to
+/// a `tcp` Backend's endpoint). The client's ALPN does not decide what is HTTP, this sidecar
+/// does: unless the original port is opaque by its config, whoever speaks first is looked at,
+/// and HTTP from the client is served as HTTP (authorization by path, identity headers
+/// stripped and set, path checks), never copied past all that to the app.
+async fn serve_opaque_alpn<S>(
+    shared: Arc<Shared>,
+    side: Side,
+    mut stream: S,
+    peer: SocketAddr,
+    context: (Option<HeaderValue>, Option<Redirected>),
+    server: &ServerSettings,
+    drain: Drain,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    use crate::transparent::{first_speaker, FirstSpeaker, Sniffed};
+    let (identity, redirected) = context;
+    let original = redirected.as_ref().map(Redirected::original);
+    let peer_id = identity.as_ref().and_then(|v| v.to_str().ok());
+    if redirected.as_ref().is_some_and(Redirected::is_opaque_port) {
+        crate::mtls::serve_opaque(&shared, stream, peer_id, peer, original, None).await;
+        return;
+    }
+    let app = original.unwrap_or_else(|| shared.snapshot.load().inbound.http1.address());
+    match first_speaker(&shared, &mut stream, app, server.detect_timeout).await {
+        FirstSpeaker::Client(Some(sniffed @ (Sniffed::Http1 | Sniffed::Http2)), read, _) => {
+            let protocol = if sniffed == Sniffed::Http2 {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            };
+            let io = TokioIo::new(Prefixed::new(read, stream));
+            let context = (identity, redirected);
+            serve_io(shared, side, io, protocol, peer, context, server, drain).await;
+        }
+        FirstSpeaker::Client(_, read, connected) => {
+            let stream = Prefixed::new(read, stream);
+            crate::mtls::serve_opaque(&shared, stream, peer_id, peer, original, Some(connected))
+                .await;
+        }
+        FirstSpeaker::App(connected) => {
+            crate::mtls::serve_opaque(&shared, stream, peer_id, peer, original, Some(connected))
+                .await;
+        }
+        FirstSpeaker::Neither => {}
     }
 }
 

@@ -94,17 +94,19 @@ impl MeshTls {
     }
 }
 
-/// Serves an inbound mTLS connection on which the peer sidecar chose ALPN `ficus-tcp`: opaque
-/// TCP (a `tcp` Backend whose endpoint names our identity). Authorization looks at the peer's
-/// identity alone (see [`crate::authz::Authorizer::check_tcp`]); a denied connection is
-/// closed. The decrypted bytes go to the app: the inbound app address, or in transparent mode
-/// the `original` destination the peer connected to.
+/// Serves an inbound mTLS connection on which the peer sidecar chose ALPN `ficus-tcp` and
+/// that is not HTTP: opaque TCP (a `tcp` Backend whose endpoint names our identity).
+/// Authorization looks at the peer's identity alone (see
+/// [`crate::authz::Authorizer::check_tcp`]); a denied connection is closed. The decrypted
+/// bytes go to the app (`connected` already, or connected here): the inbound app address, or
+/// in transparent mode the `original` destination the peer connected to.
 pub async fn serve_opaque<S>(
     shared: &Shared,
     mut stream: S,
     peer_id: Option<&str>,
     peer: SocketAddr,
     original: Option<SocketAddr>,
+    connected: Option<TcpStream>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -130,7 +132,11 @@ pub async fn serve_opaque<S>(
         return;
     }
     metrics.tcp_opened.inc();
-    match tokio::time::timeout(connect_timeout, TcpStream::connect(app)).await {
+    let upstream = match connected {
+        Some(connected) => Ok(Ok(connected)),
+        None => tokio::time::timeout(connect_timeout, TcpStream::connect(app)).await,
+    };
+    match upstream {
         Ok(Ok(mut upstream)) => {
             let _ = upstream.set_nodelay(true);
             let (_, result) =

@@ -32,7 +32,7 @@ use std::time::Duration;
 use ficus_config::MtlsMode;
 use http::Request;
 use prometheus::{IntCounterVec, Opts};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 use crate::authz::Decision;
@@ -125,9 +125,17 @@ fn opaque_reason(read: &[u8], timed_out: bool) -> &'static str {
     }
 }
 
-/// Reads the first bytes for at most `timeout`. `None` when the peer closed or failed.
-async fn sniff(stream: &mut TcpStream, timeout: Duration) -> Option<(Option<Sniffed>, Vec<u8>)> {
-    let mut read = Vec::with_capacity(SNIFF_LIMIT);
+/// Reads the first bytes for at most `timeout`, after the `read` already read. `None` when
+/// the peer closed or failed.
+async fn sniff<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mut read: Vec<u8>,
+    timeout: Duration,
+) -> Option<(Option<Sniffed>, Vec<u8>)> {
+    read.reserve(SNIFF_LIMIT.saturating_sub(read.len()));
+    if let Some(sniffed) = classify(&read) {
+        return Some((Some(sniffed), read));
+    }
     let decided = tokio::time::timeout(timeout, async {
         loop {
             match stream.read_buf(&mut read).await {
@@ -270,6 +278,9 @@ pub struct Redirected(Arc<Destination>);
 
 struct Destination {
     original: SocketAddr,
+    /// Whether the original port is opaque by config (built-in, `--opaque-ports`, the
+    /// Mesh's `opaquePorts`).
+    opaque_port: bool,
     /// Pools are looked up on first use: routed outbound connections never need them.
     shared: Arc<Shared>,
     settings: PoolSettings,
@@ -286,9 +297,15 @@ impl std::fmt::Debug for Destination {
 }
 
 impl Redirected {
-    fn new(shared: &Arc<Shared>, original: SocketAddr, settings: PoolSettings) -> Self {
+    fn new(
+        shared: &Arc<Shared>,
+        original: SocketAddr,
+        settings: PoolSettings,
+        opaque_port: bool,
+    ) -> Self {
         Self(Arc::new(Destination {
             original,
+            opaque_port,
             shared: Arc::clone(shared),
             settings,
             http1: OnceLock::new(),
@@ -299,6 +316,11 @@ impl Redirected {
     /// Where the client connected to.
     pub fn original(&self) -> SocketAddr {
         self.0.original
+    }
+
+    /// Whether the original port is opaque by this sidecar's config.
+    pub fn is_opaque_port(&self) -> bool {
+        self.0.opaque_port
     }
 
     /// The connections to the original destination, HTTP/2 or HTTP/1.1.
@@ -390,7 +412,7 @@ pub async fn serve(
     };
     let (mut sniffed, mut read) = match wait {
         None => (None, Vec::new()),
-        Some(wait) => match sniff(&mut stream, wait).await {
+        Some(wait) => match sniff(&mut stream, Vec::new(), wait).await {
             Some(sniffed) => sniffed,
             None => return,
         },
@@ -425,7 +447,7 @@ pub async fn serve(
             .intercepted
             .with_label_values(&[direction, "http"])
             .inc();
-        let redirected = Redirected::new(&shared, original, settings);
+        let redirected = Redirected::new(&shared, original, settings, opaque_port);
         let io = Prefixed::new(read, stream);
         return serve_detected(shared, side, io, protocol, peer, drain, Some(redirected)).await;
     }
@@ -468,7 +490,7 @@ pub async fn serve(
 }
 
 /// Who spoke first on an inbound connection whose client was silent at first.
-enum FirstSpeaker {
+pub enum FirstSpeaker {
     /// The client: what its first bytes look like, the bytes, and the app connection opened
     /// meanwhile.
     Client(Option<Sniffed>, Vec<u8>, TcpStream),
@@ -481,9 +503,9 @@ enum FirstSpeaker {
 /// Connects the app at `original` and waits for the client or the app to speak, the client
 /// first when both have. The app connection is counted as the connection's own (a client
 /// that speaks HTTP after all has it closed unused).
-async fn first_speaker(
+pub async fn first_speaker<S: AsyncRead + Unpin>(
     shared: &Shared,
-    client: &mut TcpStream,
+    client: &mut S,
     original: SocketAddr,
     detect_timeout: Duration,
 ) -> FirstSpeaker {
@@ -491,21 +513,25 @@ async fn first_speaker(
     let Some(app) = connect(shared, original).await else {
         return FirstSpeaker::Neither;
     };
-    // Whether the client spoke first (`biased`: it wins a tie).
-    let client_first = tokio::time::timeout(idle, async {
+    // Whether the client spoke first (`biased`: it wins a tie); its first bytes. A read is
+    // cancel-safe: bytes are either returned or left in the stream (TLS: in its session).
+    let mut first = Vec::with_capacity(SNIFF_LIMIT);
+    let spoke = tokio::time::timeout(idle, async {
         tokio::select! {
             biased;
-            ready = client.readable() => ready.map(|()| true),
-            ready = app.readable() => ready.map(|()| false),
+            read = client.read_buf(&mut first) => read.map(Some),
+            ready = app.readable() => ready.map(|()| None),
         }
     })
     .await;
-    match client_first {
-        Ok(Ok(true)) => match sniff(client, detect_timeout).await {
+    match spoke {
+        // The client closed before its first byte.
+        Ok(Ok(Some(0))) => FirstSpeaker::Neither,
+        Ok(Ok(Some(_))) => match sniff(client, first, detect_timeout).await {
             Some((sniffed, read)) => FirstSpeaker::Client(sniffed, read, app),
             None => FirstSpeaker::Neither,
         },
-        Ok(Ok(false)) => FirstSpeaker::App(app),
+        Ok(Ok(None)) => FirstSpeaker::App(app),
         Ok(Err(_)) | Err(_) => FirstSpeaker::Neither,
     }
 }

@@ -596,6 +596,81 @@ async fn opaque_tcp_to_an_endpoint_with_identity_crosses_mtls() {
     assert!(outcome.closed && outcome.bytes.is_empty(), "{outcome:?}");
 }
 
+/// A peer that picks ALPN `ficus-tcp` (opaque TCP) and then speaks HTTP does not get past the
+/// receiving sidecar's HTTP layer: the app sees the verified identity, never the one the
+/// peer wrote into its request, and the path checks still apply.
+#[tokio::test]
+async fn http_sent_as_opaque_tcp_still_goes_through_the_http_layer() {
+    use ficus_identity::tls::{self, CertStore, Credentials, TrustBundle};
+    let (control, tokens, app, server, _web) = pair("1h", "").await;
+    // A certificate for `web`, as its sidecar would get one.
+    let ca = std::fs::read_to_string(control.ca_file()).unwrap();
+    let channel = ficus_tests::grpc::connect_tls(
+        control.grpc,
+        &ca,
+        &ficus_tests::grpc::control_id("cluster.local"),
+    )
+    .await
+    .unwrap();
+    let key = ficus_identity::csr::WorkloadKey::generate().unwrap();
+    let id = ficus_identity::SpiffeId::parse(WEB).unwrap();
+    let token = std::fs::read_to_string(tokens.path().join("web")).unwrap();
+    let signed = ficus_tests::grpc::sign(&channel, Some(token.trim()), &key.csr_pem(&id).unwrap())
+        .await
+        .unwrap();
+    let store = CertStore::new();
+    store.install(Credentials::from_pem(&signed.certificate_chain_pem, &key).unwrap());
+    let bundle = TrustBundle::from_pem(&ca, "cluster.local").unwrap();
+    let expected = ficus_identity::SpiffeId::parse(PAYMENTS).unwrap();
+    let config = tls::client_config(Some(store), &bundle, &expected).unwrap();
+    let config = tls::with_alpn(&config, tls::ALPN_OPAQUE_TCP);
+
+    let forged = "spiffe://cluster.local/ns/shop/sa/admin";
+    for (request, status) in [
+        (
+            format!("GET /ledger HTTP/1.1\r\nHost: payments\r\nx-ficus-peer-identity: {forged}\r\nConnection: close\r\n\r\n"),
+            "200",
+        ),
+        // Dot segments are refused, not handed to the app to resolve.
+        (
+            "GET /a/../admin HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n".to_owned(),
+            "400",
+        ),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(server.inbound).await.unwrap();
+        let name = rustls_pki_types::ServerName::IpAddress(server.inbound.ip().into());
+        let mut stream = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(tls::ALPN_OPAQUE_TCP));
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer),
+        )
+        .await
+        .expect("the sidecar answers and closes");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{request:?} got {answer:?}"
+        );
+    }
+    assert_eq!(app.count(), 1, "only the first request reached the app");
+    let seen = app.last().unwrap();
+    assert_eq!(seen.uri, "/ledger");
+    assert_eq!(
+        seen.headers["x-ficus-peer-identity"], WEB,
+        "{:?}",
+        seen.headers
+    );
+}
+
 /// A certificate that expires while the control plane is down fails every handshake, so the
 /// sidecar is not ready with it; once the control plane is back it is renewed within seconds
 /// (retries are capped at 5 s once the certificate is expiring) and the sidecar is ready again.
