@@ -70,6 +70,11 @@ impl AdminIdentities {
         })
     }
 
+    /// The listed IDs.
+    pub fn ids(&self) -> &[SpiffeId] {
+        &self.ids
+    }
+
     /// Whether no identity is listed.
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()

@@ -346,7 +346,7 @@ fn run(args: Args) -> Result<(), Fatal> {
                         &ca,
                         Arc::clone(&state),
                         admin.clone(),
-                        admin_identities,
+                        admin_identities.clone(),
                     )
                     .map_err(|e| Fatal::other(format!("--https: {e}")))?;
                 }
@@ -378,7 +378,8 @@ fn run(args: Args) -> Result<(), Fatal> {
                     authenticator.clone(),
                     args.cert_lifetime,
                     Arc::clone(&metrics),
-                );
+                )
+                .reserving(admin_identities.ids().iter().cloned());
                 (Some(acceptor), signer, authenticator)
             }
         };

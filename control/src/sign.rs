@@ -57,6 +57,9 @@ struct Issuing {
     authenticator: Option<Arc<dyn TokenAuthenticator>>,
     lifetime: Duration,
     in_flight: Semaphore,
+    /// Identities never issued to a caller: the control plane's own (every sidecar trusts it
+    /// to push config and trust bundles) and the admin identities (`--admin-identities`).
+    reserved: Vec<SpiffeId>,
 }
 
 impl Signer {
@@ -68,15 +71,31 @@ impl Signer {
         lifetime: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let control = SpiffeId::workload(
+            ca.trust_domain(),
+            crate::ca::CONTROL_NAMESPACE,
+            crate::ca::CONTROL_SERVICE_ACCOUNT,
+        );
         Self {
             issuing: Some(Arc::new(Issuing {
                 ca,
                 authenticator,
                 lifetime,
                 in_flight: Semaphore::new(MAX_IN_FLIGHT),
+                reserved: control.into_iter().collect(),
             })),
             metrics,
         }
+    }
+
+    /// Never issues `ids` either (the admin identities: a certificate with one may write
+    /// through `--https`; they are issued offline by `issue-admin-cert`).
+    #[must_use]
+    pub fn reserving(mut self, ids: impl IntoIterator<Item = SpiffeId>) -> Self {
+        if let Some(issuing) = self.issuing.as_mut().and_then(Arc::get_mut) {
+            issuing.reserved.extend(ids);
+        }
+        self
     }
 
     /// `--insecure`: answers every call with `UNAVAILABLE`.
@@ -163,6 +182,13 @@ impl Issuing {
                 tracing::error!(%peer, %error, "a token maps to an invalid identity");
                 Status::internal("the token maps to an invalid identity")
             })?;
+        if self.reserved.contains(&id) {
+            tracing::warn!(%peer, id = %id, "refused to issue a reserved identity (the control plane's or an admin's)");
+            return Err(Status::permission_denied(format!(
+                "{id} is reserved (the control plane's own identity or an admin identity) and is \
+                 never issued to a workload"
+            )));
+        }
         let ca = Arc::clone(&self.ca);
         let lifetime = self.lifetime;
         let signed_id = id.clone();
@@ -225,6 +251,46 @@ mod tests {
             self.0.fetch_add(1, Ordering::SeqCst);
             std::future::pending().await
         }
+    }
+
+    /// Takes every token for one fixed caller.
+    #[derive(Debug)]
+    struct Fixed(Caller);
+
+    #[tonic::async_trait]
+    impl TokenAuthenticator for Fixed {
+        async fn authenticate(&self, _token: &str) -> Result<Caller, AuthError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_control_plane_and_admin_identities_are_never_issued() {
+        let ca = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
+        let alice = SpiffeId::parse("spiffe://cluster.local/ns/ficus-system/sa/alice").unwrap();
+        let code = |workload: &str, namespace: &str| {
+            let caller = Caller {
+                workload: workload.to_owned(),
+                namespace: namespace.to_owned(),
+                revocable: true,
+            };
+            let authenticator: Arc<dyn TokenAuthenticator> = Arc::new(Fixed(caller));
+            let signer = Signer::new(
+                Arc::clone(&ca),
+                Some(authenticator),
+                Duration::from_secs(3600),
+                Metrics::new(),
+            )
+            .reserving([alice.clone()]);
+            async move { signer.sign(request()).await.unwrap_err().code() }
+        };
+        assert_eq!(
+            code("ficus-control", "ficus-system").await,
+            Code::PermissionDenied
+        );
+        assert_eq!(code("alice", "ficus-system").await, Code::PermissionDenied);
+        // Anyone else gets as far as the CSR (this one is unusable).
+        assert_eq!(code("web", "shop").await, Code::InvalidArgument);
     }
 
     fn request() -> Request<SignRequest> {

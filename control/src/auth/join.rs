@@ -116,6 +116,18 @@ pub fn parse(path: &Path, text: &str) -> Result<TokenTable<Caller>, TokenFileErr
         for (what, name) in [("workload", workload), ("namespace", namespace)] {
             check_name(name).map_err(|why| line_error(line, format!("{what} {name:?}: {why}")))?;
         }
+        if (*workload, *namespace)
+            == (
+                crate::ca::CONTROL_SERVICE_ACCOUNT,
+                crate::ca::CONTROL_NAMESPACE,
+            )
+        {
+            return Err(line_error(
+                line,
+                "this is the control plane's own identity, which is never issued to a workload"
+                    .into(),
+            ));
+        }
         if entries.iter().any(|(seen, _)| seen == token) {
             return Err(line_error(line, "this token is already listed".into()));
         }
@@ -212,6 +224,9 @@ mod tests {
             message("t a b\nt c d").as_deref(),
             Some("join.tokens:2: this token is already listed")
         );
+        assert!(message("t ficus-control ficus-system")
+            .unwrap()
+            .contains("the control plane's own identity"));
         assert!(parsed("# nothing yet\n").unwrap().is_empty());
     }
 
