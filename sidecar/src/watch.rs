@@ -150,6 +150,12 @@ async fn next_change(
 #[derive(Debug, PartialEq, Eq)]
 struct Stamp {
     name: PathBuf,
+    /// `None`: listed but unreadable (a dangling symlink): its going away is a change too.
+    meta: Option<Meta>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Meta {
     len: u64,
     modified: Option<SystemTime>,
     inode: u64,
@@ -157,33 +163,39 @@ struct Stamp {
     mode: u32,
 }
 
-/// What identifies the current contents of `path` cheaply.
+/// What identifies the current contents of `path` cheaply: in a directory, every file
+/// [`ficus_config::load_path`] reads (`*.yaml`, `*.yml`, no dotfiles), readable or not.
 fn fingerprint(path: &Path) -> Vec<Stamp> {
     use std::os::unix::fs::MetadataExt;
-    let stamp = |p: PathBuf| {
-        std::fs::metadata(&p).ok().map(|m| Stamp {
+    let stamp = |name: PathBuf| Stamp {
+        meta: std::fs::metadata(&name).ok().map(|m| Meta {
             len: m.len(),
             modified: m.modified().ok(),
             inode: m.ino(),
             mode: m.mode(),
-            name: p,
-        })
+        }),
+        name,
     };
     if path.is_dir() {
         let mut stamps: Vec<Stamp> = std::fs::read_dir(path)
             .map(|entries| {
                 entries
                     .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-                    .filter_map(stamp)
+                    .filter(|e| {
+                        let name = e.file_name();
+                        let name = name.to_string_lossy();
+                        (name.ends_with(".yaml") || name.ends_with(".yml"))
+                            && !name.starts_with('.')
+                    })
+                    .map(|e| stamp(e.path()))
                     .collect()
             })
             .unwrap_or_default();
         stamps.sort_by(|a, b| a.name.cmp(&b.name));
         stamps
     } else {
-        stamp(path.to_path_buf()).into_iter().collect()
+        let stamp = stamp(path.to_path_buf());
+        stamp.meta.is_some().then_some(stamp).into_iter().collect()
     }
 }
 
@@ -297,6 +309,24 @@ mod tests {
         let unreadable = fingerprint(&file);
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_ne!(fingerprint(&file), unreadable, "made readable: read again");
+    }
+
+    #[test]
+    fn a_dangling_file_going_away_changes_the_fingerprint() {
+        let dir = TempDir::new("dangling");
+        std::fs::write(dir.0.join("a.yaml"), "x").unwrap();
+        symlink(dir.0.join("nowhere"), dir.0.join("b.yaml")).unwrap();
+        let with_dangling = fingerprint(&dir.0);
+        std::fs::remove_file(dir.0.join("b.yaml")).unwrap();
+        assert_ne!(
+            fingerprint(&dir.0),
+            with_dangling,
+            "the load that failed on b.yaml is tried again"
+        );
+        // Dotfiles are not read, so they are no change either.
+        let before = fingerprint(&dir.0);
+        std::fs::write(dir.0.join(".tmp.yaml"), "x").unwrap();
+        assert_eq!(fingerprint(&dir.0), before);
     }
 
     #[tokio::test]
