@@ -517,6 +517,10 @@ impl ControlClient {
             Ok(()) => {
                 if !unchanged {
                     self.write_cache(version, &digest, documents).await;
+                } else if version != self.serving.0 {
+                    // The same documents under a newer version: a restart from the cache must
+                    // not serve an older version than this one.
+                    self.bump_cache(version, &digest).await;
                 }
                 self.serving = (version, digest);
                 sidecar_message::Kind::Ack(Ack { version, nonce })
@@ -548,6 +552,29 @@ impl ControlClient {
         match written {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "writing the config cache failed"),
+            Err(error) => tracing::warn!(%error, "config cache task failed"),
+        }
+    }
+
+    /// Rewrites the cached snapshot of `digest` under `version` (an `unchanged` push).
+    async fn bump_cache(&self, version: u64, digest: &str) {
+        let Some(dir) = self.settings.cache_dir.clone() else {
+            return;
+        };
+        let digest = digest.to_owned();
+        let bumped = tokio::task::spawn_blocking(move || {
+            let text = std::fs::read_to_string(cache_file(&dir))?;
+            let mut cached: Cached = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+            if cached.digest != digest {
+                return Err(std::io::Error::other("the cache holds other documents"));
+            }
+            cached.version = version;
+            write_atomically(&dir, &cached)
+        })
+        .await;
+        match bumped {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "updating the config cache's version failed"),
             Err(error) => tracing::warn!(%error, "config cache task failed"),
         }
     }

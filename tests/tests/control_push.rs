@@ -222,6 +222,48 @@ async fn a_sidecar_restarted_while_the_control_plane_is_down_serves_from_its_cac
     .await;
 }
 
+/// A version that changed nothing this sidecar sees (another namespace) reaches it as
+/// `unchanged`; its cache is rewritten under that version, so a restart from the cache never
+/// serves an older version than the one it reported.
+#[tokio::test]
+async fn an_unchanged_version_bump_reaches_the_cache() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let mut control = ControlPlane::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = SidecarOptions {
+        cache_dir: Some(cache.path().to_owned()),
+        ..push_options("web-1")
+    };
+    options.extra.extend(["--reach".to_owned(), "shop".to_owned()]);
+    let sidecar = Sidecar::start_push(&control.grpc_url(), options.clone()).await;
+    apply(&control, &config("b", a.addr, b.addr, 7)).await;
+    sidecar.wait_ready(Duration::from_secs(20)).await;
+    apply(
+        &control,
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: ledger, namespace: data}\n\
+         spec: {endpoints: [{address: \"127.0.0.1:9\"}]}\n",
+    )
+    .await;
+    until("the ACK of version 2", Duration::from_secs(20), || async {
+        control.get_json("/v1/status").await["sidecars"][0]["acked_version"] == 2
+    })
+    .await;
+    assert_eq!(version(&sidecar).await, 2);
+    control.kill_9();
+    drop(sidecar);
+
+    let restarted = Sidecar::start_push(&control.grpc_url(), options).await;
+    restarted.wait_ready(Duration::from_secs(20)).await;
+    let config = restarted.config().await;
+    assert!(
+        config["source"].as_str().unwrap().starts_with("cache:"),
+        "{config}"
+    );
+    assert_eq!(config["version"], 2, "the cache went back to version 1");
+    let response = client::get(restarted.outbound, "svc", "/").await.unwrap();
+    assert_eq!(response.header("x-tag"), "7");
+}
+
 #[tokio::test]
 async fn a_burst_of_applies_coalesces_into_few_pushes() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
