@@ -153,6 +153,22 @@ pub enum CaError {
          one RDN); use an issuer whose subject names each attribute type once"
     )]
     IssuerNameNotReproducible,
+    /// A certificate the issuer signs does not verify against the issuer's own root (the
+    /// chain's name constraints, path length or extended key usages forbid it).
+    #[error(
+        "issuer certificate: the certificates it signs would not verify as a {usage} (checked \
+         with a throwaway one): {reason}; check the chain's name constraints (they must permit \
+         the URI spiffe://{trust_domain}), path length and extended key usages (serverAuth and \
+         clientAuth)"
+    )]
+    IssuedUnverifiable {
+        /// `TLS server` or `TLS client`.
+        usage: &'static str,
+        /// What the verifier said.
+        reason: String,
+        /// The trust domain.
+        trust_domain: String,
+    },
     /// The CSR is larger than [`MAX_CSR_LEN`].
     #[error("CSR is {len} bytes; the limit is {max}")]
     CsrTooLarge {
@@ -351,11 +367,33 @@ impl CertificateAuthority {
             .first()
             .and_then(|der| x509::parse_certificate(der))
             .ok_or(CaError::CertificateParse { index: 1 })?;
-        if leaf.issuer().as_raw() == issuer.subject().as_raw() {
-            Ok(())
-        } else {
-            Err(CaError::IssuerNameNotReproducible)
+        if leaf.issuer().as_raw() != issuer.subject().as_raw() {
+            return Err(CaError::IssuerNameNotReproducible);
         }
+        self.check_verifies(cert.der())
+    }
+
+    /// Checks that `leaf`, signed by this issuer, verifies against the issuer's root as every
+    /// sidecar will verify it: as a TLS server and as a TLS client (webpki enforces name
+    /// constraints, path lengths and the extended key usages of the whole chain, which the
+    /// checks of [`check_issuer_chain`] do not).
+    fn check_verifies(&self, leaf: &CertificateDer<'_>) -> Result<(), CaError> {
+        let unverifiable = |usage, reason: String| CaError::IssuedUnverifiable {
+            usage,
+            reason,
+            trust_domain: self.trust_domain.clone(),
+        };
+        let root = self.chain.last().ok_or(CaError::NoCertificate)?.clone();
+        let bundle = crate::tls::TrustBundle::from_der(vec![root], &self.trust_domain)
+            .map_err(|error| unverifiable("TLS server", error.to_string()))?;
+        let mut chain = vec![leaf.clone().into_owned()];
+        chain.extend(self.chain.iter().take(self.chain.len() - 1).cloned());
+        bundle
+            .check_chain(&chain)
+            .map_err(|error| unverifiable("TLS server", error.to_string()))?;
+        bundle
+            .check_client_chain(&chain)
+            .map_err(|error| unverifiable("TLS client", error.to_string()))
     }
 
     /// The issuer certificate and its chain, PEM (what `from_pem` takes).
@@ -520,6 +558,9 @@ impl CertificateAuthority {
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(CaError::Signing)?;
+        // Its DNS names and addresses may fall outside the chain's name constraints, which
+        // the throwaway workload certificate of `from_pem` did not carry.
+        self.check_verifies(cert.der())?;
         Ok((self.issued(cert.der()), key.serialize_pem()))
     }
 

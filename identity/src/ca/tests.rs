@@ -492,6 +492,30 @@ fn unusable_issuers_are_refused() {
     let error = CertificateAuthority::from_pem(TD, &crl_only.pem(), &crl_key).unwrap_err();
     assert!(matches!(error, CaError::CannotSign { index: 1 }), "{error}");
 
+    // Intermediates that pass every check above but whose certificates webpki would refuse:
+    // a name constraint the certificates it signs fall outside, and server-only extended key usage
+    // (sidecars would take it as a server and refuse it as a client).
+    let mut constrained = ca_params("constrained intermediate");
+    constrained.name_constraints = Some(rcgen::NameConstraints {
+        permitted_subtrees: vec![rcgen::GeneralSubtree::DirectoryName({
+            let mut name = rcgen::DistinguishedName::new();
+            name.push(rcgen::DnType::OrganizationName, "someone else");
+            name
+        })],
+        excluded_subtrees: Vec::new(),
+    });
+    let mut server_only = ca_params("server-only intermediate");
+    server_only.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    for (params, usage) in [(constrained, "TLS server"), (server_only, "TLS client")] {
+        let (cert, key) = root.intermediate_with(params);
+        let chain = format!("{}{}", cert.pem(), root.pem());
+        let error = CertificateAuthority::from_pem(TD, &chain, &key).unwrap_err();
+        assert!(
+            matches!(&error, CaError::IssuedUnverifiable { usage: u, .. } if *u == usage),
+            "{error}"
+        );
+    }
+
     // Key formats and garbage.
     let error =
         CertificateAuthority::from_pem(TD, &chain_pem, include_str!("testdata/ec-sec1.pem"))
@@ -558,6 +582,25 @@ fn server_certificates_for_the_control_plane() {
         ca.issue_server(&foreign, &[], &[], HOUR),
         Err(CaError::ForeignTrustDomain { .. })
     ));
+
+    // An issuer whose DNS name constraints leave out `localhost`: workload certificates (URI
+    // only) are fine, the control plane's own server certificate would not verify.
+    let root = Authority::root("root");
+    let mut constrained = ca_params("dns-constrained intermediate");
+    constrained.name_constraints = Some(rcgen::NameConstraints {
+        permitted_subtrees: vec![rcgen::GeneralSubtree::DnsName("example.com".into())],
+        excluded_subtrees: Vec::new(),
+    });
+    let (cert, key) = root.intermediate_with(constrained);
+    let ca =
+        CertificateAuthority::from_pem(TD, &format!("{}{}", cert.pem(), root.pem()), &key).unwrap();
+    let error = ca
+        .issue_server(&id, &["localhost".to_owned()], &[], HOUR)
+        .unwrap_err();
+    assert!(
+        matches!(error, CaError::IssuedUnverifiable { .. }),
+        "{error}"
+    );
 }
 
 #[test]

@@ -198,4 +198,21 @@ impl TrustBundle {
         )
         .map_err(TlsError::Chain)
     }
+
+    /// Checks that `chain` (leaf first) is accepted as a TLS client certificate by a server
+    /// trusting this bundle (clientAuth, as the inbound listener's verifier checks it). Used
+    /// with [`TrustBundle::check_chain`] to try an issuer before it signs for the mesh.
+    pub fn check_client_chain(&self, chain: &[CertificateDer<'_>]) -> Result<(), TlsError> {
+        let (leaf, intermediates) = chain.split_first().ok_or(TlsError::NoCertificates {
+            what: "certificate chain",
+        })?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots(), crate::crypto_provider())
+                .build()
+                .map_err(TlsError::Verifier)?;
+        verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map(drop)
+            .map_err(TlsError::Chain)
+    }
 }
