@@ -354,7 +354,7 @@ impl ServerIdentity {
     pub async fn keep_renewed(self, ca: Arc<CertificateAuthority>, store: Arc<CertStore>) {
         let mut wait = self.lifetime.mul_f64(RENEW_AT);
         loop {
-            tokio::time::sleep(wait).await;
+            ficus_net::wall::sleep_until(std::time::SystemTime::now() + wait).await;
             let identity = self.clone();
             let ca = Arc::clone(&ca);
             match tokio::task::spawn_blocking(move || identity.issue(&ca)).await {

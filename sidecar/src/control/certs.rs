@@ -63,7 +63,7 @@ impl CertManager {
                     tracing::info!(id = %self.tls.id, renew_in = ?wait, "workload certificate installed");
                     if wait >= RETRY_MIN {
                         retry = RETRY_MIN;
-                        tokio::time::sleep(wait).await;
+                        ficus_net::wall::sleep_until(SystemTime::now() + wait).await;
                         continue;
                     }
                     // Due for renewal as soon as issued: its issuer expires within seconds, or
