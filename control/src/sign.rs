@@ -2,14 +2,16 @@
 //!
 //! The caller authenticates with `authorization: Bearer <token>`; a [`TokenAuthenticator`]
 //! maps the token to a workload and namespace, and the certificate is issued for
-//! `spiffe://<trust-domain>/ns/<namespace>/sa/<workload>` — whatever identity, SANs or
-//! extensions the CSR asks for. The CSR contributes its public key only (its signature is
-//! checked, proving the caller holds the key).
+//! `spiffe://<trust-domain>/ns/<namespace>/sa/<workload>`. The CSR contributes its public key
+//! only (its signature is checked, proving the caller holds the key); it may name that identity
+//! as its one URI SAN, or nothing. CA or key-usage extensions it asks for are not honoured.
 //!
 //! | failure | gRPC status |
 //! |---|---|
 //! | no token, malformed header, unknown token, no authenticator configured | `UNAUTHENTICATED` |
-//! | CSR empty, over 16 KiB, not PEM/PKCS#10, bad self-signature, unaccepted key | `INVALID_ARGUMENT` |
+//! | CSR empty, over 16 KiB, not PEM/PKCS#10, bad self-signature, unaccepted key, names besides the SPIFFE ID (DNS, IP, a second URI) | `INVALID_ARGUMENT` |
+//! | the CSR names another identity than the token's; the token maps to the control plane's own identity or an admin identity | `PERMISSION_DENIED` |
+//! | the issuer has expired | `FAILED_PRECONDITION` |
 //! | request message over 64 KiB | `OUT_OF_RANGE` (tonic's message limit) |
 //! | more than 32 signings in flight | `RESOURCE_EXHAUSTED` (retry with backoff) |
 //! | `--insecure`: no CA | `UNAVAILABLE` |
@@ -230,6 +232,19 @@ impl Issuing {
 fn ca_status(peer: &str, id: &SpiffeId, error: &CaError) -> Status {
     if error.is_invalid_csr() {
         return Status::invalid_argument(format!("unusable CSR: {error}"));
+    }
+    match error {
+        CaError::CsrIdentityMismatch { .. } => {
+            tracing::warn!(%peer, id = %id, %error, "refused a CSR for another identity");
+            return Status::permission_denied(error.to_string());
+        }
+        CaError::IssuerExpired { .. } => {
+            tracing::error!(%peer, id = %id, %error, "the issuer has expired");
+            return Status::failed_precondition(
+                "the mesh CA's issuer has expired; an operator must load a new one",
+            );
+        }
+        _ => {}
     }
     tracing::error!(%peer, id = %id, %error, "the CA failed to sign");
     Status::internal("the CA failed to sign; see the control plane's log")

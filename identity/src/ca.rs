@@ -192,6 +192,21 @@ pub enum CaError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The CSR asks for another identity than the caller authenticated as.
+    #[error("the CSR asks for {requested}, but the caller is {caller}")]
+    CsrIdentityMismatch {
+        /// What the CSR's URI SAN names (truncated).
+        requested: String,
+        /// Who the caller is.
+        caller: SpiffeId,
+    },
+    /// The CSR asks for names besides the one SPIFFE ID (DNS names, addresses, emails, a
+    /// second URI).
+    #[error("the CSR asks for names besides its SPIFFE ID: {what}")]
+    CsrExtraNames {
+        /// Which kind of name.
+        what: &'static str,
+    },
     /// The identity to certify is in another trust domain than the CA's.
     #[error("cannot issue {id}: this CA serves trust domain {trust_domain}")]
     ForeignTrustDomain {
@@ -236,6 +251,7 @@ impl CaError {
                 | Self::CsrMalformed { .. }
                 | Self::CsrBadSignature
                 | Self::CsrUnsupportedKey { .. }
+                | Self::CsrExtraNames { .. }
         )
     }
 }
@@ -468,8 +484,10 @@ impl CertificateAuthority {
     }
 
     /// Signs a workload CSR (PEM). The certificate carries exactly one URI SAN, `id` — the
-    /// identity the caller authenticated as — whatever the CSR asks for; the CSR contributes
-    /// only its public key (its self-signature is checked). X.509-SVID: not a CA,
+    /// identity the caller authenticated as; the CSR contributes only its public key (its
+    /// self-signature is checked). A CSR that asks for another identity, or for further names
+    /// (DNS, IP, email, a second URI), is refused rather than silently narrowed: it shows a
+    /// misconfigured or hostile caller (RELIABILITY CP-3). One without names is fine. X.509-SVID: not a CA,
     /// digitalSignature (+ keyEncipherment for RSA keys), serverAuth + clientAuth, `lifetime`
     /// long (not after the issuer). Oversized or malformed CSRs are refused.
     ///
@@ -515,6 +533,7 @@ impl CertificateAuthority {
             }
             Err(_) => return Err(CaError::CsrBadSignature),
         }
+        check_csr_names(&csr, id)?;
         let spki = &csr.certification_request_info.subject_pki;
         let is_rsa = check_csr_key(spki)?;
         let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki.raw).map_err(|_| {
@@ -703,6 +722,52 @@ fn check_issuer_chain(
         .map(|cert| x509::system_time(cert.validity().not_before))
         .unwrap_or(now);
     Ok((issuer_start, earliest_end.unwrap_or(now)))
+}
+
+/// The names a CSR asks for: none, or exactly `id` as its one URI SAN.
+fn check_csr_names(csr: &X509CertificationRequest<'_>, id: &SpiffeId) -> Result<(), CaError> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    let Some(extensions) = csr.requested_extensions() else {
+        return Ok(());
+    };
+    let mut uris = 0;
+    for extension in extensions {
+        let ParsedExtension::SubjectAlternativeName(san) = extension else {
+            continue;
+        };
+        for name in &san.general_names {
+            match name {
+                GeneralName::URI(uri) => {
+                    uris += 1;
+                    if uris > 1 {
+                        return Err(CaError::CsrExtraNames {
+                            what: "a second URI",
+                        });
+                    }
+                    if *uri != id.as_str() {
+                        return Err(CaError::CsrIdentityMismatch {
+                            requested: uri.chars().take(200).collect(),
+                            caller: id.clone(),
+                        });
+                    }
+                }
+                GeneralName::DNSName(_) => {
+                    return Err(CaError::CsrExtraNames { what: "a DNS name" })
+                }
+                GeneralName::IPAddress(_) => {
+                    return Err(CaError::CsrExtraNames {
+                        what: "an IP address",
+                    })
+                }
+                _ => {
+                    return Err(CaError::CsrExtraNames {
+                        what: "a name of another kind",
+                    })
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Loads a PKCS#8 issuer key, naming the format when it is another one.

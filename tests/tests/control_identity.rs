@@ -51,15 +51,28 @@ async fn tls_channel(control: &ControlPlane) -> grpc::Channel {
 }
 
 #[tokio::test]
-async fn a_certificate_carries_the_tokens_identity_not_the_csrs() {
+async fn a_certificate_carries_the_tokens_identity_and_a_csr_for_another_is_refused() {
     let files = tempfile::tempdir().unwrap();
     let control = secure_control(files.path(), &["--cert-lifetime", "1h"]).await;
     let channel = tls_channel(&control).await;
 
-    // The CSR asks for another workload in another namespace.
+    // The CSR asks for another workload in another namespace: no certificate.
     let key = WorkloadKey::generate().unwrap();
     let csr = key
         .csr_pem(&id("spiffe://cluster.local/ns/bank/sa/payments"))
+        .unwrap();
+    let refused = grpc::sign(&channel, Some(WEB_TOKEN), &csr)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("bank/sa/payments"),
+        "{refused:?}"
+    );
+
+    // Its own identity: signed.
+    let csr = key
+        .csr_pem(&id("spiffe://cluster.local/ns/shop/sa/web"))
         .unwrap();
     let signed = grpc::sign(&channel, Some(WEB_TOKEN), &csr)
         .await

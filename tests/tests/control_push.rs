@@ -234,7 +234,9 @@ async fn an_unchanged_version_bump_reaches_the_cache() {
         cache_dir: Some(cache.path().to_owned()),
         ..push_options("web-1")
     };
-    options.extra.extend(["--reach".to_owned(), "shop".to_owned()]);
+    options
+        .extra
+        .extend(["--reach".to_owned(), "shop".to_owned()]);
     let sidecar = Sidecar::start_push(&control.grpc_url(), options.clone()).await;
     apply(&control, &config("b", a.addr, b.addr, 7)).await;
     sidecar.wait_ready(Duration::from_secs(20)).await;

@@ -200,44 +200,75 @@ fn short_lifetimes_are_not_mostly_backdated() {
 }
 
 #[test]
-fn the_identity_comes_from_the_caller_not_the_csr() {
+fn the_identity_comes_from_the_caller_and_a_csr_asking_for_more_is_refused() {
     let ca = CertificateAuthority::generate(TD).unwrap();
     let key = WorkloadKey::generate().unwrap();
-    // The CSR asks for B; the caller authenticated as A.
-    let issued = ca
+    // The CSR asks for B; the caller authenticated as A: refused, nothing issued.
+    let error = ca
         .sign_workload_csr(&csr_for(&key, "b"), &workload("a"), HOUR)
-        .unwrap();
-    let (leaf, _) = inspect(&issued.chain_pem);
-    assert_eq!(leaf.uris, vec![workload("a").to_string()]);
-    assert_eq!(
-        Credentials::from_pem(&issued.chain_pem, &key).unwrap().id,
-        workload("a")
+        .unwrap_err();
+    assert!(
+        matches!(&error, CaError::CsrIdentityMismatch { requested, .. } if *requested == workload("b").to_string()),
+        "{error}"
     );
-
-    // A greedy CSR: extra SANs, CA, certificate signing. None of it is honoured.
-    let greedy_key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![
-        SanType::URI(Ia5String::try_from(workload("b").to_string()).unwrap()),
-        SanType::URI(Ia5String::try_from("spiffe://other.test/ns/x/sa/y").unwrap()),
-        SanType::DnsName(Ia5String::try_from("evil.example").unwrap()),
-    ];
-    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let csr = params
-        .serialize_request(&greedy_key)
-        .unwrap()
-        .pem()
+    assert!(
+        !error.is_invalid_csr(),
+        "a permission matter, not a malformed CSR"
+    );
+    // Asking for A itself is what a sidecar does.
+    let issued = ca
+        .sign_workload_csr(&csr_for(&key, "a"), &workload("a"), HOUR)
         .unwrap();
-    let issued = ca.sign_workload_csr(&csr, &workload("a"), HOUR).unwrap();
     let (leaf, _) = inspect(&issued.chain_pem);
     assert_eq!(leaf.uris, vec![workload("a").to_string()]);
-    assert_eq!(leaf.other_sans, 0);
-    assert_eq!(leaf.is_ca, Some(false));
-    assert!(!leaf.key_cert_sign);
+
+    // A greedy CSR: further SANs, CA, certificate signing.
+    let greedy_key = KeyPair::generate().unwrap();
+    let greedy = |sans: Vec<SanType>, ca: bool| {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = sans;
+        if ca {
+            params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+        }
+        params
+            .serialize_request(&greedy_key)
+            .unwrap()
+            .pem()
+            .unwrap()
+    };
+    let own = || SanType::URI(Ia5String::try_from(workload("a").to_string()).unwrap());
+    for sans in [
+        vec![
+            own(),
+            SanType::DnsName(Ia5String::try_from("evil.example").unwrap()),
+        ],
+        vec![
+            own(),
+            SanType::URI(Ia5String::try_from("spiffe://other.test/ns/x/sa/y").unwrap()),
+        ],
+        vec![own(), SanType::IpAddress("10.0.0.1".parse().unwrap())],
+    ] {
+        let error = ca
+            .sign_workload_csr(&greedy(sans, false), &workload("a"), HOUR)
+            .unwrap_err();
+        assert!(matches!(error, CaError::CsrExtraNames { .. }), "{error}");
+        assert!(error.is_invalid_csr());
+    }
+    // Asking to be a CA is not honoured: the leaf is an SVID all the same.
+    for sans in [vec![own()], Vec::new()] {
+        let issued = ca
+            .sign_workload_csr(&greedy(sans, true), &workload("a"), HOUR)
+            .unwrap();
+        let (leaf, _) = inspect(&issued.chain_pem);
+        assert_eq!(leaf.uris, vec![workload("a").to_string()]);
+        assert_eq!(leaf.other_sans, 0);
+        assert_eq!(leaf.is_ca, Some(false));
+        assert!(!leaf.key_cert_sign);
+    }
 }
 
 #[test]
