@@ -382,7 +382,9 @@ impl RoundRobin {
             Order::Stride { stride, total }
         };
         Self {
-            next: AtomicUsize::new(0),
+            // A random place to start: after a change to a Backend, sidecars that all started
+            // at endpoint 0 would send their first requests to the same endpoints together.
+            next: AtomicUsize::new(rand::random::<u32>() as usize),
             order,
         }
     }
@@ -815,15 +817,32 @@ mod tests {
                 .map(|_| char::from(b'a' + rr.pick_with(&|_| true, rng) as u8))
                 .collect()
         };
+        // Each balancer starts at a random place of its cycle: the picks are a stretch of the
+        // cycle repeated.
+        let follows = |got: String, cycle: &str| {
+            assert!(
+                cycle.repeat(got.len() / cycle.len() + 2).contains(&got),
+                "{got} does not follow the cycle {cycle}"
+            );
+        };
         // nginx's documented example: weights 5, 1, 1.
-        assert_eq!(order(&[5, 1, 1], 14, &mut rng), "aabacaaaabacaa");
-        assert_eq!(order(&[3, 1], 8, &mut rng), "aabaaaba");
-        assert_eq!(order(&[3000, 1000], 8, &mut rng), "aabaaaba");
+        follows(order(&[5, 1, 1], 14, &mut rng), "aabacaa");
+        follows(order(&[3, 1], 8, &mut rng), "aaba");
+        follows(order(&[3000, 1000], 8, &mut rng), "aaba");
         // Equal weights (and no weights) go in turn.
-        assert_eq!(order(&[2, 2, 2], 7, &mut rng), "abcabca");
-        assert_eq!(order(&[0, 0, 0], 7, &mut rng), "abcabca");
+        follows(order(&[2, 2, 2], 7, &mut rng), "abc");
+        follows(order(&[0, 0, 0], 7, &mut rng), "abc");
         // Drained endpoints are not in the order.
-        assert_eq!(order(&[0, 1, 0, 1], 6, &mut rng), "bdbdbd");
+        follows(order(&[0, 1, 0, 1], 6, &mut rng), "bd");
+    }
+
+    #[test]
+    fn round_robin_balancers_start_at_different_places() {
+        let mut rng = seeded(6);
+        let first: std::collections::HashSet<usize> = (0..64)
+            .map(|_| balancer(LoadBalancer::RoundRobin, &[1; 8]).pick_with(&|_| true, &mut rng))
+            .collect();
+        assert!(first.len() > 1, "64 balancers all began at {first:?}");
     }
 
     #[test]
