@@ -219,14 +219,22 @@ async fn bootstrap_ca_run_again_keeps_the_clusters_ca() {
             .to_owned()
     };
     let (cert, key) = (field("cert.pem"), field("key.pem"));
-    let root = first
-        .split("  ca.pem: |\n")
-        .nth(1)
-        .unwrap()
-        .split("\n---")
-        .next()
-        .unwrap()
-        .to_owned();
+    let root_of = |manifests: &str| {
+        manifests
+            .split("  ca.pem: |\n")
+            .nth(1)
+            .unwrap()
+            .split("\n---")
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let root = root_of(&first);
+    // A root rotation in progress: the Secret also holds the new root as extra-roots.pem.
+    let other = run_script(vec!["--print"], path.clone(), None).await;
+    let new_root = root_of(&String::from_utf8_lossy(&other.stdout));
+    let new_root_pem: String = new_root.lines().map(|l| format!("{}\n", l.trim())).collect();
+    let extra = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &new_root_pem);
 
     let fake = tempfile::tempdir().unwrap();
     let log = fake.path().join("log");
@@ -240,6 +248,9 @@ async fn bootstrap_ca_run_again_keeps_the_clusters_ca() {
              case \"$*\" in\n\
              *'jsonpath={{.data.cert\\.pem}}'*) printf %s '{cert}' ;;\n\
              *'jsonpath={{.data.key\\.pem}}'*) printf %s '{key}' ;;\n\
+             *'jsonpath={{.data.extra-roots\\.pem}}'*) printf %s '{extra}' ;;\n\
+             *'get secret ficus-join-tokens'*) exit 1 ;;\n\
+             *'create secret generic ficus-join-tokens'*) exit 0 ;;\n\
              *'get secret'*) exit 0 ;;\n\
              'get namespace blog') exit 1 ;;\n\
              'create namespace blog') exit 0 ;;\n\
@@ -264,18 +275,28 @@ async fn bootstrap_ca_run_again_keeps_the_clusters_ca() {
     );
     let calls = std::fs::read_to_string(log.join("calls")).unwrap();
     assert!(calls.contains("create namespace blog"), "{calls}");
+    // The join-token Secret the Deployment mounts is made when missing (else ficus-control
+    // could not start: --join-token-file would name no file).
+    assert!(
+        calls.contains("create secret generic ficus-join-tokens"),
+        "{calls}"
+    );
     let applied = std::fs::read_to_string(log.join("applied")).unwrap();
     assert!(!applied.contains("kind: Secret"), "{applied}");
     assert!(applied.contains("namespace: blog"), "{applied}");
     assert!(applied.contains(&root), "the cluster's root: {applied}");
+    assert!(
+        applied.contains(&new_root),
+        "and the new root of the rotation: {applied}"
+    );
     let patched = std::fs::read_to_string(log.join("patched")).unwrap();
     let root_pem: String = root.lines().map(|l| format!("{}\n", l.trim())).collect();
     assert!(
         patched.contains(&base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,
-            &root_pem
+            format!("{root_pem}{new_root_pem}")
         )),
-        "caBundle is the cluster's root: {patched}"
+        "caBundle is the cluster's root and the new one: {patched}"
     );
 }
 
