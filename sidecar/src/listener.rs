@@ -27,7 +27,7 @@ use crate::transparent::Redirected;
 mod head;
 
 use ficus_net::stall::{StallBounded, MAX_WRITE_STALL};
-use head::{Graceful, HeadTimed, HeadWatch, IdleGoaway, Watched};
+use head::{Graceful, HeadRead, HeadTimed, HeadWatch, IdleGoaway, Watched};
 
 /// Pause after an accept error, so a full fd table does not turn into a busy loop.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -284,8 +284,9 @@ async fn serve_io<I>(
             until_drained!(connection, drain).map_err(|e| e.to_string())
         }
         _ => {
+            let io = TokioIo::new(HeadRead::new(io.into_inner(), watch.clone()));
             let connection = server.http1.serve_connection(io, service).with_upgrades();
-            let connection = HeadTimed::new(connection, watch, server.header_read_timeout);
+            let connection = HeadTimed::new(connection, watch, server.header_read_timeout, idle);
             until_drained!(connection, drain).map_err(|e| e.to_string())
         }
     };
