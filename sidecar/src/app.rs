@@ -437,13 +437,19 @@ async fn serve(
         connections.inbound.wait().await;
         connections.outbound.wait().await;
     };
-    if tokio::time::timeout_at(deadline, all).await.is_err() {
-        tracing::warn!(
+    tokio::select! {
+        () = all => tracing::info!("drained"),
+        () = tokio::time::sleep_until(deadline) => tracing::warn!(
             remaining = connections.inbound.len() + connections.outbound.len(),
             "drain timeout passed; closing what is left"
-        );
-    } else {
-        tracing::info!("drained");
+        ),
+        () = stop.next_signal() => {
+            tracing::warn!(
+                remaining = connections.inbound.len() + connections.outbound.len(),
+                "signal while draining; closing what is left now"
+            );
+            return exit::OK;
+        }
     }
     // Spans of the last requests would otherwise wait for the exporter's next drain; within
     // the drain timeout, which is what the pod's grace period is sized for.
@@ -493,5 +499,16 @@ impl Stop {
             }
         }
         false
+    }
+
+    /// Waits for the next SIGTERM or SIGINT (forever without signal handlers). Cancel-safe.
+    async fn next_signal(&mut self) {
+        let Some((term, int)) = &mut self.signals else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
     }
 }

@@ -454,6 +454,48 @@ async fn quitquitquit_drains_outbound_too_and_exits_0() {
     );
 }
 
+/// A signal during the last phase of the drain (here after `/quitquitquit`, whose drain
+/// waits for an outbound request that will take a minute) ends the wait: the sidecar closes
+/// what is left and exits 0 at once instead of waiting out the drain timeout.
+#[tokio::test]
+async fn a_signal_during_the_final_drain_closes_what_is_left() {
+    let upstream = Upstream::start("slow").await;
+    let options = SidecarOptions {
+        drain_timeout: Some("120s".into()),
+        ..Default::default()
+    };
+    // No response timeout ends the request before the drain timeout would.
+    let config = "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+                  spec: {proxy: {upstreamResponseTimeout: 5m}}\n---\n"
+        .to_owned()
+        + &backend(upstream.addr);
+    let mut sidecar = Sidecar::start_with(&config, options).await;
+    // A request in flight for a minute, on a connection the client keeps open.
+    let mut in_flight = tokio::net::TcpStream::connect(sidecar.outbound)
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut in_flight,
+        b"GET /delay/60000 HTTP/1.1\r\nhost: slow\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    wait_for(|| upstream.count() == 1, "the slow request upstream").await;
+    assert_eq!(
+        client::send(sidecar.admin, post("/quitquitquit"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    // The outbound listener closes in the last phase, which now waits for the request.
+    wait_refused(sidecar.outbound, "outbound after /quitquitquit").await;
+    sidecar.terminate();
+    let status = sidecar.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0));
+    drop(in_flight);
+}
+
 #[tokio::test]
 async fn admin_answers_while_the_data_plane_is_saturated() {
     let upstream = Upstream::start("fast").await;
