@@ -241,6 +241,13 @@ pub fn run(args: Args) -> u8 {
     code
 }
 
+/// The end of phase 1 of the drain: `reserve` before the drain deadline, so that phase 2 has
+/// time to tell outbound clients (`Connection: close`, GOAWAY) even when phase 1 runs out.
+fn phase_one_end(timeout: Duration) -> Duration {
+    let reserve = (timeout / 4).min(Duration::from_secs(5));
+    timeout - reserve
+}
+
 /// Where config comes from.
 enum Mode {
     /// `--config`: the validated start-up config and the path to watch.
@@ -407,7 +414,9 @@ async fn serve(
 
     let mut stop = Stop::install();
     let quit = stop.next(&shared).await;
-    let deadline = tokio::time::Instant::now() + timing.timeout;
+    let started = tokio::time::Instant::now();
+    let deadline = started + timing.timeout;
+    let phase_one_deadline = started + phase_one_end(timing.timeout);
     // Phase 1: inbound drains; outbound serves the app until it is done (crate::drain).
     shared.drain.drain();
     connections.inbound.close();
@@ -422,10 +431,11 @@ async fn serve(
         };
         tokio::select! {
             () = inbound_drained_then_quiet => tracing::info!("inbound drained, outbound quiet"),
-            () = tokio::time::sleep_until(deadline) => tracing::warn!(
+            () = tokio::time::sleep_until(phase_one_deadline) => tracing::warn!(
                 inbound_open = connections.inbound.len(),
                 outbound_open = shared.drain.outbound_open(),
-                "drain timeout passed before inbound drained and outbound went quiet"
+                "drain timeout nearly passed before inbound drained and outbound went quiet; \
+                 draining outbound too"
             ),
             _ = stop.next(&shared) => tracing::info!("stopping without waiting for outbound"),
         }
@@ -510,5 +520,18 @@ impl Stop {
             _ = term.recv() => tracing::info!("SIGTERM"),
             _ = int.recv() => tracing::info!("SIGINT"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_one_leaves_phase_two_a_reserve() {
+        let s = Duration::from_secs;
+        assert_eq!(phase_one_end(s(30)), s(25));
+        assert_eq!(phase_one_end(s(2)), Duration::from_millis(1500));
+        assert_eq!(phase_one_end(Duration::ZERO), Duration::ZERO);
     }
 }
