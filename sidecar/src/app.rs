@@ -223,6 +223,7 @@ pub fn run(args: Args) -> u8 {
         outbound = %args.outbound, inbound = %args.inbound, admin = %args.admin, workers,
         node_id = %shared.identity.node_id, "ficus-sidecar started"
     );
+    let exiting = Arc::clone(&shared);
     let code = runtime.block_on(serve(
         shared,
         Listeners {
@@ -238,8 +239,19 @@ pub fn run(args: Args) -> u8 {
         },
     ));
     runtime.shutdown_timeout(Duration::from_millis(200));
+    // Requests cut at the drain timeout log their `DC` lines as the runtime drops them: the
+    // writer gets a moment to put them (and everything queued before) out before the process
+    // ends.
+    if let Some(log) = &exiting.snapshot.load().access_log {
+        if !log.flush(ACCESS_LOG_FLUSH) {
+            tracing::warn!(within = ?ACCESS_LOG_FLUSH, "the access log was not flushed at exit");
+        }
+    }
     code
 }
+
+/// How long the exit waits for the access-log writer to put out the last lines.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(1);
 
 /// The end of phase 1 of the drain: `reserve` before the drain deadline, so that phase 2 has
 /// time to tell outbound clients (`Connection: close`, GOAWAY) even when phase 1 runs out.
