@@ -16,7 +16,7 @@ use crate::cli::Args;
 use crate::control::certs::CertManager;
 use crate::control::{ControlClient, ControlSettings};
 use crate::drain;
-use crate::listener::{accept_loop, serve_http, Side};
+use crate::listener::{accept_loop, serve_http, ConnectionLimit, Side};
 use crate::mtls::MeshTls;
 use crate::reload::Reloader;
 use crate::snapshot::{BuildContext, Snapshot};
@@ -151,15 +151,18 @@ pub fn run(args: Args) -> u8 {
     };
     let shared = Shared::new(empty, metrics, pools, identity, log, drain_signal, tls);
     shared.traces.trust_ca_file(args.ca_file.as_deref());
+    let limit = ConnectionLimit::from_rlimit();
     let connections = Connections {
         inbound: TaskTracker::new(),
         outbound: TaskTracker::new(),
+        limit: limit.clone(),
     };
     // Opaque TCP `listen:` listeners carry the app's outbound traffic: they drain with it.
     let tcp = TcpListeners::new(
         runtime.handle().clone(),
         connections.outbound.clone(),
         outbound_drain,
+        limit,
     );
     let mut reloader = Reloader::new(Arc::clone(&shared), tcp);
     let config_task = match mode {
@@ -221,7 +224,8 @@ pub fn run(args: Args) -> u8 {
 
     tracing::info!(
         outbound = %args.outbound, inbound = %args.inbound, admin = %args.admin, workers,
-        node_id = %shared.identity.node_id, "ficus-sidecar started"
+        node_id = %shared.identity.node_id, connection_cap = connections.limit.max(),
+        "ficus-sidecar started"
     );
     let exiting = Arc::clone(&shared);
     let code = runtime.block_on(serve(
@@ -353,10 +357,11 @@ struct Listeners {
     transparent: Option<Arc<crate::transparent::Transparent>>,
 }
 
-/// The data-plane connections of each side.
+/// The data-plane connections of each side, and the cap on all of them together.
 struct Connections {
     inbound: TaskTracker,
     outbound: TaskTracker,
+    limit: ConnectionLimit,
 }
 
 /// `--drain-timeout` and `--drain-quiet-period`.
@@ -405,6 +410,7 @@ async fn serve(
             name,
             drain,
             tracker,
+            connections.limit.clone(),
             move |stream, peer| {
                 let shared = Arc::clone(&shared);
                 let drain = drain_for_connections.clone();

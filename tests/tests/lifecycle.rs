@@ -698,6 +698,59 @@ async fn fd_exhaustion_backs_off_and_recovers() {
     assert!(sidecar.wait_exit_now().is_none(), "still running");
 }
 
+/// RELIABILITY RES-5 with the limit set at start (`ulimit -n 256`): a flood of more
+/// connections than descriptors is met by the connection cap (sized from the limit), so the
+/// sidecar never runs out: the admin server still answers `/live` during the flood, live
+/// connections are served, and new ones are once the flood is gone.
+#[tokio::test]
+async fn a_connection_flood_leaves_descriptors_for_admin() {
+    let upstream = Upstream::start("fast").await;
+    let options = SidecarOptions {
+        workers: Some(1),
+        prefix: vec!["prlimit".into(), "--nofile=256:256".into()],
+        ..Default::default()
+    };
+    let sidecar = Sidecar::start_with(&backend(upstream.addr), options).await;
+    let mut kept = H1Client::connect(sidecar.outbound).await.unwrap();
+    assert_eq!(kept.get("slow", "/").await.unwrap().status, 200);
+
+    // More connections than the sidecar has descriptors; the kernel queues what it does not
+    // accept (the backlog is larger).
+    let mut flood = Vec::new();
+    for _ in 0..400 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(sidecar.outbound),
+        )
+        .await
+        {
+            flood.push(stream);
+        }
+    }
+    assert!(
+        flood.len() > 256,
+        "the flood got {} connections",
+        flood.len()
+    );
+    let live = client::get(sidecar.admin, "admin", "/live")
+        .await
+        .expect("admin answers during the flood");
+    assert_eq!(live.status, 200);
+    assert_eq!(
+        kept.get("slow", "/").await.unwrap().status,
+        200,
+        "live connections still served"
+    );
+
+    drop(flood);
+    until(
+        "new connections after the flood",
+        Duration::from_secs(10),
+        || async { client::get(sidecar.outbound, "slow", "/").await.is_ok() },
+    )
+    .await;
+}
+
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: &str) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
