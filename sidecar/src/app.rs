@@ -16,7 +16,7 @@ use crate::cli::Args;
 use crate::control::certs::CertManager;
 use crate::control::{ControlClient, ControlSettings};
 use crate::drain;
-use crate::listener::{accept_loop, serve_http, Side};
+use crate::listener::{accept_loop, serve_http, ConnectionLimit, Side};
 use crate::mtls::MeshTls;
 use crate::reload::Reloader;
 use crate::snapshot::{BuildContext, Snapshot};
@@ -151,15 +151,18 @@ pub fn run(args: Args) -> u8 {
     };
     let shared = Shared::new(empty, metrics, pools, identity, log, drain_signal, tls);
     shared.traces.trust_ca_file(args.ca_file.as_deref());
+    let limit = ConnectionLimit::from_rlimit();
     let connections = Connections {
         inbound: TaskTracker::new(),
         outbound: TaskTracker::new(),
+        limit: limit.clone(),
     };
     // Opaque TCP `listen:` listeners carry the app's outbound traffic: they drain with it.
     let tcp = TcpListeners::new(
         runtime.handle().clone(),
         connections.outbound.clone(),
         outbound_drain,
+        limit,
     );
     let mut reloader = Reloader::new(Arc::clone(&shared), tcp);
     let config_task = match mode {
@@ -221,8 +224,10 @@ pub fn run(args: Args) -> u8 {
 
     tracing::info!(
         outbound = %args.outbound, inbound = %args.inbound, admin = %args.admin, workers,
-        node_id = %shared.identity.node_id, "ficus-sidecar started"
+        node_id = %shared.identity.node_id, connection_cap = connections.limit.max(),
+        "ficus-sidecar started"
     );
+    let exiting = Arc::clone(&shared);
     let code = runtime.block_on(serve(
         shared,
         Listeners {
@@ -238,7 +243,25 @@ pub fn run(args: Args) -> u8 {
         },
     ));
     runtime.shutdown_timeout(Duration::from_millis(200));
+    // Requests cut at the drain timeout log their `DC` lines as the runtime drops them: the
+    // writer gets a moment to put them (and everything queued before) out before the process
+    // ends.
+    if let Some(log) = &exiting.snapshot.load().access_log {
+        if !log.flush(ACCESS_LOG_FLUSH) {
+            tracing::warn!(within = ?ACCESS_LOG_FLUSH, "the access log was not flushed at exit");
+        }
+    }
     code
+}
+
+/// How long the exit waits for the access-log writer to put out the last lines.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(1);
+
+/// The end of phase 1 of the drain: `reserve` before the drain deadline, so that phase 2 has
+/// time to tell outbound clients (`Connection: close`, GOAWAY) even when phase 1 runs out.
+fn phase_one_end(timeout: Duration) -> Duration {
+    let reserve = (timeout / 4).min(Duration::from_secs(5));
+    timeout - reserve
 }
 
 /// Where config comes from.
@@ -334,10 +357,11 @@ struct Listeners {
     transparent: Option<Arc<crate::transparent::Transparent>>,
 }
 
-/// The data-plane connections of each side.
+/// The data-plane connections of each side, and the cap on all of them together.
 struct Connections {
     inbound: TaskTracker,
     outbound: TaskTracker,
+    limit: ConnectionLimit,
 }
 
 /// `--drain-timeout` and `--drain-quiet-period`.
@@ -386,6 +410,7 @@ async fn serve(
             name,
             drain,
             tracker,
+            connections.limit.clone(),
             move |stream, peer| {
                 let shared = Arc::clone(&shared);
                 let drain = drain_for_connections.clone();
@@ -407,7 +432,9 @@ async fn serve(
 
     let mut stop = Stop::install();
     let quit = stop.next(&shared).await;
-    let deadline = tokio::time::Instant::now() + timing.timeout;
+    let started = tokio::time::Instant::now();
+    let deadline = started + timing.timeout;
+    let phase_one_deadline = started + phase_one_end(timing.timeout);
     // Phase 1: inbound drains; outbound serves the app until it is done (crate::drain).
     shared.drain.drain();
     connections.inbound.close();
@@ -422,10 +449,11 @@ async fn serve(
         };
         tokio::select! {
             () = inbound_drained_then_quiet => tracing::info!("inbound drained, outbound quiet"),
-            () = tokio::time::sleep_until(deadline) => tracing::warn!(
+            () = tokio::time::sleep_until(phase_one_deadline) => tracing::warn!(
                 inbound_open = connections.inbound.len(),
                 outbound_open = shared.drain.outbound_open(),
-                "drain timeout passed before inbound drained and outbound went quiet"
+                "drain timeout nearly passed before inbound drained and outbound went quiet; \
+                 draining outbound too"
             ),
             _ = stop.next(&shared) => tracing::info!("stopping without waiting for outbound"),
         }
@@ -437,13 +465,19 @@ async fn serve(
         connections.inbound.wait().await;
         connections.outbound.wait().await;
     };
-    if tokio::time::timeout_at(deadline, all).await.is_err() {
-        tracing::warn!(
+    tokio::select! {
+        () = all => tracing::info!("drained"),
+        () = tokio::time::sleep_until(deadline) => tracing::warn!(
             remaining = connections.inbound.len() + connections.outbound.len(),
             "drain timeout passed; closing what is left"
-        );
-    } else {
-        tracing::info!("drained");
+        ),
+        () = stop.next_signal() => {
+            tracing::warn!(
+                remaining = connections.inbound.len() + connections.outbound.len(),
+                "signal while draining; closing what is left now"
+            );
+            return exit::OK;
+        }
     }
     // Spans of the last requests would otherwise wait for the exporter's next drain; within
     // the drain timeout, which is what the pod's grace period is sized for.
@@ -493,5 +527,29 @@ impl Stop {
             }
         }
         false
+    }
+
+    /// Waits for the next SIGTERM or SIGINT (forever without signal handlers). Cancel-safe.
+    async fn next_signal(&mut self) {
+        let Some((term, int)) = &mut self.signals else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_one_leaves_phase_two_a_reserve() {
+        let s = Duration::from_secs;
+        assert_eq!(phase_one_end(s(30)), s(25));
+        assert_eq!(phase_one_end(s(2)), Duration::from_millis(1500));
+        assert_eq!(phase_one_end(Duration::ZERO), Duration::ZERO);
     }
 }

@@ -3,7 +3,8 @@
 //! Accept errors such as `EMFILE` (out of file descriptors) are logged and retried after a
 //! pause instead of ending the loop or spinning. Every connection watches the drain signal of
 //! its side (inbound drains first, outbound once the app is done; see [`crate::drain`]):
-//! HTTP/1 finishes its in-flight request and closes, HTTP/2 sends GOAWAY.
+//! HTTP/1 finishes its in-flight request and closes, HTTP/2 sends GOAWAY. The accept loops
+//! share a [`ConnectionLimit`], so that a flood leaves descriptors for the admin server.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,9 +26,12 @@ use crate::state::Shared;
 use crate::transparent::Redirected;
 
 mod head;
+mod limit;
+
+pub use limit::ConnectionLimit;
 
 use ficus_net::stall::{StallBounded, MAX_WRITE_STALL};
-use head::{Graceful, HeadTimed, HeadWatch, IdleGoaway, Watched};
+use head::{Graceful, HeadRead, HeadTimed, HeadWatch, IdleGoaway, Watched};
 
 /// Pause after an accept error, so a full fd table does not turn into a busy loop.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -63,11 +67,14 @@ pub enum Side {
 
 /// Accepts until `drain` says this side drains, handing each connection to `serve` on
 /// `tracker` (and counting it while it runs, when `drain` counts its side's connections).
+/// Each connection holds a permit of `limit` while its task runs; with none free, the loop
+/// waits before accepting.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     name: &'static str,
     drain: Drain,
     tracker: TaskTracker,
+    limit: ConnectionLimit,
     serve: F,
 ) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
@@ -76,6 +83,11 @@ pub async fn accept_loop<F, Fut>(
     let drained = drain.clone().signaled();
     tokio::pin!(drained);
     loop {
+        let permit = tokio::select! {
+            biased;
+            () = &mut drained => break,
+            permit = limit.acquire() => permit,
+        };
         tokio::select! {
             biased;
             () = &mut drained => break,
@@ -87,6 +99,7 @@ pub async fn accept_loop<F, Fut>(
                     let serving = serve(stream, peer);
                     tracker.spawn(async move {
                         let _active = active;
+                        let _permit = permit;
                         serving.await;
                     });
                 }
@@ -332,8 +345,9 @@ async fn serve_io<I>(
             until_drained!(connection, drain).map_err(|e| e.to_string())
         }
         _ => {
+            let io = TokioIo::new(HeadRead::new(io.into_inner(), watch.clone()));
             let connection = server.http1.serve_connection(io, service).with_upgrades();
-            let connection = HeadTimed::new(connection, watch, server.header_read_timeout);
+            let connection = HeadTimed::new(connection, watch, server.header_read_timeout, idle);
             until_drained!(connection, drain).map_err(|e| e.to_string())
         }
     };

@@ -17,7 +17,7 @@ use tokio::task::AbortHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::drain::Drain;
-use crate::listener::accept_loop;
+use crate::listener::{accept_loop, ConnectionLimit};
 use crate::proxy::error::flags;
 use crate::snapshot::TcpService;
 use crate::state::Shared;
@@ -32,6 +32,7 @@ pub struct TcpListeners {
     runtime: Handle,
     tracker: TaskTracker,
     drain: Drain,
+    limit: ConnectionLimit,
 }
 
 /// Listeners bound for a config that is not swapped in yet.
@@ -42,13 +43,20 @@ pub struct Prepared {
 }
 
 impl TcpListeners {
-    /// No listeners yet; accept loops will run on `runtime`.
-    pub fn new(runtime: Handle, tracker: TaskTracker, drain: Drain) -> Self {
+    /// No listeners yet; accept loops will run on `runtime`, their connections counted
+    /// against `limit` (shared with the HTTP listeners).
+    pub fn new(
+        runtime: Handle,
+        tracker: TaskTracker,
+        drain: Drain,
+        limit: ConnectionLimit,
+    ) -> Self {
         Self {
             running: HashMap::new(),
             runtime,
             tracker,
             drain,
+            limit,
         }
     }
 
@@ -82,6 +90,7 @@ impl TcpListeners {
             let shared = Arc::clone(shared);
             let drain = self.drain.clone();
             let tracker = self.tracker.clone();
+            let limit = self.limit.clone();
             let task = self.runtime.spawn(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => listener,
@@ -92,10 +101,10 @@ impl TcpListeners {
                 };
                 tracing::info!(%address, "opaque TCP listener started");
                 let connections = tracker.clone();
-                accept_loop(listener, "tcp", drain, connections, move |stream, peer| {
+                let serve = move |stream, peer| {
                     proxy_connection(Arc::clone(&shared), address, stream, peer)
-                })
-                .await;
+                };
+                accept_loop(listener, "tcp", drain, connections, limit, serve).await;
             });
             self.running.insert(address, task.abort_handle());
         }

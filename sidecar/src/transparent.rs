@@ -423,6 +423,14 @@ pub async fn serve(
     // authorization, identity header stripping and metrics) rather than copied past them.
     let mut app = None;
     if side == Side::Inbound && !opaque_port && sniffed.is_none() && read.is_empty() {
+        if mtls_only {
+            // Under STRICT every legitimate client is a peer sidecar whose ClientHello comes
+            // at once: a client still silent here is closed, and no app connection is opened
+            // for it (waiting for a server-first app would hold one for the idle timeout).
+            shared.metrics.tls_handshake_failed("timeout");
+            tracing::info!(%peer, %original, "silent inbound connection closed: mTLS is STRICT");
+            return;
+        }
         match first_speaker(&shared, &mut stream, original, transparent.detect_timeout).await {
             FirstSpeaker::Client(late, bytes, connected) => {
                 (sniffed, read, app) = (late, bytes, Some(connected));

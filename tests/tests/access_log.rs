@@ -432,3 +432,89 @@ async fn both_sides_of_an_mtls_hop_log_the_peer_identity_and_one_trace() {
     assert_eq!(trace.len(), 32);
     assert_eq!(inbound["trace_id"], trace);
 }
+
+/// Requests the drain timeout cuts log their `DC` lines as the process stops: the lines are
+/// out before it has exited, although the log is a pipe read slowly (the writer is given a
+/// moment at exit, instead of being cut off mid-batch).
+#[tokio::test]
+async fn requests_cut_at_the_drain_timeout_are_logged_before_exit() {
+    // About 80 KB of lines: more than a pipe holds, so the writer is still at them at exit.
+    const CUT: usize = 200;
+    let (hang, mut got_there, upstream) = hanging_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = log_path(&dir, "stdout");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo (coreutils) runs");
+    assert!(made.success());
+    // Opened first (without a writer, which a non-blocking read end allows), so that the
+    // shell's redirection below does not wait for it.
+    let mut reader = tokio::net::unix::pipe::OpenOptions::new()
+        .open_receiver(&fifo)
+        .unwrap();
+    let config = mesh(Some(Path::new("/dev/stdout"))) + &backend("hang", hang);
+    let options = SidecarOptions {
+        drain_timeout: Some("300ms".into()),
+        // The sidecar's stdout is the pipe (`exec` keeps the shell's pid for the signal).
+        prefix: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("exec \"$@\" > '{}'", fifo.display()),
+            "sh".into(),
+        ],
+        ..Default::default()
+    };
+    // The pipe is read slowly: 4 KiB every 10 ms, until it is empty after the sidecar exited
+    // (before the sidecar opens it, a read finds no writer and returns 0 too).
+    let exited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen_exit = std::sync::Arc::clone(&exited);
+    let read = tokio::spawn(async move {
+        let mut text = Vec::new();
+        let mut buffer = [0u8; 4096];
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(until, reader.read(&mut buffer)).await {
+            if n == 0 && seen_exit.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            text.extend_from_slice(&buffer[..n]);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let mut sidecar = Sidecar::start_with(&config, options).await;
+    // Requests in flight whose clients stay connected: only the drain timeout ends them.
+    let mut clients = Vec::new();
+    for _ in 0..CUT {
+        let mut stream = tokio::net::TcpStream::connect(sidecar.outbound)
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /hanging HTTP/1.1\r\nhost: hang\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), got_there.recv())
+            .await
+            .expect("the request reached the upstream")
+            .expect("the upstream is running");
+        clients.push(stream);
+    }
+    sidecar.terminate();
+    let status = sidecar.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0));
+    exited.store(true, std::sync::atomic::Ordering::SeqCst);
+    let text = read.await.unwrap();
+    let cut = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["response_flags"] == "DC" && line["path"] == "/hanging")
+        .count();
+    assert_eq!(
+        cut,
+        CUT,
+        "every cut request is logged ({} bytes read)",
+        text.len()
+    );
+    drop(clients);
+    upstream.abort();
+}

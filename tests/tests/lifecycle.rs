@@ -454,6 +454,154 @@ async fn quitquitquit_drains_outbound_too_and_exits_0() {
     );
 }
 
+/// A signal during the last phase of the drain (here after `/quitquitquit`, whose drain
+/// waits for an outbound request that will take a minute) ends the wait: the sidecar closes
+/// what is left and exits 0 at once instead of waiting out the drain timeout.
+#[tokio::test]
+async fn a_signal_during_the_final_drain_closes_what_is_left() {
+    let upstream = Upstream::start("slow").await;
+    let options = SidecarOptions {
+        drain_timeout: Some("120s".into()),
+        ..Default::default()
+    };
+    // No response timeout ends the request before the drain timeout would.
+    let config = "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+                  spec: {proxy: {upstreamResponseTimeout: 5m}}\n---\n"
+        .to_owned()
+        + &backend(upstream.addr);
+    let mut sidecar = Sidecar::start_with(&config, options).await;
+    // A request in flight for a minute, on a connection the client keeps open.
+    let mut in_flight = tokio::net::TcpStream::connect(sidecar.outbound)
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut in_flight,
+        b"GET /delay/60000 HTTP/1.1\r\nhost: slow\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    wait_for(|| upstream.count() == 1, "the slow request upstream").await;
+    assert_eq!(
+        client::send(sidecar.admin, post("/quitquitquit"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    // The outbound listener closes in the last phase, which now waits for the request.
+    wait_refused(sidecar.outbound, "outbound after /quitquitquit").await;
+    sidecar.terminate();
+    let status = sidecar.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0));
+    drop(in_flight);
+}
+
+/// When the first phase of the drain (outbound serves until the app goes quiet) runs out,
+/// it ends a reserve before the drain timeout, so outbound clients are still told before
+/// their connections close: an HTTP/2 client with a stream open gets GOAWAY.
+#[tokio::test]
+async fn outbound_gets_goaway_when_the_first_drain_phase_runs_out() {
+    let upstream = Upstream::start("slow").await;
+    let options = SidecarOptions {
+        drain_timeout: Some("2s".into()),
+        // One thread: nothing runs beside the exit once the drain ends.
+        workers: Some(1),
+        ..Default::default()
+    };
+    let mut sidecar = Sidecar::start_with(&backend(upstream.addr), options).await;
+    let mut h2 = RawH2::connect(sidecar.outbound).await;
+    h2.get(1, "slow", "/delay/60000").await;
+    wait_for(|| upstream.count() == 1, "the stream upstream").await;
+    sidecar.terminate();
+    let goaway = h2.goaway_before_close(Duration::from_secs(20)).await;
+    assert!(goaway, "the connection closed without GOAWAY");
+    let status = sidecar.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+/// An HTTP/2 client on a raw socket: it sees every frame the server sends.
+struct RawH2 {
+    stream: tokio::net::TcpStream,
+}
+
+impl RawH2 {
+    const PREFACE: &'static [u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    async fn connect(address: std::net::SocketAddr) -> Self {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let mut hello = Self::PREFACE.to_vec();
+        hello.extend_from_slice(&Self::frame(0x4, 0, 0, &[]));
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &hello)
+            .await
+            .unwrap();
+        Self { stream }
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let length = u32::try_from(payload.len()).expect("a small frame");
+        let mut frame = length.to_be_bytes()[1..].to_vec();
+        frame.extend_from_slice(&[kind, flags]);
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    /// Opens stream `id` with a GET (HPACK literals, no Huffman), ending the stream.
+    async fn get(&mut self, id: u32, authority: &str, path: &str) {
+        // :method GET (static 2), :scheme http (static 6), :path and :authority as literals
+        // with indexed names (4 and 1), not indexed.
+        let mut block = vec![0x82, 0x86];
+        for (name, value) in [(4u8, path), (1u8, authority)] {
+            block.push(name);
+            block.push(u8::try_from(value.len()).expect("a short value"));
+            block.extend_from_slice(value.as_bytes());
+        }
+        // END_STREAM | END_HEADERS.
+        let headers = Self::frame(0x1, 0x5, id, &block);
+        tokio::io::AsyncWriteExt::write_all(&mut self.stream, &headers)
+            .await
+            .unwrap();
+    }
+
+    /// Reads frames (acknowledging SETTINGS and PINGs) until the server closes; whether a
+    /// GOAWAY came before. Panics if the connection is still open after `deadline`.
+    async fn goaway_before_close(&mut self, deadline: Duration) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let until = tokio::time::Instant::now() + deadline;
+        let mut goaway = false;
+        loop {
+            let mut head = [0u8; 9];
+            match tokio::time::timeout_at(until, self.stream.read_exact(&mut head)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return goaway,
+                Err(_) => panic!("the connection is still open after {deadline:?}"),
+            }
+            let length =
+                usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; length];
+            match tokio::time::timeout_at(until, self.stream.read_exact(&mut payload)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return goaway,
+                Err(_) => panic!("the connection is still open after {deadline:?}"),
+            }
+            let (kind, flags) = (head[3], head[4]);
+            let answer = match kind {
+                0x4 if flags & 0x1 == 0 => Some(Self::frame(0x4, 0x1, 0, &[])),
+                0x6 if flags & 0x1 == 0 => Some(Self::frame(0x6, 0x1, 0, &payload)),
+                0x7 => {
+                    goaway = true;
+                    None
+                }
+                _ => None,
+            };
+            if let Some(answer) = answer {
+                // The server may have closed already; the read says so next.
+                let _ = self.stream.write_all(&answer).await;
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn admin_answers_while_the_data_plane_is_saturated() {
     let upstream = Upstream::start("fast").await;
@@ -548,6 +696,59 @@ async fn fd_exhaustion_backs_off_and_recovers() {
     let response = client::get(sidecar.outbound, "slow", "/").await.unwrap();
     assert_eq!(response.status, 200);
     assert!(sidecar.wait_exit_now().is_none(), "still running");
+}
+
+/// RELIABILITY RES-5 with the limit set at start (`ulimit -n 256`): a flood of more
+/// connections than descriptors is met by the connection cap (sized from the limit), so the
+/// sidecar never runs out: the admin server still answers `/live` during the flood, live
+/// connections are served, and new ones are once the flood is gone.
+#[tokio::test]
+async fn a_connection_flood_leaves_descriptors_for_admin() {
+    let upstream = Upstream::start("fast").await;
+    let options = SidecarOptions {
+        workers: Some(1),
+        prefix: vec!["prlimit".into(), "--nofile=256:256".into()],
+        ..Default::default()
+    };
+    let sidecar = Sidecar::start_with(&backend(upstream.addr), options).await;
+    let mut kept = H1Client::connect(sidecar.outbound).await.unwrap();
+    assert_eq!(kept.get("slow", "/").await.unwrap().status, 200);
+
+    // More connections than the sidecar has descriptors; the kernel queues what it does not
+    // accept (the backlog is larger).
+    let mut flood = Vec::new();
+    for _ in 0..400 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(sidecar.outbound),
+        )
+        .await
+        {
+            flood.push(stream);
+        }
+    }
+    assert!(
+        flood.len() > 256,
+        "the flood got {} connections",
+        flood.len()
+    );
+    let live = client::get(sidecar.admin, "admin", "/live")
+        .await
+        .expect("admin answers during the flood");
+    assert_eq!(live.status, 200);
+    assert_eq!(
+        kept.get("slow", "/").await.unwrap().status,
+        200,
+        "live connections still served"
+    );
+
+    drop(flood);
+    until(
+        "new connections after the flood",
+        Duration::from_secs(10),
+        || async { client::get(sidecar.outbound, "slow", "/").await.is_ok() },
+    )
+    .await;
 }
 
 /// utime + stime of a process, in clock ticks.

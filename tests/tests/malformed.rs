@@ -1054,10 +1054,11 @@ async fn res1_slowloris_headers_are_cut_at_the_header_timeout() {
 #[tokio::test]
 async fn res1_header_timeout_spares_a_slow_response_then_ends_the_idle_connection() {
     let upstream = Upstream::start("echo").await;
-    let sidecar = Sidecar::start(&(mesh(LIMITS) + &backend("echo", upstream.addr))).await;
+    let limits = "{headerReadTimeout: 1s, bodyIdleTimeout: 1s, connectionIdleTimeout: 2s}";
+    let sidecar = Sidecar::start(&(mesh(limits) + &backend("echo", upstream.addr))).await;
     // The 1 s header timeout bounds only the wait for a request head: a response that takes
     // 1.5 s is still delivered, and the keep-alive connection is closed once it has been
-    // idle for the header timeout after that response.
+    // idle for the connection idle timeout (2 s) after that response.
     let mut stream = TcpStream::connect(sidecar.outbound).await.expect("connect");
     stream
         .write_all(b"GET /delay/1500 HTTP/1.1\r\nHost: echo\r\n\r\n")
@@ -1076,6 +1077,72 @@ async fn res1_header_timeout_spares_a_slow_response_then_ends_the_idle_connectio
         text(&outcome)
     );
     assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
+}
+
+/// An idle keep-alive connection waits for its next request for the connection idle
+/// timeout, not the header timeout (a client polling at about the header timeout would race
+/// the close and lose requests); a head begun on it still has only the header timeout.
+#[tokio::test]
+async fn res1_keep_alive_idles_for_the_idle_timeout_and_heads_still_have_the_header_timeout() {
+    let upstream = Upstream::start("echo").await;
+    let limits = "{headerReadTimeout: 1s, connectionIdleTimeout: 1h}";
+    let sidecar = Sidecar::start(&(mesh(limits) + &backend("echo", upstream.addr))).await;
+    let mut client = client::H1Client::connect(sidecar.outbound).await.unwrap();
+    assert_eq!(client.get("echo", "/one").await.unwrap().status, 200);
+    // Idle for twice the header timeout, then the same connection again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = client
+        .get("echo", "/two")
+        .await
+        .expect("the idle keep-alive connection is still open");
+    assert_eq!(again.status, 200);
+    assert_eq!(upstream.count(), 2);
+
+    // Slowloris after a first request: the next head, begun and left incomplete, is cut at
+    // the header timeout (not the idle one).
+    let mut stream = TcpStream::connect(sidecar.outbound).await.expect("connect");
+    stream
+        .write_all(b"GET /first HTTP/1.1\r\nHost: echo\r\n\r\n")
+        .await
+        .expect("write");
+    let mut first = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(CLOSE_DEADLINE, stream.read(&mut buffer))
+            .await
+            .expect("the first response in time")
+            .expect("read");
+        assert!(n > 0, "closed before the first response");
+        first.extend_from_slice(&buffer[..n]);
+        if first.starts_with(b"HTTP/1.1 200") && first.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let mut stalled = false;
+    for byte in b"GET /slow HTTP/1.1\r\nHost: echo\r\nX-Slow: "
+        .iter()
+        .cycle()
+        .take(40)
+    {
+        if stream.write_all(&[*byte]).await.is_err() {
+            stalled = true;
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buffer)).await {
+            // The rest of the first response's body may still come.
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => {
+                stalled = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(
+        stalled,
+        "an incomplete head was not cut at the header timeout"
+    );
+    assert_eq!(upstream.count(), 3, "the slow head was not forwarded");
 }
 
 #[tokio::test]

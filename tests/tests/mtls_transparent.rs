@@ -88,3 +88,60 @@ spec:
     assert_eq!(metrics.sum("ficus_tls_handshake_failed_total", &[]), 0.0);
     assert!(metrics.sum("ficus_tcp_connections_opened_total", &[]) >= 1.0);
 }
+
+/// TLS-4 in transparent mode: under STRICT an inbound client that says nothing by the
+/// detection timeout cannot be a peer sidecar (whose ClientHello comes at once), so it is
+/// closed then, counted, and no connection to the app is opened for it (waiting for a
+/// server-first app would hold one for the connection idle timeout, an hour by default).
+#[tokio::test]
+async fn a_silent_client_is_closed_under_strict_without_an_app_connection() {
+    if let Some(reason) = netns::skip_reason() {
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    let pod = NetNs::create("pod").expect("pod namespace");
+    let remote = NetNs::create("remote").expect("remote namespace");
+    link(&pod, &["10.77.0.1/24"], &remote, &["10.77.0.2/24"]).expect("veth pair");
+    let mesh = PushMesh::start(&pod, &remote).await;
+    // The payments app counts the connections it accepts.
+    let listener = remote.listen(addr("10.77.0.2:8080")).unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&accepted);
+    let app = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    // Only the payments pod has a sidecar: the caller in `pod` is not meshed.
+    let _payments = mesh.sidecar(&remote, "payments");
+    mesh.apply(
+        "\
+apiVersion: ficus.dev/v1alpha1
+kind: Mesh
+metadata: {name: default}
+spec: {mtls: {mode: STRICT}}
+",
+    )
+    .await;
+    wait_ready(&remote).await;
+
+    let mut silent = pod.connect(addr("10.77.0.2:8080")).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(netns::TIMEOUT, silent.read(&mut byte))
+        .await
+        .expect("the silent connection is closed, not held");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let metrics = transparent_metrics(&remote).await;
+    assert_eq!(
+        metrics.sum("ficus_tls_handshake_failed_total", &[("reason", "timeout")]),
+        1.0
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no app connection was opened for the silent client"
+    );
+    app.abort();
+}

@@ -538,6 +538,28 @@ async fn fault_delays_hit_their_share_of_requests() {
     );
 }
 
+/// An injected delay stands in for the network before the exchange: the route's request
+/// deadline starts after it, so a delay longer than `timeouts.request` still reaches the
+/// upstream (with and without retries) instead of answering 504 `UT` untried.
+#[tokio::test]
+async fn a_fault_delay_is_not_counted_against_the_route_deadline() {
+    let policy = "faultInjection: {delay: {percent: 100, fixed: 1s}}";
+    for rule in [
+        "timeouts: {request: 300ms}",
+        "timeouts: {request: 300ms}\n    retry: {attempts: 1, codes: [503], backoff: 1ms}",
+    ] {
+        let upstream = Upstream::start("api").await;
+        let sidecar = Sidecar::start(&config(upstream.addr, rule, policy)).await;
+        let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+        let response = client.send(request("GET", "")).await.unwrap();
+        assert_eq!(response.status, 200, "{rule}: {}", response.text());
+        assert_eq!(upstream.count(), 1, "{rule}: the upstream was contacted");
+        let metrics = sidecar.metrics().await;
+        let delayed = metrics.sum("ficus_requests_total", &[("response_flags", "FI")]);
+        assert_eq!(delayed, 1.0, "{rule}");
+    }
+}
+
 #[tokio::test]
 async fn the_receiving_sidecar_rate_limits_its_own_backend() {
     let app = Upstream::start("app").await;

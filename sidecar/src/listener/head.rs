@@ -9,9 +9,16 @@
 //! with a request in flight, or a later idle start, it is pushed to the new deadline (tokio
 //! only stores a later deadline and re-files the entry when the old one comes round).
 //!
-//! The deadline is hyper's: `timeout` after the connection opened or after the previous
-//! response ended, for the next request head to have arrived, and the connection is closed
-//! when it passes (hyper closes too; it answers no `408`, see `Server::on_error`).
+//! Two deadlines share the timer. Between requests the connection may stay idle for the
+//! connection idle timeout (`connectionIdleTimeout`) after the previous response ended; once
+//! a head has begun (its first bytes are in, read through [`HeadRead`]) it must be complete
+//! within the header timeout (slowloris). The first head begins when the connection opens
+//! (protocol detection has read its first bytes). Either way the connection is closed when the
+//! deadline passes (hyper closes too; it answers no `408`, see `Server::on_error`). The clock
+//! is read for a head's start only when the connection's task finds a head begun but not
+//! complete: a head that arrives in one read is in (the request is being answered) before it
+//! looks. Bytes read while a response is still going out (a pipelined next head) are not
+//! counted as a head's start: such a head is timed from its next bytes, or as idle.
 //!
 //! An HTTP/2 connection has a watch of its own kind ([`HeadWatch::multiplexed`], counting its
 //! streams) and [`IdleGoaway`]: once it has had no stream for the connection idle timeout it
@@ -28,6 +35,7 @@
 //! connection: a stream took no bytes for between one and two check periods.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,6 +48,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1::UpgradeableConnection;
 use hyper::service::HttpService;
 use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::body::BoxError;
@@ -58,6 +67,11 @@ pub struct HeadWatch {
     opened_coarse: Coarse,
     /// A request head is in and its response has not ended yet (HTTP/1.1).
     busy: AtomicBool,
+    /// HTTP/1.1: bytes came from the client since the last response ended ([`HeadRead`]).
+    head_read: AtomicBool,
+    /// HTTP/1.1: the connection has timed the start of a head that is not in yet (cleared
+    /// when a head comes in).
+    head_pending: AtomicBool,
     /// Streams whose response has not ended yet (HTTP/2: [`HeadWatch::multiplexed`]).
     streams: AtomicU32,
     /// Counts `streams` rather than setting `busy`.
@@ -82,6 +96,9 @@ impl HeadWatch {
             opened: Instant::now(),
             opened_coarse: Coarse::now(),
             busy: AtomicBool::new(false),
+            head_read: AtomicBool::new(false),
+            // The first head began when the connection opened.
+            head_pending: AtomicBool::new(true),
             streams: AtomicU32::new(0),
             multiplexed: false,
             idle_since: AtomicU64::new(0),
@@ -115,6 +132,7 @@ impl HeadWatch {
             self.streams.fetch_add(1, Ordering::Relaxed);
         } else {
             self.busy.store(true, Ordering::Relaxed);
+            self.head_pending.store(false, Ordering::Relaxed);
         }
         Begun(Some(Arc::clone(self)))
     }
@@ -126,7 +144,33 @@ impl HeadWatch {
         if self.multiplexed {
             self.streams.fetch_sub(1, Ordering::Relaxed);
         } else {
+            self.head_read.store(false, Ordering::Relaxed);
             self.busy.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// HTTP/1.1: whether a head has begun (bytes came in since the last response ended) that
+    /// the connection has not timed yet; it is timed from now on.
+    fn head_begun(&self) -> bool {
+        if self.busy.load(Ordering::Relaxed)
+            || !self.head_read.load(Ordering::Relaxed)
+            || self.head_pending.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        self.head_pending.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// HTTP/1.1: what the connection waits for, as [`Waiting`].
+    fn waiting(&self, idle: Duration) -> Waiting {
+        if self.busy.load(Ordering::Relaxed) {
+            Waiting::Response
+        } else if self.head_pending.load(Ordering::Relaxed) {
+            Waiting::Head
+        } else {
+            let since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
+            Waiting::Idle(self.opened.checked_add(since + idle))
         }
     }
 
@@ -169,6 +213,16 @@ impl HeadWatch {
             .store(generation.wrapping_add(1), Ordering::Relaxed);
         false
     }
+}
+
+/// What an HTTP/1.1 connection is waiting for.
+enum Waiting {
+    /// A request is being answered: its own timeouts bound it.
+    Response,
+    /// The rest of a head that has begun: the header timeout from its start.
+    Head,
+    /// A next request: until the deadline (`None`: no limit `Instant` can hold).
+    Idle(Option<Instant>),
 }
 
 /// A request counted in its connection's [`HeadWatch`] until this is dropped or handed to
@@ -270,22 +324,89 @@ impl<B: HttpBody<Data = Bytes>> HttpBody for Watched<B> {
     }
 }
 
+pin_project! {
+    /// The downstream socket of an HTTP/1.1 connection, telling its [`HeadWatch`] when bytes
+    /// come in (so that a head that has begun is timed by the header timeout, not the idle
+    /// one).
+    pub struct HeadRead<I> {
+        #[pin]
+        inner: I,
+        watch: Arc<HeadWatch>,
+    }
+}
+
+impl<I> HeadRead<I> {
+    /// Wraps `inner`, reporting to `watch`.
+    pub fn new(inner: I, watch: Arc<HeadWatch>) -> Self {
+        Self { inner, watch }
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for HeadRead<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.watch.head_read.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for HeadRead<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
 /// How a [`HeadTimed`] connection ended.
 #[derive(Debug, thiserror::Error)]
 pub enum Ended {
     /// hyper ended it with an error.
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
-    /// No request head arrived in time.
-    #[error("no request head within {0:?}")]
+    /// A request head that had begun was not complete in time.
+    #[error("no complete request head within {0:?}")]
     HeaderTimeout(Duration),
+    /// No request began for the connection idle timeout.
+    #[error("no request for {0:?}")]
+    IdleTimeout(Duration),
     /// An HTTP/2 stream's response took no bytes (no window from the client) for this long.
     #[error("a response stream took no bytes for {0:?}")]
     Stalled(Duration),
 }
 
 pin_project! {
-    /// An HTTP/1.1 connection future with its header-read deadline.
+    /// An HTTP/1.1 connection future with its header-read and idle deadlines.
     pub struct HeadTimed<C> {
         #[pin]
         connection: C,
@@ -293,21 +414,26 @@ pin_project! {
         sleep: Sleep,
         watch: Arc<HeadWatch>,
         timeout: Duration,
+        idle: Duration,
+        // When the head being read must be complete (while the watch has one pending).
+        head_deadline: Instant,
         // The sleep holds this task's waker and has not fired since.
         armed: bool,
     }
 }
 
 impl<C> HeadTimed<C> {
-    /// Bounds the wait for each request head of `connection` (whose service reports to
-    /// `watch`) by `timeout`.
-    pub fn new(connection: C, watch: Arc<HeadWatch>, timeout: Duration) -> Self {
+    /// Bounds each request head of `connection` (whose service reports to `watch`) by
+    /// `timeout` from its first bytes, and the wait for a next request by `idle`.
+    pub fn new(connection: C, watch: Arc<HeadWatch>, timeout: Duration, idle: Duration) -> Self {
         let deadline = watch.opened + timeout;
         Self {
             connection,
             sleep: tokio::time::sleep_until(deadline),
             watch,
             timeout,
+            idle,
+            head_deadline: deadline,
             armed: false,
         }
     }
@@ -364,6 +490,16 @@ where
         if let Poll::Ready(result) = this.connection.poll(cx) {
             return Poll::Ready(result.map_err(Ended::from));
         }
+        // A head begun but not complete: it has the header timeout from now. The timer, set
+        // for the idle deadline, is brought forward.
+        if this.watch.head_begun() {
+            let deadline = Instant::now() + *this.timeout;
+            *this.head_deadline = deadline;
+            if deadline < this.sleep.deadline() {
+                this.sleep.as_mut().reset(deadline);
+                *this.armed = false;
+            }
+        }
         // An armed timer wakes this task when it fires; until then there is nothing to check.
         if *this.armed && !this.sleep.is_elapsed() {
             return Poll::Pending;
@@ -374,15 +510,22 @@ where
                 return Poll::Pending;
             }
             let now = Instant::now();
-            match this.watch.deadline(*this.timeout) {
-                // Within the timer's resolution (1 ms) counts as passed: no re-arming for
-                // a rounding difference between tokio's ticks and the clock.
-                Some(deadline) if deadline <= now + TICK => {
-                    return Poll::Ready(Err(Ended::HeaderTimeout(*this.timeout)));
-                }
-                Some(deadline) => this.sleep.as_mut().reset(deadline),
+            // Within the timer's resolution (1 ms) counts as passed: no re-arming for a
+            // rounding difference between tokio's ticks and the clock.
+            let (deadline, ended) = match this.watch.waiting(*this.idle) {
                 // A request is being answered: its own timeouts bound it; look again later.
-                None => this.sleep.as_mut().reset(now + *this.timeout),
+                Waiting::Response => (now + *this.timeout, None),
+                Waiting::Head => (
+                    *this.head_deadline,
+                    Some(Ended::HeaderTimeout(*this.timeout)),
+                ),
+                Waiting::Idle(Some(deadline)) => (deadline, Some(Ended::IdleTimeout(*this.idle))),
+                // No limit: look again (a head may begin) in a while.
+                Waiting::Idle(None) => (now + *this.timeout, None),
+            };
+            match ended {
+                Some(ended) if deadline <= now + TICK => return Poll::Ready(Err(ended)),
+                _ => this.sleep.as_mut().reset(deadline),
             }
         }
     }

@@ -179,10 +179,15 @@ fn route_and_forward<'a, 's>(
         recorder.route(metrics);
         // Fault injection stands in for the network: before the breaker and any try.
         let mut injected = false;
+        // The route's deadlines count from the request's arrival, or from the end of an
+        // injected delay: the delay stands in for the network before the exchange starts and
+        // is not counted against the route's timeouts (`policy::fault`).
+        let mut deadline_from = recorder.started();
         if let Some(fault) = &backend.policy.fault {
             if let Some(delay) = fault.delay() {
                 injected = true;
                 tokio::time::sleep(delay).await;
+                deadline_from += delay;
             }
             if let Some(status) = fault.abort() {
                 let mut response = Response::new(body::full("fault injected\n"));
@@ -293,11 +298,11 @@ fn route_and_forward<'a, 's>(
         // The request's arrival stands for "now" in the try's deadline while nothing has been
         // awaited since (no injected delay, no breaker to queue at): one clock read fewer.
         let arrival = (!injected && backend.policy.breaker.is_none()).then(|| recorder.started());
-        // The route's total deadline counts from the arrival: what was awaited since (a breaker
-        // slot, an injected delay) is taken off what the try may have.
+        // The route's total deadline counts from the arrival (after an injected delay): what
+        // was awaited since (a breaker slot) is taken off what the try may have.
         let timeout = match total {
             Some(total) if arrival.is_none() => {
-                let left = total.saturating_sub(recorder.started().elapsed());
+                let left = total.saturating_sub(deadline_from.elapsed());
                 if left.is_zero() {
                     // Spent queueing: nothing is sent (a try with no time could still be).
                     let (response, flag) = ProxyError::Timeout(total).into_response();
@@ -342,7 +347,7 @@ fn route_and_forward<'a, 's>(
                 let read = replayable(&parts, incoming, limits.body_idle_timeout, policy);
                 let replay = match total {
                     Some(total) => {
-                        let left = total.saturating_sub(recorder.started().elapsed());
+                        let left = total.saturating_sub(deadline_from.elapsed());
                         // The route's deadline passed: 504 `UT`, as for any other wait.
                         tokio::time::timeout(left, read)
                             .await
@@ -362,7 +367,7 @@ fn route_and_forward<'a, 's>(
                             target: backend,
                             per_try,
                             total,
-                            arrival: tokio::time::Instant::from_std(recorder.started()),
+                            arrival: tokio::time::Instant::from_std(deadline_from),
                             limits,
                             metrics: &shared.metrics,
                             retried: AtomicU32::new(0),

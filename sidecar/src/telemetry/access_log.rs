@@ -11,8 +11,9 @@
 //!
 //! The writer follows the config: a swap with the same target keeps the running writer (see
 //! `Shared::access_log_for`); a new target opens a new one, and the old writer's thread
-//! ends once the last request holding it has logged. Lines still queued when the process
-//! exits are lost.
+//! ends once the last request holding it has logged. At exit the serving writer gets a
+//! bounded moment ([`AccessLog::flush`]) to put out what is queued, the `DC` lines of requests
+//! cut by the drain timeout included; an older writer's lines still queued then are lost.
 //!
 //! # Fields
 //! HTTP (`"kind": "http"`): `time` (RFC 3339, UTC, when the request arrived), `direction`,
@@ -121,6 +122,28 @@ impl AccessLog {
         &self.target
     }
 
+    /// Waits at most `within` for the writer to have written and flushed every line queued
+    /// so far; whether it did. For the exit: the marker queued behind them may wait for room
+    /// on a thread of its own, left behind if the writer is stuck.
+    pub fn flush(&self, within: Duration) -> bool {
+        let (ack, acked) = sync_channel(1);
+        let marker = Entry::Flush(ack);
+        let sent = match self.sender.try_send(marker) {
+            Ok(()) => true,
+            Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(marker)) => {
+                let sender = self.sender.clone();
+                std::thread::Builder::new()
+                    .name("ficus-access-log-flush".into())
+                    .spawn(move || {
+                        let _ = sender.send(marker);
+                    })
+                    .is_ok()
+            }
+        };
+        sent && acked.recv_timeout(within).is_ok()
+    }
+
     /// Queues a line without waiting; a full queue drops it (counted).
     fn send(&self, entry: Entry) {
         match self.sender.try_send(entry) {
@@ -170,11 +193,17 @@ fn write_lines(
     };
     while let Ok(mut entry) = receiver.recv() {
         loop {
-            // Writing into a Vec cannot fail.
-            let _ = writeln!(batch, "{}", entry.to_json());
-            lines += 1;
-            if batch.len() >= BATCH {
+            if let Entry::Flush(ack) = entry {
+                // Everything queued before the marker is in the batch: out with it.
                 write(&mut batch, &mut lines);
+                let _ = ack.try_send(());
+            } else {
+                // Writing into a Vec cannot fail.
+                let _ = writeln!(batch, "{}", entry.to_json());
+                lines += 1;
+                if batch.len() >= BATCH {
+                    write(&mut batch, &mut lines);
+                }
             }
             match receiver.try_recv() {
                 Ok(next) => entry = next,
@@ -190,6 +219,8 @@ fn write_lines(
 enum Entry {
     Http(Box<HttpEntry>),
     Tcp(TcpEntry),
+    /// Not a line: the writer flushes what it has and acknowledges ([`AccessLog::flush`]).
+    Flush(SyncSender<()>),
 }
 
 impl Entry {
@@ -197,6 +228,7 @@ impl Entry {
         match self {
             Self::Http(entry) => entry.to_json(),
             Self::Tcp(entry) => entry.to_json(),
+            Self::Flush(_) => Value::Null,
         }
     }
 }
