@@ -233,7 +233,10 @@ async fn bootstrap_ca_run_again_keeps_the_clusters_ca() {
     // A root rotation in progress: the Secret also holds the new root as extra-roots.pem.
     let other = run_script(vec!["--print"], path.clone(), None).await;
     let new_root = root_of(&String::from_utf8_lossy(&other.stdout));
-    let new_root_pem: String = new_root.lines().map(|l| format!("{}\n", l.trim())).collect();
+    let new_root_pem: String = new_root
+        .lines()
+        .map(|l| format!("{}\n", l.trim()))
+        .collect();
     let extra = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &new_root_pem);
 
     let fake = tempfile::tempdir().unwrap();

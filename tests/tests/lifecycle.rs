@@ -663,17 +663,7 @@ async fn fd_exhaustion_backs_off_and_recovers() {
     assert_eq!(kept.get("slow", "/").await.unwrap().status, 200);
 
     // Hold far more connections than the limit; the kernel queues what the sidecar can't accept.
-    let mut flood = Vec::new();
-    for _ in 0..150 {
-        if let Ok(Ok(stream)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio::net::TcpStream::connect(sidecar.outbound),
-        )
-        .await
-        {
-            flood.push(stream);
-        }
-    }
+    let flood = connect_many(sidecar.outbound, 150).await;
     let cpu_before = cpu_ticks(&pid);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let cpu_spent = cpu_ticks(&pid) - cpu_before;
@@ -698,6 +688,19 @@ async fn fd_exhaustion_backs_off_and_recovers() {
     assert!(sidecar.wait_exit_now().is_none(), "still running");
 }
 
+/// Up to `n` connections to `addr` (each connect bounded by 1 s), held open.
+async fn connect_many(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await
+        {
+            held.push(stream);
+        }
+    }
+    held
+}
+
 /// RELIABILITY RES-5 with the limit set at start (`ulimit -n 256`): a flood of more
 /// connections than descriptors is met by the connection cap (sized from the limit), so the
 /// sidecar never runs out: the admin server still answers `/live` during the flood, live
@@ -716,17 +719,7 @@ async fn a_connection_flood_leaves_descriptors_for_admin() {
 
     // More connections than the sidecar has descriptors; the kernel queues what it does not
     // accept (the backlog is larger).
-    let mut flood = Vec::new();
-    for _ in 0..400 {
-        if let Ok(Ok(stream)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio::net::TcpStream::connect(sidecar.outbound),
-        )
-        .await
-        {
-            flood.push(stream);
-        }
-    }
+    let flood = connect_many(sidecar.outbound, 400).await;
     assert!(
         flood.len() > 256,
         "the flood got {} connections",

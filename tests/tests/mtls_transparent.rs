@@ -19,6 +19,20 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().expect("literal address")
 }
 
+/// The web pod (10.77.0.1) and the payments pod (10.77.0.2) on one link, with their
+/// transparent sidecars; `None` (after saying why) where network namespaces cannot be made.
+async fn two_pods() -> Option<(NetNs, NetNs, PushMesh)> {
+    if let Some(reason) = netns::skip_reason() {
+        eprintln!("SKIPPED: {reason}");
+        return None;
+    }
+    let pod = NetNs::create("pod").expect("pod namespace");
+    let remote = NetNs::create("remote").expect("remote namespace");
+    link(&pod, &["10.77.0.1/24"], &remote, &["10.77.0.2/24"]).expect("veth pair");
+    let mesh = PushMesh::start(&pod, &remote).await;
+    Some((pod, remote, mesh))
+}
+
 #[tokio::test]
 async fn opaque_tcp_on_an_opaque_port_crosses_mtls_between_transparent_sidecars() {
     opaque_tcp_on_an_opaque_port_crosses_mtls("STRICT").await;
@@ -33,14 +47,9 @@ async fn opaque_tcp_on_an_opaque_port_crosses_mtls_under_permissive_too() {
 }
 
 async fn opaque_tcp_on_an_opaque_port_crosses_mtls(mode: &str) {
-    if let Some(reason) = netns::skip_reason() {
-        eprintln!("SKIPPED: {reason}");
+    let Some((pod, remote, mesh)) = two_pods().await else {
         return;
-    }
-    let pod = NetNs::create("pod").expect("pod namespace");
-    let remote = NetNs::create("remote").expect("remote namespace");
-    link(&pod, &["10.77.0.1/24"], &remote, &["10.77.0.2/24"]).expect("veth pair");
-    let mesh = PushMesh::start(&pod, &remote).await;
+    };
     // A server-first app on the payments pod's PostgreSQL port.
     let _app = NsGreeter::start(&remote, addr("10.77.0.2:5432"), "payments-db\n").unwrap();
     let _web = mesh.sidecar(&pod, "web");
@@ -95,14 +104,9 @@ spec:
 /// server-first app would hold one for the connection idle timeout, an hour by default).
 #[tokio::test]
 async fn a_silent_client_is_closed_under_strict_without_an_app_connection() {
-    if let Some(reason) = netns::skip_reason() {
-        eprintln!("SKIPPED: {reason}");
+    let Some((pod, remote, mesh)) = two_pods().await else {
         return;
-    }
-    let pod = NetNs::create("pod").expect("pod namespace");
-    let remote = NetNs::create("remote").expect("remote namespace");
-    link(&pod, &["10.77.0.1/24"], &remote, &["10.77.0.2/24"]).expect("veth pair");
-    let mesh = PushMesh::start(&pod, &remote).await;
+    };
     // The payments app counts the connections it accepts.
     let listener = remote.listen(addr("10.77.0.2:8080")).unwrap();
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
