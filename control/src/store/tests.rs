@@ -119,7 +119,8 @@ fn records_from_before_rollback_targets_were_stored_still_read() {
         ),
     ];
     {
-        let transaction = store.database.begin_write().unwrap();
+        let handle = store.read_handle();
+        let transaction = handle.database.as_ref().unwrap().begin_write().unwrap();
         {
             let mut versions = transaction.open_table(VERSIONS).unwrap();
             let mut history = transaction.open_table(HISTORY).unwrap();
@@ -223,4 +224,30 @@ fn rollback_origins(store: &Store) -> Vec<Option<u64>> {
         .iter()
         .map(|h| h.rolled_back_to)
         .collect()
+}
+
+/// After an I/O error the database is reopened before the next operation; while reopening
+/// fails, operations fail and [`Store::unavailable`] says why (what `/ready` reports), and once
+/// the file is usable again the store works without a restart.
+#[test]
+fn a_stale_database_is_reopened_and_unavailable_while_that_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    store
+        .commit(vec![backend("a")], None, "first".into())
+        .unwrap();
+    assert_eq!(store.unavailable(), None);
+    let good = std::fs::read(store.path()).unwrap();
+    // What an I/O error leaves behind (redb then answers `PreviousIo` until reopened).
+    store.write_handle().stale = true;
+    std::fs::write(store.path(), b"not a database").unwrap();
+    let reason = store.unavailable().expect("the reopen fails");
+    assert!(reason.contains("corrupt"), "{reason}");
+    assert!(store.commit(vec![], None, "refused".into()).is_err());
+
+    std::fs::write(store.path(), &good).unwrap();
+    assert_eq!(store.unavailable(), None);
+    let two = store.commit(vec![], None, "second".into()).unwrap();
+    assert_eq!(two.version, 2);
+    assert_eq!(store.current().unwrap(), two);
 }
