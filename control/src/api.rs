@@ -381,7 +381,7 @@ async fn route(state: &Arc<ControlState>, request: Request<Incoming>) -> Respons
                 Ok(Ok(Some(record))) => json(StatusCode::OK, &record),
                 Ok(Ok(None)) => error(
                     StatusCode::NOT_FOUND,
-                    &format!("version {number} does not exist"),
+                    &apply::missing_version(state, number).to_string(),
                 ),
                 Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -627,7 +627,7 @@ fn apply_error(apply_error: &ApplyError) -> Response<Body> {
             StatusCode::BAD_REQUEST,
             errors.errors.iter().map(ToString::to_string).collect(),
         ),
-        ApplyError::NotFound(_) | ApplyError::NoSuchVersion(_) => {
+        ApplyError::NotFound(_) | ApplyError::NoSuchVersion(_) | ApplyError::NotKept { .. } => {
             (StatusCode::NOT_FOUND, Vec::new())
         }
         ApplyError::NothingToRollBack(_) | ApplyError::NothingBefore { .. } => {

@@ -6,7 +6,11 @@
 //! `current` (the version sidecars get) and `last` (the highest number ever handed out, so a
 //! number is never reused and never goes backwards, rollbacks included). A commit writes all of
 //! them in one write transaction with [`Durability::Immediate`] and two-phase commit: when
-//! [`Store::commit`] returns, the version survives `kill -9` and power loss.
+//! [`Store::commit`] returns, the version survives `kill -9` and power loss. The same
+//! transaction deletes the versions beyond the history limit (`--history-limit`, the newest
+//! [`DEFAULT_HISTORY_LIMIT`] by default), except the one a plain rollback would go to: with
+//! `--kubernetes`, endpoint churn commits a version every few hundred milliseconds, and every
+//! version is a full copy of the config.
 //!
 //! Opening never yields a silently empty store over data it cannot read: the file is integrity
 //! checked (every page checksum) on open, and the current record is decoded before the store is
@@ -45,6 +49,9 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const CURRENT: &str = "current";
 const LAST: &str = "last";
 
+/// How many versions are kept by default (`--history-limit`).
+pub const DEFAULT_HISTORY_LIMIT: u64 = 1000;
+
 /// Page cache: the store holds a few MiB of config, not the default 1 GiB.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
@@ -53,6 +60,8 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 pub struct Store {
     database: Arc<RwLock<Handle>>,
     path: PathBuf,
+    /// How many of the newest versions are kept (at least 1).
+    history_limit: u64,
 }
 
 /// The open database, and whether it must be reopened before it is used again.
@@ -176,6 +185,7 @@ impl Store {
                 stale: false,
             })),
             path,
+            history_limit: DEFAULT_HISTORY_LIMIT,
         };
         store.create_tables()?;
         let current = store.current()?;
@@ -185,6 +195,18 @@ impl Store {
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// This store, keeping only the newest `limit` versions (at least 1) from the next commit
+    /// on ([`DEFAULT_HISTORY_LIMIT`] unless set).
+    pub fn with_history_limit(mut self, limit: u64) -> Self {
+        self.history_limit = limit.max(1);
+        self
+    }
+
+    /// How many of the newest versions are kept.
+    pub fn history_limit(&self) -> u64 {
+        self.history_limit
     }
 
     /// Stores `documents` as a new version (the next number) and makes it current, in one
@@ -277,6 +299,21 @@ impl Store {
             history
                 .insert(version, entry_json.as_slice())
                 .map_err(|e| self.failed("write history", e))?;
+            // Keep the newest `history_limit` versions, and the one a plain rollback from
+            // this version goes to (see `apply::default_rollback_target`): after a rollback to
+            // an old version that one may be far older.
+            let oldest_kept = version.saturating_sub(self.history_limit) + 1;
+            let rollback_target = match rolled_back_to {
+                Some(origin) => origin.checked_sub(1),
+                None => version.checked_sub(1),
+            };
+            let keep = |number: u64| Some(number) == rollback_target;
+            versions
+                .retain_in(..oldest_kept, |number, _| keep(number))
+                .map_err(|e| self.failed("drop old versions", e))?;
+            history
+                .retain_in(..oldest_kept, |number, _| keep(number))
+                .map_err(|e| self.failed("drop old versions", e))?;
             meta.insert(LAST, version)
                 .map_err(|e| self.failed("write meta", e))?;
             meta.insert(CURRENT, version)

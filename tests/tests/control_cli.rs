@@ -820,3 +820,44 @@ async fn an_apply_after_a_full_disk_is_freed_works() {
         .unwrap();
     assert_eq!(ready.status, 200, "{}", ready.text());
 }
+
+/// `--history-limit 5`: after 12 versions only the newest 5 are kept; an older one is a clear
+/// 404, and rollback still works.
+#[tokio::test]
+async fn history_keeps_only_the_newest_versions() {
+    let control = ControlPlane::start_with(None, &["--history-limit", "5"]).await;
+    for n in 1..=12 {
+        ok(&control
+            .ctl_stdin(&["apply", "-f", "-"], &backend(9000 + n))
+            .await);
+    }
+    let history = ok(&control.ctl(&["history", "--all"]).await).to_owned();
+    let listed: Vec<&str> = history
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(|first| first.trim_end_matches('*'))
+        .filter(|first| first.parse::<u64>().is_ok())
+        .collect();
+    assert_eq!(listed, ["12", "11", "10", "9", "8"], "{history}");
+
+    let old = client::get(control.http, "control", "/v1/versions/1")
+        .await
+        .unwrap();
+    assert_eq!(old.status, 404);
+    assert!(
+        old.text()
+            .contains("version 1 is no longer kept (history keeps the newest 5)"),
+        "{}",
+        old.text()
+    );
+    let refused = control.ctl(&["rollback", "3"]).await;
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("version 3 is no longer kept"),
+        "{}",
+        refused.stderr
+    );
+    let rolled = ok(&control.ctl(&["rollback"]).await).to_owned();
+    assert!(rolled.contains("version 13"), "{rolled}");
+    assert!(ok(&control.ctl(&["get"]).await).contains("127.0.0.1:9011"));
+}

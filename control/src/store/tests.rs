@@ -251,3 +251,50 @@ fn a_stale_database_is_reopened_and_unavailable_while_that_fails() {
     assert_eq!(two.version, 2);
     assert_eq!(store.current().unwrap(), two);
 }
+
+/// Only the newest `--history-limit` versions are kept, plus the one a plain rollback from the
+/// current version goes to; numbers still never go back.
+#[test]
+fn history_keeps_the_newest_versions_and_the_rollback_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let store = store.with_history_limit(3);
+    for n in 1..=10 {
+        store
+            .commit(vec![backend(&format!("b{n}"))], None, format!("v{n}"))
+            .unwrap();
+    }
+    let kept: Vec<u64> = store.history().unwrap().iter().map(|h| h.version).collect();
+    assert_eq!(kept, [10, 9, 8]);
+    assert_eq!(store.get(7).unwrap(), None);
+    assert_eq!(store.get(1).unwrap(), None);
+    let kept = |store: &Store| -> Vec<u64> {
+        store.history().unwrap().iter().map(|h| h.version).collect()
+    };
+    // A plain rollback from a rollback to 9 goes to 8: kept beyond the limit.
+    let nine = store.get(9).unwrap().unwrap();
+    store
+        .commit_rollback(nine.documents, None, "rollback to version 9".into(), 9)
+        .unwrap();
+    assert_eq!(kept(&store), [11, 10, 9, 8]);
+    assert_eq!(
+        store.get(8).unwrap().map(|r| r.summary),
+        Some("v8".to_owned())
+    );
+    // Not needed any more after the next apply.
+    store
+        .commit(vec![backend("x")], None, "v12".into())
+        .unwrap();
+    assert_eq!(kept(&store), [12, 11, 10]);
+    store
+        .commit_rollback(vec![], None, "rollback to version 11".into(), 11)
+        .unwrap();
+    assert_eq!(kept(&store), [13, 12, 11, 10]);
+    drop(store);
+    let (store, current) = Store::open(dir.path()).unwrap();
+    assert_eq!(current.version, 13);
+    assert_eq!(
+        store.get(10).unwrap().map(|r| r.summary),
+        Some("v10".to_owned())
+    );
+}
