@@ -178,7 +178,15 @@ impl Store {
         // here so a permission problem is reported as one, not as a database error.
         std::fs::read_dir(dir).map_err(directory_error)?;
         let path = dir.join(FILE_NAME);
+        let created = !path.exists();
         let database = open_database(&path)?;
+        if created {
+            // redb fsyncs the file, not the directory entry that names it: without this a
+            // power loss right after the first commit could lose the whole file.
+            std::fs::File::open(dir)
+                .and_then(|directory| directory.sync_all())
+                .map_err(directory_error)?;
+        }
         let store = Store {
             database: Arc::new(RwLock::new(Handle {
                 database: Some(database),
