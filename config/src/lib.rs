@@ -27,5 +27,5 @@ pub mod wire;
 
 pub use duration::parse_duration;
 pub use error::{ConfigErrors, Diagnostic};
-pub use load::{load_path, parse_sources, parse_str, Source};
+pub use load::{load_path, parse_snapshot, parse_sources, parse_str, Source};
 pub use model::*;

@@ -37,14 +37,40 @@ pub fn parse_str(name: &str, text: &str) -> Result<Config, ConfigErrors> {
     }])
 }
 
+/// Parses and validates a snapshot pushed by the control plane (or cached from one); `name`
+/// appears in diagnostics. Unlike a file, a snapshot may hold no documents: that is the
+/// defaults-only config, which the control plane serves after the last document is deleted and
+/// a sidecar whose scope selects nothing receives. An empty file stays an error
+/// ([`parse_str`]): there it is almost always a mistake.
+pub fn parse_snapshot(name: &str, text: &str) -> Result<Config, ConfigErrors> {
+    let source = Source {
+        name: name.to_owned(),
+        text: text.to_owned(),
+    };
+    parse_all(std::slice::from_ref(&source), Empty::Allowed)
+}
+
 /// Parses and validates several texts as one config: references resolve across them, and the
 /// error lists every problem of every source.
 pub fn parse_sources(sources: &[Source]) -> Result<Config, ConfigErrors> {
+    parse_all(sources, Empty::Refused)
+}
+
+/// Whether a source without documents is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Empty {
+    /// A file: an empty one is a mistake.
+    Refused,
+    /// A pushed snapshot: an empty one is the defaults-only config.
+    Allowed,
+}
+
+fn parse_all(sources: &[Source], empty: Empty) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
     let mut parsed = Vec::new();
     let mut broken = BTreeSet::new();
     for source in sources {
-        parse_source(source, &mut parsed, &mut broken, &mut errors);
+        parse_source(source, empty, &mut parsed, &mut broken, &mut errors);
     }
     match validate::validate(parsed, &broken) {
         Ok(config) if errors.is_empty() => Ok(config),
@@ -145,6 +171,7 @@ fn read_file(path: &Path) -> Result<String, ConfigErrors> {
 /// Splits one source into documents and turns each into a raw document.
 fn parse_source(
     source: &Source,
+    empty: Empty,
     parsed: &mut Vec<Parsed>,
     broken: &mut BTreeSet<(Kind, ResourceKey)>,
     errors: &mut Vec<Diagnostic>,
@@ -186,7 +213,7 @@ fn parse_source(
             Err(diagnostic) => errors.push(*diagnostic),
         }
     }
-    if documents == 0 && !syntax_error {
+    if documents == 0 && !syntax_error && empty == Empty::Refused {
         errors.push(
             Diagnostic::file(&source.name, "file has no documents")
                 .with_hint("an empty config is almost always a mistake; add at least one Backend"),
@@ -447,5 +474,16 @@ mod tests {
         assert_eq!(hint, "did you mean `weight`?");
         assert_eq!(serde_hint("missing field `name`"), "add `name`");
         assert!(serde_hint("unknown field `x`, there are no fields").contains("none is allowed"));
+    }
+
+    #[test]
+    fn an_empty_snapshot_is_the_defaults_but_an_empty_file_is_refused() {
+        let defaults = parse_snapshot("control:v2", "").expect("an empty snapshot is valid");
+        assert!(defaults.documents.is_empty());
+        assert!(parse_snapshot("control:v2", "---\n").is_ok());
+        let refused = parse_str("mesh.yaml", "").unwrap_err().to_string();
+        assert!(refused.contains("file has no documents"), "{refused}");
+        // Documents in a snapshot are still validated.
+        assert!(parse_snapshot("control:v2", "kind: Nope\n").is_err());
     }
 }

@@ -311,8 +311,22 @@ async fn route(state: &Arc<ControlState>, request: Request<Incoming>) -> Respons
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     match (segments.as_slice(), &method) {
         (["live"], &Method::GET) => text(StatusCode::OK, "live\n"),
-        // The store is opened before the API starts, so serving means ready.
-        (["ready"], &Method::GET) => text(StatusCode::OK, "ready\n"),
+        // The store is opened before the API starts, so serving means ready, unless an I/O
+        // error left the store unusable and reopening it fails (a full disk, say).
+        (["ready"], &Method::GET) => {
+            let store = state.store.clone();
+            match tokio::task::spawn_blocking(move || store.unavailable()).await {
+                Ok(None) => text(StatusCode::OK, "ready\n"),
+                Ok(Some(reason)) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not ready: the store is not writable: {reason}\n"),
+                ),
+                Err(e) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not ready: store check failed: {e}\n"),
+                ),
+            }
+        }
         (["metrics"], &Method::GET) => {
             let current = u64::try_from(state.metrics.config_version.get()).unwrap_or(0);
             state
@@ -367,7 +381,7 @@ async fn route(state: &Arc<ControlState>, request: Request<Incoming>) -> Respons
                 Ok(Ok(Some(record))) => json(StatusCode::OK, &record),
                 Ok(Ok(None)) => error(
                     StatusCode::NOT_FOUND,
-                    &format!("version {number} does not exist"),
+                    &apply::missing_version(state, number).to_string(),
                 ),
                 Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -613,7 +627,7 @@ fn apply_error(apply_error: &ApplyError) -> Response<Body> {
             StatusCode::BAD_REQUEST,
             errors.errors.iter().map(ToString::to_string).collect(),
         ),
-        ApplyError::NotFound(_) | ApplyError::NoSuchVersion(_) => {
+        ApplyError::NotFound(_) | ApplyError::NoSuchVersion(_) | ApplyError::NotKept { .. } => {
             (StatusCode::NOT_FOUND, Vec::new())
         }
         ApplyError::NothingToRollBack(_) | ApplyError::NothingBefore { .. } => {

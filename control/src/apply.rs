@@ -50,6 +50,14 @@ pub enum ApplyError {
     /// `rollback` named a version the store does not have.
     #[error("version {0} does not exist")]
     NoSuchVersion(u64),
+    /// `rollback` named a version older than the history keeps (`--history-limit`).
+    #[error("version {version} is no longer kept (history keeps the newest {limit})")]
+    NotKept {
+        /// The version asked for.
+        version: u64,
+        /// The store's history limit.
+        limit: u64,
+    },
     /// `rollback` without a version while there is no version before the current one.
     #[error("version {0} is the first version; there is nothing to roll back to")]
     NothingToRollBack(u64),
@@ -150,7 +158,7 @@ pub async fn rollback(
     let store = state.store.clone();
     let record = tokio::task::spawn_blocking(move || store.get(target))
         .await??
-        .ok_or(ApplyError::NoSuchVersion(target))?;
+        .ok_or_else(|| missing_version(state, target))?;
     // Stored versions were valid when stored; validating again keeps "the store holds only
     // configs this build accepts" true across upgrades that tighten validation. Problems are
     // the target's, so diagnostics name it, not the current config.
@@ -171,6 +179,19 @@ pub async fn rollback(
         rolled_back_to: Some(target),
     };
     commit_if_changed(state, &current, next, changes, commit).await
+}
+
+/// Why version `version` cannot be read: numbers are never reused, so one at or below the
+/// current version existed and was deleted by the history limit.
+pub fn missing_version(state: &ControlState, version: u64) -> ApplyError {
+    if version > 0 && version <= state.current().version {
+        ApplyError::NotKept {
+            version,
+            limit: state.store.history_limit(),
+        }
+    } else {
+        ApplyError::NoSuchVersion(version)
+    }
 }
 
 /// Where a rollback without a version goes from `current`: the version before the one whose

@@ -40,6 +40,11 @@ struct Args {
     /// root in `<data>/ca.pem`.
     #[arg(long, env = "FICUS_DATA", default_value = "./ficus-data")]
     data: PathBuf,
+    /// How many of the newest config versions the store keeps (older ones are deleted at each
+    /// commit, except the one a plain rollback goes to).
+    #[arg(long, env = "FICUS_HISTORY_LIMIT", default_value_t = ficus_control::store::DEFAULT_HISTORY_LIMIT,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    history_limit: u64,
     /// Sidecar push streams and certificate signing (gRPC over TLS; plaintext with --insecure).
     #[arg(long, env = "FICUS_GRPC", default_value = "127.0.0.1:15012")]
     grpc: SocketAddr,
@@ -281,6 +286,7 @@ fn run(args: Args) -> Result<(), Fatal> {
             args.data.display()
         ))
     })?;
+    let store = store.with_history_limit(args.history_limit);
     let authority = if args.insecure {
         if join.is_some() {
             tracing::warn!("--join-token-file is ignored with --insecure: there is no CA");

@@ -48,6 +48,8 @@ const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest message either way.
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Longest NACK text logged (the registry keeps up to 4096 characters for `status`).
+const MAX_LOGGED: usize = 512;
 /// Longest field of a Hello (node id, workload, namespace, digest, each reach entry).
 const MAX_HELLO_FIELD: usize = 256;
 /// How often a stream opened with a revocable token (a join token) checks it is still
@@ -262,7 +264,9 @@ impl PushStream {
         let serving = (hello.version > 0).then_some(hello.version);
         let stream = registry.connect(&node, &hello.workload, &hello.namespace, serving);
         metrics.connected_sidecars.set(registry.connected() as i64);
-        tracing::info!(node = %node, workload = %hello.workload, namespace = %hello.namespace,
+        // Hello fields are the sidecar's bytes (bounded by `check_hello`): logged with `?`, which
+        // escapes them, so that a sidecar cannot forge log lines.
+        tracing::info!(node = ?node, workload = ?hello.workload, namespace = ?hello.namespace,
             version = hello.version, "sidecar subscribed");
         let scope = Scope {
             namespace: hello.namespace.clone(),
@@ -380,7 +384,7 @@ impl PushStream {
             tokio::select! {
                 _ = recheck.tick(), if self.revocable.is_some() => {
                     if self.revoked() {
-                        tracing::info!(node = %node, "the stream's join token was revoked");
+                        tracing::info!(node = ?node, "the stream's join token was revoked");
                         let status = Status::unauthenticated("the join token was revoked");
                         // The answer is best-effort: a sidecar that reads nothing just loses
                         // the stream.
@@ -404,7 +408,7 @@ impl PushStream {
                     }
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::debug!(node = %node, %status, "push stream failed");
+                        tracing::debug!(node = ?node, %status, "push stream failed");
                         break;
                     }
                 },
@@ -412,7 +416,7 @@ impl PushStream {
         }
         registry.disconnect(&node, stream);
         metrics.connected_sidecars.set(registry.connected() as i64);
-        tracing::info!(node = %node, "sidecar disconnected");
+        tracing::info!(node = ?node, "sidecar disconnected");
     }
 
     /// Whether the token the stream was opened with has been revoked since.
@@ -468,7 +472,9 @@ impl PushStream {
                 let version = sent.as_ref().map_or(nack.version, |s| s.record.version);
                 registry.nack(node, stream, version, &truncate(&nack.error, 4096));
                 metrics.nacks.inc();
-                tracing::warn!(node, version, error = %nack.error, "sidecar rejected config");
+                // The sidecar's text: bounded and escaped (`?`), it cannot forge log lines.
+                tracing::warn!(node = ?node, version, error = ?truncate(&nack.error, MAX_LOGGED),
+                    "sidecar rejected config");
             }
             Some(sidecar_message::Kind::Ack(_) | sidecar_message::Kind::Nack(_)) => {
                 tracing::debug!(node, "stale answer ignored");

@@ -6,7 +6,11 @@
 //! `current` (the version sidecars get) and `last` (the highest number ever handed out, so a
 //! number is never reused and never goes backwards, rollbacks included). A commit writes all of
 //! them in one write transaction with [`Durability::Immediate`] and two-phase commit: when
-//! [`Store::commit`] returns, the version survives `kill -9` and power loss.
+//! [`Store::commit`] returns, the version survives `kill -9` and power loss. The same
+//! transaction deletes the versions beyond the history limit (`--history-limit`, the newest
+//! [`DEFAULT_HISTORY_LIMIT`] by default), except the one a plain rollback would go to: with
+//! `--kubernetes`, endpoint churn commits a version every few hundred milliseconds, and every
+//! version is a full copy of the config.
 //!
 //! Opening never yields a silently empty store over data it cannot read: the file is integrity
 //! checked (every page checksum) on open, and the current record is decoded before the store is
@@ -14,11 +18,18 @@
 //!
 //! redb is synchronous and every commit waits for `fsync`: async callers run these methods in
 //! `tokio::task::spawn_blocking` (the store is cheap to clone for that).
+//!
+//! redb latches an I/O failure: after one (a full disk, say), every later transaction fails
+//! with `PreviousIo` until the database is opened again. So an operation that fails with an
+//! I/O error marks the database stale, and the next operation first closes and reopens it
+//! (with the same integrity check as at start; redb recovers the last durable commit). While
+//! reopening fails, every operation fails with the reason and [`Store::unavailable`] says so,
+//! which `/ready` reports.
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -38,14 +49,31 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const CURRENT: &str = "current";
 const LAST: &str = "last";
 
+/// How many versions are kept by default (`--history-limit`).
+pub const DEFAULT_HISTORY_LIMIT: u64 = 1000;
+
 /// Page cache: the store holds a few MiB of config, not the default 1 GiB.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The versioned config store. Clones share one open database.
 #[derive(Clone)]
 pub struct Store {
-    database: Arc<Database>,
+    database: Arc<RwLock<Handle>>,
     path: PathBuf,
+    /// How many of the newest versions are kept (at least 1).
+    history_limit: u64,
+}
+
+/// The open database, and whether it must be reopened before it is used again.
+///
+/// Operations hold the read lock for their whole duration, so a reopen (under the write lock)
+/// never closes the database under a transaction, and the file lock is released before the
+/// file is opened again.
+struct Handle {
+    /// `None` while reopening fails.
+    database: Option<Database>,
+    /// An operation failed with an I/O error: redb refuses every later one until reopened.
+    stale: bool,
 }
 
 /// One line of `ficusctl history`.
@@ -150,10 +178,22 @@ impl Store {
         // here so a permission problem is reported as one, not as a database error.
         std::fs::read_dir(dir).map_err(directory_error)?;
         let path = dir.join(FILE_NAME);
+        let created = !path.exists();
         let database = open_database(&path)?;
+        if created {
+            // redb fsyncs the file, not the directory entry that names it: without this a
+            // power loss right after the first commit could lose the whole file.
+            std::fs::File::open(dir)
+                .and_then(|directory| directory.sync_all())
+                .map_err(directory_error)?;
+        }
         let store = Store {
-            database: Arc::new(database),
+            database: Arc::new(RwLock::new(Handle {
+                database: Some(database),
+                stale: false,
+            })),
             path,
+            history_limit: DEFAULT_HISTORY_LIMIT,
         };
         store.create_tables()?;
         let current = store.current()?;
@@ -163,6 +203,18 @@ impl Store {
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// This store, keeping only the newest `limit` versions (at least 1) from the next commit
+    /// on ([`DEFAULT_HISTORY_LIMIT`] unless set).
+    pub fn with_history_limit(mut self, limit: u64) -> Self {
+        self.history_limit = limit.max(1);
+        self
+    }
+
+    /// How many of the newest versions are kept.
+    pub fn history_limit(&self) -> u64 {
+        self.history_limit
     }
 
     /// Stores `documents` as a new version (the next number) and makes it current, in one
@@ -195,11 +247,22 @@ impl Store {
         summary: String,
         rolled_back_to: Option<u64>,
     ) -> Result<VersionRecord, StoreError> {
-        let transaction = self
-            .database
+        self.using(|database| {
+            self.write_version(database, documents, author, summary, rolled_back_to)
+        })
+    }
+
+    fn write_version(
+        &self,
+        database: &Database,
+        documents: Vec<serde_json::Value>,
+        author: Option<String>,
+        summary: String,
+        rolled_back_to: Option<u64>,
+    ) -> Result<VersionRecord, StoreError> {
+        let mut transaction = database
             .begin_write()
             .map_err(|e| self.failed("begin write", e))?;
-        let mut transaction = transaction;
         transaction
             .set_durability(Durability::Immediate)
             .map_err(|e| self.failed("set durability", e))?;
@@ -244,6 +307,21 @@ impl Store {
             history
                 .insert(version, entry_json.as_slice())
                 .map_err(|e| self.failed("write history", e))?;
+            // Keep the newest `history_limit` versions, and the one a plain rollback from
+            // this version goes to (see `apply::default_rollback_target`): after a rollback to
+            // an old version that one may be far older.
+            let oldest_kept = version.saturating_sub(self.history_limit) + 1;
+            let rollback_target = match rolled_back_to {
+                Some(origin) => origin.checked_sub(1),
+                None => version.checked_sub(1),
+            };
+            let keep = |number: u64| Some(number) == rollback_target;
+            versions
+                .retain_in(..oldest_kept, |number, _| keep(number))
+                .map_err(|e| self.failed("drop old versions", e))?;
+            history
+                .retain_in(..oldest_kept, |number, _| keep(number))
+                .map_err(|e| self.failed("drop old versions", e))?;
             meta.insert(LAST, version)
                 .map_err(|e| self.failed("write meta", e))?;
             meta.insert(CURRENT, version)
@@ -256,8 +334,11 @@ impl Store {
 
     /// The current version ([`VersionRecord::empty`] before the first commit).
     pub fn current(&self) -> Result<VersionRecord, StoreError> {
-        let read = self
-            .database
+        self.using(|database| self.read_current(database))
+    }
+
+    fn read_current(&self, database: &Database) -> Result<VersionRecord, StoreError> {
+        let read = database
             .begin_read()
             .map_err(|e| self.failed("begin read", e))?;
         let meta = read
@@ -277,14 +358,21 @@ impl Store {
         if last.is_none_or(|last| last < current) {
             return Err(self.corrupt(format!("current version {current} is above the last one")));
         }
-        self.get(current)?
+        self.read_version(database, current)?
             .ok_or_else(|| self.corrupt(format!("current version {current} is missing")))
     }
 
     /// Version `version`, or `None` when there is no such version.
     pub fn get(&self, version: u64) -> Result<Option<VersionRecord>, StoreError> {
-        let read = self
-            .database
+        self.using(|database| self.read_version(database, version))
+    }
+
+    fn read_version(
+        &self,
+        database: &Database,
+        version: u64,
+    ) -> Result<Option<VersionRecord>, StoreError> {
+        let read = database
             .begin_read()
             .map_err(|e| self.failed("begin read", e))?;
         let versions = read
@@ -318,8 +406,16 @@ impl Store {
         before: Option<u64>,
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
-        let read = self
-            .database
+        self.using(|database| self.read_history(database, before, limit))
+    }
+
+    fn read_history(
+        &self,
+        database: &Database,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        let read = database
             .begin_read()
             .map_err(|e| self.failed("begin read", e))?;
         let history = read
@@ -366,8 +462,11 @@ impl Store {
 
     /// Creates the tables on first open, so that reads never meet a missing table.
     fn create_tables(&self) -> Result<(), StoreError> {
-        let mut transaction = self
-            .database
+        self.using(|database| self.create_tables_in(database))
+    }
+
+    fn create_tables_in(&self, database: &Database) -> Result<(), StoreError> {
+        let mut transaction = database
             .begin_write()
             .map_err(|e| self.failed("begin write", e))?;
         transaction
@@ -387,6 +486,80 @@ impl Store {
             .map_err(|e| self.failed("create tables", e))
     }
 
+    /// `None` while the store works; after an I/O error, why it cannot be used (the reopen
+    /// failed). Tries the reopen first, so a disk that was freed since counts as working.
+    pub fn unavailable(&self) -> Option<String> {
+        let stale = self.read_handle().stale;
+        if stale {
+            let mut handle = self.write_handle();
+            if let Err(error) = self.reopen(&mut handle) {
+                return Some(error.to_string());
+            }
+        }
+        None
+    }
+
+    /// Runs `operation` on the open database, reopening it first when an earlier operation
+    /// left it stale; marks it stale when `operation` fails with an I/O error.
+    fn using<T>(
+        &self,
+        operation: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.read_handle().stale {
+            let mut handle = self.write_handle();
+            self.reopen(&mut handle)?;
+        }
+        let handle = self.read_handle();
+        let Some(database) = handle.database.as_ref() else {
+            // Another operation failed in between and its reopen did too.
+            return Err(self.unavailable_error());
+        };
+        let result = operation(database);
+        drop(handle);
+        if result.as_ref().is_err_and(StoreError::is_io) {
+            self.write_handle().stale = true;
+            tracing::warn!(path = %self.path.display(), "store I/O failed; reopening it before the next operation");
+        }
+        result
+    }
+
+    /// Closes and reopens a stale database (a fresh one is left alone).
+    fn reopen(&self, handle: &mut Handle) -> Result<(), StoreError> {
+        if !handle.stale {
+            return Ok(());
+        }
+        // Close first: the file stays locked while the old database is open.
+        handle.database = None;
+        match open_database(&self.path) {
+            Ok(database) => {
+                tracing::info!(path = %self.path.display(), "store reopened after an I/O error");
+                handle.database = Some(database);
+                handle.stale = false;
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn unavailable_error(&self) -> StoreError {
+        StoreError::Database {
+            path: self.path.clone(),
+            operation: "reopen",
+            source: Box::new(redb::Error::DatabaseClosed),
+        }
+    }
+
+    fn read_handle(&self) -> std::sync::RwLockReadGuard<'_, Handle> {
+        // A panic under the lock leaves the handle as consistent as any failure does.
+        self.database.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_handle(&self) -> std::sync::RwLockWriteGuard<'_, Handle> {
+        self.database
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn failed(&self, operation: &'static str, error: impl Into<redb::Error>) -> StoreError {
         match error.into() {
             redb::Error::Corrupted(reason) => self.corrupt(reason),
@@ -402,6 +575,24 @@ impl Store {
         StoreError::Corrupt {
             path: self.path.clone(),
             reason,
+        }
+    }
+}
+
+// === impl StoreError ===
+
+impl StoreError {
+    /// Whether this is an I/O failure (a full disk, a failing device, or the latched result of
+    /// an earlier one) after which the database must be reopened.
+    pub fn is_io(&self) -> bool {
+        match self {
+            StoreError::Database { source, .. } => {
+                matches!(**source, redb::Error::Io(_) | redb::Error::PreviousIo)
+            }
+            StoreError::Open { source, .. } => {
+                matches!(**source, DatabaseError::Storage(redb::StorageError::Io(_)))
+            }
+            _ => false,
         }
     }
 }

@@ -333,7 +333,7 @@ impl ControlClient {
             return None;
         }
         let source = format!("cache:{}", path.display());
-        let config = match ficus_config::parse_str(&source, &cached.documents) {
+        let config = match ficus_config::parse_snapshot(&source, &cached.documents) {
             Ok(config) => config,
             Err(errors) => {
                 tracing::warn!(path = %path.display(), %errors, "ignoring invalid config cache");
@@ -500,7 +500,7 @@ impl ControlClient {
                 // admin: a large push must not hold up probes.
                 let parsing = source.clone();
                 let parsed = tokio::task::spawn_blocking(move || {
-                    let parsed = ficus_config::parse_str(&parsing, &documents);
+                    let parsed = ficus_config::parse_snapshot(&parsing, &documents);
                     (documents, parsed)
                 })
                 .await;

@@ -36,6 +36,8 @@ pub struct ControlPlane {
     starts: usize,
     /// Started without `--insecure`.
     tls: bool,
+    /// A command the control plane runs under (e.g. `unshare -Urm ..`), empty for none.
+    prefix: Vec<String>,
 }
 
 /// What one `ficusctl` run did.
@@ -116,7 +118,23 @@ impl ControlPlane {
         }
     }
 
+    /// Like [`ControlPlane::start_with`] (`--insecure`), run under `prefix`: a command that
+    /// ends by executing the rest of its arguments, e.g. `unshare -Urm sh -c '..; exec "$@"'`.
+    pub async fn start_under(prefix: &[&str], data_dir: &Path, extra: &[&str]) -> Self {
+        let prefix: Vec<String> = prefix.iter().map(|s| (*s).to_owned()).collect();
+        Self::start_prefixed(Some(data_dir), extra, false, prefix).await
+    }
+
     async fn start_inner(data_dir: Option<&Path>, extra: &[&str], tls: bool) -> Self {
+        Self::start_prefixed(data_dir, extra, tls, Vec::new()).await
+    }
+
+    async fn start_prefixed(
+        data_dir: Option<&Path>,
+        extra: &[&str],
+        tls: bool,
+        prefix: Vec<String>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_owned);
         let mut control = Self {
@@ -128,6 +146,7 @@ impl ControlPlane {
             dir,
             starts: 0,
             tls,
+            prefix,
         };
         for _ in 0..3 {
             control.spawn();
@@ -253,7 +272,16 @@ impl ControlPlane {
     fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path(self.starts)).expect("log file");
-        let child = Command::new(binary("ficus-control"))
+        let program = binary("ficus-control");
+        let mut command = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut command = Command::new(first);
+                command.args(rest).arg(program);
+                command
+            }
+            None => Command::new(program),
+        };
+        let child = command
             .args((!self.tls).then_some("--insecure"))
             .arg("--data")
             .arg(&self.data_dir)

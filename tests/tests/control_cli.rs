@@ -730,3 +730,134 @@ async fn api_closes_a_client_that_never_finishes_its_headers() {
     );
     assert_ne!(outcome.status(), Some(200));
 }
+
+/// Whether this machine lets an unprivileged process make user and mount namespaces.
+fn can_unshare_mounts() -> bool {
+    std::process::Command::new("unshare")
+        .args(["-Urm", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// A Backend with `count` endpoints: a large document (about 30 bytes an endpoint).
+fn large_backend(name: &str, count: u32) -> String {
+    let endpoints: Vec<String> = (0..count)
+        .map(|n| {
+            format!(
+                "{{address: \"10.{}.{}.{}:80\"}}",
+                n >> 16,
+                (n >> 8) & 255,
+                n & 255
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}, namespace: shop}}\n\
+         spec:\n  endpoints: [{}]\n",
+        endpoints.join(", ")
+    )
+}
+
+/// redb latches an I/O error: every later transaction fails until the database is reopened.
+/// A full disk fails an apply; once space is freed, the next apply works without a restart.
+#[tokio::test]
+async fn an_apply_after_a_full_disk_is_freed_works() {
+    if !can_unshare_mounts() {
+        eprintln!("skipped: `unshare -Urm` is not permitted here (no user namespaces)");
+        return;
+    }
+    // The data dir is a 4 MiB tmpfs, mounted in a mount namespace of the control plane's own.
+    let mountpoint = tempfile::tempdir().unwrap();
+    let data = mountpoint.path().display().to_string();
+    let mount = "mount -t tmpfs -o size=4m tmpfs \"$0\" && exec \"$@\"";
+    let control = ControlPlane::start_under(
+        &["unshare", "-Urm", "sh", "-c", mount, &data],
+        mountpoint.path(),
+        &[],
+    )
+    .await;
+    assert!(ok(&control
+        .ctl_stdin(&["apply", "-f", "-"], &backend(9001))
+        .await)
+    .starts_with("applied version 1"));
+    // The tmpfs as the control plane sees it.
+    let inside = Path::new(&format!("/proc/{}/root", control.pid())).join(&data[1..]);
+    let filler = inside.join("filler");
+    let mut file = std::fs::File::create(&filler).expect("create the filler");
+    let chunk = vec![0u8; 64 * 1024];
+    let mut full = false;
+    for _ in 0..1024 {
+        if let Err(error) = std::io::Write::write_all(&mut file, &chunk) {
+            assert_eq!(error.raw_os_error(), Some(28), "ENOSPC, not {error}");
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "the 4 MiB tmpfs filled up");
+
+    let refused = control
+        .ctl_stdin(&["apply", "-f", "-"], &large_backend("big", 20_000))
+        .await;
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("No space left on device"),
+        "{}",
+        refused.stderr
+    );
+
+    drop(file);
+    std::fs::remove_file(&filler).expect("free the space");
+    let applied = ok(&control
+        .ctl_stdin(&["apply", "-f", "-"], &large_backend("big", 20_000))
+        .await)
+    .to_owned();
+    assert!(applied.starts_with("applied version 2"), "{applied}");
+    assert!(ok(&control.ctl(&["history"]).await).contains("apply: 1 created"));
+    let ready = client::get(control.http, "control", "/ready")
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.text());
+}
+
+/// `--history-limit 5`: after 12 versions only the newest 5 are kept; an older one is a clear
+/// 404, and rollback still works.
+#[tokio::test]
+async fn history_keeps_only_the_newest_versions() {
+    let control = ControlPlane::start_with(None, &["--history-limit", "5"]).await;
+    for n in 1..=12 {
+        ok(&control
+            .ctl_stdin(&["apply", "-f", "-"], &backend(9000 + n))
+            .await);
+    }
+    let history = ok(&control.ctl(&["history", "--all"]).await).to_owned();
+    let listed: Vec<&str> = history
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(|first| first.trim_end_matches('*'))
+        .filter(|first| first.parse::<u64>().is_ok())
+        .collect();
+    assert_eq!(listed, ["12", "11", "10", "9", "8"], "{history}");
+
+    let old = client::get(control.http, "control", "/v1/versions/1")
+        .await
+        .unwrap();
+    assert_eq!(old.status, 404);
+    assert!(
+        old.text()
+            .contains("version 1 is no longer kept (history keeps the newest 5)"),
+        "{}",
+        old.text()
+    );
+    let refused = control.ctl(&["rollback", "3"]).await;
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("version 3 is no longer kept"),
+        "{}",
+        refused.stderr
+    );
+    let rolled = ok(&control.ctl(&["rollback"]).await).to_owned();
+    assert!(rolled.contains("version 13"), "{rolled}");
+    assert!(ok(&control.ctl(&["get"]).await).contains("127.0.0.1:9011"));
+}

@@ -121,6 +121,66 @@ async fn applies_change_routes_and_a_nack_keeps_the_old_config() {
     assert!(metrics.contains("ficus_control_nacks_total 1"), "{metrics}");
 }
 
+/// The acked and NACKed versions of sidecar `node` in `/v1/status`.
+async fn answers(control: &ControlPlane, node: &str) -> (serde_json::Value, serde_json::Value) {
+    let status = control.get_json("/v1/status").await;
+    let me = status["sidecars"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["node_id"] == node).cloned())
+        .unwrap_or_default();
+    (me["acked_version"].clone(), me["nacked_version"].clone())
+}
+
+#[tokio::test]
+async fn an_empty_config_is_pushed_and_acked() {
+    let a = Upstream::start("a").await;
+    let control = ControlPlane::start().await;
+    let web = Sidecar::start_push(&control.grpc_url(), push_options("web-1")).await;
+    // Its scope (its own namespace and `quiet`) holds nothing of what is applied.
+    let lonely = Sidecar::start_push(
+        &control.grpc_url(),
+        SidecarOptions {
+            namespace: Some("lonely".to_owned()),
+            extra: vec!["--reach".to_owned(), "quiet".to_owned()],
+            ..push_options("lonely-1")
+        },
+    )
+    .await;
+    let backend = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: a, namespace: shop}}\n\
+         spec: {{endpoints: [{{address: \"{}\"}}]}}\n",
+        a.addr
+    );
+    apply(&control, &backend).await;
+    for node in ["web-1", "lonely-1"] {
+        until("version 1 acked", Duration::from_secs(20), || async {
+            answers(&control, node).await.0 == 1
+        })
+        .await;
+    }
+    lonely.wait_ready(Duration::from_secs(20)).await;
+    assert_eq!(lonely.config().await["documents"], serde_json::json!([]));
+    assert_eq!(
+        web.config().await["documents"].as_array().map(Vec::len),
+        Some(1)
+    );
+
+    let deleted = ok(&control.ctl(&["delete", "backend", "a", "-n", "shop"]).await).to_owned();
+    assert!(deleted.starts_with("deleted: version 2"), "{deleted}");
+    until("version 2 acked", Duration::from_secs(20), || async {
+        answers(&control, "web-1").await.0 == 2
+    })
+    .await;
+    assert_eq!(answers(&control, "web-1").await.1, serde_json::Value::Null);
+    let served = web.config().await;
+    assert_eq!(served["version"], 2);
+    assert_eq!(served["documents"], serde_json::json!([]));
+    assert_eq!(served["last_error"], serde_json::Value::Null);
+    // The deleted Backend is gone from the data plane too.
+    let response = client::get(web.outbound, "a.shop", "/").await.unwrap();
+    assert_eq!(response.status, 502);
+}
+
 #[tokio::test]
 async fn kill_9_of_the_control_plane_under_traffic_loses_nothing() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);

@@ -119,7 +119,8 @@ fn records_from_before_rollback_targets_were_stored_still_read() {
         ),
     ];
     {
-        let transaction = store.database.begin_write().unwrap();
+        let handle = store.read_handle();
+        let transaction = handle.database.as_ref().unwrap().begin_write().unwrap();
         {
             let mut versions = transaction.open_table(VERSIONS).unwrap();
             let mut history = transaction.open_table(HISTORY).unwrap();
@@ -223,4 +224,77 @@ fn rollback_origins(store: &Store) -> Vec<Option<u64>> {
         .iter()
         .map(|h| h.rolled_back_to)
         .collect()
+}
+
+/// After an I/O error the database is reopened before the next operation; while reopening
+/// fails, operations fail and [`Store::unavailable`] says why (what `/ready` reports), and once
+/// the file is usable again the store works without a restart.
+#[test]
+fn a_stale_database_is_reopened_and_unavailable_while_that_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    store
+        .commit(vec![backend("a")], None, "first".into())
+        .unwrap();
+    assert_eq!(store.unavailable(), None);
+    let good = std::fs::read(store.path()).unwrap();
+    // What an I/O error leaves behind (redb then answers `PreviousIo` until reopened).
+    store.write_handle().stale = true;
+    std::fs::write(store.path(), b"not a database").unwrap();
+    let reason = store.unavailable().expect("the reopen fails");
+    assert!(reason.contains("corrupt"), "{reason}");
+    assert!(store.commit(vec![], None, "refused".into()).is_err());
+
+    std::fs::write(store.path(), &good).unwrap();
+    assert_eq!(store.unavailable(), None);
+    let two = store.commit(vec![], None, "second".into()).unwrap();
+    assert_eq!(two.version, 2);
+    assert_eq!(store.current().unwrap(), two);
+}
+
+/// Only the newest `--history-limit` versions are kept, plus the one a plain rollback from the
+/// current version goes to; numbers still never go back.
+#[test]
+fn history_keeps_the_newest_versions_and_the_rollback_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let store = store.with_history_limit(3);
+    for n in 1..=10 {
+        store
+            .commit(vec![backend(&format!("b{n}"))], None, format!("v{n}"))
+            .unwrap();
+    }
+    let kept: Vec<u64> = store.history().unwrap().iter().map(|h| h.version).collect();
+    assert_eq!(kept, [10, 9, 8]);
+    assert_eq!(store.get(7).unwrap(), None);
+    assert_eq!(store.get(1).unwrap(), None);
+    let kept = |store: &Store| -> Vec<u64> {
+        store.history().unwrap().iter().map(|h| h.version).collect()
+    };
+    // A plain rollback from a rollback to 9 goes to 8: kept beyond the limit.
+    let nine = store.get(9).unwrap().unwrap();
+    store
+        .commit_rollback(nine.documents, None, "rollback to version 9".into(), 9)
+        .unwrap();
+    assert_eq!(kept(&store), [11, 10, 9, 8]);
+    assert_eq!(
+        store.get(8).unwrap().map(|r| r.summary),
+        Some("v8".to_owned())
+    );
+    // Not needed any more after the next apply.
+    store
+        .commit(vec![backend("x")], None, "v12".into())
+        .unwrap();
+    assert_eq!(kept(&store), [12, 11, 10]);
+    store
+        .commit_rollback(vec![], None, "rollback to version 11".into(), 11)
+        .unwrap();
+    assert_eq!(kept(&store), [13, 12, 11, 10]);
+    drop(store);
+    let (store, current) = Store::open(dir.path()).unwrap();
+    assert_eq!(current.version, 13);
+    assert_eq!(
+        store.get(10).unwrap().map(|r| r.summary),
+        Some("v10".to_owned())
+    );
 }
