@@ -633,6 +633,7 @@ fn apply_error(apply_error: &ApplyError) -> Response<Body> {
         ApplyError::NothingToRollBack(_) | ApplyError::NothingBefore { .. } => {
             (StatusCode::BAD_REQUEST, Vec::new())
         }
+        ApplyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, Vec::new()),
         ApplyError::Store(_) | ApplyError::Task(_) => {
             tracing::error!(error = %apply_error, "write failed");
             (StatusCode::INTERNAL_SERVER_ERROR, Vec::new())

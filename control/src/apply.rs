@@ -73,6 +73,17 @@ pub enum ApplyError {
         /// The version it rolled back to.
         rolled_back_to: u64,
     },
+    /// The config would be too large to push to a sidecar.
+    #[error(
+        "the config would be {size} bytes when pushed, over the limit of {limit}: no sidecar \
+         could receive it; nothing was applied"
+    )]
+    TooLarge {
+        /// Its encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// Reading or committing the store failed; the current version is unchanged.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -394,6 +405,14 @@ async fn commit_if_changed(
             summary: "unchanged".to_owned(),
             changes,
         });
+    }
+    let (documents, pushable) = tokio::task::spawn_blocking(move || {
+        let pushable = crate::push::check_pushable(&documents);
+        (documents, pushable)
+    })
+    .await?;
+    if let Err((size, limit)) = pushable {
+        return Err(ApplyError::TooLarge { size, limit });
     }
     let store = state.store.clone();
     let Commit {

@@ -48,6 +48,21 @@ const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest message either way.
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Largest encoded document set a version may have: a push carries it whole (a sidecar without
+/// `--reach` gets everything) with the trust bundle and a few small fields beside it.
+pub const MAX_DOCUMENTS: usize = MAX_MESSAGE - 256 * 1024;
+
+/// Refuses `documents` whose push encoding would exceed [`MAX_DOCUMENTS`]: such a version
+/// could never reach a sidecar (every stream would fail on it, with no NACK to show why).
+pub fn check_pushable(documents: &[serde_json::Value]) -> Result<(), (usize, usize)> {
+    let size = ficus_config::wire::encode_documents(documents).len();
+    if size > MAX_DOCUMENTS {
+        Err((size, MAX_DOCUMENTS))
+    } else {
+        Ok(())
+    }
+}
 /// Longest NACK text logged (the registry keeps up to 4096 characters for `status`).
 const MAX_LOGGED: usize = 512;
 /// Longest field of a Hello (node id, workload, namespace, digest, each reach entry).

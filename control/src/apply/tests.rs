@@ -393,3 +393,37 @@ async fn versions_survive_reopen_through_apply() {
     assert_eq!(current.version, 1);
     assert_eq!(current.documents[0]["metadata"]["namespace"], "shop");
 }
+
+/// A version whose push would be over the push message limit could never reach a sidecar
+/// (every stream would fail on it, with no NACK): it is refused, and the current one stays.
+#[tokio::test]
+async fn a_config_too_large_to_push_is_refused() {
+    let (_dir, state) = state();
+    let note = "x".repeat(3 * 1024 * 1024 + 512 * 1024);
+    let mut refused = None;
+    for i in 0..6 {
+        let text = format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\n\
+             metadata: {{name: b{i}, namespace: shop, annotations: {{note: \"{note}\"}}}}\n\
+             spec: {{endpoints: [{{address: \"127.0.0.1:{}\"}}]}}\n",
+            9000 + i
+        );
+        match apply(&state, source("big.yaml", &text), None).await {
+            Ok(outcome) => assert!(outcome.committed),
+            Err(error) => {
+                refused = Some((i, error));
+                break;
+            }
+        }
+    }
+    let (at, error) = refused.expect("refused before the sixth");
+    assert!(
+        matches!(error, ApplyError::TooLarge { size, limit } if size > limit),
+        "{error}"
+    );
+    assert_eq!(
+        at, 4,
+        "four of 3.5 MiB fit in the limit, the fifth does not"
+    );
+    assert_eq!(state.current().version, 4);
+}

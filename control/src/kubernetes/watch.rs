@@ -325,6 +325,18 @@ pub async fn publish(
     if documents == current.documents {
         return Ok(None);
     }
+    let (documents, pushable) = tokio::task::spawn_blocking(move || {
+        let pushable = crate::push::check_pushable(&documents);
+        (documents, pushable)
+    })
+    .await
+    .map_err(|e| format!("size check task: {e}"))?;
+    if let Err((size, limit)) = pushable {
+        return Err(format!(
+            "the cluster's config would be {size} bytes when pushed, over the limit of {limit}; \
+             the last good version stays"
+        ));
+    }
     let summary = format!(
         "kubernetes: {} documents from the cluster ({skipped} Services skipped, {} objects \
          left out)",
