@@ -484,6 +484,13 @@ impl PushStream {
                 } else if let Some(sent) = sent.as_mut() {
                     sent.nacked = true;
                 }
+                // The sidecar says what it serves: another version than we thought means an
+                // earlier push took effect after all (its ACK came under an older nonce and was
+                // ignored). Its documents are then not known here, so the next push carries
+                // them in full, never `unchanged`.
+                if nack.serving_version != serving.0 {
+                    *serving = (nack.serving_version, String::new());
+                }
                 let version = sent.as_ref().map_or(nack.version, |s| s.record.version);
                 registry.nack(node, stream, version, &truncate(&nack.error, 4096));
                 metrics.nacks.inc();

@@ -441,6 +441,19 @@ impl ScriptedSidecar {
         snapshot
     }
 
+    async fn nack(&self, snapshot: &ficus_config::wire::Snapshot, serving_version: u64) {
+        use ficus_config::wire::{sidecar_message, Nack, SidecarMessage};
+        let nack = SidecarMessage {
+            kind: Some(sidecar_message::Kind::Nack(Nack {
+                version: snapshot.version,
+                nonce: snapshot.nonce.clone(),
+                error: "refused on purpose".into(),
+                serving_version,
+            })),
+        };
+        self.to_control.send(nack).await.unwrap();
+    }
+
     async fn ack(&self, snapshot: &ficus_config::wire::Snapshot) {
         use ficus_config::wire::{sidecar_message, Ack, SidecarMessage};
         let ack = SidecarMessage {
@@ -489,6 +502,44 @@ async fn a_rollback_before_the_previous_push_is_answered_carries_its_documents()
     );
     assert_eq!(third.documents, first.documents);
     assert_eq!(third.digest, first.digest);
+}
+
+/// The sidecar ACKs a push after a newer one went out (its ACK is stale: ignored), then NACKs
+/// the newer one saying it serves the older: the control plane must not go on believing it
+/// serves what it did before both, so a rollback to that comes with its documents rather than
+/// `unchanged` (which the sidecar would refuse, staying on the version it took).
+#[tokio::test]
+async fn after_a_nack_naming_another_served_version_the_documents_come_in_full() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let control = ControlPlane::start().await;
+    apply(&control, &config("a", a.addr, b.addr, 1)).await;
+    let mut sidecar = ScriptedSidecar::subscribe(&control).await;
+    let first = sidecar.next().await;
+    sidecar.ack(&first).await;
+    until("the ACK of version 1", Duration::from_secs(10), || async {
+        control.get_json("/v1/status").await["sidecars"][0]["acked_version"] == 1
+    })
+    .await;
+    apply(&control, &config("b", a.addr, b.addr, 2)).await;
+    let second = sidecar.next().await;
+    apply(&control, &config("b", a.addr, b.addr, 3)).await;
+    let third = sidecar.next().await;
+    assert_eq!((second.version, third.version), (2, 3));
+    // Version 2 was taken (its ACK comes late), version 3 refused.
+    sidecar.ack(&second).await;
+    sidecar.nack(&third, 2).await;
+    until("the NACK of version 3", Duration::from_secs(10), || async {
+        control.get_json("/v1/status").await["sidecars"][0]["nacked_version"] == 3
+    })
+    .await;
+    ok(&control.ctl(&["rollback", "1"]).await);
+    let fourth = sidecar.next().await;
+    assert_eq!(fourth.version, 4);
+    assert!(
+        !fourth.unchanged,
+        "the sidecar serves version 2: version 1's documents must come"
+    );
+    assert_eq!(fourth.documents, first.documents);
 }
 
 /// A sidecar that says it serves the current version number but with other documents (its
