@@ -156,6 +156,40 @@ async fn injecting_the_output_again_changes_nothing() {
 }
 
 #[tokio::test]
+async fn the_sidecars_get_the_trust_domain_given() {
+    let sidecar_flag = |documents: &[Value]| {
+        let web = &named(documents, "Deployment", "web")["spec"]["template"]["spec"];
+        flag(&web["initContainers"][1], "--trust-domain")
+    };
+    let (documents, _) = inject(WORKLOADS, &[]).await;
+    assert_eq!(sidecar_flag(&documents).as_deref(), Some("cluster.local"));
+    let (documents, _) = inject(WORKLOADS, &["--trust-domain", "example.org"]).await;
+    assert_eq!(sidecar_flag(&documents).as_deref(), Some("example.org"));
+    let yaml = ficusctl(
+        "http://127.0.0.1:9",
+        &["inject", "-f", "-", "--trust-domain", "example.org"],
+        Some(WORKLOADS),
+    )
+    .await;
+    assert_eq!(yaml.code, 0, "{}", yaml.stderr);
+    assert!(
+        yaml.stdout
+            .contains("- --trust-domain\n        - example.org\n"),
+        "{}",
+        yaml.stdout
+    );
+    let bad = ficusctl(
+        "http://127.0.0.1:9",
+        &["inject", "-f", "-", "--trust-domain", "Example.org/x"],
+        Some(WORKLOADS),
+    )
+    .await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stdout.is_empty());
+    assert!(bad.stderr.contains("--trust-domain"), "{}", bad.stderr);
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_with_the_document_named_and_nothing_printed() {
     let bad = WORKLOADS.replace(
         "ficus.dev/exclude-outbound-ports: \"5432\"",
