@@ -660,6 +660,111 @@ fn grpc_https_and_hook_ports_are_still_excluded_with_a_warning() {
     );
 }
 
+/// Values YAML 1.2 reads as strings and YAML 1.1 (kubectl) as booleans or numbers.
+const RISKY: &[&str] = &[
+    "yes", "on", "n", "Off", "0777", "1_000", "0b101", "0x1F", "+12", "1.", ".5", "1e3", "~",
+    "-.inf",
+];
+
+const STREAM: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: flags, namespace: shop}
+data:
+  feature: "on"
+  legacy: "yes"
+  answer: "n"
+  switch: "Off"
+  mode: "0777"
+  limit: "1_000"
+  binary: "0b101"
+  hex: "0x1F"
+  signed: "+12"
+  float: "1."
+  fraction: ".5"
+  exponent: "1e3"
+  tilde: "~"
+  infinite: "-.inf"
+  "on": key
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: web:1.4.2
+        env: [{name: VERBOSE, value: "yes"}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: plain, namespace: shop}
+spec:
+  selector: {matchLabels: {app: plain}}
+  template:
+    metadata: {labels: {app: plain}}
+    spec:
+      containers: [{name: plain, image: "plain:1", args: ["--port", "8080"]}]
+"#;
+
+fn documents(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    yaml_serde::Deserializer::from_str(text)
+        .map(|document| Value::deserialize(document).unwrap())
+        .filter(|value| !value.is_null())
+        .collect()
+}
+
+#[test]
+fn strings_yaml_1_1_would_misread_are_written_as_json_strings() {
+    let injected = manifest::inject_stream("app.yaml", STREAM, &InjectConfig::default()).unwrap();
+    let text = manifest::to_yaml(&injected.documents).unwrap();
+    let parts: Vec<&str> = text.split("\n---\n").collect();
+    assert_eq!(parts.len(), 3, "{text}");
+    // The ConfigMap and the Deployment with `value: "yes"` are JSON: every string quoted.
+    for (part, name) in parts[..2].iter().zip(["flags", "web"]) {
+        let value: Value = serde_json::from_str(part)
+            .unwrap_or_else(|e| panic!("{name} is not JSON ({e}):\n{part}"));
+        assert_eq!(value["metadata"]["name"], name);
+    }
+    let data = serde_json::from_str::<Value>(parts[0]).unwrap()["data"].clone();
+    for risky in RISKY {
+        assert!(
+            data.as_object().unwrap().values().any(|v| v == risky),
+            "{risky} is a JSON string"
+        );
+    }
+    assert_eq!(data["on"], "key", "keys too");
+    let web: Value = serde_json::from_str(parts[1]).unwrap();
+    assert_eq!(
+        web["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
+        "yes"
+    );
+    // A document without such strings stays block YAML, with quotes where YAML 1.2
+    // needs them.
+    assert!(
+        parts[2].starts_with("apiVersion: apps/v1\n"),
+        "{}",
+        parts[2]
+    );
+    assert!(parts[2].contains("- '8080'"), "{}", parts[2]);
+    for risky in RISKY {
+        for line in parts[2].lines() {
+            let line = line.trim();
+            assert!(
+                !line.ends_with(&format!(": {risky}")) && line != format!("- {risky}"),
+                "{risky} plain in {line:?}"
+            );
+        }
+    }
+    // yaml_serde reads the stream back as it was.
+    assert_eq!(documents(&text), injected.documents);
+}
+
 mod properties {
     use proptest::prelude::*;
 
