@@ -21,19 +21,24 @@
 //!   from the downward API (service account, namespace, pod name).
 //!
 //! # App probes with mTLS STRICT
-//! kubelet probes the pod IP in plaintext, which a STRICT inbound listener would refuse. The
-//! ports of every probe (and of `httpGet`/`tcpSocket` lifecycle hooks) of the app containers
-//! are therefore **excluded from inbound redirection**: kubelet reaches the app directly.
-//! The price: other traffic to such a port bypasses the sidecar (no mTLS, no authorization),
-//! so each such port is reported as a warning when it is also a declared container port.
-//! Serve probes on a port of their own to keep the serving port inside the mesh. (Istio
-//! instead rewrites probes to a sidecar endpoint that relays them; that needs sidecar support
-//! Ficus does not have yet.) The admin port (15000, the startup probe's) is always excluded.
+//! kubelet probes the pod IP in plaintext, which a STRICT inbound listener would refuse, and a
+//! port excluded from redirection for kubelet's sake would take every mTLS caller of that port
+//! past the sidecar to the app's plaintext server. So the app containers' `httpGet` and
+//! `tcpSocket` probes are **rewritten to the sidecar's admin port**
+//! (`/app-health/<container>/<livez|readyz|startupz>`), which relays them to the app over
+//! loopback ([`probes`]); the probed ports stay in the mesh. The ports of the probes the
+//! sidecar cannot relay (`grpc`, `HTTPS`, a `host`), of `httpGet`/`tcpSocket` lifecycle hooks,
+//! and of every probe with `ficus.dev/rewrite-app-probes: "false"` are **excluded from inbound
+//! redirection** instead, so kubelet reaches the app directly; other traffic to such a port
+//! bypasses the sidecar (no mTLS, no authorization), which is reported as a warning when it is
+//! also a declared container port. The admin port (15000, the startup probe's) is always
+//! excluded.
 //!
 //! # Annotations (on the pod, or on the pod template of a workload)
 //! | annotation | meaning |
 //! |---|---|
 //! | `ficus.dev/inject: "false"` | leave this pod alone (`"true"` is the default) |
+//! | `ficus.dev/rewrite-app-probes: "false"` | leave app probes alone and exclude their ports from inbound redirection |
 //! | `ficus.dev/exclude-outbound-ports: "5432,6379"` | outbound TCP to these ports is not redirected |
 //! | `ficus.dev/exclude-inbound-ports: "9090"` | inbound TCP to these ports is not redirected |
 //! | `ficus.dev/exclude-outbound-cidrs: "10.0.0.0/8,fd00::/8"` | outbound TCP to these networks is not redirected |
@@ -51,11 +56,13 @@
 //!   their requests and limits, and a Guaranteed pod kept Guaranteed.
 //! - [`manifest`] — YAML streams in and out (for `ficusctl inject`).
 //! - [`patch`] — the JSON Patch from an object to its injected form (for the webhook).
+//! - [`probes`] — app probes rewritten to the sidecar's `/app-health/...` paths.
 
 pub mod annotations;
 pub mod containers;
 pub mod manifest;
 pub mod patch;
+pub mod probes;
 pub mod quantity;
 pub mod resources;
 
@@ -272,15 +279,37 @@ fn inject_pod(pod: &mut Value, config: &InjectConfig) -> Result<Outcome, InjectE
             }
         }
     }
-    // kubelet probes the app containers and any native sidecars the pod already has.
+    // kubelet probes the app containers and any native sidecars the pod already has: their
+    // HTTP and TCP probes go to the sidecar's admin port, which relays them to the app.
+    let is_native = |c: &Value| c.get("restartPolicy").and_then(Value::as_str) == Some("Always");
+    // Both lists are checked to be lists before anything is rewritten.
+    array(spec, "containers")?;
+    array(spec, "initContainers")?;
+    let mut app_probes = Map::new();
+    if annotations.rewrite_app_probes {
+        for list in ["containers", "initContainers"] {
+            if let Some(Value::Array(containers)) = spec.get_mut(list) {
+                for container in containers
+                    .iter_mut()
+                    .filter(|c| list == "containers" || is_native(c))
+                {
+                    app_probes.extend(probes::rewrite(
+                        std::slice::from_mut(container),
+                        config.admin_port,
+                    ));
+                }
+            }
+        }
+    }
     let mut probed: Vec<Value> = array(spec, "containers")?.to_vec();
     probed.extend(
         array(spec, "initContainers")?
             .iter()
-            .filter(|c| c.get("restartPolicy").and_then(Value::as_str) == Some("Always"))
+            .filter(|c| is_native(c))
             .cloned(),
     );
-    let probes = containers::probe_ports(&probed);
+    // What is left for kubelet to reach directly must bypass the sidecar.
+    let probes = containers::probe_ports(&probed, config.admin_port);
     let mut warnings = probes.warnings;
     let mut exclude_inbound = annotations.exclude_inbound_ports.clone();
     exclude_inbound.push(config.admin_port);
@@ -290,10 +319,13 @@ fn inject_pod(pod: &mut Value, config: &InjectConfig) -> Result<Outcome, InjectE
         }
         if port.declared {
             warnings.push(format!(
-                "port {} of container {:?} is probed by kubelet, so it is excluded from inbound \
+                "port {} of container {:?} is reached by kubelet directly (a grpc or HTTPS \
+                 probe, a lifecycle hook, or {}: \"false\"), so it is excluded from inbound \
                  redirection: traffic to it bypasses the sidecar (no mTLS, no authorization); \
-                 serve probes on a port of their own to keep it in the mesh",
-                port.port, port.container
+                 use an httpGet or tcpSocket probe, or a port of its own, to keep it in the mesh",
+                port.port,
+                port.container,
+                annotations::REWRITE_APP_PROBES,
             ));
         }
     }
@@ -336,7 +368,7 @@ fn inject_pod(pod: &mut Value, config: &InjectConfig) -> Result<Outcome, InjectE
         }
     }
     let init = containers::init_container(config, &annotations, &exclude_inbound, guaranteed);
-    let sidecar = containers::sidecar_container(config, &annotations, guaranteed);
+    let sidecar = containers::sidecar_container(config, &annotations, guaranteed, &app_probes);
     let mut init_containers = vec![init, sidecar];
     init_containers.extend(array(spec, "initContainers")?.iter().cloned());
     spec.insert("initContainers".to_owned(), Value::Array(init_containers));

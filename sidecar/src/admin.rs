@@ -1,4 +1,5 @@
-//! The admin server: health, readiness, metrics, config, drain, log level.
+//! The admin server: health, readiness, metrics, config, drain, log level, and the app's
+//! relayed kubelet probes ([`app_probes`]).
 //!
 //! It runs on a runtime and thread of its own, so it answers even when the data plane is
 //! saturated (`--workers 1` under load).
@@ -20,11 +21,16 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use crate::body::{self, Body};
 use crate::state::Shared;
 
+pub mod app_probes;
+
+use self::app_probes::AppProbes;
+
 /// Largest admin request body (`PUT /log-level`).
 const MAX_BODY: usize = 4096;
 
 /// Serves the admin API on `listeners` (`--admin` and its IPv6 companion) forever.
-pub async fn serve(listeners: Listeners, shared: Arc<Shared>) {
+/// `probes` are the app's kubelet probes answered under `/app-health/`.
+pub async fn serve(listeners: Listeners, shared: Arc<Shared>, probes: Arc<AppProbes>) {
     loop {
         let (stream, peer) = match listeners.accept().await {
             Ok(accepted) => accepted,
@@ -36,6 +42,7 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>) {
             }
         };
         let shared = Arc::clone(&shared);
+        let probes = Arc::clone(&probes);
         tokio::spawn(async move {
             // Set by `/quitquitquit`: the process is told to stop only once this connection
             // has sent the answer (it closes after it), or the exit could cut the answer off.
@@ -46,6 +53,7 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>) {
                 move |request| {
                     let shared = Arc::clone(&shared);
                     let quit = Arc::clone(&quit);
+                    let probes = Arc::clone(&probes);
                     async move {
                         if !write_allowed(request.method(), peer) {
                             return Ok(text(
@@ -53,7 +61,9 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>) {
                                 "admin writes are accepted from loopback only\n",
                             ));
                         }
-                        Ok::<_, std::convert::Infallible>(route(&shared, request, &quit).await)
+                        Ok::<_, std::convert::Infallible>(
+                            route(&shared, &probes, request, &quit).await,
+                        )
                     }
                 }
             });
@@ -74,12 +84,29 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>) {
 
 /// Answers one admin request; `/quitquitquit` sets `quit`, for the connection to act on once
 /// the answer is out.
-async fn route(shared: &Shared, request: Request<Incoming>, quit: &AtomicBool) -> Response<Body> {
+async fn route(
+    shared: &Shared,
+    probes: &AppProbes,
+    request: Request<Incoming>,
+    quit: &AtomicBool,
+) -> Response<Body> {
     // HEAD is GET without the body (hyper leaves it out).
     let method = match request.method() {
         &Method::HEAD => Method::GET,
         other => other.clone(),
     };
+    if let Some(probe) = probes.get(request.uri().path()) {
+        if method != Method::GET {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            response
+                .headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        return probe
+            .check(request.headers().get(http::header::USER_AGENT))
+            .await;
+    }
     match (request.uri().path(), method) {
         ("/live", Method::GET) => text(StatusCode::OK, "live\n"),
         ("/ready", Method::GET) => match shared.unready_reason() {

@@ -189,6 +189,7 @@ pub fn run(args: Args) -> u8 {
     };
 
     let admin_shared = Arc::clone(&shared);
+    let app_probes = Arc::new(args.app_probes.clone().unwrap_or_default());
     let spawned = std::thread::Builder::new()
         .name("ficus-admin".into())
         .spawn(move || {
@@ -212,7 +213,7 @@ pub fn run(args: Args) -> u8 {
                     }
                 };
                 match listen::Listeners::from_std(admin, admin_v6) {
-                    Ok(listeners) => crate::admin::serve(listeners, admin_shared).await,
+                    Ok(listeners) => crate::admin::serve(listeners, admin_shared, app_probes).await,
                     Err(error) => admin_failed(&format!("the admin listener failed: {error}")),
                 }
             });

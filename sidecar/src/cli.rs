@@ -67,6 +67,12 @@ pub struct Args {
     #[arg(long, env = "FICUS_ADMIN", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
 
+    /// The app's kubelet probes to answer on the admin port, as JSON by path (what injection
+    /// sets): `{"/app-health/web/readyz": {"httpGet": {"path": "/healthz", "port": 8080}}}`.
+    /// Each is relayed to `127.0.0.1:<port>` only (HTTP GET or a TCP connect).
+    #[arg(long, env = "FICUS_APP_PROBES", value_name = "JSON", value_parser = parse_app_probes)]
+    pub app_probes: Option<crate::admin::app_probes::AppProbes>,
+
     /// Push mode: where the last accepted config is cached.
     #[arg(long, env = "FICUS_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -173,6 +179,10 @@ fn hello_field(s: &str) -> Result<String, String> {
         )),
         _ => Ok(s.to_owned()),
     }
+}
+
+fn parse_app_probes(s: &str) -> Result<crate::admin::app_probes::AppProbes, String> {
+    crate::admin::app_probes::AppProbes::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

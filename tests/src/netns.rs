@@ -670,7 +670,13 @@ impl PushMesh {
     /// Installs the rules in `ns` and starts `workload`'s transparent sidecar there
     /// (`<workload>-1`), pushed by the control plane, not waiting for it to be ready.
     pub fn sidecar(&self, ns: &NetNs, workload: &str) -> Sidecar {
-        let options = SidecarOptions {
+        start_transparent(ns, "", self.options(workload))
+    }
+
+    /// The options of `workload`'s push-mode sidecar (`<workload>-1`, its join token and the
+    /// root), for a sidecar started some other way than [`PushMesh::sidecar`].
+    pub fn options(&self, workload: &str) -> SidecarOptions {
+        SidecarOptions {
             control: Some(format!("https://{}", Self::GRPC)),
             workload: Some(workload.to_owned()),
             node_id: Some(format!("{workload}-1")),
@@ -681,7 +687,6 @@ impl PushMesh {
                 self.ca.display().to_string(),
             ],
             ..SidecarOptions::default()
-        };
-        start_transparent(ns, "", options)
+        }
     }
 }

@@ -84,14 +84,33 @@ async fn inject_rewrites_every_workload_kind_and_honours_annotations() {
     );
     assert_eq!(
         flag(init, "--exclude-inbound-ports").as_deref(),
-        Some("8081,15000"),
-        "the probe port (named `management` and numeric 8081) and the admin port"
+        Some("15000"),
+        "only the admin port: the probes (on `management` and 8081) go to the sidecar"
     );
-    assert!(
-        stderr.contains("warning: document 2 (Deployment web): port 8081"),
-        "{stderr}"
+    assert!(stderr.is_empty(), "{stderr}");
+    let app = &web["containers"][0];
+    assert_eq!(
+        app["readinessProbe"]["httpGet"],
+        json!({"path": "/app-health/web/readyz", "port": 15000, "scheme": "HTTP"})
+    );
+    assert_eq!(app["readinessProbe"]["periodSeconds"], 5, "kept");
+    assert_eq!(
+        app["livenessProbe"],
+        json!({"httpGet": {"path": "/app-health/web/livez", "port": 15000, "scheme": "HTTP"}})
     );
     let sidecar = &web["initContainers"][1];
+    let probes: Value = serde_json::from_str(
+        &env(sidecar, "FICUS_APP_PROBES").expect("the original probes go to the sidecar"),
+    )
+    .unwrap();
+    assert_eq!(
+        probes,
+        json!({
+            "/app-health/web/readyz": {"httpGet": {"path": "/healthz/ready", "port": 8081,
+                "scheme": "HTTP"}},
+            "/app-health/web/livez": {"tcpSocket": {"port": 8081}},
+        })
+    );
     assert_eq!(sidecar["restartPolicy"], "Always");
     assert_eq!(sidecar["securityContext"]["runAsUser"], 1337);
 
@@ -134,6 +153,40 @@ async fn injecting_the_output_again_changes_nothing() {
         "nothing to warn about: {}",
         again.stderr
     );
+}
+
+#[tokio::test]
+async fn the_sidecars_get_the_trust_domain_given() {
+    let sidecar_flag = |documents: &[Value]| {
+        let web = &named(documents, "Deployment", "web")["spec"]["template"]["spec"];
+        flag(&web["initContainers"][1], "--trust-domain")
+    };
+    let (documents, _) = inject(WORKLOADS, &[]).await;
+    assert_eq!(sidecar_flag(&documents).as_deref(), Some("cluster.local"));
+    let (documents, _) = inject(WORKLOADS, &["--trust-domain", "example.org"]).await;
+    assert_eq!(sidecar_flag(&documents).as_deref(), Some("example.org"));
+    let yaml = ficusctl(
+        "http://127.0.0.1:9",
+        &["inject", "-f", "-", "--trust-domain", "example.org"],
+        Some(WORKLOADS),
+    )
+    .await;
+    assert_eq!(yaml.code, 0, "{}", yaml.stderr);
+    assert!(
+        yaml.stdout
+            .contains("- --trust-domain\n        - example.org\n"),
+        "{}",
+        yaml.stdout
+    );
+    let bad = ficusctl(
+        "http://127.0.0.1:9",
+        &["inject", "-f", "-", "--trust-domain", "Example.org/x"],
+        Some(WORKLOADS),
+    )
+    .await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stdout.is_empty());
+    assert!(bad.stderr.contains("--trust-domain"), "{}", bad.stderr);
 }
 
 #[tokio::test]
@@ -394,13 +447,28 @@ async fn the_webhook_patch_gives_what_ficusctl_inject_prints() {
         container_names(&patched["spec"], "initContainers"),
         ["ficus-init", "ficus-sidecar"]
     );
-    let warnings = response["warnings"].as_array().expect("warnings");
     assert!(
-        warnings[0]
-            .as_str()
-            .unwrap()
-            .starts_with("ficus: port 8081"),
-        "{warnings:?}"
+        response.get("warnings").is_none(),
+        "no probe port bypasses the mesh: {response}"
+    );
+    let containers = operations
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["path"] == "/spec/containers")
+        .expect("the app containers are patched");
+    assert_eq!(containers["op"], "replace");
+    assert_eq!(
+        containers["value"][0]["readinessProbe"]["httpGet"],
+        json!({"path": "/app-health/web/readyz", "port": 15000, "scheme": "HTTP"})
+    );
+    assert_eq!(
+        containers["value"][0]["livenessProbe"]["httpGet"]["path"],
+        "/app-health/web/livez"
+    );
+    assert_eq!(
+        containers["value"][0]["readinessProbe"]["timeoutSeconds"], 1,
+        "the probe's own settings stay"
     );
 
     // Re-injection (e.g. a pod from a template ficusctl already injected): allowed, no patch.
@@ -459,16 +527,54 @@ async fn the_webhook_needs_the_ca() {
 
 // === probes under mTLS STRICT, end to end ===
 
+/// The value of the env var `name` of `container`.
+fn env(container: &Value, name: &str) -> Option<String> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// GETs `path` on `address` from `ns` every 100 ms until it answers 200; panics with `log()`
+/// after 30 s.
+async fn wait_for_200(
+    ns: &ficus_tests::netns::NetNs,
+    address: std::net::SocketAddr,
+    path: &str,
+    log: impl Fn() -> String,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        match ficus_tests::netns::http_get(ns, address, "10.77.0.1", path, &[]).await {
+            Ok(answer) if answer.status == 200 => return,
+            _ => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{address}{path} never answered 200 in {}:\n{}",
+            ns.name(),
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The "pod" and a "kubelet" namespace (10.77.0.1 and 10.77.0.2), created and removed by the
-/// test: the pod runs the ficus-init container's exact redirect command from `ficusctl
-/// inject`, a STRICT transparent sidecar as uid 1337 with its certificate from the real
-/// control plane, and an app serving on 8080 with probes on 8081. kubelet's plaintext probes
-/// reach 8081 (excluded from redirection) and the sidecar's admin port, while plaintext to the
-/// serving port is redirected to the sidecar and refused. Without the exclusion the same probe
-/// fails — which is why injection excludes probe ports. Root only (CI runs as root).
+/// test. The pod runs the ficus-init container's exact redirect command from `ficusctl
+/// inject`, a STRICT transparent sidecar as uid 1337 with the injected `FICUS_APP_PROBES` and
+/// its certificate from the real control plane, and an app serving on 8080 whose readiness
+/// (httpGet) and liveness (tcpSocket) probes are on that same serving port. kubelet's
+/// plaintext probes go, as rewritten, to the sidecar's admin port, which relays them to the
+/// app; plaintext to the serving port is redirected to the sidecar and refused; and a caller's
+/// sidecar (explicit mode, in the kubelet namespace) still reaches the app on 10.77.0.1:8080
+/// over mTLS. With `ficus.dev/rewrite-app-probes: "false"` the serving port is excluded
+/// instead: kubelet's probe passes but the mTLS caller fails, which is why probes are
+/// rewritten. Root only (CI runs as root).
 #[tokio::test]
 async fn kubelet_probes_pass_under_mtls_strict_with_the_injected_redirect() {
-    use ficus_tests::netns::{self, http_get, link, NetNs, NsHttpServer, Relay};
+    use ficus_tests::netns::{self, http_get, link, NetNs, NsHttpServer, PushMesh};
     use ficus_tests::process::{binary, Sidecar, SidecarOptions};
 
     if let Some(reason) = netns::skip_reason() {
@@ -479,57 +585,65 @@ async fn kubelet_probes_pass_under_mtls_strict_with_the_injected_redirect() {
     }
     let addr = |s: &str| -> std::net::SocketAddr { s.parse().unwrap() };
 
-    // What injection asks ficus-init to run for a web Deployment probed on its own port.
-    let deployment = json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": "shop"},
-        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {
-            "metadata": {"labels": {"app": "web"}},
-            "spec": {"serviceAccountName": "web", "containers": [{
-                "name": "web", "image": "web:1",
-                "ports": [{"name": "http", "containerPort": 8080}],
-                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8081}},
-                "livenessProbe": {"tcpSocket": {"port": 8081}},
-            }]}}},
-    });
-    let (documents, _) = inject(&deployment.to_string(), &[]).await;
+    // The most common Deployment: probed on its serving port.
+    let deployment = |annotations: Value| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {
+                "metadata": {"labels": {"app": "web"}, "annotations": annotations},
+                "spec": {"serviceAccountName": "web", "containers": [{
+                    "name": "web", "image": "web:1",
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+                    "livenessProbe": {"tcpSocket": {"port": 8080}},
+                }]}}},
+        })
+    };
+    let strings = |container: &Value| -> Vec<String> {
+        container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (documents, stderr) = inject(&deployment(json!({})).to_string(), &[]).await;
+    assert!(stderr.is_empty(), "nothing bypasses the mesh: {stderr}");
     let pod_spec = &documents[0]["spec"]["template"]["spec"];
-    let init_args: Vec<String> = pod_spec["initContainers"][0]["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect();
+    let init_args = strings(&pod_spec["initContainers"][0]);
     assert_eq!(init_args[0], "redirect");
-    let sidecar_admin = flag(&pod_spec["initContainers"][1], "--admin").unwrap();
+    assert_eq!(
+        flag(&pod_spec["initContainers"][0], "--exclude-inbound-ports").as_deref(),
+        Some("15000"),
+        "the serving port stays redirected"
+    );
+    let sidecar_container = &pod_spec["initContainers"][1];
+    let sidecar_admin = flag(sidecar_container, "--admin").unwrap();
     assert_eq!(sidecar_admin, "0.0.0.0:15000");
-
-    // The control plane (mesh CA) on the host's loopback, reached through a relay on the
-    // pod's own 127.0.0.1:15012 (loopback is never intercepted).
-    let files = tempfile::tempdir().unwrap();
-    let tokens = files.path().join("tokens");
-    std::fs::write(&tokens, "tok-web-0123456789 web shop\n").unwrap();
-    let control =
-        ControlPlane::start_tls(None, &["--join-token-file", tokens.to_str().unwrap()]).await;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(files.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let ca = files.path().join("ca.pem");
-    std::fs::copy(control.ca_file(), &ca).unwrap();
-    let token = files.path().join("web.token");
-    std::fs::write(&token, "tok-web-0123456789\n").unwrap();
-    let strict = "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
-                  spec: {mtls: {mode: STRICT}}\n";
-    let applied = control.ctl_stdin(&["apply", "-f", "-"], strict).await;
-    assert_eq!(applied.code, 0, "{}", applied.stderr);
+    let app_probes = env(sidecar_container, "FICUS_APP_PROBES").expect("FICUS_APP_PROBES");
+    let app_container = &pod_spec["containers"][0];
+    let readiness = &app_container["readinessProbe"]["httpGet"];
+    let liveness = &app_container["livenessProbe"]["httpGet"];
+    assert_eq!(readiness["port"], 15000);
+    assert_eq!(liveness["port"], 15000);
 
     let pod = NetNs::create("pod").expect("pod namespace");
     let kubelet = NetNs::create("kubelet").expect("kubelet namespace");
     link(&pod, &["10.77.0.1/24"], &kubelet, &["10.77.0.2/24"]).expect("veth pair");
-    let _relay = Relay::start(&pod, addr("127.0.0.1:15012"), control.grpc).unwrap();
-    let app = NsHttpServer::start(&pod, addr("10.77.0.1:8080"), "app").unwrap();
-    let probe = NsHttpServer::start(&pod, addr("10.77.0.1:8081"), "healthy").unwrap();
+    // The control plane (mesh CA) on the host, reached through relays on each namespace's
+    // 127.0.0.1:15012 (loopback is never intercepted); workloads web and payments.
+    let mesh = PushMesh::start(&pod, &kubelet).await;
+    mesh.apply(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+         spec: {mtls: {mode: STRICT}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: web, namespace: shop}\n\
+         spec: {endpoints: [{address: \"10.77.0.1:8080\", \
+         identity: \"spiffe://cluster.local/ns/shop/sa/web\"}]}\n",
+    )
+    .await;
+    // The app listens on every address of the pod, as apps in pods do.
+    let app = NsHttpServer::start(&pod, addr("0.0.0.0:8080"), "app").unwrap();
 
     let redirect = |args: &[String]| {
         let output = netns::run(
@@ -545,66 +659,80 @@ async fn kubelet_probes_pass_under_mtls_strict_with_the_injected_redirect() {
     };
     redirect(&init_args);
 
-    let prefix = netns::proxy_prefix(&pod);
+    let web = mesh.options("web");
+    let mut extra = web.extra.clone();
+    extra.extend([
+        "--transparent".to_owned(),
+        "--app-probes".to_owned(),
+        app_probes,
+    ]);
     let _sidecar = Sidecar::spawn(
         "",
         SidecarOptions {
-            control: Some("https://127.0.0.1:15012".to_owned()),
-            workload: Some("web".to_owned()),
-            node_id: Some("web-1".to_owned()),
             addresses: Some((
                 addr("127.0.0.1:15001"),
                 addr("0.0.0.0:15006"),
                 addr(&sidecar_admin),
             )),
             app: Some(addr("127.0.0.1:9")),
-            extra: vec![
-                "--transparent".into(),
-                "--token-file".into(),
-                token.display().to_string(),
-                "--ca-file".into(),
-                ca.display().to_string(),
-            ],
-            prefix,
-            ..SidecarOptions::default()
+            extra,
+            prefix: netns::proxy_prefix(&pod),
+            ..web
         },
     );
+    // The caller: payments' sidecar in explicit mode (no redirect in its namespace).
+    let caller = || {
+        Sidecar::spawn(
+            "",
+            SidecarOptions {
+                addresses: Some((
+                    addr("127.0.0.1:15001"),
+                    addr("127.0.0.1:15006"),
+                    addr("127.0.0.1:15000"),
+                )),
+                prefix: kubelet.exec_prefix(),
+                ..mesh.options("payments")
+            },
+        )
+    };
+    let first_caller = caller();
 
-    // kubelet's startup probe: /ready on the pod IP's admin port, until it passes.
-    let started = std::time::Instant::now();
-    loop {
-        match http_get(
+    // kubelet's startup probe: /ready on the pod IP's admin port, until it passes; the
+    // caller's sidecar ready too.
+    let log = || mesh.control.log();
+    wait_for_200(&kubelet, addr("10.77.0.1:15000"), "/ready", log).await;
+    wait_for_200(&kubelet, addr("127.0.0.1:15000"), "/ready", log).await;
+
+    // The app's probes, plaintext from kubelet to the admin port as rewritten, reach the app.
+    for probe in [readiness, liveness] {
+        let path = probe["path"].as_str().unwrap();
+        let probed = http_get(
             &kubelet,
             addr("10.77.0.1:15000"),
             "10.77.0.1",
-            "/ready",
-            &[],
+            path,
+            &[("user-agent", "kube-probe/1.31")],
         )
         .await
-        {
-            Ok(ready) if ready.status == 200 => break,
-            _ => {}
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the sidecar's startup probe never passed:\n{}",
-            control.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        .expect("probe answered");
+        assert_eq!(probed.status, 200, "{path}: {}", probed.body);
     }
+    assert_eq!(app.count(), 1, "the readiness probe's GET reached the app");
+    assert_eq!(
+        app.received.lock().unwrap()[0]["user-agent"],
+        "kube-probe/1.31"
+    );
 
-    // The app's readiness probe, plaintext from kubelet, reaches the app.
-    let probed = http_get(
-        &kubelet,
-        addr("10.77.0.1:8081"),
-        "10.77.0.1",
-        "/healthz",
-        &[],
-    )
-    .await
-    .expect("probe answered");
-    assert_eq!((probed.status, probed.body.as_str()), (200, "healthy"));
-    assert_eq!(probe.count(), 1);
+    // An mTLS caller reaches the app on its serving port.
+    let called = http_get(&kubelet, addr("127.0.0.1:15001"), "web", "/", &[])
+        .await
+        .expect("the caller's sidecar answered");
+    assert_eq!((called.status, called.body.as_str()), (200, "app"));
+    assert_eq!(
+        app.received.lock().unwrap()[1]["x-ficus-peer-identity"],
+        "spiffe://cluster.local/ns/shop/sa/payments",
+        "over mTLS"
+    );
 
     // Plaintext to the serving port is redirected to the sidecar, which is STRICT.
     let refused = http_get(&kubelet, addr("10.77.0.1:8080"), "10.77.0.1", "/", &[]).await;
@@ -612,41 +740,46 @@ async fn kubelet_probes_pass_under_mtls_strict_with_the_injected_redirect() {
         refused.as_ref().map_or(true, |r| r.status != 200),
         "plaintext reached past the STRICT sidecar: {refused:?}"
     );
-    assert_eq!(app.count(), 0, "the serving port stays inside the mesh");
-    let metrics = http_get(&pod, addr("127.0.0.1:15000"), "admin", "/metrics", &[])
-        .await
-        .expect("metrics");
-    let intercepted = ficus_tests::client::Metrics::parse(&metrics.body).sum(
-        "ficus_intercepted_connections_total",
-        &[("direction", "inbound")],
-    );
-    assert!(
-        intercepted >= 1.0,
-        "the plaintext connection went to the sidecar"
-    );
+    assert_eq!(app.count(), 2, "the serving port stays inside the mesh");
 
-    // Without the probe port excluded, the same probe is redirected and refused.
+    // The opt-out: probes left alone and their port excluded. kubelet reaches the app, but the
+    // caller's ClientHello now lands on the app's plaintext server.
+    let (documents, stderr) = inject(
+        &deployment(json!({"ficus.dev/rewrite-app-probes": "false"})).to_string(),
+        &[],
+    )
+    .await;
+    assert!(stderr.contains("port 8080"), "{stderr}");
+    let excluded = strings(&documents[0]["spec"]["template"]["spec"]["initContainers"][0]);
+    assert_eq!(
+        flag(
+            &documents[0]["spec"]["template"]["spec"]["initContainers"][0],
+            "--exclude-inbound-ports"
+        )
+        .as_deref(),
+        Some("8080,15000")
+    );
     let mut cleanup = init_args.clone();
     cleanup.push("--cleanup".into());
     redirect(&cleanup);
-    redirect(&[
-        "redirect".into(),
-        "--proxy-uid".into(),
-        "1337".into(),
-        "--exclude-inbound-ports".into(),
-        "15000".into(),
-    ]);
-    let failed = http_get(
+    redirect(&excluded);
+    let direct = http_get(
         &kubelet,
-        addr("10.77.0.1:8081"),
+        addr("10.77.0.1:8080"),
         "10.77.0.1",
         "/healthz",
         &[],
     )
-    .await;
+    .await
+    .expect("probe answered");
+    assert_eq!(direct.status, 200);
+    // A new caller: connections made before the change keep their redirect (conntrack).
+    drop(first_caller);
+    let _caller = caller();
+    wait_for_200(&kubelet, addr("127.0.0.1:15000"), "/ready", log).await;
+    let broken = http_get(&kubelet, addr("127.0.0.1:15001"), "web", "/", &[]).await;
     assert!(
-        failed.as_ref().map_or(true, |r| r.status != 200),
-        "without the exclusion the probe should fail: {failed:?}"
+        broken.as_ref().map_or(true, |r| r.status != 200),
+        "an mTLS caller cannot reach an excluded port: {broken:?}"
     );
-    assert_eq!(probe.count(), 1, "the app saw no second probe");
 }

@@ -55,7 +55,9 @@ struct Args {
     #[arg(long, global = true, env = "FICUS_KEY_FILE")]
     key_file: Option<PathBuf>,
     /// Trust domain of the control plane's SPIFFE ID checked over https (default: that of
-    /// --cert-file, else cluster.local).
+    /// --cert-file, else cluster.local). For `inject`: the injected sidecars' --trust-domain
+    /// (default cluster.local); keep it equal to ficus-control's --trust-domain, or the
+    /// sidecars reject the control plane.
     #[arg(long, global = true, env = "FICUS_TRUST_DOMAIN")]
     trust_domain: Option<String>,
     /// Recorded as the author of the versions you make (default: $USER).
@@ -129,7 +131,8 @@ enum Command {
         wait: wait::WaitArgs,
     },
     /// Print Kubernetes manifests with the Ficus sidecar injected (what the admission webhook
-    /// does); local, the control plane is not contacted.
+    /// does); local, the control plane is not contacted. `--trust-domain` sets the sidecars'
+    /// trust domain (default cluster.local): give the one ficus-control runs with.
     Inject {
         /// A YAML file (one or more documents) or `-` for stdin.
         #[arg(short = 'f', long = "filename", env = "FICUS_FILENAME")]
@@ -261,6 +264,7 @@ async fn run(args: Args) -> Result<(), CtlError> {
             output,
             image,
             control_url,
+            trust_domain: args.trust_domain.clone(),
         });
     }
     let token = match &args.token_file {

@@ -9,6 +9,8 @@ use super::InjectError;
 
 /// `"false"` opts a pod out.
 pub const INJECT: &str = "ficus.dev/inject";
+/// `"false"` leaves the app's probes alone: their ports are excluded from inbound redirection.
+pub const REWRITE_APP_PROBES: &str = "ficus.dev/rewrite-app-probes";
 /// Outbound ports not redirected to the sidecar.
 pub const EXCLUDE_OUTBOUND_PORTS: &str = "ficus.dev/exclude-outbound-ports";
 /// Inbound ports not redirected to the sidecar.
@@ -34,6 +36,9 @@ pub const DEFAULT_PROXY_MEMORY: &str = "64Mi";
 pub struct Annotations {
     /// False with `ficus.dev/inject: "false"`.
     pub inject: bool,
+    /// False with `ficus.dev/rewrite-app-probes: "false"`: probes go to the app's ports,
+    /// which are then excluded from inbound redirection (see [`super::probes`]).
+    pub rewrite_app_probes: bool,
     /// `ficus.dev/exclude-outbound-ports`.
     pub exclude_outbound_ports: Vec<u16>,
     /// `ficus.dev/exclude-inbound-ports`.
@@ -67,17 +72,8 @@ impl Annotations {
                 expected: "an object of strings",
             });
         }
-        let inject = match get(INJECT)? {
-            None => true,
-            Some(value) if value.eq_ignore_ascii_case("true") => true,
-            Some(value) if value.eq_ignore_ascii_case("false") => false,
-            Some(value) => {
-                return Err(error(
-                    INJECT,
-                    &format!("{value:?} is not \"true\" or \"false\""),
-                ))
-            }
-        };
+        let inject = boolean(INJECT, get(INJECT)?)?;
+        let rewrite_app_probes = boolean(REWRITE_APP_PROBES, get(REWRITE_APP_PROBES)?)?;
         let proxy_cpu = quantity(PROXY_CPU, get(PROXY_CPU)?.unwrap_or(DEFAULT_PROXY_CPU))?;
         let proxy_memory = quantity(
             PROXY_MEMORY,
@@ -85,6 +81,7 @@ impl Annotations {
         )?;
         Ok(Self {
             inject,
+            rewrite_app_probes,
             exclude_outbound_ports: ports(EXCLUDE_OUTBOUND_PORTS, get(EXCLUDE_OUTBOUND_PORTS)?)?,
             exclude_inbound_ports: ports(EXCLUDE_INBOUND_PORTS, get(EXCLUDE_INBOUND_PORTS)?)?,
             exclude_outbound_cidrs: cidrs(get(EXCLUDE_OUTBOUND_CIDRS)?)?,
@@ -110,6 +107,19 @@ fn error(name: &str, reason: &str) -> InjectError {
     InjectError::Annotation {
         name: name.to_owned(),
         reason: reason.to_owned(),
+    }
+}
+
+/// `"true"` (the default) or `"false"`, in any case.
+fn boolean(name: &str, text: Option<&str>) -> Result<bool, InjectError> {
+    match text {
+        None => Ok(true),
+        Some(value) if value.eq_ignore_ascii_case("true") => Ok(true),
+        Some(value) if value.eq_ignore_ascii_case("false") => Ok(false),
+        Some(value) => Err(error(
+            name,
+            &format!("{value:?} is not \"true\" or \"false\""),
+        )),
     }
 }
 
@@ -332,5 +342,15 @@ mod tests {
     fn opt_out() {
         let read = Annotations::read(Some(&json!({INJECT: "false"}))).unwrap();
         assert!(!read.inject);
+        assert!(read.rewrite_app_probes);
+        let read = Annotations::read(Some(&json!({REWRITE_APP_PROBES: "False"}))).unwrap();
+        assert!(read.inject);
+        assert!(!read.rewrite_app_probes);
+        let bad = Annotations::read(Some(&json!({REWRITE_APP_PROBES: "no"}))).unwrap_err();
+        assert!(
+            bad.to_string()
+                .starts_with("annotation ficus.dev/rewrite-app-probes: \"no\""),
+            "{bad}"
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! The containers and volumes injection adds, and the probe ports it must leave alone.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::annotations::Annotations;
+use super::probes::APP_PROBES_ENV;
 use super::resources::{init_resources, sidecar_resources};
 use super::{InjectConfig, INIT_NAME, SIDECAR_NAME};
 
@@ -75,6 +76,7 @@ pub fn sidecar_container(
     config: &InjectConfig,
     annotations: &Annotations,
     guaranteed: bool,
+    app_probes: &Map<String, Value>,
 ) -> Value {
     let admin = config.admin_port;
     let probe = |path: &str, period: u32, failures: u32| {
@@ -85,6 +87,18 @@ pub fn sidecar_container(
             "failureThreshold": failures,
         })
     };
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+    ];
+    if !app_probes.is_empty() {
+        // The app's own probes, which kubelet now sends to `/app-health/...` on the admin port.
+        env.push(json!({
+            "name": APP_PROBES_ENV,
+            "value": Value::Object(app_probes.clone()).to_string(),
+        }));
+    }
     json!({
         "name": SIDECAR_NAME,
         "image": config.image,
@@ -104,11 +118,7 @@ pub fn sidecar_container(
             "--admin", format!("0.0.0.0:{admin}"),
             "--log-format", "json",
         ],
-        "env": [
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            field_env("POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
-        ],
+        "env": env,
         "ports": [{"name": "ficus-admin", "containerPort": admin, "protocol": "TCP"}],
         "resources": sidecar_resources(annotations, guaranteed),
         "securityContext": {
@@ -181,26 +191,33 @@ pub struct ProbePorts {
     pub warnings: Vec<String>,
 }
 
+/// The ports `container` declares: `(name, number)`.
+pub(super) fn declared_ports(container: &Value) -> Vec<(Option<String>, u16)> {
+    container
+        .get("ports")
+        .and_then(Value::as_array)
+        .map(|ports| {
+            ports
+                .iter()
+                .filter_map(|p| {
+                    let number = p.get("containerPort")?.as_u64()?;
+                    let number = u16::try_from(number).ok()?;
+                    let name = p.get("name").and_then(Value::as_str).map(str::to_owned);
+                    Some((name, number))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Every `httpGet`, `tcpSocket` and `grpc` port of the probes and lifecycle hooks of
-/// `containers`.
-pub fn probe_ports(containers: &[Value]) -> ProbePorts {
+/// `containers` (after [`super::probes::rewrite`], those it left to kubelet), except
+/// `admin_port`, where rewritten probes go.
+pub fn probe_ports(containers: &[Value], admin_port: u16) -> ProbePorts {
     let mut found = ProbePorts::default();
     for container in containers {
         let name = container.get("name").and_then(Value::as_str).unwrap_or("");
-        let declared: Vec<(Option<&str>, u16)> = container
-            .get("ports")
-            .and_then(Value::as_array)
-            .map(|ports| {
-                ports
-                    .iter()
-                    .filter_map(|p| {
-                        let number = p.get("containerPort")?.as_u64()?;
-                        let number = u16::try_from(number).ok()?;
-                        Some((p.get("name").and_then(Value::as_str), number))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let declared = declared_ports(container);
         let handlers = ["livenessProbe", "readinessProbe", "startupProbe"]
             .iter()
             .filter_map(|probe| container.get(*probe))
@@ -214,15 +231,7 @@ pub fn probe_ports(containers: &[Value]) -> ProbePorts {
                 let Some(port) = handler.get(action).and_then(|a| a.get("port")) else {
                     continue;
                 };
-                let number = match port {
-                    Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-                    Value::String(port_name) => declared
-                        .iter()
-                        .find(|(n, _)| *n == Some(port_name.as_str()))
-                        .map(|(_, number)| *number),
-                    _ => None,
-                };
-                let Some(number) = number.filter(|n| *n > 0) else {
+                let Some(number) = super::probes::resolve(port, &declared) else {
                     found.warnings.push(format!(
                         "container {name:?}: probe port {port} is not a port number or a \
                          name in its ports; it is not excluded from inbound redirection, so \
@@ -230,6 +239,9 @@ pub fn probe_ports(containers: &[Value]) -> ProbePorts {
                     ));
                     continue;
                 };
+                if number == admin_port {
+                    continue;
+                }
                 let entry = ProbePort {
                     port: number,
                     container: name.to_owned(),

@@ -2,8 +2,9 @@
 //!
 //! Objects are compared member by member (so a patch never replaces `metadata` or `spec`
 //! wholesale and leaves fields other admission plugins set alone); any other differing value
-//! (a list, a string) is replaced whole. `inject` only touches `spec.initContainers` and
-//! `spec.volumes`, so a patch is two operations.
+//! (a list, a string) is replaced whole. `inject` only touches `spec.initContainers`,
+//! `spec.volumes` and, when it rewrites probes, `spec.containers`, so a patch is two or three
+//! operations.
 
 use serde_json::{json, Value};
 

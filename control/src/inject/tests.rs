@@ -147,19 +147,89 @@ fn a_deployment_gets_the_redirect_init_container_and_a_native_sidecar() {
             "mount {mount} has a volume"
         );
     }
+    let mut app = web_spec()["containers"][0].clone();
+    let rewritten = &object["spec"]["template"]["spec"]["containers"][0];
+    for probe in ["readinessProbe", "livenessProbe"] {
+        app[probe] = rewritten[probe].clone();
+    }
     assert_eq!(
         object["spec"]["template"]["spec"]["containers"],
-        web_spec()["containers"],
-        "the app containers are not touched"
+        json!([app]),
+        "the app containers are not touched but for their probes"
     );
 }
 
 #[test]
-fn probe_ports_and_the_admin_port_are_excluded_from_inbound_redirection() {
+fn probes_go_to_the_sidecar_and_their_ports_stay_in_the_mesh() {
     let (object, outcome) = injected(deployment(
         json!({"ficus.dev/exclude-inbound-ports": "9090"}),
         web_spec(),
     ));
+    let Outcome::Injected { warnings, .. } = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let init = init_container(&object, "/spec/template", INIT_NAME);
+    assert_eq!(
+        flag(init, "--exclude-inbound-ports"),
+        Some("9090,15000"),
+        "the serving port 8080 and the probed 8081 stay redirected"
+    );
+    let web = &object["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        web["readinessProbe"],
+        json!({"httpGet": {"path": "/app-health/web/readyz", "port": 15000, "scheme": "HTTP"}})
+    );
+    assert_eq!(
+        web["livenessProbe"],
+        json!({"httpGet": {"path": "/app-health/web/livez", "port": 15000, "scheme": "HTTP"}})
+    );
+    let sidecar = init_container(&object, "/spec/template", SIDECAR_NAME);
+    let env = sidecar["env"].as_array().unwrap();
+    let probes = env
+        .iter()
+        .find(|e| e["name"] == "FICUS_APP_PROBES")
+        .expect("the original probes go to the sidecar");
+    let probes: Value = serde_json::from_str(probes["value"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        probes,
+        json!({
+            "/app-health/web/readyz": {"httpGet": {"path": "/healthz", "port": 8080,
+                "scheme": "HTTP"}},
+            "/app-health/web/livez": {"tcpSocket": {"port": 8081}},
+        }),
+        "the named port resolved"
+    );
+}
+
+#[test]
+fn without_probes_the_sidecar_gets_no_probe_list() {
+    let spec = json!({"containers": [{"name": "app", "image": "a",
+        "readinessProbe": {"exec": {"command": ["true"]}}}]});
+    let (object, _) = injected(deployment(json!({}), spec));
+    let sidecar = init_container(&object, "/spec/template", SIDECAR_NAME);
+    assert!(
+        !sidecar["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "FICUS_APP_PROBES"),
+        "{sidecar}"
+    );
+}
+
+#[test]
+fn without_the_rewrite_probe_ports_and_the_admin_port_are_excluded_from_inbound_redirection() {
+    let (object, outcome) = injected(deployment(
+        json!({"ficus.dev/exclude-inbound-ports": "9090",
+               "ficus.dev/rewrite-app-probes": "false"}),
+        web_spec(),
+    ));
+    assert_eq!(
+        object["spec"]["template"]["spec"]["containers"],
+        web_spec()["containers"],
+        "the probes are left alone"
+    );
     let init = init_container(&object, "/spec/template", INIT_NAME);
     assert_eq!(
         flag(init, "--exclude-inbound-ports"),
@@ -526,7 +596,7 @@ fn stream_errors_name_the_document() {
 }
 
 #[test]
-fn probes_of_existing_native_sidecars_are_excluded_too() {
+fn probes_of_existing_native_sidecars_are_handled_too() {
     let mut spec = web_spec();
     spec["initContainers"] = json!([
         {"name": "migrate", "image": "web:1", "args": ["migrate"],
@@ -534,13 +604,165 @@ fn probes_of_existing_native_sidecars_are_excluded_too() {
         {"name": "log-shipper", "image": "shipper:2", "restartPolicy": "Always",
          "startupProbe": {"httpGet": {"path": "/up", "port": 2020}}},
     ]);
-    let (object, _) = injected(deployment(json!({}), spec));
+    let (object, _) = injected(deployment(
+        json!({"ficus.dev/rewrite-app-probes": "false"}),
+        spec.clone(),
+    ));
     let init = init_container(&object, "/spec/template", INIT_NAME);
     assert_eq!(
         flag(init, "--exclude-inbound-ports"),
         Some("2020,8080,8081,15000"),
         "the native sidecar's probe port, not the one-shot init container's"
     );
+
+    let (object, _) = injected(deployment(json!({}), spec));
+    let init = init_container(&object, "/spec/template", INIT_NAME);
+    assert_eq!(flag(init, "--exclude-inbound-ports"), Some("15000"));
+    let shipper = init_container(&object, "/spec/template", "log-shipper");
+    assert_eq!(
+        shipper["startupProbe"]["httpGet"]["path"],
+        "/app-health/log-shipper/startupz"
+    );
+    let migrate = init_container(&object, "/spec/template", "migrate");
+    assert_eq!(
+        migrate["readinessProbe"],
+        json!({"tcpSocket": {"port": 7000}}),
+        "kubelet does not probe a one-shot init container"
+    );
+}
+
+#[test]
+fn grpc_https_and_hook_ports_are_still_excluded_with_a_warning() {
+    let spec = json!({"containers": [{"name": "app", "image": "a",
+        "ports": [{"name": "grpc", "containerPort": 9090}, {"containerPort": 8443},
+                  {"containerPort": 8080}],
+        "livenessProbe": {"grpc": {"port": 9090}},
+        "readinessProbe": {"httpGet": {"path": "/", "port": 8443, "scheme": "HTTPS"}},
+        "startupProbe": {"httpGet": {"path": "/", "port": 8080}},
+        "lifecycle": {"preStop": {"httpGet": {"path": "/stop", "port": 8080}}}}]});
+    let (object, outcome) = injected(deployment(json!({}), spec));
+    let init = init_container(&object, "/spec/template", INIT_NAME);
+    assert_eq!(
+        flag(init, "--exclude-inbound-ports"),
+        Some("8080,8443,9090,15000"),
+        "the hook keeps 8080 excluded although its probe is rewritten"
+    );
+    let Outcome::Injected { warnings, .. } = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    let app = &object["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(app["livenessProbe"], json!({"grpc": {"port": 9090}}));
+    assert_eq!(app["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(
+        app["startupProbe"]["httpGet"]["path"],
+        "/app-health/app/startupz"
+    );
+}
+
+/// Values YAML 1.2 reads as strings and YAML 1.1 (kubectl) as booleans or numbers.
+const RISKY: &[&str] = &[
+    "yes", "on", "n", "Off", "0777", "1_000", "0b101", "0x1F", "+12", "1.", ".5", "1e3", "~",
+    "-.inf",
+];
+
+const STREAM: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: flags, namespace: shop}
+data:
+  feature: "on"
+  legacy: "yes"
+  answer: "n"
+  switch: "Off"
+  mode: "0777"
+  limit: "1_000"
+  binary: "0b101"
+  hex: "0x1F"
+  signed: "+12"
+  float: "1."
+  fraction: ".5"
+  exponent: "1e3"
+  tilde: "~"
+  infinite: "-.inf"
+  "on": key
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: web:1.4.2
+        env: [{name: VERBOSE, value: "yes"}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: plain, namespace: shop}
+spec:
+  selector: {matchLabels: {app: plain}}
+  template:
+    metadata: {labels: {app: plain}}
+    spec:
+      containers: [{name: plain, image: "plain:1", args: ["--port", "8080"]}]
+"#;
+
+fn documents(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    yaml_serde::Deserializer::from_str(text)
+        .map(|document| Value::deserialize(document).unwrap())
+        .filter(|value| !value.is_null())
+        .collect()
+}
+
+#[test]
+fn strings_yaml_1_1_would_misread_are_written_as_json_strings() {
+    let injected = manifest::inject_stream("app.yaml", STREAM, &InjectConfig::default()).unwrap();
+    let text = manifest::to_yaml(&injected.documents).unwrap();
+    let parts: Vec<&str> = text.split("\n---\n").collect();
+    assert_eq!(parts.len(), 3, "{text}");
+    // The ConfigMap and the Deployment with `value: "yes"` are JSON: every string quoted.
+    for (part, name) in parts[..2].iter().zip(["flags", "web"]) {
+        let value: Value = serde_json::from_str(part)
+            .unwrap_or_else(|e| panic!("{name} is not JSON ({e}):\n{part}"));
+        assert_eq!(value["metadata"]["name"], name);
+    }
+    let data = serde_json::from_str::<Value>(parts[0]).unwrap()["data"].clone();
+    for risky in RISKY {
+        assert!(
+            data.as_object().unwrap().values().any(|v| v == risky),
+            "{risky} is a JSON string"
+        );
+    }
+    assert_eq!(data["on"], "key", "keys too");
+    let web: Value = serde_json::from_str(parts[1]).unwrap();
+    assert_eq!(
+        web["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
+        "yes"
+    );
+    // A document without such strings stays block YAML, with quotes where YAML 1.2
+    // needs them.
+    assert!(
+        parts[2].starts_with("apiVersion: apps/v1\n"),
+        "{}",
+        parts[2]
+    );
+    assert!(parts[2].contains("- '8080'"), "{}", parts[2]);
+    for risky in RISKY {
+        for line in parts[2].lines() {
+            let line = line.trim();
+            assert!(
+                !line.ends_with(&format!(": {risky}")) && line != format!("- {risky}"),
+                "{risky} plain in {line:?}"
+            );
+        }
+    }
+    // yaml_serde reads the stream back as it was.
+    assert_eq!(documents(&text), injected.documents);
 }
 
 mod properties {
@@ -628,7 +850,12 @@ mod properties {
                     let mut patched = original.clone();
                     for operation in &operations {
                         let path = operation["path"].as_str().unwrap();
-                        prop_assert_eq!(&operation["op"], "add");
+                        prop_assert!(
+                            operation["op"] == "add"
+                                || (operation["op"] == "replace"
+                                    && path.ends_with("/containers")),
+                            "{operation}"
+                        );
                         *patched.pointer_mut(path.rsplit_once('/').unwrap().0).unwrap()
                             .as_object_mut().unwrap()
                             .entry(path.rsplit_once('/').unwrap().1)

@@ -23,6 +23,8 @@ pub struct InjectArgs {
     pub image: Option<String>,
     /// `--control-url`, when not the default.
     pub control_url: Option<String>,
+    /// `--trust-domain` (global), when not the default: the sidecars' `--trust-domain`.
+    pub trust_domain: Option<String>,
 }
 
 /// Reads, injects, prints (stdout: the manifests; stderr: warnings).
@@ -34,6 +36,12 @@ pub fn run(args: InjectArgs) -> Result<(), CtlError> {
     }
     if let Some(url) = args.control_url {
         config.control_url = url;
+    }
+    if let Some(trust_domain) = args.trust_domain {
+        // A sidecar refuses to start on an invalid one: say so here rather than in the pod.
+        ficus_identity::spiffe::validate_trust_domain(&trust_domain)
+            .map_err(|e| CtlError::Usage(format!("--trust-domain {trust_domain:?}: {e}")))?;
+        config.trust_domain = trust_domain;
     }
     let injected = manifest::inject_stream(&name, &text, &config).map_err(|e| match e {
         ManifestError::Yaml { .. } => CtlError::Usage(e.to_string()),
