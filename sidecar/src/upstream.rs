@@ -58,6 +58,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// as we write (keep-alive timeouts are usually 1 s or more).
 const STALE_AFTER: Duration = Duration::from_millis(250);
 
+/// HTTP/2 keepalive PING interval toward a peer sidecar (never toward an app: see
+/// `EndpointPool::handshake_http2`).
+const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a peer sidecar may take to answer a keepalive PING before the connection is
+/// closed.
+const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why an upstream exchange failed before response headers arrived.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -842,20 +849,30 @@ impl EndpointPool {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            // Pinged while idle too: a connection the network dropped without a FIN is found
-            // dead before requests are sent into it.
-            .keep_alive_while_idle(true)
-            .max_header_list_size(MAX_RESPONSE_HEADER_BYTES as u32)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Handshake {
-                addr: self.address,
-                source,
-            })?;
+            .max_header_list_size(MAX_RESPONSE_HEADER_BYTES as u32);
+        if self.tls.is_some() {
+            // A peer sidecar (our own hyper server, no ping policy): pinged while idle too, so
+            // a connection the network dropped without a FIN is found dead before requests
+            // are sent into it. An app or plain endpoint is never pinged: gRPC servers
+            // (grpc-go, grpc-java, C-core) by default allow one ping per 5 minutes and none
+            // without calls, and answer more with GOAWAY ENHANCE_YOUR_CALM "too_many_pings",
+            // which kills every stream on the connection. TCP keepalive finds those dead.
+            builder
+                .keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true);
+        }
+        let (sender, connection) =
+            builder
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|source| UpstreamError::Handshake {
+                    addr: self.address,
+                    source,
+                })?;
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(error) = connection.await {
@@ -1242,6 +1259,131 @@ mod tests {
         for outcome in burst(closed).await {
             assert!(outcome.unwrap_err().is_connect_failure());
         }
+    }
+
+    /// An h2c upstream behind a frame reader that counts the PING frames (not acks) its
+    /// clients send. Each response sends `hello`, then stays open and quiet until
+    /// [`PingCounter::end_bodies`].
+    struct PingCounter {
+        addr: SocketAddr,
+        pings: Arc<std::sync::atomic::AtomicUsize>,
+        bodies: Arc<Mutex<Vec<mpsc::Sender<Bytes>>>>,
+    }
+
+    impl PingCounter {
+        async fn start() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let bodies = Arc::new(Mutex::new(Vec::new()));
+            let (counted, kept) = (Arc::clone(&pings), Arc::clone(&bodies));
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (ours, server) = tokio::io::duplex(64 * 1024);
+                    let kept = Arc::clone(&kept);
+                    let service = hyper::service::service_fn(move |_: Request<Incoming>| {
+                        let (tx, rx) = mpsc::channel(1);
+                        let _ = tx.try_send(Bytes::from_static(b"hello"));
+                        kept.lock().unwrap().push(tx);
+                        async move {
+                            let body = crate::body::boxed(Streamed(rx));
+                            Ok::<_, std::convert::Infallible>(Response::new(body))
+                        }
+                    });
+                    tokio::spawn(
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(server), service),
+                    );
+                    let (mut from_server, mut to_server) = tokio::io::split(ours);
+                    let (mut from_client, mut to_client) = stream.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                    });
+                    let counted = Arc::clone(&counted);
+                    tokio::spawn(async move {
+                        // Frames after the 24-byte client preface: 9-byte headers (length 3,
+                        // type 1, flags 1, stream 4); PING is type 6, ACK flag 1.
+                        let mut pending = Vec::new();
+                        let mut preface = 24;
+                        let mut chunk = [0u8; 16 * 1024];
+                        loop {
+                            let n = match from_client.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if to_server.write_all(&chunk[..n]).await.is_err() {
+                                return;
+                            }
+                            pending.extend_from_slice(&chunk[..n]);
+                            let skip = preface.min(pending.len());
+                            pending.drain(..skip);
+                            preface -= skip;
+                            while pending.len() >= 9 {
+                                let length = usize::from(pending[0]) << 16
+                                    | usize::from(pending[1]) << 8
+                                    | usize::from(pending[2]);
+                                if pending.len() < 9 + length {
+                                    break;
+                                }
+                                if pending[3] == 6 && pending[4] & 1 == 0 {
+                                    counted.fetch_add(1, Ordering::SeqCst);
+                                }
+                                pending.drain(..9 + length);
+                            }
+                        }
+                    });
+                }
+            });
+            Self {
+                addr,
+                pings,
+                bodies,
+            }
+        }
+
+        fn end_bodies(&self) {
+            self.bodies.lock().unwrap().clear();
+        }
+    }
+
+    /// A plain HTTP/2 endpoint (an app, a gRPC server) is never sent keepalive PINGs: gRPC
+    /// servers answer more than one per 5 minutes with GOAWAY "too_many_pings". A quiet stream
+    /// stays open through ten minutes (on the paused clock) without a PING.
+    #[tokio::test]
+    async fn a_plain_http2_endpoint_is_never_pinged() {
+        let upstream = PingCounter::start().await;
+        // Long body timeouts: only a keepalive could end the quiet stream.
+        let settings = PoolSettings {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(86_400),
+            stream_idle_timeout: Duration::from_secs(86_400),
+        };
+        let pool = Arc::new(EndpointPool::new(upstream.addr, true, None, settings));
+        let request = Request::get("http://api.shop/watch")
+            .body(crate::body::empty())
+            .unwrap();
+        let response = tokio::time::timeout(WAIT, pool.send(request))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut body = response.into_body();
+        let first = tokio::time::timeout(WAIT, body.frame()).await.unwrap();
+        assert_eq!(first.unwrap().unwrap().into_data().unwrap(), "hello");
+
+        // Ten quiet minutes: a 30 s keepalive would have pinged (and its 10 s timeout could
+        // have closed the connection before the answer was read).
+        tokio::time::pause();
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        tokio::time::resume();
+
+        upstream.end_bodies();
+        let rest = tokio::time::timeout(WAIT, body.collect()).await.unwrap();
+        assert!(rest
+            .expect("the quiet stream survived")
+            .to_bytes()
+            .is_empty());
+        assert_eq!(upstream.pings.load(Ordering::SeqCst), 0, "PINGs sent");
     }
 
     #[test]
