@@ -1,5 +1,6 @@
 //! Connections to upstream endpoints: connect with a timeout, HTTP/1.1 keep-alive pools with a
-//! bounded idle time, one multiplexed HTTP/2 connection per endpoint.
+//! bounded idle time, multiplexed HTTP/2 connections per endpoint (one, and another each time
+//! all are at the peer's stream cap: see [`multiplex`]).
 //!
 //! We pool per endpoint address ourselves (on `hyper::client::conn`) rather than by URI, so the
 //! address we dial and the `Host`/`:authority` the app chose stay independent.
@@ -36,6 +37,9 @@ use tokio::net::TcpStream;
 use crate::body::{Body, BoxError};
 use crate::clock::Coarse;
 use crate::policy::breaker::{ConnectionCap, IdleHolder};
+use multiplex::{Http2Body, Http2Conn, SettingsReader, StreamSlot, Streams};
+
+mod multiplex;
 
 /// A place among a Backend's `maxConnections`, held for a connection's lifetime.
 type ConnectionPermit = tokio::sync::OwnedSemaphorePermit;
@@ -195,8 +199,10 @@ pub struct EndpointPool {
     stream_idle_timeout_ms: AtomicU64,
     /// Idle HTTP/1.1 connections, the most recently used last.
     idle: Mutex<IdlePool>,
-    shared: Mutex<Option<http2::SendRequest<Body>>>,
-    /// HTTP/2: one connection attempt at a time. Requests that find no live connection wait
+    /// HTTP/2 connections, the first opened first. Requests go to the first with room under
+    /// its peer's stream cap.
+    shared: Mutex<Vec<Http2Conn>>,
+    /// HTTP/2: one connection attempt at a time. Requests that find no connection with room wait
     /// for the attempt under way rather than each dialling its own (a burst at start-up or
     /// after the peer restarts would otherwise open one connection, and for a peer sidecar
     /// one TLS handshake, per request); holds the failure of the last attempt and when it
@@ -291,7 +297,7 @@ impl EndpointPool {
             body_idle_timeout_ms: AtomicU64::new(0),
             stream_idle_timeout_ms: AtomicU64::new(0),
             idle: Mutex::new(IdlePool::default()),
-            shared: Mutex::new(None),
+            shared: Mutex::new(Vec::new()),
             dialing: tokio::sync::Mutex::new(None),
         };
         pool.update(settings);
@@ -312,8 +318,15 @@ impl EndpointPool {
 
     /// An HTTP/2 response body: a gRPC one is bounded by the stream idle timeout (a streaming
     /// call may be quiet for minutes), any other by the body idle timeout.
-    fn http2_response_body(&self, response: Response<Incoming>) -> Response<Body> {
-        if crate::policy::grpc::is_grpc(response.headers()) {
+    /// The body holds `slot`, the request's place on its connection, until it ends.
+    fn http2_response_body(
+        &self,
+        response: Response<Incoming>,
+        slot: StreamSlot,
+    ) -> Response<Body> {
+        let grpc = crate::policy::grpc::is_grpc(response.headers());
+        let response = response.map(|body| Http2Body::new(body, slot));
+        if grpc {
             let idle = Duration::from_millis(self.stream_idle_timeout_ms.load(Ordering::Relaxed));
             response.map(|body| crate::body::with_idle_timeout(body, idle))
         } else {
@@ -525,13 +538,13 @@ impl EndpointPool {
         }
         let mut fresh = false;
         loop {
-            let mut sender = match self.live_http2() {
-                Some(sender) => sender,
+            let (mut sender, slot) = match self.reserve_http2() {
+                Some(reserved) => reserved,
                 None => {
                     let cap = request.extensions().get::<ConnectionCap>().cloned();
-                    let (sender, dialled) = Box::pin(self.dial_http2(cap)).await?;
+                    let (sender, slot, dialled) = Box::pin(self.dial_http2(cap)).await?;
                     fresh |= dialled;
-                    sender
+                    (sender, slot)
                 }
             };
             if let Err(source) = sender.ready().await {
@@ -545,7 +558,7 @@ impl EndpointPool {
                 continue;
             }
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.http2_response_body(response)),
+                Ok(response) => return Ok(self.http2_response_body(response, slot)),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) if !fresh => {
                         self.forget_http2();
@@ -564,46 +577,77 @@ impl EndpointPool {
         }
     }
 
-    /// The shared HTTP/2 connection, if it is live.
-    fn live_http2(&self) -> Option<http2::SendRequest<Body>> {
-        let cached = self.shared.lock().ok().and_then(|slot| slot.clone());
-        cached.filter(|sender| !sender.is_closed())
+    /// A place on the first live HTTP/2 connection with room under its peer's stream cap.
+    fn reserve_http2(&self) -> Option<(http2::SendRequest<Body>, StreamSlot)> {
+        let mut conns = self.shared.lock().ok()?;
+        conns.retain(Http2Conn::is_open);
+        let conn = conns.iter().find(|conn| conn.streams.has_room())?;
+        Some((conn.sender.clone(), conn.streams.take()))
     }
 
-    /// An HTTP/2 connection when there was no live one: the one another request made while
+    /// A place on the least busy live HTTP/2 connection, over its peer's cap: the request
+    /// waits in the connection for a stream (when no other connection may be opened).
+    fn reserve_least_busy_http2(&self) -> Option<(http2::SendRequest<Body>, StreamSlot)> {
+        let mut conns = self.shared.lock().ok()?;
+        conns.retain(Http2Conn::is_open);
+        let conn = conns.iter().min_by_key(|conn| conn.streams.in_flight())?;
+        Some((conn.sender.clone(), conn.streams.take()))
+    }
+
+    /// Live HTTP/2 connections.
+    fn http2_connections(&self) -> usize {
+        self.shared
+            .lock()
+            .map_or(0, |conns| conns.iter().filter(|c| c.is_open()).count())
+    }
+
+    /// An HTTP/2 connection with room when there was none: one another request opened while
     /// this one waited its turn to dial (`false`), or a new one (`true`), within the Backend's
-    /// `cap`. When the attempt this request waited for failed, it fails the same way without
-    /// dialling again.
+    /// `cap` and [`multiplex::MAX_CONNECTIONS`]. When the attempt this request waited for
+    /// failed, it fails the same way without dialling again. When no connection may be
+    /// opened but some are live (all at their cap), the request waits for a stream on the
+    /// least busy one.
     async fn dial_http2(
         &self,
         cap: Option<ConnectionCap>,
-    ) -> Result<(http2::SendRequest<Body>, bool), UpstreamError> {
+    ) -> Result<(http2::SendRequest<Body>, StreamSlot, bool), UpstreamError> {
         let waiting_since = tokio::time::Instant::now();
         let mut dialing = self.dialing.lock().await;
-        if let Some(sender) = self.live_http2() {
-            return Ok((sender, false));
+        if let Some((sender, slot)) = self.reserve_http2() {
+            return Ok((sender, slot, false));
         }
+        // Queue on a busy connection rather than fail, when one is live.
+        let or_busy = |error: UpstreamError| match self.reserve_least_busy_http2() {
+            Some((sender, slot)) => Ok((sender, slot, false)),
+            None => Err(error),
+        };
         if let Some((_, failure)) = dialing.as_ref().filter(|(at, _)| *at >= waiting_since) {
-            return Err(failure.again());
+            return or_busy(failure.again());
         }
-        let permit = self.permit_of(cap.as_ref())?;
+        if self.http2_connections() >= multiplex::MAX_CONNECTIONS {
+            if let Some((sender, slot)) = self.reserve_least_busy_http2() {
+                return Ok((sender, slot, false));
+            }
+        }
+        let permit = match self.permit_of(cap.as_ref()) {
+            Ok(permit) => permit,
+            Err(error) => return or_busy(error),
+        };
         match self.connect_http2(permit).await {
-            Ok(sender) => {
+            Ok((sender, streams)) => {
                 *dialing = None;
-                Ok((sender, true))
+                Ok((sender, streams.take(), true))
             }
             Err(error) => {
                 *dialing = Some((tokio::time::Instant::now(), error.again()));
-                Err(error)
+                or_busy(error)
             }
         }
     }
 
     fn forget_http2(&self) {
-        if let Ok(mut slot) = self.shared.lock() {
-            if slot.as_ref().is_some_and(|s| s.is_closed()) {
-                *slot = None;
-            }
+        if let Ok(mut conns) = self.shared.lock() {
+            conns.retain(Http2Conn::is_open);
         }
     }
 
@@ -751,7 +795,7 @@ impl EndpointPool {
     async fn connect_http2(
         &self,
         permit: Option<ConnectionPermit>,
-    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
+    ) -> Result<(http2::SendRequest<Body>, Arc<Streams>), UpstreamError> {
         let stream = self.connect_tcp().await?;
         match &self.tls {
             None => self.handshake_http2(stream, permit).await,
@@ -841,14 +885,19 @@ impl EndpointPool {
         }
     }
 
+    /// The HTTP/2 handshake on `stream`, then (within the connect timeout) the peer's first
+    /// SETTINGS, for its stream cap; the connection joins the pool.
     async fn handshake_http2<I>(
         &self,
         stream: I,
         permit: Option<ConnectionPermit>,
-    ) -> Result<http2::SendRequest<Body>, UpstreamError>
+    ) -> Result<(http2::SendRequest<Body>, Arc<Streams>), UpstreamError>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
+        let streams = Streams::new();
+        let (settings_read, settings) = tokio::sync::oneshot::channel();
+        let stream = SettingsReader::new(stream, Arc::clone(&streams), settings_read);
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -879,12 +928,17 @@ impl EndpointPool {
                 tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
             }
         });
-        if let Ok(mut slot) = self.shared.lock() {
-            if slot.as_ref().is_none_or(|s| s.is_closed()) {
-                *slot = Some(sender.clone());
-            }
+        // Peers send SETTINGS first thing; one that does not within the connect timeout is
+        // used at the default cap (a dead one fails the request instead).
+        let after = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
+        let _ = tokio::time::timeout(after, settings).await;
+        if let Ok(mut conns) = self.shared.lock() {
+            conns.push(Http2Conn {
+                sender: sender.clone(),
+                streams: Arc::clone(&streams),
+            });
         }
-        Ok(sender)
+        Ok((sender, streams))
     }
 }
 
