@@ -62,6 +62,17 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// as we write (keep-alive timeouts are usually 1 s or more).
 const STALE_AFTER: Duration = Duration::from_millis(250);
 
+/// HTTP/2 receive window of each upstream stream: how much of a response the upstream may
+/// send ahead of the downstream reading it.
+const UPSTREAM_STREAM_WINDOW: u32 = 1024 * 1024;
+/// HTTP/2 receive window of each upstream connection. hyper gives window back only as a body
+/// is read, so downstream clients that stop reading hold their streams' windows; with
+/// hyper's defaults (2 MiB per stream, 5 MiB per connection) three of them stalled every
+/// other stream on the connection until the body idle timeout. Sixteen stream windows: it
+/// takes sixteen stalled readers on one connection (and the pool spreads streams over
+/// connections). It is also the most response data a connection buffers: 16 MiB, reached
+/// only when that many readers stall.
+const UPSTREAM_CONNECTION_WINDOW: u32 = 16 * UPSTREAM_STREAM_WINDOW;
 /// HTTP/2 keepalive PING interval toward a peer sidecar (never toward an app: see
 /// `EndpointPool::handshake_http2`).
 const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -901,6 +912,8 @@ impl EndpointPool {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
+            .initial_stream_window_size(UPSTREAM_STREAM_WINDOW)
+            .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
             .max_header_list_size(MAX_RESPONSE_HEADER_BYTES as u32);
         if self.tls.is_some() {
             // A peer sidecar (our own hyper server, no ping policy): pinged while idle too, so

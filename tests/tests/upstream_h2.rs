@@ -103,3 +103,120 @@ async fn requests_beyond_the_peers_stream_cap_go_to_another_connection() {
         assert_eq!(response.unwrap().status, 200);
     }
 }
+
+/// A response body of `remaining` bytes made on demand, 16 KiB at a time, counting in
+/// `progress` what the server has taken from it (it takes more only as its send window
+/// allows).
+struct Generated {
+    remaining: usize,
+    progress: Arc<AtomicUsize>,
+}
+
+impl http_body::Body for Generated {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let n = self.remaining.min(16 * 1024);
+        if n == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.remaining -= n;
+        self.progress.fetch_add(n, Ordering::SeqCst);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(vec![b'x'; n])))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+}
+
+/// An h2c upstream answering `GET /big/N` with `size` bytes, counting in `progress[N]` how
+/// much of each it got to send.
+async fn big_upstream(size: usize, progress: Vec<Arc<AtomicUsize>>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let progress = Arc::new(progress);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let progress = Arc::clone(&progress);
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let index = request
+                    .uri()
+                    .path()
+                    .strip_prefix("/big/")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(0);
+                let progress = Arc::clone(&progress[index.min(progress.len() - 1)]);
+                async move {
+                    let body = Generated {
+                        remaining: size,
+                        progress,
+                    };
+                    Ok::<_, Infallible>(Response::new(body))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+/// Three downstream clients that stop reading 4 MiB responses do not stall a fourth response
+/// on the same upstream HTTP/2 connection: the connection's receive window is far larger than
+/// the windows the stalled streams hold.
+#[tokio::test]
+async fn readers_that_stall_do_not_starve_other_streams_of_the_connection() {
+    const SIZE: usize = 4 * 1024 * 1024;
+    let progress: Vec<_> = (0..4).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let upstream = big_upstream(SIZE, progress.clone()).await;
+    let sidecar = Sidecar::start(&h2c_backend("payments", upstream)).await;
+
+    // Three h2c clients with 64 KiB windows that read response heads and no body.
+    let mut stalled = Vec::new();
+    for n in 0..3 {
+        let stream = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(sidecar.outbound))
+            .await
+            .unwrap()
+            .unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(65_535)
+                .initial_connection_window_size(65_535)
+                .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = Request::get(format!("http://payments/big/{n}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = tokio::time::timeout(WAIT, sender.send_request(request))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        stalled.push((sender, response));
+    }
+    // Each stalled stream has taken at least a stream window of the upstream connection.
+    let taken = progress.clone();
+    ficus_tests::until("the stalled streams to fill their windows", WAIT, || {
+        let filled = taken[..3]
+            .iter()
+            .all(|p| p.load(Ordering::SeqCst) >= 1024 * 1024);
+        async move { filled }
+    })
+    .await;
+
+    let response = client::get(sidecar.outbound, "payments", "/big/3")
+        .await
+        .expect("a fourth response is not stalled by the other three");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), SIZE);
+    drop(stalled);
+}
