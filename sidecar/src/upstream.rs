@@ -169,6 +169,26 @@ impl UpstreamError {
         )
     }
 
+    /// Whether the HTTP/2 peer's GOAWAY left the request's stream out: its last stream id was
+    /// below the stream's, or the stream was opened after it. RFC 9113 §6.8: such streams were
+    /// not processed, so a resend is safe, and a server going away (a restart, a connection
+    /// age limit) says nothing about its health. h2 fails exactly those streams with the
+    /// GOAWAY as a remote error (`Streams::recv_go_away`); the streams at or below the last
+    /// stream id end otherwise (a reset, or a broken pipe when the connection closes).
+    pub fn is_refused_by_goaway(&self) -> bool {
+        let Self::Reset { source, .. } = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(error) = cause {
+            if let Some(h2) = error.downcast_ref::<h2::Error>() {
+                return h2.is_go_away() && h2.is_remote();
+            }
+            cause = error.source();
+        }
+        false
+    }
+
     /// Bounded reason label for `ficus_upstream_failures_total`.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -577,14 +597,26 @@ impl EndpointPool {
                         fresh = true;
                     }
                     _ => {
-                        let addr = self.address;
-                        return Err(UpstreamError::Reset {
-                            addr,
+                        let error = UpstreamError::Reset {
+                            addr: self.address,
                             source: error.into_error(),
-                        });
+                        };
+                        if error.is_refused_by_goaway() {
+                            // Going away: no new request may take it (its task may not have
+                            // noticed yet), so a resend opens a fresh one.
+                            self.retire_http2(slot.streams());
+                        }
+                        return Err(error);
                     }
                 },
             }
+        }
+    }
+
+    /// Takes the HTTP/2 connection counted by `streams` out of the pool.
+    fn retire_http2(&self, streams: &Arc<Streams>) {
+        if let Ok(mut conns) = self.shared.lock() {
+            conns.retain(|conn| !Arc::ptr_eq(&conn.streams, streams) && conn.is_open());
         }
     }
 

@@ -220,3 +220,106 @@ async fn readers_that_stall_do_not_starve_other_streams_of_the_connection() {
     assert_eq!(response.body.len(), SIZE);
     drop(stalled);
 }
+
+/// An h2c upstream whose first connection takes one request and answers it with GOAWAY (last
+/// stream id 0, NO_ERROR) without processing it, in raw frames; later connections are a
+/// hyper server that echoes the request body. Counts connections and processed requests.
+async fn going_away_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+    const SETTINGS_ACK: [u8; 9] = [0, 0, 0, 4, 1, 0, 0, 0, 0];
+    // Length 8, type GOAWAY, stream 0; last stream id 0, error NO_ERROR.
+    const GOAWAY: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let processed = Arc::new(AtomicUsize::new(0));
+    let (counted, served) = (Arc::clone(&connections), Arc::clone(&processed));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                tokio::spawn(async move {
+                    if stream.write_all(&SETTINGS).await.is_err() {
+                        return;
+                    }
+                    let mut pending = Vec::new();
+                    let mut preface = 24;
+                    let mut chunk = [0u8; 4096];
+                    // Until the client closes the connection it was told to leave.
+                    while let Ok(n @ 1..) = stream.read(&mut chunk).await {
+                        pending.extend_from_slice(&chunk[..n]);
+                        let skip = preface.min(pending.len());
+                        pending.drain(..skip);
+                        preface -= skip;
+                        while pending.len() >= 9 {
+                            let length = (usize::from(pending[0]) << 16)
+                                | (usize::from(pending[1]) << 8)
+                                | usize::from(pending[2]);
+                            if pending.len() < 9 + length {
+                                break;
+                            }
+                            let reply: &[u8] = match (pending[3], pending[4] & 1) {
+                                (4, 0) => &SETTINGS_ACK,
+                                (1, _) => &GOAWAY,
+                                _ => &[],
+                            };
+                            if stream.write_all(reply).await.is_err() {
+                                return;
+                            }
+                            pending.drain(..9 + length);
+                        }
+                    }
+                });
+                continue;
+            }
+            let served = Arc::clone(&served);
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let served = Arc::clone(&served);
+                async move {
+                    use http_body_util::BodyExt;
+                    let body = request.into_body().collect().await?.to_bytes();
+                    served.fetch_add(1, Ordering::SeqCst);
+                    let response = Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(Full::new(body))
+                        .unwrap();
+                    Ok::<_, hyper::Error>(response)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, connections, processed)
+}
+
+/// A stream above the last stream id of the upstream's GOAWAY was not processed (RFC 9113
+/// §6.8): a gRPC call (a POST) that met it is sent again on a fresh connection instead of
+/// failing with 502.
+#[tokio::test]
+async fn a_stream_left_out_by_goaway_is_resent_on_a_fresh_connection() {
+    let (addr, connections, processed) = going_away_upstream().await;
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{protocol: grpc, endpoints: [{{address: \"{addr}\"}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  - backendRefs: [{{name: api}}]\n    \
+         retry: {{attempts: 1, backoff: 1ms}}\n"
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let mut h2 = client::H2Client::connect(sidecar.outbound).await.unwrap();
+    let message = Bytes::from_static(b"\0\0\0\0\x05order");
+    let request = Request::post("http://api.shop/shop.Orders/Place")
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(message.clone()))
+        .unwrap();
+    let response = h2.send(request).await.unwrap();
+    assert_eq!(response.status, 200, "{:?}", response.headers);
+    assert_eq!(response.body, message);
+    assert_eq!(processed.load(Ordering::SeqCst), 1);
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}

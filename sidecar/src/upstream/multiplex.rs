@@ -87,6 +87,13 @@ impl Http2Conn {
 #[derive(Debug)]
 pub struct StreamSlot(Arc<Streams>);
 
+impl StreamSlot {
+    /// The streams of the connection the request is counted on.
+    pub fn streams(&self) -> &Arc<Streams> {
+        &self.0
+    }
+}
+
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
