@@ -73,6 +73,12 @@ const UPSTREAM_STREAM_WINDOW: u32 = 1024 * 1024;
 /// connections). It is also the most response data a connection buffers: 16 MiB, reached
 /// only when that many readers stall.
 const UPSTREAM_CONNECTION_WINDOW: u32 = 16 * UPSTREAM_STREAM_WINDOW;
+/// Idle time of an upstream TCP connection before the first keepalive probe.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Time between unanswered TCP keepalive probes.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered TCP keepalive probes after which the kernel closes the connection.
+const TCP_KEEPALIVE_PROBES: u32 = 3;
 /// HTTP/2 keepalive PING interval toward a peer sidecar (never toward an app: see
 /// `EndpointPool::handshake_http2`).
 const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -398,6 +404,7 @@ impl EndpointPool {
         match tokio::time::timeout(after, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                set_keepalive(&stream);
                 Ok(stream)
             }
             Ok(Err(source)) => Err(UpstreamError::Connect { addr, source }),
@@ -1010,6 +1017,19 @@ fn replayable_copy(request: &Request<Body>) -> Option<Request<Body>> {
     Some(copy)
 }
 
+/// TCP keepalive on an upstream connection: an idle pooled connection (or a quiet HTTP/2
+/// stream to an app, which gets no PINGs) whose peer vanished without a FIN is found dead in
+/// about a minute instead of the kernel's two hours. Once per connection, never per request.
+fn set_keepalive(stream: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_PROBES);
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%error, "TCP keepalive not set on an upstream connection");
+    }
+}
+
 /// Whether the connection was closed or reset under a written request before any response.
 fn closed_under_us(error: &hyper::Error) -> bool {
     if error.is_incomplete_message() || error.is_canceled() {
@@ -1483,6 +1503,25 @@ mod tests {
             .to_bytes()
             .is_empty());
         assert_eq!(upstream.pings.load(Ordering::SeqCst), 0, "PINGs sent");
+    }
+
+    #[tokio::test]
+    async fn upstream_connections_have_tcp_keepalive() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = pool(listener.local_addr().unwrap(), Duration::from_secs(30));
+        let stream = pool.connect_tcp().await.unwrap();
+        let socket = socket2::SockRef::from(&stream);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), TCP_KEEPALIVE_IDLE);
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            TCP_KEEPALIVE_INTERVAL
+        );
+        assert_eq!(
+            socket.tcp_keepalive_retries().unwrap(),
+            TCP_KEEPALIVE_PROBES
+        );
+        assert!(socket.tcp_nodelay().unwrap());
     }
 
     #[test]
