@@ -1,5 +1,6 @@
 //! Connections to upstream endpoints: connect with a timeout, HTTP/1.1 keep-alive pools with a
-//! bounded idle time, one multiplexed HTTP/2 connection per endpoint.
+//! bounded idle time, multiplexed HTTP/2 connections per endpoint (one, and another each time
+//! all are at the peer's stream cap: see [`multiplex`]).
 //!
 //! We pool per endpoint address ourselves (on `hyper::client::conn`) rather than by URI, so the
 //! address we dial and the `Host`/`:authority` the app chose stay independent.
@@ -36,6 +37,9 @@ use tokio::net::TcpStream;
 use crate::body::{Body, BoxError};
 use crate::clock::Coarse;
 use crate::policy::breaker::{ConnectionCap, IdleHolder};
+use multiplex::{Http2Body, Http2Conn, SettingsReader, StreamSlot, Streams};
+
+mod multiplex;
 
 /// A place among a Backend's `maxConnections`, held for a connection's lifetime.
 type ConnectionPermit = tokio::sync::OwnedSemaphorePermit;
@@ -57,6 +61,30 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Idle time after which a reused HTTP/1.1 connection may have been closed by the server
 /// as we write (keep-alive timeouts are usually 1 s or more).
 const STALE_AFTER: Duration = Duration::from_millis(250);
+
+/// HTTP/2 receive window of each upstream stream: how much of a response the upstream may
+/// send ahead of the downstream reading it.
+const UPSTREAM_STREAM_WINDOW: u32 = 1024 * 1024;
+/// HTTP/2 receive window of each upstream connection. hyper gives window back only as a body
+/// is read, so downstream clients that stop reading hold their streams' windows; with
+/// hyper's defaults (2 MiB per stream, 5 MiB per connection) three of them stalled every
+/// other stream on the connection until the body idle timeout. Sixteen stream windows: it
+/// takes sixteen stalled readers on one connection (and the pool spreads streams over
+/// connections). It is also the most response data a connection buffers: 16 MiB, reached
+/// only when that many readers stall.
+const UPSTREAM_CONNECTION_WINDOW: u32 = 16 * UPSTREAM_STREAM_WINDOW;
+/// Idle time of an upstream TCP connection before the first keepalive probe.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Time between unanswered TCP keepalive probes.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered TCP keepalive probes after which the kernel closes the connection.
+const TCP_KEEPALIVE_PROBES: u32 = 3;
+/// HTTP/2 keepalive PING interval toward a peer sidecar (never toward an app: see
+/// `EndpointPool::handshake_http2`).
+const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a peer sidecar may take to answer a keepalive PING before the connection is
+/// closed.
+const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why an upstream exchange failed before response headers arrived.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +175,26 @@ impl UpstreamError {
         )
     }
 
+    /// Whether the HTTP/2 peer's GOAWAY left the request's stream out: its last stream id was
+    /// below the stream's, or the stream was opened after it. RFC 9113 §6.8: such streams were
+    /// not processed, so a resend is safe, and a server going away (a restart, a connection
+    /// age limit) says nothing about its health. h2 fails exactly those streams with the
+    /// GOAWAY as a remote error (`Streams::recv_go_away`); the streams at or below the last
+    /// stream id end otherwise (a reset, or a broken pipe when the connection closes).
+    pub fn is_refused_by_goaway(&self) -> bool {
+        let Self::Reset { source, .. } = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(error) = cause {
+            if let Some(h2) = error.downcast_ref::<h2::Error>() {
+                return h2.is_go_away() && h2.is_remote();
+            }
+            cause = error.source();
+        }
+        false
+    }
+
     /// Bounded reason label for `ficus_upstream_failures_total`.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -188,8 +236,10 @@ pub struct EndpointPool {
     stream_idle_timeout_ms: AtomicU64,
     /// Idle HTTP/1.1 connections, the most recently used last.
     idle: Mutex<IdlePool>,
-    shared: Mutex<Option<http2::SendRequest<Body>>>,
-    /// HTTP/2: one connection attempt at a time. Requests that find no live connection wait
+    /// HTTP/2 connections, the first opened first. Requests go to the first with room under
+    /// its peer's stream cap.
+    shared: Mutex<Vec<Http2Conn>>,
+    /// HTTP/2: one connection attempt at a time. Requests that find no connection with room wait
     /// for the attempt under way rather than each dialling its own (a burst at start-up or
     /// after the peer restarts would otherwise open one connection, and for a peer sidecar
     /// one TLS handshake, per request); holds the failure of the last attempt and when it
@@ -284,7 +334,7 @@ impl EndpointPool {
             body_idle_timeout_ms: AtomicU64::new(0),
             stream_idle_timeout_ms: AtomicU64::new(0),
             idle: Mutex::new(IdlePool::default()),
-            shared: Mutex::new(None),
+            shared: Mutex::new(Vec::new()),
             dialing: tokio::sync::Mutex::new(None),
         };
         pool.update(settings);
@@ -305,8 +355,15 @@ impl EndpointPool {
 
     /// An HTTP/2 response body: a gRPC one is bounded by the stream idle timeout (a streaming
     /// call may be quiet for minutes), any other by the body idle timeout.
-    fn http2_response_body(&self, response: Response<Incoming>) -> Response<Body> {
-        if crate::policy::grpc::is_grpc(response.headers()) {
+    /// The body holds `slot`, the request's place on its connection, until it ends.
+    fn http2_response_body(
+        &self,
+        response: Response<Incoming>,
+        slot: StreamSlot,
+    ) -> Response<Body> {
+        let grpc = crate::policy::grpc::is_grpc(response.headers());
+        let response = response.map(|body| Http2Body::new(body, slot));
+        if grpc {
             let idle = Duration::from_millis(self.stream_idle_timeout_ms.load(Ordering::Relaxed));
             response.map(|body| crate::body::with_idle_timeout(body, idle))
         } else {
@@ -347,6 +404,7 @@ impl EndpointPool {
         match tokio::time::timeout(after, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                set_keepalive(&stream);
                 Ok(stream)
             }
             Ok(Err(source)) => Err(UpstreamError::Connect { addr, source }),
@@ -518,13 +576,13 @@ impl EndpointPool {
         }
         let mut fresh = false;
         loop {
-            let mut sender = match self.live_http2() {
-                Some(sender) => sender,
+            let (mut sender, slot) = match self.reserve_http2() {
+                Some(reserved) => reserved,
                 None => {
                     let cap = request.extensions().get::<ConnectionCap>().cloned();
-                    let (sender, dialled) = Box::pin(self.dial_http2(cap)).await?;
+                    let (sender, slot, dialled) = Box::pin(self.dial_http2(cap)).await?;
                     fresh |= dialled;
-                    sender
+                    (sender, slot)
                 }
             };
             if let Err(source) = sender.ready().await {
@@ -538,7 +596,7 @@ impl EndpointPool {
                 continue;
             }
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.http2_response_body(response)),
+                Ok(response) => return Ok(self.http2_response_body(response, slot)),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) if !fresh => {
                         self.forget_http2();
@@ -546,57 +604,100 @@ impl EndpointPool {
                         fresh = true;
                     }
                     _ => {
-                        let addr = self.address;
-                        return Err(UpstreamError::Reset {
-                            addr,
+                        let error = UpstreamError::Reset {
+                            addr: self.address,
                             source: error.into_error(),
-                        });
+                        };
+                        if error.is_refused_by_goaway() {
+                            // Going away: no new request may take it (its task may not have
+                            // noticed yet), so a resend opens a fresh one.
+                            self.retire_http2(slot.streams());
+                        }
+                        return Err(error);
                     }
                 },
             }
         }
     }
 
-    /// The shared HTTP/2 connection, if it is live.
-    fn live_http2(&self) -> Option<http2::SendRequest<Body>> {
-        let cached = self.shared.lock().ok().and_then(|slot| slot.clone());
-        cached.filter(|sender| !sender.is_closed())
+    /// Takes the HTTP/2 connection counted by `streams` out of the pool.
+    fn retire_http2(&self, streams: &Arc<Streams>) {
+        if let Ok(mut conns) = self.shared.lock() {
+            conns.retain(|conn| !Arc::ptr_eq(&conn.streams, streams) && conn.is_open());
+        }
     }
 
-    /// An HTTP/2 connection when there was no live one: the one another request made while
+    /// A place on the first live HTTP/2 connection with room under its peer's stream cap.
+    fn reserve_http2(&self) -> Option<(http2::SendRequest<Body>, StreamSlot)> {
+        let mut conns = self.shared.lock().ok()?;
+        conns.retain(Http2Conn::is_open);
+        let conn = conns.iter().find(|conn| conn.streams.has_room())?;
+        Some((conn.sender.clone(), conn.streams.take()))
+    }
+
+    /// A place on the least busy live HTTP/2 connection, over its peer's cap: the request
+    /// waits in the connection for a stream (when no other connection may be opened).
+    fn reserve_least_busy_http2(&self) -> Option<(http2::SendRequest<Body>, StreamSlot)> {
+        let mut conns = self.shared.lock().ok()?;
+        conns.retain(Http2Conn::is_open);
+        let conn = conns.iter().min_by_key(|conn| conn.streams.in_flight())?;
+        Some((conn.sender.clone(), conn.streams.take()))
+    }
+
+    /// Live HTTP/2 connections.
+    fn http2_connections(&self) -> usize {
+        self.shared
+            .lock()
+            .map_or(0, |conns| conns.iter().filter(|c| c.is_open()).count())
+    }
+
+    /// An HTTP/2 connection with room when there was none: one another request opened while
     /// this one waited its turn to dial (`false`), or a new one (`true`), within the Backend's
-    /// `cap`. When the attempt this request waited for failed, it fails the same way without
-    /// dialling again.
+    /// `cap` and [`multiplex::MAX_CONNECTIONS`]. When the attempt this request waited for
+    /// failed, it fails the same way without dialling again. When no connection may be
+    /// opened but some are live (all at their cap), the request waits for a stream on the
+    /// least busy one.
     async fn dial_http2(
         &self,
         cap: Option<ConnectionCap>,
-    ) -> Result<(http2::SendRequest<Body>, bool), UpstreamError> {
+    ) -> Result<(http2::SendRequest<Body>, StreamSlot, bool), UpstreamError> {
         let waiting_since = tokio::time::Instant::now();
         let mut dialing = self.dialing.lock().await;
-        if let Some(sender) = self.live_http2() {
-            return Ok((sender, false));
+        if let Some((sender, slot)) = self.reserve_http2() {
+            return Ok((sender, slot, false));
         }
+        // Queue on a busy connection rather than fail, when one is live.
+        let or_busy = |error: UpstreamError| match self.reserve_least_busy_http2() {
+            Some((sender, slot)) => Ok((sender, slot, false)),
+            None => Err(error),
+        };
         if let Some((_, failure)) = dialing.as_ref().filter(|(at, _)| *at >= waiting_since) {
-            return Err(failure.again());
+            return or_busy(failure.again());
         }
-        let permit = self.permit_of(cap.as_ref())?;
+        if self.http2_connections() >= multiplex::MAX_CONNECTIONS {
+            if let Some((sender, slot)) = self.reserve_least_busy_http2() {
+                return Ok((sender, slot, false));
+            }
+        }
+        let permit = match self.permit_of(cap.as_ref()) {
+            Ok(permit) => permit,
+            Err(error) => return or_busy(error),
+        };
         match self.connect_http2(permit).await {
-            Ok(sender) => {
+            Ok((sender, streams)) => {
                 *dialing = None;
-                Ok((sender, true))
+                Ok((sender, streams.take(), true))
             }
             Err(error) => {
                 *dialing = Some((tokio::time::Instant::now(), error.again()));
-                Err(error)
+                or_busy(error)
             }
         }
     }
 
     fn forget_http2(&self) {
-        if let Ok(mut slot) = self.shared.lock() {
-            if slot.as_ref().is_some_and(|s| s.is_closed()) {
-                *slot = None;
-            }
+        if let Ok(mut conns) = self.shared.lock() {
+            conns.retain(Http2Conn::is_open);
         }
     }
 
@@ -744,7 +845,7 @@ impl EndpointPool {
     async fn connect_http2(
         &self,
         permit: Option<ConnectionPermit>,
-    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
+    ) -> Result<(http2::SendRequest<Body>, Arc<Streams>), UpstreamError> {
         let stream = self.connect_tcp().await?;
         match &self.tls {
             None => self.handshake_http2(stream, permit).await,
@@ -834,40 +935,62 @@ impl EndpointPool {
         }
     }
 
+    /// The HTTP/2 handshake on `stream`, then (within the connect timeout) the peer's first
+    /// SETTINGS, for its stream cap; the connection joins the pool.
     async fn handshake_http2<I>(
         &self,
         stream: I,
         permit: Option<ConnectionPermit>,
-    ) -> Result<http2::SendRequest<Body>, UpstreamError>
+    ) -> Result<(http2::SendRequest<Body>, Arc<Streams>), UpstreamError>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        let streams = Streams::new();
+        let (settings_read, settings) = tokio::sync::oneshot::channel();
+        let stream = SettingsReader::new(stream, Arc::clone(&streams), settings_read);
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            // Pinged while idle too: a connection the network dropped without a FIN is found
-            // dead before requests are sent into it.
-            .keep_alive_while_idle(true)
-            .max_header_list_size(MAX_RESPONSE_HEADER_BYTES as u32)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Handshake {
-                addr: self.address,
-                source,
-            })?;
+            .initial_stream_window_size(UPSTREAM_STREAM_WINDOW)
+            .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
+            .max_header_list_size(MAX_RESPONSE_HEADER_BYTES as u32);
+        if self.tls.is_some() {
+            // A peer sidecar (our own hyper server, no ping policy): pinged while idle too, so
+            // a connection the network dropped without a FIN is found dead before requests
+            // are sent into it. An app or plain endpoint is never pinged: gRPC servers
+            // (grpc-go, grpc-java, C-core) by default allow one ping per 5 minutes and none
+            // without calls, and answer more with GOAWAY ENHANCE_YOUR_CALM "too_many_pings",
+            // which kills every stream on the connection. TCP keepalive finds those dead.
+            builder
+                .keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true);
+        }
+        let (sender, connection) =
+            builder
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|source| UpstreamError::Handshake {
+                    addr: self.address,
+                    source,
+                })?;
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
             }
         });
-        if let Ok(mut slot) = self.shared.lock() {
-            if slot.as_ref().is_none_or(|s| s.is_closed()) {
-                *slot = Some(sender.clone());
-            }
+        // Peers send SETTINGS first thing; one that does not within the connect timeout is
+        // used at the default cap (a dead one fails the request instead).
+        let after = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
+        let _ = tokio::time::timeout(after, settings).await;
+        if let Ok(mut conns) = self.shared.lock() {
+            conns.push(Http2Conn {
+                sender: sender.clone(),
+                streams: Arc::clone(&streams),
+            });
         }
-        Ok(sender)
+        Ok((sender, streams))
     }
 }
 
@@ -892,6 +1015,19 @@ fn replayable_copy(request: &Request<Body>) -> Option<Request<Body>> {
     // must count against it like the first send.
     *copy.extensions_mut() = request.extensions().clone();
     Some(copy)
+}
+
+/// TCP keepalive on an upstream connection: an idle pooled connection (or a quiet HTTP/2
+/// stream to an app, which gets no PINGs) whose peer vanished without a FIN is found dead in
+/// about a minute instead of the kernel's two hours. Once per connection, never per request.
+fn set_keepalive(stream: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_PROBES);
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%error, "TCP keepalive not set on an upstream connection");
+    }
 }
 
 /// Whether the connection was closed or reset under a written request before any response.
@@ -1242,6 +1378,150 @@ mod tests {
         for outcome in burst(closed).await {
             assert!(outcome.unwrap_err().is_connect_failure());
         }
+    }
+
+    /// An h2c upstream behind a frame reader that counts the PING frames (not acks) its
+    /// clients send. Each response sends `hello`, then stays open and quiet until
+    /// [`PingCounter::end_bodies`].
+    struct PingCounter {
+        addr: SocketAddr,
+        pings: Arc<std::sync::atomic::AtomicUsize>,
+        bodies: Arc<Mutex<Vec<mpsc::Sender<Bytes>>>>,
+    }
+
+    impl PingCounter {
+        async fn start() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let bodies = Arc::new(Mutex::new(Vec::new()));
+            let (counted, kept) = (Arc::clone(&pings), Arc::clone(&bodies));
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (ours, server) = tokio::io::duplex(64 * 1024);
+                    let kept = Arc::clone(&kept);
+                    let service = hyper::service::service_fn(move |_: Request<Incoming>| {
+                        let (tx, rx) = mpsc::channel(1);
+                        let _ = tx.try_send(Bytes::from_static(b"hello"));
+                        kept.lock().unwrap().push(tx);
+                        async move {
+                            let body = crate::body::boxed(Streamed(rx));
+                            Ok::<_, std::convert::Infallible>(Response::new(body))
+                        }
+                    });
+                    tokio::spawn(
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(server), service),
+                    );
+                    let (mut from_server, mut to_server) = tokio::io::split(ours);
+                    let (mut from_client, mut to_client) = stream.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                    });
+                    let counted = Arc::clone(&counted);
+                    tokio::spawn(async move {
+                        // Frames after the 24-byte client preface: 9-byte headers (length 3,
+                        // type 1, flags 1, stream 4); PING is type 6, ACK flag 1.
+                        let mut pending = Vec::new();
+                        let mut preface = 24;
+                        let mut chunk = [0u8; 16 * 1024];
+                        loop {
+                            let n = match from_client.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if to_server.write_all(&chunk[..n]).await.is_err() {
+                                return;
+                            }
+                            pending.extend_from_slice(&chunk[..n]);
+                            let skip = preface.min(pending.len());
+                            pending.drain(..skip);
+                            preface -= skip;
+                            while pending.len() >= 9 {
+                                let length = usize::from(pending[0]) << 16
+                                    | usize::from(pending[1]) << 8
+                                    | usize::from(pending[2]);
+                                if pending.len() < 9 + length {
+                                    break;
+                                }
+                                if pending[3] == 6 && pending[4] & 1 == 0 {
+                                    counted.fetch_add(1, Ordering::SeqCst);
+                                }
+                                pending.drain(..9 + length);
+                            }
+                        }
+                    });
+                }
+            });
+            Self {
+                addr,
+                pings,
+                bodies,
+            }
+        }
+
+        fn end_bodies(&self) {
+            self.bodies.lock().unwrap().clear();
+        }
+    }
+
+    /// A plain HTTP/2 endpoint (an app, a gRPC server) is never sent keepalive PINGs: gRPC
+    /// servers answer more than one per 5 minutes with GOAWAY "too_many_pings". A quiet stream
+    /// stays open through ten minutes (on the paused clock) without a PING.
+    #[tokio::test]
+    async fn a_plain_http2_endpoint_is_never_pinged() {
+        let upstream = PingCounter::start().await;
+        // Long body timeouts: only a keepalive could end the quiet stream.
+        let settings = PoolSettings {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(86_400),
+            stream_idle_timeout: Duration::from_secs(86_400),
+        };
+        let pool = Arc::new(EndpointPool::new(upstream.addr, true, None, settings));
+        let request = Request::get("http://api.shop/watch")
+            .body(crate::body::empty())
+            .unwrap();
+        let response = tokio::time::timeout(WAIT, pool.send(request))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut body = response.into_body();
+        let first = tokio::time::timeout(WAIT, body.frame()).await.unwrap();
+        assert_eq!(first.unwrap().unwrap().into_data().unwrap(), "hello");
+
+        // Ten quiet minutes: a 30 s keepalive would have pinged (and its 10 s timeout could
+        // have closed the connection before the answer was read).
+        tokio::time::pause();
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        tokio::time::resume();
+
+        upstream.end_bodies();
+        let rest = tokio::time::timeout(WAIT, body.collect()).await.unwrap();
+        assert!(rest
+            .expect("the quiet stream survived")
+            .to_bytes()
+            .is_empty());
+        assert_eq!(upstream.pings.load(Ordering::SeqCst), 0, "PINGs sent");
+    }
+
+    #[tokio::test]
+    async fn upstream_connections_have_tcp_keepalive() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = pool(listener.local_addr().unwrap(), Duration::from_secs(30));
+        let stream = pool.connect_tcp().await.unwrap();
+        let socket = socket2::SockRef::from(&stream);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), TCP_KEEPALIVE_IDLE);
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            TCP_KEEPALIVE_INTERVAL
+        );
+        assert_eq!(
+            socket.tcp_keepalive_retries().unwrap(),
+            TCP_KEEPALIVE_PROBES
+        );
+        assert!(socket.tcp_nodelay().unwrap());
     }
 
     #[test]

@@ -195,6 +195,8 @@ pub fn is_failure(outcome: &Result<Response<Body>, ProxyError>) -> bool {
         }
         // Our own connection cap says nothing about the endpoint.
         Err(ProxyError::Upstream(UpstreamError::ConnectionLimit { .. })) => false,
+        // Nor does a server going away (restart, connection age) that left the stream out.
+        Err(ProxyError::Upstream(error)) if error.is_refused_by_goaway() => false,
         // Nor does a client that broke off or stalled its request body.
         Err(ProxyError::DownstreamBody | ProxyError::DownstreamTimeout) => false,
         Err(ProxyError::Upstream(_) | ProxyError::UpstreamProtocol(_) | ProxyError::Timeout(_)) => {

@@ -6,7 +6,8 @@
 //! retry buffer: empty, or of a known length of at most [`RETRY_BUFFER`] bytes. Bigger or
 //! unknown-length bodies are streamed and never retried; a POST is never replayed unless the
 //! route says so. Retried outcomes: the configured status codes, connect failures
-//! (nothing was sent), HTTP/2 REFUSED_STREAM (the peer did not process the stream), and
+//! (nothing was sent), HTTP/2 REFUSED_STREAM and streams above the last stream id of the
+//! peer's GOAWAY (the peer did not process them, RFC 9113 §6.8), and
 //! errors whose status (502 reset, 504 per-try timeout) is among the configured codes.
 //!
 //! gRPC calls are POSTs, so they are never replayed on an HTTP status. They are retried when
@@ -16,10 +17,10 @@
 //! as gRPC maps it, except a 502 or 504: the call may have been carried out behind them, so
 //! they are never retried (`grpc::retry_status`). The server may push back with
 //! `grpc-retry-pushback-ms` (a wait, honoured up to the cap; a malformed or negative value
-//! means "do not retry"). Connect failures and REFUSED_STREAM count as for any request, but a
-//! call is only replayed when the try that failed had read its whole message (the message
-//! streams to the first try and is kept as it passes): a try that failed before reading it
-//! took the stream with it, so a connect failure of the first try is not retried.
+//! means "do not retry"). Connect failures, REFUSED_STREAM and GOAWAY count as for any request,
+//! but a call is only replayed when the try that failed had read its whole message (the
+//! message streams to the first try and is kept as it passes): a try that failed before
+//! reading it took the stream with it, so a connect failure of the first try is not retried.
 
 use std::time::Duration;
 
@@ -97,9 +98,10 @@ impl RetryPolicy {
     }
 
     /// Whether an upstream failure is one where the upstream did not process the request
-    /// (connect failure, REFUSED_STREAM), so any request may be retried.
+    /// (connect failure, REFUSED_STREAM, a stream left out by the peer's GOAWAY), so any
+    /// request may be retried.
     pub fn retries_unsent(&self, error: &UpstreamError) -> bool {
-        error.is_connect_failure() || is_refused_stream(error)
+        error.is_connect_failure() || is_refused_stream(error) || error.is_refused_by_goaway()
     }
 
     /// How long to wait before retry number `retry` (0 for the first retry): full jitter,
