@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
+use crate::authz::Decision;
 use crate::detect::{detect, DetectError, Prefixed, Protocol};
 use crate::drain::Drain;
 use crate::snapshot::ServerSettings;
@@ -252,25 +253,84 @@ async fn serve_opaque_alpn<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    use crate::transparent::{first_speaker, FirstSpeaker, Sniffed};
+    use crate::transparent::{first_speaker, sniff, FirstSpeaker, Sniffed};
     let (identity, redirected) = context;
     let original = redirected.as_ref().map(Redirected::original);
     let peer_id = identity.as_ref().and_then(|v| v.to_str().ok());
-    if redirected.as_ref().is_some_and(Redirected::is_opaque_port) {
+    // Transparent: the original port's; explicit: the app's port, by the built-in list and
+    // the Mesh's `opaquePorts`.
+    let opaque_port = match &redirected {
+        Some(redirected) => redirected.is_opaque_port(),
+        None => {
+            let snapshot = shared.snapshot.load();
+            let port = snapshot.inbound.http1.address().port();
+            crate::transparent::DEFAULT_OPAQUE_PORTS.contains(&port)
+                || snapshot.limits.opaque_ports.binary_search(&port).is_ok()
+        }
+    };
+    if opaque_port {
         crate::mtls::serve_opaque(&shared, stream, peer_id, peer, original, None).await;
         return;
     }
-    let app = original.unwrap_or_else(|| shared.snapshot.load().inbound.http1.address());
-    match first_speaker(&shared, &mut stream, app, server.detect_timeout).await {
-        FirstSpeaker::Client(Some(sniffed @ (Sniffed::Http1 | Sniffed::Http2)), read, _) => {
-            let protocol = if sniffed == Sniffed::Http2 {
-                Protocol::Http2
-            } else {
-                Protocol::Http1
-            };
+    let http = |sniffed: Option<Sniffed>| match sniffed {
+        Some(Sniffed::Http1) => Some(Protocol::Http1),
+        Some(Sniffed::Http2) => Some(Protocol::Http2),
+        _ => None,
+    };
+    let (app, denied) = {
+        let snapshot = shared.snapshot.load();
+        let authz = &snapshot.inbound.authz;
+        let denied = authz.is_active() && authz.check_tcp(peer_id) == Decision::Deny;
+        let app = original.unwrap_or_else(|| snapshot.inbound.http1.address());
+        (app, denied)
+    };
+    if denied {
+        // A peer that may not use opaque TCP gets no app connection: its HTTP is served (and
+        // authorized per request), anything else is closed at the detection timeout.
+        if let Some((sniffed, read)) = sniff(&mut stream, Vec::new(), server.detect_timeout, true)
+            .await
+            .filter(|(sniffed, _)| http(*sniffed).is_some())
+        {
+            let protocol = http(sniffed).unwrap_or(Protocol::Http1);
             let io = TokioIo::new(Prefixed::new(read, stream));
-            let context = (identity, redirected);
-            serve_io(shared, side, io, protocol, peer, context, server, drain).await;
+            serve_io(
+                shared,
+                side,
+                io,
+                protocol,
+                peer,
+                (identity, redirected),
+                server,
+                drain,
+            )
+            .await;
+        } else {
+            shared.metrics.authz_denied();
+            tracing::info!(%peer, peer_id, "opaque TCP over mTLS denied by authorization policy");
+        }
+        return;
+    }
+    match first_speaker(&shared, &mut stream, app, server.detect_timeout, true).await {
+        FirstSpeaker::Client(sniffed, read, _) if http(sniffed).is_some() => {
+            let protocol = http(sniffed).unwrap_or(Protocol::Http1);
+            let io = TokioIo::new(Prefixed::new(read, stream));
+            serve_io(
+                shared,
+                side,
+                io,
+                protocol,
+                peer,
+                (identity, redirected),
+                server,
+                drain,
+            )
+            .await;
+        }
+        // Bytes that were still undecided at the detection timeout (a request line sent in
+        // pieces): never handed to the app past the HTTP layer.
+        FirstSpeaker::Client(None, _, _) => {
+            shared.metrics.http_rejected("undecided");
+            tracing::info!(%peer, peer_id, "opaque TCP over mTLS closed: its first bytes were still undecided");
         }
         FirstSpeaker::Client(_, read, connected) => {
             let stream = Prefixed::new(read, stream);

@@ -113,6 +113,50 @@ pub fn classify(start: &[u8]) -> Option<Sniffed> {
     None
 }
 
+/// [`classify`] for bytes a peer sidecar sent as opaque TCP (ALPN `ficus-tcp`) to a port that
+/// is not opaque by this sidecar's config: whatever an HTTP server could take for a request is
+/// HTTP, so that it goes through the HTTP layer rather than past it. Any token (RFC 9110
+/// `tchar`) followed by a space is a request line, lower-case methods included, and empty lines
+/// before it are skipped however many there are (servers skip them all).
+pub fn classify_strict(start: &[u8]) -> Option<Sniffed> {
+    let lines = start
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    let start = &start[lines..];
+    let first = *start.first()?;
+    if first == 0x16 && lines == 0 {
+        return match start.get(1) {
+            None => None,
+            Some(3) => Some(Sniffed::Tls),
+            Some(_) => Some(Sniffed::Opaque),
+        };
+    }
+    if start.starts_with(PREFACE) {
+        return Some(Sniffed::Http2);
+    }
+    if PREFACE.starts_with(start) {
+        return None;
+    }
+    for (i, &byte) in start.iter().enumerate() {
+        match byte {
+            b' ' if i > 0 => return Some(Sniffed::Http1),
+            _ if is_tchar(byte) && i < SNIFF_LIMIT => {}
+            _ => return Some(Sniffed::Opaque),
+        }
+    }
+    None
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// Most bytes [`classify_strict`] reads before it decides (empty lines count here, not in
+/// [`SNIFF_LIMIT`]); a peer still undecided then is closed.
+const STRICT_SNIFF_LIMIT: usize = 16 * 1024;
+
 /// Why a redirected connection was forwarded as opaque TCP (a label value).
 fn opaque_reason(read: &[u8], timed_out: bool) -> &'static str {
     match (read.is_empty(), timed_out) {
@@ -126,12 +170,15 @@ fn opaque_reason(read: &[u8], timed_out: bool) -> &'static str {
 }
 
 /// Reads the first bytes for at most `timeout`, after the `read` already read. `None` when
-/// the peer closed or failed.
-async fn sniff<S: AsyncRead + Unpin>(
+/// the peer closed or failed, or (`strict`: [`classify_strict`]) left its bytes undecided by
+/// closing or by sending [`STRICT_SNIFF_LIMIT`] of them.
+pub async fn sniff<S: AsyncRead + Unpin>(
     stream: &mut S,
     mut read: Vec<u8>,
     timeout: Duration,
+    strict: bool,
 ) -> Option<(Option<Sniffed>, Vec<u8>)> {
+    let classify = if strict { classify_strict } else { classify };
     read.reserve(SNIFF_LIMIT.saturating_sub(read.len()));
     if let Some(sniffed) = classify(&read) {
         return Some((Some(sniffed), read));
@@ -141,14 +188,18 @@ async fn sniff<S: AsyncRead + Unpin>(
             match stream.read_buf(&mut read).await {
                 // The client ended its side before its bytes could be told apart: they go on
                 // as opaque TCP, and so does its end of stream (a half-close, not a reset).
-                Ok(0) if !read.is_empty() => return Some(Sniffed::Opaque),
+                // Strict, bytes that might yet have been HTTP never go past the HTTP layer.
+                Ok(0) if !read.is_empty() && !strict => return Some(Sniffed::Opaque),
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
             }
             if let Some(sniffed) = classify(&read) {
                 return Some(sniffed);
             }
-            if read.len() >= SNIFF_LIMIT {
+            if strict && read.len() >= STRICT_SNIFF_LIMIT {
+                return None;
+            }
+            if !strict && read.len() >= SNIFF_LIMIT {
                 return Some(Sniffed::Opaque);
             }
         }
@@ -412,7 +463,7 @@ pub async fn serve(
     };
     let (mut sniffed, mut read) = match wait {
         None => (None, Vec::new()),
-        Some(wait) => match sniff(&mut stream, Vec::new(), wait).await {
+        Some(wait) => match sniff(&mut stream, Vec::new(), wait, false).await {
             Some(sniffed) => sniffed,
             None => return,
         },
@@ -431,7 +482,8 @@ pub async fn serve(
             tracing::info!(%peer, %original, "silent inbound connection closed: mTLS is STRICT");
             return;
         }
-        match first_speaker(&shared, &mut stream, original, transparent.detect_timeout).await {
+        let detect = transparent.detect_timeout;
+        match first_speaker(&shared, &mut stream, original, detect, false).await {
             FirstSpeaker::Client(late, bytes, connected) => {
                 (sniffed, read, app) = (late, bytes, Some(connected));
             }
@@ -510,12 +562,14 @@ pub enum FirstSpeaker {
 
 /// Connects the app at `original` and waits for the client or the app to speak, the client
 /// first when both have. The app connection is counted as the connection's own (a client
-/// that speaks HTTP after all has it closed unused).
+/// that speaks HTTP after all has it closed unused). `strict`: the client's bytes are told
+/// apart by [`classify_strict`].
 pub async fn first_speaker<S: AsyncRead + Unpin>(
     shared: &Shared,
     client: &mut S,
     original: SocketAddr,
     detect_timeout: Duration,
+    strict: bool,
 ) -> FirstSpeaker {
     let idle = shared.snapshot.load().limits.connection_idle_timeout;
     let Some(app) = connect(shared, original).await else {
@@ -535,7 +589,7 @@ pub async fn first_speaker<S: AsyncRead + Unpin>(
     match spoke {
         // The client closed before its first byte.
         Ok(Ok(Some(0))) => FirstSpeaker::Neither,
-        Ok(Ok(Some(_))) => match sniff(client, first, detect_timeout).await {
+        Ok(Ok(Some(_))) => match sniff(client, first, detect_timeout, strict).await {
             Some((sniffed, read)) => FirstSpeaker::Client(sniffed, read, app),
             None => FirstSpeaker::Neither,
         },
@@ -703,6 +757,64 @@ mod tests {
         );
         assert_eq!(classify(b" GET"), Some(Sniffed::Opaque));
         assert_eq!(classify(&[b'A'; 21]), Some(Sniffed::Opaque));
+    }
+
+    #[test]
+    fn strict_classification_takes_whatever_a_server_would_parse_for_http() {
+        // Lower-case and unusual methods, and any number of empty lines first.
+        assert_eq!(
+            classify_strict(b"get /admin HTTP/1.1"),
+            Some(Sniffed::Http1)
+        );
+        assert_eq!(classify_strict(b"M!x /"), Some(Sniffed::Http1));
+        let mut lines = b"\r\n".repeat(200);
+        assert_eq!(classify_strict(&lines), None, "undecided, not opaque");
+        lines.extend_from_slice(b"GET / HTTP/1.1");
+        assert_eq!(classify_strict(&lines), Some(Sniffed::Http1));
+        assert_eq!(classify_strict(b"PRI * HTTP/2.0\r\n"), None);
+        assert_eq!(classify_strict(PREFACE), Some(Sniffed::Http2));
+        // What no HTTP server would take for a request stays opaque.
+        assert_eq!(
+            classify_strict(&[0, 0, 0, 8, 4, 210]),
+            Some(Sniffed::Opaque)
+        );
+        assert_eq!(classify_strict(b"*1\r\n$4\r\n"), Some(Sniffed::Opaque));
+        assert_eq!(classify_strict(b"PING\r\n"), Some(Sniffed::Opaque));
+        assert_eq!(classify_strict(&[0x16, 0x03, 0x01]), Some(Sniffed::Tls));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn strict_sniffing_never_calls_undecided_bytes_opaque() {
+        use tokio::io::AsyncWriteExt;
+        // A request line sent in pieces, the rest after the detection timeout: undecided.
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        client.write_all(b"GE").await.unwrap();
+        let sniffed = sniff(&mut server, Vec::new(), Duration::from_secs(1), true).await;
+        assert_eq!(sniffed, Some((None, b"GE".to_vec())));
+        // Only empty lines, more than any limit: given up (closed), not opaque.
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        client
+            .write_all(&b"\r\n".repeat(STRICT_SNIFF_LIMIT))
+            .await
+            .unwrap();
+        assert_eq!(
+            sniff(&mut server, Vec::new(), Duration::from_secs(1), true).await,
+            None
+        );
+        // A partial line and then the end of the client's side: closed, not opaque.
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        client.write_all(b"GET").await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(
+            sniff(&mut server, Vec::new(), Duration::from_secs(1), true).await,
+            None
+        );
+        // Not strict (plaintext transparent), the last two go on as opaque TCP.
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        client.write_all(b"GET").await.unwrap();
+        client.shutdown().await.unwrap();
+        let sniffed = sniff(&mut server, Vec::new(), Duration::from_secs(1), false).await;
+        assert_eq!(sniffed.map(|s| s.0), Some(Some(Sniffed::Opaque)));
     }
 
     #[test]

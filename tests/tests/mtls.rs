@@ -65,8 +65,18 @@ async fn sidecar_with(
 }
 
 fn mesh(mode: &str, payments_inbound: std::net::SocketAddr, policies: &str) -> String {
+    mesh_with(mode, "", payments_inbound, policies)
+}
+
+/// [`mesh`] with more fields in the Mesh's `spec` (`extra`: `, field: value`).
+fn mesh_with(
+    mode: &str,
+    extra: &str,
+    payments_inbound: std::net::SocketAddr,
+    policies: &str,
+) -> String {
     format!(
-        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\nspec: {{mtls: {{mode: {mode}}}}}\n---\n\
+        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\nspec: {{mtls: {{mode: {mode}}}{extra}}}\n---\n\
          apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: payments, namespace: shop}}\n\
          spec:\n  endpoints: [{{address: \"{payments_inbound}\", identity: \"spiffe://cluster.local/ns/shop/sa/payments\"}}]\n---\n{policies}"
     )
@@ -554,7 +564,15 @@ async fn opaque_tcp_to_an_endpoint_with_identity_crosses_mtls() {
          spec:\n  protocol: tcp\n  listen: \"{listen}\"\n  endpoints: [{{address: \"{}\", identity: \"spiffe://cluster.local/ns/shop/sa/payments\"}}]\n",
         server.inbound
     );
-    apply(&control, &mesh("STRICT", server.inbound, &tcp_backend)).await;
+    // The app's first line would read as an HTTP request line ("ping " is a token and a
+    // space): the receiving sidecar carries it as opaque TCP because its port is opaque by
+    // config. Without that it would be served as HTTP (ALPN `ficus-tcp` does not decide).
+    let opaque = format!(", proxy: {{opaquePorts: [{}]}}", app.addr.port());
+    apply(
+        &control,
+        &mesh_with("STRICT", &opaque, server.inbound, &tcp_backend),
+    )
+    .await;
     server.wait_ready(Duration::from_secs(30)).await;
     web.wait_ready(Duration::from_secs(30)).await;
 
@@ -631,10 +649,16 @@ async fn http_sent_as_opaque_tcp_still_goes_through_the_http_layer() {
             format!("GET /ledger HTTP/1.1\r\nHost: payments\r\nx-ficus-peer-identity: {forged}\r\nConnection: close\r\n\r\n"),
             "200",
         ),
-        // Dot segments are refused, not handed to the app to resolve.
+        // Dot segments are refused, not handed to the app to resolve; a lower-case method is
+        // still a request line to a server.
         (
-            "GET /a/../admin HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n".to_owned(),
+            "get /a/../admin HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n".to_owned(),
             "400",
+        ),
+        // However many empty lines come first (servers skip them all).
+        (
+            format!("{}GET /ledger HTTP/1.1\r\nHost: payments\r\nx-ficus-peer-identity: {forged}\r\nConnection: close\r\n\r\n", "\r\n".repeat(200)),
+            "200",
         ),
     ] {
         let tcp = tokio::net::TcpStream::connect(server.inbound).await.unwrap();
@@ -660,8 +684,12 @@ async fn http_sent_as_opaque_tcp_still_goes_through_the_http_layer() {
             answer.starts_with(&format!("HTTP/1.1 {status}")),
             "{request:?} got {answer:?}"
         );
+        if status == "200" {
+            let seen = app.last().unwrap();
+            assert_eq!(seen.headers["x-ficus-peer-identity"], WEB, "{:?}", seen.headers);
+        }
     }
-    assert_eq!(app.count(), 1, "only the first request reached the app");
+    assert_eq!(app.count(), 2, "the two /ledger requests reached the app");
     let seen = app.last().unwrap();
     assert_eq!(seen.uri, "/ledger");
     assert_eq!(
