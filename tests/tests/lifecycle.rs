@@ -688,6 +688,25 @@ async fn fd_exhaustion_backs_off_and_recovers() {
     assert!(sidecar.wait_exit_now().is_none(), "still running");
 }
 
+/// The soft descriptor limit is raised to the hard one at start (a soft 1024 with keep-alive
+/// connections idling for an hour would otherwise fill the connection cap).
+#[tokio::test]
+async fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+    let upstream = Upstream::start("fast").await;
+    let options = SidecarOptions {
+        prefix: vec!["prlimit".into(), "--nofile=256:4096".into()],
+        ..Default::default()
+    };
+    let sidecar = Sidecar::start_with(&backend(upstream.addr), options).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", sidecar.pid())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = open_files.split_whitespace().collect();
+    assert_eq!(&fields[3..5], ["4096", "4096"], "{open_files}");
+}
+
 /// Up to `n` connections to `addr` (each connect bounded by 1 s), held open.
 async fn connect_many(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
     let mut held = Vec::new();

@@ -4,7 +4,7 @@
 //! and then the admin server cannot accept either: `/live` hangs and kubelet restarts the
 //! sidecar, dropping every connection. A downstream connection may hold two descriptors (its
 //! socket and an upstream connection), so the cap is half of what is left of `RLIMIT_NOFILE`
-//! (the soft limit at start) after a reserve of an eighth of it, at least [`RESERVE_MIN`], for
+//! (the soft limit at start, first raised to the hard limit) after a reserve of an eighth of it, at least [`RESERVE_MIN`], for
 //! the admin server, upstream connects, config files, certificates and the runtime's own.
 //! When the cap is reached the accept loops stop accepting: new connections wait in the
 //! listen backlog (the kernel's, bounded by it), not in the process. An upgraded connection
@@ -17,6 +17,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Descriptors kept out of the cap at least.
 const RESERVE_MIN: u64 = 64;
+
+/// The soft descriptor limit is raised to the hard one, but not above this.
+const MAX_RAISED: u64 = 1 << 20;
 
 /// The cap never goes below this, whatever the limit (a sidecar that accepts nothing helps
 /// no one).
@@ -32,9 +35,26 @@ pub struct ConnectionLimit {
 }
 
 impl ConnectionLimit {
-    /// The cap for this process's descriptor limit (no cap when it has none).
+    /// The cap for this process's descriptor limit (no cap when it has none), after raising
+    /// the soft limit to the hard one (as Go's runtime does: the soft limit is often 1024,
+    /// kept low for `select(2)`, which nothing here uses).
     pub fn from_rlimit() -> Self {
-        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let mut limit = getrlimit(Resource::Nofile);
+        if let Some(hard) = limit.maximum.map(|hard| hard.min(MAX_RAISED)) {
+            if limit.current.is_some_and(|soft| soft < hard) {
+                let raised = rustix::process::Rlimit {
+                    current: Some(hard),
+                    maximum: limit.maximum,
+                };
+                match setrlimit(Resource::Nofile, raised) {
+                    Ok(()) => limit = getrlimit(Resource::Nofile),
+                    Err(error) => {
+                        tracing::debug!(%error, "raising the soft descriptor limit failed");
+                    }
+                }
+            }
+        }
         Self::new(cap(limit.current))
     }
 
