@@ -88,9 +88,23 @@ fn target(
             // kubelet puts a relative path after the host's `/`.
             format!("/{path}")
         };
+        // The sidecar takes exactly what `http` can send (it refuses to start otherwise);
+        // kubelet is more lenient (it escapes a path with spaces or non-ASCII itself), so a
+        // probe it would take and the sidecar would not is left to kubelet.
+        if http::uri::PathAndQuery::try_from(path.as_str()).is_err() {
+            return None;
+        }
         let mut target = json!({"path": path, "port": port, "scheme": "HTTP"});
-        if let Some(headers) = http.get("httpHeaders").filter(|h| h.is_array()) {
-            target["httpHeaders"] = headers.clone();
+        if let Some(headers) = http.get("httpHeaders").and_then(Value::as_array) {
+            let sendable = headers.iter().all(|header| {
+                let text = |key| header.get(key).and_then(Value::as_str);
+                text("name").is_some_and(|n| http::HeaderName::try_from(n).is_ok())
+                    && text("value").is_some_and(|v| http::HeaderValue::try_from(v).is_ok())
+            });
+            if !sendable {
+                return None;
+            }
+            target["httpHeaders"] = Value::Array(headers.clone());
         }
         return Some(("httpGet", target));
     }
@@ -182,9 +196,17 @@ mod tests {
             "name": "other",
             "readinessProbe": {"tcpSocket": {"port": 80, "host": "10.0.0.1"}},
             "livenessProbe": {"exec": {"command": ["true"]}},
+            // kubelet escapes these itself; the sidecar could not send them as they are.
+            "startupProbe": {"httpGet": {"path": "/health check", "port": 80}},
         });
-        let mut containers = vec![untouched.clone(), elsewhere.clone()];
+        let odd_header = json!({
+            "name": "third",
+            "readinessProbe": {"httpGet": {"path": "/a<b", "port": 80}},
+            "livenessProbe": {"httpGet": {"path": "/", "port": 80,
+                "httpHeaders": [{"name": "x-bad", "value": "a\u{7}b"}]}},
+        });
+        let mut containers = vec![untouched.clone(), elsewhere.clone(), odd_header.clone()];
         assert!(rewrite(&mut containers, 15000).is_empty());
-        assert_eq!(containers, [untouched, elsewhere]);
+        assert_eq!(containers, [untouched, elsewhere, odd_header]);
     }
 }
