@@ -332,6 +332,12 @@ impl ControlClient {
             tracing::warn!(path = %path.display(), "ignoring config cache with a bad digest");
             return None;
         }
+        let version = self
+            .settings
+            .cache_dir
+            .as_deref()
+            .map_or(cached.version, |dir| bumped_version(dir, &cached));
+        let cached = Cached { version, ..cached };
         let source = format!("cache:{}", path.display());
         let config = match ficus_config::parse_snapshot(&source, &cached.documents) {
             Ok(config) => config,
@@ -556,20 +562,26 @@ impl ControlClient {
         }
     }
 
-    /// Rewrites the cached snapshot of `digest` under `version` (an `unchanged` push).
+    /// Records that the cached documents of `digest` are served under `version` now (an
+    /// `unchanged` push): a small file beside the cache, so that a version bump (with
+    /// `--kubernetes`, endpoint churn elsewhere makes one every second or so) does not rewrite
+    /// the documents. Renamed into place without fsync: a power loss may lose the newest bump,
+    /// never the documents.
     async fn bump_cache(&self, version: u64, digest: &str) {
         let Some(dir) = self.settings.cache_dir.clone() else {
             return;
         };
-        let digest = digest.to_owned();
+        let bump = Bump {
+            version,
+            digest: digest.to_owned(),
+        };
         let bumped = tokio::task::spawn_blocking(move || {
-            let text = std::fs::read_to_string(cache_file(&dir))?;
-            let mut cached: Cached = serde_json::from_str(&text).map_err(std::io::Error::other)?;
-            if cached.digest != digest {
-                return Err(std::io::Error::other("the cache holds other documents"));
-            }
-            cached.version = version;
-            write_atomically(&dir, &cached)
+            let temp = dir.join(".version.json.tmp");
+            std::fs::write(
+                &temp,
+                serde_json::to_vec(&bump).map_err(std::io::Error::other)?,
+            )?;
+            std::fs::rename(&temp, bump_file(&dir))
         })
         .await;
         match bumped {
@@ -582,6 +594,27 @@ impl ControlClient {
 
 fn cache_file(dir: &Path) -> PathBuf {
     dir.join("snapshot.json")
+}
+
+/// A newer version for the cached documents ([`ControlClient::bump_cache`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct Bump {
+    version: u64,
+    digest: String,
+}
+
+fn bump_file(dir: &Path) -> PathBuf {
+    dir.join("version.json")
+}
+
+/// The version to serve the cached documents under: a bump of the same documents to a newer
+/// version, if there is one.
+fn bumped_version(dir: &Path, cached: &Cached) -> u64 {
+    std::fs::read(bump_file(dir))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Bump>(&bytes).ok())
+        .filter(|bump| bump.digest == cached.digest)
+        .map_or(cached.version, |bump| bump.version.max(cached.version))
 }
 
 fn write_atomically(dir: &Path, cached: &Cached) -> std::io::Result<()> {
