@@ -480,12 +480,20 @@ async fn serve(
             return exit::OK;
         }
     }
-    // Spans of the last requests would otherwise wait for the exporter's next drain; within
-    // the drain timeout, which is what the pod's grace period is sized for.
+    // Spans of the last requests would otherwise wait for the exporter's next drain: what is
+    // left of the drain timeout (which the pod's grace period is sized for), at most 2 s, and
+    // at least a short floor, so that a drain cut at its timeout still sends them.
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    shared.traces.flush(left.min(Duration::from_secs(2))).await;
+    shared
+        .traces
+        .flush(left.clamp(SPAN_FLUSH_AT_EXIT.0, SPAN_FLUSH_AT_EXIT.1))
+        .await;
     exit::OK
 }
+
+/// The least and the most the last span export at exit may take.
+const SPAN_FLUSH_AT_EXIT: (Duration, Duration) =
+    (Duration::from_millis(500), Duration::from_secs(2));
 
 /// What stops the sidecar: SIGTERM, SIGINT or `/quitquitquit`.
 struct Stop {

@@ -95,6 +95,9 @@ struct Collector {
     user_agents: Arc<Mutex<Vec<String>>>,
     /// Spans each answer reports as rejected (a partial success), at most the request's.
     rejecting: Arc<AtomicU64>,
+    /// Milliseconds each export waits before it counts as received and is answered (a slow
+    /// collector: a client that goes away sooner delivered nothing).
+    answer_after_ms: Arc<AtomicU64>,
 }
 
 #[tonic::async_trait]
@@ -111,6 +114,10 @@ impl TraceService for Collector {
             .to_owned();
         if let Ok(mut agents) = self.user_agents.lock() {
             agents.push(agent);
+        }
+        let delay = self.answer_after_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         let request = request.into_inner();
         let spans: usize = request
@@ -249,6 +256,14 @@ impl OtlpReceiver {
     /// of its spans (0: accept everything).
     pub fn reject(&self, spans: u64) {
         self.collector.rejecting.store(spans, Ordering::Relaxed);
+    }
+
+    /// From now on, take each export as received, and answer it, only `delay` after it came.
+    pub fn answer_after(&self, delay: Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.collector
+            .answer_after_ms
+            .store(millis, Ordering::Relaxed);
     }
 
     /// Export requests received so far.

@@ -766,6 +766,32 @@ async fn spans_a_collector_rejects_count_as_dropped_and_the_exporter_names_itsel
     );
 }
 
+/// A connection that has had one request answered and stays open, idle.
+async fn keep_alive_connection(outbound: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(outbound).await.unwrap();
+    stream
+        .write_all(b"GET /idle HTTP/1.1\r\nhost: payments\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("the sidecar answers")
+            .unwrap();
+        assert!(n > 0, "the sidecar closed the connection");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
 #[tokio::test]
 async fn spans_of_the_last_requests_are_exported_before_exit() {
     let receiver = OtlpReceiver::start().await;
@@ -786,8 +812,14 @@ async fn spans_of_the_last_requests_are_exported_before_exit() {
         .unwrap();
     assert_eq!(response.status, 200);
     let (_, trace, _, _) = traceparent(&header(&app.last().unwrap(), "traceparent"));
+    // A keep-alive connection the client leaves open: the drain runs to its timeout, and the
+    // last export still gets its floor.
+    let idle = keep_alive_connection(sidecar.outbound).await;
+    // A collector that takes a moment: the sidecar must wait for its answer.
+    receiver.answer_after(Duration::from_millis(200));
     sidecar.terminate();
     let status = sidecar.wait_exit(WAIT).await;
+    drop(idle);
     assert!(status.success(), "{status:?}");
     // No waiting here: the sidecar exits only after the collector has answered.
     let spans = receiver.spans();
