@@ -167,11 +167,16 @@ impl UpstreamError {
         }
     }
 
-    /// Whether the request was certainly not sent (connect-phase failure).
+    /// Whether the request was certainly not sent (connect-phase failure). A failed TLS
+    /// handshake (an untrusted chain, a peer with another SPIFFE ID) is one: nothing of the
+    /// request went out.
     pub fn is_connect_failure(&self) -> bool {
         matches!(
             self,
-            Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Handshake { .. }
+            Self::Connect { .. }
+                | Self::ConnectTimeout { .. }
+                | Self::Handshake { .. }
+                | Self::Tls { .. }
         )
     }
 
@@ -815,10 +820,15 @@ impl EndpointPool {
         builder
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|source| UpstreamError::Handshake {
-                addr: self.address,
-                source,
-            })
+            .map_err(|source| self.handshake_failed(source))
+    }
+
+    /// A failed HTTP handshake on a fresh connection (nothing was sent).
+    fn handshake_failed(&self, source: hyper::Error) -> UpstreamError {
+        UpstreamError::Handshake {
+            addr: self.address,
+            source,
+        }
     }
 
     /// The HTTP/1.1 handshake on `stream`; the connection task (upgrades allowed) holds
@@ -966,14 +976,10 @@ impl EndpointPool {
                 .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
                 .keep_alive_while_idle(true);
         }
-        let (sender, connection) =
-            builder
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|source| UpstreamError::Handshake {
-                    addr: self.address,
-                    source,
-                })?;
+        let (sender, connection) = builder
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| self.handshake_failed(source))?;
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(error) = connection.await {

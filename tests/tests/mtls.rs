@@ -335,6 +335,34 @@ async fn authorization_by_peer_identity() {
     assert_eq!(app.count(), 1);
 }
 
+/// RELIABILITY TLS-2, outbound: the endpoint presents a valid chain of the mesh but another
+/// SPIFFE ID than its Backend names. The handshake is aborted, the caller gets 503 (a connect
+/// failure: nothing was sent), and the app never sees the request.
+#[tokio::test]
+async fn an_endpoint_presenting_another_identity_gets_nothing_and_the_caller_503() {
+    let (control, tokens) = control("1h").await;
+    let app = Upstream::start("payments-app").await;
+    let server = sidecar(&control, tokens.path(), "payments", Some(app.addr)).await;
+    let web = sidecar(&control, tokens.path(), "web", None).await;
+    // The Backend expects `other`; the endpoint is the `payments` sidecar.
+    let config = mesh("STRICT", server.inbound, "").replace("sa/payments\"", "sa/other\"");
+    assert!(config.contains("sa/other"), "{config}");
+    apply(&control, &config).await;
+    server.wait_ready(Duration::from_secs(30)).await;
+    web.wait_ready(Duration::from_secs(30)).await;
+    let request = http::Request::post("/charge")
+        .header("host", "payments")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let response = client::send(web.outbound, request).await.unwrap();
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert_eq!(response.header("x-ficus-error"), "upstream-connect-failure");
+    assert_eq!(app.count(), 0, "nothing reached the app");
+    let metrics = web.metrics().await;
+    let tls_failures = metrics.sum("ficus_upstream_failures_total", &[("reason", "tls")]);
+    assert!(tls_failures >= 1.0, "{tls_failures}");
+}
+
 #[tokio::test]
 async fn rotation_under_load_fails_nothing_and_outlives_the_control_plane() {
     let (mut control, _tokens, _app, server, web) = pair("10s", "").await;
