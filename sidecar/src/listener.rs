@@ -284,65 +284,48 @@ async fn serve_opaque_alpn<S>(
         let app = original.unwrap_or_else(|| snapshot.inbound.http1.address());
         (app, denied)
     };
-    if denied {
+    // What goes to the HTTP layer: the protocol and the bytes read to tell it.
+    let (protocol, read) = if denied {
         // A peer that may not use opaque TCP gets no app connection: its HTTP is served (and
         // authorized per request), anything else is closed at the detection timeout.
-        if let Some((sniffed, read)) = sniff(&mut stream, Vec::new(), server.detect_timeout, true)
-            .await
-            .filter(|(sniffed, _)| http(*sniffed).is_some())
-        {
-            let protocol = http(sniffed).unwrap_or(Protocol::Http1);
-            let io = TokioIo::new(Prefixed::new(read, stream));
-            serve_io(
-                shared,
-                side,
-                io,
-                protocol,
-                peer,
-                (identity, redirected),
-                server,
-                drain,
-            )
-            .await;
-        } else {
+        let sniffed = sniff(&mut stream, Vec::new(), server.detect_timeout, true).await;
+        let Some(to_http) = sniffed.and_then(|(sniffed, read)| Some((http(sniffed)?, read))) else {
             shared.metrics.authz_denied();
             tracing::info!(%peer, peer_id, "opaque TCP over mTLS denied by authorization policy");
+            return;
+        };
+        to_http
+    } else {
+        match first_speaker(&shared, &mut stream, app, server.detect_timeout, true).await {
+            FirstSpeaker::Client(sniffed, read, connected) => match (http(sniffed), sniffed) {
+                (Some(protocol), _) => (protocol, read),
+                // Bytes that were still undecided at the detection timeout (a request line
+                // sent in pieces): never handed to the app past the HTTP layer.
+                (None, None) => {
+                    shared.metrics.http_rejected("undecided");
+                    tracing::info!(%peer, peer_id, "opaque TCP over mTLS closed: its first bytes were still undecided");
+                    return;
+                }
+                (None, Some(_)) => {
+                    let stream = Prefixed::new(read, stream);
+                    let connected = Some(connected);
+                    crate::mtls::serve_opaque(&shared, stream, peer_id, peer, original, connected)
+                        .await;
+                    return;
+                }
+            },
+            FirstSpeaker::App(connected) => {
+                let connected = Some(connected);
+                crate::mtls::serve_opaque(&shared, stream, peer_id, peer, original, connected)
+                    .await;
+                return;
+            }
+            FirstSpeaker::Neither => return,
         }
-        return;
-    }
-    match first_speaker(&shared, &mut stream, app, server.detect_timeout, true).await {
-        FirstSpeaker::Client(sniffed, read, _) if http(sniffed).is_some() => {
-            let protocol = http(sniffed).unwrap_or(Protocol::Http1);
-            let io = TokioIo::new(Prefixed::new(read, stream));
-            serve_io(
-                shared,
-                side,
-                io,
-                protocol,
-                peer,
-                (identity, redirected),
-                server,
-                drain,
-            )
-            .await;
-        }
-        // Bytes that were still undecided at the detection timeout (a request line sent in
-        // pieces): never handed to the app past the HTTP layer.
-        FirstSpeaker::Client(None, _, _) => {
-            shared.metrics.http_rejected("undecided");
-            tracing::info!(%peer, peer_id, "opaque TCP over mTLS closed: its first bytes were still undecided");
-        }
-        FirstSpeaker::Client(_, read, connected) => {
-            let stream = Prefixed::new(read, stream);
-            crate::mtls::serve_opaque(&shared, stream, peer_id, peer, original, Some(connected))
-                .await;
-        }
-        FirstSpeaker::App(connected) => {
-            crate::mtls::serve_opaque(&shared, stream, peer_id, peer, original, Some(connected))
-                .await;
-        }
-        FirstSpeaker::Neither => {}
-    }
+    };
+    let io = TokioIo::new(Prefixed::new(read, stream));
+    let context = (identity, redirected);
+    serve_io(shared, side, io, protocol, peer, context, server, drain).await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on `io`. `context` holds the verified peer's SPIFFE ID (inbound
@@ -361,6 +344,7 @@ async fn serve_io<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (identity, redirected) = context;
+    let metrics = Arc::clone(&shared.metrics);
     // The socket counts as activity of its side while it lives, upgraded tunnels included;
     // a client that takes no bytes for the stall limit loses the connection.
     let idle = shared.snapshot.load().limits.connection_idle_timeout;
@@ -402,18 +386,78 @@ async fn serve_io<I>(
         Protocol::Http2 => {
             let connection = server.http2.serve_connection(io, service);
             let connection = IdleGoaway::new(connection, watch, idle, stall);
-            until_drained!(connection, drain).map_err(|e| e.to_string())
+            until_drained!(connection, drain)
         }
         _ => {
             let io = TokioIo::new(HeadRead::new(io.into_inner(), watch.clone()));
             let connection = server.http1.serve_connection(io, service).with_upgrades();
             let connection = HeadTimed::new(connection, watch, server.header_read_timeout, idle);
-            until_drained!(connection, drain).map_err(|e| e.to_string())
+            until_drained!(connection, drain)
         }
     };
     if let Err(error) = result {
-        tracing::debug!(%peer, %error, "downstream connection ended with an error");
+        match refusal(&error) {
+            Some(Refusal::Request(reason)) => {
+                metrics.http_rejected(reason);
+                tracing::info!(%peer, reason, %error, "request refused by the HTTP parser");
+            }
+            Some(Refusal::GoAway(reason)) => {
+                metrics.h2_goaway_sent(reason);
+                tracing::info!(%peer, reason, %error, "HTTP/2 connection closed with GOAWAY");
+            }
+            None => tracing::debug!(%peer, %error, "downstream connection ended with an error"),
+        }
     }
+}
+
+/// What hyper (or our deadlines) refused when a downstream connection ended with an error.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// A request: `ficus_http_rejected_total{reason}` (hyper answered 400/414/431 first).
+    Request(&'static str),
+    /// The HTTP/2 connection, with a GOAWAY carrying this error code.
+    GoAway(&'static str),
+}
+
+/// Sorts out the errors that are a refusal of what the client sent (RELIABILITY: each is
+/// counted and logged); a client that went away is not one.
+fn refusal(error: &head::Ended) -> Option<Refusal> {
+    let error = match error {
+        head::Ended::HeaderTimeout(_) => return Some(Refusal::Request("header_timeout")),
+        head::Ended::Hyper(error) => error,
+        head::Ended::IdleTimeout(_) | head::Ended::Stalled(_) => return None,
+    };
+    if error.is_parse_too_large() {
+        return Some(Refusal::Request("too_large"));
+    }
+    if error.is_parse() {
+        return Some(Refusal::Request("malformed"));
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            // A GOAWAY this side sent for an error of the client's (a remote one is the
+            // client's own, an I/O error is not a GOAWAY).
+            let reason = h2.reason().filter(|_| !h2.is_remote() && !h2.is_io())?;
+            return goaway_reason(reason).map(Refusal::GoAway);
+        }
+        cause = error.source();
+    }
+    None
+}
+
+/// The fixed label of an HTTP/2 error code (none for `NO_ERROR`, a graceful close).
+fn goaway_reason(reason: h2::Reason) -> Option<&'static str> {
+    Some(match reason {
+        h2::Reason::NO_ERROR => return None,
+        h2::Reason::PROTOCOL_ERROR => "protocol_error",
+        h2::Reason::FLOW_CONTROL_ERROR => "flow_control_error",
+        h2::Reason::SETTINGS_TIMEOUT => "settings_timeout",
+        h2::Reason::FRAME_SIZE_ERROR => "frame_size_error",
+        h2::Reason::COMPRESSION_ERROR => "compression_error",
+        h2::Reason::ENHANCE_YOUR_CALM => "enhance_your_calm",
+        _ => "other",
+    })
 }
 
 #[cfg(test)]

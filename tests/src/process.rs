@@ -236,6 +236,31 @@ impl Sidecar {
         crate::client::Metrics::parse(&String::from_utf8_lossy(&response.body))
     }
 
+    /// Polls `/metrics` until the samples named `name` with `labels` sum to at least `value`
+    /// (counters that move a little after what the test saw, such as at a connection's end);
+    /// panics with the last sum after `deadline`.
+    pub async fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+        deadline: Duration,
+    ) -> crate::client::Metrics {
+        let started = std::time::Instant::now();
+        loop {
+            let metrics = self.metrics().await;
+            let now = metrics.sum(name, labels);
+            if now >= value {
+                return metrics;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "{name}{labels:?} is {now}, not {value}, after {deadline:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until `/config` reports `version` (or later).
     pub async fn wait_version(&self, version: u64, deadline: Duration) {
         let started = Instant::now();

@@ -666,6 +666,10 @@ async fn http1_2_invalid_content_length_is_rejected_and_not_forwarded() {
         ));
     }
     assert!(failures.is_empty(), "HTTP1-2:\n{}", failures.join("\n"));
+    // Each refusal counted, hyper's (400/431 while parsing) and ours alike.
+    let cases = cases.len() as f64;
+    let counted = sidecar.wait_metric("ficus_http_rejected_total", &[], cases, CLOSE_DEADLINE);
+    assert_eq!(counted.await.sum("ficus_http_rejected_total", &[]), cases);
     assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
 }
 
@@ -770,13 +774,35 @@ async fn http1_4_host_rules() {
             "{name}: nothing forwarded"
         );
     }
+    // The inbound listener holds HTTP/1.1 to the same rules (it used to forward a request
+    // without Host with the app's address as its Host).
+    for request in [
+        "GET /nohost HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET /twohosts HTTP/1.1\r\nHost: echo\r\nHost: other\r\nConnection: close\r\n\r\n",
+    ] {
+        let outcome = exchange(sidecar.inbound, request.into(), CLOSE_DEADLINE).await;
+        assert_eq!(
+            outcome.status(),
+            Some(400),
+            "inbound {request:?}: {}",
+            text(&outcome)
+        );
+    }
+    // HTTP/1.0 needs no Host.
+    let outcome = exchange(
+        sidecar.inbound,
+        b"GET /old HTTP/1.0\r\n\r\n".to_vec(),
+        CLOSE_DEADLINE,
+    )
+    .await;
+    assert_ne!(outcome.status(), Some(400), "HTTP/1.0: {}", text(&outcome));
     let rejected = sidecar
         .metrics()
         .await
         .sum("ficus_http_rejected_total", &[])
         - rejected_before;
     assert_eq!(
-        rejected, 3.0,
+        rejected, 5.0,
         "every Host rejection is counted in ficus_http_rejected_total"
     );
 
@@ -924,6 +950,14 @@ async fn res3_default_header_limits() {
         "RES-3 defaults:\n{}",
         failures.join("\n")
     );
+    // hyper's own refusals are counted too, as the connection ends (RELIABILITY: every
+    // rejection bumps a counter).
+    let too_large = [("reason", "too_large")];
+    let counted = sidecar.wait_metric("ficus_http_rejected_total", &too_large, 4.0, CLOSE_DEADLINE);
+    assert_eq!(
+        counted.await.sum("ficus_http_rejected_total", &too_large),
+        4.0
+    );
     assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
 }
 
@@ -1048,6 +1082,12 @@ async fn res1_slowloris_headers_are_cut_at_the_header_timeout() {
         text(&outcome)
     );
     assert_eq!(upstream.count(), 0, "nothing forwarded");
+    let timeouts = [("reason", "header_timeout")];
+    let counted = sidecar.wait_metric("ficus_http_rejected_total", &timeouts, 1.0, CLOSE_DEADLINE);
+    assert_eq!(
+        counted.await.sum("ficus_http_rejected_total", &timeouts),
+        1.0
+    );
     assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
 }
 

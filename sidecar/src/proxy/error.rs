@@ -51,6 +51,10 @@ pub enum ProxyError {
     /// The request target is longer than we forward.
     #[error("request target of {0} bytes is too long")]
     UriTooLong(usize),
+    /// An HTTP/2 request carries more header fields (cookie crumbs and pseudo-headers
+    /// counted) than `spec.proxy.maxHeaders`; HTTP/1.1's limit is hyper's.
+    #[error("{0} header fields")]
+    TooManyHeaders(usize),
     /// The downstream stopped sending its request body (idle timeout); nothing useful can
     /// be answered upstream, and a retry is not safe.
     #[error("request body idle for too long")]
@@ -96,6 +100,11 @@ impl ProxyError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, flags::BAD_REQUEST, "bad-request"),
             Self::Denied => (StatusCode::FORBIDDEN, flags::DENIED, "denied"),
             Self::UriTooLong(_) => (StatusCode::URI_TOO_LONG, flags::BAD_REQUEST, "uri-too-long"),
+            Self::TooManyHeaders(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                flags::BAD_REQUEST,
+                "too-many-headers",
+            ),
             Self::DownstreamTimeout => (
                 StatusCode::REQUEST_TIMEOUT,
                 flags::DOWNSTREAM_TIMEOUT,

@@ -11,10 +11,22 @@ pub const MAX_REQUEST_TARGET: usize = 8 * 1024;
 /// 20-digit length is a smuggling attempt, not an upload.
 pub const MAX_CONTENT_LENGTH: u64 = 1 << 50;
 
+/// Header fields a peer sidecar may add to a request on its way (see `proxy::inbound`).
+pub const PEER_ADDED_FIELDS: usize = 16;
+
 /// Refuses requests that are malformed in ways the HTTP parser accepts, and spells the path
 /// one way: percent-encoded unreserved characters are decoded (`/%61dmin` is `/admin` to
 /// routing and authorization, as it is to the app; [`ficus_config::path`]).
-pub fn check<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
+///
+/// `max_headers` bounds an HTTP/2 request's fields, its four pseudo-headers counted (hyper
+/// holds HTTP/1.1 to it while parsing).
+pub fn check<B>(request: &mut Request<B>, max_headers: usize) -> Result<(), ProxyError> {
+    if request.version() == http::Version::HTTP_2 {
+        let fields = request.headers().len() + 4;
+        if fields > max_headers {
+            return Err(ProxyError::TooManyHeaders(fields));
+        }
+    }
     if request.method() == http::Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT tunnels are not supported"));
     }
@@ -33,10 +45,7 @@ pub fn check<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
         }
         check_path_fully(request.uri().path())?;
     }
-    let mut hosts = request.headers().get_all(HOST).iter();
-    if hosts.next().is_some() && hosts.next().is_some() {
-        return Err(ProxyError::BadRequest("more than one Host header"));
-    }
+    check_host(request)?;
     for value in request.headers().get_all(CONTENT_LENGTH) {
         let length = value
             .to_str()
@@ -47,6 +56,43 @@ pub fn check<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
         }
     }
     Ok(())
+}
+
+/// The bounded `ficus_http_rejected_total` reason of a refusal by [`check`].
+pub fn rejection_reason(error: &ProxyError) -> &'static str {
+    match error {
+        ProxyError::UriTooLong(_) => "uri_too_long",
+        ProxyError::TooManyHeaders(_) => "too_many_headers",
+        _ => "bad_request",
+    }
+}
+
+/// RELIABILITY HTTP1-4 and H2-3: one Host at most; an HTTP/1.1 request names its authority
+/// (Host, or an absolute-form target); an HTTP/2 request's `host`, if any, agrees with its
+/// `:authority`. (An absolute-form HTTP/1.1 target wins over Host, as RFC 9112 §3.2.2 says.)
+fn check_host<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if host.is_some() && hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    let authority = request.uri().authority();
+    match request.version() {
+        http::Version::HTTP_11 if host.is_none() && authority.is_none() => {
+            Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
+        }
+        http::Version::HTTP_2 => match (host, authority) {
+            (Some(host), Some(authority))
+                if !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+            {
+                Err(ProxyError::BadRequest("host differs from :authority"))
+            }
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
 }
 
 /// Replaces the request's path by its spelling with unreserved characters decoded.
@@ -119,8 +165,32 @@ fn check_path_fully(path: &str) -> Result<(), ProxyError> {
 mod tests {
     use super::*;
 
+    fn check_one<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
+        check(request, 100)
+    }
+
+    #[test]
+    fn http2_field_count_includes_the_pseudo_headers() {
+        let h2 = |fields: usize| {
+            let mut builder = Request::get("http://shop/").version(http::Version::HTTP_2);
+            for _ in 0..fields {
+                builder = builder.header("cookie", "a=b");
+            }
+            check(&mut builder.body(()).unwrap(), 100)
+        };
+        assert!(h2(96).is_ok());
+        assert!(matches!(h2(97), Err(ProxyError::TooManyHeaders(101))));
+        let error = h2(5000).unwrap_err();
+        assert_eq!(rejection_reason(&error), "too_many_headers");
+        assert_eq!(error.into_response().0.status(), 431);
+    }
+
+    /// An HTTP/1.1 GET; one naming no Host gets `host: a` unless its target is absolute.
     fn request(uri: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut builder = Request::get(uri);
+        if !uri.starts_with("http") && !headers.iter().any(|(name, _)| *name == "host") {
+            builder = builder.header("host", "a");
+        }
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
@@ -128,19 +198,46 @@ mod tests {
     }
 
     #[test]
+    fn host_rules() {
+        let bare = |version| {
+            let mut request = Request::get("/").version(version).body(()).unwrap();
+            check(&mut request, 100)
+        };
+        assert!(bare(http::Version::HTTP_11).is_err(), "HTTP/1.1 needs Host");
+        assert!(bare(http::Version::HTTP_10).is_ok());
+        assert!(bare(http::Version::HTTP_2).is_ok());
+        assert!(
+            check_one(&mut request("http://a/", &[])).is_ok(),
+            "absolute form"
+        );
+        let h2 = |host: &str| {
+            let mut request = Request::get("http://shop:8080/")
+                .version(http::Version::HTTP_2)
+                .header("host", host)
+                .body(())
+                .unwrap();
+            check(&mut request, 100)
+        };
+        assert!(h2("shop:8080").is_ok());
+        assert!(h2("SHOP:8080").is_ok(), "hosts compare without case");
+        assert!(h2("shop").is_err(), "host ≠ :authority");
+        assert!(h2("admin:8080").is_err());
+    }
+
+    #[test]
     fn refusals() {
-        assert!(check(&mut request(
+        assert!(check_one(&mut request(
             "/ok",
             &[("host", "a"), ("content-length", "10")]
         ))
         .is_ok());
         let long = format!("/{}", "a".repeat(MAX_REQUEST_TARGET));
         assert!(matches!(
-            check(&mut request(&long, &[])),
+            check_one(&mut request(&long, &[])),
             Err(ProxyError::UriTooLong(_))
         ));
-        assert!(check(&mut request("/", &[("host", "a"), ("host", "b")])).is_err());
-        assert!(check(&mut request(
+        assert!(check_one(&mut request("/", &[("host", "a"), ("host", "b")])).is_err());
+        assert!(check_one(&mut request(
             "/",
             &[("content-length", "10000000000000000000")]
         ))
@@ -150,20 +247,20 @@ mod tests {
     #[test]
     fn unreserved_escapes_are_decoded_in_the_request() {
         let mut decoded = request("/%61dmin/%7Eu?q=%61", &[]);
-        check(&mut decoded).unwrap();
+        check(&mut decoded, 100).unwrap();
         assert_eq!(
             decoded.uri(),
             "/admin/~u?q=%61",
             "the query is left as it is"
         );
         let mut absolute = request("http://shop:8080/%2D%61", &[]);
-        check(&mut absolute).unwrap();
+        check(&mut absolute, 100).unwrap();
         assert_eq!(absolute.uri(), "http://shop:8080/-a");
         let mut kept = request("/a%20b", &[]);
-        check(&mut kept).unwrap();
+        check(&mut kept, 100).unwrap();
         assert_eq!(kept.uri(), "/a%20b");
         // Decoded first, checked after: an encoded dot segment is still refused.
-        assert!(check(&mut request("/a/%2e%2E/admin", &[])).is_err());
+        assert!(check_one(&mut request("/a/%2e%2E/admin", &[])).is_err());
     }
 
     /// Which paths are ambiguous is `ficus_config::path`'s to say (tested there); here, that

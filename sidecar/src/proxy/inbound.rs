@@ -57,8 +57,16 @@ pub fn handle<'a>(
         let limits = &snapshot.limits;
         // Counts the request once even if the peer goes away and this future is dropped.
         let recorder = Recorder::new(&inbound.metrics, started);
-        if let Err(error) = super::guard::check(&mut request) {
-            shared.metrics.http_rejected("bad_request");
+        // A peer sidecar forwards what its app sent within the limit, plus the fields it adds
+        // itself (request id, forwarding and trace context, the caller's deadline).
+        let max_headers = match identity {
+            Some(_) => limits.max_headers + super::guard::PEER_ADDED_FIELDS,
+            None => limits.max_headers,
+        };
+        if let Err(error) = super::guard::check(&mut request, max_headers) {
+            shared
+                .metrics
+                .http_rejected(super::guard::rejection_reason(&error));
             let (response, flag) = error.into_response();
             let elapsed = recorder.record(&inbound.metrics, response.status().as_u16(), flag);
             span.finish(&response, flag, elapsed);

@@ -91,10 +91,14 @@ fn route_and_forward<'a, 's>(
     timer: Option<&'a TimerSlot>,
 ) -> impl Future<Output = (Response<Body>, &'s RequestMetrics, &'static str)> + use<'a, 's> {
     async move {
-        let authority = match super::guard::check(&mut request).and_then(|()| authority(&request)) {
+        let max_headers = snapshot.limits.max_headers;
+        let checked = super::guard::check(&mut request, max_headers);
+        let authority = match checked.and_then(|()| authority(&request)) {
             Ok(authority) => authority,
             Err(error) => {
-                shared.metrics.http_rejected("bad_request");
+                shared
+                    .metrics
+                    .http_rejected(super::guard::rejection_reason(&error));
                 let (response, flag) = error.into_response();
                 // Typed: an async block's output type is taken from its first return.
                 let metrics: &'s RequestMetrics = &snapshot.unrouted;

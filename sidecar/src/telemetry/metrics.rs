@@ -92,6 +92,7 @@ pub struct Metrics {
     config_updates: IntCounterVec,
     config_rejected: IntCounterVec,
     http_rejected: IntCounterVec,
+    h2_goaway_sent: IntCounterVec,
     upstream_failures: IntCounterVec,
 }
 
@@ -241,6 +242,11 @@ impl Metrics {
             "Downstream requests rejected before routing, by reason",
             "reason",
         );
+        let h2_goaway_sent = vec(
+            "ficus_h2_goaway_sent_total",
+            "HTTP/2 connections a downstream client lost to a GOAWAY with an error code, by code",
+            "reason",
+        );
         let upstream_failures = vec(
             "ficus_upstream_failures_total",
             "Upstream failures by reason",
@@ -286,6 +292,7 @@ impl Metrics {
             config_updates,
             config_rejected,
             http_rejected,
+            h2_goaway_sent,
             upstream_failures,
         };
         for collector in [
@@ -313,6 +320,7 @@ impl Metrics {
             Box::new(metrics.config_updates.clone()),
             Box::new(metrics.config_rejected.clone()),
             Box::new(metrics.http_rejected.clone()),
+            Box::new(metrics.h2_goaway_sent.clone()),
             Box::new(metrics.upstream_failures.clone()),
         ] {
             metrics
@@ -429,6 +437,12 @@ impl Metrics {
     /// Counts a request rejected before routing; `reason` is a fixed string.
     pub fn http_rejected(&self, reason: &'static str) {
         self.http_rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a GOAWAY with an error code sent to a downstream client; `reason` is the code's
+    /// fixed name.
+    pub fn h2_goaway_sent(&self, reason: &'static str) {
+        self.h2_goaway_sent.with_label_values(&[reason]).inc();
     }
 
     /// Counts a failed attempt to obtain or renew the workload certificate.
