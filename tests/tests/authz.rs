@@ -102,6 +102,15 @@ async fn ambiguous_paths_never_reach_a_protected_path() {
         let got = status(&sidecar, "GET", path).await;
         assert!(got == 403 || got == 400, "{path}: {got}");
     }
+    // A fragment in the target (`http::Uri` would drop it and leave `/admin`), raw since no
+    // client sends one: 400, for any path.
+    for path in ["/admin#x", "/public#/admin", "/public#"] {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: client.shop\r\nConnection: close\r\n\r\n");
+        let deadline = std::time::Duration::from_secs(10);
+        let outcome = client::raw_exchange(sidecar.inbound, request.as_bytes(), deadline).await;
+        assert_eq!(outcome.status(), Some(400), "{path}");
+    }
     assert_eq!(app.count(), 0, "nothing reached the app: {:?}", app.last());
     assert_eq!(status(&sidecar, "GET", "/public").await, 200);
     // The app gets the one spelling the policy saw.

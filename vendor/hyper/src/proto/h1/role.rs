@@ -222,6 +222,11 @@ impl Http1Transaction for Server {
             }
         };
 
+        // A fragment is never sent in a request target (RFC 9112 §3.2); `Uri` would drop it,
+        // so the proxy behind could route one path while the peer meant another. 400.
+        if buf[path_range.clone()].contains(&b'#') {
+            return Err(Parse::Uri);
+        }
         let slice = buf.split_to(len).freeze();
         let uri = {
             let uri_bytes = slice.slice_ref(&slice[path_range]);
