@@ -92,16 +92,7 @@ fn header(seen: &ficus_tests::upstream::Recorded, name: &str) -> String {
 /// Waits until `name` (summed) reaches `value` on `sidecar`'s `/metrics`: the exporter counts
 /// an export when the collector's answer is back, a little after the receiver has the spans.
 async fn wait_metric(sidecar: &Sidecar, name: &str, value: f64) -> ficus_tests::client::Metrics {
-    let started = Instant::now();
-    loop {
-        let metrics = sidecar.metrics().await;
-        let now = metrics.sum(name, &[]);
-        if now >= value {
-            return metrics;
-        }
-        assert!(started.elapsed() < WAIT, "{name} is {now}, not {value}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    sidecar.wait_metric(name, &[], value, WAIT).await
 }
 
 // === client sidecar → server sidecar → app, over mTLS ===
@@ -807,6 +798,12 @@ async fn spans_of_the_last_requests_are_exported_before_exit() {
         payments(app.addr)
     );
     let mut sidecar = Sidecar::start_with(&config, options).await;
+    // The exporter connects when it first exports: a first span, waited for, so that the
+    // exit flush is not also the connection's handshake.
+    let first = client::get(sidecar.outbound, "payments", "/first").await.unwrap();
+    assert_eq!(first.status, 200);
+    let (_, first_trace, _, _) = traceparent(&header(&app.last().unwrap(), "traceparent"));
+    receiver.wait_for(1, WAIT, |s| s.trace_id() == first_trace).await;
     let response = client::get(sidecar.outbound, "payments", "/last")
         .await
         .unwrap();
@@ -816,7 +813,7 @@ async fn spans_of_the_last_requests_are_exported_before_exit() {
     // last export still gets its floor.
     let idle = keep_alive_connection(sidecar.outbound).await;
     // A collector that takes a moment: the sidecar must wait for its answer.
-    receiver.answer_after(Duration::from_millis(200));
+    receiver.answer_after(Duration::from_millis(100));
     sidecar.terminate();
     let status = sidecar.wait_exit(WAIT).await;
     drop(idle);
