@@ -126,10 +126,26 @@ async fn an_invalid_file_keeps_the_old_config_serving() {
         1.0
     );
 
-    // Truncated and empty files are rejected the same way.
-    sidecar.write_config("");
-    sidecar.write_config("apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: a");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Empty and truncated files are rejected the same way: counted, and named in `/config`.
+    for (rejected, text) in [
+        (2.0, ""),
+        (
+            3.0,
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: a",
+        ),
+    ] {
+        sidecar.write_config(text);
+        let labels = [("result", "rejected")];
+        let deadline = Duration::from_secs(10);
+        let metrics =
+            sidecar.wait_metric("ficus_config_updates_total", &labels, rejected, deadline);
+        assert_eq!(
+            metrics.await.sum("ficus_config_updates_total", &labels),
+            rejected
+        );
+        let error = sidecar.config().await["last_error"].to_string();
+        assert!(error.contains(".yaml"), "{text:?}: {error}");
+    }
     assert_eq!(
         client::get(sidecar.outbound, "svc", "/")
             .await
@@ -239,6 +255,35 @@ async fn invalid_config_at_start_exits_2_naming_file_document_and_field() {
     let (status, stderr) = run_sidecar(&args).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("nope.yaml"), "{stderr}");
+
+    // RELIABILITY CFG-3: an empty file and an unknown field stop the start too. (An unreadable
+    // file cannot be made here: the tests run as root, who reads any mode.)
+    for (name, text, names) in [
+        ("empty.yaml", "", "empty.yaml"),
+        (
+            "unknown.yaml",
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {name: b, namespace: shop}\n\
+             spec: {endpoints: [{address: \"127.0.0.1:9\"}], colour: blue}\n",
+            "spec.colour",
+        ),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let args = [
+            "--config",
+            file.to_str().unwrap(),
+            "--outbound",
+            &o,
+            "--inbound",
+            &i,
+            "--admin",
+            &a,
+        ];
+        let (status, stderr) = run_sidecar(&args).await;
+        assert_eq!(status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(name), "{name}: {stderr}");
+        assert!(stderr.contains(names), "{name}: {stderr}");
+    }
 
     let (status, _) = run_sidecar(&["--outbound", "not-an-address"]).await;
     assert_eq!(status.code(), Some(2), "bad flags exit 2");

@@ -908,6 +908,15 @@ fn long_uri_request() -> Vec<u8> {
     .into_bytes()
 }
 
+/// A request whose target (path and query) is `size` bytes long.
+fn target_of_size(size: usize) -> Vec<u8> {
+    format!(
+        "GET /{} HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n",
+        "t".repeat(size - 1)
+    )
+    .into_bytes()
+}
+
 #[tokio::test]
 async fn res3_default_header_limits() {
     let upstream = Upstream::start("echo").await;
@@ -942,6 +951,17 @@ async fn res3_default_header_limits() {
             "a 64 KiB URI",
             long_uri_request(),
             Expect::Rejected(&[414, 431]),
+        ),
+        // Within the header limits, the proxy's own 8 KiB bound on the target.
+        (
+            "an 8 KiB target",
+            target_of_size(8 * 1024),
+            Expect::Forwarded,
+        ),
+        (
+            "an 8 KiB + 1 byte target",
+            target_of_size(8 * 1024 + 1),
+            Expect::Rejected(&[414]),
         ),
     ];
     let failures = check_limits(sidecar.outbound, &upstream, cases).await;
