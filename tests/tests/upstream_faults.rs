@@ -103,7 +103,7 @@ async fn serve_fault(mut stream: TcpStream, fault: Fault) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // RST, not FIN.
-    let _ = stream.set_linger(Some(Duration::ZERO));
+    let _ = stream.set_zero_linger();
     drop(stream);
 }
 
