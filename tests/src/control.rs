@@ -331,6 +331,16 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.kill_9();
+        // RELIABILITY: no panics on any input. redb's own assertions on a corrupted file are
+        // caught and reported as corruption (`store::open_database`), so they do not count.
+        let log = self.log();
+        let panics = log
+            .lines()
+            .filter(|line| line.contains("panicked at ") && !line.contains("/redb-"))
+            .collect::<Vec<_>>();
+        if !panics.is_empty() && !std::thread::panicking() {
+            panic!("ficus-control panicked during the test: {panics:?}\n{log}");
+        }
     }
 }
 

@@ -44,6 +44,49 @@ pub struct Sidecar {
     /// The config file (inside `dir`).
     pub config_path: PathBuf,
     dir: tempfile::TempDir,
+    stderr: Option<PanicWatch>,
+}
+
+/// Passes a child's stderr on to the test's and notes whether it reported a panic (a panic
+/// in a task does not end the process, so nothing else would fail the test).
+#[derive(Debug)]
+pub struct PanicWatch {
+    panicked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PanicWatch {
+    /// Starts reading `child`'s piped stderr.
+    pub fn new(child: &mut Child) -> Option<Self> {
+        use std::io::{BufRead, Write};
+        let stderr = child.stderr.take()?;
+        let panicked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::clone(&panicked);
+        let thread = std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(stderr);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                if line.windows(12).any(|w| w == b"panicked at ") {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                // Straight to the process's stderr, as an inherited descriptor would.
+                let _ = std::io::stderr().write_all(&line);
+                line.clear();
+            }
+        });
+        Some(Self {
+            panicked,
+            thread: Some(thread),
+        })
+    }
+
+    /// After the child has exited: whether it reported a panic (all of its stderr read).
+    pub fn finish(&mut self) -> bool {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.panicked.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// How to start a sidecar.
@@ -168,8 +211,10 @@ impl Sidecar {
                 std::env::var("FICUS_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        let child = command.spawn().expect("spawn ficus-sidecar");
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn ficus-sidecar");
+        let stderr = PanicWatch::new(&mut child);
         Self {
             child: Some(child),
             outbound,
@@ -177,6 +222,7 @@ impl Sidecar {
             admin,
             config_path,
             dir,
+            stderr,
         }
     }
 
@@ -336,6 +382,12 @@ impl Drop for Sidecar {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // RELIABILITY: no panics on any input. A test that is failing anyway keeps its own
+        // message.
+        let panicked = self.stderr.as_mut().is_some_and(PanicWatch::finish);
+        if panicked && !std::thread::panicking() {
+            panic!("ficus-sidecar panicked during the test (its stderr is above)");
+        }
     }
 }
 
@@ -362,5 +414,30 @@ pub async fn run_sidecar(args: &[&str]) -> (ExitStatus, String) {
             panic!("ficus-sidecar {args:?} did not exit within 20 s");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch(script: &str) -> bool {
+        let mut child = Command::new("sh")
+            .args(["-c", script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut watch = PanicWatch::new(&mut child).unwrap();
+        child.wait().unwrap();
+        watch.finish()
+    }
+
+    #[test]
+    fn a_panic_on_stderr_is_noticed() {
+        assert!(watch(
+            "echo starting >&2; echo \"thread 'ficus-worker' panicked at sidecar/src/x.rs:1:2:\" >&2"
+        ));
+        assert!(!watch("echo 'WARN nothing panicked here' >&2"));
     }
 }
