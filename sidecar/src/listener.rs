@@ -190,6 +190,8 @@ pub async fn serve_detected(
                 }
                 Err(_) => {
                     shared.metrics.tls_handshake_failed("timeout");
+                    let within = server.detect_timeout;
+                    tracing::info!(%peer, ?within, "inbound TLS handshake not complete in time");
                     return;
                 }
             };

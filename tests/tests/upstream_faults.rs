@@ -220,3 +220,52 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
     );
     assert_eq!(app.count(), 1);
 }
+
+/// A listener whose accept queue is full (it never accepts): the kernel drops further SYNs,
+/// so a connect to it neither succeeds nor fails, as with a host that went silent. Returns
+/// the address and what must stay open to keep the queue full.
+async fn silent_endpoint() -> (
+    SocketAddr,
+    tokio::net::TcpListener,
+    Vec<std::net::TcpStream>,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let filled = tokio::task::spawn_blocking(move || {
+        let mut filling = Vec::new();
+        for _ in 0..16 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                Ok(stream) => filling.push(stream),
+                Err(error) if error.kind() == std::io::ErrorKind::TimedOut => return filling,
+                Err(error) => panic!("filling the accept queue: {error}"),
+            }
+        }
+        panic!("the accept queue of {addr} never filled");
+    });
+    (addr, listener, filled.await.unwrap())
+}
+
+/// RELIABILITY promise 3: the upstream connect has a timeout (a silent endpoint is a 503, not
+/// a hang), and it is counted as such.
+#[tokio::test]
+async fn a_silent_endpoint_is_a_503_at_the_connect_timeout() {
+    let (addr, _listener, _filling) = silent_endpoint().await;
+    let mesh = "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+                spec:\n  proxy: {connectTimeout: 300ms}\n---\n";
+    let sidecar = Sidecar::start(&format!("{mesh}{}", backend("silent", addr))).await;
+    let request =
+        b"POST /x HTTP/1.1\r\nHost: silent\r\ncontent-length: 0\r\nConnection: close\r\n\r\n";
+    let outcome = client::raw_exchange(sidecar.outbound, request, DEADLINE).await;
+    assert!(outcome.closed, "answered within {DEADLINE:?}");
+    assert_eq!(outcome.status(), Some(503), "{}", text(&outcome));
+    let response = text(&outcome).to_ascii_lowercase();
+    assert!(
+        response.contains("x-ficus-error: upstream-connect-failure"),
+        "{response}"
+    );
+    let labels = [("reason", "connect_timeout")];
+    let failures = sidecar.wait_metric("ficus_upstream_failures_total", &labels, 1.0, DEADLINE);
+    assert!(failures.await.sum("ficus_upstream_failures_total", &labels) >= 1.0);
+}
