@@ -563,6 +563,8 @@ async fn a_sidecar_at_the_same_version_with_other_documents_gets_them() {
 struct ScriptedControl {
     subscriptions: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     script: Vec<Result<ficus_config::wire::ControlMessage, tonic::Status>>,
+    /// A pause before each message after the first.
+    gap: Duration,
 }
 
 #[tonic::async_trait]
@@ -583,7 +585,15 @@ impl ficus_config::wire::config_discovery_server::ConfigDiscovery for ScriptedCo
         self.subscriptions
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let ends = self.script.last().is_some_and(Result::is_err);
-        let script = futures_util::stream::iter(self.script.clone());
+        let gap = self.gap;
+        let script = futures_util::stream::iter(self.script.clone().into_iter().enumerate()).then(
+            move |(n, message)| async move {
+                if n > 0 {
+                    tokio::time::sleep(gap).await;
+                }
+                message
+            },
+        );
         if ends {
             Ok(tonic::Response::new(Box::pin(script)))
         } else {
@@ -603,6 +613,18 @@ impl ScriptedControl {
         std::sync::Arc<std::sync::atomic::AtomicUsize>,
         tokio::task::JoinHandle<()>,
     ) {
+        Self::start_paced(script, Duration::ZERO).await
+    }
+
+    /// [`ScriptedControl::start`], with `gap` before each message after the first.
+    async fn start_paced(
+        script: Vec<Result<ficus_config::wire::ControlMessage, tonic::Status>>,
+        gap: Duration,
+    ) -> (
+        String,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        tokio::task::JoinHandle<()>,
+    ) {
         use ficus_config::wire::config_discovery_server::ConfigDiscoveryServer;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -610,6 +632,7 @@ impl ScriptedControl {
         let service = ConfigDiscoveryServer::new(Self {
             subscriptions: subscriptions.clone(),
             script,
+            gap,
         });
         let server = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -683,5 +706,101 @@ async fn snapshots_refused_before_parsing_are_recorded() {
     let config = sidecar.config().await;
     let error = config["last_error"].as_str().unwrap_or_default().to_owned();
     assert!(error.contains("does not have"), "{config}");
+    server.abort();
+}
+
+/// RELIABILITY CFG-1, on the sidecar: pushes with an invalid regex, a route to a Backend that
+/// does not exist and a duplicate name, under load. Each is refused with the field it is about
+/// (in `/config`'s `last_error`) and counted as rejected from the control plane, the data plane
+/// keeps serving the last good version, and not one request fails. (`ficus-control` refuses
+/// such applies itself, so a scripted control plane sends them.)
+#[tokio::test]
+async fn bad_pushes_are_refused_naming_the_field_while_traffic_flows() {
+    use ficus_config::wire::{control_message, ControlMessage, Snapshot};
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let good = config("a", a.addr, b.addr, 1);
+    let route = |rule: &str| {
+        format!(
+            "{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: extra, namespace: shop}}\n\
+             spec:\n  parentRefs: [{{name: svc}}]\n  rules:\n  - {rule}\n",
+            good
+        )
+    };
+    let bad = [
+        (
+            route("matches: [{path: {type: RegularExpression, value: \"/(unclosed\"}}]\n    backendRefs: [{name: b}]"),
+            "spec.rules[0].matches[0].path.value",
+        ),
+        (
+            route("backendRefs: [{name: nowhere}]"),
+            "spec.rules[0].backendRefs[0].name",
+        ),
+        (
+            format!("{good}---\napiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: a, namespace: shop}}\nspec: {{endpoints: [{{address: \"{}\"}}]}}\n", b.addr),
+            "Backend shop/a",
+        ),
+    ];
+    let snapshot = |version: u64, documents: &str| {
+        let documents = documents.to_owned();
+        Ok(ControlMessage {
+            kind: Some(control_message::Kind::Snapshot(Snapshot {
+                version,
+                nonce: format!("n{version}"),
+                digest: ficus_config::wire::digest(&documents),
+                documents,
+                unchanged: false,
+                trust_bundle_pem: String::new(),
+            })),
+        })
+    };
+    let mut script = vec![snapshot(1, &good)];
+    script.extend(
+        bad.iter()
+            .zip(2..)
+            .map(|((documents, _), version)| snapshot(version, documents)),
+    );
+    // The first push at once, then one bad push a second while the load runs.
+    let (url, _subscriptions, server) =
+        ScriptedControl::start_paced(script, Duration::from_secs(1)).await;
+    let sidecar = Sidecar::start_push(&url, SidecarOptions::default()).await;
+    sidecar.wait_ready(Duration::from_secs(20)).await;
+    let load = Load::start([sidecar.outbound; 4], "svc", Duration::from_millis(5));
+    let mut errors = Vec::new();
+    for (rejected, (_, field)) in (1..).zip(&bad) {
+        let labels = [("source", "control")];
+        let deadline = Duration::from_secs(20);
+        sidecar
+            .wait_metric(
+                "ficus_config_rejected_total",
+                &labels,
+                f64::from(rejected),
+                deadline,
+            )
+            .await;
+        let config = sidecar.config().await;
+        let error = config["last_error"].as_str().unwrap_or_default().to_owned();
+        assert!(error.contains(field), "want {field:?} in {config}");
+        assert_eq!(config["version"], 1, "the last good version serves");
+        errors.push(error);
+    }
+    let (served, failed) = load.stop().await;
+    assert_eq!(
+        failed, 0,
+        "no request failed while {errors:#?} were refused"
+    );
+    assert!(served > 0);
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metrics.sum("ficus_config_updates_total", &[("result", "rejected")]),
+        3.0
+    );
+    assert_eq!(
+        client::get(sidecar.outbound, "svc", "/")
+            .await
+            .unwrap()
+            .text(),
+        "a"
+    );
     server.abort();
 }
