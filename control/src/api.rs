@@ -609,8 +609,27 @@ where
     F: std::future::Future<Output = Result<ApplyOutcome, ApplyError>> + Send + 'static,
 {
     match tokio::spawn(write(Arc::clone(state))).await {
+        Ok(Err(error)) => {
+            if let Some(reason) = refusal_reason(&error) {
+                state
+                    .metrics
+                    .writes_refused
+                    .with_label_values(&[reason])
+                    .inc();
+            }
+            apply_error(&error)
+        }
         Ok(result) => outcome(result),
         Err(error) => apply_error(&ApplyError::Task(error)),
+    }
+}
+
+/// The `ficus_control_writes_refused_total` reason of a write refused for what it asked.
+fn refusal_reason(error: &ApplyError) -> Option<&'static str> {
+    match error {
+        ApplyError::Invalid(_) => Some("invalid"),
+        ApplyError::TooLarge { .. } => Some("too_large"),
+        _ => None,
     }
 }
 

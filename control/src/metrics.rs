@@ -28,6 +28,9 @@ pub struct Metrics {
     pub tls_handshake_failed: IntCounterVec,
     /// `ficus_control_api_denied_total`: write API calls refused for want of an admin token.
     pub api_denied: IntCounter,
+    /// Writes (apply, delete, rollback) refused for their content, by reason (`invalid`,
+    /// `too_large`).
+    pub writes_refused: IntCounterVec,
     /// `ficus_control_sidecars_behind`: connected sidecars whose acknowledged version is older
     /// than the current one (set at each scrape).
     pub sidecars_behind: IntGauge,
@@ -105,6 +108,14 @@ impl Metrics {
                 "Write API calls refused for want of a valid admin token",
             )
             .expect("static metric definition"),
+            writes_refused: IntCounterVec::new(
+                Opts::new(
+                    "ficus_control_writes_refused_total",
+                    "Config writes refused for their content (validation, size), by reason",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
             sidecars_behind: IntGauge::new(
                 "ficus_control_sidecars_behind",
                 "Connected sidecars that have not acknowledged the current config version",
@@ -165,6 +176,7 @@ impl Metrics {
             Box::new(metrics.certificates.clone()),
             Box::new(metrics.tls_handshake_failed.clone()),
             Box::new(metrics.api_denied.clone()),
+            Box::new(metrics.writes_refused.clone()),
             Box::new(metrics.sidecars_behind.clone()),
             Box::new(metrics.sidecars_nacking.clone()),
             Box::new(metrics.webhook_requests.clone()),
@@ -178,6 +190,9 @@ impl Metrics {
                 .registry
                 .register(collector)
                 .expect("metric names are unique");
+        }
+        for reason in ["invalid", "too_large"] {
+            metrics.writes_refused.with_label_values(&[reason]);
         }
         Arc::new(metrics)
     }

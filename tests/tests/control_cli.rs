@@ -173,6 +173,16 @@ async fn invalid_apply_names_document_and_field_and_keeps_the_version() {
     );
 
     assert_eq!(history(&control).await.len(), 1);
+    // The control plane counts what it refused (RELIABILITY CFG-1).
+    let metrics = client::get(control.http, "control", "/metrics")
+        .await
+        .unwrap();
+    let metrics = ficus_tests::client::Metrics::parse(&metrics.text());
+    let invalid = [("reason", "invalid")];
+    assert_eq!(
+        metrics.sum("ficus_control_writes_refused_total", &invalid),
+        3.0
+    );
     let output = control.ctl(&["get", "-o", "json"]).await;
     let json: serde_json::Value = serde_json::from_str(ok(&output)).unwrap();
     assert_eq!(json["version"], 1);
