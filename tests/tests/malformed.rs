@@ -1248,6 +1248,7 @@ async fn res1_slow_request_body_is_cut_and_the_upstream_request_cancelled() {
     let (sink, mut connections, _task) = sink_upstream(None).await;
     let config = mesh(LIMITS) + &backend("echo", upstream.addr) + &backend("sink", sink);
     let sidecar = Sidecar::start(&config).await;
+    let baseline = sidecar.open_fds().len();
     // 3 of 100 body bytes, then silence (the connection stays open).
     let request = b"POST /upload HTTP/1.1\r\nHost: sink\r\nContent-Length: 100\r\n\r\nabc".to_vec();
     let outcome = exchange(sidecar.outbound, request, TIMEOUT_DEADLINE).await;
@@ -1270,6 +1271,11 @@ async fn res1_slow_request_body_is_cut_and_the_upstream_request_cancelled() {
         body < 100,
         "the upstream never got a complete body ({body} bytes)"
     );
+    // Both of the request's sockets are closed: descriptors back to where they were.
+    ficus_tests::until("descriptors back to baseline", TIMEOUT_DEADLINE, || async {
+        sidecar.open_fds().len() <= baseline
+    })
+    .await;
     assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;
 }
 
