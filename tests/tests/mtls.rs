@@ -275,8 +275,32 @@ async fn strict_refuses_plaintext_foreign_and_missing_certificates_and_tls12() {
         assert!(outcome.closed, "a foreign certificate must not get through");
     }
 
-    // openssl: no client certificate, and TLS 1.2.
-    for flags in [vec!["-tls1_3"], vec!["-tls1_2"]] {
+    // RELIABILITY TLS-1: counted as an unknown CA.
+    let unknown_ca = [("reason", "unknown_ca")];
+    let deadline = Duration::from_secs(10);
+    server
+        .wait_metric(
+            "ficus_tls_handshake_failed_total",
+            &unknown_ca,
+            1.0,
+            deadline,
+        )
+        .await;
+
+    // openssl: no client certificate (TLS 1.3), and TLS 1.2; each refused with its own alert
+    // and counted under its own reason (TLS-4).
+    for (flags, alert, reason) in [
+        (
+            vec!["-tls1_3"],
+            "alert certificate required",
+            "certificate_required",
+        ),
+        (
+            vec!["-tls1_2"],
+            "alert protocol version",
+            "protocol_version",
+        ),
+    ] {
         let (target, ca) = (server.inbound.to_string(), control.ca_file());
         // Send a request and wait for the server to close: in TLS 1.3 the server's verdict on
         // the client certificate arrives after the client considers the handshake done.
@@ -298,9 +322,14 @@ async fn strict_refuses_plaintext_foreign_and_missing_certificates_and_tls12() {
             .unwrap();
         let text = String::from_utf8_lossy(&output.stdout).into_owned()
             + &String::from_utf8_lossy(&output.stderr);
-        let refused =
-            text.contains("alert certificate required") || text.contains("alert protocol version");
-        assert!(refused, "openssl was not refused:\n{text}");
+        assert!(
+            text.contains(alert),
+            "openssl was not refused with {alert:?}:\n{text}"
+        );
+        let labels = [("reason", reason)];
+        server
+            .wait_metric("ficus_tls_handshake_failed_total", &labels, 1.0, deadline)
+            .await;
     }
     assert_eq!(app.count(), 0, "nothing reached the app");
     let metrics = server.metrics().await;
