@@ -52,8 +52,13 @@ pub struct Sidecar {
 #[derive(Debug)]
 pub struct PanicWatch {
     panicked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The last [`KEPT_STDERR`] bytes or so, for tests that look for a log line.
+    kept: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How much of a child's stderr a [`PanicWatch`] keeps.
+const KEPT_STDERR: usize = 1 << 20;
 
 impl PanicWatch {
     /// Starts reading `child`'s piped stderr.
@@ -62,6 +67,8 @@ impl PanicWatch {
         let stderr = child.stderr.take()?;
         let panicked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = std::sync::Arc::clone(&panicked);
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = std::sync::Arc::clone(&kept);
         let thread = std::thread::spawn(move || {
             let mut reader = std::io::BufReader::new(stderr);
             let mut line = Vec::new();
@@ -71,13 +78,27 @@ impl PanicWatch {
                 }
                 // Straight to the process's stderr, as an inherited descriptor would.
                 let _ = std::io::stderr().write_all(&line);
+                if let Ok(mut kept) = keep.lock() {
+                    if kept.len() + line.len() > KEPT_STDERR {
+                        let half = kept.len() / 2;
+                        kept.drain(..half);
+                    }
+                    kept.extend_from_slice(&line);
+                }
                 line.clear();
             }
         });
         Some(Self {
             panicked,
+            kept,
             thread: Some(thread),
         })
+    }
+
+    /// What the child has written to stderr so far (the last megabyte or so).
+    pub fn text(&self) -> String {
+        let kept = self.kept.lock().map(|k| k.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&kept).into_owned()
     }
 
     /// After the child has exited: whether it reported a panic (all of its stderr read).
@@ -280,6 +301,26 @@ impl Sidecar {
             .await
             .expect("GET /metrics");
         crate::client::Metrics::parse(&String::from_utf8_lossy(&response.body))
+    }
+
+    /// Polls what the sidecar logged (stderr) until it contains `text`; panics after
+    /// `deadline`.
+    pub async fn wait_log(&self, text: &str, deadline: Duration) {
+        let started = Instant::now();
+        loop {
+            if self
+                .stderr
+                .as_ref()
+                .is_some_and(|s| s.text().contains(text))
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "the sidecar did not log {text:?} within {deadline:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Polls `/metrics` until the samples named `name` with `labels` sum to at least `value`

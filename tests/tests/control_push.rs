@@ -804,3 +804,46 @@ async fn bad_pushes_are_refused_naming_the_field_while_traffic_flows() {
     );
     server.abort();
 }
+
+/// RELIABILITY CP-2: a control plane whose version counter went back (a store restored from
+/// an older backup) is followed, since it is the source of truth, but never silently: the
+/// sidecar says so in its log.
+#[tokio::test]
+async fn a_version_that_goes_back_is_taken_and_logged() {
+    use ficus_config::wire::{control_message, ControlMessage, Snapshot};
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let snapshot = |version: u64, documents: String| {
+        Ok(ControlMessage {
+            kind: Some(control_message::Kind::Snapshot(Snapshot {
+                version,
+                nonce: format!("n{version}"),
+                digest: ficus_config::wire::digest(&documents),
+                documents,
+                unchanged: false,
+                trust_bundle_pem: String::new(),
+            })),
+        })
+    };
+    let script = vec![
+        snapshot(5, config("a", a.addr, b.addr, 5)),
+        snapshot(3, config("b", a.addr, b.addr, 3)),
+    ];
+    let (url, _subscriptions, server) =
+        ScriptedControl::start_paced(script, Duration::from_millis(500)).await;
+    let sidecar = Sidecar::start_push(&url, SidecarOptions::default()).await;
+    until("version 3 served", Duration::from_secs(20), || async {
+        version(&sidecar).await == 3
+    })
+    .await;
+    assert_eq!(
+        client::get(sidecar.outbound, "svc", "/")
+            .await
+            .unwrap()
+            .text(),
+        "b"
+    );
+    sidecar
+        .wait_log("older version than the one served", Duration::from_secs(10))
+        .await;
+    server.abort();
+}
