@@ -176,6 +176,13 @@ pub async fn serve_detected(
                 shared.metrics.tls_handshake_failed("tls_not_enabled");
                 return;
             };
+            // Not certified yet (the control plane has not answered), or expired: nothing to
+            // offer.
+            if !tls.has_certificate() {
+                shared.metrics.tls_handshake_failed("no_certificate");
+                tracing::info!(%peer, "inbound TLS refused: no valid workload certificate (yet)");
+                return;
+            }
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server());
             let accepted =
                 tokio::time::timeout(server.detect_timeout, acceptor.accept(prefixed)).await;

@@ -896,3 +896,35 @@ async fn mirrors_mark_the_original_protocol_for_their_own_endpoint() {
         plain.headers
     );
 }
+
+/// RELIABILITY CP-1, at start: with its control plane down, a sidecar is not ready and its
+/// inbound listener refuses TLS (it has no certificate to offer), counted as such.
+#[tokio::test]
+async fn a_sidecar_started_without_its_control_plane_is_unready_and_refuses_tls() {
+    let (mut control, tokens) = control("1h").await;
+    let url = control.grpc_tls_url();
+    let options = control.join_options("payments", &tokens.path().join("payments"), None);
+    control.kill_9();
+    let sidecar = Sidecar::start_push(&url, options).await;
+    let ready = client::get(sidecar.admin, "admin", "/ready").await.unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.text());
+
+    let mesh_ca = std::fs::read_to_string(control.ca_file()).unwrap();
+    let bundle = ficus_identity::tls::TrustBundle::from_pem(&mesh_ca, "cluster.local").unwrap();
+    let expected = ficus_identity::SpiffeId::parse(PAYMENTS).unwrap();
+    let config = ficus_identity::tls::client_config(None, &bundle, &expected).unwrap();
+    let tcp = tokio::net::TcpStream::connect(sidecar.inbound)
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::IpAddress(sidecar.inbound.ip().into());
+    let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+    let handshake = tokio::time::timeout(Duration::from_secs(10), handshake)
+        .await
+        .expect("answered within the deadline");
+    assert!(handshake.is_err(), "no TLS before a certificate");
+    let labels = [("reason", "no_certificate")];
+    let deadline = Duration::from_secs(10);
+    sidecar
+        .wait_metric("ficus_tls_handshake_failed_total", &labels, 1.0, deadline)
+        .await;
+}
