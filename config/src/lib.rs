@@ -12,6 +12,7 @@
 //! - [`wire`] (feature `wire`): push-protocol messages and gRPC stubs.
 #![forbid(unsafe_code)]
 
+pub mod fuzz;
 pub mod model;
 pub mod path;
 pub mod raw;

@@ -27,6 +27,7 @@ pub mod control;
 pub mod deadline;
 pub mod detect;
 pub mod drain;
+pub mod fuzz;
 pub mod listener;
 pub mod mtls;
 pub mod policy;

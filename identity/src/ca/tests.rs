@@ -676,6 +676,19 @@ fn fuzz_entry_points_accept_the_seed_corpus() {
         crate::fuzz::csr(seed);
         crate::fuzz::certificate(seed);
     }
+    // The corpus files (seeds and crashers) of every identity target go through all three.
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let mut files = 0;
+    for target in ["spiffe_id", "csr", "certificate"] {
+        for entry in std::fs::read_dir(corpus.join(target)).expect("a corpus directory") {
+            let seed = std::fs::read(entry.expect("a corpus entry").path()).expect("a seed");
+            crate::fuzz::spiffe_id(&seed);
+            crate::fuzz::csr(&seed);
+            crate::fuzz::certificate(&seed);
+            files += 1;
+        }
+    }
+    assert!(files >= 3, "the identity corpus is there");
 }
 
 proptest! {

@@ -345,14 +345,14 @@ fn parse_span_id(value: &[u8]) -> Option<SpanId> {
 
 /// A parsed single `b3` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct B3Single {
+pub(crate) struct B3Single {
     ids: Option<(TraceId, SpanId, bool)>,
     sampled: Option<bool>,
     debug: bool,
 }
 
 /// `b3: {traceid}-{spanid}[-{sampling}[-{parentspanid}]]` or `b3: {sampling}`.
-fn parse_b3_single(value: &[u8]) -> Option<B3Single> {
+pub(crate) fn parse_b3_single(value: &[u8]) -> Option<B3Single> {
     let sampling = |s: &[u8]| match s {
         b"1" => Some((Some(true), false)),
         b"0" => Some((Some(false), false)),

@@ -1,0 +1,163 @@
+//! Entry points for the fuzz targets (`fuzz/`, outside the workspace) and for the seed corpus
+//! that `cargo test` replays (`fuzz/corpus/<target>/`). Each takes arbitrary bytes and must
+//! never panic: a panic is a bug (RELIABILITY promise 1).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::snapshot::ServerSettings;
+use crate::telemetry::trace::propagation;
+
+/// Trace context from one header value, in every format the sidecar reads.
+pub fn traceparent(data: &[u8]) {
+    let _ = propagation::parse_traceparent(data);
+    let _ = propagation::parse_b3_single(data);
+    if let Ok(value) = HeaderValue::from_bytes(data) {
+        let mut headers = HeaderMap::new();
+        for name in [
+            "traceparent",
+            "tracestate",
+            "b3",
+            "x-b3-traceid",
+            "x-b3-spanid",
+        ] {
+            headers.insert(name, value.clone());
+        }
+        let _ = propagation::extract(&headers);
+    }
+}
+
+/// `data` as the bytes a client sends on an HTTP/1.1 connection to the sidecar's server, with
+/// its default limits and its request checks.
+pub fn http1(data: &[u8]) {
+    let _ = serve(data, false);
+}
+
+/// `data` as the frames after the preface on an HTTP/2 connection to the sidecar's server.
+pub fn http2(data: &[u8]) {
+    let _ = serve(data, true);
+}
+
+/// How long one input may take; the connection is dropped after it (a stall is not a crash).
+const PER_INPUT: Duration = Duration::from_secs(2);
+
+/// Serves `data` on one connection; what the server answered.
+fn serve(data: &[u8], http2: bool) -> Vec<u8> {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return Vec::new();
+    };
+    let mut input = Vec::with_capacity(data.len() + 24);
+    if http2 {
+        input.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    }
+    input.extend_from_slice(data);
+    if http2 {
+        // A GOAWAY of the client's last: the server ends the connection once its streams are
+        // done, as an HTTP/1.1 server does at the end of a half-closed input.
+        input.extend_from_slice(&[0, 0, 8, 7, 0, 0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+    }
+    runtime.block_on(async move {
+        let limits = ficus_config::ProxyLimits::default();
+        let settings = ServerSettings::new(&limits);
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let service = service_fn(move |mut request: Request<Incoming>| async move {
+            let checked = crate::proxy::guard::check(&mut request, limits.max_headers);
+            let body = Limited::new(request.into_body(), 1 << 20);
+            let _ = body.collect().await;
+            let status = if checked.is_ok() { 200 } else { 400 };
+            let mut response = Response::new(Empty::<Bytes>::new());
+            *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+            Ok::<_, Infallible>(response)
+        });
+        let connection = async {
+            if http2 {
+                let _ = settings
+                    .http2
+                    .serve_connection(TokioIo::new(server), service)
+                    .await;
+            } else {
+                // The whole input, then EOF: answered before the connection ends.
+                let _ = settings
+                    .http1
+                    .clone()
+                    .half_close(true)
+                    .serve_connection(TokioIo::new(server), service)
+                    .with_upgrades()
+                    .await;
+            }
+        };
+        let mut answer = Vec::new();
+        let peer = async {
+            let _ = client.write_all(&input).await;
+            if !http2 {
+                let _ = client.shutdown().await;
+            }
+            let _ = client.read_to_end(&mut answer).await;
+        };
+        let _ = tokio::time::timeout(PER_INPUT, async { tokio::join!(connection, peer) }).await;
+        answer
+    })
+}
+
+/// Every file of `fuzz/corpus/<target>/` (the seeds and the crashers found so far).
+#[cfg(test)]
+pub(crate) fn corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{} has no seeds", dir.display());
+    files
+        .iter()
+        .map(|file| std::fs::read(file).expect("a corpus file"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The harness reaches the server: a plain request is answered, a bad one refused.
+    #[test]
+    fn requests_are_served() {
+        let answer = serve(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n", false);
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+        let answer = serve(b"GET / HTTP/1.1\r\n\r\n", false);
+        assert!(answer.starts_with(b"HTTP/1.1 400"), "no Host: {answer:?}");
+        // SETTINGS, then a GET: among the server's frames, HEADERS (END_STREAM | END_HEADERS)
+        // on stream 1 starting with `:status: 200` (static index 8).
+        let seed = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/http2/get");
+        let get = std::fs::read(seed).expect("the http2 GET seed");
+        let answer = serve(&get, true);
+        let headers = [0x01, 0x05, 0, 0, 0, 1, 0x88];
+        assert!(answer.windows(7).any(|w| w == headers), "HEADERS: {answer:?}");
+    }
+
+    #[test]
+    fn the_corpus_never_panics() {
+        for seed in corpus("traceparent") {
+            traceparent(&seed);
+        }
+        for seed in corpus("http1") {
+            http1(&seed);
+        }
+        for seed in corpus("http2") {
+            http2(&seed);
+        }
+    }
+}
