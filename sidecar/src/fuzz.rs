@@ -65,7 +65,9 @@ fn serve(data: &[u8], http2: bool) -> Vec<u8> {
     if http2 {
         // A GOAWAY of the client's last: the server ends the connection once its streams are
         // done, as an HTTP/1.1 server does at the end of a half-closed input.
-        input.extend_from_slice(&[0, 0, 8, 7, 0, 0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        input.extend_from_slice(&[
+            0, 0, 8, 7, 0, 0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0,
+        ]);
     }
     runtime.block_on(async move {
         let limits = ficus_config::ProxyLimits::default();
@@ -145,7 +147,10 @@ mod tests {
         let get = std::fs::read(seed).expect("the http2 GET seed");
         let answer = serve(&get, true);
         let headers = [0x01, 0x05, 0, 0, 0, 1, 0x88];
-        assert!(answer.windows(7).any(|w| w == headers), "HEADERS: {answer:?}");
+        assert!(
+            answer.windows(7).any(|w| w == headers),
+            "HEADERS: {answer:?}"
+        );
     }
 
     #[test]
