@@ -760,15 +760,39 @@ impl ServerSettings {
             // on 64 KiB and 1 MiB bodies (benches/README.md, "Flattened writes").
             .writev(false)
             .keep_alive(true);
+        // Every HTTP/2 limit is set here rather than left to hyper's or h2's defaults, which
+        // change between releases (RELIABILITY group B; h2 ≥ 0.4.18 is pinned in Cargo.toml).
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
+            // SETTINGS_MAX_CONCURRENT_STREAMS; h2 answers streams past it with REFUSED_STREAM
+            // (H2-5).
             .max_concurrent_streams(limits.max_concurrent_streams)
+            // SETTINGS_MAX_HEADER_LIST_SIZE, counted by h2 on the decoded list (HPACK
+            // references expanded, 32 bytes per field): past it h2 answers 431 itself, past
+            // 4× it sends GOAWAY ENHANCE_YOUR_CALM and stops decoding (H2-3). It also bounds
+            // the CONTINUATION frames of one header block (H2-2): h2 allows this size over
+            // the frame size, +25 %, at least 5, then GOAWAY ENHANCE_YOUR_CALM.
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            // SETTINGS_HEADER_TABLE_SIZE: the HPACK dynamic table the client may fill, per
+            // connection (4 KiB, the RFC 7541 default and h2's).
+            .header_table_size(4096)
+            // SETTINGS_MAX_FRAME_SIZE: the protocol's minimum (16 KiB), so one frame buffers
+            // at most that much.
+            .max_frame_size(16 * 1024)
+            // Streams the client resets before hyper takes them: past this, GOAWAY
+            // ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487, H2-1).
             .max_pending_accept_reset_streams(Some(100))
+            // Streams h2 itself resets for the client's errors (malformed headers, refused
+            // streams): past this, GOAWAY ENHANCE_YOUR_CALM (RUSTSEC-2024-0003).
             .max_local_error_reset_streams(Some(1024))
+            // Flow control as RELIABILITY's limits table says: 64 KiB per stream, 1 MiB per
+            // connection (what a client may send before the proxy reads it).
             .initial_stream_window_size(64 * 1024)
             .initial_connection_window_size(1024 * 1024)
+            // Response bytes h2 buffers per stream for a slow client (hyper's default is
+            // 400 KiB): with 100 streams, a few MiB per connection at most.
+            .max_send_buf_size(64 * 1024)
             .keep_alive_interval(Some(std::time::Duration::from_secs(60)))
             .keep_alive_timeout(std::time::Duration::from_secs(20));
         Self {

@@ -7,6 +7,7 @@
 //!   and run `ficusctl` against it.
 //! - [`upstream`]: real hyper servers (HTTP/1.1 and h2c) that tests script and inspect.
 //! - [`client`]: a small hyper client and a raw TCP client for exact bytes.
+//! - [`h2raw`]: a raw HTTP/2 client: exact frames, hand-built HPACK blocks, frames read back.
 //! - [`grpc`]: gRPC clients of the control plane's `--grpc` port, over TLS or plaintext.
 //! - [`otlp`]: a real OTLP/gRPC trace receiver that records the spans sidecars export.
 //! - [`netns`]: network namespaces, veth pairs and sockets inside them (interception tests).
@@ -18,6 +19,7 @@
 pub mod client;
 pub mod control;
 pub mod grpc;
+pub mod h2raw;
 pub mod netns;
 pub mod otlp;
 pub mod process;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ficus_tests::client::{self, H1Client, H2Client};
+use ficus_tests::h2raw::RawH2;
 use ficus_tests::process::{Sidecar, SidecarOptions};
 use ficus_tests::until;
 use ficus_tests::upstream::Upstream;
@@ -517,89 +518,6 @@ async fn outbound_gets_goaway_when_the_first_drain_phase_runs_out() {
     assert!(goaway, "the connection closed without GOAWAY");
     let status = sidecar.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(0));
-}
-
-/// An HTTP/2 client on a raw socket: it sees every frame the server sends.
-struct RawH2 {
-    stream: tokio::net::TcpStream,
-}
-
-impl RawH2 {
-    const PREFACE: &'static [u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-    async fn connect(address: std::net::SocketAddr) -> Self {
-        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        let mut hello = Self::PREFACE.to_vec();
-        hello.extend_from_slice(&Self::frame(0x4, 0, 0, &[]));
-        tokio::io::AsyncWriteExt::write_all(&mut stream, &hello)
-            .await
-            .unwrap();
-        Self { stream }
-    }
-
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let length = u32::try_from(payload.len()).expect("a small frame");
-        let mut frame = length.to_be_bytes()[1..].to_vec();
-        frame.extend_from_slice(&[kind, flags]);
-        frame.extend_from_slice(&stream.to_be_bytes());
-        frame.extend_from_slice(payload);
-        frame
-    }
-
-    /// Opens stream `id` with a GET (HPACK literals, no Huffman), ending the stream.
-    async fn get(&mut self, id: u32, authority: &str, path: &str) {
-        // :method GET (static 2), :scheme http (static 6), :path and :authority as literals
-        // with indexed names (4 and 1), not indexed.
-        let mut block = vec![0x82, 0x86];
-        for (name, value) in [(4u8, path), (1u8, authority)] {
-            block.push(name);
-            block.push(u8::try_from(value.len()).expect("a short value"));
-            block.extend_from_slice(value.as_bytes());
-        }
-        // END_STREAM | END_HEADERS.
-        let headers = Self::frame(0x1, 0x5, id, &block);
-        tokio::io::AsyncWriteExt::write_all(&mut self.stream, &headers)
-            .await
-            .unwrap();
-    }
-
-    /// Reads frames (acknowledging SETTINGS and PINGs) until the server closes; whether a
-    /// GOAWAY came before. Panics if the connection is still open after `deadline`.
-    async fn goaway_before_close(&mut self, deadline: Duration) -> bool {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let until = tokio::time::Instant::now() + deadline;
-        let mut goaway = false;
-        loop {
-            let mut head = [0u8; 9];
-            match tokio::time::timeout_at(until, self.stream.read_exact(&mut head)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => return goaway,
-                Err(_) => panic!("the connection is still open after {deadline:?}"),
-            }
-            let length =
-                usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-            let mut payload = vec![0u8; length];
-            match tokio::time::timeout_at(until, self.stream.read_exact(&mut payload)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => return goaway,
-                Err(_) => panic!("the connection is still open after {deadline:?}"),
-            }
-            let (kind, flags) = (head[3], head[4]);
-            let answer = match kind {
-                0x4 if flags & 0x1 == 0 => Some(Self::frame(0x4, 0x1, 0, &[])),
-                0x6 if flags & 0x1 == 0 => Some(Self::frame(0x6, 0x1, 0, &payload)),
-                0x7 => {
-                    goaway = true;
-                    None
-                }
-                _ => None,
-            };
-            if let Some(answer) = answer {
-                // The server may have closed already; the read says so next.
-                let _ = self.stream.write_all(&answer).await;
-            }
-        }
-    }
 }
 
 #[tokio::test]
