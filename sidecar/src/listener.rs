@@ -394,7 +394,8 @@ async fn serve_io<I>(
     let result = match protocol {
         Protocol::Http2 => {
             let connection = server.http2.serve_connection(io, service);
-            let connection = IdleGoaway::new(connection, watch, idle, stall);
+            let counted = (Arc::clone(&metrics), peer);
+            let connection = IdleGoaway::new(connection, watch, (idle, stall), counted);
             until_drained!(connection, drain)
         }
         _ => {

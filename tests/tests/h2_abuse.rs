@@ -150,13 +150,12 @@ async fn h2_1_rapid_reset_gets_goaway_enhance_your_calm() {
 }
 
 /// Rapid reset paced so that hyper takes each stream before its RST_STREAM arrives: h2 counts
-/// only resets of streams not yet taken, so this variant is never told to calm down, and every
-/// stream becomes an upstream request that is cancelled at once. RELIABILITY H2-1 asks for a
-/// GOAWAY at the reset limit whatever the pace; this test says what is missing and fails until
-/// the sidecar counts a connection's cancelled streams itself (as Envoy's premature-reset
-/// limit does).
+/// only resets of streams not yet taken, so h2 alone never tells this variant to calm down,
+/// and every stream would become an upstream request cancelled at once. The sidecar counts a
+/// connection's streams reset before their responses (as Envoy's premature-reset limit does):
+/// at 100, when they are most of what the client opened, the connection gets GOAWAY (a
+/// graceful one: hyper cannot send ENHANCE_YOUR_CALM itself), counted as `premature_reset`.
 #[tokio::test]
-#[ignore = "RELIABILITY H2-1 gap: resets of streams already accepted are not limited"]
 async fn h2_1_paced_rapid_reset_gets_goaway() {
     let upstream = Upstream::start("echo").await;
     let sidecar = sidecar_with("{}", &upstream).await;
@@ -198,6 +197,19 @@ async fn h2_1_paced_rapid_reset_gets_goaway() {
         "no GOAWAY after 1000 reset streams; {} reached the upstream",
         upstream.count()
     );
+    // Stopped at the limit, not after the thousand.
+    assert!(
+        upstream.count() < 200,
+        "{} reached the upstream",
+        upstream.count()
+    );
+    let labels = [("reason", "premature_reset")];
+    let deadline = Duration::from_secs(10);
+    sidecar
+        .wait_metric("ficus_h2_goaway_sent_total", &labels, 1.0, deadline)
+        .await;
+    let before = upstream.count();
+    assert_still_serving(&sidecar, &upstream, before + 1).await;
 }
 
 // --- H2-2: CONTINUATION flood -----------------------------------------------------------------

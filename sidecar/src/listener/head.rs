@@ -36,6 +36,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,6 +55,7 @@ use tokio::time::{Instant, Sleep};
 use crate::body::BoxError;
 use crate::clock::Coarse;
 use crate::deadline::{poll_unconstrained, TimerSlot};
+use crate::telemetry::metrics::Metrics;
 
 /// The resolution of tokio's timer.
 const TICK: Duration = Duration::from_millis(1);
@@ -87,7 +89,18 @@ pub struct HeadWatch {
     /// HTTP/2: response bodies waiting for hyper to take their next frame, by the parity of
     /// the generation they began waiting in.
     waiting: [AtomicU32; 2],
+    /// HTTP/2: streams begun on the connection so far.
+    begun: AtomicU32,
+    /// HTTP/2: streams whose request was dropped before it had a response (the client reset
+    /// it: RST_STREAM).
+    cancelled: AtomicU32,
 }
+
+/// Streams a client may reset before their responses, on one HTTP/2 connection, before it is
+/// judged (with [`HeadWatch::resets_abusive`]). h2 limits resets of streams the server has not
+/// picked up yet; this limits resets of streams already handed to the proxy, whatever their
+/// pace (RELIABILITY H2-1; Envoy's premature-reset limit works the same way).
+const PREMATURE_RESETS: u32 = 100;
 
 impl HeadWatch {
     /// A watch for a connection opened now.
@@ -105,6 +118,8 @@ impl HeadWatch {
             timer: TimerSlot::new(),
             generation: AtomicU32::new(0),
             waiting: [AtomicU32::new(0), AtomicU32::new(0)],
+            begun: AtomicU32::new(0),
+            cancelled: AtomicU32::new(0),
         })
     }
 
@@ -130,11 +145,21 @@ impl HeadWatch {
     pub fn begin(self: &Arc<Self>) -> Begun {
         if self.multiplexed {
             self.streams.fetch_add(1, Ordering::Relaxed);
+            self.begun.fetch_add(1, Ordering::Relaxed);
         } else {
             self.busy.store(true, Ordering::Relaxed);
             self.head_pending.store(false, Ordering::Relaxed);
         }
         Begun(Some(Arc::clone(self)))
+    }
+
+    /// HTTP/2: whether the client has reset at least [`PREMATURE_RESETS`] streams before
+    /// their responses, and those are over half of the streams it opened: a rapid reset
+    /// however paced. The connection is then sent GOAWAY.
+    pub fn resets_abusive(&self) -> bool {
+        let cancelled = self.cancelled.load(Ordering::Relaxed);
+        cancelled >= PREMATURE_RESETS
+            && u64::from(cancelled) * 2 > u64::from(self.begun.load(Ordering::Relaxed))
     }
 
     /// The response of a request in flight ended (its body is done or dropped).
@@ -240,6 +265,11 @@ impl Begun {
 impl Drop for Begun {
     fn drop(&mut self) {
         if let Some(watch) = self.0.take() {
+            // Dropped before a response was handed over: on HTTP/2, the client reset the
+            // stream (or the connection went).
+            if watch.multiplexed {
+                watch.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
             watch.end();
         }
     }
@@ -546,6 +576,11 @@ pin_project! {
         stall: Duration,
         // GOAWAY was sent; the timer is done with.
         closing: bool,
+        // The GOAWAY was for the client's resets ([`HeadWatch::resets_abusive`]).
+        reset_flood: bool,
+        // Where such a GOAWAY is counted, and whom it went to.
+        metrics: Arc<Metrics>,
+        peer: SocketAddr,
     }
 }
 
@@ -553,12 +588,20 @@ impl<C> IdleGoaway<C> {
     /// Closes `connection` (whose service reports to `watch`, a multiplexed one) after `idle`
     /// without a stream, or once a response has waited for window for between `stall` and
     /// twice that.
-    pub fn new(connection: C, watch: Arc<HeadWatch>, idle: Duration, stall: Duration) -> Self {
+    pub fn new(
+        connection: C,
+        watch: Arc<HeadWatch>,
+        (idle, stall): (Duration, Duration),
+        (metrics, peer): (Arc<Metrics>, SocketAddr),
+    ) -> Self {
         let first = watch.opened.checked_add(idle.min(stall));
         Self {
             connection,
             sleep: tokio::time::sleep_until(first.unwrap_or(watch.opened)),
             closing: first.is_none(),
+            reset_flood: false,
+            metrics,
+            peer,
             watch,
             idle,
             stall,
@@ -581,6 +624,19 @@ impl<C: Graceful<Output = hyper::Result<()>>> Future for IdleGoaway<C> {
         loop {
             if let Poll::Ready(result) = this.connection.as_mut().poll(cx) {
                 return Poll::Ready(result.map_err(Ended::from));
+            }
+            // Streams reset by the client are dropped (by their own tasks) while the
+            // connection reads its frames; the check is one load per poll.
+            if !*this.reset_flood && this.watch.resets_abusive() {
+                *this.reset_flood = true;
+                *this.closing = true;
+                this.metrics.h2_goaway_sent("premature_reset");
+                tracing::info!(
+                    peer = %this.peer, resets = PREMATURE_RESETS,
+                    "HTTP/2 client reset most of its streams before their responses: GOAWAY"
+                );
+                this.connection.as_mut().graceful_shutdown();
+                continue;
             }
             if *this.closing || poll_unconstrained(this.sleep.as_mut(), cx).is_pending() {
                 return Poll::Pending;
@@ -610,6 +666,29 @@ impl<C: Graceful<Output = hyper::Result<()>>> Future for IdleGoaway<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resets_are_abusive_at_the_limit_when_most_streams_are_reset() {
+        let watch = HeadWatch::multiplexed();
+        // Streams answered: handed to a response body, which ends them.
+        for _ in 0..150 {
+            drop(Watched::new(http_body_util::Empty::<Bytes>::new(), watch.begin()));
+        }
+        for _ in 0..PREMATURE_RESETS {
+            drop(watch.begin());
+        }
+        assert!(!watch.resets_abusive(), "100 of 250: a client that cancels some");
+        for _ in 0..60 {
+            drop(watch.begin());
+        }
+        assert!(watch.resets_abusive(), "160 of 310");
+        // HTTP/1.1 has no streams to reset.
+        let single = HeadWatch::new();
+        for _ in 0..1000 {
+            drop(single.begin());
+        }
+        assert!(!single.resets_abusive());
+    }
 
     #[test]
     fn a_body_waiting_across_two_checks_is_a_stall() {
