@@ -134,20 +134,21 @@ async fn least_request_splits_3_to_1_within_binomial_bounds() {
     );
     let sidecar = Sidecar::start(&config).await;
     // Why a binomial bound holds: one client, one request at a time, so nothing is in flight
-    // when the sidecar picks; both upstreams answer after the same 20 ms, so their latency
-    // estimates stay within a factor of 2 of each other (only a stall of over 20 ms on one
+    // when the sidecar picks; both upstreams answer after the same 100 ms, so their latency
+    // estimates stay within a factor of 2 of each other (only a stall of over 100 ms on one
     // response could break that) and neither candidate is clearly cheaper. Then the first
-    // candidate, drawn 3:1 by weight, is taken: heavy's count is Binomial(300, 3/4), mean 225,
-    // sd 7.5. [180, 270] is 6 sd either side (the one or two requests that go to a not yet
-    // measured endpoint, which looks cheap, fit in the margin).
-    let names = answers(&sidecar, "/delay/20", 300).await;
+    // candidate, drawn 3:1 by weight, is taken: heavy's count is Binomial(150, 3/4), mean
+    // 112.5, sd 5.3. [89, 136] is 4.5 sd either side (the one or two requests that go to a not
+    // yet measured endpoint, which looks cheap, fit in the margin), while an even split
+    // (mean 75, sd 6.1) would reach 89 about once in 70 runs.
+    let names = answers(&sidecar, "/delay/100", 150).await;
     let counts = tally(&names);
     let heavy_count = counts.get("heavy").copied().unwrap_or(0);
     assert!(
-        (180..=270).contains(&heavy_count),
-        "heavy got {heavy_count} of 300: {counts:?}"
+        (89..=136).contains(&heavy_count),
+        "heavy got {heavy_count} of 150: {counts:?}"
     );
-    assert_eq!(heavy.count() + light.count(), 300);
+    assert_eq!(heavy.count() + light.count(), 150);
     assert_eq!(drained.count(), 0, "a drained endpoint gets no request");
 }
 
