@@ -382,14 +382,14 @@ async fn the_circuit_breaker_fails_fast_past_its_caps() {
 #[tokio::test]
 async fn a_wait_at_the_breaker_counts_against_the_request_timeout() {
     for rule in [
-        "timeouts: {request: 1s}",
-        "timeouts: {request: 1s}\n    retry: {attempts: 1, codes: [503]}",
+        "timeouts: {request: 3s}",
+        "timeouts: {request: 3s}\n    retry: {attempts: 1, codes: [503]}",
     ] {
         let upstream = Upstream::start("api").await;
         let policy = "connectionPool: {maxRequests: 1, maxPendingRequests: 1}";
         let sidecar = Sidecar::start(&config(upstream.addr, rule, policy)).await;
         let outbound = sidecar.outbound;
-        let first = tokio::spawn(get_once(outbound, "/delay/800"));
+        let first = tokio::spawn(get_once(outbound, "/delay/2000"));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while upstream.count() < 1 {
             assert!(
@@ -398,9 +398,10 @@ async fn a_wait_at_the_breaker_counts_against_the_request_timeout() {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // Queued behind the first for ~800 ms, this one has ~200 ms of its 1 s left for an
-        // 800 ms answer; counted from the end of the queueing it would have had a whole second.
-        let queued = get_once(outbound, "/delay/800").await;
+        // Queued behind the first for ~2 s, this one has ~1 s of its 3 s left for a 2 s
+        // answer; counted from the end of the queueing it would have had 3 s. (A second of
+        // slack either way: for this request's late start and for the first one's answer.)
+        let queued = get_once(outbound, "/delay/2000").await;
         assert_eq!(queued.status, 504, "{rule}");
         assert_eq!(first.await.unwrap().status, 200, "{rule}");
     }
