@@ -544,10 +544,12 @@ async fn fault_delays_hit_their_share_of_requests() {
 /// upstream (with and without retries) instead of answering 504 `UT` untried.
 #[tokio::test]
 async fn a_fault_delay_is_not_counted_against_the_route_deadline() {
-    let policy = "faultInjection: {delay: {percent: 100, fixed: 1s}}";
+    // The deadline is shorter than the delay, yet long enough for the exchange itself on a
+    // loaded machine.
+    let policy = "faultInjection: {delay: {percent: 100, fixed: 2s}}";
     for rule in [
-        "timeouts: {request: 300ms}",
-        "timeouts: {request: 300ms}\n    retry: {attempts: 1, codes: [503], backoff: 1ms}",
+        "timeouts: {request: 1500ms}",
+        "timeouts: {request: 1500ms}\n    retry: {attempts: 1, codes: [503], backoff: 1ms}",
     ] {
         let upstream = Upstream::start("api").await;
         let sidecar = Sidecar::start(&config(upstream.addr, rule, policy)).await;
