@@ -747,9 +747,10 @@ async fn a_failing_endpoint_is_ejected_then_returns() {
          spec: {{protocol: http, endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]}}\n---\n\
          apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: api, namespace: shop}}\n\
          spec: {{targetRef: {{kind: Backend, name: api}}, loadBalancer: {{type: RoundRobin}}, \
-         outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 1s, maxEjectionPercent: 50}}}}\n",
+         outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 5s, maxEjectionPercent: 50}}}}\n",
         flaky.addr, healthy.addr
     );
+    // The ejection must outlast the 35 requests after it and the scrape on a loaded machine.
     let sidecar = Sidecar::start(&config).await;
     let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
     let mut failed = 0;
@@ -763,7 +764,7 @@ async fn a_failing_endpoint_is_ejected_then_returns() {
     let metrics = sidecar.metrics().await;
     assert_eq!(metrics.sum("ficus_outlier_ejections_active", &[]), 1.0);
 
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(5200)).await;
     for _ in 0..20 {
         assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
     }
