@@ -788,9 +788,10 @@ async fn a_backend_with_every_endpoint_ejected_fails_fast_until_a_probe() {
          spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n---\n\
          apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: api, namespace: shop}}\n\
          spec: {{targetRef: {{kind: Backend, name: api}}, \
-         outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 1s}}}}\n",
+         outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 3s}}}}\n",
         flaky.addr
     );
+    // The ejection must outlast the ten requests after it on a loaded machine.
     let sidecar = Sidecar::start(&config).await;
     let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
     for _ in 0..3 {
@@ -817,7 +818,7 @@ async fn a_backend_with_every_endpoint_ejected_fails_fast_until_a_probe() {
         10.0
     );
     // Past the ejection time the endpoint is back on probation; it has recovered.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     for _ in 0..5 {
         assert_eq!(client.send(request("GET", "")).await.unwrap().status, 200);
     }
