@@ -1491,7 +1491,10 @@ async fn upgrades_are_not_mirrored() {
 #[tokio::test]
 async fn the_mirror_cap_survives_a_config_swap() {
     let main = Scripted::start(instant_ok).await;
-    // The mirror holds every copy for 5 s (the path the copies carry).
+    // The mirror holds every copy for 60 s (the path the copies carry), far longer than the
+    // test takes on a loaded machine; the rule's timeout lets the copies wait that long (the
+    // Mesh's default 15 s would end them sooner). Nothing waits for them at the end: the
+    // sidecar is killed and the mirror's tasks are dropped with the runtime.
     let mirror = Upstream::start("mirror").await;
     let config = |extra: &str| {
         format!(
@@ -1501,14 +1504,15 @@ async fn the_mirror_cap_survives_a_config_swap() {
              spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n---\n\
              apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
              spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  - backendRefs: [{{name: api}}]\n    \
-             filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: shadow}}}}}}]\n{extra}",
+             filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: shadow}}}}}}]\n    \
+             timeouts: {{request: 60s}}\n{extra}",
             main.addr, mirror.addr
         )
     };
     let sidecar = Sidecar::start(&config("")).await;
     let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
     let get = || {
-        Request::get("/delay/5000")
+        Request::get("/delay/60000")
             .header("host", "api.shop")
             .body(Full::new(Bytes::new()))
             .unwrap()
