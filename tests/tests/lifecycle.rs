@@ -64,18 +64,19 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
     };
     let mut sidecar = Sidecar::start_with(&backend(remote.addr), options).await;
 
+    // Answered after 5 s: the drain surely starts first, so the answers must say `close`.
     let mut in_flight = Vec::new();
     for _ in 0..5 {
         let inbound = sidecar.inbound;
         in_flight.push(tokio::spawn(async move {
             let mut client = H1Client::connect(inbound).await.unwrap();
-            client.get("client", "/delay/1500").await
+            client.get("client", "/delay/5000").await
         }));
     }
     let inbound = sidecar.inbound;
     let h2_in_flight = tokio::spawn(async move {
         let mut client = H2Client::connect(inbound).await.unwrap();
-        let request = Request::get("http://client/delay/1500")
+        let request = Request::get("http://client/delay/5000")
             .body(Full::new(Bytes::new()))
             .unwrap();
         client.send(request).await
@@ -124,9 +125,10 @@ async fn sigterm_keeps_outbound_serving_until_it_is_quiet() {
     let mut held = H1Client::connect(sidecar.outbound).await.unwrap();
     assert_eq!(held.get("slow", "/").await.unwrap().status, 200);
     let inbound = sidecar.inbound;
+    // Answered after 5 s: the drain surely starts first, so the answer must say `close`.
     let inbound_in_flight = tokio::spawn(async move {
         let mut client = H1Client::connect(inbound).await.unwrap();
-        client.get("client", "/delay/1000").await
+        client.get("client", "/delay/5000").await
     });
     wait_for(|| app.count() == 1, "the inbound request at the app").await;
 
@@ -426,9 +428,10 @@ async fn quitquitquit_drains_outbound_too_and_exits_0() {
     let mut idle = H1Client::connect(sidecar.outbound).await.unwrap();
     assert_eq!(idle.get("slow", "/").await.unwrap().status, 200);
     let outbound = sidecar.outbound;
+    // Answered after 5 s: the drain surely starts first, so the answer must say `close`.
     let in_flight = tokio::spawn(async move {
         let mut client = H1Client::connect(outbound).await.unwrap();
-        client.get("slow", "/delay/1000").await
+        client.get("slow", "/delay/5000").await
     });
     wait_for(|| upstream.count() == 2, "the slow request upstream").await;
 
