@@ -163,7 +163,7 @@ async fn app_to_app_crosses_mtls_and_the_server_app_sees_the_client_identity() {
 
 /// The calling sidecar tells the receiving one how long it waits (`x-ficus-timeout-ms`), so the
 /// receiving sidecar's own `upstreamResponseTimeout` (1 s here) no longer cuts a call that the
-/// caller's route allows 3 s, or no limit; the app never sees the header.
+/// caller's route allows 6 s, or no limit; the app never sees the header.
 #[tokio::test]
 async fn the_receiving_sidecar_waits_as_long_as_the_calling_route() {
     let (control, tokens) = control("1h").await;
@@ -171,8 +171,8 @@ async fn the_receiving_sidecar_waits_as_long_as_the_calling_route() {
     let server = sidecar(&control, tokens.path(), "payments", Some(app.addr)).await;
     let web = sidecar(&control, tokens.path(), "web", None).await;
     let routes: String = [
-        ("both", "{request: 3s, backendRequest: 3s}"),
-        ("long", "{request: 3s}"),
+        ("both", "{request: 6s, backendRequest: 6s}"),
+        ("long", "{request: 6s}"),
         ("unbounded", "{request: 0s}"),
         ("short", "{request: 1s}"),
     ]
@@ -196,8 +196,9 @@ async fn the_receiving_sidecar_waits_as_long_as_the_calling_route() {
     web.wait_ready(Duration::from_secs(30)).await;
 
     let outbound = web.outbound;
+    // Answered after 3 s: 2 s past the 1 s timeouts, 3 s within the 6 s ones.
     let get = |host: &'static str| async move {
-        let response = client::get(outbound, host, "/delay/2000").await;
+        let response = client::get(outbound, host, "/delay/3000").await;
         (host, response.unwrap().status)
     };
     // `payments` itself has no HTTPRoute: the Mesh default (1 s) is its wait on both sides.
