@@ -14,7 +14,7 @@ use http::Request;
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ROUNDS: usize = 6;
+const ROUNDS: usize = 12;
 
 /// Waits (15 s at most) until `sidecar` holds at most `bound` descriptors; what it holds then.
 async fn fds_settle(sidecar: &Sidecar, bound: usize) -> Vec<std::path::PathBuf> {
@@ -169,11 +169,15 @@ async fn mixed_traffic_leaves_no_descriptors_or_growing_memory_behind() {
         "descriptors {fds_before} → {}: {fds_after:?}",
         fds_after.len()
     );
-    // The first rounds grow the heap (buffers, pools, metric series); later rounds reuse it.
-    let settled = rss[1];
+    // The first rounds grow the heap (buffers, pools, metric series; RSS levels off after
+    // about five rounds, and any round may raise the high-water mark a little with more
+    // connections at once); later rounds reuse it. Against the highest of the first six
+    // rounds, the last six (~1,000 requests on ~250 connections) must add under 8 MiB: a leak
+    // of 10 KiB per request, or 40 KiB per connection, would add more.
+    let settled = rss[..ROUNDS / 2].iter().copied().max().unwrap_or_default();
     let last = rss[ROUNDS - 1];
     assert!(
-        last < settled + 4 * 1024,
+        last < settled + 8 * 1024,
         "RSS kept growing round after round: {rss:?} KiB"
     );
     let metrics = sidecar.metrics().await;
