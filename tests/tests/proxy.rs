@@ -384,7 +384,8 @@ async fn responses_carry_a_current_date() {
 
 #[tokio::test]
 async fn unknown_service_and_dead_upstream_get_clear_answers() {
-    let dead = ficus_tests::free_addr();
+    // The discard port: nothing listens there, and no other test can take it meanwhile.
+    let dead = "127.0.0.1:9".parse().unwrap();
     let sidecar = Sidecar::start(&backend("gone", "http", dead)).await;
     let response = client::get(sidecar.outbound, "nowhere", "/").await.unwrap();
     assert_eq!(response.status, 502);

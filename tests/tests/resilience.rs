@@ -699,7 +699,8 @@ async fn a_route_rate_limit_applies_in_the_calling_sidecar() {
 #[tokio::test]
 async fn connect_failures_are_retried_on_another_endpoint_but_never_for_a_post() {
     let live = Upstream::start("live").await;
-    let dead = ficus_tests::free_addr();
+    // The discard port: nothing listens there, and no other test can take it meanwhile.
+    let dead = "127.0.0.1:9";
     let config = format!(
         "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
          spec: {{protocol: http, endpoints: [{{address: \"{dead}\"}}, {{address: \"{}\"}}]}}\n---\n\
