@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ficus_tests::client::H1Client;
-use ficus_tests::process::Sidecar;
+use ficus_tests::process::{Sidecar, SidecarOptions};
 use ficus_tests::upstream::{TcpEcho, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -155,14 +155,15 @@ async fn least_request_splits_3_to_1_within_binomial_bounds() {
 #[tokio::test]
 async fn opaque_tcp_connections_follow_endpoint_weights() {
     let (heavy, light) = (TcpEcho::start("h:").await, TcpEcho::start("l:").await);
-    let listen = ficus_tests::free_addr();
-    let config = backend(
-        "tcp",
-        &format!(", listen: \"{listen}\""),
-        &[(heavy.addr, 3), (light.addr, 1)],
-        Some("RoundRobin"),
-    );
-    let _sidecar = Sidecar::start(&config).await;
+    let config = |listen: SocketAddr| {
+        backend(
+            "tcp",
+            &format!(", listen: \"{listen}\""),
+            &[(heavy.addr, 3), (light.addr, 1)],
+            Some("RoundRobin"),
+        )
+    };
+    let (_sidecar, listen) = Sidecar::start_listening(config, SidecarOptions::default()).await;
     let mut greetings = Vec::new();
     for _ in 0..40 {
         greetings.push(echo_greeting(listen).await);
@@ -194,8 +195,7 @@ async fn a_backend_without_endpoints_answers_503_for_its_share_and_scales_back_u
         Upstream::start("canary").await,
     );
     let echo = TcpEcho::start("t:").await;
-    let listen = ficus_tests::free_addr();
-    let config = |canary_endpoints: &str, tcp_endpoints: &str| {
+    let config = |listen: SocketAddr, canary_endpoints: &str, tcp_endpoints: &str| {
         format!(
             "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: stable, namespace: shop}}\n\
              spec: {{endpoints: [{{address: \"{}\"}}]}}\n---\n\
@@ -209,7 +209,8 @@ async fn a_backend_without_endpoints_answers_503_for_its_share_and_scales_back_u
             stable.addr
         )
     };
-    let sidecar = Sidecar::start(&config("", "")).await;
+    let options = SidecarOptions::default();
+    let (sidecar, listen) = Sidecar::start_listening(|l| config(l, "", ""), options).await;
 
     let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
     let (mut served, mut refused) = (0, 0);
@@ -255,6 +256,7 @@ async fn a_backend_without_endpoints_answers_503_for_its_share_and_scales_back_u
 
     // Scaled back up: every request is served, by both.
     sidecar.write_config(&config(
+        listen,
         &format!("{{address: \"{}\"}}", canary.addr),
         &format!("{{address: \"{}\"}}", echo.addr),
     ));

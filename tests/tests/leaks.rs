@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ficus_tests::client::{self, H1Client, H2Client};
-use ficus_tests::process::Sidecar;
+use ficus_tests::process::{Sidecar, SidecarOptions};
 use ficus_tests::upstream::{TcpEcho, Upstream, WebSocketEcho};
 use http::Request;
 use http_body_util::Full;
@@ -129,7 +129,6 @@ async fn mixed_traffic_leaves_no_descriptors_or_growing_memory_behind() {
     let api = Upstream::start("api").await;
     let chat = WebSocketEcho::start().await;
     let echo = TcpEcho::start("t:").await;
-    let tcp = ficus_tests::free_addr();
     let backend = |name: &str, protocol: &str, addr: SocketAddr| {
         format!(
             "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}, namespace: shop}}\n\
@@ -137,7 +136,7 @@ async fn mixed_traffic_leaves_no_descriptors_or_growing_memory_behind() {
         )
     };
     // Pooled upstream connections close after 1 s idle, so the descriptors can come back.
-    let config = format!(
+    let config = |tcp: SocketAddr| format!(
         "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
          spec: {{proxy: {{upstreamIdleTimeout: 1s}}}}\n---\n{}{}{}\
          apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache, namespace: shop}}\n\
@@ -147,7 +146,7 @@ async fn mixed_traffic_leaves_no_descriptors_or_growing_memory_behind() {
         backend("chat", "http", chat.addr),
         echo.addr
     );
-    let sidecar = Sidecar::start(&config).await;
+    let (sidecar, tcp) = Sidecar::start_listening(config, SidecarOptions::default()).await;
     let fds_before = sidecar.open_fds().len();
     let targets = Targets {
         outbound: sidecar.outbound,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ficus_tests::client::{self, H1Client, H2Client};
-use ficus_tests::process::Sidecar;
+use ficus_tests::process::{Sidecar, SidecarOptions};
 use ficus_tests::upstream::{TcpEcho, Upstream, WebSocketEcho};
 use http::Request;
 use http_body_util::Full;
@@ -232,8 +232,8 @@ async fn websocket_echo_through_the_proxy() {
 #[tokio::test]
 async fn opaque_tcp_with_weighted_split() {
     let (a, b) = (TcpEcho::start("a:").await, TcpEcho::start("b:").await);
-    let listen = ficus_tests::free_addr();
-    let config = format!(
+    // cache-v2's address is picked anew with cache's when the sidecar is restarted.
+    let config = |listen: std::net::SocketAddr| format!(
         "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache, namespace: shop}}\n\
          spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n---\n\
          apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache-v2, namespace: shop}}\n\
@@ -244,7 +244,7 @@ async fn opaque_tcp_with_weighted_split() {
         ficus_tests::free_addr(),
         b.addr
     );
-    let sidecar = Sidecar::start(&config).await;
+    let (sidecar, listen) = Sidecar::start_listening(config, SidecarOptions::default()).await;
     let mut greetings = std::collections::BTreeMap::new();
     for _ in 0..40 {
         let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
@@ -285,13 +285,14 @@ async fn opaque_tcp_with_weighted_split() {
 #[tokio::test]
 async fn opaque_tcp_bytes_are_counted_while_the_connection_is_open() {
     let echo = TcpEcho::start("db:").await;
-    let listen = ficus_tests::free_addr();
-    let config = format!(
-        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
-         spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n",
-        echo.addr
-    );
-    let sidecar = Sidecar::start(&config).await;
+    let config = |listen: std::net::SocketAddr| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
+             spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n",
+            echo.addr
+        )
+    };
+    let (sidecar, listen) = Sidecar::start_listening(config, SidecarOptions::default()).await;
     let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
     let chunk = vec![b'x'; 64 * 1024];
     let mut echoed = vec![0u8; 3 + chunk.len()];
