@@ -948,11 +948,11 @@ async fn sigterm_in_a_pod_refuses_inbound_while_intercepted_outbound_keeps_worki
 /// sniffed — when a config swap adds it, and stops being opaque when one removes it; the
 /// `--opaque-ports` flag and the built-in ports stay opaque throughout (merged, not
 /// replaced). The detect timeout (300 s) is far longer than any wait here, so a greeting
-/// arrives only when the sidecar did not sniff.
+/// arrives only when the sidecar did not sniff, and a sniffed port answers the client's HTTP.
 #[tokio::test]
 async fn mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped() {
     use ficus_tests::netns::{self, NsGreeter};
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let Some(world) = Pod::new("mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped") else {
         return;
@@ -990,10 +990,28 @@ async fn mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped() {
             }
         }
     };
+    // Whether the sidecar sniffs `to`: a request sent at once is answered as HTTP (the
+    // greeter's reply is no HTTP response, so the sidecar answers 502) where an opaque port
+    // would hand the client the greeting first. No wait for something not to happen.
+    let sniffed = |to: std::net::SocketAddr| {
+        let pod = &world.pod;
+        async move {
+            let mut stream = pod.connect(to).await.unwrap();
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nhost: greeter\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = [0u8; 5];
+            tokio::time::timeout(netns::TIMEOUT, stream.read_exact(&mut got))
+                .await
+                .expect("an answer or a greeting")
+                .unwrap();
+            &got == b"HTTP/"
+        }
+    };
     world.wait_version(1).await;
-    let not_opaque_wait = Duration::from_millis(500);
     assert!(
-        !greets(addr("10.77.0.2:7000"), not_opaque_wait).await,
+        sniffed(addr("10.77.0.2:7000")).await,
         "7000 is sniffed before the swap"
     );
     assert!(
@@ -1023,7 +1041,7 @@ async fn mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped() {
     sidecar.write_config(&base);
     world.wait_version(3).await;
     assert!(
-        !greets(addr("10.77.0.2:7000"), not_opaque_wait).await,
+        sniffed(addr("10.77.0.2:7000")).await,
         "7000 is sniffed again once the Mesh drops it"
     );
     assert!(
