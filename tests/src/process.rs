@@ -85,7 +85,9 @@ impl Sidecar {
     /// that exits at start (a bind failure) is started again on new ports, up to 3 times
     /// (addresses in `config` stay as they are: see [`Sidecar::start_listening`]).
     pub async fn start_with(config: &str, options: SidecarOptions) -> Self {
-        Self::start_listening(|_| config.to_owned(), options).await.0
+        Self::start_listening(|_| config.to_owned(), options)
+            .await
+            .0
     }
 
     /// [`Sidecar::start_with`] for a config with a TCP `listen:` address: `config` renders the

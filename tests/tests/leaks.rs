@@ -136,16 +136,18 @@ async fn mixed_traffic_leaves_no_descriptors_or_growing_memory_behind() {
         )
     };
     // Pooled upstream connections close after 1 s idle, so the descriptors can come back.
-    let config = |tcp: SocketAddr| format!(
-        "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
-         spec: {{proxy: {{upstreamIdleTimeout: 1s}}}}\n---\n{}{}{}\
-         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache, namespace: shop}}\n\
-         spec: {{protocol: tcp, listen: \"{tcp}\", endpoints: [{{address: \"{}\"}}]}}\n",
-        backend("web", "http", web.addr),
-        backend("api", "http2", api.addr),
-        backend("chat", "http", chat.addr),
-        echo.addr
-    );
+    let config = |tcp: SocketAddr| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
+             spec: {{proxy: {{upstreamIdleTimeout: 1s}}}}\n---\n{}{}{}\
+             apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache, namespace: shop}}\n\
+             spec: {{protocol: tcp, listen: \"{tcp}\", endpoints: [{{address: \"{}\"}}]}}\n",
+            backend("web", "http", web.addr),
+            backend("api", "http2", api.addr),
+            backend("chat", "http", chat.addr),
+            echo.addr
+        )
+    };
     let (sidecar, tcp) = Sidecar::start_listening(config, SidecarOptions::default()).await;
     let fds_before = sidecar.open_fds().len();
     let targets = Targets {

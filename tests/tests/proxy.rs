@@ -233,17 +233,19 @@ async fn websocket_echo_through_the_proxy() {
 async fn opaque_tcp_with_weighted_split() {
     let (a, b) = (TcpEcho::start("a:").await, TcpEcho::start("b:").await);
     // cache-v2's address is picked anew with cache's when the sidecar is restarted.
-    let config = |listen: std::net::SocketAddr| format!(
-        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache, namespace: shop}}\n\
-         spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n---\n\
-         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache-v2, namespace: shop}}\n\
-         spec: {{protocol: tcp, listen: \"{}\", endpoints: [{{address: \"{}\"}}]}}\n---\n\
-         apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {{name: cache, namespace: shop}}\n\
-         spec:\n  parentRefs: [{{name: cache}}]\n  rules: [{{backendRefs: [{{name: cache, weight: 1}}, {{name: cache-v2, weight: 1}}]}}]\n",
-        a.addr,
-        ficus_tests::free_addr(),
-        b.addr
-    );
+    let config = |listen: std::net::SocketAddr| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache, namespace: shop}}\n\
+             spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n---\n\
+             apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache-v2, namespace: shop}}\n\
+             spec: {{protocol: tcp, listen: \"{}\", endpoints: [{{address: \"{}\"}}]}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {{name: cache, namespace: shop}}\n\
+             spec:\n  parentRefs: [{{name: cache}}]\n  rules: [{{backendRefs: [{{name: cache, weight: 1}}, {{name: cache-v2, weight: 1}}]}}]\n",
+            a.addr,
+            ficus_tests::free_addr(),
+            b.addr
+        )
+    };
     let (sidecar, listen) = Sidecar::start_listening(config, SidecarOptions::default()).await;
     let mut greetings = std::collections::BTreeMap::new();
     for _ in 0..40 {

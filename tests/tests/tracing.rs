@@ -800,10 +800,14 @@ async fn spans_of_the_last_requests_are_exported_before_exit() {
     let mut sidecar = Sidecar::start_with(&config, options).await;
     // The exporter connects when it first exports: a first span, waited for, so that the
     // exit flush is not also the connection's handshake.
-    let first = client::get(sidecar.outbound, "payments", "/first").await.unwrap();
+    let first = client::get(sidecar.outbound, "payments", "/first")
+        .await
+        .unwrap();
     assert_eq!(first.status, 200);
     let (_, first_trace, _, _) = traceparent(&header(&app.last().unwrap(), "traceparent"));
-    receiver.wait_for(1, WAIT, |s| s.trace_id() == first_trace).await;
+    receiver
+        .wait_for(1, WAIT, |s| s.trace_id() == first_trace)
+        .await;
     let response = client::get(sidecar.outbound, "payments", "/last")
         .await
         .unwrap();
