@@ -563,7 +563,9 @@ mod tests {
         let extra = data.path().join("ca/extra-roots.pem");
         let both = format!("{}{}", ca.root_pem(), next.root_pem());
 
-        fs::write(&extra, next.root_pem()).unwrap();
+        // Written atomically: the follower polls every 20 ms and must never read half a file
+        // (a truncated PEM would be refused and counted, or counted apart from the bad text).
+        write_atomically(&extra, next.root_pem().as_bytes(), 0o644).unwrap();
         tokio::time::timeout(Duration::from_secs(30), published.changed())
             .await
             .expect("the new bundle is published")
@@ -577,7 +579,7 @@ mod tests {
         assert_eq!(roots.get(), 2);
 
         // A bad file: counted once, nothing changes, nothing is published.
-        fs::write(&extra, "not a certificate").unwrap();
+        write_atomically(&extra, b"not a certificate", 0o644).unwrap();
         let started = std::time::Instant::now();
         while failures.get() == 0 {
             assert!(

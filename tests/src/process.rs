@@ -146,12 +146,27 @@ impl Sidecar {
 
     /// Starts a sidecar with options and waits until it is ready. Free ports are picked by
     /// binding port 0 and releasing it, so another process can take one in between; a sidecar
-    /// that exits at start (a bind failure) is started again on new ports, up to 3 times.
+    /// that exits at start (a bind failure) is started again on new ports, up to 3 times
+    /// (addresses in `config` stay as they are: see [`Sidecar::start_listening`]).
     pub async fn start_with(config: &str, options: SidecarOptions) -> Self {
+        Self::start_listening(|_| config.to_owned(), options)
+            .await
+            .0
+    }
+
+    /// [`Sidecar::start_with`] for a config with a TCP `listen:` address: `config` renders the
+    /// config for a free address picked here, picked again with the other ports when the
+    /// sidecar exits at start (the port was taken in between). The sidecar, and the address
+    /// it listens on.
+    pub async fn start_listening(
+        config: impl Fn(SocketAddr) -> String,
+        options: SidecarOptions,
+    ) -> (Self, SocketAddr) {
         for _ in 0..3 {
-            let mut sidecar = Self::spawn(config, options.clone());
+            let listen = crate::free_addr();
+            let mut sidecar = Self::spawn(&config(listen), options.clone());
             if sidecar.try_wait_ready(Duration::from_secs(20)).await {
-                return sidecar;
+                return (sidecar, listen);
             }
         }
         panic!("sidecar failed to start 3 times");

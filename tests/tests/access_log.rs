@@ -154,14 +154,15 @@ async fn tcp_connections_are_logged() {
     let echo = TcpEcho::start("hi\n").await;
     let dir = tempfile::tempdir().unwrap();
     let path = log_path(&dir, "access.log");
-    let listen = ficus_tests::free_addr();
-    let config = mesh(Some(&path))
-        + &format!(
-            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
-             spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n",
-            echo.addr
-        );
-    let sidecar = Sidecar::start(&config).await;
+    let config = |listen: SocketAddr| {
+        mesh(Some(&path))
+            + &format!(
+                "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
+                 spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n",
+                echo.addr
+            )
+    };
+    let (sidecar, listen) = Sidecar::start_listening(config, SidecarOptions::default()).await;
     let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
     let mut greeting = [0u8; 3];
     stream.read_exact(&mut greeting).await.unwrap();
@@ -199,17 +200,19 @@ async fn a_tcp_connection_across_a_swap_is_logged_by_the_new_config() {
     let echo = TcpEcho::start("hi\n").await;
     let dir = tempfile::tempdir().unwrap();
     let (first, second) = (log_path(&dir, "first.log"), log_path(&dir, "second.log"));
-    let listen = ficus_tests::free_addr();
-    let db = format!(
-        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
-         spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n",
-        echo.addr
-    );
-    let sidecar = Sidecar::start(&(mesh(Some(&first)) + &db)).await;
+    let db = |listen: SocketAddr| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
+             spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n",
+            echo.addr
+        )
+    };
+    let config = |listen| mesh(Some(&first)) + &db(listen);
+    let (sidecar, listen) = Sidecar::start_listening(config, SidecarOptions::default()).await;
     let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
     let mut greeting = [0u8; 3];
     stream.read_exact(&mut greeting).await.unwrap();
-    sidecar.write_config(&(mesh(Some(&second)) + &db));
+    sidecar.write_config(&(mesh(Some(&second)) + &db(listen)));
     sidecar.wait_version(2, Duration::from_secs(10)).await;
     stream.shutdown().await.unwrap();
     let mut rest = Vec::new();

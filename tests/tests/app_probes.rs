@@ -67,8 +67,9 @@ async fn app_probes_are_relayed_to_the_app_on_loopback() {
     let status = Arc::new(AtomicU16::new(200));
     let (app, _app_task) = switchable_app(Arc::clone(&status)).await;
     let recorder = Upstream::start("recorder").await;
-    // A port nothing listens on: bound, then released.
-    let closed = ficus_tests::free_port();
+    // A port nothing listens on: the discard port (a released port could be taken by another
+    // test meanwhile).
+    let closed = 9;
     let probes = serde_json::json!({
         "/app-health/web/readyz": {"httpGet": {"path": "/healthz", "port": app.port(),
             "scheme": "HTTP"}, "timeoutSeconds": 1},

@@ -464,7 +464,8 @@ async fn corrupt_or_unusable_data_dir_is_a_clear_startup_error() {
 
 #[tokio::test]
 async fn exit_codes_for_usage_and_unreachable_server() {
-    let server = format!("http://{}", ficus_tests::free_addr());
+    // The discard port: nothing listens there, and no other test can take it meanwhile.
+    let server = "http://127.0.0.1:9".to_owned();
     let output = ficusctl(&server, &["history"], None).await;
     assert_eq!(output.code, 3, "{output:?}");
     assert!(

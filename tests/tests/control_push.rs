@@ -372,11 +372,14 @@ async fn a_burst_of_applies_coalesces_into_few_pushes() {
             .text(),
     );
     let per_sidecar = (after - before) / 2.0;
-    // Applies came every ~{burst/50}; debounced, each sidecar sees a handful of pushes. The
-    // bound is loose because a slow CI machine may space the applies past the quiet time.
+    // Applies came every ~{burst/50}; debounced, each sidecar sees a handful of pushes. Each
+    // push but the last needs 100 ms without an apply inside the burst, hence the bound. It
+    // is loose because a slow CI machine may space the applies past the quiet time (then
+    // every apply may be pushed: coalescing is shown only by a burst well under 5 s, which
+    // the debounce's unit tests cover on paused time).
     let bound = 2.0 + burst.as_secs_f64() * 10.0;
     assert!(
-        per_sidecar < 50.0 && per_sidecar <= bound,
+        per_sidecar <= bound,
         "{per_sidecar} pushes per sidecar for 50 applies in {burst:?}"
     );
     eprintln!("50 applies in {burst:?} → {per_sidecar} pushes per sidecar");

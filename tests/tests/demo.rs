@@ -161,8 +161,8 @@ fn the_demo_migrates_survives_the_fault_rolls_back_and_leaves_nothing_behind() {
     for step in ["0% v1", "10% v2", "50% v3", "100% v4"] {
         assert!(steps.contains(step), "{step} missing in {steps}");
     }
-    // Counted by the apps from the moment every sidecar ACKed the step to its end; a request
-    // routed just before the swap may still land on the monolith on a stalled machine.
+    // Counted by the apps from 0.5 s after every sidecar ACKed the step to its end, so
+    // requests routed just before the swap have been answered (unless stalled for longer).
     let observed: f64 = steps
         .rsplit_once("100% v4 (observed ")
         .and_then(|(_, rest)| rest.split('%').next())

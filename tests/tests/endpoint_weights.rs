@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ficus_tests::client::H1Client;
-use ficus_tests::process::Sidecar;
+use ficus_tests::process::{Sidecar, SidecarOptions};
 use ficus_tests::upstream::{TcpEcho, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -134,34 +134,36 @@ async fn least_request_splits_3_to_1_within_binomial_bounds() {
     );
     let sidecar = Sidecar::start(&config).await;
     // Why a binomial bound holds: one client, one request at a time, so nothing is in flight
-    // when the sidecar picks; both upstreams answer after the same 20 ms, so their latency
-    // estimates stay within a factor of 2 of each other (only a stall of over 20 ms on one
+    // when the sidecar picks; both upstreams answer after the same 100 ms, so their latency
+    // estimates stay within a factor of 2 of each other (only a stall of over 100 ms on one
     // response could break that) and neither candidate is clearly cheaper. Then the first
-    // candidate, drawn 3:1 by weight, is taken: heavy's count is Binomial(300, 3/4), mean 225,
-    // sd 7.5. [180, 270] is 6 sd either side (the one or two requests that go to a not yet
-    // measured endpoint, which looks cheap, fit in the margin).
-    let names = answers(&sidecar, "/delay/20", 300).await;
+    // candidate, drawn 3:1 by weight, is taken: heavy's count is Binomial(150, 3/4), mean
+    // 112.5, sd 5.3. [89, 136] is 4.5 sd either side (the one or two requests that go to a not
+    // yet measured endpoint, which looks cheap, fit in the margin), while an even split
+    // (mean 75, sd 6.1) would reach 89 about once in 70 runs.
+    let names = answers(&sidecar, "/delay/100", 150).await;
     let counts = tally(&names);
     let heavy_count = counts.get("heavy").copied().unwrap_or(0);
     assert!(
-        (180..=270).contains(&heavy_count),
-        "heavy got {heavy_count} of 300: {counts:?}"
+        (89..=136).contains(&heavy_count),
+        "heavy got {heavy_count} of 150: {counts:?}"
     );
-    assert_eq!(heavy.count() + light.count(), 300);
+    assert_eq!(heavy.count() + light.count(), 150);
     assert_eq!(drained.count(), 0, "a drained endpoint gets no request");
 }
 
 #[tokio::test]
 async fn opaque_tcp_connections_follow_endpoint_weights() {
     let (heavy, light) = (TcpEcho::start("h:").await, TcpEcho::start("l:").await);
-    let listen = ficus_tests::free_addr();
-    let config = backend(
-        "tcp",
-        &format!(", listen: \"{listen}\""),
-        &[(heavy.addr, 3), (light.addr, 1)],
-        Some("RoundRobin"),
-    );
-    let _sidecar = Sidecar::start(&config).await;
+    let config = |listen: SocketAddr| {
+        backend(
+            "tcp",
+            &format!(", listen: \"{listen}\""),
+            &[(heavy.addr, 3), (light.addr, 1)],
+            Some("RoundRobin"),
+        )
+    };
+    let (_sidecar, listen) = Sidecar::start_listening(config, SidecarOptions::default()).await;
     let mut greetings = Vec::new();
     for _ in 0..40 {
         greetings.push(echo_greeting(listen).await);
@@ -193,8 +195,7 @@ async fn a_backend_without_endpoints_answers_503_for_its_share_and_scales_back_u
         Upstream::start("canary").await,
     );
     let echo = TcpEcho::start("t:").await;
-    let listen = ficus_tests::free_addr();
-    let config = |canary_endpoints: &str, tcp_endpoints: &str| {
+    let config = |listen: SocketAddr, canary_endpoints: &str, tcp_endpoints: &str| {
         format!(
             "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: stable, namespace: shop}}\n\
              spec: {{endpoints: [{{address: \"{}\"}}]}}\n---\n\
@@ -208,7 +209,8 @@ async fn a_backend_without_endpoints_answers_503_for_its_share_and_scales_back_u
             stable.addr
         )
     };
-    let sidecar = Sidecar::start(&config("", "")).await;
+    let options = SidecarOptions::default();
+    let (sidecar, listen) = Sidecar::start_listening(|l| config(l, "", ""), options).await;
 
     let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
     let (mut served, mut refused) = (0, 0);
@@ -254,6 +256,7 @@ async fn a_backend_without_endpoints_answers_503_for_its_share_and_scales_back_u
 
     // Scaled back up: every request is served, by both.
     sidecar.write_config(&config(
+        listen,
         &format!("{{address: \"{}\"}}", canary.addr),
         &format!("{{address: \"{}\"}}", echo.addr),
     ));

@@ -65,18 +65,19 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
     };
     let mut sidecar = Sidecar::start_with(&backend(remote.addr), options).await;
 
+    // Answered after 5 s: the drain surely starts first, so the answers must say `close`.
     let mut in_flight = Vec::new();
     for _ in 0..5 {
         let inbound = sidecar.inbound;
         in_flight.push(tokio::spawn(async move {
             let mut client = H1Client::connect(inbound).await.unwrap();
-            client.get("client", "/delay/1500").await
+            client.get("client", "/delay/5000").await
         }));
     }
     let inbound = sidecar.inbound;
     let h2_in_flight = tokio::spawn(async move {
         let mut client = H2Client::connect(inbound).await.unwrap();
-        let request = Request::get("http://client/delay/1500")
+        let request = Request::get("http://client/delay/5000")
             .body(Full::new(Bytes::new()))
             .unwrap();
         client.send(request).await
@@ -125,9 +126,10 @@ async fn sigterm_keeps_outbound_serving_until_it_is_quiet() {
     let mut held = H1Client::connect(sidecar.outbound).await.unwrap();
     assert_eq!(held.get("slow", "/").await.unwrap().status, 200);
     let inbound = sidecar.inbound;
+    // Answered after 5 s: the drain surely starts first, so the answer must say `close`.
     let inbound_in_flight = tokio::spawn(async move {
         let mut client = H1Client::connect(inbound).await.unwrap();
-        client.get("client", "/delay/1000").await
+        client.get("client", "/delay/5000").await
     });
     wait_for(|| app.count() == 1, "the inbound request at the app").await;
 
@@ -427,9 +429,10 @@ async fn quitquitquit_drains_outbound_too_and_exits_0() {
     let mut idle = H1Client::connect(sidecar.outbound).await.unwrap();
     assert_eq!(idle.get("slow", "/").await.unwrap().status, 200);
     let outbound = sidecar.outbound;
+    // Answered after 5 s: the drain surely starts first, so the answer must say `close`.
     let in_flight = tokio::spawn(async move {
         let mut client = H1Client::connect(outbound).await.unwrap();
-        client.get("slow", "/delay/1000").await
+        client.get("slow", "/delay/5000").await
     });
     wait_for(|| upstream.count() == 2, "the slow request upstream").await;
 
@@ -863,11 +866,11 @@ async fn sigterm_in_a_pod_refuses_inbound_while_intercepted_outbound_keeps_worki
 /// sniffed — when a config swap adds it, and stops being opaque when one removes it; the
 /// `--opaque-ports` flag and the built-in ports stay opaque throughout (merged, not
 /// replaced). The detect timeout (300 s) is far longer than any wait here, so a greeting
-/// arrives only when the sidecar did not sniff.
+/// arrives only when the sidecar did not sniff, and a sniffed port answers the client's HTTP.
 #[tokio::test]
 async fn mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped() {
     use ficus_tests::netns::{self, NsGreeter};
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let Some(world) = Pod::new("mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped") else {
         return;
@@ -905,10 +908,28 @@ async fn mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped() {
             }
         }
     };
+    // Whether the sidecar sniffs `to`: a request sent at once is answered as HTTP (the
+    // greeter's reply is no HTTP response, so the sidecar answers 502) where an opaque port
+    // would hand the client the greeting first. No wait for something not to happen.
+    let sniffed = |to: std::net::SocketAddr| {
+        let pod = &world.pod;
+        async move {
+            let mut stream = pod.connect(to).await.unwrap();
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nhost: greeter\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = [0u8; 5];
+            tokio::time::timeout(netns::TIMEOUT, stream.read_exact(&mut got))
+                .await
+                .expect("an answer or a greeting")
+                .unwrap();
+            &got == b"HTTP/"
+        }
+    };
     world.wait_version(1).await;
-    let not_opaque_wait = Duration::from_millis(500);
     assert!(
-        !greets(addr("10.77.0.2:7000"), not_opaque_wait).await,
+        sniffed(addr("10.77.0.2:7000")).await,
         "7000 is sniffed before the swap"
     );
     assert!(
@@ -938,7 +959,7 @@ async fn mesh_opaque_ports_are_merged_with_the_flag_and_hot_swapped() {
     sidecar.write_config(&base);
     world.wait_version(3).await;
     assert!(
-        !greets(addr("10.77.0.2:7000"), not_opaque_wait).await,
+        sniffed(addr("10.77.0.2:7000")).await,
         "7000 is sniffed again once the Mesh drops it"
     );
     assert!(

@@ -1119,12 +1119,14 @@ async fn res1_header_timeout_spares_a_slow_response_then_ends_the_idle_connectio
     // The 1 s header timeout bounds only the wait for a request head: a response that takes
     // 1.5 s is still delivered, and the keep-alive connection is closed once it has been
     // idle for the connection idle timeout (2 s) after that response.
+    // 1.5 s + 2 s idle takes most of TIMEOUT_DEADLINE: this one waits twice as long.
+    let deadline = 2 * TIMEOUT_DEADLINE;
     let mut stream = TcpStream::connect(sidecar.outbound).await.expect("connect");
     stream
         .write_all(b"GET /delay/1500 HTTP/1.1\r\nHost: echo\r\n\r\n")
         .await
         .expect("write");
-    let outcome = client::read_until_close(&mut stream, TIMEOUT_DEADLINE).await;
+    let outcome = client::read_until_close(&mut stream, deadline).await;
     assert!(
         outcome.bytes.starts_with(b"HTTP/1.1 200"),
         "the slow response must arrive: {}",
@@ -1133,7 +1135,7 @@ async fn res1_header_timeout_spares_a_slow_response_then_ends_the_idle_connectio
     assert_eq!(outcome.responses(), 1, "one response: {}", text(&outcome));
     assert!(
         outcome.closed,
-        "idle keep-alive connection still open after {TIMEOUT_DEADLINE:?}: {}",
+        "idle keep-alive connection still open after {deadline:?}: {}",
         text(&outcome)
     );
     assert_still_serving(&sidecar, sidecar.outbound, &upstream).await;

@@ -16,6 +16,10 @@ use ficus_tests::prom::{self, Exposition, Kind};
 use ficus_tests::until;
 use ficus_tests::upstream::{hanging_upstream, send_and_abandon, Upstream};
 
+/// Backend `down`'s endpoint: the discard port, where nothing listens (a released free port
+/// could be taken by another test meanwhile).
+const DOWN: &str = "127.0.0.1:9";
+
 fn backend(name: &str, addr: SocketAddr) -> String {
     format!(
         "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: {name}, namespace: shop}}\n\
@@ -27,7 +31,7 @@ fn backend(name: &str, addr: SocketAddr) -> String {
 /// a 200 ms request timeout; `split` → 90/10 over `ok`/`other`.
 fn config(upstream: SocketAddr, other: SocketAddr) -> String {
     backend("ok", upstream)
-        + &backend("down", ficus_tests::free_addr())
+        + &backend("down", DOWN.parse().unwrap())
         + &backend("other", other)
         + "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
            metadata: {name: slow, namespace: shop}\n\
@@ -323,7 +327,7 @@ async fn control_with_a_nack() -> (ControlPlane, Sidecar, Upstream) {
     };
     let sidecar = Sidecar::start_push(&control.grpc_url(), options).await;
     let config = backend("ok", upstream.addr)
-        + &backend("down", ficus_tests::free_addr())
+        + &backend("down", DOWN.parse().unwrap())
         + "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
            metadata: {name: split, namespace: shop}\n\
            spec:\n  parentRefs: [{kind: Service, name: split}]\n  rules:\n  \

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ficus_tests::client::{self, H1Client, H2Client};
-use ficus_tests::process::Sidecar;
+use ficus_tests::process::{Sidecar, SidecarOptions};
 use ficus_tests::upstream::{TcpEcho, Upstream, WebSocketEcho};
 use http::Request;
 use http_body_util::Full;
@@ -232,19 +232,21 @@ async fn websocket_echo_through_the_proxy() {
 #[tokio::test]
 async fn opaque_tcp_with_weighted_split() {
     let (a, b) = (TcpEcho::start("a:").await, TcpEcho::start("b:").await);
-    let listen = ficus_tests::free_addr();
-    let config = format!(
-        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache, namespace: shop}}\n\
-         spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n---\n\
-         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache-v2, namespace: shop}}\n\
-         spec: {{protocol: tcp, listen: \"{}\", endpoints: [{{address: \"{}\"}}]}}\n---\n\
-         apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {{name: cache, namespace: shop}}\n\
-         spec:\n  parentRefs: [{{name: cache}}]\n  rules: [{{backendRefs: [{{name: cache, weight: 1}}, {{name: cache-v2, weight: 1}}]}}]\n",
-        a.addr,
-        ficus_tests::free_addr(),
-        b.addr
-    );
-    let sidecar = Sidecar::start(&config).await;
+    // cache-v2's address is picked anew with cache's when the sidecar is restarted.
+    let config = |listen: std::net::SocketAddr| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache, namespace: shop}}\n\
+             spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n---\n\
+             apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: cache-v2, namespace: shop}}\n\
+             spec: {{protocol: tcp, listen: \"{}\", endpoints: [{{address: \"{}\"}}]}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {{name: cache, namespace: shop}}\n\
+             spec:\n  parentRefs: [{{name: cache}}]\n  rules: [{{backendRefs: [{{name: cache, weight: 1}}, {{name: cache-v2, weight: 1}}]}}]\n",
+            a.addr,
+            ficus_tests::free_addr(),
+            b.addr
+        )
+    };
+    let (sidecar, listen) = Sidecar::start_listening(config, SidecarOptions::default()).await;
     let mut greetings = std::collections::BTreeMap::new();
     for _ in 0..40 {
         let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
@@ -285,13 +287,14 @@ async fn opaque_tcp_with_weighted_split() {
 #[tokio::test]
 async fn opaque_tcp_bytes_are_counted_while_the_connection_is_open() {
     let echo = TcpEcho::start("db:").await;
-    let listen = ficus_tests::free_addr();
-    let config = format!(
-        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
-         spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n",
-        echo.addr
-    );
-    let sidecar = Sidecar::start(&config).await;
+    let config = |listen: std::net::SocketAddr| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
+             spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n",
+            echo.addr
+        )
+    };
+    let (sidecar, listen) = Sidecar::start_listening(config, SidecarOptions::default()).await;
     let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
     let chunk = vec![b'x'; 64 * 1024];
     let mut echoed = vec![0u8; 3 + chunk.len()];
@@ -384,7 +387,8 @@ async fn responses_carry_a_current_date() {
 
 #[tokio::test]
 async fn unknown_service_and_dead_upstream_get_clear_answers() {
-    let dead = ficus_tests::free_addr();
+    // The discard port: nothing listens there, and no other test can take it meanwhile.
+    let dead = "127.0.0.1:9".parse().unwrap();
     let sidecar = Sidecar::start(&backend("gone", "http", dead)).await;
     let response = client::get(sidecar.outbound, "nowhere", "/").await.unwrap();
     assert_eq!(response.status, 502);

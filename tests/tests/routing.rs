@@ -226,16 +226,17 @@ async fn route_timeouts_outlast_the_mesh_default() {
     let config = one_second_mesh(
         upstream.addr,
         &[
-            ("long", "{request: 3s}"),
+            ("long", "{request: 6s}"),
             ("unbounded", "{request: 0s}"),
-            ("each-try", "{backendRequest: 3s}"),
+            ("each-try", "{backendRequest: 6s}"),
             ("short", "{request: 1s}"),
         ],
     );
     let sidecar = Sidecar::start(&config).await;
     let outbound = sidecar.outbound;
+    // Answered after 3 s: 2 s past the 1 s timeouts, 3 s within the 6 s ones.
     let get = |host: &'static str| async move {
-        let response = client::get(outbound, host, "/delay/2000").await;
+        let response = client::get(outbound, host, "/delay/3000").await;
         (host, response.unwrap().status)
     };
     // `slow` has no HTTPRoute: the Mesh default (1 s) is its per-try wait.

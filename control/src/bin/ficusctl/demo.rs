@@ -56,6 +56,9 @@ const BURST: u32 = 150;
 const WORKLOADS: [&str; 4] = ["gateway", "monolith", "payments-v2", "reports"];
 /// The split's steps: payments-v2's percentage and the share of `--duration` it is held.
 const STEPS: [(u32, f64); 4] = [(0, 0.10), (10, 0.15), (50, 0.15), (100, 0.15)];
+/// How long after a step's ACK its split starts being counted: requests the gateway routed by
+/// the previous split just before the swap are still being answered.
+const SETTLE: Duration = Duration::from_millis(500);
 /// Shares of `--duration` of the fault phase and of the hold after the rollback.
 const FAULT_SHARE: f64 = 0.25;
 const ROLLBACK_SHARE: f64 = 0.15;
@@ -242,6 +245,7 @@ async fn migrate(procs: &mut Processes, duration: Duration) -> Result<Finished, 
                 sidecars.len(),
                 took.as_secs_f64()
             ));
+            tokio::time::sleep(SETTLE).await;
             version
         };
         let answered = |apps: &[App]| {
