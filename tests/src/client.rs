@@ -157,6 +157,23 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], deadline: Duration) ->
     read_until_close(&mut stream, deadline).await
 }
 
+/// Reads until what came holds a whole head (`\r\n\r\n`) and returns all of it; panics if
+/// the peer closes first or `deadline` passes.
+pub async fn read_head(stream: &mut TcpStream, deadline: Duration) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let until = tokio::time::Instant::now() + deadline;
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout_at(until, stream.read(&mut buffer))
+            .await
+            .unwrap_or_else(|_| panic!("no whole head within {deadline:?}: {head:?}"))
+            .expect("read");
+        assert!(n > 0, "closed before a whole head: {head:?}");
+        head.extend_from_slice(&buffer[..n]);
+    }
+    head
+}
+
 /// Reads until the peer closes or `deadline` passes.
 pub async fn read_until_close(stream: &mut TcpStream, deadline: Duration) -> RawOutcome {
     let mut out = Vec::new();

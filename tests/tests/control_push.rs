@@ -712,6 +712,24 @@ async fn snapshots_refused_before_parsing_are_recorded() {
     server.abort();
 }
 
+/// A whole snapshot of `documents` at `version`, as the control plane pushes it.
+fn pushed(
+    version: u64,
+    documents: &str,
+) -> Result<ficus_config::wire::ControlMessage, tonic::Status> {
+    use ficus_config::wire::{control_message, ControlMessage, Snapshot};
+    Ok(ControlMessage {
+        kind: Some(control_message::Kind::Snapshot(Snapshot {
+            version,
+            nonce: format!("n{version}"),
+            digest: ficus_config::wire::digest(documents),
+            documents: documents.to_owned(),
+            unchanged: false,
+            trust_bundle_pem: String::new(),
+        })),
+    })
+}
+
 /// RELIABILITY CFG-1, on the sidecar: pushes with an invalid regex, a route to a Backend that
 /// does not exist and a duplicate name, under load. Each is refused with the field it is about
 /// (in `/config`'s `last_error`) and counted as rejected from the control plane, the data plane
@@ -719,7 +737,6 @@ async fn snapshots_refused_before_parsing_are_recorded() {
 /// such applies itself, so a scripted control plane sends them.)
 #[tokio::test]
 async fn bad_pushes_are_refused_naming_the_field_while_traffic_flows() {
-    use ficus_config::wire::{control_message, ControlMessage, Snapshot};
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let good = config("a", a.addr, b.addr, 1);
     let route = |rule: &str| {
@@ -744,24 +761,11 @@ async fn bad_pushes_are_refused_naming_the_field_while_traffic_flows() {
             "Backend shop/a",
         ),
     ];
-    let snapshot = |version: u64, documents: &str| {
-        let documents = documents.to_owned();
-        Ok(ControlMessage {
-            kind: Some(control_message::Kind::Snapshot(Snapshot {
-                version,
-                nonce: format!("n{version}"),
-                digest: ficus_config::wire::digest(&documents),
-                documents,
-                unchanged: false,
-                trust_bundle_pem: String::new(),
-            })),
-        })
-    };
-    let mut script = vec![snapshot(1, &good)];
+    let mut script = vec![pushed(1, &good)];
     script.extend(
         bad.iter()
             .zip(2..)
-            .map(|((documents, _), version)| snapshot(version, documents)),
+            .map(|((documents, _), version)| pushed(version, documents)),
     );
     // The first push at once, then one bad push a second while the load runs.
     let (url, _subscriptions, server) =
@@ -813,23 +817,10 @@ async fn bad_pushes_are_refused_naming_the_field_while_traffic_flows() {
 /// sidecar says so in its log.
 #[tokio::test]
 async fn a_version_that_goes_back_is_taken_and_logged() {
-    use ficus_config::wire::{control_message, ControlMessage, Snapshot};
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-    let snapshot = |version: u64, documents: String| {
-        Ok(ControlMessage {
-            kind: Some(control_message::Kind::Snapshot(Snapshot {
-                version,
-                nonce: format!("n{version}"),
-                digest: ficus_config::wire::digest(&documents),
-                documents,
-                unchanged: false,
-                trust_bundle_pem: String::new(),
-            })),
-        })
-    };
     let script = vec![
-        snapshot(5, config("a", a.addr, b.addr, 5)),
-        snapshot(3, config("b", a.addr, b.addr, 3)),
+        pushed(5, &config("a", a.addr, b.addr, 5)),
+        pushed(3, &config("b", a.addr, b.addr, 3)),
     ];
     let (url, _subscriptions, server) =
         ScriptedControl::start_paced(script, Duration::from_millis(500)).await;

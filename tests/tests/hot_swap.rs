@@ -206,6 +206,24 @@ async fn a_listen_address_in_use_rejects_the_reload() {
     assert_eq!(response.header("x-version"), "1");
 }
 
+/// Runs a sidecar on the config `file` until it exits (it is expected to refuse to start).
+async fn start_on_file(file: &std::path::Path) -> (std::process::ExitStatus, String) {
+    let port = || ficus_tests::free_addr().to_string();
+    let (outbound, inbound, admin) = (port(), port(), port());
+    let file = file.to_str().unwrap();
+    let args = [
+        "--config",
+        file,
+        "--outbound",
+        &outbound,
+        "--inbound",
+        &inbound,
+        "--admin",
+        &admin,
+    ];
+    run_sidecar(&args).await
+}
+
 #[tokio::test]
 async fn invalid_config_at_start_exits_2_naming_file_document_and_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -216,19 +234,7 @@ async fn invalid_config_at_start_exits_2_naming_file_document_and_field() {
          spec:\n  parentRefs: [{name: svc}]\n  rules: [{backendRefs: [{name: missing}], timeouts: {request: 2 seconds}}]\n",
     )
     .unwrap();
-    let port = |_| ficus_tests::free_addr().to_string();
-    let (o, i, a) = (port(0), port(1), port(2));
-    let args = [
-        "--config",
-        path.to_str().unwrap(),
-        "--outbound",
-        &o,
-        "--inbound",
-        &i,
-        "--admin",
-        &a,
-    ];
-    let (status, stderr) = run_sidecar(&args).await;
+    let (status, stderr) = start_on_file(&path).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("bad.yaml"), "{stderr}");
     assert!(stderr.contains("HTTPRoute shop/r"), "{stderr}");
@@ -242,17 +248,7 @@ async fn invalid_config_at_start_exits_2_naming_file_document_and_field() {
     );
 
     let missing = dir.path().join("nope.yaml");
-    let args = [
-        "--config",
-        missing.to_str().unwrap(),
-        "--outbound",
-        &o,
-        "--inbound",
-        &i,
-        "--admin",
-        &a,
-    ];
-    let (status, stderr) = run_sidecar(&args).await;
+    let (status, stderr) = start_on_file(&missing).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("nope.yaml"), "{stderr}");
 
@@ -269,17 +265,7 @@ async fn invalid_config_at_start_exits_2_naming_file_document_and_field() {
     ] {
         let file = dir.path().join(name);
         std::fs::write(&file, text).unwrap();
-        let args = [
-            "--config",
-            file.to_str().unwrap(),
-            "--outbound",
-            &o,
-            "--inbound",
-            &i,
-            "--admin",
-            &a,
-        ];
-        let (status, stderr) = run_sidecar(&args).await;
+        let (status, stderr) = start_on_file(&file).await;
         assert_eq!(status.code(), Some(2), "{name}: {stderr}");
         assert!(stderr.contains(name), "{name}: {stderr}");
         assert!(stderr.contains(names), "{name}: {stderr}");

@@ -759,22 +759,13 @@ async fn spans_a_collector_rejects_count_as_dropped_and_the_exporter_names_itsel
 
 /// A connection that has had one request answered and stays open, idle.
 async fn keep_alive_connection(outbound: SocketAddr) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(outbound).await.unwrap();
     stream
         .write_all(b"GET /idle HTTP/1.1\r\nhost: payments\r\n\r\n")
         .await
         .unwrap();
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
-            .await
-            .expect("the sidecar answers")
-            .unwrap();
-        assert!(n > 0, "the sidecar closed the connection");
-        head.extend_from_slice(&buf[..n]);
-    }
+    let head = client::read_head(&mut stream, WAIT).await;
     assert!(
         head.starts_with(b"HTTP/1.1 200"),
         "{}",

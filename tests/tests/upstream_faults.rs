@@ -194,16 +194,7 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
         .await
         .unwrap();
     // The head alone: the client waits for `100 Continue` before it sends the body.
-    let mut interim = Vec::new();
-    let mut buffer = [0u8; 1024];
-    while !interim.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(DEADLINE, stream.read(&mut buffer))
-            .await
-            .expect("100 Continue within the deadline, without the body")
-            .unwrap();
-        assert!(n > 0, "closed before 100 Continue");
-        interim.extend_from_slice(&buffer[..n]);
-    }
+    let interim = client::read_head(&mut stream, DEADLINE).await;
     assert!(
         interim.starts_with(b"HTTP/1.1 100 Continue"),
         "{}",
