@@ -672,12 +672,18 @@ mod tests {
         let watch = HeadWatch::multiplexed();
         // Streams answered: handed to a response body, which ends them.
         for _ in 0..150 {
-            drop(Watched::new(http_body_util::Empty::<Bytes>::new(), watch.begin()));
+            drop(Watched::new(
+                http_body_util::Empty::<Bytes>::new(),
+                watch.begin(),
+            ));
         }
         for _ in 0..PREMATURE_RESETS {
             drop(watch.begin());
         }
-        assert!(!watch.resets_abusive(), "100 of 250: a client that cancels some");
+        assert!(
+            !watch.resets_abusive(),
+            "100 of 250: a client that cancels some"
+        );
         for _ in 0..60 {
             drop(watch.begin());
         }
