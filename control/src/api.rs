@@ -346,7 +346,22 @@ async fn route(state: &Arc<ControlState>, request: Request<Incoming>) -> Respons
                 })
                 .await
             }
-            Err(response) => response,
+            Err(response) => {
+                // A body refused before it was parsed: too large, not JSON or not UTF-8.
+                let reason = match response.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => Some("too_large"),
+                    StatusCode::BAD_REQUEST => Some("invalid"),
+                    _ => None,
+                };
+                if let Some(reason) = reason {
+                    state
+                        .metrics
+                        .writes_refused
+                        .with_label_values(&[reason])
+                        .inc();
+                }
+                response
+            }
         },
         (["v1", "diff"], &Method::POST) => match read_sources(request).await {
             Ok((sources, _)) => match apply::diff(state, sources).await {

@@ -48,6 +48,8 @@ pub fn http2(data: &[u8]) {
 
 /// How long one input may take; the connection is dropped after it (a stall is not a crash).
 const PER_INPUT: Duration = Duration::from_secs(2);
+/// How long a request's body is read before it is answered anyway.
+const BODY_WAIT: Duration = Duration::from_millis(50);
 
 /// Serves `data` on one connection; what the server answered.
 fn serve(data: &[u8], http2: bool) -> Vec<u8> {
@@ -75,8 +77,9 @@ fn serve(data: &[u8], http2: bool) -> Vec<u8> {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let service = service_fn(move |mut request: Request<Incoming>| async move {
             let checked = crate::proxy::guard::check(&mut request, limits.max_headers);
+            // A body that never ends (no END_STREAM) is not waited for past a moment.
             let body = Limited::new(request.into_body(), 1 << 20);
-            let _ = body.collect().await;
+            let _ = tokio::time::timeout(BODY_WAIT, body.collect()).await;
             let status = if checked.is_ok() { 200 } else { 400 };
             let mut response = Response::new(Empty::<Bytes>::new());
             *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();

@@ -365,7 +365,8 @@ async fn serve_io<I>(
     // HTTP/1.1: the header-read deadline, kept per connection; HTTP/2: the idle deadline
     // (see `head`).
     let watch = match protocol {
-        Protocol::Http2 => HeadWatch::multiplexed(),
+        // A verified peer sidecar's resets are its callers' timeouts, not an attack.
+        Protocol::Http2 => HeadWatch::multiplexed(identity.is_none()),
         _ => HeadWatch::new(),
     };
     let request_watch = watch.clone();
@@ -435,7 +436,10 @@ fn refusal(error: &head::Ended) -> Option<Refusal> {
     let error = match error {
         head::Ended::HeaderTimeout(_) => return Some(Refusal::Request("header_timeout")),
         head::Ended::Hyper(error) => error,
-        head::Ended::IdleTimeout(_) | head::Ended::Stalled(_) => return None,
+        // Counted when its GOAWAY was sent.
+        head::Ended::IdleTimeout(_) | head::Ended::Stalled(_) | head::Ended::ResetFlood(_) => {
+            return None
+        }
     };
     if error.is_parse_too_large() {
         return Some(Refusal::Request("too_large"));

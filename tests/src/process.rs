@@ -55,6 +55,8 @@ pub struct PanicWatch {
     /// The last [`KEPT_STDERR`] bytes or so, for tests that look for a log line.
     kept: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Says when the reader has seen the end of stderr.
+    done: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 /// How much of a child's stderr a [`PanicWatch`] keeps.
@@ -69,6 +71,7 @@ impl PanicWatch {
         let seen = std::sync::Arc::clone(&panicked);
         let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let keep = std::sync::Arc::clone(&kept);
+        let (ended, done) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let mut reader = std::io::BufReader::new(stderr);
             let mut line = Vec::new();
@@ -87,11 +90,13 @@ impl PanicWatch {
                 }
                 line.clear();
             }
+            let _ = ended.send(());
         });
         Some(Self {
             panicked,
             kept,
             thread: Some(thread),
+            done: Some(done),
         })
     }
 
@@ -102,9 +107,13 @@ impl PanicWatch {
     }
 
     /// After the child has exited: whether it reported a panic (all of its stderr read).
+    /// Waits at most a few seconds for the end of stderr: a grandchild that inherited it
+    /// could hold it open, and the reader thread is then left behind.
     pub fn finish(&mut self) -> bool {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let (Some(thread), Some(done)) = (self.thread.take(), self.done.take()) {
+            if done.recv_timeout(Duration::from_secs(5)).is_ok() {
+                let _ = thread.join();
+            }
         }
         self.panicked.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -492,7 +501,7 @@ mod tests {
     #[test]
     fn a_panic_on_stderr_is_noticed() {
         assert!(watch(
-            "echo starting >&2; echo \"thread 'ficus-worker' panicked at sidecar/src/x.rs:1:2:\" >&2"
+            "echo starting >&2; echo \"thread 'fake' panicked at the-panic-watch-test (not a real panic)\" >&2"
         ));
         assert!(!watch("echo 'WARN nothing panicked here' >&2"));
     }

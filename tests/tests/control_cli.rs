@@ -183,6 +183,19 @@ async fn invalid_apply_names_document_and_field_and_keeps_the_version() {
         metrics.sum("ficus_control_writes_refused_total", &invalid),
         3.0
     );
+    // A body refused before it is parsed (not UTF-8) counts too.
+    let request = Request::post("/v1/apply")
+        .header("host", "control")
+        .body(Full::new(Bytes::from_static(b"\xff\xfe")))
+        .unwrap();
+    let refused = client::send(control.http, request).await.unwrap();
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    let metrics = client::get(control.http, "control", "/metrics")
+        .await
+        .unwrap();
+    let metrics = ficus_tests::client::Metrics::parse(&metrics.text());
+    let refused = metrics.sum("ficus_control_writes_refused_total", &invalid);
+    assert_eq!(refused, 4.0);
     let output = control.ctl(&["get", "-o", "json"]).await;
     let json: serde_json::Value = serde_json::from_str(ok(&output)).unwrap();
     assert_eq!(json["version"], 1);

@@ -89,18 +89,25 @@ pub struct HeadWatch {
     /// HTTP/2: response bodies waiting for hyper to take their next frame, by the parity of
     /// the generation they began waiting in.
     waiting: [AtomicU32; 2],
-    /// HTTP/2: streams begun on the connection so far.
+    /// HTTP/2: whether the client's resets are judged ([`HeadWatch::resets_abusive`]).
+    judge_resets: bool,
+    /// HTTP/2, judged: streams begun on the connection so far.
     begun: AtomicU32,
-    /// HTTP/2: streams whose request was dropped before it had a response (the client reset
-    /// it: RST_STREAM).
+    /// HTTP/2, judged: streams whose request was dropped before it had a response, within
+    /// [`PREMATURE_LIFETIME`] of their start (the client reset them: RST_STREAM).
     cancelled: AtomicU32,
 }
 
-/// Streams a client may reset before their responses, on one HTTP/2 connection, before it is
-/// judged (with [`HeadWatch::resets_abusive`]). h2 limits resets of streams the server has not
-/// picked up yet; this limits resets of streams already handed to the proxy, whatever their
-/// pace (RELIABILITY H2-1; Envoy's premature-reset limit works the same way).
-const PREMATURE_RESETS: u32 = 100;
+/// Streams a client may reset prematurely on one HTTP/2 connection before it is judged (with
+/// [`HeadWatch::resets_abusive`]), as Envoy's premature-reset limit: half of its 500 streams.
+/// h2 limits resets of streams the server has not picked up yet; this limits resets of
+/// streams already handed to the proxy, whatever their pace (RELIABILITY H2-1).
+const PREMATURE_RESETS: u32 = 250;
+/// A stream reset later than this after it began is not premature (a client's deadline).
+const PREMATURE_LIFETIME: Duration = Duration::from_secs(1);
+/// How long a connection sent GOAWAY for its resets may finish its streams before it is
+/// dropped (a client that keeps opening streams regardless is not waited for).
+const RESET_FLOOD_GRACE: Duration = Duration::from_secs(1);
 
 impl HeadWatch {
     /// A watch for a connection opened now.
@@ -118,17 +125,20 @@ impl HeadWatch {
             timer: TimerSlot::new(),
             generation: AtomicU32::new(0),
             waiting: [AtomicU32::new(0), AtomicU32::new(0)],
+            judge_resets: false,
             begun: AtomicU32::new(0),
             cancelled: AtomicU32::new(0),
         })
     }
 
     /// A watch for an HTTP/2 connection opened now: it counts concurrent streams, and its
-    /// timer is not lent to them.
-    pub fn multiplexed() -> Arc<Self> {
+    /// timer is not lent to them. `judge_resets`: the client's premature resets may get it
+    /// GOAWAY (not for a verified peer sidecar, whose resets are its callers' timeouts).
+    pub fn multiplexed(judge_resets: bool) -> Arc<Self> {
         let mut watch = Self::new();
         if let Some(watch) = Arc::get_mut(&mut watch) {
             watch.multiplexed = true;
+            watch.judge_resets = judge_resets;
         }
         watch
     }
@@ -143,23 +153,27 @@ impl HeadWatch {
     /// [`Begun`] is dropped, or the response body it is handed to ([`Watched`]) ends: an
     /// HTTP/2 stream the client resets before its response is counted out too.
     pub fn begin(self: &Arc<Self>) -> Begun {
+        let mut started = None;
         if self.multiplexed {
             self.streams.fetch_add(1, Ordering::Relaxed);
-            self.begun.fetch_add(1, Ordering::Relaxed);
+            if self.judge_resets {
+                self.begun.fetch_add(1, Ordering::Relaxed);
+                started = Some(Coarse::now());
+            }
         } else {
             self.busy.store(true, Ordering::Relaxed);
             self.head_pending.store(false, Ordering::Relaxed);
         }
-        Begun(Some(Arc::clone(self)))
+        Begun(Some(Arc::clone(self)), started)
     }
 
-    /// HTTP/2: whether the client has reset at least [`PREMATURE_RESETS`] streams before
-    /// their responses, and those are over half of the streams it opened: a rapid reset
-    /// however paced. The connection is then sent GOAWAY.
+    /// HTTP/2: whether the client has reset at least [`PREMATURE_RESETS`] streams within
+    /// [`PREMATURE_LIFETIME`] of their start and before their responses, and those are half
+    /// of the streams it opened or more: a rapid reset however paced.
     pub fn resets_abusive(&self) -> bool {
         let cancelled = self.cancelled.load(Ordering::Relaxed);
         cancelled >= PREMATURE_RESETS
-            && u64::from(cancelled) * 2 > u64::from(self.begun.load(Ordering::Relaxed))
+            && u64::from(cancelled) * 2 >= u64::from(self.begun.load(Ordering::Relaxed))
     }
 
     /// The response of a request in flight ended (its body is done or dropped).
@@ -252,8 +266,9 @@ enum Waiting {
 
 /// A request counted in its connection's [`HeadWatch`] until this is dropped or handed to
 /// the response body ([`Watched::new`]).
+/// The second field: when the stream began, on a connection whose resets are judged.
 #[derive(Debug)]
-pub struct Begun(Option<Arc<HeadWatch>>);
+pub struct Begun(Option<Arc<HeadWatch>>, Option<Coarse>);
 
 impl Begun {
     /// The connection's timer for response-header deadlines, as [`HeadWatch::timer`].
@@ -267,7 +282,10 @@ impl Drop for Begun {
         if let Some(watch) = self.0.take() {
             // Dropped before a response was handed over: on HTTP/2, the client reset the
             // stream (or the connection went).
-            if watch.multiplexed {
+            if self
+                .1
+                .is_some_and(|started| started.elapsed() < PREMATURE_LIFETIME)
+            {
                 watch.cancelled.fetch_add(1, Ordering::Relaxed);
             }
             watch.end();
@@ -433,6 +451,10 @@ pub enum Ended {
     /// An HTTP/2 stream's response took no bytes (no window from the client) for this long.
     #[error("a response stream took no bytes for {0:?}")]
     Stalled(Duration),
+    /// An HTTP/2 client sent GOAWAY for its premature resets (counted then) had not ended
+    /// this long after it.
+    #[error("still open {0:?} after a GOAWAY for its premature stream resets")]
+    ResetFlood(Duration),
 }
 
 pin_project! {
@@ -576,8 +598,9 @@ pin_project! {
         stall: Duration,
         // GOAWAY was sent; the timer is done with.
         closing: bool,
-        // The GOAWAY was for the client's resets ([`HeadWatch::resets_abusive`]).
-        reset_flood: bool,
+        // The client's resets ([`HeadWatch::resets_abusive`]) got it GOAWAY: when it is
+        // dropped if it has not ended by then.
+        reset_flood: Option<Instant>,
         // Where such a GOAWAY is counted, and whom it went to.
         metrics: Arc<Metrics>,
         peer: SocketAddr,
@@ -599,7 +622,7 @@ impl<C> IdleGoaway<C> {
             connection,
             sleep: tokio::time::sleep_until(first.unwrap_or(watch.opened)),
             closing: first.is_none(),
-            reset_flood: false,
+            reset_flood: None,
             metrics,
             peer,
             watch,
@@ -626,33 +649,55 @@ impl<C: Graceful<Output = hyper::Result<()>>> Future for IdleGoaway<C> {
                 return Poll::Ready(result.map_err(Ended::from));
             }
             // Streams reset by the client are dropped (by their own tasks) while the
-            // connection reads its frames; the check is one load per poll.
-            if !*this.reset_flood && this.watch.resets_abusive() {
-                *this.reset_flood = true;
-                *this.closing = true;
+            // connection reads its frames; the check is one load per poll. The GOAWAY is a
+            // graceful one (all hyper can send), and a client that goes on opening streams
+            // regardless has the connection dropped after a short grace.
+            if this.reset_flood.is_none() && this.watch.resets_abusive() {
+                let dropped_at = Instant::now() + RESET_FLOOD_GRACE;
+                *this.reset_flood = Some(dropped_at);
                 this.metrics.h2_goaway_sent("premature_reset");
                 tracing::info!(
                     peer = %this.peer, resets = PREMATURE_RESETS,
                     "HTTP/2 client reset most of its streams before their responses: GOAWAY"
                 );
                 this.connection.as_mut().graceful_shutdown();
+                if *this.closing || dropped_at < this.sleep.deadline() {
+                    this.sleep.as_mut().reset(dropped_at);
+                }
                 continue;
             }
-            if *this.closing || poll_unconstrained(this.sleep.as_mut(), cx).is_pending() {
+            // After an idle GOAWAY the timer is done with, unless a reset flood's grace runs.
+            let timed = !*this.closing || this.reset_flood.is_some();
+            if !timed || poll_unconstrained(this.sleep.as_mut(), cx).is_pending() {
                 return Poll::Pending;
+            }
+            if this
+                .reset_flood
+                .is_some_and(|at| at <= Instant::now() + TICK)
+            {
+                return Poll::Ready(Err(Ended::ResetFlood(RESET_FLOOD_GRACE)));
             }
             // The client is not taking a stream's bytes: the connection is dropped, which
             // ends its streams and the upstream requests behind them.
             if this.watch.stalled() {
                 return Poll::Ready(Err(Ended::Stalled(*this.stall)));
             }
-            // The timer fires at least once per stall period (one generation each).
+            // The timer fires at least once per stall period (one generation each), and at
+            // the end of a reset flood's grace.
             let now = Instant::now();
-            let check = now + *this.stall;
+            let mut check = now + *this.stall;
+            if let Some(dropped_at) = *this.reset_flood {
+                check = check.min(dropped_at);
+            }
             match this.watch.deadline(*this.idle) {
                 Some(deadline) if deadline <= now + TICK => {
-                    *this.closing = true;
-                    this.connection.as_mut().graceful_shutdown();
+                    if !*this.closing {
+                        *this.closing = true;
+                        this.connection.as_mut().graceful_shutdown();
+                    }
+                    if this.reset_flood.is_some() {
+                        this.sleep.as_mut().reset(check);
+                    }
                     // Polled again: the GOAWAY goes out and the connection may end now.
                 }
                 Some(deadline) => this.sleep.as_mut().reset(deadline.min(check)),
@@ -669,9 +714,9 @@ mod tests {
 
     #[test]
     fn resets_are_abusive_at_the_limit_when_most_streams_are_reset() {
-        let watch = HeadWatch::multiplexed();
+        let watch = HeadWatch::multiplexed(true);
         // Streams answered: handed to a response body, which ends them.
-        for _ in 0..150 {
+        for _ in 0..300 {
             drop(Watched::new(
                 http_body_util::Empty::<Bytes>::new(),
                 watch.begin(),
@@ -682,23 +727,35 @@ mod tests {
         }
         assert!(
             !watch.resets_abusive(),
-            "100 of 250: a client that cancels some"
+            "250 of 550: a client that cancels some"
         );
-        for _ in 0..60 {
+        for _ in 0..50 {
             drop(watch.begin());
         }
-        assert!(watch.resets_abusive(), "160 of 310");
-        // HTTP/1.1 has no streams to reset.
-        let single = HeadWatch::new();
-        for _ in 0..1000 {
-            drop(single.begin());
+        assert!(watch.resets_abusive(), "300 of 600");
+        // A verified peer's resets are not judged; HTTP/1.1 has no streams to reset.
+        for watch in [HeadWatch::multiplexed(false), HeadWatch::new()] {
+            for _ in 0..1000 {
+                drop(watch.begin());
+            }
+            assert!(!watch.resets_abusive());
         }
-        assert!(!single.resets_abusive());
+    }
+
+    #[test]
+    // The coarse clock is the kernel's, not tokio's: no paused time for it.
+    #[allow(clippy::disallowed_methods)]
+    fn a_stream_reset_after_its_first_second_is_not_premature() {
+        let watch = HeadWatch::multiplexed(true);
+        let streams: Vec<_> = (0..PREMATURE_RESETS).map(|_| watch.begin()).collect();
+        std::thread::sleep(PREMATURE_LIFETIME + Duration::from_millis(100));
+        drop(streams);
+        assert!(!watch.resets_abusive(), "client deadlines, not a flood");
     }
 
     #[test]
     fn a_body_waiting_across_two_checks_is_a_stall() {
-        let watch = HeadWatch::multiplexed();
+        let watch = HeadWatch::multiplexed(true);
         let _waiting = watch.wait();
         // The first check may come right after the wait began: not a stall yet.
         assert!(!watch.stalled());
@@ -707,7 +764,7 @@ mod tests {
 
     #[test]
     fn bodies_that_hyper_comes_back_for_are_not_stalls() {
-        let watch = HeadWatch::multiplexed();
+        let watch = HeadWatch::multiplexed(true);
         for _ in 0..10 {
             // A stream that keeps moving, waiting in every period, but never for a whole one.
             let waiting = watch.wait();
