@@ -272,22 +272,38 @@ impl Sidecar {
     }
 
     /// Starts a push-mode sidecar subscribed to `control` and waits until its admin server
-    /// answers (it may not be ready: that needs a config).
+    /// answers (it may not be ready: that needs a config). A sidecar that exits first (one of
+    /// its free ports was taken in between) is started again on new ports, up to 3 times,
+    /// unless the options fix its addresses.
     pub async fn start_push(control: &str, options: SidecarOptions) -> Self {
         let options = SidecarOptions {
             control: Some(control.to_owned()),
             ..options
         };
-        let sidecar = Self::spawn("", options);
-        let started = Instant::now();
-        while client::get(sidecar.admin, "admin", "/live").await.is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "sidecar admin never came up"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        for _ in 0..3 {
+            let mut sidecar = Self::spawn("", options.clone());
+            let started = Instant::now();
+            loop {
+                if client::get(sidecar.admin, "admin", "/live").await.is_ok() {
+                    return sidecar;
+                }
+                if let Some(status) = sidecar.wait_exit_now() {
+                    assert!(
+                        options.addresses.is_none(),
+                        "sidecar exited at start with {status}"
+                    );
+                    eprintln!("sidecar exited at start with {status}; retrying on other ports");
+                    sidecar.child = None;
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "sidecar admin never came up"
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
         }
-        sidecar
+        panic!("sidecar failed to start 3 times");
     }
 
     /// Waits until `/ready` answers 200; panics after `deadline`.

@@ -842,3 +842,99 @@ async fn a_version_that_goes_back_is_taken_and_logged() {
         .await;
     server.abort();
 }
+
+/// A TCP relay whose connections can be frozen: from [`FreezingRelay::freeze`] on, the
+/// connections open then carry nothing either way and stay open (a control plane whose host
+/// went silent: no FIN, no RST). Connections opened later are relayed normally.
+struct FreezingRelay {
+    addr: std::net::SocketAddr,
+    freeze: std::sync::Arc<tokio::sync::Notify>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingRelay {
+    async fn start(to: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let freeze = std::sync::Arc::new(tokio::sync::Notify::new());
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (frozen, counted) = (freeze.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            // Frozen connections are kept here, open, until the relay goes.
+            let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            while let Ok((mut client, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (frozen, held) = (frozen.clone(), held.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    let relay = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    tokio::select! {
+                        _ = relay => {}
+                        () = frozen.notified() => {
+                            if let Ok(mut held) = held.lock() {
+                                held.push((client, server));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            freeze,
+            connections,
+            task,
+        }
+    }
+
+    /// Freezes every connection open now.
+    fn freeze(&self) {
+        self.freeze.notify_waiters();
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for FreezingRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// RELIABILITY promise 3, the control-plane keepalive: a control plane that stops answering
+/// without closing (its host went silent) is noticed by the stream's HTTP/2 keepalive (10 s
+/// PINGs, 10 s to answer) and the sidecar subscribes again, on a new connection, and so gets
+/// what was applied meanwhile. Without the keepalive it would wait on the silent connection
+/// forever.
+#[tokio::test]
+async fn a_control_plane_that_goes_silent_is_left_at_the_keepalive_timeout() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let control = ControlPlane::start().await;
+    let relay = FreezingRelay::start(control.grpc).await;
+    let url = format!("http://{}", relay.addr);
+    let sidecar = Sidecar::start_push(&url, push_options("web-1")).await;
+    apply(&control, &config("a", a.addr, b.addr, 1)).await;
+    sidecar.wait_version(1, Duration::from_secs(20)).await;
+    let before = relay.connections();
+
+    relay.freeze();
+    apply(&control, &config("b", a.addr, b.addr, 2)).await;
+    // 20 s for the keepalive, then a reconnect with backoff: a minute is plenty.
+    sidecar.wait_version(2, Duration::from_secs(60)).await;
+    assert!(
+        relay.connections() > before,
+        "the version came on a new connection"
+    );
+    assert_eq!(
+        client::get(sidecar.outbound, "svc", "/")
+            .await
+            .unwrap()
+            .text(),
+        "b"
+    );
+}
