@@ -532,6 +532,9 @@ impl EndpointPool {
                 let mut conn = Some(conn);
                 match Http1Conn::drive(&mut conn, exchange).await {
                     Ok(response) => {
+                        if let Some(conn) = conn.as_mut() {
+                            conn.server_idle = server_idle(response.headers());
+                        }
                         let pool = conn.map(|conn| (Arc::clone(self), conn));
                         return Ok(response.map(|body| self.pooled_body(body, pool)));
                     }
@@ -713,10 +716,11 @@ impl EndpointPool {
             // Polled outside the lock: other workers may be checking out too.
             let (mut conn, since) = self.idle.lock().ok()?.conns.pop_back()?;
             let idle = since.elapsed();
+            let fresh = conn.server_idle.is_none_or(|server| idle < server);
             // The poll also leaves the connection holding no task's waker: it keeps the waker
             // of its last poll, and our request would wake that task for nothing (an extra
             // task poll per request).
-            if idle < idle_timeout && conn.is_alive() {
+            if idle < idle_timeout && fresh && conn.is_alive() {
                 return Some((conn, idle));
             }
         }
@@ -779,8 +783,10 @@ impl EndpointPool {
         let Ok(mut pool) = self.idle.lock() else {
             return false;
         };
-        pool.conns
-            .retain_mut(|(conn, since)| since.elapsed() < idle_timeout && conn.is_alive());
+        pool.conns.retain_mut(|(conn, since)| {
+            let idle = since.elapsed();
+            idle < idle_timeout && conn.server_idle.is_none_or(|s| idle < s) && conn.is_alive()
+        });
         pool.sweeping = !pool.conns.is_empty();
         pool.sweeping
     }
@@ -795,6 +801,7 @@ impl EndpointPool {
             sender,
             connection,
             permit,
+            server_idle: None,
         }))
     }
 
@@ -1000,6 +1007,21 @@ impl EndpointPool {
     }
 }
 
+/// How long a server keeps an idle connection by its `Keep-Alive: timeout=N` (Node.js sends
+/// 5 s, and closes at that moment), less a margin (a second, or half of it when that is
+/// shorter) so that a request is never written as the server closes: a request with a body
+/// could not be resent. `None` when the response says nothing.
+fn server_idle(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("keep-alive")?.to_str().ok()?;
+    let seconds = value.split(',').find_map(|part| {
+        let (name, value) = part.split_once('=')?;
+        let timeout = name.trim().eq_ignore_ascii_case("timeout");
+        timeout.then(|| value.trim().parse::<u64>().ok()).flatten()
+    })?;
+    let timeout = Duration::from_secs(seconds.min(1 << 32));
+    Some(timeout - (timeout / 2).min(Duration::from_secs(1)))
+}
+
 /// A copy of `request` to resend, if it is idempotent and has no body (and no `Upgrade`).
 fn replayable_copy(request: &Request<Body>) -> Option<Request<Body>> {
     let idempotent = matches!(
@@ -1172,6 +1194,9 @@ struct Http1Conn {
     connection: http1::Connection<TokioIo<TcpStream>, Body>,
     /// A place among the Backend's `maxConnections`, held as long as the connection.
     permit: Option<ConnectionPermit>,
+    /// How long the server said it keeps the connection idle (`Keep-Alive: timeout=N` on
+    /// its last response), less a margin: the pool does not reuse it after that.
+    server_idle: Option<Duration>,
 }
 
 impl std::fmt::Debug for Http1Conn {
@@ -1316,6 +1341,27 @@ impl HttpBody for PooledBody {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn keep_alive_timeouts_are_read_with_a_margin() {
+        let idle = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("keep-alive", http::HeaderValue::from_str(value).unwrap());
+            super::server_idle(&headers)
+        };
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(idle("timeout=5"), Some(secs(4)), "Node.js");
+        assert_eq!(idle("max=100, Timeout = 2"), Some(secs(1)));
+        assert_eq!(
+            idle("timeout=1"),
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(idle("timeout=0"), Some(secs(0)));
+        assert_eq!(idle("timeout=99999999999999999999"), None, "not a number");
+        assert_eq!(idle("max=5"), None);
+        assert_eq!(idle("timeout=-1"), None);
+        assert_eq!(super::server_idle(&http::HeaderMap::new()), None);
+    }
+
     use super::*;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -260,3 +260,68 @@ async fn a_silent_endpoint_is_a_503_at_the_connect_timeout() {
     let failures = sidecar.wait_metric("ficus_upstream_failures_total", &labels, 1.0, DEADLINE);
     assert!(failures.await.sum("ficus_upstream_failures_total", &labels) >= 1.0);
 }
+
+/// An upstream that answers every request on a connection with `Keep-Alive: timeout=4`, as
+/// Node.js does (with 5 s), and keeps the connection open; counts its connections.
+async fn keep_alive_upstream() -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=4\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buffer).await {
+                        Ok(n) if n > 0 => pending.extend_from_slice(&buffer[..n]),
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections, task)
+}
+
+/// An upstream's `Keep-Alive: timeout=N` bounds how long the pool reuses its connection (less
+/// a margin): Node.js closes an idle connection at exactly its timeout, and a request with a
+/// body written at that moment would be lost to an `ECONNRESET`.
+#[tokio::test]
+async fn an_upstream_keep_alive_timeout_bounds_reuse_of_its_connection() {
+    let (addr, connections, _task) = keep_alive_upstream().await;
+    let sidecar = Sidecar::start(&backend("node", addr)).await;
+    let post = || {
+        http::Request::post("/orders")
+            .header("host", "node")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let response = client::send(sidecar.outbound, post()).await.unwrap();
+        assert_eq!(response.status, 200);
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "reused within the timeout"
+    );
+    // Idle for 3.5 s: past 4 s less the margin (1 s), so not reused.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let response = client::send(sidecar.outbound, post()).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "a connection the upstream is about to close is not reused"
+    );
+}
