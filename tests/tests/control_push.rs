@@ -37,6 +37,14 @@ async fn apply(control: &ControlPlane, yaml: &str) -> String {
     ok(&control.ctl_stdin(&["apply", "-f", "-"], yaml).await).to_owned()
 }
 
+/// What `svc` answers through `sidecar` (the Backend's name, in these configs).
+async fn svc_text(sidecar: &Sidecar) -> String {
+    client::get(sidecar.outbound, "svc", "/")
+        .await
+        .unwrap()
+        .text()
+}
+
 async fn version(sidecar: &Sidecar) -> u64 {
     sidecar.config().await["version"].as_u64().unwrap_or(0)
 }
@@ -60,13 +68,7 @@ async fn applies_change_routes_and_a_nack_keeps_the_old_config() {
         .await
         .starts_with("applied version 1"));
     sidecar.wait_ready(Duration::from_secs(20)).await;
-    assert_eq!(
-        client::get(sidecar.outbound, "svc", "/")
-            .await
-            .unwrap()
-            .text(),
-        "a"
-    );
+    assert_eq!(svc_text(&sidecar).await, "a");
 
     apply(&control, &config("b", a.addr, b.addr, 2)).await;
     until("route to b", Duration::from_secs(20), || async {
@@ -803,13 +805,7 @@ async fn bad_pushes_are_refused_naming_the_field_while_traffic_flows() {
         metrics.sum("ficus_config_updates_total", &[("result", "rejected")]),
         3.0
     );
-    assert_eq!(
-        client::get(sidecar.outbound, "svc", "/")
-            .await
-            .unwrap()
-            .text(),
-        "a"
-    );
+    assert_eq!(svc_text(&sidecar).await, "a");
     server.abort();
 }
 
@@ -830,13 +826,7 @@ async fn a_version_that_goes_back_is_taken_and_logged() {
         version(&sidecar).await == 3
     })
     .await;
-    assert_eq!(
-        client::get(sidecar.outbound, "svc", "/")
-            .await
-            .unwrap()
-            .text(),
-        "b"
-    );
+    assert_eq!(svc_text(&sidecar).await, "b");
     sidecar
         .wait_log("older version than the one served", Duration::from_secs(10))
         .await;
@@ -930,11 +920,5 @@ async fn a_control_plane_that_goes_silent_is_left_at_the_keepalive_timeout() {
         relay.connections() > before,
         "the version came on a new connection"
     );
-    assert_eq!(
-        client::get(sidecar.outbound, "svc", "/")
-            .await
-            .unwrap()
-            .text(),
-        "b"
-    );
+    assert_eq!(svc_text(&sidecar).await, "b");
 }
