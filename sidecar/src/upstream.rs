@@ -1012,7 +1012,11 @@ impl EndpointPool {
 /// shorter) so that a request is never written as the server closes: a request with a body
 /// could not be resent. `None` when the response says nothing.
 fn server_idle(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("keep-alive")?.to_str().ok()?;
+    // A `HeaderName` constant: a `&str` key would be parsed on every response.
+    let value = headers
+        .get(crate::proxy::headers::KEEP_ALIVE)?
+        .to_str()
+        .ok()?;
     let seconds = value.split(',').find_map(|part| {
         let (name, value) = part.split_once('=')?;
         let timeout = name.trim().eq_ignore_ascii_case("timeout");
