@@ -447,17 +447,11 @@ fn refusal(error: &head::Ended) -> Option<Refusal> {
     if error.is_parse() {
         return Some(Refusal::Request("malformed"));
     }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(error) = cause {
-        if let Some(h2) = error.downcast_ref::<h2::Error>() {
-            // A GOAWAY this side sent for an error of the client's (a remote one is the
-            // client's own, an I/O error is not a GOAWAY).
-            let reason = h2.reason().filter(|_| !h2.is_remote() && !h2.is_io())?;
-            return goaway_reason(reason).map(Refusal::GoAway);
-        }
-        cause = error.source();
-    }
-    None
+    // A GOAWAY this side sent for an error of the client's (a remote one is the client's own,
+    // an I/O error is not a GOAWAY).
+    let h2 = crate::upstream::h2_cause(error)?;
+    let reason = h2.reason().filter(|_| !h2.is_remote() && !h2.is_io())?;
+    goaway_reason(reason).map(Refusal::GoAway)
 }
 
 /// The fixed label of an HTTP/2 error code (none for `NO_ERROR`, a graceful close).

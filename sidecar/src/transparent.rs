@@ -80,37 +80,7 @@ pub enum Sniffed {
 /// Classifies the start of a connection, or `None` while it could still be several things.
 /// Empty lines before an HTTP/1 request line are skipped, as HTTP servers do (RFC 9112 §2.2).
 pub fn classify(start: &[u8]) -> Option<Sniffed> {
-    let lines = start
-        .iter()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .count();
-    let start = &start[lines..];
-    let first = *start.first()?;
-    if lines > 0 && !first.is_ascii_uppercase() {
-        return Some(Sniffed::Opaque);
-    }
-    if first == 0x16 {
-        return match start.get(1) {
-            None => None,
-            Some(3) => Some(Sniffed::Tls),
-            Some(_) => Some(Sniffed::Opaque),
-        };
-    }
-    if start.starts_with(PREFACE) {
-        return Some(Sniffed::Http2);
-    }
-    if PREFACE.starts_with(start) {
-        return None;
-    }
-    // A method is a token; real ones are upper-case letters (and `-`/`_` in extensions).
-    for (i, byte) in start.iter().enumerate() {
-        match byte {
-            b' ' if i > 0 => return Some(Sniffed::Http1),
-            b'A'..=b'Z' | b'-' | b'_' if i < 20 => {}
-            _ => return Some(Sniffed::Opaque),
-        }
-    }
-    None
+    classify_by(start, false)
 }
 
 /// [`classify`] for bytes a peer sidecar sent as opaque TCP (ALPN `ficus-tcp`) to a port that
@@ -119,12 +89,22 @@ pub fn classify(start: &[u8]) -> Option<Sniffed> {
 /// `tchar`) followed by a space is a request line, lower-case methods included, and empty lines
 /// before it are skipped however many there are (servers skip them all).
 pub fn classify_strict(start: &[u8]) -> Option<Sniffed> {
+    classify_by(start, true)
+}
+
+/// What [`classify`] and [`classify_strict`] share: empty lines skipped, a TLS record only
+/// without them, the HTTP/2 preface, then a method and a space; they differ in what a method
+/// is and in what may follow empty lines.
+fn classify_by(start: &[u8], strict: bool) -> Option<Sniffed> {
     let lines = start
         .iter()
         .take_while(|b| matches!(b, b'\r' | b'\n'))
         .count();
     let start = &start[lines..];
     let first = *start.first()?;
+    if !strict && lines > 0 && !first.is_ascii_uppercase() {
+        return Some(Sniffed::Opaque);
+    }
     if first == 0x16 && lines == 0 {
         return match start.get(1) {
             None => None,
@@ -139,9 +119,16 @@ pub fn classify_strict(start: &[u8]) -> Option<Sniffed> {
         return None;
     }
     for (i, &byte) in start.iter().enumerate() {
+        let method = if strict {
+            is_tchar(byte) && i < SNIFF_LIMIT
+        } else {
+            // A method is a token; real ones are upper-case letters (and `-`/`_` in
+            // extensions).
+            matches!(byte, b'A'..=b'Z' | b'-' | b'_') && i < 20
+        };
         match byte {
             b' ' if i > 0 => return Some(Sniffed::Http1),
-            _ if is_tchar(byte) && i < SNIFF_LIMIT => {}
+            _ if method => {}
             _ => return Some(Sniffed::Opaque),
         }
     }

@@ -190,14 +190,7 @@ impl UpstreamError {
         let Self::Reset { source, .. } = self else {
             return false;
         };
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
-        while let Some(error) = cause {
-            if let Some(h2) = error.downcast_ref::<h2::Error>() {
-                return h2.is_go_away() && h2.is_remote();
-            }
-            cause = error.source();
-        }
-        false
+        h2_cause(source).is_some_and(|h2| h2.is_go_away() && h2.is_remote())
     }
 
     /// Bounded reason label for `ficus_upstream_failures_total`.
@@ -1341,6 +1334,18 @@ impl HttpBody for PooledBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The first HTTP/2 error in `error`'s chain of causes (hyper wraps h2's, and we wrap hyper's).
+pub fn h2_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        cause = error.source();
+    }
+    None
 }
 
 #[cfg(test)]

@@ -148,14 +148,8 @@ pub fn grpc_pushback(headers: &HeaderMap) -> Result<Option<Duration>, ()> {
 /// Whether the HTTP/2 peer refused the stream (anywhere in `error`'s chain of causes): it did
 /// not process it, so a retry is safe.
 fn is_refused_stream(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if let Some(h2) = error.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        cause = error.source();
-    }
-    false
+    crate::upstream::h2_cause(error)
+        .is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
 #[cfg(test)]
