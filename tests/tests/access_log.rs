@@ -521,3 +521,99 @@ async fn requests_cut_at_the_drain_timeout_are_logged_before_exit() {
     drop(clients);
     upstream.abort();
 }
+
+/// The `path` of each whole line of `file` (none when it does not exist).
+fn logged_paths(file: &Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .map(|l| {
+            let line: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            line["path"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+/// logrotate's default `create` mode: the file is renamed away (and a new one may or may not
+/// be created). The sidecar notices and writes on at the path; the lines before the rename
+/// stay in the renamed file, and no line is lost or written twice.
+#[tokio::test]
+async fn a_log_file_renamed_by_rotation_is_followed_by_a_new_one_at_its_path() {
+    const BEFORE: usize = 10;
+    const AFTER: usize = 10;
+    let upstream = Upstream::start("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, rotated) = (log_path(&dir, "access.log"), log_path(&dir, "access.log.1"));
+    let sidecar = Sidecar::start(&(mesh(Some(&path)) + &backend("ok", upstream.addr))).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    let mut sent = Vec::new();
+    let mut request = |n: usize| {
+        let path = format!("/r/{n}");
+        sent.push(path.clone());
+        path
+    };
+    for n in 0..BEFORE {
+        let response = client.get("ok", &request(n)).await.unwrap();
+        assert_eq!(response.status, 200);
+    }
+    lines(&path, BEFORE).await;
+    std::fs::rename(&path, &rotated).unwrap();
+
+    // Requests until one is logged at the path again (the writer looks at the path now and
+    // then, so the first ones may still go to the renamed file).
+    let started = Instant::now();
+    let mut n = BEFORE;
+    while logged_paths(&path).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no new file at {} after {} requests",
+            path.display(),
+            n - BEFORE
+        );
+        let response = client.get("ok", &request(n)).await.unwrap();
+        assert_eq!(response.status, 200);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reopened_at = n;
+    for _ in 0..AFTER {
+        let response = client.get("ok", &request(n)).await.unwrap();
+        assert_eq!(response.status, 200);
+        n += 1;
+    }
+
+    // Every line is in one of the two files, exactly once.
+    let started = Instant::now();
+    let (old, new) = loop {
+        let (old, new) = (logged_paths(&rotated), logged_paths(&path));
+        if old.len() + new.len() >= sent.len() {
+            break (old, new);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{} + {} lines, want {}",
+            old.len(),
+            new.len(),
+            sent.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        old[..BEFORE],
+        sent[..BEFORE],
+        "the lines before the rename stay"
+    );
+    assert!(
+        new.ends_with(&sent[reopened_at..]),
+        "the lines after the reopen are all in the new file: {new:?}"
+    );
+    let mut all: Vec<String> = old.iter().chain(&new).cloned().collect();
+    all.sort();
+    let mut expected = sent.clone();
+    expected.sort();
+    assert_eq!(all, expected, "no line lost or doubled");
+    let metrics = sidecar.metrics().await;
+    let dropped = metrics.sum("ficus_access_log_dropped_total", &[]);
+    assert_eq!(dropped, 0.0, "no line dropped");
+}

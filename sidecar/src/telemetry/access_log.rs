@@ -7,7 +7,9 @@
 //! with `try_send`. A full queue (a slow disk, a stdout pipe nobody reads) drops the line and
 //! counts it in `ficus_access_log_dropped_total{reason="queue_full"}`: a request never waits
 //! for the log. JSON is built on the writer thread. When off, the cost is one branch on
-//! `Snapshot::access_log`.
+//! `Snapshot::access_log`. A file is opened again at its path when log rotation has renamed
+//! or removed it (checked at most once a second by the writer: [`file`]), so logrotate's
+//! default `create` works without a signal.
 //!
 //! The writer follows the config: a swap with the same target keeps the running writer (see
 //! `Shared::access_log_for`); a new target opens a new one, and the old writer's thread
@@ -31,7 +33,6 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::FileTypeExt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -48,8 +49,11 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use prometheus::IntCounter;
 use serde_json::{json, Value};
 
+use self::file::LogFile;
 use super::metrics::{Direction, RequestMetrics};
 use crate::body::{self, Body, BoxError};
+
+mod file;
 
 /// Lines waiting for the writer; past this they are dropped and counted.
 const QUEUE: usize = 4096;
@@ -71,30 +75,10 @@ impl AccessLog {
         dropped: IntCounter,
         write_failed: IntCounter,
     ) -> io::Result<Arc<Self>> {
-        let out: Box<dyn Write + Send> = match target {
-            AccessLogTarget::Stdout => Box::new(io::stdout()),
-            AccessLogTarget::Stderr => Box::new(io::stderr()),
-            AccessLogTarget::File(path) => Box::new({
-                // Opening a FIFO nobody reads would block the config swap; refuse it.
-                let special = std::fs::metadata(path)
-                    .is_ok_and(|m| m.file_type().is_fifo() || m.file_type().is_socket());
-                if special {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("{} is a FIFO or socket, not a file", path.display()),
-                    ));
-                }
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|error| {
-                        io::Error::new(
-                            error.kind(),
-                            format!("cannot open {}: {error}", path.display()),
-                        )
-                    })?
-            }),
+        let out = match target {
+            AccessLogTarget::Stdout => Output::Stream(Box::new(io::stdout())),
+            AccessLogTarget::Stderr => Output::Stream(Box::new(io::stderr())),
+            AccessLogTarget::File(path) => Output::File(LogFile::open(path)?),
         };
         Self::start(target.clone(), out, dropped, write_failed)
     }
@@ -102,7 +86,7 @@ impl AccessLog {
     /// Starts the writer thread on `out`.
     fn start(
         target: AccessLogTarget,
-        out: Box<dyn Write + Send>,
+        out: Output,
         dropped: IntCounter,
         write_failed: IntCounter,
     ) -> io::Result<Arc<Self>> {
@@ -158,19 +142,14 @@ impl AccessLog {
     }
 }
 
-/// The writer thread: one line per entry, flushed whenever the queue runs empty. Ends when
-/// every sender is gone.
 /// Most bytes of lines gathered before they are written.
 const BATCH: usize = 64 * 1024;
 
-/// Writes lines as they come, gathered into batches (what the queue holds at once, at most
-/// [`BATCH`] bytes). A batch that cannot be written is lost whole, and every line in it is
-/// counted in `write_failed`.
-fn write_lines(
-    receiver: Receiver<Entry>,
-    mut out: Box<dyn Write + Send>,
-    write_failed: IntCounter,
-) {
+/// The writer thread: writes lines as they come, gathered into batches (what the queue holds
+/// at once, at most [`BATCH`] bytes), flushed whenever the queue runs empty. A batch that
+/// cannot be written is lost whole, and every line in it is counted in `write_failed`. Ends
+/// when every sender is gone.
+fn write_lines(receiver: Receiver<Entry>, mut out: Output, write_failed: IntCounter) {
     let mut batch: Vec<u8> = Vec::with_capacity(BATCH);
     let mut lines = 0u64;
     let mut failing = false;
@@ -178,7 +157,11 @@ fn write_lines(
         if batch.is_empty() {
             return;
         }
-        match out.write_all(batch).and_then(|()| out.flush()) {
+        let written = out
+            .follow_path()
+            .and_then(|()| out.write_all(batch))
+            .and_then(|()| out.flush());
+        match written {
             Ok(()) => failing = false,
             Err(error) => {
                 write_failed.inc_by(*lines);
@@ -211,6 +194,49 @@ fn write_lines(
             }
         }
         write(&mut batch, &mut lines);
+    }
+}
+
+/// Where the writer thread puts lines.
+enum Output {
+    /// stdout or stderr (in tests, any writer).
+    Stream(Box<dyn Write + Send>),
+    /// A file, opened again when log rotation has moved it away ([`file`]).
+    File(LogFile),
+}
+
+impl Output {
+    /// Before a batch: a file follows its path (see [`LogFile::follow_path`]).
+    fn follow_path(&mut self) -> io::Result<()> {
+        match self {
+            Self::Stream(_) => Ok(()),
+            Self::File(file) => file.follow_path(),
+        }
+    }
+}
+
+// === impl Output ===
+
+impl Write for Output {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Stream(out) => out.write(bytes),
+            Self::File(file) => file.write(bytes),
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Stream(out) => out.write_all(bytes),
+            Self::File(file) => file.write_all(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Stream(out) => out.flush(),
+            Self::File(file) => file.flush(),
+        }
     }
 }
 
@@ -676,7 +702,7 @@ mod tests {
     #[test]
     fn a_pending_line_does_not_hold_the_request_head() {
         let counter = || IntCounter::new("c", "c").unwrap();
-        let sink = Box::new(io::sink());
+        let sink = Output::Stream(Box::new(io::sink()));
         let log = AccessLog::start(AccessLogTarget::Stdout, sink, counter(), counter()).unwrap();
         let head = Bytes::from(format!("/path?q=1{}", "x".repeat(64 * 1024)).into_bytes());
         let uri = http::Uri::from_maybe_shared(head.slice(..9)).unwrap();
@@ -765,7 +791,7 @@ mod tests {
         }
         drop(sender);
         let failed = IntCounter::new("failed", "failed").unwrap();
-        write_lines(receiver, Box::new(Full), failed.clone());
+        write_lines(receiver, Output::Stream(Box::new(Full)), failed.clone());
         assert_eq!(failed.get(), 200);
     }
 
@@ -792,7 +818,7 @@ mod tests {
         let failed = IntCounter::new("failed", "failed").unwrap();
         let log = AccessLog::start(
             AccessLogTarget::Stdout,
-            Box::new(Gated(Some(gate), lines)),
+            Output::Stream(Box::new(Gated(Some(gate), lines))),
             dropped.clone(),
             failed.clone(),
         )
@@ -823,6 +849,51 @@ mod tests {
         assert_eq!(lines[0]["bytes_received"], 0);
         assert_eq!(lines[0]["duration_ms"], 1.5);
         assert_eq!(lines[0]["upstream"], "127.0.0.1:5432");
+        assert_eq!(failed.get(), 0);
+    }
+
+    /// Log rotation renames the file between two batches: the first stays in the renamed
+    /// file, the second goes to a new file at the path, and no line is lost or doubled.
+    #[test]
+    fn a_file_renamed_by_log_rotation_is_followed_by_a_new_one() {
+        let dir = std::env::temp_dir().join(format!("ficus-access-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, rotated) = (dir.join("access.log"), dir.join("access.log.1"));
+        let failed = IntCounter::new("failed", "failed").unwrap();
+        let out = Output::File(file::LogFile::open_checking_every(&path, Duration::ZERO).unwrap());
+        let counter = IntCounter::new("dropped", "dropped").unwrap();
+        let log = AccessLog::start(
+            AccessLogTarget::File(path.clone()),
+            out,
+            counter,
+            failed.clone(),
+        )
+        .unwrap();
+        let bytes = |file: &std::path::Path| -> Vec<u64> {
+            std::fs::read_to_string(file)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<Value>(l).unwrap()["bytes_received"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        for i in 0..3 {
+            log.tcp(tcp_entry(i));
+        }
+        assert!(log.flush(Duration::from_secs(10)));
+        std::fs::rename(&path, &rotated).unwrap();
+        for i in 3..5 {
+            log.tcp(tcp_entry(i));
+        }
+        assert!(log.flush(Duration::from_secs(10)));
+        let (old, new) = (bytes(&rotated), bytes(&path));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(old, [0, 1, 2]);
+        assert_eq!(new, [3, 4]);
         assert_eq!(failed.get(), 0);
     }
 
