@@ -535,6 +535,80 @@ fn logged_paths(file: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A SIGTERM while requests are in flight: those that finish during the drain and those the
+/// drain timeout cuts (`DC`) all have their line in the file once the process has exited.
+#[tokio::test]
+async fn every_request_has_its_line_in_the_file_after_a_sigterm() {
+    const FINISHING: usize = 40;
+    const CUT: usize = 40;
+    let upstream = Upstream::start("ok").await;
+    let (hang, mut got_there, hanging) = hanging_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_path(&dir, "access.log");
+    let config = mesh(Some(&path)) + &backend("ok", upstream.addr) + &backend("hang", hang);
+    let options = SidecarOptions {
+        drain_timeout: Some("3s".into()),
+        ..Default::default()
+    };
+    let mut sidecar = Sidecar::start_with(&config, options).await;
+    // Requests the upstream answers after a while: they finish while the sidecar drains.
+    let finishing: Vec<_> = (0..FINISHING)
+        .map(|i| {
+            let outbound = sidecar.outbound;
+            tokio::spawn(async move {
+                client::get(outbound, "ok", &format!("/delay/300?finishing={i}")).await
+            })
+        })
+        .collect();
+    // Requests that are never answered: the drain timeout cuts them.
+    let mut clients = Vec::new();
+    for i in 0..CUT {
+        let mut stream = tokio::net::TcpStream::connect(sidecar.outbound)
+            .await
+            .unwrap();
+        let head = format!("GET /hanging?cut={i} HTTP/1.1\r\nhost: hang\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), got_there.recv())
+            .await
+            .expect("the request reached the upstream")
+            .expect("the upstream is running");
+        clients.push(stream);
+    }
+    let started = Instant::now();
+    while upstream.count() < FINISHING {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{} of {FINISHING} requests reached the upstream",
+            upstream.count()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sidecar.terminate();
+    for request in finishing {
+        let response = request.await.unwrap().expect("answered during the drain");
+        assert_eq!(response.status, 200);
+    }
+    let status = sidecar.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0));
+
+    let mut logged = logged_paths(&path);
+    logged.sort();
+    let mut sent: Vec<String> = (0..FINISHING)
+        .map(|i| format!("/delay/300?finishing={i}"))
+        .chain((0..CUT).map(|i| format!("/hanging?cut={i}")))
+        .collect();
+    sent.sort();
+    assert_eq!(logged, sent, "one line per request, none missing");
+    let flags: Vec<Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["response_flags"].clone())
+        .collect();
+    assert_eq!(flags.iter().filter(|f| *f == "DC").count(), CUT);
+    drop(clients);
+    hanging.abort();
+}
+
 /// logrotate's default `create` mode: the file is renamed away (and a new one may or may not
 /// be created). The sidecar notices and writes on at the path; the lines before the rename
 /// stay in the renamed file, and no line is lost or written twice.
