@@ -230,6 +230,109 @@ async fn route_backend_weights_follow_the_config() {
     assert_eq!(metrics.samples("ficus_route_backend_weight").count(), 2);
 }
 
+/// Every sample (any family) whose `destination_backend` or `destination_service` label is
+/// `name`.
+fn naming<'e>(metrics: &'e Exposition, name: &str) -> Vec<&'e prom::Sample> {
+    metrics
+        .families
+        .values()
+        .flat_map(|family| family.samples.iter())
+        .filter(|sample| {
+            ["destination_backend", "destination_service"]
+                .iter()
+                .any(|label| sample.labels.get(*label).is_some_and(|v| v == name))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn series_of_a_backend_and_service_removed_by_a_swap_leave_metrics() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    // Service `legacy` (the monolith's route) → Backend `b`; Backend `a` is called directly.
+    let legacy = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                  metadata: {name: legacy, namespace: shop}\n\
+                  spec:\n  parentRefs: [{kind: Service, name: legacy}]\n  rules:\n  \
+                  - backendRefs: [{name: b}]\n";
+    let with_b = backend("a", a.addr) + &backend("b", b.addr) + legacy;
+    let sidecar = Sidecar::start(&with_b).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    send(&mut client, "a", "/", 3, 200).await;
+    send(&mut client, "b", "/", 2, 200).await;
+    send(&mut client, "legacy", "/", 4, 200).await;
+    let (_, before) = scrape(sidecar.admin).await;
+    let count = |metrics: &Exposition, service: &str, backend: &str| {
+        let labels = [
+            ("destination_service", service),
+            ("destination_backend", backend),
+        ];
+        (
+            metrics.sum("ficus_requests_total", &labels),
+            metrics.sum("ficus_request_duration_seconds_count", &labels),
+        )
+    };
+    assert_eq!(count(&before, "shop/a", "shop/a"), (3.0, 3.0));
+    assert_eq!(count(&before, "shop/b", "shop/b"), (2.0, 2.0));
+    assert_eq!(count(&before, "shop/legacy", "shop/b"), (4.0, 4.0));
+
+    // Backend `b` and service `legacy` go away: their series leave `/metrics` (after a scrape
+    // that still shows their final counts), `a`'s stay as they were.
+    sidecar.write_config(&backend("a", a.addr));
+    sidecar.wait_version(2, Duration::from_secs(10)).await;
+    let started = Instant::now();
+    let mut shown = 0;
+    let after = loop {
+        let (text, metrics) = scrape(sidecar.admin).await;
+        let left = naming(&metrics, "shop/b").len() + naming(&metrics, "shop/legacy").len();
+        if left == 0 {
+            break metrics;
+        }
+        shown += 1;
+        // Whatever is still exported has its final value.
+        assert_eq!(count(&metrics, "shop/b", "shop/b"), (2.0, 2.0), "{text}");
+        assert_eq!(
+            count(&metrics, "shop/legacy", "shop/b"),
+            (4.0, 4.0),
+            "{text}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the removed backend's series are still exported:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Nothing scraped between the swap and the loop: its first scrape had the final counts.
+    assert!(
+        shown >= 1,
+        "no scrape showed the removed series' final counts"
+    );
+    assert_eq!(count(&after, "shop/a", "shop/a"), (3.0, 3.0));
+    let requests = |m: &Exposition| m.samples("ficus_requests_total").count();
+    assert_eq!(
+        requests(&after),
+        requests(&before) - 2,
+        "only b's and legacy's went"
+    );
+
+    // Added back: its series come back with the traffic, counting from 0.
+    sidecar.write_config(&with_b);
+    sidecar.wait_version(3, Duration::from_secs(10)).await;
+    send(&mut client, "b", "/", 1, 200).await;
+    send(&mut client, "a", "/", 1, 200).await;
+    let (_, again) = scrape(sidecar.admin).await;
+    assert_eq!(count(&again, "shop/b", "shop/b"), (1.0, 1.0));
+    assert_eq!(count(&again, "shop/a", "shop/a"), (4.0, 4.0));
+    assert_eq!(
+        again.sum(
+            "ficus_route_backend_weight",
+            &[
+                ("destination_service", "shop/legacy"),
+                ("destination_backend", "shop/b")
+            ]
+        ),
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn label_values_stay_bounded_under_random_paths_and_hosts() {
     let (upstream, other) = (Upstream::start("ok").await, Upstream::start("other").await);

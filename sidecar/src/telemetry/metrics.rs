@@ -2,8 +2,34 @@
 //!
 //! Label values come from config (service and backend names) or from a fixed set (status
 //! codes, response flags, reasons); never from request data, so cardinality stays bounded.
+//!
+//! # Series of removed Backends and services
+//!
+//! Users move routes off a monolith over weeks, adding and removing Backends and services as
+//! they go; series that outlive their config would only grow `/metrics` and keep dead
+//! backends on dashboards. So the series of a (direction, service, backend) triple that no
+//! config uses any more are removed from `ficus_requests_total`,
+//! `ficus_request_duration_seconds` and `ficus_grpc_responses_total` (the families labelled
+//! by service and backend; `ficus_route_backend_weight` follows each swap at once, and no
+//! family is labelled by endpoint).
+//!
+//! When: by the first scrape after no snapshot can count into them any more. Each triple has
+//! one [`RequestMetrics`], shared by every snapshot that uses it and kept in
+//! `Metrics::handles`; a request keeps its snapshot (and so the handle) to its end, and a
+//! gRPC body still waiting for its status keeps its [`GrpcCounters`]. At a scrape, a handle
+//! only the book holds has its final values: that scrape exports them, then removes the
+//! series. Removing at the swap instead would lose what requests still in flight on the old
+//! snapshot count, and everything counted since the previous scrape, which no timer can
+//! bound (scrape intervals are the operator's, and a stream may outlive any grace period):
+//! waiting for the last reference and one scrape loses nothing for that scraper. A second
+//! scraper (a Prometheus HA pair) may miss the last increments. A handle nobody holds can
+//! never count again, so nothing re-creates a removed series; the request path is unchanged
+//! (no locks, lookups or allocations per request). A Backend removed and later added again
+//! gets new handles and starts again from 0, a counter reset Prometheus's `rate` and
+//! `increase` handle; added back before the scrape, it keeps its handle and its counts.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use prometheus::{
@@ -79,6 +105,10 @@ pub struct Metrics {
     /// `ficus_access_log_dropped_total{reason="write_error"}`: lines the target refused.
     pub access_log_write_failed: IntCounter,
     route_weights: IntGaugeVec,
+    /// The one request handle of each (direction, service, backend) label triple a snapshot
+    /// has used, until a scrape finds nothing else holds it (module doc). Locked only when a
+    /// snapshot is built and at scrapes.
+    handles: Mutex<HashMap<SeriesKey, Arc<RequestMetrics>>>,
     /// The label sets `route_weights` holds now, so a swap removes only those that went away.
     route_weight_labels: std::sync::Mutex<Vec<[String; 4]>>,
     /// `ficus_trace_spans_exported_total`: spans the OTLP collector accepted.
@@ -268,6 +298,7 @@ impl Metrics {
             access_log_write_failed: access_log_dropped.with_label_values(&["write_error"]),
             route_weights,
             route_weight_labels: std::sync::Mutex::default(),
+            handles: Mutex::default(),
             mirror_sent: mirror_requests.with_label_values(&["sent"]),
             mirror_dropped: mirror_requests.with_label_values(&["dropped"]),
             tcp_bytes_sent: tcp_bytes.with_label_values(&["sent"]),
@@ -338,24 +369,53 @@ impl Metrics {
         Arc::new(metrics)
     }
 
-    /// Handles for one (direction, service, backend) triple.
+    /// Handles for one (direction, service, backend) triple: the same for every snapshot that
+    /// uses the triple (until a scrape removes its series), so that a scrape can tell when no
+    /// snapshot or request holds them any more (module doc). Called when a snapshot is built,
+    /// never per request.
     pub fn request_metrics(
         self: &Arc<Self>,
         direction: Direction,
         service: &str,
         backend: &str,
     ) -> Arc<RequestMetrics> {
-        Arc::new(RequestMetrics {
-            labels: [
-                Arc::from(direction.as_str()),
-                Arc::from(service),
-                Arc::from(backend),
-            ],
-            ok_duration: OnceLock::new(),
-            codes: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
-            grpc: OnceLock::new(),
-            metrics: Arc::clone(self),
-        })
+        let labels: SeriesKey = [
+            Arc::from(direction.as_str()),
+            Arc::from(service),
+            Arc::from(backend),
+        ];
+        let mut handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
+        let handle = handles.entry(labels).or_insert_with_key(|labels| {
+            Arc::new(RequestMetrics {
+                labels: labels.clone(),
+                ok_duration: OnceLock::new(),
+                codes: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+                grpc: OnceLock::new(),
+                requests: self.requests.clone(),
+                duration: self.duration.clone(),
+                grpc_responses: self.grpc_responses.clone(),
+            })
+        });
+        Arc::clone(handle)
+    }
+
+    /// Removes the series of the label triples `unused` and their handles, which only
+    /// `handles` held when the scrape that exported their final values began. Called with the
+    /// lock held since then.
+    fn remove(&self, handles: &mut HashMap<SeriesKey, Arc<RequestMetrics>>, unused: &[SeriesKey]) {
+        if unused.is_empty() {
+            return;
+        }
+        let gone: HashSet<[&str; 3]> = unused
+            .iter()
+            .map(|[direction, service, backend]| [&**direction, &**service, &**backend])
+            .collect();
+        remove_series(&self.requests, &gone);
+        remove_series(&self.duration, &gone);
+        remove_series(&self.grpc_responses, &gone);
+        for labels in unused {
+            handles.remove(labels);
+        }
     }
 
     /// Sets `ficus_route_backend_weight` to the weighted splits of `config` (HTTPRoute rules
@@ -488,14 +548,57 @@ impl Metrics {
         self.registry.register(collector)
     }
 
-    /// Prometheus text exposition of every metric.
+    /// Prometheus text exposition of every metric. Then removes the series of label triples no
+    /// config uses and no request can count into any more (module doc): this exposition had
+    /// their final values.
     pub fn encode(&self) -> Vec<u8> {
+        // Held until the series are removed: a snapshot built meanwhile waits, so a handle found
+        // unused here cannot be taken again and counted into before then.
+        let mut handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
+        // Found before the gather, so the gather has their final values (one that became
+        // unused during it waits for the next scrape).
+        let unused: Vec<SeriesKey> = handles
+            .iter()
+            .filter(|(_, handle)| handle.unused())
+            .map(|(labels, _)| labels.clone())
+            .collect();
+        // Pairs with the release of each last reference: the gather reads every count made
+        // before it was dropped.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail for well-formed metric families.
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(%error, "encoding metrics failed");
         }
+        self.remove(&mut handles, &unused);
         out
+    }
+}
+
+/// (direction, destination_service, destination_backend).
+type SeriesKey = [Arc<str>; 3];
+
+/// Removes every series of `vec` whose (direction, service, backend) is in `gone`, whatever
+/// its other labels (response code, flags, gRPC status).
+fn remove_series<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    gone: &HashSet<[&str; 3]>,
+) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name(), pair.value()))
+                .collect();
+            let triple = ["direction", "destination_service", "destination_backend"]
+                .map(|name| labels.get(name).copied().unwrap_or_default());
+            if gone.contains(&triple) {
+                // The series was just listed and only this lock's holder removes series.
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }
 
@@ -512,7 +615,10 @@ pub struct RequestMetrics {
     codes: Box<[OnceLock<IntCounter>]>,
     /// `ficus_grpc_responses_total` handles, made at the first gRPC response.
     grpc: OnceLock<Arc<GrpcCounters>>,
-    metrics: Arc<Metrics>,
+    /// The families, not the `Metrics` (whose book of handles holds this one).
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    grpc_responses: IntCounterVec,
 }
 
 /// `ficus_grpc_responses_total` for one (direction, service, backend), by status code.
@@ -554,13 +660,19 @@ impl RequestMetrics {
         &self.labels[2]
     }
 
+    /// Whether nothing but `Metrics::handles` holds this handle or its gRPC counters: no
+    /// snapshot uses it and no request or response body can count into it any more.
+    fn unused(self: &Arc<Self>) -> bool {
+        Arc::strong_count(self) == 1 && self.grpc.get().is_none_or(|g| Arc::strong_count(g) == 1)
+    }
+
     /// The gRPC status counters of this (direction, service, backend).
     pub fn grpc(&self) -> &Arc<GrpcCounters> {
         self.grpc.get_or_init(|| {
             Arc::new(GrpcCounters {
                 labels: self.labels.clone(),
                 codes: Default::default(),
-                vec: self.metrics.grpc_responses.clone(),
+                vec: self.grpc_responses.clone(),
             })
         })
     }
@@ -579,16 +691,14 @@ impl RequestMetrics {
             (true, Some(slot)) => {
                 self.ok_duration
                     .get_or_init(|| {
-                        self.metrics
-                            .duration
+                        self.duration
                             .with_label_values(&[direction, service, backend, ""])
                     })
                     .observe(seconds);
                 self.codes[slot]
                     .get_or_init(|| {
                         let code = status.to_string();
-                        self.metrics
-                            .requests
+                        self.requests
                             .with_label_values(&[direction, service, backend, &code, ""])
                     })
                     .inc();
@@ -599,12 +709,10 @@ impl RequestMetrics {
                     0 => std::borrow::Cow::Borrowed("0"),
                     _ => std::borrow::Cow::Owned(status.to_string()),
                 };
-                self.metrics
-                    .duration
+                self.duration
                     .with_label_values(&[direction, service, backend, flags])
                     .observe(seconds);
-                self.metrics
-                    .requests
+                self.requests
                     .with_label_values(&[direction, service, backend, &*code, flags])
                     .inc();
             }
@@ -666,5 +774,120 @@ impl Drop for Recorder<'_> {
             self.metrics
                 .record(0, DOWNSTREAM_CLOSED, self.started.elapsed());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn scrape(metrics: &Metrics) -> String {
+        String::from_utf8(metrics.encode()).expect("UTF-8 exposition")
+    }
+
+    /// The samples of `name` (a whole family name, e.g. `ficus_requests_total`) whose labels
+    /// include `backend`.
+    fn samples<'t>(text: &'t str, name: &str, backend: &str) -> Vec<&'t str> {
+        let backend = format!("destination_backend=\"{backend}\"");
+        text.lines()
+            .filter(|line| line.starts_with(name) && line.contains(&backend))
+            .collect()
+    }
+
+    /// The labels of a flag-less 200 of (outbound, `shop/svc`, `backend`), as exported.
+    fn ok_labels(backend: &str) -> String {
+        format!(
+            "destination_backend=\"{backend}\",destination_service=\"shop/svc\",\
+             direction=\"outbound\",response_code=\"200\",response_flags=\"\""
+        )
+    }
+
+    #[test]
+    fn a_held_child_of_a_removed_series_counts_detached() {
+        // What a handle held past removal does with the `prometheus` crate: no panic, and the
+        // series does not come back.
+        let vec = IntCounterVec::new(Opts::new("t_total", "t"), &["backend"]).unwrap();
+        let held = vec.with_label_values(&["b"]);
+        held.inc();
+        vec.remove_label_values(&["b"]).unwrap();
+        held.inc();
+        assert!(prometheus::core::Collector::collect(&vec)[0]
+            .get_metric()
+            .is_empty());
+        assert_eq!(
+            vec.with_label_values(&["b"]).get(),
+            0,
+            "a new series starts at 0"
+        );
+    }
+
+    #[test]
+    fn series_go_at_the_scrape_after_the_last_handle_is_dropped() {
+        let metrics = Metrics::new();
+        let a = metrics.request_metrics(Direction::Outbound, "shop/svc", "shop/a");
+        let b = metrics.request_metrics(Direction::Outbound, "shop/svc", "shop/b");
+        a.record(200, "", MS);
+        b.record(200, "", MS);
+        b.record(502, "UF", MS);
+        b.grpc().count(0);
+        // A gRPC body still waiting for its status holds the counters.
+        let body = Arc::clone(b.grpc());
+        drop(b);
+        let text = scrape(&metrics);
+        assert_eq!(samples(&text, "ficus_requests_total", "shop/b").len(), 2);
+        drop(body);
+        // The first scrape with nothing left to count still has the final values.
+        let text = scrape(&metrics);
+        assert_eq!(samples(&text, "ficus_requests_total", "shop/b").len(), 2);
+        assert_eq!(
+            samples(&text, "ficus_grpc_responses_total", "shop/b").len(),
+            1
+        );
+        let text = scrape(&metrics);
+        for family in [
+            "ficus_requests_total",
+            "ficus_request_duration_seconds",
+            "ficus_grpc_responses_total",
+        ] {
+            assert!(
+                samples(&text, family, "shop/b").is_empty(),
+                "{family}:\n{text}"
+            );
+        }
+        // The triple still in use keeps its series and counts.
+        assert_eq!(
+            samples(&text, "ficus_requests_total", "shop/a"),
+            [format!("ficus_requests_total{{{}}} 1", ok_labels("shop/a"))]
+        );
+        // Added again: new handles, counting from 0.
+        let again = metrics.request_metrics(Direction::Outbound, "shop/svc", "shop/b");
+        again.record(200, "", MS);
+        let text = scrape(&metrics);
+        assert_eq!(
+            samples(&text, "ficus_requests_total", "shop/b"),
+            [format!("ficus_requests_total{{{}}} 1", ok_labels("shop/b"))]
+        );
+    }
+
+    #[test]
+    fn a_triple_taken_again_before_the_scrape_keeps_its_handle_and_counts() {
+        let metrics = Metrics::new();
+        let first = metrics.request_metrics(Direction::Outbound, "shop/svc", "shop/b");
+        first.record(200, "", MS);
+        let pointer = Arc::as_ptr(&first);
+        drop(first);
+        let second = metrics.request_metrics(Direction::Outbound, "shop/svc", "shop/b");
+        assert_eq!(Arc::as_ptr(&second), pointer, "one handle per triple");
+        second.record(200, "", MS);
+        scrape(&metrics);
+        let text = scrape(&metrics);
+        assert!(
+            samples(&text, "ficus_requests_total", "shop/b")
+                .iter()
+                .any(|line| line.ends_with(" 2")),
+            "{text}"
+        );
     }
 }
