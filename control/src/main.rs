@@ -506,19 +506,51 @@ fn parse_lifetime(text: &str) -> Result<Duration, String> {
 }
 
 /// SIGTERM or SIGINT. Every accepted write is already durable, so there is nothing to flush.
+///
+/// SIGHUP and SIGUSR1 are caught, logged and ignored: their default action would end the
+/// process, and operators send them by habit (reload, reopen logs), but there is nothing to
+/// reload (applies take effect at once; `ca/extra-roots.pem` is polled) and no log file.
 async fn wait_for_shutdown() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    // `None` where the handler cannot be installed: the signal keeps its default action.
+    let catch = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot catch {name}; it would end the process");
+            None
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+    };
+    let mut hangup = catch(SignalKind::hangup(), "SIGHUP");
+    let mut user1 = catch(SignalKind::user_defined1(), "SIGUSR1");
+    async fn next(signal: &mut Option<Signal>) -> Option<()> {
+        match signal {
+            Some(signal) => signal.recv().await,
+            None => std::future::pending().await,
         }
     }
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            Some(()) = next(&mut hangup) => ignored_signal("SIGHUP"),
+            Some(()) = next(&mut user1) => ignored_signal("SIGUSR1"),
+        }
+    }
+}
+
+/// Logs a SIGHUP or SIGUSR1 that was caught (see [`wait_for_shutdown`]).
+fn ignored_signal(name: &str) {
+    tracing::info!(
+        "{name} ignored: nothing to reload or reopen (applies take effect at once, \
+         ca/extra-roots.pem is polled, logs go to stderr)"
+    );
 }
 
 fn init_logs(format: &str) {

@@ -1,4 +1,5 @@
-//! Wiring: flags → config → listeners, runtimes and tasks; SIGTERM → drain → exit.
+//! Wiring: flags → config → listeners, runtimes and tasks; SIGTERM → drain → exit (SIGHUP and
+//! SIGUSR1: [`crate::signals`]).
 //!
 //! Threads: the data plane runs on one tokio runtime sized by `--workers` (a current-thread
 //! runtime for `--workers 1`, the cheapest for a pinned single core). The admin server and
@@ -201,17 +202,26 @@ pub fn run(args: Args) -> u8 {
                 Err(error) => admin_failed(&format!("cannot start the admin runtime: {error}")),
             };
             runtime.block_on(async move {
-                match config_task {
+                // Before the admin server answers: once `/ready` says 200, SIGHUP and SIGUSR1
+                // no longer end the process.
+                let signals = crate::signals::OperatorSignals::install();
+                let reload = match config_task {
                     ConfigTask::Watch(path, reloader) => {
-                        tokio::spawn(crate::watch::watch(path, reloader))
+                        let reload = Arc::new(tokio::sync::Notify::new());
+                        tokio::spawn(crate::watch::watch(path, reloader, Arc::clone(&reload)));
+                        Some(reload)
                     }
                     ConfigTask::Push(client, certs) => {
                         if let Some(certs) = certs {
                             tokio::spawn(certs.run());
                         }
-                        tokio::spawn(client.run())
+                        tokio::spawn(client.run());
+                        None
                     }
                 };
+                if let Some(signals) = signals {
+                    tokio::spawn(signals.run(Arc::clone(&admin_shared), reload));
+                }
                 match listen::Listeners::from_std(admin, admin_v6) {
                     Ok(listeners) => crate::admin::serve(listeners, admin_shared, app_probes).await,
                     Err(error) => admin_failed(&format!("the admin listener failed: {error}")),

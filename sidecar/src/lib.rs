@@ -12,6 +12,7 @@
 //! - [`tcp`] — opaque TCP listeners; [`tunnel`] — byte copying with an idle timeout.
 //! - [`transparent`] — iptables-redirected connections; [`redirect`] — the rules themselves.
 //! - [`reload`], [`watch`] and [`control`] — the swap, fed by file watching or by pushes.
+//! - [`signals`] — SIGHUP (read `--config` again) and SIGUSR1 (reopen the access log).
 //! - [`admin`] — the admin server; [`authz`] — inbound AuthorizationPolicy.
 //! - [`telemetry`] — metrics and logs.
 //! - [`body`], [`drain`], [`state`] — shared plumbing.
@@ -35,6 +36,7 @@ pub mod proxy;
 pub mod redirect;
 pub mod reload;
 pub mod route;
+pub mod signals;
 pub mod snapshot;
 pub mod state;
 pub mod tcp;

@@ -11,12 +11,17 @@
 //! compare metadata (size, modification time, inode; symlinks followed) and reload only when
 //! it changed. A slow [`POLL_INTERVAL`] check stays as the fallback for filesystems without
 //! inotify and for missed events (queue overflow, a watched directory that was replaced).
+//! SIGHUP ([`crate::signals`]) reads the path at once whether or not its metadata changed (an
+//! edit that kept size and modification time, a filesystem without inotify), and the result
+//! goes the way a change's does: swapped in, or rejected and recorded.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use inotify::{EventMask, EventStream, Inotify, WatchMask};
+use tokio::sync::Notify;
 
 use crate::reload::Reloader;
 
@@ -199,9 +204,10 @@ fn fingerprint(path: &Path) -> Vec<Stamp> {
     }
 }
 
-/// Reloads `path` whenever it changes, forever. Parsing and validation run on the blocking
-/// pool, never on a data-plane thread.
-pub async fn watch(path: PathBuf, mut reloader: Reloader) {
+/// Reloads `path` whenever it changes, and whenever `reload` is notified (SIGHUP) whether it
+/// changed or not, forever. Parsing and validation run on the blocking pool, never on a
+/// data-plane thread.
+pub async fn watch(path: PathBuf, mut reloader: Reloader, reload: Arc<Notify>) {
     let source = format!("file:{}", path.display());
     let mut events = inotify_stream(&path, true);
     // Which directory the watch is on depends on whether `path` is a directory right now.
@@ -215,7 +221,12 @@ pub async fn watch(path: PathBuf, mut reloader: Reloader) {
     // up to 30 s (when and how long).
     let mut retry: Option<(tokio::time::Instant, Duration)> = None;
     loop {
-        next_change(&mut events, &mut ticks, !watched_as_dir).await;
+        // Events that `next_change` took before a SIGHUP cut it short need nothing more: the
+        // path is read just below.
+        let forced = tokio::select! {
+            () = next_change(&mut events, &mut ticks, !watched_as_dir) => false,
+            () = reload.notified() => true,
+        };
         if retry.is_some_and(|(at, _)| tokio::time::Instant::now() >= at) {
             last = Vec::new();
         }
@@ -233,7 +244,7 @@ pub async fn watch(path: PathBuf, mut reloader: Reloader) {
             let previous = std::mem::take(&mut last);
             tokio::task::spawn_blocking(move || {
                 let stamp = fingerprint(&path);
-                let loaded = (stamp != previous).then(|| ficus_config::load_path(&path));
+                let loaded = (forced || stamp != previous).then(|| ficus_config::load_path(&path));
                 (stamp, loaded)
             })
             .await
@@ -246,7 +257,12 @@ pub async fn watch(path: PathBuf, mut reloader: Reloader) {
         let Some(loaded) = loaded else { continue };
         match loaded {
             Ok(config) => match reloader.apply(config, &source) {
-                Ok(_) => retry = None,
+                Ok(applied) => {
+                    retry = None;
+                    if forced && applied.is_none() {
+                        tracing::info!(source, "SIGHUP: the config is unchanged");
+                    }
+                }
                 Err(error) => {
                     let wait = retry.map_or(POLL_INTERVAL, |(_, wait)| (wait * 2).min(MAX_RETRY));
                     tracing::warn!(%error, retry_in = ?wait, "config change could not be applied");

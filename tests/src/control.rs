@@ -196,6 +196,21 @@ impl ControlPlane {
         }
     }
 
+    /// Sends the signal `name` (`kill -NAME`: `HUP`, `USR1`, ..).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
+    }
+
+    /// The exit status if the process has already exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+    }
+
     /// Waits for the process to exit, at most `deadline`.
     pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         let started = Instant::now();

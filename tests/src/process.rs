@@ -427,10 +427,30 @@ impl Sidecar {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`kill -NAME`: `HUP`, `USR1`, ..).
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status();
-        assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
+        assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
+    }
+
+    /// `PUT /log-level` (e.g. `info`, for a test that waits for an info line: tests start
+    /// sidecars at `warn`).
+    pub async fn set_log_level(&self, filter: &str) {
+        let request = http::Request::put("/log-level")
+            .header("host", "admin")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                filter.to_owned(),
+            )))
+            .expect("a valid request");
+        let response = client::send(self.admin, request)
+            .await
+            .expect("PUT /log-level");
+        assert_eq!(response.status, 200, "PUT /log-level {filter}");
     }
 
     /// The exit status if the process has already exited.

@@ -690,3 +690,52 @@ async fn a_log_file_renamed_by_rotation_is_followed_by_a_new_one_at_its_path() {
     let dropped = metrics.sum("ficus_access_log_dropped_total", &[]);
     assert_eq!(dropped, 0.0, "no line dropped");
 }
+
+/// logrotate's `postrotate kill -USR1` (nginx's convention): the sidecar reopens the file at
+/// its path at once, without waiting for a line to write or for its own comparison of the path
+/// with the open file, and goes on serving. Lines before the signal stay in the renamed file.
+#[tokio::test]
+async fn sigusr1_reopens_the_log_file_at_its_path_at_once() {
+    let upstream = Upstream::start("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, rotated) = (log_path(&dir, "access.log"), log_path(&dir, "access.log.1"));
+    let mut sidecar = Sidecar::start(&(mesh(Some(&path)) + &backend("ok", upstream.addr))).await;
+    sidecar.set_log_level("info").await;
+    let response = client::get(sidecar.outbound, "ok", "/before")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200);
+    lines(&path, 1).await;
+    std::fs::rename(&path, &rotated).unwrap();
+
+    sidecar.signal("USR1");
+    // No request in between: only the signal can make the sidecar open the path again.
+    let started = Instant::now();
+    loop {
+        if let Some(status) = sidecar.wait_exit_now() {
+            panic!("the sidecar exited on SIGUSR1: {status}");
+        }
+        let fds = sidecar.open_fds();
+        if fds.contains(&path) && !fds.contains(&rotated) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the access log is still open at {}: {fds:?}",
+            rotated.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sidecar
+        .wait_log("reopened at its path (SIGUSR1)", Duration::from_secs(10))
+        .await;
+
+    let response = client::get(sidecar.outbound, "ok", "/after").await.unwrap();
+    assert_eq!(response.status, 200, "still serving");
+    lines(&path, 1).await;
+    assert_eq!(logged_paths(&path), ["/after"]);
+    assert_eq!(logged_paths(&rotated), ["/before"]);
+    assert!(sidecar.wait_exit_now().is_none(), "still running");
+    let metrics = sidecar.metrics().await;
+    assert_eq!(metrics.sum("ficus_access_log_dropped_total", &[]), 0.0);
+}

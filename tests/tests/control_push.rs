@@ -922,3 +922,50 @@ async fn a_control_plane_that_goes_silent_is_left_at_the_keepalive_timeout() {
     );
     assert_eq!(svc_text(&sidecar).await, "b");
 }
+
+/// SIGHUP and SIGUSR1, sent by habit (reload, logrotate's `postrotate`), end neither
+/// `ficus-control` nor a push-mode sidecar: each logs that it has nothing to do and goes on
+/// serving (a push-mode sidecar has no `--config` to read again).
+#[tokio::test]
+async fn sighup_and_sigusr1_end_neither_the_control_plane_nor_a_push_mode_sidecar() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let mut control = ControlPlane::start().await;
+    for (signal, name) in [("HUP", "SIGHUP ignored"), ("USR1", "SIGUSR1 ignored")] {
+        control.signal(signal);
+        let started = Instant::now();
+        while !control.log().contains(name) {
+            if let Some(status) = control.exited() {
+                panic!("ficus-control exited on SIG{signal}: {status}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "ficus-control did not log {name:?}:\n{}",
+                control.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(control.exited().is_none(), "ficus-control still runs");
+    apply(&control, &config("a", a.addr, b.addr, 1)).await;
+
+    let mut sidecar = Sidecar::start_push(&control.grpc_url(), push_options("web-1")).await;
+    sidecar.wait_ready(Duration::from_secs(20)).await;
+    sidecar.set_log_level("info").await;
+    sidecar.signal("HUP");
+    sidecar
+        .wait_log("SIGHUP: nothing to reload", Duration::from_secs(10))
+        .await;
+    sidecar.signal("USR1");
+    sidecar
+        .wait_log("SIGUSR1: the access log is off", Duration::from_secs(10))
+        .await;
+    assert!(sidecar.wait_exit_now().is_none(), "the sidecar still runs");
+    assert_eq!(svc_text(&sidecar).await, "a");
+    apply(&control, &config("b", a.addr, b.addr, 2)).await;
+    until("route to b", Duration::from_secs(20), || async {
+        client::get(sidecar.outbound, "svc", "/")
+            .await
+            .is_ok_and(|r| r.text() == "b")
+    })
+    .await;
+}

@@ -354,3 +354,93 @@ async fn a_configmap_style_data_symlink_swap_is_picked_up() {
     assert_eq!(status["version"], 5, "one reload per swap");
     assert!(status["last_error"].is_null());
 }
+
+/// Writes `text` over the config file in place, keeping its size, inode and modification
+/// time: a change the watcher's metadata comparison cannot see (inotify wakes it, for the
+/// `utimes` and the close, and it finds the file as it was).
+fn rewrite_unseen(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    let before = std::fs::metadata(path).unwrap();
+    assert_eq!(before.len(), text.len() as u64, "the same size");
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+}
+
+/// Polls `/config` until its version is `version`; panics if the sidecar exits meanwhile.
+async fn wait_alive_at_version(sidecar: &mut Sidecar, version: u64, after: &str) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = sidecar.wait_exit_now() {
+            panic!("the sidecar exited on {after}: {status}");
+        }
+        if let Ok(response) = client::get(sidecar.admin, "admin", "/config").await {
+            let status: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+            if status["version"] == version {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "version {version} not reached after {after}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `kill -HUP`: the config file is read at once, changed or not as far as its metadata says,
+/// and swapped in or rejected exactly as a change the watcher saw; the process goes on
+/// serving.
+#[tokio::test]
+async fn sighup_reads_the_config_again_even_when_its_metadata_did_not_change() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let mut sidecar = Sidecar::start(&config(0, a.addr, b.addr)).await;
+    rewrite_unseen(&sidecar.config_path, &config(1, a.addr, b.addr));
+    assert_eq!(
+        sidecar.config().await["version"],
+        1,
+        "the watcher did not see the change"
+    );
+    let response = client::get(sidecar.outbound, "svc", "/").await.unwrap();
+    assert_eq!(response.header("x-version"), "0");
+
+    sidecar.signal("HUP");
+    wait_alive_at_version(&mut sidecar, 2, "SIGHUP").await;
+    wait_route_version(&sidecar, 1).await;
+    let metrics = sidecar.metrics().await;
+    let accepted = [("result", "accepted")];
+    assert_eq!(metrics.sum("ficus_config_updates_total", &accepted), 2.0);
+
+    // An invalid file read on SIGHUP is rejected as a changed file would be.
+    let bad =
+        config(3, a.addr, b.addr).replace("parentRefs: [{name: svc}]", "parentRefz: [{name: svc}]");
+    rewrite_unseen(&sidecar.config_path, &bad);
+    sidecar.signal("HUP");
+    let labels = [("result", "rejected")];
+    let deadline = Duration::from_secs(10);
+    let metrics = sidecar.wait_metric("ficus_config_updates_total", &labels, 1.0, deadline);
+    assert_eq!(
+        metrics.await.sum("ficus_config_updates_total", &labels),
+        1.0
+    );
+    let status = sidecar.config().await;
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("parentRefz"), "names the field: {error}");
+    assert_eq!(status["version"], 2, "the last good config serves");
+    let response = client::get(sidecar.outbound, "svc", "/").await.unwrap();
+    assert_eq!((response.status, response.header("x-version")), (200, "1"));
+
+    // SIGHUP with the serving file back: nothing to swap, the error is cleared.
+    rewrite_unseen(&sidecar.config_path, &config(1, a.addr, b.addr));
+    sidecar.signal("HUP");
+    let started = Instant::now();
+    while !sidecar.config().await["last_error"].is_null() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the SIGHUP never cleared the error"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sidecar.config().await["version"], 2);
+    assert!(sidecar.wait_exit_now().is_none(), "still running");
+}

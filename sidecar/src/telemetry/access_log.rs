@@ -9,7 +9,8 @@
 //! for the log. JSON is built on the writer thread. When off, the cost is one branch on
 //! `Snapshot::access_log`. A file is opened again at its path when log rotation has renamed
 //! or removed it (checked at most once a second by the writer: [`file`]), so logrotate's
-//! default `create` works without a signal.
+//! default `create` works without a signal; SIGUSR1 ([`AccessLog::reopen`]) reopens it before
+//! the next batch, as nginx does, for a `postrotate` that sends it.
 //!
 //! The writer follows the config: a swap with the same target keeps the running writer (see
 //! `Shared::access_log_for`); a new target opens a new one, and the old writer's thread
@@ -34,7 +35,7 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -64,6 +65,9 @@ pub struct AccessLog {
     target: AccessLogTarget,
     sender: SyncSender<Entry>,
     dropped: IntCounter,
+    /// Set by [`AccessLog::reopen`], taken by the writer before its next batch. A flag rather
+    /// than a message: a full queue would drop a message, and a reopen must not be lost.
+    reopen: Arc<AtomicBool>,
 }
 
 impl AccessLog {
@@ -91,13 +95,16 @@ impl AccessLog {
         write_failed: IntCounter,
     ) -> io::Result<Arc<Self>> {
         let (sender, receiver) = sync_channel(QUEUE);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let requested = Arc::clone(&reopen);
         std::thread::Builder::new()
             .name("ficus-access-log".into())
-            .spawn(move || write_lines(receiver, out, write_failed))?;
+            .spawn(move || write_lines(receiver, out, write_failed, &requested))?;
         Ok(Arc::new(Self {
             target,
             sender,
             dropped,
+            reopen,
         }))
     }
 
@@ -128,6 +135,19 @@ impl AccessLog {
         sent && acked.recv_timeout(within).is_ok()
     }
 
+    /// SIGUSR1: a file target is opened again at its path before the next batch, whatever
+    /// the path names now (see [`file`]); false for stdout and stderr, which have nothing to
+    /// reopen. Never waits: the writer is woken when the queue has room, and a full queue
+    /// means it is busy and takes the request before its next batch anyway.
+    pub fn reopen(&self) -> bool {
+        if !matches!(self.target, AccessLogTarget::File(_)) {
+            return false;
+        }
+        self.reopen.store(true, Ordering::Release);
+        let _ = self.sender.try_send(Entry::Reopen);
+        true
+    }
+
     /// Queues a line without waiting; a full queue drops it (counted).
     fn send(&self, entry: Entry) {
         match self.sender.try_send(entry) {
@@ -147,13 +167,22 @@ const BATCH: usize = 64 * 1024;
 
 /// The writer thread: writes lines as they come, gathered into batches (what the queue holds
 /// at once, at most [`BATCH`] bytes), flushed whenever the queue runs empty. A batch that
-/// cannot be written is lost whole, and every line in it is counted in `write_failed`. Ends
-/// when every sender is gone.
-fn write_lines(receiver: Receiver<Entry>, mut out: Output, write_failed: IntCounter) {
+/// cannot be written is lost whole, and every line in it is counted in `write_failed`. A
+/// reopen (`reopen` set) is done before the next batch, or at once when the queue runs empty.
+/// Ends when every sender is gone.
+fn write_lines(
+    receiver: Receiver<Entry>,
+    mut out: Output,
+    write_failed: IntCounter,
+    reopen: &AtomicBool,
+) {
     let mut batch: Vec<u8> = Vec::with_capacity(BATCH);
     let mut lines = 0u64;
     let mut failing = false;
     let mut write = |batch: &mut Vec<u8>, lines: &mut u64| {
+        if reopen.load(Ordering::Relaxed) && reopen.swap(false, Ordering::AcqRel) {
+            out.reopen();
+        }
         if batch.is_empty() {
             return;
         }
@@ -176,16 +205,22 @@ fn write_lines(receiver: Receiver<Entry>, mut out: Output, write_failed: IntCoun
     };
     while let Ok(mut entry) = receiver.recv() {
         loop {
-            if let Entry::Flush(ack) = entry {
-                // Everything queued before the marker is in the batch: out with it.
-                write(&mut batch, &mut lines);
-                let _ = ack.try_send(());
-            } else {
-                // Writing into a Vec cannot fail.
-                let _ = writeln!(batch, "{}", entry.to_json());
-                lines += 1;
-                if batch.len() >= BATCH {
+            match entry {
+                Entry::Flush(ack) => {
+                    // Everything queued before the marker is in the batch: out with it.
                     write(&mut batch, &mut lines);
+                    let _ = ack.try_send(());
+                }
+                // Only a wake-up: `write` reopens before the next batch, or below when the
+                // queue runs empty.
+                Entry::Reopen => {}
+                line => {
+                    // Writing into a Vec cannot fail.
+                    let _ = writeln!(batch, "{}", line.to_json());
+                    lines += 1;
+                    if batch.len() >= BATCH {
+                        write(&mut batch, &mut lines);
+                    }
                 }
             }
             match receiver.try_recv() {
@@ -206,6 +241,15 @@ enum Output {
 }
 
 impl Output {
+    /// SIGUSR1: a file is opened again at its path ([`LogFile::reopen`]); a stream has
+    /// nothing to reopen.
+    fn reopen(&mut self) {
+        match self {
+            Self::Stream(_) => {}
+            Self::File(file) => file.reopen(),
+        }
+    }
+
     /// Before a batch: a file follows its path (see [`LogFile::follow_path`]).
     fn follow_path(&mut self) -> io::Result<()> {
         match self {
@@ -247,6 +291,8 @@ enum Entry {
     Tcp(TcpEntry),
     /// Not a line: the writer flushes what it has and acknowledges ([`AccessLog::flush`]).
     Flush(SyncSender<()>),
+    /// Not a line: wakes the writer for a reopen ([`AccessLog::reopen`]).
+    Reopen,
 }
 
 impl Entry {
@@ -254,7 +300,7 @@ impl Entry {
         match self {
             Self::Http(entry) => entry.to_json(),
             Self::Tcp(entry) => entry.to_json(),
-            Self::Flush(_) => Value::Null,
+            Self::Flush(_) | Self::Reopen => Value::Null,
         }
     }
 }
@@ -791,7 +837,13 @@ mod tests {
         }
         drop(sender);
         let failed = IntCounter::new("failed", "failed").unwrap();
-        write_lines(receiver, Output::Stream(Box::new(Full)), failed.clone());
+        let reopen = AtomicBool::new(false);
+        write_lines(
+            receiver,
+            Output::Stream(Box::new(Full)),
+            failed.clone(),
+            &reopen,
+        );
         assert_eq!(failed.get(), 200);
     }
 
@@ -894,6 +946,45 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(old, [0, 1, 2]);
         assert_eq!(new, [3, 4]);
+        assert_eq!(failed.get(), 0);
+    }
+
+    /// SIGUSR1 while the queue is full: the wake-up message cannot be queued, yet the lines
+    /// after the request go to a new file at the path (and so do those queued before it, as
+    /// the reopen comes before the next batch).
+    #[test]
+    fn a_reopen_asked_for_while_the_queue_is_full_is_not_lost() {
+        let dir = std::env::temp_dir().join(format!("ficus-access-reopen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, rotated) = (dir.join("access.log"), dir.join("access.log.1"));
+        // The writer never compares the path with the open file by itself here.
+        let every = Duration::from_secs(3600);
+        let out = Output::File(file::LogFile::open_checking_every(&path, every).unwrap());
+        let (sender, receiver) = sync_channel(QUEUE);
+        let log = AccessLog {
+            target: AccessLogTarget::File(path.clone()),
+            sender,
+            dropped: IntCounter::new("dropped", "dropped").unwrap(),
+            reopen: Arc::new(AtomicBool::new(false)),
+        };
+        for i in 0..QUEUE {
+            log.tcp(tcp_entry(i as u64));
+        }
+        std::fs::rename(&path, &rotated).unwrap();
+        log.reopen();
+        assert_eq!(log.dropped.get(), 0, "every line queued");
+        let AccessLog { sender, reopen, .. } = log;
+        drop(sender);
+        let failed = IntCounter::new("failed", "failed").unwrap();
+        write_lines(receiver, out, failed.clone(), &reopen);
+        let (old, new) = (
+            std::fs::read_to_string(&rotated).unwrap_or_default(),
+            std::fs::read_to_string(&path).unwrap_or_default(),
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(old, "", "nothing written to the renamed file");
+        assert_eq!(new.lines().count(), QUEUE);
         assert_eq!(failed.get(), 0);
     }
 

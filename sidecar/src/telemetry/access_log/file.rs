@@ -11,6 +11,11 @@
 //! stays, and appends follow the truncation). The check is one `stat` on the writer thread,
 //! never on the request path.
 //!
+//! SIGUSR1 ([`LogFile::reopen`]) opens the path again before the next batch whatever it names,
+//! as nginx does: a `postrotate` `kill -USR1` gets the new file at once rather than up to
+//! [`CHECK_EVERY`] later, and a file that was removed and created again under the same inode
+//! number (which the comparison cannot tell from the open one) is reopened too.
+//!
 //! When the path cannot be opened again, lines go on to the file already open while it still
 //! has a name (renamed: nothing is lost); once it has none (removed), they would be written to
 //! nothing, so each batch fails and its lines count as `write_error`, until an open succeeds
@@ -79,6 +84,19 @@ impl LogFile {
         Ok(())
     }
 
+    /// SIGUSR1: opens the path again now, even when it still names the open file (the next
+    /// comparison is [`CHECK_EVERY`] from now). When it cannot be opened, as after a failed
+    /// comparison: the lines go on to the open file while it has a name.
+    pub(super) fn reopen(&mut self) {
+        self.checked = Instant::now();
+        if self.open_again() {
+            tracing::info!(
+                path = %self.path.display(),
+                "the access log file was reopened at its path (SIGUSR1)"
+            );
+        }
+    }
+
     /// Compares the path with the open file and reopens it when they differ.
     fn check(&mut self) {
         let moved = match std::fs::metadata(&self.path) {
@@ -91,15 +109,23 @@ impl LogFile {
             self.orphaned = false;
             return;
         }
+        if self.open_again() {
+            tracing::info!(
+                path = %self.path.display(),
+                "the access log file was moved or removed (log rotation); \
+                 writing to a new one at its path"
+            );
+        }
+    }
+
+    /// Opens the path (append, created if absent) in place of the open file; whether it
+    /// could. A failure is logged once until an open succeeds.
+    fn open_again(&mut self) -> bool {
         match open_append(&self.path) {
             Ok((file, id)) => {
-                tracing::info!(
-                    path = %self.path.display(),
-                    "the access log file was moved or removed (log rotation); \
-                     writing to a new one at its path"
-                );
                 (self.file, self.id) = (file, id);
                 (self.failing, self.orphaned) = (false, false);
+                true
             }
             Err(error) => {
                 // fstat of the open file: zero links means no name is left for its lines.
@@ -108,11 +134,12 @@ impl LogFile {
                     tracing::warn!(
                         %error,
                         orphaned = self.orphaned,
-                        "the access log file was moved or removed and cannot be opened again; \
+                        "the access log file cannot be opened again at its path; \
                          lines go on to the old file while it has a name, else are lost"
                     );
                 }
                 self.failing = true;
+                false
             }
         }
     }
@@ -161,6 +188,7 @@ fn open_append(path: &Path) -> io::Result<(File, (u64, u64))> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     fn text(path: &Path) -> String {
         std::fs::read_to_string(path).unwrap_or_default()
@@ -229,6 +257,31 @@ mod tests {
             "still the open file until the next check"
         );
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_reopen_does_not_wait_for_the_interval() {
+        let dir = TempDir::new("reopen");
+        let (path, rotated) = (
+            dir.path().join("access.log"),
+            dir.path().join("access.log.1"),
+        );
+        let mut log = LogFile::open_checking_every(&path, Duration::from_secs(3600)).unwrap();
+        log.write_all(b"one\n").unwrap();
+        std::fs::rename(&path, &rotated).unwrap();
+        log.reopen();
+        log.follow_path().unwrap();
+        log.write_all(b"two\n").unwrap();
+        assert_eq!(text(&rotated), "one\n");
+        assert_eq!(text(&path), "two\n", "created at the path at once");
+        // Not moved: opened again all the same (a new descriptor, taken while the old one
+        // was still open, on the same file).
+        let (descriptor, id) = (log.file.as_raw_fd(), log.id);
+        log.reopen();
+        assert_ne!(log.file.as_raw_fd(), descriptor, "opened again");
+        assert_eq!(log.id, id, "the same file");
+        log.write_all(b"three\n").unwrap();
+        assert_eq!(text(&path), "two\nthree\n");
     }
 
     #[test]

@@ -1,0 +1,72 @@
+//! Operator signals besides the stop ones (SIGTERM and SIGINT are [`crate::app`]'s): SIGHUP
+//! reads `--config` again now, SIGUSR1 reopens the access log file.
+//!
+//! Both are caught in every mode, because their default action ends the process and operators
+//! send them by habit: `kill -HUP` to reload, logrotate's `postrotate kill -USR1` (nginx's
+//! convention) to reopen logs. Neither touches the request path: SIGHUP wakes the config
+//! watcher on the admin runtime, SIGUSR1 sets a flag the access-log writer thread reads
+//! before its next batch.
+
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::Notify;
+
+use crate::state::Shared;
+
+/// SIGHUP and SIGUSR1, caught.
+#[derive(Debug)]
+pub struct OperatorSignals {
+    hangup: Signal,
+    user1: Signal,
+}
+
+impl OperatorSignals {
+    /// Catches both from now on (call on a runtime: the handlers are tokio's). `None`, logged,
+    /// when they cannot be installed; either signal then ends the process, as by default.
+    pub fn install() -> Option<Self> {
+        match (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined1()),
+        ) {
+            (Ok(hangup), Ok(user1)) => Some(Self { hangup, user1 }),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::error!(
+                    %error,
+                    "cannot install the SIGHUP and SIGUSR1 handlers; either would end the process"
+                );
+                None
+            }
+        }
+    }
+
+    /// Answers the signals until the runtime stops. `reload` wakes the `--config` watcher
+    /// ([`crate::watch::watch`]); `None` in push mode, where SIGHUP has nothing to reload.
+    pub async fn run(mut self, shared: Arc<Shared>, reload: Option<Arc<Notify>>) {
+        loop {
+            tokio::select! {
+                Some(()) = self.hangup.recv() => match &reload {
+                    Some(reload) => {
+                        tracing::info!("SIGHUP: reading --config again");
+                        // A permit is kept when the watcher is busy: it reads the path again
+                        // once done, so no SIGHUP falls between two reads.
+                        reload.notify_one();
+                    }
+                    None => tracing::info!(
+                        "SIGHUP: nothing to reload (the config comes from the control plane)"
+                    ),
+                },
+                Some(()) = self.user1.recv() => match shared.snapshot.load().access_log.as_ref() {
+                    Some(log) if log.reopen() => {
+                        tracing::debug!("SIGUSR1: the access log file is reopened before its next batch");
+                    }
+                    Some(_) => tracing::info!(
+                        "SIGUSR1: the access log goes to stdout or stderr; nothing to reopen"
+                    ),
+                    None => tracing::info!("SIGUSR1: the access log is off; nothing to reopen"),
+                },
+                else => return,
+            }
+        }
+    }
+}
