@@ -45,6 +45,20 @@ async fn svc_text(sidecar: &Sidecar) -> String {
         .text()
 }
 
+/// Waits (20 s at most) until `svc` answers `text`.
+async fn until_svc_text(sidecar: &Sidecar, text: &str) {
+    until(
+        &format!("route to {text}"),
+        Duration::from_secs(20),
+        || async {
+            client::get(sidecar.outbound, "svc", "/")
+                .await
+                .is_ok_and(|r| r.text() == text)
+        },
+    )
+    .await;
+}
+
 async fn version(sidecar: &Sidecar) -> u64 {
     sidecar.config().await["version"].as_u64().unwrap_or(0)
 }
@@ -71,12 +85,7 @@ async fn applies_change_routes_and_a_nack_keeps_the_old_config() {
     assert_eq!(svc_text(&sidecar).await, "a");
 
     apply(&control, &config("b", a.addr, b.addr, 2)).await;
-    until("route to b", Duration::from_secs(20), || async {
-        client::get(sidecar.outbound, "svc", "/")
-            .await
-            .is_ok_and(|r| r.text() == "b")
-    })
-    .await;
+    until_svc_text(&sidecar, "b").await;
     let status: serde_json::Value =
         serde_json::from_str(ok(&control.ctl(&["status", "-o", "json"]).await)).unwrap();
     let me = status["sidecars"]
@@ -962,10 +971,5 @@ async fn sighup_and_sigusr1_end_neither_the_control_plane_nor_a_push_mode_sideca
     assert!(sidecar.wait_exit_now().is_none(), "the sidecar still runs");
     assert_eq!(svc_text(&sidecar).await, "a");
     apply(&control, &config("b", a.addr, b.addr, 2)).await;
-    until("route to b", Duration::from_secs(20), || async {
-        client::get(sidecar.outbound, "svc", "/")
-            .await
-            .is_ok_and(|r| r.text() == "b")
-    })
-    .await;
+    until_svc_text(&sidecar, "b").await;
 }
