@@ -305,6 +305,8 @@ fn run(args: Args) -> Result<(), Fatal> {
         }
     }
     runtime.block_on(async move {
+        // Before any server answers: once `/ready` says 200, SIGHUP and SIGUSR1 are caught.
+        let signals = Signals::install();
         // Each listener gets an IPv6 companion (`[::]` beside `0.0.0.0`, `[::1]` beside
         // `127.0.0.1`), served by the same loop: IPv6-only clusters reach us over IPv6.
         let (grpc, http) = match (
@@ -412,7 +414,7 @@ fn run(args: Args) -> Result<(), Fatal> {
                 args.trust_domain.clone(),
             ));
         }
-        wait_for_shutdown().await;
+        signals.shutdown().await;
         tracing::info!("shutting down");
         Ok(())
     })
@@ -505,47 +507,61 @@ fn parse_lifetime(text: &str) -> Result<Duration, String> {
     Ok(lifetime)
 }
 
-/// SIGTERM or SIGINT. Every accepted write is already durable, so there is nothing to flush.
+/// The signals `ficus-control` answers, caught from when its runtime starts (before its
+/// servers answer): SIGTERM or SIGINT stop it (every accepted write is already durable, so
+/// there is nothing to flush).
 ///
 /// SIGHUP and SIGUSR1 are caught, logged and ignored: their default action would end the
 /// process, and operators send them by habit (reload, reopen logs), but there is nothing to
 /// reload (applies take effect at once; `ca/extra-roots.pem` is polled) and no log file.
-async fn wait_for_shutdown() {
-    use tokio::signal::unix::{signal, Signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    // `None` where the handler cannot be installed: the signal keeps its default action.
-    let catch = |kind: SignalKind, name: &str| match signal(kind) {
-        Ok(signal) => Some(signal),
-        Err(error) => {
-            tracing::warn!(%error, "cannot catch {name}; it would end the process");
-            None
-        }
-    };
-    let mut hangup = catch(SignalKind::hangup(), "SIGHUP");
-    let mut user1 = catch(SignalKind::user_defined1(), "SIGUSR1");
-    async fn next(signal: &mut Option<Signal>) -> Option<()> {
-        match signal {
-            Some(signal) => signal.recv().await,
-            None => std::future::pending().await,
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+    hangup: Option<tokio::signal::unix::Signal>,
+    user1: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Catches the four signals. One that cannot be caught (logged) keeps its default action.
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let catch = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                tracing::warn!(%error, "cannot catch {name}; it would end the process");
+                None
+            }
+        };
+        Self {
+            term: catch(SignalKind::terminate(), "SIGTERM"),
+            int: catch(SignalKind::interrupt(), "SIGINT"),
+            hangup: catch(SignalKind::hangup(), "SIGHUP"),
+            user1: catch(SignalKind::user_defined1(), "SIGUSR1"),
         }
     }
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            Some(()) = next(&mut hangup) => ignored_signal("SIGHUP"),
-            Some(()) = next(&mut user1) => ignored_signal("SIGUSR1"),
+
+    /// Until SIGTERM or SIGINT.
+    async fn shutdown(mut self) {
+        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+            match signal {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        }
+        loop {
+            tokio::select! {
+                Some(()) = next(&mut self.term) => return,
+                Some(()) = next(&mut self.int) => return,
+                Some(()) = next(&mut self.hangup) => ignored_signal("SIGHUP"),
+                Some(()) = next(&mut self.user1) => ignored_signal("SIGUSR1"),
+                // Every stream ended: the runtime is shutting down.
+                else => return,
+            }
         }
     }
 }
 
-/// Logs a SIGHUP or SIGUSR1 that was caught (see [`wait_for_shutdown`]).
+/// Logs a SIGHUP or SIGUSR1 that was caught (see [`Signals`]).
 fn ignored_signal(name: &str) {
     tracing::info!(
         "{name} ignored: nothing to reload or reopen (applies take effect at once, \

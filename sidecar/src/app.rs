@@ -219,9 +219,7 @@ pub fn run(args: Args) -> u8 {
                         None
                     }
                 };
-                if let Some(signals) = signals {
-                    tokio::spawn(signals.run(Arc::clone(&admin_shared), reload));
-                }
+                tokio::spawn(signals.run(Arc::clone(&admin_shared), reload));
                 match listen::Listeners::from_std(admin, admin_v6) {
                     Ok(listeners) => crate::admin::serve(listeners, admin_shared, app_probes).await,
                     Err(error) => admin_failed(&format!("the admin listener failed: {error}")),

@@ -14,38 +14,42 @@ use tokio::sync::Notify;
 
 use crate::state::Shared;
 
-/// SIGHUP and SIGUSR1, caught.
+/// SIGHUP and SIGUSR1, caught (`None`: it could not be, and keeps its default action).
 #[derive(Debug)]
 pub struct OperatorSignals {
-    hangup: Signal,
-    user1: Signal,
+    hangup: Option<Signal>,
+    user1: Option<Signal>,
 }
 
 impl OperatorSignals {
-    /// Catches both from now on (call on a runtime: the handlers are tokio's). `None`, logged,
-    /// when they cannot be installed; either signal then ends the process, as by default.
-    pub fn install() -> Option<Self> {
-        match (
-            signal(SignalKind::hangup()),
-            signal(SignalKind::user_defined1()),
-        ) {
-            (Ok(hangup), Ok(user1)) => Some(Self { hangup, user1 }),
-            (Err(error), _) | (_, Err(error)) => {
-                tracing::error!(
-                    %error,
-                    "cannot install the SIGHUP and SIGUSR1 handlers; either would end the process"
-                );
+    /// Catches both from now on (call on a runtime: the handlers are tokio's). One that
+    /// cannot be installed is logged and ends the process, as by default.
+    pub fn install() -> Self {
+        let catch = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                tracing::error!(%error, "cannot install the {name} handler; it would end the process");
                 None
             }
+        };
+        Self {
+            hangup: catch(SignalKind::hangup(), "SIGHUP"),
+            user1: catch(SignalKind::user_defined1(), "SIGUSR1"),
         }
     }
 
     /// Answers the signals until the runtime stops. `reload` wakes the `--config` watcher
     /// ([`crate::watch::watch`]); `None` in push mode, where SIGHUP has nothing to reload.
     pub async fn run(mut self, shared: Arc<Shared>, reload: Option<Arc<Notify>>) {
+        async fn next(signal: &mut Option<Signal>) -> Option<()> {
+            match signal {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        }
         loop {
             tokio::select! {
-                Some(()) = self.hangup.recv() => match &reload {
+                Some(()) = next(&mut self.hangup) => match &reload {
                     Some(reload) => {
                         tracing::info!("SIGHUP: reading --config again");
                         // A permit is kept when the watcher is busy: it reads the path again
@@ -56,7 +60,7 @@ impl OperatorSignals {
                         "SIGHUP: nothing to reload (the config comes from the control plane)"
                     ),
                 },
-                Some(()) = self.user1.recv() => match shared.snapshot.load().access_log.as_ref() {
+                Some(()) = next(&mut self.user1) => match shared.snapshot.load().access_log.as_ref() {
                     Some(log) if log.reopen() => {
                         tracing::debug!("SIGUSR1: the access log file is reopened before its next batch");
                     }

@@ -551,12 +551,13 @@ async fn every_request_has_its_line_in_the_file_after_a_sigterm() {
         ..Default::default()
     };
     let mut sidecar = Sidecar::start_with(&config, options).await;
-    // Requests the upstream answers after a while: they finish while the sidecar drains.
+    // Requests the upstream answers after 1.5 s (setting up the hanging ones below takes a
+    // while on a busy machine): they finish while the sidecar drains (3 s).
     let finishing: Vec<_> = (0..FINISHING)
         .map(|i| {
             let outbound = sidecar.outbound;
             tokio::spawn(async move {
-                client::get(outbound, "ok", &format!("/delay/300?finishing={i}")).await
+                client::get(outbound, "ok", &format!("/delay/1500?finishing={i}")).await
             })
         })
         .collect();
@@ -594,7 +595,7 @@ async fn every_request_has_its_line_in_the_file_after_a_sigterm() {
     let mut logged = logged_paths(&path);
     logged.sort();
     let mut sent: Vec<String> = (0..FINISHING)
-        .map(|i| format!("/delay/300?finishing={i}"))
+        .map(|i| format!("/delay/1500?finishing={i}"))
         .chain((0..CUT).map(|i| format!("/hanging?cut={i}")))
         .collect();
     sent.sort();

@@ -396,6 +396,9 @@ async fn sighup_reads_the_config_again_even_when_its_metadata_did_not_change() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let mut sidecar = Sidecar::start(&config(0, a.addr, b.addr)).await;
     rewrite_unseen(&sidecar.config_path, &config(1, a.addr, b.addr));
+    // Past the watcher's fallback poll (1 s) and its inotify wake-up: it did not see the
+    // change, so what applies it below is the SIGHUP.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
         sidecar.config().await["version"],
         1,

@@ -663,7 +663,14 @@ impl RequestMetrics {
     /// Whether nothing but `Metrics::handles` holds this handle or its gRPC counters: no
     /// snapshot uses it and no request or response body can count into it any more.
     fn unused(self: &Arc<Self>) -> bool {
-        Arc::strong_count(self) == 1 && self.grpc.get().is_none_or(|g| Arc::strong_count(g) == 1)
+        if Arc::strong_count(self) != 1 {
+            return false;
+        }
+        // Pairs with the release of the last other reference: a gRPC body takes its clone of
+        // the counters before the request drops the handle, so once the handle's count is
+        // seen at 1, the counters' count read next is at least as new as that clone.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        self.grpc.get().is_none_or(|g| Arc::strong_count(g) == 1)
     }
 
     /// The gRPC status counters of this (direction, service, backend).

@@ -23,7 +23,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -102,8 +102,9 @@ impl LogFile {
         let moved = match std::fs::metadata(&self.path) {
             Ok(named) => (named.dev(), named.ino()) != self.id,
             Err(error) if error.kind() == io::ErrorKind::NotFound => true,
-            // Cannot tell (a directory no longer searchable): keep writing where we are.
-            Err(_) => false,
+            // Cannot tell (a directory no longer searchable): keep writing where we are, and
+            // to nothing counted as lost if the open file was already found without a name.
+            Err(_) => return,
         };
         if !moved {
             self.orphaned = false;
@@ -171,9 +172,13 @@ fn open_append(path: &Path) -> io::Result<(File, (u64, u64))> {
             format!("{} is a FIFO or socket, not a file", path.display()),
         ));
     }
+    // Non-blocking, and checked again once open: a FIFO put at the path after the check
+    // above would otherwise block this thread in `open` until a reader came (O_NONBLOCK
+    // changes nothing for a regular file's writes).
     let file = OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(path)
         .map_err(|error| {
             io::Error::new(
@@ -182,6 +187,12 @@ fn open_append(path: &Path) -> io::Result<(File, (u64, u64))> {
             )
         })?;
     let opened = file.metadata()?;
+    if !opened.file_type().is_file() && !opened.file_type().is_char_device() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
     Ok((file, (opened.dev(), opened.ino())))
 }
 
