@@ -49,13 +49,10 @@ impl Diagnostic {
         self.hint = Some(hint.into());
         self
     }
-}
 
-// === impl Diagnostic ===
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "error: {}", self.file)?;
+    /// Writes `<severity>: file:line: document: field: message`, then the help line.
+    fn write(&self, f: &mut fmt::Formatter<'_>, severity: &str) -> fmt::Result {
+        write!(f, "{severity}: {}", self.file)?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
         }
@@ -73,7 +70,39 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+// === impl Diagnostic ===
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, "error")
+    }
+}
+
 impl std::error::Error for Diagnostic {}
+
+/// Something in a valid config that is almost certainly not what its author meant, such as a
+/// route match that can never be selected. Warnings never reject a config: it is used as it
+/// is, and the warnings are logged and reported alongside it.
+///
+/// Displays like an error, with `warning:` in front:
+///
+/// ```text
+/// warning: routes.yaml:20: HTTPRoute shop/b: spec.rules[0].matches[0]: never selected for service shop/payments: ...
+///   help: ...
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// Where it is and what it is, with the same parts as an error.
+    pub diagnostic: Diagnostic,
+}
+
+// === impl Warning ===
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.diagnostic.write(f, "warning")
+    }
+}
 
 /// Every problem found in a set of config files; never empty when returned by the loader.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,6 +168,22 @@ mod tests {
         assert_eq!(
             diagnostic.to_string(),
             "error: mesh.yaml: file has no documents"
+        );
+    }
+
+    #[test]
+    fn warnings_display_like_errors() {
+        let warning = Warning {
+            diagnostic: example(),
+        };
+        let text = warning.to_string();
+        assert!(
+            text.starts_with("warning: routes.yaml:14: HTTPRoute shop/payments: spec.rules"),
+            "{text}"
+        );
+        assert_eq!(
+            text.strip_prefix("warning"),
+            example().to_string().strip_prefix("error")
         );
     }
 

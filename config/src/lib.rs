@@ -4,7 +4,9 @@
 //! - [`raw`]: serde mirrors of the YAML documents (`deny_unknown_fields`).
 //! - [`model`]: validated types the sidecar and control plane consume.
 //! - `validate`: raw → model, collecting every error of a set of files.
-//! - `error`: [`Diagnostic`] (file, document, field path, hint) and [`ConfigErrors`].
+//! - `error`: [`Diagnostic`] (file, document, field path, hint), [`ConfigErrors`] and
+//!   [`Warning`] (valid, but almost certainly not meant: shadowed route matches).
+//! - [`precedence`]: how route matches rank in a service's table, shared with the sidecar.
 //! - `duration`: Gateway API durations (`500ms`, `2s`, `1m30s`).
 //! - [`spiffe`]: SPIFFE IDs, strictly (the TLS layer's rules, in one place).
 //! - [`path`]: request paths in one spelling (decoded unreserved escapes, ambiguity refused).
@@ -15,6 +17,7 @@
 pub mod fuzz;
 pub mod model;
 pub mod path;
+pub mod precedence;
 pub mod raw;
 pub mod spiffe;
 
@@ -27,6 +30,6 @@ mod validate;
 pub mod wire;
 
 pub use duration::parse_duration;
-pub use error::{ConfigErrors, Diagnostic};
+pub use error::{ConfigErrors, Diagnostic, Warning};
 pub use load::{load_path, parse_snapshot, parse_sources, parse_str, Source};
 pub use model::*;

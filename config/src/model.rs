@@ -52,6 +52,9 @@ pub struct Config {
     /// The documents as given (after defaulting `metadata.namespace`), for `/config` and the
     /// control plane's `get`: JSON objects in input order.
     pub documents: Vec<serde_json::Value>,
+    /// What is valid but almost certainly not meant (route matches that can never be
+    /// selected), in document order; never a reason to refuse the config.
+    pub warnings: Vec<crate::error::Warning>,
 }
 
 /// The `Mesh` document.

@@ -13,6 +13,7 @@ mod matches;
 mod mesh;
 mod policy;
 mod route;
+mod shadow;
 #[cfg(test)]
 mod tests;
 
@@ -264,6 +265,7 @@ pub(crate) fn validate(
         traffic_policies: BTreeMap::new(),
         authorization_policies: Vec::new(),
         documents: Vec::new(),
+        warnings: Vec::new(),
     };
     let mut claims = Claims::default();
     let mut route_limits = Vec::new();
@@ -325,6 +327,25 @@ pub(crate) fn validate(
     if !errors.is_empty() {
         return Err(errors);
     }
+    // Duplicates were refused above, so each route's key names one document.
+    let sources: BTreeMap<ResourceKey, shadow::RouteSource<'_>> = parsed
+        .iter()
+        .filter_map(|document| match &document.document {
+            AnyDocument::HttpRoute(route) => {
+                let key = ResourceKey::new(&route.metadata.namespace, &route.metadata.name);
+                let origin = &document.origin;
+                Some((
+                    key,
+                    shadow::RouteSource {
+                        origin,
+                        document: route,
+                    },
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    config.warnings = shadow::shadowed(&config.http_routes, &sources);
     config.documents = parsed.into_iter().map(|document| document.json).collect();
     Ok(config)
 }

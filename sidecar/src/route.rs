@@ -2,7 +2,8 @@
 //!
 //! A service's table is built when a config is swapped in: every `matches[]` entry of every
 //! rule of every HTTPRoute naming the service is compiled and sorted once in Gateway API
-//! precedence order, so a request walks one flat list and takes the first hit.
+//! precedence order ([`ficus_config::precedence`], which the config's warnings about shadowed
+//! matches rank by too), so a request walks one flat list and takes the first hit.
 pub mod host;
 pub mod matcher;
 pub mod weighted;
@@ -11,8 +12,9 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 
+pub use ficus_config::precedence::{Precedence, Tie};
 pub use host::ServiceName;
-pub use matcher::{CompiledMatch, Precedence};
+pub use matcher::CompiledMatch;
 pub use weighted::WeightedSet;
 
 /// One compiled match pointing at the action of its rule.
@@ -26,32 +28,6 @@ pub struct RouteEntry<A> {
 
 /// An entry with its rank: precedence, then the tie-breaker.
 pub type RankedEntry<A> = (Precedence, Tie, RouteEntry<A>);
-
-/// How the Gateway API breaks ties between equal matches: the oldest route first (by
-/// `creationTimestamp`; routes without one, outside a cluster, after those with one), then the
-/// route's `namespace/name`, then the rule's index, then the match's.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Tie {
-    undated: bool,
-    created: String,
-    route: String,
-    rule: usize,
-    matched: usize,
-}
-
-impl Tie {
-    /// The tie-breaker of match `matched` of rule `rule` of route `route` (`namespace/name`),
-    /// created at `created` (a Kubernetes timestamp, which orders as text).
-    pub fn new(created: Option<&str>, route: &str, rule: usize, matched: usize) -> Self {
-        Self {
-            undated: created.is_none(),
-            created: created.unwrap_or_default().to_owned(),
-            route: route.to_owned(),
-            rule,
-            matched,
-        }
-    }
-}
 
 /// A service's compiled, precedence-ordered route list.
 #[derive(Debug)]
@@ -89,5 +65,119 @@ impl<A> RouteTable<A> {
     /// Whether the table has no entries.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three routes on service `shop/web` whose first matches are spelled differently but
+    /// select the same requests; `c` is the oldest.
+    const ROUTES: &str = "\
+apiVersion: ficus.dev/v1alpha1
+kind: Backend
+metadata: {name: web, namespace: shop}
+spec: {endpoints: [{address: 127.0.0.1:9001}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: a, namespace: shop}
+spec:
+  parentRefs: [{name: web}]
+  rules:
+  - matches: [{path: {value: /api/}, method: GET, headers: [{name: X-A, value: '1'}, {name: x-b, value: '2'}]}]
+    backendRefs: [{name: web}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: b, namespace: shop}
+spec:
+  parentRefs: [{name: web}]
+  rules:
+  - matches: [{path: {value: /api}, method: GET, headers: [{name: x-b, value: '2'}, {name: x-a, value: '1'}]}]
+    backendRefs: [{name: web}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: c, namespace: shop, creationTimestamp: '2026-01-01T00:00:00Z'}
+spec:
+  parentRefs: [{name: web}]
+  rules:
+  - matches: [{path: {value: /api}, method: GET, headers: [{name: x-a, value: '1'}, {name: x-b, value: '2'}]}]
+    backendRefs: [{name: web}]
+  - backendRefs: [{name: web}]
+";
+
+    /// The config's warnings and the sidecar's table agree: matches the config calls identical
+    /// select the same requests here, and the one it names as the winner is the one taken.
+    #[test]
+    fn warnings_name_the_match_the_table_takes() {
+        let config = ficus_config::parse_str("routes.yaml", ROUTES).expect("valid");
+        let mut entries = Vec::new();
+        for route in &config.http_routes {
+            let label = route.key.to_string();
+            for (rule_index, rule) in route.rules.iter().enumerate() {
+                for (match_index, m) in rule.matches.iter().enumerate() {
+                    let entry = RouteEntry {
+                        matcher: CompiledMatch::new(m),
+                        action: Arc::new(format!("{label} {rule_index} {match_index}")),
+                    };
+                    let tie = Tie::new(route.created.as_deref(), &label, rule_index, match_index);
+                    entries.push((m.precedence(), tie, entry));
+                }
+            }
+        }
+        let table = RouteTable::new(entries);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", "1".parse().expect("valid"));
+        headers.insert("x-b", "2".parse().expect("valid"));
+        let taken = |method: &Method, path: &str, headers: &HeaderMap| {
+            table
+                .find(method, path, None, headers)
+                .map(|entry| entry.action.as_str().to_owned())
+        };
+        for path in ["/api", "/api/", "/api/x"] {
+            assert_eq!(
+                taken(&Method::GET, path, &headers).as_deref(),
+                Some("shop/c 0 0")
+            );
+        }
+        assert_eq!(
+            taken(&Method::POST, "/api", &headers).as_deref(),
+            Some("shop/c 1 0")
+        );
+
+        let firsts: Vec<_> = config
+            .http_routes
+            .iter()
+            .map(|r| &r.rules[0].matches[0])
+            .collect();
+        let compiled: Vec<_> = firsts.iter().map(|m| CompiledMatch::new(m)).collect();
+        for m in &firsts[1..] {
+            assert_eq!(m.conditions(), firsts[0].conditions());
+        }
+        let requests = [
+            (Method::GET, "/api/x", headers.clone()),
+            (Method::GET, "/apix", headers.clone()),
+            (Method::GET, "/api", HeaderMap::new()),
+            (Method::PUT, "/api", headers.clone()),
+        ];
+        for (method, path, headers) in &requests {
+            let first = compiled[0].matches(method, path, None, headers);
+            assert!(compiled
+                .iter()
+                .all(|c| c.matches(method, path, None, headers) == first));
+        }
+
+        let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(warnings.len(), 2, "{warnings:#?}");
+        for (warning, loser) in warnings.iter().zip(["shop/a", "shop/b"]) {
+            assert!(
+                warning.contains(&format!("HTTPRoute {loser}: spec.rules[0]: "))
+                    && warning.contains("HTTPRoute shop/c spec.rules[0].matches[0]"),
+                "{warning}"
+            );
+        }
     }
 }

@@ -427,10 +427,9 @@ impl Snapshot {
                 action.rate_limit = route_limits.get(&route_label).cloned();
                 let action = Arc::new(action);
                 for (match_index, m) in rule.matches.iter().enumerate() {
-                    let matcher = CompiledMatch::new(m);
-                    let precedence = matcher.precedence();
+                    let precedence = m.precedence();
                     let entry = RouteEntry {
-                        matcher,
+                        matcher: CompiledMatch::new(m),
                         action: Arc::clone(&action),
                     };
                     entries.push((
@@ -571,6 +570,7 @@ impl Snapshot {
             traffic_policies: Default::default(),
             authorization_policies: Vec::new(),
             documents: Vec::new(),
+            warnings: Vec::new(),
         };
         Self::build(config, 0, "none".to_owned(), cx)
     }
@@ -716,7 +716,7 @@ fn direct_service(label: String, target: &Arc<BackendTarget>, cx: &BuildContext<
         .metrics
         .request_metrics(Direction::Outbound, &label, "none");
     let table = RouteTable::new(vec![(
-        entry.matcher.precedence(),
+        catch_all.precedence(),
         Tie::new(None, &label, 0, 0),
         entry,
     )]);

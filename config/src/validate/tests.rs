@@ -4,6 +4,7 @@ mod backends;
 mod loading;
 mod policies;
 mod routes;
+mod shadows;
 
 use crate::error::Diagnostic;
 use crate::load::parse_str;

@@ -1,30 +1,20 @@
-//! One compiled `matches[]` entry and its precedence.
-
-use std::cmp::Reverse;
+//! One compiled `matches[]` entry. Its rank is the config's
+//! ([`ficus_config::precedence`]), read from the validated match it is compiled from.
 
 use ficus_config::{PathMatch, RouteMatch, StringMatch};
 use http::header::HeaderName;
 use http::{HeaderMap, Method};
 
 /// Conditions of one `matches[]` entry with header names and the method parsed up front.
+/// Each field of the [`RouteMatch`] is compiled on its own and one to one, so two matches with
+/// equal [`RouteMatch::conditions`] match the same requests (what the config's warnings about
+/// shadowed matches rely on).
 #[derive(Debug, Clone)]
 pub struct CompiledMatch {
     path: PathMatch,
     method: Option<Method>,
     headers: Vec<(HeaderName, StringMatch)>,
     query: Vec<(String, StringMatch)>,
-}
-
-/// Gateway API precedence; smaller sorts first. Exact paths beat prefixes, longer prefixes
-/// beat shorter ones, regexes come after prefixes; then a method match, then more header
-/// matches, then more query matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Precedence {
-    path_kind: u8,
-    path_len: Reverse<usize>,
-    no_method: bool,
-    headers: Reverse<usize>,
-    query: Reverse<usize>,
 }
 
 impl CompiledMatch {
@@ -52,22 +42,6 @@ impl CompiledMatch {
                 .iter()
                 .map(|q| (q.name.clone(), q.value.clone()))
                 .collect(),
-        }
-    }
-
-    /// This match's rank.
-    pub fn precedence(&self) -> Precedence {
-        let (path_kind, path_len) = match &self.path {
-            PathMatch::Exact(p) => (0, p.len()),
-            PathMatch::Prefix(p) => (1, p.len()),
-            PathMatch::RegularExpression(re) => (2, re.as_str().len()),
-        };
-        Precedence {
-            path_kind,
-            path_len: Reverse(path_len),
-            no_method: self.method.is_none(),
-            headers: Reverse(self.headers.len()),
-            query: Reverse(self.query.len()),
         }
     }
 

@@ -1,0 +1,294 @@
+//! Warnings: HTTPRoute matches that an identical, higher-ranked match shadows.
+
+use super::*;
+use crate::error::Warning;
+
+/// An HTTPRoute `namespace/name` attached to `parent` (a service name, optionally
+/// `namespace/name`), with `rules` (YAML flow list) and, when given, a creationTimestamp.
+fn route(name: &str, parent: &str, created: Option<&str>, rules: &str) -> String {
+    let (namespace, name) = name.split_once('/').unwrap_or(("shop", name));
+    let parent = match parent.split_once('/') {
+        Some((ns, service)) => format!("{{name: {service}, namespace: {ns}}}"),
+        None => format!("{{name: {parent}}}"),
+    };
+    let created = created
+        .map(|t| format!(", creationTimestamp: \"{t}\""))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: {name}, namespace: {namespace}{created}}}\n\
+         spec:\n  parentRefs: [{parent}]\n  rules: {rules}\n"
+    )
+}
+
+/// The warnings of a valid config made of the Backends and `routes`.
+fn warnings(routes: &[String]) -> Vec<Warning> {
+    let mut text = BACKENDS.to_owned();
+    for route in routes {
+        text.push_str("---\n");
+        text.push_str(route);
+    }
+    valid(&text).warnings
+}
+
+/// A rule sending `matches` (YAML flow list) to monolith.
+fn rule(matches: &str) -> String {
+    format!("{{matches: {matches}, backendRefs: [{{name: monolith, namespace: shop}}]}}")
+}
+
+#[test]
+fn the_loser_of_an_identical_match_is_warned_and_names_the_winner() {
+    let get_pay = "{path: {type: Exact, value: /pay}, method: GET}";
+    let found = warnings(&[
+        route(
+            "a",
+            "shop",
+            None,
+            &format!("[{}]", rule(&format!("[{get_pay}]"))),
+        ),
+        route(
+            "b",
+            "shop",
+            None,
+            &format!(
+                "[{}]",
+                rule(&format!("[{get_pay}, {{path: {{value: /other}}}}]"))
+            ),
+        ),
+    ]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let warning = &found[0].diagnostic;
+    assert_eq!(warning.document.as_deref(), Some("HTTPRoute shop/b"));
+    assert_eq!(warning.field, "spec.rules[0].matches[0]");
+    assert!(warning.line.is_some());
+    assert!(
+        warning.message.contains("service shop/shop")
+            && warning
+                .message
+                .contains("HTTPRoute shop/a spec.rules[0].matches[0]")
+            && warning.message.contains("namespace/name"),
+        "{}",
+        found[0]
+    );
+    assert!(
+        found[0]
+            .to_string()
+            .starts_with("warning: test.yaml:23: HTTPRoute shop/b: spec.rules[0].matches[0]: "),
+        "{}",
+        found[0]
+    );
+
+    // The older route wins whatever the names: now `a` loses.
+    let found = warnings(&[
+        route(
+            "a",
+            "shop",
+            None,
+            &format!("[{}]", rule(&format!("[{get_pay}, {{}}]"))),
+        ),
+        route(
+            "b",
+            "shop",
+            Some("2026-01-01T00:00:00Z"),
+            &format!("[{}]", rule(&format!("[{get_pay}]"))),
+        ),
+    ]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0].diagnostic.document.as_deref(),
+        Some("HTTPRoute shop/a")
+    );
+    assert!(found[0]
+        .diagnostic
+        .message
+        .contains("HTTPRoute shop/b spec.rules[0].matches[0]"));
+}
+
+#[test]
+fn a_rule_whose_every_match_is_shadowed_can_never_be_selected() {
+    let found = warnings(&[route(
+        "a",
+        "shop",
+        None,
+        &format!(
+            "[{}, {}]",
+            rule("[{path: {value: /api/}}, {headers: [{name: x-v, value: \"2\"}]}]"),
+            // `/api/` and `/api` are one prefix; header names are case-insensitive.
+            rule("[{headers: [{name: X-V, value: \"2\"}]}, {path: {value: /api}}]"),
+        ),
+    )]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let warning = &found[0].diagnostic;
+    assert_eq!(warning.field, "spec.rules[1]");
+    assert!(
+        warning
+            .message
+            .starts_with("this rule can never be selected for service shop/shop")
+            && warning
+                .message
+                .contains("matches[0] is the same as HTTPRoute shop/a spec.rules[0].matches[1]")
+            && warning
+                .message
+                .contains("matches[1] is the same as HTTPRoute shop/a spec.rules[0].matches[0]")
+            && warning.message.contains("earlier rule"),
+        "{}",
+        found[0]
+    );
+
+    // Two catch-all rules (no matches) on one service: the second is never selected.
+    let catch_all = "[{backendRefs: [{name: monolith}]}]";
+    let found = warnings(&[
+        route("a", "shop", None, catch_all),
+        route("b", "shop", None, catch_all),
+    ]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].diagnostic.field, "spec.rules[0]");
+    assert!(
+        found[0].diagnostic.message.contains("no matches")
+            && found[0]
+                .diagnostic
+                .message
+                .contains("HTTPRoute shop/a spec.rules[0]"),
+        "{}",
+        found[0]
+    );
+}
+
+#[test]
+fn different_header_sets_do_not_shadow_but_reordered_ones_do() {
+    let h1 = "{name: x-a, value: \"1\"}";
+    let h2 = "{name: x-b, value: \"2\"}";
+    let found = warnings(&[
+        route(
+            "a",
+            "shop",
+            None,
+            &format!("[{}]", rule(&format!("[{{headers: [{h1}, {h2}]}}]"))),
+        ),
+        route(
+            "b",
+            "shop",
+            None,
+            &format!("[{}]", rule(&format!("[{{headers: [{h1}]}}]"))),
+        ),
+        route(
+            "c",
+            "shop",
+            None,
+            &format!(
+                "[{}]",
+                rule("[{headers: [{name: x-a, value: \"1\", type: RegularExpression}]}]")
+            ),
+        ),
+    ]);
+    assert!(found.is_empty(), "{found:?}");
+    let found = warnings(&[
+        route(
+            "a",
+            "shop",
+            None,
+            &format!("[{}]", rule(&format!("[{{headers: [{h1}, {h2}]}}]"))),
+        ),
+        route(
+            "b",
+            "shop",
+            None,
+            &format!("[{}]", rule(&format!("[{{headers: [{h2}, {h1}]}}]"))),
+        ),
+    ]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    // Query parameters and methods count too.
+    let found = warnings(&[
+        route(
+            "a",
+            "shop",
+            None,
+            &format!("[{}]", rule("[{queryParams: [{name: v, value: \"1\"}]}]")),
+        ),
+        route(
+            "b",
+            "shop",
+            None,
+            &format!("[{}]", rule("[{queryParams: [{name: v, value: \"2\"}]}]")),
+        ),
+        route("c", "shop", None, &format!("[{}]", rule("[{method: GET}]"))),
+        route(
+            "d",
+            "shop",
+            None,
+            &format!("[{}]", rule("[{method: POST}]")),
+        ),
+    ]);
+    assert!(found.is_empty(), "{found:?}");
+}
+
+#[test]
+fn the_same_match_on_different_services_does_not_shadow() {
+    let rules = format!("[{}]", rule("[{path: {value: /api}}]"));
+    let found = warnings(&[
+        route("a", "shop", None, &rules),
+        route("b", "payments", None, &rules),
+    ]);
+    assert!(found.is_empty(), "{found:?}");
+    // A consumer route (another namespace) replaces the producer's routes for its own
+    // callers: the two never meet in one table.
+    let found = warnings(&[
+        route("a", "shop", None, &rules),
+        route("web/b", "shop/shop", None, &rules),
+    ]);
+    assert!(found.is_empty(), "{found:?}");
+}
+
+#[test]
+fn exact_and_prefix_paths_of_the_same_value_do_not_shadow() {
+    let found = warnings(&[
+        route(
+            "a",
+            "shop",
+            None,
+            &format!("[{}]", rule("[{path: {type: Exact, value: /api}}]")),
+        ),
+        route(
+            "b",
+            "shop",
+            None,
+            &format!("[{}]", rule("[{path: {type: PathPrefix, value: /api}}]")),
+        ),
+        route(
+            "c",
+            "shop",
+            None,
+            &format!(
+                "[{}]",
+                rule("[{path: {type: RegularExpression, value: /api}}]")
+            ),
+        ),
+        route(
+            "d",
+            "shop",
+            None,
+            &format!("[{}]", rule("[{path: {type: Exact, value: /api/}}]")),
+        ),
+    ]);
+    assert!(found.is_empty(), "{found:?}");
+}
+
+#[test]
+fn a_route_attached_to_two_services_is_warned_per_service() {
+    let rules = format!("[{}]", rule("[{path: {value: /api}}]"));
+    let two_parents = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {name: z, namespace: shop}\n\
+         spec:\n  parentRefs: [{name: shop}, {name: payments}, {name: shop}]\n  rules: RULES\n"
+        .replace("RULES", &rules);
+    let found = warnings(&[
+        route("a", "shop", None, &rules),
+        two_parents,
+        route("b", "payments", None, &rules),
+    ]);
+    let messages: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert_eq!(found.len(), 2, "{messages:#?}");
+    assert!(messages[0].contains("HTTPRoute shop/z: spec.rules[0]: this rule can never be selected for service shop/payments"));
+    assert!(messages[1].contains(
+        "HTTPRoute shop/z: spec.rules[0]: this rule can never be selected for service shop/shop"
+    ));
+}
