@@ -197,6 +197,12 @@ fn config_json(shared: &Shared) -> serde_json::Value {
         "workload": shared.identity.workload,
         "namespace": shared.identity.namespace,
         "documents": snapshot.config.documents,
+        "warnings": snapshot
+            .config
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
     })
 }
 

@@ -46,6 +46,7 @@ impl Reloader {
         drop(current);
         let version = self.next_version;
         self.install(config, version, source)?;
+        self.warn_about_config(version, source);
         self.next_version += 1;
         Ok(Some(version))
     }
@@ -57,7 +58,9 @@ impl Reloader {
         version: u64,
         source: &str,
     ) -> Result<(), String> {
-        self.install(config, version, source)
+        self.install(config, version, source)?;
+        self.warn_about_config(version, source);
+        Ok(())
     }
 
     /// Push mode: the documents did not change, only the version number moves.
@@ -101,6 +104,15 @@ impl Reloader {
         self.shared.metrics.config_update(true, source_kind(source));
         tracing::info!(version, source, "config applied");
         Ok(())
+    }
+
+    /// Logs each warning of the config just swapped in (matches that can never be selected):
+    /// the config serves as it is, but its author should hear about it. Not for a version
+    /// bump, whose documents (and warnings) were logged when they came.
+    fn warn_about_config(&self, version: u64, source: &str) {
+        for warning in &self.shared.snapshot.load().config.warnings {
+            tracing::warn!(version, source, "config warning: {warning}");
+        }
     }
 
     /// Records a config that failed validation or could not be applied.
