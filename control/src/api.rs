@@ -11,6 +11,10 @@
 //! | `POST /v1/rollback` | `{"version": n}`, `{}` or empty (see [`apply::default_rollback_target`]) | [`ApplyOutcome`] |
 //! | `GET /v1/status` | – | `{"version", "sidecars": [SidecarStatus]}` |
 //!
+//! A write (and a diff) of a config that is valid but has warnings (route matches that can
+//! never be selected) succeeds; its answer lists them in `warnings`, one `warning: …` text each,
+//! as errors are in `diagnostics`.
+//!
 //! Errors are JSON `{"error": "...", "diagnostics": ["..."]}`: 400 invalid config or request,
 //! 401 no or wrong admin token, 404, 405, 408 body too slow, 413 body over 4 MiB, 500 store
 //! failure. Writes take the author from the JSON body or the `x-ficus-author` header.

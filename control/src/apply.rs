@@ -35,6 +35,10 @@ pub struct ApplyOutcome {
     pub summary: String,
     /// Every document the operation touched (for apply, also the unchanged ones it named).
     pub changes: Vec<DocumentChange>,
+    /// What is valid but almost certainly not meant in the resulting config (route matches
+    /// that can never be selected), one `warning: file:line: document: field: message` text
+    /// each (a `help:` line may follow). They never refuse a write.
+    pub warnings: Vec<String>,
 }
 
 /// Why a write was refused. Nothing was stored in every case.
@@ -103,7 +107,7 @@ pub async fn apply(
     let current = state.current();
     let base = Arc::clone(&current);
     let trust_domain = state.trust_domain.get().cloned();
-    let (next, changes) = off_runtime(move || {
+    let (next, changes, warnings) = off_runtime(move || {
         let merged = merged(&base, &sources)?;
         if let Some(trust_domain) = &trust_domain {
             check_documents(trust_domain, &merged.0, &sources, &current_name(&base))
@@ -113,7 +117,8 @@ pub async fn apply(
     })
     .await?;
     let summary = diff::summary("apply", &changes);
-    commit_if_changed(state, &current, next, changes, Commit::new(author, summary)).await
+    let commit = Commit::new(author, summary, warnings);
+    commit_if_changed(state, &current, next, changes, commit).await
 }
 
 /// What `apply` of `sources` would change, without storing anything.
@@ -121,12 +126,14 @@ pub async fn diff(state: &ControlState, sources: Vec<Source>) -> Result<Diff, Ap
     let current = state.current();
     let trust_domain = state.trust_domain.get().cloned();
     off_runtime(move || {
-        let (next, changes) = merged(&current, &sources)?;
+        let (next, changes, warnings) = merged(&current, &sources)?;
         if let Some(trust_domain) = &trust_domain {
             check_documents(trust_domain, &next, &sources, &current_name(&current))
                 .map_err(ApplyError::Invalid)?;
         }
-        Ok(Diff::new(&current, &next, changes))
+        let mut diff = Diff::new(&current, &next, changes);
+        diff.warnings = warnings;
+        Ok(diff)
     })
     .await
 }
@@ -143,14 +150,15 @@ pub async fn delete(
     if next.remove(&key).is_none() {
         return Err(ApplyError::NotFound(key));
     }
-    let next = validated(current_name(&current), next).await?;
+    let (next, warnings) = validated(current_name(&current), next).await?;
     let changes = diff::changes(
         &by_key(current.documents.iter().cloned()),
         &next,
         &BTreeSet::new(),
     );
     let summary = diff::summary("delete", &changes);
-    commit_if_changed(state, &current, next, changes, Commit::new(author, summary)).await
+    let commit = Commit::new(author, summary, warnings);
+    commit_if_changed(state, &current, next, changes, commit).await
 }
 
 /// Makes the documents of `version` (default: [`default_rollback_target`]) current again, as
@@ -174,7 +182,7 @@ pub async fn rollback(
     // configs this build accepts" true across upgrades that tighten validation. Problems are
     // the target's, so diagnostics name it, not the current config.
     let name = format!("version {target} (rollback target)");
-    let next = validated(name.clone(), by_key(record.documents)).await?;
+    let (next, warnings) = validated(name.clone(), by_key(record.documents)).await?;
     if let Some(trust_domain) = state.trust_domain.get() {
         check_documents(trust_domain, &next, &[], &name).map_err(ApplyError::Invalid)?;
     }
@@ -188,6 +196,7 @@ pub async fn rollback(
         author,
         summary,
         rolled_back_to: Some(target),
+        warnings,
     };
     commit_if_changed(state, &current, next, changes, commit).await
 }
@@ -294,19 +303,21 @@ async fn off_runtime<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await?
 }
 
-/// `next` (stored documents, named `name` in diagnostics) once it validates as a whole config.
+/// `next` (stored documents, named `name` in diagnostics) once it validates as a whole config,
+/// with the config's warnings.
 async fn validated(
     name: String,
     next: BTreeMap<DocumentKey, serde_json::Value>,
-) -> Result<BTreeMap<DocumentKey, serde_json::Value>, ApplyError> {
+) -> Result<(BTreeMap<DocumentKey, serde_json::Value>, Vec<String>), ApplyError> {
     off_runtime(move || {
-        validate(&name, &next, &[])?;
-        Ok(next)
+        let (_, warnings) = validate(&name, &next, &[])?;
+        Ok((next, warnings))
     })
     .await
 }
 
-/// The current documents with every document of `sources` created or replaced, validated.
+/// The current documents with every document of `sources` created or replaced, validated;
+/// with the changes and the resulting config's warnings.
 fn merged(
     current: &VersionRecord,
     sources: &[Source],
@@ -314,6 +325,7 @@ fn merged(
     (
         BTreeMap<DocumentKey, serde_json::Value>,
         Vec<DocumentChange>,
+        Vec<String>,
     ),
     ApplyError,
 > {
@@ -335,7 +347,7 @@ fn merged(
         .filter(|(key, _)| !named.contains(key))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let applied = validate(&current_name(current), &next, sources)?;
+    let (applied, warnings) = validate(&current_name(current), &next, sources)?;
     // Documents the user named come from the validator (namespace filled in); the others keep
     // their stored JSON exactly, so they never show up as changed.
     for (key, document) in by_key(applied) {
@@ -344,16 +356,16 @@ fn merged(
         }
     }
     let changes = diff::changes(&old, &next, &named);
-    Ok((next, changes))
+    Ok((next, changes, warnings))
 }
 
 /// Validates `sources` together with `kept` (stored documents, one more source named
-/// `kept_name`) and returns the documents of the result.
+/// `kept_name`) and returns the documents of the result and its warnings (as text).
 fn validate(
     kept_name: &str,
     kept: &BTreeMap<DocumentKey, serde_json::Value>,
     sources: &[Source],
-) -> Result<Vec<serde_json::Value>, ApplyError> {
+) -> Result<(Vec<serde_json::Value>, Vec<String>), ApplyError> {
     let mut all = sources.to_vec();
     if !kept.is_empty() {
         let documents: Vec<serde_json::Value> = kept.values().cloned().collect();
@@ -364,10 +376,13 @@ fn validate(
     }
     if all.is_empty() {
         // Deleting the last document: the empty config is valid (defaults only).
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     ficus_config::parse_sources(&all)
-        .map(|config| config.documents)
+        .map(|config| {
+            let warnings = config.warnings.iter().map(ToString::to_string).collect();
+            (config.documents, warnings)
+        })
         .map_err(ApplyError::Invalid)
 }
 
@@ -377,14 +392,17 @@ struct Commit {
     summary: String,
     /// The rollback's target ([`VersionRecord::rolled_back_to`]).
     rolled_back_to: Option<u64>,
+    /// The resulting config's warnings, for the answer (not stored).
+    warnings: Vec<String>,
 }
 
 impl Commit {
-    fn new(author: Option<String>, summary: String) -> Self {
+    fn new(author: Option<String>, summary: String, warnings: Vec<String>) -> Self {
         Self {
             author,
             summary,
             rolled_back_to: None,
+            warnings,
         }
     }
 }
@@ -404,6 +422,7 @@ async fn commit_if_changed(
             committed: false,
             summary: "unchanged".to_owned(),
             changes,
+            warnings: commit.warnings,
         });
     }
     let (documents, pushable) = tokio::task::spawn_blocking(move || {
@@ -419,6 +438,7 @@ async fn commit_if_changed(
         author,
         summary,
         rolled_back_to,
+        warnings,
     } = commit;
     let record = tokio::task::spawn_blocking(move || match rolled_back_to {
         Some(target) => store.commit_rollback(documents, author, summary, target),
@@ -431,6 +451,7 @@ async fn commit_if_changed(
         committed: true,
         summary: record.summary.clone(),
         changes,
+        warnings,
     };
     state
         .metrics

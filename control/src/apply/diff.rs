@@ -60,6 +60,8 @@ pub struct Diff {
     pub changes: Vec<DocumentChange>,
     /// The YAML of each created, changed or deleted document as a unified-style diff.
     pub text: String,
+    /// The warnings the apply would answer (see [`super::ApplyOutcome::warnings`]).
+    pub warnings: Vec<String>,
 }
 
 impl DocumentKey {
@@ -132,6 +134,7 @@ impl Diff {
             version: current.version,
             changes,
             text,
+            warnings: Vec::new(),
         }
     }
 }

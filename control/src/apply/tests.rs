@@ -427,3 +427,53 @@ async fn a_config_too_large_to_push_is_refused() {
     );
     assert_eq!(state.current().version, 4);
 }
+
+#[tokio::test]
+async fn warnings_come_with_the_answer_and_never_refuse() {
+    let (_dir, state) = state();
+    let shadowing = |name: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: {name}, namespace: shop}}\n\
+             spec:\n  parentRefs: [{{name: shop}}]\n  rules:\n  - backendRefs: [{{name: a}}]\n"
+        )
+    };
+    let first = format!("{}---\n{}", backend("a", 9001), shadowing("first"));
+    let outcome = apply(&state, source("all.yaml", &first), None)
+        .await
+        .unwrap();
+    assert!(outcome.warnings.is_empty(), "{:?}", outcome.warnings);
+
+    // A second catch-all route on the same service: committed, with a warning naming it.
+    let outcome = apply(&state, source("second.yaml", &shadowing("second")), None)
+        .await
+        .unwrap();
+    assert_eq!((outcome.version, outcome.committed), (2, true));
+    assert_eq!(outcome.warnings.len(), 1, "{:?}", outcome.warnings);
+    assert!(
+        outcome.warnings[0].starts_with(
+            "warning: second.yaml:1: HTTPRoute shop/second: spec.rules[0]: this rule can never \
+             be selected for service shop/shop"
+        ),
+        "{}",
+        outcome.warnings[0]
+    );
+    assert!(outcome.warnings[0].contains("HTTPRoute shop/first spec.rules[0]"));
+
+    // A diff and an unchanged apply say so too; deleting the shadowing route clears it.
+    let diff = super::diff(&state, source("second.yaml", &shadowing("second")))
+        .await
+        .unwrap();
+    assert_eq!(diff.warnings, outcome.warnings);
+    let again = apply(&state, source("second.yaml", &shadowing("second")), None)
+        .await
+        .unwrap();
+    assert!(!again.committed);
+    assert_eq!(again.warnings.len(), 1);
+    let key = DocumentKey::of(&serde_json::json!({
+        "kind": "HTTPRoute", "metadata": {"name": "first", "namespace": "shop"}
+    }))
+    .unwrap();
+    let deleted = delete(&state, key, None).await.unwrap();
+    assert!(deleted.warnings.is_empty(), "{:?}", deleted.warnings);
+}

@@ -69,7 +69,8 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate and store documents as a new version (all or nothing).
+    /// Validate and store documents as a new version (all or nothing). The config's warnings
+    /// (route matches that can never be selected) go to stderr; they do not fail the apply.
     Apply {
         /// A YAML file, a directory of *.yaml / *.yml files, or `-` for stdin.
         #[arg(short = 'f', long = "filename", env = "FICUS_FILENAME")]
@@ -102,7 +103,7 @@ enum Command {
         #[command(flatten)]
         wait: wait::WaitArgs,
     },
-    /// Show what `apply` would change.
+    /// Show what `apply` would change, and the warnings it would print (on stderr).
     Diff {
         /// A YAML file, a directory of *.yaml / *.yml files, or `-` for stdin.
         #[arg(short = 'f', long = "filename", env = "FICUS_FILENAME")]

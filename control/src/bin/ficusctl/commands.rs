@@ -16,6 +16,9 @@ struct Outcome {
     version: u64,
     committed: bool,
     summary: String,
+    /// The resulting config's warnings (`warning: …`); absent from older control planes.
+    #[serde(default)]
+    warnings: Vec<String>,
 }
 
 /// One document of a diff.
@@ -30,6 +33,9 @@ struct DiffAnswer {
     version: u64,
     changes: Vec<Change>,
     text: String,
+    /// The warnings the apply would answer; absent from older control planes.
+    #[serde(default)]
+    warnings: Vec<String>,
 }
 
 /// `GET /v1/config`.
@@ -75,7 +81,16 @@ pub async fn apply(client: &Client, file: &Path, wait: WaitArgs) -> Result<(), C
     } else {
         println!("unchanged (version {})", outcome.version);
     }
+    print_warnings(&outcome.warnings);
     wait.for_version(client, outcome.version).await
+}
+
+/// Prints a config's warnings to stderr, as given (`warning: file:line: document: field:
+/// message`, maybe a `help:` line). They never change the exit code: the config was taken.
+fn print_warnings(warnings: &[String]) {
+    for warning in warnings {
+        eprintln!("{warning}");
+    }
 }
 
 /// `diff`.
@@ -93,6 +108,7 @@ pub async fn diff(client: &Client, file: &Path) -> Result<(), CtlError> {
     } else {
         print!("{}", answer.text);
     }
+    print_warnings(&answer.warnings);
     Ok(())
 }
 
@@ -201,6 +217,7 @@ pub async fn delete(
     );
     let outcome: Outcome = client.call(Method::DELETE, &path, None).await?;
     println!("deleted: version {}: {}", outcome.version, outcome.summary);
+    print_warnings(&outcome.warnings);
     wait.for_version(client, outcome.version).await
 }
 
@@ -388,6 +405,7 @@ pub async fn rollback(
             outcome.version
         );
     }
+    print_warnings(&outcome.warnings);
     wait.for_version(client, outcome.version).await
 }
 
