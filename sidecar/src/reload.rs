@@ -111,7 +111,8 @@ impl Reloader {
     /// bump, whose documents (and warnings) were logged when they came.
     fn warn_about_config(&self, version: u64, source: &str) {
         for warning in &self.shared.snapshot.load().config.warnings {
-            tracing::warn!(version, source, "config warning: {warning}");
+            // Displays as `warning: file:line: document: field: message` (and a help line).
+            tracing::warn!(version, source, "config {warning}");
         }
     }
 
