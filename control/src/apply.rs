@@ -107,11 +107,20 @@ pub async fn apply(
     let current = state.current();
     let base = Arc::clone(&current);
     let trust_domain = state.trust_domain.get().cloned();
-    let (next, changes, warnings) = off_runtime(move || {
+    let Merged {
+        documents: next,
+        changes,
+        warnings,
+    } = off_runtime(move || {
         let merged = merged(&base, &sources)?;
         if let Some(trust_domain) = &trust_domain {
-            check_documents(trust_domain, &merged.0, &sources, &current_name(&base))
-                .map_err(ApplyError::Invalid)?;
+            check_documents(
+                trust_domain,
+                &merged.documents,
+                &sources,
+                &current_name(&base),
+            )
+            .map_err(ApplyError::Invalid)?;
         }
         Ok(merged)
     })
@@ -126,13 +135,18 @@ pub async fn diff(state: &ControlState, sources: Vec<Source>) -> Result<Diff, Ap
     let current = state.current();
     let trust_domain = state.trust_domain.get().cloned();
     off_runtime(move || {
-        let (next, changes, warnings) = merged(&current, &sources)?;
+        let merged = merged(&current, &sources)?;
         if let Some(trust_domain) = &trust_domain {
-            check_documents(trust_domain, &next, &sources, &current_name(&current))
-                .map_err(ApplyError::Invalid)?;
+            check_documents(
+                trust_domain,
+                &merged.documents,
+                &sources,
+                &current_name(&current),
+            )
+            .map_err(ApplyError::Invalid)?;
         }
-        let mut diff = Diff::new(&current, &next, changes);
-        diff.warnings = warnings;
+        let mut diff = Diff::new(&current, &merged.documents, merged.changes);
+        diff.warnings = merged.warnings;
         Ok(diff)
     })
     .await
@@ -316,19 +330,18 @@ async fn validated(
     .await
 }
 
-/// The current documents with every document of `sources` created or replaced, validated;
-/// with the changes and the resulting config's warnings.
-fn merged(
-    current: &VersionRecord,
-    sources: &[Source],
-) -> Result<
-    (
-        BTreeMap<DocumentKey, serde_json::Value>,
-        Vec<DocumentChange>,
-        Vec<String>,
-    ),
-    ApplyError,
-> {
+/// What an apply makes of the current documents.
+struct Merged {
+    /// The resulting document set.
+    documents: BTreeMap<DocumentKey, serde_json::Value>,
+    /// What changed, per document.
+    changes: Vec<DocumentChange>,
+    /// The resulting config's warnings, as text.
+    warnings: Vec<String>,
+}
+
+/// The current documents with every document of `sources` created or replaced, validated.
+fn merged(current: &VersionRecord, sources: &[Source]) -> Result<Merged, ApplyError> {
     if sources.is_empty() {
         let nothing = Diagnostic {
             file: "request".to_owned(),
@@ -356,7 +369,11 @@ fn merged(
         }
     }
     let changes = diff::changes(&old, &next, &named);
-    Ok((next, changes, warnings))
+    Ok(Merged {
+        documents: next,
+        changes,
+        warnings,
+    })
 }
 
 /// Validates `sources` together with `kept` (stored documents, one more source named
