@@ -111,8 +111,19 @@ impl Reloader {
     /// bump, whose documents (and warnings) were logged when they came.
     fn warn_about_config(&self, version: u64, source: &str) {
         for warning in &self.shared.snapshot.load().config.warnings {
-            // Displays as `warning: file:line: document: field: message` (and a help line).
-            tracing::warn!(version, source, "config {warning}");
+            // One line per warning: its parts as fields (its Display adds a help line).
+            let d = &warning.diagnostic;
+            tracing::warn!(
+                version,
+                source,
+                file = %d.file,
+                line = d.line,
+                document = d.document.as_deref().unwrap_or_default(),
+                field = %d.field,
+                hint = d.hint.as_deref().unwrap_or_default(),
+                "config warning: {}",
+                d.message
+            );
         }
     }
 

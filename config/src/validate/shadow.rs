@@ -43,9 +43,69 @@ struct Shadow {
     reason: &'static str,
 }
 
+/// Most table entries (a match for each service its route names) checked; a config with more
+/// gets one warning that it was not checked, so that a huge apply cannot make validation slow
+/// or large (each entry costs an allocation and a place in a sort).
+const MAX_CHECKED: usize = 200_000;
+
+/// Most warnings a config gets; past them one more says how many were left out. (A rule of
+/// 100,000 empty matches would otherwise fill apply answers and every sidecar's log.)
+const MAX_WARNINGS: usize = 100;
+
+/// Most shadowed matches a rule-level warning lists one by one.
+const MAX_LISTED: usize = 10;
+
 /// Warnings for every match (or whole rule) of `routes` that an identical match ranked before
-/// it in the same table shadows; in route, rule, service, match order.
+/// it in the same table shadows; in route, rule, service, match order; at most
+/// [`MAX_WARNINGS`] and a last one counting the rest.
 pub(crate) fn shadowed(
+    routes: &[HttpRoute],
+    sources: &BTreeMap<ResourceKey, RouteSource<'_>>,
+) -> Vec<Warning> {
+    let entries: usize = routes
+        .iter()
+        .map(|route| {
+            let parents: BTreeSet<&ResourceKey> = route.parents.iter().collect();
+            let matches: usize = route.rules.iter().map(|rule| rule.matches.len()).sum();
+            parents.len().saturating_mul(matches)
+        })
+        .fold(0, usize::saturating_add);
+    if entries > MAX_CHECKED {
+        let Some(source) = routes.first().and_then(|route| sources.get(&route.key)) else {
+            return Vec::new();
+        };
+        let message = format!(
+            "{entries} route matches (a match for each service its HTTPRoute names) are more \
+             than the {MAX_CHECKED} checked for matches that can never be selected; none was \
+             checked"
+        );
+        let hint = "split the config, or check it in parts with `ficusctl diff`";
+        return vec![Warning {
+            diagnostic: source.origin.diagnostic(String::new(), message, hint),
+        }];
+    }
+    let mut warnings = all_shadowed(routes, sources);
+    if warnings.len() > MAX_WARNINGS {
+        let left = warnings.len() - MAX_WARNINGS;
+        warnings.truncate(MAX_WARNINGS + 1);
+        let Some(Warning {
+            diagnostic: mut last,
+        }) = warnings.pop()
+        else {
+            return warnings;
+        };
+        last.message = format!(
+            "{left} more warnings about matches that can never be selected, from this one on, \
+             are not shown"
+        );
+        last.hint = Some("fix the ones above and apply again to see the rest".to_owned());
+        warnings.push(Warning { diagnostic: last });
+    }
+    warnings
+}
+
+/// [`shadowed`], every warning.
+fn all_shadowed(
     routes: &[HttpRoute],
     sources: &BTreeMap<ResourceKey, RouteSource<'_>>,
 ) -> Vec<Warning> {
@@ -117,8 +177,9 @@ pub(crate) fn shadowed(
                 .rules
                 .get(rule)
                 .is_some_and(|r| !r.matches.is_empty());
-            let why: Vec<String> = shadows
+            let mut why: Vec<String> = shadows
                 .iter()
+                .take(MAX_LISTED)
                 .map(|shadow| {
                     let what = if written {
                         format!("matches[{}]", shadow.matched)
@@ -132,6 +193,9 @@ pub(crate) fn shadowed(
                     )
                 })
                 .collect();
+            if shadows.len() > MAX_LISTED {
+                why.push(format!("and {} more", shadows.len() - MAX_LISTED));
+            }
             let message = format!(
                 "this rule can never be selected for service {service}: {}",
                 why.join("; ")

@@ -239,8 +239,12 @@ fn the_same_match_on_different_services_does_not_shadow() {
     assert!(found.is_empty(), "{found:?}");
 }
 
+/// Only identical conditions are compared: a `RegularExpression` `/api` (anchored: the same
+/// requests as `Exact /api`, ranked after it) is never selected, yet gets no warning (a limit
+/// the README states); Exact and PathPrefix of one value, and `/api` vs `/api/` as Exact paths,
+/// really do select different requests.
 #[test]
-fn exact_and_prefix_paths_of_the_same_value_do_not_shadow() {
+fn only_identical_paths_are_compared() {
     let found = warnings(&[
         route(
             "a",
@@ -291,4 +295,70 @@ fn a_route_attached_to_two_services_is_warned_per_service() {
     assert!(messages[1].contains(
         "HTTPRoute shop/z: spec.rules[0]: this rule can never be selected for service shop/shop"
     ));
+}
+
+#[test]
+fn warnings_are_capped_and_the_rest_counted() {
+    // 150 copies of one match in one rule: the first wins, 149 are shadowed.
+    let matches = vec!["{path: {value: /x}}"; 150].join(", ");
+    let found = warnings(&[route(
+        "a",
+        "shop",
+        None,
+        &format!("[{}]", rule(&format!("[{matches}]"))),
+    )]);
+    assert_eq!(found.len(), 101, "100 warnings and one counting the rest");
+    let last = &found[100].diagnostic;
+    assert!(
+        last.message.starts_with("49 more warnings"),
+        "{}",
+        last.message
+    );
+    assert_eq!(
+        last.field, "spec.rules[0].matches[101]",
+        "located at the first left out"
+    );
+}
+
+#[test]
+fn a_rule_level_warning_lists_at_most_ten_matches() {
+    // Rule 1 repeats rule 0's match 30 times: every one of its matches is shadowed.
+    let matches = vec!["{path: {value: /x}}"; 30].join(", ");
+    let rules = format!(
+        "[{}, {}]",
+        rule("[{path: {value: /x}}]"),
+        rule(&format!("[{matches}]"))
+    );
+    let found = warnings(&[route("a", "shop", None, &rules)]);
+    let rule_level: Vec<_> = found
+        .iter()
+        .filter(|w| w.diagnostic.field == "spec.rules[1]")
+        .collect();
+    assert_eq!(rule_level.len(), 1, "{found:?}");
+    let message = &rule_level[0].diagnostic.message;
+    assert_eq!(message.matches("is the same as").count(), 10, "{message}");
+    assert!(message.ends_with("and 20 more"), "{message}");
+}
+
+#[test]
+fn a_config_too_large_to_check_gets_one_warning_saying_so() {
+    // 500 services × 401 matches: more table entries than are checked.
+    let parents: Vec<String> = (0..500).map(|i| format!("{{name: s{i}}}")).collect();
+    let matches: Vec<String> = (0..401)
+        .map(|i| format!("{{path: {{value: /p{i}}}}}"))
+        .collect();
+    let text = format!(
+        "{BACKENDS}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: big, namespace: shop}}\n\
+         spec:\n  parentRefs: [{}]\n  rules: [{}]\n",
+        parents.join(", "),
+        rule(&format!("[{}]", matches.join(", ")))
+    );
+    let found = valid(&text).warnings;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].diagnostic.message.contains("none was checked"),
+        "{}",
+        found[0].diagnostic.message
+    );
 }
