@@ -524,14 +524,8 @@ struct Signals {
 impl Signals {
     /// Catches the four signals. One that cannot be caught (logged) keeps its default action.
     fn install() -> Self {
-        use tokio::signal::unix::{signal, SignalKind};
-        let catch = |kind: SignalKind, name: &str| match signal(kind) {
-            Ok(signal) => Some(signal),
-            Err(error) => {
-                tracing::warn!(%error, "cannot catch {name}; it would end the process");
-                None
-            }
-        };
+        use ficus_net::signal::catch;
+        use tokio::signal::unix::SignalKind;
         Self {
             term: catch(SignalKind::terminate(), "SIGTERM"),
             int: catch(SignalKind::interrupt(), "SIGINT"),
@@ -542,12 +536,7 @@ impl Signals {
 
     /// Until SIGTERM or SIGINT.
     async fn shutdown(mut self) {
-        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-            match signal {
-                Some(signal) => signal.recv().await,
-                None => std::future::pending().await,
-            }
-        }
+        use ficus_net::signal::next;
         loop {
             tokio::select! {
                 Some(()) = next(&mut self.term) => return,

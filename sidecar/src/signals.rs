@@ -9,7 +9,8 @@
 
 use std::sync::Arc;
 
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use ficus_net::signal::{catch, next};
+use tokio::signal::unix::{Signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::state::Shared;
@@ -25,13 +26,6 @@ impl OperatorSignals {
     /// Catches both from now on (call on a runtime: the handlers are tokio's). One that
     /// cannot be installed is logged and ends the process, as by default.
     pub fn install() -> Self {
-        let catch = |kind: SignalKind, name: &str| match signal(kind) {
-            Ok(signal) => Some(signal),
-            Err(error) => {
-                tracing::error!(%error, "cannot install the {name} handler; it would end the process");
-                None
-            }
-        };
         Self {
             hangup: catch(SignalKind::hangup(), "SIGHUP"),
             user1: catch(SignalKind::user_defined1(), "SIGUSR1"),
@@ -41,12 +35,6 @@ impl OperatorSignals {
     /// Answers the signals until the runtime stops. `reload` wakes the `--config` watcher
     /// ([`crate::watch::watch`]); `None` in push mode, where SIGHUP has nothing to reload.
     pub async fn run(mut self, shared: Arc<Shared>, reload: Option<Arc<Notify>>) {
-        async fn next(signal: &mut Option<Signal>) -> Option<()> {
-            match signal {
-                Some(signal) => signal.recv().await,
-                None => std::future::pending().await,
-            }
-        }
         loop {
             tokio::select! {
                 Some(()) = next(&mut self.hangup) => match &reload {

@@ -31,6 +31,11 @@ fn warnings(routes: &[String]) -> Vec<Warning> {
     valid(&text).warnings
 }
 
+/// An undated route `name` on `parent` with one rule of `matches` (YAML flow list).
+fn one_rule(name: &str, parent: &str, matches: &str) -> String {
+    route(name, parent, None, &format!("[{}]", rule(matches)))
+}
+
 /// A rule sending `matches` (YAML flow list) to monolith.
 fn rule(matches: &str) -> String {
     format!("{{matches: {matches}, backendRefs: [{{name: monolith, namespace: shop}}]}}")
@@ -40,12 +45,7 @@ fn rule(matches: &str) -> String {
 fn the_loser_of_an_identical_match_is_warned_and_names_the_winner() {
     let get_pay = "{path: {type: Exact, value: /pay}, method: GET}";
     let found = warnings(&[
-        route(
-            "a",
-            "shop",
-            None,
-            &format!("[{}]", rule(&format!("[{get_pay}]"))),
-        ),
+        one_rule("a", "shop", &format!("[{get_pay}]")),
         route(
             "b",
             "shop",
@@ -80,12 +80,7 @@ fn the_loser_of_an_identical_match_is_warned_and_names_the_winner() {
 
     // The older route wins whatever the names: now `a` loses.
     let found = warnings(&[
-        route(
-            "a",
-            "shop",
-            None,
-            &format!("[{}]", rule(&format!("[{get_pay}, {{}}]"))),
-        ),
+        one_rule("a", "shop", &format!("[{get_pay}, {{}}]")),
         route(
             "b",
             "shop",
@@ -159,18 +154,8 @@ fn different_header_sets_do_not_shadow_but_reordered_ones_do() {
     let h1 = "{name: x-a, value: \"1\"}";
     let h2 = "{name: x-b, value: \"2\"}";
     let found = warnings(&[
-        route(
-            "a",
-            "shop",
-            None,
-            &format!("[{}]", rule(&format!("[{{headers: [{h1}, {h2}]}}]"))),
-        ),
-        route(
-            "b",
-            "shop",
-            None,
-            &format!("[{}]", rule(&format!("[{{headers: [{h1}]}}]"))),
-        ),
+        one_rule("a", "shop", &format!("[{{headers: [{h1}, {h2}]}}]")),
+        one_rule("b", "shop", &format!("[{{headers: [{h1}]}}]")),
         route(
             "c",
             "shop",
@@ -183,41 +168,16 @@ fn different_header_sets_do_not_shadow_but_reordered_ones_do() {
     ]);
     assert!(found.is_empty(), "{found:?}");
     let found = warnings(&[
-        route(
-            "a",
-            "shop",
-            None,
-            &format!("[{}]", rule(&format!("[{{headers: [{h1}, {h2}]}}]"))),
-        ),
-        route(
-            "b",
-            "shop",
-            None,
-            &format!("[{}]", rule(&format!("[{{headers: [{h2}, {h1}]}}]"))),
-        ),
+        one_rule("a", "shop", &format!("[{{headers: [{h1}, {h2}]}}]")),
+        one_rule("b", "shop", &format!("[{{headers: [{h2}, {h1}]}}]")),
     ]);
     assert_eq!(found.len(), 1, "{found:?}");
     // Query parameters and methods count too.
     let found = warnings(&[
-        route(
-            "a",
-            "shop",
-            None,
-            &format!("[{}]", rule("[{queryParams: [{name: v, value: \"1\"}]}]")),
-        ),
-        route(
-            "b",
-            "shop",
-            None,
-            &format!("[{}]", rule("[{queryParams: [{name: v, value: \"2\"}]}]")),
-        ),
-        route("c", "shop", None, &format!("[{}]", rule("[{method: GET}]"))),
-        route(
-            "d",
-            "shop",
-            None,
-            &format!("[{}]", rule("[{method: POST}]")),
-        ),
+        one_rule("a", "shop", "[{queryParams: [{name: v, value: \"1\"}]}]"),
+        one_rule("b", "shop", "[{queryParams: [{name: v, value: \"2\"}]}]"),
+        one_rule("c", "shop", "[{method: GET}]"),
+        one_rule("d", "shop", "[{method: POST}]"),
     ]);
     assert!(found.is_empty(), "{found:?}");
 }
@@ -246,18 +206,8 @@ fn the_same_match_on_different_services_does_not_shadow() {
 #[test]
 fn only_identical_paths_are_compared() {
     let found = warnings(&[
-        route(
-            "a",
-            "shop",
-            None,
-            &format!("[{}]", rule("[{path: {type: Exact, value: /api}}]")),
-        ),
-        route(
-            "b",
-            "shop",
-            None,
-            &format!("[{}]", rule("[{path: {type: PathPrefix, value: /api}}]")),
-        ),
+        one_rule("a", "shop", "[{path: {type: Exact, value: /api}}]"),
+        one_rule("b", "shop", "[{path: {type: PathPrefix, value: /api}}]"),
         route(
             "c",
             "shop",
@@ -267,12 +217,7 @@ fn only_identical_paths_are_compared() {
                 rule("[{path: {type: RegularExpression, value: /api}}]")
             ),
         ),
-        route(
-            "d",
-            "shop",
-            None,
-            &format!("[{}]", rule("[{path: {type: Exact, value: /api/}}]")),
-        ),
+        one_rule("d", "shop", "[{path: {type: Exact, value: /api/}}]"),
     ]);
     assert!(found.is_empty(), "{found:?}");
 }
@@ -301,12 +246,7 @@ fn a_route_attached_to_two_services_is_warned_per_service() {
 fn warnings_are_capped_and_the_rest_counted() {
     // 150 copies of one match in one rule: the first wins, 149 are shadowed.
     let matches = vec!["{path: {value: /x}}"; 150].join(", ");
-    let found = warnings(&[route(
-        "a",
-        "shop",
-        None,
-        &format!("[{}]", rule(&format!("[{matches}]"))),
-    )]);
+    let found = warnings(&[one_rule("a", "shop", &format!("[{matches}]"))]);
     assert_eq!(found.len(), 101, "100 warnings and one counting the rest");
     let last = &found[100].diagnostic;
     assert!(
