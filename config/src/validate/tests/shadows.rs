@@ -156,14 +156,10 @@ fn different_header_sets_do_not_shadow_but_reordered_ones_do() {
     let found = warnings(&[
         one_rule("a", "shop", &format!("[{{headers: [{h1}, {h2}]}}]")),
         one_rule("b", "shop", &format!("[{{headers: [{h1}]}}]")),
-        route(
+        one_rule(
             "c",
             "shop",
-            None,
-            &format!(
-                "[{}]",
-                rule("[{headers: [{name: x-a, value: \"1\", type: RegularExpression}]}]")
-            ),
+            "[{headers: [{name: x-a, value: \"1\", type: RegularExpression}]}]",
         ),
     ]);
     assert!(found.is_empty(), "{found:?}");
@@ -208,14 +204,10 @@ fn only_identical_paths_are_compared() {
     let found = warnings(&[
         one_rule("a", "shop", "[{path: {type: Exact, value: /api}}]"),
         one_rule("b", "shop", "[{path: {type: PathPrefix, value: /api}}]"),
-        route(
+        one_rule(
             "c",
             "shop",
-            None,
-            &format!(
-                "[{}]",
-                rule("[{path: {type: RegularExpression, value: /api}}]")
-            ),
+            "[{path: {type: RegularExpression, value: /api}}]",
         ),
         one_rule("d", "shop", "[{path: {type: Exact, value: /api/}}]"),
     ]);
