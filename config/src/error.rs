@@ -104,35 +104,112 @@ impl fmt::Display for Warning {
     }
 }
 
+/// Most problems a [`ConfigErrors`] lists one by one; the rest are counted. A generated file
+/// that repeats one mistake 100,000 times would otherwise make an error of tens of MB in the
+/// log, in `/config` and in `ficusctl`'s answer, and as much memory while it is collected.
+pub const MAX_LISTED_ERRORS: usize = 100;
+
 /// Every problem found in a set of config files; never empty when returned by the loader.
+/// The first [`MAX_LISTED_ERRORS`] are listed; the rest are only counted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", join_lines(.errors))]
+#[error("{}", self.lines().join("\n"))]
 pub struct ConfigErrors {
-    /// The problems, in file and document order.
+    /// The problems, in file and document order: at most [`MAX_LISTED_ERRORS`].
     pub errors: Vec<Diagnostic>,
+    /// How many more problems were found and are not in `errors`.
+    pub not_listed: usize,
 }
 
 impl ConfigErrors {
-    /// Wraps a list of problems.
+    /// Wraps a list of problems, keeping the first [`MAX_LISTED_ERRORS`] and counting the rest.
     pub fn new(errors: Vec<Diagnostic>) -> Self {
-        Self { errors }
+        Self::with_not_listed(errors, 0)
+    }
+
+    /// [`ConfigErrors::new`] of `errors`, and `more` found before and not listed.
+    pub(crate) fn with_not_listed(mut errors: Vec<Diagnostic>, more: usize) -> Self {
+        let cut = errors.len().saturating_sub(MAX_LISTED_ERRORS);
+        errors.truncate(MAX_LISTED_ERRORS);
+        Self {
+            errors,
+            not_listed: more.saturating_add(cut),
+        }
+    }
+
+    /// One text per listed problem (as [`Diagnostic`] displays it), and a last one saying how
+    /// many more there are when some are not listed: what logs and API answers show.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.errors.iter().map(ToString::to_string).collect();
+        if self.not_listed > 0 {
+            let noun = if self.not_listed == 1 {
+                "problem"
+            } else {
+                "problems"
+            };
+            lines.push(format!(
+                "error: {} more {noun} not listed (only the first {MAX_LISTED_ERRORS} are)\n  \
+                 help: fix the ones above and validate again to see the rest",
+                self.not_listed
+            ));
+        }
+        lines
     }
 }
 
 impl From<Diagnostic> for ConfigErrors {
     fn from(diagnostic: Diagnostic) -> Self {
-        Self {
-            errors: vec![diagnostic],
-        }
+        Self::new(vec![diagnostic])
     }
 }
 
-fn join_lines(errors: &[Diagnostic]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
+/// Problems as they are found: the first [`MAX_LISTED_ERRORS`] kept, the rest counted, so
+/// that a config with millions of mistakes costs no more memory than one with a hundred.
+#[derive(Debug, Default)]
+pub(crate) struct Problems {
+    listed: Vec<Diagnostic>,
+    not_listed: usize,
+}
+
+impl Problems {
+    /// Records a problem.
+    pub(crate) fn push(&mut self, diagnostic: Diagnostic) {
+        if self.listed.len() < MAX_LISTED_ERRORS {
+            self.listed.push(diagnostic);
+        } else {
+            self.not_listed = self.not_listed.saturating_add(1);
+        }
+    }
+
+    /// Records the problems of `errors`.
+    pub(crate) fn extend(&mut self, errors: ConfigErrors) {
+        self.not_listed = self.not_listed.saturating_add(errors.not_listed);
+        for diagnostic in errors.errors {
+            self.push(diagnostic);
+        }
+    }
+
+    /// Whether nothing was recorded.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.listed.is_empty() && self.not_listed == 0
+    }
+
+    /// The problems of `self` and `other` together, listed ones ordered by `key` (a stable
+    /// sort) before the first [`MAX_LISTED_ERRORS`] are kept.
+    pub(crate) fn merge_sorted_by_key<K: Ord>(
+        self,
+        other: Problems,
+        key: impl FnMut(&Diagnostic) -> K,
+    ) -> ConfigErrors {
+        let mut listed = self.listed;
+        listed.extend(other.listed);
+        listed.sort_by_key(key);
+        ConfigErrors::with_not_listed(listed, self.not_listed.saturating_add(other.not_listed))
+    }
+
+    /// The recorded problems.
+    pub(crate) fn into_errors(self) -> ConfigErrors {
+        ConfigErrors::with_not_listed(self.listed, self.not_listed)
+    }
 }
 
 #[cfg(test)]
@@ -193,5 +270,39 @@ mod tests {
         let text = errors.to_string();
         assert_eq!(text.lines().count(), 3);
         assert!(text.ends_with("error: a.yaml: boom"));
+    }
+
+    #[test]
+    fn lists_the_first_hundred_and_counts_the_rest() {
+        let many = |n: usize| (0..n).map(|i| Diagnostic::file(format!("{i}.yaml"), "boom"));
+        let errors = ConfigErrors::new(many(MAX_LISTED_ERRORS).collect());
+        assert_eq!(errors.not_listed, 0);
+        assert_eq!(errors.lines().len(), MAX_LISTED_ERRORS);
+
+        let errors = ConfigErrors::new(many(250).collect());
+        assert_eq!(errors.errors.len(), MAX_LISTED_ERRORS);
+        assert_eq!(errors.errors[99].file, "99.yaml");
+        assert_eq!(errors.not_listed, 150);
+        let lines = errors.lines();
+        assert_eq!(lines.len(), MAX_LISTED_ERRORS + 1);
+        assert!(
+            lines[MAX_LISTED_ERRORS].starts_with("error: 150 more problems not listed"),
+            "{}",
+            lines[MAX_LISTED_ERRORS]
+        );
+        assert_eq!(errors.to_string(), lines.join("\n"));
+
+        // Collected one by one, with counts carried over, then merged in order.
+        let mut first = Problems::default();
+        for diagnostic in many(150).collect::<Vec<_>>().into_iter().rev() {
+            first.push(diagnostic);
+        }
+        let mut second = Problems::default();
+        second.extend(ConfigErrors::new(many(120).collect()));
+        assert!(!second.is_empty());
+        let merged = first.merge_sorted_by_key(second, |d| d.file.clone());
+        assert_eq!(merged.errors.len(), MAX_LISTED_ERRORS);
+        assert_eq!(merged.not_listed, 270 - MAX_LISTED_ERRORS);
+        assert!(merged.errors.windows(2).all(|w| w[0].file <= w[1].file));
     }
 }

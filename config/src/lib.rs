@@ -30,6 +30,6 @@ mod validate;
 pub mod wire;
 
 pub use duration::parse_duration;
-pub use error::{ConfigErrors, Diagnostic, Warning};
+pub use error::{ConfigErrors, Diagnostic, Warning, MAX_LISTED_ERRORS};
 pub use load::{load_path, parse_snapshot, parse_sources, parse_str, Source};
 pub use model::*;

@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use yaml_serde::Value;
 
-use crate::error::{ConfigErrors, Diagnostic};
+use crate::error::{ConfigErrors, Diagnostic, Problems};
 use crate::model::{Config, ResourceKey};
 use crate::raw::{AnyDocument, Kind, DEFAULT_NAMESPACE};
 use crate::validate::{self, Origin, Parsed};
@@ -66,7 +66,7 @@ enum Empty {
 }
 
 fn parse_all(sources: &[Source], empty: Empty) -> Result<Config, ConfigErrors> {
-    let mut errors = Vec::new();
+    let mut errors = Problems::default();
     let mut parsed = Vec::new();
     let mut broken = BTreeSet::new();
     for source in sources {
@@ -74,14 +74,14 @@ fn parse_all(sources: &[Source], empty: Empty) -> Result<Config, ConfigErrors> {
     }
     match validate::validate(parsed, &broken) {
         Ok(config) if errors.is_empty() => Ok(config),
-        Ok(_) => Err(ConfigErrors::new(errors)),
+        Ok(_) => Err(errors.into_errors()),
         Err(more) => {
-            errors.extend(more);
             // Report in reading order: by source, then by line (a stable sort keeps the
             // problems of one document in field order).
             let position = |file: &str| sources.iter().position(|source| source.name == file);
-            errors.sort_by_key(|error| (position(&error.file), error.line.unwrap_or(0)));
-            Err(ConfigErrors::new(errors))
+            Err(errors.merge_sorted_by_key(more, |error| {
+                (position(&error.file), error.line.unwrap_or(0))
+            }))
         }
     }
 }
@@ -99,7 +99,7 @@ pub fn load_path(path: &Path) -> Result<Config, ConfigErrors> {
         return parse_sources(&[Source { name, text }]);
     }
     let mut files = Vec::new();
-    let mut errors = Vec::new();
+    let mut errors = Problems::default();
     let entries = std::fs::read_dir(path).map_err(|error| {
         Diagnostic::file(&name, format!("cannot list directory: {error}"))
             .with_hint("check the directory's permissions")
@@ -134,15 +134,15 @@ pub fn load_path(path: &Path) -> Result<Config, ConfigErrors> {
                 name: file.display().to_string(),
                 text,
             }),
-            Err(error) => errors.extend(error.errors),
+            Err(error) => errors.extend(error),
         }
     }
     match parse_sources(&sources) {
         Ok(config) if errors.is_empty() => Ok(config),
-        Ok(_) => Err(ConfigErrors::new(errors)),
+        Ok(_) => Err(errors.into_errors()),
         Err(more) => {
-            errors.extend(more.errors);
-            Err(ConfigErrors::new(errors))
+            errors.extend(more);
+            Err(errors.into_errors())
         }
     }
 }
@@ -174,7 +174,7 @@ fn parse_source(
     empty: Empty,
     parsed: &mut Vec<Parsed>,
     broken: &mut BTreeSet<(Kind, ResourceKey)>,
-    errors: &mut Vec<Diagnostic>,
+    errors: &mut Problems,
 ) {
     let starts = document_starts(&source.text);
     let mut documents = 0;

@@ -20,7 +20,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use crate::error::Diagnostic;
+use crate::error::{Diagnostic, Problems};
 use crate::model::{Config, Mesh, ResourceKey};
 use crate::raw::{self, AnyDocument, Kind};
 
@@ -77,7 +77,7 @@ pub(crate) struct Parsed {
 /// Collects the problems of one document.
 pub(crate) struct Report<'a> {
     origin: &'a Origin,
-    errors: &'a mut Vec<Diagnostic>,
+    errors: &'a mut Problems,
     /// Compiled regex size the config may still use, shared by all its documents.
     pub(crate) regex_budget: &'a mut usize,
 }
@@ -199,8 +199,8 @@ pub(crate) struct Claims {
 pub(crate) fn validate(
     parsed: Vec<Parsed>,
     broken: &BTreeSet<(Kind, ResourceKey)>,
-) -> Result<Config, Vec<Diagnostic>> {
-    let mut errors = Vec::new();
+) -> Result<Config, Problems> {
+    let mut errors = Problems::default();
     let mut index = Index {
         backends: BTreeMap::new(),
         routes: BTreeSet::new(),
@@ -269,6 +269,7 @@ pub(crate) fn validate(
     };
     let mut claims = Claims::default();
     let mut route_limits = Vec::new();
+    let mut table_entries = 0;
     for (position, document) in parsed.iter().enumerate() {
         let mut report = Report {
             origin: &document.origin,
@@ -293,6 +294,7 @@ pub(crate) fn validate(
             }
             AnyDocument::HttpRoute(route) => {
                 if let Some(route) = route::validate_http(&mut report, route, &index) {
+                    route::count_table_entries(&mut report, &route, &mut table_entries);
                     config.http_routes.push(route);
                 }
             }

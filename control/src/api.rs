@@ -661,10 +661,7 @@ fn outcome(result: Result<ApplyOutcome, ApplyError>) -> Response<Body> {
 
 fn apply_error(apply_error: &ApplyError) -> Response<Body> {
     let (status, diagnostics) = match apply_error {
-        ApplyError::Invalid(errors) => (
-            StatusCode::BAD_REQUEST,
-            errors.errors.iter().map(ToString::to_string).collect(),
-        ),
+        ApplyError::Invalid(errors) => (StatusCode::BAD_REQUEST, errors.lines()),
         ApplyError::NotFound(_) | ApplyError::NoSuchVersion(_) | ApplyError::NotKept { .. } => {
             (StatusCode::NOT_FOUND, Vec::new())
         }

@@ -205,6 +205,40 @@ async fn invalid_apply_names_document_and_field_and_keeps_the_version() {
     );
 }
 
+/// An apply with 160 mistakes is answered with the first 100 and a count of the rest, not a
+/// list as long as the file's mistakes.
+#[tokio::test]
+async fn an_apply_with_many_problems_lists_the_first_hundred() {
+    let control = ControlPlane::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let routes: Vec<String> = (0..10)
+        .map(|r| {
+            let refs: Vec<String> = (0..16).map(|i| format!("{{name: gone-{r}-{i}}}")).collect();
+            route()
+                .replace("name: shop, namespace", &format!("name: r{r}, namespace"))
+                .replace("{name: monolith}", &refs.join(", "))
+        })
+        .collect();
+    let text = format!("{}---\n{}", backend(9001), routes.join("---\n"));
+    let path = write(files.path(), "many.yaml", &text);
+    let output = control.ctl(&["apply", "-f", &path]).await;
+    assert_eq!(output.code, 1, "{output:?}");
+    assert_eq!(
+        output.stderr.matches("does not exist").count(),
+        100,
+        "{}",
+        output.stderr
+    );
+    assert!(
+        output
+            .stderr
+            .contains("60 more problems not listed (only the first 100 are)"),
+        "{}",
+        output.stderr
+    );
+    assert!(history(&control).await.is_empty());
+}
+
 #[tokio::test]
 async fn history_diff_and_rollback_round_trip() {
     let control = ControlPlane::start().await;

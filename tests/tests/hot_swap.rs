@@ -206,6 +206,86 @@ async fn a_listen_address_in_use_rejects_the_reload() {
     assert_eq!(response.header("x-version"), "1");
 }
 
+/// Waits (bounded) until `/config` reports a rejection that mentions `needle`; the error.
+async fn wait_rejection(sidecar: &Sidecar, needle: &str) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(error) = sidecar.config().await["last_error"].as_str() {
+            if error.contains(needle) {
+                return error.to_owned();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no rejection mentioning {needle:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A small file must not make every sidecar hold a huge route table, nor a huge error: a route
+/// naming 300 services with 300 matches (90,000 table entries) is refused by Gateway API's
+/// caps, and a file with 2,000 mistakes gets the first 100 and a count of the rest. The last
+/// good config serves meanwhile.
+#[tokio::test]
+async fn huge_routes_and_huge_error_lists_are_refused_in_bounds() {
+    let a = Upstream::start("a").await;
+    let sidecar = Sidecar::start(&config(0, a.addr, a.addr)).await;
+    let backend = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: a, namespace: shop}}\n\
+         spec: {{endpoints: [{{address: \"{}\"}}]}}\n",
+        a.addr
+    );
+    let list =
+        |n: usize, item: &dyn Fn(usize) -> String| (0..n).map(item).collect::<Vec<_>>().join(", ");
+    let wide = format!(
+        "{backend}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: wide, namespace: shop}}\n\
+         spec:\n  parentRefs: [{}]\n  rules: [{{matches: [{}], backendRefs: [{{name: a}}]}}]\n",
+        list(300, &|i| format!("{{name: s{i}}}")),
+        list(300, &|i| format!("{{path: {{value: /p{i}}}}}")),
+    );
+    sidecar.write_config(&wide);
+    let error = wait_rejection(&sidecar, "at most 32 are allowed").await;
+    assert!(
+        error.contains("HTTPRoute shop/wide: spec.parentRefs: 300 entries"),
+        "{error}"
+    );
+    assert!(
+        error.contains("spec.rules: 300 matches in the route's rules together; at most 128"),
+        "{error}"
+    );
+
+    // 125 routes, each with 16 backendRefs naming Backends that do not exist.
+    let routes: Vec<String> = (0..125)
+        .map(|r| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {{name: r{r}, namespace: shop}}\n\
+                 spec:\n  parentRefs: [{{name: svc}}]\n  rules: [{{backendRefs: [{}]}}]\n",
+                list(16, &|i| format!("{{name: gone-{r}-{i}}}"))
+            )
+        })
+        .collect();
+    sidecar.write_config(&format!("{backend}---\n{}", routes.join("---\n")));
+    let error = wait_rejection(&sidecar, "more problems not listed").await;
+    assert!(
+        error.contains("1900 more problems not listed (only the first 100 are)"),
+        "{error}"
+    );
+    assert_eq!(error.matches("does not exist").count(), 100, "{error}");
+    assert!(error.len() < 64 * 1024, "{} bytes", error.len());
+
+    assert_eq!(sidecar.config().await["version"], 1, "old config in force");
+    let response = client::get(sidecar.outbound, "svc", "/").await.unwrap();
+    assert_eq!((response.status, response.text().as_str()), (200, "a"));
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metrics.sum("ficus_config_updates_total", &[("result", "rejected")]),
+        2.0
+    );
+}
+
 /// Runs a sidecar on the config `file` until it exits (it is expected to refuse to start).
 async fn start_on_file(file: &std::path::Path) -> (std::process::ExitStatus, String) {
     let port = || ficus_tests::free_addr().to_string();

@@ -59,6 +59,28 @@ fn edit_distance(a: &str, b: &str) -> usize {
     previous[b.len()]
 }
 
+/// Whether the list at `field`, of `len` items, has at most `max`; reports it when not. The
+/// lists of routes are capped as Gateway API's CRDs cap them (`maxItems`), so a route that a
+/// cluster accepts is accepted here, and a route's parentRefs × matches cannot multiply into
+/// a route table too large for every sidecar's memory.
+pub(crate) fn at_most(
+    report: &mut Report<'_>,
+    field: &str,
+    len: usize,
+    max: usize,
+    hint: &str,
+) -> bool {
+    if len <= max {
+        return true;
+    }
+    report.error(
+        field,
+        format!("{len} entries; at most {max} are allowed"),
+        hint,
+    );
+    false
+}
+
 /// Checks `metadata.name` and `metadata.namespace`.
 ///
 /// Namespaces and Backend names are DNS labels because callers address services as

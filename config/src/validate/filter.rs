@@ -2,12 +2,18 @@
 
 use std::collections::BTreeSet;
 
-use super::common::{check_hostname, header_name, header_value, path, percent, reference_kind};
+use super::common::{
+    at_most, check_hostname, header_name, header_value, path, percent, reference_kind,
+};
 use super::{all, optional, Index, Report, Want};
 use crate::model::{
     Filter, HeaderModifier, PathModifier, RequestMirror, RequestRedirect, UrlRewrite,
 };
 use crate::raw::{self, FilterType, PathModifierType};
+
+/// Gateway API's cap (its CRD's `maxItems`) on a rule's filters and on each list of a header
+/// modifier.
+const MAX_FILTERS: usize = 16;
 
 /// Context of one rule's filters.
 pub(crate) struct RuleContext<'a> {
@@ -27,6 +33,15 @@ pub(crate) fn validate(
     rule: &RuleContext<'_>,
     filters: &[raw::HttpRouteFilter],
 ) -> Option<Vec<Filter>> {
+    if !at_most(
+        report,
+        &format!("{}.filters", rule.field),
+        filters.len(),
+        MAX_FILTERS,
+        "use at most 16 filters in one rule (Gateway API's limit)",
+    ) {
+        return None;
+    }
     let mut seen = BTreeSet::new();
     let converted: Vec<_> = filters
         .iter()
@@ -153,6 +168,19 @@ fn header_modifier(
     field: &str,
     modifier: &raw::HeaderModifier,
 ) -> Option<HeaderModifier> {
+    let lists_ok = [
+        ("set", modifier.set.len()),
+        ("add", modifier.add.len()),
+        ("remove", modifier.remove.len()),
+    ]
+    .into_iter()
+    .fold(true, |ok, (list, len)| {
+        let hint = "change at most 16 headers in each list (Gateway API's limit)";
+        at_most(report, &format!("{field}.{list}"), len, MAX_FILTERS, hint) && ok
+    });
+    if !lists_ok {
+        return None;
+    }
     let mut pairs = |list: &str, headers: &[raw::HeaderValue]| {
         let mut names = BTreeSet::new();
         let converted = headers

@@ -2,10 +2,15 @@
 
 use std::collections::BTreeSet;
 
-use super::common::{header_name, header_value, method, path, whole_match_regex};
+use super::common::{at_most, header_name, header_value, method, path, whole_match_regex};
 use super::{all, optional, Report};
 use crate::model::{HeaderMatch, PathMatch, QueryParamMatch, RouteMatch, StringMatch};
 use crate::raw::{self, PathMatchType, StringMatchType};
+
+/// Gateway API's caps (its CRD's `maxItems`): matches in a rule, headers and query
+/// parameters in a match.
+const MAX_MATCHES: usize = 64;
+const MAX_CONDITIONS: usize = 16;
 
 /// Validates the `matches` of the rule at `rule_field`; no matches means prefix `/`.
 pub(crate) fn validate(
@@ -20,6 +25,15 @@ pub(crate) fn validate(
             query_params: Vec::new(),
             method: None,
         }]);
+    }
+    if !at_most(
+        report,
+        &format!("{rule_field}.matches"),
+        matches.len(),
+        MAX_MATCHES,
+        "split the rule into several (Gateway API allows 64 matches in one)",
+    ) {
+        return None;
     }
     let matches = matches
         .iter()
@@ -47,6 +61,23 @@ fn one(
         Some(path_match) => self::path_match(report, &format!("{field}.path"), path_match),
         None => Some(PathMatch::Prefix("/".to_owned())),
     };
+    let headers_ok = at_most(
+        report,
+        &format!("{field}.headers"),
+        route_match.headers.len(),
+        MAX_CONDITIONS,
+        "match on at most 16 headers (Gateway API's limit); a regex can cover several values",
+    );
+    let query_ok = at_most(
+        report,
+        &format!("{field}.queryParams"),
+        route_match.query_params.len(),
+        MAX_CONDITIONS,
+        "match on at most 16 query parameters (Gateway API's limit)",
+    );
+    if !headers_ok || !query_ok {
+        return None;
+    }
     let mut names = BTreeSet::new();
     let headers: Vec<_> = route_match
         .headers

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::common::{duration, is_dns_label, reference_kind};
+use super::common::{at_most, duration, is_dns_label, reference_kind};
 use super::filter::{self, RuleContext};
 use super::{all, matches, optional, Claims, Index, Report, Want};
 use crate::model::{
@@ -12,6 +12,16 @@ use crate::raw::{self, FilterType};
 
 /// Largest `weight`, as in the Gateway API; keeps the sum of a rule's weights far from overflow.
 const MAX_WEIGHT: u32 = 1_000_000;
+/// Gateway API's caps on a route's lists (its CRDs' `maxItems`, and its rule that a route's
+/// matches add up to at most 128).
+const MAX_PARENT_REFS: usize = 32;
+const MAX_RULES: usize = 16;
+const MAX_ROUTE_MATCHES: usize = 128;
+const MAX_BACKEND_REFS: usize = 16;
+/// Most route table entries a config may make: a match for each service its HTTPRoute names.
+/// Every sidecar holds all of them (a few hundred bytes each), and the caps above bound only
+/// one route (32 × 128); without this a 100 KiB file can make gigabytes of tables.
+pub(crate) const MAX_TABLE_ENTRIES: usize = 200_000;
 /// Most retries a rule may ask for: more only multiplies load on a failing Backend.
 const MAX_RETRY_ATTEMPTS: u32 = 10;
 /// Retry defaults when `retry` is given without them.
@@ -93,6 +103,27 @@ pub(crate) fn validate_http(
             "add `rules: [{backendRefs: [{name: <backend>}]}]`",
         );
     }
+    if !at_most(
+        report,
+        "spec.rules",
+        spec.rules.len(),
+        MAX_RULES,
+        "split the route into several HTTPRoutes (Gateway API allows 16 rules in one)",
+    ) {
+        return None;
+    }
+    let match_count: usize = spec.rules.iter().map(|rule| rule.matches.len()).sum();
+    if match_count > MAX_ROUTE_MATCHES {
+        report.error(
+            "spec.rules",
+            format!(
+                "{match_count} matches in the route's rules together; at most \
+                 {MAX_ROUTE_MATCHES} are allowed"
+            ),
+            "split the route into several HTTPRoutes (Gateway API allows 128 matches in one)",
+        );
+        return None;
+    }
     let rules: Vec<_> = spec
         .rules
         .iter()
@@ -116,6 +147,26 @@ pub(crate) fn validate_http(
         // Filled in from a TrafficPolicy targeting the route, once policies are validated.
         rate_limit: None,
     })
+}
+
+/// Adds the route table entries of `route` (a match for each service it names) to `total`, and
+/// reports the route with which the config's total goes over [`MAX_TABLE_ENTRIES`].
+pub(crate) fn count_table_entries(report: &mut Report<'_>, route: &HttpRoute, total: &mut usize) {
+    let before = *total;
+    let matches: usize = route.rules.iter().map(|rule| rule.matches.len()).sum();
+    *total = before.saturating_add(route.parents.len().saturating_mul(matches));
+    if before <= MAX_TABLE_ENTRIES && *total > MAX_TABLE_ENTRIES {
+        report.error(
+            "spec",
+            format!(
+                "with this route the config's HTTPRoutes make more than {MAX_TABLE_ENTRIES} \
+                 route table entries (a match for each service a route names: parentRefs × \
+                 matches), the most every sidecar is asked to hold"
+            ),
+            "attach routes to fewer services each, or use fewer matches (a PathPrefix or a \
+             regex can cover several)",
+        );
+    }
 }
 
 /// Whether `text` is a timestamp as Kubernetes writes `creationTimestamp`
@@ -195,6 +246,16 @@ fn parents(
         );
         return None;
     }
+    if !at_most(
+        report,
+        "spec.parentRefs",
+        refs.len(),
+        MAX_PARENT_REFS,
+        "split the route into several that each name fewer services (Gateway API allows 32 \
+         parentRefs)",
+    ) {
+        return None;
+    }
     let keys = refs
         .iter()
         .enumerate()
@@ -212,6 +273,15 @@ fn backend_refs(
     index: &Index<'_>,
     want: Want,
 ) -> Option<Vec<BackendRef>> {
+    if !at_most(
+        report,
+        &format!("{rule_field}.backendRefs"),
+        refs.len(),
+        MAX_BACKEND_REFS,
+        "split traffic over at most 16 Backends in one rule (Gateway API's limit)",
+    ) {
+        return None;
+    }
     let converted: Vec<_> = refs
         .iter()
         .enumerate()

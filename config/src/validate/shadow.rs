@@ -43,13 +43,9 @@ struct Shadow {
     reason: &'static str,
 }
 
-/// Most table entries (a match for each service its route names) checked; a config with more
-/// gets one warning that it was not checked, so that a huge apply cannot make validation slow
-/// or large (each entry costs an allocation and a place in a sort).
-const MAX_CHECKED: usize = 200_000;
-
-/// Most warnings a config gets; past them one more says how many were left out. (A rule of
-/// 100,000 empty matches would otherwise fill apply answers and every sidecar's log.)
+/// Most warnings a config gets; past them one more says how many were left out. (A config
+/// repeating one match in 200,000 table entries would otherwise fill apply answers and
+/// every sidecar's log.)
 const MAX_WARNINGS: usize = 100;
 
 /// Most shadowed matches a rule-level warning lists one by one.
@@ -57,33 +53,12 @@ const MAX_LISTED: usize = 10;
 
 /// Warnings for every match (or whole rule) of `routes` that an identical match ranked before
 /// it in the same table shadows; in route, rule, service, match order; at most
-/// [`MAX_WARNINGS`] and a last one counting the rest.
+/// [`MAX_WARNINGS`] and a last one counting the rest. Validation has capped the table entries
+/// looked at (`route::MAX_TABLE_ENTRIES`), so this is quick.
 pub(crate) fn shadowed(
     routes: &[HttpRoute],
     sources: &BTreeMap<ResourceKey, RouteSource<'_>>,
 ) -> Vec<Warning> {
-    let entries: usize = routes
-        .iter()
-        .map(|route| {
-            let parents: BTreeSet<&ResourceKey> = route.parents.iter().collect();
-            let matches: usize = route.rules.iter().map(|rule| rule.matches.len()).sum();
-            parents.len().saturating_mul(matches)
-        })
-        .fold(0, usize::saturating_add);
-    if entries > MAX_CHECKED {
-        let Some(source) = routes.first().and_then(|route| sources.get(&route.key)) else {
-            return Vec::new();
-        };
-        let message = format!(
-            "{entries} route matches (a match for each service its HTTPRoute names) are more \
-             than the {MAX_CHECKED} checked for matches that can never be selected; none was \
-             checked"
-        );
-        let hint = "split the config, or check it in parts with `ficusctl diff`";
-        return vec![Warning {
-            diagnostic: source.origin.diagnostic(String::new(), message, hint),
-        }];
-    }
     let mut warnings = all_shadowed(routes, sources);
     if warnings.len() > MAX_WARNINGS {
         let left = warnings.len() - MAX_WARNINGS;

@@ -159,3 +159,43 @@ fn display_names_file_line_document_and_field() {
          help: did you mean payments-v2? (or define a Backend named payments-v3)"
     );
 }
+
+#[test]
+fn the_first_hundred_errors_are_listed_and_the_rest_counted() {
+    // 10 routes, each with 16 backendRefs to missing Backends: 160 problems.
+    let routes: Vec<String> = (0..10)
+        .map(|r| {
+            let refs: Vec<String> = (0..16).map(|i| format!("{{name: gone-{r}-{i}}}")).collect();
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {{name: r{r}, namespace: shop}}\n\
+                 spec:\n  parentRefs: [{{name: shop}}]\n  rules: [{{backendRefs: [{}]}}]\n",
+                refs.join(", ")
+            )
+        })
+        .collect();
+    let text = format!("{BACKENDS}---\n{}", routes.join("---\n"));
+    let errors = parse_str("test.yaml", &text).unwrap_err();
+    assert_eq!(errors.errors.len(), crate::MAX_LISTED_ERRORS);
+    assert_eq!(errors.not_listed, 60);
+    // In reading order: the last listed is the 100th, route 6's fifth backendRef.
+    assert_eq!(
+        errors.errors[99].field, "spec.rules[0].backendRefs[3].name",
+        "{}",
+        errors.errors[99]
+    );
+    assert_eq!(
+        errors.errors[99].document.as_deref(),
+        Some("HTTPRoute shop/r6")
+    );
+    let text = errors.to_string();
+    assert_eq!(
+        text.lines().count(),
+        2 * 101,
+        "each error and its help line"
+    );
+    assert!(
+        text.contains("error: 60 more problems not listed (only the first 100 are)"),
+        "{text}"
+    );
+}

@@ -644,7 +644,16 @@ fn the_regexes_of_a_config_are_capped_in_total() {
             })
             .map(|rule| rule[1..rule.len() - 1].to_owned())
             .collect();
-        with_backends(&http_route(&format!("[{}]", rules.join(", "))))
+        // 16 rules per route, as many routes as that takes.
+        let routes: Vec<String> = rules
+            .chunks(16)
+            .enumerate()
+            .map(|(i, rules)| {
+                http_route(&format!("[{}]", rules.join(", ")))
+                    .replace("name: web,", &format!("name: web{i},"))
+            })
+            .collect();
+        format!("{BACKENDS}---\n{}", routes.join("---\n"))
     };
     // Each compiles within the cap of one regex, and is charged the largest tier (Unicode
     // word classes compile large): 40 of them do not fit in the config's total.
@@ -689,4 +698,160 @@ fn creation_timestamps_are_kept_when_kubernetes_wrote_them() {
     ] {
         assert_eq!(created(ignored), None, "{ignored}");
     }
+}
+
+/// `n` items made by `item` from their index, as a YAML flow list.
+fn list(n: usize, item: impl Fn(usize) -> String) -> String {
+    format!("[{}]", (0..n).map(item).collect::<Vec<_>>().join(", "))
+}
+
+#[test]
+fn route_lists_are_capped_as_gateway_api_caps_them() {
+    let path = |i: usize| format!("{{path: {{value: /p{i}}}}}");
+    let header = |i: usize| format!("{{name: x-h{i}, value: v}}");
+    let query = |i: usize| format!("{{name: q{i}, value: v}}");
+    let mirror =
+        |_| "{type: RequestMirror, requestMirror: {backendRef: {name: monolith}}}".to_owned();
+    let modifier = |list_name: &str, n: usize| {
+        let items = if list_name == "remove" {
+            list(n, |i| format!("x-r{i}"))
+        } else {
+            list(n, header)
+        };
+        format!(
+            "filters: [{{type: RequestHeaderModifier, \
+             requestHeaderModifier: {{{list_name}: {items}}}}}]"
+        )
+    };
+    let one_match = |field: &str, n: usize, item: &dyn Fn(usize) -> String| {
+        to_monolith(&format!("matches: [{{{field}: {}}}]", list(n, item)))
+    };
+    let rules_of = |n: usize, matches_each: usize| {
+        list(n, |r| {
+            to_monolith(&format!(
+                "matches: {}",
+                list(matches_each, |i| path(r * 100 + i))
+            ))
+            .trim_matches(['[', ']'])
+            .to_owned()
+        })
+    };
+    // (rules at the cap, rules one over it, the field named, the cap)
+    let cases: Vec<(String, String, &str, usize)> = vec![
+        (rules_of(16, 1), rules_of(17, 1), "spec.rules", 16),
+        (
+            to_monolith(&format!("matches: {}", list(64, path))),
+            to_monolith(&format!("matches: {}", list(65, path))),
+            "spec.rules[0].matches",
+            64,
+        ),
+        (rules_of(2, 64), rules_of(3, 43), "spec.rules", 128),
+        (
+            one_match("headers", 16, &header),
+            one_match("headers", 17, &header),
+            "spec.rules[0].matches[0].headers",
+            16,
+        ),
+        (
+            one_match("queryParams", 16, &query),
+            one_match("queryParams", 17, &query),
+            "spec.rules[0].matches[0].queryParams",
+            16,
+        ),
+        (
+            to_monolith(&format!("filters: {}", list(16, mirror))),
+            to_monolith(&format!("filters: {}", list(17, mirror))),
+            "spec.rules[0].filters",
+            16,
+        ),
+        (
+            format!(
+                "[{{backendRefs: {}}}]",
+                list(16, |_| "{name: monolith}".into())
+            ),
+            format!(
+                "[{{backendRefs: {}}}]",
+                list(17, |_| "{name: monolith}".into())
+            ),
+            "spec.rules[0].backendRefs",
+            16,
+        ),
+    ];
+    let lists = ["set", "add", "remove"].map(|name| {
+        (
+            to_monolith(&modifier(name, 16)),
+            to_monolith(&modifier(name, 17)),
+            name,
+        )
+    });
+    for (at_cap, over, field, cap) in cases {
+        first_rule(&at_cap);
+        let error = rule_error(&over, field, &format!("at most {cap} are allowed"));
+        assert!(error.hint.unwrap().contains("Gateway API"));
+    }
+    for (at_cap, over, name) in lists {
+        first_rule(&at_cap);
+        let field = format!("spec.rules[0].filters[0].requestHeaderModifier.{name}");
+        rule_error(&over, &field, "17 entries; at most 16 are allowed");
+    }
+
+    // parentRefs, of an HTTPRoute and of a TCPRoute.
+    let parents = |n: usize| list(n, |i| format!("{{name: s{i}}}"));
+    let route = |n: usize| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: web, namespace: shop}}\n\
+             spec:\n  parentRefs: {}\n  rules: {}\n",
+            parents(n),
+            to_monolith("matches: [{path: {value: /}}]")
+        )
+    };
+    valid(&with_backends(&route(32)));
+    single_error(
+        &with_backends(&route(33)),
+        ROUTE,
+        "spec.parentRefs",
+        "33 entries; at most 32 are allowed",
+    );
+    let tcp = tcp_route(&format!(
+        "{{parentRefs: {}, rules: [{{backendRefs: [{{name: cache}}]}}]}}",
+        list(33, |_| "{name: cache}".into())
+    ));
+    single_error(
+        &with_backends(&tcp),
+        "TCPRoute shop/cache",
+        "spec.parentRefs",
+        "at most 32 are allowed",
+    );
+}
+
+#[test]
+fn the_route_table_entries_of_a_config_are_capped() {
+    // Each route: 32 services × 128 matches = 4,096 table entries. 48 routes make 196,608,
+    // within the 200,000 a config may make; the 49th takes it over, and is the one named.
+    let route = |r: usize| {
+        let parents = list(32, |i| format!("{{name: s{i}}}"));
+        let rules = list(2, |k| {
+            let matches = list(64, |i| format!("{{path: {{value: /r{r}/{k}/{i}}}}}"));
+            format!("{{matches: {matches}, backendRefs: [{{name: monolith}}]}}")
+        });
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: r{r}, namespace: shop}}\n\
+             spec:\n  parentRefs: {parents}\n  rules: {rules}\n"
+        )
+    };
+    let config = |n: usize| {
+        let routes: Vec<String> = (0..n).map(route).collect();
+        format!("{BACKENDS}---\n{}", routes.join("---\n"))
+    };
+    let within = valid(&config(48));
+    assert_eq!(within.http_routes.len(), 48);
+    assert!(within.warnings.is_empty(), "{:?}", within.warnings);
+    single_error(
+        &config(49),
+        "HTTPRoute shop/r48",
+        "spec",
+        "more than 200000 route table entries",
+    );
 }
