@@ -127,7 +127,8 @@ pub struct ProxyLimits {
     /// whose rule sets neither `timeouts.request` nor `timeouts.backendRequest`; inbound, for
     /// requests that bring no deadline from a peer sidecar. Default 15 s.
     pub upstream_response_timeout: Duration,
-    /// Idle time after which a pooled upstream connection is closed. Default 30 s.
+    /// Idle time after which a pooled upstream connection is closed (HTTP/1.1, and HTTP/2
+    /// connections beyond an endpoint's first). Default 30 s.
     pub upstream_idle_timeout: Duration,
     /// Idle time after which a downstream connection is closed. Default 1 h.
     pub connection_idle_timeout: Duration,

@@ -37,7 +37,7 @@ use tokio::net::TcpStream;
 use crate::body::{Body, BoxError};
 use crate::clock::Coarse;
 use crate::policy::breaker::{ConnectionCap, IdleHolder};
-use multiplex::{Http2Body, Http2Conn, SettingsReader, StreamSlot, Streams};
+use multiplex::{Http2Body, Http2Conn, Http2Conns, SettingsReader, StreamSlot, Streams};
 
 mod multiplex;
 
@@ -236,7 +236,7 @@ pub struct EndpointPool {
     idle: Mutex<IdlePool>,
     /// HTTP/2 connections, the first opened first. Requests go to the first with room under
     /// its peer's stream cap.
-    shared: Mutex<Vec<Http2Conn>>,
+    shared: Mutex<Http2Conns>,
     /// HTTP/2: one connection attempt at a time. Requests that find no connection with room wait
     /// for the attempt under way rather than each dialling its own (a burst at start-up or
     /// after the peer restarts would otherwise open one connection, and for a peer sidecar
@@ -332,7 +332,7 @@ impl EndpointPool {
             body_idle_timeout_ms: AtomicU64::new(0),
             stream_idle_timeout_ms: AtomicU64::new(0),
             idle: Mutex::new(IdlePool::default()),
-            shared: Mutex::new(Vec::new()),
+            shared: Mutex::new(Http2Conns::default()),
             dialing: tokio::sync::Mutex::new(None),
         };
         pool.update(settings);
@@ -582,6 +582,9 @@ impl EndpointPool {
                 None => {
                     let cap = request.extensions().get::<ConnectionCap>().cloned();
                     let (sender, slot, dialled) = Box::pin(self.dial_http2(cap)).await?;
+                    if dialled {
+                        self.sweep_http2_later();
+                    }
                     fresh |= dialled;
                     (sender, slot)
                 }
@@ -623,33 +626,38 @@ impl EndpointPool {
 
     /// Takes the HTTP/2 connection counted by `streams` out of the pool.
     fn retire_http2(&self, streams: &Arc<Streams>) {
-        if let Ok(mut conns) = self.shared.lock() {
-            conns.retain(|conn| !Arc::ptr_eq(&conn.streams, streams) && conn.is_open());
+        if let Ok(mut shared) = self.shared.lock() {
+            shared
+                .conns
+                .retain(|conn| !Arc::ptr_eq(&conn.streams, streams) && conn.is_open());
         }
     }
 
     /// A place on the first live HTTP/2 connection with room under its peer's stream cap.
     fn reserve_http2(&self) -> Option<(http2::SendRequest<Body>, StreamSlot)> {
-        let mut conns = self.shared.lock().ok()?;
-        conns.retain(Http2Conn::is_open);
-        let conn = conns.iter().find(|conn| conn.streams.has_room())?;
+        let mut shared = self.shared.lock().ok()?;
+        shared.conns.retain(Http2Conn::is_open);
+        let conn = shared.conns.iter().find(|conn| conn.streams.has_room())?;
         Some((conn.sender.clone(), conn.streams.take()))
     }
 
     /// A place on the least busy live HTTP/2 connection, over its peer's cap: the request
     /// waits in the connection for a stream (when no other connection may be opened).
     fn reserve_least_busy_http2(&self) -> Option<(http2::SendRequest<Body>, StreamSlot)> {
-        let mut conns = self.shared.lock().ok()?;
-        conns.retain(Http2Conn::is_open);
-        let conn = conns.iter().min_by_key(|conn| conn.streams.in_flight())?;
+        let mut shared = self.shared.lock().ok()?;
+        shared.conns.retain(Http2Conn::is_open);
+        let conn = shared
+            .conns
+            .iter()
+            .min_by_key(|conn| conn.streams.in_flight())?;
         Some((conn.sender.clone(), conn.streams.take()))
     }
 
     /// Live HTTP/2 connections.
     fn http2_connections(&self) -> usize {
-        self.shared
-            .lock()
-            .map_or(0, |conns| conns.iter().filter(|c| c.is_open()).count())
+        self.shared.lock().map_or(0, |shared| {
+            shared.conns.iter().filter(|c| c.is_open()).count()
+        })
     }
 
     /// An HTTP/2 connection with room when there was none: one another request opened while
@@ -697,9 +705,29 @@ impl EndpointPool {
     }
 
     fn forget_http2(&self) {
-        if let Ok(mut conns) = self.shared.lock() {
-            conns.retain(Http2Conn::is_open);
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.conns.retain(Http2Conn::is_open);
         }
+    }
+
+    /// Starts a sweeper for the HTTP/2 connections when one was opened beyond the first.
+    fn sweep_http2_later(self: &Arc<Self>) {
+        let Ok(mut shared) = self.shared.lock() else {
+            return;
+        };
+        if shared.conns.len() > 1 && !shared.sweeping {
+            shared.sweeping = true;
+            tokio::spawn(sweep_idle(Arc::downgrade(self), Self::sweep_http2));
+        }
+    }
+
+    /// Closes the HTTP/2 connections beyond the first that carried no request for the idle
+    /// timeout ([`Http2Conns::sweep`]). Returns whether to sweep again.
+    fn sweep_http2(&self) -> bool {
+        let idle_timeout = self.idle_timeout();
+        self.shared
+            .lock()
+            .is_ok_and(|mut shared| shared.sweep(Coarse::now(), idle_timeout))
     }
 
     /// A live idle connection and how long it was idle.
@@ -761,7 +789,7 @@ impl EndpointPool {
         pool.conns.push_back((conn, now));
         if !pool.sweeping {
             pool.sweeping = true;
-            tokio::spawn(sweep_idle(Arc::downgrade(self)));
+            tokio::spawn(sweep_idle(Arc::downgrade(self), Self::sweep_http1));
         }
     }
 
@@ -990,10 +1018,11 @@ impl EndpointPool {
         // used at the default cap (a dead one fails the request instead).
         let after = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
         let _ = tokio::time::timeout(after, settings).await;
-        if let Ok(mut conns) = self.shared.lock() {
-            conns.push(Http2Conn {
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.conns.push(Http2Conn {
                 sender: sender.clone(),
                 streams: Arc::clone(&streams),
+                quiet_since: None,
             });
         }
         Ok((sender, streams))
@@ -1159,8 +1188,9 @@ struct IdlePool {
     sweeping: bool,
 }
 
-/// Sweeps `pool`'s idle connections until it has none or is gone.
-async fn sweep_idle(pool: Weak<EndpointPool>) {
+/// Runs `sweep` on `pool` every half idle timeout (at most [`SWEEP_EVERY`]) until it says
+/// nothing is left to sweep or the pool is gone.
+async fn sweep_idle(pool: Weak<EndpointPool>, sweep: fn(&EndpointPool) -> bool) {
     loop {
         let period = match pool.upgrade() {
             Some(pool) => (pool.idle_timeout() / 2).min(SWEEP_EVERY),
@@ -1168,7 +1198,7 @@ async fn sweep_idle(pool: Weak<EndpointPool>) {
         };
         tokio::time::sleep(period.max(Duration::from_millis(10))).await;
         match pool.upgrade() {
-            Some(pool) if pool.sweep_http1() => {}
+            Some(pool) if sweep(&pool) => {}
             _ => return,
         }
     }

@@ -31,6 +31,8 @@ fn h2c_backend(name: &str, addr: SocketAddr) -> String {
 struct HeldUpstream {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    /// Connections not closed yet.
+    open: Arc<AtomicUsize>,
     held: Arc<AtomicUsize>,
     gate: Arc<tokio::sync::Semaphore>,
 }
@@ -40,16 +42,19 @@ impl HeldUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let held = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let (counted, holding, gated) = (
+        let (counted, still_open, holding, gated) = (
             Arc::clone(&connections),
+            Arc::clone(&open),
             Arc::clone(&held),
             Arc::clone(&gate),
         );
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
+                still_open.fetch_add(1, Ordering::SeqCst);
                 let (holding, gated) = (Arc::clone(&holding), Arc::clone(&gated));
                 let service = hyper::service::service_fn(move |_: Request<Incoming>| {
                     let (holding, gated) = (Arc::clone(&holding), Arc::clone(&gated));
@@ -63,16 +68,20 @@ impl HeldUpstream {
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                     }
                 });
-                tokio::spawn(
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .max_concurrent_streams(max_streams)
-                        .serve_connection(TokioIo::new(stream), service),
-                );
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(max_streams)
+                    .serve_connection(TokioIo::new(stream), service);
+                let closed = Arc::clone(&still_open);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                    closed.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
         Self {
             addr,
             connections,
+            open,
             held,
             gate,
         }
@@ -102,6 +111,46 @@ async fn requests_beyond_the_peers_stream_cap_go_to_another_connection() {
         let response = tokio::time::timeout(WAIT, call).await.unwrap().unwrap();
         assert_eq!(response.unwrap().status, 200);
     }
+}
+
+/// The connections a burst opened beyond the first are closed once they have carried no
+/// request for `upstreamIdleTimeout`; the first stays and serves what comes next.
+#[tokio::test]
+async fn connections_a_burst_opened_are_closed_when_idle() {
+    let upstream = HeldUpstream::start(5).await;
+    let mesh = "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: mesh}\n\
+                spec: {proxy: {upstreamIdleTimeout: 1s}}\n---\n";
+    let config = format!("{mesh}{}", h2c_backend("payments", upstream.addr));
+    let sidecar = Sidecar::start(&config).await;
+    let outbound = sidecar.outbound;
+    let calls: Vec<_> = (0..15)
+        .map(|_| tokio::spawn(async move { client::get(outbound, "payments", "/hold").await }))
+        .collect();
+    let held = Arc::clone(&upstream.held);
+    ficus_tests::until("15 requests held by the upstream at once", WAIT, || {
+        let held = held.load(Ordering::SeqCst);
+        async move { held == 15 }
+    })
+    .await;
+    assert!(upstream.open.load(Ordering::SeqCst) >= 3);
+    upstream.gate.add_permits(15);
+    for call in calls {
+        let response = tokio::time::timeout(WAIT, call).await.unwrap().unwrap();
+        assert_eq!(response.unwrap().status, 200);
+    }
+    let open = Arc::clone(&upstream.open);
+    ficus_tests::until("the idle extra connections closed", WAIT, || {
+        let open = open.load(Ordering::SeqCst);
+        async move { open == 1 }
+    })
+    .await;
+    // The first connection serves the next request; no new one is opened for it.
+    let opened = upstream.connections.load(Ordering::SeqCst);
+    upstream.gate.add_permits(1);
+    let response = client::get(outbound, "payments", "/next").await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), opened);
+    assert_eq!(upstream.open.load(Ordering::SeqCst), 1);
 }
 
 /// A response body of `remaining` bytes made on demand, 16 KiB at a time, counting in

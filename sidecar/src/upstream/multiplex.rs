@@ -11,11 +11,17 @@
 //! that changes the cap is not followed (h2 itself still honours it; the pool then only
 //! opens connections late or early). A peer that does not advertise one counts as
 //! [`DEFAULT_STREAM_LIMIT`].
+//!
+//! The connections opened beyond the first are closed once they have carried no request for
+//! the upstream idle timeout ([`Http2Conns::sweep`]): a burst must not leave sixteen
+//! connections per endpoint open for good. The first stays, as the endpoint's multiplexed
+//! connection (pinged while idle when it goes to a peer sidecar).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -23,6 +29,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2;
 
 use crate::body::{Body, BoxError};
+use crate::clock::Coarse;
 
 /// Streams per connection when the peer did not say (no SETTINGS yet, or no
 /// `MAX_CONCURRENT_STREAMS` in it, which means "unlimited"): our own inbound server's default,
@@ -39,6 +46,44 @@ pub struct Http2Conn {
     pub sender: http2::SendRequest<Body>,
     /// Its stream count and cap.
     pub streams: Arc<Streams>,
+    /// When a sweep first found it without requests since the sweep before.
+    pub quiet_since: Option<Coarse>,
+}
+
+/// The HTTP/2 connections of an endpoint, the first opened first, and whether a task sweeps
+/// them (under one lock, so that a connection added as the sweeper stops starts another).
+#[derive(Debug, Default)]
+pub struct Http2Conns {
+    /// Requests go to the first with room under its peer's stream cap.
+    pub conns: Vec<Http2Conn>,
+    /// Whether a sweeper task is running for them.
+    pub sweeping: bool,
+}
+
+impl Http2Conns {
+    /// Drops closed connections, and those beyond the first live one that carried no
+    /// request for `idle_timeout`: quiet at two sweeps that far apart with none in between
+    /// (a request takes its slot under the pool's lock, so none can slip in as one is
+    /// dropped). Its sender dropped, hyper closes the connection (GOAWAY) once its last
+    /// stream ends. Returns whether more than one is left, and so another sweep is due.
+    pub fn sweep(&mut self, now: Coarse, idle_timeout: Duration) -> bool {
+        self.conns.retain(Http2Conn::is_open);
+        let mut first = true;
+        self.conns.retain_mut(|conn| {
+            if std::mem::take(&mut first) {
+                return true;
+            }
+            let used = conn.streams.used.swap(false, Ordering::Relaxed);
+            if used || conn.streams.in_flight() > 0 {
+                conn.quiet_since = None;
+                return true;
+            }
+            let since = *conn.quiet_since.get_or_insert(now);
+            now.saturating_duration_since(since) < idle_timeout
+        });
+        self.sweeping = self.conns.len() > 1;
+        self.sweeping
+    }
 }
 
 /// The streams of one connection: how many requests are in flight and how many the peer
@@ -47,6 +92,8 @@ pub struct Http2Conn {
 pub struct Streams {
     in_flight: AtomicUsize,
     limit: AtomicUsize,
+    /// Whether a request took a slot since the last sweep.
+    used: AtomicBool,
 }
 
 impl Streams {
@@ -55,6 +102,7 @@ impl Streams {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
             limit: AtomicUsize::new(DEFAULT_STREAM_LIMIT),
+            used: AtomicBool::new(false),
         })
     }
 
@@ -71,6 +119,7 @@ impl Streams {
     /// Counts one more request until the slot is dropped.
     pub fn take(self: &Arc<Self>) -> StreamSlot {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.used.store(true, Ordering::Relaxed);
         StreamSlot(Arc::clone(self))
     }
 }
