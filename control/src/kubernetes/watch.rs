@@ -245,6 +245,8 @@ struct Translated {
     skipped: usize,
     /// Objects left out because they did not validate.
     left_out: Vec<LeftOut>,
+    /// The config's warnings (matches that can never be selected), as displayed.
+    warnings: Vec<String>,
 }
 
 /// The translated cluster (objects that do not validate left out), or why it is invalid as a
@@ -274,6 +276,12 @@ fn documents(
         documents: sorted.into_values().collect(),
         skipped: translation.skipped.len(),
         left_out: translation.left_out,
+        warnings: translation
+            .config
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     })
 }
 
@@ -314,6 +322,7 @@ pub async fn publish(
         documents,
         skipped,
         left_out,
+        warnings,
     } = tokio::task::spawn_blocking(move || {
         documents(&objects, &trust_domain, ca_trust_domain.as_deref())
     })
@@ -337,12 +346,17 @@ pub async fn publish(
              the last good version stays"
         ));
     }
-    let summary = format!(
+    let mut summary = format!(
         "kubernetes: {} documents from the cluster ({skipped} Services skipped, {} objects \
          left out)",
         documents.len(),
         left_out.len()
     );
+    match warnings.len() {
+        0 => {}
+        1 => summary.push_str(", 1 warning"),
+        n => summary.push_str(&format!(", {n} warnings")),
+    }
     let store = state.store.clone();
     let record = tokio::task::spawn_blocking(move || {
         store.commit(documents, Some("kubernetes".to_owned()), summary)
@@ -352,6 +366,11 @@ pub async fn publish(
     .map_err(|e| format!("store: {e}"))?;
     let version = record.version;
     tracing::info!(version, summary = %record.summary, "config committed from the cluster");
+    // As the sidecars do when they apply it, and once per committed version (a resync that
+    // changes nothing commits nothing).
+    for warning in &warnings {
+        tracing::warn!(version, "config from the cluster: {warning}");
+    }
     state
         .metrics
         .config_version

@@ -699,3 +699,33 @@ async fn an_invalid_mesh_refuses_the_whole_sync() {
         "nothing is left out of a refused sync"
     );
 }
+
+/// A cluster route with a match that can never be selected is committed (a warning never
+/// refuses a config), and the version's summary counts the warning (each is logged).
+#[tokio::test]
+async fn warnings_of_the_clusters_config_are_counted_in_the_summary() {
+    let (state, _data) = new_state();
+    let mut objects = cluster();
+    let route = objects
+        .iter_mut()
+        .find(|o| o["kind"] == "HTTPRoute")
+        .unwrap();
+    // Rule 1 repeats rule 0's match: it is shadowed, so the whole rule is never selected.
+    route["spec"]["rules"][1]["matches"] = route["spec"]["rules"][0]["matches"].clone();
+    assert_eq!(publish(&state, objects, "cluster.local").await, Ok(Some(1)));
+    let current = state.current();
+    assert!(has(&current, "HTTPRoute", "shop", "shop"));
+    assert!(
+        current.summary.ends_with("0 objects left out), 1 warning"),
+        "{}",
+        current.summary
+    );
+
+    // Without it, no warning is counted.
+    assert_eq!(
+        publish(&state, cluster(), "cluster.local").await,
+        Ok(Some(2))
+    );
+    let summary = &state.current().summary;
+    assert!(summary.ends_with("0 objects left out)"), "{summary}");
+}
