@@ -6,10 +6,10 @@
 //! would starve everything else. So the pool counts the requests in flight on each connection
 //! and opens another connection when every one is at its peer's cap, as Envoy does.
 //!
-//! hyper does not tell the peer's SETTINGS, so [`SettingsReader`] reads the cap from the first
-//! frame the peer sends, which RFC 9113 §3.4 requires to be its SETTINGS. A later SETTINGS
-//! that changes the cap is not followed (h2 itself still honours it; the pool then only
-//! opens connections late or early). A peer that does not advertise one counts as
+//! hyper does not tell the peer's SETTINGS, so [`SettingsReader`] follows the frames the peer
+//! sends (their 9-byte headers; payloads are passed over) and reads the cap from each SETTINGS
+//! frame: from the first frame, which RFC 9113 §3.4 requires to be its SETTINGS, and from any
+//! later one that changes it. A peer that does not advertise one counts as
 //! [`DEFAULT_STREAM_LIMIT`].
 //!
 //! The connections opened beyond the first are closed once they have carried no request for
@@ -194,20 +194,27 @@ impl HttpBody for Http2Body {
     }
 }
 
-/// An upstream I/O stream that reads `SETTINGS_MAX_CONCURRENT_STREAMS` from the first frame
-/// the peer sends into [`Streams`], then passes bytes through untouched.
-#[derive(Debug)]
+/// The upstream side of an HTTP/2 connection, read through: follows the peer's frames and
+/// sets its connection's stream cap from every SETTINGS frame ([`FrameScan`]).
 pub struct SettingsReader<I> {
     io: I,
-    parse: Option<FirstFrame>,
+    scan: FrameScan,
 }
 
-/// The first frame of the peer as it arrives.
+/// Where the peer's frames begin and end as its bytes arrive, and the SETTINGS among them.
 #[derive(Debug)]
-struct FirstFrame {
-    bytes: Vec<u8>,
+struct FrameScan {
     streams: Arc<Streams>,
-    read: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Told when the first frame was read, or the stream ended first.
+    first: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The next frame's header, as much of it as arrived.
+    header: [u8; 9],
+    header_len: usize,
+    /// Payload bytes of the current frame still to pass over.
+    skip: usize,
+    /// The length of the SETTINGS frame being read, and its payload so far.
+    settings: Option<usize>,
+    payload: Vec<u8>,
 }
 
 /// Frame type SETTINGS and its ACK flag (RFC 9113 §6.5).
@@ -215,58 +222,95 @@ const SETTINGS: u8 = 0x4;
 const ACK: u8 = 0x1;
 /// Setting identifier of `SETTINGS_MAX_CONCURRENT_STREAMS`.
 const MAX_CONCURRENT_STREAMS: u16 = 0x3;
-/// Largest first frame read (a SETTINGS frame lists at most a few settings of 6 bytes).
-const MAX_FIRST_FRAME: usize = 16 * 1024;
+/// Largest SETTINGS frame read (one lists a few settings of 6 bytes each); a larger one is
+/// passed over, and h2 refuses it (our max frame size is 16 KiB).
+const MAX_SETTINGS_FRAME: usize = 16 * 1024;
 
 impl<I> SettingsReader<I> {
     /// Wraps `io`; `read` is told once the first frame was read (or the stream ended).
     pub fn new(io: I, streams: Arc<Streams>, read: tokio::sync::oneshot::Sender<()>) -> Self {
         Self {
             io,
-            parse: Some(FirstFrame {
-                bytes: Vec::with_capacity(64),
-                streams,
-                read: Some(read),
-            }),
+            scan: FrameScan::new(streams, read),
         }
     }
 }
 
-impl FirstFrame {
-    /// Takes bytes as read; whether the first frame is complete.
-    fn feed(&mut self, bytes: &[u8]) -> bool {
-        self.bytes.extend_from_slice(bytes);
-        if self.bytes.len() < 9 {
-            return false;
+impl FrameScan {
+    fn new(streams: Arc<Streams>, first: tokio::sync::oneshot::Sender<()>) -> Self {
+        Self {
+            streams,
+            first: Some(first),
+            header: [0; 9],
+            header_len: 0,
+            skip: 0,
+            settings: None,
+            payload: Vec::new(),
         }
-        let length = usize::from(self.bytes[0]) << 16
-            | usize::from(self.bytes[1]) << 8
-            | usize::from(self.bytes[2]);
-        if length > MAX_FIRST_FRAME {
-            return true;
-        }
-        let Some(payload) = self.bytes.get(9..9 + length) else {
-            return false;
-        };
-        if self.bytes[3] == SETTINGS && self.bytes[4] & ACK == 0 {
-            for setting in payload.chunks_exact(6) {
-                let id = u16::from_be_bytes([setting[0], setting[1]]);
-                let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
-                if id == MAX_CONCURRENT_STREAMS {
-                    // A cap of 0 still lets one request wait on the connection.
-                    let limit = usize::try_from(value).unwrap_or(usize::MAX).max(1);
-                    self.streams.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Takes bytes as read.
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                if self.skip == 0 {
+                    self.frame_read();
+                }
+            } else if let Some(length) = self.settings {
+                let n = (length - self.payload.len()).min(bytes.len());
+                self.payload.extend_from_slice(&bytes[..n]);
+                bytes = &bytes[n..];
+                if self.payload.len() == length {
+                    self.apply_settings();
+                    self.settings = None;
+                    self.payload.clear();
+                    self.frame_read();
+                }
+            } else {
+                let n = (9 - self.header_len).min(bytes.len());
+                self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+                self.header_len += n;
+                bytes = &bytes[n..];
+                if self.header_len < 9 {
+                    return;
+                }
+                self.header_len = 0;
+                let length = usize::from(self.header[0]) << 16
+                    | usize::from(self.header[1]) << 8
+                    | usize::from(self.header[2]);
+                let settings = self.header[3] == SETTINGS && self.header[4] & ACK == 0;
+                if length == 0 {
+                    self.frame_read();
+                } else if settings && length <= MAX_SETTINGS_FRAME {
+                    self.settings = Some(length);
+                } else {
+                    self.skip = length;
                 }
             }
         }
-        true
     }
-}
 
-impl Drop for FirstFrame {
-    fn drop(&mut self) {
-        if let Some(read) = self.read.take() {
-            let _ = read.send(());
+    /// Sets the cap from the SETTINGS payload read; one that leaves it out keeps it (RFC 9113
+    /// §6.5: each setting keeps its value until changed).
+    fn apply_settings(&self) {
+        for setting in self.payload.chunks_exact(6) {
+            let id = u16::from_be_bytes([setting[0], setting[1]]);
+            let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+            if id == MAX_CONCURRENT_STREAMS {
+                // A cap of 0 still lets one request wait on the connection.
+                let limit = usize::try_from(value).unwrap_or(usize::MAX).max(1);
+                self.streams.limit.store(limit, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A whole frame was read: the first one tells the handshake.
+    fn frame_read(&mut self) {
+        if let Some(first) = self.first.take() {
+            let _ = first.send(());
         }
     }
 }
@@ -280,11 +324,13 @@ impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SettingsReader<I>
         let before = buf.filled().len();
         let this = &mut *self;
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let (Poll::Ready(result), Some(parse)) = (&polled, this.parse.as_mut()) {
+        if let Poll::Ready(result) = &polled {
             let read = &buf.filled()[before..];
-            // An error or the end of the stream ends the parse too.
-            if result.is_err() || read.is_empty() || parse.feed(read) {
-                this.parse = None;
+            if result.is_err() || read.is_empty() {
+                // The end of the stream (or an error) before the first frame tells too.
+                this.scan.frame_read();
+            } else {
+                this.scan.feed(read);
             }
         }
         polled
@@ -335,20 +381,43 @@ mod tests {
         frame
     }
 
+    /// A frame of `frame_type` with `length` payload bytes (all 0xff, so that a scan that
+    /// lost its place would read nonsense).
+    fn frame(frame_type: u8, length: usize) -> Vec<u8> {
+        let mut frame = vec![
+            (length >> 16) as u8,
+            (length >> 8) as u8,
+            length as u8,
+            frame_type,
+            0,
+            0,
+            0,
+            0,
+            1,
+        ];
+        frame.resize(9 + length, 0xff);
+        frame
+    }
+
+    fn scan() -> (FrameScan, Arc<Streams>, tokio::sync::oneshot::Receiver<()>) {
+        let streams = Streams::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (FrameScan::new(Arc::clone(&streams), tx), streams, rx)
+    }
+
     #[test]
     fn the_cap_is_read_from_the_first_settings_frame_in_pieces() {
-        let streams = Streams::new();
-        let (tx, _rx) = tokio::sync::oneshot::channel();
-        let mut first = FirstFrame {
-            bytes: Vec::new(),
-            streams: Arc::clone(&streams),
-            read: Some(tx),
-        };
+        let (mut scan, streams, mut first) = scan();
         let frame = settings(&[(0x4, 65_535), (MAX_CONCURRENT_STREAMS, 10)], 0);
-        assert!(!first.feed(&frame[..5]));
-        assert!(!first.feed(&frame[5..12]));
-        assert!(first.feed(&frame[12..]));
+        scan.feed(&frame[..5]);
+        scan.feed(&frame[5..12]);
+        assert!(
+            first.try_recv().is_err(),
+            "not told before the frame is whole"
+        );
+        scan.feed(&frame[12..]);
         assert_eq!(streams.limit.load(Ordering::Relaxed), 10);
+        assert_eq!(first.try_recv(), Ok(()));
     }
 
     #[test]
@@ -357,15 +426,71 @@ mod tests {
             settings(&[(0x4, 65_535)], 0),
             settings(&[(MAX_CONCURRENT_STREAMS, 10)], ACK),
         ] {
-            let streams = Streams::new();
-            let (tx, _rx) = tokio::sync::oneshot::channel();
-            let mut first = FirstFrame {
-                bytes: Vec::new(),
-                streams: Arc::clone(&streams),
-                read: Some(tx),
-            };
-            assert!(first.feed(&frame));
+            let (mut scan, streams, mut first) = scan();
+            scan.feed(&frame);
             assert_eq!(streams.limit.load(Ordering::Relaxed), DEFAULT_STREAM_LIMIT);
+            assert_eq!(first.try_recv(), Ok(()));
+        }
+    }
+
+    /// The cap follows every SETTINGS frame among others (a DATA frame larger than a read,
+    /// HEADERS, an empty frame, an ACK, one oversized frame passed over), whatever the sizes
+    /// of the reads the bytes arrive in; a SETTINGS without the cap keeps it.
+    #[test]
+    fn later_settings_frames_change_the_cap_at_any_read_boundary() {
+        let mut stream = settings(&[(MAX_CONCURRENT_STREAMS, 10)], 0);
+        let mut expected = vec![(stream.len(), 10)];
+        for (frames, cap) in [
+            (vec![frame(0x1, 40), frame(0x0, 20_000)], 10),
+            (vec![settings(&[(MAX_CONCURRENT_STREAMS, 3)], 0)], 3),
+            (
+                vec![
+                    frame(0x8, 0),
+                    settings(&[(MAX_CONCURRENT_STREAMS, 50)], ACK),
+                ],
+                3,
+            ),
+            (
+                vec![frame(SETTINGS, MAX_SETTINGS_FRAME + 6), frame(0x0, 7)],
+                3,
+            ),
+            (vec![settings(&[(0x4, 1 << 20)], 0)], 3),
+            (
+                vec![settings(&[(0x2, 0), (MAX_CONCURRENT_STREAMS, 0)], 0)],
+                1,
+            ),
+            (
+                vec![frame(0x0, 5), settings(&[(MAX_CONCURRENT_STREAMS, 200)], 0)],
+                200,
+            ),
+        ] {
+            for frame in frames {
+                stream.extend_from_slice(&frame);
+            }
+            expected.push((stream.len(), cap));
+        }
+        for read_size in [1, 2, 5, 9, 13, 4096, 65_536] {
+            let (mut scan, streams, _first) = scan();
+            let mut at = 0;
+            let mut checks = expected.iter().peekable();
+            for piece in stream.chunks(read_size) {
+                scan.feed(piece);
+                at += piece.len();
+                // Every frame ending at or before here has been read.
+                let mut cap = None;
+                while let Some(&&(end, value)) = checks.peek() {
+                    if end > at {
+                        break;
+                    }
+                    cap = Some(value);
+                    checks.next();
+                }
+                if let Some(cap) = cap {
+                    let limit = streams.limit.load(Ordering::Relaxed);
+                    assert_eq!(limit, cap, "reads of {read_size}, at byte {at}");
+                }
+            }
+            assert_eq!(streams.limit.load(Ordering::Relaxed), 200);
         }
     }
 
