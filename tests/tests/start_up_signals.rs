@@ -1,10 +1,10 @@
 //! Signals sent while a binary starts, before it serves: SIGHUP and SIGUSR1 never end it (the
 //! sidecar answers them once it serves), SIGTERM and SIGINT end it at once with exit 0.
 //!
-//! Start-up is held at a known point by an input file that is a named pipe, the sidecar's
-//! `--config`: the process waits in reading it until the test writes it, and the test knows it
-//! is there because a non-blocking open for writing succeeds only once a reader has the pipe
-//! open. No timing is guessed.
+//! Start-up is held at a known point by an input file that is a named pipe: the sidecar's
+//! `--config`, the control plane's `--admin-token-file`. The process waits in reading it
+//! until the test writes it, and the test knows it is there because a non-blocking open for
+//! writing succeeds only once a reader has the pipe open. No timing is guessed.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,6 +12,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use ficus_tests::client;
+use ficus_tests::control::ControlPlane;
 use ficus_tests::process::{Sidecar, SidecarOptions};
 use ficus_tests::upstream::Upstream;
 use tokio::io::AsyncWriteExt;
@@ -129,6 +130,76 @@ async fn sigterm_or_sigint_during_start_up_exits_the_sidecar_with_0() {
             status.code(),
             Some(0),
             "SIG{signal} during start-up: {status}"
+        );
+    }
+}
+
+/// SIGHUP and SIGUSR1 while `ficus-control` reads its admin token file at start: it survives,
+/// serves, and logs them as ignored.
+#[tokio::test]
+async fn sighup_and_sigusr1_during_start_up_do_not_end_the_control_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("admin.tokens");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&tokens)
+        .status()
+        .expect("mkfifo (coreutils) runs");
+    assert!(made.success());
+    let token_file = tokens.display().to_string();
+    let mut control = ControlPlane::spawn_with(&["--admin-token-file", &token_file]);
+    let writer = writer_once_read(&tokens).await;
+    control.signal("HUP");
+    control.signal("USR1");
+    write_and_close(writer, "admin-0123456789abcdef0123456789\n").await;
+    if let Err(status) = control.wait_started().await {
+        panic!(
+            "ficus-control exited on a signal sent during start-up: {status}\n{}",
+            control.log()
+        );
+    }
+    for name in ["SIGHUP ignored", "SIGUSR1 ignored"] {
+        let started = Instant::now();
+        while !control.log().contains(name) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "ficus-control did not log {name:?}:\n{}",
+                control.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let version = control.get_json("/v1/config").await;
+    assert!(version.is_object(), "the API answers: {version}");
+    assert!(control.exited().is_none(), "ficus-control still runs");
+}
+
+/// SIGTERM or SIGINT while `ficus-control` reads its admin token file at start: it exits at
+/// once with 0, without opening its store or binding its ports.
+#[tokio::test]
+async fn sigterm_or_sigint_during_start_up_exits_the_control_plane_with_0() {
+    for signal in ["TERM", "INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("admin.tokens");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&tokens)
+            .status()
+            .expect("mkfifo (coreutils) runs");
+        assert!(made.success());
+        let token_file = tokens.display().to_string();
+        let mut control = ControlPlane::spawn_with(&["--admin-token-file", &token_file]);
+        let _writer = writer_once_read(&tokens).await;
+        control.signal(signal);
+        let status = control.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIG{signal} during start-up: {status}\n{}",
+            control.log()
+        );
+        assert!(
+            !control.data_dir().exists(),
+            "the store was not opened:\n{}",
+            control.log()
         );
     }
 }
