@@ -23,6 +23,7 @@ use ficus_control::webhook;
 use ficus_identity::ca::CertificateAuthority;
 use ficus_identity::tls::{self, CertStore, ClientAuth, Credentials, TrustBundle};
 use ficus_net::listen::Listeners;
+use ficus_net::signal::StartUpStop;
 use tokio_rustls::TlsAcceptor;
 
 /// The listen backlog of `--grpc`: after a control-plane restart every sidecar reconnects at
@@ -199,6 +200,21 @@ fn run(args: Args) -> Result<(), Fatal> {
         println!("{id}: {}/cert.pem, key.pem, ca.pem", out.display());
         return Ok(());
     }
+    // Before any file is read, the store opened or a port bound: the runtime, and on it every
+    // signal the control plane answers ([`Signals`]). A SIGTERM or SIGINT during start-up
+    // ends the process at once (exit 0, [`StartUpStop`]: the multi-thread runtime's workers
+    // answer it while this thread is busy); a SIGHUP or SIGUSR1 is logged and ignored once
+    // it serves, as later.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Fatal::other(format!("cannot start the runtime: {error}")))?;
+    let (signals, starting) = {
+        let _entered = runtime.enter();
+        (Signals::install(), StartUpStop::catch())
+    };
+    let (started, start_up) = tokio::sync::oneshot::channel::<()>();
+    runtime.spawn(starting.until_started(start_up));
     if args.https.is_some() && args.insecure {
         return Err(Fatal::usage(
             "--https needs the CA for its certificate; drop --insecure",
@@ -249,10 +265,6 @@ fn run(args: Args) -> Result<(), Fatal> {
         }
         None => None,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| Fatal::other(format!("cannot start the runtime: {error}")))?;
     let review = args.kubernetes_token_review && !args.insecure;
     let kube_client = if review || args.kubernetes {
         let flag = if args.kubernetes {
@@ -305,8 +317,6 @@ fn run(args: Args) -> Result<(), Fatal> {
         }
     }
     runtime.block_on(async move {
-        // Before any server answers: once `/ready` says 200, SIGHUP and SIGUSR1 are caught.
-        let signals = Signals::install();
         // Each listener gets an IPv6 companion (`[::]` beside `0.0.0.0`, `[::1]` beside
         // `127.0.0.1`), served by the same loop: IPv6-only clusters reach us over IPv6.
         let (grpc, http) = match (
@@ -414,6 +424,8 @@ fn run(args: Args) -> Result<(), Fatal> {
                 args.trust_domain.clone(),
             ));
         }
+        // Serving: from here SIGTERM and SIGINT are `signals`' alone.
+        let _ = started.send(());
         signals.shutdown().await;
         tracing::info!("shutting down");
         Ok(())
@@ -507,13 +519,15 @@ fn parse_lifetime(text: &str) -> Result<Duration, String> {
     Ok(lifetime)
 }
 
-/// The signals `ficus-control` answers, caught from when its runtime starts (before its
-/// servers answer): SIGTERM or SIGINT stop it (every accepted write is already durable, so
-/// there is nothing to flush).
+/// The signals `ficus-control` answers, caught first thing at process start (before any file
+/// is read, the store opened or a port bound) and kept to the end: SIGTERM or SIGINT stop it
+/// (every accepted write is already durable, so there is nothing to flush; during start-up
+/// [`StartUpStop`] ends it at once instead).
 ///
 /// SIGHUP and SIGUSR1 are caught, logged and ignored: their default action would end the
 /// process, and operators send them by habit (reload, reopen logs), but there is nothing to
-/// reload (applies take effect at once; `ca/extra-roots.pem` is polled) and no log file.
+/// reload (applies take effect at once; `ca/extra-roots.pem` is polled) and no log file. One
+/// sent during start-up is logged once the process serves.
 struct Signals {
     term: Option<tokio::signal::unix::Signal>,
     int: Option<tokio::signal::unix::Signal>,

@@ -4,7 +4,8 @@
 //!   `StallBounded`, a stream whose writes are bounded so.
 //! - [`listen`] — the IPv6 companion of an IPv4 listener (`[::]` beside `0.0.0.0`, `[::1]`
 //!   beside `127.0.0.1`), and `Listeners`, which accepts from both as one.
-//! - [`signal`] — catching a Unix signal whose handler may fail to install.
+//! - [`signal`] — catching a Unix signal whose handler may fail to install, and what SIGTERM
+//!   and SIGINT do during start-up.
 //! - [`wall`] — waiting until a wall-clock time (certificate renewal) that a suspended host
 //!   does not stretch.
 #![forbid(unsafe_code)]

@@ -5,6 +5,17 @@
 //! runtime for `--workers 1`, the cheapest for a pinned single core). The admin server and
 //! the config watcher run on a current-thread runtime of their own, so neither config parsing
 //! nor a saturated data plane delays the other.
+//!
+//! Signals: every signal the sidecar answers (SIGTERM, SIGINT, SIGHUP, SIGUSR1) is caught
+//! first thing, on the admin runtime, before the config is read or a listener bound, and the
+//! admin thread runs from then on. During start-up it only waits: for the rest of start-up,
+//! or for SIGTERM/SIGINT, which end the process at once with exit 0
+//! ([`ficus_net::signal::StartUpStop`]) until the first config is applied (it starts the
+//! opaque TCP accept loops: from then on a stop signal drains). A SIGHUP or SIGUSR1 during
+//! start-up is kept and answered once the admin thread serves (the config is read again; the
+//! access log reopened). The listeners the drain waits on ([`Stop`]) are made at the same
+//! moment as the others and kept to the end, so no stop signal falls between start-up and
+//! serving.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +38,7 @@ use crate::telemetry::{logging, metrics::Metrics};
 use crate::upstream::PoolRegistry;
 use ficus_identity::SpiffeId;
 use ficus_net::listen;
+use ficus_net::signal::StartUpStop;
 
 /// Process exit codes (INTERFACES.md).
 pub mod exit {
@@ -41,6 +53,37 @@ pub mod exit {
 /// Runs the sidecar until SIGTERM/SIGINT or `/quitquitquit`; returns the exit code.
 pub fn run(args: Args) -> u8 {
     let log = logging::init(args.log_format, &args.log_level);
+    // Before anything is read or bound: see "Signals" above.
+    let admin_runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the admin runtime: {error}");
+            return exit::FATAL;
+        }
+    };
+    let (operator_signals, stop, starting) = {
+        let _entered = admin_runtime.enter();
+        (
+            crate::signals::OperatorSignals::install(),
+            Stop::install(),
+            StartUpStop::catch(),
+        )
+    };
+    let (serving, serves) = tokio::sync::oneshot::channel();
+    let (hand_over, handed) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("ficus-admin".into())
+        .spawn(move || {
+            let admin = admin(starting, serves, operator_signals, handed);
+            admin_runtime.block_on(admin);
+        });
+    if let Err(error) = spawned {
+        eprintln!("error: cannot start the admin thread: {error}");
+        return exit::FATAL;
+    }
     if args.transparent && crate::transparent::running_as_root() {
         eprintln!(
             "error: --transparent must not run as root: the redirect rules exempt only the \
@@ -166,6 +209,9 @@ pub fn run(args: Args) -> u8 {
         limit,
     );
     let mut reloader = Reloader::new(Arc::clone(&shared), tcp);
+    // The first config (the file, or push mode's cache) starts the opaque TCP listeners'
+    // accept loops: from here a stop signal drains instead of exiting at once.
+    let _ = serving.send(());
     let config_task = match mode {
         Mode::File(path, config) => {
             let source = format!("file:{}", path.display());
@@ -189,45 +235,15 @@ pub fn run(args: Args) -> u8 {
         }
     };
 
-    let admin_shared = Arc::clone(&shared);
-    let app_probes = Arc::new(args.app_probes.clone().unwrap_or_default());
-    let spawned = std::thread::Builder::new()
-        .name("ficus-admin".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => admin_failed(&format!("cannot start the admin runtime: {error}")),
-            };
-            runtime.block_on(async move {
-                // Before the admin server answers: once `/ready` says 200, SIGHUP and SIGUSR1
-                // no longer end the process.
-                let signals = crate::signals::OperatorSignals::install();
-                let reload = match config_task {
-                    ConfigTask::Watch(path, reloader) => {
-                        let reload = Arc::new(tokio::sync::Notify::new());
-                        tokio::spawn(crate::watch::watch(path, reloader, Arc::clone(&reload)));
-                        Some(reload)
-                    }
-                    ConfigTask::Push(client, certs) => {
-                        if let Some(certs) = certs {
-                            tokio::spawn(certs.run());
-                        }
-                        tokio::spawn(client.run());
-                        None
-                    }
-                };
-                tokio::spawn(signals.run(Arc::clone(&admin_shared), reload));
-                match listen::Listeners::from_std(admin, admin_v6) {
-                    Ok(listeners) => crate::admin::serve(listeners, admin_shared, app_probes).await,
-                    Err(error) => admin_failed(&format!("the admin listener failed: {error}")),
-                }
-            });
-        });
-    if let Err(error) = spawned {
-        eprintln!("error: cannot start the admin thread: {error}");
+    let handed_over = hand_over.send(AdminWork {
+        shared: Arc::clone(&shared),
+        config: config_task,
+        listener: admin,
+        listener_v6: admin_v6,
+        app_probes: Arc::new(args.app_probes.clone().unwrap_or_default()),
+    });
+    if handed_over.is_err() {
+        eprintln!("error: the admin thread ended during start-up");
         return exit::FATAL;
     }
 
@@ -239,6 +255,7 @@ pub fn run(args: Args) -> u8 {
     let exiting = Arc::clone(&shared);
     let code = runtime.block_on(serve(
         shared,
+        stop,
         Listeners {
             outbound,
             inbound,
@@ -261,6 +278,54 @@ pub fn run(args: Args) -> u8 {
         }
     }
     code
+}
+
+/// What the admin thread serves once start-up is done.
+struct AdminWork {
+    shared: Arc<Shared>,
+    config: ConfigTask,
+    listener: std::net::TcpListener,
+    /// The admin listener's IPv6 companion.
+    listener_v6: Option<std::net::TcpListener>,
+    app_probes: Arc<crate::admin::app_probes::AppProbes>,
+}
+
+/// The admin thread, from process start: until `serves` (the moment start-up may begin to
+/// serve), a SIGTERM or SIGINT ends the process ([`StartUpStop`]); then it waits for start-up
+/// to hand over its work and runs the config task, the SIGHUP/SIGUSR1 handler (which answers
+/// any that came during start-up) and the admin server. Returns at once when start-up failed
+/// (the main thread is exiting with its code).
+async fn admin(
+    starting: StartUpStop,
+    serves: tokio::sync::oneshot::Receiver<()>,
+    signals: crate::signals::OperatorSignals,
+    handed: tokio::sync::oneshot::Receiver<AdminWork>,
+) {
+    if starting.until_started(serves).await.is_err() {
+        return;
+    }
+    let Ok(work) = handed.await else {
+        return;
+    };
+    let reload = match work.config {
+        ConfigTask::Watch(path, reloader) => {
+            let reload = Arc::new(tokio::sync::Notify::new());
+            tokio::spawn(crate::watch::watch(path, reloader, Arc::clone(&reload)));
+            Some(reload)
+        }
+        ConfigTask::Push(client, certs) => {
+            if let Some(certs) = certs {
+                tokio::spawn(certs.run());
+            }
+            tokio::spawn(client.run());
+            None
+        }
+    };
+    tokio::spawn(signals.run(Arc::clone(&work.shared), reload));
+    match listen::Listeners::from_std(work.listener, work.listener_v6) {
+        Ok(listeners) => crate::admin::serve(listeners, work.shared, work.app_probes).await,
+        Err(error) => admin_failed(&format!("the admin listener failed: {error}")),
+    }
 }
 
 /// How long the exit waits for the access-log writer to put out the last lines.
@@ -381,6 +446,7 @@ struct DrainTiming {
 
 async fn serve(
     shared: Arc<Shared>,
+    mut stop: Stop,
     listeners: Listeners,
     connections: Connections,
     timing: DrainTiming,
@@ -439,7 +505,6 @@ async fn serve(
 
     tokio::spawn(timer_anchor());
 
-    let mut stop = Stop::install();
     let quit = stop.next(&shared).await;
     let started = tokio::time::Instant::now();
     let deadline = started + timing.timeout;
@@ -509,6 +574,10 @@ struct Stop {
 }
 
 impl Stop {
+    /// Catches both from now on: at process start, on the admin runtime (see "Signals" in
+    /// the module doc), and kept to the end. The drain waits on them on the data-plane
+    /// runtime: a signal listener is not tied to the runtime it was made on (either runtime's
+    /// driver passes a delivery on to every listener).
     fn install() -> Self {
         use tokio::signal::unix::{signal, SignalKind};
         match (

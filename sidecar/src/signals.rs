@@ -6,6 +6,12 @@
 //! convention) to reopen logs. Neither touches the request path: SIGHUP wakes the config
 //! watcher on the admin runtime, SIGUSR1 sets a flag the access-log writer thread reads
 //! before its next batch.
+//!
+//! They are caught first thing at process start (`app::run`), so one sent during start-up
+//! (while the config is read and the listeners bound) is kept, not fatal, and answered as
+//! soon as the admin thread serves: SIGHUP then reads `--config` again, since the file may
+//! have changed after start-up read it (the reload a `kill -HUP` asked for is done, not
+//! lost), and SIGUSR1 reopens the access log file.
 
 use std::sync::Arc;
 
@@ -23,8 +29,9 @@ pub struct OperatorSignals {
 }
 
 impl OperatorSignals {
-    /// Catches both from now on (call on a runtime: the handlers are tokio's). One that
-    /// cannot be installed is logged and ends the process, as by default.
+    /// Catches both from now on (call on a runtime: the handlers are tokio's); deliveries
+    /// before [`OperatorSignals::run`] are kept for it. One that cannot be installed is
+    /// logged and ends the process, as by default.
     pub fn install() -> Self {
         Self {
             hangup: catch(SignalKind::hangup(), "SIGHUP"),

@@ -23,7 +23,7 @@ use crate::snapshot::TcpService;
 use crate::state::Shared;
 use crate::telemetry::access_log::TcpEntry;
 use crate::telemetry::metrics::Metrics;
-use crate::tunnel::{copy_with_idle_timeout, Transferred};
+use crate::tunnel::{copy_counted, Moved};
 
 /// The running opaque TCP listeners.
 #[derive(Debug)]
@@ -111,15 +111,16 @@ impl TcpListeners {
     }
 }
 
-/// How a connection relayed to a TCP service went.
-#[derive(Debug)]
+/// How a connection relayed to a TCP service goes, filled in as it goes: read it when the
+/// relay has ended, or after its future was dropped (the drain timeout cut the connection).
+#[derive(Debug, Default)]
 pub struct Relayed {
-    /// The Backend chosen for it (`namespace/name`).
-    pub backend: Arc<str>,
+    /// The Backend chosen for it (`namespace/name`), once chosen.
+    pub backend: Option<Arc<str>>,
     /// The endpoint, when the Backend has one.
     pub upstream: Option<SocketAddr>,
-    /// Bytes each way.
-    pub bytes: Transferred,
+    /// Bytes each way so far.
+    pub bytes: Moved,
     /// `UH` without an endpoint, `UF` when connecting failed, else empty.
     pub flags: &'static str,
 }
@@ -128,37 +129,31 @@ pub struct Relayed {
 /// that Backend's balancer, connected over plain TCP or mTLS (ALPN `ficus-tcp`) when the
 /// endpoint names a peer identity; bytes copied until either side ends or nothing moves for
 /// `idle`. A Backend without endpoints (scaled to zero) gets the connection closed. Failures
-/// are counted in `ficus_upstream_failures_total`.
+/// are counted in `ficus_upstream_failures_total`. What happens is recorded in `relayed` as it
+/// happens.
 pub async fn relay_to_service<S>(
     metrics: &Metrics,
     service: &TcpService,
     downstream: &mut S,
     idle: Duration,
-) -> Relayed
-where
+    relayed: &mut Relayed,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let target = service.backends.pick();
-    let mut relayed = Relayed {
-        backend: Arc::clone(&target.label),
-        upstream: None,
-        bytes: Transferred::default(),
-        flags: "",
-    };
+    relayed.backend = Some(Arc::clone(&target.label));
     let Some(endpoint) = target.endpoint() else {
         metrics.upstream_failure("no_healthy_upstream");
         relayed.flags = flags::NO_HEALTHY_UPSTREAM;
         tracing::debug!(service = %service.label, backend = %target.label, "opaque TCP: the Backend has no endpoints");
-        return relayed;
+        return;
     };
     relayed.upstream = Some(endpoint.address());
     match endpoint.connect_opaque().await {
         Ok(mut upstream) => {
-            let (bytes, result) =
-                copy_with_idle_timeout(downstream, &mut upstream, idle, Some(metrics.tcp_live()))
-                    .await;
-            relayed.bytes = bytes;
-            if let Err(error) = result {
+            let live = Some(metrics.tcp_live());
+            let copied = copy_counted(downstream, &mut upstream, idle, live, &relayed.bytes);
+            if let Err(error) = copied.await {
                 tracing::debug!(service = %service.label, %error, "opaque TCP connection ended");
             }
         }
@@ -168,7 +163,6 @@ where
             tracing::debug!(service = %service.label, %error, "opaque TCP connect failed");
         }
     }
-    relayed
 }
 
 /// Forwards one accepted connection.
@@ -178,8 +172,7 @@ async fn proxy_connection(
     mut downstream: TcpStream,
     peer: SocketAddr,
 ) {
-    let metrics = &shared.metrics;
-    metrics.tcp_opened.inc();
+    shared.metrics.tcp_opened.inc();
     // What the connection needs of the config in force: it does not keep the whole snapshot
     // (and an old access log's writer) alive for as long as it lasts.
     let (service, idle, logging) = {
@@ -190,40 +183,94 @@ async fn proxy_connection(
             snapshot.access_log.is_some(),
         )
     };
-    // With access logs on: (when, what the line needs), filled in as the connection goes.
-    let mut log = logging.then(|| {
-        let entry = TcpEntry {
+    let mut connection = Connection {
+        shared,
+        listen,
+        peer,
+        logged: logging.then(|| Logged {
             time: SystemTime::now(),
-            listen,
-            downstream: peer,
-            service: String::new(),
-            backend: "none".to_owned(),
-            upstream: None,
-            flags: "",
-            duration: Duration::ZERO,
-            bytes_received: 0,
-            bytes_sent: 0,
-        };
-        (Instant::now(), entry)
-    });
+            started: Instant::now(),
+            service: service
+                .as_ref()
+                .map(|s| s.label.clone())
+                .unwrap_or_default(),
+        }),
+        relayed: Relayed::default(),
+        ended: false,
+    };
     if let Some(service) = service {
-        let relayed = relay_to_service(metrics, &service, &mut downstream, idle).await;
-        if let Some((_, entry)) = &mut log {
-            entry.service.clone_from(&service.label);
-            entry.backend.clear();
-            entry.backend.push_str(&relayed.backend);
-            entry.upstream = relayed.upstream;
-            entry.flags = relayed.flags;
-            entry.bytes_received = relayed.bytes.forward;
-            entry.bytes_sent = relayed.bytes.backward;
-        }
+        let metrics = &connection.shared.metrics;
+        relay_to_service(
+            metrics,
+            &service,
+            &mut downstream,
+            idle,
+            &mut connection.relayed,
+        )
+        .await;
     }
-    // The line goes to the access log of the config in force when the connection ends.
-    if let Some((started, mut entry)) = log {
-        if let Some(access_log) = &shared.snapshot.load().access_log {
-            entry.duration = started.elapsed();
-            access_log.tcp(entry);
-        }
+    connection.ended = true;
+}
+
+/// An accepted opaque TCP connection, counted closed and logged when it is dropped: when its
+/// relay ends, or when its task is dropped first. That happens only when the process exits
+/// with the connection open (the drain timeout passed, or a signal ended the drain, and the
+/// data-plane runtime's shutdown drops what is left), so such a line gets flag `SD` and the
+/// bytes moved so far. The runtime has shut down before the access log's last flush at exit
+/// (`app::run`), so the line is queued before that flush.
+#[derive(Debug)]
+struct Connection {
+    shared: Arc<Shared>,
+    listen: SocketAddr,
+    peer: SocketAddr,
+    /// What only its access-log line needs, when access logs were on at accept.
+    logged: Option<Logged>,
+    relayed: Relayed,
+    /// The relay ran to its end (false: the task was dropped first).
+    ended: bool,
+}
+
+/// The parts of an opaque TCP connection's access-log line known at accept.
+#[derive(Debug)]
+struct Logged {
+    /// When it was accepted (the line's `time`).
+    time: SystemTime,
+    /// The same, monotonic (for `duration_ms`).
+    started: Instant,
+    /// The TCP service of its `listen` address (`namespace/name`); empty without one.
+    service: String,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let metrics = &self.shared.metrics;
+        metrics.tcp_closed.inc();
+        let Some(logged) = self.logged.take() else {
+            return;
+        };
+        // The line goes to the access log of the config in force when the connection ends.
+        let snapshot = self.shared.snapshot.load();
+        let Some(access_log) = &snapshot.access_log else {
+            return;
+        };
+        let bytes = self.relayed.bytes.so_far();
+        // A panic unwinding the task is no shutdown: it keeps the flags it had.
+        let cut = !self.ended && !std::thread::panicking();
+        access_log.tcp(TcpEntry {
+            time: logged.time,
+            listen: self.listen,
+            downstream: self.peer,
+            service: logged.service,
+            backend: self.relayed.backend.as_deref().unwrap_or("none").to_owned(),
+            upstream: self.relayed.upstream,
+            flags: if cut {
+                flags::SHUT_DOWN
+            } else {
+                self.relayed.flags
+            },
+            duration: logged.started.elapsed(),
+            bytes_received: bytes.forward,
+            bytes_sent: bytes.backward,
+        });
     }
-    metrics.tcp_closed.inc();
 }

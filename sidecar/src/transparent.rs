@@ -595,7 +595,8 @@ async fn forward_tcp_service(
     let metrics = &shared.metrics;
     let idle = shared.snapshot.load().limits.connection_idle_timeout;
     metrics.tcp_opened.inc();
-    crate::tcp::relay_to_service(metrics, service, &mut downstream, idle).await;
+    let mut relayed = crate::tcp::Relayed::default();
+    crate::tcp::relay_to_service(metrics, service, &mut downstream, idle, &mut relayed).await;
     metrics.tcp_closed.inc();
 }
 

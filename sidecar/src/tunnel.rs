@@ -29,6 +29,29 @@ pub struct Live<'a> {
     pub backward: &'a IntCounter,
 }
 
+/// The bytes a running tunnel has moved so far, readable while it runs and after it was cut
+/// mid-copy (its future dropped): the access-log line of an opaque TCP connection that the
+/// drain timeout ends still has them.
+#[derive(Debug, Default)]
+pub struct Moved {
+    forward: AtomicU64,
+    backward: AtomicU64,
+}
+
+impl Moved {
+    /// Bytes each way up to now.
+    pub fn so_far(&self) -> Transferred {
+        Transferred {
+            forward: self.forward.load(Ordering::Relaxed),
+            backward: self.backward.load(Ordering::Relaxed),
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.forward.load(Ordering::Relaxed) + self.backward.load(Ordering::Relaxed)
+    }
+}
+
 /// Copies both ways between `a` and `b` until both sides have closed, an error occurs, or no
 /// byte has moved in either direction for `idle` (checked every `idle`, so an idle tunnel
 /// closes after between one and two periods). With `live`, bytes are counted there as they
@@ -43,40 +66,49 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let (forward, backward) = (AtomicU64::new(0), AtomicU64::new(0));
-    let result = {
-        let mut a = Counted {
-            inner: a,
-            read: &forward,
-            live: live.map(|live| live.forward),
-        };
-        let mut b = Counted {
-            inner: b,
-            read: &backward,
-            live: live.map(|live| live.backward),
-        };
-        let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
-        tokio::pin!(copy);
-        let moved = || forward.load(Ordering::Relaxed) + backward.load(Ordering::Relaxed);
-        let mut seen = 0;
-        loop {
-            tokio::select! {
-                result = &mut copy => break result.map(|_| ()),
-                () = tokio::time::sleep(idle) => {
-                    let now = moved();
-                    if now == seen {
-                        break Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"));
-                    }
-                    seen = now;
+    let moved = Moved::default();
+    let result = copy_counted(a, b, idle, live, &moved).await;
+    (moved.so_far(), result)
+}
+
+/// [`copy_with_idle_timeout`], counting into `moved`, which the caller can read even when this
+/// future is dropped before it ends.
+pub async fn copy_counted<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+    live: Option<Live<'_>>,
+    moved: &Moved,
+) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut a = Counted {
+        inner: a,
+        read: &moved.forward,
+        live: live.map(|live| live.forward),
+    };
+    let mut b = Counted {
+        inner: b,
+        read: &moved.backward,
+        live: live.map(|live| live.backward),
+    };
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    tokio::pin!(copy);
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            result = &mut copy => break result.map(|_| ()),
+            () = tokio::time::sleep(idle) => {
+                let now = moved.total();
+                if now == seen {
+                    break Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"));
                 }
+                seen = now;
             }
         }
-    };
-    let transferred = Transferred {
-        forward: forward.into_inner(),
-        backward: backward.into_inner(),
-    };
-    (transferred, result)
+    }
 }
 
 /// Counts bytes read through it (and in `live`).
@@ -156,6 +188,37 @@ mod tests {
         assert!(
             waited >= Duration::from_secs(10) && waited <= Duration::from_secs(20),
             "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_cut_mid_copy_leaves_its_counts() {
+        let (mut a, mut a_peer) = tokio::io::duplex(64);
+        let (mut b, mut b_peer) = tokio::io::duplex(64);
+        let moved = Moved::default();
+        {
+            let copy = copy_counted(&mut a, &mut b, Duration::from_secs(10), None, &moved);
+            tokio::pin!(copy);
+            a_peer.write_all(b"hello").await.unwrap();
+            b_peer.write_all(b"hi").await.unwrap();
+            let mut got = [0u8; 5];
+            tokio::select! {
+                _ = &mut copy => panic!("the tunnel ended"),
+                read = b_peer.read_exact(&mut got) => read.unwrap(),
+            };
+            let mut got = [0u8; 2];
+            tokio::select! {
+                _ = &mut copy => panic!("the tunnel ended"),
+                read = a_peer.read_exact(&mut got) => read.unwrap(),
+            };
+            // Dropped here, both sides still open: as the runtime's shutdown drops it.
+        }
+        assert_eq!(
+            moved.so_far(),
+            Transferred {
+                forward: 5,
+                backward: 2
+            }
         );
     }
 

@@ -158,6 +158,46 @@ impl ControlPlane {
         panic!("ficus-control failed to start 3 times:\n{}", control.log());
     }
 
+    /// Starts a control plane (`--insecure`, a fresh data dir, `extra` flags) without waiting
+    /// for it, for tests of its start-up; [`ControlPlane::wait_started`] waits for it.
+    pub fn spawn_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut control = Self {
+            child: None,
+            http: crate::free_addr(),
+            grpc: crate::free_addr(),
+            data_dir: dir.path().join("data"),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            dir,
+            starts: 0,
+            tls: false,
+            prefix: Vec::new(),
+        };
+        control.spawn();
+        control
+    }
+
+    /// Waits until `/ready` answers 200; the exit status if the process exits first. Panics
+    /// after a deadline.
+    pub async fn wait_started(&mut self) -> Result<(), ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < READY_DEADLINE {
+            if let Some(status) = self.exited() {
+                return Err(status);
+            }
+            if let Ok(response) = client::get(self.http, "control", "/ready").await {
+                if response.status == 200 {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "ficus-control not ready within {READY_DEADLINE:?}:\n{}",
+            self.log()
+        );
+    }
+
     /// `http://` URL of the API, for `ficusctl --server`.
     pub fn url(&self) -> String {
         format!("http://{}", self.http)

@@ -145,6 +145,10 @@ pub struct SidecarOptions {
     /// A command the sidecar runs under, e.g. `ip netns exec NS setpriv --reuid 1337 ..`;
     /// the config directory is then made readable for other uids.
     pub prefix: Vec<String>,
+    /// The config file is a named pipe (the config text is then ignored): start-up waits in
+    /// reading it until the test writes a config into [`Sidecar::config_path`] and closes it,
+    /// so a test can act at a known point of start-up.
+    pub config_fifo: bool,
 }
 
 impl Sidecar {
@@ -209,7 +213,15 @@ impl Sidecar {
     pub fn spawn(config: &str, options: SidecarOptions) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("config.yaml");
-        std::fs::write(&config_path, config).expect("write config");
+        if options.config_fifo {
+            let made = Command::new("mkfifo")
+                .arg(&config_path)
+                .status()
+                .expect("mkfifo (coreutils) runs");
+            assert!(made.success(), "mkfifo {}", config_path.display());
+        } else {
+            std::fs::write(&config_path, config).expect("write config");
+        }
         let (outbound, inbound, admin) = options
             .addresses
             .unwrap_or_else(|| (crate::free_addr(), crate::free_addr(), crate::free_addr()));

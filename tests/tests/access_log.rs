@@ -228,6 +228,59 @@ async fn a_tcp_connection_across_a_swap_is_logged_by_the_new_config() {
     drop(sidecar);
 }
 
+/// An opaque TCP connection the drain timeout cuts still has its line once the process has
+/// exited: flag `SD` and the bytes it had moved each way (the line is queued as the runtime's
+/// shutdown drops the connection, before the writer's last flush).
+#[tokio::test]
+async fn a_tcp_connection_cut_at_the_drain_timeout_is_logged_before_exit() {
+    let echo = TcpEcho::start("hi\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_path(&dir, "access.log");
+    let config = |listen: SocketAddr| {
+        mesh(Some(&path))
+            + &format!(
+                "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
+                 spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n",
+                echo.addr
+            )
+    };
+    let options = SidecarOptions {
+        drain_timeout: Some("500ms".into()),
+        ..Default::default()
+    };
+    let (mut sidecar, listen) = Sidecar::start_listening(config, options).await;
+    let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let mut greeting = [0u8; 3];
+    stream.read_exact(&mut greeting).await.unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+
+    // The client keeps the connection open: only the drain timeout ends it.
+    sidecar.terminate();
+    let status = sidecar.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0));
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line, for the cut connection: {text:?}");
+    let line = &lines[0];
+    assert_eq!(line["kind"], "tcp");
+    assert_eq!(line["listen"], listen.to_string());
+    assert_eq!(line["service"], "shop/db");
+    assert_eq!(line["backend"], "shop/db");
+    assert_eq!(line["upstream"], echo.addr.to_string());
+    assert_eq!(line["response_flags"], "SD");
+    assert_eq!(line["bytes_received"], 4);
+    assert_eq!(line["bytes_sent"], 7);
+    // The connection was open from before the signal to the end of the drain.
+    assert!(line["duration_ms"].as_f64().unwrap() > 0.0, "{line}");
+    drop(stream);
+}
+
 #[tokio::test]
 async fn off_by_default_and_switched_by_hot_swap() {
     let upstream = Upstream::start("ok").await;

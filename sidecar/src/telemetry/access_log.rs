@@ -16,7 +16,8 @@
 //! `Shared::access_log_for`); a new target opens a new one, and the old writer's thread
 //! ends once the last request holding it has logged. At exit the serving writer gets a
 //! bounded moment ([`AccessLog::flush`]) to put out what is queued, the `DC` lines of requests
-//! cut by the drain timeout included; an older writer's lines still queued then are lost.
+//! and the `SD` lines of opaque TCP connections cut by the drain timeout included; an older
+//! writer's lines still queued then are lost.
 //!
 //! # Fields
 //! HTTP (`"kind": "http"`): `time` (RFC 3339, UTC, when the request arrived), `direction`,
@@ -28,8 +29,9 @@
 //! `peer_identity` (inbound: the verified client SPIFFE ID), `service`, `backend`.
 //!
 //! TCP (`"kind": "tcp"`): `time`, `direction`, `listen`, `downstream`, `service`, `backend`,
-//! `upstream`, `response_flags` (`UF` when the connect failed), `duration_ms`,
-//! `bytes_received` (from the app), `bytes_sent` (to the app).
+//! `upstream`, `response_flags` (`UF` when the connect failed, `UH` without an endpoint, `SD`
+//! when the sidecar exited with the connection open), `duration_ms`, `bytes_received` (from
+//! the app), `bytes_sent` (to the app), so far when it was cut.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -375,7 +377,8 @@ pub struct TcpEntry {
     pub backend: String,
     /// The endpoint connected to, if any.
     pub upstream: Option<SocketAddr>,
-    /// `""`, or `UF` when the connect failed.
+    /// `""`, `UF` when the connect failed, `UH` without an endpoint, `SD` when the sidecar
+    /// exited with the connection open.
     pub flags: &'static str,
     /// Accept to close.
     pub duration: Duration,
