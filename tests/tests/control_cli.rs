@@ -509,6 +509,73 @@ async fn corrupt_or_unusable_data_dir_is_a_clear_startup_error() {
     assert!(stderr.contains("cannot use data directory"), "{stderr}");
 }
 
+/// `ficusctl validate` checks files on this machine, as a sidecar's `--config` loads them:
+/// no control plane is contacted (the server flag names a port nothing listens on).
+#[tokio::test]
+async fn validate_checks_files_without_a_control_plane() {
+    let server = "http://127.0.0.1:9";
+    let files = tempfile::tempdir().unwrap();
+    let dir = files.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    write(&dir, "backends.yaml", &backend(9001));
+    write(&dir, "routes.yaml", &route());
+    let output = ficusctl(server, &["validate", "-f", dir.to_str().unwrap()], None).await;
+    assert_eq!(
+        ok(&output),
+        "valid: 2 documents (1 Backend, 1 HTTPRoute)\n",
+        "{}",
+        output.stderr
+    );
+    assert_eq!(output.stderr, "");
+
+    // Stdin; a warning (a rule repeating another's match) goes to stderr, and it is valid.
+    let shadowed = route().replace(
+        "  - backendRefs: [{name: monolith}]\n",
+        "  - backendRefs: [{name: monolith}]\n  - backendRefs: [{name: monolith}]\n",
+    );
+    let text = format!("{}---\n{shadowed}", backend(9001));
+    let output = ficusctl(server, &["validate", "-f", "-"], Some(&text)).await;
+    assert_eq!(output.code, 0, "{output:?}");
+    assert!(
+        output.stderr.starts_with("warning: <stdin>:")
+            && output
+                .stderr
+                .contains("spec.rules[1]: this rule can never be selected"),
+        "{}",
+        output.stderr
+    );
+
+    // Errors name file, document and field; all of them, and exit 1.
+    write(
+        &dir,
+        "routes.yaml",
+        &route().replace("name: monolith", "name: payments"),
+    );
+    write(&dir, "mesh.yaml", "apiVersion: ficus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: mesh}\nspec: {colour: blue}\n");
+    let output = ficusctl(server, &["validate", "-f", dir.to_str().unwrap()], None).await;
+    assert_eq!(output.code, 1, "{output:?}");
+    assert!(output.stdout.is_empty(), "{}", output.stdout);
+    assert!(
+        output
+            .stderr
+            .contains("routes.yaml:1: HTTPRoute shop/shop: spec.rules[0].backendRefs[0].name"),
+        "{}",
+        output.stderr
+    );
+    assert!(
+        output
+            .stderr
+            .contains("mesh.yaml:1: Mesh mesh: spec.colour"),
+        "{}",
+        output.stderr
+    );
+    assert!(
+        output.stderr.ends_with("error: invalid config\n"),
+        "{}",
+        output.stderr
+    );
+}
+
 #[tokio::test]
 async fn exit_codes_for_usage_and_unreachable_server() {
     // The discard port: nothing listens there, and no other test can take it meanwhile.

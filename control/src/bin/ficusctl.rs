@@ -131,6 +131,15 @@ enum Command {
         #[command(flatten)]
         wait: wait::WaitArgs,
     },
+    /// Check config files on this machine, as a sidecar's `--config` loads them (the files
+    /// together are the whole config): every error with file, document and field, and the
+    /// warnings; exit 1 when invalid. The control plane is not contacted (for CI checks
+    /// before an apply; `diff` checks against the stored config).
+    Validate {
+        /// A YAML file, a directory of *.yaml / *.yml files, or `-` for stdin.
+        #[arg(short = 'f', long = "filename", env = "FICUS_FILENAME")]
+        file: PathBuf,
+    },
     /// Print Kubernetes manifests with the Ficus sidecar injected (what the admission webhook
     /// does); local, the control plane is not contacted. `--trust-domain` sets the sidecars'
     /// trust domain (default cluster.local): give the one ficus-control runs with.
@@ -268,6 +277,9 @@ async fn run(args: Args) -> Result<(), CtlError> {
             trust_domain: args.trust_domain.clone(),
         });
     }
+    if let Command::Validate { file } = &args.command {
+        return commands::validate(file);
+    }
     let token = match &args.token_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -312,7 +324,9 @@ async fn run(args: Args) -> Result<(), CtlError> {
         Command::Rollback { version, wait } => commands::rollback(&client, version, wait).await,
         Command::Status { output } => commands::status(&client, output).await,
         Command::Demo { duration, keep } => demo::run(duration, keep).await,
-        Command::Inject { .. } => Err(CtlError::failed("inject is handled above")),
+        Command::Inject { .. } | Command::Validate { .. } => {
+            Err(CtlError::failed("handled above, without a client"))
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The subcommands that talk to the API: each sends one request (or polls, for `--wait`) and
 //! prints the answer for a human.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use http::Method;
@@ -91,6 +92,43 @@ fn print_warnings(warnings: &[String]) {
     for warning in warnings {
         eprintln!("{warning}");
     }
+}
+
+/// `validate`: loads the files as a sidecar's `--config` would (stdin for `-`); prints a count
+/// of the documents by kind, or every problem.
+pub fn validate(file: &Path) -> Result<(), CtlError> {
+    let loaded = if file == Path::new("-") {
+        input::read_stdin().and_then(|text| {
+            ficus_config::parse_str("<stdin>", &text).map_err(|errors| CtlError::Failed {
+                message: "invalid config".to_owned(),
+                diagnostics: errors.lines(),
+            })
+        })
+    } else {
+        ficus_config::load_path(file).map_err(|errors| CtlError::Failed {
+            message: "invalid config".to_owned(),
+            diagnostics: errors.lines(),
+        })
+    };
+    let config = loaded?;
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for document in &config.documents {
+        *kinds
+            .entry(document["kind"].as_str().unwrap_or("?"))
+            .or_default() += 1;
+    }
+    let counts: Vec<String> = kinds
+        .iter()
+        .map(|(kind, count)| format!("{count} {kind}"))
+        .collect();
+    println!(
+        "valid: {} documents ({})",
+        config.documents.len(),
+        counts.join(", ")
+    );
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    print_warnings(&warnings);
+    Ok(())
 }
 
 /// `diff`.

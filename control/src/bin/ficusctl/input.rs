@@ -28,14 +28,9 @@ fn read_sources_blocking(path: &Path) -> Result<Vec<Source>, CtlError> {
         CtlError::failed(format!("cannot read {}: {e}", path.display()))
     };
     if path == Path::new("-") {
-        let mut text = String::new();
-        std::io::stdin()
-            .take(MAX_INPUT as u64 + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| cannot(Path::new("stdin"), e))?;
         return check_size(vec![Source {
             name: "<stdin>".to_owned(),
-            text,
+            text: read_stdin()?,
         }]);
     }
     let metadata = std::fs::metadata(path).map_err(|e| cannot(path, e))?;
@@ -73,6 +68,16 @@ fn read_sources_blocking(path: &Path) -> Result<Vec<Source>, CtlError> {
         })
         .collect::<Result<Vec<_>, CtlError>>()?;
     check_size(sources)
+}
+
+/// Standard input, up to one byte past the limit (so that too much is told apart).
+pub fn read_stdin() -> Result<String, CtlError> {
+    let mut text = String::new();
+    std::io::stdin()
+        .take(MAX_INPUT as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| CtlError::failed(format!("cannot read stdin: {e}")))?;
+    Ok(text)
 }
 
 fn read_file(path: &Path) -> Result<String, CtlError> {
