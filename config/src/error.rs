@@ -1,5 +1,6 @@
 //! What is wrong with a config, said so that a user can find and fix it.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 /// One problem in a config: where it is (file, line, document, field), what it is, and what to
@@ -118,21 +119,35 @@ pub struct ConfigErrors {
     pub errors: Vec<Diagnostic>,
     /// How many more problems were found and are not in `errors`.
     pub not_listed: usize,
+    /// Every source (`file`) with a problem, listed or not: what a caller that leaves
+    /// sources out until the rest is valid must leave out.
+    pub sources: BTreeSet<String>,
 }
 
 impl ConfigErrors {
     /// Wraps a list of problems, keeping the first [`MAX_LISTED_ERRORS`] and counting the rest.
     pub fn new(errors: Vec<Diagnostic>) -> Self {
-        Self::with_not_listed(errors, 0)
+        Self::with_not_listed(errors, 0, BTreeSet::new())
     }
 
-    /// [`ConfigErrors::new`] of `errors`, and `more` found before and not listed.
-    pub(crate) fn with_not_listed(mut errors: Vec<Diagnostic>, more: usize) -> Self {
+    /// [`ConfigErrors::new`] of `errors`, and `more` found before and not listed (in
+    /// `sources`, with the sources of `errors`).
+    pub fn with_not_listed(
+        mut errors: Vec<Diagnostic>,
+        more: usize,
+        mut sources: BTreeSet<String>,
+    ) -> Self {
+        for error in &errors {
+            if !sources.contains(&error.file) {
+                sources.insert(error.file.clone());
+            }
+        }
         let cut = errors.len().saturating_sub(MAX_LISTED_ERRORS);
         errors.truncate(MAX_LISTED_ERRORS);
         Self {
             errors,
             not_listed: more.saturating_add(cut),
+            sources,
         }
     }
 
@@ -168,11 +183,16 @@ impl From<Diagnostic> for ConfigErrors {
 pub(crate) struct Problems {
     listed: Vec<Diagnostic>,
     not_listed: usize,
+    /// The source of every problem, listed or not.
+    sources: BTreeSet<String>,
 }
 
 impl Problems {
     /// Records a problem.
     pub(crate) fn push(&mut self, diagnostic: Diagnostic) {
+        if !self.sources.contains(&diagnostic.file) {
+            self.sources.insert(diagnostic.file.clone());
+        }
         if self.listed.len() < MAX_LISTED_ERRORS {
             self.listed.push(diagnostic);
         } else {
@@ -183,6 +203,7 @@ impl Problems {
     /// Records the problems of `errors`.
     pub(crate) fn extend(&mut self, errors: ConfigErrors) {
         self.not_listed = self.not_listed.saturating_add(errors.not_listed);
+        self.sources.extend(errors.sources);
         for diagnostic in errors.errors {
             self.push(diagnostic);
         }
@@ -203,12 +224,15 @@ impl Problems {
         let mut listed = self.listed;
         listed.extend(other.listed);
         listed.sort_by_key(key);
-        ConfigErrors::with_not_listed(listed, self.not_listed.saturating_add(other.not_listed))
+        let mut sources = self.sources;
+        sources.extend(other.sources);
+        let more = self.not_listed.saturating_add(other.not_listed);
+        ConfigErrors::with_not_listed(listed, more, sources)
     }
 
     /// The recorded problems.
     pub(crate) fn into_errors(self) -> ConfigErrors {
-        ConfigErrors::with_not_listed(self.listed, self.not_listed)
+        ConfigErrors::with_not_listed(self.listed, self.not_listed, self.sources)
     }
 }
 
@@ -303,6 +327,7 @@ mod tests {
         let merged = first.merge_sorted_by_key(second, |d| d.file.clone());
         assert_eq!(merged.errors.len(), MAX_LISTED_ERRORS);
         assert_eq!(merged.not_listed, 270 - MAX_LISTED_ERRORS);
+        assert_eq!(merged.sources.len(), 150, "every source, listed or not");
         assert!(merged.errors.windows(2).all(|w| w[0].file <= w[1].file));
     }
 }

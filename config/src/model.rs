@@ -55,6 +55,9 @@ pub struct Config {
     /// What is valid but almost certainly not meant (route matches that can never be
     /// selected), in document order; never a reason to refuse the config.
     pub warnings: Vec<crate::error::Warning>,
+    /// How many warnings the config has: `warnings` holds at most the first 100 and a last
+    /// one counting the rest.
+    pub warning_count: usize,
 }
 
 /// The `Mesh` document.

@@ -266,6 +266,7 @@ pub(crate) fn validate(
         authorization_policies: Vec::new(),
         documents: Vec::new(),
         warnings: Vec::new(),
+        warning_count: 0,
     };
     let mut claims = Claims::default();
     let mut route_limits = Vec::new();
@@ -347,7 +348,7 @@ pub(crate) fn validate(
             _ => None,
         })
         .collect();
-    config.warnings = shadow::shadowed(&config.http_routes, &sources);
+    (config.warnings, config.warning_count) = shadow::shadowed(&config.http_routes, &sources);
     config.documents = parsed.into_iter().map(|document| document.json).collect();
     Ok(config)
 }

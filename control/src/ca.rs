@@ -149,6 +149,9 @@ pub fn load_or_generate(
         (false, false) => {
             let ca = CertificateAuthority::generate(trust_domain).map_err(CaFileError::Generate)?;
             create_private_dir(&dir)?;
+            // A SIGTERM during start-up waits for both files: a key without its certificate
+            // would refuse every later start.
+            let _together = ficus_net::signal::defer_start_up_exit();
             write_atomically(&key_path, ca.key_pem().as_bytes(), 0o600)?;
             write_atomically(&cert_path, ca.cert_pem().as_bytes(), 0o644)?;
             tracing::info!(path = %cert_path.display(), trust_domain, "new root CA generated");

@@ -33,6 +33,18 @@ pub async fn next(signal: &mut Option<Signal>) -> Option<()> {
     }
 }
 
+/// Held while start-up writes what must not be left half written (a key without its
+/// certificate); [`StartUpStop`] takes it before it ends the process.
+static NO_START_UP_EXIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Keeps a SIGTERM or SIGINT during start-up ([`StartUpStop`]) from ending the process until
+/// the guard is dropped: hold it around writes that belong together.
+pub fn defer_start_up_exit() -> std::sync::MutexGuard<'static, ()> {
+    NO_START_UP_EXIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// SIGTERM and SIGINT during start-up (config and files read, store opened, listeners
 /// bound): caught at process start like the others, they end the process at once with exit
 /// code 0, the code of a clean shutdown, before it serves anything: there is nothing to drain
@@ -73,6 +85,8 @@ impl StartUpStop {
             Some(()) = next(&mut self.int) => "SIGINT",
         };
         tracing::info!("{name} during start-up: exiting before serving anything (exit 0)");
+        // Not in the middle of writes that belong together (the guard is never released).
+        let _held = defer_start_up_exit();
         std::process::exit(0)
     }
 }

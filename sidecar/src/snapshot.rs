@@ -571,6 +571,7 @@ impl Snapshot {
             authorization_policies: Vec::new(),
             documents: Vec::new(),
             warnings: Vec::new(),
+            warning_count: 0,
         };
         Self::build(config, 0, "none".to_owned(), cx)
     }

@@ -149,24 +149,28 @@ pub(crate) fn validate_http(
     })
 }
 
-/// Adds the route table entries of `route` (a match for each service it names) to `total`, and
-/// reports the route with which the config's total goes over [`MAX_TABLE_ENTRIES`].
+/// Adds the route table entries of `route` (a match for each service it names) to `total`
+/// when they fit under [`MAX_TABLE_ENTRIES`]; reports the route when they do not (every such
+/// route, so that one pass names all that must go, and leaving them out leaves a config that
+/// fits).
 pub(crate) fn count_table_entries(report: &mut Report<'_>, route: &HttpRoute, total: &mut usize) {
-    let before = *total;
     let matches: usize = route.rules.iter().map(|rule| rule.matches.len()).sum();
-    *total = before.saturating_add(route.parents.len().saturating_mul(matches));
-    if before <= MAX_TABLE_ENTRIES && *total > MAX_TABLE_ENTRIES {
-        report.error(
-            "spec",
-            format!(
-                "with this route the config's HTTPRoutes make more than {MAX_TABLE_ENTRIES} \
-                 route table entries (a match for each service a route names: parentRefs × \
-                 matches), the most every sidecar is asked to hold"
-            ),
-            "attach routes to fewer services each, or use fewer matches (a PathPrefix or a \
-             regex can cover several)",
-        );
+    let entries = route.parents.len().saturating_mul(matches);
+    let after = total.saturating_add(entries);
+    if after <= MAX_TABLE_ENTRIES {
+        *total = after;
+        return;
     }
+    report.error(
+        "spec",
+        format!(
+            "this route's {entries} route table entries (a match for each service it names: \
+             parentRefs × matches) do not fit: the HTTPRoutes before it make {total} of the \
+             {MAX_TABLE_ENTRIES} a config may make, the most every sidecar is asked to hold"
+        ),
+        "attach routes to fewer services each, or use fewer matches (a PathPrefix or a regex \
+         can cover several)",
+    );
 }
 
 /// Whether `text` is a timestamp as Kubernetes writes `creationTimestamp`

@@ -53,21 +53,22 @@ const MAX_LISTED: usize = 10;
 
 /// Warnings for every match (or whole rule) of `routes` that an identical match ranked before
 /// it in the same table shadows; in route, rule, service, match order; at most
-/// [`MAX_WARNINGS`] and a last one counting the rest. Validation has capped the table entries
-/// looked at (`route::MAX_TABLE_ENTRIES`), so this is quick.
+/// [`MAX_WARNINGS`] and a last one counting the rest; and how many there are in all.
+/// Validation has capped the table entries looked at (`route::MAX_TABLE_ENTRIES`), so this is
+/// quick.
 pub(crate) fn shadowed(
     routes: &[HttpRoute],
     sources: &BTreeMap<ResourceKey, RouteSource<'_>>,
-) -> Vec<Warning> {
-    let mut warnings = all_shadowed(routes, sources);
-    if warnings.len() > MAX_WARNINGS {
-        let left = warnings.len() - MAX_WARNINGS;
+) -> (Vec<Warning>, usize) {
+    let (mut warnings, total) = all_shadowed(routes, sources, MAX_WARNINGS + 1);
+    if total > MAX_WARNINGS {
+        let left = total - MAX_WARNINGS;
         warnings.truncate(MAX_WARNINGS + 1);
         let Some(Warning {
             diagnostic: mut last,
         }) = warnings.pop()
         else {
-            return warnings;
+            return (warnings, total);
         };
         last.message = format!(
             "{left} more warnings about matches that can never be selected, from this one on, \
@@ -76,14 +77,16 @@ pub(crate) fn shadowed(
         last.hint = Some("fix the ones above and apply again to see the rest".to_owned());
         warnings.push(Warning { diagnostic: last });
     }
-    warnings
+    (warnings, total)
 }
 
-/// [`shadowed`], every warning.
+/// [`shadowed`]: the first `limit` warnings, and how many there are in all (the rest are
+/// counted, not written: a config within the caps can still have ~200,000 of them).
 fn all_shadowed(
     routes: &[HttpRoute],
     sources: &BTreeMap<ResourceKey, RouteSource<'_>>,
-) -> Vec<Warning> {
+    limit: usize,
+) -> (Vec<Warning>, usize) {
     // (service, namespace of the routes) → the table's entries.
     let mut tables: BTreeMap<(&ResourceKey, &str), Vec<Entry<'_>>> = BTreeMap::new();
     for (route_index, route) in routes.iter().enumerate() {
@@ -135,8 +138,20 @@ fn all_shadowed(
     }
 
     let mut warnings = Vec::new();
+    let mut total = 0usize;
     for ((route, rule, service), mut shadows) in found {
+        let whole_rule = shadows.len() == routes[route].rules[rule].matches.len();
+        let count = if whole_rule { 1 } else { shadows.len() };
+        total = total.saturating_add(count);
+        if warnings.len() >= limit {
+            continue;
+        }
         shadows.sort_by_key(|shadow| shadow.matched);
+        shadows.truncate(if whole_rule {
+            shadows.len()
+        } else {
+            limit - warnings.len()
+        });
         let key = &routes[route].key;
         let Some(source) = sources.get(key) else {
             continue;
@@ -145,7 +160,7 @@ fn all_shadowed(
         let name = |(route, rule, matched): (usize, usize, usize)| {
             describe(routes, sources, route, rule, matched)
         };
-        if shadows.len() == routes[route].rules[rule].matches.len() {
+        if whole_rule {
             let written = source
                 .document
                 .spec
@@ -200,7 +215,7 @@ fn all_shadowed(
         }
     }
     // `found` is in route index order, which is document order.
-    warnings
+    (warnings, total)
 }
 
 /// `HTTPRoute shop/a spec.rules[0].matches[1]`, or `… spec.rules[0]` for a rule whose only

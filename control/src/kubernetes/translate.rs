@@ -199,17 +199,14 @@ fn validate_leaving_out(mut objects: Vec<Object>) -> Result<(Config, Vec<LeftOut
             Err(errors) => errors,
         };
         // Each object is its own source, so a diagnostic's `file` is the object (its
-        // `document` may be `document 1` when the object has no usable name).
-        let named = |object: &Object| {
-            errors
-                .errors
-                .iter()
-                .any(|diagnostic| diagnostic.file == object.source.name)
-        };
+        // `document` may be `document 1` when the object has no usable name). `sources` names
+        // every object with a problem, also those past the listed errors, so that one round
+        // leaves out every object that fails in it.
+        let named = |object: &Object| errors.sources.contains(&object.source.name);
         let unattributed = errors
-            .errors
+            .sources
             .iter()
-            .any(|diagnostic| !objects.iter().any(|o| o.source.name == diagnostic.file));
+            .any(|source| !objects.iter().any(|o| o.source.name == *source));
         // The Mesh is global (mTLS mode, trust domain, limits of every sidecar): a cluster
         // without its Mesh is not "the rest of the cluster", so a Mesh with a problem keeps
         // refusing the whole translation, and the last good version keeps serving. So does an
@@ -225,12 +222,30 @@ fn validate_leaving_out(mut objects: Vec<Object>) -> Result<(Config, Vec<LeftOut
             return Err(errors);
         }
         for object in failed {
-            let diagnostics = errors
+            let mut diagnostics: Vec<Diagnostic> = errors
                 .errors
                 .iter()
                 .filter(|d| d.file == object.source.name)
                 .cloned()
                 .collect();
+            if diagnostics.is_empty() {
+                // Its problems were past the listed ones.
+                diagnostics.push(Diagnostic {
+                    file: object.source.name.clone(),
+                    line: None,
+                    document: None,
+                    field: String::new(),
+                    message: format!(
+                        "has problems not listed (only the first {} of the {} found with it \
+                         are)",
+                        ficus_config::MAX_LISTED_ERRORS,
+                        errors.errors.len() + errors.not_listed
+                    ),
+                    hint: Some(
+                        "check the object alone with `ficusctl validate` to see them".to_owned(),
+                    ),
+                });
+            }
             left_out.push(LeftOut {
                 kind: object.kind,
                 object: object.source.name,

@@ -245,8 +245,11 @@ struct Translated {
     skipped: usize,
     /// Objects left out because they did not validate.
     left_out: Vec<LeftOut>,
-    /// The config's warnings (matches that can never be selected), as displayed.
+    /// The config's warnings (matches that can never be selected), as displayed: the first
+    /// 100 and one counting the rest.
     warnings: Vec<String>,
+    /// How many warnings it has in all.
+    warning_count: usize,
 }
 
 /// The translated cluster (objects that do not validate left out), or why it is invalid as a
@@ -282,6 +285,7 @@ fn documents(
             .iter()
             .map(ToString::to_string)
             .collect(),
+        warning_count: translation.config.warning_count,
     })
 }
 
@@ -323,6 +327,7 @@ pub async fn publish(
         skipped,
         left_out,
         warnings,
+        warning_count,
     } = tokio::task::spawn_blocking(move || {
         documents(&objects, &trust_domain, ca_trust_domain.as_deref())
     })
@@ -352,7 +357,7 @@ pub async fn publish(
         documents.len(),
         left_out.len()
     );
-    match warnings.len() {
+    match warning_count {
         0 => {}
         1 => summary.push_str(", 1 warning"),
         n => summary.push_str(&format!(", {n} warnings")),

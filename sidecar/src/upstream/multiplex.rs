@@ -266,7 +266,13 @@ impl FrameScan {
                 if self.payload.len() == length {
                     self.apply_settings();
                     self.settings = None;
-                    self.payload.clear();
+                    // A large (legal) SETTINGS frame does not keep its buffer for the
+                    // connection's life; the usual few settings fit in a small one.
+                    if self.payload.capacity() > 256 {
+                        self.payload = Vec::new();
+                    } else {
+                        self.payload.clear();
+                    }
                     self.frame_read();
                 }
             } else {

@@ -848,10 +848,25 @@ fn the_route_table_entries_of_a_config_are_capped() {
     let within = valid(&config(48));
     assert_eq!(within.http_routes.len(), 48);
     assert!(within.warnings.is_empty(), "{:?}", within.warnings);
-    single_error(
+    let error = single_error(
         &config(49),
         "HTTPRoute shop/r48",
         "spec",
-        "more than 200000 route table entries",
+        "this route's 4096 route table entries",
+    );
+    assert!(
+        error.message.contains("make 196608 of the 200000"),
+        "{error}"
+    );
+    // Every route that does not fit is named, not only the first.
+    let errors = parse(&config(51)).unwrap_err();
+    let named: Vec<_> = errors.iter().map(|e| e.document.as_deref()).collect();
+    assert_eq!(
+        named,
+        [
+            Some("HTTPRoute shop/r48"),
+            Some("HTTPRoute shop/r49"),
+            Some("HTTPRoute shop/r50")
+        ]
     );
 }

@@ -248,6 +248,8 @@ fn warnings_are_capped_and_the_rest_counted() {
         .collect();
     let found = warnings(&routes);
     assert_eq!(found.len(), 101, "100 warnings and one counting the rest");
+    let text = format!("{BACKENDS}---\n{}", routes.join("---\n"));
+    assert_eq!(valid(&text).warning_count, 149);
     let last = &found[100].diagnostic;
     assert!(
         last.message.starts_with("49 more warnings"),

@@ -226,6 +226,33 @@ fn objects_broken_by_a_left_out_object_are_left_out_next() {
     assert_eq!(config.authorization_policies.len(), 1);
 }
 
+/// More invalid objects than an error lists (100): all are left out, those past the listed
+/// errors with a note that their problems were not listed; the rest is kept.
+#[test]
+fn invalid_objects_past_the_listed_errors_are_left_out_too() {
+    let mut objects = cluster();
+    for i in 0..150 {
+        objects.push(json!({
+            "apiVersion": "ficus.dev/v1alpha1", "kind": "Backend",
+            "metadata": {"name": format!("broken-{i:03}"), "namespace": "shop"},
+            "spec": {"protocol": "http", "endpoints": [{"address": "10.0.0.1"}]},
+        }));
+    }
+    let translation = translate(&objects, "cluster.local").unwrap();
+    let left_out = left_out_of(&translation);
+    assert_eq!(left_out.len(), 150);
+    let noted = left_out
+        .iter()
+        .filter(|(_, text)| text.contains("has problems not listed"))
+        .count();
+    assert_eq!(noted, 50, "{left_out:?}");
+    assert!(left_out
+        .iter()
+        .all(|(name, _)| name.starts_with("Backend shop/broken-")));
+    assert_eq!(translation.config.backends.len(), 4, "the rest is kept");
+    assert_eq!(translation.config.http_routes.len(), 1);
+}
+
 #[test]
 fn an_invalid_mesh_refuses_the_whole_translation() {
     let mut objects = cluster();
