@@ -121,7 +121,7 @@ async fn route(
             );
             response
         }
-        ("/config", Method::GET) => json(StatusCode::OK, &config_json(shared)),
+        ("/config", Method::GET) => json_text(StatusCode::OK, config_json(shared)),
         ("/drain", Method::POST) => {
             shared.drain.drain();
             text(StatusCode::OK, "draining\n")
@@ -181,29 +181,45 @@ fn write_allowed(method: &Method, peer: SocketAddr) -> bool {
     *method == Method::GET || *method == Method::HEAD || peer.ip().to_canonical().is_loopback()
 }
 
-fn config_json(shared: &Shared) -> serde_json::Value {
+/// The answer of `GET /config`.
+#[derive(serde::Serialize)]
+struct ConfigStatus<'a> {
+    version: u64,
+    source: &'a str,
+    applied_at: Option<f64>,
+    last_error: Option<String>,
+    node_id: &'a str,
+    workload: &'a str,
+    namespace: &'a str,
+    /// The snapshot's JSON text as it is.
+    documents: &'a serde_json::value::RawValue,
+    warnings: Vec<String>,
+}
+
+fn config_json(shared: &Shared) -> Vec<u8> {
     let snapshot = shared.snapshot.load();
     let status = shared.status.lock().map(|s| s.clone()).unwrap_or_default();
     let applied_at = status
         .applied_at
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_secs_f64());
-    serde_json::json!({
-        "version": snapshot.version,
-        "source": snapshot.source,
-        "applied_at": applied_at,
-        "last_error": status.last_error,
-        "node_id": shared.identity.node_id,
-        "workload": shared.identity.workload,
-        "namespace": shared.identity.namespace,
-        "documents": snapshot.config.documents,
-        "warnings": snapshot
+    let answer = ConfigStatus {
+        version: snapshot.version,
+        source: &snapshot.source,
+        applied_at,
+        last_error: status.last_error,
+        node_id: &shared.identity.node_id,
+        workload: &shared.identity.workload,
+        namespace: &shared.identity.namespace,
+        documents: &snapshot.documents,
+        warnings: snapshot
             .config
             .warnings
             .iter()
             .map(ToString::to_string)
-            .collect::<Vec<_>>(),
-    })
+            .collect(),
+    };
+    serde_json::to_vec(&answer).unwrap_or_default()
 }
 
 fn text(status: StatusCode, message: &str) -> Response<Body> {
@@ -215,8 +231,9 @@ fn text(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(body::full(value.to_string()));
+/// A JSON answer already serialized.
+fn json_text(status: StatusCode, text: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(body::full(text));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -38,7 +38,11 @@ impl Reloader {
     /// address in use) changes nothing and is recorded as a rejection.
     pub fn apply(&mut self, config: Config, source: &str) -> Result<Option<u64>, String> {
         let current = self.shared.snapshot.load();
-        if current.version > 0 && current.config.documents == config.documents {
+        let unchanged = || {
+            let text = crate::snapshot::documents_text(&config.documents);
+            text.get() == current.documents.get()
+        };
+        if current.version > 0 && unchanged() {
             // Reverted to what serves (say, after a rejected edit): nothing to swap.
             self.shared.clear_rejection();
             return Ok(None);
@@ -65,7 +69,10 @@ impl Reloader {
 
     /// Push mode: the documents did not change, only the version number moves.
     pub fn bump_version(&mut self, version: u64, source: &str) -> Result<(), String> {
-        let config = Config::clone(&self.shared.snapshot.load().config);
+        let current = self.shared.snapshot.load();
+        let mut config = Config::clone(&current.config);
+        config.documents = current.document_values();
+        drop(current);
         self.install(config, version, source)
     }
 

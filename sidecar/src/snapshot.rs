@@ -37,8 +37,13 @@ pub struct Snapshot {
     pub version: u64,
     /// Where it came from (`file:<path>`).
     pub source: String,
-    /// The validated config (documents for `/config`).
+    /// The validated config, without its documents (those are [`Snapshot::documents`]).
     pub config: Arc<Config>,
+    /// The config's documents as one JSON array, for `/config` and to tell an unchanged
+    /// file. Kept as text: as a tree of JSON values (a `BTreeMap` node of some 600 bytes for
+    /// every object) they took about 50 times their size, in every sidecar, for as long as
+    /// the config served (a 180 KB file: ~9 MB of a 12 MB heap).
+    pub documents: Box<serde_json::value::RawValue>,
     /// Limits for new connections.
     pub limits: ProxyLimits,
     /// Server settings for new downstream connections.
@@ -337,9 +342,20 @@ pub(crate) fn applies(
     }
 }
 
+/// `documents` as the compact JSON text of one array (what [`Snapshot::documents`] holds).
+pub fn documents_text(documents: &[serde_json::Value]) -> Box<serde_json::value::RawValue> {
+    serde_json::value::to_raw_value(documents).unwrap_or_else(|_| {
+        // Values serialize; an empty array stands in should that ever fail.
+        serde_json::value::RawValue::from_string("[]".to_owned())
+            .unwrap_or_else(|_| unreachable!("[] is JSON"))
+    })
+}
+
 impl Snapshot {
     /// Compiles `config`. Validation already happened; this cannot fail.
-    pub fn build(config: Config, version: u64, source: String, cx: &BuildContext<'_>) -> Self {
+    pub fn build(mut config: Config, version: u64, source: String, cx: &BuildContext<'_>) -> Self {
+        let documents = documents_text(&config.documents);
+        config.documents = Vec::new();
         let limits = config.mesh.proxy.clone();
         let settings = PoolSettings {
             connect_timeout: limits.connect_timeout,
@@ -545,6 +561,7 @@ impl Snapshot {
             server: ServerSettings::new(&limits),
             limits,
             config: Arc::new(config),
+            documents,
             services: by_name_then_namespace(services),
             tcp,
             inbound,
@@ -558,6 +575,11 @@ impl Snapshot {
             ),
             access_log: None,
         }
+    }
+
+    /// The documents as JSON values again (a version bump rebuilds the snapshot from them).
+    pub fn document_values(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(self.documents.get()).unwrap_or_default()
     }
 
     /// An empty snapshot (push mode before the first config): every request is unrouted.

@@ -322,6 +322,15 @@ async fn an_unchanged_version_bump_reaches_the_cache() {
     })
     .await;
     assert_eq!(version(&sidecar).await, 2);
+    // The bump rebuilt the snapshot: its documents are still those of version 1.
+    let documents = sidecar.config().await["documents"].clone();
+    let kinds: Vec<&str> = documents
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"HTTPRoute"), "{documents}");
     control.kill_9();
     drop(sidecar);
 
