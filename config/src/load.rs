@@ -300,13 +300,17 @@ fn parse_document(
             metadata.insert("namespace".into(), DEFAULT_NAMESPACE.into());
         }
     }
-    let json = serde_json::to_value(&value).map_err(|error| {
-        Box::new(origin.diagnostic(
-            "",
-            format!("cannot be represented as JSON: {error}"),
-            "use string keys and no YAML tags",
-        ))
-    })?;
+    // Through a JSON value (its keys sorted), then text: only this document's tree is ever
+    // alive, not every document's (see `Config::documents`).
+    let json = serde_json::to_value(&value)
+        .and_then(|json| serde_json::value::to_raw_value(&json))
+        .map_err(|error| {
+            Box::new(origin.diagnostic(
+                "",
+                format!("cannot be represented as JSON: {error}"),
+                "use string keys and no YAML tags",
+            ))
+        })?;
     Ok(Parsed {
         origin,
         document,

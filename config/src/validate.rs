@@ -70,8 +70,8 @@ pub(crate) struct Parsed {
     pub origin: Origin,
     /// The raw document.
     pub document: AnyDocument,
-    /// The document as JSON, `metadata.namespace` filled in.
-    pub json: serde_json::Value,
+    /// The document as JSON text (keys sorted), `metadata.namespace` filled in.
+    pub json: Box<serde_json::value::RawValue>,
 }
 
 /// Collects the problems of one document.

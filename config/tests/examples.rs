@@ -47,8 +47,8 @@ fn examples_directory_validates() {
     assert_eq!(config.authorization_policies.len(), 1);
 
     // One JSON document per YAML document, in file-name then document order.
-    let kinds: Vec<_> = config
-        .documents
+    let documents = config.document_values();
+    let kinds: Vec<_> = documents
         .iter()
         .map(|d| d["kind"].as_str().unwrap())
         .collect();
@@ -64,7 +64,7 @@ fn examples_directory_validates() {
             "HTTPRoute"
         ]
     );
-    assert_eq!(config.documents[3]["metadata"]["namespace"], "default");
+    assert_eq!(documents[3]["metadata"]["namespace"], "default");
 }
 
 #[test]

@@ -398,7 +398,7 @@ fn validate(
     ficus_config::parse_sources(&all)
         .map(|config| {
             let warnings = config.warnings.iter().map(ToString::to_string).collect();
-            (config.documents, warnings)
+            (config.document_values(), warnings)
         })
         .map_err(ApplyError::Invalid)
 }

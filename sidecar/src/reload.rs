@@ -71,7 +71,7 @@ impl Reloader {
     pub fn bump_version(&mut self, version: u64, source: &str) -> Result<(), String> {
         let current = self.shared.snapshot.load();
         let mut config = Config::clone(&current.config);
-        config.documents = current.document_values();
+        config.documents = current.document_texts();
         drop(current);
         self.install(config, version, source)
     }

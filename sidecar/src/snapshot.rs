@@ -40,9 +40,9 @@ pub struct Snapshot {
     /// The validated config, without its documents (those are [`Snapshot::documents`]).
     pub config: Arc<Config>,
     /// The config's documents as one JSON array, for `/config` and to tell an unchanged
-    /// file. Kept as text: as a tree of JSON values (a `BTreeMap` node of some 600 bytes for
-    /// every object) they took about 50 times their size, in every sidecar, for as long as
-    /// the config served (a 180 KB file: ~9 MB of a 12 MB heap).
+    /// file (text, as [`Config::documents`] are: a tree of JSON values took about 50 times
+    /// their size, in every sidecar, for as long as the config served; a 180 KB file's was
+    /// ~9 MB of a 12 MB heap).
     pub documents: Box<serde_json::value::RawValue>,
     /// Limits for new connections.
     pub limits: ProxyLimits,
@@ -342,8 +342,10 @@ pub(crate) fn applies(
     }
 }
 
-/// `documents` as the compact JSON text of one array (what [`Snapshot::documents`] holds).
-pub fn documents_text(documents: &[serde_json::Value]) -> Box<serde_json::value::RawValue> {
+/// `documents` as the JSON text of one array (what [`Snapshot::documents`] holds).
+pub fn documents_text(
+    documents: &[Box<serde_json::value::RawValue>],
+) -> Box<serde_json::value::RawValue> {
     serde_json::value::to_raw_value(documents).unwrap_or_else(|_| {
         // Values serialize; an empty array stands in should that ever fail.
         serde_json::value::RawValue::from_string("[]".to_owned())
@@ -577,8 +579,8 @@ impl Snapshot {
         }
     }
 
-    /// The documents as JSON values again (a version bump rebuilds the snapshot from them).
-    pub fn document_values(&self) -> Vec<serde_json::Value> {
+    /// The documents one by one again (a version bump rebuilds the snapshot from them).
+    pub fn document_texts(&self) -> Vec<Box<serde_json::value::RawValue>> {
         serde_json::from_str(self.documents.get()).unwrap_or_default()
     }
 

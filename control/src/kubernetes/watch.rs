@@ -268,7 +268,7 @@ fn documents(
     }
     let sorted: BTreeMap<DocumentKey, Value> = translation
         .config
-        .documents
+        .document_values()
         .into_iter()
         .filter_map(|d| Some((DocumentKey::of(&d)?, d)))
         .collect();

@@ -110,9 +110,18 @@ fn documents_are_json_with_namespace_filled_in() {
          metadata: {name: x}\nspec: {endpoints: [{address: 127.0.0.1:1}]}\n",
     );
     assert_eq!(config.documents.len(), 1);
-    assert_eq!(config.documents[0]["metadata"]["namespace"], "default");
+    // Text with sorted keys, no spaces: what `/config` and the control plane show.
+    assert!(
+        config.documents[0]
+            .get()
+            .starts_with(r#"{"apiVersion":"ficus.dev/v1alpha1","kind":"Backend","metadata""#),
+        "{}",
+        config.documents[0]
+    );
+    let documents = config.document_values();
+    assert_eq!(documents[0]["metadata"]["namespace"], "default");
     assert_eq!(
-        config.documents[0]["spec"]["endpoints"][0]["address"],
+        documents[0]["spec"]["endpoints"][0]["address"],
         "127.0.0.1:1"
     );
 }
@@ -203,7 +212,7 @@ spec:
     let config = valid(text);
     let b = &config.backends[&crate::model::ResourceKey::new("default", "b")];
     assert_eq!(b.protocol, crate::model::Protocol::Http2);
-    assert_eq!(config.documents[1]["spec"]["protocol"], "http2");
+    assert_eq!(config.document_values()[1]["spec"]["protocol"], "http2");
 }
 
 #[test]

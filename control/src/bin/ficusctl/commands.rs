@@ -111,11 +111,10 @@ pub fn validate(file: &Path) -> Result<(), CtlError> {
         })
     };
     let config = loaded?;
-    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-    for document in &config.documents {
-        *kinds
-            .entry(document["kind"].as_str().unwrap_or("?"))
-            .or_default() += 1;
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for document in config.document_values() {
+        let kind = document["kind"].as_str().unwrap_or("?").to_owned();
+        *kinds.entry(kind).or_default() += 1;
     }
     let counts: Vec<String> = kinds
         .iter()

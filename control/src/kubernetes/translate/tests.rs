@@ -313,7 +313,7 @@ fn server_bookkeeping_does_not_change_the_snapshot() {
         translate(objects, "cluster.local")
             .unwrap()
             .config
-            .documents
+            .document_values()
     };
     let translated = documents(&before);
     assert_eq!(translated, documents(&after));

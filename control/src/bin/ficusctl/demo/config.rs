@@ -76,7 +76,7 @@ mod tests {
             assert_eq!(left, None, "a placeholder is left");
             let config = ficus_config::parse_str("demo.yaml", &text)
                 .unwrap_or_else(|errors| panic!("{percent}%: {errors}"));
-            assert_eq!(v2_percent(&config.documents), Some(percent));
+            assert_eq!(v2_percent(&config.document_values()), Some(percent));
         }
     }
 }
