@@ -15,7 +15,8 @@
 //! - [`signals`] — SIGHUP (read `--config` again) and SIGUSR1 (reopen the access log).
 //! - [`admin`] — the admin server; [`authz`] — inbound AuthorizationPolicy.
 //! - [`telemetry`] — metrics and logs.
-//! - [`body`], [`drain`], [`state`] — shared plumbing.
+//! - [`body`], [`drain`], [`state`] — shared plumbing; [`h2_frames`] — HTTP/2 frame
+//!   boundaries in bytes read or written.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -29,6 +30,7 @@ pub mod deadline;
 pub mod detect;
 pub mod drain;
 pub mod fuzz;
+pub mod h2_frames;
 pub mod listener;
 pub mod mtls;
 pub mod policy;

@@ -28,11 +28,13 @@ use crate::transparent::Redirected;
 
 mod head;
 mod limit;
+mod resets;
 
 pub use limit::ConnectionLimit;
 
 use ficus_net::stall::{StallBounded, MAX_WRITE_STALL};
 use head::{Graceful, HeadRead, HeadTimed, HeadWatch, IdleGoaway, Watched};
+use resets::ResetsCounted;
 
 /// Pause after an accept error, so a full fd table does not turn into a busy loop.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -394,7 +396,9 @@ async fn serve_io<I>(
     });
     let result = match protocol {
         Protocol::Http2 => {
-            let connection = server.http2.serve_connection(io, service);
+            // The streams h2 refuses on its own are seen only in the frames it writes.
+            let io = ResetsCounted::new(io.into_inner(), Arc::clone(&metrics), peer);
+            let connection = server.http2.serve_connection(TokioIo::new(io), service);
             let counted = (Arc::clone(&metrics), peer);
             let connection = IdleGoaway::new(connection, watch, (idle, stall), counted);
             until_drained!(connection, drain)

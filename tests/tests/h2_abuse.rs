@@ -91,6 +91,18 @@ async fn goaway_counted(sidecar: &Sidecar, reason: &str) {
         .await;
 }
 
+/// Waits until `ficus_http_rejected_total{reason}` reaches `expected` (a stream h2 refused
+/// on its own is counted as its RST_STREAM is written), then checks it did not pass it.
+async fn refusals_counted(sidecar: &Sidecar, reason: &str, expected: f64) {
+    let labels = [("reason", reason)];
+    let metrics = sidecar.wait_metric("ficus_http_rejected_total", &labels, expected, DEADLINE);
+    assert_eq!(
+        metrics.await.sum("ficus_http_rejected_total", &labels),
+        expected,
+        "ficus_http_rejected_total{{reason={reason:?}}}"
+    );
+}
+
 // --- H2-1: rapid reset ------------------------------------------------------------------------
 
 /// HEADERS then RST_STREAM, thousands of times in a row: h2 counts the streams reset before
@@ -290,8 +302,8 @@ async fn h2_2_continuation_flood_is_closed_at_the_frame_cap() {
 
 /// One dynamic-table entry of nearly the table's size, referenced again and again: h2 counts
 /// the decoded size. A little over the header list limit gets 431 (h2's own answer) on a
-/// connection that stays usable; far over (4×) gets GOAWAY ENHANCE_YOUR_CALM. Nothing is
-/// forwarded.
+/// connection that stays usable (counted only when h2 also resets the stream: a request
+/// with a body to come); far over (4×) gets GOAWAY ENHANCE_YOUR_CALM. Nothing is forwarded.
 #[tokio::test]
 async fn h2_3_hpack_bomb_is_refused_by_decoded_size() {
     let upstream = Upstream::start("echo").await;
@@ -320,6 +332,12 @@ async fn h2_3_hpack_bomb_is_refused_by_decoded_size() {
         Outcome::Status(200),
         "the connection stays usable after a stream refused for its size"
     );
+    // h2's 431 goes out as a HEADERS frame whose status the sidecar cannot read without
+    // HPACK: a request that is complete (END_STREAM) is not counted. One with a body still
+    // to come is also reset after the 431 (PROTOCOL_ERROR), and that is counted.
+    h2.headers(5, &bomb(20), false).await.unwrap();
+    assert_eq!(h2.response(5, DEADLINE).await, Outcome::Status(431));
+    refusals_counted(&sidecar, "h2_protocol_error", 1.0).await;
 
     // 5000 references: 20 MB decoded from 5 KB sent.
     let mut h2 = RawH2::connect(sidecar.outbound).await;
@@ -480,7 +498,8 @@ async fn h2_4_settings_and_ping_floods_are_closed() {
 // --- H2-5: streams over MAX_CONCURRENT_STREAMS ------------------------------------------------
 
 /// A client that ignores SETTINGS_MAX_CONCURRENT_STREAMS (5 here) and opens 10 slow streams:
-/// the extras get REFUSED_STREAM, the first five complete.
+/// the extras get REFUSED_STREAM (from h2, counted as `h2_refused_stream`), the first five
+/// complete.
 #[tokio::test]
 async fn h2_5_streams_past_the_limit_are_refused() {
     let upstream = Upstream::start("echo").await;
@@ -538,6 +557,7 @@ async fn h2_5_streams_past_the_limit_are_refused() {
         })
         .collect();
     assert_eq!(answered, expected);
+    refusals_counted(&sidecar, "h2_refused_stream", 5.0).await;
     assert_eq!(
         upstream.count(),
         5,
@@ -551,7 +571,8 @@ async fn h2_5_streams_past_the_limit_are_refused() {
 /// Missing, duplicate, late or unknown pseudo-headers, uppercase names, connection-specific
 /// fields, `te` other than `trailers`, DATA past `content-length`: each gets PROTOCOL_ERROR
 /// (a stream reset; a GOAWAY for an unknown pseudo-header or an uppercase name, which h2
-/// treats as an HPACK decoding failure) or 400, and none reaches the upstream.
+/// treats as an HPACK decoding failure) or 400, and none reaches the upstream. Every reset
+/// and every GOAWAY is counted.
 #[tokio::test]
 async fn h2_6_malformed_requests_are_refused_and_never_forwarded() {
     let upstream = Upstream::start("echo").await;
@@ -594,13 +615,13 @@ async fn h2_6_malformed_requests_are_refused_and_never_forwarded() {
         ("upgrade", base().literal("upgrade", "websocket")),
         ("te: gzip", base().literal("te", "gzip")),
     ];
+    let mut resets = 0;
     for (name, block) in &cases {
         let mut h2 = RawH2::connect(sidecar.outbound).await;
         h2.headers(1, block, true).await.unwrap();
         match h2.response(1, DEADLINE).await {
-            Outcome::Reset(code::PROTOCOL_ERROR)
-            | Outcome::GoAway(code::PROTOCOL_ERROR)
-            | Outcome::Status(400) => {}
+            Outcome::Reset(code::PROTOCOL_ERROR) => resets += 1,
+            Outcome::GoAway(code::PROTOCOL_ERROR) | Outcome::Status(400) => {}
             other => panic!("{name}: {other:?}"),
         }
     }
@@ -619,7 +640,8 @@ async fn h2_6_malformed_requests_are_refused_and_never_forwarded() {
         .await
         .unwrap();
     match h2.response(1, DEADLINE).await {
-        Outcome::Reset(code::PROTOCOL_ERROR) | Outcome::Status(400) => {}
+        Outcome::Reset(code::PROTOCOL_ERROR) => resets += 1,
+        Outcome::Status(400) => {}
         other => panic!("DATA over content-length: {other:?}"),
     }
 
@@ -627,8 +649,7 @@ async fn h2_6_malformed_requests_are_refused_and_never_forwarded() {
     received.retain(|path| path != "/echo");
     assert!(received.is_empty(), "forwarded: {received:?}");
     // h2 cannot decode an unknown pseudo-header or an uppercase name into a request at all:
-    // those two end the connection, and are counted. (Its stream resets are not: h2 sends
-    // them without telling hyper or the sidecar.)
+    // those two end the connection, and are counted.
     sidecar
         .wait_metric(
             "ficus_h2_goaway_sent_total",
@@ -637,6 +658,10 @@ async fn h2_6_malformed_requests_are_refused_and_never_forwarded() {
             DEADLINE,
         )
         .await;
+    // The streams it resets instead are counted by the frames the sidecar writes: most of
+    // the cases (malformed heads, the overlong DATA) are resets.
+    assert!(resets >= 8, "{resets} resets");
+    refusals_counted(&sidecar, "h2_protocol_error", f64::from(resets)).await;
     let before = upstream.count();
     assert_still_serving(&sidecar, &upstream, before + 1).await;
 }

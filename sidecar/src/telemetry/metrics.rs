@@ -66,6 +66,52 @@ impl Direction {
     }
 }
 
+/// Why h2 reset a downstream client's HTTP/2 stream on its own, by the error code of the
+/// RST_STREAM it sent (RFC 9113 §7): a `ficus_http_rejected_total` reason. The codes h2 uses
+/// for what the client sent; the resets sent for the proxy's own reasons (`CANCEL`,
+/// `INTERNAL_ERROR`, `NO_ERROR`) are no refusal and have none (`listener::resets`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H2Refusal {
+    /// `PROTOCOL_ERROR` (0x1): a malformed request (pseudo-headers missing, repeated or late,
+    /// connection-specific fields, `te` other than `trailers`, a bad `content-length`), DATA
+    /// past or short of its `content-length`, trailers without END_STREAM; also h2's reset
+    /// after its own 431 to a request that has a body still to come.
+    ProtocolError,
+    /// `FLOW_CONTROL_ERROR` (0x3): more DATA on the stream than its window allowed.
+    FlowControlError,
+    /// `REFUSED_STREAM` (0x7): a stream opened past `maxConcurrentStreams`; nothing of it
+    /// was processed, so a client may retry it.
+    RefusedStream,
+}
+
+impl H2Refusal {
+    /// Every refusal, in declaration order: a variant's discriminant indexes its handle.
+    const ALL: [Self; 3] = [
+        Self::ProtocolError,
+        Self::FlowControlError,
+        Self::RefusedStream,
+    ];
+
+    /// The refusal an RST_STREAM error code stands for, if it is one.
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            0x1 => Some(Self::ProtocolError),
+            0x3 => Some(Self::FlowControlError),
+            0x7 => Some(Self::RefusedStream),
+            _ => None,
+        }
+    }
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ProtocolError => "h2_protocol_error",
+            Self::FlowControlError => "h2_flow_control_error",
+            Self::RefusedStream => "h2_refused_stream",
+        }
+    }
+}
+
 /// Every metric the sidecar exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -122,6 +168,9 @@ pub struct Metrics {
     config_updates: IntCounterVec,
     config_rejected: IntCounterVec,
     http_rejected: IntCounterVec,
+    /// `ficus_http_rejected_total` handles of each [`H2Refusal`], in [`H2Refusal::ALL`]'s
+    /// order: counted per reset sent, so resolved once.
+    h2_refusals: [IntCounter; 3],
     h2_goaway_sent: IntCounterVec,
     upstream_failures: IntCounterVec,
 }
@@ -292,6 +341,8 @@ impl Metrics {
             "Failed TLS handshakes by reason",
             "reason",
         );
+        let h2_refusals =
+            H2Refusal::ALL.map(|refusal| http_rejected.with_label_values(&[refusal.as_str()]));
         let metrics = Self {
             grpc_responses,
             access_log_dropped: access_log_dropped.with_label_values(&["queue_full"]),
@@ -323,6 +374,7 @@ impl Metrics {
             config_updates,
             config_rejected,
             http_rejected,
+            h2_refusals,
             h2_goaway_sent,
             upstream_failures,
         };
@@ -497,6 +549,13 @@ impl Metrics {
     /// Counts a request rejected before routing; `reason` is a fixed string.
     pub fn http_rejected(&self, reason: &'static str) {
         self.http_rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a downstream HTTP/2 stream h2 reset on its own (`ficus_http_rejected_total`):
+    /// an increment of a handle resolved at start, no lookup.
+    pub fn h2_refused(&self, refusal: H2Refusal) {
+        // ALL lists the variants in declaration order (a test checks).
+        self.h2_refusals[refusal as usize].inc();
     }
 
     /// Counts a GOAWAY with an error code sent to a downstream client; `reason` is the code's
@@ -809,6 +868,31 @@ mod tests {
             "destination_backend=\"{backend}\",destination_service=\"shop/svc\",\
              direction=\"outbound\",response_code=\"200\",response_flags=\"\""
         )
+    }
+
+    #[test]
+    fn each_h2_refusal_counts_under_its_own_reason() {
+        let metrics = Metrics::new();
+        for (index, refusal) in H2Refusal::ALL.into_iter().enumerate() {
+            assert_eq!(refusal as usize, index, "{refusal:?}");
+        }
+        // Exported at 0 before the first.
+        let text = scrape(&metrics);
+        assert!(
+            text.contains("ficus_http_rejected_total{reason=\"h2_refused_stream\"} 0"),
+            "{text}"
+        );
+        metrics.h2_refused(H2Refusal::RefusedStream);
+        metrics.h2_refused(H2Refusal::RefusedStream);
+        metrics.h2_refused(H2Refusal::ProtocolError);
+        let text = scrape(&metrics);
+        for line in [
+            "ficus_http_rejected_total{reason=\"h2_refused_stream\"} 2",
+            "ficus_http_rejected_total{reason=\"h2_protocol_error\"} 1",
+            "ficus_http_rejected_total{reason=\"h2_flow_control_error\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ use hyper::client::conn::http2;
 
 use crate::body::{Body, BoxError};
 use crate::clock::Coarse;
+use crate::h2_frames::{FrameCursor, FrameHeader, FrameVisitor, SETTINGS};
 
 /// Streams per connection when the peer did not say (no SETTINGS yet, or no
 /// `MAX_CONCURRENT_STREAMS` in it, which means "unlimited"): our own inbound server's default,
@@ -204,21 +205,21 @@ pub struct SettingsReader<I> {
 /// Where the peer's frames begin and end as its bytes arrive, and the SETTINGS among them.
 #[derive(Debug)]
 struct FrameScan {
+    cursor: FrameCursor,
+    settings: SettingsFrames,
+}
+
+/// What the peer's frames tell: its SETTINGS, read whole, and the end of its first frame.
+#[derive(Debug)]
+struct SettingsFrames {
     streams: Arc<Streams>,
     /// Told when the first frame was read, or the stream ended first.
     first: Option<tokio::sync::oneshot::Sender<()>>,
-    /// The next frame's header, as much of it as arrived.
-    header: [u8; 9],
-    header_len: usize,
-    /// Payload bytes of the current frame still to pass over.
-    skip: usize,
-    /// The length of the SETTINGS frame being read, and its payload so far.
-    settings: Option<usize>,
+    /// The payload of the SETTINGS frame being read, so far.
     payload: Vec<u8>,
 }
 
-/// Frame type SETTINGS and its ACK flag (RFC 9113 §6.5).
-const SETTINGS: u8 = 0x4;
+/// The ACK flag of a SETTINGS frame (RFC 9113 §6.5).
 const ACK: u8 = 0x1;
 /// Setting identifier of `SETTINGS_MAX_CONCURRENT_STREAMS`.
 const MAX_CONCURRENT_STREAMS: u16 = 0x3;
@@ -239,69 +240,31 @@ impl<I> SettingsReader<I> {
 impl FrameScan {
     fn new(streams: Arc<Streams>, first: tokio::sync::oneshot::Sender<()>) -> Self {
         Self {
-            streams,
-            first: Some(first),
-            header: [0; 9],
-            header_len: 0,
-            skip: 0,
-            settings: None,
-            payload: Vec::new(),
+            cursor: FrameCursor::new(),
+            settings: SettingsFrames {
+                streams,
+                first: Some(first),
+                payload: Vec::new(),
+            },
         }
     }
 
     /// Takes bytes as read.
-    fn feed(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if self.skip > 0 {
-                let n = self.skip.min(bytes.len());
-                self.skip -= n;
-                bytes = &bytes[n..];
-                if self.skip == 0 {
-                    self.frame_read();
-                }
-            } else if let Some(length) = self.settings {
-                let n = (length - self.payload.len()).min(bytes.len());
-                self.payload.extend_from_slice(&bytes[..n]);
-                bytes = &bytes[n..];
-                if self.payload.len() == length {
-                    self.apply_settings();
-                    self.settings = None;
-                    // A large (legal) SETTINGS frame does not keep its buffer for the
-                    // connection's life; the usual few settings fit in a small one.
-                    if self.payload.capacity() > 256 {
-                        self.payload = Vec::new();
-                    } else {
-                        self.payload.clear();
-                    }
-                    self.frame_read();
-                }
-            } else {
-                let n = (9 - self.header_len).min(bytes.len());
-                self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
-                self.header_len += n;
-                bytes = &bytes[n..];
-                if self.header_len < 9 {
-                    return;
-                }
-                self.header_len = 0;
-                let length = usize::from(self.header[0]) << 16
-                    | usize::from(self.header[1]) << 8
-                    | usize::from(self.header[2]);
-                let settings = self.header[3] == SETTINGS && self.header[4] & ACK == 0;
-                if length == 0 {
-                    self.frame_read();
-                } else if settings && length <= MAX_SETTINGS_FRAME {
-                    self.settings = Some(length);
-                } else {
-                    self.skip = length;
-                }
-            }
-        }
+    fn feed(&mut self, bytes: &[u8]) {
+        self.cursor.feed(bytes, &mut self.settings);
+    }
+}
+
+impl SettingsFrames {
+    /// Whether `header` starts a SETTINGS frame whose settings are read (not an ACK, not
+    /// oversized).
+    fn is_read(header: &FrameHeader) -> bool {
+        header.kind == SETTINGS && header.flags & ACK == 0 && header.length <= MAX_SETTINGS_FRAME
     }
 
     /// Sets the cap from the SETTINGS payload read; one that leaves it out keeps it (RFC 9113
     /// §6.5: each setting keeps its value until changed).
-    fn apply_settings(&self) {
+    fn apply(&self) {
         for setting in self.payload.chunks_exact(6) {
             let id = u16::from_be_bytes([setting[0], setting[1]]);
             let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
@@ -313,11 +276,35 @@ impl FrameScan {
         }
     }
 
-    /// A whole frame was read: the first one tells the handshake.
+    /// A whole frame was read (or the stream ended): the first one tells the handshake.
     fn frame_read(&mut self) {
         if let Some(first) = self.first.take() {
             let _ = first.send(());
         }
+    }
+}
+
+impl FrameVisitor for SettingsFrames {
+    fn header(&mut self, header: &FrameHeader) -> bool {
+        Self::is_read(header)
+    }
+
+    fn payload(&mut self, bytes: &[u8]) {
+        self.payload.extend_from_slice(bytes);
+    }
+
+    fn end(&mut self, header: &FrameHeader) {
+        if Self::is_read(header) {
+            self.apply();
+            // A large (legal) SETTINGS frame does not keep its buffer for the connection's
+            // life; the usual few settings fit in a small one.
+            if self.payload.capacity() > 256 {
+                self.payload = Vec::new();
+            } else {
+                self.payload.clear();
+            }
+        }
+        self.frame_read();
     }
 }
 
@@ -334,7 +321,7 @@ impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SettingsReader<I>
             let read = &buf.filled()[before..];
             if result.is_err() || read.is_empty() {
                 // The end of the stream (or an error) before the first frame tells too.
-                this.scan.frame_read();
+                this.scan.settings.frame_read();
             } else {
                 this.scan.feed(read);
             }
@@ -378,31 +365,18 @@ mod tests {
     use super::*;
 
     fn settings(entries: &[(u16, u32)], flags: u8) -> Vec<u8> {
-        let length = entries.len() * 6;
-        let mut frame = vec![0, 0, length as u8, SETTINGS, flags, 0, 0, 0, 0];
+        let mut payload = Vec::new();
         for (id, value) in entries {
-            frame.extend_from_slice(&id.to_be_bytes());
-            frame.extend_from_slice(&value.to_be_bytes());
+            payload.extend_from_slice(&id.to_be_bytes());
+            payload.extend_from_slice(&value.to_be_bytes());
         }
-        frame
+        crate::h2_frames::tests::frame(SETTINGS, flags, 0, &payload)
     }
 
     /// A frame of `frame_type` with `length` payload bytes (all 0xff, so that a scan that
     /// lost its place would read nonsense).
     fn frame(frame_type: u8, length: usize) -> Vec<u8> {
-        let mut frame = vec![
-            (length >> 16) as u8,
-            (length >> 8) as u8,
-            length as u8,
-            frame_type,
-            0,
-            0,
-            0,
-            0,
-            1,
-        ];
-        frame.resize(9 + length, 0xff);
-        frame
+        crate::h2_frames::tests::frame(frame_type, 0, 1, &vec![0xff; length])
     }
 
     fn scan() -> (FrameScan, Arc<Streams>, tokio::sync::oneshot::Receiver<()>) {
