@@ -20,8 +20,9 @@ pub use weighted::WeightedSet;
 /// One compiled match pointing at the action of its rule.
 #[derive(Debug)]
 pub struct RouteEntry<A> {
-    /// The conditions.
-    pub matcher: CompiledMatch,
+    /// The conditions (one compiled match, shared by the tables of every service its route
+    /// names: a route attached to 32 services would otherwise hold 32 copies of each).
+    pub matcher: Arc<CompiledMatch>,
     /// What to do when they hold (shared by all matches of a rule).
     pub action: Arc<A>,
 }
@@ -39,9 +40,10 @@ impl<A> RouteTable<A> {
     /// Sorts entries by Gateway API precedence, ties broken by [`Tie`].
     pub fn new(mut entries: Vec<RankedEntry<A>>) -> Self {
         entries.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        Self {
-            entries: entries.into_iter().map(|(_, _, entry)| entry).collect(),
-        }
+        // Collected in place, the ranked entries' buffer (several times larger) would stay.
+        let mut entries: Vec<_> = entries.into_iter().map(|(_, _, entry)| entry).collect();
+        entries.shrink_to_fit();
+        Self { entries }
     }
 
     /// The first entry whose conditions hold.
@@ -120,7 +122,7 @@ spec:
             for (rule_index, rule) in route.rules.iter().enumerate() {
                 for (match_index, m) in rule.matches.iter().enumerate() {
                     let entry = RouteEntry {
-                        matcher: CompiledMatch::new(m),
+                        matcher: Arc::new(CompiledMatch::new(m)),
                         action: Arc::new(format!("{label} {rule_index} {match_index}")),
                     };
                     let tie = Tie::new(route.created.as_deref(), &label, rule_index, match_index);

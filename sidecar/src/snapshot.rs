@@ -414,7 +414,22 @@ impl Snapshot {
             config.http_routes.iter().map(|r| (&r.key, &r.parents[..])),
             own_namespace,
         );
-        for route in &config.http_routes {
+        // Each match compiled once, whichever services' tables take it.
+        let compiled: Vec<Vec<Vec<Arc<CompiledMatch>>>> = config
+            .http_routes
+            .iter()
+            .map(|route| {
+                route
+                    .rules
+                    .iter()
+                    .map(|rule| {
+                        let matches = rule.matches.iter();
+                        matches.map(|m| Arc::new(CompiledMatch::new(m))).collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        for (route, compiled) in config.http_routes.iter().zip(&compiled) {
             if let Some(limit) = &route.rate_limit {
                 let subject = format!("route:{}", route.key);
                 if let Some(limiter) = cx.pools.policies().limiter(&subject, limit) {
@@ -426,12 +441,13 @@ impl Snapshot {
                 .iter()
                 .filter(|parent| applies(&route.key, parent, own_namespace, &consumed));
             for parent in applying {
-                for (rule_index, rule) in route.rules.iter().enumerate() {
+                for (rule_index, (rule, matchers)) in route.rules.iter().zip(compiled).enumerate() {
                     routed.entry(parent.clone()).or_default().push((
                         route.key.to_string(),
                         route.created.as_deref(),
                         rule_index,
                         rule,
+                        matchers,
                     ));
                 }
             }
@@ -439,15 +455,15 @@ impl Snapshot {
         for (service, rules) in routed {
             let label = service.to_string();
             let mut entries = Vec::new();
-            for (route_label, created, rule_index, rule) in rules {
+            for (route_label, created, rule_index, rule, matchers) in rules {
                 let mut action = compile_rule(rule, &label, &targets, cx);
                 action.route = Some(Arc::from(route_label.as_str()));
                 action.rate_limit = route_limits.get(&route_label).cloned();
                 let action = Arc::new(action);
-                for (match_index, m) in rule.matches.iter().enumerate() {
+                for (match_index, (m, matcher)) in rule.matches.iter().zip(matchers).enumerate() {
                     let precedence = m.precedence();
                     let entry = RouteEntry {
-                        matcher: CompiledMatch::new(m),
+                        matcher: Arc::clone(matcher),
                         action: Arc::clone(&action),
                     };
                     entries.push((
@@ -732,7 +748,7 @@ fn direct_service(label: String, target: &Arc<BackendTarget>, cx: &BuildContext<
         query_params: Vec::new(),
         method: None,
     };
-    let matcher = CompiledMatch::new(&catch_all);
+    let matcher = Arc::new(CompiledMatch::new(&catch_all));
     let entry = RouteEntry {
         matcher,
         action: Arc::new(action),
