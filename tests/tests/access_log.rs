@@ -68,6 +68,14 @@ fn is_rfc3339_utc(time: &str) -> bool {
         && time.starts_with("20")
 }
 
+/// Backend `shop/db`: opaque TCP from `listen` to `endpoint`.
+fn tcp_db(listen: SocketAddr, endpoint: SocketAddr) -> String {
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
+         spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{endpoint}\"}}]}}\n"
+    )
+}
+
 fn log_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
 }
@@ -154,14 +162,7 @@ async fn tcp_connections_are_logged() {
     let echo = TcpEcho::start("hi\n").await;
     let dir = tempfile::tempdir().unwrap();
     let path = log_path(&dir, "access.log");
-    let config = |listen: SocketAddr| {
-        mesh(Some(&path))
-            + &format!(
-                "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
-                 spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n",
-                echo.addr
-            )
-    };
+    let config = |listen: SocketAddr| mesh(Some(&path)) + &tcp_db(listen, echo.addr);
     let (sidecar, listen) = Sidecar::start_listening(config, SidecarOptions::default()).await;
     let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
     let mut greeting = [0u8; 3];
@@ -200,13 +201,7 @@ async fn a_tcp_connection_across_a_swap_is_logged_by_the_new_config() {
     let echo = TcpEcho::start("hi\n").await;
     let dir = tempfile::tempdir().unwrap();
     let (first, second) = (log_path(&dir, "first.log"), log_path(&dir, "second.log"));
-    let db = |listen: SocketAddr| {
-        format!(
-            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
-             spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n",
-            echo.addr
-        )
-    };
+    let db = |listen: SocketAddr| tcp_db(listen, echo.addr);
     let config = |listen| mesh(Some(&first)) + &db(listen);
     let (sidecar, listen) = Sidecar::start_listening(config, SidecarOptions::default()).await;
     let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
@@ -236,14 +231,7 @@ async fn a_tcp_connection_cut_at_the_drain_timeout_is_logged_before_exit() {
     let echo = TcpEcho::start("hi\n").await;
     let dir = tempfile::tempdir().unwrap();
     let path = log_path(&dir, "access.log");
-    let config = |listen: SocketAddr| {
-        mesh(Some(&path))
-            + &format!(
-                "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: db, namespace: shop}}\n\
-                 spec: {{protocol: tcp, listen: \"{listen}\", endpoints: [{{address: \"{}\"}}]}}\n",
-                echo.addr
-            )
-    };
+    let config = |listen: SocketAddr| mesh(Some(&path)) + &tcp_db(listen, echo.addr);
     let options = SidecarOptions {
         drain_timeout: Some("500ms".into()),
         ..Default::default()

@@ -21,6 +21,17 @@ use tokio::net::unix::pipe;
 /// `ENXIO` (Linux): opening a named pipe for writing without blocking when nobody reads it.
 const ENXIO: i32 = 6;
 
+/// Makes the named pipe `dir/name`; its path.
+fn fifo(dir: &Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .expect("mkfifo (coreutils) runs");
+    assert!(made.success());
+    path
+}
+
 /// Opens the named pipe `fifo` for writing as soon as a process has it open for reading:
 /// the process is then inside its start-up, reading it.
 async fn writer_once_read(fifo: &Path) -> pipe::Sender {
@@ -139,12 +150,7 @@ async fn sigterm_or_sigint_during_start_up_exits_the_sidecar_with_0() {
 #[tokio::test]
 async fn sighup_and_sigusr1_during_start_up_do_not_end_the_control_plane() {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("admin.tokens");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&tokens)
-        .status()
-        .expect("mkfifo (coreutils) runs");
-    assert!(made.success());
+    let tokens = fifo(dir.path(), "admin.tokens");
     let token_file = tokens.display().to_string();
     let mut control = ControlPlane::spawn_with(&["--admin-token-file", &token_file]);
     let writer = writer_once_read(&tokens).await;
@@ -179,12 +185,7 @@ async fn sighup_and_sigusr1_during_start_up_do_not_end_the_control_plane() {
 async fn sigterm_or_sigint_during_start_up_exits_the_control_plane_with_0() {
     for signal in ["TERM", "INT"] {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = dir.path().join("admin.tokens");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&tokens)
-            .status()
-            .expect("mkfifo (coreutils) runs");
-        assert!(made.success());
+        let tokens = fifo(dir.path(), "admin.tokens");
         let token_file = tokens.display().to_string();
         let mut control = ControlPlane::spawn_with(&["--admin-token-file", &token_file]);
         let _writer = writer_once_read(&tokens).await;
