@@ -290,6 +290,14 @@ fn parse_document(
         }
         _ => None,
     };
+    if depth(&value) > MAX_DEPTH {
+        broken.extend(key);
+        return Err(Box::new(origin.diagnostic(
+            "",
+            format!("the document nests lists and mappings more than {MAX_DEPTH} deep"),
+            "no Ficus field nests that deep; look for a runaway `status` or metadata field",
+        )));
+    }
     let document = typed_document(kind, &value, &origin).inspect_err(|_| {
         // The document still counts as existing, so that references to it do not add
         // "does not exist" noise to its own error.
@@ -391,6 +399,30 @@ fn serde_hint(message: &str) -> String {
 fn known_kinds_hint() -> String {
     let kinds: Vec<&str> = Kind::ALL.iter().map(|kind| kind.as_str()).collect();
     format!("known kinds: {}", kinds.join(", "))
+}
+
+/// Deepest nesting of lists and mappings a document may have. The documents are kept as JSON
+/// text and read back as values where needed (the control plane's store, `get`), and
+/// serde_json reads at most 128 levels: a deeper document would pass here and be lost there.
+/// No field of ours nests a tenth as deep.
+const MAX_DEPTH: usize = 64;
+
+/// How deep `value` nests lists and mappings (a scalar is 0), without recursing.
+fn depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0)];
+    while let Some((value, level)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Sequence(items) => Box::new(items.iter()),
+            Value::Mapping(mapping) => Box::new(mapping.iter().flat_map(|(k, v)| [k, v])),
+            Value::Tagged(tagged) => Box::new(std::iter::once(&tagged.value)),
+            _ => continue,
+        };
+        let level = level + 1;
+        deepest = deepest.max(level);
+        stack.extend(children.map(|child| (child, level)));
+    }
+    deepest
 }
 
 fn value_type(value: &Value) -> &'static str {

@@ -63,7 +63,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// [`Config::documents`] as JSON values.
+    /// [`Config::documents`] as JSON values. Each reads back: the loader refuses documents
+    /// nested deeper than serde_json reads.
     pub fn document_values(&self) -> Vec<serde_json::Value> {
         self.documents
             .iter()

@@ -219,7 +219,8 @@ fn config_json(shared: &Shared) -> Vec<u8> {
             .map(ToString::to_string)
             .collect(),
     };
-    serde_json::to_vec(&answer).unwrap_or_default()
+    // Strings, numbers and JSON text already checked: nothing here fails to serialize.
+    serde_json::to_vec(&answer).unwrap_or_else(|_| b"{}".to_vec())
 }
 
 fn text(status: StatusCode, message: &str) -> Response<Body> {

@@ -574,6 +574,16 @@ async fn validate_checks_files_without_a_control_plane() {
         "{}",
         output.stderr
     );
+
+    // Stdin over the limit is refused, not validated in part.
+    let big = format!("{}---\n# {}\n", backend(9001), "x".repeat(4 << 20));
+    let output = ficusctl(server, &["validate", "-f", "-"], Some(&big)).await;
+    assert_eq!(output.code, 1, "{}", output.stdout);
+    assert!(
+        output.stderr.contains("stdin is larger than"),
+        "{}",
+        output.stderr
+    );
 }
 
 #[tokio::test]

@@ -230,3 +230,25 @@ fn hostile_yaml_is_refused_not_expanded() {
         .message
         .contains("repetition limit"));
 }
+
+/// A document nested deeper than JSON readers take (a runaway `status`) is refused with its
+/// place, not kept as text that could not be read back; ordinary depth is fine.
+#[test]
+fn documents_nested_too_deep_are_refused() {
+    let nested = |levels: usize| "[".repeat(levels) + &"]".repeat(levels);
+    let backend = |status: &str| {
+        format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: x}}\n\
+             spec: {{endpoints: [{{address: 127.0.0.1:1}}]}}\nstatus: {status}\n"
+        )
+    };
+    // The document mapping is a level: 1 + 63 lists is the most.
+    let config = valid(&backend(&nested(63)));
+    assert_eq!(config.document_values().len(), 1);
+    single_error(
+        &backend(&nested(64)),
+        "Backend default/x",
+        "",
+        "more than 64 deep",
+    );
+}

@@ -111,9 +111,14 @@ pub fn validate(file: &Path) -> Result<(), CtlError> {
         })
     };
     let config = loaded?;
-    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
-    for document in config.document_values() {
-        let kind = document["kind"].as_str().unwrap_or("?").to_owned();
+    /// Only the kind of a document, read from its text.
+    #[derive(Deserialize)]
+    struct Kind<'a> {
+        kind: &'a str,
+    }
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for document in &config.documents {
+        let kind = serde_json::from_str::<Kind<'_>>(document.get()).map_or("?", |k| k.kind);
         *kinds.entry(kind).or_default() += 1;
     }
     let counts: Vec<String> = kinds

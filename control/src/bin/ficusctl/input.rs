@@ -70,14 +70,20 @@ fn read_sources_blocking(path: &Path) -> Result<Vec<Source>, CtlError> {
     check_size(sources)
 }
 
-/// Standard input, up to one byte past the limit (so that too much is told apart).
+/// Standard input, refused when larger than the limit (it is read to one byte past it).
 pub fn read_stdin() -> Result<String, CtlError> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::io::stdin()
         .take(MAX_INPUT as u64 + 1)
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .map_err(|e| CtlError::failed(format!("cannot read stdin: {e}")))?;
-    Ok(text)
+    if bytes.len() > MAX_INPUT {
+        return Err(CtlError::failed(format!(
+            "stdin is larger than {} KiB; give the files with -f FILE|DIR instead",
+            MAX_INPUT / 1024
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| CtlError::failed(format!("cannot read stdin: {e}")))
 }
 
 fn read_file(path: &Path) -> Result<String, CtlError> {
