@@ -28,6 +28,20 @@ pub mod upstream;
 
 use std::net::{SocketAddr, TcpListener};
 
+/// Backends `a` and `b` in namespace `shop` (plain HTTP, one endpoint each) and an HTTPRoute
+/// sending service `svc` to `target`; `rule_extra` (YAML lines indented for the rule, e.g. a
+/// `filters:` line, or empty) is added to its one rule.
+pub fn svc_config(a: SocketAddr, b: SocketAddr, target: &str, rule_extra: &str) -> String {
+    format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: a, namespace: shop}}\n\
+         spec: {{endpoints: [{{address: \"{a}\"}}]}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: b, namespace: shop}}\n\
+         spec: {{endpoints: [{{address: \"{b}\"}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: svc, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{name: svc}}]\n  rules:\n  - backendRefs: [{{name: {target}}}]\n{rule_extra}"
+    )
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -10,15 +10,11 @@ use ficus_tests::upstream::Upstream;
 
 fn config(version: u64, a: std::net::SocketAddr, b: std::net::SocketAddr) -> String {
     let target = if version.is_multiple_of(2) { "a" } else { "b" };
-    format!(
-        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: a, namespace: shop}}\n\
-         spec: {{endpoints: [{{address: \"{a}\"}}]}}\n---\n\
-         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: b, namespace: shop}}\n\
-         spec: {{endpoints: [{{address: \"{b}\"}}]}}\n---\n\
-         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: svc, namespace: shop}}\n\
-         spec:\n  parentRefs: [{{name: svc}}]\n  rules:\n  - backendRefs: [{{name: {target}}}]\n    \
-         filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-version, value: \"{version}\"}}]}}}}]\n"
-    )
+    let filters = format!(
+        "    filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: \
+         {{set: [{{name: x-version, value: \"{version}\"}}]}}}}]\n"
+    );
+    ficus_tests::svc_config(a, b, target, &filters)
 }
 
 #[tokio::test]

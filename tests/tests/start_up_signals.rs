@@ -61,14 +61,7 @@ async fn write_and_close(mut writer: pipe::Sender, text: &str) {
 
 /// Backends `a` and `b`; service `svc` routes to `target`.
 fn config(a: SocketAddr, b: SocketAddr, target: &str) -> String {
-    format!(
-        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: a, namespace: shop}}\n\
-         spec: {{endpoints: [{{address: \"{a}\"}}]}}\n---\n\
-         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: b, namespace: shop}}\n\
-         spec: {{endpoints: [{{address: \"{b}\"}}]}}\n---\n\
-         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: svc, namespace: shop}}\n\
-         spec:\n  parentRefs: [{{name: svc}}]\n  rules:\n  - backendRefs: [{{name: {target}}}]\n"
-    )
+    ficus_tests::svc_config(a, b, target, "")
 }
 
 /// Waits until the sidecar's `/ready` answers 200; the exit status if it exits first.
