@@ -138,9 +138,7 @@ impl ConfigErrors {
         mut sources: BTreeSet<String>,
     ) -> Self {
         for error in &errors {
-            if !sources.contains(&error.file) {
-                sources.insert(error.file.clone());
-            }
+            note_source(&mut sources, &error.file);
         }
         let cut = errors.len().saturating_sub(MAX_LISTED_ERRORS);
         errors.truncate(MAX_LISTED_ERRORS);
@@ -177,6 +175,13 @@ impl From<Diagnostic> for ConfigErrors {
     }
 }
 
+/// Adds `file` to `sources`, cloning it only when it is new (most problems share a source).
+fn note_source(sources: &mut BTreeSet<String>, file: &str) {
+    if !sources.contains(file) {
+        sources.insert(file.to_owned());
+    }
+}
+
 /// Problems as they are found: the first [`MAX_LISTED_ERRORS`] kept, the rest counted, so
 /// that a config with millions of mistakes costs no more memory than one with a hundred.
 #[derive(Debug, Default)]
@@ -190,9 +195,7 @@ pub(crate) struct Problems {
 impl Problems {
     /// Records a problem.
     pub(crate) fn push(&mut self, diagnostic: Diagnostic) {
-        if !self.sources.contains(&diagnostic.file) {
-            self.sources.insert(diagnostic.file.clone());
-        }
+        note_source(&mut self.sources, &diagnostic.file);
         if self.listed.len() < MAX_LISTED_ERRORS {
             self.listed.push(diagnostic);
         } else {

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use ficus_config::Config;
+use serde_json::value::RawValue;
 
-use crate::snapshot::{BuildContext, Snapshot};
+use crate::snapshot::{documents_text, BuildContext, Snapshot};
 use crate::state::Shared;
 use crate::tcp::TcpListeners;
 
@@ -37,19 +38,16 @@ impl Reloader {
     /// when the documents equal the serving ones (nothing to do). An error (e.g. a listen
     /// address in use) changes nothing and is recorded as a rejection.
     pub fn apply(&mut self, config: Config, source: &str) -> Result<Option<u64>, String> {
+        let documents = documents_text(&config.documents);
         let current = self.shared.snapshot.load();
-        let unchanged = || {
-            let text = crate::snapshot::documents_text(&config.documents);
-            text.get() == current.documents.get()
-        };
-        if current.version > 0 && unchanged() {
+        if current.version > 0 && documents.get() == current.documents.get() {
             // Reverted to what serves (say, after a rejected edit): nothing to swap.
             self.shared.clear_rejection();
             return Ok(None);
         }
         drop(current);
         let version = self.next_version;
-        self.install(config, version, source)?;
+        self.install(config, documents, version, source)?;
         self.warn_about_config(version, source);
         self.next_version += 1;
         Ok(Some(version))
@@ -62,7 +60,8 @@ impl Reloader {
         version: u64,
         source: &str,
     ) -> Result<(), String> {
-        self.install(config, version, source)?;
+        let documents = documents_text(&config.documents);
+        self.install(config, documents, version, source)?;
         self.warn_about_config(version, source);
         Ok(())
     }
@@ -70,13 +69,18 @@ impl Reloader {
     /// Push mode: the documents did not change, only the version number moves.
     pub fn bump_version(&mut self, version: u64, source: &str) -> Result<(), String> {
         let current = self.shared.snapshot.load();
-        let mut config = Config::clone(&current.config);
-        config.documents = current.document_texts();
+        let (config, documents) = (Config::clone(&current.config), current.documents.clone());
         drop(current);
-        self.install(config, version, source)
+        self.install(config, documents, version, source)
     }
 
-    fn install(&mut self, config: Config, version: u64, source: &str) -> Result<(), String> {
+    fn install(
+        &mut self,
+        config: Config,
+        documents: Box<RawValue>,
+        version: u64,
+        source: &str,
+    ) -> Result<(), String> {
         // What can still fail comes first: building the snapshot updates shared state (the
         // live pools' timeouts, policy state carried between configs), so a config must not
         // be rejected after it.
@@ -104,7 +108,7 @@ impl Reloader {
             identity: &self.shared.identity,
             tls: self.shared.tls.as_ref(),
         };
-        let mut snapshot = Snapshot::build(config, version, source.to_owned(), &cx);
+        let mut snapshot = Snapshot::build(config, documents, version, source.to_owned(), &cx);
         snapshot.access_log = access_log;
         self.shared.install(snapshot);
         self.tcp.commit(prepared, &self.shared);

@@ -355,8 +355,15 @@ pub fn documents_text(
 
 impl Snapshot {
     /// Compiles `config`. Validation already happened; this cannot fail.
-    pub fn build(mut config: Config, version: u64, source: String, cx: &BuildContext<'_>) -> Self {
-        let documents = documents_text(&config.documents);
+    /// `documents` is `config`'s documents as [`documents_text`] writes them (its callers
+    /// have it already); `config.documents` is dropped, the text kept.
+    pub fn build(
+        mut config: Config,
+        documents: Box<serde_json::value::RawValue>,
+        version: u64,
+        source: String,
+        cx: &BuildContext<'_>,
+    ) -> Self {
         config.documents = Vec::new();
         let limits = config.mesh.proxy.clone();
         let settings = PoolSettings {
@@ -595,11 +602,6 @@ impl Snapshot {
         }
     }
 
-    /// The documents one by one again (a version bump rebuilds the snapshot from them).
-    pub fn document_texts(&self) -> Vec<Box<serde_json::value::RawValue>> {
-        serde_json::from_str(self.documents.get()).unwrap_or_default()
-    }
-
     /// An empty snapshot (push mode before the first config): every request is unrouted.
     pub fn empty(cx: &BuildContext<'_>) -> Self {
         let config = Config {
@@ -613,7 +615,7 @@ impl Snapshot {
             warnings: Vec::new(),
             warning_count: 0,
         };
-        Self::build(config, 0, "none".to_owned(), cx)
+        Self::build(config, documents_text(&[]), 0, "none".to_owned(), cx)
     }
 
     /// Transparent mode: the service whose Backend has an endpoint at `destination`.

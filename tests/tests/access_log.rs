@@ -76,6 +76,21 @@ fn tcp_db(listen: SocketAddr, endpoint: SocketAddr) -> String {
     )
 }
 
+/// The line of one connection through [`tcp_db`] that sent `ping` to an echo server greeting
+/// with `hi\n`: 4 bytes in, 7 out, with `flags`.
+#[track_caller]
+fn assert_db_line(line: &Value, listen: SocketAddr, endpoint: SocketAddr, flags: &str) {
+    assert_eq!(line["kind"], "tcp", "{line}");
+    assert_eq!(line["listen"], listen.to_string());
+    assert_eq!(line["service"], "shop/db");
+    assert_eq!(line["backend"], "shop/db");
+    assert_eq!(line["upstream"], endpoint.to_string());
+    assert_eq!(line["response_flags"], flags);
+    assert_eq!(line["bytes_received"], 4);
+    assert_eq!(line["bytes_sent"], 7);
+    assert!(line["duration_ms"].as_f64().unwrap() > 0.0, "{line}");
+}
+
 fn log_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
 }
@@ -180,17 +195,9 @@ async fn tcp_connections_are_logged() {
 
     let lines = lines(&path, 1).await;
     let line = &lines[0];
-    assert_eq!(line["kind"], "tcp");
     assert!(is_rfc3339_utc(line["time"].as_str().unwrap()), "{line}");
     assert_eq!(line["direction"], "outbound");
-    assert_eq!(line["listen"], listen.to_string());
-    assert_eq!(line["service"], "shop/db");
-    assert_eq!(line["backend"], "shop/db");
-    assert_eq!(line["upstream"], echo.addr.to_string());
-    assert_eq!(line["response_flags"], "");
-    assert_eq!(line["bytes_received"], 4);
-    assert_eq!(line["bytes_sent"], 7);
-    assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_db_line(line, listen, echo.addr, "");
     drop(sidecar);
 }
 
@@ -255,17 +262,8 @@ async fn a_tcp_connection_cut_at_the_drain_timeout_is_logged_before_exit() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
     assert_eq!(lines.len(), 1, "one line, for the cut connection: {text:?}");
-    let line = &lines[0];
-    assert_eq!(line["kind"], "tcp");
-    assert_eq!(line["listen"], listen.to_string());
-    assert_eq!(line["service"], "shop/db");
-    assert_eq!(line["backend"], "shop/db");
-    assert_eq!(line["upstream"], echo.addr.to_string());
-    assert_eq!(line["response_flags"], "SD");
-    assert_eq!(line["bytes_received"], 4);
-    assert_eq!(line["bytes_sent"], 7);
     // The connection was open from before the signal to the end of the drain.
-    assert!(line["duration_ms"].as_f64().unwrap() > 0.0, "{line}");
+    assert_db_line(&lines[0], listen, echo.addr, "SD");
     drop(stream);
 }
 
