@@ -12,57 +12,106 @@
 //! [`ambiguity`]); the validator refuses route and policy path values that [`ambiguity`]
 //! refuses or that decoding would change, since no request could ever match them.
 
-/// Why `path` could be read two ways, or `None` when it has one reading. Percent-encoded
-/// unreserved characters are not refused here (decode them first: [`decode_unreserved`]).
+/// Why `path` could be read two ways, or `None` when it has one reading. It is read as
+/// [`decode_unreserved`] spells it: an escape that this spelling would still change was
+/// encoded twice (`%%36%31` decodes to `%61`, which the app reads as `a`), and is refused.
 pub fn ambiguity(path: &str) -> Option<&'static str> {
     // Without a `%` nothing is encoded: no lowercased copies on the common path.
     let escaped = path.contains('%');
-    let encoded = escaped && {
-        let lower = path.to_ascii_lowercase();
-        ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e))
+    let lower = if escaped {
+        path.to_ascii_lowercase()
+    } else {
+        String::new()
     };
+    let encoded = escaped && ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e));
     if encoded || path.contains('\\') || path.contains('#') {
         return Some("path with an encoded separator, backslash, NUL or #");
     }
-    let dot = |segment: &str| {
-        // A segment's `;` parameters are dropped by some servers before they resolve dot
-        // segments (Tomcat reads `/a/..;/b` as `/b`).
-        let segment = segment.split(';').next().unwrap_or(segment);
-        if !escaped {
-            return segment == "." || segment == "..";
-        }
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    };
-    let mut segments = path.split('/').skip(1).peekable();
+    if escaped && decode_unreserved(path).is_some() {
+        return Some("path with a percent-encoded letter, digit or `-._~` left after decoding");
+    }
+    // A segment's `;` parameters (also an encoded `;`, which the app decodes) are dropped by
+    // some servers before they resolve dot segments: Tomcat reads `/a/..;/b` as `/b`, and
+    // `/;/b` as `//b`.
+    let mut segments = if escaped {
+        lower.split('/')
+    } else {
+        path.split('/')
+    }
+    .skip(1)
+    .peekable();
     while let Some(segment) = segments.next() {
-        if dot(segment) || (segment.is_empty() && segments.peek().is_some()) {
+        let last = segments.peek().is_none();
+        let bare = segment.split(';').next().unwrap_or_default();
+        let bare = if escaped {
+            let bare = bare.split("%3b").next().unwrap_or_default();
+            // Only a config's values still hold `%2e` here (a request's are decoded).
+            std::borrow::Cow::Owned(bare.replace("%2e", "."))
+        } else {
+            std::borrow::Cow::Borrowed(bare)
+        };
+        if bare == "." || bare == ".." || (bare.is_empty() && !last) {
             return Some("path with dot or empty segments");
         }
     }
     None
 }
 
-/// `path` with its percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) decoded, or
-/// `None` when it has none. Other escapes are kept as they are.
+/// `path` without its segments' `;` parameters (`/a;x/b;v=1` is `/a/b`), an encoded `;`
+/// (`%3B`) included: the path servers that drop them (Tomcat, Jetty, Spring) serve, and so the
+/// path routing and authorization match, so that `/admin;x` is `/admin` to a policy too
+/// (RELIABILITY HTTP1-6). The request is forwarded as it came. Borrowed when it has none.
+pub fn without_parameters(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') && encoded_semicolon(path).is_none() {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let end = segment.find(';').unwrap_or(segment.len());
+        let end = encoded_semicolon(segment).map_or(end, |at| at.min(end));
+        out.push_str(&segment[..end]);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Where the first `%3B` (either case) in `text` starts.
+fn encoded_semicolon(text: &str) -> Option<usize> {
+    if !text.contains('%') {
+        return None;
+    }
+    text.as_bytes()
+        .windows(3)
+        .position(|w| w[0] == b'%' && w[1] == b'3' && w[2].eq_ignore_ascii_case(&b'b'))
+}
+
+/// `path` in the one spelling that routing, authorization and the app see, or `None` when it
+/// is spelled so already: percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`)
+/// decoded (RFC 3986 §6.2.2.2), and the hex digits of the other escapes in upper case
+/// (§6.2.2.1: `%c3%a9` is `%C3%A9`). Those escapes are kept.
 pub fn decode_unreserved(path: &str) -> Option<String> {
     let bytes = path.as_bytes();
     let mut decoded: Option<Vec<u8>> = None;
     let mut i = 0;
     while i < bytes.len() {
-        let unreserved = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&high), Some(&low)) => hex(high)
-                .zip(hex(low))
-                .map(|(h, l)| h << 4 | l)
-                .filter(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')),
+        let escape = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&high), Some(&low)) => hex(high).zip(hex(low)).map(|(h, l)| h << 4 | l),
             _ => None,
         };
-        match unreserved {
-            Some(c) => {
+        match escape {
+            Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
                 decoded.get_or_insert_with(|| bytes[..i].to_vec()).push(c);
                 i += 3;
             }
-            None => {
+            Some(_) if bytes[i + 1..i + 3].iter().any(u8::is_ascii_lowercase) => {
+                let out = decoded.get_or_insert_with(|| bytes[..i].to_vec());
+                out.push(b'%');
+                out.extend(bytes[i + 1..i + 3].iter().map(u8::to_ascii_uppercase));
+                i += 3;
+            }
+            _ => {
                 if let Some(out) = &mut decoded {
                     out.push(bytes[i]);
                 }
@@ -100,6 +149,29 @@ mod tests {
         assert_eq!(decode_unreserved("/%6"), None);
         assert_eq!(decode_unreserved("/%zz%61").as_deref(), Some("/%zza"));
         assert_eq!(decode_unreserved("/é%61").as_deref(), Some("/éa"));
+        // Other escapes are kept, their hex digits in upper case.
+        assert_eq!(
+            decode_unreserved("/caf%c3%a9").as_deref(),
+            Some("/caf%C3%A9")
+        );
+        assert_eq!(decode_unreserved("/caf%C3%A9"), None);
+        assert_eq!(decode_unreserved("/x%2fy").as_deref(), Some("/x%2Fy"));
+    }
+
+    #[test]
+    fn parameters_are_dropped() {
+        assert_eq!(without_parameters("/admin"), "/admin");
+        assert!(matches!(
+            without_parameters("/a/b"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(without_parameters("/admin;x"), "/admin");
+        assert_eq!(without_parameters("/a;x/b;v=1/c"), "/a/b/c");
+        assert_eq!(without_parameters("/admin%3bx/y"), "/admin/y");
+        assert_eq!(without_parameters("/admin%3Bx"), "/admin");
+        assert_eq!(without_parameters("/a%20b;x"), "/a%20b");
+        assert_eq!(without_parameters("/a/;x"), "/a/");
+        assert_eq!(without_parameters("/%3"), "/%3");
     }
 
     #[test]
@@ -117,6 +189,14 @@ mod tests {
             "/public/.;x/admin",
             "/a\\b",
             "/a#b",
+            // Encoded twice: the app decodes what is left to `/admin`.
+            "/%%36%31dmin",
+            // An encoded `;` is a `;` to the app.
+            "/public/..%3b/admin",
+            "/public/..%3Bx/admin",
+            // Parameters on an empty segment: `//admin` once they are dropped.
+            "/;/admin",
+            "/;x/admin",
         ] {
             assert!(ambiguity(bad).is_some(), "{bad}");
         }
@@ -128,6 +208,9 @@ mod tests {
             "/admin;x",
             "/a%20b",
             "/..a;",
+            "/a/;x",
+            "/%2561",
+            "/a%3Bb",
         ] {
             assert_eq!(ambiguity(good), None, "{good}");
         }

@@ -6,7 +6,8 @@
 //! if one matches; with no policy at all everything is allowed. A rule matches when one of its
 //! `from` identities matches the verified peer (exact, or a pattern ending in `*`; a request
 //! without a verified peer matches no identity) — or it names none — and one of its `to`
-//! entries matches the method and the path (same pattern rules) — or it has none.
+//! entries matches the method and the path (same pattern rules) — or it has none. The path is
+//! matched without `;` parameters, and `GET` covers `HEAD` ([`Authorizer::check`]).
 
 use ficus_config::{AuthorizationPolicy, AuthzAction, AuthzRule, Config, ResourceKey};
 use http::Method;
@@ -82,8 +83,14 @@ impl Authorizer {
     }
 
     /// Decides for a request from `peer` (the verified SPIFFE ID, if any).
+    ///
+    /// The path is matched without its segments' `;` parameters (`/admin;x` is `/admin`, as
+    /// Tomcat serves it: [`ficus_config::path::without_parameters`]), and a rule that names
+    /// `GET` also covers `HEAD` (RFC 9110 §9.3.2: the same request without the response body,
+    /// which servers answer with their GET handler).
     pub fn check(&self, peer: Option<&str>, method: &Method, path: &str) -> Decision {
-        let matches = |rule: &AuthzRule| rule_matches(rule, peer, method.as_str(), path);
+        let path = ficus_config::path::without_parameters(path);
+        let matches = |rule: &AuthzRule| rule_matches(rule, peer, method.as_str(), &path);
         if self.deny.iter().any(matches) {
             return Decision::Deny;
         }
@@ -126,7 +133,11 @@ fn rule_matches(rule: &AuthzRule, peer: Option<&str>, method: &str, path: &str) 
         });
     let to = rule.to.is_empty()
         || rule.to.iter().any(|to| {
-            (to.methods.is_empty() || to.methods.iter().any(|m| m == method))
+            (to.methods.is_empty()
+                || to
+                    .methods
+                    .iter()
+                    .any(|m| m == method || (method == "HEAD" && m == "GET")))
                 && (to.paths.is_empty() || to.paths.iter().any(|p| pattern_matches(p, path)))
         });
     from && to
@@ -163,6 +174,38 @@ mod tests {
 
     const GATEWAY: &str = "spiffe://cluster.local/ns/shop/sa/gateway";
     const OTHER: &str = "spiffe://cluster.local/ns/web/sa/other";
+
+    /// What some app servers read as the same request is the same to a policy: `;`
+    /// parameters are dropped, and HEAD is GET.
+    #[test]
+    fn parameters_and_head_cannot_get_past_a_deny() {
+        let deny = Authorizer {
+            allow: vec![],
+            deny: vec![rule(&[], &["GET"], &["/admin"])],
+            has_allow_policy: false,
+        };
+        for (method, path) in [
+            (Method::GET, "/admin"),
+            (Method::GET, "/admin;x"),
+            (Method::GET, "/admin;jsessionid=1"),
+            (Method::GET, "/admin%3Bx"),
+            (Method::HEAD, "/admin"),
+        ] {
+            assert_eq!(
+                deny.check(None, &method, path),
+                Decision::Deny,
+                "{method} {path}"
+            );
+        }
+        assert_eq!(deny.check(None, &Method::GET, "/admin/x"), Decision::Allow);
+        assert_eq!(deny.check(None, &Method::POST, "/admin"), Decision::Allow);
+        // HEAD names only itself.
+        let head = Authorizer {
+            deny: vec![rule(&[], &["HEAD"], &[])],
+            ..deny
+        };
+        assert_eq!(head.check(None, &Method::GET, "/"), Decision::Allow);
+    }
 
     #[test]
     fn allow_deny_and_default() {

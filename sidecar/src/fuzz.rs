@@ -46,6 +46,87 @@ pub fn http2(data: &[u8]) {
     let _ = serve(data, true);
 }
 
+/// `data` as a request path, through the checks every request meets before it is routed
+/// (RELIABILITY HTTP1-6). Besides never panicking: the one-pass check agrees with the full
+/// one, and a path the sidecar forwards reads the same to an app that percent-decodes it as
+/// it reads to routing and authorization ([`read_differently`]). A panic here is a finding.
+pub fn path(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if !text.starts_with('/') {
+        return;
+    }
+    let Ok(mut request) = Request::builder().uri(text).header("host", "svc").body(()) else {
+        return;
+    };
+    let path = request.uri().path().to_owned();
+    if crate::proxy::guard::plainly_normal(&path) {
+        let full = crate::proxy::guard::check_path_fully(&path);
+        assert!(
+            full.is_ok(),
+            "{path:?} passes the one-pass check only: {full:?}"
+        );
+    }
+    if crate::proxy::guard::check(&mut request, 100).is_err() {
+        return;
+    }
+    let forwarded = request.uri().path();
+    if let Some(problem) = read_differently(forwarded) {
+        panic!("{text:?} is forwarded as {forwarded:?}, which an app reads with {problem}");
+    }
+}
+
+/// What an app that percent-decodes `path` once (and drops each segment's `;` parameters, as
+/// Tomcat does) reads differently from routing, which matches `path` as it is.
+fn read_differently(path: &str) -> Option<&'static str> {
+    if ficus_config::path::decode_unreserved(path).is_some() {
+        return Some(
+            "a letter, digit or `-._~` that routing saw encoded (or an escape in lower case)",
+        );
+    }
+    let decoded = percent_decode(path.as_bytes());
+    let slashes = |bytes: &[u8]| bytes.iter().filter(|&&b| b == b'/').count();
+    if slashes(&decoded) != slashes(path.as_bytes()) {
+        return Some("a `/` that routing saw encoded");
+    }
+    if decoded.contains(&b'\\') || decoded.contains(&0) {
+        return Some("a backslash or NUL");
+    }
+    let mut segments = decoded.split(|&b| b == b'/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        let bare = segment.split(|&b| b == b';').next().unwrap_or_default();
+        if bare == b"." || bare == b".." {
+            return Some("a dot segment");
+        }
+        if bare.is_empty() && segments.peek().is_some() {
+            return Some("an empty segment");
+        }
+    }
+    None
+}
+
+/// `bytes` with every `%XX` escape decoded, once.
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if let (b'%', Some(Some(high)), Some(Some(low))) = (
+            bytes[i],
+            bytes.get(i + 1).map(|&b| hex(b)),
+            bytes.get(i + 2).map(|&b| hex(b)),
+        ) {
+            out.extend(u8::try_from(high << 4 | low));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// How long one input may take; the connection is dropped after it (a stall is not a crash).
 const PER_INPUT: Duration = Duration::from_secs(2);
 /// How long a request's body is read before it is answered anyway.
@@ -166,6 +247,55 @@ mod tests {
         }
         for seed in corpus("http2") {
             http2(&seed);
+        }
+        for seed in corpus("path") {
+            path(&seed);
+        }
+    }
+
+    /// The oracle of [`path`] finds what it is there to find.
+    #[test]
+    fn read_differently_finds_a_second_reading() {
+        for (forwarded, problem) in [
+            ("/%61dmin", "encoded"),
+            ("/a%2Fb", "`/`"),
+            ("/a%5Cb", "backslash"),
+            ("/caf%c3%a9", "lower case"),
+            ("/public/..%3B/admin", "dot segment"),
+            ("/public/%2e/admin", "encoded"),
+            ("/;/admin", "empty segment"),
+        ] {
+            let found = read_differently(forwarded);
+            assert!(
+                found.is_some_and(|found| found.contains(problem)),
+                "{forwarded}: {found:?}"
+            );
+        }
+        for same in ["/", "/admin", "/a/", "/a%20b", "/%2561", "/a;x/b", "/a/;x"] {
+            assert_eq!(read_differently(same), None, "{same}");
+        }
+    }
+
+    /// Paths that were read one way by routing and another by the app (found by the `path`
+    /// target): each is refused now.
+    #[test]
+    fn paths_an_app_reads_differently_are_refused() {
+        for found in [
+            "/%%36%31dmin",
+            "/public/..%3b/admin",
+            "/;/admin",
+            "/a/.%3Bx/b",
+        ] {
+            let mut request = Request::builder()
+                .uri(found)
+                .header("host", "svc")
+                .body(())
+                .expect("a request");
+            assert!(
+                crate::proxy::guard::check(&mut request, 100).is_err(),
+                "{found} is forwarded as {}",
+                request.uri().path()
+            );
         }
     }
 }

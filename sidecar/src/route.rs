@@ -46,7 +46,8 @@ impl<A> RouteTable<A> {
         Self { entries }
     }
 
-    /// The first entry whose conditions hold.
+    /// The first entry whose conditions hold. The path is matched without its segments' `;`
+    /// parameters, as authorization matches it ([`ficus_config::path::without_parameters`]).
     pub fn find(
         &self,
         method: &Method,
@@ -54,9 +55,10 @@ impl<A> RouteTable<A> {
         query: Option<&str>,
         headers: &HeaderMap,
     ) -> Option<&RouteEntry<A>> {
+        let path = ficus_config::path::without_parameters(path);
         self.entries
             .iter()
-            .find(|entry| entry.matcher.matches(method, path, query, headers))
+            .find(|entry| entry.matcher.matches(method, &path, query, headers))
     }
 
     /// Number of entries.
@@ -139,10 +141,19 @@ spec:
                 .find(method, path, None, headers)
                 .map(|entry| entry.action.as_str().to_owned())
         };
-        for path in ["/api", "/api/", "/api/x"] {
+        // `;` parameters are not part of the path matched (as for authorization).
+        for path in [
+            "/api",
+            "/api/",
+            "/api/x",
+            "/api;v=2",
+            "/api;v=2/x",
+            "/api%3Bv/x",
+        ] {
             assert_eq!(
                 taken(&Method::GET, path, &headers).as_deref(),
-                Some("shop/c 0 0")
+                Some("shop/c 0 0"),
+                "{path}"
             );
         }
         assert_eq!(

@@ -14,7 +14,11 @@
 //!    HTTP/2 preface or a TLS ClientHello. Silence (a server-first protocol on a port we did not
 //!    know) and anything else is forwarded as opaque TCP to the original destination, with the
 //!    bytes read so far replayed. Availability over correctness: a slow HTTP client that is
-//!    mistaken for a server-first one still reaches its destination, only unrouted.
+//!    mistaken for a server-first one still reaches its destination, only unrouted. Inbound
+//!    (plaintext, to a port that is not opaque) it is the other way round, as the HTTP layer
+//!    strips forged identity headers and authorizes: anything an HTTP server could take for a
+//!    request (any method token, lower case too) is HTTP, and bytes that could still start
+//!    one when the timeout passes get `headerReadTimeout` to decide, or are closed.
 //! 4. HTTP is served by the usual handlers with a [`Redirected`] request extension. Outbound
 //!    routes by the original destination (an endpoint address of a Backend names its
 //!    service), else by `Host`, else passes the request through to the original destination
@@ -448,9 +452,14 @@ pub async fn serve(
     } else {
         Some(transparent.detect_timeout)
     };
+    // Inbound plaintext to a port that is not opaque: whatever an HTTP server could take for a
+    // request is HTTP ([`classify_strict`]), so that neither a lower-case method nor a request
+    // that starts slowly gets past the HTTP layer (identity header stripping, authorization)
+    // as opaque TCP.
+    let strict = side == Side::Inbound && !opaque_port;
     let (mut sniffed, mut read) = match wait {
         None => (None, Vec::new()),
-        Some(wait) => match sniff(&mut stream, Vec::new(), wait, false).await {
+        Some(wait) => match sniff(&mut stream, Vec::new(), wait, strict).await {
             Some(sniffed) => sniffed,
             None => return,
         },
@@ -470,12 +479,30 @@ pub async fn serve(
             return;
         }
         let detect = transparent.detect_timeout;
-        match first_speaker(&shared, &mut stream, original, detect, false).await {
+        match first_speaker(&shared, &mut stream, original, detect, strict).await {
             FirstSpeaker::Client(late, bytes, connected) => {
                 (sniffed, read, app) = (late, bytes, Some(connected));
             }
             FirstSpeaker::App(connected) => app = Some(connected),
             FirstSpeaker::Neither => return,
+        }
+    }
+    // Inbound, a client whose first bytes could still start an HTTP request at the detection
+    // timeout gets an HTTP server's time for its header block (`headerReadTimeout`); still
+    // undecided then, it is closed as an HTTP server would close it.
+    if strict && sniffed.is_none() && !read.is_empty() {
+        let header_wait = shared.snapshot.load().limits.header_read_timeout;
+        match sniff(&mut stream, read, header_wait, true).await {
+            Some((Some(late), bytes)) => (sniffed, read) = (Some(late), bytes),
+            _ => {
+                transparent
+                    .metrics
+                    .refused
+                    .with_label_values(&["undecided"])
+                    .inc();
+                tracing::info!(%peer, %original, "inbound connection closed: its first bytes were neither HTTP nor anything else within the header timeout");
+                return;
+            }
         }
     }
     let protocol = match (side, sniffed) {

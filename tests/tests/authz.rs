@@ -78,12 +78,31 @@ async fn allow_and_deny_on_methods_and_paths() {
 #[tokio::test]
 async fn ambiguous_paths_never_reach_a_protected_path() {
     let app = Upstream::start("app").await;
-    let policies = policy("no-admin", "DENY", "  - to: [{paths: [\"/admin*\"]}]\n");
+    let policies = policy("no-admin", "DENY", "  - to: [{paths: [\"/admin*\"]}]\n")
+        + &policy(
+            "no-secret-reads",
+            "DENY",
+            "  - to: [{methods: [GET], paths: [\"/secret\"]}]\n",
+        );
     let options = SidecarOptions {
         app: Some(app.addr),
         ..Default::default()
     };
     let sidecar = Sidecar::start_with(&config(&policies), options).await;
+    // An exact path and a method: what Tomcat, Spring or Django would serve as `GET /secret`
+    // is denied (or refused) too.
+    for (method, path) in [
+        ("GET", "/secret"),
+        ("GET", "/secret;jsessionid=1"),
+        ("GET", "/secret%3Bx"),
+        ("HEAD", "/secret"),
+        ("get", "/secret"),
+        // `s` encoded twice: `%73` once decoded.
+        ("GET", "/%%37%33ecret"),
+    ] {
+        let got = status(&sidecar, method, path).await;
+        assert!(got == 403 || got == 400, "{method} {path}: {got}");
+    }
     for path in [
         "/admin",
         "/admin/x",

@@ -493,7 +493,8 @@ async fn inbound_goes_to_the_app_on_the_original_port() {
 
 /// Inbound plaintext (PERMISSIVE, no mesh identity here) cannot get past the sidecar's HTTP
 /// handling or its authorization by how it starts: a request sent after the detection timeout
-/// (a client that connected ahead of it) or after an empty line is still served as HTTP, so
+/// (a client that connected ahead of it), started before it and finished after it, or after
+/// an empty line, or with a lower-case method, is still served as HTTP, so
 /// an AuthorizationPolicy refuses it and a forged `x-ficus-peer-identity` never reaches the
 /// app; bytes that are not HTTP are copied only if authorization allows a caller without an
 /// identity.
@@ -505,26 +506,48 @@ async fn inbound_plaintext_cannot_bypass_http_handling_or_authorization() {
     let world = World::new();
     let app = NsHttpServer::start(&world.pod, addr("10.77.0.1:8080"), "pod-app").unwrap();
     let _greeter = NsGreeter::start(&world.pod, addr("10.77.0.1:7000"), "").unwrap();
-    let request = b"GET / HTTP/1.1\r\nhost: pod\r\nx-ficus-peer-identity: spiffe://cluster.local/ns/shop/sa/web\r\n\r\n";
-    // A status line from the sidecar (or the app), or nothing when the connection is closed.
-    let send = |prefix: &'static [u8], delay: Duration, port: u16| {
-        let world = &world;
-        async move {
-            let mut stream = world
-                .remote
-                .connect(SocketAddr::new(addr("10.77.0.1:0").ip(), port))
-                .await
-                .unwrap();
-            tokio::time::sleep(delay).await;
-            let _ = stream.write_all(prefix).await;
-            let _ = stream.write_all(request).await;
-            let mut answer = vec![0u8; 12];
-            match tokio::time::timeout(netns::TIMEOUT, stream.read_exact(&mut answer)).await {
-                Ok(Ok(_)) => String::from_utf8_lossy(&answer).into_owned(),
-                Ok(Err(_)) => String::new(),
-                Err(_) => panic!("no answer and no close within {:?}", netns::TIMEOUT),
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: pod\r\nx-ficus-peer-identity: spiffe://cluster.local/ns/shop/sa/web\r\n\r\n";
+    // A status line from the sidecar (or the app), or nothing when the connection is closed:
+    // `first` after `delay`, then `rest` after `pause`.
+    let send_in_two =
+        |first: Vec<u8>, delay: Duration, rest: &'static [u8], pause: Duration, port: u16| {
+            let world = &world;
+            async move {
+                let mut stream = world
+                    .remote
+                    .connect(SocketAddr::new(addr("10.77.0.1:0").ip(), port))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(delay).await;
+                let _ = stream.write_all(&first).await;
+                tokio::time::sleep(pause).await;
+                let _ = stream.write_all(rest).await;
+                let mut answer = vec![0u8; 12];
+                match tokio::time::timeout(netns::TIMEOUT, stream.read_exact(&mut answer)).await {
+                    Ok(Ok(_)) => String::from_utf8_lossy(&answer).into_owned(),
+                    Ok(Err(_)) => String::new(),
+                    Err(_) => panic!("no answer and no close within {:?}", netns::TIMEOUT),
+                }
             }
-        }
+        };
+    let send = |prefix: &'static [u8], delay: Duration, port: u16| async move {
+        let mut whole = prefix.to_vec();
+        whole.extend_from_slice(REQUEST);
+        send_in_two(whole, delay, b"", Duration::ZERO, port).await
+    };
+    // A request whose first byte comes before the detection timeout and the rest after it.
+    let slow_start = || {
+        send_in_two(
+            b"G".to_vec(),
+            Duration::ZERO,
+            &REQUEST[1..],
+            Duration::from_millis(400),
+            8080,
+        )
+    };
+    // A lower-case method, which some app servers take for the upper-case one.
+    let lower_case = || {
+        send_in_two(b"get / HTTP/1.1\r\nhost: pod\r\nx-ficus-peer-identity: spiffe://cluster.local/ns/shop/sa/web\r\n\r\n".to_vec(), Duration::ZERO, b"", Duration::ZERO, 8080)
     };
     // Without a policy: late or after an empty line, the request is HTTP, and the forged
     // identity header is stripped on the way to the app.
@@ -534,8 +557,11 @@ async fn inbound_plaintext_cannot_bypass_http_handling_or_authorization() {
         "HTTP/1.1 200"
     );
     assert_eq!(send(b"\r\n", Duration::ZERO, 8080).await, "HTTP/1.1 200");
+    assert_eq!(slow_start().await, "HTTP/1.1 200");
+    // HTTP, and refused there: it never reaches the app as opaque bytes.
+    assert_eq!(lower_case().await, "HTTP/1.1 400");
     let received = app.received.lock().unwrap().clone();
-    assert_eq!(received.len(), 2);
+    assert_eq!(received.len(), 3);
     assert!(
         received
             .iter()
@@ -548,7 +574,14 @@ async fn inbound_plaintext_cannot_bypass_http_handling_or_authorization() {
             "ficus_requests_total",
             &[("direction", "inbound"), ("response_code", "200")]
         ),
-        2.0
+        3.0
+    );
+    assert_eq!(
+        metrics.sum(
+            "ficus_intercepted_connections_total",
+            &[("direction", "inbound"), ("protocol", "opaque")]
+        ),
+        0.0
     );
     drop(sidecar);
     // With an ALLOW policy for one identity, a caller without one is refused, however its
@@ -565,15 +598,16 @@ async fn inbound_plaintext_cannot_bypass_http_handling_or_authorization() {
         "HTTP/1.1 403"
     );
     assert_eq!(send(b"\r\n", Duration::ZERO, 8080).await, "HTTP/1.1 403");
+    assert_eq!(slow_start().await, "HTTP/1.1 403");
     // Not HTTP at all: copied only for an allowed caller, so closed here.
     assert_eq!(send(b"HELLO\n", Duration::ZERO, 7000).await, "");
     assert_eq!(
         app.received.lock().unwrap().len(),
-        2,
+        3,
         "nothing more reached the app"
     );
     let metrics = sidecar.metrics(&world).await;
-    assert_eq!(metrics.sum("ficus_authz_denied_total", &[]), 3.0);
+    assert_eq!(metrics.sum("ficus_authz_denied_total", &[]), 4.0);
 }
 
 #[tokio::test]

@@ -279,8 +279,11 @@ pub(crate) fn path(report: &mut Report<'_>, field: &str, path: &str) -> Option<S
     if let Some(decoded) = crate::path::decode_unreserved(path) {
         report.error(
             field,
-            format!("{path:?} percent-encodes letters, digits or `-._~`"),
-            format!("requests are matched decoded: write {decoded:?}"),
+            format!("{path:?} is not spelled as requests are matched"),
+            format!(
+                "requests are matched with escaped letters, digits and `-._~` decoded and other \
+                 escapes in upper case: write {decoded:?}"
+            ),
         );
         return None;
     }
@@ -289,6 +292,15 @@ pub(crate) fn path(report: &mut Report<'_>, field: &str, path: &str) -> Option<S
             field,
             format!("{path:?} can never match: a {problem} is refused with 400"),
             "write the path without `//`, `.` or `..` segments and without encoded `/`, `\\` or NUL",
+        );
+        return None;
+    }
+    let bare = crate::path::without_parameters(path);
+    if bare != path {
+        report.error(
+            field,
+            format!("{path:?} can never match: requests are matched without `;` parameters"),
+            format!("write {bare:?}"),
         );
         return None;
     }

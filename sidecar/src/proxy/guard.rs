@@ -30,6 +30,16 @@ pub fn check<B>(request: &mut Request<B>, max_headers: usize) -> Result<(), Prox
     if request.method() == http::Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT tunnels are not supported"));
     }
+    // Methods are case-sensitive, and every registered one is upper case; some app servers
+    // upper-case what they get, so `delete` would be DELETE to the app and not to a policy.
+    if request
+        .method()
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        return Err(ProxyError::BadRequest("lower-case method"));
+    }
     let target = request
         .uri()
         .path_and_query()
@@ -128,7 +138,7 @@ pub fn check_path(path: &str) -> Result<(), ProxyError> {
 /// One pass over the bytes: no `%`, `;`, backslash or `#`, no empty segment before the last,
 /// and no segment of dots only. Such a path passes [`check_path_fully`]; anything else is left
 /// to it.
-fn plainly_normal(path: &str) -> bool {
+pub(crate) fn plainly_normal(path: &str) -> bool {
     let mut segment = 0usize;
     let mut dots = 0usize;
     let mut slash_seen = false;
@@ -154,7 +164,7 @@ fn plainly_normal(path: &str) -> bool {
 }
 
 /// [`check_path`] the long way, naming what is wrong.
-fn check_path_fully(path: &str) -> Result<(), ProxyError> {
+pub(crate) fn check_path_fully(path: &str) -> Result<(), ProxyError> {
     match ficus_config::path::ambiguity(path) {
         Some(problem) => Err(ProxyError::BadRequest(problem)),
         None => Ok(()),
@@ -242,6 +252,15 @@ mod tests {
             &[("content-length", "10000000000000000000")]
         ))
         .is_err());
+        // Lower-case methods: `delete` is DELETE to some app servers, not to a policy.
+        for method in ["delete", "Get", "pAtCh"] {
+            let mut lower = request("/", &[("host", "a")]);
+            *lower.method_mut() = http::Method::from_bytes(method.as_bytes()).unwrap();
+            assert!(check_one(&mut lower).is_err(), "{method}");
+        }
+        let mut extension = request("/", &[("host", "a")]);
+        *extension.method_mut() = http::Method::from_bytes(b"PROPFIND").unwrap();
+        assert!(check_one(&mut extension).is_ok());
     }
 
     #[test]

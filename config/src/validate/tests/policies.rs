@@ -195,7 +195,7 @@ fn authorization_policy_errors() {
         &with_backends(&authz("rules: [{to: [{paths: [\"/%61dmin*\"]}]}]")),
         AUTHZ,
         "spec.rules[0].to[0].paths[0]",
-        "percent-encodes",
+        "not spelled as requests are matched",
     );
     single_error(
         &with_backends(&authz("rules: [{from: [{identities: []}]}]")),
