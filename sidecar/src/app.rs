@@ -268,8 +268,10 @@ pub fn run(args: Args) -> u8 {
             quiet: args.drain_quiet_period,
         },
     ));
+    // What is still open now is cut: requests dropped unanswered log (and count) `SD`.
+    drain::cut();
     runtime.shutdown_timeout(Duration::from_millis(200));
-    // Requests cut at the drain timeout log their `DC` lines as the runtime drops them: the
+    // Requests cut at the drain timeout log their `SD` lines as the runtime drops them: the
     // writer gets a moment to put them (and everything queued before) out before the process
     // ends.
     if let Some(log) = &exiting.snapshot.load().access_log {

@@ -33,6 +33,27 @@ use tokio::sync::watch;
 /// How often [`DrainSignal::outbound_quiet`] looks again while connections are open.
 const QUIET_POLL: Duration = Duration::from_millis(20);
 
+/// Whether the drain is over and the process is closing what is left (see [`cut`]).
+static CUT: AtomicBool = AtomicBool::new(false);
+
+/// Marks the end of the drain: the runtime is about to drop the connections still open. From
+/// here a request dropped before its response ended was cut by the sidecar, not left by its
+/// client.
+pub fn cut() {
+    CUT.store(true, Ordering::Release);
+}
+
+/// The flag of a request that ends unanswered or with its response unfinished: `SD` once the
+/// sidecar is closing what the drain left ([`cut`]), else `DC` (its client went away). Read
+/// only on that path, never per request.
+pub fn unfinished_flag() -> &'static str {
+    if CUT.load(Ordering::Acquire) {
+        crate::proxy::error::flags::SHUT_DOWN
+    } else {
+        crate::telemetry::metrics::DOWNSTREAM_CLOSED
+    }
+}
+
 /// How far draining has gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {

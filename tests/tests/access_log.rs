@@ -475,7 +475,7 @@ async fn both_sides_of_an_mtls_hop_log_the_peer_identity_and_one_trace() {
     assert_eq!(inbound["trace_id"], trace);
 }
 
-/// Requests the drain timeout cuts log their `DC` lines as the process stops: the lines are
+/// Requests the drain timeout cuts log their `SD` lines as the process stops: the lines are
 /// out before it has exited, although the log is a pipe read slowly (the writer is given a
 /// moment at exit, instead of being cut off mid-batch).
 #[tokio::test]
@@ -549,7 +549,7 @@ async fn requests_cut_at_the_drain_timeout_are_logged_before_exit() {
     let cut = text
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|line| line["response_flags"] == "DC" && line["path"] == "/hanging")
+        .filter(|line| line["response_flags"] == "SD" && line["path"] == "/hanging")
         .count();
     assert_eq!(
         cut,
@@ -575,7 +575,8 @@ fn logged_paths(file: &Path) -> Vec<String> {
 }
 
 /// A SIGTERM while requests are in flight: those that finish during the drain and those the
-/// drain timeout cuts (`DC`) all have their line in the file once the process has exited.
+/// drain timeout cuts (`SD`: the sidecar cut them, their clients were still there) all have
+/// their line in the file once the process has exited.
 #[tokio::test]
 async fn every_request_has_its_line_in_the_file_after_a_sigterm() {
     const FINISHING: usize = 40;
@@ -644,7 +645,8 @@ async fn every_request_has_its_line_in_the_file_after_a_sigterm() {
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["response_flags"].clone())
         .collect();
-    assert_eq!(flags.iter().filter(|f| *f == "DC").count(), CUT);
+    assert_eq!(flags.iter().filter(|f| *f == "SD").count(), CUT);
+    assert_eq!(flags.iter().filter(|f| *f == "DC").count(), 0);
     drop(clients);
     hanging.abort();
 }

@@ -33,8 +33,8 @@ pub mod flags {
     pub const DENIED: &str = "UAEX";
     /// No healthy upstream: outlier detection has every endpoint of the Backend ejected.
     pub const NO_HEALTHY_UPSTREAM: &str = "UH";
-    /// Shut down: the sidecar exited with the opaque TCP connection still open (the drain
-    /// timeout passed, or a signal ended the drain) and closed it.
+    /// Shut down: the sidecar exited with the request or opaque TCP connection still open
+    /// (the drain timeout passed, or a signal ended the drain) and closed it.
     pub const SHUT_DOWN: &str = "SD";
 }
 

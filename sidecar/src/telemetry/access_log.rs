@@ -487,7 +487,7 @@ impl HttpBody for CountedRequest {
 
 /// An HTTP request being logged, from its head to the end of its response body. Dropped
 /// before [`Pending::finish`] (the downstream went away while waiting), it logs status 0 with
-/// flag `DC`.
+/// flag `DC`, or `SD` when the sidecar cut it at the end of its drain.
 #[derive(Debug)]
 pub struct Pending {
     log: Arc<AccessLog>,
@@ -582,7 +582,7 @@ impl Drop for Pending {
         };
         entry.duration = self.started.elapsed();
         if entry.status == 0 {
-            entry.flags = "DC";
+            entry.flags = crate::drain::unfinished_flag();
             if let Some((service, backend)) = self.exchange.0.target.get() {
                 entry.service = Arc::clone(service);
                 entry.backend = Arc::clone(backend);

@@ -770,7 +770,8 @@ impl RequestMetrics {
                     .inc();
             }
             _ => {
-                // Status 0: the downstream went away before the response head (flag `DC`).
+                // Status 0: the downstream went away before the response head (flag `DC`), or
+                // the end of the drain cut it (`SD`).
                 let code = match status {
                     0 => std::borrow::Cow::Borrowed("0"),
                     _ => std::borrow::Cow::Owned(status.to_string()),
@@ -837,8 +838,9 @@ impl<'a> Recorder<'a> {
 impl Drop for Recorder<'_> {
     fn drop(&mut self) {
         if !self.recorded {
-            self.metrics
-                .record(0, DOWNSTREAM_CLOSED, self.started.elapsed());
+            // Its client went away (`DC`), or the drain was cut (`SD`).
+            let flag = crate::drain::unfinished_flag();
+            self.metrics.record(0, flag, self.started.elapsed());
         }
     }
 }

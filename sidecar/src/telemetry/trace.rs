@@ -412,8 +412,9 @@ impl Span {
         }
     }
 
-    /// Ends a span whose request was given up before its response (the client went away):
-    /// status 0 and flag `DC`, handed to the exporter like any other.
+    /// Ends a span whose request was given up before its response (the client went away, or
+    /// the drain was cut): status 0 and flag `DC` (or `SD`), handed to the exporter like any
+    /// other.
     fn abandon(self, sink: &SpanSink, elapsed: Duration) {
         if let State::On {
             record: Some(mut record),
@@ -421,7 +422,7 @@ impl Span {
         } = self.state
         {
             record.status = 0;
-            record.flags = crate::telemetry::metrics::DOWNSTREAM_CLOSED;
+            record.flags = crate::drain::unfinished_flag();
             record.duration = elapsed;
             sink.submit(*record);
         }
