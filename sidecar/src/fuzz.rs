@@ -129,6 +129,8 @@ fn percent_decode(bytes: &[u8]) -> Vec<u8> {
 
 /// How long one input may take; the connection is dropped after it (a stall is not a crash).
 const PER_INPUT: Duration = Duration::from_secs(2);
+/// How long an HTTP/2 connection may go on after the input before its client ends its side.
+const H2_END_WAIT: Duration = Duration::from_millis(100);
 /// How long a request's body is read before it is answered anyway.
 const BODY_WAIT: Duration = Duration::from_millis(50);
 
@@ -188,8 +190,17 @@ fn serve(data: &[u8], http2: bool) -> Vec<u8> {
             let _ = client.write_all(&input).await;
             if !http2 {
                 let _ = client.shutdown().await;
+                let _ = client.read_to_end(&mut answer).await;
+                return;
             }
-            let _ = client.read_to_end(&mut answer).await;
+            // An HTTP/2 input that ends inside a frame leaves h2 waiting for the rest (the
+            // GOAWAY above is read as part of it): the input ends once the server has not
+            // finished for a moment.
+            let ended = tokio::time::timeout(H2_END_WAIT, client.read_to_end(&mut answer)).await;
+            if ended.is_err() {
+                let _ = client.shutdown().await;
+                let _ = client.read_to_end(&mut answer).await;
+            }
         };
         let _ = tokio::time::timeout(PER_INPUT, async { tokio::join!(connection, peer) }).await;
         answer
