@@ -42,14 +42,9 @@ pub fn ambiguity(path: &str) -> Option<&'static str> {
     .peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
+        // (An encoded dot, `%2e`, was refused above: decoding would change it.)
         let bare = segment.split(';').next().unwrap_or_default();
-        let bare = if escaped {
-            let bare = bare.split("%3b").next().unwrap_or_default();
-            // Only a config's values still hold `%2e` here (a request's are decoded).
-            std::borrow::Cow::Owned(bare.replace("%2e", "."))
-        } else {
-            std::borrow::Cow::Borrowed(bare)
-        };
+        let bare = bare.split("%3b").next().unwrap_or_default();
         if bare == "." || bare == ".." || (bare.is_empty() && !last) {
             return Some("path with dot or empty segments");
         }

@@ -89,12 +89,24 @@ impl Authorizer {
     /// `GET` also covers `HEAD` (RFC 9110 §9.3.2: the same request without the response body,
     /// which servers answer with their GET handler).
     pub fn check(&self, peer: Option<&str>, method: &Method, path: &str) -> Decision {
-        let path = ficus_config::path::without_parameters(path);
-        let matches = |rule: &AuthzRule| rule_matches(rule, peer, method.as_str(), &path);
-        if self.deny.iter().any(matches) {
+        let bare = ficus_config::path::without_parameters(path);
+        let method = method.as_str();
+        let denied = |path: &str| {
+            self.deny
+                .iter()
+                .any(|rule| rule_matches(rule, peer, method, path))
+        };
+        // A DENY holds on the path as sent or without its parameters (a pattern such as
+        // `/admin%*` names the one, `/admin` the other); an ALLOW only on the path without.
+        if denied(path) || (bare != path && denied(&bare)) {
             return Decision::Deny;
         }
-        if self.has_allow_policy && !self.allow.iter().any(matches) {
+        if self.has_allow_policy
+            && !self
+                .allow
+                .iter()
+                .any(|rule| rule_matches(rule, peer, method, &bare))
+        {
             return Decision::Deny;
         }
         Decision::Allow
@@ -198,6 +210,27 @@ mod tests {
             );
         }
         assert_eq!(deny.check(None, &Method::GET, "/admin/x"), Decision::Allow);
+        // A pattern that names the parameter as sent still denies it.
+        let sent = Authorizer {
+            allow: vec![],
+            deny: vec![rule(&[], &[], &["/admin%*"])],
+            has_allow_policy: false,
+        };
+        assert_eq!(sent.check(None, &Method::GET, "/admin%3Bx"), Decision::Deny);
+        // An ALLOW is matched without the parameters: `/public;x` is `/public`.
+        let allow = Authorizer {
+            allow: vec![rule(&[], &[], &["/public"])],
+            deny: vec![],
+            has_allow_policy: true,
+        };
+        assert_eq!(
+            allow.check(None, &Method::GET, "/public;x"),
+            Decision::Allow
+        );
+        assert_eq!(
+            allow.check(None, &Method::GET, "/admin;/public"),
+            Decision::Deny
+        );
         assert_eq!(deny.check(None, &Method::POST, "/admin"), Decision::Allow);
         // HEAD names only itself.
         let head = Authorizer {

@@ -38,7 +38,8 @@ static CUT: AtomicBool = AtomicBool::new(false);
 
 /// Marks the end of the drain: the runtime is about to drop the connections still open. From
 /// here a request dropped before its response ended was cut by the sidecar, not left by its
-/// client.
+/// client. (With `--workers` above 1 the workers run on for the runtime's shutdown, at most
+/// 200 ms: a client that leaves in that moment is counted `SD` too.)
 pub fn cut() {
     CUT.store(true, Ordering::Release);
 }

@@ -489,8 +489,9 @@ pub async fn serve(
     }
     // Inbound, a client whose first bytes could still start an HTTP request at the detection
     // timeout gets an HTTP server's time for its header block (`headerReadTimeout`); still
-    // undecided then, it is closed as an HTTP server would close it.
-    if strict && sniffed.is_none() && !read.is_empty() {
+    // undecided then, it is closed as an HTTP server would close it. (Under STRICT plaintext
+    // is refused below whatever it is.)
+    if strict && !mtls_only && sniffed.is_none() && !read.is_empty() {
         let header_wait = shared.snapshot.load().limits.header_read_timeout;
         match sniff(&mut stream, read, header_wait, true).await {
             Some((Some(late), bytes)) => (sniffed, read) = (Some(late), bytes),

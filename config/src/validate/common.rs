@@ -276,7 +276,11 @@ pub(crate) fn path(report: &mut Report<'_>, field: &str, path: &str) -> Option<S
         report.error(field, format!("{path:?} is not a valid path"), hint);
         return None;
     }
-    if let Some(decoded) = crate::path::decode_unreserved(path) {
+    if let Some(mut decoded) = crate::path::decode_unreserved(path) {
+        // Encoded twice (`%%36%31`): the spelling a request would finally have.
+        while let Some(again) = crate::path::decode_unreserved(&decoded) {
+            decoded = again;
+        }
         report.error(
             field,
             format!("{path:?} is not spelled as requests are matched"),
@@ -295,16 +299,23 @@ pub(crate) fn path(report: &mut Report<'_>, field: &str, path: &str) -> Option<S
         );
         return None;
     }
-    let bare = crate::path::without_parameters(path);
-    if bare != path {
+    Some(path.to_owned())
+}
+
+/// A path that requests are matched against (a route's match, a policy's path): a [`path`]
+/// without `;` parameters, which requests are matched without.
+pub(crate) fn matched_path(report: &mut Report<'_>, field: &str, value: &str) -> Option<String> {
+    let value = path(report, field, value)?;
+    let bare = crate::path::without_parameters(&value);
+    if bare != value {
         report.error(
             field,
-            format!("{path:?} can never match: requests are matched without `;` parameters"),
+            format!("{value:?} can never match: requests are matched without `;` parameters"),
             format!("write {bare:?}"),
         );
         return None;
     }
-    Some(path.to_owned())
+    Some(value)
 }
 
 /// A regex that must match a whole value: compiled as `^(?:pattern)$` with a size cap.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use super::common::{at_most, header_name, header_value, method, path, whole_match_regex};
+use super::common::{at_most, header_name, header_value, matched_path, method, whole_match_regex};
 use super::{all, optional, Report};
 use crate::model::{HeaderMatch, PathMatch, QueryParamMatch, RouteMatch, StringMatch};
 use crate::raw::{self, PathMatchType, StringMatchType};
@@ -141,9 +141,9 @@ fn path_match(
     let value = path_match.value.as_deref().unwrap_or("/");
     let value_field = format!("{field}.value");
     match path_match.match_type {
-        PathMatchType::Exact => path(report, &value_field, value).map(PathMatch::Exact),
+        PathMatchType::Exact => matched_path(report, &value_field, value).map(PathMatch::Exact),
         PathMatchType::PathPrefix => {
-            let prefix = path(report, &value_field, value)?;
+            let prefix = matched_path(report, &value_field, value)?;
             // `/api/` and `/api` select the same segment prefix; the model keeps one spelling.
             let trimmed = prefix.trim_end_matches('/');
             let normalized = if trimmed.is_empty() { "/" } else { trimmed };

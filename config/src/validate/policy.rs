@@ -380,7 +380,7 @@ fn authz_rule(report: &mut Report<'_>, field: &str, rule: &raw::AuthzRule) -> Op
                 .enumerate()
                 .map(|(j, path)| {
                     let path_field = format!("{to_field}.paths[{j}]");
-                    wildcard(report, &path_field, path, "/*", super::common::path)
+                    wildcard(report, &path_field, path, "/*", super::common::matched_path)
                 })
                 .collect();
             Some(AuthzTo {

@@ -147,7 +147,7 @@ pub fn modify_path(modifier: &PathModifier, path: &str, prefix: Option<&str>) ->
         PathModifier::ReplaceFullPath(full) => full.clone(),
         PathModifier::ReplacePrefixMatch(replacement) => {
             let rest = match prefix {
-                Some(p) if p != "/" => path.strip_prefix(p).unwrap_or(path),
+                Some(p) if p != "/" => after_prefix(path, p),
                 // Prefix `/`: the whole path follows the replacement.
                 _ => path,
             };
@@ -162,6 +162,25 @@ pub fn modify_path(modifier: &PathModifier, path: &str, prefix: Option<&str>) ->
             }
         }
     }
+}
+
+/// What follows the matched `prefix` in `path`: the rest after it, or, when the route matched
+/// `path` without its `;` parameters (`/api;v=1/x` for prefix `/api`), the rest after as many
+/// segments as the prefix has (their parameters go with the replaced prefix).
+fn after_prefix<'p>(path: &'p str, prefix: &str) -> &'p str {
+    if let Some(rest) = path.strip_prefix(prefix) {
+        if rest.is_empty() || rest.starts_with('/') {
+            return rest;
+        }
+    }
+    let mut rest = path;
+    for _ in 0..prefix.trim_end_matches('/').matches('/').count() {
+        rest = match rest.get(1..).and_then(|tail| tail.find('/')) {
+            Some(at) => &rest[at + 1..],
+            None => "",
+        };
+    }
+    rest
 }
 
 #[cfg(test)]
@@ -183,6 +202,12 @@ mod tests {
         assert_eq!(prefix("/", "/foo", "/foo/x"), "/x");
         assert_eq!(prefix("/", "/foo", "/foo"), "/");
         assert_eq!(prefix("/v2/", "/", "/x"), "/v2/x");
+        // Matched without `;` parameters: the prefix's segments are replaced, parameters and
+        // all, and no empty segment is left.
+        assert_eq!(prefix("/", "/api", "/api;x/admin"), "/admin");
+        assert_eq!(prefix("/new", "/api/v1", "/api;x/v1/u"), "/new/u");
+        assert_eq!(prefix("/new", "/api/v1", "/api/v1;y"), "/new");
+        assert_eq!(prefix("/new", "/api", "/api;x"), "/new");
     }
 
     #[test]

@@ -472,6 +472,13 @@ fn replace_prefix_match_may_be_empty() {
         "spec.rules[0].filters[0].urlRewrite.path.replaceFullPath",
         "not a valid path",
     );
+    // A written path may carry `;` parameters: it is sent, not matched.
+    let rule = first_rule(&to_monolith(
+        "filters: [{type: URLRewrite, \
+         urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: \"/v2;jsessionid=1\"}}}]",
+    ));
+    assert!(matches!(&rule.filters[0], Filter::UrlRewrite(r)
+        if matches!(&r.path, Some(PathModifier::ReplaceFullPath(p)) if p == "/v2;jsessionid=1")));
 }
 
 #[test]
