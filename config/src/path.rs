@@ -18,12 +18,10 @@
 pub fn ambiguity(path: &str) -> Option<&'static str> {
     // Without a `%` nothing is encoded: no lowercased copies on the common path.
     let escaped = path.contains('%');
-    let lower = if escaped {
-        path.to_ascii_lowercase()
-    } else {
-        String::new()
+    let encoded = escaped && {
+        let lower = path.to_ascii_lowercase();
+        ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e))
     };
-    let encoded = escaped && ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e));
     if encoded || path.contains('\\') || path.contains('#') {
         return Some("path with an encoded separator, backslash, NUL or #");
     }
@@ -33,18 +31,11 @@ pub fn ambiguity(path: &str) -> Option<&'static str> {
     // A segment's `;` parameters (also an encoded `;`, which the app decodes) are dropped by
     // some servers before they resolve dot segments: Tomcat reads `/a/..;/b` as `/b`, and
     // `/;/b` as `//b`.
-    let mut segments = if escaped {
-        lower.split('/')
-    } else {
-        path.split('/')
-    }
-    .skip(1)
-    .peekable();
+    let mut segments = path.split('/').skip(1).peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
         // (An encoded dot, `%2e`, was refused above: decoding would change it.)
-        let bare = segment.split(';').next().unwrap_or_default();
-        let bare = bare.split("%3b").next().unwrap_or_default();
+        let bare = without_segment_parameters(segment);
         if bare == "." || bare == ".." || (bare.is_empty() && !last) {
             return Some("path with dot or empty segments");
         }
@@ -65,11 +56,16 @@ pub fn without_parameters(path: &str) -> std::borrow::Cow<'_, str> {
         if i > 0 {
             out.push('/');
         }
-        let end = segment.find(';').unwrap_or(segment.len());
-        let end = encoded_semicolon(segment).map_or(end, |at| at.min(end));
-        out.push_str(&segment[..end]);
+        out.push_str(without_segment_parameters(segment));
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// One segment without its `;` parameters (from its first `;` or `%3B` on).
+fn without_segment_parameters(segment: &str) -> &str {
+    let end = segment.find(';').unwrap_or(segment.len());
+    let end = encoded_semicolon(segment).map_or(end, |at| at.min(end));
+    &segment[..end]
 }
 
 /// Where the first `%3B` (either case) in `text` starts.

@@ -98,7 +98,8 @@ impl Authorizer {
         };
         // A DENY holds on the path as sent or without its parameters (a pattern such as
         // `/admin%*` names the one, `/admin` the other); an ALLOW only on the path without.
-        if denied(path) || (bare != path && denied(&bare)) {
+        let stripped = matches!(bare, std::borrow::Cow::Owned(_));
+        if denied(path) || (stripped && denied(&bare)) {
             return Decision::Deny;
         }
         if self.has_allow_policy

@@ -44,7 +44,7 @@ pub fn cut() {
     CUT.store(true, Ordering::Release);
 }
 
-/// The flag of a request that ends unanswered or with its response unfinished: `SD` once the
+/// The flag of a request that ends unanswered: `SD` once the
 /// sidecar is closing what the drain left ([`cut`]), else `DC` (its client went away). Read
 /// only on that path, never per request.
 pub fn unfinished_flag() -> &'static str {
