@@ -60,6 +60,8 @@ pin_project! {
         sleep: Option<Sleep>,
         timeout: Duration,
         waiting: bool,
+        // Removes the mesh's own fields from trailers (a request body going to the app).
+        strip_mesh_trailers: bool,
     }
 }
 
@@ -71,6 +73,7 @@ impl<B> IdleTimeout<B> {
             sleep: None,
             timeout,
             waiting: false,
+            strip_mesh_trailers: false,
         }
     }
 }
@@ -90,7 +93,17 @@ where
         let mut this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             *this.waiting = false;
-            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+            let mut frame = frame.map(|f| f.map_err(Into::into));
+            if *this.strip_mesh_trailers {
+                if let Some(trailers) = frame
+                    .as_mut()
+                    .and_then(|f| f.as_mut().ok())
+                    .and_then(Frame::trailers_mut)
+                {
+                    crate::proxy::headers::remove_mesh_fields(trailers);
+                }
+            }
+            return Poll::Ready(frame);
         }
         if !*this.waiting {
             *this.waiting = true;
@@ -147,6 +160,24 @@ where
     }
 }
 
+/// [`with_idle_timeout`] for a request body going to the app: its trailers lose the fields
+/// only sidecars may set, as its head did in
+/// [`prepare`](crate::proxy::forward::prepare) (an app must not find a forged
+/// `x-ficus-peer-identity` there either).
+pub fn request_to_app<B>(body: B, timeout: Duration) -> Body
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if body.is_end_stream() {
+        empty()
+    } else {
+        let mut body = IdleTimeout::new(body, timeout);
+        body.strip_mesh_trailers = true;
+        body.boxed_unsync()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use http_body_util::StreamBody;
@@ -170,6 +201,31 @@ mod tests {
                 Duration::from_secs(5),
             )),
         )
+    }
+
+    #[tokio::test]
+    async fn request_trailers_to_the_app_lose_the_mesh_fields() {
+        let trailers = || {
+            let mut t = http::HeaderMap::new();
+            t.insert("x-ficus-peer-identity", "spiffe://forged".parse().unwrap());
+            t.insert("x-forwarded-client-cert", "By=x".parse().unwrap());
+            t.insert("grpc-status", "0".parse().unwrap());
+            t
+        };
+        let frames = || {
+            futures_util::stream::iter([
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"x"))),
+                Ok(Frame::trailers(trailers())),
+            ])
+        };
+        let to_app = request_to_app(StreamBody::new(frames()), Duration::from_secs(5));
+        let seen = to_app.collect().await.unwrap().trailers().cloned().unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen["grpc-status"], "0");
+        // Any other body keeps its trailers as they are.
+        let other = with_idle_timeout(StreamBody::new(frames()), Duration::from_secs(5));
+        let seen = other.collect().await.unwrap().trailers().cloned().unwrap();
+        assert_eq!(seen, trailers());
     }
 
     #[tokio::test(start_paused = true)]

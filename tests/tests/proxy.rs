@@ -477,6 +477,60 @@ async fn inbound_forwards_to_the_app() {
     );
 }
 
+/// The mesh's own fields are removed from a request's trailers as from its head: the app must
+/// not find a forged `x-ficus-peer-identity` there either. The app (`/echo`) streams the
+/// request body back with its trailers, so the response's trailers are what it was given.
+#[tokio::test]
+async fn inbound_request_trailers_lose_the_mesh_fields() {
+    use http_body_util::BodyExt;
+    let app = Upstream::start("app").await;
+    let options = ficus_tests::process::SidecarOptions {
+        app: Some(app.addr),
+        ..Default::default()
+    };
+    let sidecar = Sidecar::start_with(&backend("unused", "http", app.addr), options).await;
+    let stream = tokio::net::TcpStream::connect(sidecar.inbound)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-ficus-peer-identity", "spiffe://forged".parse().unwrap());
+    trailers.insert(
+        "x-forwarded-client-cert",
+        "By=spiffe://forged".parse().unwrap(),
+    );
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    let body = Full::new(Bytes::from_static(b"payload"))
+        .with_trailers(async move { Some(Ok(trailers)) })
+        .boxed_unsync();
+    let request = Request::post("http://client.shop/echo")
+        .version(http::Version::HTTP_2)
+        .body(body)
+        .unwrap();
+    let exchange = async {
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap()
+    };
+    let echoed = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("the echo within 10 s");
+    let seen = echoed
+        .trailers()
+        .cloned()
+        .expect("the app got the trailers");
+    assert_eq!(echoed.to_bytes(), "payload");
+    assert_eq!(seen["x-checksum"], "abc", "other trailers pass: {seen:?}");
+    assert!(!seen.contains_key("x-ficus-peer-identity"), "{seen:?}");
+    assert!(!seen.contains_key("x-forwarded-client-cert"), "{seen:?}");
+}
+
 /// A raw HTTP/1.1 upstream that answers every request `200 ok` and hands over the bytes of
 /// each request it read (head, and a chunked body through its last chunk or a
 /// `content-length` one), so a test sees the request exactly as it went on the wire.

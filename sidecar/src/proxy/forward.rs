@@ -15,10 +15,9 @@ use hyper_util::rt::TokioIo;
 use super::error::ProxyError;
 use super::headers::{
     append_forwarded, ensure_request_id, join_cookies, present, remove_hop_by_hop,
-    strip_hop_by_hop, upgrade_protocol, X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY,
-    X_FORWARDED_CLIENT_CERT,
+    remove_mesh_fields, strip_hop_by_hop, upgrade_protocol,
 };
-use super::mesh_timeout::{self, X_FICUS_TIMEOUT_MS};
+use super::mesh_timeout;
 use crate::body::{Body, BodyIdle};
 use crate::deadline::TimerSlot;
 use crate::tunnel::copy_with_idle_timeout;
@@ -75,10 +74,7 @@ pub fn prepare<B: http_body::Body>(
         remove_hop_by_hop(&mut parts.headers, upgrade.as_ref(), http2);
     }
     if present.ficus {
-        parts.headers.remove(X_FICUS_PEER_IDENTITY);
-        parts.headers.remove(X_FICUS_ORIG_PROTO);
-        parts.headers.remove(X_FORWARDED_CLIENT_CERT);
-        parts.headers.remove(X_FICUS_TIMEOUT_MS);
+        remove_mesh_fields(&mut parts.headers);
     }
     if !http2 {
         if parts.version == http::Version::HTTP_2 {

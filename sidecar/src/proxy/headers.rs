@@ -83,6 +83,17 @@ pub fn present(headers: &HeaderMap) -> Present {
     present
 }
 
+/// Removes the fields only sidecars may set (`x-ficus-peer-identity`, `x-ficus-orig-proto`,
+/// `x-ficus-timeout-ms`) and `x-forwarded-client-cert` (nobody may): from a forwarded
+/// request's head, and from its trailers, so that an app reading either sees only what its
+/// own sidecar wrote.
+pub fn remove_mesh_fields(headers: &mut HeaderMap) {
+    headers.remove(X_FICUS_PEER_IDENTITY);
+    headers.remove(X_FICUS_ORIG_PROTO);
+    headers.remove(X_FORWARDED_CLIENT_CERT);
+    headers.remove(super::mesh_timeout::X_FICUS_TIMEOUT_MS);
+}
+
 /// [`strip_hop_by_hop`] without first looking whether there is anything to remove.
 pub fn remove_hop_by_hop(
     headers: &mut HeaderMap,

@@ -13,7 +13,7 @@ use super::forward::{forward, path_and_query, prepare, upstream_uri, Authority};
 use super::headers::{overwrite_forwarded_proto, X_FICUS_ORIG_PROTO, X_FICUS_PEER_IDENTITY};
 use super::mesh_timeout;
 use crate::authz::Decision;
-use crate::body::{with_idle_timeout, Body};
+use crate::body::Body;
 use crate::deadline::TimerSlot;
 use crate::policy::rate_limit;
 use crate::state::Shared;
@@ -164,7 +164,7 @@ pub fn handle<'a>(
                     None => &inbound.http1,
                 };
                 let idle = crate::body::request_idle(limits, parts.version, &parts.headers);
-                let body = with_idle_timeout(incoming, idle);
+                let body = crate::body::request_to_app(incoming, idle);
                 let body = access_log::count_received(&parts.extensions, body);
                 access_log::note_upstream(&parts.extensions, pool.address(), &inbound.metrics);
                 let request = Request::from_parts(parts, body);
