@@ -260,6 +260,20 @@ async fn history_diff_and_rollback_round_trip() {
         "no changes (version 1)"
     );
     assert_eq!(history(&control).await.len(), 1, "diff stores nothing");
+    // `--exit-code`: 1 for changes (the diff printed, no error line), 0 for none, and a
+    // failure above 1.
+    let changes = control.ctl(&["diff", "--exit-code", "-f", &v2]).await;
+    assert_eq!(changes.code, 1, "{changes:?}");
+    assert!(changes.stdout.contains("+  - address: 127.0.0.1:9002"));
+    assert!(!changes.stderr.contains("error"), "{}", changes.stderr);
+    let none = control.ctl(&["diff", "--exit-code", "-f", &v1]).await;
+    assert_eq!(none.code, 0, "{none:?}");
+    let broken = write(files.path(), "broken.yaml", "kind: Nonsense\n");
+    let failed = control.ctl(&["diff", "--exit-code", "-f", &broken]).await;
+    assert_eq!(failed.code, 4, "{failed:?}");
+    assert!(failed.stderr.contains("error:"), "{}", failed.stderr);
+    let plain = control.ctl(&["diff", "-f", &broken]).await;
+    assert_eq!(plain.code, 1, "{plain:?}");
 
     ok(&control.ctl(&["apply", "-f", &v2]).await);
     let rows = history(&control).await;

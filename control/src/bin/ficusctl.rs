@@ -108,6 +108,10 @@ enum Command {
         /// A YAML file, a directory of *.yaml / *.yml files, or `-` for stdin.
         #[arg(short = 'f', long = "filename", env = "FICUS_FILENAME")]
         file: PathBuf,
+        /// Exit 1 when `apply` would change something and 0 when not, as `kubectl diff` and
+        /// `git diff --exit-code` do; a failure then exits 2 or more (4 where it would be 1).
+        #[arg(long, env = "FICUS_EXIT_CODE")]
+        exit_code: bool,
     },
     /// List versions, newest first: number, time, author, documents, summary.
     History {
@@ -201,6 +205,11 @@ pub enum CtlError {
         /// Problems with the config, one per entry, as the server wrote them.
         diagnostics: Vec<String>,
     },
+    /// `diff --exit-code` found changes (exit 1; the diff is the output, nothing else is
+    /// printed).
+    Differs,
+    /// A failure of `diff --exit-code`, where exit 1 means changes: `Failed` exits 4.
+    DiffFailed(Box<CtlError>),
 }
 
 impl CtlError {
@@ -213,9 +222,21 @@ impl CtlError {
 
     fn exit_code(&self) -> u8 {
         match self {
-            Self::Failed { .. } => 1,
+            Self::Failed { .. } | Self::Differs => 1,
             Self::Usage(_) => 2,
             Self::Unreachable(_) => 3,
+            Self::DiffFailed(inner) => match inner.exit_code() {
+                1 => 4,
+                code => code,
+            },
+        }
+    }
+
+    fn diagnostics(&self) -> &[String] {
+        match self {
+            Self::Failed { diagnostics, .. } => diagnostics,
+            Self::DiffFailed(inner) => inner.diagnostics(),
+            _ => &[],
         }
     }
 }
@@ -225,6 +246,8 @@ impl fmt::Display for CtlError {
         match self {
             Self::Usage(message) | Self::Unreachable(message) => f.write_str(message),
             Self::Failed { message, .. } => f.write_str(message),
+            Self::Differs => f.write_str("apply would change the config"),
+            Self::DiffFailed(inner) => inner.fmt(f),
         }
     }
 }
@@ -249,11 +272,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CtlError::Differs) => ExitCode::from(CtlError::Differs.exit_code()),
         Err(error) => {
-            if let CtlError::Failed { diagnostics, .. } = &error {
-                for diagnostic in diagnostics {
-                    eprintln!("{diagnostic}");
-                }
+            for diagnostic in error.diagnostics() {
+                eprintln!("{diagnostic}");
             }
             eprintln!("error: {error}");
             ExitCode::from(error.exit_code())
@@ -316,7 +338,12 @@ async fn run(args: Args) -> Result<(), CtlError> {
             namespace,
             wait,
         } => commands::delete(&client, &kind, &name, namespace, wait).await,
-        Command::Diff { file } => commands::diff(&client, &file).await,
+        Command::Diff { file, exit_code } => match commands::diff(&client, &file).await {
+            Ok(true) if exit_code => Err(CtlError::Differs),
+            Ok(_) => Ok(()),
+            Err(error) if exit_code => Err(CtlError::DiffFailed(Box::new(error))),
+            Err(error) => Err(error),
+        },
         Command::History { limit, all } => {
             let limit = if all { None } else { Some(limit) };
             commands::history(&client, limit).await

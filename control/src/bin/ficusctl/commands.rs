@@ -135,8 +135,8 @@ pub fn validate(file: &Path) -> Result<(), CtlError> {
     Ok(())
 }
 
-/// `diff`.
-pub async fn diff(client: &Client, file: &Path) -> Result<(), CtlError> {
+/// `diff`: whether `apply` would change something.
+pub async fn diff(client: &Client, file: &Path) -> Result<bool, CtlError> {
     let sources = input::read_sources(file.to_owned()).await?;
     let answer: DiffAnswer = client
         .call(
@@ -145,13 +145,14 @@ pub async fn diff(client: &Client, file: &Path) -> Result<(), CtlError> {
             Some(serde_json::json!({"sources": sources})),
         )
         .await?;
-    if answer.changes.iter().all(|c| c.change == "unchanged") {
-        println!("no changes (version {})", answer.version);
-    } else {
+    let changes = answer.changes.iter().any(|c| c.change != "unchanged");
+    if changes {
         print!("{}", answer.text);
+    } else {
+        println!("no changes (version {})", answer.version);
     }
     print_warnings(&answer.warnings);
-    Ok(())
+    Ok(changes)
 }
 
 /// `get`.
