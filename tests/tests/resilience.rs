@@ -1096,6 +1096,90 @@ async fn every_mirror_of_a_rule_gets_its_copies() {
     assert_eq!(sent, 20.0);
 }
 
+/// A streamed request body is copied to the mirror as it passes to the main upstream: a POST
+/// on a rule without retries, a chunked one, and one that a retry policy does not replay
+/// (POST) all reach the shadow whole; one past the copy limit (64 KiB) reaches only the main
+/// upstream, and its copy is counted as dropped.
+#[tokio::test]
+async fn streamed_bodies_are_mirrored_up_to_the_copy_limit() {
+    let main = Scripted::start(instant_ok).await;
+    let shadow = Scripted::start(instant_ok).await;
+    let mirror = "filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow}}}]";
+    let config = format!(
+        "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: shadow, namespace: shop}}\n\
+         spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
+         spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  \
+         - matches: [{{path: {{type: PathPrefix, value: /retried}}}}]\n    backendRefs: [{{name: api}}]\n    \
+         retry: {{attempts: 2, codes: [503], backoff: 1ms}}\n    {mirror}\n  \
+         - backendRefs: [{{name: api}}]\n    {mirror}\n",
+        main.addr, shadow.addr
+    );
+    let sidecar = Sidecar::start(&config).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    assert_eq!(
+        client
+            .send(request("POST", "order 1"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let retried = Request::post("/retried")
+        .header("host", "api.shop")
+        .body(Full::new(Bytes::from("order 2")))
+        .unwrap();
+    assert_eq!(client.send(retried).await.unwrap().status, 200);
+    let chunked = b"POST /work HTTP/1.1\r\nhost: api.shop\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+        5\r\norder\r\n2\r\n 3\r\n0\r\n\r\n";
+    let answer =
+        ficus_tests::client::raw_exchange(sidecar.outbound, chunked, Duration::from_secs(5)).await;
+    assert_eq!(answer.status(), Some(200), "{:?}", answer);
+    let large = vec![b'x'; 100 * 1024];
+    assert_eq!(
+        client
+            .send(request("POST", large.clone()))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(main.count(), 4);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let result = |metrics: &ficus_tests::client::Metrics, r| {
+        metrics.sum("ficus_mirror_requests_total", &[("result", r)])
+    };
+    loop {
+        let metrics = sidecar.metrics().await;
+        if result(&metrics, "sent") + result(&metrics, "dropped") >= 4.0 {
+            assert_eq!(result(&metrics, "sent"), 3.0);
+            assert_eq!(result(&metrics, "dropped"), 1.0);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "copies not settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while shadow.count() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} copies",
+            shadow.count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut copies = shadow.bodies.lock().unwrap().clone();
+    copies.sort();
+    assert_eq!(copies, ["order 1", "order 2", "order 3"]);
+    assert_eq!(shadow.count(), 3);
+    let bodies = main.bodies.lock().unwrap().clone();
+    assert!(
+        bodies.iter().any(|b| b.len() == large.len()),
+        "the main upstream got all of it"
+    );
+}
+
 #[tokio::test]
 async fn a_hanging_upstream_times_out_without_leaks_or_harm_to_other_routes() {
     let hanging = Scripted::start(hang).await;

@@ -6,34 +6,142 @@
 //! never queued; the semaphore is carried across config swaps, so a swap grants no fresh
 //! room), and each copy is bounded by the per-try timeout (by the Mesh's
 //! `upstreamResponseTimeout` when the rule sets no limit: a copy never waits without one, or
-//! copies to a hung mirror would hold every slot for good). Only requests whose body is
-//! already in memory are copied: requests without a body, and bodies buffered for retries.
-//! Streamed bodies are not mirrored (copying them would tie the main request to the mirror),
-//! nor are protocol switches (the shadow would accept a handshake that is then dropped).
+//! copies to a hung mirror would hold every slot for good). A body already in memory (buffered
+//! for retries) is copied at once. A streamed body is copied as it passes to the main upstream
+//! ([`Copies::wrap`]: its data copied out, up to [`COPY_LIMIT`] bytes), and the copy
+//! is sent when the main request's body has ended; one that grows past the limit, carries
+//! trailers, fails, or does not end within the copy's timeout is dropped and counted. The
+//! main request never waits for the mirror. Protocol switches are not mirrored (the shadow
+//! would accept a handshake that is then dropped).
 //!
 //! The copy is prepared for its own Backend: `x-ficus-orig-proto` (the far sidecar speaks
 //! HTTP/1.1 to its app) is set when its endpoint is a peer sidecar (mTLS) and the mirror
 //! Backend's protocol is `http`, and removed otherwise, whatever the main Backend needed.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ficus_config::ProxyLimits;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::Request;
-use tokio::sync::Semaphore;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::{oneshot, Semaphore};
 
 use super::forward::{forward, path_and_query, upstream_uri};
 use super::headers::X_FICUS_ORIG_PROTO;
-use crate::body;
+use crate::body::{self, Body, BoxError};
 use crate::deadline::UNBOUNDED;
 use crate::snapshot::BackendTarget;
 use crate::telemetry::metrics::Metrics;
 
 /// Copies in flight per mirror Backend before further copies are dropped.
 pub const MAX_IN_FLIGHT: usize = 64;
+
+/// The largest streamed body copied to a mirror (the retry buffer's size): with
+/// [`MAX_IN_FLIGHT`] copies per mirror Backend, at most 4 MiB held per mirror.
+pub const COPY_LIMIT: u64 = crate::policy::retry::RETRY_BUFFER;
+
+/// The body of a copy.
+#[derive(Debug)]
+pub enum CopyBody {
+    /// In memory already (none, or buffered for retries).
+    Ready(Bytes),
+    /// Still streaming to the main upstream: sent by [`Copies::wrap`]'s body at its end,
+    /// never if the copy was given up.
+    Later(oneshot::Receiver<Bytes>),
+}
+
+/// Where a streamed request body's copies go, one per drawn mirror (see [`Copies::wrap`]).
+#[derive(Debug, Default)]
+pub struct Copies(Vec<oneshot::Sender<Bytes>>);
+
+impl Copies {
+    /// A place for one more copy; the mirror's task waits on the receiver.
+    pub fn add(&mut self) -> CopyBody {
+        let (tx, rx) = oneshot::channel();
+        self.0.push(tx);
+        CopyBody::Later(rx)
+    }
+
+    /// `body`, keeping what passes for the copies (unchanged when there are none).
+    pub fn wrap(self, body: Body) -> Body {
+        if self.0.is_empty() {
+            return body;
+        }
+        body::boxed(Tee {
+            inner: body,
+            kept: BytesMut::new(),
+            copies: self.0,
+        })
+    }
+}
+
+/// A body that copies its data for the mirrors and hands them the whole body at its end.
+/// Dropping the senders gives a copy up. The data is copied, not shared: a frame's `Bytes`
+/// would pin the whole read buffer it was cut from, far more than its length.
+struct Tee {
+    inner: Body,
+    kept: BytesMut,
+    copies: Vec<oneshot::Sender<Bytes>>,
+}
+
+impl Tee {
+    fn give_up(&mut self) {
+        self.copies.clear();
+        self.kept = BytesMut::new();
+    }
+
+    fn finish(&mut self) {
+        let whole = std::mem::take(&mut self.kept).freeze();
+        for copy in self.copies.drain(..) {
+            let _ = copy.send(whole.clone());
+        }
+    }
+}
+
+impl HttpBody for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if this.copies.is_empty() {
+            return polled;
+        }
+        match &polled {
+            Poll::Pending => {}
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                Some(data) if (this.kept.len() + data.len()) as u64 <= COPY_LIMIT => {
+                    this.kept.extend_from_slice(data);
+                    if this.inner.is_end_stream() {
+                        this.finish();
+                    }
+                }
+                // Too big, or trailers (a copy would not carry them).
+                _ => this.give_up(),
+            },
+            Poll::Ready(Some(Err(_))) => this.give_up(),
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// A rule's mirror.
 #[derive(Debug)]
@@ -61,11 +169,12 @@ impl Mirror {
     }
 
     /// Sends a copy of the request (head `parts` as prepared for the main upstream, `body`)
-    /// to the mirror Backend in the background; `host` is the authority the caller used.
+    /// to the mirror Backend in the background; `host` is the authority the caller used. A
+    /// body still to come is waited for at most the copy's timeout.
     pub fn spawn(
         &self,
         parts: &Parts,
-        body: Bytes,
+        body: CopyBody,
         host: &str,
         timeout: Duration,
         limits: &ProxyLimits,
@@ -86,12 +195,7 @@ impl Mirror {
             metrics.mirror_dropped.inc();
             return;
         };
-        let body = if body.is_empty() {
-            body::empty()
-        } else {
-            body::full(body)
-        };
-        let mut request = Request::new(body);
+        let mut request = Request::new(body::empty());
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = parts.headers.clone();
@@ -108,15 +212,38 @@ impl Mirror {
         } else if let Ok(value) = HeaderValue::from_str(&shadow) {
             request.headers_mut().insert(header::HOST, value);
         }
-        metrics.mirror_sent.inc();
         let timeout = if timeout == UNBOUNDED {
             limits.upstream_response_timeout
         } else {
             timeout
         };
+        let body = match body {
+            CopyBody::Ready(body) => {
+                metrics.mirror_sent.inc();
+                if !body.is_empty() {
+                    *request.body_mut() = body::full(body);
+                }
+                None
+            }
+            CopyBody::Later(body) => Some((body, Arc::clone(metrics))),
+        };
         let limits = limits.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            if let Some((later, metrics)) = body {
+                match tokio::time::timeout(timeout, later).await {
+                    Ok(Ok(body)) => {
+                        metrics.mirror_sent.inc();
+                        if !body.is_empty() {
+                            *request.body_mut() = body::full(body);
+                        }
+                    }
+                    _ => {
+                        metrics.mirror_dropped.inc();
+                        return;
+                    }
+                }
+            }
             // The response and its body are dropped unread.
             if let Err(error) =
                 forward(&endpoint, request, timeout, None, &limits, None, None).await
@@ -145,7 +272,71 @@ fn shadow_authority(authority: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::{BodyExt, StreamBody};
+
     use super::*;
+
+    fn streamed(frames: Vec<Frame<Bytes>>) -> Body {
+        body::boxed(StreamBody::new(futures_util::stream::iter(
+            frames.into_iter().map(Ok::<_, BoxError>),
+        )))
+    }
+
+    async fn copy_of(frames: Vec<Frame<Bytes>>) -> Option<Bytes> {
+        let mut copies = Copies::default();
+        let CopyBody::Later(copy) = copies.add() else {
+            unreachable!()
+        };
+        let sent: Vec<u8> = frames
+            .iter()
+            .filter_map(Frame::data_ref)
+            .flat_map(|data| data.iter().copied())
+            .collect();
+        let passed = copies.wrap(streamed(frames)).collect().await.unwrap();
+        assert_eq!(passed.to_bytes(), sent, "the main body passes whole");
+        copy.await.ok()
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_is_copied_whole_within_the_limit() {
+        let frames = vec![
+            Frame::data(Bytes::from("ab")),
+            Frame::data(Bytes::from("cd")),
+        ];
+        assert_eq!(copy_of(frames).await.unwrap(), "abcd");
+        assert_eq!(copy_of(Vec::new()).await.unwrap(), "");
+        let limit = COPY_LIMIT as usize;
+        let at_limit = vec![Frame::data(Bytes::from(vec![1; limit]))];
+        assert_eq!(copy_of(at_limit).await.unwrap().len(), limit);
+        // Past the limit, or with trailers: the main body passes whole, no copy.
+        let past = vec![
+            Frame::data(Bytes::from(vec![1; limit])),
+            Frame::data(Bytes::from("x")),
+        ];
+        assert_eq!(copy_of(past).await, None);
+        let trailers = vec![
+            Frame::data(Bytes::from("ab")),
+            Frame::trailers(http::HeaderMap::new()),
+        ];
+        assert_eq!(copy_of(trailers).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_gives_no_copy() {
+        let mut copies = Copies::default();
+        let CopyBody::Later(copy) = copies.add() else {
+            unreachable!()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let mut body = copies.wrap(body::boxed(StreamBody::new(stream)));
+        tx.send(Ok(Frame::data(Bytes::from("ab")))).await.unwrap();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert!(copy.await.is_err());
+    }
 
     #[test]
     fn the_shadow_suffix_goes_on_the_host_before_the_port() {

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use super::error::{flags, ProxyError};
 use super::forward::{forward, path_and_query, prepare, upstream_uri, Authority};
 use super::headers::X_FICUS_ORIG_PROTO;
+use super::mirror::{Copies, CopyBody};
 use super::retrying::{replayable, Exchange, Replay};
 use crate::body::{self, with_idle_timeout, Body};
 use crate::deadline::{TimerSlot, UNBOUNDED};
@@ -317,10 +318,10 @@ fn route_and_forward<'a, 's>(
             _ => timeout,
         };
         // One try without retries; the outcome counts for outlier detection.
-        let send_once = |parts: http::request::Parts, incoming, from| async move {
+        let send_once = |parts: http::request::Parts, incoming, from, copies: Copies| async move {
             let idle = crate::body::request_idle(limits, parts.version, &parts.headers);
             let body = with_idle_timeout(incoming, idle);
-            let body = access_log::count_received(&parts.extensions, body);
+            let body = copies.wrap(access_log::count_received(&parts.extensions, body));
             let mut upstream_request = Request::from_parts(parts, body);
             backend.policy.tag(&mut upstream_request);
             let in_flight = backend.start(endpoint);
@@ -337,11 +338,18 @@ fn route_and_forward<'a, 's>(
             backend.finish(endpoint, in_flight, &outcome);
             outcome
         };
-        // Each of the rule's mirrors draws its share of requests on its own.
-        let mirror_copy = |body: Bytes| {
+        // Each of the rule's mirrors draws its share of requests on its own. A body in memory
+        // (`ready`) is copied at once; a streamed one as it passes (the returned copies wrap it).
+        let mirror_copies = |ready: Option<Bytes>| {
+            let mut copies = Copies::default();
             for mirror in action.mirrors.iter().filter(|m| m.draw()) {
-                mirror.spawn(&parts, body.clone(), host, timeout, limits, &shared.metrics);
+                let body = match &ready {
+                    Some(body) => CopyBody::Ready(body.clone()),
+                    None => copies.add(),
+                };
+                mirror.spawn(&parts, body, host, timeout, limits, &shared.metrics);
             }
+            copies
         };
         let (result, flag) = match &action.retry {
             // A protocol switch is never replayed; everything else may be, if its body allows.
@@ -360,12 +368,21 @@ fn route_and_forward<'a, 's>(
                     None => read.await,
                 };
                 match replay {
-                    Ok(Replay::Stream(incoming)) => (send_once(parts, incoming, None).await, None),
+                    Ok(Replay::Stream(incoming)) => {
+                        let copies = mirror_copies(incoming.is_end_stream().then(Bytes::new));
+                        (send_once(parts, incoming, None, copies).await, None)
+                    }
                     Ok(replay) => {
-                        if let Replay::Buffered(body) = &replay {
-                            access_log::note_received(&parts.extensions, body.len());
-                            mirror_copy(body.clone());
-                        }
+                        let copies = match &replay {
+                            Replay::Buffered(body) => {
+                                access_log::note_received(&parts.extensions, body.len());
+                                mirror_copies(Some(body.clone()))
+                            }
+                            Replay::Recorded(incoming) => {
+                                mirror_copies(incoming.is_end_stream().then(Bytes::new))
+                            }
+                            Replay::Stream(_) => Copies::default(),
+                        };
                         let exchange = Exchange {
                             policy,
                             target: backend,
@@ -376,7 +393,7 @@ fn route_and_forward<'a, 's>(
                             metrics: &shared.metrics,
                             retried: AtomicU32::new(0),
                         };
-                        let sent = Box::pin(exchange.send(endpoint, &parts, replay)).await;
+                        let sent = Box::pin(exchange.send(endpoint, &parts, replay, copies)).await;
                         span.set_retries(exchange.retried.load(Ordering::Relaxed));
                         sent
                     }
@@ -386,10 +403,12 @@ fn route_and_forward<'a, 's>(
             _ => {
                 // A protocol switch is not mirrored: the shadow would take a handshake whose
                 // connection is then dropped.
-                if incoming.is_end_stream() && !upgrading {
-                    mirror_copy(Bytes::new());
-                }
-                (send_once(parts, incoming, arrival).await, None)
+                let copies = if upgrading {
+                    Copies::default()
+                } else {
+                    mirror_copies(incoming.is_end_stream().then(Bytes::new))
+                };
+                (send_once(parts, incoming, arrival, copies).await, None)
             }
         };
         match result {

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use super::error::{flags, ProxyError};
 use super::forward::forward;
+use super::mirror::Copies;
 use crate::body::{self, with_idle_timeout, Body, BodyIdle, BoxError};
 use crate::policy::grpc;
 use crate::policy::retry::{self, RetryPolicy, RETRY_BUFFER};
@@ -111,13 +112,15 @@ pub struct Exchange<'a> {
 
 impl Exchange<'_> {
     /// Sends the request (head `parts`, body `replay`: buffered, or recorded as it streams)
-    /// to `endpoint`, retrying per policy. Returns the outcome and, when it differs from the
+    /// to `endpoint`, retrying per policy. A streamed body is also kept for `copies` (mirrors)
+    /// as it goes to the first try. Returns the outcome and, when it differs from the
     /// outcome's own, the response flag.
     pub async fn send(
         &self,
         mut endpoint: &Arc<EndpointPool>,
         parts: &Parts,
         replay: Replay,
+        copies: Copies,
     ) -> (Result<Response<Body>, ProxyError>, Option<&'static str>) {
         // A deadline past what an `Instant` can hold is no deadline.
         let deadline = self.total.and_then(|total| self.arrival.checked_add(total));
@@ -135,12 +138,16 @@ impl Exchange<'_> {
                 // Counted once, as it streams from the caller (replays are not received).
                 let counted = access_log::count_received(&parts.extensions, idle);
                 let (recorder, recording) = Recorder::new(counted);
-                (None, Some(body::boxed(recorder)), Some(recording))
+                (
+                    None,
+                    Some(copies.wrap(body::boxed(recorder))),
+                    Some(recording),
+                )
             }
             Replay::Stream(incoming) => {
                 let idle = with_idle_timeout(incoming, idle);
                 let counted = access_log::count_received(&parts.extensions, idle);
-                (None, Some(counted), None)
+                (None, Some(copies.wrap(counted)), None)
             }
         };
         let mut retries = 0;
