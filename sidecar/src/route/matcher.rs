@@ -63,17 +63,47 @@ impl CompiledMatch {
     ) -> bool {
         path_matches(&self.path, path)
             && self.method.as_ref().is_none_or(|m| m == method)
-            && self.headers.iter().all(|(name, want)| {
-                headers
-                    .get_all(name)
-                    .iter()
-                    .any(|v| v.to_str().is_ok_and(|v| want.is_match(v)))
-            })
+            && self
+                .headers
+                .iter()
+                .all(|(name, want)| header_matches(headers, name, want))
             && self
                 .query
                 .iter()
                 .all(|(name, want)| query_value(query, name).is_some_and(|v| want.is_match(v)))
     }
+}
+
+/// Header condition. A header sent more than once is matched as the one value its lines
+/// combine into (RFC 9110 §5.3, as Gateway API asks and Envoy does): joined with `,`, or with
+/// `; ` for `cookie` (HTTP/2 sends it in crumbs, RFC 9113 §8.2.3). So `x-env: prod` does
+/// not match a request that sent `x-env: prod` and `x-env: staging`. A value that is not
+/// visible ASCII matches nothing.
+fn header_matches(headers: &HeaderMap, name: &HeaderName, want: &StringMatch) -> bool {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return false;
+    };
+    let Ok(first) = first.to_str() else {
+        return false;
+    };
+    let Some(second) = values.next() else {
+        return want.is_match(first);
+    };
+    let separator = if name == http::header::COOKIE {
+        "; "
+    } else {
+        ","
+    };
+    let mut joined = String::from(first);
+    for value in std::iter::once(second).chain(values) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        joined.push_str(separator);
+        joined.push_str(value);
+    }
+    want.is_match(&joined)
 }
 
 /// Path condition. Prefixes match whole segments: `/api` matches `/api` and `/api/x`, not
@@ -117,6 +147,32 @@ mod tests {
         assert!(!path_matches(&prefix("/api"), "/apix"));
         assert!(!path_matches(&prefix("/api"), "/"));
         assert!(path_matches(&prefix("/"), "/anything"));
+    }
+
+    #[test]
+    fn a_repeated_header_matches_as_its_combined_value() {
+        let name = HeaderName::from_static("x-env");
+        let exact = |v: &str| StringMatch::Exact(v.to_owned());
+        let mut headers = HeaderMap::new();
+        assert!(!header_matches(&headers, &name, &exact("prod")));
+        headers.append(&name, "prod".parse().unwrap());
+        assert!(header_matches(&headers, &name, &exact("prod")));
+        headers.append(&name, "staging".parse().unwrap());
+        assert!(!header_matches(&headers, &name, &exact("prod")));
+        assert!(!header_matches(&headers, &name, &exact("staging")));
+        assert!(header_matches(&headers, &name, &exact("prod,staging")));
+        let mut crumbs = HeaderMap::new();
+        crumbs.append(http::header::COOKIE, "a=1".parse().unwrap());
+        crumbs.append(http::header::COOKIE, "b=2".parse().unwrap());
+        assert!(header_matches(
+            &crumbs,
+            &http::header::COOKIE,
+            &exact("a=1; b=2")
+        ));
+        let mut opaque = HeaderMap::new();
+        opaque.append(&name, "prod".parse().unwrap());
+        opaque.append(&name, http::HeaderValue::from_bytes(b"\xff").unwrap());
+        assert!(!header_matches(&opaque, &name, &exact("prod")));
     }
 
     #[test]
