@@ -1,6 +1,8 @@
 //! One compiled `matches[]` entry. Its rank is the config's
 //! ([`ficus_config::precedence`]), read from the validated match it is compiled from.
 
+use std::borrow::Cow;
+
 use ficus_config::{PathMatch, RouteMatch, StringMatch};
 use http::header::HeaderName;
 use http::{HeaderMap, Method};
@@ -70,7 +72,7 @@ impl CompiledMatch {
             && self
                 .query
                 .iter()
-                .all(|(name, want)| query_value(query, name).is_some_and(|v| want.is_match(v)))
+                .all(|(name, want)| query_value(query, name).is_some_and(|v| want.is_match(&v)))
     }
 }
 
@@ -121,12 +123,42 @@ pub fn path_matches(condition: &PathMatch, path: &str) -> bool {
     }
 }
 
-/// First value of query parameter `name` (no percent-decoding: Gateway API compares raw values).
-fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+/// First value of query parameter `name` (Gateway API's advice for a repeated parameter),
+/// with name and value percent-decoded as Envoy reads them (`a%40b` is `a@b`; `+` stays `+`).
+fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
     query?.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then_some(value)
+        (percent_decoded(key) == name).then(|| percent_decoded(value))
     })
+}
+
+/// `text` with its `%XX` escapes decoded; as it is when it has none, when an escape is not
+/// two hex digits (kept as written), or when the decoded bytes are not UTF-8.
+fn percent_decoded(text: &str) -> Cow<'_, str> {
+    if !text.contains('%') {
+        return Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escape {
+            Some(byte) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            None => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).map_or(Cow::Borrowed(text), Cow::Owned)
 }
 
 #[cfg(test)]
@@ -177,10 +209,22 @@ mod tests {
 
     #[test]
     fn query_values() {
-        assert_eq!(query_value(Some("a=1&b=2&a=3"), "a"), Some("1"));
-        assert_eq!(query_value(Some("flag&b=2"), "flag"), Some(""));
-        assert_eq!(query_value(Some("b=2"), "a"), None);
-        assert_eq!(query_value(None, "a"), None);
+        let value = |query, name| query_value(query, name).map(Cow::into_owned);
+        assert_eq!(value(Some("a=1&b=2&a=3"), "a").as_deref(), Some("1"));
+        assert_eq!(value(Some("flag&b=2"), "flag").as_deref(), Some(""));
+        assert_eq!(value(Some("b=2"), "a"), None);
+        assert_eq!(value(None, "a"), None);
+        // Decoded, name and value; `+` is not a space; broken escapes stay as written.
+        assert_eq!(
+            value(Some("user=a%40b.c"), "user").as_deref(),
+            Some("a@b.c")
+        );
+        assert_eq!(value(Some("us%65r=x"), "user").as_deref(), Some("x"));
+        assert_eq!(value(Some("q=a+b%20c"), "q").as_deref(), Some("a+b c"));
+        assert_eq!(value(Some("q=100%&r=%zz%4"), "q").as_deref(), Some("100%"));
+        assert_eq!(value(Some("r=%zz%4"), "r").as_deref(), Some("%zz%4"));
+        assert_eq!(value(Some("q=caf%C3%A9"), "q").as_deref(), Some("café"));
+        assert_eq!(value(Some("q=%FF"), "q").as_deref(), Some("%FF"));
     }
 
     proptest! {
