@@ -1097,9 +1097,10 @@ async fn every_mirror_of_a_rule_gets_its_copies() {
 }
 
 /// A streamed request body is copied to the mirror as it passes to the main upstream: a POST
-/// on a rule without retries, a chunked one, and one that a retry policy does not replay
-/// (POST) all reach the shadow whole; one past the copy limit (64 KiB) reaches only the main
-/// upstream, and its copy is counted as dropped.
+/// on a rule without retries, a chunked one, one that a retry policy does not replay (POST),
+/// an HTTP/2 one and a gRPC call recorded for retries all reach the shadow whole; one past
+/// the copy limit (64 KiB) reaches only the main upstream, and its copy is counted as
+/// dropped.
 #[tokio::test]
 async fn streamed_bodies_are_mirrored_up_to_the_copy_limit() {
     let main = Scripted::start(instant_ok).await;
@@ -1110,12 +1111,16 @@ async fn streamed_bodies_are_mirrored_up_to_the_copy_limit() {
          spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n---\n\
          apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: shadow, namespace: shop}}\n\
          spec: {{protocol: http, endpoints: [{{address: \"{}\"}}]}}\n---\n\
+         apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api-grpc, namespace: shop}}\n\
+         spec: {{protocol: grpc, endpoints: [{{address: \"{}\"}}]}}\n---\n\
          apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
          spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  \
          - matches: [{{path: {{type: PathPrefix, value: /retried}}}}]\n    backendRefs: [{{name: api}}]\n    \
          retry: {{attempts: 2, codes: [503], backoff: 1ms}}\n    {mirror}\n  \
+         - matches: [{{path: {{type: PathPrefix, value: /shop.Orders}}}}]\n    backendRefs: [{{name: api-grpc}}]\n    \
+         retry: {{attempts: 2, backoff: 1ms, grpcCodes: [unavailable]}}\n    {mirror}\n  \
          - backendRefs: [{{name: api}}]\n    {mirror}\n",
-        main.addr, shadow.addr
+        main.addr, shadow.addr, main.addr
     );
     let sidecar = Sidecar::start(&config).await;
     let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
@@ -1137,6 +1142,23 @@ async fn streamed_bodies_are_mirrored_up_to_the_copy_limit() {
     let answer =
         ficus_tests::client::raw_exchange(sidecar.outbound, chunked, Duration::from_secs(5)).await;
     assert_eq!(answer.status(), Some(200), "{:?}", answer);
+    // HTTP/2 from the client: a plain POST, and a gRPC call, which a route retrying gRPC
+    // statuses records as it streams.
+    let mut h2 = ficus_tests::client::H2Client::connect(sidecar.outbound)
+        .await
+        .unwrap();
+    let plain = Request::post("http://api.shop/work")
+        .version(http::Version::HTTP_2)
+        .body(Full::new(Bytes::from("order 4")))
+        .unwrap();
+    assert_eq!(h2.send(plain).await.unwrap().status, 200);
+    let call = Request::post("http://api.shop/shop.Orders/Place")
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from("order 5")))
+        .unwrap();
+    assert_eq!(h2.send(call).await.unwrap().status, 200);
     let large = vec![b'x'; 100 * 1024];
     assert_eq!(
         client
@@ -1146,22 +1168,22 @@ async fn streamed_bodies_are_mirrored_up_to_the_copy_limit() {
             .status,
         200
     );
-    assert_eq!(main.count(), 4);
+    assert_eq!(main.count(), 6);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let result = |metrics: &ficus_tests::client::Metrics, r| {
         metrics.sum("ficus_mirror_requests_total", &[("result", r)])
     };
     loop {
         let metrics = sidecar.metrics().await;
-        if result(&metrics, "sent") + result(&metrics, "dropped") >= 4.0 {
-            assert_eq!(result(&metrics, "sent"), 3.0);
+        if result(&metrics, "sent") + result(&metrics, "dropped") >= 6.0 {
+            assert_eq!(result(&metrics, "sent"), 5.0);
             assert_eq!(result(&metrics, "dropped"), 1.0);
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "copies not settled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    while shadow.count() < 3 {
+    while shadow.count() < 5 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{} copies",
@@ -1171,8 +1193,11 @@ async fn streamed_bodies_are_mirrored_up_to_the_copy_limit() {
     }
     let mut copies = shadow.bodies.lock().unwrap().clone();
     copies.sort();
-    assert_eq!(copies, ["order 1", "order 2", "order 3"]);
-    assert_eq!(shadow.count(), 3);
+    assert_eq!(
+        copies,
+        ["order 1", "order 2", "order 3", "order 4", "order 5"]
+    );
+    assert_eq!(shadow.count(), 5);
     let bodies = main.bodies.lock().unwrap().clone();
     assert!(
         bodies.iter().any(|b| b.len() == large.len()),

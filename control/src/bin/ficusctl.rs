@@ -267,7 +267,15 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
-            return ExitCode::from(1);
+            // `diff --exit-code` keeps 1 for "changes".
+            let differs_means_one = matches!(
+                args.command,
+                Command::Diff {
+                    exit_code: true,
+                    ..
+                }
+            );
+            return ExitCode::from(if differs_means_one { 4 } else { 1 });
         }
     };
     match runtime.block_on(run(args)) {

@@ -45,36 +45,27 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// [`MAX_IN_FLIGHT`] copies per mirror Backend, at most 4 MiB held per mirror.
 pub const COPY_LIMIT: u64 = crate::policy::retry::RETRY_BUFFER;
 
-/// The body of a copy.
-#[derive(Debug)]
-pub enum CopyBody {
-    /// In memory already (none, or buffered for retries).
-    Ready(Bytes),
-    /// Still streaming to the main upstream: sent by [`Copies::wrap`]'s body at its end,
-    /// never if the copy was given up.
-    Later(oneshot::Receiver<Bytes>),
-}
-
-/// Where a streamed request body's copies go, one per drawn mirror (see [`Copies::wrap`]).
+/// Where a streamed request body's copies go, one per mirror that took a copy (see
+/// [`Copies::wrap`]).
 #[derive(Debug, Default)]
 pub struct Copies(Vec<oneshot::Sender<Bytes>>);
 
 impl Copies {
-    /// A place for one more copy; the mirror's task waits on the receiver.
-    pub fn add(&mut self) -> CopyBody {
-        let (tx, rx) = oneshot::channel();
-        self.0.push(tx);
-        CopyBody::Later(rx)
+    /// Adds the place of one copy ([`Mirror::spawn`]'s answer for a body still to come).
+    pub fn push(&mut self, copy: oneshot::Sender<Bytes>) {
+        self.0.push(copy);
     }
 
-    /// `body`, keeping what passes for the copies (unchanged when there are none).
+    /// `body`, keeping what passes for the copies (unchanged when there are none). A body
+    /// of known length gets a buffer of that size at once.
     pub fn wrap(self, body: Body) -> Body {
         if self.0.is_empty() {
             return body;
         }
+        let declared = body.size_hint().exact().unwrap_or(0).min(COPY_LIMIT);
         body::boxed(Tee {
             inner: body,
-            kept: BytesMut::new(),
+            kept: BytesMut::with_capacity(usize::try_from(declared).unwrap_or(0)),
             copies: self.0,
         })
     }
@@ -120,9 +111,19 @@ impl HttpBody for Tee {
             Poll::Pending => {}
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                // A copy whose mirror stopped waiting (its timeout) is not kept any longer.
+                _ if {
+                    this.copies.retain(|copy| !copy.is_closed());
+                    this.copies.is_empty()
+                } =>
+                {
+                    this.give_up();
+                }
                 Some(data) if (this.kept.len() + data.len()) as u64 <= COPY_LIMIT => {
                     this.kept.extend_from_slice(data);
-                    if this.inner.is_end_stream() {
+                    // The end may come with the last data (a reader that knows the length
+                    // stops there, without asking for the end of the stream).
+                    if this.inner.is_end_stream() || this.inner.size_hint().exact() == Some(0) {
                         this.finish();
                     }
                 }
@@ -168,32 +169,36 @@ impl Mirror {
         self.share >= 1.0 || rand::random::<f64>() < self.share
     }
 
-    /// Sends a copy of the request (head `parts` as prepared for the main upstream, `body`)
-    /// to the mirror Backend in the background; `host` is the authority the caller used. A
-    /// body still to come is waited for at most the copy's timeout.
+    /// Sends a copy of the request (head `parts` as prepared for the main upstream) to the
+    /// mirror Backend in the background; `host` is the authority the caller used. `body`: the
+    /// body when it is in memory; `None` for a body still streaming, whose copy is then
+    /// awaited on the returned sender (see [`Copies`]). The copy, its wait for the body
+    /// included, gets `timeout` (the rule's per-try timeout; else the Mesh's
+    /// `upstreamResponseTimeout`). Nothing is returned when the copy is dropped: no room,
+    /// or no healthy endpoint.
     pub fn spawn(
         &self,
         parts: &Parts,
-        body: CopyBody,
+        body: Option<Bytes>,
         host: &str,
         timeout: Duration,
         limits: &ProxyLimits,
         metrics: &Arc<Metrics>,
-    ) {
+    ) -> Option<oneshot::Sender<Bytes>> {
         let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
             metrics.mirror_dropped.inc();
-            return;
+            return None;
         };
         // Every endpoint ejected: the shadow Backend is failing; a copy would only add to it.
         let Some(endpoint) = self.target.healthy_endpoint().map(Arc::clone) else {
             metrics.mirror_dropped.inc();
-            return;
+            return None;
         };
         let http2 = endpoint.is_http2();
         let shadow = shadow_authority(host);
         let Ok(uri) = upstream_uri(http2, &shadow, path_and_query(&parts.uri)) else {
             metrics.mirror_dropped.inc();
-            return;
+            return None;
         };
         let mut request = Request::new(body::empty());
         *request.method_mut() = parts.method.clone();
@@ -217,20 +222,24 @@ impl Mirror {
         } else {
             timeout
         };
-        let body = match body {
-            CopyBody::Ready(body) => {
+        let (later, sender) = match body {
+            Some(body) => {
                 metrics.mirror_sent.inc();
                 if !body.is_empty() {
                     *request.body_mut() = body::full(body);
                 }
-                None
+                (None, None)
             }
-            CopyBody::Later(body) => Some((body, Arc::clone(metrics))),
+            None => {
+                let (tx, rx) = oneshot::channel::<Bytes>();
+                (Some((rx, Arc::clone(metrics))), Some(tx))
+            }
         };
         let limits = limits.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some((later, metrics)) = body {
+            let started = tokio::time::Instant::now();
+            if let Some((later, metrics)) = later {
                 match tokio::time::timeout(timeout, later).await {
                     Ok(Ok(body)) => {
                         metrics.mirror_sent.inc();
@@ -244,13 +253,13 @@ impl Mirror {
                     }
                 }
             }
+            let left = timeout.saturating_sub(started.elapsed());
             // The response and its body are dropped unread.
-            if let Err(error) =
-                forward(&endpoint, request, timeout, None, &limits, None, None).await
-            {
+            if let Err(error) = forward(&endpoint, request, left, None, &limits, None, None).await {
                 tracing::debug!(%error, "mirrored request failed");
             }
         });
+        sender
     }
 }
 
@@ -283,10 +292,9 @@ mod tests {
     }
 
     async fn copy_of(frames: Vec<Frame<Bytes>>) -> Option<Bytes> {
+        let (tx, copy) = oneshot::channel();
         let mut copies = Copies::default();
-        let CopyBody::Later(copy) = copies.add() else {
-            unreachable!()
-        };
+        copies.push(tx);
         let sent: Vec<u8> = frames
             .iter()
             .filter_map(Frame::data_ref)
@@ -321,12 +329,42 @@ mod tests {
         assert_eq!(copy_of(trailers).await, None);
     }
 
+    /// A body of declared length that never says it has ended (HTTP/2 whose END_STREAM
+    /// comes in a frame of its own): its reader stops at the length, and the copy is whole.
+    #[tokio::test]
+    async fn a_body_read_to_its_declared_length_is_copied() {
+        struct Declared(std::collections::VecDeque<Bytes>);
+        impl HttpBody for Declared {
+            type Data = Bytes;
+            type Error = BoxError;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+                Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+            }
+            fn size_hint(&self) -> SizeHint {
+                SizeHint::with_exact(self.0.iter().map(|b| b.len() as u64).sum())
+            }
+        }
+        let (tx, copy) = oneshot::channel();
+        let mut copies = Copies::default();
+        copies.push(tx);
+        let parts = [Bytes::from_static(b"ab"), Bytes::from_static(b"cd")].into();
+        let mut body = copies.wrap(body::boxed(Declared(parts)));
+        for _ in 0..2 {
+            body.frame().await.unwrap().unwrap();
+        }
+        assert_eq!(body.size_hint().exact(), Some(0));
+        drop(body);
+        assert_eq!(copy.await.unwrap(), "abcd");
+    }
+
     #[tokio::test]
     async fn a_body_dropped_before_its_end_gives_no_copy() {
+        let (copy_tx, copy) = oneshot::channel();
         let mut copies = Copies::default();
-        let CopyBody::Later(copy) = copies.add() else {
-            unreachable!()
-        };
+        copies.push(copy_tx);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))

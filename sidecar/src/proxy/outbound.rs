@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use super::error::{flags, ProxyError};
 use super::forward::{forward, path_and_query, prepare, upstream_uri, Authority};
 use super::headers::X_FICUS_ORIG_PROTO;
-use super::mirror::{Copies, CopyBody};
+use super::mirror::{Copies, COPY_LIMIT};
 use super::retrying::{replayable, Exchange, Replay};
 use crate::body::{self, with_idle_timeout, Body};
 use crate::deadline::{TimerSlot, UNBOUNDED};
@@ -339,17 +339,33 @@ fn route_and_forward<'a, 's>(
             outcome
         };
         // Each of the rule's mirrors draws its share of requests on its own. A body in memory
-        // (`ready`) is copied at once; a streamed one as it passes (the returned copies wrap it).
-        let mirror_copies = |ready: Option<Bytes>| {
+        // (`ready`) is copied at once; a streamed one as it passes (the returned copies wrap
+        // it), unless it is known to be longer than a copy may be (`at_least` bytes).
+        let mirror_copies = |ready: Option<Bytes>, at_least: u64| {
             let mut copies = Copies::default();
             for mirror in action.mirrors.iter().filter(|m| m.draw()) {
-                let body = match &ready {
-                    Some(body) => CopyBody::Ready(body.clone()),
-                    None => copies.add(),
-                };
-                mirror.spawn(&parts, body, host, timeout, limits, &shared.metrics);
+                if ready.is_none() && at_least > COPY_LIMIT {
+                    shared.metrics.mirror_dropped.inc();
+                    continue;
+                }
+                let copy = mirror.spawn(
+                    &parts,
+                    ready.clone(),
+                    host,
+                    timeout,
+                    limits,
+                    &shared.metrics,
+                );
+                if let Some(copy) = copy {
+                    copies.push(copy);
+                }
             }
             copies
+        };
+        // What `mirror_copies` needs to know of a body still to be read.
+        let streamed = |incoming: &Incoming| match incoming.is_end_stream() {
+            true => (Some(Bytes::new()), 0),
+            false => (None, incoming.size_hint().lower()),
         };
         let (result, flag) = match &action.retry {
             // A protocol switch is never replayed; everything else may be, if its body allows.
@@ -369,18 +385,21 @@ fn route_and_forward<'a, 's>(
                 };
                 match replay {
                     Ok(Replay::Stream(incoming)) => {
-                        let copies = mirror_copies(incoming.is_end_stream().then(Bytes::new));
+                        let (ready, at_least) = streamed(&incoming);
+                        let copies = mirror_copies(ready, at_least);
                         (send_once(parts, incoming, None, copies).await, None)
                     }
                     Ok(replay) => {
                         let copies = match &replay {
                             Replay::Buffered(body) => {
                                 access_log::note_received(&parts.extensions, body.len());
-                                mirror_copies(Some(body.clone()))
+                                mirror_copies(Some(body.clone()), 0)
                             }
                             Replay::Recorded(incoming) => {
-                                mirror_copies(incoming.is_end_stream().then(Bytes::new))
+                                let (ready, at_least) = streamed(incoming);
+                                mirror_copies(ready, at_least)
                             }
+                            // Sent by the arm above.
                             Replay::Stream(_) => Copies::default(),
                         };
                         let exchange = Exchange {
@@ -406,7 +425,8 @@ fn route_and_forward<'a, 's>(
                 let copies = if upgrading {
                     Copies::default()
                 } else {
-                    mirror_copies(incoming.is_end_stream().then(Bytes::new))
+                    let (ready, at_least) = streamed(&incoming);
+                    mirror_copies(ready, at_least)
                 };
                 (send_once(parts, incoming, arrival, copies).await, None)
             }
