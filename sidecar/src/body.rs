@@ -153,10 +153,20 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    idle_bounded(body, timeout, false)
+}
+
+fn idle_bounded<B>(body: B, timeout: Duration, strip_mesh_trailers: bool) -> Body
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     if body.is_end_stream() {
         empty()
     } else {
-        IdleTimeout::new(body, timeout).boxed_unsync()
+        let mut body = IdleTimeout::new(body, timeout);
+        body.strip_mesh_trailers = strip_mesh_trailers;
+        body.boxed_unsync()
     }
 }
 
@@ -169,13 +179,7 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    if body.is_end_stream() {
-        empty()
-    } else {
-        let mut body = IdleTimeout::new(body, timeout);
-        body.strip_mesh_trailers = true;
-        body.boxed_unsync()
-    }
+    idle_bounded(body, timeout, true)
 }
 
 #[cfg(test)]

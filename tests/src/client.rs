@@ -107,14 +107,31 @@ pub struct H2Client {
     sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
 }
 
+/// An h2c connection (prior knowledge) to `addr` whose requests carry bodies of type `B`
+/// (for bodies [`H2Client`]'s `Full` cannot express: trailers, frames paced by the test);
+/// the connection runs on a task of its own.
+pub async fn h2c_sender<B>(
+    addr: SocketAddr,
+) -> anyhow::Result<hyper::client::conn::http2::SendRequest<B>>
+where
+    B: http_body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr)).await??;
+    let (sender, connection) = tokio::time::timeout(
+        TIMEOUT,
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)),
+    )
+    .await??;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 impl H2Client {
     /// Connects.
     pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
-        let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr)).await??;
-        let (sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await?;
-        tokio::spawn(connection);
+        let sender = h2c_sender(addr).await?;
         Ok(Self { sender })
     }
 

@@ -489,16 +489,7 @@ async fn inbound_request_trailers_lose_the_mesh_fields() {
         ..Default::default()
     };
     let sidecar = Sidecar::start_with(&backend("unused", "http", app.addr), options).await;
-    let stream = tokio::net::TcpStream::connect(sidecar.inbound)
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut sender = client::h2c_sender(sidecar.inbound).await.unwrap();
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-ficus-peer-identity", "spiffe://forged".parse().unwrap());
     trailers.insert(
@@ -739,16 +730,7 @@ async fn a_quiet_grpc_client_stream_outlives_the_body_idle_timeout() {
         .to_owned()
         + &backend("echo", "grpc", upstream.addr);
     let sidecar = Sidecar::start(&config).await;
-    let stream = tokio::net::TcpStream::connect(sidecar.outbound)
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut sender = client::h2c_sender(sidecar.outbound).await.unwrap();
     // One message, 1.5 s of quiet, a second message, the end.
     let frames = futures_util::stream::unfold(0u8, |step| async move {
         let data: &'static [u8] = match step {
