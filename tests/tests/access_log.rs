@@ -172,6 +172,43 @@ async fn http_requests_are_logged_with_their_fields() {
     assert_eq!(inbound["bytes_received"], 0);
 }
 
+/// A retried request's line names the endpoint of its last try, the one that answered.
+#[tokio::test]
+async fn a_retried_request_logs_the_endpoint_of_its_last_try() {
+    let good = Upstream::start("good").await;
+    // A port nothing listens on: connecting to it fails at once.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_path(&dir, "access.log");
+    let config = mesh(Some(&path))
+        + &format!(
+            "apiVersion: ficus.dev/v1alpha1\nkind: Backend\nmetadata: {{name: api, namespace: shop}}\n\
+             spec: {{protocol: http, endpoints: [{{address: \"{refused}\"}}, {{address: \"{}\"}}]}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: api, namespace: shop}}\n\
+             spec:\n  parentRefs: [{{kind: Service, name: api}}]\n  rules:\n  - backendRefs: [{{name: api}}]\n    \
+             retry: {{attempts: 1, codes: [503], backoff: 1ms}}\n",
+            good.addr
+        );
+    let sidecar = Sidecar::start(&config).await;
+    let mut client = H1Client::connect(sidecar.outbound).await.unwrap();
+    for _ in 0..6 {
+        let response = client.get("api.shop", "/").await.unwrap();
+        assert_eq!(response.status, 200);
+    }
+    let lines = lines(&path, 6).await;
+    let metrics = sidecar.metrics().await;
+    assert!(
+        metrics.sum("ficus_retries_total", &[]) >= 1.0,
+        "some first tries went to the refused port"
+    );
+    for line in &lines {
+        assert_eq!(line["upstream"], good.addr.to_string(), "{line}");
+    }
+}
+
 #[tokio::test]
 async fn tcp_connections_are_logged() {
     let echo = TcpEcho::start("hi\n").await;

@@ -215,6 +215,7 @@ impl Exchange<'_> {
             self.retried.store(retries, Ordering::Relaxed);
             self.metrics.retries.inc();
             endpoint = self.target.endpoint_except(endpoint);
+            access_log::note_retry(&parts.extensions, endpoint.address());
         }
     }
 

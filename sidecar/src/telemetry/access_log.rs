@@ -25,7 +25,7 @@
 //! `method`, `authority`, `path` (with the query, as received), `protocol`, `status`,
 //! `response_flags`, `response_duration_ms` (to response headers), `duration_ms` (to the end
 //! of the response body), `bytes_received` / `bytes_sent` (request / response body bytes),
-//! `upstream` (the endpoint of the first try), `downstream` (the peer address),
+//! `upstream` (the endpoint of the last try), `downstream` (the peer address),
 //! `peer_identity` (inbound: the verified client SPIFFE ID), `service`, `backend`.
 //!
 //! TCP (`"kind": "tcp"`): `time`, `direction`, `listen`, `downstream`, `service`, `backend`,
@@ -39,7 +39,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -411,7 +411,8 @@ impl TcpEntry {
 /// request body bytes. Travels in the request's extensions (only when logging is on).
 #[derive(Debug, Default)]
 pub struct Exchange {
-    upstream: OnceLock<SocketAddr>,
+    /// The endpoint of the last try.
+    upstream: Mutex<Option<SocketAddr>>,
     /// `(service, backend)` once routed, for a line whose response never came.
     target: OnceLock<(Arc<str>, Arc<str>)>,
     received: AtomicU64,
@@ -425,11 +426,27 @@ pub struct ExchangeSlot(Arc<Exchange>);
 /// request is being logged.
 pub fn note_upstream(extensions: &Extensions, upstream: SocketAddr, metrics: &RequestMetrics) {
     if let Some(slot) = extensions.get::<ExchangeSlot>() {
-        let _ = slot.0.upstream.set(upstream);
+        slot.set_upstream(upstream);
         let _ = slot
             .0
             .target
             .set((Arc::clone(metrics.service()), Arc::clone(metrics.backend())));
+    }
+}
+
+/// Records the endpoint a retry goes to, when the request is being logged: the line names
+/// the last try's endpoint (as Envoy's `UPSTREAM_HOST`).
+pub fn note_retry(extensions: &Extensions, upstream: SocketAddr) {
+    if let Some(slot) = extensions.get::<ExchangeSlot>() {
+        slot.set_upstream(upstream);
+    }
+}
+
+impl ExchangeSlot {
+    fn set_upstream(&self, upstream: SocketAddr) {
+        if let Ok(mut last) = self.0.upstream.lock() {
+            *last = Some(upstream);
+        }
     }
 }
 
@@ -589,7 +606,7 @@ impl Drop for Pending {
             }
         }
         entry.bytes_received = self.exchange.0.received.load(Ordering::Relaxed);
-        entry.upstream = self.exchange.0.upstream.get().copied();
+        entry.upstream = self.exchange.0.upstream.lock().ok().and_then(|last| *last);
         self.log.send(Entry::Http(entry));
     }
 }
