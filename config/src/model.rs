@@ -221,6 +221,9 @@ pub struct Backend {
     pub endpoints: Vec<Endpoint>,
     /// Local listener for opaque TCP (required for `tcp`, rejected otherwise).
     pub listen: Option<SocketAddr>,
+    /// The service account of the workload's pods, when it is not the Backend's name (see
+    /// `BackendSpec::service_account`).
+    pub service_account: Option<String>,
 }
 
 /// One address of a Backend.

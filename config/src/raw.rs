@@ -347,6 +347,12 @@ pub struct BackendSpec {
     /// `ip:port` of the local listener that forwards opaque TCP; `tcp` Backends only.
     #[serde(default)]
     pub listen: Option<String>,
+    /// The Kubernetes service account the workload's pods run as (in the Backend's
+    /// namespace), when it is not the Backend's name: the policies that target this Backend
+    /// (AuthorizationPolicy, a TrafficPolicy's `rateLimit`) then protect those pods even while
+    /// no endpoint carries their identity (a workload scaled to zero, pods not ready yet).
+    #[serde(default)]
+    pub service_account: Option<String>,
 }
 
 /// `Backend.spec.protocol`.

@@ -98,6 +98,7 @@ fn is_own_backend(doc: &Value, scope: &Scope) -> bool {
     }
     let identity = format!("/ns/{}/sa/{}", scope.namespace, scope.workload);
     name(doc) == scope.workload
+        || doc["spec"]["serviceAccount"].as_str() == Some(&scope.workload)
         || doc["spec"]["endpoints"].as_array().is_some_and(|eps| {
             eps.iter().any(|e| {
                 e["identity"]
@@ -234,6 +235,27 @@ mod tests {
             !all_names.contains(&"AuthorizationPolicy shop/m".to_owned()),
             "not its inbound policy"
         );
+    }
+
+    /// A Backend names the service account of its pods when that is not its name: their
+    /// sidecars get its AuthorizationPolicy even while it lists no endpoint.
+    #[test]
+    fn a_backend_naming_our_service_account_is_ours() {
+        let all = vec![
+            json!({"kind": "Backend", "metadata": {"namespace": "shop", "name": "payments"},
+                   "spec": {"endpoints": [], "serviceAccount": "payments-sa"}}),
+            json!({"kind": "AuthorizationPolicy", "metadata": {"namespace": "shop", "name": "p"},
+                   "spec": {"targetRef": {"kind": "Backend", "name": "payments"}}}),
+        ];
+        let scope = |workload: &str| Scope {
+            namespace: "shop".into(),
+            workload: workload.into(),
+            reach: vec![],
+        };
+        assert!(names(&select(&all, &scope("payments-sa")))
+            .contains(&"AuthorizationPolicy shop/p".to_owned()));
+        assert!(!names(&select(&all, &scope("other")))
+            .contains(&"AuthorizationPolicy shop/p".to_owned()));
     }
 
     /// GAMMA: a route in another namespace than its service's (a consumer route) routes only

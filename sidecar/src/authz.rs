@@ -21,8 +21,9 @@ pub struct Authorizer {
 }
 
 /// Whether Backend `target` is this workload (`workload` in `namespace`): it is named like the
-/// workload in our namespace, or one of its endpoints has our identity. Policies that target
-/// such a Backend (AuthorizationPolicy, TrafficPolicy `rateLimit`) apply on our inbound side.
+/// workload in our namespace, names it as its `serviceAccount`, or one of its endpoints has
+/// our identity. Policies that target such a Backend (AuthorizationPolicy, TrafficPolicy
+/// `rateLimit`) apply on our inbound side.
 pub fn is_own_backend(
     config: &Config,
     target: &ResourceKey,
@@ -37,11 +38,12 @@ pub fn is_own_backend(
     }
     let identity_suffix = format!("/ns/{namespace}/sa/{workload}");
     config.backends.get(target).is_some_and(|backend| {
-        backend.endpoints.iter().any(|e| {
-            e.identity
-                .as_deref()
-                .is_some_and(|id| id.ends_with(&identity_suffix))
-        })
+        backend.service_account.as_deref() == Some(workload)
+            || backend.endpoints.iter().any(|e| {
+                e.identity
+                    .as_deref()
+                    .is_some_and(|id| id.ends_with(&identity_suffix))
+            })
     })
 }
 
@@ -183,6 +185,32 @@ mod tests {
             from_identities: from.iter().map(|s| (*s).to_owned()).collect(),
             to,
         }
+    }
+
+    /// A Backend is ours by its name, by its `serviceAccount`, or by an endpoint's identity.
+    #[test]
+    fn own_backends() {
+        let text = "apiVersion: ficus.dev/v1alpha1\nkind: Backend\n\
+                    metadata: {name: payments, namespace: shop}\n\
+                    spec: {endpoints: [], serviceAccount: payments-sa}\n---\n\
+                    apiVersion: ficus.dev/v1alpha1\nkind: Backend\n\
+                    metadata: {name: ledger, namespace: shop}\n\
+                    spec: {endpoints: [{address: 127.0.0.1:1, \
+                    identity: spiffe://cluster.local/ns/shop/sa/ledger-sa}]}\n";
+        let config = ficus_config::parse_str("own.yaml", text).unwrap();
+        let ours = |name: &str, workload: &str| {
+            is_own_backend(&config, &ResourceKey::new("shop", name), "shop", workload)
+        };
+        assert!(ours("payments", "payments"));
+        assert!(ours("payments", "payments-sa"));
+        assert!(!ours("payments", "ledger-sa"));
+        assert!(ours("ledger", "ledger-sa"));
+        assert!(!is_own_backend(
+            &config,
+            &ResourceKey::new("shop", "payments"),
+            "web",
+            "payments-sa"
+        ));
     }
 
     const GATEWAY: &str = "spiffe://cluster.local/ns/shop/sa/gateway";

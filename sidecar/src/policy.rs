@@ -219,6 +219,7 @@ mod tests {
                 weight: 1,
             }],
             listen: None,
+            service_account: None,
         }
     }
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
+use super::common::is_dns_subdomain;
 use super::{all, optional, Claims, Report};
 use crate::model::{self, Endpoint, Protocol, ResourceKey, MAX_ENDPOINT_WEIGHT};
 use crate::raw;
@@ -45,11 +46,24 @@ pub(crate) fn validate(
         })
         .collect();
     let listen = listen(report, spec, protocol, &key, claims, claim);
+    let service_account = spec.service_account.as_ref().map(|account| {
+        let valid = is_dns_subdomain(account) && !account.is_empty();
+        if !valid {
+            report.error(
+                "spec.serviceAccount",
+                format!("{account:?} is not a service account name"),
+                "a Kubernetes service account name: lowercase letters, digits, '-' and '.', \
+                 as in `kubectl get serviceaccounts`",
+            );
+        }
+        valid.then(|| account.clone())
+    });
     Some(model::Backend {
         key,
         protocol,
         endpoints: all(endpoints)?,
         listen: listen?,
+        service_account: optional(service_account)?,
     })
 }
 

@@ -27,8 +27,9 @@
 //! (`Service shop/monolith`) in diagnostics.
 //! Services that cannot be Backends are listed in [`Translation::skipped`] with the reason:
 //! `ExternalName`, an opaque TCP protocol (in Ficus a tcp Backend needs a local `listen`
-//! address, which a Service does not have), or no ready endpoint while an AuthorizationPolicy
-//! protects it through a service account other than its name (see `backend_for`).
+//! address, which a Service does not have). A Service annotated with its pods' service
+//! account gets it as the Backend's `serviceAccount` too, so that its pods find the policies
+//! that target it even while no endpoint is ready (see `backend_for`).
 //! Service cluster IPs are not carried: the config model has no field for them yet.
 //!
 //! # One bad object does not freeze the mesh
@@ -108,8 +109,6 @@ pub fn translate(objects: &[Value], trust_domain: &str) -> Result<Translation, C
     let mut explicit_backends = BTreeSet::new();
     let mut services = Vec::new();
     let mut slices: BTreeMap<(String, String), Vec<&Value>> = BTreeMap::new();
-    // `(namespace, Backend name)` of every AuthorizationPolicy's target.
-    let mut protected = BTreeSet::new();
     for object in objects {
         let api_version = object["apiVersion"].as_str().unwrap_or("");
         let kind = object["kind"].as_str().unwrap_or("");
@@ -123,11 +122,6 @@ pub fn translate(objects: &[Value], trust_domain: &str) -> Result<Translation, C
             | ("gateway.networking.k8s.io/v1alpha2", "TCPRoute") => {
                 if kind == "Backend" {
                     explicit_backends.insert((namespace.to_owned(), name.to_owned()));
-                }
-                if kind == "AuthorizationPolicy" {
-                    if let Some(target) = object["spec"]["targetRef"]["name"].as_str() {
-                        protected.insert((namespace.to_owned(), target.to_owned()));
-                    }
                 }
                 sources.push(Object {
                     kind: kind.to_owned(),
@@ -163,8 +157,7 @@ pub fn translate(objects: &[Value], trust_domain: &str) -> Result<Translation, C
         }
         let no_slices = Vec::new();
         let service_slices = slices.get(&key).unwrap_or(&no_slices);
-        let is_protected = protected.contains(&key);
-        match backend_for(service, service_slices, trust_domain, is_protected) {
+        match backend_for(service, service_slices, trust_domain) {
             Ok(backend) => sources.push(Object {
                 kind: "Service".to_owned(),
                 source: source(&format!("Service {namespace}/{name}"), &backend),
@@ -278,14 +271,8 @@ fn without_bookkeeping(object: &Value) -> Value {
     object
 }
 
-/// The Backend document for `service`, or why there is none. `protected`: an
-/// AuthorizationPolicy targets the Service's Backend.
-fn backend_for(
-    service: &Value,
-    slices: &[&Value],
-    trust_domain: &str,
-    protected: bool,
-) -> Result<Value, String> {
+/// The Backend document for `service`, or why there is none.
+fn backend_for(service: &Value, slices: &[&Value], trust_domain: &str) -> Result<Value, String> {
     let namespace = service["metadata"]["namespace"]
         .as_str()
         .unwrap_or("default");
@@ -331,18 +318,10 @@ fn backend_for(
             }
         }
     }
-    // Without ready endpoints the Backend has none (its requests get 503 `UH`), except in one
-    // case: a sidecar finds the policies protecting it by its Backend's name, or else by the
-    // identities of the Backend's endpoints. With a service account other than the Service's
-    // name and no endpoint to carry it, the Service's pods (starting, not ready yet) would
-    // not find their AuthorizationPolicy and would allow every caller; leaving the Backend
-    // out makes the policy fail validation, which holds the sync (it fails closed).
-    if let Some(account) = account.filter(|a| addresses.is_empty() && protected && *a != name) {
-        return Err(format!(
-            "no ready endpoint, and an AuthorizationPolicy protects it through service account \
-             {account:?} (its pods could not find the policy)"
-        ));
-    }
+    // Without ready endpoints the Backend has none (its requests get 503 `UH`). A sidecar
+    // finds the policies protecting it by its Backend's name, its `serviceAccount`, or the
+    // identities of its endpoints: the service account is written out, so that pods still
+    // starting (none ready) find their AuthorizationPolicy while no endpoint carries it.
     let endpoints: Vec<Value> = addresses
         .into_iter()
         .map(|address| match &identity {
@@ -350,11 +329,15 @@ fn backend_for(
             None => json!({"address": address}),
         })
         .collect();
+    let mut spec = json!({"protocol": protocol, "endpoints": endpoints});
+    if let Some(account) = account.filter(|account| *account != name) {
+        spec["serviceAccount"] = json!(account);
+    }
     Ok(json!({
         "apiVersion": "ficus.dev/v1alpha1",
         "kind": "Backend",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"protocol": protocol, "endpoints": endpoints},
+        "spec": spec,
     }))
 }
 

@@ -116,6 +116,29 @@ fn identity_must_be_a_spiffe_id() {
 }
 
 #[test]
+fn a_service_account_is_a_kubernetes_name() {
+    let ok = with_backends(&backend(
+        "x",
+        "{endpoints: [], serviceAccount: payments-sa}",
+    ));
+    let config = valid(&ok);
+    let backend_x = &config.backends[&crate::model::ResourceKey::new("shop", "x")];
+    assert_eq!(backend_x.service_account.as_deref(), Some("payments-sa"));
+    for bad in ["\"\"", "Payments", "a/b", "\"-x\""] {
+        let text = with_backends(&backend(
+            "x",
+            &format!("{{endpoints: [], serviceAccount: {bad}}}"),
+        ));
+        single_error(
+            &text,
+            "Backend shop/x",
+            "spec.serviceAccount",
+            "not a service account name",
+        );
+    }
+}
+
+#[test]
 fn endpoint_weights_default_to_1_and_are_bounded() {
     let ok = with_backends(&backend(
         "x",

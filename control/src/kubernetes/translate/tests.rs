@@ -170,29 +170,30 @@ fn invalid_objects_are_left_out_and_named_with_their_diagnostics() {
     assert_eq!(config.authorization_policies.len(), 1);
 }
 
-/// A sidecar finds the policies protecting it by its Backend's name or by its endpoints'
-/// identities; a Service whose pods run as another service account and are all unready has
-/// no endpoint to carry that link, so its protected Backend is kept out and the policy holds
-/// the sync (fails closed) rather than leave its starting pods open to every caller.
+/// A sidecar finds the policies protecting it by its Backend's name, its `serviceAccount` or
+/// its endpoints' identities. A Service whose pods run as another service account and are
+/// all unready has no endpoint to carry that link: its Backend names the account, so its
+/// starting pods still find their policy, and the rest of the cluster goes on syncing.
 #[test]
-fn a_protected_service_without_ready_pods_fails_closed_when_its_account_differs() {
+fn a_protected_service_without_ready_pods_names_its_account() {
     let mut objects = without_ready_pods("payments-v2");
     let service = objects
         .iter_mut()
         .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "payments-v2")
         .unwrap();
     service["metadata"]["annotations"][SERVICE_ACCOUNT_ANNOTATION] = json!("payments");
-    let refused = translate(&objects, "cluster.local")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        refused.contains("AuthorizationPolicy shop/payments-v2"),
-        "{refused}"
-    );
-    // Without the policy there is nothing to protect: a Backend without endpoints.
-    objects.retain(|o| o["kind"] != "AuthorizationPolicy");
     let translation = translated_whole(&objects);
     assert_eq!(addresses(&translation, "payments-v2"), []);
+    let backend = &translation.config.backends[&key("payments-v2")];
+    assert_eq!(backend.service_account.as_deref(), Some("payments"));
+    assert_eq!(translation.config.authorization_policies.len(), 1);
+    // An account equal to the Service's name needs no field: the name links them already.
+    let backends = &translation.config.backends;
+    assert_eq!(backends[&key("monolith")].service_account, None);
+    assert_eq!(
+        backends[&key("shop")].service_account.as_deref(),
+        Some("monolith")
+    );
 }
 
 #[test]
