@@ -33,3 +33,4 @@ pub use duration::parse_duration;
 pub use error::{ConfigErrors, Diagnostic, Warning, MAX_LISTED_ERRORS};
 pub use load::{load_path, parse_snapshot, parse_sources, parse_str, Source};
 pub use model::*;
+pub use validate::is_service_account_name;

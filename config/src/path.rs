@@ -11,6 +11,7 @@
 //! The sidecar applies both to every request before routing ([`decode_unreserved`], then
 //! [`ambiguity`]); the validator refuses route and policy path values that [`ambiguity`]
 //! refuses or that decoding would change, since no request could ever match them.
+//! [`percent_decoded`] decodes a query parameter's name or value for route matching.
 
 /// Why `path` could be read two ways, or `None` when it has one reading. It is read as
 /// [`decode_unreserved`] spells it: an escape that this spelling would still change was
@@ -112,6 +113,36 @@ pub fn decode_unreserved(path: &str) -> Option<String> {
     }
     // Only ASCII bytes were replaced by ASCII bytes, so the text stays UTF-8.
     decoded.map(|out| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// `text` with every `%XX` escape decoded (a query parameter's name or value, as Envoy reads
+/// them for matching; `+` stays `+`); as it is when it has none, when an escape is not two
+/// hex digits (kept as written), or when the decoded bytes are not UTF-8. Allocates only when
+/// there is a `%`.
+pub fn percent_decoded(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('%') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&high), Some(&low)) => hex(high).zip(hex(low)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        match escape {
+            Some(byte) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            None => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).map_or(std::borrow::Cow::Borrowed(text), std::borrow::Cow::Owned)
 }
 
 fn hex(digit: u8) -> Option<u8> {

@@ -74,6 +74,12 @@ pub(crate) struct Parsed {
     pub json: Box<serde_json::value::RawValue>,
 }
 
+/// Whether `name` is a Kubernetes service account name (a lowercase RFC 1123 subdomain), as
+/// `Backend.spec.serviceAccount` must be.
+pub fn is_service_account_name(name: &str) -> bool {
+    common::is_dns_subdomain(name)
+}
+
 /// Collects the problems of one document.
 pub(crate) struct Report<'a> {
     origin: &'a Origin,

@@ -3,7 +3,6 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
-use super::common::is_dns_subdomain;
 use super::{all, optional, Claims, Report};
 use crate::model::{self, Endpoint, Protocol, ResourceKey, MAX_ENDPOINT_WEIGHT};
 use crate::raw;
@@ -47,7 +46,7 @@ pub(crate) fn validate(
         .collect();
     let listen = listen(report, spec, protocol, &key, claims, claim);
     let service_account = spec.service_account.as_ref().map(|account| {
-        let valid = is_dns_subdomain(account) && !account.is_empty();
+        let valid = super::is_service_account_name(account);
         if !valid {
             report.error(
                 "spec.serviceAccount",

@@ -292,6 +292,11 @@ fn backend_for(service: &Value, slices: &[&Value], trust_domain: &str) -> Result
         ));
     }
     let account = service["metadata"]["annotations"][SERVICE_ACCOUNT_ANNOTATION].as_str();
+    if let Some(account) = account.filter(|a| !ficus_config::is_service_account_name(a)) {
+        return Err(format!(
+            "annotation {SERVICE_ACCOUNT_ANNOTATION}: {account:?} is not a service account name"
+        ));
+    }
     let identity =
         account.map(|account| format!("spiffe://{trust_domain}/ns/{namespace}/sa/{account}"));
     let mut addresses = BTreeSet::new();
@@ -320,8 +325,10 @@ fn backend_for(service: &Value, slices: &[&Value], trust_domain: &str) -> Result
     }
     // Without ready endpoints the Backend has none (its requests get 503 `UH`). A sidecar
     // finds the policies protecting it by its Backend's name, its `serviceAccount`, or the
-    // identities of its endpoints: the service account is written out, so that pods still
-    // starting (none ready) find their AuthorizationPolicy while no endpoint carries it.
+    // identities of its endpoints: with no endpoint to carry it, the service account is
+    // written out, so that pods still starting (none ready) find their AuthorizationPolicy.
+    // Only then: sidecars older than the field refuse it as unknown, and they are no worse
+    // off than when this case held the whole sync.
     let endpoints: Vec<Value> = addresses
         .into_iter()
         .map(|address| match &identity {
@@ -329,8 +336,9 @@ fn backend_for(service: &Value, slices: &[&Value], trust_domain: &str) -> Result
             None => json!({"address": address}),
         })
         .collect();
+    let no_endpoints = endpoints.is_empty();
     let mut spec = json!({"protocol": protocol, "endpoints": endpoints});
-    if let Some(account) = account.filter(|account| *account != name) {
+    if let Some(account) = account.filter(|a| *a != name && no_endpoints) {
         spec["serviceAccount"] = json!(account);
     }
     Ok(json!({

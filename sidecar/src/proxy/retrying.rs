@@ -165,6 +165,10 @@ impl Exchange<'_> {
                 (None, None) => return (Err(total_expired), None),
             };
             self.target.policy.tag(&mut request);
+            if retries > 0 {
+                // The line names the endpoint of the last try that was sent.
+                access_log::note_retry(&parts.extensions, endpoint.address());
+            }
             let in_flight = self.target.start(endpoint);
             let outcome = forward(
                 endpoint,
@@ -215,7 +219,6 @@ impl Exchange<'_> {
             self.retried.store(retries, Ordering::Relaxed);
             self.metrics.retries.inc();
             endpoint = self.target.endpoint_except(endpoint);
-            access_log::note_retry(&parts.extensions, endpoint.address());
         }
     }
 

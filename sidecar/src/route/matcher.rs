@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use ficus_config::path::percent_decoded;
 use ficus_config::{PathMatch, RouteMatch, StringMatch};
 use http::header::HeaderName;
 use http::{HeaderMap, Method};
@@ -132,35 +133,6 @@ fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
     })
 }
 
-/// `text` with its `%XX` escapes decoded; as it is when it has none, when an escape is not
-/// two hex digits (kept as written), or when the decoded bytes are not UTF-8.
-fn percent_decoded(text: &str) -> Cow<'_, str> {
-    if !text.contains('%') {
-        return Cow::Borrowed(text);
-    }
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escape = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escape {
-            Some(byte) => {
-                decoded.push(byte);
-                i += 3;
-            }
-            None => {
-                decoded.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(decoded).map_or(Cow::Borrowed(text), Cow::Owned)
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -225,6 +197,7 @@ mod tests {
         assert_eq!(value(Some("r=%zz%4"), "r").as_deref(), Some("%zz%4"));
         assert_eq!(value(Some("q=caf%C3%A9"), "q").as_deref(), Some("café"));
         assert_eq!(value(Some("q=%FF"), "q").as_deref(), Some("%FF"));
+        assert_eq!(value(Some("q=%+9"), "q").as_deref(), Some("%+9"));
     }
 
     proptest! {

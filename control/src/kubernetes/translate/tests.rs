@@ -187,12 +187,27 @@ fn a_protected_service_without_ready_pods_names_its_account() {
     let backend = &translation.config.backends[&key("payments-v2")];
     assert_eq!(backend.service_account.as_deref(), Some("payments"));
     assert_eq!(translation.config.authorization_policies.len(), 1);
-    // An account equal to the Service's name needs no field: the name links them already.
+    // With ready endpoints their identities link the pods (the field is left out, which
+    // sidecars older than it would refuse); an account equal to the name needs none either.
     let backends = &translation.config.backends;
+    assert_eq!(backends[&key("shop")].service_account, None);
     assert_eq!(backends[&key("monolith")].service_account, None);
-    assert_eq!(
-        backends[&key("shop")].service_account.as_deref(),
-        Some("monolith")
+    // An annotation that is no service account name: the Service is skipped, saying why.
+    let service = objects
+        .iter_mut()
+        .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "payments-v2")
+        .unwrap();
+    service["metadata"]["annotations"][SERVICE_ACCOUNT_ANNOTATION] = json!("Payments_SA");
+    objects.retain(|o| o["kind"] != "AuthorizationPolicy");
+    let translation = translate(&objects, "cluster.local").unwrap();
+    assert!(
+        translation
+            .skipped
+            .iter()
+            .any(|(service, reason)| service == "shop/payments-v2"
+                && reason.contains("not a service account name")),
+        "{:?}",
+        translation.skipped
     );
 }
 
