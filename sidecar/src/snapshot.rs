@@ -656,13 +656,21 @@ fn by_name_then_namespace(
     by_name
 }
 
-/// The rate limit of the first TrafficPolicy that targets this workload's Backend with one.
+/// The rate limit of the TrafficPolicies that target this workload's Backends with one: the
+/// strictest, when several Backends are this workload's (by name, `serviceAccount` or
+/// endpoint identity), whatever order the policies are in.
 fn inbound_rate_limit<'c>(config: &'c Config, identity: &Identity) -> Option<&'c RateLimit> {
+    // requests / per, compared without division: a/p < b/q when a·q < b·p.
+    let rate = |limit: &RateLimit| (u128::from(limit.requests), limit.per.as_nanos());
     config
         .traffic_policies
         .values()
         .filter(|p| is_own_backend(config, &p.target, &identity.namespace, &identity.workload))
-        .find_map(|p| p.rate_limit.as_ref())
+        .filter_map(|p| p.rate_limit.as_ref())
+        .min_by(|a, b| {
+            let ((a_requests, a_per), (b_requests, b_per)) = (rate(a), rate(b));
+            (a_requests * b_per).cmp(&(b_requests * a_per))
+        })
 }
 
 fn compile_rule(
@@ -844,5 +852,54 @@ impl ServerSettings {
             detect_timeout: limits.header_read_timeout,
             header_read_timeout: limits.header_read_timeout,
         }
+    }
+}
+
+#[cfg(test)]
+mod inbound_rate_limit_tests {
+    use super::*;
+
+    /// Two Backends are this workload's (its name, and one naming its service account): the
+    /// stricter of their limits holds, whichever policy comes first.
+    #[test]
+    fn the_strictest_own_limit_holds() {
+        let backend = |name: &str, extra: &str| {
+            format!(
+                "apiVersion: ficus.dev/v1alpha1\nkind: Backend\n\
+                 metadata: {{name: {name}, namespace: shop}}\nspec: {{endpoints: []{extra}}}\n---\n"
+            )
+        };
+        let policy = |name: &str, limit: &str| {
+            format!(
+                "apiVersion: ficus.dev/v1alpha1\nkind: TrafficPolicy\n\
+                 metadata: {{name: {name}, namespace: shop}}\n\
+                 spec: {{targetRef: {{kind: Backend, name: {name}}}, rateLimit: {limit}}}\n---\n"
+            )
+        };
+        let identity = Identity {
+            workload: "api".into(),
+            namespace: "shop".into(),
+            node_id: "n".into(),
+            app: ([127, 0, 0, 1], 1).into(),
+        };
+        for (a, b) in [("100", "10"), ("10", "100")] {
+            let text = backend("api", "")
+                + &backend("api-v2", ", serviceAccount: api")
+                + &policy("api", &format!("{{requests: {a}, per: 1s}}"))
+                + &policy("api-v2", &format!("{{requests: {b}, per: 1s}}"));
+            let config = ficus_config::parse_str("limits.yaml", &text).unwrap();
+            let limit = inbound_rate_limit(&config, &identity).unwrap();
+            assert_eq!(limit.requests, 10, "{a} and {b}");
+        }
+        // 100 a minute is stricter than 10 a second.
+        let text = backend("api", "")
+            + &backend("api-v2", ", serviceAccount: api")
+            + &policy("api", "{requests: 10, per: 1s}")
+            + &policy("api-v2", "{requests: 100, per: 1m}");
+        let config = ficus_config::parse_str("limits.yaml", &text).unwrap();
+        assert_eq!(
+            inbound_rate_limit(&config, &identity).unwrap().requests,
+            100
+        );
     }
 }
