@@ -88,10 +88,7 @@ pub fn decode_unreserved(path: &str) -> Option<String> {
     let mut decoded: Option<Vec<u8>> = None;
     let mut i = 0;
     while i < bytes.len() {
-        let escape = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&high), Some(&low)) => hex(high).zip(hex(low)).map(|(h, l)| h << 4 | l),
-            _ => None,
-        };
+        let escape = escape_at(bytes, i);
         match escape {
             Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
                 decoded.get_or_insert_with(|| bytes[..i].to_vec()).push(c);
@@ -127,10 +124,7 @@ pub fn percent_decoded(text: &str) -> std::borrow::Cow<'_, str> {
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let escape = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&high), Some(&low)) => hex(high).zip(hex(low)).map(|(h, l)| h << 4 | l),
-            _ => None,
-        };
+        let escape = escape_at(bytes, i);
         match escape {
             Some(byte) => {
                 decoded.push(byte);
@@ -143,6 +137,14 @@ pub fn percent_decoded(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     String::from_utf8(decoded).map_or(std::borrow::Cow::Borrowed(text), std::borrow::Cow::Owned)
+}
+
+/// The byte a `%XX` escape at `bytes[i]` stands for, if one is there.
+fn escape_at(bytes: &[u8], i: usize) -> Option<u8> {
+    match (bytes.get(i), bytes.get(i + 1), bytes.get(i + 2)) {
+        (Some(b'%'), Some(&high), Some(&low)) => hex(high).zip(hex(low)).map(|(h, l)| h << 4 | l),
+        _ => None,
+    }
 }
 
 fn hex(digit: u8) -> Option<u8> {
