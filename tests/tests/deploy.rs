@@ -356,6 +356,33 @@ fn the_injector_fails_closed_but_never_for_the_control_planes_namespace() {
     );
 }
 
+/// `scripts/cpu-level` names x86-64-v3 only for a CPU with every feature of that level (the
+/// sidecar image's entrypoint runs the v3 build on it), and `generic` otherwise.
+#[test]
+fn the_cpu_level_needs_every_v3_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let level = |flags: &str| {
+        let path = dir.path().join("cpuinfo");
+        std::fs::write(&path, format!("processor\t: 0\nflags\t\t: {flags}\n")).unwrap();
+        let output = std::process::Command::new(repo().join("scripts/cpu-level"))
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let v3 = "fpu sse4_2 popcnt avx avx2 bmi1 bmi2 f16c fma abm movbe xsave";
+    assert_eq!(level(v3), "x86-64-v3");
+    assert_eq!(level(&v3.replace(" avx2", "")), "generic");
+    assert_eq!(level(&v3.replace(" movbe", "")), "generic");
+    // `avx` alone is not `avx2`: whole words only.
+    assert_eq!(
+        level("avx avx512f bmi1 bmi2 f16c fma abm movbe xsave"),
+        "generic"
+    );
+    assert_eq!(level(""), "generic");
+}
+
 #[test]
 fn every_dockerfile_copies_the_whole_workspace() {
     let manifest = read("Cargo.toml");
@@ -376,11 +403,24 @@ fn every_dockerfile_copies_the_whole_workspace() {
         if binary == "ficus-sidecar" {
             // The profile-guided build: the image runs the script that builds it.
             assert!(
-                dockerfile.contains("COPY scripts/build-pgo scripts/build-pgo")
+                dockerfile.contains("COPY scripts/build-pgo scripts/cpu-level scripts/")
                     && dockerfile.contains("scripts/build-pgo \\")
                     && dockerfile.contains("cp target/pgo/ficus-sidecar "),
                 "{binary}.Dockerfile must build with scripts/build-pgo"
             );
+            // Both builds, and the entrypoint that picks one per node.
+            for needed in [
+                "FICUS_PGO_TARGET_CPU=generic",
+                "FICUS_PGO_TARGET_CPU=x86-64-v3",
+                "/out/ficus-sidecar-generic",
+                "/out/ficus-sidecar-x86-64-v3",
+                "COPY scripts/cpu-level /usr/local/lib/ficus/cpu-level",
+                "COPY deploy/docker/ficus-sidecar-select /usr/local/bin/ficus-sidecar",
+            ] {
+                assert!(dockerfile.contains(needed), "{binary}.Dockerfile: {needed}");
+            }
+            let select = read("deploy/docker/ficus-sidecar-select");
+            assert!(select.contains("ficus-sidecar-$level") && select.contains("exec"));
             assert!(read("scripts/build-pgo").contains("--bin ficus-sidecar"));
         } else {
             assert!(dockerfile.contains(&format!("--bin {binary}")), "{binary}");
