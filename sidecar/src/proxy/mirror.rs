@@ -42,7 +42,8 @@ use crate::telemetry::metrics::Metrics;
 pub const MAX_IN_FLIGHT: usize = 64;
 
 /// The largest streamed body copied to a mirror (the retry buffer's size): with
-/// [`MAX_IN_FLIGHT`] copies per mirror Backend, at most 4 MiB held per mirror.
+/// [`MAX_IN_FLIGHT`] copies per mirror Backend, at most 4 MiB of copied data per mirror (up
+/// to twice that in buffers while bodies of unknown length grow).
 pub const COPY_LIMIT: u64 = crate::policy::retry::RETRY_BUFFER;
 
 /// Where a streamed request body's copies go, one per mirror that took a copy (see
